@@ -1,0 +1,318 @@
+//! Compiles every `kernels/*.cu` into a fatbin with nvcc and embeds the result.
+//!
+//! nvcc is looked up in `$NVCC`, `.cuda-tools/bin` (scripts/install-cuda-tools.sh),
+//! `$CUDA_HOME/bin`, then `PATH`. Without nvcc the crate still builds: a cargo warning, no
+//! kernels embedded, and the CUDA backend says "built without kernels" at run time.
+//! `INSCLR_REQUIRE_NVCC=1` turns a missing nvcc, a compile error or an unexplained register
+//! spill into a build failure. `INSCLR_CUDA_ARCHS` (default `90`) lists SM versions, e.g. `80;90`:
+//! machine code for each, plus PTX of the highest for newer GPUs.
+//!
+//! The `-Xptxas -v` resource report (registers, shared memory, spills per kernel) is parsed,
+//! printed by `insclr-cu info --kernels`, and written to `$OUT_DIR/kernel_resources.tsv`.
+//! A kernel may spill only if its source has a line `// allow-spill: <kernel> <reason>`.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Compiled {
+    family: String,
+    fatbin: PathBuf,
+    resources: Vec<KernelResources>,
+}
+
+#[derive(Default)]
+struct KernelResources {
+    name: String,
+    arch: String,
+    registers: u32,
+    smem_bytes: u32,
+    stack_bytes: u32,
+    spill_store_bytes: u32,
+    spill_load_bytes: u32,
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=kernels");
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "INSCLR_REQUIRE_NVCC",
+        "INSCLR_CUDA_ARCHS",
+        "PATH",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let require = env::var("INSCLR_REQUIRE_NVCC").is_ok_and(|v| v == "1");
+    let archs = parse_archs(&env::var("INSCLR_CUDA_ARCHS").unwrap_or_else(|_| "90".into()));
+
+    let mut sources: Vec<PathBuf> = fs::read_dir(manifest.join("kernels"))
+        .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    sources.retain(|p| p.extension().is_some_and(|e| e == "cu"));
+    sources.sort();
+    for entry in fs::read_dir(manifest.join("kernels"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        println!("cargo:rerun-if-changed={}", entry.path().display());
+    }
+
+    let compiled = match find_nvcc(&manifest) {
+        None => {
+            let msg = "nvcc not found ($NVCC, .cuda-tools/bin, $CUDA_HOME/bin, PATH): building \
+                       without CUDA kernels; run scripts/install-cuda-tools.sh to get one";
+            if require {
+                panic!("INSCLR_REQUIRE_NVCC=1: {msg}");
+            }
+            println!("cargo:warning={msg}");
+            Vec::new()
+        }
+        Some(nvcc) => compile_all(&nvcc, &sources, &archs, &out_dir, require),
+    };
+    write_embed(&out_dir, &compiled, &archs);
+}
+
+fn parse_archs(spec: &str) -> Vec<String> {
+    let archs: Vec<String> = spec
+        .split([';', ','])
+        .map(|s| s.trim().trim_start_matches("sm_").to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for a in &archs {
+        assert!(
+            a.chars().all(|c| c.is_ascii_alphanumeric()),
+            "INSCLR_CUDA_ARCHS: '{a}' is not an SM version; use e.g. 80;90"
+        );
+    }
+    assert!(
+        !archs.is_empty(),
+        "INSCLR_CUDA_ARCHS is empty; use e.g. 90 or 80;90"
+    );
+    archs
+}
+
+fn find_nvcc(manifest: &Path) -> Option<PathBuf> {
+    if let Ok(p) = env::var("NVCC") {
+        return Some(PathBuf::from(p));
+    }
+    let local = manifest.join(".cuda-tools/bin/nvcc");
+    if local.is_file() {
+        return Some(local);
+    }
+    if let Ok(home) = env::var("CUDA_HOME") {
+        let p = PathBuf::from(home).join("bin/nvcc");
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    env::var_os("PATH").and_then(|paths| {
+        env::split_paths(&paths)
+            .map(|d| d.join("nvcc"))
+            .find(|p| p.is_file())
+    })
+}
+
+fn compile_all(
+    nvcc: &Path,
+    sources: &[PathBuf],
+    archs: &[String],
+    out_dir: &Path,
+    require: bool,
+) -> Vec<Compiled> {
+    // One thread per file: nvcc is single-threaded and the files are independent.
+    let results: Vec<Result<Compiled, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = sources
+            .iter()
+            .map(|src| s.spawn(move || compile_one(nvcc, src, archs, out_dir)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ok = Vec::new();
+    let mut failures = Vec::new();
+    for r in results {
+        match r {
+            Ok(c) => ok.push(c),
+            Err(e) => failures.push(e),
+        }
+    }
+    for c in &ok {
+        let source = fs::read_to_string(sources.iter().find(|p| stem(p) == c.family).unwrap())
+            .unwrap_or_default();
+        for k in &c.resources {
+            println!(
+                "insclr kernel {} sm_{}: {} registers, {} B smem, {} B stack, spill {} B store / {} B load",
+                k.name, k.arch, k.registers, k.smem_bytes, k.stack_bytes, k.spill_store_bytes, k.spill_load_bytes
+            );
+            if k.spill_store_bytes + k.spill_load_bytes > 0 {
+                let allowed = source.contains(&format!("allow-spill: {}", k.name));
+                let msg = format!(
+                    "kernel {} (kernels/{}.cu, sm_{}) spills {} B store / {} B load; reduce register \
+                     pressure or add `// allow-spill: {} <reason>` to its source",
+                    k.name, c.family, k.arch, k.spill_store_bytes, k.spill_load_bytes, k.name
+                );
+                if !allowed && require {
+                    failures.push(msg);
+                } else if !allowed {
+                    println!("cargo:warning={msg}");
+                }
+            }
+        }
+    }
+    if !failures.is_empty() {
+        let all = failures.join("\n\n");
+        if require {
+            panic!("INSCLR_REQUIRE_NVCC=1 and the CUDA kernels did not build cleanly:\n\n{all}");
+        }
+        for line in all.lines().filter(|l| !l.trim().is_empty()).take(40) {
+            println!("cargo:warning={line}");
+        }
+    }
+    ok
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().unwrap().to_string_lossy().into_owned()
+}
+
+fn compile_one(
+    nvcc: &Path,
+    src: &Path,
+    archs: &[String],
+    out_dir: &Path,
+) -> Result<Compiled, String> {
+    let family = stem(src);
+    let fatbin = out_dir.join(format!("{family}.fatbin"));
+    let mut cmd = Command::new(nvcc);
+    cmd.arg("-fatbin")
+        .args(["-std=c++17", "-O3", "-lineinfo", "-Xptxas", "-v"])
+        .arg("-I")
+        .arg(src.parent().unwrap());
+    // No --use_fast_math: the kernels are checked against their CPU twins at 1e-5.
+    for a in archs {
+        cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
+    }
+    let top = archs.last().unwrap();
+    cmd.arg(format!("-gencode=arch=compute_{top},code=compute_{top}"));
+    cmd.arg("-o").arg(&fatbin).arg(src);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", nvcc.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "nvcc failed on {} ({}):\n{}{}",
+            src.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            stderr
+        ));
+    }
+    Ok(Compiled {
+        family,
+        fatbin,
+        resources: parse_ptxas(&stderr),
+    })
+}
+
+/// Parses the `-Xptxas -v` report: "Compiling entry function 'X' for 'sm_90'", then an unprefixed
+/// "N bytes stack frame, N bytes spill stores, N bytes spill loads", then "Used N registers, used N
+/// barriers[, N bytes smem]" (smem is omitted when zero).
+fn parse_ptxas(stderr: &str) -> Vec<KernelResources> {
+    let mut all: Vec<KernelResources> = Vec::new();
+    for line in stderr.lines() {
+        let info = line.split("ptxas info    : ").nth(1).unwrap_or(line.trim());
+        if let Some(rest) = info.strip_prefix("Compiling entry function '") {
+            let mut parts = rest.split('\'');
+            let name = parts.next().unwrap_or_default().to_string();
+            let arch = parts
+                .nth(1)
+                .unwrap_or_default()
+                .trim_start_matches("sm_")
+                .to_string();
+            all.push(KernelResources {
+                name,
+                arch,
+                ..Default::default()
+            });
+            continue;
+        }
+        let Some(k) = all.last_mut() else { continue };
+        let num_before = |key: &str| -> Option<u32> {
+            let idx = info.find(key)?;
+            info[..idx]
+                .split([' ', ','])
+                .rev()
+                .find(|t| !t.is_empty())?
+                .parse()
+                .ok()
+        };
+        if info.contains("stack frame") {
+            k.stack_bytes = num_before(" bytes stack frame").unwrap_or(0);
+            k.spill_store_bytes = num_before(" bytes spill stores").unwrap_or(0);
+            k.spill_load_bytes = num_before(" bytes spill loads").unwrap_or(0);
+        }
+        if info.starts_with("Used ") {
+            k.registers = num_before(" registers").unwrap_or(0);
+            k.smem_bytes = num_before(" bytes smem").unwrap_or(0);
+        }
+    }
+    all
+}
+
+fn write_embed(out_dir: &Path, compiled: &[Compiled], archs: &[String]) {
+    let mut rs = String::new();
+    writeln!(rs, "/// Target SM versions the kernels were built for.").unwrap();
+    writeln!(rs, "pub const ARCHS: &[&str] = &{:?};", archs).unwrap();
+    writeln!(
+        rs,
+        "/// (family, fatbin) for every kernels/<family>.cu that compiled."
+    )
+    .unwrap();
+    writeln!(rs, "pub const FATBINS: &[(&str, &[u8])] = &[").unwrap();
+    for c in compiled {
+        writeln!(
+            rs,
+            "    ({:?}, include_bytes!({:?})),",
+            c.family,
+            c.fatbin.display().to_string()
+        )
+        .unwrap();
+    }
+    writeln!(rs, "];").unwrap();
+    let mut tsv = String::from("family\tkernel\tarch\tregisters\tsmem_bytes\tstack_bytes\tspill_store_bytes\tspill_load_bytes\n");
+    for c in compiled {
+        for k in &c.resources {
+            writeln!(
+                tsv,
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                c.family,
+                k.name,
+                k.arch,
+                k.registers,
+                k.smem_bytes,
+                k.stack_bytes,
+                k.spill_store_bytes,
+                k.spill_load_bytes
+            )
+            .unwrap();
+        }
+    }
+    fs::write(out_dir.join("kernel_resources.tsv"), &tsv).unwrap();
+    writeln!(
+        rs,
+        "/// The ptxas resource report, one kernel per line (tab-separated, with a header)."
+    )
+    .unwrap();
+    writeln!(
+        rs,
+        "pub const RESOURCES_TSV: &str = include_str!(\"kernel_resources.tsv\");"
+    )
+    .unwrap();
+    fs::write(out_dir.join("kernels.rs"), rs).unwrap();
+}

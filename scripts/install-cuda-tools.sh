@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs a pinned nvcc (CUDA 13.0) from PyPI wheels into .cuda-tools/ so kernels compile on
+# machines without a CUDA toolkit. Idempotent: a matching install is left alone.
+# Unpinned wheels pull 13.x headers that do not match this nvcc, hence the exact pins.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dest="$root/.cuda-tools"
+pins=(
+  nvidia-cuda-nvcc==13.0.88
+  nvidia-cuda-crt==13.0.88
+  nvidia-nvvm==13.0.88
+  nvidia-cuda-runtime==13.0.96
+  nvidia-cuda-cccl==13.0.85
+)
+stamp="$dest/.installed"
+want=$(printf '%s\n' "${pins[@]}")
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$dest/bin/nvcc" ]; then
+  echo "cuda tools: already installed in $dest"
+  "$dest/bin/nvcc" --version | tail -n 2
+  exit 0
+fi
+command -v gcc >/dev/null || { echo "error: gcc is not on PATH; nvcc needs it as host compiler (apt-get install gcc g++)" >&2; exit 1; }
+rm -rf "$dest"
+python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$dest/site" "${pins[@]}"
+# The wheels spread the toolkit over nvidia/cu13/{bin,include,lib,nvvm}; nvcc finds its
+# siblings relative to itself, so a bin/ symlink tree at the top is enough.
+cuda="$dest/site/nvidia/cu13"
+[ -d "$cuda" ] || cuda=$(dirname "$(dirname "$(find "$dest/site" -name nvcc -type f | head -n 1)")")
+[ -x "$cuda/bin/nvcc" ] || { echo "error: nvcc not found in the installed wheels under $dest/site" >&2; exit 1; }
+chmod +x "$cuda"/bin/* "$cuda"/nvvm/bin/* 2>/dev/null || true
+ln -sfn "$cuda/bin" "$dest/bin"
+ln -sfn "$cuda" "$dest/cuda"
+printf '%s\n' "$want" > "$stamp"
+"$dest/bin/nvcc" --version | tail -n 2
+echo "cuda tools: installed in $dest"

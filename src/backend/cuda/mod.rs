@@ -1,0 +1,240 @@
+//! The CUDA backend: one file per `kernels/*.cu` family, each a launch shape plus a thin safe
+//! wrapper per kernel, named as the kernel's `extern "C"` entry point. cuBLAS serves GEMM
+//! until our own GEMM lands, and stays as the baseline in `cargo bench`.
+//!
+//! Nothing here panics without a GPU: cudarc loads libcuda lazily and panics if it is missing,
+//! so [`CudaBackend::new`] checks for the library first and returns an error instead.
+
+pub mod gemm;
+pub mod norm;
+pub mod pool;
+
+use super::{Backend, Buf, Gem, L2Norm, MatMul};
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The kernels compiled by build.rs: `(family, fatbin)` pairs, the SM list and ptxas's report.
+pub mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// True when build.rs found nvcc and embedded at least one kernel family.
+pub fn has_kernels() -> bool {
+    !embedded::FATBINS.is_empty()
+}
+
+/// True when the CUDA driver library can be loaded (a GPU driver is installed).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// The installed driver's CUDA version as (major, minor), when a driver is present.
+pub fn driver_version() -> Option<(i32, i32)> {
+    if !driver_present() {
+        return None;
+    }
+    let mut v = 0i32;
+    // SAFETY: the library is present (checked above); the call writes one int.
+    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    (status == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some((v / 1000, (v % 1000) / 10))
+}
+
+/// Facts about the GPU a backend runs on, for `insclr-cu info` and bench reports.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_mem_bytes: usize,
+    pub multiprocessors: i32,
+    pub driver: Option<(i32, i32)>,
+}
+
+/// A CUDA device with its stream, cuBLAS handle and the embedded kernel modules.
+pub struct CudaBackend {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    info: DeviceInfo,
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal` and loads every embedded kernel family. Errors (never panics) when
+    /// the build has no kernels, the driver is missing, there is no such GPU, or the fatbins
+    /// hold no code for this GPU's architecture.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !has_kernels() {
+            bail!("built without kernels (nvcc was not found at build time; run scripts/install-cuda-tools.sh and rebuild)");
+        }
+        if !driver_present() {
+            bail!("no CUDA driver (libcuda.so) on this machine");
+        }
+        let count =
+            CudaContext::device_count().map_err(|e| anyhow!("cuDeviceGetCount failed: {e}"))?;
+        if ordinal as i32 >= count {
+            bail!("GPU {ordinal} requested but the driver sees {count} device(s)");
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| anyhow!("creating a context on GPU {ordinal}: {e}"))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("{e}"))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
+            compute_capability: (major, minor),
+            total_mem_bytes: ctx.total_mem().unwrap_or(0),
+            multiprocessors: ctx
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .unwrap_or(0),
+            driver: driver_version(),
+        };
+        let stream = ctx.default_stream();
+        // SAFETY: is_culib_present only dlopens libcublas; it makes no cuBLAS call.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            bail!("libcublas.so not found; add the CUDA toolkit's lib64 (or PyTorch's nvidia/cublas/lib) to LD_LIBRARY_PATH");
+        }
+        let blas =
+            CudaBlas::new(stream.clone()).map_err(|e| anyhow!("creating a cuBLAS handle: {e}"))?;
+        let mut modules = HashMap::new();
+        for (family, fatbin) in embedded::FATBINS {
+            let module = ctx.load_module(Ptx::from_binary(fatbin.to_vec())).map_err(|e| {
+                anyhow!(
+                    "loading kernels/{family}.cu on {} (sm_{major}{minor}): {e}; the build targets sm_{:?} \
+                     — rebuild with INSCLR_CUDA_ARCHS={major}{minor}",
+                    info.name,
+                    embedded::ARCHS
+                )
+            })?;
+            modules.insert(*family, module);
+        }
+        Ok(CudaBackend {
+            stream,
+            blas,
+            modules,
+            info,
+        })
+    }
+
+    /// The GPU this backend runs on.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// The stream every launch of this backend goes to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn function(&self, family: &str, name: &str) -> Result<CudaFunction> {
+        let module = self
+            .modules
+            .get(family)
+            .ok_or_else(|| anyhow!("kernels/{family}.cu was not built into this binary"))?;
+        module
+            .load_function(name)
+            .map_err(|e| anyhow!("kernel {name} not found in kernels/{family}.cu: {e}"))
+    }
+}
+
+fn dev<T: DeviceRepr>(b: &Buf<T>) -> Result<&CudaSlice<T>> {
+    match b {
+        Buf::Device(d) => Ok(d),
+        Buf::Host(_) => bail!("the CUDA backend was given a host buffer; upload it first"),
+    }
+}
+
+fn dev_mut<T: DeviceRepr>(b: &mut Buf<T>) -> Result<&mut CudaSlice<T>> {
+    match b {
+        Buf::Device(d) => Ok(d),
+        Buf::Host(_) => bail!("the CUDA backend was given a host buffer; upload it first"),
+    }
+}
+
+/// A size as the `int` our kernels take, or an error naming the op when it does not fit.
+fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).with_context(|| format!("{what} = {v} exceeds the kernels' 32-bit size limit"))
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn describe(&self) -> String {
+        let i = &self.info;
+        format!(
+            "GPU {} {} (sm_{}{}, {:.1} GiB, {} SMs)",
+            i.ordinal,
+            i.name,
+            i.compute_capability.0,
+            i.compute_capability.1,
+            i.total_mem_bytes as f64 / (1u64 << 30) as f64,
+            i.multiprocessors
+        )
+    }
+
+    fn zeros(&self, len: usize) -> Result<Buf<f32>> {
+        Ok(Buf::Device(
+            self.stream.alloc_zeros(len).context("cudaMalloc")?,
+        ))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Buf<f32>> {
+        Ok(Buf::Device(
+            self.stream.clone_htod(data).context("copy to GPU")?,
+        ))
+    }
+
+    fn download(&self, buf: &Buf<f32>) -> Result<Vec<f32>> {
+        self.stream.clone_dtoh(dev(buf)?).context("copy from GPU")
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .context("CUDA stream synchronize (a kernel failed earlier?)")
+    }
+
+    fn matmul(&self, a: &Buf<f32>, b: &Buf<f32>, c: &mut Buf<f32>, shape: MatMul) -> Result<()> {
+        shape.check(a.len(), b.len(), c.len())?;
+        gemm::sgemm_cublas(self, dev(a)?, dev(b)?, dev_mut(c)?, shape)
+    }
+
+    fn gem_fwd(&self, x: &Buf<f32>, y: &mut Buf<f32>, shape: Gem) -> Result<()> {
+        shape.check(x.len(), y.len())?;
+        pool::gem_fwd_f32(self, dev(x)?, dev_mut(y)?, shape)
+    }
+
+    fn gem_bwd(
+        &self,
+        x: &Buf<f32>,
+        y: &Buf<f32>,
+        dy: &Buf<f32>,
+        dx: &mut Buf<f32>,
+        shape: Gem,
+    ) -> Result<()> {
+        shape.check(x.len(), y.len())?;
+        shape.check(dx.len(), dy.len())?;
+        pool::gem_bwd_f32(self, dev(x)?, dev(y)?, dev(dy)?, dev_mut(dx)?, shape)
+    }
+
+    fn l2norm_fwd(&self, x: &Buf<f32>, y: &mut Buf<f32>, shape: L2Norm) -> Result<()> {
+        shape.check(&[x.len(), y.len()])?;
+        norm::l2norm_fwd_f32(self, dev(x)?, dev_mut(y)?, shape)
+    }
+
+    fn l2norm_bwd(
+        &self,
+        x: &Buf<f32>,
+        dy: &Buf<f32>,
+        dx: &mut Buf<f32>,
+        shape: L2Norm,
+    ) -> Result<()> {
+        shape.check(&[x.len(), dy.len(), dx.len()])?;
+        norm::l2norm_bwd_f32(self, dev(x)?, dev(dy)?, dev_mut(dx)?, shape)
+    }
+}

@@ -1,0 +1,3 @@
+//! File formats other tools read: numpy `.npy` / `.npz`.
+
+pub mod npy;

@@ -1,0 +1,9 @@
+//! insclr-cu: InsCLR image-retrieval training with hand-written CUDA kernels.
+//!
+//! Layers, from the bottom: [`backend`] (every op, on CPU or CUDA) -> `nn` (layers and
+//! backbones) -> `mining` / `loss` (the method) -> `train`. A module depends only on those below.
+
+pub mod backend;
+pub mod io;
+pub mod nn;
+pub mod rng;
