@@ -53,6 +53,28 @@ pub struct DeviceInfo {
     pub total_mem_bytes: usize,
     pub multiprocessors: i32,
     pub driver: Option<(i32, i32)>,
+    /// Memory clock (kHz), bus width (bits) and SM clock (kHz), for napkin-math floors.
+    pub mem_clock_khz: i32,
+    pub mem_bus_bits: i32,
+    pub sm_clock_khz: i32,
+}
+
+impl DeviceInfo {
+    /// Peak DRAM bandwidth in bytes/s: two transfers per memory clock over the bus.
+    pub fn peak_bandwidth(&self) -> f64 {
+        2.0 * self.mem_clock_khz as f64 * 1e3 * self.mem_bus_bits as f64 / 8.0
+    }
+
+    /// Peak FP32 (non-tensor-core) FLOP/s: 128 FP32 lanes per SM from Volta on (64 on sm_80),
+    /// one FMA (2 flops) per lane per clock.
+    pub fn peak_fp32_flops(&self) -> f64 {
+        let lanes = if self.compute_capability == (8, 0) {
+            64.0
+        } else {
+            128.0
+        };
+        self.multiprocessors as f64 * lanes * 2.0 * self.sm_clock_khz as f64 * 1e3
+    }
 }
 
 /// A CUDA device with its stream, cuBLAS handle and the embedded kernel modules.
@@ -82,15 +104,18 @@ impl CudaBackend {
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| anyhow!("creating a context on GPU {ordinal}: {e}"))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("{e}"))?;
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let attr = |a: A| ctx.attribute(a).unwrap_or(0);
         let info = DeviceInfo {
             ordinal,
             name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
             compute_capability: (major, minor),
             total_mem_bytes: ctx.total_mem().unwrap_or(0),
-            multiprocessors: ctx
-                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                .unwrap_or(0),
+            multiprocessors: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
             driver: driver_version(),
+            mem_clock_khz: attr(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE),
+            mem_bus_bits: attr(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH),
+            sm_clock_khz: attr(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE),
         };
         let stream = ctx.default_stream();
         // SAFETY: is_culib_present only dlopens libcublas; it makes no cuBLAS call.

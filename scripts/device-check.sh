@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds release test and bench binaries here and stages them, with a runner, in .device/
+# (git-ignored), so that one command on a GPU machine (no Rust toolchain there) runs every GPU
+# test and benchmark and writes logs and a results table under $OUT.
+#
+#   scripts/device-check.sh            # here: build and stage
+#   bash .device/run.sh                # there (device tool: carry [".device"]); results in $OUT
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash scripts/install-cuda-tools.sh >/dev/null
+export INSCLR_REQUIRE_NVCC=1
+stage="$root/.device"
+rm -rf "$stage"
+mkdir -p "$stage/bin"
+
+# Cargo prints one JSON object per artifact; keep the executables of test and bench targets.
+list_executables() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["kind"][0], m["target"]["name"], m["executable"])
+'
+}
+{
+  cargo test --release --no-run --message-format=json
+  cargo bench --no-run --message-format=json
+} 2>"$stage/build.log" | list_executables | sort -u > "$stage/executables.txt" || {
+  cat "$stage/build.log" >&2
+  exit 1
+}
+while read -r kind name exe; do
+  case "$kind" in
+    bench) cp "$exe" "$stage/bin/bench-$name" ;;
+    lib) cp "$exe" "$stage/bin/test-lib" ;;
+    *) cp "$exe" "$stage/bin/test-$name" ;;
+  esac
+done < "$stage/executables.txt"
+
+{
+  echo "commit=$(git rev-parse HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo '+dirty')"
+  echo "build_root=$root"
+  echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "archs=${INSCLR_CUDA_ARCHS:-90}"
+} > "$stage/BUILD"
+cp scripts/device-run.sh "$stage/run.sh"
+du -sh "$stage" | sed 's/^/staged: /'
+ls "$stage/bin" | sed 's/^/  /'
+cat <<'MSG'
+
+On the GPU machine (device tool), run from the repository root:
+  bash .device/run.sh          with carry: [".device"]
+It writes summary.md, tests.log, bench.log and bench.md under $OUT; commit summary.md as
+bench_results/<date>-<gpu>.md.
+MSG

@@ -1,0 +1,342 @@
+//! The foundation kernels (GeM pooling, L2 normalisation, GEMM): CPU hand-computed cases,
+//! finite-difference checks of every backward, and GPU-vs-CPU comparisons on random inputs with
+//! edge sizes (skipped without a GPU; `INSCLR_REQUIRE_GPU=1` makes a skip a failure).
+
+mod common;
+
+use common::{gpu, numeric_grad, poisoned, rel_err};
+use insclr::backend::cpu::{gemm, norm, pool};
+use insclr::backend::{Backend, CpuBackend, Gem, L2Norm, MatMul};
+use insclr::rng::Rng;
+
+fn gem_cpu(x: &[f32], s: Gem) -> Vec<f32> {
+    let mut y = vec![0.0; s.rows];
+    pool::gem_fwd_f32(x, &mut y, s);
+    y
+}
+
+fn l2_cpu(x: &[f32], s: L2Norm) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    norm::l2norm_fwd_f32(x, &mut y, s);
+    y
+}
+
+#[test]
+fn gem_forward_hand_computed() {
+    let s = Gem {
+        rows: 3,
+        hw: 4,
+        p: 3.0,
+        eps: 1e-6,
+    };
+    // Row 0: cube mean (1+8+27+64)/4 = 25. Row 1: negatives clamp to eps. Row 2: all below eps.
+    let x = [
+        1.0, 2.0, 3.0, 4.0, -1.0, 0.0, 8.0, -5.0, -1.0, -2.0, 0.0, -3.0,
+    ];
+    let y = gem_cpu(&x, s);
+    assert!((y[0] - 25f32.cbrt()).abs() < 1e-6, "{}", y[0]);
+    assert!((y[1] - 128f32.cbrt()).abs() < 1e-5, "{}", y[1]);
+    assert!((y[2] - 1e-6).abs() < 1e-9, "{}", y[2]);
+    // p = 1 is the clamped mean; a large p approaches the max.
+    let y1 = gem_cpu(
+        &x[..4],
+        Gem {
+            rows: 1,
+            hw: 4,
+            p: 1.0,
+            eps: 1e-6,
+        },
+    );
+    assert!((y1[0] - 2.5).abs() < 1e-6);
+    let y50 = gem_cpu(
+        &x[..4],
+        Gem {
+            rows: 1,
+            hw: 4,
+            p: 50.0,
+            eps: 1e-6,
+        },
+    );
+    assert!(y50[0] > 3.8 && y50[0] <= 4.0, "{}", y50[0]);
+}
+
+#[test]
+fn l2norm_hand_computed() {
+    let s = L2Norm::new(3, 2);
+    let y = l2_cpu(&[3.0, 4.0, 0.0, 0.0, -1e-14, 0.0], s);
+    assert_eq!(&y[..2], &[0.6, 0.8]);
+    assert_eq!(
+        &y[2..4],
+        &[0.0, 0.0],
+        "a zero row stays zero (norm clamped to eps)"
+    );
+    assert!(
+        (y[4] + 0.01).abs() < 1e-6,
+        "below eps the row is divided by eps: {}",
+        y[4]
+    );
+    let mut dx = vec![0.0; 2];
+    norm::l2norm_bwd_f32(&[3.0, 4.0], &[1.0, 0.0], &mut dx, L2Norm::new(1, 2));
+    // (dy - y (y.dy)) / ||x|| = ([1, 0] - [0.6, 0.8] * 0.6) / 5
+    assert!(
+        (dx[0] - 0.128).abs() < 1e-7 && (dx[1] + 0.096).abs() < 1e-7,
+        "{dx:?}"
+    );
+}
+
+#[test]
+fn gem_backward_matches_finite_differences() {
+    let mut rng = Rng::new(11);
+    for &(rows, hw, p) in &[
+        (3usize, 5usize, 3.0f32),
+        (2, 7, 2.5),
+        (1, 1, 3.0),
+        (4, 9, 1.0),
+    ] {
+        let s = Gem {
+            rows,
+            hw,
+            p,
+            eps: 1e-6,
+        };
+        // Keep inputs away from the clamp so the loss is smooth within +-h; add a few clamped
+        // (negative) entries, whose gradient must be exactly zero.
+        let mut x: Vec<f32> = (0..rows * hw).map(|_| rng.uniform_f32(0.2, 2.0)).collect();
+        for i in (0..x.len()).step_by(4) {
+            x[i] = -rng.uniform_f32(0.1, 1.0);
+        }
+        let w = rng.vec_f32(rows, -1.0, 1.0);
+        let loss = |x: &[f32]| -> f64 {
+            gem_cpu(x, s)
+                .iter()
+                .zip(&w)
+                .map(|(&y, &w)| (y * w) as f64)
+                .sum()
+        };
+        let y = gem_cpu(&x, s);
+        let mut dx = vec![f32::NAN; x.len()];
+        pool::gem_bwd_f32(&x, &y, &w, &mut dx, s);
+        let num = numeric_grad(&x, 1e-3, loss);
+        assert!(
+            rel_err(&dx, &num) < 2e-3,
+            "rows={rows} hw={hw} p={p}: {dx:?} vs {num:?}"
+        );
+        for i in (0..x.len()).step_by(4) {
+            assert_eq!(dx[i], 0.0, "clamped input {i} must get no gradient");
+        }
+    }
+}
+
+#[test]
+fn l2norm_backward_matches_finite_differences() {
+    let mut rng = Rng::new(12);
+    for &(rows, cols) in &[(3usize, 5usize), (1, 1), (2, 33), (5, 2)] {
+        let s = L2Norm::new(rows, cols);
+        let x = rng.vec_f32(rows * cols, -2.0, 2.0);
+        let w = rng.vec_f32(rows * cols, -1.0, 1.0);
+        let loss = |x: &[f32]| -> f64 {
+            l2_cpu(x, s)
+                .iter()
+                .zip(&w)
+                .map(|(&y, &w)| (y * w) as f64)
+                .sum()
+        };
+        let mut dx = vec![f32::NAN; x.len()];
+        norm::l2norm_bwd_f32(&x, &w, &mut dx, s);
+        let num = numeric_grad(&x, 1e-3, loss);
+        assert!(
+            rel_err(&dx, &num) < 2e-3,
+            "rows={rows} cols={cols}: {dx:?} vs {num:?}"
+        );
+    }
+}
+
+#[test]
+fn cpu_matmul_matches_naive_for_every_transpose() {
+    let mut rng = Rng::new(13);
+    for &(m, n, k) in &[(1usize, 1usize, 1usize), (7, 5, 3), (33, 17, 65), (4, 9, 0)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let s = MatMul {
+                m,
+                n,
+                k,
+                trans_a: ta,
+                trans_b: tb,
+                alpha: 0.5,
+                beta: 0.25,
+            };
+            let a = rng.vec_f32(m * k, -1.0, 1.0);
+            let b = rng.vec_f32(k * n, -1.0, 1.0);
+            let c0 = rng.vec_f32(m * n, -1.0, 1.0);
+            let (mut fast, mut slow) = (c0.clone(), c0.clone());
+            gemm::matmul_f32(&a, &b, &mut fast, s);
+            gemm::matmul_naive(&a, &b, &mut slow, s);
+            assert!(
+                rel_err(&fast, &slow) < 1e-5,
+                "m={m} n={n} k={k} ta={ta} tb={tb}"
+            );
+        }
+    }
+}
+
+#[test]
+fn shape_mismatches_are_errors_not_panics() {
+    let be = CpuBackend::new();
+    let x = be.upload(&[1.0; 10]).unwrap();
+    let mut y = be.zeros(3).unwrap();
+    let err = be
+        .gem_fwd(&x, &mut y, Gem::new(1, 2, 2, 2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected 8"), "{err}");
+    let mut c = be.zeros(4).unwrap();
+    assert!(be.matmul(&x, &x, &mut c, MatMul::new(2, 2, 3)).is_err());
+}
+
+// ---- GPU versus the CPU twin -------------------------------------------------------------
+
+const GEM_SIZES: &[(usize, usize)] = &[
+    (1, 1),
+    (1, 31),
+    (7, 32),
+    (8, 33),
+    (9, 49),
+    (257, 1024),
+    (64, 7),
+];
+const L2_SIZES: &[(usize, usize)] = &[(1, 1), (7, 31), (8, 32), (9, 33), (300, 2048), (2, 4097)];
+
+#[test]
+fn gpu_gem_matches_cpu() {
+    let Some(cuda) = gpu("gpu_gem_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::new(21);
+    for &(rows, hw) in GEM_SIZES {
+        for p in [3.0f32, 2.2] {
+            let s = Gem {
+                rows,
+                hw,
+                p,
+                eps: 1e-6,
+            };
+            // Mostly positive activations (post-ReLU maps) with some entries below the clamp.
+            let x = rng.vec_f32(rows * hw, -0.2, 3.0);
+            let w = rng.vec_f32(rows, -1.0, 1.0);
+            let y_ref = gem_cpu(&x, s);
+            let mut dx_ref = vec![0.0; x.len()];
+            pool::gem_bwd_f32(&x, &y_ref, &w, &mut dx_ref, s);
+
+            let xd = cuda.upload(&x).unwrap();
+            let mut yd = poisoned(&cuda, rows);
+            cuda.gem_fwd(&xd, &mut yd, s).unwrap();
+            let y = cuda.download(&yd).unwrap();
+            assert!(
+                rel_err(&y, &y_ref) < 1e-5,
+                "gem_fwd rows={rows} hw={hw} p={p}: {}",
+                rel_err(&y, &y_ref)
+            );
+            let dyd = cuda.upload(&w).unwrap();
+            let mut dxd = poisoned(&cuda, x.len());
+            cuda.gem_bwd(&xd, &yd, &dyd, &mut dxd, s).unwrap();
+            let dx = cuda.download(&dxd).unwrap();
+            assert!(
+                rel_err(&dx, &dx_ref) < 1e-5,
+                "gem_bwd rows={rows} hw={hw} p={p}: {}",
+                rel_err(&dx, &dx_ref)
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_l2norm_matches_cpu() {
+    let Some(cuda) = gpu("gpu_l2norm_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::new(22);
+    for &(rows, cols) in L2_SIZES {
+        let s = L2Norm::new(rows, cols);
+        let mut x = rng.vec_f32(rows * cols, -1.0, 1.0);
+        if rows > 2 {
+            x[cols..2 * cols].iter_mut().for_each(|v| *v = 0.0); // one all-zero row: the clamp path
+        }
+        let dy = rng.vec_f32(rows * cols, -1.0, 1.0);
+        let y_ref = l2_cpu(&x, s);
+        let mut dx_ref = vec![0.0; x.len()];
+        norm::l2norm_bwd_f32(&x, &dy, &mut dx_ref, s);
+
+        let xd = cuda.upload(&x).unwrap();
+        let mut yd = poisoned(&cuda, x.len());
+        cuda.l2norm_fwd(&xd, &mut yd, s).unwrap();
+        let y = cuda.download(&yd).unwrap();
+        assert!(
+            rel_err(&y, &y_ref) < 1e-5,
+            "l2norm_fwd rows={rows} cols={cols}: {}",
+            rel_err(&y, &y_ref)
+        );
+        let dyd = cuda.upload(&dy).unwrap();
+        let mut dxd = poisoned(&cuda, x.len());
+        cuda.l2norm_bwd(&xd, &dyd, &mut dxd, s).unwrap();
+        let dx = cuda.download(&dxd).unwrap();
+        // Rows compared one by one: the zero row's gradient is dy / 1e-12 and would swamp the others.
+        for (r, (got, want)) in dx.chunks(cols).zip(dx_ref.chunks(cols)).enumerate() {
+            assert!(
+                rel_err(got, want) < 1e-5,
+                "l2norm_bwd rows={rows} cols={cols} row {r}: {}",
+                rel_err(got, want)
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_cublas_matmul_matches_naive() {
+    let Some(cuda) = gpu("gpu_cublas_matmul_matches_naive") else {
+        return;
+    };
+    let mut rng = Rng::new(23);
+    for &(m, n, k) in &[
+        (1usize, 1usize, 1usize),
+        (7, 5, 3),
+        (64, 100, 2048),
+        (33, 17, 65),
+    ] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let s = MatMul {
+                m,
+                n,
+                k,
+                trans_a: ta,
+                trans_b: tb,
+                alpha: 0.5,
+                beta: 0.25,
+            };
+            let a = rng.vec_f32(m * k, -1.0, 1.0);
+            let b = rng.vec_f32(k * n, -1.0, 1.0);
+            let c0 = rng.vec_f32(m * n, -1.0, 1.0);
+            let mut want = c0.clone();
+            gemm::matmul_naive(&a, &b, &mut want, s);
+            let (ad, bd) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
+            let mut cd = cuda.upload(&c0).unwrap();
+            cuda.matmul(&ad, &bd, &mut cd, s).unwrap();
+            let got = cuda.download(&cd).unwrap();
+            assert!(
+                rel_err(&got, &want) < 1e-5,
+                "m={m} n={n} k={k} ta={ta} tb={tb}: {}",
+                rel_err(&got, &want)
+            );
+        }
+    }
+}
+
+#[test]
+fn cuda_backend_without_gpu_is_an_error_not_a_panic() {
+    // On a GPU machine this opens the device; elsewhere it must fail cleanly with a reason.
+    match insclr::backend::CudaBackend::new(0) {
+        Ok(be) => assert_eq!(be.name(), "cuda"),
+        Err(e) => assert!(!format!("{e:#}").is_empty()),
+    }
+    let (be, why) = insclr::backend::auto();
+    assert!(why.starts_with(be.name()), "{why}");
+}
