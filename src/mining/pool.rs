@@ -11,7 +11,7 @@
 //! dropped. Here the query's own index is removed explicitly and ties are broken by
 //! (score descending, index ascending), so the result is deterministic and never contains self.
 
-use crate::backend::{Backend, MatMul};
+use crate::backend::{Backend, Buf, MatMul};
 use crate::io::npy::{self, Array, NpzEntry};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -146,7 +146,15 @@ impl CandidatePool {
                 scores = be.zeros(t * n)?;
             }
             be.matmul(&a, &all, &mut scores, MatMul::new(t, n, d).tb())?;
-            let host = be.download(&scores)?;
+            // Host buffers are read in place: a copy of every tile would move 4 * N^2 bytes.
+            let copied;
+            let host: &[f32] = match &scores {
+                Buf::Host(v) => v,
+                dev => {
+                    copied = be.download(dev)?;
+                    &copied
+                }
+            };
             neighbor[q0 * k..(q0 + t) * k]
                 .par_chunks_mut(k)
                 .zip(similarity[q0 * k..(q0 + t) * k].par_chunks_mut(k))
