@@ -5,5 +5,8 @@
 
 pub mod backend;
 pub mod io;
+pub mod loss;
+pub mod memory;
+pub mod mining;
 pub mod nn;
 pub mod rng;

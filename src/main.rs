@@ -20,12 +20,15 @@ struct Cli {
 enum Command {
     /// What GPU, driver and kernels are here; never fails without a GPU.
     Info(cli::info::Args),
+    /// Candidate pool: exact top-k inner-product neighbours of a descriptor file.
+    Pool(cli::pool::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Info(a) => cli::info::run(a),
+        Command::Pool(a) => cli::pool::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

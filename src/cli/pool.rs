@@ -1,0 +1,68 @@
+//! `insclr-cu pool`: the candidate pool of a descriptor file (exact top-k neighbours by inner
+//! product), written as the original's `<name>_neighbor.npz`.
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use insclr::backend;
+use insclr::io::npy;
+use insclr::mining::pool::{count_non_unit, default_tile, CandidatePool};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `insclr-cu pool`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Descriptors, `.npy` float32 N x D (unit rows expected).
+    #[arg(long)]
+    feats: PathBuf,
+    /// Neighbours per image (the original: 500).
+    #[arg(long, default_value_t = 500)]
+    k: usize,
+    /// Output `.npz` with `neighbor` (int64 N x k) and `similarity` (float32 N x k).
+    #[arg(long)]
+    out: PathBuf,
+    /// Queries scored per tile (memory: tile x N floats); default keeps a tile near 256 MiB.
+    #[arg(long)]
+    tile: Option<usize>,
+}
+
+/// Computes and writes the pool.
+pub fn run(args: Args) -> Result<()> {
+    let feats = npy::read::<f32>(&args.feats)?;
+    let (n, d) = feats.dims2(&args.feats.display().to_string())?;
+    let off = count_non_unit(&feats.data, d, 1e-3);
+    if off > 0 {
+        eprintln!(
+            "warning: {off} of {n} descriptors in {} are not unit norm (|norm - 1| > 1e-3); \
+             similarities are raw inner products, L2-normalise the rows for cosine neighbours",
+            args.feats.display()
+        );
+    }
+    let tile = args.tile.unwrap_or_else(|| default_tile(n));
+    let (be, chosen) = backend::auto();
+    println!(
+        "pool: {n} descriptors of {d}, k = {}, tile = {tile}, backend {chosen}",
+        args.k
+    );
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} rows  {per_sec}  elapsed {elapsed_precise}  eta {eta}",
+        )
+        .context("progress bar template")?,
+    );
+    let t0 = Instant::now();
+    let pool = CandidatePool::compute(be.as_ref(), &feats.data, n, d, args.k, tile, &mut |t| {
+        bar.inc(t as u64)
+    })
+    .with_context(|| format!("candidate pool of {}", args.feats.display()))?;
+    bar.finish();
+    let secs = t0.elapsed().as_secs_f64();
+    pool.save(&args.out)?;
+    println!(
+        "pool: wrote {} ({n} x {} neighbours) in {secs:.1} s",
+        args.out.display(),
+        args.k
+    );
+    Ok(())
+}

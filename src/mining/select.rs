@@ -1,0 +1,193 @@
+//! `select(mode, Q, C)` (spec 4.5.3): iterative query-set expansion. Each iteration scores
+//! every candidate against the current query set, picks some, and appends the picked
+//! candidates to the query set, so positives can be reached transitively.
+//!
+//! Similarities `C Q^T` come from `be.matmul` (`trans_b`); scoring and picking run on the host.
+//! Deterministic tie rule (the original's `torch.sort` is not stable): equal scores are picked
+//! in ascending candidate position, i.e. ascending dataset index since candidate lists are
+//! sorted.
+
+use super::mode::{Mode, ScoreFn, Selector};
+use crate::backend::{Backend, MatMul};
+use anyhow::{bail, Result};
+
+/// The result of one `select`: chosen candidate positions (ascending) and, for tests and
+/// logs, the score vector of every iteration (chosen candidates already zeroed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    /// Chosen candidate positions, ascending.
+    pub chosen: Vec<usize>,
+    /// Per iteration, the score of every candidate.
+    pub scores: Vec<Vec<f32>>,
+}
+
+/// Runs `mode`'s iterations: `q` is the initial query set (`nq x d`), `c` the candidates
+/// (`nc x d`); both are unit rows of the no-DA bank.
+pub fn select(be: &dyn Backend, mode: &Mode, q: &[f32], c: &[f32], d: usize) -> Result<Selection> {
+    if d == 0 || q.len() % d != 0 || c.len() % d != 0 {
+        bail!(
+            "select: query ({}) and candidate ({}) buffers must be whole rows of {d}",
+            q.len(),
+            c.len()
+        );
+    }
+    let nc = c.len() / d;
+    let mut chosen = vec![false; nc];
+    let mut scores_log = Vec::with_capacity(mode.iters);
+    if nc == 0 {
+        return Ok(Selection {
+            chosen: vec![],
+            scores: vec![vec![]; mode.iters],
+        });
+    }
+    let cand = be.upload(c)?;
+    let mut query = q.to_vec();
+    for it in 0..mode.iters {
+        let nq = query.len() / d;
+        let qb = be.upload(&query)?;
+        let mut sb = be.zeros(nc * nq)?;
+        be.matmul(&cand, &qb, &mut sb, MatMul::new(nc, nq, d).tb())?;
+        let s = be.download(&sb)?;
+        let mut score = vec![0f32; nc];
+        let mut num = vec![0usize; nc];
+        for r in 0..nc {
+            let row = &s[r * nq..(r + 1) * nq];
+            match mode.score[it] {
+                ScoreFn::Avg(th) => {
+                    let (mut sum, mut cnt) = (0f32, 0usize);
+                    for &v in row.iter().filter(|&&v| v >= th) {
+                        sum += v;
+                        cnt += 1;
+                    }
+                    // The original divides by num + 1e-6 (trap G22): 0 when nothing qualifies.
+                    score[r] = sum / (cnt as f32 + 1e-6);
+                    num[r] = cnt;
+                }
+                ScoreFn::Max(th) => {
+                    // Below-threshold similarities count as 0, so the score is never negative.
+                    let mut m = 0f32;
+                    let mut cnt = 0;
+                    for &v in row {
+                        let masked = if v >= th {
+                            cnt += 1;
+                            v
+                        } else {
+                            0.0
+                        };
+                        m = m.max(masked);
+                    }
+                    score[r] = m;
+                    num[r] = cnt;
+                }
+            }
+            if chosen[r] {
+                score[r] = 0.0;
+                num[r] = 0;
+            }
+        }
+        let pick: Vec<usize> = match mode.select[it] {
+            Selector::TopK(k) => {
+                let eligible = num.iter().filter(|&&v| v > 0).count();
+                let kk = k.min(eligible);
+                let mut order: Vec<usize> = (0..nc).collect();
+                // Stable sort on ascending positions: ties go to the smaller position.
+                order.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
+                order.truncate(kk);
+                order
+            }
+            Selector::Thresh(t) => (0..nc).filter(|&r| score[r] >= t).collect(),
+        };
+        for &r in &pick {
+            query.extend_from_slice(&c[r * d..(r + 1) * d]);
+            chosen[r] = true;
+        }
+        scores_log.push(score);
+    }
+    Ok(Selection {
+        chosen: (0..nc).filter(|&r| chosen[r]).collect(),
+        scores: scores_log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+
+    fn units(deg: &[f32]) -> Vec<f32> {
+        deg.iter()
+            .flat_map(|a| {
+                let r = (*a as f64).to_radians();
+                [r.cos() as f32, r.sin() as f32]
+            })
+            .collect()
+    }
+
+    /// Spec 4.5.3 worked example: Q = {0, 10} degrees, C = {20, 45, 60, 100} degrees.
+    fn run(mode: &str) -> Selection {
+        let m = Mode::parse(mode).unwrap();
+        select(
+            &CpuBackend::new(),
+            &m,
+            &units(&[0.0, 10.0]),
+            &units(&[20.0, 45.0, 60.0, 100.0]),
+            2,
+        )
+        .unwrap()
+    }
+
+    fn close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-4, "got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn spec_table_avg_k01() {
+        let s = run("b+i_tr2_avg0.60_k01");
+        close(&s.scores[0], &[0.9622, 0.7631, 0.6428, 0.0]);
+        close(&s.scores[1], &[0.0, 0.8109, 0.7044, 0.0]);
+        assert_eq!(s.chosen, vec![0, 1]);
+    }
+
+    #[test]
+    fn spec_table_max_k01() {
+        let s = run("b+i_tr2_max0.60_k01");
+        close(&s.scores[0], &[0.9848, 0.8192, 0.6428, 0.0]);
+        close(&s.scores[1], &[0.0, 0.9063, 0.7660, 0.0]);
+        assert_eq!(s.chosen, vec![0, 1]);
+    }
+
+    #[test]
+    fn spec_table_avg_threshold_selector() {
+        let s = run("b+i_tr1_avg0.60_t0.70");
+        close(&s.scores[0], &[0.9622, 0.7631, 0.6428, 0.0]);
+        assert_eq!(s.chosen, vec![0, 1]);
+    }
+
+    #[test]
+    fn spec_table_transitive_drift_k05() {
+        let s = run("b+i_tr4_avg0.60_k05");
+        close(&s.scores[1], &[0.0, 0.0, 0.0, 0.7660]);
+        assert_eq!(s.chosen, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn spec_table_avg_tr3_k01() {
+        let s = run("b+i_tr3_avg0.60_k01");
+        close(&s.scores[2], &[0.0, 0.0, 0.7916, 0.0]);
+        assert_eq!(s.chosen, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn ties_pick_the_smaller_position_and_empty_candidates_select_nothing() {
+        // Candidates 1 and 2 are identical (a duplicate image): top-1 takes position 1.
+        let m = Mode::parse("b+i_tr1_max0.60_k01").unwrap();
+        let be = CpuBackend::new();
+        let s = select(&be, &m, &units(&[0.0]), &units(&[50.0, 20.0, 20.0]), 2).unwrap();
+        assert_eq!(s.chosen, vec![1]);
+        let s = select(&be, &m, &units(&[0.0]), &[], 2).unwrap();
+        assert!(s.chosen.is_empty());
+    }
+}
