@@ -20,12 +20,18 @@ struct Cli {
 enum Command {
     /// What GPU, driver and kernels are here; never fails without a GPU.
     Info(cli::info::Args),
+    /// Multi-scale descriptors of a list or folder of images, written as .npy.
+    Extract(cli::extract::Args),
+    /// Retrieval scores on revisited Oxford / Paris, GLDv2 or a plain list (one table).
+    Eval(cli::eval::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Info(a) => cli::info::run(a),
+        Command::Extract(a) => cli::extract::run(a),
+        Command::Eval(a) => cli::eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -23,6 +23,9 @@ pub struct ListQuery {
 /// A list dataset's ground truth.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ListGnd {
+    /// Free text: where the images come from and how the ground truth was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub about: Option<String>,
     pub imlist: Vec<String>,
     pub qimlist: Vec<String>,
     pub gnd: Vec<ListQuery>,
