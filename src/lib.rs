@@ -4,6 +4,8 @@
 //! backbones) -> `mining` / `loss` (the method) -> `train`. A module depends only on those below.
 
 pub mod backend;
+pub mod data;
+pub mod eval;
 pub mod io;
 pub mod loss;
 pub mod memory;

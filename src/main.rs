@@ -22,6 +22,10 @@ enum Command {
     Info(cli::info::Args),
     /// Candidate pool: exact top-k inner-product neighbours of a descriptor file.
     Pool(cli::pool::Args),
+    /// Multi-scale descriptors of a list or folder of images, written as .npy.
+    Extract(cli::extract::Args),
+    /// Retrieval scores on revisited Oxford / Paris, GLDv2 or a plain list (one table).
+    Eval(cli::eval::Args),
 }
 
 fn main() {
@@ -29,6 +33,8 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Info(a) => cli::info::run(a),
         Command::Pool(a) => cli::pool::run(a),
+        Command::Extract(a) => cli::extract::run(a),
+        Command::Eval(a) => cli::eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,4 +1,6 @@
 //! One module per subcommand: its clap arguments and its `run`.
 
+pub mod eval;
+pub mod extract;
 pub mod info;
 pub mod pool;

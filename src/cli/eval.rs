@@ -1,0 +1,316 @@
+//! `insclr-cu eval`: scores a model (or precomputed `.npy` descriptors) on revisited Oxford /
+//! Paris, GLDv2 retrieval or a plain image list, and prints one table.
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use insclr::backend::{self, Backend};
+use insclr::eval::extract::{self, ExtractConfig, ImageItem};
+use insclr::eval::rank::{Pair, Tiling};
+use insclr::eval::revisited::{Gnd, Protocol};
+use insclr::eval::{self as ev, gldv2, list::ListGnd};
+use insclr::io::npy;
+use std::path::{Path, PathBuf};
+
+/// Which benchmark protocol to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Dataset {
+    /// Revisited Oxford5k: ROOT/gnd_roxford5k.pkl (or .json), images ROOT/jpg/<name>.jpg.
+    Roxford5k,
+    /// Revisited Paris6k: ROOT/gnd_rparis6k.pkl (or .json), images ROOT/jpg/<name>.jpg.
+    Rparis6k,
+    /// GLDv2 retrieval: ROOT/test/retrieval_solution_v2.1.csv, ROOT/index/index_image_to_landmark.csv.
+    Gldv2,
+    /// Any folder: ROOT/gnd.json (or --gnd) = {imlist, qimlist, gnd: [{ok, junk, bbx?}]}.
+    List,
+}
+
+/// Arguments of `insclr-cu eval`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Benchmark protocol.
+    #[arg(long, value_enum)]
+    dataset: Dataset,
+    /// Dataset folder.
+    #[arg(long)]
+    root: PathBuf,
+    /// Descriptor model (built-in: tiny-gem, a baseline that GeM-pools the input pixels).
+    #[arg(long, default_value = "tiny-gem")]
+    model: String,
+    /// Ground-truth file instead of the dataset's default (revisitop .pkl or .json; list .json).
+    #[arg(long)]
+    gnd: Option<PathBuf>,
+    /// Database descriptors (.npy, N_db x D float32, rows in imlist / index order): skips extraction.
+    #[arg(long, requires = "query_feats")]
+    db_feats: Option<PathBuf>,
+    /// Query descriptors (.npy, N_q x D float32, rows in qimlist / solution-file order).
+    #[arg(long, requires = "db_feats")]
+    query_feats: Option<PathBuf>,
+    /// Extraction scales [default: 1,0.7071,0.5; gldv2: 1.414,1,0.7].
+    #[arg(long, value_delimiter = ',')]
+    scales: Option<Vec<f64>>,
+    /// Longest image side after the thumbnail (only downscales).
+    #[arg(long, default_value_t = extract::IMG_SIZE)]
+    img_size: u32,
+    /// Images decoded and described together.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Write the extracted descriptors to DIR/db.npy and DIR/query.npy.
+    #[arg(long)]
+    save_feats: Option<PathBuf>,
+    /// Write the numbers as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Database rows per similarity tile (memory: queries x tile floats).
+    #[arg(long, default_value_t = Tiling::default().db_tile)]
+    tile: usize,
+    /// Force the CPU backend even when a GPU is present.
+    #[arg(long)]
+    cpu: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// A dataset resolved to files: what to describe and how to score it.
+enum Resolved {
+    Revisited(Gnd),
+    List(Gnd),
+    Gld {
+        sol: gldv2::Solutions,
+        index_ids: Vec<String>,
+    },
+}
+
+fn first_existing(cands: &[PathBuf]) -> Result<PathBuf> {
+    cands.iter().find(|p| p.exists()).cloned().with_context(|| {
+        format!(
+            "none of {} exists; pass --gnd FILE or fix --root",
+            cands
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// Reads a revisitop ground truth: `.json` here; `.pkl` (the official files) needs the pickle
+/// reader, which lands with the weights importer.
+fn read_gnd(path: &Path) -> Result<Gnd> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => Gnd::read_json(path),
+        _ => bail!(
+            "{}: reading revisitop .pkl ground truth is not built yet; convert it once with python: \
+             json.dump({{k: (v if k != 'gnd' else [{{kk: (vv.tolist() if hasattr(vv, 'tolist') else vv) for kk, vv in g.items()}} for g in v]) for k, v in pickle.load(open(PKL, 'rb')).items()}}, open('gnd.json', 'w')) and pass --gnd gnd.json",
+            path.display()
+        ),
+    }
+}
+
+fn resolve(args: &Args) -> Result<Resolved> {
+    let root = &args.root;
+    Ok(match args.dataset {
+        Dataset::Roxford5k | Dataset::Rparis6k => {
+            let name = if args.dataset == Dataset::Roxford5k {
+                "roxford5k"
+            } else {
+                "rparis6k"
+            };
+            let path = match &args.gnd {
+                Some(p) => p.clone(),
+                None => first_existing(&[
+                    root.join(format!("gnd_{name}.pkl")),
+                    root.join(format!("gnd_{name}.json")),
+                ])?,
+            };
+            Resolved::Revisited(read_gnd(&path)?)
+        }
+        Dataset::List => {
+            let path = args.gnd.clone().unwrap_or_else(|| root.join("gnd.json"));
+            Resolved::List(ListGnd::read(&path)?.as_revisited())
+        }
+        Dataset::Gldv2 => {
+            let sol = gldv2::read_solution(
+                &args
+                    .gnd
+                    .clone()
+                    .unwrap_or_else(|| root.join("test").join("retrieval_solution_v2.1.csv")),
+            )?;
+            let index_csv = first_existing(&[
+                root.join("index").join("index_image_to_landmark.csv"),
+                root.join("index.csv"),
+            ])?;
+            Resolved::Gld {
+                sol,
+                index_ids: gldv2::read_ids(&index_csv)?,
+            }
+        }
+    })
+}
+
+/// The database and query images of a resolved dataset, in descriptor row order.
+fn items(args: &Args, r: &Resolved) -> (Vec<ImageItem>, Vec<ImageItem>) {
+    let root = &args.root;
+    let plain = |p: PathBuf| ImageItem { path: p, bbx: None };
+    match r {
+        Resolved::Revisited(g) => {
+            let jpg = |n: &str| root.join("jpg").join(format!("{n}.jpg"));
+            (
+                g.imlist.iter().map(|n| plain(jpg(n))).collect(),
+                g.qimlist
+                    .iter()
+                    .zip(&g.gnd)
+                    .map(|(n, q)| ImageItem {
+                        path: jpg(n),
+                        bbx: q.bbx,
+                    })
+                    .collect(),
+            )
+        }
+        Resolved::List(g) => (
+            g.imlist.iter().map(|n| plain(root.join(n))).collect(),
+            g.qimlist
+                .iter()
+                .zip(&g.gnd)
+                .map(|(n, q)| ImageItem {
+                    path: root.join(n),
+                    bbx: q.bbx,
+                })
+                .collect(),
+        ),
+        // Queries are never cropped on GLDv2 (spec 6.3).
+        Resolved::Gld { sol, index_ids } => (
+            index_ids
+                .iter()
+                .map(|id| plain(gldv2::image_path(&root.join("index"), id)))
+                .collect(),
+            sol.queries
+                .iter()
+                .map(|id| plain(gldv2::image_path(&root.join("test"), id)))
+                .collect(),
+        ),
+    }
+}
+
+fn read_feats(path: &Path) -> Result<(Vec<f32>, usize)> {
+    let a = npy::read::<f32>(path)?;
+    let (_, d) = a.dims2(&path.display().to_string())?;
+    Ok((a.data, d))
+}
+
+/// Descriptors of both sides: loaded from `.npy` or extracted with the model.
+fn descriptors(
+    be: &dyn Backend,
+    args: &Args,
+    r: &Resolved,
+) -> Result<(Vec<f32>, Vec<f32>, usize, String)> {
+    if let (Some(dbp), Some(qp)) = (&args.db_feats, &args.query_feats) {
+        let (db, d1) = read_feats(dbp)?;
+        let (q, d2) = read_feats(qp)?;
+        if d1 != d2 {
+            bail!(
+                "{} has {d1}-d descriptors but {} has {d2}-d; both must come from the same model",
+                dbp.display(),
+                qp.display()
+            );
+        }
+        return Ok((db, q, d1, format!("descriptors from {}", dbp.display())));
+    }
+    let mut net = ev::model_by_name(&args.model)?;
+    let scales = args.scales.clone().unwrap_or_else(|| match args.dataset {
+        Dataset::Gldv2 => extract::GLDV2_SCALES.to_vec(),
+        _ => extract::REVISITED_SCALES.to_vec(),
+    });
+    let cfg = ExtractConfig {
+        img_size: args.img_size,
+        scales: scales.clone(),
+        batch: args.batch,
+        normalize_each_scale: true,
+        progress: !args.quiet,
+    };
+    let (db_items, q_items) = items(args, r);
+    let db = extract::extract(be, net.as_mut(), &db_items, &cfg, "database")?;
+    let q = extract::extract(be, net.as_mut(), &q_items, &cfg, "queries ")?;
+    for (what, s) in [("database", &db.skipped), ("queries", &q.skipped)] {
+        if !s.is_empty() {
+            eprintln!(
+                "warning: {what}: {} (their descriptors are zero)",
+                s.summary(10)
+            );
+        }
+    }
+    if let Some(dir) = &args.save_feats {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, e, n) in [
+            ("db.npy", &db, db_items.len()),
+            ("query.npy", &q, q_items.len()),
+        ] {
+            let a = npy::Array::new(vec![n, e.dim], e.feats.clone())?;
+            npy::write(&dir.join(name), &a)?;
+        }
+        eprintln!("wrote {0}/db.npy and {0}/query.npy", dir.display());
+    }
+    let scales_s: Vec<String> = scales.iter().map(|s| format!("{s:.4}")).collect();
+    let how = format!(
+        "{} at {} px, scales {}",
+        args.model,
+        args.img_size,
+        scales_s.join(",")
+    );
+    Ok((db.feats, q.feats, db.dim, how))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (be, chosen): (Box<dyn Backend>, String) = if args.cpu {
+        (Box::new(backend::CpuBackend::new()), "cpu (--cpu)".into())
+    } else {
+        backend::auto()
+    };
+    eprintln!("backend: {chosen}");
+    if args.db_feats.is_none() {
+        ev::model_by_name(&args.model)?; // fail on a bad name before reading any file
+    }
+    let r = resolve(&args)?;
+    let (db, q, dim, how) = descriptors(be.as_ref(), &args, &r)?;
+    let pair = Pair {
+        queries: &q,
+        db: &db,
+        dim,
+    };
+    let tiling = Tiling {
+        db_tile: args.tile.max(1),
+        ..Tiling::default()
+    };
+    let nq = q.len() / dim.max(1);
+    let ndb = db.len() / dim.max(1);
+    let name = format!("{:?}", args.dataset).to_lowercase();
+    println!("{name}: {nq} queries, {ndb} database images, {dim}-d descriptors ({how})");
+    let json = match &r {
+        Resolved::Revisited(g) | Resolved::List(g) => {
+            let protocols: &[Protocol] = if matches!(r, Resolved::List(_)) {
+                &[Protocol::Medium]
+            } else {
+                &Protocol::ALL
+            };
+            let mut res = ev::evaluate_revisited(be.as_ref(), g, pair, protocols, tiling)?;
+            if matches!(r, Resolved::List(_)) {
+                res[0].protocol = "ok/junk".into();
+            }
+            print!("{}", ev::format_revisited(&res));
+            serde_json::json!({"dataset": name, "descriptors": how, "results": res})
+        }
+        Resolved::Gld { sol, index_ids } => {
+            let res = ev::evaluate_gldv2(be.as_ref(), sol, index_ids, &sol.queries, pair, tiling)?;
+            print!("{}", ev::format_gldv2(&res));
+            serde_json::json!({"dataset": name, "descriptors": how, "results": res})
+        }
+    };
+    if let Some(path) = &args.json {
+        npy::write_atomic(path, |w| {
+            serde_json::to_writer_pretty(&mut *w, &json)?;
+            Ok(())
+        })?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

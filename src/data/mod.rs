@@ -1,0 +1,3 @@
+//! Getting images into tensors: decoding, the evaluators' geometry and normalisation.
+
+pub mod image;

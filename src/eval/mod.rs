@@ -1,0 +1,273 @@
+//! Retrieval evaluation as the benchmarks define it (spec section 6): multi-scale extraction,
+//! streaming ranking, revisited Oxford / Paris (Easy / Medium / Hard), GLDv2 mAP@100, and the
+//! plain list protocol. Scoring takes descriptors from anywhere (our models or `.npy` files
+//! written by other tools), so results are comparable on the same protocol.
+
+pub mod extract;
+pub mod gldv2;
+pub mod list;
+pub mod rank;
+pub mod revisited;
+
+use crate::backend::Backend;
+use crate::nn::DescriptorNet;
+use anyhow::{bail, Result};
+use rank::{Pair, Tiling};
+use revisited::{Gnd, Protocol, Summary};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Names accepted by `--model`.
+pub const MODELS: &[&str] = &["tiny-gem"];
+
+/// The descriptor network called `name`. Only the built-in `tiny-gem` baseline exists until the
+/// `nn` backbones land; they plug in here through [`DescriptorNet`].
+pub fn model_by_name(name: &str) -> Result<Box<dyn DescriptorNet>> {
+    match name {
+        "tiny-gem" => Ok(Box::new(extract::TinyGem)),
+        other => bail!(
+            "unknown model '{other}'; available: {} (or score precomputed descriptors with --db-feats/--query-feats)",
+            MODELS.join(", ")
+        ),
+    }
+}
+
+/// Scores of one protocol, ready to print.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProtocolResult {
+    pub protocol: String,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// Ranks every query against the database once and scores each requested protocol
+/// (revisitop's `compute_map` on the ok / junk of each protocol).
+pub fn evaluate_revisited(
+    be: &dyn Backend,
+    gnd: &Gnd,
+    pair: Pair,
+    protocols: &[Protocol],
+    tiling: Tiling,
+) -> Result<Vec<ProtocolResult>> {
+    check_counts(pair, gnd.qimlist.len(), gnd.imlist.len())?;
+    // Rank each query's easy, hard and junk images once; every protocol is a regrouping.
+    let targets: Vec<Vec<usize>> = gnd
+        .gnd
+        .iter()
+        .map(|g| {
+            g.easy
+                .iter()
+                .chain(&g.hard)
+                .chain(&g.junk)
+                .copied()
+                .collect()
+        })
+        .collect();
+    let pos = rank::positions(be, pair, &targets, tiling)?;
+    let rank_of: Vec<HashMap<usize, usize>> = targets
+        .iter()
+        .zip(&pos)
+        .map(|(t, p)| t.iter().copied().zip(p.iter().copied()).collect())
+        .collect();
+    Ok(protocols
+        .iter()
+        .map(|&p| {
+            let scores: Vec<_> = gnd
+                .gnd
+                .iter()
+                .zip(&rank_of)
+                .map(|(g, r)| {
+                    let (ok, junk) = p.split(g);
+                    let okr: Vec<usize> = ok.iter().map(|i| r[i]).collect();
+                    let junkr: Vec<usize> = junk.iter().map(|i| r[i]).collect();
+                    revisited::score_query(&okr, &junkr)
+                })
+                .collect();
+            ProtocolResult {
+                protocol: p.name().to_string(),
+                summary: revisited::summarize(&scores),
+            }
+        })
+        .collect())
+}
+
+fn check_counts(pair: Pair, nq: usize, ndb: usize) -> Result<()> {
+    let d = pair.dim.max(1);
+    let (gq, gdb) = (pair.queries.len() / d, pair.db.len() / d);
+    if gq != nq || gdb != ndb {
+        bail!(
+            "descriptors hold {gq} queries and {gdb} database images, but the ground truth has {nq} and {ndb}; extract them from the same lists"
+        );
+    }
+    Ok(())
+}
+
+/// Public and Private mAP@100 of a GLDv2 retrieval run.
+#[derive(Clone, Debug, Serialize)]
+pub struct GldResult {
+    pub split: String,
+    pub queries: usize,
+    pub map_at_100: f64,
+}
+
+/// GLDv2 retrieval: top-100 index images per query (streamed), scored against both splits.
+/// `query_ids[i]` names query row i, `index_ids[j]` database row j.
+pub fn evaluate_gldv2(
+    be: &dyn Backend,
+    sol: &gldv2::Solutions,
+    index_ids: &[String],
+    query_ids: &[String],
+    pair: Pair,
+    tiling: Tiling,
+) -> Result<Vec<GldResult>> {
+    check_counts(pair, query_ids.len(), index_ids.len())?;
+    let top = rank::top_k(be, pair, gldv2::MAX_PREDICTIONS, tiling)?;
+    let mut out = Vec::new();
+    for (name, split) in [("Public", &sol.public), ("Private", &sol.private)] {
+        let preds: HashMap<String, Vec<String>> = query_ids
+            .iter()
+            .zip(&top)
+            .filter(|(q, _)| split.relevant.contains_key(*q))
+            .map(|(q, t)| {
+                (
+                    q.clone(),
+                    t.iter().map(|&(j, _)| index_ids[j].clone()).collect(),
+                )
+            })
+            .collect();
+        out.push(GldResult {
+            split: name.to_string(),
+            queries: split.queries.len(),
+            map_at_100: gldv2::mean_average_precision(&preds, split, gldv2::MAX_PREDICTIONS)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The revisitop-style table: percentages with two decimals.
+pub fn format_revisited(results: &[ProtocolResult]) -> String {
+    let mut s = format!(
+        "{:<8} {:>7} {:>7} {:>7} {:>7} {:>8}\n",
+        "protocol", "mAP", "mP@1", "mP@5", "mP@10", "queries"
+    );
+    for r in results {
+        let m = &r.summary;
+        s.push_str(&format!(
+            "{:<8} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8}\n",
+            r.protocol,
+            100.0 * m.map,
+            100.0 * m.mp[0],
+            100.0 * m.mp[1],
+            100.0 * m.mp[2],
+            m.queries
+        ));
+    }
+    s
+}
+
+/// The GLDv2 table: mAP@100 per split, percent with two decimals.
+pub fn format_gldv2(results: &[GldResult]) -> String {
+    let mut s = format!("{:<8} {:>8} {:>9}\n", "split", "queries", "mAP@100");
+    for r in results {
+        s.push_str(&format!(
+            "{:<8} {:>8} {:>9.2}\n",
+            r.split,
+            r.queries,
+            100.0 * r.map_at_100
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use revisited::QueryGnd;
+
+    #[test]
+    fn revisited_from_descriptors_matches_the_spec_vector() {
+        // 1-d descriptors whose order reproduces the spec ranking [3,7,1,0,5,2,9,4,6,8].
+        let ranking = [3usize, 7, 1, 0, 5, 2, 9, 4, 6, 8];
+        let mut db = vec![0.0f32; 10];
+        for (r, &i) in ranking.iter().enumerate() {
+            db[i] = 1.0 - r as f32 * 0.05;
+        }
+        let gnd = Gnd {
+            imlist: (0..10).map(|i| i.to_string()).collect(),
+            qimlist: vec!["q".into()],
+            gnd: vec![QueryGnd {
+                easy: vec![7, 0],
+                hard: vec![4],
+                junk: vec![1],
+                bbx: None,
+            }],
+        };
+        let pair = Pair {
+            queries: &[1.0],
+            db: &db,
+            dim: 1,
+        };
+        let res = evaluate_revisited(
+            &CpuBackend::new(),
+            &gnd,
+            pair,
+            &Protocol::ALL,
+            Tiling::default(),
+        )
+        .unwrap();
+        // Medium: ok {7,0,4}, junk {1} -> 0.404762.
+        assert!((res[1].summary.map - 0.404762).abs() < 1e-6);
+        // Easy: ok {7,0}, junk {1,4}: adjusted ranks [1,2] -> 1/2·(0+1/2)/2 + 1/2·(1/2+2/3)/2.
+        let easy = 0.5 * (0.0 + 0.5) / 2.0 + 0.5 * (0.5 + 2.0 / 3.0) / 2.0;
+        assert!(
+            (res[0].summary.map - easy).abs() < 1e-9,
+            "{}",
+            res[0].summary.map
+        );
+        let table = format_revisited(&res);
+        assert!(table.contains("Medium     40.48"), "{table}");
+        let short = Pair {
+            queries: &[1.0],
+            db: &db[..9],
+            dim: 1,
+        };
+        assert!(evaluate_revisited(
+            &CpuBackend::new(),
+            &gnd,
+            short,
+            &Protocol::ALL,
+            Tiling::default()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn gldv2_from_descriptors() {
+        let sol =
+            gldv2::parse_solution("id,images,Usage\nq0,b,Public\nq1,a b,Private\n", "s").unwrap();
+        let index_ids: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let query_ids: Vec<String> = ["q0", "q1", "qx"].iter().map(|s| s.to_string()).collect();
+        // 2-d: q0 ranks b first; q1 ranks a, c, b with {a, b} relevant -> AP (1 + 2/3)/2; qx is
+        // no query of either split and is ignored.
+        let db = [1.0, 0.0, 0.0, 1.0, 0.6, 0.8];
+        let q = [0.0, 1.0, 1.0, -0.1, 0.5, 0.5];
+        let pair = Pair {
+            queries: &q,
+            db: &db,
+            dim: 2,
+        };
+        let r = evaluate_gldv2(
+            &CpuBackend::new(),
+            &sol,
+            &index_ids,
+            &query_ids,
+            pair,
+            Tiling::default(),
+        )
+        .unwrap();
+        assert!((r[0].map_at_100 - 1.0).abs() < 1e-12);
+        assert!((r[1].map_at_100 - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-9);
+        assert!(format_gldv2(&r).contains("Private"));
+    }
+}

@@ -1,0 +1,157 @@
+//! End-to-end: `insclr-cu extract` and `insclr-cu eval --dataset list` on a folder of generated
+//! images with a known ground truth; extraction and precomputed descriptors must agree.
+
+use insclr::io::npy;
+use std::path::Path;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
+}
+
+/// A flat image of one colour with a little texture, so tiny-gem separates colours.
+fn save(path: &Path, rgb: [u8; 3], w: u32, h: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let t = ((x + 2 * y) % 7) as u8;
+        image::Rgb([rgb[0].saturating_add(t), rgb[1].saturating_add(t), rgb[2]])
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn eval_list_extracts_ranks_and_matches_precomputed_features() {
+    let dir = std::env::temp_dir().join(format!("insclr-evalcli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Database: reds, greens, blues; each query's positives are its colour's images.
+    let colours = [[220u8, 30, 30], [30, 200, 40], [20, 40, 210]];
+    let mut imlist = Vec::new();
+    for (c, rgb) in colours.iter().enumerate() {
+        for k in 0..3u8 {
+            let name = format!("db_{c}_{k}.png");
+            let shade = [
+                rgb[0].saturating_sub(10 * k),
+                rgb[1].saturating_sub(10 * k),
+                rgb[2],
+            ];
+            save(&dir.join(&name), shade, 40 + 7 * k as u32, 30);
+            imlist.push(name);
+        }
+    }
+    std::fs::write(dir.join("broken.jpg"), b"not an image").unwrap();
+    imlist.push("broken.jpg".into());
+    let mut qimlist = Vec::new();
+    for (c, rgb) in colours.iter().enumerate() {
+        let name = format!("q_{c}.png");
+        save(&dir.join(&name), *rgb, 33, 41);
+        qimlist.push(name);
+    }
+    let gnd = serde_json::json!({
+        "imlist": imlist,
+        "qimlist": qimlist,
+        "gnd": [
+            {"ok": [0, 1, 2], "junk": []},
+            {"ok": [3, 4], "junk": [5]},
+            {"ok": [6, 7, 8], "junk": [], "bbx": [2.0, 2.0, 30.0, 38.0]},
+        ]
+    });
+    std::fs::write(dir.join("gnd.json"), gnd.to_string()).unwrap();
+    let feats = dir.join("feats");
+    let json = dir.join("res.json");
+    let out = bin()
+        .args(["eval", "--dataset", "list", "--cpu", "--quiet", "--root"])
+        .arg(&dir)
+        .arg("--save-feats")
+        .arg(&feats)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("3 queries, 10 database images, 3-d"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("1 image(s) skipped") && stderr.contains("broken.jpg"),
+        "{stderr}"
+    );
+    // Colours are far apart: every query ranks its own colour first.
+    let row: Vec<&str> = stdout.lines().nth(2).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row,
+        ["ok/junk", "100.00", "100.00", "100.00", "100.00", "3"],
+        "{stdout}"
+    );
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(res["results"][0]["map"].as_f64(), Some(1.0));
+
+    // Scoring the saved descriptors gives the same table; the broken image's row is zero.
+    let db = npy::read::<f32>(&feats.join("db.npy")).unwrap();
+    assert_eq!(db.shape, vec![10, 3]);
+    assert!(db.data[27..30].iter().all(|&v| v == 0.0));
+    let out2 = bin()
+        .args(["eval", "--dataset", "list", "--cpu", "--root"])
+        .arg(&dir)
+        .arg("--db-feats")
+        .arg(feats.join("db.npy"))
+        .arg("--query-feats")
+        .arg(feats.join("query.npy"))
+        .output()
+        .unwrap();
+    let stdout2 = String::from_utf8_lossy(&out2.stdout).to_string();
+    assert!(out2.status.success(), "{stdout2}");
+    assert_eq!(stdout.lines().nth(1), stdout2.lines().nth(1));
+    assert_eq!(stdout.lines().nth(2), stdout2.lines().nth(2));
+
+    // Swapping the query descriptors breaks the ranking: the score is not hard-wired.
+    let q = npy::read::<f32>(&feats.join("query.npy")).unwrap();
+    let mut swapped = q.clone();
+    swapped.data[..3].copy_from_slice(&q.data[6..9]);
+    swapped.data[6..9].copy_from_slice(&q.data[..3]);
+    npy::write(&feats.join("swapped.npy"), &swapped).unwrap();
+    let out3 = bin()
+        .args(["eval", "--dataset", "list", "--cpu", "--root"])
+        .arg(&dir)
+        .arg("--db-feats")
+        .arg(feats.join("db.npy"))
+        .arg("--query-feats")
+        .arg(feats.join("swapped.npy"))
+        .output()
+        .unwrap();
+    let stdout3 = String::from_utf8_lossy(&out3.stdout).to_string();
+    assert!(out3.status.success());
+    let row3: Vec<&str> = stdout3.lines().nth(2).unwrap().split_whitespace().collect();
+    let map3: f64 = row3[1].parse().unwrap();
+    assert!(map3 < 90.0, "{stdout3}");
+
+    // extract over the folder writes N x 3 and the order file.
+    let out4 = bin()
+        .args(["extract", "--cpu", "--quiet", "--scales", "1", "--images"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(dir.join("all.npy"))
+        .output()
+        .unwrap();
+    assert!(
+        out4.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out4.stderr)
+    );
+    let all = npy::read::<f32>(&dir.join("all.npy")).unwrap();
+    assert_eq!(all.shape, vec![13, 3]);
+    let order = std::fs::read_to_string(dir.join("all.txt")).unwrap();
+    assert_eq!(order.lines().count(), 13);
+
+    // A wrong model name is one clear line.
+    let bad = bin()
+        .args(["eval", "--dataset", "list", "--model", "nope", "--root"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown model 'nope'"));
+    std::fs::remove_dir_all(&dir).ok();
+}
