@@ -320,6 +320,39 @@ mod tests {
     }
 
     #[test]
+    fn memory_copy_of_self_adds_one_but_no_gradient_through_l2norm() {
+        // Trap G9: the batch is written to memory before it is read, so a row can meet its own
+        // (detached) copy as a negative: S = 1 > m adds 1 to the row's sum, yet the gradient
+        // dL/dy = y / n is parallel to y and vanishes through the L2 normalisation.
+        use crate::backend::L2Norm;
+        let be = CpuBackend::new();
+        let v = be.upload(&[0.3, -1.2, 0.5, 2.0]).unwrap();
+        let mut y = be.zeros(4).unwrap();
+        be.l2norm_fwd(&v, &mut y, L2Norm::new(1, 4)).unwrap();
+        let mem = be.upload(&be.download(&y).unwrap()).unwrap();
+        let mut dy = be.zeros(4).unwrap();
+        let out = contrastive_memory(
+            &be,
+            &y,
+            &[3],
+            Memory { x: &mem, y: &[100] },
+            4,
+            MARGIN,
+            Some(&mut dy),
+        )
+        .unwrap();
+        assert!((out.value - 1.0).abs() < 1e-6, "{}", out.value);
+        let dyv = be.download(&dy).unwrap();
+        assert!(
+            dyv.iter().map(|a| a.abs()).sum::<f32>() > 0.5,
+            "dL/dy itself is not zero"
+        );
+        let mut dv = be.zeros(4).unwrap();
+        be.l2norm_bwd(&v, &dy, &mut dv, L2Norm::new(1, 4)).unwrap();
+        assert!(be.download(&dv).unwrap().iter().all(|a| a.abs() < 1e-6));
+    }
+
+    #[test]
     fn batch_gradient_matches_finite_differences() {
         fd_check(true);
     }

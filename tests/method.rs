@@ -93,3 +93,85 @@ fn pool_cli_errors_name_the_problem() {
     assert!(stderr.contains("missing.npy"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// One impr (v2) step on clustered descriptors, in the original's order (trap G11): selection
+/// on no-DA features, batch loss, bank writes, mining, memory loss. Checks the pieces fit and
+/// the memory loss sees the mined positives.
+#[test]
+fn one_impr_step_runs_in_the_original_order() {
+    use insclr::backend::Backend;
+    use insclr::loss::{contrastive_batch, contrastive_memory, Memory, MARGIN};
+    use insclr::memory::IndexedBank;
+    use insclr::mining::mine::{NEGATIVE_THRESH, POSITIVE_THRESH};
+    use insclr::mining::{
+        select_in_batch, AnchorSampler, Batch, MineConfig, Miner, Mode, SelectionRule,
+    };
+
+    let (n, d) = (400, 12);
+    // Clusters of near-duplicates, so the pool has init positives and candidates.
+    let mut r = Rng::new(5);
+    let centres = unit_rows(20, d, 6);
+    let x: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let c = &centres[(i % 20) * d..(i % 20 + 1) * d];
+            let v: Vec<f32> = c.iter().map(|a| a + 0.12 * r.normal()).collect();
+            let nrm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            v.into_iter().map(move |a| a / nrm)
+        })
+        .collect();
+    let be = CpuBackend::new();
+    let pool = CandidatePool::compute(&be, &x, n, d, 40, 100, &mut |_| {}).unwrap();
+    let cfg = MineConfig {
+        mode: Mode::parse("b+i_tr4_avg0.60_k05").unwrap(),
+        get_size: 150,
+        use_negative: true,
+    };
+    let miner = Miner::new(pool, POSITIVE_THRESH, NEGATIVE_THRESH, cfg);
+    let all: Vec<usize> = (0..n).collect();
+    let (mut da, mut noda) = (IndexedBank::new(n, d), IndexedBank::new(n, d));
+    da.write(&all, &x).unwrap();
+    noda.write(&all, &x).unwrap();
+
+    let mut sampler = AnchorSampler::new(n, 4, 42).unwrap();
+    let mut batch = Batch::new(&miner.pool, &sampler.next_batch(), 3).unwrap();
+    let g = noda.gather(&batch.indices).unwrap(); // stands in for the no-DA forward
+    let f = da.gather(&batch.indices).unwrap(); // stands in for the DA forward
+    select_in_batch(&mut batch, &g, d, SelectionRule::Fixed(0.6)).unwrap();
+    let fb = be.upload(&f).unwrap();
+    let mut dfb = be.zeros(f.len()).unwrap();
+    let lb = contrastive_batch(&be, &fb, &batch.labels, d, MARGIN, Some(&mut dfb)).unwrap();
+    da.write(&batch.indices, &f).unwrap();
+    noda.write(&batch.indices, &g).unwrap();
+    assert!(batch.indices.iter().all(|&i| noda.counter(i) == 2));
+    let m = miner
+        .mine(&be, &noda, &batch.indices, &batch.labels, &mut Rng::new(1))
+        .unwrap();
+    assert!(
+        m.positives() > 0,
+        "near-duplicate clusters must give positives"
+    );
+    assert_eq!(m.indices.len(), 150usize.max(m.positives() + m.hard));
+    let mem = be.upload(&da.gather(&m.indices).unwrap()).unwrap();
+    let mut dfm = be.zeros(f.len()).unwrap();
+    let lm = contrastive_memory(
+        &be,
+        &fb,
+        &batch.labels,
+        Memory {
+            x: &mem,
+            y: &m.labels,
+        },
+        d,
+        MARGIN,
+        Some(&mut dfm),
+    )
+    .unwrap();
+    assert!(
+        lm.avg_pos > 0.0,
+        "mined positives must meet their tuple rows"
+    );
+    let total = lb.value + lm.value;
+    assert!(total.is_finite() && total > 0.0);
+    let grad = be.download(&dfm).unwrap();
+    assert!(grad.iter().all(|v| v.is_finite()) && grad.iter().any(|&v| v != 0.0));
+}

@@ -58,8 +58,9 @@ impl Ord for Worse {
     }
 }
 
-/// Top-`k` of one score row, skipping column `skip`, ordered (score desc, index asc).
-/// Appends indices and scores to the outputs. Scores must be finite.
+/// Top-`k` of one score row, skipping column `skip`, ordered (score desc, index asc), written
+/// into `idx` and `val` (both of length `k`). Scores must be finite; a min-heap of the current
+/// best `k` makes this one pass with O(k) memory.
 pub fn topk_row(scores: &[f32], skip: usize, k: usize, idx: &mut [u32], val: &mut [f32]) {
     let mut heap: BinaryHeap<Worse> = BinaryHeap::with_capacity(k + 1);
     let mut thr = f32::NEG_INFINITY;
@@ -87,7 +88,8 @@ pub fn topk_row(scores: &[f32], skip: usize, k: usize, idx: &mut [u32], val: &mu
     }
 }
 
-/// Dot product in f32 with f64 accumulation (the recomputed similarity of the output).
+/// The recomputed similarity of the output: f32 inputs, f64 accumulation (the original uses a
+/// float32 numpy dot; this is at least as accurate and independent of the GEMM's rounding).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
@@ -339,6 +341,19 @@ mod tests {
             CandidatePool::compute(&be, &x, 40, 8, 40, 16, &mut |_| {}).unwrap_err()
         );
         assert!(e.contains("k = 40"), "{e}");
+        // An index outside the dataset (a pool of another dataset) is refused on load.
+        let mut q = p.clone();
+        q.neighbor[13] = 40;
+        q.save(&f).unwrap();
+        let e = format!("{:#}", CandidatePool::load(&f, 40).unwrap_err());
+        assert!(e.contains("neighbor[2, 1] = 40 is outside 0..40"), "{e}");
+        let mut nan = x.clone();
+        nan[8 * 3] = f32::NAN;
+        let e = format!(
+            "{:#}",
+            CandidatePool::compute(&be, &nan, 40, 8, 6, 16, &mut |_| {}).unwrap_err()
+        );
+        assert!(e.contains("row 3 has a non-finite value"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 

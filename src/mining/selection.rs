@@ -10,7 +10,8 @@ use anyhow::{bail, Result};
 pub enum SelectionRule {
     /// Keep neighbour j when `s_j >= thresh` (shipped: 0.6).
     Fixed(f32),
-    /// Keep neighbour j when `s_j / max_j s_j >= thresh`.
+    /// Keep neighbour j when `s_j / max_j s_j >= thresh` (as the original, no guard for a
+    /// non-positive max: then the ratios flip sign and are compared as they are).
     Dynamic(f32),
 }
 
