@@ -5,6 +5,7 @@
 
 pub mod extract;
 pub mod gldv2;
+pub mod gnd_pickle;
 pub mod list;
 pub mod rank;
 pub mod revisited;
