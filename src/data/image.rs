@@ -211,9 +211,13 @@ pub fn crop(img: &RgbImage, bbx: [f64; 4]) -> Result<RgbImage> {
 /// A `channels x height x width` f32 tensor (one image of an NCHW batch).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chw {
+    /// Channels.
     pub c: usize,
+    /// Height.
     pub h: usize,
+    /// Width.
     pub w: usize,
+    /// `c * h * w` values, channel-major.
     pub data: Vec<f32>,
 }
 

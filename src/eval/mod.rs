@@ -36,8 +36,10 @@ pub fn model_by_name(name: &str) -> Result<Box<dyn DescriptorNet>> {
 /// Scores of one protocol, ready to print.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProtocolResult {
+    /// Protocol name as printed.
     pub protocol: String,
     #[serde(flatten)]
+    /// Its scores.
     pub summary: Summary,
 }
 
@@ -106,8 +108,11 @@ fn check_counts(pair: Pair, nq: usize, ndb: usize) -> Result<()> {
 /// Public and Private mAP@100 of a GLDv2 retrieval run.
 #[derive(Clone, Debug, Serialize)]
 pub struct GldResult {
+    /// "Public" or "Private".
     pub split: String,
+    /// Queries in the split (all count, predicted or not).
     pub queries: usize,
+    /// mAP@100 in [0, 1].
     pub map_at_100: f64,
 }
 
