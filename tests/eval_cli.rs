@@ -155,3 +155,53 @@ fn eval_list_extracts_ranks_and_matches_precomputed_features() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown model 'nope'"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn eval_gldv2_scores_public_and_private_from_precomputed_features() {
+    let dir = std::env::temp_dir().join(format!("insclr-gldcli-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("test")).unwrap();
+    std::fs::create_dir_all(dir.join("index")).unwrap();
+    std::fs::write(
+        dir.join("test/retrieval_solution_v2.1.csv"),
+        "id,images,Usage\nt0,i1,Public\nt1,i0 i1,Private\nt2,None,Ignored\nt3,i2,Public\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("index/index_image_to_landmark.csv"),
+        "id,landmark_id\ni0,5\ni1,5\ni2,7\n",
+    )
+    .unwrap();
+    // Rows: index i0, i1, i2; queries in solution-file order t0, t1, t3 (Ignored rows dropped).
+    let db = npy::Array::new(vec![3, 2], vec![1.0f32, 0.0, 0.0, 1.0, 0.6, 0.8]).unwrap();
+    // t0 -> i1 first (AP 1); t1 ranks i0, i2, i1 (AP (1 + 2/3)/2); t3 ranks i0, i2, i1 (AP 1/2).
+    let q = npy::Array::new(vec![3, 2], vec![0.0f32, 1.0, 1.0, -0.1, 1.0, -0.1]).unwrap();
+    npy::write(&dir.join("db.npy"), &db).unwrap();
+    npy::write(&dir.join("q.npy"), &q).unwrap();
+    let out = bin()
+        .args(["eval", "--dataset", "gldv2", "--cpu", "--root"])
+        .arg(&dir)
+        .arg("--db-feats")
+        .arg(dir.join("db.npy"))
+        .arg("--query-feats")
+        .arg(dir.join("q.npy"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // Public: (1 + 1/2) / 2 = 75.00; Private: (1 + 2/3) / 2 = 83.33.
+    assert_eq!(
+        rows,
+        [["Public", "2", "75.00"], ["Private", "1", "83.33"]],
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -7,7 +7,7 @@ use insclr::backend::{self, Backend};
 use insclr::eval::extract::{self, ExtractConfig, ImageItem};
 use insclr::eval::rank::{Pair, Tiling};
 use insclr::eval::revisited::{Gnd, Protocol};
-use insclr::eval::{self as ev, gldv2, list::ListGnd};
+use insclr::eval::{self as ev, gldv2, gnd_pickle, list::ListGnd};
 use insclr::io::npy;
 use std::path::{Path, PathBuf};
 
@@ -94,16 +94,11 @@ fn first_existing(cands: &[PathBuf]) -> Result<PathBuf> {
     })
 }
 
-/// Reads a revisitop ground truth: `.json` here; `.pkl` (the official files) needs the pickle
-/// reader, which lands with the weights importer.
+/// Reads a revisitop ground truth: the official `.pkl`, or `.json` with the same keys.
 fn read_gnd(path: &Path) -> Result<Gnd> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("json") => Gnd::read_json(path),
-        _ => bail!(
-            "{}: reading revisitop .pkl ground truth is not built yet; convert it once with python: \
-             json.dump({{k: (v if k != 'gnd' else [{{kk: (vv.tolist() if hasattr(vv, 'tolist') else vv) for kk, vv in g.items()}} for g in v]) for k, v in pickle.load(open(PKL, 'rb')).items()}}, open('gnd.json', 'w')) and pass --gnd gnd.json",
-            path.display()
-        ),
+        _ => gnd_pickle::read(path),
     }
 }
 

@@ -32,6 +32,10 @@ pub struct Args {
     /// Images decoded and described together.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Average the raw per-scale descriptors (no per-scale L2), as the original's stage-0
+    /// candidate-pool features (spec G2); the mean is still L2-normalised.
+    #[arg(long)]
+    raw_scales: bool,
     /// Force the CPU backend even when a GPU is present.
     #[arg(long)]
     cpu: bool,
@@ -85,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
         img_size: args.img_size,
         scales: args.scales.clone(),
         batch: args.batch,
-        normalize_each_scale: true,
+        normalize_each_scale: !args.raw_scales,
         progress: !args.quiet,
     };
     let t0 = std::time::Instant::now();

@@ -161,8 +161,9 @@ pub fn thumbnail_size(w: u32, h: u32, max_w: u32, max_h: u32) -> Option<(u32, u3
 /// query-crop rule passes `1024 * max(crop) / max(full)`); PIL floors it.
 ///
 /// Deliberate difference: Pillow's thumbnail also uses JPEG draft decoding and a box `reduce`
-/// pre-pass (`reducing_gap = 2`) for large factors; we resample the full image once, which
-/// differs by a few grey levels at most and only on images larger than `2 * size`.
+/// pre-pass (`reducing_gap = 2`) for large factors; we resample the full image once. Measured
+/// against Pillow 13.0 on six demo photos: sizes identical; mean absolute difference 0.002-0.52
+/// grey levels; max 4-17, and 27 on a JPEG reduced 5x (where Pillow decodes a JPEG draft).
 pub fn thumbnail(img: &RgbImage, size: f64) -> RgbImage {
     let s = size.floor().max(1.0) as u32;
     match thumbnail_size(img.width(), img.height(), s, s) {
@@ -210,9 +211,13 @@ pub fn crop(img: &RgbImage, bbx: [f64; 4]) -> Result<RgbImage> {
 /// A `channels x height x width` f32 tensor (one image of an NCHW batch).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chw {
+    /// Channels.
     pub c: usize,
+    /// Height.
     pub h: usize,
+    /// Width.
     pub w: usize,
+    /// `c * h * w` values, channel-major.
     pub data: Vec<f32>,
 }
 

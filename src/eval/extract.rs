@@ -54,7 +54,9 @@ impl Default for ExtractConfig {
 /// One image to describe, with its query crop box if any.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageItem {
+    /// Image file.
     pub path: PathBuf,
+    /// Crop box (x1, y1, x2, y2) applied before the thumbnail (queries).
     pub bbx: Option<[f64; 4]>,
 }
 
@@ -62,8 +64,11 @@ pub struct ImageItem {
 /// not be loaded is all zeros (it then ranks with score 0) and the image is listed in `skipped`.
 #[derive(Debug)]
 pub struct Extracted {
+    /// Row-major `n x dim` unit descriptors.
     pub feats: Vec<f32>,
+    /// Descriptor length.
     pub dim: usize,
+    /// Images that could not be loaded (their rows are zero).
     pub skipped: Skipped,
 }
 

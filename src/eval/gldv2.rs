@@ -14,14 +14,18 @@ pub const MAX_PREDICTIONS: usize = 100;
 /// The ground truth of one split: test image id -> relevant index image ids, in file order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Solution {
+    /// Test image ids of this split, in file order.
     pub queries: Vec<String>,
+    /// Relevant index ids of each test id.
     pub relevant: HashMap<String, Vec<String>>,
 }
 
 /// Public and Private splits of a retrieval solution file.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Solutions {
+    /// Rows with Usage "Public".
     pub public: Solution,
+    /// Rows with Usage "Private".
     pub private: Solution,
     /// Every Public and Private test id in file order: the row order of query descriptors.
     pub queries: Vec<String>,

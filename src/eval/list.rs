@@ -13,10 +13,13 @@ use std::path::Path;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Positives: indices into `imlist`.
     pub ok: Vec<usize>,
     #[serde(default)]
+    /// Ignored images: removed from the ranking before scoring.
     pub junk: Vec<usize>,
     #[serde(default)]
+    /// Optional query crop (x1, y1, x2, y2) in pixels.
     pub bbx: Option<[f64; 4]>,
 }
 
@@ -26,8 +29,11 @@ pub struct ListGnd {
     /// Free text: where the images come from and how the ground truth was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub about: Option<String>,
+    /// Database image paths, relative to the dataset root.
     pub imlist: Vec<String>,
+    /// Query image paths, relative to the dataset root.
     pub qimlist: Vec<String>,
+    /// One entry per query.
     pub gnd: Vec<ListQuery>,
 }
 

@@ -5,6 +5,7 @@
 
 pub mod extract;
 pub mod gldv2;
+pub mod gnd_pickle;
 pub mod list;
 pub mod rank;
 pub mod revisited;
@@ -35,8 +36,10 @@ pub fn model_by_name(name: &str) -> Result<Box<dyn DescriptorNet>> {
 /// Scores of one protocol, ready to print.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProtocolResult {
+    /// Protocol name as printed.
     pub protocol: String,
     #[serde(flatten)]
+    /// Its scores.
     pub summary: Summary,
 }
 
@@ -105,8 +108,11 @@ fn check_counts(pair: Pair, nq: usize, ndb: usize) -> Result<()> {
 /// Public and Private mAP@100 of a GLDv2 retrieval run.
 #[derive(Clone, Debug, Serialize)]
 pub struct GldResult {
+    /// "Public" or "Private".
     pub split: String,
+    /// Queries in the split (all count, predicted or not).
     pub queries: usize,
+    /// mAP@100 in [0, 1].
     pub map_at_100: f64,
 }
 

@@ -32,8 +32,11 @@ impl Default for Tiling {
 /// Descriptor matrices of one ranking: `nq x dim` queries and `ndb x dim` database rows.
 #[derive(Clone, Copy)]
 pub struct Pair<'a> {
+    /// Row-major `nq x dim` query descriptors.
     pub queries: &'a [f32],
+    /// Row-major `ndb x dim` database descriptors.
     pub db: &'a [f32],
+    /// Descriptor length.
     pub dim: usize,
 }
 

@@ -15,10 +15,13 @@ pub const PRECISION_KS: [usize; 3] = [1, 5, 10];
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueryGnd {
     #[serde(default)]
+    /// Easy positives.
     pub easy: Vec<usize>,
     #[serde(default)]
+    /// Hard positives.
     pub hard: Vec<usize>,
     #[serde(default)]
+    /// Images ignored by every protocol.
     pub junk: Vec<usize>,
     /// Query crop box (x1, y1, x2, y2) in pixels of the full query image.
     #[serde(default)]
@@ -28,8 +31,11 @@ pub struct QueryGnd {
 /// A revisitop ground truth: database names, query names and one [`QueryGnd`] per query.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Gnd {
+    /// Database image names (`jpg/<name>.jpg`).
     pub imlist: Vec<String>,
+    /// Query image names.
     pub qimlist: Vec<String>,
+    /// One entry per query.
     pub gnd: Vec<QueryGnd>,
 }
 
@@ -76,8 +82,11 @@ impl Gnd {
 /// One of revisitop's three protocols.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
+    /// Positives: easy; ignored: junk and hard.
     Easy,
+    /// Positives: easy and hard; ignored: junk.
     Medium,
+    /// Positives: hard; ignored: junk and easy.
     Hard,
 }
 
@@ -147,6 +156,7 @@ pub fn ranks_in(ranking: &[usize], items: &[usize]) -> Vec<usize> {
 /// Scores of one query under one protocol; `None` when it has no positive (excluded from mAP).
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueryScore {
+    /// Average precision in [0, 1].
     pub ap: f64,
     /// Precision at each k of [`PRECISION_KS`].
     pub prec: [f64; 3],
