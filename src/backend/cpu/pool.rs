@@ -1,6 +1,6 @@
-//! GeM pooling on the CPU: the twin of `kernels/pool.cu` (formulas there).
+//! GeM and max pooling on the CPU: the twins of `kernels/pool.cu` (formulas there).
 
-use crate::backend::Gem;
+use crate::backend::{Gem, MaxPool};
 use rayon::prelude::*;
 
 fn pow_int_fast(x: f32, p: f32) -> f32 {
@@ -39,4 +39,57 @@ pub fn gem_bwd_f32(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32], s: Gem) {
                 };
             }
         });
+}
+
+/// Flat index (within a plane) of the first maximum of output `(oy, ox)`'s window, with its value.
+#[inline]
+fn window_argmax(plane: &[f32], oy: usize, ox: usize, s: &MaxPool) -> (usize, f32) {
+    let (mut best, mut at) = (f32::NEG_INFINITY, usize::MAX);
+    for ki in 0..s.k {
+        let Some(iy) = (oy * s.stride + ki).checked_sub(s.pad).filter(|&v| v < s.h) else {
+            continue;
+        };
+        for kj in 0..s.k {
+            let Some(ix) = (ox * s.stride + kj).checked_sub(s.pad).filter(|&v| v < s.w) else {
+                continue;
+            };
+            let v = plane[iy * s.w + ix];
+            // `!(v <= best)` also takes a NaN, as PyTorch propagates it.
+            if at == usize::MAX || !(v <= best) {
+                best = v;
+                at = iy * s.w + ix;
+            }
+        }
+    }
+    (at, best)
+}
+
+/// `y = max over each k x k window` (padding never wins: pad < k keeps a real value in every
+/// window).
+pub fn maxpool_fwd_f32(x: &[f32], y: &mut [f32], s: MaxPool) {
+    let (hw, ohw) = (s.h * s.w, s.oh * s.ow);
+    y.par_chunks_mut(ohw).enumerate().for_each(|(p, out)| {
+        let plane = &x[p * hw..(p + 1) * hw];
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                out[oy * s.ow + ox] = window_argmax(plane, oy, ox, &s).1;
+            }
+        }
+    });
+}
+
+/// `dx` = each `dy` routed to the first maximum of its window (recomputed from `x`), summed
+/// where windows overlap.
+pub fn maxpool_bwd_f32(x: &[f32], dy: &[f32], dx: &mut [f32], s: MaxPool) {
+    let (hw, ohw) = (s.h * s.w, s.oh * s.ow);
+    dx.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
+        let (plane, g) = (&x[p * hw..(p + 1) * hw], &dy[p * ohw..(p + 1) * ohw]);
+        out.fill(0.0);
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                let (at, _) = window_argmax(plane, oy, ox, &s);
+                out[at] += g[oy * s.ow + ox];
+            }
+        }
+    });
 }
