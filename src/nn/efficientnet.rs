@@ -249,10 +249,7 @@ impl Module for EfficientNetLite0 {
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut v = Vec::new();
-        for u in [&mut self.stem] {
-            v.extend(u.params_mut());
-        }
+        let mut v = self.stem.params_mut();
         for b in &mut self.blocks {
             for u in b.units_mut() {
                 v.extend(u.params_mut());

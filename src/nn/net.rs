@@ -180,7 +180,7 @@ impl RetrievalNet {
         if !self.trained {
             bail!("RetrievalNet::backward needs a forward_train first");
         }
-        let (n, fh, fw) = self
+        let (n, _, _) = self
             .dims
             .ok_or_else(|| anyhow!("backward before forward"))?;
         if d_desc.len() != n * self.head.out_dim() {
@@ -191,7 +191,6 @@ impl RetrievalNet {
             );
         }
         self.head.backward(be, &self.pool.y, d_desc)?;
-        let _ = (fh, fw);
         self.pool
             .backward(be, self.backbone.output(), self.head.dx())?;
         self.backbone

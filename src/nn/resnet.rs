@@ -144,7 +144,10 @@ impl Bottleneck {
 
 /// A ResNet backbone (stem, max pool, four stages of Bottlenecks).
 pub struct ResNet {
+    /// 50 or 101; 0 for a [`ResNet::custom`] network.
     pub depth: usize,
+    /// Stem width; stage `s` has width `base << s` and `4 * (base << s)` output channels.
+    pub base: usize,
     pub stem: ConvBn,
     pub maxpool: MaxPool2d,
     pub blocks: Vec<Bottleneck>,
@@ -164,20 +167,37 @@ impl ResNet {
             101 => [3, 4, 23, 3],
             _ => bail!("ResNet-{depth} is not supported; use 50 or 101"),
         };
+        let mut net = Self::custom(be, rng, stage_sizes, 64, classifier)?;
+        net.depth = depth;
+        Ok(net)
+    }
+
+    /// The same layout with other stage sizes and base width (torchvision's is 64): small
+    /// networks for tests that run every code path of the real ones.
+    pub fn custom(
+        be: &dyn Backend,
+        rng: &mut Rng,
+        stage_sizes: [usize; 4],
+        base: usize,
+        classifier: bool,
+    ) -> Result<Self> {
+        if base == 0 {
+            bail!("ResNet base width must be positive");
+        }
         let stem = ConvBn::new(
             be,
             rng,
             ("conv1", "bn1"),
             3,
-            64,
+            base,
             (7, 2, Padding::Sym(3), 1),
             BN_EPS,
             Act::Relu,
         )?;
         let mut blocks = Vec::new();
-        let mut c_in = 64;
+        let mut c_in = base;
         for (stage, &count) in stage_sizes.iter().enumerate() {
-            let width = 64 << stage;
+            let width = base << stage;
             for i in 0..count {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{i}", stage + 1);
@@ -191,7 +211,8 @@ impl ResNet {
             None
         };
         Ok(ResNet {
-            depth,
+            depth: 0,
+            base,
             stem,
             maxpool: MaxPool2d::new(3, 2, 1),
             blocks,
@@ -237,11 +258,14 @@ impl Module for ResNet {
 
 impl Backbone for ResNet {
     fn name(&self) -> String {
-        format!("resnet{}", self.depth)
+        match self.depth {
+            0 => format!("resnet-custom{:?}x{}", self.stage_sizes, self.base),
+            d => format!("resnet{d}"),
+        }
     }
 
     fn out_channels(&self) -> usize {
-        512 * EXPANSION
+        (self.base << 3) * EXPANSION
     }
 
     fn forward(
@@ -252,7 +276,8 @@ impl Backbone for ResNet {
         train: bool,
     ) -> Result<(usize, usize)> {
         let (h, w) = self.stem.forward(be, x, (n, h, w), train)?;
-        let (mut h, mut w) = self.maxpool.forward(be, &self.stem.bn.y, (n, 64, h, w))?;
+        let c = self.base;
+        let (mut h, mut w) = self.maxpool.forward(be, &self.stem.bn.y, (n, c, h, w))?;
         let mut prev = &self.maxpool.y;
         for b in self.blocks.iter_mut() {
             (h, w) = b.forward(be, prev, (n, h, w), train)?;
@@ -306,13 +331,14 @@ impl Backbone for ResNet {
     }
 
     fn summary(&self) -> Vec<String> {
+        let base = self.base;
         let mut v = vec![
-            "conv1 7x7/2 3->64 + bn1 + relu".to_string(),
+            format!("conv1 7x7/2 3->{base} + bn1 + relu"),
             "maxpool 3x3/2 pad 1".to_string(),
         ];
-        let mut c_in = 64;
+        let mut c_in = base;
         for (stage, &count) in self.stage_sizes.iter().enumerate() {
-            let width = 64 << stage;
+            let width = base << stage;
             v.push(format!(
                 "layer{} {count} x Bottleneck(1x1 {width}, 3x3 {width}{}, 1x1 {}) {c_in}->{}",
                 stage + 1,
@@ -323,7 +349,7 @@ impl Backbone for ResNet {
             c_in = width * EXPANSION;
         }
         if self.fc.is_some() {
-            v.push("avgpool + fc 2048->1000".to_string());
+            v.push(format!("avgpool + fc {c_in}->1000"));
         }
         v
     }

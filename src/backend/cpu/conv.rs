@@ -283,3 +283,107 @@ pub fn conv2d_naive(x: &[f32], w: &[f32], y: &mut [f32], s: Conv) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Padding;
+    use crate::rng::Rng;
+
+    fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+        let num: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt()
+    }
+
+    /// (n, c_in, h, w, c_out, k, stride, padding, groups): every path of the CPU conv.
+    const CASES: [(
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        Padding,
+        usize,
+    ); 8] = [
+        (2, 3, 9, 7, 5, 3, 1, Padding::Sym(1), 1),
+        (2, 3, 11, 10, 4, 7, 2, Padding::Sym(3), 1),
+        (1, 6, 5, 5, 8, 1, 1, Padding::Sym(0), 1),
+        (2, 6, 7, 6, 8, 1, 2, Padding::Sym(0), 1),
+        (2, 4, 8, 9, 6, 3, 2, Padding::Same, 2),
+        (2, 5, 9, 8, 5, 5, 2, Padding::Same, 5),
+        (1, 4, 6, 6, 4, 3, 1, Padding::Same, 4),
+        (2, 3, 10, 10, 2, 3, 2, Padding::Same, 1),
+    ];
+
+    #[test]
+    fn gemm_and_depthwise_paths_match_the_definition() {
+        let mut rng = Rng::new(7);
+        for (n, ci, h, w, co, k, st, pad, g) in CASES {
+            let s = Conv::new(n, ci, h, w, co, k, st, pad, g).unwrap();
+            let (lx, lw, ly) = s.sizes();
+            let x = rng.vec_f32(lx, -1.0, 1.0);
+            let wt = rng.vec_f32(lw, -1.0, 1.0);
+            let mut want = vec![f32::NAN; ly];
+            let mut got = vec![f32::NAN; ly];
+            conv2d_naive(&x, &wt, &mut want, s);
+            conv2d_fwd_f32(&x, &wt, &mut got, s);
+            assert!(
+                rel_err(&got, &want) < 1e-5,
+                "{s:?}: {}",
+                rel_err(&got, &want)
+            );
+        }
+    }
+
+    /// The adjoint identities <dy, conv(x)> = <conv^T(dy), x> = <dW(x, dy), w> tie the two
+    /// backward passes to the forward exactly (no finite differences needed).
+    #[test]
+    fn backward_passes_are_the_adjoints_of_the_forward() {
+        let mut rng = Rng::new(8);
+        for (n, ci, h, w, co, k, st, pad, g) in CASES {
+            let s = Conv::new(n, ci, h, w, co, k, st, pad, g).unwrap();
+            let (lx, lw, ly) = s.sizes();
+            let x = rng.vec_f32(lx, -1.0, 1.0);
+            let wt = rng.vec_f32(lw, -1.0, 1.0);
+            let dy = rng.vec_f32(ly, -1.0, 1.0);
+            let mut y = vec![0.0; ly];
+            conv2d_naive(&x, &wt, &mut y, s);
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter().zip(b).map(|(p, q)| *p as f64 * *q as f64).sum()
+            };
+            let lhs = dot(&dy, &y);
+            let mut dx = vec![f32::NAN; lx];
+            conv2d_bwd_data_f32(&dy, &wt, &mut dx, s);
+            // dW accumulates: start from a known offset and subtract it.
+            let mut dw = vec![0.5; lw];
+            conv2d_bwd_weight_f32(&x, &dy, &mut dw, s);
+            dw.iter_mut().for_each(|v| *v -= 0.5);
+            let (via_dx, via_dw) = (dot(&dx, &x), dot(&dw, &wt));
+            let tol = 1e-4 * lhs.abs().max(1.0);
+            assert!((via_dx - lhs).abs() < tol, "{s:?}: dx {via_dx} vs {lhs}");
+            assert!((via_dw - lhs).abs() < tol, "{s:?}: dw {via_dw} vs {lhs}");
+        }
+    }
+
+    #[test]
+    fn tf_same_padding_puts_the_extra_row_at_the_bottom() {
+        // 224 / 2 with k = 3: out 112, total pad 1 -> top 0 (bottom 1).
+        let s = Conv::new(1, 3, 224, 224, 32, 3, 2, Padding::Same, 1).unwrap();
+        assert_eq!((s.oh, s.ow, s.pad_top, s.pad_left), (112, 112, 0, 0));
+        // 5x5 stride 2 on 28: out 14, total pad 3 -> top 1.
+        let s = Conv::new(1, 8, 28, 27, 8, 5, 2, Padding::Same, 8).unwrap();
+        assert_eq!((s.oh, s.ow, s.pad_top, s.pad_left), (14, 14, 1, 2));
+        // stride 1: out = in, pad (k-1)/2 on top.
+        let s = Conv::new(1, 8, 7, 7, 8, 5, 1, Padding::Same, 8).unwrap();
+        assert_eq!((s.oh, s.ow, s.pad_top), (7, 7, 2));
+        assert!(Conv::new(1, 3, 2, 2, 4, 7, 1, Padding::Sym(0), 1).is_err());
+        assert!(Conv::new(1, 3, 8, 8, 4, 3, 1, Padding::Sym(1), 2).is_err());
+    }
+}

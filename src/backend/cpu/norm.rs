@@ -213,3 +213,85 @@ pub fn batchnorm_bwd_f32(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand-computed: one channel, values 1, 2, 3, 6 (mean 3, biased var 3.5, unbiased 14/3).
+    #[test]
+    fn batch_statistics_and_running_averages_follow_pytorch() {
+        let x = [1.0f32, 2.0, 3.0, 6.0];
+        let s = BatchNorm::new(2, 1, 2, 1e-5, Act::Identity);
+        let (mut rm, mut rv) = ([0.0f32], [1.0f32]);
+        let (mut sm, mut si) = ([0.0f32], [0.0f32]);
+        let mut y = [0.0f32; 4];
+        batchnorm_fwd_train_f32(
+            &x,
+            &[2.0],
+            &[1.0],
+            &mut rm,
+            &mut rv,
+            &mut sm,
+            &mut si,
+            &mut y,
+            s,
+        );
+        let inv = 1.0 / (3.5f32 + 1e-5).sqrt();
+        assert!((sm[0] - 3.0).abs() < 1e-6 && (si[0] - inv).abs() < 1e-6);
+        for (o, v) in y.iter().zip(x) {
+            assert!((o - (2.0 * (v - 3.0) * inv + 1.0)).abs() < 1e-5);
+        }
+        assert!((rm[0] - 0.3).abs() < 1e-6, "running mean {}", rm[0]);
+        assert!(
+            (rv[0] - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-6,
+            "running var {}",
+            rv[0]
+        );
+    }
+
+    #[test]
+    fn ghost_groups_normalise_each_chunk_and_track_chunk_zero() {
+        // Two images, one channel, one value each per group of 2 positions.
+        let x = [1.0f32, 3.0, 10.0, 30.0];
+        let s = BatchNorm {
+            ghost: 2,
+            ..BatchNorm::new(2, 1, 2, 0.0, Act::Identity)
+        };
+        let (mut rm, mut rv) = ([0.0f32], [1.0f32]);
+        let (mut sm, mut si) = ([0.0f32; 2], [0.0f32; 2]);
+        let mut y = [0.0f32; 4];
+        batchnorm_fwd_train_f32(
+            &x,
+            &[1.0],
+            &[0.0],
+            &mut rm,
+            &mut rv,
+            &mut sm,
+            &mut si,
+            &mut y,
+            s,
+        );
+        assert_eq!(sm, [2.0, 20.0]);
+        for v in y {
+            assert!((v.abs() - 1.0).abs() < 1e-6, "{y:?}");
+        }
+        assert!(
+            (rm[0] - 0.2).abs() < 1e-6,
+            "running mean from chunk 0 only: {}",
+            rm[0]
+        );
+    }
+
+    #[test]
+    fn eval_mode_uses_running_statistics_and_clamps_relu6() {
+        let x = [-1.0f32, 0.5, 20.0];
+        let s = BatchNorm::new(1, 1, 3, 0.0, Act::Relu6);
+        let mut y = [0.0f32; 3];
+        batchnorm_fwd_eval_f32(&x, &[1.0], &[0.0], &[0.5], &[0.25], &mut y, s);
+        assert_eq!(y, [0.0, 0.0, 6.0]);
+        let s = BatchNorm::new(1, 1, 3, 0.0, Act::Identity);
+        batchnorm_fwd_eval_f32(&x, &[1.0], &[0.0], &[0.5], &[0.25], &mut y, s);
+        assert_eq!(y, [-3.0, 0.0, 39.0]);
+    }
+}

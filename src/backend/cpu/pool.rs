@@ -93,3 +93,34 @@ pub fn maxpool_bwd_f32(x: &[f32], dy: &[f32], dx: &mut [f32], s: MaxPool) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_pool_3x3_stride2_pad1_by_hand() {
+        // 4x4 plane 0..15: windows centred on even rows / columns.
+        let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let s = MaxPool::new(1, 1, 4, 4, 3, 2, 1).unwrap();
+        assert_eq!((s.oh, s.ow), (2, 2));
+        let mut y = [0.0; 4];
+        maxpool_fwd_f32(&x, &mut y, s);
+        assert_eq!(y, [5.0, 7.0, 13.0, 15.0]);
+        let mut dx = vec![f32::NAN; 16];
+        maxpool_bwd_f32(&x, &[1.0, 2.0, 3.0, 4.0], &mut dx, s);
+        let mut want = vec![0.0; 16];
+        (want[5], want[7], want[13], want[15]) = (1.0, 2.0, 3.0, 4.0);
+        assert_eq!(dx, want);
+    }
+
+    #[test]
+    fn max_pool_ties_go_to_the_first_maximum_and_overlaps_sum() {
+        let x = [1.0f32; 9];
+        let s = MaxPool::new(1, 1, 3, 3, 3, 2, 1).unwrap();
+        let mut dx = vec![0.0; 9];
+        maxpool_bwd_f32(&x, &[1.0, 1.0, 1.0, 1.0], &mut dx, s);
+        // Windows start at (-1,-1), (-1,1), (1,-1), (1,1): first real cells 0, 1, 3, 4.
+        assert_eq!(dx, [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+}
