@@ -301,7 +301,7 @@ mod tests {
     }
 
     /// (n, c_in, h, w, c_out, k, stride, padding, groups): every path of the CPU conv.
-    const CASES: [(
+    type Case = (
         usize,
         usize,
         usize,
@@ -311,7 +311,9 @@ mod tests {
         usize,
         Padding,
         usize,
-    ); 8] = [
+    );
+
+    const CASES: [Case; 8] = [
         (2, 3, 9, 7, 5, 3, 1, Padding::Sym(1), 1),
         (2, 3, 11, 10, 4, 7, 2, Padding::Sym(3), 1),
         (1, 6, 5, 5, 8, 1, 1, Padding::Sym(0), 1),
