@@ -4,7 +4,7 @@
 
 use insclr::backend::{Backend, Buf, CpuBackend};
 use insclr::nn::head::HeadKind;
-use insclr::nn::{count_trainable, Arch, Backbone, DescriptorNet, Module, ParamKind, RetrievalNet};
+use insclr::nn::{count_trainable, Arch, DescriptorNet, Module, ParamKind, RetrievalNet};
 use insclr::rng::Rng;
 
 fn shape_of(m: &dyn Module, name: &str) -> Vec<usize> {
