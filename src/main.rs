@@ -20,12 +20,15 @@ struct Cli {
 enum Command {
     /// What GPU, driver and kernels are here; never fails without a GPU.
     Info(cli::info::Args),
+    /// Convert a PyTorch .pth (zip or legacy format) to .safetensors, keeping tensor names.
+    ImportWeights(cli::import_weights::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Info(a) => cli::info::run(a),
+        Command::ImportWeights(a) => cli::import_weights::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,6 +1,8 @@
 //! Layers with hand-written forward and backward on the [`Backend`](crate::backend::Backend),
 //! the backbones built from them, and weight import / export.
 
+pub mod weights;
+
 use crate::backend::Backend;
 use anyhow::Result;
 
