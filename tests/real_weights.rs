@@ -141,3 +141,96 @@ fn truncated_or_corrupted_real_pth_is_an_error_not_a_panic() {
     println!("{errors}/60 single-bit flips in the pickles were errors");
     assert!(errors > 0);
 }
+
+/// data.md's classification preprocessing: RGB, short side resized to 256 (bicubic),
+/// centre crop 224, (x - 127) / 128 per channel; CHW f32.
+fn preprocess(path: &Path) -> Vec<f32> {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    // torchvision Resize(256): the short side becomes 256, the long one int(256 * long / short).
+    let (nw, nh) = if w <= h {
+        (256, (256 * h as u64 / w as u64) as u32)
+    } else {
+        ((256 * w as u64 / h as u64) as u32, 256)
+    };
+    let img = image::imageops::resize(&img, nw, nh, image::imageops::FilterType::CatmullRom);
+    // torchvision CenterCrop: int(round((size - 224) / 2)), Python rounding half to even.
+    let half = |d: u32| (d / 2) + (d % 2 == 1 && (d / 2) % 2 == 1) as u32;
+    let (x0, y0) = (half(nw - 224), half(nh - 224));
+    let mut out = vec![0f32; 3 * 224 * 224];
+    for y in 0..224 {
+        for x in 0..224 {
+            let p = img.get_pixel(x0 + x, y0 + y);
+            for c in 0..3 {
+                out[c * 224 * 224 + (y * 224 + x) as usize] = (p[c] as f32 - 127.0) / 128.0;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn efficientnet_lite0_classifies_foolbox_imagenet_images() {
+    use insclr::backend::CpuBackend;
+    use insclr::nn::efficientnet::EfficientNetLite0;
+    use insclr::nn::weights::{load_into, LoadOptions};
+    use insclr::nn::Backbone;
+    let Some(d) = data() else { return };
+    let be = CpuBackend::new();
+    let mut rng = insclr::rng::Rng::new(0);
+    let mut net = EfficientNetLite0::new(&be, &mut rng, true).unwrap();
+    let tensors = pth::read(&pth_path(d)).unwrap();
+    let report = load_into(&mut net, &be, &tensors, &LoadOptions::strict()).unwrap();
+    println!("{report}");
+    assert!(report.is_exact());
+    assert_eq!(report.loaded.len(), 247);
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(d.join("imagenet-check"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 20);
+    // imagenet_<i>_<label>.jpg
+    let label = |p: &Path| -> usize {
+        let stem = p.file_stem().unwrap().to_str().unwrap();
+        stem.rsplit('_').next().unwrap().parse().unwrap()
+    };
+    let t0 = std::time::Instant::now();
+    let (mut top1, mut top5) = (0, 0);
+    for chunk in files.chunks(5) {
+        let x: Vec<f32> = chunk.iter().flat_map(|p| preprocess(p)).collect();
+        let xb = insclr::backend::Backend::upload(&be, &x).unwrap();
+        let logits = net.logits(&be, &xb, (chunk.len(), 224, 224)).unwrap();
+        assert_eq!(logits.len(), chunk.len() * 1000);
+        for (p, row) in chunk.iter().zip(logits.chunks(1000)) {
+            let mut order: Vec<usize> = (0..1000).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let want = label(p);
+            let hit1 = order[0] == want;
+            let hit5 = order[..5].contains(&want);
+            top1 += hit1 as usize;
+            top5 += hit5 as usize;
+            println!(
+                "{:<24} label {want:>3}  top-5 {:?}  {}",
+                p.file_name().unwrap().to_string_lossy(),
+                &order[..5],
+                if hit1 {
+                    "ok"
+                } else if hit5 {
+                    "top-5"
+                } else {
+                    "MISS"
+                }
+            );
+        }
+    }
+    println!(
+        "top-1 {top1}/20, top-5 {top5}/20 ({:.1} s for 20 images, CPU forward)",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(top1 >= 18, "top-1 {top1}/20 < 18");
+}
