@@ -1139,6 +1139,47 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // [[[[...]]]] 100,000 levels: EMPTY_LIST x N, then APPEND x (N - 1).
+        let n = 100_000;
+        let mut b = b"\x80\x02".to_vec();
+        b.extend(std::iter::repeat_n(b']', n));
+        b.extend(std::iter::repeat_n(b'a', n - 1));
+        b.push(b'.');
+        let e = parse(&b).unwrap_err().to_string();
+        assert!(e.contains("deeper than"), "{e}");
+        // 500 levels are fine.
+        let mut b = b"\x80\x02".to_vec();
+        b.extend(std::iter::repeat_n(b']', 500));
+        b.extend(std::iter::repeat_n(b'a', 499));
+        b.push(b'.');
+        let mut v = &parse(&b).unwrap();
+        let mut depth = 1;
+        while let Value::List(l) = v {
+            match l.first() {
+                Some(x) => {
+                    v = x;
+                    depth += 1;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(depth, 500);
+    }
+
+    #[test]
+    fn exponential_sharing_is_refused() {
+        // L0 = []; L(i) = [L(i-1), L(i-1)]: 60 levels would copy 2^60 lists.
+        let mut b = b"\x80\x02]q\x00".to_vec();
+        for i in 1u8..60 {
+            b.extend([b'(', b'h', i - 1, b'h', i - 1, b'l', b'q', i]);
+        }
+        b.push(b'.');
+        let e = parse(&b).unwrap_err().to_string();
+        assert!(e.contains("too many values"), "{e}");
+    }
+
+    #[test]
     fn cycles_and_trailing_bytes_are_errors() {
         // L = []; L.append(L)
         let e = parse(b"\x80\x02]q\x00h\x00a.").unwrap_err().to_string();
