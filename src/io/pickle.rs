@@ -46,20 +46,35 @@ pub enum Value {
     /// A set or frozenset, as its items in pickle order.
     Set(Vec<Value>),
     /// A reference to `module.name` (`GLOBAL` / `STACK_GLOBAL` / `INST`).
-    Global { module: String, name: String },
+    Global {
+        /// Module path, e.g. `torch._utils`.
+        module: String,
+        /// Attribute name, e.g. `_rebuild_tensor_v2`.
+        name: String,
+    },
     /// `callable(*args)` (`REDUCE`, `INST`, `OBJ`); `args` is normally a tuple.
     Reduce {
+        /// What is called (normally a [`Value::Global`]).
         callable: Box<Value>,
+        /// Its arguments.
         args: Box<Value>,
     },
     /// `cls.__new__(cls, *args, **kwargs)` (`NEWOBJ`, `NEWOBJ_EX`; `kwargs` only for the latter).
     NewObj {
+        /// The class.
         cls: Box<Value>,
+        /// Positional arguments (a tuple).
         args: Box<Value>,
+        /// Keyword arguments (a dict), for `NEWOBJ_EX`.
         kwargs: Option<Box<Value>>,
     },
     /// `obj.__setstate__(state)` or `obj.__dict__.update(state)` (`BUILD`).
-    Build { obj: Box<Value>, state: Box<Value> },
+    Build {
+        /// The object being built.
+        obj: Box<Value>,
+        /// Its state (often a dict of attributes).
+        state: Box<Value>,
+    },
     /// An object the pickler stored out of band (`PERSID` / `BINPERSID`), e.g. a torch storage.
     PersistentId(Box<Value>),
 }
