@@ -33,9 +33,14 @@ pub struct Args {
     /// Dataset folder.
     #[arg(long)]
     root: PathBuf,
-    /// Descriptor model (built-in: tiny-gem, a baseline that GeM-pools the input pixels).
+    /// Descriptor model: resnet50, resnet101, efficientnet-lite0 (with --weights), or tiny-gem
+    /// (a baseline that GeM-pools the input pixels).
     #[arg(long, default_value = "tiny-gem")]
     model: String,
+    /// Weights of --model (.safetensors or .pth): ImageNet weights give raw GeM descriptors,
+    /// an insclr-cu checkpoint its trained head.
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// Ground-truth file instead of the dataset's default (revisitop .pkl or .json; list .json).
     #[arg(long)]
     gnd: Option<PathBuf>,
@@ -211,7 +216,8 @@ fn descriptors(
         }
         return Ok((db, q, d1, format!("descriptors from {}", dbp.display())));
     }
-    let mut net = ev::model_by_name(&args.model)?;
+    let (mut net, what) = ev::model_by_name(be, &args.model, args.weights.as_deref())?;
+    eprintln!("model: {what}");
     let scales = args.scales.clone().unwrap_or_else(|| match args.dataset {
         Dataset::Gldv2 => extract::GLDV2_SCALES.to_vec(),
         _ => extract::REVISITED_SCALES.to_vec(),
@@ -262,9 +268,6 @@ pub fn run(args: Args) -> Result<()> {
         backend::auto()
     };
     eprintln!("backend: {chosen}");
-    if args.db_feats.is_none() {
-        ev::model_by_name(&args.model)?; // fail on a bad name before reading any file
-    }
     let r = resolve(&args)?;
     let (db, q, dim, how) = descriptors(be.as_ref(), &args, &r)?;
     let pair = Pair {

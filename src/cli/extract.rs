@@ -11,9 +11,14 @@ use std::path::{Path, PathBuf};
 /// Arguments of `insclr-cu extract`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Descriptor model (built-in: tiny-gem, a baseline that GeM-pools the input pixels).
+    /// Descriptor model: resnet50, resnet101, efficientnet-lite0 (with --weights), or tiny-gem
+    /// (a baseline that GeM-pools the input pixels).
     #[arg(long, default_value = "tiny-gem")]
     model: String,
+    /// Weights of --model (.safetensors or .pth): ImageNet weights give raw GeM descriptors,
+    /// an insclr-cu checkpoint its trained head.
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// A folder (every image under it, sorted) or a text file with one image path per line.
     #[arg(long)]
     images: PathBuf,
@@ -84,7 +89,8 @@ pub fn run(args: Args) -> Result<()> {
             bbx: None,
         })
         .collect();
-    let mut net = model_by_name(&args.model)?;
+    let (mut net, what) = model_by_name(be.as_ref(), &args.model, args.weights.as_deref())?;
+    eprintln!("model: {what}");
     let cfg = ExtractConfig {
         img_size: args.img_size,
         scales: args.scales.clone(),

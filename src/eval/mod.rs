@@ -19,18 +19,36 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 /// Names accepted by `--model`.
-pub const MODELS: &[&str] = &["tiny-gem"];
+pub const MODELS: &[&str] = &["tiny-gem", "resnet50", "resnet101", "efficientnet-lite0"];
 
-/// The descriptor network called `name`. Only the built-in `tiny-gem` baseline exists until the
-/// `nn` backbones land; they plug in here through [`DescriptorNet`].
-pub fn model_by_name(name: &str) -> Result<Box<dyn DescriptorNet>> {
-    match name {
-        "tiny-gem" => Ok(Box::new(extract::TinyGem)),
-        other => bail!(
-            "unknown model '{other}'; available: {} (or score precomputed descriptors with --db-feats/--query-feats)",
-            MODELS.join(", ")
-        ),
+/// The descriptor network called `name`: the built-in `tiny-gem` baseline (no weights), or a
+/// backbone with the weights of `weights` (see [`crate::nn::net::load_descriptor_net`]: an
+/// ImageNet file gives raw GeM descriptors, an insclr-cu checkpoint its trained head). The
+/// string says what was built.
+pub fn model_by_name(
+    be: &dyn Backend,
+    name: &str,
+    weights: Option<&std::path::Path>,
+) -> Result<(Box<dyn DescriptorNet>, String)> {
+    if name == "tiny-gem" {
+        if weights.is_some() {
+            bail!("tiny-gem has no weights; drop --weights or pick a backbone");
+        }
+        return Ok((
+            Box::new(extract::TinyGem),
+            "tiny-gem (GeM of the input pixels)".into(),
+        ));
     }
+    let arch = crate::nn::net::Arch::parse(name).map_err(|_| {
+        anyhow::anyhow!(
+            "unknown model '{name}'; available: {} (or score precomputed descriptors with --db-feats/--query-feats)",
+            MODELS.join(", ")
+        )
+    })?;
+    let Some(path) = weights else {
+        bail!("--model {name} needs --weights FILE (.safetensors or .pth; ImageNet weights or an insclr-cu checkpoint)");
+    };
+    crate::nn::net::load_descriptor_net(be, arch, path)
 }
 
 /// Scores of one protocol, ready to print.

@@ -251,3 +251,116 @@ impl DescriptorNet for RetrievalNet {
         be.download(y)
     }
 }
+
+/// Backbone -> GeM with no head: the raw GeM vector, the original's stage-0 descriptor of an
+/// ImageNet model (spec G2: head replaced by identity).
+pub struct GemNet {
+    pub backbone: Box<dyn Backbone>,
+    pub pool: GemPool,
+    input: Buf<f32>,
+}
+
+impl GemNet {
+    /// GeM (p = 3) over `backbone`'s output map.
+    pub fn new(backbone: Box<dyn Backbone>) -> Self {
+        GemNet {
+            backbone,
+            pool: GemPool::gem(),
+            input: empty(),
+        }
+    }
+}
+
+impl Module for GemNet {
+    fn params(&self) -> Vec<&Param> {
+        self.backbone.params()
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.backbone.params_mut()
+    }
+}
+
+impl DescriptorNet for GemNet {
+    fn out_dim(&self) -> usize {
+        self.backbone.out_channels()
+    }
+
+    fn describe(
+        &mut self,
+        be: &dyn Backend,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>> {
+        if x.len() != n * 3 * h * w {
+            bail!(
+                "image batch holds {} values, expected n*3*h*w = {}",
+                x.len(),
+                n * 3 * h * w
+            );
+        }
+        ensure_len(be, &mut self.input, x.len())?;
+        be.upload_into(x, &mut self.input)?;
+        let (fh, fw) = self.backbone.forward(be, &self.input, (n, h, w), false)?;
+        let c = self.backbone.out_channels();
+        self.pool
+            .forward(be, self.backbone.output(), (n, c, fh, fw))?;
+        be.download(&self.pool.y)
+    }
+}
+
+/// A descriptor network of architecture `arch` with the weights of `path` (`.safetensors` or
+/// `.pth`). A file holding `head.fc.weight` (an insclr-cu checkpoint) gives the full
+/// [`RetrievalNet`] with that head, loaded strictly; any other file (torchvision / ImageNet
+/// weights) gives a [`GemNet`] whose classifier tensors are ignored. The string says what was
+/// built and loaded.
+pub fn load_descriptor_net(
+    be: &dyn Backend,
+    arch: Arch,
+    path: &std::path::Path,
+) -> Result<(Box<dyn DescriptorNet>, String)> {
+    use super::weights::{load_into, read_any, LoadOptions};
+    let tensors = read_any(path)?;
+    let find = |suffix: &str| tensors.iter().find(|t| t.name.ends_with(suffix));
+    let mut rng = Rng::new(0);
+    let backbone = arch.build(be, &mut rng, false)?;
+    if let Some(fc) = find("head.fc.weight") {
+        let (kind, kind_name) = match find("head.fc.bias") {
+            Some(_) => (HeadKind::LinearNorm, "linear_norm"),
+            None => (HeadKind::NormLinearNorm, "norm_linear_norm"),
+        };
+        let dim = *fc
+            .shape
+            .first()
+            .ok_or_else(|| anyhow!("{}: head.fc.weight has no shape", path.display()))?;
+        let mut net = RetrievalNet::new(be, &mut rng, backbone, kind, dim)?;
+        let report = load_into(&mut net, be, &tensors, &LoadOptions::strict())
+            .with_context(|| format!("loading {}", path.display()))?;
+        let what = format!(
+            "{arch:?} + GeM + {kind_name} head ({dim}-d) from {} ({} tensors)",
+            path.display(),
+            report.loaded.len()
+        );
+        Ok((Box::new(net), what))
+    } else {
+        let mut net = GemNet::new(backbone);
+        let report = load_into(&mut net, be, &tensors, &LoadOptions::backbone())
+            .with_context(|| format!("loading {}", path.display()))?;
+        if !report.missing.is_empty() {
+            bail!(
+                "{}: {} backbone tensors missing (first: {}); is this a {arch:?} file?",
+                path.display(),
+                report.missing.len(),
+                report.missing[0]
+            );
+        }
+        let what = format!(
+            "{arch:?} + GeM (raw, no head) from {} ({} tensors)",
+            path.display(),
+            report.loaded.len()
+        );
+        Ok((Box::new(net), what))
+    }
+}

@@ -181,7 +181,7 @@ fn dev_mut<T: DeviceRepr>(b: &mut Buf<T>) -> Result<&mut CudaSlice<T>> {
 
 /// The error of an op whose kernel is not written yet: says where it will live and what to do.
 fn no_kernel(op: &str, family: &str) -> anyhow::Error {
-    anyhow!("{op} has no CUDA kernel yet (kernels/{family}.cu); use --backend cpu")
+    anyhow!("{op} has no CUDA kernel yet (kernels/{family}.cu); run with --cpu")
 }
 
 /// A size as the `int` our kernels take, or an error naming the op when it does not fit.
