@@ -21,7 +21,7 @@ pub struct Args {
     /// Output `.npz` with `neighbor` (int64 N x k) and `similarity` (float32 N x k).
     #[arg(long)]
     out: PathBuf,
-    /// Queries scored per tile (memory: tile x N floats); default keeps a tile near 256 MiB.
+    /// Queries per score block (memory: tile x 16384 floats per block).
     #[arg(long)]
     tile: Option<usize>,
 }
