@@ -167,7 +167,8 @@ pub fn for_each_tile(
             Ok((q0, n, be.upload(&pair.queries[q0 * d..(q0 + n) * d])?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut s = be.zeros(0)?;
+    // An empty placeholder, not `be.zeros(0)`: a zero-byte device allocation is an error.
+    let mut s = Buf::Host(Vec::new());
     for j0 in (0..ndb).step_by(tb) {
         let nt = tb.min(ndb - j0);
         let dbuf = be.upload(&pair.db[j0 * d..(j0 + nt) * d])?;
