@@ -1,12 +1,14 @@
 //! insclr-cu: InsCLR image-retrieval training with hand-written CUDA kernels.
 //!
-//! Layers, from the bottom: [`backend`] (every op, on CPU or CUDA) -> `nn` (layers and
-//! backbones) -> `mining` / `loss` (the method) -> `train`. A module depends only on those below.
+//! Layers, from the bottom: [`backend`] (every op, on CPU or CUDA) -> [`knn`] (streaming exact
+//! top-k) -> `nn` (layers and backbones) -> `mining` / `loss` (the method) -> `train` / `eval`.
+//! A module depends only on those below.
 
 pub mod backend;
 pub mod data;
 pub mod eval;
 pub mod io;
+pub mod knn;
 pub mod loss;
 pub mod memory;
 pub mod mining;

@@ -21,7 +21,7 @@ pub struct Args {
     /// Output `.npz` with `neighbor` (int64 N x k) and `similarity` (float32 N x k).
     #[arg(long)]
     out: PathBuf,
-    /// Queries scored per tile (memory: tile x N floats); default keeps a tile near 256 MiB.
+    /// Queries per score block (memory: tile x 2048 floats per block; default 512).
     #[arg(long)]
     tile: Option<usize>,
 }

@@ -1,98 +1,21 @@
-//! Streaming ranking by dot-product similarity: the database is visited in tiles, each tile's
-//! `queries x tile` score block is one [`Backend::matmul`], and only per-query state survives a
-//! tile (a top-k buffer, or counters). No `N_q x N_db` matrix is ever held, so a million-image
-//! database ranks in the memory of one tile.
+//! Retrieval ranking by dot-product similarity, on the streaming search of [`crate::knn`]:
+//! the database is visited in tiles, each `queries x tile` score block is one
+//! [`Backend::matmul`], and only per-query state survives a tile (a top-k, or counters). No
+//! `N_q x N_db` matrix is ever held, so a million-image database ranks in the memory of one tile.
 //!
 //! Ties are broken by the lower database index (the original sorts with numpy's unstable
 //! quicksort, so its tie order is arbitrary; spec 6.1, G25).
 
-use crate::backend::{Backend, MatMul};
+use crate::backend::Backend;
+use crate::knn::{self, for_each_tile, Exclude};
 use anyhow::{bail, Result};
-use std::cmp::Ordering;
 
-/// Tile sizes of the streaming loops.
-#[derive(Clone, Copy, Debug)]
-pub struct Tiling {
-    /// Queries per matmul.
-    pub query_block: usize,
-    /// Database rows per matmul.
-    pub db_tile: usize,
-}
-
-impl Default for Tiling {
-    /// 256 queries x 16384 database rows: a 16 MiB score block.
-    fn default() -> Self {
-        Tiling {
-            query_block: 256,
-            db_tile: 16384,
-        }
-    }
-}
-
-/// Descriptor matrices of one ranking: `nq x dim` queries and `ndb x dim` database rows.
-#[derive(Clone, Copy)]
-pub struct Pair<'a> {
-    /// Row-major `nq x dim` query descriptors.
-    pub queries: &'a [f32],
-    /// Row-major `ndb x dim` database descriptors.
-    pub db: &'a [f32],
-    /// Descriptor length.
-    pub dim: usize,
-}
-
-impl Pair<'_> {
-    fn sizes(&self) -> Result<(usize, usize)> {
-        let d = self.dim;
-        if d == 0 || self.queries.len() % d != 0 || self.db.len() % d != 0 {
-            bail!(
-                "descriptors: dim {d} does not divide the query ({}) and database ({}) element counts; both must be N x {d}",
-                self.queries.len(),
-                self.db.len()
-            );
-        }
-        Ok((self.queries.len() / d, self.db.len() / d))
-    }
-}
+pub use crate::knn::{Pair, Tiling};
 
 /// True when database row `a` with score `sa` ranks before row `b` with score `sb`.
 #[inline]
 fn before(sa: f32, a: usize, sb: f32, b: usize) -> bool {
     sa > sb || (sa == sb && a < b)
-}
-
-fn cmp_desc(a: &(usize, f32), b: &(usize, f32)) -> Ordering {
-    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
-}
-
-/// Calls `visit(q0, j0, scores, nqb, nt)` for every tile: `scores` is the row-major
-/// `nqb x nt` similarity block of queries `q0..q0+nqb` against database rows `j0..j0+nt`.
-pub fn for_each_tile(
-    be: &dyn Backend,
-    pair: Pair,
-    tiling: Tiling,
-    mut visit: impl FnMut(usize, usize, &[f32], usize, usize),
-) -> Result<()> {
-    let (nq, ndb) = pair.sizes()?;
-    let d = pair.dim;
-    let (qb, tb) = (tiling.query_block.max(1), tiling.db_tile.max(1));
-    let qbufs = (0..nq)
-        .step_by(qb)
-        .map(|q0| {
-            let n = qb.min(nq - q0);
-            Ok((q0, n, be.upload(&pair.queries[q0 * d..(q0 + n) * d])?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    for j0 in (0..ndb).step_by(tb) {
-        let nt = tb.min(ndb - j0);
-        let dbuf = be.upload(&pair.db[j0 * d..(j0 + nt) * d])?;
-        for (q0, n, qbuf) in &qbufs {
-            let mut s = be.zeros(n * nt)?;
-            be.matmul(qbuf, &dbuf, &mut s, MatMul::new(*n, nt, d).tb())?;
-            let host = be.download(&s)?;
-            visit(*q0, j0, &host, *n, nt);
-        }
-    }
-    Ok(())
 }
 
 /// The `k` most similar database rows of each query, best first: `(db index, score)`.
@@ -102,30 +25,17 @@ pub fn top_k(
     k: usize,
     tiling: Tiling,
 ) -> Result<Vec<Vec<(usize, f32)>>> {
-    let (nq, ndb) = pair.sizes()?;
-    let k = k.min(ndb);
-    let mut best: Vec<Vec<(usize, f32)>> = vec![Vec::with_capacity(2 * k + 1); nq];
-    if k == 0 {
-        return Ok(best);
-    }
-    for_each_tile(be, pair, tiling, |q0, j0, s, nqb, nt| {
-        for qi in 0..nqb {
-            let row = &s[qi * nt..(qi + 1) * nt];
-            let buf = &mut best[q0 + qi];
-            for (jj, &v) in row.iter().enumerate() {
-                buf.push((j0 + jj, v));
-                if buf.len() >= 2 * k.max(64) {
-                    buf.select_nth_unstable_by(k - 1, cmp_desc);
-                    buf.truncate(k);
-                }
-            }
-        }
-    })?;
-    for b in &mut best {
-        b.sort_unstable_by(cmp_desc);
-        b.truncate(k);
-    }
-    Ok(best)
+    let (nq, _) = pair.sizes()?;
+    let nb = knn::top_k(be, pair, k, Exclude::Nothing, tiling, &mut |_| {})?;
+    Ok((0..nq)
+        .map(|q| {
+            nb.indices(q)
+                .iter()
+                .zip(nb.scores(q))
+                .map(|(&j, &s)| (j as usize, s))
+                .collect()
+        })
+        .collect())
 }
 
 /// For each query, the 0-based rank in the full ranking of each database row in `targets[q]`,

@@ -1,9 +1,10 @@
 //! The candidate pool (spec 4.1): for every descriptor, its exact top-k neighbours by inner
 //! product over the whole set, with their similarities.
 //!
-//! Scores come from `be.matmul` on tiles of queries against all descriptors (`trans_b`), so the
-//! same code uses cuBLAS on the CUDA backend; top-k and bookkeeping run on the host. Memory is
-//! O(tile * N + N * k): the N x N similarity matrix never exists.
+//! The search is [`crate::knn::top_k`] with self exclusion: `be.matmul` on query-block x
+//! database-tile blocks (cuBLAS on the CUDA backend), a running top-k per row on the host.
+//! Memory is O(tile * db_tile + N * k): the N x N similarity matrix never exists. Neighbours are
+//! chosen on the matmul's scores; the similarities written are recomputed in f64 (see `dot`).
 //!
 //! Deliberate difference from the original (trap G3): the original searches top-(k+1) with
 //! faiss and drops column 0 blindly, assuming it is the query itself. With exact duplicate
@@ -11,12 +12,11 @@
 //! dropped. Here the query's own index is removed explicitly and ties are broken by
 //! (score descending, index ascending), so the result is deterministic and never contains self.
 
-use crate::backend::{Backend, Buf, MatMul};
+use crate::backend::Backend;
 use crate::io::npy::{self, Array, NpzEntry};
+use crate::knn::{self, Exclude, Pair, Tiling};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::path::Path;
 
 /// Exact top-k neighbours of every descriptor: `neighbor[i*k + j]` is the j-th most similar
@@ -33,61 +33,6 @@ pub struct CandidatePool {
     pub similarity: Vec<f32>,
 }
 
-/// A scored candidate; `Ord` puts the *worse* candidate first, so a `BinaryHeap` keeps the
-/// worst of the current top-k on top. Worse = lower score, then higher index.
-#[derive(Clone, Copy, Debug)]
-struct Worse {
-    s: f32,
-    j: u32,
-}
-
-impl PartialEq for Worse {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
-impl Eq for Worse {}
-impl PartialOrd for Worse {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Worse {
-    fn cmp(&self, o: &Self) -> Ordering {
-        o.s.total_cmp(&self.s).then(self.j.cmp(&o.j))
-    }
-}
-
-/// Top-`k` of one score row, skipping column `skip`, ordered (score desc, index asc), written
-/// into `idx` and `val` (both of length `k`). Scores must be finite; a min-heap of the current
-/// best `k` makes this one pass with O(k) memory.
-pub fn topk_row(scores: &[f32], skip: usize, k: usize, idx: &mut [u32], val: &mut [f32]) {
-    let mut heap: BinaryHeap<Worse> = BinaryHeap::with_capacity(k + 1);
-    let mut thr = f32::NEG_INFINITY;
-    for (j, &s) in scores.iter().enumerate() {
-        if j == skip {
-            continue;
-        }
-        if heap.len() < k {
-            heap.push(Worse { s, j: j as u32 });
-            if heap.len() == k {
-                thr = heap.peek().map_or(f32::NEG_INFINITY, |w| w.s);
-            }
-        } else if s > thr {
-            // Columns are scanned in ascending index, so an equal score never beats the
-            // current worst: (score desc, index asc) needs a strictly greater score here.
-            if let Some(mut top) = heap.peek_mut() {
-                *top = Worse { s, j: j as u32 };
-            }
-            thr = heap.peek().map_or(f32::NEG_INFINITY, |w| w.s);
-        }
-    }
-    for (p, w) in heap.into_sorted_vec().into_iter().enumerate() {
-        idx[p] = w.j;
-        val[p] = w.s;
-    }
-}
-
 /// The recomputed similarity of the output: f32 inputs, f64 accumulation (the original uses a
 /// float32 numpy dot; this is at least as accurate and independent of the GEMM's rounding).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -97,14 +42,15 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         .sum::<f64>() as f32
 }
 
-/// A query-tile height keeping the `tile x n` score block near 256 MiB.
+/// The default query-block height of [`CandidatePool::compute`].
 pub fn default_tile(n: usize) -> usize {
-    ((256usize << 20) / 4 / n.max(1)).clamp(1, 4096)
+    Tiling::default().query_block.clamp(1, n.max(1))
 }
 
 impl CandidatePool {
     /// Computes the pool of `feats` (`n x d`, row-major) with `k` neighbours per row, scoring
-    /// `tile` queries at a time; `progress` is told how many rows each finished tile holds.
+    /// `tile` queries against one database tile at a time; `progress` is told how many rows'
+    /// worth of scoring each finished block holds (the counts sum to `n`).
     pub fn compute(
         be: &dyn Backend,
         feats: &[f32],
@@ -126,53 +72,30 @@ impl CandidatePool {
                 n.saturating_sub(1)
             );
         }
-        if n > u32::MAX as usize {
-            bail!("candidate pool: n = {n} descriptors exceeds the u32 index range");
-        }
-        if let Some(bad) = feats.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "candidate pool: descriptor row {} has a non-finite value ({}); re-extract it",
-                bad / d.max(1),
-                feats[bad]
-            );
-        }
-        let tile = tile.clamp(1, n);
-        let all = be.upload(feats)?;
-        let mut neighbor = vec![0u32; n * k];
-        let mut similarity = vec![0f32; n * k];
-        let mut scores = be.zeros(tile * n)?;
-        for q0 in (0..n).step_by(tile) {
-            let t = tile.min(n - q0);
-            let a = be.upload(&feats[q0 * d..(q0 + t) * d])?;
-            if t != tile {
-                scores = be.zeros(t * n)?;
-            }
-            be.matmul(&a, &all, &mut scores, MatMul::new(t, n, d).tb())?;
-            // Host buffers are read in place: a copy of every tile would move 4 * N^2 bytes.
-            let copied;
-            let host: &[f32] = match &scores {
-                Buf::Host(v) => v,
-                dev => {
-                    copied = be.download(dev)?;
-                    &copied
+        let pair = Pair {
+            queries: feats,
+            db: feats,
+            dim: d,
+        };
+        let tiling = Tiling {
+            query_block: tile,
+            ..Tiling::default()
+        };
+        let found = knn::top_k(be, pair, k, Exclude::Diagonal, tiling, progress)
+            .context("candidate pool search")?;
+        let neighbor = found.index;
+        let mut similarity = found.score;
+        similarity
+            .par_chunks_mut(k)
+            .zip(neighbor.par_chunks(k))
+            .enumerate()
+            .for_each(|(i, (val, idx))| {
+                let fi = &feats[i * d..(i + 1) * d];
+                for (v, &j) in val.iter_mut().zip(idx) {
+                    let j = j as usize;
+                    *v = dot(fi, &feats[j * d..(j + 1) * d]);
                 }
-            };
-            neighbor[q0 * k..(q0 + t) * k]
-                .par_chunks_mut(k)
-                .zip(similarity[q0 * k..(q0 + t) * k].par_chunks_mut(k))
-                .zip(host.par_chunks(n))
-                .enumerate()
-                .for_each(|(r, ((idx, val), row))| {
-                    let i = q0 + r;
-                    topk_row(row, i, k, idx, val);
-                    let fi = &feats[i * d..(i + 1) * d];
-                    for (v, &j) in val.iter_mut().zip(idx.iter()) {
-                        let j = j as usize;
-                        *v = dot(fi, &feats[j * d..(j + 1) * d]);
-                    }
-                });
-            progress(t);
-        }
+            });
         Ok(CandidatePool {
             n,
             k,
