@@ -178,6 +178,276 @@ impl L2Norm {
     }
 }
 
+/// Spatial padding of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// The same `p` on every side (PyTorch's `padding=p`).
+    Sym(usize),
+    /// TensorFlow "SAME": `out = ceil(in / stride)`, total pad `max((out-1)*stride + k - in, 0)`,
+    /// the smaller half on top / left. Depends on the input size, so it is resolved per shape.
+    Same,
+}
+
+impl Padding {
+    /// `(pad_before, out)` for one spatial dimension of size `len`.
+    fn resolve(self, len: usize, k: usize, stride: usize) -> (usize, usize) {
+        match self {
+            Padding::Sym(p) => {
+                let span = len + 2 * p;
+                (
+                    p,
+                    if span >= k {
+                        (span - k) / stride + 1
+                    } else {
+                        0
+                    },
+                )
+            }
+            Padding::Same => {
+                let out = len.div_ceil(stride);
+                let total = ((out.max(1) - 1) * stride + k).saturating_sub(len);
+                (total / 2, out)
+            }
+        }
+    }
+}
+
+/// Shape of a 2-D convolution without bias, NCHW input `n x c_in x h x w`, weight
+/// `c_out x (c_in/groups) x kh x kw` (PyTorch layout), output `n x c_out x oh x ow`, dilation 1.
+/// Bottom / right padding is implied by `oh` / `ow` (TF "SAME" pads asymmetrically).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub groups: usize,
+}
+
+impl Conv {
+    /// A square `k x k` convolution; errors on sizes that give an empty output or channels not
+    /// divisible by `groups`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        n: usize,
+        c_in: usize,
+        h: usize,
+        w: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: Padding,
+        groups: usize,
+    ) -> Result<Self> {
+        if stride == 0 || k == 0 || groups == 0 {
+            bail!("conv: kernel {k}, stride {stride} and groups {groups} must all be positive");
+        }
+        if c_in % groups != 0 || c_out % groups != 0 {
+            bail!("conv: channels {c_in} -> {c_out} are not divisible by groups = {groups}");
+        }
+        let (pad_top, oh) = padding.resolve(h, k, stride);
+        let (pad_left, ow) = padding.resolve(w, k, stride);
+        if oh == 0 || ow == 0 {
+            bail!("conv: a {h}x{w} input is too small for a {k}x{k} kernel with {padding:?}; use larger images");
+        }
+        Ok(Conv {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: k,
+            kw: k,
+            stride,
+            pad_top,
+            pad_left,
+            oh,
+            ow,
+            groups,
+        })
+    }
+
+    /// Elements of the input, weight and output.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.n * self.c_in * self.h * self.w,
+            self.c_out * (self.c_in / self.groups) * self.kh * self.kw,
+            self.n * self.c_out * self.oh * self.ow,
+        )
+    }
+
+    /// True for a depthwise convolution (one input and one output channel per group).
+    pub fn is_depthwise(&self) -> bool {
+        self.groups == self.c_in && self.groups == self.c_out
+    }
+
+    fn check(&self, x: usize, w: usize, y: usize) -> Result<()> {
+        let (ex, ew, ey) = self.sizes();
+        if x != ex || w != ew || y != ey {
+            bail!(
+                "conv {self:?}: buffers hold x={x}, w={w}, y={y} elements; expected {ex}, {ew}, {ey}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A pointwise activation, standalone or fused after BatchNorm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// No activation.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)` (EfficientNet-Lite).
+    Relu6,
+}
+
+/// Shape of a BatchNorm over an NCHW tensor `n x c x hw`, with an activation fused after it.
+/// `ghost` splits the batch into that many contiguous chunks with their own statistics (spec G13:
+/// the original's 4-GPU DataParallel); running statistics follow chunk 0 only, as DataParallel
+/// keeps only replica 0's buffer updates. `ghost = 1` is plain BatchNorm.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNorm {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+    pub eps: f32,
+    pub momentum: f32,
+    pub act: Act,
+    pub ghost: usize,
+}
+
+impl BatchNorm {
+    /// PyTorch's defaults (momentum 0.1, one statistics group) with the model's `eps`.
+    pub fn new(n: usize, c: usize, hw: usize, eps: f32, act: Act) -> Self {
+        BatchNorm {
+            n,
+            c,
+            hw,
+            eps,
+            momentum: 0.1,
+            act,
+            ghost: 1,
+        }
+    }
+
+    /// Checks the activation-sized buffers (`n*c*hw`) and the per-channel ones (`c`).
+    fn check(&self, act: &[usize], chan: &[usize]) -> Result<()> {
+        let (want, wc) = (self.n * self.c * self.hw, self.c);
+        if let Some(bad) = act.iter().find(|&&l| l != want) {
+            bail!("batchnorm {self:?}: a tensor holds {bad} elements, expected {want}");
+        }
+        if let Some(bad) = chan.iter().find(|&&l| l != wc) {
+            bail!("batchnorm {self:?}: a per-channel tensor holds {bad} elements, expected {wc}");
+        }
+        Ok(())
+    }
+
+    /// Checks what training-mode statistics need: whole chunks, more than one value per channel.
+    fn check_train(&self, saved: &[usize]) -> Result<()> {
+        if self.ghost == 0 || self.n % self.ghost != 0 {
+            bail!(
+                "batchnorm: batch {} does not split into {} equal statistics groups; use a batch size divisible by it",
+                self.n,
+                self.ghost
+            );
+        }
+        if (self.n / self.ghost) * self.hw < 2 {
+            bail!(
+                "batchnorm in training mode needs more than 1 value per channel, got {} (batch {} / {} groups x {} positions)",
+                (self.n / self.ghost) * self.hw,
+                self.n,
+                self.ghost,
+                self.hw
+            );
+        }
+        let want = self.ghost * self.c;
+        if let Some(bad) = saved.iter().find(|&&l| l != want) {
+            bail!("batchnorm {self:?}: a saved-statistics buffer holds {bad} elements, expected {want}");
+        }
+        Ok(())
+    }
+}
+
+/// Shape of a max pooling over NCHW `n x c x h x w` (padding counts as -inf, floor mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl MaxPool {
+    /// A `k x k` window with `stride` and symmetric `pad` (ResNet's stem: 3, 2, 1).
+    pub fn new(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
+        if k == 0 || stride == 0 || pad >= k {
+            bail!(
+                "max pool: need k > 0, stride > 0 and pad < k, got k={k} stride={stride} pad={pad}"
+            );
+        }
+        let (_, oh) = Padding::Sym(pad).resolve(h, k, stride);
+        let (_, ow) = Padding::Sym(pad).resolve(w, k, stride);
+        if oh == 0 || ow == 0 {
+            bail!("max pool: a {h}x{w} map is too small for a {k}x{k} window; use larger images");
+        }
+        Ok(MaxPool {
+            n,
+            c,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            oh,
+            ow,
+        })
+    }
+
+    fn check(&self, x: &[usize], y: &[usize]) -> Result<()> {
+        let (wx, wy) = (
+            self.n * self.c * self.h * self.w,
+            self.n * self.c * self.oh * self.ow,
+        );
+        if x.iter().any(|&l| l != wx) || y.iter().any(|&l| l != wy) {
+            bail!("max pool {self:?}: input-sized buffers hold {x:?} (expected {wx}), output-sized {y:?} (expected {wy})");
+        }
+        Ok(())
+    }
+}
+
+/// Checks that elementwise operands all have `len` elements.
+fn check_same(op: &str, bufs: &[usize]) -> Result<()> {
+    if let Some(&first) = bufs.first() {
+        if bufs.iter().any(|&l| l != first) {
+            bail!("{op}: operands differ in length: {bufs:?}");
+        }
+    }
+    Ok(())
+}
+
 /// Every op the model and the method need. Object-safe, so `Box<dyn Backend>` picks the
 /// hardware at run time; tests are written once against `&dyn Backend`.
 pub trait Backend: Send + Sync {
@@ -220,6 +490,89 @@ pub trait Backend: Send + Sync {
         dx: &mut Buf<f32>,
         shape: L2Norm,
     ) -> Result<()>;
+    /// Sets every element of `buf` to zero (gradients before a step, scatter targets).
+    fn zero(&self, buf: &mut Buf<f32>) -> Result<()>;
+    /// Copies host data into an existing buffer of the same length (no allocation).
+    fn upload_into(&self, data: &[f32], buf: &mut Buf<f32>) -> Result<()>;
+
+    /// Convolution forward: `y = conv(x, w)` (see [`Conv`]).
+    fn conv2d_fwd(&self, x: &Buf<f32>, w: &Buf<f32>, y: &mut Buf<f32>, s: Conv) -> Result<()>;
+    /// Convolution data gradient: writes `dx` from `dy` and the weight.
+    fn conv2d_bwd_data(
+        &self,
+        dy: &Buf<f32>,
+        w: &Buf<f32>,
+        dx: &mut Buf<f32>,
+        s: Conv,
+    ) -> Result<()>;
+    /// Convolution weight gradient: accumulates into `dw` from the input `x` and `dy`.
+    fn conv2d_bwd_weight(
+        &self,
+        x: &Buf<f32>,
+        dy: &Buf<f32>,
+        dw: &mut Buf<f32>,
+        s: Conv,
+    ) -> Result<()>;
+
+    /// BatchNorm + activation forward with batch statistics: writes `y`, saves each statistics
+    /// group's mean and 1/sqrt(var+eps) (`ghost x c`) for backward, and updates the running
+    /// mean / unbiased variance with the momentum.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_fwd_train(
+        &self,
+        x: &Buf<f32>,
+        gamma: &Buf<f32>,
+        beta: &Buf<f32>,
+        running: (&mut Buf<f32>, &mut Buf<f32>),
+        saved: (&mut Buf<f32>, &mut Buf<f32>),
+        y: &mut Buf<f32>,
+        s: BatchNorm,
+    ) -> Result<()>;
+    /// BatchNorm + activation forward with the running statistics (eval mode).
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_fwd_eval(
+        &self,
+        x: &Buf<f32>,
+        gamma: &Buf<f32>,
+        beta: &Buf<f32>,
+        running_mean: &Buf<f32>,
+        running_var: &Buf<f32>,
+        y: &mut Buf<f32>,
+        s: BatchNorm,
+    ) -> Result<()>;
+    /// BatchNorm + activation backward after a training-mode forward: writes `dx`, accumulates
+    /// `dgamma` and `dbeta`. `y` is the forward output (for the activation's mask).
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_bwd(
+        &self,
+        x: &Buf<f32>,
+        y: &Buf<f32>,
+        dy: &Buf<f32>,
+        gamma: &Buf<f32>,
+        saved: (&Buf<f32>, &Buf<f32>),
+        dx: &mut Buf<f32>,
+        dparams: (&mut Buf<f32>, &mut Buf<f32>),
+        s: BatchNorm,
+    ) -> Result<()>;
+
+    /// Max pooling forward.
+    fn maxpool_fwd(&self, x: &Buf<f32>, y: &mut Buf<f32>, s: MaxPool) -> Result<()>;
+    /// Max pooling backward: writes `dx`, routing each `dy` to the first maximum of its window.
+    fn maxpool_bwd(
+        &self,
+        x: &Buf<f32>,
+        y: &Buf<f32>,
+        dy: &Buf<f32>,
+        dx: &mut Buf<f32>,
+        s: MaxPool,
+    ) -> Result<()>;
+
+    /// Elementwise `y = a + b` (residual connections, summing two gradient paths).
+    fn add_fwd(&self, a: &Buf<f32>, b: &Buf<f32>, y: &mut Buf<f32>) -> Result<()>;
+    /// Activation forward `y = act(x)`.
+    fn act_fwd(&self, x: &Buf<f32>, y: &mut Buf<f32>, act: Act) -> Result<()>;
+    /// Activation backward from the forward output: `dx = dy * act'(y)`.
+    fn act_bwd(&self, y: &Buf<f32>, dy: &Buf<f32>, dx: &mut Buf<f32>, act: Act) -> Result<()>;
 }
 
 /// The CUDA backend when a GPU, its driver and the embedded kernels are all present, else the

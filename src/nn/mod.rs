@@ -1,8 +1,25 @@
 //! Layers with hand-written forward and backward on the [`Backend`](crate::backend::Backend),
 //! the backbones built from them, and weight import / export.
+//!
+//! Conventions (llm.c style): a layer owns its output `y` and its input gradient `dx`, sized on
+//! the first call for a batch shape and reused after; the caller passes the layer's input again
+//! to `backward` (it is the previous layer's `y`, still alive), so nothing is copied. `backward`
+//! writes `dx` with `=` and accumulates parameter gradients with `+=`.
+
+pub mod act;
+pub mod batchnorm;
+pub mod conv;
+pub mod efficientnet;
+pub mod head;
+pub mod linear;
+pub mod net;
+pub mod pool;
+pub mod resnet;
+
+pub use net::{Arch, Backbone, RetrievalNet};
 
 use crate::backend::Backend;
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 
 /// A network that maps a batch of images to descriptors in eval mode (BatchNorm with running
 /// statistics, no gradient). Extraction, evaluation and candidate pools use only this.
@@ -72,4 +89,73 @@ pub trait Module {
     fn params(&self) -> Vec<&Param>;
     /// The same, mutable (loading weights, optimiser steps, zeroing gradients).
     fn params_mut(&mut self) -> Vec<&mut Param>;
+}
+
+impl Param {
+    /// A tensor on `be` holding `value`, with a zero gradient when `kind` is trainable.
+    pub fn new(
+        be: &dyn Backend,
+        name: impl Into<String>,
+        shape: &[usize],
+        kind: ParamKind,
+        value: &[f32],
+    ) -> Result<Self> {
+        let grad = if kind.trainable() {
+            Some(be.zeros(value.len())?)
+        } else {
+            None
+        };
+        Ok(Param {
+            name: name.into(),
+            shape: shape.to_vec(),
+            kind,
+            value: be.upload(value)?,
+            grad,
+        })
+    }
+
+    /// The gradient buffer, or an error naming the tensor when it has none.
+    pub fn grad_mut(&mut self) -> Result<&mut Buf<f32>> {
+        let name = &self.name;
+        self.grad
+            .as_mut()
+            .ok_or_else(|| anyhow!("{name} has no gradient buffer (it is not trainable)"))
+    }
+}
+
+/// Zeroes every gradient of `m` (before a step's backward, since backward accumulates).
+pub fn zero_grads(be: &dyn Backend, m: &mut dyn Module) -> Result<()> {
+    for p in m.params_mut() {
+        if let Some(g) = p.grad.as_mut() {
+            be.zero(g)?;
+        }
+    }
+    Ok(())
+}
+
+/// Total elements of the trainable tensors (what torchvision's parameter counts count).
+pub fn count_trainable(m: &dyn Module) -> usize {
+    m.params()
+        .iter()
+        .filter(|p| p.kind.trainable())
+        .map(|p| p.numel())
+        .sum()
+}
+
+/// An empty placeholder buffer, replaced on first use by [`ensure_len`].
+pub(crate) fn empty() -> Buf<f32> {
+    Buf::Host(Vec::new())
+}
+
+/// Makes `buf` hold `len` elements on `be`, reallocating only when the length changes, so a
+/// repeated batch shape reuses its buffers.
+pub(crate) fn ensure_len(be: &dyn Backend, buf: &mut Buf<f32>, len: usize) -> Result<()> {
+    let on_backend = matches!(
+        (&*buf, be.name()),
+        (Buf::Host(_), "cpu") | (Buf::Device(_), "cuda")
+    );
+    if buf.len() != len || !on_backend {
+        *buf = be.zeros(len)?;
+    }
+    Ok(())
 }

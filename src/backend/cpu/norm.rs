@@ -1,6 +1,10 @@
-//! Row-wise L2 normalisation on the CPU: the twin of `kernels/norm.cu` (formulas there).
+//! Row-wise L2 normalisation and BatchNorm (+ fused activation) on the CPU: the twins of
+//! `kernels/norm.cu` (formulas there).
+//!
+//! BatchNorm over NCHW: channel `c` of image `i` is the plane `i*C + c` of `hw` values.
+//! Statistics are per (ghost group, channel) over `n/ghost * hw` values, accumulated in f64.
 
-use crate::backend::L2Norm;
+use crate::backend::{Act, BatchNorm, L2Norm};
 use rayon::prelude::*;
 
 /// `y = x / max(||x||, eps)` per row.
@@ -44,4 +48,250 @@ pub fn l2norm_bwd_f32(x: &[f32], dy: &[f32], dx: &mut [f32], s: L2Norm) {
                 }
             }
         });
+}
+
+/// `act(z)`.
+#[inline]
+pub fn act_apply(act: Act, z: f32) -> f32 {
+    match act {
+        Act::Identity => z,
+        Act::Relu => z.max(0.0),
+        Act::Relu6 => z.clamp(0.0, 6.0),
+    }
+}
+
+/// `act'` read from the activation's output `y` (1 where the activation passed its input).
+#[inline]
+pub fn act_grad(act: Act, y: f32) -> f32 {
+    match act {
+        Act::Identity => 1.0,
+        Act::Relu => (y > 0.0) as u8 as f32,
+        Act::Relu6 => (y > 0.0 && y < 6.0) as u8 as f32,
+    }
+}
+
+/// Planes `(index, plane)` of channel `c` in statistics group `g`.
+fn group_planes<'a>(
+    x: &'a [f32],
+    s: &'a BatchNorm,
+    g: usize,
+    c: usize,
+) -> impl Iterator<Item = &'a [f32]> + 'a {
+    let per = s.n / s.ghost;
+    (g * per..(g + 1) * per).map(move |i| &x[(i * s.c + c) * s.hw..(i * s.c + c + 1) * s.hw])
+}
+
+/// Forward with batch statistics: writes `y`, `save_mean` / `save_invstd` (`ghost x c`), and
+/// moves the running mean / unbiased variance towards chunk 0's statistics by `momentum`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_fwd_train_f32(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+    y: &mut [f32],
+    s: BatchNorm,
+) {
+    let count = (s.n / s.ghost * s.hw) as f64;
+    // Two passes (mean, then squared deviations) keep the variance accurate for large means.
+    let stats: Vec<(f64, f64)> = (0..s.ghost * s.c)
+        .into_par_iter()
+        .map(|gc| {
+            let (g, c) = (gc / s.c, gc % s.c);
+            let sum: f64 = group_planes(x, &s, g, c)
+                .flat_map(|p| p.iter())
+                .map(|&v| v as f64)
+                .sum();
+            let mean = sum / count;
+            let ss: f64 = group_planes(x, &s, g, c)
+                .flat_map(|p| p.iter())
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum();
+            (mean, ss / count)
+        })
+        .collect();
+    for (gc, &(mean, var)) in stats.iter().enumerate() {
+        save_mean[gc] = mean as f32;
+        save_invstd[gc] = (1.0 / (var + s.eps as f64).sqrt()) as f32;
+    }
+    let m = s.momentum as f64;
+    for c in 0..s.c {
+        let (mean, var) = stats[c];
+        let unbiased = var * count / (count - 1.0);
+        running_mean[c] = ((1.0 - m) * running_mean[c] as f64 + m * mean) as f32;
+        running_var[c] = ((1.0 - m) * running_var[c] as f64 + m * unbiased) as f32;
+    }
+    let per = s.n / s.ghost;
+    y.par_chunks_mut(s.hw).enumerate().for_each(|(p, out)| {
+        let (i, c) = (p / s.c, p % s.c);
+        let gc = (i / per) * s.c + c;
+        let scale = gamma[c] * save_invstd[gc];
+        let shift = beta[c] - save_mean[gc] * scale;
+        for (o, &v) in out.iter_mut().zip(&x[p * s.hw..(p + 1) * s.hw]) {
+            *o = act_apply(s.act, v * scale + shift);
+        }
+    });
+}
+
+/// Forward with the running statistics (eval mode).
+pub fn batchnorm_fwd_eval_f32(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    y: &mut [f32],
+    s: BatchNorm,
+) {
+    y.par_chunks_mut(s.hw).enumerate().for_each(|(p, out)| {
+        let c = p % s.c;
+        let scale = gamma[c] / (running_var[c] + s.eps).sqrt();
+        let shift = beta[c] - running_mean[c] * scale;
+        for (o, &v) in out.iter_mut().zip(&x[p * s.hw..(p + 1) * s.hw]) {
+            *o = act_apply(s.act, v * scale + shift);
+        }
+    });
+}
+
+/// Backward of the training-mode forward. With `dz = dy * act'(y)`, `xh` the normalised input
+/// and `M` values per statistics group:
+/// `dx = gamma * invstd * (dz - mean(dz) - xh * mean(dz * xh))`, `dgamma += sum(dz * xh)`,
+/// `dbeta += sum(dz)`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_bwd_f32(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    s: BatchNorm,
+) {
+    let count = (s.n / s.ghost * s.hw) as f64;
+    let per = s.n / s.ghost;
+    let sums: Vec<(f64, f64)> = (0..s.ghost * s.c)
+        .into_par_iter()
+        .map(|gc| {
+            let (g, c) = (gc / s.c, gc % s.c);
+            let (mean, inv) = (save_mean[gc], save_invstd[gc]);
+            let (mut sdz, mut sdzx) = (0.0f64, 0.0f64);
+            for i in g * per..(g + 1) * per {
+                let r = (i * s.c + c) * s.hw..(i * s.c + c + 1) * s.hw;
+                for ((&xv, &yv), &g) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&dy[r]) {
+                    let dz = (g * act_grad(s.act, yv)) as f64;
+                    sdz += dz;
+                    sdzx += dz * ((xv - mean) * inv) as f64;
+                }
+            }
+            (sdz, sdzx)
+        })
+        .collect();
+    for (gc, &(sdz, sdzx)) in sums.iter().enumerate() {
+        dbeta[gc % s.c] += sdz as f32;
+        dgamma[gc % s.c] += sdzx as f32;
+    }
+    dx.par_chunks_mut(s.hw).enumerate().for_each(|(p, out)| {
+        let (i, c) = (p / s.c, p % s.c);
+        let gc = (i / per) * s.c + c;
+        let (mean, inv) = (save_mean[gc], save_invstd[gc]);
+        let (mdz, mdzx) = ((sums[gc].0 / count) as f32, (sums[gc].1 / count) as f32);
+        let k = gamma[c] * inv;
+        let r = p * s.hw..(p + 1) * s.hw;
+        for ((o, &xv), (&yv, &g)) in out
+            .iter_mut()
+            .zip(&x[r.clone()])
+            .zip(y[r.clone()].iter().zip(&dy[r]))
+        {
+            let dz = g * act_grad(s.act, yv);
+            *o = k * (dz - mdz - (xv - mean) * inv * mdzx);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand-computed: one channel, values 1, 2, 3, 6 (mean 3, biased var 3.5, unbiased 14/3).
+    #[test]
+    fn batch_statistics_and_running_averages_follow_pytorch() {
+        let x = [1.0f32, 2.0, 3.0, 6.0];
+        let s = BatchNorm::new(2, 1, 2, 1e-5, Act::Identity);
+        let (mut rm, mut rv) = ([0.0f32], [1.0f32]);
+        let (mut sm, mut si) = ([0.0f32], [0.0f32]);
+        let mut y = [0.0f32; 4];
+        batchnorm_fwd_train_f32(
+            &x,
+            &[2.0],
+            &[1.0],
+            &mut rm,
+            &mut rv,
+            &mut sm,
+            &mut si,
+            &mut y,
+            s,
+        );
+        let inv = 1.0 / (3.5f32 + 1e-5).sqrt();
+        assert!((sm[0] - 3.0).abs() < 1e-6 && (si[0] - inv).abs() < 1e-6);
+        for (o, v) in y.iter().zip(x) {
+            assert!((o - (2.0 * (v - 3.0) * inv + 1.0)).abs() < 1e-5);
+        }
+        assert!((rm[0] - 0.3).abs() < 1e-6, "running mean {}", rm[0]);
+        assert!(
+            (rv[0] - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-6,
+            "running var {}",
+            rv[0]
+        );
+    }
+
+    #[test]
+    fn ghost_groups_normalise_each_chunk_and_track_chunk_zero() {
+        // Two images, one channel, one value each per group of 2 positions.
+        let x = [1.0f32, 3.0, 10.0, 30.0];
+        let s = BatchNorm {
+            ghost: 2,
+            ..BatchNorm::new(2, 1, 2, 0.0, Act::Identity)
+        };
+        let (mut rm, mut rv) = ([0.0f32], [1.0f32]);
+        let (mut sm, mut si) = ([0.0f32; 2], [0.0f32; 2]);
+        let mut y = [0.0f32; 4];
+        batchnorm_fwd_train_f32(
+            &x,
+            &[1.0],
+            &[0.0],
+            &mut rm,
+            &mut rv,
+            &mut sm,
+            &mut si,
+            &mut y,
+            s,
+        );
+        assert_eq!(sm, [2.0, 20.0]);
+        for v in y {
+            assert!((v.abs() - 1.0).abs() < 1e-6, "{y:?}");
+        }
+        assert!(
+            (rm[0] - 0.2).abs() < 1e-6,
+            "running mean from chunk 0 only: {}",
+            rm[0]
+        );
+    }
+
+    #[test]
+    fn eval_mode_uses_running_statistics_and_clamps_relu6() {
+        let x = [-1.0f32, 0.5, 20.0];
+        let s = BatchNorm::new(1, 1, 3, 0.0, Act::Relu6);
+        let mut y = [0.0f32; 3];
+        batchnorm_fwd_eval_f32(&x, &[1.0], &[0.0], &[0.5], &[0.25], &mut y, s);
+        assert_eq!(y, [0.0, 0.0, 6.0]);
+        let s = BatchNorm::new(1, 1, 3, 0.0, Act::Identity);
+        batchnorm_fwd_eval_f32(&x, &[1.0], &[0.0], &[0.5], &[0.25], &mut y, s);
+        assert_eq!(y, [-3.0, 0.0, 39.0]);
+    }
 }

@@ -1,6 +1,6 @@
-//! GeM pooling on the CPU: the twin of `kernels/pool.cu` (formulas there).
+//! GeM and max pooling on the CPU: the twins of `kernels/pool.cu` (formulas there).
 
-use crate::backend::Gem;
+use crate::backend::{Gem, MaxPool};
 use rayon::prelude::*;
 
 fn pow_int_fast(x: f32, p: f32) -> f32 {
@@ -39,4 +39,88 @@ pub fn gem_bwd_f32(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32], s: Gem) {
                 };
             }
         });
+}
+
+/// Flat index (within a plane) of the first maximum of output `(oy, ox)`'s window, with its value.
+#[inline]
+fn window_argmax(plane: &[f32], oy: usize, ox: usize, s: &MaxPool) -> (usize, f32) {
+    let (mut best, mut at) = (f32::NEG_INFINITY, usize::MAX);
+    for ki in 0..s.k {
+        let Some(iy) = (oy * s.stride + ki).checked_sub(s.pad).filter(|&v| v < s.h) else {
+            continue;
+        };
+        for kj in 0..s.k {
+            let Some(ix) = (ox * s.stride + kj).checked_sub(s.pad).filter(|&v| v < s.w) else {
+                continue;
+            };
+            let v = plane[iy * s.w + ix];
+            // `!(v <= best)` also takes a NaN, as PyTorch propagates it.
+            if at == usize::MAX || !(v <= best) {
+                best = v;
+                at = iy * s.w + ix;
+            }
+        }
+    }
+    (at, best)
+}
+
+/// `y = max over each k x k window` (padding never wins: pad < k keeps a real value in every
+/// window).
+pub fn maxpool_fwd_f32(x: &[f32], y: &mut [f32], s: MaxPool) {
+    let (hw, ohw) = (s.h * s.w, s.oh * s.ow);
+    y.par_chunks_mut(ohw).enumerate().for_each(|(p, out)| {
+        let plane = &x[p * hw..(p + 1) * hw];
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                out[oy * s.ow + ox] = window_argmax(plane, oy, ox, &s).1;
+            }
+        }
+    });
+}
+
+/// `dx` = each `dy` routed to the first maximum of its window (recomputed from `x`), summed
+/// where windows overlap.
+pub fn maxpool_bwd_f32(x: &[f32], dy: &[f32], dx: &mut [f32], s: MaxPool) {
+    let (hw, ohw) = (s.h * s.w, s.oh * s.ow);
+    dx.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
+        let (plane, g) = (&x[p * hw..(p + 1) * hw], &dy[p * ohw..(p + 1) * ohw]);
+        out.fill(0.0);
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                let (at, _) = window_argmax(plane, oy, ox, &s);
+                out[at] += g[oy * s.ow + ox];
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_pool_3x3_stride2_pad1_by_hand() {
+        // 4x4 plane 0..15: windows centred on even rows / columns.
+        let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let s = MaxPool::new(1, 1, 4, 4, 3, 2, 1).unwrap();
+        assert_eq!((s.oh, s.ow), (2, 2));
+        let mut y = [0.0; 4];
+        maxpool_fwd_f32(&x, &mut y, s);
+        assert_eq!(y, [5.0, 7.0, 13.0, 15.0]);
+        let mut dx = vec![f32::NAN; 16];
+        maxpool_bwd_f32(&x, &[1.0, 2.0, 3.0, 4.0], &mut dx, s);
+        let mut want = vec![0.0; 16];
+        (want[5], want[7], want[13], want[15]) = (1.0, 2.0, 3.0, 4.0);
+        assert_eq!(dx, want);
+    }
+
+    #[test]
+    fn max_pool_ties_go_to_the_first_maximum_and_overlaps_sum() {
+        let x = [1.0f32; 9];
+        let s = MaxPool::new(1, 1, 3, 3, 3, 2, 1).unwrap();
+        let mut dx = vec![0.0; 9];
+        maxpool_bwd_f32(&x, &[1.0, 1.0, 1.0, 1.0], &mut dx, s);
+        // Windows start at (-1,-1), (-1,1), (1,-1), (1,1): first real cells 0, 1, 3, 4.
+        assert_eq!(dx, [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    }
 }

@@ -9,7 +9,7 @@ pub mod gemm;
 pub mod norm;
 pub mod pool;
 
-use super::{Backend, Buf, Gem, L2Norm, MatMul};
+use super::{check_same, Act, Backend, BatchNorm, Buf, Conv, Gem, L2Norm, MatMul, MaxPool};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
@@ -179,6 +179,11 @@ fn dev_mut<T: DeviceRepr>(b: &mut Buf<T>) -> Result<&mut CudaSlice<T>> {
     }
 }
 
+/// The error of an op whose kernel is not written yet: says where it will live and what to do.
+fn no_kernel(op: &str, family: &str) -> anyhow::Error {
+    anyhow!("{op} has no CUDA kernel yet (kernels/{family}.cu); use --backend cpu")
+}
+
 /// A size as the `int` our kernels take, or an error naming the op when it does not fit.
 fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).with_context(|| format!("{what} = {v} exceeds the kernels' 32-bit size limit"))
@@ -261,5 +266,112 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         shape.check(&[x.len(), dy.len(), dx.len()])?;
         norm::l2norm_bwd_f32(self, dev(x)?, dev(dy)?, dev_mut(dx)?, shape)
+    }
+
+    fn zero(&self, buf: &mut Buf<f32>) -> Result<()> {
+        self.stream
+            .memset_zeros(dev_mut(buf)?)
+            .context("cudaMemset to zero")
+    }
+
+    fn upload_into(&self, data: &[f32], buf: &mut Buf<f32>) -> Result<()> {
+        check_same("upload_into", &[data.len(), buf.len()])?;
+        self.stream
+            .memcpy_htod(data, dev_mut(buf)?)
+            .context("copy to GPU")
+    }
+
+    fn conv2d_fwd(&self, x: &Buf<f32>, w: &Buf<f32>, y: &mut Buf<f32>, s: Conv) -> Result<()> {
+        s.check(x.len(), w.len(), y.len())?;
+        Err(no_kernel("conv2d_fwd", "conv"))
+    }
+
+    fn conv2d_bwd_data(
+        &self,
+        dy: &Buf<f32>,
+        w: &Buf<f32>,
+        dx: &mut Buf<f32>,
+        s: Conv,
+    ) -> Result<()> {
+        s.check(dx.len(), w.len(), dy.len())?;
+        Err(no_kernel("conv2d_bwd_data", "conv"))
+    }
+
+    fn conv2d_bwd_weight(
+        &self,
+        x: &Buf<f32>,
+        dy: &Buf<f32>,
+        dw: &mut Buf<f32>,
+        s: Conv,
+    ) -> Result<()> {
+        s.check(x.len(), dw.len(), dy.len())?;
+        Err(no_kernel("conv2d_bwd_weight", "conv"))
+    }
+
+    fn batchnorm_fwd_train(
+        &self,
+        _x: &Buf<f32>,
+        _gamma: &Buf<f32>,
+        _beta: &Buf<f32>,
+        _running: (&mut Buf<f32>, &mut Buf<f32>),
+        _saved: (&mut Buf<f32>, &mut Buf<f32>),
+        _y: &mut Buf<f32>,
+        _s: BatchNorm,
+    ) -> Result<()> {
+        Err(no_kernel("batchnorm_fwd_train", "norm"))
+    }
+
+    fn batchnorm_fwd_eval(
+        &self,
+        _x: &Buf<f32>,
+        _gamma: &Buf<f32>,
+        _beta: &Buf<f32>,
+        _running_mean: &Buf<f32>,
+        _running_var: &Buf<f32>,
+        _y: &mut Buf<f32>,
+        _s: BatchNorm,
+    ) -> Result<()> {
+        Err(no_kernel("batchnorm_fwd_eval", "norm"))
+    }
+
+    fn batchnorm_bwd(
+        &self,
+        _x: &Buf<f32>,
+        _y: &Buf<f32>,
+        _dy: &Buf<f32>,
+        _gamma: &Buf<f32>,
+        _saved: (&Buf<f32>, &Buf<f32>),
+        _dx: &mut Buf<f32>,
+        _dparams: (&mut Buf<f32>, &mut Buf<f32>),
+        _s: BatchNorm,
+    ) -> Result<()> {
+        Err(no_kernel("batchnorm_bwd", "norm"))
+    }
+
+    fn maxpool_fwd(&self, _x: &Buf<f32>, _y: &mut Buf<f32>, _s: MaxPool) -> Result<()> {
+        Err(no_kernel("maxpool_fwd", "pool"))
+    }
+
+    fn maxpool_bwd(
+        &self,
+        _x: &Buf<f32>,
+        _y: &Buf<f32>,
+        _dy: &Buf<f32>,
+        _dx: &mut Buf<f32>,
+        _s: MaxPool,
+    ) -> Result<()> {
+        Err(no_kernel("maxpool_bwd", "pool"))
+    }
+
+    fn add_fwd(&self, _a: &Buf<f32>, _b: &Buf<f32>, _y: &mut Buf<f32>) -> Result<()> {
+        Err(no_kernel("add_fwd", "eltwise"))
+    }
+
+    fn act_fwd(&self, _x: &Buf<f32>, _y: &mut Buf<f32>, _act: Act) -> Result<()> {
+        Err(no_kernel("act_fwd", "eltwise"))
+    }
+
+    fn act_bwd(&self, _y: &Buf<f32>, _dy: &Buf<f32>, _dx: &mut Buf<f32>, _act: Act) -> Result<()> {
+        Err(no_kernel("act_bwd", "eltwise"))
     }
 }

@@ -1,0 +1,389 @@
+//! 2-D convolution on the CPU: the twin of `kernels/conv.cu`.
+//!
+//! Dense and grouped convolutions go through im2col + the CPU GEMM, one image and one group at
+//! a time; a 1x1 stride-1 unpadded convolution skips im2col (the input already is the column
+//! matrix). Depthwise convolutions are not GEMMs (one input channel per output channel), so
+//! they use direct loops, parallel over planes.
+//!
+//! Layouts: x `n x c_in x h x w`, w `c_out x c_in/g x kh x kw`, y `n x c_out x oh x ow`.
+//! The column matrix of a group is `K x (oh*ow)` with `K = c_in/g * kh * kw`, row
+//! `(ci*kh + ki)*kw + kj`, so `y_g = W_g col` with `W_g` read as `c_out/g x K`.
+
+use super::gemm::matmul_f32;
+use crate::backend::{Conv, MatMul};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// im2col scratch, grown to the largest column matrix seen and reused: a training step
+    /// allocates nothing once the first step has run.
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < len {
+            c.resize(len, 0.0);
+        }
+        f(&mut c[..len])
+    })
+}
+
+/// True when the column matrix is the input itself.
+fn is_pointwise(s: &Conv) -> bool {
+    s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad_top == 0 && s.pad_left == 0
+}
+
+/// Input row / column read by output position `o` and kernel tap `k`, if inside the image.
+#[inline]
+fn src(o: usize, k: usize, stride: usize, pad: usize, len: usize) -> Option<usize> {
+    let i = (o * stride + k).checked_sub(pad)?;
+    (i < len).then_some(i)
+}
+
+/// Fills `col` (`K x oh*ow`) from one group's input channels `xg` (`c_in/g x h x w`).
+fn im2col(xg: &[f32], col: &mut [f32], s: &Conv) {
+    let (ohw, hw) = (s.oh * s.ow, s.h * s.w);
+    let taps = s.kh * s.kw;
+    col.par_chunks_mut(ohw).enumerate().for_each(|(r, row)| {
+        let (ci, t) = (r / taps, r % taps);
+        let (ki, kj) = (t / s.kw, t % s.kw);
+        let plane = &xg[ci * hw..(ci + 1) * hw];
+        for oy in 0..s.oh {
+            let out = &mut row[oy * s.ow..(oy + 1) * s.ow];
+            match src(oy, ki, s.stride, s.pad_top, s.h) {
+                None => out.fill(0.0),
+                Some(iy) => {
+                    let line = &plane[iy * s.w..(iy + 1) * s.w];
+                    for (ox, o) in out.iter_mut().enumerate() {
+                        *o = src(ox, kj, s.stride, s.pad_left, s.w).map_or(0.0, |ix| line[ix]);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Adds `col` (`K x oh*ow`) back into one group's input gradient `dxg`, which it overwrites.
+fn col2im(col: &[f32], dxg: &mut [f32], s: &Conv) {
+    let (ohw, hw) = (s.oh * s.ow, s.h * s.w);
+    let taps = s.kh * s.kw;
+    dxg.par_chunks_mut(hw).enumerate().for_each(|(ci, plane)| {
+        plane.fill(0.0);
+        for t in 0..taps {
+            let (ki, kj) = (t / s.kw, t % s.kw);
+            let row = &col[(ci * taps + t) * ohw..(ci * taps + t + 1) * ohw];
+            for oy in 0..s.oh {
+                let Some(iy) = src(oy, ki, s.stride, s.pad_top, s.h) else {
+                    continue;
+                };
+                let line = &mut plane[iy * s.w..(iy + 1) * s.w];
+                for (ox, &g) in row[oy * s.ow..(oy + 1) * s.ow].iter().enumerate() {
+                    if let Some(ix) = src(ox, kj, s.stride, s.pad_left, s.w) {
+                        line[ix] += g;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Per-group sizes: (c_in/g, c_out/g, K, oh*ow).
+fn group_dims(s: &Conv) -> (usize, usize, usize, usize) {
+    let cig = s.c_in / s.groups;
+    (cig, s.c_out / s.groups, cig * s.kh * s.kw, s.oh * s.ow)
+}
+
+/// `y = conv(x, w)`; sizes are checked by the caller.
+pub fn conv2d_fwd_f32(x: &[f32], w: &[f32], y: &mut [f32], s: Conv) {
+    if s.is_depthwise() {
+        return depthwise_fwd(x, w, y, &s);
+    }
+    let (cig, cog, k, ohw) = group_dims(&s);
+    let hw = s.h * s.w;
+    let gemm = MatMul::new(cog, ohw, k);
+    for i in 0..s.n {
+        for g in 0..s.groups {
+            let xg = &x[(i * s.c_in + g * cig) * hw..][..cig * hw];
+            let wg = &w[g * cog * k..][..cog * k];
+            let yg = &mut y[(i * s.c_out + g * cog) * ohw..][..cog * ohw];
+            if is_pointwise(&s) {
+                matmul_f32(wg, xg, yg, gemm);
+            } else {
+                with_cols(k * ohw, |col| {
+                    im2col(xg, col, &s);
+                    matmul_f32(wg, col, yg, gemm);
+                });
+            }
+        }
+    }
+}
+
+/// `dx = conv^T(dy, w)` (overwrites `dx`).
+pub fn conv2d_bwd_data_f32(dy: &[f32], w: &[f32], dx: &mut [f32], s: Conv) {
+    if s.is_depthwise() {
+        return depthwise_bwd_data(dy, w, dx, &s);
+    }
+    let (cig, cog, k, ohw) = group_dims(&s);
+    let hw = s.h * s.w;
+    // dcol = W_g^T dy_g, W_g stored c_out/g x K.
+    let gemm = MatMul::new(k, ohw, cog).ta();
+    for i in 0..s.n {
+        for g in 0..s.groups {
+            let dyg = &dy[(i * s.c_out + g * cog) * ohw..][..cog * ohw];
+            let wg = &w[g * cog * k..][..cog * k];
+            let dxg = &mut dx[(i * s.c_in + g * cig) * hw..][..cig * hw];
+            if is_pointwise(&s) {
+                matmul_f32(wg, dyg, dxg, gemm);
+            } else {
+                with_cols(k * ohw, |col| {
+                    matmul_f32(wg, dyg, col, gemm);
+                    col2im(col, dxg, &s);
+                });
+            }
+        }
+    }
+}
+
+/// `dw += dy (*) x` summed over the batch.
+pub fn conv2d_bwd_weight_f32(x: &[f32], dy: &[f32], dw: &mut [f32], s: Conv) {
+    if s.is_depthwise() {
+        return depthwise_bwd_weight(x, dy, dw, &s);
+    }
+    let (cig, cog, k, ohw) = group_dims(&s);
+    let hw = s.h * s.w;
+    // dW_g += dy_g col^T, col stored K x oh*ow.
+    let gemm = MatMul::new(cog, k, ohw).tb().accumulate();
+    for i in 0..s.n {
+        for g in 0..s.groups {
+            let xg = &x[(i * s.c_in + g * cig) * hw..][..cig * hw];
+            let dyg = &dy[(i * s.c_out + g * cog) * ohw..][..cog * ohw];
+            let dwg = &mut dw[g * cog * k..][..cog * k];
+            if is_pointwise(&s) {
+                matmul_f32(dyg, xg, dwg, gemm);
+            } else {
+                with_cols(k * ohw, |col| {
+                    im2col(xg, col, &s);
+                    matmul_f32(dyg, col, dwg, gemm);
+                });
+            }
+        }
+    }
+}
+
+/// Depthwise forward, one (image, channel) plane per task.
+fn depthwise_fwd(x: &[f32], w: &[f32], y: &mut [f32], s: &Conv) {
+    let (hw, ohw, taps) = (s.h * s.w, s.oh * s.ow, s.kh * s.kw);
+    y.par_chunks_mut(ohw).enumerate().for_each(|(p, out)| {
+        let c = p % s.c_out;
+        let (plane, wc) = (&x[p * hw..(p + 1) * hw], &w[c * taps..(c + 1) * taps]);
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                let mut acc = 0.0f32;
+                for ki in 0..s.kh {
+                    let Some(iy) = src(oy, ki, s.stride, s.pad_top, s.h) else {
+                        continue;
+                    };
+                    for kj in 0..s.kw {
+                        if let Some(ix) = src(ox, kj, s.stride, s.pad_left, s.w) {
+                            acc += wc[ki * s.kw + kj] * plane[iy * s.w + ix];
+                        }
+                    }
+                }
+                out[oy * s.ow + ox] = acc;
+            }
+        }
+    });
+}
+
+/// Depthwise data gradient: scatter each output's gradient back through its window.
+fn depthwise_bwd_data(dy: &[f32], w: &[f32], dx: &mut [f32], s: &Conv) {
+    let (hw, ohw, taps) = (s.h * s.w, s.oh * s.ow, s.kh * s.kw);
+    dx.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
+        let c = p % s.c_in;
+        let (g, wc) = (&dy[p * ohw..(p + 1) * ohw], &w[c * taps..(c + 1) * taps]);
+        plane.fill(0.0);
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                let d = g[oy * s.ow + ox];
+                for ki in 0..s.kh {
+                    let Some(iy) = src(oy, ki, s.stride, s.pad_top, s.h) else {
+                        continue;
+                    };
+                    for kj in 0..s.kw {
+                        if let Some(ix) = src(ox, kj, s.stride, s.pad_left, s.w) {
+                            plane[iy * s.w + ix] += wc[ki * s.kw + kj] * d;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Depthwise weight gradient, one channel per task, summed over the batch in f64.
+fn depthwise_bwd_weight(x: &[f32], dy: &[f32], dw: &mut [f32], s: &Conv) {
+    let (hw, ohw, taps) = (s.h * s.w, s.oh * s.ow, s.kh * s.kw);
+    dw.par_chunks_mut(taps).enumerate().for_each(|(c, wc)| {
+        let mut acc = vec![0.0f64; taps];
+        for i in 0..s.n {
+            let p = i * s.c_in + c;
+            let (plane, g) = (&x[p * hw..(p + 1) * hw], &dy[p * ohw..(p + 1) * ohw]);
+            for oy in 0..s.oh {
+                for ki in 0..s.kh {
+                    let Some(iy) = src(oy, ki, s.stride, s.pad_top, s.h) else {
+                        continue;
+                    };
+                    for ox in 0..s.ow {
+                        let d = g[oy * s.ow + ox] as f64;
+                        for kj in 0..s.kw {
+                            if let Some(ix) = src(ox, kj, s.stride, s.pad_left, s.w) {
+                                acc[ki * s.kw + kj] += d * plane[iy * s.w + ix] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (o, a) in wc.iter_mut().zip(acc) {
+            *o += a as f32;
+        }
+    });
+}
+
+/// The definition, seven nested loops in f64: the oracle for the GEMM and depthwise paths.
+pub fn conv2d_naive(x: &[f32], w: &[f32], y: &mut [f32], s: Conv) {
+    let (cig, cog, _, _) = group_dims(&s);
+    for i in 0..s.n {
+        for co in 0..s.c_out {
+            let g = co / cog;
+            for oy in 0..s.oh {
+                for ox in 0..s.ow {
+                    let mut acc = 0.0f64;
+                    for cl in 0..cig {
+                        let ci = g * cig + cl;
+                        for ki in 0..s.kh {
+                            for kj in 0..s.kw {
+                                let iy = (oy * s.stride + ki) as isize - s.pad_top as isize;
+                                let ix = (ox * s.stride + kj) as isize - s.pad_left as isize;
+                                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                    continue;
+                                }
+                                let xv =
+                                    x[((i * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize];
+                                let wv = w[((co * cig + cl) * s.kh + ki) * s.kw + kj];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    y[((i * s.c_out + co) * s.oh + oy) * s.ow + ox] = acc as f32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Padding;
+    use crate::rng::Rng;
+
+    fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+        let num: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt()
+    }
+
+    /// (n, c_in, h, w, c_out, k, stride, padding, groups): every path of the CPU conv.
+    const CASES: [(
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        Padding,
+        usize,
+    ); 8] = [
+        (2, 3, 9, 7, 5, 3, 1, Padding::Sym(1), 1),
+        (2, 3, 11, 10, 4, 7, 2, Padding::Sym(3), 1),
+        (1, 6, 5, 5, 8, 1, 1, Padding::Sym(0), 1),
+        (2, 6, 7, 6, 8, 1, 2, Padding::Sym(0), 1),
+        (2, 4, 8, 9, 6, 3, 2, Padding::Same, 2),
+        (2, 5, 9, 8, 5, 5, 2, Padding::Same, 5),
+        (1, 4, 6, 6, 4, 3, 1, Padding::Same, 4),
+        (2, 3, 10, 10, 2, 3, 2, Padding::Same, 1),
+    ];
+
+    #[test]
+    fn gemm_and_depthwise_paths_match_the_definition() {
+        let mut rng = Rng::new(7);
+        for (n, ci, h, w, co, k, st, pad, g) in CASES {
+            let s = Conv::new(n, ci, h, w, co, k, st, pad, g).unwrap();
+            let (lx, lw, ly) = s.sizes();
+            let x = rng.vec_f32(lx, -1.0, 1.0);
+            let wt = rng.vec_f32(lw, -1.0, 1.0);
+            let mut want = vec![f32::NAN; ly];
+            let mut got = vec![f32::NAN; ly];
+            conv2d_naive(&x, &wt, &mut want, s);
+            conv2d_fwd_f32(&x, &wt, &mut got, s);
+            assert!(
+                rel_err(&got, &want) < 1e-5,
+                "{s:?}: {}",
+                rel_err(&got, &want)
+            );
+        }
+    }
+
+    /// The adjoint identities <dy, conv(x)> = <conv^T(dy), x> = <dW(x, dy), w> tie the two
+    /// backward passes to the forward exactly (no finite differences needed).
+    #[test]
+    fn backward_passes_are_the_adjoints_of_the_forward() {
+        let mut rng = Rng::new(8);
+        for (n, ci, h, w, co, k, st, pad, g) in CASES {
+            let s = Conv::new(n, ci, h, w, co, k, st, pad, g).unwrap();
+            let (lx, lw, ly) = s.sizes();
+            let x = rng.vec_f32(lx, -1.0, 1.0);
+            let wt = rng.vec_f32(lw, -1.0, 1.0);
+            let dy = rng.vec_f32(ly, -1.0, 1.0);
+            let mut y = vec![0.0; ly];
+            conv2d_naive(&x, &wt, &mut y, s);
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter().zip(b).map(|(p, q)| *p as f64 * *q as f64).sum()
+            };
+            let lhs = dot(&dy, &y);
+            let mut dx = vec![f32::NAN; lx];
+            conv2d_bwd_data_f32(&dy, &wt, &mut dx, s);
+            // dW accumulates: start from a known offset and subtract it.
+            let mut dw = vec![0.5; lw];
+            conv2d_bwd_weight_f32(&x, &dy, &mut dw, s);
+            dw.iter_mut().for_each(|v| *v -= 0.5);
+            let (via_dx, via_dw) = (dot(&dx, &x), dot(&dw, &wt));
+            let tol = 1e-4 * lhs.abs().max(1.0);
+            assert!((via_dx - lhs).abs() < tol, "{s:?}: dx {via_dx} vs {lhs}");
+            assert!((via_dw - lhs).abs() < tol, "{s:?}: dw {via_dw} vs {lhs}");
+        }
+    }
+
+    #[test]
+    fn tf_same_padding_puts_the_extra_row_at_the_bottom() {
+        // 224 / 2 with k = 3: out 112, total pad 1 -> top 0 (bottom 1).
+        let s = Conv::new(1, 3, 224, 224, 32, 3, 2, Padding::Same, 1).unwrap();
+        assert_eq!((s.oh, s.ow, s.pad_top, s.pad_left), (112, 112, 0, 0));
+        // 5x5 stride 2 on 28: out 14, total pad 3 -> top 1.
+        let s = Conv::new(1, 8, 28, 27, 8, 5, 2, Padding::Same, 8).unwrap();
+        assert_eq!((s.oh, s.ow, s.pad_top, s.pad_left), (14, 14, 1, 2));
+        // stride 1: out = in, pad (k-1)/2 on top.
+        let s = Conv::new(1, 8, 7, 7, 8, 5, 1, Padding::Same, 8).unwrap();
+        assert_eq!((s.oh, s.ow, s.pad_top), (7, 7, 2));
+        assert!(Conv::new(1, 3, 2, 2, 4, 7, 1, Padding::Sym(0), 1).is_err());
+        assert!(Conv::new(1, 3, 8, 8, 4, 3, 1, Padding::Sym(1), 2).is_err());
+    }
+}

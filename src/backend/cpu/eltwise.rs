@@ -1,0 +1,41 @@
+//! Elementwise ops on the CPU (residual add, standalone activations): the twins of
+//! `kernels/eltwise.cu`.
+
+use super::norm::{act_apply, act_grad};
+use crate::backend::Act;
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+/// `y = a + b`.
+pub fn add_fwd_f32(a: &[f32], b: &[f32], y: &mut [f32]) {
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(yc, (ac, bc))| {
+            for ((o, &u), &v) in yc.iter_mut().zip(ac).zip(bc) {
+                *o = u + v;
+            }
+        });
+}
+
+/// `y = act(x)`.
+pub fn act_fwd_f32(x: &[f32], y: &mut [f32], act: Act) {
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(yc, xc)| {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = act_apply(act, v);
+            }
+        });
+}
+
+/// `dx = dy * act'(y)`, the mask read from the forward output.
+pub fn act_bwd_f32(y: &[f32], dy: &[f32], dx: &mut [f32], act: Act) {
+    dx.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dc, (yc, gc))| {
+            for ((o, &v), &g) in dc.iter_mut().zip(yc).zip(gc) {
+                *o = g * act_grad(act, v);
+            }
+        });
+}

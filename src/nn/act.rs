@@ -1,0 +1,45 @@
+//! A standalone activation (ResNet's ReLU after the residual add) and the residual add.
+
+use super::{empty, ensure_len};
+use crate::backend::{Act, Backend, Buf};
+use anyhow::{Context, Result};
+
+/// `y = act(x)`; backward reads the mask from its own output.
+pub struct Activation {
+    pub act: Act,
+    /// Output of the last forward.
+    pub y: Buf<f32>,
+    /// Input gradient of the last backward.
+    pub dx: Buf<f32>,
+}
+
+impl Activation {
+    /// An activation with unallocated buffers.
+    pub fn new(act: Act) -> Self {
+        Activation {
+            act,
+            y: empty(),
+            dx: empty(),
+        }
+    }
+
+    /// `y = act(x)`.
+    pub fn forward(&mut self, be: &dyn Backend, x: &Buf<f32>) -> Result<()> {
+        ensure_len(be, &mut self.y, x.len())?;
+        be.act_fwd(x, &mut self.y, self.act)
+            .with_context(|| format!("{:?} forward", self.act))
+    }
+
+    /// `dx = dy * act'(y)`.
+    pub fn backward(&mut self, be: &dyn Backend, dy: &Buf<f32>) -> Result<()> {
+        ensure_len(be, &mut self.dx, dy.len())?;
+        be.act_bwd(&self.y, dy, &mut self.dx, self.act)
+            .with_context(|| format!("{:?} backward", self.act))
+    }
+}
+
+/// `out = a + b` into a buffer sized on first use (residual sums, merged gradient paths).
+pub fn add_into(be: &dyn Backend, a: &Buf<f32>, b: &Buf<f32>, out: &mut Buf<f32>) -> Result<()> {
+    ensure_len(be, out, a.len())?;
+    be.add_fwd(a, b, out).context("residual add")
+}

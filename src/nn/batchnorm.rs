@@ -1,0 +1,158 @@
+//! BatchNorm2d with a fused activation: batch statistics and running averages in training,
+//! running statistics in eval mode.
+
+use super::{empty, ensure_len, Param, ParamKind};
+use crate::backend::{Act, Backend, BatchNorm, Buf};
+use anyhow::{anyhow, bail, Context, Result};
+
+/// BatchNorm over channels of an NCHW tensor (`<name>.{weight,bias,running_mean,running_var}`,
+/// PyTorch's names; `num_batches_tracked` is not kept: momentum is fixed, so it is unused).
+pub struct BatchNorm2d {
+    pub weight: Param,
+    pub bias: Param,
+    pub running_mean: Param,
+    pub running_var: Param,
+    pub eps: f32,
+    /// PyTorch's momentum (weight of the new batch in the running averages).
+    pub momentum: f32,
+    pub act: Act,
+    /// Statistics groups per batch (spec G13); 1 is plain BatchNorm.
+    pub ghost: usize,
+    shape: Option<BatchNorm>,
+    trained: bool,
+    save_mean: Buf<f32>,
+    save_invstd: Buf<f32>,
+    /// Output of the last forward.
+    pub y: Buf<f32>,
+    /// Input gradient of the last backward.
+    pub dx: Buf<f32>,
+}
+
+impl BatchNorm2d {
+    /// gamma 1, beta 0, running mean 0 and variance 1, momentum 0.1 (PyTorch's init).
+    pub fn new(be: &dyn Backend, name: &str, c: usize, eps: f32, act: Act) -> Result<Self> {
+        let (ones, zeros) = (vec![1.0; c], vec![0.0; c]);
+        let p = |suffix: &str, kind, v: &[f32]| {
+            Param::new(be, format!("{name}.{suffix}"), &[c], kind, v)
+        };
+        Ok(BatchNorm2d {
+            weight: p("weight", ParamKind::BnWeight, &ones)?,
+            bias: p("bias", ParamKind::BnBias, &zeros)?,
+            running_mean: p("running_mean", ParamKind::Running, &zeros)?,
+            running_var: p("running_var", ParamKind::Running, &ones)?,
+            eps,
+            momentum: 0.1,
+            act,
+            ghost: 1,
+            shape: None,
+            trained: false,
+            save_mean: empty(),
+            save_invstd: empty(),
+            y: empty(),
+            dx: empty(),
+        })
+    }
+
+    /// Channels.
+    pub fn channels(&self) -> usize {
+        self.weight.numel()
+    }
+
+    /// `y = act(bn(x))` over `n x c x hw`.
+    pub fn forward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        n: usize,
+        hw: usize,
+        train: bool,
+    ) -> Result<()> {
+        let s = BatchNorm {
+            momentum: self.momentum,
+            ghost: self.ghost,
+            ..BatchNorm::new(n, self.channels(), hw, self.eps, self.act)
+        };
+        ensure_len(be, &mut self.y, n * s.c * hw)?;
+        let name = &self.weight.name;
+        if train {
+            ensure_len(be, &mut self.save_mean, s.ghost * s.c)?;
+            ensure_len(be, &mut self.save_invstd, s.ghost * s.c)?;
+            be.batchnorm_fwd_train(
+                x,
+                &self.weight.value,
+                &self.bias.value,
+                (&mut self.running_mean.value, &mut self.running_var.value),
+                (&mut self.save_mean, &mut self.save_invstd),
+                &mut self.y,
+                s,
+            )
+        } else {
+            be.batchnorm_fwd_eval(
+                x,
+                &self.weight.value,
+                &self.bias.value,
+                &self.running_mean.value,
+                &self.running_var.value,
+                &mut self.y,
+                s,
+            )
+        }
+        .with_context(|| format!("forward of {name}"))?;
+        self.shape = Some(s);
+        self.trained = train;
+        Ok(())
+    }
+
+    /// From the forward's input `x` and `dy`: `dx = ...`, gamma / beta gradients `+=`.
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+        let name = self.weight.name.clone();
+        let s = self
+            .shape
+            .ok_or_else(|| anyhow!("backward of {name} before its forward"))?;
+        if !self.trained {
+            bail!("backward of {name} after an eval-mode forward; training runs BatchNorm in train mode");
+        }
+        ensure_len(be, &mut self.dx, s.n * s.c * s.hw)?;
+        let dgamma = self
+            .weight
+            .grad
+            .as_mut()
+            .ok_or_else(|| anyhow!("{name} has no gradient"))?;
+        let dbeta = self
+            .bias
+            .grad
+            .as_mut()
+            .ok_or_else(|| anyhow!("{name} bias has no gradient"))?;
+        be.batchnorm_bwd(
+            x,
+            &self.y,
+            dy,
+            &self.weight.value,
+            (&self.save_mean, &self.save_invstd),
+            &mut self.dx,
+            (dgamma, dbeta),
+            s,
+        )
+        .with_context(|| format!("backward of {name}"))
+    }
+
+    /// weight, bias, running_mean, running_var (state_dict order).
+    pub fn params(&self) -> Vec<&Param> {
+        vec![
+            &self.weight,
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+        ]
+    }
+
+    /// Mutable twin of [`BatchNorm2d::params`].
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        vec![
+            &mut self.weight,
+            &mut self.bias,
+            &mut self.running_mean,
+            &mut self.running_var,
+        ]
+    }
+}

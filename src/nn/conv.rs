@@ -1,0 +1,199 @@
+//! Conv2d (no bias) and the Conv -> BatchNorm (-> activation) unit both backbones are made of.
+
+use super::batchnorm::BatchNorm2d;
+use super::{empty, ensure_len, Param, ParamKind};
+use crate::backend::{Act, Backend, Buf, Conv, Padding};
+use crate::rng::Rng;
+use anyhow::{anyhow, Context, Result};
+
+/// A 2-D convolution without bias, weight `c_out x c_in/groups x k x k` named `<name>.weight`.
+pub struct Conv2d {
+    pub weight: Param,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub padding: Padding,
+    pub groups: usize,
+    shape: Option<Conv>,
+    /// Output of the last forward, `n x c_out x oh x ow`.
+    pub y: Buf<f32>,
+    /// Input gradient of the last backward.
+    pub dx: Buf<f32>,
+}
+
+impl Conv2d {
+    /// A convolution initialised as torchvision does: kaiming-normal, fan_out, ReLU gain
+    /// (std = sqrt(2 / (c_out * k * k))).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        be: &dyn Backend,
+        rng: &mut Rng,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: Padding,
+        groups: usize,
+    ) -> Result<Self> {
+        let shape = [c_out, c_in / groups, k, k];
+        let std = (2.0 / (c_out * k * k) as f32).sqrt();
+        let init: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.normal() * std)
+            .collect();
+        Ok(Conv2d {
+            weight: Param::new(
+                be,
+                format!("{name}.weight"),
+                &shape,
+                ParamKind::Weight,
+                &init,
+            )?,
+            c_in,
+            c_out,
+            k,
+            stride,
+            padding,
+            groups,
+            shape: None,
+            y: empty(),
+            dx: empty(),
+        })
+    }
+
+    /// The op shape for an `n x c_in x h x w` input.
+    pub fn shape_for(&self, n: usize, h: usize, w: usize) -> Result<Conv> {
+        Conv::new(
+            n,
+            self.c_in,
+            h,
+            w,
+            self.c_out,
+            self.k,
+            self.stride,
+            self.padding,
+            self.groups,
+        )
+        .with_context(|| format!("layer {}", self.weight.name))
+    }
+
+    /// `y = conv(x)`; returns the output's `(oh, ow)`.
+    pub fn forward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(usize, usize)> {
+        let s = self.shape_for(n, h, w)?;
+        ensure_len(be, &mut self.y, s.sizes().2)?;
+        be.conv2d_fwd(x, &self.weight.value, &mut self.y, s)
+            .with_context(|| format!("forward of {}", self.weight.name))?;
+        self.shape = Some(s);
+        Ok((s.oh, s.ow))
+    }
+
+    /// From the forward's input `x` and `dy`: `weight.grad += dW`, and `dx = ...` when
+    /// `need_dx` (the first layer of a network skips it).
+    pub fn backward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        dy: &Buf<f32>,
+        need_dx: bool,
+    ) -> Result<()> {
+        let s = self
+            .shape
+            .ok_or_else(|| anyhow!("backward of {} before its forward", self.weight.name))?;
+        let name = self.weight.name.clone();
+        be.conv2d_bwd_weight(x, dy, self.weight.grad_mut()?, s)
+            .with_context(|| format!("weight gradient of {name}"))?;
+        if need_dx {
+            ensure_len(be, &mut self.dx, s.sizes().0)?;
+            be.conv2d_bwd_data(dy, &self.weight.value, &mut self.dx, s)
+                .with_context(|| format!("input gradient of {name}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Conv -> BatchNorm with a fused activation: the unit of ResNet and EfficientNet.
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm2d,
+    /// Output size of the last forward.
+    pub out_hw: (usize, usize),
+}
+
+impl ConvBn {
+    /// `conv_name` / `bn_name` are the torchvision-style prefixes (`layer1.0.conv1`, `layer1.0.bn1`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        be: &dyn Backend,
+        rng: &mut Rng,
+        (conv_name, bn_name): (&str, &str),
+        c_in: usize,
+        c_out: usize,
+        (k, stride, padding, groups): (usize, usize, Padding, usize),
+        eps: f32,
+        act: Act,
+    ) -> Result<Self> {
+        Ok(ConvBn {
+            conv: Conv2d::new(be, rng, conv_name, c_in, c_out, k, stride, padding, groups)?,
+            bn: BatchNorm2d::new(be, bn_name, c_out, eps, act)?,
+            out_hw: (0, 0),
+        })
+    }
+
+    /// Output of the last forward (the BatchNorm's, after the activation).
+    pub fn y(&self) -> &Buf<f32> {
+        &self.bn.y
+    }
+
+    /// Input gradient of the last backward.
+    pub fn dx(&self) -> &Buf<f32> {
+        &self.conv.dx
+    }
+
+    /// Forward in training (batch statistics) or eval mode; returns `(oh, ow)`.
+    pub fn forward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        (n, h, w): (usize, usize, usize),
+        train: bool,
+    ) -> Result<(usize, usize)> {
+        let (oh, ow) = self.conv.forward(be, x, n, h, w)?;
+        self.bn.forward(be, &self.conv.y, n, oh * ow, train)?;
+        self.out_hw = (oh, ow);
+        Ok((oh, ow))
+    }
+
+    /// Backward from `dy` (gradient of [`ConvBn::y`]); `x` is the forward's input.
+    pub fn backward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        dy: &Buf<f32>,
+        need_dx: bool,
+    ) -> Result<()> {
+        self.bn.backward(be, &self.conv.y, dy)?;
+        self.conv.backward(be, x, &self.bn.dx, need_dx)
+    }
+
+    /// The unit's tensors in state_dict order (conv weight, then BatchNorm's four).
+    pub fn params(&self) -> Vec<&Param> {
+        let mut v = vec![&self.conv.weight];
+        v.extend(self.bn.params());
+        v
+    }
+
+    /// Mutable twin of [`ConvBn::params`].
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = vec![&mut self.conv.weight];
+        v.extend(self.bn.params_mut());
+        v
+    }
+}

@@ -1,0 +1,162 @@
+//! The retrieval head on pooled features (spec section 3, G16): `norm_linear_norm`
+//! (L2 -> Linear without bias -> L2) or INSTRE's `linear_norm` (Linear with bias -> L2).
+
+use super::linear::Linear;
+use super::{empty, ensure_len, Param};
+use crate::backend::{Backend, Buf, L2Norm};
+use crate::rng::Rng;
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Which head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    /// L2 -> Linear(C -> D, no bias) -> L2 (GLDv2 configs).
+    NormLinearNorm,
+    /// Linear(C -> D, with bias) -> L2 (INSTRE configs).
+    LinearNorm,
+}
+
+impl HeadKind {
+    /// Parses the original config's names (`norm_linear_norm`, `linear_norm`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "norm_linear_norm" => Ok(HeadKind::NormLinearNorm),
+            "linear_norm" => Ok(HeadKind::LinearNorm),
+            _ => bail!("unknown head {s:?}; use norm_linear_norm or linear_norm"),
+        }
+    }
+}
+
+/// Row-wise L2 normalisation as a layer.
+pub struct L2Normalize {
+    shape: Option<L2Norm>,
+    /// Output of the last forward.
+    pub y: Buf<f32>,
+    /// Input gradient of the last backward.
+    pub dx: Buf<f32>,
+}
+
+impl L2Normalize {
+    /// A normalisation with unallocated buffers.
+    pub fn new() -> Self {
+        L2Normalize {
+            shape: None,
+            y: empty(),
+            dx: empty(),
+        }
+    }
+
+    /// `y = x / max(||x||, 1e-12)` per row of `rows x cols`.
+    pub fn forward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let s = L2Norm::new(rows, cols);
+        ensure_len(be, &mut self.y, rows * cols)?;
+        be.l2norm_fwd(x, &mut self.y, s).context("L2 forward")?;
+        self.shape = Some(s);
+        Ok(())
+    }
+
+    /// `dx` from the forward's input and `dy`.
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+        let s = self
+            .shape
+            .ok_or_else(|| anyhow!("L2 backward before its forward"))?;
+        ensure_len(be, &mut self.dx, s.rows * s.cols)?;
+        be.l2norm_bwd(x, dy, &mut self.dx, s).context("L2 backward")
+    }
+}
+
+impl Default for L2Normalize {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The head, its linear layer named `head.fc`.
+pub struct Head {
+    pub kind: HeadKind,
+    pre: Option<L2Normalize>,
+    pub fc: Linear,
+    post: L2Normalize,
+    n: usize,
+}
+
+impl Head {
+    /// A head from `c` pooled channels to `d`-dimensional descriptors.
+    pub fn new(
+        be: &dyn Backend,
+        rng: &mut Rng,
+        kind: HeadKind,
+        c: usize,
+        d: usize,
+    ) -> Result<Self> {
+        let bias = kind == HeadKind::LinearNorm;
+        Ok(Head {
+            kind,
+            pre: (kind == HeadKind::NormLinearNorm).then(L2Normalize::new),
+            fc: Linear::new(be, rng, "head.fc", c, d, bias)?,
+            post: L2Normalize::new(),
+            n: 0,
+        })
+    }
+
+    /// Descriptor length.
+    pub fn out_dim(&self) -> usize {
+        self.fc.d_out
+    }
+
+    /// Descriptors of the last forward, `n x d`, unit rows.
+    pub fn y(&self) -> &Buf<f32> {
+        &self.post.y
+    }
+
+    /// Input gradient of the last backward.
+    pub fn dx(&self) -> &Buf<f32> {
+        match &self.pre {
+            Some(pre) => &pre.dx,
+            None => &self.fc.dx,
+        }
+    }
+
+    /// `x` is `n x c` pooled features.
+    pub fn forward(&mut self, be: &dyn Backend, x: &Buf<f32>, n: usize) -> Result<()> {
+        let fc_in = match self.pre.as_mut() {
+            Some(pre) => {
+                pre.forward(be, x, n, self.fc.d_in)?;
+                &pre.y
+            }
+            None => x,
+        };
+        self.fc.forward(be, fc_in, n)?;
+        self.post.forward(be, &self.fc.y, n, self.fc.d_out)?;
+        self.n = n;
+        Ok(())
+    }
+
+    /// Backward from the descriptors' gradient; `x` is the forward's input.
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+        self.post.backward(be, &self.fc.y, dy)?;
+        match self.pre.as_mut() {
+            Some(pre) => {
+                self.fc.backward(be, &pre.y, &self.post.dx)?;
+                pre.backward(be, x, &self.fc.dx)
+            }
+            None => self.fc.backward(be, x, &self.post.dx),
+        }
+    }
+
+    /// `head.fc.weight` (and `head.fc.bias`).
+    pub fn params(&self) -> Vec<&Param> {
+        self.fc.params()
+    }
+
+    /// Mutable twin of [`Head::params`].
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.fc.params_mut()
+    }
+}

@@ -1,0 +1,253 @@
+//! Backbones behind one trait, and the retrieval network InsCLR trains: backbone -> GeM
+//! (p = 3 fixed) -> head (spec section 3).
+
+use super::batchnorm::BatchNorm2d;
+use super::efficientnet::EfficientNetLite0;
+use super::head::{Head, HeadKind};
+use super::linear::Linear;
+use super::pool::GemPool;
+use super::resnet::ResNet;
+use super::{empty, ensure_len, DescriptorNet, Module, Param};
+use crate::backend::{Backend, Buf};
+use crate::rng::Rng;
+use anyhow::{anyhow, bail, Context, Result};
+
+/// A convolutional backbone: NCHW images in, an `n x out_channels x fh x fw` map out.
+pub trait Backbone: Module + Send {
+    /// `resnet50`, `resnet101`, `efficientnet-lite0`.
+    fn name(&self) -> String;
+    /// Channels of the output map.
+    fn out_channels(&self) -> usize;
+    /// Forward in training (batch statistics) or eval mode; returns the map's `(fh, fw)`.
+    fn forward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        nhw: (usize, usize, usize),
+        train: bool,
+    ) -> Result<(usize, usize)>;
+    /// The output map of the last forward.
+    fn output(&self) -> &Buf<f32>;
+    /// Backward from the output map's gradient to every parameter (`x` is the forward's
+    /// input; no gradient is computed for the images).
+    fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()>;
+    /// Every BatchNorm (to set ghost groups or momentum).
+    fn batchnorms_mut(&mut self) -> Vec<&mut BatchNorm2d>;
+    /// ImageNet logits `n x 1000` (eval mode, average pool, classifier); errors when the
+    /// backbone was built without its classifier.
+    fn logits(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        nhw: (usize, usize, usize),
+    ) -> Result<Vec<f32>>;
+    /// One line per layer group, for `insclr-cu info --model`.
+    fn summary(&self) -> Vec<String>;
+}
+
+/// Average pool + linear classifier over a backbone's map.
+pub(crate) fn classify(
+    be: &dyn Backend,
+    feat: &Buf<f32>,
+    (n, c, h, w): (usize, usize, usize, usize),
+    avg: &mut GemPool,
+    fc: &mut Linear,
+) -> Result<Vec<f32>> {
+    avg.forward(be, feat, (n, c, h, w))?;
+    fc.forward(be, &avg.y, n)?;
+    be.download(&fc.y)
+}
+
+/// The backbones this crate builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    ResNet50,
+    ResNet101,
+    EfficientNetLite0,
+}
+
+impl Arch {
+    /// Parses `resnet50`, `resnet101`, `efficientnet-lite0`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "resnet50" | "resnet-50" => Ok(Arch::ResNet50),
+            "resnet101" | "resnet-101" => Ok(Arch::ResNet101),
+            "efficientnet-lite0" => Ok(Arch::EfficientNetLite0),
+            _ => bail!("unknown model {s:?}; use resnet50, resnet101 or efficientnet-lite0"),
+        }
+    }
+
+    /// A randomly initialised backbone, with its ImageNet classifier when `classifier`.
+    pub fn build(
+        self,
+        be: &dyn Backend,
+        rng: &mut Rng,
+        classifier: bool,
+    ) -> Result<Box<dyn Backbone>> {
+        Ok(match self {
+            Arch::ResNet50 => Box::new(ResNet::new(be, rng, 50, classifier)?),
+            Arch::ResNet101 => Box::new(ResNet::new(be, rng, 101, classifier)?),
+            Arch::EfficientNetLite0 => Box::new(EfficientNetLite0::new(be, rng, classifier)?),
+        })
+    }
+}
+
+/// Backbone -> GeM -> head: the descriptor network InsCLR trains and evaluates.
+pub struct RetrievalNet {
+    pub backbone: Box<dyn Backbone>,
+    pub pool: GemPool,
+    pub head: Head,
+    input: Buf<f32>,
+    /// `(n, fh, fw)` of the last forward.
+    dims: Option<(usize, usize, usize)>,
+    trained: bool,
+}
+
+impl RetrievalNet {
+    /// A network on `backbone` with a `kind` head to `out_dim`-dimensional descriptors.
+    pub fn new(
+        be: &dyn Backend,
+        rng: &mut Rng,
+        backbone: Box<dyn Backbone>,
+        kind: HeadKind,
+        out_dim: usize,
+    ) -> Result<Self> {
+        let c = backbone.out_channels();
+        let head = Head::new(be, rng, kind, c, out_dim)?;
+        Ok(RetrievalNet {
+            backbone,
+            pool: GemPool::gem(),
+            head,
+            input: empty(),
+            dims: None,
+            trained: false,
+        })
+    }
+
+    /// Splits every BatchNorm's batch statistics into `groups` contiguous chunks (spec G13:
+    /// reproduces the original's 4-GPU DataParallel statistics on one device).
+    pub fn set_bn_ghost_groups(&mut self, groups: usize) {
+        for bn in self.backbone.batchnorms_mut() {
+            bn.ghost = groups;
+        }
+    }
+
+    fn run(
+        &mut self,
+        be: &dyn Backend,
+        x: &[f32],
+        (n, h, w): (usize, usize, usize),
+        train: bool,
+    ) -> Result<&Buf<f32>> {
+        if x.len() != n * 3 * h * w {
+            bail!(
+                "image batch holds {} values, expected n*3*h*w = {n}*3*{h}*{w} = {}",
+                x.len(),
+                n * 3 * h * w
+            );
+        }
+        ensure_len(be, &mut self.input, x.len())?;
+        be.upload_into(x, &mut self.input)?;
+        let (fh, fw) = self
+            .backbone
+            .forward(be, &self.input, (n, h, w), train)
+            .with_context(|| format!("{} forward", self.backbone.name()))?;
+        let c = self.backbone.out_channels();
+        self.pool
+            .forward(be, self.backbone.output(), (n, c, fh, fw))?;
+        self.head.forward(be, &self.pool.y, n)?;
+        self.dims = Some((n, fh, fw));
+        self.trained = train;
+        Ok(self.head.y())
+    }
+
+    /// Training forward (BatchNorm with batch statistics, running averages updated): the
+    /// `n x out_dim` descriptors on the backend, kept for [`RetrievalNet::backward`].
+    pub fn forward_train(
+        &mut self,
+        be: &dyn Backend,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<&Buf<f32>> {
+        self.run(be, x, (n, h, w), true)
+    }
+
+    /// Backward from the descriptors' gradient (`n x out_dim`): accumulates every parameter's
+    /// gradient (zero them first with [`super::zero_grads`]).
+    pub fn backward(&mut self, be: &dyn Backend, d_desc: &Buf<f32>) -> Result<()> {
+        if !self.trained {
+            bail!("RetrievalNet::backward needs a forward_train first");
+        }
+        let (n, _, _) = self
+            .dims
+            .ok_or_else(|| anyhow!("backward before forward"))?;
+        if d_desc.len() != n * self.head.out_dim() {
+            bail!(
+                "descriptor gradient holds {} values, expected {n} x {}",
+                d_desc.len(),
+                self.head.out_dim()
+            );
+        }
+        self.head.backward(be, &self.pool.y, d_desc)?;
+        self.pool
+            .backward(be, self.backbone.output(), self.head.dx())?;
+        self.backbone
+            .backward(be, &self.input, &self.pool.dx)
+            .with_context(|| format!("{} backward", self.backbone.name()))
+    }
+
+    /// Layer summary, parameter count and output dimension, for `insclr-cu info --model`.
+    pub fn summary(&self) -> Vec<String> {
+        let mut v = self.backbone.summary();
+        v.push(format!(
+            "GeM p={} (fixed) -> {} channels",
+            self.pool.p,
+            self.backbone.out_channels()
+        ));
+        v.push(match self.head.kind {
+            HeadKind::NormLinearNorm => format!(
+                "head norm_linear_norm: L2 -> head.fc {}->{} (no bias) -> L2",
+                self.head.fc.d_in, self.head.fc.d_out
+            ),
+            HeadKind::LinearNorm => format!(
+                "head linear_norm: head.fc {}->{} (bias) -> L2",
+                self.head.fc.d_in, self.head.fc.d_out
+            ),
+        });
+        v
+    }
+}
+
+impl Module for RetrievalNet {
+    fn params(&self) -> Vec<&Param> {
+        let mut v = self.backbone.params();
+        v.extend(self.head.params());
+        v
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = self.backbone.params_mut();
+        v.extend(self.head.params_mut());
+        v
+    }
+}
+
+impl DescriptorNet for RetrievalNet {
+    fn out_dim(&self) -> usize {
+        self.head.out_dim()
+    }
+
+    fn describe(
+        &mut self,
+        be: &dyn Backend,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>> {
+        let y = self.run(be, x, (n, h, w), false)?;
+        be.download(y)
+    }
+}

@@ -1,0 +1,120 @@
+//! Pooling layers: max pool (ResNet stem), GeM (the retrieval descriptor, p = 3 fixed, spec
+//! G15) and global average pooling (the ImageNet classifiers).
+
+use super::{empty, ensure_len};
+use crate::backend::{Backend, Buf, Gem, MaxPool};
+use anyhow::{anyhow, Context, Result};
+
+/// `k x k` max pooling with stride and symmetric padding.
+pub struct MaxPool2d {
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    shape: Option<MaxPool>,
+    /// Output of the last forward.
+    pub y: Buf<f32>,
+    /// Input gradient of the last backward.
+    pub dx: Buf<f32>,
+}
+
+impl MaxPool2d {
+    /// A max pool with unallocated buffers.
+    pub fn new(k: usize, stride: usize, pad: usize) -> Self {
+        MaxPool2d {
+            k,
+            stride,
+            pad,
+            shape: None,
+            y: empty(),
+            dx: empty(),
+        }
+    }
+
+    /// Pools an `n x c x h x w` map; returns `(oh, ow)`.
+    pub fn forward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        (n, c, h, w): (usize, usize, usize, usize),
+    ) -> Result<(usize, usize)> {
+        let s = MaxPool::new(n, c, h, w, self.k, self.stride, self.pad)?;
+        ensure_len(be, &mut self.y, n * c * s.oh * s.ow)?;
+        be.maxpool_fwd(x, &mut self.y, s)
+            .context("max pool forward")?;
+        self.shape = Some(s);
+        Ok((s.oh, s.ow))
+    }
+
+    /// `dx` from the forward's input and `dy`.
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+        let s = self
+            .shape
+            .ok_or_else(|| anyhow!("max pool backward before its forward"))?;
+        ensure_len(be, &mut self.dx, s.n * s.c * s.h * s.w)?;
+        be.maxpool_bwd(x, &self.y, dy, &mut self.dx, s)
+            .context("max pool backward")
+    }
+}
+
+/// Global GeM pooling `n x c x h x w -> n x c`; with p = 1 and no clamp it is average pooling.
+pub struct GemPool {
+    pub p: f32,
+    pub eps: f32,
+    shape: Option<Gem>,
+    /// Output of the last forward, `n x c`.
+    pub y: Buf<f32>,
+    /// Input gradient of the last backward.
+    pub dx: Buf<f32>,
+}
+
+impl GemPool {
+    /// InsCLR's GeM: p = 3 (fixed, not learnable), eps = 1e-6.
+    pub fn gem() -> Self {
+        let g = Gem::new(1, 1, 1, 1);
+        Self::with(g.p, g.eps)
+    }
+
+    /// Global average pooling as GeM with p = 1 and clamp 0: exact for the non-negative maps
+    /// (after ReLU / ReLU6) the classifiers pool.
+    pub fn avg() -> Self {
+        Self::with(1.0, 0.0)
+    }
+
+    fn with(p: f32, eps: f32) -> Self {
+        GemPool {
+            p,
+            eps,
+            shape: None,
+            y: empty(),
+            dx: empty(),
+        }
+    }
+
+    /// Pools an `n x c x h x w` map into `n x c`.
+    pub fn forward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        (n, c, h, w): (usize, usize, usize, usize),
+    ) -> Result<()> {
+        let s = Gem {
+            p: self.p,
+            eps: self.eps,
+            ..Gem::new(n, c, h, w)
+        };
+        ensure_len(be, &mut self.y, n * c)?;
+        be.gem_fwd(x, &mut self.y, s).context("GeM forward")?;
+        self.shape = Some(s);
+        Ok(())
+    }
+
+    /// `dx` from the forward's input and `dy` (`n x c`).
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+        let s = self
+            .shape
+            .ok_or_else(|| anyhow!("GeM backward before its forward"))?;
+        ensure_len(be, &mut self.dx, s.rows * s.hw)?;
+        be.gem_bwd(x, &self.y, dy, &mut self.dx, s)
+            .context("GeM backward")
+    }
+}

@@ -1,0 +1,356 @@
+//! ResNet-50 / ResNet-101 in torchvision's v1.5 layout (stride in the 3x3 conv of a
+//! Bottleneck), conv1 .. layer4, with torchvision's tensor names. The avgpool + fc classifier
+//! exists only when asked for (loading / checking ImageNet weights); InsCLR pools with GeM.
+
+use super::act::{add_into, Activation};
+use super::conv::ConvBn;
+use super::linear::Linear;
+use super::net::{classify, Backbone};
+use super::pool::{GemPool, MaxPool2d};
+use super::{empty, Module, Param};
+use crate::backend::{Act, Backend, Buf, Padding};
+use crate::rng::Rng;
+use anyhow::{anyhow, bail, Result};
+
+/// torchvision's BatchNorm eps.
+const BN_EPS: f32 = 1e-5;
+/// Bottleneck expansion: output channels = 4 x width.
+const EXPANSION: usize = 4;
+
+/// conv1x1 -> conv3x3 (stride) -> conv1x1, plus the shortcut, then ReLU.
+pub struct Bottleneck {
+    pub name: String,
+    pub c1: ConvBn,
+    pub c2: ConvBn,
+    pub c3: ConvBn,
+    pub downsample: Option<ConvBn>,
+    sum: Buf<f32>,
+    relu: Activation,
+    dx: Buf<f32>,
+    in_dims: (usize, usize, usize),
+}
+
+impl Bottleneck {
+    fn new(
+        be: &dyn Backend,
+        rng: &mut Rng,
+        name: &str,
+        c_in: usize,
+        width: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        let c_out = width * EXPANSION;
+        let cb = |rng: &mut Rng, i: usize, ci, co, k, s, p, act| {
+            ConvBn::new(
+                be,
+                rng,
+                (&format!("{name}.conv{i}"), &format!("{name}.bn{i}")),
+                ci,
+                co,
+                (k, s, Padding::Sym(p), 1),
+                BN_EPS,
+                act,
+            )
+        };
+        let c1 = cb(rng, 1, c_in, width, 1, 1, 0, Act::Relu)?;
+        let c2 = cb(rng, 2, width, width, 3, stride, 1, Act::Relu)?;
+        let c3 = cb(rng, 3, width, c_out, 1, 1, 0, Act::Identity)?;
+        let downsample = if stride != 1 || c_in != c_out {
+            Some(ConvBn::new(
+                be,
+                rng,
+                (
+                    &format!("{name}.downsample.0"),
+                    &format!("{name}.downsample.1"),
+                ),
+                c_in,
+                c_out,
+                (1, stride, Padding::Sym(0), 1),
+                BN_EPS,
+                Act::Identity,
+            )?)
+        } else {
+            None
+        };
+        Ok(Bottleneck {
+            name: name.to_string(),
+            c1,
+            c2,
+            c3,
+            downsample,
+            sum: empty(),
+            relu: Activation::new(Act::Relu),
+            dx: empty(),
+            in_dims: (0, 0, 0),
+        })
+    }
+
+    fn y(&self) -> &Buf<f32> {
+        &self.relu.y
+    }
+
+    fn forward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        (n, h, w): (usize, usize, usize),
+        train: bool,
+    ) -> Result<(usize, usize)> {
+        self.in_dims = (n, h, w);
+        let (h1, w1) = self.c1.forward(be, x, (n, h, w), train)?;
+        let (h2, w2) = self.c2.forward(be, &self.c1.bn.y, (n, h1, w1), train)?;
+        let out = self.c3.forward(be, &self.c2.bn.y, (n, h2, w2), train)?;
+        let identity = match self.downsample.as_mut() {
+            Some(d) => {
+                d.forward(be, x, (n, h, w), train)?;
+                &d.bn.y
+            }
+            None => x,
+        };
+        add_into(be, &self.c3.bn.y, identity, &mut self.sum)?;
+        self.relu.forward(be, &self.sum)?;
+        Ok(out)
+    }
+
+    fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+        self.relu.backward(be, dy)?;
+        let dsum = &self.relu.dx;
+        self.c3.backward(be, &self.c2.bn.y, dsum, true)?;
+        self.c2
+            .backward(be, &self.c1.bn.y, &self.c3.conv.dx, true)?;
+        self.c1.backward(be, x, &self.c2.conv.dx, true)?;
+        let d_identity = match self.downsample.as_mut() {
+            Some(d) => {
+                d.backward(be, x, dsum, true)?;
+                &d.conv.dx
+            }
+            None => dsum,
+        };
+        add_into(be, &self.c1.conv.dx, d_identity, &mut self.dx)
+    }
+
+    fn units(&self) -> Vec<&ConvBn> {
+        let mut v = vec![&self.c1, &self.c2, &self.c3];
+        v.extend(self.downsample.as_ref());
+        v
+    }
+
+    fn units_mut(&mut self) -> Vec<&mut ConvBn> {
+        let mut v = vec![&mut self.c1, &mut self.c2, &mut self.c3];
+        v.extend(self.downsample.as_mut());
+        v
+    }
+}
+
+/// A ResNet backbone (stem, max pool, four stages of Bottlenecks).
+pub struct ResNet {
+    /// 50 or 101; 0 for a [`ResNet::custom`] network.
+    pub depth: usize,
+    /// Stem width; stage `s` has width `base << s` and `4 * (base << s)` output channels.
+    pub base: usize,
+    pub stem: ConvBn,
+    pub maxpool: MaxPool2d,
+    pub blocks: Vec<Bottleneck>,
+    /// `fc` (2048 -> 1000, with bias) of the classifier variant.
+    pub fc: Option<Linear>,
+    avg: GemPool,
+    stage_sizes: [usize; 4],
+    out_hw: (usize, usize),
+}
+
+impl ResNet {
+    /// ResNet-50 or ResNet-101 (`depth`), randomly initialised as torchvision does, with the
+    /// 1000-class `fc` when `classifier`.
+    pub fn new(be: &dyn Backend, rng: &mut Rng, depth: usize, classifier: bool) -> Result<Self> {
+        let stage_sizes = match depth {
+            50 => [3, 4, 6, 3],
+            101 => [3, 4, 23, 3],
+            _ => bail!("ResNet-{depth} is not supported; use 50 or 101"),
+        };
+        let mut net = Self::custom(be, rng, stage_sizes, 64, classifier)?;
+        net.depth = depth;
+        Ok(net)
+    }
+
+    /// The same layout with other stage sizes and base width (torchvision's is 64): small
+    /// networks for tests that run every code path of the real ones.
+    pub fn custom(
+        be: &dyn Backend,
+        rng: &mut Rng,
+        stage_sizes: [usize; 4],
+        base: usize,
+        classifier: bool,
+    ) -> Result<Self> {
+        if base == 0 {
+            bail!("ResNet base width must be positive");
+        }
+        let stem = ConvBn::new(
+            be,
+            rng,
+            ("conv1", "bn1"),
+            3,
+            base,
+            (7, 2, Padding::Sym(3), 1),
+            BN_EPS,
+            Act::Relu,
+        )?;
+        let mut blocks = Vec::new();
+        let mut c_in = base;
+        for (stage, &count) in stage_sizes.iter().enumerate() {
+            let width = base << stage;
+            for i in 0..count {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let name = format!("layer{}.{i}", stage + 1);
+                blocks.push(Bottleneck::new(be, rng, &name, c_in, width, stride)?);
+                c_in = width * EXPANSION;
+            }
+        }
+        let fc = if classifier {
+            Some(Linear::new(be, rng, "fc", c_in, 1000, true)?)
+        } else {
+            None
+        };
+        Ok(ResNet {
+            depth: 0,
+            base,
+            stem,
+            maxpool: MaxPool2d::new(3, 2, 1),
+            blocks,
+            fc,
+            avg: GemPool::avg(),
+            stage_sizes,
+            out_hw: (0, 0),
+        })
+    }
+
+    fn output_ref(&self) -> &Buf<f32> {
+        self.blocks.last().map_or(&self.maxpool.y, |b| b.y())
+    }
+}
+
+impl Module for ResNet {
+    fn params(&self) -> Vec<&Param> {
+        let mut v = self.stem.params();
+        for b in &self.blocks {
+            for u in b.units() {
+                v.extend(u.params());
+            }
+        }
+        if let Some(fc) = &self.fc {
+            v.extend(fc.params());
+        }
+        v
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = self.stem.params_mut();
+        for b in &mut self.blocks {
+            for u in b.units_mut() {
+                v.extend(u.params_mut());
+            }
+        }
+        if let Some(fc) = &mut self.fc {
+            v.extend(fc.params_mut());
+        }
+        v
+    }
+}
+
+impl Backbone for ResNet {
+    fn name(&self) -> String {
+        match self.depth {
+            0 => format!("resnet-custom{:?}x{}", self.stage_sizes, self.base),
+            d => format!("resnet{d}"),
+        }
+    }
+
+    fn out_channels(&self) -> usize {
+        (self.base << 3) * EXPANSION
+    }
+
+    fn forward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        (n, h, w): (usize, usize, usize),
+        train: bool,
+    ) -> Result<(usize, usize)> {
+        let (h, w) = self.stem.forward(be, x, (n, h, w), train)?;
+        let c = self.base;
+        let (mut h, mut w) = self.maxpool.forward(be, &self.stem.bn.y, (n, c, h, w))?;
+        let mut prev = &self.maxpool.y;
+        for b in self.blocks.iter_mut() {
+            (h, w) = b.forward(be, prev, (n, h, w), train)?;
+            prev = b.y();
+        }
+        self.out_hw = (h, w);
+        Ok((h, w))
+    }
+
+    fn output(&self) -> &Buf<f32> {
+        self.output_ref()
+    }
+
+    fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+        for i in (0..self.blocks.len()).rev() {
+            let (before, rest) = self.blocks.split_at_mut(i);
+            let (cur, after) = rest
+                .split_first_mut()
+                .ok_or_else(|| anyhow!("ResNet block {i} missing"))?;
+            let input = before.last().map_or(&self.maxpool.y, |b| b.y());
+            let grad = after.first().map_or(dy, |b| &b.dx);
+            cur.backward(be, input, grad)?;
+        }
+        let d_pool = self.blocks.first().map_or(dy, |b| &b.dx);
+        self.maxpool.backward(be, &self.stem.bn.y, d_pool)?;
+        self.stem.backward(be, x, &self.maxpool.dx, false)
+    }
+
+    fn batchnorms_mut(&mut self) -> Vec<&mut super::batchnorm::BatchNorm2d> {
+        let mut v = vec![&mut self.stem.bn];
+        for b in &mut self.blocks {
+            v.extend(b.units_mut().into_iter().map(|u| &mut u.bn));
+        }
+        v
+    }
+
+    fn logits(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf<f32>,
+        (n, h, w): (usize, usize, usize),
+    ) -> Result<Vec<f32>> {
+        let (fh, fw) = Backbone::forward(self, be, x, (n, h, w), false)?;
+        let c = self.out_channels();
+        let feat = self.blocks.last().map_or(&self.maxpool.y, |b| b.y());
+        let fc = self
+            .fc
+            .as_mut()
+            .ok_or_else(|| anyhow!("this ResNet was built without its fc classifier"))?;
+        classify(be, feat, (n, c, fh, fw), &mut self.avg, fc)
+    }
+
+    fn summary(&self) -> Vec<String> {
+        let base = self.base;
+        let mut v = vec![
+            format!("conv1 7x7/2 3->{base} + bn1 + relu"),
+            "maxpool 3x3/2 pad 1".to_string(),
+        ];
+        let mut c_in = base;
+        for (stage, &count) in self.stage_sizes.iter().enumerate() {
+            let width = base << stage;
+            v.push(format!(
+                "layer{} {count} x Bottleneck(1x1 {width}, 3x3 {width}{}, 1x1 {}) {c_in}->{}",
+                stage + 1,
+                if stage > 0 { " /2 first" } else { "" },
+                width * EXPANSION,
+                width * EXPANSION
+            ));
+            c_in = width * EXPANSION;
+        }
+        if self.fc.is_some() {
+            v.push(format!("avgpool + fc {c_in}->1000"));
+        }
+        v
+    }
+}
