@@ -26,6 +26,8 @@ enum Command {
     Extract(cli::extract::Args),
     /// Retrieval scores on revisited Oxford / Paris, GLDv2 or a plain list (one table).
     Eval(cli::eval::Args),
+    /// Convert a PyTorch .pth (zip or legacy format) to .safetensors, keeping tensor names.
+    ImportWeights(cli::import_weights::Args),
 }
 
 fn main() {
@@ -35,6 +37,7 @@ fn main() {
         Command::Pool(a) => cli::pool::run(a),
         Command::Extract(a) => cli::extract::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::ImportWeights(a) => cli::import_weights::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -2,5 +2,6 @@
 
 pub mod eval;
 pub mod extract;
+pub mod import_weights;
 pub mod info;
 pub mod pool;

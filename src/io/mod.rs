@@ -4,6 +4,7 @@
 pub mod npy;
 pub mod pickle;
 pub mod pth;
+pub mod safetensors;
 pub mod tensor;
 
 #[cfg(test)]

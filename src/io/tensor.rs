@@ -78,7 +78,7 @@ impl fmt::Display for SourceDType {
             SourceDType::U8 => "uint8",
             SourceDType::Bool => "bool",
         };
-        f.write_str(s)
+        f.pad(s)
     }
 }
 

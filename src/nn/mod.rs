@@ -18,6 +18,8 @@ pub mod resnet;
 
 pub use net::{Arch, Backbone, RetrievalNet};
 
+pub mod weights;
+
 use crate::backend::Backend;
 use anyhow::{anyhow, Result};
 

@@ -1,0 +1,164 @@
+//! `.safetensors` checkpoints: f32 and i64 tensors under their original (torchvision) names,
+//! so that `safetensors.torch.load_file` + `load_state_dict` work on the Python side. The
+//! format stores no order: tensors come back sorted by their position in the file.
+
+use super::tensor::{SourceDType, Tensor, TensorData};
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+/// Serialises `tensors` to safetensors bytes; `metadata` goes to the header's `__metadata__`.
+pub fn to_bytes(tensors: &[Tensor], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    let raw: Vec<(&str, Dtype, &[usize], &[u8])> = tensors
+        .iter()
+        .map(|t| match &t.data {
+            TensorData::F32(v) => (
+                t.name.as_str(),
+                Dtype::F32,
+                &t.shape[..],
+                bytemuck::cast_slice::<f32, u8>(v),
+            ),
+            TensorData::I64(v) => (
+                t.name.as_str(),
+                Dtype::I64,
+                &t.shape[..],
+                bytemuck::cast_slice::<i64, u8>(v),
+            ),
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for (name, ..) in &raw {
+        if !seen.insert(*name) {
+            bail!("tensor name {name} appears twice; safetensors needs unique names");
+        }
+    }
+    let views = raw
+        .iter()
+        .map(|&(name, dt, shape, data)| {
+            TensorView::new(dt, shape.to_vec(), data)
+                .map(|v| (name, v))
+                .map_err(|e| anyhow!("tensor {name}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, metadata).map_err(|e| anyhow!("serialising safetensors: {e}"))
+}
+
+/// Writes `tensors` to `path` atomically (a temporary file renamed into place).
+pub fn write(
+    path: &Path,
+    tensors: &[Tensor],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let bytes = to_bytes(tensors, metadata)?;
+    crate::io::npy::write_atomic(path, |w| {
+        w.write_all(&bytes)?;
+        Ok(())
+    })
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads safetensors bytes; f16 / bf16 / f64 become f32, integer types i64.
+pub fn from_bytes(bytes: &[u8]) -> Result<Vec<Tensor>> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| anyhow!("not a valid safetensors file: {e}"))?;
+    let mut out: Vec<(usize, Tensor)> = Vec::new();
+    for (name, view) in st.iter() {
+        let source = match view.dtype() {
+            Dtype::F32 => SourceDType::F32,
+            Dtype::F64 => SourceDType::F64,
+            Dtype::F16 => SourceDType::F16,
+            Dtype::BF16 => SourceDType::BF16,
+            Dtype::I64 => SourceDType::I64,
+            Dtype::I32 => SourceDType::I32,
+            Dtype::I16 => SourceDType::I16,
+            Dtype::I8 => SourceDType::I8,
+            Dtype::U8 => SourceDType::U8,
+            Dtype::BOOL => SourceDType::Bool,
+            other => bail!("tensor {name}: unsupported dtype {other:?}"),
+        };
+        let data = view.data();
+        // Position in the file, to return tensors in a stable order.
+        let at = data.as_ptr() as usize - bytes.as_ptr() as usize;
+        let t = Tensor::new(name, view.shape().to_vec(), source.decode(data), source)?;
+        out.push((at, t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    Ok(out.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Reads the safetensors file at `path`.
+pub fn read(path: &Path) -> Result<Vec<Tensor>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("reading {}: check the path", path.display()))?;
+    from_bytes(&bytes).with_context(|| format!("{}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Tensor> {
+        vec![
+            Tensor::new(
+                "layer1.0.conv1.weight",
+                vec![2, 1, 1, 3],
+                TensorData::F32(vec![0.5, -1.0, 2.0, 3.25, -0.0, 1e-8]),
+                SourceDType::F32,
+            )
+            .unwrap(),
+            Tensor::new(
+                "bn1.num_batches_tracked",
+                vec![],
+                TensorData::I64(vec![123456789012]),
+                SourceDType::I64,
+            )
+            .unwrap(),
+            Tensor::new(
+                "empty",
+                vec![0, 4],
+                TensorData::F32(vec![]),
+                SourceDType::F32,
+            )
+            .unwrap(),
+        ]
+    }
+
+    #[test]
+    fn round_trip_keeps_names_shapes_values() {
+        let t = sample();
+        let bytes = to_bytes(&t, None).unwrap();
+        let mut back = from_bytes(&bytes).unwrap();
+        back.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut want = t.clone();
+        want.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn file_round_trip_and_corruption() {
+        let dir = std::env::temp_dir().join(format!("insclr-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("w.safetensors");
+        write(&p, &sample(), None).unwrap();
+        assert_eq!(read(&p).unwrap().len(), 3);
+        let bytes = std::fs::read(&p).unwrap();
+        for cut in [0, 7, 8, 20, bytes.len() - 1] {
+            assert!(from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let e = format!("{:#}", read(&dir.join("nope.safetensors")).unwrap_err());
+        assert!(e.contains("nope.safetensors"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let mut t = sample();
+        t[1].name = t[0].name.clone();
+        t[1].data = TensorData::I64(vec![1; 6]);
+        t[1].shape = vec![6];
+        let e = to_bytes(&t, None).unwrap_err().to_string();
+        assert!(e.contains("appears twice"), "{e}");
+    }
+}
