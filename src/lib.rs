@@ -12,3 +12,4 @@ pub mod memory;
 pub mod mining;
 pub mod nn;
 pub mod rng;
+pub mod train;
