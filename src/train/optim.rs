@@ -133,10 +133,13 @@ pub fn adam_update(
     let step = (lr / bc1) as f32;
     let sq = bc2.sqrt() as f32;
     let (b1, b2, wd, eps) = (BETA1 as f32, BETA2 as f32, wd as f32, EPS as f32);
+    // torch forms 1 - beta in Python floats, then rounds to f32: (1 - 0.999f32) would be
+    // off by 1.3e-5 relative.
+    let (c1, c2) = ((1.0 - BETA1) as f32, (1.0 - BETA2) as f32);
     for i in 0..p.len() {
         let gi = g[i] + wd * p[i];
-        m[i] = b1 * m[i] + (1.0 - b1) * gi;
-        v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+        m[i] = b1 * m[i] + c1 * gi;
+        v[i] = b2 * v[i] + c2 * gi * gi;
         let denom = v[i].sqrt() / sq + eps;
         p[i] -= step * m[i] / denom;
     }
