@@ -163,6 +163,14 @@ fn log_losses(dir: &Path, out: &str) -> Vec<(u64, f64, f64)> {
         .collect()
 }
 
+fn log_lines(dir: &Path, out: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join(out).join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn stage_is_deterministic_and_resumable(v2: bool) {
     let tag = if v2 { "v2" } else { "v1" };
     let dir = tmpdir(tag);
@@ -171,7 +179,7 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
 
     // Uninterrupted, twice: same numbers.
     let a = train::run(config(&dir, &pool, "a", v2, 4), &be, &quiet(false)).unwrap();
-    let b = train::run(config(&dir, &pool, "b", v2, 4), &be, &quiet(false)).unwrap();
+    train::run(config(&dir, &pool, "b", v2, 4), &be, &quiet(false)).unwrap();
     assert_eq!(a.steps_run, 4);
     assert_eq!(a.skipped, 1, "the corrupt file is skipped");
     let listed = std::fs::read_to_string(dir.join("a").join("skipped.txt")).unwrap();
@@ -183,6 +191,19 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     assert_eq!(la[2].2, 1e-3);
     assert!((la[3].2 - 1e-4).abs() < 1e-12, "{la:?}");
     assert_eq!(la, log_losses(&dir, "b"));
+    // The memory was read when the config says, and (v2) mining found positives.
+    let lines = log_lines(&dir, "a");
+    let field = |k: &str| -> Vec<f64> { lines.iter().map(|v| v[k].as_f64().unwrap()).collect() };
+    let mem = field("memory_size");
+    if v2 {
+        assert!(mem.iter().all(|&m| m > 0.0), "{mem:?}");
+        assert!(field("init_pos").iter().sum::<f64>() > 0.0, "{lines:?}");
+        assert!(field("memory_pos").iter().sum::<f64>() > 0.0, "{lines:?}");
+    } else {
+        assert_eq!(mem[..2], [0.0, 0.0], "GET_STEP = 2: no memory before step 3");
+        assert!(mem[2] > 0.0 && mem[3] > 0.0, "{mem:?}");
+    }
+    assert!(field("memory_loss")[3] > 0.0, "{lines:?}");
     let fa = final_tensors(&dir, "a");
     assert_eq!(fa, final_tensors(&dir, "b"));
 
