@@ -26,7 +26,11 @@ fn make_data(dir: &Path) -> PathBuf {
     let mut feats = Vec::new();
     for i in 0..n_good {
         let g = i % 6;
-        let base = [40 + 35 * g as u32, 220 - 30 * g as u32, 90 + 20 * (g as u32 % 3)];
+        let base = [
+            40 + 35 * g as u32,
+            220 - 30 * g as u32,
+            90 + 20 * (g as u32 % 3),
+        ];
         let period = 3 + g as u32;
         let img = image::RgbImage::from_fn(40 + 4 * (i as u32 % 3), 36, |x, y| {
             let s = if (x / period + y / 7) % 2 == 0 { 40 } else { 0 };
@@ -186,7 +190,10 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     assert!(listed.contains("zz_corrupt.jpg"), "{listed}");
     let la = log_losses(&dir, "a");
     assert_eq!(la.len(), 4);
-    assert!(la.iter().all(|&(_, l, _)| l.is_finite() && l > 0.0), "{la:?}");
+    assert!(
+        la.iter().all(|&(_, l, _)| l.is_finite() && l > 0.0),
+        "{la:?}"
+    );
     // Milestone 3: steps 1..3 at the base lr, step 4 at a tenth.
     assert_eq!(la[2].2, 1e-3);
     assert!((la[3].2 - 1e-4).abs() < 1e-12, "{la:?}");
@@ -200,7 +207,11 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
         assert!(field("init_pos").iter().sum::<f64>() > 0.0, "{lines:?}");
         assert!(field("memory_pos").iter().sum::<f64>() > 0.0, "{lines:?}");
     } else {
-        assert_eq!(mem[..2], [0.0, 0.0], "GET_STEP = 2: no memory before step 3");
+        assert_eq!(
+            mem[..2],
+            [0.0, 0.0],
+            "GET_STEP = 2: no memory before step 3"
+        );
         assert!(mem[2] > 0.0 && mem[3] > 0.0, "{mem:?}");
     }
     assert!(field("memory_loss")[3] > 0.0, "{lines:?}");
@@ -227,8 +238,12 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     // Interrupted after the checkpoint at step 2, then resumed to step 4.
     let c1 = train::run(config(&dir, &pool, "c", v2, 2), &be, &quiet(false)).unwrap();
     assert_eq!(c1.steps_run, 2);
-    assert!(dir.join("c/checkpoints/checkpoint_0000002.safetensors").exists());
-    assert!(dir.join("c/checkpoints/checkpoint_0000002.memory.npz").exists());
+    assert!(dir
+        .join("c/checkpoints/checkpoint_0000002.safetensors")
+        .exists());
+    assert!(dir
+        .join("c/checkpoints/checkpoint_0000002.memory.npz")
+        .exists());
     let c2 = train::run(config(&dir, &pool, "c", v2, 4), &be, &quiet(true)).unwrap();
     assert_eq!((c2.resumed_from, c2.steps_run), (Some(2), 2));
     assert_eq!(log_losses(&dir, "c"), la, "same losses step by step");

@@ -35,7 +35,13 @@ fn round_half_even(x: f64) -> i64 {
 /// torchvision `RandomResizedCrop.get_params` for a `width x height` image: up to 10 draws of
 /// an area fraction in `scale` and a log-uniform aspect ratio in `ratio`; the first box that
 /// fits is placed uniformly; otherwise the centre crop of the fallback.
-pub fn rrc_params(width: u32, height: u32, scale: (f64, f64), ratio: (f64, f64), rng: &mut Rng) -> CropBox {
+pub fn rrc_params(
+    width: u32,
+    height: u32,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut Rng,
+) -> CropBox {
     let (wf, hf) = (width as f64, height as f64);
     let area = wf * hf;
     let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
@@ -104,7 +110,10 @@ mod tests {
 
     #[test]
     fn python_rounding_is_half_to_even() {
-        let r: Vec<i64> = [0.5, 1.5, 2.5, 2.4, 2.6, 3.5].iter().map(|&x| round_half_even(x)).collect();
+        let r: Vec<i64> = [0.5, 1.5, 2.5, 2.4, 2.6, 3.5]
+            .iter()
+            .map(|&x| round_half_even(x))
+            .collect();
         assert_eq!(r, vec![0, 2, 2, 2, 3, 4]);
     }
 
@@ -115,7 +124,10 @@ mod tests {
         for _ in 0..2000 {
             let b = rrc_params(w, h, (0.4, 1.0), RATIO, &mut rng);
             assert!(b.w >= 1 && b.h >= 1);
-            assert!(b.left + b.w <= w && b.top + b.h <= h, "{b:?} outside {w}x{h}");
+            assert!(
+                b.left + b.w <= w && b.top + b.h <= h,
+                "{b:?} outside {w}x{h}"
+            );
         }
         // Sampled (non-fallback) boxes have area within the scale range up to rounding.
         let mut rng = Rng::new(4);
@@ -129,7 +141,10 @@ mod tests {
             seen_left_edge.0 |= b.left == 0;
             seen_left_edge.1 |= b.left + b.w == w;
         }
-        assert!(seen_left_edge.0 && seen_left_edge.1, "both extreme positions are reachable");
+        assert!(
+            seen_left_edge.0 && seen_left_edge.1,
+            "both extreme positions are reachable"
+        );
     }
 
     #[test]
@@ -147,12 +162,28 @@ mod tests {
             assert_eq!((b.top, b.left), (50, 0));
             // In-range ratio: the whole image.
             let b = rrc_params(100, 90, (1.5, 2.0), RATIO, &mut rng);
-            assert_eq!(b, CropBox { top: 0, left: 0, h: 90, w: 100 });
+            assert_eq!(
+                b,
+                CropBox {
+                    top: 0,
+                    left: 0,
+                    h: 90,
+                    w: 100
+                }
+            );
         }
         // The base stages' (0.75, 1.33) falls back often but not always.
         let mut rng = Rng::new(6);
         let full = (0..1000)
-            .filter(|_| rrc_params(100, 90, (0.75, 1.33), RATIO, &mut rng) == CropBox { top: 0, left: 0, h: 90, w: 100 })
+            .filter(|_| {
+                rrc_params(100, 90, (0.75, 1.33), RATIO, &mut rng)
+                    == CropBox {
+                        top: 0,
+                        left: 0,
+                        h: 90,
+                        w: 100,
+                    }
+            })
             .count();
         assert!(full > 0 && full < 1000, "fallback count {full}");
     }

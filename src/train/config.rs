@@ -639,10 +639,7 @@ mod tests {
         assert_eq!(c.solver.ims_per_batch, 36);
         assert_eq!(c.solver.grad_max_norm, 9_999_999.0);
         assert_eq!(c.loss.contrastive_loss.margin, 0.5);
-        assert_eq!(
-            (c.xbm.positive_thresh, c.xbm.negative_thresh),
-            (0.65, 0.55)
-        );
+        assert_eq!((c.xbm.positive_thresh, c.xbm.negative_thresh), (0.65, 0.55));
         assert_eq!(c.xbm.size, 1_223_195);
         assert_eq!((c.xbm.start_step, c.xbm.get_step), (2000, 4000));
         assert_eq!(c.selection.thresh, 0.65);
@@ -692,23 +689,41 @@ mod tests {
         let s1 = Config::load(&root.join("gldv2-base-stage1.toml")).unwrap();
         assert_eq!(s1.solver.name, "adam");
         assert_eq!((s1.solver.base_lr, s1.solver.weight_decay), (1e-4, 1e-4));
-        assert_eq!((s1.solver.steps.clone(), s1.solver.max_step), (vec![40_000], 60_000));
+        assert_eq!(
+            (s1.solver.steps.clone(), s1.solver.max_step),
+            (vec![40_000], 60_000)
+        );
         assert_eq!(s1.solver.ims_per_batch, 64);
         assert_eq!(s1.input.train_img_size, [224, 224]);
         assert_eq!((s1.input.scale_lower, s1.input.scale_upper), (0.75, 1.33));
-        assert_eq!((s1.xbm.version.as_str(), s1.xbm.start_step, s1.xbm.get_step), ("v1", 2000, 4000));
+        assert_eq!(
+            (s1.xbm.version.as_str(), s1.xbm.start_step, s1.xbm.get_step),
+            ("v1", 2000, 4000)
+        );
         assert_eq!(s1.neighbor.k, 3);
         assert_eq!(s1.loss.contrastive_loss.margin, 0.4);
         let im = Config::load(&root.join("gldv2-impr.toml")).unwrap();
-        assert_eq!((im.solver.base_lr, im.solver.steps.clone()), (3e-5, vec![20_000]));
+        assert_eq!(
+            (im.solver.base_lr, im.solver.steps.clone()),
+            (3e-5, vec![20_000])
+        );
         assert_eq!((im.solver.ims_per_batch, im.solver.max_step), (16, 40_000));
         assert_eq!(im.input.train_img_size, [448, 448]);
         assert_eq!((im.input.scale_lower, im.input.scale_upper), (0.4, 1.0));
         assert_eq!(im.xbm.candidate_mode, "b+i_tr4_avg0.60_k05");
-        assert_eq!((im.xbm.positive_thresh, im.xbm.negative_thresh), (0.75, 0.5));
-        assert_eq!((im.xbm.start_step, im.xbm.get_step, im.xbm.get_size), (0, 0, 100_000));
+        assert_eq!(
+            (im.xbm.positive_thresh, im.xbm.negative_thresh),
+            (0.75, 0.5)
+        );
+        assert_eq!(
+            (im.xbm.start_step, im.xbm.get_step, im.xbm.get_size),
+            (0, 0, 100_000)
+        );
         assert!(im.noaug.enable && im.selection.enable);
-        assert_eq!((im.selection.thresh, im.selection.kind.as_str()), (0.6, "fixed"));
+        assert_eq!(
+            (im.selection.thresh, im.selection.kind.as_str()),
+            (0.6, "fixed")
+        );
         let ib = Config::load(&root.join("instre-base.toml")).unwrap();
         assert_eq!(ib.solver.grad_max_norm, 10.0);
         assert_eq!(ib.model.head.name, "linear_norm");
@@ -716,7 +731,11 @@ mod tests {
         let ii = Config::load(&root.join("instre-impr.toml")).unwrap();
         assert_eq!(ii.input.train_img_size, [224, 226]);
         assert!(!ii.xbm.use_negative);
-        for f in ["gldv2-base-stage2.toml", "gldv2-base-stage3.toml", "demo.toml"] {
+        for f in [
+            "gldv2-base-stage2.toml",
+            "gldv2-base-stage3.toml",
+            "demo.toml",
+        ] {
             Config::load(&root.join(f)).unwrap();
         }
     }

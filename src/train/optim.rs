@@ -311,7 +311,10 @@ mod tests {
         // Step 1: m = 0.1 g', v = 0.001 g'^2, mhat = g', vhat = g'^2 -> p -= 0.1 * g'/(|g'| + eps).
         // weight: g' = g + 0.01 p = [0.51, 0.23] -> [0.9, -2.1]; bias (no decay): 0.5 + 0.1.
         let w = vals(&m, 0);
-        assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 2.1).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[0] - 0.9).abs() < 1e-6 && (w[1] + 2.1).abs() < 1e-6,
+            "{w:?}"
+        );
         assert!((vals(&m, 1)[0] - 0.6).abs() < 1e-6);
         assert_eq!(vals(&m, 2), vec![3.0], "buffers are untouched");
         // Step 2 with g = [0.5, 0.25] again, by hand in f64:

@@ -49,7 +49,9 @@ const INIT_AUG: u64 = 3;
 pub fn stream(seed: u64, step: usize, purpose: u64, slot: usize) -> Rng {
     let mut r = Rng::new(seed);
     let a = r.next_u64() ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let b = a ^ purpose.wrapping_mul(0xd1b5_4a32_d192_ed03) ^ (slot as u64).wrapping_mul(0x8cb9_2ba7_2f3d_8dd7);
+    let b = a
+        ^ purpose.wrapping_mul(0xd1b5_4a32_d192_ed03)
+        ^ (slot as u64).wrapping_mul(0x8cb9_2ba7_2f3d_8dd7);
     Rng::new(b)
 }
 
@@ -106,7 +108,9 @@ impl Dataset {
     pub fn from_images(images: Vec<RgbImage>) -> Dataset {
         let n = images.len();
         Dataset {
-            paths: (0..n).map(|i| PathBuf::from(format!("<image {i}>"))).collect(),
+            paths: (0..n)
+                .map(|i| PathBuf::from(format!("<image {i}>")))
+                .collect(),
             cache: images.into_iter().map(Some).collect(),
             bad: vec![false; n],
             skipped: Skipped::default(),
@@ -191,10 +195,16 @@ pub fn build_model(cfg: &Config, be: &dyn Backend) -> Result<(RetrievalNet, Stri
                 bail!("MODEL.PRETRAIN = \"imagenet\" needs MODEL.IMAGENET_WEIGHTS = the backbone's ImageNet .pth / .safetensors (or PRETRAIN = \"random\")");
             }
             let p = Path::new(&m.imagenet_weights);
-            let t = read_any(p).with_context(|| format!("MODEL.IMAGENET_WEIGHTS {}", p.display()))?;
+            let t =
+                read_any(p).with_context(|| format!("MODEL.IMAGENET_WEIGHTS {}", p.display()))?;
             let r = load_into(&mut net, be, &t, &LoadOptions::backbone())
                 .with_context(|| format!("loading {}", p.display()))?;
-            format!("ImageNet backbone from {}: {} tensors ({} left random)", p.display(), r.loaded.len(), r.missing.len())
+            format!(
+                "ImageNet backbone from {}: {} tensors ({} left random)",
+                p.display(),
+                r.loaded.len(),
+                r.missing.len()
+            )
         }
         path => {
             let p = Path::new(path);
@@ -203,7 +213,8 @@ pub fn build_model(cfg: &Config, be: &dyn Backend) -> Result<(RetrievalNet, Stri
                 strict: false,
                 skip_prefixes: vec!["optimizer.".into()],
             };
-            let r = load_into(&mut net, be, &t, &opts).with_context(|| format!("loading {}", p.display()))?;
+            let r = load_into(&mut net, be, &t, &opts)
+                .with_context(|| format!("loading {}", p.display()))?;
             if !r.missing.is_empty() {
                 eprintln!("note: {}: {r}", p.display());
             }
@@ -260,7 +271,13 @@ pub struct Stage<'b> {
 
 impl<'b> Stage<'b> {
     /// A fresh stage at step 0 (no bank initialisation yet; see [`Stage::init_banks`]).
-    pub fn new(cfg: Config, be: &'b dyn Backend, net: RetrievalNet, data: Dataset, pool: &CandidatePool) -> Result<Stage<'b>> {
+    pub fn new(
+        cfg: Config,
+        be: &'b dyn Backend,
+        net: RetrievalNet,
+        data: Dataset,
+        pool: &CandidatePool,
+    ) -> Result<Stage<'b>> {
         let n = data.len();
         if cfg.xbm.size != 0 && cfg.xbm.size != n {
             bail!(
@@ -329,14 +346,22 @@ impl<'b> Stage<'b> {
                 let img = resize_exact(&*data.image(i)?, h, w);
                 let mut t = vec![0.0; 3 * h * w];
                 to_tensor(&img, mean, std, &mut t);
-                Ok(Chw { c: 3, h, w, data: t })
+                Ok(Chw {
+                    c: 3,
+                    h,
+                    w,
+                    data: t,
+                })
             })
             .collect::<Result<_>>()?;
         let (n, d) = (idx.len(), self.d);
         let mut acc = vec![0f32; n * d];
         let scales = self.cfg.noaug.scales.clone();
         for &s in &scales {
-            let xs: Vec<Chw> = base.iter().map(|x| resize_bilinear(x, s)).collect::<Result<_>>()?;
+            let xs: Vec<Chw> = base
+                .iter()
+                .map(|x| resize_bilinear(x, s))
+                .collect::<Result<_>>()?;
             let (sh, sw) = (xs[0].h, xs[0].w);
             let flat: Vec<f32> = xs.into_iter().flat_map(|x| x.data).collect();
             let y = self.net.describe(self.be, &flat, n, sh, sw)?;
@@ -411,7 +436,10 @@ impl<'b> Stage<'b> {
         for (name, bank) in r.banks {
             let slot = match name.as_str() {
                 "da" => &mut self.da,
-                "noda" => self.noda.as_mut().context("checkpoint has a no-DA bank but XBM.VERSION is not v2")?,
+                "noda" => self
+                    .noda
+                    .as_mut()
+                    .context("checkpoint has a no-DA bank but XBM.VERSION is not v2")?,
                 other => bail!("{}: unknown memory bank {other}", path.display()),
             };
             if bank.len() != slot.len() || bank.dim() != slot.dim() {
@@ -426,7 +454,11 @@ impl<'b> Stage<'b> {
             }
             *slot = bank;
         }
-        self.sampler = AnchorSampler::new(self.good.len(), self.cfg.solver.ims_per_batch, self.cfg.seed)?;
+        self.sampler = AnchorSampler::new(
+            self.good.len(),
+            self.cfg.solver.ims_per_batch,
+            self.cfg.seed,
+        )?;
         for _ in 0..r.step {
             self.sampler.next_batch();
         }
@@ -443,7 +475,15 @@ impl<'b> Stage<'b> {
         if let Some(nb) = &self.noda {
             banks.push(("noda", nb));
         }
-        checkpoint::save(&self.checkpoint_dir(), self.step, self.cfg.seed, self.be, &self.net, &self.opt, &banks)
+        checkpoint::save(
+            &self.checkpoint_dir(),
+            self.step,
+            self.cfg.seed,
+            self.be,
+            &self.net,
+            &self.opt,
+            &banks,
+        )
     }
 
     /// Runs one training step (the module doc's order) and returns its log line.
@@ -451,7 +491,12 @@ impl<'b> Stage<'b> {
         let t0 = std::time::Instant::now();
         let t = self.step + 1;
         let (be, d) = (self.be, self.d);
-        let anchors: Vec<usize> = self.sampler.next_batch().iter().map(|&i| self.good[i]).collect();
+        let anchors: Vec<usize> = self
+            .sampler
+            .next_batch()
+            .iter()
+            .map(|&i| self.good[i])
+            .collect();
         let mut batch = Batch::new(&self.pool, &anchors, self.cfg.neighbor.k)?;
         let nimg = batch.indices.len();
 
@@ -518,7 +563,14 @@ impl<'b> Stage<'b> {
                     (m.indices, m.labels)
                 }
                 _ => {
-                    let mi = sample_v1(&self.pool, &self.da, &batch.indices, x_cfg.potential_positive, x_cfg.get_size, &mut rng)?;
+                    let mi = sample_v1(
+                        &self.pool,
+                        &self.da,
+                        &batch.indices,
+                        x_cfg.potential_positive,
+                        x_cfg.get_size,
+                        &mut rng,
+                    )?;
                     log.random_neg = mi.len();
                     let ml = vec![self.n as i64 + 1; mi.len()];
                     (mi, ml)
@@ -528,7 +580,15 @@ impl<'b> Stage<'b> {
             if !mi.is_empty() {
                 let mem = be.upload(&self.da.gather(&mi)?)?;
                 let mut d_mem = be.zeros(nimg * d)?;
-                lm = contrastive_memory(be, &fb, &batch.labels, Memory { x: &mem, y: &ml }, d, margin, Some(&mut d_mem))?;
+                lm = contrastive_memory(
+                    be,
+                    &fb,
+                    &batch.labels,
+                    Memory { x: &mem, y: &ml },
+                    d,
+                    margin,
+                    Some(&mut d_mem),
+                )?;
                 let wgt = x_cfg.memory_loss_weight;
                 for (a, b) in grad.iter_mut().zip(be.download(&d_mem)?) {
                     *a += wgt * b;
@@ -609,7 +669,8 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
         bail!("OUTPUT_DIR is empty: say where checkpoints and logs go");
     }
     let out = PathBuf::from(&cfg.output_dir);
-    std::fs::create_dir_all(&out).with_context(|| format!("creating OUTPUT_DIR {}", out.display()))?;
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("creating OUTPUT_DIR {}", out.display()))?;
     let root = PathBuf::from(&cfg.data.root);
     let list = (!cfg.data.train_filename.is_empty()).then(|| root.join(&cfg.data.train_filename));
     let data = Dataset::open(&root, list.as_deref(), cfg.data.cache_images)?;
@@ -648,7 +709,8 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
             truncate_log(&log_path, s)?;
         }
         None => {
-            std::fs::write(&log_path, "").with_context(|| format!("creating {}", log_path.display()))?;
+            std::fs::write(&log_path, "")
+                .with_context(|| format!("creating {}", log_path.display()))?;
             if stage.noda.is_some() {
                 let bar = bar(quiet, stage.good.len() as u64, "bank init");
                 stage.init_banks(&mut |k| bar.inc(k as u64))?;
@@ -674,7 +736,10 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
         first.get_or_insert(l.loss);
         last = Some(l.loss);
         writeln!(logf, "{}", serde_json::to_string(&l)?)?;
-        pb.set_message(format!("loss {:.4} (batch {:.4} mem {:.4}) lr {:.1e}", l.loss, l.batch_loss, l.memory_loss, l.lr));
+        pb.set_message(format!(
+            "loss {:.4} (batch {:.4} mem {:.4}) lr {:.1e}",
+            l.loss, l.batch_loss, l.memory_loss, l.lr
+        ));
         pb.inc(1);
         if quiet && (l.step % log_every == 0 || l.step == max) {
             eprintln!(
