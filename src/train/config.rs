@@ -80,7 +80,8 @@ pub struct Input {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct DataLoader {
-    /// Threads decoding and augmenting images (0: rayon's default).
+    /// Accepted for the original's key; decoding and augmentation run on rayon's global pool
+    /// (set `RAYON_NUM_THREADS` to limit it).
     pub num_workers: usize,
     pub sampler: String,
 }
