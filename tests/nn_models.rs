@@ -241,3 +241,21 @@ fn resnet50_224_batch2_forward_backward_timing() {
         _ => panic!("conv1.weight has no host gradient"),
     }
 }
+
+#[test]
+fn feature_maps_have_stride_32() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(8);
+    let mut eff = Arch::EfficientNetLite0.build(&be, &mut rng, false).unwrap();
+    let x = be.upload(&rng.vec_f32(3 * 224 * 224, -1.0, 1.0)).unwrap();
+    assert_eq!(eff.forward(&be, &x, (1, 224, 224), false).unwrap(), (7, 7));
+    assert_eq!(eff.output().len(), 1280 * 7 * 7);
+    // TF SAME rounds up: 225 -> 113 -> ... -> 8.
+    let x = be.upload(&rng.vec_f32(3 * 225 * 100, -1.0, 1.0)).unwrap();
+    assert_eq!(eff.forward(&be, &x, (1, 225, 100), false).unwrap(), (8, 4));
+    let mut r50 = Arch::ResNet50.build(&be, &mut rng, false).unwrap();
+    let x = be.upload(&rng.vec_f32(2 * 3 * 96 * 64, -1.0, 1.0)).unwrap();
+    assert_eq!(r50.forward(&be, &x, (2, 96, 64), false).unwrap(), (3, 2));
+    assert_eq!(r50.output().len(), 2 * 2048 * 3 * 2);
+    assert!(r50.forward(&be, &x, (2, 96, 65), false).is_err());
+}

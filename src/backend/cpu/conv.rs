@@ -301,7 +301,7 @@ mod tests {
     }
 
     /// (n, c_in, h, w, c_out, k, stride, padding, groups): every path of the CPU conv.
-    const CASES: [(
+    type Case = (
         usize,
         usize,
         usize,
@@ -311,7 +311,9 @@ mod tests {
         usize,
         Padding,
         usize,
-    ); 8] = [
+    );
+
+    const CASES: [Case; 8] = [
         (2, 3, 9, 7, 5, 3, 1, Padding::Sym(1), 1),
         (2, 3, 11, 10, 4, 7, 2, Padding::Sym(3), 1),
         (1, 6, 5, 5, 8, 1, 1, Padding::Sym(0), 1),
@@ -385,5 +387,43 @@ mod tests {
         assert_eq!((s.oh, s.ow, s.pad_top), (7, 7, 2));
         assert!(Conv::new(1, 3, 2, 2, 4, 7, 1, Padding::Sym(0), 1).is_err());
         assert!(Conv::new(1, 3, 8, 8, 4, 3, 1, Padding::Sym(1), 2).is_err());
+    }
+
+    #[test]
+    fn wrong_buffer_sizes_are_errors_not_panics() {
+        use crate::backend::{Act, Backend, BatchNorm, Buf, CpuBackend, MaxPool};
+        let be = CpuBackend::new();
+        let s = Conv::new(1, 2, 4, 4, 3, 3, 1, Padding::Sym(1), 1).unwrap();
+        let (x, w) = (Buf::Host(vec![0.0; 32]), Buf::Host(vec![0.0; 54]));
+        let mut y = Buf::Host(vec![0.0; 47]);
+        let err = be.conv2d_fwd(&x, &w, &mut y, s).unwrap_err().to_string();
+        assert!(err.contains("y=47") && err.contains("48"), "{err}");
+        let bn = BatchNorm::new(1, 3, 1, 1e-5, Act::Relu);
+        let (g, b) = (Buf::Host(vec![1.0; 3]), Buf::Host(vec![0.0; 3]));
+        let (mut rm, mut rv) = (Buf::Host(vec![0.0; 3]), Buf::Host(vec![1.0; 3]));
+        let (mut sm, mut si) = (Buf::Host(vec![0.0; 3]), Buf::Host(vec![0.0; 3]));
+        let (bx, mut by) = (Buf::Host(vec![0.0; 3]), Buf::Host(vec![0.0; 3]));
+        // One value per channel: PyTorch refuses to train on it, and so do we.
+        let err = be
+            .batchnorm_fwd_train(
+                &bx,
+                &g,
+                &b,
+                (&mut rm, &mut rv),
+                (&mut sm, &mut si),
+                &mut by,
+                bn,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than 1 value"), "{err}");
+        let mp = MaxPool::new(1, 1, 4, 4, 3, 2, 1).unwrap();
+        let mut out = Buf::Host(vec![0.0; 3]);
+        assert!(be
+            .maxpool_fwd(&Buf::Host(vec![0.0; 16]), &mut out, mp)
+            .is_err());
+        assert!(be
+            .add_fwd(&Buf::Host(vec![0.0; 2]), &Buf::Host(vec![0.0; 3]), &mut out)
+            .is_err());
     }
 }

@@ -54,8 +54,8 @@ fn window_argmax(plane: &[f32], oy: usize, ox: usize, s: &MaxPool) -> (usize, f3
                 continue;
             };
             let v = plane[iy * s.w + ix];
-            // `!(v <= best)` also takes a NaN, as PyTorch propagates it.
-            if at == usize::MAX || !(v <= best) {
+            // A NaN wins and stays, as PyTorch propagates it.
+            if at == usize::MAX || v > best || (v.is_nan() && !best.is_nan()) {
                 best = v;
                 at = iy * s.w + ix;
             }
