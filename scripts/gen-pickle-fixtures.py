@@ -124,14 +124,21 @@ def torch_pickle(obj, legacy):
     return f.getvalue()
 
 
-def legacy_pth():
+def legacy_pth(checkpoint=False):
     sd, storages = state_dict()
+    obj = {"model": sd}
+    if checkpoint:
+        # An InsCLR-style checkpoint: optimiser tensors live in storages the model never uses.
+        m = Storage("140005", "FloatStorage", [0.25, 0.5])
+        storages.append(m)
+        obj = {"iteration": 5, "model": sd,
+               "optimizer": {"state": {0: {"exp_avg": Tensor(m, 0, (2,), (1,))}}}}
     f = io.BytesIO()
     pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
     pickle.dump(1001, f, protocol=2)
     pickle.dump({"protocol_version": 1001, "little_endian": True,
                  "type_sizes": {"short": 2, "int": 4, "long": 4}}, f, protocol=2)
-    f.write(torch_pickle({"model": sd}, legacy=True))
+    f.write(torch_pickle(obj, legacy=True))
     keys = [s.key for s in storages]
     pickle.dump(keys, f, protocol=2)
     for s in storages:
@@ -189,3 +196,4 @@ print(lit("TORCH_STATE_P2", torch_pickle(sd, legacy=False)))
 for s in storages:
     print(lit(f"STORAGE_{s.key}", s.raw()))
 print(lit("LEGACY_PTH", legacy_pth()))
+print(lit("LEGACY_CHECKPOINT_PTH", legacy_pth(checkpoint=True)))

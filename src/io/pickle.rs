@@ -46,20 +46,35 @@ pub enum Value {
     /// A set or frozenset, as its items in pickle order.
     Set(Vec<Value>),
     /// A reference to `module.name` (`GLOBAL` / `STACK_GLOBAL` / `INST`).
-    Global { module: String, name: String },
+    Global {
+        /// Module path, e.g. `torch._utils`.
+        module: String,
+        /// Attribute name, e.g. `_rebuild_tensor_v2`.
+        name: String,
+    },
     /// `callable(*args)` (`REDUCE`, `INST`, `OBJ`); `args` is normally a tuple.
     Reduce {
+        /// What is called (normally a [`Value::Global`]).
         callable: Box<Value>,
+        /// Its arguments.
         args: Box<Value>,
     },
     /// `cls.__new__(cls, *args, **kwargs)` (`NEWOBJ`, `NEWOBJ_EX`; `kwargs` only for the latter).
     NewObj {
+        /// The class.
         cls: Box<Value>,
+        /// Positional arguments (a tuple).
         args: Box<Value>,
+        /// Keyword arguments (a dict), for `NEWOBJ_EX`.
         kwargs: Option<Box<Value>>,
     },
     /// `obj.__setstate__(state)` or `obj.__dict__.update(state)` (`BUILD`).
-    Build { obj: Box<Value>, state: Box<Value> },
+    Build {
+        /// The object being built.
+        obj: Box<Value>,
+        /// Its state (often a dict of attributes).
+        state: Box<Value>,
+    },
     /// An object the pickler stored out of band (`PERSID` / `BINPERSID`), e.g. a torch storage.
     PersistentId(Box<Value>),
 }
@@ -1136,6 +1151,47 @@ mod tests {
         assert!(e.contains("truncated"), "{e}");
         let e = parse(b"\x80\x02h\x05.").unwrap_err().to_string();
         assert!(e.contains("memo key 5"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // [[[[...]]]] 100,000 levels: EMPTY_LIST x N, then APPEND x (N - 1).
+        let n = 100_000;
+        let mut b = b"\x80\x02".to_vec();
+        b.extend(std::iter::repeat_n(b']', n));
+        b.extend(std::iter::repeat_n(b'a', n - 1));
+        b.push(b'.');
+        let e = parse(&b).unwrap_err().to_string();
+        assert!(e.contains("deeper than"), "{e}");
+        // 500 levels are fine.
+        let mut b = b"\x80\x02".to_vec();
+        b.extend(std::iter::repeat_n(b']', 500));
+        b.extend(std::iter::repeat_n(b'a', 499));
+        b.push(b'.');
+        let mut v = &parse(&b).unwrap();
+        let mut depth = 1;
+        while let Value::List(l) = v {
+            match l.first() {
+                Some(x) => {
+                    v = x;
+                    depth += 1;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(depth, 500);
+    }
+
+    #[test]
+    fn exponential_sharing_is_refused() {
+        // L0 = []; L(i) = [L(i-1), L(i-1)]: 60 levels would copy 2^60 lists.
+        let mut b = b"\x80\x02]q\x00".to_vec();
+        for i in 1u8..60 {
+            b.extend([b'(', b'h', i - 1, b'h', i - 1, b'l', b'q', i]);
+        }
+        b.push(b'.');
+        let e = parse(&b).unwrap_err().to_string();
+        assert!(e.contains("too many values"), "{e}");
     }
 
     #[test]

@@ -253,27 +253,58 @@ fn build(pending: Vec<Pending>, storages: &HashMap<String, TensorData>) -> Resul
         .collect()
 }
 
-/// The dtype of each storage key, checking that tensors sharing a storage agree.
-fn storage_types(pending: &[Pending]) -> Result<HashMap<String, (SourceDType, usize)>> {
-    let mut m: HashMap<String, (SourceDType, usize)> = HashMap::new();
-    for p in pending {
-        let s = &p.storage;
-        let root_numel = match s.view {
-            Some(_) => None,
-            None => Some(s.numel),
-        };
-        let e = m.entry(s.key.clone()).or_insert((s.dtype, s.numel));
-        if e.0 != s.dtype || root_numel.is_some_and(|n| n != e.1) {
-            bail!(
-                "storage {} is used as {} x {} and as {} x {}",
-                s.key,
-                e.0,
-                e.1,
-                s.dtype,
-                s.numel
-            );
+/// The dtype and size of each storage key, from every persistent id in `root` (legacy files
+/// store every storage the object references, e.g. an optimiser's beside the model's),
+/// checking that references to one storage agree.
+fn storage_types(root: &Value) -> Result<HashMap<String, (SourceDType, usize)>> {
+    fn walk(v: &Value, m: &mut HashMap<String, (SourceDType, usize)>) -> Result<()> {
+        match v {
+            Value::PersistentId(_) => {
+                let s = storage_ref(v)?;
+                let e = m.entry(s.key.clone()).or_insert((s.dtype, s.numel));
+                if *e != (s.dtype, s.numel) {
+                    bail!(
+                        "storage {} is referenced as {} x {} and as {} x {}",
+                        s.key,
+                        e.1,
+                        e.0,
+                        s.numel,
+                        s.dtype
+                    );
+                }
+            }
+            Value::List(x) | Value::Tuple(x) | Value::Set(x) => {
+                for i in x {
+                    walk(i, m)?;
+                }
+            }
+            Value::Dict(d) => {
+                for (k, i) in d {
+                    walk(k, m)?;
+                    walk(i, m)?;
+                }
+            }
+            Value::Reduce { callable, args } => {
+                walk(callable, m)?;
+                walk(args, m)?;
+            }
+            Value::NewObj { cls, args, kwargs } => {
+                walk(cls, m)?;
+                walk(args, m)?;
+                if let Some(k) = kwargs {
+                    walk(k, m)?;
+                }
+            }
+            Value::Build { obj, state } => {
+                walk(obj, m)?;
+                walk(state, m)?;
+            }
+            _ => {}
         }
+        Ok(())
     }
+    let mut m = HashMap::new();
+    walk(root, &mut m)?;
     Ok(m)
 }
 
@@ -318,9 +349,14 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<Tensor>> {
     let pkl = read_entry(&mut zip, &pkl_name, max_entry)?;
     let root = pickle::parse(&pkl).with_context(|| format!("parsing {pkl_name}"))?;
     let pending = state_dict(&root)?;
-    let types = storage_types(&pending)?;
+    let types = storage_types(&root)?;
+    let used: std::collections::HashSet<&str> =
+        pending.iter().map(|p| p.storage.key.as_str()).collect();
     let mut storages = HashMap::new();
     for (key, (dtype, numel)) in types {
+        if !used.contains(key.as_str()) {
+            continue;
+        }
         let name = format!("{prefix}data/{key}");
         let want = numel
             .checked_mul(dtype.size())
@@ -362,7 +398,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<Tensor>> {
     let root = next("object pickle")?;
     let keys_v = next("storage key list")?;
     let pending = state_dict(&root)?;
-    let types = storage_types(&pending)?;
+    let types = storage_types(&root)?;
     let keys = keys_v
         .as_seq()
         .ok_or_else(|| anyhow!("legacy torch file: storage key list is a {}", keys_v.kind()))?;
@@ -373,7 +409,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<Tensor>> {
             .ok_or_else(|| anyhow!("legacy torch file: storage key is a {}", k.kind()))?;
         let &(dtype, numel) = types
             .get(key)
-            .ok_or_else(|| anyhow!("legacy torch file: storage {key} is used by no tensor"))?;
+            .ok_or_else(|| anyhow!("legacy torch file: storage {key} is referenced nowhere"))?;
         let head = bytes.get(pos..pos + 8).ok_or_else(|| {
             anyhow!("legacy torch file: truncated at byte {pos}, in the size of storage {key}")
         })?;
@@ -462,6 +498,11 @@ mod tests {
     #[test]
     fn legacy_format_with_strides_offsets_and_dtypes() {
         check_fixture(&read_bytes(fx::LEGACY_PTH).unwrap());
+    }
+
+    #[test]
+    fn checkpoint_model_key_is_read_and_other_storages_skipped() {
+        check_fixture(&read_bytes(fx::LEGACY_CHECKPOINT_PTH).unwrap());
     }
 
     #[test]

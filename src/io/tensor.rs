@@ -9,15 +9,25 @@ use std::fmt;
 /// The element type a tensor had in the file it came from (before conversion).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SourceDType {
+    /// float64 (read as f32).
     F64,
+    /// float32.
     F32,
+    /// float16 (read as f32).
     F16,
+    /// bfloat16 (read as f32).
     BF16,
+    /// int64.
     I64,
+    /// int32 (read as i64).
     I32,
+    /// int16 (read as i64).
     I16,
+    /// int8 (read as i64).
     I8,
+    /// uint8 (read as i64).
     U8,
+    /// bool (read as i64 0 / 1).
     Bool,
 }
 
@@ -85,7 +95,9 @@ impl fmt::Display for SourceDType {
 /// The values of a tensor, contiguous and row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TensorData {
+    /// Floating values.
     F32(Vec<f32>),
+    /// Integer values.
     I64(Vec<i64>),
 }
 
@@ -115,8 +127,11 @@ impl TensorData {
 /// A named, contiguous tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
+    /// Name as in the file (e.g. `layer1.0.conv1.weight`).
     pub name: String,
+    /// Dimensions, outermost first; empty for a scalar.
     pub shape: Vec<usize>,
+    /// Contiguous row-major values.
     pub data: TensorData,
     /// The element type in the file it was read from.
     pub source: SourceDType,
