@@ -69,6 +69,7 @@ OUTPUT_DIR = "{out}"
 SEED = 7
 [DATA]
 ROOT = "{root}"
+CACHE_IMAGES = {cache}
 [INPUT]
 TRAIN_IMG_SIZE = [32, 32]
 NOAUG_IMG_SIZE = [32, 32]
@@ -102,6 +103,8 @@ K = 2
         pool = pool.display(),
         lo = if v2 { 0.4 } else { 0.75 },
         hi = if v2 { 1.0 } else { 1.33 },
+        // v1 keeps decoded images, v2 decodes every step.
+        cache = !v2,
     );
     let xbm = if v2 {
         r#"

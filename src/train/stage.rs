@@ -67,7 +67,8 @@ pub struct Dataset {
 
 impl Dataset {
     /// Lists `root` (every image, sorted) or the list file `list` (paths relative to `root`),
-    /// decodes everything once (to find corrupt files) and keeps the images when `cache`.
+    /// decodes everything once (to find corrupt files) and keeps the images when `cache`
+    /// (otherwise each step decodes its images again, as the original's data loader).
     pub fn open(root: &Path, list: Option<&Path>, cache: bool) -> Result<Dataset> {
         let paths = match list {
             None => list_images(root)?,
@@ -87,15 +88,29 @@ impl Dataset {
                 root.display()
             );
         }
-        let (ok, skipped) = decode_all(&paths);
         let mut bad = vec![true; paths.len()];
         let mut imgs: Vec<Option<RgbImage>> = vec![None; paths.len()];
-        for (i, img) in ok {
-            bad[i] = false;
-            if cache {
+        let skipped = if cache {
+            let (ok, skipped) = decode_all(&paths);
+            for (i, img) in ok {
+                bad[i] = false;
                 imgs[i] = Some(img);
             }
-        }
+            skipped
+        } else {
+            // One decode per image to find the corrupt ones, keeping nothing (GLDv2-sized
+            // lists do not fit in memory decoded).
+            let errs: Vec<Option<anyhow::Error>> =
+                paths.par_iter().map(|p| decode_rgb(p).err()).collect();
+            let mut skipped = Skipped::default();
+            for (i, e) in errs.into_iter().enumerate() {
+                match e {
+                    None => bad[i] = false,
+                    Some(e) => skipped.push(i, &paths[i], &e),
+                }
+            }
+            skipped
+        };
         Ok(Dataset {
             paths,
             cache: imgs,
