@@ -736,6 +736,8 @@ mod tests {
             "gldv2-base-stage2.toml",
             "gldv2-base-stage3.toml",
             "demo.toml",
+            "demo-impr.toml",
+            "demo-lite0.toml",
         ] {
             Config::load(&root.join(f)).unwrap();
         }
