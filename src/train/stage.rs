@@ -91,8 +91,12 @@ impl Dataset {
         let mut bad = vec![true; paths.len()];
         let mut imgs: Vec<Option<RgbImage>> = vec![None; paths.len()];
         let skipped = if cache {
-            let (ok, skipped) = decode_all(&paths);
+            let (ok, mut skipped) = decode_all(&paths);
             for (i, img) in ok {
+                if let Err(e) = non_empty(&img) {
+                    skipped.push(i, &paths[i], &e);
+                    continue;
+                }
                 bad[i] = false;
                 imgs[i] = Some(img);
             }
@@ -100,8 +104,10 @@ impl Dataset {
         } else {
             // One decode per image to find the corrupt ones, keeping nothing (GLDv2-sized
             // lists do not fit in memory decoded).
-            let errs: Vec<Option<anyhow::Error>> =
-                paths.par_iter().map(|p| decode_rgb(p).err()).collect();
+            let errs: Vec<Option<anyhow::Error>> = paths
+                .par_iter()
+                .map(|p| decode_rgb(p).and_then(|img| non_empty(&img)).err())
+                .collect();
             let mut skipped = Skipped::default();
             for (i, e) in errs.into_iter().enumerate() {
                 match e {
@@ -148,6 +154,14 @@ impl Dataset {
             None => Ok(std::borrow::Cow::Owned(decode_rgb(&self.paths[i])?)),
         }
     }
+}
+
+/// A 0-pixel image cannot be cropped; it is skipped like a corrupt one.
+fn non_empty(img: &RgbImage) -> Result<()> {
+    if img.width() == 0 || img.height() == 0 {
+        bail!("image has no pixels ({}x{})", img.width(), img.height());
+    }
+    Ok(())
 }
 
 /// Removes `bad` images from every pool row (see the module doc).
