@@ -14,3 +14,4 @@ pub mod memory;
 pub mod mining;
 pub mod nn;
 pub mod rng;
+pub mod train;

@@ -28,6 +28,8 @@ enum Command {
     Eval(cli::eval::Args),
     /// Convert a PyTorch .pth (zip or legacy format) to .safetensors, keeping tensor names.
     ImportWeights(cli::import_weights::Args),
+    /// One training stage (base or full InsCLR) from a TOML config; resumable.
+    Train(cli::train::Args),
 }
 
 fn main() {
@@ -38,6 +40,7 @@ fn main() {
         Command::Extract(a) => cli::extract::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::ImportWeights(a) => cli::import_weights::run(a),
+        Command::Train(a) => cli::train::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

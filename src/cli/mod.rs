@@ -5,3 +5,4 @@ pub mod extract;
 pub mod import_weights;
 pub mod info;
 pub mod pool;
+pub mod train;

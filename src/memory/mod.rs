@@ -96,6 +96,23 @@ impl IndexedBank {
     pub fn filled(&self) -> Vec<usize> {
         (0..self.len()).filter(|&i| self.counter[i] >= 1).collect()
     }
+
+    /// All rows (`len() x dim`, row-major) and the write counters, for checkpoints.
+    pub fn parts(&self) -> (&[f32], &[u32]) {
+        (&self.data, &self.counter)
+    }
+
+    /// A bank restored from [`IndexedBank::parts`] (a checkpoint), checked for consistent sizes.
+    pub fn from_parts(dim: usize, data: Vec<f32>, counter: Vec<u32>) -> Result<IndexedBank> {
+        if data.len() != counter.len() * dim {
+            bail!(
+                "memory bank: {} values for {} rows of {dim}; the checkpoint is corrupt",
+                data.len(),
+                counter.len()
+            );
+        }
+        Ok(IndexedBank { dim, data, counter })
+    }
 }
 
 /// XBM's FIFO memory: `size` slots of (feature, label) and a write pointer.

@@ -1,0 +1,745 @@
+//! The stage config: TOML with the original YAML's keys (`MODEL`, `INPUT`, `SOLVER`, `XBM`,
+//! `SELECTION`, `NEIGHBOR`, `LOSS`, ...) and its defaults (`benchmark/config/defaults.py`, spec
+//! section 5). Unknown keys are an error naming the key, so a typo never silently falls back
+//! to a default.
+//!
+//! Additions of this port (not in the original): top-level `SEED`; `DATA.CACHE_IMAGES`;
+//! `MODEL.BACKBONE.STAGES` / `BASE_WIDTH` (small ResNets for CPU runs); `MODEL.IMAGENET_WEIGHTS`
+//! (the file `PRETRAIN = "imagenet"` loads; the original reads `model_zoo/`);
+//! `PRETRAIN = "random"`; `MODEL.BN_GHOST_GROUPS` (spec G13); `XBM.SIZE = 0` meaning "the
+//! dataset's size"; `SOLVER.LOG_PERIOD`.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+/// A whole stage config.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Config {
+    /// Where checkpoints, the JSON-lines log and the final model go.
+    pub output_dir: String,
+    /// Accepted for compatibility; the backend is picked by `insclr-cu train --cpu` / detection.
+    pub device: String,
+    /// Seed of every random choice (sampler, augmentation, memory samples, initialisation).
+    pub seed: u64,
+    pub data: Data,
+    pub noaug: NoAug,
+    pub input: Input,
+    pub dataloader: DataLoader,
+    pub model: Model,
+    pub loss: Loss,
+    pub solver: Solver,
+    pub test: Test,
+    pub xbm: Xbm,
+    pub neighbor: Neighbor,
+    pub attention: Attention,
+    pub selection: Selection,
+}
+
+/// `DATA`: where the training images are.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Data {
+    /// Free-form name (the original needs `gldv2`; here it is only logged).
+    pub dataset: String,
+    /// Image folder, or the prefix for relative paths in `TRAIN_FILENAME`.
+    pub root: String,
+    /// A list file (one path per line, relative to `ROOT`); empty: every image under `ROOT`,
+    /// sorted by path (the order `insclr-cu extract --images ROOT` uses).
+    pub train_filename: String,
+    /// Unused by training (kept for the original's key).
+    pub test_filename: String,
+    /// Keep decoded images in memory (small sets); otherwise decode every step.
+    pub cache_images: bool,
+}
+
+/// `NOAUG`: the no-augmentation view used for selection and mining (impr).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct NoAug {
+    pub enable: bool,
+    pub scales: Vec<f64>,
+}
+
+/// `INPUT`: augmentation and image sizes, `(height, width)`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Input {
+    pub scale_lower: f64,
+    pub scale_upper: f64,
+    pub pixel_mean: [f32; 3],
+    pub pixel_std: [f32; 3],
+    pub train_img_size: [usize; 2],
+    /// Candidate-pool extraction size (used by `extract`, not by `train`).
+    pub test_img_size: [usize; 2],
+    pub noaug_img_size: [usize; 2],
+}
+
+/// `DATALOADER`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct DataLoader {
+    /// Accepted for the original's key; decoding and augmentation run on rayon's global pool
+    /// (set `RAYON_NUM_THREADS` to limit it).
+    pub num_workers: usize,
+    pub sampler: String,
+}
+
+/// `MODEL`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Model {
+    /// `imagenet` (backbone from `IMAGENET_WEIGHTS`), `random`, or a previous stage's weights
+    /// file (`.safetensors` or `.pth`), loaded non-strictly into the whole model.
+    pub pretrain: String,
+    /// The ImageNet `.pth` / `.safetensors` that `PRETRAIN = "imagenet"` loads.
+    pub imagenet_weights: String,
+    pub backbone: Backbone,
+    pub pool: Pool,
+    pub head: Head,
+    /// BatchNorm statistics over this many contiguous chunks of the batch (G13: 4 reproduces
+    /// the original's 4-GPU DataParallel); 1 is plain BatchNorm.
+    pub bn_ghost_groups: usize,
+}
+
+/// `MODEL.BACKBONE`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Backbone {
+    /// `resnet50`, `resnet101`, `efficientnet-lite0`, or `resnet-custom`.
+    pub name: String,
+    /// Bottlenecks per stage of `resnet-custom`.
+    pub stages: [usize; 4],
+    /// Stem width of `resnet-custom` (torchvision's is 64).
+    pub base_width: usize,
+}
+
+/// `MODEL.POOL`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Pool {
+    pub name: String,
+    pub output_size: usize,
+    pub gmp: Gmp,
+}
+
+/// `MODEL.POOL.GMP`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Gmp {
+    pub p: f32,
+}
+
+/// `MODEL.HEAD`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Head {
+    pub enable: bool,
+    pub name: String,
+    /// Checked against the backbone's channels when given.
+    pub in_dim: Option<usize>,
+    pub out_dim: usize,
+}
+
+/// `LOSS`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Loss {
+    pub name: String,
+    pub contrastive_loss: ContrastiveLoss,
+}
+
+/// `LOSS.CONTRASTIVE_LOSS`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct ContrastiveLoss {
+    pub margin: f32,
+    pub pos_margin: f32,
+}
+
+/// `SOLVER`: optimiser, schedule, steps, checkpoints.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Solver {
+    /// `adam` or `sgd`.
+    pub name: String,
+    pub base_lr: f64,
+    pub bias_lr_factor: f64,
+    pub weight_decay: f64,
+    pub weight_decay_bias: f64,
+    pub loss_base_lr: f64,
+    pub loss_bias_lr_factor: f64,
+    pub loss_weight_decay: f64,
+    pub loss_weight_decay_bias: f64,
+    pub momentum: f64,
+    pub grad_max_norm: f64,
+    pub scheduler_name: String,
+    pub steps: Vec<usize>,
+    pub max_step: usize,
+    pub gamma: f64,
+    pub warmup_factor: f64,
+    pub warmup_step: usize,
+    pub warmup_method: String,
+    /// Anchors per step (each brings `NEIGHBOR.K` neighbours).
+    pub ims_per_batch: usize,
+    pub checkpoint_period: usize,
+    /// Steps between progress-log lines on stderr (the JSON log gets every step).
+    pub log_period: usize,
+}
+
+/// `TEST`: periodic evaluation (not run by `train`; evaluate checkpoints with `insclr-cu eval`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Test {
+    pub test_period: usize,
+    pub ims_per_batch: usize,
+    pub scales: Vec<f64>,
+}
+
+/// `XBM`: memory banks and what is read from them.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Xbm {
+    /// `v1` (base stages) or `v2` (impr).
+    pub version: String,
+    pub enable: bool,
+    pub potential_positive: usize,
+    /// Dataset size (0: take it from the image list).
+    pub size: usize,
+    pub feature_dim: usize,
+    pub start_step: usize,
+    pub get_step: usize,
+    pub get_size: usize,
+    /// Never read by the original either (G24).
+    pub memory_loss_only: bool,
+    pub memory_loss_weight: f32,
+    pub use_negative: bool,
+    pub positive_thresh: f32,
+    pub negative_thresh: f32,
+    pub candidate_mode: String,
+}
+
+/// `NEIGHBOR`: the candidate pool.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Neighbor {
+    /// The pool `.npz` of `insclr-cu pool`.
+    pub src: String,
+    /// Never read by the original either (G24).
+    pub feature: String,
+    pub k: usize,
+}
+
+/// `ATTENTION`: disabled in every shipped config; only `ENABLE = false` is supported.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Attention {
+    pub enable: bool,
+    pub name: String,
+    pub reduce_dim: usize,
+    pub reduce_relu: bool,
+    pub func: String,
+}
+
+/// `SELECTION`: mini-batch selection (impr).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct Selection {
+    pub enable: bool,
+    pub use_noaug_similarity: bool,
+    pub thresh: f32,
+    pub always_true: usize,
+    /// `fixed` or `dynamic`.
+    #[serde(rename = "TYPE")]
+    pub kind: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            output_dir: String::new(),
+            device: "cuda".into(),
+            seed: 42,
+            data: Data::default(),
+            noaug: NoAug::default(),
+            input: Input::default(),
+            dataloader: DataLoader::default(),
+            model: Model::default(),
+            loss: Loss::default(),
+            solver: Solver::default(),
+            test: Test::default(),
+            xbm: Xbm::default(),
+            neighbor: Neighbor::default(),
+            attention: Attention::default(),
+            selection: Selection::default(),
+        }
+    }
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Data {
+            dataset: String::new(),
+            root: String::new(),
+            train_filename: String::new(),
+            test_filename: String::new(),
+            cache_images: true,
+        }
+    }
+}
+
+impl Default for NoAug {
+    fn default() -> Self {
+        NoAug {
+            enable: false,
+            scales: vec![1.0],
+        }
+    }
+}
+
+impl Default for Input {
+    fn default() -> Self {
+        Input {
+            scale_lower: 0.75,
+            scale_upper: 1.33,
+            pixel_mean: [0.485, 0.456, 0.406],
+            pixel_std: [0.229, 0.224, 0.225],
+            train_img_size: [512, 512],
+            test_img_size: [512, 512],
+            noaug_img_size: [512, 512],
+        }
+    }
+}
+
+impl Default for DataLoader {
+    fn default() -> Self {
+        DataLoader {
+            num_workers: 8,
+            sampler: "random".into(),
+        }
+    }
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            pretrain: "imagenet".into(),
+            imagenet_weights: String::new(),
+            backbone: Backbone::default(),
+            pool: Pool::default(),
+            head: Head::default(),
+            bn_ghost_groups: 1,
+        }
+    }
+}
+
+impl Default for Backbone {
+    fn default() -> Self {
+        Backbone {
+            name: "resnet101".into(),
+            stages: [1, 1, 1, 1],
+            base_width: 64,
+        }
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            name: "gem".into(),
+            output_size: 1,
+            gmp: Gmp { p: 3.0 },
+        }
+    }
+}
+
+impl Default for Gmp {
+    fn default() -> Self {
+        Gmp { p: 3.0 }
+    }
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Head {
+            enable: true,
+            name: "norm_linear_norm".into(),
+            in_dim: None,
+            out_dim: 2048,
+        }
+    }
+}
+
+impl Default for Loss {
+    fn default() -> Self {
+        Loss {
+            name: "contrastive_loss".into(),
+            contrastive_loss: ContrastiveLoss::default(),
+        }
+    }
+}
+
+impl Default for ContrastiveLoss {
+    fn default() -> Self {
+        ContrastiveLoss {
+            margin: 0.5,
+            pos_margin: 0.0,
+        }
+    }
+}
+
+impl Default for Solver {
+    fn default() -> Self {
+        Solver {
+            name: "sgd".into(),
+            base_lr: 1e-3,
+            bias_lr_factor: 1.0,
+            weight_decay: 1e-6,
+            weight_decay_bias: 0.0,
+            loss_base_lr: 1e-3,
+            loss_bias_lr_factor: 1.0,
+            loss_weight_decay: 1e-6,
+            loss_weight_decay_bias: 0.0,
+            momentum: 0.9,
+            grad_max_norm: 9_999_999.0,
+            scheduler_name: "WarmupMultiStepLR".into(),
+            steps: vec![50_000, 75_000],
+            max_step: 80_000,
+            gamma: 0.1,
+            warmup_factor: 1.0 / 3.0,
+            warmup_step: 0,
+            warmup_method: "linear".into(),
+            ims_per_batch: 36,
+            checkpoint_period: 4000,
+            log_period: 20,
+        }
+    }
+}
+
+impl Default for Test {
+    fn default() -> Self {
+        Test {
+            test_period: 4000,
+            ims_per_batch: 128,
+            scales: vec![1.0, std::f64::consts::FRAC_1_SQRT_2, 0.5],
+        }
+    }
+}
+
+impl Default for Xbm {
+    fn default() -> Self {
+        Xbm {
+            version: "v1".into(),
+            enable: false,
+            potential_positive: 50,
+            size: 1_223_195,
+            feature_dim: 2048,
+            start_step: 2000,
+            get_step: 4000,
+            get_size: 100_000,
+            memory_loss_only: false,
+            memory_loss_weight: 1.0,
+            use_negative: true,
+            positive_thresh: 0.65,
+            negative_thresh: 0.55,
+            candidate_mode: String::new(),
+        }
+    }
+}
+
+impl Default for Neighbor {
+    fn default() -> Self {
+        Neighbor {
+            src: String::new(),
+            feature: String::new(),
+            k: 1,
+        }
+    }
+}
+
+impl Default for Attention {
+    fn default() -> Self {
+        Attention {
+            enable: false,
+            name: "spaital_attention".into(),
+            reduce_dim: 128,
+            reduce_relu: false,
+            func: "sigmoid".into(),
+        }
+    }
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection {
+            enable: false,
+            use_noaug_similarity: true,
+            thresh: 0.65,
+            always_true: 0,
+            kind: "fixed".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `name` is the file named in errors.
+    pub fn parse(text: &str, name: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{name}: {}; keys are the original YAML's (see configs/*.toml)",
+                e.to_string().trim_end()
+            )
+        })?;
+        cfg.validate().with_context(|| format!("checking {name}"))?;
+        Ok(cfg)
+    }
+
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Checks values that the types cannot: names, ranges and combinations this port runs.
+    pub fn validate(&self) -> Result<()> {
+        let s = &self.solver;
+        if !matches!(s.name.as_str(), "adam" | "sgd") {
+            bail!("SOLVER.NAME = {:?}: use \"adam\" or \"sgd\"", s.name);
+        }
+        if s.scheduler_name != "WarmupMultiStepLR" {
+            bail!(
+                "SOLVER.SCHEDULER_NAME = {:?}: only \"WarmupMultiStepLR\" exists",
+                s.scheduler_name
+            );
+        }
+        if !matches!(s.warmup_method.as_str(), "linear" | "constant") {
+            bail!(
+                "SOLVER.WARMUP_METHOD = {:?}: use \"linear\" or \"constant\"",
+                s.warmup_method
+            );
+        }
+        if s.steps.windows(2).any(|w| w[0] > w[1]) {
+            bail!(
+                "SOLVER.STEPS = {:?} must be increasing (as the original requires)",
+                s.steps
+            );
+        }
+        if s.ims_per_batch == 0 || s.max_step == 0 || s.checkpoint_period == 0 {
+            bail!(
+                "SOLVER.IMS_PER_BATCH ({}), MAX_STEP ({}) and CHECKPOINT_PERIOD ({}) must be positive",
+                s.ims_per_batch,
+                s.max_step,
+                s.checkpoint_period
+            );
+        }
+        if !(s.base_lr > 0.0 && s.grad_max_norm > 0.0) {
+            bail!(
+                "SOLVER.BASE_LR ({}) and GRAD_MAX_NORM ({}) must be positive",
+                s.base_lr,
+                s.grad_max_norm
+            );
+        }
+        let i = &self.input;
+        if !(0.0 < i.scale_lower && i.scale_lower <= i.scale_upper) {
+            bail!(
+                "INPUT.SCALE_LOWER / SCALE_UPPER = {} / {}: need 0 < lower <= upper",
+                i.scale_lower,
+                i.scale_upper
+            );
+        }
+        if i.train_img_size.contains(&0) || i.noaug_img_size.contains(&0) {
+            bail!("INPUT.TRAIN_IMG_SIZE / NOAUG_IMG_SIZE must be positive [height, width]");
+        }
+        if i.pixel_std.iter().any(|&v| v <= 0.0) {
+            bail!("INPUT.PIXEL_STD = {:?} must be positive", i.pixel_std);
+        }
+        if self.attention.enable {
+            bail!("ATTENTION.ENABLE = true: the attention branch is not implemented (every shipped config disables it)");
+        }
+        if !self.model.head.enable {
+            bail!("MODEL.HEAD.ENABLE = false is not supported: InsCLR trains through the head");
+        }
+        if self.model.pool.name != "gem" || self.model.pool.gmp.p != 3.0 {
+            bail!(
+                "MODEL.POOL = {} with p {}: only GeM with fixed p = 3 is implemented (spec G15)",
+                self.model.pool.name,
+                self.model.pool.gmp.p
+            );
+        }
+        if self.loss.name != "contrastive_loss" || self.loss.contrastive_loss.pos_margin != 0.0 {
+            bail!("LOSS: only contrastive_loss with POS_MARGIN = 0 exists in the original");
+        }
+        if self.neighbor.src.is_empty() {
+            bail!("NEIGHBOR.SRC is empty: give the candidate pool .npz made by `insclr-cu pool`");
+        }
+        if self.neighbor.k == 0 {
+            bail!("NEIGHBOR.K must be at least 1");
+        }
+        if self.model.bn_ghost_groups == 0 {
+            bail!("MODEL.BN_GHOST_GROUPS must be at least 1");
+        }
+        let x = &self.xbm;
+        if x.enable {
+            match x.version.as_str() {
+                "v1" => {}
+                "v2" => {
+                    if !self.noaug.enable {
+                        bail!("XBM.VERSION = \"v2\" needs NOAUG.ENABLE = true (the no-DA bank)");
+                    }
+                    crate::mining::Mode::parse(&x.candidate_mode)
+                        .with_context(|| format!("XBM.CANDIDATE_MODE = {:?}", x.candidate_mode))?;
+                }
+                v => bail!("XBM.VERSION = {v:?}: use \"v1\" or \"v2\""),
+            }
+            if x.feature_dim != self.model.head.out_dim {
+                bail!(
+                    "XBM.FEATURE_DIM = {} but MODEL.HEAD.OUT_DIM = {}; they must match",
+                    x.feature_dim,
+                    self.model.head.out_dim
+                );
+            }
+        }
+        let sel = &self.selection;
+        if sel.enable {
+            if !matches!(sel.kind.as_str(), "fixed" | "dynamic") {
+                bail!(
+                    "SELECTION.TYPE = {:?}: use \"fixed\" or \"dynamic\"",
+                    sel.kind
+                );
+            }
+            if sel.use_noaug_similarity && !self.noaug.enable {
+                bail!("SELECTION.USE_NOAUG_SIMILARITY needs NOAUG.ENABLE = true");
+            }
+        }
+        if self.noaug.scales.is_empty() || self.noaug.scales.iter().any(|&s| s <= 0.0) {
+            bail!(
+                "NOAUG.SCALES = {:?} must be positive factors",
+                self.noaug.scales
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[NEIGHBOR]\nSRC = \"pool.npz\"\n";
+
+    #[test]
+    fn defaults_are_the_originals() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.solver.name, "sgd");
+        assert_eq!(c.solver.base_lr, 1e-3);
+        assert_eq!(c.solver.weight_decay, 1e-6);
+        assert_eq!(c.solver.steps, vec![50_000, 75_000]);
+        assert_eq!(c.solver.max_step, 80_000);
+        assert_eq!(c.solver.ims_per_batch, 36);
+        assert_eq!(c.solver.grad_max_norm, 9_999_999.0);
+        assert_eq!(c.loss.contrastive_loss.margin, 0.5);
+        assert_eq!((c.xbm.positive_thresh, c.xbm.negative_thresh), (0.65, 0.55));
+        assert_eq!(c.xbm.size, 1_223_195);
+        assert_eq!((c.xbm.start_step, c.xbm.get_step), (2000, 4000));
+        assert_eq!(c.selection.thresh, 0.65);
+        assert_eq!(c.neighbor.k, 1);
+        assert_eq!(c.input.noaug_img_size, [512, 512]);
+        assert_eq!((c.input.scale_lower, c.input.scale_upper), (0.75, 1.33));
+        assert_eq!(c.test.scales.len(), 3);
+        assert_eq!(c.seed, 42);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let text = format!("{MINIMAL}[SOLVER]\nBASE_LRR = 1e-4\n");
+        let e = format!("{:#}", Config::parse(&text, "cfg.toml").unwrap_err());
+        assert!(e.contains("BASE_LRR") && e.contains("cfg.toml"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::parse(&format!("{MINIMAL}[XBMM]\nENABLE = true\n"), "c").unwrap_err()
+        );
+        assert!(e.contains("XBMM"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_key() {
+        let e = format!(
+            "{:#}",
+            Config::parse(&format!("{MINIMAL}[SOLVER]\nNAME = \"lamb\"\n"), "c").unwrap_err()
+        );
+        assert!(e.contains("SOLVER.NAME"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::parse(
+                &format!("{MINIMAL}[XBM]\nENABLE = true\nVERSION = \"v2\"\nFEATURE_DIM = 2048\n"),
+                "c"
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("NOAUG.ENABLE"), "{e}");
+        let e = format!("{:#}", Config::parse("", "c").unwrap_err());
+        assert!(e.contains("NEIGHBOR.SRC"), "{e}");
+    }
+
+    /// The shipped configs mirror spec section 5.
+    #[test]
+    fn shipped_configs_parse_with_the_specs_values() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let s1 = Config::load(&root.join("gldv2-base-stage1.toml")).unwrap();
+        assert_eq!(s1.solver.name, "adam");
+        assert_eq!((s1.solver.base_lr, s1.solver.weight_decay), (1e-4, 1e-4));
+        assert_eq!(
+            (s1.solver.steps.clone(), s1.solver.max_step),
+            (vec![40_000], 60_000)
+        );
+        assert_eq!(s1.solver.ims_per_batch, 64);
+        assert_eq!(s1.input.train_img_size, [224, 224]);
+        assert_eq!((s1.input.scale_lower, s1.input.scale_upper), (0.75, 1.33));
+        assert_eq!(
+            (s1.xbm.version.as_str(), s1.xbm.start_step, s1.xbm.get_step),
+            ("v1", 2000, 4000)
+        );
+        assert_eq!(s1.neighbor.k, 3);
+        assert_eq!(s1.loss.contrastive_loss.margin, 0.4);
+        let im = Config::load(&root.join("gldv2-impr.toml")).unwrap();
+        assert_eq!(
+            (im.solver.base_lr, im.solver.steps.clone()),
+            (3e-5, vec![20_000])
+        );
+        assert_eq!((im.solver.ims_per_batch, im.solver.max_step), (16, 40_000));
+        assert_eq!(im.input.train_img_size, [448, 448]);
+        assert_eq!((im.input.scale_lower, im.input.scale_upper), (0.4, 1.0));
+        assert_eq!(im.xbm.candidate_mode, "b+i_tr4_avg0.60_k05");
+        assert_eq!(
+            (im.xbm.positive_thresh, im.xbm.negative_thresh),
+            (0.75, 0.5)
+        );
+        assert_eq!(
+            (im.xbm.start_step, im.xbm.get_step, im.xbm.get_size),
+            (0, 0, 100_000)
+        );
+        assert!(im.noaug.enable && im.selection.enable);
+        assert_eq!(
+            (im.selection.thresh, im.selection.kind.as_str()),
+            (0.6, "fixed")
+        );
+        let ib = Config::load(&root.join("instre-base.toml")).unwrap();
+        assert_eq!(ib.solver.grad_max_norm, 10.0);
+        assert_eq!(ib.model.head.name, "linear_norm");
+        assert_eq!(ib.model.head.out_dim, 256);
+        let ii = Config::load(&root.join("instre-impr.toml")).unwrap();
+        assert_eq!(ii.input.train_img_size, [224, 226]);
+        assert!(!ii.xbm.use_negative);
+        for f in [
+            "gldv2-base-stage2.toml",
+            "gldv2-base-stage3.toml",
+            "demo.toml",
+            "demo-impr.toml",
+            "demo-lite0.toml",
+        ] {
+            Config::load(&root.join(f)).unwrap();
+        }
+    }
+}

@@ -1,0 +1,810 @@
+//! One training stage (spec 4.4 base / XBM v1, 4.5 impr / XBM v2), in the original's order
+//! inside a step (G11, G12):
+//!
+//! ```text
+//! sampler -> tuples (anchor + K neighbours) -> [no-DA views, eval-mode forward -> G]
+//!   -> DA views (RandomResizedCrop + flip), train-mode forward -> F
+//!   -> [mini-batch selection on G] -> batch loss -> bank write (F, G)
+//!   -> v1 memory sample | v2 mining -> memory loss -> backward -> clip -> Adam / SGD step
+//! ```
+//!
+//! Randomness: each step's augmentations and memory sample draw from streams derived from
+//! `(SEED, step, image slot)`, so a run is reproducible on any number of threads and a resumed
+//! run continues exactly where the interrupted one was (the sampler is replayed from `SEED`).
+//!
+//! Images that do not decode are skipped, counted and listed: they are never anchors, and they
+//! are removed from every candidate-pool row (the row is shifted left and padded with the
+//! image itself at similarity -1, below every threshold) so they never enter a tuple or mining.
+
+use super::augment::{resize_exact, to_tensor, train_view};
+use super::checkpoint;
+use super::config::Config;
+use super::optim::{clip_grad_norm, Optimizer, Schedule};
+use crate::backend::Backend;
+use crate::data::image::{decode_all, decode_rgb, list_images, resize_bilinear, Chw, Skipped};
+use crate::loss::{contrastive_batch, contrastive_memory, LossOut, Memory};
+use crate::memory::IndexedBank;
+use crate::mining::{
+    sample_v1, select_in_batch, AnchorSampler, Batch, CandidatePool, MineConfig, Miner, Mode,
+    SelectionRule,
+};
+use crate::nn::head::HeadKind;
+use crate::nn::resnet::ResNet;
+use crate::nn::weights::{load_into, read_any, LoadOptions};
+use crate::nn::{zero_grads, Arch, DescriptorNet, RetrievalNet};
+use crate::rng::Rng;
+use anyhow::{bail, Context, Result};
+use image::RgbImage;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Stream ids of [`stream`].
+const AUG: u64 = 1;
+const MEM: u64 = 2;
+const INIT_AUG: u64 = 3;
+
+/// An independent generator for `(seed, step, purpose, slot)`.
+pub fn stream(seed: u64, step: usize, purpose: u64, slot: usize) -> Rng {
+    let mut r = Rng::new(seed);
+    let a = r.next_u64() ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let b = a
+        ^ purpose.wrapping_mul(0xd1b5_4a32_d192_ed03)
+        ^ (slot as u64).wrapping_mul(0x8cb9_2ba7_2f3d_8dd7);
+    Rng::new(b)
+}
+
+/// The training images: paths (dataset index = position), decoded copies when cached, and
+/// which ones could not be decoded.
+pub struct Dataset {
+    pub paths: Vec<PathBuf>,
+    cache: Vec<Option<RgbImage>>,
+    /// `bad[i]`: image `i` did not decode and is never used.
+    pub bad: Vec<bool>,
+    pub skipped: Skipped,
+}
+
+impl Dataset {
+    /// Lists `root` (every image, sorted) or the list file `list` (paths relative to `root`),
+    /// decodes everything once (to find corrupt files) and keeps the images when `cache`
+    /// (otherwise each step decodes its images again, as the original's data loader).
+    pub fn open(root: &Path, list: Option<&Path>, cache: bool) -> Result<Dataset> {
+        let paths = match list {
+            None => list_images(root)?,
+            Some(l) => {
+                let text = std::fs::read_to_string(l)
+                    .with_context(|| format!("reading image list {}", l.display()))?;
+                text.lines()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty() && !s.starts_with('#'))
+                    .map(|s| root.join(s))
+                    .collect()
+            }
+        };
+        if paths.is_empty() {
+            bail!(
+                "no training images under {} (DATA.ROOT / DATA.TRAIN_FILENAME)",
+                root.display()
+            );
+        }
+        let mut bad = vec![true; paths.len()];
+        let mut imgs: Vec<Option<RgbImage>> = vec![None; paths.len()];
+        let skipped = if cache {
+            let (ok, mut skipped) = decode_all(&paths);
+            for (i, img) in ok {
+                if let Err(e) = non_empty(&img) {
+                    skipped.push(i, &paths[i], &e);
+                    continue;
+                }
+                bad[i] = false;
+                imgs[i] = Some(img);
+            }
+            skipped
+        } else {
+            // One decode per image to find the corrupt ones, keeping nothing (GLDv2-sized
+            // lists do not fit in memory decoded).
+            let errs: Vec<Option<anyhow::Error>> = paths
+                .par_iter()
+                .map(|p| decode_rgb(p).and_then(|img| non_empty(&img)).err())
+                .collect();
+            let mut skipped = Skipped::default();
+            for (i, e) in errs.into_iter().enumerate() {
+                match e {
+                    None => bad[i] = false,
+                    Some(e) => skipped.push(i, &paths[i], &e),
+                }
+            }
+            skipped
+        };
+        Ok(Dataset {
+            paths,
+            cache: imgs,
+            bad,
+            skipped,
+        })
+    }
+
+    /// A dataset of in-memory images (tests, generated data).
+    pub fn from_images(images: Vec<RgbImage>) -> Dataset {
+        let n = images.len();
+        Dataset {
+            paths: (0..n)
+                .map(|i| PathBuf::from(format!("<image {i}>")))
+                .collect(),
+            cache: images.into_iter().map(Some).collect(),
+            bad: vec![false; n],
+            skipped: Skipped::default(),
+        }
+    }
+
+    /// Number of images (dataset size N, bad ones included).
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// True when there is no image.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    fn image(&self, i: usize) -> Result<std::borrow::Cow<'_, RgbImage>> {
+        match &self.cache[i] {
+            Some(img) => Ok(std::borrow::Cow::Borrowed(img)),
+            None => Ok(std::borrow::Cow::Owned(decode_rgb(&self.paths[i])?)),
+        }
+    }
+}
+
+/// A 0-pixel image cannot be cropped; it is skipped like a corrupt one.
+fn non_empty(img: &RgbImage) -> Result<()> {
+    if img.width() == 0 || img.height() == 0 {
+        bail!("image has no pixels ({}x{})", img.width(), img.height());
+    }
+    Ok(())
+}
+
+/// Removes `bad` images from every pool row (see the module doc).
+pub fn filter_pool(pool: &CandidatePool, bad: &[bool]) -> CandidatePool {
+    if !bad.iter().any(|&b| b) {
+        return pool.clone();
+    }
+    let mut out = pool.clone();
+    for i in 0..pool.n {
+        let row: Vec<(u32, f32)> = pool
+            .neighbors(i)
+            .iter()
+            .zip(pool.similarities(i))
+            .filter(|(&j, _)| !bad[j as usize])
+            .map(|(&j, &s)| (j, s))
+            .collect();
+        for c in 0..pool.k {
+            let (j, s) = row.get(c).copied().unwrap_or((i as u32, -1.0));
+            out.neighbor[i * pool.k + c] = j;
+            out.similarity[i * pool.k + c] = s;
+        }
+    }
+    out
+}
+
+/// Builds the configured network and loads `MODEL.PRETRAIN`; returns it with a one-line note
+/// of what was loaded.
+pub fn build_model(cfg: &Config, be: &dyn Backend) -> Result<(RetrievalNet, String)> {
+    let m = &cfg.model;
+    let mut rng = Rng::new(cfg.seed);
+    let backbone: Box<dyn crate::nn::Backbone> = if m.backbone.name == "resnet-custom" {
+        Box::new(ResNet::custom(
+            be,
+            &mut rng,
+            m.backbone.stages,
+            m.backbone.base_width,
+            false,
+        )?)
+    } else {
+        Arch::parse(&m.backbone.name)
+            .context("MODEL.BACKBONE.NAME")?
+            .build(be, &mut rng, false)?
+    };
+    if let Some(c) = m.head.in_dim {
+        if c != backbone.out_channels() {
+            bail!(
+                "MODEL.HEAD.IN_DIM = {c} but {} outputs {} channels",
+                m.backbone.name,
+                backbone.out_channels()
+            );
+        }
+    }
+    let kind = HeadKind::parse(&m.head.name).context("MODEL.HEAD.NAME")?;
+    let mut net = RetrievalNet::new(be, &mut rng, backbone, kind, m.head.out_dim)?;
+    net.set_bn_ghost_groups(m.bn_ghost_groups);
+    let note = match m.pretrain.as_str() {
+        "random" => "random initialisation (seeded)".to_string(),
+        "imagenet" => {
+            if m.imagenet_weights.is_empty() {
+                bail!("MODEL.PRETRAIN = \"imagenet\" needs MODEL.IMAGENET_WEIGHTS = the backbone's ImageNet .pth / .safetensors (or PRETRAIN = \"random\")");
+            }
+            let p = Path::new(&m.imagenet_weights);
+            let t =
+                read_any(p).with_context(|| format!("MODEL.IMAGENET_WEIGHTS {}", p.display()))?;
+            let r = load_into(&mut net, be, &t, &LoadOptions::backbone())
+                .with_context(|| format!("loading {}", p.display()))?;
+            format!(
+                "ImageNet backbone from {}: {} tensors ({} left random)",
+                p.display(),
+                r.loaded.len(),
+                r.missing.len()
+            )
+        }
+        path => {
+            let p = Path::new(path);
+            let t = read_any(p).with_context(|| format!("MODEL.PRETRAIN {}", p.display()))?;
+            let opts = LoadOptions {
+                strict: false,
+                skip_prefixes: vec!["optimizer.".into()],
+            };
+            let r = load_into(&mut net, be, &t, &opts)
+                .with_context(|| format!("loading {}", p.display()))?;
+            if !r.missing.is_empty() {
+                eprintln!("note: {}: {r}", p.display());
+            }
+            format!("previous stage {}: {} tensors", p.display(), r.loaded.len())
+        }
+    };
+    Ok((net, note))
+}
+
+/// One line of the JSON-lines log.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct StepLog {
+    pub step: usize,
+    pub lr: f64,
+    pub loss: f32,
+    pub batch_loss: f32,
+    pub memory_loss: f32,
+    /// Active positive / negative pairs per row (the original's `avg_pos`, `avg_neg`).
+    pub batch_pos: f32,
+    pub batch_neg: f32,
+    pub memory_pos: f32,
+    pub memory_neg: f32,
+    /// Neighbours rejected by mini-batch selection.
+    pub rejected: usize,
+    /// Memory rows read, and (v2) how many are init / selected positives, hard / random negatives.
+    pub memory_size: usize,
+    pub init_pos: usize,
+    pub selected_pos: usize,
+    pub hard_neg: usize,
+    pub random_neg: usize,
+    pub grad_norm: f64,
+    pub seconds: f64,
+}
+
+/// A stage in progress: model, optimiser, data, pool, banks, sampler, step.
+pub struct Stage<'b> {
+    pub cfg: Config,
+    be: &'b dyn Backend,
+    pub net: RetrievalNet,
+    pub opt: Optimizer,
+    sched: Schedule,
+    data: Dataset,
+    pool: CandidatePool,
+    miner: Option<Miner>,
+    pub da: IndexedBank,
+    pub noda: Option<IndexedBank>,
+    sampler: AnchorSampler,
+    good: Vec<usize>,
+    /// Steps completed.
+    pub step: usize,
+    n: usize,
+    d: usize,
+}
+
+impl<'b> Stage<'b> {
+    /// A fresh stage at step 0 (no bank initialisation yet; see [`Stage::init_banks`]).
+    pub fn new(
+        cfg: Config,
+        be: &'b dyn Backend,
+        net: RetrievalNet,
+        data: Dataset,
+        pool: &CandidatePool,
+    ) -> Result<Stage<'b>> {
+        let n = data.len();
+        if cfg.xbm.size != 0 && cfg.xbm.size != n {
+            bail!(
+                "XBM.SIZE = {} but the dataset has {n} images; set XBM.SIZE = {n} (or 0 for the dataset's size)",
+                cfg.xbm.size
+            );
+        }
+        if pool.n != n {
+            bail!("candidate pool has {} rows but the dataset has {n} images; recompute it on this image list", pool.n);
+        }
+        let pool = filter_pool(pool, &data.bad);
+        let d = net.out_dim();
+        let good: Vec<usize> = (0..n).filter(|&i| !data.bad[i]).collect();
+        let sampler = AnchorSampler::new(good.len(), cfg.solver.ims_per_batch, cfg.seed)
+            .context("SOLVER.IMS_PER_BATCH")?;
+        let v2 = cfg.xbm.enable && cfg.xbm.version == "v2";
+        let miner = if v2 {
+            Some(Miner::new(
+                pool.clone(),
+                cfg.xbm.positive_thresh,
+                cfg.xbm.negative_thresh,
+                MineConfig {
+                    mode: Mode::parse(&cfg.xbm.candidate_mode)?,
+                    get_size: cfg.xbm.get_size,
+                    use_negative: cfg.xbm.use_negative,
+                },
+            ))
+        } else {
+            None
+        };
+        let opt = Optimizer::new(&cfg.solver, &net)?;
+        let sched = Schedule::from_config(&cfg.solver);
+        let bank_rows = if cfg.xbm.enable { n } else { 0 };
+        Ok(Stage {
+            be,
+            opt,
+            sched,
+            pool,
+            miner,
+            da: IndexedBank::new(bank_rows, d),
+            noda: v2.then(|| IndexedBank::new(n, d)),
+            sampler,
+            good,
+            step: 0,
+            n,
+            d,
+            net,
+            data,
+            cfg,
+        })
+    }
+
+    fn checkpoint_dir(&self) -> PathBuf {
+        Path::new(&self.cfg.output_dir).join("checkpoints")
+    }
+
+    /// Normalised no-DA tensors of `idx` at `NOAUG_IMG_SIZE`, described at every `NOAUG.SCALES`
+    /// in eval mode, averaged and L2-normalised (the original's `extract_batch_feature`).
+    fn noaug_features(&mut self, idx: &[usize]) -> Result<Vec<f32>> {
+        let [h, w] = self.cfg.input.noaug_img_size;
+        let (mean, std) = (self.cfg.input.pixel_mean, self.cfg.input.pixel_std);
+        let data = &self.data;
+        let base: Vec<Chw> = idx
+            .par_iter()
+            .map(|&i| -> Result<Chw> {
+                let img = resize_exact(&*data.image(i)?, h, w);
+                let mut t = vec![0.0; 3 * h * w];
+                to_tensor(&img, mean, std, &mut t);
+                Ok(Chw {
+                    c: 3,
+                    h,
+                    w,
+                    data: t,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (n, d) = (idx.len(), self.d);
+        let mut acc = vec![0f32; n * d];
+        let scales = self.cfg.noaug.scales.clone();
+        for &s in &scales {
+            let xs: Vec<Chw> = base
+                .iter()
+                .map(|x| resize_bilinear(x, s))
+                .collect::<Result<_>>()?;
+            let (sh, sw) = (xs[0].h, xs[0].w);
+            let flat: Vec<f32> = xs.into_iter().flat_map(|x| x.data).collect();
+            let y = self.net.describe(self.be, &flat, n, sh, sw)?;
+            acc.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+        }
+        if scales.len() > 1 {
+            acc.iter_mut().for_each(|a| *a /= scales.len() as f32);
+        }
+        for row in acc.chunks_mut(d) {
+            let nrm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|v| *v /= nrm);
+        }
+        Ok(acc)
+    }
+
+    /// Augmented views of `idx` (`n x 3 x h x w`), image slot `p` drawing from stream
+    /// `(seed, step, purpose, p)`.
+    fn train_views(&self, idx: &[usize], step: usize, purpose: u64) -> Result<Vec<f32>> {
+        let [h, w] = self.cfg.input.train_img_size;
+        let scale = (self.cfg.input.scale_lower, self.cfg.input.scale_upper);
+        let (mean, std) = (self.cfg.input.pixel_mean, self.cfg.input.pixel_std);
+        let (data, seed) = (&self.data, self.cfg.seed);
+        let mut x = vec![0f32; idx.len() * 3 * h * w];
+        x.par_chunks_mut(3 * h * w)
+            .zip(idx.par_iter().enumerate())
+            .try_for_each(|(out, (p, &i))| -> Result<()> {
+                let mut rng = stream(seed, step, purpose, p);
+                let img = data.image(i)?;
+                let v = train_view(&img, [h, w], scale, &mut rng);
+                to_tensor(&v, mean, std, out);
+                Ok(())
+            })?;
+        Ok(x)
+    }
+
+    /// XBMv2's initialisation (4.5.0, G27): both banks filled for every image in eval mode, the
+    /// DA bank from one random training view, the no-DA bank from the no-DA view.
+    pub fn init_banks(&mut self, progress: &mut dyn FnMut(usize)) -> Result<()> {
+        if self.noda.is_none() {
+            return Ok(());
+        }
+        let [h, w] = self.cfg.input.train_img_size;
+        let good = self.good.clone();
+        for chunk in good.chunks(32) {
+            let x = self.train_views(chunk, chunk[0], INIT_AUG)?;
+            let f = self.net.describe(self.be, &x, chunk.len(), h, w)?;
+            let g = self.noaug_features(chunk)?;
+            self.da.write(chunk, &f)?;
+            if let Some(nb) = self.noda.as_mut() {
+                nb.write(chunk, &g)?;
+            }
+            progress(chunk.len());
+        }
+        Ok(())
+    }
+
+    /// Restores the latest checkpoint of `OUTPUT_DIR/checkpoints`; returns its step (None when
+    /// there is none).
+    pub fn resume(&mut self) -> Result<Option<usize>> {
+        let Some((_, path)) = checkpoint::latest(&self.checkpoint_dir())? else {
+            return Ok(None);
+        };
+        let r = checkpoint::load(&path, self.be, &mut self.net, &mut self.opt)?;
+        if r.seed != self.cfg.seed {
+            bail!(
+                "{} was written with SEED = {} but the config has SEED = {}; resuming would not continue the same run",
+                path.display(),
+                r.seed,
+                self.cfg.seed
+            );
+        }
+        for (name, bank) in r.banks {
+            let slot = match name.as_str() {
+                "da" => &mut self.da,
+                "noda" => self
+                    .noda
+                    .as_mut()
+                    .context("checkpoint has a no-DA bank but XBM.VERSION is not v2")?,
+                other => bail!("{}: unknown memory bank {other}", path.display()),
+            };
+            if bank.len() != slot.len() || bank.dim() != slot.dim() {
+                bail!(
+                    "{}: bank {name} is {}x{} but this config needs {}x{}",
+                    path.display(),
+                    bank.len(),
+                    bank.dim(),
+                    slot.len(),
+                    slot.dim()
+                );
+            }
+            *slot = bank;
+        }
+        self.sampler = AnchorSampler::new(
+            self.good.len(),
+            self.cfg.solver.ims_per_batch,
+            self.cfg.seed,
+        )?;
+        for _ in 0..r.step {
+            self.sampler.next_batch();
+        }
+        self.step = r.step;
+        Ok(Some(r.step))
+    }
+
+    /// Writes a checkpoint of the current step; returns its path.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let mut banks: Vec<(&str, &IndexedBank)> = Vec::new();
+        if self.cfg.xbm.enable {
+            banks.push(("da", &self.da));
+        }
+        if let Some(nb) = &self.noda {
+            banks.push(("noda", nb));
+        }
+        checkpoint::save(
+            &self.checkpoint_dir(),
+            self.step,
+            self.cfg.seed,
+            self.be,
+            &self.net,
+            &self.opt,
+            &banks,
+        )
+    }
+
+    /// Runs one training step (the module doc's order) and returns its log line.
+    pub fn step_once(&mut self) -> Result<StepLog> {
+        let t0 = std::time::Instant::now();
+        let t = self.step + 1;
+        let (be, d) = (self.be, self.d);
+        let anchors: Vec<usize> = self
+            .sampler
+            .next_batch()
+            .iter()
+            .map(|&i| self.good[i])
+            .collect();
+        let mut batch = Batch::new(&self.pool, &anchors, self.cfg.neighbor.k)?;
+        let nimg = batch.indices.len();
+
+        // G12: no-DA forward in eval mode first, then the DA forward in train mode.
+        let g = if self.cfg.noaug.enable {
+            Some(self.noaug_features(&batch.indices)?)
+        } else {
+            None
+        };
+        let x = self.train_views(&batch.indices, t, AUG)?;
+        let [h, w] = self.cfg.input.train_img_size;
+        let f = be.download(self.net.forward_train(be, &x, nimg, h, w)?)?;
+        let fb = be.upload(&f)?;
+
+        let mut log = StepLog {
+            step: t,
+            ..StepLog::default()
+        };
+        let sel = &self.cfg.selection;
+        if sel.enable {
+            let feats = match (&g, sel.use_noaug_similarity) {
+                (Some(g), true) => g,
+                _ => &f,
+            };
+            let rule = if sel.kind == "dynamic" {
+                SelectionRule::Dynamic(sel.thresh)
+            } else {
+                SelectionRule::Fixed(sel.thresh)
+            };
+            select_in_batch(&mut batch, feats, d, rule)?;
+            for b in 0..anchors.len() {
+                for j in 0..sel.always_true.min(batch.k) {
+                    let p = batch.neighbor_pos(b, j);
+                    batch.labels[p] = batch.labels[b];
+                }
+            }
+            log.rejected = batch.labels.iter().filter(|&&l| l <= 0).count();
+        }
+
+        let margin = self.cfg.loss.contrastive_loss.margin;
+        let mut d_batch = be.zeros(nimg * d)?;
+        let lb = contrastive_batch(be, &fb, &batch.labels, d, margin, Some(&mut d_batch))?;
+        let mut grad = be.download(&d_batch)?;
+        let x_cfg = self.cfg.xbm.clone();
+        if x_cfg.enable && t > x_cfg.start_step {
+            self.da.write(&batch.indices, &f)?;
+            if let (Some(nb), Some(g)) = (self.noda.as_mut(), &g) {
+                nb.write(&batch.indices, g)?;
+            }
+        }
+        let mut lm = LossOut {
+            value: 0.0,
+            rows: 0,
+            avg_pos: 0.0,
+            avg_neg: 0.0,
+        };
+        if x_cfg.enable && t > x_cfg.get_step {
+            let mut rng = stream(self.cfg.seed, t, MEM, 0);
+            let (mi, ml) = match (&self.miner, &self.noda) {
+                (Some(miner), Some(noda)) => {
+                    let m = miner.mine(be, noda, &batch.indices, &batch.labels, &mut rng)?;
+                    (log.init_pos, log.selected_pos) = (m.init, m.selected);
+                    (log.hard_neg, log.random_neg) = (m.hard, m.random);
+                    (m.indices, m.labels)
+                }
+                _ => {
+                    let mi = sample_v1(
+                        &self.pool,
+                        &self.da,
+                        &batch.indices,
+                        x_cfg.potential_positive,
+                        x_cfg.get_size,
+                        &mut rng,
+                    )?;
+                    log.random_neg = mi.len();
+                    let ml = vec![self.n as i64 + 1; mi.len()];
+                    (mi, ml)
+                }
+            };
+            log.memory_size = mi.len();
+            if !mi.is_empty() {
+                let mem = be.upload(&self.da.gather(&mi)?)?;
+                let mut d_mem = be.zeros(nimg * d)?;
+                lm = contrastive_memory(
+                    be,
+                    &fb,
+                    &batch.labels,
+                    Memory { x: &mem, y: &ml },
+                    d,
+                    margin,
+                    Some(&mut d_mem),
+                )?;
+                let wgt = x_cfg.memory_loss_weight;
+                for (a, b) in grad.iter_mut().zip(be.download(&d_mem)?) {
+                    *a += wgt * b;
+                }
+            }
+        }
+
+        zero_grads(be, &mut self.net)?;
+        let gb = be.upload(&grad)?;
+        self.net.backward(be, &gb)?;
+        log.grad_norm = clip_grad_norm(be, &mut self.net, self.cfg.solver.grad_max_norm)?;
+        let factor = self.sched.factor(t);
+        self.opt.step(be, &mut self.net, factor)?;
+        self.step = t;
+
+        log.lr = self.cfg.solver.base_lr * factor;
+        log.batch_loss = lb.value;
+        log.memory_loss = lm.value;
+        log.loss = lb.value + x_cfg.memory_loss_weight * lm.value;
+        (log.batch_pos, log.batch_neg) = (lb.avg_pos, lb.avg_neg);
+        (log.memory_pos, log.memory_neg) = (lm.avg_pos, lm.avg_neg);
+        log.seconds = t0.elapsed().as_secs_f64();
+        if !log.loss.is_finite() {
+            bail!("step {t}: the loss is {} (batch {}, memory {}); lower SOLVER.BASE_LR or check the data", log.loss, lb.value, lm.value);
+        }
+        Ok(log)
+    }
+}
+
+/// Options of [`run`].
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Continue from the latest checkpoint in `OUTPUT_DIR/checkpoints`.
+    pub resume: bool,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// What a finished stage reports.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub steps_run: usize,
+    pub resumed_from: Option<usize>,
+    pub first_loss: Option<f32>,
+    pub last_loss: Option<f32>,
+    pub seconds: f64,
+    pub final_model: PathBuf,
+    pub skipped: usize,
+}
+
+/// Keeps the log lines of steps `<= step` (a resumed run rewrites what came after).
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    std::fs::write(path, body).with_context(|| format!("rewriting {}", path.display()))
+}
+
+/// Runs a whole stage from a config: data, pool, model, [bank init], steps with a progress
+/// bar and a JSON-lines log (`OUTPUT_DIR/log.jsonl`), checkpoints every `CHECKPOINT_PERIOD`
+/// and at the end, and the final model as `OUTPUT_DIR/model_final.safetensors`.
+pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> {
+    let start = std::time::Instant::now();
+    if cfg.output_dir.is_empty() {
+        bail!("OUTPUT_DIR is empty: say where checkpoints and logs go");
+    }
+    let out = PathBuf::from(&cfg.output_dir);
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("creating OUTPUT_DIR {}", out.display()))?;
+    let root = PathBuf::from(&cfg.data.root);
+    let list = (!cfg.data.train_filename.is_empty()).then(|| root.join(&cfg.data.train_filename));
+    let data = Dataset::open(&root, list.as_deref(), cfg.data.cache_images)?;
+    if !data.skipped.is_empty() {
+        eprintln!("{}", data.skipped.summary(20));
+        let listing: String = data
+            .skipped
+            .items
+            .iter()
+            .map(|(i, p, why)| format!("{i}\t{}\t{why}\n", p.display()))
+            .collect();
+        std::fs::write(out.join("skipped.txt"), listing)?;
+    }
+    let n = data.len();
+    let pool = CandidatePool::load(Path::new(&cfg.neighbor.src), n).context("NEIGHBOR.SRC")?;
+    let (net, note) = build_model(&cfg, be)?;
+    eprintln!(
+        "train: {n} images ({} skipped), pool k = {}, model {} -> {} ({note}), backend {}",
+        data.skipped.len(),
+        pool.k,
+        cfg.model.backbone.name,
+        net.out_dim(),
+        be.name()
+    );
+    if cfg.test.test_period <= cfg.solver.max_step {
+        eprintln!("note: periodic evaluation (TEST.TEST_PERIOD) is not run by train; evaluate checkpoints with `insclr-cu eval`");
+    }
+    let skipped = data.skipped.len();
+    let quiet = opts.quiet;
+    let mut stage = Stage::new(cfg, be, net, data, &pool)?;
+    let log_path = out.join("log.jsonl");
+    let resumed_from = if opts.resume { stage.resume()? } else { None };
+    match resumed_from {
+        Some(s) => {
+            eprintln!("resumed from step {s}");
+            truncate_log(&log_path, s)?;
+        }
+        None => {
+            std::fs::write(&log_path, "")
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            if stage.noda.is_some() {
+                let bar = bar(quiet, stage.good.len() as u64, "bank init");
+                stage.init_banks(&mut |k| bar.inc(k as u64))?;
+                bar.finish_and_clear();
+            }
+        }
+    }
+    let max = stage.cfg.solver.max_step;
+    let period = stage.cfg.solver.checkpoint_period;
+    let log_every = stage.cfg.solver.log_period.max(1);
+    let mut logf = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let pb = bar(quiet, max as u64, "train");
+    pb.set_position(stage.step as u64);
+    pb.reset_eta();
+    let (mut first, mut last, mut ran) = (None, None, 0);
+    while stage.step < max {
+        let l = stage.step_once()?;
+        ran += 1;
+        first.get_or_insert(l.loss);
+        last = Some(l.loss);
+        writeln!(logf, "{}", serde_json::to_string(&l)?)?;
+        pb.set_message(format!(
+            "loss {:.4} (batch {:.4} mem {:.4}) lr {:.1e}",
+            l.loss, l.batch_loss, l.memory_loss, l.lr
+        ));
+        pb.inc(1);
+        if quiet && (l.step % log_every == 0 || l.step == max) {
+            eprintln!(
+                "step {}/{max} loss {:.4} batch {:.4} memory {:.4} lr {:.1e} {:.2}s/step",
+                l.step, l.loss, l.batch_loss, l.memory_loss, l.lr, l.seconds
+            );
+        }
+        if stage.step % period == 0 || stage.step == max {
+            stage.save_checkpoint()?;
+        }
+    }
+    pb.finish_and_clear();
+    let final_model = out.join("model_final.safetensors");
+    let tensors = crate::nn::weights::export(&stage.net, be)?;
+    crate::io::safetensors::write(&final_model, &tensors, None)?;
+    Ok(Summary {
+        steps_run: ran,
+        resumed_from,
+        first_loss: first,
+        last_loss: last,
+        seconds: start.elapsed().as_secs_f64(),
+        final_model,
+        skipped,
+    })
+}
+
+fn bar(quiet: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_prefix(what.to_string());
+    pb
+}

@@ -1,0 +1,284 @@
+//! `insclr-cu train` end to end on generated images: a tiny stage is finite and deterministic,
+//! a corrupt image is skipped and listed, and a run interrupted at a checkpoint and resumed
+//! ends with exactly the parameters of an uninterrupted run (base / v1 and impr / v2).
+
+use insclr::backend::CpuBackend;
+use insclr::io::safetensors;
+use insclr::mining::CandidatePool;
+use insclr::rng::Rng;
+use insclr::train::{self, Config, RunOptions};
+use std::path::{Path, PathBuf};
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("insclr-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// 18 images in 6 groups (a colour and a stripe period per group, noise per image), as PNGs,
+/// plus one corrupt file sorted last; and a candidate pool over all 19 (colour means + noise).
+fn make_data(dir: &Path) -> PathBuf {
+    let img_dir = dir.join("images");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    let mut r = Rng::new(11);
+    let (n_good, d) = (18usize, 8usize);
+    let mut feats = Vec::new();
+    for i in 0..n_good {
+        let g = i % 6;
+        let base = [
+            40 + 35 * g as u32,
+            220 - 30 * g as u32,
+            90 + 20 * (g as u32 % 3),
+        ];
+        let period = 3 + g as u32;
+        let img = image::RgbImage::from_fn(40 + 4 * (i as u32 % 3), 36, |x, y| {
+            let s = if (x / period + y / 7) % 2 == 0 { 40 } else { 0 };
+            let nz = (r.below(30)) as u32;
+            image::Rgb([
+                ((base[0] + s + nz) % 256) as u8,
+                ((base[1] + nz) % 256) as u8,
+                ((base[2] + s) % 256) as u8,
+            ])
+        });
+        img.save(img_dir.join(format!("img_{i:02}.png"))).unwrap();
+        // Pool descriptor: the group's direction plus noise, unit norm.
+        let mut v: Vec<f32> = (0..d)
+            .map(|t| if t == g { 1.0 } else { 0.0 } + 0.25 * r.normal())
+            .collect();
+        let nrm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|a| *a /= nrm);
+        feats.extend(v);
+    }
+    std::fs::write(img_dir.join("zz_corrupt.jpg"), b"not a jpeg at all").unwrap();
+    let mut v: Vec<f32> = (0..d).map(|_| r.normal()).collect();
+    let nrm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|a| *a /= nrm);
+    feats.extend(v);
+    let be = CpuBackend::new();
+    let pool = CandidatePool::compute(&be, &feats, n_good + 1, d, 8, 64, &mut |_| {}).unwrap();
+    let p = dir.join("pool.npz");
+    pool.save(&p).unwrap();
+    p
+}
+
+fn config(dir: &Path, pool: &Path, out: &str, v2: bool, max_step: usize) -> Config {
+    let common = format!(
+        r#"
+OUTPUT_DIR = "{out}"
+SEED = 7
+[DATA]
+ROOT = "{root}"
+CACHE_IMAGES = {cache}
+[INPUT]
+TRAIN_IMG_SIZE = [32, 32]
+NOAUG_IMG_SIZE = [32, 32]
+SCALE_LOWER = {lo}
+SCALE_UPPER = {hi}
+[MODEL]
+PRETRAIN = "random"
+BN_GHOST_GROUPS = 2
+[MODEL.BACKBONE]
+NAME = "resnet-custom"
+STAGES = [1, 1, 1, 1]
+BASE_WIDTH = 4
+[MODEL.HEAD]
+OUT_DIM = 16
+[LOSS.CONTRASTIVE_LOSS]
+MARGIN = 0.4
+[SOLVER]
+NAME = "adam"
+BASE_LR = 1e-3
+WEIGHT_DECAY = 1e-4
+IMS_PER_BATCH = 2
+STEPS = [3]
+MAX_STEP = {max_step}
+CHECKPOINT_PERIOD = 2
+[NEIGHBOR]
+SRC = "{pool}"
+K = 2
+"#,
+        out = dir.join(out).display(),
+        root = dir.join("images").display(),
+        pool = pool.display(),
+        lo = if v2 { 0.4 } else { 0.75 },
+        hi = if v2 { 1.0 } else { 1.33 },
+        // v1 keeps decoded images, v2 decodes every step.
+        cache = !v2,
+    );
+    let xbm = if v2 {
+        r#"
+[NOAUG]
+ENABLE = true
+[SELECTION]
+ENABLE = true
+THRESH = 0.6
+[XBM]
+ENABLE = true
+VERSION = "v2"
+SIZE = 0
+FEATURE_DIM = 16
+START_STEP = 0
+GET_STEP = 0
+GET_SIZE = 10
+CANDIDATE_MODE = "b+i_tr2_avg0.60_k02"
+POSITIVE_THRESH = 0.75
+NEGATIVE_THRESH = 0.5
+"#
+    } else {
+        r#"
+[XBM]
+ENABLE = true
+VERSION = "v1"
+SIZE = 0
+FEATURE_DIM = 16
+START_STEP = 1
+GET_STEP = 2
+GET_SIZE = 10
+POTENTIAL_POSITIVE = 3
+"#
+    };
+    Config::parse(&format!("{common}{xbm}"), "test.toml").unwrap()
+}
+
+fn quiet(resume: bool) -> RunOptions {
+    RunOptions {
+        resume,
+        quiet: true,
+    }
+}
+
+fn final_tensors(dir: &Path, out: &str) -> Vec<(String, Vec<f32>)> {
+    let t = safetensors::read(&dir.join(out).join("model_final.safetensors")).unwrap();
+    t.into_iter()
+        .filter_map(|t| t.as_f32().map(|v| (t.name.clone(), v.to_vec())))
+        .collect()
+}
+
+fn log_losses(dir: &Path, out: &str) -> Vec<(u64, f64, f64)> {
+    std::fs::read_to_string(dir.join(out).join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["step"].as_u64().unwrap(),
+                v["loss"].as_f64().unwrap(),
+                v["lr"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn log_lines(dir: &Path, out: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join(out).join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn stage_is_deterministic_and_resumable(v2: bool) {
+    let tag = if v2 { "v2" } else { "v1" };
+    let dir = tmpdir(tag);
+    let pool = make_data(&dir);
+    let be = CpuBackend::new();
+
+    // Uninterrupted, twice: same numbers.
+    let a = train::run(config(&dir, &pool, "a", v2, 4), &be, &quiet(false)).unwrap();
+    train::run(config(&dir, &pool, "b", v2, 4), &be, &quiet(false)).unwrap();
+    assert_eq!(a.steps_run, 4);
+    assert_eq!(a.skipped, 1, "the corrupt file is skipped");
+    let listed = std::fs::read_to_string(dir.join("a").join("skipped.txt")).unwrap();
+    assert!(listed.contains("zz_corrupt.jpg"), "{listed}");
+    let la = log_losses(&dir, "a");
+    assert_eq!(la.len(), 4);
+    assert!(
+        la.iter().all(|&(_, l, _)| l.is_finite() && l > 0.0),
+        "{la:?}"
+    );
+    // Milestone 3: steps 1..3 at the base lr, step 4 at a tenth.
+    assert_eq!(la[2].2, 1e-3);
+    assert!((la[3].2 - 1e-4).abs() < 1e-12, "{la:?}");
+    assert_eq!(la, log_losses(&dir, "b"));
+    // The memory was read when the config says, and (v2) mining found positives.
+    let lines = log_lines(&dir, "a");
+    let field = |k: &str| -> Vec<f64> { lines.iter().map(|v| v[k].as_f64().unwrap()).collect() };
+    let mem = field("memory_size");
+    if v2 {
+        assert!(mem.iter().all(|&m| m > 0.0), "{mem:?}");
+        assert!(field("init_pos").iter().sum::<f64>() > 0.0, "{lines:?}");
+        assert!(field("memory_pos").iter().sum::<f64>() > 0.0, "{lines:?}");
+    } else {
+        assert_eq!(
+            mem[..2],
+            [0.0, 0.0],
+            "GET_STEP = 2: no memory before step 3"
+        );
+        assert!(mem[2] > 0.0 && mem[3] > 0.0, "{mem:?}");
+    }
+    assert!(field("memory_loss")[3] > 0.0, "{lines:?}");
+    let fa = final_tensors(&dir, "a");
+    assert_eq!(fa, final_tensors(&dir, "b"));
+
+    // Training moved the weights away from the seeded initialisation.
+    let init = {
+        let cfg = config(&dir, &pool, "x", v2, 4);
+        let (net, _) = insclr::train::stage::build_model(&cfg, &be).unwrap();
+        insclr::nn::weights::export(&net, &be).unwrap()
+    };
+    let moved = init
+        .iter()
+        .filter_map(|t| {
+            let v = t.as_f32()?;
+            let f = fa.iter().find(|(n, _)| *n == t.name)?;
+            Some(v != f.1.as_slice())
+        })
+        .filter(|&m| m)
+        .count();
+    assert!(moved > 10, "only {moved} tensors changed");
+
+    // Interrupted after the checkpoint at step 2, then resumed to step 4.
+    let c1 = train::run(config(&dir, &pool, "c", v2, 2), &be, &quiet(false)).unwrap();
+    assert_eq!(c1.steps_run, 2);
+    assert!(dir
+        .join("c/checkpoints/checkpoint_0000002.safetensors")
+        .exists());
+    assert!(dir
+        .join("c/checkpoints/checkpoint_0000002.memory.npz")
+        .exists());
+    let c2 = train::run(config(&dir, &pool, "c", v2, 4), &be, &quiet(true)).unwrap();
+    assert_eq!((c2.resumed_from, c2.steps_run), (Some(2), 2));
+    assert_eq!(log_losses(&dir, "c"), la, "same losses step by step");
+    assert_eq!(final_tensors(&dir, "c"), fa, "same final parameters");
+
+    // A different seed gives a different run.
+    let mut other = config(&dir, &pool, "d", v2, 2);
+    other.seed = 8;
+    train::run(other, &be, &quiet(false)).unwrap();
+    assert_ne!(log_losses(&dir, "d")[..2], la[..2]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn base_stage_v1_is_deterministic_and_resumes_exactly() {
+    stage_is_deterministic_and_resumable(false);
+}
+
+#[test]
+fn impr_stage_v2_is_deterministic_and_resumes_exactly() {
+    stage_is_deterministic_and_resumable(true);
+}
+
+#[test]
+fn resume_with_another_seed_is_refused() {
+    let dir = tmpdir("seed");
+    let pool = make_data(&dir);
+    let be = CpuBackend::new();
+    train::run(config(&dir, &pool, "a", false, 2), &be, &quiet(false)).unwrap();
+    let mut cfg = config(&dir, &pool, "a", false, 4);
+    cfg.seed = 99;
+    let e = format!("{:#}", train::run(cfg, &be, &quiet(true)).unwrap_err());
+    assert!(e.contains("SEED"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
