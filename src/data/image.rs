@@ -221,16 +221,41 @@ pub struct Chw {
     pub data: Vec<f32>,
 }
 
-/// torchvision `ToTensor` + `Normalize(IMAGENET_MEAN, IMAGENET_STD)`: `(v / 255 - mean) / std`.
-pub fn normalize_imagenet(img: &RgbImage) -> Chw {
+/// Per-channel input normalisation `(v / 255 - mean) / std` that a model's weights expect.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PixelNorm {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl PixelNorm {
+    /// torchvision's ImageNet statistics (ResNets, the original's transforms).
+    pub const IMAGENET: PixelNorm = PixelNorm {
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
+    /// The EfficientNet-Lite weights' `(x - 127) / 128`.
+    pub const LITE: PixelNorm = PixelNorm {
+        mean: [127.0 / 255.0; 3],
+        std: [128.0 / 255.0; 3],
+    };
+}
+
+/// torchvision `ToTensor` + `Normalize(mean, std)`: `(v / 255 - mean) / std`.
+pub fn normalize(img: &RgbImage, norm: PixelNorm) -> Chw {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut data = vec![0.0f32; 3 * h * w];
     for (i, px) in img.pixels().enumerate() {
         for c in 0..3 {
-            data[c * h * w + i] = (px[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            data[c * h * w + i] = (px[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
         }
     }
     Chw { c: 3, h, w, data }
+}
+
+/// [`normalize`] with the ImageNet statistics.
+pub fn normalize_imagenet(img: &RgbImage) -> Chw {
+    normalize(img, PixelNorm::IMAGENET)
 }
 
 /// Output length of `interpolate(scale_factor = s)` along a side: `floor(s * size)`.
@@ -297,7 +322,12 @@ pub fn resize_bilinear(x: &Chw, s: f64) -> Result<Chw> {
 
 /// The original's evaluation loading (spec 6.1): decode, crop to `bbx` when given (queries),
 /// thumbnail to `img_size` (scaled by `max(crop) / max(full)` for crops), normalise.
-pub fn load_for_eval(path: &Path, bbx: Option<[f64; 4]>, img_size: u32) -> Result<Chw> {
+pub fn load_for_eval(
+    path: &Path,
+    bbx: Option<[f64; 4]>,
+    img_size: u32,
+    norm: PixelNorm,
+) -> Result<Chw> {
     let full = decode_rgb(path)?;
     let img = match bbx {
         None => thumbnail(&full, img_size as f64),
@@ -308,7 +338,7 @@ pub fn load_for_eval(path: &Path, bbx: Option<[f64; 4]>, img_size: u32) -> Resul
             thumbnail(&c, size)
         }
     };
-    Ok(normalize_imagenet(&img))
+    Ok(normalize(&img, norm))
 }
 
 #[cfg(test)]

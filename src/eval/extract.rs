@@ -173,12 +173,13 @@ pub fn extract(
     let dim = net.out_dim();
     let mut feats = vec![0.0f32; items.len() * dim];
     let mut skipped = Skipped::default();
+    let norm = net.input_norm();
     let pb = progress_bar(items.len(), cfg.progress, what);
     for (c, chunk) in items.chunks(cfg.batch.max(1)).enumerate() {
         let base = c * cfg.batch.max(1);
         let loaded: Vec<Result<Chw>> = chunk
             .par_iter()
-            .map(|it| load_for_eval(&it.path, it.bbx, cfg.img_size))
+            .map(|it| load_for_eval(&it.path, it.bbx, cfg.img_size, norm))
             .collect();
         let mut ok_idx = Vec::new();
         let mut ok_img = Vec::new();

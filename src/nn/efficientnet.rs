@@ -268,6 +268,10 @@ impl Backbone for EfficientNetLite0 {
         "efficientnet-lite0".to_string()
     }
 
+    fn input_norm(&self) -> crate::data::image::PixelNorm {
+        crate::data::image::PixelNorm::LITE
+    }
+
     fn out_channels(&self) -> usize {
         HEAD
     }

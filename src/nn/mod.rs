@@ -37,6 +37,10 @@ pub trait DescriptorNet {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>>;
+    /// The pixel normalisation the weights expect (ImageNet statistics unless overridden).
+    fn input_norm(&self) -> crate::data::image::PixelNorm {
+        crate::data::image::PixelNorm::IMAGENET
+    }
 }
 
 use crate::backend::Buf;

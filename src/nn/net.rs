@@ -43,6 +43,10 @@ pub trait Backbone: Module + Send {
     ) -> Result<Vec<f32>>;
     /// One line per layer group, for `insclr-cu info --model`.
     fn summary(&self) -> Vec<String>;
+    /// The pixel normalisation its ImageNet weights were trained with.
+    fn input_norm(&self) -> crate::data::image::PixelNorm {
+        crate::data::image::PixelNorm::IMAGENET
+    }
 }
 
 /// Average pool + linear classifier over a backbone's map.
@@ -239,6 +243,10 @@ impl DescriptorNet for RetrievalNet {
         self.head.out_dim()
     }
 
+    fn input_norm(&self) -> crate::data::image::PixelNorm {
+        self.backbone.input_norm()
+    }
+
     fn describe(
         &mut self,
         be: &dyn Backend,
@@ -284,6 +292,10 @@ impl Module for GemNet {
 impl DescriptorNet for GemNet {
     fn out_dim(&self) -> usize {
         self.backbone.out_channels()
+    }
+
+    fn input_norm(&self) -> crate::data::image::PixelNorm {
+        self.backbone.input_norm()
     }
 
     fn describe(
