@@ -96,6 +96,33 @@ impl Arch {
     }
 }
 
+/// Uploads an image batch into `input` and runs backbone -> GeM (result in `pool.y`); returns
+/// the feature map's `(fh, fw)`. Shared by [`RetrievalNet`] and [`GemNet`].
+fn backbone_gem(
+    be: &dyn Backend,
+    backbone: &mut dyn Backbone,
+    pool: &mut GemPool,
+    input: &mut Buf<f32>,
+    x: &[f32],
+    (n, h, w): (usize, usize, usize),
+    train: bool,
+) -> Result<(usize, usize)> {
+    if x.len() != n * 3 * h * w {
+        bail!(
+            "image batch holds {} values, expected n*3*h*w = {n}*3*{h}*{w} = {}",
+            x.len(),
+            n * 3 * h * w
+        );
+    }
+    ensure_len(be, input, x.len())?;
+    be.upload_into(x, input)?;
+    let (fh, fw) = backbone
+        .forward(be, input, (n, h, w), train)
+        .with_context(|| format!("{} forward", backbone.name()))?;
+    pool.forward(be, backbone.output(), (n, backbone.out_channels(), fh, fw))?;
+    Ok((fh, fw))
+}
+
 /// Backbone -> GeM -> head: the descriptor network InsCLR trains and evaluates.
 pub struct RetrievalNet {
     pub backbone: Box<dyn Backbone>,
@@ -143,22 +170,15 @@ impl RetrievalNet {
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<&Buf<f32>> {
-        if x.len() != n * 3 * h * w {
-            bail!(
-                "image batch holds {} values, expected n*3*h*w = {n}*3*{h}*{w} = {}",
-                x.len(),
-                n * 3 * h * w
-            );
-        }
-        ensure_len(be, &mut self.input, x.len())?;
-        be.upload_into(x, &mut self.input)?;
-        let (fh, fw) = self
-            .backbone
-            .forward(be, &self.input, (n, h, w), train)
-            .with_context(|| format!("{} forward", self.backbone.name()))?;
-        let c = self.backbone.out_channels();
-        self.pool
-            .forward(be, self.backbone.output(), (n, c, fh, fw))?;
+        let (fh, fw) = backbone_gem(
+            be,
+            self.backbone.as_mut(),
+            &mut self.pool,
+            &mut self.input,
+            x,
+            (n, h, w),
+            train,
+        )?;
         self.head.forward(be, &self.pool.y, n)?;
         self.dims = Some((n, fh, fw));
         self.trained = train;
@@ -306,19 +326,15 @@ impl DescriptorNet for GemNet {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>> {
-        if x.len() != n * 3 * h * w {
-            bail!(
-                "image batch holds {} values, expected n*3*h*w = {}",
-                x.len(),
-                n * 3 * h * w
-            );
-        }
-        ensure_len(be, &mut self.input, x.len())?;
-        be.upload_into(x, &mut self.input)?;
-        let (fh, fw) = self.backbone.forward(be, &self.input, (n, h, w), false)?;
-        let c = self.backbone.out_channels();
-        self.pool
-            .forward(be, self.backbone.output(), (n, c, fh, fw))?;
+        backbone_gem(
+            be,
+            self.backbone.as_mut(),
+            &mut self.pool,
+            &mut self.input,
+            x,
+            (n, h, w),
+            false,
+        )?;
         be.download(&self.pool.y)
     }
 }
