@@ -65,7 +65,9 @@ fi
 # OpenCV's sample data holds multi-view pairs of the same scenes: the retrieval ground truth.
 if ! have opencv; then
   note "Debian opencv-doc sample photos (about 96 MB download)"
-  (cd "$TMP" && apt-get download opencv-doc >/dev/null)
+  # A fresh machine may have no package lists yet: update them once and retry.
+  (cd "$TMP" && { apt-get download opencv-doc >/dev/null 2>&1 ||
+    { apt-get update >/dev/null && apt-get download opencv-doc >/dev/null; }; })
   dpkg -x "$TMP"/opencv-doc_*.deb "$TMP/ocv"
   src="$TMP/ocv/usr/share/doc/opencv-doc/examples/data"
   mkdir -p "$DEST/opencv"
