@@ -36,11 +36,19 @@ for line in sys.stdin:
 }
 while read -r kind name exe; do
   case "$kind" in
-    bench) cp "$exe" "$stage/bin/bench-$name" ;;
-    lib) cp "$exe" "$stage/bin/test-lib" ;;
-    *) cp "$exe" "$stage/bin/test-$name" ;;
+    bench) dest="$stage/bin/bench-$name" ;;
+    lib) dest="$stage/bin/test-lib" ;;
+    *) dest="$stage/bin/test-$name" ;;
   esac
+  cp "$exe" "$dest"
+  # Debug info makes each binary ~60 MB; the device tool carries 64 MiB in all.
+  strip --strip-debug "$dest" 2>/dev/null || true
 done < "$stage/executables.txt"
+size_mib=$(du -sm "$stage" | cut -f1)
+if [ "$size_mib" -gt 60 ]; then
+  echo "error: $stage is $size_mib MiB; the device tool carries at most 64 MiB with the tree" >&2
+  exit 1
+fi
 
 {
   echo "commit=$(git rev-parse HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo '+dirty')"
