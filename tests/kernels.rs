@@ -153,28 +153,38 @@ fn l2norm_backward_matches_finite_differences() {
 
 #[test]
 fn cpu_matmul_matches_naive_for_every_transpose() {
-    let mut rng = Rng::new(13);
-    for &(m, n, k) in &[(1usize, 1usize, 1usize), (7, 5, 3), (33, 17, 65), (4, 9, 0)] {
-        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+    let sizes = [(1, 1, 1), (7, 5, 3), (33, 17, 65), (4, 9, 0)];
+    for_each_matmul_case(13, &sizes, |s, a, b, c0| {
+        let (mut fast, mut slow) = (c0.to_vec(), c0.to_vec());
+        gemm::matmul_f32(a, b, &mut fast, s);
+        gemm::matmul_naive(a, b, &mut slow, s);
+        assert!(rel_err(&fast, &slow) < 1e-5, "{s:?}");
+    });
+}
+
+/// Calls `check(shape, a, b, c0)` for every size and transpose pair, with random A, B and an
+/// initial C (alpha 0.5, beta 0.25, so both terms of the product are exercised).
+fn for_each_matmul_case(
+    seed: u64,
+    sizes: &[(usize, usize, usize)],
+    mut check: impl FnMut(MatMul, &[f32], &[f32], &[f32]),
+) {
+    let mut rng = Rng::new(seed);
+    for &(m, n, k) in sizes {
+        for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
             let s = MatMul {
                 m,
                 n,
                 k,
-                trans_a: ta,
-                trans_b: tb,
+                trans_a,
+                trans_b,
                 alpha: 0.5,
                 beta: 0.25,
             };
             let a = rng.vec_f32(m * k, -1.0, 1.0);
             let b = rng.vec_f32(k * n, -1.0, 1.0);
             let c0 = rng.vec_f32(m * n, -1.0, 1.0);
-            let (mut fast, mut slow) = (c0.clone(), c0.clone());
-            gemm::matmul_f32(&a, &b, &mut fast, s);
-            gemm::matmul_naive(&a, &b, &mut slow, s);
-            assert!(
-                rel_err(&fast, &slow) < 1e-5,
-                "m={m} n={n} k={k} ta={ta} tb={tb}"
-            );
+            check(s, &a, &b, &c0);
         }
     }
 }
@@ -295,39 +305,20 @@ fn gpu_cublas_matmul_matches_naive() {
     let Some(cuda) = gpu("gpu_cublas_matmul_matches_naive") else {
         return;
     };
-    let mut rng = Rng::new(23);
-    for &(m, n, k) in &[
-        (1usize, 1usize, 1usize),
-        (7, 5, 3),
-        (64, 100, 2048),
-        (33, 17, 65),
-    ] {
-        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let s = MatMul {
-                m,
-                n,
-                k,
-                trans_a: ta,
-                trans_b: tb,
-                alpha: 0.5,
-                beta: 0.25,
-            };
-            let a = rng.vec_f32(m * k, -1.0, 1.0);
-            let b = rng.vec_f32(k * n, -1.0, 1.0);
-            let c0 = rng.vec_f32(m * n, -1.0, 1.0);
-            let mut want = c0.clone();
-            gemm::matmul_naive(&a, &b, &mut want, s);
-            let (ad, bd) = (cuda.upload(&a).unwrap(), cuda.upload(&b).unwrap());
-            let mut cd = cuda.upload(&c0).unwrap();
-            cuda.matmul(&ad, &bd, &mut cd, s).unwrap();
-            let got = cuda.download(&cd).unwrap();
-            assert!(
-                rel_err(&got, &want) < 1e-5,
-                "m={m} n={n} k={k} ta={ta} tb={tb}: {}",
-                rel_err(&got, &want)
-            );
-        }
-    }
+    let sizes = [(1, 1, 1), (7, 5, 3), (64, 100, 2048), (33, 17, 65)];
+    for_each_matmul_case(23, &sizes, |s, a, b, c0| {
+        let mut want = c0.to_vec();
+        gemm::matmul_naive(a, b, &mut want, s);
+        let (ad, bd) = (cuda.upload(a).unwrap(), cuda.upload(b).unwrap());
+        let mut cd = cuda.upload(c0).unwrap();
+        cuda.matmul(&ad, &bd, &mut cd, s).unwrap();
+        let got = cuda.download(&cd).unwrap();
+        assert!(
+            rel_err(&got, &want) < 1e-5,
+            "{s:?}: {}",
+            rel_err(&got, &want)
+        );
+    });
 }
 
 #[test]
