@@ -7,7 +7,7 @@
 //! (scripts/device-check.sh collects it into bench_results/).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use insclr::backend::{Backend, Buf, CpuBackend, CudaBackend, Gem, L2Norm, MatMul};
+use insclr::backend::{Backend, Buf, CudaBackend, DType, Gem, L2Norm, MatMul};
 use insclr::rng::Rng;
 use std::io::Write;
 use std::sync::Mutex;
@@ -30,7 +30,7 @@ const GEM: (usize, usize, usize, usize) = (64, 2048, 32, 32);
 const L2: (usize, usize) = (65_536, 2048);
 const SIM: (usize, usize, usize) = (64, 100_000, 2048);
 
-fn filled(be: &dyn Backend, rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Buf<f32> {
+fn filled(be: &dyn Backend, rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Buf {
     be.upload(&rng.vec_f32(len, lo, hi)).expect("upload")
 }
 
@@ -75,7 +75,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, record: bool) {
     let (n, ch, h, w) = GEM;
     let s = Gem::new(n, ch, h, w);
     let x = filled(be, &mut rng, s.rows * s.hw, -0.1, 2.0);
-    let mut y = be.zeros(s.rows).unwrap();
+    let mut y = be.zeros(DType::F32, s.rows).unwrap();
     let mut samples = Vec::new();
     group.bench_function("gem_fwd_f32", |b| {
         b.iter_custom(|it| timed(be, it, &mut samples, || be.gem_fwd(&x, &mut y, s).unwrap()))
@@ -88,7 +88,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, record: bool) {
         0.0,
     );
     let dy = filled(be, &mut rng, s.rows, -1.0, 1.0);
-    let mut dx = be.zeros(s.rows * s.hw).unwrap();
+    let mut dx = be.zeros(DType::F32, s.rows * s.hw).unwrap();
     let mut samples = Vec::new();
     group.bench_function("gem_bwd_f32", |b| {
         b.iter_custom(|it| {
@@ -109,7 +109,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, record: bool) {
     let (rows, cols) = L2;
     let s = L2Norm::new(rows, cols);
     let x = filled(be, &mut rng, rows * cols, -1.0, 1.0);
-    let mut y = be.zeros(rows * cols).unwrap();
+    let mut y = be.zeros(DType::F32, rows * cols).unwrap();
     let mut samples = Vec::new();
     group.bench_function("l2norm_fwd_f32", |b| {
         b.iter_custom(|it| {
@@ -127,7 +127,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, record: bool) {
     );
     let mut samples = Vec::new();
     // y doubles as dy: the backward reads x and dy and writes dx.
-    let mut dx = be.zeros(rows * cols).unwrap();
+    let mut dx = be.zeros(DType::F32, rows * cols).unwrap();
     group.bench_function("l2norm_bwd_f32", |b| {
         b.iter_custom(|it| {
             timed(be, it, &mut samples, || {
@@ -147,7 +147,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, record: bool) {
     let (m, nn, k) = SIM;
     let q = filled(be, &mut rng, m * k, -1.0, 1.0);
     let bank = filled(be, &mut rng, nn * k, -1.0, 1.0);
-    let mut sim = be.zeros(m * nn).unwrap();
+    let mut sim = be.zeros(DType::F32, m * nn).unwrap();
     let shape = MatMul::new(m, nn, k).tb();
     let name = if be.name() == "cuda" {
         "sgemm_cublas"
@@ -174,7 +174,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, record: bool) {
 }
 
 fn bench_cpu(c: &mut Criterion) {
-    bench_backend(c, &CpuBackend::new(), false);
+    bench_backend(c, insclr::backend::cpu(), false);
 }
 
 fn bench_gpu(c: &mut Criterion) {
@@ -190,7 +190,7 @@ fn bench_gpu(c: &mut Criterion) {
 }
 
 fn write_table(cuda: &CudaBackend) {
-    let info = cuda.info();
+    let Some(info) = cuda.info() else { return };
     let (bw, fl) = (info.peak_bandwidth(), info.peak_fp32_flops());
     let mut out = format!(
         "GPU: {} (sm_{}{}, driver CUDA {:?}), peak DRAM {:.0} GB/s, peak FP32 {:.1} TFLOP/s (from device attributes)\n\n\

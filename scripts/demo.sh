@@ -26,23 +26,23 @@ step "import-weights: EfficientNet-Lite0 .pth (legacy torch format) -> safetenso
 $bin import-weights data/weights/efficientnet-lite0-57934424.pth "$weights"
 
 step "extract: stage-0 descriptors of every demo photo (ImageNet model, raw GeM, spec G2)"
-$bin extract --cpu --model efficientnet-lite0 --weights "$weights" --images data/demo \
+$bin extract --model efficientnet-lite0 --weights "$weights" --images data/demo \
   --img-size 512 --scales 1 --raw-scales --out "$work/s0_feature.npy"
 
 step "pool: exact top-50 neighbours of every photo (the training tuples' candidate pool)"
 $bin pool --feats "$work/s0_feature.npy" --k 50 --out "$work/s0_neighbor.npz"
 
 step "train: one InsCLR base stage on the demo photos (configs/demo-lite0.toml, resumable)"
-$bin train --cpu --config configs/demo-lite0.toml
+$bin train --config configs/demo-lite0.toml
 model=$work/s1-lite0/model_final.safetensors
 
 step "eval: the demo ground truth (configs/demo-list-gnd.json) before and after training"
 gnd=(--dataset list --root data/demo --gnd configs/demo-list-gnd.json --img-size 512 --quiet)
 echo "-- ImageNet EfficientNet-Lite0, raw GeM"
-$bin eval --cpu "${gnd[@]}" --model efficientnet-lite0 --weights "$weights" --json "$work/eval-imagenet.json"
+$bin eval "${gnd[@]}" --model efficientnet-lite0 --weights "$weights" --json "$work/eval-imagenet.json"
 echo "-- after the demo stage (GeM + trained norm-linear-norm head)"
-$bin eval --cpu "${gnd[@]}" --model efficientnet-lite0 --weights "$model" --json "$work/eval-trained.json"
+$bin eval "${gnd[@]}" --model efficientnet-lite0 --weights "$model" --json "$work/eval-trained.json"
 echo "-- tiny-gem pixel baseline"
-$bin eval --cpu "${gnd[@]}" --model tiny-gem --json "$work/eval-tiny-gem.json"
+$bin eval "${gnd[@]}" --model tiny-gem --json "$work/eval-tiny-gem.json"
 step "done: outputs in $work/"
 ls "$work"

@@ -11,6 +11,7 @@
 //! index (tiles in order, rows in order within a tile), so a later row enters only with a
 //! strictly greater score than the root, which is exactly the (score desc, index asc) rule.
 
+use crate::backend::DType;
 use crate::backend::{Backend, Buf, MatMul};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -167,27 +168,19 @@ pub fn for_each_tile(
             Ok((q0, n, be.upload(&pair.queries[q0 * d..(q0 + n) * d])?))
         })
         .collect::<Result<Vec<_>>>()?;
-    // An empty placeholder, not `be.zeros(0)`: a zero-byte device allocation is an error.
-    let mut s = Buf::Host(Vec::new());
+    let mut s = Buf::empty(DType::F32);
     for j0 in (0..ndb).step_by(tb) {
         let nt = tb.min(ndb - j0);
         let dbuf = be.upload(&pair.db[j0 * d..(j0 + nt) * d])?;
         for (q0, n, qbuf) in &qbufs {
             // Only the short last block changes the size; a full block reuses the buffer.
             if s.len() != n * nt {
-                s = be.zeros(n * nt)?;
+                s = be.zeros(DType::F32, n * nt)?;
             }
             be.matmul(qbuf, &dbuf, &mut s, MatMul::new(*n, nt, d).tb())?;
             // Host buffers are read in place: copying every block would move 4 * nq * ndb bytes.
-            let copied;
-            let host: &[f32] = match &s {
-                Buf::Host(v) => v,
-                dev => {
-                    copied = be.download(dev)?;
-                    &copied
-                }
-            };
-            visit(*q0, j0, host, *n, nt);
+            let host = be.host_view::<f32>(&s)?;
+            visit(*q0, j0, &host, *n, nt);
         }
     }
     Ok(())
@@ -374,22 +367,21 @@ pub fn top_k(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::CpuBackend;
     use crate::rng::Rng;
 
     /// The reference: one full `nq x ndb` matmul (the same GEMM, so the same scores), then a
     /// full sort by (score desc, index asc) of every row minus its excluded column.
     fn brute(pair: Pair, k: usize, exclude: Exclude) -> Neighbors {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let (nq, ndb) = pair.sizes().unwrap();
-        let mut s = be.zeros(nq * ndb).unwrap();
+        let mut s = be.zeros(DType::F32, nq * ndb).unwrap();
         let (a, b) = (
             be.upload(pair.queries).unwrap(),
             be.upload(pair.db).unwrap(),
         );
         be.matmul(&a, &b, &mut s, MatMul::new(nq, ndb, pair.dim).tb())
             .unwrap();
-        let s = be.download(&s).unwrap();
+        let s = be.download::<f32>(&s).unwrap();
         let k = k.min(ndb - usize::from(exclude.is_some()));
         let (mut index, mut score) = (Vec::new(), Vec::new());
         for q in 0..nq {
@@ -408,7 +400,7 @@ mod tests {
 
     fn search(pair: Pair, k: usize, exclude: Exclude, tiling: Tiling) -> Neighbors {
         let mut told = 0;
-        let got = top_k(&CpuBackend::new(), pair, k, exclude, tiling, &mut |t| {
+        let got = top_k(crate::backend::cpu(), pair, k, exclude, tiling, &mut |t| {
             told += t
         })
         .unwrap();
@@ -532,11 +524,11 @@ mod tests {
 
     #[test]
     fn bad_sizes_and_values_are_clear_errors() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let x = vec![0.5f32; 12];
         let t = Tiling::default();
         let run = |pair: Pair, ex: Exclude| {
-            let e = top_k(&be, pair, 2, ex, t, &mut |_| {}).unwrap_err();
+            let e = top_k(be, pair, 2, ex, t, &mut |_| {}).unwrap_err();
             format!("{e:#}")
         };
         let ok = Pair {

@@ -11,6 +11,7 @@
 //! <= 0; batch mode keeps them. Deliberate difference: with no row left (every label <= 0) the
 //! original divides by zero and raises; here the loss is 0 with a zero gradient.
 
+use crate::backend::DType;
 use crate::backend::{Backend, Buf, MatMul};
 use anyhow::{bail, Result};
 
@@ -88,7 +89,7 @@ fn pairs(
     }
 }
 
-fn check_rows(what: &str, buf: &Buf<f32>, rows: usize, d: usize) -> Result<()> {
+fn check_rows(what: &str, buf: &Buf, rows: usize, d: usize) -> Result<()> {
     if buf.len() != rows * d {
         bail!(
             "contrastive loss: {what} holds {} values, expected {rows} rows x {d}",
@@ -103,17 +104,17 @@ fn check_rows(what: &str, buf: &Buf<f32>, rows: usize, d: usize) -> Result<()> {
 /// `dX = (G + G^T) X` with `G = dL/dS`).
 pub fn contrastive_batch(
     be: &dyn Backend,
-    x: &Buf<f32>,
+    x: &Buf,
     y: &[i64],
     d: usize,
     margin: f32,
-    dx: Option<&mut Buf<f32>>,
+    dx: Option<&mut Buf>,
 ) -> Result<LossOut> {
     let n = y.len();
     check_rows("X", x, n, d)?;
-    let mut sb = be.zeros(n * n)?;
+    let mut sb = be.zeros(DType::F32, n * n)?;
     be.matmul(x, x, &mut sb, MatMul::new(n, n, d).tb())?;
-    let s = be.download(&sb)?;
+    let s = be.download::<f32>(&sb)?;
     let rows = vec![true; n];
     let Some(dx) = dx else {
         return Ok(pairs(&s, y, y, &rows, margin, None));
@@ -131,7 +132,7 @@ pub fn contrastive_batch(
 #[derive(Clone, Copy)]
 pub struct Memory<'a> {
     /// `y.len() x d` features (no gradient).
-    pub x: &'a Buf<f32>,
+    pub x: &'a Buf,
     /// Their labels: tuple labels for positives, `N + 1` for negatives.
     pub y: &'a [i64],
 }
@@ -141,21 +142,21 @@ pub struct Memory<'a> {
 /// `dL/dX1` for all rows (zero for dropped rows).
 pub fn contrastive_memory(
     be: &dyn Backend,
-    x1: &Buf<f32>,
+    x1: &Buf,
     y1: &[i64],
     mem: Memory,
     d: usize,
     margin: f32,
-    dx1: Option<&mut Buf<f32>>,
+    dx1: Option<&mut Buf>,
 ) -> Result<LossOut> {
     let (x2, y2) = (mem.x, mem.y);
     let (n1, n2) = (y1.len(), y2.len());
     check_rows("X1", x1, n1, d)?;
     check_rows("memory", x2, n2, d)?;
     // All rows are scored (one GEMM, no gather on the device); dropped rows are masked here.
-    let mut sb = be.zeros(n1 * n2)?;
+    let mut sb = be.zeros(DType::F32, n1 * n2)?;
     be.matmul(x1, x2, &mut sb, MatMul::new(n1, n2, d).tb())?;
-    let s = be.download(&sb)?;
+    let s = be.download::<f32>(&sb)?;
     let rows: Vec<bool> = y1.iter().map(|&t| t > 0).collect();
     let Some(dx1) = dx1 else {
         return Ok(pairs(&s, y1, y2, &rows, margin, None));
@@ -171,7 +172,6 @@ pub fn contrastive_memory(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::CpuBackend;
     use crate::rng::Rng;
 
     fn units(deg: &[f64]) -> Vec<f32> {
@@ -182,9 +182,9 @@ mod tests {
 
     #[test]
     fn spec_batch_mode_vector() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let x = be.upload(&units(&[0.0, 30.0, 50.0])).unwrap();
-        let out = contrastive_batch(&be, &x, &[1, 1, 2], 2, MARGIN, None).unwrap();
+        let out = contrastive_batch(be, &x, &[1, 1, 2], 2, MARGIN, None).unwrap();
         assert!((out.value - 1.144303).abs() < 1e-5, "{}", out.value);
         assert_eq!(out.rows, 3);
         // Rows: pos 0-1; neg 0-2, 1-2 (cos 50 = 0.643, cos 20 = 0.940 > 0.4).
@@ -194,11 +194,11 @@ mod tests {
 
     #[test]
     fn spec_memory_mode_vector() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let x = be.upload(&units(&[0.0, 30.0, 50.0])).unwrap();
         let m = be.upload(&units(&[10.0, 40.0, 200.0])).unwrap();
         let out = contrastive_memory(
-            &be,
+            be,
             &x,
             &[1, 1, -1],
             Memory {
@@ -216,14 +216,14 @@ mod tests {
 
     #[test]
     fn self_pairs_are_not_positives_and_no_rows_gives_zero() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let x = be.upload(&units(&[0.0, 0.0])).unwrap();
         // Identical features, same label: S = 1 >= 1 - 1e-6, nothing active.
-        let out = contrastive_batch(&be, &x, &[3, 3], 2, MARGIN, None).unwrap();
+        let out = contrastive_batch(be, &x, &[3, 3], 2, MARGIN, None).unwrap();
         assert_eq!(out.value, 0.0);
-        let mut dx = be.zeros(4).unwrap();
+        let mut dx = be.zeros(DType::F32, 4).unwrap();
         let out = contrastive_memory(
-            &be,
+            be,
             &x,
             &[-1, 0],
             Memory { x: &x, y: &[1, 1] },
@@ -233,7 +233,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((out.value, out.rows), (0.0, 0));
-        assert_eq!(be.download(&dx).unwrap(), vec![0.0; 4]);
+        assert_eq!(be.download::<f32>(&dx).unwrap(), vec![0.0; 4]);
     }
 
     /// Random rows whose similarities (and squared norms) stay 0.05 away from both
@@ -267,7 +267,7 @@ mod tests {
     }
 
     fn fd_check(batch: bool) {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let d = 6;
         let y1: Vec<i64> = if batch {
             vec![1, 1, 2, -1, 2]
@@ -281,22 +281,22 @@ mod tests {
         };
         let (x1, x2) = safe_inputs(d, &y1, &y2, batch);
         let n1 = y1.len();
-        let eval = |x: &[f32], dx: Option<&mut Buf<f32>>| -> LossOut {
+        let eval = |x: &[f32], dx: Option<&mut Buf>| -> LossOut {
             let xb = be.upload(x).unwrap();
             if batch {
-                contrastive_batch(&be, &xb, &y1, d, MARGIN, dx).unwrap()
+                contrastive_batch(be, &xb, &y1, d, MARGIN, dx).unwrap()
             } else {
                 let mb = be.upload(&x2).unwrap();
-                contrastive_memory(&be, &xb, &y1, Memory { x: &mb, y: &y2 }, d, MARGIN, dx).unwrap()
+                contrastive_memory(be, &xb, &y1, Memory { x: &mb, y: &y2 }, d, MARGIN, dx).unwrap()
             }
         };
-        let mut dxb = be.zeros(n1 * d).unwrap();
+        let mut dxb = be.zeros(DType::F32, n1 * d).unwrap();
         let base = eval(&x1, Some(&mut dxb));
         assert!(
             base.avg_pos > 0.0 && base.avg_neg > 0.0,
             "both terms must be active"
         );
-        let dx = be.download(&dxb).unwrap();
+        let dx = be.download::<f32>(&dxb).unwrap();
         let h = 1e-2f32;
         let mut max_err = 0f32;
         for p in 0..n1 * d {
@@ -325,14 +325,14 @@ mod tests {
         // (detached) copy as a negative: S = 1 > m adds 1 to the row's sum, yet the gradient
         // dL/dy = y / n is parallel to y and vanishes through the L2 normalisation.
         use crate::backend::L2Norm;
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let v = be.upload(&[0.3, -1.2, 0.5, 2.0]).unwrap();
-        let mut y = be.zeros(4).unwrap();
+        let mut y = be.zeros(DType::F32, 4).unwrap();
         be.l2norm_fwd(&v, &mut y, L2Norm::new(1, 4)).unwrap();
-        let mem = be.upload(&be.download(&y).unwrap()).unwrap();
-        let mut dy = be.zeros(4).unwrap();
+        let mem = be.upload(&be.download::<f32>(&y).unwrap()).unwrap();
+        let mut dy = be.zeros(DType::F32, 4).unwrap();
         let out = contrastive_memory(
-            &be,
+            be,
             &y,
             &[3],
             Memory { x: &mem, y: &[100] },
@@ -342,14 +342,18 @@ mod tests {
         )
         .unwrap();
         assert!((out.value - 1.0).abs() < 1e-6, "{}", out.value);
-        let dyv = be.download(&dy).unwrap();
+        let dyv = be.download::<f32>(&dy).unwrap();
         assert!(
             dyv.iter().map(|a| a.abs()).sum::<f32>() > 0.5,
             "dL/dy itself is not zero"
         );
-        let mut dv = be.zeros(4).unwrap();
+        let mut dv = be.zeros(DType::F32, 4).unwrap();
         be.l2norm_bwd(&v, &dy, &mut dv, L2Norm::new(1, 4)).unwrap();
-        assert!(be.download(&dv).unwrap().iter().all(|a| a.abs() < 1e-6));
+        assert!(be
+            .download::<f32>(&dv)
+            .unwrap()
+            .iter()
+            .all(|a| a.abs() < 1e-6));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use insclr::backend::DeviceChoice;
 
 mod cli;
 
@@ -12,8 +13,16 @@ mod cli;
     about = "InsCLR image-retrieval training on CUDA, with a CPU twin for every op"
 )]
 struct Cli {
+    /// Where the ops run: auto (the GPU when it has every kernel the command needs, else the
+    /// CPU), cpu, cuda, or emu (our CUDA kernels emulated on the CPU: slow, for checking them).
+    #[arg(long, global = true, env = "INSCLR_DEVICE", default_value = "auto", value_parser = parse_device)]
+    device: DeviceChoice,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
 }
 
 #[derive(Subcommand)]
@@ -35,12 +44,12 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
-        Command::Info(a) => cli::info::run(a),
-        Command::Pool(a) => cli::pool::run(a),
-        Command::Extract(a) => cli::extract::run(a),
-        Command::Eval(a) => cli::eval::run(a),
+        Command::Info(a) => cli::info::run(a, cli.device),
+        Command::Pool(a) => cli::pool::run(a, cli.device),
+        Command::Extract(a) => cli::extract::run(a, cli.device),
+        Command::Eval(a) => cli::eval::run(a, cli.device),
         Command::ImportWeights(a) => cli::import_weights::run(a),
-        Command::Train(a) => cli::train::run(a),
+        Command::Train(a) => cli::train::run(a, cli.device),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

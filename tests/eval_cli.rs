@@ -58,7 +58,7 @@ fn eval_list_extracts_ranks_and_matches_precomputed_features() {
     let feats = dir.join("feats");
     let json = dir.join("res.json");
     let out = bin()
-        .args(["eval", "--dataset", "list", "--cpu", "--quiet", "--root"])
+        .args(["eval", "--dataset", "list", "--quiet", "--root"])
         .arg(&dir)
         .arg("--save-feats")
         .arg(&feats)
@@ -93,7 +93,7 @@ fn eval_list_extracts_ranks_and_matches_precomputed_features() {
     assert_eq!(db.shape, vec![10, 3]);
     assert!(db.data[27..30].iter().all(|&v| v == 0.0));
     let out2 = bin()
-        .args(["eval", "--dataset", "list", "--cpu", "--root"])
+        .args(["eval", "--dataset", "list", "--root"])
         .arg(&dir)
         .arg("--db-feats")
         .arg(feats.join("db.npy"))
@@ -113,7 +113,7 @@ fn eval_list_extracts_ranks_and_matches_precomputed_features() {
     swapped.data[6..9].copy_from_slice(&q.data[..3]);
     npy::write(&feats.join("swapped.npy"), &swapped).unwrap();
     let out3 = bin()
-        .args(["eval", "--dataset", "list", "--cpu", "--root"])
+        .args(["eval", "--dataset", "list", "--root"])
         .arg(&dir)
         .arg("--db-feats")
         .arg(feats.join("db.npy"))
@@ -129,7 +129,7 @@ fn eval_list_extracts_ranks_and_matches_precomputed_features() {
 
     // extract over the folder writes N x 3 and the order file.
     let out4 = bin()
-        .args(["extract", "--cpu", "--quiet", "--scales", "1", "--images"])
+        .args(["extract", "--quiet", "--scales", "1", "--images"])
         .arg(&dir)
         .arg("--out")
         .arg(dir.join("all.npy"))
@@ -178,7 +178,7 @@ fn eval_gldv2_scores_public_and_private_from_precomputed_features() {
     npy::write(&dir.join("db.npy"), &db).unwrap();
     npy::write(&dir.join("q.npy"), &q).unwrap();
     let out = bin()
-        .args(["eval", "--dataset", "gldv2", "--cpu", "--root"])
+        .args(["eval", "--dataset", "gldv2", "--root"])
         .arg(&dir)
         .arg("--db-feats")
         .arg(dir.join("db.npy"))

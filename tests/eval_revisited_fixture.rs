@@ -16,7 +16,14 @@ fn numpy_pickled_gnd_scores_match_the_numpy_reference() {
     assert_eq!(want.len(), 3);
     for proto in [2, 4, 5] {
         let out = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
-            .args(["eval", "--dataset", "roxford5k", "--cpu", "--root"])
+            .args([
+                "eval",
+                "--dataset",
+                "roxford5k",
+                "--device",
+                "cpu",
+                "--root",
+            ])
             .arg(&dir)
             .arg("--gnd")
             .arg(dir.join(format!("gnd_p{proto}.pkl")))

@@ -1,12 +1,14 @@
 //! The foundation kernels (GeM pooling, L2 normalisation, GEMM): CPU hand-computed cases,
-//! finite-difference checks of every backward, and GPU-vs-CPU comparisons on random inputs with
-//! edge sizes (skipped without a GPU; `INSCLR_REQUIRE_GPU=1` makes a skip a failure).
+//! finite-difference checks of every backward, and kernel-vs-CPU comparisons on random inputs
+//! with edge sizes, on the GPU when there is one and on the emulated GPU otherwise
+//! (`INSCLR_REQUIRE_GPU=1` demands the GPU).
 
 mod common;
 
-use common::{gpu, numeric_grad, poisoned, rel_err};
+use common::{kernel_device, matches_cpu, numeric_grad, poisoned, rel_err};
 use insclr::backend::cpu::{gemm, norm, pool};
-use insclr::backend::{Backend, CpuBackend, Gem, L2Norm, MatMul};
+use insclr::backend::DType;
+use insclr::backend::{select_f32, Backend, DeviceChoice, Gem, L2Norm, MatMul, Op};
 use insclr::rng::Rng;
 
 fn gem_cpu(x: &[f32], s: Gem) -> Vec<f32> {
@@ -191,20 +193,21 @@ fn for_each_matmul_case(
 
 #[test]
 fn shape_mismatches_are_errors_not_panics() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let x = be.upload(&[1.0; 10]).unwrap();
-    let mut y = be.zeros(3).unwrap();
+    let mut y = be.zeros(DType::F32, 3).unwrap();
     let err = be
         .gem_fwd(&x, &mut y, Gem::new(1, 2, 2, 2))
         .unwrap_err()
         .to_string();
     assert!(err.contains("expected 8"), "{err}");
-    let mut c = be.zeros(4).unwrap();
+    let mut c = be.zeros(DType::F32, 4).unwrap();
     assert!(be.matmul(&x, &x, &mut c, MatMul::new(2, 2, 3)).is_err());
 }
 
-// ---- GPU versus the CPU twin -------------------------------------------------------------
+// ---- the CUDA kernels versus the CPU twin, on the GPU or the emulated GPU ----------------
 
+// Edge sizes: one row, a warp's width -1 / +1, a block's 8 rows -1 / +1, realistic maps.
 const GEM_SIZES: &[(usize, usize)] = &[
     (1, 1),
     (1, 31),
@@ -217,11 +220,8 @@ const GEM_SIZES: &[(usize, usize)] = &[
 const L2_SIZES: &[(usize, usize)] = &[(1, 1), (7, 31), (8, 32), (9, 33), (300, 2048), (2, 4097)];
 
 #[test]
-fn gpu_gem_matches_cpu() {
-    let Some(cuda) = gpu("gpu_gem_matches_cpu") else {
-        return;
-    };
-    let mut rng = Rng::new(21);
+fn kernel_gem_matches_cpu() {
+    let dev = kernel_device("kernel_gem_matches_cpu");
     for &(rows, hw) in GEM_SIZES {
         for p in [3.0f32, 2.2] {
             let s = Gem {
@@ -230,89 +230,70 @@ fn gpu_gem_matches_cpu() {
                 p,
                 eps: 1e-6,
             };
-            // Mostly positive activations (post-ReLU maps) with some entries below the clamp.
-            let x = rng.vec_f32(rows * hw, -0.2, 3.0);
-            let w = rng.vec_f32(rows, -1.0, 1.0);
-            let y_ref = gem_cpu(&x, s);
-            let mut dx_ref = vec![0.0; x.len()];
-            pool::gem_bwd_f32(&x, &y_ref, &w, &mut dx_ref, s);
-
-            let xd = cuda.upload(&x).unwrap();
-            let mut yd = poisoned(&cuda, rows);
-            cuda.gem_fwd(&xd, &mut yd, s).unwrap();
-            let y = cuda.download(&yd).unwrap();
-            assert!(
-                rel_err(&y, &y_ref) < 1e-5,
-                "gem_fwd rows={rows} hw={hw} p={p}: {}",
-                rel_err(&y, &y_ref)
-            );
-            let dyd = cuda.upload(&w).unwrap();
-            let mut dxd = poisoned(&cuda, x.len());
-            cuda.gem_bwd(&xd, &yd, &dyd, &mut dxd, s).unwrap();
-            let dx = cuda.download(&dxd).unwrap();
-            assert!(
-                rel_err(&dx, &dx_ref) < 1e-5,
-                "gem_bwd rows={rows} hw={hw} p={p}: {}",
-                rel_err(&dx, &dx_ref)
+            matches_cpu(
+                &format!("GeM rows={rows} hw={hw} p={p}"),
+                &dev,
+                1e-5,
+                |be| {
+                    let mut rng = Rng::new(21 + rows as u64 * 7 + hw as u64);
+                    // Mostly positive activations (post-ReLU maps) with some entries below the clamp.
+                    let x = be.upload(&rng.vec_f32(rows * hw, -0.2, 3.0))?;
+                    let dy = be.upload(&rng.vec_f32(rows, -1.0, 1.0))?;
+                    let mut y = poisoned(be, rows);
+                    be.gem_fwd(&x, &mut y, s)?;
+                    let mut dx = poisoned(be, rows * hw);
+                    be.gem_bwd(&x, &y, &dy, &mut dx, s)?;
+                    Ok(vec![
+                        ("y".into(), be.download(&y)?),
+                        ("dx".into(), be.download(&dx)?),
+                    ])
+                },
             );
         }
     }
 }
 
 #[test]
-fn gpu_l2norm_matches_cpu() {
-    let Some(cuda) = gpu("gpu_l2norm_matches_cpu") else {
-        return;
-    };
-    let mut rng = Rng::new(22);
+fn kernel_l2norm_matches_cpu() {
+    let dev = kernel_device("kernel_l2norm_matches_cpu");
     for &(rows, cols) in L2_SIZES {
         let s = L2Norm::new(rows, cols);
-        let mut x = rng.vec_f32(rows * cols, -1.0, 1.0);
-        if rows > 2 {
-            x[cols..2 * cols].iter_mut().for_each(|v| *v = 0.0); // one all-zero row: the clamp path
-        }
-        let dy = rng.vec_f32(rows * cols, -1.0, 1.0);
-        let y_ref = l2_cpu(&x, s);
-        let mut dx_ref = vec![0.0; x.len()];
-        norm::l2norm_bwd_f32(&x, &dy, &mut dx_ref, s);
-
-        let xd = cuda.upload(&x).unwrap();
-        let mut yd = poisoned(&cuda, x.len());
-        cuda.l2norm_fwd(&xd, &mut yd, s).unwrap();
-        let y = cuda.download(&yd).unwrap();
-        assert!(
-            rel_err(&y, &y_ref) < 1e-5,
-            "l2norm_fwd rows={rows} cols={cols}: {}",
-            rel_err(&y, &y_ref)
-        );
-        let dyd = cuda.upload(&dy).unwrap();
-        let mut dxd = poisoned(&cuda, x.len());
-        cuda.l2norm_bwd(&xd, &dyd, &mut dxd, s).unwrap();
-        let dx = cuda.download(&dxd).unwrap();
-        // Rows compared one by one: the zero row's gradient is dy / 1e-12 and would swamp the others.
-        for (r, (got, want)) in dx.chunks(cols).zip(dx_ref.chunks(cols)).enumerate() {
-            assert!(
-                rel_err(got, want) < 1e-5,
-                "l2norm_bwd rows={rows} cols={cols} row {r}: {}",
-                rel_err(got, want)
-            );
-        }
+        matches_cpu(&format!("L2 rows={rows} cols={cols}"), &dev, 1e-5, |be| {
+            let mut rng = Rng::new(22 + rows as u64 * 5 + cols as u64);
+            let mut xh = rng.vec_f32(rows * cols, -1.0, 1.0);
+            if rows > 2 {
+                xh[cols..2 * cols].iter_mut().for_each(|v| *v = 0.0); // one zero row: the clamp path
+            }
+            let x = be.upload(&xh)?;
+            let dy = be.upload(&rng.vec_f32(rows * cols, -1.0, 1.0))?;
+            let mut y = poisoned(be, rows * cols);
+            be.l2norm_fwd(&x, &mut y, s)?;
+            let mut dx = poisoned(be, rows * cols);
+            be.l2norm_bwd(&x, &dy, &mut dx, s)?;
+            let mut out = vec![("y".to_string(), be.download(&y)?)];
+            // Rows compared one by one: the zero row's gradient is dy / 1e-12 and would swamp
+            // the others.
+            let dx = be.download::<f32>(&dx)?;
+            for (r, row) in dx.chunks(cols).enumerate() {
+                out.push((format!("dx row {r}"), row.to_vec()));
+            }
+            Ok(out)
+        });
     }
 }
 
 #[test]
-fn gpu_cublas_matmul_matches_naive() {
-    let Some(cuda) = gpu("gpu_cublas_matmul_matches_naive") else {
-        return;
-    };
+fn kernel_matmul_matches_naive() {
+    let dev = kernel_device("kernel_matmul_matches_naive");
+    let be: &dyn Backend = &dev;
     let sizes = [(1, 1, 1), (7, 5, 3), (64, 100, 2048), (33, 17, 65)];
     for_each_matmul_case(23, &sizes, |s, a, b, c0| {
         let mut want = c0.to_vec();
         gemm::matmul_naive(a, b, &mut want, s);
-        let (ad, bd) = (cuda.upload(a).unwrap(), cuda.upload(b).unwrap());
-        let mut cd = cuda.upload(c0).unwrap();
-        cuda.matmul(&ad, &bd, &mut cd, s).unwrap();
-        let got = cuda.download(&cd).unwrap();
+        let (ad, bd) = (be.upload(a).unwrap(), be.upload(b).unwrap());
+        let mut cd = be.upload(c0).unwrap();
+        be.matmul(&ad, &bd, &mut cd, s).unwrap();
+        let got = be.download::<f32>(&cd).unwrap();
         assert!(
             rel_err(&got, &want) < 1e-5,
             "{s:?}: {}",
@@ -325,9 +306,20 @@ fn gpu_cublas_matmul_matches_naive() {
 fn cuda_backend_without_gpu_is_an_error_not_a_panic() {
     // On a GPU machine this opens the device; elsewhere it must fail cleanly with a reason.
     match insclr::backend::CudaBackend::new(0) {
-        Ok(be) => assert_eq!(be.name(), "cuda"),
+        Ok(be) => assert_eq!((&be as &dyn Backend).name(), "cuda"),
         Err(e) => assert!(!format!("{e:#}").is_empty()),
     }
-    let (be, why) = insclr::backend::auto();
+    let (be, why) = select_f32(DeviceChoice::Auto, &[Op::Matmul]).unwrap();
     assert!(why.starts_with(be.name()), "{why}");
+    // The emulator is never chosen by auto, and an explicit device lacking an op is refused
+    // up front, naming the kernel.
+    assert_ne!(be.name(), "emu");
+    let err = select_f32(DeviceChoice::Emu, &[Op::Conv2dFwd])
+        .err()
+        .expect("emu has no conv kernel yet")
+        .to_string();
+    assert!(
+        err.contains("conv2d_fwd_f32") && err.contains("--device cpu"),
+        "{err}"
+    );
 }

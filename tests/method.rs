@@ -1,6 +1,6 @@
 //! End-to-end checks of the method's command line: `insclr-cu pool`.
 
-use insclr::backend::CpuBackend;
+use insclr::backend::DType;
 use insclr::io::npy::{self, Array};
 use insclr::mining::CandidatePool;
 use insclr::rng::Rng;
@@ -56,7 +56,8 @@ fn pool_cli_writes_the_pool_and_warns_on_non_unit_rows() {
     assert!(o.status.success(), "{stderr}");
     assert!(stderr.contains("warning: 2 of 50 descriptors"), "{stderr}");
     let got = CandidatePool::load(&out, n).unwrap();
-    let want = CandidatePool::compute(&CpuBackend::new(), &x, n, d, k, 16, &mut |_| {}).unwrap();
+    let want =
+        CandidatePool::compute(insclr::backend::cpu(), &x, n, d, k, 16, &mut |_| {}).unwrap();
     assert_eq!(got, want);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -99,7 +100,6 @@ fn pool_cli_errors_name_the_problem() {
 /// the memory loss sees the mined positives.
 #[test]
 fn one_impr_step_runs_in_the_original_order() {
-    use insclr::backend::Backend;
     use insclr::loss::{contrastive_batch, contrastive_memory, Memory, MARGIN};
     use insclr::memory::IndexedBank;
     use insclr::mining::mine::{NEGATIVE_THRESH, POSITIVE_THRESH};
@@ -119,8 +119,8 @@ fn one_impr_step_runs_in_the_original_order() {
             v.into_iter().map(move |a| a / nrm)
         })
         .collect();
-    let be = CpuBackend::new();
-    let pool = CandidatePool::compute(&be, &x, n, d, 40, 100, &mut |_| {}).unwrap();
+    let be = insclr::backend::cpu();
+    let pool = CandidatePool::compute(be, &x, n, d, 40, 100, &mut |_| {}).unwrap();
     let cfg = MineConfig {
         mode: Mode::parse("b+i_tr4_avg0.60_k05").unwrap(),
         get_size: 150,
@@ -138,13 +138,13 @@ fn one_impr_step_runs_in_the_original_order() {
     let f = da.gather(&batch.indices).unwrap(); // stands in for the DA forward
     select_in_batch(&mut batch, &g, d, SelectionRule::Fixed(0.6)).unwrap();
     let fb = be.upload(&f).unwrap();
-    let mut dfb = be.zeros(f.len()).unwrap();
-    let lb = contrastive_batch(&be, &fb, &batch.labels, d, MARGIN, Some(&mut dfb)).unwrap();
+    let mut dfb = be.zeros(DType::F32, f.len()).unwrap();
+    let lb = contrastive_batch(be, &fb, &batch.labels, d, MARGIN, Some(&mut dfb)).unwrap();
     da.write(&batch.indices, &f).unwrap();
     noda.write(&batch.indices, &g).unwrap();
     assert!(batch.indices.iter().all(|&i| noda.counter(i) == 2));
     let m = miner
-        .mine(&be, &noda, &batch.indices, &batch.labels, &mut Rng::new(1))
+        .mine(be, &noda, &batch.indices, &batch.labels, &mut Rng::new(1))
         .unwrap();
     assert!(
         m.positives() > 0,
@@ -152,9 +152,9 @@ fn one_impr_step_runs_in_the_original_order() {
     );
     assert_eq!(m.indices.len(), 150usize.max(m.positives() + m.hard));
     let mem = be.upload(&da.gather(&m.indices).unwrap()).unwrap();
-    let mut dfm = be.zeros(f.len()).unwrap();
+    let mut dfm = be.zeros(DType::F32, f.len()).unwrap();
     let lm = contrastive_memory(
-        &be,
+        be,
         &fb,
         &batch.labels,
         Memory {
@@ -172,6 +172,6 @@ fn one_impr_step_runs_in_the_original_order() {
     );
     let total = lb.value + lm.value;
     assert!(total.is_finite() && total > 0.0);
-    let grad = be.download(&dfm).unwrap();
+    let grad = be.download::<f32>(&dfm).unwrap();
     assert!(grad.iter().all(|v| v.is_finite()) && grad.iter().any(|&v| v != 0.0));
 }

@@ -1,7 +1,7 @@
 //! Finite-difference checks of every layer's backward and of whole small networks end to end
 //! (central differences on f32, relative error of the probed gradient vector).
 
-use insclr::backend::{Act, Backend, Buf, CpuBackend, Padding};
+use insclr::backend::{Act, Backend, Buf, Padding};
 use insclr::nn::act::Activation;
 use insclr::nn::batchnorm::BatchNorm2d;
 use insclr::nn::conv::Conv2d;
@@ -12,18 +12,17 @@ use insclr::nn::resnet::ResNet;
 use insclr::nn::{zero_grads, Arch, Module, Param, ParamKind, RetrievalNet};
 use insclr::rng::Rng;
 
-fn host(b: &Buf<f32>) -> &[f32] {
-    match b {
-        Buf::Host(v) => v,
-        Buf::Device(_) => panic!("CPU tests hold host buffers"),
-    }
+fn host(b: &Buf) -> &[f32] {
+    b.host().expect("CPU tests hold host buffers")
 }
 
-fn host_mut(b: &mut Buf<f32>) -> &mut Vec<f32> {
-    match b {
-        Buf::Host(v) => v,
-        Buf::Device(_) => panic!("CPU tests hold host buffers"),
-    }
+fn host_mut(b: &mut Buf) -> &mut [f32] {
+    b.host_mut().expect("CPU tests hold host buffers")
+}
+
+/// A CPU buffer holding `v`.
+fn hb(v: Vec<f32>) -> Buf {
+    insclr::backend::cpu().upload(&v).unwrap()
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -100,7 +99,7 @@ fn grad(p: &Param) -> Vec<f32> {
 
 #[test]
 fn conv2d_backward_matches_finite_differences() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(11);
     // (c_in, c_out, k, stride, padding, groups, h, w)
     let cases = [
@@ -114,26 +113,26 @@ fn conv2d_backward_matches_finite_differences() {
     ];
     for (ci, co, k, st, pad, g, h, w) in cases {
         let what = format!("conv {ci}->{co} k{k} s{st} {pad:?} g{g}");
-        let mut conv = Conv2d::new(&be, &mut rng, "c", ci, co, k, st, pad, g).unwrap();
+        let mut conv = Conv2d::new(be, &mut rng, "c", ci, co, k, st, pad, g).unwrap();
         let n = 2;
         let x = rng.vec_f32(n * ci * h * w, -1.0, 1.0);
-        let (oh, ow) = conv.forward(&be, &Buf::Host(x.clone()), n, h, w).unwrap();
+        let (oh, ow) = conv.forward(be, &hb(x.clone()), n, h, w).unwrap();
         let r = rng.vec_f32(n * co * oh * ow, -1.0, 1.0);
-        conv.backward(&be, &Buf::Host(x.clone()), &Buf::Host(r.clone()), true)
+        conv.backward(be, &hb(x.clone()), &hb(r.clone()), true)
             .unwrap();
         let (dx, dw) = (host(&conv.dx).to_vec(), grad(&conv.weight));
         let idx = probes(&mut rng, x.len(), 60);
         check(&format!("{what} dx"), &dx, &idx, 1e-2, 1e-3, |i, d| {
             let mut xp = x.clone();
             xp[i] += d;
-            conv.forward(&be, &Buf::Host(xp), n, h, w).unwrap();
+            conv.forward(be, &hb(xp), n, h, w).unwrap();
             dot(&r, host(&conv.y))
         });
         let idx = probes(&mut rng, dw.len(), 60);
-        let xb = Buf::Host(x.clone());
+        let xb = hb(x.clone());
         check(&format!("{what} dW"), &dw, &idx, 1e-2, 1e-3, |i, d| {
             host_mut(&mut conv.weight.value)[i] += d;
-            conv.forward(&be, &xb, n, h, w).unwrap();
+            conv.forward(be, &xb, n, h, w).unwrap();
             host_mut(&mut conv.weight.value)[i] -= d;
             dot(&r, host(&conv.y))
         });
@@ -142,7 +141,7 @@ fn conv2d_backward_matches_finite_differences() {
 
 #[test]
 fn batchnorm_train_backward_matches_finite_differences() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(12);
     for (act, ghost) in [
         (Act::Identity, 1),
@@ -153,22 +152,22 @@ fn batchnorm_train_backward_matches_finite_differences() {
     ] {
         let what = format!("batchnorm {act:?} ghost {ghost}");
         let (n, c, hw) = (4, 3, 5);
-        let mut bn = BatchNorm2d::new(&be, "bn", c, 1e-3, act).unwrap();
+        let mut bn = BatchNorm2d::new(be, "bn", c, 1e-3, act).unwrap();
         bn.ghost = ghost;
         // gamma 4 / beta 2 spread the outputs across both ReLU6 kinks.
         host_mut(&mut bn.weight.value).copy_from_slice(&[4.0, 3.0, 2.5]);
         host_mut(&mut bn.bias.value).copy_from_slice(&[2.0, 1.0, 3.0]);
         let x = rng.vec_f32(n * c * hw, -2.0, 3.0);
         let r = rng.vec_f32(n * c * hw, -1.0, 1.0);
-        let xb = Buf::Host(x.clone());
-        bn.forward(&be, &xb, n, hw, true).unwrap();
-        bn.backward(&be, &xb, &Buf::Host(r.clone())).unwrap();
+        let xb = hb(x.clone());
+        bn.forward(be, &xb, n, hw, true).unwrap();
+        bn.backward(be, &xb, &hb(r.clone())).unwrap();
         let (dx, dg, db) = (host(&bn.dx).to_vec(), grad(&bn.weight), grad(&bn.bias));
         let all: Vec<usize> = (0..x.len()).collect();
         check(&format!("{what} dx"), &dx, &all, 1e-3, 1e-2, |i, d| {
             let mut xp = x.clone();
             xp[i] += d;
-            bn.forward(&be, &Buf::Host(xp), n, hw, true).unwrap();
+            bn.forward(be, &hb(xp), n, hw, true).unwrap();
             dot(&r, host(&bn.y))
         });
         check(
@@ -179,7 +178,7 @@ fn batchnorm_train_backward_matches_finite_differences() {
             1e-2,
             |i, d| {
                 host_mut(&mut bn.weight.value)[i] += d;
-                bn.forward(&be, &xb, n, hw, true).unwrap();
+                bn.forward(be, &xb, n, hw, true).unwrap();
                 host_mut(&mut bn.weight.value)[i] -= d;
                 dot(&r, host(&bn.y))
             },
@@ -192,7 +191,7 @@ fn batchnorm_train_backward_matches_finite_differences() {
             1e-2,
             |i, d| {
                 host_mut(&mut bn.bias.value)[i] += d;
-                bn.forward(&be, &xb, n, hw, true).unwrap();
+                bn.forward(be, &xb, n, hw, true).unwrap();
                 host_mut(&mut bn.bias.value)[i] -= d;
                 dot(&r, host(&bn.y))
             },
@@ -202,35 +201,32 @@ fn batchnorm_train_backward_matches_finite_differences() {
 
 #[test]
 fn batchnorm_backward_refuses_an_eval_forward() {
-    let be = CpuBackend::new();
-    let mut bn = BatchNorm2d::new(&be, "bn", 2, 1e-5, Act::Relu).unwrap();
-    let x = Buf::Host(vec![0.5; 8]);
-    bn.forward(&be, &x, 2, 2, false).unwrap();
-    let err = bn.backward(&be, &x, &Buf::Host(vec![1.0; 8])).unwrap_err();
+    let be = insclr::backend::cpu();
+    let mut bn = BatchNorm2d::new(be, "bn", 2, 1e-5, Act::Relu).unwrap();
+    let x = hb(vec![0.5; 8]);
+    bn.forward(be, &x, 2, 2, false).unwrap();
+    let err = bn.backward(be, &x, &hb(vec![1.0; 8])).unwrap_err();
     assert!(format!("{err:#}").contains("eval-mode"), "{err:#}");
 }
 
 #[test]
 fn max_pool_and_activations_backward_match_finite_differences() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(13);
     // Distinct values 0.01 apart: a 1e-3 step never changes a window's argmax.
     let (n, c, h, w) = (2, 2, 7, 6);
     let mut x: Vec<f32> = (0..n * c * h * w).map(|v| v as f32 * 0.01).collect();
     rng.shuffle(&mut x);
     let mut mp = MaxPool2d::new(3, 2, 1);
-    let (oh, ow) = mp
-        .forward(&be, &Buf::Host(x.clone()), (n, c, h, w))
-        .unwrap();
+    let (oh, ow) = mp.forward(be, &hb(x.clone()), (n, c, h, w)).unwrap();
     let r = rng.vec_f32(n * c * oh * ow, -1.0, 1.0);
-    mp.backward(&be, &Buf::Host(x.clone()), &Buf::Host(r.clone()))
-        .unwrap();
+    mp.backward(be, &hb(x.clone()), &hb(r.clone())).unwrap();
     let dx = host(&mp.dx).to_vec();
     let all: Vec<usize> = (0..x.len()).collect();
     check("max pool dx", &dx, &all, 1e-3, 1e-3, |i, d| {
         let mut xp = x.clone();
         xp[i] += d;
-        mp.forward(&be, &Buf::Host(xp), (n, c, h, w)).unwrap();
+        mp.forward(be, &hb(xp), (n, c, h, w)).unwrap();
         dot(&r, host(&mp.y))
     });
 
@@ -249,14 +245,14 @@ fn max_pool_and_activations_backward_match_finite_differences() {
             .collect();
         let r = rng.vec_f32(64, -1.0, 1.0);
         let mut a = Activation::new(act);
-        a.forward(&be, &Buf::Host(x.clone())).unwrap();
-        a.backward(&be, &Buf::Host(r.clone())).unwrap();
+        a.forward(be, &hb(x.clone())).unwrap();
+        a.backward(be, &hb(r.clone())).unwrap();
         let dx = host(&a.dx).to_vec();
         let all: Vec<usize> = (0..64).collect();
         check(&format!("{act:?} dx"), &dx, &all, 1e-3, 1e-3, |i, d| {
             let mut xp = x.clone();
             xp[i] += d;
-            a.forward(&be, &Buf::Host(xp)).unwrap();
+            a.forward(be, &hb(xp)).unwrap();
             dot(&r, host(&a.y))
         });
     }
@@ -264,28 +260,28 @@ fn max_pool_and_activations_backward_match_finite_differences() {
 
 #[test]
 fn linear_gem_and_heads_backward_match_finite_differences() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(14);
     let (n, d_in, d_out) = (3, 7, 5);
     for bias in [false, true] {
-        let mut fc = Linear::new(&be, &mut rng, "fc", d_in, d_out, bias).unwrap();
+        let mut fc = Linear::new(be, &mut rng, "fc", d_in, d_out, bias).unwrap();
         let x = rng.vec_f32(n * d_in, -1.0, 1.0);
         let r = rng.vec_f32(n * d_out, -1.0, 1.0);
-        let xb = Buf::Host(x.clone());
-        fc.forward(&be, &xb, n).unwrap();
-        fc.backward(&be, &xb, &Buf::Host(r.clone())).unwrap();
+        let xb = hb(x.clone());
+        fc.forward(be, &xb, n).unwrap();
+        fc.backward(be, &xb, &hb(r.clone())).unwrap();
         let (dx, dw) = (host(&fc.dx).to_vec(), grad(&fc.weight));
         let all: Vec<usize> = (0..x.len()).collect();
         check("linear dx", &dx, &all, 1e-2, 1e-3, |i, d| {
             let mut xp = x.clone();
             xp[i] += d;
-            fc.forward(&be, &Buf::Host(xp), n).unwrap();
+            fc.forward(be, &hb(xp), n).unwrap();
             dot(&r, host(&fc.y))
         });
         let all: Vec<usize> = (0..dw.len()).collect();
         check("linear dW", &dw, &all, 1e-2, 1e-3, |i, d| {
             host_mut(&mut fc.weight.value)[i] += d;
-            fc.forward(&be, &xb, n).unwrap();
+            fc.forward(be, &xb, n).unwrap();
             host_mut(&mut fc.weight.value)[i] -= d;
             dot(&r, host(&fc.y))
         });
@@ -295,7 +291,7 @@ fn linear_gem_and_heads_backward_match_finite_differences() {
             check("linear db", &db, &all, 1e-2, 1e-3, |i, d| {
                 let b = fc.bias.as_mut().unwrap();
                 host_mut(&mut b.value)[i] += d;
-                fc.forward(&be, &xb, n).unwrap();
+                fc.forward(be, &xb, n).unwrap();
                 let b = fc.bias.as_mut().unwrap();
                 host_mut(&mut b.value)[i] -= d;
                 dot(&r, host(&fc.y))
@@ -308,38 +304,36 @@ fn linear_gem_and_heads_backward_match_finite_differences() {
     let x = rng.vec_f32(n * c * hh * ww, 0.1, 2.0);
     let r = rng.vec_f32(n * c, -1.0, 1.0);
     let mut gem = GemPool::gem();
-    gem.forward(&be, &Buf::Host(x.clone()), (n, c, hh, ww))
-        .unwrap();
-    gem.backward(&be, &Buf::Host(x.clone()), &Buf::Host(r.clone()))
-        .unwrap();
+    gem.forward(be, &hb(x.clone()), (n, c, hh, ww)).unwrap();
+    gem.backward(be, &hb(x.clone()), &hb(r.clone())).unwrap();
     let dx = host(&gem.dx).to_vec();
     let all: Vec<usize> = (0..x.len()).collect();
     check("GeM dx", &dx, &all, 1e-3, 1e-2, |i, d| {
         let mut xp = x.clone();
         xp[i] += d;
-        gem.forward(&be, &Buf::Host(xp), (n, c, hh, ww)).unwrap();
+        gem.forward(be, &hb(xp), (n, c, hh, ww)).unwrap();
         dot(&r, host(&gem.y))
     });
 
     for kind in [HeadKind::NormLinearNorm, HeadKind::LinearNorm] {
-        let mut head = Head::new(&be, &mut rng, kind, d_in, d_out).unwrap();
+        let mut head = Head::new(be, &mut rng, kind, d_in, d_out).unwrap();
         let x = rng.vec_f32(n * d_in, 0.0, 1.0);
         let r = rng.vec_f32(n * d_out, -1.0, 1.0);
-        let xb = Buf::Host(x.clone());
-        head.forward(&be, &xb, n).unwrap();
-        head.backward(&be, &xb, &Buf::Host(r.clone())).unwrap();
+        let xb = hb(x.clone());
+        head.forward(be, &xb, n).unwrap();
+        head.backward(be, &xb, &hb(r.clone())).unwrap();
         let (dx, dw) = (head.dx().clone_host(), grad(&head.fc.weight));
         let all: Vec<usize> = (0..x.len()).collect();
         check(&format!("{kind:?} dx"), &dx, &all, 1e-3, 1e-2, |i, d| {
             let mut xp = x.clone();
             xp[i] += d;
-            head.forward(&be, &Buf::Host(xp), n).unwrap();
+            head.forward(be, &hb(xp), n).unwrap();
             dot(&r, host(head.y()))
         });
         let all: Vec<usize> = (0..dw.len()).collect();
         check(&format!("{kind:?} dW"), &dw, &all, 1e-3, 1e-2, |i, d| {
             host_mut(&mut head.fc.weight.value)[i] += d;
-            head.forward(&be, &xb, n).unwrap();
+            head.forward(be, &xb, n).unwrap();
             host_mut(&mut head.fc.weight.value)[i] -= d;
             dot(&r, host(head.y()))
         });
@@ -350,7 +344,7 @@ trait CloneHost {
     fn clone_host(&self) -> Vec<f32>;
 }
 
-impl CloneHost for Buf<f32> {
+impl CloneHost for Buf {
     fn clone_host(&self) -> Vec<f32> {
         host(self).to_vec()
     }
@@ -396,7 +390,7 @@ fn loss_of(
     let (loss, g) = contrastive(&desc, n, d);
     if backward {
         zero_grads(be, net).unwrap();
-        net.backward(be, &Buf::Host(g)).unwrap();
+        net.backward(be, &hb(g)).unwrap();
     }
     loss
 }
@@ -415,7 +409,7 @@ fn check_network(
     tol: f64,
     seed: u64,
 ) {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(seed);
     for p in net.params_mut() {
         if p.kind == ParamKind::BnBias {
@@ -424,7 +418,7 @@ fn check_network(
     }
     let (n, hh, ww) = nhw;
     let x = rng.vec_f32(n * 3 * hh * ww, -2.0, 2.0);
-    loss_of(net, &be, &x, nhw, true);
+    loss_of(net, be, &x, nhw, true);
     for name in names {
         let pos = net
             .params()
@@ -438,7 +432,7 @@ fn check_network(
             // SAFETY: `p` points into `net`, which outlives this closure call; the forward
             // below reads the parameter only after `nudge` has written it.
             nudge(unsafe { &mut *p }, i, d, || {
-                loss_of(net, &be, &x, nhw, false)
+                loss_of(net, be, &x, nhw, false)
             })
         });
     }
@@ -446,11 +440,11 @@ fn check_network(
 
 #[test]
 fn tiny_resnet_end_to_end_matches_finite_differences() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(15);
-    let backbone = ResNet::custom(&be, &mut rng, [1, 2, 1, 1], 4, false).unwrap();
+    let backbone = ResNet::custom(be, &mut rng, [1, 2, 1, 1], 4, false).unwrap();
     let mut net = RetrievalNet::new(
-        &be,
+        be,
         &mut rng,
         Box::new(backbone),
         HeadKind::NormLinearNorm,
@@ -473,10 +467,10 @@ fn tiny_resnet_end_to_end_matches_finite_differences() {
 
 #[test]
 fn efficientnet_lite0_end_to_end_matches_finite_differences() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(17);
-    let backbone = Arch::EfficientNetLite0.build(&be, &mut rng, false).unwrap();
-    let mut net = RetrievalNet::new(&be, &mut rng, backbone, HeadKind::LinearNorm, 8).unwrap();
+    let backbone = Arch::EfficientNetLite0.build(be, &mut rng, false).unwrap();
+    let mut net = RetrievalNet::new(be, &mut rng, backbone, HeadKind::LinearNorm, 8).unwrap();
     let names = [
         "_conv_stem.weight",
         "_blocks.0._depthwise_conv.weight",
@@ -492,11 +486,11 @@ fn efficientnet_lite0_end_to_end_matches_finite_differences() {
 
 #[test]
 fn a_training_step_reuses_its_buffers_and_repeats_exactly() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(19);
-    let backbone = ResNet::custom(&be, &mut rng, [1, 1, 1, 1], 4, false).unwrap();
+    let backbone = ResNet::custom(be, &mut rng, [1, 1, 1, 1], 4, false).unwrap();
     let mut net = RetrievalNet::new(
-        &be,
+        be,
         &mut rng,
         Box::new(backbone),
         HeadKind::NormLinearNorm,
@@ -506,11 +500,11 @@ fn a_training_step_reuses_its_buffers_and_repeats_exactly() {
     net.set_bn_ghost_groups(2);
     let (n, h, w) = (4, 32, 32);
     let x = rng.vec_f32(n * 3 * h * w, -2.0, 2.0);
-    loss_of(&mut net, &be, &x, (n, h, w), true);
+    loss_of(&mut net, be, &x, (n, h, w), true);
     let ptr_out = host(net.head.y()).as_ptr();
     let ptr_map = host(net.backbone.output()).as_ptr();
     let g1 = grad(net.params()[0]);
-    loss_of(&mut net, &be, &x, (n, h, w), true);
+    loss_of(&mut net, be, &x, (n, h, w), true);
     assert_eq!(
         host(net.head.y()).as_ptr(),
         ptr_out,
@@ -526,5 +520,5 @@ fn a_training_step_reuses_its_buffers_and_repeats_exactly() {
     assert!(g1.iter().any(|&v| v != 0.0));
     // A batch that does not split into the ghost groups is an error, not a panic.
     let bad = rng.vec_f32(3 * 3 * h * w, -1.0, 1.0);
-    assert!(net.forward_train(&be, &bad, 3, h, w).is_err());
+    assert!(net.forward_train(be, &bad, 3, h, w).is_err());
 }

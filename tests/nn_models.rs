@@ -2,7 +2,6 @@
 //! as torchvision's `resnet50` / `resnet101` and the efficientnet-lite0 `.pth` file (spec
 //! section 3, ../shared/data.md); output shapes of the retrieval network.
 
-use insclr::backend::{Backend, Buf, CpuBackend};
 use insclr::nn::head::HeadKind;
 use insclr::nn::{count_trainable, Arch, DescriptorNet, Module, ParamKind, RetrievalNet};
 use insclr::rng::Rng;
@@ -31,8 +30,8 @@ fn all_elements(m: &dyn Module) -> usize {
 
 #[test]
 fn resnet50_matches_torchvision() {
-    let be = CpuBackend::new();
-    let net = Arch::ResNet50.build(&be, &mut Rng::new(1), true).unwrap();
+    let be = insclr::backend::cpu();
+    let net = Arch::ResNet50.build(be, &mut Rng::new(1), true).unwrap();
     let m: &dyn Module = &*net;
     assert_eq!(count_trainable(m), 25_557_032);
     // torchvision's resnet50 state_dict has 320 entries: ours + one num_batches_tracked per BN.
@@ -87,8 +86,8 @@ fn resnet50_matches_torchvision() {
 
 #[test]
 fn resnet101_matches_torchvision() {
-    let be = CpuBackend::new();
-    let net = Arch::ResNet101.build(&be, &mut Rng::new(2), true).unwrap();
+    let be = insclr::backend::cpu();
+    let net = Arch::ResNet101.build(be, &mut Rng::new(2), true).unwrap();
     let m: &dyn Module = &*net;
     assert_eq!(count_trainable(m), 44_549_160);
     assert_eq!(m.params().len() + batchnorms(m), 626);
@@ -98,21 +97,21 @@ fn resnet101_matches_torchvision() {
 
 #[test]
 fn backbones_without_classifier_have_no_fc() {
-    let be = CpuBackend::new();
-    let net = Arch::ResNet50.build(&be, &mut Rng::new(3), false).unwrap();
+    let be = insclr::backend::cpu();
+    let net = Arch::ResNet50.build(be, &mut Rng::new(3), false).unwrap();
     assert_eq!(count_trainable(&*net), 25_557_032 - 2048 * 1000 - 1000);
     assert!(net.params().iter().all(|p| !p.name.starts_with("fc.")));
     let eff = Arch::EfficientNetLite0
-        .build(&be, &mut Rng::new(3), false)
+        .build(be, &mut Rng::new(3), false)
         .unwrap();
     assert!(eff.params().iter().all(|p| !p.name.starts_with("_fc.")));
 }
 
 #[test]
 fn efficientnet_lite0_matches_the_pth_file() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let net = Arch::EfficientNetLite0
-        .build(&be, &mut Rng::new(4), true)
+        .build(be, &mut Rng::new(4), true)
         .unwrap();
     let m: &dyn Module = &*net;
     let bns = batchnorms(m);
@@ -155,25 +154,25 @@ fn efficientnet_lite0_matches_the_pth_file() {
 
 #[test]
 fn retrieval_nets_give_unit_descriptors_and_name_their_head() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(5);
-    let backbone = Arch::EfficientNetLite0.build(&be, &mut rng, false).unwrap();
-    let mut net = RetrievalNet::new(&be, &mut rng, backbone, HeadKind::NormLinearNorm, 64).unwrap();
+    let backbone = Arch::EfficientNetLite0.build(be, &mut rng, false).unwrap();
+    let mut net = RetrievalNet::new(be, &mut rng, backbone, HeadKind::NormLinearNorm, 64).unwrap();
     assert_eq!(shape_of(&net, "head.fc.weight"), [64, 1280]);
     assert!(net.params().iter().all(|p| p.name != "head.fc.bias"));
     let (n, h, w) = (2, 70, 45);
     let x = rng.vec_f32(n * 3 * h * w, -1.0, 1.0);
-    let d = net.describe(&be, &x, n, h, w).unwrap();
+    let d = net.describe(be, &x, n, h, w).unwrap();
     assert_eq!(d.len(), n * 64);
     for row in d.chunks(64) {
         let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "descriptor norm {norm}");
     }
-    let err = net.describe(&be, &x[1..], n, h, w).unwrap_err();
+    let err = net.describe(be, &x[1..], n, h, w).unwrap_err();
     assert!(format!("{err:#}").contains("n*3*h*w"), "{err:#}");
 
-    let backbone = Arch::ResNet50.build(&be, &mut rng, false).unwrap();
-    let net = RetrievalNet::new(&be, &mut rng, backbone, HeadKind::LinearNorm, 256).unwrap();
+    let backbone = Arch::ResNet50.build(be, &mut rng, false).unwrap();
+    let net = RetrievalNet::new(be, &mut rng, backbone, HeadKind::LinearNorm, 256).unwrap();
     assert_eq!(shape_of(&net, "head.fc.weight"), [256, 2048]);
     assert_eq!(shape_of(&net, "head.fc.bias"), [256]);
     assert_eq!(net.out_dim(), 256);
@@ -181,15 +180,15 @@ fn retrieval_nets_give_unit_descriptors_and_name_their_head() {
 
 #[test]
 fn classifier_logits_have_one_row_per_image() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(6);
-    let mut net = Arch::EfficientNetLite0.build(&be, &mut rng, true).unwrap();
+    let mut net = Arch::EfficientNetLite0.build(be, &mut rng, true).unwrap();
     let x = be.upload(&rng.vec_f32(2 * 3 * 64 * 64, -1.0, 1.0)).unwrap();
-    let logits = net.logits(&be, &x, (2, 64, 64)).unwrap();
+    let logits = net.logits(be, &x, (2, 64, 64)).unwrap();
     assert_eq!(logits.len(), 2000);
     assert!(logits.iter().all(|v| v.is_finite()));
-    let mut bare = Arch::EfficientNetLite0.build(&be, &mut rng, false).unwrap();
-    assert!(bare.logits(&be, &x, (2, 64, 64)).is_err());
+    let mut bare = Arch::EfficientNetLite0.build(be, &mut rng, false).unwrap();
+    assert!(bare.logits(be, &x, (2, 64, 64)).is_err());
 }
 
 /// Forward + backward of ResNet-50 at 224 px, batch 2, on the CPU backend. Slow in a debug
@@ -198,21 +197,21 @@ fn classifier_logits_have_one_row_per_image() {
 #[ignore = "timing run: cargo test --release --test nn_models -- --ignored --nocapture"]
 fn resnet50_224_batch2_forward_backward_timing() {
     use std::time::Instant;
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(7);
-    let backbone = Arch::ResNet50.build(&be, &mut rng, false).unwrap();
+    let backbone = Arch::ResNet50.build(be, &mut rng, false).unwrap();
     let mut net =
-        RetrievalNet::new(&be, &mut rng, backbone, HeadKind::NormLinearNorm, 2048).unwrap();
+        RetrievalNet::new(be, &mut rng, backbone, HeadKind::NormLinearNorm, 2048).unwrap();
     let (n, h, w) = (2, 224, 224);
     let x = rng.vec_f32(n * 3 * h * w, -2.0, 2.0);
     let d_desc = be.upload(&rng.vec_f32(n * 2048, -1.0, 1.0)).unwrap();
     for step in 0..3 {
-        insclr::nn::zero_grads(&be, &mut net).unwrap();
+        insclr::nn::zero_grads(be, &mut net).unwrap();
         let t0 = Instant::now();
-        let d = net.forward_train(&be, &x, n, h, w).unwrap();
+        let d = net.forward_train(be, &x, n, h, w).unwrap();
         assert_eq!(d.len(), n * 2048);
         let t1 = Instant::now();
-        net.backward(&be, &d_desc).unwrap();
+        net.backward(be, &d_desc).unwrap();
         let t2 = Instant::now();
         println!(
             "resnet50 224px batch 2, step {step}: forward {:.2} s, backward {:.2} s, total {:.2} s ({} rayon threads)",
@@ -223,7 +222,8 @@ fn resnet50_224_batch2_forward_backward_timing() {
         );
     }
     for p in net.params() {
-        if let Some(Buf::Host(g)) = &p.grad {
+        if let Some(g) = &p.grad {
+            let g = be.download::<f32>(g).unwrap();
             assert!(
                 g.iter().all(|v| v.is_finite()),
                 "{} has a non-finite gradient",
@@ -236,26 +236,26 @@ fn resnet50_224_batch2_forward_backward_timing() {
         .into_iter()
         .find(|p| p.name == "conv1.weight")
         .unwrap();
-    match &stem.grad {
-        Some(Buf::Host(g)) => assert!(g.iter().any(|&v| v != 0.0), "conv1 got no gradient"),
-        _ => panic!("conv1.weight has no host gradient"),
-    }
+    let g = be
+        .download::<f32>(stem.grad.as_ref().expect("conv1.weight has a gradient"))
+        .unwrap();
+    assert!(g.iter().any(|&v| v != 0.0), "conv1 got no gradient");
 }
 
 #[test]
 fn feature_maps_have_stride_32() {
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(8);
-    let mut eff = Arch::EfficientNetLite0.build(&be, &mut rng, false).unwrap();
+    let mut eff = Arch::EfficientNetLite0.build(be, &mut rng, false).unwrap();
     let x = be.upload(&rng.vec_f32(3 * 224 * 224, -1.0, 1.0)).unwrap();
-    assert_eq!(eff.forward(&be, &x, (1, 224, 224), false).unwrap(), (7, 7));
+    assert_eq!(eff.forward(be, &x, (1, 224, 224), false).unwrap(), (7, 7));
     assert_eq!(eff.output().len(), 1280 * 7 * 7);
     // TF SAME rounds up: 225 -> 113 -> ... -> 8.
     let x = be.upload(&rng.vec_f32(3 * 225 * 100, -1.0, 1.0)).unwrap();
-    assert_eq!(eff.forward(&be, &x, (1, 225, 100), false).unwrap(), (8, 4));
-    let mut r50 = Arch::ResNet50.build(&be, &mut rng, false).unwrap();
+    assert_eq!(eff.forward(be, &x, (1, 225, 100), false).unwrap(), (8, 4));
+    let mut r50 = Arch::ResNet50.build(be, &mut rng, false).unwrap();
     let x = be.upload(&rng.vec_f32(2 * 3 * 96 * 64, -1.0, 1.0)).unwrap();
-    assert_eq!(r50.forward(&be, &x, (2, 96, 64), false).unwrap(), (3, 2));
+    assert_eq!(r50.forward(be, &x, (2, 96, 64), false).unwrap(), (3, 2));
     assert_eq!(r50.output().len(), 2 * 2048 * 3 * 2);
-    assert!(r50.forward(&be, &x, (2, 96, 65), false).is_err());
+    assert!(r50.forward(be, &x, (2, 96, 65), false).is_err());
 }

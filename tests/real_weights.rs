@@ -173,16 +173,15 @@ fn preprocess(path: &Path) -> Vec<f32> {
 
 #[test]
 fn efficientnet_lite0_classifies_foolbox_imagenet_images() {
-    use insclr::backend::CpuBackend;
     use insclr::nn::efficientnet::EfficientNetLite0;
     use insclr::nn::weights::{load_into, LoadOptions};
     use insclr::nn::Backbone;
     let Some(d) = data() else { return };
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = insclr::rng::Rng::new(0);
-    let mut net = EfficientNetLite0::new(&be, &mut rng, true).unwrap();
+    let mut net = EfficientNetLite0::new(be, &mut rng, true).unwrap();
     let tensors = pth::read(&pth_path(d)).unwrap();
-    let report = load_into(&mut net, &be, &tensors, &LoadOptions::strict()).unwrap();
+    let report = load_into(&mut net, be, &tensors, &LoadOptions::strict()).unwrap();
     println!("{report}");
     assert!(report.is_exact());
     assert_eq!(report.loaded.len(), 247);
@@ -203,8 +202,8 @@ fn efficientnet_lite0_classifies_foolbox_imagenet_images() {
     let (mut top1, mut top5) = (0, 0);
     for chunk in files.chunks(5) {
         let x: Vec<f32> = chunk.iter().flat_map(|p| preprocess(p)).collect();
-        let xb = insclr::backend::Backend::upload(&be, &x).unwrap();
-        let logits = net.logits(&be, &xb, (chunk.len(), 224, 224)).unwrap();
+        let xb = be.upload(&x).unwrap();
+        let logits = net.logits(be, &xb, (chunk.len(), 224, 224)).unwrap();
         assert_eq!(logits.len(), chunk.len() * 1000);
         for (p, row) in chunk.iter().zip(logits.chunks(1000)) {
             let mut order: Vec<usize> = (0..1000).collect();

@@ -2,7 +2,6 @@
 //! a corrupt image is skipped and listed, and a run interrupted at a checkpoint and resumed
 //! ends with exactly the parameters of an uninterrupted run (base / v1 and impr / v2).
 
-use insclr::backend::CpuBackend;
 use insclr::io::safetensors;
 use insclr::mining::CandidatePool;
 use insclr::rng::Rng;
@@ -55,8 +54,8 @@ fn make_data(dir: &Path) -> PathBuf {
     let nrm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
     v.iter_mut().for_each(|a| *a /= nrm);
     feats.extend(v);
-    let be = CpuBackend::new();
-    let pool = CandidatePool::compute(&be, &feats, n_good + 1, d, 8, 64, &mut |_| {}).unwrap();
+    let be = insclr::backend::cpu();
+    let pool = CandidatePool::compute(be, &feats, n_good + 1, d, 8, 64, &mut |_| {}).unwrap();
     let p = dir.join("pool.npz");
     pool.save(&p).unwrap();
     p
@@ -182,11 +181,11 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     let tag = if v2 { "v2" } else { "v1" };
     let dir = tmpdir(tag);
     let pool = make_data(&dir);
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
 
     // Uninterrupted, twice: same numbers.
-    let a = train::run(config(&dir, &pool, "a", v2, 4), &be, &quiet(false)).unwrap();
-    train::run(config(&dir, &pool, "b", v2, 4), &be, &quiet(false)).unwrap();
+    let a = train::run(config(&dir, &pool, "a", v2, 4), be, &quiet(false)).unwrap();
+    train::run(config(&dir, &pool, "b", v2, 4), be, &quiet(false)).unwrap();
     assert_eq!(a.steps_run, 4);
     assert_eq!(a.skipped, 1, "the corrupt file is skipped");
     let listed = std::fs::read_to_string(dir.join("a").join("skipped.txt")).unwrap();
@@ -224,8 +223,8 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     // Training moved the weights away from the seeded initialisation.
     let init = {
         let cfg = config(&dir, &pool, "x", v2, 4);
-        let (net, _) = insclr::train::stage::build_model(&cfg, &be).unwrap();
-        insclr::nn::weights::export(&net, &be).unwrap()
+        let (net, _) = insclr::train::stage::build_model(&cfg, be).unwrap();
+        insclr::nn::weights::export(&net, be).unwrap()
     };
     let moved = init
         .iter()
@@ -239,7 +238,7 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     assert!(moved > 10, "only {moved} tensors changed");
 
     // Interrupted after the checkpoint at step 2, then resumed to step 4.
-    let c1 = train::run(config(&dir, &pool, "c", v2, 2), &be, &quiet(false)).unwrap();
+    let c1 = train::run(config(&dir, &pool, "c", v2, 2), be, &quiet(false)).unwrap();
     assert_eq!(c1.steps_run, 2);
     assert!(dir
         .join("c/checkpoints/checkpoint_0000002.safetensors")
@@ -247,7 +246,7 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     assert!(dir
         .join("c/checkpoints/checkpoint_0000002.memory.npz")
         .exists());
-    let c2 = train::run(config(&dir, &pool, "c", v2, 4), &be, &quiet(true)).unwrap();
+    let c2 = train::run(config(&dir, &pool, "c", v2, 4), be, &quiet(true)).unwrap();
     assert_eq!((c2.resumed_from, c2.steps_run), (Some(2), 2));
     assert_eq!(log_losses(&dir, "c"), la, "same losses step by step");
     assert_eq!(final_tensors(&dir, "c"), fa, "same final parameters");
@@ -255,7 +254,7 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     // A different seed gives a different run.
     let mut other = config(&dir, &pool, "d", v2, 2);
     other.seed = 8;
-    train::run(other, &be, &quiet(false)).unwrap();
+    train::run(other, be, &quiet(false)).unwrap();
     assert_ne!(log_losses(&dir, "d")[..2], la[..2]);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -274,11 +273,11 @@ fn impr_stage_v2_is_deterministic_and_resumes_exactly() {
 fn resume_with_another_seed_is_refused() {
     let dir = tmpdir("seed");
     let pool = make_data(&dir);
-    let be = CpuBackend::new();
-    train::run(config(&dir, &pool, "a", false, 2), &be, &quiet(false)).unwrap();
+    let be = insclr::backend::cpu();
+    train::run(config(&dir, &pool, "a", false, 2), be, &quiet(false)).unwrap();
     let mut cfg = config(&dir, &pool, "a", false, 4);
     cfg.seed = 99;
-    let e = format!("{:#}", train::run(cfg, &be, &quiet(true)).unwrap_err());
+    let e = format!("{:#}", train::run(cfg, be, &quiet(true)).unwrap_err());
     assert!(e.contains("SEED"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }

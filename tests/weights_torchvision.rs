@@ -2,7 +2,7 @@
 //! a ResNet-50 exported to safetensors has torchvision's 320 state-dict entries and loads back
 //! exactly; an ImageNet file with `fc` loads into a backbone without one (InsCLR's init).
 
-use insclr::backend::{Backend, CpuBackend};
+use insclr::backend::Backend;
 use insclr::io::safetensors;
 use insclr::nn::resnet::ResNet;
 use insclr::nn::weights::{export, load_into, LoadOptions};
@@ -12,15 +12,15 @@ use insclr::rng::Rng;
 fn values(m: &dyn Module, be: &dyn Backend) -> Vec<Vec<f32>> {
     m.params()
         .iter()
-        .map(|p| be.download(&p.value).unwrap())
+        .map(|p| be.download::<f32>(&p.value).unwrap())
         .collect()
 }
 
 #[test]
 fn resnet50_export_has_torchvision_state_dict_and_round_trips() {
-    let be = CpuBackend::new();
-    let a = ResNet::new(&be, &mut Rng::new(1), 50, true).unwrap();
-    let t = export(&a, &be).unwrap();
+    let be = insclr::backend::cpu();
+    let a = ResNet::new(be, &mut Rng::new(1), 50, true).unwrap();
+    let t = export(&a, be).unwrap();
     // torchvision resnet50().state_dict(): 161 parameters + 106 running stats + 53 counts.
     assert_eq!(t.len(), 320);
     for name in [
@@ -36,32 +36,32 @@ fn resnet50_export_has_torchvision_state_dict_and_round_trips() {
     }
     let bytes = safetensors::to_bytes(&t, None).unwrap();
     let back = safetensors::from_bytes(&bytes).unwrap();
-    let mut b = ResNet::new(&be, &mut Rng::new(2), 50, true).unwrap();
-    assert_ne!(values(&a, &be), values(&b, &be));
-    let r = load_into(&mut b, &be, &back, &LoadOptions::strict()).unwrap();
+    let mut b = ResNet::new(be, &mut Rng::new(2), 50, true).unwrap();
+    assert_ne!(values(&a, be), values(&b, be));
+    let r = load_into(&mut b, be, &back, &LoadOptions::strict()).unwrap();
     assert!(r.is_exact(), "{r}");
     assert_eq!(r.skipped.len(), 53);
-    assert_eq!(values(&a, &be), values(&b, &be));
+    assert_eq!(values(&a, be), values(&b, be));
 }
 
 #[test]
 fn imagenet_file_with_fc_loads_into_backbone_without_fc() {
-    let be = CpuBackend::new();
-    let src = ResNet::custom(&be, &mut Rng::new(3), [1, 1, 1, 1], 8, true).unwrap();
-    let mut t = export(&src, &be).unwrap();
+    let be = insclr::backend::cpu();
+    let src = ResNet::custom(be, &mut Rng::new(3), [1, 1, 1, 1], 8, true).unwrap();
+    let mut t = export(&src, be).unwrap();
     for x in &mut t {
         x.name = format!("module.{}", x.name);
     }
-    let mut dst = ResNet::custom(&be, &mut Rng::new(4), [1, 1, 1, 1], 8, false).unwrap();
+    let mut dst = ResNet::custom(be, &mut Rng::new(4), [1, 1, 1, 1], 8, false).unwrap();
     // strict refuses, naming the classifier...
-    let e = load_into(&mut dst, &be, &t, &LoadOptions::strict())
+    let e = load_into(&mut dst, be, &t, &LoadOptions::strict())
         .unwrap_err()
         .to_string();
     assert!(e.contains("fc.weight") && e.contains("fc.bias"), "{e}");
     // ...InsCLR's strict=False with fc ignored loads everything else.
-    let r = load_into(&mut dst, &be, &t, &LoadOptions::backbone()).unwrap();
+    let r = load_into(&mut dst, be, &t, &LoadOptions::backbone()).unwrap();
     assert!(r.is_exact() && r.stripped_module_prefix, "{r}");
     assert!(r.skipped.iter().any(|s| s == "fc.weight"));
-    let src_vals: Vec<Vec<f32>> = values(&src, &be)[..dst.params().len()].to_vec();
-    assert_eq!(values(&dst, &be), src_vals);
+    let src_vals: Vec<Vec<f32>> = values(&src, be)[..dst.params().len()].to_vec();
+    assert_eq!(values(&dst, be), src_vals);
 }

@@ -1,591 +1,593 @@
-//! The seam between the method and the hardware: every op the model and InsCLR need, written
-//! once per backend. The CPU backend is the reference (and trains small jobs); the CUDA backend
-//! launches the kernels in `kernels/*.cu`. Buffers are flat; shapes are passed to each op
-//! (llm.c style), so an op's contract is its argument list.
+//! The seam between the method and the hardware. Every op the model and InsCLR need lives in
+//! one file per kernel family (`gemm`, `pool`, `norm`, `conv`, `eltwise`), which holds the op's
+//! shape struct, its check, the family trait a backend implements (`cpu/<family>.rs`,
+//! `cuda/<family>.rs`) and the checked entry point callers use, a method on `dyn Backend`:
+//!
+//! ```ignore
+//! be.gem_fwd(&x, &mut y, Gem::new(n, c, h, w))?; // checks sizes and dtypes once, then dispatches
+//! ```
+//!
+//! A buffer carries its element type ([`DType`]); the CUDA backend launches the kernel named
+//! `<op>_<dtype>` (e.g. `gem_fwd_f32`). What a backend lacks is known before a run:
+//! [`Backend::supports`] answers per op and dtype, and [`select`] refuses (or, for `auto`, passes
+//! over) a device that lacks an op a command needs.
 //!
 //! Gradient convention (as in llm.c): activation gradients are written with `=`; parameter
-//! gradients accumulate with `+=` (through `beta = 1` in [`Backend::matmul`]).
+//! gradients accumulate with `+=` (through `beta = 1` in `matmul`).
 
+pub mod conv;
 pub mod cpu;
 pub mod cuda;
+pub mod eltwise;
+pub mod gemm;
+pub mod norm;
+pub mod pool;
 
-use anyhow::{bail, Result};
-use cudarc::driver::{CudaSlice, DeviceRepr};
+use anyhow::{anyhow, bail, Result};
+use std::borrow::Cow;
+use std::fmt;
 
+pub use conv::{Conv, ConvOps, Padding};
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
+pub use eltwise::{Act, Eltwise, EltwiseOps};
+pub use gemm::{GemmOps, MatMul};
+pub use norm::{BatchNorm, L2Norm, NormOps, L2_EPS};
+pub use pool::{Gem, MaxPool, PoolOps, GEM_EPS};
 
-/// GeM's clamp, from the original (`eps = 1e-6`).
-pub const GEM_EPS: f32 = 1e-6;
-/// L2 normalisation's floor on the norm, as torch.nn.functional.normalize (`1e-12`).
-pub const L2_EPS: f32 = 1e-12;
-
-/// A flat buffer of `T` on the backend that made it.
-pub enum Buf<T: DeviceRepr> {
-    /// Host memory, used by the CPU backend.
-    Host(Vec<T>),
-    /// Device memory on the CUDA backend's stream.
-    Device(CudaSlice<T>),
+/// Element type of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    BF16,
+    I32,
+    U32,
+    I64,
 }
 
-impl<T: DeviceRepr> Buf<T> {
+impl DType {
+    /// Every dtype, for op tables.
+    pub const ALL: [DType; 5] = [DType::F32, DType::BF16, DType::I32, DType::U32, DType::I64];
+
+    /// The suffix of kernel names (`gem_fwd_f32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::I32 => "i32",
+            DType::U32 => "u32",
+            DType::I64 => "i64",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::BF16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::I64 => 8,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A Rust type that a buffer can hold.
+pub trait Elem: bytemuck::Pod + Send + Sync + 'static {
+    const DTYPE: DType;
+}
+impl Elem for f32 {
+    const DTYPE: DType = DType::F32;
+}
+impl Elem for half::bf16 {
+    const DTYPE: DType = DType::BF16;
+}
+impl Elem for i32 {
+    const DTYPE: DType = DType::I32;
+}
+impl Elem for u32 {
+    const DTYPE: DType = DType::U32;
+}
+impl Elem for i64 {
+    const DTYPE: DType = DType::I64;
+}
+
+/// A flat buffer of `len` elements of one [`DType`] on the backend that made it.
+pub struct Buf {
+    dtype: DType,
+    len: usize,
+    mem: Mem,
+}
+
+enum Mem {
+    /// Host memory (the CPU backend), in 8-byte words so any dtype views it aligned.
+    Host(Vec<u64>),
+    /// Memory of a CUDA device, real or emulated.
+    Device(cuda::DevMem),
+}
+
+impl Buf {
+    /// An empty host buffer: a placeholder that an op's output replaces on first use.
+    pub fn empty(dtype: DType) -> Buf {
+        Buf {
+            dtype,
+            len: 0,
+            mem: Mem::Host(Vec::new()),
+        }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
-        match self {
-            Buf::Host(v) => v.len(),
-            Buf::Device(d) => d.len(),
-        }
+        self.len
     }
 
     /// True when the buffer holds no element.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
-}
 
-/// Shape of a row-major matrix product `C[m,n] = alpha * op(A) op(B) + beta * C`, where `op(A)`
-/// is `m x k` (A stored `k x m` when `trans_a`) and `op(B)` is `k x n` (B stored `n x k` when
-/// `trans_b`). All three matrices are dense and row-major.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MatMul {
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub trans_a: bool,
-    pub trans_b: bool,
-    pub alpha: f32,
-    pub beta: f32,
-}
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
 
-impl MatMul {
-    /// `C = A B` with no transposes.
-    pub fn new(m: usize, n: usize, k: usize) -> Self {
-        MatMul {
-            m,
-            n,
-            k,
-            trans_a: false,
-            trans_b: false,
-            alpha: 1.0,
-            beta: 0.0,
+    /// Size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.len * self.dtype.size()
+    }
+
+    fn host_zeroed(dtype: DType, len: usize) -> Buf {
+        Buf {
+            dtype,
+            len,
+            mem: Mem::Host(vec![0u64; (len * dtype.size()).div_ceil(8)]),
         }
     }
 
-    /// Same product with `A` read transposed.
-    pub fn ta(self) -> Self {
-        MatMul {
-            trans_a: true,
-            ..self
+    fn device(dtype: DType, len: usize, mem: cuda::DevMem) -> Buf {
+        Buf {
+            dtype,
+            len,
+            mem: Mem::Device(mem),
         }
     }
 
-    /// Same product with `B` read transposed.
-    pub fn tb(self) -> Self {
-        MatMul {
-            trans_b: true,
-            ..self
+    /// The host bytes of a CPU buffer.
+    fn host_bytes(&self) -> Option<&[u8]> {
+        match &self.mem {
+            Mem::Host(w) => Some(&bytemuck::cast_slice(w)[..self.bytes()]),
+            Mem::Device(_) => None,
         }
     }
 
-    /// Same product accumulating into C (`beta = 1`), as parameter gradients do.
-    pub fn accumulate(self) -> Self {
-        MatMul { beta: 1.0, ..self }
+    fn host_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        let n = self.bytes();
+        match &mut self.mem {
+            Mem::Host(w) => Some(&mut bytemuck::cast_slice_mut(w)[..n]),
+            Mem::Device(_) => None,
+        }
     }
 
-    fn check(&self, a: usize, b: usize, c: usize) -> Result<()> {
-        let (m, n, k) = (self.m, self.n, self.k);
-        if a != m * k || b != k * n || c != m * n {
-            bail!(
-                "matmul m={m} n={n} k={k}: buffers hold A={a}, B={b}, C={c} elements; expected {}, {}, {}",
-                m * k,
-                k * n,
-                m * n
-            );
+    /// The elements of a host buffer of dtype `T` (the CPU backend's view); an error for a
+    /// device buffer (use [`Backend`]'s `download` or `host_view`) or another dtype.
+    pub fn host<T: Elem>(&self) -> Result<&[T]> {
+        self.expect_dtype(T::DTYPE)?;
+        let bytes = self.host_bytes().ok_or_else(|| {
+            anyhow!("a device buffer was given to the CPU backend; download it first")
+        })?;
+        Ok(bytemuck::cast_slice(bytes))
+    }
+
+    /// The elements of a host buffer, mutable.
+    pub fn host_mut<T: Elem>(&mut self) -> Result<&mut [T]> {
+        self.expect_dtype(T::DTYPE)?;
+        let bytes = self.host_bytes_mut().ok_or_else(|| {
+            anyhow!("a device buffer was given to the CPU backend; download it first")
+        })?;
+        Ok(bytemuck::cast_slice_mut(bytes))
+    }
+
+    /// The device memory of a CUDA buffer.
+    pub(crate) fn dev(&self) -> Result<&cuda::DevMem> {
+        match &self.mem {
+            Mem::Device(d) => Ok(d),
+            Mem::Host(_) => bail!("a host buffer was given to the CUDA backend; upload it first"),
+        }
+    }
+
+    pub(crate) fn dev_mut(&mut self) -> Result<&mut cuda::DevMem> {
+        match &mut self.mem {
+            Mem::Device(d) => Ok(d),
+            Mem::Host(_) => bail!("a host buffer was given to the CUDA backend; upload it first"),
+        }
+    }
+
+    fn expect_dtype(&self, want: DType) -> Result<()> {
+        if self.dtype != want {
+            bail!("a {} buffer was used as {want}", self.dtype);
         }
         Ok(())
     }
 }
 
-/// Shape of a GeM pooling: `rows = N*C` maps of `hw = H*W` values each, power `p`, clamp `eps`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Gem {
-    pub rows: usize,
-    pub hw: usize,
-    pub p: f32,
-    pub eps: f32,
-}
-
-impl Gem {
-    /// InsCLR's GeM: p = 3 fixed, eps = 1e-6.
-    pub fn new(n: usize, c: usize, h: usize, w: usize) -> Self {
-        Gem {
-            rows: n * c,
-            hw: h * w,
-            p: 3.0,
-            eps: GEM_EPS,
-        }
-    }
-
-    fn check(&self, x: usize, y: usize) -> Result<()> {
-        if self.hw == 0 || self.p <= 0.0 || !self.p.is_finite() {
-            bail!(
-                "GeM: need hw > 0 and a finite p > 0, got hw={} p={}",
-                self.hw,
-                self.p
-            );
-        }
-        if x != self.rows * self.hw || y != self.rows {
-            bail!(
-                "GeM rows={} hw={}: x holds {x} (expected {}), y holds {y} (expected {})",
-                self.rows,
-                self.hw,
-                self.rows * self.hw,
-                self.rows
-            );
-        }
-        Ok(())
+impl fmt::Debug for Buf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = match &self.mem {
+            Mem::Host(_) => "host",
+            Mem::Device(d) => d.place(),
+        };
+        write!(f, "Buf({} x {} on {place})", self.len, self.dtype)
     }
 }
 
-/// Shape of a row-wise L2 normalisation of a `rows x cols` matrix.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct L2Norm {
-    pub rows: usize,
-    pub cols: usize,
-    pub eps: f32,
-}
+/// A shape that has been checked against its buffers. Only this module and its children make
+/// one, so a backend's op (and the unsafe launch behind it) never sees unchecked sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct Checked<S>(S);
 
-impl L2Norm {
-    /// `x / max(||x||, 1e-12)` per row.
-    pub fn new(rows: usize, cols: usize) -> Self {
-        L2Norm {
-            rows,
-            cols,
-            eps: L2_EPS,
-        }
-    }
-
-    fn check(&self, bufs: &[usize]) -> Result<()> {
-        let want = self.rows * self.cols;
-        if let Some(bad) = bufs.iter().find(|&&l| l != want) {
-            bail!(
-                "L2 norm {}x{}: a buffer holds {bad} elements, expected {want}",
-                self.rows,
-                self.cols
-            );
-        }
-        Ok(())
+impl<S> std::ops::Deref for Checked<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.0
     }
 }
 
-/// Spatial padding of a convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Padding {
-    /// The same `p` on every side (PyTorch's `padding=p`).
-    Sym(usize),
-    /// TensorFlow "SAME": `out = ceil(in / stride)`, total pad `max((out-1)*stride + k - in, 0)`,
-    /// the smaller half on top / left. Depends on the input size, so it is resolved per shape.
-    Same,
-}
-
-impl Padding {
-    /// `(pad_before, out)` for one spatial dimension of size `len`.
-    fn resolve(self, len: usize, k: usize, stride: usize) -> (usize, usize) {
-        match self {
-            Padding::Sym(p) => {
-                let span = len + 2 * p;
-                (
-                    p,
-                    if span >= k {
-                        (span - k) / stride + 1
-                    } else {
-                        0
-                    },
-                )
-            }
-            Padding::Same => {
-                let out = len.div_ceil(stride);
-                let total = ((out.max(1) - 1) * stride + k).saturating_sub(len);
-                (total / 2, out)
-            }
-        }
-    }
-}
-
-/// Shape of a 2-D convolution without bias, NCHW input `n x c_in x h x w`, weight
-/// `c_out x (c_in/groups) x kh x kw` (PyTorch layout), output `n x c_out x oh x ow`, dilation 1.
-/// Bottom / right padding is implied by `oh` / `ow` (TF "SAME" pads asymmetrically).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv {
-    pub n: usize,
-    pub c_in: usize,
-    pub h: usize,
-    pub w: usize,
-    pub c_out: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub pad_top: usize,
-    pub pad_left: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub groups: usize,
-}
-
-impl Conv {
-    /// A square `k x k` convolution; errors on sizes that give an empty output or channels not
-    /// divisible by `groups`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        n: usize,
-        c_in: usize,
-        h: usize,
-        w: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        padding: Padding,
-        groups: usize,
-    ) -> Result<Self> {
-        if stride == 0 || k == 0 || groups == 0 {
-            bail!("conv: kernel {k}, stride {stride} and groups {groups} must all be positive");
-        }
-        if c_in % groups != 0 || c_out % groups != 0 {
-            bail!("conv: channels {c_in} -> {c_out} are not divisible by groups = {groups}");
-        }
-        let (pad_top, oh) = padding.resolve(h, k, stride);
-        let (pad_left, ow) = padding.resolve(w, k, stride);
-        if oh == 0 || ow == 0 {
-            bail!("conv: a {h}x{w} input is too small for a {k}x{k} kernel with {padding:?}; use larger images");
-        }
-        Ok(Conv {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            kh: k,
-            kw: k,
-            stride,
-            pad_top,
-            pad_left,
-            oh,
-            ow,
-            groups,
-        })
-    }
-
-    /// Elements of the input, weight and output.
-    pub fn sizes(&self) -> (usize, usize, usize) {
-        (
-            self.n * self.c_in * self.h * self.w,
-            self.c_out * (self.c_in / self.groups) * self.kh * self.kw,
-            self.n * self.c_out * self.oh * self.ow,
-        )
-    }
-
-    /// True for a depthwise convolution (one input and one output channel per group).
-    pub fn is_depthwise(&self) -> bool {
-        self.groups == self.c_in && self.groups == self.c_out
-    }
-
-    fn check(&self, x: usize, w: usize, y: usize) -> Result<()> {
-        let (ex, ew, ey) = self.sizes();
-        if x != ex || w != ew || y != ey {
-            bail!(
-                "conv {self:?}: buffers hold x={x}, w={w}, y={y} elements; expected {ex}, {ew}, {ey}"
-            );
-        }
-        Ok(())
-    }
-}
-
-/// A pointwise activation, standalone or fused after BatchNorm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Act {
-    /// No activation.
-    Identity,
-    /// `max(x, 0)`.
-    Relu,
-    /// `min(max(x, 0), 6)` (EfficientNet-Lite).
-    Relu6,
-}
-
-/// Shape of a BatchNorm over an NCHW tensor `n x c x hw`, with an activation fused after it.
-/// `ghost` splits the batch into that many contiguous chunks with their own statistics (spec G13:
-/// the original's 4-GPU DataParallel); running statistics follow chunk 0 only, as DataParallel
-/// keeps only replica 0's buffer updates. `ghost = 1` is plain BatchNorm.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BatchNorm {
-    pub n: usize,
-    pub c: usize,
-    pub hw: usize,
-    pub eps: f32,
-    pub momentum: f32,
-    pub act: Act,
-    pub ghost: usize,
-}
-
-impl BatchNorm {
-    /// PyTorch's defaults (momentum 0.1, one statistics group) with the model's `eps`.
-    pub fn new(n: usize, c: usize, hw: usize, eps: f32, act: Act) -> Self {
-        BatchNorm {
-            n,
-            c,
-            hw,
-            eps,
-            momentum: 0.1,
-            act,
-            ghost: 1,
-        }
-    }
-
-    /// Checks the activation-sized buffers (`n*c*hw`) and the per-channel ones (`c`).
-    fn check(&self, act: &[usize], chan: &[usize]) -> Result<()> {
-        let (want, wc) = (self.n * self.c * self.hw, self.c);
-        if let Some(bad) = act.iter().find(|&&l| l != want) {
-            bail!("batchnorm {self:?}: a tensor holds {bad} elements, expected {want}");
-        }
-        if let Some(bad) = chan.iter().find(|&&l| l != wc) {
-            bail!("batchnorm {self:?}: a per-channel tensor holds {bad} elements, expected {wc}");
-        }
-        Ok(())
-    }
-
-    /// Checks what training-mode statistics need: whole chunks, more than one value per channel.
-    fn check_train(&self, saved: &[usize]) -> Result<()> {
-        if self.ghost == 0 || self.n % self.ghost != 0 {
-            bail!(
-                "batchnorm: batch {} does not split into {} equal statistics groups; use a batch size divisible by it",
-                self.n,
-                self.ghost
-            );
-        }
-        if (self.n / self.ghost) * self.hw < 2 {
-            bail!(
-                "batchnorm in training mode needs more than 1 value per channel, got {} (batch {} / {} groups x {} positions)",
-                (self.n / self.ghost) * self.hw,
-                self.n,
-                self.ghost,
-                self.hw
-            );
-        }
-        let want = self.ghost * self.c;
-        if let Some(bad) = saved.iter().find(|&&l| l != want) {
-            bail!("batchnorm {self:?}: a saved-statistics buffer holds {bad} elements, expected {want}");
-        }
-        Ok(())
-    }
-}
-
-/// Shape of a max pooling over NCHW `n x c x h x w` (padding counts as -inf, floor mode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MaxPool {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub oh: usize,
-    pub ow: usize,
-}
-
-impl MaxPool {
-    /// A `k x k` window with `stride` and symmetric `pad` (ResNet's stem: 3, 2, 1).
-    pub fn new(
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    ) -> Result<Self> {
-        if k == 0 || stride == 0 || pad >= k {
-            bail!(
-                "max pool: need k > 0, stride > 0 and pad < k, got k={k} stride={stride} pad={pad}"
-            );
-        }
-        let (_, oh) = Padding::Sym(pad).resolve(h, k, stride);
-        let (_, ow) = Padding::Sym(pad).resolve(w, k, stride);
-        if oh == 0 || ow == 0 {
-            bail!("max pool: a {h}x{w} map is too small for a {k}x{k} window; use larger images");
-        }
-        Ok(MaxPool {
-            n,
-            c,
-            h,
-            w,
-            k,
-            stride,
-            pad,
-            oh,
-            ow,
-        })
-    }
-
-    fn check(&self, x: &[usize], y: &[usize]) -> Result<()> {
-        let (wx, wy) = (
-            self.n * self.c * self.h * self.w,
-            self.n * self.c * self.oh * self.ow,
+/// Checks that every buffer of `bufs` holds `want` elements; `what` names the op in the error.
+fn check_len(what: &dyn fmt::Debug, want: usize, bufs: &[&Buf]) -> Result<()> {
+    if let Some(b) = bufs.iter().find(|b| b.len() != want) {
+        bail!(
+            "{what:?}: a buffer holds {} elements, expected {want}",
+            b.len()
         );
-        if x.iter().any(|&l| l != wx) || y.iter().any(|&l| l != wy) {
-            bail!("max pool {self:?}: input-sized buffers hold {x:?} (expected {wx}), output-sized {y:?} (expected {wy})");
-        }
-        Ok(())
-    }
-}
-
-/// Checks that elementwise operands all have `len` elements.
-fn check_same(op: &str, bufs: &[usize]) -> Result<()> {
-    if let Some(&first) = bufs.first() {
-        if bufs.iter().any(|&l| l != first) {
-            bail!("{op}: operands differ in length: {bufs:?}");
-        }
     }
     Ok(())
 }
 
-/// Every op the model and the method need. Object-safe, so `Box<dyn Backend>` picks the
-/// hardware at run time; tests are written once against `&dyn Backend`.
+/// Checks that all `bufs` share one dtype and returns it.
+fn same_dtype(what: &dyn fmt::Debug, bufs: &[&Buf]) -> Result<DType> {
+    let dt = bufs.first().map_or(DType::F32, |b| b.dtype());
+    if let Some(b) = bufs.iter().find(|b| b.dtype() != dt) {
+        bail!(
+            "{what:?}: buffers of different dtypes ({dt} and {})",
+            b.dtype()
+        );
+    }
+    Ok(dt)
+}
+
+/// Every op of the seam. Its kernel on CUDA is `<name>_<dtype>` in `kernels/<family>.cu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Matmul,
+    GemFwd,
+    GemBwd,
+    MaxpoolFwd,
+    MaxpoolBwd,
+    L2normFwd,
+    L2normBwd,
+    BatchnormFwdTrain,
+    BatchnormFwdEval,
+    BatchnormBwd,
+    Conv2dFwd,
+    Conv2dBwdData,
+    Conv2dBwdWeight,
+    AddFwd,
+    ActFwd,
+    ActBwd,
+}
+
+impl Op {
+    /// Every op, in family order.
+    pub const ALL: [Op; 16] = [
+        Op::Matmul,
+        Op::GemFwd,
+        Op::GemBwd,
+        Op::MaxpoolFwd,
+        Op::MaxpoolBwd,
+        Op::L2normFwd,
+        Op::L2normBwd,
+        Op::BatchnormFwdTrain,
+        Op::BatchnormFwdEval,
+        Op::BatchnormBwd,
+        Op::Conv2dFwd,
+        Op::Conv2dBwdData,
+        Op::Conv2dBwdWeight,
+        Op::AddFwd,
+        Op::ActFwd,
+        Op::ActBwd,
+    ];
+
+    /// The op's name, the stem of its kernels' names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Matmul => "matmul",
+            Op::GemFwd => "gem_fwd",
+            Op::GemBwd => "gem_bwd",
+            Op::MaxpoolFwd => "maxpool_fwd",
+            Op::MaxpoolBwd => "maxpool_bwd",
+            Op::L2normFwd => "l2norm_fwd",
+            Op::L2normBwd => "l2norm_bwd",
+            Op::BatchnormFwdTrain => "batchnorm_fwd_train",
+            Op::BatchnormFwdEval => "batchnorm_fwd_eval",
+            Op::BatchnormBwd => "batchnorm_bwd",
+            Op::Conv2dFwd => "conv2d_fwd",
+            Op::Conv2dBwdData => "conv2d_bwd_data",
+            Op::Conv2dBwdWeight => "conv2d_bwd_weight",
+            Op::AddFwd => "add_fwd",
+            Op::ActFwd => "act_fwd",
+            Op::ActBwd => "act_bwd",
+        }
+    }
+
+    /// The kernel family (`kernels/<family>.cu`, `backend/<family>.rs`).
+    pub fn family(self) -> &'static str {
+        match self {
+            Op::Matmul => "gemm",
+            Op::GemFwd | Op::GemBwd | Op::MaxpoolFwd | Op::MaxpoolBwd => "pool",
+            Op::L2normFwd
+            | Op::L2normBwd
+            | Op::BatchnormFwdTrain
+            | Op::BatchnormFwdEval
+            | Op::BatchnormBwd => "norm",
+            Op::Conv2dFwd | Op::Conv2dBwdData | Op::Conv2dBwdWeight => "conv",
+            Op::AddFwd | Op::ActFwd | Op::ActBwd => "eltwise",
+        }
+    }
+
+    /// The kernel that runs this op on `dtype`.
+    pub fn kernel(self, dtype: DType) -> String {
+        format!("{}_{}", self.name(), dtype.name())
+    }
+}
+
+/// Which kind of backend made a buffer or runs an op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// Plain Rust on the CPU: the reference.
+    Cpu,
+    /// Our kernels on an NVIDIA GPU.
+    Cuda,
+    /// Our kernels on the emulated GPU (the CPU; proves logic, never speed).
+    Emu,
+}
+
+impl Device {
+    /// "cpu", "cuda" or "emu".
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Emu => "emu",
+        }
+    }
+}
+
+/// Every op the model and the method need, on one device. Implemented by [`CpuBackend`] and
+/// [`CudaBackend`]; callers hold a `&dyn Backend` and use the checked methods on it (the family
+/// traits are what a backend implements, not what callers call).
 pub trait Backend: Send + Sync {
-    /// "cpu" or "cuda".
-    fn name(&self) -> &'static str;
+    /// The device this backend runs on.
+    fn device(&self) -> Device;
     /// One line for humans: the device and what runs on it.
     fn describe(&self) -> String;
-
-    /// A zero-filled buffer of `len` f32.
-    fn zeros(&self, len: usize) -> Result<Buf<f32>>;
-    /// Copies host data into a new buffer on this backend.
-    fn upload(&self, data: &[f32]) -> Result<Buf<f32>>;
-    /// Copies a buffer back to the host (waits for pending work).
-    fn download(&self, buf: &Buf<f32>) -> Result<Vec<f32>>;
+    /// True when this backend runs `op` on buffers of `dtype`.
+    fn supports(&self, op: Op, dtype: DType) -> bool;
+    /// A zero-filled buffer of `len` elements of `dtype`.
+    fn zeros(&self, dtype: DType, len: usize) -> Result<Buf>;
+    /// Copies `src` (exactly `dst.bytes()` long) into `dst`.
+    fn write_bytes(&self, src: &[u8], dst: &mut Buf) -> Result<()>;
+    /// Copies `src` into `dst` (exactly `src.bytes()` long), waiting for pending work.
+    fn read_bytes(&self, src: &Buf, dst: &mut [u8]) -> Result<()>;
+    /// Sets every element of `buf` to zero (gradients before a step, scatter targets).
+    fn zero(&self, buf: &mut Buf) -> Result<()>;
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
 
-    /// `C = alpha * op(A) op(B) + beta * C`, row-major (see [`MatMul`]).
-    fn matmul(&self, a: &Buf<f32>, b: &Buf<f32>, c: &mut Buf<f32>, shape: MatMul) -> Result<()>;
-
-    /// GeM pooling forward: `y[r] = (mean_hw max(x, eps)^p)^(1/p)`.
-    fn gem_fwd(&self, x: &Buf<f32>, y: &mut Buf<f32>, shape: Gem) -> Result<()>;
-    /// GeM pooling backward: writes `dx` from `x`, the forward output `y` and `dy`.
-    fn gem_bwd(
-        &self,
-        x: &Buf<f32>,
-        y: &Buf<f32>,
-        dy: &Buf<f32>,
-        dx: &mut Buf<f32>,
-        shape: Gem,
-    ) -> Result<()>;
-
-    /// Row-wise L2 normalisation forward.
-    fn l2norm_fwd(&self, x: &Buf<f32>, y: &mut Buf<f32>, shape: L2Norm) -> Result<()>;
-    /// Row-wise L2 normalisation backward: writes `dx` from the input `x` and `dy`.
-    fn l2norm_bwd(
-        &self,
-        x: &Buf<f32>,
-        dy: &Buf<f32>,
-        dx: &mut Buf<f32>,
-        shape: L2Norm,
-    ) -> Result<()>;
-    /// Sets every element of `buf` to zero (gradients before a step, scatter targets).
-    fn zero(&self, buf: &mut Buf<f32>) -> Result<()>;
-    /// Copies host data into an existing buffer of the same length (no allocation).
-    fn upload_into(&self, data: &[f32], buf: &mut Buf<f32>) -> Result<()>;
-
-    /// Convolution forward: `y = conv(x, w)` (see [`Conv`]).
-    fn conv2d_fwd(&self, x: &Buf<f32>, w: &Buf<f32>, y: &mut Buf<f32>, s: Conv) -> Result<()>;
-    /// Convolution data gradient: writes `dx` from `dy` and the weight.
-    fn conv2d_bwd_data(
-        &self,
-        dy: &Buf<f32>,
-        w: &Buf<f32>,
-        dx: &mut Buf<f32>,
-        s: Conv,
-    ) -> Result<()>;
-    /// Convolution weight gradient: accumulates into `dw` from the input `x` and `dy`.
-    fn conv2d_bwd_weight(
-        &self,
-        x: &Buf<f32>,
-        dy: &Buf<f32>,
-        dw: &mut Buf<f32>,
-        s: Conv,
-    ) -> Result<()>;
-
-    /// BatchNorm + activation forward with batch statistics: writes `y`, saves each statistics
-    /// group's mean and 1/sqrt(var+eps) (`ghost x c`) for backward, and updates the running
-    /// mean / unbiased variance with the momentum.
-    #[allow(clippy::too_many_arguments)]
-    fn batchnorm_fwd_train(
-        &self,
-        x: &Buf<f32>,
-        gamma: &Buf<f32>,
-        beta: &Buf<f32>,
-        running: (&mut Buf<f32>, &mut Buf<f32>),
-        saved: (&mut Buf<f32>, &mut Buf<f32>),
-        y: &mut Buf<f32>,
-        s: BatchNorm,
-    ) -> Result<()>;
-    /// BatchNorm + activation forward with the running statistics (eval mode).
-    #[allow(clippy::too_many_arguments)]
-    fn batchnorm_fwd_eval(
-        &self,
-        x: &Buf<f32>,
-        gamma: &Buf<f32>,
-        beta: &Buf<f32>,
-        running_mean: &Buf<f32>,
-        running_var: &Buf<f32>,
-        y: &mut Buf<f32>,
-        s: BatchNorm,
-    ) -> Result<()>;
-    /// BatchNorm + activation backward after a training-mode forward: writes `dx`, accumulates
-    /// `dgamma` and `dbeta`. `y` is the forward output (for the activation's mask).
-    #[allow(clippy::too_many_arguments)]
-    fn batchnorm_bwd(
-        &self,
-        x: &Buf<f32>,
-        y: &Buf<f32>,
-        dy: &Buf<f32>,
-        gamma: &Buf<f32>,
-        saved: (&Buf<f32>, &Buf<f32>),
-        dx: &mut Buf<f32>,
-        dparams: (&mut Buf<f32>, &mut Buf<f32>),
-        s: BatchNorm,
-    ) -> Result<()>;
-
-    /// Max pooling forward.
-    fn maxpool_fwd(&self, x: &Buf<f32>, y: &mut Buf<f32>, s: MaxPool) -> Result<()>;
-    /// Max pooling backward: writes `dx`, routing each `dy` to the first maximum of its window.
-    fn maxpool_bwd(
-        &self,
-        x: &Buf<f32>,
-        y: &Buf<f32>,
-        dy: &Buf<f32>,
-        dx: &mut Buf<f32>,
-        s: MaxPool,
-    ) -> Result<()>;
-
-    /// Elementwise `y = a + b` (residual connections, summing two gradient paths).
-    fn add_fwd(&self, a: &Buf<f32>, b: &Buf<f32>, y: &mut Buf<f32>) -> Result<()>;
-    /// Activation forward `y = act(x)`.
-    fn act_fwd(&self, x: &Buf<f32>, y: &mut Buf<f32>, act: Act) -> Result<()>;
-    /// Activation backward from the forward output: `dx = dy * act'(y)`.
-    fn act_bwd(&self, y: &Buf<f32>, dy: &Buf<f32>, dx: &mut Buf<f32>, act: Act) -> Result<()>;
+    /// The families' ops on this backend (called by the checked methods on `dyn Backend`).
+    fn gemm(&self) -> &dyn GemmOps;
+    fn pool(&self) -> &dyn PoolOps;
+    fn norm(&self) -> &dyn NormOps;
+    fn conv(&self) -> &dyn ConvOps;
+    fn eltwise(&self) -> &dyn EltwiseOps;
 }
 
-/// The CUDA backend when a GPU, its driver and the embedded kernels are all present, else the
-/// CPU backend. The string says which was chosen and, for CPU, why.
-pub fn auto() -> (Box<dyn Backend>, String) {
-    match CudaBackend::new(0) {
-        Ok(cuda) => {
-            let why = format!("cuda: {}", cuda.describe());
-            (Box::new(cuda), why)
+/// The family accessors of a backend that implements every family trait itself.
+macro_rules! family_accessors {
+    () => {
+        fn gemm(&self) -> &dyn $crate::backend::GemmOps {
+            self
         }
-        Err(e) => (
-            Box::new(CpuBackend::new()),
-            format!("cpu (no CUDA backend: {e:#})"),
-        ),
+        fn pool(&self) -> &dyn $crate::backend::PoolOps {
+            self
+        }
+        fn norm(&self) -> &dyn $crate::backend::NormOps {
+            self
+        }
+        fn conv(&self) -> &dyn $crate::backend::ConvOps {
+            self
+        }
+        fn eltwise(&self) -> &dyn $crate::backend::EltwiseOps {
+            self
+        }
+    };
+}
+pub(crate) use family_accessors;
+
+impl dyn Backend + '_ {
+    /// "cpu", "cuda" or "emu".
+    pub fn name(&self) -> &'static str {
+        self.device().name()
     }
+
+    /// True when `buf` lives where this backend computes (a placeholder or a buffer of another
+    /// backend does not).
+    pub fn owns(&self, buf: &Buf) -> bool {
+        match (&buf.mem, self.device()) {
+            (Mem::Host(_), Device::Cpu) => true,
+            (Mem::Device(d), dev) => d.device() == dev,
+            _ => false,
+        }
+    }
+
+    /// A new buffer holding `data`.
+    pub fn upload<T: Elem>(&self, data: &[T]) -> Result<Buf> {
+        let mut b = self.zeros(T::DTYPE, data.len())?;
+        self.write_bytes(bytemuck::cast_slice(data), &mut b)?;
+        Ok(b)
+    }
+
+    /// Copies `data` into an existing buffer of the same length and dtype (no allocation).
+    pub fn upload_into<T: Elem>(&self, data: &[T], buf: &mut Buf) -> Result<()> {
+        buf.expect_dtype(T::DTYPE)?;
+        if data.len() != buf.len() {
+            bail!(
+                "upload of {} elements into a buffer of {}",
+                data.len(),
+                buf.len()
+            );
+        }
+        self.write_bytes(bytemuck::cast_slice(data), buf)
+    }
+
+    /// The buffer's elements on the host (waits for pending work).
+    pub fn download<T: Elem>(&self, buf: &Buf) -> Result<Vec<T>> {
+        buf.expect_dtype(T::DTYPE)?;
+        let mut out = vec![T::zeroed(); buf.len()];
+        self.read_bytes(buf, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+
+    /// The buffer's elements on the host: borrowed in place on the CPU, copied from a device.
+    pub fn host_view<'a, T: Elem>(&self, buf: &'a Buf) -> Result<Cow<'a, [T]>> {
+        match &buf.mem {
+            Mem::Host(_) => Ok(Cow::Borrowed(buf.host::<T>()?)),
+            Mem::Device(_) => Ok(Cow::Owned(self.download(buf)?)),
+        }
+    }
+
+    /// Runs `f` on the buffer's elements on the host: in place on the CPU; on a device through
+    /// a download and an upload.
+    pub fn update_on_host<T: Elem>(&self, buf: &mut Buf, f: impl FnOnce(&mut [T])) -> Result<()> {
+        if let Mem::Host(_) = buf.mem {
+            f(buf.host_mut::<T>()?);
+            return Ok(());
+        }
+        let mut v = self.download::<T>(buf)?;
+        f(&mut v);
+        self.upload_into(&v, buf)
+    }
+
+    /// The ops of `needs` this backend lacks.
+    pub fn missing(&self, needs: &[(Op, DType)]) -> Vec<(Op, DType)> {
+        needs
+            .iter()
+            .copied()
+            .filter(|&(op, dt)| !self.supports(op, dt))
+            .collect()
+    }
+
+    /// An error unless this backend runs `op` on `dtype`.
+    fn require(&self, op: Op, dtype: DType) -> Result<()> {
+        if self.supports(op, dtype) {
+            return Ok(());
+        }
+        Err(lacks_error(self.name(), &[(op, dtype)]))
+    }
+}
+
+/// The error for ops a backend does not have: says where their kernels will live.
+fn lacks_error(backend: &str, missing: &[(Op, DType)]) -> anyhow::Error {
+    let list: Vec<String> = missing
+        .iter()
+        .map(|&(op, dt)| format!("{} (kernels/{}.cu)", op.kernel(dt), op.family()))
+        .collect();
+    anyhow!(
+        "the {backend} backend has no kernel for {}; use --device cpu",
+        list.join(", ")
+    )
+}
+
+/// The error a family trait's default method returns: the op is not written for this backend.
+/// Callers going through `dyn Backend` see [`lacks_error`] first.
+fn not_implemented(op: Op) -> anyhow::Error {
+    anyhow!("{} is not implemented on this backend", op.name())
+}
+
+/// The device a command asked for (`--device`, `INSCLR_DEVICE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The GPU when there is one and it has every kernel the command needs, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+    /// The emulated GPU: our kernels, on the CPU. Never chosen by `auto`.
+    Emu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda),
+            "emu" => Ok(DeviceChoice::Emu),
+            _ => Err(format!("unknown device '{s}'; use auto, cpu, cuda or emu")),
+        }
+    }
+}
+
+/// The backend for a command that needs `needs`, and a line saying what was chosen and why.
+/// An explicit device that lacks an op is an error naming the ops; `auto` passes over the GPU
+/// then, and says so.
+pub fn select(choice: DeviceChoice, needs: &[(Op, DType)]) -> Result<(Box<dyn Backend>, String)> {
+    let checked = |be: Box<dyn Backend>| -> Result<(Box<dyn Backend>, String)> {
+        let missing = be.missing(needs);
+        if !missing.is_empty() {
+            return Err(lacks_error(be.name(), &missing));
+        }
+        let why = format!("{}: {}", be.name(), be.describe());
+        Ok((be, why))
+    };
+    match choice {
+        DeviceChoice::Cpu => checked(Box::new(CpuBackend::new())),
+        DeviceChoice::Emu => checked(Box::new(CudaBackend::emu())),
+        DeviceChoice::Cuda => checked(Box::new(CudaBackend::new(0)?)),
+        DeviceChoice::Auto => {
+            let cpu = Box::new(CpuBackend::new());
+            match CudaBackend::new(0) {
+                Ok(gpu) => {
+                    let gpu: Box<dyn Backend> = Box::new(gpu);
+                    let missing = gpu.missing(needs);
+                    if missing.is_empty() {
+                        return checked(gpu);
+                    }
+                    let names: Vec<String> = missing.iter().map(|(o, d)| o.kernel(*d)).collect();
+                    let (be, _) = checked(cpu)?;
+                    let why = format!("cpu (the GPU lacks {} for this command)", names.join(", "));
+                    Ok((be, why))
+                }
+                Err(e) => {
+                    let (be, _) = checked(cpu)?;
+                    Ok((be, format!("cpu (no CUDA backend: {e:#})")))
+                }
+            }
+        }
+    }
+}
+
+/// The CPU backend (stateless, so one static serves everyone).
+pub fn cpu() -> &'static dyn Backend {
+    static CPU: CpuBackend = CpuBackend;
+    &CPU
+}
+
+/// [`select`] for a command whose needs are all f32: the common case.
+pub fn select_f32(choice: DeviceChoice, ops: &[Op]) -> Result<(Box<dyn Backend>, String)> {
+    let needs: Vec<(Op, DType)> = ops.iter().map(|&o| (o, DType::F32)).collect();
+    select(choice, &needs)
 }

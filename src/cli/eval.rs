@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
-use insclr::backend::{self, Backend};
+use insclr::backend::{self, Backend, DeviceChoice, Op};
 use insclr::eval::extract::{self, ExtractConfig, ImageItem};
 use insclr::eval::rank::{Pair, Tiling};
 use insclr::eval::revisited::{Gnd, Protocol};
@@ -68,9 +68,6 @@ pub struct Args {
     /// Database rows per similarity tile (memory: queries x tile floats).
     #[arg(long, default_value_t = Tiling::default().db_tile)]
     tile: usize,
-    /// Force the CPU backend even when a GPU is present.
-    #[arg(long)]
-    cpu: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -261,12 +258,12 @@ fn descriptors(
     Ok((db.feats, q.feats, db.dim, how))
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let (be, chosen): (Box<dyn Backend>, String) = if args.cpu {
-        (Box::new(backend::CpuBackend::new()), "cpu (--cpu)".into())
-    } else {
-        backend::auto()
-    };
+pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
+    let mut ops = vec![Op::Matmul];
+    if args.db_feats.is_none() {
+        ops.extend_from_slice(super::extract::model_ops(&args.model));
+    }
+    let (be, chosen) = backend::select_f32(device, &ops)?;
     eprintln!("backend: {chosen}");
     let r = resolve(&args)?;
     let (db, q, dim, how) = descriptors(be.as_ref(), &args, &r)?;

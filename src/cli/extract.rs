@@ -1,7 +1,7 @@
 //! `insclr-cu extract`: multi-scale descriptors of a list or folder of images, written as `.npy`.
 
 use anyhow::{bail, Context, Result};
-use insclr::backend::{self, Backend};
+use insclr::backend::{self, DeviceChoice, Op};
 use insclr::data::image::list_images;
 use insclr::eval::extract::{self, ExtractConfig, ImageItem};
 use insclr::eval::model_by_name;
@@ -41,9 +41,6 @@ pub struct Args {
     /// candidate-pool features (spec G2); the mean is still L2-normalised.
     #[arg(long)]
     raw_scales: bool,
-    /// Force the CPU backend even when a GPU is present.
-    #[arg(long)]
-    cpu: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -64,12 +61,8 @@ fn read_list(list: &Path, root: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let (be, chosen): (Box<dyn Backend>, String) = if args.cpu {
-        (Box::new(backend::CpuBackend::new()), "cpu (--cpu)".into())
-    } else {
-        backend::auto()
-    };
+pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
+    let (be, chosen) = backend::select_f32(device, model_ops(&args.model))?;
     eprintln!("backend: {chosen}");
     let paths = if args.images.is_dir() {
         list_images(&args.images)?
@@ -124,4 +117,14 @@ pub fn run(args: Args) -> Result<()> {
         items.len() as f64 / secs.max(1e-9)
     );
     Ok(())
+}
+
+/// The ops describing images with `model` needs: tiny-gem pools pixels, a backbone runs every
+/// eval-mode layer.
+pub fn model_ops(model: &str) -> &'static [Op] {
+    if model == "tiny-gem" {
+        &[Op::GemFwd, Op::L2normFwd]
+    } else {
+        insclr::nn::EVAL_OPS
+    }
 }

@@ -2,7 +2,7 @@
 //! `--model`, a model summary instead.
 
 use anyhow::Result;
-use insclr::backend::{self, cuda, CpuBackend};
+use insclr::backend::{self, cuda, Backend, CudaBackend, DType, DeviceChoice, Op};
 use insclr::nn::head::HeadKind;
 use insclr::nn::{count_trainable, Arch, Module, RetrievalNet};
 use insclr::rng::Rng;
@@ -25,13 +25,15 @@ pub struct Args {
     dim: Option<usize>,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     if let Some(model) = &args.model {
         return model_summary(model, &args.head, args.dim);
     }
     println!("insclr-cu {}", env!("CARGO_PKG_VERSION"));
-    let (_, chosen) = backend::auto();
-    println!("backend: {chosen}");
+    match backend::select(device, &[]) {
+        Ok((_, chosen)) => println!("backend ({}): {chosen}", device_name(device)),
+        Err(e) => println!("backend ({}): unavailable: {e:#}", device_name(device)),
+    }
     match cuda::driver_version() {
         Some((major, minor)) => println!("driver: CUDA {major}.{minor}"),
         None => println!("driver: none (no libcuda.so; no GPU)"),
@@ -46,7 +48,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|(f, bin)| format!("{f} ({} KiB)", bin.len().div_ceil(1024)))
             .collect();
         println!(
-            "kernels: embedded for {} (+ PTX {}): {}",
+            "kernels for GPUs: embedded for {} (+ PTX {}): {}",
             archs.join(", "),
             archs
                 .last()
@@ -56,7 +58,27 @@ pub fn run(args: Args) -> Result<()> {
         );
     } else {
         println!(
-            "kernels: none (built without nvcc; run scripts/install-cuda-tools.sh and rebuild)"
+            "kernels for GPUs: none (built without nvcc; run scripts/install-cuda-tools.sh and rebuild)"
+        );
+    }
+    let emu = CudaBackend::emu();
+    let be: &dyn Backend = &emu;
+    println!("emulated GPU (--device emu): {}", be.describe());
+    // Which op runs where: the CPU has every op; CUDA and emu have the kernels written so far.
+    let gpu = CudaBackend::new(0).ok();
+    println!("\nops on f32 buffers (cpu / cuda / emu):");
+    for op in Op::ALL {
+        let on = |b: Option<&dyn Backend>| match b {
+            None => "-",
+            Some(b) if b.supports(op, DType::F32) => "yes",
+            Some(_) => "no kernel",
+        };
+        println!(
+            "  {:<20} {:<4} {:<10} {}",
+            op.name(),
+            on(Some(backend::cpu())),
+            on(gpu.as_ref().map(|g| g as &dyn Backend)),
+            on(Some(be))
         );
     }
     if args.kernels {
@@ -68,16 +90,25 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+fn device_name(d: DeviceChoice) -> &'static str {
+    match d {
+        DeviceChoice::Auto => "auto",
+        DeviceChoice::Cpu => "cpu",
+        DeviceChoice::Cuda => "cuda",
+        DeviceChoice::Emu => "emu",
+    }
+}
+
 /// Builds the network on the CPU with random weights and prints its layers and sizes.
 fn model_summary(model: &str, head: &str, dim: Option<usize>) -> Result<()> {
     let arch = Arch::parse(model)?;
     let kind = HeadKind::parse(head)?;
-    let be = CpuBackend::new();
+    let be = insclr::backend::cpu();
     let mut rng = Rng::new(0);
-    let backbone = arch.build(&be, &mut rng, false)?;
+    let backbone = arch.build(be, &mut rng, false)?;
     let c = backbone.out_channels();
     let bb_params = count_trainable(&*backbone);
-    let net = RetrievalNet::new(&be, &mut rng, backbone, kind, dim.unwrap_or(c))?;
+    let net = RetrievalNet::new(be, &mut rng, backbone, kind, dim.unwrap_or(c))?;
     println!("model: {} + GeM + {head}", net.backbone.name());
     for line in net.summary() {
         println!("  {line}");

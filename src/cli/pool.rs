@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use insclr::backend;
+use insclr::backend::{self, DeviceChoice, Op};
 use insclr::io::npy;
 use insclr::mining::pool::{count_non_unit, default_tile, CandidatePool};
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ pub struct Args {
 }
 
 /// Computes and writes the pool.
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     let feats = npy::read::<f32>(&args.feats)?;
     let (n, d) = feats.dims2(&args.feats.display().to_string())?;
     let off = count_non_unit(&feats.data, d, 1e-3);
@@ -39,7 +39,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let tile = args.tile.unwrap_or_else(|| default_tile(n));
-    let (be, chosen) = backend::auto();
+    let (be, chosen) = backend::select_f32(device, &[Op::Matmul])?;
     println!(
         "pool: {n} descriptors of {d}, k = {}, tile = {tile}, backend {chosen}",
         args.k

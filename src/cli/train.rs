@@ -1,7 +1,7 @@
 //! `insclr-cu train`: one training stage from a TOML config, resumable.
 
 use anyhow::Result;
-use insclr::backend::{self, Backend};
+use insclr::backend::{self, DeviceChoice, Op};
 use insclr::train::{self, Config, RunOptions};
 use std::path::PathBuf;
 
@@ -14,22 +14,15 @@ pub struct Args {
     /// Continue from the latest checkpoint in OUTPUT_DIR/checkpoints (starts fresh if none).
     #[arg(long)]
     resume: bool,
-    /// Force the CPU backend even when a GPU is present.
-    #[arg(long)]
-    cpu: bool,
     /// No progress bar; a plain line every SOLVER.LOG_PERIOD steps instead.
     #[arg(long)]
     quiet: bool,
 }
 
 /// Runs the stage and prints a summary.
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     let cfg = Config::load(&args.config)?;
-    let (be, chosen): (Box<dyn Backend>, String) = if args.cpu {
-        (Box::new(backend::CpuBackend::new()), "cpu (--cpu)".into())
-    } else {
-        backend::auto()
-    };
+    let (be, chosen) = backend::select_f32(device, &Op::ALL)?;
     eprintln!("train: backend {chosen}");
     let out = cfg.output_dir.clone();
     let s = train::run(

@@ -4,6 +4,7 @@
 //! scale's descriptor L2-normalised, the unit vectors averaged, and the mean re-normalised.
 //! Images are decoded in parallel, and images of one size go through the network as one batch.
 
+use crate::backend::DType;
 use crate::backend::{Backend, Gem, L2Norm, L2_EPS};
 use crate::data::image::{
     load_for_eval, resize_bilinear, Chw, Skipped, IMAGENET_MEAN, IMAGENET_STD,
@@ -243,18 +244,17 @@ impl DescriptorNet for TinyGem {
             })
             .collect();
         let xb = be.upload(&raw)?;
-        let mut pooled = be.zeros(n * 3)?;
+        let mut pooled = be.zeros(DType::F32, n * 3)?;
         be.gem_fwd(&xb, &mut pooled, Gem::new(n, 3, h, w))?;
-        let mut y = be.zeros(n * 3)?;
+        let mut y = be.zeros(DType::F32, n * 3)?;
         be.l2norm_fwd(&pooled, &mut y, L2Norm::new(n, 3))?;
-        be.download(&y)
+        be.download::<f32>(&y)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::CpuBackend;
     use crate::rng::Rng;
 
     /// Returns the same vector for every image, whatever its size.
@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn multiscale_of_a_constant_model_equals_single_scale() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let mut rng = Rng::new(5);
         let imgs = [
             random_image(&mut rng, 37, 50),
@@ -294,14 +294,14 @@ mod tests {
         ];
         let refs: Vec<&Chw> = imgs.iter().collect();
         let mut net = Constant(vec![3.0, -4.0, 0.5, 1.0]);
-        let multi = describe_multiscale(&be, &mut net, &refs, &REVISITED_SCALES, true).unwrap();
-        let single = describe_multiscale(&be, &mut net, &refs, &[1.0], true).unwrap();
+        let multi = describe_multiscale(be, &mut net, &refs, &REVISITED_SCALES, true).unwrap();
+        let single = describe_multiscale(be, &mut net, &refs, &[1.0], true).unwrap();
         assert_eq!(multi.len(), 8);
         for (a, b) in multi.iter().zip(&single) {
             assert!((a - b).abs() < 1e-6, "{multi:?} vs {single:?}");
         }
         // Without per-scale normalisation the scale mean of a constant is still that constant.
-        let raw = describe_multiscale(&be, &mut net, &refs, &GLDV2_SCALES, false).unwrap();
+        let raw = describe_multiscale(be, &mut net, &refs, &GLDV2_SCALES, false).unwrap();
         for (a, b) in raw.iter().zip(&single) {
             assert!((a - b).abs() < 1e-6);
         }
@@ -309,14 +309,14 @@ mod tests {
 
     #[test]
     fn tiny_gem_rows_are_unit_norm_and_scale_matters_only_through_content() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let mut rng = Rng::new(9);
         let imgs = [
             random_image(&mut rng, 64, 48),
             random_image(&mut rng, 31, 77),
         ];
         let refs: Vec<&Chw> = imgs.iter().collect();
-        let d = describe_multiscale(&be, &mut TinyGem, &refs, &REVISITED_SCALES, true).unwrap();
+        let d = describe_multiscale(be, &mut TinyGem, &refs, &REVISITED_SCALES, true).unwrap();
         for row in d.chunks(3) {
             let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
             assert!((n - 1.0).abs() < 1e-5, "{row:?}");
@@ -331,20 +331,20 @@ mod tests {
         for (i, v) in flat.data.iter_mut().enumerate() {
             *v = [0.3, -0.2, 1.1][i / 1200];
         }
-        let m = describe_multiscale(&be, &mut TinyGem, &[&flat], &REVISITED_SCALES, true).unwrap();
-        let s = describe_multiscale(&be, &mut TinyGem, &[&flat], &[1.0], true).unwrap();
+        let m = describe_multiscale(be, &mut TinyGem, &[&flat], &REVISITED_SCALES, true).unwrap();
+        let s = describe_multiscale(be, &mut TinyGem, &[&flat], &[1.0], true).unwrap();
         for (a, b) in m.iter().zip(&s) {
             assert!((a - b).abs() < 1e-6);
         }
         // A random image is not scale-invariant under GeM: the test above could fail.
-        let s0 = describe_multiscale(&be, &mut TinyGem, &refs[..1], &[1.0], true).unwrap();
-        let s1 = describe_multiscale(&be, &mut TinyGem, &refs[..1], &[0.5], true).unwrap();
+        let s0 = describe_multiscale(be, &mut TinyGem, &refs[..1], &[1.0], true).unwrap();
+        let s1 = describe_multiscale(be, &mut TinyGem, &refs[..1], &[0.5], true).unwrap();
         assert!(s0.iter().zip(&s1).any(|(a, b)| (a - b).abs() > 1e-5));
     }
 
     #[test]
     fn extract_skips_unreadable_images_with_zero_rows() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let dir = std::env::temp_dir().join(format!("insclr-extract-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut rng = Rng::new(3);
@@ -374,7 +374,7 @@ mod tests {
             batch: 4,
             ..Default::default()
         };
-        let out = extract(&be, &mut TinyGem, &items, &cfg, "test").unwrap();
+        let out = extract(be, &mut TinyGem, &items, &cfg, "test").unwrap();
         assert_eq!(out.feats.len(), 6 * 3);
         assert_eq!(out.skipped.len(), 1);
         assert_eq!(out.skipped.items[0].0, 2);

@@ -206,7 +206,6 @@ pub fn format_gldv2(results: &[GldResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::CpuBackend;
     use revisited::QueryGnd;
 
     #[test]
@@ -233,7 +232,7 @@ mod tests {
             dim: 1,
         };
         let res = evaluate_revisited(
-            &CpuBackend::new(),
+            crate::backend::cpu(),
             &gnd,
             pair,
             &Protocol::ALL,
@@ -257,7 +256,7 @@ mod tests {
             dim: 1,
         };
         assert!(evaluate_revisited(
-            &CpuBackend::new(),
+            crate::backend::cpu(),
             &gnd,
             short,
             &Protocol::ALL,
@@ -282,7 +281,7 @@ mod tests {
             dim: 2,
         };
         let r = evaluate_gldv2(
-            &CpuBackend::new(),
+            crate::backend::cpu(),
             &sol,
             &index_ids,
             &query_ids,

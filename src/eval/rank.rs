@@ -132,7 +132,6 @@ pub fn positions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::CpuBackend;
     use crate::rng::Rng;
 
     fn full_ranking(q: &[f32], db: &[f32], d: usize) -> Vec<usize> {
@@ -147,7 +146,7 @@ mod tests {
 
     #[test]
     fn streaming_topk_and_positions_match_a_full_sort() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let mut rng = Rng::new(11);
         let (nq, ndb, d) = (7, 203, 5);
         let q = rng.vec_f32(nq * d, -1.0, 1.0);
@@ -165,7 +164,7 @@ mod tests {
             query_block: 3,
             db_tile: 19,
         };
-        let top = top_k(&be, pair, 25, tiling).unwrap();
+        let top = top_k(be, pair, 25, tiling).unwrap();
         let mut targets = Vec::new();
         for qi in 0..nq {
             let full = full_ranking(&q[qi * d..(qi + 1) * d], &db, d);
@@ -174,7 +173,7 @@ mod tests {
             let t = vec![3, 100, 17, full[0], full[202], 50];
             targets.push(t);
         }
-        let pos = positions(&be, pair, &targets, tiling).unwrap();
+        let pos = positions(be, pair, &targets, tiling).unwrap();
         for qi in 0..nq {
             let full = full_ranking(&q[qi * d..(qi + 1) * d], &db, d);
             for (k, &t) in targets[qi].iter().enumerate() {
@@ -182,6 +181,6 @@ mod tests {
                 assert_eq!(pos[qi][k], want, "query {qi} target {t}");
             }
         }
-        assert!(positions(&be, pair, &vec![vec![999]; 7], tiling).is_err());
+        assert!(positions(be, pair, &vec![vec![999]; 7], tiling).is_err());
     }
 }

@@ -44,7 +44,6 @@ mod tests {
     use super::testutil::clustered;
     use super::tuples::NEIGHBOR_K;
     use super::*;
-    use crate::backend::CpuBackend;
     use crate::memory::IndexedBank;
     use crate::rng::Rng;
     use std::collections::{BTreeMap, BTreeSet};
@@ -105,9 +104,9 @@ mod tests {
             use_negative: true,
         };
         let miner = Miner::new(pool, POSITIVE_THRESH, NEGATIVE_THRESH, cfg);
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let m = miner
-            .mine(&be, &noda, &[0, 1], &[1, 2], &mut Rng::new(1))
+            .mine(be, &noda, &[0, 1], &[1, 2], &mut Rng::new(1))
             .unwrap();
         assert_eq!((m.init, m.selected, m.hard, m.random), (1, 1, 2, 2));
         assert_eq!(&m.indices[..4], &[4, 2, 3, 5]);
@@ -128,18 +127,12 @@ mod tests {
         sampler: &mut AnchorSampler,
         seed: u64,
     ) -> (Batch, Mined) {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let mut batch = Batch::new(&miner.pool, &sampler.next_batch(), NEIGHBOR_K).unwrap();
         let g = noda.gather(&batch.indices).unwrap();
         select_in_batch(&mut batch, &g, noda.dim(), SelectionRule::Fixed(0.6)).unwrap();
         let m = miner
-            .mine(
-                &be,
-                noda,
-                &batch.indices,
-                &batch.labels,
-                &mut Rng::new(seed),
-            )
+            .mine(be, noda, &batch.indices, &batch.labels, &mut Rng::new(seed))
             .unwrap();
         (batch, m)
     }
@@ -148,8 +141,8 @@ mod tests {
     fn mining_properties_on_clustered_data() {
         let (n, d, k) = (600, 16, 60);
         let x = clustered(n, d, 25, 0.6, 3);
-        let be = CpuBackend::new();
-        let pool = CandidatePool::compute(&be, &x, n, d, k, 128, &mut |_| {}).unwrap();
+        let be = crate::backend::cpu();
+        let pool = CandidatePool::compute(be, &x, n, d, k, 128, &mut |_| {}).unwrap();
         // The live no-DA bank drifts from the offline pool features (another model), so
         // mini-batch selection rejects some neighbours.
         let mut r = Rng::new(17);
@@ -251,8 +244,8 @@ mod tests {
     fn v1_sampling_skips_potential_positives_and_empty_rows() {
         let (n, d) = (300, 8);
         let x = clustered(n, d, 10, 0.3, 9);
-        let be = CpuBackend::new();
-        let pool = CandidatePool::compute(&be, &x, n, d, 60, 64, &mut |_| {}).unwrap();
+        let be = crate::backend::cpu();
+        let pool = CandidatePool::compute(be, &x, n, d, 60, 64, &mut |_| {}).unwrap();
         let mut bank = IndexedBank::new(n, d);
         let written: Vec<usize> = (0..n).filter(|i| i % 3 != 0).collect();
         let feats = written

@@ -183,7 +183,6 @@ pub fn count_non_unit(feats: &[f32], d: usize, tol: f32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::CpuBackend;
     use crate::mining::testutil::clustered;
 
     /// The brute-force reference: full f64 scores, sort by (score desc, index asc), drop self.
@@ -210,10 +209,10 @@ mod tests {
     fn pool_equals_brute_force_on_clustered_data() {
         let (n, d, k) = (300, 16, 20);
         let x = clustered(n, d, 12, 0.3, 11);
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let mut seen = 0;
         // A tile that does not divide n exercises the short last tile.
-        let p = CandidatePool::compute(&be, &x, n, d, k, 37, &mut |t| seen += t).unwrap();
+        let p = CandidatePool::compute(be, &x, n, d, k, 37, &mut |t| seen += t).unwrap();
         assert_eq!(seen, n);
         let b = brute(&x, n, d, k);
         for (i, bi) in b.iter().enumerate() {
@@ -239,8 +238,8 @@ mod tests {
     fn ties_break_by_index_and_self_is_removed_explicitly() {
         // Exact duplicates (integer features: the GEMM is exact): rows 0, 2, 3 are identical.
         let x = vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.5, 0.5];
-        let be = CpuBackend::new();
-        let p = CandidatePool::compute(&be, &x, 5, 2, 4, 2, &mut |_| {}).unwrap();
+        let be = crate::backend::cpu();
+        let p = CandidatePool::compute(be, &x, 5, 2, 4, 2, &mut |_| {}).unwrap();
         assert_eq!(p.neighbors(0), &[2, 3, 4, 1]);
         assert_eq!(p.neighbors(3), &[0, 2, 4, 1]);
         assert_eq!(p.neighbors(1), &[4, 0, 2, 3]);
@@ -250,8 +249,8 @@ mod tests {
     #[test]
     fn save_load_round_trip_and_size_mismatch_is_a_clear_error() {
         let x = clustered(40, 8, 4, 0.2, 5);
-        let be = CpuBackend::new();
-        let p = CandidatePool::compute(&be, &x, 40, 8, 6, 16, &mut |_| {}).unwrap();
+        let be = crate::backend::cpu();
+        let p = CandidatePool::compute(be, &x, 40, 8, 6, 16, &mut |_| {}).unwrap();
         let dir = std::env::temp_dir().join(format!("insclr-pool-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("pool.npz");
@@ -261,7 +260,7 @@ mod tests {
         assert!(e.contains("40 rows but the dataset has 41"), "{e}");
         let e = format!(
             "{:#}",
-            CandidatePool::compute(&be, &x, 40, 8, 40, 16, &mut |_| {}).unwrap_err()
+            CandidatePool::compute(be, &x, 40, 8, 40, 16, &mut |_| {}).unwrap_err()
         );
         assert!(e.contains("k = 40"), "{e}");
         // An index outside the dataset (a pool of another dataset) is refused on load.
@@ -274,7 +273,7 @@ mod tests {
         nan[8 * 3] = f32::NAN;
         let e = format!(
             "{:#}",
-            CandidatePool::compute(&be, &nan, 40, 8, 6, 16, &mut |_| {}).unwrap_err()
+            CandidatePool::compute(be, &nan, 40, 8, 6, 16, &mut |_| {}).unwrap_err()
         );
         assert!(e.contains("row 3 has a non-finite value"), "{e}");
         std::fs::remove_dir_all(&dir).ok();

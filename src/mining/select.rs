@@ -8,6 +8,7 @@
 //! sorted.
 
 use super::mode::{Mode, ScoreFn, Selector};
+use crate::backend::DType;
 use crate::backend::{Backend, MatMul};
 use anyhow::{bail, Result};
 
@@ -45,9 +46,9 @@ pub fn select(be: &dyn Backend, mode: &Mode, q: &[f32], c: &[f32], d: usize) -> 
     for it in 0..mode.iters {
         let nq = query.len() / d;
         let qb = be.upload(&query)?;
-        let mut sb = be.zeros(nc * nq)?;
+        let mut sb = be.zeros(DType::F32, nc * nq)?;
         be.matmul(&cand, &qb, &mut sb, MatMul::new(nc, nq, d).tb())?;
-        let s = be.download(&sb)?;
+        let s = be.download::<f32>(&sb)?;
         let mut score = vec![0f32; nc];
         let mut num = vec![0usize; nc];
         for r in 0..nc {
@@ -112,7 +113,6 @@ pub fn select(be: &dyn Backend, mode: &Mode, q: &[f32], c: &[f32], d: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::CpuBackend;
 
     fn units(deg: &[f32]) -> Vec<f32> {
         deg.iter()
@@ -127,7 +127,7 @@ mod tests {
     fn run(mode: &str) -> Selection {
         let m = Mode::parse(mode).unwrap();
         select(
-            &CpuBackend::new(),
+            crate::backend::cpu(),
             &m,
             &units(&[0.0, 10.0]),
             &units(&[20.0, 45.0, 60.0, 100.0]),
@@ -184,10 +184,10 @@ mod tests {
     fn ties_pick_the_smaller_position_and_empty_candidates_select_nothing() {
         // Candidates 1 and 2 are identical (a duplicate image): top-1 takes position 1.
         let m = Mode::parse("b+i_tr1_max0.60_k01").unwrap();
-        let be = CpuBackend::new();
-        let s = select(&be, &m, &units(&[0.0]), &units(&[50.0, 20.0, 20.0]), 2).unwrap();
+        let be = crate::backend::cpu();
+        let s = select(be, &m, &units(&[0.0]), &units(&[50.0, 20.0, 20.0]), 2).unwrap();
         assert_eq!(s.chosen, vec![1]);
-        let s = select(&be, &m, &units(&[0.0]), &[], 2).unwrap();
+        let s = select(be, &m, &units(&[0.0]), &[], 2).unwrap();
         assert!(s.chosen.is_empty());
     }
 }

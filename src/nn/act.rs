@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 pub struct Activation {
     pub act: Act,
     /// Output of the last forward.
-    pub y: Buf<f32>,
+    pub y: Buf,
     /// Input gradient of the last backward.
-    pub dx: Buf<f32>,
+    pub dx: Buf,
 }
 
 impl Activation {
@@ -24,14 +24,14 @@ impl Activation {
     }
 
     /// `y = act(x)`.
-    pub fn forward(&mut self, be: &dyn Backend, x: &Buf<f32>) -> Result<()> {
+    pub fn forward(&mut self, be: &dyn Backend, x: &Buf) -> Result<()> {
         ensure_len(be, &mut self.y, x.len())?;
         be.act_fwd(x, &mut self.y, self.act)
             .with_context(|| format!("{:?} forward", self.act))
     }
 
     /// `dx = dy * act'(y)`.
-    pub fn backward(&mut self, be: &dyn Backend, dy: &Buf<f32>) -> Result<()> {
+    pub fn backward(&mut self, be: &dyn Backend, dy: &Buf) -> Result<()> {
         ensure_len(be, &mut self.dx, dy.len())?;
         be.act_bwd(&self.y, dy, &mut self.dx, self.act)
             .with_context(|| format!("{:?} backward", self.act))
@@ -39,7 +39,7 @@ impl Activation {
 }
 
 /// `out = a + b` into a buffer sized on first use (residual sums, merged gradient paths).
-pub fn add_into(be: &dyn Backend, a: &Buf<f32>, b: &Buf<f32>, out: &mut Buf<f32>) -> Result<()> {
+pub fn add_into(be: &dyn Backend, a: &Buf, b: &Buf, out: &mut Buf) -> Result<()> {
     ensure_len(be, out, a.len())?;
     be.add_fwd(a, b, out).context("residual add")
 }

@@ -20,12 +20,12 @@ pub struct BatchNorm2d {
     pub ghost: usize,
     shape: Option<BatchNorm>,
     trained: bool,
-    save_mean: Buf<f32>,
-    save_invstd: Buf<f32>,
+    save_mean: Buf,
+    save_invstd: Buf,
     /// Output of the last forward.
-    pub y: Buf<f32>,
+    pub y: Buf,
     /// Input gradient of the last backward.
-    pub dx: Buf<f32>,
+    pub dx: Buf,
 }
 
 impl BatchNorm2d {
@@ -62,7 +62,7 @@ impl BatchNorm2d {
     pub fn forward(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         n: usize,
         hw: usize,
         train: bool,
@@ -104,7 +104,7 @@ impl BatchNorm2d {
     }
 
     /// From the forward's input `x` and `dy`: `dx = ...`, gamma / beta gradients `+=`.
-    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         let name = self.weight.name.clone();
         let s = self
             .shape

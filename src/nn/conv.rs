@@ -17,9 +17,9 @@ pub struct Conv2d {
     pub groups: usize,
     shape: Option<Conv>,
     /// Output of the last forward, `n x c_out x oh x ow`.
-    pub y: Buf<f32>,
+    pub y: Buf,
     /// Input gradient of the last backward.
-    pub dx: Buf<f32>,
+    pub dx: Buf,
 }
 
 impl Conv2d {
@@ -82,7 +82,7 @@ impl Conv2d {
     pub fn forward(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         n: usize,
         h: usize,
         w: usize,
@@ -97,13 +97,7 @@ impl Conv2d {
 
     /// From the forward's input `x` and `dy`: `weight.grad += dW`, and `dx = ...` when
     /// `need_dx` (the first layer of a network skips it).
-    pub fn backward(
-        &mut self,
-        be: &dyn Backend,
-        x: &Buf<f32>,
-        dy: &Buf<f32>,
-        need_dx: bool,
-    ) -> Result<()> {
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf, need_dx: bool) -> Result<()> {
         let s = self
             .shape
             .ok_or_else(|| anyhow!("backward of {} before its forward", self.weight.name))?;
@@ -148,12 +142,12 @@ impl ConvBn {
     }
 
     /// Output of the last forward (the BatchNorm's, after the activation).
-    pub fn y(&self) -> &Buf<f32> {
+    pub fn y(&self) -> &Buf {
         &self.bn.y
     }
 
     /// Input gradient of the last backward.
-    pub fn dx(&self) -> &Buf<f32> {
+    pub fn dx(&self) -> &Buf {
         &self.conv.dx
     }
 
@@ -161,7 +155,7 @@ impl ConvBn {
     pub fn forward(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
@@ -172,13 +166,7 @@ impl ConvBn {
     }
 
     /// Backward from `dy` (gradient of [`ConvBn::y`]); `x` is the forward's input.
-    pub fn backward(
-        &mut self,
-        be: &dyn Backend,
-        x: &Buf<f32>,
-        dy: &Buf<f32>,
-        need_dx: bool,
-    ) -> Result<()> {
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf, need_dx: bool) -> Result<()> {
         self.bn.backward(be, &self.conv.y, dy)?;
         self.conv.backward(be, x, &self.bn.dx, need_dx)
     }

@@ -33,8 +33,8 @@ pub struct MbConv {
     pub depthwise: ConvBn,
     pub project: ConvBn,
     pub skip: bool,
-    sum: Buf<f32>,
-    dx: Buf<f32>,
+    sum: Buf,
+    dx: Buf,
 }
 
 impl MbConv {
@@ -91,7 +91,7 @@ impl MbConv {
         })
     }
 
-    fn y(&self) -> &Buf<f32> {
+    fn y(&self) -> &Buf {
         if self.skip {
             &self.sum
         } else {
@@ -99,7 +99,7 @@ impl MbConv {
         }
     }
 
-    fn dx(&self) -> &Buf<f32> {
+    fn dx(&self) -> &Buf {
         if self.skip {
             &self.dx
         } else {
@@ -110,7 +110,7 @@ impl MbConv {
     fn forward(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
@@ -130,7 +130,7 @@ impl MbConv {
         Ok((oh, ow))
     }
 
-    fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+    fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         self.project.backward(be, self.depthwise.y(), dy, true)?;
         let e = self.expand.as_ref().map_or(x, |e| e.y());
         self.depthwise.backward(be, e, self.project.dx(), true)?;
@@ -279,7 +279,7 @@ impl Backbone for EfficientNetLite0 {
     fn forward(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
@@ -292,11 +292,11 @@ impl Backbone for EfficientNetLite0 {
         self.head.forward(be, prev, (n, h, w), train)
     }
 
-    fn output(&self) -> &Buf<f32> {
+    fn output(&self) -> &Buf {
         self.head.y()
     }
 
-    fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+    fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         let last = self.blocks.last().map_or(self.stem.y(), |b| b.y());
         self.head.backward(be, last, dy, true)?;
         for i in (0..self.blocks.len()).rev() {
@@ -319,7 +319,7 @@ impl Backbone for EfficientNetLite0 {
     fn logits(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         (n, h, w): (usize, usize, usize),
     ) -> Result<Vec<f32>> {
         let (fh, fw) = Backbone::forward(self, be, x, (n, h, w), false)?;

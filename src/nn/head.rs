@@ -31,9 +31,9 @@ impl HeadKind {
 pub struct L2Normalize {
     shape: Option<L2Norm>,
     /// Output of the last forward.
-    pub y: Buf<f32>,
+    pub y: Buf,
     /// Input gradient of the last backward.
-    pub dx: Buf<f32>,
+    pub dx: Buf,
 }
 
 impl L2Normalize {
@@ -47,13 +47,7 @@ impl L2Normalize {
     }
 
     /// `y = x / max(||x||, 1e-12)` per row of `rows x cols`.
-    pub fn forward(
-        &mut self,
-        be: &dyn Backend,
-        x: &Buf<f32>,
-        rows: usize,
-        cols: usize,
-    ) -> Result<()> {
+    pub fn forward(&mut self, be: &dyn Backend, x: &Buf, rows: usize, cols: usize) -> Result<()> {
         let s = L2Norm::new(rows, cols);
         ensure_len(be, &mut self.y, rows * cols)?;
         be.l2norm_fwd(x, &mut self.y, s).context("L2 forward")?;
@@ -62,7 +56,7 @@ impl L2Normalize {
     }
 
     /// `dx` from the forward's input and `dy`.
-    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         let s = self
             .shape
             .ok_or_else(|| anyhow!("L2 backward before its forward"))?;
@@ -111,12 +105,12 @@ impl Head {
     }
 
     /// Descriptors of the last forward, `n x d`, unit rows.
-    pub fn y(&self) -> &Buf<f32> {
+    pub fn y(&self) -> &Buf {
         &self.post.y
     }
 
     /// Input gradient of the last backward.
-    pub fn dx(&self) -> &Buf<f32> {
+    pub fn dx(&self) -> &Buf {
         match &self.pre {
             Some(pre) => &pre.dx,
             None => &self.fc.dx,
@@ -124,7 +118,7 @@ impl Head {
     }
 
     /// `x` is `n x c` pooled features.
-    pub fn forward(&mut self, be: &dyn Backend, x: &Buf<f32>, n: usize) -> Result<()> {
+    pub fn forward(&mut self, be: &dyn Backend, x: &Buf, n: usize) -> Result<()> {
         let fc_in = match self.pre.as_mut() {
             Some(pre) => {
                 pre.forward(be, x, n, self.fc.d_in)?;
@@ -139,7 +133,7 @@ impl Head {
     }
 
     /// Backward from the descriptors' gradient; `x` is the forward's input.
-    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         self.post.backward(be, &self.fc.y, dy)?;
         match self.pre.as_mut() {
             Some(pre) => {

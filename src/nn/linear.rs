@@ -13,11 +13,11 @@ pub struct Linear {
     pub d_out: usize,
     n: Option<usize>,
     /// A column of ones: the bias is added and reduced through the GEMM (`k = 1` / `m = 1`).
-    ones: Buf<f32>,
+    ones: Buf,
     /// Output of the last forward.
-    pub y: Buf<f32>,
+    pub y: Buf,
     /// Input gradient of the last backward.
-    pub dx: Buf<f32>,
+    pub dx: Buf,
 }
 
 impl Linear {
@@ -65,7 +65,7 @@ impl Linear {
     }
 
     /// `y = x W^T + b` for `n` rows.
-    pub fn forward(&mut self, be: &dyn Backend, x: &Buf<f32>, n: usize) -> Result<()> {
+    pub fn forward(&mut self, be: &dyn Backend, x: &Buf, n: usize) -> Result<()> {
         let name = &self.weight.name;
         ensure_len(be, &mut self.y, n * self.d_out)?;
         be.matmul(
@@ -92,7 +92,7 @@ impl Linear {
     }
 
     /// `dx = dy W`, `dW += dy^T x`, `db += sum_rows dy`.
-    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         let name = self.weight.name.clone();
         let n = self
             .n

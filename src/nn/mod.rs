@@ -20,8 +20,22 @@ pub use net::{Arch, Backbone, RetrievalNet};
 
 pub mod weights;
 
-use crate::backend::Backend;
+use crate::backend::DType;
+use crate::backend::{Backend, Op};
 use anyhow::{anyhow, Result};
+
+/// The backend ops a backbone with GeM and a head runs in eval mode (extraction, evaluation).
+/// Training runs every op of the seam ([`Op::ALL`]).
+pub const EVAL_OPS: &[Op] = &[
+    Op::Conv2dFwd,
+    Op::BatchnormFwdEval,
+    Op::MaxpoolFwd,
+    Op::AddFwd,
+    Op::ActFwd,
+    Op::GemFwd,
+    Op::L2normFwd,
+    Op::Matmul,
+];
 
 /// A network that maps a batch of images to descriptors in eval mode (BatchNorm with running
 /// statistics, no gradient). Extraction, evaluation and candidate pools use only this.
@@ -78,8 +92,8 @@ pub struct Param {
     pub name: String,
     pub shape: Vec<usize>,
     pub kind: ParamKind,
-    pub value: Buf<f32>,
-    pub grad: Option<Buf<f32>>,
+    pub value: Buf,
+    pub grad: Option<Buf>,
 }
 
 impl Param {
@@ -107,7 +121,7 @@ impl Param {
         value: &[f32],
     ) -> Result<Self> {
         let grad = if kind.trainable() {
-            Some(be.zeros(value.len())?)
+            Some(be.zeros(DType::F32, value.len())?)
         } else {
             None
         };
@@ -121,7 +135,7 @@ impl Param {
     }
 
     /// The gradient buffer, or an error naming the tensor when it has none.
-    pub fn grad_mut(&mut self) -> Result<&mut Buf<f32>> {
+    pub fn grad_mut(&mut self) -> Result<&mut Buf> {
         let name = &self.name;
         self.grad
             .as_mut()
@@ -149,19 +163,15 @@ pub fn count_trainable(m: &dyn Module) -> usize {
 }
 
 /// An empty placeholder buffer, replaced on first use by [`ensure_len`].
-pub(crate) fn empty() -> Buf<f32> {
-    Buf::Host(Vec::new())
+pub(crate) fn empty() -> Buf {
+    Buf::empty(DType::F32)
 }
 
 /// Makes `buf` hold `len` elements on `be`, reallocating only when the length changes, so a
 /// repeated batch shape reuses its buffers.
-pub(crate) fn ensure_len(be: &dyn Backend, buf: &mut Buf<f32>, len: usize) -> Result<()> {
-    let on_backend = matches!(
-        (&*buf, be.name()),
-        (Buf::Host(_), "cpu") | (Buf::Device(_), "cuda")
-    );
-    if buf.len() != len || !on_backend {
-        *buf = be.zeros(len)?;
+pub(crate) fn ensure_len(be: &dyn Backend, buf: &mut Buf, len: usize) -> Result<()> {
+    if buf.len() != len || !be.owns(buf) {
+        *buf = be.zeros(DType::F32, len)?;
     }
     Ok(())
 }

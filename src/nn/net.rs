@@ -22,25 +22,21 @@ pub trait Backbone: Module + Send {
     fn forward(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         nhw: (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)>;
     /// The output map of the last forward.
-    fn output(&self) -> &Buf<f32>;
+    fn output(&self) -> &Buf;
     /// Backward from the output map's gradient to every parameter (`x` is the forward's
     /// input; no gradient is computed for the images).
-    fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()>;
+    fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()>;
     /// Every BatchNorm (to set ghost groups or momentum).
     fn batchnorms_mut(&mut self) -> Vec<&mut BatchNorm2d>;
     /// ImageNet logits `n x 1000` (eval mode, average pool, classifier); errors when the
     /// backbone was built without its classifier.
-    fn logits(
-        &mut self,
-        be: &dyn Backend,
-        x: &Buf<f32>,
-        nhw: (usize, usize, usize),
-    ) -> Result<Vec<f32>>;
+    fn logits(&mut self, be: &dyn Backend, x: &Buf, nhw: (usize, usize, usize))
+        -> Result<Vec<f32>>;
     /// One line per layer group, for `insclr-cu info --model`.
     fn summary(&self) -> Vec<String>;
     /// The pixel normalisation its ImageNet weights were trained with.
@@ -52,14 +48,14 @@ pub trait Backbone: Module + Send {
 /// Average pool + linear classifier over a backbone's map.
 pub(crate) fn classify(
     be: &dyn Backend,
-    feat: &Buf<f32>,
+    feat: &Buf,
     (n, c, h, w): (usize, usize, usize, usize),
     avg: &mut GemPool,
     fc: &mut Linear,
 ) -> Result<Vec<f32>> {
     avg.forward(be, feat, (n, c, h, w))?;
     fc.forward(be, &avg.y, n)?;
-    be.download(&fc.y)
+    be.download::<f32>(&fc.y)
 }
 
 /// The backbones this crate builds.
@@ -102,7 +98,7 @@ fn backbone_gem(
     be: &dyn Backend,
     backbone: &mut dyn Backbone,
     pool: &mut GemPool,
-    input: &mut Buf<f32>,
+    input: &mut Buf,
     x: &[f32],
     (n, h, w): (usize, usize, usize),
     train: bool,
@@ -128,7 +124,7 @@ pub struct RetrievalNet {
     pub backbone: Box<dyn Backbone>,
     pub pool: GemPool,
     pub head: Head,
-    input: Buf<f32>,
+    input: Buf,
     /// `(n, fh, fw)` of the last forward.
     dims: Option<(usize, usize, usize)>,
     trained: bool,
@@ -169,7 +165,7 @@ impl RetrievalNet {
         x: &[f32],
         (n, h, w): (usize, usize, usize),
         train: bool,
-    ) -> Result<&Buf<f32>> {
+    ) -> Result<&Buf> {
         let (fh, fw) = backbone_gem(
             be,
             self.backbone.as_mut(),
@@ -194,13 +190,13 @@ impl RetrievalNet {
         n: usize,
         h: usize,
         w: usize,
-    ) -> Result<&Buf<f32>> {
+    ) -> Result<&Buf> {
         self.run(be, x, (n, h, w), true)
     }
 
     /// Backward from the descriptors' gradient (`n x out_dim`): accumulates every parameter's
     /// gradient (zero them first with [`super::zero_grads`]).
-    pub fn backward(&mut self, be: &dyn Backend, d_desc: &Buf<f32>) -> Result<()> {
+    pub fn backward(&mut self, be: &dyn Backend, d_desc: &Buf) -> Result<()> {
         if !self.trained {
             bail!("RetrievalNet::backward needs a forward_train first");
         }
@@ -276,7 +272,7 @@ impl DescriptorNet for RetrievalNet {
         w: usize,
     ) -> Result<Vec<f32>> {
         let y = self.run(be, x, (n, h, w), false)?;
-        be.download(y)
+        be.download::<f32>(y)
     }
 }
 
@@ -285,7 +281,7 @@ impl DescriptorNet for RetrievalNet {
 pub struct GemNet {
     pub backbone: Box<dyn Backbone>,
     pub pool: GemPool,
-    input: Buf<f32>,
+    input: Buf,
 }
 
 impl GemNet {
@@ -335,7 +331,7 @@ impl DescriptorNet for GemNet {
             (n, h, w),
             false,
         )?;
-        be.download(&self.pool.y)
+        be.download::<f32>(&self.pool.y)
     }
 }
 

@@ -12,9 +12,9 @@ pub struct MaxPool2d {
     pub pad: usize,
     shape: Option<MaxPool>,
     /// Output of the last forward.
-    pub y: Buf<f32>,
+    pub y: Buf,
     /// Input gradient of the last backward.
-    pub dx: Buf<f32>,
+    pub dx: Buf,
 }
 
 impl MaxPool2d {
@@ -34,7 +34,7 @@ impl MaxPool2d {
     pub fn forward(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         (n, c, h, w): (usize, usize, usize, usize),
     ) -> Result<(usize, usize)> {
         let s = MaxPool::new(n, c, h, w, self.k, self.stride, self.pad)?;
@@ -46,7 +46,7 @@ impl MaxPool2d {
     }
 
     /// `dx` from the forward's input and `dy`.
-    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         let s = self
             .shape
             .ok_or_else(|| anyhow!("max pool backward before its forward"))?;
@@ -62,9 +62,9 @@ pub struct GemPool {
     pub eps: f32,
     shape: Option<Gem>,
     /// Output of the last forward, `n x c`.
-    pub y: Buf<f32>,
+    pub y: Buf,
     /// Input gradient of the last backward.
-    pub dx: Buf<f32>,
+    pub dx: Buf,
 }
 
 impl GemPool {
@@ -94,7 +94,7 @@ impl GemPool {
     pub fn forward(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         (n, c, h, w): (usize, usize, usize, usize),
     ) -> Result<()> {
         let s = Gem {
@@ -109,7 +109,7 @@ impl GemPool {
     }
 
     /// `dx` from the forward's input and `dy` (`n x c`).
-    pub fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+    pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         let s = self
             .shape
             .ok_or_else(|| anyhow!("GeM backward before its forward"))?;

@@ -24,9 +24,9 @@ pub struct Bottleneck {
     pub c2: ConvBn,
     pub c3: ConvBn,
     pub downsample: Option<ConvBn>,
-    sum: Buf<f32>,
+    sum: Buf,
     relu: Activation,
-    dx: Buf<f32>,
+    dx: Buf,
     in_dims: (usize, usize, usize),
 }
 
@@ -85,14 +85,14 @@ impl Bottleneck {
         })
     }
 
-    fn y(&self) -> &Buf<f32> {
+    fn y(&self) -> &Buf {
         &self.relu.y
     }
 
     fn forward(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
@@ -112,7 +112,7 @@ impl Bottleneck {
         Ok(out)
     }
 
-    fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+    fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         self.relu.backward(be, dy)?;
         let dsum = &self.relu.dx;
         self.c3.backward(be, &self.c2.bn.y, dsum, true)?;
@@ -223,7 +223,7 @@ impl ResNet {
         })
     }
 
-    fn output_ref(&self) -> &Buf<f32> {
+    fn output_ref(&self) -> &Buf {
         self.blocks.last().map_or(&self.maxpool.y, |b| b.y())
     }
 }
@@ -271,7 +271,7 @@ impl Backbone for ResNet {
     fn forward(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
@@ -287,11 +287,11 @@ impl Backbone for ResNet {
         Ok((h, w))
     }
 
-    fn output(&self) -> &Buf<f32> {
+    fn output(&self) -> &Buf {
         self.output_ref()
     }
 
-    fn backward(&mut self, be: &dyn Backend, x: &Buf<f32>, dy: &Buf<f32>) -> Result<()> {
+    fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         for i in (0..self.blocks.len()).rev() {
             let (before, rest) = self.blocks.split_at_mut(i);
             let (cur, after) = rest
@@ -317,7 +317,7 @@ impl Backbone for ResNet {
     fn logits(
         &mut self,
         be: &dyn Backend,
-        x: &Buf<f32>,
+        x: &Buf,
         (n, h, w): (usize, usize, usize),
     ) -> Result<Vec<f32>> {
         let (fh, fw) = Backbone::forward(self, be, x, (n, h, w), false)?;

@@ -190,7 +190,7 @@ pub fn read_any(path: &Path) -> Result<Vec<Tensor>> {
 pub fn export(model: &dyn Module, be: &dyn Backend) -> Result<Vec<Tensor>> {
     let mut out = Vec::new();
     for p in model.params() {
-        let v = be.download(&p.value)?;
+        let v = be.download::<f32>(&p.value)?;
         out.push(Tensor::new(
             p.name.clone(),
             p.shape.clone(),
@@ -212,7 +212,6 @@ pub fn export(model: &dyn Module, be: &dyn Backend) -> Result<Vec<Tensor>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Buf, CpuBackend};
     use crate::nn::ParamKind;
 
     /// A conv + BN + classifier, with torchvision names.
@@ -226,7 +225,7 @@ mod tests {
             name: name.into(),
             shape: shape.to_vec(),
             kind,
-            value: Buf::Host(vec![fill; n]),
+            value: crate::backend::cpu().upload(&vec![fill; n]).unwrap(),
             grad: None,
         }
     }
@@ -247,10 +246,7 @@ mod tests {
         fn values(&self) -> Vec<Vec<f32>> {
             self.p
                 .iter()
-                .map(|p| match &p.value {
-                    Buf::Host(v) => v.clone(),
-                    Buf::Device(_) => unreachable!("CPU test"),
-                })
+                .map(|p| crate::backend::cpu().download::<f32>(&p.value).unwrap())
                 .collect()
         }
     }
@@ -289,7 +285,7 @@ mod tests {
 
     #[test]
     fn exact_load_with_module_prefix_and_num_batches_tracked() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let mut m = Toy::new(0.0);
         let mut t = counting(&m);
         for x in &mut t {
@@ -304,7 +300,7 @@ mod tests {
             )
             .unwrap(),
         );
-        let r = load_into(&mut m, &be, &t, &LoadOptions::strict()).unwrap();
+        let r = load_into(&mut m, be, &t, &LoadOptions::strict()).unwrap();
         assert!(r.is_exact() && r.stripped_module_prefix, "{r}");
         assert_eq!(r.loaded.len(), 6);
         assert_eq!(r.skipped, ["bn1.num_batches_tracked"]);
@@ -317,7 +313,7 @@ mod tests {
 
     #[test]
     fn every_missing_extra_and_misshaped_tensor_is_named() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let mut m = Toy::new(0.25);
         let mut t = counting(&m);
         t.remove(1); // bn1.weight missing
@@ -333,7 +329,7 @@ mod tests {
             .unwrap(),
         );
         let before = m.values();
-        let e = load_into(&mut m, &be, &t, &LoadOptions::strict())
+        let e = load_into(&mut m, be, &t, &LoadOptions::strict())
             .unwrap_err()
             .to_string();
         for name in ["bn1.weight", "bn1.bias", "layer9.extra", "conv1.weight"] {
@@ -343,10 +339,10 @@ mod tests {
         assert_eq!(m.values(), before, "a failed load must not touch the model");
 
         // strict=False still refuses a shape mismatch...
-        assert!(load_into(&mut m, &be, &t, &LoadOptions::backbone()).is_err());
+        assert!(load_into(&mut m, be, &t, &LoadOptions::backbone()).is_err());
         // ...and reports, not fails, missing / unexpected ones.
         t[0].shape = vec![2, 1, 3];
-        let r = load_into(&mut m, &be, &t, &LoadOptions::backbone()).unwrap();
+        let r = load_into(&mut m, be, &t, &LoadOptions::backbone()).unwrap();
         assert_eq!(r.missing, ["bn1.weight", "bn1.bias", "fc.weight"]);
         assert_eq!(r.unexpected, ["layer9.extra"]);
         assert_eq!(r.skipped, ["fc.weight"]);
@@ -361,12 +357,12 @@ mod tests {
 
     #[test]
     fn integer_tensor_for_a_float_param_is_an_error() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let mut m = Toy::new(0.0);
         let mut t = counting(&m);
         t[1].data = TensorData::I64(vec![1, 2]);
         t[1].source = SourceDType::I64;
-        let e = load_into(&mut m, &be, &t, &LoadOptions::strict())
+        let e = load_into(&mut m, be, &t, &LoadOptions::strict())
             .unwrap_err()
             .to_string();
         assert!(e.contains("bn1.weight") && e.contains("int64"), "{e}");
@@ -374,17 +370,17 @@ mod tests {
 
     #[test]
     fn export_then_safetensors_then_load_round_trips() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let mut a = Toy::new(0.0);
         let t = counting(&a);
-        load_into(&mut a, &be, &t, &LoadOptions::strict()).unwrap();
-        let out = export(&a, &be).unwrap();
+        load_into(&mut a, be, &t, &LoadOptions::strict()).unwrap();
+        let out = export(&a, be).unwrap();
         assert_eq!(out.len(), 7);
         assert!(out.iter().any(|t| t.name == "bn1.num_batches_tracked"));
         let bytes = crate::io::safetensors::to_bytes(&out, None).unwrap();
         let back = crate::io::safetensors::from_bytes(&bytes).unwrap();
         let mut b = Toy::new(-1.0);
-        let r = load_into(&mut b, &be, &back, &LoadOptions::strict()).unwrap();
+        let r = load_into(&mut b, be, &back, &LoadOptions::strict()).unwrap();
         assert!(r.is_exact(), "{r}");
         assert_eq!(a.values(), b.values());
     }
@@ -392,7 +388,7 @@ mod tests {
     #[test]
     fn fixture_pth_loads_into_a_matching_model() {
         // The fixture's names are module.conv.weight [3,2], module.conv.bias [2], ...
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let t = crate::io::pth::read_bytes(crate::io::pickle_fixtures::LEGACY_PTH).unwrap();
         let mut m = Toy {
             p: vec![
@@ -402,7 +398,7 @@ mod tests {
                 param("bn.running_var", &[2, 2], ParamKind::Running, 0.0),
             ],
         };
-        let r = load_into(&mut m, &be, &t, &LoadOptions::default()).unwrap();
+        let r = load_into(&mut m, be, &t, &LoadOptions::default()).unwrap();
         assert!(r.stripped_module_prefix);
         assert_eq!(r.unexpected, ["fc.weight"]);
         assert_eq!(r.skipped, ["bn.num_batches_tracked"]);

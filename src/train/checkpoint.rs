@@ -220,7 +220,6 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Buf, CpuBackend};
     use crate::nn::{Param, ParamKind};
     use crate::train::config::Solver;
 
@@ -234,7 +233,7 @@ mod tests {
         }
     }
 
-    fn toy(be: &CpuBackend, w: &[f32]) -> Toy {
+    fn toy(be: &dyn crate::backend::Backend, w: &[f32]) -> Toy {
         Toy(vec![
             Param::new(be, "conv1.weight", &[2, 2], ParamKind::Weight, w).unwrap(),
             Param::new(be, "bn1.bias", &[2], ParamKind::BnBias, &[0.1, 0.2]).unwrap(),
@@ -251,40 +250,37 @@ mod tests {
 
     fn values(m: &Toy) -> Vec<Vec<f32>> {
         m.0.iter()
-            .map(|p| match &p.value {
-                Buf::Host(v) => v.clone(),
-                Buf::Device(_) => unreachable!(),
-            })
+            .map(|p| crate::backend::cpu().download::<f32>(&p.value).unwrap())
             .collect()
     }
 
     #[test]
     fn round_trip_restores_model_optimiser_banks_and_step() {
-        let be = CpuBackend::new();
+        let be = crate::backend::cpu();
         let dir = std::env::temp_dir().join(format!("insclr-ckpt-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut m = toy(&be, &[1.0, 2.0, 3.0, 4.0]);
+        let mut m = toy(be, &[1.0, 2.0, 3.0, 4.0]);
         let cfg = Solver {
             name: "adam".into(),
             ..Solver::default()
         };
         let mut opt = Optimizer::new(&cfg, &m).unwrap();
         for p in m.0.iter_mut().filter(|p| p.kind.trainable()) {
-            p.grad = Some(Buf::Host(vec![0.5; p.numel()]));
+            p.grad = Some(be.upload(&vec![0.5; p.numel()]).unwrap());
         }
-        opt.step(&be, &mut m, 1.0).unwrap();
+        opt.step(be, &mut m, 1.0).unwrap();
         let mut bank = IndexedBank::new(3, 2);
         bank.write(&[2, 0, 2], &[1.0, 0.0, 0.0, 1.0, 0.6, 0.8])
             .unwrap();
-        save(&dir, 7, 42, &be, &m, &opt, &[("da", &bank)]).unwrap();
-        save(&dir, 12, 42, &be, &m, &opt, &[("da", &bank)]).unwrap();
+        save(&dir, 7, 42, be, &m, &opt, &[("da", &bank)]).unwrap();
+        save(&dir, 12, 42, be, &m, &opt, &[("da", &bank)]).unwrap();
         std::fs::write(dir.join("checkpoint_x.safetensors"), b"junk").unwrap();
         let (step, path) = latest(&dir).unwrap().unwrap();
         assert_eq!((step, path.clone()), (12, checkpoint_path(&dir, 12)));
 
-        let mut fresh = toy(&be, &[0.0; 4]);
+        let mut fresh = toy(be, &[0.0; 4]);
         let mut opt2 = Optimizer::new(&cfg, &fresh).unwrap();
-        let r = load(&path, &be, &mut fresh, &mut opt2).unwrap();
+        let r = load(&path, be, &mut fresh, &mut opt2).unwrap();
         assert_eq!((r.step, r.seed), (12, 42));
         assert_eq!(values(&fresh), values(&m));
         assert_eq!(opt2, opt);
@@ -295,8 +291,8 @@ mod tests {
 
         // A model-only export (model_final) cannot be resumed, and says why.
         let only = dir.join("checkpoint_0000099.safetensors");
-        crate::io::safetensors::write(&only, &export(&m, &be).unwrap(), None).unwrap();
-        let e = format!("{:#}", load(&only, &be, &mut fresh, &mut opt2).unwrap_err());
+        crate::io::safetensors::write(&only, &export(&m, be).unwrap(), None).unwrap();
+        let e = format!("{:#}", load(&only, be, &mut fresh, &mut opt2).unwrap_err());
         assert!(
             e.contains("insclr.step") && e.contains("cannot be resumed"),
             "{e}"

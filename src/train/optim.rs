@@ -8,10 +8,9 @@
 //! upload per tensor (correct, slow; `kernels/optim.cu` is the planned device version).
 
 use super::config::Solver;
-use crate::backend::{Backend, Buf};
+use crate::backend::Backend;
 use crate::nn::Module;
 use anyhow::{bail, Result};
-use std::borrow::Cow;
 
 /// Adam's first-moment decay (torch default).
 pub const BETA1: f64 = 0.9;
@@ -94,27 +93,6 @@ pub struct Optimizer {
     pub t: u64,
     /// One slot per trainable tensor, in the model's parameter order.
     pub slots: Vec<Slot>,
-}
-
-/// A buffer's values on the host, borrowed on the CPU backend.
-fn host<'a>(be: &dyn Backend, b: &'a Buf<f32>) -> Result<Cow<'a, [f32]>> {
-    Ok(match b {
-        Buf::Host(v) => Cow::Borrowed(v.as_slice()),
-        Buf::Device(_) => Cow::Owned(be.download(b)?),
-    })
-}
-
-/// Runs `f` on a buffer's values on the host, writing them back to the device if needed.
-fn host_mut(be: &dyn Backend, b: &mut Buf<f32>, f: impl FnOnce(&mut [f32])) -> Result<()> {
-    match b {
-        Buf::Host(v) => f(v),
-        Buf::Device(_) => {
-            let mut v = be.download(b)?;
-            f(&mut v);
-            be.upload_into(&v, b)?;
-        }
-    }
-    Ok(())
 }
 
 /// One Adam update of a tensor, as torch 1.x computes it (f32 tensors, f64 scalars).
@@ -220,10 +198,10 @@ impl Optimizer {
             let Some(gbuf) = p.grad.as_ref() else {
                 bail!("{} is trainable but has no gradient buffer", p.name);
             };
-            let g = host(be, gbuf)?;
+            let g = be.host_view::<f32>(gbuf)?;
             let t = self.t;
             let rule = self.rule;
-            host_mut(be, &mut p.value, |v| match rule {
+            be.update_on_host(&mut p.value, |v: &mut [f32]| match rule {
                 Rule::Adam => adam_update(v, &g, &mut s.m, &mut s.v, lr, wd, t),
                 Rule::Sgd { momentum } => sgd_update(v, &g, &mut s.m, lr, wd, momentum),
             })?;
@@ -238,7 +216,8 @@ pub fn clip_grad_norm(be: &dyn Backend, model: &mut dyn Module, max_norm: f64) -
     let mut sq = 0f64;
     for p in model.params() {
         if let Some(g) = p.grad.as_ref() {
-            sq += host(be, g)?
+            sq += be
+                .host_view::<f32>(g)?
                 .iter()
                 .map(|&x| (x as f64) * (x as f64))
                 .sum::<f64>();
@@ -249,7 +228,9 @@ pub fn clip_grad_norm(be: &dyn Backend, model: &mut dyn Module, max_norm: f64) -
     if coef < 1.0 {
         for p in model.params_mut() {
             if let Some(g) = p.grad.as_mut() {
-                host_mut(be, g, |v| v.iter_mut().for_each(|x| *x *= coef as f32))?;
+                be.update_on_host(g, |v: &mut [f32]| {
+                    v.iter_mut().for_each(|x| *x *= coef as f32)
+                })?;
             }
         }
     }
@@ -259,7 +240,6 @@ pub fn clip_grad_norm(be: &dyn Backend, model: &mut dyn Module, max_norm: f64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::CpuBackend;
     use crate::nn::{Param, ParamKind};
 
     struct Two(Vec<Param>);
@@ -272,7 +252,7 @@ mod tests {
         }
     }
 
-    fn model(be: &CpuBackend) -> Two {
+    fn model(be: &dyn crate::backend::Backend) -> Two {
         Two(vec![
             Param::new(be, "fc.weight", &[2], ParamKind::Weight, &[1.0, -2.0]).unwrap(),
             Param::new(be, "fc.bias", &[1], ParamKind::Bias, &[0.5]).unwrap(),
@@ -282,22 +262,21 @@ mod tests {
 
     fn set_grads(m: &mut Two, g: &[&[f32]]) {
         for (p, gi) in m.0.iter_mut().zip(g) {
-            p.grad = Some(Buf::Host(gi.to_vec()));
+            p.grad = Some(crate::backend::cpu().upload(gi).unwrap());
         }
     }
 
     fn vals(m: &Two, i: usize) -> Vec<f32> {
-        match &m.0[i].value {
-            Buf::Host(v) => v.clone(),
-            Buf::Device(_) => unreachable!(),
-        }
+        crate::backend::cpu()
+            .download::<f32>(&m.0[i].value)
+            .unwrap()
     }
 
     /// Two Adam steps against the formulas worked by hand in f64.
     #[test]
     fn adam_matches_a_hand_computation_with_coupled_decay() {
-        let be = CpuBackend::new();
-        let mut m = model(&be);
+        let be = crate::backend::cpu();
+        let mut m = model(be);
         let cfg = Solver {
             name: "adam".into(),
             base_lr: 0.1,
@@ -307,7 +286,7 @@ mod tests {
         let mut opt = Optimizer::new(&cfg, &m).unwrap();
         assert_eq!(opt.slots.len(), 2, "running stats are not optimised");
         set_grads(&mut m, &[&[0.5, 0.25], &[-1.0]]);
-        opt.step(&be, &mut m, 1.0).unwrap();
+        opt.step(be, &mut m, 1.0).unwrap();
         // Step 1: m = 0.1 g', v = 0.001 g'^2, mhat = g', vhat = g'^2 -> p -= 0.1 * g'/(|g'| + eps).
         // weight: g' = g + 0.01 p = [0.51, 0.23] -> [0.9, -2.1]; bias (no decay): 0.5 + 0.1.
         let w = vals(&m, 0);
@@ -327,7 +306,7 @@ mod tests {
         let want = p0 - 0.1 / bc1 * m2 / (v2.sqrt() / bc2.sqrt() + 1e-8);
         // A schedule factor of 1 keeps the lr; check the factor is applied by a second model.
         set_grads(&mut m, &[&[0.5, 0.25], &[-1.0]]);
-        opt.step(&be, &mut m, 1.0).unwrap();
+        opt.step(be, &mut m, 1.0).unwrap();
         assert!(
             (vals(&m, 0)[0] as f64 - want).abs() < 1e-6,
             "{} vs {want}",
@@ -335,17 +314,17 @@ mod tests {
         );
         assert_eq!(opt.t, 2);
 
-        let mut m3 = model(&be);
+        let mut m3 = model(be);
         let mut opt3 = Optimizer::new(&cfg, &m3).unwrap();
         set_grads(&mut m3, &[&[0.5, 0.25], &[-1.0]]);
-        opt3.step(&be, &mut m3, 0.1).unwrap();
+        opt3.step(be, &mut m3, 0.1).unwrap();
         assert!((vals(&m3, 0)[0] - 0.99).abs() < 1e-6, "lr 0.01 moves 0.01");
     }
 
     #[test]
     fn sgd_momentum_and_bias_lr_factor() {
-        let be = CpuBackend::new();
-        let mut m = model(&be);
+        let be = crate::backend::cpu();
+        let mut m = model(be);
         let cfg = Solver {
             name: "sgd".into(),
             base_lr: 0.1,
@@ -357,7 +336,7 @@ mod tests {
         let mut opt = Optimizer::new(&cfg, &m).unwrap();
         for _ in 0..2 {
             set_grads(&mut m, &[&[1.0, 0.0], &[1.0]]);
-            opt.step(&be, &mut m, 1.0).unwrap();
+            opt.step(be, &mut m, 1.0).unwrap();
         }
         // buf = 1 then 1.9: weight 1 - 0.1 - 0.19; bias at lr 0.2: 0.5 - 0.2 - 0.38.
         assert!((vals(&m, 0)[0] - 0.71).abs() < 1e-6);
@@ -395,14 +374,14 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_the_max_norm() {
-        let be = CpuBackend::new();
-        let mut m = model(&be);
+        let be = crate::backend::cpu();
+        let mut m = model(be);
         set_grads(&mut m, &[&[3.0, 0.0], &[4.0]]);
-        let n = clip_grad_norm(&be, &mut m, 1.0).unwrap();
+        let n = clip_grad_norm(be, &mut m, 1.0).unwrap();
         assert!((n - 5.0).abs() < 1e-9);
-        let g = be.download(m.0[0].grad.as_ref().unwrap()).unwrap();
+        let g = be.download::<f32>(m.0[0].grad.as_ref().unwrap()).unwrap();
         assert!((g[0] - 0.6).abs() < 1e-5, "{g:?}");
-        let n2 = clip_grad_norm(&be, &mut m, 10.0).unwrap();
+        let n2 = clip_grad_norm(be, &mut m, 10.0).unwrap();
         assert!((n2 - 1.0).abs() < 1e-5, "below the max nothing changes");
     }
 }

@@ -21,6 +21,7 @@ use super::checkpoint;
 use super::config::Config;
 use super::optim::{clip_grad_norm, Optimizer, Schedule};
 use crate::backend::Backend;
+use crate::backend::DType;
 use crate::data::image::{decode_all, decode_rgb, list_images, resize_bilinear, Chw, Skipped};
 use crate::loss::{contrastive_batch, contrastive_memory, LossOut, Memory};
 use crate::memory::IndexedBank;
@@ -537,7 +538,7 @@ impl<'b> Stage<'b> {
         };
         let x = self.train_views(&batch.indices, t, AUG)?;
         let [h, w] = self.cfg.input.train_img_size;
-        let f = be.download(self.net.forward_train(be, &x, nimg, h, w)?)?;
+        let f = be.download::<f32>(self.net.forward_train(be, &x, nimg, h, w)?)?;
         let fb = be.upload(&f)?;
 
         let mut log = StepLog {
@@ -566,9 +567,9 @@ impl<'b> Stage<'b> {
         }
 
         let margin = self.cfg.loss.contrastive_loss.margin;
-        let mut d_batch = be.zeros(nimg * d)?;
+        let mut d_batch = be.zeros(DType::F32, nimg * d)?;
         let lb = contrastive_batch(be, &fb, &batch.labels, d, margin, Some(&mut d_batch))?;
-        let mut grad = be.download(&d_batch)?;
+        let mut grad = be.download::<f32>(&d_batch)?;
         let x_cfg = self.cfg.xbm.clone();
         if x_cfg.enable && t > x_cfg.start_step {
             self.da.write(&batch.indices, &f)?;
@@ -608,7 +609,7 @@ impl<'b> Stage<'b> {
             log.memory_size = mi.len();
             if !mi.is_empty() {
                 let mem = be.upload(&self.da.gather(&mi)?)?;
-                let mut d_mem = be.zeros(nimg * d)?;
+                let mut d_mem = be.zeros(DType::F32, nimg * d)?;
                 lm = contrastive_memory(
                     be,
                     &fb,
@@ -619,7 +620,7 @@ impl<'b> Stage<'b> {
                     Some(&mut d_mem),
                 )?;
                 let wgt = x_cfg.memory_loss_weight;
-                for (a, b) in grad.iter_mut().zip(be.download(&d_mem)?) {
+                for (a, b) in grad.iter_mut().zip(be.download::<f32>(&d_mem)?) {
                     *a += wgt * b;
                 }
             }

@@ -1,28 +1,75 @@
-//! Helpers shared by the integration tests: GPU discovery with an explicit skip, error norms,
-//! finite differences.
+//! Helpers shared by the integration tests: the device kernel tests run on, one harness that
+//! compares a case on that device with the CPU twin, error norms, finite differences.
 #![allow(dead_code)]
 
 use insclr::backend::{Backend, Buf, CudaBackend};
 
-/// The CUDA backend, or `None` with a printed skip message. With `INSCLR_REQUIRE_GPU=1` a
-/// missing GPU fails the test instead of skipping it.
-pub fn gpu(test: &str) -> Option<CudaBackend> {
+fn require_gpu() -> bool {
+    std::env::var("INSCLR_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// Written to the stderr handle directly: libtest captures `eprintln!` of passing tests, and
+/// where a kernel test ran (or that it was skipped) must be visible in the test log.
+pub fn log(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The device kernel tests run on: the real GPU when there is one, else the emulated GPU.
+/// `INSCLR_REQUIRE_GPU=1` (the GPU machine's runner) turns the fallback into a failure. The
+/// choice is logged as `RAN <test> on <device>`.
+pub fn kernel_device(test: &str) -> CudaBackend {
     match CudaBackend::new(0) {
-        Ok(be) => Some(be),
+        Ok(gpu) => {
+            log(&format!(
+                "RAN {test} on cuda ({})",
+                (&gpu as &dyn Backend).describe()
+            ));
+            gpu
+        }
         Err(e) => {
-            if std::env::var("INSCLR_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            if require_gpu() {
                 panic!("{test}: INSCLR_REQUIRE_GPU=1 but no CUDA backend: {e:#}");
             }
-            // Written to the stderr handle directly: libtest captures eprintln! of passing tests,
-            // and a skip must be visible in the test log.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: no GPU ({e:#})");
-            None
+            log(&format!("RAN {test} on emu (no GPU: {e:#})"));
+            CudaBackend::emu()
         }
     }
 }
 
-/// ||a - b|| / max(||b||, tiny), in f64.
+/// True when `be` is the emulator (a few checks run only there: a GPU would hang, or its race
+/// might happen to give the right answer).
+pub fn is_emu(be: &CudaBackend) -> bool {
+    be.info().is_none()
+}
+
+/// Named outputs of one run of a case, on the host.
+pub type Outputs = Vec<(String, Vec<f32>)>;
+
+/// Runs `case` on the CPU (the oracle) and on `dev`, and requires every output to match by
+/// relative norm error below `tol` (DESIGN.md: 1e-5 for f32). A case makes its inputs from
+/// its own seeded generator, so both runs see the same numbers, and poisons what it wants the
+/// kernel to write (see [`poisoned`]).
+pub fn matches_cpu(
+    what: &str,
+    dev: &dyn Backend,
+    tol: f64,
+    case: impl Fn(&dyn Backend) -> anyhow::Result<Outputs>,
+) {
+    let want = case(insclr::backend::cpu()).unwrap_or_else(|e| panic!("{what} on cpu: {e:#}"));
+    let got = case(dev).unwrap_or_else(|e| panic!("{what} on {}: {e:#}", dev.name()));
+    assert_eq!(want.len(), got.len(), "{what}: output count");
+    for ((name, w), (_, g)) in want.iter().zip(&got) {
+        let err = rel_err(g, w);
+        assert!(
+            err < tol,
+            "{what}: {name} on {} differs from the CPU twin by {err:e} (tolerance {tol:e})",
+            dev.name()
+        );
+    }
+}
+
+/// ||a - b|| / max(||b||, tiny), in f64. Every value of `a` must be finite.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     let (mut num, mut den) = (0.0f64, 0.0f64);
@@ -38,7 +85,7 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// A buffer of `len` NaNs, so that any element a kernel forgets to write shows up.
-pub fn poisoned(be: &dyn Backend, len: usize) -> Buf<f32> {
+pub fn poisoned(be: &dyn Backend, len: usize) -> Buf {
     be.upload(&vec![f32::NAN; len]).expect("upload")
 }
 

@@ -10,7 +10,8 @@
 //! `(ci*kh + ki)*kw + kj`, so `y_g = W_g col` with `W_g` read as `c_out/g x K`.
 
 use super::gemm::matmul_f32;
-use crate::backend::{Conv, MatMul};
+use crate::backend::{Buf, Checked, Conv, MatMul};
+use anyhow::Result;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -284,6 +285,23 @@ pub fn conv2d_naive(x: &[f32], w: &[f32], y: &mut [f32], s: Conv) {
     }
 }
 
+impl crate::backend::ConvOps for super::CpuBackend {
+    fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
+        conv2d_fwd_f32(x.host()?, w.host()?, y.host_mut()?, *s);
+        Ok(())
+    }
+
+    fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
+        conv2d_bwd_data_f32(dy.host()?, w.host()?, dx.host_mut()?, *s);
+        Ok(())
+    }
+
+    fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
+        conv2d_bwd_weight_f32(x.host()?, dy.host()?, dw.host_mut()?, *s);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,18 +409,22 @@ mod tests {
 
     #[test]
     fn wrong_buffer_sizes_are_errors_not_panics() {
-        use crate::backend::{Act, Backend, BatchNorm, Buf, CpuBackend, MaxPool};
-        let be = CpuBackend::new();
+        use crate::backend::{Act, BatchNorm, MaxPool};
+        let be = crate::backend::cpu();
+        let host = |v: Vec<f32>| be.upload(&v).unwrap();
         let s = Conv::new(1, 2, 4, 4, 3, 3, 1, Padding::Sym(1), 1).unwrap();
-        let (x, w) = (Buf::Host(vec![0.0; 32]), Buf::Host(vec![0.0; 54]));
-        let mut y = Buf::Host(vec![0.0; 47]);
+        let (x, w) = (host(vec![0.0; 32]), host(vec![0.0; 54]));
+        let mut y = host(vec![0.0; 47]);
         let err = be.conv2d_fwd(&x, &w, &mut y, s).unwrap_err().to_string();
-        assert!(err.contains("y=47") && err.contains("48"), "{err}");
+        assert!(
+            err.contains("holds 47") && err.contains("expected 48"),
+            "{err}"
+        );
         let bn = BatchNorm::new(1, 3, 1, 1e-5, Act::Relu);
-        let (g, b) = (Buf::Host(vec![1.0; 3]), Buf::Host(vec![0.0; 3]));
-        let (mut rm, mut rv) = (Buf::Host(vec![0.0; 3]), Buf::Host(vec![1.0; 3]));
-        let (mut sm, mut si) = (Buf::Host(vec![0.0; 3]), Buf::Host(vec![0.0; 3]));
-        let (bx, mut by) = (Buf::Host(vec![0.0; 3]), Buf::Host(vec![0.0; 3]));
+        let (g, b) = (host(vec![1.0; 3]), host(vec![0.0; 3]));
+        let (mut rm, mut rv) = (host(vec![0.0; 3]), host(vec![1.0; 3]));
+        let (mut sm, mut si) = (host(vec![0.0; 3]), host(vec![0.0; 3]));
+        let (bx, mut by) = (host(vec![0.0; 3]), host(vec![0.0; 3]));
         // One value per channel: PyTorch refuses to train on it, and so do we.
         let err = be
             .batchnorm_fwd_train(
@@ -418,12 +440,10 @@ mod tests {
             .to_string();
         assert!(err.contains("more than 1 value"), "{err}");
         let mp = MaxPool::new(1, 1, 4, 4, 3, 2, 1).unwrap();
-        let mut out = Buf::Host(vec![0.0; 3]);
+        let mut out = host(vec![0.0; 3]);
+        assert!(be.maxpool_fwd(&host(vec![0.0; 16]), &mut out, mp).is_err());
         assert!(be
-            .maxpool_fwd(&Buf::Host(vec![0.0; 16]), &mut out, mp)
-            .is_err());
-        assert!(be
-            .add_fwd(&Buf::Host(vec![0.0; 2]), &Buf::Host(vec![0.0; 3]), &mut out)
+            .add_fwd(&host(vec![0.0; 2]), &host(vec![0.0; 3]), &mut out)
             .is_err());
     }
 }

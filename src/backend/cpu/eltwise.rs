@@ -2,7 +2,8 @@
 //! `kernels/eltwise.cu`.
 
 use super::norm::{act_apply, act_grad};
-use crate::backend::Act;
+use crate::backend::{Act, Buf, Checked, Eltwise};
+use anyhow::Result;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -38,4 +39,21 @@ pub fn act_bwd_f32(y: &[f32], dy: &[f32], dx: &mut [f32], act: Act) {
                 *o = g * act_grad(act, v);
             }
         });
+}
+
+impl crate::backend::EltwiseOps for super::CpuBackend {
+    fn add_fwd(&self, a: &Buf, b: &Buf, y: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {
+        add_fwd_f32(a.host()?, b.host()?, y.host_mut()?);
+        Ok(())
+    }
+
+    fn act_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
+        act_fwd_f32(x.host()?, y.host_mut()?, s.act);
+        Ok(())
+    }
+
+    fn act_bwd(&self, y: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
+        act_bwd_f32(y.host()?, dy.host()?, dx.host_mut()?, s.act);
+        Ok(())
+    }
 }

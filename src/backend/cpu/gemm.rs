@@ -1,7 +1,8 @@
 //! Row-major f32 matrix product on the CPU through `matrixmultiply` (packed, SIMD,
 //! multi-threaded), reading transposes through strides instead of copying.
 
-use crate::backend::MatMul;
+use crate::backend::{Buf, Checked, MatMul};
+use anyhow::Result;
 
 /// `C = alpha * op(A) op(B) + beta * C`; sizes are checked by the caller.
 pub fn matmul_f32(a: &[f32], b: &[f32], c: &mut [f32], s: MatMul) {
@@ -72,5 +73,12 @@ pub fn matmul_naive(a: &[f32], b: &[f32], c: &mut [f32], s: MatMul) {
             };
             c[i * s.n + j] = (s.alpha as f64 * acc + prev) as f32;
         }
+    }
+}
+
+impl crate::backend::GemmOps for super::CpuBackend {
+    fn matmul(&self, a: &Buf, b: &Buf, c: &mut Buf, s: Checked<MatMul>) -> Result<()> {
+        matmul_f32(a.host()?, b.host()?, c.host_mut()?, *s);
+        Ok(())
     }
 }

@@ -4,7 +4,8 @@
 //! BatchNorm over NCHW: channel `c` of image `i` is the plane `i*C + c` of `hw` values.
 //! Statistics are per (ghost group, channel) over `n/ghost * hw` values, accumulated in f64.
 
-use crate::backend::{Act, BatchNorm, L2Norm};
+use crate::backend::{Act, BatchNorm, Buf, Checked, L2Norm};
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// `y = x / max(||x||, eps)` per row.
@@ -212,6 +213,90 @@ pub fn batchnorm_bwd_f32(
             *o = k * (dz - mdz - (xv - mean) * inv * mdzx);
         }
     });
+}
+
+impl crate::backend::NormOps for super::CpuBackend {
+    fn l2norm_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<L2Norm>) -> Result<()> {
+        l2norm_fwd_f32(x.host()?, y.host_mut()?, *s);
+        Ok(())
+    }
+
+    fn l2norm_bwd(&self, x: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<L2Norm>) -> Result<()> {
+        l2norm_bwd_f32(x.host()?, dy.host()?, dx.host_mut()?, *s);
+        Ok(())
+    }
+
+    fn batchnorm_fwd_train(
+        &self,
+        x: &Buf,
+        gamma: &Buf,
+        beta: &Buf,
+        running: (&mut Buf, &mut Buf),
+        saved: (&mut Buf, &mut Buf),
+        y: &mut Buf,
+        s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        batchnorm_fwd_train_f32(
+            x.host()?,
+            gamma.host()?,
+            beta.host()?,
+            running.0.host_mut()?,
+            running.1.host_mut()?,
+            saved.0.host_mut()?,
+            saved.1.host_mut()?,
+            y.host_mut()?,
+            *s,
+        );
+        Ok(())
+    }
+
+    fn batchnorm_fwd_eval(
+        &self,
+        x: &Buf,
+        gamma: &Buf,
+        beta: &Buf,
+        running_mean: &Buf,
+        running_var: &Buf,
+        y: &mut Buf,
+        s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        batchnorm_fwd_eval_f32(
+            x.host()?,
+            gamma.host()?,
+            beta.host()?,
+            running_mean.host()?,
+            running_var.host()?,
+            y.host_mut()?,
+            *s,
+        );
+        Ok(())
+    }
+
+    fn batchnorm_bwd(
+        &self,
+        x: &Buf,
+        y: &Buf,
+        dy: &Buf,
+        gamma: &Buf,
+        saved: (&Buf, &Buf),
+        dx: &mut Buf,
+        dparams: (&mut Buf, &mut Buf),
+        s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        batchnorm_bwd_f32(
+            x.host()?,
+            y.host()?,
+            dy.host()?,
+            gamma.host()?,
+            saved.0.host()?,
+            saved.1.host()?,
+            dx.host_mut()?,
+            dparams.0.host_mut()?,
+            dparams.1.host_mut()?,
+            *s,
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]

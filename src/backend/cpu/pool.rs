@@ -1,6 +1,7 @@
 //! GeM and max pooling on the CPU: the twins of `kernels/pool.cu` (formulas there).
 
-use crate::backend::{Gem, MaxPool};
+use crate::backend::{Buf, Checked, Gem, MaxPool};
+use anyhow::Result;
 use rayon::prelude::*;
 
 fn pow_int_fast(x: f32, p: f32) -> f32 {
@@ -92,6 +93,36 @@ pub fn maxpool_bwd_f32(x: &[f32], dy: &[f32], dx: &mut [f32], s: MaxPool) {
             }
         }
     });
+}
+
+impl crate::backend::PoolOps for super::CpuBackend {
+    fn gem_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<Gem>) -> Result<()> {
+        gem_fwd_f32(x.host()?, y.host_mut()?, *s);
+        Ok(())
+    }
+
+    fn gem_bwd(&self, x: &Buf, y: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<Gem>) -> Result<()> {
+        gem_bwd_f32(x.host()?, y.host()?, dy.host()?, dx.host_mut()?, *s);
+        Ok(())
+    }
+
+    fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
+        maxpool_fwd_f32(x.host()?, y.host_mut()?, *s);
+        Ok(())
+    }
+
+    fn maxpool_bwd(
+        &self,
+        x: &Buf,
+        _y: &Buf,
+        dy: &Buf,
+        dx: &mut Buf,
+        s: Checked<MaxPool>,
+    ) -> Result<()> {
+        // The twin recomputes each window's argmax from x; y is for kernels that compare.
+        maxpool_bwd_f32(x.host()?, dy.host()?, dx.host_mut()?, *s);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,55 +1,52 @@
 //! Launchers for kernels/norm.cu (row-wise L2 normalisation).
 
+use super::device::{Args, Launch};
 use super::{int, CudaBackend};
-use crate::backend::L2Norm;
-use anyhow::{Context, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use crate::backend::{Buf, Checked, L2Norm, NormOps, Op};
+use anyhow::Result;
 
 const WARPS_PER_BLOCK: u32 = 8;
 
-fn row_per_warp(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((rows as u32).div_ceil(WARPS_PER_BLOCK), 1, 1),
-        block_dim: (WARPS_PER_BLOCK * 32, 1, 1),
-        shared_mem_bytes: 0,
-    }
+fn row_per_warp(rows: usize) -> Launch {
+    Launch::linear(
+        (rows as u32).div_ceil(WARPS_PER_BLOCK),
+        WARPS_PER_BLOCK * 32,
+    )
 }
 
-/// One warp per row.
-pub fn l2norm_fwd_f32(
-    be: &CudaBackend,
-    x: &CudaSlice<f32>,
-    y: &mut CudaSlice<f32>,
-    s: L2Norm,
-) -> Result<()> {
-    if s.rows == 0 || s.cols == 0 {
-        return Ok(());
+impl NormOps for CudaBackend {
+    /// One warp per row.
+    fn l2norm_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<L2Norm>) -> Result<()> {
+        if s.rows == 0 || s.cols == 0 {
+            return Ok(());
+        }
+        let (rows, cols) = (int(s.rows, "L2 rows")?, int(s.cols, "L2 cols")?);
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(y.dev_mut()?)
+            .i32(rows)
+            .i32(cols)
+            .f32(s.eps);
+        // SAFETY: arguments match l2norm_fwd_<dtype>(x, y, rows, cols, eps); the shape was
+        // checked: x and y hold rows*cols elements.
+        unsafe { self.launch(&Op::L2normFwd.kernel(x.dtype()), row_per_warp(s.rows), args) }
     }
-    let f = be.function("norm", "l2norm_fwd_f32")?;
-    let (rows, cols) = (int(s.rows, "L2 rows")?, int(s.cols, "L2 cols")?);
-    let mut l = be.stream().launch_builder(&f);
-    l.arg(x).arg(y).arg(&rows).arg(&cols).arg(&s.eps);
-    // SAFETY: argument types and order match l2norm_fwd_f32; x and y hold rows*cols floats.
-    unsafe { l.launch(row_per_warp(s.rows)) }.context("launch l2norm_fwd_f32")?;
-    Ok(())
-}
 
-/// One warp per row.
-pub fn l2norm_bwd_f32(
-    be: &CudaBackend,
-    x: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
-    dx: &mut CudaSlice<f32>,
-    s: L2Norm,
-) -> Result<()> {
-    if s.rows == 0 || s.cols == 0 {
-        return Ok(());
+    /// One warp per row.
+    fn l2norm_bwd(&self, x: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<L2Norm>) -> Result<()> {
+        if s.rows == 0 || s.cols == 0 {
+            return Ok(());
+        }
+        let (rows, cols) = (int(s.rows, "L2 rows")?, int(s.cols, "L2 cols")?);
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(dy.dev()?)
+            .ptr(dx.dev_mut()?)
+            .i32(rows)
+            .i32(cols)
+            .f32(s.eps);
+        // SAFETY: arguments match l2norm_bwd_<dtype>(x, dy, dx, rows, cols, eps); the shape was
+        // checked: x, dy, dx hold rows*cols elements.
+        unsafe { self.launch(&Op::L2normBwd.kernel(x.dtype()), row_per_warp(s.rows), args) }
     }
-    let f = be.function("norm", "l2norm_bwd_f32")?;
-    let (rows, cols) = (int(s.rows, "L2 rows")?, int(s.cols, "L2 cols")?);
-    let mut l = be.stream().launch_builder(&f);
-    l.arg(x).arg(dy).arg(dx).arg(&rows).arg(&cols).arg(&s.eps);
-    // SAFETY: argument types and order match l2norm_bwd_f32; x, dy, dx hold rows*cols floats.
-    unsafe { l.launch(row_per_warp(s.rows)) }.context("launch l2norm_bwd_f32")?;
-    Ok(())
 }

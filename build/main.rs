@@ -1,4 +1,5 @@
-//! Compiles every `kernels/*.cu` into a fatbin with nvcc and embeds the result.
+//! Compiles every `kernels/*.cu` twice: into a fatbin with nvcc (embedded, for GPUs), and with
+//! the host C++ compiler into the emulated device (`emu.rs`), which needs no nvcc.
 //!
 //! nvcc is looked up in `$NVCC`, `.cuda-tools/bin` (scripts/install-cuda-tools.sh),
 //! `$CUDA_HOME/bin`, then `PATH`. Without nvcc the crate still builds: a cargo warning, no
@@ -16,6 +17,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod emu;
 
 struct Compiled {
     family: String,
@@ -36,11 +39,14 @@ struct KernelResources {
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=build");
     for var in [
         "NVCC",
         "CUDA_HOME",
         "INSCLR_REQUIRE_NVCC",
         "INSCLR_CUDA_ARCHS",
+        "INSCLR_EMU_SANITIZE",
+        "CXX",
         "PATH",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -62,6 +68,8 @@ fn main() {
     {
         println!("cargo:rerun-if-changed={}", entry.path().display());
     }
+
+    emu::build(&manifest.join("kernels"), &out_dir, &sources);
 
     let compiled = match find_nvcc(&manifest) {
         None => {

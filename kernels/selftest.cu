@@ -1,0 +1,148 @@
+// Self-tests of the device: small kernels whose results are known by definition, run by
+// tests/emu.rs on the emulator and on a real GPU alike, so the emulator's semantics (barriers,
+// shuffles, votes, reductions, atomics, conversions, dynamic shared memory) are checked against
+// the hardware whenever a GPU is at hand. Three are broken on purpose and run only where their
+// failure is caught: a missing barrier (a wrong result under emu's poison and thread order),
+// out-of-bounds writes (the sanitiser build), and a barrier mismatch (emu's deadlock report).
+#include "common.cuh"
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+// Every thread stores its input in shared memory and reads its neighbour's; with_barrier = 0
+// drops the __syncthreads between the two, which is a race.
+extern "C" __global__ void selftest_barrier_f32(const float* __restrict__ in, float* __restrict__ out,
+                                                int with_barrier) {
+    __shared__ float stage[1024];
+    int t = threadIdx.x, n = blockDim.x;
+    const float* inb = in + (size_t)blockIdx.x * n;
+    stage[t] = inb[t];
+    if (with_barrier) __syncthreads();
+    out[(size_t)blockIdx.x * n + t] = stage[(t + 1) % n];
+}
+
+// Writes out[0 .. n] inclusive: one element past the end.
+extern "C" __global__ void selftest_oob_global_f32(float* out, int n) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t <= n) out[t] = (float)t;
+}
+
+// A block of 33 threads writes a 32-element shared array: thread 32 writes past its end.
+extern "C" __global__ void selftest_oob_shared_f32(float* out) {
+    __shared__ float stage[32];
+    int t = threadIdx.x;
+    stage[t] = (float)t;
+    __syncthreads();
+    out[t] = stage[t % 32];
+}
+
+// Lane 0 waits at __syncthreads while the rest of its warp waits for it in a shuffle: a GPU
+// hangs; the emulator reports a deadlock.
+extern "C" __global__ void selftest_deadlock_i32(int* out) {
+    int v = threadIdx.x;
+    if (threadIdx.x % 32 == 0) {
+        __syncthreads();
+    } else {
+        v = __shfl_sync(0xffffffffu, v, 0);
+    }
+    out[threadIdx.x] = v;
+}
+
+// Per lane, SELFTEST_WARP_OUTPUTS results of the warp collectives on in[]: shuffles with
+// `width`, votes, reductions and matches. tests/emu.rs recomputes them from the definitions.
+#define SELFTEST_WARP_OUTPUTS 16
+extern "C" __global__ void selftest_warp_u32(const unsigned int* __restrict__ in, unsigned int* __restrict__ out,
+                                             int width) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned int v = in[t];
+    unsigned int* o = out + (size_t)t * SELFTEST_WARP_OUTPUTS;
+    const unsigned int all = 0xffffffffu;
+    o[0] = __shfl_sync(all, v, (int)(v % 37u), width);
+    o[1] = __shfl_up_sync(all, v, 3u, width);
+    o[2] = __shfl_down_sync(all, v, 5u, width);
+    o[3] = __shfl_xor_sync(all, v, 6, width);
+    o[4] = __ballot_sync(all, v & 1u);
+    o[5] = (unsigned int)__any_sync(all, v % 7u == 0u);
+    o[6] = (unsigned int)__all_sync(all, v != 0u);
+    o[7] = __reduce_add_sync(all, v);
+    o[8] = __reduce_min_sync(all, v);
+    o[9] = __reduce_max_sync(all, v);
+    o[10] = (unsigned int)__reduce_min_sync(all, (int)v);
+    o[11] = (unsigned int)__reduce_max_sync(all, (int)v);
+    o[12] = __reduce_and_sync(all, v);
+    o[13] = __reduce_or_sync(all, v);
+    o[14] = __reduce_xor_sync(all, v);
+    o[15] = __match_any_sync(all, v % 4u);
+}
+
+// Two halves of each warp shuffle independently with disjoint masks (lane ^ 1 within a half),
+// and a float butterfly sum over the whole warp.
+extern "C" __global__ void selftest_shfl_halves_f32(const float* __restrict__ in, float* __restrict__ out) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    int lane = threadIdx.x % 32;
+    float v = in[t];
+    unsigned int half = lane < 16 ? 0x0000ffffu : 0xffff0000u;
+    out[2 * t] = __shfl_xor_sync(half, v, 1);
+    out[2 * t + 1] = warp_sum(v);
+}
+
+// __syncthreads_count / _and / _or over pred[], one result triple per thread.
+extern "C" __global__ void selftest_syncthreads_i32(const int* __restrict__ pred, int* __restrict__ out) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    int p = pred[t];
+    out[3 * t] = __syncthreads_count(p);
+    out[3 * t + 1] = __syncthreads_and(p);
+    out[3 * t + 2] = __syncthreads_or(p);
+}
+
+// Atomics from every thread of every block: counts, extremes, a bitmask, a float sum and a
+// compare-and-swap claim (exactly one thread per slot wins).
+extern "C" __global__ void selftest_atomics_i32(int* __restrict__ counters, float* __restrict__ fsum,
+                                                const float* __restrict__ vals, int* __restrict__ claims, int n,
+                                                int slots) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    atomicAdd(&counters[0], 1);
+    atomicMax(&counters[1], t);
+    atomicMin(&counters[2], -t);
+    atomicOr((unsigned int*)&counters[3], 1u << (t % 32));
+    atomicAdd(fsum, vals[t]);
+    if (atomicCAS(&claims[t % slots], -1, t) == -1) atomicAdd(&counters[4], 1);
+}
+
+// float -> bf16 / fp16 -> float round trips (round to nearest even), with the raw bits.
+extern "C" __global__ void selftest_convert_f32(const float* __restrict__ in, unsigned short* __restrict__ bf16_bits,
+                                                unsigned short* __restrict__ f16_bits, float* __restrict__ back, int n) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    __nv_bfloat16 b = __float2bfloat16(in[t]);
+    __half h = __float2half(in[t]);
+    bf16_bits[t] = __bfloat16_as_ushort(b);
+    f16_bits[t] = __half_as_ushort(h);
+    back[2 * t] = __bfloat162float(b);
+    back[2 * t + 1] = __half2float(h);
+}
+
+// Dynamic shared memory: each block reverses its slice of in[] through it.
+extern "C" __global__ void selftest_dynamic_smem_f32(const float* __restrict__ in, float* __restrict__ out) {
+    extern __shared__ float stage[];
+    int t = threadIdx.x, n = blockDim.x;
+    size_t base = (size_t)blockIdx.x * n;
+    stage[t] = in[base + t];
+    __syncthreads();
+    out[base + t] = stage[n - 1 - t];
+}
+
+// Every thread writes its coordinates: x, y, z, block x, y, z, and the linear thread id.
+extern "C" __global__ void selftest_coords_u32(unsigned int* __restrict__ out) {
+    unsigned int block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    unsigned int threads = blockDim.x * blockDim.y * blockDim.z;
+    unsigned int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    unsigned int* o = out + ((size_t)block * threads + tid) * 7;
+    o[0] = threadIdx.x;
+    o[1] = threadIdx.y;
+    o[2] = threadIdx.z;
+    o[3] = blockIdx.x;
+    o[4] = blockIdx.y;
+    o[5] = blockIdx.z;
+    o[6] = tid;
+}

@@ -1,0 +1,172 @@
+//! 2-D convolution (NCHW, PyTorch's weight layout, groups incl. depthwise): forward, data and
+//! weight gradients. Kernels to come in `kernels/conv.cu`.
+
+use super::{check_len, not_implemented, same_dtype, Backend, Buf, Checked, Op};
+use anyhow::{bail, Result};
+
+/// Spatial padding of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// The same `p` on every side (PyTorch's `padding=p`).
+    Sym(usize),
+    /// TensorFlow "SAME": `out = ceil(in / stride)`, total pad `max((out-1)*stride + k - in, 0)`,
+    /// the smaller half on top / left. Depends on the input size, so it is resolved per shape.
+    Same,
+}
+
+impl Padding {
+    /// `(pad_before, out)` for one spatial dimension of size `len`.
+    pub(crate) fn resolve(self, len: usize, k: usize, stride: usize) -> (usize, usize) {
+        match self {
+            Padding::Sym(p) => {
+                let span = len + 2 * p;
+                (
+                    p,
+                    if span >= k {
+                        (span - k) / stride + 1
+                    } else {
+                        0
+                    },
+                )
+            }
+            Padding::Same => {
+                let out = len.div_ceil(stride);
+                let total = ((out.max(1) - 1) * stride + k).saturating_sub(len);
+                (total / 2, out)
+            }
+        }
+    }
+}
+
+/// Shape of a 2-D convolution without bias, NCHW input `n x c_in x h x w`, weight
+/// `c_out x (c_in/groups) x kh x kw` (PyTorch layout), output `n x c_out x oh x ow`, dilation 1.
+/// Bottom / right padding is implied by `oh` / `ow` (TF "SAME" pads asymmetrically).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub groups: usize,
+}
+
+impl Conv {
+    /// A square `k x k` convolution; errors on sizes that give an empty output or channels not
+    /// divisible by `groups`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        n: usize,
+        c_in: usize,
+        h: usize,
+        w: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: Padding,
+        groups: usize,
+    ) -> Result<Self> {
+        if stride == 0 || k == 0 || groups == 0 {
+            bail!("conv: kernel {k}, stride {stride} and groups {groups} must all be positive");
+        }
+        if c_in % groups != 0 || c_out % groups != 0 {
+            bail!("conv: channels {c_in} -> {c_out} are not divisible by groups = {groups}");
+        }
+        let (pad_top, oh) = padding.resolve(h, k, stride);
+        let (pad_left, ow) = padding.resolve(w, k, stride);
+        if oh == 0 || ow == 0 {
+            bail!("conv: a {h}x{w} input is too small for a {k}x{k} kernel with {padding:?}; use larger images");
+        }
+        Ok(Conv {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: k,
+            kw: k,
+            stride,
+            pad_top,
+            pad_left,
+            oh,
+            ow,
+            groups,
+        })
+    }
+
+    /// Elements of the input, weight and output.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.n * self.c_in * self.h * self.w,
+            self.c_out * (self.c_in / self.groups) * self.kh * self.kw,
+            self.n * self.c_out * self.oh * self.ow,
+        )
+    }
+
+    /// True for a depthwise convolution (one input and one output channel per group).
+    pub fn is_depthwise(&self) -> bool {
+        self.groups == self.c_in && self.groups == self.c_out
+    }
+
+    /// `x` input-sized, `w` weight-sized, `y` output-sized.
+    fn check(self, x: &Buf, w: &Buf, y: &Buf) -> Result<Checked<Self>> {
+        let (ex, ew, ey) = self.sizes();
+        check_len(&self, ex, &[x])?;
+        check_len(&self, ew, &[w])?;
+        check_len(&self, ey, &[y])?;
+        same_dtype(&self, &[x, w, y])?;
+        Ok(Checked(self))
+    }
+}
+
+/// What a backend implements for this family.
+pub trait ConvOps {
+    /// Convolution forward.
+    fn conv2d_fwd(&self, _x: &Buf, _w: &Buf, _y: &mut Buf, _s: Checked<Conv>) -> Result<()> {
+        Err(not_implemented(Op::Conv2dFwd))
+    }
+    /// Convolution data gradient.
+    fn conv2d_bwd_data(&self, _dy: &Buf, _w: &Buf, _dx: &mut Buf, _s: Checked<Conv>) -> Result<()> {
+        Err(not_implemented(Op::Conv2dBwdData))
+    }
+    /// Convolution weight gradient (accumulates).
+    fn conv2d_bwd_weight(
+        &self,
+        _x: &Buf,
+        _dy: &Buf,
+        _dw: &mut Buf,
+        _s: Checked<Conv>,
+    ) -> Result<()> {
+        Err(not_implemented(Op::Conv2dBwdWeight))
+    }
+}
+
+impl dyn Backend + '_ {
+    /// Convolution forward: `y = conv(x, w)` (see [`Conv`]).
+    pub fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Conv) -> Result<()> {
+        let s = s.check(x, w, y)?;
+        self.require(Op::Conv2dFwd, x.dtype())?;
+        self.conv().conv2d_fwd(x, w, y, s)
+    }
+
+    /// Convolution data gradient: writes `dx` from `dy` and the weight.
+    pub fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Conv) -> Result<()> {
+        let s = s.check(dx, w, dy)?;
+        self.require(Op::Conv2dBwdData, dy.dtype())?;
+        self.conv().conv2d_bwd_data(dy, w, dx, s)
+    }
+
+    /// Convolution weight gradient: accumulates into `dw` from the input `x` and `dy`.
+    pub fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Conv) -> Result<()> {
+        let s = s.check(x, dw, dy)?;
+        self.require(Op::Conv2dBwdWeight, x.dtype())?;
+        self.conv().conv2d_bwd_weight(x, dy, dw, s)
+    }
+}

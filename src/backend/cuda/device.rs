@@ -1,0 +1,255 @@
+//! The device layer under the CUDA backend: memory, copies and launches by kernel name with a
+//! packed argument list (as `cuLaunchKernel` takes it), on a real GPU ([`super::driver`]) or on
+//! the emulated one ([`super::emu`]). The launchers in `cuda/<family>.rs` run unchanged on both.
+
+use super::{driver::Gpu, emu::Emu};
+use crate::backend::Device;
+use anyhow::{bail, Result};
+use cudarc::driver::CudaSlice;
+use std::ffi::c_void;
+
+/// Where the CUDA backend runs its kernels.
+pub enum Layer {
+    Gpu(Box<Gpu>),
+    Emu(Emu),
+}
+
+impl Layer {
+    pub fn alloc(&self, bytes: usize) -> Result<DevMem> {
+        match self {
+            Layer::Gpu(g) => g.alloc(bytes),
+            Layer::Emu(e) => e.alloc(bytes),
+        }
+    }
+
+    pub fn write(&self, src: &[u8], dst: &mut DevMem) -> Result<()> {
+        check_copy(src.len(), dst.bytes)?;
+        match self {
+            Layer::Gpu(g) => g.write(src, dst),
+            Layer::Emu(_) => {
+                dst.emu_bytes_mut()?.copy_from_slice(src);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn read(&self, src: &DevMem, dst: &mut [u8]) -> Result<()> {
+        check_copy(dst.len(), src.bytes)?;
+        match self {
+            Layer::Gpu(g) => g.read(src, dst),
+            Layer::Emu(_) => {
+                dst.copy_from_slice(src.emu_bytes()?);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn zero(&self, dst: &mut DevMem) -> Result<()> {
+        match self {
+            Layer::Gpu(g) => g.zero(dst),
+            Layer::Emu(_) => {
+                dst.emu_bytes_mut()?.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Layer::Gpu(g) => g.synchronize(),
+            Layer::Emu(_) => Ok(()),
+        }
+    }
+
+    /// Launches `kernel`.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters in number, order and type (the emulator checks
+    /// number and sizes; a GPU checks nothing), and every pointer in it must address memory the
+    /// kernel may access for this launch shape.
+    pub unsafe fn launch(&self, kernel: &str, cfg: Launch, args: &mut Args) -> Result<()> {
+        match self {
+            Layer::Gpu(g) => g.launch(kernel, cfg, args),
+            Layer::Emu(e) => e.launch(kernel, cfg, args),
+        }
+    }
+}
+
+fn check_copy(host: usize, device: usize) -> Result<()> {
+    if host != device {
+        bail!("copy of {host} bytes to or from a device buffer of {device} bytes");
+    }
+    Ok(())
+}
+
+/// Device memory, real or emulated: a raw address (what kernels get) and its owner.
+pub struct DevMem {
+    ptr: u64,
+    bytes: usize,
+    owner: Owner,
+}
+
+enum Owner {
+    Gpu(CudaSlice<u8>),
+    /// Host memory from the emulator's allocator, freed on drop.
+    Emu,
+}
+
+impl DevMem {
+    pub(super) fn gpu(ptr: u64, bytes: usize, slice: CudaSlice<u8>) -> DevMem {
+        DevMem {
+            ptr,
+            bytes,
+            owner: Owner::Gpu(slice),
+        }
+    }
+
+    /// # Safety
+    /// `ptr` comes from the emulator's allocator, holds at least `bytes` bytes and is owned by
+    /// nothing else.
+    pub(super) unsafe fn emu(ptr: u64, bytes: usize) -> DevMem {
+        DevMem {
+            ptr,
+            bytes,
+            owner: Owner::Emu,
+        }
+    }
+
+    /// The address kernels get.
+    pub(super) fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// The device this memory lives on.
+    pub fn device(&self) -> Device {
+        match self.owner {
+            Owner::Gpu(_) => Device::Cuda,
+            Owner::Emu => Device::Emu,
+        }
+    }
+
+    /// "cuda" or "emu", for messages.
+    pub fn place(&self) -> &'static str {
+        self.device().name()
+    }
+
+    pub(super) fn gpu_slice(&self) -> Result<&CudaSlice<u8>> {
+        match &self.owner {
+            Owner::Gpu(s) => Ok(s),
+            Owner::Emu => bail!("an emulated buffer was given to the GPU"),
+        }
+    }
+
+    pub(super) fn gpu_slice_mut(&mut self) -> Result<&mut CudaSlice<u8>> {
+        match &mut self.owner {
+            Owner::Gpu(s) => Ok(s),
+            Owner::Emu => bail!("an emulated buffer was given to the GPU"),
+        }
+    }
+
+    /// The bytes of emulated device memory (it is host memory).
+    pub(super) fn emu_bytes(&self) -> Result<&[u8]> {
+        match self.owner {
+            // SAFETY: emulated memory is a live host allocation of `bytes` bytes owned by self.
+            Owner::Emu => {
+                Ok(unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.bytes) })
+            }
+            Owner::Gpu(_) => bail!("a GPU buffer was given to the emulator"),
+        }
+    }
+
+    pub(super) fn emu_bytes_mut(&mut self) -> Result<&mut [u8]> {
+        match self.owner {
+            // SAFETY: as above, and `&mut self` makes this the only view.
+            Owner::Emu => {
+                Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, self.bytes) })
+            }
+            Owner::Gpu(_) => bail!("a GPU buffer was given to the emulator"),
+        }
+    }
+}
+
+impl Drop for DevMem {
+    fn drop(&mut self) {
+        if let Owner::Emu = self.owner {
+            super::emu::free(self.ptr);
+        }
+    }
+}
+
+/// Grid, block and dynamic shared memory of a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub smem: u32,
+}
+
+impl Launch {
+    /// A 1-D launch of `blocks` blocks of `threads` threads.
+    pub fn linear(blocks: u32, threads: u32) -> Launch {
+        Launch {
+            grid: (blocks, 1, 1),
+            block: (threads, 1, 1),
+            smem: 0,
+        }
+    }
+}
+
+/// A kernel's arguments as `cuLaunchKernel` takes them: one 8-byte slot per parameter (every
+/// parameter of our kernels is a pointer or a scalar of at most 8 bytes) and its size.
+#[derive(Default)]
+pub struct Args {
+    slots: Vec<u64>,
+    sizes: Vec<u32>,
+}
+
+impl Args {
+    pub fn new() -> Args {
+        Args::default()
+    }
+
+    fn push(mut self, bits: u64, size: u32) -> Args {
+        self.slots.push(bits);
+        self.sizes.push(size);
+        self
+    }
+
+    /// A device pointer.
+    pub fn ptr(self, m: &DevMem) -> Args {
+        self.push(m.ptr, 8)
+    }
+
+    pub fn i32(self, v: i32) -> Args {
+        self.push(v as u32 as u64, 4)
+    }
+
+    pub fn u32(self, v: u32) -> Args {
+        self.push(v as u64, 4)
+    }
+
+    pub fn f32(self, v: f32) -> Args {
+        self.push(v.to_bits() as u64, 4)
+    }
+
+    pub fn u64(self, v: u64) -> Args {
+        self.push(v, 8)
+    }
+
+    /// One pointer per slot; a 4-byte value sits in the low half of its slot (little-endian).
+    pub(super) fn pointers(&mut self) -> Vec<*mut c_void> {
+        self.slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect()
+    }
+
+    pub(super) fn sizes(&self) -> &[u32] {
+        &self.sizes
+    }
+}
+
+#[cfg(not(target_endian = "little"))]
+compile_error!(
+    "Args packs 4-byte kernel arguments into the low half of 8-byte slots (little-endian)"
+);

@@ -1,0 +1,74 @@
+//! Elementwise ops: residual add and standalone activations. Kernels to come in
+//! `kernels/eltwise.cu`.
+
+use super::{check_len, not_implemented, same_dtype, Backend, Buf, Checked, Op};
+use anyhow::Result;
+
+/// A pointwise activation, standalone or fused after BatchNorm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// No activation.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)` (EfficientNet-Lite).
+    Relu6,
+}
+
+/// Shape of an elementwise op over `len` elements, with the activation it applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Eltwise {
+    pub len: usize,
+    pub act: Act,
+}
+
+impl Eltwise {
+    fn check(self, bufs: &[&Buf]) -> Result<Checked<Self>> {
+        check_len(&self, self.len, bufs)?;
+        same_dtype(&self, bufs)?;
+        Ok(Checked(self))
+    }
+}
+
+/// What a backend implements for this family.
+pub trait EltwiseOps {
+    /// `y = a + b`.
+    fn add_fwd(&self, _a: &Buf, _b: &Buf, _y: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {
+        Err(not_implemented(Op::AddFwd))
+    }
+    /// `y = act(x)`.
+    fn act_fwd(&self, _x: &Buf, _y: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {
+        Err(not_implemented(Op::ActFwd))
+    }
+    /// `dx = dy * act'(y)`.
+    fn act_bwd(&self, _y: &Buf, _dy: &Buf, _dx: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {
+        Err(not_implemented(Op::ActBwd))
+    }
+}
+
+impl dyn Backend + '_ {
+    /// Elementwise `y = a + b` (residual connections, summing two gradient paths).
+    pub fn add_fwd(&self, a: &Buf, b: &Buf, y: &mut Buf) -> Result<()> {
+        let s = Eltwise {
+            len: a.len(),
+            act: Act::Identity,
+        }
+        .check(&[a, b, y])?;
+        self.require(Op::AddFwd, a.dtype())?;
+        self.eltwise().add_fwd(a, b, y, s)
+    }
+
+    /// Activation forward `y = act(x)`.
+    pub fn act_fwd(&self, x: &Buf, y: &mut Buf, act: Act) -> Result<()> {
+        let s = Eltwise { len: x.len(), act }.check(&[x, y])?;
+        self.require(Op::ActFwd, x.dtype())?;
+        self.eltwise().act_fwd(x, y, s)
+    }
+
+    /// Activation backward from the forward output: `dx = dy * act'(y)`.
+    pub fn act_bwd(&self, y: &Buf, dy: &Buf, dx: &mut Buf, act: Act) -> Result<()> {
+        let s = Eltwise { len: y.len(), act }.check(&[y, dy, dx])?;
+        self.require(Op::ActBwd, y.dtype())?;
+        self.eltwise().act_bwd(y, dy, dx, s)
+    }
+}

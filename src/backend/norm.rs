@@ -1,0 +1,233 @@
+//! Normalisation: row-wise L2 (descriptors) and BatchNorm fused with the activation after it,
+//! forward and backward. Kernels in `kernels/norm.cu`.
+
+use super::{check_len, not_implemented, same_dtype, Act, Backend, Buf, Checked, Op};
+use anyhow::{bail, Result};
+
+/// L2 normalisation's floor on the norm, as torch.nn.functional.normalize (`1e-12`).
+pub const L2_EPS: f32 = 1e-12;
+
+/// Shape of a row-wise L2 normalisation of a `rows x cols` matrix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct L2Norm {
+    pub rows: usize,
+    pub cols: usize,
+    pub eps: f32,
+}
+
+impl L2Norm {
+    /// `x / max(||x||, 1e-12)` per row.
+    pub fn new(rows: usize, cols: usize) -> Self {
+        L2Norm {
+            rows,
+            cols,
+            eps: L2_EPS,
+        }
+    }
+
+    fn check(self, bufs: &[&Buf]) -> Result<Checked<Self>> {
+        check_len(&self, self.rows * self.cols, bufs)?;
+        same_dtype(&self, bufs)?;
+        Ok(Checked(self))
+    }
+}
+
+/// Shape of a BatchNorm over an NCHW tensor `n x c x hw`, with an activation fused after it.
+/// `ghost` splits the batch into that many contiguous chunks with their own statistics (spec G13:
+/// the original's 4-GPU DataParallel); running statistics follow chunk 0 only, as DataParallel
+/// keeps only replica 0's buffer updates. `ghost = 1` is plain BatchNorm.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNorm {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+    pub eps: f32,
+    pub momentum: f32,
+    pub act: Act,
+    pub ghost: usize,
+}
+
+impl BatchNorm {
+    /// PyTorch's defaults (momentum 0.1, one statistics group) with the model's `eps`.
+    pub fn new(n: usize, c: usize, hw: usize, eps: f32, act: Act) -> Self {
+        BatchNorm {
+            n,
+            c,
+            hw,
+            eps,
+            momentum: 0.1,
+            act,
+            ghost: 1,
+        }
+    }
+
+    /// Checks the activation-sized buffers (`n*c*hw`) and the per-channel ones (`c`).
+    fn check(self, act: &[&Buf], chan: &[&Buf]) -> Result<Checked<Self>> {
+        check_len(&self, self.n * self.c * self.hw, act)?;
+        check_len(&self, self.c, chan)?;
+        same_dtype(&self, &[act, chan].concat())?;
+        Ok(Checked(self))
+    }
+
+    /// Also checks what training-mode statistics need: whole chunks, more than one value per
+    /// channel, `ghost x c` saved statistics.
+    fn check_train(self, act: &[&Buf], chan: &[&Buf], saved: &[&Buf]) -> Result<Checked<Self>> {
+        let s = self.check(act, chan)?;
+        if self.ghost == 0 || self.n % self.ghost != 0 {
+            bail!(
+                "batchnorm: batch {} does not split into {} equal statistics groups; use a batch size divisible by it",
+                self.n,
+                self.ghost
+            );
+        }
+        if (self.n / self.ghost) * self.hw < 2 {
+            bail!(
+                "batchnorm in training mode needs more than 1 value per channel, got {} (batch {} / {} groups x {} positions)",
+                (self.n / self.ghost) * self.hw,
+                self.n,
+                self.ghost,
+                self.hw
+            );
+        }
+        check_len(&self, self.ghost * self.c, saved)?;
+        same_dtype(&self, &[act, saved].concat())?;
+        Ok(s)
+    }
+}
+
+/// What a backend implements for this family.
+pub trait NormOps {
+    /// Row-wise L2 normalisation forward.
+    fn l2norm_fwd(&self, _x: &Buf, _y: &mut Buf, _s: Checked<L2Norm>) -> Result<()> {
+        Err(not_implemented(Op::L2normFwd))
+    }
+    /// Row-wise L2 normalisation backward: writes `dx` from the input `x` and `dy`.
+    fn l2norm_bwd(&self, _x: &Buf, _dy: &Buf, _dx: &mut Buf, _s: Checked<L2Norm>) -> Result<()> {
+        Err(not_implemented(Op::L2normBwd))
+    }
+    /// BatchNorm + activation forward with batch statistics (training mode).
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_fwd_train(
+        &self,
+        _x: &Buf,
+        _gamma: &Buf,
+        _beta: &Buf,
+        _running: (&mut Buf, &mut Buf),
+        _saved: (&mut Buf, &mut Buf),
+        _y: &mut Buf,
+        _s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        Err(not_implemented(Op::BatchnormFwdTrain))
+    }
+    /// BatchNorm + activation forward with the running statistics (eval mode).
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_fwd_eval(
+        &self,
+        _x: &Buf,
+        _gamma: &Buf,
+        _beta: &Buf,
+        _running_mean: &Buf,
+        _running_var: &Buf,
+        _y: &mut Buf,
+        _s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        Err(not_implemented(Op::BatchnormFwdEval))
+    }
+    /// BatchNorm + activation backward after a training-mode forward.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_bwd(
+        &self,
+        _x: &Buf,
+        _y: &Buf,
+        _dy: &Buf,
+        _gamma: &Buf,
+        _saved: (&Buf, &Buf),
+        _dx: &mut Buf,
+        _dparams: (&mut Buf, &mut Buf),
+        _s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        Err(not_implemented(Op::BatchnormBwd))
+    }
+}
+
+impl dyn Backend + '_ {
+    /// Row-wise L2 normalisation forward.
+    pub fn l2norm_fwd(&self, x: &Buf, y: &mut Buf, s: L2Norm) -> Result<()> {
+        let s = s.check(&[x, y])?;
+        self.require(Op::L2normFwd, x.dtype())?;
+        self.norm().l2norm_fwd(x, y, s)
+    }
+
+    /// Row-wise L2 normalisation backward: writes `dx` from the input `x` and `dy`.
+    pub fn l2norm_bwd(&self, x: &Buf, dy: &Buf, dx: &mut Buf, s: L2Norm) -> Result<()> {
+        let s = s.check(&[x, dy, dx])?;
+        self.require(Op::L2normBwd, x.dtype())?;
+        self.norm().l2norm_bwd(x, dy, dx, s)
+    }
+
+    /// BatchNorm + activation forward with batch statistics: writes `y`, saves each statistics
+    /// group's mean and 1/sqrt(var+eps) (`ghost x c`) for backward, and updates the running
+    /// mean / unbiased variance with the momentum.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_fwd_train(
+        &self,
+        x: &Buf,
+        gamma: &Buf,
+        beta: &Buf,
+        running: (&mut Buf, &mut Buf),
+        saved: (&mut Buf, &mut Buf),
+        y: &mut Buf,
+        s: BatchNorm,
+    ) -> Result<()> {
+        let s = s.check_train(
+            &[x, y],
+            &[gamma, beta, running.0, running.1],
+            &[saved.0, saved.1],
+        )?;
+        self.require(Op::BatchnormFwdTrain, x.dtype())?;
+        self.norm()
+            .batchnorm_fwd_train(x, gamma, beta, running, saved, y, s)
+    }
+
+    /// BatchNorm + activation forward with the running statistics (eval mode).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_fwd_eval(
+        &self,
+        x: &Buf,
+        gamma: &Buf,
+        beta: &Buf,
+        running_mean: &Buf,
+        running_var: &Buf,
+        y: &mut Buf,
+        s: BatchNorm,
+    ) -> Result<()> {
+        let s = s.check(&[x, y], &[gamma, beta, running_mean, running_var])?;
+        self.require(Op::BatchnormFwdEval, x.dtype())?;
+        self.norm()
+            .batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, y, s)
+    }
+
+    /// BatchNorm + activation backward after a training-mode forward: writes `dx`, accumulates
+    /// `dgamma` and `dbeta`. `y` is the forward output (for the activation's mask).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_bwd(
+        &self,
+        x: &Buf,
+        y: &Buf,
+        dy: &Buf,
+        gamma: &Buf,
+        saved: (&Buf, &Buf),
+        dx: &mut Buf,
+        dparams: (&mut Buf, &mut Buf),
+        s: BatchNorm,
+    ) -> Result<()> {
+        let s = s.check_train(
+            &[x, y, dy, dx],
+            &[gamma, dparams.0, dparams.1],
+            &[saved.0, saved.1],
+        )?;
+        self.require(Op::BatchnormBwd, x.dtype())?;
+        self.norm()
+            .batchnorm_bwd(x, y, dy, gamma, saved, dx, dparams, s)
+    }
+}

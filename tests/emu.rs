@@ -1,0 +1,462 @@
+//! The device's own tests (kernels/selftest.cu): barriers, warp collectives, atomics,
+//! conversions and shared memory against their definitions, on the GPU when there is one and on
+//! the emulated GPU otherwise, so the emulator is checked against the hardware whenever a GPU
+//! is at hand. And the emulator catches what it must: a missing barrier gives a wrong result, a
+//! launch that would hang is an error, and the sanitiser build reports out-of-bounds writes.
+
+mod common;
+
+use common::{is_emu, kernel_device, log};
+use insclr::backend::cuda::selftest::WARP_OUTPUTS;
+use insclr::backend::{Backend, CudaBackend};
+use insclr::rng::Rng;
+use std::process::Command;
+
+fn be(dev: &CudaBackend) -> &dyn Backend {
+    dev
+}
+
+#[test]
+fn barrier_orders_shared_memory_and_its_absence_is_caught() {
+    let dev = kernel_device("barrier_orders_shared_memory_and_its_absence_is_caught");
+    let b = be(&dev);
+    let (blocks, threads) = (3u32, 96u32);
+    let n = (blocks * threads) as usize;
+    let input: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
+    let want: Vec<f32> = (0..n)
+        .map(|i| {
+            let (blk, t) = (i / threads as usize, i % threads as usize);
+            input[blk * threads as usize + (t + 1) % threads as usize]
+        })
+        .collect();
+    let x = b.upload(&input).unwrap();
+    let mut y = b.upload(&vec![f32::NAN; n]).unwrap();
+    dev.selftest_barrier_f32(&x, &mut y, blocks, threads, true)
+        .unwrap();
+    assert_eq!(b.download::<f32>(&y).unwrap(), want);
+
+    dev.selftest_barrier_f32(&x, &mut y, blocks, threads, false)
+        .unwrap();
+    let racy = b.download::<f32>(&y).unwrap();
+    if is_emu(&dev) {
+        // Threads run in a shuffled order from poisoned shared memory: some read a neighbour's
+        // slot before it is written.
+        let wrong = racy.iter().zip(&want).filter(|(g, w)| g != w).count();
+        assert!(
+            wrong > 0,
+            "the emulator ran a kernel with a missing __syncthreads and got the right answer"
+        );
+        log(&format!(
+            "missing barrier: {wrong} of {n} outputs wrong on emu, as they must be"
+        ));
+    } else {
+        log("missing barrier: not asserted on a GPU (a race may or may not show)");
+    }
+}
+
+#[test]
+fn a_launch_that_would_hang_is_an_error_on_the_emulator() {
+    let dev = CudaBackend::emu();
+    let b = be(&dev);
+    let mut out = b.upload(&[0i32; 32]).unwrap();
+    let err = format!("{:#}", dev.selftest_deadlock_i32(&mut out).unwrap_err());
+    assert!(
+        err.contains("deadlock") && err.contains("__syncthreads") && err.contains("__shfl_sync"),
+        "{err}"
+    );
+    assert!(err.contains("INSCLR_EMU_SEED"), "{err}");
+    // The emulator stays usable after a failed launch.
+    let x = b.upload(&[1.0f32; 64]).unwrap();
+    let mut y = b.upload(&[0.0f32; 64]).unwrap();
+    dev.selftest_barrier_f32(&x, &mut y, 1, 64, true).unwrap();
+}
+
+/// The CUDA definitions of the collectives in selftest_warp_u32, for one warp of 32 inputs.
+fn warp_reference(v: &[u32], width: usize) -> Vec<[u32; WARP_OUTPUTS]> {
+    let seg = |l: usize| l & !(width - 1);
+    let ballot = |p: &dyn Fn(u32) -> bool| -> u32 {
+        (0..32).filter(|&l| p(v[l])).fold(0, |m, l| m | 1 << l)
+    };
+    let (and, or, xor) = (
+        v.iter().fold(u32::MAX, |a, &x| a & x),
+        v.iter().fold(0, |a, &x| a | x),
+        v.iter().fold(0, |a, &x| a ^ x),
+    );
+    (0..32)
+        .map(|l| {
+            let mut o = [0u32; WARP_OUTPUTS];
+            o[0] = v[seg(l) + (v[l] % 37) as usize % width];
+            o[1] = if l >= seg(l) + 3 { v[l - 3] } else { v[l] };
+            o[2] = if l + 5 < seg(l) + width {
+                v[l + 5]
+            } else {
+                v[l]
+            };
+            o[3] = if (l ^ 6) < seg(l) + width {
+                v[l ^ 6]
+            } else {
+                v[l]
+            };
+            o[4] = ballot(&|x| x & 1 == 1);
+            o[5] = v.iter().any(|x| x % 7 == 0) as u32;
+            o[6] = v.iter().all(|&x| x != 0) as u32;
+            o[7] = v.iter().fold(0u32, |a, &x| a.wrapping_add(x));
+            o[8] = *v.iter().min().unwrap();
+            o[9] = *v.iter().max().unwrap();
+            o[10] = v.iter().map(|&x| x as i32).min().unwrap() as u32;
+            o[11] = v.iter().map(|&x| x as i32).max().unwrap() as u32;
+            o[12] = and;
+            o[13] = or;
+            o[14] = xor;
+            o[15] = ballot(&|x| x % 4 == v[l] % 4);
+            o
+        })
+        .collect()
+}
+
+#[test]
+fn warp_collectives_match_their_definitions() {
+    let dev = kernel_device("warp_collectives_match_their_definitions");
+    let b = be(&dev);
+    let mut rng = Rng::new(5);
+    let (blocks, threads) = (2u32, 64u32);
+    let n = (blocks * threads) as usize;
+    // Large values (some with the top bit set, negative as int) and small ones with repeats.
+    let input: Vec<u32> = (0..n)
+        .map(|i| match i % 3 {
+            0 => (rng.uniform_f32(0.0, 1.0) * 4.0e9) as u32,
+            1 => (rng.uniform_f32(0.0, 50.0)) as u32 + 1,
+            _ => 0x8000_0000 | (i as u32 * 7919),
+        })
+        .collect();
+    let x = b.upload(&input).unwrap();
+    for width in [32usize, 16, 8, 2, 1] {
+        let mut out = b.upload(&vec![0xdead_beefu32; n * WARP_OUTPUTS]).unwrap();
+        dev.selftest_warp_u32(&x, &mut out, blocks, threads, width as i32)
+            .unwrap();
+        let got = b.download::<u32>(&out).unwrap();
+        for (w, warp) in input.chunks(32).enumerate() {
+            for (l, want) in warp_reference(warp, width).iter().enumerate() {
+                let t = w * 32 + l;
+                let g = &got[t * WARP_OUTPUTS..(t + 1) * WARP_OUTPUTS];
+                assert_eq!(g, want, "width {width}, warp {w}, lane {l}");
+            }
+        }
+    }
+}
+
+#[test]
+fn half_warps_shuffle_independently_and_warp_sums_agree() {
+    let dev = kernel_device("half_warps_shuffle_independently_and_warp_sums_agree");
+    let b = be(&dev);
+    let n = 96usize;
+    let input = Rng::new(6).vec_f32(n, -1.0, 1.0);
+    let x = b.upload(&input).unwrap();
+    let mut out = b.upload(&vec![f32::NAN; 2 * n]).unwrap();
+    dev.selftest_shfl_halves_f32(&x, &mut out, 1, n as u32)
+        .unwrap();
+    let got = b.download::<f32>(&out).unwrap();
+    for t in 0..n {
+        assert_eq!(got[2 * t], input[t ^ 1], "thread {t}");
+        let warp = &input[t / 32 * 32..t / 32 * 32 + 32];
+        let sum: f64 = warp.iter().map(|&v| v as f64).sum();
+        assert!(
+            (got[2 * t + 1] as f64 - sum).abs() < 1e-5,
+            "thread {t}: {} vs {sum}",
+            got[2 * t + 1]
+        );
+    }
+}
+
+#[test]
+fn syncthreads_count_and_or_reduce_over_the_block() {
+    let dev = kernel_device("syncthreads_count_and_or_reduce_over_the_block");
+    let b = be(&dev);
+    let (blocks, threads) = (3usize, 80usize);
+    // Block 0 mixed, block 1 all true, block 2 all false.
+    let pred: Vec<i32> = (0..blocks * threads)
+        .map(|i| match i / threads {
+            0 => (i % 3 == 0) as i32 * 5,
+            1 => 1,
+            _ => 0,
+        })
+        .collect();
+    let p = b.upload(&pred).unwrap();
+    let mut out = b.upload(&vec![-1i32; 3 * blocks * threads]).unwrap();
+    dev.selftest_syncthreads_i32(&p, &mut out, blocks as u32, threads as u32)
+        .unwrap();
+    let got = b.download::<i32>(&out).unwrap();
+    for blk in 0..blocks {
+        let bp = &pred[blk * threads..(blk + 1) * threads];
+        let count = bp.iter().filter(|&&v| v != 0).count() as i32;
+        let want = [count, (count == threads as i32) as i32, (count > 0) as i32];
+        for t in 0..threads {
+            let i = blk * threads + t;
+            assert_eq!(&got[3 * i..3 * i + 3], &want, "block {blk} thread {t}");
+        }
+    }
+}
+
+#[test]
+fn atomics_count_every_thread_once() {
+    let dev = kernel_device("atomics_count_every_thread_once");
+    let b = be(&dev);
+    let n = 1000usize;
+    let vals = Rng::new(7).vec_f32(n, 0.0, 1.0);
+    let mut counters = b.upload(&[0i32, i32::MIN, i32::MAX, 0, 0]).unwrap();
+    let mut fsum = b.upload(&[0.0f32]).unwrap();
+    let v = b.upload(&vals).unwrap();
+    let slots = 37usize;
+    let mut claims = b.upload(&vec![-1i32; slots]).unwrap();
+    dev.selftest_atomics_i32(&mut counters, &mut fsum, &v, &mut claims)
+        .unwrap();
+    let c = b.download::<i32>(&counters).unwrap();
+    assert_eq!(
+        c,
+        vec![n as i32, n as i32 - 1, -(n as i32 - 1), -1, slots as i32]
+    );
+    let sum: f64 = vals.iter().map(|&x| x as f64).sum();
+    let got = b.download::<f32>(&fsum).unwrap()[0] as f64;
+    assert!((got - sum).abs() < 1e-3, "{got} vs {sum}");
+    let claims = b.download::<i32>(&claims).unwrap();
+    for (s, &t) in claims.iter().enumerate() {
+        assert!(t >= 0 && t as usize % slots == s, "slot {s} claimed by {t}");
+    }
+}
+
+#[test]
+fn bf16_and_fp16_conversions_round_to_nearest_even() {
+    let dev = kernel_device("bf16_and_fp16_conversions_round_to_nearest_even");
+    let b = be(&dev);
+    let mut rng = Rng::new(8);
+    let mut input: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1e-45,
+        65504.0,
+        65519.99,
+        65520.0,
+        6.1e-5,
+        5.96e-8,
+        2.98e-8,
+        2.99e-8,
+        f32::from_bits(0x3f80_8000), // a bf16 tie: 1 + 2^-8, rounds to even (1.0)
+        f32::from_bits(0x3f81_8000), // a bf16 tie rounding up
+        f32::from_bits(0x3f80_1000), // an fp16 tie: 1 + 2^-11
+        f32::from_bits(0x3f80_3000), // an fp16 tie rounding up
+        f32::NAN,
+    ];
+    while input.len() < 2048 {
+        let e = rng.uniform_f32(-30.0, 20.0);
+        let s = if rng.uniform_f32(0.0, 1.0) < 0.5 {
+            -1.0
+        } else {
+            1.0
+        };
+        input.push(s * rng.uniform_f32(1.0, 2.0) * e.exp2());
+    }
+    let n = input.len();
+    let x = b.upload(&input).unwrap();
+    let mut bf = b.upload(&vec![0u32; n / 2]).unwrap();
+    let mut hf = b.upload(&vec![0u32; n / 2]).unwrap();
+    let mut back = b.upload(&vec![0.0f32; 2 * n]).unwrap();
+    dev.selftest_convert_f32(&x, &mut bf, &mut hf, &mut back)
+        .unwrap();
+    let halves = |words: Vec<u32>| -> Vec<u16> {
+        words
+            .iter()
+            .flat_map(|w| [*w as u16, (*w >> 16) as u16])
+            .collect()
+    };
+    let (bf, hf) = (
+        halves(b.download(&bf).unwrap()),
+        halves(b.download(&hf).unwrap()),
+    );
+    let back = b.download::<f32>(&back).unwrap();
+    for (i, &v) in input.iter().enumerate() {
+        let (wb, wh) = (half::bf16::from_f32(v), half::f16::from_f32(v));
+        if v.is_nan() {
+            assert!(half::bf16::from_bits(bf[i]).is_nan() && half::f16::from_bits(hf[i]).is_nan());
+            assert!(back[2 * i].is_nan() && back[2 * i + 1].is_nan());
+            continue;
+        }
+        assert_eq!(bf[i], wb.to_bits(), "bf16 of {v:e} ({:#010x})", v.to_bits());
+        assert_eq!(hf[i], wh.to_bits(), "fp16 of {v:e} ({:#010x})", v.to_bits());
+        assert_eq!(
+            back[2 * i].to_bits(),
+            wb.to_f32().to_bits(),
+            "bf16 -> f32 of {v:e}"
+        );
+        assert_eq!(
+            back[2 * i + 1].to_bits(),
+            wh.to_f32().to_bits(),
+            "fp16 -> f32 of {v:e}"
+        );
+    }
+}
+
+#[test]
+fn dynamic_shared_memory_is_per_block() {
+    let dev = kernel_device("dynamic_shared_memory_is_per_block");
+    let b = be(&dev);
+    let (blocks, threads) = (4usize, 50usize);
+    let input = Rng::new(9).vec_f32(blocks * threads, -1.0, 1.0);
+    let x = b.upload(&input).unwrap();
+    let mut y = b.upload(&vec![f32::NAN; blocks * threads]).unwrap();
+    dev.selftest_dynamic_smem_f32(&x, &mut y, blocks as u32, threads as u32)
+        .unwrap();
+    let got = b.download::<f32>(&y).unwrap();
+    for blk in 0..blocks {
+        let mut want = input[blk * threads..(blk + 1) * threads].to_vec();
+        want.reverse();
+        assert_eq!(&got[blk * threads..(blk + 1) * threads], &want[..]);
+    }
+}
+
+#[test]
+fn thread_and_block_coordinates_cover_3d_launches() {
+    let dev = kernel_device("thread_and_block_coordinates_cover_3d_launches");
+    let b = be(&dev);
+    let (grid, block) = ((3u32, 2u32, 2u32), (5u32, 3u32, 2u32));
+    let per_block = (block.0 * block.1 * block.2) as usize;
+    let total = (grid.0 * grid.1 * grid.2) as usize * per_block;
+    let mut out = b.upload(&vec![u32::MAX; 7 * total]).unwrap();
+    dev.selftest_coords_u32(&mut out, grid, block).unwrap();
+    let got = b.download::<u32>(&out).unwrap();
+    let mut i = 0;
+    for bz in 0..grid.2 {
+        for by in 0..grid.1 {
+            for bx in 0..grid.0 {
+                for tz in 0..block.2 {
+                    for ty in 0..block.1 {
+                        for tx in 0..block.0 {
+                            let tid = tx + block.0 * (ty + block.1 * tz);
+                            assert_eq!(&got[7 * i..7 * i + 7], &[tx, ty, tz, bx, by, bz, tid]);
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn emu_pool_cli_gives_the_cpu_pool() {
+    let dir = std::env::temp_dir().join(format!("insclr-emu-pool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (n, d) = (150usize, 48usize);
+    let mut x = Rng::new(10).vec_f32(n * d, -1.0, 1.0);
+    for row in x.chunks_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    let feats = dir.join("feats.npy");
+    insclr::io::npy::write(&feats, &insclr::io::npy::Array::new(vec![n, d], x).unwrap()).unwrap();
+    let pool = |device: &str| {
+        let out = dir.join(format!("pool-{device}.npz"));
+        let run = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
+            .args([
+                "--device", device, "pool", "--k", "12", "--tile", "64", "--feats",
+            ])
+            .arg(&feats)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert!(
+            run.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(stdout.contains(&format!("backend {device}")), "{stdout}");
+        std::fs::read(out).unwrap()
+    };
+    assert_eq!(pool("emu"), pool("cpu"), "emu and cpu pools differ");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- the sanitiser build (scripts/emu-sanitize.sh) -----------------------------------------
+
+/// Runs in a child process: launches the out-of-bounds kernel named by INSCLR_EMU_OOB, which
+/// AddressSanitizer must stop.
+#[test]
+#[ignore = "run by sanitiser_reports_out_of_bounds_writes in a child process"]
+fn oob_child() {
+    let dev = CudaBackend::emu();
+    let b = be(&dev);
+    let mut out = b.upload(&[0.0f32; 33]).unwrap();
+    // SAFETY: deliberately not; this process exists to be stopped by AddressSanitizer.
+    match std::env::var("INSCLR_EMU_OOB").as_deref() {
+        Ok("global") => unsafe { dev.selftest_oob_global_f32(&mut out).unwrap() },
+        Ok("shared") => unsafe { dev.selftest_oob_shared_f32(&mut out).unwrap() },
+        other => panic!("INSCLR_EMU_OOB={other:?}: expected global or shared"),
+    }
+    println!("oob kernel finished without a report");
+}
+
+#[test]
+fn sanitiser_reports_out_of_bounds_writes() {
+    if !insclr::backend::cuda::emu::SANITIZED {
+        log("SKIPPED sanitiser_reports_out_of_bounds_writes: this build has no AddressSanitizer (scripts/emu-sanitize.sh runs it)");
+        return;
+    }
+    for (kind, report, kernel) in [
+        ("global", "heap-buffer-overflow", "selftest_oob_global_f32"),
+        ("shared", "heap-buffer-overflow", "selftest_oob_shared_f32"),
+    ] {
+        let run = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "oob_child", "--ignored", "--nocapture"])
+            .env("INSCLR_EMU_OOB", kind)
+            .env("ASAN_OPTIONS", "detect_leaks=0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success(),
+            "{kind}: the out-of-bounds kernel ran to the end"
+        );
+        assert!(
+            stderr.contains("AddressSanitizer")
+                && stderr.contains(report)
+                && stderr.contains("WRITE of size 4"),
+            "{kind}: no AddressSanitizer report of the write:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(kernel),
+            "{kind}: the report does not name {kernel}:\n{stderr}"
+        );
+        log(&format!(
+            "sanitiser: the {kind} out-of-bounds write in {kernel} was reported"
+        ));
+    }
+}
+
+#[test]
+fn emu_results_are_repeatable_for_a_seed() {
+    // Float atomics sum in thread order: the same seed gives the same bits.
+    let run = || {
+        let dev = CudaBackend::emu();
+        let b = be(&dev);
+        let vals = Rng::new(11).vec_f32(700, 0.0, 1.0);
+        let mut counters = b.upload(&[0i32, i32::MIN, i32::MAX, 0, 0]).unwrap();
+        let mut fsum = b.upload(&[0.0f32]).unwrap();
+        let mut claims = b.upload(&[-1i32; 5]).unwrap();
+        let v = b.upload(&vals).unwrap();
+        dev.selftest_atomics_i32(&mut counters, &mut fsum, &v, &mut claims)
+            .unwrap();
+        (
+            b.download::<f32>(&fsum).unwrap(),
+            b.download::<i32>(&claims).unwrap(),
+        )
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a, b);
+}
