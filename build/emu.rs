@@ -59,8 +59,9 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         .files(&units);
     if asan {
         b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
-        // The runtime must come first in the link; gcc's driver arranges that when it links.
-        println!("cargo:rustc-link-arg=-fsanitize=address");
+        // rustc links with -nodefaultlibs, so the runtime is named explicitly; it must also be
+        // the first library loaded, which scripts/emu-sanitize.sh arranges with LD_PRELOAD.
+        println!("cargo:rustc-link-lib=dylib=asan");
     }
     b.compile("insclr_emu");
     println!("cargo::rustc-check-cfg=cfg(insclr_emu_asan)");

@@ -110,10 +110,12 @@ struct Launch {
 thread_local Launch* launch = nullptr;
 thread_local std::vector<Stack> stack_pool;
 
+// Exactly `bytes` (not rounded up to the alignment), so that AddressSanitizer's redzone starts
+// right after the last byte a kernel may touch.
 void* alloc_poisoned(size_t bytes, size_t align) {
-    size_t rounded = (bytes + align - 1) / align * align;
-    void* p = std::aligned_alloc(align, rounded == 0 ? align : rounded);
-    if (p) std::memset(p, POISON, rounded == 0 ? align : rounded);
+    void* p = nullptr;
+    if (posix_memalign(&p, align, bytes == 0 ? 1 : bytes) != 0) return nullptr;
+    std::memset(p, POISON, bytes == 0 ? 1 : bytes);
     return p;
 }
 
