@@ -1,9 +1,11 @@
 // Self-tests of the device: small kernels whose results are known by definition, run by
 // tests/emu.rs on the emulator and on a real GPU alike, so the emulator's semantics (barriers,
-// shuffles, votes, reductions, atomics, conversions, dynamic shared memory) are checked against
-// the hardware whenever a GPU is at hand. Three are broken on purpose and run only where their
-// failure is caught: a missing barrier (a wrong result under emu's poison and thread order),
-// out-of-bounds writes (the sanitiser build), and a barrier mismatch (emu's deadlock report).
+// shuffles, votes, reductions, atomics, conversions, dynamic shared memory, and the tensor-core
+// and async-copy wrappers of arch.cuh) are checked against the hardware whenever a GPU is at
+// hand. Some are broken on purpose and their failure is asserted only where it is caught: a
+// missing barrier and a read before cp.async's wait (wrong results under emu's poison and thread
+// order), out-of-bounds writes (the sanitiser build), a barrier mismatch (emu's deadlock report).
+#include "arch.cuh"
 #include "common.cuh"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -145,4 +147,66 @@ extern "C" __global__ void selftest_coords_u32(unsigned int* __restrict__ out) {
     o[4] = blockIdx.y;
     o[5] = blockIdx.z;
     o[6] = tid;
+}
+
+// ---- tensor cores and async copies (arch.cuh) ------------------------------------------------
+
+// D = A B + C for 16x16 b16 A and B (row-major, B as [k][n]) and 16x16 f32 C, D, on one warp as
+// two m16n8k16 products (n = 0..7, 8..15). The variants reach the same fragments different ways:
+//   0: bf16, each fragment element read from global memory by the PTX ISA's layout formulas
+//   1: bf16, tiles staged in shared memory with cp.async, A by ldmatrix.x4, B by ldmatrix.x4.trans
+//   2: as 1 on fp16 inputs
+//   3: bf16, B transposed into shared memory by the threads, then ldmatrix.x2 per n-half
+//   4: as 1 but reading shared memory before cp.async's wait (broken on purpose)
+//   5: as 1 with B by ldmatrix.x2.trans per n-half
+extern "C" __global__ void selftest_mma_f32(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
+                                            const float* __restrict__ c, float* __restrict__ d, int variant) {
+    __shared__ __align__(16) unsigned short sa[16 * 16];
+    __shared__ __align__(16) unsigned short sb[16 * 16];
+    int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+    uint32_t af[4], bf[2][2];
+    if (variant == 0) {
+        for (int i = 0; i < 8; i += 2) {
+            int row = g + ((i & 2) ? 8 : 0), col = 2 * t + (i >= 4 ? 8 : 0);
+            af[i / 2] = a[row * 16 + col] | ((uint32_t)a[row * 16 + col + 1] << 16);
+        }
+        for (int h = 0; h < 2; ++h)
+            for (int i = 0; i < 4; i += 2) {
+                int k = 2 * t + (i >= 2 ? 8 : 0), n = 8 * h + g;
+                bf[h][i / 2] = b[k * 16 + n] | ((uint32_t)b[(k + 1) * 16 + n] << 16);
+            }
+    } else {
+        // 32 lanes x 16 bytes = one 16x16 b16 tile per matrix.
+        cp_async_16(sa + lane * 8, a + lane * 8);
+        if (variant == 3) {
+            for (int e = lane; e < 256; e += 32) sb[(e % 16) * 16 + e / 16] = b[e];  // sb = B^T, [n][k]
+        } else {
+            cp_async_16(sb + lane * 8, b + lane * 8);
+        }
+        cp_async_commit();
+        if (variant != 4) cp_async_wait<0>();
+        __syncwarp();
+        ldmatrix_x4(af, sa + (lane % 16) * 16 + (lane / 16) * 8);
+        if (variant == 3) {
+            for (int h = 0; h < 2; ++h) ldmatrix_x2(bf[h], sb + (8 * h + lane % 8) * 16 + ((lane / 8) % 2) * 8);
+        } else if (variant == 5) {
+            for (int h = 0; h < 2; ++h) ldmatrix_x2_trans(bf[h], sb + (lane % 16) * 16 + 8 * h);
+        } else {
+            // Matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
+            uint32_t r[4];
+            ldmatrix_x4_trans(r, sb + (lane % 16) * 16 + (lane / 16) * 8);
+            bf[0][0] = r[0], bf[0][1] = r[1], bf[1][0] = r[2], bf[1][1] = r[3];
+        }
+        if (variant == 4) cp_async_wait<0>();
+    }
+    for (int h = 0; h < 2; ++h) {
+        float acc[4], out[4];
+        for (int i = 0; i < 4; ++i) acc[i] = c[(g + (i >= 2 ? 8 : 0)) * 16 + 8 * h + 2 * t + (i & 1)];
+        if (variant == 2) {
+            mma_m16n8k16_f16(out, af, bf[h], acc);
+        } else {
+            mma_m16n8k16_bf16(out, af, bf[h], acc);
+        }
+        for (int i = 0; i < 4; ++i) d[(g + (i >= 2 ? 8 : 0)) * 16 + 8 * h + 2 * t + (i & 1)] = out[i];
+    }
 }

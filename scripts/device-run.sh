@@ -13,6 +13,7 @@ source <(sed 's/^/export /' "$here/BUILD")
 if [ ! -e "$build_root" ]; then
   mkdir -p "$(dirname "$build_root")" && ln -s "$(cd "$here/.." && pwd)" "$build_root" 2>/dev/null || true
 fi
+mkdir -p "$build_root/target/release" && ln -sf "$here/bin/insclr-cu" "$build_root/target/release/insclr-cu"
 
 # cuBLAS may live only in the CUDA toolkit or in PyTorch's wheels: find it before anything runs.
 dirs=""
@@ -52,6 +53,8 @@ for t in "$here"/bin/test-*; do
   echo "- $name: $status ($line)" | tee -a "$out/summary.md"
 done
 grep -E '^test .* FAILED$|panicked' "$out/tests.log" | head -n 40 | sed 's/^/    /' >> "$out/summary.md"
+# Kernel tests log where they ran ("RAN <test> on cuda (...)"); none may have fallen back to emu.
+echo "- kernel tests run on the GPU: $(grep -c '^RAN .* on cuda' "$out/tests.log"), on the emulator: $(grep -c '^RAN .* on emu' "$out/tests.log")" >> "$out/summary.md"
 
 echo >> "$out/summary.md"
 echo "## Benchmarks (median per call; floor = bytes / peak bandwidth or flops / peak FP32)" >> "$out/summary.md"

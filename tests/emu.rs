@@ -347,6 +347,78 @@ fn thread_and_block_coordinates_cover_3d_launches() {
     }
 }
 
+/// 16x16 b16 bits of random values (bf16 or fp16), packed two per word, and their f32 values.
+fn b16_tile(rng: &mut Rng, fp16: bool) -> (Vec<u32>, Vec<f32>) {
+    let vals = rng.vec_f32(256, -2.0, 2.0);
+    let bits: Vec<u16> = vals
+        .iter()
+        .map(|&v| {
+            if fp16 {
+                half::f16::from_f32(v).to_bits()
+            } else {
+                half::bf16::from_f32(v).to_bits()
+            }
+        })
+        .collect();
+    let exact = bits
+        .iter()
+        .map(|&h| {
+            if fp16 {
+                half::f16::from_bits(h).to_f32()
+            } else {
+                half::bf16::from_bits(h).to_f32()
+            }
+        })
+        .collect();
+    let words = bits
+        .chunks(2)
+        .map(|p| p[0] as u32 | (p[1] as u32) << 16)
+        .collect();
+    (words, exact)
+}
+
+#[test]
+fn tensor_core_fragments_and_async_copies_give_the_naive_product() {
+    let dev = kernel_device("tensor_core_fragments_and_async_copies_give_the_naive_product");
+    let be = be(&dev);
+    let mut rng = Rng::new(12);
+    for variant in 0..=5 {
+        let fp16 = variant == 2;
+        let (aw, af) = b16_tile(&mut rng, fp16);
+        let (bw, bf) = b16_tile(&mut rng, fp16);
+        let cf = rng.vec_f32(256, -1.0, 1.0);
+        let want: Vec<f32> = (0..256)
+            .map(|e| {
+                let (r, n) = (e / 16, e % 16);
+                let dot: f64 = (0..16)
+                    .map(|k| af[r * 16 + k] as f64 * bf[k * 16 + n] as f64)
+                    .sum();
+                (dot + cf[e] as f64) as f32
+            })
+            .collect();
+        let (a, b, c) = (
+            be.upload(&aw).unwrap(),
+            be.upload(&bw).unwrap(),
+            be.upload(&cf).unwrap(),
+        );
+        let mut d = be.upload(&[f32::NAN; 256]).unwrap();
+        dev.selftest_mma_f32(&a, &b, &c, &mut d, variant).unwrap();
+        let got = be.download::<f32>(&d).unwrap();
+        if variant == 4 {
+            // ldmatrix read the staging tiles before cp.async's wait: still poison on emu.
+            if is_emu(&dev) {
+                assert!(
+                    got.iter().any(|v| v.is_nan()),
+                    "a read before cp.async's wait saw the copied data on the emulator"
+                );
+            }
+            continue;
+        }
+        let err = common::rel_err(&got, &want);
+        assert!(err < 1e-6, "variant {variant}: relative error {err:e}");
+    }
+}
+
 #[test]
 fn emu_pool_cli_gives_the_cpu_pool() {
     let dir = std::env::temp_dir().join(format!("insclr-emu-pool-{}", std::process::id()));

@@ -61,6 +61,15 @@ struct Stack {
     static size_t page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 };
 
+// A cp.async in flight: its source read at issue, written to shared memory by the wait that
+// covers its group.
+struct AsyncCopy {
+    void* dst;
+    unsigned char data[16];
+    unsigned int bytes;
+    unsigned int group;
+};
+
 struct Fiber {
     ucontext_t ctx;
     Stack stack;
@@ -72,6 +81,8 @@ struct Fiber {
     const Collective* waiting_op = nullptr;
     unsigned int waiting_mask = 0;
     void* asan_fake_stack = nullptr;
+    std::vector<AsyncCopy> copies;
+    unsigned int committed = 0;  // cp.async groups committed so far
 };
 
 struct Episode {
@@ -108,7 +119,15 @@ struct Launch {
 };
 
 thread_local Launch* launch = nullptr;
-thread_local std::vector<Stack> stack_pool;
+
+// Fiber stacks kept between launches of one OS thread, unmapped when the thread ends.
+struct StackPool {
+    std::vector<Stack> stacks;
+    ~StackPool() {
+        for (const Stack& s : stacks) munmap(s.base, STACK_BYTES + Stack::page_size());
+    }
+};
+thread_local StackPool stack_pool;
 
 // Exactly `bytes` (not rounded up to the alignment), so that AddressSanitizer's redzone starts
 // right after the last byte a kernel may touch.
@@ -120,9 +139,9 @@ void* alloc_poisoned(size_t bytes, size_t align) {
 }
 
 Stack take_stack() {
-    if (!stack_pool.empty()) {
-        Stack s = stack_pool.back();
-        stack_pool.pop_back();
+    if (!stack_pool.stacks.empty()) {
+        Stack s = stack_pool.stacks.back();
+        stack_pool.stacks.pop_back();
         return s;
     }
     size_t total = STACK_BYTES + Stack::page_size();
@@ -244,7 +263,10 @@ bool run_block(Launch& l, uint3 block_idx) {
         f.coords.block_idx = block_idx;
         f.state = State::Ready;
         f.waiting_op = nullptr;
-        getcontext(&f.ctx);
+        f.copies.clear();
+        f.committed = 0;
+        // The context was initialised once per launch (getcontext is a system call); makecontext
+        // restarts it at the kernel's entry on a clean stack.
         f.ctx.uc_stack.ss_sp = f.stack.lo();
         f.ctx.uc_stack.ss_size = STACK_BYTES;
         f.ctx.uc_link = nullptr;
@@ -435,6 +457,49 @@ void* dynamic_shared() {
     return l.dyn_shared;
 }
 
+
+bool in_shared(const void* p, unsigned long bytes) {
+    const Launch& l = *launch;
+    auto inside = [&](const void* base, size_t size) {
+        auto b = reinterpret_cast<uintptr_t>(base), q = reinterpret_cast<uintptr_t>(p);
+        return q >= b && q + bytes <= b + size;
+    };
+    for (const SharedAlloc& s : l.shared)
+        if (inside(s.ptr, s.bytes)) return true;
+    return l.dyn_smem && inside(l.dyn_shared, l.dyn_smem);
+}
+
+void async_copy(void* dst, const void* src, unsigned int bytes) {
+    Fiber& f = *launch->running;
+    if (bytes > 16 || reinterpret_cast<uintptr_t>(dst) % bytes || reinterpret_cast<uintptr_t>(src) % bytes)
+        fail("cp.async of %u bytes from %p to %p: addresses must be aligned to the size", bytes, src, dst);
+    if (!in_shared(dst, bytes)) fail("cp.async destination %p is not in this block's shared memory", dst);
+    if (in_shared(src, bytes)) fail("cp.async source %p is in shared memory; it must be global", src);
+    AsyncCopy c;
+    c.dst = dst;
+    c.bytes = bytes;
+    c.group = f.committed;
+    std::memcpy(c.data, src, bytes);
+    f.copies.push_back(c);
+}
+
+void async_commit() { ++launch->running->committed; }
+
+void async_wait(unsigned int pending) {
+    Fiber& f = *launch->running;
+    // Groups below `done` have landed; uncommitted copies count as a group of their own.
+    unsigned int done = f.committed >= pending ? f.committed - pending : 0;
+    std::vector<AsyncCopy> still;
+    for (const AsyncCopy& c : f.copies) {
+        if (c.group < done) {
+            std::memcpy(c.dst, c.data, c.bytes);
+        } else {
+            still.push_back(c);
+        }
+    }
+    f.copies.swap(still);
+}
+
 }  // namespace insclr_emu
 
 using namespace insclr_emu;
@@ -510,8 +575,9 @@ int insclr_emu_launch(const char* kernel, const unsigned int grid[3], const unsi
         f.coords.grid_dim = l.grid;
         f.coords.lane = t % 32;
         f.stack = take_stack();
+        getcontext(&f.ctx);
         if (!f.stack.base) {
-            for (unsigned int u = 0; u < t; ++u) stack_pool.push_back(l.fibers[u].stack);
+            for (unsigned int u = 0; u < t; ++u) stack_pool.stacks.push_back(l.fibers[u].stack);
             set_error(err, err_cap, "could not map fiber stacks for the emulated launch");
             return 1;
         }
@@ -534,7 +600,7 @@ int insclr_emu_launch(const char* kernel, const unsigned int grid[3], const unsi
         }
     }
     launch = nullptr;
-    for (Fiber& f : l.fibers) stack_pool.push_back(f.stack);
+    for (Fiber& f : l.fibers) stack_pool.stacks.push_back(f.stack);
     std::free(l.dyn_shared);
     if (!ok) {
         char buf[80];

@@ -266,4 +266,32 @@ impl CudaBackend {
             )
         }
     }
+
+    /// `D = A B + C` on one warp's tensor cores, 16x16 tiles: `a`, `b` b16 bits (row-major, B as
+    /// `[k][n]`), two per u32 word; `c`, `d` f32. `variant` picks how the fragments are loaded
+    /// (see kernels/selftest.cu); variant 4 is broken on purpose.
+    pub fn selftest_mma_f32(
+        &self,
+        a: &Buf,
+        b: &Buf,
+        c: &Buf,
+        d: &mut Buf,
+        variant: i32,
+    ) -> Result<()> {
+        expect("selftest_mma_f32 a", a, DType::U32, 128)?;
+        expect("selftest_mma_f32 b", b, DType::U32, 128)?;
+        expect("selftest_mma_f32 c", c, DType::F32, 256)?;
+        expect("selftest_mma_f32 d", d, DType::F32, 256)?;
+        if !(0..=5).contains(&variant) {
+            bail!("selftest_mma_f32: variant {variant} is not 0..=5");
+        }
+        let args = Args::new()
+            .ptr(a.dev()?)
+            .ptr(b.dev()?)
+            .ptr(c.dev()?)
+            .ptr(d.dev_mut()?)
+            .i32(variant);
+        // SAFETY: (a, b, c, d, variant); a and b hold 256 b16 each, c and d 256 floats.
+        unsafe { self.launch("selftest_mma_f32", Launch::linear(1, 32), args) }
+    }
 }

@@ -1,0 +1,222 @@
+// Every tensor-core and async-copy instruction our kernels use, one wrapper each: the PTX on a
+// GPU, and on the emulated device (INSCLR_EMU) the same operation computed from the PTX ISA's
+// fragment layouts, so a kernel written against these wrappers runs unchanged on both.
+//
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32: D(16x8) = A(16x16) B(16x8) + C,
+// per lane, with groupID = lane >> 2 and tig = lane % 4 (PTX ISA, "Matrix Fragments for
+// mma.m16n8k16 with floating point type"):
+//   A: a[0..3] hold pairs (a0,a1) .. (a6,a7), low half first; ai is at
+//      row = groupID (+8 for i in {2,3,6,7}), col = 2*tig + (i & 1) (+8 for i >= 4)
+//   B: b[0..1] hold (b0,b1), (b2,b3); bi is at row (k) = 2*tig + (i & 1) (+8 for i >= 2), col = groupID
+//   C, D: ci is at row = groupID (+8 for i >= 2), col = 2*tig + (i & 1)
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16: lanes 8j..8j+7 give the addresses of
+// the 8 rows (16 bytes each) of matrix j; lane t receives, in register j, elements
+// (t/4, 2*(t%4)) and (t/4, 2*(t%4)+1) of matrix j (with .trans: (2*(t%4), t/4) and (2*(t%4)+1, t/4)).
+// cp.async.cg.shared.global (16 bytes) + commit_group + wait_group N: the copy lands in shared
+// memory only when a later wait covers its group; the emulator holds it back until then, so a
+// read before the wait sees the old (poisoned) contents, as it may on a GPU.
+#pragma once
+#include <stdint.h>
+
+#ifdef INSCLR_EMU
+namespace insclr_emu {
+void async_copy(void* dst, const void* src, unsigned int bytes);
+void async_commit();
+void async_wait(unsigned int pending);
+// True when [p, p + bytes) lies inside the current block's shared memory.
+bool in_shared(const void* p, unsigned long bytes);
+
+struct MmaLane {
+    uint32_t a[4];
+    uint32_t b[2];
+    float c[4];
+    float d[4];
+};
+template <bool Bf16>
+inline float mma_elem(uint32_t reg, int hi) {
+    unsigned short bits = static_cast<unsigned short>(hi ? reg >> 16 : reg & 0xffffu);
+    return Bf16 ? bf16_bits_to_float(bits) : half_bits_to_float(bits);
+}
+template <bool Bf16>
+void mma_m16n8k16_combine(void* const* data, unsigned int) {
+    float A[16][16], B[16][8], C[16][8];
+    for (int lane = 0; lane < 32; ++lane) {
+        const MmaLane* m = static_cast<const MmaLane*>(data[lane]);
+        int g = lane >> 2, t = lane & 3;
+        for (int i = 0; i < 8; ++i) {
+            int row = g + ((i & 2) ? 8 : 0);
+            int col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+            A[row][col] = mma_elem<Bf16>(m->a[i / 2], i & 1);
+        }
+        for (int i = 0; i < 4; ++i) B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = mma_elem<Bf16>(m->b[i / 2], i & 1);
+        for (int i = 0; i < 4; ++i) C[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)] = m->c[i];
+    }
+    // Products of 8- or 11-bit significands are exact in float; the sum is accumulated in
+    // double and rounded once (the hardware's internal order is unspecified).
+    float D[16][8];
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 8; ++c) {
+            double acc = C[r][c];
+            for (int k = 0; k < 16; ++k) acc += static_cast<double>(A[r][k] * B[k][c]);
+            D[r][c] = static_cast<float>(acc);
+        }
+    for (int lane = 0; lane < 32; ++lane) {
+        MmaLane* m = static_cast<MmaLane*>(data[lane]);
+        int g = lane >> 2, t = lane & 3;
+        for (int i = 0; i < 4; ++i) m->d[i] = D[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)];
+    }
+}
+template <bool Bf16>
+inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4],
+                         const char* name) {
+    static const Collective op = {name, &mma_m16n8k16_combine<Bf16>};
+    MmaLane me;
+    for (int i = 0; i < 4; ++i) me.a[i] = a[i], me.c[i] = c[i];
+    me.b[0] = b[0];
+    me.b[1] = b[1];
+    warp_collective(0xffffffffu, &op, &me);
+    for (int i = 0; i < 4; ++i) d[i] = me.d[i];
+}
+
+struct LdmatrixLane {
+    const unsigned short* row;
+    uint32_t r[4];
+};
+template <int Count, bool Trans>
+void ldmatrix_combine(void* const* data, unsigned int) {
+    for (int j = 0; j < Count; ++j) {
+        unsigned short m[8][8];
+        for (int r = 0; r < 8; ++r) {
+            const unsigned short* p = static_cast<const LdmatrixLane*>(data[8 * j + r])->row;
+            if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+                fail("ldmatrix: lane %d's row address %p is not 16-byte aligned", 8 * j + r, static_cast<const void*>(p));
+            if (!in_shared(p, 16))
+                fail("ldmatrix: lane %d's row address %p is not in this block's shared memory", 8 * j + r,
+                     static_cast<const void*>(p));
+            for (int c = 0; c < 8; ++c) m[r][c] = p[c];
+        }
+        for (int lane = 0; lane < 32; ++lane) {
+            int row = lane / 4, col = 2 * (lane % 4);
+            uint32_t lo = Trans ? m[col][row] : m[row][col];
+            uint32_t hi = Trans ? m[col + 1][row] : m[row][col + 1];
+            static_cast<LdmatrixLane*>(data[lane])->r[j] = lo | (hi << 16);
+        }
+    }
+}
+template <int Count, bool Trans>
+inline void ldmatrix(uint32_t* r, const void* row, const char* name) {
+    static const Collective op = {name, &ldmatrix_combine<Count, Trans>};
+    LdmatrixLane me;
+    me.row = static_cast<const unsigned short*>(row);
+    warp_collective(0xffffffffu, &op, &me);
+    for (int j = 0; j < Count; ++j) r[j] = me.r[j];
+}
+}  // namespace insclr_emu
+#endif
+
+// D = A B + C on bf16 tensor cores, f32 accumulators (fragments as in the header comment).
+__device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                                  const float (&c)[4]) {
+#ifdef INSCLR_EMU
+    insclr_emu::mma_m16n8k16<true>(d, a, b, c, "mma.m16n8k16.bf16");
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+#endif
+}
+
+// The same with fp16 inputs.
+__device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                                 const float (&c)[4]) {
+#ifdef INSCLR_EMU
+    insclr_emu::mma_m16n8k16<false>(d, a, b, c, "mma.m16n8k16.f16");
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+#endif
+}
+
+#ifndef INSCLR_EMU
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#endif
+
+// Four 8x8 b16 matrices from shared memory; lane l gives the row address for matrix l / 8.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+#ifdef INSCLR_EMU
+    insclr_emu::ldmatrix<4, false>(r, row, "ldmatrix.x4");
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(row)));
+#endif
+}
+
+// Two 8x8 b16 matrices (lanes 0-15 give the row addresses).
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row) {
+#ifdef INSCLR_EMU
+    insclr_emu::ldmatrix<2, false>(r, row, "ldmatrix.x2");
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(row)));
+#endif
+}
+
+// Four 8x8 b16 matrices, each transposed on the way (a row-major K x N tile as mma's B).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+#ifdef INSCLR_EMU
+    insclr_emu::ldmatrix<4, true>(r, row, "ldmatrix.x4.trans");
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(row)));
+#endif
+}
+
+// Two 8x8 b16 matrices, transposed.
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* row) {
+#ifdef INSCLR_EMU
+    insclr_emu::ldmatrix<2, true>(r, row, "ldmatrix.x2.trans");
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(smem_addr(row)));
+#endif
+}
+
+// 16 bytes global -> shared, asynchronously; both addresses 16-byte aligned.
+__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src) {
+#ifdef INSCLR_EMU
+    insclr_emu::async_copy(smem_dst, gmem_src, 16);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src));
+#endif
+}
+
+// Closes the group of the copies issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef INSCLR_EMU
+    insclr_emu::async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most `Pending` committed groups are still in flight (0: all have landed).
+// Other threads see the data after a __syncthreads that follows.
+template <int Pending>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef INSCLR_EMU
+    insclr_emu::async_wait(Pending);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+#endif
+}
