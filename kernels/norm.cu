@@ -64,3 +64,11 @@ extern "C" __global__ void l2norm_bwd_f32(const float* __restrict__ x, const flo
                                           float* __restrict__ dx, int rows, int cols, float eps) {
     l2norm_bwd(x, dy, dx, rows, cols, eps);
 }
+extern "C" __global__ void l2norm_fwd_bf16(const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, int rows,
+                                           int cols, float eps) {
+    l2norm_fwd(x, y, rows, cols, eps);
+}
+extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy,
+                                           __nv_bfloat16* __restrict__ dx, int rows, int cols, float eps) {
+    l2norm_bwd(x, dy, dx, rows, cols, eps);
+}

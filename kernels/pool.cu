@@ -50,3 +50,12 @@ extern "C" __global__ void gem_bwd_f32(const float* __restrict__ x, const float*
                                        float eps) {
     gem_bwd(x, y, dy, dx, rows, hw, p, eps);
 }
+extern "C" __global__ void gem_fwd_bf16(const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, int rows,
+                                        int hw, float p, float eps) {
+    gem_fwd(x, y, rows, hw, p, eps);
+}
+extern "C" __global__ void gem_bwd_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ y,
+                                        const __nv_bfloat16* __restrict__ dy, __nv_bfloat16* __restrict__ dx, int rows,
+                                        int hw, float p, float eps) {
+    gem_bwd(x, y, dy, dx, rows, hw, p, eps);
+}

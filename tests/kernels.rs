@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{kernel_device, matches_cpu, numeric_grad, poisoned, rel_err};
+use common::{
+    download_f32, kernel_device, matches_cpu, numeric_grad, poisoned_as, rel_err, upload_as,
+    FLOAT_DTYPES,
+};
 use insclr::backend::cpu::{gemm, norm, pool};
 use insclr::backend::DType;
 use insclr::backend::{select_f32, Backend, DeviceChoice, Gem, L2Norm, MatMul, Op};
@@ -203,6 +206,28 @@ fn shape_mismatches_are_errors_not_panics() {
     assert!(err.contains("expected 8"), "{err}");
     let mut c = be.zeros(DType::F32, 4).unwrap();
     assert!(be.matmul(&x, &x, &mut c, MatMul::new(2, 2, 3)).is_err());
+    // Buffers of one op share a dtype, and an op a backend lacks for a dtype is named.
+    let mut yb = be.zeros(DType::BF16, 2).unwrap();
+    let err = be
+        .gem_fwd(
+            &be.upload(&[1.0f32; 8]).unwrap(),
+            &mut yb,
+            Gem::new(1, 2, 2, 2),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("different dtypes"), "{err}");
+    let xb = be.zeros(DType::BF16, 4).unwrap();
+    let err = be
+        .matmul(
+            &xb,
+            &xb,
+            &mut be.zeros(DType::BF16, 4).unwrap(),
+            MatMul::new(2, 2, 2),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("matmul on bf16"), "{err}");
 }
 
 // ---- the CUDA kernels versus the CPU twin, on the GPU or the emulated GPU ----------------
@@ -222,33 +247,31 @@ const L2_SIZES: &[(usize, usize)] = &[(1, 1), (7, 31), (8, 32), (9, 33), (300, 2
 #[test]
 fn kernel_gem_matches_cpu() {
     let dev = kernel_device("kernel_gem_matches_cpu");
-    for &(rows, hw) in GEM_SIZES {
-        for p in [3.0f32, 2.2] {
-            let s = Gem {
-                rows,
-                hw,
-                p,
-                eps: 1e-6,
-            };
-            matches_cpu(
-                &format!("GeM rows={rows} hw={hw} p={p}"),
-                &dev,
-                1e-5,
-                |be| {
+    for (dt, tol) in FLOAT_DTYPES {
+        for &(rows, hw) in GEM_SIZES {
+            for p in [3.0f32, 2.2] {
+                let s = Gem {
+                    rows,
+                    hw,
+                    p,
+                    eps: 1e-6,
+                };
+                let what = format!("GeM {dt} rows={rows} hw={hw} p={p}");
+                matches_cpu(&what, &dev, tol, |be| {
                     let mut rng = Rng::new(21 + rows as u64 * 7 + hw as u64);
-                    // Mostly positive activations (post-ReLU maps) with some entries below the clamp.
-                    let x = be.upload(&rng.vec_f32(rows * hw, -0.2, 3.0))?;
-                    let dy = be.upload(&rng.vec_f32(rows, -1.0, 1.0))?;
-                    let mut y = poisoned(be, rows);
+                    // Mostly positive activations (post-ReLU maps), some below the clamp.
+                    let x = upload_as(be, &rng.vec_f32(rows * hw, -0.2, 3.0), dt)?;
+                    let dy = upload_as(be, &rng.vec_f32(rows, -1.0, 1.0), dt)?;
+                    let mut y = poisoned_as(be, rows, dt);
                     be.gem_fwd(&x, &mut y, s)?;
-                    let mut dx = poisoned(be, rows * hw);
+                    let mut dx = poisoned_as(be, rows * hw, dt);
                     be.gem_bwd(&x, &y, &dy, &mut dx, s)?;
                     Ok(vec![
-                        ("y".into(), be.download(&y)?),
-                        ("dx".into(), be.download(&dx)?),
+                        ("y".into(), download_f32(be, &y)?),
+                        ("dx".into(), download_f32(be, &dx)?),
                     ])
-                },
-            );
+                });
+            }
         }
     }
 }
@@ -256,29 +279,36 @@ fn kernel_gem_matches_cpu() {
 #[test]
 fn kernel_l2norm_matches_cpu() {
     let dev = kernel_device("kernel_l2norm_matches_cpu");
-    for &(rows, cols) in L2_SIZES {
-        let s = L2Norm::new(rows, cols);
-        matches_cpu(&format!("L2 rows={rows} cols={cols}"), &dev, 1e-5, |be| {
-            let mut rng = Rng::new(22 + rows as u64 * 5 + cols as u64);
-            let mut xh = rng.vec_f32(rows * cols, -1.0, 1.0);
-            if rows > 2 {
-                xh[cols..2 * cols].iter_mut().for_each(|v| *v = 0.0); // one zero row: the clamp path
-            }
-            let x = be.upload(&xh)?;
-            let dy = be.upload(&rng.vec_f32(rows * cols, -1.0, 1.0))?;
-            let mut y = poisoned(be, rows * cols);
-            be.l2norm_fwd(&x, &mut y, s)?;
-            let mut dx = poisoned(be, rows * cols);
-            be.l2norm_bwd(&x, &dy, &mut dx, s)?;
-            let mut out = vec![("y".to_string(), be.download(&y)?)];
-            // Rows compared one by one: the zero row's gradient is dy / 1e-12 and would swamp
-            // the others.
-            let dx = be.download::<f32>(&dx)?;
-            for (r, row) in dx.chunks(cols).enumerate() {
-                out.push((format!("dx row {r}"), row.to_vec()));
-            }
-            Ok(out)
-        });
+    for (dt, tol) in FLOAT_DTYPES {
+        for &(rows, cols) in L2_SIZES {
+            let s = L2Norm::new(rows, cols);
+            matches_cpu(
+                &format!("L2 {dt} rows={rows} cols={cols}"),
+                &dev,
+                tol,
+                |be| {
+                    let mut rng = Rng::new(22 + rows as u64 * 5 + cols as u64);
+                    let mut xh = rng.vec_f32(rows * cols, -1.0, 1.0);
+                    if rows > 2 {
+                        xh[cols..2 * cols].iter_mut().for_each(|v| *v = 0.0); // a zero row: the clamp
+                    }
+                    let x = upload_as(be, &xh, dt)?;
+                    let dy = upload_as(be, &rng.vec_f32(rows * cols, -1.0, 1.0), dt)?;
+                    let mut y = poisoned_as(be, rows * cols, dt);
+                    be.l2norm_fwd(&x, &mut y, s)?;
+                    let mut dx = poisoned_as(be, rows * cols, dt);
+                    be.l2norm_bwd(&x, &dy, &mut dx, s)?;
+                    let mut out = vec![("y".to_string(), download_f32(be, &y)?)];
+                    // Rows compared one by one: the zero row's gradient is dy / 1e-12 and would
+                    // swamp the others.
+                    let dx = download_f32(be, &dx)?;
+                    for (r, row) in dx.chunks(cols).enumerate() {
+                        out.push((format!("dx row {r}"), row.to_vec()));
+                    }
+                    Ok(out)
+                },
+            );
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 #include "emu.cuh"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define INSCLR_EMU_ASAN 1
 #else
@@ -55,6 +56,92 @@ struct Rng {
 
 enum class State { Ready, AtBarrier, AtWarp, Done };
 
+// ---- fiber contexts -------------------------------------------------------------------------
+// On x86-64 a fiber switch is a handful of register moves (insclr_emu_switch below): a tenth of
+// the cost of swapcontext, which makes a system call for the signal mask on every switch.
+// Elsewhere ucontext does the job.
+void fiber_main();
+
+#if defined(__x86_64__) && !defined(INSCLR_EMU_UCONTEXT)
+extern "C" void insclr_emu_switch(void** save_sp, void* load_sp);
+// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores
+// the stack pointer in *save_sp, then restores the same from load_sp and returns there.
+asm(R"(
+    .text
+    .globl insclr_emu_switch
+    .type insclr_emu_switch, @function
+insclr_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size insclr_emu_switch, .-insclr_emu_switch
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+
+struct Context {
+    void* sp = nullptr;
+};
+
+// A context that starts fiber_main on the stack [lo, lo + bytes): the frame insclr_emu_switch
+// pops, with fiber_main as the return address and the ABI's stack alignment at its entry.
+void context_start(Context& c, char* lo, size_t bytes) {
+    uintptr_t top = (reinterpret_cast<uintptr_t>(lo) + bytes) & ~static_cast<uintptr_t>(15);
+    uint64_t* sp = reinterpret_cast<uint64_t*>(top);
+#if INSCLR_EMU_ASAN
+    // A stack reused after an aborted launch still carries the shadow of its abandoned frames.
+    __asan_unpoison_memory_region(sp - 16, 16 * sizeof(uint64_t));
+#endif
+    *--sp = 0;                                         // fiber_main's (never used) return address
+    *--sp = reinterpret_cast<uint64_t>(&fiber_main);  // where the switch returns to
+    for (int r = 0; r < 6; ++r) *--sp = 0;             // rbp, rbx, r12..r15
+    uint32_t mxcsr;
+    uint16_t fpucw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpucw));
+    *--sp = mxcsr | static_cast<uint64_t>(fpucw) << 32;
+    c.sp = sp;
+}
+
+void context_switch(Context& from, Context& to) { insclr_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+    ucontext_t uc;
+    bool initialised = false;
+};
+
+void context_start(Context& c, char* lo, size_t bytes) {
+    if (!c.initialised) {
+        getcontext(&c.uc);  // a system call: once per fiber and launch, not per block
+        c.initialised = true;
+    }
+    c.uc.uc_stack.ss_sp = lo;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, fiber_main, 0);
+}
+
+void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 struct Stack {
     char* base = nullptr;  // guard page first, then STACK_BYTES
     char* lo() const { return base + page_size(); }
@@ -71,7 +158,7 @@ struct AsyncCopy {
 };
 
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     Stack stack;
     Coords coords;
     int linear = 0;
@@ -109,7 +196,7 @@ struct Launch {
     std::vector<std::vector<Episode>> episodes;  // per warp, pending collectives
     std::vector<SharedAlloc> shared;             // this block's __shared__ arrays
     void* dyn_shared = nullptr;
-    ucontext_t scheduler;
+    Context scheduler;
     const void* scheduler_stack_lo = nullptr;
     size_t scheduler_stack_size = 0;
     Fiber* running = nullptr;
@@ -175,7 +262,7 @@ void switch_to_scheduler(bool finished) {
     __sanitizer_start_switch_fiber(finished ? nullptr : &f->asan_fake_stack, l.scheduler_stack_lo,
                                    l.scheduler_stack_size);
 #endif
-    swapcontext(&f->ctx, &l.scheduler);
+    context_switch(f->ctx, l.scheduler);
 #if INSCLR_EMU_ASAN
     __sanitizer_finish_switch_fiber(f->asan_fake_stack, nullptr, nullptr);
 #endif
@@ -227,7 +314,7 @@ void resume(Fiber& f) {
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, f.stack.lo(), STACK_BYTES);
 #endif
-    swapcontext(&l.scheduler, &f.ctx);
+    context_switch(l.scheduler, f.ctx);
 #if INSCLR_EMU_ASAN
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
@@ -265,12 +352,7 @@ bool run_block(Launch& l, uint3 block_idx) {
         f.waiting_op = nullptr;
         f.copies.clear();
         f.committed = 0;
-        // The context was initialised once per launch (getcontext is a system call); makecontext
-        // restarts it at the kernel's entry on a clean stack.
-        f.ctx.uc_stack.ss_sp = f.stack.lo();
-        f.ctx.uc_stack.ss_size = STACK_BYTES;
-        f.ctx.uc_link = nullptr;
-        makecontext(&f.ctx, fiber_main, 0);
+        context_start(f.ctx, f.stack.lo(), STACK_BYTES);
     }
     for (auto& e : l.episodes) e.clear();
     if (l.dyn_smem) std::memset(l.dyn_shared, POISON, l.dyn_smem);
@@ -575,7 +657,6 @@ int insclr_emu_launch(const char* kernel, const unsigned int grid[3], const unsi
         f.coords.grid_dim = l.grid;
         f.coords.lane = t % 32;
         f.stack = take_stack();
-        getcontext(&f.ctx);
         if (!f.stack.base) {
             for (unsigned int u = 0; u < t; ++u) stack_pool.stacks.push_back(l.fibers[u].stack);
             set_error(err, err_cap, "could not map fiber stacks for the emulated launch");

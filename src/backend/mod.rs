@@ -495,20 +495,28 @@ impl dyn Backend + '_ {
         if self.supports(op, dtype) {
             return Ok(());
         }
-        Err(lacks_error(self.name(), &[(op, dtype)]))
+        Err(lacks_error(self.device(), &[(op, dtype)]))
     }
 }
 
-/// The error for ops a backend does not have: says where their kernels will live.
-fn lacks_error(backend: &str, missing: &[(Op, DType)]) -> anyhow::Error {
+/// The error for ops a backend does not have: names each one and, for a GPU backend, the
+/// kernel it lacks and where that kernel will live.
+fn lacks_error(backend: Device, missing: &[(Op, DType)]) -> anyhow::Error {
     let list: Vec<String> = missing
         .iter()
-        .map(|&(op, dt)| format!("{} (kernels/{}.cu)", op.kernel(dt), op.family()))
+        .map(|&(op, dt)| match backend {
+            Device::Cpu => format!("{} on {dt}", op.name()),
+            _ => format!("{} (kernels/{}.cu)", op.kernel(dt), op.family()),
+        })
         .collect();
-    anyhow!(
-        "the {backend} backend has no kernel for {}; use --device cpu",
-        list.join(", ")
-    )
+    match backend {
+        Device::Cpu => anyhow!("the cpu backend has no twin for {}", list.join(", ")),
+        _ => anyhow!(
+            "the {} backend has no kernel for {}; use --device cpu",
+            backend.name(),
+            list.join(", ")
+        ),
+    }
 }
 
 /// The error a family trait's default method returns: the op is not written for this backend.
@@ -548,7 +556,7 @@ pub fn select(choice: DeviceChoice, needs: &[(Op, DType)]) -> Result<(Box<dyn Ba
     let checked = |be: Box<dyn Backend>| -> Result<(Box<dyn Backend>, String)> {
         let missing = be.missing(needs);
         if !missing.is_empty() {
-            return Err(lacks_error(be.name(), &missing));
+            return Err(lacks_error(be.device(), &missing));
         }
         let why = format!("{}: {}", be.name(), be.describe());
         Ok((be, why))

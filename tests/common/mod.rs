@@ -2,7 +2,7 @@
 //! compares a case on that device with the CPU twin, error norms, finite differences.
 #![allow(dead_code)]
 
-use insclr::backend::{Backend, Buf, CudaBackend};
+use insclr::backend::{Backend, Buf, CudaBackend, DType};
 
 fn require_gpu() -> bool {
     std::env::var("INSCLR_REQUIRE_GPU").is_ok_and(|v| v == "1")
@@ -88,6 +88,38 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 pub fn poisoned(be: &dyn Backend, len: usize) -> Buf {
     be.upload(&vec![f32::NAN; len]).expect("upload")
 }
+
+/// `data` as a buffer of `dtype` (f32, or bf16 rounded to nearest even).
+pub fn upload_as(be: &dyn Backend, data: &[f32], dtype: DType) -> anyhow::Result<Buf> {
+    match dtype {
+        DType::F32 => be.upload(data),
+        DType::BF16 => {
+            let h: Vec<half::bf16> = data.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            be.upload(&h)
+        }
+        other => anyhow::bail!("upload_as: {other} is not a float dtype"),
+    }
+}
+
+/// A float buffer's elements as f32.
+pub fn download_f32(be: &dyn Backend, b: &Buf) -> anyhow::Result<Vec<f32>> {
+    match b.dtype() {
+        DType::BF16 => Ok(be
+            .download::<half::bf16>(b)?
+            .iter()
+            .map(|v| v.to_f32())
+            .collect()),
+        _ => be.download::<f32>(b),
+    }
+}
+
+/// [`poisoned`] in any float dtype.
+pub fn poisoned_as(be: &dyn Backend, len: usize, dtype: DType) -> Buf {
+    upload_as(be, &vec![f32::NAN; len], dtype).expect("upload")
+}
+
+/// The float dtypes a kernel test covers, with DESIGN.md's tolerance for each.
+pub const FLOAT_DTYPES: [(DType, f64); 2] = [(DType::F32, 1e-5), (DType::BF16, 1e-2)];
 
 /// Central finite difference of `f` with respect to every element of `x`.
 pub fn numeric_grad(x: &[f32], h: f32, mut f: impl FnMut(&[f32]) -> f64) -> Vec<f32> {

@@ -1,6 +1,8 @@
 //! The CPU backend: plain Rust, one file per kernel family with the same names as
 //! `kernels/*.cu`. It is the oracle every CUDA kernel is tested against, and a real backend
-//! for small runs (rayon over rows, matrixmultiply for GEMM). Every op runs on f32.
+//! for small runs (rayon over rows, matrixmultiply for GEMM). Every op runs on f32; the ops in
+//! [`BF16_OPS`] also on bf16 buffers, computing in f32 and rounding what they store, as the
+//! kernels do.
 
 pub mod conv;
 pub mod eltwise;
@@ -10,6 +12,34 @@ pub mod pool;
 
 use super::{Backend, Buf, DType, Device, Op};
 use anyhow::{bail, Result};
+use half::bf16;
+use std::borrow::Cow;
+
+/// Ops whose twin also takes bf16 buffers.
+pub const BF16_OPS: &[Op] = &[Op::GemFwd, Op::GemBwd, Op::L2normFwd, Op::L2normBwd];
+
+/// A buffer's elements as f32: borrowed for f32, widened from bf16.
+fn widen(b: &Buf) -> Result<Cow<'_, [f32]>> {
+    Ok(match b.dtype() {
+        DType::BF16 => Cow::Owned(b.host::<bf16>()?.iter().map(|v| v.to_f32()).collect()),
+        _ => Cow::Borrowed(b.host::<f32>()?),
+    })
+}
+
+/// Runs `f` on an f32 view of `out`: in place for f32, through a temporary rounded to nearest
+/// even for bf16.
+fn with_f32_out(out: &mut Buf, f: impl FnOnce(&mut [f32])) -> Result<()> {
+    if out.dtype() != DType::BF16 {
+        f(out.host_mut::<f32>()?);
+        return Ok(());
+    }
+    let mut tmp = vec![0.0f32; out.len()];
+    f(&mut tmp);
+    for (o, v) in out.host_mut::<bf16>()?.iter_mut().zip(&tmp) {
+        *o = bf16::from_f32(*v);
+    }
+    Ok(())
+}
 
 /// The CPU backend; stateless.
 #[derive(Clone, Copy, Debug, Default)]
@@ -31,8 +61,8 @@ impl Backend for CpuBackend {
         format!("CPU, {} threads", rayon::current_num_threads())
     }
 
-    fn supports(&self, _op: Op, dtype: DType) -> bool {
-        dtype == DType::F32
+    fn supports(&self, op: Op, dtype: DType) -> bool {
+        dtype == DType::F32 || (dtype == DType::BF16 && BF16_OPS.contains(&op))
     }
 
     fn zeros(&self, dtype: DType, len: usize) -> Result<Buf> {

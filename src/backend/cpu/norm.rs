@@ -4,6 +4,7 @@
 //! BatchNorm over NCHW: channel `c` of image `i` is the plane `i*C + c` of `hw` values.
 //! Statistics are per (ghost group, channel) over `n/ghost * hw` values, accumulated in f64.
 
+use super::{widen, with_f32_out};
 use crate::backend::{Act, BatchNorm, Buf, Checked, L2Norm};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -217,13 +218,13 @@ pub fn batchnorm_bwd_f32(
 
 impl crate::backend::NormOps for super::CpuBackend {
     fn l2norm_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<L2Norm>) -> Result<()> {
-        l2norm_fwd_f32(x.host()?, y.host_mut()?, *s);
-        Ok(())
+        let x = widen(x)?;
+        with_f32_out(y, |y| l2norm_fwd_f32(&x, y, *s))
     }
 
     fn l2norm_bwd(&self, x: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<L2Norm>) -> Result<()> {
-        l2norm_bwd_f32(x.host()?, dy.host()?, dx.host_mut()?, *s);
-        Ok(())
+        let (x, dy) = (widen(x)?, widen(dy)?);
+        with_f32_out(dx, |dx| l2norm_bwd_f32(&x, &dy, dx, *s))
     }
 
     fn batchnorm_fwd_train(

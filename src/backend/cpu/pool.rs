@@ -1,5 +1,6 @@
 //! GeM and max pooling on the CPU: the twins of `kernels/pool.cu` (formulas there).
 
+use super::{widen, with_f32_out};
 use crate::backend::{Buf, Checked, Gem, MaxPool};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -97,13 +98,13 @@ pub fn maxpool_bwd_f32(x: &[f32], dy: &[f32], dx: &mut [f32], s: MaxPool) {
 
 impl crate::backend::PoolOps for super::CpuBackend {
     fn gem_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<Gem>) -> Result<()> {
-        gem_fwd_f32(x.host()?, y.host_mut()?, *s);
-        Ok(())
+        let x = widen(x)?;
+        with_f32_out(y, |y| gem_fwd_f32(&x, y, *s))
     }
 
     fn gem_bwd(&self, x: &Buf, y: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<Gem>) -> Result<()> {
-        gem_bwd_f32(x.host()?, y.host()?, dy.host()?, dx.host_mut()?, *s);
-        Ok(())
+        let (x, y, dy) = (widen(x)?, widen(y)?, widen(dy)?);
+        with_f32_out(dx, |dx| gem_bwd_f32(&x, &y, &dy, dx, *s))
     }
 
     fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
