@@ -355,18 +355,32 @@ template <typename T> inline void __stwt(T* p, T v) { *p = v; }
 
 // ---- math: CUDA's device overloads and intrinsics over the host's libm ----------------------
 
-inline int min(int a, int b) { return a < b ? a : b; }
-inline int max(int a, int b) { return a > b ? a : b; }
-inline unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
-inline unsigned int max(unsigned int a, unsigned int b) { return a > b ? a : b; }
-inline long long min(long long a, long long b) { return a < b ? a : b; }
-inline long long max(long long a, long long b) { return a > b ? a : b; }
-inline unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
-inline unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
+// CUDA's overload set of min / max, mixed signedness and widths included (so that a call nvcc
+// accepts is not ambiguous here).
+#define INSCLR_EMU_MINMAX(R, A, B)                                                               \
+    inline R min(A a, B b) { return static_cast<R>(a) < static_cast<R>(b) ? static_cast<R>(a) : static_cast<R>(b); } \
+    inline R max(A a, B b) { return static_cast<R>(a) > static_cast<R>(b) ? static_cast<R>(a) : static_cast<R>(b); }
+INSCLR_EMU_MINMAX(int, int, int)
+INSCLR_EMU_MINMAX(unsigned int, unsigned int, unsigned int)
+INSCLR_EMU_MINMAX(unsigned int, int, unsigned int)
+INSCLR_EMU_MINMAX(unsigned int, unsigned int, int)
+INSCLR_EMU_MINMAX(long, long, long)
+INSCLR_EMU_MINMAX(unsigned long, unsigned long, unsigned long)
+INSCLR_EMU_MINMAX(unsigned long, long, unsigned long)
+INSCLR_EMU_MINMAX(unsigned long, unsigned long, long)
+INSCLR_EMU_MINMAX(long long, long long, long long)
+INSCLR_EMU_MINMAX(unsigned long long, unsigned long long, unsigned long long)
+INSCLR_EMU_MINMAX(unsigned long long, long long, unsigned long long)
+INSCLR_EMU_MINMAX(unsigned long long, unsigned long long, long long)
+#undef INSCLR_EMU_MINMAX
 inline float min(float a, float b) { return fminf(a, b); }
 inline float max(float a, float b) { return fmaxf(a, b); }
 inline double min(double a, double b) { return fmin(a, b); }
 inline double max(double a, double b) { return fmax(a, b); }
+inline double min(float a, double b) { return fmin(a, b); }
+inline double max(float a, double b) { return fmax(a, b); }
+inline double min(double a, float b) { return fmin(a, b); }
+inline double max(double a, float b) { return fmax(a, b); }
 
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }

@@ -46,9 +46,6 @@ pub enum DType {
 }
 
 impl DType {
-    /// Every dtype, for op tables.
-    pub const ALL: [DType; 5] = [DType::F32, DType::BF16, DType::I32, DType::U32, DType::I64];
-
     /// The suffix of kernel names (`gem_fwd_f32`).
     pub fn name(self) -> &'static str {
         match self {

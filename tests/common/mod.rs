@@ -49,7 +49,7 @@ pub type Outputs = Vec<(String, Vec<f32>)>;
 /// Runs `case` on the CPU (the oracle) and on `dev`, and requires every output to match by
 /// relative norm error below `tol` (DESIGN.md: 1e-5 for f32). A case makes its inputs from
 /// its own seeded generator, so both runs see the same numbers, and poisons what it wants the
-/// kernel to write (see [`poisoned`]).
+/// kernel to write (see [`poisoned_as`]).
 pub fn matches_cpu(
     what: &str,
     dev: &dyn Backend,
@@ -84,11 +84,6 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     num.sqrt() / den.sqrt().max(1e-30)
 }
 
-/// A buffer of `len` NaNs, so that any element a kernel forgets to write shows up.
-pub fn poisoned(be: &dyn Backend, len: usize) -> Buf {
-    be.upload(&vec![f32::NAN; len]).expect("upload")
-}
-
 /// `data` as a buffer of `dtype` (f32, or bf16 rounded to nearest even).
 pub fn upload_as(be: &dyn Backend, data: &[f32], dtype: DType) -> anyhow::Result<Buf> {
     match dtype {
@@ -113,7 +108,7 @@ pub fn download_f32(be: &dyn Backend, b: &Buf) -> anyhow::Result<Vec<f32>> {
     }
 }
 
-/// [`poisoned`] in any float dtype.
+/// A buffer of `len` NaNs in `dtype`, so that any element a kernel forgets to write shows up.
 pub fn poisoned_as(be: &dyn Backend, len: usize, dtype: DType) -> Buf {
     upload_as(be, &vec![f32::NAN; len], dtype).expect("upload")
 }

@@ -224,16 +224,8 @@ impl Args {
         self.push(v as u32 as u64, 4)
     }
 
-    pub fn u32(self, v: u32) -> Args {
-        self.push(v as u64, 4)
-    }
-
     pub fn f32(self, v: f32) -> Args {
         self.push(v.to_bits() as u64, 4)
-    }
-
-    pub fn u64(self, v: u64) -> Args {
-        self.push(v, 8)
     }
 
     /// One pointer per slot; a 4-byte value sits in the low half of its slot (little-endian).

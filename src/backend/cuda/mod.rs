@@ -65,11 +65,6 @@ impl CudaBackend {
         }
     }
 
-    /// True when `kernel` can be launched here.
-    pub fn has_kernel(&self, kernel: &str) -> bool {
-        self.kernels.contains(kernel)
-    }
-
     pub(crate) fn layer(&self) -> &Layer {
         &self.layer
     }
@@ -79,8 +74,7 @@ impl CudaBackend {
     /// # Safety
     /// As [`Layer::launch`]: `args` match the kernel's parameters and its pointers cover what
     /// the kernel touches for this launch shape.
-    pub(crate) unsafe fn launch(&self, kernel: &str, cfg: Launch, args: Args) -> Result<()> {
-        let mut args = args;
+    pub(crate) unsafe fn launch(&self, kernel: &str, cfg: Launch, mut args: Args) -> Result<()> {
         self.layer
             .launch(kernel, cfg, &mut args)
             .with_context(|| format!("kernel {kernel}"))
