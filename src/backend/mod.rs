@@ -23,7 +23,7 @@ pub mod gemm;
 pub mod norm;
 pub mod pool;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -561,7 +561,9 @@ pub fn select(choice: DeviceChoice, needs: &[(Op, DType)]) -> Result<(Box<dyn Ba
     match choice {
         DeviceChoice::Cpu => checked(Box::new(CpuBackend::new())),
         DeviceChoice::Emu => checked(Box::new(CudaBackend::emu())),
-        DeviceChoice::Cuda => checked(Box::new(CudaBackend::new(0)?)),
+        DeviceChoice::Cuda => checked(Box::new(
+            CudaBackend::new(0).context("--device cuda (use --device auto or cpu without a GPU)")?,
+        )),
         DeviceChoice::Auto => {
             let cpu = Box::new(CpuBackend::new());
             match CudaBackend::new(0) {
