@@ -1,2 +1,0 @@
-// The emulated device: CUDA's cuda.h is kernels/emu/emu.cuh, forced in first by build.rs.
-#pragma once
