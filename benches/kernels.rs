@@ -1,12 +1,15 @@
 //! Every kernel against its floor and its baseline. `cargo bench` runs the CPU twins always and
-//! the CUDA kernels when a GPU is present (skipped with a message otherwise).
+//! the CUDA kernels when a GPU is present (skipped with a message otherwise; the emulated GPU
+//! says nothing about speed and is never benchmarked).
 //!
 //! Napkin math: a memory-bound kernel's floor is bytes moved / peak DRAM bandwidth; a GEMM's is
-//! max(flops / peak FP32, bytes / bandwidth). Peaks come from the device's attributes. With
-//! `INSCLR_BENCH_TABLE=path` the GPU results are also written there as a markdown table
-//! (scripts/device-check.sh collects it into bench_results/).
+//! max(flops / peak, bytes / bandwidth), with the FP32 peak for f32 and the dense tensor-core
+//! peak for bf16. Peaks come from the device's attributes. Our GEMMs run beside cuBLAS SGEMM on
+//! the same shape, and the table gives the ratio. With `INSCLR_BENCH_TABLE=path` the GPU results
+//! are also written there as a markdown table (scripts/device-check.sh collects it into
+//! bench_results/).
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use insclr::backend::{Backend, Buf, CudaBackend, DType, Gem, L2Norm, MatMul};
 use insclr::rng::Rng;
 use std::io::Write;
@@ -20,31 +23,27 @@ struct Row {
     seconds: f64,
     bytes: f64,
     flops: f64,
+    /// Which peak bounds the flops: f32 SIMT or bf16 tensor cores.
+    tensor: bool,
 }
 
 static ROWS: Mutex<Vec<Row>> = Mutex::new(Vec::new());
 
-/// Shapes from the issue: GeM over a batch of 64 ResNet maps at 1024 px input (32x32 at stride 32),
-/// L2 over 64k descriptors, and the similarity of 64 queries with a 100k-row memory bank.
+/// GeM over a batch of 64 ResNet maps at 1024 px input (32x32 at stride 32), L2 over 64k
+/// descriptors, and the similarity of 64 queries with a 100k-row memory bank.
 const GEM: (usize, usize, usize, usize) = (64, 2048, 32, 32);
 const L2: (usize, usize) = (65_536, 2048);
 const SIM: (usize, usize, usize) = (64, 100_000, 2048);
 
-fn filled(be: &dyn Backend, rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Buf {
-    be.upload(&rng.vec_f32(len, lo, hi)).expect("upload")
-}
-
-/// Times `iters` calls of `f` between two synchronisations; records the per-call time.
-fn timed(be: &dyn Backend, iters: u64, samples: &mut Vec<f64>, mut f: impl FnMut()) -> Duration {
-    be.synchronize().expect("sync");
-    let t = Instant::now();
-    for _ in 0..iters {
-        f();
+fn filled(be: &dyn Backend, rng: &mut Rng, len: usize, dtype: DType) -> Buf {
+    let v = rng.vec_f32(len, -1.0, 1.0);
+    match dtype {
+        DType::BF16 => {
+            let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            be.upload(&h).expect("upload")
+        }
+        _ => be.upload(&v).expect("upload"),
     }
-    be.synchronize().expect("sync");
-    let d = t.elapsed();
-    samples.push(d.as_secs_f64() / iters as f64);
-    d
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -52,129 +51,159 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Benchmarks GeM, L2 and GEMM on one backend, recording rows when `record` is set.
-fn bench_backend(c: &mut Criterion, be: &dyn Backend, record: bool) {
+/// Times `f` (per call, between two synchronisations) in `group` as `name`, and records a row
+/// when `record` is set.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    be: &dyn Backend,
+    record: bool,
+    name: &str,
+    shape: String,
+    bytes: f64,
+    flops: f64,
+    mut f: impl FnMut(),
+) {
+    let mut samples = Vec::new();
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            be.synchronize().expect("sync");
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            be.synchronize().expect("sync");
+            let d = t.elapsed();
+            samples.push(d.as_secs_f64() / iters as f64);
+            d
+        })
+    });
+    if record && !samples.is_empty() {
+        ROWS.lock().unwrap().push(Row {
+            op: name.into(),
+            shape,
+            seconds: median(&mut samples),
+            bytes,
+            flops,
+            tensor: name.contains("bf16"),
+        });
+    }
+}
+
+/// Benchmarks every family on one backend; `gpu` adds the cuBLAS baseline and records rows.
+fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) {
+    let record = gpu.is_some();
     let mut rng = Rng::new(1);
     let mut group = c.benchmark_group(be.name());
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    let push = |op: &str, shape: String, mut samples: Vec<f64>, bytes: f64, flops: f64| {
-        if record && !samples.is_empty() {
-            ROWS.lock().unwrap().push(Row {
-                op: op.into(),
-                shape,
-                seconds: median(&mut samples),
-                bytes,
-                flops,
-            });
-        }
-    };
 
+    // pool: GeM forward / backward.
     let (n, ch, h, w) = GEM;
     let s = Gem::new(n, ch, h, w);
-    let x = filled(be, &mut rng, s.rows * s.hw, -0.1, 2.0);
+    let shape = format!("{n}x{ch}x{h}x{w}");
+    let x = filled(be, &mut rng, s.rows * s.hw, DType::F32);
     let mut y = be.zeros(DType::F32, s.rows).unwrap();
-    let mut samples = Vec::new();
-    group.bench_function("gem_fwd_f32", |b| {
-        b.iter_custom(|it| timed(be, it, &mut samples, || be.gem_fwd(&x, &mut y, s).unwrap()))
-    });
-    push(
+    let bytes = 4.0 * (s.rows * (s.hw + 1)) as f64;
+    measure(
+        &mut group,
+        be,
+        record,
         "gem_fwd_f32",
-        format!("{n}x{ch}x{h}x{w}"),
-        samples,
-        4.0 * (s.rows * (s.hw + 1)) as f64,
+        shape.clone(),
+        bytes,
         0.0,
+        || be.gem_fwd(&x, &mut y, s).unwrap(),
     );
-    let dy = filled(be, &mut rng, s.rows, -1.0, 1.0);
+    let dy = filled(be, &mut rng, s.rows, DType::F32);
     let mut dx = be.zeros(DType::F32, s.rows * s.hw).unwrap();
-    let mut samples = Vec::new();
-    group.bench_function("gem_bwd_f32", |b| {
-        b.iter_custom(|it| {
-            timed(be, it, &mut samples, || {
-                be.gem_bwd(&x, &y, &dy, &mut dx, s).unwrap()
-            })
-        })
-    });
-    push(
+    measure(
+        &mut group,
+        be,
+        record,
         "gem_bwd_f32",
-        format!("{n}x{ch}x{h}x{w}"),
-        samples,
-        4.0 * (2 * s.rows * (s.hw + 1)) as f64,
+        shape,
+        2.0 * bytes,
         0.0,
+        || be.gem_bwd(&x, &y, &dy, &mut dx, s).unwrap(),
     );
     drop((x, dx));
 
+    // norm: L2 forward / backward (y doubles as dy).
     let (rows, cols) = L2;
     let s = L2Norm::new(rows, cols);
-    let x = filled(be, &mut rng, rows * cols, -1.0, 1.0);
+    let shape = format!("{rows}x{cols}");
+    let x = filled(be, &mut rng, rows * cols, DType::F32);
     let mut y = be.zeros(DType::F32, rows * cols).unwrap();
-    let mut samples = Vec::new();
-    group.bench_function("l2norm_fwd_f32", |b| {
-        b.iter_custom(|it| {
-            timed(be, it, &mut samples, || {
-                be.l2norm_fwd(&x, &mut y, s).unwrap()
-            })
-        })
-    });
-    push(
+    let bytes = 4.0 * (rows * cols) as f64;
+    measure(
+        &mut group,
+        be,
+        record,
         "l2norm_fwd_f32",
-        format!("{rows}x{cols}"),
-        samples,
-        4.0 * (2 * rows * cols) as f64,
+        shape.clone(),
+        2.0 * bytes,
         0.0,
+        || be.l2norm_fwd(&x, &mut y, s).unwrap(),
     );
-    let mut samples = Vec::new();
-    // y doubles as dy: the backward reads x and dy and writes dx.
     let mut dx = be.zeros(DType::F32, rows * cols).unwrap();
-    group.bench_function("l2norm_bwd_f32", |b| {
-        b.iter_custom(|it| {
-            timed(be, it, &mut samples, || {
-                be.l2norm_bwd(&x, &y, &mut dx, s).unwrap()
-            })
-        })
-    });
-    push(
+    measure(
+        &mut group,
+        be,
+        record,
         "l2norm_bwd_f32",
-        format!("{rows}x{cols}"),
-        samples,
-        4.0 * (3 * rows * cols) as f64,
+        shape,
+        3.0 * bytes,
         0.0,
+        || be.l2norm_bwd(&x, &y, &mut dx, s).unwrap(),
     );
     drop((x, y, dx));
 
+    // gemm: queries . bank^T, ours in f32 and bf16, cuBLAS SGEMM beside them on a GPU.
     let (m, nn, k) = SIM;
-    let q = filled(be, &mut rng, m * k, -1.0, 1.0);
-    let bank = filled(be, &mut rng, nn * k, -1.0, 1.0);
-    let mut sim = be.zeros(DType::F32, m * nn).unwrap();
     let shape = MatMul::new(m, nn, k).tb();
-    let name = if be.name() == "cuda" {
-        "sgemm_cublas"
-    } else {
-        "sgemm_matrixmultiply"
-    };
-    let mut samples = Vec::new();
-    group.bench_function(name, |b| {
-        b.iter_custom(|it| {
-            timed(be, it, &mut samples, || {
-                be.matmul(&q, &bank, &mut sim, shape).unwrap()
-            })
-        })
-    });
-    let bytes = 4.0 * (m * k + nn * k + m * nn) as f64;
-    push(
-        name,
-        format!("{m}x{k} . ({nn}x{k})^T"),
-        samples,
-        bytes,
-        2.0 * (m * nn * k) as f64,
-    );
+    let label = format!("{m}x{k} . ({nn}x{k})^T");
+    let flops = 2.0 * (m * nn * k) as f64;
+    for dt in [DType::F32, DType::BF16] {
+        // The CPU's bf16 twin widens the 100k-row bank on every call: not worth timing.
+        if !be.supports(insclr::backend::Op::Matmul, dt) || (dt == DType::BF16 && gpu.is_none()) {
+            continue;
+        }
+        let q = filled(be, &mut rng, m * k, dt);
+        let bank = filled(be, &mut rng, nn * k, dt);
+        let mut sim = be.zeros(dt, m * nn).unwrap();
+        let bytes = (dt.size() * (m * k + nn * k + m * nn)) as f64;
+        let name = format!("matmul_{dt}");
+        measure(
+            &mut group,
+            be,
+            record,
+            &name,
+            label.clone(),
+            bytes,
+            flops,
+            || be.matmul(&q, &bank, &mut sim, shape).unwrap(),
+        );
+        if let (Some(cuda), DType::F32) = (gpu, dt) {
+            measure(
+                &mut group,
+                be,
+                record,
+                "sgemm_cublas",
+                label.clone(),
+                bytes,
+                flops,
+                || cuda.matmul_cublas(&q, &bank, &mut sim, shape).unwrap(),
+            );
+        }
+    }
     group.finish();
 }
 
 fn bench_cpu(c: &mut Criterion) {
-    bench_backend(c, insclr::backend::cpu(), false);
+    bench_backend(c, insclr::backend::cpu(), None);
 }
 
 fn bench_gpu(c: &mut Criterion) {
@@ -185,39 +214,50 @@ fn bench_gpu(c: &mut Criterion) {
             return;
         }
     };
-    bench_backend(c, &cuda, true);
+    bench_backend(c, &cuda, Some(&cuda));
     write_table(&cuda);
 }
 
 fn write_table(cuda: &CudaBackend) {
     let Some(info) = cuda.info() else { return };
-    let (bw, fl) = (info.peak_bandwidth(), info.peak_fp32_flops());
+    let (bw, f32_peak, tc_peak) = (
+        info.peak_bandwidth(),
+        info.peak_fp32_flops(),
+        info.peak_bf16_tensor_flops(),
+    );
     let mut out = format!(
-        "GPU: {} (sm_{}{}, driver CUDA {:?}), peak DRAM {:.0} GB/s, peak FP32 {:.1} TFLOP/s (from device attributes)\n\n\
-         | kernel | shape | time (us) | achieved GB/s | floor (us) | floor / time |\n|---|---|---|---|---|---|\n",
+        "GPU: {} (sm_{}{}, driver CUDA {:?}), peak DRAM {:.0} GB/s, FP32 {:.1} TFLOP/s, bf16 tensor {:.0} TFLOP/s (from device attributes)\n\n\
+         | kernel | shape | time (us) | achieved | floor (us) | floor / time | vs cuBLAS |\n|---|---|---|---|---|---|---|\n",
         info.name,
         info.compute_capability.0,
         info.compute_capability.1,
         info.driver,
         bw / 1e9,
-        fl / 1e12
+        f32_peak / 1e12,
+        tc_peak / 1e12
     );
-    for r in ROWS.lock().unwrap().iter() {
-        let floor = (r.bytes / bw).max(r.flops / fl);
-        let gflops = if r.flops > 0.0 {
-            format!(", {:.1} TFLOP/s", r.flops / r.seconds / 1e12)
+    let rows = ROWS.lock().unwrap();
+    for r in rows.iter() {
+        let peak = if r.tensor { tc_peak } else { f32_peak };
+        let floor = (r.bytes / bw).max(r.flops / peak);
+        let achieved = if r.flops > 0.0 {
+            format!("{:.1} TFLOP/s", r.flops / r.seconds / 1e12)
         } else {
-            String::new()
+            format!("{:.0} GB/s", r.bytes / r.seconds / 1e9)
         };
+        let vs = rows
+            .iter()
+            .find(|b| b.op == "sgemm_cublas" && b.shape == r.shape && r.op.starts_with("matmul"))
+            .map_or(String::new(), |b| format!("{:.2}x", b.seconds / r.seconds));
         out += &format!(
-            "| {} | {} | {:.1} | {:.0}{} | {:.1} | {:.0}% |\n",
+            "| {} | {} | {:.1} | {} | {:.1} | {:.0}% | {} |\n",
             r.op,
             r.shape,
             r.seconds * 1e6,
-            r.bytes / r.seconds / 1e9,
-            gflops,
+            achieved,
             floor * 1e6,
-            100.0 * floor / r.seconds
+            100.0 * floor / r.seconds,
+            vs
         );
     }
     println!("\n{out}");

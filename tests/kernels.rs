@@ -11,7 +11,7 @@ use common::{
 };
 use insclr::backend::cpu::{gemm, norm, pool};
 use insclr::backend::DType;
-use insclr::backend::{select_f32, Backend, DeviceChoice, Gem, L2Norm, MatMul, Op};
+use insclr::backend::{select_f32, Act, Backend, DeviceChoice, Gem, L2Norm, MatMul, Op};
 use insclr::rng::Rng;
 
 fn gem_cpu(x: &[f32], s: Gem) -> Vec<f32> {
@@ -219,15 +219,10 @@ fn shape_mismatches_are_errors_not_panics() {
     assert!(err.contains("different dtypes"), "{err}");
     let xb = be.zeros(DType::BF16, 4).unwrap();
     let err = be
-        .matmul(
-            &xb,
-            &xb,
-            &mut be.zeros(DType::BF16, 4).unwrap(),
-            MatMul::new(2, 2, 2),
-        )
+        .act_fwd(&xb, &mut be.zeros(DType::BF16, 4).unwrap(), Act::Relu)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("matmul on bf16"), "{err}");
+    assert!(err.contains("act_fwd on bf16"), "{err}");
 }
 
 // ---- the CUDA kernels versus the CPU twin, on the GPU or the emulated GPU ----------------
@@ -312,24 +307,54 @@ fn kernel_l2norm_matches_cpu() {
     }
 }
 
+/// GEMM sizes around both kernels' tiles (64 and 128) and BK (8, 16, 32), plus the
+/// query-batch-against-a-bank shape and an empty sum.
+const MATMUL_SIZES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (7, 5, 3),
+    (63, 65, 17),
+    (64, 64, 16),
+    (127, 129, 33),
+    (128, 128, 32),
+    (129, 127, 31),
+    (200, 300, 40),
+    (64, 100, 2048),
+    (4, 9, 0),
+];
+
 #[test]
-fn kernel_matmul_matches_naive() {
-    let dev = kernel_device("kernel_matmul_matches_naive");
-    let be: &dyn Backend = &dev;
-    let sizes = [(1, 1, 1), (7, 5, 3), (64, 100, 2048), (33, 17, 65)];
-    for_each_matmul_case(23, &sizes, |s, a, b, c0| {
-        let mut want = c0.to_vec();
-        gemm::matmul_naive(a, b, &mut want, s);
-        let (ad, bd) = (be.upload(a).unwrap(), be.upload(b).unwrap());
-        let mut cd = be.upload(c0).unwrap();
-        be.matmul(&ad, &bd, &mut cd, s).unwrap();
-        let got = be.download::<f32>(&cd).unwrap();
-        assert!(
-            rel_err(&got, &want) < 1e-5,
-            "{s:?}: {}",
-            rel_err(&got, &want)
-        );
-    });
+fn kernel_matmul_matches_cpu() {
+    let dev = kernel_device("kernel_matmul_matches_cpu");
+    for (dt, tol) in FLOAT_DTYPES {
+        for &(m, n, k) in MATMUL_SIZES {
+            for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+                // beta = 0 must not read C: it starts as NaN there.
+                for (alpha, beta) in [(0.5f32, 0.25f32), (1.0, 0.0)] {
+                    let s = MatMul {
+                        m,
+                        n,
+                        k,
+                        trans_a,
+                        trans_b,
+                        alpha,
+                        beta,
+                    };
+                    matches_cpu(&format!("{dt} {s:?}"), &dev, tol, |be| {
+                        let mut rng = Rng::new(23 + (m * 31 + n * 7 + k) as u64);
+                        let a = upload_as(be, &rng.vec_f32(m * k, -1.0, 1.0), dt)?;
+                        let b = upload_as(be, &rng.vec_f32(k * n, -1.0, 1.0), dt)?;
+                        let mut c = if beta == 0.0 {
+                            poisoned_as(be, m * n, dt)
+                        } else {
+                            upload_as(be, &rng.vec_f32(m * n, -1.0, 1.0), dt)?
+                        };
+                        be.matmul(&a, &b, &mut c, s)?;
+                        Ok(vec![("C".into(), download_f32(be, &c)?)])
+                    });
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Matrix products: `C = alpha op(A) op(B) + beta C`, row-major (similarities, linear layers,
-//! their gradients). cuBLAS serves it on a GPU until `kernels/gemm.cu` lands.
+//! their gradients), f32 or bf16 (f32 accumulation). Kernels in `kernels/gemm.cu`.
 
 use super::{not_implemented, same_dtype, Backend, Buf, Checked, Op};
 use anyhow::{bail, Result};
@@ -53,7 +53,7 @@ impl MatMul {
         MatMul { beta: 1.0, ..self }
     }
 
-    fn check(self, a: &Buf, b: &Buf, c: &Buf) -> Result<Checked<Self>> {
+    pub(crate) fn check(self, a: &Buf, b: &Buf, c: &Buf) -> Result<Checked<Self>> {
         let (m, n, k) = (self.m, self.n, self.k);
         if a.len() != m * k || b.len() != k * n || c.len() != m * n {
             bail!(

@@ -562,7 +562,8 @@ pub fn select(choice: DeviceChoice, needs: &[(Op, DType)]) -> Result<(Box<dyn Ba
         DeviceChoice::Cpu => checked(Box::new(CpuBackend::new())),
         DeviceChoice::Emu => checked(Box::new(CudaBackend::emu())),
         DeviceChoice::Cuda => checked(Box::new(
-            CudaBackend::new(0).context("--device cuda (use --device auto or cpu without a GPU)")?,
+            CudaBackend::new(0)
+                .context("--device cuda (use --device auto or cpu without a GPU)")?,
         )),
         DeviceChoice::Auto => {
             let cpu = Box::new(CpuBackend::new());

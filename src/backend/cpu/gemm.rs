@@ -1,6 +1,7 @@
 //! Row-major f32 matrix product on the CPU through `matrixmultiply` (packed, SIMD,
 //! multi-threaded), reading transposes through strides instead of copying.
 
+use super::{widen, with_f32_out};
 use crate::backend::{Buf, Checked, MatMul};
 use anyhow::Result;
 
@@ -22,8 +23,10 @@ pub fn matmul_f32(a: &[f32], b: &[f32], c: &mut [f32], s: MatMul) {
         (n as isize, 1)
     };
     if k == 0 {
-        // matrixmultiply leaves C untouched for k = 0; the product is an empty sum.
-        c.iter_mut().for_each(|v| *v *= s.beta);
+        // matrixmultiply leaves C untouched for k = 0; the product is an empty sum, and beta = 0
+        // overwrites C without reading it (it may hold NaN).
+        c.iter_mut()
+            .for_each(|v| *v = if s.beta == 0.0 { 0.0 } else { *v * s.beta });
         return;
     }
     // SAFETY: the caller checked that a, b, c hold m*k, k*n and m*n elements; the strides
@@ -78,7 +81,8 @@ pub fn matmul_naive(a: &[f32], b: &[f32], c: &mut [f32], s: MatMul) {
 
 impl crate::backend::GemmOps for super::CpuBackend {
     fn matmul(&self, a: &Buf, b: &Buf, c: &mut Buf, s: Checked<MatMul>) -> Result<()> {
-        matmul_f32(a.host()?, b.host()?, c.host_mut()?, *s);
-        Ok(())
+        let (a, b) = (widen(a)?, widen(b)?);
+        // beta != 0 reads C: a bf16 C is widened first.
+        with_f32_out(c, s.beta != 0.0, |c| matmul_f32(&a, &b, c, *s))
     }
 }

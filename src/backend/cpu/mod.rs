@@ -16,7 +16,13 @@ use half::bf16;
 use std::borrow::Cow;
 
 /// Ops whose twin also takes bf16 buffers.
-pub const BF16_OPS: &[Op] = &[Op::GemFwd, Op::GemBwd, Op::L2normFwd, Op::L2normBwd];
+pub const BF16_OPS: &[Op] = &[
+    Op::Matmul,
+    Op::GemFwd,
+    Op::GemBwd,
+    Op::L2normFwd,
+    Op::L2normBwd,
+];
 
 /// A buffer's elements as f32: borrowed for f32, widened from bf16.
 fn widen(b: &Buf) -> Result<Cow<'_, [f32]>> {
@@ -26,14 +32,18 @@ fn widen(b: &Buf) -> Result<Cow<'_, [f32]>> {
     })
 }
 
-/// Runs `f` on an f32 view of `out`: in place for f32, through a temporary rounded to nearest
-/// even for bf16.
-fn with_f32_out(out: &mut Buf, f: impl FnOnce(&mut [f32])) -> Result<()> {
+/// Runs `f` on an f32 view of `out`: in place for f32; for bf16 through a temporary (holding
+/// the current values widened when `keep`, else zeros) rounded back to nearest even.
+fn with_f32_out(out: &mut Buf, keep: bool, f: impl FnOnce(&mut [f32])) -> Result<()> {
     if out.dtype() != DType::BF16 {
         f(out.host_mut::<f32>()?);
         return Ok(());
     }
-    let mut tmp = vec![0.0f32; out.len()];
+    let mut tmp = if keep {
+        widen(out)?.into_owned()
+    } else {
+        vec![0.0f32; out.len()]
+    };
     f(&mut tmp);
     for (o, v) in out.host_mut::<bf16>()?.iter_mut().zip(&tmp) {
         *o = bf16::from_f32(*v);

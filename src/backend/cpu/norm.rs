@@ -219,12 +219,12 @@ pub fn batchnorm_bwd_f32(
 impl crate::backend::NormOps for super::CpuBackend {
     fn l2norm_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<L2Norm>) -> Result<()> {
         let x = widen(x)?;
-        with_f32_out(y, |y| l2norm_fwd_f32(&x, y, *s))
+        with_f32_out(y, false, |y| l2norm_fwd_f32(&x, y, *s))
     }
 
     fn l2norm_bwd(&self, x: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<L2Norm>) -> Result<()> {
         let (x, dy) = (widen(x)?, widen(dy)?);
-        with_f32_out(dx, |dx| l2norm_bwd_f32(&x, &dy, dx, *s))
+        with_f32_out(dx, false, |dx| l2norm_bwd_f32(&x, &dy, dx, *s))
     }
 
     fn batchnorm_fwd_train(

@@ -99,12 +99,12 @@ pub fn maxpool_bwd_f32(x: &[f32], dy: &[f32], dx: &mut [f32], s: MaxPool) {
 impl crate::backend::PoolOps for super::CpuBackend {
     fn gem_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<Gem>) -> Result<()> {
         let x = widen(x)?;
-        with_f32_out(y, |y| gem_fwd_f32(&x, y, *s))
+        with_f32_out(y, false, |y| gem_fwd_f32(&x, y, *s))
     }
 
     fn gem_bwd(&self, x: &Buf, y: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<Gem>) -> Result<()> {
         let (x, y, dy) = (widen(x)?, widen(y)?, widen(dy)?);
-        with_f32_out(dx, |dx| gem_bwd_f32(&x, &y, &dy, dx, *s))
+        with_f32_out(dx, false, |dx| gem_bwd_f32(&x, &y, &dy, dx, *s))
     }
 
     fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<MaxPool>) -> Result<()> {

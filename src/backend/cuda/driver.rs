@@ -59,6 +59,17 @@ impl DeviceInfo {
         };
         self.multiprocessors as f64 * lanes * 2.0 * self.sm_clock_khz as f64 * 1e3
     }
+
+    /// Peak dense bf16 tensor-core FLOP/s: 4096 flops per SM per clock on sm_90 (989 TFLOP/s on
+    /// an H100 SXM), 2048 on sm_80 / sm_86 / sm_89.
+    pub fn peak_bf16_tensor_flops(&self) -> f64 {
+        let per_clock = if self.compute_capability.0 >= 9 {
+            4096.0
+        } else {
+            2048.0
+        };
+        self.multiprocessors as f64 * per_clock * self.sm_clock_khz as f64 * 1e3
+    }
 }
 
 /// A GPU with its stream, cuBLAS handle and the embedded kernels, by name.

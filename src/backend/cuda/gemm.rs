@@ -1,65 +1,120 @@
-//! GEMM: cuBLAS on a GPU (the baseline our own kernel will be measured against), the CPU twin
-//! on the emulator until `kernels/gemm.cu` exists.
+//! Launchers for kernels/gemm.cu, and cuBLAS SGEMM: the baseline `cargo bench` measures our
+//! kernels against, and a fallback on a GPU with `INSCLR_GEMM=cublas`.
 
-use super::device::Layer;
-use super::CudaBackend;
-use crate::backend::{cpu, Buf, Checked, GemmOps, MatMul};
-use anyhow::{anyhow, Result};
-use cudarc::cublas::sys::cublasOperation_t as Op;
+use super::device::{Args, Launch, Layer};
+use super::{int, CudaBackend};
+use crate::backend::{Buf, Checked, DType, GemmOps, MatMul, Op};
+use anyhow::{anyhow, bail, Result};
+use cudarc::cublas::sys::cublasOperation_t as CublasOp;
+
+/// Block tiles (m, n) of the kernels: `matmul_f32` for outputs at least this large in both
+/// dimensions, `matmul_small_f32` otherwise; `matmul_bf16` always.
+const F32_TILE: (usize, usize) = (128, 128);
+const F32_SMALL_TILE: (usize, usize) = (64, 64);
+const BF16_TILE: (usize, usize) = (128, 128);
+
+/// True when `INSCLR_GEMM=cublas` routes f32 products on a GPU to cuBLAS.
+fn cublas_requested() -> bool {
+    std::env::var("INSCLR_GEMM").is_ok_and(|v| v == "cublas")
+}
 
 impl GemmOps for CudaBackend {
     fn matmul(&self, a: &Buf, b: &Buf, c: &mut Buf, s: Checked<MatMul>) -> Result<()> {
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
-        match self.layer() {
-            Layer::Gpu(gpu) => sgemm_cublas(gpu, a, b, c, *s),
-            Layer::Emu(_) => {
-                let (a, b) = (a.dev()?.emu_bytes()?, b.dev()?.emu_bytes()?);
-                let c = c.dev_mut()?.emu_bytes_mut()?;
-                cpu::gemm::matmul_f32(
-                    bytemuck::cast_slice(a),
-                    bytemuck::cast_slice(b),
-                    bytemuck::cast_slice_mut(c),
-                    *s,
-                );
-                Ok(())
+        if a.dtype() == DType::F32 && cublas_requested() {
+            if let Layer::Gpu(_) = self.layer() {
+                return self.matmul_cublas(a, b, c, *s);
             }
         }
+        let (kernel, (tm, tn)) = match a.dtype() {
+            DType::BF16 => ("matmul_bf16".to_string(), BF16_TILE),
+            _ if s.m >= F32_TILE.0 && s.n >= F32_TILE.1 => (Op::Matmul.kernel(a.dtype()), F32_TILE),
+            _ => ("matmul_small_f32".to_string(), F32_SMALL_TILE),
+        };
+        let grid_y = s.m.div_ceil(tm);
+        if grid_y > 65_535 {
+            bail!(
+                "matmul: m = {} needs {grid_y} row blocks, over the grid's 65535",
+                s.m
+            );
+        }
+        let cfg = Launch {
+            grid: (s.n.div_ceil(tn) as u32, grid_y as u32, 1),
+            block: (256, 1, 1),
+            smem: 0,
+        };
+        let args = Args::new()
+            .ptr(a.dev()?)
+            .ptr(b.dev()?)
+            .ptr(c.dev_mut()?)
+            .i32(int(s.m, "matmul m")?)
+            .i32(int(s.n, "matmul n")?)
+            .i32(int(s.k, "matmul k")?)
+            .i32(s.trans_a as i32)
+            .i32(s.trans_b as i32)
+            .f32(s.alpha)
+            .f32(s.beta);
+        int(s.m * s.k, "matmul A elements")?;
+        int(s.k * s.n, "matmul B elements")?;
+        // SAFETY: arguments match matmul_*(A, B, C, m, n, k, trans_a, trans_b, alpha, beta); the
+        // shape was checked: A, B, C hold m*k, k*n, m*n elements of one dtype, the kernel's.
+        unsafe { self.launch(&kernel, cfg, args) }
     }
 }
 
-/// Row-major `C = alpha op(A) op(B) + beta C` as the column-major `C^T = op(B)^T op(A)^T`.
-fn sgemm_cublas(gpu: &super::driver::Gpu, a: &Buf, b: &Buf, c: &mut Buf, s: MatMul) -> Result<()> {
-    let int = |v: usize| {
-        i32::try_from(v).map_err(|_| anyhow!("sgemm: size {v} exceeds cuBLAS's int range"))
-    };
-    let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
-    let (m, n, k) = (int(s.n)?, int(s.m)?, int(s.k)?);
-    let lda = int(if s.trans_b { s.k } else { s.n }.max(1))?;
-    let ldb = int(if s.trans_a { s.m } else { s.k }.max(1))?;
-    let ldc = int(s.n)?;
-    let (pa, pb, pc) = (a.dev()?.ptr(), b.dev()?.ptr(), c.dev_mut()?.ptr());
-    gpu.bind()?;
-    // SAFETY: the shape was checked: a, b, c hold m*k, k*n and m*n f32, which is what these
-    // leading dimensions address; the handle's stream is the backend's stream.
-    unsafe {
-        cudarc::cublas::result::sgemm(
-            *gpu.blas.handle(),
-            op(s.trans_b),
-            op(s.trans_a),
-            m,
-            n,
-            k,
-            &s.alpha,
-            pb as *const f32,
-            lda,
-            pa as *const f32,
-            ldb,
-            &s.beta,
-            pc as *mut f32,
-            ldc,
-        )
+impl CudaBackend {
+    /// `C = alpha op(A) op(B) + beta C` through cuBLAS SGEMM (f32, GPU only): the baseline of
+    /// `cargo bench`. Checks the shape like `matmul`.
+    pub fn matmul_cublas(&self, a: &Buf, b: &Buf, c: &mut Buf, s: MatMul) -> Result<()> {
+        let Layer::Gpu(gpu) = self.layer() else {
+            bail!("cuBLAS runs on a GPU only");
+        };
+        let s = *s.check(a, b, c)?;
+        if a.dtype() != DType::F32 {
+            bail!("the cuBLAS baseline is SGEMM: f32 only, got {}", a.dtype());
+        }
+        if s.m == 0 || s.n == 0 {
+            return Ok(());
+        }
+        let int = |v: usize| {
+            i32::try_from(v).map_err(|_| anyhow!("sgemm: size {v} exceeds cuBLAS's int range"))
+        };
+        let op = |t: bool| {
+            if t {
+                CublasOp::CUBLAS_OP_T
+            } else {
+                CublasOp::CUBLAS_OP_N
+            }
+        };
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
+        let (m, n, k) = (int(s.n)?, int(s.m)?, int(s.k)?);
+        let lda = int(if s.trans_b { s.k } else { s.n }.max(1))?;
+        let ldb = int(if s.trans_a { s.m } else { s.k }.max(1))?;
+        let ldc = int(s.n)?;
+        let (pa, pb, pc) = (a.dev()?.ptr(), b.dev()?.ptr(), c.dev_mut()?.ptr());
+        gpu.bind()?;
+        // SAFETY: the shape was checked: a, b, c hold m*k, k*n and m*n f32, which is what these
+        // leading dimensions address; the handle's stream is the backend's stream.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *gpu.blas.handle(),
+                op(s.trans_b),
+                op(s.trans_a),
+                m,
+                n,
+                k,
+                &s.alpha,
+                pb as *const f32,
+                lda,
+                pa as *const f32,
+                ldb,
+                &s.beta,
+                pc as *mut f32,
+                ldc,
+            )
+        }
+        .map_err(|e| anyhow!("cublasSgemm m={} n={} k={}: {e}", s.m, s.n, s.k))
     }
-    .map_err(|e| anyhow!("cublasSgemm m={} n={} k={}: {e}", s.m, s.n, s.k))
 }

@@ -1,8 +1,8 @@
 //! The CUDA backend: one file per `kernels/*.cu` family, each a launch shape plus a thin safe
 //! wrapper per kernel, over a device layer ([`device`]) with two implementations: a real GPU
 //! through the CUDA driver ([`driver`]) and the emulated GPU ([`emu`]), which runs the same
-//! kernel sources on the CPU. cuBLAS serves GEMM on a GPU until our own GEMM lands (and stays as
-//! the baseline in `cargo bench`); the emulator uses the CPU twin for it.
+//! kernel sources on the CPU. cuBLAS stays as the GEMM baseline in `cargo bench` (and a fallback
+//! with `INSCLR_GEMM=cublas`).
 
 pub mod device;
 pub mod driver;
@@ -109,8 +109,7 @@ impl Backend for CudaBackend {
                 )
             }
             Layer::Emu(e) => format!(
-                "emulated GPU on the CPU ({} kernels; GEMM on the CPU twin until kernels/gemm.cu \
-                 exists; seed {}; proves logic, not speed)",
+                "emulated GPU on the CPU ({} kernels; seed {}; proves logic, not speed)",
                 self.kernels.len(),
                 e.seed()
             ),
@@ -118,11 +117,7 @@ impl Backend for CudaBackend {
     }
 
     fn supports(&self, op: Op, dtype: DType) -> bool {
-        match op {
-            // cuBLAS SGEMM on a GPU, the CPU twin on the emulator.
-            Op::Matmul => dtype == DType::F32,
-            _ => self.kernels.contains(&op.kernel(dtype)),
-        }
+        self.kernels.contains(&op.kernel(dtype))
     }
 
     fn zeros(&self, dtype: DType, len: usize) -> Result<Buf> {
