@@ -10,7 +10,7 @@
 //! bench_results/).
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use insclr::backend::{Backend, Buf, CudaBackend, DType, Gem, L2Norm, MatMul};
+use insclr::backend::{Backend, Buf, CudaBackend, DType, Gem, Knn, L2Norm, MatMul, TopK};
 use insclr::rng::Rng;
 use std::io::Write;
 use std::sync::Mutex;
@@ -199,6 +199,52 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
             );
         }
     }
+
+    // select: top-500 of each row of the 64 x 100k similarity block, and the streamed search
+    // (GEMM + running top-500) on the same shape: its cost over matmul_f32 is the top-k's.
+    let k500 = 500;
+    let scores = filled(be, &mut rng, m * nn, DType::F32);
+    let (mut val, mut idx) = (
+        be.zeros(DType::F32, m * k500).unwrap(),
+        be.zeros(DType::U32, m * k500).unwrap(),
+    );
+    let s = TopK {
+        rows: m,
+        n: nn,
+        k: k500,
+    };
+    let bytes = 4.0 * (m * nn + 2 * m * k500) as f64;
+    measure(
+        &mut group,
+        be,
+        record,
+        "topk_f32",
+        format!("{m}x{nn}, k {k500}"),
+        bytes,
+        0.0,
+        || be.topk(&scores, &mut val, &mut idx, s).unwrap(),
+    );
+    drop(scores);
+    let q = filled(be, &mut rng, m * k, DType::F32);
+    let bank = filled(be, &mut rng, nn * k, DType::F32);
+    let s = Knn {
+        nq: m,
+        ndb: nn,
+        dim: k,
+        k: k500,
+        tile: 16_384,
+    };
+    let bytes = 4.0 * (m * k + nn * k) as f64;
+    measure(
+        &mut group,
+        be,
+        record,
+        "knn_f32",
+        format!("{label}, k {k500}"),
+        bytes,
+        flops,
+        || be.knn(&q, &bank, None, &mut val, &mut idx, s).unwrap(),
+    );
     group.finish();
 }
 

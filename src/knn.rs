@@ -1,21 +1,15 @@
 //! Exact inner-product nearest neighbours, streamed in tiles: the one top-k search behind the
 //! candidate pool (`mining::pool`) and retrieval ranking (`eval::rank`).
 //!
-//! Queries are scored against the database one `query_block x db_tile` block at a time, each
-//! block one [`Backend::matmul`] (cuBLAS on the CUDA backend). Per query only a running top-k
-//! survives a block, so memory is O(query_block * db_tile + nq * k) beyond the uploaded
-//! descriptors: the `nq x ndb` score matrix never exists.
-//!
-//! Order is deterministic: score descending, then database index ascending. The running top-k
-//! is a bounded heap whose root is the worst kept candidate; database rows arrive in ascending
-//! index (tiles in order, rows in order within a tile), so a later row enters only with a
-//! strictly greater score than the root, which is exactly the (score desc, index asc) rule.
+//! Queries are scored against the database one `query_block x db_tile` block at a time by the
+//! backend's streamed search ([`Backend::knn`]: our GEMM and a running top-k per query on CUDA,
+//! the CPU GEMM and a heap per query on the CPU). Per query only a running top-k survives a
+//! block, so memory is O(query_block * db_tile + nq * k) beyond the uploaded descriptors: the
+//! `nq x ndb` score matrix never exists. Order is deterministic: score descending, then
+//! database index ascending.
 
-use crate::backend::DType;
-use crate::backend::{Backend, Buf, MatMul};
+use crate::backend::{Backend, Buf, DType, Knn, MatMul};
 use anyhow::{bail, Result};
-use rayon::prelude::*;
-use std::ops::Range;
 
 /// Tile sizes of the streaming loops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,129 +180,11 @@ pub fn for_each_tile(
     Ok(())
 }
 
-/// Scores tested together before any is looked at one by one (see [`Heap::offer`]).
-const SCAN_CHUNK: usize = 64;
-
-/// A running top-k of one query in a flat slice: a binary heap whose root is the worst kept
-/// candidate (lowest score; on equal scores the highest index, which is the latest arrival).
-struct Heap<'a> {
-    s: &'a mut [f32],
-    j: &'a mut [u32],
-    len: &'a mut usize,
-}
-
-impl Heap<'_> {
-    /// True when candidate `a` ranks worse than candidate `b`.
-    #[inline]
-    fn worse(sa: f32, ja: u32, sb: f32, jb: u32) -> bool {
-        sa < sb || (sa == sb && ja > jb)
-    }
-
-    /// Offers rows `j0..j0+row.len()` with scores `row`, in ascending index.
-    fn offer(&mut self, row: &[f32], j0: usize) {
-        let fill = (self.s.len() - *self.len).min(row.len());
-        for (jj, &v) in row[..fill].iter().enumerate() {
-            self.push(v, (j0 + jj) as u32);
-        }
-        if fill == row.len() {
-            return;
-        }
-        let mut thr = self.s[0];
-        let base = j0 + fill;
-        for (c, chunk) in row[fill..].chunks(SCAN_CHUNK).enumerate() {
-            // Past the first few tiles almost no chunk holds a score above the k-th best: a
-            // branch-free (vectorised) count rejects the chunk without a branch per score.
-            let hits = chunk.iter().fold(0u32, |n, &v| n + u32::from(v > thr));
-            if hits == 0 {
-                continue;
-            }
-            for (jj, &v) in chunk.iter().enumerate() {
-                // An equal score arrives with a larger index than every kept one: it never enters.
-                if v > thr {
-                    self.replace_root(v, (base + c * SCAN_CHUNK + jj) as u32);
-                    thr = self.s[0];
-                }
-            }
-        }
-    }
-
-    fn push(&mut self, v: f32, j: u32) {
-        let mut c = *self.len;
-        *self.len += 1;
-        while c > 0 {
-            let p = (c - 1) / 2;
-            if !Self::worse(v, j, self.s[p], self.j[p]) {
-                break;
-            }
-            self.s[c] = self.s[p];
-            self.j[c] = self.j[p];
-            c = p;
-        }
-        self.s[c] = v;
-        self.j[c] = j;
-    }
-
-    fn replace_root(&mut self, v: f32, j: u32) {
-        let n = *self.len;
-        let mut c = 0;
-        loop {
-            let l = 2 * c + 1;
-            if l >= n {
-                break;
-            }
-            let r = l + 1;
-            let w = if r < n && Self::worse(self.s[r], self.j[r], self.s[l], self.j[l]) {
-                r
-            } else {
-                l
-            };
-            if !Self::worse(self.s[w], self.j[w], v, j) {
-                break;
-            }
-            self.s[c] = self.s[w];
-            self.j[c] = self.j[w];
-            c = w;
-        }
-        self.s[c] = v;
-        self.j[c] = j;
-    }
-
-    /// Sorts the kept candidates best first (score desc, index asc), in place.
-    fn into_sorted(self) {
-        let n = *self.len;
-        let mut pairs: Vec<(f32, u32)> = self.s[..n]
-            .iter()
-            .copied()
-            .zip(self.j[..n].iter().copied())
-            .collect();
-        pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (p, (v, j)) in pairs.into_iter().enumerate() {
-            self.s[p] = v;
-            self.j[p] = j;
-        }
-    }
-}
-
-/// The running top-k of queries `rows`, one [`Heap`] each over the flat `nq x k` state, for a
-/// parallel loop.
-fn heaps<'a>(
-    score: &'a mut [f32],
-    index: &'a mut [u32],
-    len: &'a mut [usize],
-    k: usize,
-    rows: Range<usize>,
-) -> impl IndexedParallelIterator<Item = Heap<'a>> {
-    score[rows.start * k..rows.end * k]
-        .par_chunks_mut(k)
-        .zip(index[rows.start * k..rows.end * k].par_chunks_mut(k))
-        .zip(len[rows].par_iter_mut())
-        .map(|((s, j), len)| Heap { s, j, len })
-}
-
 /// The `k` highest-scoring database rows of every query, best first (score desc, index asc),
 /// skipping the rows `exclude` names. `k` is capped by the candidates each query has (`ndb`,
-/// or `ndb - 1` with an exclusion). `progress` is told, after every block, how many queries'
-/// worth of scoring it finished (the counts sum to `nq`).
+/// or `ndb - 1` with an exclusion). The database is uploaded once; each block of
+/// `tiling.query_block` queries is one [`Backend::knn`] call (streamed over `tiling.db_tile`
+/// database rows at a time), after which `progress` is told how many queries it finished.
 pub fn top_k(
     be: &dyn Backend,
     pair: Pair,
@@ -326,32 +202,43 @@ pub fn top_k(
     let k = k.min(ndb - usize::from(exclude.is_some() && ndb > 0));
     let mut score = vec![0f32; nq * k];
     let mut index = vec![0u32; nq * k];
-    let mut len = vec![0usize; nq];
     if k == 0 {
         progress(nq);
         return Ok(Neighbors { k, index, score });
     }
-    let (mut done, mut told) = (0u128, 0usize);
-    for_each_tile(be, pair, tiling, |q0, j0, s, nqb, nt| {
-        heaps(&mut score, &mut index, &mut len, k, q0..q0 + nqb)
-            .zip(s.par_chunks(nt))
-            .enumerate()
-            .for_each(|(r, (mut heap, row))| {
-                // Splitting the row around the excluded column keeps the scan loop branch-free.
-                match exclude.of(q0 + r) {
-                    Some(x) if (j0..j0 + nt).contains(&x) => {
-                        heap.offer(&row[..x - j0], j0);
-                        heap.offer(&row[x - j0 + 1..], x + 1);
-                    }
-                    _ => heap.offer(row, j0),
-                }
-            });
-        done += (nqb * nt) as u128;
-        let now = (done / ndb as u128) as usize;
-        progress(now - told);
-        told = now;
-    })?;
-    heaps(&mut score, &mut index, &mut len, k, 0..nq).for_each(Heap::into_sorted);
+    let d = pair.dim;
+    let db = be.upload(pair.db)?;
+    let qb = tiling.query_block.max(1);
+    let (mut val, mut idx) = (Buf::empty(DType::F32), Buf::empty(DType::U32));
+    for q0 in (0..nq).step_by(qb) {
+        let n = qb.min(nq - q0);
+        let q = be.upload(&pair.queries[q0 * d..(q0 + n) * d])?;
+        let skip = match exclude {
+            Exclude::Nothing => None,
+            _ => {
+                let x: Vec<i64> = (q0..q0 + n)
+                    .map(|r| exclude.of(r).unwrap() as i64)
+                    .collect();
+                Some(be.upload(&x)?)
+            }
+        };
+        // Only the short last block changes the size; a full block reuses the buffers.
+        if val.len() != n * k {
+            val = be.zeros(DType::F32, n * k)?;
+            idx = be.zeros(DType::U32, n * k)?;
+        }
+        let shape = Knn {
+            nq: n,
+            ndb,
+            dim: d,
+            k,
+            tile: tiling.db_tile.max(1),
+        };
+        be.knn(&q, &db, skip.as_ref(), &mut val, &mut idx, shape)?;
+        score[q0 * k..(q0 + n) * k].copy_from_slice(&be.host_view::<f32>(&val)?);
+        index[q0 * k..(q0 + n) * k].copy_from_slice(&be.host_view::<u32>(&idx)?);
+        progress(n);
+    }
     if let Some(p) = score.iter().position(|v| !v.is_finite()) {
         bail!(
             "top-k: query {} scores {} against database row {}: the dot product overflowed f32; \

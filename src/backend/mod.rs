@@ -22,6 +22,7 @@ pub mod eltwise;
 pub mod gemm;
 pub mod norm;
 pub mod pool;
+pub mod select;
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::borrow::Cow;
@@ -34,6 +35,7 @@ pub use eltwise::{Act, Eltwise, EltwiseOps};
 pub use gemm::{GemmOps, MatMul};
 pub use norm::{BatchNorm, L2Norm, NormOps, L2_EPS};
 pub use pool::{Gem, MaxPool, PoolOps, GEM_EPS};
+pub use select::{Knn, SelectOps, TopK, TOPK_MAX};
 
 /// Element type of a buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -244,6 +246,14 @@ fn check_len(what: &dyn fmt::Debug, want: usize, bufs: &[&Buf]) -> Result<()> {
     Ok(())
 }
 
+/// Checks that each buffer has its dtype.
+fn check_dtypes(what: &dyn fmt::Debug, bufs: &[(&Buf, DType)]) -> Result<()> {
+    if let Some((b, want)) = bufs.iter().find(|(b, want)| b.dtype() != *want) {
+        bail!("{what:?}: a buffer of {}, expected {want}", b.dtype());
+    }
+    Ok(())
+}
+
 /// Checks that all `bufs` share one dtype and returns it.
 fn same_dtype(what: &dyn fmt::Debug, bufs: &[&Buf]) -> Result<DType> {
     let dt = bufs.first().map_or(DType::F32, |b| b.dtype());
@@ -275,11 +285,13 @@ pub enum Op {
     AddFwd,
     ActFwd,
     ActBwd,
+    Topk,
+    Knn,
 }
 
 impl Op {
     /// Every op, in family order.
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 18] = [
         Op::Matmul,
         Op::GemFwd,
         Op::GemBwd,
@@ -296,6 +308,8 @@ impl Op {
         Op::AddFwd,
         Op::ActFwd,
         Op::ActBwd,
+        Op::Topk,
+        Op::Knn,
     ];
 
     /// The op's name, the stem of its kernels' names.
@@ -317,6 +331,8 @@ impl Op {
             Op::AddFwd => "add_fwd",
             Op::ActFwd => "act_fwd",
             Op::ActBwd => "act_bwd",
+            Op::Topk => "topk",
+            Op::Knn => "knn",
         }
     }
 
@@ -332,6 +348,7 @@ impl Op {
             | Op::BatchnormBwd => "norm",
             Op::Conv2dFwd | Op::Conv2dBwdData | Op::Conv2dBwdWeight => "conv",
             Op::AddFwd | Op::ActFwd | Op::ActBwd => "eltwise",
+            Op::Topk | Op::Knn => "select",
         }
     }
 
@@ -390,6 +407,7 @@ pub trait Backend: Send + Sync {
     fn norm(&self) -> &dyn NormOps;
     fn conv(&self) -> &dyn ConvOps;
     fn eltwise(&self) -> &dyn EltwiseOps;
+    fn select(&self) -> &dyn SelectOps;
 }
 
 /// The family accessors of a backend that implements every family trait itself.
@@ -408,6 +426,9 @@ macro_rules! family_accessors {
             self
         }
         fn eltwise(&self) -> &dyn $crate::backend::EltwiseOps {
+            self
+        }
+        fn select(&self) -> &dyn $crate::backend::SelectOps {
             self
         }
     };

@@ -9,6 +9,7 @@ pub mod eltwise;
 pub mod gemm;
 pub mod norm;
 pub mod pool;
+pub mod select;
 
 use super::{Backend, Buf, DType, Device, Op};
 use anyhow::{bail, Result};

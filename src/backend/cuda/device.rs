@@ -220,8 +220,27 @@ impl Args {
         self.push(m.ptr, 8)
     }
 
+    /// A device pointer `offset` bytes into `m` (panics past its end: a launcher bug).
+    pub fn ptr_at(self, m: &DevMem, offset: usize) -> Args {
+        assert!(
+            offset <= m.bytes,
+            "pointer offset {offset} past a {}-byte buffer",
+            m.bytes
+        );
+        self.push(m.ptr + offset as u64, 8)
+    }
+
+    /// A null pointer (an optional input left out).
+    pub fn null(self) -> Args {
+        self.push(0, 8)
+    }
+
     pub fn i32(self, v: i32) -> Args {
         self.push(v as u32 as u64, 4)
+    }
+
+    pub fn u32(self, v: u32) -> Args {
+        self.push(v as u64, 4)
     }
 
     pub fn f32(self, v: f32) -> Args {

@@ -1,7 +1,7 @@
 //! Launchers for kernels/gemm.cu, and cuBLAS SGEMM: the baseline `cargo bench` measures our
 //! kernels against, and a fallback on a GPU with `INSCLR_GEMM=cublas`.
 
-use super::device::{Args, Launch, Layer};
+use super::device::{Args, DevMem, Launch, Layer};
 use super::{int, CudaBackend};
 use crate::backend::{Buf, Checked, DType, GemmOps, MatMul, Op};
 use anyhow::{anyhow, bail, Result};
@@ -20,17 +20,44 @@ fn cublas_requested() -> bool {
 
 impl GemmOps for CudaBackend {
     fn matmul(&self, a: &Buf, b: &Buf, c: &mut Buf, s: Checked<MatMul>) -> Result<()> {
-        if s.m == 0 || s.n == 0 {
-            return Ok(());
-        }
         if a.dtype() == DType::F32 && cublas_requested() {
             if let Layer::Gpu(_) = self.layer() {
                 return self.matmul_cublas(a, b, c, *s);
             }
         }
-        let (kernel, (tm, tn)) = match a.dtype() {
+        // SAFETY: the shape was checked: A, B, C hold m*k, k*n, m*n elements of one dtype.
+        unsafe {
+            self.matmul_at(
+                (a.dev()?, 0),
+                (b.dev()?, 0),
+                (c.dev_mut()?, 0),
+                *s,
+                a.dtype(),
+            )
+        }
+    }
+}
+
+impl CudaBackend {
+    /// Launches our GEMM on `(memory, byte offset)` operands: a launcher's building block (the
+    /// streamed search multiplies a query block by a slice of the database).
+    ///
+    /// # Safety
+    /// From each offset, A, B and C hold m*k, k*n and m*n elements of `dtype`.
+    pub(super) unsafe fn matmul_at(
+        &self,
+        a: (&DevMem, usize),
+        b: (&DevMem, usize),
+        c: (&DevMem, usize),
+        s: MatMul,
+        dtype: DType,
+    ) -> Result<()> {
+        if s.m == 0 || s.n == 0 {
+            return Ok(());
+        }
+        let (kernel, (tm, tn)) = match dtype {
             DType::BF16 => ("matmul_bf16".to_string(), BF16_TILE),
-            _ if s.m >= F32_TILE.0 && s.n >= F32_TILE.1 => (Op::Matmul.kernel(a.dtype()), F32_TILE),
+            _ if s.m >= F32_TILE.0 && s.n >= F32_TILE.1 => (Op::Matmul.kernel(dtype), F32_TILE),
             _ => ("matmul_small_f32".to_string(), F32_SMALL_TILE),
         };
         let grid_y = s.m.div_ceil(tm);
@@ -40,15 +67,17 @@ impl GemmOps for CudaBackend {
                 s.m
             );
         }
+        int(s.m * s.k, "matmul A elements")?;
+        int(s.k * s.n, "matmul B elements")?;
         let cfg = Launch {
             grid: (s.n.div_ceil(tn) as u32, grid_y as u32, 1),
             block: (256, 1, 1),
             smem: 0,
         };
         let args = Args::new()
-            .ptr(a.dev()?)
-            .ptr(b.dev()?)
-            .ptr(c.dev_mut()?)
+            .ptr_at(a.0, a.1)
+            .ptr_at(b.0, b.1)
+            .ptr_at(c.0, c.1)
             .i32(int(s.m, "matmul m")?)
             .i32(int(s.n, "matmul n")?)
             .i32(int(s.k, "matmul k")?)
@@ -56,15 +85,11 @@ impl GemmOps for CudaBackend {
             .i32(s.trans_b as i32)
             .f32(s.alpha)
             .f32(s.beta);
-        int(s.m * s.k, "matmul A elements")?;
-        int(s.k * s.n, "matmul B elements")?;
-        // SAFETY: arguments match matmul_*(A, B, C, m, n, k, trans_a, trans_b, alpha, beta); the
-        // shape was checked: A, B, C hold m*k, k*n, m*n elements of one dtype, the kernel's.
-        unsafe { self.launch(&kernel, cfg, args) }
+        // Arguments match matmul_*(A, B, C, m, n, k, trans_a, trans_b, alpha, beta); the sizes
+        // are the caller's contract.
+        self.launch(&kernel, cfg, args)
     }
-}
 
-impl CudaBackend {
     /// `C = alpha op(A) op(B) + beta C` through cuBLAS SGEMM (f32, GPU only): the baseline of
     /// `cargo bench`. Checks the shape like `matmul`.
     pub fn matmul_cublas(&self, a: &Buf, b: &Buf, c: &mut Buf, s: MatMul) -> Result<()> {

@@ -10,6 +10,7 @@ pub mod emu;
 pub mod gemm;
 pub mod norm;
 pub mod pool;
+pub mod select;
 pub mod selftest;
 
 use super::{Backend, Buf, DType, Device, Op};
@@ -117,7 +118,15 @@ impl Backend for CudaBackend {
     }
 
     fn supports(&self, op: Op, dtype: DType) -> bool {
-        self.kernels.contains(&op.kernel(dtype))
+        match op {
+            // Our f32 GEMM into a score block, merged by topk_merge_f32.
+            Op::Knn => {
+                dtype == DType::F32
+                    && self.kernels.contains("matmul_f32")
+                    && self.kernels.contains("topk_merge_f32")
+            }
+            _ => self.kernels.contains(&op.kernel(dtype)),
+        }
     }
 
     fn zeros(&self, dtype: DType, len: usize) -> Result<Buf> {
