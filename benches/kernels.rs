@@ -10,7 +10,9 @@
 //! bench_results/).
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use insclr::backend::{Backend, Buf, CudaBackend, DType, Gem, Knn, L2Norm, MatMul, TopK};
+use insclr::backend::{
+    Backend, Buf, Contrastive, CudaBackend, DType, Gem, Knn, L2Norm, MatMul, TopK,
+};
 use insclr::rng::Rng;
 use std::io::Write;
 use std::sync::Mutex;
@@ -244,6 +246,36 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
         bytes,
         flops,
         || be.knn(&q, &bank, None, &mut val, &mut idx, s).unwrap(),
+    );
+
+    // contrastive: the memory loss of 64 rows against a 100k-row bank, with dL/dS.
+    let sim = filled(be, &mut rng, m * nn, DType::F32);
+    let y1: Vec<i64> = (0..m as i64).map(|i| i % 16 + 1).collect();
+    let y2: Vec<i64> = (0..nn as i64).map(|j| j % 17).collect();
+    let (yb1, yb2) = (be.upload(&y1).unwrap(), be.upload(&y2).unwrap());
+    let mut grad = be.zeros(DType::F32, m * nn).unwrap();
+    let mut stats = be.zeros(DType::F32, 3 * m).unwrap();
+    let c = Contrastive {
+        n1: m,
+        n2: nn,
+        margin: 0.4,
+        pos_th: 1.0 - 1e-6,
+        memory: true,
+        inv_rows: 1.0 / m as f32,
+    };
+    let bytes = (4 * 2 * m * nn + 8 * (m + nn) + 12 * m) as f64;
+    measure(
+        &mut group,
+        be,
+        record,
+        "contrastive_f32",
+        format!("{m}x{nn}, dL/dS"),
+        bytes,
+        0.0,
+        || {
+            be.contrastive(&sim, &yb1, &yb2, Some(&mut grad), &mut stats, c)
+                .unwrap()
+        },
     );
     group.finish();
 }

@@ -1,7 +1,7 @@
 //! The contrastive loss of InsCLR (spec 4.6), value and gradient, in batch and memory mode.
 //!
-//! `S = X1 X2^T` and `dX1 = (dL/dS) X2` run through `be.matmul`, so the same code uses cuBLAS
-//! on the CUDA backend; only the per-pair masks and `dL/dS` are built on the host.
+//! `S = X1 X2^T`, the per-pair masks with `dL/dS` (`be.contrastive`) and `dX1 = (dL/dS) X2`
+//! all run on the backend; only the per-row loss sums and pair counts come back to the host.
 //!
 //! ```text
 //! L = (1/n) sum_i [ sum_{j: y2j == y1i, S_ij < 1 - eps} (1 - S_ij) + sum_{j: y2j != y1i, S_ij > m} S_ij ]
@@ -11,8 +11,7 @@
 //! <= 0; batch mode keeps them. Deliberate difference: with no row left (every label <= 0) the
 //! original divides by zero and raises; here the loss is 0 with a zero gradient.
 
-use crate::backend::DType;
-use crate::backend::{Backend, Buf, MatMul};
+use crate::backend::{Backend, Buf, Contrastive, DType, MatMul};
 use anyhow::{bail, Result};
 
 /// `LOSS.CONTRASTIVE_LOSS.MARGIN` of every shipped config.
@@ -33,60 +32,45 @@ pub struct LossOut {
     pub avg_neg: f32,
 }
 
-/// Loss of the `n1 x n2` similarity block `s`; fills `ds` with `dL/dS` when given.
-/// `rows` says which rows count (all in batch mode, `y1 > 0` in memory mode).
-fn pairs(
-    s: &[f32],
+/// Loss of the `n1 x n2` similarity block `s` on the backend (`be.contrastive`: one pass for the
+/// value, the pair counts and, into `ds` when given, `dL/dS`); only the per-row sums come back.
+/// A row counts unless `memory` is set and its label is <= 0.
+fn evaluate(
+    be: &dyn Backend,
+    s: &Buf,
     y1: &[i64],
     y2: &[i64],
-    rows: &[bool],
+    memory: bool,
     margin: f32,
-    mut ds: Option<&mut [f32]>,
-) -> LossOut {
-    let n2 = y2.len();
-    let n = rows.iter().filter(|&&r| r).count();
-    // The original compares an f32 tensor with Python floats, i.e. with their f32 roundings.
-    let pos_th = (1.0 - POS_EPS) as f32;
-    let inv = if n > 0 { 1.0 / n as f32 } else { 0.0 };
-    let (mut total, mut npos, mut nneg) = (0f64, 0usize, 0usize);
-    for (i, &yi) in y1.iter().enumerate() {
-        let row = &s[i * n2..(i + 1) * n2];
-        let mut drow = ds.as_deref_mut().map(|d| &mut d[i * n2..(i + 1) * n2]);
-        if !rows[i] {
-            continue;
-        }
-        for (j, (&sij, &yj)) in row.iter().zip(y2).enumerate() {
-            let g = if yj == yi {
-                if sij < pos_th {
-                    total += 1.0 - sij as f64;
-                    npos += 1;
-                    -inv
-                } else {
-                    0.0
-                }
-            } else if sij > margin {
-                total += sij as f64;
-                nneg += 1;
-                inv
-            } else {
-                0.0
-            };
-            if let Some(d) = drow.as_deref_mut() {
-                d[j] = g;
-            }
-        }
+    ds: Option<&mut Buf>,
+) -> Result<LossOut> {
+    let n = y1.iter().filter(|&&y| !memory || y > 0).count();
+    let shape = Contrastive {
+        n1: y1.len(),
+        n2: y2.len(),
+        margin,
+        // The original compares an f32 tensor with Python floats, i.e. with their f32 roundings.
+        pos_th: (1.0 - POS_EPS) as f32,
+        memory,
+        inv_rows: if n > 0 { 1.0 / n as f32 } else { 0.0 },
+    };
+    let (yb1, yb2) = (be.upload(y1)?, be.upload(y2)?);
+    let mut stats = be.zeros(DType::F32, 3 * y1.len())?;
+    be.contrastive(s, &yb1, &yb2, ds, &mut stats, shape)?;
+    let st = be.download::<f32>(&stats)?;
+    let (mut total, mut npos, mut nneg) = (0f64, 0f64, 0f64);
+    for row in st.chunks(3) {
+        total += row[0] as f64;
+        npos += row[1] as f64;
+        nneg += row[2] as f64;
     }
-    let per = |c: usize| if n > 0 { c as f32 / n as f32 } else { 0.0 };
-    LossOut {
-        value: if n > 0 {
-            (total / n as f64) as f32
-        } else {
-            0.0
-        },
+    let per = |c: f64| if n > 0 { (c / n as f64) as f32 } else { 0.0 };
+    Ok(LossOut {
+        value: per(total),
         rows: n,
         avg_pos: per(npos),
         avg_neg: per(nneg),
-    }
+    })
 }
 
 fn check_rows(what: &str, buf: &Buf, rows: usize, d: usize) -> Result<()> {
@@ -114,17 +98,15 @@ pub fn contrastive_batch(
     check_rows("X", x, n, d)?;
     let mut sb = be.zeros(DType::F32, n * n)?;
     be.matmul(x, x, &mut sb, MatMul::new(n, n, d).tb())?;
-    let s = be.download::<f32>(&sb)?;
-    let rows = vec![true; n];
     let Some(dx) = dx else {
-        return Ok(pairs(&s, y, y, &rows, margin, None));
+        return evaluate(be, &sb, y, y, false, margin, None);
     };
     check_rows("dX", dx, n, d)?;
-    let mut g = vec![0f32; n * n];
-    let out = pairs(&s, y, y, &rows, margin, Some(&mut g));
-    let sym: Vec<f32> = (0..n * n).map(|p| g[p] + g[(p % n) * n + p / n]).collect();
-    let gb = be.upload(&sym)?;
-    be.matmul(&gb, x, dx, MatMul::new(n, d, n))?;
+    let mut g = be.zeros(DType::F32, n * n)?;
+    let out = evaluate(be, &sb, y, y, false, margin, Some(&mut g))?;
+    // X is on both sides of S = X X^T: dX = G X + G^T X.
+    be.matmul(&g, x, dx, MatMul::new(n, d, n))?;
+    be.matmul(&g, x, dx, MatMul::new(n, d, n).ta().accumulate())?;
     Ok(out)
 }
 
@@ -153,19 +135,16 @@ pub fn contrastive_memory(
     let (n1, n2) = (y1.len(), y2.len());
     check_rows("X1", x1, n1, d)?;
     check_rows("memory", x2, n2, d)?;
-    // All rows are scored (one GEMM, no gather on the device); dropped rows are masked here.
+    // All rows are scored (one GEMM); dropped rows are masked by the loss kernel.
     let mut sb = be.zeros(DType::F32, n1 * n2)?;
     be.matmul(x1, x2, &mut sb, MatMul::new(n1, n2, d).tb())?;
-    let s = be.download::<f32>(&sb)?;
-    let rows: Vec<bool> = y1.iter().map(|&t| t > 0).collect();
     let Some(dx1) = dx1 else {
-        return Ok(pairs(&s, y1, y2, &rows, margin, None));
+        return evaluate(be, &sb, y1, y2, true, margin, None);
     };
     check_rows("dX1", dx1, n1, d)?;
-    let mut g = vec![0f32; n1 * n2];
-    let out = pairs(&s, y1, y2, &rows, margin, Some(&mut g));
-    let gb = be.upload(&g)?;
-    be.matmul(&gb, x2, dx1, MatMul::new(n1, d, n2))?;
+    let mut g = be.zeros(DType::F32, n1 * n2)?;
+    let out = evaluate(be, &sb, y1, y2, true, margin, Some(&mut g))?;
+    be.matmul(&g, x2, dx1, MatMul::new(n1, d, n2))?;
     Ok(out)
 }
 

@@ -1,6 +1,9 @@
-//! End-to-end checks of the method's command line: `insclr-cu pool`.
+//! End-to-end checks of the method: `insclr-cu pool`, and one step of its own work (pool,
+//! selection, mining, both losses) on the CPU and on the CUDA kernels.
 
-use insclr::backend::DType;
+mod common;
+
+use insclr::backend::{Backend, DType};
 use insclr::io::npy::{self, Array};
 use insclr::mining::CandidatePool;
 use insclr::rng::Rng;
@@ -95,11 +98,23 @@ fn pool_cli_errors_name_the_problem() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// What one impr step decided and computed, for comparing backends.
+#[derive(Debug)]
+struct StepOut {
+    batch_labels: Vec<i64>,
+    mined: Vec<usize>,
+    mined_labels: Vec<i64>,
+    positives: usize,
+    batch_loss: f32,
+    memory_loss: f32,
+    avg_pos: f32,
+    batch_grad: Vec<f32>,
+    memory_grad: Vec<f32>,
+}
+
 /// One impr (v2) step on clustered descriptors, in the original's order (trap G11): selection
-/// on no-DA features, batch loss, bank writes, mining, memory loss. Checks the pieces fit and
-/// the memory loss sees the mined positives.
-#[test]
-fn one_impr_step_runs_in_the_original_order() {
+/// on no-DA features, batch loss, bank writes, mining, memory loss, all on `be`.
+fn impr_step(be: &dyn Backend) -> StepOut {
     use insclr::loss::{contrastive_batch, contrastive_memory, Memory, MARGIN};
     use insclr::memory::IndexedBank;
     use insclr::mining::mine::{NEGATIVE_THRESH, POSITIVE_THRESH};
@@ -119,7 +134,6 @@ fn one_impr_step_runs_in_the_original_order() {
             v.into_iter().map(move |a| a / nrm)
         })
         .collect();
-    let be = insclr::backend::cpu();
     let pool = CandidatePool::compute(be, &x, n, d, 40, 100, &mut |_| {}).unwrap();
     let cfg = MineConfig {
         mode: Mode::parse("b+i_tr4_avg0.60_k05").unwrap(),
@@ -146,10 +160,6 @@ fn one_impr_step_runs_in_the_original_order() {
     let m = miner
         .mine(be, &noda, &batch.indices, &batch.labels, &mut Rng::new(1))
         .unwrap();
-    assert!(
-        m.positives() > 0,
-        "near-duplicate clusters must give positives"
-    );
     assert_eq!(m.indices.len(), 150usize.max(m.positives() + m.hard));
     let mem = be.upload(&da.gather(&m.indices).unwrap()).unwrap();
     let mut dfm = be.zeros(DType::F32, f.len()).unwrap();
@@ -166,12 +176,57 @@ fn one_impr_step_runs_in_the_original_order() {
         Some(&mut dfm),
     )
     .unwrap();
+    StepOut {
+        positives: m.positives(),
+        batch_labels: batch.labels,
+        mined: m.indices,
+        mined_labels: m.labels,
+        batch_loss: lb.value,
+        memory_loss: lm.value,
+        avg_pos: lm.avg_pos,
+        batch_grad: be.download(&dfb).unwrap(),
+        memory_grad: be.download(&dfm).unwrap(),
+    }
+}
+
+#[test]
+fn one_impr_step_runs_in_the_original_order() {
+    let out = impr_step(insclr::backend::cpu());
     assert!(
-        lm.avg_pos > 0.0,
+        out.positives > 0,
+        "near-duplicate clusters must give positives"
+    );
+    assert!(
+        out.avg_pos > 0.0,
         "mined positives must meet their tuple rows"
     );
-    let total = lb.value + lm.value;
+    let total = out.batch_loss + out.memory_loss;
     assert!(total.is_finite() && total > 0.0);
-    let grad = be.download::<f32>(&dfm).unwrap();
+    let grad = &out.memory_grad;
     assert!(grad.iter().all(|v| v.is_finite()) && grad.iter().any(|&v| v != 0.0));
+}
+
+/// The method's part of a step on the CUDA kernels (the GPU, or the emulated GPU without one)
+/// makes the CPU's decisions and computes its losses and gradients.
+#[test]
+fn kernel_impr_step_matches_cpu() {
+    let dev = common::kernel_device("kernel_impr_step_matches_cpu");
+    let want = impr_step(insclr::backend::cpu());
+    let got = impr_step(&dev);
+    assert_eq!(got.batch_labels, want.batch_labels, "in-batch selection");
+    assert_eq!(got.mined, want.mined, "mined memory rows");
+    assert_eq!(got.mined_labels, want.mined_labels, "mined labels");
+    assert_eq!(got.positives, want.positives, "mined positives");
+    for (name, g, w) in [
+        ("batch loss", got.batch_loss, want.batch_loss),
+        ("memory loss", got.memory_loss, want.memory_loss),
+        ("positives per row", got.avg_pos, want.avg_pos),
+    ] {
+        assert!(
+            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "{name}: {g} vs {w}"
+        );
+    }
+    assert!(common::rel_err(&got.batch_grad, &want.batch_grad) < 1e-5);
+    assert!(common::rel_err(&got.memory_grad, &want.memory_grad) < 1e-5);
 }

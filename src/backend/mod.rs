@@ -15,6 +15,7 @@
 //! Gradient convention (as in llm.c): activation gradients are written with `=`; parameter
 //! gradients accumulate with `+=` (through `beta = 1` in `matmul`).
 
+pub mod contrastive;
 pub mod conv;
 pub mod cpu;
 pub mod cuda;
@@ -28,6 +29,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::borrow::Cow;
 use std::fmt;
 
+pub use contrastive::{Contrastive, ContrastiveOps};
 pub use conv::{Conv, ConvOps, Padding};
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
@@ -287,11 +289,12 @@ pub enum Op {
     ActBwd,
     Topk,
     Knn,
+    Contrastive,
 }
 
 impl Op {
     /// Every op, in family order.
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 19] = [
         Op::Matmul,
         Op::GemFwd,
         Op::GemBwd,
@@ -310,6 +313,7 @@ impl Op {
         Op::ActBwd,
         Op::Topk,
         Op::Knn,
+        Op::Contrastive,
     ];
 
     /// The op's name, the stem of its kernels' names.
@@ -333,6 +337,7 @@ impl Op {
             Op::ActBwd => "act_bwd",
             Op::Topk => "topk",
             Op::Knn => "knn",
+            Op::Contrastive => "contrastive",
         }
     }
 
@@ -349,6 +354,7 @@ impl Op {
             Op::Conv2dFwd | Op::Conv2dBwdData | Op::Conv2dBwdWeight => "conv",
             Op::AddFwd | Op::ActFwd | Op::ActBwd => "eltwise",
             Op::Topk | Op::Knn => "select",
+            Op::Contrastive => "contrastive",
         }
     }
 
@@ -408,6 +414,7 @@ pub trait Backend: Send + Sync {
     fn conv(&self) -> &dyn ConvOps;
     fn eltwise(&self) -> &dyn EltwiseOps;
     fn select(&self) -> &dyn SelectOps;
+    fn contrastive_ops(&self) -> &dyn ContrastiveOps;
 }
 
 /// The family accessors of a backend that implements every family trait itself.
@@ -429,6 +436,9 @@ macro_rules! family_accessors {
             self
         }
         fn select(&self) -> &dyn $crate::backend::SelectOps {
+            self
+        }
+        fn contrastive_ops(&self) -> &dyn $crate::backend::ContrastiveOps {
             self
         }
     };

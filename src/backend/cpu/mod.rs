@@ -4,6 +4,7 @@
 //! [`BF16_OPS`] also on bf16 buffers, computing in f32 and rounding what they store, as the
 //! kernels do.
 
+pub mod contrastive;
 pub mod conv;
 pub mod eltwise;
 pub mod gemm;
