@@ -142,26 +142,30 @@ fn impr_step(be: &dyn Backend) -> StepOut {
     };
     let miner = Miner::new(pool, POSITIVE_THRESH, NEGATIVE_THRESH, cfg);
     let all: Vec<usize> = (0..n).collect();
-    let (mut da, mut noda) = (IndexedBank::new(n, d), IndexedBank::new(n, d));
-    da.write(&all, &x).unwrap();
-    noda.write(&all, &x).unwrap();
+    let mut da = IndexedBank::new(be, n, d).unwrap();
+    let mut noda = IndexedBank::new(be, n, d).unwrap();
+    let xb = be.upload(&x).unwrap();
+    da.write(be, &all, &xb).unwrap();
+    noda.write(be, &all, &xb).unwrap();
 
     let mut sampler = AnchorSampler::new(n, 4, 42).unwrap();
     let mut batch = Batch::new(&miner.pool, &sampler.next_batch(), 3).unwrap();
-    let g = noda.gather(&batch.indices).unwrap(); // stands in for the no-DA forward
-    let f = da.gather(&batch.indices).unwrap(); // stands in for the DA forward
+    // Bank rows stand in for the no-DA (g) and DA (f) forward passes.
+    let gb = noda.gather(be, &batch.indices).unwrap();
+    let g: Vec<f32> = be.download(&gb).unwrap();
+    let fb = da.gather(be, &batch.indices).unwrap();
+    let f: Vec<f32> = be.download(&fb).unwrap();
     select_in_batch(&mut batch, &g, d, SelectionRule::Fixed(0.6)).unwrap();
-    let fb = be.upload(&f).unwrap();
     let mut dfb = be.zeros(DType::F32, f.len()).unwrap();
     let lb = contrastive_batch(be, &fb, &batch.labels, d, MARGIN, Some(&mut dfb)).unwrap();
-    da.write(&batch.indices, &f).unwrap();
-    noda.write(&batch.indices, &g).unwrap();
+    da.write(be, &batch.indices, &fb).unwrap();
+    noda.write(be, &batch.indices, &gb).unwrap();
     assert!(batch.indices.iter().all(|&i| noda.counter(i) == 2));
     let m = miner
         .mine(be, &noda, &batch.indices, &batch.labels, &mut Rng::new(1))
         .unwrap();
     assert_eq!(m.indices.len(), 150usize.max(m.positives() + m.hard));
-    let mem = be.upload(&da.gather(&m.indices).unwrap()).unwrap();
+    let mem = da.gather(be, &m.indices).unwrap();
     let mut dfm = be.zeros(DType::F32, f.len()).unwrap();
     let lm = contrastive_memory(
         be,

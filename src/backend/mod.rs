@@ -15,6 +15,7 @@
 //! Gradient convention (as in llm.c): activation gradients are written with `=`; parameter
 //! gradients accumulate with `+=` (through `beta = 1` in `matmul`).
 
+pub mod bank;
 pub mod contrastive;
 pub mod conv;
 pub mod cpu;
@@ -29,6 +30,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::borrow::Cow;
 use std::fmt;
 
+pub use bank::{BankOps, CopyRows};
 pub use contrastive::{Contrastive, ContrastiveOps};
 pub use conv::{Conv, ConvOps, Padding};
 pub use cpu::CpuBackend;
@@ -290,11 +292,12 @@ pub enum Op {
     Topk,
     Knn,
     Contrastive,
+    CopyRows,
 }
 
 impl Op {
     /// Every op, in family order.
-    pub const ALL: [Op; 19] = [
+    pub const ALL: [Op; 20] = [
         Op::Matmul,
         Op::GemFwd,
         Op::GemBwd,
@@ -314,6 +317,7 @@ impl Op {
         Op::Topk,
         Op::Knn,
         Op::Contrastive,
+        Op::CopyRows,
     ];
 
     /// The op's name, the stem of its kernels' names.
@@ -338,6 +342,7 @@ impl Op {
             Op::Topk => "topk",
             Op::Knn => "knn",
             Op::Contrastive => "contrastive",
+            Op::CopyRows => "copy_rows",
         }
     }
 
@@ -355,6 +360,7 @@ impl Op {
             Op::AddFwd | Op::ActFwd | Op::ActBwd => "eltwise",
             Op::Topk | Op::Knn => "select",
             Op::Contrastive => "contrastive",
+            Op::CopyRows => "bank",
         }
     }
 
@@ -415,6 +421,7 @@ pub trait Backend: Send + Sync {
     fn eltwise(&self) -> &dyn EltwiseOps;
     fn select(&self) -> &dyn SelectOps;
     fn contrastive_ops(&self) -> &dyn ContrastiveOps;
+    fn bank(&self) -> &dyn BankOps;
 }
 
 /// The family accessors of a backend that implements every family trait itself.
@@ -439,6 +446,9 @@ macro_rules! family_accessors {
             self
         }
         fn contrastive_ops(&self) -> &dyn $crate::backend::ContrastiveOps {
+            self
+        }
+        fn bank(&self) -> &dyn $crate::backend::BankOps {
             self
         }
     };

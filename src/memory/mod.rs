@@ -8,27 +8,30 @@
 //! sampling reads the bank, so the current batch is already in memory when the memory loss is
 //! computed (its self-pairs add about 1 to the value and nothing to the gradient, G9).
 //!
-//! Rows live in host memory for now: gathers and scatters of bank rows are the job of
-//! `kernels/bank.cu`, which the backend does not expose yet.
+//! [`IndexedBank`]'s rows live on the backend (on a GPU, in device memory: a step never copies a
+//! bank over PCIe); writes and reads are `be.copy_rows` scatters and gathers by index. Its
+//! write counters stay on the host: they follow from the index lists alone. [`RingBank`] is on
+//! the host (the trainer does not use it).
 
+use crate::backend::{Backend, Buf, CopyRows, DType};
 use anyhow::{bail, Result};
 
 /// One feature row per dataset index, with a write counter per row.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct IndexedBank {
     dim: usize,
-    data: Vec<f32>,
+    data: Buf,
     counter: Vec<u32>,
 }
 
 impl IndexedBank {
-    /// An empty bank of `n` rows of `dim` (all counters 0).
-    pub fn new(n: usize, dim: usize) -> IndexedBank {
-        IndexedBank {
+    /// An empty bank of `n` rows of `dim` on `be` (all counters 0).
+    pub fn new(be: &dyn Backend, n: usize, dim: usize) -> Result<IndexedBank> {
+        Ok(IndexedBank {
             dim,
-            data: vec![0.0; n * dim],
+            data: be.zeros(DType::F32, n * dim)?,
             counter: vec![0; n],
-        }
+        })
     }
 
     /// Number of rows (dataset size).
@@ -46,10 +49,10 @@ impl IndexedBank {
         self.dim
     }
 
-    /// Writes `feats` (`idx.len() x dim`) into rows `idx` and bumps their counters. Repeated
-    /// indices are written in order, so the last occurrence wins (as torch index assignment on
-    /// CPU does) and the counter is bumped once per occurrence.
-    pub fn write(&mut self, idx: &[usize], feats: &[f32]) -> Result<()> {
+    /// Writes `feats` (`idx.len() x dim`, on `be`) into rows `idx` and bumps their counters.
+    /// Repeated indices: the last occurrence wins (as torch index assignment on CPU does) and
+    /// the counter is bumped once per occurrence.
+    pub fn write(&mut self, be: &dyn Backend, idx: &[usize], feats: &Buf) -> Result<()> {
         let d = self.dim;
         if feats.len() != idx.len() * d {
             bail!(
@@ -64,26 +67,29 @@ impl IndexedBank {
                 self.len()
             );
         }
+        // The last source row of every destination.
+        let mut last = std::collections::HashMap::with_capacity(idx.len());
         for (r, &i) in idx.iter().enumerate() {
-            self.data[i * d..(i + 1) * d].copy_from_slice(&feats[r * d..(r + 1) * d]);
+            last.insert(i, r);
             self.counter[i] += 1;
         }
-        Ok(())
+        let mut pairs: Vec<(usize, usize)> = last.into_iter().collect();
+        pairs.sort_unstable();
+        let (dst, src): (Vec<usize>, Vec<usize>) = pairs.into_iter().unzip();
+        be.copy_rows(feats, &mut self.data, &src, &dst, CopyRows { dim: d })
     }
 
-    /// Rows `idx`, concatenated (`idx.len() x dim`).
-    pub fn gather(&self, idx: &[usize]) -> Result<Vec<f32>> {
-        let d = self.dim;
-        let mut out = Vec::with_capacity(idx.len() * d);
-        for &i in idx {
-            if i >= self.len() {
-                bail!(
-                    "memory bank read: index {i} outside the bank's {} rows",
-                    self.len()
-                );
-            }
-            out.extend_from_slice(&self.data[i * d..(i + 1) * d]);
+    /// Rows `idx`, concatenated (`idx.len() x dim`), as a buffer on `be`.
+    pub fn gather(&self, be: &dyn Backend, idx: &[usize]) -> Result<Buf> {
+        if let Some(&i) = idx.iter().find(|&&i| i >= self.len()) {
+            bail!(
+                "memory bank read: index {i} outside the bank's {} rows",
+                self.len()
+            );
         }
+        let mut out = be.zeros(DType::F32, idx.len() * self.dim)?;
+        let dst: Vec<usize> = (0..idx.len()).collect();
+        be.copy_rows(&self.data, &mut out, idx, &dst, CopyRows { dim: self.dim })?;
         Ok(out)
     }
 
@@ -97,13 +103,20 @@ impl IndexedBank {
         (0..self.len()).filter(|&i| self.counter[i] >= 1).collect()
     }
 
-    /// All rows (`len() x dim`, row-major) and the write counters, for checkpoints.
-    pub fn parts(&self) -> (&[f32], &[u32]) {
-        (&self.data, &self.counter)
+    /// All rows (`len() x dim`, row-major, copied to the host) and the write counters, for
+    /// checkpoints.
+    pub fn parts(&self, be: &dyn Backend) -> Result<(Vec<f32>, &[u32])> {
+        Ok((be.download(&self.data)?, &self.counter))
     }
 
-    /// A bank restored from [`IndexedBank::parts`] (a checkpoint), checked for consistent sizes.
-    pub fn from_parts(dim: usize, data: Vec<f32>, counter: Vec<u32>) -> Result<IndexedBank> {
+    /// A bank on `be` restored from [`IndexedBank::parts`] (a checkpoint), checked for
+    /// consistent sizes.
+    pub fn from_parts(
+        be: &dyn Backend,
+        dim: usize,
+        data: &[f32],
+        counter: Vec<u32>,
+    ) -> Result<IndexedBank> {
         if data.len() != counter.len() * dim {
             bail!(
                 "memory bank: {} values for {} rows of {dim}; the checkpoint is corrupt",
@@ -111,7 +124,11 @@ impl IndexedBank {
                 counter.len()
             );
         }
-        Ok(IndexedBank { dim, data, counter })
+        Ok(IndexedBank {
+            dim,
+            data: be.upload(data)?,
+            counter,
+        })
     }
 }
 
@@ -182,15 +199,19 @@ mod tests {
 
     #[test]
     fn indexed_bank_writes_by_index_and_counts() {
-        let mut b = IndexedBank::new(5, 2);
+        let be = crate::backend::cpu();
+        let mut b = IndexedBank::new(be, 5, 2).unwrap();
         assert!(b.filled().is_empty());
-        b.write(&[3, 1, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-            .unwrap();
-        assert_eq!(b.gather(&[3, 1]).unwrap(), vec![5.0, 6.0, 3.0, 4.0]);
+        let feats = be.upload(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        b.write(be, &[3, 1, 3], &feats).unwrap();
+        let got = be.download::<f32>(&b.gather(be, &[3, 1]).unwrap()).unwrap();
+        assert_eq!(got, vec![5.0, 6.0, 3.0, 4.0]);
         assert_eq!((b.counter(3), b.counter(1), b.counter(0)), (2, 1, 0));
         assert_eq!(b.filled(), vec![1, 3]);
-        assert!(b.write(&[5], &[0.0, 0.0]).is_err());
-        assert!(b.gather(&[7]).is_err());
+        assert!(b
+            .write(be, &[5], &be.upload(&[0.0f32, 0.0]).unwrap())
+            .is_err());
+        assert!(b.gather(be, &[7]).is_err());
     }
 
     #[test]

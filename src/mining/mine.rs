@@ -249,8 +249,8 @@ pub fn mine_v2(
                 .chain(with_label(&anchor_init))
                 .collect(),
         };
-        let q = noda.gather(&q_idx)?;
-        let c = noda.gather(&cand)?;
+        let q = noda.gather(be, &q_idx)?;
+        let c = noda.gather(be, &cand)?;
         let chosen = select(be, &cfg.mode, &q, &c, d)?.chosen;
         sel_pairs.extend(chosen.into_iter().map(|p| (cand[p], t)));
     }

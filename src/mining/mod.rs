@@ -92,19 +92,20 @@ mod tests {
                 .copied()
                 .collect(),
         };
-        let mut noda = IndexedBank::new(6, 2);
+        let be = crate::backend::cpu();
+        let mut noda = IndexedBank::new(be, 6, 2).unwrap();
         let feats: Vec<f32> = [0.0, 90.0, 10.0, 180.0, 45.0, 270.0]
             .iter()
             .flat_map(|&a| unit(a))
             .collect();
-        noda.write(&[0, 1, 2, 3, 4, 5], &feats).unwrap();
+        noda.write(be, &[0, 1, 2, 3, 4, 5], &be.upload(&feats).unwrap())
+            .unwrap();
         let cfg = MineConfig {
             mode: Mode::parse("b+i_tr4_avg0.60_k05").unwrap(),
             get_size: 10,
             use_negative: true,
         };
         let miner = Miner::new(pool, POSITIVE_THRESH, NEGATIVE_THRESH, cfg);
-        let be = crate::backend::cpu();
         let m = miner
             .mine(be, &noda, &[0, 1], &[1, 2], &mut Rng::new(1))
             .unwrap();
@@ -129,7 +130,9 @@ mod tests {
     ) -> (Batch, Mined) {
         let be = crate::backend::cpu();
         let mut batch = Batch::new(&miner.pool, &sampler.next_batch(), NEIGHBOR_K).unwrap();
-        let g = noda.gather(&batch.indices).unwrap();
+        let g = be
+            .download::<f32>(&noda.gather(be, &batch.indices).unwrap())
+            .unwrap();
         select_in_batch(&mut batch, &g, noda.dim(), SelectionRule::Fixed(0.6)).unwrap();
         let m = miner
             .mine(be, noda, &batch.indices, &batch.labels, &mut Rng::new(seed))
@@ -154,8 +157,9 @@ mod tests {
                 v.into_iter().map(move |a| a / nrm)
             })
             .collect();
-        let mut noda = IndexedBank::new(n, d);
-        noda.write(&(0..n).collect::<Vec<_>>(), &live).unwrap();
+        let mut noda = IndexedBank::new(be, n, d).unwrap();
+        noda.write(be, &(0..n).collect::<Vec<_>>(), &be.upload(&live).unwrap())
+            .unwrap();
         let cfg = MineConfig {
             mode: Mode::parse("b+i_tr4_avg0.60_k05").unwrap(),
             get_size: 400,
@@ -246,13 +250,14 @@ mod tests {
         let x = clustered(n, d, 10, 0.3, 9);
         let be = crate::backend::cpu();
         let pool = CandidatePool::compute(be, &x, n, d, 60, 64, &mut |_| {}).unwrap();
-        let mut bank = IndexedBank::new(n, d);
+        let mut bank = IndexedBank::new(be, n, d).unwrap();
         let written: Vec<usize> = (0..n).filter(|i| i % 3 != 0).collect();
         let feats = written
             .iter()
             .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
             .collect::<Vec<_>>();
-        bank.write(&written, &feats).unwrap();
+        bank.write(be, &written, &be.upload(&feats).unwrap())
+            .unwrap();
         let batch = [1usize, 2, 4];
         let m = sample_v1(&pool, &bank, &batch, 50, 1000, &mut Rng::new(4)).unwrap();
         let excl: BTreeSet<u32> = batch

@@ -2,14 +2,14 @@
 //! every candidate against the current query set, picks some, and appends the picked
 //! candidates to the query set, so positives can be reached transitively.
 //!
-//! Similarities `C Q^T` come from `be.matmul` (`trans_b`); scoring and picking run on the host.
+//! Similarities `C Q^T` come from `be.matmul` (`trans_b`) on the backend, the query set grown
+//! there by row copies; scoring and picking run on the host.
 //! Deterministic tie rule (the original's `torch.sort` is not stable): equal scores are picked
 //! in ascending candidate position, i.e. ascending dataset index since candidate lists are
 //! sorted.
 
 use super::mode::{Mode, ScoreFn, Selector};
-use crate::backend::DType;
-use crate::backend::{Backend, MatMul};
+use crate::backend::{Backend, Buf, CopyRows, DType, MatMul};
 use anyhow::{bail, Result};
 
 /// The result of one `select`: chosen candidate positions (ascending) and, for tests and
@@ -23,8 +23,8 @@ pub struct Selection {
 }
 
 /// Runs `mode`'s iterations: `q` is the initial query set (`nq x d`), `c` the candidates
-/// (`nc x d`); both are unit rows of the no-DA bank.
-pub fn select(be: &dyn Backend, mode: &Mode, q: &[f32], c: &[f32], d: usize) -> Result<Selection> {
+/// (`nc x d`); both are unit rows of the no-DA bank, on the backend.
+pub fn select(be: &dyn Backend, mode: &Mode, q: &Buf, c: &Buf, d: usize) -> Result<Selection> {
     if d == 0 || q.len() % d != 0 || c.len() % d != 0 {
         bail!(
             "select: query ({}) and candidate ({}) buffers must be whole rows of {d}",
@@ -32,7 +32,7 @@ pub fn select(be: &dyn Backend, mode: &Mode, q: &[f32], c: &[f32], d: usize) -> 
             c.len()
         );
     }
-    let nc = c.len() / d;
+    let (nq0, nc) = (q.len() / d, c.len() / d);
     let mut chosen = vec![false; nc];
     let mut scores_log = Vec::with_capacity(mode.iters);
     if nc == 0 {
@@ -41,13 +41,18 @@ pub fn select(be: &dyn Backend, mode: &Mode, q: &[f32], c: &[f32], d: usize) -> 
             scores: vec![vec![]; mode.iters],
         });
     }
-    let cand = be.upload(c)?;
-    let mut query = q.to_vec();
+    // The query set grows by the picked candidates, appended in pick order.
+    let mut picked: Vec<usize> = Vec::new();
     for it in 0..mode.iters {
-        let nq = query.len() / d;
-        let qb = be.upload(&query)?;
+        let nq = nq0 + picked.len();
+        let mut query = be.zeros(DType::F32, nq * d)?;
+        let rows = CopyRows { dim: d };
+        let first: Vec<usize> = (0..nq0).collect();
+        be.copy_rows(q, &mut query, &first, &first, rows)?;
+        let appended: Vec<usize> = (nq0..nq).collect();
+        be.copy_rows(c, &mut query, &picked, &appended, rows)?;
         let mut sb = be.zeros(DType::F32, nc * nq)?;
-        be.matmul(&cand, &qb, &mut sb, MatMul::new(nc, nq, d).tb())?;
+        be.matmul(c, &query, &mut sb, MatMul::new(nc, nq, d).tb())?;
         let s = be.download::<f32>(&sb)?;
         let mut score = vec![0f32; nc];
         let mut num = vec![0usize; nc];
@@ -99,7 +104,7 @@ pub fn select(be: &dyn Backend, mode: &Mode, q: &[f32], c: &[f32], d: usize) -> 
             Selector::Thresh(t) => (0..nc).filter(|&r| score[r] >= t).collect(),
         };
         for &r in &pick {
-            query.extend_from_slice(&c[r * d..(r + 1) * d]);
+            picked.push(r);
             chosen[r] = true;
         }
         scores_log.push(score);
@@ -123,17 +128,17 @@ mod tests {
             .collect()
     }
 
+    /// `select` on the CPU backend from host rows.
+    fn on_cpu(m: &Mode, q: &[f32], c: &[f32]) -> Selection {
+        let be = crate::backend::cpu();
+        let (q, c) = (be.upload(q).unwrap(), be.upload(c).unwrap());
+        select(be, m, &q, &c, 2).unwrap()
+    }
+
     /// Spec 4.5.3 worked example: Q = {0, 10} degrees, C = {20, 45, 60, 100} degrees.
     fn run(mode: &str) -> Selection {
         let m = Mode::parse(mode).unwrap();
-        select(
-            crate::backend::cpu(),
-            &m,
-            &units(&[0.0, 10.0]),
-            &units(&[20.0, 45.0, 60.0, 100.0]),
-            2,
-        )
-        .unwrap()
+        on_cpu(&m, &units(&[0.0, 10.0]), &units(&[20.0, 45.0, 60.0, 100.0]))
     }
 
     fn close(got: &[f32], want: &[f32]) {
@@ -184,10 +189,9 @@ mod tests {
     fn ties_pick_the_smaller_position_and_empty_candidates_select_nothing() {
         // Candidates 1 and 2 are identical (a duplicate image): top-1 takes position 1.
         let m = Mode::parse("b+i_tr1_max0.60_k01").unwrap();
-        let be = crate::backend::cpu();
-        let s = select(be, &m, &units(&[0.0]), &units(&[50.0, 20.0, 20.0]), 2).unwrap();
+        let s = on_cpu(&m, &units(&[0.0]), &units(&[50.0, 20.0, 20.0]));
         assert_eq!(s.chosen, vec![1]);
-        let s = select(be, &m, &units(&[0.0]), &[], 2).unwrap();
+        let s = on_cpu(&m, &units(&[0.0]), &[]);
         assert!(s.chosen.is_empty());
     }
 }

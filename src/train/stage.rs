@@ -347,8 +347,8 @@ impl<'b> Stage<'b> {
             sched,
             pool,
             miner,
-            da: IndexedBank::new(bank_rows, d),
-            noda: v2.then(|| IndexedBank::new(n, d)),
+            da: IndexedBank::new(be, bank_rows, d)?,
+            noda: v2.then(|| IndexedBank::new(be, n, d)).transpose()?,
             sampler,
             good,
             step: 0,
@@ -439,9 +439,9 @@ impl<'b> Stage<'b> {
             let x = self.train_views(chunk, chunk[0], INIT_AUG)?;
             let f = self.net.describe(self.be, &x, chunk.len(), h, w)?;
             let g = self.noaug_features(chunk)?;
-            self.da.write(chunk, &f)?;
+            self.da.write(self.be, chunk, &self.be.upload(&f)?)?;
             if let Some(nb) = self.noda.as_mut() {
-                nb.write(chunk, &g)?;
+                nb.write(self.be, chunk, &self.be.upload(&g)?)?;
             }
             progress(chunk.len());
         }
@@ -572,9 +572,9 @@ impl<'b> Stage<'b> {
         let mut grad = be.download::<f32>(&d_batch)?;
         let x_cfg = self.cfg.xbm.clone();
         if x_cfg.enable && t > x_cfg.start_step {
-            self.da.write(&batch.indices, &f)?;
+            self.da.write(be, &batch.indices, &fb)?;
             if let (Some(nb), Some(g)) = (self.noda.as_mut(), &g) {
-                nb.write(&batch.indices, g)?;
+                nb.write(be, &batch.indices, &be.upload(g)?)?;
             }
         }
         let mut lm = LossOut {
@@ -608,7 +608,7 @@ impl<'b> Stage<'b> {
             };
             log.memory_size = mi.len();
             if !mi.is_empty() {
-                let mem = be.upload(&self.da.gather(&mi)?)?;
+                let mem = self.da.gather(be, &mi)?;
                 let mut d_mem = be.zeros(DType::F32, nimg * d)?;
                 lm = contrastive_memory(
                     be,

@@ -4,6 +4,7 @@
 //! [`BF16_OPS`] also on bf16 buffers, computing in f32 and rounding what they store, as the
 //! kernels do.
 
+pub mod bank;
 pub mod contrastive;
 pub mod conv;
 pub mod eltwise;
@@ -20,6 +21,7 @@ use std::borrow::Cow;
 /// Ops whose twin also takes bf16 buffers.
 pub const BF16_OPS: &[Op] = &[
     Op::Matmul,
+    Op::CopyRows,
     Op::GemFwd,
     Op::GemBwd,
     Op::L2normFwd,

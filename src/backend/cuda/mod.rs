@@ -4,6 +4,7 @@
 //! kernel sources on the CPU. cuBLAS stays as the GEMM baseline in `cargo bench` (and a fallback
 //! with `INSCLR_GEMM=cublas`).
 
+pub mod bank;
 pub mod contrastive;
 pub mod device;
 pub mod driver;

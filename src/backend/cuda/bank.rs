@@ -1,0 +1,48 @@
+//! Launchers for kernels/bank.cu.
+
+use super::device::{Args, Launch};
+use super::{int, CudaBackend};
+use crate::backend::{BankOps, Buf, Checked, CopyRows, Op};
+use anyhow::Result;
+
+const WARPS_PER_BLOCK: u32 = 8;
+
+impl BankOps for CudaBackend {
+    /// One warp per row moved; the index lists go up as i64.
+    fn copy_rows(
+        &self,
+        src: &Buf,
+        dst: &mut Buf,
+        src_idx: &[usize],
+        dst_idx: &[usize],
+        s: Checked<CopyRows>,
+    ) -> Result<()> {
+        let count = src_idx.len();
+        if count == 0 {
+            return Ok(());
+        }
+        let upload = |idx: &[usize]| -> Result<super::DevMem> {
+            let v: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+            let mut m = self.layer().alloc(8 * v.len())?;
+            self.layer().write(bytemuck::cast_slice(&v), &mut m)?;
+            Ok(m)
+        };
+        let (si, di) = (upload(src_idx)?, upload(dst_idx)?);
+        let args = Args::new()
+            .ptr(src.dev()?)
+            .ptr(dst.dev_mut()?)
+            .ptr(&si)
+            .ptr(&di)
+            .i32(int(count, "rows copied")?)
+            .i32(int(s.dim, "row length")?);
+        int(src.len().max(dst.len()), "bank elements")?;
+        let cfg = Launch::linear(
+            (count as u32).div_ceil(WARPS_PER_BLOCK),
+            WARPS_PER_BLOCK * 32,
+        );
+        // SAFETY: arguments match copy_rows_<dtype>(src, dst, src_idx, dst_idx, count, dim); the
+        // shape was checked: every index is below its buffer's rows, destinations distinct, and
+        // both index lists hold `count` i64.
+        unsafe { self.launch(&Op::CopyRows.kernel(src.dtype()), cfg, args) }
+    }
+}
