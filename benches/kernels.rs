@@ -277,6 +277,57 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
                 .unwrap()
         },
     );
+
+    // mining: a step's decisions (128 anchors x 5 neighbours of 2048; 2000 candidates against
+    // a query set of 64); latency-bound, timed to keep them in view.
+    let (anchors, kn, nc, nqs) = (128, 5, 2000, 64);
+    let g = filled(be, &mut rng, anchors * (kn + 1) * k, DType::F32);
+    let ap: Vec<usize> = (0..anchors).collect();
+    let np: Vec<usize> = (anchors..anchors * (kn + 1)).collect();
+    let mut keep = be.zeros(DType::I32, anchors * kn).unwrap();
+    let sel = BatchSelect {
+        anchors,
+        k: kn,
+        dim: k,
+        dynamic: false,
+        thresh: 0.6,
+    };
+    let bytes = (4 * anchors * (kn + 1) * k) as f64;
+    measure(
+        &mut group,
+        be,
+        record,
+        "batch_select_f32",
+        format!("{anchors}x{kn} of {k}"),
+        bytes,
+        0.0,
+        || be.batch_select(&g, &ap, &np, &mut keep, sel).unwrap(),
+    );
+    let sim = filled(be, &mut rng, nc * nqs, DType::F32);
+    let chosen = vec![false; nc];
+    let (mut score, mut num) = (
+        be.zeros(DType::F32, nc).unwrap(),
+        be.zeros(DType::I32, nc).unwrap(),
+    );
+    let ms = MiningScore {
+        nc,
+        nq: nqs,
+        use_max: false,
+        th: 0.6,
+    };
+    measure(
+        &mut group,
+        be,
+        record,
+        "mining_score_f32",
+        format!("{nc}x{nqs}"),
+        (4 * nc * nqs) as f64,
+        0.0,
+        || {
+            be.mining_score(&sim, &chosen, &mut score, &mut num, ms)
+                .unwrap()
+        },
+    );
     group.finish();
 }
 

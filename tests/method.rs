@@ -152,11 +152,10 @@ fn impr_step(be: &dyn Backend) -> StepOut {
     let mut batch = Batch::new(&miner.pool, &sampler.next_batch(), 3).unwrap();
     // Bank rows stand in for the no-DA (g) and DA (f) forward passes.
     let gb = noda.gather(be, &batch.indices).unwrap();
-    let g: Vec<f32> = be.download(&gb).unwrap();
     let fb = da.gather(be, &batch.indices).unwrap();
-    let f: Vec<f32> = be.download(&fb).unwrap();
-    select_in_batch(&mut batch, &g, d, SelectionRule::Fixed(0.6)).unwrap();
-    let mut dfb = be.zeros(DType::F32, f.len()).unwrap();
+    let f_len = fb.len();
+    select_in_batch(be, &mut batch, &gb, d, SelectionRule::Fixed(0.6)).unwrap();
+    let mut dfb = be.zeros(DType::F32, f_len).unwrap();
     let lb = contrastive_batch(be, &fb, &batch.labels, d, MARGIN, Some(&mut dfb)).unwrap();
     da.write(be, &batch.indices, &fb).unwrap();
     noda.write(be, &batch.indices, &gb).unwrap();
@@ -166,7 +165,7 @@ fn impr_step(be: &dyn Backend) -> StepOut {
         .unwrap();
     assert_eq!(m.indices.len(), 150usize.max(m.positives() + m.hard));
     let mem = da.gather(be, &m.indices).unwrap();
-    let mut dfm = be.zeros(DType::F32, f.len()).unwrap();
+    let mut dfm = be.zeros(DType::F32, f_len).unwrap();
     let lm = contrastive_memory(
         be,
         &fb,

@@ -22,6 +22,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod eltwise;
 pub mod gemm;
+pub mod mining;
 pub mod norm;
 pub mod pool;
 pub mod select;
@@ -37,6 +38,7 @@ pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 pub use eltwise::{Act, Eltwise, EltwiseOps};
 pub use gemm::{GemmOps, MatMul};
+pub use mining::{BatchSelect, MiningOps, MiningScore, SELECT_MAX_K};
 pub use norm::{BatchNorm, L2Norm, NormOps, L2_EPS};
 pub use pool::{Gem, MaxPool, PoolOps, GEM_EPS};
 pub use select::{Knn, SelectOps, TopK, TOPK_MAX};
@@ -293,11 +295,13 @@ pub enum Op {
     Knn,
     Contrastive,
     CopyRows,
+    BatchSelect,
+    MiningScore,
 }
 
 impl Op {
     /// Every op, in family order.
-    pub const ALL: [Op; 20] = [
+    pub const ALL: [Op; 22] = [
         Op::Matmul,
         Op::GemFwd,
         Op::GemBwd,
@@ -318,6 +322,8 @@ impl Op {
         Op::Knn,
         Op::Contrastive,
         Op::CopyRows,
+        Op::BatchSelect,
+        Op::MiningScore,
     ];
 
     /// The op's name, the stem of its kernels' names.
@@ -343,6 +349,8 @@ impl Op {
             Op::Knn => "knn",
             Op::Contrastive => "contrastive",
             Op::CopyRows => "copy_rows",
+            Op::BatchSelect => "batch_select",
+            Op::MiningScore => "mining_score",
         }
     }
 
@@ -361,6 +369,7 @@ impl Op {
             Op::Topk | Op::Knn => "select",
             Op::Contrastive => "contrastive",
             Op::CopyRows => "bank",
+            Op::BatchSelect | Op::MiningScore => "mining",
         }
     }
 
@@ -422,6 +431,7 @@ pub trait Backend: Send + Sync {
     fn select(&self) -> &dyn SelectOps;
     fn contrastive_ops(&self) -> &dyn ContrastiveOps;
     fn bank(&self) -> &dyn BankOps;
+    fn mining(&self) -> &dyn MiningOps;
 }
 
 /// The family accessors of a backend that implements every family trait itself.
@@ -449,6 +459,9 @@ macro_rules! family_accessors {
             self
         }
         fn bank(&self) -> &dyn $crate::backend::BankOps {
+            self
+        }
+        fn mining(&self) -> &dyn $crate::backend::MiningOps {
             self
         }
     };

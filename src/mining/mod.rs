@@ -130,10 +130,8 @@ mod tests {
     ) -> (Batch, Mined) {
         let be = crate::backend::cpu();
         let mut batch = Batch::new(&miner.pool, &sampler.next_batch(), NEIGHBOR_K).unwrap();
-        let g = be
-            .download::<f32>(&noda.gather(be, &batch.indices).unwrap())
-            .unwrap();
-        select_in_batch(&mut batch, &g, noda.dim(), SelectionRule::Fixed(0.6)).unwrap();
+        let g = noda.gather(be, &batch.indices).unwrap();
+        select_in_batch(be, &mut batch, &g, noda.dim(), SelectionRule::Fixed(0.6)).unwrap();
         let m = miner
             .mine(be, noda, &batch.indices, &batch.labels, &mut Rng::new(seed))
             .unwrap();

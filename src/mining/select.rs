@@ -3,13 +3,14 @@
 //! candidates to the query set, so positives can be reached transitively.
 //!
 //! Similarities `C Q^T` come from `be.matmul` (`trans_b`) on the backend, the query set grown
-//! there by row copies; scoring and picking run on the host.
+//! there by row copies, the scores from `be.mining_score`; the candidates' scores and counts
+//! come back and the picks (top-k or threshold over a few hundred candidates) are made here.
 //! Deterministic tie rule (the original's `torch.sort` is not stable): equal scores are picked
 //! in ascending candidate position, i.e. ascending dataset index since candidate lists are
 //! sorted.
 
 use super::mode::{Mode, ScoreFn, Selector};
-use crate::backend::{Backend, Buf, CopyRows, DType, MatMul};
+use crate::backend::{Backend, Buf, CopyRows, DType, MatMul, MiningScore};
 use anyhow::{bail, Result};
 
 /// The result of one `select`: chosen candidate positions (ascending) and, for tests and
@@ -53,44 +54,20 @@ pub fn select(be: &dyn Backend, mode: &Mode, q: &Buf, c: &Buf, d: usize) -> Resu
         be.copy_rows(c, &mut query, &picked, &appended, rows)?;
         let mut sb = be.zeros(DType::F32, nc * nq)?;
         be.matmul(c, &query, &mut sb, MatMul::new(nc, nq, d).tb())?;
-        let s = be.download::<f32>(&sb)?;
-        let mut score = vec![0f32; nc];
-        let mut num = vec![0usize; nc];
-        for r in 0..nc {
-            let row = &s[r * nq..(r + 1) * nq];
-            match mode.score[it] {
-                ScoreFn::Avg(th) => {
-                    let (mut sum, mut cnt) = (0f32, 0usize);
-                    for &v in row.iter().filter(|&&v| v >= th) {
-                        sum += v;
-                        cnt += 1;
-                    }
-                    // The original divides by num + 1e-6 (trap G22): 0 when nothing qualifies.
-                    score[r] = sum / (cnt as f32 + 1e-6);
-                    num[r] = cnt;
-                }
-                ScoreFn::Max(th) => {
-                    // Below-threshold similarities count as 0, so the score is never negative.
-                    let mut m = 0f32;
-                    let mut cnt = 0;
-                    for &v in row {
-                        let masked = if v >= th {
-                            cnt += 1;
-                            v
-                        } else {
-                            0.0
-                        };
-                        m = m.max(masked);
-                    }
-                    score[r] = m;
-                    num[r] = cnt;
-                }
-            }
-            if chosen[r] {
-                score[r] = 0.0;
-                num[r] = 0;
-            }
-        }
+        let (use_max, th) = match mode.score[it] {
+            ScoreFn::Avg(th) => (false, th),
+            ScoreFn::Max(th) => (true, th),
+        };
+        let (mut score_b, mut num_b) = (be.zeros(DType::F32, nc)?, be.zeros(DType::I32, nc)?);
+        let shape = MiningScore {
+            nc,
+            nq,
+            use_max,
+            th,
+        };
+        be.mining_score(&sb, &chosen, &mut score_b, &mut num_b, shape)?;
+        let score = be.download::<f32>(&score_b)?;
+        let num = be.download::<i32>(&num_b)?;
         let pick: Vec<usize> = match mode.select[it] {
             Selector::TopK(k) => {
                 let eligible = num.iter().filter(|&&v| v > 0).count();

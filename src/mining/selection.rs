@@ -3,6 +3,7 @@
 //! stay in the batch loss, leave the memory loss and mining; trap G6).
 
 use super::tuples::Batch;
+use crate::backend::{Backend, BatchSelect, Buf, DType};
 use anyhow::{bail, Result};
 
 /// The original's `SELECTION.TYPE` with its `THRESH`.
@@ -19,11 +20,13 @@ pub enum SelectionRule {
 pub const SELECTION_THRESH: f32 = 0.6;
 
 /// Applies `rule` to `batch` using the no-DA features `g` (`batch.indices.len() x d`, batch
-/// order). Rewrites rejected neighbours' labels to `-(a+1)` and returns the keep flag of every
-/// neighbour, `B x K` in batch order.
+/// order, on `be`; the similarities and keep decisions are `be.batch_select`). Rewrites rejected
+/// neighbours' labels to `-(a+1)` and returns the keep flag of every neighbour, `B x K` in
+/// batch order.
 pub fn select_in_batch(
+    be: &dyn Backend,
     batch: &mut Batch,
-    g: &[f32],
+    g: &Buf,
     d: usize,
     rule: SelectionRule,
 ) -> Result<Vec<bool>> {
@@ -35,29 +38,34 @@ pub fn select_in_batch(
             batch.indices.len()
         );
     }
-    let row = |p: usize| &g[p * d..(p + 1) * d];
-    let mut keep = Vec::with_capacity(b * k);
-    for a in 0..b {
-        let s: Vec<f32> = (0..k)
-            .map(|j| {
-                row(a)
-                    .iter()
-                    .zip(row(batch.neighbor_pos(a, j)))
-                    .map(|(x, y)| x * y)
-                    .sum()
-            })
-            .collect();
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for (j, &sj) in s.iter().enumerate() {
-            let ok = match rule {
-                SelectionRule::Fixed(t) => sj >= t,
-                SelectionRule::Dynamic(t) => sj / max >= t,
-            };
-            if !ok {
-                let p = batch.neighbor_pos(a, j);
-                batch.labels[p] = -batch.labels[a];
-            }
-            keep.push(ok);
+    // Anchors take the batch's first positions.
+    let anchor_pos: Vec<usize> = (0..b).collect();
+    let neighbor_pos: Vec<usize> = (0..b)
+        .flat_map(|a| (0..k).map(move |j| (a, j)))
+        .map(|(a, j)| batch.neighbor_pos(a, j))
+        .collect();
+    let (dynamic, thresh) = match rule {
+        SelectionRule::Fixed(t) => (false, t),
+        SelectionRule::Dynamic(t) => (true, t),
+    };
+    let mut flags = be.zeros(DType::I32, b * k)?;
+    let shape = BatchSelect {
+        anchors: b,
+        k,
+        dim: d,
+        dynamic,
+        thresh,
+    };
+    be.batch_select(g, &anchor_pos, &neighbor_pos, &mut flags, shape)?;
+    let keep: Vec<bool> = be
+        .download::<i32>(&flags)?
+        .iter()
+        .map(|&f| f != 0)
+        .collect();
+    for (pair, &ok) in keep.iter().enumerate() {
+        if !ok {
+            let p = neighbor_pos[pair];
+            batch.labels[p] = -batch.labels[pair / k];
         }
     }
     Ok(keep)
@@ -70,6 +78,11 @@ mod tests {
     fn unit(deg: f32) -> [f32; 2] {
         let r = deg.to_radians();
         [r.cos(), r.sin()]
+    }
+
+    fn on_cpu(b: &mut Batch, g: &[f32], rule: SelectionRule) -> Vec<bool> {
+        let be = crate::backend::cpu();
+        select_in_batch(be, b, &be.upload(g).unwrap(), 2, rule).unwrap()
     }
 
     fn batch_with(angles: &[f32]) -> (Batch, Vec<f32>) {
@@ -87,7 +100,7 @@ mod tests {
     fn fixed_rule_rejects_below_thresh_with_negated_label() {
         // cos 40 = 0.766 keep, cos 60 = 0.5 reject, cos 50 = 0.643 keep.
         let (mut b, g) = batch_with(&[0.0, 40.0, 60.0, 50.0]);
-        let keep = select_in_batch(&mut b, &g, 2, SelectionRule::Fixed(SELECTION_THRESH)).unwrap();
+        let keep = on_cpu(&mut b, &g, SelectionRule::Fixed(SELECTION_THRESH));
         assert_eq!(keep, vec![true, false, true]);
         assert_eq!(b.labels, vec![8, 8, -8, 8]);
     }
@@ -96,7 +109,7 @@ mod tests {
     fn dynamic_rule_is_relative_to_the_best_neighbour() {
         // sims 0.5, 0.3420, 0.1736; ratios 1, 0.684, 0.347 against 0.6.
         let (mut b, g) = batch_with(&[0.0, 60.0, 70.0, 80.0]);
-        let keep = select_in_batch(&mut b, &g, 2, SelectionRule::Dynamic(0.6)).unwrap();
+        let keep = on_cpu(&mut b, &g, SelectionRule::Dynamic(0.6));
         assert_eq!(keep, vec![true, true, false]);
         assert_eq!(b.labels, vec![8, 8, 8, -8]);
     }

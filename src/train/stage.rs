@@ -556,7 +556,7 @@ impl<'b> Stage<'b> {
             } else {
                 SelectionRule::Fixed(sel.thresh)
             };
-            select_in_batch(&mut batch, feats, d, rule)?;
+            select_in_batch(be, &mut batch, &be.upload(feats)?, d, rule)?;
             for b in 0..anchors.len() {
                 for j in 0..sel.always_true.min(batch.k) {
                     let p = batch.neighbor_pos(b, j);

@@ -9,6 +9,7 @@ pub mod contrastive;
 pub mod conv;
 pub mod eltwise;
 pub mod gemm;
+pub mod mining;
 pub mod norm;
 pub mod pool;
 pub mod select;

@@ -21,13 +21,11 @@ impl BankOps for CudaBackend {
         if count == 0 {
             return Ok(());
         }
-        let upload = |idx: &[usize]| -> Result<super::DevMem> {
-            let v: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-            let mut m = self.layer().alloc(8 * v.len())?;
-            self.layer().write(bytemuck::cast_slice(&v), &mut m)?;
-            Ok(m)
-        };
-        let (si, di) = (upload(src_idx)?, upload(dst_idx)?);
+        let to_i64 = |idx: &[usize]| idx.iter().map(|&i| i as i64).collect::<Vec<_>>();
+        let (si, di) = (
+            self.upload_list(&to_i64(src_idx))?,
+            self.upload_list(&to_i64(dst_idx))?,
+        );
         let args = Args::new()
             .ptr(src.dev()?)
             .ptr(dst.dev_mut()?)

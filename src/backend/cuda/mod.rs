@@ -10,6 +10,7 @@ pub mod device;
 pub mod driver;
 pub mod emu;
 pub mod gemm;
+pub mod mining;
 pub mod norm;
 pub mod pool;
 pub mod select;
@@ -70,6 +71,13 @@ impl CudaBackend {
 
     pub(crate) fn layer(&self) -> &Layer {
         &self.layer
+    }
+
+    /// A host list (indices, flags) as a new device array, for a launch's arguments.
+    pub(crate) fn upload_list<T: bytemuck::Pod>(&self, v: &[T]) -> Result<DevMem> {
+        let mut m = self.layer.alloc(std::mem::size_of_val(v))?;
+        self.layer.write(bytemuck::cast_slice(v), &mut m)?;
+        Ok(m)
     }
 
     /// Launches `kernel`.
