@@ -11,7 +11,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use insclr::backend::{
-    Backend, Buf, Contrastive, CudaBackend, DType, Gem, Knn, L2Norm, MatMul, TopK,
+    Backend, BatchSelect, Buf, Contrastive, CopyRows, CudaBackend, DType, Gem, Knn, L2Norm, MatMul,
+    MiningScore, TopK,
 };
 use insclr::rng::Rng;
 use std::io::Write;
