@@ -279,6 +279,30 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
         },
     );
 
+    // bank: a step's memory read, 100k scattered rows of 2048 gathered into a block.
+    let bank = filled(be, &mut rng, nn * k, DType::F32);
+    let mut block = be.zeros(DType::F32, nn * k).unwrap();
+    let mut order: Vec<usize> = (0..nn).collect();
+    for i in (1..nn).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let dst: Vec<usize> = (0..nn).collect();
+    let bytes = (2 * 4 * nn * k + 16 * nn) as f64;
+    measure(
+        &mut group,
+        be,
+        record,
+        "copy_rows_f32",
+        format!("{nn} rows of {k}"),
+        bytes,
+        0.0,
+        || {
+            be.copy_rows(&bank, &mut block, &order, &dst, CopyRows { dim: k })
+                .unwrap()
+        },
+    );
+    drop((bank, block));
+
     // mining: a step's decisions (128 anchors x 5 neighbours of 2048; 2000 candidates against
     // a query set of 64); latency-bound, timed to keep them in view.
     let (anchors, kn, nc, nqs) = (128, 5, 2000, 64);

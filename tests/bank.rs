@@ -19,7 +19,7 @@ fn kernel_copy_rows_matches_cpu() {
                 let (ns, nd) = (50usize, 64usize);
                 let what = format!("copy_rows {dt} dim={dim} count={count}");
                 // Row copies are exact: any difference at all is a wrong row.
-                matches_cpu(&what, &dev, 0.0 + f64::MIN_POSITIVE, |be| {
+                matches_cpu(&what, &dev, f64::MIN_POSITIVE, |be| {
                     let mut rng = Rng::new(51 + (dim * 7 + count) as u64);
                     let src = upload_as(be, &rng.vec_f32(ns * dim, -1.0, 1.0), dt)?;
                     let mut dst = upload_as(be, &rng.vec_f32(nd * dim, -1.0, 1.0), dt)?;
