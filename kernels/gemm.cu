@@ -8,7 +8,7 @@
 // when a dimension is small), 256 threads either way.
 //
 // bf16: tensor cores (mma.m16n8k16 through arch.cuh), f32 accumulation, alpha / beta applied in
-// f32 and the result rounded to bf16 once. A 128 x 128 x 32 block tile of 8 warps (2 x 4), each
+// f32 and the result rounded to bf16 once (or stored as f32: matmul_bf16_f32). A 128 x 128 x 32 block tile of 8 warps (2 x 4), each
 // warp 64 x 32 = 4 x 4 mma tiles. Both operands are staged k-contiguous in shared memory (A as
 // m x k, B as n x k) so that ldmatrix (no .trans) gives the fragments for every transpose case;
 // the transpose happens in the global load.
@@ -149,9 +149,10 @@ __device__ __forceinline__ void stage_bf16(__nv_bfloat16 (*smem)[TC_LD], const _
 }
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(256)
-    matmul_bf16(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B, __nv_bfloat16* __restrict__ C,
-                int m, int n, int k, int trans_a, int trans_b, float alpha, float beta) {
+// TC: the output's type (bf16, or f32 for similarity scores that a top-k ranks).
+template <typename TC>
+__device__ void matmul_tc(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B, TC* __restrict__ C,
+                          int m, int n, int k, int trans_a, int trans_b, float alpha, float beta) {
     __shared__ __align__(16) __nv_bfloat16 As[TC_BM][TC_LD];
     __shared__ __align__(16) __nv_bfloat16 Bs[TC_BN][TC_LD];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -194,10 +195,23 @@ extern "C" __global__ void __launch_bounds__(256)
                 int row = bm + wm + i * 16 + g + (q >= 2 ? 8 : 0);
                 int col = bn + wn + j * 8 + 2 * t + (q & 1);
                 if (row < m && col < n) {
-                    __nv_bfloat16* c = C + (size_t)row * n + col;
+                    TC* c = C + (size_t)row * n + col;
                     float v = alpha * acc[i][j][q];
-                    if (beta != 0.0f) v = fmaf(beta, __bfloat162float(*c), v);
-                    *c = __float2bfloat16(v);
+                    if (beta != 0.0f) v = fmaf(beta, load(*c), v);
+                    *c = store<TC>(v);
                 }
             }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    matmul_bf16(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B, __nv_bfloat16* __restrict__ C,
+                int m, int n, int k, int trans_a, int trans_b, float alpha, float beta) {
+    matmul_tc(A, B, C, m, n, k, trans_a, trans_b, alpha, beta);
+}
+
+// bf16 inputs, f32 output: the similarity blocks of a bf16 nearest-neighbour search.
+extern "C" __global__ void __launch_bounds__(256)
+    matmul_bf16_f32(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B, float* __restrict__ C, int m,
+                    int n, int k, int trans_a, int trans_b, float alpha, float beta) {
+    matmul_tc(A, B, C, m, n, k, trans_a, trans_b, alpha, beta);
 }

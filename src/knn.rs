@@ -11,13 +11,16 @@
 use crate::backend::{Backend, Buf, DType, Knn, MatMul};
 use anyhow::{bail, Result};
 
-/// Tile sizes of the streaming loops.
+/// How a search runs: tile sizes of the streaming loops and the descriptors' storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiling {
     /// Queries per matmul.
     pub query_block: usize,
     /// Database rows per matmul.
     pub db_tile: usize,
+    /// Storage of the descriptors on the backend: f32, or bf16 (rounded to nearest even: half
+    /// the memory, tensor cores on a GPU; scores within bf16 rounding of each other may swap).
+    pub dtype: DType,
 }
 
 impl Default for Tiling {
@@ -28,6 +31,7 @@ impl Default for Tiling {
         Tiling {
             query_block: 512,
             db_tile: 2048,
+            dtype: DType::F32,
         }
     }
 }
@@ -207,12 +211,23 @@ pub fn top_k(
         return Ok(Neighbors { k, index, score });
     }
     let d = pair.dim;
-    let db = be.upload(pair.db)?;
+    let upload = |v: &[f32]| -> Result<Buf> {
+        match tiling.dtype {
+            DType::BF16 => be.upload(
+                &v.iter()
+                    .map(|&x| half::bf16::from_f32(x))
+                    .collect::<Vec<_>>(),
+            ),
+            DType::F32 => be.upload(v),
+            other => bail!("top-k: descriptors are stored as f32 or bf16, not {other}"),
+        }
+    };
+    let db = upload(pair.db)?;
     let qb = tiling.query_block.max(1);
     let (mut val, mut idx) = (Buf::empty(DType::F32), Buf::empty(DType::U32));
     for q0 in (0..nq).step_by(qb) {
         let n = qb.min(nq - q0);
-        let q = be.upload(&pair.queries[q0 * d..(q0 + n) * d])?;
+        let q = upload(&pair.queries[q0 * d..(q0 + n) * d])?;
         let skip = match exclude {
             Exclude::Nothing => None,
             _ => {
@@ -301,15 +316,18 @@ mod tests {
             Tiling {
                 query_block: 1,
                 db_tile: 1,
+                ..Tiling::default()
             },
             // Neither divides the sizes below: short last blocks in both dimensions.
             Tiling {
                 query_block: 7,
                 db_tile: 13,
+                ..Tiling::default()
             },
             Tiling {
                 query_block: 16,
                 db_tile: 64,
+                ..Tiling::default()
             },
         ]
     }
@@ -368,6 +386,7 @@ mod tests {
         let t = Tiling {
             query_block: 1,
             db_tile: 4,
+            ..Tiling::default()
         };
         let got = search(pair, 3, Exclude::Nothing, t);
         assert_eq!(got.index, vec![0, 1, 2]);

@@ -431,12 +431,11 @@ fn emu_pool_cli_gives_the_cpu_pool() {
     }
     let feats = dir.join("feats.npy");
     insclr::io::npy::write(&feats, &insclr::io::npy::Array::new(vec![n, d], x).unwrap()).unwrap();
-    let pool = |device: &str| {
-        let out = dir.join(format!("pool-{device}.npz"));
+    let pool = |device: &str, precision: &str| {
+        let out = dir.join(format!("pool-{device}-{precision}.npz"));
         let run = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
-            .args([
-                "--device", device, "pool", "--k", "12", "--tile", "64", "--feats",
-            ])
+            .args(["--device", device, "pool", "--k", "12", "--tile", "64"])
+            .args(["--precision", precision, "--feats"])
             .arg(&feats)
             .arg("--out")
             .arg(&out)
@@ -449,9 +448,29 @@ fn emu_pool_cli_gives_the_cpu_pool() {
             String::from_utf8_lossy(&run.stderr)
         );
         assert!(stdout.contains(&format!("backend {device}")), "{stdout}");
-        std::fs::read(out).unwrap()
+        let neighbors = insclr::io::npy::read_npz::<i64>(&out, "neighbor")
+            .unwrap()
+            .data;
+        (std::fs::read(&out).unwrap(), neighbors)
     };
-    assert_eq!(pool("emu"), pool("cpu"), "emu and cpu pools differ");
+    let (f32_emu, f32_cpu) = (pool("emu", "f32"), pool("cpu", "f32"));
+    assert_eq!(f32_emu.0, f32_cpu.0, "emu and cpu pools differ");
+    // bf16 descriptors: the tensor-core search gives the CPU's bf16 neighbours, and bf16 keeps
+    // almost every f32 neighbour of these well-separated rows.
+    let (bf_emu, bf_cpu) = (pool("emu", "bf16"), pool("cpu", "bf16"));
+    assert_eq!(bf_emu.1, bf_cpu.1, "emu and cpu bf16 neighbours differ");
+    let kept = bf_emu
+        .1
+        .chunks(12)
+        .zip(f32_cpu.1.chunks(12))
+        .map(|(b, f)| b.iter().filter(|j| f.contains(j)).count())
+        .sum::<usize>();
+    log(&format!("bf16 pool kept {kept} of {} f32 neighbours", n * 12));
+    assert!(
+        kept * 100 >= 95 * n * 12,
+        "bf16 kept {kept} of {} f32 neighbours",
+        n * 12
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

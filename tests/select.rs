@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::kernel_device;
-use insclr::backend::{Backend, Knn, TopK};
+use common::{kernel_device, upload_as};
+use insclr::backend::{Backend, DType, Knn, TopK};
 use insclr::rng::Rng;
 
 /// Scores and indices of a top-k on `be`, slots past the candidates included.
@@ -60,9 +60,19 @@ fn kernel_topk_matches_cpu() {
     }
 }
 
-/// (scores as bits, indices) of a search on `be`.
-fn knn_on(be: &dyn Backend, q: &[f32], db: &[f32], exclude: Option<&[i64]>, s: Knn) -> Top {
-    let (qb, dbb) = (be.upload(q).unwrap(), be.upload(db).unwrap());
+/// (scores as bits, indices) of a search on `be` with descriptors stored as `dt`.
+fn knn_on(
+    be: &dyn Backend,
+    q: &[f32],
+    db: &[f32],
+    exclude: Option<&[i64]>,
+    s: Knn,
+    dt: DType,
+) -> Top {
+    let (qb, dbb) = (
+        upload_as(be, q, dt).unwrap(),
+        upload_as(be, db, dt).unwrap(),
+    );
     let x = exclude.map(|x| be.upload(x).unwrap());
     let mut val = be.upload(&vec![f32::NAN; s.nq * s.k]).unwrap();
     let mut idx = be.upload(&vec![7u32; s.nq * s.k]).unwrap();
@@ -109,14 +119,16 @@ fn kernel_knn_matches_cpu() {
                     k,
                     tile,
                 };
-                let want = knn_on(insclr::backend::cpu(), &q, &db, exclude, s);
-                let got = knn_on(&dev, &q, &db, exclude, s);
-                assert_eq!(
-                    got,
-                    want,
-                    "tile {tile} k {k} exclude {:?}",
-                    exclude.map(|x| x[1])
-                );
+                // Small integers are exact in bf16 too: the tensor-core search must agree.
+                for dt in [DType::F32, DType::BF16] {
+                    if dt == DType::BF16 && tile < 64 {
+                        continue; // 300 tensor-core GEMMs: slow on the emulator, no new path
+                    }
+                    let want = knn_on(insclr::backend::cpu(), &q, &db, exclude, s, dt);
+                    let got = knn_on(&dev, &q, &db, exclude, s, dt);
+                    let ex = exclude.map(|x| x[1]);
+                    assert_eq!(got, want, "{dt} tile {tile} k {k} exclude {ex:?}");
+                }
             }
         }
     }
@@ -128,7 +140,7 @@ fn kernel_knn_matches_cpu() {
         k: 3,
         tile: 4,
     };
-    let got = knn_on(&dev, &q[..2 * dim], &[], None, s);
+    let got = knn_on(&dev, &q[..2 * dim], &[], None, s, DType::F32);
     assert_eq!(got.0, vec![f32::NEG_INFINITY.to_bits(); 6]);
     assert_eq!(got.1, vec![u32::MAX; 6]);
 }

@@ -82,6 +82,6 @@ impl dyn Backend + '_ {
     ) -> Result<()> {
         let s = s.check(src, dst, src_idx, dst_idx)?;
         self.require(Op::CopyRows, src.dtype())?;
-        self.bank().copy_rows(src, dst, src_idx, dst_idx, s)
+        self.bank_ops().copy_rows(src, dst, src_idx, dst_idx, s)
     }
 }

@@ -153,20 +153,20 @@ impl dyn Backend + '_ {
     pub fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Conv) -> Result<()> {
         let s = s.check(x, w, y)?;
         self.require(Op::Conv2dFwd, x.dtype())?;
-        self.conv().conv2d_fwd(x, w, y, s)
+        self.conv_ops().conv2d_fwd(x, w, y, s)
     }
 
     /// Convolution data gradient: writes `dx` from `dy` and the weight.
     pub fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Conv) -> Result<()> {
         let s = s.check(dx, w, dy)?;
         self.require(Op::Conv2dBwdData, dy.dtype())?;
-        self.conv().conv2d_bwd_data(dy, w, dx, s)
+        self.conv_ops().conv2d_bwd_data(dy, w, dx, s)
     }
 
     /// Convolution weight gradient: accumulates into `dw` from the input `x` and `dy`.
     pub fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Conv) -> Result<()> {
         let s = s.check(x, dw, dy)?;
         self.require(Op::Conv2dBwdWeight, x.dtype())?;
-        self.conv().conv2d_bwd_weight(x, dy, dw, s)
+        self.conv_ops().conv2d_bwd_weight(x, dy, dw, s)
     }
 }

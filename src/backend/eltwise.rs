@@ -55,20 +55,20 @@ impl dyn Backend + '_ {
         }
         .check(&[a, b, y])?;
         self.require(Op::AddFwd, a.dtype())?;
-        self.eltwise().add_fwd(a, b, y, s)
+        self.eltwise_ops().add_fwd(a, b, y, s)
     }
 
     /// Activation forward `y = act(x)`.
     pub fn act_fwd(&self, x: &Buf, y: &mut Buf, act: Act) -> Result<()> {
         let s = Eltwise { len: x.len(), act }.check(&[x, y])?;
         self.require(Op::ActFwd, x.dtype())?;
-        self.eltwise().act_fwd(x, y, s)
+        self.eltwise_ops().act_fwd(x, y, s)
     }
 
     /// Activation backward from the forward output: `dx = dy * act'(y)`.
     pub fn act_bwd(&self, y: &Buf, dy: &Buf, dx: &mut Buf, act: Act) -> Result<()> {
         let s = Eltwise { len: y.len(), act }.check(&[y, dy, dx])?;
         self.require(Op::ActBwd, y.dtype())?;
-        self.eltwise().act_bwd(y, dy, dx, s)
+        self.eltwise_ops().act_bwd(y, dy, dx, s)
     }
 }

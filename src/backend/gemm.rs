@@ -84,6 +84,6 @@ impl dyn Backend + '_ {
     pub fn matmul(&self, a: &Buf, b: &Buf, c: &mut Buf, s: MatMul) -> Result<()> {
         let s = s.check(a, b, c)?;
         self.require(Op::Matmul, a.dtype())?;
-        self.gemm().matmul(a, b, c, s)
+        self.gemm_ops().matmul(a, b, c, s)
     }
 }

@@ -121,7 +121,7 @@ impl dyn Backend + '_ {
     ) -> Result<()> {
         let s = s.check(g, anchor_pos, neighbor_pos, keep)?;
         self.require(Op::BatchSelect, g.dtype())?;
-        self.mining()
+        self.mining_ops()
             .batch_select(g, anchor_pos, neighbor_pos, keep, s)
     }
 
@@ -136,6 +136,6 @@ impl dyn Backend + '_ {
     ) -> Result<()> {
         let shape = shape.check(s, chosen, score, num)?;
         self.require(Op::MiningScore, s.dtype())?;
-        self.mining().mining_score(s, chosen, score, num, shape)
+        self.mining_ops().mining_score(s, chosen, score, num, shape)
     }
 }

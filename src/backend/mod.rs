@@ -1,5 +1,6 @@
 //! The seam between the method and the hardware. Every op the model and InsCLR need lives in
-//! one file per kernel family (`gemm`, `pool`, `norm`, `conv`, `eltwise`), which holds the op's
+//! one file per kernel family (`gemm`, `pool`, `norm`, `conv`, `eltwise`, `select`,
+//! `contrastive`, `bank`, `mining`), which holds the op's
 //! shape struct, its check, the family trait a backend implements (`cpu/<family>.rs`,
 //! `cuda/<family>.rs`) and the checked entry point callers use, a method on `dyn Backend`:
 //!
@@ -423,45 +424,45 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()>;
 
     /// The families' ops on this backend (called by the checked methods on `dyn Backend`).
-    fn gemm(&self) -> &dyn GemmOps;
-    fn pool(&self) -> &dyn PoolOps;
-    fn norm(&self) -> &dyn NormOps;
-    fn conv(&self) -> &dyn ConvOps;
-    fn eltwise(&self) -> &dyn EltwiseOps;
-    fn select(&self) -> &dyn SelectOps;
+    fn gemm_ops(&self) -> &dyn GemmOps;
+    fn pool_ops(&self) -> &dyn PoolOps;
+    fn norm_ops(&self) -> &dyn NormOps;
+    fn conv_ops(&self) -> &dyn ConvOps;
+    fn eltwise_ops(&self) -> &dyn EltwiseOps;
+    fn select_ops(&self) -> &dyn SelectOps;
     fn contrastive_ops(&self) -> &dyn ContrastiveOps;
-    fn bank(&self) -> &dyn BankOps;
-    fn mining(&self) -> &dyn MiningOps;
+    fn bank_ops(&self) -> &dyn BankOps;
+    fn mining_ops(&self) -> &dyn MiningOps;
 }
 
 /// The family accessors of a backend that implements every family trait itself.
 macro_rules! family_accessors {
     () => {
-        fn gemm(&self) -> &dyn $crate::backend::GemmOps {
+        fn gemm_ops(&self) -> &dyn $crate::backend::GemmOps {
             self
         }
-        fn pool(&self) -> &dyn $crate::backend::PoolOps {
+        fn pool_ops(&self) -> &dyn $crate::backend::PoolOps {
             self
         }
-        fn norm(&self) -> &dyn $crate::backend::NormOps {
+        fn norm_ops(&self) -> &dyn $crate::backend::NormOps {
             self
         }
-        fn conv(&self) -> &dyn $crate::backend::ConvOps {
+        fn conv_ops(&self) -> &dyn $crate::backend::ConvOps {
             self
         }
-        fn eltwise(&self) -> &dyn $crate::backend::EltwiseOps {
+        fn eltwise_ops(&self) -> &dyn $crate::backend::EltwiseOps {
             self
         }
-        fn select(&self) -> &dyn $crate::backend::SelectOps {
+        fn select_ops(&self) -> &dyn $crate::backend::SelectOps {
             self
         }
         fn contrastive_ops(&self) -> &dyn $crate::backend::ContrastiveOps {
             self
         }
-        fn bank(&self) -> &dyn $crate::backend::BankOps {
+        fn bank_ops(&self) -> &dyn $crate::backend::BankOps {
             self
         }
-        fn mining(&self) -> &dyn $crate::backend::MiningOps {
+        fn mining_ops(&self) -> &dyn $crate::backend::MiningOps {
             self
         }
     };

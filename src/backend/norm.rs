@@ -155,14 +155,14 @@ impl dyn Backend + '_ {
     pub fn l2norm_fwd(&self, x: &Buf, y: &mut Buf, s: L2Norm) -> Result<()> {
         let s = s.check(&[x, y])?;
         self.require(Op::L2normFwd, x.dtype())?;
-        self.norm().l2norm_fwd(x, y, s)
+        self.norm_ops().l2norm_fwd(x, y, s)
     }
 
     /// Row-wise L2 normalisation backward: writes `dx` from the input `x` and `dy`.
     pub fn l2norm_bwd(&self, x: &Buf, dy: &Buf, dx: &mut Buf, s: L2Norm) -> Result<()> {
         let s = s.check(&[x, dy, dx])?;
         self.require(Op::L2normBwd, x.dtype())?;
-        self.norm().l2norm_bwd(x, dy, dx, s)
+        self.norm_ops().l2norm_bwd(x, dy, dx, s)
     }
 
     /// BatchNorm + activation forward with batch statistics: writes `y`, saves each statistics
@@ -185,7 +185,7 @@ impl dyn Backend + '_ {
             &[saved.0, saved.1],
         )?;
         self.require(Op::BatchnormFwdTrain, x.dtype())?;
-        self.norm()
+        self.norm_ops()
             .batchnorm_fwd_train(x, gamma, beta, running, saved, y, s)
     }
 
@@ -203,7 +203,7 @@ impl dyn Backend + '_ {
     ) -> Result<()> {
         let s = s.check(&[x, y], &[gamma, beta, running_mean, running_var])?;
         self.require(Op::BatchnormFwdEval, x.dtype())?;
-        self.norm()
+        self.norm_ops()
             .batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, y, s)
     }
 
@@ -227,7 +227,7 @@ impl dyn Backend + '_ {
             &[saved.0, saved.1],
         )?;
         self.require(Op::BatchnormBwd, x.dtype())?;
-        self.norm()
+        self.norm_ops()
             .batchnorm_bwd(x, y, dy, gamma, saved, dx, dparams, s)
     }
 }

@@ -139,27 +139,27 @@ impl dyn Backend + '_ {
     pub fn gem_fwd(&self, x: &Buf, y: &mut Buf, s: Gem) -> Result<()> {
         let s = s.check(&[x], &[y])?;
         self.require(Op::GemFwd, x.dtype())?;
-        self.pool().gem_fwd(x, y, s)
+        self.pool_ops().gem_fwd(x, y, s)
     }
 
     /// GeM pooling backward: writes `dx` from `x`, the forward output `y` and `dy`.
     pub fn gem_bwd(&self, x: &Buf, y: &Buf, dy: &Buf, dx: &mut Buf, s: Gem) -> Result<()> {
         let s = s.check(&[x, dx], &[y, dy])?;
         self.require(Op::GemBwd, x.dtype())?;
-        self.pool().gem_bwd(x, y, dy, dx, s)
+        self.pool_ops().gem_bwd(x, y, dy, dx, s)
     }
 
     /// Max pooling forward.
     pub fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: MaxPool) -> Result<()> {
         let s = s.check(&[x], &[y])?;
         self.require(Op::MaxpoolFwd, x.dtype())?;
-        self.pool().maxpool_fwd(x, y, s)
+        self.pool_ops().maxpool_fwd(x, y, s)
     }
 
     /// Max pooling backward: writes `dx`, routing each `dy` to the first maximum of its window.
     pub fn maxpool_bwd(&self, x: &Buf, y: &Buf, dy: &Buf, dx: &mut Buf, s: MaxPool) -> Result<()> {
         let s = s.check(&[x, dx], &[y, dy])?;
         self.require(Op::MaxpoolBwd, x.dtype())?;
-        self.pool().maxpool_bwd(x, y, dy, dx, s)
+        self.pool_ops().maxpool_bwd(x, y, dy, dx, s)
     }
 }

@@ -101,7 +101,7 @@ impl dyn Backend + '_ {
     pub fn topk(&self, scores: &Buf, val: &mut Buf, idx: &mut Buf, s: TopK) -> Result<()> {
         let s = s.check(scores, val, idx)?;
         self.require(Op::Topk, scores.dtype())?;
-        self.select().topk(scores, val, idx, s)
+        self.select_ops().topk(scores, val, idx, s)
     }
 
     /// The `k` highest inner products of each query among the database rows, best first, with
@@ -117,6 +117,6 @@ impl dyn Backend + '_ {
     ) -> Result<()> {
         let s = s.check(q, db, exclude, val, idx)?;
         self.require(Op::Knn, q.dtype())?;
-        self.select().knn(q, db, exclude, val, idx, s)
+        self.select_ops().knn(q, db, exclude, val, idx, s)
     }
 }

@@ -259,7 +259,7 @@ fn descriptors(
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
-    let mut ops = vec![Op::Matmul];
+    let mut ops = vec![Op::Matmul, Op::Knn];
     if args.db_feats.is_none() {
         ops.extend_from_slice(super::extract::model_ops(&args.model));
     }

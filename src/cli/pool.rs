@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use insclr::backend::{self, DeviceChoice, Op};
+use insclr::backend::{self, DType, DeviceChoice, Op};
 use insclr::io::npy;
 use insclr::mining::pool::{count_non_unit, default_tile, CandidatePool};
 use std::path::PathBuf;
@@ -24,6 +24,11 @@ pub struct Args {
     /// Queries per score block (memory: tile x 2048 floats per block; default 512).
     #[arg(long)]
     tile: Option<usize>,
+    /// Descriptor storage for the search: f32, or bf16 (half the memory and tensor cores on a
+    /// GPU; neighbours whose scores differ by less than bf16 rounding may swap places). The
+    /// similarities written are recomputed from the f32 descriptors either way.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    precision: String,
 }
 
 /// Computes and writes the pool.
@@ -39,10 +44,15 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         );
     }
     let tile = args.tile.unwrap_or_else(|| default_tile(n));
-    let (be, chosen) = backend::select_f32(device, &[Op::Matmul])?;
+    let dtype = if args.precision == "bf16" {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let (be, chosen) = backend::select(device, &[(Op::Knn, dtype)])?;
     println!(
-        "pool: {n} descriptors of {d}, k = {}, tile = {tile}, backend {chosen}",
-        args.k
+        "pool: {n} descriptors of {d} ({}), k = {}, tile = {tile}, backend {chosen}",
+        args.precision, args.k
     );
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
@@ -52,9 +62,16 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         .context("progress bar template")?,
     );
     let t0 = Instant::now();
-    let pool = CandidatePool::compute(be.as_ref(), &feats.data, n, d, args.k, tile, &mut |t| {
-        bar.inc(t as u64)
-    })
+    let pool = CandidatePool::compute_as(
+        be.as_ref(),
+        &feats.data,
+        n,
+        d,
+        args.k,
+        tile,
+        dtype,
+        &mut |t| bar.inc(t as u64),
+    )
     .with_context(|| format!("candidate pool of {}", args.feats.display()))?;
     bar.finish();
     let secs = t0.elapsed().as_secs_f64();

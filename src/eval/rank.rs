@@ -163,6 +163,7 @@ mod tests {
         let tiling = Tiling {
             query_block: 3,
             db_tile: 19,
+            ..Tiling::default()
         };
         let top = top_k(be, pair, 25, tiling).unwrap();
         let mut targets = Vec::new();

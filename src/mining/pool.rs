@@ -12,7 +12,7 @@
 //! dropped. Here the query's own index is removed explicitly and ties are broken by
 //! (score descending, index ascending), so the result is deterministic and never contains self.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DType};
 use crate::io::npy::{self, Array, NpzEntry};
 use crate::knn::{self, Exclude, Pair, Tiling};
 use anyhow::{bail, Context, Result};
@@ -60,6 +60,22 @@ impl CandidatePool {
         tile: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<CandidatePool> {
+        Self::compute_as(be, feats, n, d, k, tile, DType::F32, progress)
+    }
+
+    /// [`CandidatePool::compute`] with the search's descriptors stored as `dtype` (f32 or bf16);
+    /// the similarities kept are recomputed from `feats` either way.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compute_as(
+        be: &dyn Backend,
+        feats: &[f32],
+        n: usize,
+        d: usize,
+        k: usize,
+        tile: usize,
+        dtype: DType,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<CandidatePool> {
         if feats.len() != n * d {
             bail!(
                 "candidate pool: features hold {} values, expected n*d = {n}*{d}",
@@ -79,6 +95,7 @@ impl CandidatePool {
         };
         let tiling = Tiling {
             query_block: tile,
+            dtype,
             ..Tiling::default()
         };
         let found = knn::top_k(be, pair, k, Exclude::Diagonal, tiling, progress)

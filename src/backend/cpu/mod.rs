@@ -27,6 +27,7 @@ pub const BF16_OPS: &[Op] = &[
     Op::GemBwd,
     Op::L2normFwd,
     Op::L2normBwd,
+    Op::Knn,
 ];
 
 /// A buffer's elements as f32: borrowed for f32, widened from bf16.

@@ -5,6 +5,7 @@
 //! offers each block to the queries' heaps.
 
 use super::gemm::matmul_f32;
+use super::widen;
 use crate::backend::{Buf, Checked, Knn, MatMul, TopK};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -194,14 +195,10 @@ impl crate::backend::SelectOps for super::CpuBackend {
         s: Checked<Knn>,
     ) -> Result<()> {
         let exclude = exclude.map(|x| x.host::<i64>()).transpose()?;
-        knn_f32(
-            q.host()?,
-            db.host()?,
-            exclude,
-            val.host_mut()?,
-            idx.host_mut()?,
-            *s,
-        );
+        // bf16 descriptors score as their f32 values (the tensor cores' products are exact
+        // too); only the order of the sums differs between backends.
+        let (q, db) = (widen(q)?, widen(db)?);
+        knn_f32(&q, &db, exclude, val.host_mut()?, idx.host_mut()?, *s);
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 
 use super::device::{Args, DevMem, Launch, Layer};
 use super::{int, CudaBackend};
-use crate::backend::{Buf, Checked, DType, GemmOps, MatMul, Op};
+use crate::backend::{Buf, Checked, DType, GemmOps, MatMul};
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::sys::cublasOperation_t as CublasOp;
 
@@ -25,6 +25,7 @@ impl GemmOps for CudaBackend {
                 return self.matmul_cublas(a, b, c, *s);
             }
         }
+        let (dtype, out) = (a.dtype(), c.dtype());
         // SAFETY: the shape was checked: A, B, C hold m*k, k*n, m*n elements of one dtype.
         unsafe {
             self.matmul_at(
@@ -32,7 +33,8 @@ impl GemmOps for CudaBackend {
                 (b.dev()?, 0),
                 (c.dev_mut()?, 0),
                 *s,
-                a.dtype(),
+                dtype,
+                out,
             )
         }
     }
@@ -40,10 +42,11 @@ impl GemmOps for CudaBackend {
 
 impl CudaBackend {
     /// Launches our GEMM on `(memory, byte offset)` operands: a launcher's building block (the
-    /// streamed search multiplies a query block by a slice of the database).
+    /// streamed search multiplies a query block by a slice of the database). A and B are of
+    /// `dtype`, C of `out` (bf16 inputs may write f32).
     ///
     /// # Safety
-    /// From each offset, A, B and C hold m*k, k*n and m*n elements of `dtype`.
+    /// From each offset, A and B hold m*k and k*n elements of `dtype`, C m*n of `out`.
     pub(super) unsafe fn matmul_at(
         &self,
         a: (&DevMem, usize),
@@ -51,14 +54,19 @@ impl CudaBackend {
         c: (&DevMem, usize),
         s: MatMul,
         dtype: DType,
+        out: DType,
     ) -> Result<()> {
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
-        let (kernel, (tm, tn)) = match dtype {
-            DType::BF16 => ("matmul_bf16".to_string(), BF16_TILE),
-            _ if s.m >= F32_TILE.0 && s.n >= F32_TILE.1 => (Op::Matmul.kernel(dtype), F32_TILE),
-            _ => ("matmul_small_f32".to_string(), F32_SMALL_TILE),
+        let (kernel, (tm, tn)) = match (dtype, out) {
+            (DType::BF16, DType::BF16) => ("matmul_bf16", BF16_TILE),
+            (DType::BF16, DType::F32) => ("matmul_bf16_f32", BF16_TILE),
+            (DType::F32, DType::F32) if s.m >= F32_TILE.0 && s.n >= F32_TILE.1 => {
+                ("matmul_f32", F32_TILE)
+            }
+            (DType::F32, DType::F32) => ("matmul_small_f32", F32_SMALL_TILE),
+            _ => bail!("no GEMM kernel takes {dtype} inputs to a {out} output"),
         };
         let grid_y = s.m.div_ceil(tm);
         if grid_y > 65_535 {
@@ -87,7 +95,7 @@ impl CudaBackend {
             .f32(s.beta);
         // Arguments match matmul_*(A, B, C, m, n, k, trans_a, trans_b, alpha, beta); the sizes
         // are the caller's contract.
-        self.launch(&kernel, cfg, args)
+        self.launch(kernel, cfg, args)
     }
 
     /// `C = alpha op(A) op(B) + beta C` through cuBLAS SGEMM (f32, GPU only): the baseline of

@@ -129,11 +129,14 @@ impl Backend for CudaBackend {
 
     fn supports(&self, op: Op, dtype: DType) -> bool {
         match op {
-            // Our f32 GEMM into a score block, merged by topk_merge_f32.
+            // Our GEMM into an f32 score block, merged by topk_merge_f32.
             Op::Knn => {
-                dtype == DType::F32
-                    && self.kernels.contains("matmul_f32")
-                    && self.kernels.contains("topk_merge_f32")
+                let gemm = match dtype {
+                    DType::F32 => "matmul_f32",
+                    DType::BF16 => "matmul_bf16_f32",
+                    _ => return false,
+                };
+                self.kernels.contains(gemm) && self.kernels.contains("topk_merge_f32")
             }
             _ => self.kernels.contains(&op.kernel(dtype)),
         }

@@ -1,6 +1,6 @@
-//! Launchers for kernels/select.cu: row-wise top-k, and the streamed search (our GEMM into a
-//! `nq x tile` score block, then `topk_merge_f32` folds the block into each query's running
-//! top-k, tile after tile; the `nq x ndb` matrix never exists).
+//! Launchers for kernels/select.cu: row-wise top-k, and the streamed search (our GEMM, f32 or
+//! bf16 tensor cores, into an f32 `nq x tile` score block, then `topk_merge_f32` folds the block
+//! into each query's running top-k, tile after tile; the `nq x ndb` matrix never exists).
 
 use super::device::{Args, Launch};
 use super::{int, CudaBackend};
@@ -84,6 +84,7 @@ impl SelectOps for CudaBackend {
                     (&block, 0),
                     shape,
                     dt,
+                    DType::F32,
                 )?
             };
             let mut args = Args::new().ptr(&block).i32(nt as i32).u32(j0 as u32);
