@@ -4,12 +4,14 @@
 //!
 //! Napkin math: a memory-bound kernel's floor is bytes moved / peak DRAM bandwidth; a GEMM's is
 //! max(flops / peak, bytes / bandwidth), with the FP32 peak for f32 and the dense tensor-core
-//! peak for bf16. Peaks come from the device's attributes. Our GEMMs run beside cuBLAS SGEMM on
-//! the same shape, and the table gives the ratio. With `INSCLR_BENCH_TABLE=path` the GPU results
+//! peak for bf16. Peaks come from the device's attributes. One criterion group per kernel family;
+//! our GEMMs run beside cuBLAS SGEMM and the top-k beside a full sort of each row on the same
+//! shape, and the table gives the ratio. With `INSCLR_BENCH_TABLE=path` the GPU results
 //! are also written there as a markdown table (scripts/device-check.sh collects it into
 //! bench_results/).
 
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use insclr::backend::{
     Backend, BatchSelect, Buf, Contrastive, CopyRows, CudaBackend, DType, Gem, Knn, L2Norm, MatMul,
     MiningScore, TopK,
@@ -58,7 +60,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// when `record` is set.
 #[allow(clippy::too_many_arguments)]
 fn measure(
-    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    group: &mut BenchmarkGroup<'_, WallTime>,
     be: &dyn Backend,
     record: bool,
     name: &str,
@@ -68,7 +70,7 @@ fn measure(
     mut f: impl FnMut(),
 ) {
     let mut samples = Vec::new();
-    group.bench_function(name, |b| {
+    group.bench_function(BenchmarkId::new(name, &shape), |b| {
         b.iter_custom(|iters| {
             be.synchronize().expect("sync");
             let t = Instant::now();
@@ -93,15 +95,20 @@ fn measure(
     }
 }
 
+/// The criterion group of one kernel family on `be`, named `<family>/<backend>`.
+fn family<'a>(c: &'a mut Criterion, be: &dyn Backend, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(format!("{name}/{}", be.name()));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    g
+}
+
 /// Benchmarks every family on one backend; `gpu` adds the cuBLAS baseline and records rows.
 fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) {
     let record = gpu.is_some();
     let mut rng = Rng::new(1);
-    let mut group = c.benchmark_group(be.name());
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = family(c, be, "pool");
 
     // pool: GeM forward / backward.
     let (n, ch, h, w) = GEM;
@@ -134,6 +141,9 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     );
     drop((x, dx));
 
+    group.finish();
+    let mut group = family(c, be, "norm");
+
     // norm: L2 forward / backward (y doubles as dy).
     let (rows, cols) = L2;
     let s = L2Norm::new(rows, cols);
@@ -163,6 +173,9 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
         || be.l2norm_bwd(&x, &y, &mut dx, s).unwrap(),
     );
     drop((x, y, dx));
+
+    group.finish();
+    let mut group = family(c, be, "gemm");
 
     // gemm: queries . bank^T, ours in f32 and bf16, cuBLAS SGEMM beside them on a GPU.
     let (m, nn, k) = SIM;
@@ -203,6 +216,9 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
         }
     }
 
+    group.finish();
+    let mut group = family(c, be, "select");
+
     // select: top-500 of each row of the 64 x 100k similarity block, and the streamed search
     // (GEMM + running top-500) on the same shape: its cost over matmul_f32 is the top-k's.
     let k500 = 500;
@@ -228,6 +244,39 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
         || be.topk(&scores, &mut val, &mut idx, s).unwrap(),
     );
     drop(scores);
+    // Against the baseline, a full sort of each row, on rows short enough for it.
+    let short = 4096;
+    let scores = filled(be, &mut rng, m * short, DType::F32);
+    let s = TopK {
+        rows: m,
+        n: short,
+        k: k500,
+    };
+    let bytes = 4.0 * (m * short + 2 * m * k500) as f64;
+    let label_short = format!("{m}x{short}, k {k500}");
+    measure(
+        &mut group,
+        be,
+        record,
+        "topk_f32",
+        label_short.clone(),
+        bytes,
+        0.0,
+        || be.topk(&scores, &mut val, &mut idx, s).unwrap(),
+    );
+    if let Some(cuda) = gpu {
+        measure(
+            &mut group,
+            be,
+            record,
+            "topk_sort_f32",
+            label_short,
+            bytes,
+            0.0,
+            || cuda.topk_by_sort(&scores, &mut val, &mut idx, s).unwrap(),
+        );
+    }
+    drop(scores);
     let q = filled(be, &mut rng, m * k, DType::F32);
     let bank = filled(be, &mut rng, nn * k, DType::F32);
     let s = Knn {
@@ -249,6 +298,9 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
         || be.knn(&q, &bank, None, &mut val, &mut idx, s).unwrap(),
     );
 
+    group.finish();
+    let mut group = family(c, be, "contrastive");
+
     // contrastive: the memory loss of 64 rows against a 100k-row bank, with dL/dS.
     let sim = filled(be, &mut rng, m * nn, DType::F32);
     let y1: Vec<i64> = (0..m as i64).map(|i| i % 16 + 1).collect();
@@ -256,7 +308,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     let (yb1, yb2) = (be.upload(&y1).unwrap(), be.upload(&y2).unwrap());
     let mut grad = be.zeros(DType::F32, m * nn).unwrap();
     let mut stats = be.zeros(DType::F32, 3 * m).unwrap();
-    let c = Contrastive {
+    let cs = Contrastive {
         n1: m,
         n2: nn,
         margin: 0.4,
@@ -274,10 +326,13 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
         bytes,
         0.0,
         || {
-            be.contrastive(&sim, &yb1, &yb2, Some(&mut grad), &mut stats, c)
+            be.contrastive(&sim, &yb1, &yb2, Some(&mut grad), &mut stats, cs)
                 .unwrap()
         },
     );
+
+    group.finish();
+    let mut group = family(c, be, "bank");
 
     // bank: a step's memory read, 100k scattered rows of 2048 gathered into a block.
     let bank = filled(be, &mut rng, nn * k, DType::F32);
@@ -302,6 +357,9 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
         },
     );
     drop((bank, block));
+
+    group.finish();
+    let mut group = family(c, be, "mining");
 
     // mining: a step's decisions (128 anchors x 5 neighbours of 2048; 2000 candidates against
     // a query set of 64); latency-bound, timed to keep them in view.
@@ -381,7 +439,7 @@ fn write_table(cuda: &CudaBackend) {
     );
     let mut out = format!(
         "GPU: {} (sm_{}{}, driver CUDA {:?}), peak DRAM {:.0} GB/s, FP32 {:.1} TFLOP/s, bf16 tensor {:.0} TFLOP/s (from device attributes)\n\n\
-         | kernel | shape | time (us) | achieved | floor (us) | floor / time | vs cuBLAS |\n|---|---|---|---|---|---|---|\n",
+         | kernel | shape | time (us) | achieved | floor (us) | floor / time | vs baseline |\n|---|---|---|---|---|---|---|\n",
         info.name,
         info.compute_capability.0,
         info.compute_capability.1,
@@ -399,10 +457,18 @@ fn write_table(cuda: &CudaBackend) {
         } else {
             format!("{:.0} GB/s", r.bytes / r.seconds / 1e9)
         };
+        // Our kernel's time against its baseline's on the same shape (>1: ours is faster).
+        let baseline = match r.op.as_str() {
+            "matmul_f32" | "matmul_bf16" => "sgemm_cublas",
+            "topk_f32" => "topk_sort_f32",
+            _ => "",
+        };
         let vs = rows
             .iter()
-            .find(|b| b.op == "sgemm_cublas" && b.shape == r.shape && r.op.starts_with("matmul"))
-            .map_or(String::new(), |b| format!("{:.2}x", b.seconds / r.seconds));
+            .find(|b| b.op == baseline && b.shape == r.shape)
+            .map_or(String::new(), |b| {
+                format!("{:.2}x {baseline}", b.seconds / r.seconds)
+            });
         out += &format!(
             "| {} | {} | {:.1} | {} | {:.1} | {:.0}% | {} |\n",
             r.op,

@@ -205,3 +205,44 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     RowView row{val + r * k, idx + r * k, (int)len[r], tile + r * n, n, base, exclude ? exclude[r] : -1};
     topk_row(row, k, val + r * k, idx + r * k, len + r);
 }
+
+// ---- the baseline: sort the whole row ---------------------------------------------------------
+
+#define TOPK_SORT_MAX 4096
+
+// The k best of each row by a full bitonic sort of the row in shared memory (rows of at most
+// TOPK_SORT_MAX): what `cargo bench` measures topk_f32 against. Same output as topk_f32.
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
+    topk_sort_f32(const float* __restrict__ scores, int n, int k, float* __restrict__ val,
+                  unsigned int* __restrict__ idx) {
+    __shared__ unsigned int key[TOPK_SORT_MAX];
+    __shared__ unsigned int pos[TOPK_SORT_MAX];
+    const size_t r = blockIdx.x;
+    const int tid = threadIdx.x;
+    int p2 = 1;
+    while (p2 < n) p2 <<= 1;
+    for (int i = tid; i < p2; i += TOPK_THREADS) {
+        key[i] = i < n ? score_key(scores[r * n + i]) : 0u;
+        pos[i] = i < n ? (unsigned int)i : 0xffffffffu;
+    }
+    __syncthreads();
+    for (int size2 = 2; size2 <= p2; size2 <<= 1) {
+        for (int stride = size2 / 2; stride > 0; stride >>= 1) {
+            for (int i = tid; i < p2; i += TOPK_THREADS) {
+                int j = i ^ stride;
+                if (j <= i) continue;
+                bool i_better = key[i] > key[j] || (key[i] == key[j] && pos[i] < pos[j]);
+                if (i_better != ((i & size2) == 0)) {
+                    unsigned int tk = key[i], tp = pos[i];
+                    key[i] = key[j], pos[i] = pos[j];
+                    key[j] = tk, pos[j] = tp;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    for (int i = tid; i < k; i += TOPK_THREADS) {
+        val[r * k + i] = i < n ? key_score(key[i]) : -INFINITY;
+        idx[r * k + i] = i < n ? pos[i] : 0xffffffffu;
+    }
+}

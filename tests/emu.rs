@@ -465,7 +465,10 @@ fn emu_pool_cli_gives_the_cpu_pool() {
         .zip(f32_cpu.1.chunks(12))
         .map(|(b, f)| b.iter().filter(|j| f.contains(j)).count())
         .sum::<usize>();
-    log(&format!("bf16 pool kept {kept} of {} f32 neighbours", n * 12));
+    log(&format!(
+        "bf16 pool kept {kept} of {} f32 neighbours",
+        n * 12
+    ));
     assert!(
         kept * 100 >= 95 * n * 12,
         "bf16 kept {kept} of {} f32 neighbours",

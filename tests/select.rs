@@ -55,6 +55,21 @@ fn kernel_topk_matches_cpu() {
                 let want = topk_on(insclr::backend::cpu(), &scores, s);
                 let got = topk_on(&dev, &scores, s);
                 assert_eq!(got, want, "rows {rows} n {n} k {k} ties {ties}");
+                // The benchmark's baseline (a full sort of each row) must agree too.
+                let be: &dyn Backend = &dev;
+                let x = be.upload(&scores).unwrap();
+                let mut val = be.upload(&vec![f32::NAN; rows * k]).unwrap();
+                let mut idx = be.upload(&vec![7u32; rows * k]).unwrap();
+                dev.topk_by_sort(&x, &mut val, &mut idx, s).unwrap();
+                let val: Vec<f32> = be.download(&val).unwrap();
+                let sorted: Top = (
+                    val.iter().map(|v| v.to_bits()).collect(),
+                    be.download(&idx).unwrap(),
+                );
+                assert_eq!(
+                    sorted, want,
+                    "sort baseline: rows {rows} n {n} k {k} ties {ties}"
+                );
             }
         }
     }

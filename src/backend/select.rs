@@ -22,7 +22,7 @@ pub struct TopK {
 }
 
 impl TopK {
-    fn check(self, scores: &Buf, val: &Buf, idx: &Buf) -> Result<Checked<Self>> {
+    pub(crate) fn check(self, scores: &Buf, val: &Buf, idx: &Buf) -> Result<Checked<Self>> {
         if self.k == 0 {
             bail!("top-k: k must be at least 1");
         }

@@ -20,6 +20,36 @@ fn one_block_per_row(rows: usize) -> Result<Launch> {
     Ok(Launch::linear(int(rows, "top-k rows")? as u32, THREADS))
 }
 
+/// Longest row the sort-based baseline takes (TOPK_SORT_MAX in kernels/select.cu).
+pub const TOPK_SORT_MAX: usize = 4096;
+
+impl CudaBackend {
+    /// [`TopK`] by sorting each whole row (rows of at most [`TOPK_SORT_MAX`]): the baseline
+    /// `cargo bench` measures `topk` against. Same results.
+    pub fn topk_by_sort(&self, scores: &Buf, val: &mut Buf, idx: &mut Buf, s: TopK) -> Result<()> {
+        let s = *s.check(scores, val, idx)?;
+        if s.n > TOPK_SORT_MAX {
+            bail!(
+                "the sort baseline takes rows of at most {TOPK_SORT_MAX}, got {}",
+                s.n
+            );
+        }
+        check_k(s.k)?;
+        if s.rows == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(scores.dev()?)
+            .i32(s.n as i32)
+            .i32(s.k as i32)
+            .ptr(val.dev_mut()?)
+            .ptr(idx.dev_mut()?);
+        // SAFETY: arguments match topk_sort_f32(scores, n, k, val, idx); the shape was checked:
+        // scores rows*n f32 with n <= TOPK_SORT_MAX, val / idx rows*k; one block per row.
+        unsafe { self.launch("topk_sort_f32", one_block_per_row(s.rows)?, args) }
+    }
+}
+
 impl SelectOps for CudaBackend {
     fn topk(&self, scores: &Buf, val: &mut Buf, idx: &mut Buf, s: Checked<TopK>) -> Result<()> {
         check_k(s.k)?;
