@@ -49,6 +49,27 @@ struct RowView {
     }
 };
 
+// Bitonic sort of n (a power of two) (key, index) pairs in shared memory, best first: key
+// descending, then index ascending. Every thread of the block calls it.
+static __device__ void sort_best_first(unsigned int* key, unsigned int* idx, int n) {
+    for (int size = 2; size <= n; size <<= 1) {
+        for (int stride = size / 2; stride > 0; stride >>= 1) {
+            for (int i = threadIdx.x; i < n; i += TOPK_THREADS) {
+                int j = i ^ stride;
+                if (j <= i) continue;
+                // i before j is right when i ranks better; runs alternate direction.
+                bool i_better = key[i] > key[j] || (key[i] == key[j] && idx[i] < idx[j]);
+                if (i_better != ((i & size) == 0)) {
+                    unsigned int tk = key[i], ti = idx[i];
+                    key[i] = key[j], idx[i] = idx[j];
+                    key[j] = tk, idx[j] = ti;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
 // Block-wide exclusive prefix sum of one flag per thread; returns the prefix, sets total.
 __device__ __forceinline__ int block_prefix(int flag, int* warp_totals, int& total) {
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -69,7 +90,7 @@ __device__ __forceinline__ int block_prefix(int flag, int* warp_totals, int& tot
 // The k best of `row` into out_val / out_idx (k entries; past the candidates: -inf and
 // 0xffffffff), and their number into *out_len. out_* may alias the row's running list: every
 // read of the row happens before the first write.
-__device__ void topk_row(const RowView row, int k, float* out_val, unsigned int* out_idx, unsigned int* out_len) {
+static __device__ void topk_row(const RowView row, int k, float* out_val, unsigned int* out_idx, unsigned int* out_len) {
     __shared__ int hist[256];
     __shared__ int warp_totals[TOPK_THREADS / 32];
     __shared__ unsigned int sel_key[TOPK_MAX];
@@ -162,23 +183,7 @@ __device__ void topk_row(const RowView row, int k, float* out_val, unsigned int*
         sel_idx[i] = 0xffffffffu;
     }
     __syncthreads();
-    for (int size2 = 2; size2 <= p2; size2 <<= 1) {
-        for (int stride = size2 / 2; stride > 0; stride >>= 1) {
-            for (int i = tid; i < p2; i += TOPK_THREADS) {
-                int j = i ^ stride;
-                if (j <= i) continue;
-                // i before j is right when i ranks better (key desc, index asc).
-                bool i_better = sel_key[i] > sel_key[j] || (sel_key[i] == sel_key[j] && sel_idx[i] < sel_idx[j]);
-                bool descending_run = (i & size2) == 0;
-                if (i_better != descending_run) {
-                    unsigned int tk = sel_key[i], ti = sel_idx[i];
-                    sel_key[i] = sel_key[j], sel_idx[i] = sel_idx[j];
-                    sel_key[j] = tk, sel_idx[j] = ti;
-                }
-            }
-            __syncthreads();
-        }
-    }
+    sort_best_first(sel_key, sel_idx, p2);
     for (int i = tid; i < k; i += TOPK_THREADS) {
         out_val[i] = i < kk ? key_score(sel_key[i]) : -INFINITY;
         out_idx[i] = i < kk ? sel_idx[i] : 0xffffffffu;
@@ -226,21 +231,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
         pos[i] = i < n ? (unsigned int)i : 0xffffffffu;
     }
     __syncthreads();
-    for (int size2 = 2; size2 <= p2; size2 <<= 1) {
-        for (int stride = size2 / 2; stride > 0; stride >>= 1) {
-            for (int i = tid; i < p2; i += TOPK_THREADS) {
-                int j = i ^ stride;
-                if (j <= i) continue;
-                bool i_better = key[i] > key[j] || (key[i] == key[j] && pos[i] < pos[j]);
-                if (i_better != ((i & size2) == 0)) {
-                    unsigned int tk = key[i], tp = pos[i];
-                    key[i] = key[j], pos[i] = pos[j];
-                    key[j] = tk, pos[j] = tp;
-                }
-            }
-            __syncthreads();
-        }
-    }
+    sort_best_first(key, pos, p2);
     for (int i = tid; i < k; i += TOPK_THREADS) {
         val[r * k + i] = i < n ? key_score(key[i]) : -INFINITY;
         idx[r * k + i] = i < n ? pos[i] : 0xffffffffu;
