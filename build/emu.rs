@@ -35,9 +35,10 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
     for src in sources {
         let family = src.file_stem().unwrap().to_string_lossy().into_owned();
         let pre = preprocess(kernels_dir, &emu_dir, src);
-        let mut unit = rewrite(&pre).unwrap_or_else(|(offset, msg)| {
-            panic!("emulated build of {}: {msg}", location(&pre, offset))
-        });
+        let mut unit =
+            rewrite(&pre, &src.display().to_string(), &family).unwrap_or_else(|(offset, msg)| {
+                panic!("emulated build of {}: {msg}", location(&pre, offset))
+            });
         for (other, names) in &families {
             if let Some(dup) = unit.kernels.iter().find(|k| names.contains(k)) {
                 panic!("kernel {dup} is defined in both kernels/{other}.cu and kernels/{family}.cu; kernel names must be unique");
@@ -122,20 +123,44 @@ enum Brace {
     Other,
 }
 
-/// Rewrites the markers of a preprocessed source; on error, the byte offset and a message.
-pub fn rewrite(pre: &str) -> Result<Unit, (usize, String)> {
+/// The namespace a family's own code is compiled in: every family links into one library, and
+/// a helper of one name in two `.cu` files (an inline function, a template) must not merge.
+fn family_namespace(family: &str) -> String {
+    format!("insclr_family_{family}")
+}
+
+/// Rewrites the markers of a preprocessed source, and puts the code of `main` (the `.cu`
+/// itself, not its headers) in the family's namespace; `extern "C"` kernels keep their names.
+/// On error, the byte offset and a message.
+pub fn rewrite(pre: &str, main: &str, family: &str) -> Result<Unit, (usize, String)> {
     let b = pre.as_bytes();
     let mut out = String::with_capacity(pre.len() + 4096);
     let mut kernels: Vec<String> = Vec::new();
     let mut braces: Vec<Brace> = Vec::new();
+    let mut in_main = false;
     let mut i = 0;
     let mut line_start = true;
     while i < b.len() {
         let c = b[i];
         if line_start && c == b'#' {
-            // Line markers and pragmas pass through whole.
+            // Line markers and pragmas pass through whole; a marker may enter or leave main.
             let end = pre[i..].find('\n').map_or(b.len(), |n| i + n + 1);
-            out.push_str(&pre[i..end]);
+            let line = &pre[i..end];
+            if let Some(file) = marker_file(line) {
+                let to_main = file == main;
+                if in_main && !to_main {
+                    out.push_str("}\n");
+                    braces.pop();
+                }
+                out.push_str(line);
+                if to_main && !in_main {
+                    out.push_str(&format!("namespace {} {{\n", family_namespace(family)));
+                    braces.push(Brace::Namespace);
+                }
+                in_main = to_main;
+            } else {
+                out.push_str(line);
+            }
             i = end;
             continue;
         }
@@ -206,7 +231,18 @@ pub fn rewrite(pre: &str) -> Result<Unit, (usize, String)> {
             }
         }
     }
+    if in_main {
+        out.push_str("}\n");
+    }
     Ok(Unit { text: out, kernels })
+}
+
+/// The file of a line marker (`# 12 "kernels/pool.cu" 2`), or None for other directives.
+fn marker_file(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("# ")?;
+    let (num, rest) = rest.split_once(' ')?;
+    num.parse::<u64>().ok()?;
+    rest.split('"').nth(1)
 }
 
 fn literal_end(b: &[u8], start: usize) -> usize {
@@ -414,7 +450,8 @@ fn location(pre: &str, offset: usize) -> String {
 }
 
 fn append_registry(text: &mut String, family: &str, kernels: &[String]) {
-    let entry = |k: &str| format!("::insclr_emu::Entry<decltype(&{k}), &{k}>");
+    let ns = family_namespace(family);
+    let entry = |k: &str| format!("::insclr_emu::Entry<decltype(&{ns}::{k}), &{ns}::{k}>");
     text.push_str("\n// ---- registry written by build.rs ----\n");
     if kernels.is_empty() {
         writeln!(
