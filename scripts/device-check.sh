@@ -41,13 +41,16 @@ while read -r kind name exe; do
     *) dest="$stage/bin/test-$name" ;;
   esac
   cp "$exe" "$dest"
-  # Debug info makes each binary ~60 MB; the device tool carries 64 MiB in all.
-  strip --strip-debug "$dest" 2>/dev/null || true
 done < "$stage/executables.txt"
 # Integration tests run the command line from the build machine's path (CARGO_BIN_EXE_insclr-cu);
 # run.sh links this copy there.
 cp target/release/insclr-cu "$stage/bin/insclr-cu"
-strip --strip-debug "$stage/bin/insclr-cu" 2>/dev/null || true
+# Debug info makes each binary ~60 MB and the device tool carries 64 MiB in all: strip and
+# compress them here, run.sh unpacks them there.
+for f in "$stage"/bin/*; do
+  strip --strip-all "$f" 2>/dev/null || true
+  gzip -9 "$f"
+done
 size_mib=$(du -sm "$stage" | cut -f1)
 if [ "$size_mib" -gt 60 ]; then
   echo "error: $stage is $size_mib MiB; the device tool carries at most 64 MiB with the tree" >&2

@@ -8,6 +8,11 @@ out=${OUT:-$PWD/device-out}
 mkdir -p "$out"
 # shellcheck disable=SC1091
 source <(sed 's/^/export /' "$here/BUILD")
+# The binaries travel compressed (scripts/device-check.sh).
+for f in "$here"/bin/*.gz; do
+  [ -e "$f" ] || continue
+  gunzip -f "$f" && chmod +x "${f%.gz}"
+done
 
 # Tests that locate repository files through the build machine's path find them through a link.
 if [ ! -e "$build_root" ]; then
