@@ -4,8 +4,10 @@
 //!
 //! Each source is preprocessed, then two markers the header leaves are rewritten (see emu.cuh):
 //! `__global__` (an `extern "C"` kernel is registered under its name) and `__shared__` (each
-//! declaration becomes a fresh, poisoned per-block allocation). A table of the family's kernels,
-//! with a trampoline per kernel that unpacks a `cuLaunchKernel` argument array, is appended.
+//! declaration becomes a fresh, poisoned per-block allocation); the `.cu`'s own code goes in a
+//! namespace of its family (every family links into one library). A table of the family's
+//! kernels, with a trampoline per kernel that unpacks a `cuLaunchKernel` argument array, is
+//! appended.
 //!
 //! `INSCLR_EMU_SANITIZE=address` builds the emulated kernels with AddressSanitizer (and links its
 //! runtime into every binary of the crate), so an out-of-bounds global or shared access aborts
@@ -138,6 +140,7 @@ pub fn rewrite(pre: &str, main: &str, family: &str) -> Result<Unit, (usize, Stri
     let mut kernels: Vec<String> = Vec::new();
     let mut braces: Vec<Brace> = Vec::new();
     let mut in_main = false;
+    let mut wrap_depth = 0;
     let mut i = 0;
     let mut line_start = true;
     while i < b.len() {
@@ -149,14 +152,23 @@ pub fn rewrite(pre: &str, main: &str, family: &str) -> Result<Unit, (usize, Stri
             if let Some(file) = marker_file(line) {
                 let to_main = file == main;
                 if in_main && !to_main {
+                    // Leaving the .cu for a header: only at file scope, where the wrapper opened.
+                    if braces.len() != wrap_depth {
+                        return Err((
+                            i,
+                            "an #include inside a block; include headers at file scope".into(),
+                        ));
+                    }
                     out.push_str("}\n");
                     braces.pop();
                 }
-                out.push_str(line);
+                // The wrapper's line goes before the marker, so line numbers stay right.
                 if to_main && !in_main {
                     out.push_str(&format!("namespace {} {{\n", family_namespace(family)));
                     braces.push(Brace::Namespace);
+                    wrap_depth = braces.len();
                 }
+                out.push_str(line);
                 in_main = to_main;
             } else {
                 out.push_str(line);

@@ -16,7 +16,8 @@
 #define TOPK_MAX 1024
 #define TOPK_THREADS 256
 
-// Order-preserving key: a > b as floats <=> key(a) > key(b) as unsigned (NaN excluded upstream).
+// Order-preserving key: IEEE total order as an unsigned (+0 above -0, NaNs at the ends), the
+// order the CPU twin ranks by too.
 __device__ __forceinline__ unsigned int score_key(float f) {
     unsigned int u = __float_as_uint(f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);

@@ -11,7 +11,7 @@ use insclr::rng::Rng;
 fn kernel_contrastive_matches_cpu() {
     let dev = kernel_device("kernel_contrastive_matches_cpu");
     // Rows: one, a warp-ish count; columns around the block's 256 threads and a bank-like width.
-    for &(n1, n2) in &[(1, 1), (7, 255), (3, 256), (9, 257), (33, 3000)] {
+    for &(n1, n2) in &[(1, 1), (4, 0), (7, 255), (3, 256), (9, 257), (33, 3000)] {
         for memory in [false, true] {
             for with_grad in [false, true] {
                 let what = format!("contrastive n1={n1} n2={n2} memory={memory} grad={with_grad}");

@@ -40,11 +40,12 @@ fn kernel_topk_matches_cpu() {
     ];
     for &(rows, n, ks) in cases {
         for ties in [false, true] {
-            // Few distinct values (ties everywhere, negatives included), or continuous ones.
+            // Few distinct values (ties everywhere, negatives included, +0 and -0 apart), or
+            // continuous ones.
             let scores: Vec<f32> = (0..rows * n)
                 .map(|_| {
                     if ties {
-                        rng.below(9) as f32 - 4.0
+                        [-0.0, 0.0, 1.0, -1.0, 2.0, f32::INFINITY][rng.below(6)]
                     } else {
                         rng.uniform_f32(-1.0, 1.0)
                     }

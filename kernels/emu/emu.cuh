@@ -6,14 +6,16 @@
 // threads of a block are fibers that run until they reach a barrier or a warp collective, in a
 // seeded random order between those points. Shared memory and device allocations start poisoned
 // (0xFF bytes: NaN as f32, -1 as int), so a missing barrier or a read of unwritten memory shows up
-// as a wrong result. A launch that would hang on a GPU (threads waiting at different barriers, a
-// collective whose lanes never all arrive) is an error naming the waiting threads.
+// as a wrong result. A launch that would hang on a GPU (threads at a barrier while others wait in
+// a warp collective, a collective whose lanes never all arrive) is an error naming the waiting
+// threads. (__syncthreads calls at different places in the code are not told apart.)
 //
 // Two declarations are rewritten by build.rs before compiling (it reads the preprocessed file):
 // `__global__` marks kernels (an `extern "C" __global__ void name(...)` is registered under its
 // name), and every `__shared__ T name[...];` becomes a per-block allocation from the runtime,
 // fresh and poisoned for each block, so AddressSanitizer sees its bounds. `__shared__` must
-// therefore be declared inside a function, one variable per declaration.
+// therefore be declared inside a function, one variable per declaration. Each .cu's own code is
+// compiled in a namespace of its family, so helpers of one name in two families stay apart.
 //
 // What differs from a GPU on purpose: atomics and memory fences need no hardware ordering (one
 // OS thread runs a launch), `__activemask()` is every lane of the warp that has not exited, and a

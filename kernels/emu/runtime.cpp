@@ -5,6 +5,7 @@
 // share nothing but the read-only kernel registry, so the Rust side needs no lock.
 #include <cstdarg>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <string>
 #include <sys/mman.h>
@@ -390,7 +391,7 @@ bool run_block(Launch& l, uint3 block_idx) {
             }
             l.failed = true;
             l.error = "deadlock in " + block_name(l) + ": " + waiting_report(l) +
-                      " (a GPU would hang here: threads wait at different barriers or a warp collective's lanes never all arrive)";
+                      " (a GPU would hang here: threads wait at a barrier and in a warp collective, or a collective's lanes never all arrive)";
             ok = false;
             break;
         }
@@ -553,7 +554,7 @@ bool in_shared(const void* p, unsigned long bytes) {
 
 void async_copy(void* dst, const void* src, unsigned int bytes) {
     Fiber& f = *launch->running;
-    if (bytes > 16 || reinterpret_cast<uintptr_t>(dst) % bytes || reinterpret_cast<uintptr_t>(src) % bytes)
+    if (bytes == 0 || bytes > 16 || reinterpret_cast<uintptr_t>(dst) % bytes || reinterpret_cast<uintptr_t>(src) % bytes)
         fail("cp.async of %u bytes from %p to %p: addresses must be aligned to the size", bytes, src, dst);
     if (!in_shared(dst, bytes)) fail("cp.async destination %p is not in this block's shared memory", dst);
     if (in_shared(src, bytes)) fail("cp.async source %p is in shared memory; it must be global", src);
@@ -593,12 +594,9 @@ void* insclr_emu_alloc(size_t bytes) { return alloc_poisoned(bytes == 0 ? 1 : by
 
 void insclr_emu_free(void* p) { std::free(p); }
 
-// Runs `kernel` to completion. `args` is cuLaunchKernel's array of pointers to argument values;
-// `arg_sizes` their sizes in bytes, checked against the kernel's parameters. Returns 0, or
-// nonzero with a message in `err`.
-int insclr_emu_launch(const char* kernel, const unsigned int grid[3], const unsigned int block[3],
-                      unsigned int dyn_smem, void* const* args, const unsigned int* arg_sizes, unsigned int nargs,
-                      unsigned long long seed, char* err, size_t err_cap) {
+static int launch_impl(const char* kernel, const unsigned int grid[3], const unsigned int block[3],
+                       unsigned int dyn_smem, void* const* args, const unsigned int* arg_sizes, unsigned int nargs,
+                       unsigned long long seed, char* err, size_t err_cap) {
     auto& reg = registry();
     auto it = reg.find(kernel);
     if (it == reg.end()) {
@@ -663,7 +661,14 @@ int insclr_emu_launch(const char* kernel, const unsigned int grid[3], const unsi
             return 1;
         }
     }
-    if (dyn_smem) l.dyn_shared = alloc_poisoned(dyn_smem, SHARED_ALIGN);
+    if (dyn_smem) {
+        l.dyn_shared = alloc_poisoned(dyn_smem, SHARED_ALIGN);
+        if (!l.dyn_shared) {
+            for (Fiber& f : l.fibers) stack_pool.stacks.push_back(f.stack);
+            set_error(err, err_cap, "out of host memory for the launch's dynamic shared memory");
+            return 1;
+        }
+    }
 
     std::vector<uint3> order;
     order.reserve(blocks);
@@ -690,6 +695,20 @@ int insclr_emu_launch(const char* kernel, const unsigned int grid[3], const unsi
         return 1;
     }
     return 0;
+}
+
+// Runs `kernel` to completion. `args` is cuLaunchKernel's array of pointers to argument values;
+// `arg_sizes` their sizes in bytes, checked against the kernel's parameters. Returns 0, or
+// nonzero with a message in `err`; no C++ exception crosses into Rust.
+int insclr_emu_launch(const char* kernel, const unsigned int grid[3], const unsigned int block[3],
+                      unsigned int dyn_smem, void* const* args, const unsigned int* arg_sizes, unsigned int nargs,
+                      unsigned long long seed, char* err, size_t err_cap) {
+    try {
+        return launch_impl(kernel, grid, block, dyn_smem, args, arg_sizes, nargs, seed, err, err_cap);
+    } catch (const std::exception& e) {
+        set_error(err, err_cap, std::string(kernel) + ": the emulator ran out of host memory (" + e.what() + ")");
+        return 1;
+    }
 }
 
 }  // extern "C"

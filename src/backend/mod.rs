@@ -146,12 +146,15 @@ impl Buf {
         self.len * self.dtype.size()
     }
 
-    fn host_zeroed(dtype: DType, len: usize) -> Buf {
-        Buf {
+    fn host_zeroed(dtype: DType, len: usize) -> Result<Buf> {
+        let bytes = len
+            .checked_mul(dtype.size())
+            .ok_or_else(|| anyhow!("a buffer of {len} x {dtype} is larger than memory"))?;
+        Ok(Buf {
             dtype,
             len,
-            mem: Mem::Host(vec![0u64; (len * dtype.size()).div_ceil(8)]),
-        }
+            mem: Mem::Host(vec![0u64; bytes.div_ceil(8)]),
+        })
     }
 
     fn device(dtype: DType, len: usize, mem: cuda::DevMem) -> Buf {
@@ -231,7 +234,9 @@ impl fmt::Debug for Buf {
 }
 
 /// A shape that has been checked against its buffers. Only this module and its children make
-/// one, so a backend's op (and the unsafe launch behind it) never sees unchecked sizes.
+/// one, so a backend's op (and the unsafe launch behind it) never sees unchecked sizes; the
+/// checked entry points on `dyn Backend` pass it on with the very buffers it was checked
+/// against, which is what crate code calling a family trait directly must do too.
 #[derive(Clone, Copy, Debug)]
 pub struct Checked<S>(S);
 

@@ -1,7 +1,8 @@
 //! Exact top-k: the `k` best of each row of a score matrix, and the streamed nearest-neighbour
 //! search behind candidate pools and ranking (similarity tiles and a running top-k per query,
-//! the `nq x ndb` matrix never written). Order everywhere: score descending, then index
-//! ascending; slots past the candidates a row has hold `-inf` and `u32::MAX`. Kernels in
+//! the `nq x ndb` matrix never written). Order everywhere: score descending in IEEE total order
+//! (+0 above -0; a NaN at the end its sign says), then index ascending; slots past the
+//! candidates a row has hold `-inf` and `u32::MAX`. Kernels in
 //! `kernels/select.cu`.
 
 use super::{

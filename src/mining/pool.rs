@@ -1,10 +1,10 @@
 //! The candidate pool (spec 4.1): for every descriptor, its exact top-k neighbours by inner
 //! product over the whole set, with their similarities.
 //!
-//! The search is [`crate::knn::top_k`] with self exclusion: `be.matmul` on query-block x
-//! database-tile blocks (cuBLAS on the CUDA backend), a running top-k per row on the host.
-//! Memory is O(tile * db_tile + N * k): the N x N similarity matrix never exists. Neighbours are
-//! chosen on the matmul's scores; the similarities written are recomputed in f64 (see `dot`).
+//! The search is [`crate::knn::top_k`] with self exclusion: the backend's streamed search
+//! (`be.knn`: GEMM tiles and a running top-k per query, on the device on CUDA). Memory is
+//! O(tile * db_tile + N * k): the N x N similarity matrix never exists. Neighbours are chosen on
+//! the search's scores; the similarities written are recomputed in f64 (see `dot`).
 //!
 //! Deliberate difference from the original (trap G3): the original searches top-(k+1) with
 //! faiss and drops column 0 blindly, assuming it is the query itself. With exact duplicate

@@ -38,13 +38,15 @@ pub fn contrastive_f32(
         }
         st.copy_from_slice(&[loss as f32, npos as f32, nneg as f32]);
     };
-    let rows = s
-        .par_chunks(n2.max(1))
-        .zip(stats.par_chunks_mut(3))
-        .enumerate();
+    if n2 == 0 {
+        // No columns: every row sums nothing (and there is no gradient to write).
+        stats.fill(0.0);
+        return;
+    }
+    let rows = s.par_chunks(n2).zip(stats.par_chunks_mut(3)).enumerate();
     match grad {
         Some(g) => rows
-            .zip(g.par_chunks_mut(n2.max(1)))
+            .zip(g.par_chunks_mut(n2))
             .for_each(|((i, (sr, st)), gr)| row(i, sr, Some(gr), st)),
         None => rows.for_each(|(i, (sr, st))| row(i, sr, None, st)),
     }

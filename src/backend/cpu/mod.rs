@@ -82,7 +82,7 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, dtype: DType, len: usize) -> Result<Buf> {
-        Ok(Buf::host_zeroed(dtype, len))
+        Buf::host_zeroed(dtype, len)
     }
 
     fn write_bytes(&self, src: &[u8], dst: &mut Buf) -> Result<()> {

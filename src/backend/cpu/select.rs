@@ -13,6 +13,18 @@ use rayon::prelude::*;
 /// Scores tested together before any is looked at one by one (see [`Heap::offer`]).
 const SCAN_CHUNK: usize = 64;
 
+/// The order every backend ranks scores in (`score_key` in kernels/select.cu): IEEE total order
+/// as an unsigned key, so -0 ranks below +0 and a NaN at the end its sign bit says.
+#[inline]
+fn key(f: f32) -> u32 {
+    let u = f.to_bits();
+    if u & 0x8000_0000 != 0 {
+        !u
+    } else {
+        u | 0x8000_0000
+    }
+}
+
 /// A running top-k of one query in a flat slice: a binary heap whose root is the worst kept
 /// candidate (lowest score; on equal scores the highest index, which is the latest arrival).
 pub(crate) struct Heap<'a> {
@@ -25,7 +37,8 @@ impl Heap<'_> {
     /// True when candidate `a` ranks worse than candidate `b`.
     #[inline]
     fn worse(sa: f32, ja: u32, sb: f32, jb: u32) -> bool {
-        sa < sb || (sa == sb && ja > jb)
+        let (ka, kb) = (key(sa), key(sb));
+        ka < kb || (ka == kb && ja > jb)
     }
 
     /// Offers rows `j0..j0+row.len()` with scores `row`, in ascending index.
@@ -37,20 +50,20 @@ impl Heap<'_> {
         if fill == row.len() {
             return;
         }
-        let mut thr = self.s[0];
+        let mut thr = key(self.s[0]);
         let base = j0 + fill;
         for (c, chunk) in row[fill..].chunks(SCAN_CHUNK).enumerate() {
             // Past the first few tiles almost no chunk holds a score above the k-th best: a
             // branch-free (vectorised) count rejects the chunk without a branch per score.
-            let hits = chunk.iter().fold(0u32, |n, &v| n + u32::from(v > thr));
+            let hits = chunk.iter().fold(0u32, |n, &v| n + u32::from(key(v) > thr));
             if hits == 0 {
                 continue;
             }
             for (jj, &v) in chunk.iter().enumerate() {
                 // An equal score arrives with a larger index than every kept one: it never enters.
-                if v > thr {
+                if key(v) > thr {
                     self.replace_root(v, (base + c * SCAN_CHUNK + jj) as u32);
-                    thr = self.s[0];
+                    thr = key(self.s[0]);
                 }
             }
         }
@@ -105,7 +118,7 @@ impl Heap<'_> {
             .copied()
             .zip(self.j[..n].iter().copied())
             .collect();
-        pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        pairs.sort_unstable_by(|a, b| key(b.0).cmp(&key(a.0)).then(a.1.cmp(&b.1)));
         for (p, (v, j)) in pairs.into_iter().enumerate() {
             self.s[p] = v;
             self.j[p] = j;

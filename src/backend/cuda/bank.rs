@@ -5,8 +5,6 @@ use super::{int, CudaBackend};
 use crate::backend::{BankOps, Buf, Checked, CopyRows, Op};
 use anyhow::Result;
 
-const WARPS_PER_BLOCK: u32 = 8;
-
 impl BankOps for CudaBackend {
     /// One warp per row moved; the index lists go up as i64.
     fn copy_rows(
@@ -21,11 +19,7 @@ impl BankOps for CudaBackend {
         if count == 0 {
             return Ok(());
         }
-        let to_i64 = |idx: &[usize]| idx.iter().map(|&i| i as i64).collect::<Vec<_>>();
-        let (si, di) = (
-            self.upload_list(&to_i64(src_idx))?,
-            self.upload_list(&to_i64(dst_idx))?,
-        );
+        let (si, di) = (self.upload_indices(src_idx)?, self.upload_indices(dst_idx)?);
         let args = Args::new()
             .ptr(src.dev()?)
             .ptr(dst.dev_mut()?)
@@ -34,10 +28,7 @@ impl BankOps for CudaBackend {
             .i32(int(count, "rows copied")?)
             .i32(int(s.dim, "row length")?);
         int(src.len().max(dst.len()), "bank elements")?;
-        let cfg = Launch::linear(
-            (count as u32).div_ceil(WARPS_PER_BLOCK),
-            WARPS_PER_BLOCK * 32,
-        );
+        let cfg = Launch::warp_per_item(count);
         // SAFETY: arguments match copy_rows_<dtype>(src, dst, src_idx, dst_idx, count, dim); the
         // shape was checked: every index is below its buffer's rows, destinations distinct, and
         // both index lists hold `count` i64.

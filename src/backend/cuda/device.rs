@@ -14,7 +14,35 @@ pub enum Layer {
     Emu(Emu),
 }
 
+/// The device a piece of memory belongs to: a GPU by ordinal, or the emulator. A kernel only
+/// ever gets memory of its own device (a GPU address means nothing on the host, and the reverse).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Home {
+    Gpu(usize),
+    Emu,
+}
+
 impl Layer {
+    /// The device this layer's memory and kernels are on.
+    pub fn home(&self) -> Home {
+        match self {
+            Layer::Gpu(g) => Home::Gpu(g.info.ordinal),
+            Layer::Emu(_) => Home::Emu,
+        }
+    }
+
+    /// An error unless `m` is this layer's memory.
+    pub fn check_home(&self, m: &DevMem) -> Result<()> {
+        if m.home != self.home() {
+            bail!(
+                "a buffer of {:?} was given to {:?}; a buffer belongs to the backend that made it",
+                m.home,
+                self.home()
+            );
+        }
+        Ok(())
+    }
+
     pub fn alloc(&self, bytes: usize) -> Result<DevMem> {
         match self {
             Layer::Gpu(g) => g.alloc(bytes),
@@ -23,6 +51,7 @@ impl Layer {
     }
 
     pub fn write(&self, src: &[u8], dst: &mut DevMem) -> Result<()> {
+        self.check_home(dst)?;
         check_copy(src.len(), dst.bytes)?;
         match self {
             Layer::Gpu(g) => g.write(src, dst),
@@ -34,6 +63,7 @@ impl Layer {
     }
 
     pub fn read(&self, src: &DevMem, dst: &mut [u8]) -> Result<()> {
+        self.check_home(src)?;
         check_copy(dst.len(), src.bytes)?;
         match self {
             Layer::Gpu(g) => g.read(src, dst),
@@ -45,6 +75,7 @@ impl Layer {
     }
 
     pub fn zero(&self, dst: &mut DevMem) -> Result<()> {
+        self.check_home(dst)?;
         match self {
             Layer::Gpu(g) => g.zero(dst),
             Layer::Emu(_) => {
@@ -68,6 +99,13 @@ impl Layer {
     /// number and sizes; a GPU checks nothing), and every pointer in it must address memory the
     /// kernel may access for this launch shape.
     pub unsafe fn launch(&self, kernel: &str, cfg: Launch, args: &mut Args) -> Result<()> {
+        if let Some(h) = args.homes.iter().find(|&&h| h != self.home()) {
+            bail!(
+                "{kernel}: a buffer of {h:?} was given to a kernel on {:?}; a buffer belongs to \
+                 the backend that made it",
+                self.home()
+            );
+        }
         match self {
             Layer::Gpu(g) => g.launch(kernel, cfg, args),
             Layer::Emu(e) => e.launch(kernel, cfg, args),
@@ -87,6 +125,7 @@ pub struct DevMem {
     ptr: u64,
     bytes: usize,
     owner: Owner,
+    home: Home,
 }
 
 enum Owner {
@@ -96,11 +135,12 @@ enum Owner {
 }
 
 impl DevMem {
-    pub(super) fn gpu(ptr: u64, bytes: usize, slice: CudaSlice<u8>) -> DevMem {
+    pub(super) fn gpu(ptr: u64, bytes: usize, slice: CudaSlice<u8>, ordinal: usize) -> DevMem {
         DevMem {
             ptr,
             bytes,
             owner: Owner::Gpu(slice),
+            home: Home::Gpu(ordinal),
         }
     }
 
@@ -112,6 +152,7 @@ impl DevMem {
             ptr,
             bytes,
             owner: Owner::Emu,
+            home: Home::Emu,
         }
     }
 
@@ -122,10 +163,15 @@ impl DevMem {
 
     /// The device this memory lives on.
     pub fn device(&self) -> Device {
-        match self.owner {
-            Owner::Gpu(_) => Device::Cuda,
-            Owner::Emu => Device::Emu,
+        match self.home {
+            Home::Gpu(_) => Device::Cuda,
+            Home::Emu => Device::Emu,
         }
+    }
+
+    /// The device this memory lives on, GPUs by ordinal.
+    pub fn home(&self) -> Home {
+        self.home
     }
 
     /// "cuda" or "emu", for messages.
@@ -194,6 +240,12 @@ impl Launch {
             smem: 0,
         }
     }
+
+    /// One warp per item (a row), 8 warps per block; `items` fits the kernels' `int`.
+    pub fn warp_per_item(items: usize) -> Launch {
+        const WARPS: u32 = 8;
+        Launch::linear((items as u32).div_ceil(WARPS), WARPS * 32)
+    }
 }
 
 /// A kernel's arguments as `cuLaunchKernel` takes them: one 8-byte slot per parameter (every
@@ -202,6 +254,8 @@ impl Launch {
 pub struct Args {
     slots: Vec<u64>,
     sizes: Vec<u32>,
+    /// Where each pointer's memory lives, checked against the launching device.
+    homes: Vec<Home>,
 }
 
 impl Args {
@@ -217,16 +271,17 @@ impl Args {
 
     /// A device pointer.
     pub fn ptr(self, m: &DevMem) -> Args {
-        self.push(m.ptr, 8)
+        self.ptr_at(m, 0)
     }
 
     /// A device pointer `offset` bytes into `m` (panics past its end: a launcher bug).
-    pub fn ptr_at(self, m: &DevMem, offset: usize) -> Args {
+    pub fn ptr_at(mut self, m: &DevMem, offset: usize) -> Args {
         assert!(
             offset <= m.bytes,
             "pointer offset {offset} past a {}-byte buffer",
             m.bytes
         );
+        self.homes.push(m.home);
         self.push(m.ptr + offset as u64, 8)
     }
 

@@ -162,7 +162,7 @@ impl Gpu {
         let slice: CudaSlice<u8> = unsafe { self.stream.alloc(bytes.max(1)) }
             .with_context(|| format!("cudaMalloc of {bytes} bytes"))?;
         let (ptr, _) = slice.device_ptr(&self.stream);
-        Ok(DevMem::gpu(ptr, bytes, slice))
+        Ok(DevMem::gpu(ptr, bytes, slice, self.info.ordinal))
     }
 
     pub fn write(&self, src: &[u8], dst: &mut DevMem) -> Result<()> {

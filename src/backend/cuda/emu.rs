@@ -95,7 +95,8 @@ impl Emu {
         if rc != 0 {
             let msg = CStr::from_ptr(err.as_ptr()).to_string_lossy();
             bail!(
-                "emulated launch failed: {msg} [INSCLR_EMU_SEED={} repeats this run]",
+                "emulated launch failed: {msg} [INSCLR_EMU_SEED={} and the same launches before \
+                 it repeat this run]",
                 self.base_seed
             );
         }

@@ -111,9 +111,6 @@ impl CudaBackend {
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
-        let int = |v: usize| {
-            i32::try_from(v).map_err(|_| anyhow!("sgemm: size {v} exceeds cuBLAS's int range"))
-        };
         let op = |t: bool| {
             if t {
                 CublasOp::CUBLAS_OP_T
@@ -122,10 +119,17 @@ impl CudaBackend {
             }
         };
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
-        let (m, n, k) = (int(s.n)?, int(s.m)?, int(s.k)?);
-        let lda = int(if s.trans_b { s.k } else { s.n }.max(1))?;
-        let ldb = int(if s.trans_a { s.m } else { s.k }.max(1))?;
-        let ldc = int(s.n)?;
+        let (m, n, k) = (
+            int(s.n, "sgemm n")?,
+            int(s.m, "sgemm m")?,
+            int(s.k, "sgemm k")?,
+        );
+        let lda = int(if s.trans_b { s.k } else { s.n }.max(1), "sgemm lda")?;
+        let ldb = int(if s.trans_a { s.m } else { s.k }.max(1), "sgemm ldb")?;
+        let ldc = int(s.n, "sgemm ldc")?;
+        for mem in [a.dev()?, b.dev()?, c.dev()?] {
+            self.layer().check_home(mem)?;
+        }
         let (pa, pb, pc) = (a.dev()?.ptr(), b.dev()?.ptr(), c.dev_mut()?.ptr());
         gpu.bind()?;
         // SAFETY: the shape was checked: a, b, c hold m*k, k*n and m*n f32, which is what these

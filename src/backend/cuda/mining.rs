@@ -26,10 +26,9 @@ impl MiningOps for CudaBackend {
         if s.anchors == 0 {
             return Ok(());
         }
-        let to_i64 = |v: &[usize]| v.iter().map(|&p| p as i64).collect::<Vec<_>>();
         let (ap, np) = (
-            self.upload_list(&to_i64(anchor_pos))?,
-            self.upload_list(&to_i64(neighbor_pos))?,
+            self.upload_indices(anchor_pos)?,
+            self.upload_indices(neighbor_pos)?,
         );
         let args = Args::new()
             .ptr(g.dev()?)

@@ -17,7 +17,7 @@ pub mod select;
 pub mod selftest;
 
 use super::{Backend, Buf, DType, Device, Op};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use device::{Args, Launch, Layer};
 use std::collections::HashSet;
 
@@ -73,11 +73,16 @@ impl CudaBackend {
         &self.layer
     }
 
-    /// A host list (indices, flags) as a new device array, for a launch's arguments.
+    /// A host list (flags) as a new device array, for a launch's arguments.
     pub(crate) fn upload_list<T: bytemuck::Pod>(&self, v: &[T]) -> Result<DevMem> {
         let mut m = self.layer.alloc(std::mem::size_of_val(v))?;
         self.layer.write(bytemuck::cast_slice(v), &mut m)?;
         Ok(m)
+    }
+
+    /// Host indices as a new device array of i64 (the kernels' index type).
+    pub(crate) fn upload_indices(&self, idx: &[usize]) -> Result<DevMem> {
+        self.upload_list(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>())
     }
 
     /// Launches `kernel`.
@@ -92,9 +97,16 @@ impl CudaBackend {
     }
 }
 
+/// Room kept below `i32::MAX`: kernels step an `int` index by up to a block or a tile past a
+/// size before they compare it.
+const INT_HEADROOM: usize = 1 << 16;
+
 /// A size as the `int` our kernels take, or an error naming the op when it does not fit.
 fn int(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).with_context(|| format!("{what} = {v} exceeds the kernels' 32-bit size limit"))
+    if v > i32::MAX as usize - INT_HEADROOM {
+        bail!("{what} = {v} exceeds the kernels' 32-bit size limit; split the work");
+    }
+    Ok(v as i32)
 }
 
 impl Backend for CudaBackend {
@@ -143,7 +155,10 @@ impl Backend for CudaBackend {
     }
 
     fn zeros(&self, dtype: DType, len: usize) -> Result<Buf> {
-        let mut mem = self.layer.alloc(len * dtype.size())?;
+        let bytes = len
+            .checked_mul(dtype.size())
+            .with_context(|| format!("a buffer of {len} x {dtype} is larger than memory"))?;
+        let mut mem = self.layer.alloc(bytes)?;
         self.layer.zero(&mut mem)?;
         Ok(Buf::device(dtype, len, mem))
     }

@@ -5,15 +5,6 @@ use super::{int, CudaBackend};
 use crate::backend::{Buf, Checked, L2Norm, NormOps, Op};
 use anyhow::Result;
 
-const WARPS_PER_BLOCK: u32 = 8;
-
-fn row_per_warp(rows: usize) -> Launch {
-    Launch::linear(
-        (rows as u32).div_ceil(WARPS_PER_BLOCK),
-        WARPS_PER_BLOCK * 32,
-    )
-}
-
 impl NormOps for CudaBackend {
     /// One warp per row.
     fn l2norm_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<L2Norm>) -> Result<()> {
@@ -29,7 +20,13 @@ impl NormOps for CudaBackend {
             .f32(s.eps);
         // SAFETY: arguments match l2norm_fwd_<dtype>(x, y, rows, cols, eps); the shape was
         // checked: x and y hold rows*cols elements.
-        unsafe { self.launch(&Op::L2normFwd.kernel(x.dtype()), row_per_warp(s.rows), args) }
+        unsafe {
+            self.launch(
+                &Op::L2normFwd.kernel(x.dtype()),
+                Launch::warp_per_item(s.rows),
+                args,
+            )
+        }
     }
 
     /// One warp per row.
@@ -47,6 +44,12 @@ impl NormOps for CudaBackend {
             .f32(s.eps);
         // SAFETY: arguments match l2norm_bwd_<dtype>(x, dy, dx, rows, cols, eps); the shape was
         // checked: x, dy, dx hold rows*cols elements.
-        unsafe { self.launch(&Op::L2normBwd.kernel(x.dtype()), row_per_warp(s.rows), args) }
+        unsafe {
+            self.launch(
+                &Op::L2normBwd.kernel(x.dtype()),
+                Launch::warp_per_item(s.rows),
+                args,
+            )
+        }
     }
 }

@@ -5,7 +5,6 @@ use super::{int, CudaBackend};
 use crate::backend::{Buf, Checked, Gem, Op, PoolOps};
 use anyhow::Result;
 
-const WARPS_PER_BLOCK: u32 = 8;
 const BWD_THREADS: u32 = 256;
 
 impl PoolOps for CudaBackend {
@@ -16,10 +15,7 @@ impl PoolOps for CudaBackend {
         }
         let (rows, hw) = (int(s.rows, "GeM rows")?, int(s.hw, "GeM hw")?);
         int(s.rows * s.hw, "GeM elements")?;
-        let cfg = Launch::linear(
-            (s.rows as u32).div_ceil(WARPS_PER_BLOCK),
-            WARPS_PER_BLOCK * 32,
-        );
+        let cfg = Launch::warp_per_item(s.rows);
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(y.dev_mut()?)

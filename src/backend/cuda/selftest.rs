@@ -3,7 +3,7 @@
 //! before the launch, like every other launcher.
 
 use super::device::{Args, Launch};
-use super::CudaBackend;
+use super::{int, CudaBackend};
 use crate::backend::{Buf, DType};
 use anyhow::{bail, Result};
 
@@ -178,8 +178,8 @@ impl CudaBackend {
             .ptr(fsum.dev_mut()?)
             .ptr(vals.dev()?)
             .ptr(claims.dev_mut()?)
-            .i32(n as i32)
-            .i32(slots as i32);
+            .i32(int(n, "threads")?)
+            .i32(int(slots, "slots")?);
         // SAFETY: (counters, fsum, vals, claims, n, slots) with the sizes checked above.
         unsafe {
             self.launch(
@@ -250,7 +250,8 @@ impl CudaBackend {
         grid: (u32, u32, u32),
         block: (u32, u32, u32),
     ) -> Result<()> {
-        let threads = (grid.0 * grid.1 * grid.2) as usize * (block.0 * block.1 * block.2) as usize;
+        let count = |d: (u32, u32, u32)| d.0 as usize * d.1 as usize * d.2 as usize;
+        let threads = count(grid) * count(block);
         expect("selftest_coords_u32 out", out, DType::U32, 7 * threads)?;
         let args = Args::new().ptr(out.dev_mut()?);
         // SAFETY: (out) holds 7 u32 per thread of the launch.
