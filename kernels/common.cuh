@@ -38,3 +38,35 @@ __device__ __forceinline__ float pow_fast_int(float x, float p) {
     if (p == 1.0f) return x;
     return powf(x, p);
 }
+
+// The activation fused after BatchNorm or applied alone; codes match the Rust enum `Act`.
+enum ActKind { ACT_IDENTITY = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
+
+__device__ __forceinline__ float act_apply(int act, float z) {
+    if (act == ACT_RELU) return fmaxf(z, 0.0f);
+    if (act == ACT_RELU6) return fminf(fmaxf(z, 0.0f), 6.0f);
+    return z;
+}
+
+// act' read from the activation's output y: 1 where the activation passed its input.
+__device__ __forceinline__ float act_grad(int act, float y) {
+    if (act == ACT_RELU) return y > 0.0f ? 1.0f : 0.0f;
+    if (act == ACT_RELU6) return (y > 0.0f && y < 6.0f) ? 1.0f : 0.0f;
+    return 1.0f;
+}
+
+// Grid-stride loop over [0, n) with a 64-bit index.
+#define GRID_STRIDE(i, n) \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n); i += (size_t)gridDim.x * blockDim.x)
+
+// The sum of v over the block, returned to every thread. `slots` is shared memory of one float
+// per warp; blockDim.x is a multiple of 32, at most 1024. Safe to call repeatedly with the same
+// slots (the first barrier waits until every warp has read the previous call's totals).
+__device__ __forceinline__ float block_sum(float v, float* slots) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) slots[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < warps ? slots[lane] : 0.0f);
+}

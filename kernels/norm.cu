@@ -1,5 +1,7 @@
-// Row-wise L2 normalisation, forward and backward.
+// Row-wise L2 normalisation (descriptors) and BatchNorm fused with the activation after it
+// (backbones), forward and backward.
 //
+// L2 normalisation:
 //   y = x / max(||x||, eps)                      (torch.nn.functional.normalize, eps = 1e-12)
 //   dx = (dy - x (x.dy) / ||x||^2) / ||x||       where ||x|| > eps
 //   dx = dy / eps                                 where ||x|| <= eps (the clamp is constant)
@@ -7,6 +9,9 @@
 // One warp per row, two sweeps (reduce, then write); rows are D long (128 .. 2048), so the
 // second sweep reads from L1/L2. Activation gradients are written with `=`. Written once over
 // the storage type; entry points per dtype at the end.
+//
+// BatchNorm over NCHW (channel c of image i is the plane i*C + c of HW values), statistics per
+// (group, channel) over the group's n/ghost images (see the BatchNorm section below).
 #include "common.cuh"
 
 template <typename T>
@@ -71,4 +76,145 @@ extern "C" __global__ void l2norm_fwd_bf16(const __nv_bfloat16* __restrict__ x, 
 extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ dy,
                                            __nv_bfloat16* __restrict__ dx, int rows, int cols, float eps) {
     l2norm_bwd(x, dy, dx, rows, cols, eps);
+}
+
+// ---------------------------------------------------------------------------------------------
+// BatchNorm + activation (act: 0 identity, 1 ReLU, 2 ReLU6), f32.
+//
+//   train:  mean, var = batch statistics of (group, channel), biased var; invstd = 1/sqrt(var+eps)
+//           y = act(gamma * (x - mean) * invstd + beta)
+//           saved: mean and invstd per (group, channel), for backward
+//           running stats (group 0 only, as DataParallel keeps replica 0's): r = (1-m) r + m s,
+//           with the unbiased variance
+//   eval:   y = act(gamma * (x - running_mean) / sqrt(running_var + eps) + beta)
+//   bwd:    dz = dy * act'(y), xh = (x - mean) * invstd, over a group's M values per channel:
+//           dx = gamma * invstd * (dz - mean(dz) - xh * mean(dz * xh))
+//           dgamma += sum(dz * xh), dbeta += sum(dz)       (parameter gradients accumulate)
+//
+// Train forward and backward: one block per channel, looping over the statistics groups in
+// order; for each group a reduction sweep (Welford, merged across threads by Chan's formula, so
+// the variance stays accurate for activations with a large mean) and a writing sweep, which
+// reads the group's planes again. Parameter gradients are added by one thread in group order:
+// no atomics, the same result every run. The grid is only C blocks (64 .. 2048), which leaves a
+// large GPU partly idle on the early layers; splitting a channel over several blocks is the next
+// step once it is measured. Eval forward is a grid-stride elementwise pass.
+
+#define BN_THREADS 512
+
+struct Welford {
+    float n, mean, m2;
+};
+
+__device__ __forceinline__ Welford welford_merge(Welford a, Welford b) {
+    float n = a.n + b.n;
+    if (n == 0.0f) return a;
+    float delta = b.mean - a.mean, wb = b.n / n;
+    return Welford{n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.n * wb};
+}
+
+// The block's merged statistics, returned to every thread (slots: 3 floats per warp).
+__device__ Welford block_welford(Welford w, float* slots) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+#pragma unroll
+    for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1) {
+        Welford o{__shfl_xor_sync(0xffffffffu, w.n, offset), __shfl_xor_sync(0xffffffffu, w.mean, offset),
+                  __shfl_xor_sync(0xffffffffu, w.m2, offset)};
+        w = welford_merge(w, o);
+    }
+    __syncthreads();
+    if (lane == 0) {
+        slots[3 * warp] = w.n;
+        slots[3 * warp + 1] = w.mean;
+        slots[3 * warp + 2] = w.m2;
+    }
+    __syncthreads();
+    Welford t{0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < warps; i++) t = welford_merge(t, Welford{slots[3 * i], slots[3 * i + 1], slots[3 * i + 2]});
+    return t;
+}
+
+// Offset of the e-th value (0 <= e < per * hw) of channel c in statistics group g.
+__device__ __forceinline__ size_t bn_offset(int g, size_t e, int per, int C, int c, int hw) {
+    size_t img = (size_t)g * per + e / hw;
+    return (img * C + c) * hw + e % hw;
+}
+
+extern "C" __global__ void batchnorm_fwd_train_f32(const float* __restrict__ x, const float* __restrict__ gamma,
+                                                   const float* __restrict__ beta, float* __restrict__ running_mean,
+                                                   float* __restrict__ running_var, float* __restrict__ save_mean,
+                                                   float* __restrict__ save_invstd, float* __restrict__ y, int n, int C,
+                                                   int hw, int ghost, float eps, float momentum, int act) {
+    __shared__ float slots[3 * BN_THREADS / WARP_SIZE];
+    int c = blockIdx.x, per = n / ghost;
+    size_t count = (size_t)per * hw;
+    for (int g = 0; g < ghost; g++) {
+        Welford w{0.0f, 0.0f, 0.0f};
+        for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
+            float v = x[bn_offset(g, e, per, C, c, hw)];
+            w.n += 1.0f;
+            float d = v - w.mean;
+            w.mean += d / w.n;
+            w.m2 += d * (v - w.mean);
+        }
+        w = block_welford(w, slots);
+        float var = w.m2 / w.n, invstd = 1.0f / sqrtf(var + eps);
+        if (threadIdx.x == 0) {
+            save_mean[g * C + c] = w.mean;
+            save_invstd[g * C + c] = invstd;
+            if (g == 0) {
+                running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * w.mean;
+                running_var[c] = (1.0f - momentum) * running_var[c] + momentum * var * w.n / (w.n - 1.0f);
+            }
+        }
+        float scale = gamma[c] * invstd, shift = beta[c] - w.mean * scale;
+        for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
+            size_t at = bn_offset(g, e, per, C, c, hw);
+            y[at] = act_apply(act, x[at] * scale + shift);
+        }
+    }
+}
+
+extern "C" __global__ void batchnorm_fwd_eval_f32(const float* __restrict__ x, const float* __restrict__ gamma,
+                                                  const float* __restrict__ beta,
+                                                  const float* __restrict__ running_mean,
+                                                  const float* __restrict__ running_var, float* __restrict__ y, int n,
+                                                  int C, int hw, float eps, int act) {
+    GRID_STRIDE(i, (size_t)n * C * hw) {
+        int c = (int)((i / hw) % C);
+        float scale = gamma[c] / sqrtf(running_var[c] + eps), shift = beta[c] - running_mean[c] * scale;
+        y[i] = act_apply(act, x[i] * scale + shift);
+    }
+}
+
+extern "C" __global__ void batchnorm_bwd_f32(const float* __restrict__ x, const float* __restrict__ y,
+                                             const float* __restrict__ dy, const float* __restrict__ gamma,
+                                             const float* __restrict__ save_mean,
+                                             const float* __restrict__ save_invstd, float* __restrict__ dx,
+                                             float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C,
+                                             int hw, int ghost, int act) {
+    __shared__ float slots[BN_THREADS / WARP_SIZE];
+    int c = blockIdx.x, per = n / ghost;
+    size_t count = (size_t)per * hw;
+    for (int g = 0; g < ghost; g++) {
+        float mean = save_mean[g * C + c], invstd = save_invstd[g * C + c];
+        float sdz = 0.0f, sdzx = 0.0f;
+        for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
+            size_t at = bn_offset(g, e, per, C, c, hw);
+            float dz = dy[at] * act_grad(act, y[at]);
+            sdz += dz;
+            sdzx += dz * (x[at] - mean) * invstd;
+        }
+        sdz = block_sum(sdz, slots);
+        sdzx = block_sum(sdzx, slots);
+        if (threadIdx.x == 0) {
+            dbeta[c] += sdz;
+            dgamma[c] += sdzx;
+        }
+        float mdz = sdz / (float)count, mdzx = sdzx / (float)count, k = gamma[c] * invstd;
+        for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
+            size_t at = bn_offset(g, e, per, C, c, hw);
+            float dz = dy[at] * act_grad(act, y[at]);
+            dx[at] = k * (dz - mdz - (x[at] - mean) * invstd * mdzx);
+        }
+    }
 }

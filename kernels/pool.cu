@@ -1,4 +1,5 @@
-// GeM pooling over NCHW feature maps, forward and backward.
+// Pooling over NCHW feature maps, forward and backward: GeM (the descriptor) and max pooling
+// (ResNet's stem).
 //
 //   y[r] = ( mean_{h,w} max(x[r,hw], eps)^p )^(1/p)        r = n*C + c, one row per (n, c)
 //   dx[r,hw] = dy[r] * y[r]^(1-p) * max(x,eps)^(p-1) / HW   where x >= eps, else 0
@@ -41,6 +42,68 @@ __device__ void gem_bwd(const T* __restrict__ x, const T* __restrict__ y, const 
     }
 }
 
+// Max pooling, k x k windows, symmetric padding that never wins (pad < k), floor mode.
+//
+//   y[p, oy, ox] = max of the window; the first maximum in row-major order wins ties, and a NaN
+//                  wins and stays (as PyTorch propagates it)
+//   dx[p, iy, ix] = sum of dy over the windows whose first maximum is (iy, ix)
+//
+// Backward gathers instead of scattering: one thread per input element visits the few windows
+// that cover it (4 for ResNet's 3x3 / stride 2) and recomputes each one's argmax, so there are
+// no atomics, the sum's order is fixed (windows in row-major order, as the CPU twin adds them)
+// and dx is written once with `=`. Both kernels read a window of cached neighbours per output.
+struct MaxPoolShape {
+    int planes, h, w, k, stride, pad, oh, ow;
+};
+
+// Flat index within the plane of the first maximum of output (oy, ox)'s window.
+template <typename T>
+__device__ __forceinline__ int window_argmax(const T* __restrict__ plane, int oy, int ox, const MaxPoolShape& s) {
+    float best = 0.0f;
+    int at = -1;
+    int y0 = oy * s.stride - s.pad, x0 = ox * s.stride - s.pad;
+    for (int iy = max(y0, 0); iy < min(y0 + s.k, s.h); iy++)
+        for (int ix = max(x0, 0); ix < min(x0 + s.k, s.w); ix++) {
+            float v = load(plane[iy * s.w + ix]);
+            bool v_nan = v != v, best_nan = best != best;
+            if (at < 0 || v > best || (v_nan && !best_nan)) {
+                best = v;
+                at = iy * s.w + ix;
+            }
+        }
+    return at;
+}
+
+template <typename T>
+__device__ void maxpool_fwd(const T* __restrict__ x, T* __restrict__ y, MaxPoolShape s) {
+    size_t ohw = (size_t)s.oh * s.ow;
+    GRID_STRIDE(i, (size_t)s.planes * ohw) {
+        size_t p = i / ohw;
+        int o = (int)(i - p * ohw);
+        const T* plane = x + p * s.h * s.w;
+        y[i] = plane[window_argmax(plane, o / s.ow, o % s.ow, s)];
+    }
+}
+
+template <typename T>
+__device__ void maxpool_bwd(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, MaxPoolShape s) {
+    size_t hw = (size_t)s.h * s.w;
+    GRID_STRIDE(i, (size_t)s.planes * hw) {
+        size_t p = i / hw;
+        int at = (int)(i - p * hw), iy = at / s.w, ix = at % s.w;
+        const T* plane = x + p * hw;
+        const T* g = dy + p * s.oh * s.ow;
+        // Windows covering (iy, ix): oy * stride - pad <= iy <= oy * stride - pad + k - 1.
+        int oy0 = max(0, (iy + s.pad - s.k + s.stride) / s.stride), oy1 = min(s.oh - 1, (iy + s.pad) / s.stride);
+        int ox0 = max(0, (ix + s.pad - s.k + s.stride) / s.stride), ox1 = min(s.ow - 1, (ix + s.pad) / s.stride);
+        float sum = 0.0f;
+        for (int oy = oy0; oy <= oy1; oy++)
+            for (int ox = ox0; ox <= ox1; ox++)
+                if (window_argmax(plane, oy, ox, s) == at) sum += load(g[oy * s.ow + ox]);
+        dx[i] = store<T>(sum);
+    }
+}
+
 extern "C" __global__ void gem_fwd_f32(const float* __restrict__ x, float* __restrict__ y, int rows, int hw, float p,
                                        float eps) {
     gem_fwd(x, y, rows, hw, p, eps);
@@ -59,3 +122,18 @@ extern "C" __global__ void gem_bwd_bf16(const __nv_bfloat16* __restrict__ x, con
                                         int hw, float p, float eps) {
     gem_bwd(x, y, dy, dx, rows, hw, p, eps);
 }
+
+// Entry points take the shape as scalars (kernel arguments are pointers and scalars).
+#define MAXPOOL_ENTRY_POINTS(T, SUFFIX)                                                                      \
+    extern "C" __global__ void maxpool_fwd_##SUFFIX(const T* __restrict__ x, T* __restrict__ y, int planes,  \
+                                                    int h, int w, int k, int stride, int pad, int oh, int ow) { \
+        maxpool_fwd(x, y, MaxPoolShape{planes, h, w, k, stride, pad, oh, ow});                               \
+    }                                                                                                        \
+    extern "C" __global__ void maxpool_bwd_##SUFFIX(const T* __restrict__ x, const T* __restrict__ dy,       \
+                                                    T* __restrict__ dx, int planes, int h, int w, int k,     \
+                                                    int stride, int pad, int oh, int ow) {                   \
+        maxpool_bwd(x, dy, dx, MaxPoolShape{planes, h, w, k, stride, pad, oh, ow});                         \
+    }
+
+MAXPOOL_ENTRY_POINTS(float, f32)
+MAXPOOL_ENTRY_POINTS(__nv_bfloat16, bf16)

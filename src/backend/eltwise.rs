@@ -1,4 +1,4 @@
-//! Elementwise ops: residual add and standalone activations. Kernels to come in
+//! Elementwise ops: residual add and standalone activations. Kernels in
 //! `kernels/eltwise.cu`.
 
 use super::{check_len, not_implemented, same_dtype, Backend, Buf, Checked, Op};
@@ -13,6 +13,17 @@ pub enum Act {
     Relu,
     /// `min(max(x, 0), 6)` (EfficientNet-Lite).
     Relu6,
+}
+
+impl Act {
+    /// The kernels' code for it (`ActKind` in kernels/common.cuh).
+    pub fn code(self) -> i32 {
+        match self {
+            Act::Identity => 0,
+            Act::Relu => 1,
+            Act::Relu6 => 2,
+        }
+    }
 }
 
 /// Shape of an elementwise op over `len` elements, with the activation it applies.

@@ -2,6 +2,7 @@
 //! `kernels/eltwise.cu`.
 
 use super::norm::{act_apply, act_grad};
+use super::{widen, with_f32_out};
 use crate::backend::{Act, Buf, Checked, Eltwise};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -43,17 +44,17 @@ pub fn act_bwd_f32(y: &[f32], dy: &[f32], dx: &mut [f32], act: Act) {
 
 impl crate::backend::EltwiseOps for super::CpuBackend {
     fn add_fwd(&self, a: &Buf, b: &Buf, y: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {
-        add_fwd_f32(a.host()?, b.host()?, y.host_mut()?);
-        Ok(())
+        let (a, b) = (widen(a)?, widen(b)?);
+        with_f32_out(y, false, |y| add_fwd_f32(&a, &b, y))
     }
 
     fn act_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
-        act_fwd_f32(x.host()?, y.host_mut()?, s.act);
-        Ok(())
+        let x = widen(x)?;
+        with_f32_out(y, false, |y| act_fwd_f32(&x, y, s.act))
     }
 
     fn act_bwd(&self, y: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
-        act_bwd_f32(y.host()?, dy.host()?, dx.host_mut()?, s.act);
-        Ok(())
+        let (y, dy) = (widen(y)?, widen(dy)?);
+        with_f32_out(dx, false, |dx| act_bwd_f32(&y, &dy, dx, s.act))
     }
 }

@@ -25,9 +25,14 @@ pub const BF16_OPS: &[Op] = &[
     Op::CopyRows,
     Op::GemFwd,
     Op::GemBwd,
+    Op::MaxpoolFwd,
+    Op::MaxpoolBwd,
     Op::L2normFwd,
     Op::L2normBwd,
     Op::Knn,
+    Op::AddFwd,
+    Op::ActFwd,
+    Op::ActBwd,
 ];
 
 /// A buffer's elements as f32: borrowed for f32, widened from bf16.

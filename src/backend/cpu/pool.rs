@@ -108,8 +108,8 @@ impl crate::backend::PoolOps for super::CpuBackend {
     }
 
     fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
-        maxpool_fwd_f32(x.host()?, y.host_mut()?, *s);
-        Ok(())
+        let x = widen(x)?;
+        with_f32_out(y, false, |y| maxpool_fwd_f32(&x, y, *s))
     }
 
     fn maxpool_bwd(
@@ -121,8 +121,8 @@ impl crate::backend::PoolOps for super::CpuBackend {
         s: Checked<MaxPool>,
     ) -> Result<()> {
         // The twin recomputes each window's argmax from x; y is for kernels that compare.
-        maxpool_bwd_f32(x.host()?, dy.host()?, dx.host_mut()?, *s);
-        Ok(())
+        let (x, dy) = (widen(x)?, widen(dy)?);
+        with_f32_out(dx, false, |dx| maxpool_bwd_f32(&x, &dy, dx, *s))
     }
 }
 

@@ -156,6 +156,11 @@ impl DevMem {
         }
     }
 
+    /// Its size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// The address kernels get.
     pub(super) fn ptr(&self) -> u64 {
         self.ptr
@@ -241,6 +246,16 @@ impl Launch {
         }
     }
 
+    /// A grid-stride launch over `total` elements: 256 threads a block, at most 65536 blocks
+    /// (16M threads; a thread then handles a few elements of a larger tensor).
+    pub fn grid_stride(total: usize) -> Launch {
+        const THREADS: usize = 256;
+        Launch::linear(
+            total.div_ceil(THREADS).clamp(1, 1 << 16) as u32,
+            THREADS as u32,
+        )
+    }
+
     /// One warp per item (a row), 8 warps per block; `items` fits the kernels' `int`.
     pub fn warp_per_item(items: usize) -> Launch {
         const WARPS: u32 = 8;
@@ -292,6 +307,10 @@ impl Args {
 
     pub fn i32(self, v: i32) -> Args {
         self.push(v as u32 as u64, 4)
+    }
+
+    pub fn i64(self, v: i64) -> Args {
+        self.push(v as u64, 8)
     }
 
     pub fn u32(self, v: u32) -> Args {

@@ -6,8 +6,10 @@
 
 pub mod bank;
 pub mod contrastive;
+pub mod conv;
 pub mod device;
 pub mod driver;
+pub mod eltwise;
 pub mod emu;
 pub mod gemm;
 pub mod mining;
@@ -20,6 +22,7 @@ use super::{Backend, Buf, DType, Device, Op};
 use anyhow::{bail, Context, Result};
 use device::{Args, Launch, Layer};
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 pub use device::DevMem;
 pub use driver::{driver_present, driver_version, DeviceInfo};
@@ -39,6 +42,9 @@ pub fn has_kernels() -> bool {
 pub struct CudaBackend {
     layer: Layer,
     kernels: HashSet<String>,
+    /// Device scratch for kernels' intermediate results (split-K partial sums), grown to the
+    /// largest request and reused, so a training step allocates nothing after its first.
+    scratch: Mutex<Option<DevMem>>,
 }
 
 impl CudaBackend {
@@ -50,6 +56,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             layer: Layer::Gpu(Box::new(gpu)),
             kernels,
+            scratch: Mutex::new(None),
         })
     }
 
@@ -58,6 +65,7 @@ impl CudaBackend {
         CudaBackend {
             layer: Layer::Emu(emu::Emu::new()),
             kernels: emu::KERNELS.iter().map(|(_, k)| k.to_string()).collect(),
+            scratch: Mutex::new(None),
         }
     }
 
@@ -83,6 +91,21 @@ impl CudaBackend {
     /// Host indices as a new device array of i64 (the kernels' index type).
     pub(crate) fn upload_indices(&self, idx: &[usize]) -> Result<DevMem> {
         self.upload_list(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>())
+    }
+
+    /// Runs `f` with device scratch of at least `bytes` bytes (contents undefined). Launches on
+    /// one stream run in order, so a later user of the scratch never races an earlier one.
+    pub(crate) fn with_scratch<R>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(&DevMem) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|m| m.bytes() < bytes) {
+            *guard = None; // free the old block before allocating its replacement
+            *guard = Some(self.layer.alloc(bytes)?);
+        }
+        f(guard.as_ref().expect("scratch allocated above"))
     }
 
     /// Launches `kernel`.
@@ -181,6 +204,3 @@ impl Backend for CudaBackend {
         self.layer.synchronize()
     }
 }
-
-impl super::ConvOps for CudaBackend {}
-impl super::EltwiseOps for CudaBackend {}

@@ -1,8 +1,8 @@
-//! Launchers for kernels/norm.cu (row-wise L2 normalisation).
+//! Launchers for kernels/norm.cu (row-wise L2 normalisation, BatchNorm + activation).
 
 use super::device::{Args, Launch};
 use super::{int, CudaBackend};
-use crate::backend::{Buf, Checked, L2Norm, NormOps, Op};
+use crate::backend::{BatchNorm, Buf, Checked, L2Norm, NormOps, Op};
 use anyhow::Result;
 
 impl NormOps for CudaBackend {
@@ -52,4 +52,139 @@ impl NormOps for CudaBackend {
             )
         }
     }
+
+    /// One block per channel (kernels/norm.cu says why).
+    fn batchnorm_fwd_train(
+        &self,
+        x: &Buf,
+        gamma: &Buf,
+        beta: &Buf,
+        running: (&mut Buf, &mut Buf),
+        saved: (&mut Buf, &mut Buf),
+        y: &mut Buf,
+        s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        let (n, c, hw) = bn_sizes(&s)?;
+        if c == 0 || n == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(gamma.dev()?)
+            .ptr(beta.dev()?)
+            .ptr(running.0.dev_mut()?)
+            .ptr(running.1.dev_mut()?)
+            .ptr(saved.0.dev_mut()?)
+            .ptr(saved.1.dev_mut()?)
+            .ptr(y.dev_mut()?)
+            .i32(n)
+            .i32(c)
+            .i32(hw)
+            .i32(s.ghost as i32)
+            .f32(s.eps)
+            .f32(s.momentum)
+            .i32(s.act.code());
+        // SAFETY: arguments match batchnorm_fwd_train_f32(x, gamma, beta, running_mean,
+        // running_var, save_mean, save_invstd, y, n, C, hw, ghost, eps, momentum, act); the shape
+        // was checked: x, y hold n*C*hw, the parameters and running statistics C, the saved
+        // statistics ghost*C, and ghost divides n.
+        unsafe {
+            self.launch(
+                &Op::BatchnormFwdTrain.kernel(x.dtype()),
+                Launch::linear(c as u32, BN_THREADS),
+                args,
+            )
+        }
+    }
+
+    /// Grid-stride, one thread per element.
+    fn batchnorm_fwd_eval(
+        &self,
+        x: &Buf,
+        gamma: &Buf,
+        beta: &Buf,
+        running_mean: &Buf,
+        running_var: &Buf,
+        y: &mut Buf,
+        s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        let (n, c, hw) = bn_sizes(&s)?;
+        let total = s.n * s.c * s.hw;
+        if total == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(gamma.dev()?)
+            .ptr(beta.dev()?)
+            .ptr(running_mean.dev()?)
+            .ptr(running_var.dev()?)
+            .ptr(y.dev_mut()?)
+            .i32(n)
+            .i32(c)
+            .i32(hw)
+            .f32(s.eps)
+            .i32(s.act.code());
+        // SAFETY: arguments match batchnorm_fwd_eval_f32(x, gamma, beta, running_mean,
+        // running_var, y, n, C, hw, eps, act); the shape was checked: x, y hold n*C*hw and the
+        // per-channel buffers C.
+        unsafe {
+            self.launch(
+                &Op::BatchnormFwdEval.kernel(x.dtype()),
+                Launch::grid_stride(total),
+                args,
+            )
+        }
+    }
+
+    /// One block per channel, as the training forward.
+    fn batchnorm_bwd(
+        &self,
+        x: &Buf,
+        y: &Buf,
+        dy: &Buf,
+        gamma: &Buf,
+        saved: (&Buf, &Buf),
+        dx: &mut Buf,
+        dparams: (&mut Buf, &mut Buf),
+        s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        let (n, c, hw) = bn_sizes(&s)?;
+        if c == 0 || n == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(y.dev()?)
+            .ptr(dy.dev()?)
+            .ptr(gamma.dev()?)
+            .ptr(saved.0.dev()?)
+            .ptr(saved.1.dev()?)
+            .ptr(dx.dev_mut()?)
+            .ptr(dparams.0.dev_mut()?)
+            .ptr(dparams.1.dev_mut()?)
+            .i32(n)
+            .i32(c)
+            .i32(hw)
+            .i32(s.ghost as i32)
+            .i32(s.act.code());
+        // SAFETY: arguments match batchnorm_bwd_f32(x, y, dy, gamma, save_mean, save_invstd, dx,
+        // dgamma, dbeta, n, C, hw, ghost, act); the shape was checked as for the forward.
+        unsafe {
+            self.launch(
+                &Op::BatchnormBwd.kernel(x.dtype()),
+                Launch::linear(c as u32, BN_THREADS),
+                args,
+            )
+        }
+    }
+}
+
+/// Threads of the one-block-per-channel BatchNorm kernels (`BN_THREADS` in kernels/norm.cu).
+const BN_THREADS: u32 = 512;
+
+/// `(n, C, hw)` as the kernels' `int`s.
+fn bn_sizes(s: &BatchNorm) -> Result<(i32, i32, i32)> {
+    int(s.n * s.c * s.hw, "batchnorm elements")?;
+    Ok((s.n as i32, s.c as i32, s.hw as i32))
 }

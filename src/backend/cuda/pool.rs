@@ -1,11 +1,9 @@
-//! Launchers for kernels/pool.cu (GeM).
+//! Launchers for kernels/pool.cu (GeM, max pooling).
 
 use super::device::{Args, Launch};
 use super::{int, CudaBackend};
-use crate::backend::{Buf, Checked, Gem, Op, PoolOps};
+use crate::backend::{Buf, Checked, Gem, MaxPool, Op, PoolOps};
 use anyhow::Result;
-
-const BWD_THREADS: u32 = 256;
 
 impl PoolOps for CudaBackend {
     /// One warp per (n, c) row.
@@ -35,7 +33,6 @@ impl PoolOps for CudaBackend {
             return Ok(());
         }
         let (rows, hw) = (int(s.rows, "GeM rows")?, int(s.hw, "GeM hw")?);
-        let blocks = total.div_ceil(BWD_THREADS as usize).min(65_535 * 8) as u32;
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(y.dev()?)
@@ -50,9 +47,67 @@ impl PoolOps for CudaBackend {
         unsafe {
             self.launch(
                 &Op::GemBwd.kernel(x.dtype()),
-                Launch::linear(blocks, BWD_THREADS),
+                Launch::grid_stride(total),
                 args,
             )
         }
     }
+
+    /// Grid-stride, one thread per output element.
+    fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
+        let total = s.n * s.c * s.oh * s.ow;
+        if total == 0 {
+            return Ok(());
+        }
+        let args = maxpool_shape(Args::new().ptr(x.dev()?).ptr(y.dev_mut()?), &s)?;
+        // SAFETY: arguments match maxpool_fwd_<dtype>(x, y, planes, h, w, k, stride, pad, oh, ow);
+        // the shape was checked: x holds planes*h*w elements and y planes*oh*ow.
+        unsafe {
+            self.launch(
+                &Op::MaxpoolFwd.kernel(x.dtype()),
+                Launch::grid_stride(total),
+                args,
+            )
+        }
+    }
+
+    /// Grid-stride, one thread per input element, gathering from the windows that cover it.
+    fn maxpool_bwd(
+        &self,
+        x: &Buf,
+        _y: &Buf,
+        dy: &Buf,
+        dx: &mut Buf,
+        s: Checked<MaxPool>,
+    ) -> Result<()> {
+        let total = s.n * s.c * s.h * s.w;
+        if total == 0 {
+            return Ok(());
+        }
+        let args = Args::new().ptr(x.dev()?).ptr(dy.dev()?).ptr(dx.dev_mut()?);
+        let args = maxpool_shape(args, &s)?;
+        // SAFETY: arguments match maxpool_bwd_<dtype>(x, dy, dx, planes, h, w, k, stride, pad, oh,
+        // ow); the shape was checked: x, dx hold planes*h*w elements and dy planes*oh*ow.
+        unsafe {
+            self.launch(
+                &Op::MaxpoolBwd.kernel(x.dtype()),
+                Launch::grid_stride(total),
+                args,
+            )
+        }
+    }
+}
+
+/// The max pooling kernels' shape arguments: planes, h, w, k, stride, pad, oh, ow.
+fn maxpool_shape(args: Args, s: &MaxPool) -> Result<Args> {
+    int(s.n * s.c * s.h * s.w, "max pool input elements")?;
+    Ok(args
+        .i32(int(s.n * s.c, "max pool planes")?)
+        .i32(s.h as i32)
+        .i32(s.w as i32)
+        .i32(int(s.k, "max pool window")?)
+        .i32(int(s.stride, "max pool stride")?)
+        .i32(s.pad as i32)
+        .i32(s.oh as i32)
+        .i32(s.ow as i32))
 }

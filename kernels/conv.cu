@@ -1,0 +1,260 @@
+// 2-D convolution, NCHW, no bias, dilation 1: forward, data gradient and weight gradient.
+//
+// Layout: NCHW activations and PyTorch's weight layout (c_out x c_in x kh x kw). The whole
+// network (BatchNorm's per-channel planes, GeM's rows, the CPU twins) and the imported torchvision
+// and timm weights are NCHW, so the convolution reads and writes that layout directly instead of
+// transposing around every layer. NHWC would give the tensor-core path k-contiguous operands;
+// it is the layout to revisit with the bf16 kernels, as one switch for the whole network.
+//
+// Dense convolutions (groups = 1) are implicit GEMMs: the im2col matrix is never stored; each
+// tile of it is gathered from the activation as it is staged into shared memory.
+//
+//   forward   y[img, co, p]    = sum_k W[co, k] X[k, (img, p)]            M = c_out, N = n*oh*ow, K = c_in*kh*kw
+//   data grad dx[img, ci, pix] = sum_(co,r,q) W[co, ci, r, q] dY[(co,r,q), (img, pix)]
+//                                                                         M = c_in,  N = n*h*w,   K = c_out*kh*kw
+//   weight    dw[co, k]       += sum_(img, p) dy[img, co, p] X[(img, p), k]
+//                                                                         M = c_out, N = c_in*kh*kw, K = n*oh*ow
+//
+// with k = (ci*kh + r)*kw + q, X the im2col matrix (x at row oy*stride - pad_top + r, column
+// ox*stride - pad_left + q, zero outside) and dY its adjoint: dy[img, co, oy, ox] where
+// iy = oy*stride - pad_top + r (exactly divisible), zero otherwise. The data gradient therefore
+// multiplies zeros for stride > 1 (3 of 4 taps at stride 2); a stride-phase split is the fix once
+// it is measured. The weight gradient's K is the whole batch's output positions while its output
+// is small, so it splits K over gridDim.z into partial sums that a second kernel adds in order
+// (no atomics: the same result every run).
+//
+// The GEMM is SIMT f32: a 64 x 64 tile per block of 256 threads, 4 x 4 accumulators per thread,
+// K staged 16 at a time through shared memory, as gemm.cu's small tile. Floors for a ResNet-50
+// 3x3 layer at batch 64 (c = 256, 14 x 14): 2 * 64*196 * 256 * 2304 = 14.8 GFLOP, 0.3 ms at
+// H100's 50 TFLOP/s of f32 FMA; bytes are a few MB, so every dense shape but the stem's weight
+// gradient is compute-bound.
+//
+// Depthwise convolutions (groups = c_in = c_out, EfficientNet) are memory-bound and get their
+// own kernels: forward and data gradient one thread per output / input element (the data
+// gradient gathers, no atomics), weight gradient one block per channel.
+#include "common.cuh"
+
+struct ConvShape {
+    int n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow;
+};
+
+#define CONV_SHAPE_PARAMS                                                                                      \
+    int n, int c_in, int h, int w, int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh, \
+        int ow
+#define CONV_SHAPE ConvShape{n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow}
+
+enum ConvMode { CONV_FWD = 0, CONV_BWD_DATA = 1, CONV_BWD_WEIGHT = 2 };
+
+// The input value under kernel tap (r, q) of output position (oy, ox) of image img and channel ci,
+// or 0 in the padding.
+__device__ __forceinline__ float x_tap(const float* __restrict__ x, const ConvShape& s, int img, int ci, int oy,
+                                       int ox, int r, int q) {
+    int iy = oy * s.stride - s.pad_top + r, ix = ox * s.stride - s.pad_left + q;
+    if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) return 0.0f;
+    return x[(((size_t)img * s.c_in + ci) * s.h + iy) * s.w + ix];
+}
+
+// The output gradient that input position (iy, ix) receives through tap (r, q), or 0 when no
+// output position reads it through that tap.
+__device__ __forceinline__ float dy_tap(const float* __restrict__ dy, const ConvShape& s, int img, int co, int iy,
+                                        int ix, int r, int q) {
+    int ty = iy + s.pad_top - r, tx = ix + s.pad_left - q;
+    if (ty < 0 || tx < 0 || ty % s.stride != 0 || tx % s.stride != 0) return 0.0f;
+    int oy = ty / s.stride, ox = tx / s.stride;
+    if (oy >= s.oh || ox >= s.ow) return 0.0f;
+    return dy[(((size_t)img * s.c_out + co) * s.oh + oy) * s.ow + ox];
+}
+
+// The GEMM's operands for each mode: A(m, k) and B(k, col), zero outside M x K and K x N.
+template <int MODE>
+struct ConvGemm {
+    const float* a_src;  // forward, data grad: w; weight grad: dy
+    const float* b_src;  // forward, weight grad: x; data grad: dy
+    ConvShape s;
+    int M, N, K;
+
+    __device__ float a(int m, int k) const {
+        if (m >= M || k >= K) return 0.0f;
+        if (MODE == CONV_FWD) return a_src[(size_t)m * K + k];
+        int taps = s.kh * s.kw;
+        if (MODE == CONV_BWD_DATA) return a_src[((size_t)(k / taps) * s.c_in + m) * taps + k % taps];
+        int ohw = s.oh * s.ow;  // CONV_BWD_WEIGHT: k = (img, p)
+        return a_src[((size_t)(k / ohw) * s.c_out + m) * ohw + k % ohw];
+    }
+
+    __device__ float b(int k, int col) const {
+        if (k >= K || col >= N) return 0.0f;
+        int taps = s.kh * s.kw;
+        if (MODE == CONV_FWD) {
+            int ohw = s.oh * s.ow, img = col / ohw, p = col % ohw, t = k % taps;
+            return x_tap(b_src, s, img, k / taps, p / s.ow, p % s.ow, t / s.kw, t % s.kw);
+        }
+        if (MODE == CONV_BWD_DATA) {
+            int hw = s.h * s.w, img = col / hw, pix = col % hw, t = k % taps;
+            return dy_tap(b_src, s, img, k / taps, pix / s.w, pix % s.w, t / s.kw, t % s.kw);
+        }
+        int ohw = s.oh * s.ow, img = k / ohw, p = k % ohw, t = col % taps;  // CONV_BWD_WEIGHT
+        return x_tap(b_src, s, img, col / taps, p / s.ow, p % s.ow, t / s.kw, t % s.kw);
+    }
+};
+
+constexpr int CONV_BM = 64, CONV_BN = 64, CONV_BK = 16, CONV_TM = 4, CONV_TN = 4;
+constexpr int CONV_THREADS = (CONV_BM / CONV_TM) * (CONV_BN / CONV_TN);
+
+// Accumulates this thread's CONV_TM x CONV_TN block of the tile (bm, bn) over k in [k_begin,
+// k_end), with g's operands gathered into shared memory.
+template <int MODE>
+__device__ void conv_gemm_tile(const ConvGemm<MODE>& g, int bm, int bn, int k_begin, int k_end,
+                               float (&acc)[CONV_TM][CONV_TN]) {
+    __shared__ __align__(16) float As[CONV_BK][CONV_BM + 4];
+    __shared__ __align__(16) float Bs[CONV_BK][CONV_BN + 4];
+    int tid = threadIdx.x, tx = tid % (CONV_BN / CONV_TN), ty = tid / (CONV_BN / CONV_TN);
+    for (int k0 = k_begin; k0 < k_end; k0 += CONV_BK) {
+        int k_lim = min(k_end, g.K);
+        // A is k-contiguous in every mode; B along the output column, except the weight
+        // gradient's, which runs along k (output positions).
+        for (int e = tid; e < CONV_BM * CONV_BK; e += CONV_THREADS) {
+            int kk = e % CONV_BK, i = e / CONV_BK;
+            As[kk][i] = k0 + kk < k_lim ? g.a(bm + i, k0 + kk) : 0.0f;
+        }
+        for (int e = tid; e < CONV_BN * CONV_BK; e += CONV_THREADS) {
+            int kk, j;
+            if (MODE == CONV_BWD_WEIGHT) {
+                kk = e % CONV_BK, j = e / CONV_BK;
+            } else {
+                j = e % CONV_BN, kk = e / CONV_BN;
+            }
+            Bs[kk][j] = k0 + kk < k_lim ? g.b(k0 + kk, bn + j) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < CONV_BK; ++kk) {
+            float av[CONV_TM], bv[CONV_TN];
+#pragma unroll
+            for (int i = 0; i < CONV_TM; ++i) av[i] = As[kk][ty * CONV_TM + i];
+#pragma unroll
+            for (int j = 0; j < CONV_TN; ++j) bv[j] = Bs[kk][tx * CONV_TN + j];
+#pragma unroll
+            for (int i = 0; i < CONV_TM; ++i)
+#pragma unroll
+                for (int j = 0; j < CONV_TN; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+}
+
+template <int MODE>
+__device__ void conv_gemm(const ConvGemm<MODE>& g, float* __restrict__ out, int k_per_split) {
+    int bm = blockIdx.y * CONV_BM, bn = blockIdx.x * CONV_BN;
+    int k_begin = blockIdx.z * k_per_split, k_end = min(g.K, k_begin + k_per_split);
+    float acc[CONV_TM][CONV_TN] = {};
+    conv_gemm_tile(g, bm, bn, k_begin, k_end, acc);
+    int tx = threadIdx.x % (CONV_BN / CONV_TN), ty = threadIdx.x / (CONV_BN / CONV_TN);
+    const ConvShape& s = g.s;
+#pragma unroll
+    for (int i = 0; i < CONV_TM; ++i) {
+        int m = bm + ty * CONV_TM + i;
+        if (m >= g.M) continue;
+#pragma unroll
+        for (int j = 0; j < CONV_TN; ++j) {
+            int col = bn + tx * CONV_TN + j;
+            if (col >= g.N) continue;
+            if (MODE == CONV_FWD) {
+                int ohw = s.oh * s.ow;
+                out[((size_t)(col / ohw) * s.c_out + m) * ohw + col % ohw] = acc[i][j];
+            } else if (MODE == CONV_BWD_DATA) {
+                int hw = s.h * s.w;
+                out[((size_t)(col / hw) * s.c_in + m) * hw + col % hw] = acc[i][j];
+            } else {
+                // Partial sums of split z, reduced into dw by conv2d_bwd_weight_reduce_f32.
+                out[((size_t)blockIdx.z * g.M + m) * g.N + col] = acc[i][j];
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+    conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ y, CONV_SHAPE_PARAMS) {
+    ConvShape s = CONV_SHAPE;
+    ConvGemm<CONV_FWD> g{weight, x, s, c_out, n * oh * ow, c_in * kh * kw};
+    conv_gemm(g, y, g.K);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+    conv2d_bwd_data_f32(const float* __restrict__ dy, const float* __restrict__ weight, float* __restrict__ dx,
+                        CONV_SHAPE_PARAMS) {
+    ConvShape s = CONV_SHAPE;
+    ConvGemm<CONV_BWD_DATA> g{weight, dy, s, c_in, n * h * w, c_out * kh * kw};
+    conv_gemm(g, dx, g.K);
+}
+
+// partial: gridDim.z x c_out x (c_in*kh*kw) sums over k_per_split output positions each.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+    conv2d_bwd_weight_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ partial,
+                          int k_per_split, CONV_SHAPE_PARAMS) {
+    ConvShape s = CONV_SHAPE;
+    ConvGemm<CONV_BWD_WEIGHT> g{dy, x, s, c_out, c_in * kh * kw, n * oh * ow};
+    conv_gemm(g, partial, k_per_split);
+}
+
+// dw += the splits' partial sums, added in split order.
+extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float* __restrict__ partial, float* __restrict__ dw,
+                                                        int len, int splits) {
+    GRID_STRIDE(i, len) {
+        float sum = 0.0f;
+        for (int z = 0; z < splits; z++) sum += partial[(size_t)z * len + i];
+        dw[i] += sum;
+    }
+}
+
+// ---- depthwise -------------------------------------------------------------------------------
+
+extern "C" __global__ void conv2d_depthwise_fwd_f32(const float* __restrict__ x, const float* __restrict__ weight,
+                                                    float* __restrict__ y, CONV_SHAPE_PARAMS) {
+    ConvShape s = CONV_SHAPE;
+    size_t ohw = (size_t)oh * ow;
+    GRID_STRIDE(i, (size_t)n * c_out * ohw) {
+        size_t plane = i / ohw;
+        int p = (int)(i - plane * ohw), c = (int)(plane % c_out), img = (int)(plane / c_out);
+        const float* wc = weight + (size_t)c * kh * kw;
+        float sum = 0.0f;
+        for (int r = 0; r < kh; r++)
+            for (int q = 0; q < kw; q++) sum = fmaf(wc[r * kw + q], x_tap(x, s, img, c, p / ow, p % ow, r, q), sum);
+        y[i] = sum;
+    }
+}
+
+extern "C" __global__ void conv2d_depthwise_bwd_data_f32(const float* __restrict__ dy, const float* __restrict__ weight,
+                                                         float* __restrict__ dx, CONV_SHAPE_PARAMS) {
+    ConvShape s = CONV_SHAPE;
+    size_t hw = (size_t)h * w;
+    GRID_STRIDE(i, (size_t)n * c_in * hw) {
+        size_t plane = i / hw;
+        int pix = (int)(i - plane * hw), c = (int)(plane % c_in), img = (int)(plane / c_in);
+        const float* wc = weight + (size_t)c * kh * kw;
+        float sum = 0.0f;
+        for (int r = 0; r < kh; r++)
+            for (int q = 0; q < kw; q++) sum = fmaf(wc[r * kw + q], dy_tap(dy, s, img, c, pix / w, pix % w, r, q), sum);
+        dx[i] = sum;
+    }
+}
+
+// One block per channel; each tap's sum over the batch's output positions is a block reduction.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_depthwise_bwd_weight_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                    float* __restrict__ dw, CONV_SHAPE_PARAMS) {
+    __shared__ float slots[256 / WARP_SIZE];
+    ConvShape s = CONV_SHAPE;
+    int c = blockIdx.x, ohw = oh * ow;
+    size_t count = (size_t)n * ohw;
+    for (int t = 0; t < kh * kw; t++) {
+        float sum = 0.0f;
+        for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
+            int img = (int)(e / ohw), p = (int)(e % ohw);
+            sum = fmaf(dy[((size_t)img * c_out + c) * ohw + p], x_tap(x, s, img, c, p / ow, p % ow, t / kw, t % kw),
+                       sum);
+        }
+        sum = block_sum(sum, slots);
+        if (threadIdx.x == 0) dw[(size_t)c * kh * kw + t] += sum;
+    }
+}

@@ -1,0 +1,42 @@
+// Elementwise ops: the residual add and standalone activations, forward and backward.
+//
+//   add_fwd:  y = a + b
+//   act_fwd:  y = act(x)                    act: 0 identity, 1 ReLU, 2 ReLU6
+//   act_bwd:  dx = dy * act'(y)             the mask read from the forward output
+//
+// Bound by memory: 12 bytes per element for add and act_bwd, 8 for act_fwd (f32). One thread per
+// element in a grid-stride loop; the launcher caps the grid so a thread handles a few elements.
+// Written once over the storage type; entry points per dtype at the end.
+#include "common.cuh"
+
+template <typename T>
+__device__ void add_fwd(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, size_t n) {
+    GRID_STRIDE(i, n) y[i] = store<T>(load(a[i]) + load(b[i]));
+}
+
+template <typename T>
+__device__ void act_fwd(const T* __restrict__ x, T* __restrict__ y, size_t n, int act) {
+    GRID_STRIDE(i, n) y[i] = store<T>(act_apply(act, load(x[i])));
+}
+
+template <typename T>
+__device__ void act_bwd(const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx, size_t n, int act) {
+    GRID_STRIDE(i, n) dx[i] = store<T>(load(dy[i]) * act_grad(act, load(y[i])));
+}
+
+#define ELTWISE_ENTRY_POINTS(T, SUFFIX)                                                                         \
+    extern "C" __global__ void add_fwd_##SUFFIX(const T* __restrict__ a, const T* __restrict__ b,               \
+                                                T* __restrict__ y, long long n) {                               \
+        add_fwd(a, b, y, (size_t)n);                                                                            \
+    }                                                                                                           \
+    extern "C" __global__ void act_fwd_##SUFFIX(const T* __restrict__ x, T* __restrict__ y, long long n,        \
+                                                int act) {                                                      \
+        act_fwd(x, y, (size_t)n, act);                                                                          \
+    }                                                                                                           \
+    extern "C" __global__ void act_bwd_##SUFFIX(const T* __restrict__ y, const T* __restrict__ dy,              \
+                                                T* __restrict__ dx, long long n, int act) {                     \
+        act_bwd(y, dy, dx, (size_t)n, act);                                                                     \
+    }
+
+ELTWISE_ENTRY_POINTS(float, f32)
+ELTWISE_ENTRY_POINTS(__nv_bfloat16, bf16)

@@ -1,0 +1,214 @@
+//! Launchers for kernels/conv.cu: dense convolutions (groups = 1) as implicit GEMMs, depthwise
+//! convolutions with their own kernels. Other groupings have no kernel and are an error.
+
+use super::device::{Args, Launch};
+use super::{int, CudaBackend};
+use crate::backend::{Buf, Checked, Conv, ConvOps, Op};
+use anyhow::{bail, Result};
+
+/// The implicit GEMM's block tile (`CONV_BM`, `CONV_BN`, `CONV_BK` in kernels/conv.cu) and
+/// threads.
+const TILE_M: usize = 64;
+const TILE_N: usize = 64;
+const TILE_K: usize = 16;
+const GEMM_THREADS: u32 = 256;
+
+/// Which kernel a shape takes.
+enum Path {
+    Gemm,
+    Depthwise,
+}
+
+fn path(s: &Conv) -> Result<Path> {
+    if s.groups == 1 {
+        Ok(Path::Gemm)
+    } else if s.is_depthwise() {
+        Ok(Path::Depthwise)
+    } else {
+        bail!(
+            "conv: groups = {} with {} -> {} channels has no CUDA kernel (dense and depthwise only); run with --device cpu",
+            s.groups,
+            s.c_in,
+            s.c_out
+        )
+    }
+}
+
+/// The shape arguments every conv kernel ends with: n, c_in, h, w, c_out, kh, kw, stride,
+/// pad_top, pad_left, oh, ow. Also checks that every size the kernels index fits their `int`.
+fn shape_args(args: Args, s: &Conv) -> Result<Args> {
+    let (x, w, y) = s.sizes();
+    int(x, "conv input elements")?;
+    int(w, "conv weight elements")?;
+    int(y, "conv output elements")?;
+    int(
+        s.n * s.oh * s.ow * s.c_in * s.kh * s.kw,
+        "conv im2col elements",
+    )?;
+    int(
+        s.n * s.h * s.w * s.c_out * s.kh * s.kw,
+        "conv data-gradient GEMM elements",
+    )?;
+    Ok([
+        s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad_top, s.pad_left, s.oh, s.ow,
+    ]
+    .iter()
+    .fold(args, |a, &v| a.i32(v as i32)))
+}
+
+/// The grid of an `m x n` implicit GEMM, `splits` deep.
+fn gemm_launch(m: usize, n: usize, splits: usize) -> Launch {
+    Launch {
+        grid: (
+            n.div_ceil(TILE_N) as u32,
+            m.div_ceil(TILE_M) as u32,
+            splits as u32,
+        ),
+        block: (GEMM_THREADS, 1, 1),
+        smem: 0,
+    }
+}
+
+/// How the weight gradient's reduction over the batch's `k` output positions is split: enough
+/// splits to give a GPU ~512 blocks when the `tiles` of the output alone are few, at least 256
+/// positions each. Returns `(splits, k_per_split)`, `k_per_split` a multiple of the K tile.
+fn weight_grad_splits(tiles: usize, k: usize) -> (usize, usize) {
+    let want = (512 / tiles.max(1)).clamp(1, k.div_ceil(256).max(1));
+    let per = k.div_ceil(want).div_ceil(TILE_K) * TILE_K;
+    (k.div_ceil(per.max(1)).max(1), per.max(TILE_K))
+}
+
+impl ConvOps for CudaBackend {
+    fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
+        let (path, total) = (path(&s)?, s.sizes().2);
+        if total == 0 {
+            return Ok(());
+        }
+        let args = shape_args(
+            Args::new().ptr(x.dev()?).ptr(w.dev()?).ptr(y.dev_mut()?),
+            &s,
+        )?;
+        let (kernel, cfg) = match path {
+            Path::Gemm => (
+                Op::Conv2dFwd.kernel(x.dtype()),
+                gemm_launch(s.c_out, s.n * s.oh * s.ow, 1),
+            ),
+            Path::Depthwise => (
+                "conv2d_depthwise_fwd_f32".to_string(),
+                Launch::grid_stride(total),
+            ),
+        };
+        // SAFETY: arguments match conv2d_fwd_f32 / conv2d_depthwise_fwd_f32(x, w, y, shape...);
+        // the shape was checked: x, w, y hold its input, weight and output sizes.
+        unsafe { self.launch(&kernel, cfg, args) }
+    }
+
+    fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
+        let (path, total) = (path(&s)?, s.sizes().0);
+        if total == 0 {
+            return Ok(());
+        }
+        let args = shape_args(
+            Args::new().ptr(dy.dev()?).ptr(w.dev()?).ptr(dx.dev_mut()?),
+            &s,
+        )?;
+        let (kernel, cfg) = match path {
+            Path::Gemm => (
+                Op::Conv2dBwdData.kernel(dy.dtype()),
+                gemm_launch(s.c_in, s.n * s.h * s.w, 1),
+            ),
+            Path::Depthwise => (
+                "conv2d_depthwise_bwd_data_f32".to_string(),
+                Launch::grid_stride(total),
+            ),
+        };
+        // SAFETY: arguments match conv2d_bwd_data_f32 / conv2d_depthwise_bwd_data_f32(dy, w, dx,
+        // shape...); the shape was checked: dy, w, dx hold its output, weight and input sizes.
+        unsafe { self.launch(&kernel, cfg, args) }
+    }
+
+    fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
+        let path = path(&s)?;
+        let (m, n, k) = (s.c_out, s.c_in * s.kh * s.kw, s.n * s.oh * s.ow);
+        if m * n == 0 || k == 0 {
+            return Ok(());
+        }
+        if let Path::Depthwise = path {
+            let args = shape_args(
+                Args::new().ptr(x.dev()?).ptr(dy.dev()?).ptr(dw.dev_mut()?),
+                &s,
+            )?;
+            // SAFETY: arguments match conv2d_depthwise_bwd_weight_f32(x, dy, dw, shape...); the
+            // shape was checked; one 256-thread block per channel.
+            return unsafe {
+                self.launch(
+                    "conv2d_depthwise_bwd_weight_f32",
+                    Launch::linear(s.c_out as u32, 256),
+                    args,
+                )
+            };
+        }
+        let tiles = m.div_ceil(TILE_M) * n.div_ceil(TILE_N);
+        let (splits, per) = weight_grad_splits(tiles, k);
+        let len = int(m * n, "conv weight elements")?;
+        let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
+        self.with_scratch(partial_bytes, |partial| {
+            let args = Args::new()
+                .ptr(x.dev()?)
+                .ptr(dy.dev()?)
+                .ptr(partial)
+                .i32(per as i32);
+            let args = shape_args(args, &s)?;
+            // SAFETY: arguments match conv2d_bwd_weight_f32(x, dy, partial, k_per_split,
+            // shape...); x and dy hold the checked input and output sizes, partial holds splits x
+            // m x n floats, and splits * per covers the k positions.
+            unsafe {
+                self.launch(
+                    &Op::Conv2dBwdWeight.kernel(x.dtype()),
+                    gemm_launch(m, n, splits),
+                    args,
+                )?;
+            }
+            let args = Args::new()
+                .ptr(partial)
+                .ptr(dw.dev_mut()?)
+                .i32(len)
+                .i32(splits as i32);
+            // SAFETY: arguments match conv2d_bwd_weight_reduce_f32(partial, dw, len, splits);
+            // partial holds splits x len floats and dw len (checked).
+            unsafe {
+                self.launch(
+                    "conv2d_bwd_weight_reduce_f32",
+                    Launch::grid_stride(m * n),
+                    args,
+                )
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_grad_splits_cover_k_and_give_small_outputs_more_blocks() {
+        for (tiles, k) in [
+            (1, 1),
+            (1, 16),
+            (3, 802_816),
+            (64, 3136),
+            (600, 50_000),
+            (2, 513),
+        ] {
+            let (splits, per) = weight_grad_splits(tiles, k);
+            assert!(per % TILE_K == 0 && splits * per >= k, "{tiles} {k}");
+            assert!(
+                (splits - 1) * per < k,
+                "an empty split for {tiles} tiles, k={k}"
+            );
+        }
+        assert_eq!(weight_grad_splits(600, 50_000).0, 1);
+        assert!(weight_grad_splits(3, 802_816).0 > 100);
+    }
+}

@@ -1,0 +1,68 @@
+//! Launchers for kernels/eltwise.cu (residual add, activations): grid-stride, one thread per
+//! element.
+
+use super::device::{Args, Launch};
+use super::CudaBackend;
+use crate::backend::{Buf, Checked, Eltwise, EltwiseOps, Op};
+use anyhow::Result;
+
+impl EltwiseOps for CudaBackend {
+    fn add_fwd(&self, a: &Buf, b: &Buf, y: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
+        if s.len == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(a.dev()?)
+            .ptr(b.dev()?)
+            .ptr(y.dev_mut()?)
+            .i64(s.len as i64);
+        // SAFETY: arguments match add_fwd_<dtype>(a, b, y, n); a, b, y hold n elements (checked).
+        unsafe {
+            self.launch(
+                &Op::AddFwd.kernel(a.dtype()),
+                Launch::grid_stride(s.len),
+                args,
+            )
+        }
+    }
+
+    fn act_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
+        if s.len == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(y.dev_mut()?)
+            .i64(s.len as i64)
+            .i32(s.act.code());
+        // SAFETY: arguments match act_fwd_<dtype>(x, y, n, act); x, y hold n elements (checked).
+        unsafe {
+            self.launch(
+                &Op::ActFwd.kernel(x.dtype()),
+                Launch::grid_stride(s.len),
+                args,
+            )
+        }
+    }
+
+    fn act_bwd(&self, y: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
+        if s.len == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(y.dev()?)
+            .ptr(dy.dev()?)
+            .ptr(dx.dev_mut()?)
+            .i64(s.len as i64)
+            .i32(s.act.code());
+        // SAFETY: arguments match act_bwd_<dtype>(y, dy, dx, n, act); y, dy, dx hold n elements
+        // (checked).
+        unsafe {
+            self.launch(
+                &Op::ActBwd.kernel(y.dtype()),
+                Launch::grid_stride(s.len),
+                args,
+            )
+        }
+    }
+}

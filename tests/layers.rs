@@ -1,0 +1,261 @@
+//! The backbone's layer kernels (elementwise, max pooling, BatchNorm, convolution) against their
+//! CPU twins on random inputs with edge sizes, on the GPU when there is one and on the emulated
+//! GPU otherwise (`INSCLR_REQUIRE_GPU=1` demands the GPU). The twins' own finite-difference
+//! checks are in tests/nn_grad.rs.
+
+mod common;
+
+use common::{download_f32, kernel_device, matches_cpu, poisoned_as, upload_as, FLOAT_DTYPES};
+use insclr::backend::{Act, Backend, BatchNorm, Buf, Conv, DType, MaxPool, Padding};
+use insclr::rng::Rng;
+
+const ACTS: [Act; 3] = [Act::Identity, Act::Relu, Act::Relu6];
+
+/// Lengths around a block (256) and one past the grid-stride launch's cap would be too slow on
+/// the emulator; a thread's second trip round the loop is covered by the pooling tests' sizes.
+const ELTWISE_LENS: &[usize] = &[1, 255, 256, 257, 10_000];
+
+#[test]
+fn kernel_eltwise_matches_cpu() {
+    let dev = kernel_device("kernel_eltwise_matches_cpu");
+    for (dt, tol) in FLOAT_DTYPES {
+        for &len in ELTWISE_LENS {
+            for act in ACTS {
+                matches_cpu(
+                    &format!("eltwise {dt} len={len} {act:?}"),
+                    &dev,
+                    tol,
+                    |be| {
+                        let mut rng = Rng::new(31 + len as u64);
+                        // Around both ReLU6 corners, with exact zeros and sixes.
+                        let mut xh = rng.vec_f32(len, -2.0, 8.0);
+                        xh.iter_mut().step_by(7).for_each(|v| *v = 0.0);
+                        xh.iter_mut().skip(3).step_by(11).for_each(|v| *v = 6.0);
+                        let x = upload_as(be, &xh, dt)?;
+                        let b = upload_as(be, &rng.vec_f32(len, -1.0, 1.0), dt)?;
+                        let dy = upload_as(be, &rng.vec_f32(len, -1.0, 1.0), dt)?;
+                        let (mut sum, mut y, mut dx) = (
+                            poisoned_as(be, len, dt),
+                            poisoned_as(be, len, dt),
+                            poisoned_as(be, len, dt),
+                        );
+                        be.add_fwd(&x, &b, &mut sum)?;
+                        be.act_fwd(&x, &mut y, act)?;
+                        be.act_bwd(&y, &dy, &mut dx, act)?;
+                        Ok(vec![
+                            ("a+b".into(), download_f32(be, &sum)?),
+                            ("act(x)".into(), download_f32(be, &y)?),
+                            ("dx".into(), download_f32(be, &dx)?),
+                        ])
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// (n, c, h, w, k, stride, pad): a 1x1 map, ResNet's stem window on odd and even maps, windows
+/// that tile exactly, overlap by two, or skip cells, and a padding of k - 1.
+const MAXPOOL_SIZES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1, 1, 1, 0),
+    (2, 3, 7, 9, 3, 2, 1),
+    (1, 4, 56, 56, 3, 2, 1),
+    (3, 5, 8, 8, 2, 2, 0),
+    (1, 2, 5, 6, 3, 1, 1),
+    (2, 2, 9, 9, 2, 3, 1),
+    (1, 1, 4, 7, 3, 1, 2),
+];
+
+#[test]
+fn kernel_maxpool_matches_cpu() {
+    let dev = kernel_device("kernel_maxpool_matches_cpu");
+    for (dt, tol) in FLOAT_DTYPES {
+        for &(n, c, h, w, k, stride, pad) in MAXPOOL_SIZES {
+            let s = MaxPool::new(n, c, h, w, k, stride, pad).unwrap();
+            let (len, out) = (n * c * h * w, n * c * s.oh * s.ow);
+            let what = format!("max pool {dt} {n}x{c}x{h}x{w} k={k} s={stride} p={pad}");
+            matches_cpu(&what, &dev, tol, |be| {
+                let mut rng = Rng::new(41 + len as u64);
+                // Values on a coarse grid so that windows tie (the first maximum takes the
+                // gradient), and a NaN, which wins its windows.
+                let mut xh: Vec<f32> = rng
+                    .vec_f32(len, -4.0, 4.0)
+                    .iter()
+                    .map(|v| v.round() * 0.5)
+                    .collect();
+                if len > 10 {
+                    xh[len / 2] = f32::NAN;
+                }
+                let x = upload_as(be, &xh, dt)?;
+                let dy = upload_as(be, &rng.vec_f32(out, -1.0, 1.0), dt)?;
+                let (mut y, mut dx) = (poisoned_as(be, out, dt), poisoned_as(be, len, dt));
+                be.maxpool_fwd(&x, &mut y, s)?;
+                be.maxpool_bwd(&x, &y, &dy, &mut dx, s)?;
+                // NaN outputs compared as a sentinel (the harness requires finite values).
+                let y: Vec<f32> = download_f32(be, &y)?
+                    .iter()
+                    .map(|&v| if v.is_nan() { -1e6 } else { v })
+                    .collect();
+                Ok(vec![("y".into(), y), ("dx".into(), download_f32(be, &dx)?)])
+            });
+        }
+    }
+}
+
+/// (n, c, hw, ghost): one channel of two values, odd plane sizes around a warp and a block
+/// (512 threads), ghost groups, and a 7x7 map with many channels.
+const BN_SIZES: &[(usize, usize, usize, usize)] = &[
+    (2, 1, 1, 1),
+    (1, 3, 33, 1),
+    (4, 5, 31, 2),
+    (3, 2, 513, 1),
+    (8, 6, 10, 4),
+    (2, 70, 49, 1),
+];
+
+#[test]
+fn kernel_batchnorm_matches_cpu() {
+    let dev = kernel_device("kernel_batchnorm_matches_cpu");
+    for &(n, c, hw, ghost) in BN_SIZES {
+        for act in ACTS {
+            let s = BatchNorm {
+                ghost,
+                ..BatchNorm::new(n, c, hw, 1e-5, act)
+            };
+            let len = n * c * hw;
+            let what = format!("batchnorm {n}x{c}x{hw} ghost={ghost} {act:?}");
+            matches_cpu(&what, &dev, 1e-5, |be| {
+                let mut rng = Rng::new(51 + len as u64 + ghost as u64);
+                // A large mean on channel 0 (the variance must not cancel), spread elsewhere.
+                let mut xh = rng.vec_f32(len, -3.0, 5.0);
+                for i in 0..n {
+                    xh[i * c * hw..(i * c + 1) * hw]
+                        .iter_mut()
+                        .for_each(|v| *v += 100.0);
+                }
+                let x = be.upload(&xh)?;
+                let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5))?;
+                let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5))?;
+                let mut rm = be.upload(&rng.vec_f32(c, -1.0, 1.0))?;
+                let mut rv = be.upload(&rng.vec_f32(c, 0.5, 2.0))?;
+                let (mut sm, mut si) = (poisoned(be, ghost * c), poisoned(be, ghost * c));
+                let mut y = poisoned(be, len);
+                be.batchnorm_fwd_train(
+                    &x,
+                    &gamma,
+                    &beta,
+                    (&mut rm, &mut rv),
+                    (&mut sm, &mut si),
+                    &mut y,
+                    s,
+                )?;
+                let mut y_eval = poisoned(be, len);
+                be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, &mut y_eval, s)?;
+                let dy = be.upload(&rng.vec_f32(len, -1.0, 1.0))?;
+                let mut dx = poisoned(be, len);
+                // Parameter gradients accumulate onto what is there.
+                let mut dgamma = be.upload(&vec![0.25; c])?;
+                let mut dbeta = be.upload(&vec![-0.5; c])?;
+                be.batchnorm_bwd(
+                    &x,
+                    &y,
+                    &dy,
+                    &gamma,
+                    (&sm, &si),
+                    &mut dx,
+                    (&mut dgamma, &mut dbeta),
+                    s,
+                )?;
+                let mut out = Vec::new();
+                for (name, b) in [
+                    ("y", &y),
+                    ("running mean", &rm),
+                    ("running var", &rv),
+                    ("saved mean", &sm),
+                    ("saved invstd", &si),
+                    ("eval y", &y_eval),
+                    ("dx", &dx),
+                    ("dgamma", &dgamma),
+                    ("dbeta", &dbeta),
+                ] {
+                    out.push((name.to_string(), be.download::<f32>(b)?));
+                }
+                Ok(out)
+            });
+        }
+    }
+}
+
+fn poisoned(be: &dyn Backend, len: usize) -> Buf {
+    poisoned_as(be, len, DType::F32)
+}
+
+type ConvCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    Padding,
+    usize,
+);
+
+/// (n, c_in, h, w, c_out, k, stride, padding, groups): a 1x1 map, 3x3 "same" layers, ResNet's
+/// stem on a small image, 1x1 layers across the 64-wide tile (stride 1 and the stride-2
+/// shortcut), TF "SAME" with odd sizes, a weight gradient split over several blocks of k, and
+/// depthwise layers (EfficientNet's 3x3 and 5x5, stride 1 and 2).
+#[rustfmt::skip]
+const CONV_SIZES: &[ConvCase] = &[
+    (1, 1, 1, 1, 1, 1, 1, Padding::Sym(0), 1),
+    (2, 3, 9, 9, 5, 3, 1, Padding::Sym(1), 1),
+    (2, 3, 23, 20, 8, 7, 2, Padding::Sym(3), 1),
+    (1, 17, 8, 8, 65, 1, 1, Padding::Sym(0), 1),
+    (2, 66, 7, 7, 33, 1, 2, Padding::Sym(0), 1),
+    (2, 5, 9, 8, 6, 3, 2, Padding::Same, 1),
+    (1, 70, 6, 6, 3, 3, 1, Padding::Sym(1), 1),
+    (4, 2, 20, 20, 2, 3, 1, Padding::Sym(1), 1),
+    (2, 8, 9, 9, 8, 3, 1, Padding::Sym(1), 8),
+    (1, 5, 10, 11, 5, 5, 2, Padding::Same, 5),
+    (2, 3, 7, 7, 3, 3, 2, Padding::Same, 3),
+];
+
+#[test]
+fn kernel_conv_matches_cpu() {
+    let dev = kernel_device("kernel_conv_matches_cpu");
+    for &(n, c_in, h, w, c_out, k, stride, padding, groups) in CONV_SIZES {
+        let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
+        let (lx, lw, ly) = s.sizes();
+        let what =
+            format!("conv {n}x{c_in}x{h}x{w} -> {c_out} k={k} s={stride} {padding:?} g={groups}");
+        matches_cpu(&what, &dev, 1e-5, |be| {
+            let mut rng = Rng::new(61 + lx as u64 + lw as u64);
+            let x = be.upload(&rng.vec_f32(lx, -1.0, 1.0))?;
+            let wt = be.upload(&rng.vec_f32(lw, -0.5, 0.5))?;
+            let dy = be.upload(&rng.vec_f32(ly, -1.0, 1.0))?;
+            let (mut y, mut dx) = (poisoned(be, ly), poisoned(be, lx));
+            // The weight gradient accumulates onto what is there.
+            let mut dw = be.upload(&vec![0.5; lw])?;
+            be.conv2d_fwd(&x, &wt, &mut y, s)?;
+            be.conv2d_bwd_data(&dy, &wt, &mut dx, s)?;
+            be.conv2d_bwd_weight(&x, &dy, &mut dw, s)?;
+            Ok(vec![
+                ("y".into(), be.download::<f32>(&y)?),
+                ("dx".into(), be.download::<f32>(&dx)?),
+                ("dw".into(), be.download::<f32>(&dw)?),
+            ])
+        });
+    }
+}
+
+#[test]
+fn grouped_conv_without_a_kernel_is_a_clear_error() {
+    let dev = kernel_device("grouped_conv_without_a_kernel_is_a_clear_error");
+    let be: &dyn Backend = &dev;
+    let s = Conv::new(1, 4, 5, 5, 4, 3, 1, Padding::Sym(1), 2).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let (x, wt, mut y) = (poisoned(be, lx), poisoned(be, lw), poisoned(be, ly));
+    let err = be.conv2d_fwd(&x, &wt, &mut y, s).unwrap_err();
+    assert!(format!("{err:#}").contains("groups = 2"), "{err:#}");
+}
