@@ -11,7 +11,9 @@ use common::{
 };
 use insclr::backend::cpu::{gemm, norm, pool};
 use insclr::backend::DType;
-use insclr::backend::{select_f32, Act, Backend, DeviceChoice, Gem, L2Norm, MatMul, Op};
+use insclr::backend::{
+    select, select_f32, Act, Backend, BatchNorm, DeviceChoice, Gem, L2Norm, MatMul, Op,
+};
 use insclr::rng::Rng;
 
 fn gem_cpu(x: &[f32], s: Gem) -> Vec<f32> {
@@ -219,10 +221,18 @@ fn shape_mismatches_are_errors_not_panics() {
     assert!(err.contains("different dtypes"), "{err}");
     let xb = be.zeros(DType::BF16, 4).unwrap();
     let err = be
-        .act_fwd(&xb, &mut be.zeros(DType::BF16, 4).unwrap(), Act::Relu)
+        .batchnorm_fwd_eval(
+            &xb,
+            &be.zeros(DType::BF16, 1).unwrap(),
+            &be.zeros(DType::BF16, 1).unwrap(),
+            &be.zeros(DType::BF16, 1).unwrap(),
+            &be.zeros(DType::BF16, 1).unwrap(),
+            &mut be.zeros(DType::BF16, 4).unwrap(),
+            BatchNorm::new(1, 1, 4, 1e-5, Act::Relu),
+        )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("act_fwd on bf16"), "{err}");
+    assert!(err.contains("batchnorm_fwd_eval on bf16"), "{err}");
 }
 
 // ---- the CUDA kernels versus the CPU twin, on the GPU or the emulated GPU ----------------
@@ -369,12 +379,12 @@ fn cuda_backend_without_gpu_is_an_error_not_a_panic() {
     // The emulator is never chosen by auto, and an explicit device lacking an op is refused
     // up front, naming the kernel.
     assert_ne!(be.name(), "emu");
-    let err = select_f32(DeviceChoice::Emu, &[Op::Conv2dFwd])
+    let err = select(DeviceChoice::Emu, &[(Op::Conv2dFwd, DType::BF16)])
         .err()
-        .expect("emu has no conv kernel yet")
+        .expect("emu has no bf16 conv kernel yet")
         .to_string();
     assert!(
-        err.contains("conv2d_fwd_f32") && err.contains("--device cpu"),
+        err.contains("conv2d_fwd_bf16") && err.contains("--device cpu"),
         "{err}"
     );
 }
