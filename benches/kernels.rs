@@ -13,8 +13,8 @@
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use insclr::backend::{
-    Backend, BatchSelect, Buf, Contrastive, CopyRows, CudaBackend, DType, Gem, Knn, L2Norm, MatMul,
-    MiningScore, TopK,
+    Act, Backend, BatchNorm, BatchSelect, Buf, Contrastive, Conv, CopyRows, CudaBackend, DType,
+    Gem, Knn, L2Norm, MatMul, MaxPool, MiningScore, OptimStep, Padding, TopK,
 };
 use insclr::rng::Rng;
 use std::io::Write;
@@ -414,8 +414,430 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     group.finish();
 }
 
+/// A convolution of the backbones: (input channels, map size, output channels, kernel, stride).
+type ConvShape = (usize, usize, usize, usize, usize);
+
+/// Every distinct convolution of torchvision's ResNet-50 at 224 px (stride on the 3x3, v1.5).
+const RESNET50_CONVS: &[ConvShape] = &[
+    (3, 224, 64, 7, 2),
+    (64, 56, 64, 1, 1),
+    (64, 56, 64, 3, 1),
+    (64, 56, 256, 1, 1),
+    (256, 56, 64, 1, 1),
+    (256, 56, 128, 1, 1),
+    (128, 56, 128, 3, 2),
+    (256, 56, 512, 1, 2),
+    (128, 28, 512, 1, 1),
+    (512, 28, 128, 1, 1),
+    (128, 28, 128, 3, 1),
+    (512, 28, 256, 1, 1),
+    (256, 28, 256, 3, 2),
+    (512, 28, 1024, 1, 2),
+    (256, 14, 1024, 1, 1),
+    (1024, 14, 256, 1, 1),
+    (256, 14, 256, 3, 1),
+    (1024, 14, 512, 1, 1),
+    (512, 14, 512, 3, 2),
+    (1024, 14, 2048, 1, 2),
+    (512, 7, 2048, 1, 1),
+    (2048, 7, 512, 1, 1),
+    (512, 7, 512, 3, 1),
+];
+
+/// Every distinct dense convolution of EfficientNet-Lite0 at 224 px (stem, expansions,
+/// projections, head; TF "SAME" padding).
+const LITE0_CONVS: &[ConvShape] = &[
+    (3, 224, 32, 3, 2),
+    (32, 112, 16, 1, 1),
+    (16, 112, 96, 1, 1),
+    (96, 56, 24, 1, 1),
+    (24, 56, 144, 1, 1),
+    (144, 56, 24, 1, 1),
+    (144, 28, 40, 1, 1),
+    (40, 28, 240, 1, 1),
+    (240, 28, 40, 1, 1),
+    (240, 14, 80, 1, 1),
+    (80, 14, 480, 1, 1),
+    (480, 14, 80, 1, 1),
+    (480, 14, 112, 1, 1),
+    (112, 14, 672, 1, 1),
+    (672, 14, 112, 1, 1),
+    (672, 7, 192, 1, 1),
+    (192, 7, 1152, 1, 1),
+    (1152, 7, 192, 1, 1),
+    (1152, 7, 320, 1, 1),
+    (320, 7, 1280, 1, 1),
+];
+
+/// EfficientNet-Lite0's depthwise convolutions: (channels, map size, kernel, stride).
+const LITE0_DEPTHWISE: &[(usize, usize, usize, usize)] = &[
+    (32, 112, 3, 1),
+    (96, 112, 3, 2),
+    (144, 56, 3, 1),
+    (144, 56, 5, 2),
+    (240, 28, 5, 1),
+    (240, 28, 3, 2),
+    (480, 14, 3, 1),
+    (480, 14, 5, 1),
+    (672, 14, 5, 1),
+    (672, 14, 5, 2),
+    (1152, 7, 5, 1),
+    (1152, 7, 3, 1),
+];
+
+/// Batch of the layer benchmarks on a GPU (the training batch).
+const LAYER_BATCH: usize = 64;
+
+/// The criterion group of a layer family: many shapes, each long enough to time in 0.3 s.
+fn layer_family<'a>(
+    c: &'a mut Criterion,
+    be: &dyn Backend,
+    name: &str,
+) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(format!("{name}/{}", be.name()));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_millis(300));
+    g
+}
+
+/// The backbone's layers: every conv shape of ResNet-50 and EfficientNet-Lite0 at 224 px,
+/// forward / dgrad / wgrad, beside cuBLAS SGEMM on the GEMM of the same (M, N, K) (im2col's
+/// own time not counted, so the baseline is flattered); the depthwise convolutions; BatchNorm,
+/// max pool, the elementwise ops and the optimiser at ResNet-50's sizes. On the CPU, only the
+/// first shapes at batch 1 (the twins are references, not contenders).
+fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) {
+    let record = gpu.is_some();
+    let mut rng = Rng::new(2);
+    let (batch, take) = if record {
+        (LAYER_BATCH, usize::MAX)
+    } else {
+        (1, 3)
+    };
+    let mut group = layer_family(c, be, "conv");
+    let dense = RESNET50_CONVS
+        .iter()
+        .map(|s| (s, Padding::Sym(s.3 / 2), "resnet50"))
+        .chain(LITE0_CONVS.iter().map(|s| (s, Padding::Same, "lite0")));
+    for (&(cin, hw, cout, k, stride), pad, net) in dense.take(take) {
+        let s = Conv::new(batch, cin, hw, hw, cout, k, stride, pad, 1).unwrap();
+        let (ex, ew, ey) = s.sizes();
+        let x = filled(be, &mut rng, ex, DType::F32);
+        let w = filled(be, &mut rng, ew, DType::F32);
+        let dy = filled(be, &mut rng, ey, DType::F32);
+        let (mut y, mut dx, mut dw) = (
+            be.zeros(DType::F32, ey).unwrap(),
+            be.zeros(DType::F32, ex).unwrap(),
+            be.zeros(DType::F32, ew).unwrap(),
+        );
+        let (m, n, kk) = (cout, batch * s.oh * s.ow, cin * k * k);
+        let flops = 2.0 * (m * n * kk) as f64;
+        let bytes = 4.0 * (ex + ew + ey) as f64;
+        let label = format!("{net} {batch}x{cin}x{hw}x{hw} -> {cout} k{k} s{stride}");
+        measure(
+            &mut group,
+            be,
+            record,
+            "conv2d_fwd_f32",
+            label.clone(),
+            bytes,
+            flops,
+            || be.conv2d_fwd(&x, &w, &mut y, s).unwrap(),
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "conv2d_bwd_data_f32",
+            label.clone(),
+            bytes,
+            flops,
+            || be.conv2d_bwd_data(&dy, &w, &mut dx, s).unwrap(),
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "conv2d_bwd_weight_f32",
+            label.clone(),
+            bytes,
+            flops,
+            || be.conv2d_bwd_weight(&x, &dy, &mut dw, s).unwrap(),
+        );
+        if let Some(cuda) = gpu {
+            // The three GEMMs of im2col: Y = W . col, dcol = W^T . dY, dW = dY . col^T.
+            let col = filled(be, &mut rng, kk * n, DType::F32);
+            let gemms = [
+                ("sgemm_cublas_fwd", &w, &col, MatMul::new(m, n, kk), m * n),
+                (
+                    "sgemm_cublas_bwd_data",
+                    &w,
+                    &dy,
+                    MatMul::new(kk, n, m).ta(),
+                    kk * n,
+                ),
+                (
+                    "sgemm_cublas_bwd_weight",
+                    &dy,
+                    &col,
+                    MatMul::new(m, kk, n).tb(),
+                    m * kk,
+                ),
+            ];
+            for (name, a, b, mm, len) in gemms {
+                let mut c_view = be.zeros(DType::F32, len).unwrap();
+                measure(
+                    &mut group,
+                    be,
+                    record,
+                    name,
+                    label.clone(),
+                    bytes,
+                    flops,
+                    || cuda.matmul_cublas(a, b, &mut c_view, mm).unwrap(),
+                );
+            }
+        }
+    }
+    for &(ch, hw, k, stride) in LITE0_DEPTHWISE.iter().take(take) {
+        let s = Conv::new(batch, ch, hw, hw, ch, k, stride, Padding::Same, ch).unwrap();
+        let (ex, ew, ey) = s.sizes();
+        let x = filled(be, &mut rng, ex, DType::F32);
+        let w = filled(be, &mut rng, ew, DType::F32);
+        let dy = filled(be, &mut rng, ey, DType::F32);
+        let (mut y, mut dx, mut dw) = (
+            be.zeros(DType::F32, ey).unwrap(),
+            be.zeros(DType::F32, ex).unwrap(),
+            be.zeros(DType::F32, ew).unwrap(),
+        );
+        let flops = 2.0 * (ey * k * k) as f64;
+        let bytes = 4.0 * (ex + ey) as f64;
+        let label = format!("lite0 dw {batch}x{ch}x{hw}x{hw} k{k} s{stride}");
+        measure(
+            &mut group,
+            be,
+            record,
+            "depthwise_fwd_f32",
+            label.clone(),
+            bytes,
+            flops,
+            || be.conv2d_fwd(&x, &w, &mut y, s).unwrap(),
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "depthwise_bwd_data_f32",
+            label.clone(),
+            bytes,
+            flops,
+            || be.conv2d_bwd_data(&dy, &w, &mut dx, s).unwrap(),
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "depthwise_bwd_weight_f32",
+            label,
+            bytes,
+            flops,
+            || be.conv2d_bwd_weight(&x, &dy, &mut dw, s).unwrap(),
+        );
+    }
+    group.finish();
+
+    // norm, pool, eltwise at layer1's activation (batch x 256 x 56 x 56) and the stem's pool.
+    let mut group = layer_family(c, be, "layers");
+    let (ch, hw) = (256, 56 * 56);
+    let len = batch * ch * hw;
+    let label = format!("{batch}x{ch}x56x56");
+    let x = filled(be, &mut rng, len, DType::F32);
+    let dy = filled(be, &mut rng, len, DType::F32);
+    let (mut y, mut dx) = (
+        be.zeros(DType::F32, len).unwrap(),
+        be.zeros(DType::F32, len).unwrap(),
+    );
+    let gamma = filled(be, &mut rng, ch, DType::F32);
+    let beta = filled(be, &mut rng, ch, DType::F32);
+    let (mut rm, mut rv) = (
+        be.zeros(DType::F32, ch).unwrap(),
+        be.upload(&vec![1.0f32; ch]).unwrap(),
+    );
+    let (mut sm, mut si) = (
+        be.zeros(DType::F32, ch).unwrap(),
+        be.zeros(DType::F32, ch).unwrap(),
+    );
+    let (mut dg, mut db) = (
+        be.zeros(DType::F32, ch).unwrap(),
+        be.zeros(DType::F32, ch).unwrap(),
+    );
+    let bn = BatchNorm::new(batch, ch, hw, 1e-5, Act::Relu);
+    let t = 4.0 * len as f64;
+    measure(
+        &mut group,
+        be,
+        record,
+        "batchnorm_fwd_train_f32",
+        label.clone(),
+        3.0 * t,
+        0.0,
+        || {
+            be.batchnorm_fwd_train(
+                &x,
+                &gamma,
+                &beta,
+                (&mut rm, &mut rv),
+                (&mut sm, &mut si),
+                &mut y,
+                bn,
+            )
+            .unwrap()
+        },
+    );
+    measure(
+        &mut group,
+        be,
+        record,
+        "batchnorm_fwd_eval_f32",
+        label.clone(),
+        2.0 * t,
+        0.0,
+        || {
+            be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, &mut y, bn)
+                .unwrap()
+        },
+    );
+    measure(
+        &mut group,
+        be,
+        record,
+        "batchnorm_bwd_f32",
+        label.clone(),
+        6.0 * t,
+        0.0,
+        || {
+            be.batchnorm_bwd(
+                &x,
+                &y,
+                &dy,
+                &gamma,
+                (&sm, &si),
+                &mut dx,
+                (&mut dg, &mut db),
+                bn,
+            )
+            .unwrap()
+        },
+    );
+    measure(
+        &mut group,
+        be,
+        record,
+        "add_fwd_f32",
+        label.clone(),
+        3.0 * t,
+        0.0,
+        || be.add_fwd(&x, &dy, &mut y).unwrap(),
+    );
+    measure(
+        &mut group,
+        be,
+        record,
+        "act_fwd_f32",
+        label.clone(),
+        2.0 * t,
+        0.0,
+        || be.act_fwd(&x, &mut y, Act::Relu).unwrap(),
+    );
+    measure(
+        &mut group,
+        be,
+        record,
+        "act_bwd_f32",
+        label,
+        3.0 * t,
+        0.0,
+        || be.act_bwd(&x, &dy, &mut dx, Act::Relu).unwrap(),
+    );
+    drop((x, dy, y, dx));
+    let mp = MaxPool::new(batch, 64, 112, 112, 3, 2, 1).unwrap();
+    let (lin, lout) = (batch * 64 * 112 * 112, batch * 64 * mp.oh * mp.ow);
+    let x = filled(be, &mut rng, lin, DType::F32);
+    let dy = filled(be, &mut rng, lout, DType::F32);
+    let (mut y, mut dx) = (
+        be.zeros(DType::F32, lout).unwrap(),
+        be.zeros(DType::F32, lin).unwrap(),
+    );
+    let label = format!("{batch}x64x112x112 k3 s2");
+    let bytes = 4.0 * (lin + lout) as f64;
+    measure(
+        &mut group,
+        be,
+        record,
+        "maxpool_fwd_f32",
+        label.clone(),
+        bytes,
+        0.0,
+        || be.maxpool_fwd(&x, &mut y, mp).unwrap(),
+    );
+    measure(
+        &mut group,
+        be,
+        record,
+        "maxpool_bwd_f32",
+        label,
+        bytes + 4.0 * (lin + lout) as f64,
+        0.0,
+        || be.maxpool_bwd(&x, &y, &dy, &mut dx, mp).unwrap(),
+    );
+    group.finish();
+
+    // optim: one step over ResNet-50's 25.6M parameters (a tenth on the CPU).
+    let mut group = layer_family(c, be, "optim");
+    let n = if record { 25_557_032 } else { 2_555_703 };
+    let label = format!("{n} params");
+    let mut p = filled(be, &mut rng, n, DType::F32);
+    let g = filled(be, &mut rng, n, DType::F32);
+    let (mut m, mut v) = (
+        be.zeros(DType::F32, n).unwrap(),
+        be.zeros(DType::F32, n).unwrap(),
+    );
+    let step = OptimStep {
+        len: n,
+        split: n - 53_120,
+        lr: [1e-3, 1e-3],
+        wd: [1e-4, 0.0],
+    };
+    let t = 4.0 * n as f64;
+    measure(
+        &mut group,
+        be,
+        record,
+        "adam_f32",
+        label.clone(),
+        7.0 * t,
+        0.0,
+        || be.adam(&mut p, &g, &mut m, &mut v, step, 3).unwrap(),
+    );
+    measure(
+        &mut group,
+        be,
+        record,
+        "sgd_f32",
+        label.clone(),
+        5.0 * t,
+        0.0,
+        || be.sgd(&mut p, &g, &mut m, step, 0.9).unwrap(),
+    );
+    measure(&mut group, be, record, "sumsq_f32", label, t, 0.0, || {
+        be.sum_squares(&g).unwrap();
+    });
+    group.finish();
+}
+
 fn bench_cpu(c: &mut Criterion) {
     bench_backend(c, insclr::backend::cpu(), None);
+    bench_layers(c, insclr::backend::cpu(), None);
 }
 
 fn bench_gpu(c: &mut Criterion) {
@@ -427,6 +849,7 @@ fn bench_gpu(c: &mut Criterion) {
         }
     };
     bench_backend(c, &cuda, Some(&cuda));
+    bench_layers(c, &cuda, Some(&cuda));
     write_table(&cuda);
 }
 
@@ -461,6 +884,9 @@ fn write_table(cuda: &CudaBackend) {
         let baseline = match r.op.as_str() {
             "matmul_f32" | "matmul_bf16" => "sgemm_cublas",
             "topk_f32" => "topk_sort_f32",
+            "conv2d_fwd_f32" => "sgemm_cublas_fwd",
+            "conv2d_bwd_data_f32" => "sgemm_cublas_bwd_data",
+            "conv2d_bwd_weight_f32" => "sgemm_cublas_bwd_weight",
             _ => "",
         };
         let vs = rows

@@ -285,7 +285,8 @@ fn resume_with_another_seed_is_refused() {
 }
 
 /// The done-when of the device backbone: `train` on the GPU (the emulator here) gives the CPU's
-/// losses for the first steps, base / v1 and impr / v2 (no-DA forward, selection, mining).
+/// losses for the first steps, base / v1 and impr / v2 (no-DA forward, selection, mining),
+/// and resumes exactly.
 /// Only the first steps: Adam's first updates are `lr * sign(g)` whatever `|g|`, so a
 /// gradient that is zero up to rounding (a BatchNorm bias after cancellation) moves its
 /// parameter by ±lr on one device and ∓lr on the other, and the runs drift apart from there.
@@ -323,6 +324,13 @@ fn device_train_matches_cpu(v2: bool) {
             assert_eq!(x[key], y[key], "step {}: {key}", x["step"]);
         }
     }
+    // Interrupted after the checkpoint at step 2 and resumed on the device: the parameters and
+    // optimiser state go back into the device arena, and the run ends exactly as without.
+    train::run(config(&dir, &pool, "dev-r", v2, 2), &dev, &quiet(true)).unwrap();
+    let r = train::run(config(&dir, &pool, "dev-r", v2, steps), &dev, &quiet(true)).unwrap();
+    assert_eq!(r.resumed_from, Some(2));
+    assert_eq!(log_losses(&dir, "dev-r"), log_losses(&dir, "dev"));
+    assert_eq!(final_tensors(&dir, "dev-r"), final_tensors(&dir, "dev"));
     std::fs::remove_dir_all(&dir).ok();
 }
 

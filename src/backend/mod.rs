@@ -1,6 +1,6 @@
 //! The seam between the method and the hardware. Every op the model and InsCLR need lives in
 //! one file per kernel family (`gemm`, `pool`, `norm`, `conv`, `eltwise`, `select`,
-//! `contrastive`, `bank`, `mining`), which holds the op's
+//! `contrastive`, `bank`, `mining`, `optim`), which holds the op's
 //! shape struct, its check, the family trait a backend implements (`cpu/<family>.rs`,
 //! `cuda/<family>.rs`) and the checked entry point callers use, a method on `dyn Backend`:
 //!
@@ -25,6 +25,7 @@ pub mod eltwise;
 pub mod gemm;
 pub mod mining;
 pub mod norm;
+pub mod optim;
 pub mod pool;
 pub mod select;
 
@@ -41,6 +42,7 @@ pub use eltwise::{Act, Eltwise, EltwiseOps};
 pub use gemm::{GemmOps, MatMul};
 pub use mining::{BatchSelect, MiningOps, MiningScore, SELECT_MAX_K};
 pub use norm::{BatchNorm, L2Norm, NormOps, L2_EPS};
+pub use optim::{AdamScalars, OptimOps, OptimStep};
 pub use pool::{Gem, MaxPool, PoolOps, GEM_EPS};
 pub use select::{Knn, SelectOps, TopK, TOPK_MAX};
 
@@ -201,6 +203,16 @@ impl Buf {
     }
 
     /// The device memory of a CUDA buffer.
+    /// True when this buffer is the view of `arena` at element `offset` (same dtype).
+    pub fn is_view_of(&self, arena: &Buf, offset: usize) -> bool {
+        match (&self.mem, &arena.mem) {
+            (Mem::Device(d), Mem::Device(a)) => {
+                self.dtype == arena.dtype && d.is_at(a, offset * self.dtype.size())
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn dev(&self) -> Result<&cuda::DevMem> {
         match &self.mem {
             Mem::Device(d) => Ok(d),
@@ -303,11 +315,15 @@ pub enum Op {
     CopyRows,
     BatchSelect,
     MiningScore,
+    Adam,
+    Sgd,
+    SumSquares,
+    Scale,
 }
 
 impl Op {
     /// Every op, in family order.
-    pub const ALL: [Op; 22] = [
+    pub const ALL: [Op; 26] = [
         Op::Matmul,
         Op::GemFwd,
         Op::GemBwd,
@@ -330,6 +346,10 @@ impl Op {
         Op::CopyRows,
         Op::BatchSelect,
         Op::MiningScore,
+        Op::Adam,
+        Op::Sgd,
+        Op::SumSquares,
+        Op::Scale,
     ];
 
     /// The op's name, the stem of its kernels' names.
@@ -357,6 +377,10 @@ impl Op {
             Op::CopyRows => "copy_rows",
             Op::BatchSelect => "batch_select",
             Op::MiningScore => "mining_score",
+            Op::Adam => "adam",
+            Op::Sgd => "sgd",
+            Op::SumSquares => "sumsq",
+            Op::Scale => "scale",
         }
     }
 
@@ -376,6 +400,7 @@ impl Op {
             Op::Contrastive => "contrastive",
             Op::CopyRows => "bank",
             Op::BatchSelect | Op::MiningScore => "mining",
+            Op::Adam | Op::Sgd | Op::SumSquares | Op::Scale => "optim",
         }
     }
 
@@ -438,6 +463,7 @@ pub trait Backend: Send + Sync {
     fn contrastive_ops(&self) -> &dyn ContrastiveOps;
     fn bank_ops(&self) -> &dyn BankOps;
     fn mining_ops(&self) -> &dyn MiningOps;
+    fn optim_ops(&self) -> &dyn OptimOps;
 }
 
 /// The family accessors of a backend that implements every family trait itself.
@@ -470,6 +496,9 @@ macro_rules! family_accessors {
         fn mining_ops(&self) -> &dyn $crate::backend::MiningOps {
             self
         }
+        fn optim_ops(&self) -> &dyn $crate::backend::OptimOps {
+            self
+        }
     };
 }
 pub(crate) use family_accessors;
@@ -488,6 +517,37 @@ impl dyn Backend + '_ {
             (Mem::Device(d), dev) => d.device() == dev,
             _ => false,
         }
+    }
+
+    /// A zeroed device buffer that [`view`](Self::view)s share: the parameter arena. The CPU
+    /// backend keeps its tensors apart (its optimiser loops over them in place) and has none.
+    pub fn arena(&self, dtype: DType, len: usize) -> Result<Buf> {
+        let b = self.zeros(dtype, len)?;
+        match b.mem {
+            Mem::Device(d) => Ok(Buf {
+                dtype,
+                len,
+                mem: Mem::Device(d.into_shared()),
+            }),
+            Mem::Host(_) => bail!("the {} backend has no arenas", self.name()),
+        }
+    }
+
+    /// `len` elements of `arena` from element `offset`, sharing its memory.
+    pub fn view(&self, arena: &Buf, offset: usize, len: usize) -> Result<Buf> {
+        let size = arena.dtype.size();
+        let end = offset.checked_add(len);
+        if end.is_none_or(|e| e > arena.len) {
+            bail!(
+                "a view of {len} elements at {offset} of an arena of {}",
+                arena.len
+            );
+        }
+        Ok(Buf {
+            dtype: arena.dtype,
+            len,
+            mem: Mem::Device(arena.dev()?.view(offset * size, len * size)?),
+        })
     }
 
     /// A new buffer holding `data`.

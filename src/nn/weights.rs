@@ -169,7 +169,8 @@ pub fn load_into(
     }
     for (i, data) in fills {
         let p: &mut Param = params[i];
-        p.value = be.upload(data)?;
+        // Into the existing buffer: a parameter may be a view of the optimiser's arena.
+        be.upload_into(data, &mut p.value)?;
         report.loaded.push(p.name.clone());
     }
     Ok(report)

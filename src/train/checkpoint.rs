@@ -85,10 +85,15 @@ pub fn save(
         Rule::Adam => ("exp_avg", Some("exp_avg_sq")),
         Rule::Sgd { .. } => ("momentum_buffer", None),
     };
+    let (m, v) = (be.download::<f32>(&opt.m)?, be.download::<f32>(&opt.v)?);
     for s in &opt.slots {
-        tensors.push(f32_tensor(format!("{OPT}{m_name}.{}", s.name), &s.m)?);
-        if let Some(v) = v_name {
-            tensors.push(f32_tensor(format!("{OPT}{v}.{}", s.name), &s.v)?);
+        let r = s.offset..s.offset + s.len;
+        tensors.push(f32_tensor(
+            format!("{OPT}{m_name}.{}", s.name),
+            &m[r.clone()],
+        )?);
+        if let Some(v_name) = v_name {
+            tensors.push(f32_tensor(format!("{OPT}{v_name}.{}", s.name), &v[r])?);
         }
     }
     let mut meta = HashMap::new();
@@ -187,12 +192,16 @@ pub fn load(
             _ => bail!("{}: {key} does not hold {len} floats", path.display()),
         }
     };
-    for s in opt.slots.iter_mut() {
-        s.m = get(m_name, &s.name, s.m.len())?;
-        if let Some(v) = v_name {
-            s.v = get(v, &s.name, s.v.len())?;
+    let (mut m, mut v) = (vec![0f32; opt.m.len()], vec![0f32; opt.v.len()]);
+    for s in &opt.slots {
+        let r = s.offset..s.offset + s.len;
+        m[r.clone()].copy_from_slice(&get(m_name, &s.name, s.len)?);
+        if let Some(v_name) = v_name {
+            v[r].copy_from_slice(&get(v_name, &s.name, s.len)?);
         }
     }
+    be.upload_into(&m, &mut opt.m)?;
+    be.upload_into(&v, &mut opt.v)?;
     opt.t = t;
 
     let mut banks = Vec::new();
@@ -261,7 +270,7 @@ mod tests {
             name: "adam".into(),
             ..Solver::default()
         };
-        let mut opt = Optimizer::new(&cfg, &m).unwrap();
+        let mut opt = Optimizer::new(&cfg, be, &mut m).unwrap();
         for p in m.0.iter_mut().filter(|p| p.kind.trainable()) {
             p.grad = Some(be.upload(&vec![0.5; p.numel()]).unwrap());
         }
@@ -276,11 +285,20 @@ mod tests {
         assert_eq!((step, path.clone()), (12, checkpoint_path(&dir, 12)));
 
         let mut fresh = toy(be, &[0.0; 4]);
-        let mut opt2 = Optimizer::new(&cfg, &fresh).unwrap();
+        let mut opt2 = Optimizer::new(&cfg, be, &mut fresh).unwrap();
         let r = load(&path, be, &mut fresh, &mut opt2).unwrap();
         assert_eq!((r.step, r.seed), (12, 42));
         assert_eq!(values(&fresh), values(&m));
-        assert_eq!(opt2, opt);
+        assert_eq!(opt2.t, opt.t);
+        assert_eq!(opt2.slots, opt.slots);
+        assert_eq!(
+            be.download::<f32>(&opt2.m).unwrap(),
+            be.download::<f32>(&opt.m).unwrap()
+        );
+        assert_eq!(
+            be.download::<f32>(&opt2.v).unwrap(),
+            be.download::<f32>(&opt.v).unwrap()
+        );
         assert_eq!(r.banks.len(), 1);
         let b = &r.banks[0].1;
         assert_eq!(b.parts(be).unwrap(), bank.parts(be).unwrap());

@@ -4,20 +4,18 @@
 //! betas 0.9 / 0.999, eps 1e-8) with *coupled* L2 decay (`g += wd * theta` before the moments,
 //! not AdamW), or SGD with momentum; `clip_grad_norm_` over all gradients; `WarmupMultiStepLR`.
 //!
-//! The update runs on the host: on the CPU backend in place, on CUDA through a download and an
-//! upload per tensor (correct, slow; `kernels/optim.cu` is the planned device version).
+//! The state lives in an arena: the trainable tensors laid end to end, weights first, then
+//! biases, so the two groups are two contiguous ranges. The moments are one buffer each over
+//! that layout on every backend. On a device, [`Optimizer::new`] also moves the model's values
+//! and gradients into two arenas (each tensor becomes a view of them), so a clip and an update
+//! are a few launches whatever the number of tensors (`kernels/optim.cu`); on the CPU the same
+//! twins run tensor by tensor in place.
 
 use super::config::Solver;
-use crate::backend::Backend;
-use crate::nn::Module;
+use crate::backend::cpu::optim::{adam_f32, sgd_f32};
+use crate::backend::{AdamScalars, Backend, Buf, DType, OptimStep};
+use crate::nn::{Module, Param};
 use anyhow::{bail, Result};
-
-/// Adam's first-moment decay (torch default).
-pub const BETA1: f64 = 0.9;
-/// Adam's second-moment decay (torch default).
-pub const BETA2: f64 = 0.999;
-/// Adam's denominator epsilon (torch default).
-pub const EPS: f64 = 1e-8;
 
 /// `WarmupMultiStepLR`: the factor applied to every group's base learning rate.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,18 +69,21 @@ pub enum Rule {
     Sgd { momentum: f64 },
 }
 
-/// Per-tensor optimiser state, under the parameter's name.
+/// Where a trainable tensor lies in the arena.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Slot {
     pub name: String,
-    /// Adam `exp_avg`, or SGD's momentum buffer.
-    pub m: Vec<f32>,
-    /// Adam `exp_avg_sq` (empty for SGD).
-    pub v: Vec<f32>,
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// The model's values and gradients as two device arenas (the tensors are views of them).
+struct ParamArena {
+    values: Buf,
+    grads: Buf,
 }
 
 /// The optimiser of one stage.
-#[derive(Clone, Debug, PartialEq)]
 pub struct Optimizer {
     pub rule: Rule,
     pub lr: f64,
@@ -93,49 +94,23 @@ pub struct Optimizer {
     pub t: u64,
     /// One slot per trainable tensor, in the model's parameter order.
     pub slots: Vec<Slot>,
+    /// Elements of the arena before it are weights (group 0), the rest biases (group 1).
+    pub split: usize,
+    /// Adam `exp_avg`, or SGD's momentum buffer, over the arena.
+    pub m: Buf,
+    /// Adam `exp_avg_sq` over the arena (empty for SGD).
+    pub v: Buf,
+    arena: Option<ParamArena>,
 }
 
-/// One Adam update of a tensor, as torch 1.x computes it (f32 tensors, f64 scalars).
-#[allow(clippy::too_many_arguments)]
-pub fn adam_update(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    lr: f64,
-    wd: f64,
-    t: u64,
-) {
-    let bc1 = 1.0 - BETA1.powi(t as i32);
-    let bc2 = 1.0 - BETA2.powi(t as i32);
-    let step = (lr / bc1) as f32;
-    let sq = bc2.sqrt() as f32;
-    let (b1, b2, wd, eps) = (BETA1 as f32, BETA2 as f32, wd as f32, EPS as f32);
-    // torch forms 1 - beta in Python floats, then rounds to f32: (1 - 0.999f32) would be
-    // off by 1.3e-5 relative.
-    let (c1, c2) = ((1.0 - BETA1) as f32, (1.0 - BETA2) as f32);
-    for i in 0..p.len() {
-        let gi = g[i] + wd * p[i];
-        m[i] = b1 * m[i] + c1 * gi;
-        v[i] = b2 * v[i] + c2 * gi * gi;
-        let denom = v[i].sqrt() / sq + eps;
-        p[i] -= step * m[i] / denom;
-    }
-}
-
-/// One SGD-with-momentum update of a tensor (coupled weight decay, as torch).
-pub fn sgd_update(p: &mut [f32], g: &[f32], buf: &mut [f32], lr: f64, wd: f64, momentum: f64) {
-    let (lr, wd, mo) = (lr as f32, wd as f32, momentum as f32);
-    for i in 0..p.len() {
-        let d = g[i] + wd * p[i];
-        buf[i] = mo * buf[i] + d;
-        p[i] -= lr * buf[i];
-    }
+fn trainable(params: Vec<&mut Param>) -> Vec<&mut Param> {
+    params.into_iter().filter(|p| p.kind.trainable()).collect()
 }
 
 impl Optimizer {
-    /// The optimiser of `SOLVER` for `model`'s trainable tensors, with zero state.
-    pub fn new(cfg: &Solver, model: &dyn Module) -> Result<Optimizer> {
+    /// The optimiser of `SOLVER` for `model`'s trainable tensors, with zero state. On a device
+    /// backend the model's tensors move into the arena (their values are kept).
+    pub fn new(cfg: &Solver, be: &dyn Backend, model: &mut dyn Module) -> Result<Optimizer> {
         let rule = match cfg.name.as_str() {
             "adam" => Rule::Adam,
             "sgd" => Rule::Sgd {
@@ -143,20 +118,45 @@ impl Optimizer {
             },
             other => bail!("SOLVER.NAME = {other:?}: use \"adam\" or \"sgd\""),
         };
-        let slots = model
-            .params()
-            .into_iter()
-            .filter(|p| p.kind.trainable())
-            .map(|p| Slot {
+        let mut params = trainable(model.params_mut());
+        // Weights first, then biases, each in model order.
+        let mut order: Vec<usize> = (0..params.len()).collect();
+        order.sort_by_key(|&i| !params[i].kind.decays());
+        let mut slots = vec![
+            Slot {
+                name: String::new(),
+                offset: 0,
+                len: 0
+            };
+            params.len()
+        ];
+        let (mut total, mut split) = (0, 0);
+        for &i in &order {
+            let p = &params[i];
+            slots[i] = Slot {
                 name: p.name.clone(),
-                m: vec![0.0; p.numel()],
-                v: if rule == Rule::Adam {
-                    vec![0.0; p.numel()]
-                } else {
-                    Vec::new()
-                },
-            })
-            .collect();
+                offset: total,
+                len: p.numel(),
+            };
+            total += p.numel();
+            if p.kind.decays() {
+                split = total;
+            }
+        }
+        let arena = if be.device() == crate::backend::Device::Cpu {
+            None
+        } else {
+            let values = be.arena(DType::F32, total)?;
+            let grads = be.arena(DType::F32, total)?;
+            for (p, s) in params.iter_mut().zip(&slots) {
+                let mut view = be.view(&values, s.offset, s.len)?;
+                be.upload_into(&be.download::<f32>(&p.value)?, &mut view)?;
+                p.value = view;
+                p.grad = Some(be.view(&grads, s.offset, s.len)?);
+            }
+            Some(ParamArena { values, grads })
+        };
+        let v_len = if rule == Rule::Adam { total } else { 0 };
         Ok(Optimizer {
             rule,
             lr: cfg.base_lr,
@@ -165,15 +165,28 @@ impl Optimizer {
             wd_bias: cfg.weight_decay_bias,
             t: 0,
             slots,
+            split,
+            m: be.zeros(DType::F32, total)?,
+            v: be.zeros(DType::F32, v_len)?,
+            arena,
         })
     }
 
-    /// Applies one update to every trainable tensor of `model` with the learning rates scaled
-    /// by `factor` (the schedule's). Gradients must be complete (after backward and clipping).
-    pub fn step(&mut self, be: &dyn Backend, model: &mut dyn Module, factor: f64) -> Result<()> {
-        self.t += 1;
-        let mut params = model.params_mut();
-        params.retain(|p| p.kind.trainable());
+    /// Elements of the arena.
+    pub fn len(&self) -> usize {
+        self.m.len()
+    }
+
+    /// True when the model has no trainable tensor.
+    pub fn is_empty(&self) -> bool {
+        self.m.is_empty()
+    }
+
+    /// The trainable tensors of `model`, checked against the slots (and, on a device, still
+    /// views of the arena: a tensor replaced since [`Optimizer::new`] would silently stop
+    /// training).
+    fn checked<'a>(&self, model: &'a mut dyn Module) -> Result<Vec<&'a mut Param>> {
+        let params = trainable(model.params_mut());
         if params.len() != self.slots.len() {
             bail!(
                 "optimiser holds {} tensors but the model has {} trainable ones",
@@ -181,60 +194,105 @@ impl Optimizer {
                 params.len()
             );
         }
-        for (p, s) in params.into_iter().zip(self.slots.iter_mut()) {
-            if p.name != s.name {
+        for (p, s) in params.iter().zip(&self.slots) {
+            if p.name != s.name || p.numel() != s.len {
                 bail!(
-                    "optimiser state {} does not match parameter {}",
+                    "optimiser state {} ({} elements) does not match parameter {} ({})",
                     s.name,
-                    p.name
+                    s.len,
+                    p.name,
+                    p.numel()
                 );
             }
-            let (lr, wd) = if p.kind.decays() {
-                (self.lr, self.wd)
-            } else {
-                (self.lr_bias, self.wd_bias)
+            if let Some(a) = &self.arena {
+                let in_arena = p.value.is_view_of(&a.values, s.offset)
+                    && p.grad
+                        .as_ref()
+                        .is_some_and(|g| g.is_view_of(&a.grads, s.offset));
+                if !in_arena {
+                    bail!("{} was replaced after the optimiser was made; load weights into the existing tensors", p.name);
+                }
+            }
+        }
+        Ok(params)
+    }
+
+    fn shape(&self, factor: f64) -> OptimStep {
+        OptimStep {
+            len: self.len(),
+            split: self.split,
+            lr: [self.lr * factor, self.lr_bias * factor],
+            wd: [self.wd, self.wd_bias],
+        }
+    }
+
+    /// Applies one update to every trainable tensor of `model` with the learning rates scaled
+    /// by `factor` (the schedule's). Gradients must be complete (after backward and clipping).
+    pub fn step(&mut self, be: &dyn Backend, model: &mut dyn Module, factor: f64) -> Result<()> {
+        let params = self.checked(model)?;
+        self.t += 1;
+        let full = self.shape(factor);
+        let (t, rule) = (self.t, self.rule);
+        if let Some(a) = self.arena.as_mut() {
+            let (m, v) = (&mut self.m, &mut self.v);
+            return match rule {
+                Rule::Adam => be.adam(&mut a.values, &a.grads, m, v, full, t),
+                Rule::Sgd { momentum } => be.sgd(&mut a.values, &a.grads, m, full, momentum),
             };
-            let lr = lr * factor;
-            let Some(gbuf) = p.grad.as_ref() else {
+        }
+        // On the CPU: tensor by tensor in place, through the kernels' twins.
+        let k = AdamScalars::new(&full, t);
+        let (ms, vs) = (self.m.host_mut::<f32>()?, self.v.host_mut::<f32>()?);
+        for (p, s) in params.into_iter().zip(&self.slots) {
+            let Some(g) = p.grad.as_ref() else {
                 bail!("{} is trainable but has no gradient buffer", p.name);
             };
-            let g = be.host_view::<f32>(gbuf)?;
-            let t = self.t;
-            let rule = self.rule;
-            be.update_on_host(&mut p.value, |v: &mut [f32]| match rule {
-                Rule::Adam => adam_update(v, &g, &mut s.m, &mut s.v, lr, wd, t),
-                Rule::Sgd { momentum } => sgd_update(v, &g, &mut s.m, lr, wd, momentum),
-            })?;
+            let (g, value) = (g.host::<f32>()?, p.value.host_mut::<f32>()?);
+            // The whole tensor is in one group.
+            let split = if full.group(s.offset) == 0 { s.len } else { 0 };
+            let r = s.offset..s.offset + s.len;
+            match rule {
+                Rule::Adam => adam_f32(value, g, &mut ms[r.clone()], &mut vs[r], split, &k),
+                Rule::Sgd { momentum } => sgd_f32(
+                    value,
+                    g,
+                    &mut ms[r],
+                    split,
+                    full.lr.map(|x| x as f32),
+                    full.wd.map(|x| x as f32),
+                    momentum as f32,
+                ),
+            }
         }
         Ok(())
     }
-}
 
-/// `clip_grad_norm_(params, max_norm, 2)`: the total L2 norm of all gradients (returned), and
-/// every gradient scaled by `max_norm / (norm + 1e-6)` when that is below 1.
-pub fn clip_grad_norm(be: &dyn Backend, model: &mut dyn Module, max_norm: f64) -> Result<f64> {
-    let mut sq = 0f64;
-    for p in model.params() {
-        if let Some(g) = p.grad.as_ref() {
-            sq += be
-                .host_view::<f32>(g)?
-                .iter()
-                .map(|&x| (x as f64) * (x as f64))
-                .sum::<f64>();
+    /// `clip_grad_norm_(params, max_norm, 2)`: the total L2 norm of all gradients (returned),
+    /// and every gradient scaled by `max_norm / (norm + 1e-6)` when that is below 1.
+    pub fn clip_grad_norm(
+        &mut self,
+        be: &dyn Backend,
+        model: &mut dyn Module,
+        max_norm: f64,
+    ) -> Result<f64> {
+        let mut params = self.checked(model)?;
+        let grads: Vec<&mut Buf> = match self.arena.as_mut() {
+            Some(a) => vec![&mut a.grads],
+            None => params.iter_mut().filter_map(|p| p.grad.as_mut()).collect(),
+        };
+        let mut sq = 0f64;
+        for g in &grads {
+            sq += be.sum_squares(g)?;
         }
-    }
-    let norm = sq.sqrt();
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
-        for p in model.params_mut() {
-            if let Some(g) = p.grad.as_mut() {
-                be.update_on_host(g, |v: &mut [f32]| {
-                    v.iter_mut().for_each(|x| *x *= coef as f32)
-                })?;
+        let norm = sq.sqrt();
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for g in grads {
+                be.scale(g, coef as f32)?;
             }
         }
+        Ok(norm)
     }
-    Ok(norm)
 }
 
 #[cfg(test)]
@@ -283,7 +341,7 @@ mod tests {
             weight_decay: 0.01,
             ..Solver::default()
         };
-        let mut opt = Optimizer::new(&cfg, &m).unwrap();
+        let mut opt = Optimizer::new(&cfg, be, &mut m).unwrap();
         assert_eq!(opt.slots.len(), 2, "running stats are not optimised");
         set_grads(&mut m, &[&[0.5, 0.25], &[-1.0]]);
         opt.step(be, &mut m, 1.0).unwrap();
@@ -315,7 +373,7 @@ mod tests {
         assert_eq!(opt.t, 2);
 
         let mut m3 = model(be);
-        let mut opt3 = Optimizer::new(&cfg, &m3).unwrap();
+        let mut opt3 = Optimizer::new(&cfg, be, &mut m3).unwrap();
         set_grads(&mut m3, &[&[0.5, 0.25], &[-1.0]]);
         opt3.step(be, &mut m3, 0.1).unwrap();
         assert!((vals(&m3, 0)[0] - 0.99).abs() < 1e-6, "lr 0.01 moves 0.01");
@@ -333,7 +391,7 @@ mod tests {
             momentum: 0.9,
             ..Solver::default()
         };
-        let mut opt = Optimizer::new(&cfg, &m).unwrap();
+        let mut opt = Optimizer::new(&cfg, be, &mut m).unwrap();
         for _ in 0..2 {
             set_grads(&mut m, &[&[1.0, 0.0], &[1.0]]);
             opt.step(be, &mut m, 1.0).unwrap();
@@ -376,12 +434,13 @@ mod tests {
     fn clipping_scales_to_the_max_norm() {
         let be = crate::backend::cpu();
         let mut m = model(be);
+        let mut opt = Optimizer::new(&Solver::default(), be, &mut m).unwrap();
         set_grads(&mut m, &[&[3.0, 0.0], &[4.0]]);
-        let n = clip_grad_norm(be, &mut m, 1.0).unwrap();
+        let n = opt.clip_grad_norm(be, &mut m, 1.0).unwrap();
         assert!((n - 5.0).abs() < 1e-9);
         let g = be.download::<f32>(m.0[0].grad.as_ref().unwrap()).unwrap();
         assert!((g[0] - 0.6).abs() < 1e-5, "{g:?}");
-        let n2 = clip_grad_norm(be, &mut m, 10.0).unwrap();
+        let n2 = opt.clip_grad_norm(be, &mut m, 10.0).unwrap();
         assert!((n2 - 1.0).abs() < 1e-5, "below the max nothing changes");
     }
 }

@@ -19,7 +19,7 @@
 use super::augment::{resize_exact, to_tensor, train_view};
 use super::checkpoint;
 use super::config::Config;
-use super::optim::{clip_grad_norm, Optimizer, Schedule};
+use super::optim::{Optimizer, Schedule};
 use crate::backend::Backend;
 use crate::backend::DType;
 use crate::data::image::{decode_all, decode_rgb, list_images, resize_bilinear, Chw, Skipped};
@@ -338,7 +338,8 @@ impl<'b> Stage<'b> {
         } else {
             None
         };
-        let opt = Optimizer::new(&cfg.solver, &net)?;
+        let mut net = net;
+        let opt = Optimizer::new(&cfg.solver, be, &mut net)?;
         let sched = Schedule::from_config(&cfg.solver);
         let bank_rows = if cfg.xbm.enable { n } else { 0 };
         Ok(Stage {
@@ -629,7 +630,9 @@ impl<'b> Stage<'b> {
         zero_grads(be, &mut self.net)?;
         let gb = be.upload(&grad)?;
         self.net.backward(be, &gb)?;
-        log.grad_norm = clip_grad_norm(be, &mut self.net, self.cfg.solver.grad_max_norm)?;
+        log.grad_norm =
+            self.opt
+                .clip_grad_norm(be, &mut self.net, self.cfg.solver.grad_max_norm)?;
         let factor = self.sched.factor(t);
         self.opt.step(be, &mut self.net, factor)?;
         self.step = t;

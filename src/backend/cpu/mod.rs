@@ -11,6 +11,7 @@ pub mod eltwise;
 pub mod gemm;
 pub mod mining;
 pub mod norm;
+pub mod optim;
 pub mod pool;
 pub mod select;
 

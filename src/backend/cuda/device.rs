@@ -7,6 +7,7 @@ use crate::backend::Device;
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
 use std::ffi::c_void;
+use std::sync::Arc;
 
 /// Where the CUDA backend runs its kernels.
 pub enum Layer {
@@ -132,6 +133,8 @@ enum Owner {
     Gpu(CudaSlice<u8>),
     /// Host memory from the emulator's allocator, freed on drop.
     Emu,
+    /// A range of a shared allocation, which it keeps alive (the parameter arena's tensors).
+    View(Arc<DevMem>),
 }
 
 impl DevMem {
@@ -154,6 +157,46 @@ impl DevMem {
             owner: Owner::Emu,
             home: Home::Emu,
         }
+    }
+
+    /// The same memory, made shareable by [`DevMem::view`]s.
+    pub fn into_shared(self) -> DevMem {
+        let (ptr, bytes, home) = (self.ptr, self.bytes, self.home);
+        DevMem {
+            ptr,
+            bytes,
+            owner: Owner::View(Arc::new(self)),
+            home,
+        }
+    }
+
+    /// `bytes` bytes from byte `offset` of memory made by [`DevMem::into_shared`].
+    pub fn view(&self, offset: usize, bytes: usize) -> Result<DevMem> {
+        let Owner::View(root) = &self.owner else {
+            bail!("a view of device memory that is not shared (an arena is made shared)");
+        };
+        if offset.checked_add(bytes).is_none_or(|end| end > self.bytes) {
+            bail!(
+                "a view of {bytes} bytes at {offset} past the end of {} bytes",
+                self.bytes
+            );
+        }
+        Ok(DevMem {
+            ptr: self.ptr + offset as u64,
+            bytes,
+            owner: Owner::View(Arc::clone(root)),
+            home: self.home,
+        })
+    }
+
+    /// True when this is the range at byte `offset` of `base`, on the same device.
+    pub fn is_at(&self, base: &DevMem, offset: usize) -> bool {
+        self.home == base.home && self.ptr == base.ptr + offset as u64
+    }
+
+    /// True for a view (copies go through its raw address).
+    pub(super) fn is_view(&self) -> bool {
+        matches!(self.owner, Owner::View(_))
     }
 
     /// Its size in bytes.
@@ -187,36 +230,39 @@ impl DevMem {
     pub(super) fn gpu_slice(&self) -> Result<&CudaSlice<u8>> {
         match &self.owner {
             Owner::Gpu(s) => Ok(s),
-            Owner::Emu => bail!("an emulated buffer was given to the GPU"),
+            _ => bail!("an emulated buffer or a view was given to the GPU as an allocation"),
         }
     }
 
     pub(super) fn gpu_slice_mut(&mut self) -> Result<&mut CudaSlice<u8>> {
         match &mut self.owner {
             Owner::Gpu(s) => Ok(s),
-            Owner::Emu => bail!("an emulated buffer was given to the GPU"),
+            _ => bail!("an emulated buffer or a view was given to the GPU as an allocation"),
         }
+    }
+
+    /// True for emulated memory, an allocation or a view of one.
+    fn on_emu(&self) -> bool {
+        self.home == Home::Emu
     }
 
     /// The bytes of emulated device memory (it is host memory).
     pub(super) fn emu_bytes(&self) -> Result<&[u8]> {
-        match self.owner {
-            // SAFETY: emulated memory is a live host allocation of `bytes` bytes owned by self.
-            Owner::Emu => {
-                Ok(unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.bytes) })
-            }
-            Owner::Gpu(_) => bail!("a GPU buffer was given to the emulator"),
+        if !self.on_emu() {
+            bail!("a GPU buffer was given to the emulator");
         }
+        // SAFETY: emulated memory is a live host allocation of `bytes` bytes owned by self (or,
+        // for a view, by the allocation it keeps alive).
+        Ok(unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.bytes) })
     }
 
     pub(super) fn emu_bytes_mut(&mut self) -> Result<&mut [u8]> {
-        match self.owner {
-            // SAFETY: as above, and `&mut self` makes this the only view.
-            Owner::Emu => {
-                Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, self.bytes) })
-            }
-            Owner::Gpu(_) => bail!("a GPU buffer was given to the emulator"),
+        if !self.on_emu() {
+            bail!("a GPU buffer was given to the emulator");
         }
+        // SAFETY: as above. Views of one arena never overlap, and the arena as a whole is only
+        // touched by kernels and copies, never through a Rust slice alive at the same time.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, self.bytes) })
     }
 }
 

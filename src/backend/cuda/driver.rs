@@ -6,7 +6,9 @@ use super::device::{Args, DevMem, Launch};
 use super::embedded;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    result, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -169,6 +171,14 @@ impl Gpu {
         if src.is_empty() {
             return Ok(());
         }
+        if dst.is_view() {
+            self.stream.context().bind_to_thread()?;
+            // SAFETY: a view is a live device range of dst.bytes() == src.len() bytes (checked
+            // by the caller); waiting below keeps `src` alive until the copy is done.
+            unsafe { result::memcpy_htod_async(dst.ptr(), src, self.stream.cu_stream()) }
+                .context("copy to a GPU view")?;
+            return self.synchronize();
+        }
         let slice = dst.gpu_slice_mut()?;
         let mut view = slice.slice_mut(..src.len());
         self.stream
@@ -180,6 +190,13 @@ impl Gpu {
         if dst.is_empty() {
             return Ok(());
         }
+        if src.is_view() {
+            self.stream.context().bind_to_thread()?;
+            // SAFETY: as in write, in the other direction.
+            unsafe { result::memcpy_dtoh_async(dst, src.ptr(), self.stream.cu_stream()) }
+                .context("copy from a GPU view")?;
+            return self.synchronize();
+        }
         let view = src.gpu_slice()?.slice(..dst.len());
         self.stream
             .memcpy_dtoh(&view, dst)
@@ -188,6 +205,14 @@ impl Gpu {
     }
 
     pub fn zero(&self, dst: &mut DevMem) -> Result<()> {
+        if dst.is_view() {
+            self.stream.context().bind_to_thread()?;
+            // SAFETY: a view is a live device range of dst.bytes() bytes.
+            return unsafe {
+                result::memset_d8_async(dst.ptr(), 0, dst.bytes(), self.stream.cu_stream())
+            }
+            .context("cudaMemset of a GPU view to zero");
+        }
         self.stream
             .memset_zeros(dst.gpu_slice_mut()?)
             .context("cudaMemset to zero")

@@ -14,6 +14,7 @@ pub mod emu;
 pub mod gemm;
 pub mod mining;
 pub mod norm;
+pub mod optim;
 pub mod pool;
 pub mod select;
 pub mod selftest;
