@@ -414,76 +414,44 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     group.finish();
 }
 
-/// A convolution of the backbones: (input channels, map size, output channels, kernel, stride).
-type ConvShape = (usize, usize, usize, usize, usize);
+/// A convolution of the backbones at 224 px, from benches/conv_shapes.txt (which
+/// scripts/torch-baseline.py reads too): depthwise or dense, the network, input channels, map
+/// size, output channels, kernel, stride.
+struct ConvShape {
+    depthwise: bool,
+    net: String,
+    cin: usize,
+    hw: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+}
 
-/// Every distinct convolution of torchvision's ResNet-50 at 224 px (stride on the 3x3, v1.5).
-const RESNET50_CONVS: &[ConvShape] = &[
-    (3, 224, 64, 7, 2),
-    (64, 56, 64, 1, 1),
-    (64, 56, 64, 3, 1),
-    (64, 56, 256, 1, 1),
-    (256, 56, 64, 1, 1),
-    (256, 56, 128, 1, 1),
-    (128, 56, 128, 3, 2),
-    (256, 56, 512, 1, 2),
-    (128, 28, 512, 1, 1),
-    (512, 28, 128, 1, 1),
-    (128, 28, 128, 3, 1),
-    (512, 28, 256, 1, 1),
-    (256, 28, 256, 3, 2),
-    (512, 28, 1024, 1, 2),
-    (256, 14, 1024, 1, 1),
-    (1024, 14, 256, 1, 1),
-    (256, 14, 256, 3, 1),
-    (1024, 14, 512, 1, 1),
-    (512, 14, 512, 3, 2),
-    (1024, 14, 2048, 1, 2),
-    (512, 7, 2048, 1, 1),
-    (2048, 7, 512, 1, 1),
-    (512, 7, 512, 3, 1),
-];
-
-/// Every distinct dense convolution of EfficientNet-Lite0 at 224 px (stem, expansions,
-/// projections, head; TF "SAME" padding).
-const LITE0_CONVS: &[ConvShape] = &[
-    (3, 224, 32, 3, 2),
-    (32, 112, 16, 1, 1),
-    (16, 112, 96, 1, 1),
-    (96, 56, 24, 1, 1),
-    (24, 56, 144, 1, 1),
-    (144, 56, 24, 1, 1),
-    (144, 28, 40, 1, 1),
-    (40, 28, 240, 1, 1),
-    (240, 28, 40, 1, 1),
-    (240, 14, 80, 1, 1),
-    (80, 14, 480, 1, 1),
-    (480, 14, 80, 1, 1),
-    (480, 14, 112, 1, 1),
-    (112, 14, 672, 1, 1),
-    (672, 14, 112, 1, 1),
-    (672, 7, 192, 1, 1),
-    (192, 7, 1152, 1, 1),
-    (1152, 7, 192, 1, 1),
-    (1152, 7, 320, 1, 1),
-    (320, 7, 1280, 1, 1),
-];
-
-/// EfficientNet-Lite0's depthwise convolutions: (channels, map size, kernel, stride).
-const LITE0_DEPTHWISE: &[(usize, usize, usize, usize)] = &[
-    (32, 112, 3, 1),
-    (96, 112, 3, 2),
-    (144, 56, 3, 1),
-    (144, 56, 5, 2),
-    (240, 28, 5, 1),
-    (240, 28, 3, 2),
-    (480, 14, 3, 1),
-    (480, 14, 5, 1),
-    (672, 14, 5, 1),
-    (672, 14, 5, 2),
-    (1152, 7, 5, 1),
-    (1152, 7, 3, 1),
-];
+fn conv_shapes() -> Vec<ConvShape> {
+    include_str!("conv_shapes.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let num = |i: usize| -> usize { f[i].parse().expect("conv_shapes.txt: a number") };
+            let depthwise = f[0] == "dw";
+            let (cout, k, stride) = if depthwise {
+                (num(2), num(4), num(5))
+            } else {
+                (num(4), num(5), num(6))
+            };
+            ConvShape {
+                depthwise,
+                net: f[1].to_string(),
+                cin: num(2),
+                hw: num(3),
+                cout,
+                k,
+                stride,
+            }
+        })
+        .collect()
+}
 
 /// Batch of the layer benchmarks on a GPU (the training batch).
 const LAYER_BATCH: usize = 64;
@@ -515,11 +483,14 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
         (1, 3)
     };
     let mut group = layer_family(c, be, "conv");
-    let dense = RESNET50_CONVS
-        .iter()
-        .map(|s| (s, Padding::Sym(s.3 / 2), "resnet50"))
-        .chain(LITE0_CONVS.iter().map(|s| (s, Padding::Same, "lite0")));
-    for (&(cin, hw, cout, k, stride), pad, net) in dense.take(take) {
+    let shapes = conv_shapes();
+    for cs in shapes.iter().filter(|cs| !cs.depthwise).take(take) {
+        let (cin, hw, cout, k, stride, net) = (cs.cin, cs.hw, cs.cout, cs.k, cs.stride, &cs.net);
+        let pad = if net == "lite0" {
+            Padding::Same
+        } else {
+            Padding::Sym(k / 2)
+        };
         let s = Conv::new(batch, cin, hw, hw, cout, k, stride, pad, 1).unwrap();
         let (ex, ew, ey) = s.sizes();
         let x = filled(be, &mut rng, ex, DType::F32);
@@ -599,7 +570,8 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
             }
         }
     }
-    for &(ch, hw, k, stride) in LITE0_DEPTHWISE.iter().take(take) {
+    for cs in shapes.iter().filter(|cs| cs.depthwise).take(take) {
+        let (ch, hw, k, stride) = (cs.cin, cs.hw, cs.k, cs.stride);
         let s = Conv::new(batch, ch, hw, hw, ch, k, stride, Padding::Same, ch).unwrap();
         let (ex, ew, ey) = s.sizes();
         let x = filled(be, &mut rng, ex, DType::F32);
@@ -612,7 +584,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
         );
         let flops = 2.0 * (ey * k * k) as f64;
         let bytes = 4.0 * (ex + ey) as f64;
-        let label = format!("lite0 dw {batch}x{ch}x{hw}x{hw} k{k} s{stride}");
+        let label = format!("{} dw {batch}x{ch}x{hw}x{hw} k{k} s{stride}", cs.net);
         measure(
             &mut group,
             be,

@@ -74,5 +74,11 @@ if [ -f "$out/bench.md" ]; then
 else
   echo "No GPU benchmark ran (see bench.log): $(grep -m1 SKIPPED "$out/bench.log" || echo 'no table written')" >> "$out/summary.md"
 fi
+# PyTorch on the same GPU (cuDNN per conv shape, the original's training step), when it is there.
+echo >> "$out/summary.md"
+echo "## PyTorch on the same GPU (scripts/torch-baseline.py)" >> "$out/summary.md"
+echo >> "$out/summary.md"
+timeout 300 python3 "$here/../scripts/torch-baseline.py" >> "$out/summary.md" 2>> "$out/bench.log" \
+  || echo "- torch-baseline.py failed or timed out (see bench.log)" >> "$out/summary.md"
 cat "$out/summary.md"
 exit $failed

@@ -1,0 +1,99 @@
+//! A whole training step of the backbone on the device, as `train` runs it: the training-mode
+//! forward of a batch of images (their upload included), the backward of a descriptor
+//! gradient, the gradient clip and the Adam update over the parameter arena. ResNet-50 at
+//! 224 px and ResNet-101 at 448 px, batch 64, f32; images/s in the table. The PyTorch numbers
+//! to compare with come from scripts/torch-baseline.py on the same GPU. GPU only: on the CPU
+//! a step of these networks takes minutes and says nothing new.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use insclr::backend::{Backend, CudaBackend};
+use insclr::nn::head::HeadKind;
+use insclr::nn::{zero_grads, Arch, RetrievalNet};
+use insclr::rng::Rng;
+use insclr::train::config::Solver;
+use insclr::train::optim::Optimizer;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 64;
+
+fn bench_step(c: &mut Criterion) {
+    let cuda = match CudaBackend::new(0) {
+        Ok(be) => be,
+        Err(e) => {
+            eprintln!("SKIPPED training-step benchmark: {e:#}");
+            return;
+        }
+    };
+    let be: &dyn Backend = &cuda;
+    let mut table = String::from(
+        "\n| training step (f32, ours) | batch | px | ms / step | images / s |\n|---|---|---|---|---|\n",
+    );
+    let mut group = c.benchmark_group("step/cuda");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(10));
+    for (arch, name, px) in [
+        (Arch::ResNet50, "resnet50", 224),
+        (Arch::ResNet101, "resnet101", 448),
+    ] {
+        let mut rng = Rng::new(3);
+        let backbone = arch.build(be, &mut rng, false).expect("backbone");
+        let mut net =
+            RetrievalNet::new(be, &mut rng, backbone, HeadKind::NormLinearNorm, 2048).expect("net");
+        let solver = Solver {
+            name: "adam".into(),
+            base_lr: 1e-6,
+            grad_max_norm: 10.0,
+            ..Solver::default()
+        };
+        let mut opt = Optimizer::new(&solver, be, &mut net).expect("optimiser");
+        let x = rng.vec_f32(BATCH * 3 * px * px, -2.0, 2.0);
+        let d_desc = be
+            .upload(&rng.vec_f32(BATCH * 2048, -1e-3, 1e-3))
+            .expect("upload");
+        let mut step = || {
+            net.forward_train(be, &x, BATCH, px, px).expect("forward");
+            zero_grads(be, &mut net).expect("zero");
+            net.backward(be, &d_desc).expect("backward");
+            opt.clip_grad_norm(be, &mut net, 10.0).expect("clip");
+            opt.step(be, &mut net, 1.0).expect("adam");
+        };
+        let mut samples = Vec::new();
+        group.bench_function(format!("{name} {BATCH}x{px}px"), |b| {
+            b.iter_custom(|iters| {
+                be.synchronize().expect("sync");
+                let t = Instant::now();
+                for _ in 0..iters {
+                    step();
+                }
+                be.synchronize().expect("sync");
+                let d = t.elapsed();
+                samples.push(d.as_secs_f64() / iters as f64);
+                d
+            })
+        });
+        samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        if let Some(&s) = samples.get(samples.len() / 2) {
+            table += &format!(
+                "| {name} | {BATCH} | {px} | {:.1} | {:.1} |\n",
+                s * 1e3,
+                BATCH as f64 / s
+            );
+        }
+    }
+    group.finish();
+    println!("{table}");
+    if let Ok(path) = std::env::var("INSCLR_BENCH_TABLE") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open bench table");
+        f.write_all(table.as_bytes()).expect("write bench table");
+    }
+}
+
+criterion_group!(benches, bench_step);
+criterion_main!(benches);
