@@ -660,6 +660,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
                 &beta,
                 (&mut rm, &mut rv),
                 (&mut sm, &mut si),
+                None,
                 &mut y,
                 bn,
             )
@@ -675,7 +676,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
         2.0 * t,
         0.0,
         || {
-            be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, &mut y, bn)
+            be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, None, &mut y, bn)
                 .unwrap()
         },
     );
@@ -695,6 +696,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
                 &gamma,
                 (&sm, &si),
                 &mut dx,
+                None,
                 (&mut dg, &mut db),
                 bn,
             )

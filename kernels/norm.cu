@@ -82,12 +82,13 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 // BatchNorm + activation (act: 0 identity, 1 ReLU, 2 ReLU6), f32.
 //
 //   train:  mean, var = batch statistics of (group, channel), biased var; invstd = 1/sqrt(var+eps)
-//           y = act(gamma * (x - mean) * invstd + beta)
+//           y = act(gamma * (x - mean) * invstd + beta [+ res])     res: the residual, or null
 //           saved: mean and invstd per (group, channel), for backward
 //           running stats (group 0 only, as DataParallel keeps replica 0's): r = (1-m) r + m s,
 //           with the unbiased variance
-//   eval:   y = act(gamma * (x - running_mean) / sqrt(running_var + eps) + beta)
+//   eval:   y = act(gamma * (x - running_mean) / sqrt(running_var + eps) + beta [+ res])
 //   bwd:    dz = dy * act'(y), xh = (x - mean) * invstd, over a group's M values per channel:
+//           dres = dz  (the residual's gradient, when dres is not null)
 //           dx = gamma * invstd * (dz - mean(dz) - xh * mean(dz * xh))
 //           dgamma += sum(dz * xh), dbeta += sum(dz)       (parameter gradients accumulate)
 //
@@ -97,7 +98,8 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 // reads the group's planes again. Parameter gradients are added by one thread in group order:
 // no atomics, the same result every run. The grid is only C blocks (64 .. 2048), which leaves a
 // large GPU partly idle on the early layers; splitting a channel over several blocks is the next
-// step once it is measured. Eval forward is a grid-stride elementwise pass.
+// step once it is measured. Eval forward is a grid-stride elementwise pass. The residual add of a
+// ResNet block rides along (one read of res, no separate add and activation passes).
 
 #define BN_THREADS 512
 
@@ -142,8 +144,9 @@ __device__ __forceinline__ size_t bn_offset(int g, size_t e, int per, int C, int
 extern "C" __global__ void batchnorm_fwd_train_f32(const float* __restrict__ x, const float* __restrict__ gamma,
                                                    const float* __restrict__ beta, float* __restrict__ running_mean,
                                                    float* __restrict__ running_var, float* __restrict__ save_mean,
-                                                   float* __restrict__ save_invstd, float* __restrict__ y, int n, int C,
-                                                   int hw, int ghost, float eps, float momentum, int act) {
+                                                   float* __restrict__ save_invstd, const float* __restrict__ res,
+                                                   float* __restrict__ y, int n, int C, int hw, int ghost, float eps,
+                                                   float momentum, int act) {
     __shared__ float slots[3 * BN_THREADS / WARP_SIZE];
     int c = blockIdx.x, per = n / ghost;
     size_t count = (size_t)per * hw;
@@ -169,7 +172,9 @@ extern "C" __global__ void batchnorm_fwd_train_f32(const float* __restrict__ x, 
         float scale = gamma[c] * invstd, shift = beta[c] - w.mean * scale;
         for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
             size_t at = bn_offset(g, e, per, C, c, hw);
-            y[at] = act_apply(act, x[at] * scale + shift);
+            float z = x[at] * scale + shift;
+            if (res) z += res[at];
+            y[at] = act_apply(act, z);
         }
     }
 }
@@ -177,12 +182,14 @@ extern "C" __global__ void batchnorm_fwd_train_f32(const float* __restrict__ x, 
 extern "C" __global__ void batchnorm_fwd_eval_f32(const float* __restrict__ x, const float* __restrict__ gamma,
                                                   const float* __restrict__ beta,
                                                   const float* __restrict__ running_mean,
-                                                  const float* __restrict__ running_var, float* __restrict__ y, int n,
-                                                  int C, int hw, float eps, int act) {
+                                                  const float* __restrict__ running_var, const float* __restrict__ res,
+                                                  float* __restrict__ y, int n, int C, int hw, float eps, int act) {
     GRID_STRIDE(i, (size_t)n * C * hw) {
         int c = (int)((i / hw) % C);
         float scale = gamma[c] / sqrtf(running_var[c] + eps), shift = beta[c] - running_mean[c] * scale;
-        y[i] = act_apply(act, x[i] * scale + shift);
+        float z = x[i] * scale + shift;
+        if (res) z += res[i];
+        y[i] = act_apply(act, z);
     }
 }
 
@@ -190,8 +197,8 @@ extern "C" __global__ void batchnorm_bwd_f32(const float* __restrict__ x, const 
                                              const float* __restrict__ dy, const float* __restrict__ gamma,
                                              const float* __restrict__ save_mean,
                                              const float* __restrict__ save_invstd, float* __restrict__ dx,
-                                             float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C,
-                                             int hw, int ghost, int act) {
+                                             float* __restrict__ dres, float* __restrict__ dgamma,
+                                             float* __restrict__ dbeta, int n, int C, int hw, int ghost, int act) {
     __shared__ float slots[BN_THREADS / WARP_SIZE];
     int c = blockIdx.x, per = n / ghost;
     size_t count = (size_t)per * hw;
@@ -215,6 +222,7 @@ extern "C" __global__ void batchnorm_bwd_f32(const float* __restrict__ x, const 
             size_t at = bn_offset(g, e, per, C, c, hw);
             float dz = dy[at] * act_grad(act, y[at]);
             dx[at] = k * (dz - mdz - (x[at] - mean) * invstd * mdzx);
+            if (dres) dres[at] = dz;
         }
     }
 }

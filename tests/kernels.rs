@@ -227,6 +227,7 @@ fn shape_mismatches_are_errors_not_panics() {
             &be.zeros(DType::BF16, 1).unwrap(),
             &be.zeros(DType::BF16, 1).unwrap(),
             &be.zeros(DType::BF16, 1).unwrap(),
+            None,
             &mut be.zeros(DType::BF16, 4).unwrap(),
             BatchNorm::new(1, 1, 4, 1e-5, Act::Relu),
         )

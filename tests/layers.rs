@@ -102,10 +102,11 @@ fn kernel_maxpool_matches_cpu() {
     }
 }
 
-/// (n, c, hw, ghost): one channel of two values, odd plane sizes around a warp and a block
-/// (512 threads), ghost groups, and a 7x7 map with many channels.
+/// (n, c, hw, ghost): one channel of three values (with two, the normalised values are +-1
+/// whatever x, so dx is zero up to rounding and has no reference to match), odd plane sizes
+/// around a warp and a block (512 threads), ghost groups, and a 7x7 map with many channels.
 const BN_SIZES: &[(usize, usize, usize, usize)] = &[
-    (2, 1, 1, 1),
+    (3, 1, 1, 1),
     (1, 3, 33, 1),
     (4, 5, 31, 2),
     (3, 2, 513, 1),
@@ -117,13 +118,13 @@ const BN_SIZES: &[(usize, usize, usize, usize)] = &[
 fn kernel_batchnorm_matches_cpu() {
     let dev = kernel_device("kernel_batchnorm_matches_cpu");
     for &(n, c, hw, ghost) in BN_SIZES {
-        for act in ACTS {
+        for (act, with_res) in ACTS.into_iter().flat_map(|a| [(a, false), (a, true)]) {
             let s = BatchNorm {
                 ghost,
                 ..BatchNorm::new(n, c, hw, 1e-5, act)
             };
             let len = n * c * hw;
-            let what = format!("batchnorm {n}x{c}x{hw} ghost={ghost} {act:?}");
+            let what = format!("batchnorm {n}x{c}x{hw} ghost={ghost} {act:?} residual={with_res}");
             matches_cpu(&what, &dev, 1e-5, |be| {
                 let mut rng = Rng::new(51 + len as u64 + ghost as u64);
                 // A large mean on channel 0 (the variance must not cancel), spread elsewhere.
@@ -140,19 +141,24 @@ fn kernel_batchnorm_matches_cpu() {
                 let mut rv = be.upload(&rng.vec_f32(c, 0.5, 2.0))?;
                 let (mut sm, mut si) = (poisoned(be, ghost * c), poisoned(be, ghost * c));
                 let mut y = poisoned(be, len);
+                // A residual of the activation's scale, so the sum crosses ReLU6's corners.
+                let res = be.upload(&rng.vec_f32(len, -3.0, 6.0))?;
+                let res = with_res.then_some(&res);
                 be.batchnorm_fwd_train(
                     &x,
                     &gamma,
                     &beta,
                     (&mut rm, &mut rv),
                     (&mut sm, &mut si),
+                    res,
                     &mut y,
                     s,
                 )?;
                 let mut y_eval = poisoned(be, len);
-                be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, &mut y_eval, s)?;
+                be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, res, &mut y_eval, s)?;
                 let dy = be.upload(&rng.vec_f32(len, -1.0, 1.0))?;
                 let mut dx = poisoned(be, len);
+                let mut dres = poisoned(be, len);
                 // Parameter gradients accumulate onto what is there.
                 let mut dgamma = be.upload(&vec![0.25; c])?;
                 let mut dbeta = be.upload(&vec![-0.5; c])?;
@@ -163,6 +169,7 @@ fn kernel_batchnorm_matches_cpu() {
                     &gamma,
                     (&sm, &si),
                     &mut dx,
+                    with_res.then_some(&mut dres),
                     (&mut dgamma, &mut dbeta),
                     s,
                 )?;
@@ -179,6 +186,9 @@ fn kernel_batchnorm_matches_cpu() {
                     ("dbeta", &dbeta),
                 ] {
                     out.push((name.to_string(), be.download::<f32>(b)?));
+                }
+                if with_res {
+                    out.push(("dres".into(), be.download::<f32>(&dres)?));
                 }
                 Ok(out)
             });

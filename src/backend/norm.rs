@@ -114,6 +114,7 @@ pub trait NormOps {
         _beta: &Buf,
         _running: (&mut Buf, &mut Buf),
         _saved: (&mut Buf, &mut Buf),
+        _residual: Option<&Buf>,
         _y: &mut Buf,
         _s: Checked<BatchNorm>,
     ) -> Result<()> {
@@ -128,6 +129,7 @@ pub trait NormOps {
         _beta: &Buf,
         _running_mean: &Buf,
         _running_var: &Buf,
+        _residual: Option<&Buf>,
         _y: &mut Buf,
         _s: Checked<BatchNorm>,
     ) -> Result<()> {
@@ -143,6 +145,7 @@ pub trait NormOps {
         _gamma: &Buf,
         _saved: (&Buf, &Buf),
         _dx: &mut Buf,
+        _dres: Option<&mut Buf>,
         _dparams: (&mut Buf, &mut Buf),
         _s: Checked<BatchNorm>,
     ) -> Result<()> {
@@ -165,9 +168,9 @@ impl dyn Backend + '_ {
         self.norm_ops().l2norm_bwd(x, dy, dx, s)
     }
 
-    /// BatchNorm + activation forward with batch statistics: writes `y`, saves each statistics
-    /// group's mean and 1/sqrt(var+eps) (`ghost x c`) for backward, and updates the running
-    /// mean / unbiased variance with the momentum.
+    /// BatchNorm + activation forward with batch statistics: writes `y = act(bn(x) [+
+    /// residual])`, saves each statistics group's mean and 1/sqrt(var+eps) (`ghost x c`) for
+    /// backward, and updates the running mean / unbiased variance with the momentum.
     #[allow(clippy::too_many_arguments)]
     pub fn batchnorm_fwd_train(
         &self,
@@ -176,20 +179,22 @@ impl dyn Backend + '_ {
         beta: &Buf,
         running: (&mut Buf, &mut Buf),
         saved: (&mut Buf, &mut Buf),
+        residual: Option<&Buf>,
         y: &mut Buf,
         s: BatchNorm,
     ) -> Result<()> {
         let s = s.check_train(
-            &[x, y],
+            &[&[x, &*y], residual.as_slice()].concat(),
             &[gamma, beta, running.0, running.1],
             &[saved.0, saved.1],
         )?;
         self.require(Op::BatchnormFwdTrain, x.dtype())?;
         self.norm_ops()
-            .batchnorm_fwd_train(x, gamma, beta, running, saved, y, s)
+            .batchnorm_fwd_train(x, gamma, beta, running, saved, residual, y, s)
     }
 
-    /// BatchNorm + activation forward with the running statistics (eval mode).
+    /// BatchNorm + activation forward with the running statistics (eval mode), with the
+    /// residual added before the activation when given.
     #[allow(clippy::too_many_arguments)]
     pub fn batchnorm_fwd_eval(
         &self,
@@ -198,17 +203,30 @@ impl dyn Backend + '_ {
         beta: &Buf,
         running_mean: &Buf,
         running_var: &Buf,
+        residual: Option<&Buf>,
         y: &mut Buf,
         s: BatchNorm,
     ) -> Result<()> {
-        let s = s.check(&[x, y], &[gamma, beta, running_mean, running_var])?;
+        let s = s.check(
+            &[&[x, &*y], residual.as_slice()].concat(),
+            &[gamma, beta, running_mean, running_var],
+        )?;
         self.require(Op::BatchnormFwdEval, x.dtype())?;
-        self.norm_ops()
-            .batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, y, s)
+        self.norm_ops().batchnorm_fwd_eval(
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            residual,
+            y,
+            s,
+        )
     }
 
-    /// BatchNorm + activation backward after a training-mode forward: writes `dx`, accumulates
-    /// `dgamma` and `dbeta`. `y` is the forward output (for the activation's mask).
+    /// BatchNorm + activation backward after a training-mode forward: writes `dx` (and the
+    /// residual's gradient `dres = dy * act'(y)` when asked), accumulates `dgamma` and `dbeta`.
+    /// `y` is the forward output (for the activation's mask).
     #[allow(clippy::too_many_arguments)]
     pub fn batchnorm_bwd(
         &self,
@@ -218,16 +236,17 @@ impl dyn Backend + '_ {
         gamma: &Buf,
         saved: (&Buf, &Buf),
         dx: &mut Buf,
+        dres: Option<&mut Buf>,
         dparams: (&mut Buf, &mut Buf),
         s: BatchNorm,
     ) -> Result<()> {
         let s = s.check_train(
-            &[x, y, dy, dx],
+            &[&[x, y, dy, &*dx], dres.as_deref().as_slice()].concat(),
             &[gamma, dparams.0, dparams.1],
             &[saved.0, saved.1],
         )?;
         self.require(Op::BatchnormBwd, x.dtype())?;
         self.norm_ops()
-            .batchnorm_bwd(x, y, dy, gamma, saved, dx, dparams, s)
+            .batchnorm_bwd(x, y, dy, gamma, saved, dx, dres, dparams, s)
     }
 }

@@ -26,6 +26,12 @@ pub struct BatchNorm2d {
     pub y: Buf,
     /// Input gradient of the last backward.
     pub dx: Buf,
+    /// The last forward added a residual: backward also writes its gradient into `dres`
+    /// (unless the activation is the identity: then that gradient is `dy` itself).
+    residual: bool,
+    /// The residual's gradient of the last backward (after a [`BatchNorm2d::forward_add`] with
+    /// an activation).
+    pub dres: Buf,
 }
 
 impl BatchNorm2d {
@@ -50,6 +56,8 @@ impl BatchNorm2d {
             save_invstd: empty(),
             y: empty(),
             dx: empty(),
+            residual: false,
+            dres: empty(),
         })
     }
 
@@ -63,6 +71,21 @@ impl BatchNorm2d {
         &mut self,
         be: &dyn Backend,
         x: &Buf,
+        n: usize,
+        hw: usize,
+        train: bool,
+    ) -> Result<()> {
+        self.forward_add(be, x, None, n, hw, train)
+    }
+
+    /// `y = act(bn(x) + residual)`: a ResNet block's last BatchNorm, the add and the ReLU in
+    /// one pass; backward then also gives the residual's gradient in [`BatchNorm2d::dres`]
+    /// (with the identity activation, EfficientNet's projection, that gradient is `dy`).
+    pub fn forward_add(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        residual: Option<&Buf>,
         n: usize,
         hw: usize,
         train: bool,
@@ -83,6 +106,7 @@ impl BatchNorm2d {
                 &self.bias.value,
                 (&mut self.running_mean.value, &mut self.running_var.value),
                 (&mut self.save_mean, &mut self.save_invstd),
+                residual,
                 &mut self.y,
                 s,
             )
@@ -93,6 +117,7 @@ impl BatchNorm2d {
                 &self.bias.value,
                 &self.running_mean.value,
                 &self.running_var.value,
+                residual,
                 &mut self.y,
                 s,
             )
@@ -100,6 +125,7 @@ impl BatchNorm2d {
         .with_context(|| format!("forward of {name}"))?;
         self.shape = Some(s);
         self.trained = train;
+        self.residual = residual.is_some() && self.act != Act::Identity;
         Ok(())
     }
 
@@ -113,6 +139,9 @@ impl BatchNorm2d {
             bail!("backward of {name} after an eval-mode forward; training runs BatchNorm in train mode");
         }
         ensure_len(be, &mut self.dx, s.n * s.c * s.hw)?;
+        if self.residual {
+            ensure_len(be, &mut self.dres, s.n * s.c * s.hw)?;
+        }
         let dgamma = self
             .weight
             .grad
@@ -130,6 +159,7 @@ impl BatchNorm2d {
             &self.weight.value,
             (&self.save_mean, &self.save_invstd),
             &mut self.dx,
+            self.residual.then_some(&mut self.dres),
             (dgamma, dbeta),
             s,
         )

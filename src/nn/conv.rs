@@ -159,8 +159,22 @@ impl ConvBn {
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
+        self.forward_add(be, x, None, (n, h, w), train)
+    }
+
+    /// Forward with `residual` added before the activation (a ResNet block's last unit); its
+    /// gradient comes out of backward in `bn.dres`.
+    pub fn forward_add(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        residual: Option<&Buf>,
+        (n, h, w): (usize, usize, usize),
+        train: bool,
+    ) -> Result<(usize, usize)> {
         let (oh, ow) = self.conv.forward(be, x, n, h, w)?;
-        self.bn.forward(be, &self.conv.y, n, oh * ow, train)?;
+        self.bn
+            .forward_add(be, &self.conv.y, residual, n, oh * ow, train)?;
         self.out_hw = (oh, ow);
         Ok((oh, ow))
     }

@@ -32,8 +32,8 @@ pub struct MbConv {
     pub expand: Option<ConvBn>,
     pub depthwise: ConvBn,
     pub project: ConvBn,
+    /// Identity shortcut, added inside the projection's BatchNorm.
     pub skip: bool,
-    sum: Buf,
     dx: Buf,
 }
 
@@ -86,17 +86,12 @@ impl MbConv {
             depthwise,
             project,
             skip: stride == 1 && c_in == c_out,
-            sum: empty(),
             dx: empty(),
         })
     }
 
     fn y(&self) -> &Buf {
-        if self.skip {
-            &self.sum
-        } else {
-            self.project.y()
-        }
+        self.project.y()
     }
 
     fn dx(&self) -> &Buf {
@@ -122,11 +117,13 @@ impl MbConv {
             None => x,
         };
         let (oh, ow) = self.depthwise.forward(be, e, (n, h, w), train)?;
-        self.project
-            .forward(be, self.depthwise.y(), (n, oh, ow), train)?;
-        if self.skip {
-            add_into(be, self.project.y(), x, &mut self.sum)?;
-        }
+        self.project.forward_add(
+            be,
+            self.depthwise.y(),
+            self.skip.then_some(x),
+            (n, oh, ow),
+            train,
+        )?;
         Ok((oh, ow))
     }
 

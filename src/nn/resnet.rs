@@ -2,7 +2,7 @@
 //! Bottleneck), conv1 .. layer4, with torchvision's tensor names. The avgpool + fc classifier
 //! exists only when asked for (loading / checking ImageNet weights); InsCLR pools with GeM.
 
-use super::act::{add_into, Activation};
+use super::act::add_into;
 use super::conv::ConvBn;
 use super::linear::Linear;
 use super::net::{classify, Backbone};
@@ -17,15 +17,14 @@ const BN_EPS: f32 = 1e-5;
 /// Bottleneck expansion: output channels = 4 x width.
 const EXPANSION: usize = 4;
 
-/// conv1x1 -> conv3x3 (stride) -> conv1x1, plus the shortcut, then ReLU.
+/// conv1x1 -> conv3x3 (stride) -> conv1x1, plus the shortcut, then ReLU (the last two fused
+/// into bn3: `y = relu(bn3(conv3(.)) + shortcut)`).
 pub struct Bottleneck {
     pub name: String,
     pub c1: ConvBn,
     pub c2: ConvBn,
     pub c3: ConvBn,
     pub downsample: Option<ConvBn>,
-    sum: Buf,
-    relu: Activation,
     dx: Buf,
     in_dims: (usize, usize, usize),
 }
@@ -54,7 +53,8 @@ impl Bottleneck {
         };
         let c1 = cb(rng, 1, c_in, width, 1, 1, 0, Act::Relu)?;
         let c2 = cb(rng, 2, width, width, 3, stride, 1, Act::Relu)?;
-        let c3 = cb(rng, 3, width, c_out, 1, 1, 0, Act::Identity)?;
+        // The residual add and the block's ReLU are fused into bn3.
+        let c3 = cb(rng, 3, width, c_out, 1, 1, 0, Act::Relu)?;
         let downsample = if stride != 1 || c_in != c_out {
             Some(ConvBn::new(
                 be,
@@ -78,15 +78,13 @@ impl Bottleneck {
             c2,
             c3,
             downsample,
-            sum: empty(),
-            relu: Activation::new(Act::Relu),
             dx: empty(),
             in_dims: (0, 0, 0),
         })
     }
 
     fn y(&self) -> &Buf {
-        &self.relu.y
+        &self.c3.bn.y
     }
 
     fn forward(
@@ -99,7 +97,6 @@ impl Bottleneck {
         self.in_dims = (n, h, w);
         let (h1, w1) = self.c1.forward(be, x, (n, h, w), train)?;
         let (h2, w2) = self.c2.forward(be, &self.c1.bn.y, (n, h1, w1), train)?;
-        let out = self.c3.forward(be, &self.c2.bn.y, (n, h2, w2), train)?;
         let identity = match self.downsample.as_mut() {
             Some(d) => {
                 d.forward(be, x, (n, h, w), train)?;
@@ -107,15 +104,13 @@ impl Bottleneck {
             }
             None => x,
         };
-        add_into(be, &self.c3.bn.y, identity, &mut self.sum)?;
-        self.relu.forward(be, &self.sum)?;
-        Ok(out)
+        self.c3
+            .forward_add(be, &self.c2.bn.y, Some(identity), (n, h2, w2), train)
     }
 
     fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
-        self.relu.backward(be, dy)?;
-        let dsum = &self.relu.dx;
-        self.c3.backward(be, &self.c2.bn.y, dsum, true)?;
+        self.c3.backward(be, &self.c2.bn.y, dy, true)?;
+        let dsum = &self.c3.bn.dres;
         self.c2
             .backward(be, &self.c1.bn.y, &self.c3.conv.dx, true)?;
         self.c1.backward(be, x, &self.c2.conv.dx, true)?;

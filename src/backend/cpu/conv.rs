@@ -433,6 +433,7 @@ mod tests {
                 &b,
                 (&mut rm, &mut rv),
                 (&mut sm, &mut si),
+                None,
                 &mut by,
                 bn,
             )

@@ -83,8 +83,28 @@ fn group_planes<'a>(
     (g * per..(g + 1) * per).map(move |i| &x[(i * s.c + c) * s.hw..(i * s.c + c + 1) * s.hw])
 }
 
-/// Forward with batch statistics: writes `y`, `save_mean` / `save_invstd` (`ghost x c`), and
-/// moves the running mean / unbiased variance towards chunk 0's statistics by `momentum`.
+/// `act(z [+ residual])` over a plane starting at element `at`.
+fn affine_plane(
+    out: &mut [f32],
+    x: &[f32],
+    res: Option<&[f32]>,
+    at: usize,
+    scale: f32,
+    shift: f32,
+    act: Act,
+) {
+    for (j, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        let mut z = v * scale + shift;
+        if let Some(r) = res {
+            z += r[at + j];
+        }
+        *o = act_apply(act, z);
+    }
+}
+
+/// Forward with batch statistics: writes `y = act(bn(x) [+ res])`, `save_mean` /
+/// `save_invstd` (`ghost x c`), and moves the running mean / unbiased variance towards chunk
+/// 0's statistics by `momentum`.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_fwd_train_f32(
     x: &[f32],
@@ -94,6 +114,7 @@ pub fn batchnorm_fwd_train_f32(
     running_var: &mut [f32],
     save_mean: &mut [f32],
     save_invstd: &mut [f32],
+    res: Option<&[f32]>,
     y: &mut [f32],
     s: BatchNorm,
 ) {
@@ -132,19 +153,20 @@ pub fn batchnorm_fwd_train_f32(
         let gc = (i / per) * s.c + c;
         let scale = gamma[c] * save_invstd[gc];
         let shift = beta[c] - save_mean[gc] * scale;
-        for (o, &v) in out.iter_mut().zip(&x[p * s.hw..(p + 1) * s.hw]) {
-            *o = act_apply(s.act, v * scale + shift);
-        }
+        let r = p * s.hw..(p + 1) * s.hw;
+        affine_plane(out, &x[r.clone()], res, r.start, scale, shift, s.act);
     });
 }
 
-/// Forward with the running statistics (eval mode).
+/// Forward with the running statistics (eval mode), `y = act(bn(x) [+ res])`.
+#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_fwd_eval_f32(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     running_mean: &[f32],
     running_var: &[f32],
+    res: Option<&[f32]>,
     y: &mut [f32],
     s: BatchNorm,
 ) {
@@ -152,16 +174,15 @@ pub fn batchnorm_fwd_eval_f32(
         let c = p % s.c;
         let scale = gamma[c] / (running_var[c] + s.eps).sqrt();
         let shift = beta[c] - running_mean[c] * scale;
-        for (o, &v) in out.iter_mut().zip(&x[p * s.hw..(p + 1) * s.hw]) {
-            *o = act_apply(s.act, v * scale + shift);
-        }
+        let r = p * s.hw..(p + 1) * s.hw;
+        affine_plane(out, &x[r.clone()], res, r.start, scale, shift, s.act);
     });
 }
 
 /// Backward of the training-mode forward. With `dz = dy * act'(y)`, `xh` the normalised input
 /// and `M` values per statistics group:
 /// `dx = gamma * invstd * (dz - mean(dz) - xh * mean(dz * xh))`, `dgamma += sum(dz * xh)`,
-/// `dbeta += sum(dz)`.
+/// `dbeta += sum(dz)`; the residual's gradient, when asked, is `dres = dz`.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_bwd_f32(
     x: &[f32],
@@ -171,6 +192,7 @@ pub fn batchnorm_bwd_f32(
     save_mean: &[f32],
     save_invstd: &[f32],
     dx: &mut [f32],
+    dres: Option<&mut [f32]>,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
     s: BatchNorm,
@@ -214,6 +236,11 @@ pub fn batchnorm_bwd_f32(
             *o = k * (dz - mdz - (xv - mean) * inv * mdzx);
         }
     });
+    if let Some(dres) = dres {
+        dres.par_iter_mut()
+            .zip(y.par_iter().zip(dy))
+            .for_each(|(o, (&yv, &g))| *o = g * act_grad(s.act, yv));
+    }
 }
 
 impl crate::backend::NormOps for super::CpuBackend {
@@ -234,6 +261,7 @@ impl crate::backend::NormOps for super::CpuBackend {
         beta: &Buf,
         running: (&mut Buf, &mut Buf),
         saved: (&mut Buf, &mut Buf),
+        residual: Option<&Buf>,
         y: &mut Buf,
         s: Checked<BatchNorm>,
     ) -> Result<()> {
@@ -245,6 +273,7 @@ impl crate::backend::NormOps for super::CpuBackend {
             running.1.host_mut()?,
             saved.0.host_mut()?,
             saved.1.host_mut()?,
+            residual.map(|r| r.host()).transpose()?,
             y.host_mut()?,
             *s,
         );
@@ -258,6 +287,7 @@ impl crate::backend::NormOps for super::CpuBackend {
         beta: &Buf,
         running_mean: &Buf,
         running_var: &Buf,
+        residual: Option<&Buf>,
         y: &mut Buf,
         s: Checked<BatchNorm>,
     ) -> Result<()> {
@@ -267,6 +297,7 @@ impl crate::backend::NormOps for super::CpuBackend {
             beta.host()?,
             running_mean.host()?,
             running_var.host()?,
+            residual.map(|r| r.host()).transpose()?,
             y.host_mut()?,
             *s,
         );
@@ -281,6 +312,7 @@ impl crate::backend::NormOps for super::CpuBackend {
         gamma: &Buf,
         saved: (&Buf, &Buf),
         dx: &mut Buf,
+        dres: Option<&mut Buf>,
         dparams: (&mut Buf, &mut Buf),
         s: Checked<BatchNorm>,
     ) -> Result<()> {
@@ -292,6 +324,7 @@ impl crate::backend::NormOps for super::CpuBackend {
             saved.0.host()?,
             saved.1.host()?,
             dx.host_mut()?,
+            dres.map(|r| r.host_mut()).transpose()?,
             dparams.0.host_mut()?,
             dparams.1.host_mut()?,
             *s,
@@ -320,6 +353,7 @@ mod tests {
             &mut rv,
             &mut sm,
             &mut si,
+            None,
             &mut y,
             s,
         );
@@ -355,6 +389,7 @@ mod tests {
             &mut rv,
             &mut sm,
             &mut si,
+            None,
             &mut y,
             s,
         );
@@ -374,10 +409,15 @@ mod tests {
         let x = [-1.0f32, 0.5, 20.0];
         let s = BatchNorm::new(1, 1, 3, 0.0, Act::Relu6);
         let mut y = [0.0f32; 3];
-        batchnorm_fwd_eval_f32(&x, &[1.0], &[0.0], &[0.5], &[0.25], &mut y, s);
+        batchnorm_fwd_eval_f32(&x, &[1.0], &[0.0], &[0.5], &[0.25], None, &mut y, s);
         assert_eq!(y, [0.0, 0.0, 6.0]);
         let s = BatchNorm::new(1, 1, 3, 0.0, Act::Identity);
-        batchnorm_fwd_eval_f32(&x, &[1.0], &[0.0], &[0.5], &[0.25], &mut y, s);
+        batchnorm_fwd_eval_f32(&x, &[1.0], &[0.0], &[0.5], &[0.25], None, &mut y, s);
         assert_eq!(y, [-3.0, 0.0, 39.0]);
+        // The residual goes in before the activation.
+        let s = BatchNorm::new(1, 1, 3, 0.0, Act::Relu6);
+        let res = [4.0f32, 1.0, -40.0];
+        batchnorm_fwd_eval_f32(&x, &[1.0], &[0.0], &[0.5], &[0.25], Some(&res), &mut y, s);
+        assert_eq!(y, [1.0, 1.0, 0.0]);
     }
 }

@@ -351,6 +351,14 @@ impl Args {
         self.push(0, 8)
     }
 
+    /// An optional device pointer: null when absent.
+    pub fn opt_ptr(self, m: Option<&DevMem>) -> Args {
+        match m {
+            Some(m) => self.ptr(m),
+            None => self.null(),
+        }
+    }
+
     pub fn i32(self, v: i32) -> Args {
         self.push(v as u32 as u64, 4)
     }

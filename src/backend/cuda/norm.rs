@@ -61,6 +61,7 @@ impl NormOps for CudaBackend {
         beta: &Buf,
         running: (&mut Buf, &mut Buf),
         saved: (&mut Buf, &mut Buf),
+        residual: Option<&Buf>,
         y: &mut Buf,
         s: Checked<BatchNorm>,
     ) -> Result<()> {
@@ -68,6 +69,7 @@ impl NormOps for CudaBackend {
         if c == 0 || n == 0 {
             return Ok(());
         }
+        let res = residual.map(|r| r.dev()).transpose()?;
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(gamma.dev()?)
@@ -76,6 +78,7 @@ impl NormOps for CudaBackend {
             .ptr(running.1.dev_mut()?)
             .ptr(saved.0.dev_mut()?)
             .ptr(saved.1.dev_mut()?)
+            .opt_ptr(res)
             .ptr(y.dev_mut()?)
             .i32(n)
             .i32(c)
@@ -85,8 +88,8 @@ impl NormOps for CudaBackend {
             .f32(s.momentum)
             .i32(s.act.code());
         // SAFETY: arguments match batchnorm_fwd_train_f32(x, gamma, beta, running_mean,
-        // running_var, save_mean, save_invstd, y, n, C, hw, ghost, eps, momentum, act); the shape
-        // was checked: x, y hold n*C*hw, the parameters and running statistics C, the saved
+        // running_var, save_mean, save_invstd, res, y, n, C, hw, ghost, eps, momentum, act); the
+        // shape was checked: x, y (and res) hold n*C*hw, the parameters and running statistics C, the saved
         // statistics ghost*C, and ghost divides n.
         unsafe {
             self.launch(
@@ -105,6 +108,7 @@ impl NormOps for CudaBackend {
         beta: &Buf,
         running_mean: &Buf,
         running_var: &Buf,
+        residual: Option<&Buf>,
         y: &mut Buf,
         s: Checked<BatchNorm>,
     ) -> Result<()> {
@@ -113,12 +117,14 @@ impl NormOps for CudaBackend {
         if total == 0 {
             return Ok(());
         }
+        let res = residual.map(|r| r.dev()).transpose()?;
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(gamma.dev()?)
             .ptr(beta.dev()?)
             .ptr(running_mean.dev()?)
             .ptr(running_var.dev()?)
+            .opt_ptr(res)
             .ptr(y.dev_mut()?)
             .i32(n)
             .i32(c)
@@ -126,7 +132,8 @@ impl NormOps for CudaBackend {
             .f32(s.eps)
             .i32(s.act.code());
         // SAFETY: arguments match batchnorm_fwd_eval_f32(x, gamma, beta, running_mean,
-        // running_var, y, n, C, hw, eps, act); the shape was checked: x, y hold n*C*hw and the
+        // running_var, res, y, n, C, hw, eps, act); the shape was checked: x, y (and res) hold
+        // n*C*hw and the
         // per-channel buffers C.
         unsafe {
             self.launch(
@@ -146,6 +153,7 @@ impl NormOps for CudaBackend {
         gamma: &Buf,
         saved: (&Buf, &Buf),
         dx: &mut Buf,
+        dres: Option<&mut Buf>,
         dparams: (&mut Buf, &mut Buf),
         s: Checked<BatchNorm>,
     ) -> Result<()> {
@@ -153,6 +161,7 @@ impl NormOps for CudaBackend {
         if c == 0 || n == 0 {
             return Ok(());
         }
+        let dres = dres.map(|r| r.dev_mut()).transpose()?;
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(y.dev()?)
@@ -161,6 +170,7 @@ impl NormOps for CudaBackend {
             .ptr(saved.0.dev()?)
             .ptr(saved.1.dev()?)
             .ptr(dx.dev_mut()?)
+            .opt_ptr(dres.as_deref())
             .ptr(dparams.0.dev_mut()?)
             .ptr(dparams.1.dev_mut()?)
             .i32(n)
@@ -169,7 +179,7 @@ impl NormOps for CudaBackend {
             .i32(s.ghost as i32)
             .i32(s.act.code());
         // SAFETY: arguments match batchnorm_bwd_f32(x, y, dy, gamma, save_mean, save_invstd, dx,
-        // dgamma, dbeta, n, C, hw, ghost, act); the shape was checked as for the forward.
+        // dres, dgamma, dbeta, n, C, hw, ghost, act); the shape was checked as for the forward.
         unsafe {
             self.launch(
                 &Op::BatchnormBwd.kernel(x.dtype()),
