@@ -14,7 +14,7 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use insclr::backend::{
     Act, Backend, BatchNorm, BatchSelect, Buf, Contrastive, Conv, CopyRows, CudaBackend, DType,
-    Gem, Knn, L2Norm, MatMul, MaxPool, MiningScore, OptimStep, Padding, TopK,
+    Gem, ImageToTensor, Knn, L2Norm, MatMul, MaxPool, MiningScore, OptimStep, Padding, TopK,
 };
 use insclr::rng::Rng;
 use std::io::Write;
@@ -734,6 +734,28 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
         || be.act_bwd(&x, &dy, &mut dx, Act::Relu).unwrap(),
     );
     drop((x, dy, y, dx));
+    // The input: a batch of 224 px RGB bytes to the normalised f32 tensor.
+    let it = ImageToTensor {
+        n: batch,
+        h: 224,
+        w: 224,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
+    let px = batch * 3 * 224 * 224;
+    let rgb = be.upload(&vec![77u8; px]).unwrap();
+    let mut t = be.zeros(DType::F32, px).unwrap();
+    measure(
+        &mut group,
+        be,
+        record,
+        "image_to_tensor_u8",
+        format!("{batch}x224x224x3"),
+        5.0 * px as f64,
+        0.0,
+        || be.image_to_tensor(&rgb, &mut t, it).unwrap(),
+    );
+    drop((rgb, t));
     let mp = MaxPool::new(batch, 64, 112, 112, 3, 2, 1).unwrap();
     let (lin, lout) = (batch * 64 * 112 * 112, batch * 64 * mp.oh * mp.ow);
     let x = filled(be, &mut rng, lin, DType::F32);

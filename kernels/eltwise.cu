@@ -3,8 +3,11 @@
 //   add_fwd:  y = a + b
 //   act_fwd:  y = act(x)                    act: 0 identity, 1 ReLU, 2 ReLU6
 //   act_bwd:  dx = dy * act'(y)             the mask read from the forward output
+//   image_to_tensor_u8:  out[i][c][p] = (rgb[i][p][c] / 255 - mean[c]) / std[c]
+//                        (ToTensor + Normalize: decoded bytes in, the network's f32 NCHW out)
 //
-// Bound by memory: 12 bytes per element for add and act_bwd, 8 for act_fwd (f32). One thread per
+// Bound by memory: 12 bytes per element for add and act_bwd, 8 for act_fwd (f32), 5 for
+// image_to_tensor (whose point is the upload: 1 byte a value crosses the bus, not 4). One thread per
 // element in a grid-stride loop; the launcher caps the grid so a thread handles a few elements.
 // Written once over the storage type; entry points per dtype at the end.
 #include "common.cuh"
@@ -37,6 +40,20 @@ __device__ void act_bwd(const T* __restrict__ y, const T* __restrict__ dy, T* __
                                                 T* __restrict__ dx, long long n, int act) {                     \
         act_bwd(y, dy, dx, (size_t)n, act);                                                                     \
     }
+
+// Rounded op by op as the CPU twin (and torchvision's ToTensor + Normalize in f32).
+extern "C" __global__ void image_to_tensor_u8(const unsigned char* __restrict__ rgb, float* __restrict__ out,
+                                              long long n, long long hw, float mean0, float mean1, float mean2,
+                                              float std0, float std1, float std2) {
+    GRID_STRIDE(i, (size_t)n * 3 * hw) {
+        size_t img = i / (3 * (size_t)hw), p = i % (size_t)hw;
+        int c = (int)((i / (size_t)hw) % 3);
+        float mean = c == 0 ? mean0 : (c == 1 ? mean1 : mean2);
+        float sd = c == 0 ? std0 : (c == 1 ? std1 : std2);
+        float v = __fdiv_rn((float)rgb[(img * hw + p) * 3 + c], 255.0f);
+        out[i] = __fdiv_rn(__fsub_rn(v, mean), sd);
+    }
+}
 
 ELTWISE_ENTRY_POINTS(float, f32)
 ELTWISE_ENTRY_POINTS(__nv_bfloat16, bf16)

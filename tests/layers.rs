@@ -1,13 +1,14 @@
-//! The backbone's layer kernels (elementwise, max pooling, BatchNorm, convolution) against their
-//! CPU twins on random inputs with edge sizes, on the GPU when there is one and on the emulated
-//! GPU otherwise (`INSCLR_REQUIRE_GPU=1` demands the GPU). The twins' own finite-difference
-//! checks are in tests/nn_grad.rs.
+//! The backbone's layer kernels (elementwise, image conversion, max pooling, BatchNorm,
+//! convolution) against their CPU twins on random inputs with edge sizes, on the GPU when there
+//! is one and on the emulated GPU otherwise (`INSCLR_REQUIRE_GPU=1` demands the GPU). The
+//! twins' own finite-difference checks are in tests/nn_grad.rs.
 
 mod common;
 
 use common::{download_f32, kernel_device, matches_cpu, poisoned_as, upload_as, FLOAT_DTYPES};
-use insclr::backend::{Act, Backend, BatchNorm, Buf, Conv, DType, MaxPool, Padding};
+use insclr::backend::{Act, Backend, BatchNorm, Buf, Conv, DType, ImageToTensor, MaxPool, Padding};
 use insclr::rng::Rng;
+use insclr::train::augment::to_tensor;
 
 const ACTS: [Act; 3] = [Act::Identity, Act::Relu, Act::Relu6];
 
@@ -268,4 +269,60 @@ fn grouped_conv_without_a_kernel_is_a_clear_error() {
     let (x, wt, mut y) = (poisoned(be, lx), poisoned(be, lw), poisoned(be, ly));
     let err = be.conv2d_fwd(&x, &wt, &mut y, s).unwrap_err();
     assert!(format!("{err:#}").contains("groups = 2"), "{err:#}");
+}
+
+/// (n, h, w): one pixel, planes around a block (256) and not a multiple of anything.
+const IMAGE_SIZES: &[(usize, usize, usize)] = &[(1, 1, 1), (2, 16, 16), (3, 17, 15), (2, 33, 65)];
+
+#[test]
+fn kernel_image_to_tensor_matches_cpu_exactly() {
+    let dev = kernel_device("kernel_image_to_tensor_matches_cpu_exactly");
+    let dev: &dyn Backend = &dev;
+    let cpu = insclr::backend::cpu();
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    for &(n, h, w) in IMAGE_SIZES {
+        let mut rng = Rng::new(91 + (n * h * w) as u64);
+        // Every byte value occurs (0 and 255 included) once the batch is large enough.
+        let bytes: Vec<u8> = (0..n * h * w * 3)
+            .map(|i| {
+                if i < 256 {
+                    i as u8
+                } else {
+                    rng.below(256) as u8
+                }
+            })
+            .collect();
+        let s = ImageToTensor { n, h, w, mean, std };
+        let run = |be: &dyn Backend| -> Vec<u32> {
+            let rgb = be.upload(&bytes).unwrap();
+            let mut out = poisoned(be, n * 3 * h * w);
+            be.image_to_tensor(&rgb, &mut out, s).unwrap();
+            be.download::<f32>(&out)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        let want = run(cpu);
+        assert!(
+            run(dev) == want,
+            "{n}x{h}x{w}: the device's tensor differs from the CPU's"
+        );
+        // The twin is the training pipeline's ToTensor + Normalize, image by image.
+        for i in 0..n {
+            let img = image::RgbImage::from_raw(
+                w as u32,
+                h as u32,
+                bytes[i * h * w * 3..(i + 1) * h * w * 3].to_vec(),
+            )
+            .unwrap();
+            let mut t = vec![0f32; 3 * h * w];
+            to_tensor(&img, mean, std, &mut t);
+            let t: Vec<u32> = t.iter().map(|v| v.to_bits()).collect();
+            assert!(
+                t == want[i * 3 * h * w..(i + 1) * 3 * h * w],
+                "image {i}: not to_tensor's"
+            );
+        }
+    }
 }

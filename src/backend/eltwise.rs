@@ -1,8 +1,10 @@
-//! Elementwise ops: residual add and standalone activations. Kernels in
-//! `kernels/eltwise.cu`.
+//! Elementwise ops: residual add, standalone activations, and the images' conversion to the
+//! network's input. Kernels in `kernels/eltwise.cu`.
 
-use super::{check_len, not_implemented, same_dtype, Backend, Buf, Checked, Op};
-use anyhow::Result;
+use super::{
+    check_dtypes, check_len, not_implemented, same_dtype, Backend, Buf, Checked, DType, Op,
+};
+use anyhow::{bail, Result};
 
 /// A pointwise activation, standalone or fused after BatchNorm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +43,29 @@ impl Eltwise {
     }
 }
 
+/// `ToTensor` + `Normalize(mean, std)` of a batch: `n` RGB images of `h x w` as bytes (`n x h x
+/// w x 3`, as decoded) into the network's `n x 3 x h x w` f32 input, `(v / 255 - mean) / std`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ImageToTensor {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl ImageToTensor {
+    fn check(self, rgb: &Buf, out: &Buf) -> Result<Checked<Self>> {
+        if self.std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
+            bail!("{self:?}: std must be positive");
+        }
+        let len = self.n * 3 * self.h * self.w;
+        check_len(&self, len, &[rgb, out])?;
+        check_dtypes(&self, &[(rgb, DType::U8), (out, DType::F32)])?;
+        Ok(Checked(self))
+    }
+}
+
 /// What a backend implements for this family.
 pub trait EltwiseOps {
     /// `y = a + b`.
@@ -54,6 +79,15 @@ pub trait EltwiseOps {
     /// `dx = dy * act'(y)`.
     fn act_bwd(&self, _y: &Buf, _dy: &Buf, _dx: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {
         Err(not_implemented(Op::ActBwd))
+    }
+    /// RGB bytes to the normalised NCHW input.
+    fn image_to_tensor(
+        &self,
+        _rgb: &Buf,
+        _out: &mut Buf,
+        _s: Checked<ImageToTensor>,
+    ) -> Result<()> {
+        Err(not_implemented(Op::ImageToTensor))
     }
 }
 
@@ -74,6 +108,14 @@ impl dyn Backend + '_ {
         let s = Eltwise { len: x.len(), act }.check(&[x, y])?;
         self.require(Op::ActFwd, x.dtype())?;
         self.eltwise_ops().act_fwd(x, y, s)
+    }
+
+    /// RGB bytes (`n x h x w x 3`, u8) to the normalised `n x 3 x h x w` f32 input: the upload
+    /// is a quarter of the f32 tensor's.
+    pub fn image_to_tensor(&self, rgb: &Buf, out: &mut Buf, s: ImageToTensor) -> Result<()> {
+        let s = s.check(rgb, out)?;
+        self.require(Op::ImageToTensor, DType::U8)?;
+        self.eltwise_ops().image_to_tensor(rgb, out, s)
     }
 
     /// Activation backward from the forward output: `dx = dy * act'(y)`.

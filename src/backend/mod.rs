@@ -38,7 +38,7 @@ pub use contrastive::{Contrastive, ContrastiveOps};
 pub use conv::{Conv, ConvOps, Padding};
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
-pub use eltwise::{Act, Eltwise, EltwiseOps};
+pub use eltwise::{Act, Eltwise, EltwiseOps, ImageToTensor};
 pub use gemm::{GemmOps, MatMul};
 pub use mining::{BatchSelect, MiningOps, MiningScore, SELECT_MAX_K};
 pub use norm::{BatchNorm, L2Norm, NormOps, L2_EPS};
@@ -54,6 +54,8 @@ pub enum DType {
     I32,
     U32,
     I64,
+    /// Raw pixels (RGB bytes), the input of `image_to_tensor`.
+    U8,
 }
 
 impl DType {
@@ -65,6 +67,7 @@ impl DType {
             DType::I32 => "i32",
             DType::U32 => "u32",
             DType::I64 => "i64",
+            DType::U8 => "u8",
         }
     }
 
@@ -74,6 +77,7 @@ impl DType {
             DType::BF16 => 2,
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::I64 => 8,
+            DType::U8 => 1,
         }
     }
 }
@@ -102,6 +106,9 @@ impl Elem for u32 {
 }
 impl Elem for i64 {
     const DTYPE: DType = DType::I64;
+}
+impl Elem for u8 {
+    const DTYPE: DType = DType::U8;
 }
 
 /// A flat buffer of `len` elements of one [`DType`] on the backend that made it.
@@ -309,6 +316,7 @@ pub enum Op {
     AddFwd,
     ActFwd,
     ActBwd,
+    ImageToTensor,
     Topk,
     Knn,
     Contrastive,
@@ -323,7 +331,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in family order.
-    pub const ALL: [Op; 26] = [
+    pub const ALL: [Op; 27] = [
         Op::Matmul,
         Op::GemFwd,
         Op::GemBwd,
@@ -340,6 +348,7 @@ impl Op {
         Op::AddFwd,
         Op::ActFwd,
         Op::ActBwd,
+        Op::ImageToTensor,
         Op::Topk,
         Op::Knn,
         Op::Contrastive,
@@ -371,6 +380,7 @@ impl Op {
             Op::AddFwd => "add_fwd",
             Op::ActFwd => "act_fwd",
             Op::ActBwd => "act_bwd",
+            Op::ImageToTensor => "image_to_tensor",
             Op::Topk => "topk",
             Op::Knn => "knn",
             Op::Contrastive => "contrastive",
@@ -395,12 +405,21 @@ impl Op {
             | Op::BatchnormFwdEval
             | Op::BatchnormBwd => "norm",
             Op::Conv2dFwd | Op::Conv2dBwdData | Op::Conv2dBwdWeight => "conv",
-            Op::AddFwd | Op::ActFwd | Op::ActBwd => "eltwise",
+            Op::AddFwd | Op::ActFwd | Op::ActBwd | Op::ImageToTensor => "eltwise",
             Op::Topk | Op::Knn => "select",
             Op::Contrastive => "contrastive",
             Op::CopyRows => "bank",
             Op::BatchSelect | Op::MiningScore => "mining",
             Op::Adam | Op::Sgd | Op::SumSquares | Op::Scale => "optim",
+        }
+    }
+
+    /// The dtype this op's kernel is named after in a network computing in `float`: the
+    /// float type, except for the image conversion, whose input is bytes.
+    pub fn dtype_in(self, float: DType) -> DType {
+        match self {
+            Op::ImageToTensor => DType::U8,
+            _ => float,
         }
     }
 
@@ -714,8 +733,8 @@ pub fn cpu() -> &'static dyn Backend {
     &CPU
 }
 
-/// [`select`] for a command whose needs are all f32: the common case.
+/// [`select`] for a command computing in f32 (the common case; the image conversion takes bytes).
 pub fn select_f32(choice: DeviceChoice, ops: &[Op]) -> Result<(Box<dyn Backend>, String)> {
-    let needs: Vec<(Op, DType)> = ops.iter().map(|&o| (o, DType::F32)).collect();
+    let needs: Vec<(Op, DType)> = ops.iter().map(|&o| (o, o.dtype_in(DType::F32))).collect();
     select(choice, &needs)
 }

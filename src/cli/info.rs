@@ -70,7 +70,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     for op in Op::ALL {
         let on = |b: Option<&dyn Backend>| match b {
             None => "-",
-            Some(b) if b.supports(op, DType::F32) => "yes",
+            Some(b) if b.supports(op, op.dtype_in(DType::F32)) => "yes",
             Some(_) => "no kernel",
         };
         println!(

@@ -16,7 +16,7 @@ pub mod net;
 pub mod pool;
 pub mod resnet;
 
-pub use net::{Arch, Backbone, RetrievalNet};
+pub use net::{Arch, Backbone, Images, RetrievalNet};
 
 pub mod weights;
 

@@ -8,7 +8,7 @@ use super::linear::Linear;
 use super::pool::GemPool;
 use super::resnet::ResNet;
 use super::{empty, ensure_len, DescriptorNet, Module, Param};
-use crate::backend::{Backend, Buf};
+use crate::backend::{Backend, Buf, DType, ImageToTensor};
 use crate::rng::Rng;
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -92,26 +92,61 @@ impl Arch {
     }
 }
 
-/// Uploads an image batch into `input` and runs backbone -> GeM (result in `pool.y`); returns
-/// the feature map's `(fh, fw)`. Shared by [`RetrievalNet`] and [`GemNet`].
+/// A batch of `n` images of `h x w`, as a network takes it.
+#[derive(Clone, Copy, Debug)]
+pub enum Images<'a> {
+    /// Normalised, `n x 3 x h x w` f32.
+    Tensor(&'a [f32]),
+    /// Decoded RGB bytes, `n x h x w x 3`, normalised on the backend with `mean` / `std` (a
+    /// quarter of the upload).
+    Rgb {
+        bytes: &'a [u8],
+        mean: [f32; 3],
+        std: [f32; 3],
+    },
+}
+
+/// Puts a batch into `input` (`n x 3 x h x w` f32 on the backend): uploaded as is, or as
+/// bytes into `staging` and converted there.
+fn load_images(
+    be: &dyn Backend,
+    input: &mut Buf,
+    staging: &mut Buf,
+    x: Images,
+    (n, h, w): (usize, usize, usize),
+) -> Result<()> {
+    let want = n * 3 * h * w;
+    let got = match x {
+        Images::Tensor(v) => v.len(),
+        Images::Rgb { bytes, .. } => bytes.len(),
+    };
+    if got != want {
+        bail!("image batch holds {got} values, expected n*3*h*w = {n}*3*{h}*{w} = {want}");
+    }
+    ensure_len(be, input, want)?;
+    match x {
+        Images::Tensor(v) => be.upload_into(v, input),
+        Images::Rgb { bytes, mean, std } => {
+            if staging.len() != want || staging.dtype() != DType::U8 || !be.owns(staging) {
+                *staging = be.zeros(DType::U8, want)?;
+            }
+            be.upload_into(bytes, staging)?;
+            let s = ImageToTensor { n, h, w, mean, std };
+            be.image_to_tensor(staging, input, s)
+        }
+    }
+}
+
+/// Runs backbone -> GeM on `input` (result in `pool.y`); returns the feature map's `(fh,
+/// fw)`. Shared by [`RetrievalNet`] and [`GemNet`].
 fn backbone_gem(
     be: &dyn Backend,
     backbone: &mut dyn Backbone,
     pool: &mut GemPool,
-    input: &mut Buf,
-    x: &[f32],
+    input: &Buf,
     (n, h, w): (usize, usize, usize),
     train: bool,
 ) -> Result<(usize, usize)> {
-    if x.len() != n * 3 * h * w {
-        bail!(
-            "image batch holds {} values, expected n*3*h*w = {n}*3*{h}*{w} = {}",
-            x.len(),
-            n * 3 * h * w
-        );
-    }
-    ensure_len(be, input, x.len())?;
-    be.upload_into(x, input)?;
     let (fh, fw) = backbone
         .forward(be, input, (n, h, w), train)
         .with_context(|| format!("{} forward", backbone.name()))?;
@@ -125,6 +160,8 @@ pub struct RetrievalNet {
     pub pool: GemPool,
     pub head: Head,
     input: Buf,
+    /// The last RGB batch's bytes on the backend.
+    staging: Buf,
     /// `(n, fh, fw)` of the last forward.
     dims: Option<(usize, usize, usize)>,
     trained: bool,
@@ -146,6 +183,7 @@ impl RetrievalNet {
             pool: GemPool::gem(),
             head,
             input: empty(),
+            staging: Buf::empty(DType::U8),
             dims: None,
             trained: false,
         })
@@ -162,16 +200,16 @@ impl RetrievalNet {
     fn run(
         &mut self,
         be: &dyn Backend,
-        x: &[f32],
+        x: Images,
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<&Buf> {
+        load_images(be, &mut self.input, &mut self.staging, x, (n, h, w))?;
         let (fh, fw) = backbone_gem(
             be,
             self.backbone.as_mut(),
             &mut self.pool,
-            &mut self.input,
-            x,
+            &self.input,
             (n, h, w),
             train,
         )?;
@@ -191,7 +229,33 @@ impl RetrievalNet {
         h: usize,
         w: usize,
     ) -> Result<&Buf> {
+        self.run(be, Images::Tensor(x), (n, h, w), true)
+    }
+
+    /// [`RetrievalNet::forward_train`] of a batch in either form (decoded RGB bytes are
+    /// converted and normalised on the backend).
+    pub fn forward_train_images(
+        &mut self,
+        be: &dyn Backend,
+        x: Images,
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<&Buf> {
         self.run(be, x, (n, h, w), true)
+    }
+
+    /// Eval-mode descriptors (on the host) of a batch in either form.
+    pub fn describe_images(
+        &mut self,
+        be: &dyn Backend,
+        x: Images,
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>> {
+        let y = self.run(be, x, (n, h, w), false)?;
+        be.download::<f32>(y)
     }
 
     /// Backward from the descriptors' gradient (`n x out_dim`): accumulates every parameter's
@@ -271,8 +335,7 @@ impl DescriptorNet for RetrievalNet {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>> {
-        let y = self.run(be, x, (n, h, w), false)?;
-        be.download::<f32>(y)
+        self.describe_images(be, Images::Tensor(x), n, h, w)
     }
 }
 
@@ -322,12 +385,18 @@ impl DescriptorNet for GemNet {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>> {
+        load_images(
+            be,
+            &mut self.input,
+            &mut Buf::empty(DType::U8),
+            Images::Tensor(x),
+            (n, h, w),
+        )?;
         backbone_gem(
             be,
             self.backbone.as_mut(),
             &mut self.pool,
-            &mut self.input,
-            x,
+            &self.input,
             (n, h, w),
             false,
         )?;

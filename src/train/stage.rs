@@ -32,7 +32,7 @@ use crate::mining::{
 use crate::nn::head::HeadKind;
 use crate::nn::resnet::ResNet;
 use crate::nn::weights::{load_into, read_any, LoadOptions};
-use crate::nn::{zero_grads, Arch, DescriptorNet, RetrievalNet};
+use crate::nn::{zero_grads, Arch, DescriptorNet, Images, RetrievalNet};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
@@ -408,24 +408,33 @@ impl<'b> Stage<'b> {
         Ok(acc)
     }
 
-    /// Augmented views of `idx` (`n x 3 x h x w`), image slot `p` drawing from stream
-    /// `(seed, step, purpose, p)`.
-    fn train_views(&self, idx: &[usize], step: usize, purpose: u64) -> Result<Vec<f32>> {
+    /// Augmented views of `idx` as RGB bytes (`n x h x w x 3`; the backend normalises them),
+    /// image slot `p` drawing from stream `(seed, step, purpose, p)`.
+    fn train_views(&self, idx: &[usize], step: usize, purpose: u64) -> Result<Vec<u8>> {
         let [h, w] = self.cfg.input.train_img_size;
         let scale = (self.cfg.input.scale_lower, self.cfg.input.scale_upper);
-        let (mean, std) = (self.cfg.input.pixel_mean, self.cfg.input.pixel_std);
         let (data, seed) = (&self.data, self.cfg.seed);
-        let mut x = vec![0f32; idx.len() * 3 * h * w];
+        let mut x = vec![0u8; idx.len() * 3 * h * w];
         x.par_chunks_mut(3 * h * w)
             .zip(idx.par_iter().enumerate())
             .try_for_each(|(out, (p, &i))| -> Result<()> {
                 let mut rng = stream(seed, step, purpose, p);
                 let img = data.image(i)?;
                 let v = train_view(&img, [h, w], scale, &mut rng);
-                to_tensor(&v, mean, std, out);
+                out.copy_from_slice(v.as_raw());
                 Ok(())
             })?;
         Ok(x)
+    }
+
+    /// `bytes` from [`Stage::train_views`] as the network's input, with the config's
+    /// normalisation.
+    fn rgb<'a>(&self, bytes: &'a [u8]) -> Images<'a> {
+        Images::Rgb {
+            bytes,
+            mean: self.cfg.input.pixel_mean,
+            std: self.cfg.input.pixel_std,
+        }
     }
 
     /// XBMv2's initialisation (4.5.0, G27): both banks filled for every image in eval mode, the
@@ -438,7 +447,8 @@ impl<'b> Stage<'b> {
         let good = self.good.clone();
         for chunk in good.chunks(32) {
             let x = self.train_views(chunk, chunk[0], INIT_AUG)?;
-            let f = self.net.describe(self.be, &x, chunk.len(), h, w)?;
+            let x = self.rgb(&x);
+            let f = self.net.describe_images(self.be, x, chunk.len(), h, w)?;
             let g = self.noaug_features(chunk)?;
             self.da.write(self.be, chunk, &self.be.upload(&f)?)?;
             if let Some(nb) = self.noda.as_mut() {
@@ -539,7 +549,8 @@ impl<'b> Stage<'b> {
         };
         let x = self.train_views(&batch.indices, t, AUG)?;
         let [h, w] = self.cfg.input.train_img_size;
-        let f = be.download::<f32>(self.net.forward_train(be, &x, nimg, h, w)?)?;
+        let x = self.rgb(&x);
+        let f = be.download::<f32>(self.net.forward_train_images(be, x, nimg, h, w)?)?;
         let fb = be.upload(&f)?;
 
         let mut log = StepLog {

@@ -3,7 +3,7 @@
 
 use super::norm::{act_apply, act_grad};
 use super::{widen, with_f32_out};
-use crate::backend::{Act, Buf, Checked, Eltwise};
+use crate::backend::{Act, Buf, Checked, Eltwise, ImageToTensor};
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -42,6 +42,19 @@ pub fn act_bwd_f32(y: &[f32], dy: &[f32], dx: &mut [f32], act: Act) {
         });
 }
 
+/// `out[i][c][p] = (rgb[i][p][c] / 255 - mean[c]) / std[c]`: torchvision's ToTensor +
+/// Normalize, rounded as it rounds in f32.
+pub fn image_to_tensor_u8(rgb: &[u8], out: &mut [f32], s: ImageToTensor) {
+    let hw = s.h * s.w;
+    out.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
+        let (img, c) = (plane / 3, plane % 3);
+        let px = &rgb[img * hw * 3..(img + 1) * hw * 3];
+        for (p, v) in o.iter_mut().enumerate() {
+            *v = (px[p * 3 + c] as f32 / 255.0 - s.mean[c]) / s.std[c];
+        }
+    });
+}
+
 impl crate::backend::EltwiseOps for super::CpuBackend {
     fn add_fwd(&self, a: &Buf, b: &Buf, y: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {
         let (a, b) = (widen(a)?, widen(b)?);
@@ -56,5 +69,10 @@ impl crate::backend::EltwiseOps for super::CpuBackend {
     fn act_bwd(&self, y: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
         let (y, dy) = (widen(y)?, widen(dy)?);
         with_f32_out(dx, false, |dx| act_bwd_f32(&y, &dy, dx, s.act))
+    }
+
+    fn image_to_tensor(&self, rgb: &Buf, out: &mut Buf, s: Checked<ImageToTensor>) -> Result<()> {
+        image_to_tensor_u8(rgb.host()?, out.host_mut()?, *s);
+        Ok(())
     }
 }

@@ -84,7 +84,12 @@ impl Backend for CpuBackend {
     }
 
     fn supports(&self, op: Op, dtype: DType) -> bool {
-        dtype == DType::F32 || (dtype == DType::BF16 && BF16_OPS.contains(&op))
+        match dtype {
+            DType::F32 => op != Op::ImageToTensor,
+            DType::BF16 => BF16_OPS.contains(&op),
+            DType::U8 => op == Op::ImageToTensor,
+            _ => false,
+        }
     }
 
     fn zeros(&self, dtype: DType, len: usize) -> Result<Buf> {

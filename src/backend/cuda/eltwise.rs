@@ -3,7 +3,7 @@
 
 use super::device::{Args, Launch};
 use super::CudaBackend;
-use crate::backend::{Buf, Checked, Eltwise, EltwiseOps, Op};
+use crate::backend::{Buf, Checked, DType, Eltwise, EltwiseOps, ImageToTensor, Op};
 use anyhow::Result;
 
 impl EltwiseOps for CudaBackend {
@@ -61,6 +61,33 @@ impl EltwiseOps for CudaBackend {
             self.launch(
                 &Op::ActBwd.kernel(y.dtype()),
                 Launch::grid_stride(s.len),
+                args,
+            )
+        }
+    }
+
+    fn image_to_tensor(&self, rgb: &Buf, out: &mut Buf, s: Checked<ImageToTensor>) -> Result<()> {
+        let len = out.len();
+        if len == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(rgb.dev()?)
+            .ptr(out.dev_mut()?)
+            .i64(s.n as i64)
+            .i64((s.h * s.w) as i64)
+            .f32(s.mean[0])
+            .f32(s.mean[1])
+            .f32(s.mean[2])
+            .f32(s.std[0])
+            .f32(s.std[1])
+            .f32(s.std[2]);
+        // SAFETY: arguments match image_to_tensor_u8(rgb, out, n, hw, mean0..2, std0..2); rgb
+        // holds n*hw*3 bytes and out n*3*hw f32 (checked).
+        unsafe {
+            self.launch(
+                &Op::ImageToTensor.kernel(DType::U8),
+                Launch::grid_stride(len),
                 args,
             )
         }
