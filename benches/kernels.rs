@@ -470,8 +470,8 @@ fn layer_family<'a>(
 }
 
 /// The backbone's layers: every conv shape of ResNet-50 and EfficientNet-Lite0 at 224 px,
-/// forward / dgrad / wgrad, beside cuBLAS SGEMM on the GEMM of the same (M, N, K) (im2col's
-/// own time not counted, so the baseline is flattered); the depthwise convolutions; BatchNorm,
+/// forward / dgrad / wgrad, f32 beside cuBLAS SGEMM on the GEMM of the same (M, N, K) (im2col's
+/// own time not counted, so the baseline is flattered) and bf16 on tensor cores (GPU only); the depthwise convolutions; BatchNorm,
 /// max pool, the elementwise ops and the optimiser at ResNet-50's sizes. On the CPU, only the
 /// first shapes at batch 1 (the twins are references, not contenders).
 fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) {
@@ -568,6 +568,47 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
                     || cuda.matmul_cublas(a, b, &mut c_view, mm).unwrap(),
                 );
             }
+            // bf16 on tensor cores (activations and weights bf16, the weight gradient f32).
+            let (xb, wb, dyb) = (
+                filled(be, &mut rng, ex, DType::BF16),
+                filled(be, &mut rng, ew, DType::BF16),
+                filled(be, &mut rng, ey, DType::BF16),
+            );
+            let (mut yb, mut dxb) = (
+                be.zeros(DType::BF16, ey).unwrap(),
+                be.zeros(DType::BF16, ex).unwrap(),
+            );
+            let half = bytes / 2.0;
+            measure(
+                &mut group,
+                be,
+                record,
+                "conv2d_fwd_bf16",
+                label.clone(),
+                half,
+                flops,
+                || be.conv2d_fwd(&xb, &wb, &mut yb, s).unwrap(),
+            );
+            measure(
+                &mut group,
+                be,
+                record,
+                "conv2d_bwd_data_bf16",
+                label.clone(),
+                half,
+                flops,
+                || be.conv2d_bwd_data(&dyb, &wb, &mut dxb, s).unwrap(),
+            );
+            measure(
+                &mut group,
+                be,
+                record,
+                "conv2d_bwd_weight_bf16",
+                label.clone(),
+                half,
+                flops,
+                || be.conv2d_bwd_weight(&xb, &dyb, &mut dw, s).unwrap(),
+            );
         }
     }
     for cs in shapes.iter().filter(|cs| cs.depthwise).take(take) {

@@ -23,8 +23,12 @@
 // is small, so it splits K over gridDim.z into partial sums that a second kernel adds in order
 // (no atomics: the same result every run).
 //
-// The GEMM is SIMT f32: a 64 x 64 tile per block of 256 threads, 4 x 4 accumulators per thread,
-// K staged 16 at a time through shared memory, as gemm.cu's small tile. Floors for a ResNet-50
+// f32: a SIMT GEMM, a 64 x 64 tile per block of 256 threads, 4 x 4 accumulators per thread, K
+// staged 16 at a time through shared memory, as gemm.cu's small tile. bf16: tensor cores, as
+// gemm.cu's bf16 kernel (128 x 128 x 32 tiles, 8 warps of 64 x 32, ldmatrix + mma.m16n8k16, f32
+// accumulation), the operands gathered into shared memory by the same ConvGemm as the f32 path.
+// The activations' gradients are stored in bf16; the weight gradient's partial sums and the
+// weight gradient itself are f32 (master gradients), for both dtypes. Floors for a ResNet-50
 // 3x3 layer at batch 64 (c = 256, 14 x 14): 2 * 64*196 * 256 * 2304 = 14.8 GFLOP, 0.3 ms at
 // H100's 50 TFLOP/s of f32 FMA; bytes are a few MB, so every dense shape but the stem's weight
 // gradient is compute-bound.
@@ -33,6 +37,7 @@
 // own kernels: forward and data gradient one thread per output / input element (the data
 // gradient gathers, no atomics), weight gradient one block per channel.
 #include "common.cuh"
+#include "arch.cuh"
 
 struct ConvShape {
     int n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow;
@@ -47,39 +52,41 @@ enum ConvMode { CONV_FWD = 0, CONV_BWD_DATA = 1, CONV_BWD_WEIGHT = 2 };
 
 // The input value under kernel tap (r, q) of output position (oy, ox) of image img and channel ci,
 // or 0 in the padding.
-__device__ __forceinline__ float x_tap(const float* __restrict__ x, const ConvShape& s, int img, int ci, int oy,
-                                       int ox, int r, int q) {
+template <typename T>
+__device__ __forceinline__ float x_tap(const T* __restrict__ x, const ConvShape& s, int img, int ci, int oy, int ox,
+                                       int r, int q) {
     int iy = oy * s.stride - s.pad_top + r, ix = ox * s.stride - s.pad_left + q;
     if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) return 0.0f;
-    return x[(((size_t)img * s.c_in + ci) * s.h + iy) * s.w + ix];
+    return load(x[(((size_t)img * s.c_in + ci) * s.h + iy) * s.w + ix]);
 }
 
 // The output gradient that input position (iy, ix) receives through tap (r, q), or 0 when no
 // output position reads it through that tap.
-__device__ __forceinline__ float dy_tap(const float* __restrict__ dy, const ConvShape& s, int img, int co, int iy,
-                                        int ix, int r, int q) {
+template <typename T>
+__device__ __forceinline__ float dy_tap(const T* __restrict__ dy, const ConvShape& s, int img, int co, int iy, int ix,
+                                        int r, int q) {
     int ty = iy + s.pad_top - r, tx = ix + s.pad_left - q;
     if (ty < 0 || tx < 0 || ty % s.stride != 0 || tx % s.stride != 0) return 0.0f;
     int oy = ty / s.stride, ox = tx / s.stride;
     if (oy >= s.oh || ox >= s.ow) return 0.0f;
-    return dy[(((size_t)img * s.c_out + co) * s.oh + oy) * s.ow + ox];
+    return load(dy[(((size_t)img * s.c_out + co) * s.oh + oy) * s.ow + ox]);
 }
 
 // The GEMM's operands for each mode: A(m, k) and B(k, col), zero outside M x K and K x N.
-template <int MODE>
+template <int MODE, typename T = float>
 struct ConvGemm {
-    const float* a_src;  // forward, data grad: w; weight grad: dy
-    const float* b_src;  // forward, weight grad: x; data grad: dy
+    const T* a_src;  // forward, data grad: w; weight grad: dy
+    const T* b_src;  // forward, weight grad: x; data grad: dy
     ConvShape s;
     int M, N, K;
 
     __device__ float a(int m, int k) const {
         if (m >= M || k >= K) return 0.0f;
-        if (MODE == CONV_FWD) return a_src[(size_t)m * K + k];
+        if (MODE == CONV_FWD) return load(a_src[(size_t)m * K + k]);
         int taps = s.kh * s.kw;
-        if (MODE == CONV_BWD_DATA) return a_src[((size_t)(k / taps) * s.c_in + m) * taps + k % taps];
+        if (MODE == CONV_BWD_DATA) return load(a_src[((size_t)(k / taps) * s.c_in + m) * taps + k % taps]);
         int ohw = s.oh * s.ow;  // CONV_BWD_WEIGHT: k = (img, p)
-        return a_src[((size_t)(k / ohw) * s.c_out + m) * ohw + k % ohw];
+        return load(a_src[((size_t)(k / ohw) * s.c_out + m) * ohw + k % ohw]);
     }
 
     __device__ float b(int k, int col) const {
@@ -143,6 +150,21 @@ __device__ void conv_gemm_tile(const ConvGemm<MODE>& g, int bm, int bn, int k_be
     }
 }
 
+// Where the GEMM's element (m, col) goes: NCHW y (forward), NCHW dx (data gradient), or split
+// z's partial sums, which conv2d_bwd_weight_reduce_f32 adds into dw (weight gradient).
+template <int MODE>
+__device__ __forceinline__ size_t conv_out_index(const ConvShape& s, int M, int N, int m, int col) {
+    if (MODE == CONV_FWD) {
+        int ohw = s.oh * s.ow;
+        return ((size_t)(col / ohw) * s.c_out + m) * ohw + col % ohw;
+    }
+    if (MODE == CONV_BWD_DATA) {
+        int hw = s.h * s.w;
+        return ((size_t)(col / hw) * s.c_in + m) * hw + col % hw;
+    }
+    return ((size_t)blockIdx.z * M + m) * N + col;
+}
+
 template <int MODE>
 __device__ void conv_gemm(const ConvGemm<MODE>& g, float* __restrict__ out, int k_per_split) {
     int bm = blockIdx.y * CONV_BM, bn = blockIdx.x * CONV_BN;
@@ -150,7 +172,6 @@ __device__ void conv_gemm(const ConvGemm<MODE>& g, float* __restrict__ out, int 
     float acc[CONV_TM][CONV_TN] = {};
     conv_gemm_tile(g, bm, bn, k_begin, k_end, acc);
     int tx = threadIdx.x % (CONV_BN / CONV_TN), ty = threadIdx.x / (CONV_BN / CONV_TN);
-    const ConvShape& s = g.s;
 #pragma unroll
     for (int i = 0; i < CONV_TM; ++i) {
         int m = bm + ty * CONV_TM + i;
@@ -158,19 +179,102 @@ __device__ void conv_gemm(const ConvGemm<MODE>& g, float* __restrict__ out, int 
 #pragma unroll
         for (int j = 0; j < CONV_TN; ++j) {
             int col = bn + tx * CONV_TN + j;
-            if (col >= g.N) continue;
-            if (MODE == CONV_FWD) {
-                int ohw = s.oh * s.ow;
-                out[((size_t)(col / ohw) * s.c_out + m) * ohw + col % ohw] = acc[i][j];
-            } else if (MODE == CONV_BWD_DATA) {
-                int hw = s.h * s.w;
-                out[((size_t)(col / hw) * s.c_in + m) * hw + col % hw] = acc[i][j];
-            } else {
-                // Partial sums of split z, reduced into dw by conv2d_bwd_weight_reduce_f32.
-                out[((size_t)blockIdx.z * g.M + m) * g.N + col] = acc[i][j];
-            }
+            if (col < g.N) out[conv_out_index<MODE>(g.s, g.M, g.N, m, col)] = acc[i][j];
         }
     }
+}
+
+// ---- bf16 on tensor cores --------------------------------------------------------------------
+
+constexpr int CTC_BM = 128, CTC_BN = 128, CTC_BK = 32;
+constexpr int CTC_LD = CTC_BK + 8;  // 80-byte rows: 16-byte aligned, ldmatrix without bank conflicts
+
+// The tile (bm, bn) of the GEMM over k in [k_begin, k_end) on tensor cores; OutT is the stored
+// type (bf16 activations' gradients and outputs, f32 weight-gradient partials).
+template <int MODE, typename OutT>
+__device__ void conv_gemm_tc(const ConvGemm<MODE, __nv_bfloat16>& g, OutT* __restrict__ out, int k_per_split) {
+    __shared__ __align__(16) __nv_bfloat16 As[CTC_BM][CTC_LD];  // rows m, k contiguous
+    __shared__ __align__(16) __nv_bfloat16 Bs[CTC_BN][CTC_LD];  // rows col, k contiguous
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;  // this warp's 64 x 32 corner
+    const int bm = blockIdx.y * CTC_BM, bn = blockIdx.x * CTC_BN;
+    const int k_begin = blockIdx.z * k_per_split, k_lim = min(g.K, k_begin + k_per_split);
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    for (int k0 = k_begin; k0 < k_lim; k0 += CTC_BK) {
+        // Consecutive threads walk k for A (k-contiguous in memory in every mode) and, for the
+        // weight gradient, for B; the output column otherwise.
+        for (int e = tid; e < CTC_BM * CTC_BK; e += 256) {
+            int kk = e % CTC_BK, r = e / CTC_BK;
+            As[r][kk] = __float2bfloat16(k0 + kk < k_lim ? g.a(bm + r, k0 + kk) : 0.0f);
+        }
+        for (int e = tid; e < CTC_BN * CTC_BK; e += 256) {
+            int kk, c;
+            if (MODE == CONV_BWD_WEIGHT) {
+                kk = e % CTC_BK, c = e / CTC_BK;
+            } else {
+                c = e % CTC_BN, kk = e / CTC_BN;
+            }
+            Bs[c][kk] = __float2bfloat16(k0 + kk < k_lim ? g.b(k0 + kk, bn + c) : 0.0f);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < CTC_BK; ks += 16) {
+            uint32_t af[4][4], bf[4][2];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) ldmatrix_x4(af[i], &As[wm + i * 16 + lane % 16][ks + (lane / 16) * 8]);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) ldmatrix_x2(bf[j], &Bs[wn + j * 8 + lane % 8][ks + ((lane / 8) % 2) * 8]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc[i][j], af[i], bf[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    const int gr = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                int m = bm + wm + i * 16 + gr + (q >= 2 ? 8 : 0);
+                int col = bn + wn + j * 8 + 2 * t + (q & 1);
+                if (m < g.M && col < g.N) out[conv_out_index<MODE>(g.s, g.M, g.N, m, col)] = store<OutT>(acc[i][j][q]);
+            }
+}
+
+typedef __nv_bfloat16 bf16_t;
+
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_fwd_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight, bf16_t* __restrict__ y,
+                    CONV_SHAPE_PARAMS) {
+    ConvShape s = CONV_SHAPE;
+    ConvGemm<CONV_FWD, bf16_t> g{weight, x, s, c_out, n * oh * ow, c_in * kh * kw};
+    conv_gemm_tc(g, y, g.K);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_bwd_data_bf16(const bf16_t* __restrict__ dy, const bf16_t* __restrict__ weight, bf16_t* __restrict__ dx,
+                         CONV_SHAPE_PARAMS) {
+    ConvShape s = CONV_SHAPE;
+    ConvGemm<CONV_BWD_DATA, bf16_t> g{weight, dy, s, c_in, n * h * w, c_out * kh * kw};
+    conv_gemm_tc(g, dx, g.K);
+}
+
+// partial: gridDim.z x c_out x (c_in*kh*kw) f32 sums, as conv2d_bwd_weight_f32's.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_bwd_weight_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ dy, float* __restrict__ partial,
+                           int k_per_split, CONV_SHAPE_PARAMS) {
+    ConvShape s = CONV_SHAPE;
+    ConvGemm<CONV_BWD_WEIGHT, bf16_t> g{dy, x, s, c_out, c_in * kh * kw, n * oh * ow};
+    conv_gemm_tc(g, partial, k_per_split);
 }
 
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
@@ -209,40 +313,45 @@ extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float* __restrict_
 
 // ---- depthwise -------------------------------------------------------------------------------
 
-extern "C" __global__ void conv2d_depthwise_fwd_f32(const float* __restrict__ x, const float* __restrict__ weight,
-                                                    float* __restrict__ y, CONV_SHAPE_PARAMS) {
+template <typename T>
+__device__ void depthwise_fwd(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y,
+                              CONV_SHAPE_PARAMS) {
     ConvShape s = CONV_SHAPE;
     size_t ohw = (size_t)oh * ow;
     GRID_STRIDE(i, (size_t)n * c_out * ohw) {
         size_t plane = i / ohw;
         int p = (int)(i - plane * ohw), c = (int)(plane % c_out), img = (int)(plane / c_out);
-        const float* wc = weight + (size_t)c * kh * kw;
+        const T* wc = weight + (size_t)c * kh * kw;
         float sum = 0.0f;
         for (int r = 0; r < kh; r++)
-            for (int q = 0; q < kw; q++) sum = fmaf(wc[r * kw + q], x_tap(x, s, img, c, p / ow, p % ow, r, q), sum);
-        y[i] = sum;
+            for (int q = 0; q < kw; q++)
+                sum = fmaf(load(wc[r * kw + q]), x_tap(x, s, img, c, p / ow, p % ow, r, q), sum);
+        y[i] = store<T>(sum);
     }
 }
 
-extern "C" __global__ void conv2d_depthwise_bwd_data_f32(const float* __restrict__ dy, const float* __restrict__ weight,
-                                                         float* __restrict__ dx, CONV_SHAPE_PARAMS) {
+template <typename T>
+__device__ void depthwise_bwd_data(const T* __restrict__ dy, const T* __restrict__ weight, T* __restrict__ dx,
+                                   CONV_SHAPE_PARAMS) {
     ConvShape s = CONV_SHAPE;
     size_t hw = (size_t)h * w;
     GRID_STRIDE(i, (size_t)n * c_in * hw) {
         size_t plane = i / hw;
         int pix = (int)(i - plane * hw), c = (int)(plane % c_in), img = (int)(plane / c_in);
-        const float* wc = weight + (size_t)c * kh * kw;
+        const T* wc = weight + (size_t)c * kh * kw;
         float sum = 0.0f;
         for (int r = 0; r < kh; r++)
-            for (int q = 0; q < kw; q++) sum = fmaf(wc[r * kw + q], dy_tap(dy, s, img, c, pix / w, pix % w, r, q), sum);
-        dx[i] = sum;
+            for (int q = 0; q < kw; q++)
+                sum = fmaf(load(wc[r * kw + q]), dy_tap(dy, s, img, c, pix / w, pix % w, r, q), sum);
+        dx[i] = store<T>(sum);
     }
 }
 
 // One block per channel; each tap's sum over the batch's output positions is a block reduction.
-extern "C" __global__ void __launch_bounds__(256)
-    conv2d_depthwise_bwd_weight_f32(const float* __restrict__ x, const float* __restrict__ dy,
-                                    float* __restrict__ dw, CONV_SHAPE_PARAMS) {
+// dw is f32 for both activation dtypes.
+template <typename T>
+__device__ void depthwise_bwd_weight(const T* __restrict__ x, const T* __restrict__ dy, float* __restrict__ dw,
+                                     CONV_SHAPE_PARAMS) {
     __shared__ float slots[256 / WARP_SIZE];
     ConvShape s = CONV_SHAPE;
     int c = blockIdx.x, ohw = oh * ow;
@@ -251,10 +360,28 @@ extern "C" __global__ void __launch_bounds__(256)
         float sum = 0.0f;
         for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
             int img = (int)(e / ohw), p = (int)(e % ohw);
-            sum = fmaf(dy[((size_t)img * c_out + c) * ohw + p], x_tap(x, s, img, c, p / ow, p % ow, t / kw, t % kw),
-                       sum);
+            sum = fmaf(load(dy[((size_t)img * c_out + c) * ohw + p]),
+                       x_tap(x, s, img, c, p / ow, p % ow, t / kw, t % kw), sum);
         }
         sum = block_sum(sum, slots);
         if (threadIdx.x == 0) dw[(size_t)c * kh * kw + t] += sum;
     }
 }
+
+#define CONV_ARGS n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow
+#define DEPTHWISE_ENTRY_POINTS(T, SUFFIX)                                                                      \
+    extern "C" __global__ void conv2d_depthwise_fwd_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, \
+                                                           T* __restrict__ y, CONV_SHAPE_PARAMS) {              \
+        depthwise_fwd(x, weight, y, CONV_ARGS);                                                                \
+    }                                                                                                          \
+    extern "C" __global__ void conv2d_depthwise_bwd_data_##SUFFIX(                                            \
+        const T* __restrict__ dy, const T* __restrict__ weight, T* __restrict__ dx, CONV_SHAPE_PARAMS) {       \
+        depthwise_bwd_data(dy, weight, dx, CONV_ARGS);                                                         \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) conv2d_depthwise_bwd_weight_##SUFFIX(                   \
+        const T* __restrict__ x, const T* __restrict__ dy, float* __restrict__ dw, CONV_SHAPE_PARAMS) {        \
+        depthwise_bwd_weight(x, dy, dw, CONV_ARGS);                                                            \
+    }
+
+DEPTHWISE_ENTRY_POINTS(float, f32)
+DEPTHWISE_ENTRY_POINTS(__nv_bfloat16, bf16)

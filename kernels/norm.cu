@@ -79,7 +79,8 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// BatchNorm + activation (act: 0 identity, 1 ReLU, 2 ReLU6), f32.
+// BatchNorm + activation (act: 0 identity, 1 ReLU, 2 ReLU6), f32 and bf16 activations (the
+// statistics and parameters are f32 either way).
 //
 //   train:  mean, var = batch statistics of (group, channel), biased var; invstd = 1/sqrt(var+eps)
 //           y = act(gamma * (x - mean) * invstd + beta [+ res])     res: the residual, or null
@@ -141,19 +142,19 @@ __device__ __forceinline__ size_t bn_offset(int g, size_t e, int per, int C, int
     return (img * C + c) * hw + e % hw;
 }
 
-extern "C" __global__ void batchnorm_fwd_train_f32(const float* __restrict__ x, const float* __restrict__ gamma,
-                                                   const float* __restrict__ beta, float* __restrict__ running_mean,
-                                                   float* __restrict__ running_var, float* __restrict__ save_mean,
-                                                   float* __restrict__ save_invstd, const float* __restrict__ res,
-                                                   float* __restrict__ y, int n, int C, int hw, int ghost, float eps,
-                                                   float momentum, int act) {
+template <typename T>
+__device__ void batchnorm_fwd_train(const T* __restrict__ x, const float* __restrict__ gamma,
+                                    const float* __restrict__ beta, float* __restrict__ running_mean,
+                                    float* __restrict__ running_var, float* __restrict__ save_mean,
+                                    float* __restrict__ save_invstd, const T* __restrict__ res, T* __restrict__ y, int n,
+                                    int C, int hw, int ghost, float eps, float momentum, int act) {
     __shared__ float slots[3 * BN_THREADS / WARP_SIZE];
     int c = blockIdx.x, per = n / ghost;
     size_t count = (size_t)per * hw;
     for (int g = 0; g < ghost; g++) {
         Welford w{0.0f, 0.0f, 0.0f};
         for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
-            float v = x[bn_offset(g, e, per, C, c, hw)];
+            float v = load(x[bn_offset(g, e, per, C, c, hw)]);
             w.n += 1.0f;
             float d = v - w.mean;
             w.mean += d / w.n;
@@ -172,33 +173,33 @@ extern "C" __global__ void batchnorm_fwd_train_f32(const float* __restrict__ x, 
         float scale = gamma[c] * invstd, shift = beta[c] - w.mean * scale;
         for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
             size_t at = bn_offset(g, e, per, C, c, hw);
-            float z = x[at] * scale + shift;
-            if (res) z += res[at];
-            y[at] = act_apply(act, z);
+            float z = load(x[at]) * scale + shift;
+            if (res) z += load(res[at]);
+            y[at] = store<T>(act_apply(act, z));
         }
     }
 }
 
-extern "C" __global__ void batchnorm_fwd_eval_f32(const float* __restrict__ x, const float* __restrict__ gamma,
-                                                  const float* __restrict__ beta,
-                                                  const float* __restrict__ running_mean,
-                                                  const float* __restrict__ running_var, const float* __restrict__ res,
-                                                  float* __restrict__ y, int n, int C, int hw, float eps, int act) {
+template <typename T>
+__device__ void batchnorm_fwd_eval(const T* __restrict__ x, const float* __restrict__ gamma,
+                                   const float* __restrict__ beta, const float* __restrict__ running_mean,
+                                   const float* __restrict__ running_var, const T* __restrict__ res, T* __restrict__ y,
+                                   int n, int C, int hw, float eps, int act) {
     GRID_STRIDE(i, (size_t)n * C * hw) {
         int c = (int)((i / hw) % C);
         float scale = gamma[c] / sqrtf(running_var[c] + eps), shift = beta[c] - running_mean[c] * scale;
-        float z = x[i] * scale + shift;
-        if (res) z += res[i];
-        y[i] = act_apply(act, z);
+        float z = load(x[i]) * scale + shift;
+        if (res) z += load(res[i]);
+        y[i] = store<T>(act_apply(act, z));
     }
 }
 
-extern "C" __global__ void batchnorm_bwd_f32(const float* __restrict__ x, const float* __restrict__ y,
-                                             const float* __restrict__ dy, const float* __restrict__ gamma,
-                                             const float* __restrict__ save_mean,
-                                             const float* __restrict__ save_invstd, float* __restrict__ dx,
-                                             float* __restrict__ dres, float* __restrict__ dgamma,
-                                             float* __restrict__ dbeta, int n, int C, int hw, int ghost, int act) {
+template <typename T>
+__device__ void batchnorm_bwd(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
+                              const float* __restrict__ gamma, const float* __restrict__ save_mean,
+                              const float* __restrict__ save_invstd, T* __restrict__ dx, T* __restrict__ dres,
+                              float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C, int hw, int ghost,
+                              int act) {
     __shared__ float slots[BN_THREADS / WARP_SIZE];
     int c = blockIdx.x, per = n / ghost;
     size_t count = (size_t)per * hw;
@@ -207,9 +208,9 @@ extern "C" __global__ void batchnorm_bwd_f32(const float* __restrict__ x, const 
         float sdz = 0.0f, sdzx = 0.0f;
         for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
             size_t at = bn_offset(g, e, per, C, c, hw);
-            float dz = dy[at] * act_grad(act, y[at]);
+            float dz = load(dy[at]) * act_grad(act, load(y[at]));
             sdz += dz;
-            sdzx += dz * (x[at] - mean) * invstd;
+            sdzx += dz * (load(x[at]) - mean) * invstd;
         }
         sdz = block_sum(sdz, slots);
         sdzx = block_sum(sdzx, slots);
@@ -220,9 +221,38 @@ extern "C" __global__ void batchnorm_bwd_f32(const float* __restrict__ x, const 
         float mdz = sdz / (float)count, mdzx = sdzx / (float)count, k = gamma[c] * invstd;
         for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
             size_t at = bn_offset(g, e, per, C, c, hw);
-            float dz = dy[at] * act_grad(act, y[at]);
-            dx[at] = k * (dz - mdz - (x[at] - mean) * invstd * mdzx);
-            if (dres) dres[at] = dz;
+            float dz = load(dy[at]) * act_grad(act, load(y[at]));
+            dx[at] = store<T>(k * (dz - mdz - (load(x[at]) - mean) * invstd * mdzx));
+            if (dres) dres[at] = store<T>(dz);
         }
     }
 }
+
+// Activations (x, y, the residual and their gradients) in T; parameters, running and saved
+// statistics and parameter gradients in f32 (master copies) for every T.
+#define BATCHNORM_ENTRY_POINTS(T, SUFFIX)                                                                     \
+    extern "C" __global__ void batchnorm_fwd_train_##SUFFIX(                                                  \
+        const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,             \
+        float* __restrict__ running_mean, float* __restrict__ running_var, float* __restrict__ save_mean,     \
+        float* __restrict__ save_invstd, const T* __restrict__ res, T* __restrict__ y, int n, int C, int hw,  \
+        int ghost, float eps, float momentum, int act) {                                                      \
+        batchnorm_fwd_train(x, gamma, beta, running_mean, running_var, save_mean, save_invstd, res, y, n, C,  \
+                            hw, ghost, eps, momentum, act);                                                   \
+    }                                                                                                         \
+    extern "C" __global__ void batchnorm_fwd_eval_##SUFFIX(                                                   \
+        const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,             \
+        const float* __restrict__ running_mean, const float* __restrict__ running_var,                        \
+        const T* __restrict__ res, T* __restrict__ y, int n, int C, int hw, float eps, int act) {             \
+        batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, res, y, n, C, hw, eps, act);            \
+    }                                                                                                         \
+    extern "C" __global__ void batchnorm_bwd_##SUFFIX(                                                        \
+        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                           \
+        const float* __restrict__ gamma, const float* __restrict__ save_mean,                                 \
+        const float* __restrict__ save_invstd, T* __restrict__ dx, T* __restrict__ dres,                      \
+        float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C, int hw, int ghost, int act) {    \
+        batchnorm_bwd(x, y, dy, gamma, save_mean, save_invstd, dx, dres, dgamma, dbeta, n, C, hw, ghost,      \
+                      act);                                                                                   \
+    }
+
+BATCHNORM_ENTRY_POINTS(float, f32)
+BATCHNORM_ENTRY_POINTS(__nv_bfloat16, bf16)

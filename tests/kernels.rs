@@ -233,7 +233,14 @@ fn shape_mismatches_are_errors_not_panics() {
         )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("batchnorm_fwd_eval on bf16"), "{err}");
+    // bf16 activations take f32 parameters and statistics (master copies).
+    assert!(err.contains("parameters and statistics are f32"), "{err}");
+    // An op a backend lacks for a dtype is refused by name before any work.
+    let err = select(DeviceChoice::Cpu, &[(Op::Topk, DType::BF16)])
+        .err()
+        .expect("the CPU has no bf16 top-k")
+        .to_string();
+    assert!(err.contains("topk"), "{err}");
 }
 
 // ---- the CUDA kernels versus the CPU twin, on the GPU or the emulated GPU ----------------
@@ -380,12 +387,12 @@ fn cuda_backend_without_gpu_is_an_error_not_a_panic() {
     // The emulator is never chosen by auto, and an explicit device lacking an op is refused
     // up front, naming the kernel.
     assert_ne!(be.name(), "emu");
-    let err = select(DeviceChoice::Emu, &[(Op::Conv2dFwd, DType::BF16)])
+    let err = select(DeviceChoice::Emu, &[(Op::Topk, DType::BF16)])
         .err()
-        .expect("emu has no bf16 conv kernel yet")
+        .expect("emu has no bf16 top-k kernel")
         .to_string();
     assert!(
-        err.contains("conv2d_fwd_bf16") && err.contains("--device cpu"),
+        err.contains("topk_bf16") && err.contains("--device cpu"),
         "{err}"
     );
 }

@@ -115,35 +115,43 @@ const BN_SIZES: &[(usize, usize, usize, usize)] = &[
     (2, 70, 49, 1),
 ];
 
+/// f32 and bf16 activations (parameters and statistics f32 for both).
 #[test]
 fn kernel_batchnorm_matches_cpu() {
     let dev = kernel_device("kernel_batchnorm_matches_cpu");
-    for &(n, c, hw, ghost) in BN_SIZES {
+    for ((dt, tol), &(n, c, hw, ghost)) in FLOAT_DTYPES
+        .into_iter()
+        .flat_map(|d| BN_SIZES.iter().map(move |s| (d, s)))
+    {
         for (act, with_res) in ACTS.into_iter().flat_map(|a| [(a, false), (a, true)]) {
             let s = BatchNorm {
                 ghost,
                 ..BatchNorm::new(n, c, hw, 1e-5, act)
             };
             let len = n * c * hw;
-            let what = format!("batchnorm {n}x{c}x{hw} ghost={ghost} {act:?} residual={with_res}");
-            matches_cpu(&what, &dev, 1e-5, |be| {
+            let what =
+                format!("batchnorm {dt} {n}x{c}x{hw} ghost={ghost} {act:?} residual={with_res}");
+            matches_cpu(&what, &dev, tol, |be| {
                 let mut rng = Rng::new(51 + len as u64 + ghost as u64);
-                // A large mean on channel 0 (the variance must not cancel), spread elsewhere.
+                // A large mean on channel 0 (the variance must not cancel), spread elsewhere. In
+                // bf16 a mean of 100 would round the values to steps of 0.5, tie them, and make
+                // the gradient zero up to rounding (nothing to compare): a smaller mean there.
+                let offset = if dt == DType::F32 { 100.0 } else { 4.0 };
                 let mut xh = rng.vec_f32(len, -3.0, 5.0);
                 for i in 0..n {
                     xh[i * c * hw..(i * c + 1) * hw]
                         .iter_mut()
-                        .for_each(|v| *v += 100.0);
+                        .for_each(|v| *v += offset);
                 }
-                let x = be.upload(&xh)?;
+                let x = upload_as(be, &xh, dt)?;
                 let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5))?;
                 let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5))?;
                 let mut rm = be.upload(&rng.vec_f32(c, -1.0, 1.0))?;
                 let mut rv = be.upload(&rng.vec_f32(c, 0.5, 2.0))?;
                 let (mut sm, mut si) = (poisoned(be, ghost * c), poisoned(be, ghost * c));
-                let mut y = poisoned(be, len);
+                let mut y = poisoned_as(be, len, dt);
                 // A residual of the activation's scale, so the sum crosses ReLU6's corners.
-                let res = be.upload(&rng.vec_f32(len, -3.0, 6.0))?;
+                let res = upload_as(be, &rng.vec_f32(len, -3.0, 6.0), dt)?;
                 let res = with_res.then_some(&res);
                 be.batchnorm_fwd_train(
                     &x,
@@ -155,11 +163,11 @@ fn kernel_batchnorm_matches_cpu() {
                     &mut y,
                     s,
                 )?;
-                let mut y_eval = poisoned(be, len);
+                let mut y_eval = poisoned_as(be, len, dt);
                 be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, res, &mut y_eval, s)?;
-                let dy = be.upload(&rng.vec_f32(len, -1.0, 1.0))?;
-                let mut dx = poisoned(be, len);
-                let mut dres = poisoned(be, len);
+                let dy = upload_as(be, &rng.vec_f32(len, -1.0, 1.0), dt)?;
+                let mut dx = poisoned_as(be, len, dt);
+                let mut dres = poisoned_as(be, len, dt);
                 // Parameter gradients accumulate onto what is there.
                 let mut dgamma = be.upload(&vec![0.25; c])?;
                 let mut dbeta = be.upload(&vec![-0.5; c])?;
@@ -186,10 +194,10 @@ fn kernel_batchnorm_matches_cpu() {
                     ("dgamma", &dgamma),
                     ("dbeta", &dbeta),
                 ] {
-                    out.push((name.to_string(), be.download::<f32>(b)?));
+                    out.push((name.to_string(), download_f32(be, b)?));
                 }
                 if with_res {
-                    out.push(("dres".into(), be.download::<f32>(&dres)?));
+                    out.push(("dres".into(), download_f32(be, &dres)?));
                 }
                 Ok(out)
             });
@@ -232,31 +240,35 @@ const CONV_SIZES: &[ConvCase] = &[
     (2, 3, 7, 7, 3, 3, 2, Padding::Same, 3),
 ];
 
+/// f32 (SIMT) and bf16 (tensor cores; activations and weights bf16, the weight gradient f32).
 #[test]
 fn kernel_conv_matches_cpu() {
     let dev = kernel_device("kernel_conv_matches_cpu");
-    for &(n, c_in, h, w, c_out, k, stride, padding, groups) in CONV_SIZES {
-        let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
-        let (lx, lw, ly) = s.sizes();
-        let what =
-            format!("conv {n}x{c_in}x{h}x{w} -> {c_out} k={k} s={stride} {padding:?} g={groups}");
-        matches_cpu(&what, &dev, 1e-5, |be| {
-            let mut rng = Rng::new(61 + lx as u64 + lw as u64);
-            let x = be.upload(&rng.vec_f32(lx, -1.0, 1.0))?;
-            let wt = be.upload(&rng.vec_f32(lw, -0.5, 0.5))?;
-            let dy = be.upload(&rng.vec_f32(ly, -1.0, 1.0))?;
-            let (mut y, mut dx) = (poisoned(be, ly), poisoned(be, lx));
-            // The weight gradient accumulates onto what is there.
-            let mut dw = be.upload(&vec![0.5; lw])?;
-            be.conv2d_fwd(&x, &wt, &mut y, s)?;
-            be.conv2d_bwd_data(&dy, &wt, &mut dx, s)?;
-            be.conv2d_bwd_weight(&x, &dy, &mut dw, s)?;
-            Ok(vec![
-                ("y".into(), be.download::<f32>(&y)?),
-                ("dx".into(), be.download::<f32>(&dx)?),
-                ("dw".into(), be.download::<f32>(&dw)?),
-            ])
-        });
+    for (dt, tol) in FLOAT_DTYPES {
+        for &(n, c_in, h, w, c_out, k, stride, padding, groups) in CONV_SIZES {
+            let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
+            let (lx, lw, ly) = s.sizes();
+            let what = format!(
+                "conv {dt} {n}x{c_in}x{h}x{w} -> {c_out} k={k} s={stride} {padding:?} g={groups}"
+            );
+            matches_cpu(&what, &dev, tol, |be| {
+                let mut rng = Rng::new(61 + lx as u64 + lw as u64);
+                let x = upload_as(be, &rng.vec_f32(lx, -1.0, 1.0), dt)?;
+                let wt = upload_as(be, &rng.vec_f32(lw, -0.5, 0.5), dt)?;
+                let dy = upload_as(be, &rng.vec_f32(ly, -1.0, 1.0), dt)?;
+                let (mut y, mut dx) = (poisoned_as(be, ly, dt), poisoned_as(be, lx, dt));
+                // The weight gradient accumulates onto what is there.
+                let mut dw = be.upload(&vec![0.5; lw])?;
+                be.conv2d_fwd(&x, &wt, &mut y, s)?;
+                be.conv2d_bwd_data(&dy, &wt, &mut dx, s)?;
+                be.conv2d_bwd_weight(&x, &dy, &mut dw, s)?;
+                Ok(vec![
+                    ("y".into(), download_f32(be, &y)?),
+                    ("dx".into(), download_f32(be, &dx)?),
+                    ("dw".into(), be.download::<f32>(&dw)?),
+                ])
+            });
+        }
     }
 }
 

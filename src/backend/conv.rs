@@ -1,7 +1,9 @@
 //! 2-D convolution (NCHW, PyTorch's weight layout, groups incl. depthwise): forward, data and
 //! weight gradients. Kernels to come in `kernels/conv.cu`.
 
-use super::{check_len, not_implemented, same_dtype, Backend, Buf, Checked, Op};
+use super::{
+    check_dtypes, check_len, not_implemented, same_dtype, Backend, Buf, Checked, DType, Op,
+};
 use anyhow::{bail, Result};
 
 /// Spatial padding of a convolution.
@@ -115,14 +117,27 @@ impl Conv {
         self.groups == self.c_in && self.groups == self.c_out
     }
 
-    /// `x` input-sized, `w` weight-sized, `y` output-sized.
+    /// `x` input-sized, `w` weight-sized, `y` output-sized, one dtype.
     fn check(self, x: &Buf, w: &Buf, y: &Buf) -> Result<Checked<Self>> {
-        let (ex, ew, ey) = self.sizes();
-        check_len(&self, ex, &[x])?;
-        check_len(&self, ew, &[w])?;
-        check_len(&self, ey, &[y])?;
+        self.check_sizes(x, w, y)?;
         same_dtype(&self, &[x, w, y])?;
         Ok(Checked(self))
+    }
+
+    /// As [`Conv::check`] for the weight gradient: `x` and `dy` share a dtype, and `dw` is f32
+    /// whatever it is (the master gradient a bf16 network accumulates into).
+    fn check_weight_grad(self, x: &Buf, dw: &Buf, dy: &Buf) -> Result<Checked<Self>> {
+        self.check_sizes(x, dw, dy)?;
+        same_dtype(&self, &[x, dy])?;
+        check_dtypes(&self, &[(dw, DType::F32)])?;
+        Ok(Checked(self))
+    }
+
+    fn check_sizes(&self, x: &Buf, w: &Buf, y: &Buf) -> Result<()> {
+        let (ex, ew, ey) = self.sizes();
+        check_len(self, ex, &[x])?;
+        check_len(self, ew, &[w])?;
+        check_len(self, ey, &[y])
     }
 }
 
@@ -163,9 +178,9 @@ impl dyn Backend + '_ {
         self.conv_ops().conv2d_bwd_data(dy, w, dx, s)
     }
 
-    /// Convolution weight gradient: accumulates into `dw` from the input `x` and `dy`.
+    /// Convolution weight gradient: accumulates into `dw` (f32) from the input `x` and `dy`.
     pub fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Conv) -> Result<()> {
-        let s = s.check(x, dw, dy)?;
+        let s = s.check_weight_grad(x, dw, dy)?;
         self.require(Op::Conv2dBwdWeight, x.dtype())?;
         self.conv_ops().conv2d_bwd_weight(x, dy, dw, s)
     }

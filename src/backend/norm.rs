@@ -1,7 +1,7 @@
 //! Normalisation: row-wise L2 (descriptors) and BatchNorm fused with the activation after it,
 //! forward and backward. Kernels in `kernels/norm.cu`.
 
-use super::{check_len, not_implemented, same_dtype, Act, Backend, Buf, Checked, Op};
+use super::{check_len, not_implemented, same_dtype, Act, Backend, Buf, Checked, DType, Op};
 use anyhow::{bail, Result};
 
 /// L2 normalisation's floor on the norm, as torch.nn.functional.normalize (`1e-12`).
@@ -61,11 +61,13 @@ impl BatchNorm {
         }
     }
 
-    /// Checks the activation-sized buffers (`n*c*hw`) and the per-channel ones (`c`).
+    /// Checks the activation-sized buffers (`n*c*hw`, one dtype) and the per-channel ones (`c`,
+    /// f32 whatever the activations are: parameters and statistics are master copies).
     fn check(self, act: &[&Buf], chan: &[&Buf]) -> Result<Checked<Self>> {
         check_len(&self, self.n * self.c * self.hw, act)?;
         check_len(&self, self.c, chan)?;
-        same_dtype(&self, &[act, chan].concat())?;
+        same_dtype(&self, act)?;
+        all_f32(&self, chan)?;
         Ok(Checked(self))
     }
 
@@ -90,9 +92,19 @@ impl BatchNorm {
             );
         }
         check_len(&self, self.ghost * self.c, saved)?;
-        same_dtype(&self, &[act, saved].concat())?;
+        all_f32(&self, saved)?;
         Ok(s)
     }
+}
+
+fn all_f32(what: &dyn std::fmt::Debug, bufs: &[&Buf]) -> Result<()> {
+    if let Some(b) = bufs.iter().find(|b| b.dtype() != DType::F32) {
+        bail!(
+            "{what:?}: parameters and statistics are f32, got a {} buffer",
+            b.dtype()
+        );
+    }
+    Ok(())
 }
 
 /// What a backend implements for this family.

@@ -10,6 +10,7 @@
 //! `(ci*kh + ki)*kw + kj`, so `y_g = W_g col` with `W_g` read as `c_out/g x K`.
 
 use super::gemm::matmul_f32;
+use super::{widen, with_f32_out};
 use crate::backend::{Buf, Checked, Conv, MatMul};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -287,17 +288,18 @@ pub fn conv2d_naive(x: &[f32], w: &[f32], y: &mut [f32], s: Conv) {
 
 impl crate::backend::ConvOps for super::CpuBackend {
     fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        conv2d_fwd_f32(x.host()?, w.host()?, y.host_mut()?, *s);
-        Ok(())
+        let (x, w) = (widen(x)?, widen(w)?);
+        with_f32_out(y, false, |y| conv2d_fwd_f32(&x, &w, y, *s))
     }
 
     fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        conv2d_bwd_data_f32(dy.host()?, w.host()?, dx.host_mut()?, *s);
-        Ok(())
+        let (dy, w) = (widen(dy)?, widen(w)?);
+        with_f32_out(dx, false, |dx| conv2d_bwd_data_f32(&dy, &w, dx, *s))
     }
 
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        conv2d_bwd_weight_f32(x.host()?, dy.host()?, dw.host_mut()?, *s);
+        let (x, dy) = (widen(x)?, widen(dy)?);
+        conv2d_bwd_weight_f32(&x, &dy, dw.host_mut()?, *s);
         Ok(())
     }
 }

@@ -34,6 +34,12 @@ pub const BF16_OPS: &[Op] = &[
     Op::AddFwd,
     Op::ActFwd,
     Op::ActBwd,
+    Op::Conv2dFwd,
+    Op::Conv2dBwdData,
+    Op::Conv2dBwdWeight,
+    Op::BatchnormFwdTrain,
+    Op::BatchnormFwdEval,
+    Op::BatchnormBwd,
 ];
 
 /// A buffer's elements as f32: borrowed for f32, widened from bf16.

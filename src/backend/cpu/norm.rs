@@ -265,19 +265,13 @@ impl crate::backend::NormOps for super::CpuBackend {
         y: &mut Buf,
         s: Checked<BatchNorm>,
     ) -> Result<()> {
-        batchnorm_fwd_train_f32(
-            x.host()?,
-            gamma.host()?,
-            beta.host()?,
-            running.0.host_mut()?,
-            running.1.host_mut()?,
-            saved.0.host_mut()?,
-            saved.1.host_mut()?,
-            residual.map(|r| r.host()).transpose()?,
-            y.host_mut()?,
-            *s,
-        );
-        Ok(())
+        let (x, res) = (widen(x)?, residual.map(widen).transpose()?);
+        let (gamma, beta) = (gamma.host()?, beta.host()?);
+        let (rm, rv) = (running.0.host_mut()?, running.1.host_mut()?);
+        let (sm, si) = (saved.0.host_mut()?, saved.1.host_mut()?);
+        with_f32_out(y, false, |y| {
+            batchnorm_fwd_train_f32(&x, gamma, beta, rm, rv, sm, si, res.as_deref(), y, *s)
+        })
     }
 
     fn batchnorm_fwd_eval(
@@ -291,17 +285,12 @@ impl crate::backend::NormOps for super::CpuBackend {
         y: &mut Buf,
         s: Checked<BatchNorm>,
     ) -> Result<()> {
-        batchnorm_fwd_eval_f32(
-            x.host()?,
-            gamma.host()?,
-            beta.host()?,
-            running_mean.host()?,
-            running_var.host()?,
-            residual.map(|r| r.host()).transpose()?,
-            y.host_mut()?,
-            *s,
-        );
-        Ok(())
+        let (x, res) = (widen(x)?, residual.map(widen).transpose()?);
+        let (gamma, beta) = (gamma.host()?, beta.host()?);
+        let (rm, rv) = (running_mean.host()?, running_var.host()?);
+        with_f32_out(y, false, |y| {
+            batchnorm_fwd_eval_f32(&x, gamma, beta, rm, rv, res.as_deref(), y, *s)
+        })
     }
 
     fn batchnorm_bwd(
@@ -316,19 +305,29 @@ impl crate::backend::NormOps for super::CpuBackend {
         dparams: (&mut Buf, &mut Buf),
         s: Checked<BatchNorm>,
     ) -> Result<()> {
-        batchnorm_bwd_f32(
-            x.host()?,
-            y.host()?,
-            dy.host()?,
-            gamma.host()?,
-            saved.0.host()?,
-            saved.1.host()?,
-            dx.host_mut()?,
-            dres.map(|r| r.host_mut()).transpose()?,
-            dparams.0.host_mut()?,
-            dparams.1.host_mut()?,
-            *s,
-        );
+        let (x, y, dy) = (widen(x)?, widen(y)?, widen(dy)?);
+        let (gamma, sm, si) = (gamma.host()?, saved.0.host()?, saved.1.host()?);
+        let (dg, db) = (dparams.0.host_mut()?, dparams.1.host_mut()?);
+        // The residual's gradient goes through an f32 copy too, rounded once as the kernel does.
+        let mut dres32 = dres.as_ref().map(|r| vec![0f32; r.len()]);
+        with_f32_out(dx, false, |dx| {
+            batchnorm_bwd_f32(
+                &x,
+                &y,
+                &dy,
+                gamma,
+                sm,
+                si,
+                dx,
+                dres32.as_deref_mut(),
+                dg,
+                db,
+                *s,
+            )
+        })?;
+        if let (Some(out), Some(v)) = (dres, dres32) {
+            with_f32_out(out, false, |o| o.copy_from_slice(&v))?;
+        }
         Ok(())
     }
 }

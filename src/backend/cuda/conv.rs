@@ -3,14 +3,17 @@
 
 use super::device::{Args, Launch};
 use super::{int, CudaBackend};
-use crate::backend::{Buf, Checked, Conv, ConvOps, Op};
+use crate::backend::{Buf, Checked, Conv, ConvOps, DType, Op};
 use anyhow::{bail, Result};
 
-/// The implicit GEMM's block tile (`CONV_BM`, `CONV_BN`, `CONV_BK` in kernels/conv.cu) and
-/// threads.
-const TILE_M: usize = 64;
-const TILE_N: usize = 64;
-const TILE_K: usize = 16;
+/// The implicit GEMM's block tile: f32 SIMT (`CONV_BM`, `CONV_BN`, `CONV_BK` in
+/// kernels/conv.cu), bf16 tensor cores (`CTC_BM`, `CTC_BN`, `CTC_BK`); 256 threads either way.
+fn tile(dtype: DType) -> (usize, usize, usize) {
+    match dtype {
+        DType::BF16 => (128, 128, 32),
+        _ => (64, 64, 16),
+    }
+}
 const GEMM_THREADS: u32 = 256;
 
 /// Which kernel a shape takes.
@@ -56,14 +59,11 @@ fn shape_args(args: Args, s: &Conv) -> Result<Args> {
     .fold(args, |a, &v| a.i32(v as i32)))
 }
 
-/// The grid of an `m x n` implicit GEMM, `splits` deep.
-fn gemm_launch(m: usize, n: usize, splits: usize) -> Launch {
+/// The grid of an `m x n` implicit GEMM in `dtype`, `splits` deep.
+fn gemm_launch(dtype: DType, m: usize, n: usize, splits: usize) -> Launch {
+    let (tm, tn, _) = tile(dtype);
     Launch {
-        grid: (
-            n.div_ceil(TILE_N) as u32,
-            m.div_ceil(TILE_M) as u32,
-            splits as u32,
-        ),
+        grid: (n.div_ceil(tn) as u32, m.div_ceil(tm) as u32, splits as u32),
         block: (GEMM_THREADS, 1, 1),
         smem: 0,
     }
@@ -71,11 +71,12 @@ fn gemm_launch(m: usize, n: usize, splits: usize) -> Launch {
 
 /// How the weight gradient's reduction over the batch's `k` output positions is split: enough
 /// splits to give a GPU ~512 blocks when the `tiles` of the output alone are few, at least 256
-/// positions each. Returns `(splits, k_per_split)`, `k_per_split` a multiple of the K tile.
-fn weight_grad_splits(tiles: usize, k: usize) -> (usize, usize) {
+/// positions each. Returns `(splits, k_per_split)`, `k_per_split` a multiple of the K tile
+/// `tile_k`.
+fn weight_grad_splits(tiles: usize, k: usize, tile_k: usize) -> (usize, usize) {
     let want = (512 / tiles.max(1)).clamp(1, k.div_ceil(256).max(1));
-    let per = k.div_ceil(want).div_ceil(TILE_K) * TILE_K;
-    (k.div_ceil(per.max(1)).max(1), per.max(TILE_K))
+    let per = k.div_ceil(want).div_ceil(tile_k) * tile_k;
+    (k.div_ceil(per.max(1)).max(1), per.max(tile_k))
 }
 
 impl ConvOps for CudaBackend {
@@ -91,15 +92,16 @@ impl ConvOps for CudaBackend {
         let (kernel, cfg) = match path {
             Path::Gemm => (
                 Op::Conv2dFwd.kernel(x.dtype()),
-                gemm_launch(s.c_out, s.n * s.oh * s.ow, 1),
+                gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
             ),
             Path::Depthwise => (
-                "conv2d_depthwise_fwd_f32".to_string(),
+                format!("conv2d_depthwise_fwd_{}", x.dtype()),
                 Launch::grid_stride(total),
             ),
         };
-        // SAFETY: arguments match conv2d_fwd_f32 / conv2d_depthwise_fwd_f32(x, w, y, shape...);
-        // the shape was checked: x, w, y hold its input, weight and output sizes.
+        // SAFETY: arguments match conv2d_fwd_<dtype> / conv2d_depthwise_fwd_<dtype>(x, w, y,
+        // shape...); the shape was checked: x, w, y hold its input, weight and output sizes, in
+        // one dtype.
         unsafe { self.launch(&kernel, cfg, args) }
     }
 
@@ -115,15 +117,16 @@ impl ConvOps for CudaBackend {
         let (kernel, cfg) = match path {
             Path::Gemm => (
                 Op::Conv2dBwdData.kernel(dy.dtype()),
-                gemm_launch(s.c_in, s.n * s.h * s.w, 1),
+                gemm_launch(dy.dtype(), s.c_in, s.n * s.h * s.w, 1),
             ),
             Path::Depthwise => (
-                "conv2d_depthwise_bwd_data_f32".to_string(),
+                format!("conv2d_depthwise_bwd_data_{}", dy.dtype()),
                 Launch::grid_stride(total),
             ),
         };
-        // SAFETY: arguments match conv2d_bwd_data_f32 / conv2d_depthwise_bwd_data_f32(dy, w, dx,
-        // shape...); the shape was checked: dy, w, dx hold its output, weight and input sizes.
+        // SAFETY: arguments match conv2d_bwd_data_<dtype> / conv2d_depthwise_bwd_data_<dtype>(dy,
+        // w, dx, shape...); the shape was checked: dy, w, dx hold its output, weight and input
+        // sizes, in one dtype.
         unsafe { self.launch(&kernel, cfg, args) }
     }
 
@@ -138,18 +141,20 @@ impl ConvOps for CudaBackend {
                 Args::new().ptr(x.dev()?).ptr(dy.dev()?).ptr(dw.dev_mut()?),
                 &s,
             )?;
-            // SAFETY: arguments match conv2d_depthwise_bwd_weight_f32(x, dy, dw, shape...); the
-            // shape was checked; one 256-thread block per channel.
+            // SAFETY: arguments match conv2d_depthwise_bwd_weight_<dtype>(x, dy, dw, shape...);
+            // the shape was checked (x, dy of one dtype, dw f32); one 256-thread block per
+            // channel.
             return unsafe {
                 self.launch(
-                    "conv2d_depthwise_bwd_weight_f32",
+                    &format!("conv2d_depthwise_bwd_weight_{}", x.dtype()),
                     Launch::linear(s.c_out as u32, 256),
                     args,
                 )
             };
         }
-        let tiles = m.div_ceil(TILE_M) * n.div_ceil(TILE_N);
-        let (splits, per) = weight_grad_splits(tiles, k);
+        let (tm, tn, tk) = tile(x.dtype());
+        let tiles = m.div_ceil(tm) * n.div_ceil(tn);
+        let (splits, per) = weight_grad_splits(tiles, k, tk);
         let len = int(m * n, "conv weight elements")?;
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_bytes, |partial| {
@@ -159,13 +164,13 @@ impl ConvOps for CudaBackend {
                 .ptr(partial)
                 .i32(per as i32);
             let args = shape_args(args, &s)?;
-            // SAFETY: arguments match conv2d_bwd_weight_f32(x, dy, partial, k_per_split,
+            // SAFETY: arguments match conv2d_bwd_weight_<dtype>(x, dy, partial, k_per_split,
             // shape...); x and dy hold the checked input and output sizes, partial holds splits x
             // m x n floats, and splits * per covers the k positions.
             unsafe {
                 self.launch(
                     &Op::Conv2dBwdWeight.kernel(x.dtype()),
-                    gemm_launch(m, n, splits),
+                    gemm_launch(x.dtype(), m, n, splits),
                     args,
                 )?;
             }
@@ -201,14 +206,14 @@ mod tests {
             (600, 50_000),
             (2, 513),
         ] {
-            let (splits, per) = weight_grad_splits(tiles, k);
-            assert!(per % TILE_K == 0 && splits * per >= k, "{tiles} {k}");
+            let (splits, per) = weight_grad_splits(tiles, k, 16);
+            assert!(per % 16 == 0 && splits * per >= k, "{tiles} {k}");
             assert!(
                 (splits - 1) * per < k,
                 "an empty split for {tiles} tiles, k={k}"
             );
         }
-        assert_eq!(weight_grad_splits(600, 50_000).0, 1);
-        assert!(weight_grad_splits(3, 802_816).0 > 100);
+        assert_eq!(weight_grad_splits(600, 50_000, 16).0, 1);
+        assert!(weight_grad_splits(3, 802_816, 32).0 > 100);
     }
 }
