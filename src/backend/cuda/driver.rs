@@ -74,6 +74,32 @@ impl DeviceInfo {
     }
 }
 
+/// Keeps freed device memory in the device's stream-ordered pool (cudarc allocates with
+/// cuMemAllocAsync). With the default release threshold of 0 the driver returns it to the system
+/// at every synchronisation, and the next step maps its activations again; a network whose input
+/// size alternates (XBMv2's no-DA and training views) reallocates every layer twice a step. Not
+/// fatal when the driver refuses: allocations are then only slower.
+fn keep_pool_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: driver calls on this context's device with valid out-pointers; the attribute takes
+    // a pointer to a u64 (cuMemPoolSetAttribute's documentation).
+    let ok = ctx.bind_to_thread().is_ok()
+        && unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+                == sys::CUresult::CUDA_SUCCESS
+                && sys::cuMemPoolSetAttribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut threshold as *mut u64).cast(),
+                ) == sys::CUresult::CUDA_SUCCESS
+        };
+    if !ok {
+        eprintln!("note: the CUDA memory pool keeps its default release threshold; allocations may be slower");
+    }
+}
+
 /// A GPU with its stream, cuBLAS handle and the embedded kernels, by name.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
@@ -116,6 +142,7 @@ impl Gpu {
             mem_bus_bits: attr(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH),
             sm_clock_khz: attr(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE),
         };
+        keep_pool_memory(&ctx);
         let stream = ctx.default_stream();
         // SAFETY: is_culib_present only dlopens libcublas; it makes no cuBLAS call.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
