@@ -95,20 +95,30 @@ fn measure(
     }
 }
 
-/// The criterion group of one kernel family on `be`, named `<family>/<backend>`.
-fn family<'a>(c: &'a mut Criterion, be: &dyn Backend, name: &str) -> BenchmarkGroup<'a, WallTime> {
+/// The criterion group of one kernel family on `be`, named `<family>/<backend>`, timing each
+/// shape for `measure` after `warm_up` (the layer families have many shapes: shorter times).
+fn family<'a>(
+    c: &'a mut Criterion,
+    be: &dyn Backend,
+    name: &str,
+    (warm_up, measure): (Duration, Duration),
+) -> BenchmarkGroup<'a, WallTime> {
     let mut g = c.benchmark_group(format!("{name}/{}", be.name()));
     g.sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+        .warm_up_time(warm_up)
+        .measurement_time(measure);
     g
 }
+
+/// Times of the method's families and of the layer families.
+const KERNEL_TIMES: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(3));
+const LAYER_TIMES: (Duration, Duration) = (Duration::from_millis(100), Duration::from_millis(300));
 
 /// Benchmarks every family on one backend; `gpu` adds the cuBLAS baseline and records rows.
 fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) {
     let record = gpu.is_some();
     let mut rng = Rng::new(1);
-    let mut group = family(c, be, "pool");
+    let mut group = family(c, be, "pool", KERNEL_TIMES);
 
     // pool: GeM forward / backward.
     let (n, ch, h, w) = GEM;
@@ -142,7 +152,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     drop((x, dx));
 
     group.finish();
-    let mut group = family(c, be, "norm");
+    let mut group = family(c, be, "norm", KERNEL_TIMES);
 
     // norm: L2 forward / backward (y doubles as dy).
     let (rows, cols) = L2;
@@ -175,7 +185,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     drop((x, y, dx));
 
     group.finish();
-    let mut group = family(c, be, "gemm");
+    let mut group = family(c, be, "gemm", KERNEL_TIMES);
 
     // gemm: queries . bank^T, ours in f32 and bf16, cuBLAS SGEMM beside them on a GPU.
     let (m, nn, k) = SIM;
@@ -217,7 +227,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     }
 
     group.finish();
-    let mut group = family(c, be, "select");
+    let mut group = family(c, be, "select", KERNEL_TIMES);
 
     // select: top-500 of each row of the 64 x 100k similarity block, and the streamed search
     // (GEMM + running top-500) on the same shape: its cost over matmul_f32 is the top-k's.
@@ -299,7 +309,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     );
 
     group.finish();
-    let mut group = family(c, be, "contrastive");
+    let mut group = family(c, be, "contrastive", KERNEL_TIMES);
 
     // contrastive: the memory loss of 64 rows against a 100k-row bank, with dL/dS.
     let sim = filled(be, &mut rng, m * nn, DType::F32);
@@ -332,7 +342,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     );
 
     group.finish();
-    let mut group = family(c, be, "bank");
+    let mut group = family(c, be, "bank", KERNEL_TIMES);
 
     // bank: a step's memory read, 100k scattered rows of 2048 gathered into a block.
     let bank = filled(be, &mut rng, nn * k, DType::F32);
@@ -359,7 +369,7 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     drop((bank, block));
 
     group.finish();
-    let mut group = family(c, be, "mining");
+    let mut group = family(c, be, "mining", KERNEL_TIMES);
 
     // mining: a step's decisions (128 anchors x 5 neighbours of 2048; 2000 candidates against
     // a query set of 64); latency-bound, timed to keep them in view.
@@ -456,19 +466,6 @@ fn conv_shapes() -> Vec<ConvShape> {
 /// Batch of the layer benchmarks on a GPU (the training batch).
 const LAYER_BATCH: usize = 64;
 
-/// The criterion group of a layer family: many shapes, each long enough to time in 0.3 s.
-fn layer_family<'a>(
-    c: &'a mut Criterion,
-    be: &dyn Backend,
-    name: &str,
-) -> BenchmarkGroup<'a, WallTime> {
-    let mut g = c.benchmark_group(format!("{name}/{}", be.name()));
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(100))
-        .measurement_time(Duration::from_millis(300));
-    g
-}
-
 /// The backbone's layers: every conv shape of ResNet-50 and EfficientNet-Lite0 at 224 px,
 /// forward / dgrad / wgrad, f32 beside cuBLAS SGEMM on the GEMM of the same (M, N, K) (im2col's
 /// own time not counted, so the baseline is flattered) and bf16 on tensor cores (GPU only); the depthwise convolutions; BatchNorm,
@@ -482,7 +479,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
     } else {
         (1, 3)
     };
-    let mut group = layer_family(c, be, "conv");
+    let mut group = family(c, be, "conv", LAYER_TIMES);
     let shapes = conv_shapes();
     for cs in shapes.iter().filter(|cs| !cs.depthwise).take(take) {
         let (cin, hw, cout, k, stride, net) = (cs.cin, cs.hw, cs.cout, cs.k, cs.stride, &cs.net);
@@ -660,7 +657,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
     group.finish();
 
     // norm, pool, eltwise at layer1's activation (batch x 256 x 56 x 56) and the stem's pool.
-    let mut group = layer_family(c, be, "layers");
+    let mut group = family(c, be, "layers", LAYER_TIMES);
     let (ch, hw) = (256, 56 * 56);
     let len = batch * ch * hw;
     let label = format!("{batch}x{ch}x56x56");
@@ -830,7 +827,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
     group.finish();
 
     // optim: one step over ResNet-50's 25.6M parameters (a tenth on the CPU).
-    let mut group = layer_family(c, be, "optim");
+    let mut group = family(c, be, "optim", LAYER_TIMES);
     let n = if record { 25_557_032 } else { 2_555_703 };
     let label = format!("{n} params");
     let mut p = filled(be, &mut rng, n, DType::F32);

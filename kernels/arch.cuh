@@ -17,6 +17,7 @@
 // read before the wait sees the old (poisoned) contents, as it may on a GPU.
 #pragma once
 #include <stdint.h>
+#include <cuda_bf16.h>
 
 #ifdef INSCLR_EMU
 namespace insclr_emu {
@@ -219,4 +220,26 @@ __device__ __forceinline__ void cp_async_wait() {
 #else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
 #endif
+}
+
+// A warp's 64 x 32 corner of a block tile on bf16 tensor cores, over one BK-wide slice of k:
+// A rows (m) and B rows (n) both k-contiguous in shared memory, LD elements a row; 4 x 4 m16n8
+// accumulators per warp (the fragment layouts of the header comment). Shared by the GEMM and
+// the convolutions.
+template <int LD, int BK>
+__device__ __forceinline__ void mma_warp_64x32_bf16(float (&acc)[4][4][4], const __nv_bfloat16 (*As)[LD],
+                                                    const __nv_bfloat16 (*Bs)[LD], int wm, int wn) {
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int ks = 0; ks < BK; ks += 16) {
+        uint32_t af[4][4], bf[4][2];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ldmatrix_x4(af[i], &As[wm + i * 16 + lane % 16][ks + (lane / 16) * 8]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) ldmatrix_x2(bf[j], &Bs[wn + j * 8 + lane % 8][ks + ((lane / 8) % 2) * 8]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc[i][j], af[i], bf[j], acc[i][j]);
+    }
 }

@@ -223,18 +223,7 @@ __device__ void conv_gemm_tc(const ConvGemm<MODE, __nv_bfloat16>& g, OutT* __res
             Bs[c][kk] = __float2bfloat16(k0 + kk < k_lim ? g.b(k0 + kk, bn + c) : 0.0f);
         }
         __syncthreads();
-#pragma unroll
-        for (int ks = 0; ks < CTC_BK; ks += 16) {
-            uint32_t af[4][4], bf[4][2];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) ldmatrix_x4(af[i], &As[wm + i * 16 + lane % 16][ks + (lane / 16) * 8]);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) ldmatrix_x2(bf[j], &Bs[wn + j * 8 + lane % 8][ks + ((lane / 8) % 2) * 8]);
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc[i][j], af[i], bf[j], acc[i][j]);
-        }
+        mma_warp_64x32_bf16<CTC_LD, CTC_BK>(acc, As, Bs, wm, wn);
         __syncthreads();
     }
     const int gr = lane >> 2, t = lane & 3;

@@ -171,18 +171,7 @@ __device__ void matmul_tc(const __nv_bfloat16* __restrict__ A, const __nv_bfloat
         stage_bf16<TC_BM>(As, A, !trans_a, bm, k0, m, k, trans_a ? m : k);
         stage_bf16<TC_BN>(Bs, B, trans_b, bn, k0, n, k, trans_b ? k : n);
         __syncthreads();
-#pragma unroll
-        for (int ks = 0; ks < TC_BK; ks += 16) {
-            uint32_t af[4][4], bf[4][2];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) ldmatrix_x4(af[i], &As[wm + i * 16 + lane % 16][ks + (lane / 16) * 8]);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) ldmatrix_x2(bf[j], &Bs[wn + j * 8 + lane % 8][ks + ((lane / 8) % 2) * 8]);
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc[i][j], af[i], bf[j], acc[i][j]);
-        }
+        mma_warp_64x32_bf16<TC_LD, TC_BK>(acc, As, Bs, wm, wn);
         __syncthreads();
     }
     const int g = lane >> 2, t = lane & 3;
