@@ -70,3 +70,23 @@ __device__ __forceinline__ float block_sum(float v, float* slots) {
     __syncthreads();
     return warp_sum(lane < warps ? slots[lane] : 0.0f);
 }
+
+// A thread's TM x TN block of a SIMT tile over one BK-deep slice: As and Bs are k-major in
+// shared memory (row kk holds one k's values along M or N), the thread's rows start at ty * TM
+// and its columns at tx * TN. Shared by the f32 GEMM and the convolutions.
+template <int BK, int TM, int TN, int LDA, int LDB>
+__device__ __forceinline__ void simt_tile_fma(float (&acc)[TM][TN], const float (*As)[LDA], const float (*Bs)[LDB],
+                                              int ty, int tx) {
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+        float a[TM], b[TN];
+#pragma unroll
+        for (int i = 0; i < TM; ++i) a[i] = As[kk][ty * TM + i];
+#pragma unroll
+        for (int j = 0; j < TN; ++j) b[j] = Bs[kk][tx * TN + j];
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+}

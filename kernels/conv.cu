@@ -134,18 +134,7 @@ __device__ void conv_gemm_tile(const ConvGemm<MODE>& g, int bm, int bn, int k_be
             Bs[kk][j] = k0 + kk < k_lim ? g.b(k0 + kk, bn + j) : 0.0f;
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < CONV_BK; ++kk) {
-            float av[CONV_TM], bv[CONV_TN];
-#pragma unroll
-            for (int i = 0; i < CONV_TM; ++i) av[i] = As[kk][ty * CONV_TM + i];
-#pragma unroll
-            for (int j = 0; j < CONV_TN; ++j) bv[j] = Bs[kk][tx * CONV_TN + j];
-#pragma unroll
-            for (int i = 0; i < CONV_TM; ++i)
-#pragma unroll
-                for (int j = 0; j < CONV_TN; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-        }
+        simt_tile_fma<CONV_BK, CONV_TM, CONV_TN, CONV_BM + 4, CONV_BN + 4>(acc, As, Bs, ty, tx);
         __syncthreads();
     }
 }

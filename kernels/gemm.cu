@@ -70,18 +70,7 @@ __device__ void matmul_simt(const float* __restrict__ A, const float* __restrict
             Bs[kk][j] = v;
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            float a[TM], b[TN];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) a[i] = As[kk][ty * TM + i];
-#pragma unroll
-            for (int j = 0; j < TN; ++j) b[j] = Bs[kk][tx * TN + j];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
+        simt_tile_fma<BK, TM, TN, BM + 4, BN + 4>(acc, As, Bs, ty, tx);
         __syncthreads();
     }
 #pragma unroll

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{is_emu, kernel_device, log};
+use insclr::backend::cpu::selftest as twin;
 use insclr::backend::cuda::selftest::WARP_OUTPUTS;
 use insclr::backend::{Backend, CudaBackend};
 use insclr::rng::Rng;
@@ -23,12 +24,7 @@ fn barrier_orders_shared_memory_and_its_absence_is_caught() {
     let (blocks, threads) = (3u32, 96u32);
     let n = (blocks * threads) as usize;
     let input: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
-    let want: Vec<f32> = (0..n)
-        .map(|i| {
-            let (blk, t) = (i / threads as usize, i % threads as usize);
-            input[blk * threads as usize + (t + 1) % threads as usize]
-        })
-        .collect();
+    let want = twin::barrier_f32(&input, threads as usize);
     let x = b.upload(&input).unwrap();
     let mut y = b.upload(&vec![f32::NAN; n]).unwrap();
     dev.selftest_barrier_f32(&x, &mut y, blocks, threads, true)
@@ -71,49 +67,6 @@ fn a_launch_that_would_hang_is_an_error_on_the_emulator() {
     dev.selftest_barrier_f32(&x, &mut y, 1, 64, true).unwrap();
 }
 
-/// The CUDA definitions of the collectives in selftest_warp_u32, for one warp of 32 inputs.
-fn warp_reference(v: &[u32], width: usize) -> Vec<[u32; WARP_OUTPUTS]> {
-    let seg = |l: usize| l & !(width - 1);
-    let ballot = |p: &dyn Fn(u32) -> bool| -> u32 {
-        (0..32).filter(|&l| p(v[l])).fold(0, |m, l| m | 1 << l)
-    };
-    let (and, or, xor) = (
-        v.iter().fold(u32::MAX, |a, &x| a & x),
-        v.iter().fold(0, |a, &x| a | x),
-        v.iter().fold(0, |a, &x| a ^ x),
-    );
-    (0..32)
-        .map(|l| {
-            let mut o = [0u32; WARP_OUTPUTS];
-            o[0] = v[seg(l) + (v[l] % 37) as usize % width];
-            o[1] = if l >= seg(l) + 3 { v[l - 3] } else { v[l] };
-            o[2] = if l + 5 < seg(l) + width {
-                v[l + 5]
-            } else {
-                v[l]
-            };
-            o[3] = if (l ^ 6) < seg(l) + width {
-                v[l ^ 6]
-            } else {
-                v[l]
-            };
-            o[4] = ballot(&|x| x & 1 == 1);
-            o[5] = v.iter().any(|x| x % 7 == 0) as u32;
-            o[6] = v.iter().all(|&x| x != 0) as u32;
-            o[7] = v.iter().fold(0u32, |a, &x| a.wrapping_add(x));
-            o[8] = *v.iter().min().unwrap();
-            o[9] = *v.iter().max().unwrap();
-            o[10] = v.iter().map(|&x| x as i32).min().unwrap() as u32;
-            o[11] = v.iter().map(|&x| x as i32).max().unwrap() as u32;
-            o[12] = and;
-            o[13] = or;
-            o[14] = xor;
-            o[15] = ballot(&|x| x % 4 == v[l] % 4);
-            o
-        })
-        .collect()
-}
-
 #[test]
 fn warp_collectives_match_their_definitions() {
     let dev = kernel_device("warp_collectives_match_their_definitions");
@@ -136,7 +89,7 @@ fn warp_collectives_match_their_definitions() {
             .unwrap();
         let got = b.download::<u32>(&out).unwrap();
         for (w, warp) in input.chunks(32).enumerate() {
-            for (l, want) in warp_reference(warp, width).iter().enumerate() {
+            for (l, want) in twin::warp_u32(warp, width).iter().enumerate() {
                 let t = w * 32 + l;
                 let g = &got[t * WARP_OUTPUTS..(t + 1) * WARP_OUTPUTS];
                 assert_eq!(g, want, "width {width}, warp {w}, lane {l}");
@@ -156,10 +109,8 @@ fn half_warps_shuffle_independently_and_warp_sums_agree() {
     dev.selftest_shfl_halves_f32(&x, &mut out, 1, n as u32)
         .unwrap();
     let got = b.download::<f32>(&out).unwrap();
-    for t in 0..n {
-        assert_eq!(got[2 * t], input[t ^ 1], "thread {t}");
-        let warp = &input[t / 32 * 32..t / 32 * 32 + 32];
-        let sum: f64 = warp.iter().map(|&v| v as f64).sum();
+    for (t, &(neighbour, sum)) in twin::shfl_halves_f32(&input).iter().enumerate() {
+        assert_eq!(got[2 * t], neighbour, "thread {t}");
         assert!(
             (got[2 * t + 1] as f64 - sum).abs() < 1e-5,
             "thread {t}: {} vs {sum}",
@@ -186,14 +137,15 @@ fn syncthreads_count_and_or_reduce_over_the_block() {
     dev.selftest_syncthreads_i32(&p, &mut out, blocks as u32, threads as u32)
         .unwrap();
     let got = b.download::<i32>(&out).unwrap();
-    for blk in 0..blocks {
-        let bp = &pred[blk * threads..(blk + 1) * threads];
-        let count = bp.iter().filter(|&&v| v != 0).count() as i32;
-        let want = [count, (count == threads as i32) as i32, (count > 0) as i32];
-        for t in 0..threads {
-            let i = blk * threads + t;
-            assert_eq!(&got[3 * i..3 * i + 3], &want, "block {blk} thread {t}");
-        }
+    let want = twin::syncthreads_i32(&pred, threads);
+    for i in 0..blocks * threads {
+        assert_eq!(
+            &got[3 * i..3 * i + 3],
+            &want[3 * i..3 * i + 3],
+            "block {} thread {}",
+            i / threads,
+            i % threads
+        );
     }
 }
 
@@ -211,10 +163,7 @@ fn atomics_count_every_thread_once() {
     dev.selftest_atomics_i32(&mut counters, &mut fsum, &v, &mut claims)
         .unwrap();
     let c = b.download::<i32>(&counters).unwrap();
-    assert_eq!(
-        c,
-        vec![n as i32, n as i32 - 1, -(n as i32 - 1), -1, slots as i32]
-    );
+    assert_eq!(c, twin::atomics_i32(n, slots));
     let sum: f64 = vals.iter().map(|&x| x as f64).sum();
     let got = b.download::<f32>(&fsum).unwrap()[0] as f64;
     assert!((got - sum).abs() < 1e-3, "{got} vs {sum}");
@@ -279,23 +228,23 @@ fn bf16_and_fp16_conversions_round_to_nearest_even() {
         halves(b.download(&hf).unwrap()),
     );
     let back = b.download::<f32>(&back).unwrap();
+    let (want_bf, want_hf, want_back) = twin::convert_f32(&input);
     for (i, &v) in input.iter().enumerate() {
-        let (wb, wh) = (half::bf16::from_f32(v), half::f16::from_f32(v));
         if v.is_nan() {
             assert!(half::bf16::from_bits(bf[i]).is_nan() && half::f16::from_bits(hf[i]).is_nan());
             assert!(back[2 * i].is_nan() && back[2 * i + 1].is_nan());
             continue;
         }
-        assert_eq!(bf[i], wb.to_bits(), "bf16 of {v:e} ({:#010x})", v.to_bits());
-        assert_eq!(hf[i], wh.to_bits(), "fp16 of {v:e} ({:#010x})", v.to_bits());
+        assert_eq!(bf[i], want_bf[i], "bf16 of {v:e} ({:#010x})", v.to_bits());
+        assert_eq!(hf[i], want_hf[i], "fp16 of {v:e} ({:#010x})", v.to_bits());
         assert_eq!(
             back[2 * i].to_bits(),
-            wb.to_f32().to_bits(),
+            want_back[2 * i].to_bits(),
             "bf16 -> f32 of {v:e}"
         );
         assert_eq!(
             back[2 * i + 1].to_bits(),
-            wh.to_f32().to_bits(),
+            want_back[2 * i + 1].to_bits(),
             "fp16 -> f32 of {v:e}"
         );
     }
@@ -312,11 +261,7 @@ fn dynamic_shared_memory_is_per_block() {
     dev.selftest_dynamic_smem_f32(&x, &mut y, blocks as u32, threads as u32)
         .unwrap();
     let got = b.download::<f32>(&y).unwrap();
-    for blk in 0..blocks {
-        let mut want = input[blk * threads..(blk + 1) * threads].to_vec();
-        want.reverse();
-        assert_eq!(&got[blk * threads..(blk + 1) * threads], &want[..]);
-    }
+    assert_eq!(got, twin::dynamic_smem_f32(&input, threads));
 }
 
 #[test]
@@ -329,21 +274,14 @@ fn thread_and_block_coordinates_cover_3d_launches() {
     let mut out = b.upload(&vec![u32::MAX; 7 * total]).unwrap();
     dev.selftest_coords_u32(&mut out, grid, block).unwrap();
     let got = b.download::<u32>(&out).unwrap();
-    let mut i = 0;
-    for bz in 0..grid.2 {
-        for by in 0..grid.1 {
-            for bx in 0..grid.0 {
-                for tz in 0..block.2 {
-                    for ty in 0..block.1 {
-                        for tx in 0..block.0 {
-                            let tid = tx + block.0 * (ty + block.1 * tz);
-                            assert_eq!(&got[7 * i..7 * i + 7], &[tx, ty, tz, bx, by, bz, tid]);
-                            i += 1;
-                        }
-                    }
-                }
-            }
-        }
+    let want = twin::coords_u32(grid, block);
+    assert_eq!(want.len(), 7 * total);
+    for i in 0..total {
+        assert_eq!(
+            &got[7 * i..7 * i + 7],
+            &want[7 * i..7 * i + 7],
+            "thread {i}"
+        );
     }
 }
 
@@ -387,15 +325,7 @@ fn tensor_core_fragments_and_async_copies_give_the_naive_product() {
         let (aw, af) = b16_tile(&mut rng, fp16);
         let (bw, bf) = b16_tile(&mut rng, fp16);
         let cf = rng.vec_f32(256, -1.0, 1.0);
-        let want: Vec<f32> = (0..256)
-            .map(|e| {
-                let (r, n) = (e / 16, e % 16);
-                let dot: f64 = (0..16)
-                    .map(|k| af[r * 16 + k] as f64 * bf[k * 16 + n] as f64)
-                    .sum();
-                (dot + cf[e] as f64) as f32
-            })
-            .collect();
+        let want = twin::mma_f32(&af, &bf, &cf);
         let (a, b, c) = (
             be.upload(&aw).unwrap(),
             be.upload(&bw).unwrap(),

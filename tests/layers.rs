@@ -240,9 +240,34 @@ const CONV_SIZES: &[ConvCase] = &[
     (2, 3, 7, 7, 3, 3, 2, Padding::Same, 3),
 ];
 
+/// The kernels `kernel_conv_matches_cpu` runs, by name: the implicit GEMMs and the depthwise
+/// kernels, each in f32 and bf16.
+const CONV_KERNELS: [&str; 12] = [
+    "conv2d_fwd_f32",
+    "conv2d_bwd_data_f32",
+    "conv2d_bwd_weight_f32",
+    "conv2d_fwd_bf16",
+    "conv2d_bwd_data_bf16",
+    "conv2d_bwd_weight_bf16",
+    "conv2d_depthwise_fwd_f32",
+    "conv2d_depthwise_bwd_data_f32",
+    "conv2d_depthwise_bwd_weight_f32",
+    "conv2d_depthwise_fwd_bf16",
+    "conv2d_depthwise_bwd_data_bf16",
+    "conv2d_depthwise_bwd_weight_bf16",
+];
+
 /// f32 (SIMT) and bf16 (tensor cores; activations and weights bf16, the weight gradient f32).
 #[test]
 fn kernel_conv_matches_cpu() {
+    for k in CONV_KERNELS {
+        assert!(
+            insclr::backend::cuda::emu::KERNELS
+                .iter()
+                .any(|&(_, name)| name == k),
+            "{k} is not built"
+        );
+    }
     let dev = kernel_device("kernel_conv_matches_cpu");
     for (dt, tol) in FLOAT_DTYPES {
         for &(n, c_in, h, w, c_out, k, stride, padding, groups) in CONV_SIZES {

@@ -170,8 +170,13 @@ pub(crate) fn empty() -> Buf {
 /// Makes `buf` hold `len` elements on `be`, reallocating only when the length changes, so a
 /// repeated batch shape reuses its buffers.
 pub(crate) fn ensure_len(be: &dyn Backend, buf: &mut Buf, len: usize) -> Result<()> {
-    if buf.len() != len || !be.owns(buf) {
-        *buf = be.zeros(DType::F32, len)?;
+    ensure(be, buf, DType::F32, len)
+}
+
+/// [`ensure_len`] for a buffer of any dtype.
+pub(crate) fn ensure(be: &dyn Backend, buf: &mut Buf, dtype: DType, len: usize) -> Result<()> {
+    if buf.len() != len || buf.dtype() != dtype || !be.owns(buf) {
+        *buf = be.zeros(dtype, len)?;
     }
     Ok(())
 }

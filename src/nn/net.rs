@@ -7,7 +7,7 @@ use super::head::{Head, HeadKind};
 use super::linear::Linear;
 use super::pool::GemPool;
 use super::resnet::ResNet;
-use super::{empty, ensure_len, DescriptorNet, Module, Param};
+use super::{empty, ensure, ensure_len, DescriptorNet, Module, Param};
 use crate::backend::{Backend, Buf, DType, ImageToTensor};
 use crate::rng::Rng;
 use anyhow::{anyhow, bail, Context, Result};
@@ -127,9 +127,7 @@ fn load_images(
     match x {
         Images::Tensor(v) => be.upload_into(v, input),
         Images::Rgb { bytes, mean, std } => {
-            if staging.len() != want || staging.dtype() != DType::U8 || !be.owns(staging) {
-                *staging = be.zeros(DType::U8, want)?;
-            }
+            ensure(be, staging, DType::U8, want)?;
             be.upload_into(bytes, staging)?;
             let s = ImageToTensor { n, h, w, mean, std };
             be.image_to_tensor(staging, input, s)

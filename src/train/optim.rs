@@ -172,16 +172,6 @@ impl Optimizer {
         })
     }
 
-    /// Elements of the arena.
-    pub fn len(&self) -> usize {
-        self.m.len()
-    }
-
-    /// True when the model has no trainable tensor.
-    pub fn is_empty(&self) -> bool {
-        self.m.is_empty()
-    }
-
     /// The trainable tensors of `model`, checked against the slots (and, on a device, still
     /// views of the arena: a tensor replaced since [`Optimizer::new`] would silently stop
     /// training).
@@ -219,7 +209,7 @@ impl Optimizer {
 
     fn shape(&self, factor: f64) -> OptimStep {
         OptimStep {
-            len: self.len(),
+            len: self.m.len(),
             split: self.split,
             lr: [self.lr * factor, self.lr_bias * factor],
             wd: [self.wd, self.wd_bias],

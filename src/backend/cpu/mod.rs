@@ -14,6 +14,7 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod select;
+pub mod selftest;
 
 use super::{Backend, Buf, DType, Device, Op};
 use anyhow::{bail, Result};

@@ -5,7 +5,7 @@
 //! Statistics are per (ghost group, channel) over `n/ghost * hw` values, accumulated in f64.
 
 use super::{widen, with_f32_out};
-use crate::backend::{Act, BatchNorm, Buf, Checked, L2Norm};
+use crate::backend::{Act, BatchNorm, Buf, Checked, DType, L2Norm};
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -308,25 +308,22 @@ impl crate::backend::NormOps for super::CpuBackend {
         let (x, y, dy) = (widen(x)?, widen(y)?, widen(dy)?);
         let (gamma, sm, si) = (gamma.host()?, saved.0.host()?, saved.1.host()?);
         let (dg, db) = (dparams.0.host_mut()?, dparams.1.host_mut()?);
-        // The residual's gradient goes through an f32 copy too, rounded once as the kernel does.
-        let mut dres32 = dres.as_ref().map(|r| vec![0f32; r.len()]);
+        // The residual's gradient is written in place when f32; a bf16 one goes through an f32
+        // copy, rounded once as the kernel does.
+        let (dres_f32, mut dres_bf16) = match dres {
+            Some(r) if r.dtype() == DType::BF16 => (None, Some((vec![0f32; r.len()], r))),
+            Some(r) => (Some(r.host_mut::<f32>()?), None),
+            None => (None, None),
+        };
         with_f32_out(dx, false, |dx| {
-            batchnorm_bwd_f32(
-                &x,
-                &y,
-                &dy,
-                gamma,
-                sm,
-                si,
-                dx,
-                dres32.as_deref_mut(),
-                dg,
-                db,
-                *s,
-            )
+            let dres = match dres_bf16.as_mut() {
+                Some((tmp, _)) => Some(tmp.as_mut_slice()),
+                None => dres_f32,
+            };
+            batchnorm_bwd_f32(&x, &y, &dy, gamma, sm, si, dx, dres, dg, db, *s)
         })?;
-        if let (Some(out), Some(v)) = (dres, dres32) {
-            with_f32_out(out, false, |o| o.copy_from_slice(&v))?;
+        if let Some((tmp, out)) = dres_bf16 {
+            with_f32_out(out, false, |o| o.copy_from_slice(&tmp))?;
         }
         Ok(())
     }

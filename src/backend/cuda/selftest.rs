@@ -1,6 +1,6 @@
-//! Launchers for kernels/selftest.cu: the device's own tests (tests/emu.rs). They have no CPU
-//! twin; the tests compute the expected results from the definitions. Each checks its buffers
-//! before the launch, like every other launcher.
+//! Launchers for kernels/selftest.cu: the device's own tests (tests/emu.rs), checked against
+//! their twins in `cpu/selftest.rs`, the CUDA definitions of what each one exercises. Each
+//! checks its buffers before the launch, like every other launcher.
 
 use super::device::{Args, Launch};
 use super::{int, CudaBackend};
