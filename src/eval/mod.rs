@@ -19,7 +19,13 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 /// Names accepted by `--model`.
-pub const MODELS: &[&str] = &["tiny-gem", "resnet50", "resnet101", "efficientnet-lite0"];
+pub const MODELS: &[&str] = &[
+    "tiny-gem",
+    "resnet50",
+    "resnet101",
+    "efficientnet-lite0",
+    "resnet-custom",
+];
 
 /// The descriptor network called `name`: the built-in `tiny-gem` baseline (no weights), or a
 /// backbone with the weights of `weights` (see [`crate::nn::net::load_descriptor_net`]: an

@@ -64,17 +64,54 @@ pub enum Arch {
     ResNet50,
     ResNet101,
     EfficientNetLite0,
+    /// [`ResNet::custom`] (the small networks `train` builds from `MODEL.BACKBONE.STAGES` and
+    /// `BASE_WIDTH`). Parsed with `base == 0`, meaning "read the layout from the weights".
+    ResNetCustom { stages: [usize; 4], base: usize },
 }
 
 impl Arch {
-    /// Parses `resnet50`, `resnet101`, `efficientnet-lite0`.
+    /// Parses `resnet50`, `resnet101`, `efficientnet-lite0`, `resnet-custom`.
     pub fn parse(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().replace('_', "-").as_str() {
             "resnet50" | "resnet-50" => Ok(Arch::ResNet50),
             "resnet101" | "resnet-101" => Ok(Arch::ResNet101),
             "efficientnet-lite0" => Ok(Arch::EfficientNetLite0),
-            _ => bail!("unknown model {s:?}; use resnet50, resnet101 or efficientnet-lite0"),
+            "resnet-custom" => Ok(Arch::ResNetCustom {
+                stages: [0; 4],
+                base: 0,
+            }),
+            _ => bail!(
+                "unknown model {s:?}; use resnet50, resnet101, efficientnet-lite0 or resnet-custom"
+            ),
         }
+    }
+
+    /// This architecture with a `resnet-custom` layout read from `tensors` (stem width from
+    /// `conv1.weight`, blocks per stage from the `layerS.I.` names): a model `train` wrote
+    /// records no layout, but its tensor names and shapes say it.
+    pub fn with_layout_of(self, tensors: &[crate::io::tensor::Tensor]) -> Result<Self> {
+        let Arch::ResNetCustom { base: 0, .. } = self else {
+            return Ok(self);
+        };
+        let stem = tensors.iter().find(|t| t.name == "conv1.weight");
+        let base = stem.and_then(|t| t.shape.first().copied()).unwrap_or(0);
+        let mut stages = [0usize; 4];
+        for t in tensors {
+            let mut parts = t.name.split('.');
+            let (Some(layer), Some(block)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let stage = layer.strip_prefix("layer").and_then(|s| s.parse::<usize>().ok());
+            if let (Some(s @ 1..=4), Ok(i)) = (stage, block.parse::<usize>()) {
+                stages[s - 1] = stages[s - 1].max(i + 1);
+            }
+        }
+        if base == 0 || stages.contains(&0) {
+            bail!(
+                "not a resnet-custom model: expected conv1.weight and layer1..layer4 blocks, found stem width {base} and blocks per stage {stages:?}"
+            );
+        }
+        Ok(Arch::ResNetCustom { stages, base })
     }
 
     /// A randomly initialised backbone, with its ImageNet classifier when `classifier`.
@@ -88,6 +125,9 @@ impl Arch {
             Arch::ResNet50 => Box::new(ResNet::new(be, rng, 50, classifier)?),
             Arch::ResNet101 => Box::new(ResNet::new(be, rng, 101, classifier)?),
             Arch::EfficientNetLite0 => Box::new(EfficientNetLite0::new(be, rng, classifier)?),
+            Arch::ResNetCustom { stages, base } => {
+                Box::new(ResNet::custom(be, rng, stages, base, classifier)?)
+            }
         })
     }
 }
@@ -414,9 +454,13 @@ pub fn load_descriptor_net(
 ) -> Result<(Box<dyn DescriptorNet>, String)> {
     use super::weights::{load_into, read_any, LoadOptions};
     let tensors = read_any(path)?;
+    let arch = arch
+        .with_layout_of(&tensors)
+        .with_context(|| format!("{}", path.display()))?;
     let find = |suffix: &str| tensors.iter().find(|t| t.name.ends_with(suffix));
     let mut rng = Rng::new(0);
     let backbone = arch.build(be, &mut rng, false)?;
+    let arch = backbone.name();
     if let Some(fc) = find("head.fc.weight") {
         let (kind, kind_name) = match find("head.fc.bias") {
             Some(_) => (HeadKind::LinearNorm, "linear_norm"),
@@ -430,7 +474,7 @@ pub fn load_descriptor_net(
         let report = load_into(&mut net, be, &tensors, &LoadOptions::strict())
             .with_context(|| format!("loading {}", path.display()))?;
         let what = format!(
-            "{arch:?} + GeM + {kind_name} head ({dim}-d) from {} ({} tensors)",
+            "{arch} + GeM + {kind_name} head ({dim}-d) from {} ({} tensors)",
             path.display(),
             report.loaded.len()
         );
@@ -441,14 +485,14 @@ pub fn load_descriptor_net(
             .with_context(|| format!("loading {}", path.display()))?;
         if !report.missing.is_empty() {
             bail!(
-                "{}: {} backbone tensors missing (first: {}); is this a {arch:?} file?",
+                "{}: {} backbone tensors missing (first: {}); is this a {arch} file?",
                 path.display(),
                 report.missing.len(),
                 report.missing[0]
             );
         }
         let what = format!(
-            "{arch:?} + GeM (raw, no head) from {} ({} tensors)",
+            "{arch} + GeM (raw, no head) from {} ({} tensors)",
             path.display(),
             report.loaded.len()
         );

@@ -68,9 +68,16 @@ impl LoadReport {
     }
 }
 
+/// The first few names and a count: a model of the wrong architecture misses hundreds of
+/// tensors, and the first names say enough.
 fn list(f: &mut fmt::Formatter<'_>, what: &str, names: &[String]) -> fmt::Result {
+    const SHOWN: usize = 5;
     if !names.is_empty() {
-        write!(f, "\n  {what} ({}): {}", names.len(), names.join(", "))?;
+        write!(f, "\n  {what} ({}): ", names.len())?;
+        write!(f, "{}", names[..names.len().min(SHOWN)].join(", "))?;
+        if names.len() > SHOWN {
+            write!(f, ", ... and {} more", names.len() - SHOWN)?;
+        }
     }
     Ok(())
 }

@@ -30,7 +30,6 @@ use crate::mining::{
     SelectionRule,
 };
 use crate::nn::head::HeadKind;
-use crate::nn::resnet::ResNet;
 use crate::nn::weights::{load_into, read_any, LoadOptions};
 use crate::nn::{zero_grads, Arch, DescriptorNet, Images, RetrievalNet};
 use crate::rng::Rng;
@@ -193,19 +192,14 @@ pub fn filter_pool(pool: &CandidatePool, bad: &[bool]) -> CandidatePool {
 pub fn build_model(cfg: &Config, be: &dyn Backend) -> Result<(RetrievalNet, String)> {
     let m = &cfg.model;
     let mut rng = Rng::new(cfg.seed);
-    let backbone: Box<dyn crate::nn::Backbone> = if m.backbone.name == "resnet-custom" {
-        Box::new(ResNet::custom(
-            be,
-            &mut rng,
-            m.backbone.stages,
-            m.backbone.base_width,
-            false,
-        )?)
-    } else {
-        Arch::parse(&m.backbone.name)
-            .context("MODEL.BACKBONE.NAME")?
-            .build(be, &mut rng, false)?
+    let arch = match Arch::parse(&m.backbone.name).context("MODEL.BACKBONE.NAME")? {
+        Arch::ResNetCustom { .. } => Arch::ResNetCustom {
+            stages: m.backbone.stages,
+            base: m.backbone.base_width,
+        },
+        arch => arch,
     };
+    let backbone = arch.build(be, &mut rng, false)?;
     if let Some(c) = m.head.in_dim {
         if c != backbone.out_channels() {
             bail!(
