@@ -32,8 +32,10 @@ $bin extract --model efficientnet-lite0 --weights "$weights" --images data/demo 
 step "pool: exact top-50 neighbours of every photo (the training tuples' candidate pool)"
 $bin pool --feats "$work/s0_feature.npy" --k 50 --out "$work/s0_neighbor.npz"
 
-step "train: one InsCLR base stage on the demo photos (configs/demo-lite0.toml, resumable)"
-$bin train --config configs/demo-lite0.toml
+step "train: one InsCLR base stage on the demo photos (configs/demo-lite0.toml)"
+# --overwrite: the steps above rebuild the pool, so a rerun of the demo starts the stage over
+# (without it a second run stops at the used OUTPUT_DIR).
+$bin train --config configs/demo-lite0.toml --overwrite
 model=$work/s1-lite0/model_final.safetensors
 
 step "eval: the demo ground truth (configs/demo-list-gnd.json) before and after training"

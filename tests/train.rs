@@ -146,6 +146,7 @@ fn quiet(resume: bool) -> RunOptions {
     RunOptions {
         resume,
         quiet: true,
+        ..RunOptions::default()
     }
 }
 

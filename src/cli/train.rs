@@ -11,9 +11,14 @@ pub struct Args {
     /// Stage config (TOML with the original YAML's keys; see configs/).
     #[arg(long)]
     config: PathBuf,
-    /// Continue from the latest checkpoint in OUTPUT_DIR/checkpoints (starts fresh if none).
-    #[arg(long)]
+    /// Continue from the latest checkpoint in OUTPUT_DIR/checkpoints (starts fresh if none);
+    /// refused when the config or an input file differs from the run's.
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Delete what OUTPUT_DIR holds and start over (without it a non-empty OUTPUT_DIR is
+    /// refused).
+    #[arg(long)]
+    overwrite: bool,
     /// No progress bar; a plain line every SOLVER.LOG_PERIOD steps instead.
     #[arg(long)]
     quiet: bool,
@@ -30,6 +35,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         be.as_ref(),
         &RunOptions {
             resume: args.resume,
+            overwrite: args.overwrite,
             quiet: args.quiet,
         },
     )?;
@@ -45,5 +51,27 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         s.skipped,
         s.final_model.display()
     );
+    if s.resumed_from.is_none() {
+        println!(
+            "left at random initialisation: {}",
+            name_list(&s.random_init, 8)
+        );
+    }
     Ok(())
+}
+
+/// "3 tensors: a, b, c" with at most `max` names, then how many more.
+fn name_list(names: &[String], max: usize) -> String {
+    if names.is_empty() {
+        return "none (every tensor came from a weights file)".to_string();
+    }
+    let mut s = format!(
+        "{} tensor(s): {}",
+        names.len(),
+        names[..names.len().min(max)].join(", ")
+    );
+    if names.len() > max {
+        s += &format!(", ... ({} more)", names.len() - max);
+    }
+    s
 }

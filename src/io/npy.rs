@@ -206,7 +206,8 @@ pub fn read_npz<T: NpyElem>(path: &Path, key: &str) -> Result<Array<T>> {
 }
 
 /// Writes through `fill` into `path.tmp`, syncs, then renames over `path`, so a crash never
-/// leaves a half-written file under the real name.
+/// leaves a half-written file under the real name. When any of it fails the temporary file is
+/// removed: a disk that filled up must not stay full of it.
 pub fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
@@ -214,15 +215,28 @@ pub fn write_atomic(
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let r = write_then_rename(&tmp, path, fill);
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+fn write_then_rename(
+    tmp: &Path,
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+) -> Result<()> {
+    let f = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut w = BufWriter::new(f);
     fill(&mut w).with_context(|| format!("writing {}", tmp.display()))?;
     let f = w
         .into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    f.sync_all()
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
@@ -263,6 +277,24 @@ mod tests {
         // Header is 64-byte aligned as numpy requires.
         let bytes = std::fs::read(dir.join("a.npy")).unwrap();
         assert_eq!((bytes.len() - 24) % 64, 0);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A write that fails (a full disk, simulated by `fill` failing half way) leaves neither
+    /// the temporary file nor a file under the real name.
+    #[test]
+    fn failed_atomic_write_leaves_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("insclr-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.npy");
+        let e = write_atomic(&path, |w| {
+            std::io::Write::write_all(w, &[0u8; 100_000])?;
+            anyhow::bail!("No space left on device (simulated)")
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("No space left"), "{e:#}");
+        assert!(!path.exists());
+        assert!(!dir.join("a.npy.tmp").exists(), "the temporary file stays");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -3,7 +3,10 @@
 //! `model_%07d.pth`), the optimiser state as `optimizer.<exp_avg|exp_avg_sq|momentum_buffer>.<name>`,
 //! and in its metadata the step, the seed and Adam's step count. The memory banks go beside it
 //! in `checkpoint_<step:07>.memory.npz` (rows + write counters), written first, so a
-//! `.safetensors` that exists always has its banks. Both files are written atomically.
+//! `.safetensors` that exists always has its banks. Both files are written atomically, and
+//! when the `.safetensors` cannot be written its banks are removed again (a full disk must
+//! not fill up further with banks nobody can load). The metadata also keeps the run record
+//! (see [`super::run_dir`]) under [`RUN_KEY`], so `--resume` can tell whose checkpoint it is.
 //!
 //! The random state needs no tensor: every random stream of step `t` is derived from
 //! `(seed, t)` (see `stage`), and the sampler is replayed, so `(seed, step)` restores it.
@@ -22,6 +25,9 @@ use std::path::{Path, PathBuf};
 const PREFIX: &str = "checkpoint_";
 const OPT: &str = "optimizer.";
 
+/// Metadata key of the run record (JSON of [`super::run_dir::RunRecord`]).
+pub const RUN_KEY: &str = "insclr.run";
+
 /// The checkpoint file of `step` in `dir`.
 pub fn checkpoint_path(dir: &Path, step: usize) -> PathBuf {
     dir.join(format!("{PREFIX}{step:07}.safetensors"))
@@ -30,6 +36,42 @@ pub fn checkpoint_path(dir: &Path, step: usize) -> PathBuf {
 /// The memory-bank file beside a checkpoint.
 pub fn memory_path(dir: &Path, step: usize) -> PathBuf {
     dir.join(format!("{PREFIX}{step:07}.memory.npz"))
+}
+
+/// The step of a memory-bank file name (`checkpoint_0000012.memory.npz` -> 12).
+pub fn memory_step(name: &str) -> Option<usize> {
+    name.strip_prefix(PREFIX)?
+        .strip_suffix(".memory.npz")?
+        .parse()
+        .ok()
+}
+
+/// The metadata of a `.safetensors` file, read from its header only (checkpoints are large).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let bad = |why: &str| anyhow!("{}: not a safetensors file ({why})", path.display());
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad("shorter than 8 bytes"))?;
+    let n = u64::from_le_bytes(n);
+    // safetensors caps its header at 100 MB.
+    if n > 100_000_000 {
+        return Err(bad("header larger than 100 MB"));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| bad("truncated header"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|_| bad("header is not JSON"))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// What a checkpoint restores besides the model and optimiser.
@@ -52,11 +94,14 @@ fn f32_tensor(name: String, data: &[f32]) -> Result<Tensor> {
     )
 }
 
-/// Writes the checkpoint of `step` (and its banks) into `dir`; returns the `.safetensors` path.
+/// Writes the checkpoint of `step` (and its banks) into `dir`, with the run record `run` in
+/// its metadata; returns the `.safetensors` path.
+#[allow(clippy::too_many_arguments)]
 pub fn save(
     dir: &Path,
     step: usize,
     seed: u64,
+    run: Option<&str>,
     be: &dyn Backend,
     model: &dyn Module,
     opt: &Optimizer,
@@ -104,8 +149,18 @@ pub fn save(
         "insclr.banks".to_string(),
         banks.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(","),
     );
+    if let Some(run) = run {
+        meta.insert(RUN_KEY.to_string(), run.to_string());
+    }
     let path = checkpoint_path(dir, step);
-    crate::io::safetensors::write(&path, &tensors, Some(meta))?;
+    if let Err(e) = crate::io::safetensors::write(&path, &tensors, Some(meta)) {
+        // Banks without their checkpoint are never loaded; a checkpoint of this step written
+        // before (a run resumed from an earlier one) still owns them.
+        if !path.is_file() {
+            let _ = std::fs::remove_file(memory_path(dir, step));
+        }
+        return Err(e);
+    }
     Ok(path)
 }
 
@@ -278,8 +333,8 @@ mod tests {
         let mut bank = IndexedBank::new(be, 3, 2).unwrap();
         let rows = be.upload(&[1.0f32, 0.0, 0.0, 1.0, 0.6, 0.8]).unwrap();
         bank.write(be, &[2, 0, 2], &rows).unwrap();
-        save(&dir, 7, 42, be, &m, &opt, &[("da", &bank)]).unwrap();
-        save(&dir, 12, 42, be, &m, &opt, &[("da", &bank)]).unwrap();
+        save(&dir, 7, 42, None, be, &m, &opt, &[("da", &bank)]).unwrap();
+        save(&dir, 12, 42, Some("{}"), be, &m, &opt, &[("da", &bank)]).unwrap();
         std::fs::write(dir.join("checkpoint_x.safetensors"), b"junk").unwrap();
         let (step, path) = latest(&dir).unwrap().unwrap();
         assert_eq!((step, path.clone()), (12, checkpoint_path(&dir, 12)));
@@ -287,6 +342,8 @@ mod tests {
         let mut fresh = toy(be, &[0.0; 4]);
         let mut opt2 = Optimizer::new(&cfg, be, &mut fresh).unwrap();
         let r = load(&path, be, &mut fresh, &mut opt2).unwrap();
+        assert_eq!(read_metadata(&path).unwrap()[RUN_KEY], "{}");
+        assert_eq!(memory_step("checkpoint_0000012.memory.npz"), Some(12));
         assert_eq!((r.step, r.seed), (12, 42));
         assert_eq!(values(&fresh), values(&m));
         assert_eq!(opt2.t, opt.t);
@@ -312,6 +369,28 @@ mod tests {
             e.contains("insclr.step") && e.contains("cannot be resumed"),
             "{e}"
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A checkpoint whose `.safetensors` cannot be written leaves neither its banks nor a
+    /// temporary file behind (the rename fails: a non-empty folder has the checkpoint's name).
+    #[test]
+    fn failed_save_leaves_no_banks_and_no_temporary_file() {
+        let be = crate::backend::cpu();
+        let dir = std::env::temp_dir().join(format!("insclr-ckpt-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let blocker = checkpoint_path(&dir, 3);
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        let mut m = toy(be, &[1.0, 2.0, 3.0, 4.0]);
+        let opt = Optimizer::new(&Solver::default(), be, &mut m).unwrap();
+        let bank = IndexedBank::new(be, 3, 2).unwrap();
+        assert!(save(&dir, 3, 1, None, be, &m, &opt, &[("da", &bank)]).is_err());
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["checkpoint_0000003.safetensors"], "only the blocker");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -10,11 +10,11 @@
 //! dataset's size"; `SOLVER.LOG_PERIOD`.
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// A whole stage config.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Config {
     /// Where checkpoints, the JSON-lines log and the final model go.
@@ -38,7 +38,7 @@ pub struct Config {
 }
 
 /// `DATA`: where the training images are.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Data {
     /// Free-form name (the original needs `gldv2`; here it is only logged).
@@ -55,7 +55,7 @@ pub struct Data {
 }
 
 /// `NOAUG`: the no-augmentation view used for selection and mining (impr).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct NoAug {
     pub enable: bool,
@@ -63,7 +63,7 @@ pub struct NoAug {
 }
 
 /// `INPUT`: augmentation and image sizes, `(height, width)`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Input {
     pub scale_lower: f64,
@@ -77,7 +77,7 @@ pub struct Input {
 }
 
 /// `DATALOADER`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct DataLoader {
     /// Accepted for the original's key; decoding and augmentation run on rayon's global pool
@@ -87,7 +87,7 @@ pub struct DataLoader {
 }
 
 /// `MODEL`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Model {
     /// `imagenet` (backbone from `IMAGENET_WEIGHTS`), `random`, or a previous stage's weights
@@ -104,7 +104,7 @@ pub struct Model {
 }
 
 /// `MODEL.BACKBONE`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Backbone {
     /// `resnet50`, `resnet101`, `efficientnet-lite0`, or `resnet-custom`.
@@ -116,7 +116,7 @@ pub struct Backbone {
 }
 
 /// `MODEL.POOL`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Pool {
     pub name: String,
@@ -125,14 +125,14 @@ pub struct Pool {
 }
 
 /// `MODEL.POOL.GMP`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Gmp {
     pub p: f32,
 }
 
 /// `MODEL.HEAD`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Head {
     pub enable: bool,
@@ -143,7 +143,7 @@ pub struct Head {
 }
 
 /// `LOSS`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Loss {
     pub name: String,
@@ -151,7 +151,7 @@ pub struct Loss {
 }
 
 /// `LOSS.CONTRASTIVE_LOSS`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct ContrastiveLoss {
     pub margin: f32,
@@ -159,7 +159,7 @@ pub struct ContrastiveLoss {
 }
 
 /// `SOLVER`: optimiser, schedule, steps, checkpoints.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Solver {
     /// `adam` or `sgd`.
@@ -189,7 +189,7 @@ pub struct Solver {
 }
 
 /// `TEST`: periodic evaluation (not run by `train`; evaluate checkpoints with `insclr-cu eval`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Test {
     pub test_period: usize,
@@ -198,7 +198,7 @@ pub struct Test {
 }
 
 /// `XBM`: memory banks and what is read from them.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Xbm {
     /// `v1` (base stages) or `v2` (impr).
@@ -221,7 +221,7 @@ pub struct Xbm {
 }
 
 /// `NEIGHBOR`: the candidate pool.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Neighbor {
     /// The pool `.npz` of `insclr-cu pool`.
@@ -232,7 +232,7 @@ pub struct Neighbor {
 }
 
 /// `ATTENTION`: disabled in every shipped config; only `ENABLE = false` is supported.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Attention {
     pub enable: bool,
@@ -243,7 +243,7 @@ pub struct Attention {
 }
 
 /// `SELECTION`: mini-batch selection (impr).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Selection {
     pub enable: bool,

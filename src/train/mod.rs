@@ -1,11 +1,13 @@
 //! One InsCLR training stage on any backend: the config ([`config`]), the augmentations
 //! ([`augment`]), the optimiser and schedule ([`optim`]), resumable checkpoints
-//! ([`checkpoint`]) and the loop itself ([`stage`]).
+//! ([`checkpoint`]), the run directory's ownership ([`run_dir`]) and the loop itself
+//! ([`stage`]).
 
 pub mod augment;
 pub mod checkpoint;
 pub mod config;
 pub mod optim;
+pub mod run_dir;
 pub mod stage;
 
 pub use config::Config;

@@ -31,7 +31,7 @@ use crate::mining::{
 };
 use crate::nn::head::HeadKind;
 use crate::nn::weights::{load_into, read_any, LoadOptions};
-use crate::nn::{zero_grads, Arch, DescriptorNet, Images, RetrievalNet};
+use crate::nn::{zero_grads, Arch, DescriptorNet, Images, Module, RetrievalNet};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
@@ -187,9 +187,23 @@ pub fn filter_pool(pool: &CandidatePool, bad: &[bool]) -> CandidatePool {
     out
 }
 
+/// A freshly built model: the network, a one-line note of what was loaded, and the names of
+/// the tensors no weights file provided (left at their seeded initialisation).
+pub struct Built {
+    pub net: RetrievalNet,
+    pub note: String,
+    pub random_init: Vec<String>,
+}
+
 /// Builds the configured network and loads `MODEL.PRETRAIN`; returns it with a one-line note
 /// of what was loaded.
 pub fn build_model(cfg: &Config, be: &dyn Backend) -> Result<(RetrievalNet, String)> {
+    let b = load_model(cfg, be)?;
+    Ok((b.net, b.note))
+}
+
+/// [`build_model`], also naming the tensors left at random initialisation.
+pub fn load_model(cfg: &Config, be: &dyn Backend) -> Result<Built> {
     let m = &cfg.model;
     let mut rng = Rng::new(cfg.seed);
     let arch = match Arch::parse(&m.backbone.name).context("MODEL.BACKBONE.NAME")? {
@@ -212,8 +226,11 @@ pub fn build_model(cfg: &Config, be: &dyn Backend) -> Result<(RetrievalNet, Stri
     let kind = HeadKind::parse(&m.head.name).context("MODEL.HEAD.NAME")?;
     let mut net = RetrievalNet::new(be, &mut rng, backbone, kind, m.head.out_dim)?;
     net.set_bn_ghost_groups(m.bn_ghost_groups);
-    let note = match m.pretrain.as_str() {
-        "random" => "random initialisation (seeded)".to_string(),
+    let (note, random_init) = match m.pretrain.as_str() {
+        "random" => {
+            let all = net.params().iter().map(|p| p.name.clone()).collect();
+            ("random initialisation (seeded)".to_string(), all)
+        }
         "imagenet" => {
             if m.imagenet_weights.is_empty() {
                 bail!("MODEL.PRETRAIN = \"imagenet\" needs MODEL.IMAGENET_WEIGHTS = the backbone's ImageNet .pth / .safetensors (or PRETRAIN = \"random\")");
@@ -223,12 +240,13 @@ pub fn build_model(cfg: &Config, be: &dyn Backend) -> Result<(RetrievalNet, Stri
                 read_any(p).with_context(|| format!("MODEL.IMAGENET_WEIGHTS {}", p.display()))?;
             let r = load_into(&mut net, be, &t, &LoadOptions::backbone())
                 .with_context(|| format!("loading {}", p.display()))?;
-            format!(
+            let note = format!(
                 "ImageNet backbone from {}: {} tensors ({} left random)",
                 p.display(),
                 r.loaded.len(),
                 r.missing.len()
-            )
+            );
+            (note, r.missing)
         }
         path => {
             let p = Path::new(path);
@@ -242,10 +260,15 @@ pub fn build_model(cfg: &Config, be: &dyn Backend) -> Result<(RetrievalNet, Stri
             if !r.missing.is_empty() {
                 eprintln!("note: {}: {r}", p.display());
             }
-            format!("previous stage {}: {} tensors", p.display(), r.loaded.len())
+            let note = format!("previous stage {}: {} tensors", p.display(), r.loaded.len());
+            (note, r.missing)
         }
     };
-    Ok((net, note))
+    Ok(Built {
+        net,
+        note,
+        random_init,
+    })
 }
 
 /// One line of the JSON-lines log.
@@ -289,6 +312,8 @@ pub struct Stage<'b> {
     good: Vec<usize>,
     /// Steps completed.
     pub step: usize,
+    /// The run record (JSON) every checkpoint carries; see [`super::run_dir`].
+    pub run: Option<String>,
     n: usize,
     d: usize,
 }
@@ -347,6 +372,7 @@ impl<'b> Stage<'b> {
             sampler,
             good,
             step: 0,
+            run: None,
             n,
             d,
             net,
@@ -514,6 +540,7 @@ impl<'b> Stage<'b> {
             &self.checkpoint_dir(),
             self.step,
             self.cfg.seed,
+            self.run.as_deref(),
             self.be,
             &self.net,
             &self.opt,
@@ -659,8 +686,10 @@ impl<'b> Stage<'b> {
 /// Options of [`run`].
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Continue from the latest checkpoint in `OUTPUT_DIR/checkpoints`.
+    /// Continue from the latest checkpoint in `OUTPUT_DIR/checkpoints` (the same run only).
     pub resume: bool,
+    /// Delete what OUTPUT_DIR holds and start over (a fresh run refuses a non-empty one).
+    pub overwrite: bool,
     /// No progress bar.
     pub quiet: bool,
 }
@@ -675,6 +704,10 @@ pub struct Summary {
     pub seconds: f64,
     pub final_model: PathBuf,
     pub skipped: usize,
+    /// Model tensors no weights file provided (empty when resumed: the checkpoint has all).
+    pub random_init: Vec<String>,
+    /// Stale files of a failed write removed at the start.
+    pub removed: Vec<PathBuf>,
 }
 
 /// Keeps the log lines of steps `<= step` (a resumed run rewrites what came after).
@@ -700,15 +733,17 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
 
 /// Runs a whole stage from a config: data, pool, model, [bank init], steps with a progress
 /// bar and a JSON-lines log (`OUTPUT_DIR/log.jsonl`), checkpoints every `CHECKPOINT_PERIOD`
-/// and at the end, and the final model as `OUTPUT_DIR/model_final.safetensors`.
+/// and at the end, and the final model as `OUTPUT_DIR/model_final.safetensors`. OUTPUT_DIR
+/// must be empty, or hold this same run when resuming ([`super::run_dir`]).
 pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> {
     let start = std::time::Instant::now();
     if cfg.output_dir.is_empty() {
         bail!("OUTPUT_DIR is empty: say where checkpoints and logs go");
     }
     let out = PathBuf::from(&cfg.output_dir);
-    std::fs::create_dir_all(&out)
-        .with_context(|| format!("creating OUTPUT_DIR {}", out.display()))?;
+    // Before anything is read at length or written: whose folder this is.
+    let record = super::run_dir::RunRecord::new(&cfg)?;
+    let removed = super::run_dir::prepare(&out, &record, opts.resume, opts.overwrite)?;
     let root = PathBuf::from(&cfg.data.root);
     let list = (!cfg.data.train_filename.is_empty()).then(|| root.join(&cfg.data.train_filename));
     let data = Dataset::open(&root, list.as_deref(), cfg.data.cache_images)?;
@@ -724,7 +759,11 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
     }
     let n = data.len();
     let pool = CandidatePool::load(Path::new(&cfg.neighbor.src), n).context("NEIGHBOR.SRC")?;
-    let (net, note) = build_model(&cfg, be)?;
+    let Built {
+        net,
+        note,
+        random_init,
+    } = load_model(&cfg, be)?;
     eprintln!(
         "train: {n} images ({} skipped), pool k = {}, model {} -> {} ({note}), backend {}",
         data.skipped.len(),
@@ -739,6 +778,7 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
     let skipped = data.skipped.len();
     let quiet = opts.quiet;
     let mut stage = Stage::new(cfg, be, net, data, &pool)?;
+    stage.run = Some(record.to_json()?);
     let log_path = out.join("log.jsonl");
     let resumed_from = if opts.resume { stage.resume()? } else { None };
     match resumed_from {
@@ -801,6 +841,12 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
         seconds: start.elapsed().as_secs_f64(),
         final_model,
         skipped,
+        random_init: if resumed_from.is_some() {
+            Vec::new()
+        } else {
+            random_init
+        },
+        removed,
     })
 }
 
