@@ -8,7 +8,7 @@ use insclr::eval::extract::{self, ExtractConfig, ImageItem};
 use insclr::eval::rank::{Pair, Tiling};
 use insclr::eval::revisited::{Gnd, Protocol};
 use insclr::eval::{self as ev, gldv2, gnd_pickle, list::ListGnd};
-use insclr::io::npy;
+use insclr::io::{self, npy};
 use std::path::{Path, PathBuf};
 
 /// Which benchmark protocol to run.
@@ -60,6 +60,10 @@ pub struct Args {
     /// Images decoded and described together.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Longest side a scaled image may have (a guard against --scales typos that would
+    /// exhaust memory).
+    #[arg(long, env = "INSCLR_MAX_SIDE", default_value_t = extract::MAX_SIDE)]
+    max_side: usize,
     /// Write the extracted descriptors to DIR/db.npy and DIR/query.npy.
     #[arg(long)]
     save_feats: Option<PathBuf>,
@@ -190,9 +194,18 @@ fn items(args: &Args, r: &Resolved) -> (Vec<ImageItem>, Vec<ImageItem>) {
     }
 }
 
+/// A descriptor file, refused when it holds NaN or infinities (they would rank anywhere and
+/// still print a plausible mAP).
 fn read_feats(path: &Path) -> Result<(Vec<f32>, usize)> {
     let a = npy::read::<f32>(path)?;
-    let (_, d) = a.dims2(&path.display().to_string())?;
+    let (n, d) = a.dims2(&path.display().to_string())?;
+    if let Some((r, c)) = extract::first_non_finite(&a.data, d) {
+        bail!(
+            "{}: row {r} of {n} has a non-finite value ({}) in column {c}; descriptors must be finite, extract them again",
+            path.display(),
+            a.data[r * d + c]
+        );
+    }
     Ok((a.data, d))
 }
 
@@ -226,18 +239,16 @@ fn descriptors(
         batch: args.batch,
         normalize_each_scale: true,
         progress: !args.quiet,
+        max_side: args.max_side,
+        skip_bad: false,
     };
+    // The ground truth counts every listed image, so an unusable one cannot be left out (or
+    // scored as a zero descriptor): the run stops naming it.
     let (db_items, q_items) = items(args, r);
-    let db = extract::extract(be, net.as_mut(), &db_items, &cfg, "database")?;
-    let q = extract::extract(be, net.as_mut(), &q_items, &cfg, "queries ")?;
-    for (what, s) in [("database", &db.skipped), ("queries", &q.skipped)] {
-        if !s.is_empty() {
-            eprintln!(
-                "warning: {what}: {} (their descriptors are zero)",
-                s.summary(10)
-            );
-        }
-    }
+    let db = extract::extract(be, net.as_mut(), &db_items, &cfg, "database")
+        .context("database images: every image of the ground truth must be usable; fix or fetch the ones listed")?;
+    let q = extract::extract(be, net.as_mut(), &q_items, &cfg, "queries ")
+        .context("query images: every image of the ground truth must be usable; fix or fetch the ones listed")?;
     if let Some(dir) = &args.save_feats {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, e, n) in [
@@ -263,6 +274,14 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     let mut ops = vec![Op::Matmul, Op::Knn];
     if args.db_feats.is_none() {
         ops.extend_from_slice(super::extract::model_ops(&args.model));
+    }
+    // Unwritable outputs are found before the work, not after it.
+    if let Some(path) = &args.json {
+        io::check_writable(path)?;
+    }
+    if let Some(dir) = &args.save_feats {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        io::check_writable(&dir.join("db.npy"))?;
     }
     let (be, chosen) = backend::select_f32(device, &ops)?;
     eprintln!("backend: {chosen}");

@@ -3,9 +3,10 @@
 use anyhow::{bail, Context, Result};
 use insclr::backend::{self, DeviceChoice, Op};
 use insclr::data::image::list_images;
-use insclr::eval::extract::{self, ExtractConfig, ImageItem};
+use insclr::data::image::Skipped;
+use insclr::eval::extract::{self, BadImages, ExtractConfig, ImageItem};
 use insclr::eval::model_by_name;
-use insclr::io::npy;
+use insclr::io::{self, npy};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `insclr-cu extract`.
@@ -26,9 +27,18 @@ pub struct Args {
     /// Prefix for relative paths in the --images list [default: the list's folder].
     #[arg(long)]
     root: Option<PathBuf>,
-    /// Output descriptors (.npy, N x D float32); the image order is written beside it as .txt.
+    /// Output descriptors (.npy, N x D float32); the image of each row is written beside it as
+    /// .txt, and unusable images as .bad.txt (with the reason).
     #[arg(long)]
     out: PathBuf,
+    /// Leave unusable images (unreadable, truncated, too small for a scale) out of the matrix
+    /// instead of failing; they are listed in <out>.bad.txt.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Longest side a scaled image may have (a guard against --scales typos that would
+    /// exhaust memory).
+    #[arg(long, env = "INSCLR_MAX_SIDE", default_value_t = extract::MAX_SIDE)]
+    max_side: usize,
     /// Resize factors of the normalised image.
     #[arg(long, value_delimiter = ',', default_values_t = extract::REVISITED_SCALES)]
     scales: Vec<f64>,
@@ -62,7 +72,19 @@ fn read_list(list: &Path, root: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// `<out>.bad.txt`: one `path<TAB>reason` line per unusable image.
+fn write_bad_list(path: &Path, bad: &Skipped) -> Result<()> {
+    npy::write_atomic(path, |w| {
+        use std::io::Write;
+        for (_, p, why) in &bad.items {
+            writeln!(w, "{}\t{}", p.display(), why.replace(['\n', '\t'], " "))?;
+        }
+        Ok(())
+    })
+}
+
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
+    io::check_writable(&args.out)?;
     let (be, chosen) = backend::select_f32(device, model_ops(&args.model))?;
     eprintln!("backend: {chosen}");
     let paths = if args.images.is_dir() {
@@ -91,31 +113,61 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         batch: args.batch,
         normalize_each_scale: !args.raw_scales,
         progress: !args.quiet,
+        max_side: args.max_side,
+        skip_bad: args.skip_bad,
     };
+    let bad_list = args.out.with_extension("bad.txt");
     let t0 = std::time::Instant::now();
-    let out = extract::extract(be.as_ref(), net.as_mut(), &items, &cfg, "extract")?;
+    let out = match extract::extract(be.as_ref(), net.as_mut(), &items, &cfg, "extract") {
+        Ok(out) => out,
+        Err(e) => {
+            let Some(BadImages(bad)) = e.downcast_ref::<BadImages>() else {
+                return Err(e);
+            };
+            eprintln!("{}", extract::list_bad(bad, 50));
+            write_bad_list(&bad_list, bad)?;
+            bail!(
+                "{} unusable image(s), listed in {}; nothing written to {}. Fix or remove them, or pass --skip-bad to leave them out",
+                bad.len(),
+                bad_list.display(),
+                args.out.display()
+            );
+        }
+    };
     let secs = t0.elapsed().as_secs_f64();
-    let arr = npy::Array::new(vec![items.len(), out.dim], out.feats)?;
+    let n = out.rows.len();
+    let arr = npy::Array::new(vec![n, out.dim], out.feats)?;
     npy::write(&args.out, &arr)?;
     let order = args.out.with_extension("txt");
     npy::write_atomic(&order, |w| {
         use std::io::Write;
-        for p in &paths {
-            writeln!(w, "{}", p.display())?;
+        for &i in &out.rows {
+            writeln!(w, "{}", paths[i].display())?;
         }
         Ok(())
     })?;
+    if args.skip_bad {
+        // Written even when empty, so the files beside the matrix always describe this run.
+        write_bad_list(&bad_list, &out.skipped)?;
+    } else if bad_list.exists() {
+        std::fs::remove_file(&bad_list)
+            .with_context(|| format!("removing the stale {}", bad_list.display()))?;
+    }
     if !out.skipped.is_empty() {
-        eprintln!("warning: {} (their rows are zero)", out.skipped.summary(20));
+        eprintln!(
+            "warning: {}\nleft out of {} (listed in {})",
+            extract::list_bad(&out.skipped, 50),
+            args.out.display(),
+            bad_list.display()
+        );
     }
     println!(
-        "wrote {} ({} x {}, {}) and {}: {:.1} images/s",
+        "wrote {} ({n} x {}, {}) and {}: {:.1} images/s",
         args.out.display(),
-        items.len(),
         out.dim,
         args.model,
         order.display(),
-        items.len() as f64 / secs.max(1e-9)
+        n as f64 / secs.max(1e-9)
     );
     Ok(())
 }

@@ -33,6 +33,7 @@ pub struct Args {
 
 /// Computes and writes the pool.
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
+    insclr::io::check_writable(&args.out)?;
     let feats = npy::read::<f32>(&args.feats)?;
     let (n, d) = feats.dims2(&args.feats.display().to_string())?;
     let off = count_non_unit(&feats.data, d, 1e-3);

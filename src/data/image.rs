@@ -17,20 +17,89 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pnm",
 ];
 
-/// Decodes any supported image file (format guessed from its bytes, not its name) to 8-bit RGB,
-/// as PIL's `Image.open(path).convert("RGB")` does for grey, palette, alpha and 16-bit files.
-pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path)
-        .with_context(|| format!("opening image {}", path.display()))?
+/// Reads a whole image file and guesses its format from the bytes. A JPEG that stops before
+/// its end-of-image marker is refused here: the JPEG decoder would fill the missing part with
+/// grey and say nothing (PIL refuses such files too: "image file is truncated").
+fn open_image(path: &Path) -> Result<image::ImageReader<std::io::Cursor<Vec<u8>>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("opening image {}", path.display()))?;
+    let n = bytes.len();
+    if image::guess_format(&bytes).ok() == Some(image::ImageFormat::Jpeg)
+        && !jpeg_is_complete(&bytes)
+    {
+        bail!(
+            "image {} is truncated: its JPEG data stops at byte {n} without the end-of-image marker (a partial download or copy?); fetch it again or drop it from the list",
+            path.display()
+        );
+    }
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .with_context(|| format!("reading image {}", path.display()))?;
-    let img = reader.decode().with_context(|| {
-        format!(
-            "decoding image {}: corrupt or unsupported format (supported: {}); re-encode it or drop it from the list",
-            path.display(),
-            IMAGE_EXTENSIONS.join(", ")
-        )
-    })?;
+    Ok(reader)
+}
+
+/// Why decoding failed, in words: a file that ends early says "truncated".
+fn decode_error(path: &Path, e: image::ImageError) -> anyhow::Error {
+    if let image::ImageError::IoError(io) = &e {
+        if io.kind() == std::io::ErrorKind::UnexpectedEof {
+            return anyhow::anyhow!(
+                "image {} is truncated: the file ends before its image data does ({e}); fetch it again or drop it from the list",
+                path.display()
+            );
+        }
+    }
+    anyhow::Error::new(e).context(format!(
+        "decoding image {}: corrupt or unsupported format (supported: {}); re-encode it or drop it from the list",
+        path.display(),
+        IMAGE_EXTENSIONS.join(", ")
+    ))
+}
+
+/// True when a JPEG's marker stream reaches its end-of-image marker (FF D9). Walks the segments
+/// (skipping each one's length) and the entropy-coded data after each start-of-scan, where FF 00
+/// is a stuffed byte and FF D0..D7 restart markers; stray bytes between segments are skipped as
+/// libjpeg does. Data after the end marker (camera trailers) is allowed.
+pub fn jpeg_is_complete(b: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 1 < b.len() {
+        if b[i] != 0xFF {
+            i += 1;
+            continue;
+        }
+        let m = b[i + 1];
+        match m {
+            0xD9 => return true,
+            // Fill bytes, stuffed zero, restart markers, TEM: no length follows.
+            0xFF => i += 1,
+            0x00 | 0xD0..=0xD8 | 0x01 => i += 2,
+            _ => {
+                let Some(len) = b.get(i + 2..i + 4) else {
+                    return false;
+                };
+                // A start-of-scan's entropy-coded data follows its header: the byte-by-byte
+                // scan above walks it until the next real marker.
+                i += 2 + u16::from_be_bytes([len[0], len[1]]) as usize;
+            }
+        }
+    }
+    false
+}
+
+/// Width and height of an image file from its header, after the same checks as
+/// [`decode_rgb`] short of decoding (a truncated JPEG is refused): cheap enough to run over
+/// a whole list before hours of extraction.
+pub fn probe(path: &Path) -> Result<(u32, u32)> {
+    open_image(path)?
+        .into_dimensions()
+        .map_err(|e| decode_error(path, e))
+}
+
+/// Decodes any supported image file (format guessed from its bytes, not its name) to 8-bit RGB,
+/// as PIL's `Image.open(path).convert("RGB")` does for grey, palette, alpha and 16-bit files.
+/// A truncated file is an error that says so.
+pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let img = open_image(path)?
+        .decode()
+        .map_err(|e| decode_error(path, e))?;
     Ok(img.to_rgb8())
 }
 
@@ -182,16 +251,21 @@ fn round_half_even(v: f64) -> i64 {
     }
 }
 
-/// PIL's `Image.crop((x1, y1, x2, y2))`: float coordinates rounded half-to-even, the right and
-/// bottom edges exclusive; parts of the box outside the image are black, as in PIL.
-pub fn crop(img: &RgbImage, bbx: [f64; 4]) -> Result<RgbImage> {
+/// A float box rounded as PIL's `crop` rounds it: (left, top, width, height), never empty.
+fn crop_box(bbx: [f64; 4]) -> Result<(i64, i64, u32, u32)> {
     let [x0, y0, x1, y1] = bbx.map(round_half_even);
     if x1 <= x0 || y1 <= y0 {
         bail!(
             "crop box {bbx:?} is empty after rounding to ({x0}, {y0}, {x1}, {y1}); boxes are (x1, y1, x2, y2) with x2 > x1 and y2 > y1"
         );
     }
-    let (w, h) = ((x1 - x0) as u32, (y1 - y0) as u32);
+    Ok((x0, y0, (x1 - x0) as u32, (y1 - y0) as u32))
+}
+
+/// PIL's `Image.crop((x1, y1, x2, y2))`: float coordinates rounded half-to-even, the right and
+/// bottom edges exclusive; parts of the box outside the image are black, as in PIL.
+pub fn crop(img: &RgbImage, bbx: [f64; 4]) -> Result<RgbImage> {
+    let (x0, y0, w, h) = crop_box(bbx)?;
     let mut out = RgbImage::new(w, h);
     for y in 0..h {
         let sy = y0 + y as i64;
@@ -320,6 +394,22 @@ pub fn resize_bilinear(x: &Chw, s: f64) -> Result<Chw> {
     })
 }
 
+/// The `(height, width)` of the tensor [`load_for_eval`] makes from a `w x h` image, without
+/// decoding it: crop to `bbx`, then thumbnail. Lets a job check every image's sizes up front.
+pub fn eval_size(w: u32, h: u32, bbx: Option<[f64; 4]>, img_size: u32) -> Result<(usize, usize)> {
+    let (w, h, size) = match bbx {
+        None => (w, h, img_size as f64),
+        Some(b) => {
+            let (_, _, cw, ch) = crop_box(b)?;
+            let size = img_size as f64 * cw.max(ch) as f64 / w.max(h).max(1) as f64;
+            (cw, ch, size)
+        }
+    };
+    let s = size.floor().max(1.0) as u32;
+    let (tw, th) = thumbnail_size(w, h, s, s).unwrap_or((w, h));
+    Ok((th as usize, tw as usize))
+}
+
 /// The original's evaluation loading (spec 6.1): decode, crop to `bbx` when given (queries),
 /// thumbnail to `img_size` (scaled by `max(crop) / max(full)` for crops), normalise.
 pub fn load_for_eval(
@@ -421,6 +511,45 @@ mod tests {
         assert_eq!(ok[0].0, 0);
         assert_eq!(skipped.len(), 2);
         assert!(skipped.summary(5).contains("missing.png"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_jpeg_cut_short_is_truncated_and_eval_size_matches_loading() {
+        let mut rng = crate::rng::Rng::new(7);
+        let img = RgbImage::from_fn(64, 48, |_, _| {
+            image::Rgb([rng.below(256) as u8, rng.below(256) as u8, 90])
+        });
+        let mut jpg = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut jpg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        assert!(jpeg_is_complete(&jpg));
+        // A trailer after the end marker (cameras append them) is fine.
+        let mut trailer = jpg.clone();
+        trailer.extend_from_slice(b"\xff\xda trailing bytes");
+        assert!(jpeg_is_complete(&trailer));
+        for cut in [jpg.len() - 2, jpg.len() / 2, 300, 3] {
+            assert!(!jpeg_is_complete(&jpg[..cut]), "cut at {cut}");
+        }
+        let dir = std::env::temp_dir().join(format!("insclr-trunc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let half = dir.join("half.jpg");
+        std::fs::write(&half, &jpg[..jpg.len() / 2]).unwrap();
+        for e in [decode_rgb(&half).unwrap_err(), probe(&half).unwrap_err()] {
+            let e = format!("{e:#}");
+            assert!(e.contains("half.jpg is truncated"), "{e}");
+        }
+        // eval_size predicts the tensor load_for_eval makes, with and without a crop.
+        let big = dir.join("big.png");
+        RgbImage::new(300, 170).save(&big).unwrap();
+        assert_eq!(probe(&big).unwrap(), (300, 170));
+        for bbx in [None, Some([10.4, 3.0, 250.5, 99.0])] {
+            let t = load_for_eval(&big, bbx, 128, PixelNorm::IMAGENET).unwrap();
+            assert_eq!(eval_size(300, 170, bbx, 128).unwrap(), (t.h, t.w));
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -7,7 +7,8 @@
 use crate::backend::DType;
 use crate::backend::{Backend, Gem, L2Norm, L2_EPS};
 use crate::data::image::{
-    load_for_eval, resize_bilinear, Chw, Skipped, IMAGENET_MEAN, IMAGENET_STD,
+    eval_size, load_for_eval, probe, resize_bilinear, scaled_len, Chw, Skipped, IMAGENET_MEAN,
+    IMAGENET_STD,
 };
 use crate::nn::DescriptorNet;
 use anyhow::{bail, Context, Result};
@@ -22,6 +23,9 @@ pub const REVISITED_SCALES: [f64; 3] = [1.0, std::f64::consts::FRAC_1_SQRT_2, 0.
 pub const GLDV2_SCALES: [f64; 3] = [1.414, 1.0, 0.7];
 /// The evaluators' thumbnail size.
 pub const IMG_SIZE: u32 = 1024;
+/// Default cap on the longest side of a scaled image: 8x the evaluators' largest (1448 px),
+/// far below what sends a machine into the OOM killer (`--scales 1000000` did).
+pub const MAX_SIDE: usize = 8192;
 
 /// How to extract.
 #[derive(Clone, Debug)]
@@ -37,6 +41,10 @@ pub struct ExtractConfig {
     pub normalize_each_scale: bool,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Longest side a scaled image may have; a larger one stops the run before any work.
+    pub max_side: usize,
+    /// Leave unusable images out (listed in [`Extracted::skipped`]) instead of failing.
+    pub skip_bad: bool,
 }
 
 impl Default for ExtractConfig {
@@ -48,6 +56,8 @@ impl Default for ExtractConfig {
             batch: 16,
             normalize_each_scale: true,
             progress: false,
+            max_side: MAX_SIDE,
+            skip_bad: false,
         }
     }
 }
@@ -61,16 +71,156 @@ pub struct ImageItem {
     pub bbx: Option<[f64; 4]>,
 }
 
-/// Descriptors of a list of images: `n x dim`, row i for item i. A row of an image that could
-/// not be loaded is all zeros (it then ranks with score 0) and the image is listed in `skipped`.
+/// Descriptors of the usable images of a list: row r is item `rows[r]`. Unusable images have
+/// no row (a zero row would rank as a real image) and are listed in `skipped`.
 #[derive(Debug)]
 pub struct Extracted {
-    /// Row-major `n x dim` unit descriptors.
+    /// Row-major `rows.len() x dim` unit descriptors.
     pub feats: Vec<f32>,
     /// Descriptor length.
     pub dim: usize,
-    /// Images that could not be loaded (their rows are zero).
+    /// The item index of each row, ascending.
+    pub rows: Vec<usize>,
+    /// Images left out, with the reason (only with [`ExtractConfig::skip_bad`]).
     pub skipped: Skipped,
+}
+
+/// Images that cannot be described (unreadable, truncated, too small for a scale): the error
+/// [`extract`] stops with unless [`ExtractConfig::skip_bad`]. Its text lists them.
+#[derive(Debug)]
+pub struct BadImages(pub Skipped);
+
+impl std::fmt::Display for BadImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&list_bad(&self.0, 50))
+    }
+}
+
+impl std::error::Error for BadImages {}
+
+/// "N unusable image(s):" and up to `max_listed` of them, one `path: reason` a line.
+pub fn list_bad(bad: &Skipped, max_listed: usize) -> String {
+    let mut s = format!("{} unusable image(s):", bad.len());
+    for (_, p, why) in bad.items.iter().take(max_listed) {
+        // Reasons mostly name the file already; say it once.
+        let p = p.display().to_string();
+        if why.contains(&p) {
+            s.push_str(&format!("\n  {why}"));
+        } else {
+            s.push_str(&format!("\n  {p}: {why}"));
+        }
+    }
+    if bad.len() > max_listed {
+        s.push_str(&format!("\n  ... and {} more", bad.len() - max_listed));
+    }
+    s
+}
+
+/// The first `(row, column)` of a row-major `? x dim` matrix holding NaN or an infinity.
+pub fn first_non_finite(x: &[f32], dim: usize) -> Option<(usize, usize)> {
+    let i = x.iter().position(|v| !v.is_finite())?;
+    Some((i / dim.max(1), i % dim.max(1)))
+}
+
+/// What the header check says about one image.
+enum Check {
+    /// Usable; a lower bound on the host bytes describing it takes.
+    Fine(f64),
+    /// This image cannot be described (reason inside).
+    Bad(anyhow::Error),
+    /// The settings cannot work for this image (too large when scaled): stops every run.
+    Settings(anyhow::Error),
+}
+
+/// Checks one image from its header against the settings: the sizes `load_for_eval` and every
+/// scale produce, without decoding.
+fn check_one(it: &ImageItem, cfg: &ExtractConfig) -> Check {
+    let path = it.path.display();
+    let (w, h) = match probe(&it.path) {
+        Ok(wh) => wh,
+        Err(e) => return Check::Bad(e),
+    };
+    let (th, tw) = match eval_size(w, h, it.bbx, cfg.img_size) {
+        Ok(s) => s,
+        Err(e) => return Check::Bad(e.context(format!("cropping {path} ({w}x{h})"))),
+    };
+    // Decoded RGB bytes and the normalised f32 tensor live while the scales are described.
+    let mut need = 3.0 * w as f64 * h as f64 + 12.0 * (th * tw) as f64;
+    let mut per_scale: f64 = 0.0;
+    for &s in &cfg.scales {
+        if !(s.is_finite() && s > 0.0) {
+            return Check::Settings(anyhow::anyhow!(
+                "scale {s} is not a positive number; scales are like 1,0.7071,0.5"
+            ));
+        }
+        let (sh, sw) = if s == 1.0 {
+            (th, tw)
+        } else {
+            (scaled_len(th, s), scaled_len(tw, s))
+        };
+        if sh == 0 || sw == 0 {
+            return Check::Bad(anyhow::anyhow!(
+                "image {path} is too small: {w}x{h} pixels ({tw}x{th} after the thumbnail) become {sw}x{sh} at scale {s}"
+            ));
+        }
+        if sh.max(sw) > cfg.max_side {
+            return Check::Settings(anyhow::anyhow!(
+                "scale {s} turns {path} ({tw}x{th} after the {} px thumbnail) into {sw}x{sh} pixels, over the limit of {} pixels per side; use smaller --scales or --img-size, or raise the limit with --max-side (or INSCLR_MAX_SIDE) if the memory is there",
+                cfg.img_size,
+                cfg.max_side
+            ));
+        }
+        // The resized tensor and its copy in the network's batch.
+        per_scale = per_scale.max(24.0 * sh as f64 * sw as f64);
+    }
+    need += per_scale;
+    Check::Fine(need)
+}
+
+/// `MemAvailable` of `/proc/meminfo` in bytes; `None` where unknown (not Linux).
+pub fn mem_available() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// Checks every image's header against the settings before any work (in parallel): returns the
+/// unusable images, or fails when the settings cannot work (a scaled side over
+/// `cfg.max_side`, or the largest image clearly needing more memory than is available).
+pub fn check_images(items: &[ImageItem], cfg: &ExtractConfig) -> Result<Skipped> {
+    if cfg.scales.is_empty() {
+        bail!("no scales given; use e.g. --scales 1,0.7071,0.5");
+    }
+    let checks: Vec<Check> = items.par_iter().map(|it| check_one(it, cfg)).collect();
+    let mut bad = Skipped::default();
+    let mut largest: Option<(f64, usize)> = None;
+    for (i, c) in checks.into_iter().enumerate() {
+        match c {
+            Check::Fine(need) => {
+                if largest.is_none_or(|(n, _)| need > n) {
+                    largest = Some((need, i));
+                }
+            }
+            Check::Bad(e) => bad.push(i, &items[i].path, &e),
+            Check::Settings(e) => return Err(e),
+        }
+    }
+    // A lower bound (input tensors only, one image, no network activations): when even that
+    // does not fit, the run would end in the OOM killer hours later.
+    if let (Some((need, i)), Some(avail)) = (largest, mem_available()) {
+        if need > avail {
+            bail!(
+                "describing {} at {} px, scales {:?} needs at least {:.1} GiB of memory, but only {:.1} GiB is available (MemAvailable in /proc/meminfo); use smaller --scales or --img-size",
+                items[i].path.display(),
+                cfg.img_size,
+                cfg.scales,
+                need / (1u64 << 30) as f64,
+                avail / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(bad)
 }
 
 /// Row-wise `x / max(||x||, 1e-12)` on the host, as the backend's `l2norm_fwd`.
@@ -163,7 +313,10 @@ fn progress_bar(n: usize, show: bool, what: &str) -> ProgressBar {
     pb
 }
 
-/// Extracts descriptors of every item (spec 6.1), batched, with a progress bar labelled `what`.
+/// Extracts descriptors of every usable item (spec 6.1), batched, with a progress bar labelled
+/// `what`. Every header is checked first ([`check_images`]), so a bad file or bad settings stop
+/// the run before the work; an image whose data fails to decode later stops it at that batch.
+/// Either way the error is [`BadImages`], unless `cfg.skip_bad` leaves such images out.
 pub fn extract(
     be: &dyn Backend,
     net: &mut dyn DescriptorNet,
@@ -171,39 +324,69 @@ pub fn extract(
     cfg: &ExtractConfig,
     what: &str,
 ) -> Result<Extracted> {
+    let mut skipped = check_images(items, cfg)?;
+    if !skipped.is_empty() && !cfg.skip_bad {
+        return Err(BadImages(skipped).into());
+    }
+    let mut left_out = vec![false; items.len()];
+    for (i, _, _) in &skipped.items {
+        left_out[*i] = true;
+    }
+    let todo: Vec<usize> = (0..items.len()).filter(|&i| !left_out[i]).collect();
     let dim = net.out_dim();
-    let mut feats = vec![0.0f32; items.len() * dim];
-    let mut skipped = Skipped::default();
+    let mut feats = Vec::with_capacity(todo.len() * dim);
+    let mut rows = Vec::with_capacity(todo.len());
     let norm = net.input_norm();
     let pb = progress_bar(items.len(), cfg.progress, what);
-    for (c, chunk) in items.chunks(cfg.batch.max(1)).enumerate() {
-        let base = c * cfg.batch.max(1);
+    pb.inc(skipped.len() as u64);
+    for chunk in todo.chunks(cfg.batch.max(1)) {
         let loaded: Vec<Result<Chw>> = chunk
             .par_iter()
-            .map(|it| load_for_eval(&it.path, it.bbx, cfg.img_size, norm))
+            .map(|&i| load_for_eval(&items[i].path, items[i].bbx, cfg.img_size, norm))
             .collect();
         let mut ok_idx = Vec::new();
         let mut ok_img = Vec::new();
-        for (k, r) in loaded.into_iter().enumerate() {
+        let mut failed = Skipped::default();
+        for (&i, r) in chunk.iter().zip(loaded) {
             match r {
                 Ok(t) => {
-                    ok_idx.push(base + k);
+                    ok_idx.push(i);
                     ok_img.push(t);
                 }
-                Err(e) => skipped.push(base + k, &items[base + k].path, &e),
+                Err(e) => failed.push(i, &items[i].path, &e),
             }
         }
-        let refs: Vec<&Chw> = ok_img.iter().collect();
-        let d = describe_multiscale(be, net, &refs, &cfg.scales, cfg.normalize_each_scale)?;
-        for (r, &i) in ok_idx.iter().enumerate() {
-            feats[i * dim..(i + 1) * dim].copy_from_slice(&d[r * dim..(r + 1) * dim]);
+        if !failed.is_empty() && !cfg.skip_bad {
+            return Err(BadImages(failed).into());
         }
+        skipped.items.append(&mut failed.items);
+        let refs: Vec<&Chw> = ok_img.iter().collect();
+        let d = describe_multiscale(be, net, &refs, &cfg.scales, cfg.normalize_each_scale)
+            .with_context(|| {
+                format!(
+                    "describing {} images from {}",
+                    ok_idx.len(),
+                    items[chunk[0]].path.display()
+                )
+            })?;
+        // A model that makes NaN (broken weights) must not produce a file that scores.
+        if let Some((r, c)) = first_non_finite(&d, dim) {
+            bail!(
+                "the descriptor of {} has a non-finite value ({}) in column {c}; the model or its weights are broken",
+                items[ok_idx[r]].path.display(),
+                d[r * dim + c]
+            );
+        }
+        feats.extend_from_slice(&d);
+        rows.extend_from_slice(&ok_idx);
         pb.inc(chunk.len() as u64);
     }
     pb.finish();
+    skipped.items.sort_by_key(|(i, _, _)| *i);
     Ok(Extracted {
         feats,
         dim,
+        rows,
         skipped,
     })
 }
@@ -343,7 +526,7 @@ mod tests {
     }
 
     #[test]
-    fn extract_skips_unreadable_images_with_zero_rows() {
+    fn extract_refuses_or_leaves_out_unreadable_and_too_small_images() {
         let be = crate::backend::cpu();
         let dir = std::env::temp_dir().join(format!("insclr-extract-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -362,27 +545,41 @@ mod tests {
             items.push(ImageItem { path: p, bbx: None });
         }
         std::fs::write(dir.join("bad.jpg"), b"nope").unwrap();
-        items.insert(
-            2,
-            ImageItem {
-                path: dir.join("bad.jpg"),
-                bbx: None,
-            },
-        );
+        image::RgbImage::new(1, 1)
+            .save(dir.join("dot.png"))
+            .unwrap();
+        for (at, name) in [(2, "bad.jpg"), (5, "dot.png")] {
+            let path = dir.join(name);
+            items.insert(at, ImageItem { path, bbx: None });
+        }
         items[4].bbx = Some([2.0, 3.0, 15.0, 12.0]);
-        let cfg = ExtractConfig {
+        let mut cfg = ExtractConfig {
             batch: 4,
             ..Default::default()
         };
+        let e = extract(be, &mut TinyGem, &items, &cfg, "test").unwrap_err();
+        let bad = &e.downcast_ref::<BadImages>().expect("a BadImages error").0;
+        assert_eq!(bad.items.iter().map(|b| b.0).collect::<Vec<_>>(), [2, 5]);
+        assert!(bad.items[1].2.contains("dot.png"), "{e}");
+
+        cfg.skip_bad = true;
         let out = extract(be, &mut TinyGem, &items, &cfg, "test").unwrap();
-        assert_eq!(out.feats.len(), 6 * 3);
-        assert_eq!(out.skipped.len(), 1);
-        assert_eq!(out.skipped.items[0].0, 2);
+        assert_eq!(out.rows, [0, 1, 3, 4, 6]);
+        assert_eq!(out.feats.len(), 5 * 3);
+        assert_eq!(out.skipped.len(), 2);
         for (i, row) in out.feats.chunks(3).enumerate() {
             let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-            let want = if i == 2 { 0.0 } else { 1.0 };
-            assert!((n - want).abs() < 1e-5, "row {i}: {row:?}");
+            assert!((n - 1.0).abs() < 1e-5, "row {i}: {row:?}");
         }
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn non_finite_values_are_found_by_row_and_column() {
+        assert_eq!(first_non_finite(&[1.0, 2.0, 3.0, 4.0], 2), None);
+        assert_eq!(
+            first_non_finite(&[1.0, 2.0, 3.0, f32::NAN, f32::INFINITY, 0.0], 2),
+            Some((1, 1))
+        );
     }
 }
