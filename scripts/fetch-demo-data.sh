@@ -32,7 +32,9 @@ whl, prefix, out = sys.argv[1:]
 z = zipfile.ZipFile(whl)
 n = 0
 for name in z.namelist():
-    if name.startswith(prefix) and name.lower().endswith((".jpg", ".jpeg", ".png", ".tif", ".tiff")):
+    # No TIFFs: scikit-image's are synthetic multipage test files, one of them 64-bit float,
+    # which no decoder here reads; they are not photos.
+    if name.startswith(prefix) and name.lower().endswith((".jpg", ".jpeg", ".png")):
         with open(os.path.join(out, os.path.basename(name)), "wb") as f:
             f.write(z.read(name))
         n += 1
@@ -79,6 +81,22 @@ if ! have opencv; then
       esac
     done
   echo "opencv/: Debian opencv-doc, usr/share/doc/opencv-doc/examples/data/ (see the package's copyright file)" >>"$DEST/SOURCES"
+fi
+
+# Folders fetched before the TIFFs were left out still hold them.
+for f in "$DEST"/skimage/multipage.tif "$DEST"/skimage/multipage_rgb.tif; do
+  [ -e "$f" ] && { rm -f "$f"; note "removed $f (a synthetic test file, not a photo; one is undecodable)"; }
+done
+
+# Copydays-style variants for the demo ground truth (configs/demo-list-gnd.json); the queries
+# go beside DEST, out of the training images. Pillow is pinned so the pixels are the same
+# everywhere, and installed into the temporary folder only.
+QUERIES="$DEST-queries"
+if ! have variants || [ -z "$(ls -A "$QUERIES" 2>/dev/null)" ]; then
+  note "variants of 16 photos (scripts/make-demo-variants.py, Pillow from PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$TMP/py" Pillow==11.0.0 >&2
+  PYTHONPATH="$TMP/py" python3 "$(dirname "$0")/make-demo-variants.py" "$DEST" "$QUERIES" >&2
+  echo "variants/, ../$(basename "$QUERIES")/: made from the photos above by scripts/make-demo-variants.py" >>"$DEST/SOURCES"
 fi
 
 n="$(find "$DEST" -type f \( -iname '*.jpg' -o -iname '*.png' -o -iname '*.jpeg' -o -iname '*.tif' \) | wc -l)"
