@@ -9,7 +9,10 @@
 //!
 //! `INSCLR_FUZZ_ITERS` sets the inputs per reader (default 100000), `INSCLR_FUZZ_SEED` the
 //! base seed; scripts/fuzz.sh runs a million per reader in release. A failure names the reader,
-//! the case seed and the file where the input (and a minimised copy) was written.
+//! the case seed and the file where the input (and a minimised copy) was written; a request
+//! over 1 GiB is refused, which aborts the process after the input is dumped.
+//! `INSCLR_FUZZ_REPLAY=<reader>:<file>` replays one input and prints a backtrace of any
+//! allocation over the limit (see `replay`).
 
 use insclr::io::npy::{self, Array, NpzEntry};
 use insclr::io::tensor::{SourceDType, Tensor, TensorData};
@@ -39,6 +42,8 @@ thread_local! {
     /// The input being parsed and its reader, to dump it if the process is about to abort.
     static CURRENT: Cell<(*const u8, usize, &'static str)> =
         const { Cell::new((std::ptr::null(), 0, "")) };
+    /// The case seed of the input being parsed, for the abort message.
+    static CASE: Cell<u64> = const { Cell::new(0) };
     /// Set while fuzzing, so the panic hook stays quiet and keeps the message.
     static QUIET: Cell<bool> = const { Cell::new(false) };
     static PANIC_AT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
@@ -74,10 +79,11 @@ impl Counting {
         if !p.is_null() {
             // SAFETY: CURRENT points at the input slice, alive for the whole parse call.
             let input = unsafe { std::slice::from_raw_parts(p, n) };
-            let path = dump_dir().join(format!("{reader}-abort.bin"));
+            let case = CASE.with(Cell::get);
+            let path = dump_dir().join(format!("{reader}-{case:016x}-abort.bin"));
             let _ = std::fs::write(&path, input);
             eprintln!(
-                "fuzz {reader}: {size}-byte allocation from a {n}-byte input; input in {}",
+                "fuzz {reader}: case seed {case:#x}: {size}-byte allocation from a {n}-byte input; refused, so the process aborts; input in {} (replay with INSCLR_FUZZ_REPLAY={reader}:<file>)",
                 path.display()
             );
         }
@@ -336,6 +342,7 @@ fn fuzz(reader: &'static str, seeds: Vec<Vec<u8>>, factor: usize, parse: Parse) 
     for i in 0..iters {
         let case = base.wrapping_add(i) ^ salt;
         let input = mutate(&mut Rng::new(case), &seeds);
+        CASE.with(|c| c.set(case));
         if let Some(why) = check(reader, parse, &input, factor) {
             let dir = dump_dir();
             let full = dir.join(format!("{reader}-{case:016x}.bin"));
