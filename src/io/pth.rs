@@ -555,6 +555,29 @@ mod tests {
     }
 
     #[test]
+    fn zip_entry_sizes_that_cannot_be_true_are_named() {
+        // data.pkl is the first entry: declare 4 GB uncompressed in its local header (offset
+        // 22) and its central directory entry (24 in; the end record, last 22 bytes, holds the
+        // directory's offset at 16), for a stored entry of a few hundred bytes.
+        let mut b = zip_pth();
+        b[22..26].copy_from_slice(&u32::MAX.to_le_bytes());
+        let eocd = b.len() - 22;
+        let cd = u32::from_le_bytes(b[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+        b[cd + 24..cd + 28].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = format!("{:#}", read_bytes(&b).unwrap_err());
+        assert!(
+            e.contains("ckpt/data.pkl") && e.contains("cannot expand"),
+            "{e}"
+        );
+        // An end record declaring 60000 entries in a 1.5 KB file.
+        let mut b = zip_pth();
+        let eocd = b.len() - 22;
+        b[eocd + 10..eocd + 12].copy_from_slice(&60000u16.to_le_bytes());
+        let e = format!("{:#}", read_bytes(&b).unwrap_err());
+        assert!(e.contains("60000 entries"), "{e}");
+    }
+
+    #[test]
     fn missing_storage_entry_is_named() {
         let mut buf = std::io::Cursor::new(Vec::new());
         {
