@@ -14,7 +14,14 @@ fn custom_net(stages: [usize; 4], base: usize) -> RetrievalNet {
     let be = cpu();
     let mut rng = Rng::new(7);
     let backbone = ResNet::custom(be, &mut rng, stages, base, false).unwrap();
-    RetrievalNet::new(be, &mut rng, Box::new(backbone), HeadKind::NormLinearNorm, 16).unwrap()
+    RetrievalNet::new(
+        be,
+        &mut rng,
+        Box::new(backbone),
+        HeadKind::NormLinearNorm,
+        16,
+    )
+    .unwrap()
 }
 
 fn tmpdir(tag: &str) -> std::path::PathBuf {
@@ -73,7 +80,9 @@ fn a_file_of_another_architecture_is_refused_briefly() {
     insclr::io::safetensors::write(&path, &other, None).unwrap();
     let err = format!(
         "{:#}",
-        model_by_name(be, "resnet-custom", Some(&path)).err().unwrap()
+        model_by_name(be, "resnet-custom", Some(&path))
+            .err()
+            .unwrap()
     );
     assert!(err.contains("not a resnet-custom model"), "{err}");
 }

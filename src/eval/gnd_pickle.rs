@@ -51,7 +51,7 @@ fn dtype(v: &Value) -> Result<Dtype> {
         return Ok(Dtype::Object);
     }
     let kind = code.as_bytes().first().copied().unwrap_or(b'?');
-    let size: usize = code[1..].parse().unwrap_or(0);
+    let size: usize = code.get(1..).and_then(|s| s.parse().ok()).unwrap_or(0);
     let ok = matches!(
         (kind, size),
         (b'i' | b'u', 1 | 2 | 4 | 8) | (b'f', 4 | 8) | (b'b', 1)
@@ -258,6 +258,12 @@ pub fn gnd_from_value(root: &Value, name: &str) -> Result<Gnd> {
 pub fn read(path: &Path) -> Result<Gnd> {
     let v = pickle::read_file(path)?;
     gnd_from_value(&v, &path.display().to_string())
+}
+
+/// Reads a revisitop ground-truth pickle held in memory; `name` is used in errors.
+pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Gnd> {
+    let v = pickle::parse(bytes).with_context(|| format!("parsing pickle {name}"))?;
+    gnd_from_value(&v, name)
 }
 
 #[cfg(test)]
@@ -471,5 +477,19 @@ mod tests {
         let v = pickle::parse(&p.0).unwrap();
         assert_eq!(numbers(&v).unwrap(), vec![1.0, 2.0, 0.5]);
         assert!(indices(Some(&v), "easy").is_err());
+    }
+
+    /// A dtype code that is empty or starts with a multi-byte character used to panic on
+    /// `code[1..]`.
+    #[test]
+    fn empty_or_non_ascii_dtype_codes_are_errors() {
+        for code in ["", "<", "\u{e9}8"] {
+            let mut p = P::default();
+            p.op(b"\x80\x02").dtype(code, "<").op(b".");
+            let v = pickle::parse(&p.0).unwrap();
+            let e = dtype(&v).unwrap_err().to_string();
+            assert!(e.contains("not supported"), "{code:?}: {e}");
+        }
+        assert!(from_bytes(b"\x80\x02N.", "g.pkl").is_err());
     }
 }

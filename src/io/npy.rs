@@ -29,8 +29,9 @@ pub struct Array<T> {
 impl<T: NpyElem> Array<T> {
     /// An array of the given shape; errors when `data` does not hold the product of `shape`.
     pub fn new(shape: Vec<usize>, data: Vec<T>) -> Result<Self> {
-        let want: usize = shape.iter().product();
-        if want != data.len() {
+        let want = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if want != Some(data.len()) {
+            let want = want.map_or("more than usize::MAX".into(), |w| w.to_string());
             bail!(
                 "array of shape {shape:?} needs {want} elements, got {}",
                 data.len()
@@ -80,30 +81,73 @@ pub fn write_to<T: NpyElem, W: Write>(w: &mut W, a: &Array<T>) -> Result<()> {
     Ok(())
 }
 
-/// Reads a `.npy` from any reader; `name` is used in errors.
-pub fn read_from<T: NpyElem, R: Read>(r: &mut R, name: &str) -> Result<Array<T>> {
+/// numpy writes headers of a few hundred bytes; a longer one is a corrupted length field.
+const MAX_HEADER: usize = 1 << 20;
+
+/// A byte count for messages, e.g. `8.2 TB`.
+pub(crate) fn human_bytes(n: u128) -> String {
+    let units = ["bytes", "KB", "MB", "GB", "TB", "PB", "EB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1000.0 && u + 1 < units.len() {
+        x /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{x:.1} {}", units[u])
+    }
+}
+
+/// Reads the magic, version and header dict; returns the shape and the bytes it declares,
+/// and how many bytes the header took. `len` is the input's size when known: every declared
+/// size is checked against it before anything is allocated.
+fn read_header<T: NpyElem, R: Read>(
+    r: &mut R,
+    name: &str,
+    len: Option<u64>,
+) -> Result<(Vec<usize>, u64, u64)> {
+    let not_npy = "the file is truncated or not an .npy";
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)
         .with_context(|| format!("{name}: too short for a .npy file"))?;
     if &magic[..6] != b"\x93NUMPY" {
         bail!("{name}: not a .npy file (bad magic); save it with numpy.save");
     }
-    let hlen = if magic[6] == 1 {
-        let mut b = [0u8; 2];
-        r.read_exact(&mut b)?;
-        u16::from_le_bytes(b) as usize
-    } else {
-        let mut b = [0u8; 4];
-        r.read_exact(&mut b)?;
-        u32::from_le_bytes(b) as usize
+    let (hlen, at) = match magic[6] {
+        1 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b)
+                .with_context(|| format!("{name}: truncated .npy header"))?;
+            (u16::from_le_bytes(b) as u64, 10u64)
+        }
+        2 | 3 => {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b)
+                .with_context(|| format!("{name}: truncated .npy header"))?;
+            (u32::from_le_bytes(b) as u64, 12)
+        }
+        v => bail!("{name}: .npy format version {v} is not one numpy writes (1, 2 or 3)"),
     };
-    let mut hb = vec![0u8; hlen];
+    if let Some(len) = len {
+        if at + hlen > len {
+            bail!("{name}: header declares {hlen} header bytes but the file holds {len} bytes; {not_npy}");
+        }
+    }
+    if hlen > MAX_HEADER as u64 {
+        bail!(
+            "{name}: header declares {hlen} header bytes (numpy writes a few hundred); {not_npy}"
+        );
+    }
+    let mut hb = vec![0u8; hlen as usize];
     r.read_exact(&mut hb)
         .with_context(|| format!("{name}: truncated .npy header"))?;
     let h = String::from_utf8_lossy(&hb);
     let field = |key: &str| -> Option<&str> {
         let i = h.find(&format!("'{key}'"))?;
-        let rest = h[i + key.len() + 2..]
+        let rest = h
+            .get(i + key.len() + 2..)?
             .trim_start()
             .strip_prefix(':')?
             .trim_start();
@@ -135,16 +179,83 @@ pub fn read_from<T: NpyElem, R: Read>(r: &mut R, name: &str) -> Result<Array<T>>
                 .with_context(|| format!("{name}: bad shape entry '{s}'"))
         })
         .collect::<Result<_>>()?;
-    let n: usize = shape.iter().product();
-    let mut data = vec![T::zeroed(); n];
-    r.read_exact(bytemuck::cast_slice_mut(&mut data))
-        .with_context(|| {
-            format!(
-                "{name}: truncated: shape {shape:?} needs {} bytes of data",
-                n * size_of::<T>()
-            )
-        })?;
+    // u128 holds the product of any handful of u64 dimensions; an overflow is still an error.
+    let bytes = shape
+        .iter()
+        .try_fold(size_of::<T>() as u128, |a, &d| a.checked_mul(d as u128));
+    let dims = shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(" x ");
+    let declared = |b: Option<u128>| {
+        let size = b.map_or("more than 2^128 bytes".into(), human_bytes);
+        format!("{name}: header declares {dims} {descr} ({size})")
+    };
+    let data = at + hlen;
+    if let (Some(b), Some(len)) = (bytes, len) {
+        let total = data as u128 + b;
+        if total > len as u128 {
+            bail!(
+                "{} but the file holds {len} bytes; {not_npy}",
+                declared(bytes)
+            );
+        }
+        if total < len as u128 {
+            bail!(
+                "{} but the file holds {len} bytes, {} more than that; the header and the data disagree",
+                declared(bytes),
+                len as u128 - total
+            );
+        }
+    }
+    match bytes.and_then(|b| usize::try_from(b).ok()) {
+        Some(b) => Ok((shape, b as u64, data)),
+        None => bail!(
+            "{}, more than this machine can address; {not_npy}",
+            declared(bytes)
+        ),
+    }
+}
+
+/// Reads `n` elements; with `known` the input was checked to hold them and they are read in
+/// one go, otherwise in chunks, so a lying header cannot make us allocate what is not there.
+fn read_data<T: NpyElem, R: Read>(r: &mut R, n: usize, known: bool) -> Result<Vec<T>> {
+    if known {
+        let mut data = vec![T::zeroed(); n];
+        r.read_exact(bytemuck::cast_slice_mut(&mut data))?;
+        return Ok(data);
+    }
+    let chunk = ((1 << 20) / size_of::<T>()).max(1);
+    let mut data: Vec<T> = Vec::new();
+    while data.len() < n {
+        let start = data.len();
+        let take = (n - start).min(chunk.max(start));
+        data.resize(start + take, T::zeroed());
+        r.read_exact(bytemuck::cast_slice_mut(&mut data[start..]))?;
+    }
+    Ok(data)
+}
+
+/// Reads a `.npy` of `len` bytes (when known) from `r`; `name` is used in errors.
+fn read_sized<T: NpyElem, R: Read>(r: &mut R, name: &str, len: Option<u64>) -> Result<Array<T>> {
+    let (shape, bytes, _) = read_header::<T, R>(r, name, len)?;
+    // read_header checked that `bytes` fits in usize.
+    let n = bytes as usize / size_of::<T>();
+    let data = read_data(r, n, len.is_some()).with_context(|| {
+        format!("{name}: truncated: shape {shape:?} needs {bytes} bytes of data")
+    })?;
     Ok(Array { shape, data })
+}
+
+/// Reads a `.npy` from any reader (its length unknown); `name` is used in errors.
+pub fn read_from<T: NpyElem, R: Read>(r: &mut R, name: &str) -> Result<Array<T>> {
+    read_sized(r, name, None)
+}
+
+/// Reads a `.npy` held in memory; `name` is used in errors.
+pub fn from_bytes<T: NpyElem>(bytes: &[u8], name: &str) -> Result<Array<T>> {
+    read_sized(&mut &bytes[..], name, Some(bytes.len() as u64))
 }
 
 /// Writes `a` to `path` as `.npy`, atomically (a temporary file renamed into place).
@@ -155,7 +266,12 @@ pub fn write<T: NpyElem>(path: &Path, a: &Array<T>) -> Result<()> {
 /// Reads a `.npy` file.
 pub fn read<T: NpyElem>(path: &Path) -> Result<Array<T>> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    read_from(&mut BufReader::new(f), &path.display().to_string())
+    let len = f.metadata()?.len();
+    read_sized(
+        &mut BufReader::new(f),
+        &path.display().to_string(),
+        Some(len),
+    )
 }
 
 /// One named array of an `.npz` archive.
@@ -188,21 +304,103 @@ pub fn write_npz(path: &Path, entries: &[NpzEntry]) -> Result<()> {
     })
 }
 
+/// Deflate expands at most 1032:1, which bounds a compressed entry's true size.
+pub const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// The uncompressed size a zip entry may truly have: its declared size, when the compressed
+/// size makes that possible, else an error naming the entry.
+pub(crate) fn zip_entry_size(f: &zip::read::ZipFile<'_, impl Read>, what: &str) -> Result<u64> {
+    let (size, packed) = (f.size(), f.compressed_size());
+    let most = match f.compression() {
+        zip::CompressionMethod::Stored => packed,
+        _ => packed.saturating_mul(MAX_DEFLATE_RATIO),
+    };
+    if size > most {
+        bail!(
+            "{what}: zip entry declares {} uncompressed but holds {} compressed ({:?}), which cannot expand that far; the archive is corrupted",
+            human_bytes(size as u128),
+            human_bytes(packed as u128),
+            f.compression()
+        );
+    }
+    Ok(size)
+}
+
+/// Checks the entry counts of a zip's end-of-central-directory record against the file size:
+/// the zip crate sizes a table by them before reading any entry (up to 65535 x ~200 bytes,
+/// however small the file). Zip64 counts are left to the crate, which bounds them itself.
+pub(crate) fn check_zip_end<R: Read + std::io::Seek>(r: &mut R, name: &str) -> Result<()> {
+    use std::io::SeekFrom;
+    let len = r.seek(SeekFrom::End(0))?;
+    // The record is 22 bytes plus a comment of at most 65535.
+    let tail_len = len.min(22 + 65535);
+    r.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = Vec::with_capacity(tail_len as usize);
+    r.by_ref().take(tail_len).read_to_end(&mut tail)?;
+    r.seek(SeekFrom::Start(0))?;
+    // The crate tries every record it finds, from the end: check each in the tail. (Data
+    // that happens to hold the signature and a count too large for a file under 3 MB is
+    // refused too; at 2^-32 per position, accepted.)
+    let records = (0..tail.len().saturating_sub(21)).filter(|&p| &tail[p..p + 4] == b"PK\x05\x06");
+    for p in records {
+        // 0xFFFF means "see the zip64 record" only when a zip64 locator precedes this one.
+        let zip64 = match p.checked_sub(20) {
+            Some(l) => &tail[l..l + 4] == b"PK\x06\x07",
+            // The locator would start before the bytes read: possible only if the file has more.
+            None => len > tail_len,
+        };
+        for at in [p + 8, p + 10] {
+            let count = u16::from_le_bytes([tail[at], tail[at + 1]]);
+            // Each central directory entry takes at least 46 bytes.
+            if !(zip64 && count == u16::MAX) && count as u64 * 46 > len {
+                bail!(
+                    "{name}: zip directory declares {count} entries but the file holds {len} bytes; the file is truncated or not a zip"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads array `key` from an `.npz` archive (stored or deflated, as numpy.savez[_compressed]).
 pub fn read_npz<T: NpyElem>(path: &Path, key: &str) -> Result<Array<T>> {
     let name = path.display().to_string();
     let f = File::open(path).with_context(|| format!("opening {name}"))?;
-    let mut z = zip::ZipArchive::new(BufReader::new(f))
-        .with_context(|| format!("{name}: not an .npz (zip) archive"))?;
+    read_npz_from(BufReader::new(f), &name, key)
+}
+
+/// Reads array `key` from an `.npz` archive held by any seekable reader; `name` is used in
+/// errors.
+pub fn read_npz_from<T: NpyElem, R: Read + std::io::Seek>(
+    r: R,
+    name: &str,
+    key: &str,
+) -> Result<Array<T>> {
+    let mut r = r;
+    check_zip_end(&mut r, name)?;
+    let mut z =
+        zip::ZipArchive::new(r).with_context(|| format!("{name}: not an .npz (zip) archive"))?;
     let names: Vec<String> = z
         .file_names()
         .map(|n| n.trim_end_matches(".npy").to_string())
         .collect();
-    let entry = z
+    let mut entry = z
         .by_name(&format!("{key}.npy"))
         .with_context(|| format!("{name}: no array '{key}' (it holds {names:?})"))?;
-    let array = read_from(&mut BufReader::new(entry), &format!("{name}[{key}]"));
-    array
+    let what = format!("{name}[{key}]");
+    let size = zip_entry_size(&entry, &what)?;
+    let array = read_sized(&mut entry, &what, Some(size))?;
+    // Reading past the end makes the zip reader check the CRC, and shows an entry longer
+    // than its header says.
+    let mut rest = [0u8; 1];
+    if entry
+        .read(&mut rest)
+        .with_context(|| format!("{what}: corrupted zip entry"))?
+        != 0
+    {
+        bail!("{what}: zip entry holds more than the {size} bytes its header declares");
+    }
+    Ok(array)
 }
 
 /// Writes through `fill` into `path.tmp`, syncs, then renames over `path`, so a crash never
@@ -296,5 +494,91 @@ mod tests {
         assert!(!path.exists());
         assert!(!dir.join("a.npy.tmp").exists(), "the temporary file stays");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A 74-byte `.npy` whose header claims 10^12 x 2048 floats (8 PB): an error naming the sizes,
+    /// not a capacity-overflow panic or an abort.
+    #[test]
+    fn huge_shape_in_a_tiny_file_is_a_clear_error() {
+        let dict = format!(
+            "{:63}\n",
+            "{'descr': '<f4', 'shape': (1000000000000, 2048), }"
+        );
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        b.extend_from_slice(dict.as_bytes());
+        assert_eq!(b.len(), 74);
+        let e = from_bytes::<f32>(&b, "feats.npy").unwrap_err().to_string();
+        assert!(
+            e.contains("feats.npy")
+                && e.contains("1000000000000 x 2048")
+                && e.contains("8.2 PB")
+                && e.contains("holds 74 bytes"),
+            "{e}"
+        );
+        // The same through a file, and a product that overflows even u128 maths in usize.
+        let dir = std::env::temp_dir().join(format!("insclr-npy-huge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("feats.npy"), &b).unwrap();
+        let e = format!("{:#}", read::<f32>(&dir.join("feats.npy")).unwrap_err());
+        assert!(e.contains("holds 74 bytes"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+        let big = "{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, 18446744073709551615, 4), }";
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(big.len() as u16 + 1).to_le_bytes());
+        b.extend_from_slice(big.as_bytes());
+        b.push(b'\n');
+        let e = from_bytes::<f32>(&b, "x.npy").unwrap_err().to_string();
+        assert!(e.contains("more than 2^128 bytes"), "{e}");
+        // A stream of unknown length is read in bounded chunks, so the lie shows as truncation.
+        let e = format!(
+            "{:#}",
+            read_from::<f32, _>(&mut &b[..], "s.npy").unwrap_err()
+        );
+        assert!(e.contains("s.npy"), "{e}");
+    }
+
+    #[test]
+    fn header_length_past_the_file_and_trailing_bytes_are_errors() {
+        let mut v = Vec::new();
+        write_to(&mut v, &Array::new(vec![2], vec![1.0f32, 2.0]).unwrap()).unwrap();
+        let mut long = v.clone();
+        long[8..10].copy_from_slice(&u16::MAX.to_le_bytes());
+        let e = from_bytes::<f32>(&long, "a.npy").unwrap_err().to_string();
+        assert!(e.contains("65535 header bytes"), "{e}");
+        let mut v3 = v.clone();
+        v3[6] = 7;
+        let e = from_bytes::<f32>(&v3, "a.npy").unwrap_err().to_string();
+        assert!(e.contains("version 7"), "{e}");
+        v.extend_from_slice(&[0; 4]);
+        let e = from_bytes::<f32>(&v, "a.npy").unwrap_err().to_string();
+        assert!(e.contains("4 more than that"), "{e}");
+    }
+
+    #[test]
+    fn npz_entry_declaring_more_than_it_holds_is_named() {
+        let a = Array::new(vec![4], vec![0i64, -1, 1 << 40, 7]).unwrap();
+        let mut npy = Vec::new();
+        write_to(&mut npy, &a).unwrap();
+        let mut buf = std::io::Cursor::new(Vec::new());
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let o = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file("neighbor.npy", o).unwrap();
+        z.write_all(&npy).unwrap();
+        z.finish().unwrap();
+        let mut b = buf.into_inner();
+        // Uncompressed size in the local header (offset 22) and the central directory entry
+        // (24 into it; the end record, last 22 bytes, holds its offset at 16): 4 GB.
+        b[22..26].copy_from_slice(&u32::MAX.to_le_bytes());
+        let eocd = b.len() - 22;
+        let cd = u32::from_le_bytes(b[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+        b[cd + 24..cd + 28].copy_from_slice(&u32::MAX.to_le_bytes());
+        let r = read_npz_from::<i64, _>(std::io::Cursor::new(&b), "p.npz", "neighbor");
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(
+            e.contains("p.npz[neighbor]") && e.contains("cannot expand"),
+            "{e}"
+        );
     }
 }

@@ -241,8 +241,9 @@ struct Vm<'a> {
     memo: std::collections::HashMap<u64, usize>,
 }
 
-/// Refuse to materialise more values than this many per arena node (shared references are
-/// copied; a hostile pickle could otherwise expand exponentially).
+/// Refuse to materialise more than this many bytes of values per byte of input, beyond a
+/// fixed 64 MiB (shared references are copied; a hostile pickle could otherwise expand
+/// exponentially, or copy one long string a million times).
 const EXPANSION_LIMIT: usize = 64;
 /// Deepest nesting accepted when materialising.
 const MAX_DEPTH: usize = 512;
@@ -783,11 +784,7 @@ impl<'a> Vm<'a> {
     }
 
     fn materialise(&self, root: usize) -> Result<Value> {
-        let mut budget = self
-            .nodes
-            .len()
-            .saturating_mul(EXPANSION_LIMIT)
-            .max(1 << 20);
+        let mut budget = self.b.len().saturating_mul(EXPANSION_LIMIT).max(1 << 26);
         let mut on_path = vec![false; self.nodes.len()];
         self.mat(root, 0, &mut budget, &mut on_path)
     }
@@ -802,10 +799,16 @@ impl<'a> Vm<'a> {
         if depth > MAX_DEPTH {
             bail!("pickle: nesting deeper than {MAX_DEPTH} levels");
         }
-        if *budget == 0 {
-            bail!("pickle: shared references expand to too many values; refusing");
-        }
-        *budget -= 1;
+        let cost = size_of::<Value>()
+            + match &self.nodes[i] {
+                Node::BigInt(b) | Node::Bytes(b) => b.len(),
+                Node::Str(s) => s.len(),
+                Node::Global(m, n) => m.len() + n.len(),
+                _ => 0,
+            };
+        *budget = budget.checked_sub(cost).ok_or_else(|| {
+            anyhow!("pickle: shared references expand to too many values; refusing")
+        })?;
         if on_path[i] {
             bail!("pickle: recursive structure (an object contains itself); not supported");
         }
@@ -1190,6 +1193,48 @@ mod tests {
             b.extend([b'(', b'h', i - 1, b'h', i - 1, b'l', b'q', i]);
         }
         b.push(b'.');
+        let e = parse(&b).unwrap_err().to_string();
+        assert!(e.contains("too many values"), "{e}");
+    }
+
+    #[test]
+    fn huge_declared_lengths_are_errors() {
+        // BINUNICODE8, BINBYTES8, BYTEARRAY8, LONG4, BINUNICODE, BINBYTES claiming far more
+        // than the input holds.
+        for op in [
+            &b"\x8d\xff\xff\xff\xff\xff\xff\xff\x7f"[..],
+            b"\x8e\x00\x00\x00\x00\x00\x01\x00\x00",
+            b"\x96\xff\xff\xff\xff\xff\xff\xff\xff",
+            b"\x8b\xff\xff\xff\xff",
+            b"X\x00\x00\x00\x80",
+            b"B\xff\xff\xff\xff",
+            b"T\xff\xff\xff\xff",
+        ] {
+            let mut b = b"\x80\x04".to_vec();
+            b.extend_from_slice(op);
+            b.extend_from_slice(b"abc.");
+            let e = parse(&b).unwrap_err().to_string();
+            assert!(
+                e.contains("truncated") || e.contains("negative length") || e.contains("fit"),
+                "{op:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_long_string_shared_many_times_is_refused() {
+        // s = 'x' * 100_000; [s] * 100_000 would copy 10 GB when materialised.
+        let mut b = b"\x80\x04X".to_vec();
+        b.extend_from_slice(&100_000u32.to_le_bytes());
+        b.extend(std::iter::repeat_n(b'x', 100_000));
+        b.extend_from_slice(b"\x94(");
+        for _ in 0..100_000 {
+            b.extend_from_slice(b"h\x00");
+        }
+        b.extend_from_slice(b"l.");
+        // POP the string first so only the list is the result.
+        let at = b.iter().position(|&c| c == b'(').unwrap();
+        b.insert(at, b'0');
         let e = parse(&b).unwrap_err().to_string();
         assert!(e.contains("too many values"), "{e}");
     }

@@ -213,11 +213,29 @@ fn build(pending: Vec<Pending>, storages: &HashMap<String, TensorData>) -> Resul
                 Some((off, n)) => (off, n),
                 None => (0, data.len()),
             };
+            if base.checked_add(avail).is_none_or(|end| end > data.len()) {
+                bail!(
+                    "tensor {}: storage view of {avail} elements at {base} reaches past storage {} of {} elements",
+                    p.name,
+                    p.storage.key,
+                    data.len()
+                );
+            }
             let numel = p
                 .size
                 .iter()
                 .try_fold(1usize, |a, &s| a.checked_mul(s))
                 .ok_or_else(|| anyhow!("tensor {}: size {:?} overflows", p.name, p.size))?;
+            // Only broadcast views (stride 0) hold fewer elements than they show; state dicts
+            // do not have them, and refusing them bounds what a corrupted size can allocate.
+            if numel > avail {
+                bail!(
+                    "tensor {}: size {:?} declares {numel} elements but its storage {} holds {avail}",
+                    p.name,
+                    p.size,
+                    p.storage.key
+                );
+            }
             let mut index = Vec::with_capacity(numel);
             if numel > 0 {
                 // Largest element touched, checked before any gather.
@@ -229,7 +247,7 @@ fn build(pending: Vec<Pending>, storages: &HashMap<String, TensorData>) -> Resul
                         (s - 1).checked_mul(st).and_then(|x| x.checked_add(a))
                     });
                 match last {
-                    Some(l) if l < avail && base + avail <= data.len() => {}
+                    Some(l) if l < avail => {}
                     _ => bail!(
                         "tensor {}: size {:?} stride {:?} offset {} reaches past its storage {} of {} elements",
                         p.name, p.size, p.stride, p.offset, p.storage.key, avail
@@ -310,26 +328,34 @@ fn storage_types(root: &Value) -> Result<HashMap<String, (SourceDType, usize)>> 
 
 type Zip<'a> = zip::ZipArchive<std::io::Cursor<&'a [u8]>>;
 
-/// An entry's bytes; `max` bounds what a corrupted size field can make us allocate.
+/// An entry's bytes; `max` bounds what the caller expects. The declared size is trusted for
+/// allocation only as far as the compressed size makes it possible, and the bytes read must
+/// match it.
 fn read_entry(zip: &mut Zip, name: &str, max: usize) -> Result<Vec<u8>> {
     let f = zip
         .by_name(name)
         .with_context(|| format!("zip entry {name}"))?;
-    if f.size() > max as u64 {
-        bail!(
-            "zip entry {name} claims {} bytes, at most {max} expected",
-            f.size()
-        );
+    let size = crate::io::npy::zip_entry_size(&f, &format!("zip entry {name}"))?;
+    if size > max as u64 {
+        bail!("zip entry {name} claims {size} bytes, at most {max} expected");
     }
-    let mut v = Vec::with_capacity((f.size() as usize).min(1 << 26));
-    f.take(max as u64 + 1)
+    let mut v = Vec::with_capacity(size as usize);
+    f.take(size + 1)
         .read_to_end(&mut v)
         .with_context(|| format!("reading zip entry {name}"))?;
+    if v.len() as u64 != size {
+        bail!(
+            "zip entry {name} holds {} bytes but its header declares {size}; the archive is corrupted",
+            v.len()
+        );
+    }
     Ok(v)
 }
 
 fn read_zip(bytes: &[u8]) -> Result<Vec<Tensor>> {
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).context("opening zip")?;
+    let mut cursor = std::io::Cursor::new(bytes);
+    crate::io::npy::check_zip_end(&mut cursor, "checkpoint")?;
+    let mut zip = zip::ZipArchive::new(cursor).context("opening zip")?;
     let pkl_name = zip
         .file_names()
         .find(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
@@ -344,8 +370,10 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<Tensor>> {
             );
         }
     }
-    // Deflate expands at most ~1032:1, which bounds a compressed entry's true size.
-    let max_entry = bytes.len().saturating_mul(1100);
+    // Deflate expands at most 1032:1, which bounds a compressed entry's true size.
+    let max_entry = bytes
+        .len()
+        .saturating_mul(crate::io::npy::MAX_DEFLATE_RATIO as usize);
     let pkl = read_entry(&mut zip, &pkl_name, max_entry)?;
     let root = pickle::parse(&pkl).with_context(|| format!("parsing {pkl_name}"))?;
     let pending = state_dict(&root)?;
@@ -361,7 +389,7 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<Tensor>> {
         let want = numel
             .checked_mul(dtype.size())
             .ok_or_else(|| anyhow!("storage {key}: {numel} elements overflow"))?;
-        let raw = read_entry(&mut zip, &name, want.max(max_entry))?;
+        let raw = read_entry(&mut zip, &name, max_entry)?;
         if raw.len() < want {
             bail!(
                 "zip entry {name} holds {} bytes; storage {key} needs {numel} x {} = {want}",
@@ -524,6 +552,29 @@ mod tests {
                 let _ = read_bytes(&c);
             }
         }
+    }
+
+    #[test]
+    fn zip_entry_sizes_that_cannot_be_true_are_named() {
+        // data.pkl is the first entry: declare 4 GB uncompressed in its local header (offset
+        // 22) and its central directory entry (24 in; the end record, last 22 bytes, holds the
+        // directory's offset at 16), for a stored entry of a few hundred bytes.
+        let mut b = zip_pth();
+        b[22..26].copy_from_slice(&u32::MAX.to_le_bytes());
+        let eocd = b.len() - 22;
+        let cd = u32::from_le_bytes(b[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+        b[cd + 24..cd + 28].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = format!("{:#}", read_bytes(&b).unwrap_err());
+        assert!(
+            e.contains("ckpt/data.pkl") && e.contains("cannot expand"),
+            "{e}"
+        );
+        // An end record declaring 60000 entries in a 1.5 KB file.
+        let mut b = zip_pth();
+        let eocd = b.len() - 22;
+        b[eocd + 10..eocd + 12].copy_from_slice(&60000u16.to_le_bytes());
+        let e = format!("{:#}", read_bytes(&b).unwrap_err());
+        assert!(e.contains("60000 entries"), "{e}");
     }
 
     #[test]

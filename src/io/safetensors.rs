@@ -59,8 +59,88 @@ pub fn write(
     .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Bytes per element of the dtypes this reader decodes (others are refused later by name).
+fn dtype_size(d: &str) -> Option<u128> {
+    Some(match d {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+        _ => return None,
+    })
+}
+
+/// Checks the header length and every tensor's offsets and size against the bytes the file
+/// holds, with errors that say which number is wrong (the safetensors crate checks the same
+/// but reports only an error kind).
+fn check_layout(bytes: &[u8]) -> Result<()> {
+    let not_st = "the file is truncated or not a .safetensors";
+    let Some(head) = bytes.get(..8) else {
+        bail!(
+            "{} bytes are too few for a .safetensors file (8-byte header length first); {not_st}",
+            bytes.len()
+        );
+    };
+    let mut n = [0u8; 8];
+    n.copy_from_slice(head);
+    let n = u64::from_le_bytes(n);
+    let rest = bytes.len() as u64 - 8;
+    if n > rest {
+        bail!(
+            "header declares a {} JSON header but the file holds {} bytes; {not_st}",
+            crate::io::npy::human_bytes(n as u128),
+            bytes.len()
+        );
+    }
+    let (json, data) = bytes[8..].split_at(n as usize);
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json)
+        .map_err(|e| anyhow!("the JSON header is not an object of tensors ({e}); {not_st}"))?;
+    for (name, info) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets = info
+            .get("data_offsets")
+            .and_then(|v| v.as_array())
+            .and_then(|a| match a[..] {
+                [ref s, ref e] => Some((s.as_u64()?, e.as_u64()?)),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("tensor {name}: no data_offsets [start, end] in the header"))?;
+        if offsets.0 > offsets.1 || offsets.1 > data.len() as u64 {
+            bail!(
+                "tensor {name}: data_offsets [{}, {}] reach past the {} bytes of data in the file; {not_st}",
+                offsets.0,
+                offsets.1,
+                data.len()
+            );
+        }
+        let dtype = info.get("dtype").and_then(|v| v.as_str()).unwrap_or("?");
+        let shape = info
+            .get("shape")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| anyhow!("tensor {name}: no shape in the header"))?;
+        let elem = dtype_size(dtype);
+        let declared = shape.iter().try_fold(elem.unwrap_or(1), |a, d| {
+            d.as_u64().and_then(|d| a.checked_mul(d as u128))
+        });
+        let Some(declared) = declared else {
+            bail!("tensor {name}: shape {shape:?} is not a list of sizes that fit in memory");
+        };
+        let held = (offsets.1 - offsets.0) as u128;
+        if elem.is_some() && declared != held {
+            bail!(
+                "tensor {name}: shape {shape:?} of {dtype} declares {} but its data_offsets hold {held} bytes",
+                crate::io::npy::human_bytes(declared)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Reads safetensors bytes; f16 / bf16 / f64 become f32, integer types i64.
 pub fn from_bytes(bytes: &[u8]) -> Result<Vec<Tensor>> {
+    check_layout(bytes)?;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow!("not a valid safetensors file: {e}"))?;
     let mut out: Vec<(usize, Tensor)> = Vec::new();
@@ -80,7 +160,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Vec<Tensor>> {
         };
         let data = view.data();
         // Position in the file, to return tensors in a stable order.
-        let at = data.as_ptr() as usize - bytes.as_ptr() as usize;
+        let at = (data.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
         let t = Tensor::new(name, view.shape().to_vec(), source.decode(data), source)?;
         out.push((at, t));
     }
@@ -150,6 +230,43 @@ mod tests {
         let e = format!("{:#}", read(&dir.join("nope.safetensors")).unwrap_err());
         assert!(e.contains("nope.safetensors"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn huge_header_length_and_offsets_past_the_file_are_named() {
+        let bytes = to_bytes(&sample(), None).unwrap();
+        // A truncated file whose first 8 bytes declare a 2^62-byte header.
+        let mut b = bytes[..40].to_vec();
+        b[..8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        let e = from_bytes(&b).unwrap_err().to_string();
+        assert!(
+            e.contains("4.6 EB JSON header") && e.contains("holds 40 bytes"),
+            "{e}"
+        );
+        // Offsets beyond the data: the tensor and the numbers are named.
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let json = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        let bad = json.replacen(
+            "\"data_offsets\":[8,8]",
+            "\"data_offsets\":[8,4000000000000]",
+            1,
+        );
+        assert_ne!(bad, json, "{json}");
+        let mut b = (bad.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(bad.as_bytes());
+        b.extend_from_slice(&bytes[8 + n..]);
+        let e = from_bytes(&b).unwrap_err().to_string();
+        assert!(
+            e.contains("tensor empty") && e.contains("4000000000000") && e.contains("reach past"),
+            "{e}"
+        );
+        // Shapes that overflow are errors too, not a panic.
+        let bad = json.replacen("[0,4]", "[18446744073709551615,18446744073709551615]", 1);
+        let mut b = (bad.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(bad.as_bytes());
+        b.extend_from_slice(&bytes[8 + n..]);
+        let e = from_bytes(&b).unwrap_err().to_string();
+        assert!(e.contains("tensor empty"), "{e}");
     }
 
     #[test]

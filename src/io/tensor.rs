@@ -146,8 +146,9 @@ impl Tensor {
         source: SourceDType,
     ) -> Result<Self> {
         let name = name.into();
-        let want: usize = shape.iter().product();
-        if want != data.len() {
+        let want = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if want != Some(data.len()) {
+            let want = want.map_or("more than usize::MAX".into(), |w| w.to_string());
             bail!(
                 "tensor {name}: shape {shape:?} needs {want} elements, data has {}",
                 data.len()

@@ -58,6 +58,9 @@ impl fmt::Display for Mode {
 }
 
 const EXAMPLE: &str = "e.g. b+i_tr4_avg0.60_k05";
+/// Mining iterations accepted (the paper uses up to 4); a larger T is a typo, and the
+/// per-iteration tables are sized by it.
+const MAX_ITERS: usize = 100;
 
 fn parse_f32(s: &str, mode: &str, what: &str) -> Result<f32> {
     s.parse::<f32>()
@@ -98,10 +101,10 @@ impl Mode {
         let iters: usize = tr
             .strip_prefix("tr")
             .and_then(|t| t.parse().ok())
-            .filter(|&t| t >= 1)
+            .filter(|&t| (1..=MAX_ITERS).contains(&t))
             .with_context(|| {
                 format!(
-                    "candidate mode '{s}': iterations '{tr}' must be tr<T> with T >= 1, e.g. tr4"
+                    "candidate mode '{s}': iterations '{tr}' must be tr<T> with 1 <= T <= {MAX_ITERS}, e.g. tr4"
                 )
             })?;
         if scores.is_empty() || scores.len() % 7 != 0 || !scores.is_ascii() {
@@ -157,6 +160,14 @@ impl Mode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_iteration_counts_are_errors_not_allocations() {
+        let e = Mode::parse("b+i_tr2147483648_avg0.60_k05")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("T <= 100"), "{e}");
+    }
 
     #[test]
     fn shipped_modes_parse_and_pad() {

@@ -66,7 +66,10 @@ pub enum Arch {
     EfficientNetLite0,
     /// [`ResNet::custom`] (the small networks `train` builds from `MODEL.BACKBONE.STAGES` and
     /// `BASE_WIDTH`). Parsed with `base == 0`, meaning "read the layout from the weights".
-    ResNetCustom { stages: [usize; 4], base: usize },
+    ResNetCustom {
+        stages: [usize; 4],
+        base: usize,
+    },
 }
 
 impl Arch {
@@ -101,7 +104,9 @@ impl Arch {
             let (Some(layer), Some(block)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            let stage = layer.strip_prefix("layer").and_then(|s| s.parse::<usize>().ok());
+            let stage = layer
+                .strip_prefix("layer")
+                .and_then(|s| s.parse::<usize>().ok());
             if let (Some(s @ 1..=4), Ok(i)) = (stage, block.parse::<usize>()) {
                 stages[s - 1] = stages[s - 1].max(i + 1);
             }

@@ -497,6 +497,18 @@ impl Config {
 
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config> {
+        // Configs are a few KB; a large file is a wrong path (a dataset, a checkpoint), and
+        // reading it whole would only delay the error.
+        const MAX_CONFIG: u64 = 1 << 20;
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("reading config {}", path.display()))?
+            .len();
+        if len > MAX_CONFIG {
+            bail!(
+                "config {} is {len} bytes; a config is a small TOML file (see configs/*.toml): wrong path?",
+                path.display()
+            );
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         Config::parse(&text, &path.display().to_string())
