@@ -64,9 +64,9 @@ first, last = log[0], log[-1]
 mem_from = next((r["step"] for r in log if r["memory_loss"] > 0), None)
 imagenet, trained, pixels = mean_ap("imagenet"), mean_ap("trained"), mean_ap("tiny-gem")
 print(f"mAP on the demo ground truth (28 queries, 154 database images, 512 px, 3 scales):")
-print(f"  tiny-gem (pixels)                  {pixels:6.2f}")
-print(f"  ImageNet EfficientNet-Lite0 GeM    {imagenet:6.2f}")
-print(f"  after the demo stage ({last['step']} steps)      {trained:6.2f}")
+for name, v in [("tiny-gem (pixels)", pixels), ("ImageNet EfficientNet-Lite0 GeM", imagenet),
+                (f"after the demo stage ({last['step']} steps)", trained)]:
+    print(f"  {name:<36}{v:6.2f}")
 verdict = "improved" if trained > imagenet else "did NOT improve"
 print(f"Training {verdict} mAP over the ImageNet descriptor ({trained - imagenet:+.2f}).")
 print(f"Loss: batch part {first['batch_loss']:.3f} at step 1 -> {last['batch_loss']:.3f} at step "

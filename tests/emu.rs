@@ -433,7 +433,6 @@ fn oob_child() {
     ignore = "needs the AddressSanitizer build; scripts/emu-sanitize.sh runs it"
 )]
 fn sanitiser_reports_out_of_bounds_writes() {
-    assert!(insclr::backend::cuda::emu::SANITIZED);
     for (kind, report, kernel) in [
         ("global", "heap-buffer-overflow", "selftest_oob_global_f32"),
         ("shared", "heap-buffer-overflow", "selftest_oob_shared_f32"),

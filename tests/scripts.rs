@@ -1,0 +1,42 @@
+//! The project's shell scripts, where they can be checked without their whole run.
+
+use std::path::Path;
+use std::process::Command;
+
+/// `scripts/demo.sh` runs the binary from wherever cargo builds it: with `CARGO_TARGET_DIR`
+/// set (absolute or relative), not `target/release`. `timeout` keeps a script that ignores
+/// `--print-binary` (and starts the whole demo) from hanging the test.
+#[test]
+fn demo_finds_the_binary_under_cargo_target_dir() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cases = [
+        (
+            Some("/tmp/insclr-elsewhere"),
+            "/tmp/insclr-elsewhere/release/insclr-cu".to_string(),
+        ),
+        (
+            Some("rel/tgt"),
+            format!("{}/rel/tgt/release/insclr-cu", root.display()),
+        ),
+        (None, format!("{}/target/release/insclr-cu", root.display())),
+    ];
+    for (dir, want) in cases {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "bash", "scripts/demo.sh", "--print-binary"])
+            .current_dir(root)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET_DIR");
+        if let Some(d) = dir {
+            cmd.env("CARGO_TARGET_DIR", d);
+        }
+        let out = cmd.output().expect("running bash scripts/demo.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{dir:?}: {:?}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.trim(), want, "CARGO_TARGET_DIR={dir:?}");
+    }
+}
