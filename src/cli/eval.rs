@@ -34,14 +34,24 @@ pub struct Args {
     #[arg(long)]
     root: PathBuf,
     /// Descriptor model: resnet50, resnet101, efficientnet-lite0, resnet-custom (with --weights;
-    /// resnet-custom reads its layout from them), or tiny-gem
-    /// (a baseline that GeM-pools the input pixels).
-    #[arg(long, default_value = "tiny-gem")]
-    model: String,
+    /// resnet-custom reads its layout from them), auto (the backbone a model file of
+    /// insclr-cu train records), or tiny-gem (a baseline that GeM-pools the input pixels)
+    /// [default: auto with --weights, else tiny-gem].
+    #[arg(long)]
+    model: Option<String>,
     /// Weights of --model (.safetensors or .pth): ImageNet weights give raw GeM descriptors,
-    /// an insclr-cu checkpoint its trained head.
+    /// an insclr-cu model or checkpoint its trained head (optimiser tensors are skipped).
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// head: the trained head (the default for files that have one; an error for files
+    /// without); gem: the backbone's raw GeM, ignoring any head.
+    #[arg(long, value_enum)]
+    descriptor: Option<super::extract::DescriptorArg>,
+    /// Pixel normalisation: imagenet, lite, or MEAN/STD of v/255 like
+    /// 0.485,0.456,0.406/0.229,0.224,0.225 [default: the one the weights file records, else
+    /// the backbone's]. A value that differs from the recorded one is warned about.
+    #[arg(long)]
+    pixel_norm: Option<String>,
     /// Ground-truth file instead of the dataset's default (revisitop .pkl or .json; list .json).
     #[arg(long)]
     gnd: Option<PathBuf>,
@@ -54,7 +64,9 @@ pub struct Args {
     /// Extraction scales [default: 1,0.7071,0.5; gldv2: 1.414,1,0.7].
     #[arg(long, value_delimiter = ',')]
     scales: Option<Vec<f64>>,
-    /// Longest image side after the thumbnail (only downscales).
+    /// Longest image side after the thumbnail. It only downscales: smaller images keep their
+    /// size, so a collection of mixed resolutions is described at mixed scales (warned about
+    /// when the longest sides differ over 2x; a smaller --img-size brings them to one size).
     #[arg(long, default_value_t = extract::IMG_SIZE)]
     img_size: u32,
     /// Images decoded and described together.
@@ -227,7 +239,9 @@ fn descriptors(
         }
         return Ok((db, q, d1, format!("descriptors from {}", dbp.display())));
     }
-    let (mut net, what) = ev::model_by_name(be, &args.model, args.weights.as_deref())?;
+    let choice = super::extract::load_choice(args.descriptor, args.pixel_norm.as_deref())?;
+    let (mut net, what) =
+        ev::load_model(be, args.model.as_deref(), args.weights.as_deref(), choice)?;
     eprintln!("model: {what}");
     let scales = args.scales.clone().unwrap_or_else(|| match args.dataset {
         Dataset::Gldv2 => extract::GLDV2_SCALES.to_vec(),
@@ -263,7 +277,7 @@ fn descriptors(
     let scales_s: Vec<String> = scales.iter().map(|s| format!("{s:.4}")).collect();
     let how = format!(
         "{} at {} px, scales {}",
-        args.model,
+        super::extract::model_name(args.model.as_deref(), args.weights.as_deref()),
         args.img_size,
         scales_s.join(",")
     );
@@ -273,7 +287,8 @@ fn descriptors(
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     let mut ops = vec![Op::Matmul, Op::Knn];
     if args.db_feats.is_none() {
-        ops.extend_from_slice(super::extract::model_ops(&args.model));
+        let model = super::extract::model_name(args.model.as_deref(), args.weights.as_deref());
+        ops.extend_from_slice(super::extract::model_ops(model));
     }
     // Unwritable outputs are found before the work, not after it.
     if let Some(path) = &args.json {

@@ -5,22 +5,33 @@ use insclr::backend::{self, DeviceChoice, Op};
 use insclr::data::image::list_images;
 use insclr::data::image::Skipped;
 use insclr::eval::extract::{self, BadImages, ExtractConfig, ImageItem};
-use insclr::eval::model_by_name;
+use insclr::eval::load_model;
 use insclr::io::{self, npy};
+use insclr::nn::net::{DescriptorChoice, LoadChoice};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `insclr-cu extract`.
 #[derive(clap::Args)]
 pub struct Args {
     /// Descriptor model: resnet50, resnet101, efficientnet-lite0, resnet-custom (with --weights;
-    /// resnet-custom reads its layout from them), or tiny-gem
-    /// (a baseline that GeM-pools the input pixels).
-    #[arg(long, default_value = "tiny-gem")]
-    model: String,
+    /// resnet-custom reads its layout from them), auto (the backbone a model file of
+    /// insclr-cu train records), or tiny-gem (a baseline that GeM-pools the input pixels)
+    /// [default: auto with --weights, else tiny-gem].
+    #[arg(long)]
+    model: Option<String>,
     /// Weights of --model (.safetensors or .pth): ImageNet weights give raw GeM descriptors,
-    /// an insclr-cu checkpoint its trained head.
+    /// an insclr-cu model or checkpoint its trained head (optimiser tensors are skipped).
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// head: the trained head (the default for files that have one; an error for files
+    /// without); gem: the backbone's raw GeM, ignoring any head.
+    #[arg(long, value_enum)]
+    descriptor: Option<DescriptorArg>,
+    /// Pixel normalisation: imagenet, lite, or MEAN/STD of v/255 like
+    /// 0.485,0.456,0.406/0.229,0.224,0.225 [default: the one the weights file records, else
+    /// the backbone's]. A value that differs from the recorded one is warned about.
+    #[arg(long)]
+    pixel_norm: Option<String>,
     /// A folder (every image under it, sorted) or a text file with one image path per line.
     #[arg(long)]
     images: PathBuf,
@@ -42,7 +53,9 @@ pub struct Args {
     /// Resize factors of the normalised image.
     #[arg(long, value_delimiter = ',', default_values_t = extract::REVISITED_SCALES)]
     scales: Vec<f64>,
-    /// Longest image side after the thumbnail (only downscales).
+    /// Longest image side after the thumbnail. It only downscales: smaller images keep their
+    /// size, so a collection of mixed resolutions is described at mixed scales (warned about
+    /// when the longest sides differ over 2x; a smaller --img-size brings them to one size).
     #[arg(long, default_value_t = extract::IMG_SIZE)]
     img_size: u32,
     /// Images decoded and described together.
@@ -85,7 +98,8 @@ fn write_bad_list(path: &Path, bad: &Skipped) -> Result<()> {
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     io::check_writable(&args.out)?;
-    let (be, chosen) = backend::select_f32(device, model_ops(&args.model))?;
+    let model = model_name(args.model.as_deref(), args.weights.as_deref());
+    let (be, chosen) = backend::select_f32(device, model_ops(model))?;
     eprintln!("backend: {chosen}");
     let paths = if args.images.is_dir() {
         list_images(&args.images)?
@@ -105,7 +119,13 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             bbx: None,
         })
         .collect();
-    let (mut net, what) = model_by_name(be.as_ref(), &args.model, args.weights.as_deref())?;
+    let choice = load_choice(args.descriptor, args.pixel_norm.as_deref())?;
+    let (mut net, what) = load_model(
+        be.as_ref(),
+        args.model.as_deref(),
+        args.weights.as_deref(),
+        choice,
+    )?;
     eprintln!("model: {what}");
     let cfg = ExtractConfig {
         img_size: args.img_size,
@@ -165,7 +185,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         "wrote {} ({n} x {}, {}) and {}: {:.1} images/s",
         args.out.display(),
         out.dim,
-        args.model,
+        model,
         order.display(),
         n as f64 / secs.max(1e-9)
     );
@@ -179,5 +199,41 @@ pub fn model_ops(model: &str) -> &'static [Op] {
         &[Op::GemFwd, Op::L2normFwd]
     } else {
         insclr::nn::EVAL_OPS
+    }
+}
+
+/// `--descriptor` of `extract` and `eval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DescriptorArg {
+    /// The trained head.
+    Head,
+    /// The backbone's raw GeM.
+    Gem,
+}
+
+/// The load choices of `--descriptor` and `--pixel-norm`.
+pub fn load_choice(
+    descriptor: Option<DescriptorArg>,
+    pixel_norm: Option<&str>,
+) -> Result<LoadChoice> {
+    Ok(LoadChoice {
+        descriptor: match descriptor {
+            None => DescriptorChoice::Auto,
+            Some(DescriptorArg::Head) => DescriptorChoice::Head,
+            Some(DescriptorArg::Gem) => DescriptorChoice::Gem,
+        },
+        pixel_norm: pixel_norm
+            .map(insclr::nn::meta::parse_pixel_norm)
+            .transpose()
+            .context("--pixel-norm")?,
+    })
+}
+
+/// The model `--model` names, with its default: `auto` with weights, else `tiny-gem`.
+pub fn model_name<'a>(model: Option<&'a str>, weights: Option<&Path>) -> &'a str {
+    match (model, weights) {
+        (Some(m), _) => m,
+        (None, Some(_)) => "auto",
+        (None, None) => "tiny-gem",
     }
 }

@@ -124,8 +124,9 @@ pub fn first_non_finite(x: &[f32], dim: usize) -> Option<(usize, usize)> {
 
 /// What the header check says about one image.
 enum Check {
-    /// Usable; a lower bound on the host bytes describing it takes.
-    Fine(f64),
+    /// Usable; a lower bound on the host bytes describing it takes, and its longest side after
+    /// the thumbnail.
+    Fine(f64, usize),
     /// This image cannot be described (reason inside).
     Bad(anyhow::Error),
     /// The settings cannot work for this image (too large when scaled): stops every run.
@@ -174,7 +175,7 @@ fn check_one(it: &ImageItem, cfg: &ExtractConfig) -> Check {
         per_scale = per_scale.max(24.0 * sh as f64 * sw as f64);
     }
     need += per_scale;
-    Check::Fine(need)
+    Check::Fine(need, th.max(tw))
 }
 
 /// `MemAvailable` of `/proc/meminfo` in bytes; `None` where unknown (not Linux).
@@ -195,9 +196,11 @@ pub fn check_images(items: &[ImageItem], cfg: &ExtractConfig) -> Result<Skipped>
     let checks: Vec<Check> = items.par_iter().map(|it| check_one(it, cfg)).collect();
     let mut bad = Skipped::default();
     let mut largest: Option<(f64, usize)> = None;
+    let mut sides = Vec::with_capacity(items.len());
     for (i, c) in checks.into_iter().enumerate() {
         match c {
-            Check::Fine(need) => {
+            Check::Fine(need, side) => {
+                sides.push(side);
                 if largest.is_none_or(|(n, _)| need > n) {
                     largest = Some((need, i));
                 }
@@ -220,7 +223,26 @@ pub fn check_images(items: &[ImageItem], cfg: &ExtractConfig) -> Result<Skipped>
             );
         }
     }
+    if let Some(w) = scale_spread_warning(&sides, cfg.img_size) {
+        eprintln!("{w}");
+    }
     Ok(bad)
+}
+
+/// The warning for a collection whose images keep very different sizes after the thumbnail
+/// (it only downscales): when the largest longest side is over twice the smallest, the same
+/// object is described at different scales in different images. `None` when they are close.
+pub fn scale_spread_warning(sides: &[usize], img_size: u32) -> Option<String> {
+    let (&min, &max) = (sides.iter().min()?, sides.iter().max()?);
+    if max <= 2 * min {
+        return None;
+    }
+    let small = sides.iter().filter(|&&s| s <= 2 * min).count();
+    Some(format!(
+        "warning: images are described at different scales: after the {img_size} px thumbnail their longest sides range from {min} to {max} px ({small} of {} image(s) within 2x of the smallest, {} larger). The thumbnail only downscales, so smaller images keep their size; use --img-size {min} (or smaller) to bring every image to one size",
+        sides.len(),
+        sides.len() - small
+    ))
 }
 
 /// Row-wise `x / max(||x||, 1e-12)` on the host, as the backend's `l2norm_fwd`.
@@ -572,6 +594,19 @@ mod tests {
             assert!((n - 1.0).abs() < 1e-5, "row {i}: {row:?}");
         }
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_wide_spread_of_sizes_is_warned_about_once_with_the_advice() {
+        assert_eq!(scale_spread_warning(&[], 1024), None);
+        assert_eq!(scale_spread_warning(&[300, 600, 450], 1024), None);
+        let w = scale_spread_warning(&[300, 1024, 500, 1024], 1024).unwrap();
+        assert!(w.contains("from 300 to 1024 px"), "{w}");
+        assert!(
+            w.contains("2 of 4 image(s) within 2x of the smallest, 2 larger"),
+            "{w}"
+        );
+        assert!(w.contains("--img-size 300"), "{w}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod rank;
 pub mod revisited;
 
 use crate::backend::Backend;
+use crate::nn::net::{DescriptorChoice, LoadChoice};
 use crate::nn::DescriptorNet;
 use anyhow::{bail, Result};
 use rank::{Pair, Tiling};
@@ -36,25 +37,50 @@ pub fn model_by_name(
     name: &str,
     weights: Option<&std::path::Path>,
 ) -> Result<(Box<dyn DescriptorNet>, String)> {
+    load_model(be, Some(name), weights, LoadChoice::default())
+}
+
+/// [`model_by_name`] with the load choices of `extract` / `eval`: `name` None (or `auto`)
+/// takes the backbone a model file of `train` records, or `tiny-gem` without `weights`.
+pub fn load_model(
+    be: &dyn Backend,
+    name: Option<&str>,
+    weights: Option<&std::path::Path>,
+    choice: LoadChoice,
+) -> Result<(Box<dyn DescriptorNet>, String)> {
+    let name = match (name, weights) {
+        (None, None) => "tiny-gem",
+        (None, Some(_)) => "auto",
+        (Some(n), _) => n,
+    };
     if name == "tiny-gem" {
         if weights.is_some() {
             bail!("tiny-gem has no weights; drop --weights or pick a backbone");
+        }
+        if choice.descriptor != DescriptorChoice::Auto || choice.pixel_norm.is_some() {
+            bail!(
+                "--descriptor and --pixel-norm apply to a backbone with --weights, not to tiny-gem"
+            );
         }
         return Ok((
             Box::new(extract::TinyGem),
             "tiny-gem (GeM of the input pixels)".into(),
         ));
     }
-    let arch = crate::nn::net::Arch::parse(name).map_err(|_| {
-        anyhow::anyhow!(
-            "unknown model '{name}'; available: {} (or score precomputed descriptors with --db-feats/--query-feats)",
-            MODELS.join(", ")
-        )
-    })?;
+    let arch = if name == "auto" {
+        None
+    } else {
+        Some(crate::nn::net::Arch::parse(name).map_err(|_| {
+            anyhow::anyhow!(
+                "unknown model '{name}'; available: {} or auto (or score precomputed descriptors with --db-feats/--query-feats)",
+                MODELS.join(", ")
+            )
+        })?)
+    };
     let Some(path) = weights else {
         bail!("--model {name} needs --weights FILE (.safetensors or .pth; ImageNet weights or an insclr-cu checkpoint)");
     };
-    crate::nn::net::load_descriptor_net(be, arch, path)
+    crate::nn::net::load_descriptor_net_with(be, arch, path, choice)
 }
 
 /// Scores of one protocol, ready to print.

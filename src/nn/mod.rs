@@ -12,6 +12,7 @@ pub mod conv;
 pub mod efficientnet;
 pub mod head;
 pub mod linear;
+pub mod meta;
 pub mod net;
 pub mod pool;
 pub mod resnet;

@@ -447,26 +447,163 @@ impl DescriptorNet for GemNet {
     }
 }
 
+/// Which descriptor to build from a weight file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DescriptorChoice {
+    /// The file's head when it has one, else raw GeM.
+    #[default]
+    Auto,
+    /// The trained head; an error for a file without one.
+    Head,
+    /// The backbone's raw GeM, ignoring any head in the file.
+    Gem,
+}
+
+/// How to turn a weight file into a descriptor network, beyond its architecture.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadChoice {
+    /// Head or raw GeM.
+    pub descriptor: DescriptorChoice,
+    /// Pixel normalisation that replaces the one the file records (or the backbone's
+    /// default); a difference from the recorded one is warned about.
+    pub pixel_norm: Option<crate::data::image::PixelNorm>,
+}
+
+/// A descriptor network with its input normalisation chosen at load time.
+struct Normed {
+    net: Box<dyn DescriptorNet>,
+    norm: crate::data::image::PixelNorm,
+}
+
+impl DescriptorNet for Normed {
+    fn out_dim(&self) -> usize {
+        self.net.out_dim()
+    }
+
+    fn input_norm(&self) -> crate::data::image::PixelNorm {
+        self.norm
+    }
+
+    fn describe(
+        &mut self,
+        be: &dyn Backend,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>> {
+        self.net.describe(be, x, n, h, w)
+    }
+}
+
+impl Arch {
+    /// The name the built backbone reports ([`Backbone::name`]); `resnet-custom` before its
+    /// layout is known is just `resnet-custom`.
+    pub fn name(self) -> String {
+        match self {
+            Arch::ResNet50 => "resnet50".into(),
+            Arch::ResNet101 => "resnet101".into(),
+            Arch::EfficientNetLite0 => "efficientnet-lite0".into(),
+            Arch::ResNetCustom { base: 0, .. } => "resnet-custom".into(),
+            Arch::ResNetCustom { stages, base } => format!("resnet-custom{stages:?}x{base}"),
+        }
+    }
+
+    /// The architecture of a recorded backbone name (`resnet-custom[1, 1, 1, 1]x8` gives
+    /// `resnet-custom`, whose layout is then read from the tensors).
+    pub fn parse_recorded(name: &str) -> Result<Self> {
+        let family = name.split('[').next().unwrap_or(name);
+        Arch::parse(family)
+    }
+}
+
+/// Tensors of a training checkpoint that are not the model: the optimiser's state.
+const OPTIMIZER_PREFIX: &str = "optimizer.";
+
 /// A descriptor network of architecture `arch` with the weights of `path` (`.safetensors` or
 /// `.pth`). A file holding `head.fc.weight` (an insclr-cu checkpoint) gives the full
 /// [`RetrievalNet`] with that head, loaded strictly; any other file (torchvision / ImageNet
 /// weights) gives a [`GemNet`] whose classifier tensors are ignored. The string says what was
-/// built and loaded.
+/// built and loaded. See [`load_descriptor_net_with`] for the choices.
 pub fn load_descriptor_net(
     be: &dyn Backend,
     arch: Arch,
     path: &std::path::Path,
 ) -> Result<(Box<dyn DescriptorNet>, String)> {
+    load_descriptor_net_with(be, Some(arch), path, LoadChoice::default())
+}
+
+/// [`load_descriptor_net`] that follows what the file records ([`super::meta`]): `arch` None
+/// takes the recorded backbone, and a given one must agree with it; the recorded pixel
+/// normalisation replaces the backbone's default unless `choice` sets one; `choice` picks the
+/// head or the raw GeM. A training checkpoint's optimiser tensors are skipped.
+pub fn load_descriptor_net_with(
+    be: &dyn Backend,
+    arch: Option<Arch>,
+    path: &std::path::Path,
+    choice: LoadChoice,
+) -> Result<(Box<dyn DescriptorNet>, String)> {
+    use super::meta::{pixel_norm_text, ModelMeta};
     use super::weights::{load_into, read_any, LoadOptions};
+    let meta = ModelMeta::read(path)?;
+    let arch = match (arch, &meta.backbone) {
+        (Some(a), _) => a,
+        (None, Some(rec)) => Arch::parse_recorded(rec)
+            .with_context(|| format!("{} records backbone {rec:?}", path.display()))?,
+        (None, None) => bail!(
+            "{} records no backbone (not written by insclr-cu train); name it with --model",
+            path.display()
+        ),
+    };
     let tensors = read_any(path)?;
+    let given = arch.name();
     let arch = arch
         .with_layout_of(&tensors)
         .with_context(|| format!("{}", path.display()))?;
+    if let Some(rec) = &meta.backbone {
+        if *rec != arch.name() {
+            bail!(
+                "--model {given} does not match {}: the file records backbone {rec}; use --model {} (or leave --model out)",
+                path.display(),
+                Arch::parse_recorded(rec).map(Arch::name).unwrap_or_else(|_| rec.clone())
+            );
+        }
+    }
     let find = |suffix: &str| tensors.iter().find(|t| t.name.ends_with(suffix));
+    let has_head = find("head.fc.weight").is_some();
+    let use_head = match choice.descriptor {
+        DescriptorChoice::Auto => has_head,
+        DescriptorChoice::Head if !has_head => bail!(
+            "--descriptor head: {} has no head (no head.fc.weight); use --descriptor gem for its raw GeM descriptors",
+            path.display()
+        ),
+        DescriptorChoice::Head => true,
+        DescriptorChoice::Gem => false,
+    };
     let mut rng = Rng::new(0);
     let backbone = arch.build(be, &mut rng, false)?;
     let arch = backbone.name();
-    if let Some(fc) = find("head.fc.weight") {
+    let mut norm = backbone.input_norm();
+    let mut norm_from = "the backbone's default";
+    if let Some(rec) = meta.pixel_norm {
+        norm = rec;
+        norm_from = "recorded in the file";
+    }
+    if let Some(flag) = choice.pixel_norm {
+        if let Some(rec) = meta.pixel_norm.filter(|r| *r != flag) {
+            eprintln!(
+                "warning: --pixel-norm {} differs from the normalisation {} was trained with ({}); descriptors will not match the training inputs",
+                pixel_norm_text(&flag),
+                path.display(),
+                pixel_norm_text(&rec)
+            );
+        }
+        norm = flag;
+        norm_from = "--pixel-norm";
+    }
+    let (net, what, report): (Box<dyn DescriptorNet>, String, _) = if use_head {
+        let fc = find("head.fc.weight")
+            .ok_or_else(|| anyhow!("{}: no head.fc.weight", path.display()))?;
         let (kind, kind_name) = match find("head.fc.bias") {
             Some(_) => (HeadKind::LinearNorm, "linear_norm"),
             None => (HeadKind::NormLinearNorm, "norm_linear_norm"),
@@ -476,17 +613,30 @@ pub fn load_descriptor_net(
             .first()
             .ok_or_else(|| anyhow!("{}: head.fc.weight has no shape", path.display()))?;
         let mut net = RetrievalNet::new(be, &mut rng, backbone, kind, dim)?;
-        let report = load_into(&mut net, be, &tensors, &LoadOptions::strict())
+        let opts = LoadOptions {
+            strict: true,
+            skip_prefixes: vec![OPTIMIZER_PREFIX.into()],
+        };
+        let report = load_into(&mut net, be, &tensors, &opts)
             .with_context(|| format!("loading {}", path.display()))?;
-        let what = format!(
-            "{arch} + GeM + {kind_name} head ({dim}-d) from {} ({} tensors)",
-            path.display(),
-            report.loaded.len()
-        );
-        Ok((Box::new(net), what))
+        let what = format!("{arch} + GeM + {kind_name} head ({dim}-d)");
+        (Box::new(net), what, report)
     } else {
         let mut net = GemNet::new(backbone);
-        let report = load_into(&mut net, be, &tensors, &LoadOptions::backbone())
+        // A file written by train holds exactly the backbone besides its head; an ImageNet file
+        // also holds a classifier.
+        let ours = has_head || meta.backbone.is_some();
+        let opts = if ours {
+            LoadOptions {
+                strict: true,
+                skip_prefixes: vec![OPTIMIZER_PREFIX.into(), "head.".into()],
+            }
+        } else {
+            let mut o = LoadOptions::backbone();
+            o.skip_prefixes.push(OPTIMIZER_PREFIX.into());
+            o
+        };
+        let report = load_into(&mut net, be, &tensors, &opts)
             .with_context(|| format!("loading {}", path.display()))?;
         if !report.missing.is_empty() {
             bail!(
@@ -496,11 +646,31 @@ pub fn load_descriptor_net(
                 report.missing[0]
             );
         }
-        let what = format!(
-            "{arch} + GeM (raw, no head) from {} ({} tensors)",
-            path.display(),
-            report.loaded.len()
-        );
-        Ok((Box::new(net), what))
+        let what = if has_head {
+            format!("{arch} + GeM (raw; the file's head ignored)")
+        } else {
+            format!("{arch} + GeM (raw, no head)")
+        };
+        (Box::new(net), what, report)
+    };
+    let n_opt = report
+        .skipped
+        .iter()
+        .filter(|n| n.starts_with(OPTIMIZER_PREFIX))
+        .count();
+    let mut what = format!(
+        "{what} from {} ({} tensors",
+        path.display(),
+        report.loaded.len()
+    );
+    if n_opt > 0 {
+        what.push_str(&format!(
+            "; {n_opt} optimiser tensors of the training checkpoint skipped"
+        ));
     }
+    what.push_str(&format!(
+        "), pixel normalisation {} ({norm_from})",
+        pixel_norm_text(&norm)
+    ));
+    Ok((Box::new(Normed { net, norm }), what))
 }

@@ -94,14 +94,16 @@ fn f32_tensor(name: String, data: &[f32]) -> Result<Tensor> {
     )
 }
 
-/// Writes the checkpoint of `step` (and its banks) into `dir`, with the run record `run` in
-/// its metadata; returns the `.safetensors` path.
+/// Writes the checkpoint of `step` (and its banks) into `dir`, with the run record `run` and
+/// the entries of `model_meta` (what the model is, [`crate::nn::meta`]) in its metadata;
+/// returns the `.safetensors` path.
 #[allow(clippy::too_many_arguments)]
 pub fn save(
     dir: &Path,
     step: usize,
     seed: u64,
     run: Option<&str>,
+    model_meta: &HashMap<String, String>,
     be: &dyn Backend,
     model: &dyn Module,
     opt: &Optimizer,
@@ -141,7 +143,7 @@ pub fn save(
             tensors.push(f32_tensor(format!("{OPT}{v_name}.{}", s.name), &v[r])?);
         }
     }
-    let mut meta = HashMap::new();
+    let mut meta = model_meta.clone();
     meta.insert("insclr.step".to_string(), step.to_string());
     meta.insert("insclr.seed".to_string(), seed.to_string());
     meta.insert("insclr.optimizer_t".to_string(), opt.t.to_string());
@@ -333,8 +335,30 @@ mod tests {
         let mut bank = IndexedBank::new(be, 3, 2).unwrap();
         let rows = be.upload(&[1.0f32, 0.0, 0.0, 1.0, 0.6, 0.8]).unwrap();
         bank.write(be, &[2, 0, 2], &rows).unwrap();
-        save(&dir, 7, 42, None, be, &m, &opt, &[("da", &bank)]).unwrap();
-        save(&dir, 12, 42, Some("{}"), be, &m, &opt, &[("da", &bank)]).unwrap();
+        save(
+            &dir,
+            7,
+            42,
+            None,
+            &HashMap::new(),
+            be,
+            &m,
+            &opt,
+            &[("da", &bank)],
+        )
+        .unwrap();
+        save(
+            &dir,
+            12,
+            42,
+            Some("{}"),
+            &HashMap::new(),
+            be,
+            &m,
+            &opt,
+            &[("da", &bank)],
+        )
+        .unwrap();
         std::fs::write(dir.join("checkpoint_x.safetensors"), b"junk").unwrap();
         let (step, path) = latest(&dir).unwrap().unwrap();
         assert_eq!((step, path.clone()), (12, checkpoint_path(&dir, 12)));
@@ -384,7 +408,18 @@ mod tests {
         let mut m = toy(be, &[1.0, 2.0, 3.0, 4.0]);
         let opt = Optimizer::new(&Solver::default(), be, &mut m).unwrap();
         let bank = IndexedBank::new(be, 3, 2).unwrap();
-        assert!(save(&dir, 3, 1, None, be, &m, &opt, &[("da", &bank)]).is_err());
+        assert!(save(
+            &dir,
+            3,
+            1,
+            None,
+            &HashMap::new(),
+            be,
+            &m,
+            &opt,
+            &[("da", &bank)]
+        )
+        .is_err());
         let mut left: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -527,6 +527,11 @@ impl<'b> Stage<'b> {
         Ok(Some(r.step))
     }
 
+    /// What the model files of this stage record about the model ([`crate::nn::meta`]).
+    pub fn model_meta(&self) -> crate::nn::meta::ModelMeta {
+        crate::nn::meta::ModelMeta::of_training(&self.cfg, &self.net, self.noda.is_some())
+    }
+
     /// Writes a checkpoint of the current step; returns its path.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let mut banks: Vec<(&str, &IndexedBank)> = Vec::new();
@@ -541,6 +546,7 @@ impl<'b> Stage<'b> {
             self.step,
             self.cfg.seed,
             self.run.as_deref(),
+            &self.model_meta().to_map(),
             self.be,
             &self.net,
             &self.opt,
@@ -832,7 +838,8 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
     pb.finish_and_clear();
     let final_model = out.join("model_final.safetensors");
     let tensors = crate::nn::weights::export(&stage.net, be)?;
-    crate::io::safetensors::write(&final_model, &tensors, None)?;
+    let meta = stage.model_meta().to_map();
+    crate::io::safetensors::write(&final_model, &tensors, Some(meta))?;
     Ok(Summary {
         steps_run: ran,
         resumed_from,
