@@ -279,6 +279,46 @@ fn train_records_the_model_and_extract_follows_the_record() {
     assert!(err.contains("warning: --pixel-norm"), "{err}");
     let a = insclr::io::npy::read::<f32>(&out).unwrap();
     assert_eq!(a.shape, [8, 128]);
+
+    // eval takes the same flags: the recorded values as a flag do not warn; a contradicting
+    // --model is refused naming both.
+    let names: Vec<String> = (0..8).map(|i| format!("img_{i}.png")).collect();
+    let gnd = serde_json::json!({
+        "imlist": names,
+        "qimlist": ["img_0.png"],
+        "gnd": [{"ok": [4], "junk": [0]}],
+    });
+    std::fs::write(dir.join("gnd.json"), gnd.to_string()).unwrap();
+    let eval = |extra: &[&str]| {
+        bin()
+            .args(["eval", "--dataset", "list", "--quiet", "--scales", "1"])
+            .arg("--root")
+            .arg(dir.join("images"))
+            .arg("--gnd")
+            .arg(dir.join("gnd.json"))
+            .arg("--weights")
+            .arg(&final_model)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let r = eval(&[
+        "--descriptor",
+        "head",
+        "--pixel-norm",
+        "0.3,0.5,0.6/0.2,0.3,0.25",
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(!err.contains("warning: --pixel-norm"), "{err}");
+    assert!(String::from_utf8_lossy(&r.stdout).contains("8-d"));
+    let r = eval(&["--model", "resnet101"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        err.contains("resnet101") && err.contains("resnet-custom[1, 1, 1, 1]x4"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
