@@ -1,6 +1,7 @@
 //! The retrieval head on pooled features (spec section 3, G16): `norm_linear_norm`
 //! (L2 -> Linear without bias -> L2) or INSTRE's `linear_norm` (Linear with bias -> L2).
 
+use super::head_init::LinearInit;
 use super::linear::Linear;
 use super::{empty, ensure_len, Param};
 use crate::backend::{Backend, Buf, L2Norm};
@@ -142,6 +143,23 @@ impl Head {
             }
             None => self.fc.backward(be, x, &self.post.dx),
         }
+    }
+
+    /// Replaces `head.fc`'s values by `init` (its bias is dropped when the head has none).
+    pub fn set_fc(&mut self, be: &dyn Backend, init: &LinearInit) -> Result<()> {
+        let (d, c) = (self.fc.d_out, self.fc.d_in);
+        if init.weight.len() != d * c || init.bias.len() != d {
+            bail!(
+                "head init is {} weights and {} biases, head.fc is {d} x {c}",
+                init.weight.len(),
+                init.bias.len()
+            );
+        }
+        self.fc.weight.value = be.upload(&init.weight)?;
+        if let Some(b) = self.fc.bias.as_mut() {
+            b.value = be.upload(&init.bias)?;
+        }
+        Ok(())
     }
 
     /// `head.fc.weight` (and `head.fc.bias`).

@@ -240,6 +240,14 @@ impl RetrievalNet {
         }
     }
 
+    /// Freezes (or unfreezes) every backbone BatchNorm's statistics: training forwards then
+    /// normalise with the running statistics and keep them (`MODEL.BACKBONE.FREEZE_BN`).
+    pub fn set_bn_frozen(&mut self, frozen: bool) {
+        for bn in self.backbone.batchnorms_mut() {
+            bn.frozen = frozen;
+        }
+    }
+
     fn run(
         &mut self,
         be: &dyn Backend,
