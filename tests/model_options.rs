@@ -117,8 +117,10 @@ fn pca_head_decorrelates_the_training_descriptors() {
         eprintln!("{head}: PCA of {n} x {C} in {:?}", t.elapsed());
         assert!(built.note.contains("PCA"), "{}", built.note);
         let net = built.net;
-        let wt = be.download::<f32>(&net.head.fc.weight.value).unwrap();
-        let bias = match &net.head.fc.bias {
+        let wt = be
+            .download::<f32>(&net.head.fc.as_ref().unwrap().weight.value)
+            .unwrap();
+        let bias = match &net.head.fc.as_ref().unwrap().bias {
             Some(b) => be.download::<f32>(&b.value).unwrap(),
             None => vec![0.0; d],
         };

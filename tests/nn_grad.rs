@@ -411,14 +411,18 @@ fn linear_gem_and_heads_backward_match_finite_differences() {
         dot(&r, host(&gem.y))
     });
 
-    for kind in [HeadKind::NormLinearNorm, HeadKind::LinearNorm] {
+    for kind in [
+        HeadKind::NormLinearNorm,
+        HeadKind::LinearNorm,
+        HeadKind::L2Only,
+    ] {
         let mut head = Head::new(be, &mut rng, kind, d_in, d_out).unwrap();
         let x = rng.vec_f32(n * d_in, 0.0, 1.0);
-        let r = rng.vec_f32(n * d_out, -1.0, 1.0);
+        let r = rng.vec_f32(n * head.out_dim(), -1.0, 1.0);
         let xb = hb(x.clone());
         head.forward(be, &xb, n).unwrap();
         head.backward(be, &xb, &hb(r.clone())).unwrap();
-        let (dx, dw) = (head.dx().clone_host(), grad(&head.fc.weight));
+        let dx = head.dx().clone_host();
         let all: Vec<usize> = (0..x.len()).collect();
         check(&format!("{kind:?} dx"), &dx, &all, 1e-3, 1e-2, |i, d| {
             let mut xp = x.clone();
@@ -426,11 +430,16 @@ fn linear_gem_and_heads_backward_match_finite_differences() {
             head.forward(be, &hb(xp), n).unwrap();
             dot(&r, host(head.y()))
         });
+        let Some(dw) = head.fc.as_ref().map(|fc| grad(&fc.weight)) else {
+            continue;
+        };
         let all: Vec<usize> = (0..dw.len()).collect();
         check(&format!("{kind:?} dW"), &dw, &all, 1e-3, 1e-2, |i, d| {
-            host_mut(&mut head.fc.weight.value)[i] += d;
+            let fc = head.fc.as_mut().unwrap();
+            host_mut(&mut fc.weight.value)[i] += d;
             head.forward(be, &xb, n).unwrap();
-            host_mut(&mut head.fc.weight.value)[i] -= d;
+            let fc = head.fc.as_mut().unwrap();
+            host_mut(&mut fc.weight.value)[i] -= d;
             dot(&r, host(head.y()))
         });
     }
@@ -587,6 +596,27 @@ fn tiny_resnet_with_frozen_batchnorm_matches_finite_differences() {
         "head.fc.weight",
     ];
     check_network(&mut net, (4, 36, 32), &names, 8, 1e-3, 1e-1, 26);
+}
+
+/// Without a head (`MODEL.HEAD.ENABLE = false`) the gradient reaches the backbone through
+/// GeM + L2 alone, and matches finite differences end to end.
+#[test]
+fn tiny_resnet_without_a_head_matches_finite_differences() {
+    let be = insclr::backend::cpu();
+    let mut rng = Rng::new(35);
+    let backbone = ResNet::custom(be, &mut rng, [1, 1, 1, 1], 4, false).unwrap();
+    let mut net =
+        RetrievalNet::new(be, &mut rng, Box::new(backbone), HeadKind::L2Only, 999).unwrap();
+    assert_eq!(net.head.out_dim(), 128);
+    assert!(net.head.params().is_empty());
+    let names = [
+        "conv1.weight",
+        "bn1.weight",
+        "layer2.0.conv2.weight",
+        "layer4.0.conv3.weight",
+        "layer4.0.bn3.bias",
+    ];
+    check_network(&mut net, (4, 36, 32), &names, 8, 1e-3, 1e-1, 36);
 }
 
 #[test]

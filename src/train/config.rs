@@ -138,6 +138,8 @@ pub struct Gmp {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Head {
+    /// `false` drops the linear layer (not in the paper): the descriptor is the L2-normalised
+    /// GeM vector and training reaches the backbone through GeM + L2; OUT_DIM is then unused.
     pub enable: bool,
     pub name: String,
     /// Checked against the backbone's channels when given.
@@ -581,10 +583,13 @@ impl Config {
         if self.attention.enable {
             bail!("ATTENTION.ENABLE = true: the attention branch is not implemented (every shipped config disables it)");
         }
-        if !self.model.head.enable {
-            bail!("MODEL.HEAD.ENABLE = false is not supported: InsCLR trains through the head");
-        }
         let h = &self.model.head;
+        if !h.enable && h.init != "random" {
+            bail!(
+                "MODEL.HEAD.INIT = {:?} with MODEL.HEAD.ENABLE = false: there is no head to initialise; remove INIT or enable the head",
+                h.init
+            );
+        }
         match h.init.as_str() {
             "random" => {}
             "identity" => {
@@ -642,7 +647,8 @@ impl Config {
                 }
                 v => bail!("XBM.VERSION = {v:?}: use \"v1\" or \"v2\""),
             }
-            if x.feature_dim != self.model.head.out_dim {
+            // Without the head the descriptor width is the backbone's (checked by the stage).
+            if self.model.head.enable && x.feature_dim != self.model.head.out_dim {
                 bail!(
                     "XBM.FEATURE_DIM = {} but MODEL.HEAD.OUT_DIM = {}; they must match",
                     x.feature_dim,
@@ -730,6 +736,16 @@ mod tests {
         assert!(e.contains("square") && e.contains("OUT_DIM = 2048"), "{e}");
         let e = bad("INIT = \"pca\"\nINIT_FEATS = \"f.npy\"\nIN_DIM = 256\nOUT_DIM = 512");
         assert!(e.contains("OUT_DIM <= 256"), "{e}");
+        let e = bad("ENABLE = false\nINIT = \"identity\"");
+        assert!(
+            e.contains("ENABLE = false") && e.contains("remove INIT"),
+            "{e}"
+        );
+        // Without the head, XBM.FEATURE_DIM is checked against the backbone by the stage.
+        let text = format!(
+            "{MINIMAL}[MODEL.HEAD]\nENABLE = false\n[XBM]\nENABLE = true\nFEATURE_DIM = 1280\n"
+        );
+        assert!(!Config::parse(&text, "t.toml").unwrap().model.head.enable);
     }
 
     #[test]

@@ -224,7 +224,10 @@ pub fn load_model(cfg: &Config, be: &dyn Backend) -> Result<Built> {
             );
         }
     }
-    let kind = HeadKind::parse(&m.head.name).context("MODEL.HEAD.NAME")?;
+    let kind = match m.head.enable {
+        true => HeadKind::parse(&m.head.name).context("MODEL.HEAD.NAME")?,
+        false => HeadKind::L2Only,
+    };
     let mut net = RetrievalNet::new(be, &mut rng, backbone, kind, m.head.out_dim)?;
     net.set_bn_ghost_groups(m.bn_ghost_groups);
     let (note, random_init) = match m.pretrain.as_str() {
@@ -291,7 +294,7 @@ pub fn load_model(cfg: &Config, be: &dyn Backend) -> Result<Built> {
 /// returns what it did, or `None` for the random init.
 fn init_head(cfg: &Config, net: &mut RetrievalNet, be: &dyn Backend) -> Result<Option<String>> {
     let h = &cfg.model.head;
-    let (c, d) = (net.head.fc.d_in, net.head.fc.d_out);
+    let (c, d) = (net.head.in_dim(), net.head.out_dim());
     let init = match HeadInit::parse(&h.init)? {
         HeadInit::Random => return Ok(None),
         HeadInit::Identity => {
@@ -398,6 +401,19 @@ impl<'b> Stage<'b> {
         pool: &CandidatePool,
     ) -> Result<Stage<'b>> {
         let n = data.len();
+        if cfg.model.backbone.freeze_bn && be.device() != crate::backend::Device::Cpu {
+            bail!(
+                "MODEL.BACKBONE.FREEZE_BN = true: the frozen-statistics BatchNorm backward runs on the CPU backend only so far; train with --device cpu or set FREEZE_BN = false"
+            );
+        }
+        if cfg.xbm.enable && cfg.xbm.feature_dim != net.out_dim() {
+            bail!(
+                "XBM.FEATURE_DIM = {} but the descriptors are {}-d; set XBM.FEATURE_DIM = {}",
+                cfg.xbm.feature_dim,
+                net.out_dim(),
+                net.out_dim()
+            );
+        }
         if cfg.xbm.size != 0 && cfg.xbm.size != n {
             bail!(
                 "XBM.SIZE = {} but the dataset has {n} images; set XBM.SIZE = {n} (or 0 for the dataset's size)",
