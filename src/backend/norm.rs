@@ -165,7 +165,7 @@ pub trait NormOps {
     }
     /// BatchNorm + activation backward after an eval-mode forward (frozen statistics,
     /// `MODEL.BACKBONE.FREEZE_BN`): the normalisation is a per-channel affine map, so `dx =
-    /// dz * gamma / sqrt(running_var + eps)`. Only the CPU backend has it so far.
+    /// dz * gamma / sqrt(running_var + eps)`. The CPU twin and kernels/norm.cu have it.
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_bwd_eval(
         &self,
@@ -179,7 +179,7 @@ pub trait NormOps {
         _dparams: (&mut Buf, &mut Buf),
         _s: Checked<BatchNorm>,
     ) -> Result<()> {
-        bail!("the backward of a frozen-statistics BatchNorm (MODEL.BACKBONE.FREEZE_BN = true) runs on the CPU backend only; train with --device cpu or set FREEZE_BN = false")
+        bail!("this backend has no backward for a frozen-statistics BatchNorm (MODEL.BACKBONE.FREEZE_BN = true); train with --device cpu or set FREEZE_BN = false")
     }
 }
 

@@ -401,11 +401,6 @@ impl<'b> Stage<'b> {
         pool: &CandidatePool,
     ) -> Result<Stage<'b>> {
         let n = data.len();
-        if cfg.model.backbone.freeze_bn && be.device() != crate::backend::Device::Cpu {
-            bail!(
-                "MODEL.BACKBONE.FREEZE_BN = true: the frozen-statistics BatchNorm backward runs on the CPU backend only so far; train with --device cpu or set FREEZE_BN = false"
-            );
-        }
         if cfg.xbm.enable && cfg.xbm.feature_dim != net.out_dim() {
             bail!(
                 "XBM.FEATURE_DIM = {} but the descriptors are {}-d; set XBM.FEATURE_DIM = {}",
