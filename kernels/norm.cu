@@ -228,6 +228,38 @@ __device__ void batchnorm_bwd(const T* __restrict__ x, const T* __restrict__ y, 
     }
 }
 
+// Frozen statistics (MODEL.BACKBONE.FREEZE_BN): the backward of the eval-mode forward, where the
+// running statistics are constants: invstd = 1/sqrt(running_var + eps), xh = (x - running_mean)
+// * invstd, dz = dy * act'(y); dx = gamma * invstd * dz, dres = dz, dgamma += sum(dz * xh),
+// dbeta += sum(dz). One block per channel (one sweep: dx needs no reduction), sums in f32 added
+// by one thread, as the training backward.
+template <typename T>
+__device__ void batchnorm_bwd_eval(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
+                                   const float* __restrict__ gamma, const float* __restrict__ running_mean,
+                                   const float* __restrict__ running_var, T* __restrict__ dx, T* __restrict__ dres,
+                                   float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C, int hw,
+                                   float eps, int act) {
+    __shared__ float slots[BN_THREADS / WARP_SIZE];
+    int c = blockIdx.x;
+    size_t count = (size_t)n * hw;
+    float mean = running_mean[c], invstd = 1.0f / sqrtf(running_var[c] + eps), k = gamma[c] * invstd;
+    float sdz = 0.0f, sdzx = 0.0f;
+    for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
+        size_t at = bn_offset(0, e, n, C, c, hw);
+        float dz = load(dy[at]) * act_grad(act, load(y[at]));
+        sdz += dz;
+        sdzx += dz * (load(x[at]) - mean) * invstd;
+        dx[at] = store<T>(k * dz);
+        if (dres) dres[at] = store<T>(dz);
+    }
+    sdz = block_sum(sdz, slots);
+    sdzx = block_sum(sdzx, slots);
+    if (threadIdx.x == 0) {
+        dbeta[c] += sdz;
+        dgamma[c] += sdzx;
+    }
+}
+
 // Activations (x, y, the residual and their gradients) in T; parameters, running and saved
 // statistics and parameter gradients in f32 (master copies) for every T.
 #define BATCHNORM_ENTRY_POINTS(T, SUFFIX)                                                                     \
@@ -252,6 +284,14 @@ __device__ void batchnorm_bwd(const T* __restrict__ x, const T* __restrict__ y, 
         float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C, int hw, int ghost, int act) {    \
         batchnorm_bwd(x, y, dy, gamma, save_mean, save_invstd, dx, dres, dgamma, dbeta, n, C, hw, ghost,      \
                       act);                                                                                   \
+    }                                                                                                         \
+    extern "C" __global__ void batchnorm_bwd_eval_##SUFFIX(                                                   \
+        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                           \
+        const float* __restrict__ gamma, const float* __restrict__ running_mean,                              \
+        const float* __restrict__ running_var, T* __restrict__ dx, T* __restrict__ dres,                      \
+        float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C, int hw, float eps, int act) {    \
+        batchnorm_bwd_eval(x, y, dy, gamma, running_mean, running_var, dx, dres, dgamma, dbeta, n, C, hw, eps, \
+                           act);                                                                              \
     }
 
 BATCHNORM_ENTRY_POINTS(float, f32)

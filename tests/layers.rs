@@ -182,8 +182,27 @@ fn kernel_batchnorm_matches_cpu() {
                     (&mut dgamma, &mut dbeta),
                     s,
                 )?;
+                // Frozen statistics: the eval-mode forward's backward.
+                let mut dx_eval = poisoned_as(be, len, dt);
+                let mut dres_eval = poisoned_as(be, len, dt);
+                let mut dgamma_eval = be.upload(&vec![0.25; c])?;
+                let mut dbeta_eval = be.upload(&vec![-0.5; c])?;
+                be.batchnorm_bwd_eval(
+                    &x,
+                    &y_eval,
+                    &dy,
+                    &gamma,
+                    (&rm, &rv),
+                    &mut dx_eval,
+                    with_res.then_some(&mut dres_eval),
+                    (&mut dgamma_eval, &mut dbeta_eval),
+                    s,
+                )?;
                 let mut out = Vec::new();
                 for (name, b) in [
+                    ("eval dx", &dx_eval),
+                    ("eval dgamma", &dgamma_eval),
+                    ("eval dbeta", &dbeta_eval),
                     ("y", &y),
                     ("running mean", &rm),
                     ("running var", &rv),
@@ -198,6 +217,7 @@ fn kernel_batchnorm_matches_cpu() {
                 }
                 if with_res {
                     out.push(("dres".into(), download_f32(be, &dres)?));
+                    out.push(("eval dres".into(), download_f32(be, &dres_eval)?));
                 }
                 Ok(out)
             });

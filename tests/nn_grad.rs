@@ -199,6 +199,102 @@ fn batchnorm_train_backward_matches_finite_differences() {
     }
 }
 
+/// Frozen statistics (`MODEL.BACKBONE.FREEZE_BN`): a training forward equals the eval-mode
+/// forward, leaves the running statistics alone, and its backward (x, gamma, beta and the
+/// residual) matches finite differences.
+#[test]
+fn frozen_batchnorm_is_eval_mode_and_its_backward_matches_finite_differences() {
+    let be = insclr::backend::cpu();
+    let mut rng = Rng::new(41);
+    for (act, with_res) in [
+        (Act::Identity, false),
+        (Act::Relu, false),
+        (Act::Relu6, false),
+        (Act::Relu, true),
+        (Act::Identity, true),
+    ] {
+        let what = format!("frozen batchnorm {act:?} residual {with_res}");
+        let (n, c, hw) = (3, 3, 4);
+        let mut bn = BatchNorm2d::new(be, "bn", c, 1e-3, act).unwrap();
+        bn.frozen = true;
+        host_mut(&mut bn.weight.value).copy_from_slice(&[4.0, 3.0, 2.5]);
+        host_mut(&mut bn.bias.value).copy_from_slice(&[2.0, 1.0, 3.0]);
+        host_mut(&mut bn.running_mean.value).copy_from_slice(&[0.5, -0.3, 0.1]);
+        host_mut(&mut bn.running_var.value).copy_from_slice(&[2.0, 0.7, 1.3]);
+        let stats =
+            |bn: &BatchNorm2d| [host(&bn.running_mean.value), host(&bn.running_var.value)].concat();
+        let before = stats(&bn);
+        let x = rng.vec_f32(n * c * hw, -2.0, 3.0);
+        let res = rng.vec_f32(n * c * hw, -1.0, 1.0);
+        let r = rng.vec_f32(n * c * hw, -1.0, 1.0);
+        let (xb, resb) = (hb(x.clone()), hb(res.clone()));
+        let rb = with_res.then_some(&resb);
+        bn.forward_add(be, &xb, rb, n, hw, false).unwrap();
+        let eval = host(&bn.y).to_vec();
+        bn.forward_add(be, &xb, rb, n, hw, true).unwrap();
+        assert_eq!(
+            host(&bn.y),
+            &eval[..],
+            "{what}: train forward differs from eval"
+        );
+        assert_eq!(stats(&bn), before, "{what}: running statistics moved");
+        bn.backward(be, &xb, &hb(r.clone())).unwrap();
+        let (dx, dg, db) = (host(&bn.dx).to_vec(), grad(&bn.weight), grad(&bn.bias));
+        let all: Vec<usize> = (0..x.len()).collect();
+        let run = |bn: &mut BatchNorm2d, x: &[f32], res: &[f32]| {
+            let resb = hb(res.to_vec());
+            bn.forward_add(be, &hb(x.to_vec()), with_res.then_some(&resb), n, hw, true)
+                .unwrap();
+            dot(&r, host(&bn.y))
+        };
+        check(&format!("{what} dx"), &dx, &all, 1e-3, 1e-2, |i, d| {
+            let mut xp = x.clone();
+            xp[i] += d;
+            run(&mut bn, &xp, &res)
+        });
+        if with_res {
+            // The identity activation's residual gradient is dy itself (not written).
+            let dres = if act == Act::Identity {
+                r.clone()
+            } else {
+                host(&bn.dres).to_vec()
+            };
+            check(&format!("{what} dres"), &dres, &all, 1e-3, 1e-2, |i, d| {
+                let mut rp = res.clone();
+                rp[i] += d;
+                run(&mut bn, &x, &rp)
+            });
+        }
+        check(
+            &format!("{what} dgamma"),
+            &dg,
+            &[0, 1, 2],
+            1e-3,
+            1e-2,
+            |i, d| {
+                host_mut(&mut bn.weight.value)[i] += d;
+                let l = run(&mut bn, &x, &res);
+                host_mut(&mut bn.weight.value)[i] -= d;
+                l
+            },
+        );
+        check(
+            &format!("{what} dbeta"),
+            &db,
+            &[0, 1, 2],
+            1e-3,
+            1e-2,
+            |i, d| {
+                host_mut(&mut bn.bias.value)[i] += d;
+                let l = run(&mut bn, &x, &res);
+                host_mut(&mut bn.bias.value)[i] -= d;
+                l
+            },
+        );
+        assert_eq!(stats(&bn), before, "{what}: running statistics moved");
+    }
+}
+
 #[test]
 fn batchnorm_backward_refuses_an_eval_forward() {
     let be = insclr::backend::cpu();
@@ -315,14 +411,18 @@ fn linear_gem_and_heads_backward_match_finite_differences() {
         dot(&r, host(&gem.y))
     });
 
-    for kind in [HeadKind::NormLinearNorm, HeadKind::LinearNorm] {
+    for kind in [
+        HeadKind::NormLinearNorm,
+        HeadKind::LinearNorm,
+        HeadKind::L2Only,
+    ] {
         let mut head = Head::new(be, &mut rng, kind, d_in, d_out).unwrap();
         let x = rng.vec_f32(n * d_in, 0.0, 1.0);
-        let r = rng.vec_f32(n * d_out, -1.0, 1.0);
+        let r = rng.vec_f32(n * head.out_dim(), -1.0, 1.0);
         let xb = hb(x.clone());
         head.forward(be, &xb, n).unwrap();
         head.backward(be, &xb, &hb(r.clone())).unwrap();
-        let (dx, dw) = (head.dx().clone_host(), grad(&head.fc.weight));
+        let dx = head.dx().clone_host();
         let all: Vec<usize> = (0..x.len()).collect();
         check(&format!("{kind:?} dx"), &dx, &all, 1e-3, 1e-2, |i, d| {
             let mut xp = x.clone();
@@ -330,11 +430,16 @@ fn linear_gem_and_heads_backward_match_finite_differences() {
             head.forward(be, &hb(xp), n).unwrap();
             dot(&r, host(head.y()))
         });
+        let Some(dw) = head.fc.as_ref().map(|fc| grad(&fc.weight)) else {
+            continue;
+        };
         let all: Vec<usize> = (0..dw.len()).collect();
         check(&format!("{kind:?} dW"), &dw, &all, 1e-3, 1e-2, |i, d| {
-            host_mut(&mut head.fc.weight.value)[i] += d;
+            let fc = head.fc.as_mut().unwrap();
+            host_mut(&mut fc.weight.value)[i] += d;
             head.forward(be, &xb, n).unwrap();
-            host_mut(&mut head.fc.weight.value)[i] -= d;
+            let fc = head.fc.as_mut().unwrap();
+            host_mut(&mut fc.weight.value)[i] -= d;
             dot(&r, host(head.y()))
         });
     }
@@ -463,6 +568,55 @@ fn tiny_resnet_end_to_end_matches_finite_differences() {
         "head.fc.weight",
     ];
     check_network(&mut net, (4, 40, 36), &names, 8, 1e-3, 1e-1, 16);
+}
+
+/// A whole network with frozen BatchNorm statistics (ImageNet-like running statistics kept
+/// through training) matches finite differences end to end.
+#[test]
+fn tiny_resnet_with_frozen_batchnorm_matches_finite_differences() {
+    let be = insclr::backend::cpu();
+    let mut rng = Rng::new(25);
+    let backbone = ResNet::custom(be, &mut rng, [1, 1, 1, 1], 4, false).unwrap();
+    let mut net =
+        RetrievalNet::new(be, &mut rng, Box::new(backbone), HeadKind::LinearNorm, 8).unwrap();
+    net.set_bn_frozen(true);
+    for p in net.params_mut() {
+        if p.name.ends_with("running_var") {
+            let v = rng.vec_f32(p.numel(), 0.5, 2.0);
+            host_mut(&mut p.value).copy_from_slice(&v);
+        }
+    }
+    let names = [
+        "conv1.weight",
+        "bn1.weight",
+        "layer1.0.bn2.bias",
+        "layer2.0.downsample.0.weight",
+        "layer3.0.bn1.weight",
+        "layer4.0.conv2.weight",
+        "head.fc.weight",
+    ];
+    check_network(&mut net, (4, 36, 32), &names, 8, 1e-3, 1e-1, 26);
+}
+
+/// Without a head (`MODEL.HEAD.ENABLE = false`) the gradient reaches the backbone through
+/// GeM + L2 alone, and matches finite differences end to end.
+#[test]
+fn tiny_resnet_without_a_head_matches_finite_differences() {
+    let be = insclr::backend::cpu();
+    let mut rng = Rng::new(35);
+    let backbone = ResNet::custom(be, &mut rng, [1, 1, 1, 1], 4, false).unwrap();
+    let mut net =
+        RetrievalNet::new(be, &mut rng, Box::new(backbone), HeadKind::L2Only, 999).unwrap();
+    assert_eq!(net.head.out_dim(), 128);
+    assert!(net.head.params().is_empty());
+    let names = [
+        "conv1.weight",
+        "bn1.weight",
+        "layer2.0.conv2.weight",
+        "layer4.0.conv3.weight",
+        "layer4.0.bn3.bias",
+    ];
+    check_network(&mut net, (4, 36, 32), &names, 8, 1e-3, 1e-1, 36);
 }
 
 #[test]

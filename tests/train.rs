@@ -285,6 +285,43 @@ fn resume_with_another_seed_is_refused() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The options of issue 14 train on the CPU: no head (`MODEL.HEAD.ENABLE = false`: the
+/// descriptor is the L2-normalised 128-d GeM, no `head.fc` is written) with frozen BatchNorm
+/// statistics (`MODEL.BACKBONE.FREEZE_BN`: the running statistics stay at their init while
+/// the backbone and the BatchNorm affine parameters move).
+#[test]
+fn headless_stage_with_frozen_batchnorm_trains_on_the_cpu() {
+    let dir = tmpdir("headless");
+    let pool = make_data(&dir);
+    let be = insclr::backend::cpu();
+    let mut cfg = config(&dir, &pool, "a", false, 2);
+    cfg.model.head.enable = false;
+    cfg.model.backbone.freeze_bn = true;
+    cfg.xbm.feature_dim = 128;
+    let r = train::run(cfg, be, &quiet(false)).unwrap();
+    assert_eq!(r.steps_run, 2);
+    let losses = log_losses(&dir, "a");
+    assert!(losses.iter().all(|&(_, l, _)| l.is_finite()), "{losses:?}");
+    let fa = final_tensors(&dir, "a");
+    assert!(
+        fa.iter().all(|(n, _)| !n.starts_with("head.")),
+        "a head was saved"
+    );
+    let get = |name: &str| &fa.iter().find(|(n, _)| n == name).unwrap().1;
+    assert!(get("bn1.running_mean").iter().all(|&v| v == 0.0));
+    assert!(get("layer4.0.bn3.running_var").iter().all(|&v| v == 1.0));
+    assert!(
+        get("bn1.weight").iter().any(|&v| v != 1.0),
+        "bn1.weight did not train"
+    );
+    // A wrong bank width names the descriptor width.
+    let mut cfg = config(&dir, &pool, "b", false, 2);
+    cfg.model.head.enable = false;
+    let e = format!("{:#}", train::run(cfg, be, &quiet(false)).unwrap_err());
+    assert!(e.contains("XBM.FEATURE_DIM = 128"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The done-when of the device backbone: `train` on the GPU (the emulator here) gives the CPU's
 /// losses for the first steps, base / v1 and impr / v2 (no-DA forward, selection, mining),
 /// and resumes exactly.

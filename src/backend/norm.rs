@@ -163,6 +163,24 @@ pub trait NormOps {
     ) -> Result<()> {
         Err(not_implemented(Op::BatchnormBwd))
     }
+    /// BatchNorm + activation backward after an eval-mode forward (frozen statistics,
+    /// `MODEL.BACKBONE.FREEZE_BN`): the normalisation is a per-channel affine map, so `dx =
+    /// dz * gamma / sqrt(running_var + eps)`. The CPU twin and kernels/norm.cu have it.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_bwd_eval(
+        &self,
+        _x: &Buf,
+        _y: &Buf,
+        _dy: &Buf,
+        _gamma: &Buf,
+        _running: (&Buf, &Buf),
+        _dx: &mut Buf,
+        _dres: Option<&mut Buf>,
+        _dparams: (&mut Buf, &mut Buf),
+        _s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        bail!("this backend has no backward for a frozen-statistics BatchNorm (MODEL.BACKBONE.FREEZE_BN = true); train with --device cpu or set FREEZE_BN = false")
+    }
 }
 
 impl dyn Backend + '_ {
@@ -260,5 +278,30 @@ impl dyn Backend + '_ {
         self.require(Op::BatchnormBwd, x.dtype())?;
         self.norm_ops()
             .batchnorm_bwd(x, y, dy, gamma, saved, dx, dres, dparams, s)
+    }
+
+    /// BatchNorm + activation backward after an eval-mode forward whose gradient is wanted
+    /// (frozen statistics): `dz = dy * act'(y)`, `dx = dz * gamma * invstd` with the running
+    /// statistics, `dgamma += sum(dz * xh)`, `dbeta += sum(dz)`, `dres = dz` when asked.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_bwd_eval(
+        &self,
+        x: &Buf,
+        y: &Buf,
+        dy: &Buf,
+        gamma: &Buf,
+        running: (&Buf, &Buf),
+        dx: &mut Buf,
+        dres: Option<&mut Buf>,
+        dparams: (&mut Buf, &mut Buf),
+        s: BatchNorm,
+    ) -> Result<()> {
+        let s = s.check(
+            &[&[x, y, dy, &*dx], dres.as_deref().as_slice()].concat(),
+            &[gamma, running.0, running.1, dparams.0, dparams.1],
+        )?;
+        self.require(Op::BatchnormBwd, x.dtype())?;
+        self.norm_ops()
+            .batchnorm_bwd_eval(x, y, dy, gamma, running, dx, dres, dparams, s)
     }
 }

@@ -1,5 +1,5 @@
 //! BatchNorm2d with a fused activation: batch statistics and running averages in training,
-//! running statistics in eval mode.
+//! running statistics in eval mode, and frozen running statistics in training when asked.
 
 use super::{empty, ensure_len, Param, ParamKind};
 use crate::backend::{Act, Backend, BatchNorm, Buf};
@@ -18,8 +18,14 @@ pub struct BatchNorm2d {
     pub act: Act,
     /// Statistics groups per batch (spec G13); 1 is plain BatchNorm.
     pub ghost: usize,
+    /// Frozen statistics (`MODEL.BACKBONE.FREEZE_BN`): training forwards normalise with the
+    /// running statistics and leave them unchanged; gamma and beta still train.
+    pub frozen: bool,
     shape: Option<BatchNorm>,
+    /// The last forward was a training forward (backward allowed).
     trained: bool,
+    /// The last forward normalised with batch statistics (else with the running ones).
+    batch_stats: bool,
     save_mean: Buf,
     save_invstd: Buf,
     /// Output of the last forward.
@@ -50,8 +56,10 @@ impl BatchNorm2d {
             momentum: 0.1,
             act,
             ghost: 1,
+            frozen: false,
             shape: None,
             trained: false,
+            batch_stats: false,
             save_mean: empty(),
             save_invstd: empty(),
             y: empty(),
@@ -97,7 +105,8 @@ impl BatchNorm2d {
         };
         ensure_len(be, &mut self.y, n * s.c * hw)?;
         let name = &self.weight.name;
-        if train {
+        let batch_stats = train && !self.frozen;
+        if batch_stats {
             ensure_len(be, &mut self.save_mean, s.ghost * s.c)?;
             ensure_len(be, &mut self.save_invstd, s.ghost * s.c)?;
             be.batchnorm_fwd_train(
@@ -125,6 +134,7 @@ impl BatchNorm2d {
         .with_context(|| format!("forward of {name}"))?;
         self.shape = Some(s);
         self.trained = train;
+        self.batch_stats = batch_stats;
         self.residual = residual.is_some() && self.act != Act::Identity;
         Ok(())
     }
@@ -136,7 +146,7 @@ impl BatchNorm2d {
             .shape
             .ok_or_else(|| anyhow!("backward of {name} before its forward"))?;
         if !self.trained {
-            bail!("backward of {name} after an eval-mode forward; training runs BatchNorm in train mode");
+            bail!("backward of {name} after an eval-mode forward; call forward with train = true (a frozen BatchNorm then keeps its running statistics)");
         }
         ensure_len(be, &mut self.dx, s.n * s.c * s.hw)?;
         if self.residual {
@@ -152,17 +162,32 @@ impl BatchNorm2d {
             .grad
             .as_mut()
             .ok_or_else(|| anyhow!("{name} bias has no gradient"))?;
-        be.batchnorm_bwd(
-            x,
-            &self.y,
-            dy,
-            &self.weight.value,
-            (&self.save_mean, &self.save_invstd),
-            &mut self.dx,
-            self.residual.then_some(&mut self.dres),
-            (dgamma, dbeta),
-            s,
-        )
+        let dres = self.residual.then_some(&mut self.dres);
+        if self.batch_stats {
+            be.batchnorm_bwd(
+                x,
+                &self.y,
+                dy,
+                &self.weight.value,
+                (&self.save_mean, &self.save_invstd),
+                &mut self.dx,
+                dres,
+                (dgamma, dbeta),
+                s,
+            )
+        } else {
+            be.batchnorm_bwd_eval(
+                x,
+                &self.y,
+                dy,
+                &self.weight.value,
+                (&self.running_mean.value, &self.running_var.value),
+                &mut self.dx,
+                dres,
+                (dgamma, dbeta),
+                s,
+            )
+        }
         .with_context(|| format!("backward of {name}"))
     }
 

@@ -1,6 +1,8 @@
 //! The retrieval head on pooled features (spec section 3, G16): `norm_linear_norm`
-//! (L2 -> Linear without bias -> L2) or INSTRE's `linear_norm` (Linear with bias -> L2).
+//! (L2 -> Linear without bias -> L2) or INSTRE's `linear_norm` (Linear with bias -> L2), or
+//! no head at all (`MODEL.HEAD.ENABLE = false`, not in the paper: only the final L2).
 
+use super::head_init::LinearInit;
 use super::linear::Linear;
 use super::{empty, ensure_len, Param};
 use crate::backend::{Backend, Buf, L2Norm};
@@ -14,6 +16,9 @@ pub enum HeadKind {
     NormLinearNorm,
     /// Linear(C -> D, with bias) -> L2 (INSTRE configs).
     LinearNorm,
+    /// No linear layer: the descriptor is the L2-normalised GeM vector (`MODEL.HEAD.ENABLE =
+    /// false`), D = C.
+    L2Only,
 }
 
 impl HeadKind {
@@ -71,17 +76,19 @@ impl Default for L2Normalize {
     }
 }
 
-/// The head, its linear layer named `head.fc`.
+/// The head, its linear layer named `head.fc` (none for [`HeadKind::L2Only`]).
 pub struct Head {
     pub kind: HeadKind,
     pre: Option<L2Normalize>,
-    pub fc: Linear,
+    pub fc: Option<Linear>,
     post: L2Normalize,
-    n: usize,
+    /// Input width (pooled channels).
+    c: usize,
 }
 
 impl Head {
-    /// A head from `c` pooled channels to `d`-dimensional descriptors.
+    /// A head from `c` pooled channels to `d`-dimensional descriptors (`d` is unused by
+    /// [`HeadKind::L2Only`], whose descriptors are `c`-dimensional).
     pub fn new(
         be: &dyn Backend,
         rng: &mut Rng,
@@ -90,18 +97,27 @@ impl Head {
         d: usize,
     ) -> Result<Self> {
         let bias = kind == HeadKind::LinearNorm;
+        let fc = match kind {
+            HeadKind::L2Only => None,
+            _ => Some(Linear::new(be, rng, "head.fc", c, d, bias)?),
+        };
         Ok(Head {
             kind,
             pre: (kind == HeadKind::NormLinearNorm).then(L2Normalize::new),
-            fc: Linear::new(be, rng, "head.fc", c, d, bias)?,
+            fc,
             post: L2Normalize::new(),
-            n: 0,
+            c,
         })
+    }
+
+    /// Input width (pooled channels).
+    pub fn in_dim(&self) -> usize {
+        self.c
     }
 
     /// Descriptor length.
     pub fn out_dim(&self) -> usize {
-        self.fc.d_out
+        self.fc.as_ref().map_or(self.c, |fc| fc.d_out)
     }
 
     /// Descriptors of the last forward, `n x d`, unit rows.
@@ -111,46 +127,72 @@ impl Head {
 
     /// Input gradient of the last backward.
     pub fn dx(&self) -> &Buf {
-        match &self.pre {
-            Some(pre) => &pre.dx,
-            None => &self.fc.dx,
+        match (&self.pre, &self.fc) {
+            (Some(pre), _) => &pre.dx,
+            (None, Some(fc)) => &fc.dx,
+            (None, None) => &self.post.dx,
         }
     }
 
     /// `x` is `n x c` pooled features.
     pub fn forward(&mut self, be: &dyn Backend, x: &Buf, n: usize) -> Result<()> {
+        let Some(fc) = self.fc.as_mut() else {
+            return self.post.forward(be, x, n, self.c);
+        };
         let fc_in = match self.pre.as_mut() {
             Some(pre) => {
-                pre.forward(be, x, n, self.fc.d_in)?;
+                pre.forward(be, x, n, self.c)?;
                 &pre.y
             }
             None => x,
         };
-        self.fc.forward(be, fc_in, n)?;
-        self.post.forward(be, &self.fc.y, n, self.fc.d_out)?;
-        self.n = n;
-        Ok(())
+        fc.forward(be, fc_in, n)?;
+        self.post.forward(be, &fc.y, n, fc.d_out)
     }
 
     /// Backward from the descriptors' gradient; `x` is the forward's input.
     pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
-        self.post.backward(be, &self.fc.y, dy)?;
+        let Some(fc) = self.fc.as_mut() else {
+            return self.post.backward(be, x, dy);
+        };
+        self.post.backward(be, &fc.y, dy)?;
         match self.pre.as_mut() {
             Some(pre) => {
-                self.fc.backward(be, &pre.y, &self.post.dx)?;
-                pre.backward(be, x, &self.fc.dx)
+                fc.backward(be, &pre.y, &self.post.dx)?;
+                pre.backward(be, x, &fc.dx)
             }
-            None => self.fc.backward(be, x, &self.post.dx),
+            None => fc.backward(be, x, &self.post.dx),
         }
+    }
+
+    /// Replaces `head.fc`'s values by `init` (its bias is dropped when the head has none).
+    pub fn set_fc(&mut self, be: &dyn Backend, init: &LinearInit) -> Result<()> {
+        let fc = self
+            .fc
+            .as_mut()
+            .ok_or_else(|| anyhow!("no head.fc to initialise (MODEL.HEAD.ENABLE = false)"))?;
+        let (d, c) = (fc.d_out, fc.d_in);
+        if init.weight.len() != d * c || init.bias.len() != d {
+            bail!(
+                "head init is {} weights and {} biases, head.fc is {d} x {c}",
+                init.weight.len(),
+                init.bias.len()
+            );
+        }
+        fc.weight.value = be.upload(&init.weight)?;
+        if let Some(b) = fc.bias.as_mut() {
+            b.value = be.upload(&init.bias)?;
+        }
+        Ok(())
     }
 
     /// `head.fc.weight` (and `head.fc.bias`).
     pub fn params(&self) -> Vec<&Param> {
-        self.fc.params()
+        self.fc.as_ref().map_or_else(Vec::new, |fc| fc.params())
     }
 
     /// Mutable twin of [`Head::params`].
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
-        self.fc.params_mut()
+        self.fc.as_mut().map_or_else(Vec::new, |fc| fc.params_mut())
     }
 }

@@ -11,6 +11,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod efficientnet;
 pub mod head;
+pub mod head_init;
 pub mod linear;
 pub mod meta;
 pub mod net;

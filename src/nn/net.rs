@@ -240,6 +240,14 @@ impl RetrievalNet {
         }
     }
 
+    /// Freezes (or unfreezes) every backbone BatchNorm's statistics: training forwards then
+    /// normalise with the running statistics and keep them (`MODEL.BACKBONE.FREEZE_BN`).
+    pub fn set_bn_frozen(&mut self, frozen: bool) {
+        for bn in self.backbone.batchnorms_mut() {
+            bn.frozen = frozen;
+        }
+    }
+
     fn run(
         &mut self,
         be: &dyn Backend,
@@ -333,15 +341,13 @@ impl RetrievalNet {
             self.pool.p,
             self.backbone.out_channels()
         ));
+        let (c, d) = (self.head.in_dim(), self.head.out_dim());
         v.push(match self.head.kind {
-            HeadKind::NormLinearNorm => format!(
-                "head norm_linear_norm: L2 -> head.fc {}->{} (no bias) -> L2",
-                self.head.fc.d_in, self.head.fc.d_out
-            ),
-            HeadKind::LinearNorm => format!(
-                "head linear_norm: head.fc {}->{} (bias) -> L2",
-                self.head.fc.d_in, self.head.fc.d_out
-            ),
+            HeadKind::NormLinearNorm => {
+                format!("head norm_linear_norm: L2 -> head.fc {c}->{d} (no bias) -> L2")
+            }
+            HeadKind::LinearNorm => format!("head linear_norm: head.fc {c}->{d} (bias) -> L2"),
+            HeadKind::L2Only => format!("no head (MODEL.HEAD.ENABLE = false): L2 of the {c}-d GeM"),
         });
         v
     }

@@ -113,6 +113,9 @@ pub struct Backbone {
     pub stages: [usize; 4],
     /// Stem width of `resnet-custom` (torchvision's is 64).
     pub base_width: usize,
+    /// Keep every BatchNorm's running statistics during training (eval-mode normalisation;
+    /// gamma and beta still train). Not in the paper; off by default.
+    pub freeze_bn: bool,
 }
 
 /// `MODEL.POOL`.
@@ -135,11 +138,18 @@ pub struct Gmp {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct Head {
+    /// `false` drops the linear layer (not in the paper): the descriptor is the L2-normalised
+    /// GeM vector and training reaches the backbone through GeM + L2; OUT_DIM is then unused.
     pub enable: bool,
     pub name: String,
     /// Checked against the backbone's channels when given.
     pub in_dim: Option<usize>,
     pub out_dim: usize,
+    /// `random` (the original's), `identity` (square heads: weight = I) or `pca`
+    /// (PCA-whitening of `INIT_FEATS`). Used only when the head is not loaded from a file.
+    pub init: String,
+    /// The `N x C` f32 `.npy` of stage-0 descriptors that `INIT = "pca"` learns from.
+    pub init_feats: String,
 }
 
 /// `LOSS`.
@@ -340,6 +350,7 @@ impl Default for Backbone {
             name: "resnet101".into(),
             stages: [1, 1, 1, 1],
             base_width: 64,
+            freeze_bn: false,
         }
     }
 }
@@ -367,6 +378,8 @@ impl Default for Head {
             name: "norm_linear_norm".into(),
             in_dim: None,
             out_dim: 2048,
+            init: "random".into(),
+            init_feats: String::new(),
         }
     }
 }
@@ -570,8 +583,37 @@ impl Config {
         if self.attention.enable {
             bail!("ATTENTION.ENABLE = true: the attention branch is not implemented (every shipped config disables it)");
         }
-        if !self.model.head.enable {
-            bail!("MODEL.HEAD.ENABLE = false is not supported: InsCLR trains through the head");
+        let h = &self.model.head;
+        if !h.enable && h.init != "random" {
+            bail!(
+                "MODEL.HEAD.INIT = {:?} with MODEL.HEAD.ENABLE = false: there is no head to initialise; remove INIT or enable the head",
+                h.init
+            );
+        }
+        match h.init.as_str() {
+            "random" => {}
+            "identity" => {
+                if let Some(c) = h.in_dim.filter(|&c| c != h.out_dim) {
+                    bail!(
+                        "MODEL.HEAD.INIT = \"identity\" needs a square head, but IN_DIM = {c} and OUT_DIM = {}; set OUT_DIM = {c} or use INIT = \"pca\" / \"random\"",
+                        h.out_dim
+                    );
+                }
+            }
+            "pca" => {
+                if h.init_feats.is_empty() {
+                    bail!("MODEL.HEAD.INIT = \"pca\" needs MODEL.HEAD.INIT_FEATS = the stage-0 descriptors (.npy, N x C f32), e.g. \"data/demo-work/s0_feature.npy\"");
+                }
+                if let Some(c) = h.in_dim.filter(|&c| h.out_dim > c) {
+                    bail!(
+                        "MODEL.HEAD.INIT = \"pca\" keeps at most IN_DIM = {c} directions, but OUT_DIM = {}; set OUT_DIM <= {c}",
+                        h.out_dim
+                    );
+                }
+            }
+            other => bail!(
+                "MODEL.HEAD.INIT = {other:?}: use \"random\" (the original's), \"identity\" or \"pca\""
+            ),
         }
         if self.model.pool.name != "gem" || self.model.pool.gmp.p != 3.0 {
             bail!(
@@ -605,7 +647,8 @@ impl Config {
                 }
                 v => bail!("XBM.VERSION = {v:?}: use \"v1\" or \"v2\""),
             }
-            if x.feature_dim != self.model.head.out_dim {
+            // Without the head the descriptor width is the backbone's (checked by the stage).
+            if self.model.head.enable && x.feature_dim != self.model.head.out_dim {
                 bail!(
                     "XBM.FEATURE_DIM = {} but MODEL.HEAD.OUT_DIM = {}; they must match",
                     x.feature_dim,
@@ -661,6 +704,48 @@ mod tests {
         assert_eq!((c.input.scale_lower, c.input.scale_upper), (0.75, 1.33));
         assert_eq!(c.test.scales.len(), 3);
         assert_eq!(c.seed, 42);
+    }
+
+    #[test]
+    fn head_init_and_frozen_batchnorm_parse_with_paper_defaults() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.model.head.init, "random");
+        assert!(c.model.head.init_feats.is_empty());
+        assert!(!c.model.backbone.freeze_bn);
+        let text = format!(
+            "{MINIMAL}[MODEL.BACKBONE]\nFREEZE_BN = true\n[MODEL.HEAD]\nOUT_DIM = 512\nINIT = \"pca\"\nINIT_FEATS = \"s0.npy\"\n"
+        );
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert!(c.model.backbone.freeze_bn);
+        assert_eq!(
+            (c.model.head.init.as_str(), c.model.head.init_feats.as_str()),
+            ("pca", "s0.npy")
+        );
+        let bad = |head: &str| {
+            let text = format!("{MINIMAL}[MODEL.HEAD]\n{head}\n");
+            format!("{:#}", Config::parse(&text, "t.toml").unwrap_err())
+        };
+        let e = bad("INIT = \"zeros\"");
+        assert!(
+            e.contains("MODEL.HEAD.INIT") && e.contains("identity"),
+            "{e}"
+        );
+        let e = bad("INIT = \"pca\"");
+        assert!(e.contains("INIT_FEATS"), "{e}");
+        let e = bad("INIT = \"identity\"\nIN_DIM = 2048\nOUT_DIM = 512");
+        assert!(e.contains("square") && e.contains("OUT_DIM = 2048"), "{e}");
+        let e = bad("INIT = \"pca\"\nINIT_FEATS = \"f.npy\"\nIN_DIM = 256\nOUT_DIM = 512");
+        assert!(e.contains("OUT_DIM <= 256"), "{e}");
+        let e = bad("ENABLE = false\nINIT = \"identity\"");
+        assert!(
+            e.contains("ENABLE = false") && e.contains("remove INIT"),
+            "{e}"
+        );
+        // Without the head, XBM.FEATURE_DIM is checked against the backbone by the stage.
+        let text = format!(
+            "{MINIMAL}[MODEL.HEAD]\nENABLE = false\n[XBM]\nENABLE = true\nFEATURE_DIM = 1280\n"
+        );
+        assert!(!Config::parse(&text, "t.toml").unwrap().model.head.enable);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::mining::{
     SelectionRule,
 };
 use crate::nn::head::HeadKind;
+use crate::nn::head_init::{identity, pca_whitening, HeadInit};
 use crate::nn::weights::{load_into, read_any, LoadOptions};
 use crate::nn::{zero_grads, Arch, DescriptorNet, Images, Module, RetrievalNet};
 use crate::rng::Rng;
@@ -223,7 +224,10 @@ pub fn load_model(cfg: &Config, be: &dyn Backend) -> Result<Built> {
             );
         }
     }
-    let kind = HeadKind::parse(&m.head.name).context("MODEL.HEAD.NAME")?;
+    let kind = match m.head.enable {
+        true => HeadKind::parse(&m.head.name).context("MODEL.HEAD.NAME")?,
+        false => HeadKind::L2Only,
+    };
     let mut net = RetrievalNet::new(be, &mut rng, backbone, kind, m.head.out_dim)?;
     net.set_bn_ghost_groups(m.bn_ghost_groups);
     let (note, random_init) = match m.pretrain.as_str() {
@@ -264,11 +268,80 @@ pub fn load_model(cfg: &Config, be: &dyn Backend) -> Result<Built> {
             (note, r.missing)
         }
     };
+    net.set_bn_frozen(m.backbone.freeze_bn);
+    let (note, random_init) = if random_init.iter().any(|n| n == "head.fc.weight") {
+        match init_head(cfg, &mut net, be)? {
+            Some(how) => {
+                let left = random_init
+                    .into_iter()
+                    .filter(|n| !n.starts_with("head.fc."))
+                    .collect();
+                (format!("{note}; {how}"), left)
+            }
+            None => (note, random_init),
+        }
+    } else {
+        (note, random_init)
+    };
     Ok(Built {
         net,
         note,
         random_init,
     })
+}
+
+/// Sets `head.fc` as `MODEL.HEAD.INIT` asks (when the head was not loaded from a file);
+/// returns what it did, or `None` for the random init.
+fn init_head(cfg: &Config, net: &mut RetrievalNet, be: &dyn Backend) -> Result<Option<String>> {
+    let h = &cfg.model.head;
+    let (c, d) = (net.head.in_dim(), net.head.out_dim());
+    let init = match HeadInit::parse(&h.init)? {
+        HeadInit::Random => return Ok(None),
+        HeadInit::Identity => {
+            if c != d {
+                bail!(
+                    "MODEL.HEAD.INIT = \"identity\" needs a square head, but {} outputs {c} channels and MODEL.HEAD.OUT_DIM = {d}; set OUT_DIM = {c} or use INIT = \"pca\" / \"random\"",
+                    cfg.model.backbone.name
+                );
+            }
+            (identity(c), "head.fc = identity".to_string())
+        }
+        HeadInit::Pca => {
+            if h.init_feats.is_empty() {
+                bail!("MODEL.HEAD.INIT = \"pca\" needs MODEL.HEAD.INIT_FEATS = the stage-0 descriptors (.npy, N x C f32)");
+            }
+            if d > c {
+                bail!("MODEL.HEAD.INIT = \"pca\" keeps at most {c} directions ({} channels), but MODEL.HEAD.OUT_DIM = {d}; set OUT_DIM <= {c}", cfg.model.backbone.name);
+            }
+            let p = Path::new(&h.init_feats);
+            let a = crate::io::npy::read::<f32>(p)
+                .with_context(|| format!("MODEL.HEAD.INIT_FEATS {}", p.display()))?;
+            let (n, w) = a
+                .dims2("descriptors")
+                .with_context(|| format!("MODEL.HEAD.INIT_FEATS {}", p.display()))?;
+            if w != c {
+                bail!(
+                    "MODEL.HEAD.INIT_FEATS {} holds {w}-d descriptors but {} outputs {c} channels; give the stage-0 descriptors of this backbone (GeM, {c}-d)",
+                    p.display(),
+                    cfg.model.backbone.name
+                );
+            }
+            let mut x = a.data;
+            if net.head.kind == HeadKind::NormLinearNorm {
+                // head.fc sees L2-normalised GeM vectors: learn the PCA on those.
+                for row in x.chunks_mut(c) {
+                    let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                    row.iter_mut().for_each(|v| *v /= norm);
+                }
+            }
+            let how = format!("head.fc = PCA-whitening of {} ({n} x {c})", p.display());
+            let init = pca_whitening(&x, n, c, d)
+                .with_context(|| format!("MODEL.HEAD.INIT_FEATS {}", p.display()))?;
+            (init, how)
+        }
+    };
+    net.head.set_fc(be, &init.0)?;
+    Ok(Some(init.1))
 }
 
 /// One line of the JSON-lines log.
@@ -328,6 +401,14 @@ impl<'b> Stage<'b> {
         pool: &CandidatePool,
     ) -> Result<Stage<'b>> {
         let n = data.len();
+        if cfg.xbm.enable && cfg.xbm.feature_dim != net.out_dim() {
+            bail!(
+                "XBM.FEATURE_DIM = {} but the descriptors are {}-d; set XBM.FEATURE_DIM = {}",
+                cfg.xbm.feature_dim,
+                net.out_dim(),
+                net.out_dim()
+            );
+        }
         if cfg.xbm.size != 0 && cfg.xbm.size != n {
             bail!(
                 "XBM.SIZE = {} but the dataset has {n} images; set XBM.SIZE = {n} (or 0 for the dataset's size)",

@@ -243,6 +243,60 @@ pub fn batchnorm_bwd_f32(
     }
 }
 
+/// Backward of the eval-mode forward (frozen statistics): with `dz = dy * act'(y)` and
+/// `invstd = 1/sqrt(running_var + eps)`, `dx = gamma * invstd * dz`, `dgamma += sum(dz * xh)`
+/// with `xh = (x - running_mean) * invstd`, `dbeta += sum(dz)`; `dres = dz` when asked. The
+/// statistics are constants here, so none of the batch-mean terms of the training backward.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_bwd_eval_f32(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    dx: &mut [f32],
+    dres: Option<&mut [f32]>,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    s: BatchNorm,
+) {
+    let invstd = |c: usize| 1.0 / (running_var[c] as f64 + s.eps as f64).sqrt();
+    let sums: Vec<(f64, f64)> = (0..s.c)
+        .into_par_iter()
+        .map(|c| {
+            let (mean, inv) = (running_mean[c] as f64, invstd(c));
+            let (mut sdz, mut sdzx) = (0.0f64, 0.0f64);
+            for i in 0..s.n {
+                let r = (i * s.c + c) * s.hw..(i * s.c + c + 1) * s.hw;
+                for ((&xv, &yv), &g) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&dy[r]) {
+                    let dz = (g * act_grad(s.act, yv)) as f64;
+                    sdz += dz;
+                    sdzx += dz * (xv as f64 - mean) * inv;
+                }
+            }
+            (sdz, sdzx)
+        })
+        .collect();
+    for (c, &(sdz, sdzx)) in sums.iter().enumerate() {
+        dbeta[c] += sdz as f32;
+        dgamma[c] += sdzx as f32;
+    }
+    dx.par_chunks_mut(s.hw).enumerate().for_each(|(p, out)| {
+        let c = p % s.c;
+        let k = (gamma[c] as f64 * invstd(c)) as f32;
+        let r = p * s.hw..(p + 1) * s.hw;
+        for (o, (&yv, &g)) in out.iter_mut().zip(y[r.clone()].iter().zip(&dy[r])) {
+            *o = k * g * act_grad(s.act, yv);
+        }
+    });
+    if let Some(dres) = dres {
+        dres.par_iter_mut()
+            .zip(y.par_iter().zip(dy))
+            .for_each(|(o, (&yv, &g))| *o = g * act_grad(s.act, yv));
+    }
+}
+
 impl crate::backend::NormOps for super::CpuBackend {
     fn l2norm_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<L2Norm>) -> Result<()> {
         let x = widen(x)?;
@@ -321,6 +375,39 @@ impl crate::backend::NormOps for super::CpuBackend {
                 None => dres_f32,
             };
             batchnorm_bwd_f32(&x, &y, &dy, gamma, sm, si, dx, dres, dg, db, *s)
+        })?;
+        if let Some((tmp, out)) = dres_bf16 {
+            with_f32_out(out, false, |o| o.copy_from_slice(&tmp))?;
+        }
+        Ok(())
+    }
+
+    fn batchnorm_bwd_eval(
+        &self,
+        x: &Buf,
+        y: &Buf,
+        dy: &Buf,
+        gamma: &Buf,
+        running: (&Buf, &Buf),
+        dx: &mut Buf,
+        dres: Option<&mut Buf>,
+        dparams: (&mut Buf, &mut Buf),
+        s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        let (x, y, dy) = (widen(x)?, widen(y)?, widen(dy)?);
+        let (gamma, rm, rv) = (gamma.host()?, running.0.host()?, running.1.host()?);
+        let (dg, db) = (dparams.0.host_mut()?, dparams.1.host_mut()?);
+        let (dres_f32, mut dres_bf16) = match dres {
+            Some(r) if r.dtype() == DType::BF16 => (None, Some((vec![0f32; r.len()], r))),
+            Some(r) => (Some(r.host_mut::<f32>()?), None),
+            None => (None, None),
+        };
+        with_f32_out(dx, false, |dx| {
+            let dres = match dres_bf16.as_mut() {
+                Some((tmp, _)) => Some(tmp.as_mut_slice()),
+                None => dres_f32,
+            };
+            batchnorm_bwd_eval_f32(&x, &y, &dy, gamma, rm, rv, dx, dres, dg, db, *s)
         })?;
         if let Some((tmp, out)) = dres_bf16 {
             with_f32_out(out, false, |o| o.copy_from_slice(&tmp))?;

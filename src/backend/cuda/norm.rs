@@ -188,6 +188,71 @@ impl NormOps for CudaBackend {
             )
         }
     }
+
+    /// One block per channel, as the training backward.
+    fn batchnorm_bwd_eval(
+        &self,
+        x: &Buf,
+        y: &Buf,
+        dy: &Buf,
+        gamma: &Buf,
+        running: (&Buf, &Buf),
+        dx: &mut Buf,
+        dres: Option<&mut Buf>,
+        dparams: (&mut Buf, &mut Buf),
+        s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        self.launch_batchnorm_bwd_eval(x, y, dy, gamma, running, dx, dres, dparams, &s)
+    }
+}
+
+impl CudaBackend {
+    /// Launch of `batchnorm_bwd_eval_<dtype>` (frozen statistics): one block per channel.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_batchnorm_bwd_eval(
+        &self,
+        x: &Buf,
+        y: &Buf,
+        dy: &Buf,
+        gamma: &Buf,
+        running: (&Buf, &Buf),
+        dx: &mut Buf,
+        dres: Option<&mut Buf>,
+        dparams: (&mut Buf, &mut Buf),
+        s: &BatchNorm,
+    ) -> Result<()> {
+        let (n, c, hw) = bn_sizes(s)?;
+        if c == 0 || n == 0 {
+            return Ok(());
+        }
+        let dres = dres.map(|r| r.dev_mut()).transpose()?;
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(y.dev()?)
+            .ptr(dy.dev()?)
+            .ptr(gamma.dev()?)
+            .ptr(running.0.dev()?)
+            .ptr(running.1.dev()?)
+            .ptr(dx.dev_mut()?)
+            .opt_ptr(dres.as_deref())
+            .ptr(dparams.0.dev_mut()?)
+            .ptr(dparams.1.dev_mut()?)
+            .i32(n)
+            .i32(c)
+            .i32(hw)
+            .f32(s.eps)
+            .i32(s.act.code());
+        // SAFETY: arguments match batchnorm_bwd_eval_f32(x, y, dy, gamma, running_mean,
+        // running_var, dx, dres, dgamma, dbeta, n, C, hw, eps, act); the shape was checked by
+        // the caller: activations n*C*hw, per-channel buffers C.
+        unsafe {
+            self.launch(
+                &format!("batchnorm_bwd_eval_{}", x.dtype().name()),
+                Launch::linear(c as u32, BN_THREADS),
+                args,
+            )
+        }
+    }
 }
 
 /// Threads of the one-block-per-channel BatchNorm kernels (`BN_THREADS` in kernels/norm.cu).
