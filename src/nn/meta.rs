@@ -64,6 +64,7 @@ pub fn head_kind_name(kind: HeadKind) -> &'static str {
     match kind {
         HeadKind::NormLinearNorm => "norm_linear_norm",
         HeadKind::LinearNorm => "linear_norm",
+        HeadKind::L2Only => "none",
     }
 }
 
@@ -131,10 +132,19 @@ impl ModelMeta {
             train_img_size: Some(cfg.input.train_img_size),
             noaug_img_size: noaug.then_some(cfg.input.noaug_img_size),
             backbone: Some(net.backbone.name()),
-            descriptor: Some(DescriptorMeta {
-                kind: "head".into(),
-                head: Some(head_kind_name(net.head.kind).into()),
-                dim: net.out_dim(),
+            // A network without a linear head (MODEL.HEAD.ENABLE = false) describes with its
+            // L2-normalised GeM, which is what a loader builds for a file without head tensors.
+            descriptor: Some(match net.head.kind {
+                HeadKind::L2Only => DescriptorMeta {
+                    kind: "gem".into(),
+                    head: None,
+                    dim: net.out_dim(),
+                },
+                kind => DescriptorMeta {
+                    kind: "head".into(),
+                    head: Some(head_kind_name(kind).into()),
+                    dim: net.out_dim(),
+                },
             }),
         }
     }
