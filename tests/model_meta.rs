@@ -5,6 +5,8 @@
 //! give the raw GeM on `--descriptor gem`, and warn when a collection's images keep very
 //! different sizes after the thumbnail.
 
+mod common;
+
 use insclr::backend::cpu;
 use insclr::data::image::{list_images, PixelNorm};
 use insclr::eval::extract::{self, ExtractConfig, ImageItem};
@@ -34,26 +36,7 @@ fn tmpdir(tag: &str) -> PathBuf {
 
 /// 8 small PNGs in 4 colour groups and a candidate pool that groups them.
 fn make_data(dir: &Path) {
-    let img = dir.join("images");
-    std::fs::create_dir_all(&img).unwrap();
-    let mut r = Rng::new(3);
-    for i in 0..8u32 {
-        let g = i % 4;
-        let im = image::RgbImage::from_fn(36, 32, |x, y| {
-            let s = if (x / (3 + g) + y / 5) % 2 == 0 {
-                50
-            } else {
-                0
-            };
-            let nz = r.below(30) as u32;
-            image::Rgb([
-                (40 * g + s + nz) as u8,
-                (200 - 40 * g) as u8,
-                (s + nz) as u8,
-            ])
-        });
-        im.save(img.join(format!("img_{i}.png"))).unwrap();
-    }
+    common::write_group_pngs(&dir.join("images"));
     let feats: Vec<f32> = (0..8)
         .flat_map(|i| {
             let mut v = vec![0.1f32; 4];

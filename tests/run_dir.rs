@@ -3,6 +3,8 @@
 //! checkpoint write leaves no `*.tmp`, stale files are removed on the next start, the summary
 //! names the tensors left at random initialisation, and `import-weights X X` is refused.
 
+mod common;
+
 use insclr::mining::CandidatePool;
 use insclr::rng::Rng;
 use insclr::train::{self, Config, RunOptions};
@@ -39,26 +41,7 @@ fn write_pool(path: &Path, seed: u64) {
 
 /// 8 small PNGs (a colour per group, noise per image) and their candidate pool.
 fn make_data(dir: &Path) {
-    let img = dir.join("images");
-    std::fs::create_dir_all(&img).unwrap();
-    let mut r = Rng::new(3);
-    for i in 0..8u32 {
-        let g = i % 4;
-        let im = image::RgbImage::from_fn(36, 32, |x, y| {
-            let s = if (x / (3 + g) + y / 5) % 2 == 0 {
-                50
-            } else {
-                0
-            };
-            let nz = r.below(30) as u32;
-            image::Rgb([
-                (40 * g + s + nz) as u8,
-                (200 - 40 * g) as u8,
-                (s + nz) as u8,
-            ])
-        });
-        im.save(img.join(format!("img_{i}.png"))).unwrap();
-    }
+    common::write_group_pngs(&dir.join("images"));
     write_pool(&dir.join("pool.npz"), 5);
 }
 

@@ -131,3 +131,27 @@ pub fn numeric_grad(x: &[f32], h: f32, mut f: impl FnMut(&[f32]) -> f64) -> Vec<
         })
         .collect()
 }
+
+/// 8 small PNGs `img_0.png` .. `img_7.png` in `img`: 4 colour groups (stripes of a width per
+/// group), noise per image; the tiny training sets of the run tests.
+pub fn write_group_pngs(img: &std::path::Path) {
+    std::fs::create_dir_all(img).unwrap();
+    let mut r = insclr::rng::Rng::new(3);
+    for i in 0..8u32 {
+        let g = i % 4;
+        let im = image::RgbImage::from_fn(36, 32, |x, y| {
+            let s = if (x / (3 + g) + y / 5) % 2 == 0 {
+                50
+            } else {
+                0
+            };
+            let nz = r.below(30) as u32;
+            image::Rgb([
+                (40 * g + s + nz) as u8,
+                (200 - 40 * g) as u8,
+                (s + nz) as u8,
+            ])
+        });
+        im.save(img.join(format!("img_{i}.png"))).unwrap();
+    }
+}
