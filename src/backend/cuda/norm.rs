@@ -189,7 +189,8 @@ impl NormOps for CudaBackend {
         }
     }
 
-    /// One block per channel, as the training backward.
+    /// `batchnorm_bwd_eval_<dtype>` (frozen statistics): one block per channel, as the
+    /// training backward.
     fn batchnorm_bwd_eval(
         &self,
         x: &Buf,
@@ -202,26 +203,7 @@ impl NormOps for CudaBackend {
         dparams: (&mut Buf, &mut Buf),
         s: Checked<BatchNorm>,
     ) -> Result<()> {
-        self.launch_batchnorm_bwd_eval(x, y, dy, gamma, running, dx, dres, dparams, &s)
-    }
-}
-
-impl CudaBackend {
-    /// Launch of `batchnorm_bwd_eval_<dtype>` (frozen statistics): one block per channel.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_batchnorm_bwd_eval(
-        &self,
-        x: &Buf,
-        y: &Buf,
-        dy: &Buf,
-        gamma: &Buf,
-        running: (&Buf, &Buf),
-        dx: &mut Buf,
-        dres: Option<&mut Buf>,
-        dparams: (&mut Buf, &mut Buf),
-        s: &BatchNorm,
-    ) -> Result<()> {
-        let (n, c, hw) = bn_sizes(s)?;
+        let (n, c, hw) = bn_sizes(&s)?;
         if c == 0 || n == 0 {
             return Ok(());
         }
