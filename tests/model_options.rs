@@ -271,3 +271,43 @@ fn frozen_batchnorm_trains_with_the_running_statistics() {
         "no gradient reached bn1.weight"
     );
 }
+
+/// `FROZEN = true` trains the head only: the optimiser holds the head's tensors alone, a step
+/// (training forward, backward, update) leaves every backbone tensor and running statistic
+/// bit for bit as it was, the head moves, and the training forward is the eval forward.
+#[test]
+fn frozen_backbone_trains_the_head_only() {
+    use insclr::nn::{zero_grads, Module};
+    use insclr::train::optim::Optimizer;
+    let be = insclr::backend::cpu();
+    let mut rng = Rng::new(12);
+    let (n, h, w) = (4, 36, 32);
+    let x = rng.vec_f32(n * 3 * h * w, -2.0, 2.0);
+    let cfg = config_bb("linear_norm", 16, "", "FROZEN = true").unwrap();
+    assert!(cfg.model.backbone.frozen);
+    let mut net = load_model(&cfg, be).unwrap().net;
+    let snapshot = |net: &insclr::nn::RetrievalNet, head: bool| -> Vec<(String, Vec<f32>)> {
+        net.params()
+            .iter()
+            .filter(|p| p.name.starts_with("head.") == head)
+            .map(|p| (p.name.clone(), be.download::<f32>(&p.value).unwrap()))
+            .collect()
+    };
+    let (backbone0, head0) = (snapshot(&net, false), snapshot(&net, true));
+    let mut opt = Optimizer::new(&cfg.solver, be, &mut net).unwrap();
+    let names: Vec<&str> = opt.slots.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["head.fc.weight", "head.fc.bias"]);
+    let eval = net.describe(be, &x, n, h, w).unwrap();
+    let train = net.forward_train(be, &x, n, h, w).unwrap();
+    // The head has no batch statistics: a frozen backbone makes the two forwards agree.
+    assert_eq!(be.download::<f32>(train).unwrap(), eval);
+    zero_grads(be, &mut net).unwrap();
+    let dy = be.upload(&rng.vec_f32(n * 16, -1.0, 1.0)).unwrap();
+    net.backward(be, &dy).unwrap();
+    opt.step(be, &mut net, 1.0).unwrap();
+    assert!(
+        snapshot(&net, false) == backbone0,
+        "a backbone tensor moved"
+    );
+    assert!(snapshot(&net, true) != head0, "the head did not train");
+}

@@ -22,11 +22,15 @@ pub struct Args {
     /// No progress bar; a plain line every SOLVER.LOG_PERIOD steps instead.
     #[arg(long)]
     quiet: bool,
+    /// Override a config key: `--set SEED=7 --set SOLVER.BASE_LR=1e-5` (repeatable; the
+    /// value is TOML, or a plain string). Recorded in run.json like the file's own keys.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 /// Runs the stage and prints a summary.
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
-    let cfg = Config::load(&args.config)?;
+    let cfg = Config::load_with(&args.config, &args.overrides)?;
     let (be, chosen) = backend::select_f32(device, &Op::ALL)?;
     eprintln!("train: backend {chosen}");
     let out = cfg.output_dir.clone();

@@ -208,6 +208,8 @@ pub struct RetrievalNet {
     /// `(n, fh, fw)` of the last forward.
     dims: Option<(usize, usize, usize)>,
     trained: bool,
+    /// [`RetrievalNet::freeze_backbone`] was called.
+    backbone_frozen: bool,
 }
 
 impl RetrievalNet {
@@ -229,6 +231,7 @@ impl RetrievalNet {
             staging: Buf::empty(DType::U8),
             dims: None,
             trained: false,
+            backbone_frozen: false,
         })
     }
 
@@ -248,6 +251,16 @@ impl RetrievalNet {
         }
     }
 
+    /// Trains the head only (`MODEL.BACKBONE.FROZEN`): the backbone always runs in eval mode
+    /// and backward stops at the head. Its gradient buffers are dropped, which is what keeps
+    /// its tensors out of the optimiser.
+    pub fn freeze_backbone(&mut self) {
+        self.backbone_frozen = true;
+        for p in self.backbone.params_mut() {
+            p.grad = None;
+        }
+    }
+
     fn run(
         &mut self,
         be: &dyn Backend,
@@ -262,7 +275,7 @@ impl RetrievalNet {
             &mut self.pool,
             &self.input,
             (n, h, w),
-            train,
+            train && !self.backbone_frozen,
         )?;
         self.head.forward(be, &self.pool.y, n)?;
         self.dims = Some((n, fh, fw));
@@ -326,6 +339,9 @@ impl RetrievalNet {
             );
         }
         self.head.backward(be, &self.pool.y, d_desc)?;
+        if self.backbone_frozen {
+            return Ok(());
+        }
         self.pool
             .backward(be, self.backbone.output(), self.head.dx())?;
         self.backbone

@@ -116,6 +116,9 @@ pub struct Backbone {
     /// Keep every BatchNorm's running statistics during training (eval-mode normalisation;
     /// gamma and beta still train). Not in the paper; off by default.
     pub freeze_bn: bool,
+    /// Train the head only: the backbone runs in eval mode (running statistics), gets no
+    /// backward pass and no optimiser state. Not in the paper; off by default.
+    pub frozen: bool,
 }
 
 /// `MODEL.POOL`.
@@ -351,6 +354,7 @@ impl Default for Backbone {
             stages: [1, 1, 1, 1],
             base_width: 64,
             freeze_bn: false,
+            frozen: false,
         }
     }
 }
@@ -525,6 +529,50 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         Config::parse(&text, &path.display().to_string())
+    }
+
+    /// [`Config::load`] with `KEY=VALUE` overrides applied first (`SEED=7`,
+    /// `SOLVER.BASE_LR=1e-5`, `OUTPUT_DIR="runs/a"`). A value is read as TOML, or as a string
+    /// when it is not TOML (so `OUTPUT_DIR=runs/a` needs no quotes). The key must be one the
+    /// config has: a misspelt key is an error, as in the file.
+    pub fn load_with(path: &Path, overrides: &[String]) -> Result<Config> {
+        if overrides.is_empty() {
+            return Config::load(path);
+        }
+        let name = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading config {name}"))?;
+        let mut doc: toml::Table = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{name}: {}", e.to_string().trim_end()))?;
+        for o in overrides {
+            let (key, raw) = o.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--set {o:?}: write KEY=VALUE, e.g. SOLVER.BASE_LR=1e-5")
+            })?;
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+            let mut parts: Vec<&str> = key.trim().split('.').collect();
+            let last = parts
+                .pop()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("--set {o:?}: the key is empty"))?;
+            let mut table = &mut doc;
+            for part in parts {
+                table = table
+                    .entry(part)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--set {o:?}: {part} is a value, not a section")
+                    })?;
+            }
+            table.insert(last.to_string(), value);
+        }
+        Config::parse(
+            &toml::to_string(&doc)?,
+            &format!("{name} with --set {}", overrides.join(" ")),
+        )
     }
 
     /// Checks values that the types cannot: names, ranges and combinations this port runs.
@@ -778,6 +826,43 @@ mod tests {
         assert!(e.contains("NOAUG.ENABLE"), "{e}");
         let e = format!("{:#}", Config::parse("", "c").unwrap_err());
         assert!(e.contains("NEIGHBOR.SRC"), "{e}");
+    }
+
+    /// `--set` overrides: TOML values or bare strings, nested keys, new sections; a misspelt
+    /// key or a value of the wrong type is refused as it would be in the file.
+    #[test]
+    fn overrides_set_keys_and_refuse_unknown_ones() {
+        let path = std::env::temp_dir().join(format!("insclr-set-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("SEED = 1\n{MINIMAL}[SOLVER]\nBASE_LR = 0.1\n"),
+        )
+        .unwrap();
+        let set = |o: &[&str]| {
+            let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            Config::load_with(&path, &o)
+        };
+        let c = set(&[
+            "SEED=7",
+            "SOLVER.BASE_LR=1e-5",
+            "OUTPUT_DIR=runs/a",
+            "XBM.ENABLE=true",
+        ])
+        .unwrap();
+        assert_eq!((c.seed, c.solver.base_lr), (7, 1e-5));
+        assert_eq!(c.output_dir, "runs/a");
+        assert!(c.xbm.enable);
+        assert_eq!(c.neighbor.src, "pool.npz");
+        for (bad, says) in [
+            ("SOLVER.BASE_RL=1", "BASE_RL"),
+            ("SEED=x", "SEED"),
+            ("SEED", "KEY=VALUE"),
+            ("SEED.X=1", "not a section"),
+        ] {
+            let e = format!("{:#}", set(&[bad]).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        std::fs::remove_file(&path).ok();
     }
 
     /// The shipped configs mirror spec section 5.

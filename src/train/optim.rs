@@ -103,8 +103,13 @@ pub struct Optimizer {
     arena: Option<ParamArena>,
 }
 
+/// The tensors the optimiser updates: trainable kinds that have a gradient buffer (a frozen
+/// backbone's tensors have none).
 fn trainable(params: Vec<&mut Param>) -> Vec<&mut Param> {
-    params.into_iter().filter(|p| p.kind.trainable()).collect()
+    params
+        .into_iter()
+        .filter(|p| p.kind.trainable() && p.grad.is_some())
+        .collect()
 }
 
 impl Optimizer {

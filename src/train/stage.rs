@@ -269,6 +269,9 @@ pub fn load_model(cfg: &Config, be: &dyn Backend) -> Result<Built> {
         }
     };
     net.set_bn_frozen(m.backbone.freeze_bn);
+    if m.backbone.frozen {
+        net.freeze_backbone();
+    }
     let (note, random_init) = if random_init.iter().any(|n| n == "head.fc.weight") {
         match init_head(cfg, &mut net, be)? {
             Some(how) => {
