@@ -38,17 +38,17 @@ $bin extract --model efficientnet-lite0 --weights "$weights" --images data/demo 
 step "pool: exact top-50 neighbours of every photo (the training tuples' candidate pool)"
 $bin pool --feats "$work/s0_feature.npy" --k 50 --out "$work/s0_neighbor.npz"
 
-step "train: one InsCLR base stage on the demo photos (configs/demo-lite0.toml)"
+step "train: one InsCLR stage on the demo photos (configs/small-collection.toml)"
 # --overwrite: the steps above rebuild the pool, so a rerun of the demo starts the stage over
 # (without it a second run stops at the used OUTPUT_DIR).
-$bin train --config configs/demo-lite0.toml --overwrite
-model=$work/s1-lite0/model_final.safetensors
+$bin train --config configs/small-collection.toml --overwrite
+model=$work/s1-small/model_final.safetensors
 
 step "eval: the demo ground truth (configs/demo-list-gnd.json) before and after training"
 gnd=(--dataset list --root data/demo --gnd configs/demo-list-gnd.json --img-size 512 --quiet)
 echo "-- ImageNet EfficientNet-Lite0, raw GeM"
 $bin eval "${gnd[@]}" --model efficientnet-lite0 --weights "$weights" --json "$work/eval-imagenet.json"
-echo "-- after the demo stage (GeM + trained norm-linear-norm head)"
+echo "-- after the demo stage (configs/small-collection.toml)"
 $bin eval "${gnd[@]}" --model efficientnet-lite0 --weights "$model" --json "$work/eval-trained.json"
 echo "-- tiny-gem pixel baseline"
 $bin eval "${gnd[@]}" --model tiny-gem --json "$work/eval-tiny-gem.json"
@@ -59,7 +59,7 @@ import json, sys
 work = sys.argv[1]
 def mean_ap(name):
     return 100 * json.load(open(f"{work}/eval-{name}.json"))["results"][0]["map"]
-log = [json.loads(l) for l in open(f"{work}/s1-lite0/log.jsonl")]
+log = [json.loads(l) for l in open(f"{work}/s1-small/log.jsonl")]
 first, last = log[0], log[-1]
 mem_from = next((r["step"] for r in log if r["memory_loss"] > 0), None)
 imagenet, trained, pixels = mean_ap("imagenet"), mean_ap("trained"), mean_ap("tiny-gem")

@@ -920,6 +920,7 @@ mod tests {
             "demo.toml",
             "demo-impr.toml",
             "demo-lite0.toml",
+            "small-collection.toml",
         ] {
             Config::load(&root.join(f)).unwrap();
         }
