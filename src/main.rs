@@ -33,6 +33,8 @@ enum Command {
     Pool(cli::pool::Args),
     /// Multi-scale descriptors of a list or folder of images, written as .npy.
     Extract(cli::extract::Args),
+    /// The most similar images of a descriptor index for query images (text, JSON or HTML).
+    Search(cli::search::Args),
     /// Retrieval scores on revisited Oxford / Paris, GLDv2 or a plain list (one table).
     Eval(cli::eval::Args),
     /// Convert a PyTorch .pth (zip or legacy format) to .safetensors, keeping tensor names.
@@ -47,6 +49,7 @@ fn main() {
         Command::Info(a) => cli::info::run(a, cli.device),
         Command::Pool(a) => cli::pool::run(a, cli.device),
         Command::Extract(a) => cli::extract::run(a, cli.device),
+        Command::Search(a) => cli::search::run(a, cli.device),
         Command::Eval(a) => cli::eval::run(a, cli.device),
         Command::ImportWeights(a) => cli::import_weights::run(a),
         Command::Train(a) => cli::train::run(a, cli.device),

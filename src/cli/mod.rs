@@ -5,4 +5,5 @@ pub mod extract;
 pub mod import_weights;
 pub mod info;
 pub mod pool;
+pub mod search;
 pub mod train;

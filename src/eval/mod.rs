@@ -9,6 +9,7 @@ pub mod gnd_pickle;
 pub mod list;
 pub mod rank;
 pub mod revisited;
+pub mod search;
 
 use crate::backend::Backend;
 use crate::nn::net::{DescriptorChoice, LoadChoice};
