@@ -227,6 +227,21 @@ fn phase_width(s: &Conv) -> usize {
 /// `j * stride + r` going to column `j` of plane `r`; unused tail columns are zeroed.
 fn split_phases(plane: &[f32], phases: &mut [f32], s: &Conv) {
     let wp = phase_width(s);
+    if s.stride == 2 {
+        // Lite0's only stride: pairs of columns, which the compiler turns into shuffles.
+        let (even, odd) = phases.split_at_mut(s.h * wp);
+        let rows = even.chunks_exact_mut(wp).zip(odd.chunks_exact_mut(wp));
+        for (line, (e, o)) in plane.chunks_exact(s.w).zip(rows) {
+            for (p, (a, b)) in line.chunks_exact(2).zip(e.iter_mut().zip(o.iter_mut())) {
+                *a = p[0];
+                *b = p[1];
+            }
+            if s.w % 2 == 1 {
+                (e[wp - 1], o[wp - 1]) = (line[s.w - 1], 0.0);
+            }
+        }
+        return;
+    }
     for r in 0..s.stride {
         let dst = &mut phases[r * s.h * wp..(r + 1) * s.h * wp];
         for (line, out) in plane.chunks_exact(s.w).zip(dst.chunks_exact_mut(wp)) {
@@ -241,6 +256,19 @@ fn split_phases(plane: &[f32], phases: &mut [f32], s: &Conv) {
 /// The inverse of [`split_phases`].
 fn merge_phases(phases: &[f32], plane: &mut [f32], s: &Conv) {
     let wp = phase_width(s);
+    if s.stride == 2 {
+        let (even, odd) = phases.split_at(s.h * wp);
+        let rows = even.chunks_exact(wp).zip(odd.chunks_exact(wp));
+        for (line, (e, o)) in plane.chunks_exact_mut(s.w).zip(rows) {
+            for (p, (&a, &b)) in line.chunks_exact_mut(2).zip(e.iter().zip(o)) {
+                (p[0], p[1]) = (a, b);
+            }
+            if s.w % 2 == 1 {
+                line[s.w - 1] = e[wp - 1];
+            }
+        }
+        return;
+    }
     for r in 0..s.stride {
         let src = &phases[r * s.h * wp..(r + 1) * s.h * wp];
         for (line, from) in plane.chunks_exact_mut(s.w).zip(src.chunks_exact(wp)) {
