@@ -259,3 +259,45 @@ fn feature_maps_have_stride_32() {
     assert_eq!(r50.output().len(), 2 * 2048 * 3 * 2);
     assert!(r50.forward(be, &x, (2, 96, 65), false).is_err());
 }
+
+/// One training forward from running mean 0 leaves `running_mean = momentum * batch mean`:
+/// EfficientNet-Lite0 keeps the momentum of the package its weights come from (0.01), ResNet
+/// PyTorch's default (0.1). Checked on each stem's BatchNorm, whose input is the stem conv's
+/// output, and by the value every BatchNorm of the backbone carries.
+#[test]
+fn batchnorm_momentum_is_the_backbones_own() {
+    use insclr::nn::conv::ConvBn;
+    use insclr::nn::efficientnet::EfficientNetLite0;
+    use insclr::nn::net::Backbone;
+    use insclr::nn::resnet::ResNet;
+    let be = insclr::backend::cpu();
+    let mut rng = Rng::new(4);
+    let (n, px) = (2, 32);
+    // Positive pixels so that every channel's batch mean is far from zero.
+    let x = be.upload(&rng.vec_f32(n * 3 * px * px, 0.5, 2.0)).unwrap();
+    let check = |net: &str, stem: &ConvBn, momentum: f64| {
+        let y = be.download::<f32>(&stem.conv.y).unwrap();
+        let rm = be.download::<f32>(&stem.bn.running_mean.value).unwrap();
+        let c = rm.len();
+        let hw = y.len() / (n * c);
+        for (ch, &got) in rm.iter().enumerate() {
+            let sum: f64 = (0..n)
+                .flat_map(|i| &y[(i * c + ch) * hw..(i * c + ch + 1) * hw])
+                .map(|&v| v as f64)
+                .sum();
+            let want = momentum * sum / (n * hw) as f64;
+            assert!(
+                (got as f64 - want).abs() <= 1e-4 * want.abs() + 1e-7,
+                "{net} channel {ch}: running mean {got}, want {want} (momentum {momentum})"
+            );
+        }
+    };
+    let mut lite = EfficientNetLite0::new(be, &mut rng, false).unwrap();
+    lite.forward(be, &x, (n, px, px), true).unwrap();
+    check("lite0", &lite.stem, 0.01);
+    assert!(lite.batchnorms_mut().iter().all(|bn| bn.momentum == 0.01));
+    let mut res = ResNet::custom(be, &mut rng, [1, 1, 1, 1], 8, false).unwrap();
+    res.forward(be, &x, (n, px, px), true).unwrap();
+    check("resnet", &res.stem, 0.1);
+    assert!(res.batchnorms_mut().iter().all(|bn| bn.momentum == 0.1));
+}

@@ -13,6 +13,10 @@ use anyhow::{anyhow, Result};
 
 /// The Lite models' BatchNorm eps (TensorFlow's 1e-3).
 const BN_EPS: f32 = 1e-3;
+/// The running statistics' momentum of the package whose weights we load
+/// (efficientnet-pytorch's `1 - batch_norm_momentum` with TF's 0.99), not PyTorch's default
+/// 0.1: fine-tuning then moves the statistics as the original does.
+pub const BN_MOMENTUM: f32 = 0.01;
 const STEM: usize = 32;
 const HEAD: usize = 1280;
 /// Stages as (repeats, kernel, stride, expand ratio, in, out).
@@ -208,13 +212,17 @@ impl EfficientNetLite0 {
         } else {
             None
         };
-        Ok(EfficientNetLite0 {
+        let mut net = EfficientNetLite0 {
             stem,
             blocks,
             head,
             fc,
             avg: GemPool::avg(),
-        })
+        };
+        for u in net.units_mut() {
+            u.bn.momentum = BN_MOMENTUM;
+        }
+        Ok(net)
     }
 
     fn units(&self) -> Vec<&ConvBn> {

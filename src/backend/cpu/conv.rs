@@ -174,83 +174,280 @@ pub fn conv2d_bwd_weight_f32(x: &[f32], dy: &[f32], dw: &mut [f32], s: Conv) {
     }
 }
 
+// Depthwise convolutions, one plane per task. The loops run over a kernel tap outside and a
+// run of output columns inside: `tap_range` clips that run to the columns whose input lies in
+// the image, so the zero padding costs nothing and the inner loop is a bounds-test-free
+// multiply-add over two contiguous slices, which the compiler vectorises. A stride above 1
+// would make the input side strided; `split_phases` first deals the input columns into
+// `stride` planes by column phase, after which every tap reads one of them contiguously.
+
+thread_local! {
+    /// Phase planes of one strided depthwise plane (input or input gradient), reused.
+    static PHASES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_phases<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PHASES.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < len {
+            c.resize(len, 0.0);
+        }
+        f(&mut c[..len])
+    })
+}
+
+/// Outputs `lo..hi` (of `out_len`) whose tap at offset `k` reads input `o * stride + k - pad`
+/// inside `0..len`.
+#[inline]
+fn tap_range(k: usize, stride: usize, pad: usize, len: usize, out_len: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(k).div_ceil(stride).min(out_len);
+    let hi = if len + pad > k {
+        ((len - 1 + pad - k) / stride + 1).min(out_len)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
+
+/// Where a tap reads in the phase planes: input column `o * stride + kj - pad` is column
+/// `o + offset` of phase plane `phase`.
+#[inline]
+fn tap_phase(kj: usize, s: &Conv) -> (usize, isize) {
+    let d = kj as isize - s.pad_left as isize;
+    let st = s.stride as isize;
+    (d.rem_euclid(st) as usize, d.div_euclid(st))
+}
+
+/// Width of one phase plane.
+fn phase_width(s: &Conv) -> usize {
+    s.w.div_ceil(s.stride)
+}
+
+/// Deals the columns of `plane` (`h x w`) into `stride` planes (`h x phase_width`), column
+/// `j * stride + r` going to column `j` of plane `r`; unused tail columns are zeroed.
+fn split_phases(plane: &[f32], phases: &mut [f32], s: &Conv) {
+    let wp = phase_width(s);
+    if s.stride == 2 {
+        // Lite0's only stride: pairs of columns, which the compiler turns into shuffles.
+        let (even, odd) = phases.split_at_mut(s.h * wp);
+        let rows = even.chunks_exact_mut(wp).zip(odd.chunks_exact_mut(wp));
+        for (line, (e, o)) in plane.chunks_exact(s.w).zip(rows) {
+            for (p, (a, b)) in line.chunks_exact(2).zip(e.iter_mut().zip(o.iter_mut())) {
+                *a = p[0];
+                *b = p[1];
+            }
+            if s.w % 2 == 1 {
+                (e[wp - 1], o[wp - 1]) = (line[s.w - 1], 0.0);
+            }
+        }
+        return;
+    }
+    for r in 0..s.stride {
+        let dst = &mut phases[r * s.h * wp..(r + 1) * s.h * wp];
+        for (line, out) in plane.chunks_exact(s.w).zip(dst.chunks_exact_mut(wp)) {
+            let mut cols = line[r.min(s.w)..].iter().step_by(s.stride);
+            for o in out.iter_mut() {
+                *o = cols.next().copied().unwrap_or(0.0);
+            }
+        }
+    }
+}
+
+/// The inverse of [`split_phases`].
+fn merge_phases(phases: &[f32], plane: &mut [f32], s: &Conv) {
+    let wp = phase_width(s);
+    if s.stride == 2 {
+        let (even, odd) = phases.split_at(s.h * wp);
+        let rows = even.chunks_exact(wp).zip(odd.chunks_exact(wp));
+        for (line, (e, o)) in plane.chunks_exact_mut(s.w).zip(rows) {
+            for (p, (&a, &b)) in line.chunks_exact_mut(2).zip(e.iter().zip(o)) {
+                (p[0], p[1]) = (a, b);
+            }
+            if s.w % 2 == 1 {
+                line[s.w - 1] = e[wp - 1];
+            }
+        }
+        return;
+    }
+    for r in 0..s.stride {
+        let src = &phases[r * s.h * wp..(r + 1) * s.h * wp];
+        for (line, from) in plane.chunks_exact_mut(s.w).zip(src.chunks_exact(wp)) {
+            for (o, &v) in line[r.min(s.w)..].iter_mut().step_by(s.stride).zip(from) {
+                *o = v;
+            }
+        }
+    }
+}
+
+/// The input columns `lo..hi` of a tap read in a phase line.
+#[inline]
+fn tap_cols(line: &[f32], off: isize, lo: usize, hi: usize) -> &[f32] {
+    &line[(lo as isize + off) as usize..(hi as isize + off) as usize]
+}
+
+/// One output plane from one input plane (`src` holds the input, split into phases when
+/// strided, each of `h` rows of `line` values).
+fn depthwise_plane_fwd(src: &[f32], line: usize, wc: &[f32], out: &mut [f32], s: &Conv) {
+    let plane_len = s.h * line;
+    for (oy, row) in out.chunks_exact_mut(s.ow).enumerate() {
+        row.fill(0.0);
+        for ki in 0..s.kh {
+            let Some(iy) = src_row(oy, ki, s) else {
+                continue;
+            };
+            for kj in 0..s.kw {
+                let (lo, hi) = tap_range(kj, s.stride, s.pad_left, s.w, s.ow);
+                if lo == hi {
+                    continue;
+                }
+                let (phase, off) = tap_phase(kj, s);
+                let input = &src[phase * plane_len + iy * line..][..line];
+                let wv = wc[ki * s.kw + kj];
+                for (o, &v) in row[lo..hi].iter_mut().zip(tap_cols(input, off, lo, hi)) {
+                    *o += wv * v;
+                }
+            }
+        }
+    }
+}
+
+/// Input row read by output row `oy` and kernel row `ki`, if inside the image.
+#[inline]
+fn src_row(oy: usize, ki: usize, s: &Conv) -> Option<usize> {
+    src(oy, ki, s.stride, s.pad_top, s.h)
+}
+
 /// Depthwise forward, one (image, channel) plane per task.
 fn depthwise_fwd(x: &[f32], w: &[f32], y: &mut [f32], s: &Conv) {
     let (hw, ohw, taps) = (s.h * s.w, s.oh * s.ow, s.kh * s.kw);
     y.par_chunks_mut(ohw).enumerate().for_each(|(p, out)| {
         let c = p % s.c_out;
         let (plane, wc) = (&x[p * hw..(p + 1) * hw], &w[c * taps..(c + 1) * taps]);
-        for oy in 0..s.oh {
-            for ox in 0..s.ow {
-                let mut acc = 0.0f32;
-                for ki in 0..s.kh {
-                    let Some(iy) = src(oy, ki, s.stride, s.pad_top, s.h) else {
-                        continue;
-                    };
-                    for kj in 0..s.kw {
-                        if let Some(ix) = src(ox, kj, s.stride, s.pad_left, s.w) {
-                            acc += wc[ki * s.kw + kj] * plane[iy * s.w + ix];
-                        }
-                    }
-                }
-                out[oy * s.ow + ox] = acc;
-            }
+        if s.stride == 1 {
+            depthwise_plane_fwd(plane, s.w, wc, out, s);
+        } else {
+            let wp = phase_width(s);
+            with_phases(s.stride * s.h * wp, |ph| {
+                split_phases(plane, ph, s);
+                depthwise_plane_fwd(ph, wp, wc, out, s);
+            });
         }
     });
 }
 
-/// Depthwise data gradient: scatter each output's gradient back through its window.
+/// Scatters one output-gradient plane `g` back through the windows into `dst` (zeroed by the
+/// caller; split into phases when strided, like the forward's `src`).
+fn depthwise_plane_bwd_data(g: &[f32], wc: &[f32], dst: &mut [f32], line: usize, s: &Conv) {
+    let plane_len = s.h * line;
+    for (oy, grow) in g.chunks_exact(s.ow).enumerate() {
+        for ki in 0..s.kh {
+            let Some(iy) = src_row(oy, ki, s) else {
+                continue;
+            };
+            for kj in 0..s.kw {
+                let (lo, hi) = tap_range(kj, s.stride, s.pad_left, s.w, s.ow);
+                if lo == hi {
+                    continue;
+                }
+                let (phase, off) = tap_phase(kj, s);
+                let input = &mut dst[phase * plane_len + iy * line..][..line];
+                let wv = wc[ki * s.kw + kj];
+                let at = (lo as isize + off) as usize;
+                for (d, &v) in input[at..at + (hi - lo)].iter_mut().zip(&grow[lo..hi]) {
+                    *d += wv * v;
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise data gradient, one (image, channel) plane per task.
 fn depthwise_bwd_data(dy: &[f32], w: &[f32], dx: &mut [f32], s: &Conv) {
     let (hw, ohw, taps) = (s.h * s.w, s.oh * s.ow, s.kh * s.kw);
     dx.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
         let c = p % s.c_in;
         let (g, wc) = (&dy[p * ohw..(p + 1) * ohw], &w[c * taps..(c + 1) * taps]);
-        plane.fill(0.0);
-        for oy in 0..s.oh {
-            for ox in 0..s.ow {
-                let d = g[oy * s.ow + ox];
-                for ki in 0..s.kh {
-                    let Some(iy) = src(oy, ki, s.stride, s.pad_top, s.h) else {
-                        continue;
-                    };
-                    for kj in 0..s.kw {
-                        if let Some(ix) = src(ox, kj, s.stride, s.pad_left, s.w) {
-                            plane[iy * s.w + ix] += wc[ki * s.kw + kj] * d;
-                        }
-                    }
-                }
-            }
+        if s.stride == 1 {
+            plane.fill(0.0);
+            depthwise_plane_bwd_data(g, wc, plane, s.w, s);
+        } else {
+            let wp = phase_width(s);
+            with_phases(s.stride * s.h * wp, |ph| {
+                ph.fill(0.0);
+                depthwise_plane_bwd_data(g, wc, ph, wp, s);
+                merge_phases(ph, plane, s);
+            });
         }
     });
 }
 
-/// Depthwise weight gradient, one channel per task, summed over the batch in f64.
-fn depthwise_bwd_weight(x: &[f32], dy: &[f32], dw: &mut [f32], s: &Conv) {
-    let (hw, ohw, taps) = (s.h * s.w, s.oh * s.ow, s.kh * s.kw);
-    dw.par_chunks_mut(taps).enumerate().for_each(|(c, wc)| {
-        let mut acc = vec![0.0f64; taps];
-        for i in 0..s.n {
-            let p = i * s.c_in + c;
-            let (plane, g) = (&x[p * hw..(p + 1) * hw], &dy[p * ohw..(p + 1) * ohw]);
-            for oy in 0..s.oh {
-                for ki in 0..s.kh {
-                    let Some(iy) = src(oy, ki, s.stride, s.pad_top, s.h) else {
-                        continue;
-                    };
-                    for ox in 0..s.ow {
-                        let d = g[oy * s.ow + ox] as f64;
-                        for kj in 0..s.kw {
-                            if let Some(ix) = src(ox, kj, s.stride, s.pad_left, s.w) {
-                                acc[ki * s.kw + kj] += d * plane[iy * s.w + ix] as f64;
-                            }
-                        }
-                    }
+/// Adds one plane's products into `sums` (`kh*kw x ow`): entry `(tap, ox)` collects, in f32,
+/// the products of output column `ox` down the plane, so the inner loop is the forward's
+/// vectorised multiply-add instead of a reduction; the caller sums the columns in f64.
+fn depthwise_plane_bwd_weight(src: &[f32], line: usize, g: &[f32], sums: &mut [f32], s: &Conv) {
+    let plane_len = s.h * line;
+    for (oy, grow) in g.chunks_exact(s.ow).enumerate() {
+        for ki in 0..s.kh {
+            let Some(iy) = src_row(oy, ki, s) else {
+                continue;
+            };
+            for kj in 0..s.kw {
+                let (lo, hi) = tap_range(kj, s.stride, s.pad_left, s.w, s.ow);
+                if lo == hi {
+                    continue;
+                }
+                let (phase, off) = tap_phase(kj, s);
+                let input = &src[phase * plane_len + iy * line..][..line];
+                let cols = &mut sums[(ki * s.kw + kj) * s.ow..][lo..hi];
+                for (o, (&d, &v)) in cols
+                    .iter_mut()
+                    .zip(grow[lo..hi].iter().zip(tap_cols(input, off, lo, hi)))
+                {
+                    *o += d * v;
                 }
             }
         }
-        for (o, a) in wc.iter_mut().zip(acc) {
-            *o += a as f32;
-        }
+    }
+}
+
+thread_local! {
+    /// Per-tap column sums of the depthwise weight gradient, reused.
+    static TAP_SUMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Depthwise weight gradient, one channel per task, summed over the batch in f64 (each
+/// image's per-column f32 sums are added in f64).
+fn depthwise_bwd_weight(x: &[f32], dy: &[f32], dw: &mut [f32], s: &Conv) {
+    let (hw, ohw, taps) = (s.h * s.w, s.oh * s.ow, s.kh * s.kw);
+    dw.par_chunks_mut(taps).enumerate().for_each(|(c, wc)| {
+        TAP_SUMS.with(|sums| {
+            let mut sums = sums.borrow_mut();
+            if sums.len() < taps * s.ow {
+                sums.resize(taps * s.ow, 0.0);
+            }
+            let sums = &mut sums[..taps * s.ow];
+            let mut acc = vec![0.0f64; taps];
+            for i in 0..s.n {
+                let p = i * s.c_in + c;
+                let (plane, g) = (&x[p * hw..(p + 1) * hw], &dy[p * ohw..(p + 1) * ohw]);
+                sums.fill(0.0);
+                if s.stride == 1 {
+                    depthwise_plane_bwd_weight(plane, s.w, g, sums, s);
+                } else {
+                    let wp = phase_width(s);
+                    with_phases(s.stride * s.h * wp, |ph| {
+                        split_phases(plane, ph, s);
+                        depthwise_plane_bwd_weight(ph, wp, g, sums, s);
+                    });
+                }
+                for (a, cols) in acc.iter_mut().zip(sums.chunks_exact(s.ow)) {
+                    *a += cols.iter().map(|&v| v as f64).sum::<f64>();
+                }
+            }
+            for (o, a) in wc.iter_mut().zip(acc) {
+                *o += a as f32;
+            }
+        })
     });
 }
 
@@ -391,6 +588,50 @@ mod tests {
             let tol = 1e-4 * lhs.abs().max(1.0);
             assert!((via_dx - lhs).abs() < tol, "{s:?}: dx {via_dx} vs {lhs}");
             assert!((via_dw - lhs).abs() < tol, "{s:?}: dw {via_dw} vs {lhs}");
+        }
+    }
+
+    /// Depthwise shapes the fast path clips differently: stride 3, padding wider than the
+    /// kernel (rows and columns that read only zeros), 1x1 maps under a 5x5 kernel, one-column
+    /// images, odd widths.
+    #[test]
+    fn depthwise_edge_shapes_match_the_definition_and_stay_adjoint() {
+        let mut rng = Rng::new(9);
+        let cases: [(usize, usize, usize, usize, usize, Padding); 7] = [
+            (2, 2, 1, 1, 5, Padding::Same),
+            (2, 3, 13, 11, 3, Padding::Same),
+            (1, 2, 2, 2, 3, Padding::Sym(4)),
+            (2, 2, 9, 1, 3, Padding::Sym(1)),
+            (1, 3, 7, 9, 5, Padding::Sym(2)),
+            (1, 2, 15, 17, 7, Padding::Same),
+            (2, 4, 6, 5, 1, Padding::Sym(0)),
+        ];
+        for (n, ch, h, w, k, pad) in cases {
+            for st in [1, 2, 3] {
+                let Ok(s) = Conv::new(n, ch, h, w, ch, k, st, pad, ch) else {
+                    continue;
+                };
+                let (lx, lw, ly) = s.sizes();
+                let x = rng.vec_f32(lx, -1.0, 1.0);
+                let wt = rng.vec_f32(lw, -1.0, 1.0);
+                let dy = rng.vec_f32(ly, -1.0, 1.0);
+                let mut want = vec![f32::NAN; ly];
+                let mut got = vec![f32::NAN; ly];
+                conv2d_naive(&x, &wt, &mut want, s);
+                conv2d_fwd_f32(&x, &wt, &mut got, s);
+                assert!(rel_err(&got, &want) < 1e-5, "{s:?}");
+                let dot = |a: &[f32], b: &[f32]| -> f64 {
+                    a.iter().zip(b).map(|(p, q)| *p as f64 * *q as f64).sum()
+                };
+                let lhs = dot(&dy, &want);
+                let mut dx = vec![f32::NAN; lx];
+                conv2d_bwd_data_f32(&dy, &wt, &mut dx, s);
+                let mut dw = vec![0.0; lw];
+                conv2d_bwd_weight_f32(&x, &dy, &mut dw, s);
+                let tol = 1e-4 * lhs.abs().max(1.0);
+                assert!((dot(&dx, &x) - lhs).abs() < tol, "{s:?}: dx");
+                assert!((dot(&dw, &wt) - lhs).abs() < tol, "{s:?}: dw");
+            }
         }
     }
 
