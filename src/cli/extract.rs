@@ -1,37 +1,96 @@
 //! `insclr-cu extract`: multi-scale descriptors of a list or folder of images, written as `.npy`.
 
 use anyhow::{bail, Context, Result};
-use insclr::backend::{self, DeviceChoice, Op};
+use insclr::backend::{self, Backend, DeviceChoice, Op};
 use insclr::data::image::list_images;
 use insclr::data::image::Skipped;
 use insclr::eval::extract::{self, BadImages, ExtractConfig, ImageItem};
 use insclr::eval::load_model;
 use insclr::io::{self, npy};
 use insclr::nn::net::{DescriptorChoice, LoadChoice};
+use insclr::nn::DescriptorNet;
 use std::path::{Path, PathBuf};
 
-/// Arguments of `insclr-cu extract`.
+/// How images become descriptors: the flags `extract` and `search` share, so that `search`
+/// can describe its queries exactly as `extract` described the index.
 #[derive(clap::Args)]
-pub struct Args {
+pub struct DescribeArgs {
     /// Descriptor model: resnet50, resnet101, efficientnet-lite0, resnet-custom (with --weights;
     /// resnet-custom reads its layout from them), auto (the backbone a model file of
     /// insclr-cu train records), or tiny-gem (a baseline that GeM-pools the input pixels)
     /// [default: auto with --weights, else tiny-gem].
     #[arg(long)]
-    model: Option<String>,
+    pub model: Option<String>,
     /// Weights of --model (.safetensors or .pth): ImageNet weights give raw GeM descriptors,
     /// an insclr-cu model or checkpoint its trained head (optimiser tensors are skipped).
     #[arg(long)]
-    weights: Option<PathBuf>,
+    pub weights: Option<PathBuf>,
     /// head: the trained head (the default for files that have one; an error for files
     /// without); gem: the backbone's raw GeM, ignoring any head.
     #[arg(long, value_enum)]
-    descriptor: Option<DescriptorArg>,
+    pub descriptor: Option<DescriptorArg>,
     /// Pixel normalisation: imagenet, lite, or MEAN/STD of v/255 like
     /// 0.485,0.456,0.406/0.229,0.224,0.225 [default: the one the weights file records, else
     /// the backbone's]. A value that differs from the recorded one is warned about.
     #[arg(long)]
-    pixel_norm: Option<String>,
+    pub pixel_norm: Option<String>,
+    /// Longest side a scaled image may have (a guard against --scales typos that would
+    /// exhaust memory).
+    #[arg(long, env = "INSCLR_MAX_SIDE", default_value_t = extract::MAX_SIDE)]
+    pub max_side: usize,
+    /// Resize factors of the normalised image.
+    #[arg(long, value_delimiter = ',', default_values_t = extract::REVISITED_SCALES)]
+    pub scales: Vec<f64>,
+    /// Longest image side after the thumbnail. It only downscales: smaller images keep their
+    /// size, so a collection of mixed resolutions is described at mixed scales (warned about
+    /// when the longest sides differ over 2x; a smaller --img-size brings them to one size).
+    #[arg(long, default_value_t = extract::IMG_SIZE)]
+    pub img_size: u32,
+    /// Images decoded and described together.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Average the raw per-scale descriptors (no per-scale L2), as the original's stage-0
+    /// candidate-pool features (spec G2); the mean is still L2-normalised.
+    #[arg(long)]
+    pub raw_scales: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl DescribeArgs {
+    /// The model `--model` / `--weights` name.
+    pub fn model_name(&self) -> &str {
+        model_name(self.model.as_deref(), self.weights.as_deref())
+    }
+
+    /// Loads the descriptor network on `be`, with what it is (also printed).
+    pub fn load(&self, be: &dyn Backend) -> Result<(Box<dyn DescriptorNet>, String)> {
+        let choice = load_choice(self.descriptor, self.pixel_norm.as_deref())?;
+        let (net, what) = load_model(be, self.model.as_deref(), self.weights.as_deref(), choice)?;
+        eprintln!("model: {what}");
+        Ok((net, what))
+    }
+
+    /// The extraction settings of these flags.
+    pub fn config(&self, skip_bad: bool) -> ExtractConfig {
+        ExtractConfig {
+            img_size: self.img_size,
+            scales: self.scales.clone(),
+            batch: self.batch,
+            normalize_each_scale: !self.raw_scales,
+            progress: !self.quiet,
+            max_side: self.max_side,
+            skip_bad,
+        }
+    }
+}
+
+/// Arguments of `insclr-cu extract`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    describe: DescribeArgs,
     /// A folder (every image under it, sorted) or a text file with one image path per line.
     #[arg(long)]
     images: PathBuf,
@@ -46,28 +105,6 @@ pub struct Args {
     /// instead of failing; they are listed in <out>.bad.txt.
     #[arg(long)]
     skip_bad: bool,
-    /// Longest side a scaled image may have (a guard against --scales typos that would
-    /// exhaust memory).
-    #[arg(long, env = "INSCLR_MAX_SIDE", default_value_t = extract::MAX_SIDE)]
-    max_side: usize,
-    /// Resize factors of the normalised image.
-    #[arg(long, value_delimiter = ',', default_values_t = extract::REVISITED_SCALES)]
-    scales: Vec<f64>,
-    /// Longest image side after the thumbnail. It only downscales: smaller images keep their
-    /// size, so a collection of mixed resolutions is described at mixed scales (warned about
-    /// when the longest sides differ over 2x; a smaller --img-size brings them to one size).
-    #[arg(long, default_value_t = extract::IMG_SIZE)]
-    img_size: u32,
-    /// Images decoded and described together.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
-    /// Average the raw per-scale descriptors (no per-scale L2), as the original's stage-0
-    /// candidate-pool features (spec G2); the mean is still L2-normalised.
-    #[arg(long)]
-    raw_scales: bool,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
 }
 
 fn read_list(list: &Path, root: &Path) -> Result<Vec<PathBuf>> {
@@ -98,7 +135,7 @@ fn write_bad_list(path: &Path, bad: &Skipped) -> Result<()> {
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     io::check_writable(&args.out)?;
-    let model = model_name(args.model.as_deref(), args.weights.as_deref());
+    let model = args.describe.model_name();
     let (be, chosen) = backend::select_f32(device, model_ops(model))?;
     eprintln!("backend: {chosen}");
     let paths = if args.images.is_dir() {
@@ -119,23 +156,8 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             bbx: None,
         })
         .collect();
-    let choice = load_choice(args.descriptor, args.pixel_norm.as_deref())?;
-    let (mut net, what) = load_model(
-        be.as_ref(),
-        args.model.as_deref(),
-        args.weights.as_deref(),
-        choice,
-    )?;
-    eprintln!("model: {what}");
-    let cfg = ExtractConfig {
-        img_size: args.img_size,
-        scales: args.scales.clone(),
-        batch: args.batch,
-        normalize_each_scale: !args.raw_scales,
-        progress: !args.quiet,
-        max_side: args.max_side,
-        skip_bad: args.skip_bad,
-    };
+    let (mut net, _) = args.describe.load(be.as_ref())?;
+    let cfg = args.describe.config(args.skip_bad);
     let bad_list = args.out.with_extension("bad.txt");
     let t0 = std::time::Instant::now();
     let out = match extract::extract(be.as_ref(), net.as_mut(), &items, &cfg, "extract") {

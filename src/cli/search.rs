@@ -1,11 +1,10 @@
 //! `insclr-cu search`: describes query images as `extract` does and prints the most similar
 //! images of a descriptor index (text, JSON, or an HTML page of thumbnails).
 
-use super::extract::{load_choice, model_name, model_ops, DescriptorArg};
+use super::extract::{model_ops, DescribeArgs};
 use anyhow::{bail, Context, Result};
 use insclr::backend::{self, DeviceChoice, Op};
-use insclr::eval::extract::{self, ExtractConfig, ImageItem};
-use insclr::eval::load_model;
+use insclr::eval::extract::{self, ImageItem};
 use insclr::eval::search::{self, PageInfo};
 use insclr::io::{self, npy};
 use insclr::knn::Tiling;
@@ -28,45 +27,16 @@ pub struct Args {
     /// Results per query.
     #[arg(long, default_value_t = 10)]
     k: usize,
-    /// Descriptor model, as for `extract` (it must be the one that built the index):
-    /// resnet50, resnet101, efficientnet-lite0, resnet-custom, auto, or tiny-gem
-    /// [default: auto with --weights, else tiny-gem].
-    #[arg(long)]
-    model: Option<String>,
-    /// Weights of --model (.safetensors or .pth), as given to `extract`.
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// head or gem, as given to `extract`.
-    #[arg(long, value_enum)]
-    descriptor: Option<DescriptorArg>,
-    /// Pixel normalisation, as given to `extract` [default: the one the weights file records,
-    /// else the backbone's].
-    #[arg(long)]
-    pixel_norm: Option<String>,
-    /// Resize factors, as given to `extract`.
-    #[arg(long, value_delimiter = ',', default_values_t = extract::REVISITED_SCALES)]
-    scales: Vec<f64>,
-    /// Longest image side after the thumbnail, as given to `extract`.
-    #[arg(long, default_value_t = extract::IMG_SIZE)]
-    img_size: u32,
-    /// Average the raw per-scale descriptors, as `extract --raw-scales`.
-    #[arg(long)]
-    raw_scales: bool,
-    /// Query images decoded and described together.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
-    /// Longest side a scaled image may have.
-    #[arg(long, env = "INSCLR_MAX_SIDE", default_value_t = extract::MAX_SIDE)]
-    max_side: usize,
+    /// The model and extraction flags, as given to `extract` for the index (the same
+    /// defaults).
+    #[command(flatten)]
+    describe: DescribeArgs,
     /// Print the results as JSON on stdout instead of text.
     #[arg(long)]
     json: bool,
     /// Also write an HTML page of thumbnails here (images linked by paths relative to it).
     #[arg(long)]
     html: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
@@ -86,19 +56,12 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             args.index.display()
         );
     }
-    let model = model_name(args.model.as_deref(), args.weights.as_deref());
+    let model = args.describe.model_name();
     let mut ops = vec![Op::Knn];
     ops.extend_from_slice(model_ops(model));
     let (be, chosen) = backend::select_f32(device, &ops)?;
     eprintln!("backend: {chosen}");
-    let choice = load_choice(args.descriptor, args.pixel_norm.as_deref())?;
-    let (mut net, what) = load_model(
-        be.as_ref(),
-        args.model.as_deref(),
-        args.weights.as_deref(),
-        choice,
-    )?;
-    eprintln!("model: {what}");
+    let (mut net, what) = args.describe.load(be.as_ref())?;
     if net.out_dim() != index.dim {
         bail!(
             "{} holds {}-d descriptors but {what} gives {}-d ones; search with the --model/--weights that extract used for this index",
@@ -115,15 +78,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             bbx: None,
         })
         .collect();
-    let cfg = ExtractConfig {
-        img_size: args.img_size,
-        scales: args.scales.clone(),
-        batch: args.batch,
-        normalize_each_scale: !args.raw_scales,
-        progress: !args.quiet,
-        max_side: args.max_side,
-        skip_bad: false,
-    };
+    let cfg = args.describe.config(false);
     let q = extract::extract(be.as_ref(), net.as_mut(), &items, &cfg, "queries")
         .context("query images: fix or drop the ones listed")?;
     if q.dim != index.dim {
@@ -147,23 +102,32 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         args.k,
         Tiling::default(),
     )?;
-    let scales: Vec<String> = args.scales.iter().map(|s| format!("{s}")).collect();
+    let scales: Vec<String> = args
+        .describe
+        .scales
+        .iter()
+        .map(|s| format!("{s}"))
+        .collect();
     let how = format!(
         "{what} at {} px, scales {}{}",
-        args.img_size,
+        args.describe.img_size,
         scales.join(","),
-        if args.raw_scales { " (raw)" } else { "" }
+        if args.describe.raw_scales {
+            " (raw)"
+        } else {
+            ""
+        }
     );
     if args.json {
         let doc = serde_json::json!({
             "index": args.index.display().to_string(),
             "images": args.images.display().to_string(),
             "model": model,
-            "weights": args.weights.as_ref().map(|p| p.display().to_string()),
+            "weights": args.describe.weights.as_ref().map(|p| p.display().to_string()),
             "descriptor": what,
-            "img_size": args.img_size,
-            "scales": args.scales,
-            "raw_scales": args.raw_scales,
+            "img_size": args.describe.img_size,
+            "scales": args.describe.scales,
+            "raw_scales": args.describe.raw_scales,
             "k": args.k,
             "dim": index.dim,
             "database_size": n,

@@ -22,14 +22,23 @@ thread_local! {
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    COLS.with(|c| {
+/// The first `len` elements of a thread's scratch buffer, grown when short and kept.
+fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|c| {
         let mut c = c.borrow_mut();
         if c.len() < len {
             c.resize(len, 0.0);
         }
         f(&mut c[..len])
     })
+}
+
+fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_scratch(&COLS, len, f)
 }
 
 /// True when the column matrix is the input itself.
@@ -187,13 +196,7 @@ thread_local! {
 }
 
 fn with_phases<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    PHASES.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() < len {
-            c.resize(len, 0.0);
-        }
-        f(&mut c[..len])
-    })
+    with_scratch(&PHASES, len, f)
 }
 
 /// Outputs `lo..hi` (of `out_len`) whose tap at offset `k` reads input `o * stride + k - pad`
