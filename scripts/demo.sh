@@ -72,8 +72,10 @@ print(f"Training {verdict} mAP over the ImageNet descriptor ({trained - imagenet
 print(f"Loss: batch part {first['batch_loss']:.3f} at step 1 -> {last['batch_loss']:.3f} at step "
       f"{last['step']}; the memory part joins at step {mem_from} (XBM: the bank fills from START_STEP, is read after GET_STEP) and is "
       f"{last['memory_loss']:.3f} at the end.")
-print("The total rises because the memory loss adds a term per stored pair once the bank fills,")
-print("not because training diverges: compare the batch part, or the memory part with itself.")
+print(f"Total loss {first['loss']:.3f} -> {last['loss']:.3f}.")
+if last["loss"] > first["loss"]:
+    print("It rises because the memory loss adds a term per stored pair once the bank fills,")
+    print("not because training diverges: compare the batch part, or the memory part with itself.")
 if trained <= imagenet:
     print("Why, and what would help: README.md, section 'What the demo shows'.")
 PY

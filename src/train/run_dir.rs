@@ -368,6 +368,24 @@ mod tests {
         RunRecord { config, inputs }
     }
 
+    /// A record read back from its JSON is the same record: f32 keys such as the Lite models'
+    /// PIXEL_MEAN (127 / 255) print with 17 digits, which a best-effort float parser reads one
+    /// ulp off, and `--resume` then refused its own run.
+    #[test]
+    fn a_record_read_back_from_json_is_unchanged() {
+        let mut cfg = Config::parse("[NEIGHBOR]\nSRC = \"pool.npz\"\n", "t.toml").unwrap();
+        cfg.input.pixel_mean = [0.498_039_22; 3];
+        cfg.input.pixel_std = [0.501_960_8; 3];
+        let mut config = BTreeMap::new();
+        flatten("", serde_json::to_value(&cfg).unwrap(), &mut config);
+        let rec = RunRecord {
+            config,
+            inputs: BTreeMap::new(),
+        };
+        let back: RunRecord = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
+        assert_eq!(rec.diff(&back), Vec::<String>::new());
+    }
+
     #[test]
     fn diff_names_keys_and_files_but_not_the_keys_that_may_change() {
         let a = record(1e-3, "00000001");
