@@ -55,49 +55,8 @@ fn make_data(dir: &Path) {
 /// checkpoint of step 2 and model_final hold the same weights.
 fn train_tiny(dir: &Path) -> (PathBuf, PathBuf) {
     make_data(dir);
-    let text = format!(
-        r#"
-OUTPUT_DIR = "{out}"
-SEED = 3
-[DATA]
-ROOT = "{root}"
-[INPUT]
-TRAIN_IMG_SIZE = [32, 32]
-NOAUG_IMG_SIZE = [32, 32]
-PIXEL_MEAN = {MEAN:?}
-PIXEL_STD = {STD:?}
-[MODEL]
-PRETRAIN = "random"
-[MODEL.BACKBONE]
-NAME = "resnet-custom"
-STAGES = [1, 1, 1, 1]
-BASE_WIDTH = 4
-[MODEL.HEAD]
-OUT_DIM = 8
-[SOLVER]
-NAME = "adam"
-BASE_LR = 0.001
-IMS_PER_BATCH = 2
-STEPS = [100]
-MAX_STEP = 2
-CHECKPOINT_PERIOD = 2
-[NEIGHBOR]
-SRC = "{pool}"
-K = 2
-[XBM]
-ENABLE = true
-VERSION = "v1"
-SIZE = 0
-FEATURE_DIM = 8
-START_STEP = 0
-GET_STEP = 1
-GET_SIZE = 4
-POTENTIAL_POSITIVE = 2
-"#,
-        out = dir.join("out").display(),
-        root = dir.join("images").display(),
-        pool = dir.join("pool.npz").display(),
-    );
+    let input = format!("PIXEL_MEAN = {MEAN:?}\nPIXEL_STD = {STD:?}");
+    let text = common::tiny_stage_toml(dir, 2, 1e-3, "random", &input);
     let cfg = Config::parse(&text, "test.toml").unwrap();
     let opts = RunOptions {
         resume: false,

@@ -45,53 +45,12 @@ fn make_data(dir: &Path) {
     write_pool(&dir.join("pool.npz"), 5);
 }
 
-/// A tiny base stage (XBM v1, checkpoint every 2 steps) writing into `dir/out`.
-fn config_text(dir: &Path, max_step: usize, lr: f64, pretrain: &str) -> String {
-    format!(
-        r#"
-OUTPUT_DIR = "{out}"
-SEED = 3
-[DATA]
-ROOT = "{root}"
-[INPUT]
-TRAIN_IMG_SIZE = [32, 32]
-NOAUG_IMG_SIZE = [32, 32]
-[MODEL]
-PRETRAIN = "{pretrain}"
-[MODEL.BACKBONE]
-NAME = "resnet-custom"
-STAGES = [1, 1, 1, 1]
-BASE_WIDTH = 4
-[MODEL.HEAD]
-OUT_DIM = 8
-[SOLVER]
-NAME = "adam"
-BASE_LR = {lr:?}
-IMS_PER_BATCH = 2
-STEPS = [100]
-MAX_STEP = {max_step}
-CHECKPOINT_PERIOD = 2
-[NEIGHBOR]
-SRC = "{pool}"
-K = 2
-[XBM]
-ENABLE = true
-VERSION = "v1"
-SIZE = 0
-FEATURE_DIM = 8
-START_STEP = 0
-GET_STEP = 1
-GET_SIZE = 4
-POTENTIAL_POSITIVE = 2
-"#,
-        out = dir.join("out").display(),
-        root = dir.join("images").display(),
-        pool = dir.join("pool.npz").display(),
-    )
-}
-
 fn config(dir: &Path, max_step: usize, lr: f64) -> Config {
-    Config::parse(&config_text(dir, max_step, lr, "random"), "test.toml").unwrap()
+    Config::parse(
+        &common::tiny_stage_toml(dir, max_step, lr, "random", ""),
+        "test.toml",
+    )
+    .unwrap()
 }
 
 fn opts(resume: bool, overwrite: bool) -> RunOptions {
@@ -258,7 +217,7 @@ fn train_summary_names_the_tensors_left_at_random_initialisation() {
     make_data(&dir);
     std::fs::write(
         dir.join("stage1.toml"),
-        config_text(&dir, 2, 1e-3, "random"),
+        common::tiny_stage_toml(&dir, 2, 1e-3, "random", ""),
     )
     .unwrap();
     let c1 = dir.join("stage1.toml").display().to_string();
@@ -277,7 +236,7 @@ fn train_summary_names_the_tensors_left_at_random_initialisation() {
     assert!(!head.is_empty());
     let prev = dir.join("no-head.safetensors");
     insclr::io::safetensors::write(&prev, &body, None).unwrap();
-    let text = config_text(&dir, 2, 1e-3, &prev.display().to_string());
+    let text = common::tiny_stage_toml(&dir, 2, 1e-3, &prev.display().to_string(), "");
     let cfg = dir.join("stage2.toml");
     std::fs::write(&cfg, text).unwrap();
     let c = cfg.to_str().unwrap();

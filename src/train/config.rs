@@ -499,6 +499,22 @@ impl Default for Selection {
     }
 }
 
+/// A config file's text, refusing files too large to be one: configs are a few KB, and a
+/// large file is a wrong path (a dataset, a checkpoint) that reading whole would only delay.
+fn read_config_text(path: &Path) -> Result<String> {
+    const MAX_CONFIG: u64 = 1 << 20;
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading config {}", path.display()))?
+        .len();
+    if len > MAX_CONFIG {
+        bail!(
+            "config {} is {len} bytes; a config is a small TOML file (see configs/*.toml): wrong path?",
+            path.display()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))
+}
+
 impl Config {
     /// Parses TOML text; `name` is the file named in errors.
     pub fn parse(text: &str, name: &str) -> Result<Config> {
@@ -514,21 +530,7 @@ impl Config {
 
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config> {
-        // Configs are a few KB; a large file is a wrong path (a dataset, a checkpoint), and
-        // reading it whole would only delay the error.
-        const MAX_CONFIG: u64 = 1 << 20;
-        let len = std::fs::metadata(path)
-            .with_context(|| format!("reading config {}", path.display()))?
-            .len();
-        if len > MAX_CONFIG {
-            bail!(
-                "config {} is {len} bytes; a config is a small TOML file (see configs/*.toml): wrong path?",
-                path.display()
-            );
-        }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        Config::parse(&text, &path.display().to_string())
+        Config::parse(&read_config_text(path)?, &path.display().to_string())
     }
 
     /// [`Config::load`] with `KEY=VALUE` overrides applied first (`SEED=7`,
@@ -540,8 +542,7 @@ impl Config {
             return Config::load(path);
         }
         let name = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading config {name}"))?;
+        let text = read_config_text(path)?;
         let mut doc: toml::Table = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{name}: {}", e.to_string().trim_end()))?;
         for o in overrides {

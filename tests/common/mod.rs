@@ -155,3 +155,57 @@ pub fn write_group_pngs(img: &std::path::Path) {
         im.save(img.join(format!("img_{i}.png"))).unwrap();
     }
 }
+
+/// The TOML of a tiny base stage (resnet-custom of base width 4, XBM v1, a checkpoint every 2
+/// steps) training on the images under `dir/images` with the pool `dir/pool.npz` and writing
+/// into `dir/out`; `input` adds lines to its `[INPUT]` section.
+pub fn tiny_stage_toml(
+    dir: &std::path::Path,
+    max_step: usize,
+    lr: f64,
+    pretrain: &str,
+    input: &str,
+) -> String {
+    format!(
+        r#"
+OUTPUT_DIR = "{out}"
+SEED = 3
+[DATA]
+ROOT = "{root}"
+[INPUT]
+TRAIN_IMG_SIZE = [32, 32]
+NOAUG_IMG_SIZE = [32, 32]
+{input}
+[MODEL]
+PRETRAIN = "{pretrain}"
+[MODEL.BACKBONE]
+NAME = "resnet-custom"
+STAGES = [1, 1, 1, 1]
+BASE_WIDTH = 4
+[MODEL.HEAD]
+OUT_DIM = 8
+[SOLVER]
+NAME = "adam"
+BASE_LR = {lr:?}
+IMS_PER_BATCH = 2
+STEPS = [100]
+MAX_STEP = {max_step}
+CHECKPOINT_PERIOD = 2
+[NEIGHBOR]
+SRC = "{pool}"
+K = 2
+[XBM]
+ENABLE = true
+VERSION = "v1"
+SIZE = 0
+FEATURE_DIM = 8
+START_STEP = 0
+GET_STEP = 1
+GET_SIZE = 4
+POTENTIAL_POSITIVE = 2
+"#,
+        out = dir.join("out").display(),
+        root = dir.join("images").display(),
+        pool = dir.join("pool.npz").display(),
+    )
+}
