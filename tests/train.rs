@@ -253,6 +253,10 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     assert_eq!((c2.resumed_from, c2.steps_run), (Some(2), 2));
     assert_eq!(log_losses(&dir, "c"), la, "same losses step by step");
     assert_eq!(final_tensors(&dir, "c"), fa, "same final parameters");
+    let decisions =
+        |run: &str| std::fs::read_to_string(dir.join(run).join("decisions.jsonl")).unwrap();
+    assert!(!decisions("a").is_empty());
+    assert_eq!(decisions("c"), decisions("a"), "same decision log");
 
     // A different seed gives a different run.
     let mut other = config(&dir, &pool, "d", v2, 2);

@@ -284,6 +284,43 @@ fn descriptors(
     Ok((db.feats, q.feats, db.dim, how))
 }
 
+/// Results per query kept in the JSON (`insclr-cu report` shows them).
+const TOP_HITS: usize = 10;
+
+/// Each query's first [`TOP_HITS`] database images with their score and mark under the Medium
+/// protocol (`ok`: easy or hard, `junk`, else `wrong`), paths as described.
+fn top_hits(
+    be: &dyn Backend,
+    g: &Gnd,
+    (db, queries): &(Vec<ImageItem>, Vec<ImageItem>),
+    pair: Pair,
+    tiling: Tiling,
+) -> Result<Vec<serde_json::Value>> {
+    let top = ev::rank::top_k(be, pair, TOP_HITS, tiling)?;
+    Ok(top
+        .iter()
+        .zip(&g.gnd)
+        .zip(queries)
+        .map(|((hits, q), item)| {
+            let (ok, junk) = Protocol::Medium.split(q);
+            let hits: Vec<_> = hits
+                .iter()
+                .map(|&(j, score)| {
+                    let mark = if ok.contains(&j) {
+                        "ok"
+                    } else if junk.contains(&j) {
+                        "junk"
+                    } else {
+                        "wrong"
+                    };
+                    serde_json::json!({"path": db[j].path, "score": score, "mark": mark})
+                })
+                .collect();
+            serde_json::json!({"path": item.path, "top": hits})
+        })
+        .collect())
+}
+
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     let mut ops = vec![Op::Matmul, Op::Knn];
     if args.db_feats.is_none() {
@@ -327,7 +364,8 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
                 res[0].protocol = "ok/junk".into();
             }
             print!("{}", ev::format_revisited(&res));
-            serde_json::json!({"dataset": name, "descriptors": how, "results": res})
+            let top = top_hits(be.as_ref(), g, &items(&args, &r), pair, tiling)?;
+            serde_json::json!({"dataset": name, "descriptors": how, "results": res, "queries": top})
         }
         Resolved::Gld { sol, index_ids } => {
             let res = ev::evaluate_gldv2(be.as_ref(), sol, index_ids, &sol.queries, pair, tiling)?;

@@ -5,5 +5,6 @@ pub mod extract;
 pub mod import_weights;
 pub mod info;
 pub mod pool;
+pub mod report;
 pub mod search;
 pub mod train;

@@ -8,12 +8,13 @@
 
 use crate::backend::Backend;
 use crate::eval::extract::first_non_finite;
+use crate::io::html::{href, html_escape};
 use crate::io::npy;
 use crate::knn::{self, Exclude, Pair, Tiling};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// A descriptor index: the rows of `feats.npy` and the image of each row.
 #[derive(Debug)]
@@ -164,71 +165,6 @@ pub fn format_text(results: &[QueryResults]) -> String {
     s
 }
 
-/// `text` safe in HTML element content and quoted attribute values.
-pub fn html_escape(text: &str) -> String {
-    let mut s = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => s.push_str("&amp;"),
-            '<' => s.push_str("&lt;"),
-            '>' => s.push_str("&gt;"),
-            '"' => s.push_str("&quot;"),
-            '\'' => s.push_str("&#39;"),
-            _ => s.push(c),
-        }
-    }
-    s
-}
-
-/// A relative file path as a URL path: every byte but unreserved characters and `/` is
-/// percent-encoded, so `#`, `?`, `%` and spaces in file names do not end or change the URL.
-pub fn url_path(path: &Path) -> String {
-    #[cfg(unix)]
-    let bytes = {
-        use std::os::unix::ffi::OsStrExt;
-        path.as_os_str().as_bytes().to_vec()
-    };
-    #[cfg(not(unix))]
-    let bytes = path.to_string_lossy().replace('\\', "/").into_bytes();
-    let mut s = String::with_capacity(bytes.len());
-    for b in bytes {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            s.push(b as char);
-        } else {
-            let _ = write!(s, "%{b:02X}");
-        }
-    }
-    s
-}
-
-/// `path` as an absolute path with symlinks resolved where it exists (so that it and the page's
-/// folder are compared in the same terms), else made absolute lexically.
-fn absolute(path: &Path) -> Result<PathBuf> {
-    path.canonicalize()
-        .or_else(|_| std::path::absolute(path))
-        .with_context(|| format!("resolving {}", path.display()))
-}
-
-/// `target` relative to the folder `base` (both absolute): `..` up to their common ancestor,
-/// then down to the target.
-pub fn relative_to(target: &Path, base: &Path) -> PathBuf {
-    let t: Vec<Component> = target.components().collect();
-    let b: Vec<Component> = base.components().collect();
-    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    if common == 0 {
-        // Different roots (drives): no relative path exists.
-        return target.to_path_buf();
-    }
-    let mut out = PathBuf::new();
-    for _ in common..b.len() {
-        out.push("..");
-    }
-    for c in &t[common..] {
-        out.push(c.as_os_str());
-    }
-    out
-}
-
 /// Settings shown at the top of the page.
 pub struct PageInfo<'a> {
     /// The index file.
@@ -247,11 +183,7 @@ pub fn render_html(
     out: &Path,
     info: &PageInfo,
 ) -> Result<String> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty());
-    let dir = absolute(dir.unwrap_or(Path::new(".")))?;
-    let src = |p: &Path| -> Result<String> {
-        Ok(html_escape(&url_path(&relative_to(&absolute(p)?, &dir))))
-    };
+    let src = |p: &Path| href(p, out);
     let mut s = String::new();
     s.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
@@ -294,29 +226,4 @@ pub fn render_html(
     }
     s.push_str("</body>\n</html>\n");
     Ok(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relative_paths_walk_up_to_the_common_folder() {
-        let r = relative_to(Path::new("/a/b/img/x.jpg"), Path::new("/a/b/out"));
-        assert_eq!(r, PathBuf::from("../img/x.jpg"));
-        let r = relative_to(Path::new("/a/b/x.jpg"), Path::new("/a/b"));
-        assert_eq!(r, PathBuf::from("x.jpg"));
-        let r = relative_to(Path::new("/x.jpg"), Path::new("/a/b"));
-        assert_eq!(r, PathBuf::from("../../x.jpg"));
-    }
-
-    #[test]
-    fn names_are_escaped_for_html_and_urls() {
-        assert_eq!(html_escape("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&#39;");
-        assert_eq!(
-            url_path(Path::new("../a b/#1?.jpg")),
-            "../a%20b/%231%3F.jpg"
-        );
-        assert_eq!(url_path(Path::new("é.jpg")), "%C3%A9.jpg");
-    }
 }

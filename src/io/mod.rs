@@ -1,6 +1,7 @@
 //! File formats other tools read: numpy `.npy` / `.npz`, Python pickles, PyTorch `.pth` and
 //! `.safetensors` weights.
 
+pub mod html;
 pub mod npy;
 pub mod pickle;
 pub mod pth;

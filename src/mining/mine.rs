@@ -99,6 +99,9 @@ pub struct Mined {
     pub hard: usize,
     /// Random negatives (0 when negatives are off).
     pub random: usize,
+    /// For each selected pseudo-positive (`indices[init..init + selected]`): the mining
+    /// iteration (1-based) that picked it and its score then (the decision log's record).
+    pub selected_picks: Vec<(usize, f32)>,
 }
 
 impl Mined {
@@ -231,6 +234,7 @@ pub fn mine_v2(
     // Selected pseudo-positives: iterative expansion over each tuple's candidates.
     let d = noda.dim();
     let mut sel_pairs = Vec::new();
+    let mut picks: BTreeMap<(usize, i64), (usize, f32)> = BTreeMap::new();
     for (&t, s) in &tuples {
         let cand: Vec<usize> = union(s.iter().map(|&i| bounds.candidates(pool, i)))
             .into_iter()
@@ -251,14 +255,18 @@ pub fn mine_v2(
         };
         let q = noda.gather(be, &q_idx)?;
         let c = noda.gather(be, &cand)?;
-        let chosen = select(be, &cfg.mode, &q, &c, d)?.chosen;
-        sel_pairs.extend(chosen.into_iter().map(|p| (cand[p], t)));
+        let sel = select(be, &cfg.mode, &q, &c, d)?;
+        for (&p, &round) in sel.chosen.iter().zip(&sel.rounds) {
+            sel_pairs.push((cand[p], t));
+            picks.insert((cand[p], t), (round, sel.scores[round - 1][p]));
+        }
     }
     let selected = dedup_largest_label(sel_pairs.into_iter());
     for &(j, _) in &selected {
         is_pos[j] = true;
     }
 
+    let selected_picks = selected.iter().map(|e| picks[e]).collect();
     let hard: Vec<usize> = hard_all.into_iter().filter(|&j| !is_pos[j]).collect();
     let (n_init, n_sel) = (init.len(), selected.len());
     let mut indices: Vec<usize> = init.iter().chain(&selected).map(|e| e.0).collect();
@@ -291,6 +299,7 @@ pub fn mine_v2(
         selected: n_sel,
         hard: n_hard,
         random: n_random,
+        selected_picks,
     })
 }
 

@@ -13,12 +13,15 @@ use super::mode::{Mode, ScoreFn, Selector};
 use crate::backend::{Backend, Buf, CopyRows, DType, MatMul, MiningScore};
 use anyhow::{bail, Result};
 
-/// The result of one `select`: chosen candidate positions (ascending) and, for tests and
-/// logs, the score vector of every iteration (chosen candidates already zeroed).
+/// The result of one `select`: chosen candidate positions (ascending) with the iteration that
+/// picked each and, for tests and logs, the score vector of every iteration (chosen candidates
+/// already zeroed).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Selection {
     /// Chosen candidate positions, ascending.
     pub chosen: Vec<usize>,
+    /// The iteration (1-based) that picked `chosen[i]`.
+    pub rounds: Vec<usize>,
     /// Per iteration, the score of every candidate.
     pub scores: Vec<Vec<f32>>,
 }
@@ -35,10 +38,12 @@ pub fn select(be: &dyn Backend, mode: &Mode, q: &Buf, c: &Buf, d: usize) -> Resu
     }
     let (nq0, nc) = (q.len() / d, c.len() / d);
     let mut chosen = vec![false; nc];
+    let mut round = vec![0usize; nc];
     let mut scores_log = Vec::with_capacity(mode.iters);
     if nc == 0 {
         return Ok(Selection {
             chosen: vec![],
+            rounds: vec![],
             scores: vec![vec![]; mode.iters],
         });
     }
@@ -83,11 +88,14 @@ pub fn select(be: &dyn Backend, mode: &Mode, q: &Buf, c: &Buf, d: usize) -> Resu
         for &r in &pick {
             picked.push(r);
             chosen[r] = true;
+            round[r] = it + 1;
         }
         scores_log.push(score);
     }
+    let chosen: Vec<usize> = (0..nc).filter(|&r| chosen[r]).collect();
     Ok(Selection {
-        chosen: (0..nc).filter(|&r| chosen[r]).collect(),
+        rounds: chosen.iter().map(|&r| round[r]).collect(),
+        chosen,
         scores: scores_log,
     })
 }
@@ -153,6 +161,7 @@ mod tests {
         let s = run("b+i_tr4_avg0.60_k05");
         close(&s.scores[1], &[0.0, 0.0, 0.0, 0.7660]);
         assert_eq!(s.chosen, vec![0, 1, 2, 3]);
+        assert_eq!(s.rounds, vec![1, 1, 1, 2]);
     }
 
     #[test]
@@ -160,6 +169,7 @@ mod tests {
         let s = run("b+i_tr3_avg0.60_k01");
         close(&s.scores[2], &[0.0, 0.0, 0.7916, 0.0]);
         assert_eq!(s.chosen, vec![0, 1, 2]);
+        assert_eq!(s.rounds, vec![1, 2, 3]);
     }
 
     #[test]

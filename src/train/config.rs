@@ -7,7 +7,8 @@
 //! `MODEL.BACKBONE.STAGES` / `BASE_WIDTH` (small ResNets for CPU runs); `MODEL.IMAGENET_WEIGHTS`
 //! (the file `PRETRAIN = "imagenet"` loads; the original reads `model_zoo/`);
 //! `PRETRAIN = "random"`; `MODEL.BN_GHOST_GROUPS` (spec G13); `XBM.SIZE = 0` meaning "the
-//! dataset's size"; `SOLVER.LOG_PERIOD`.
+//! dataset's size"; `SOLVER.LOG_PERIOD`; `SOLVER.TRACE_ANCHORS` / `TRACE_IMAGES` (the decision
+//! log).
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -199,6 +200,12 @@ pub struct Solver {
     pub checkpoint_period: usize,
     /// Steps between progress-log lines on stderr (the JSON log gets every step).
     pub log_period: usize,
+    /// Anchors (a seeded sample of the dataset) whose tuples' selection and mining decisions
+    /// go to `OUTPUT_DIR/decisions.jsonl` whenever they are in a batch (what `insclr-cu
+    /// report` shows); 0: none.
+    pub trace_anchors: usize,
+    /// Images (paths as listed: relative to `DATA.ROOT`) traced as anchors too.
+    pub trace_images: Vec<String>,
 }
 
 /// `TEST`: periodic evaluation (not run by `train`; evaluate checkpoints with `insclr-cu eval`).
@@ -430,6 +437,8 @@ impl Default for Solver {
             ims_per_batch: 36,
             checkpoint_period: 4000,
             log_period: 20,
+            trace_anchors: 64,
+            trace_images: Vec::new(),
         }
     }
 }

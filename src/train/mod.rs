@@ -11,4 +11,4 @@ pub mod run_dir;
 pub mod stage;
 
 pub use config::Config;
-pub use stage::{run, RunOptions, Stage, StepLog, Summary};
+pub use stage::{run, Decision, RunOptions, Stage, StepLog, Summary};

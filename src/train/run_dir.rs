@@ -27,6 +27,8 @@ const MAY_CHANGE: &[&str] = &[
     "SOLVER.MAX_STEP",
     "SOLVER.CHECKPOINT_PERIOD",
     "SOLVER.LOG_PERIOD",
+    "SOLVER.TRACE_ANCHORS",
+    "SOLVER.TRACE_IMAGES",
     "DATALOADER.NUM_WORKERS",
     "DATA.CACHE_IMAGES",
     "DATA.TEST_FILENAME",
@@ -92,6 +94,43 @@ impl RunRecord {
             add("DATA.TRAIN_FILENAME", &root.join(&cfg.data.train_filename))?;
         }
         Ok(RunRecord { config, inputs })
+    }
+
+    /// The record of the run in `dir` (its `run.json`).
+    pub fn read(dir: &Path) -> Result<RunRecord> {
+        let path = dir.join(RUN_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {}: {} is not a run directory of insclr-cu train",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: unreadable run record", path.display()))
+    }
+
+    /// The resolved config the record was made from.
+    pub fn to_config(&self) -> Result<Config> {
+        let mut root = serde_json::Map::new();
+        for (key, v) in &self.config {
+            let mut node = &mut root;
+            let mut parts = key.split('.').peekable();
+            while let Some(part) = parts.next() {
+                if parts.peek().is_none() {
+                    node.insert(part.to_string(), v.clone());
+                } else {
+                    let next = node
+                        .entry(part.to_string())
+                        .or_insert_with(|| Value::Object(Default::default()));
+                    node = next.as_object_mut().with_context(|| {
+                        format!("run record: key {key} is both a value and a section")
+                    })?;
+                }
+            }
+        }
+        serde_json::from_value(Value::Object(root))
+            .context("run record: its keys are not a config of this insclr-cu")
     }
 
     /// One line of JSON (checkpoint metadata).
@@ -384,6 +423,8 @@ mod tests {
         };
         let back: RunRecord = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
         assert_eq!(rec.diff(&back), Vec::<String>::new());
+        // ... and the config it was made from comes back whole.
+        assert_eq!(back.to_config().unwrap(), cfg);
     }
 
     #[test]

@@ -26,8 +26,8 @@ use crate::data::image::{decode_all, decode_rgb, list_images, resize_bilinear, C
 use crate::loss::{contrastive_batch, contrastive_memory, LossOut, Memory};
 use crate::memory::IndexedBank;
 use crate::mining::{
-    sample_v1, select_in_batch, AnchorSampler, Batch, CandidatePool, MineConfig, Miner, Mode,
-    SelectionRule,
+    sample_v1, select_in_batch, AnchorSampler, Batch, CandidatePool, MineConfig, Mined, Miner,
+    Mode, SelectionRule,
 };
 use crate::nn::head::HeadKind;
 use crate::nn::head_init::{identity, pca_whitening, HeadInit};
@@ -37,7 +37,7 @@ use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +45,7 @@ use std::path::{Path, PathBuf};
 const AUG: u64 = 1;
 const MEM: u64 = 2;
 const INIT_AUG: u64 = 3;
+const TRACE: u64 = 4;
 
 /// An independent generator for `(seed, step, purpose, slot)`.
 pub fn stream(seed: u64, step: usize, purpose: u64, slot: usize) -> Rng {
@@ -71,24 +72,7 @@ impl Dataset {
     /// decodes everything once (to find corrupt files) and keeps the images when `cache`
     /// (otherwise each step decodes its images again, as the original's data loader).
     pub fn open(root: &Path, list: Option<&Path>, cache: bool) -> Result<Dataset> {
-        let paths = match list {
-            None => list_images(root)?,
-            Some(l) => {
-                let text = std::fs::read_to_string(l)
-                    .with_context(|| format!("reading image list {}", l.display()))?;
-                text.lines()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty() && !s.starts_with('#'))
-                    .map(|s| root.join(s))
-                    .collect()
-            }
-        };
-        if paths.is_empty() {
-            bail!(
-                "no training images under {} (DATA.ROOT / DATA.TRAIN_FILENAME)",
-                root.display()
-            );
-        }
+        let paths = image_paths(root, list)?;
         let mut bad = vec![true; paths.len()];
         let mut imgs: Vec<Option<RgbImage>> = vec![None; paths.len()];
         let skipped = if cache {
@@ -155,6 +139,30 @@ impl Dataset {
             None => Ok(std::borrow::Cow::Owned(decode_rgb(&self.paths[i])?)),
         }
     }
+}
+
+/// The training images of `DATA.ROOT` / `DATA.TRAIN_FILENAME` in dataset order: the list
+/// file's paths (relative to `root`), or every image under `root`, sorted.
+pub fn image_paths(root: &Path, list: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let paths: Vec<PathBuf> = match list {
+        None => list_images(root)?,
+        Some(l) => {
+            let text = std::fs::read_to_string(l)
+                .with_context(|| format!("reading image list {}", l.display()))?;
+            text.lines()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && !s.starts_with('#'))
+                .map(|s| root.join(s))
+                .collect()
+        }
+    };
+    if paths.is_empty() {
+        bail!(
+            "no training images under {} (DATA.ROOT / DATA.TRAIN_FILENAME)",
+            root.display()
+        );
+    }
+    Ok(paths)
 }
 
 /// A 0-pixel image cannot be cropped; it is skipped like a corrupt one.
@@ -372,6 +380,56 @@ pub struct StepLog {
     pub seconds: f64,
 }
 
+/// One traced tuple of one step: what mini-batch selection and mining decided for it. A line
+/// of `OUTPUT_DIR/decisions.jsonl` (dataset indices throughout); `insclr-cu report` reads them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Decision {
+    pub step: usize,
+    pub anchor: usize,
+    /// The tuple's neighbours (the anchor's pool columns `0..NEIGHBOR.K`), in order.
+    pub neighbors: Vec<usize>,
+    /// Whether each neighbour stayed a positive after mini-batch selection (all true without
+    /// selection; `SELECTION.ALWAYS_TRUE` columns always).
+    pub kept: Vec<bool>,
+    /// Init positives the memory loss credited to this tuple (ascending; XBM v2).
+    pub init: Vec<usize>,
+    /// Pseudo-positives mining credited to this tuple: `(image, iteration (1-based), score
+    /// when picked)`, ascending by image (XBM v2).
+    pub mined: Vec<(usize, usize, f32)>,
+    /// The anchor's own hard negatives (its pool row past the negative boundary) that this
+    /// step's memory sample holds, in pool order, at most [`TRACED_HARD`].
+    pub hard: Vec<usize>,
+}
+
+/// Hard negatives a [`Decision`] lists.
+pub const TRACED_HARD: usize = 12;
+
+/// The anchors whose decisions are logged: `SOLVER.TRACE_ANCHORS` of the usable images in a
+/// seeded order, and every image `SOLVER.TRACE_IMAGES` names.
+fn traced_anchors(cfg: &Config, data: &Dataset, good: &[usize]) -> Result<Vec<bool>> {
+    let mut traced = vec![false; data.len()];
+    let mut order = good.to_vec();
+    stream(cfg.seed, 0, TRACE, 0).shuffle(&mut order);
+    for &i in order.iter().take(cfg.solver.trace_anchors) {
+        traced[i] = true;
+    }
+    let root = Path::new(&cfg.data.root);
+    for name in &cfg.solver.trace_images {
+        let path = root.join(name);
+        let i = data.paths.iter().position(|p| *p == path).with_context(|| {
+            format!(
+                "SOLVER.TRACE_IMAGES: {} is not a training image; give its path as listed, relative to DATA.ROOT",
+                path.display()
+            )
+        })?;
+        if data.bad[i] {
+            bail!("SOLVER.TRACE_IMAGES: {} did not decode, so it is never an anchor; remove it from the list", path.display());
+        }
+        traced[i] = true;
+    }
+    Ok(traced)
+}
+
 /// A stage in progress: model, optimiser, data, pool, banks, sampler, step.
 pub struct Stage<'b> {
     pub cfg: Config,
@@ -386,6 +444,8 @@ pub struct Stage<'b> {
     pub noda: Option<IndexedBank>,
     sampler: AnchorSampler,
     good: Vec<usize>,
+    /// `traced[i]`: image `i`'s tuples go to the decision log.
+    traced: Vec<bool>,
     /// Steps completed.
     pub step: usize,
     /// The run record (JSON) every checkpoint carries; see [`super::run_dir`].
@@ -426,6 +486,7 @@ impl<'b> Stage<'b> {
         let good: Vec<usize> = (0..n).filter(|&i| !data.bad[i]).collect();
         let sampler = AnchorSampler::new(good.len(), cfg.solver.ims_per_batch, cfg.seed)
             .context("SOLVER.IMS_PER_BATCH")?;
+        let traced = traced_anchors(&cfg, &data, &good)?;
         let v2 = cfg.xbm.enable && cfg.xbm.version == "v2";
         let miner = if v2 {
             Some(Miner::new(
@@ -455,6 +516,7 @@ impl<'b> Stage<'b> {
             noda: v2.then(|| IndexedBank::new(be, n, d)).transpose()?,
             sampler,
             good,
+            traced,
             step: 0,
             run: None,
             n,
@@ -638,8 +700,9 @@ impl<'b> Stage<'b> {
         )
     }
 
-    /// Runs one training step (the module doc's order) and returns its log line.
-    pub fn step_once(&mut self) -> Result<StepLog> {
+    /// Runs one training step (the module doc's order) and returns its log line and the
+    /// decisions of its traced tuples.
+    pub fn step_once(&mut self) -> Result<(StepLog, Vec<Decision>)> {
         let t0 = std::time::Instant::now();
         let t = self.step + 1;
         let (be, d) = (self.be, self.d);
@@ -706,11 +769,26 @@ impl<'b> Stage<'b> {
             avg_pos: 0.0,
             avg_neg: 0.0,
         };
+        let mut decisions: Vec<Decision> = (0..anchors.len())
+            .filter(|&b| self.traced[anchors[b]])
+            .map(|b| Decision {
+                step: t,
+                anchor: anchors[b],
+                neighbors: (0..batch.k)
+                    .map(|j| batch.indices[batch.neighbor_pos(b, j)])
+                    .collect(),
+                kept: (0..batch.k)
+                    .map(|j| batch.labels[batch.neighbor_pos(b, j)] > 0)
+                    .collect(),
+                ..Decision::default()
+            })
+            .collect();
         if x_cfg.enable && t > x_cfg.get_step {
             let mut rng = stream(self.cfg.seed, t, MEM, 0);
             let (mi, ml) = match (&self.miner, &self.noda) {
                 (Some(miner), Some(noda)) => {
                     let m = miner.mine(be, noda, &batch.indices, &batch.labels, &mut rng)?;
+                    trace_mining(&mut decisions, &m, miner);
                     (log.init_pos, log.selected_pos) = (m.init, m.selected);
                     (log.hard_neg, log.random_neg) = (m.hard, m.random);
                     (m.indices, m.labels)
@@ -769,7 +847,43 @@ impl<'b> Stage<'b> {
         if !log.loss.is_finite() {
             bail!("step {t}: the loss is {} (batch {}, memory {}); lower SOLVER.BASE_LR or check the data", log.loss, lb.value, lm.value);
         }
-        Ok(log)
+        Ok((log, decisions))
+    }
+}
+
+/// Fills the traced tuples' init positives, mined positives and hard negatives from one
+/// mining result (positives carry their tuple's label, `anchor + 1`).
+fn trace_mining(decisions: &mut [Decision], m: &Mined, miner: &Miner) {
+    if decisions.is_empty() {
+        return;
+    }
+    let (ni, ns) = (m.init, m.selected);
+    let hard: std::collections::HashSet<usize> = m.indices[ni + ns..ni + ns + m.hard]
+        .iter()
+        .copied()
+        .collect();
+    for dec in decisions {
+        let label = crate::mining::tuples::tuple_label(dec.anchor);
+        let with_label = |r: std::ops::Range<usize>| {
+            r.filter(move |&p| m.labels[p] == label)
+                .map(|p| m.indices[p])
+        };
+        dec.init = with_label(0..ni).collect();
+        dec.mined = (ni..ni + ns)
+            .filter(|&p| m.labels[p] == label)
+            .map(|p| {
+                let (round, score) = m.selected_picks[p - ni];
+                (m.indices[p], round, score)
+            })
+            .collect();
+        dec.hard = miner
+            .bounds
+            .hard_negatives(&miner.pool, dec.anchor)
+            .iter()
+            .map(|&j| j as usize)
+            .filter(|j| hard.contains(j))
+            .take(TRACED_HARD)
+            .collect();
     }
 }
 
@@ -799,6 +913,9 @@ pub struct Summary {
     /// Stale files of a failed write removed at the start.
     pub removed: Vec<PathBuf>,
 }
+
+/// The decision log's file name in OUTPUT_DIR (see [`Decision`]).
+pub const DECISIONS_FILE: &str = "decisions.jsonl";
 
 /// Keeps the log lines of steps `<= step` (a resumed run rewrites what came after).
 fn truncate_log(path: &Path, step: usize) -> Result<()> {
@@ -870,15 +987,18 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
     let mut stage = Stage::new(cfg, be, net, data, &pool)?;
     stage.run = Some(record.to_json()?);
     let log_path = out.join("log.jsonl");
+    let decisions_path = out.join(DECISIONS_FILE);
     let resumed_from = if opts.resume { stage.resume()? } else { None };
     match resumed_from {
         Some(s) => {
             eprintln!("resumed from step {s}");
             truncate_log(&log_path, s)?;
+            truncate_log(&decisions_path, s)?;
         }
         None => {
-            std::fs::write(&log_path, "")
-                .with_context(|| format!("creating {}", log_path.display()))?;
+            for p in [&log_path, &decisions_path] {
+                std::fs::write(p, "").with_context(|| format!("creating {}", p.display()))?;
+            }
             if stage.noda.is_some() {
                 let bar = bar(quiet, stage.good.len() as u64, "bank init");
                 stage.init_banks(&mut |k| bar.inc(k as u64))?;
@@ -889,21 +1009,27 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
     let max = stage.cfg.solver.max_step;
     let period = stage.cfg.solver.checkpoint_period;
     let log_every = stage.cfg.solver.log_period.max(1);
-    let mut logf = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    let append = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p)
+            .with_context(|| format!("opening {}", p.display()))
+    };
+    let (mut logf, mut decf) = (append(&log_path)?, append(&decisions_path)?);
     let pb = bar(quiet, max as u64, "train");
     pb.set_position(stage.step as u64);
     pb.reset_eta();
     let (mut first, mut last, mut ran) = (None, None, 0);
     while stage.step < max {
-        let l = stage.step_once()?;
+        let (l, decisions) = stage.step_once()?;
         ran += 1;
         first.get_or_insert(l.loss);
         last = Some(l.loss);
         writeln!(logf, "{}", serde_json::to_string(&l)?)?;
+        for d in &decisions {
+            writeln!(decf, "{}", serde_json::to_string(d)?)?;
+        }
         pb.set_message(format!(
             "loss {:.4} (batch {:.4} mem {:.4}) lr {:.1e}",
             l.loss, l.batch_loss, l.memory_loss, l.lr
@@ -953,4 +1079,32 @@ fn bar(quiet: bool, len: u64, what: &str) -> indicatif::ProgressBar {
     pb.set_style(style);
     pb.set_prefix(what.to_string());
     pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traced_anchors_are_a_seeded_sample_plus_the_named_images() {
+        let img = || RgbImage::new(2, 2);
+        let mut data = Dataset::from_images((0..6).map(|_| img()).collect());
+        data.bad[5] = true;
+        let good: Vec<usize> = (0..5).collect();
+        let mut cfg = Config::default();
+        cfg.solver.trace_anchors = 2;
+        cfg.solver.trace_images = vec!["<image 4>".into()];
+        let t = traced_anchors(&cfg, &data, &good).unwrap();
+        assert!(t[4] && !t[5]);
+        assert!((2..=3).contains(&t.iter().filter(|&&x| x).count()));
+        assert_eq!(t, traced_anchors(&cfg, &data, &good).unwrap(), "seeded");
+        cfg.solver.trace_anchors = 100;
+        assert_eq!(traced_anchors(&cfg, &data, &good).unwrap()[..5], [true; 5]);
+        cfg.solver.trace_images = vec!["nope.jpg".into()];
+        let e = traced_anchors(&cfg, &data, &good).unwrap_err().to_string();
+        assert!(e.contains("nope.jpg is not a training image"), "{e}");
+        cfg.solver.trace_images = vec!["<image 5>".into()];
+        let e = traced_anchors(&cfg, &data, &good).unwrap_err().to_string();
+        assert!(e.contains("did not decode"), "{e}");
+    }
 }
