@@ -10,5 +10,5 @@ sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+$sudo apt-get install -y -qq chromium >/dev/null
 echo "browser: installed $(chromium --version 2>/dev/null | head -n 1)"
