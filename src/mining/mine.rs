@@ -233,7 +233,7 @@ pub fn mine_v2(
 
     // Selected pseudo-positives: iterative expansion over each tuple's candidates.
     let d = noda.dim();
-    let mut sel_pairs = Vec::new();
+    // (image, tuple label) -> (iteration, score) of every pick; one tuple picks an image once.
     let mut picks: BTreeMap<(usize, i64), (usize, f32)> = BTreeMap::new();
     for (&t, s) in &tuples {
         let cand: Vec<usize> = union(s.iter().map(|&i| bounds.candidates(pool, i)))
@@ -257,11 +257,10 @@ pub fn mine_v2(
         let c = noda.gather(be, &cand)?;
         let sel = select(be, &cfg.mode, &q, &c, d)?;
         for (&p, &round) in sel.chosen.iter().zip(&sel.rounds) {
-            sel_pairs.push((cand[p], t));
             picks.insert((cand[p], t), (round, sel.scores[round - 1][p]));
         }
     }
-    let selected = dedup_largest_label(sel_pairs.into_iter());
+    let selected = dedup_largest_label(picks.keys().copied());
     for &(j, _) in &selected {
         is_pos[j] = true;
     }

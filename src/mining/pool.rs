@@ -257,7 +257,7 @@ mod tests {
     use crate::mining::testutil::clustered;
 
     #[test]
-    fn eight_running_sums_give_the_sequential_f64_dot_within_f32_rounding() {
+    fn sixteen_running_sums_give_the_sequential_f64_dot_within_f32_rounding() {
         let mut r = crate::rng::Rng::new(11);
         for len in [0, 1, 7, 8, 9, 63, 128, 2048, 2051] {
             let a: Vec<f32> = (0..len).map(|_| r.normal()).collect();

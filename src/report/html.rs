@@ -559,16 +559,19 @@ fn inspector(s: &mut String, p: &Page) -> Result<()> {
     Ok(())
 }
 
+/// The last component of `path`, for a caption.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+}
+
 fn hit_figure(s: &mut String, p: &Page, h: &EvalHit, rank: usize) -> Result<()> {
     let badge = match h.mark.as_str() {
         "ok" => "<span class=\"right\">&#10003;</span>",
         "junk" => "<span class=\"junk\">junk</span>",
         _ => "<span class=\"wrong\">&#10007;</span>",
     };
-    let name = h
-        .path
-        .file_name()
-        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let name = file_name(&h.path);
     let _ = write!(
         s,
         "<figure class=\"hit\"><img src=\"{}\" alt=\"rank {rank}\" title=\"{}\"><figcaption>{rank}. {:.3} {badge}<br>{}</figcaption></figure>",
@@ -599,18 +602,14 @@ fn retrieval(s: &mut String, p: &Page) -> Result<()> {
             html_escape(&e.file.display().to_string())
         );
     }
-    let nq = evals[0].1.queries.len();
-    if evals.iter().any(|(_, e)| e.queries.len() != nq) {
-        anyhow::bail!("--before and --after evaluate different query sets ({} and {} queries); evaluate both models on the same ground truth", nq, evals[1].1.queries.len());
-    }
-    for q in 0..nq {
+    for q in 0..evals[0].1.queries.len() {
         let query = &evals[0].1.queries[q];
         let _ = write!(
             s,
             "<div class=\"query\"><figure class=\"anchor-img\"><img src=\"{}\" alt=\"query {q}\"><figcaption>query {}<br>{}</figcaption></figure><div>",
             href(&query.path, p.out)?,
             q + 1,
-            html_escape(&query.path.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()))
+            html_escape(&file_name(&query.path))
         );
         for (name, e) in &evals {
             let hits = &e.queries[q].top;

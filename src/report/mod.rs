@@ -486,6 +486,15 @@ pub fn write(o: &Options) -> Result<Written> {
     let quality = truth.as_ref().map(|t| quality(&run.decisions, t, iters));
     let before = o.before.as_deref().map(Eval::read).transpose()?;
     let after = o.after.as_deref().map(Eval::read).transpose()?;
+    if let (Some(b), Some(a)) = (&before, &after) {
+        if b.queries.len() != a.queries.len() {
+            bail!(
+                "--before and --after evaluate different query sets ({} and {} queries); evaluate both models on the same ground truth",
+                b.queries.len(),
+                a.queries.len()
+            );
+        }
+    }
     let named = o
         .named
         .iter()
