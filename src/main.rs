@@ -41,6 +41,9 @@ enum Command {
     ImportWeights(cli::import_weights::Args),
     /// One training stage (base or full InsCLR) from a TOML config; resumable.
     Train(cli::train::Args),
+    /// Every stage of a recipe in one resumable command: pool, stage 1, pool, stage 2, ...
+    /// with retrieval scored after each.
+    Pipeline(cli::pipeline::Args),
     /// One HTML page of a training run: curves, the mining inspector, retrieval before/after.
     Report(cli::report::Args),
 }
@@ -55,6 +58,7 @@ fn main() {
         Command::Eval(a) => cli::eval::run(a, cli.device),
         Command::ImportWeights(a) => cli::import_weights::run(a),
         Command::Train(a) => cli::train::run(a, cli.device),
+        Command::Pipeline(a) => cli::pipeline::run(a, cli.device),
         Command::Report(a) => cli::report::run(a),
     };
     if let Err(e) = result {

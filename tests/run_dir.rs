@@ -308,3 +308,34 @@ fn import_weights_refuses_the_same_file_by_path_or_link() {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("same file"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_non_finite_step_stops_the_run_naming_it_and_keeps_the_last_good_checkpoint() {
+    let dir = tmpdir("nonfinite");
+    make_data(&dir);
+    // SGD at this rate overflows the weights in the first update, so a later step's loss or
+    // gradient is not finite.
+    let mut cfg = config(&dir, 6, 1e30);
+    cfg.solver.name = "sgd".into();
+    cfg.solver.checkpoint_period = 1;
+    let e = format!("{:#}", run(cfg, opts(false, false)).unwrap_err());
+    let step: usize = e
+        .strip_prefix("step ")
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the error names the step: {e}"));
+    assert!(step >= 2, "{e}");
+    assert!(e.contains("is NaN") || e.contains("is inf"), "{e}");
+    let last = step - 1;
+    assert!(
+        e.contains(&format!("the last checkpoint is step {last}")),
+        "{e}"
+    );
+    let ckpts: Vec<PathBuf> = files(&dir.join("out/checkpoints"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    assert_eq!(ckpts.len(), last, "{ckpts:?}");
+    assert_eq!(log_steps(&dir), last);
+    let _ = std::fs::remove_dir_all(&dir);
+}

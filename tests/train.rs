@@ -186,9 +186,13 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     let pool = make_data(&dir);
     let be = insclr::backend::cpu();
 
-    // Uninterrupted, twice: same numbers.
+    // Uninterrupted, twice: same numbers, with the loader thread two steps ahead (the
+    // default) and with each step loading its own images.
     let a = train::run(config(&dir, &pool, "a", v2, 4), be, &quiet(false)).unwrap();
-    train::run(config(&dir, &pool, "b", v2, 4), be, &quiet(false)).unwrap();
+    let mut b = config(&dir, &pool, "b", v2, 4);
+    assert_eq!(b.dataloader.prefetch, 2);
+    b.dataloader.prefetch = 0;
+    train::run(b, be, &quiet(false)).unwrap();
     assert_eq!(a.steps_run, 4);
     assert_eq!(a.skipped, 1, "the corrupt file is skipped");
     let listed = std::fs::read_to_string(dir.join("a").join("skipped.txt")).unwrap();

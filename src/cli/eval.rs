@@ -255,6 +255,7 @@ fn descriptors(
         progress: !args.quiet,
         max_side: args.max_side,
         skip_bad: false,
+        exact_size: None,
     };
     // The ground truth counts every listed image, so an unusable one cannot be left out (or
     // scored as a zero descriptor): the run stops naming it.

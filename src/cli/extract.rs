@@ -46,6 +46,10 @@ pub struct DescribeArgs {
     /// when the longest sides differ over 2x; a smaller --img-size brings them to one size).
     #[arg(long, default_value_t = extract::IMG_SIZE)]
     pub img_size: u32,
+    /// Resize every image to exactly H,W pixels (aspect ratio not kept) instead of the
+    /// thumbnail: the original's candidate-pool features (512,512; spec G4).
+    #[arg(long, value_name = "H,W", value_parser = parse_hw)]
+    pub exact_size: Option<[usize; 2]>,
     /// Images decoded and described together.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -82,6 +86,7 @@ impl DescribeArgs {
             progress: !self.quiet,
             max_side: self.max_side,
             skip_bad,
+            exact_size: self.exact_size,
         }
     }
 }
@@ -91,7 +96,8 @@ impl DescribeArgs {
 pub struct Args {
     #[command(flatten)]
     describe: DescribeArgs,
-    /// A folder (every image under it, sorted) or a text file with one image path per line.
+    /// A folder (every image under it, sorted), a text file with one image path per line, or
+    /// GLDv2's train_clean.csv (the training set in dataset order, images under --root).
     #[arg(long)]
     images: PathBuf,
     /// Prefix for relative paths in the --images list [default: the list's folder].
@@ -107,19 +113,14 @@ pub struct Args {
     skip_bad: bool,
 }
 
-fn read_list(list: &Path, root: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(list)
-        .with_context(|| format!("reading image list {}", list.display()))?;
-    let paths: Vec<PathBuf> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| root.join(l))
-        .collect();
-    if paths.is_empty() {
-        bail!("{}: no image paths (one per line expected)", list.display());
-    }
-    Ok(paths)
+/// `H,W` of `--exact-size`: two positive pixel counts.
+fn parse_hw(s: &str) -> Result<[usize; 2], String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|x| x.trim().parse::<usize>().ok().filter(|&n| n > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("'{s}' is not H,W in pixels (like 512,512)"))?;
+    <[usize; 2]>::try_from(v).map_err(|_| format!("'{s}' is not H,W in pixels (like 512,512)"))
 }
 
 /// `<out>.bad.txt`: one `path<TAB>reason` line per unusable image.
@@ -147,7 +148,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
                 .map(Path::to_path_buf)
                 .unwrap_or_default()
         });
-        read_list(&args.images, &root)?
+        insclr::train::stage::image_paths(&root, Some(&args.images))?
     };
     let items: Vec<ImageItem> = paths
         .iter()

@@ -4,6 +4,7 @@ pub mod eval;
 pub mod extract;
 pub mod import_weights;
 pub mod info;
+pub mod pipeline;
 pub mod pool;
 pub mod report;
 pub mod search;

@@ -410,6 +410,20 @@ pub fn eval_size(w: u32, h: u32, bbx: Option<[f64; 4]>, img_size: u32) -> Result
     Ok((th as usize, tw as usize))
 }
 
+/// Resizes to exactly `(h, w)` with a bilinear (triangle) filter, antialiased on downscale.
+pub fn resize_exact(img: &RgbImage, h: usize, w: usize) -> RgbImage {
+    if img.width() as usize == w && img.height() as usize == h {
+        return img.clone();
+    }
+    image::imageops::resize(img, w as u32, h as u32, FilterType::Triangle)
+}
+
+/// The candidate pool's loading (spec 4.1, G4): decode, resize to exactly `(h, w)` (the aspect
+/// ratio is not kept), normalise.
+pub fn load_exact(path: &Path, h: usize, w: usize, norm: PixelNorm) -> Result<Chw> {
+    Ok(normalize(&resize_exact(&decode_rgb(path)?, h, w), norm))
+}
+
 /// The original's evaluation loading (spec 6.1): decode, crop to `bbx` when given (queries),
 /// thumbnail to `img_size` (scaled by `max(crop) / max(full)` for crops), normalise.
 pub fn load_for_eval(

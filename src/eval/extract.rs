@@ -7,8 +7,8 @@
 use crate::backend::DType;
 use crate::backend::{Backend, Gem, L2Norm, L2_EPS};
 use crate::data::image::{
-    eval_size, load_for_eval, probe, resize_bilinear, scaled_len, Chw, Skipped, IMAGENET_MEAN,
-    IMAGENET_STD,
+    eval_size, load_exact, load_for_eval, probe, resize_bilinear, scaled_len, Chw, Skipped,
+    IMAGENET_MEAN, IMAGENET_STD,
 };
 use crate::nn::DescriptorNet;
 use anyhow::{bail, Context, Result};
@@ -45,6 +45,9 @@ pub struct ExtractConfig {
     pub max_side: usize,
     /// Leave unusable images out (listed in [`Extracted::skipped`]) instead of failing.
     pub skip_bad: bool,
+    /// Resize every image to exactly `[h, w]` instead of the thumbnail (the candidate pool's
+    /// features, G4); query boxes are then not supported.
+    pub exact_size: Option<[usize; 2]>,
 }
 
 impl Default for ExtractConfig {
@@ -58,6 +61,7 @@ impl Default for ExtractConfig {
             progress: false,
             max_side: MAX_SIDE,
             skip_bad: false,
+            exact_size: None,
         }
     }
 }
@@ -141,9 +145,10 @@ fn check_one(it: &ImageItem, cfg: &ExtractConfig) -> Check {
         Ok(wh) => wh,
         Err(e) => return Check::Bad(e),
     };
-    let (th, tw) = match eval_size(w, h, it.bbx, cfg.img_size) {
-        Ok(s) => s,
-        Err(e) => return Check::Bad(e.context(format!("cropping {path} ({w}x{h})"))),
+    let (th, tw) = match (cfg.exact_size, eval_size(w, h, it.bbx, cfg.img_size)) {
+        (Some([eh, ew]), _) => (eh, ew),
+        (None, Ok(s)) => s,
+        (None, Err(e)) => return Check::Bad(e.context(format!("cropping {path} ({w}x{h})"))),
     };
     // Decoded RGB bytes and the normalised f32 tensor live while the scales are described.
     let mut need = 3.0 * w as f64 * h as f64 + 12.0 * (th * tw) as f64;
@@ -346,6 +351,12 @@ pub fn extract(
     cfg: &ExtractConfig,
     what: &str,
 ) -> Result<Extracted> {
+    if let (Some(_), Some(it)) = (cfg.exact_size, items.iter().find(|it| it.bbx.is_some())) {
+        bail!(
+            "{} has a query box, but an exact resize has no crop step; describe queries with the thumbnail",
+            it.path.display()
+        );
+    }
     let mut skipped = check_images(items, cfg)?;
     if !skipped.is_empty() && !cfg.skip_bad {
         return Err(BadImages(skipped).into());
@@ -364,7 +375,10 @@ pub fn extract(
     for chunk in todo.chunks(cfg.batch.max(1)) {
         let loaded: Vec<Result<Chw>> = chunk
             .par_iter()
-            .map(|&i| load_for_eval(&items[i].path, items[i].bbx, cfg.img_size, norm))
+            .map(|&i| match cfg.exact_size {
+                Some([h, w]) => load_exact(&items[i].path, h, w, norm),
+                None => load_for_eval(&items[i].path, items[i].bbx, cfg.img_size, norm),
+            })
             .collect();
         let mut ok_idx = Vec::new();
         let mut ok_img = Vec::new();

@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Predictions per query that count (the challenge's 100).
 pub const MAX_PREDICTIONS: usize = 100;
@@ -95,16 +95,7 @@ pub fn read_ids(path: &Path) -> Result<Vec<String>> {
     Ok(ids)
 }
 
-/// Where GLDv2 keeps an image: `<dir>/<a>/<b>/<c>/<id>.jpg` with a, b, c the id's first chars.
-pub fn image_path(dir: &Path, id: &str) -> PathBuf {
-    let c: Vec<char> = id.chars().take(3).collect();
-    let mut p = dir.to_path_buf();
-    for ch in c {
-        p.push(ch.to_string());
-    }
-    p.push(format!("{id}.jpg"));
-    p
-}
+pub use crate::data::gldv2::image_path;
 
 /// AP@`max_predictions` of one query (DELF's loop): a duplicated id is skipped but uses a rank.
 pub fn average_precision<T: Eq + Hash>(
@@ -192,9 +183,5 @@ mod tests {
         preds.insert("q3".to_string(), vec!["d".to_string()]);
         assert!(mean_average_precision(&preds, &s.public, 100).is_err());
         assert!(parse_solution("id,images,Usage\nq1,a,Secret\n", "s.csv").is_err());
-        assert_eq!(
-            image_path(Path::new("idx"), "0123abcd"),
-            Path::new("idx/0/1/2/0123abcd.jpg")
-        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod html;
 pub mod npy;
 pub mod pickle;
+pub mod plot;
 pub mod pth;
 pub mod safetensors;
 pub mod tensor;

@@ -42,7 +42,42 @@ pub fn to_bytes(tensors: &[Tensor], metadata: Option<HashMap<String, String>>) -
                 .map_err(|e| anyhow!("tensor {name}: {e}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, metadata).map_err(|e| anyhow!("serialising safetensors: {e}"))
+    let mut bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| anyhow!("serialising safetensors: {e}"))?;
+    sort_header(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Rewrites the header with every JSON object's keys sorted. The safetensors crate writes
+/// `__metadata__` in a HashMap's order, which changes from process to process, so the same
+/// model would give files of different bytes (and checksums). The sorted header has the same
+/// length (the same entries, compact), so the data offsets stay valid.
+fn sort_header(bytes: &mut [u8]) -> Result<()> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let m: std::collections::BTreeMap<String, serde_json::Value> =
+                    m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::Value::Object(m.into_iter().collect())
+            }
+            v => v,
+        }
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header = bytes
+        .get(8..8 + n)
+        .context("safetensors header longer than the file")?;
+    let value: serde_json::Value = serde_json::from_slice(header)?;
+    let text = serde_json::to_string(&sorted(value))?;
+    if text.len() > n {
+        bail!(
+            "sorted safetensors header is {} bytes, over the {n} reserved",
+            text.len()
+        );
+    }
+    bytes[8..8 + text.len()].copy_from_slice(text.as_bytes());
+    bytes[8 + text.len()..8 + n].fill(b' ');
+    Ok(())
 }
 
 /// Writes `tensors` to `path` atomically (a temporary file renamed into place).
@@ -203,6 +238,26 @@ mod tests {
             )
             .unwrap(),
         ]
+    }
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        // Each HashMap gets its own hash seed, so unsorted headers would differ between these.
+        let meta = || -> HashMap<String, String> {
+            (0..16)
+                .map(|i| (format!("key{i}"), format!("{i}")))
+                .collect()
+        };
+        let a = to_bytes(&sample(), Some(meta())).unwrap();
+        let b = to_bytes(&sample(), Some(meta())).unwrap();
+        assert_eq!(a, b);
+        let (_, m) = safetensors::SafeTensors::read_metadata(&a).unwrap();
+        assert_eq!(m.metadata().as_ref().unwrap(), &meta());
+        let st = safetensors::SafeTensors::deserialize(&a).unwrap();
+        assert_eq!(
+            st.tensor("layer1.0.conv1.weight").unwrap().shape(),
+            [2, 1, 1, 3]
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! resize with antialiasing; not bit-identical to PIL (G25 style: random views are not matched
 //! bit for bit anyway).
 
+pub use crate::data::image::resize_exact;
 use crate::rng::Rng;
-use image::{imageops, imageops::FilterType, RgbImage};
+use image::{imageops, RgbImage};
 
 /// torchvision's default aspect-ratio range as the original writes it (not 3/4, 4/3).
 pub const RATIO: (f64, f64) = (0.75, 1.33);
@@ -73,14 +74,6 @@ pub fn rrc_params(
         h,
         w,
     }
-}
-
-/// Resizes to exactly `(h, w)` with a bilinear (triangle) filter, antialiased on downscale.
-pub fn resize_exact(img: &RgbImage, h: usize, w: usize) -> RgbImage {
-    if img.width() as usize == w && img.height() as usize == h {
-        return img.clone();
-    }
-    imageops::resize(img, w as u32, h as u32, FilterType::Triangle)
 }
 
 /// One augmented training view: random resized crop to `size` (`[h, w]`), flip with p = 0.5.

@@ -46,8 +46,10 @@ pub struct Data {
     pub dataset: String,
     /// Image folder, or the prefix for relative paths in `TRAIN_FILENAME`.
     pub root: String,
-    /// A list file (one path per line, relative to `ROOT`); empty: every image under `ROOT`,
-    /// sorted by path (the order `insclr-cu extract --images ROOT` uses).
+    /// GLDv2's `train_clean.csv` (`landmark_id,images`; landmarks of 15 or more images, in
+    /// file order, images at `ROOT/a/b/c/<id>.jpg`), or a list file (one path per line,
+    /// relative to `ROOT`); empty: every image under `ROOT`, sorted by path (the order
+    /// `insclr-cu extract --images ROOT` uses).
     pub train_filename: String,
     /// Unused by training (kept for the original's key).
     pub test_filename: String,
@@ -81,10 +83,13 @@ pub struct Input {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct DataLoader {
-    /// Accepted for the original's key; decoding and augmentation run on rayon's global pool
-    /// (set `RAYON_NUM_THREADS` to limit it).
+    /// Threads that decode and augment the next steps' images (at most the machine's cores;
+    /// without PREFETCH they run on rayon's global pool, `RAYON_NUM_THREADS`).
     pub num_workers: usize,
     pub sampler: String,
+    /// Steps whose images a loader thread prepares while the current step computes (0: each
+    /// step loads its own). Changes no result.
+    pub prefetch: usize,
 }
 
 /// `MODEL`.
@@ -337,6 +342,7 @@ impl Default for DataLoader {
         DataLoader {
             num_workers: 8,
             sampler: "random".into(),
+            prefetch: 2,
         }
     }
 }
@@ -930,6 +936,7 @@ mod tests {
             "demo.toml",
             "demo-impr.toml",
             "demo-lite0.toml",
+            "demo-pipeline-base.toml",
             "small-collection.toml",
         ] {
             Config::load(&root.join(f)).unwrap();

@@ -16,12 +16,13 @@
 //! are removed from every candidate-pool row (the row is shifted left and padded with the
 //! image itself at similarity -1, below every threshold) so they never enter a tuple or mining.
 
-use super::augment::{resize_exact, to_tensor, train_view};
 use super::checkpoint;
 use super::config::Config;
+use super::loader::{self, Inputs, Loader};
 use super::optim::{Optimizer, Schedule};
 use crate::backend::Backend;
 use crate::backend::DType;
+use crate::data::gldv2;
 use crate::data::image::{decode_all, decode_rgb, list_images, resize_bilinear, Chw, Skipped};
 use crate::loss::{contrastive_batch, contrastive_memory, LossOut, Memory};
 use crate::memory::IndexedBank;
@@ -38,11 +39,13 @@ use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Stream ids of [`stream`].
-const AUG: u64 = 1;
+pub const AUG: u64 = 1;
 const MEM: u64 = 2;
 const INIT_AUG: u64 = 3;
 const TRACE: u64 = 4;
@@ -133,7 +136,7 @@ impl Dataset {
         self.paths.is_empty()
     }
 
-    fn image(&self, i: usize) -> Result<std::borrow::Cow<'_, RgbImage>> {
+    pub fn image(&self, i: usize) -> Result<std::borrow::Cow<'_, RgbImage>> {
         match &self.cache[i] {
             Some(img) => Ok(std::borrow::Cow::Borrowed(img)),
             None => Ok(std::borrow::Cow::Owned(decode_rgb(&self.paths[i])?)),
@@ -141,11 +144,16 @@ impl Dataset {
     }
 }
 
-/// The training images of `DATA.ROOT` / `DATA.TRAIN_FILENAME` in dataset order: the list
-/// file's paths (relative to `root`), or every image under `root`, sorted.
+/// The training images of `DATA.ROOT` / `DATA.TRAIN_FILENAME` in dataset order: GLDv2's
+/// `train_clean.csv` (known by its header; spec 2.1), the list file's paths (relative to
+/// `root`), or every image under `root`, sorted.
 pub fn image_paths(root: &Path, list: Option<&Path>) -> Result<Vec<PathBuf>> {
     let paths: Vec<PathBuf> = match list {
         None => list_images(root)?,
+        Some(l) if gldv2::is_train_clean(l) => gldv2::read_train_clean(l)?
+            .iter()
+            .map(|t| gldv2::image_path(root, &t.id))
+            .collect(),
         Some(l) => {
             let text = std::fs::read_to_string(l)
                 .with_context(|| format!("reading image list {}", l.display()))?;
@@ -157,10 +165,10 @@ pub fn image_paths(root: &Path, list: Option<&Path>) -> Result<Vec<PathBuf>> {
         }
     };
     if paths.is_empty() {
-        bail!(
-            "no training images under {} (DATA.ROOT / DATA.TRAIN_FILENAME)",
-            root.display()
-        );
+        match list {
+            Some(l) => bail!("{}: no image paths (one per line expected)", l.display()),
+            None => bail!("no images under {}", root.display()),
+        }
     }
     Ok(paths)
 }
@@ -378,6 +386,11 @@ pub struct StepLog {
     pub random_neg: usize,
     pub grad_norm: f64,
     pub seconds: f64,
+    /// Images the step described with augmentation (anchors and their neighbours).
+    pub images: usize,
+    /// Seconds the step waited for its decoded and augmented images (all of the loading
+    /// without DATALOADER.PREFETCH).
+    pub load_wait: f64,
 }
 
 /// One traced tuple of one step: what mini-batch selection and mining decided for it. A line
@@ -437,7 +450,12 @@ pub struct Stage<'b> {
     pub net: RetrievalNet,
     pub opt: Optimizer,
     sched: Schedule,
-    data: Dataset,
+    data: Arc<Dataset>,
+    spec: loader::Spec,
+    /// The loader thread (DATALOADER.PREFETCH > 0), started at the first step.
+    loader: Option<Loader>,
+    /// The batches whose inputs are queued in the loader, oldest first.
+    queued: VecDeque<Batch>,
     pool: CandidatePool,
     miner: Option<Miner>,
     pub da: IndexedBank,
@@ -522,7 +540,10 @@ impl<'b> Stage<'b> {
             n,
             d,
             net,
-            data,
+            data: Arc::new(data),
+            spec: loader::Spec::of(&cfg),
+            loader: None,
+            queued: VecDeque::new(),
             cfg,
         })
     }
@@ -531,27 +552,11 @@ impl<'b> Stage<'b> {
         Path::new(&self.cfg.output_dir).join("checkpoints")
     }
 
-    /// Normalised no-DA tensors of `idx` at `NOAUG_IMG_SIZE`, described at every `NOAUG.SCALES`
-    /// in eval mode, averaged and L2-normalised (the original's `extract_batch_feature`).
-    fn noaug_features(&mut self, idx: &[usize]) -> Result<Vec<f32>> {
-        let [h, w] = self.cfg.input.noaug_img_size;
-        let (mean, std) = (self.cfg.input.pixel_mean, self.cfg.input.pixel_std);
-        let data = &self.data;
-        let base: Vec<Chw> = idx
-            .par_iter()
-            .map(|&i| -> Result<Chw> {
-                let img = resize_exact(&*data.image(i)?, h, w);
-                let mut t = vec![0.0; 3 * h * w];
-                to_tensor(&img, mean, std, &mut t);
-                Ok(Chw {
-                    c: 3,
-                    h,
-                    w,
-                    data: t,
-                })
-            })
-            .collect::<Result<_>>()?;
-        let (n, d) = (idx.len(), self.d);
+    /// No-DA descriptors of the tensors `base` ([`loader::noaug`]): described at every
+    /// `NOAUG.SCALES` in eval mode, averaged and L2-normalised (the original's
+    /// `extract_batch_feature`).
+    fn noaug_features(&mut self, base: &[Chw]) -> Result<Vec<f32>> {
+        let (n, d) = (base.len(), self.d);
         let mut acc = vec![0f32; n * d];
         let scales = self.cfg.noaug.scales.clone();
         for &s in &scales {
@@ -574,26 +579,51 @@ impl<'b> Stage<'b> {
         Ok(acc)
     }
 
-    /// Augmented views of `idx` as RGB bytes (`n x h x w x 3`; the backend normalises them),
-    /// image slot `p` drawing from stream `(seed, step, purpose, p)`.
-    fn train_views(&self, idx: &[usize], step: usize, purpose: u64) -> Result<Vec<u8>> {
-        let [h, w] = self.cfg.input.train_img_size;
-        let scale = (self.cfg.input.scale_lower, self.cfg.input.scale_upper);
-        let (data, seed) = (&self.data, self.cfg.seed);
-        let mut x = vec![0u8; idx.len() * 3 * h * w];
-        x.par_chunks_mut(3 * h * w)
-            .zip(idx.par_iter().enumerate())
-            .try_for_each(|(out, (p, &i))| -> Result<()> {
-                let mut rng = stream(seed, step, purpose, p);
-                let img = data.image(i)?;
-                let v = train_view(&img, [h, w], scale, &mut rng);
-                out.copy_from_slice(v.as_raw());
-                Ok(())
-            })?;
-        Ok(x)
+    /// The next sampler batch with its tuples.
+    fn next_batch(&mut self) -> Result<Batch> {
+        let anchors: Vec<usize> = self
+            .sampler
+            .next_batch()
+            .iter()
+            .map(|&i| self.good[i])
+            .collect();
+        Batch::new(&self.pool, &anchors, self.cfg.neighbor.k)
     }
 
-    /// `bytes` from [`Stage::train_views`] as the network's input, with the config's
+    /// Step `t`'s batch and inputs, and the seconds the step waited for them: loaded here
+    /// without prefetch, else taken from the loader, which is topped up to PREFETCH steps
+    /// ahead first.
+    fn next_inputs(&mut self, t: usize) -> Result<(Batch, Inputs, f64)> {
+        let t0 = std::time::Instant::now();
+        let depth = self.cfg.dataloader.prefetch;
+        if depth == 0 {
+            let batch = self.next_batch()?;
+            let inputs = loader::load(&self.data, &self.spec, &batch.indices, t, AUG)?;
+            return Ok((batch, inputs, t0.elapsed().as_secs_f64()));
+        }
+        if self.loader.is_none() {
+            self.loader = Some(Loader::start(
+                self.data.clone(),
+                self.spec.clone(),
+                self.cfg.dataloader.num_workers,
+                AUG,
+            )?);
+        }
+        let last = self.cfg.solver.max_step.max(t);
+        while self.queued.len() <= depth && t + self.queued.len() <= last {
+            let batch = self.next_batch()?;
+            let step = t + self.queued.len();
+            if let Some(l) = &self.loader {
+                l.push(step, batch.indices.clone())?;
+            }
+            self.queued.push_back(batch);
+        }
+        let inputs = self.loader.as_ref().context("loader")?.next(t)?;
+        let batch = self.queued.pop_front().context("no batch queued")?;
+        Ok((batch, inputs, t0.elapsed().as_secs_f64()))
+    }
+
+    /// `bytes` from [`loader::views`] as the network's input, with the config's
     /// normalisation.
     fn rgb<'a>(&self, bytes: &'a [u8]) -> Images<'a> {
         Images::Rgb {
@@ -612,10 +642,12 @@ impl<'b> Stage<'b> {
         let [h, w] = self.cfg.input.train_img_size;
         let good = self.good.clone();
         for chunk in good.chunks(32) {
-            let x = self.train_views(chunk, chunk[0], INIT_AUG)?;
+            let x = loader::views(&self.data, &self.spec, chunk, chunk[0], INIT_AUG)?;
             let x = self.rgb(&x);
             let f = self.net.describe_images(self.be, x, chunk.len(), h, w)?;
-            let g = self.noaug_features(chunk)?;
+            let size = self.cfg.input.noaug_img_size;
+            let base = loader::noaug(&self.data, &self.spec, size, chunk)?;
+            let g = self.noaug_features(&base)?;
             self.da.write(self.be, chunk, &self.be.upload(&f)?)?;
             if let Some(nb) = self.noda.as_mut() {
                 nb.write(self.be, chunk, &self.be.upload(&g)?)?;
@@ -669,6 +701,8 @@ impl<'b> Stage<'b> {
         for _ in 0..r.step {
             self.sampler.next_batch();
         }
+        self.loader = None;
+        self.queued.clear();
         self.step = r.step;
         Ok(Some(r.step))
     }
@@ -700,35 +734,41 @@ impl<'b> Stage<'b> {
         )
     }
 
+    /// What a run stopped by a non-finite step keeps, and how to go on.
+    fn not_saved(&self) -> String {
+        let last = match checkpoint::latest(&self.checkpoint_dir()) {
+            Ok(Some((step, path))) => {
+                format!("the last checkpoint is step {step}, {}", path.display())
+            }
+            _ => "there is no checkpoint yet".to_string(),
+        };
+        format!("the step's update was not applied and nothing of it was saved; {last}. Lower SOLVER.BASE_LR (or set SOLVER.GRAD_MAX_NORM) or check the data, then continue with --resume")
+    }
+
     /// Runs one training step (the module doc's order) and returns its log line and the
     /// decisions of its traced tuples.
     pub fn step_once(&mut self) -> Result<(StepLog, Vec<Decision>)> {
         let t0 = std::time::Instant::now();
         let t = self.step + 1;
         let (be, d) = (self.be, self.d);
-        let anchors: Vec<usize> = self
-            .sampler
-            .next_batch()
-            .iter()
-            .map(|&i| self.good[i])
-            .collect();
-        let mut batch = Batch::new(&self.pool, &anchors, self.cfg.neighbor.k)?;
+        let (mut batch, inputs, load_wait) = self.next_inputs(t)?;
+        let anchors = batch.anchors.clone();
         let nimg = batch.indices.len();
 
         // G12: no-DA forward in eval mode first, then the DA forward in train mode.
-        let g = if self.cfg.noaug.enable {
-            Some(self.noaug_features(&batch.indices)?)
-        } else {
-            None
+        let g = match &inputs.noaug {
+            Some(base) => Some(self.noaug_features(base)?),
+            None => None,
         };
-        let x = self.train_views(&batch.indices, t, AUG)?;
         let [h, w] = self.cfg.input.train_img_size;
-        let x = self.rgb(&x);
+        let x = self.rgb(&inputs.views);
         let f = be.download::<f32>(self.net.forward_train_images(be, x, nimg, h, w)?)?;
         let fb = be.upload(&f)?;
 
         let mut log = StepLog {
             step: t,
+            images: nimg,
+            load_wait,
             ..StepLog::default()
         };
         let sel = &self.cfg.selection;
@@ -827,26 +867,40 @@ impl<'b> Stage<'b> {
             }
         }
 
+        log.batch_loss = lb.value;
+        log.memory_loss = lm.value;
+        log.loss = lb.value + x_cfg.memory_loss_weight * lm.value;
+        if !log.loss.is_finite() {
+            bail!(
+                "step {t}: the loss is {} (batch {}, memory {}); {}",
+                log.loss,
+                lb.value,
+                lm.value,
+                self.not_saved()
+            );
+        }
         zero_grads(be, &mut self.net)?;
         let gb = be.upload(&grad)?;
         self.net.backward(be, &gb)?;
         log.grad_norm =
             self.opt
                 .clip_grad_norm(be, &mut self.net, self.cfg.solver.grad_max_norm)?;
+        if !log.grad_norm.is_finite() {
+            bail!(
+                "step {t}: the gradient norm is {} (loss {}); {}",
+                log.grad_norm,
+                log.loss,
+                self.not_saved()
+            );
+        }
         let factor = self.sched.factor(t);
         self.opt.step(be, &mut self.net, factor)?;
         self.step = t;
 
         log.lr = self.cfg.solver.base_lr * factor;
-        log.batch_loss = lb.value;
-        log.memory_loss = lm.value;
-        log.loss = lb.value + x_cfg.memory_loss_weight * lm.value;
         (log.batch_pos, log.batch_neg) = (lb.avg_pos, lb.avg_neg);
         (log.memory_pos, log.memory_neg) = (lm.avg_pos, lm.avg_neg);
         log.seconds = t0.elapsed().as_secs_f64();
-        if !log.loss.is_finite() {
-            bail!("step {t}: the loss is {} (batch {}, memory {}); lower SOLVER.BASE_LR or check the data", log.loss, lb.value, lm.value);
-        }
         Ok((log, decisions))
     }
 }
@@ -912,6 +966,65 @@ pub struct Summary {
     pub random_init: Vec<String>,
     /// Stale files of a failed write removed at the start.
     pub removed: Vec<PathBuf>,
+}
+
+/// The lines of `dir/log.jsonl` (an unreadable line is an error naming it).
+pub fn read_log(dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let path = dir.join("log.jsonl");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// The curves of log lines, their steps shifted by `offset` (a pipeline's earlier stages):
+/// loss, learning rate, pseudo-positives mined per step (when any were) and images/s.
+pub fn log_panels(runs: &[(f64, Vec<serde_json::Value>)]) -> Vec<crate::io::plot::Panel> {
+    let series = |f: &dyn Fn(&serde_json::Value) -> Option<f64>| -> Vec<(f64, f64)> {
+        runs.iter()
+            .flat_map(|(offset, rows)| {
+                rows.iter()
+                    .filter_map(move |r| Some((offset + r["step"].as_f64()?, f(r)?)))
+            })
+            .collect()
+    };
+    let panel = |title: &str, points| crate::io::plot::Panel {
+        title: title.into(),
+        points,
+        dots: false,
+    };
+    let mined = series(&|r| r["selected_pos"].as_f64());
+    let mut panels = vec![
+        panel("loss (batch + memory)", series(&|r| r["loss"].as_f64())),
+        panel("learning rate", series(&|r| r["lr"].as_f64())),
+    ];
+    if mined.iter().any(|p| p.1 > 0.0) {
+        panels.push(panel("pseudo-positives mined per step", mined));
+    }
+    panels.push(panel(
+        "images/s",
+        series(&|r| Some(r["images"].as_f64()? / r["seconds"].as_f64()?.max(1e-9))),
+    ));
+    panels
+}
+
+/// `dir/plot.svg` from `dir/log.jsonl`.
+pub fn plot_run(dir: &Path) -> Result<()> {
+    let rows = read_log(dir)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let title = format!("{}", dir.display());
+    crate::io::plot::write(
+        &dir.join("plot.svg"),
+        &title,
+        "step",
+        &log_panels(&[(0.0, rows)]),
+    )
 }
 
 /// The decision log's file name in OUTPUT_DIR (see [`Decision`]).
@@ -1031,18 +1144,32 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
             writeln!(decf, "{}", serde_json::to_string(d)?)?;
         }
         pb.set_message(format!(
-            "loss {:.4} (batch {:.4} mem {:.4}) lr {:.1e}",
-            l.loss, l.batch_loss, l.memory_loss, l.lr
+            "loss {:.4} (batch {:.4} mem {:.4}) lr {:.1e} {:.1} img/s, waited {:.0} ms for images",
+            l.loss,
+            l.batch_loss,
+            l.memory_loss,
+            l.lr,
+            l.images as f64 / l.seconds.max(1e-9),
+            1e3 * l.load_wait
         ));
         pb.inc(1);
         if quiet && (l.step % log_every == 0 || l.step == max) {
             eprintln!(
-                "step {}/{max} loss {:.4} batch {:.4} memory {:.4} lr {:.1e} {:.2}s/step",
-                l.step, l.loss, l.batch_loss, l.memory_loss, l.lr, l.seconds
+                "step {}/{max} loss {:.4} batch {:.4} memory {:.4} lr {:.1e} {:.2}s/step {:.1} img/s, waited {:.0} ms for images",
+                l.step,
+                l.loss,
+                l.batch_loss,
+                l.memory_loss,
+                l.lr,
+                l.seconds,
+                l.images as f64 / l.seconds.max(1e-9),
+                1e3 * l.load_wait
             );
         }
         if stage.step % period == 0 || stage.step == max {
             stage.save_checkpoint()?;
+            logf.flush()?;
+            plot_run(&out)?;
         }
     }
     pb.finish_and_clear();

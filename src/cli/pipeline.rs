@@ -1,0 +1,723 @@
+//! `insclr-cu pipeline`: the whole recipe as one resumable command (spec 1, G1). The original
+//! chains its stages by hand; here one TOML lists them and the run directory keeps, per stage,
+//! what each step made:
+//!
+//! ```text
+//! s0/model      the model stage 1 starts from (ImageNet backbone, a previous model, or random)
+//! s0/features   its descriptors of the training images (exact resize, raw GeM averaged: G2, G4)
+//! s0/pool       their candidate pool (top-K neighbours)            -> NEIGHBOR.SRC of stage 1
+//! s0/eval       retrieval before training                          ([EVAL], optional)
+//! s1/train      stage 1 (its own OUTPUT_DIR, resumable)            -> MODEL.PRETRAIN of stage 2
+//! s1/features   stage 1's descriptors of the training images (its head, unit per scale)
+//! s1/pool ...   and so on; the last stage has no features / pool, only train and eval.
+//! ```
+//!
+//! Every step is one of the other subcommands run in-process with generated arguments (their
+//! checks, progress bars and atomic writes), recorded in `pipeline.json` with the checksum of
+//! each output once it has finished. Started again, the pipeline checks that the plan and the
+//! stage configs are the ones it started with and that the recorded outputs are unchanged, skips
+//! the finished steps, and resumes a stage's training from its last checkpoint; every step is
+//! deterministic, so a run that was killed ends with the same files as one that was not.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use insclr::backend::{self, DeviceChoice, Op};
+use insclr::io::npy::write_atomic;
+use insclr::train::run_dir::{file_sum, InputFile};
+use insclr::train::{self, Config, RunOptions};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Arguments of `insclr-cu pipeline`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Pipeline plan (TOML: OUTPUT_DIR, [DATA], [POOL], [EVAL], [[STAGE]]; see
+    /// configs/demo-pipeline.toml). Started again with the same plan, it continues.
+    #[arg(long)]
+    config: PathBuf,
+    /// Delete the pipeline's OUTPUT_DIR (only a folder holding a pipeline.json) and start over.
+    #[arg(long)]
+    overwrite: bool,
+    /// No progress bars; plain lines instead.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The plan file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+struct Plan {
+    /// Where every step writes (`s0/`, then one folder per stage).
+    output_dir: String,
+    data: PlanData,
+    pool: PlanPool,
+    #[serde(default)]
+    eval: Option<PlanEval>,
+    stage: Vec<PlanStage>,
+}
+
+/// The training images of every stage (their `DATA.ROOT` and `DATA.TRAIN_FILENAME`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+struct PlanData {
+    root: String,
+    #[serde(default)]
+    train_filename: String,
+}
+
+/// How each candidate pool is made (spec 4.1).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+struct PlanPool {
+    /// Neighbours per image (the original: 500).
+    k: usize,
+    /// Every image resized to exactly `[h, w]` (the original: 512 x 512, G4).
+    exact_size: [usize; 2],
+    /// The original: `[1, 1/sqrt(2), 1/2]`.
+    scales: Vec<f64>,
+    #[serde(default = "default_batch")]
+    batch: usize,
+}
+
+fn default_batch() -> usize {
+    16
+}
+
+/// Retrieval scored after stage 0 and after every stage (`insclr-cu eval`'s options).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+struct PlanEval {
+    /// list, roxford5k, rparis6k or gldv2.
+    dataset: String,
+    root: String,
+    #[serde(default)]
+    gnd: String,
+    img_size: u32,
+    scales: Vec<f64>,
+}
+
+/// One training stage: a `train` config and `--set` overrides of it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+struct PlanStage {
+    /// Its folder under OUTPUT_DIR (s1, s2, ...).
+    name: String,
+    config: String,
+    #[serde(default)]
+    set: Vec<String>,
+}
+
+/// The keys the pipeline sets in every stage config: a stage may not set them itself.
+const OWNED_KEYS: [&str; 5] = [
+    "OUTPUT_DIR",
+    "DATA.ROOT",
+    "DATA.TRAIN_FILENAME",
+    "NEIGHBOR.SRC",
+    "MODEL.PRETRAIN",
+];
+
+/// The state file in OUTPUT_DIR.
+const STATE_FILE: &str = "pipeline.json";
+
+/// `pipeline.json`: the plan, the stage configs it was started with and the finished steps.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+struct State {
+    plan: Option<Plan>,
+    stage_configs: Vec<InputFile>,
+    done: Vec<Done>,
+}
+
+/// A finished step and the checksums of what it wrote.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+struct Done {
+    step: String,
+    outputs: Vec<InputFile>,
+    seconds: f64,
+}
+
+/// What a step does. Stage 0 is the model stage 1 starts from; stage `k >= 1` is `plan.stage[k - 1]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Model,
+    Features,
+    Pool,
+    Eval,
+    Train,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    stage: usize,
+    kind: Kind,
+}
+
+impl Plan {
+    fn read(path: &Path) -> Result<Plan> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading pipeline plan {}", path.display()))?;
+        let plan: Plan = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        plan.check()
+            .with_context(|| format!("pipeline plan {}", path.display()))?;
+        Ok(plan)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.output_dir.is_empty() {
+            bail!("OUTPUT_DIR is empty: say where the pipeline writes");
+        }
+        if self.stage.is_empty() {
+            bail!("no [[STAGE]]: list the training stages in order");
+        }
+        let mut names = vec!["s0"];
+        for s in &self.stage {
+            let ok = !s.name.is_empty()
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                bail!(
+                    "stage NAME '{}' must be letters, digits, - or _ (it names a folder)",
+                    s.name
+                );
+            }
+            if names.contains(&s.name.as_str()) {
+                bail!(
+                    "stage NAME '{}' is used twice (s0 is the starting model's)",
+                    s.name
+                );
+            }
+            names.push(&s.name);
+            for o in &s.set {
+                let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+                if OWNED_KEYS.contains(&key) {
+                    bail!("stage {}: SET {key} is the pipeline's to set (it chains the stages); set DATA in [DATA], and drop the others", s.name);
+                }
+            }
+        }
+        if self.pool.k == 0 || self.pool.scales.is_empty() {
+            bail!("[POOL] needs K >= 1 and at least one scale");
+        }
+        if let Some(e) = &self.eval {
+            if !["list", "roxford5k", "rparis6k", "gldv2"].contains(&e.dataset.as_str()) {
+                bail!(
+                    "[EVAL] DATASET '{}' is none of list, roxford5k, rparis6k, gldv2",
+                    e.dataset
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every step in order.
+    fn steps(&self) -> Vec<Step> {
+        let last = self.stage.len();
+        let mut out = Vec::new();
+        for stage in 0..=last {
+            let kinds: &[Kind] = match stage {
+                0 => &[Kind::Model, Kind::Features, Kind::Pool, Kind::Eval],
+                k if k == last => &[Kind::Train, Kind::Eval],
+                _ => &[Kind::Train, Kind::Features, Kind::Pool, Kind::Eval],
+            };
+            for &kind in kinds {
+                if kind != Kind::Eval || self.eval.is_some() {
+                    out.push(Step { stage, kind });
+                }
+            }
+        }
+        out
+    }
+
+    fn stage_name(&self, stage: usize) -> &str {
+        match stage {
+            0 => "s0",
+            k => &self.stage[k - 1].name,
+        }
+    }
+
+    fn dir(&self, stage: usize) -> PathBuf {
+        Path::new(&self.output_dir).join(self.stage_name(stage))
+    }
+
+    fn step_name(&self, s: Step) -> String {
+        let kind = match s.kind {
+            Kind::Model => "model",
+            Kind::Features => "features",
+            Kind::Pool => "pool",
+            Kind::Eval => "eval",
+            Kind::Train => "train",
+        };
+        format!("{}/{kind}", self.stage_name(s.stage))
+    }
+
+    /// The model of stage `k`'s end: the starting model for 0, else the stage's final model.
+    fn model(&self, stage: usize) -> PathBuf {
+        match stage {
+            0 => self.dir(0).join("model.safetensors"),
+            k => self.dir(k).join("train").join("model_final.safetensors"),
+        }
+    }
+
+    fn features(&self, stage: usize) -> PathBuf {
+        self.dir(stage).join("feature.npy")
+    }
+
+    fn pool_file(&self, stage: usize) -> PathBuf {
+        self.dir(stage).join("neighbor.npz")
+    }
+
+    fn eval_file(&self, stage: usize) -> PathBuf {
+        self.dir(stage).join("eval.json")
+    }
+
+    /// Stage `k`'s config (k >= 1): its file, its SET, then the keys that chain it.
+    fn stage_config(&self, k: usize) -> Result<Config> {
+        let s = &self.stage[k - 1];
+        let mut sets = s.set.clone();
+        let out = self.dir(k).join("train");
+        sets.push(format!(
+            "OUTPUT_DIR={}",
+            toml_str(&out.display().to_string())
+        ));
+        sets.push(format!("DATA.ROOT={}", toml_str(&self.data.root)));
+        sets.push(format!(
+            "DATA.TRAIN_FILENAME={}",
+            toml_str(&self.data.train_filename)
+        ));
+        sets.push(format!(
+            "NEIGHBOR.SRC={}",
+            toml_str(&self.pool_file(k - 1).display().to_string())
+        ));
+        if k > 1 {
+            sets.push(format!(
+                "MODEL.PRETRAIN={}",
+                toml_str(&self.model(k - 1).display().to_string())
+            ));
+        }
+        Config::load_with(Path::new(&s.config), &sets)
+            .with_context(|| format!("stage {} ({})", s.name, s.config))
+    }
+
+    /// The stage-0 descriptor is the starting model's raw GeM when it is an ImageNet or random
+    /// backbone (G2), else the starting model's head.
+    fn stage0_is_gem(&self) -> Result<bool> {
+        let cfg = self.stage_config(1)?;
+        Ok(matches!(cfg.model.pretrain.as_str(), "imagenet" | "random"))
+    }
+}
+
+/// `s` as a TOML string literal (the `--set` values are TOML).
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+impl State {
+    fn path(plan: &Plan) -> PathBuf {
+        Path::new(&plan.output_dir).join(STATE_FILE)
+    }
+
+    fn save(&self, plan: &Plan) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        write_atomic(&State::path(plan), |w| {
+            std::io::Write::write_all(w, text.as_bytes())?;
+            Ok(())
+        })
+    }
+
+    fn is_done(&self, step: &str) -> bool {
+        self.done.iter().any(|d| d.step == step)
+    }
+}
+
+/// The checksums of the stage configs named by the plan.
+fn stage_config_sums(plan: &Plan) -> Result<Vec<InputFile>> {
+    plan.stage
+        .iter()
+        .map(|s| file_sum(Path::new(&s.config)).with_context(|| format!("stage {}", s.name)))
+        .collect()
+}
+
+/// Opens (or starts) the run directory: a fresh one must be empty; one holding a
+/// `pipeline.json` continues when its plan, stage configs and finished outputs are unchanged.
+fn open_state(plan: &Plan, overwrite: bool) -> Result<State> {
+    let out = Path::new(&plan.output_dir);
+    let state_path = State::path(plan);
+    let configs = stage_config_sums(plan)?;
+    let holds_anything = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+    if overwrite && holds_anything {
+        if !state_path.exists() {
+            bail!(
+                "--overwrite deletes a pipeline's folder, but {} holds no {STATE_FILE}; remove it yourself or pick another OUTPUT_DIR",
+                out.display()
+            );
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+    } else if holds_anything {
+        if !state_path.exists() {
+            bail!(
+                "OUTPUT_DIR {} is not empty and holds no {STATE_FILE}; pick another OUTPUT_DIR",
+                out.display()
+            );
+        }
+        let text = std::fs::read_to_string(&state_path)
+            .with_context(|| format!("reading {}", state_path.display()))?;
+        let state: State = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a pipeline state", state_path.display()))?;
+        let again = "pass --overwrite to start over, or pick another OUTPUT_DIR";
+        if state.plan.as_ref() != Some(plan) {
+            bail!(
+                "{} was started with another plan; {again}",
+                state_path.display()
+            );
+        }
+        for (was, now) in state.stage_configs.iter().zip(&configs) {
+            if was != now {
+                bail!(
+                    "stage config {} changed since this pipeline started (crc32 {} -> {}); put it back, or {again}",
+                    now.path,
+                    was.crc32,
+                    now.crc32
+                );
+            }
+        }
+        for d in &state.done {
+            for f in &d.outputs {
+                let now = file_sum(Path::new(&f.path))
+                    .with_context(|| format!("the output of finished step {}", d.step))?;
+                if &now != f {
+                    bail!("{} changed after step {} wrote it; {again}", f.path, d.step);
+                }
+            }
+        }
+        return Ok(state);
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let state = State {
+        plan: Some(plan.clone()),
+        stage_configs: configs,
+        done: Vec::new(),
+    };
+    state.save(plan)?;
+    Ok(state)
+}
+
+/// Another subcommand's arguments, parsed from text as a user would type them.
+#[derive(Parser)]
+struct Sub<A: clap::Args> {
+    #[command(flatten)]
+    args: A,
+}
+
+fn parse_sub<A: clap::Args>(name: &str, argv: &[String]) -> Result<A> {
+    let cmd = Sub::<A>::try_parse_from(std::iter::once(name.to_string()).chain(argv.to_vec()))
+        .with_context(|| format!("pipeline: bad arguments for {name} {}", argv.join(" ")))?;
+    Ok(cmd.args)
+}
+
+fn join(v: &[f64]) -> String {
+    v.iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs one step; returns the files it made.
+fn run_step(plan: &Plan, step: Step, device: DeviceChoice, quiet: bool) -> Result<Vec<PathBuf>> {
+    let k = step.stage;
+    std::fs::create_dir_all(plan.dir(k))
+        .with_context(|| format!("creating {}", plan.dir(k).display()))?;
+    let gem = k == 0 && plan.stage0_is_gem()?;
+    let mut flags: Vec<String> = Vec::new();
+    if gem {
+        flags.extend(["--descriptor".into(), "gem".into()]);
+    }
+    match step.kind {
+        Kind::Model => {
+            let cfg = plan.stage_config(1)?;
+            let (be, _) = backend::select_f32(device, &Op::ALL)?;
+            let built = train::stage::load_model(&cfg, be.as_ref())?;
+            eprintln!("pipeline: starting model: {}", built.note);
+            let meta = insclr::nn::meta::ModelMeta::of_training(&cfg, &built.net, false);
+            let tensors = insclr::nn::weights::export(&built.net, be.as_ref())?;
+            insclr::io::safetensors::write(&plan.model(0), &tensors, Some(meta.to_map()))?;
+            Ok(vec![plan.model(0)])
+        }
+        Kind::Features => {
+            let out = plan.features(k);
+            let [h, w] = plan.pool.exact_size;
+            let (images, root) = if plan.data.train_filename.is_empty() {
+                (plan.data.root.clone(), String::new())
+            } else {
+                let list = Path::new(&plan.data.root).join(&plan.data.train_filename);
+                (list.display().to_string(), plan.data.root.clone())
+            };
+            if gem {
+                flags.push("--raw-scales".into());
+            }
+            if !root.is_empty() {
+                flags.extend(["--root".into(), root]);
+            }
+            if quiet {
+                flags.push("--quiet".into());
+            }
+            let mut argv = vec![
+                "--weights".to_string(),
+                plan.model(k).display().to_string(),
+                "--images".into(),
+                images,
+                "--exact-size".into(),
+                format!("{h},{w}"),
+                "--scales".into(),
+                join(&plan.pool.scales),
+                "--batch".into(),
+                plan.pool.batch.to_string(),
+                "--out".into(),
+                out.display().to_string(),
+            ];
+            argv.extend(flags);
+            super::extract::run(parse_sub("extract", &argv)?, device)?;
+            Ok(vec![out.clone(), out.with_extension("txt")])
+        }
+        Kind::Pool => {
+            let out = plan.pool_file(k);
+            let argv = [
+                "--feats".to_string(),
+                plan.features(k).display().to_string(),
+                "--k".into(),
+                plan.pool.k.to_string(),
+                "--out".into(),
+                out.display().to_string(),
+            ];
+            super::pool::run(parse_sub("pool", &argv)?, device)?;
+            Ok(vec![out])
+        }
+        Kind::Eval => {
+            let e = plan.eval.as_ref().context("no [EVAL]")?;
+            let out = plan.eval_file(k);
+            let mut argv = vec![
+                "--dataset".to_string(),
+                e.dataset.clone(),
+                "--root".into(),
+                e.root.clone(),
+                "--weights".into(),
+                plan.model(k).display().to_string(),
+                "--img-size".into(),
+                e.img_size.to_string(),
+                "--scales".into(),
+                join(&e.scales),
+                "--json".into(),
+                out.display().to_string(),
+            ];
+            if !e.gnd.is_empty() {
+                argv.extend(["--gnd".into(), e.gnd.clone()]);
+            }
+            if quiet {
+                flags.push("--quiet".into());
+            }
+            argv.extend(flags);
+            super::eval::run(parse_sub("eval", &argv)?, device)?;
+            Ok(vec![out])
+        }
+        Kind::Train => {
+            let cfg = plan.stage_config(k)?;
+            let out = PathBuf::from(&cfg.output_dir);
+            // A step that was interrupted left its run directory: continue it (train checks
+            // that it is the same run and resumes from the last checkpoint).
+            let started = std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some());
+            let (be, chosen) = backend::select_f32(device, &Op::ALL)?;
+            eprintln!("train: backend {chosen}");
+            let s = train::run(
+                cfg,
+                be.as_ref(),
+                &RunOptions {
+                    resume: started,
+                    overwrite: false,
+                    quiet,
+                },
+            )?;
+            eprintln!(
+                "trained {} steps{} in {:.1} s; {} image(s) skipped",
+                s.steps_run,
+                s.resumed_from
+                    .map_or(String::new(), |k| format!(" (resumed at {k})")),
+                s.seconds,
+                s.skipped
+            );
+            Ok(vec![s.final_model])
+        }
+    }
+}
+
+/// Runs (or continues) the pipeline and prints the retrieval table.
+pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
+    let plan = Plan::read(&args.config)?;
+    let mut state = open_state(&plan, args.overwrite)?;
+    let steps = plan.steps();
+    let t0 = Instant::now();
+    for (i, &step) in steps.iter().enumerate() {
+        let name = plan.step_name(step);
+        if state.is_done(&name) {
+            eprintln!("pipeline [{}/{}] {name}: done before", i + 1, steps.len());
+            continue;
+        }
+        eprintln!("\npipeline [{}/{}] {name}", i + 1, steps.len());
+        let t = Instant::now();
+        let made = run_step(&plan, step, device, args.quiet)
+            .with_context(|| format!("pipeline step {name}"))?;
+        let outputs = made
+            .iter()
+            .map(|p| file_sum(p))
+            .collect::<Result<Vec<_>>>()?;
+        state.done.push(Done {
+            step: name,
+            outputs,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        state.save(&plan)?;
+    }
+    let last = plan.stage.len();
+    let model = file_sum(&plan.model(last))?;
+    println!(
+        "pipeline: {} steps done ({:.1} s in this run); final model {} (crc32 {}, {} bytes)",
+        steps.len(),
+        t0.elapsed().as_secs_f64(),
+        model.path,
+        model.crc32,
+        model.bytes
+    );
+    if plan.eval.is_some() {
+        print!("{}", table(&plan)?);
+    }
+    let plot = Path::new(&plan.output_dir).join("plot.svg");
+    write_plot(&plan, &plot)?;
+    println!("curves of every stage: {}", plot.display());
+    Ok(())
+}
+
+/// `plot.svg`: the stages' curves end to end (steps counted across stages) and the first
+/// score of every evaluation at the step its stage ended.
+fn write_plot(plan: &Plan, path: &Path) -> Result<()> {
+    let mut runs = Vec::new();
+    let mut ends = vec![0.0];
+    let mut offset = 0.0;
+    for k in 1..=plan.stage.len() {
+        let rows = train::stage::read_log(&plan.dir(k).join("train"))?;
+        let last = rows.last().and_then(|r| r["step"].as_f64()).unwrap_or(0.0);
+        runs.push((offset, rows));
+        offset += last;
+        ends.push(offset);
+    }
+    let mut panels = train::stage::log_panels(&runs);
+    if plan.eval.is_some() {
+        let mut label = String::new();
+        let mut points = Vec::new();
+        for (k, x) in ends.iter().enumerate() {
+            let text = std::fs::read_to_string(plan.eval_file(k))?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let first = &v["results"][0];
+            let name = first["protocol"].as_str().or(first["split"].as_str());
+            label = format!("mAP {} after each stage", name.unwrap_or(""));
+            if let Some(m) = first["map"].as_f64().or(first["map_at_100"].as_f64()) {
+                points.push((*x, 100.0 * m));
+            }
+        }
+        panels.push(insclr::io::plot::Panel {
+            title: label,
+            points,
+            dots: true,
+        });
+    }
+    let names: Vec<&str> = plan.stage.iter().map(|s| s.name.as_str()).collect();
+    let title = format!("{}: stages {}", plan.output_dir, names.join(", "));
+    insclr::io::plot::write(path, &title, "step (all stages)", &panels)
+}
+
+/// The scores of every evaluated stage, one row each (`eval --json`'s results).
+fn table(plan: &Plan) -> Result<String> {
+    let mut header: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    for k in 0..=plan.stage.len() {
+        let path = plan.eval_file(k);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not eval --json output", path.display()))?;
+        let results = v["results"].as_array().cloned().unwrap_or_default();
+        let mut cells = Vec::new();
+        for r in &results {
+            let label = r["protocol"]
+                .as_str()
+                .or(r["split"].as_str())
+                .unwrap_or("?");
+            let value = r["map"].as_f64().or(r["map_at_100"].as_f64());
+            if k == 0 {
+                header.push(label.to_string());
+            }
+            cells.push(value.map_or("-".to_string(), |m| format!("{:.2}", 100.0 * m)));
+        }
+        let what = match k {
+            0 => "starting model".to_string(),
+            k => format!("after {}", plan.stage[k - 1].name),
+        };
+        rows.push((plan.stage_name(k).to_string(), what, cells));
+    }
+    let mut s = format!("{:<8}{:<18}", "stage", "model");
+    for h in &header {
+        s += &format!("{:>12}", format!("mAP {h}"));
+    }
+    s.push('\n');
+    for (name, what, cells) in rows {
+        s += &format!("{name:<8}{what:<18}");
+        for c in cells {
+            s += &format!("{c:>12}");
+        }
+        s.push('\n');
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_plans_parse_and_chain_their_stages() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (name, stages) in [("demo-pipeline.toml", 4), ("gldv2-pipeline.toml", 4)] {
+            let plan = Plan::read(&root.join("configs").join(name)).unwrap();
+            assert_eq!(plan.stage.len(), stages, "{name}");
+            let plan = Plan {
+                stage: plan
+                    .stage
+                    .iter()
+                    .map(|s| PlanStage {
+                        config: root.join(&s.config).display().to_string(),
+                        ..s.clone()
+                    })
+                    .collect(),
+                ..plan
+            };
+            let steps: Vec<String> = plan.steps().iter().map(|&s| plan.step_name(s)).collect();
+            assert_eq!(
+                steps[..5],
+                ["s0/model", "s0/features", "s0/pool", "s0/eval", "s1/train"]
+            );
+            assert_eq!(steps[steps.len() - 2..], ["s4/train", "s4/eval"]);
+            let s2 = plan.stage_config(2).unwrap();
+            assert_eq!(s2.neighbor.src, plan.pool_file(1).display().to_string());
+            assert_eq!(s2.model.pretrain, plan.model(1).display().to_string());
+            assert_eq!(s2.data.root, plan.data.root);
+            assert_eq!(
+                s2.output_dir,
+                plan.dir(2).join("train").display().to_string()
+            );
+            assert!(
+                plan.stage0_is_gem().unwrap(),
+                "{name}: stage 1 starts from ImageNet"
+            );
+        }
+        let gld = Plan::read(&root.join("configs/gldv2-pipeline.toml")).unwrap();
+        assert_eq!((gld.pool.k, gld.pool.exact_size), (500, [512, 512]));
+    }
+}
