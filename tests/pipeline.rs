@@ -393,3 +393,47 @@ fn a_changed_plan_stage_config_or_output_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_image_that_cannot_be_described_is_left_out_and_counted() {
+    let dir = tmpdir("corrupt");
+    let data = dir.join("gldv2");
+    let fx = fixture();
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(fx.join("train"))
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    // The third image of the first landmark: dataset index 2, cut to half a JPEG.
+    let csv = std::fs::read_to_string(data.join("train_clean.csv")).unwrap();
+    let id = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split([',', ' '])
+        .nth(3)
+        .unwrap();
+    let bad = data.join(format!("{}/{}/{}/{id}.jpg", &id[..1], &id[1..2], &id[2..3]));
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+
+    let stage = stage_config(&dir, 2);
+    let plan = plan(&dir, &stage, (&data, "train_clean.csv"), "", &[("s1", "")]);
+    let o = pipeline(&plan, "cpu");
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let listed = std::fs::read_to_string(dir.join("run/s0/feature.bad.txt")).unwrap();
+    assert!(listed.contains(id), "{listed}");
+    let rows = std::fs::read_to_string(dir.join("run/s0/feature.txt")).unwrap();
+    assert_eq!(rows.lines().count(), 29);
+    let pool = insclr::mining::CandidatePool::load(&dir.join("run/s0/neighbor.npz"), 30).unwrap();
+    assert_eq!(pool.neighbors(2), [2; 4]);
+    assert!((0..30)
+        .filter(|&i| i != 2)
+        .all(|i| !pool.neighbors(i).contains(&2)));
+    assert!(out.contains("1 image(s) without a descriptor"), "{out}");
+    assert!(out.contains("1 image(s) skipped"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

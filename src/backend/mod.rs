@@ -27,6 +27,7 @@ pub mod mining;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod profile;
 pub mod select;
 
 use anyhow::{anyhow, bail, Context, Result};

@@ -402,6 +402,37 @@ fn open_state(plan: &Plan, overwrite: bool) -> Result<State> {
     Ok(state)
 }
 
+/// The dataset index of each line of `list` (the images `extract` described, in row order)
+/// and the dataset's size.
+fn dataset_rows(plan: &Plan, list: &Path, rows: usize) -> Result<(Vec<usize>, usize)> {
+    let root = Path::new(&plan.data.root);
+    let file = (!plan.data.train_filename.is_empty()).then(|| root.join(&plan.data.train_filename));
+    let all = train::stage::image_paths(root, file.as_deref())?;
+    let index: std::collections::HashMap<String, usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.display().to_string(), i))
+        .collect();
+    let text =
+        std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
+    let at = text
+        .lines()
+        .map(|l| {
+            index.get(l).copied().with_context(|| {
+                format!("{}: {l} is not a training image of [DATA]", list.display())
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if at.len() != rows {
+        bail!(
+            "{} names {} images for {rows} descriptors",
+            list.display(),
+            at.len()
+        );
+    }
+    Ok((at, all.len()))
+}
+
 /// Another subcommand's arguments, parsed from text as a user would type them.
 #[derive(Parser)]
 struct Sub<A: clap::Args> {
@@ -452,6 +483,9 @@ fn run_step(plan: &Plan, step: Step, device: DeviceChoice, quiet: bool) -> Resul
                 let list = Path::new(&plan.data.root).join(&plan.data.train_filename);
                 (list.display().to_string(), plan.data.root.clone())
             };
+            // An image that cannot be described is left out and listed in feature.bad.txt;
+            // the pool step gives it an empty row, and training skips it too.
+            flags.push("--skip-bad".into());
             if gem {
                 flags.push("--raw-scales".into());
             }
@@ -477,19 +511,38 @@ fn run_step(plan: &Plan, step: Step, device: DeviceChoice, quiet: bool) -> Resul
             ];
             argv.extend(flags);
             super::extract::run(parse_sub("extract", &argv)?, device)?;
-            Ok(vec![out.clone(), out.with_extension("txt")])
+            Ok(vec![
+                out.clone(),
+                out.with_extension("txt"),
+                out.with_extension("bad.txt"),
+            ])
         }
         Kind::Pool => {
             let out = plan.pool_file(k);
-            let argv = [
-                "--feats".to_string(),
-                plan.features(k).display().to_string(),
-                "--k".into(),
-                plan.pool.k.to_string(),
-                "--out".into(),
-                out.display().to_string(),
-            ];
-            super::pool::run(parse_sub("pool", &argv)?, device)?;
+            let feats_path = plan.features(k);
+            let feats = insclr::io::npy::read::<f32>(&feats_path)?;
+            let (n, d) = feats.dims2(&feats_path.display().to_string())?;
+            // Row r of the descriptors is the image on line r of feature.txt; the pool's rows
+            // are the training set's images in dataset order.
+            let (at, all) = dataset_rows(plan, &feats_path.with_extension("txt"), n)?;
+            let pool = super::pool::compute(
+                &feats.data,
+                n,
+                d,
+                plan.pool.k,
+                insclr::mining::pool::default_tile(n),
+                insclr::backend::DType::F32,
+                device,
+                "f32",
+            )?
+            .spread(&at, all)?;
+            pool.save(&out)?;
+            println!(
+                "pool: wrote {} ({all} x {} neighbours; {} image(s) without a descriptor have none)",
+                out.display(),
+                plan.pool.k,
+                all - n
+            );
             Ok(vec![out])
         }
         Kind::Eval => {

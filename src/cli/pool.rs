@@ -50,31 +50,18 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     } else {
         DType::F32
     };
-    let (be, chosen) = backend::select(device, &[(Op::Knn, dtype)])?;
-    println!(
-        "pool: {n} descriptors of {d} ({}), k = {}, tile = {tile}, backend {chosen}",
-        args.precision, args.k
-    );
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} rows  {per_sec}  elapsed {elapsed_precise}  eta {eta}",
-        )
-        .context("progress bar template")?,
-    );
     let t0 = Instant::now();
-    let pool = CandidatePool::compute_as(
-        be.as_ref(),
+    let pool = compute(
         &feats.data,
         n,
         d,
         args.k,
         tile,
         dtype,
-        &mut |t| bar.inc(t as u64),
+        device,
+        &args.precision,
     )
     .with_context(|| format!("candidate pool of {}", args.feats.display()))?;
-    bar.finish();
     let secs = t0.elapsed().as_secs_f64();
     pool.save(&args.out)?;
     println!(
@@ -83,4 +70,34 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         args.k
     );
     Ok(())
+}
+
+/// The pool of `feats` (`n x d`) on the backend `device` picks, with a progress bar.
+#[allow(clippy::too_many_arguments)]
+pub fn compute(
+    feats: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    tile: usize,
+    dtype: DType,
+    device: DeviceChoice,
+    precision: &str,
+) -> Result<CandidatePool> {
+    let (be, chosen) = backend::select(device, &[(Op::Knn, dtype)])?;
+    println!(
+        "pool: {n} descriptors of {d} ({precision}), k = {k}, tile = {tile}, backend {chosen}"
+    );
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} rows  {per_sec}  elapsed {elapsed_precise}  eta {eta}",
+        )
+        .context("progress bar template")?,
+    );
+    let pool = CandidatePool::compute_as(be.as_ref(), feats, n, d, k, tile, dtype, &mut |t| {
+        bar.inc(t as u64)
+    })?;
+    bar.finish();
+    Ok(pool)
 }

@@ -106,6 +106,10 @@ fn rescore(feats: &[f32], d: usize, k: usize, neighbor: &[u32], similarity: &mut
     }
 }
 
+/// The similarity that pads a row with no (more) usable neighbour, the image itself: below
+/// every threshold, so it never becomes a positive.
+pub const NO_NEIGHBOR: f32 = -1.0;
+
 /// The default query-block height of [`CandidatePool::compute`].
 pub fn default_tile(n: usize) -> usize {
     Tiling::default().query_block.clamp(1, n.max(1))
@@ -173,6 +177,33 @@ impl CandidatePool {
             neighbor,
             similarity,
         })
+    }
+
+    /// This pool of a subset of a dataset of `n` images (row r is image `at[r]`) as the
+    /// dataset's pool: rows and neighbours mapped through `at`, and every image outside the
+    /// subset (one that could not be described) a row of itself at [`NO_NEIGHBOR`].
+    pub fn spread(&self, at: &[usize], n: usize) -> Result<CandidatePool> {
+        if at.len() != self.n {
+            bail!("{} rows placed for a pool of {} rows", at.len(), self.n);
+        }
+        if let Some(&i) = at.iter().find(|&&i| i >= n) {
+            bail!("row placed at image {i} of a dataset of {n}");
+        }
+        let mut out = CandidatePool {
+            n,
+            k: self.k,
+            neighbor: (0..n)
+                .flat_map(|i| std::iter::repeat_n(i as u32, self.k))
+                .collect(),
+            similarity: vec![NO_NEIGHBOR; n * self.k],
+        };
+        for (r, &i) in at.iter().enumerate() {
+            for c in 0..self.k {
+                out.neighbor[i * self.k + c] = at[self.neighbor[r * self.k + c] as usize] as u32;
+                out.similarity[i * self.k + c] = self.similarity[r * self.k + c];
+            }
+        }
+        Ok(out)
     }
 
     /// Neighbours of `i`, best first.
@@ -255,6 +286,26 @@ pub fn count_non_unit(feats: &[f32], d: usize, tol: f32) -> usize {
 mod tests {
     use super::*;
     use crate::mining::testutil::clustered;
+
+    #[test]
+    fn a_subset_pool_spreads_over_the_dataset_with_empty_rows_for_the_rest() {
+        // Images 0, 2, 3 of 4 were described; image 1 was not.
+        let sub = CandidatePool {
+            n: 3,
+            k: 2,
+            neighbor: vec![1, 2, 0, 2, 1, 0],
+            similarity: vec![0.9, 0.5, 0.9, 0.4, 0.4, 0.5],
+        };
+        let p = sub.spread(&[0, 2, 3], 4).unwrap();
+        assert_eq!(p.neighbors(0), [2, 3]);
+        assert_eq!(p.neighbors(1), [1, 1]);
+        assert_eq!(p.similarities(1), [NO_NEIGHBOR; 2]);
+        assert_eq!(p.neighbors(2), [0, 3]);
+        assert_eq!(p.similarities(2), [0.9, 0.4]);
+        assert_eq!(p.neighbors(3), [2, 0]);
+        assert!(sub.spread(&[0, 2], 4).is_err());
+        assert!(sub.spread(&[0, 2, 4], 4).is_err());
+    }
 
     #[test]
     fn sixteen_running_sums_give_the_sequential_f64_dot_within_f32_rounding() {

@@ -936,7 +936,6 @@ mod tests {
             "demo.toml",
             "demo-impr.toml",
             "demo-lite0.toml",
-            "demo-pipeline-base.toml",
             "small-collection.toml",
         ] {
             Config::load(&root.join(f)).unwrap();

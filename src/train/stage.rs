@@ -20,12 +20,14 @@ use super::checkpoint;
 use super::config::Config;
 use super::loader::{self, Inputs, Loader};
 use super::optim::{Optimizer, Schedule};
+use crate::backend::profile::range;
 use crate::backend::Backend;
 use crate::backend::DType;
 use crate::data::gldv2;
 use crate::data::image::{decode_all, decode_rgb, list_images, resize_bilinear, Chw, Skipped};
 use crate::loss::{contrastive_batch, contrastive_memory, LossOut, Memory};
 use crate::memory::IndexedBank;
+use crate::mining::pool::NO_NEIGHBOR;
 use crate::mining::{
     sample_v1, select_in_batch, AnchorSampler, Batch, CandidatePool, MineConfig, Mined, Miner,
     Mode, SelectionRule,
@@ -196,7 +198,7 @@ pub fn filter_pool(pool: &CandidatePool, bad: &[bool]) -> CandidatePool {
             .map(|(&j, &s)| (j, s))
             .collect();
         for c in 0..pool.k {
-            let (j, s) = row.get(c).copied().unwrap_or((i as u32, -1.0));
+            let (j, s) = row.get(c).copied().unwrap_or((i as u32, NO_NEIGHBOR));
             out.neighbor[i * pool.k + c] = j;
             out.similarity[i * pool.k + c] = s;
         }
@@ -751,19 +753,26 @@ impl<'b> Stage<'b> {
         let t0 = std::time::Instant::now();
         let t = self.step + 1;
         let (be, d) = (self.be, self.d);
+        let _step_range = range("step");
+        let r = range("load");
         let (mut batch, inputs, load_wait) = self.next_inputs(t)?;
+        drop(r);
         let anchors = batch.anchors.clone();
         let nimg = batch.indices.len();
 
         // G12: no-DA forward in eval mode first, then the DA forward in train mode.
+        let r = range("no-DA forward");
         let g = match &inputs.noaug {
             Some(base) => Some(self.noaug_features(base)?),
             None => None,
         };
+        drop(r);
+        let r = range("forward");
         let [h, w] = self.cfg.input.train_img_size;
         let x = self.rgb(&inputs.views);
         let f = be.download::<f32>(self.net.forward_train_images(be, x, nimg, h, w)?)?;
         let fb = be.upload(&f)?;
+        drop(r);
 
         let mut log = StepLog {
             step: t,
@@ -772,6 +781,7 @@ impl<'b> Stage<'b> {
             ..StepLog::default()
         };
         let sel = &self.cfg.selection;
+        let r = range("selection");
         if sel.enable {
             let feats = match (&g, sel.use_noaug_similarity) {
                 (Some(g), true) => g,
@@ -792,10 +802,14 @@ impl<'b> Stage<'b> {
             log.rejected = batch.labels.iter().filter(|&&l| l <= 0).count();
         }
 
+        drop(r);
+        let r = range("batch loss");
         let margin = self.cfg.loss.contrastive_loss.margin;
         let mut d_batch = be.zeros(DType::F32, nimg * d)?;
         let lb = contrastive_batch(be, &fb, &batch.labels, d, margin, Some(&mut d_batch))?;
         let mut grad = be.download::<f32>(&d_batch)?;
+        drop(r);
+        let r = range("bank update");
         let x_cfg = self.cfg.xbm.clone();
         if x_cfg.enable && t > x_cfg.start_step {
             self.da.write(be, &batch.indices, &fb)?;
@@ -823,7 +837,9 @@ impl<'b> Stage<'b> {
                 ..Decision::default()
             })
             .collect();
+        drop(r);
         if x_cfg.enable && t > x_cfg.get_step {
+            let r = range("mining");
             let mut rng = stream(self.cfg.seed, t, MEM, 0);
             let (mi, ml) = match (&self.miner, &self.noda) {
                 (Some(miner), Some(noda)) => {
@@ -848,6 +864,8 @@ impl<'b> Stage<'b> {
                 }
             };
             log.memory_size = mi.len();
+            drop(r);
+            let _r = range("memory loss");
             if !mi.is_empty() {
                 let mem = self.da.gather(be, &mi)?;
                 let mut d_mem = be.zeros(DType::F32, nimg * d)?;
@@ -879,9 +897,12 @@ impl<'b> Stage<'b> {
                 self.not_saved()
             );
         }
+        let r = range("backward");
         zero_grads(be, &mut self.net)?;
         let gb = be.upload(&grad)?;
         self.net.backward(be, &gb)?;
+        drop(r);
+        let _r = range("optimiser");
         log.grad_norm =
             self.opt
                 .clip_grad_norm(be, &mut self.net, self.cfg.solver.grad_max_norm)?;
