@@ -352,7 +352,14 @@ fn open_state(plan: &Plan, overwrite: bool) -> Result<State> {
                 out.display()
             );
         }
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+        let mut inputs = vec![("DATA.ROOT", plan.data.root.as_str())];
+        inputs.extend(
+            plan.stage
+                .iter()
+                .map(|s| ("a stage CONFIG", s.config.as_str())),
+        );
+        let dir = insclr::train::run_dir::check_clearable(out, &inputs)?;
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", out.display()))?;
     } else if holds_anything {
         if !state_path.exists() {
             bail!(

@@ -298,30 +298,12 @@ fn check_same_run(out: &Path, record: &RunRecord) -> Result<()> {
 /// Deletes what is inside `out` (not `out` itself), after refusing the folders whose loss is
 /// never meant: `/`, one holding the current folder or the home folder, one holding an input.
 fn clear(out: &Path, record: &RunRecord) -> Result<()> {
-    let dir = out
-        .canonicalize()
-        .with_context(|| format!("resolving OUTPUT_DIR {}", out.display()))?;
-    let refuse = |why: &str| -> Result<()> {
-        bail!(
-            "--overwrite refused: OUTPUT_DIR {} ({}) {why}",
-            out.display(),
-            dir.display()
-        )
-    };
-    let cwd = std::env::current_dir().and_then(|c| c.canonicalize()).ok();
-    let home = std::env::var_os("HOME").and_then(|h| PathBuf::from(h).canonicalize().ok());
-    if let Some(why) = never_clear(&dir, cwd.as_deref(), home.as_deref()) {
-        refuse(why)?;
-    }
-    for (key, f) in &record.inputs {
-        let p = f.path.trim_end_matches(" (image names)");
-        if Path::new(p)
-            .canonicalize()
-            .is_ok_and(|p| p.starts_with(&dir))
-        {
-            refuse(&format!("holds {key} {p}, which the run reads"))?;
-        }
-    }
+    let inputs: Vec<(&str, &str)> = record
+        .inputs
+        .iter()
+        .map(|(key, f)| (key.as_str(), f.path.trim_end_matches(" (image names)")))
+        .collect();
+    let dir = check_clearable(out, &inputs)?;
     let mut n = 0;
     for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
         let p = e?.path();
@@ -340,6 +322,35 @@ fn clear(out: &Path, record: &RunRecord) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Refuses to let `--overwrite` empty `out` when it is the root, home or current folder or
+/// holds one of `inputs` (`(what, path)`: files the run reads); returns its canonical path.
+pub fn check_clearable(out: &Path, inputs: &[(&str, &str)]) -> Result<PathBuf> {
+    let dir = out
+        .canonicalize()
+        .with_context(|| format!("resolving OUTPUT_DIR {}", out.display()))?;
+    let refuse = |why: &str| -> Result<PathBuf> {
+        bail!(
+            "--overwrite refused: OUTPUT_DIR {} ({}) {why}",
+            out.display(),
+            dir.display()
+        )
+    };
+    let cwd = std::env::current_dir().and_then(|c| c.canonicalize()).ok();
+    let home = std::env::var_os("HOME").and_then(|h| PathBuf::from(h).canonicalize().ok());
+    if let Some(why) = never_clear(&dir, cwd.as_deref(), home.as_deref()) {
+        return refuse(why);
+    }
+    for (what, p) in inputs {
+        if Path::new(p)
+            .canonicalize()
+            .is_ok_and(|p| p.starts_with(&dir))
+        {
+            return refuse(&format!("holds {what} {p}, which the run reads"));
+        }
+    }
+    Ok(dir)
 }
 
 /// Why the canonical folder `dir` must never be emptied, if it must not.
