@@ -744,7 +744,13 @@ mod tests {
     #[test]
     fn shipped_plans_parse_and_chain_their_stages() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for (name, stages) in [("demo-pipeline.toml", 4), ("gldv2-pipeline.toml", 4)] {
+        let plans = [
+            ("demo-pipeline.toml", 4),
+            ("bench-pipeline.toml", 4),
+            ("bench-pipeline-one-base.toml", 2),
+            ("gldv2-pipeline.toml", 4),
+        ];
+        for (name, stages) in plans {
             let plan = Plan::read(&root.join("configs").join(name)).unwrap();
             assert_eq!(plan.stage.len(), stages, "{name}");
             let plan = Plan {
