@@ -673,13 +673,9 @@ fn write_plot(plan: &Plan, path: &Path) -> Result<()> {
         let mut label = String::new();
         let mut points = Vec::new();
         for (k, x) in ends.iter().enumerate() {
-            let text = std::fs::read_to_string(plan.eval_file(k))?;
-            let v: serde_json::Value = serde_json::from_str(&text)?;
-            let first = &v["results"][0];
-            let name = first["protocol"].as_str().or(first["split"].as_str());
-            label = format!("mAP {} after each stage", name.unwrap_or(""));
-            if let Some(m) = first["map"].as_f64().or(first["map_at_100"].as_f64()) {
-                points.push((*x, 100.0 * m));
+            if let Some((name, m)) = scores(plan, k)?.into_iter().next() {
+                label = format!("mAP {name} after each stage");
+                points.extend(m.map(|m| (*x, 100.0 * m)));
             }
         }
         panels.push(insclr::io::plot::Panel {
@@ -693,29 +689,42 @@ fn write_plot(plan: &Plan, path: &Path) -> Result<()> {
     insclr::io::plot::write(path, &title, "step (all stages)", &panels)
 }
 
-/// The scores of every evaluated stage, one row each (`eval --json`'s results).
-fn table(plan: &Plan) -> Result<String> {
-    let mut header: Vec<String> = Vec::new();
-    let mut rows = Vec::new();
-    for k in 0..=plan.stage.len() {
-        let path = plan.eval_file(k);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not eval --json output", path.display()))?;
-        let results = v["results"].as_array().cloned().unwrap_or_default();
-        let mut cells = Vec::new();
-        for r in &results {
+/// Stage `k`'s scores from its `eval --json`: (protocol or split, mAP in [0, 1]) per result.
+fn scores(plan: &Plan, k: usize) -> Result<Vec<(String, Option<f64>)>> {
+    let path = plan.eval_file(k);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not eval --json output", path.display()))?;
+    let results = v["results"].as_array().cloned().unwrap_or_default();
+    Ok(results
+        .iter()
+        .map(|r| {
             let label = r["protocol"]
                 .as_str()
                 .or(r["split"].as_str())
                 .unwrap_or("?");
-            let value = r["map"].as_f64().or(r["map_at_100"].as_f64());
-            if k == 0 {
-                header.push(label.to_string());
-            }
-            cells.push(value.map_or("-".to_string(), |m| format!("{:.2}", 100.0 * m)));
+            (
+                label.to_string(),
+                r["map"].as_f64().or(r["map_at_100"].as_f64()),
+            )
+        })
+        .collect())
+}
+
+/// The scores of every evaluated stage, one row each.
+fn table(plan: &Plan) -> Result<String> {
+    let mut header: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    for k in 0..=plan.stage.len() {
+        let found = scores(plan, k)?;
+        if k == 0 {
+            header = found.iter().map(|(label, _)| label.clone()).collect();
         }
+        let cells: Vec<String> = found
+            .iter()
+            .map(|(_, m)| m.map_or("-".to_string(), |m| format!("{:.2}", 100.0 * m)))
+            .collect();
         let what = match k {
             0 => "starting model".to_string(),
             k => format!("after {}", plan.stage[k - 1].name),
