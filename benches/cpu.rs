@@ -1,16 +1,56 @@
-//! The CPU backend where EfficientNet-Lite0 spends its time: the depthwise convolutions at the
-//! shapes of a 512 px input (batch 1, TF SAME padding), forward and both backward passes, and
-//! one whole eval-mode forward of a 512 px image. Each result line ends with the napkin floor
-//! (see `floor`), so a run says how far from the machine's limits the loops are.
+//! The CPU backend beside the libraries users already have. Groups:
+//! - `depthwise`: EfficientNet-Lite0's depthwise convolutions at the shapes of a 512 px input
+//!   (batch 1, TF SAME padding), forward and both backward passes, with the napkin floor
+//!   (see `floor`);
+//! - `gemm`: the CPU GEMM on our shapes (pool tiles, ResNet-50 convolutions as GEMMs);
+//! - `pool`: candidate pools of random unit descriptors, 20k x 2048 and 100k x 128 (ten minutes);
+//! - `lite0`: one eval-mode EfficientNet-Lite0 forward of a 512 px image;
+//! - `resnet50`: a ResNet-50 training forward + backward, batch 2 at 224 px.
 //!
-//! `cargo bench --bench cpu -- depthwise` or `-- lite0`; short runs with
+//! The run ends with a table of our median times beside the peers' (numpy / FAISS / PyTorch
+//! CPU on the same shapes and thread count), read from `target/cpu-peers.json`, which
+//! `scripts/cpu-peers.py bench` writes; without that file the peer columns say so.
+//!
+//! `cargo bench --bench cpu -- resnet50` runs one group; short runs with
 //! `-- --measurement-time 2 --warm-up-time 0.5`.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use insclr::backend::{Conv, DType, Padding};
-use insclr::nn::Arch;
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
+use insclr::backend::{Conv, DType, MatMul, Padding};
+use insclr::mining::pool::{default_tile, CandidatePool};
+use insclr::nn::head::HeadKind;
+use insclr::nn::{zero_grads, Arch, RetrievalNet};
 use insclr::rng::Rng;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Median seconds per iteration of each timed bench, by id, for the closing table.
+static MEDIANS: Mutex<Vec<(String, f64)>> = Mutex::new(Vec::new());
+
+/// Benches `f` as `group/id` and keeps its median time per iteration for the peer table.
+fn timed(g: &mut BenchmarkGroup<WallTime>, group: &str, id: &str, mut f: impl FnMut()) {
+    let mut samples = Vec::new();
+    g.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            let d = t.elapsed();
+            samples.push(d.as_secs_f64() / iters as f64);
+            d
+        })
+    });
+    if samples.is_empty() {
+        return; // filtered out
+    }
+    samples.sort_by(f64::total_cmp);
+    let median = samples[samples.len() / 2];
+    MEDIANS
+        .lock()
+        .unwrap()
+        .push((format!("{group}/{id}"), median));
+}
 
 /// (channels, map, kernel, stride) of Lite0's depthwise layers at 512 px input.
 const DEPTHWISE: [(usize, usize, usize, usize); 7] = [
@@ -81,11 +121,141 @@ fn lite0(c: &mut Criterion) {
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    g.bench_function("forward_eval_1x512", |b| {
-        b.iter(|| net.forward(be, &x, (1, px, px), false).unwrap())
+    timed(&mut g, "lite0", "forward_eval_1x512", || {
+        net.forward(be, &x, (1, px, px), false).unwrap();
     });
     g.finish();
 }
 
-criterion_group!(benches, depthwise, lite0);
+/// One training-mode forward and backward of ResNet-50 with the GeM + linear head at 224 px,
+/// batch 2 (the backbone's share of a CPU training step; the optimiser is elementwise).
+fn resnet50_step(c: &mut Criterion) {
+    let be = insclr::backend::cpu();
+    let mut rng = Rng::new(7);
+    let backbone = Arch::ResNet50.build(be, &mut rng, false).expect("backbone");
+    let mut net =
+        RetrievalNet::new(be, &mut rng, backbone, HeadKind::NormLinearNorm, 2048).expect("net");
+    let (batch, px) = (2, 224);
+    let x = rng.vec_f32(batch * 3 * px * px, -2.0, 2.0);
+    let d_desc = be.upload(&rng.vec_f32(batch * 2048, -1e-3, 1e-3)).unwrap();
+    let mut g = c.benchmark_group("resnet50/cpu");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5));
+    timed(&mut g, "resnet50", "forward_backward_2x224", || {
+        net.forward_train(be, &x, batch, px, px).unwrap();
+        zero_grads(be, &mut net).unwrap();
+        net.backward(be, &d_desc).unwrap();
+    });
+    g.finish();
+}
+
+/// (m, n, k, B transposed, what it is): C = A op(B), row-major, as the CPU paths call it.
+const GEMMS: [(usize, usize, usize, bool, &str); 4] = [
+    (512, 2048, 2048, true, "pool tile at d 2048"),
+    (512, 2048, 128, true, "pool tile at d 128"),
+    (64, 3136, 576, false, "ResNet-50 layer1 3x3 conv, one image"),
+    (512, 49, 4608, false, "ResNet-50 layer4 3x3 conv, one image"),
+];
+
+fn gemm(c: &mut Criterion) {
+    let be = insclr::backend::cpu();
+    let mut rng = Rng::new(8);
+    let mut g = c.benchmark_group("gemm/cpu");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for (m, n, k, tb, what) in GEMMS {
+        let a = be.upload(&rng.vec_f32(m * k, -1.0, 1.0)).unwrap();
+        let b = be.upload(&rng.vec_f32(k * n, -1.0, 1.0)).unwrap();
+        let mut out = be.zeros(DType::F32, m * n).unwrap();
+        let s = if tb {
+            MatMul::new(m, n, k).tb()
+        } else {
+            MatMul::new(m, n, k)
+        };
+        let id = format!("{m}x{n}x{k}{}", if tb { " bt" } else { "" });
+        eprintln!(
+            "gemm {id}: {what}, {:.2} GFLOP",
+            2.0 * (m * n * k) as f64 / 1e9
+        );
+        timed(&mut g, "gemm", &id, || {
+            be.matmul(&a, &b, &mut out, s).unwrap()
+        });
+    }
+    g.finish();
+}
+
+/// (n, d, k) of the two reference pools. One pool takes 15-40 s on 2 cores, so this group takes
+/// about ten minutes (criterion's minimum of ten samples); smaller pools are no stand-in, as
+/// the top-k's share of the work grows with k / n.
+const POOLS: [(usize, usize, usize); 2] = [(20000, 2048, 500), (100000, 128, 100)];
+
+fn pool(c: &mut Criterion) {
+    let be = insclr::backend::cpu();
+    let mut rng = Rng::new(9);
+    let mut g = c.benchmark_group("pool/cpu");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1));
+    for (n, d, k) in POOLS {
+        let mut feats = rng.vec_f32(n * d, -1.0, 1.0);
+        for row in feats.chunks_mut(d) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+        timed(&mut g, "pool", &format!("{n}x{d} k{k}"), || {
+            CandidatePool::compute(be, &feats, n, d, k, default_tile(n), &mut |_| {}).unwrap();
+        });
+    }
+    g.finish();
+}
+
+/// Our medians beside the peers' times from `target/cpu-peers.json`
+/// (`{"<group>/<id>": {"<peer>": seconds}}`, written by `scripts/cpu-peers.py bench`).
+fn peer_table(_: &mut Criterion) {
+    let path = std::path::Path::new("target/cpu-peers.json");
+    let peers: serde_json::Map<String, serde_json::Value> = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let threads = rayon::current_num_threads();
+    println!(
+        "\n| bench ({threads} threads) | insclr-cu, median | peer | peer time | peer time / ours |"
+    );
+    println!("|---|---|---|---|---|");
+    for (id, ours) in MEDIANS.lock().unwrap().iter() {
+        let cells = match peers.get(id).and_then(|v| v.as_object()) {
+            Some(p) if !p.is_empty() => p
+                .iter()
+                .filter_map(|(name, t)| Some((name.clone(), t.as_f64()?)))
+                .collect(),
+            _ => vec![],
+        };
+        if cells.is_empty() {
+            println!(
+                "| {id} | {:.2} ms | (none measured: run scripts/cpu-peers.py bench) | | |",
+                ours * 1e3
+            );
+        }
+        for (name, t) in cells {
+            println!(
+                "| {id} | {:.2} ms | {name} | {:.2} ms | {:.2}x |",
+                ours * 1e3,
+                t * 1e3,
+                t / ours
+            );
+        }
+    }
+}
+
+criterion_group!(
+    benches,
+    depthwise,
+    gemm,
+    pool,
+    lite0,
+    resnet50_step,
+    peer_table
+);
 criterion_main!(benches);

@@ -1,49 +1,165 @@
 #!/usr/bin/env python3
-"""Candidate pool on the CPU: insclr-cu beside the libraries users already have, on the same
-random unit descriptors and the same thread count, runs interleaved (ours, numpy, FAISS, ours,
-...). Prints one markdown row per job: the median and range of each tool's wall times.
+"""The CPU backend beside the libraries users already have, same shapes and thread count.
 
+  cpu-peers.py bench [--out target/cpu-peers.json] [--threads T] [--no-pools]
   cpu-peers.py pool BIN N D K [--runs R] [--threads T] [--work DIR] [--before OLD_BIN]
 
---before adds an older insclr-cu binary to the interleaving (a before / after of a change).
+bench: times the peers on the shapes of `cargo bench --bench cpu` and writes their median
+seconds as {"<group>/<id>": {"<peer>": seconds}}; the bench prints them beside ours:
+  gemm/*      numpy A @ B (or B.T), OpenBLAS
+  pool/*      numpy GEMM + argpartition, FAISS IndexFlatIP (random unit rows, one run each)
+  lite0/*     PyTorch CPU, timm's tf_efficientnet_lite0 (TF SAME padding, as ours), eval
+  resnet50/*  PyTorch CPU, torchvision ResNet-50 + GeM + linear 2048, train mode, f + b
 
-Peers, each skipped with a note when not importable:
-  numpy  X @ X.T in blocks of 2048 rows (OpenBLAS), self masked, argpartition + sort of the top k
-  faiss  IndexFlatIP, search of k + 1 neighbours, self dropped
-Install them outside the project, e.g. `pip install --target /tmp/py numpy faiss-cpu` and
-PYTHONPATH=/tmp/py. The thread count is fixed before numpy / FAISS load (OPENBLAS / OMP).
+pool: the whole `insclr-cu pool` command on random unit descriptors against numpy and FAISS
+at full size, runs interleaved (ours, numpy, FAISS, ours, ...); prints one markdown row with
+each tool's median and range. --before adds an older insclr-cu binary (a before / after).
+
+Each peer is skipped with a note when it does not import. Install them outside the project:
+  pip install --target /tmp/py numpy faiss-cpu
+  pip install --target /tmp/torch torch torchvision timm   (plus Pillow for torchvision)
+and put those folders on PYTHONPATH. Thread counts are fixed before the libraries load.
 """
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 
+# benches/cpu.rs: GEMMS and POOLS.
+GEMMS = [(512, 2048, 2048, True), (512, 2048, 128, True), (64, 3136, 576, False), (512, 49, 4608, False)]
+POOLS = [(20000, 2048, 500), (100000, 128, 100)]
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("job", choices=["pool"])
-    ap.add_argument("bin")
-    ap.add_argument("n", type=int)
-    ap.add_argument("d", type=int)
-    ap.add_argument("k", type=int)
-    ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", default="/tmp/insclr-peers")
-    ap.add_argument("--before")
-    a = ap.parse_args()
-    t = str(a.threads)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
-        os.environ[var] = t
+
+def median_time(fn, runs, warmup=1):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def unit_rows(np, n, d, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def numpy_pool(np, x, k, blk=2048):
+    n = len(x)
+    idx = np.empty((n, k), np.int64)
+    for s in range(0, n, blk):
+        sims = x[s:s + blk] @ x.T
+        rows = np.arange(sims.shape[0])
+        sims[rows, s + rows] = -np.inf
+        part = np.argpartition(-sims, k, axis=1)[:, :k]
+        top = np.take_along_axis(sims, part, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        idx[s:s + blk] = np.take_along_axis(part, order, axis=1)
+    return idx
+
+
+def faiss_module(threads):
+    try:
+        import faiss
+    except ImportError:
+        print("note: faiss not importable, skipped", file=sys.stderr)
+        return None
+    faiss.omp_set_num_threads(threads)
+    return faiss
+
+
+def faiss_pool(faiss, x, k):
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    _, i = index.search(x, k + 1)
+    return i[:, 1:]
+
+
+def torch_peers(threads, out):
+    try:
+        import torch
+        import torchvision
+    except ImportError as e:
+        print(f"note: PyTorch not importable ({e}), skipped", file=sys.stderr)
+        return
+    torch.set_num_threads(threads)
+    try:
+        import timm
+
+        lite0 = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+        lite0.reset_classifier(0, global_pool="")
+        x = torch.randn(1, 3, 512, 512)
+        with torch.no_grad():
+            out["lite0/forward_eval_1x512"] = {"PyTorch CPU (timm)": median_time(lambda: lite0(x), 15, 3)}
+    except ImportError:
+        print("note: timm not importable, Lite0 skipped", file=sys.stderr)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(*list(torchvision.models.resnet50().children())[:-2])
+            self.fc = torch.nn.Linear(2048, 2048)
+
+        def forward(self, x):
+            f = self.body(x).clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)
+            f = torch.nn.functional.normalize(f)
+            return torch.nn.functional.normalize(self.fc(f))
+
+    net = Net().train()
+    x, g = torch.randn(2, 3, 224, 224), torch.randn(2, 2048) * 1e-3
+
+    def step():
+        net.zero_grad(set_to_none=False)
+        (net(x) * g).sum().backward()
+
+    out["resnet50/forward_backward_2x224"] = {"PyTorch CPU": median_time(step, 10, 3)}
+
+
+def bench(a):
+    import numpy as np
+
+    out = {}
+    rng = np.random.default_rng(0)
+    for m, n, k, tb in GEMMS:
+        A = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+        B = rng.uniform(-1, 1, (n, k) if tb else (k, n)).astype(np.float32)
+        fn = (lambda: A @ B.T) if tb else (lambda: A @ B)
+        reps = max(1, int(2e9 / (2 * m * n * k)))  # ~2 GFLOP per timing
+        t = median_time(lambda: [fn() for _ in range(reps)], 7) / reps
+        out[f"gemm/{m}x{n}x{k}{' bt' if tb else ''}"] = {"numpy (OpenBLAS)": t}
+    faiss = faiss_module(a.threads)
+    for n, d, k in [] if a.no_pools else POOLS:
+        x = unit_rows(np, n, d)
+        # One run each: a pool takes 20-170 s.
+        row = {"numpy GEMM + argpartition": median_time(lambda: numpy_pool(np, x, k), 1, 0)}
+        if faiss:
+            row["FAISS IndexFlatIP"] = median_time(lambda: faiss_pool(faiss, x, k), 1, 0)
+        out[f"pool/{n}x{d} k{k}"] = row
+    torch_peers(a.threads, out)
+    if a.no_pools and os.path.exists(a.out):
+        with open(a.out) as f:
+            out = {**{j: p for j, p in json.load(f).items() if j.startswith("pool/")}, **out}
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+    for job, peers in out.items():
+        for name, t in peers.items():
+            print(f"{job}: {name} {t * 1e3:.2f} ms")
+    print(f"wrote {a.out}")
+
+
+def pool(a):
     import numpy as np
 
     os.makedirs(a.work, exist_ok=True)
     feats = os.path.join(a.work, f"feats_{a.n}x{a.d}.npy")
     if not os.path.exists(feats):
-        x = np.random.default_rng(0).standard_normal((a.n, a.d), dtype=np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        np.save(feats, x)
+        np.save(feats, unit_rows(np, a.n, a.d))
     x = np.load(feats)
 
     def ours(binary):
@@ -52,37 +168,13 @@ def main():
             [binary, "--device", "cpu", "pool", "--feats", feats, "--k", str(a.k), "--out", out],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def numpy_pool():
-        n, k, blk = len(x), a.k, 2048
-        idx = np.empty((n, k), np.int64)
-        for s in range(0, n, blk):
-            sims = x[s:s + blk] @ x.T
-            rows = np.arange(sims.shape[0])
-            sims[rows, s + rows] = -np.inf
-            part = np.argpartition(-sims, k, axis=1)[:, :k]
-            top = np.take_along_axis(sims, part, axis=1)
-            order = np.argsort(-top, axis=1, kind="stable")
-            idx[s:s + blk] = np.take_along_axis(part, order, axis=1)
-        return idx
-
     jobs = [("insclr-cu", ours(a.bin))]
     if a.before:
         jobs.append(("insclr-cu before", ours(a.before)))
-    jobs.append(("numpy GEMM + argpartition", numpy_pool))
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(a.threads)
-
-        def faiss_pool():
-            index = faiss.IndexFlatIP(a.d)
-            index.add(x)
-            _, i = index.search(x, a.k + 1)
-            return i[:, 1:]
-
-        jobs.append(("FAISS IndexFlatIP", faiss_pool))
-    except ImportError:
-        print("note: faiss not importable, skipped", file=sys.stderr)
+    jobs.append(("numpy GEMM + argpartition", lambda: numpy_pool(np, x, a.k)))
+    faiss = faiss_module(a.threads)
+    if faiss:
+        jobs.append(("FAISS IndexFlatIP", lambda: faiss_pool(faiss, x, a.k)))
     times = {name: [] for name, _ in jobs}
     for r in range(a.runs):
         for name, fn in jobs:
@@ -97,6 +189,28 @@ def main():
         cells.append(f"{name} {med:.1f} s ({min(ts):.1f}-{max(ts):.1f})"
                      + ("" if name == "insclr-cu" else f", {med / ours_med:.2f}x our time"))
     print(f"| pool {a.n} x {a.d}, k={a.k}, {a.threads} threads, {a.runs} runs | " + " | ".join(cells) + " |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="job", required=True)
+    b = sub.add_parser("bench")
+    b.add_argument("--out", default="target/cpu-peers.json")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--no-pools", action="store_true", help="skip the pools (about 6 minutes)")
+    p = sub.add_parser("pool")
+    p.add_argument("bin")
+    p.add_argument("n", type=int)
+    p.add_argument("d", type=int)
+    p.add_argument("k", type=int)
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default="/tmp/insclr-peers")
+    p.add_argument("--before")
+    a = ap.parse_args()
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
+        os.environ[var] = str(a.threads)
+    bench(a) if a.job == "bench" else pool(a)
 
 
 if __name__ == "__main__":
