@@ -214,24 +214,31 @@ fn pool(c: &mut Criterion) {
 /// Our medians beside the peers' times from `target/cpu-peers.json`
 /// (`{"<group>/<id>": {"<peer>": seconds}}`, written by `scripts/cpu-peers.py bench`).
 fn peer_table(_: &mut Criterion) {
-    let path = std::path::Path::new("target/cpu-peers.json");
-    let peers: serde_json::Map<String, serde_json::Value> = std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let medians = MEDIANS.lock().unwrap();
+    if medians.is_empty() {
+        return;
+    }
+    let path = "target/cpu-peers.json";
+    let peers: serde_json::Map<String, serde_json::Value> = match std::fs::read(path) {
+        Err(_) => Default::default(),
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            eprintln!("{path} is not a peer table ({e}); run scripts/cpu-peers.py bench again");
+            Default::default()
+        }),
+    };
     let threads = rayon::current_num_threads();
     println!(
         "\n| bench ({threads} threads) | insclr-cu, median | peer | peer time | peer time / ours |"
     );
     println!("|---|---|---|---|---|");
-    for (id, ours) in MEDIANS.lock().unwrap().iter() {
-        let cells = match peers.get(id).and_then(|v| v.as_object()) {
-            Some(p) if !p.is_empty() => p
-                .iter()
-                .filter_map(|(name, t)| Some((name.clone(), t.as_f64()?)))
-                .collect(),
-            _ => vec![],
-        };
+    for (id, ours) in medians.iter() {
+        let cells: Vec<(&String, f64)> = peers
+            .get(id)
+            .and_then(|v| v.as_object())
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, t)| Some((name, t.as_f64()?)))
+            .collect();
         if cells.is_empty() {
             println!(
                 "| {id} | {:.2} ms | (none measured: run scripts/cpu-peers.py bench) | | |",
