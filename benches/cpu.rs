@@ -17,6 +17,7 @@
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use insclr::backend::{Conv, DType, MatMul, Padding};
+use insclr::eval::extract::l2_normalize_rows;
 use insclr::mining::pool::{default_tile, CandidatePool};
 use insclr::nn::head::HeadKind;
 use insclr::nn::{zero_grads, Arch, RetrievalNet};
@@ -200,10 +201,7 @@ fn pool(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(1));
     for (n, d, k) in POOLS {
         let mut feats = rng.vec_f32(n * d, -1.0, 1.0);
-        for row in feats.chunks_mut(d) {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-            row.iter_mut().for_each(|v| *v /= norm);
-        }
+        l2_normalize_rows(&mut feats, d);
         timed(&mut g, "pool", &format!("{n}x{d} k{k}"), || {
             CandidatePool::compute(be, &feats, n, d, k, default_tile(n), &mut |_| {}).unwrap();
         });
