@@ -148,7 +148,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
                 .map(Path::to_path_buf)
                 .unwrap_or_default()
         });
-        insclr::train::stage::image_paths(&root, Some(&args.images))?
+        insclr::data::image_paths(&root, Some(&args.images))?
     };
     let items: Vec<ImageItem> = paths
         .iter()

@@ -414,7 +414,7 @@ fn open_state(plan: &Plan, overwrite: bool) -> Result<State> {
 fn dataset_rows(plan: &Plan, list: &Path, rows: usize) -> Result<(Vec<usize>, usize)> {
     let root = Path::new(&plan.data.root);
     let file = (!plan.data.train_filename.is_empty()).then(|| root.join(&plan.data.train_filename));
-    let all = train::stage::image_paths(root, file.as_deref())?;
+    let all = insclr::data::image_paths(root, file.as_deref())?;
     let index: std::collections::HashMap<String, usize> = all
         .iter()
         .enumerate()

@@ -10,10 +10,11 @@
 
 pub mod html;
 
+use crate::data::image_paths;
 use crate::eval::list::ListGnd;
 use crate::mining::{Boundaries, CandidatePool};
 use crate::train::run_dir::RunRecord;
-use crate::train::stage::{image_paths, DECISIONS_FILE};
+use crate::train::stage::DECISIONS_FILE;
 use crate::train::{Config, Decision};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

@@ -23,8 +23,8 @@ use super::optim::{Optimizer, Schedule};
 use crate::backend::profile::range;
 use crate::backend::Backend;
 use crate::backend::DType;
-use crate::data::gldv2;
-use crate::data::image::{decode_all, decode_rgb, list_images, resize_bilinear, Chw, Skipped};
+use crate::data::image::{decode_all, decode_rgb, resize_bilinear, Chw, Skipped};
+use crate::data::image_paths;
 use crate::loss::{contrastive_batch, contrastive_memory, LossOut, Memory};
 use crate::memory::IndexedBank;
 use crate::mining::pool::NO_NEIGHBOR;
@@ -144,35 +144,6 @@ impl Dataset {
             None => Ok(std::borrow::Cow::Owned(decode_rgb(&self.paths[i])?)),
         }
     }
-}
-
-/// The training images of `DATA.ROOT` / `DATA.TRAIN_FILENAME` in dataset order: GLDv2's
-/// `train_clean.csv` (known by its header; spec 2.1), the list file's paths (relative to
-/// `root`), or every image under `root`, sorted.
-pub fn image_paths(root: &Path, list: Option<&Path>) -> Result<Vec<PathBuf>> {
-    let paths: Vec<PathBuf> = match list {
-        None => list_images(root)?,
-        Some(l) if gldv2::is_train_clean(l) => gldv2::read_train_clean(l)?
-            .iter()
-            .map(|t| gldv2::image_path(root, &t.id))
-            .collect(),
-        Some(l) => {
-            let text = std::fs::read_to_string(l)
-                .with_context(|| format!("reading image list {}", l.display()))?;
-            text.lines()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && !s.starts_with('#'))
-                .map(|s| root.join(s))
-                .collect()
-        }
-    };
-    if paths.is_empty() {
-        match list {
-            Some(l) => bail!("{}: no image paths (one per line expected)", l.display()),
-            None => bail!("no images under {}", root.display()),
-        }
-    }
-    Ok(paths)
 }
 
 /// A 0-pixel image cannot be cropped; it is skipped like a corrupt one.
