@@ -50,25 +50,16 @@ pub fn to_bytes(tensors: &[Tensor], metadata: Option<HashMap<String, String>>) -
 
 /// Rewrites the header with every JSON object's keys sorted. The safetensors crate writes
 /// `__metadata__` in a HashMap's order, which changes from process to process, so the same
-/// model would give files of different bytes (and checksums). The sorted header has the same
-/// length (the same entries, compact), so the data offsets stay valid.
+/// model would give files of different bytes (and checksums). serde_json's map is ordered by
+/// key (its `preserve_order` feature is off), so parsing and printing the header sorts it; the
+/// header keeps its length (the same entries, compact), so the data offsets stay valid.
 fn sort_header(bytes: &mut [u8]) -> Result<()> {
-    fn sorted(v: serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(m) => {
-                let m: std::collections::BTreeMap<String, serde_json::Value> =
-                    m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
-                serde_json::Value::Object(m.into_iter().collect())
-            }
-            v => v,
-        }
-    }
     let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
     let header = bytes
         .get(8..8 + n)
         .context("safetensors header longer than the file")?;
     let value: serde_json::Value = serde_json::from_slice(header)?;
-    let text = serde_json::to_string(&sorted(value))?;
+    let text = serde_json::to_string(&value)?;
     if text.len() > n {
         bail!(
             "sorted safetensors header is {} bytes, over the {n} reserved",
