@@ -19,6 +19,7 @@ pub mod selftest;
 use super::{Backend, Buf, DType, Device, Op};
 use anyhow::{bail, Result};
 use half::bf16;
+use rayon::prelude::*;
 use std::borrow::Cow;
 
 /// Ops whose twin also takes bf16 buffers.
@@ -42,6 +43,26 @@ pub const BF16_OPS: &[Op] = &[
     Op::BatchnormFwdEval,
     Op::BatchnormBwd,
 ];
+
+/// Runs `f` inside a function compiled with AVX2 when the CPU has it, so the loops inlined
+/// into it vectorise eight floats wide instead of the baseline's four (the crate is built for
+/// any x86-64). The same operations in the same order: results are identical either way.
+/// Callers mark the closure `#[inline(always)]`: only inlined does it compile with AVX2.
+#[inline(always)]
+pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { run(f) };
+        }
+    }
+    f()
+}
 
 /// A buffer's elements as f32: borrowed for f32, widened from bf16.
 fn widen(b: &Buf) -> Result<Cow<'_, [f32]>> {
@@ -129,7 +150,8 @@ impl Backend for CpuBackend {
         let Some(d) = buf.host_bytes_mut() else {
             bail!("the CPU backend was given a device buffer")
         };
-        d.fill(0);
+        // Gradients are zeroed each step (ResNet-50's are 100 MB): on every core.
+        d.par_chunks_mut(1 << 20).for_each(|c| c.fill(0));
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! BatchNorm over NCHW: channel `c` of image `i` is the plane `i*C + c` of `hw` values.
 //! Statistics are per (ghost group, channel) over `n/ghost * hw` values, accumulated in f64.
 
-use super::{widen, with_f32_out};
+use super::{wide, widen, with_f32_out};
 use crate::backend::{Act, BatchNorm, Buf, Checked, DType, L2Norm};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -72,39 +72,100 @@ pub fn act_grad(act: Act, y: f32) -> f32 {
     }
 }
 
-/// Planes `(index, plane)` of channel `c` in statistics group `g`.
-fn group_planes<'a>(
-    x: &'a [f32],
-    s: &'a BatchNorm,
-    g: usize,
-    c: usize,
-) -> impl Iterator<Item = &'a [f32]> + 'a {
-    let per = s.n / s.ghost;
-    (g * per..(g + 1) * per).map(move |i| &x[(i * s.c + c) * s.hw..(i * s.c + c + 1) * s.hw])
+const LANES: usize = 8;
+
+/// `sum f(v)` over `x` in f64, in eight interleaved lanes: one accumulator chain per lane lets
+/// neighbouring elements' adds overlap (and vectorise) instead of each waiting for the last.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut acc = [0.0f64; LANES];
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += f(c[l]);
+        }
+    }
+    acc.iter().sum::<f64>() + tail.iter().map(|&v| f(v)).sum::<f64>()
 }
 
-/// `act(z [+ residual])` over a plane starting at element `at`.
-fn affine_plane(
-    out: &mut [f32],
+/// `(sum a, sum b)` of `(a, b) = f(x, y, dy)` over three equal-length slices, in f64 lanes as
+/// [`lane_sum`].
+#[inline(always)]
+fn lane_sums3(
     x: &[f32],
-    res: Option<&[f32]>,
-    at: usize,
-    scale: f32,
-    shift: f32,
-    act: Act,
-) {
-    for (j, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-        let mut z = v * scale + shift;
-        if let Some(r) = res {
-            z += r[at + j];
+    y: &[f32],
+    dy: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f64, f64),
+) -> (f64, f64) {
+    let (xc, yc, gc) = (
+        x.chunks_exact(LANES),
+        y.chunks_exact(LANES),
+        dy.chunks_exact(LANES),
+    );
+    let (xt, yt, gt) = (xc.remainder(), yc.remainder(), gc.remainder());
+    let (mut a, mut b) = ([0.0f64; LANES], [0.0f64; LANES]);
+    for ((xv, yv), gv) in xc.zip(yc).zip(gc) {
+        for l in 0..LANES {
+            let (u, v) = f(xv[l], yv[l], gv[l]);
+            a[l] += u;
+            b[l] += v;
         }
-        *o = act_apply(act, z);
+    }
+    for ((&xv, &yv), &gv) in xt.iter().zip(yt).zip(gt) {
+        let (u, v) = f(xv, yv, gv);
+        a[0] += u;
+        b[0] += v;
+    }
+    (a.iter().sum(), b.iter().sum())
+}
+
+/// One item per plane of an `n x c` NCHW tensor, in order, grouped by statistics group
+/// `g * c + channel` in image order: each group's planes are one task's, read and written
+/// together while they are still in cache.
+fn planes_by_group<T>(planes: impl Iterator<Item = T>, s: &BatchNorm) -> Vec<Vec<T>> {
+    let per = s.n / s.ghost;
+    let mut groups: Vec<Vec<T>> = (0..s.ghost * s.c)
+        .map(|_| Vec::with_capacity(per))
+        .collect();
+    for (p, plane) in planes.enumerate() {
+        let (i, c) = (p / s.c, p % s.c);
+        groups[(i / per) * s.c + c].push(plane);
+    }
+    groups
+}
+
+/// `1 / sqrt(var + eps)`, as saved for the backward.
+fn invstd(var: f64, eps: f32) -> f32 {
+    (1.0 / (var + eps as f64).sqrt()) as f32
+}
+
+/// Plane `p` (of `hw` values) of an NCHW tensor.
+fn plane(v: &[f32], p: usize, hw: usize) -> &[f32] {
+    &v[p * hw..(p + 1) * hw]
+}
+
+/// `act(x * scale + shift [+ residual])` over one plane (`res` is the residual's same plane).
+#[inline(always)]
+fn affine_plane(out: &mut [f32], x: &[f32], res: Option<&[f32]>, scale: f32, shift: f32, act: Act) {
+    match res {
+        None => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = act_apply(act, v * scale + shift);
+            }
+        }
+        Some(res) => {
+            for (o, (&v, &r)) in out.iter_mut().zip(x.iter().zip(res)) {
+                *o = act_apply(act, v * scale + shift + r);
+            }
+        }
     }
 }
 
 /// Forward with batch statistics: writes `y = act(bn(x) [+ res])`, `save_mean` /
 /// `save_invstd` (`ghost x c`), and moves the running mean / unbiased variance towards chunk
-/// 0's statistics by `momentum`.
+/// 0's statistics by `momentum`. One task per statistics group: its statistics, then its
+/// output planes, while its input planes are still in cache.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_fwd_train_f32(
     x: &[f32],
@@ -119,26 +180,42 @@ pub fn batchnorm_fwd_train_f32(
     s: BatchNorm,
 ) {
     let count = (s.n / s.ghost * s.hw) as f64;
-    // Two passes (mean, then squared deviations) keep the variance accurate for large means.
-    let stats: Vec<(f64, f64)> = (0..s.ghost * s.c)
+    let outs = planes_by_group(y.chunks_mut(s.hw).enumerate(), &s);
+    let stats: Vec<(f64, f64)> = outs
         .into_par_iter()
-        .map(|gc| {
-            let (g, c) = (gc / s.c, gc % s.c);
-            let sum: f64 = group_planes(x, &s, g, c)
-                .flat_map(|p| p.iter())
-                .map(|&v| v as f64)
-                .sum();
-            let mean = sum / count;
-            let ss: f64 = group_planes(x, &s, g, c)
-                .flat_map(|p| p.iter())
-                .map(|&v| (v as f64 - mean).powi(2))
-                .sum();
-            (mean, ss / count)
+        .map(|outs| {
+            wide(
+                #[inline(always)]
+                || {
+                    let xs = || outs.iter().map(|(p, _)| plane(x, *p, s.hw));
+                    // Two passes (mean, then squared deviations) keep the variance accurate for
+                    // large means.
+                    let mean = xs().map(|v| lane_sum(v, |v| v as f64)).sum::<f64>() / count;
+                    let ss: f64 = xs()
+                        .map(|v| lane_sum(v, |v| (v as f64 - mean).powi(2)))
+                        .sum();
+                    let var = ss / count;
+                    let c = outs[0].0 % s.c;
+                    let scale = gamma[c] * invstd(var, s.eps);
+                    let shift = beta[c] - mean as f32 * scale;
+                    for (p, out) in outs {
+                        affine_plane(
+                            out,
+                            plane(x, p, s.hw),
+                            res.map(|r| plane(r, p, s.hw)),
+                            scale,
+                            shift,
+                            s.act,
+                        );
+                    }
+                    (mean, var)
+                },
+            )
         })
         .collect();
     for (gc, &(mean, var)) in stats.iter().enumerate() {
         save_mean[gc] = mean as f32;
-        save_invstd[gc] = (1.0 / (var + s.eps as f64).sqrt()) as f32;
+        save_invstd[gc] = invstd(var, s.eps);
     }
     let m = s.momentum as f64;
     for c in 0..s.c {
@@ -147,15 +224,6 @@ pub fn batchnorm_fwd_train_f32(
         running_mean[c] = ((1.0 - m) * running_mean[c] as f64 + m * mean) as f32;
         running_var[c] = ((1.0 - m) * running_var[c] as f64 + m * unbiased) as f32;
     }
-    let per = s.n / s.ghost;
-    y.par_chunks_mut(s.hw).enumerate().for_each(|(p, out)| {
-        let (i, c) = (p / s.c, p % s.c);
-        let gc = (i / per) * s.c + c;
-        let scale = gamma[c] * save_invstd[gc];
-        let shift = beta[c] - save_mean[gc] * scale;
-        let r = p * s.hw..(p + 1) * s.hw;
-        affine_plane(out, &x[r.clone()], res, r.start, scale, shift, s.act);
-    });
 }
 
 /// Forward with the running statistics (eval mode), `y = act(bn(x) [+ res])`.
@@ -171,18 +239,24 @@ pub fn batchnorm_fwd_eval_f32(
     s: BatchNorm,
 ) {
     y.par_chunks_mut(s.hw).enumerate().for_each(|(p, out)| {
-        let c = p % s.c;
-        let scale = gamma[c] / (running_var[c] + s.eps).sqrt();
-        let shift = beta[c] - running_mean[c] * scale;
-        let r = p * s.hw..(p + 1) * s.hw;
-        affine_plane(out, &x[r.clone()], res, r.start, scale, shift, s.act);
+        wide(
+            #[inline(always)]
+            || {
+                let c = p % s.c;
+                let scale = gamma[c] / (running_var[c] + s.eps).sqrt();
+                let shift = beta[c] - running_mean[c] * scale;
+                let r = p * s.hw..(p + 1) * s.hw;
+                affine_plane(out, &x[r.clone()], res.map(|v| &v[r]), scale, shift, s.act);
+            },
+        )
     });
 }
 
 /// Backward of the training-mode forward. With `dz = dy * act'(y)`, `xh` the normalised input
 /// and `M` values per statistics group:
 /// `dx = gamma * invstd * (dz - mean(dz) - xh * mean(dz * xh))`, `dgamma += sum(dz * xh)`,
-/// `dbeta += sum(dz)`; the residual's gradient, when asked, is `dres = dz`.
+/// `dbeta += sum(dz)`; the residual's gradient, when asked, is `dres = dz`. One task per
+/// statistics group, its sums then its gradient planes, as in the forward.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_bwd_f32(
     x: &[f32],
@@ -198,48 +272,55 @@ pub fn batchnorm_bwd_f32(
     s: BatchNorm,
 ) {
     let count = (s.n / s.ghost * s.hw) as f64;
-    let per = s.n / s.ghost;
-    let sums: Vec<(f64, f64)> = (0..s.ghost * s.c)
+    let dres_planes = dres.map(|d| d.chunks_mut(s.hw).map(Some).collect::<Vec<_>>());
+    let outs = match dres_planes {
+        Some(d) => planes_by_group(dx.chunks_mut(s.hw).zip(d).enumerate(), &s),
+        None => planes_by_group(dx.chunks_mut(s.hw).map(|p| (p, None)).enumerate(), &s),
+    };
+    let sums: Vec<(f64, f64)> = outs
         .into_par_iter()
-        .map(|gc| {
-            let (g, c) = (gc / s.c, gc % s.c);
-            let (mean, inv) = (save_mean[gc], save_invstd[gc]);
-            let (mut sdz, mut sdzx) = (0.0f64, 0.0f64);
-            for i in g * per..(g + 1) * per {
-                let r = (i * s.c + c) * s.hw..(i * s.c + c + 1) * s.hw;
-                for ((&xv, &yv), &g) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&dy[r]) {
-                    let dz = (g * act_grad(s.act, yv)) as f64;
-                    sdz += dz;
-                    sdzx += dz * ((xv - mean) * inv) as f64;
-                }
-            }
-            (sdz, sdzx)
+        .enumerate()
+        .map(|(gc, outs)| {
+            wide(
+                #[inline(always)]
+                || {
+                    let (c, mean, inv) = (gc % s.c, save_mean[gc], save_invstd[gc]);
+                    let (mut sdz, mut sdzx) = (0.0f64, 0.0f64);
+                    for (p, _) in &outs {
+                        let (a, b) = lane_sums3(
+                            plane(x, *p, s.hw),
+                            plane(y, *p, s.hw),
+                            plane(dy, *p, s.hw),
+                            |xv, yv, g| {
+                                let dz = (g * act_grad(s.act, yv)) as f64;
+                                (dz, dz * ((xv - mean) * inv) as f64)
+                            },
+                        );
+                        sdz += a;
+                        sdzx += b;
+                    }
+                    let (mdz, mdzx) = ((sdz / count) as f32, (sdzx / count) as f32);
+                    let k = gamma[c] * inv;
+                    for (p, (out, dres)) in outs {
+                        let (x, y, dy) = (plane(x, p, s.hw), plane(y, p, s.hw), plane(dy, p, s.hw));
+                        for ((o, &xv), (&yv, &g)) in out.iter_mut().zip(x).zip(y.iter().zip(dy)) {
+                            let dz = g * act_grad(s.act, yv);
+                            *o = k * (dz - mdz - (xv - mean) * inv * mdzx);
+                        }
+                        if let Some(dres) = dres {
+                            for (o, (&yv, &g)) in dres.iter_mut().zip(y.iter().zip(dy)) {
+                                *o = g * act_grad(s.act, yv);
+                            }
+                        }
+                    }
+                    (sdz, sdzx)
+                },
+            )
         })
         .collect();
     for (gc, &(sdz, sdzx)) in sums.iter().enumerate() {
         dbeta[gc % s.c] += sdz as f32;
         dgamma[gc % s.c] += sdzx as f32;
-    }
-    dx.par_chunks_mut(s.hw).enumerate().for_each(|(p, out)| {
-        let (i, c) = (p / s.c, p % s.c);
-        let gc = (i / per) * s.c + c;
-        let (mean, inv) = (save_mean[gc], save_invstd[gc]);
-        let (mdz, mdzx) = ((sums[gc].0 / count) as f32, (sums[gc].1 / count) as f32);
-        let k = gamma[c] * inv;
-        let r = p * s.hw..(p + 1) * s.hw;
-        for ((o, &xv), (&yv, &g)) in out
-            .iter_mut()
-            .zip(&x[r.clone()])
-            .zip(y[r.clone()].iter().zip(&dy[r]))
-        {
-            let dz = g * act_grad(s.act, yv);
-            *o = k * (dz - mdz - (xv - mean) * inv * mdzx);
-        }
-    });
-    if let Some(dres) = dres {
-        dres.par_iter_mut()
-            .zip(y.par_iter().zip(dy))
-            .for_each(|(o, (&yv, &g))| *o = g * act_grad(s.act, yv));
     }
 }
 
@@ -269,11 +350,12 @@ pub fn batchnorm_bwd_eval_f32(
             let (mut sdz, mut sdzx) = (0.0f64, 0.0f64);
             for i in 0..s.n {
                 let r = (i * s.c + c) * s.hw..(i * s.c + c + 1) * s.hw;
-                for ((&xv, &yv), &g) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&dy[r]) {
+                let (a, b) = lane_sums3(&x[r.clone()], &y[r.clone()], &dy[r], |xv, yv, g| {
                     let dz = (g * act_grad(s.act, yv)) as f64;
-                    sdz += dz;
-                    sdzx += dz * (xv as f64 - mean) * inv;
-                }
+                    (dz, dz * (xv as f64 - mean) * inv)
+                });
+                sdz += a;
+                sdzx += b;
             }
             (sdz, sdzx)
         })

@@ -43,23 +43,26 @@ pub fn gem_bwd_f32(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32], s: Gem) {
         });
 }
 
+/// Input positions `lo..hi` under window `o` along one axis of length `len`, padding removed
+/// (never empty: `pad < k`).
+#[inline]
+fn window(o: usize, s: &MaxPool, len: usize) -> (usize, usize) {
+    let start = o * s.stride;
+    (start.saturating_sub(s.pad), (start + s.k - s.pad).min(len))
+}
+
 /// Flat index (within a plane) of the first maximum of output `(oy, ox)`'s window, with its value.
 #[inline]
 fn window_argmax(plane: &[f32], oy: usize, ox: usize, s: &MaxPool) -> (usize, f32) {
-    let (mut best, mut at) = (f32::NEG_INFINITY, usize::MAX);
-    for ki in 0..s.k {
-        let Some(iy) = (oy * s.stride + ki).checked_sub(s.pad).filter(|&v| v < s.h) else {
-            continue;
-        };
-        for kj in 0..s.k {
-            let Some(ix) = (ox * s.stride + kj).checked_sub(s.pad).filter(|&v| v < s.w) else {
-                continue;
-            };
-            let v = plane[iy * s.w + ix];
+    let ((y0, y1), (x0, x1)) = (window(oy, s, s.h), window(ox, s, s.w));
+    let mut at = y0 * s.w + x0;
+    let mut best = plane[at];
+    for iy in y0..y1 {
+        for (ix, &v) in plane[iy * s.w..][x0..x1].iter().enumerate() {
             // A NaN wins and stays, as PyTorch propagates it.
-            if at == usize::MAX || v > best || (v.is_nan() && !best.is_nan()) {
+            if v > best || (v.is_nan() && !best.is_nan()) {
                 best = v;
-                at = iy * s.w + ix;
+                at = iy * s.w + x0 + ix;
             }
         }
     }
