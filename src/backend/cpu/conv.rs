@@ -25,6 +25,7 @@ thread_local! {
 }
 
 /// The first `len` elements of a thread's scratch buffer, grown when short and kept.
+#[inline(always)]
 fn with_scratch<R>(
     key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
     len: usize,
@@ -273,6 +274,7 @@ thread_local! {
     static PHASES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+#[inline(always)]
 fn with_phases<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     with_scratch(&PHASES, len, f)
 }
@@ -401,6 +403,24 @@ fn src_row(oy: usize, ki: usize, s: &Conv) -> Option<usize> {
     src(oy, ki, s.stride, s.pad_top, s.h)
 }
 
+/// Runs `f(src, line)` on an input plane as the tap loops read it: the plane itself (rows of
+/// `w`) at stride 1, else its phase planes (rows of `phase_width`).
+#[inline(always)]
+fn with_tap_source(plane: &[f32], s: &Conv, f: impl FnOnce(&[f32], usize)) {
+    if s.stride == 1 {
+        return f(plane, s.w);
+    }
+    let wp = phase_width(s);
+    with_phases(
+        s.stride * s.h * wp,
+        #[inline(always)]
+        |ph| {
+            split_phases(plane, ph, s);
+            f(ph, wp)
+        },
+    );
+}
+
 /// Depthwise forward, one (image, channel) plane per task.
 fn depthwise_fwd(x: &[f32], w: &[f32], y: &mut [f32], s: &Conv) {
     let (hw, ohw, taps) = (s.h * s.w, s.oh * s.ow, s.kh * s.kw);
@@ -410,15 +430,12 @@ fn depthwise_fwd(x: &[f32], w: &[f32], y: &mut [f32], s: &Conv) {
             || {
                 let c = p % s.c_out;
                 let (plane, wc) = (&x[p * hw..(p + 1) * hw], &w[c * taps..(c + 1) * taps]);
-                if s.stride == 1 {
-                    depthwise_plane_fwd(plane, s.w, wc, out, s);
-                } else {
-                    let wp = phase_width(s);
-                    with_phases(s.stride * s.h * wp, |ph| {
-                        split_phases(plane, ph, s);
-                        depthwise_plane_fwd(ph, wp, wc, out, s);
-                    });
-                }
+                with_tap_source(
+                    plane,
+                    s,
+                    #[inline(always)]
+                    |src, line| depthwise_plane_fwd(src, line, wc, out, s),
+                );
             },
         )
     });
@@ -530,15 +547,12 @@ fn depthwise_bwd_weight(x: &[f32], dy: &[f32], dw: &mut [f32], s: &Conv) {
                         let p = i * s.c_in + c;
                         let (plane, g) = (&x[p * hw..(p + 1) * hw], &dy[p * ohw..(p + 1) * ohw]);
                         sums.fill(0.0);
-                        if s.stride == 1 {
-                            depthwise_plane_bwd_weight(plane, s.w, g, sums, s);
-                        } else {
-                            let wp = phase_width(s);
-                            with_phases(s.stride * s.h * wp, |ph| {
-                                split_phases(plane, ph, s);
-                                depthwise_plane_bwd_weight(ph, wp, g, sums, s);
-                            });
-                        }
+                        with_tap_source(
+                            plane,
+                            s,
+                            #[inline(always)]
+                            |src, line| depthwise_plane_bwd_weight(src, line, g, sums, s),
+                        );
                         for (a, cols) in acc.iter_mut().zip(sums.chunks_exact(s.ow)) {
                             *a += cols.iter().map(|&v| v as f64).sum::<f64>();
                         }
