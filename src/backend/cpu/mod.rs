@@ -150,8 +150,14 @@ impl Backend for CpuBackend {
         let Some(d) = buf.host_bytes_mut() else {
             bail!("the CPU backend was given a device buffer")
         };
-        // Gradients are zeroed each step (ResNet-50's are 100 MB): on every core.
-        d.par_chunks_mut(1 << 20).for_each(|c| c.fill(0));
+        // Gradients are zeroed each step (ResNet-50's are 100 MB): large buffers on every
+        // core, small ones here (a pool job costs more than zeroing a few pages).
+        const CHUNK: usize = 1 << 20;
+        if d.len() > CHUNK {
+            d.par_chunks_mut(CHUNK).for_each(|c| c.fill(0));
+        } else {
+            d.fill(0);
+        }
         Ok(())
     }
 
