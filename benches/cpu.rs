@@ -28,6 +28,21 @@ use std::time::{Duration, Instant};
 /// Median seconds per iteration of each timed bench, by id, for the closing table.
 static MEDIANS: Mutex<Vec<(String, f64)>> = Mutex::new(Vec::new());
 
+/// The bench group `<name>/cpu`: ten samples (criterion's minimum: these runs are long),
+/// with the given warm-up and measuring time.
+fn group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    warm_up_ms: u64,
+    measure_s: u64,
+) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(format!("{name}/cpu"));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(warm_up_ms))
+        .measurement_time(Duration::from_secs(measure_s));
+    g
+}
+
 /// Benches `f` as `group/id` and keeps its median time per iteration for the peer table.
 fn timed(g: &mut BenchmarkGroup<WallTime>, group: &str, id: &str, mut f: impl FnMut()) {
     let mut samples = Vec::new();
@@ -75,10 +90,7 @@ fn floor(bytes: f64, flops: f64) -> f64 {
 fn depthwise(c: &mut Criterion) {
     let be = insclr::backend::cpu();
     let mut rng = Rng::new(5);
-    let mut g = c.benchmark_group("depthwise/cpu");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1));
+    let mut g = group(c, "depthwise", 300, 1);
     for (ch, hw, k, stride) in DEPTHWISE {
         let s = Conv::new(1, ch, hw, hw, ch, k, stride, Padding::Same, ch).unwrap();
         let (lx, lw, ly) = s.sizes();
@@ -118,10 +130,7 @@ fn lite0(c: &mut Criterion) {
         .expect("backbone");
     let px = 512;
     let x = be.upload(&rng.vec_f32(3 * px * px, -2.0, 2.0)).unwrap();
-    let mut g = c.benchmark_group("lite0/cpu");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    let mut g = group(c, "lite0", 500, 3);
     timed(&mut g, "lite0", "forward_eval_1x512", || {
         net.forward(be, &x, (1, px, px), false).unwrap();
     });
@@ -139,10 +148,7 @@ fn resnet50_step(c: &mut Criterion) {
     let (batch, px) = (2, 224);
     let x = rng.vec_f32(batch * 3 * px * px, -2.0, 2.0);
     let d_desc = be.upload(&rng.vec_f32(batch * 2048, -1e-3, 1e-3)).unwrap();
-    let mut g = c.benchmark_group("resnet50/cpu");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(5));
+    let mut g = group(c, "resnet50", 500, 5);
     timed(&mut g, "resnet50", "forward_backward_2x224", || {
         net.forward_train(be, &x, batch, px, px).unwrap();
         zero_grads(be, &mut net).unwrap();
@@ -162,10 +168,7 @@ const GEMMS: [(usize, usize, usize, bool, &str); 4] = [
 fn gemm(c: &mut Criterion) {
     let be = insclr::backend::cpu();
     let mut rng = Rng::new(8);
-    let mut g = c.benchmark_group("gemm/cpu");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
+    let mut g = group(c, "gemm", 300, 2);
     for (m, n, k, tb, what) in GEMMS {
         let a = be.upload(&rng.vec_f32(m * k, -1.0, 1.0)).unwrap();
         let b = be.upload(&rng.vec_f32(k * n, -1.0, 1.0)).unwrap();
@@ -195,10 +198,7 @@ const POOLS: [(usize, usize, usize); 2] = [(20000, 2048, 500), (100000, 128, 100
 fn pool(c: &mut Criterion) {
     let be = insclr::backend::cpu();
     let mut rng = Rng::new(9);
-    let mut g = c.benchmark_group("pool/cpu");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(1));
+    let mut g = group(c, "pool", 1, 1);
     for (n, d, k) in POOLS {
         let mut feats = rng.vec_f32(n * d, -1.0, 1.0);
         l2_normalize_rows(&mut feats, d);

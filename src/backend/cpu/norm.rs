@@ -301,15 +301,22 @@ pub fn batchnorm_bwd_f32(
                     }
                     let (mdz, mdzx) = ((sdz / count) as f32, (sdzx / count) as f32);
                     let k = gamma[c] * inv;
+                    let dx_of = |dz: f32, xv: f32| k * (dz - mdz - (xv - mean) * inv * mdzx);
                     for (p, (out, dres)) in outs {
                         let (x, y, dy) = (plane(x, p, s.hw), plane(y, p, s.hw), plane(dy, p, s.hw));
-                        for ((o, &xv), (&yv, &g)) in out.iter_mut().zip(x).zip(y.iter().zip(dy)) {
-                            let dz = g * act_grad(s.act, yv);
-                            *o = k * (dz - mdz - (xv - mean) * inv * mdzx);
-                        }
-                        if let Some(dres) = dres {
-                            for (o, (&yv, &g)) in dres.iter_mut().zip(y.iter().zip(dy)) {
-                                *o = g * act_grad(s.act, yv);
+                        let dzs = y.iter().zip(dy).map(|(&yv, &g)| g * act_grad(s.act, yv));
+                        match dres {
+                            None => {
+                                for ((o, &xv), dz) in out.iter_mut().zip(x).zip(dzs) {
+                                    *o = dx_of(dz, xv);
+                                }
+                            }
+                            // The residual's gradient is dz itself: one pass writes both.
+                            Some(dres) => {
+                                let outs = out.iter_mut().zip(dres.iter_mut());
+                                for (((o, r), &xv), dz) in outs.zip(x).zip(dzs) {
+                                    (*o, *r) = (dx_of(dz, xv), dz);
+                                }
                             }
                         }
                     }
