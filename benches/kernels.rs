@@ -766,12 +766,34 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
         be,
         record,
         "act_bwd_f32",
-        label,
+        label.clone(),
         3.0 * t,
         0.0,
         || be.act_bwd(&x, &dy, &mut dx, Act::Relu).unwrap(),
     );
-    drop((x, dy, y, dx));
+    // A bf16 network's casts: 4 bytes read and 2 written per element, or the reverse.
+    let mut half = be.zeros(DType::BF16, x.len()).unwrap();
+    measure(
+        &mut group,
+        be,
+        record,
+        "cast_f32",
+        label.clone(),
+        1.5 * t,
+        0.0,
+        || be.cast(&x, &mut half).unwrap(),
+    );
+    measure(
+        &mut group,
+        be,
+        record,
+        "cast_bf16",
+        label,
+        1.5 * t,
+        0.0,
+        || be.cast(&half, &mut y).unwrap(),
+    );
+    drop((x, dy, y, dx, half));
     // The input: a batch of 224 px RGB bytes to the normalised f32 tensor.
     let it = ImageToTensor {
         n: batch,

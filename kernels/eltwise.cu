@@ -5,6 +5,9 @@
 //   act_bwd:  dx = dy * act'(y)             the mask read from the forward output
 //   image_to_tensor_u8:  out[i][c][p] = (rgb[i][p][c] / 255 - mean[c]) / std[c]
 //                        (ToTensor + Normalize: decoded bytes in, the network's f32 NCHW out)
+//   cast_f32:  y = bf16(x), nearest even      cast_bf16:  y = float(x)
+//              (a bf16 network's input, its master weights' working copy, GeM's output to the
+//              f32 head and the head's gradient back)
 //
 // Bound by memory: 12 bytes per element for add and act_bwd, 8 for act_fwd (f32), 5 for
 // image_to_tensor (whose point is the upload: 1 byte a value crosses the bus, not 4). One thread per
@@ -53,6 +56,15 @@ extern "C" __global__ void image_to_tensor_u8(const unsigned char* __restrict__ 
         float v = __fdiv_rn((float)rgb[(img * hw + p) * 3 + c], 255.0f);
         out[i] = __fdiv_rn(__fsub_rn(v, mean), sd);
     }
+}
+
+// Named after the source type, as every kernel here is named after what it reads.
+extern "C" __global__ void cast_f32(const float* __restrict__ x, __nv_bfloat16* __restrict__ y, long long n) {
+    GRID_STRIDE(i, (size_t)n) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+extern "C" __global__ void cast_bf16(const __nv_bfloat16* __restrict__ x, float* __restrict__ y, long long n) {
+    GRID_STRIDE(i, (size_t)n) y[i] = __bfloat162float(x[i]);
 }
 
 ELTWISE_ENTRY_POINTS(float, f32)

@@ -383,3 +383,88 @@ fn kernel_image_to_tensor_matches_cpu_exactly() {
         }
     }
 }
+
+/// f32 -> bf16 -> f32 on the device against the CPU twin, bit for bit: ties both ways, signed
+/// zeros, subnormals, the largest finite f32 (which rounds up to infinity), infinities, NaN.
+#[test]
+fn kernel_cast_matches_cpu_exactly() {
+    let dev = kernel_device("kernel_cast_matches_cpu_exactly");
+    let dev: &dyn Backend = &dev;
+    let cpu = insclr::backend::cpu();
+    let special = [
+        0.0f32,
+        -0.0,
+        1.0,
+        f32::from_bits(0x3f80_8000), // halfway, even below: rounds down
+        f32::from_bits(0x3f81_8000), // halfway, odd below: rounds up
+        f32::from_bits(0x3f80_8001), // just past halfway
+        f32::from_bits(0x0000_0001), // smallest subnormal
+        f32::from_bits(0x807f_ffff), // largest negative subnormal
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ];
+    for &len in ELTWISE_LENS {
+        let mut rng = Rng::new(53 + len as u64);
+        // Random bit patterns cover every exponent; a third of them are plain values.
+        let x: Vec<f32> = (0..len)
+            .map(|i| match i % 3 {
+                _ if i < special.len() => special[i],
+                0 => f32::from_bits(rng.below(u32::MAX as usize) as u32),
+                _ => rng.vec_f32(1, -100.0, 100.0)[0],
+            })
+            .collect();
+        let run = |be: &dyn Backend| -> (Vec<u16>, Vec<f32>) {
+            let xs = be.upload(&x).unwrap();
+            let mut half = poisoned_as(be, len, DType::BF16);
+            be.cast(&xs, &mut half).unwrap();
+            let mut back = poisoned_as(be, len, DType::F32);
+            be.cast(&half, &mut back).unwrap();
+            let bits = be.download::<half::bf16>(&half).unwrap();
+            (
+                bits.iter().map(|v| v.to_bits()).collect(),
+                be.download::<f32>(&back).unwrap(),
+            )
+        };
+        let ((want_h, want_f), (got_h, got_f)) = (run(cpu), run(dev));
+        for i in 0..len {
+            let (w, g) = (
+                half::bf16::from_bits(want_h[i]),
+                half::bf16::from_bits(got_h[i]),
+            );
+            let same = if x[i].is_nan() {
+                w.is_nan() && g.is_nan() && got_f[i].is_nan() && want_f[i].is_nan()
+            } else {
+                w.to_bits() == g.to_bits() && got_f[i].to_bits() == want_f[i].to_bits()
+            };
+            assert!(
+                same,
+                "len {len}, element {i}: {:e} ({:#010x}) cast to bf16 {:#06x} on the device, {:#06x} on the CPU; back {:e} / {:e}",
+                x[i],
+                x[i].to_bits(),
+                g.to_bits(),
+                w.to_bits(),
+                got_f[i],
+                want_f[i]
+            );
+            // The twin is round to nearest even, checked against the rule itself.
+            if x[i].is_finite() {
+                let r = want_f[i] as f64;
+                let step =
+                    2f64.powi(r.abs().max(f32::MIN_POSITIVE as f64).log2().floor() as i32 - 7);
+                assert!(
+                    r.is_infinite() || (r - x[i] as f64).abs() <= step / 2.0 * 1.000_001,
+                    "{:e} rounded to {r:e}",
+                    x[i]
+                );
+            }
+        }
+    }
+    let wrong = dev.cast(
+        &dev.upload(&[1.0f32]).unwrap(),
+        &mut dev.upload(&[2.0f32]).unwrap(),
+    );
+    assert!(format!("{:#}", wrong.unwrap_err()).contains("not a cast between f32 and bf16"));
+}

@@ -351,6 +351,27 @@ fn a_changed_plan_stage_config_or_output_is_refused() {
         text(&o)
     );
     plan(&dir, &stage, (&data, ""), &eval, &[("s1", "")]);
+    // Another precision is another plan; an unknown one is refused before anything runs.
+    let with_precision = |p: &str| {
+        bin()
+            .args(["--device", "cpu", "pipeline", "--quiet", "--precision", p])
+            .arg("--config")
+            .arg(&plan_path)
+            .output()
+            .unwrap()
+    };
+    let o = with_precision("bf16");
+    assert!(
+        text(&o).contains("was started with another plan"),
+        "{}",
+        text(&o)
+    );
+    let o = with_precision("fp16");
+    assert!(
+        text(&o).contains("PRECISION = \"fp16\": use \"f32\" or \"bf16\""),
+        "{}",
+        text(&o)
+    );
 
     let pool = dir.join("run/s0/neighbor.npz");
     let mut bytes = std::fs::read(&pool).unwrap();

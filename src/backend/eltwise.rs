@@ -1,5 +1,6 @@
-//! Elementwise ops: residual add, standalone activations, and the images' conversion to the
-//! network's input. Kernels in `kernels/eltwise.cu`.
+//! Elementwise ops: residual add, standalone activations, the images' conversion to the
+//! network's input, and the f32 <-> bf16 cast of a mixed-precision network. Kernels in
+//! `kernels/eltwise.cu`.
 
 use super::{
     check_dtypes, check_len, not_implemented, same_dtype, Backend, Buf, Checked, DType, Op,
@@ -89,6 +90,10 @@ pub trait EltwiseOps {
     ) -> Result<()> {
         Err(not_implemented(Op::ImageToTensor))
     }
+    /// `y = x` in the other float type: f32 rounded to bf16 (nearest even), or bf16 widened.
+    fn cast(&self, _x: &Buf, _y: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {
+        Err(not_implemented(Op::Cast))
+    }
 }
 
 impl dyn Backend + '_ {
@@ -116,6 +121,36 @@ impl dyn Backend + '_ {
         let s = s.check(rgb, out)?;
         self.require(Op::ImageToTensor, DType::U8)?;
         self.eltwise_ops().image_to_tensor(rgb, out, s)
+    }
+
+    /// `y = x` between f32 and bf16, either way: f32 is rounded to the nearest bf16 (ties to
+    /// even; NaN stays NaN, overflow gives infinity), bf16 widens exactly. The kernel is named
+    /// after the source (`cast_f32` writes bf16, `cast_bf16` writes f32).
+    pub fn cast(&self, x: &Buf, y: &mut Buf) -> Result<()> {
+        let s = Eltwise {
+            len: x.len(),
+            act: Act::Identity,
+        };
+        check_len(&s, s.len, &[x, y])?;
+        match (x.dtype(), y.dtype()) {
+            (DType::F32, DType::BF16) | (DType::BF16, DType::F32) => {}
+            (a, b) => bail!("cast: {a} -> {b} is not a cast between f32 and bf16"),
+        }
+        self.require(Op::Cast, x.dtype())?;
+        self.eltwise_ops().cast(x, y, Checked(s))
+    }
+
+    /// `x` as `dtype`: `x` itself when it already is, else cast into `tmp` (reallocated only
+    /// when its length or type is not already right).
+    pub fn cast_to<'a>(&self, x: &'a Buf, dtype: DType, tmp: &'a mut Buf) -> Result<&'a Buf> {
+        if x.dtype() == dtype {
+            return Ok(x);
+        }
+        if tmp.len() != x.len() || tmp.dtype() != dtype || !self.owns(tmp) {
+            *tmp = self.zeros(dtype, x.len())?;
+        }
+        self.cast(x, tmp)?;
+        Ok(tmp)
     }
 
     /// Activation backward from the forward output: `dx = dy * act'(y)`.

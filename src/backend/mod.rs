@@ -318,6 +318,7 @@ pub enum Op {
     ActFwd,
     ActBwd,
     ImageToTensor,
+    Cast,
     Topk,
     Knn,
     Contrastive,
@@ -332,7 +333,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in family order.
-    pub const ALL: [Op; 27] = [
+    pub const ALL: [Op; 28] = [
         Op::Matmul,
         Op::GemFwd,
         Op::GemBwd,
@@ -350,6 +351,7 @@ impl Op {
         Op::ActFwd,
         Op::ActBwd,
         Op::ImageToTensor,
+        Op::Cast,
         Op::Topk,
         Op::Knn,
         Op::Contrastive,
@@ -382,6 +384,7 @@ impl Op {
             Op::ActFwd => "act_fwd",
             Op::ActBwd => "act_bwd",
             Op::ImageToTensor => "image_to_tensor",
+            Op::Cast => "cast",
             Op::Topk => "topk",
             Op::Knn => "knn",
             Op::Contrastive => "contrastive",
@@ -406,7 +409,7 @@ impl Op {
             | Op::BatchnormFwdEval
             | Op::BatchnormBwd => "norm",
             Op::Conv2dFwd | Op::Conv2dBwdData | Op::Conv2dBwdWeight => "conv",
-            Op::AddFwd | Op::ActFwd | Op::ActBwd | Op::ImageToTensor => "eltwise",
+            Op::AddFwd | Op::ActFwd | Op::ActBwd | Op::ImageToTensor | Op::Cast => "eltwise",
             Op::Topk | Op::Knn => "select",
             Op::Contrastive => "contrastive",
             Op::CopyRows => "bank",

@@ -42,6 +42,12 @@ pub struct Args {
     /// No progress bars; plain lines instead.
     #[arg(long)]
     quiet: bool,
+    /// Replaces the plan's PRECISION (f32 or bf16: what every stage trains in).
+    #[arg(long)]
+    precision: Option<String>,
+    /// Replaces the plan's OUTPUT_DIR (e.g. to run the same plan in bf16 beside f32).
+    #[arg(long)]
+    output_dir: Option<String>,
 }
 
 /// The plan file.
@@ -54,7 +60,14 @@ struct Plan {
     pool: PlanPool,
     #[serde(default)]
     eval: Option<PlanEval>,
+    /// What every stage trains in (`SOLVER.PRECISION`): f32 (the default) or bf16.
+    #[serde(default = "default_precision")]
+    precision: String,
     stage: Vec<PlanStage>,
+}
+
+fn default_precision() -> String {
+    "f32".into()
 }
 
 /// The training images of every stage (their `DATA.ROOT` and `DATA.TRAIN_FILENAME`).
@@ -109,8 +122,9 @@ struct PlanStage {
 }
 
 /// The keys the pipeline sets in every stage config: a stage may not set them itself.
-const OWNED_KEYS: [&str; 5] = [
+const OWNED_KEYS: [&str; 6] = [
     "OUTPUT_DIR",
+    "SOLVER.PRECISION",
     "DATA.ROOT",
     "DATA.TRAIN_FILENAME",
     "NEIGHBOR.SRC",
@@ -195,6 +209,9 @@ impl Plan {
                     bail!("stage {}: SET {key} is the pipeline's to set (it chains the stages); set DATA in [DATA], and drop the others", s.name);
                 }
             }
+        }
+        if !matches!(self.precision.as_str(), "f32" | "bf16") {
+            bail!("PRECISION = {:?}: use \"f32\" or \"bf16\"", self.precision);
         }
         if self.pool.k == 0 || self.pool.scales.is_empty() {
             bail!("[POOL] needs K >= 1 and at least one scale");
@@ -281,6 +298,7 @@ impl Plan {
             toml_str(&out.display().to_string())
         ));
         sets.push(format!("DATA.ROOT={}", toml_str(&self.data.root)));
+        sets.push(format!("SOLVER.PRECISION={}", toml_str(&self.precision)));
         sets.push(format!(
             "DATA.TRAIN_FILENAME={}",
             toml_str(&self.data.train_filename)
@@ -585,7 +603,7 @@ fn run_step(plan: &Plan, step: Step, device: DeviceChoice, quiet: bool) -> Resul
             // A step that was interrupted left its run directory: continue it (train checks
             // that it is the same run and resumes from the last checkpoint).
             let started = std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some());
-            let (be, chosen) = backend::select_f32(device, &Op::ALL)?;
+            let (be, chosen) = backend::select(device, &cfg.backend_needs())?;
             eprintln!("train: backend {chosen}");
             let s = train::run(
                 cfg,
@@ -611,7 +629,15 @@ fn run_step(plan: &Plan, step: Step, device: DeviceChoice, quiet: bool) -> Resul
 
 /// Runs (or continues) the pipeline and prints the retrieval table.
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
-    let plan = Plan::read(&args.config)?;
+    let mut plan = Plan::read(&args.config)?;
+    if let Some(p) = args.precision {
+        plan.precision = p;
+    }
+    if let Some(d) = args.output_dir {
+        plan.output_dir = d;
+    }
+    plan.check()
+        .with_context(|| format!("pipeline plan {} with the flags", args.config.display()))?;
     let mut state = open_state(&plan, args.overwrite)?;
     let steps = plan.steps();
     let t0 = Instant::now();

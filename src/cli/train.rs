@@ -1,7 +1,7 @@
 //! `insclr-cu train`: one training stage from a TOML config, resumable.
 
 use anyhow::Result;
-use insclr::backend::{self, DeviceChoice, Op};
+use insclr::backend::{self, DeviceChoice};
 use insclr::train::{self, Config, RunOptions};
 use std::path::PathBuf;
 
@@ -31,7 +31,7 @@ pub struct Args {
 /// Runs the stage and prints a summary.
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     let cfg = Config::load_with(&args.config, &args.overrides)?;
-    let (be, chosen) = backend::select_f32(device, &Op::ALL)?;
+    let (be, chosen) = backend::select(device, &cfg.backend_needs())?;
     eprintln!("train: backend {chosen}");
     let out = cfg.output_dir.clone();
     let s = train::run(

@@ -10,7 +10,9 @@
 //!
 //! [`IndexedBank`]'s rows live on the backend (on a GPU, in device memory: a step never copies a
 //! bank over PCIe); writes and reads are `be.copy_rows` scatters and gathers by index. Its
-//! write counters stay on the host: they follow from the index lists alone. [`RingBank`] is on
+//! write counters stay on the host: they follow from the index lists alone. A bank stores f32 or
+//! bf16 (`SOLVER.PRECISION`: half the memory of a dataset-sized bank); it takes and gives f32
+//! either way, rounding what it stores. [`RingBank`] is on
 //! the host (the trainer does not use it).
 
 use crate::backend::{Backend, Buf, CopyRows, DType};
@@ -25,13 +27,26 @@ pub struct IndexedBank {
 }
 
 impl IndexedBank {
-    /// An empty bank of `n` rows of `dim` on `be` (all counters 0).
+    /// An empty f32 bank of `n` rows of `dim` on `be` (all counters 0).
     pub fn new(be: &dyn Backend, n: usize, dim: usize) -> Result<IndexedBank> {
+        Self::with_dtype(be, n, dim, DType::F32)
+    }
+
+    /// An empty bank storing `dtype` (f32 or bf16).
+    pub fn with_dtype(be: &dyn Backend, n: usize, dim: usize, dtype: DType) -> Result<IndexedBank> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            bail!("memory bank of {dtype}: use f32 or bf16");
+        }
         Ok(IndexedBank {
             dim,
-            data: be.zeros(DType::F32, n * dim)?,
+            data: be.zeros(dtype, n * dim)?,
             counter: vec![0; n],
         })
+    }
+
+    /// What the bank stores.
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
     }
 
     /// Number of rows (dataset size).
@@ -49,7 +64,7 @@ impl IndexedBank {
         self.dim
     }
 
-    /// Writes `feats` (`idx.len() x dim`, on `be`) into rows `idx` and bumps their counters.
+    /// Writes `feats` (`idx.len() x dim`, f32 on `be`) into rows `idx` and bumps their counters.
     /// Repeated indices: the last occurrence wins (as torch index assignment on CPU does) and
     /// the counter is bumped once per occurrence.
     pub fn write(&mut self, be: &dyn Backend, idx: &[usize], feats: &Buf) -> Result<()> {
@@ -76,10 +91,12 @@ impl IndexedBank {
         let mut pairs: Vec<(usize, usize)> = last.into_iter().collect();
         pairs.sort_unstable();
         let (dst, src): (Vec<usize>, Vec<usize>) = pairs.into_iter().unzip();
+        let mut rounded = Buf::empty(self.dtype());
+        let feats = be.cast_to(feats, self.dtype(), &mut rounded)?;
         be.copy_rows(feats, &mut self.data, &src, &dst, CopyRows { dim: d })
     }
 
-    /// Rows `idx`, concatenated (`idx.len() x dim`), as a buffer on `be`.
+    /// Rows `idx`, concatenated (`idx.len() x dim`), as an f32 buffer on `be`.
     pub fn gather(&self, be: &dyn Backend, idx: &[usize]) -> Result<Buf> {
         if let Some(&i) = idx.iter().find(|&&i| i >= self.len()) {
             bail!(
@@ -87,10 +104,15 @@ impl IndexedBank {
                 self.len()
             );
         }
-        let mut out = be.zeros(DType::F32, idx.len() * self.dim)?;
+        let mut out = be.zeros(self.dtype(), idx.len() * self.dim)?;
         let dst: Vec<usize> = (0..idx.len()).collect();
         be.copy_rows(&self.data, &mut out, idx, &dst, CopyRows { dim: self.dim })?;
-        Ok(out)
+        if out.dtype() == DType::F32 {
+            return Ok(out);
+        }
+        let mut wide = be.zeros(DType::F32, out.len())?;
+        be.cast(&out, &mut wide)?;
+        Ok(wide)
     }
 
     /// How many times row `i` was written.
@@ -103,19 +125,22 @@ impl IndexedBank {
         (0..self.len()).filter(|&i| self.counter[i] >= 1).collect()
     }
 
-    /// All rows (`len() x dim`, row-major, copied to the host) and the write counters, for
-    /// checkpoints.
+    /// All rows (`len() x dim`, row-major, as f32 on the host: exact for a bf16 bank) and the
+    /// write counters, for checkpoints.
     pub fn parts(&self, be: &dyn Backend) -> Result<(Vec<f32>, &[u32])> {
-        Ok((be.download(&self.data)?, &self.counter))
+        let mut wide = Buf::empty(DType::F32);
+        let rows = be.cast_to(&self.data, DType::F32, &mut wide)?;
+        Ok((be.download(rows)?, &self.counter))
     }
 
-    /// A bank on `be` restored from [`IndexedBank::parts`] (a checkpoint), checked for
-    /// consistent sizes.
+    /// A bank on `be` storing `dtype`, restored from [`IndexedBank::parts`] (a checkpoint),
+    /// checked for consistent sizes.
     pub fn from_parts(
         be: &dyn Backend,
         dim: usize,
         data: &[f32],
         counter: Vec<u32>,
+        dtype: DType,
     ) -> Result<IndexedBank> {
         if data.len() != counter.len() * dim {
             bail!(
@@ -124,11 +149,15 @@ impl IndexedBank {
                 counter.len()
             );
         }
-        Ok(IndexedBank {
-            dim,
-            data: be.upload(data)?,
-            counter,
-        })
+        let mut bank = Self::with_dtype(be, counter.len(), dim, dtype)?;
+        let wide = be.upload(data)?;
+        if dtype == DType::F32 {
+            bank.data = wide;
+        } else {
+            be.cast(&wide, &mut bank.data)?;
+        }
+        bank.counter = counter;
+        Ok(bank)
     }
 }
 

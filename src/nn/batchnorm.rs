@@ -1,7 +1,7 @@
 //! BatchNorm2d with a fused activation: batch statistics and running averages in training,
 //! running statistics in eval mode, and frozen running statistics in training when asked.
 
-use super::{empty, ensure_len, Param, ParamKind};
+use super::{empty, ensure_len, ensure_like, Param, ParamKind};
 use crate::backend::{Act, Backend, BatchNorm, Buf};
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -103,7 +103,7 @@ impl BatchNorm2d {
             ghost: self.ghost,
             ..BatchNorm::new(n, self.channels(), hw, self.eps, self.act)
         };
-        ensure_len(be, &mut self.y, n * s.c * hw)?;
+        ensure_like(be, &mut self.y, x, n * s.c * hw)?;
         let name = &self.weight.name;
         let batch_stats = train && !self.frozen;
         if batch_stats {
@@ -148,9 +148,9 @@ impl BatchNorm2d {
         if !self.trained {
             bail!("backward of {name} after an eval-mode forward; call forward with train = true (a frozen BatchNorm then keeps its running statistics)");
         }
-        ensure_len(be, &mut self.dx, s.n * s.c * s.hw)?;
+        ensure_like(be, &mut self.dx, dy, s.n * s.c * s.hw)?;
         if self.residual {
-            ensure_len(be, &mut self.dres, s.n * s.c * s.hw)?;
+            ensure_like(be, &mut self.dres, dy, s.n * s.c * s.hw)?;
         }
         let dgamma = self
             .weight

@@ -1,8 +1,8 @@
 //! Conv2d (no bias) and the Conv -> BatchNorm (-> activation) unit both backbones are made of.
 
 use super::batchnorm::BatchNorm2d;
-use super::{empty, ensure_len, Param, ParamKind};
-use crate::backend::{Act, Backend, Buf, Conv, Padding};
+use super::{empty, ensure_like, Param, ParamKind};
+use crate::backend::{Act, Backend, Buf, Conv, DType, Padding};
 use crate::rng::Rng;
 use anyhow::{anyhow, Context, Result};
 
@@ -16,6 +16,9 @@ pub struct Conv2d {
     pub padding: Padding,
     pub groups: usize,
     shape: Option<Conv>,
+    /// The weight in the activations' type when that is not f32 (bf16), rounded from the f32
+    /// master copy at every forward; the backward's data gradient reads the same copy.
+    weight_lp: Buf,
     /// Output of the last forward, `n x c_out x oh x ow`.
     pub y: Buf,
     /// Input gradient of the last backward.
@@ -57,6 +60,7 @@ impl Conv2d {
             padding,
             groups,
             shape: None,
+            weight_lp: empty(),
             y: empty(),
             dx: empty(),
         })
@@ -88,8 +92,9 @@ impl Conv2d {
         w: usize,
     ) -> Result<(usize, usize)> {
         let s = self.shape_for(n, h, w)?;
-        ensure_len(be, &mut self.y, s.sizes().2)?;
-        be.conv2d_fwd(x, &self.weight.value, &mut self.y, s)
+        let w = be.cast_to(&self.weight.value, x.dtype(), &mut self.weight_lp)?;
+        ensure_like(be, &mut self.y, x, s.sizes().2)?;
+        be.conv2d_fwd(x, w, &mut self.y, s)
             .with_context(|| format!("forward of {}", self.weight.name))?;
         self.shape = Some(s);
         Ok((s.oh, s.ow))
@@ -105,8 +110,12 @@ impl Conv2d {
         be.conv2d_bwd_weight(x, dy, self.weight.grad_mut()?, s)
             .with_context(|| format!("weight gradient of {name}"))?;
         if need_dx {
-            ensure_len(be, &mut self.dx, s.sizes().0)?;
-            be.conv2d_bwd_data(dy, &self.weight.value, &mut self.dx, s)
+            let w = match dy.dtype() {
+                DType::F32 => &self.weight.value,
+                _ => &self.weight_lp,
+            };
+            ensure_like(be, &mut self.dx, dy, s.sizes().0)?;
+            be.conv2d_bwd_data(dy, w, &mut self.dx, s)
                 .with_context(|| format!("input gradient of {name}"))?;
         }
         Ok(())

@@ -39,6 +39,26 @@ pub const EVAL_OPS: &[Op] = &[
     Op::Matmul,
 ];
 
+/// The ops a network in bf16 (`RetrievalNet::set_precision`) runs on bf16 buffers: the
+/// backbone's and GeM's, forward and backward, the casts, and the memory banks' row copies.
+pub const LOW_PRECISION_OPS: &[Op] = &[
+    Op::Conv2dFwd,
+    Op::Conv2dBwdData,
+    Op::Conv2dBwdWeight,
+    Op::BatchnormFwdTrain,
+    Op::BatchnormFwdEval,
+    Op::BatchnormBwd,
+    Op::MaxpoolFwd,
+    Op::MaxpoolBwd,
+    Op::AddFwd,
+    Op::ActFwd,
+    Op::ActBwd,
+    Op::GemFwd,
+    Op::GemBwd,
+    Op::Cast,
+    Op::CopyRows,
+];
+
 /// A network that maps a batch of images to descriptors in eval mode (BatchNorm with running
 /// statistics, no gradient). Extraction, evaluation and candidate pools use only this.
 pub trait DescriptorNet {
@@ -173,6 +193,12 @@ pub(crate) fn empty() -> Buf {
 /// repeated batch shape reuses its buffers.
 pub(crate) fn ensure_len(be: &dyn Backend, buf: &mut Buf, len: usize) -> Result<()> {
     ensure(be, buf, DType::F32, len)
+}
+
+/// [`ensure`] with the dtype of `like`: a layer's output takes the type of its input and its
+/// input gradient the type of the output gradient, so one network runs in f32 or in bf16.
+pub(crate) fn ensure_like(be: &dyn Backend, buf: &mut Buf, like: &Buf, len: usize) -> Result<()> {
+    ensure(be, buf, like.dtype(), len)
 }
 
 /// [`ensure_len`] for a buffer of any dtype.

@@ -202,7 +202,16 @@ pub struct RetrievalNet {
     pub backbone: Box<dyn Backbone>,
     pub pool: GemPool,
     pub head: Head,
+    /// The type the backbone computes in: f32, or bf16 (`SOLVER.PRECISION`) with f32 master
+    /// weights, f32 BatchNorm statistics and an f32 head.
+    precision: DType,
     input: Buf,
+    /// The input in `precision` when that is not f32.
+    input_lp: Buf,
+    /// GeM's output as f32 for the head, and the head's input gradient in `precision`, when
+    /// `precision` is not f32.
+    pooled: Buf,
+    d_pooled: Buf,
     /// The last RGB batch's bytes on the backend.
     staging: Buf,
     /// `(n, fh, fw)` of the last forward.
@@ -227,12 +236,26 @@ impl RetrievalNet {
             backbone,
             pool: GemPool::gem(),
             head,
+            precision: DType::F32,
             input: empty(),
+            input_lp: empty(),
+            pooled: empty(),
+            d_pooled: empty(),
             staging: Buf::empty(DType::U8),
             dims: None,
             trained: false,
             backbone_frozen: false,
         })
+    }
+
+    /// Runs the backbone and GeM in `dtype` (f32 or bf16) from now on, forwards and backward;
+    /// the parameters, their gradients, BatchNorm's statistics and the head stay f32.
+    pub fn set_precision(&mut self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            bail!("precision {dtype}: use f32 or bf16");
+        }
+        self.precision = dtype;
+        Ok(())
     }
 
     /// Splits every BatchNorm's batch statistics into `groups` contiguous chunks (spec G13:
@@ -269,15 +292,17 @@ impl RetrievalNet {
         train: bool,
     ) -> Result<&Buf> {
         load_images(be, &mut self.input, &mut self.staging, x, (n, h, w))?;
+        let input = be.cast_to(&self.input, self.precision, &mut self.input_lp)?;
         let (fh, fw) = backbone_gem(
             be,
             self.backbone.as_mut(),
             &mut self.pool,
-            &self.input,
+            input,
             (n, h, w),
             train && !self.backbone_frozen,
         )?;
-        self.head.forward(be, &self.pool.y, n)?;
+        let pooled = be.cast_to(&self.pool.y, DType::F32, &mut self.pooled)?;
+        self.head.forward(be, pooled, n)?;
         self.dims = Some((n, fh, fw));
         self.trained = train;
         Ok(self.head.y())
@@ -338,14 +363,22 @@ impl RetrievalNet {
                 self.head.out_dim()
             );
         }
-        self.head.backward(be, &self.pool.y, d_desc)?;
+        let pooled = match self.pool.y.dtype() {
+            DType::F32 => &self.pool.y,
+            _ => &self.pooled,
+        };
+        self.head.backward(be, pooled, d_desc)?;
         if self.backbone_frozen {
             return Ok(());
         }
-        self.pool
-            .backward(be, self.backbone.output(), self.head.dx())?;
+        let d_pooled = be.cast_to(self.head.dx(), self.precision, &mut self.d_pooled)?;
+        self.pool.backward(be, self.backbone.output(), d_pooled)?;
+        let input = match self.precision {
+            DType::F32 => &self.input,
+            _ => &self.input_lp,
+        };
         self.backbone
-            .backward(be, &self.input, &self.pool.dx)
+            .backward(be, input, &self.pool.dx)
             .with_context(|| format!("{} backward", self.backbone.name()))
     }
 

@@ -1,7 +1,7 @@
 //! Pooling layers: max pool (ResNet stem), GeM (the retrieval descriptor, p = 3 fixed, spec
 //! G15) and global average pooling (the ImageNet classifiers).
 
-use super::{empty, ensure_len};
+use super::{empty, ensure_like};
 use crate::backend::{Backend, Buf, Gem, MaxPool};
 use anyhow::{anyhow, Context, Result};
 
@@ -38,7 +38,7 @@ impl MaxPool2d {
         (n, c, h, w): (usize, usize, usize, usize),
     ) -> Result<(usize, usize)> {
         let s = MaxPool::new(n, c, h, w, self.k, self.stride, self.pad)?;
-        ensure_len(be, &mut self.y, n * c * s.oh * s.ow)?;
+        ensure_like(be, &mut self.y, x, n * c * s.oh * s.ow)?;
         be.maxpool_fwd(x, &mut self.y, s)
             .context("max pool forward")?;
         self.shape = Some(s);
@@ -50,7 +50,7 @@ impl MaxPool2d {
         let s = self
             .shape
             .ok_or_else(|| anyhow!("max pool backward before its forward"))?;
-        ensure_len(be, &mut self.dx, s.n * s.c * s.h * s.w)?;
+        ensure_like(be, &mut self.dx, dy, s.n * s.c * s.h * s.w)?;
         be.maxpool_bwd(x, &self.y, dy, &mut self.dx, s)
             .context("max pool backward")
     }
@@ -102,7 +102,7 @@ impl GemPool {
             eps: self.eps,
             ..Gem::new(n, c, h, w)
         };
-        ensure_len(be, &mut self.y, n * c)?;
+        ensure_like(be, &mut self.y, x, n * c)?;
         be.gem_fwd(x, &mut self.y, s).context("GeM forward")?;
         self.shape = Some(s);
         Ok(())
@@ -113,7 +113,7 @@ impl GemPool {
         let s = self
             .shape
             .ok_or_else(|| anyhow!("GeM backward before its forward"))?;
-        ensure_len(be, &mut self.dx, s.rows * s.hw)?;
+        ensure_like(be, &mut self.dx, dy, s.rows * s.hw)?;
         be.gem_bwd(x, &self.y, dy, &mut self.dx, s)
             .context("GeM backward")
     }

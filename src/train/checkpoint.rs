@@ -12,7 +12,7 @@
 //! `(seed, t)` (see `stage`), and the sampler is replayed, so `(seed, step)` restores it.
 
 use super::optim::{Optimizer, Rule};
-use crate::backend::Backend;
+use crate::backend::{Backend, DType};
 use crate::io::npy::{self, Array, NpzEntry};
 use crate::io::tensor::{SourceDType, Tensor, TensorData};
 use crate::memory::IndexedBank;
@@ -200,12 +200,14 @@ fn meta<'a>(m: &'a HashMap<String, String>, key: &str, path: &Path) -> Result<&'
     })
 }
 
-/// Restores `model` and `opt` from a checkpoint and returns the step, seed and banks.
+/// Restores `model` and `opt` from a checkpoint and returns the step, seed and banks (storing
+/// `bank_dtype`; the file holds them as f32, which is exact for bf16 banks).
 pub fn load(
     path: &Path,
     be: &dyn Backend,
     model: &mut dyn Module,
     opt: &mut Optimizer,
+    bank_dtype: DType,
 ) -> Result<Restored> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (_, st) = safetensors::SafeTensors::read_metadata(&bytes)
@@ -272,7 +274,7 @@ pub fn load(
             let (_, d) = rows.dims2(&format!("{}[{name}]", mp.display()))?;
             let counter = npy::read_npz::<i64>(&mp, &format!("{name}_counter"))?;
             let counter = counter.data.iter().map(|&c| c.max(0) as u32).collect();
-            let bank = IndexedBank::from_parts(be, d, &rows.data, counter)
+            let bank = IndexedBank::from_parts(be, d, &rows.data, counter, bank_dtype)
                 .with_context(|| format!("{}[{name}]", mp.display()))?;
             banks.push((name, bank));
         }
@@ -365,7 +367,7 @@ mod tests {
 
         let mut fresh = toy(be, &[0.0; 4]);
         let mut opt2 = Optimizer::new(&cfg, be, &mut fresh).unwrap();
-        let r = load(&path, be, &mut fresh, &mut opt2).unwrap();
+        let r = load(&path, be, &mut fresh, &mut opt2, DType::F32).unwrap();
         assert_eq!(read_metadata(&path).unwrap()[RUN_KEY], "{}");
         assert_eq!(memory_step("checkpoint_0000012.memory.npz"), Some(12));
         assert_eq!((r.step, r.seed), (12, 42));
@@ -388,7 +390,10 @@ mod tests {
         // A model-only export (model_final) cannot be resumed, and says why.
         let only = dir.join("checkpoint_0000099.safetensors");
         crate::io::safetensors::write(&only, &export(&m, be).unwrap(), None).unwrap();
-        let e = format!("{:#}", load(&only, be, &mut fresh, &mut opt2).unwrap_err());
+        let e = format!(
+            "{:#}",
+            load(&only, be, &mut fresh, &mut opt2, DType::F32).unwrap_err()
+        );
         assert!(
             e.contains("insclr.step") && e.contains("cannot be resumed"),
             "{e}"

@@ -10,6 +10,7 @@
 //! dataset's size"; `SOLVER.LOG_PERIOD`; `SOLVER.TRACE_ANCHORS` / `TRACE_IMAGES` (the decision
 //! log).
 
+use crate::backend::{DType, Op};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -202,6 +203,10 @@ pub struct Solver {
     pub warmup_method: String,
     /// Anchors per step (each brings `NEIGHBOR.K` neighbours).
     pub ims_per_batch: usize,
+    /// `f32`, or `bf16`: the backbone's activations and gradients and the memory banks in bf16
+    /// (tensor cores on a GPU), with f32 master weights, optimiser state, BatchNorm statistics
+    /// and head. Not in the original (which trains in f32).
+    pub precision: String,
     pub checkpoint_period: usize,
     /// Steps between progress-log lines on stderr (the JSON log gets every step).
     pub log_period: usize,
@@ -441,6 +446,7 @@ impl Default for Solver {
             warmup_step: 0,
             warmup_method: "linear".into(),
             ims_per_batch: 36,
+            precision: "f32".into(),
             checkpoint_period: 4000,
             log_period: 20,
             trace_anchors: 64,
@@ -591,11 +597,42 @@ impl Config {
         )
     }
 
+    /// The type the backbone and the banks compute in (`SOLVER.PRECISION`, validated).
+    pub fn precision(&self) -> DType {
+        match self.solver.precision.as_str() {
+            "bf16" => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+
+    /// What a training run of this config needs of a backend: every op on f32, and in bf16
+    /// the ops of the backbone and the banks.
+    pub fn backend_needs(&self) -> Vec<(Op, DType)> {
+        let mut needs: Vec<(Op, DType)> = Op::ALL
+            .iter()
+            .map(|&o| (o, o.dtype_in(DType::F32)))
+            .collect();
+        if self.precision() != DType::F32 {
+            needs.extend(
+                crate::nn::LOW_PRECISION_OPS
+                    .iter()
+                    .map(|&o| (o, self.precision())),
+            );
+        }
+        needs
+    }
+
     /// Checks values that the types cannot: names, ranges and combinations this port runs.
     pub fn validate(&self) -> Result<()> {
         let s = &self.solver;
         if !matches!(s.name.as_str(), "adam" | "sgd") {
             bail!("SOLVER.NAME = {:?}: use \"adam\" or \"sgd\"", s.name);
+        }
+        if !matches!(s.precision.as_str(), "f32" | "bf16") {
+            bail!(
+                "SOLVER.PRECISION = {:?}: use \"f32\" or \"bf16\"",
+                s.precision
+            );
         }
         if s.scheduler_name != "WarmupMultiStepLR" {
             bail!(

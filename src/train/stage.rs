@@ -219,6 +219,7 @@ pub fn load_model(cfg: &Config, be: &dyn Backend) -> Result<Built> {
     };
     let mut net = RetrievalNet::new(be, &mut rng, backbone, kind, m.head.out_dim)?;
     net.set_bn_ghost_groups(m.bn_ghost_groups);
+    net.set_precision(cfg.precision())?;
     let (note, random_init) = match m.pretrain.as_str() {
         "random" => {
             let all = net.params().iter().map(|p| p.name.clone()).collect();
@@ -503,8 +504,10 @@ impl<'b> Stage<'b> {
             sched,
             pool,
             miner,
-            da: IndexedBank::new(be, bank_rows, d)?,
-            noda: v2.then(|| IndexedBank::new(be, n, d)).transpose()?,
+            da: IndexedBank::with_dtype(be, bank_rows, d, cfg.precision())?,
+            noda: v2
+                .then(|| IndexedBank::with_dtype(be, n, d, cfg.precision()))
+                .transpose()?,
             sampler,
             good,
             traced,
@@ -636,7 +639,13 @@ impl<'b> Stage<'b> {
         let Some((_, path)) = checkpoint::latest(&self.checkpoint_dir())? else {
             return Ok(None);
         };
-        let r = checkpoint::load(&path, self.be, &mut self.net, &mut self.opt)?;
+        let r = checkpoint::load(
+            &path,
+            self.be,
+            &mut self.net,
+            &mut self.opt,
+            self.da.dtype(),
+        )?;
         if r.seed != self.cfg.seed {
             bail!(
                 "{} was written with SEED = {} but the config has SEED = {}; resuming would not continue the same run",

@@ -3,8 +3,9 @@
 
 use super::norm::{act_apply, act_grad};
 use super::{widen, with_f32_out};
-use crate::backend::{Act, Buf, Checked, Eltwise, ImageToTensor};
+use crate::backend::{Act, Buf, Checked, DType, Eltwise, ImageToTensor};
 use anyhow::Result;
+use half::bf16;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -55,6 +56,28 @@ pub fn image_to_tensor_u8(rgb: &[u8], out: &mut [f32], s: ImageToTensor) {
     });
 }
 
+/// f32 to bf16, rounded to nearest even (`half` keeps NaN a NaN, as the kernel does).
+pub fn cast_f32(x: &[f32], y: &mut [bf16]) {
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(yc, xc)| {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = bf16::from_f32(v);
+            }
+        });
+}
+
+/// bf16 to f32 (exact).
+pub fn cast_bf16(x: &[bf16], y: &mut [f32]) {
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(yc, xc)| {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = v.to_f32();
+            }
+        });
+}
+
 impl crate::backend::EltwiseOps for super::CpuBackend {
     fn add_fwd(&self, a: &Buf, b: &Buf, y: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {
         let (a, b) = (widen(a)?, widen(b)?);
@@ -73,6 +96,14 @@ impl crate::backend::EltwiseOps for super::CpuBackend {
 
     fn image_to_tensor(&self, rgb: &Buf, out: &mut Buf, s: Checked<ImageToTensor>) -> Result<()> {
         image_to_tensor_u8(rgb.host()?, out.host_mut()?, *s);
+        Ok(())
+    }
+
+    fn cast(&self, x: &Buf, y: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {
+        match x.dtype() {
+            DType::F32 => cast_f32(x.host()?, y.host_mut()?),
+            _ => cast_bf16(x.host()?, y.host_mut()?),
+        }
         Ok(())
     }
 }

@@ -42,6 +42,7 @@ pub const BF16_OPS: &[Op] = &[
     Op::BatchnormFwdTrain,
     Op::BatchnormFwdEval,
     Op::BatchnormBwd,
+    Op::Cast,
 ];
 
 /// Runs `f` inside a function compiled with AVX2 when the CPU has it, so the loops inlined

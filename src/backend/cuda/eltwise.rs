@@ -1,5 +1,5 @@
-//! Launchers for kernels/eltwise.cu (residual add, activations): grid-stride, one thread per
-//! element.
+//! Launchers for kernels/eltwise.cu (residual add, activations, image conversion, f32 <-> bf16
+//! cast): grid-stride, one thread per element.
 
 use super::device::{Args, Launch};
 use super::CudaBackend;
@@ -88,6 +88,25 @@ impl EltwiseOps for CudaBackend {
             self.launch(
                 &Op::ImageToTensor.kernel(DType::U8),
                 Launch::grid_stride(len),
+                args,
+            )
+        }
+    }
+
+    fn cast(&self, x: &Buf, y: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
+        if s.len == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(y.dev_mut()?)
+            .i64(s.len as i64);
+        // SAFETY: arguments match cast_<src>(x, y, n); x and y hold n elements, y of the other
+        // float type (checked).
+        unsafe {
+            self.launch(
+                &Op::Cast.kernel(x.dtype()),
+                Launch::grid_stride(s.len),
                 args,
             )
         }
