@@ -870,6 +870,17 @@ mod tests {
         assert!(e.contains("SOLVER.NAME"), "{e}");
         let e = format!(
             "{:#}",
+            Config::parse(&format!("{MINIMAL}[SOLVER]\nPRECISION = \"fp16\"\n"), "c").unwrap_err()
+        );
+        assert!(e.contains("SOLVER.PRECISION = \"fp16\""), "{e}");
+        let bf16 = Config::parse(&format!("{MINIMAL}[SOLVER]\nPRECISION = \"bf16\"\n"), "c");
+        let bf16 = bf16.unwrap();
+        assert_eq!(bf16.precision(), DType::BF16);
+        assert!(bf16
+            .backend_needs()
+            .contains(&(Op::Conv2dBwdData, DType::BF16)));
+        let e = format!(
+            "{:#}",
             Config::parse(
                 &format!("{MINIMAL}[XBM]\nENABLE = true\nVERSION = \"v2\"\nFEATURE_DIM = 2048\n"),
                 "c"

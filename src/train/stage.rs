@@ -1086,12 +1086,16 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
         random_init,
     } = load_model(&cfg, be)?;
     eprintln!(
-        "train: {n} images ({} skipped), pool k = {}, model {} -> {} ({note}), backend {}",
+        "train: {n} images ({} skipped), pool k = {}, model {} -> {} ({note}), backend {}, {}",
         data.skipped.len(),
         pool.k,
         cfg.model.backbone.name,
         net.out_dim(),
-        be.name()
+        be.name(),
+        match cfg.precision() {
+            DType::F32 => "f32",
+            _ => "bf16 activations and banks, f32 weights",
+        }
     );
     if cfg.test.test_period <= cfg.solver.max_step {
         eprintln!("note: periodic evaluation (TEST.TEST_PERIOD) is not run by train; evaluate checkpoints with `insclr-cu eval`");
