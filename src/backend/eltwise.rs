@@ -146,9 +146,7 @@ impl dyn Backend + '_ {
         if x.dtype() == dtype {
             return Ok(x);
         }
-        if tmp.len() != x.len() || tmp.dtype() != dtype || !self.owns(tmp) {
-            *tmp = self.zeros(dtype, x.len())?;
-        }
+        self.ensure(tmp, dtype, x.len())?;
         self.cast(x, tmp)?;
         Ok(tmp)
     }

@@ -542,6 +542,15 @@ impl dyn Backend + '_ {
         }
     }
 
+    /// Makes `buf` a buffer of `len` elements of `dtype` on this backend, reallocating (zeroed)
+    /// only when it is not one already, so a repeated shape reuses its buffers.
+    pub fn ensure(&self, buf: &mut Buf, dtype: DType, len: usize) -> Result<()> {
+        if buf.len() != len || buf.dtype() != dtype || !self.owns(buf) {
+            *buf = self.zeros(dtype, len)?;
+        }
+        Ok(())
+    }
+
     /// A zeroed device buffer that [`view`](Self::view)s share: the parameter arena. The CPU
     /// backend keeps its tensors apart (its optimiser loops over them in place) and has none.
     pub fn arena(&self, dtype: DType, len: usize) -> Result<Buf> {
@@ -737,8 +746,13 @@ pub fn cpu() -> &'static dyn Backend {
     &CPU
 }
 
-/// [`select`] for a command computing in f32 (the common case; the image conversion takes bytes).
+/// What a command computing in f32 needs of a backend: `ops` on f32 (the image conversion on
+/// bytes).
+pub fn f32_needs(ops: &[Op]) -> Vec<(Op, DType)> {
+    ops.iter().map(|&o| (o, o.dtype_in(DType::F32))).collect()
+}
+
+/// [`select`] for a command computing in f32 (the common case).
 pub fn select_f32(choice: DeviceChoice, ops: &[Op]) -> Result<(Box<dyn Backend>, String)> {
-    let needs: Vec<(Op, DType)> = ops.iter().map(|&o| (o, o.dtype_in(DType::F32))).collect();
-    select(choice, &needs)
+    select(choice, &f32_needs(ops))
 }

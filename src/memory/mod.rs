@@ -149,15 +149,16 @@ impl IndexedBank {
                 counter.len()
             );
         }
-        let mut bank = Self::with_dtype(be, counter.len(), dim, dtype)?;
         let wide = be.upload(data)?;
-        if dtype == DType::F32 {
-            bank.data = wide;
-        } else {
-            be.cast(&wide, &mut bank.data)?;
-        }
-        bank.counter = counter;
-        Ok(bank)
+        let data = match dtype {
+            DType::F32 => wide,
+            _ => {
+                let mut rounded = Self::with_dtype(be, counter.len(), dim, dtype)?.data;
+                be.cast(&wide, &mut rounded)?;
+                rounded
+            }
+        };
+        Ok(IndexedBank { dim, data, counter })
     }
 }
 

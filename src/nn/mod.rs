@@ -203,8 +203,5 @@ pub(crate) fn ensure_like(be: &dyn Backend, buf: &mut Buf, like: &Buf, len: usiz
 
 /// [`ensure_len`] for a buffer of any dtype.
 pub(crate) fn ensure(be: &dyn Backend, buf: &mut Buf, dtype: DType, len: usize) -> Result<()> {
-    if buf.len() != len || buf.dtype() != dtype || !be.owns(buf) {
-        *buf = be.zeros(dtype, len)?;
-    }
-    Ok(())
+    be.ensure(buf, dtype, len)
 }

@@ -608,10 +608,7 @@ impl Config {
     /// What a training run of this config needs of a backend: every op on f32, and in bf16
     /// the ops of the backbone and the banks.
     pub fn backend_needs(&self) -> Vec<(Op, DType)> {
-        let mut needs: Vec<(Op, DType)> = Op::ALL
-            .iter()
-            .map(|&o| (o, o.dtype_in(DType::F32)))
-            .collect();
+        let mut needs = crate::backend::f32_needs(&Op::ALL);
         if self.precision() != DType::F32 {
             needs.extend(
                 crate::nn::LOW_PRECISION_OPS
