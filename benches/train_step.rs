@@ -6,13 +6,12 @@
 //! a step of these networks takes minutes and says nothing new.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use insclr::backend::{Backend, CudaBackend};
+use insclr::backend::{Backend, CudaBackend, DType};
 use insclr::nn::head::HeadKind;
 use insclr::nn::{zero_grads, Arch, RetrievalNet};
 use insclr::rng::Rng;
 use insclr::train::config::Solver;
 use insclr::train::optim::Optimizer;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 64;
@@ -27,16 +26,18 @@ fn bench_step(c: &mut Criterion) {
     };
     let be: &dyn Backend = &cuda;
     let mut table = String::from(
-        "\n| training step (f32, ours) | batch | px | ms / step | images / s |\n|---|---|---|---|---|\n",
+        "\n| training step (ours) | batch | px | ms / step | images / s |\n|---|---|---|---|---|\n",
     );
     let mut group = c.benchmark_group("step/cuda");
     group
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(10));
-    for (arch, name, px) in [
-        (Arch::ResNet50, "resnet50", 224),
-        (Arch::ResNet101, "resnet101", 448),
+    for (arch, name, px, precision) in [
+        (Arch::ResNet50, "resnet50", 224, DType::F32),
+        (Arch::ResNet50, "resnet50", 224, DType::BF16),
+        (Arch::ResNet101, "resnet101", 448, DType::F32),
+        (Arch::ResNet101, "resnet101", 448, DType::BF16),
     ] {
         let mut rng = Rng::new(3);
         let backbone = arch.build(be, &mut rng, false).expect("backbone");
@@ -48,6 +49,7 @@ fn bench_step(c: &mut Criterion) {
             grad_max_norm: 10.0,
             ..Solver::default()
         };
+        net.set_precision(precision).expect("precision");
         let mut opt = Optimizer::new(&solver, be, &mut net).expect("optimiser");
         let x = rng.vec_f32(BATCH * 3 * px * px, -2.0, 2.0);
         let d_desc = be
@@ -60,9 +62,14 @@ fn bench_step(c: &mut Criterion) {
             opt.clip_grad_norm(be, &mut net, 10.0).expect("clip");
             opt.step(be, &mut net, 1.0).expect("adam");
         };
-        let mut samples = Vec::new();
-        group.bench_function(format!("{name} {BATCH}x{px}px"), |b| {
+        let label = format!("{name} {precision:?} {BATCH}x{px}px");
+        let (mut samples, mut warm) = (Vec::new(), false);
+        group.bench_function(&label, |b| {
             b.iter_custom(|iters| {
+                // One untimed step first (`--quick` has no warm-up of its own).
+                if !std::mem::replace(&mut warm, true) {
+                    step();
+                }
                 be.synchronize().expect("sync");
                 let t = Instant::now();
                 for _ in 0..iters {
@@ -77,22 +84,18 @@ fn bench_step(c: &mut Criterion) {
         samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
         if let Some(&s) = samples.get(samples.len() / 2) {
             table += &format!(
-                "| {name} | {BATCH} | {px} | {:.1} | {:.1} |\n",
+                "| {name} {precision:?} | {BATCH} | {px} | {:.1} | {:.1} |\n",
                 s * 1e3,
                 BATCH as f64 / s
             );
+            // Written after every row: a run stopped at its time limit keeps what it measured.
+            if let Ok(path) = std::env::var("INSCLR_BENCH_TABLE") {
+                std::fs::write(&path, &table).expect("write bench table");
+            }
         }
     }
     group.finish();
     println!("{table}");
-    if let Ok(path) = std::env::var("INSCLR_BENCH_TABLE") {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .expect("open bench table");
-        f.write_all(table.as_bytes()).expect("write bench table");
-    }
 }
 
 criterion_group!(benches, bench_step);

@@ -38,20 +38,19 @@ fn path(s: &Conv) -> Result<Path> {
 }
 
 /// The shape arguments every conv kernel ends with: n, c_in, h, w, c_out, kh, kw, stride,
-/// pad_top, pad_left, oh, ow. Also checks that every size the kernels index fits their `int`.
+/// pad_top, pad_left, oh, ow. Also checks that every size the kernels index fits their `int`:
+/// the implicit GEMMs' M, N and K (plus a tile, which a block's last indices run past) and the
+/// element counts. Addresses are computed in 64 bits, so the GEMMs' M x K and K x N products
+/// (the never-stored im2col matrices, 10G elements for ResNet's stem at batch 64) need not fit.
 fn shape_args(args: Args, s: &Conv) -> Result<Args> {
     let (x, w, y) = s.sizes();
     int(x, "conv input elements")?;
     int(w, "conv weight elements")?;
     int(y, "conv output elements")?;
-    int(
-        s.n * s.oh * s.ow * s.c_in * s.kh * s.kw,
-        "conv im2col elements",
-    )?;
-    int(
-        s.n * s.h * s.w * s.c_out * s.kh * s.kw,
-        "conv data-gradient GEMM elements",
-    )?;
+    const TILE: usize = 128;
+    int(s.n * s.oh * s.ow + TILE, "conv output positions")?;
+    int(s.n * s.h * s.w + TILE, "conv input positions")?;
+    int(s.c_in.max(s.c_out) * s.kh * s.kw + TILE, "conv taps")?;
     Ok([
         s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad_top, s.pad_left, s.oh, s.ow,
     ]
@@ -195,6 +194,21 @@ impl ConvOps for CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Padding;
+
+    #[test]
+    fn shape_checks_take_a_batch_whose_im2col_product_passes_2_pow_31() {
+        // ResNet's stem at batch 64, 224 px: K x N of the data gradient is 10G elements, and
+        // the kernels never index it (first seen failing on an H200).
+        let stem = Conv::new(64, 3, 224, 224, 64, 7, 2, Padding::Sym(3), 1).unwrap();
+        assert!(shape_args(Args::new(), &stem).is_ok());
+        let wide = Conv::new(1, 1, 1 << 16, 1 << 15, 1, 1, 1, Padding::Sym(0), 1).unwrap();
+        let err = shape_args(Args::new(), &wide)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("32-bit size limit"), "{err}");
+    }
 
     #[test]
     fn weight_grad_splits_cover_k_and_give_small_outputs_more_blocks() {

@@ -107,11 +107,47 @@ impl Layer {
                 self.home()
             );
         }
+        check_launch(kernel, &cfg)?;
         match self {
             Layer::Gpu(g) => g.launch(kernel, cfg, args),
             Layer::Emu(e) => e.launch(kernel, cfg, args),
         }
     }
+}
+
+/// The launch limits every CUDA GPU since sm_30 has, checked before either layer launches so
+/// the emulator refuses what a GPU would: a grid over 2^31-1 x 65535 x 65535 blocks, a block of
+/// over 1024 threads (or 64 deep), an empty grid or block, and dynamic shared memory over the
+/// 48 KiB a kernel gets without opting in (no kernel here opts in).
+fn check_launch(kernel: &str, cfg: &Launch) -> Result<()> {
+    let ((gx, gy, gz), (bx, by, bz)) = (cfg.grid, cfg.block);
+    let threads = bx as u64 * by as u64 * bz as u64;
+    if gx == 0 || gy == 0 || gz == 0 || threads == 0 {
+        bail!(
+            "{kernel}: empty launch (grid {:?}, block {:?})",
+            cfg.grid,
+            cfg.block
+        );
+    }
+    if gx > i32::MAX as u32 || gy > 65_535 || gz > 65_535 {
+        bail!(
+            "{kernel}: grid {:?} is over the limit (2^31-1, 65535, 65535)",
+            cfg.grid
+        );
+    }
+    if threads > 1024 || bz > 64 {
+        bail!(
+            "{kernel}: block {:?} is over 1024 threads or 64 deep",
+            cfg.block
+        );
+    }
+    if cfg.smem > 48 * 1024 {
+        bail!(
+            "{kernel}: {} bytes of dynamic shared memory, over 48 KiB",
+            cfg.smem
+        );
+    }
+    Ok(())
 }
 
 fn check_copy(host: usize, device: usize) -> Result<()> {
