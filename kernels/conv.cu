@@ -51,7 +51,7 @@ struct ConvShape {
 enum ConvMode { CONV_FWD = 0, CONV_BWD_DATA = 1, CONV_BWD_WEIGHT = 2 };
 
 // The input value under kernel tap (r, q) of output position (oy, ox) of image img and channel ci,
-// or 0 in the padding.
+// or 0 in the padding (the depthwise kernels).
 template <typename T>
 __device__ __forceinline__ float x_tap(const T* __restrict__ x, const ConvShape& s, int img, int ci, int oy, int ox,
                                        int r, int q) {
@@ -61,7 +61,7 @@ __device__ __forceinline__ float x_tap(const T* __restrict__ x, const ConvShape&
 }
 
 // The output gradient that input position (iy, ix) receives through tap (r, q), or 0 when no
-// output position reads it through that tap.
+// output position reads it through that tap (the depthwise kernels).
 template <typename T>
 __device__ __forceinline__ float dy_tap(const T* __restrict__ dy, const ConvShape& s, int img, int co, int iy, int ix,
                                         int r, int q) {
@@ -72,6 +72,20 @@ __device__ __forceinline__ float dy_tap(const T* __restrict__ dy, const ConvShap
     return load(dy[(((size_t)img * s.c_out + co) * s.oh + oy) * s.ow + ox]);
 }
 
+// The dense kernels' index arithmetic is done once per block for the tile's columns and once per K
+// step for its k values, into small shared tables (ConvIdx), so that staging an element costs
+// two table reads, a bounds test and a load, never a division: an output or input position
+// (img, y, x) and a kernel tap (channel, r, q) each decompose with three or four integer
+// divisions, which cost more than the tile's multiply-adds when done per element (measured on
+// an H200: the f32 convolution at half of our own plain GEMM's rate, the bf16 one no faster
+// than f32).
+struct ConvIdx {
+    int a, b, c, d;
+};
+
+// A row or column that no bounds test accepts: the table entry of a tile column past N.
+constexpr int CONV_OUTSIDE = -(1 << 29);
+
 // The GEMM's operands for each mode: A(m, k) and B(k, col), zero outside M x K and K x N.
 template <int MODE, typename T = float>
 struct ConvGemm {
@@ -80,28 +94,70 @@ struct ConvGemm {
     ConvShape s;
     int M, N, K;
 
-    __device__ float a(int m, int k) const {
-        if (m >= M || k >= K) return 0.0f;
-        if (MODE == CONV_FWD) return load(a_src[(size_t)m * K + k]);
-        int taps = s.kh * s.kw;
-        if (MODE == CONV_BWD_DATA) return load(a_src[((size_t)(k / taps) * s.c_in + m) * taps + k % taps]);
-        int ohw = s.oh * s.ow;  // CONV_BWD_WEIGHT: k = (img, p)
-        return load(a_src[((size_t)(k / ohw) * s.c_out + m) * ohw + k % ohw]);
+    // Output position (img, oy, ox) of the forward (a column of the forward, a k of the weight
+    // gradient): {x offset of its window's corner, the corner's row and column (negative in the
+    // padding), dy offset of the position in channel 0}.
+    __device__ ConvIdx position(int pos) const {
+        int ohw = s.oh * s.ow, img = pos / ohw, p = pos % ohw;
+        int iy0 = (p / s.ow) * s.stride - s.pad_top, ix0 = (p % s.ow) * s.stride - s.pad_left;
+        return {img * s.c_in * s.h * s.w + iy0 * s.w + ix0, iy0, ix0, img * s.c_out * ohw + p};
     }
 
-    __device__ float b(int k, int col) const {
-        if (k >= K || col >= N) return 0.0f;
-        int taps = s.kh * s.kw;
-        if (MODE == CONV_FWD) {
-            int ohw = s.oh * s.ow, img = col / ohw, p = col % ohw, t = k % taps;
-            return x_tap(b_src, s, img, k / taps, p / s.ow, p % s.ow, t / s.kw, t % s.kw);
+    // Kernel tap (ci, r, q) (a k of the forward, a column of the weight gradient): {its x offset
+    // from a window's corner, r, q}.
+    __device__ ConvIdx tap(int k) const {
+        int taps = s.kh * s.kw, ci = k / taps, t = k % taps, r = t / s.kw, q = t % s.kw;
+        return {(ci * s.h + r) * s.w + q, r, q, 0};
+    }
+
+    // The table entry of column `col` of the tile.
+    __device__ ConvIdx col_idx(int col) const {
+        if (col >= N) return {0, CONV_OUTSIDE, CONV_OUTSIDE, 0};
+        if (MODE == CONV_FWD) return position(col);
+        if (MODE == CONV_BWD_WEIGHT) return tap(col);
+        // Data gradient: input position (img, iy, ix): {its image's dy offset, the output row and
+        // column that tap (0, 0) reads it from, before division by the stride}.
+        int hw = s.h * s.w, img = col / hw, pix = col % hw;
+        return {img * s.c_out * s.oh * s.ow, pix / s.w + s.pad_top, pix % s.w + s.pad_left, 0};
+    }
+
+    // The table entry of k (< K).
+    __device__ ConvIdx k_idx(int k) const {
+        if (MODE == CONV_FWD) return tap(k);
+        if (MODE == CONV_BWD_WEIGHT) return position(k);
+        // Data gradient: (co, r, q): {weight offset of (co, channel 0, r, q), dy offset of
+        // channel co, r, q}.
+        int taps = s.kh * s.kw, co = k / taps, t = k % taps;
+        return {co * s.c_in * taps + t, co * s.oh * s.ow, t / s.kw, t % s.kw};
+    }
+
+    // x under tap `t` of position `p`'s window, or 0 in the padding (or past N).
+    __device__ float window(const ConvIdx& p, const ConvIdx& t) const {
+        int iy = p.b + t.b, ix = p.c + t.c;
+        if ((unsigned)iy >= (unsigned)s.h || (unsigned)ix >= (unsigned)s.w) return 0.0f;
+        return load(b_src[(ptrdiff_t)p.a + t.a]);
+    }
+
+    __device__ float a(int m, int k, const ConvIdx& kt) const {
+        if (m >= M) return 0.0f;
+        if (MODE == CONV_FWD) return load(a_src[(size_t)m * K + k]);
+        if (MODE == CONV_BWD_DATA) return load(a_src[(size_t)kt.a + (size_t)m * s.kh * s.kw]);
+        return load(a_src[(size_t)kt.d + (size_t)m * s.oh * s.ow]);
+    }
+
+    __device__ float b(const ConvIdx& kt, const ConvIdx& ct) const {
+        if (MODE == CONV_FWD) return window(ct, kt);
+        if (MODE == CONV_BWD_WEIGHT) return window(kt, ct);
+        // Data gradient: dy[img, co, oy, ox] where iy = oy*stride - pad_top + r (exactly
+        // divisible), zero otherwise.
+        int ty = ct.b - kt.c, tx = ct.c - kt.d;
+        if (ty < 0 || tx < 0) return 0.0f;
+        if (s.stride != 1) {
+            if (ty % s.stride != 0 || tx % s.stride != 0) return 0.0f;
+            ty /= s.stride, tx /= s.stride;
         }
-        if (MODE == CONV_BWD_DATA) {
-            int hw = s.h * s.w, img = col / hw, pix = col % hw, t = k % taps;
-            return dy_tap(b_src, s, img, k / taps, pix / s.w, pix % s.w, t / s.kw, t % s.kw);
-        }
-        int ohw = s.oh * s.ow, img = k / ohw, p = k % ohw, t = col % taps;  // CONV_BWD_WEIGHT
-        return x_tap(b_src, s, img, col / taps, p / s.ow, p % s.ow, t / s.kw, t % s.kw);
+        if (ty >= s.oh || tx >= s.ow) return 0.0f;
+        return load(b_src[(size_t)ct.a + kt.b + ty * s.ow + tx]);
     }
 };
 
@@ -115,14 +171,20 @@ __device__ void conv_gemm_tile(const ConvGemm<MODE>& g, int bm, int bn, int k_be
                                float (&acc)[CONV_TM][CONV_TN]) {
     __shared__ __align__(16) float As[CONV_BK][CONV_BM + 4];
     __shared__ __align__(16) float Bs[CONV_BK][CONV_BN + 4];
+    __shared__ ConvIdx cols[CONV_BN];
+    __shared__ ConvIdx ks[2][CONV_BK];  // this K step's and the next one's
     int tid = threadIdx.x, tx = tid % (CONV_BN / CONV_TN), ty = tid / (CONV_BN / CONV_TN);
-    for (int k0 = k_begin; k0 < k_end; k0 += CONV_BK) {
-        int k_lim = min(k_end, g.K);
+    int k_lim = min(k_end, g.K);
+    for (int j = tid; j < CONV_BN; j += CONV_THREADS) cols[j] = g.col_idx(bn + j);
+    if (tid < CONV_BK && k_begin + tid < k_lim) ks[0][tid] = g.k_idx(k_begin + tid);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = k_begin; k0 < k_end; k0 += CONV_BK, buf ^= 1) {
         // A is k-contiguous in every mode; B along the output column, except the weight
         // gradient's, which runs along k (output positions).
         for (int e = tid; e < CONV_BM * CONV_BK; e += CONV_THREADS) {
             int kk = e % CONV_BK, i = e / CONV_BK;
-            As[kk][i] = k0 + kk < k_lim ? g.a(bm + i, k0 + kk) : 0.0f;
+            As[kk][i] = k0 + kk < k_lim ? g.a(bm + i, k0 + kk, ks[buf][kk]) : 0.0f;
         }
         for (int e = tid; e < CONV_BN * CONV_BK; e += CONV_THREADS) {
             int kk, j;
@@ -131,8 +193,10 @@ __device__ void conv_gemm_tile(const ConvGemm<MODE>& g, int bm, int bn, int k_be
             } else {
                 j = e % CONV_BN, kk = e / CONV_BN;
             }
-            Bs[kk][j] = k0 + kk < k_lim ? g.b(k0 + kk, bn + j) : 0.0f;
+            Bs[kk][j] = k0 + kk < k_lim ? g.b(ks[buf][kk], cols[j]) : 0.0f;
         }
+        // The next step's k table goes to the other buffer, which nobody reads this step.
+        if (tid < CONV_BK && k0 + CONV_BK + tid < k_lim) ks[buf ^ 1][tid] = g.k_idx(k0 + CONV_BK + tid);
         __syncthreads();
         simt_tile_fma<CONV_BK, CONV_TM, CONV_TN, CONV_BM + 4, CONV_BN + 4>(acc, As, Bs, ty, tx);
         __syncthreads();
@@ -184,6 +248,8 @@ template <int MODE, typename OutT>
 __device__ void conv_gemm_tc(const ConvGemm<MODE, __nv_bfloat16>& g, OutT* __restrict__ out, int k_per_split) {
     __shared__ __align__(16) __nv_bfloat16 As[CTC_BM][CTC_LD];  // rows m, k contiguous
     __shared__ __align__(16) __nv_bfloat16 Bs[CTC_BN][CTC_LD];  // rows col, k contiguous
+    __shared__ ConvIdx cols[CTC_BN];
+    __shared__ ConvIdx ks[2][CTC_BK];  // this K step's and the next one's
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;  // this warp's 64 x 32 corner
     const int bm = blockIdx.y * CTC_BM, bn = blockIdx.x * CTC_BN;
@@ -195,12 +261,16 @@ __device__ void conv_gemm_tc(const ConvGemm<MODE, __nv_bfloat16>& g, OutT* __res
         for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-    for (int k0 = k_begin; k0 < k_lim; k0 += CTC_BK) {
+    for (int j = tid; j < CTC_BN; j += 256) cols[j] = g.col_idx(bn + j);
+    if (tid < CTC_BK && k_begin + tid < k_lim) ks[0][tid] = g.k_idx(k_begin + tid);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = k_begin; k0 < k_lim; k0 += CTC_BK, buf ^= 1) {
         // Consecutive threads walk k for A (k-contiguous in memory in every mode) and, for the
         // weight gradient, for B; the output column otherwise.
         for (int e = tid; e < CTC_BM * CTC_BK; e += 256) {
             int kk = e % CTC_BK, r = e / CTC_BK;
-            As[r][kk] = __float2bfloat16(k0 + kk < k_lim ? g.a(bm + r, k0 + kk) : 0.0f);
+            As[r][kk] = __float2bfloat16(k0 + kk < k_lim ? g.a(bm + r, k0 + kk, ks[buf][kk]) : 0.0f);
         }
         for (int e = tid; e < CTC_BN * CTC_BK; e += 256) {
             int kk, c;
@@ -209,8 +279,9 @@ __device__ void conv_gemm_tc(const ConvGemm<MODE, __nv_bfloat16>& g, OutT* __res
             } else {
                 c = e % CTC_BN, kk = e / CTC_BN;
             }
-            Bs[c][kk] = __float2bfloat16(k0 + kk < k_lim ? g.b(k0 + kk, bn + c) : 0.0f);
+            Bs[c][kk] = __float2bfloat16(k0 + kk < k_lim ? g.b(ks[buf][kk], cols[c]) : 0.0f);
         }
+        if (tid < CTC_BK && k0 + CTC_BK + tid < k_lim) ks[buf ^ 1][tid] = g.k_idx(k0 + CTC_BK + tid);
         __syncthreads();
         mma_warp_64x32_bf16<CTC_LD, CTC_BK>(acc, As, Bs, wm, wn);
         __syncthreads();

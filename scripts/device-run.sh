@@ -90,9 +90,15 @@ echo >> "$out/summary.md"
 for b in "$here"/bin/bench-*; do
   name=$(basename "$b")
   # bench-cpu has no GPU group (its peers' table comes from scripts/cpu-peers.py on a CPU).
-  case "$name" in bench-cpu) continue ;; bench-train_step) limit=$step_s ;; *) limit=$bench_s ;; esac
+  # INSCLR_DEVICE_KERNELS_FILTER narrows bench-kernels to some families (say "conv/cuda").
+  filter=cuda
+  case "$name" in
+    bench-cpu) continue ;;
+    bench-train_step) limit=$step_s ;;
+    *) limit=$bench_s filter=${INSCLR_DEVICE_KERNELS_FILTER:-cuda} ;;
+  esac
   echo "=== $name" | tee -a "$out/bench.log"
-  INSCLR_BENCH_GPU_ONLY=1 INSCLR_BENCH_TABLE="$out/$name.md" timeout "$limit" "$b" --bench --quick cuda >> "$out/bench.log" 2>&1
+  INSCLR_BENCH_GPU_ONLY=1 INSCLR_BENCH_TABLE="$out/$name.md" timeout "$limit" "$b" --bench --quick "$filter" >> "$out/bench.log" 2>&1
   rc=$?
   if [ $rc -eq 124 ]; then
     echo "- $name: ran out of its ${limit} s (the table holds what it measured)" >> "$out/summary.md"; failed=1
@@ -126,7 +132,7 @@ if [ "$sanitize_s" -gt 0 ] && [ -n "$sanitizer" ]; then
   echo "## compute-sanitizer memcheck (kernel tests)" >> "$out/summary.md"
   echo >> "$out/summary.md"
   start=$(date +%s)
-  for name in kernels layers select contrastive bank mining method optim; do
+  for name in layers kernels select contrastive bank mining method optim; do
     left=$((sanitize_s - ($(date +%s) - start)))
     [ "$left" -gt 5 ] || { echo "- test-$name: no time left" >> "$out/summary.md"; continue; }
     echo "=== test-$name" >> "$out/sanitize.log"
