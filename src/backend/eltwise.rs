@@ -151,6 +151,16 @@ impl dyn Backend + '_ {
         Ok(tmp)
     }
 
+    /// `x` as `dtype`, taking `x` itself when it already is.
+    pub fn into_dtype(&self, x: Buf, dtype: DType) -> Result<Buf> {
+        if x.dtype() == dtype {
+            return Ok(x);
+        }
+        let mut y = self.zeros(dtype, x.len())?;
+        self.cast(&x, &mut y)?;
+        Ok(y)
+    }
+
     /// Activation backward from the forward output: `dx = dy * act'(y)`.
     pub fn act_bwd(&self, y: &Buf, dy: &Buf, dx: &mut Buf, act: Act) -> Result<()> {
         let s = Eltwise { len: y.len(), act }.check(&[y, dy, dx])?;

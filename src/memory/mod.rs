@@ -107,12 +107,7 @@ impl IndexedBank {
         let mut out = be.zeros(self.dtype(), idx.len() * self.dim)?;
         let dst: Vec<usize> = (0..idx.len()).collect();
         be.copy_rows(&self.data, &mut out, idx, &dst, CopyRows { dim: self.dim })?;
-        if out.dtype() == DType::F32 {
-            return Ok(out);
-        }
-        let mut wide = be.zeros(DType::F32, out.len())?;
-        be.cast(&out, &mut wide)?;
-        Ok(wide)
+        be.into_dtype(out, DType::F32)
     }
 
     /// How many times row `i` was written.
@@ -149,15 +144,8 @@ impl IndexedBank {
                 counter.len()
             );
         }
-        let wide = be.upload(data)?;
-        let data = match dtype {
-            DType::F32 => wide,
-            _ => {
-                let mut rounded = Self::with_dtype(be, counter.len(), dim, dtype)?.data;
-                be.cast(&wide, &mut rounded)?;
-                rounded
-            }
-        };
+        // `cast` refuses any dtype but bf16 (f32 is taken as it is).
+        let data = be.into_dtype(be.upload(data)?, dtype)?;
         Ok(IndexedBank { dim, data, counter })
     }
 }
