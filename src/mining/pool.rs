@@ -36,6 +36,13 @@ pub struct CandidatePool {
 /// The recomputed similarity of the output: f32 inputs, f64 accumulation (the original uses a
 /// float32 numpy dot; this is at least as accurate and independent of the GEMM's rounding).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let wide: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+    dot_wide(a, &wide)
+}
+
+/// [`dot`] with `b` already widened to f64: the same products in the same order, so the same
+/// bits, with half the conversions when one row meets many others.
+fn dot_wide(a: &[f32], b: &[f64]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
@@ -48,7 +55,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// each lane adds the same rounded products in the same order, so both give the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+unsafe fn dot_avx2(a: &[f32], b: &[f64]) -> f32 {
     dot_lanes(a, b)
 }
 
@@ -57,19 +64,19 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 /// float adds); 16 are vectorised and keep the adders busy. It differs from one sequential
 /// sum by f64 rounding only (~1e-16 relative), far below the f32 it is rounded to.
 #[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+fn dot_lanes(a: &[f32], b: &[f64]) -> f32 {
     const LANES: usize = 16;
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f64 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(&x, &y)| x as f64 * y as f64)
+        .map(|(&x, &y)| x as f64 * y)
         .sum();
     let mut acc = [0f64; LANES];
     for (x, y) in ca.zip(cb) {
         for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
-            *s += p as f64 * q as f64;
+            *s += p as f64 * q;
         }
     }
     (acc.iter().sum::<f64>() + tail) as f32
@@ -77,12 +84,14 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 
 /// Queries whose pairs [`rescore`] visits together.
 const RESCORE_BLOCK: usize = 1024;
+/// Pairs one task scores.
+const RESCORE_TASK: usize = 1024;
 
 /// Recomputes every kept similarity with [`dot`]. The neighbours of a query are rows from
 /// anywhere in the matrix, so scoring pair by pair reads a row from memory per pair (at
 /// 20k x 2048, k = 500: 80 GB, and the memory bus was the limit). Here a block of queries'
-/// pairs is sorted by neighbour, so each neighbour row is read once per block and meets the
-/// block's queries, which stay in cache.
+/// pairs is sorted by neighbour, so each neighbour row is read once per block, widened to f64
+/// once per run of its pairs, and meets the block's queries, which stay in cache.
 fn rescore(feats: &[f32], d: usize, k: usize, neighbor: &[u32], similarity: &mut [f32]) {
     let n = neighbor.len() / k.max(1);
     let row = |i: usize| &feats[i * d..(i + 1) * d];
@@ -93,13 +102,23 @@ fn rescore(feats: &[f32], d: usize, k: usize, neighbor: &[u32], similarity: &mut
             .map(|p| (neighbor[p] as u64) << 32 | (p - lo) as u64)
             .collect();
         pairs.par_sort_unstable();
-        let scores: Vec<f32> = pairs
-            .par_iter()
-            .map(|&e| {
-                let (j, p) = ((e >> 32) as usize, lo + (e & 0xffff_ffff) as usize);
-                dot(row(p / k), row(j))
-            })
-            .collect();
+        let mut scores = vec![0f32; pairs.len()];
+        pairs
+            .par_chunks(RESCORE_TASK)
+            .zip(scores.par_chunks_mut(RESCORE_TASK))
+            .for_each(|(pairs, scores)| {
+                let mut wide = Vec::with_capacity(d);
+                let mut widened = None;
+                for (&e, s) in pairs.iter().zip(scores) {
+                    let (j, p) = ((e >> 32) as usize, lo + (e & 0xffff_ffff) as usize);
+                    if widened != Some(j) {
+                        wide.clear();
+                        wide.extend(row(j).iter().map(|&v| v as f64));
+                        widened = Some(j);
+                    }
+                    *s = dot_wide(row(p / k), &wide);
+                }
+            });
         for (&e, s) in pairs.iter().zip(scores) {
             similarity[lo + (e & 0xffff_ffff) as usize] = s;
         }
@@ -325,9 +344,10 @@ mod tests {
                 "len {len}: {got} vs {seq}"
             );
             // The AVX2 build and the portable one give the same bits.
+            let wide: Vec<f64> = b.iter().map(|&v| v as f64).collect();
             assert_eq!(
                 dot(&a, &b).to_bits(),
-                dot_lanes(&a, &b).to_bits(),
+                dot_lanes(&a, &wide).to_bits(),
                 "len {len}"
             );
         }
