@@ -40,6 +40,30 @@ impl GemmOps for CudaBackend {
     }
 }
 
+/// The grid of a product tiled `(tm, tn)`, and m, n, k as the kernels' `int`s. gemm.cu computes
+/// element addresses in 64 bits, so only the dimensions (plus a tile) must fit an `int`, not the
+/// operands' element counts: a 1.5M x 2048 bank is one product.
+fn launch_shape(s: &MatMul, (tm, tn): (usize, usize)) -> Result<(Launch, [i32; 3])> {
+    let grid_y = s.m.div_ceil(tm);
+    if grid_y > 65_535 {
+        bail!(
+            "matmul: m = {} needs {grid_y} row blocks, over the grid's 65535",
+            s.m
+        );
+    }
+    let cfg = Launch {
+        grid: (s.n.div_ceil(tn) as u32, grid_y as u32, 1),
+        block: (256, 1, 1),
+        smem: 0,
+    };
+    let dims = [
+        int(s.m, "matmul m")?,
+        int(s.n, "matmul n")?,
+        int(s.k, "matmul k")?,
+    ];
+    Ok((cfg, dims))
+}
+
 impl CudaBackend {
     /// Launches our GEMM on `(memory, byte offset)` operands: a launcher's building block (the
     /// streamed search multiplies a query block by a slice of the database). A and B are of
@@ -68,27 +92,14 @@ impl CudaBackend {
             (DType::F32, DType::F32) => ("matmul_small_f32", F32_SMALL_TILE),
             _ => bail!("no GEMM kernel takes {dtype} inputs to a {out} output"),
         };
-        let grid_y = s.m.div_ceil(tm);
-        if grid_y > 65_535 {
-            bail!(
-                "matmul: m = {} needs {grid_y} row blocks, over the grid's 65535",
-                s.m
-            );
-        }
-        int(s.m * s.k, "matmul A elements")?;
-        int(s.k * s.n, "matmul B elements")?;
-        let cfg = Launch {
-            grid: (s.n.div_ceil(tn) as u32, grid_y as u32, 1),
-            block: (256, 1, 1),
-            smem: 0,
-        };
+        let (cfg, [m, n, k]) = launch_shape(&s, (tm, tn))?;
         let args = Args::new()
             .ptr_at(a.0, a.1)
             .ptr_at(b.0, b.1)
             .ptr_at(c.0, c.1)
-            .i32(int(s.m, "matmul m")?)
-            .i32(int(s.n, "matmul n")?)
-            .i32(int(s.k, "matmul k")?)
+            .i32(m)
+            .i32(n)
+            .i32(k)
             .i32(s.trans_a as i32)
             .i32(s.trans_b as i32)
             .f32(s.alpha)
@@ -153,5 +164,25 @@ impl CudaBackend {
             )
         }
         .map_err(|e| anyhow!("cublasSgemm m={} n={} k={}: {e}", s.m, s.n, s.k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_product_over_2_pow_31_elements_launches_when_its_dimensions_fit() {
+        // GLDv2's 1.5M descriptors of 2048 against a block of 512 queries: 3.1G elements of B.
+        let s = MatMul::new(512, 1_500_000, 2048).tb();
+        let (cfg, dims) = launch_shape(&s, F32_TILE).unwrap();
+        assert_eq!(dims, [512, 1_500_000, 2048]);
+        assert_eq!(cfg.grid, (11_719, 4, 1));
+        // Too many row blocks for the grid's y, or a dimension past an int: errors, not launches.
+        let tall = MatMul::new(65_536 * 128 + 1, 8, 8);
+        assert!(launch_shape(&tall, F32_TILE).is_err());
+        let deep = MatMul::new(8, 8, 1 << 31);
+        let err = launch_shape(&deep, F32_TILE).unwrap_err().to_string();
+        assert!(err.contains("matmul k"), "{err}");
     }
 }
