@@ -3,6 +3,7 @@
 
   cpu-peers.py bench [--out target/cpu-peers.json] [--threads T] [--no-pools]
   cpu-peers.py pool BIN N D K [--runs R] [--threads T] [--work DIR] [--before OLD_BIN]
+  cpu-peers.py extract BIN IMAGES WEIGHTS [--size S] [--runs R] [--threads T]
 
 bench: times the peers on the shapes of `cargo bench --bench cpu` and writes their median
 seconds as {"<group>/<id>": {"<peer>": seconds}}; the bench prints them beside ours:
@@ -14,6 +15,10 @@ seconds as {"<group>/<id>": {"<peer>": seconds}}; the bench prints them beside o
 pool: the whole `insclr-cu pool` command on random unit descriptors against numpy and FAISS
 at full size, runs interleaved (ours, numpy, FAISS, ours, ...); prints one markdown row with
 each tool's median and range. --before adds an older insclr-cu binary (a before / after).
+
+extract: the whole `insclr-cu extract` of a folder of photos with EfficientNet-Lite0 (one scale,
+thumbnail to S px, GeM, L2) against Pillow decode + thumbnail and timm's tf_efficientnet_lite0
+on the same files, one image per forward, runs interleaved; prints one markdown row.
 
 Each peer is skipped with a note when it does not import. Install them outside the project:
   pip install --target /tmp/py numpy faiss-cpu
@@ -191,6 +196,50 @@ def pool(a):
     print(f"| pool {a.n} x {a.d}, k={a.k}, {a.threads} threads, {a.runs} runs | " + " | ".join(cells) + " |")
 
 
+def extract(a):
+    import numpy as np
+    import torch
+    import timm
+    from PIL import Image
+
+    torch.set_num_threads(a.threads)
+    lite0 = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    lite0.reset_classifier(0, global_pool="")
+    files = sorted(os.path.join(a.images, f) for f in os.listdir(a.images) if f.lower().endswith(".jpg"))
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+
+    def peer():
+        out = []
+        with torch.no_grad():
+            for f in files:
+                im = Image.open(f).convert("RGB")
+                im.thumbnail((a.size, a.size), Image.LANCZOS)
+                x = (np.asarray(im, np.float32) / 255 - mean) / std
+                fmap = lite0(torch.from_numpy(x).permute(2, 0, 1)[None])
+                d = fmap.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)
+                out.append(torch.nn.functional.normalize(d))
+        return out
+
+    cmd = [a.bin, "--device", "cpu", "extract", "--images", a.images, "--out", "/tmp/insclr-peer-extract.npy",
+           "--model", "efficientnet-lite0", "--weights", a.weights, "--img-size", str(a.size), "--scales", "1"]
+    jobs = [("insclr-cu", lambda: subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL)),
+            ("Pillow + PyTorch CPU (timm)", peer)]
+    times = {name: [] for name, _ in jobs}
+    for r in range(a.runs):
+        for name, fn in jobs:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            print(f"run {r + 1}: {name} {times[name][-1]:.1f} s", file=sys.stderr)
+    ours = statistics.median(times["insclr-cu"])
+    cells = [f"{name} {statistics.median(ts):.1f} s ({min(ts):.1f}-{max(ts):.1f})" for name, ts in times.items()]
+    peer_med = statistics.median(times["Pillow + PyTorch CPU (timm)"])
+    print(f"| extract {len(files)} photos, Lite0 at {a.size} px, {a.threads} threads, {a.runs} runs | "
+          + " | ".join(cells) + f" | peer time / ours {peer_med / ours:.2f}x |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="job", required=True)
@@ -207,10 +256,17 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default="/tmp/insclr-peers")
     p.add_argument("--before")
+    e = sub.add_parser("extract")
+    e.add_argument("bin")
+    e.add_argument("images")
+    e.add_argument("weights")
+    e.add_argument("--size", type=int, default=512)
+    e.add_argument("--runs", type=int, default=3)
+    e.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
         os.environ[var] = str(a.threads)
-    bench(a) if a.job == "bench" else pool(a)
+    {"bench": bench, "pool": pool, "extract": extract}[a.job](a)
 
 
 if __name__ == "__main__":
