@@ -50,7 +50,8 @@ pub struct DescribeArgs {
     /// thumbnail: the original's candidate-pool features (512,512; spec G4).
     #[arg(long, value_name = "H,W", value_parser = parse_hw)]
     pub exact_size: Option<[usize; 2]>,
-    /// Images decoded and described together.
+    /// Images decoded and described together (in order of size, largest first; same-size images
+    /// share a network call).
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Average the raw per-scale descriptors (no per-scale L2), as the original's stage-0
