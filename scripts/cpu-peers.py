@@ -180,20 +180,31 @@ def pool(a):
     faiss = faiss_module(a.threads)
     if faiss:
         jobs.append(("FAISS IndexFlatIP", lambda: faiss_pool(faiss, x, a.k)))
+    label = f"pool {a.n} x {a.d}, k={a.k}, {a.threads} threads, {a.runs} runs"
+    print(markdown_row(label, interleaved(jobs, a.runs)))
+
+
+def interleaved(jobs, runs):
+    """Runs the (name, fn) jobs in turn, `runs` times; returns each job's times (s) by name."""
     times = {name: [] for name, _ in jobs}
-    for r in range(a.runs):
+    for r in range(runs):
         for name, fn in jobs:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
             print(f"run {r + 1}: {name} {times[name][-1]:.1f} s", file=sys.stderr)
-    ours_med = statistics.median(times["insclr-cu"])
+    return times
+
+
+def markdown_row(label, times):
+    """Each job's median and range, and every other job's median against insclr-cu's."""
+    ours = statistics.median(times["insclr-cu"])
     cells = []
     for name, ts in times.items():
         med = statistics.median(ts)
         cells.append(f"{name} {med:.1f} s ({min(ts):.1f}-{max(ts):.1f})"
-                     + ("" if name == "insclr-cu" else f", {med / ours_med:.2f}x our time"))
-    print(f"| pool {a.n} x {a.d}, k={a.k}, {a.threads} threads, {a.runs} runs | " + " | ".join(cells) + " |")
+                     + ("" if name == "insclr-cu" else f", {med / ours:.2f}x our time"))
+    return f"| {label} | " + " | ".join(cells) + " |"
 
 
 def extract(a):
@@ -226,18 +237,8 @@ def extract(a):
     jobs = [("insclr-cu", lambda: subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL)),
             ("Pillow + PyTorch CPU (timm)", peer)]
-    times = {name: [] for name, _ in jobs}
-    for r in range(a.runs):
-        for name, fn in jobs:
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-            print(f"run {r + 1}: {name} {times[name][-1]:.1f} s", file=sys.stderr)
-    ours = statistics.median(times["insclr-cu"])
-    cells = [f"{name} {statistics.median(ts):.1f} s ({min(ts):.1f}-{max(ts):.1f})" for name, ts in times.items()]
-    peer_med = statistics.median(times["Pillow + PyTorch CPU (timm)"])
-    print(f"| extract {len(files)} photos, Lite0 at {a.size} px, {a.threads} threads, {a.runs} runs | "
-          + " | ".join(cells) + f" | peer time / ours {peer_med / ours:.2f}x |")
+    label = f"extract {len(files)} photos, Lite0 at {a.size} px, {a.threads} threads, {a.runs} runs"
+    print(markdown_row(label, interleaved(jobs, a.runs)))
 
 
 def main():

@@ -6,7 +6,7 @@
 //! through the network as one batch.
 
 use crate::backend::DType;
-use crate::backend::{Backend, Gem, L2Norm, L2_EPS};
+use crate::backend::{Backend, Device, Gem, L2Norm, L2_EPS};
 use crate::data::image::{
     eval_size, load_exact, load_for_eval, probe, resize_bilinear, scaled_len, Chw, Skipped,
     IMAGENET_MEAN, IMAGENET_STD,
@@ -265,6 +265,21 @@ pub fn l2_normalize_rows(x: &mut [f32], dim: usize) {
     }
 }
 
+/// Input pixels per network call on the CPU (four 512 x 512 images, one of 1024 x 1024).
+pub const CPU_CALL_PIXELS: usize = 1 << 20;
+
+/// How many `h x w` images go through the network in one call. Every layer keeps its output, so
+/// a call's memory grows with its batch (Lite0 at 512 px: 4.7 GB for 15 images, 1.2 GB for 4).
+/// The CPU convolves image by image and gains nothing from a large batch, so its calls hold up
+/// to [`CPU_CALL_PIXELS`] (one image at least); a GPU runs faster on larger batches and takes
+/// the whole batch.
+fn images_per_call(be: &dyn Backend, h: usize, w: usize) -> usize {
+    match be.device() {
+        Device::Cpu => (CPU_CALL_PIXELS / (h * w).max(1)).max(1),
+        _ => usize::MAX,
+    }
+}
+
 /// Describes already-normalised images at every scale and returns the averaged, re-normalised
 /// descriptors (`images.len() x net.out_dim()`). Same-size images share one network call.
 pub fn describe_multiscale(
@@ -288,38 +303,40 @@ pub fn describe_multiscale(
         for (i, t) in resized.iter().enumerate() {
             by_size.entry((t.c, t.h, t.w)).or_default().push(i);
         }
-        for ((c, h, w), members) in by_size {
+        for ((c, h, w), group) in by_size {
             if c != 3 {
                 bail!("descriptor networks take 3-channel images, got {c} channels");
             }
-            let mut batch = Vec::with_capacity(members.len() * c * h * w);
-            for &i in &members {
-                batch.extend_from_slice(&resized[i].data);
-            }
-            let mut out = net
-                .describe(be, &batch, members.len(), h, w)
-                .with_context(|| {
-                    format!(
-                        "describing {} image(s) of {w}x{h} at scale {s}",
+            for members in group.chunks(images_per_call(be, h, w)) {
+                let mut batch = Vec::with_capacity(members.len() * c * h * w);
+                for &i in members {
+                    batch.extend_from_slice(&resized[i].data);
+                }
+                let mut out = net
+                    .describe(be, &batch, members.len(), h, w)
+                    .with_context(|| {
+                        format!(
+                            "describing {} image(s) of {w}x{h} at scale {s}",
+                            members.len()
+                        )
+                    })?;
+                if out.len() != members.len() * dim {
+                    bail!(
+                        "the network returned {} values for {} images of dimension {dim}",
+                        out.len(),
                         members.len()
-                    )
-                })?;
-            if out.len() != members.len() * dim {
-                bail!(
-                    "the network returned {} values for {} images of dimension {dim}",
-                    out.len(),
-                    members.len()
-                );
-            }
-            if normalize_each_scale {
-                l2_normalize_rows(&mut out, dim);
-            }
-            for (r, &i) in members.iter().enumerate() {
-                for (a, v) in acc[i * dim..(i + 1) * dim]
-                    .iter_mut()
-                    .zip(&out[r * dim..(r + 1) * dim])
-                {
-                    *a += v / scales.len() as f32;
+                    );
+                }
+                if normalize_each_scale {
+                    l2_normalize_rows(&mut out, dim);
+                }
+                for (r, &i) in members.iter().enumerate() {
+                    for (a, v) in acc[i * dim..(i + 1) * dim]
+                        .iter_mut()
+                        .zip(&out[r * dim..(r + 1) * dim])
+                    {
+                        *a += v / scales.len() as f32;
+                    }
                 }
             }
         }
@@ -701,6 +718,15 @@ mod tests {
         assert_eq!(net.0[0], (1, 40, 40), "{:?}", net.0);
         assert_eq!(out.rows, (0..9).collect::<Vec<_>>());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn cpu_calls_are_capped_by_pixels_and_hold_one_image_at_least() {
+        let be = crate::backend::cpu();
+        assert_eq!(images_per_call(be, 512, 512), 4);
+        assert_eq!(images_per_call(be, 1024, 768), 1);
+        assert_eq!(images_per_call(be, 4000, 3000), 1);
+        assert_eq!(images_per_call(be, 20, 30), CPU_CALL_PIXELS / 600);
     }
 
     #[test]
