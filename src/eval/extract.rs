@@ -693,7 +693,6 @@ mod tests {
         let mut net = Recording::default();
         let out = extract(be, &mut net, &items, &cfg(2), "test").unwrap();
         assert_eq!(net.0, [(2, 20, 30), (2, 20, 30), (2, 30, 20), (2, 30, 20)]);
-
         assert_eq!(out.rows, (0..8).collect::<Vec<_>>());
         let alone = extract(be, &mut TinyGem, &items, &cfg(1), "test").unwrap();
         assert_eq!(alone.rows, out.rows);

@@ -35,14 +35,9 @@ pub struct CandidatePool {
 
 /// The recomputed similarity of the output: f32 inputs, f64 accumulation (the original uses a
 /// float32 numpy dot; this is at least as accurate and independent of the GEMM's rounding).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let wide: Vec<f64> = b.iter().map(|&v| v as f64).collect();
-    dot_wide(a, &wide)
-}
-
-/// [`dot`] with `b` already widened to f64: the same products in the same order, so the same
-/// bits, with half the conversions when one row meets many others.
-fn dot_wide(a: &[f32], b: &[f64]) -> f32 {
+/// `b` may also be a row already widened to f64: the same products in the same order, so the
+/// same bits, with half the conversions when one row meets many others.
+fn dot<B: Copy + Into<f64>>(a: &[f32], b: &[B]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
@@ -55,7 +50,7 @@ fn dot_wide(a: &[f32], b: &[f64]) -> f32 {
 /// each lane adds the same rounded products in the same order, so both give the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f64]) -> f32 {
+unsafe fn dot_avx2<B: Copy + Into<f64>>(a: &[f32], b: &[B]) -> f32 {
     dot_lanes(a, b)
 }
 
@@ -64,19 +59,19 @@ unsafe fn dot_avx2(a: &[f32], b: &[f64]) -> f32 {
 /// float adds); 16 are vectorised and keep the adders busy. It differs from one sequential
 /// sum by f64 rounding only (~1e-16 relative), far below the f32 it is rounded to.
 #[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f64]) -> f32 {
+fn dot_lanes<B: Copy + Into<f64>>(a: &[f32], b: &[B]) -> f32 {
     const LANES: usize = 16;
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f64 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(&x, &y)| x as f64 * y)
+        .map(|(&x, &y)| x as f64 * y.into())
         .sum();
     let mut acc = [0f64; LANES];
     for (x, y) in ca.zip(cb) {
         for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
-            *s += p as f64 * q;
+            *s += p as f64 * q.into();
         }
     }
     (acc.iter().sum::<f64>() + tail) as f32
@@ -116,7 +111,7 @@ fn rescore(feats: &[f32], d: usize, k: usize, neighbor: &[u32], similarity: &mut
                         wide.extend(row(j).iter().map(|&v| v as f64));
                         widened = Some(j);
                     }
-                    *s = dot_wide(row(p / k), &wide);
+                    *s = dot(row(p / k), &wide);
                 }
             });
         for (&e, s) in pairs.iter().zip(scores) {
@@ -343,13 +338,15 @@ mod tests {
                 (got - seq).abs() <= 1e-7 * scale.max(1e-30),
                 "len {len}: {got} vs {seq}"
             );
-            // The AVX2 build and the portable one give the same bits.
+            // The AVX2 build and the portable one give the same bits, and so does a row widened
+            // to f64 first.
             let wide: Vec<f64> = b.iter().map(|&v| v as f64).collect();
             assert_eq!(
                 dot(&a, &b).to_bits(),
-                dot_lanes(&a, &wide).to_bits(),
+                dot_lanes(&a, &b).to_bits(),
                 "len {len}"
             );
+            assert_eq!(dot(&a, &b).to_bits(), dot(&a, &wide).to_bits(), "len {len}");
         }
     }
 
