@@ -55,11 +55,28 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
     let registry = work.join("registry.cpp");
     fs::write(&registry, registry_source(&families)).expect("write registry.cpp");
 
+    // The kernels get ThreadSanitizer's instrumentation without its runtime: every load and store
+    // calls a hook that kernels/emu/runtime.cpp defines (the race checker and the memory
+    // counters). AddressSanitizer cannot be combined with it, so its build has no hooks.
+    let mut kernels = compiler();
+    kernels.include(&emu_dir).files(&units);
+    if asan {
+        kernels.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
+    } else {
+        kernels
+            .flag("-fsanitize=thread")
+            .flag("--param=tsan-instrument-func-entry-exit=0")
+            .flag("--param=tsan-distinguish-volatile=1");
+    }
+    let objects = kernels.compile_intermediates();
+
     let mut b = compiler();
     b.include(&emu_dir)
         .file(emu_dir.join("runtime.cpp"))
-        .file(&registry)
-        .files(&units);
+        .file(&registry);
+    for o in &objects {
+        b.object(o);
+    }
     if asan {
         b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
         // rustc links with -nodefaultlibs, so the runtime is named explicitly; it must also be
@@ -379,7 +396,7 @@ fn shared_declaration(decl: &str, is_extern: bool) -> Result<String, String> {
     };
     Ok(format!(
         "static char insclr_emu_key_{name}; auto& {name} = *static_cast<{ty} (*){dims}>(\
-         ::insclr_emu::block_shared(&insclr_emu_key_{name}, sizeof({ty}{dims}), {align}));"
+         ::insclr_emu::block_shared(&insclr_emu_key_{name}, sizeof({ty}{dims}), {align}, \"{name}\"));"
     ))
 }
 

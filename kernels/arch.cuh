@@ -12,16 +12,19 @@
 // ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16: lanes 8j..8j+7 give the addresses of
 // the 8 rows (16 bytes each) of matrix j; lane t receives, in register j, elements
 // (t/4, 2*(t%4)) and (t/4, 2*(t%4)+1) of matrix j (with .trans: (2*(t%4), t/4) and (2*(t%4)+1, t/4)).
-// cp.async.cg.shared.global (16 bytes) + commit_group + wait_group N: the copy lands in shared
-// memory only when a later wait covers its group; the emulator holds it back until then, so a
-// read before the wait sees the old (poisoned) contents, as it may on a GPU.
+// cp.async.cg.shared.global (16 bytes, optionally with a source size below 16: the rest is
+// zero-filled, and a source size of 0 reads nothing) + commit_group + wait_group N: the copy lands
+// in shared memory only when a later wait covers its group. The emulator holds it back until then,
+// and its race checker reports any access to the destination before that wait.
+// ld/st.shared.v4 and ld/st.global.v4: one 16-byte access per lane, which the emulator's memory
+// counters see as one (a plain uint4 copy may be split by the host compiler).
 #pragma once
 #include <stdint.h>
 #include <cuda_bf16.h>
 
 #ifdef INSCLR_EMU
 namespace insclr_emu {
-void async_copy(void* dst, const void* src, unsigned int bytes);
+void async_copy(void* dst, const void* src, unsigned int bytes, unsigned int src_bytes);
 void async_commit();
 void async_wait(unsigned int pending);
 // True when [p, p + bytes) lies inside the current block's shared memory.
@@ -67,10 +70,12 @@ void mma_m16n8k16_combine(void* const* data, unsigned int) {
         for (int i = 0; i < 4; ++i) m->d[i] = D[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)];
     }
 }
+// Not inlined, so that the return address is the kernel's line (the counters' site).
 template <bool Bf16>
-inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4],
-                         const char* name) {
+__attribute__((noinline)) void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                            const float (&c)[4], const char* name) {
     static const Collective op = {name, &mma_m16n8k16_combine<Bf16>};
+    if (current->lane == 0) count_mma(__builtin_return_address(0));
     MmaLane me;
     for (int i = 0; i < 4; ++i) me.a[i] = a[i], me.c[i] = c[i];
     me.b[0] = b[0];
@@ -105,8 +110,12 @@ void ldmatrix_combine(void* const* data, unsigned int) {
     }
 }
 template <int Count, bool Trans>
-inline void ldmatrix(uint32_t* r, const void* row, const char* name) {
+__attribute__((noinline)) void ldmatrix(uint32_t* r, const void* row, const char* name) {
     static const Collective op = {name, &ldmatrix_combine<Count, Trans>};
+    // Lanes 8j..8j+7 give matrix j's rows: the lanes past 8 * Count give no address.
+    if (current->lane < 8u * Count)
+        lane_access(row, 16, false, Count == 4 ? OP_LDMATRIX_X4 : Count == 2 ? OP_LDMATRIX_X2 : OP_LDMATRIX_X1,
+                    __builtin_return_address(0));
     LdmatrixLane me;
     me.row = static_cast<const unsigned short*>(row);
     warp_collective(0xffffffffu, &op, &me);
@@ -196,9 +205,21 @@ __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* 
 // 16 bytes global -> shared, asynchronously; both addresses 16-byte aligned.
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src) {
 #ifdef INSCLR_EMU
-    insclr_emu::async_copy(smem_dst, gmem_src, 16);
+    insclr_emu::async_copy(smem_dst, gmem_src, 16, 16);
 #else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src));
+#endif
+}
+
+// The same with zero fill: the first `src_bytes` (0..16) come from gmem_src, the rest of the 16
+// are zeros. src_bytes = 0 (a tile's padding or an out-of-bounds row) reads nothing, so gmem_src
+// need not point at valid memory then; it must still be 16-byte aligned.
+__device__ __forceinline__ void cp_async_16_zfill(void* smem_dst, const void* gmem_src, int src_bytes) {
+#ifdef INSCLR_EMU
+    insclr_emu::async_copy(smem_dst, gmem_src, 16, static_cast<unsigned int>(src_bytes));
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src),
+                 "r"(src_bytes));
 #endif
 }
 
@@ -219,6 +240,53 @@ __device__ __forceinline__ void cp_async_wait() {
     insclr_emu::async_wait(Pending);
 #else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+#endif
+}
+
+// 16 bytes from shared memory (16-byte aligned) in one access.
+__device__ __forceinline__ uint4 ld_shared_v4(const void* p) {
+    uint4 v;
+#ifdef INSCLR_EMU
+    insclr_emu::vector_load(&v, p, 16);
+#else
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(smem_addr(p)));
+#endif
+    return v;
+}
+
+// 16 bytes to shared memory (16-byte aligned) in one access.
+__device__ __forceinline__ void st_shared_v4(void* p, uint4 v) {
+#ifdef INSCLR_EMU
+    insclr_emu::vector_store(p, &v, 16);
+#else
+    asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_addr(p)), "r"(v.x), "r"(v.y), "r"(v.z),
+                 "r"(v.w)
+                 : "memory");
+#endif
+}
+
+// 16 bytes from global memory (16-byte aligned) in one access.
+__device__ __forceinline__ uint4 ld_global_v4(const void* p) {
+    uint4 v;
+#ifdef INSCLR_EMU
+    insclr_emu::vector_load(&v, p, 16);
+#else
+    asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+#endif
+    return v;
+}
+
+// 16 bytes to global memory (16-byte aligned) in one access.
+__device__ __forceinline__ void st_global_v4(void* p, uint4 v) {
+#ifdef INSCLR_EMU
+    insclr_emu::vector_store(p, &v, 16);
+#else
+    asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
 #endif
 }
 

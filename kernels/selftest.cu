@@ -210,3 +210,94 @@ extern "C" __global__ void selftest_mma_f32(const unsigned short* __restrict__ a
         for (int i = 0; i < 4; ++i) d[(g + (i >= 2 ? 8 : 0)) * 16 + 8 * h + 2 * t + (i & 1)] = out[i];
     }
 }
+
+// ---- the emulator's instruments (tests/emu.rs) -------------------------------------------------
+
+// One warp, access patterns whose memory counters are known (pattern):
+//   0: lane i loads shared word i: conflict-free, one wavefront
+//   1: lane i loads shared word 4i: every 8th lane on one bank, a 4-way conflict
+//   2: lane i loads in[i]: 128 contiguous bytes, 4 sectors (the ideal)
+//   3: lane i loads in[8i]: one 32-byte sector per lane, 8x the ideal (a transposed read)
+//   4: ldmatrix.x4 of an 8 x 64 bf16 tile with 128-byte rows: a matrix's 8 rows on the same
+//      4 banks, an 8-way conflict
+//   5: the same with each row's 16-byte chunks XOR-swizzled by the row: conflict-free
+// out[lane] keeps the loads alive; for 4 and 5 it is the sum of the four fragments' bits.
+extern "C" __global__ void selftest_access_patterns_u32(const unsigned int* __restrict__ in,
+                                                        unsigned int* __restrict__ out, int pattern) {
+    __shared__ __align__(16) unsigned int words[512];
+    const int lane = threadIdx.x;
+    // The tile is filled with 16-byte accesses, so a test tells the pattern's 4-byte ones apart.
+    for (int i = lane; i < 128; i += 32) st_shared_v4(&words[4 * i], ld_global_v4(in + 4 * i));
+    __syncwarp();
+    unsigned int v = 0;
+    if (pattern == 0) {
+        v = words[lane];
+    } else if (pattern == 1) {
+        v = words[4 * lane];
+    } else if (pattern == 2) {
+        v = in[lane];
+    } else if (pattern == 3) {
+        v = in[8 * lane];
+    } else {
+        // Row r of the tile is words[32 r .. 32 r + 31] (64 bf16); lane l addresses row l % 8 of
+        // matrix l / 8, which is the row's 16-byte chunk l / 8 (swizzled: (l / 8) ^ row).
+        const int row = lane % 8, chunk = lane / 8;
+        const int at = pattern == 5 ? chunk ^ row : chunk;
+        uint32_t r[4];
+        ldmatrix_x4(r, &words[32 * row + 4 * at]);
+        v = r[0] + r[1] + r[2] + r[3];
+    }
+    out[lane] = v;
+}
+
+// C (32 x 16, f32) = A (32 x k) B (k x 16), bf16, on two warps that share the staged tiles: each
+// k step of 16 copies A's 32 x 16 slice (64 x 16 bytes, one cp.async per thread) and B's 16 x 16
+// slice (warp 0), then each warp multiplies its 16 rows. with_barrier = 0 drops the barrier that
+// keeps the next step's copies from overwriting tiles the other warp still reads: the race of a
+// tiled tensor-core loop that the emulator's race checker must report.
+extern "C" __global__ void selftest_tiled_mma_bf16(const __nv_bfloat16* __restrict__ a,
+                                                   const __nv_bfloat16* __restrict__ b, float* __restrict__ c,
+                                                   int k, int with_barrier) {
+    constexpr int LD = 24;  // 16 + 8: 48-byte rows, 16-byte aligned
+    __shared__ __align__(16) __nv_bfloat16 as[32 * LD];
+    __shared__ __align__(16) __nv_bfloat16 bs[16 * LD];
+    const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+    const int g = lane >> 2, q = lane & 3;
+    float acc[2][4] = {};
+    for (int k0 = 0; k0 < k; k0 += 16) {
+        cp_async_16(&as[(t / 2) * LD + (t % 2) * 8], a + (size_t)(t / 2) * k + k0 + (t % 2) * 8);
+        if (warp == 0) cp_async_16(&bs[(t / 2) * LD + (t % 2) * 8], b + (size_t)(k0 + t / 2) * 16 + (t % 2) * 8);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        uint32_t af[4], bf[4];
+        ldmatrix_x4(af, &as[(warp * 16 + lane % 16) * LD + (lane / 16) * 8]);
+        // Matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15), transposed.
+        ldmatrix_x4_trans(bf, &bs[(lane % 16) * LD + (lane / 16) * 8]);
+        const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
+        mma_m16n8k16_bf16(acc[0], af, b0, acc[0]);
+        mma_m16n8k16_bf16(acc[1], af, b1, acc[1]);
+        if (with_barrier) __syncthreads();
+    }
+    for (int h = 0; h < 2; ++h)
+        for (int i = 0; i < 4; ++i)
+            c[(warp * 16 + g + (i >= 2 ? 8 : 0)) * 16 + 8 * h + 2 * q + (i & 1)] = acc[h][i];
+}
+
+// The vector and zero-fill wrappers of arch.cuh on one warp: lane l copies 16 bytes of in[] with
+// cp_async_16_zfill taking src_bytes[l] of them (the rest zero), reads them back with
+// ld_shared_v4 and stores them with st_global_v4 into out[0 .. 128); then it moves its 16 bytes
+// of in[] with ld_global_v4 / st_shared_v4 into out[128 .. 256).
+extern "C" __global__ void selftest_vector_u32(const unsigned int* __restrict__ in, const int* __restrict__ src_bytes,
+                                               unsigned int* __restrict__ out) {
+    __shared__ __align__(16) unsigned int copied[128];
+    __shared__ __align__(16) unsigned int moved[128];
+    const int lane = threadIdx.x;
+    cp_async_16_zfill(&copied[4 * lane], in + 4 * lane, src_bytes[lane]);
+    cp_async_commit();
+    cp_async_wait<0>();
+    st_shared_v4(&moved[4 * lane], ld_global_v4(in + 4 * lane));
+    __syncwarp();
+    st_global_v4(out + 4 * ((lane + 1) % 32), ld_shared_v4(&copied[4 * ((lane + 1) % 32)]));
+    st_global_v4(out + 128 + 4 * ((lane + 3) % 32), ld_shared_v4(&moved[4 * ((lane + 3) % 32)]));
+}

@@ -61,6 +61,14 @@ fn main() {
         Command::Pipeline(a) => cli::pipeline::run(a, cli.device),
         Command::Report(a) => cli::report::run(a),
     };
+    if insclr::backend::cuda::emu::memstats_enabled() {
+        let stats = insclr::backend::cuda::emu::memstats();
+        if stats.is_empty() {
+            eprintln!("INSCLR_EMU_MEMSTATS=1: no emulated launch ran (the counters need --device emu)");
+        } else {
+            eprint!("{}", insclr::backend::cuda::emu::memstats_table(&stats));
+        }
+    }
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -31,21 +31,22 @@ fn barrier_orders_shared_memory_and_its_absence_is_caught() {
         .unwrap();
     assert_eq!(b.download::<f32>(&y).unwrap(), want);
 
-    dev.selftest_barrier_f32(&x, &mut y, blocks, threads, false)
-        .unwrap();
-    let racy = b.download::<f32>(&y).unwrap();
+    let racy = dev.selftest_barrier_f32(&x, &mut y, blocks, threads, false);
     if is_emu(&dev) {
-        // Threads run in a shuffled order from poisoned shared memory: some read a neighbour's
-        // slot before it is written.
-        let wrong = racy.iter().zip(&want).filter(|(g, w)| g != w).count();
+        // The race checker stops the launch and names both sides: the store of one warp and the
+        // load of another, with no barrier between them.
+        let err = format!("{:#}", racy.unwrap_err());
         assert!(
-            wrong > 0,
-            "the emulator ran a kernel with a missing __syncthreads and got the right answer"
+            err.contains("shared-memory race")
+                && err.contains("wrote stage+")
+                && err.contains("read it")
+                && err.matches("selftest.cu:").count() == 2
+                && err.contains("__syncthreads between them is missing"),
+            "{err}"
         );
-        log(&format!(
-            "missing barrier: {wrong} of {n} outputs wrong on emu, as they must be"
-        ));
+        log(&format!("missing barrier on emu: {err}"));
     } else {
+        racy.unwrap();
         log("missing barrier: not asserted on a GPU (a race may or may not show)");
     }
 }
@@ -332,18 +333,22 @@ fn tensor_core_fragments_and_async_copies_give_the_naive_product() {
             be.upload(&cf).unwrap(),
         );
         let mut d = be.upload(&[f32::NAN; 256]).unwrap();
-        dev.selftest_mma_f32(&a, &b, &c, &mut d, variant).unwrap();
-        let got = be.download::<f32>(&d).unwrap();
+        let run = dev.selftest_mma_f32(&a, &b, &c, &mut d, variant);
         if variant == 4 {
-            // ldmatrix read the staging tiles before cp.async's wait: still poison on emu.
+            // ldmatrix read the staging tiles before cp.async's wait: the race checker names the
+            // copy and the read.
             if is_emu(&dev) {
+                let err = format!("{:#}", run.unwrap_err());
                 assert!(
-                    got.iter().any(|v| v.is_nan()),
-                    "a read before cp.async's wait saw the copied data on the emulator"
+                    err.contains("issued a cp.async into sa+")
+                        && err.contains("before a cp.async.wait_group"),
+                    "{err}"
                 );
             }
             continue;
         }
+        run.unwrap();
+        let got = be.download::<f32>(&d).unwrap();
         let err = common::rel_err(&got, &want);
         assert!(err < 1e-6, "variant {variant}: relative error {err:e}");
     }
@@ -484,4 +489,137 @@ fn emu_results_are_repeatable_for_a_seed() {
     };
     let (a, b) = (run(), run());
     assert_eq!(a, b);
+}
+
+// ---- the emulator's instruments: the memory counters and the race checker ------------------------
+
+#[test]
+fn memory_counters_measure_known_patterns() {
+    use insclr::backend::cuda::emu::{count_memory, MemSpace, MemStat};
+    let dev = CudaBackend::emu();
+    let b = be(&dev);
+    let input: Vec<u32> = (0..512u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+    let x = b.upload(&input).unwrap();
+    // The one row of the pattern's own access: 4-byte loads (the tile is filled with 16-byte
+    // ones) or the ldmatrix.
+    let run = |pattern: i32, space: MemSpace, op: &str| -> MemStat {
+        let mut out = b.upload(&[0u32; 32]).unwrap();
+        let (r, stats) = count_memory(|| dev.selftest_access_patterns_u32(&x, &mut out, pattern));
+        r.unwrap();
+        let mine: Vec<&MemStat> = stats
+            .iter()
+            .filter(|s| s.kernel == "selftest_access_patterns_u32")
+            .filter(|s| s.space == space && s.op == op && (op != "ld" || s.width == 4))
+            .collect();
+        assert_eq!(mine.len(), 1, "pattern {pattern}: {stats:#?}");
+        assert!(mine[0].site.contains("selftest.cu:"), "{:?}", mine[0]);
+        mine[0].clone()
+    };
+    let check = |pattern, space, op, transactions, ideal| {
+        let s = run(pattern, space, op);
+        assert_eq!(s.requests, 1, "pattern {pattern}: {s:?}");
+        assert_eq!(
+            (s.transactions, s.ideal),
+            (transactions, ideal),
+            "pattern {pattern}: {s:?}"
+        );
+        log(&format!(
+            "pattern {pattern}: {} {} at {}: {} transactions, ideal {} ({:.1}x)",
+            s.space.name(),
+            s.op,
+            s.site,
+            s.transactions,
+            s.ideal,
+            s.excess()
+        ));
+    };
+    check(0, MemSpace::Shared, "ld", 1, 1); // conflict-free
+    check(1, MemSpace::Shared, "ld", 4, 1); // 4-way bank conflict
+    check(2, MemSpace::Global, "ld", 4, 4); // coalesced: 128 bytes in 4 sectors
+    check(3, MemSpace::Global, "ld", 32, 4); // strided: a sector per lane, 8x
+    check(4, MemSpace::Shared, "ldmatrix.x4", 32, 4); // 8-way: each matrix's rows on 4 banks
+    check(5, MemSpace::Shared, "ldmatrix.x4", 4, 4); // XOR swizzle: conflict-free
+
+    // The fill's 16-byte accesses: 4 requests of a quarter-warp phase each, conflict-free and
+    // coalesced; and nothing is counted outside count_memory.
+    let (_, stats) = count_memory(|| {
+        let mut out = b.upload(&[0u32; 32]).unwrap();
+        dev.selftest_access_patterns_u32(&x, &mut out, 0).unwrap();
+    });
+    let fill = |space: MemSpace, op: &str| {
+        stats
+            .iter()
+            .find(|s| s.space == space && s.op == op && s.width == 16)
+            .unwrap_or_else(|| panic!("no 16-byte {op} in {stats:#?}"))
+    };
+    let (st, ld) = (fill(MemSpace::Shared, "st"), fill(MemSpace::Global, "ld"));
+    assert_eq!((st.requests, st.transactions, st.ideal), (4, 16, 16), "{st:?}");
+    assert_eq!((ld.requests, ld.transactions, ld.ideal), (4, 64, 64), "{ld:?}");
+    let mut out = b.upload(&[0u32; 32]).unwrap();
+    let ((), outside) = count_memory(|| ());
+    dev.selftest_access_patterns_u32(&x, &mut out, 1).unwrap();
+    assert!(outside.is_empty(), "{outside:?}");
+}
+
+#[test]
+fn race_checker_reports_a_missing_barrier_in_a_tiled_tensor_core_loop() {
+    let dev = kernel_device("race_checker_reports_a_missing_barrier_in_a_tiled_tensor_core_loop");
+    let b = be(&dev);
+    let k = 64;
+    let mut rng = Rng::new(31);
+    let round = |v: Vec<f32>| -> Vec<half::bf16> { v.into_iter().map(half::bf16::from_f32).collect() };
+    let (a16, b16) = (round(rng.vec_f32(32 * k, -1.0, 1.0)), round(rng.vec_f32(k * 16, -1.0, 1.0)));
+    let mut want = vec![0f64; 32 * 16];
+    for i in 0..32 {
+        for j in 0..16 {
+            want[i * 16 + j] = (0..k)
+                .map(|p| a16[i * k + p].to_f64() * b16[p * 16 + j].to_f64())
+                .sum();
+        }
+    }
+    let (a, bm) = (b.upload(&a16).unwrap(), b.upload(&b16).unwrap());
+    let mut c = b.upload(&[f32::NAN; 32 * 16]).unwrap();
+    dev.selftest_tiled_mma_bf16(&a, &bm, &mut c, k, true).unwrap();
+    let got = b.download::<f32>(&c).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+    }
+    let racy = dev.selftest_tiled_mma_bf16(&a, &bm, &mut c, k, false);
+    if is_emu(&dev) {
+        // The next k step's copy lands on a tile the other warp is still reading.
+        let err = format!("{:#}", racy.unwrap_err());
+        assert!(
+            err.contains("shared-memory race")
+                && err.contains("selftest_tiled_mma_bf16")
+                && err.contains("selftest.cu:")
+                && (err.contains("cp.async") || err.contains("__syncthreads")),
+            "{err}"
+        );
+        log(&format!("planted race on emu: {err}"));
+    } else {
+        racy.unwrap();
+        log("planted race: not asserted on a GPU (a race may or may not show)");
+    }
+}
+
+#[test]
+fn vector_and_zero_fill_wrappers_follow_the_ptx_definitions() {
+    let dev = kernel_device("vector_and_zero_fill_wrappers_follow_the_ptx_definitions");
+    let b = be(&dev);
+    let input: Vec<u32> = (0..128u32).map(|i| 0x0101_0101u32.wrapping_mul(i + 1) ^ 0x8040_2010).collect();
+    let src_bytes: Vec<i32> = (0..32).map(|l| [0, 1, 4, 8, 12, 16][l % 6]).collect();
+    let (x, n) = (b.upload(&input).unwrap(), b.upload(&src_bytes).unwrap());
+    let mut out = b.upload(&[0xdead_beefu32; 256]).unwrap();
+    dev.selftest_vector_u32(&x, &n, &mut out).unwrap();
+    let got = b.download::<u32>(&out).unwrap();
+    let bytes: Vec<u8> = input.iter().flat_map(|w| w.to_le_bytes()).collect();
+    for lane in 0..32 {
+        // cp.async with a source size: its bytes, then zeros.
+        let want: Vec<u8> = (0..16)
+            .map(|i| if i < src_bytes[lane] as usize { bytes[16 * lane + i] } else { 0 })
+            .collect();
+        let have: Vec<u8> = got[4 * lane..4 * lane + 4].iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(have, want, "lane {lane}, {} source bytes", src_bytes[lane]);
+        assert_eq!(&got[128 + 4 * lane..128 + 4 * lane + 4], &input[4 * lane..4 * lane + 4], "lane {lane}");
+    }
 }

@@ -83,7 +83,10 @@ struct Coords {
     dim3 grid_dim;
     unsigned int lane;
 };
-extern thread_local const Coords* current;
+// The emulated kernels are linked into executables, so thread-locals can use the initial-exec
+// model: a plain %fs-relative load instead of a call per access (threadIdx is read constantly).
+#define INSCLR_EMU_TLS thread_local __attribute__((tls_model("initial-exec")))
+extern INSCLR_EMU_TLS const Coords* current;
 
 // Stops the launch with an error (the way a trap or a hang would stop a GPU), naming the thread.
 [[noreturn]] void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -104,9 +107,19 @@ void yield();                // lets the other threads of the block run (spin-wa
 unsigned long long clock_ticks();
 
 // Per-block shared memory: the same pointer for every thread of a block, fresh and poisoned for
-// each block. `key` is the address of a static that identifies the declaration.
-void* block_shared(const void* key, size_t bytes, size_t align);
+// each block. `key` is the address of a static that identifies the declaration; `name` is the
+// variable's, for the race checker's reports.
+void* block_shared(const void* key, size_t bytes, size_t align, const char* name);
 void* dynamic_shared();     // the launch's dynamic shared memory for the current block
+
+// What the race checker and the memory counters record of an access (runtime.cpp). Plain loads
+// and stores reach them through the compiler's hooks; the wrappers of arch.cuh say what they do
+// explicitly, with the kernel's code address `pc` as the site.
+enum AccessOp : unsigned int { OP_LOAD, OP_STORE, OP_LDMATRIX_X1, OP_LDMATRIX_X2, OP_LDMATRIX_X4, OP_CP_ASYNC, OP_MMA };
+void lane_access(const void* p, unsigned int bytes, bool write, unsigned int op, const void* pc);
+void count_mma(const void* pc);
+void vector_load(void* to, const void* from, unsigned int bytes);
+void vector_store(void* to, const void* from, unsigned int bytes);
 
 // Lane-to-lane data movement behind the __shfl_*_sync family; PTX shfl semantics.
 enum ShflKind { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR };
@@ -306,11 +319,13 @@ inline unsigned int __match_any_sync(unsigned int mask, T v) {
 }
 
 // ---- atomics: one OS thread runs a launch and fibers switch only at barriers, so a plain
-// read-modify-write is atomic here. Each returns the old value, as CUDA's do. -----------------
+// read-modify-write is atomic here. Each returns the old value, as CUDA's do. Outside the access
+// hooks: atomics from many warps in one barrier interval are not a race. -----------------------
 
+#define INSCLR_EMU_NO_HOOKS __attribute__((no_sanitize_thread, noinline))
 #define INSCLR_EMU_ATOMIC(name, expr)                                                           \
     template <typename T, typename U>                                                             \
-    inline T name(T* addr, U val_) {                                                              \
+    INSCLR_EMU_NO_HOOKS T name(T* addr, U val_) {                                                 \
         T val = static_cast<T>(val_);                                                             \
         T old = *addr;                                                                            \
         *addr = (expr);                                                                           \
@@ -325,18 +340,18 @@ INSCLR_EMU_ATOMIC(atomicAnd, old & val)
 INSCLR_EMU_ATOMIC(atomicOr, old | val)
 INSCLR_EMU_ATOMIC(atomicXor, old ^ val)
 #undef INSCLR_EMU_ATOMIC
-inline unsigned int atomicInc(unsigned int* addr, unsigned int limit) {
+INSCLR_EMU_NO_HOOKS inline unsigned int atomicInc(unsigned int* addr, unsigned int limit) {
     unsigned int old = *addr;
     *addr = old >= limit ? 0u : old + 1u;
     return old;
 }
-inline unsigned int atomicDec(unsigned int* addr, unsigned int limit) {
+INSCLR_EMU_NO_HOOKS inline unsigned int atomicDec(unsigned int* addr, unsigned int limit) {
     unsigned int old = *addr;
     *addr = (old == 0u || old > limit) ? limit : old - 1u;
     return old;
 }
 template <typename T>
-inline T atomicCAS(T* addr, T compare, T val) {
+INSCLR_EMU_NO_HOOKS T atomicCAS(T* addr, T compare, T val) {
     T old = *addr;
     if (old == compare) *addr = val;
     return old;

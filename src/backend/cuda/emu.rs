@@ -5,6 +5,17 @@
 //!
 //! `INSCLR_EMU_SEED` sets the base seed of the thread orders (default 1); each launch derives
 //! its own, so a failing run repeats with the same value.
+//!
+//! Two instruments ride on every emulated launch (kernels/emu/runtime.cpp), fed by the compiler's
+//! hooks on every load and store of the kernels and by the wrappers of `kernels/arch.cuh`:
+//! - the race checker: an access to shared memory that another warp wrote (or read, for a write)
+//!   in the same barrier interval, or a cp.async destination touched before its wait, stops the
+//!   launch with both sites (`file:line`). On unless `INSCLR_EMU_RACECHECK=0`; a launch's first
+//!   blocks and its grid's far edges are checked (`INSCLR_EMU_RACECHECK=all`: every block).
+//! - the memory counters ([`count_memory`], or `INSCLR_EMU_MEMSTATS=1` for a whole process):
+//!   per kernel and access site, warp-level requests and the shared-memory wavefronts (bank
+//!   conflicts) or global 32-byte sectors (coalescing) they take, against the ideal. They
+//!   measure access patterns, not time.
 
 use super::device::{Args, DevMem, Launch};
 use anyhow::{anyhow, bail, Result};
@@ -16,7 +27,29 @@ include!(concat!(env!("OUT_DIR"), "/emu_kernels.rs"));
 /// True when the emulated kernels were built with AddressSanitizer (`INSCLR_EMU_SANITIZE`).
 pub const SANITIZED: bool = cfg!(insclr_emu_asan);
 
+/// One record of the runtime's counters (`InsclrEmuMemStat` in runtime.cpp).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawMemStat {
+    kernel: *const c_char,
+    pc: c_ulonglong,
+    space: c_uint,
+    op: c_uint,
+    width: c_uint,
+    reserved: c_uint,
+    requests: c_ulonglong,
+    transactions: c_ulonglong,
+    ideal: c_ulonglong,
+    bytes: c_ulonglong,
+}
+
 extern "C" {
+    fn insclr_emu_memstats_begin();
+    fn insclr_emu_memstats_read(scope: c_int, out: *mut RawMemStat, cap: usize) -> usize;
+    fn insclr_emu_memstats_end();
+    fn insclr_emu_memstats_process() -> c_int;
+    fn insclr_emu_site(pc: c_ulonglong, buf: *mut c_char, cap: usize);
+    fn insclr_emu_sites_prepare(pcs: *const c_ulonglong, n: usize);
     fn insclr_emu_alloc(bytes: usize) -> *mut c_void;
     fn insclr_emu_free(p: *mut c_void);
     fn insclr_emu_launch(
@@ -120,4 +153,194 @@ fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Where a counted access went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MemSpace {
+    Shared,
+    Global,
+    /// Tensor-core instructions (no memory).
+    TensorCore,
+}
+
+impl MemSpace {
+    pub fn name(self) -> &'static str {
+        match self {
+            MemSpace::Shared => "shared",
+            MemSpace::Global => "global",
+            MemSpace::TensorCore => "tensor",
+        }
+    }
+}
+
+/// The emulated device's counters for one access site of one kernel, summed over its launches.
+#[derive(Clone, Debug)]
+pub struct MemStat {
+    pub kernel: String,
+    /// `file:line` of the access, then the lines it was inlined into (`arch.cuh:166 < gemm.cu:163`).
+    pub site: String,
+    pub space: MemSpace,
+    /// `ld`, `st`, `ldmatrix.x1/x2/x4`, `cp.async` or `mma`.
+    pub op: &'static str,
+    /// Bytes each lane moves.
+    pub width: u32,
+    /// Warp-level instructions (one per warp and execution, whatever its active lanes).
+    pub requests: u64,
+    /// Shared: 128-byte wavefronts (more than the ideal = bank conflicts). Global: 32-byte
+    /// sectors (more than the ideal = uncoalesced). Tensor: mma instructions.
+    pub transactions: u64,
+    /// Shared: one wavefront per 128-byte phase of a request. Global: the fewest sectors that
+    /// hold the bytes the lanes asked for.
+    pub ideal: u64,
+    /// Bytes the lanes asked for.
+    pub bytes: u64,
+}
+
+impl MemStat {
+    /// Transactions over the ideal: 1.0 is conflict-free (shared) or fully coalesced (global).
+    pub fn excess(&self) -> f64 {
+        if self.ideal == 0 {
+            1.0
+        } else {
+            self.transactions as f64 / self.ideal as f64
+        }
+    }
+}
+
+/// True when `INSCLR_EMU_MEMSTATS=1` counts every emulated launch of this process.
+pub fn memstats_enabled() -> bool {
+    // SAFETY: reads a flag.
+    unsafe { insclr_emu_memstats_process() != 0 }
+}
+
+/// The counters of every emulated launch of this process so far (empty unless
+/// `INSCLR_EMU_MEMSTATS=1`).
+pub fn memstats() -> Vec<MemStat> {
+    read_stats(0)
+}
+
+/// Runs `f` with the counters on for the emulated launches of the calling thread (a launch runs
+/// on the thread that makes it) and returns what they counted.
+pub fn count_memory<R>(f: impl FnOnce() -> R) -> (R, Vec<MemStat>) {
+    struct End;
+    impl Drop for End {
+        fn drop(&mut self) {
+            // SAFETY: ends this thread's counting (also when f panics).
+            unsafe { insclr_emu_memstats_end() }
+        }
+    }
+    // SAFETY: starts this thread's counting.
+    unsafe { insclr_emu_memstats_begin() };
+    let end = End;
+    let r = f();
+    let stats = read_stats(1);
+    drop(end);
+    (r, stats)
+}
+
+fn read_stats(scope: c_int) -> Vec<MemStat> {
+    // SAFETY: a null buffer of capacity 0 only asks for the count.
+    let n = unsafe { insclr_emu_memstats_read(scope, std::ptr::null_mut(), 0) };
+    let empty = RawMemStat {
+        kernel: std::ptr::null(),
+        pc: 0,
+        space: 0,
+        op: 0,
+        width: 0,
+        reserved: 0,
+        requests: 0,
+        transactions: 0,
+        ideal: 0,
+        bytes: 0,
+    };
+    let mut raw = vec![empty; n];
+    // SAFETY: raw holds n records; the runtime writes at most that many.
+    let got = unsafe { insclr_emu_memstats_read(scope, raw.as_mut_ptr(), raw.len()) };
+    raw.truncate(got.min(n));
+    let pcs: Vec<c_ulonglong> = raw.iter().map(|r| r.pc).collect();
+    // SAFETY: pcs is a valid slice; one addr2line run resolves every site.
+    unsafe { insclr_emu_sites_prepare(pcs.as_ptr(), pcs.len()) };
+    raw.iter()
+        .map(|r| MemStat {
+            // SAFETY: the registry's kernel names are static NUL-terminated strings.
+            kernel: unsafe { CStr::from_ptr(r.kernel) }
+                .to_string_lossy()
+                .into_owned(),
+            site: site(r.pc),
+            space: match r.space {
+                0 => MemSpace::Shared,
+                1 => MemSpace::Global,
+                _ => MemSpace::TensorCore,
+            },
+            op: match r.op {
+                0 => "ld",
+                1 => "st",
+                2 => "ldmatrix.x1",
+                3 => "ldmatrix.x2",
+                4 => "ldmatrix.x4",
+                5 => "cp.async",
+                _ => "mma",
+            },
+            width: r.width,
+            requests: r.requests,
+            transactions: if r.op == 6 { r.requests } else { r.transactions },
+            ideal: if r.op == 6 { r.requests } else { r.ideal },
+            bytes: r.bytes,
+        })
+        .collect()
+}
+
+fn site(pc: u64) -> String {
+    let mut buf = vec![0 as c_char; 512];
+    // SAFETY: buf has room for 512 bytes including the NUL the runtime writes.
+    unsafe {
+        insclr_emu_site(pc, buf.as_mut_ptr(), buf.len());
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    }
+}
+
+/// The counters as a table: per kernel, its sites with the most transactions first.
+pub fn memstats_table(stats: &[MemStat]) -> String {
+    use std::fmt::Write as _;
+    let mut rows: Vec<&MemStat> = stats.iter().collect();
+    rows.sort_by(|a, b| {
+        (&a.kernel, a.space)
+            .cmp(&(&b.kernel, b.space))
+            .then(b.transactions.cmp(&a.transactions))
+    });
+    let site_w = rows.iter().map(|r| r.site.len()).max().unwrap_or(4).clamp(4, 60);
+    let kernel_w = rows.iter().map(|r| r.kernel.len()).max().unwrap_or(6).max(6);
+    let mut t = String::new();
+    writeln!(
+        t,
+        "emulated memory counters: shared = 128-byte wavefronts (bank conflicts above the ideal), \
+         global = 32-byte sectors (uncoalesced above the ideal); patterns, not time"
+    )
+    .unwrap();
+    writeln!(
+        t,
+        "{:<kernel_w$}  {:<site_w$}  {:<6}  {:<11}  {:>3}  {:>10}  {:>12}  {:>12}  {:>7}  {:>12}",
+        "kernel", "site", "space", "op", "B", "requests", "transactions", "ideal", "x ideal", "bytes"
+    )
+    .unwrap();
+    for r in rows {
+        let site: String = r.site.chars().take(site_w).collect();
+        writeln!(
+            t,
+            "{:<kernel_w$}  {:<site_w$}  {:<6}  {:<11}  {:>3}  {:>10}  {:>12}  {:>12}  {:>7.2}  {:>12}",
+            r.kernel,
+            site,
+            r.space.name(),
+            r.op,
+            r.width,
+            r.requests,
+            r.transactions,
+            r.ideal,
+            r.excess(),
+            r.bytes
+        )
+        .unwrap();
+    }
+    t
 }

@@ -295,4 +295,56 @@ impl CudaBackend {
         // SAFETY: (a, b, c, d, variant); a and b hold 256 b16 each, c and d 256 floats.
         unsafe { self.launch("selftest_mma_f32", Launch::linear(1, 32), args) }
     }
+
+    /// One warp of `selftest_access_patterns_u32`: `input` holds 512 words, `out` one per lane;
+    /// `pattern` 0..=5 picks the access whose memory counters are known (kernels/selftest.cu).
+    pub fn selftest_access_patterns_u32(&self, input: &Buf, out: &mut Buf, pattern: i32) -> Result<()> {
+        expect("selftest_access_patterns_u32 in", input, DType::U32, 512)?;
+        expect("selftest_access_patterns_u32 out", out, DType::U32, 32)?;
+        if !(0..=5).contains(&pattern) {
+            bail!("selftest_access_patterns_u32: pattern {pattern} is not 0..=5");
+        }
+        let args = Args::new().ptr(input.dev()?).ptr(out.dev_mut()?).i32(pattern);
+        // SAFETY: (in, out, pattern); in holds 512 words, out 32.
+        unsafe { self.launch("selftest_access_patterns_u32", Launch::linear(1, 32), args) }
+    }
+
+    /// `c (32 x 16) = a (32 x k) b (k x 16)` on two warps sharing cp.async-staged tiles, `k` a
+    /// multiple of 16; `a`, `b` bf16, `c` f32. Without the barrier at the end of each k step it
+    /// is a race (kernels/selftest.cu).
+    pub fn selftest_tiled_mma_bf16(
+        &self,
+        a: &Buf,
+        b: &Buf,
+        c: &mut Buf,
+        k: usize,
+        with_barrier: bool,
+    ) -> Result<()> {
+        if k == 0 || k % 16 != 0 {
+            bail!("selftest_tiled_mma_bf16: k = {k} is not a positive multiple of 16");
+        }
+        expect("selftest_tiled_mma_bf16 a", a, DType::BF16, 32 * k)?;
+        expect("selftest_tiled_mma_bf16 b", b, DType::BF16, k * 16)?;
+        expect("selftest_tiled_mma_bf16 c", c, DType::F32, 32 * 16)?;
+        let args = Args::new()
+            .ptr(a.dev()?)
+            .ptr(b.dev()?)
+            .ptr(c.dev_mut()?)
+            .i32(int(k, "k")?)
+            .i32(with_barrier as i32);
+        // SAFETY: (a, b, c, k, with_barrier); a holds 32 x k bf16, b k x 16, c 32 x 16 floats.
+        unsafe { self.launch("selftest_tiled_mma_bf16", Launch::linear(1, 64), args) }
+    }
+
+    /// One warp of `selftest_vector_u32`: `input` holds 128 words, `src_bytes` one count (0..=16)
+    /// per lane, `out` 256 words (kernels/selftest.cu).
+    pub fn selftest_vector_u32(&self, input: &Buf, src_bytes: &Buf, out: &mut Buf) -> Result<()> {
+        expect("selftest_vector_u32 in", input, DType::U32, 128)?;
+        expect("selftest_vector_u32 src_bytes", src_bytes, DType::I32, 32)?;
+        expect("selftest_vector_u32 out", out, DType::U32, 256)?;
+        let args = Args::new().ptr(input.dev()?).ptr(src_bytes.dev()?).ptr(out.dev_mut()?);
+        // SAFETY: (in, src_bytes, out); in holds 128 words, src_bytes 32 ints in 0..=16 (the
+        // caller's; the emulator refuses others), out 256 words.
+        unsafe { self.launch("selftest_vector_u32", Launch::linear(1, 32), args) }
+    }
 }
