@@ -61,7 +61,9 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
     let mut kernels = compiler();
     kernels.include(&emu_dir).files(&units);
     if asan {
-        kernels.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
+        kernels
+            .flag("-fsanitize=address")
+            .flag("-fno-omit-frame-pointer");
     } else {
         kernels
             .flag("-fsanitize=thread")

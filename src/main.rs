@@ -64,7 +64,9 @@ fn main() {
     if insclr::backend::cuda::emu::memstats_enabled() {
         let stats = insclr::backend::cuda::emu::memstats();
         if stats.is_empty() {
-            eprintln!("INSCLR_EMU_MEMSTATS=1: no emulated launch ran (the counters need --device emu)");
+            eprintln!(
+                "INSCLR_EMU_MEMSTATS=1: no emulated launch ran (the counters need --device emu)"
+            );
         } else {
             eprint!("{}", insclr::backend::cuda::emu::memstats_table(&stats));
         }

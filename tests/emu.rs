@@ -553,8 +553,16 @@ fn memory_counters_measure_known_patterns() {
             .unwrap_or_else(|| panic!("no 16-byte {op} in {stats:#?}"))
     };
     let (st, ld) = (fill(MemSpace::Shared, "st"), fill(MemSpace::Global, "ld"));
-    assert_eq!((st.requests, st.transactions, st.ideal), (4, 16, 16), "{st:?}");
-    assert_eq!((ld.requests, ld.transactions, ld.ideal), (4, 64, 64), "{ld:?}");
+    assert_eq!(
+        (st.requests, st.transactions, st.ideal),
+        (4, 16, 16),
+        "{st:?}"
+    );
+    assert_eq!(
+        (ld.requests, ld.transactions, ld.ideal),
+        (4, 64, 64),
+        "{ld:?}"
+    );
     let mut out = b.upload(&[0u32; 32]).unwrap();
     let ((), outside) = count_memory(|| ());
     dev.selftest_access_patterns_u32(&x, &mut out, 1).unwrap();
@@ -567,8 +575,12 @@ fn race_checker_reports_a_missing_barrier_in_a_tiled_tensor_core_loop() {
     let b = be(&dev);
     let k = 64;
     let mut rng = Rng::new(31);
-    let round = |v: Vec<f32>| -> Vec<half::bf16> { v.into_iter().map(half::bf16::from_f32).collect() };
-    let (a16, b16) = (round(rng.vec_f32(32 * k, -1.0, 1.0)), round(rng.vec_f32(k * 16, -1.0, 1.0)));
+    let round =
+        |v: Vec<f32>| -> Vec<half::bf16> { v.into_iter().map(half::bf16::from_f32).collect() };
+    let (a16, b16) = (
+        round(rng.vec_f32(32 * k, -1.0, 1.0)),
+        round(rng.vec_f32(k * 16, -1.0, 1.0)),
+    );
     let mut want = vec![0f64; 32 * 16];
     for i in 0..32 {
         for j in 0..16 {
@@ -579,7 +591,8 @@ fn race_checker_reports_a_missing_barrier_in_a_tiled_tensor_core_loop() {
     }
     let (a, bm) = (b.upload(&a16).unwrap(), b.upload(&b16).unwrap());
     let mut c = b.upload(&[f32::NAN; 32 * 16]).unwrap();
-    dev.selftest_tiled_mma_bf16(&a, &bm, &mut c, k, true).unwrap();
+    dev.selftest_tiled_mma_bf16(&a, &bm, &mut c, k, true)
+        .unwrap();
     let got = b.download::<f32>(&c).unwrap();
     for (g, w) in got.iter().zip(&want) {
         assert!((*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
@@ -606,7 +619,9 @@ fn race_checker_reports_a_missing_barrier_in_a_tiled_tensor_core_loop() {
 fn vector_and_zero_fill_wrappers_follow_the_ptx_definitions() {
     let dev = kernel_device("vector_and_zero_fill_wrappers_follow_the_ptx_definitions");
     let b = be(&dev);
-    let input: Vec<u32> = (0..128u32).map(|i| 0x0101_0101u32.wrapping_mul(i + 1) ^ 0x8040_2010).collect();
+    let input: Vec<u32> = (0..128u32)
+        .map(|i| 0x0101_0101u32.wrapping_mul(i + 1) ^ 0x8040_2010)
+        .collect();
     let src_bytes: Vec<i32> = (0..32).map(|l| [0, 1, 4, 8, 12, 16][l % 6]).collect();
     let (x, n) = (b.upload(&input).unwrap(), b.upload(&src_bytes).unwrap());
     let mut out = b.upload(&[0xdead_beefu32; 256]).unwrap();
@@ -616,10 +631,23 @@ fn vector_and_zero_fill_wrappers_follow_the_ptx_definitions() {
     for lane in 0..32 {
         // cp.async with a source size: its bytes, then zeros.
         let want: Vec<u8> = (0..16)
-            .map(|i| if i < src_bytes[lane] as usize { bytes[16 * lane + i] } else { 0 })
+            .map(|i| {
+                if i < src_bytes[lane] as usize {
+                    bytes[16 * lane + i]
+                } else {
+                    0
+                }
+            })
             .collect();
-        let have: Vec<u8> = got[4 * lane..4 * lane + 4].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let have: Vec<u8> = got[4 * lane..4 * lane + 4]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
         assert_eq!(have, want, "lane {lane}, {} source bytes", src_bytes[lane]);
-        assert_eq!(&got[128 + 4 * lane..128 + 4 * lane + 4], &input[4 * lane..4 * lane + 4], "lane {lane}");
+        assert_eq!(
+            &got[128 + 4 * lane..128 + 4 * lane + 4],
+            &input[4 * lane..4 * lane + 4],
+            "lane {lane}"
+        );
     }
 }

@@ -284,7 +284,11 @@ fn read_stats(scope: c_int) -> Vec<MemStat> {
             },
             width: r.width,
             requests: r.requests,
-            transactions: if r.op == 6 { r.requests } else { r.transactions },
+            transactions: if r.op == 6 {
+                r.requests
+            } else {
+                r.transactions
+            },
             ideal: if r.op == 6 { r.requests } else { r.ideal },
             bytes: r.bytes,
         })
@@ -309,8 +313,18 @@ pub fn memstats_table(stats: &[MemStat]) -> String {
             .cmp(&(&b.kernel, b.space))
             .then(b.transactions.cmp(&a.transactions))
     });
-    let site_w = rows.iter().map(|r| r.site.len()).max().unwrap_or(4).clamp(4, 60);
-    let kernel_w = rows.iter().map(|r| r.kernel.len()).max().unwrap_or(6).max(6);
+    let site_w = rows
+        .iter()
+        .map(|r| r.site.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 60);
+    let kernel_w = rows
+        .iter()
+        .map(|r| r.kernel.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let mut t = String::new();
     writeln!(
         t,
@@ -321,7 +335,16 @@ pub fn memstats_table(stats: &[MemStat]) -> String {
     writeln!(
         t,
         "{:<kernel_w$}  {:<site_w$}  {:<6}  {:<11}  {:>3}  {:>10}  {:>12}  {:>12}  {:>7}  {:>12}",
-        "kernel", "site", "space", "op", "B", "requests", "transactions", "ideal", "x ideal", "bytes"
+        "kernel",
+        "site",
+        "space",
+        "op",
+        "B",
+        "requests",
+        "transactions",
+        "ideal",
+        "x ideal",
+        "bytes"
     )
     .unwrap();
     for r in rows {

@@ -298,13 +298,21 @@ impl CudaBackend {
 
     /// One warp of `selftest_access_patterns_u32`: `input` holds 512 words, `out` one per lane;
     /// `pattern` 0..=5 picks the access whose memory counters are known (kernels/selftest.cu).
-    pub fn selftest_access_patterns_u32(&self, input: &Buf, out: &mut Buf, pattern: i32) -> Result<()> {
+    pub fn selftest_access_patterns_u32(
+        &self,
+        input: &Buf,
+        out: &mut Buf,
+        pattern: i32,
+    ) -> Result<()> {
         expect("selftest_access_patterns_u32 in", input, DType::U32, 512)?;
         expect("selftest_access_patterns_u32 out", out, DType::U32, 32)?;
         if !(0..=5).contains(&pattern) {
             bail!("selftest_access_patterns_u32: pattern {pattern} is not 0..=5");
         }
-        let args = Args::new().ptr(input.dev()?).ptr(out.dev_mut()?).i32(pattern);
+        let args = Args::new()
+            .ptr(input.dev()?)
+            .ptr(out.dev_mut()?)
+            .i32(pattern);
         // SAFETY: (in, out, pattern); in holds 512 words, out 32.
         unsafe { self.launch("selftest_access_patterns_u32", Launch::linear(1, 32), args) }
     }
@@ -342,7 +350,10 @@ impl CudaBackend {
         expect("selftest_vector_u32 in", input, DType::U32, 128)?;
         expect("selftest_vector_u32 src_bytes", src_bytes, DType::I32, 32)?;
         expect("selftest_vector_u32 out", out, DType::U32, 256)?;
-        let args = Args::new().ptr(input.dev()?).ptr(src_bytes.dev()?).ptr(out.dev_mut()?);
+        let args = Args::new()
+            .ptr(input.dev()?)
+            .ptr(src_bytes.dev()?)
+            .ptr(out.dev_mut()?);
         // SAFETY: (in, src_bytes, out); in holds 128 words, src_bytes 32 ints in 0..=16 (the
         // caller's; the emulator refuses others), out 256 words.
         unsafe { self.launch("selftest_vector_u32", Launch::linear(1, 32), args) }
