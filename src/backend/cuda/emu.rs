@@ -27,6 +27,12 @@ include!(concat!(env!("OUT_DIR"), "/emu_kernels.rs"));
 /// True when the emulated kernels were built with AddressSanitizer (`INSCLR_EMU_SANITIZE`).
 pub const SANITIZED: bool = cfg!(insclr_emu_asan);
 
+/// True when every load and store of the emulated kernels reaches the race checker and the
+/// counters. The AddressSanitizer build has no such hooks (the two instrumentations exclude each
+/// other): there they see only the accesses of the `arch.cuh` wrappers (ldmatrix, cp.async, the
+/// vector loads and stores).
+pub const ACCESS_HOOKS: bool = !SANITIZED;
+
 /// One record of the runtime's counters (`InsclrEmuMemStat` in runtime.cpp).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -261,38 +267,54 @@ fn read_stats(scope: c_int) -> Vec<MemStat> {
     let pcs: Vec<c_ulonglong> = raw.iter().map(|r| r.pc).collect();
     // SAFETY: pcs is a valid slice; one addr2line run resolves every site.
     unsafe { insclr_emu_sites_prepare(pcs.as_ptr(), pcs.len()) };
-    raw.iter()
-        .map(|r| MemStat {
-            // SAFETY: the registry's kernel names are static NUL-terminated strings.
-            kernel: unsafe { CStr::from_ptr(r.kernel) }
-                .to_string_lossy()
-                .into_owned(),
-            site: site(r.pc),
-            space: match r.space {
-                0 => MemSpace::Shared,
-                1 => MemSpace::Global,
-                _ => MemSpace::TensorCore,
-            },
-            op: match r.op {
-                0 => "ld",
-                1 => "st",
-                2 => "ldmatrix.x1",
-                3 => "ldmatrix.x2",
-                4 => "ldmatrix.x4",
-                5 => "cp.async",
-                _ => "mma",
-            },
-            width: r.width,
-            requests: r.requests,
-            transactions: if r.op == 6 {
-                r.requests
-            } else {
-                r.transactions
-            },
-            ideal: if r.op == 6 { r.requests } else { r.ideal },
-            bytes: r.bytes,
-        })
-        .collect()
+    let all = raw.iter().map(|r| MemStat {
+        // SAFETY: the registry's kernel names are static NUL-terminated strings.
+        kernel: unsafe { CStr::from_ptr(r.kernel) }
+            .to_string_lossy()
+            .into_owned(),
+        site: site(r.pc),
+        space: match r.space {
+            0 => MemSpace::Shared,
+            1 => MemSpace::Global,
+            _ => MemSpace::TensorCore,
+        },
+        op: match r.op {
+            0 => "ld",
+            1 => "st",
+            2 => "ldmatrix.x1",
+            3 => "ldmatrix.x2",
+            4 => "ldmatrix.x4",
+            5 => "cp.async",
+            _ => "mma",
+        },
+        width: r.width,
+        requests: r.requests,
+        transactions: if r.op == 6 {
+            r.requests
+        } else {
+            r.transactions
+        },
+        ideal: if r.op == 6 { r.requests } else { r.ideal },
+        bytes: r.bytes,
+    });
+    // Code addresses of one source line (a struct's fields, an unrolled loop) make one row.
+    let mut rows: Vec<MemStat> = Vec::new();
+    for s in all {
+        let same = |r: &&mut MemStat| {
+            (&r.kernel, &r.site, r.space, r.op, r.width)
+                == (&s.kernel, &s.site, s.space, s.op, s.width)
+        };
+        match rows.iter_mut().find(same) {
+            Some(r) => {
+                r.requests += s.requests;
+                r.transactions += s.transactions;
+                r.ideal += s.ideal;
+                r.bytes += s.bytes;
+            }
+            None => rows.push(s),
+        }
+    }
+    rows
 }
 
 fn site(pc: u64) -> String {
