@@ -657,3 +657,61 @@ fn vector_and_zero_fill_wrappers_follow_the_ptx_definitions() {
         );
     }
 }
+
+#[test]
+fn emu_pool_cli_prints_the_memory_counters_with_insclr_emu_memstats() {
+    if !insclr::backend::cuda::emu::ACCESS_HOOKS {
+        log("memory counters: not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("insclr-emu-memstats-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (n, d) = (140usize, 64usize);
+    let mut x = Rng::new(14).vec_f32(n * d, -1.0, 1.0);
+    for row in x.chunks_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    let feats = dir.join("feats.npy");
+    insclr::io::npy::write(&feats, &insclr::io::npy::Array::new(vec![n, d], x).unwrap()).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
+        .env("INSCLR_EMU_MEMSTATS", "1")
+        .args([
+            "--device",
+            "emu",
+            "pool",
+            "--k",
+            "5",
+            "--precision",
+            "bf16",
+            "--feats",
+        ])
+        .arg(&feats)
+        .arg("--out")
+        .arg(dir.join("pool.npz"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    // The bf16 similarity GEMM's rows: its ldmatrix and staging stores in shared memory, its
+    // staging loads and score stores in global memory, each with a source line.
+    let rows: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("matmul_bf16_f32 "))
+        .collect();
+    let has = |space: &str, op: &str| {
+        rows.iter().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.contains(&space) && f.contains(&op) && l.contains("gemm.cu:")
+        })
+    };
+    assert!(
+        has("shared", "ldmatrix.x4")
+            && has("shared", "st")
+            && has("global", "ld")
+            && has("global", "st"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("emulated memory counters"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
