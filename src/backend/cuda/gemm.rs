@@ -13,6 +13,42 @@ const F32_TILE: (usize, usize) = (128, 128);
 const F32_SMALL_TILE: (usize, usize) = (64, 64);
 const BF16_TILE: (usize, usize) = (128, 128);
 
+/// The pipelined tensor-core kernels (kernels/tc_gemm.cuh): block tile, threads and dynamic
+/// shared memory (3 stages of (BM + BN) x 32 bf16; the epilogue reuses them), as
+/// `tc::SmemSize` computes it.
+struct TcTile {
+    kernel_bf16: &'static str,
+    kernel_f32: &'static str,
+    tile: (usize, usize),
+}
+const TC_STAGES: usize = 3;
+const TC_THREADS: u32 = 128;
+const TC_128: TcTile = TcTile {
+    kernel_bf16: "matmul_tc_bf16",
+    kernel_f32: "matmul_tc_bf16_f32",
+    tile: (128, 128),
+};
+const TC_64: TcTile = TcTile {
+    kernel_bf16: "matmul_tc64_bf16",
+    kernel_f32: "matmul_tc64_bf16_f32",
+    tile: (64, 128),
+};
+
+impl TcTile {
+    fn smem_bytes(&self) -> u32 {
+        ((self.tile.0 + self.tile.1) * 32 * 2 * TC_STAGES) as u32
+    }
+}
+
+/// True when the pipelined kernels can take the product: every operand row starts 16-byte
+/// aligned (their 16-byte copies and stores need it), so each leading dimension is a multiple of
+/// 8 elements and each operand starts 16-byte aligned.
+fn tc_aligned(s: &MatMul, offsets: [usize; 3]) -> bool {
+    let lda = if s.trans_a { s.m } else { s.k };
+    let ldb = if s.trans_b { s.k } else { s.n };
+    lda % 8 == 0 && ldb % 8 == 0 && offsets.iter().all(|o| o % 16 == 0)
+}
+
 /// True when `INSCLR_GEMM=cublas` routes f32 products on a GPU to cuBLAS.
 fn cublas_requested() -> bool {
     std::env::var("INSCLR_GEMM").is_ok_and(|v| v == "cublas")
@@ -83,7 +119,11 @@ impl CudaBackend {
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
+        let pipelined = dtype == DType::BF16 && tc_aligned(&s, [a.1, b.1, c.1]);
+        let tc = if s.m <= TC_64.tile.0 { &TC_64 } else { &TC_128 };
         let (kernel, (tm, tn)) = match (dtype, out) {
+            (DType::BF16, DType::BF16) if pipelined => (tc.kernel_bf16, tc.tile),
+            (DType::BF16, DType::F32) if pipelined => (tc.kernel_f32, tc.tile),
             (DType::BF16, DType::BF16) => ("matmul_bf16", BF16_TILE),
             (DType::BF16, DType::F32) => ("matmul_bf16_f32", BF16_TILE),
             (DType::F32, DType::F32) if s.m >= F32_TILE.0 && s.n >= F32_TILE.1 => {
@@ -92,7 +132,11 @@ impl CudaBackend {
             (DType::F32, DType::F32) => ("matmul_small_f32", F32_SMALL_TILE),
             _ => bail!("no GEMM kernel takes {dtype} inputs to a {out} output"),
         };
-        let (cfg, [m, n, k]) = launch_shape(&s, (tm, tn))?;
+        let (mut cfg, [m, n, k]) = launch_shape(&s, (tm, tn))?;
+        if pipelined {
+            cfg.block = (TC_THREADS, 1, 1);
+            cfg.smem = tc.smem_bytes();
+        }
         let args = Args::new()
             .ptr_at(a.0, a.1)
             .ptr_at(b.0, b.1)
