@@ -3,15 +3,14 @@
 //! gradient, the gradient clip and the Adam update over the parameter arena. ResNet-50 at
 //! 224 px and ResNet-101 at 448 px, batch 64, f32; images/s in the table. The PyTorch numbers
 //! to compare with come from scripts/torch-baseline.py on the same GPU. GPU only: on the CPU
-//! a step of these networks takes minutes and says nothing new.
+//! a step of these networks takes minutes and says nothing new. The step is
+//! `insclr::plan::BackboneStep`, the one `insclr-cu plan` lists the launches of.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use insclr::backend::{Backend, CudaBackend, DType};
-use insclr::nn::head::HeadKind;
-use insclr::nn::{zero_grads, Arch, RetrievalNet};
+use insclr::nn::Arch;
+use insclr::plan::{BackboneStep, DESC_DIM};
 use insclr::rng::Rng;
-use insclr::train::config::Solver;
-use insclr::train::optim::Optimizer;
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 64;
@@ -40,28 +39,13 @@ fn bench_step(c: &mut Criterion) {
         (Arch::ResNet101, "resnet101", 448, DType::BF16),
     ] {
         let mut rng = Rng::new(3);
-        let backbone = arch.build(be, &mut rng, false).expect("backbone");
-        let mut net =
-            RetrievalNet::new(be, &mut rng, backbone, HeadKind::NormLinearNorm, 2048).expect("net");
-        let solver = Solver {
-            name: "adam".into(),
-            base_lr: 1e-6,
-            grad_max_norm: 10.0,
-            ..Solver::default()
-        };
-        net.set_precision(precision).expect("precision");
-        let mut opt = Optimizer::new(&solver, be, &mut net).expect("optimiser");
+        let mut backbone_step =
+            BackboneStep::new(be, &mut rng, arch, precision, BATCH, px).expect("network");
         let x = rng.vec_f32(BATCH * 3 * px * px, -2.0, 2.0);
         let d_desc = be
-            .upload(&rng.vec_f32(BATCH * 2048, -1e-3, 1e-3))
+            .upload(&rng.vec_f32(BATCH * DESC_DIM, -1e-3, 1e-3))
             .expect("upload");
-        let mut step = || {
-            net.forward_train(be, &x, BATCH, px, px).expect("forward");
-            zero_grads(be, &mut net).expect("zero");
-            net.backward(be, &d_desc).expect("backward");
-            opt.clip_grad_norm(be, &mut net, 10.0).expect("clip");
-            opt.step(be, &mut net, 1.0).expect("adam");
-        };
+        let mut step = || backbone_step.run(be, &x, &d_desc).expect("training step");
         let label = format!("{name} {precision:?} {BATCH}x{px}px");
         let (mut samples, mut warm) = (Vec::new(), false);
         group.bench_function(&label, |b| {

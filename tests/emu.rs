@@ -267,6 +267,59 @@ fn dynamic_shared_memory_is_per_block() {
     assert_eq!(got, twin::dynamic_smem_f32(&input, threads));
 }
 
+/// Runs `selftest_big_smem_f32` with `smem` bytes per block and checks every value came back
+/// reversed within its block.
+fn big_smem_round_trip(dev: &CudaBackend, blocks: usize, smem: usize) {
+    let b = be(dev);
+    let per_block = smem / 4;
+    let input = Rng::new(11).vec_f32(blocks * per_block, -1.0, 1.0);
+    let x = b.upload(&input).unwrap();
+    let mut y = b.upload(&vec![f32::NAN; blocks * per_block]).unwrap();
+    dev.selftest_big_smem_f32(&x, &mut y, blocks as u32, 256, smem as u32)
+        .unwrap();
+    // The same definition as the small kernel's: each block's slice reversed.
+    let want = twin::dynamic_smem_f32(&input, per_block);
+    assert!(
+        b.download::<f32>(&y).unwrap() == want,
+        "{smem} bytes of dynamic shared memory did not round-trip"
+    );
+}
+
+#[test]
+fn dynamic_shared_memory_past_48_kib_opts_in_up_to_227_kib() {
+    // On a GPU the first launch over 48 KiB sets the kernel's maximum; the second, larger one
+    // raises it; the emulator allocates what the launch asks for, up to the same limit.
+    let dev = kernel_device("dynamic_shared_memory_past_48_kib_opts_in_up_to_227_kib");
+    big_smem_round_trip(&dev, 3, 100 * 1024);
+    big_smem_round_trip(&dev, 2, 227 * 1024);
+    log("100 KiB and 227 KiB of dynamic shared memory per block round-tripped");
+}
+
+#[test]
+fn shared_memory_past_227_kib_is_a_clear_error() {
+    let over = 227 * 1024 + 4;
+    let mut devs = vec![("emu", CudaBackend::emu())];
+    if let Ok(gpu) = CudaBackend::new(0) {
+        devs.push(("cuda", gpu));
+    }
+    for (name, dev) in devs {
+        let b = be(&dev);
+        let x = b.upload(&vec![1.0f32; over / 4]).unwrap();
+        let mut y = b.upload(&vec![0.0f32; over / 4]).unwrap();
+        let err = format!(
+            "{:#}",
+            dev.selftest_big_smem_f32(&x, &mut y, 1, 256, over as u32)
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("selftest_big_smem_f32")
+                && err.contains(&over.to_string())
+                && err.contains("227 KiB"),
+            "{name}: {err}"
+        );
+    }
+}
+
 #[test]
 fn thread_and_block_coordinates_cover_3d_launches() {
     let dev = kernel_device("thread_and_block_coordinates_cover_3d_launches");

@@ -2,6 +2,7 @@
 //! convolutions with their own kernels. Other groupings have no kernel and are an error.
 
 use super::device::{Args, Launch};
+use super::work::Work;
 use super::{int, CudaBackend};
 use crate::backend::{Buf, Checked, Conv, ConvOps, DType, Op};
 use anyhow::{bail, Result};
@@ -68,12 +69,14 @@ fn gemm_launch(dtype: DType, m: usize, n: usize, splits: usize) -> Launch {
     }
 }
 
-/// How the weight gradient's reduction over the batch's `k` output positions is split: enough
-/// splits to give a GPU ~512 blocks when the `tiles` of the output alone are few, at least 256
-/// positions each. Returns `(splits, k_per_split)`, `k_per_split` a multiple of the K tile
-/// `tile_k`.
-fn weight_grad_splits(tiles: usize, k: usize, tile_k: usize) -> (usize, usize) {
-    let want = (512 / tiles.max(1)).clamp(1, k.div_ceil(256).max(1));
+/// How the weight gradient's reduction over the batch's `k` output positions is split: when the
+/// `tiles` of the output alone leave some of the GPU's `slots` (blocks it holds at once) empty,
+/// into as many parts as fill them in one wave, at least 256 positions each. A fixed count of
+/// blocks (512 before) left an H200 at 0.65 waves for the f32 kernel (five blocks per SM) and at
+/// 1.9 for the bf16 one (two). Returns `(splits, k_per_split)`, `k_per_split` a multiple of the K
+/// tile `tile_k`; `tiles * splits <= slots` whenever `tiles < slots`.
+fn weight_grad_splits(tiles: usize, k: usize, tile_k: usize, slots: usize) -> (usize, usize) {
+    let want = (slots / tiles.max(1)).clamp(1, k.div_ceil(256).max(1));
     let per = k.div_ceil(want).div_ceil(tile_k) * tile_k;
     (k.div_ceil(per.max(1)).max(1), per.max(tile_k))
 }
@@ -98,6 +101,8 @@ impl ConvOps for CudaBackend {
                 Launch::grid_stride(total),
             ),
         };
+        let (ex, ew, ey) = s.sizes();
+        let args = args.work(Work::conv(&s, x.dtype(), (ex + ew + ey) * x.dtype().size()));
         // SAFETY: arguments match conv2d_fwd_<dtype> / conv2d_depthwise_fwd_<dtype>(x, w, y,
         // shape...); the shape was checked: x, w, y hold its input, weight and output sizes, in
         // one dtype.
@@ -123,6 +128,12 @@ impl ConvOps for CudaBackend {
                 Launch::grid_stride(total),
             ),
         };
+        let (ex, ew, ey) = s.sizes();
+        let args = args.work(Work::conv(
+            &s,
+            dy.dtype(),
+            (ex + ew + ey) * dy.dtype().size(),
+        ));
         // SAFETY: arguments match conv2d_bwd_data_<dtype> / conv2d_depthwise_bwd_data_<dtype>(dy,
         // w, dx, shape...); the shape was checked: dy, w, dx hold its output, weight and input
         // sizes, in one dtype.
@@ -135,11 +146,15 @@ impl ConvOps for CudaBackend {
         if m * n == 0 || k == 0 {
             return Ok(());
         }
+        let (ex, ew, ey) = s.sizes();
         if let Path::Depthwise = path {
+            // dw is f32 and accumulated: read and written.
+            let bytes = (ex + ey) * x.dtype().size() + 2 * ew * 4;
             let args = shape_args(
                 Args::new().ptr(x.dev()?).ptr(dy.dev()?).ptr(dw.dev_mut()?),
                 &s,
-            )?;
+            )?
+            .work(Work::conv(&s, x.dtype(), bytes));
             // SAFETY: arguments match conv2d_depthwise_bwd_weight_<dtype>(x, dy, dw, shape...);
             // the shape was checked (x, dy of one dtype, dw f32); one 256-thread block per
             // channel.
@@ -153,7 +168,9 @@ impl ConvOps for CudaBackend {
         }
         let (tm, tn, tk) = tile(x.dtype());
         let tiles = m.div_ceil(tm) * n.div_ceil(tn);
-        let (splits, per) = weight_grad_splits(tiles, k, tk);
+        let kernel = Op::Conv2dBwdWeight.kernel(x.dtype());
+        let slots = self.resident_blocks(&kernel, GEMM_THREADS, 0);
+        let (splits, per) = weight_grad_splits(tiles, k, tk, slots);
         let len = int(m * n, "conv weight elements")?;
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_bytes, |partial| {
@@ -162,22 +179,21 @@ impl ConvOps for CudaBackend {
                 .ptr(dy.dev()?)
                 .ptr(partial)
                 .i32(per as i32);
-            let args = shape_args(args, &s)?;
+            let bytes = (ex + ey) * x.dtype().size() + partial_bytes;
+            let args = shape_args(args, &s)?.work(Work::conv(&s, x.dtype(), bytes));
             // SAFETY: arguments match conv2d_bwd_weight_<dtype>(x, dy, partial, k_per_split,
             // shape...); x and dy hold the checked input and output sizes, partial holds splits x
             // m x n floats, and splits * per covers the k positions.
-            unsafe {
-                self.launch(
-                    &Op::Conv2dBwdWeight.kernel(x.dtype()),
-                    gemm_launch(x.dtype(), m, n, splits),
-                    args,
-                )?;
-            }
+            unsafe { self.launch(&kernel, gemm_launch(x.dtype(), m, n, splits), args)? };
+            // The partial sums read, dw read and written.
+            let reduce =
+                Work::traffic(partial_bytes + 2 * m * n * 4, format!("{splits} x {m}x{n}"));
             let args = Args::new()
                 .ptr(partial)
                 .ptr(dw.dev_mut()?)
                 .i32(len)
-                .i32(splits as i32);
+                .i32(splits as i32)
+                .work(reduce);
             // SAFETY: arguments match conv2d_bwd_weight_reduce_f32(partial, dw, len, splits);
             // partial holds splits x len floats and dw len (checked).
             unsafe {
@@ -212,22 +228,38 @@ mod tests {
 
     #[test]
     fn weight_grad_splits_cover_k_and_give_small_outputs_more_blocks() {
-        for (tiles, k) in [
-            (1, 1),
-            (1, 16),
-            (3, 802_816),
-            (64, 3136),
-            (600, 50_000),
-            (2, 513),
-        ] {
-            let (splits, per) = weight_grad_splits(tiles, k, 16);
-            assert!(per % 16 == 0 && splits * per >= k, "{tiles} {k}");
-            assert!(
-                (splits - 1) * per < k,
-                "an empty split for {tiles} tiles, k={k}"
-            );
+        for slots in [1, 264, 660, 1056] {
+            for (tiles, k) in [
+                (1, 1),
+                (1, 16),
+                (3, 802_816),
+                (64, 3136),
+                (600, 50_000),
+                (2, 513),
+            ] {
+                let (splits, per) = weight_grad_splits(tiles, k, 16, slots);
+                assert!(per % 16 == 0 && splits * per >= k, "{tiles} {k}");
+                assert!(
+                    (splits - 1) * per < k,
+                    "an empty split for {tiles} tiles, k={k}"
+                );
+                // Never more than one wave of the GPU's slots from splitting.
+                assert!(
+                    splits == 1 || tiles * splits <= slots,
+                    "{tiles} tiles x {splits} splits over {slots} slots"
+                );
+            }
         }
-        assert_eq!(weight_grad_splits(600, 50_000, 16).0, 1);
-        assert!(weight_grad_splits(3, 802_816, 32).0 > 100);
+        assert_eq!(weight_grad_splits(600, 50_000, 16, 660).0, 1);
+        assert!(weight_grad_splits(3, 802_816, 32, 660).0 > 100);
+        // The splits follow the slots: 2 blocks per SM of 132 SMs against 5.
+        let (two, five) = (
+            weight_grad_splits(8, 802_816, 32, 264).0,
+            weight_grad_splits(8, 802_816, 32, 660).0,
+        );
+        assert!(
+            (30..=33).contains(&two) && (80..=82).contains(&five),
+            "{two} {five}"
+        );
     }
 }

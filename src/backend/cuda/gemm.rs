@@ -2,6 +2,7 @@
 //! kernels against, and a fallback on a GPU with `INSCLR_GEMM=cublas`.
 
 use super::device::{Args, DevMem, Launch, Layer};
+use super::work::Work;
 use super::{int, CudaBackend};
 use crate::backend::{Buf, Checked, DType, GemmOps, MatMul};
 use anyhow::{anyhow, bail, Result};
@@ -100,6 +101,19 @@ fn launch_shape(s: &MatMul, (tm, tn): (usize, usize)) -> Result<(Launch, [i32; 3
     Ok((cfg, dims))
 }
 
+/// A product's multiply-adds and compulsory traffic: A and B read once, C written (and read
+/// first when `beta` is not 0).
+fn gemm_work(s: &MatMul, dtype: DType, out: DType) -> Work {
+    let c_passes = if s.beta == 0.0 { 1 } else { 2 };
+    let bytes = (s.m * s.k + s.k * s.n) * dtype.size() + c_passes * s.m * s.n * out.size();
+    Work {
+        flops: 2.0 * (s.m * s.n * s.k) as f64,
+        bytes: bytes as f64,
+        unit: Work::unit_of(dtype),
+        shape: format!("{}x{}x{}", s.m, s.n, s.k),
+    }
+}
+
 impl CudaBackend {
     /// Launches our GEMM on `(memory, byte offset)` operands: a launcher's building block (the
     /// streamed search multiplies a query block by a slice of the database). A and B are of
@@ -147,7 +161,8 @@ impl CudaBackend {
             .i32(s.trans_a as i32)
             .i32(s.trans_b as i32)
             .f32(s.alpha)
-            .f32(s.beta);
+            .f32(s.beta)
+            .work(gemm_work(&s, dtype, out));
         // Arguments match matmul_*(A, B, C, m, n, k, trans_a, trans_b, alpha, beta); the sizes
         // are the caller's contract.
         self.launch(kernel, cfg, args)

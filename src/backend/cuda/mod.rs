@@ -1,7 +1,8 @@
 //! The CUDA backend: one file per `kernels/*.cu` family, each a launch shape plus a thin safe
-//! wrapper per kernel, over a device layer ([`device`]) with two implementations: a real GPU
-//! through the CUDA driver ([`driver`]) and the emulated GPU ([`emu`]), which runs the same
-//! kernel sources on the CPU. cuBLAS stays as the GEMM baseline in `cargo bench` (and a fallback
+//! wrapper per kernel, over a device layer ([`device`]) with three implementations: a real GPU
+//! through the CUDA driver ([`driver`]), the emulated GPU ([`emu`]), which runs the same
+//! kernel sources on the CPU, and a recorder ([`record`]) that runs nothing and writes every
+//! launch down for `insclr-cu plan`. cuBLAS stays as the GEMM baseline in `cargo bench` (and a fallback
 //! with `INSCLR_GEMM=cublas`).
 
 pub mod bank;
@@ -14,10 +15,13 @@ pub mod emu;
 pub mod gemm;
 pub mod mining;
 pub mod norm;
+pub mod occupancy;
 pub mod optim;
 pub mod pool;
+pub mod record;
 pub mod select;
 pub mod selftest;
+pub mod work;
 
 use super::{Backend, Buf, DType, Device, Op};
 use anyhow::{bail, Context, Result};
@@ -70,12 +74,51 @@ impl CudaBackend {
         }
     }
 
-    /// The GPU's facts, or `None` on the emulator.
+    /// A backend whose launches run nowhere and are recorded (`insclr-cu plan`): it has every
+    /// kernel the sources define, its memory has no storage, and what it reads back is zeros.
+    pub fn plan() -> Self {
+        CudaBackend {
+            layer: Layer::Plan(record::Recorder::new()),
+            kernels: emu::KERNELS.iter().map(|(_, k)| k.to_string()).collect(),
+            scratch: Mutex::new(None),
+        }
+    }
+
+    /// The recorder of a [`CudaBackend::plan`] backend.
+    pub fn recorder(&self) -> Option<&record::Recorder> {
+        match &self.layer {
+            Layer::Plan(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The GPU's facts, or `None` on the emulator and the plan.
     pub fn info(&self) -> Option<&DeviceInfo> {
         match &self.layer {
             Layer::Gpu(g) => Some(&g.info),
-            Layer::Emu(_) => None,
+            Layer::Emu(_) | Layer::Plan(_) => None,
         }
+    }
+
+    /// How many blocks of `kernel` (`threads` each, `dyn_smem` bytes of dynamic shared memory)
+    /// the whole device holds at once: blocks per multiprocessor times multiprocessors. A GPU's
+    /// driver answers; the emulator and the plan answer for an H100 / H200
+    /// ([`occupancy::MODEL_SMS`] multiprocessors of sm_90), so sizes chosen from it are the
+    /// same there as on those GPUs. At least 1.
+    pub(crate) fn resident_blocks(&self, kernel: &str, threads: u32, dyn_smem: u32) -> usize {
+        let modelled = || {
+            let res = occupancy::resources(kernel);
+            occupancy::blocks_per_sm(&occupancy::SM90, res, threads, dyn_smem).blocks
+        };
+        let (per_sm, sms) = match &self.layer {
+            Layer::Gpu(g) => match g.resident_blocks(kernel, threads, dyn_smem) {
+                // The driver could not say (an unknown kernel): the model's answer.
+                (0, sms) => (modelled(), sms),
+                known => known,
+            },
+            Layer::Emu(_) | Layer::Plan(_) => (modelled(), occupancy::MODEL_SMS),
+        };
+        (per_sm as usize * sms as usize).max(1)
     }
 
     pub(crate) fn layer(&self) -> &Layer {
@@ -138,6 +181,7 @@ impl Backend for CudaBackend {
         match self.layer {
             Layer::Gpu(_) => Device::Cuda,
             Layer::Emu(_) => Device::Emu,
+            Layer::Plan(_) => Device::Plan,
         }
     }
 
@@ -159,6 +203,10 @@ impl Backend for CudaBackend {
                 "emulated GPU on the CPU ({} kernels; seed {}; proves logic, not speed)",
                 self.kernels.len(),
                 e.seed()
+            ),
+            Layer::Plan(_) => format!(
+                "launch plan ({} kernels; records launches, runs none)",
+                self.kernels.len()
             ),
         }
     }

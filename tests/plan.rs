@@ -1,0 +1,203 @@
+//! The launch plan (`insclr-cu plan`): the recording device layer lists what the launchers
+//! launch, with the work they state; a whole training step plans without a GPU, every launch
+//! with a floor; the CLI prints the ResNet-101 448 px bf16 step beside its measured time.
+
+use insclr::backend::cuda::occupancy::{self, SM90};
+use insclr::backend::cuda::record::Event;
+use insclr::backend::cuda::work::Unit;
+use insclr::backend::{Backend, Buf, Conv, CudaBackend, DType, Padding};
+use insclr::nn::Arch;
+use insclr::plan::{plan_step, Kind, PlanOptions, StepPlan};
+use std::process::Command;
+
+/// The operations `f` makes on a fresh plan backend, given buffers of `sizes` (inputs of
+/// `dtype`, the output of `out`) made beforehand.
+fn launches_of(
+    (dtype, out): (DType, DType),
+    sizes: (usize, usize, usize),
+    f: impl Fn(&dyn Backend, &Buf, &Buf, &mut Buf),
+) -> Vec<Event> {
+    let cuda = CudaBackend::plan();
+    let be: &dyn Backend = &cuda;
+    let a = be.zeros(dtype, sizes.0).unwrap();
+    let b = be.zeros(dtype, sizes.1).unwrap();
+    let mut c = be.zeros(out, sizes.2).unwrap();
+    let rec = cuda.recorder().unwrap();
+    rec.set_recording(true);
+    f(be, &a, &b, &mut c);
+    rec.take()
+}
+
+#[test]
+fn a_1x1_convolution_is_recorded_with_2nhwck_flops_and_its_traffic() {
+    let s = Conv::new(8, 64, 14, 14, 32, 1, 1, Padding::Sym(0), 1).unwrap();
+    let (x, w, y) = s.sizes();
+    for dtype in [DType::F32, DType::BF16] {
+        let events = launches_of((dtype, dtype), (x, w, y), |be, x, w, y| {
+            be.conv2d_fwd(x, w, y, s).unwrap()
+        });
+        let [Event::Launch { kernel, cfg, work }] = &events[..] else {
+            panic!("one launch expected, got {events:?}");
+        };
+        assert_eq!(kernel, &format!("conv2d_fwd_{dtype}"));
+        let work = work.as_ref().expect("the conv launcher states its work");
+        assert_eq!(work.flops, (2 * 8 * 14 * 14 * 64 * 32) as f64);
+        assert_eq!(work.bytes, ((x + w + y) * dtype.size()) as f64);
+        let unit = if dtype == DType::BF16 {
+            Unit::TensorBf16
+        } else {
+            Unit::Fp32
+        };
+        assert_eq!(work.unit, unit);
+        assert_eq!(work.shape, "8x64x14x14 -> 32 k1 s1");
+        // N = 8 * 14 * 14 output positions over 64-wide (f32) or 128-wide (bf16) tiles.
+        let tile = if dtype == DType::BF16 { 128 } else { 64 };
+        assert_eq!(cfg.grid, ((8 * 196usize).div_ceil(tile) as u32, 1, 1));
+    }
+}
+
+#[test]
+fn a_weight_gradient_is_split_to_fill_one_wave_of_the_modelled_gpu() {
+    // 64 x 64 channels at 112 x 112, batch 64: one output tile, K = 802816 positions (enough
+    // for 3136 splits of the 256 positions a split takes at least, more than any sm_90 holds).
+    let s = Conv::new(64, 64, 112, 112, 64, 1, 1, Padding::Sym(0), 1).unwrap();
+    let (x, _, y) = s.sizes();
+    for dtype in [DType::F32, DType::BF16] {
+        let events = launches_of((dtype, DType::F32), (x, y, s.sizes().1), |be, x, dy, dw| {
+            be.conv2d_bwd_weight(x, dy, dw, s).unwrap()
+        });
+        let [Event::Launch { kernel, cfg, .. }, Event::Launch {
+            kernel: reduce,
+            work: Some(reduce_work),
+            ..
+        }] = &events[..]
+        else {
+            panic!("the weight gradient and its reduction expected, got {events:?}");
+        };
+        assert_eq!(kernel, &format!("conv2d_bwd_weight_{dtype}"));
+        assert_eq!(reduce, "conv2d_bwd_weight_reduce_f32");
+        let res = occupancy::resources(kernel);
+        let per_sm = occupancy::blocks_per_sm(&SM90, res, 256, 0).blocks as usize;
+        let slots = per_sm * occupancy::MODEL_SMS as usize;
+        let blocks = (cfg.grid.0 * cfg.grid.1 * cfg.grid.2) as usize;
+        let splits = cfg.grid.2 as usize;
+        // One tile, so the splits alone fill the GPU: all of it, in one wave.
+        assert_eq!(cfg.grid.0 * cfg.grid.1, 1);
+        assert!(
+            blocks <= slots && blocks * 10 >= slots * 9,
+            "{kernel}: {blocks} blocks for {slots} slots"
+        );
+        // The reduction reads every split's partial sums and dw, and writes dw.
+        assert_eq!(reduce_work.bytes, ((splits + 2) * 64 * 64 * 4) as f64);
+    }
+}
+
+fn resnet50(precision: DType) -> StepPlan {
+    plan_step(&PlanOptions {
+        arch: Arch::ResNet50,
+        px: 224,
+        batch: 64,
+        precision,
+    })
+    .unwrap()
+}
+
+fn count(p: &StepPlan, name: &str) -> usize {
+    p.entries.iter().filter(|e| e.name == name).count()
+}
+
+#[test]
+fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
+    for precision in [DType::F32, DType::BF16] {
+        let p = resnet50(precision);
+        let k = |op: &str| format!("{op}_{precision}");
+        // 53 convolutions (49 in the bottlenecks, 3 downsamples, the stem) and their
+        // BatchNorms; the stem's input gradient is never computed.
+        assert_eq!(count(&p, &k("conv2d_fwd")), 53);
+        assert_eq!(count(&p, &k("conv2d_bwd_data")), 52);
+        assert_eq!(count(&p, &k("conv2d_bwd_weight")), 53);
+        assert_eq!(count(&p, "conv2d_bwd_weight_reduce_f32"), 53);
+        assert_eq!(count(&p, &k("batchnorm_fwd_train")), 53);
+        assert_eq!(count(&p, &k("batchnorm_bwd")), 53);
+        assert_eq!(count(&p, "adam_f32"), 1);
+        assert_eq!(
+            p.count(Kind::CopyToDevice),
+            2,
+            "the images and the norm's zero"
+        );
+        // Forward convolutions: torchvision's 4.09 GMAC per 224 px image (the classifier's 2M
+        // are not in a retrieval network).
+        let fwd: f64 = p
+            .entries
+            .iter()
+            .filter(|e| e.name == k("conv2d_fwd"))
+            .map(|e| e.work.flops)
+            .sum();
+        let gmac = fwd / 2.0 / 64.0 / 1e9;
+        assert!((gmac - 4.09).abs() < 0.02, "{gmac} GMAC per image");
+        for e in &p.entries {
+            for (g, on) in e.on.iter().enumerate() {
+                assert!(on.floor > 0.0, "{} on {}: no floor", e.name, p.gpus[g].name);
+            }
+            if e.kind == Kind::Kernel {
+                assert!(e.work.bytes > 0.0, "{}: no bytes", e.name);
+            }
+        }
+        // The H200 has more bandwidth and the same compute: never slower, faster overall.
+        assert!(p.floor(1) < p.floor(0));
+        assert!(p.entries.iter().all(|e| e.on[1].floor <= e.on[0].floor));
+    }
+}
+
+#[test]
+fn the_plan_of_a_step_is_the_same_every_time() {
+    let (a, b) = (resnet50(DType::BF16), resnet50(DType::BF16));
+    let key = |p: &StepPlan| -> Vec<String> {
+        p.entries
+            .iter()
+            .map(|e| format!("{} {:?} {:?}", e.name, e.cfg, e.work))
+            .collect()
+    };
+    assert_eq!(key(&a), key(&b));
+    assert_eq!(a.floor(1), b.floor(1));
+}
+
+#[test]
+fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
+    let out = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
+        .args([
+            "plan",
+            "--model",
+            "resnet101",
+            "--img-size",
+            "448",
+            "--batch",
+            "64",
+            "--precision",
+            "bf16",
+        ])
+        .env_remove("INSCLR_DEVICE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every launch listed: ResNet-101's 104 forward convolutions among them.
+    let fwd = text
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("conv2d_fwd_bf16"))
+        .count();
+    assert_eq!(fwd, 104, "{text}");
+    for want in [
+        "floor of the step",
+        "H100 SXM",
+        "H200",
+        "759.9 ms per step",
+        "by kernel",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+}
