@@ -61,7 +61,7 @@ fi
   echo "commit=$(git rev-parse HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo '+dirty')"
   echo "build_root=$root"
   echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "archs=${INSCLR_CUDA_ARCHS:-90}"
+  echo "archs=${INSCLR_CUDA_ARCHS:-90;90a}"
 } > "$stage/BUILD"
 cp scripts/device-run.sh "$stage/run.sh"
 du -sh "$stage" | sed 's/^/staged: /'

@@ -36,6 +36,9 @@ pub use driver::{driver_present, driver_version, DeviceInfo};
 /// report.
 pub mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+    /// Where build.rs left the fatbins on the machine that built this binary, for
+    /// `scripts/sass-check.py --dir`.
+    pub const FATBIN_DIR: &str = env!("OUT_DIR");
 }
 
 /// True when build.rs found nvcc and embedded at least one kernel family for GPUs.
