@@ -205,8 +205,19 @@ struct SmemSize {
     static constexpr int PASS_ROWS = FIT < BM ? FIT : BM;
 };
 
-// The epilogue: the warps whose rows lie in [r0, r0 + ROWS) write their accumulators (rounded to
-// TC) to shared memory, then every thread writes 16-byte pieces of those rows to C.
+// v + beta * old for one 16-byte chunk of C, in f32, rounded to TC. (For a bf16 C, v was already
+// rounded once when staged: beta != 0 rounds twice.)
+template <typename TC>
+__device__ __forceinline__ uint4 add_scaled(uint4 v, uint4 old, float beta) {
+    TC* x = reinterpret_cast<TC*>(&v);
+    const TC* o = reinterpret_cast<const TC*>(&old);
+#pragma unroll
+    for (int e = 0; e < 16 / (int)sizeof(TC); ++e) x[e] = store<TC>(fmaf(beta, load(o[e]), load(x[e])));
+    return v;
+}
+
+// The epilogue: the warps whose rows lie in [r0, r0 + rows) write their accumulators (times alpha,
+// rounded to TC) to shared memory, then the block writes those rows to C.
 template <int BM, int BN, int WM, int WN, int THREADS, typename TC>
 __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4], int wm,
                                            int wn, int r0, int rows, TC* __restrict__ c, int bm, int bn, int m, int n,
@@ -238,24 +249,28 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
                 }
     }
     __syncthreads();
-    const bool vector_rows = n % PER_CHUNK == 0;
-    for (int idx = threadIdx.x; idx < rows * ROW_CHUNKS; idx += THREADS) {
-        const int r = idx / ROW_CHUNKS, ch = idx % ROW_CHUNKS;
-        const int row = bm + r0 + r, col = bn + ch * PER_CHUNK;
-        if (row >= m || col >= n) continue;
-        const unsigned char* from = smem + r * ROW_BYTES + ch * 16;
-        TC* to = c + (long long)row * n + col;
-        if (vector_rows && beta == 0.0f) {
-            st_global_v4(to, ld_shared_v4(from));
-            continue;
+    if (n % PER_CHUNK == 0) {
+        // Every row of C starts 16-byte aligned: 16 bytes a thread, consecutive threads along a row.
+        for (int idx = threadIdx.x; idx < rows * ROW_CHUNKS; idx += THREADS) {
+            const int r = idx / ROW_CHUNKS, ch = idx % ROW_CHUNKS;
+            const int row = bm + r0 + r, col = bn + ch * PER_CHUNK;
+            if (row >= m || col >= n) continue;
+            TC* to = c + (long long)row * n + col;
+            uint4 v = ld_shared_v4(smem + r * ROW_BYTES + ch * 16);
+            if (beta != 0.0f) v = add_scaled<TC>(v, ld_global_v4(to), beta);
+            st_global_v4(to, v);
         }
-        // A row that does not start 16-byte aligned, or a beta that reads C: element by element,
-        // in f32 (alpha is already applied).
-        const TC* staged = reinterpret_cast<const TC*>(from);
-        for (int e = 0; e < PER_CHUNK && col + e < n; ++e) {
-            float v = load(staged[e]);
-            if (beta != 0.0f) v = fmaf(beta, load(to[e]), v);
-            to[e] = store<TC>(v);
+    } else {
+        // Rows that do not start 16-byte aligned (n not a multiple of the chunk): one element a
+        // thread, still consecutive threads along a row.
+        for (int idx = threadIdx.x; idx < rows * BN; idx += THREADS) {
+            const int r = idx / BN, e = idx % BN;
+            const int row = bm + r0 + r, col = bn + e;
+            if (row >= m || col >= n) continue;
+            TC* to = c + (long long)row * n + col;
+            float v = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + e * (int)sizeof(TC)));
+            if (beta != 0.0f) v = fmaf(beta, load(*to), v);
+            *to = store<TC>(v);
         }
     }
     __syncthreads();

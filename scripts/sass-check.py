@@ -140,6 +140,9 @@ def parse_sass(text: str) -> dict[str, dict[str, list[Insn]]]:
             if g:
                 text_ = text_[g.end():]
             op, _, args = text_.partition(" ")
+            if guard == "!PT":
+                # Never executes: ptxas pads around cp.async with `@!PT LDS RZ, [RZ]`.
+                continue
             out[arch][fn].append(Insn(int(m.group(1), 16), guard, op, args.strip()))
     return out
 
