@@ -746,22 +746,23 @@ fn emu_pool_cli_prints_the_memory_counters_with_insclr_emu_memstats() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
-    // The bf16 similarity GEMM's rows: its ldmatrix and staging stores in shared memory, its
-    // staging loads and score stores in global memory, each with a source line.
+    // The bf16 similarity GEMM's rows (the pipelined kernel):
+    // its copies and ldmatrix in shared memory, its copies and score stores in global memory,
+    // each with a source line.
     let rows: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.starts_with("matmul_bf16_f32 "))
+        .filter(|l| l.starts_with("matmul_tc") && l.contains("_bf16_f32 "))
         .collect();
     let has = |space: &str, op: &str| {
         rows.iter().any(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.contains(&space) && f.contains(&op) && l.contains("gemm.cu:")
+            f.contains(&space) && f.contains(&op) && l.contains("tc_gemm.cuh:")
         })
     };
     assert!(
         has("shared", "ldmatrix.x4")
-            && has("shared", "st")
-            && has("global", "ld")
+            && has("shared", "cp.async")
+            && has("global", "cp.async")
             && has("global", "st"),
         "{stderr}"
     );
