@@ -38,6 +38,7 @@
 // gradient gathers, no atomics), weight gradient one block per channel.
 #include "common.cuh"
 #include "arch.cuh"
+#include "tc_gemm.cuh"
 
 struct ConvShape {
     int n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow;
@@ -358,6 +359,78 @@ extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float* __restrict_
         for (int z = 0; z < splits; z++) sum += partial[(size_t)z * len + i];
         dw[i] += sum;
     }
+}
+
+// ---- 1x1, stride 1, bf16: plain GEMMs on the pipelined mainloop (tc_gemm.cuh) -----------------
+// With no taps and no stride, an NCHW image is a c x hw matrix and each pass is a product the
+// mainloop takes as it is, with 16-byte copies straight from the activations:
+//   forward   y[img]  (c_out x hw)  = W (c_out x c_in) x[img] (c_in x hw)          one batch per image
+//   data grad dx[img] (c_in x hw)   = W^T dy[img] (c_out x hw)                      one batch per image
+//   weight    partial[z] (c_out x c_in) = sum over the split's images of dy[img] x[img]^T
+// conv.rs takes this path when c_in and hw are multiples of 8 (16-byte rows); the weight
+// gradient's splits are added by conv2d_bwd_weight_reduce_f32 as the other paths'. BM = 64 tiles
+// serve the layers whose M (c_out, or c_in for the data gradient) is at most 64.
+template <int BM, int WN>
+__device__ __forceinline__ void conv1x1_fwd(const bf16_t* x, const bf16_t* w, bf16_t* y, int c_in, int c_out, int hw) {
+    extern __shared__ __align__(128) unsigned char tc_smem[];
+    tc::tc_gemm<true, false, BM, 128, 64, WN, 3, bf16_t>(w, x, y, c_out, hw, c_in, 0, (long long)c_in * hw,
+                                                       (long long)c_out * hw, 1, 0, 0, 1.0f, 0.0f, tc_smem);
+}
+
+template <int BM, int WN>
+__device__ __forceinline__ void conv1x1_bwd_data(const bf16_t* dy, const bf16_t* w, bf16_t* dx, int c_in, int c_out,
+                                                 int hw) {
+    extern __shared__ __align__(128) unsigned char tc_smem[];
+    tc::tc_gemm<false, false, BM, 128, 64, WN, 3, bf16_t>(w, dy, dx, c_in, hw, c_out, 0, (long long)c_out * hw,
+                                                        (long long)c_in * hw, 1, 0, 0, 1.0f, 0.0f, tc_smem);
+}
+
+template <int BM, int WN>
+__device__ __forceinline__ void conv1x1_bwd_weight(const bf16_t* x, const bf16_t* dy, float* partial, int per, int n,
+                                                   int c_in, int c_out, int hw) {
+    extern __shared__ __align__(128) unsigned char tc_smem[];
+    const int images = min(per, n - (int)blockIdx.z * per);
+    tc::tc_gemm<true, true, BM, 128, 64, WN, 3, float, true>(dy, x, partial, c_out, c_in, hw, (long long)per * c_out * hw,
+                                                     (long long)per * c_in * hw, (long long)c_out * c_in, images,
+                                                     (long long)c_out * hw, (long long)c_in * hw, 1.0f, 0.0f, tc_smem);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_1x1_fwd_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight, bf16_t* __restrict__ y, int c_in,
+                        int c_out, int hw) {
+    conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_1x1_fwd_m64_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight, bf16_t* __restrict__ y,
+                            int c_in, int c_out, int hw) {
+    conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_1x1_bwd_data_bf16(const bf16_t* __restrict__ dy, const bf16_t* __restrict__ weight, bf16_t* __restrict__ dx,
+                             int c_in, int c_out, int hw) {
+    conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_1x1_bwd_data_m64_bf16(const bf16_t* __restrict__ dy, const bf16_t* __restrict__ weight,
+                                 bf16_t* __restrict__ dx, int c_in, int c_out, int hw) {
+    conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw);
+}
+
+// partial: gridDim.z x c_out x c_in f32 sums over `images_per_split` images each. Eight 64 x 32
+// warps: with 64 x 64 ones, the segment walk's registers pushed the kernel into spilling.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_1x1_bwd_weight_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ dy, float* __restrict__ partial,
+                               int images_per_split, int n, int c_in, int c_out, int hw) {
+    conv1x1_bwd_weight<128, 32>(x, dy, partial, images_per_split, n, c_in, c_out, hw);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_1x1_bwd_weight_m64_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ dy,
+                                   float* __restrict__ partial, int images_per_split, int n, int c_in, int c_out, int hw) {
+    conv1x1_bwd_weight<64, 32>(x, dy, partial, images_per_split, n, c_in, c_out, hw);
 }
 
 // ---- depthwise -------------------------------------------------------------------------------

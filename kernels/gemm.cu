@@ -207,13 +207,13 @@ __device__ __forceinline__ void matmul_pipelined(const __nv_bfloat16* __restrict
     extern __shared__ __align__(128) unsigned char tc_smem[];
     constexpr int S = 3;
     if (!trans_a && trans_b) {
-        tc::tc_gemm<true, true, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, alpha, beta, tc_smem);
+        tc::tc_gemm<true, true, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, 1, 0, 0, alpha, beta, tc_smem);
     } else if (!trans_a) {
-        tc::tc_gemm<true, false, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, alpha, beta, tc_smem);
+        tc::tc_gemm<true, false, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, 1, 0, 0, alpha, beta, tc_smem);
     } else if (trans_b) {
-        tc::tc_gemm<false, true, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, alpha, beta, tc_smem);
+        tc::tc_gemm<false, true, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, 1, 0, 0, alpha, beta, tc_smem);
     } else {
-        tc::tc_gemm<false, false, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, alpha, beta, tc_smem);
+        tc::tc_gemm<false, false, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, 1, 0, 0, alpha, beta, tc_smem);
     }
 }
 

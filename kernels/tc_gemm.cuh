@@ -17,7 +17,9 @@
 // C = alpha op(A) op(B) + beta C with op(A) m x k, op(B) k x n, bf16 inputs, f32 accumulation;
 // C bf16 or f32, row-major m x n. A is k-contiguous when stored m x k (no trans_a), m-contiguous
 // when stored k x m; B is k-contiguous when stored n x k (trans_b), n-contiguous when stored
-// k x n. A batch (blockIdx.z) offsets A, B and C by their batch strides.
+// k x n. A batch (blockIdx.z) offsets A, B and C by their batch strides. The reduction may run
+// over `segments` matrices of depth k, `seg_a` and `seg_b` elements apart (the images of a batch
+// for a 1x1 convolution's weight gradient): C = sum over segments of op(A_s) op(B_s).
 //
 // What the launcher guarantees (gemm.rs checks it and otherwise uses gemm.cu's simple kernel):
 // every operand row starts 16-byte aligned (the leading dimensions are multiples of 8, the base
@@ -56,7 +58,7 @@ struct TileShape {
 
 // A thread's copies of one operand tile per stage: ITERS chunks, rows `ROW_STEP` apart in one
 // column of chunks, so one pointer and one shared offset serve them all.
-template <bool K_CONTIGUOUS, int MN, int THREADS>
+template <bool K_CONTIGUOUS, int MN, int THREADS, bool SEGMENTED>
 struct TileLoader {
     using Shape = TileShape<K_CONTIGUOUS, MN>;
     static constexpr int CHUNKS = Shape::CHUNKS;
@@ -66,21 +68,26 @@ struct TileLoader {
     // The swizzle's key repeats every 16 rows (64-byte rows) or 8 (longer ones).
     static_assert(ROW_STEP % (CHUNKS == 4 ? 16 : 8) == 0, "a thread's chunks share one swizzle key");
 
-    const __nv_bfloat16* src;  // this thread's first chunk of the current k tile
-    const __nv_bfloat16* safe;  // a valid aligned address for zero-filled copies
-    long long src_step;         // elements to the next chunk's row
-    long long k_step;           // elements to the next k tile
-    int dst;                    // shared offset of the first chunk (elements)
-    int k_at;                   // the k of the chunk (k-contiguous) or of the first row (else)
-    int k;
-    unsigned int ok;            // k-contiguous: bit i = row i is inside the matrix; else: the column is
+    const __nv_bfloat16* src;      // this thread's first chunk of the current k tile
+    const __nv_bfloat16* segment;  // ... of the current segment's first k tile
+    const __nv_bfloat16* safe;     // a valid aligned address for zero-filled copies
+    long long src_step;            // elements to the next chunk's row
+    long long k_step;              // elements to the next k tile
+    long long seg_step;            // elements to the next segment
+    int dst;                       // shared offset of the first chunk (elements)
+    int k_at;                      // the k of the chunk (k-contiguous) or of the first row (else)
+    int k_first;
+    int k;                         // depth of a segment
+    unsigned int ok;               // k-contiguous: bit i = row i is inside the matrix; else: the column is
 
     // `p`: the operand's element (0, 0) for this block's batch; `mn0`: the block's first row (m or
-    // n); `mn`: rows of the operand along m (or n); `ld`: its leading dimension.
-    __device__ __forceinline__ void init(const __nv_bfloat16* p, int mn0, int mn, int k_, int ld) {
+    // n); `mn`: rows of the operand along m (or n); `ld`: its leading dimension; `seg`: elements
+    // between segments.
+    __device__ __forceinline__ void init(const __nv_bfloat16* p, int mn0, int mn, int k_, int ld, long long seg) {
         const int tid = threadIdx.x, r = tid / CHUNKS, c = tid % CHUNKS;
         k = k_;
         safe = p;
+        seg_step = seg;
         dst = swizzled<CHUNKS>(r, c);
         ok = 0;
         if (K_CONTIGUOUS) {
@@ -97,6 +104,8 @@ struct TileLoader {
             k_at = r;
             ok = mn0 + c * 8 < mn;
         }
+        segment = src;
+        k_first = k_at;
     }
 
     // Copies this thread's chunks of the current k tile into `tile`, then moves to the next tile.
@@ -112,6 +121,11 @@ struct TileLoader {
         }
         src += k_step;
         k_at += BK;
+        if (SEGMENTED && k_at - k_first >= k) {  // past the segment's last tile: the next segment's first
+            segment += seg_step;
+            src = segment;
+            k_at = k_first;
+        }
     }
 };
 
@@ -276,11 +290,13 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
     __syncthreads();
 }
 
-// The whole product for one block tile BM x BN; (BM / WM) x (BN / WN) warps.
-template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename TC>
+// The whole product for one block tile BM x BN; (BM / WM) x (BN / WN) warps. SEGMENTED: the
+// reduction may run over several segments (else `segments` must be 1).
+template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename TC, bool SEGMENTED = false>
 __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
                                         TC* __restrict__ C, int m, int n, int k, long long batch_a, long long batch_b,
-                                        long long batch_c, float alpha, float beta, unsigned char* smem) {
+                                        long long batch_c, int segments, long long seg_a, long long seg_b, float alpha,
+                                        float beta, unsigned char* smem) {
     static_assert(WM == 64 && (WN == 64 || WN == 32), "warp tiles of 64 x 64 or 64 x 32");
     static_assert(BM % WM == 0 && BN % WN == 0 && STAGES >= 2, "block tile");
     constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
@@ -294,11 +310,11 @@ __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, con
     C += blockIdx.z * batch_c;
     __nv_bfloat16* stages = reinterpret_cast<__nv_bfloat16*>(smem);
 
-    TileLoader<A_K, BM, THREADS> a_load;
-    TileLoader<B_K, BN, THREADS> b_load;
+    TileLoader<A_K, BM, THREADS, SEGMENTED> a_load;
+    TileLoader<B_K, BN, THREADS, SEGMENTED> b_load;
     // A stored m x k (ld k) or k x m (ld m); B stored n x k (ld k) or k x n (ld n).
-    a_load.init(A, bm, m, k, A_K ? k : m);
-    b_load.init(B, bn, n, k, B_K ? k : n);
+    a_load.init(A, bm, m, k, A_K ? k : m, seg_a);
+    b_load.init(B, bn, n, k, B_K ? k : n, seg_b);
     FragmentOffsets<true, A_K, BM> a_frag;
     FragmentOffsets<false, B_K, BN> b_frag;
     a_frag.init(wm);
@@ -312,7 +328,7 @@ __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, con
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
 
-    const int tiles = (k + BK - 1) / BK;
+    const int tiles = (k + BK - 1) / BK * segments;
     // Prologue: the first STAGES - 1 tiles in flight, one commit group each (empty past the end,
     // so that the wait counts below hold for any k).
 #pragma unroll

@@ -176,3 +176,46 @@ fn f32_kernels_on_the_same_shapes() {
             .all(|s| s.space != MemSpace::TensorCore));
     }
 }
+
+#[test]
+fn conv_1x1_bf16_runs_on_the_pipelined_mainloop() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    // A bottleneck's expanding 1x1 (64 -> 256 channels, 16 x 8), batch 2.
+    let s = Conv::new(2, 64, 16, 8, 256, 1, 1, Padding::Sym(0), 1).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let x = upload(be, lx, DType::BF16, 10);
+    let w = upload(be, lw, DType::BF16, 11);
+    let dy = upload(be, ly, DType::BF16, 12);
+    let mut y = be.zeros(DType::BF16, ly).unwrap();
+    let mut dx = be.zeros(DType::BF16, lx).unwrap();
+    let mut dw = be.zeros(DType::F32, lw).unwrap();
+    let (r, stats) = count_memory(|| -> anyhow::Result<()> {
+        be.conv2d_fwd(&x, &w, &mut y, s)?;
+        be.conv2d_bwd_data(&dy, &w, &mut dx, s)?;
+        be.conv2d_bwd_weight(&x, &dy, &mut dw, s)
+    });
+    r.unwrap();
+    show("conv bf16 1x1, 2 x 64 x 16 x 8 -> 256:", &stats);
+    // Forward: M = 256 (128-row tiles), N = 128 pixels; data gradient: M = 64 (64-row tiles);
+    // weight gradient: M = 256, N = 64 (half of a 128-wide tile: the other half multiplies the
+    // zero fill), K = 128 pixels of each image.
+    let mma = |kernel: &str| total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
+    let useful = (2 * 128 * 64 * 256 / (16 * 8 * 16)) as u64;
+    assert_eq!(mma("conv2d_1x1_fwd_bf16"), useful);
+    assert_eq!(mma("conv2d_1x1_bwd_data_m64_bf16"), useful);
+    assert_eq!(mma("conv2d_1x1_bwd_weight_bf16"), 2 * useful);
+    for kernel in [
+        "conv2d_1x1_fwd_bf16",
+        "conv2d_1x1_bwd_data_m64_bf16",
+        "conv2d_1x1_bwd_weight_bf16",
+    ] {
+        for row in rows(&stats, kernel) {
+            assert_eq!(row.transactions, row.ideal, "{row:?}");
+        }
+    }
+}

@@ -20,11 +20,18 @@ const GEMM_THREADS: u32 = 256;
 /// Which kernel a shape takes.
 enum Path {
     Gemm,
+    /// A 1x1, stride-1, unpadded bf16 convolution whose channel rows are 16-byte aligned: plain
+    /// GEMMs on the pipelined tensor-core mainloop (`conv2d_1x1_*` in kernels/conv.cu).
+    OneByOne,
     Depthwise,
 }
 
-fn path(s: &Conv) -> Result<Path> {
-    if s.groups == 1 {
+fn path(s: &Conv, dtype: DType) -> Result<Path> {
+    let plain = s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad_top == 0 && s.pad_left == 0;
+    let aligned = s.c_in % 8 == 0 && (s.h * s.w) % 8 == 0 && s.oh == s.h && s.ow == s.w;
+    if s.groups == 1 && dtype == DType::BF16 && plain && aligned {
+        Ok(Path::OneByOne)
+    } else if s.groups == 1 {
         Ok(Path::Gemm)
     } else if s.is_depthwise() {
         Ok(Path::Depthwise)
@@ -59,6 +66,24 @@ fn shape_args(args: Args, s: &Conv) -> Result<Args> {
     .fold(args, |a, &v| a.i32(v as i32)))
 }
 
+/// The 1x1 kernels' tiles: 128 x 128 (four 64 x 64 warps; eight 64 x 32 for the weight
+/// gradient), or 64 x 128 (four 64 x 32 warps) when the GEMM's M is at most 64; three stages of
+/// (BM + 128) x 32 bf16 in dynamic shared memory, as tc_gemm.cuh's `SmemSize`.
+fn one_by_one_launch(op: &str, m: usize, n: usize, batch: usize) -> (String, Launch) {
+    let (bm, suffix) = if m <= 64 { (64, "_m64") } else { (128, "") };
+    let threads = if bm == 128 && op == "bwd_weight" {
+        256
+    } else {
+        128
+    };
+    let cfg = Launch {
+        grid: (n.div_ceil(128) as u32, m.div_ceil(bm) as u32, batch as u32),
+        block: (threads, 1, 1),
+        smem: ((bm + 128) * 32 * 2 * 3) as u32,
+    };
+    (format!("conv2d_1x1_{op}{suffix}_bf16"), cfg)
+}
+
 /// The grid of an `m x n` implicit GEMM in `dtype`, `splits` deep.
 fn gemm_launch(dtype: DType, m: usize, n: usize, splits: usize) -> Launch {
     let (tm, tn, _) = tile(dtype);
@@ -83,7 +108,7 @@ fn weight_grad_splits(tiles: usize, k: usize, tile_k: usize, slots: usize) -> (u
 
 impl ConvOps for CudaBackend {
     fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (path, total) = (path(&s)?, s.sizes().2);
+        let (path, total) = (path(&s, x.dtype())?, s.sizes().2);
         if total == 0 {
             return Ok(());
         }
@@ -92,6 +117,7 @@ impl ConvOps for CudaBackend {
             &s,
         )?;
         let (kernel, cfg) = match path {
+            Path::OneByOne => return self.conv1x1(x, w, y, &s, "fwd"),
             Path::Gemm => (
                 Op::Conv2dFwd.kernel(x.dtype()),
                 gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
@@ -110,7 +136,7 @@ impl ConvOps for CudaBackend {
     }
 
     fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (path, total) = (path(&s)?, s.sizes().0);
+        let (path, total) = (path(&s, dy.dtype())?, s.sizes().0);
         if total == 0 {
             return Ok(());
         }
@@ -119,6 +145,7 @@ impl ConvOps for CudaBackend {
             &s,
         )?;
         let (kernel, cfg) = match path {
+            Path::OneByOne => return self.conv1x1(dy, w, dx, &s, "bwd_data"),
             Path::Gemm => (
                 Op::Conv2dBwdData.kernel(dy.dtype()),
                 gemm_launch(dy.dtype(), s.c_in, s.n * s.h * s.w, 1),
@@ -141,12 +168,15 @@ impl ConvOps for CudaBackend {
     }
 
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let path = path(&s)?;
+        let path = path(&s, x.dtype())?;
         let (m, n, k) = (s.c_out, s.c_in * s.kh * s.kw, s.n * s.oh * s.ow);
         if m * n == 0 || k == 0 {
             return Ok(());
         }
         let (ex, ew, ey) = s.sizes();
+        if let Path::OneByOne = path {
+            return self.conv1x1_bwd_weight(x, dy, dw, &s);
+        }
         if let Path::Depthwise = path {
             // dw is f32 and accumulated: read and written.
             let bytes = (ex + ey) * x.dtype().size() + 2 * ew * 4;
@@ -188,6 +218,80 @@ impl ConvOps for CudaBackend {
             // The partial sums read, dw read and written.
             let reduce =
                 Work::traffic(partial_bytes + 2 * m * n * 4, format!("{splits} x {m}x{n}"));
+            let args = Args::new()
+                .ptr(partial)
+                .ptr(dw.dev_mut()?)
+                .i32(len)
+                .i32(splits as i32)
+                .work(reduce);
+            // SAFETY: arguments match conv2d_bwd_weight_reduce_f32(partial, dw, len, splits);
+            // partial holds splits x len floats and dw len (checked).
+            unsafe {
+                self.launch(
+                    "conv2d_bwd_weight_reduce_f32",
+                    Launch::grid_stride(m * n),
+                    args,
+                )
+            }
+        })
+    }
+}
+
+impl CudaBackend {
+    /// A 1x1 forward (`op` "fwd": `input` x, `out` y) or data gradient ("bwd_data": dy, dx): one
+    /// product per image, M = c_out or c_in.
+    fn conv1x1(&self, input: &Buf, w: &Buf, out: &mut Buf, s: &Conv, op: &str) -> Result<()> {
+        let m = if op == "fwd" { s.c_out } else { s.c_in };
+        let (kernel, cfg) = one_by_one_launch(op, m, s.h * s.w, s.n);
+        let (ex, ew, ey) = s.sizes();
+        let args = Args::new()
+            .ptr(input.dev()?)
+            .ptr(w.dev()?)
+            .ptr(out.dev_mut()?)
+            .i32(int(s.c_in, "conv c_in")?)
+            .i32(int(s.c_out, "conv c_out")?)
+            .i32(int(s.h * s.w, "conv h*w")?)
+            .work(Work::conv(s, input.dtype(), (ex + ew + ey) * 2));
+        // SAFETY: arguments match conv2d_1x1_{fwd,bwd_data}[_m64]_bf16(in, w, out, c_in, c_out,
+        // hw); the shape was checked (x: n x c_in x hw, w: c_out x c_in, y: n x c_out x hw, bf16)
+        // and path() found every row 16-byte aligned.
+        unsafe { self.launch(&kernel, cfg, args) }
+    }
+
+    /// The 1x1 weight gradient: the batch's images split into as many groups as fill the GPU's
+    /// resident blocks in one wave beside the output's tiles, each group's products summed by the
+    /// mainloop into partial sums, which conv2d_bwd_weight_reduce_f32 adds into dw in order.
+    fn conv1x1_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: &Conv) -> Result<()> {
+        let (m, n) = (s.c_out, s.c_in);
+        let (kernel, probe) = one_by_one_launch("bwd_weight", m, n, 1);
+        let tiles = (probe.grid.0 * probe.grid.1) as usize;
+        let slots = self.resident_blocks(&kernel, probe.block.0, probe.smem);
+        let want = (slots / tiles.max(1)).clamp(1, s.n);
+        let per = s.n.div_ceil(want);
+        let splits = s.n.div_ceil(per);
+        let cfg = Launch {
+            grid: (probe.grid.0, probe.grid.1, splits as u32),
+            ..probe
+        };
+        let (ex, ew, ey) = s.sizes();
+        let len = int(m * n, "conv weight elements")?;
+        let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
+        self.with_scratch(partial_bytes, |partial| {
+            let args = Args::new()
+                .ptr(x.dev()?)
+                .ptr(dy.dev()?)
+                .ptr(partial)
+                .i32(per as i32)
+                .i32(int(s.n, "conv batch")?)
+                .i32(int(s.c_in, "conv c_in")?)
+                .i32(int(s.c_out, "conv c_out")?)
+                .i32(int(s.h * s.w, "conv h*w")?)
+                .work(Work::conv(s, x.dtype(), (ex + ey) * 2 + partial_bytes));
+            // SAFETY: arguments match conv2d_1x1_bwd_weight[_m64]_bf16(x, dy, partial,
+            // images_per_split, n, c_in, c_out, hw); x and dy hold the checked sizes (bf16, rows
+            // 16-byte aligned), partial splits x c_out x c_in floats, splits * per >= n.
+            unsafe { self.launch(&kernel, cfg, args)? };
+            let reduce = Work::traffic(partial_bytes + 2 * ew * 4, format!("{splits} x {m}x{n}"));
             let args = Args::new()
                 .ptr(partial)
                 .ptr(dw.dev_mut()?)
