@@ -2,9 +2,9 @@
 //! allocated: `INPUT.TRAIN_IMG_SIZE = [100000, 100000]` used to end in an abort (`memory
 //! allocation of 480000000000 bytes failed`) instead of an error naming the setting.
 //!
-//! The estimate is a lower bound: the augmented views the loader keeps in flight, the
-//! network's f32 input, the first layer's output (on the CPU, where activations live in host
-//! memory) and the memory banks (on the CPU too). A run refused by it could never have fit.
+//! The estimate is a lower bound: the augmented views the loader keeps in flight and, on the
+//! CPU, where activations live in host memory, the network's f32 input, the first layer's
+//! output and the memory banks. A run refused by it could never have fit.
 
 use super::config::Config;
 use anyhow::Result;
@@ -27,16 +27,15 @@ pub fn estimate(cfg: &Config, n: usize, on_cpu: bool) -> (f64, String) {
     // The step being computed and the PREFETCH steps the loader prepares ahead.
     let in_flight = 1.0 + cfg.dataloader.prefetch as f64;
     let views = in_flight * images * 3.0 * pixels;
-    let input = images * 3.0 * pixels * 4.0;
     let mut parts = vec![format!(
         "{images} images a step (SOLVER.IMS_PER_BATCH {} x (1 + NEIGHBOR.K {})) at INPUT.TRAIN_IMG_SIZE {h} x {w}",
         cfg.solver.ims_per_batch, cfg.neighbor.k
     )];
-    let mut need = views + input;
+    let mut need = views;
     if cfg.noaug.enable {
         let [nh, nw] = cfg.input.noaug_img_size;
         // The no-DA view as a normalised tensor, beside its largest scaled copy.
-        let largest = cfg.noaug.scales.iter().fold(1.0f64, |a, &s| a.max(s * s));
+        let largest = cfg.noaug.scales.iter().fold(0.0f64, |a, &s| a.max(s * s));
         need += images * 3.0 * nh as f64 * nw as f64 * 4.0 * (1.0 + largest);
         parts.push(format!("no-DA views at INPUT.NOAUG_IMG_SIZE {nh} x {nw}"));
     }
@@ -46,8 +45,10 @@ pub fn estimate(cfg: &Config, n: usize, on_cpu: bool) -> (f64, String) {
         } else {
             2.0
         };
+        // The network's f32 input (the GPU backend normalises on the device) and the first
+        // layer's output.
         let half = (h.div_ceil(2) * w.div_ceil(2)) as f64;
-        need += images * stem_channels(cfg) as f64 * half * bytes;
+        need += images * 3.0 * pixels * 4.0 + images * stem_channels(cfg) as f64 * half * bytes;
         let d = cfg.xbm.feature_dim as f64;
         let banks = match (cfg.xbm.enable, cfg.xbm.version.as_str()) {
             (false, _) => 0.0,
@@ -87,8 +88,8 @@ mod tests {
         cfg.dataloader.prefetch = 0;
         cfg.input.train_img_size = [100, 100];
         let (small, _) = estimate(&cfg, 10, false);
-        // 6 images: bytes of the views and the f32 input.
-        assert_eq!(small, 6.0 * 3.0 * 1e4 * 5.0);
+        // 6 images: the bytes of their views (the rest lives on the GPU).
+        assert_eq!(small, 6.0 * 3.0 * 1e4);
         cfg.input.train_img_size = [100_000, 100_000];
         let (big, what) = estimate(&cfg, 10, true);
         assert!(big > 4.8e11, "{big}");
