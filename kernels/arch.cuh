@@ -16,8 +16,8 @@
 // zero-filled, and a source size of 0 reads nothing) + commit_group + wait_group N: the copy lands
 // in shared memory only when a later wait covers its group. The emulator holds it back until then,
 // and its race checker reports any access to the destination before that wait.
-// ld/st.shared.v4 and ld/st.global.v4: one 16-byte access per lane, which the emulator's memory
-// counters see as one (a plain uint4 copy may be split by the host compiler).
+// ld/st.shared.v4, ld/st.global.v4 and ld/st.global.v2: one 16- (8-) byte access per lane, which the
+// emulator's memory counters see as one (a plain uint4 copy may be split by the host compiler).
 #pragma once
 #include <stdint.h>
 #include <cuda_bf16.h>
@@ -287,6 +287,27 @@ __device__ __forceinline__ void st_global_v4(void* p, uint4 v) {
 #else
     asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
                  : "memory");
+#endif
+}
+
+// 8 bytes from global memory (8-byte aligned) in one access: the vector of a row whose length
+// is a multiple of 8 bytes but not of 16.
+__device__ __forceinline__ uint2 ld_global_v2(const void* p) {
+    uint2 v;
+#ifdef INSCLR_EMU
+    insclr_emu::vector_load(&v, p, 8);
+#else
+    asm volatile("ld.global.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+#endif
+    return v;
+}
+
+// 8 bytes to global memory (8-byte aligned) in one access.
+__device__ __forceinline__ void st_global_v2(void* p, uint2 v) {
+#ifdef INSCLR_EMU
+    insclr_emu::vector_store(p, &v, 8);
+#else
+    asm volatile("st.global.v2.u32 [%0], {%1,%2};\n" ::"l"(p), "r"(v.x), "r"(v.y) : "memory");
 #endif
 }
 

@@ -13,6 +13,7 @@
 // BatchNorm over NCHW (channel c of image i is the plane i*C + c of HW values), statistics per
 // (group, channel) over the group's n/ghost images (see the BatchNorm section below).
 #include "common.cuh"
+#include "vec.cuh"
 
 template <typename T>
 __device__ void l2norm_fwd(const T* __restrict__ x, T* __restrict__ y, int rows, int cols, float eps) {
@@ -93,16 +94,31 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 //           dx = gamma * invstd * (dz - mean(dz) - xh * mean(dz * xh))
 //           dgamma += sum(dz * xh), dbeta += sum(dz)       (parameter gradients accumulate)
 //
-// Train forward and backward: one block per channel, looping over the statistics groups in
-// order; for each group a reduction sweep (Welford, merged across threads by Chan's formula, so
-// the variance stays accurate for activations with a large mean) and a writing sweep, which
-// reads the group's planes again. Parameter gradients are added by one thread in group order:
-// no atomics, the same result every run. The grid is only C blocks (64 .. 2048), which leaves a
-// large GPU partly idle on the early layers; splitting a channel over several blocks is the next
-// step once it is measured. Eval forward is a grid-stride elementwise pass. The residual add of a
-// ResNet block rides along (one read of res, no separate add and activation passes).
+// Work split. A (group, channel) pair, "gc" = g * C + c, holds per = n/ghost planes of hw values
+// (plane i*C + c of image i). Its values, as per * hw / VEC vectors of VEC consecutive values of
+// one plane (VEC divides hw), are cut into `chunks` runs of equal length, one block per (run, pair):
+// grid (chunks, ghost * C). One block per channel, as before, left 64..2048 blocks, 0.16-0.65 of
+// an H100's wave on most layers; the launcher picks `chunks` so that the grid fills whole waves.
+// A warp's lanes take consecutive vectors of a plane: 16-byte (or 8-byte) coalesced accesses.
+//
+// A reduction over a pair needs every run, so training takes two launches:
+//   forward:  batchnorm_fwd_train_stats writes each run's (count, mean, m2) of the values less
+//             the pair's first value (Welford within a thread, vector by vector; Chan's merge
+//             across threads: the variance stays accurate for activations with a large mean, and
+//             the shift keeps the mean's rounding to the spread's scale); batchnorm_fwd_train's
+//             blocks merge their pair's partials and write their run of y.
+//   backward: batchnorm_bwd_reduce writes each run's (sum dz, sum dz * xh); batchnorm_bwd's
+//             blocks add their pair's partials and write their run of dx (and dres). The blocks
+//             of run 0 in group 0 add every group's sums to dgamma / dbeta, group by group.
+// The partials are merged by one warp in a fixed order (lane l takes runs l, l + 32, ... in
+// order, then a butterfly), each run by a fixed thread: results depend on the shapes and `chunks`,
+// never on the order in which blocks run. The second launch reads the activations again (from
+// DRAM at ResNet's sizes): statistics from the producing convolution's epilogue would save the
+// forward's first pass (issue 26).
+// Eval forward: the second launch alone, with the running statistics. Frozen-statistics
+// backward: one pass writing dx and per-run sums, then batchnorm_bwd_params adds them up.
 
-#define BN_THREADS 512
+#define BN_THREADS 256
 
 struct Welford {
     float n, mean, m2;
@@ -115,15 +131,21 @@ __device__ __forceinline__ Welford welford_merge(Welford a, Welford b) {
     return Welford{n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.n * wb};
 }
 
-// The block's merged statistics, returned to every thread (slots: 3 floats per warp).
-__device__ Welford block_welford(Welford w, float* slots) {
-    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+// The warp's statistics, in lane 0 (a butterfly: every lane's result comes from the same tree).
+__device__ __forceinline__ Welford warp_welford(Welford w) {
 #pragma unroll
     for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1) {
         Welford o{__shfl_xor_sync(0xffffffffu, w.n, offset), __shfl_xor_sync(0xffffffffu, w.mean, offset),
                   __shfl_xor_sync(0xffffffffu, w.m2, offset)};
         w = welford_merge(w, o);
     }
+    return w;
+}
+
+// The block's merged statistics, returned to every thread (slots: 3 floats per warp).
+__device__ Welford block_welford(Welford w, float* slots) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    w = warp_welford(w);
     __syncthreads();
     if (lane == 0) {
         slots[3 * warp] = w.n;
@@ -136,94 +158,296 @@ __device__ Welford block_welford(Welford w, float* slots) {
     return t;
 }
 
-// Offset of the e-th value (0 <= e < per * hw) of channel c in statistics group g.
-__device__ __forceinline__ size_t bn_offset(int g, size_t e, int per, int C, int c, int hw) {
-    size_t img = (size_t)g * per + e / hw;
-    return (img * C + c) * hw + e % hw;
+// A thread's walk over its block's run: vector v of the pair is vector r of plane q. The index
+// advances by the block's size each step without a division (dq planes and dr vectors).
+template <int VEC>
+struct BnRun {
+    int g, c, per, C, hw, hwv;
+    int v, end, q, r, dq, dr;
+
+    __device__ __forceinline__ BnRun(int per_, int C_, int hw_, int chunks)
+        : per(per_), C(C_), hw(hw_), hwv(hw_ / VEC) {
+        g = blockIdx.y / C;
+        c = blockIdx.y % C;
+        long long nv = (long long)per * hwv, span = (nv + chunks - 1) / chunks;
+        long long first = span * blockIdx.x;
+        end = (int)min(nv, first + span);
+        v = (int)min(nv, first + threadIdx.x);
+        q = v / hwv;
+        r = v % hwv;
+        dq = blockDim.x / hwv;
+        dr = blockDim.x % hwv;
+    }
+    __device__ __forceinline__ bool more() const { return v < end; }
+    // The offset of the pair's first value.
+    __device__ __forceinline__ size_t first() const { return ((size_t)g * per * C + c) * hw; }
+    // The element offset of vector v's first value in the NCHW tensor.
+    __device__ __forceinline__ size_t at() const {
+        return ((size_t)(g * per + q) * C + c) * hw + (size_t)r * VEC;
+    }
+    __device__ __forceinline__ void next() {
+        v += blockDim.x;
+        q += dq;
+        r += dr;
+        if (r >= hwv) r -= hwv, q++;
+    }
+};
+
+// Vectors a thread loads before it uses the first, so that enough loads are in flight to cover
+// DRAM latency: the statistics pass reads one tensor (2 x BN_UNROLL vectors), the affine pass
+// BN_UNROLL of x, or one of x and one of the residual, the backward one of each of its three
+// inputs (more kept 84 registers live in bf16: 2 blocks per SM).
+#define BN_UNROLL 2
+#define BN_UNROLL_BWD 1
+
+// The statistics of the thread's next U vectors less `shift` (all U are there): loaded at once,
+// then the sum, the mean and the squared deviations from it in registers.
+template <typename T, int VEC, int U>
+__device__ __forceinline__ Welford bn_batch(BnRun<VEC>& run, const T* __restrict__ x, float shift) {
+    float v[U][VEC];
+#pragma unroll
+    for (int u = 0; u < U; u++) load_vec(x + run.at(), v[u]), run.next();
+    float sum = 0.0f, m2 = 0.0f;
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int i = 0; i < VEC; i++) sum += (v[u][i] -= shift);
+    const float mean = sum * (1.0f / (U * VEC));
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int i = 0; i < VEC; i++) m2 += (v[u][i] - mean) * (v[u][i] - mean);
+    return Welford{(float)(U * VEC), mean, m2};
 }
 
-template <typename T>
-__device__ void batchnorm_fwd_train(const T* __restrict__ x, const float* __restrict__ gamma,
-                                    const float* __restrict__ beta, float* __restrict__ running_mean,
-                                    float* __restrict__ running_var, float* __restrict__ save_mean,
-                                    float* __restrict__ save_invstd, const T* __restrict__ res, T* __restrict__ y, int n,
-                                    int C, int hw, int ghost, float eps, float momentum, int act) {
+// Welford statistics of the pair's values in this block's run, less the pair's first value (so
+// that the merges' rounding is relative to the spread, not to a large mean) -> partial[3 * (gc *
+// chunks + run)]. A thread takes the 2 x BN_UNROLL vectors it loads at once as one batch (sum,
+// mean, squared deviations from it, in registers) and merges the batch into its statistics: one
+// division per batch, not per value, so that the pass stays bound by memory (it has 14 issue
+// slots per bf16 value at an H200's bandwidth).
+template <typename T, int VEC>
+__device__ void bn_stats(const T* __restrict__ x, float* __restrict__ partial, int per, int C, int hw, int chunks) {
     __shared__ float slots[3 * BN_THREADS / WARP_SIZE];
-    int c = blockIdx.x, per = n / ghost;
-    size_t count = (size_t)per * hw;
-    for (int g = 0; g < ghost; g++) {
+    BnRun<VEC> run(per, C, hw, chunks);
+    const float shift = load(x[run.first()]);
+    Welford w{0.0f, 0.0f, 0.0f};
+    // Whole batches while the thread has 2 x BN_UNROLL vectors left, then one vector at a time.
+    const int last = run.end - (2 * BN_UNROLL - 1) * (int)blockDim.x;
+    while (run.v < last) w = welford_merge(w, bn_batch<T, VEC, 2 * BN_UNROLL>(run, x, shift));
+    while (run.more()) w = welford_merge(w, bn_batch<T, VEC, 1>(run, x, shift));
+    w = block_welford(w, slots);
+    if (threadIdx.x == 0) {
+        float* p = partial + 3 * ((size_t)blockIdx.y * chunks + blockIdx.x);
+        p[0] = w.n, p[1] = w.mean, p[2] = w.m2;
+    }
+}
+
+// Pair gc's statistics from its runs' partials, merged by warp 0, handed to every thread through
+// `out` (3 floats of shared memory).
+__device__ Welford bn_merge_stats(const float* __restrict__ partial, int gc, int chunks, float* out) {
+    if (threadIdx.x < WARP_SIZE) {
+        const float* p = partial + 3 * (size_t)gc * chunks;
         Welford w{0.0f, 0.0f, 0.0f};
-        for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
-            float v = load(x[bn_offset(g, e, per, C, c, hw)]);
-            w.n += 1.0f;
-            float d = v - w.mean;
-            w.mean += d / w.n;
-            w.m2 += d * (v - w.mean);
-        }
-        w = block_welford(w, slots);
-        float var = w.m2 / w.n, invstd = 1.0f / sqrtf(var + eps);
-        if (threadIdx.x == 0) {
-            save_mean[g * C + c] = w.mean;
-            save_invstd[g * C + c] = invstd;
-            if (g == 0) {
-                running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * w.mean;
-                running_var[c] = (1.0f - momentum) * running_var[c] + momentum * var * w.n / (w.n - 1.0f);
+        for (int k = threadIdx.x; k < chunks; k += WARP_SIZE) w = welford_merge(w, Welford{p[3 * k], p[3 * k + 1], p[3 * k + 2]});
+        w = warp_welford(w);
+        if (threadIdx.x == 0) out[0] = w.n, out[1] = w.mean, out[2] = w.m2;
+    }
+    __syncthreads();
+    return Welford{out[0], out[1], out[2]};
+}
+
+// Pair gc's (sum dz, sum dz * xh) from its runs' partials; called by a whole warp, which all get it.
+__device__ __forceinline__ float2 bn_merge_sums(const float* __restrict__ partial, int gc, int chunks) {
+    const float* p = partial + 2 * (size_t)gc * chunks;
+    float a = 0.0f, b = 0.0f;
+    for (int k = threadIdx.x % WARP_SIZE; k < chunks; k += WARP_SIZE) a += p[2 * k], b += p[2 * k + 1];
+    return make_float2(warp_sum(a), warp_sum(b));
+}
+
+// y = act(x * scale + shift [+ res]) over this block's run, U vectors of each input in flight.
+template <typename T, int VEC, int U>
+__device__ __forceinline__ void bn_affine_u(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ res,
+                                            T* __restrict__ y, float scale, float shift, int act) {
+    while (run.more()) {
+        float v[U][VEC], rv[U][VEC];
+        size_t at[U];
+        bool ok[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            ok[u] = run.more();
+            at[u] = run.at();
+            if (ok[u]) {
+                load_vec(x + at[u], v[u]);
+                if (res) load_vec(res + at[u], rv[u]);
+                run.next();
             }
         }
-        float scale = gamma[c] * invstd, shift = beta[c] - w.mean * scale;
-        for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
-            size_t at = bn_offset(g, e, per, C, c, hw);
-            float z = load(x[at]) * scale + shift;
-            if (res) z += load(res[at]);
-            y[at] = store<T>(act_apply(act, z));
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (!ok[u]) continue;
+#pragma unroll
+            for (int i = 0; i < VEC; i++) {
+                float z = v[u][i] * scale + shift;
+                if (res) z += rv[u][i];
+                v[u][i] = act_apply(act, z);
+            }
+            store_vec(y + at[u], v[u]);
         }
     }
 }
 
-template <typename T>
-__device__ void batchnorm_fwd_eval(const T* __restrict__ x, const float* __restrict__ gamma,
-                                   const float* __restrict__ beta, const float* __restrict__ running_mean,
-                                   const float* __restrict__ running_var, const T* __restrict__ res, T* __restrict__ y,
-                                   int n, int C, int hw, float eps, int act) {
-    GRID_STRIDE(i, (size_t)n * C * hw) {
-        int c = (int)((i / hw) % C);
-        float scale = gamma[c] / sqrtf(running_var[c] + eps), shift = beta[c] - running_mean[c] * scale;
-        float z = load(x[i]) * scale + shift;
-        if (res) z += load(res[i]);
-        y[i] = store<T>(act_apply(act, z));
-    }
+// With a residual two inputs are in flight already; one vector of each keeps the bf16 kernel
+// within 64 registers (two spilled).
+template <typename T, int VEC>
+__device__ __forceinline__ void bn_affine(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ res,
+                                          T* __restrict__ y, float scale, float shift, int act) {
+    if (res)
+        bn_affine_u<T, VEC, 1>(run, x, res, y, scale, shift, act);
+    else
+        bn_affine_u<T, VEC, BN_UNROLL>(run, x, nullptr, y, scale, shift, act);
 }
 
-template <typename T>
-__device__ void batchnorm_bwd(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
-                              const float* __restrict__ gamma, const float* __restrict__ save_mean,
-                              const float* __restrict__ save_invstd, T* __restrict__ dx, T* __restrict__ dres,
-                              float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C, int hw, int ghost,
-                              int act) {
+template <typename T, int VEC>
+__device__ void bn_fwd_train(const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                             float* __restrict__ running_mean, float* __restrict__ running_var,
+                             float* __restrict__ save_mean, float* __restrict__ save_invstd,
+                             const float* __restrict__ partial, const T* __restrict__ res, T* __restrict__ y, int per,
+                             int C, int hw, int chunks, float eps, float momentum, int act) {
+    __shared__ float stat[3];
+    BnRun<VEC> run(per, C, hw, chunks);
+    int gc = blockIdx.y, c = run.c;
+    Welford w = bn_merge_stats(partial, gc, chunks, stat);
+    w.mean += load(x[run.first()]);
+    float var = w.m2 / w.n, invstd = 1.0f / sqrtf(var + eps);
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        save_mean[gc] = w.mean;
+        save_invstd[gc] = invstd;
+        if (run.g == 0) {
+            running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * w.mean;
+            running_var[c] = (1.0f - momentum) * running_var[c] + momentum * var * w.n / (w.n - 1.0f);
+        }
+    }
+    float scale = gamma[c] * invstd, shift = beta[c] - w.mean * scale;
+    bn_affine<T, VEC>(run, x, res, y, scale, shift, act);
+}
+
+template <typename T, int VEC>
+__device__ void bn_fwd_eval(const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                            const float* __restrict__ running_mean, const float* __restrict__ running_var,
+                            const T* __restrict__ res, T* __restrict__ y, int n, int C, int hw, int chunks, float eps,
+                            int act) {
+    BnRun<VEC> run(n, C, hw, chunks);
+    int c = run.c;
+    float scale = gamma[c] / sqrtf(running_var[c] + eps), shift = beta[c] - running_mean[c] * scale;
+    bn_affine<T, VEC>(run, x, res, y, scale, shift, act);
+}
+
+// (sum dz, sum dz * xh) over this block's run, dz = dy * act'(y), xh = (x - mean) * invstd; with
+// `dx` (frozen statistics: dx = k * dz, no batch-mean terms) also writes dx and dres on the way.
+template <typename T, int VEC>
+__device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
+                              float mean, float invstd, float k, T* __restrict__ dx, T* __restrict__ dres, int act) {
     __shared__ float slots[BN_THREADS / WARP_SIZE];
-    int c = blockIdx.x, per = n / ghost;
-    size_t count = (size_t)per * hw;
-    for (int g = 0; g < ghost; g++) {
-        float mean = save_mean[g * C + c], invstd = save_invstd[g * C + c];
-        float sdz = 0.0f, sdzx = 0.0f;
-        for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
-            size_t at = bn_offset(g, e, per, C, c, hw);
-            float dz = load(dy[at]) * act_grad(act, load(y[at]));
-            sdz += dz;
-            sdzx += dz * (load(x[at]) - mean) * invstd;
+    float sdz = 0.0f, sdzx = 0.0f;
+    while (run.more()) {
+        float xv[BN_UNROLL_BWD][VEC], yv[BN_UNROLL_BWD][VEC], gv[BN_UNROLL_BWD][VEC];
+        size_t at[BN_UNROLL_BWD];
+        bool ok[BN_UNROLL_BWD];
+#pragma unroll
+        for (int u = 0; u < BN_UNROLL_BWD; u++) {
+            ok[u] = run.more();
+            at[u] = run.at();
+            if (ok[u]) {
+                load_vec(x + at[u], xv[u]);
+                load_vec(y + at[u], yv[u]);
+                load_vec(dy + at[u], gv[u]);
+                run.next();
+            }
         }
-        sdz = block_sum(sdz, slots);
-        sdzx = block_sum(sdzx, slots);
-        if (threadIdx.x == 0) {
-            dbeta[c] += sdz;
-            dgamma[c] += sdzx;
+#pragma unroll
+        for (int u = 0; u < BN_UNROLL_BWD; u++) {
+            if (!ok[u]) continue;
+#pragma unroll
+            for (int i = 0; i < VEC; i++) {
+                float dz = gv[u][i] * act_grad(act, yv[u][i]);
+                sdz += dz;
+                sdzx += dz * (xv[u][i] - mean) * invstd;
+                gv[u][i] = dz;
+                xv[u][i] = k * dz;
+            }
+            if (dx) {
+                store_vec(dx + at[u], xv[u]);
+                if (dres) store_vec(dres + at[u], gv[u]);
+            }
         }
-        float mdz = sdz / (float)count, mdzx = sdzx / (float)count, k = gamma[c] * invstd;
-        for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
-            size_t at = bn_offset(g, e, per, C, c, hw);
-            float dz = load(dy[at]) * act_grad(act, load(y[at]));
-            dx[at] = store<T>(k * (dz - mdz - (load(x[at]) - mean) * invstd * mdzx));
-            if (dres) dres[at] = store<T>(dz);
+    }
+    sdz = block_sum(sdz, slots);
+    sdzx = block_sum(sdzx, slots);
+    return make_float2(sdz, sdzx);
+}
+
+template <typename T, int VEC>
+__device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
+                              const float* __restrict__ save_mean, const float* __restrict__ save_invstd,
+                              float* __restrict__ partial, int per, int C, int hw, int chunks, int act) {
+    BnRun<VEC> run(per, C, hw, chunks);
+    int gc = blockIdx.y;
+    float2 s = bn_bwd_sums<T, VEC>(run, x, y, dy, save_mean[gc], save_invstd[gc], 0.0f, nullptr, nullptr, act);
+    if (threadIdx.x == 0) {
+        float* p = partial + 2 * ((size_t)gc * chunks + blockIdx.x);
+        p[0] = s.x, p[1] = s.y;
+    }
+}
+
+template <typename T, int VEC>
+__device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
+                       const float* __restrict__ gamma, const float* __restrict__ save_mean,
+                       const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,
+                       T* __restrict__ dres, float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C,
+                       int hw, int ghost, int chunks, int act) {
+    __shared__ float sums[2];
+    BnRun<VEC> run(per, C, hw, chunks);
+    int gc = blockIdx.y, c = run.c;
+    if (threadIdx.x < WARP_SIZE) {
+        float2 s = bn_merge_sums(partial, gc, chunks);
+        if (threadIdx.x == 0) sums[0] = s.x, sums[1] = s.y;
+        // One block per channel adds the groups' sums, in group order: no atomics, one result.
+        if (blockIdx.x == 0 && run.g == 0)
+            for (int g = 0; g < ghost; g++) {
+                float2 t = bn_merge_sums(partial, g * C + c, chunks);
+                if (threadIdx.x == 0) dbeta[c] += t.x, dgamma[c] += t.y;
+            }
+    }
+    __syncthreads();
+    float count = (float)((long long)per * hw), mean = save_mean[gc], invstd = save_invstd[gc];
+    float mdz = sums[0] / count, mdzx = sums[1] / count, k = gamma[c] * invstd;
+    while (run.more()) {
+        float xv[BN_UNROLL_BWD][VEC], yv[BN_UNROLL_BWD][VEC], gv[BN_UNROLL_BWD][VEC];
+        size_t at[BN_UNROLL_BWD];
+        bool ok[BN_UNROLL_BWD];
+#pragma unroll
+        for (int u = 0; u < BN_UNROLL_BWD; u++) {
+            ok[u] = run.more();
+            at[u] = run.at();
+            if (ok[u]) {
+                load_vec(x + at[u], xv[u]);
+                load_vec(y + at[u], yv[u]);
+                load_vec(dy + at[u], gv[u]);
+                run.next();
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < BN_UNROLL_BWD; u++) {
+            if (!ok[u]) continue;
+#pragma unroll
+            for (int i = 0; i < VEC; i++) {
+                float dz = gv[u][i] * act_grad(act, yv[u][i]);
+                xv[u][i] = k * (dz - mdz - (xv[u][i] - mean) * invstd * mdzx);
+                gv[u][i] = dz;
+            }
+            store_vec(dx + at[u], xv[u]);
+            if (dres) store_vec(dres + at[u], gv[u]);
         }
     }
 }
@@ -231,67 +455,89 @@ __device__ void batchnorm_bwd(const T* __restrict__ x, const T* __restrict__ y, 
 // Frozen statistics (MODEL.BACKBONE.FREEZE_BN): the backward of the eval-mode forward, where the
 // running statistics are constants: invstd = 1/sqrt(running_var + eps), xh = (x - running_mean)
 // * invstd, dz = dy * act'(y); dx = gamma * invstd * dz, dres = dz, dgamma += sum(dz * xh),
-// dbeta += sum(dz). One block per channel (one sweep: dx needs no reduction), sums in f32 added
-// by one thread, as the training backward.
-template <typename T>
-__device__ void batchnorm_bwd_eval(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
-                                   const float* __restrict__ gamma, const float* __restrict__ running_mean,
-                                   const float* __restrict__ running_var, T* __restrict__ dx, T* __restrict__ dres,
-                                   float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C, int hw,
-                                   float eps, int act) {
-    __shared__ float slots[BN_THREADS / WARP_SIZE];
-    int c = blockIdx.x;
-    size_t count = (size_t)n * hw;
+// dbeta += sum(dz). dx needs no reduction: one pass writes it and each run's sums, which
+// batchnorm_bwd_params adds into dgamma / dbeta.
+template <typename T, int VEC>
+__device__ void bn_bwd_eval(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
+                            const float* __restrict__ gamma, const float* __restrict__ running_mean,
+                            const float* __restrict__ running_var, float* __restrict__ partial, T* __restrict__ dx,
+                            T* __restrict__ dres, int n, int C, int hw, int chunks, float eps, int act) {
+    BnRun<VEC> run(n, C, hw, chunks);
+    int c = run.c;
     float mean = running_mean[c], invstd = 1.0f / sqrtf(running_var[c] + eps), k = gamma[c] * invstd;
-    float sdz = 0.0f, sdzx = 0.0f;
-    for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
-        size_t at = bn_offset(0, e, n, C, c, hw);
-        float dz = load(dy[at]) * act_grad(act, load(y[at]));
-        sdz += dz;
-        sdzx += dz * (load(x[at]) - mean) * invstd;
-        dx[at] = store<T>(k * dz);
-        if (dres) dres[at] = store<T>(dz);
-    }
-    sdz = block_sum(sdz, slots);
-    sdzx = block_sum(sdzx, slots);
+    float2 s = bn_bwd_sums<T, VEC>(run, x, y, dy, mean, invstd, k, dx, dres, act);
     if (threadIdx.x == 0) {
-        dbeta[c] += sdz;
-        dgamma[c] += sdzx;
+        float* p = partial + 2 * ((size_t)blockIdx.y * chunks + blockIdx.x);
+        p[0] = s.x, p[1] = s.y;
+    }
+}
+
+// dbeta[c] += sum dz, dgamma[c] += sum dz * xh of every group of channel c, in group order, from
+// the runs' partial sums (2 floats per (pair, run)); one warp per channel.
+extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ partial, float* __restrict__ dgamma,
+                                                    float* __restrict__ dbeta, int C, int ghost, int chunks) {
+    int c = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    if (c >= C) return;
+    for (int g = 0; g < ghost; g++) {
+        float2 t = bn_merge_sums(partial, g * C + c, chunks);
+        if (threadIdx.x % WARP_SIZE == 0) dbeta[c] += t.x, dgamma[c] += t.y;
     }
 }
 
 // Activations (x, y, the residual and their gradients) in T; parameters, running and saved
-// statistics and parameter gradients in f32 (master copies) for every T.
-#define BATCHNORM_ENTRY_POINTS(T, SUFFIX)                                                                     \
-    extern "C" __global__ void batchnorm_fwd_train_##SUFFIX(                                                  \
-        const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,             \
-        float* __restrict__ running_mean, float* __restrict__ running_var, float* __restrict__ save_mean,     \
-        float* __restrict__ save_invstd, const T* __restrict__ res, T* __restrict__ y, int n, int C, int hw,  \
-        int ghost, float eps, float momentum, int act) {                                                      \
-        batchnorm_fwd_train(x, gamma, beta, running_mean, running_var, save_mean, save_invstd, res, y, n, C,  \
-                            hw, ghost, eps, momentum, act);                                                   \
-    }                                                                                                         \
-    extern "C" __global__ void batchnorm_fwd_eval_##SUFFIX(                                                   \
-        const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,             \
-        const float* __restrict__ running_mean, const float* __restrict__ running_var,                        \
-        const T* __restrict__ res, T* __restrict__ y, int n, int C, int hw, float eps, int act) {             \
-        batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, res, y, n, C, hw, eps, act);            \
-    }                                                                                                         \
-    extern "C" __global__ void batchnorm_bwd_##SUFFIX(                                                        \
-        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                           \
-        const float* __restrict__ gamma, const float* __restrict__ save_mean,                                 \
-        const float* __restrict__ save_invstd, T* __restrict__ dx, T* __restrict__ dres,                      \
-        float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C, int hw, int ghost, int act) {    \
-        batchnorm_bwd(x, y, dy, gamma, save_mean, save_invstd, dx, dres, dgamma, dbeta, n, C, hw, ghost,      \
-                      act);                                                                                   \
-    }                                                                                                         \
-    extern "C" __global__ void batchnorm_bwd_eval_##SUFFIX(                                                   \
-        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                           \
-        const float* __restrict__ gamma, const float* __restrict__ running_mean,                              \
-        const float* __restrict__ running_var, T* __restrict__ dx, T* __restrict__ dres,                      \
-        float* __restrict__ dgamma, float* __restrict__ dbeta, int n, int C, int hw, float eps, int act) {    \
-        batchnorm_bwd_eval(x, y, dy, gamma, running_mean, running_var, dx, dres, dgamma, dbeta, n, C, hw, eps, \
-                           act);                                                                              \
+// statistics, partial sums and parameter gradients in f32 (master copies) for every T. Every
+// launch takes per = n / ghost images per group, `chunks` runs per pair and the vector width
+// `vec` (elements) that the launcher found hw and the buffers' alignment allow. At most 64
+// registers (4 blocks, 1024 threads per SM): the bf16 affine pass took 66, which left 3.
+#define BATCHNORM_ENTRY_POINTS(T, SUFFIX)                                                                        \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_fwd_train_stats_##SUFFIX(const T* __restrict__ x,                      \
+                                                                  float* __restrict__ partial, int per, int C,   \
+                                                                  int hw, int chunks, int vec) {                 \
+        DISPATCH_VEC(T, vec, bn_stats<T, VEC>(x, partial, per, C, hw, chunks));                                  \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_fwd_train_##SUFFIX(                                                     \
+        const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \
+        float* __restrict__ running_mean, float* __restrict__ running_var, float* __restrict__ save_mean,        \
+        float* __restrict__ save_invstd, const float* __restrict__ partial, const T* __restrict__ res,           \
+        T* __restrict__ y, int per, int C, int hw, int chunks, int vec, float eps, float momentum, int act) {    \
+        DISPATCH_VEC(T, vec,                                                                                     \
+                     bn_fwd_train<T, VEC>(x, gamma, beta, running_mean, running_var, save_mean, save_invstd,     \
+                                          partial, res, y, per, C, hw, chunks, eps, momentum, act));             \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_fwd_eval_##SUFFIX(                                                      \
+        const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \
+        const float* __restrict__ running_mean, const float* __restrict__ running_var,                           \
+        const T* __restrict__ res, T* __restrict__ y, int n, int C, int hw, int chunks, int vec, float eps,      \
+        int act) {                                                                                               \
+        DISPATCH_VEC(T, vec,                                                                                     \
+                     bn_fwd_eval<T, VEC>(x, gamma, beta, running_mean, running_var, res, y, n, C, hw, chunks,    \
+                                         eps, act));                                                             \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_reduce_##SUFFIX(                                                    \
+        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \
+        const float* __restrict__ save_mean, const float* __restrict__ save_invstd, float* __restrict__ partial, \
+        int per, int C, int hw, int chunks, int vec, int act) {                                                  \
+        DISPATCH_VEC(T, vec,                                                                                     \
+                     bn_bwd_reduce<T, VEC>(x, y, dy, save_mean, save_invstd, partial, per, C, hw, chunks, act)); \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_##SUFFIX(                                                           \
+        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \
+        const float* __restrict__ gamma, const float* __restrict__ save_mean,                                    \
+        const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,            \
+        T* __restrict__ dres, float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw,     \
+        int ghost, int chunks, int vec, int act) {                                                               \
+        DISPATCH_VEC(T, vec,                                                                                     \
+                     bn_bwd<T, VEC>(x, y, dy, gamma, save_mean, save_invstd, partial, dx, dres, dgamma, dbeta,   \
+                                    per, C, hw, ghost, chunks, act));                                            \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_eval_##SUFFIX(                                                      \
+        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \
+        const float* __restrict__ gamma, const float* __restrict__ running_mean,                                 \
+        const float* __restrict__ running_var, float* __restrict__ partial, T* __restrict__ dx,                  \
+        T* __restrict__ dres, int n, int C, int hw, int chunks, int vec, float eps, int act) {                   \
+        DISPATCH_VEC(T, vec,                                                                                     \
+                     bn_bwd_eval<T, VEC>(x, y, dy, gamma, running_mean, running_var, partial, dx, dres, n, C,    \
+                                         hw, chunks, eps, act));                                                 \
     }
 
 BATCHNORM_ENTRY_POINTS(float, f32)

@@ -105,7 +105,13 @@ fn kernel_maxpool_matches_cpu() {
 
 /// (n, c, hw, ghost): one channel of three values (with two, the normalised values are +-1
 /// whatever x, so dx is zero up to rounding and has no reference to match), odd plane sizes
-/// around a warp and a block (512 threads), ghost groups, and a 7x7 map with many channels.
+/// around a warp and a block (256 threads), ghost groups, and a 7x7 map with many channels.
+/// The kernels read vectors of 16 bytes where hw allows (4 f32, 8 bf16), else 8 bytes, else one
+/// value: 196 (14x14) takes 16 bytes in f32 and 8 in bf16, 10 takes 8 bytes in f32 and single
+/// values in bf16. A pair's values are cut into runs of at least 1024 vectors (one block each,
+/// tests/plan.rs checks the grids): 4 x 5000 values are 5 runs (f32) or 3 (bf16) per channel,
+/// ending inside planes; each of the 2 groups of 3 x 4096 is 3 runs (f32, one plane each) or 2
+/// (bf16, ending mid-plane).
 const BN_SIZES: &[(usize, usize, usize, usize)] = &[
     (3, 1, 1, 1),
     (1, 3, 33, 1),
@@ -113,6 +119,9 @@ const BN_SIZES: &[(usize, usize, usize, usize)] = &[
     (3, 2, 513, 1),
     (8, 6, 10, 4),
     (2, 70, 49, 1),
+    (2, 3, 196, 1),
+    (4, 2, 5000, 1),
+    (6, 1, 4096, 2),
 ];
 
 /// f32 and bf16 activations (parameters and statistics f32 for both).
@@ -218,6 +227,92 @@ fn kernel_batchnorm_matches_cpu() {
                 if with_res {
                     out.push(("dres".into(), download_f32(be, &dres)?));
                     out.push(("eval dres".into(), download_f32(be, &dres_eval)?));
+                }
+                Ok(out)
+            });
+        }
+    }
+}
+
+/// `data` in `dtype` on `be`, `offset` elements into a larger allocation on a device (a view of
+/// an arena, as the parameters are), so that its address is only as aligned as the offset makes
+/// it.
+fn at_offset(be: &dyn Backend, data: &[f32], dtype: DType, offset: usize) -> anyhow::Result<Buf> {
+    if be.device() == insclr::backend::Device::Cpu {
+        return upload_as(be, data, dtype);
+    }
+    let arena = be.arena(dtype, data.len() + offset)?;
+    let mut view = be.view(&arena, offset, data.len())?;
+    match dtype {
+        DType::BF16 => {
+            let h: Vec<half::bf16> = data.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            be.upload_into(&h, &mut view)?
+        }
+        _ => be.upload_into(data, &mut view)?,
+    }
+    Ok(view)
+}
+
+/// Buffers 1, 2 or 4 elements past a 16-byte boundary: the kernels' vectors narrow to what every
+/// buffer's address allows (a misaligned vector access faults on a GPU and fails on the emulator).
+#[test]
+fn kernel_batchnorm_takes_buffers_at_any_alignment() {
+    let dev = kernel_device("kernel_batchnorm_takes_buffers_at_any_alignment");
+    let (n, c, hw) = (2, 3, 4096);
+    let len = n * c * hw;
+    for (dt, tol) in FLOAT_DTYPES {
+        for offset in [1, 2, 4] {
+            let s = BatchNorm::new(n, c, hw, 1e-5, Act::Relu);
+            let what = format!("batchnorm {dt} {n}x{c}x{hw}, buffers {offset} elements in");
+            matches_cpu(&what, &dev, tol, |be| {
+                let mut rng = Rng::new(61 + offset as u64);
+                let x = at_offset(be, &rng.vec_f32(len, -3.0, 5.0), dt, offset)?;
+                let res = at_offset(be, &rng.vec_f32(len, -3.0, 3.0), dt, 16 - offset)?;
+                let dy = at_offset(be, &rng.vec_f32(len, -1.0, 1.0), dt, offset)?;
+                let nan = vec![f32::NAN; len];
+                let (mut y, mut dx, mut dres, mut y_eval) = (
+                    at_offset(be, &nan, dt, offset)?,
+                    at_offset(be, &nan, dt, offset)?,
+                    at_offset(be, &nan, dt, 0)?,
+                    at_offset(be, &nan, dt, offset)?,
+                );
+                let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5))?;
+                let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5))?;
+                let (mut rm, mut rv) = (be.upload(&vec![0.0; c])?, be.upload(&vec![1.0; c])?);
+                let (mut sm, mut si) = (poisoned(be, c), poisoned(be, c));
+                let (mut dg, mut db) = (be.upload(&vec![0.0; c])?, be.upload(&vec![0.0; c])?);
+                be.batchnorm_fwd_train(
+                    &x,
+                    &gamma,
+                    &beta,
+                    (&mut rm, &mut rv),
+                    (&mut sm, &mut si),
+                    Some(&res),
+                    &mut y,
+                    s,
+                )?;
+                be.batchnorm_bwd(
+                    &x,
+                    &y,
+                    &dy,
+                    &gamma,
+                    (&sm, &si),
+                    &mut dx,
+                    Some(&mut dres),
+                    (&mut dg, &mut db),
+                    s,
+                )?;
+                be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, Some(&res), &mut y_eval, s)?;
+                let mut out = Vec::new();
+                for (name, b) in [
+                    ("y", &y),
+                    ("dx", &dx),
+                    ("dres", &dres),
+                    ("dgamma", &dg),
+                    ("dbeta", &db),
+                    ("eval y", &y_eval),
+                ] {
+                    out.push((name.to_string(), download_f32(be, b)?));
                 }
                 Ok(out)
             });

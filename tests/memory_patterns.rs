@@ -219,3 +219,91 @@ fn conv_1x1_bf16_runs_on_the_pipelined_mainloop() {
         }
     }
 }
+
+#[test]
+fn batchnorm_moves_its_activations_in_coalesced_16_byte_vectors() {
+    use insclr::backend::{Act, BatchNorm};
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    // Two channels of two 64 x 128 planes: 2048 (bf16) or 4096 (f32) vectors per channel, so
+    // each channel is cut into 2 or 4 runs and some warps cross a plane's end.
+    let (n, c, hw) = (2, 2, 64 * 128);
+    let len = n * c * hw;
+    for dtype in [DType::BF16, DType::F32] {
+        let s = BatchNorm::new(n, c, hw, 1e-5, Act::Relu);
+        let x = upload(be, len, dtype, 20);
+        let res = upload(be, len, dtype, 21);
+        let dy = upload(be, len, dtype, 22);
+        let (mut y, mut dx, mut dres) = (
+            be.zeros(dtype, len).unwrap(),
+            be.zeros(dtype, len).unwrap(),
+            be.zeros(dtype, len).unwrap(),
+        );
+        let chan = |v: f32| be.upload(&vec![v; c]).unwrap();
+        let (gamma, beta) = (chan(1.0), chan(0.0));
+        let (mut rm, mut rv, mut sm, mut si) = (chan(0.0), chan(1.0), chan(0.0), chan(1.0));
+        let (mut dg, mut db) = (chan(0.0), chan(0.0));
+        let (r, stats) = count_memory(|| -> anyhow::Result<()> {
+            be.batchnorm_fwd_train(
+                &x,
+                &gamma,
+                &beta,
+                (&mut rm, &mut rv),
+                (&mut sm, &mut si),
+                Some(&res),
+                &mut y,
+                s,
+            )?;
+            be.batchnorm_bwd(
+                &x,
+                &y,
+                &dy,
+                &gamma,
+                (&sm, &si),
+                &mut dx,
+                Some(&mut dres),
+                (&mut dg, &mut db),
+                s,
+            )?;
+            be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, Some(&res), &mut y, s)
+        });
+        r.unwrap();
+        show(&format!("batchnorm {dtype}, 2 x 2 x 8192:"), &stats);
+        let bytes = (len * dtype.size()) as u64;
+        // Every activation byte in a 16-byte access, no sector fetched twice; the rest (the
+        // pair's first value, parameters, partial sums: broadcasts, one sector a warp) under 5%
+        // of the sectors.
+        for (op, passes) in [
+            ("batchnorm_fwd_train_stats", 1),
+            ("batchnorm_fwd_train", 3),
+            ("batchnorm_bwd_reduce", 3),
+            ("batchnorm_bwd", 5),
+            ("batchnorm_fwd_eval", 3),
+        ] {
+            let kernel = format!("{op}_{dtype}");
+            let vectors: Vec<&MemStat> = rows(&stats, &kernel)
+                .into_iter()
+                .filter(|s| s.space == MemSpace::Global && s.width == 16)
+                .collect();
+            let moved: u64 = vectors.iter().map(|s| s.bytes).sum();
+            let sectors: u64 = vectors.iter().map(|s| s.transactions).sum();
+            assert_eq!(moved, passes * bytes, "{kernel}: {vectors:#?}");
+            for row in vectors {
+                assert_eq!(row.transactions, row.ideal, "{kernel}: {row:?}");
+            }
+            let other: u64 = rows(&stats, &kernel)
+                .into_iter()
+                .filter(|s| s.space == MemSpace::Global && s.width != 16)
+                .map(|s| s.transactions)
+                .sum();
+            assert!(
+                other * 20 < sectors,
+                "{kernel}: {other} sectors outside vectors, {sectors} in them"
+            );
+        }
+    }
+}

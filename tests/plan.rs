@@ -201,3 +201,103 @@ fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
         assert!(text.contains(want), "no {want:?} in:\n{text}");
     }
 }
+
+/// The grids of one training BatchNorm's forward and backward launches, in order, for an
+/// `n x c x hw` tensor of `dtype` with `ghost` statistics groups.
+fn batchnorm_grids(dtype: DType, (n, c, hw, ghost): (usize, usize, usize, usize)) -> Vec<Event> {
+    use insclr::backend::{Act, BatchNorm};
+    let cuda = CudaBackend::plan();
+    let be: &dyn Backend = &cuda;
+    let len = n * c * hw;
+    let act = |be: &dyn Backend| be.zeros(dtype, len).unwrap();
+    let chan = |be: &dyn Backend, k: usize| be.zeros(DType::F32, k).unwrap();
+    let (x, mut y, dy, mut dx) = (act(be), act(be), act(be), act(be));
+    let (gamma, beta) = (chan(be, c), chan(be, c));
+    let (mut rm, mut rv, mut dg, mut db) = (chan(be, c), chan(be, c), chan(be, c), chan(be, c));
+    let (mut sm, mut si) = (chan(be, ghost * c), chan(be, ghost * c));
+    let s = BatchNorm {
+        ghost,
+        ..BatchNorm::new(n, c, hw, 1e-5, Act::Relu)
+    };
+    let rec = cuda.recorder().unwrap();
+    rec.set_recording(true);
+    be.batchnorm_fwd_train(
+        &x,
+        &gamma,
+        &beta,
+        (&mut rm, &mut rv),
+        (&mut sm, &mut si),
+        None,
+        &mut y,
+        s,
+    )
+    .unwrap();
+    be.batchnorm_bwd(
+        &x,
+        &y,
+        &dy,
+        &gamma,
+        (&sm, &si),
+        &mut dx,
+        None,
+        (&mut dg, &mut db),
+        s,
+    )
+    .unwrap();
+    rec.take()
+}
+
+#[test]
+fn batchnorm_splits_each_channel_into_runs_that_fill_whole_waves() {
+    // ResNet-101's BatchNorms at 448 px, batch 64: 64 channels of 224 x 224 (the stem) up to
+    // 2048 of 14 x 14. One block per channel left 0.16 to 0.65 of a wave.
+    for (c, hw) in [(64, 50176), (64, 12544), (256, 12544), (512, 3136), (1024, 784), (2048, 196)] {
+        let events = batchnorm_grids(DType::BF16, (64, c, hw, 1));
+        let names: Vec<&str> = events
+            .iter()
+            .map(|e| match e {
+                Event::Launch { kernel, .. } => kernel.as_str(),
+                _ => "not a launch",
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "batchnorm_fwd_train_stats_bf16",
+                "batchnorm_fwd_train_bf16",
+                "batchnorm_bwd_reduce_bf16",
+                "batchnorm_bwd_bf16"
+            ]
+        );
+        for e in &events {
+            let Event::Launch { kernel, cfg, work } = e else {
+                unreachable!()
+            };
+            let per_sm = occupancy::blocks_per_sm(&SM90, occupancy::resources(kernel), cfg.block.0, 0);
+            let slots = (per_sm.blocks * occupancy::MODEL_SMS) as f64;
+            let waves = (cfg.grid.0 * cfg.grid.1) as f64 / slots;
+            assert_eq!(cfg.grid.1 as usize, c, "{kernel}: one row of blocks per channel");
+            assert!(
+                waves / waves.ceil() >= 0.95,
+                "{kernel} on 64x{c}x{hw}: {} runs of {c} channels are {waves:.2} waves of {slots}",
+                cfg.grid.0
+            );
+            assert!(work.as_ref().is_some_and(|w| w.bytes > 0.0), "{kernel}: no work");
+        }
+    }
+}
+
+#[test]
+fn batchnorm_runs_have_at_least_1024_vectors_and_small_tensors_keep_one() {
+    let runs = |dtype, shape| match &batchnorm_grids(dtype, shape)[0] {
+        Event::Launch { cfg, .. } => cfg.grid.0,
+        e => panic!("{e:?}"),
+    };
+    // The sizes tests/layers.rs runs on the emulated GPU: several runs per pair there.
+    assert_eq!(runs(DType::F32, (4, 2, 5000, 1)), 5);
+    assert_eq!(runs(DType::BF16, (4, 2, 5000, 1)), 3);
+    assert_eq!(runs(DType::F32, (6, 1, 4096, 2)), 3);
+    assert_eq!(runs(DType::BF16, (6, 1, 4096, 2)), 2);
+    // 1023 vectors: one run, whatever the idle GPU.
+    assert_eq!(runs(DType::F32, (1, 1, 4092, 1)), 1);
+}

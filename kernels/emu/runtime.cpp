@@ -1048,11 +1048,16 @@ void count_mma(const void* pc) {
 
 // The vector wrappers' copies run here, outside the compiler's hooks, and count as one access.
 void vector_load(void* to, const void* from, unsigned int bytes) {
+    // A GPU faults on a vector access that is not aligned to its size; so does the emulator.
+    if (reinterpret_cast<uintptr_t>(from) % bytes != 0)
+        fail("a %u-byte vector load from %p, which is not %u-byte aligned", bytes, from, bytes);
     on_access(from, bytes, false, reinterpret_cast<uintptr_t>(__builtin_return_address(0)), OP_LOAD);
     std::memcpy(to, from, bytes);
 }
 
 void vector_store(void* to, const void* from, unsigned int bytes) {
+    if (reinterpret_cast<uintptr_t>(to) % bytes != 0)
+        fail("a %u-byte vector store to %p, which is not %u-byte aligned", bytes, to, bytes);
     on_access(to, bytes, true, reinterpret_cast<uintptr_t>(__builtin_return_address(0)), OP_STORE);
     std::memcpy(to, from, bytes);
 }

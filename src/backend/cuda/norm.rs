@@ -1,6 +1,6 @@
 //! Launchers for kernels/norm.cu (row-wise L2 normalisation, BatchNorm + activation).
 
-use super::device::{Args, Launch};
+use super::device::{Args, DevMem, Launch};
 use super::work::Work;
 use super::{int, CudaBackend};
 use crate::backend::{BatchNorm, Buf, Checked, L2Norm, NormOps, Op};
@@ -56,7 +56,8 @@ impl NormOps for CudaBackend {
         }
     }
 
-    /// One block per channel (kernels/norm.cu says why).
+    /// Two launches: each run's statistics into scratch, then every run's output from its
+    /// pair's merged statistics (kernels/norm.cu).
     fn batchnorm_fwd_train(
         &self,
         x: &Buf,
@@ -72,39 +73,64 @@ impl NormOps for CudaBackend {
         if c == 0 || n == 0 {
             return Ok(());
         }
+        let dtype = x.dtype();
         let res = residual.map(|r| r.dev()).transpose()?;
-        let args = Args::new()
-            .ptr(x.dev()?)
-            .ptr(gamma.dev()?)
-            .ptr(beta.dev()?)
-            .ptr(running.0.dev_mut()?)
-            .ptr(running.1.dev_mut()?)
-            .ptr(saved.0.dev_mut()?)
-            .ptr(saved.1.dev_mut()?)
-            .opt_ptr(res)
-            .ptr(y.dev_mut()?)
-            .i32(n)
-            .i32(c)
-            .i32(hw)
-            .i32(s.ghost as i32)
-            .f32(s.eps)
-            .f32(s.momentum)
-            .i32(s.act.code())
-            .work(bn_work(&s, x, 2 + residual.is_some() as usize));
-        // SAFETY: arguments match batchnorm_fwd_train_f32(x, gamma, beta, running_mean,
-        // running_var, save_mean, save_invstd, res, y, n, C, hw, ghost, eps, momentum, act); the
-        // shape was checked: x, y (and res) hold n*C*hw, the parameters and running statistics C, the saved
-        // statistics ghost*C, and ghost divides n.
-        unsafe {
-            self.launch(
-                &Op::BatchnormFwdTrain.kernel(x.dtype()),
-                Launch::linear(c as u32, BN_THREADS),
-                args,
-            )
-        }
+        let stats_kernel = format!("batchnorm_fwd_train_stats_{dtype}");
+        let kernel = Op::BatchnormFwdTrain.kernel(dtype);
+        let mut mems = vec![x.dev()?, &*y.dev()?];
+        mems.extend(res);
+        let split = self.bn_split(&[&stats_kernel, &kernel], &s, &mems, dtype.size());
+        let partial_bytes = split.pairs * split.chunks * 3 * 4;
+        let per = (s.n / s.ghost) as i32;
+        let act_bytes = s.n * s.c * s.hw * dtype.size();
+        self.with_scratch(partial_bytes, |partial| {
+            let args = Args::new()
+                .ptr(x.dev()?)
+                .ptr(partial)
+                .i32(per)
+                .i32(c)
+                .i32(hw)
+                .i32(split.chunks as i32)
+                .i32(split.vec as i32)
+                .work(bn_traffic(&s, act_bytes + partial_bytes));
+            // SAFETY: arguments match batchnorm_fwd_train_stats_<dtype>(x, partial, per, C, hw,
+            // chunks, vec); x holds n*C*hw (checked), partial 3 floats per (pair, run), and vec
+            // divides hw and the buffers' alignment (bn_split).
+            unsafe { self.launch(&stats_kernel, split.launch(), args)? };
+            let passes = 2 + residual.is_some() as usize;
+            let args = Args::new()
+                .ptr(x.dev()?)
+                .ptr(gamma.dev()?)
+                .ptr(beta.dev()?)
+                .ptr(running.0.dev_mut()?)
+                .ptr(running.1.dev_mut()?)
+                .ptr(saved.0.dev_mut()?)
+                .ptr(saved.1.dev_mut()?)
+                .ptr(partial)
+                .opt_ptr(res)
+                .ptr(y.dev_mut()?)
+                .i32(per)
+                .i32(c)
+                .i32(hw)
+                .i32(split.chunks as i32)
+                .i32(split.vec as i32)
+                .f32(s.eps)
+                .f32(s.momentum)
+                .i32(s.act.code())
+                .work(bn_traffic(
+                    &s,
+                    passes * act_bytes + partial_bytes + bn_channel_bytes(&s),
+                ));
+            // SAFETY: arguments match batchnorm_fwd_train_<dtype>(x, gamma, beta, running_mean,
+            // running_var, save_mean, save_invstd, partial, res, y, per, C, hw, chunks, vec, eps,
+            // momentum, act); the shape was checked: x, y (and res) hold n*C*hw, the parameters
+            // and running statistics C, the saved statistics ghost*C, and ghost divides n;
+            // partial was written by the launch above with the same split.
+            unsafe { self.launch(&kernel, split.launch(), args) }
+        })
     }
 
-    /// Grid-stride, one thread per element.
+    /// One launch: every run's output from the running statistics.
     fn batchnorm_fwd_eval(
         &self,
         x: &Buf,
@@ -117,11 +143,18 @@ impl NormOps for CudaBackend {
         s: Checked<BatchNorm>,
     ) -> Result<()> {
         let (n, c, hw) = bn_sizes(&s)?;
-        let total = s.n * s.c * s.hw;
-        if total == 0 {
+        if c == 0 || n == 0 || s.hw == 0 {
             return Ok(());
         }
+        let dtype = x.dtype();
         let res = residual.map(|r| r.dev()).transpose()?;
+        let kernel = Op::BatchnormFwdEval.kernel(dtype);
+        let mut mems = vec![x.dev()?, &*y.dev()?];
+        mems.extend(res);
+        // Running statistics: one statistics group whatever the model's ghost groups.
+        let one = BatchNorm { ghost: 1, ..*s };
+        let split = self.bn_split(&[&kernel], &one, &mems, dtype.size());
+        let passes = 2 + residual.is_some() as usize;
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(gamma.dev()?)
@@ -133,23 +166,22 @@ impl NormOps for CudaBackend {
             .i32(n)
             .i32(c)
             .i32(hw)
+            .i32(split.chunks as i32)
+            .i32(split.vec as i32)
             .f32(s.eps)
             .i32(s.act.code())
-            .work(bn_work(&s, x, 2 + residual.is_some() as usize));
-        // SAFETY: arguments match batchnorm_fwd_eval_f32(x, gamma, beta, running_mean,
-        // running_var, res, y, n, C, hw, eps, act); the shape was checked: x, y (and res) hold
-        // n*C*hw and the
-        // per-channel buffers C.
-        unsafe {
-            self.launch(
-                &Op::BatchnormFwdEval.kernel(x.dtype()),
-                Launch::grid_stride(total),
-                args,
-            )
-        }
+            .work(bn_traffic(
+                &s,
+                passes * s.n * s.c * s.hw * dtype.size() + 4 * 4 * s.c,
+            ));
+        // SAFETY: arguments match batchnorm_fwd_eval_<dtype>(x, gamma, beta, running_mean,
+        // running_var, res, y, n, C, hw, chunks, vec, eps, act); the shape was checked: x, y (and
+        // res) hold n*C*hw and the per-channel buffers C; vec divides hw and the alignment.
+        unsafe { self.launch(&kernel, split.launch(), args) }
     }
 
-    /// One block per channel, as the training forward.
+    /// Two launches: each run's sums into scratch, then every run's gradients from its pair's
+    /// totals; run 0 of group 0 adds each channel's totals to the parameter gradients.
     fn batchnorm_bwd(
         &self,
         x: &Buf,
@@ -166,39 +198,75 @@ impl NormOps for CudaBackend {
         if c == 0 || n == 0 {
             return Ok(());
         }
-        // x, y and dy read; dx (and the residual's gradient) written.
-        let passes = 4 + dres.is_some() as usize;
+        let dtype = x.dtype();
+        let has_dres = dres.is_some();
         let dres = dres.map(|r| r.dev_mut()).transpose()?;
-        let args = Args::new()
-            .ptr(x.dev()?)
-            .ptr(y.dev()?)
-            .ptr(dy.dev()?)
-            .ptr(gamma.dev()?)
-            .ptr(saved.0.dev()?)
-            .ptr(saved.1.dev()?)
-            .ptr(dx.dev_mut()?)
-            .opt_ptr(dres.as_deref())
-            .ptr(dparams.0.dev_mut()?)
-            .ptr(dparams.1.dev_mut()?)
-            .i32(n)
-            .i32(c)
-            .i32(hw)
-            .i32(s.ghost as i32)
-            .i32(s.act.code())
-            .work(bn_work(&s, x, passes));
-        // SAFETY: arguments match batchnorm_bwd_f32(x, y, dy, gamma, save_mean, save_invstd, dx,
-        // dres, dgamma, dbeta, n, C, hw, ghost, act); the shape was checked as for the forward.
-        unsafe {
-            self.launch(
-                &Op::BatchnormBwd.kernel(x.dtype()),
-                Launch::linear(c as u32, BN_THREADS),
-                args,
-            )
-        }
+        let reduce_kernel = format!("batchnorm_bwd_reduce_{dtype}");
+        let kernel = Op::BatchnormBwd.kernel(dtype);
+        let mut mems = vec![x.dev()?, y.dev()?, dy.dev()?, &*dx.dev()?];
+        mems.extend(dres.as_deref());
+        let split = self.bn_split(&[&reduce_kernel, &kernel], &s, &mems, dtype.size());
+        let partial_bytes = split.pairs * split.chunks * 2 * 4;
+        let per = (s.n / s.ghost) as i32;
+        let act_bytes = s.n * s.c * s.hw * dtype.size();
+        self.with_scratch(partial_bytes, |partial| {
+            // x, y and dy read; the saved statistics read; the sums written.
+            let args = Args::new()
+                .ptr(x.dev()?)
+                .ptr(y.dev()?)
+                .ptr(dy.dev()?)
+                .ptr(saved.0.dev()?)
+                .ptr(saved.1.dev()?)
+                .ptr(partial)
+                .i32(per)
+                .i32(c)
+                .i32(hw)
+                .i32(split.chunks as i32)
+                .i32(split.vec as i32)
+                .i32(s.act.code())
+                .work(bn_traffic(
+                    &s,
+                    3 * act_bytes + 2 * 4 * split.pairs + partial_bytes,
+                ));
+            // SAFETY: arguments match batchnorm_bwd_reduce_<dtype>(x, y, dy, save_mean,
+            // save_invstd, partial, per, C, hw, chunks, vec, act); x, y, dy hold n*C*hw, the saved
+            // statistics ghost*C (checked), partial 2 floats per (pair, run).
+            unsafe { self.launch(&reduce_kernel, split.launch(), args)? };
+            // x, y and dy read again; dx (and the residual's gradient) written.
+            let passes = 4 + has_dres as usize;
+            let args = Args::new()
+                .ptr(x.dev()?)
+                .ptr(y.dev()?)
+                .ptr(dy.dev()?)
+                .ptr(gamma.dev()?)
+                .ptr(saved.0.dev()?)
+                .ptr(saved.1.dev()?)
+                .ptr(partial)
+                .ptr(dx.dev_mut()?)
+                .opt_ptr(dres.as_deref())
+                .ptr(dparams.0.dev_mut()?)
+                .ptr(dparams.1.dev_mut()?)
+                .i32(per)
+                .i32(c)
+                .i32(hw)
+                .i32(s.ghost as i32)
+                .i32(split.chunks as i32)
+                .i32(split.vec as i32)
+                .i32(s.act.code())
+                .work(bn_traffic(
+                    &s,
+                    passes * act_bytes + partial_bytes + bn_channel_bytes(&s),
+                ));
+            // SAFETY: arguments match batchnorm_bwd_<dtype>(x, y, dy, gamma, save_mean,
+            // save_invstd, partial, dx, dres, dgamma, dbeta, per, C, hw, ghost, chunks, vec, act);
+            // the shape was checked as for the forward; partial was written by the launch above
+            // with the same split.
+            unsafe { self.launch(&kernel, split.launch(), args) }
+        })
     }
 
-    /// `batchnorm_bwd_eval_<dtype>` (frozen statistics): one block per channel, as the
-    /// training backward.
+    /// `batchnorm_bwd_eval_<dtype>` (frozen statistics): one pass writes dx (and dres) and each
+    /// run's sums, then `batchnorm_bwd_params_f32` adds them to the parameter gradients.
     fn batchnorm_bwd_eval(
         &self,
         x: &Buf,
@@ -212,44 +280,148 @@ impl NormOps for CudaBackend {
         s: Checked<BatchNorm>,
     ) -> Result<()> {
         let (n, c, hw) = bn_sizes(&s)?;
-        if c == 0 || n == 0 {
+        // No values: dx is empty and the parameter gradients gain nothing.
+        if c == 0 || n == 0 || s.hw == 0 {
             return Ok(());
         }
-        // x, y and dy read; dx (and the residual's gradient) written.
-        let passes = 4 + dres.is_some() as usize;
+        let dtype = x.dtype();
+        let has_dres = dres.is_some();
         let dres = dres.map(|r| r.dev_mut()).transpose()?;
-        let args = Args::new()
-            .ptr(x.dev()?)
-            .ptr(y.dev()?)
-            .ptr(dy.dev()?)
-            .ptr(gamma.dev()?)
-            .ptr(running.0.dev()?)
-            .ptr(running.1.dev()?)
-            .ptr(dx.dev_mut()?)
-            .opt_ptr(dres.as_deref())
-            .ptr(dparams.0.dev_mut()?)
-            .ptr(dparams.1.dev_mut()?)
-            .i32(n)
-            .i32(c)
-            .i32(hw)
-            .f32(s.eps)
-            .i32(s.act.code())
-            .work(bn_work(&s, x, passes));
-        // SAFETY: arguments match batchnorm_bwd_eval_f32(x, y, dy, gamma, running_mean,
-        // running_var, dx, dres, dgamma, dbeta, n, C, hw, eps, act); the shape was checked by
-        // the caller: activations n*C*hw, per-channel buffers C.
-        unsafe {
-            self.launch(
-                &format!("batchnorm_bwd_eval_{}", x.dtype().name()),
-                Launch::linear(c as u32, BN_THREADS),
-                args,
-            )
+        let kernel = format!("batchnorm_bwd_eval_{dtype}");
+        let mut mems = vec![x.dev()?, y.dev()?, dy.dev()?, &*dx.dev()?];
+        mems.extend(dres.as_deref());
+        let one = BatchNorm { ghost: 1, ..*s };
+        let split = self.bn_split(&[&kernel], &one, &mems, dtype.size());
+        let partial_bytes = split.pairs * split.chunks * 2 * 4;
+        let passes = 4 + has_dres as usize;
+        self.with_scratch(partial_bytes, |partial| {
+            let args = Args::new()
+                .ptr(x.dev()?)
+                .ptr(y.dev()?)
+                .ptr(dy.dev()?)
+                .ptr(gamma.dev()?)
+                .ptr(running.0.dev()?)
+                .ptr(running.1.dev()?)
+                .ptr(partial)
+                .ptr(dx.dev_mut()?)
+                .opt_ptr(dres.as_deref())
+                .i32(n)
+                .i32(c)
+                .i32(hw)
+                .i32(split.chunks as i32)
+                .i32(split.vec as i32)
+                .f32(s.eps)
+                .i32(s.act.code())
+                .work(bn_traffic(
+                    &s,
+                    passes * s.n * s.c * s.hw * dtype.size() + 3 * 4 * s.c + partial_bytes,
+                ));
+            // SAFETY: arguments match batchnorm_bwd_eval_<dtype>(x, y, dy, gamma, running_mean,
+            // running_var, partial, dx, dres, n, C, hw, chunks, vec, eps, act); the shape was
+            // checked by the caller: activations n*C*hw, per-channel buffers C; partial holds 2
+            // floats per (channel, run).
+            unsafe { self.launch(&kernel, split.launch(), args)? };
+            let args = Args::new()
+                .ptr(partial)
+                .ptr(dparams.0.dev_mut()?)
+                .ptr(dparams.1.dev_mut()?)
+                .i32(c)
+                .i32(1)
+                .i32(split.chunks as i32)
+                .work(bn_traffic(&s, partial_bytes + 4 * 4 * s.c));
+            // SAFETY: arguments match batchnorm_bwd_params_f32(partial, dgamma, dbeta, C, ghost,
+            // chunks); partial was written above for C pairs of `chunks` runs, dgamma and dbeta
+            // hold C (checked).
+            unsafe {
+                self.launch(
+                    "batchnorm_bwd_params_f32",
+                    Launch::warp_per_item(s.c),
+                    args,
+                )
+            }
+        })
+    }
+}
+
+impl CudaBackend {
+    /// How BatchNorm `s` cuts its work for `kernels` (the launches that share its partial
+    /// sums): the vector width that hw and the buffers `mems` (elements of `elem` bytes) allow,
+    /// and the runs per pair that fill the GPU's waves ([`bn_chunks`]).
+    fn bn_split(&self, kernels: &[&str], s: &BatchNorm, mems: &[&DevMem], elem: usize) -> BnSplit {
+        let vec = [16 / elem, 8 / elem, 1]
+            .into_iter()
+            .find(|&v| {
+                v >= 1
+                    && s.hw % v == 0
+                    && mems.iter().all(|m| m.ptr() % (v * elem) as u64 == 0)
+            })
+            .unwrap_or(1);
+        let pairs = s.ghost * s.c;
+        let vectors = s.n / s.ghost * s.hw / vec;
+        let slots: Vec<usize> = kernels
+            .iter()
+            .map(|k| self.resident_blocks(k, BN_THREADS, 0))
+            .collect();
+        BnSplit {
+            pairs,
+            chunks: bn_chunks(pairs, vectors, &slots),
+            vec,
         }
     }
 }
 
-/// Threads of the one-block-per-channel BatchNorm kernels (`BN_THREADS` in kernels/norm.cu).
-const BN_THREADS: u32 = 512;
+/// A BatchNorm launch's cut: `chunks` runs for each of `pairs` (group, channel) pairs, vectors of
+/// `vec` elements.
+struct BnSplit {
+    pairs: usize,
+    chunks: usize,
+    vec: usize,
+}
+
+impl BnSplit {
+    /// One block per (run, pair).
+    fn launch(&self) -> Launch {
+        Launch {
+            grid: (self.chunks as u32, self.pairs as u32, 1),
+            block: (BN_THREADS, 1, 1),
+            smem: 0,
+        }
+    }
+}
+
+/// Runs per pair: the fewest whose grid (`pairs x chunks` blocks) fills at least 95% of its last
+/// wave on every kernel of `slots` (blocks each holds at once), else the best such share; each run
+/// at least [`BN_MIN_VECTORS`] of the pair's `vectors` (so a block's own reduction stays a small
+/// part of its time). A fixed count of blocks would leave a partly empty last wave on most
+/// layers, which costs as long as a full one.
+fn bn_chunks(pairs: usize, vectors: usize, slots: &[usize]) -> usize {
+    let most = vectors.div_ceil(BN_MIN_VECTORS).max(1);
+    let fill = |chunks: usize| -> f64 {
+        slots
+            .iter()
+            .map(|&s| {
+                let waves = (pairs * chunks) as f64 / s.max(1) as f64;
+                waves / waves.ceil()
+            })
+            .fold(1.0, f64::min)
+    };
+    let mut best = 1;
+    for chunks in 1..=most {
+        if fill(chunks) >= 0.95 {
+            return chunks;
+        }
+        if fill(chunks) > fill(best) {
+            best = chunks;
+        }
+    }
+    best
+}
+
+/// Vectors a BatchNorm block takes at least: four per thread.
+const BN_MIN_VECTORS: usize = 4 * BN_THREADS as usize;
+
+/// Threads of the BatchNorm kernels (`BN_THREADS` in kernels/norm.cu).
+const BN_THREADS: u32 = 256;
 
 /// `passes` over a `rows x cols` matrix of `x`'s dtype.
 fn l2_work(s: &L2Norm, x: &Buf, passes: usize) -> Work {
@@ -259,17 +431,46 @@ fn l2_work(s: &L2Norm, x: &Buf, passes: usize) -> Work {
     )
 }
 
-/// `passes` over the activations (in `x`'s dtype) and eight f32 per channel (weight, bias,
-/// running statistics read and written, saved statistics or parameter gradients).
-fn bn_work(s: &BatchNorm, x: &Buf, passes: usize) -> Work {
-    Work::traffic(
-        passes * s.n * s.c * s.hw * x.dtype().size() + 8 * 4 * s.c * s.ghost.max(1),
-        format!("{}x{}x{}", s.n, s.c, s.hw),
-    )
+/// `bytes` of traffic, labelled with the BatchNorm's shape as `benches/kernels.rs` labels it.
+fn bn_traffic(s: &BatchNorm, bytes: usize) -> Work {
+    Work::traffic(bytes, format!("{}x{}x{}", s.n, s.c, s.hw))
+}
+
+/// The per-channel f32 traffic of a training launch: eight floats per (group, channel) (weight,
+/// bias, running statistics read and written, saved statistics or parameter gradients).
+fn bn_channel_bytes(s: &BatchNorm) -> usize {
+    8 * 4 * s.c * s.ghost.max(1)
 }
 
 /// `(n, C, hw)` as the kernels' `int`s.
 fn bn_sizes(s: &BatchNorm) -> Result<(i32, i32, i32)> {
     int(s.n * s.c * s.hw, "batchnorm elements")?;
     Ok((s.n as i32, s.c as i32, s.hw as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bn_chunks_fill_whole_waves_on_every_kernel_of_the_split() {
+        // 64 channels over 1056 slots: 16 runs fill 97% of one wave.
+        assert_eq!(bn_chunks(64, 1 << 20, &[1056]), 16);
+        // More pairs than slots: one run each when that is already 95% of whole waves...
+        assert_eq!(bn_chunks(2048, 1 << 20, &[1056]), 1);
+        // ... else as many as bring the last wave up: 1024 pairs over 528 slots (1.94 waves) is
+        // fine, over 792 (1.29) needs 3 runs (3.88).
+        assert_eq!(bn_chunks(1024, 1 << 20, &[528]), 1);
+        assert_eq!(bn_chunks(1024, 1 << 20, &[792]), 3);
+        // Two kernels sharing the partial sums: runs that fill both.
+        let both = bn_chunks(64, 1 << 20, &[1056, 792]);
+        for slots in [1056, 792] {
+            let waves = (64 * both) as f64 / slots as f64;
+            assert!(waves / waves.ceil() >= 0.95, "{both} runs over {slots}");
+        }
+        // Too few values to fill anything: never a run of fewer than BN_MIN_VECTORS, the best
+        // share below that.
+        assert_eq!(bn_chunks(2, 3 * BN_MIN_VECTORS, &[528]), 3);
+        assert_eq!(bn_chunks(2, 100, &[528]), 1);
+    }
 }
