@@ -75,3 +75,213 @@ fn profile_without_nsys_says_what_is_missing() {
         "{err}"
     );
 }
+
+/// The device runner's plan for `profile` (its dry run): exit status, stdout, stderr.
+fn device_dry_run(profile: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new("timeout");
+    cmd.args(["60", "bash", "scripts/device-run.sh", profile, "--dry-run"])
+        .current_dir(root);
+    // The defaults are what is checked, not whatever the environment overrides.
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("INSCLR_DEVICE_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd
+        .output()
+        .expect("running bash scripts/device-run.sh --dry-run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One device call may run 600 s; the runner's phases, with their grace and margin, must fit
+/// 540 s in every profile (the last GPU run's limits added up to 890 s).
+#[test]
+fn device_profiles_fit_one_call() {
+    for profile in ["full", "perf"] {
+        let (code, out, err) = device_dry_run(profile, &[]);
+        assert_eq!(code, Some(0), "{profile}: {out}{err}");
+        let total: u32 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("| **total** | **"))
+            .and_then(|l| l.split("**").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{profile}: no total in\n{out}"));
+        assert!(total <= 540, "{profile}: {total} s\n{out}");
+        // Every phase the runner knows is in the plan with its limit.
+        for phase in [
+            "unpack", "tests", "bench", "step", "torch", "ncu", "summary",
+        ] {
+            assert!(
+                out.contains(&format!("| {phase} | ")),
+                "{profile}: {phase}\n{out}"
+            );
+        }
+    }
+    // CONTRIBUTING.md's table says the same totals.
+    let totals: Vec<String> = ["full", "perf"]
+        .iter()
+        .map(|p| {
+            let (_, out, _) = device_dry_run(p, &[]);
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("| **total** | **"))
+                .unwrap();
+            line.split("**").nth(3).unwrap().to_string()
+        })
+        .collect();
+    let contributing =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("CONTRIBUTING.md"))
+            .unwrap();
+    let row = format!("| total | {} | {} |", totals[0], totals[1]);
+    assert!(contributing.contains(&row), "CONTRIBUTING.md lacks {row:?}");
+    // A limit raised past the budget is refused by the dry run.
+    let (code, out, err) = device_dry_run("perf", &[("INSCLR_DEVICE_BENCH_S", "400")]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("over budget: 780 s > 540 s"), "{err}");
+}
+
+/// The runner on a machine that has none of the tools it can use (no nvidia-smi, ncu,
+/// compute-sanitizer or PyTorch), with stand-in binaries: every phase still runs, says what
+/// is missing, stamps its table, and a test that overruns its limit fails the call without
+/// stopping the phases after it.
+#[test]
+fn device_runner_goes_on_without_its_tools() {
+    let dir = std::env::temp_dir().join(format!("insclr-device-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (stage, bin, path) = (
+        dir.join(".device"),
+        dir.join(".device/bin"),
+        dir.join("path"),
+    );
+    for d in [&bin, &path, &dir.join("scripts"), &dir.join("benches")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(root.join("scripts/device-run.sh"), stage.join("run.sh")).unwrap();
+    std::fs::copy(
+        root.join("scripts/torch-baseline.py"),
+        dir.join("scripts/torch-baseline.py"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("benches/conv_shapes.txt"),
+        dir.join("benches/conv_shapes.txt"),
+    )
+    .unwrap();
+    let build_root = dir.join("build-machine");
+    std::fs::write(
+        stage.join("BUILD"),
+        format!(
+            "commit=0123abc\nbuild_root={}\nbuilt=2026-12-01T00:00:00Z\narchs=90\n",
+            build_root.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        stage.join("resources.txt"),
+        "conv  conv2d_fwd_bf16  90  125\n",
+    )
+    .unwrap();
+    let pass = "#!/bin/sh\necho 'RAN x on cuda (stand-in)'\necho 'test result: ok. 1 passed'\n";
+    let fakes = [
+        ("test-kernels", pass),
+        // Overruns the tests' limit: killed, reported, the call fails.
+        ("test-layers", "#!/bin/sh\nsleep 60\n"),
+        ("test-nn_device", pass),
+        ("test-emu", pass),
+        ("test-pipeline", pass),
+        (
+            "bench-kernels",
+            "#!/bin/sh\necho \"kernels: $* fast=$INSCLR_BENCH_FAST families=$INSCLR_BENCH_FAMILIES nets=$INSCLR_BENCH_CONV_NETS\"\nprintf '| kernel |\\n|---|\\n| stand-in conv |\\n' > \"$INSCLR_BENCH_TABLE\"\n",
+        ),
+        (
+            "bench-train_step",
+            "#!/bin/sh\necho \"step: $* profile=$INSCLR_PROFILE\"\nprintf '| training step (ours) |\\n|---|\\n| stand-in step |\\n' > \"$INSCLR_BENCH_TABLE\"\n",
+        ),
+        ("insclr-cu", pass),
+    ];
+    for (name, body) in fakes {
+        let f = bin.join(name);
+        std::fs::write(&f, body).unwrap();
+        let ok = Command::new("gzip").arg(&f).status().unwrap().success();
+        assert!(ok, "gzip {name}");
+    }
+    // PATH holds only these tools (python3 as its real binary: a pyenv shim needs more).
+    let tools = "bash sh env timeout gzip gunzip cat sed awk grep tr paste date mkdir ls rm ln \
+                 tee head tail sort basename dirname sha256sum chmod xargs wc cut find true sleep";
+    for t in tools.split_whitespace() {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .unwrap();
+        let target = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        assert!(!target.is_empty(), "{t} is not installed");
+        std::os::unix::fs::symlink(target, path.join(t)).unwrap();
+    }
+    if let Ok(o) = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+    {
+        let exe = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if !exe.is_empty() {
+            std::os::unix::fs::symlink(exe, path.join("python3")).unwrap();
+        }
+    }
+    let out_dir = dir.join("out");
+    let run = Command::new(path.join("timeout"))
+        .args(["120", "bash", ".device/run.sh", "perf"])
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", &path)
+        .env("HOME", &dir)
+        .env("OUT", &out_dir)
+        .env("INSCLR_DEVICE_TESTS_S", "3")
+        .output()
+        .expect("running the device runner");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap_or_default();
+    let bench_log = std::fs::read_to_string(out_dir.join("bench.log")).unwrap_or_default();
+    assert_eq!(run.status.code(), Some(1), "{log}");
+    for want in [
+        "# insclr-cu device run, profile perf",
+        "- GPU: nvidia-smi unavailable",
+        "- clocks before: nvidia-smi not found",
+        "- clocks after: nvidia-smi not found",
+        "- the tests ran out of their time",
+        "- test-kernels: pass (test result: ok. 1 passed)",
+        "- test-layers: FAIL (exit none (did not finish))",
+        "| stand-in conv |",
+        "| stand-in step |",
+        "SKIPPED PyTorch baseline",
+        "- not run: ncu not found",
+        "_binary: commit 0123abc, resources.txt sha256 ",
+        "conv  conv2d_fwd_bf16  90  125",
+        // The plan, with the tests' limit as overridden: 510 s less 37.
+        "| **total** | **473** |",
+    ] {
+        assert!(summary.contains(want), "{want:?} not in\n{summary}\n{log}");
+    }
+    // The perf profile's benchmarks: fast mode, the convolutions of the two ResNets, and the
+    // step with its per-kernel breakdown.
+    assert!(
+        bench_log.contains(
+            "kernels: --bench conv/cuda/(conv2d|sgemm_cublas|gemm_cublas_bf16)_ fast=1 families=conv nets=resnet101,resnet50"
+        ),
+        "{bench_log}"
+    );
+    assert!(
+        bench_log.contains("step: --bench cuda profile=1"),
+        "{bench_log}"
+    );
+    // Only what the profile runs was unpacked.
+    assert!(bin.join("test-pipeline.gz").exists() && bin.join("test-kernels").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
