@@ -265,10 +265,12 @@ phase_unpack() {
     name=$(basename "${f%.gz}")
     case "$profile:$name" in
       full:* | perf:insclr-cu | perf:bench-kernels | perf:bench-train_step) ;;
-      perf:test-*) test_list | grep -qx "${name#test-}" || continue ;;
+      perf:test-*) grep -qx "${name#test-}" <<< "$(test_list)" || continue ;;
       *) continue ;;
     esac
-    if ! timeout "$((t0 + limit - $(date +%s)))" gunzip -f "$f"; then
+    local room=$((t0 + limit - $(date +%s)))
+    # (timeout 0 would mean no limit at all)
+    if [ "$room" -lt 1 ] || ! timeout "$room" gunzip -f "$f"; then
       echo "unpacking $name failed or ran out of the phase's $limit s" >&2
       continue
     fi
@@ -301,7 +303,7 @@ phase_unpack() {
   {
     echo "# insclr-cu device run, profile $profile"
     echo
-    echo "- commit: ${commit:-unknown} (built ${built:-?}, sm_${archs:-?})"
+    echo "- commit: ${commit:-unknown} (built ${built:-?}, sm_${archs:-?}; staged in ${staging_s:-?} s)"
     echo "- run: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "- GPU: $gpu"
     echo "- cuBLAS from: ${dirs:-not found}"
@@ -508,8 +510,12 @@ phase_ncu() {
   metrics=$(echo "$NCU_METRICS" | paste -sd, -)
   known=$(timeout 30 "$ncu" --query-metrics 2> /dev/null | awk '{print $1}' | grep '__' || true)
   if [ -n "$known" ]; then
-    dropped=$(echo "$NCU_METRICS" | while read -r m; do echo "$known" | grep -qx "${m%%.*}" || echo "$m"; done)
-    metrics=$(echo "$NCU_METRICS" | while read -r m; do echo "$known" | grep -qx "${m%%.*}" && echo "$m"; done | paste -sd, -)
+    # launch__* are launch statistics, which the query may not list.
+    # (grep reads a here-string: under pipefail, `echo | grep -q` fails when grep stops early.)
+    dropped=$(echo "$NCU_METRICS" | grep -v '^launch__' | while read -r m; do grep -qx "${m%%.*}" <<< "$known" || echo "$m"; done)
+    metrics=$(echo "$NCU_METRICS" | while read -r m; do
+      case "$m" in launch__*) echo "$m" ;; *) grep -qx "${m%%.*}" <<< "$known" && echo "$m" ;; esac
+    done | paste -sd, -)
     [ -n "$dropped" ] && echo "- metrics this ncu does not know (left out): $(echo "$dropped" | paste -sd' ' -)" >> "$summary"
   else
     echo "- ncu --query-metrics said nothing: asking for the whole list unchecked" >> "$summary"
