@@ -171,8 +171,7 @@ fn criterion_samples(
         .bench_function(BenchmarkId::new(name, shape), |b| {
             b.iter_custom(|iters| {
                 // One untimed call first: module loading, cuBLAS heuristics and first-touch
-                // allocations stay out of the samples (`--quick`, which the device run uses, has no
-                // warm-up of its own).
+                // allocations stay out of the samples (`--quick` has no warm-up of its own).
                 if !std::mem::replace(&mut warm, true) {
                     f();
                 }

@@ -413,6 +413,8 @@ phase_torch() {
   local limit=$1
   echo "## PyTorch on the same GPU (scripts/torch-baseline.py $(torch_args))" >> "$summary"
   echo >> "$summary"
+  stamp >> "$summary"
+  echo >> "$summary"
   if ! command -v python3 > /dev/null; then
     echo "- not run: no python3 on this machine" >> "$summary"
     return
