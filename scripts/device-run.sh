@@ -356,8 +356,9 @@ run_bench() {
     return
   fi
   timed "$limit" env INSCLR_BENCH_GPU_ONLY=1 INSCLR_BENCH_TABLE="$out/$name.md" "$@" \
-    "$here/bin/$name" --bench "$filter" >> "$out/bench.log" 2>&1
+    "$here/bin/$name" --bench "$filter" > "$out/$name.log" 2>&1
   rc=$?
+  cat "$out/$name.log" >> "$out/bench.log"
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
     echo "- $name: ran out of its ${limit} s (the table holds what it measured)" >> "$summary"
     failed=1
@@ -370,7 +371,7 @@ run_bench() {
     cat "$out/$name.md" >> "$summary"
     rm "$out/$name.md"
   else
-    echo "- $name: no table ($(grep -m1 SKIPPED "$out/bench.log" || echo 'see bench.log'))" >> "$summary"
+    echo "- $name: no table ($(grep -m1 SKIPPED "$out/$name.log" || echo 'see bench.log'))" >> "$summary"
   fi
   echo >> "$summary"
 }
