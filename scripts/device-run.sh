@@ -85,7 +85,7 @@ describe() {
   case "$1" in
     unpack) echo "unpack the binaries this profile runs, find cuBLAS" ;;
     clocks) echo "nvidia-smi: SM and memory clocks, temperature, power" ;;
-    tests) echo "test binaries (INSCLR_REQUIRE_GPU=1): $(test_list | tr '\n' ' ')" ;;
+    tests) echo "test binaries (INSCLR_REQUIRE_GPU=1): $(test_list | paste -sd' ' - | grep . || echo 'every test-* staged but test-scripts')" ;;
     bench) echo "bench-kernels, filter '$(kernels_filter)'" ;;
     step) echo "bench-train_step$([ "$profile" = perf ] && echo ', per-kernel breakdown (INSCLR_PROFILE=1)')" ;;
     torch) echo "scripts/torch-baseline.py $(torch_args)" ;;
