@@ -303,7 +303,7 @@ phase_unpack() {
   {
     echo "# insclr-cu device run, profile $profile"
     echo
-    echo "- commit: ${commit:-unknown} (built ${built:-?}, sm_${archs:-?}; staged in ${staging_s:-?} s)"
+    echo "- commit: ${commit:-unknown} (built ${built:-?}, archs ${archs:-?}; staged in ${staging_s:-?} s)"
     echo "- run: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "- GPU: $gpu"
     echo "- cuBLAS from: ${dirs:-not found}"

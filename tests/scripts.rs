@@ -168,7 +168,7 @@ fn stand_in_device(dir: &Path) -> PathBuf {
     std::fs::write(
         stage.join("BUILD"),
         format!(
-            "commit=0123abc\nbuild_root={}\nbuilt=2026-12-01T00:00:00Z\narchs=90\nstaging_s=1\n",
+            "commit=0123abc\nbuild_root={}\nbuilt=2026-12-01T00:00:00Z\narchs=90;90a\nstaging_s=1\n",
             dir.join("build-machine").display()
         ),
     )
@@ -262,6 +262,8 @@ fn device_runner_goes_on_without_its_tools() {
     assert_eq!(code, Some(1), "{summary}{log}");
     for want in [
         "# insclr-cu device run, profile perf",
+        // BUILD is read as text: its ';' is not a command separator.
+        "- commit: 0123abc (built 2026-12-01T00:00:00Z, archs 90;90a; staged in 1 s)",
         "- GPU: nvidia-smi unavailable",
         "- clocks before: nvidia-smi not found",
         "- clocks after: nvidia-smi not found",
