@@ -539,7 +539,11 @@ phase_ncu() {
       --target-processes all -f -o "$out/ncu-$i" "$here/bin/bench-kernels" --bench "$sel" >> "$out/ncu.log" 2>&1
     rc=$?
     if [ -s "$out/ncu-$i.ncu-rep" ]; then
-      timeout 30 "$ncu" --import "$out/ncu-$i.ncu-rep" --page raw --csv > "$out/ncu-$i.csv" 2>> "$out/ncu.log"
+      # Base units (ns, Hz, counts) when this ncu can print them; the table reads the units
+      # row either way.
+      timeout 30 "$ncu" --import "$out/ncu-$i.ncu-rep" --page raw --csv --print-units base \
+        > "$out/ncu-$i.csv" 2>> "$out/ncu.log" ||
+        timeout 30 "$ncu" --import "$out/ncu-$i.ncu-rep" --page raw --csv > "$out/ncu-$i.csv" 2>> "$out/ncu.log"
     fi
     echo "- selection $i: exit $rc, $(grep -c '^LAUNCH' "$out/ncu.log") benchmarks launched so far: \`$sel\`" >> "$summary"
   done < <(ncu_selections)
@@ -553,9 +557,20 @@ import csv, sys
 # One row per profiled launch from ncu's raw CSV pages (a header, a units row, then launches).
 stalls = ("long_scoreboard", "short_scoreboard", "barrier", "mio_throttle", "math_pipe_throttle",
           "lg_throttle", "wait", "not_selected", "no_instruction", "dispatch_stall", "selected")
+# Scale to ns for times and to Hz for rates, from the units row (ncu may print scaled units).
+TIME = {"nsecond": 1.0, "usecond": 1e3, "msecond": 1e6, "second": 1e9}
+PER = {"second": 1.0, "msecond": 1e3, "usecond": 1e6, "nsecond": 1e9}
+def scale(unit):
+    unit = unit.strip()
+    if unit in TIME:
+        return TIME[unit]
+    if "/" in unit:
+        return PER.get(unit.split("/")[-1], 1.0)
+    return {"hz": 1.0, "khz": 1e3, "mhz": 1e6, "ghz": 1e9}.get(unit.lower(), 1.0)
+units = {}
 def num(row, key):
     try:
-        return float(row.get(key, "").replace(",", ""))
+        return float(row.get(key, "").replace(",", "")) * scale(units.get(key, ""))
     except ValueError:
         return None
 def fmt(v, f="{:.1f}"):
@@ -570,11 +585,12 @@ for path in sys.argv[1:]:
     rows = list(csv.DictReader(open(path)))
     for r in rows:
         if not r.get("ID", "").strip().isdigit():
-            continue  # the units row
+            units = r  # the units row, before the launches
+            continue
         g = lambda k: num(r, k)
         top = sorted(((g(f"smsp__average_warps_issue_stalled_{s}_per_issue_active.ratio"), s) for s in stalls),
                      key=lambda t: -(t[0] or 0))[:3]
-        name = r.get("Kernel Name", "?")
+        name = r.get("Kernel Name", "?").replace("|", "/")
         name = name if len(name) <= 48 else name[:45] + "..."
         print(f"| {path.rsplit('/', 1)[-1][:-4]}#{r['ID']} | {name} | {r.get('Grid Size', '?')} / {r.get('Block Size', '?')} "
               f"| {fmt(g('launch__registers_per_thread'), '{:.0f}')} "

@@ -325,8 +325,8 @@ fn device_runner_tables_nsight_compute_metrics() {
         sm__warps_active dram__throughput sm__throughput";
     let csv = [
         r#""ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","gpu__time_duration.sum","sm__cycles_elapsed.avg.per_second","sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active","smsp__inst_issued.sum","l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum","l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum","l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum","l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum","smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio","smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio","smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio","smsp__average_warps_issue_stalled_wait_per_issue_active.ratio","sm__warps_active.avg.pct_of_peak_sustained_active","launch__registers_per_thread""#,
-        r#""","","","","","","","","","","","nsecond","hz","%","inst","","","sector","request","inst","inst","inst","inst","%","register/thread""#,
-        r#""0","1","bench-kernels","gpu","conv2d_fwd_bf16","1","7","(256, 1, 1)","(392, 2, 1)","0","9.0","1,234.5","1,750,000,000","12.5","3,000,000","100","400","800","200","2.5","0.5","1.5","0.25","18.6","125""#,
+        r#""","","","","","","","","","","","usecond","cycle/nsecond","%","inst","","","sector","request","inst","inst","inst","inst","%","register/thread""#,
+        r#""0","1","bench-kernels","gpu","conv2d_fwd_bf16","1","7","(256, 1, 1)","(392, 2, 1)","0","9.0","1.2345","1.75","12.5","3,000,000","100","400","800","200","2.5","0.5","1.5","0.25","18.6","125""#,
     ]
     .join("\n");
     std::fs::write(dir.join("report.csv"), csv + "\n").unwrap();
@@ -378,8 +378,9 @@ fn device_runner_tables_nsight_compute_metrics() {
     // 31 in the runner's list, less the one this ncu does not know.
     assert_eq!(asked[0].split(',').count(), 30, "{}", asked[0]);
     if has_python {
-        // 1234.5 ns, 1.75 GHz, conflicts 100 / 400 wavefronts, 800 sectors / 200 requests,
-        // stalls ordered by their ratio; metrics the CSV lacks are n/a.
+        // 1.2345 us, 1.75 cycles per ns (scaled units, read from the units row), conflicts
+        // 100 / 400 wavefronts, 800 sectors / 200 requests, stalls ordered by their ratio;
+        // metrics the CSV lacks are n/a.
         let row = "| ncu-1#0 | conv2d_fwd_bf16 | (392, 2, 1) / (256, 1, 1) | 125 | 1.2 | 1.75 | 12.5 | 3.00 | 0.25, n/a | 4.00, n/a | 18.6 | n/a | n/a | long_scoreboard 2.50, mio_throttle 1.50, barrier 0.50 |";
         assert!(summary.contains(row), "{row:?} not in\n{summary}\n{log}");
         assert!(
