@@ -3,8 +3,12 @@
 # (git-ignored), so that one command on a GPU machine (no Rust toolchain there) runs the GPU
 # tests and benchmarks and writes logs and results tables under $OUT.
 #
-#   scripts/device-check.sh            # here: build and stage
-#   bash .device/run.sh [full|perf]    # there (device tool: carry [".device"]); results in $OUT
+#   scripts/device-check.sh [full|perf]   # here: build and stage
+#   bash .device/run.sh [full|perf]       # there (device tool: carry [".device"]); results in $OUT
+#
+# full (the default) stages every test and GPU bench binary but test-scripts and bench-cpu,
+# which never run there; perf only what `run.sh perf` runs (its tests, bench-kernels,
+# bench-train_step), and builds only those. The device tool carries 64 MiB in all.
 #
 # It also stamps the build for every results table: scripts/sass-check.py's static SASS
 # table of the staged fatbins into .device/sass.txt when cuobjdump is here, and always the
@@ -13,6 +17,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 started=$SECONDS
+profile=${1:-full}
+case "$profile" in
+  full | perf) ;;
+  *) echo "usage: scripts/device-check.sh [full|perf]" >&2; exit 2 ;;
+esac
 bash scripts/install-cuda-tools.sh >/dev/null
 export INSCLR_REQUIRE_NVCC=1
 target=${CARGO_TARGET_DIR:-$root/target}
@@ -34,14 +43,25 @@ for line in sys.stdin:
         print(m["target"]["kind"][0], m["target"]["name"], m["executable"])
 '
 }
+if [ "$profile" = perf ]; then
+  # The runner's own list (INSCLR_DEVICE_TESTS, or its default), as --test flags.
+  tests=()
+  for t in $(bash scripts/device-run.sh perf --tests); do tests+=(--test "$t"); done
+  benches=(--bench kernels --bench train_step)
+else
+  tests=(--tests --lib --bins)
+  benches=(--benches)
+fi
 {
-  cargo test --release --no-run --message-format=json
-  cargo bench --no-run --message-format=json
+  cargo test --release --no-run --message-format=json "${tests[@]}"
+  cargo bench --no-run --message-format=json "${benches[@]}"
 } 2>"$stage/build.log" | list_executables | sort -u > "$stage/executables.txt" || {
   cat "$stage/build.log" >&2
   exit 1
 }
 while read -r kind name exe; do
+  # test-scripts runs scripts/demo.sh, which needs cargo; bench-cpu has no GPU group.
+  case "$kind:$name" in test:scripts | bench:cpu) continue ;; esac
   case "$kind" in
     bench) dest="$stage/bin/bench-$name" ;;
     lib) dest="$stage/bin/test-lib" ;;
@@ -105,6 +125,7 @@ fi
   echo "build_root=$root"
   echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "archs=${INSCLR_CUDA_ARCHS:-90;90a}"
+  echo "profile=$profile"
   echo "staging_s=$((SECONDS - started))"
   echo "unpack_ms_here=$unpack_ms"
 } > "$stage/BUILD"

@@ -28,10 +28,13 @@ root=$(cd "$here/.." && pwd)
 
 profile=full
 dry=${INSCLR_DEVICE_DRY_RUN:-0}
+list_tests=0
 for arg in "$@"; do
   case "$arg" in
     full | perf) profile=$arg ;;
     --dry-run) dry=1 ;;
+    # (for scripts/device-check.sh: the test binaries the profile runs)
+    --tests) list_tests=1 ;;
     -h | --help)
       sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
       exit 0
@@ -174,6 +177,11 @@ plan() {
   plan_total=$total
 }
 
+if [ "$list_tests" = 1 ]; then
+  test_list
+  exit 0
+fi
+
 if [ "$dry" = 1 ]; then
   echo "# dry run of bash .device/run.sh $profile"
   echo
@@ -200,7 +208,7 @@ fi
 # BUILD's lines are key=value, read as text: a value may hold a ';' (archs=90;90a).
 while IFS='=' read -r key value; do
   case "$key" in
-    commit | build_root | built | archs | staging_s | unpack_ms_here) printf -v "$key" '%s' "$value" ;;
+    commit | build_root | built | archs | staging_s | unpack_ms_here | profile) printf -v "staged_$key" '%s' "$value" ;;
   esac
 done < "$here/BUILD"
 
@@ -236,7 +244,7 @@ stamp() {
     what=$(basename "$stamp_file")
     sum=" sha256 $(sha256sum "$stamp_file" | cut -c1-12)"
   fi
-  echo "_binary: commit ${commit:-unknown}, ${what}${sum} (end of this file)_"
+  echo "_binary: commit ${staged_commit:-unknown}, ${what}${sum} (end of this file)_"
 }
 
 # nvidia-smi's clocks, one CSV line appended to clocks.csv, and a line for the summary.
@@ -277,11 +285,11 @@ phase_unpack() {
     chmod +x "${f%.gz}"
   done
   # Tests that locate repository files through the build machine's path find them through a link.
-  if [ -n "${build_root:-}" ] && [ ! -e "$build_root" ]; then
-    mkdir -p "$(dirname "$build_root")" && ln -s "$root" "$build_root" 2> /dev/null || true
+  if [ -n "${staged_build_root:-}" ] && [ ! -e "$staged_build_root" ]; then
+    mkdir -p "$(dirname "$staged_build_root")" && ln -s "$root" "$staged_build_root" 2> /dev/null || true
   fi
-  if [ -n "${build_root:-}" ] && [ -e "$here/bin/insclr-cu" ]; then
-    mkdir -p "$build_root/target/release" && ln -sf "$here/bin/insclr-cu" "$build_root/target/release/insclr-cu"
+  if [ -n "${staged_build_root:-}" ] && [ -e "$here/bin/insclr-cu" ]; then
+    mkdir -p "$staged_build_root/target/release" && ln -sf "$here/bin/insclr-cu" "$staged_build_root/target/release/insclr-cu"
   fi
   # cuBLAS may live only in the CUDA toolkit or in PyTorch's wheels: find it before anything runs.
   local dirs="" d lib found
@@ -303,7 +311,10 @@ phase_unpack() {
   {
     echo "# insclr-cu device run, profile $profile"
     echo
-    echo "- commit: ${commit:-unknown} (built ${built:-?}, archs ${archs:-?}; staged in ${staging_s:-?} s)"
+    echo "- commit: ${staged_commit:-unknown} (built ${staged_built:-?}, archs ${staged_archs:-?}; staged in ${staged_staging_s:-?} s)"
+    if [ "${staged_profile:-full}" != full ] && [ "${staged_profile:-full}" != "$profile" ]; then
+      echo "- staged for the ${staged_profile} profile only: this ${profile} run lacks the other binaries"
+    fi
     echo "- run: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "- GPU: $gpu"
     echo "- cuBLAS from: ${dirs:-not found}"
@@ -618,7 +629,7 @@ phase_summary() {
   {
     echo "## The binary"
     echo
-    echo "<details><summary>$(basename "$stamp_file") (taken at staging, commit ${commit:-unknown})</summary>"
+    echo "<details><summary>$(basename "$stamp_file") (taken at staging, commit ${staged_commit:-unknown})</summary>"
     echo
     echo '```'
     cat "$stamp_file" 2> /dev/null || echo "(no stamp staged)"
