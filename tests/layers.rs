@@ -264,6 +264,8 @@ const CONV_SIZES: &[ConvCase] = &[
     (2, 16, 4, 4, 24, 1, 1, Padding::Sym(0), 1),
     (3, 136, 4, 6, 72, 1, 1, Padding::Sym(0), 1),
     (2, 40, 10, 8, 200, 1, 1, Padding::Sym(0), 1),
+    // ... and one whose weight gradient splits each image's 576 pixels into parts (256, 256, 64).
+    (1, 16, 24, 24, 24, 1, 1, Padding::Sym(0), 1),
 ];
 
 /// The kernels `kernel_conv_matches_cpu` runs, by name: the implicit GEMMs and the depthwise
