@@ -207,6 +207,15 @@ MUTANTS = [
     M("select-no-barrier-in-bitonic", "select",
       "bitonic sort: a stage starts before the previous stage's swaps are done",
       [drop(SEL, "            }\n            __syncthreads();\n        }\n    }\n}", "            }\n        }\n    }\n}")], TOPK),
+    M("select-hist-clear-one-past-the-end", "select",
+      "histogram clear runs to b <= 256: one shared write past hist, into memory read later or never",
+      [(SEL, "for (int b = tid; b < 256; b += TOPK_THREADS) hist[b] = 0;",
+             "for (int b = tid; b <= 256; b += TOPK_THREADS) hist[b] = 0;")], TOPK, sanitize=True),
+    M("select-padding-one-past-the-end", "select",
+      "sort padding runs to i <= p2: one shared write past sel_key / sel_idx when p2 = TOPK_MAX "
+      "(inside them otherwise), a slot nothing reads",
+      [(SEL, "for (int i = kk + tid; i < p2; i += TOPK_THREADS) {", "for (int i = kk + tid; i <= p2; i += TOPK_THREADS) {")],
+      TOPK, sanitize=True),
     M("select-merge-exit-counts-ties", "select",
       "merge early exit: a tile score equal to the k-th best counts as better",
       [(SEL, "above += e >= row.prev_len && key > kth;", "above += e >= row.prev_len && key >= kth;")], TOPK,
@@ -453,11 +462,15 @@ def why_failed(out, timed_out):
         notes.append("race checker")
     if "AddressSanitizer" in out:
         m = re.search(r"ERROR: AddressSanitizer: ([\w-]+)", out)
-        notes.append("AddressSanitizer" + (f" {m.group(1)}" if m else ""))
+        at = re.search(r"AddressSanitizer.*?\n(\w+) of size.*?\n +#0 .*?([\w.]+:\d+)", out, re.S)
+        notes.append("AddressSanitizer" + (f" {m.group(1)}" if m else "")
+                     + (f", {at.group(1).lower()} at {at.group(2)}" if at else ""))
     m = re.search(r"signal: \d+, (SIG\w+)", out)
     if m:
         notes.append(m.group(1))
-    failed = re.findall(r"^test (\S+) \.\.\. FAILED", out, re.M)
+    # libtest's closing list; a "test x ... FAILED" line can be split by a test's own stderr.
+    blocks = re.findall(r"^failures:\n((?:    \S+\n)+)", out, re.M)
+    failed = blocks[-1].split() if blocks else re.findall(r"test (\S+) \.\.\. FAILED", out)
     if "deadlock" in out:
         notes.append("deadlock")
     what = ", ".join(failed) if failed else ""
