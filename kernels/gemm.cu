@@ -17,6 +17,7 @@
 // start is 16-byte aligned moves 16 bytes per load.
 #include "arch.cuh"
 #include "common.cuh"
+#include "tc_gemm.cuh"
 
 // Element (row, col) of a matrix stored row-major with `ld` columns, or 0 outside rows x cols.
 template <typename T>
@@ -192,4 +193,56 @@ extern "C" __global__ void __launch_bounds__(256)
     matmul_bf16_f32(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B, float* __restrict__ C, int m,
                     int n, int k, int trans_a, int trans_b, float alpha, float beta) {
     matmul_tc(A, B, C, m, n, k, trans_a, trans_b, alpha, beta);
+}
+
+// ---- bf16 tensor cores, pipelined (tc_gemm.cuh) ----------------------------------------------
+// For operands whose rows start 16-byte aligned (gemm.rs checks; other shapes take matmul_bf16
+// above): 3 cp.async stages, swizzled tiles, ldmatrix.x4 for both operands, 64 x WN warp tiles,
+// a 16-byte epilogue. The layout of each operand is a template argument, so the main loop has no
+// branch on it.
+template <int BM, int BN, int WN, typename TC>
+__device__ __forceinline__ void matmul_pipelined(const __nv_bfloat16* __restrict__ A,
+                                                 const __nv_bfloat16* __restrict__ B, TC* __restrict__ C, int m,
+                                                 int n, int k, int trans_a, int trans_b, float alpha, float beta) {
+    extern __shared__ __align__(128) unsigned char tc_smem[];
+    constexpr int S = 3;
+    if (!trans_a && trans_b) {
+        tc::tc_gemm<true, true, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, 1, 0, 0, alpha, beta, tc_smem);
+    } else if (!trans_a) {
+        tc::tc_gemm<true, false, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, 1, 0, 0, alpha, beta, tc_smem);
+    } else if (trans_b) {
+        tc::tc_gemm<false, true, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, 1, 0, 0, alpha, beta, tc_smem);
+    } else {
+        tc::tc_gemm<false, false, BM, BN, 64, WN, S, TC>(A, B, C, m, n, k, 0, 0, 0, 1, 0, 0, alpha, beta, tc_smem);
+    }
+}
+
+// 128 x 128 block tiles, four 64 x 64 warps.
+extern "C" __global__ void __launch_bounds__(128)
+    matmul_tc_bf16(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
+                   __nv_bfloat16* __restrict__ C, int m, int n, int k, int trans_a, int trans_b, float alpha,
+                   float beta) {
+    matmul_pipelined<128, 128, 64>(A, B, C, m, n, k, trans_a, trans_b, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    matmul_tc_bf16_f32(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
+                       float* __restrict__ C, int m, int n, int k, int trans_a, int trans_b, float alpha, float beta) {
+    matmul_pipelined<128, 128, 64>(A, B, C, m, n, k, trans_a, trans_b, alpha, beta);
+}
+
+// 64 x 128 block tiles, four 64 x 32 warps: for m <= 64 (a batch of queries against a bank),
+// where a 128-row tile would compute half zeros.
+extern "C" __global__ void __launch_bounds__(128)
+    matmul_tc64_bf16(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
+                     __nv_bfloat16* __restrict__ C, int m, int n, int k, int trans_a, int trans_b, float alpha,
+                     float beta) {
+    matmul_pipelined<64, 128, 32>(A, B, C, m, n, k, trans_a, trans_b, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    matmul_tc64_bf16_f32(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
+                         float* __restrict__ C, int m, int n, int k, int trans_a, int trans_b, float alpha,
+                         float beta) {
+    matmul_pipelined<64, 128, 32>(A, B, C, m, n, k, trans_a, trans_b, alpha, beta);
 }

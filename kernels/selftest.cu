@@ -134,6 +134,17 @@ extern "C" __global__ void selftest_dynamic_smem_f32(const float* __restrict__ i
     out[base + t] = stage[n - 1 - t];
 }
 
+// Dynamic shared memory past the 48 KiB a kernel gets without opting in (the device layer opts
+// in): each block stages its n values, every thread striding over them, then writes them back
+// reversed, so each byte of the allocation is written by one thread and read by another.
+extern "C" __global__ void selftest_big_smem_f32(const float* __restrict__ in, float* __restrict__ out, int n) {
+    extern __shared__ float big[];
+    size_t base = (size_t)blockIdx.x * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) big[i] = in[base + i];
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[base + i] = big[n - 1 - i];
+}
+
 // Every thread writes its coordinates: x, y, z, block x, y, z, and the linear thread id.
 extern "C" __global__ void selftest_coords_u32(unsigned int* __restrict__ out) {
     unsigned int block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);

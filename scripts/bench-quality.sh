@@ -53,6 +53,9 @@ for seed in "${seeds[@]}"; do
   for ((s = 1; s <= stages; s++)); do
     out=$work/seed$seed/s$s
     step "seed $seed, stage $s: train ($config)"
+    # What this script wrote beside the run last time: --overwrite deletes only the run's own
+    # files and refuses a folder that holds others.
+    rm -f "$out/eval.json" "$out"/next_feature.{npy,txt,bad.txt} "$out/next_neighbor.npz"
     $bin train --config "$config" --overwrite --quiet --set SEED="$seed" --set OUTPUT_DIR="$out" \
       --set DATA.ROOT=data/bench --set NEIGHBOR.SRC="${prev}_neighbor.npz" \
       --set MODEL.HEAD.INIT_FEATS="${prev}_feature.npy" --set MODEL.PRETRAIN="$model"

@@ -1,7 +1,8 @@
 //! insclr-cu: InsCLR image-retrieval training with hand-written CUDA kernels.
 //!
 //! Layers, from the bottom: [`backend`] (every op, on CPU or CUDA) -> [`knn`] (streaming exact
-//! top-k) -> `nn` (layers and backbones) -> `mining` / `loss` (the method) -> `train` / `eval` -> `report`.
+//! top-k) -> `nn` (layers and backbones) -> `mining` / `loss` (the method) -> `train` / `eval` /
+//! `plan` (a step's launches, modelled) -> `report`.
 //! A module depends only on those below.
 
 pub mod backend;
@@ -13,6 +14,7 @@ pub mod loss;
 pub mod memory;
 pub mod mining;
 pub mod nn;
+pub mod plan;
 pub mod report;
 pub mod rng;
 pub mod train;

@@ -46,6 +46,10 @@ enum Command {
     Pipeline(cli::pipeline::Args),
     /// One HTML page of a training run: curves, the mining inspector, retrieval before/after.
     Report(cli::report::Args),
+    /// Every launch of one training step with occupancy, waves and roofline floors on an H100
+    /// and an H200 (a model; runs nothing on a GPU), and the step's floor beside its last
+    /// measured time.
+    Plan(cli::plan::Args),
 }
 
 fn main() {
@@ -60,6 +64,7 @@ fn main() {
         Command::Train(a) => cli::train::run(a, cli.device),
         Command::Pipeline(a) => cli::pipeline::run(a, cli.device),
         Command::Report(a) => cli::report::run(a),
+        Command::Plan(a) => cli::plan::run(a),
     };
     if insclr::backend::cuda::emu::memstats_enabled() {
         let stats = insclr::backend::cuda::emu::memstats();

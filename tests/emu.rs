@@ -267,6 +267,59 @@ fn dynamic_shared_memory_is_per_block() {
     assert_eq!(got, twin::dynamic_smem_f32(&input, threads));
 }
 
+/// Runs `selftest_big_smem_f32` with `smem` bytes per block and checks every value came back
+/// reversed within its block.
+fn big_smem_round_trip(dev: &CudaBackend, blocks: usize, smem: usize) {
+    let b = be(dev);
+    let per_block = smem / 4;
+    let input = Rng::new(11).vec_f32(blocks * per_block, -1.0, 1.0);
+    let x = b.upload(&input).unwrap();
+    let mut y = b.upload(&vec![f32::NAN; blocks * per_block]).unwrap();
+    dev.selftest_big_smem_f32(&x, &mut y, blocks as u32, 256, smem as u32)
+        .unwrap();
+    // The same definition as the small kernel's: each block's slice reversed.
+    let want = twin::dynamic_smem_f32(&input, per_block);
+    assert!(
+        b.download::<f32>(&y).unwrap() == want,
+        "{smem} bytes of dynamic shared memory did not round-trip"
+    );
+}
+
+#[test]
+fn dynamic_shared_memory_past_48_kib_opts_in_up_to_227_kib() {
+    // On a GPU the first launch over 48 KiB sets the kernel's maximum; the second, larger one
+    // raises it; the emulator allocates what the launch asks for, up to the same limit.
+    let dev = kernel_device("dynamic_shared_memory_past_48_kib_opts_in_up_to_227_kib");
+    big_smem_round_trip(&dev, 3, 100 * 1024);
+    big_smem_round_trip(&dev, 2, 227 * 1024);
+    log("100 KiB and 227 KiB of dynamic shared memory per block round-tripped");
+}
+
+#[test]
+fn shared_memory_past_227_kib_is_a_clear_error() {
+    let over = 227 * 1024 + 4;
+    let mut devs = vec![("emu", CudaBackend::emu())];
+    if let Ok(gpu) = CudaBackend::new(0) {
+        devs.push(("cuda", gpu));
+    }
+    for (name, dev) in devs {
+        let b = be(&dev);
+        let x = b.upload(&vec![1.0f32; over / 4]).unwrap();
+        let mut y = b.upload(&vec![0.0f32; over / 4]).unwrap();
+        let err = format!(
+            "{:#}",
+            dev.selftest_big_smem_f32(&x, &mut y, 1, 256, over as u32)
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("selftest_big_smem_f32")
+                && err.contains(&over.to_string())
+                && err.contains("227 KiB"),
+            "{name}: {err}"
+        );
+    }
+}
+
 #[test]
 fn thread_and_block_coordinates_cover_3d_launches() {
     let dev = kernel_device("thread_and_block_coordinates_cover_3d_launches");
@@ -656,4 +709,63 @@ fn vector_and_zero_fill_wrappers_follow_the_ptx_definitions() {
             "lane {lane}"
         );
     }
+}
+
+#[test]
+fn emu_pool_cli_prints_the_memory_counters_with_insclr_emu_memstats() {
+    if !insclr::backend::cuda::emu::ACCESS_HOOKS {
+        log("memory counters: not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("insclr-emu-memstats-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (n, d) = (140usize, 64usize);
+    let mut x = Rng::new(14).vec_f32(n * d, -1.0, 1.0);
+    for row in x.chunks_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    let feats = dir.join("feats.npy");
+    insclr::io::npy::write(&feats, &insclr::io::npy::Array::new(vec![n, d], x).unwrap()).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
+        .env("INSCLR_EMU_MEMSTATS", "1")
+        .args([
+            "--device",
+            "emu",
+            "pool",
+            "--k",
+            "5",
+            "--precision",
+            "bf16",
+            "--feats",
+        ])
+        .arg(&feats)
+        .arg("--out")
+        .arg(dir.join("pool.npz"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    // The bf16 similarity GEMM's rows (the pipelined kernel):
+    // its copies and ldmatrix in shared memory, its copies and score stores in global memory,
+    // each with a source line.
+    let rows: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("matmul_tc") && l.contains("_bf16_f32 "))
+        .collect();
+    let has = |space: &str, op: &str| {
+        rows.iter().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.contains(&space) && f.contains(&op) && l.contains("tc_gemm.cuh:")
+        })
+    };
+    assert!(
+        has("shared", "ldmatrix.x4")
+            && has("shared", "cp.async")
+            && has("global", "cp.async")
+            && has("global", "st"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("emulated memory counters"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -384,6 +384,11 @@ const MATMUL_SIZES: &[(usize, usize, usize)] = &[
     (200, 300, 40),
     (64, 100, 2048),
     (4, 9, 0),
+    // Leading dimensions that are multiples of 8 take the pipelined tensor-core kernels (bf16):
+    // the smallest, past one 64-row tile, and partial tiles in m, n and k with every layout.
+    (8, 8, 8),
+    (65, 136, 24),
+    (136, 264, 72),
 ];
 
 #[test]

@@ -258,11 +258,19 @@ const CONV_SIZES: &[ConvCase] = &[
     (2, 8, 9, 9, 8, 3, 1, Padding::Sym(1), 8),
     (1, 5, 10, 11, 5, 5, 2, Padding::Same, 5),
     (2, 3, 7, 7, 3, 3, 2, Padding::Same, 3),
+    // 1x1, stride 1, channels and pixels multiples of 8: bf16 takes the pipelined GEMMs (64-row
+    // and 128-row tiles, partial tiles in every dimension, a pixel tail inside each image of the
+    // weight gradient's reduction).
+    (2, 16, 4, 4, 24, 1, 1, Padding::Sym(0), 1),
+    (3, 136, 4, 6, 72, 1, 1, Padding::Sym(0), 1),
+    (2, 40, 10, 8, 200, 1, 1, Padding::Sym(0), 1),
+    // ... and one whose weight gradient splits each image's 576 pixels into parts (256, 256, 64).
+    (1, 16, 24, 24, 24, 1, 1, Padding::Sym(0), 1),
 ];
 
 /// The kernels `kernel_conv_matches_cpu` runs, by name: the implicit GEMMs and the depthwise
 /// kernels, each in f32 and bf16.
-const CONV_KERNELS: [&str; 12] = [
+const CONV_KERNELS: [&str; 18] = [
     "conv2d_fwd_f32",
     "conv2d_bwd_data_f32",
     "conv2d_bwd_weight_f32",
@@ -275,6 +283,12 @@ const CONV_KERNELS: [&str; 12] = [
     "conv2d_depthwise_fwd_bf16",
     "conv2d_depthwise_bwd_data_bf16",
     "conv2d_depthwise_bwd_weight_bf16",
+    "conv2d_1x1_fwd_bf16",
+    "conv2d_1x1_fwd_m64_bf16",
+    "conv2d_1x1_bwd_data_bf16",
+    "conv2d_1x1_bwd_data_m64_bf16",
+    "conv2d_1x1_bwd_weight_bf16",
+    "conv2d_1x1_bwd_weight_m64_bf16",
 ];
 
 /// f32 (SIMT) and bf16 (tensor cores; activations and weights bf16, the weight gradient f32).

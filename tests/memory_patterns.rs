@@ -54,25 +54,45 @@ fn matmul_bf16_on_the_bank_similarity_shape() {
     let mut c = be.zeros(DType::BF16, m * n).unwrap();
     let (r, stats) = count_memory(|| be.matmul(&a, &b, &mut c, s));
     r.unwrap();
-    show("matmul_bf16, 128 x 256 x 64, B transposed:", &stats);
-    let kernel = "matmul_bf16";
+    show(
+        "bf16 matmul, 128 x 256 x 64, B transposed (the pipelined kernel):",
+        &stats,
+    );
+    let kernel = "matmul_tc_bf16";
     // Every mma does useful work on an aligned shape: m n k / (16 8 16).
     let (mma, _, _) = total(&stats, kernel, |s| s.space == MemSpace::TensorCore);
     assert_eq!(mma, (m * n * k / (16 * 8 * 16)) as u64);
-    // The fragments: ldmatrix from the 80-byte rows is conflict-free, as its layout intends.
+    // No bank conflict and full coalescing anywhere: the swizzled cp.async stores and ldmatrix
+    // reads, the epilogue's staging and its 16-byte stores.
+    for row in rows(&stats, kernel) {
+        assert_eq!(row.transactions, row.ideal, "{row:?}");
+        if row.space != MemSpace::TensorCore && row.op != "st" {
+            assert_eq!(row.width, 16, "16-byte accesses only: {row:?}");
+        }
+    }
+    let (_, _, copies) = total(&stats, kernel, |s| {
+        s.op == "cp.async" && s.space == MemSpace::Global
+    });
+    let (_, _, fragments) = total(&stats, kernel, |s| s.op == "ldmatrix.x4");
+    // Two 128 x 128 blocks, each copying its 128 rows of A and of B once (16 bytes a lane).
+    assert_eq!(
+        copies,
+        (2 * (128 + 128) * k * 2 / 16 / 32) as u64,
+        "each tile copied once"
+    );
+    assert_eq!(fragments, mma / 4, "ldmatrix.x4 only, one per 4 mma");
+
+    // Shapes whose rows are not 16-byte aligned take the simple kernel, with its defects.
+    let k = 60;
+    let a = upload(be, m * k, DType::BF16, 1);
+    let b = upload(be, n * k, DType::BF16, 2);
+    let (r, stats) = count_memory(|| be.matmul(&a, &b, &mut c, MatMul::new(m, n, k).tb()));
+    r.unwrap();
+    show("bf16 matmul, 128 x 256 x 60 (the simple kernel):", &stats);
+    let kernel = "matmul_bf16";
     let (t, i, _) = total(&stats, kernel, |s| s.op.starts_with("ldmatrix"));
     assert_eq!(t, i, "ldmatrix bank conflicts");
-    // Staging: 16-byte loads, fully coalesced; their 16-byte shared stores conflict 2-way (8
-    // lanes of a phase cover two 80-byte rows, which share banks).
-    let (t, i, _) = total(&stats, kernel, |s| {
-        s.space == MemSpace::Global && s.op == "ld"
-    });
-    assert_eq!(t, i, "staging loads coalesced");
-    let (t, i, _) = total(&stats, kernel, |s| {
-        s.space == MemSpace::Shared && s.op == "st"
-    });
-    assert_eq!(t, 2 * i, "staging stores 2-way");
-    // The epilogue stores 2 bytes a lane: a warp's request spans 8 rows of 8 bytes, one sector
+    // Its epilogue stores 2 bytes a lane: a warp's request spans 8 rows of 8 bytes, one sector
     // each: 8 sectors for 64 bytes.
     let (t, i, r) = total(&stats, kernel, |s| {
         s.space == MemSpace::Global && s.op == "st"
@@ -154,5 +174,48 @@ fn f32_kernels_on_the_same_shapes() {
         assert!(rows(&stats, kernel)
             .iter()
             .all(|s| s.space != MemSpace::TensorCore));
+    }
+}
+
+#[test]
+fn conv_1x1_bf16_runs_on_the_pipelined_mainloop() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    // A bottleneck's expanding 1x1 (64 -> 256 channels, 16 x 8), batch 2.
+    let s = Conv::new(2, 64, 16, 8, 256, 1, 1, Padding::Sym(0), 1).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let x = upload(be, lx, DType::BF16, 10);
+    let w = upload(be, lw, DType::BF16, 11);
+    let dy = upload(be, ly, DType::BF16, 12);
+    let mut y = be.zeros(DType::BF16, ly).unwrap();
+    let mut dx = be.zeros(DType::BF16, lx).unwrap();
+    let mut dw = be.zeros(DType::F32, lw).unwrap();
+    let (r, stats) = count_memory(|| -> anyhow::Result<()> {
+        be.conv2d_fwd(&x, &w, &mut y, s)?;
+        be.conv2d_bwd_data(&dy, &w, &mut dx, s)?;
+        be.conv2d_bwd_weight(&x, &dy, &mut dw, s)
+    });
+    r.unwrap();
+    show("conv bf16 1x1, 2 x 64 x 16 x 8 -> 256:", &stats);
+    // Forward: M = 256 (128-row tiles), N = 128 pixels; data gradient: M = 64 (64-row tiles);
+    // weight gradient: M = 256, N = 64 (half of a 128-wide tile: the other half multiplies the
+    // zero fill), K = 128 pixels of each image.
+    let mma = |kernel: &str| total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
+    let useful = (2 * 128 * 64 * 256 / (16 * 8 * 16)) as u64;
+    assert_eq!(mma("conv2d_1x1_fwd_bf16"), useful);
+    assert_eq!(mma("conv2d_1x1_bwd_data_m64_bf16"), useful);
+    assert_eq!(mma("conv2d_1x1_bwd_weight_bf16"), 2 * useful);
+    for kernel in [
+        "conv2d_1x1_fwd_bf16",
+        "conv2d_1x1_bwd_data_m64_bf16",
+        "conv2d_1x1_bwd_weight_bf16",
+    ] {
+        for row in rows(&stats, kernel) {
+            assert_eq!(row.transactions, row.ideal, "{row:?}");
+        }
     }
 }

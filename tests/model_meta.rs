@@ -62,6 +62,7 @@ fn train_tiny(dir: &Path) -> (PathBuf, PathBuf) {
         resume: false,
         overwrite: false,
         quiet: true,
+        ..RunOptions::default()
     };
     let s = train::run(cfg, cpu(), &opts).unwrap();
     let ckpt = dir.join("out/checkpoints/checkpoint_0000002.safetensors");

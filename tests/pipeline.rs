@@ -346,7 +346,8 @@ fn a_changed_plan_stage_config_or_output_is_refused() {
     );
     let o = pipeline(&plan_path, "cpu");
     assert!(
-        text(&o).contains("was started with another plan"),
+        text(&o).contains("was started with another plan")
+            && text(&o).contains("STAGE[0].SET: [] -> [\"SEED=9\"]"),
         "{}",
         text(&o)
     );
@@ -362,7 +363,8 @@ fn a_changed_plan_stage_config_or_output_is_refused() {
     };
     let o = with_precision("bf16");
     assert!(
-        text(&o).contains("was started with another plan"),
+        text(&o).contains("was started with another plan")
+            && text(&o).contains("PRECISION: \"f32\" -> \"bf16\""),
         "{}",
         text(&o)
     );

@@ -1,7 +1,8 @@
 //! A run directory belongs to one run (issue 12): a fresh run refuses a used OUTPUT_DIR unless
-//! `--overwrite`, `--resume` refuses a changed config key or input file and names it, a failed
-//! checkpoint write leaves no `*.tmp`, stale files are removed on the next start, the summary
-//! names the tensors left at random initialisation, and `import-weights X X` is refused.
+//! `--overwrite` (which deletes only what a run wrote, issue 27), `--resume` refuses a changed
+//! config key or input file and names it, a failed checkpoint write leaves no `*.tmp`, stale
+//! files are removed on the next start, the summary names the tensors left at random
+//! initialisation, and `import-weights X X` is refused.
 
 mod common;
 
@@ -58,6 +59,7 @@ fn opts(resume: bool, overwrite: bool) -> RunOptions {
         resume,
         overwrite,
         quiet: true,
+        ..RunOptions::default()
     }
 }
 
@@ -107,9 +109,28 @@ fn fresh_run_refuses_a_used_output_dir_and_overwrite_clears_it() {
         "a refusal deletes nothing"
     );
 
+    // --overwrite deletes only what the run wrote: a file of the user's stops it, named.
+    let e = format!(
+        "{:#}",
+        run(config(&dir, 2, 1e-3), opts(false, true)).unwrap_err()
+    );
+    assert!(
+        e.contains("no run of insclr-cu wrote") && e.contains("notes.txt"),
+        "{e}"
+    );
+    assert!(
+        dir.join("out/notes.txt").exists(),
+        "a refusal deletes nothing"
+    );
+    assert!(dir.join("out/model_final.safetensors").exists());
+    std::fs::remove_file(dir.join("out/notes.txt")).unwrap();
     let s = run(config(&dir, 2, 1e-3), opts(false, true)).unwrap();
     assert_eq!((s.steps_run, s.resumed_from), (2, None));
-    assert!(!dir.join("out/notes.txt").exists(), "--overwrite clears");
+    assert!(
+        s.removed.contains(&dir.join("out/model_final.safetensors")),
+        "{:?}",
+        s.removed
+    );
     assert_eq!(log_steps(&dir), 2);
     assert!(dir.join("out/run.json").exists());
 

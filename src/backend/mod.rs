@@ -442,15 +442,18 @@ pub enum Device {
     Cuda,
     /// Our kernels on the emulated GPU (the CPU; proves logic, never speed).
     Emu,
+    /// Our CUDA backend over a layer that records launches and runs none (`insclr-cu plan`).
+    Plan,
 }
 
 impl Device {
-    /// "cpu", "cuda" or "emu".
+    /// "cpu", "cuda", "emu" or "plan".
     pub fn name(self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
             Device::Cuda => "cuda",
             Device::Emu => "emu",
+            Device::Plan => "plan",
         }
     }
 }

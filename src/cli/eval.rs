@@ -8,6 +8,7 @@ use insclr::eval::extract::{self, ExtractConfig, ImageItem};
 use insclr::eval::rank::{Pair, Tiling};
 use insclr::eval::revisited::{Gnd, Protocol};
 use insclr::eval::{self as ev, gldv2, gnd_pickle, list::ListGnd};
+use insclr::io::paths::{check_outputs, Named};
 use insclr::io::{self, npy};
 use std::path::{Path, PathBuf};
 
@@ -121,9 +122,11 @@ fn read_gnd(path: &Path) -> Result<Gnd> {
     }
 }
 
-fn resolve(args: &Args) -> Result<Resolved> {
+/// The dataset's ground truth and index files, read and checked, with the files read.
+fn resolve(args: &Args) -> Result<(Resolved, Vec<Named>)> {
     let root = &args.root;
-    Ok(match args.dataset {
+    let mut read = Vec::new();
+    let r = match args.dataset {
         Dataset::Roxford5k | Dataset::Rparis6k => {
             let name = if args.dataset == Dataset::Roxford5k {
                 "roxford5k"
@@ -137,29 +140,33 @@ fn resolve(args: &Args) -> Result<Resolved> {
                     root.join(format!("gnd_{name}.json")),
                 ])?,
             };
+            read.push(Named::new("the ground truth", &path));
             Resolved::Revisited(read_gnd(&path)?)
         }
         Dataset::List => {
             let path = args.gnd.clone().unwrap_or_else(|| root.join("gnd.json"));
+            read.push(Named::new("the ground truth", &path));
             Resolved::List(ListGnd::read(&path)?.as_revisited())
         }
         Dataset::Gldv2 => {
-            let sol = gldv2::read_solution(
-                &args
-                    .gnd
-                    .clone()
-                    .unwrap_or_else(|| root.join("test").join("retrieval_solution_v2.1.csv")),
-            )?;
+            let sol_path = args
+                .gnd
+                .clone()
+                .unwrap_or_else(|| root.join("test").join("retrieval_solution_v2.1.csv"));
+            read.push(Named::new("the ground truth", &sol_path));
+            let sol = gldv2::read_solution(&sol_path)?;
             let index_csv = first_existing(&[
                 root.join("index").join("index_image_to_landmark.csv"),
                 root.join("index.csv"),
             ])?;
+            read.push(Named::new("the index list", &index_csv));
             Resolved::Gld {
                 sol,
                 index_ids: gldv2::read_ids(&index_csv)?,
             }
         }
-    })
+    };
+    Ok((r, read))
 }
 
 /// The database and query images of a resolved dataset, in descriptor row order.
@@ -328,17 +335,36 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         let model = super::extract::model_name(args.model.as_deref(), args.weights.as_deref());
         ops.extend_from_slice(super::extract::model_ops(model));
     }
-    // Unwritable outputs are found before the work, not after it.
+    // Unwritable outputs, and outputs that would replace an input, are found before the
+    // work, not after it.
     if let Some(path) = &args.json {
         io::check_writable(path)?;
     }
+    let (r, mut inputs) = resolve(&args)?;
+    let mut outputs: Vec<Named> = args.json.iter().map(|p| Named::new("--json", p)).collect();
+    if let Some(dir) = &args.save_feats {
+        for f in ["db.npy", "query.npy"] {
+            outputs.push(Named::new("--save-feats", dir.join(f)));
+        }
+    }
+    for (flag, p) in [
+        ("--weights", &args.weights),
+        ("--db-feats", &args.db_feats),
+        ("--query-feats", &args.query_feats),
+    ] {
+        inputs.extend(p.iter().map(|p| Named::new(flag, p)));
+    }
+    let (db_items, q_items) = items(&args, &r);
+    for it in db_items.iter().chain(&q_items) {
+        inputs.push(Named::new("the image", &it.path));
+    }
+    check_outputs(&inputs, &outputs)?;
     if let Some(dir) = &args.save_feats {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         io::check_writable(&dir.join("db.npy"))?;
     }
     let (be, chosen) = backend::select_f32(device, &ops)?;
     eprintln!("backend: {chosen}");
-    let r = resolve(&args)?;
     let (db, q, dim, how) = descriptors(be.as_ref(), &args, &r)?;
     let pair = Pair {
         queries: &q,

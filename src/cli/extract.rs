@@ -6,6 +6,7 @@ use insclr::data::image::list_images;
 use insclr::data::image::Skipped;
 use insclr::eval::extract::{self, BadImages, ExtractConfig, ImageItem};
 use insclr::eval::load_model;
+use insclr::io::paths::{check_outputs, Named};
 use insclr::io::{self, npy};
 use insclr::nn::net::{DescriptorChoice, LoadChoice};
 use insclr::nn::DescriptorNet;
@@ -151,6 +152,24 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         });
         insclr::data::image_paths(&root, Some(&args.images))?
     };
+    let bad_list = args.out.with_extension("bad.txt");
+    let order = args.out.with_extension("txt");
+    let mut inputs = vec![Named::new("--images", &args.images)];
+    inputs.extend(
+        args.describe
+            .weights
+            .iter()
+            .map(|w| Named::new("--weights", w)),
+    );
+    inputs.extend(paths.iter().map(|p| Named::new("the image", p)));
+    check_outputs(
+        &inputs,
+        &[
+            Named::new("--out", &args.out),
+            Named::new("its row list", &order),
+            Named::new("its list of unusable images", &bad_list),
+        ],
+    )?;
     let items: Vec<ImageItem> = paths
         .iter()
         .map(|p| ImageItem {
@@ -160,7 +179,6 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         .collect();
     let (mut net, _) = args.describe.load(be.as_ref())?;
     let cfg = args.describe.config(args.skip_bad);
-    let bad_list = args.out.with_extension("bad.txt");
     let t0 = std::time::Instant::now();
     let out = match extract::extract(be.as_ref(), net.as_mut(), &items, &cfg, "extract") {
         Ok(out) => out,
@@ -182,7 +200,6 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     let n = out.rows.len();
     let arr = npy::Array::new(vec![n, out.dim], out.feats)?;
     npy::write(&args.out, &arr)?;
-    let order = args.out.with_extension("txt");
     npy::write_atomic(&order, |w| {
         use std::io::Write;
         for &i in &out.rows {

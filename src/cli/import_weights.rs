@@ -2,9 +2,10 @@
 //! format) to safetensors, keeping the original tensor names.
 
 use anyhow::{bail, Context, Result};
+use insclr::io::paths::{check_outputs, Named};
 use insclr::io::{pth, safetensors, tensor};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `insclr-cu import-weights`.
 #[derive(clap::Args)]
@@ -17,13 +18,10 @@ pub struct Args {
 
 /// Converts, then re-reads the output and checks it holds the same tensors.
 pub fn run(args: Args) -> Result<()> {
-    if same_file(&args.input, &args.output) {
-        bail!(
-            "the input {} and the output {} are the same file: writing would replace the checkpoint being converted; give another output path",
-            args.input.display(),
-            args.output.display()
-        );
-    }
+    check_outputs(
+        &[Named::new("the input", &args.input)],
+        &[Named::new("the output", &args.output)],
+    )?;
     let tensors = pth::read(&args.input)?;
     if tensors.is_empty() {
         bail!("{}: the state dict holds no tensor", args.input.display());
@@ -82,34 +80,6 @@ pub fn run(args: Args) -> Result<()> {
         group(size as usize)
     );
     Ok(())
-}
-
-/// True when `a` and `b` name one file: the same path once links and `..` are resolved, or
-/// (unix) the same device and inode, which also catches a hard link.
-fn same_file(a: &Path, b: &Path) -> bool {
-    // The output may not exist yet: resolve its folder and keep its name.
-    let resolve = |p: &Path| -> Option<PathBuf> {
-        p.canonicalize().ok().or_else(|| {
-            let dir = match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            Some(dir.canonicalize().ok()?.join(p.file_name()?))
-        })
-    };
-    if let (Some(x), Some(y)) = (resolve(a), resolve(b)) {
-        if x == y {
-            return true;
-        }
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
-            return (x.dev(), x.ino()) == (y.dev(), y.ino());
-        }
-    }
-    false
 }
 
 /// 4694073 -> "4,694,073".

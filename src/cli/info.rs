@@ -48,12 +48,9 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             .map(|(f, bin)| format!("{f} ({} KiB)", bin.len().div_ceil(1024)))
             .collect();
         println!(
-            "kernels for GPUs: embedded for {} (+ PTX {}): {}",
+            "kernels for GPUs: embedded for {} (+ PTX compute_{}): {}",
             archs.join(", "),
-            archs
-                .last()
-                .map(|a| a.replace("sm_", "compute_"))
-                .unwrap_or_default(),
+            cuda::embedded::PTX_ARCH,
             families.join(", ")
         );
     } else {
@@ -82,12 +79,43 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         );
     }
     if args.kernels {
-        println!();
-        for line in cuda::embedded::RESOURCES_TSV.lines() {
-            println!("{}", line.replace('\t', "  "));
+        println!("\nptxas's resource report, per kernel and arch:");
+        print_aligned(cuda::embedded::RESOURCES_TSV);
+        if cuda::has_kernels() {
+            // The instruction-level table needs cuobjdump + nvdisasm and the declarations in
+            // kernels/sass.toml, which live in the source tree, not in this binary.
+            println!(
+                "\nSASS per kernel (cp.async, ldmatrix, mma, the main loop's instruction mix, \
+                 integer divisions, store widths), checked against kernels/sass.toml:\n  \
+                 python3 scripts/sass-check.py --dir {}",
+                cuda::embedded::FATBIN_DIR
+            );
         }
     }
     Ok(())
+}
+
+/// A tab-separated table with its columns padded to one width each.
+fn print_aligned(tsv: &str) {
+    let rows: Vec<Vec<&str>> = tsv.lines().map(|l| l.split('\t').collect()).collect();
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|v| v.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, v)| format!("{v:<w$}", w = width[c]))
+            .collect();
+        println!("  {}", cells.join("  ").trim_end());
+    }
 }
 
 fn device_name(d: DeviceChoice) -> &'static str {

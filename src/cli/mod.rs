@@ -5,6 +5,7 @@ pub mod extract;
 pub mod import_weights;
 pub mod info;
 pub mod pipeline;
+pub mod plan;
 pub mod pool;
 pub mod report;
 pub mod search;

@@ -23,6 +23,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use insclr::backend::{self, DeviceChoice, Op};
 use insclr::io::npy::write_atomic;
+use insclr::io::out_dir::{self, DirLock, Manifest};
+use insclr::io::paths::{check_outputs, Named};
 use insclr::train::run_dir::{file_sum, InputFile};
 use insclr::train::{self, Config, RunOptions};
 use serde::{Deserialize, Serialize};
@@ -36,7 +38,8 @@ pub struct Args {
     /// configs/demo-pipeline.toml). Started again with the same plan, it continues.
     #[arg(long)]
     config: PathBuf,
-    /// Delete the pipeline's OUTPUT_DIR (only a folder holding a pipeline.json) and start over.
+    /// Delete the files an earlier pipeline wrote in OUTPUT_DIR (its manifests list them) and
+    /// start over; refused when the folder holds anything else or an input.
     #[arg(long)]
     overwrite: bool,
     /// No progress bars; plain lines instead.
@@ -356,29 +359,131 @@ fn stage_config_sums(plan: &Plan) -> Result<Vec<InputFile>> {
         .collect()
 }
 
-/// Opens (or starts) the run directory: a fresh one must be empty; one holding a
-/// `pipeline.json` continues when its plan, stage configs and finished outputs are unchanged.
-fn open_state(plan: &Plan, overwrite: bool) -> Result<State> {
+/// The files and folders the pipeline reads, by what names them: the plan, the stage
+/// configs, the data and evaluation folders, and the weights or descriptors stage configs
+/// name (not the pools and models the pipeline makes itself).
+fn plan_inputs(plan: &Plan, plan_path: &Path) -> Result<Vec<Named>> {
+    let mut v = vec![Named::new("the plan", plan_path)];
+    for s in &plan.stage {
+        v.push(Named::new(format!("stage {}'s CONFIG", s.name), &s.config));
+    }
+    for k in 1..=plan.stage.len() {
+        let cfg = plan.stage_config(k)?;
+        for n in train::run_dir::inputs(&cfg) {
+            let made_here = n.what == "NEIGHBOR.SRC" || (k > 1 && n.what == "MODEL.PRETRAIN");
+            if !made_here {
+                v.push(Named::new(
+                    format!("stage {}'s {}", plan.stage[k - 1].name, n.what),
+                    n.path,
+                ));
+            }
+        }
+    }
+    if let Some(e) = &plan.eval {
+        v.push(Named::new("[EVAL] ROOT", &e.root));
+        if !e.gnd.is_empty() {
+            v.push(Named::new("[EVAL] GND", &e.gnd));
+        }
+    }
+    v.retain(|n| !n.path.as_os_str().is_empty());
+    Ok(v)
+}
+
+/// "KEY: then -> now" for every key of the plan that differs, arrays by index
+/// (`STAGE[0].SET`), as train's `--resume` names the keys that differ.
+fn plan_diff(old: &Plan, new: &Plan) -> Vec<String> {
+    fn flat(prefix: &str, v: serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() {
+                        k
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flat(&key, v, out);
+                }
+            }
+            serde_json::Value::Array(a) if a.iter().any(|x| x.is_object()) => {
+                for (i, v) in a.into_iter().enumerate() {
+                    flat(&format!("{prefix}[{i}]"), v, out);
+                }
+            }
+            v => out.push((prefix.to_string(), v)),
+        }
+    }
+    let map = |p: &Plan| {
+        let mut out = Vec::new();
+        flat("", serde_json::to_value(p).unwrap_or_default(), &mut out);
+        out.into_iter()
+            .collect::<std::collections::BTreeMap<String, serde_json::Value>>()
+    };
+    let (a, b) = (map(old), map(new));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let show = |v: Option<&serde_json::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} -> {}", show(a.get(k)), show(b.get(k))))
+        .collect()
+}
+
+/// The pipeline's OUTPUT_DIR while it runs: its lock, held to the end, and its manifest.
+struct OutDir {
+    lock: DirLock,
+    manifest: Manifest,
+    /// Started here (not continued): a failure before any step finished removes it again.
+    fresh: bool,
+}
+
+impl OutDir {
+    /// Removes what this pipeline wrote when it started here and finished no step, so a
+    /// corrected plan can start in the same folder.
+    fn undo(&self, state: &State) {
+        if self.fresh && state.done.is_empty() {
+            out_dir::undo(&self.manifest, &Default::default(), &self.lock);
+        }
+    }
+}
+
+/// Opens (or starts) the run directory under its lock: a fresh one must be empty; one holding
+/// a `pipeline.json` continues when its plan, stage configs and finished outputs are
+/// unchanged; `overwrite` deletes what an earlier pipeline wrote (never an input, never a
+/// file no manifest lists).
+fn open_state(plan: &Plan, inputs: &[Named], overwrite: bool) -> Result<(State, OutDir)> {
+    let out = Path::new(&plan.output_dir);
+    let configs = stage_config_sums(plan)?;
+    let lock = DirLock::acquire(out, "the pipeline's OUTPUT_DIR")?;
+    let manifest = Manifest::open(out)?;
+    let mut dir = OutDir {
+        fresh: manifest.entries().is_empty(),
+        lock,
+        manifest,
+    };
+    match settle(plan, configs, inputs, overwrite, &mut dir) {
+        Ok(state) => Ok((state, dir)),
+        Err(e) => {
+            dir.undo(&State::default());
+            Err(e)
+        }
+    }
+}
+
+/// The part of [`open_state`] done under the lock.
+fn settle(
+    plan: &Plan,
+    configs: Vec<InputFile>,
+    inputs: &[Named],
+    overwrite: bool,
+    dir: &mut OutDir,
+) -> Result<State> {
     let out = Path::new(&plan.output_dir);
     let state_path = State::path(plan);
-    let configs = stage_config_sums(plan)?;
-    let holds_anything = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
-    if overwrite && holds_anything {
-        if !state_path.exists() {
-            bail!(
-                "--overwrite deletes a pipeline's folder, but {} holds no {STATE_FILE}; remove it yourself or pick another OUTPUT_DIR",
-                out.display()
-            );
-        }
-        let mut inputs = vec![("DATA.ROOT", plan.data.root.as_str())];
-        inputs.extend(
-            plan.stage
-                .iter()
-                .map(|s| ("a stage CONFIG", s.config.as_str())),
-        );
-        let dir = insclr::train::run_dir::check_clearable(out, &inputs)?;
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", out.display()))?;
-    } else if holds_anything {
+    let unused = out_dir::is_unused(out)?;
+    if overwrite && !unused {
+        out_dir::clear(out, &dir.lock, inputs, &Default::default())?;
+        dir.manifest = Manifest::open(out)?;
+        dir.fresh = true;
+    } else if !unused {
         if !state_path.exists() {
             bail!(
                 "OUTPUT_DIR {} is not empty and holds no {STATE_FILE}; pick another OUTPUT_DIR",
@@ -390,11 +495,15 @@ fn open_state(plan: &Plan, overwrite: bool) -> Result<State> {
         let state: State = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a pipeline state", state_path.display()))?;
         let again = "pass --overwrite to start over, or pick another OUTPUT_DIR";
-        if state.plan.as_ref() != Some(plan) {
+        if let Some(was) = state.plan.as_ref().filter(|&p| p != plan) {
             bail!(
-                "{} was started with another plan; {again}",
-                state_path.display()
+                "{} was started with another plan; what differs (then -> now):\n  {}\n{again}",
+                state_path.display(),
+                plan_diff(was, plan).join("\n  ")
             );
+        }
+        if state.plan.is_none() {
+            bail!("{} records no plan; {again}", state_path.display());
         }
         for (was, now) in state.stage_configs.iter().zip(&configs) {
             if was != now {
@@ -415,14 +524,15 @@ fn open_state(plan: &Plan, overwrite: bool) -> Result<State> {
                 }
             }
         }
+        dir.fresh = false;
         return Ok(state);
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let state = State {
         plan: Some(plan.clone()),
         stage_configs: configs,
         done: Vec::new(),
     };
+    dir.manifest.add(&State::path(plan))?;
     state.save(plan)?;
     Ok(state)
 }
@@ -479,7 +589,13 @@ fn join(v: &[f64]) -> String {
 }
 
 /// Runs one step; returns the files it made.
-fn run_step(plan: &Plan, step: Step, device: DeviceChoice, quiet: bool) -> Result<Vec<PathBuf>> {
+fn run_step(
+    plan: &Plan,
+    step: Step,
+    device: DeviceChoice,
+    quiet: bool,
+    inputs: &[Named],
+) -> Result<Vec<PathBuf>> {
     let k = step.stage;
     std::fs::create_dir_all(plan.dir(k))
         .with_context(|| format!("creating {}", plan.dir(k).display()))?;
@@ -550,12 +666,14 @@ fn run_step(plan: &Plan, step: Step, device: DeviceChoice, quiet: bool) -> Resul
             // Row r of the descriptors is the image on line r of feature.txt; the pool's rows
             // are the training set's images in dataset order.
             let (at, all) = dataset_rows(plan, &feats_path.with_extension("txt"), n)?;
+            let tile = insclr::mining::pool::default_tile(n);
+            super::pool::check_pool_memory(n, plan.pool.k, tile, "f32")?;
             let pool = super::pool::compute(
                 &feats.data,
                 n,
                 d,
                 plan.pool.k,
-                insclr::mining::pool::default_tile(n),
+                tile,
                 insclr::backend::DType::F32,
                 device,
                 "f32",
@@ -612,6 +730,7 @@ fn run_step(plan: &Plan, step: Step, device: DeviceChoice, quiet: bool) -> Resul
                     resume: started,
                     overwrite: false,
                     quiet,
+                    inputs: inputs.to_vec(),
                 },
             )?;
             eprintln!(
@@ -627,6 +746,31 @@ fn run_step(plan: &Plan, step: Step, device: DeviceChoice, quiet: bool) -> Resul
     }
 }
 
+/// What `step` writes: its files, and the folders they go in.
+fn step_outputs(plan: &Plan, step: Step) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let k = step.stage;
+    let mut dirs = vec![plan.dir(k)];
+    let files = match step.kind {
+        Kind::Model => vec![plan.model(0)],
+        Kind::Features => {
+            let f = plan.features(k);
+            vec![
+                f.clone(),
+                f.with_extension("txt"),
+                f.with_extension("bad.txt"),
+            ]
+        }
+        Kind::Pool => vec![plan.pool_file(k)],
+        Kind::Eval => vec![plan.eval_file(k)],
+        // The stage's folder has a manifest of its own, kept by train.
+        Kind::Train => {
+            dirs.push(plan.dir(k).join("train"));
+            Vec::new()
+        }
+    };
+    (files, dirs)
+}
+
 /// Runs (or continues) the pipeline and prints the retrieval table.
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     let mut plan = Plan::read(&args.config)?;
@@ -638,8 +782,44 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     }
     plan.check()
         .with_context(|| format!("pipeline plan {} with the flags", args.config.display()))?;
-    let mut state = open_state(&plan, args.overwrite)?;
+    // Every stage config is read and checked here, before the output folder is touched.
+    let inputs = plan_inputs(&plan, &args.config)?;
     let steps = plan.steps();
+    let out = Path::new(&plan.output_dir);
+    let mut outputs = vec![
+        Named::new("the pipeline's", out.join(STATE_FILE)),
+        Named::new("the pipeline's", out.join("plot.svg")),
+    ];
+    for &s in &steps {
+        let what = format!("step {}'s", plan.step_name(s));
+        outputs.extend(
+            step_outputs(&plan, s)
+                .0
+                .into_iter()
+                .map(|p| Named::new(&what, p)),
+        );
+    }
+    check_outputs(&inputs, &outputs)?;
+    let (mut state, mut dir) = open_state(&plan, &inputs, args.overwrite)?;
+    let r = run_steps(
+        &plan, &steps, &mut state, &mut dir, &inputs, device, args.quiet,
+    );
+    if r.is_err() {
+        dir.undo(&state);
+    }
+    r
+}
+
+/// The steps not done yet, the table and the plot, in the locked `dir`.
+fn run_steps(
+    plan: &Plan,
+    steps: &[Step],
+    state: &mut State,
+    dir: &mut OutDir,
+    inputs: &[Named],
+    device: DeviceChoice,
+    quiet: bool,
+) -> Result<()> {
     let t0 = Instant::now();
     for (i, &step) in steps.iter().enumerate() {
         let name = plan.step_name(step);
@@ -649,7 +829,14 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         }
         eprintln!("\npipeline [{}/{}] {name}", i + 1, steps.len());
         let t = Instant::now();
-        let made = run_step(&plan, step, device, args.quiet)
+        let (files, dirs) = step_outputs(plan, step);
+        for d in &dirs {
+            dir.manifest.add_dir(d)?;
+        }
+        for f in &files {
+            dir.manifest.add(f)?;
+        }
+        let made = run_step(plan, step, device, quiet, inputs)
             .with_context(|| format!("pipeline step {name}"))?;
         let outputs = made
             .iter()
@@ -660,7 +847,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             outputs,
             seconds: t.elapsed().as_secs_f64(),
         });
-        state.save(&plan)?;
+        state.save(plan)?;
     }
     let last = plan.stage.len();
     let model = file_sum(&plan.model(last))?;
@@ -673,10 +860,11 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         model.bytes
     );
     if plan.eval.is_some() {
-        print!("{}", table(&plan)?);
+        print!("{}", table(plan)?);
     }
     let plot = Path::new(&plan.output_dir).join("plot.svg");
-    write_plot(&plan, &plot)?;
+    dir.manifest.add(&plot)?;
+    write_plot(plan, &plot)?;
     println!("curves of every stage: {}", plot.display());
     Ok(())
 }

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use insclr::backend::{self, DType, DeviceChoice, Op};
 use insclr::io::npy;
+use insclr::io::paths::{check_outputs, Named};
 use insclr::mining::pool::{count_non_unit, default_tile, CandidatePool};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -34,8 +35,14 @@ pub struct Args {
 /// Computes and writes the pool.
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     insclr::io::check_writable(&args.out)?;
+    check_outputs(
+        &[Named::new("--feats", &args.feats)],
+        &[Named::new("--out", &args.out)],
+    )?;
     let feats = npy::read::<f32>(&args.feats)?;
     let (n, d) = feats.dims2(&args.feats.display().to_string())?;
+    let tile = args.tile.unwrap_or_else(|| default_tile(n));
+    check_pool_memory(n, args.k, tile, &args.precision)?;
     let off = count_non_unit(&feats.data, d, 1e-3);
     if off > 0 {
         eprintln!(
@@ -44,7 +51,6 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             args.feats.display()
         );
     }
-    let tile = args.tile.unwrap_or_else(|| default_tile(n));
     let dtype = if args.precision == "bf16" {
         DType::BF16
     } else {
@@ -70,6 +76,19 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         args.k
     );
     Ok(())
+}
+
+/// Refuses a pool whose result and score blocks cannot fit in memory: `n x k` neighbours
+/// (i64) and similarities (f32), and a block of `tile x n` scores (with its top-k candidates),
+/// beside the descriptors already read.
+pub fn check_pool_memory(n: usize, k: usize, tile: usize, precision: &str) -> Result<()> {
+    let (n, k, tile) = (n as f64, k.min(n.max(1)) as f64, tile as f64);
+    let need = 12.0 * n * k + 4.0 * tile * n + 8.0 * tile * k;
+    insclr::io::check_memory(
+        need,
+        &format!("a pool of {n} x {k} neighbours with blocks of {tile} queries ({precision})"),
+        "lower --k or --tile",
+    )
 }
 
 /// The pool of `feats` (`n x d`) on the backend `device` picks, with a progress bar.

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use insclr::backend::{self, DeviceChoice, Op};
 use insclr::eval::extract::{self, ImageItem};
 use insclr::eval::search::{self, PageInfo};
+use insclr::io::paths::{check_outputs, Named};
 use insclr::io::{self, npy};
 use insclr::knn::Tiling;
 use insclr::mining::pool::count_non_unit;
@@ -48,6 +49,22 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
     }
     // The index is checked before the model loads: a wrong list fails in a moment.
     let index = search::read_index(&args.index, &args.images)?;
+    if let Some(path) = &args.html {
+        // `--html q.jpg` with the page's name forgotten makes the query the page: caught here.
+        let mut inputs = vec![
+            Named::new("--index", &args.index),
+            Named::new("--images", &args.images),
+        ];
+        inputs.extend(
+            args.describe
+                .weights
+                .iter()
+                .map(|w| Named::new("--weights", w)),
+        );
+        inputs.extend(args.queries.iter().map(|q| Named::new("the query", q)));
+        inputs.extend(index.paths.iter().map(|p| Named::new("the index image", p)));
+        check_outputs(&inputs, &[Named::new("--html", path)])?;
+    }
     let n = index.images.len();
     let off = count_non_unit(&index.feats, index.dim, 1e-3);
     if off > 0 {

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use insclr::backend::{self, DeviceChoice};
+use insclr::io::paths::Named;
 use insclr::train::{self, Config, RunOptions};
 use std::path::PathBuf;
 
@@ -15,8 +16,9 @@ pub struct Args {
     /// refused when the config or an input file differs from the run's.
     #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
-    /// Delete what OUTPUT_DIR holds and start over (without it a non-empty OUTPUT_DIR is
-    /// refused).
+    /// Delete the files an earlier run wrote in OUTPUT_DIR (its manifest lists them) and start
+    /// over; refused when OUTPUT_DIR holds anything else or an input. Without it a non-empty
+    /// OUTPUT_DIR is refused.
     #[arg(long)]
     overwrite: bool,
     /// No progress bar; a plain line every SOLVER.LOG_PERIOD steps instead.
@@ -41,6 +43,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             resume: args.resume,
             overwrite: args.overwrite,
             quiet: args.quiet,
+            inputs: vec![Named::new("--config", &args.config)],
         },
     )?;
     let fmt = |l: Option<f32>| l.map_or("-".to_string(), |v| format!("{v:.4}"));

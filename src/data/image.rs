@@ -47,6 +47,18 @@ fn decode_error(path: &Path, e: image::ImageError) -> anyhow::Error {
             );
         }
     }
+    if let image::ImageError::Limits(_) = &e {
+        // The header was read (the decoder sized the image from it): say how large it is.
+        let size = image::ImageReader::open(path)
+            .ok()
+            .and_then(|r| r.with_guessed_format().ok())
+            .and_then(|r| r.into_dimensions().ok())
+            .map_or("its size".to_string(), |(w, h)| format!("{w} x {h} pixels"));
+        return anyhow::anyhow!(
+            "image {} is too large: {size}, more than the decoder will hold in memory ({e}); downscale it, or drop it from the list",
+            path.display()
+        );
+    }
     anyhow::Error::new(e).context(format!(
         "decoding image {}: corrupt or unsupported format (supported: {}); re-encode it or drop it from the list",
         path.display(),

@@ -184,13 +184,7 @@ fn check_one(it: &ImageItem, cfg: &ExtractConfig) -> Check {
     Check::Fine(need, [th, tw])
 }
 
-/// `MemAvailable` of `/proc/meminfo` in bytes; `None` where unknown (not Linux).
-pub fn mem_available() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024.0)
-}
+pub use crate::io::mem_available;
 
 /// Checks every image's header against the settings before any work (in parallel): returns the
 /// unusable images and each usable one's size `[h, w]` after the thumbnail (`None` for the

@@ -49,6 +49,17 @@ impl Gnd {
                 self.qimlist.len()
             );
         }
+        if !self.gnd.is_empty()
+            && self
+                .gnd
+                .iter()
+                .all(|g| g.easy.is_empty() && g.hard.is_empty())
+        {
+            bail!(
+                "{name}: none of its {} queries has a positive (every ok / easy and hard list is empty), so there is nothing to score: a mean over no query is undefined; fill in each query's positives",
+                self.gnd.len()
+            );
+        }
         for (q, g) in self.gnd.iter().enumerate() {
             for &i in g.easy.iter().chain(&g.hard).chain(&g.junk) {
                 if i >= self.imlist.len() {
@@ -282,5 +293,26 @@ mod tests {
         };
         let err = g.validate("x.pkl").unwrap_err().to_string();
         assert!(err.contains("database image 5"), "{err}");
+    }
+
+    /// Queries that all lack positives score nothing (the mean of no AP printed -0.00).
+    #[test]
+    fn a_ground_truth_without_any_positive_is_refused() {
+        let g = Gnd {
+            imlist: vec!["a".into()],
+            qimlist: vec!["q".into(), "r".into()],
+            gnd: vec![
+                QueryGnd {
+                    junk: vec![0],
+                    ..Default::default()
+                },
+                QueryGnd::default(),
+            ],
+        };
+        let err = g.validate("g.json").unwrap_err().to_string();
+        assert!(
+            err.contains("g.json: none of its 2 queries has a positive"),
+            "{err}"
+        );
     }
 }

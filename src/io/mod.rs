@@ -3,6 +3,8 @@
 
 pub mod html;
 pub mod npy;
+pub mod out_dir;
+pub mod paths;
 pub mod pickle;
 pub mod plot;
 pub mod pth;
@@ -14,6 +16,51 @@ pub(crate) mod pickle_fixtures;
 
 use anyhow::{bail, Result};
 use std::path::Path;
+
+/// `MemAvailable` of `/proc/meminfo` in bytes; `None` where unknown (not Linux).
+pub fn mem_available() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// Bytes as GiB with one decimal, for memory messages.
+pub fn gib(bytes: f64) -> String {
+    format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
+}
+
+/// Refuses, before asking for it, memory that is not there: `need` bytes (a lower bound of
+/// what `what` allocates) against `MemAvailable`; the message names both and `fix`, the
+/// setting to change. Passes where the available memory is unknown.
+pub fn check_memory(need: f64, what: &str, fix: &str) -> Result<()> {
+    if let Some(avail) = mem_available() {
+        if need > avail {
+            bail!(
+                "{what} needs at least {} of memory, but only {} is available (MemAvailable in /proc/meminfo); {fix}",
+                gib(need),
+                gib(avail)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to read the whole of `path` into memory when it is larger than the memory
+/// available (a wrong path to a dataset archive, or a machine short of memory), naming both.
+/// A missing file passes: the read names it.
+pub fn check_file_memory(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        // Small files fit anywhere; /proc/meminfo is read only for the large ones.
+        Ok(m) if m.len() <= 1 << 26 => Ok(()),
+        Ok(m) => check_memory(
+            m.len() as f64,
+            &format!("reading {} whole", path.display()),
+            "free memory, or check the path",
+        ),
+        Err(_) => Ok(()),
+    }
+}
 
 /// Fails unless a file can be created beside `path`, by creating and removing a scratch file
 /// there: a long job then learns that its output folder is missing or read-only before the

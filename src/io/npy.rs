@@ -194,18 +194,31 @@ fn read_header<T: NpyElem, R: Read>(
     };
     let data = at + hlen;
     if let (Some(b), Some(len)) = (bytes, len) {
+        // Both sides in whole-file bytes: the data bytes alone beside the file's size read as
+        // a file longer than declared being called truncated.
         let total = data as u128 + b;
+        let row = match shape.first() {
+            Some(&r) if r > 0 => b / r as u128,
+            _ => 0,
+        };
+        let rows = |diff: u128| match row {
+            r if r > 0 && diff % r == 0 => format!(" ({} row(s))", diff / r),
+            _ => String::new(),
+        };
         if total > len as u128 {
+            let short = total - len as u128;
             bail!(
-                "{} but the file holds {len} bytes; {not_npy}",
-                declared(bytes)
+                "{}, {total} bytes with its {data}-byte header, but the file holds {len} bytes: {short} bytes{} short of what it declares; {not_npy}",
+                declared(bytes),
+                rows(short)
             );
         }
         if total < len as u128 {
+            let extra = len as u128 - total;
             bail!(
-                "{} but the file holds {len} bytes, {} more than that; the header and the data disagree",
+                "{}, {total} bytes with its {data}-byte header, but the file holds {len} bytes, {extra} more than that{}: longer than declared; the header and the data disagree",
                 declared(bytes),
-                len as u128 - total
+                rows(extra)
             );
         }
     }
@@ -242,6 +255,15 @@ fn read_sized<T: NpyElem, R: Read>(r: &mut R, name: &str, len: Option<u64>) -> R
     let (shape, bytes, _) = read_header::<T, R>(r, name, len)?;
     // read_header checked that `bytes` fits in usize.
     let n = bytes as usize / size_of::<T>();
+    // Small arrays fit anywhere; /proc/meminfo is read only for the large ones.
+    if len.is_some() && bytes > 1 << 26 {
+        // The file holds what the header declares (checked above), so this is its true size.
+        crate::io::check_memory(
+            bytes as f64,
+            &format!("reading {name} ({shape:?})"),
+            "free memory, or split the array",
+        )?;
+    }
     let data = read_data(r, n, len.is_some()).with_context(|| {
         format!("{name}: truncated: shape {shape:?} needs {bytes} bytes of data")
     })?;
@@ -280,28 +302,98 @@ pub enum NpzEntry<'a> {
     I64(&'a str, &'a Array<i64>),
 }
 
+/// A writer that keeps the first error and lets every later write and seek succeed without
+/// effect. The zip writer finalises its archive when dropped and, when that fails, prints a
+/// raw `ZipWriter drop failed: Io(...)` to stderr; behind this sink it cannot fail, and the
+/// one error comes back through [`write_npz`], with the file named.
+struct FirstError<W> {
+    inner: W,
+    error: Option<std::io::Error>,
+    pos: u64,
+}
+
+impl<W: Write + std::io::Seek> Write for FirstError<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.error.is_none() {
+            match self.inner.write(buf) {
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) => self.error = Some(e),
+            }
+        }
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.error.is_none() {
+            if let Err(e) = self.inner.flush() {
+                self.error = Some(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write + std::io::Seek> std::io::Seek for FirstError<W> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        if self.error.is_none() {
+            match self.inner.seek(to) {
+                Ok(p) => {
+                    self.pos = p;
+                    return Ok(p);
+                }
+                Err(e) => self.error = Some(e),
+            }
+        }
+        // Positions stay consistent for the zip writer, which only ever seeks to offsets it
+        // has written.
+        self.pos = match to {
+            std::io::SeekFrom::Start(p) => p,
+            std::io::SeekFrom::Current(d) => self.pos.saturating_add_signed(d),
+            std::io::SeekFrom::End(d) => self.pos.saturating_add_signed(d),
+        };
+        Ok(self.pos)
+    }
+}
+
 /// Writes an uncompressed `.npz` (numpy.savez) atomically; numpy.load reads it back.
 pub fn write_npz(path: &Path, entries: &[NpzEntry]) -> Result<()> {
     write_atomic(path, |file| {
-        let mut z = zip::ZipWriter::new(file);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored)
-            .large_file(true);
-        for e in entries {
-            match e {
-                NpzEntry::F32(n, a) => {
-                    z.start_file(format!("{n}.npy"), opts)?;
-                    write_to(&mut z, a)?;
-                }
-                NpzEntry::I64(n, a) => {
-                    z.start_file(format!("{n}.npy"), opts)?;
-                    write_to(&mut z, a)?;
-                }
+        let mut sink = FirstError {
+            inner: file,
+            error: None,
+            pos: 0,
+        };
+        fill_npz(&mut sink, entries)?;
+        match sink.error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    })
+}
+
+fn fill_npz<W: Write + std::io::Seek>(file: W, entries: &[NpzEntry]) -> Result<()> {
+    let mut z = zip::ZipWriter::new(file);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(true);
+    for e in entries {
+        match e {
+            NpzEntry::F32(n, a) => {
+                z.start_file(format!("{n}.npy"), opts)?;
+                write_to(&mut z, a)?;
+            }
+            NpzEntry::I64(n, a) => {
+                z.start_file(format!("{n}.npy"), opts)?;
+                write_to(&mut z, a)?;
             }
         }
-        z.finish()?;
-        Ok(())
-    })
+    }
+    z.finish()?;
+    Ok(())
 }
 
 /// Deflate expands at most 1032:1, which bounds a compressed entry's true size.
@@ -536,6 +628,30 @@ mod tests {
             read_from::<f32, _>(&mut &b[..], "s.npy").unwrap_err()
         );
         assert!(e.contains("s.npy"), "{e}");
+    }
+
+    /// A file one row short of its header is short; one a row longer is longer: both sides
+    /// of the message count the whole file (it used to set the data bytes beside the file's
+    /// size, so a short file read as longer than declared and still "truncated").
+    #[test]
+    fn a_row_short_or_a_row_long_is_said_so() {
+        let mut v = Vec::new();
+        write_to(&mut v, &Array::new(vec![3, 2], vec![1.0f32; 6]).unwrap()).unwrap();
+        let e = from_bytes::<f32>(&v[..v.len() - 8], "a.npy")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("152 bytes with its 128-byte header")
+                && e.contains("holds 144 bytes: 8 bytes (1 row(s)) short of what it declares"),
+            "{e}"
+        );
+        let mut long = v.clone();
+        long.extend_from_slice(&[0; 8]);
+        let e = from_bytes::<f32>(&long, "a.npy").unwrap_err().to_string();
+        assert!(
+            e.contains("holds 160 bytes, 8 more than that (1 row(s)): longer than declared"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -19,11 +19,15 @@ use std::path::Path;
 
 /// Legacy torch serialisation's magic number (`torch/serialization.py`).
 const LEGACY_MAGIC: u128 = 0x1950a86a20f9469cfc6c;
+/// The largest `data.pkl` read: a state dict's pickle holds tensor names, shapes and strides
+/// (torchvision's ResNet-101: 40 KB); the tensors live in entries of their own.
+const MAX_PICKLE: usize = 64 << 20;
 /// Legacy torch serialisation's protocol version.
 const LEGACY_PROTOCOL: i64 = 1001;
 
 /// Reads the state dict of the `.pth` file at `path`, in file order.
 pub fn read(path: &Path) -> Result<Vec<Tensor>> {
+    super::check_file_memory(path)?;
     let bytes = std::fs::read(path)
         .with_context(|| format!("reading {}: check the path", path.display()))?;
     read_bytes(&bytes).with_context(|| {
@@ -328,16 +332,21 @@ fn storage_types(root: &Value) -> Result<HashMap<String, (SourceDType, usize)>> 
 
 type Zip<'a> = zip::ZipArchive<std::io::Cursor<&'a [u8]>>;
 
-/// An entry's bytes; `max` bounds what the caller expects. The declared size is trusted for
-/// allocation only as far as the compressed size makes it possible, and the bytes read must
-/// match it.
-fn read_entry(zip: &mut Zip, name: &str, max: usize) -> Result<Vec<u8>> {
+/// An entry's bytes; `max` bounds what the caller needs (`what` says why, for the error).
+/// The declared size is checked against `max` and against what the compressed size makes
+/// possible before anything is allocated, and at most that many bytes are inflated: an entry
+/// that inflates past its declared size is refused, never read to its end.
+fn read_entry(zip: &mut Zip, name: &str, max: usize, what: &str) -> Result<Vec<u8>> {
     let f = zip
         .by_name(name)
         .with_context(|| format!("zip entry {name}"))?;
     let size = crate::io::npy::zip_entry_size(&f, &format!("zip entry {name}"))?;
     if size > max as u64 {
-        bail!("zip entry {name} claims {size} bytes, at most {max} expected");
+        bail!(
+            "zip entry {name} declares {} uncompressed, but {what} ({}); the file is corrupted or was made to exhaust memory",
+            crate::io::npy::human_bytes(size as u128),
+            crate::io::npy::human_bytes(max as u128)
+        );
     }
     let mut v = Vec::with_capacity(size as usize);
     f.take(size + 1)
@@ -362,7 +371,12 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<Tensor>> {
         .map(str::to_string)
         .ok_or_else(|| anyhow!("zip has no <name>/data.pkl: not a torch checkpoint"))?;
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
-    if let Ok(order) = read_entry(&mut zip, &format!("{prefix}byteorder"), 16) {
+    if let Ok(order) = read_entry(
+        &mut zip,
+        &format!("{prefix}byteorder"),
+        16,
+        "it says little",
+    ) {
         if order.trim_ascii() != b"little" {
             bail!(
                 "checkpoint byte order is {:?}; only little-endian is supported",
@@ -370,11 +384,12 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<Tensor>> {
             );
         }
     }
-    // Deflate expands at most 1032:1, which bounds a compressed entry's true size.
-    let max_entry = bytes
-        .len()
-        .saturating_mul(crate::io::npy::MAX_DEFLATE_RATIO as usize);
-    let pkl = read_entry(&mut zip, &pkl_name, max_entry)?;
+    let pkl = read_entry(
+        &mut zip,
+        &pkl_name,
+        MAX_PICKLE,
+        "a state dict's pickle holds names and shapes, at most",
+    )?;
     let root = pickle::parse(&pkl).with_context(|| format!("parsing {pkl_name}"))?;
     let pending = state_dict(&root)?;
     let types = storage_types(&root)?;
@@ -389,7 +404,8 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<Tensor>> {
         let want = numel
             .checked_mul(dtype.size())
             .ok_or_else(|| anyhow!("storage {key}: {numel} elements overflow"))?;
-        let raw = read_entry(&mut zip, &name, max_entry)?;
+        let need = format!("storage {key} of {numel} x {dtype} needs");
+        let raw = read_entry(&mut zip, &name, want, &need)?;
         if raw.len() < want {
             bail!(
                 "zip entry {name} holds {} bytes; storage {key} needs {numel} x {} = {want}",
@@ -575,6 +591,52 @@ mod tests {
         b[eocd + 10..eocd + 12].copy_from_slice(&60000u16.to_le_bytes());
         let e = format!("{:#}", read_bytes(&b).unwrap_err());
         assert!(e.contains("60000 entries"), "{e}");
+    }
+
+    /// A 64 KB file whose storage entry inflates to 64 MiB for a tensor of a few floats (the
+    /// same in a 1 MB file reached 1 GiB): refused from the entry's declared size, before
+    /// anything is inflated; the same bytes stored uncompressed are refused too.
+    #[test]
+    fn a_storage_entry_larger_than_its_tensor_is_refused_unread() {
+        for method in [
+            zip::CompressionMethod::Deflated,
+            zip::CompressionMethod::Stored,
+        ] {
+            let mut buf = std::io::Cursor::new(Vec::new());
+            {
+                let mut z = zip::ZipWriter::new(&mut buf);
+                let o = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Stored);
+                let big = zip::write::SimpleFileOptions::default()
+                    .compression_method(method)
+                    .large_file(true);
+                z.start_file("ckpt/data.pkl", o).unwrap();
+                z.write_all(fx::TORCH_STATE_P2).unwrap();
+                z.start_file("ckpt/data/140001", big).unwrap();
+                z.write_all(fx::STORAGE_140001).unwrap();
+                let zeros = vec![0u8; 1 << 20];
+                for _ in 0..64 {
+                    z.write_all(&zeros).unwrap();
+                }
+                for (name, data) in [
+                    ("ckpt/data/140002", fx::STORAGE_140002),
+                    ("ckpt/data/140003", fx::STORAGE_140003),
+                    ("ckpt/data/140004", fx::STORAGE_140004),
+                ] {
+                    z.start_file(name, o).unwrap();
+                    z.write_all(data).unwrap();
+                }
+                z.finish().unwrap();
+            }
+            let b = buf.into_inner();
+            let e = format!("{:#}", read_bytes(&b).unwrap_err());
+            assert!(
+                e.contains("ckpt/data/140001")
+                    && e.contains("declares 67.1 MB")
+                    && e.contains("storage 140001 of 12 x float32 needs (48 bytes)"),
+                "{method:?}: {e}"
+            );
+        }
     }
 
     #[test]

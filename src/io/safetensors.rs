@@ -196,6 +196,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Vec<Tensor>> {
 
 /// Reads the safetensors file at `path`.
 pub fn read(path: &Path) -> Result<Vec<Tensor>> {
+    super::check_file_memory(path)?;
     let bytes = std::fs::read(path)
         .with_context(|| format!("reading {}: check the path", path.display()))?;
     from_bytes(&bytes).with_context(|| format!("{}", path.display()))

@@ -12,8 +12,10 @@ pub mod html;
 
 use crate::data::image_paths;
 use crate::eval::list::ListGnd;
+use crate::io::out_dir::Manifest;
+use crate::io::paths::{check_outputs, Named};
 use crate::mining::{Boundaries, CandidatePool};
-use crate::train::run_dir::RunRecord;
+use crate::train::run_dir::{RunRecord, RUN_FILE};
 use crate::train::stage::DECISIONS_FILE;
 use crate::train::{Config, Decision};
 use anyhow::{bail, Context, Result};
@@ -466,6 +468,31 @@ fn pick_anchors(run: &Run, truth: Option<&Truth>, named: &[usize], sample: usize
 pub fn write(o: &Options) -> Result<Written> {
     crate::io::check_writable(&o.out)?;
     let run = Run::open(&o.run_dir)?;
+    let json = o.out.with_extension("json");
+    let mut inputs: Vec<Named> = [RUN_FILE, "log.jsonl", DECISIONS_FILE]
+        .iter()
+        .map(|f| Named::new("the run's", o.run_dir.join(f)))
+        .collect();
+    inputs.push(Named::new("NEIGHBOR.SRC", &run.cfg.neighbor.src));
+    for (flag, p) in [
+        ("--gnd", &o.gnd),
+        ("--before", &o.before),
+        ("--after", &o.after),
+    ] {
+        inputs.extend(p.iter().map(|p| Named::new(flag, p)));
+    }
+    inputs.extend(
+        run.paths
+            .iter()
+            .map(|p| Named::new("the training image", p)),
+    );
+    check_outputs(
+        &inputs,
+        &[
+            Named::new("--out", &o.out),
+            Named::new("the numbers beside it", &json),
+        ],
+    )?;
     let truth = match &o.gnd {
         Some(g) => {
             let root = o
@@ -513,7 +540,13 @@ pub fn write(o: &Options) -> Result<Written> {
         columns: o.columns,
     };
     let text = html::render(&page)?;
-    let json = o.out.with_extension("json");
+    // Written into a run's folder (the default), the page becomes one of the run's files:
+    // `train --overwrite` may then delete it with the rest.
+    if let Some(dir) = o.out.parent().filter(|d| Manifest::exists(d)) {
+        let mut m = Manifest::open(dir)?;
+        m.add(&o.out)?;
+        m.add(&json)?;
+    }
     crate::io::npy::write_atomic(&o.out, |w| {
         std::io::Write::write_all(w, text.as_bytes())?;
         Ok(())

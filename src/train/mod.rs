@@ -7,6 +7,7 @@ pub mod augment;
 pub mod checkpoint;
 pub mod config;
 pub mod loader;
+pub mod memory;
 pub mod optim;
 pub mod run_dir;
 pub mod stage;

@@ -3,11 +3,16 @@
 //! `SECTION.KEY`) and the size and CRC-32 of each file the config makes training read.
 //! `--resume` continues only when the record of the latest checkpoint (or `run.json` when
 //! there is none yet) matches today's; a fresh run needs an empty OUTPUT_DIR, or
-//! `--overwrite`, which empties it. When a run starts it also removes the debris of a failed
-//! write: `*.tmp` files and memory banks whose checkpoint was never written.
+//! `--overwrite`, which deletes the files an earlier run wrote there (its manifest,
+//! [`crate::io::out_dir`]) and refuses when the folder holds anything else or an input. The
+//! run holds the folder's lock from [`prepare`] to its end. When a run resumes it also removes
+//! the debris of a failed write: `*.tmp` files and memory banks whose checkpoint was never
+//! written.
 
 use super::checkpoint;
 use super::config::Config;
+use crate::io::out_dir::{self, DirLock, Manifest};
+use crate::io::paths::Named;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -190,6 +195,38 @@ fn flatten(prefix: &str, v: Value, out: &mut BTreeMap<String, Value>) {
     }
 }
 
+/// The files and folders a run of `cfg` reads, by the key that names them: what no output
+/// may replace and no `--overwrite` may delete.
+pub fn inputs(cfg: &Config) -> Vec<Named> {
+    let root = Path::new(&cfg.data.root);
+    let mut v = vec![
+        Named::new("DATA.ROOT", root),
+        Named::new("NEIGHBOR.SRC", &cfg.neighbor.src),
+    ];
+    if !cfg.data.train_filename.is_empty() {
+        v.push(Named::new(
+            "DATA.TRAIN_FILENAME",
+            root.join(&cfg.data.train_filename),
+        ));
+    }
+    match cfg.model.pretrain.as_str() {
+        "random" => {}
+        "imagenet" => v.push(Named::new(
+            "MODEL.IMAGENET_WEIGHTS",
+            &cfg.model.imagenet_weights,
+        )),
+        p => v.push(Named::new("MODEL.PRETRAIN", p)),
+    }
+    if !cfg.model.head.init_feats.is_empty() {
+        v.push(Named::new(
+            "MODEL.HEAD.INIT_FEATS",
+            &cfg.model.head.init_feats,
+        ));
+    }
+    v.retain(|n| !n.path.as_os_str().is_empty());
+    v
+}
+
 /// Size and CRC-32 of a file, read in 1 MiB pieces (weights and pools can be GBs).
 pub fn file_sum(path: &Path) -> Result<InputFile> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -213,49 +250,142 @@ pub fn file_sum(path: &Path) -> Result<InputFile> {
     })
 }
 
-/// True when `dir` does not exist or holds nothing.
-fn is_empty(dir: &Path) -> Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(mut it) => Ok(it.next().is_none()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(e).with_context(|| format!("listing OUTPUT_DIR {}", dir.display())),
+/// An OUTPUT_DIR made ready by [`prepare`]: locked for this run, with its manifest.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Held until the run ends: no second writer can start in the folder.
+    pub lock: DirLock,
+    /// Every file the run creates is added here before it is created.
+    pub manifest: Manifest,
+    /// The manifest's entries before this run wrote anything (see [`Prepared::undo`]).
+    before: BTreeSet<String>,
+    /// A fresh start (not a resumption): a failure before the first checkpoint undoes it.
+    pub fresh: bool,
+    /// Files removed: stale debris on resume, or the earlier run's files on `--overwrite`.
+    pub removed: Vec<PathBuf>,
+}
+
+impl Prepared {
+    /// Removes what this run created, the folder too when the run created it: for a fresh
+    /// run that failed before it wrote anything a rerun could continue from.
+    pub fn undo(&self) {
+        if self.fresh {
+            out_dir::undo(&self.manifest, &self.before, &self.lock);
+        }
     }
 }
 
-/// Makes `out` ready for the run of `record` (see the module doc): refuses a non-empty folder
-/// for a fresh run, another run's folder for `resume`, empties it for `overwrite`, removes
-/// stale files, creates it and writes `run.json`. Returns the stale files removed.
+/// Makes `out` ready for the run of `record` (see the module doc): takes its lock (refused
+/// while another process holds it), then refuses a used folder for a fresh run and another
+/// run's folder for `resume`, clears the earlier run's files for `overwrite` (never an input
+/// in `inputs`, never a file no manifest lists), removes stale files, and writes `run.json`.
 pub fn prepare(
     out: &Path,
     record: &RunRecord,
     resume: bool,
     overwrite: bool,
-) -> Result<Vec<PathBuf>> {
+    inputs: &[Named],
+) -> Result<Prepared> {
     if resume && overwrite {
         bail!("--resume continues the run in OUTPUT_DIR and --overwrite deletes it: pass one");
     }
-    let mut removed = Vec::new();
-    if !is_empty(out)? {
-        if overwrite {
-            clear(out, record)?;
-        } else if !resume {
-            bail!(
-                "OUTPUT_DIR {} is not empty: pass --resume to continue the run in it, or --overwrite to delete its contents and start over",
-                out.display()
-            );
-        } else {
-            check_same_run(out, record)?;
-            removed = remove_stale(out)?;
+    let lock = DirLock::acquire(out, "OUTPUT_DIR")?;
+    let manifest = Manifest::open(out)?;
+    let mut p = Prepared {
+        lock,
+        before: manifest.entries().clone(),
+        manifest,
+        fresh: true,
+        removed: Vec::new(),
+    };
+    match settle(out, record, resume, overwrite, inputs, &mut p) {
+        Ok(()) => Ok(p),
+        Err(e) => {
+            p.undo();
+            Err(e)
         }
     }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("creating OUTPUT_DIR {}", out.display()))?;
+}
+
+/// [`prepare`]'s refusals without the lock and without writing anything: run before the
+/// dataset and the model are loaded, so a folder that will be refused is named in a moment,
+/// not after an hour of decoding images. [`prepare`] checks again under the lock.
+pub fn precheck(
+    out: &Path,
+    record: &RunRecord,
+    resume: bool,
+    overwrite: bool,
+    inputs: &[Named],
+) -> Result<()> {
+    if resume && overwrite {
+        bail!("--resume continues the run in OUTPUT_DIR and --overwrite deletes it: pass one");
+    }
+    out_dir::check_not_held(out, "OUTPUT_DIR")?;
+    if out_dir::is_unused(out)? {
+        return Ok(());
+    }
+    if overwrite {
+        check_clearable(out)?;
+        out_dir::check_clear(out, inputs, &legacy_of(out))?;
+    } else if !resume {
+        bail!(not_empty(out));
+    } else {
+        check_same_run(out, record)?;
+    }
+    Ok(())
+}
+
+/// The refusal of a used OUTPUT_DIR for a fresh run.
+fn not_empty(out: &Path) -> String {
+    format!(
+        "OUTPUT_DIR {} is not empty: pass --resume to continue the run in it, or --overwrite to delete the files an earlier run wrote there and start over",
+        out.display()
+    )
+}
+
+/// The files of an older insclr-cu's run in `out` (see [`legacy_entries`]) when `out` is one:
+/// it kept no manifest, but its run.json says whose folder it is.
+fn legacy_of(out: &Path) -> BTreeSet<String> {
+    if !Manifest::exists(out) && RunRecord::read(out).is_ok() {
+        legacy_entries(out)
+    } else {
+        BTreeSet::new()
+    }
+}
+
+/// The part of [`prepare`] done under the lock.
+fn settle(
+    out: &Path,
+    record: &RunRecord,
+    resume: bool,
+    overwrite: bool,
+    inputs: &[Named],
+    p: &mut Prepared,
+) -> Result<()> {
+    if !out_dir::is_unused(out)? {
+        if overwrite {
+            check_clearable(out)?;
+            p.removed = out_dir::clear(out, &p.lock, inputs, &legacy_of(out))?;
+            p.manifest = Manifest::open(out)?;
+            p.before = p.manifest.entries().clone();
+        } else if !resume {
+            bail!(not_empty(out));
+        } else {
+            check_same_run(out, record)?;
+            p.fresh = false;
+            if !Manifest::exists(out) {
+                adopt(out, &mut p.manifest)?;
+            }
+            p.removed = remove_stale(out)?;
+        }
+    }
     let text = serde_json::to_string_pretty(record)?;
-    crate::io::npy::write_atomic(&out.join(RUN_FILE), |w| {
+    let run_file = out.join(RUN_FILE);
+    p.manifest.add(&run_file)?;
+    crate::io::npy::write_atomic(&run_file, |w| {
         std::io::Write::write_all(w, text.as_bytes())?;
         Ok(())
-    })?;
-    Ok(removed)
+    })
 }
 
 /// Refuses unless `out` holds the run of `record`.
@@ -295,62 +425,65 @@ fn check_same_run(out: &Path, record: &RunRecord) -> Result<()> {
     Ok(())
 }
 
-/// Deletes what is inside `out` (not `out` itself), after refusing the folders whose loss is
-/// never meant: `/`, one holding the current folder or the home folder, one holding an input.
-fn clear(out: &Path, record: &RunRecord) -> Result<()> {
-    let inputs: Vec<(&str, &str)> = record
-        .inputs
+/// The files a run of an older insclr-cu (which kept no manifest) wrote in `out`, as
+/// manifest entries: the names train and report give their files, and the checkpoints.
+fn legacy_entries(out: &Path) -> BTreeSet<String> {
+    let known = [
+        RUN_FILE,
+        "log.jsonl",
+        "plot.svg",
+        "skipped.txt",
+        "model_final.safetensors",
+        "report.html",
+        "report.json",
+        super::stage::DECISIONS_FILE,
+    ];
+    let mut v: BTreeSet<String> = known
         .iter()
-        .map(|(key, f)| (key.as_str(), f.path.trim_end_matches(" (image names)")))
+        .filter(|n| out.join(n).is_file())
+        .map(|n| n.to_string())
         .collect();
-    let dir = check_clearable(out, &inputs)?;
-    let mut n = 0;
-    for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-        let p = e?.path();
-        // symlink_metadata: a link is removed, never followed.
-        let is_dir = std::fs::symlink_metadata(&p)?.is_dir();
-        let r = if is_dir {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        r.with_context(|| format!("--overwrite: removing {}", p.display()))?;
-        n += 1;
+    if let Ok(entries) = std::fs::read_dir(out.join("checkpoints")) {
+        v.insert("checkpoints/".to_string());
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with("checkpoint_")
+                && (name.ends_with(".safetensors") || name.ends_with(".memory.npz"));
+            if ours && e.path().is_file() {
+                v.insert(format!("checkpoints/{name}"));
+            }
+        }
     }
-    eprintln!(
-        "--overwrite: removed the {n} entries of OUTPUT_DIR {}",
-        out.display()
-    );
+    v
+}
+
+/// Lists in a new manifest the files a run of an older insclr-cu wrote in `out`, once
+/// `--resume` has found it to be the same run: they are this run's from now on.
+fn adopt(out: &Path, manifest: &mut Manifest) -> Result<()> {
+    for e in legacy_entries(out) {
+        match e.strip_suffix('/') {
+            Some(d) => manifest.add_dir(&out.join(d))?,
+            None => manifest.add(&out.join(&e))?,
+        }
+    }
     Ok(())
 }
 
-/// Refuses to let `--overwrite` empty `out` when it is the root, home or current folder or
-/// holds one of `inputs` (`(what, path)`: files the run reads); returns its canonical path.
-pub fn check_clearable(out: &Path, inputs: &[(&str, &str)]) -> Result<PathBuf> {
+/// Refuses to let `--overwrite` empty `out` when it is the root, home or current folder.
+fn check_clearable(out: &Path) -> Result<()> {
     let dir = out
         .canonicalize()
         .with_context(|| format!("resolving OUTPUT_DIR {}", out.display()))?;
-    let refuse = |why: &str| -> Result<PathBuf> {
+    let cwd = std::env::current_dir().and_then(|c| c.canonicalize()).ok();
+    let home = std::env::var_os("HOME").and_then(|h| PathBuf::from(h).canonicalize().ok());
+    if let Some(why) = never_clear(&dir, cwd.as_deref(), home.as_deref()) {
         bail!(
             "--overwrite refused: OUTPUT_DIR {} ({}) {why}",
             out.display(),
             dir.display()
-        )
-    };
-    let cwd = std::env::current_dir().and_then(|c| c.canonicalize()).ok();
-    let home = std::env::var_os("HOME").and_then(|h| PathBuf::from(h).canonicalize().ok());
-    if let Some(why) = never_clear(&dir, cwd.as_deref(), home.as_deref()) {
-        return refuse(why);
+        );
     }
-    for (what, p) in inputs {
-        if Path::new(p)
-            .canonicalize()
-            .is_ok_and(|p| p.starts_with(&dir))
-        {
-            return refuse(&format!("holds {what} {p}, which the run reads"));
-        }
-    }
-    Ok(dir)
+    Ok(())
 }
 
 /// Why the canonical folder `dir` must never be emptied, if it must not.

@@ -25,6 +25,7 @@ use crate::backend::Backend;
 use crate::backend::DType;
 use crate::data::image::{decode_all, decode_rgb, resize_bilinear, Chw, Skipped};
 use crate::data::image_paths;
+use crate::io::paths::{check_outputs, Named};
 use crate::loss::{contrastive_batch, contrastive_memory, LossOut, Memory};
 use crate::memory::IndexedBank;
 use crate::mining::pool::NO_NEIGHBOR;
@@ -524,7 +525,8 @@ impl<'b> Stage<'b> {
         })
     }
 
-    fn checkpoint_dir(&self) -> PathBuf {
+    /// `OUTPUT_DIR/checkpoints`.
+    pub fn checkpoint_dir(&self) -> PathBuf {
         Path::new(&self.cfg.output_dir).join("checkpoints")
     }
 
@@ -947,10 +949,14 @@ fn trace_mining(decisions: &mut [Decision], m: &Mined, miner: &Miner) {
 pub struct RunOptions {
     /// Continue from the latest checkpoint in `OUTPUT_DIR/checkpoints` (the same run only).
     pub resume: bool,
-    /// Delete what OUTPUT_DIR holds and start over (a fresh run refuses a non-empty one).
+    /// Delete the files an earlier run wrote in OUTPUT_DIR and start over (a fresh run refuses
+    /// a non-empty one).
     pub overwrite: bool,
     /// No progress bar.
     pub quiet: bool,
+    /// Files the caller read to make the config (the config file, a pipeline's plan): no
+    /// output may replace them and `--overwrite` may not delete them.
+    pub inputs: Vec<Named>,
 }
 
 /// What a finished stage reports.
@@ -965,7 +971,8 @@ pub struct Summary {
     pub skipped: usize,
     /// Model tensors no weights file provided (empty when resumed: the checkpoint has all).
     pub random_init: Vec<String>,
-    /// Stale files of a failed write removed at the start.
+    /// Files removed at the start: stale files of a failed write (on resume), or the files an
+    /// earlier run wrote (with `--overwrite`).
     pub removed: Vec<PathBuf>,
 }
 
@@ -1055,39 +1062,46 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
 /// Runs a whole stage from a config: data, pool, model, [bank init], steps with a progress
 /// bar and a JSON-lines log (`OUTPUT_DIR/log.jsonl`), checkpoints every `CHECKPOINT_PERIOD`
 /// and at the end, and the final model as `OUTPUT_DIR/model_final.safetensors`. OUTPUT_DIR
-/// must be empty, or hold this same run when resuming ([`super::run_dir`]).
+/// must be empty, or hold this same run when resuming ([`super::run_dir`]). Every check runs
+/// before OUTPUT_DIR is touched, and a fresh run that fails before its first checkpoint
+/// removes what it wrote.
 pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> {
     let start = std::time::Instant::now();
     if cfg.output_dir.is_empty() {
         bail!("OUTPUT_DIR is empty: say where checkpoints and logs go");
     }
     let out = PathBuf::from(&cfg.output_dir);
-    // Before anything is read at length or written: whose folder this is.
     let record = super::run_dir::RunRecord::new(&cfg)?;
-    let removed = super::run_dir::prepare(&out, &record, opts.resume, opts.overwrite)?;
+    let mut inputs = opts.inputs.clone();
+    inputs.extend(super::run_dir::inputs(&cfg));
+    let outputs: Vec<Named> = [
+        super::run_dir::RUN_FILE,
+        "log.jsonl",
+        DECISIONS_FILE,
+        "skipped.txt",
+        "plot.svg",
+        FINAL_MODEL,
+    ]
+    .iter()
+    .map(|n| Named::new("the run's", out.join(n)))
+    .collect();
+    check_outputs(&inputs, &outputs)?;
+    super::run_dir::precheck(&out, &record, opts.resume, opts.overwrite, &inputs)?;
     let root = PathBuf::from(&cfg.data.root);
     let list = (!cfg.data.train_filename.is_empty()).then(|| root.join(&cfg.data.train_filename));
     let data = Dataset::open(&root, list.as_deref(), cfg.data.cache_images)?;
-    if !data.skipped.is_empty() {
-        eprintln!("{}", data.skipped.summary(20));
-        let listing: String = data
-            .skipped
-            .items
-            .iter()
-            .map(|(i, p, why)| format!("{i}\t{}\t{why}\n", p.display()))
-            .collect();
-        std::fs::write(out.join("skipped.txt"), listing)?;
-    }
     let n = data.len();
+    super::memory::check(&cfg, n, be.device() == crate::backend::Device::Cpu)?;
     let pool = CandidatePool::load(Path::new(&cfg.neighbor.src), n).context("NEIGHBOR.SRC")?;
     let Built {
         net,
         note,
         random_init,
     } = load_model(&cfg, be)?;
+    let skipped = data.skipped.clone();
     eprintln!(
         "train: {n} images ({} skipped), pool k = {}, model {} -> {} ({note}), backend {}, {}",
-        data.skipped.len(),
+        skipped.len(),
         pool.k,
         cfg.model.backbone.name,
         net.out_dim(),
@@ -1100,13 +1114,86 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
     if cfg.test.test_period <= cfg.solver.max_step {
         eprintln!("note: periodic evaluation (TEST.TEST_PERIOD) is not run by train; evaluate checkpoints with `insclr-cu eval`");
     }
-    let skipped = data.skipped.len();
-    let quiet = opts.quiet;
     let mut stage = Stage::new(cfg, be, net, data, &pool)?;
     stage.run = Some(record.to_json()?);
+    // Only now, with every setting and input checked, is OUTPUT_DIR locked and written.
+    let mut dir = super::run_dir::prepare(&out, &record, opts.resume, opts.overwrite, &inputs)?;
+    let mut saved = false;
+    let done = steps(&mut stage, &mut dir, &skipped, opts, &mut saved);
+    let Ran {
+        resumed_from,
+        first_loss,
+        last_loss,
+        steps: ran,
+    } = match done {
+        Ok(r) => r,
+        Err(e) => {
+            if !saved {
+                dir.undo();
+            }
+            return Err(e);
+        }
+    };
+    let final_model = out.join(FINAL_MODEL);
+    let tensors = crate::nn::weights::export(&stage.net, be)?;
+    let meta = stage.model_meta().to_map();
+    dir.manifest.add(&final_model)?;
+    crate::io::safetensors::write(&final_model, &tensors, Some(meta))?;
+    Ok(Summary {
+        steps_run: ran,
+        resumed_from,
+        first_loss,
+        last_loss,
+        seconds: start.elapsed().as_secs_f64(),
+        final_model,
+        skipped: skipped.len(),
+        random_init: if resumed_from.is_some() {
+            Vec::new()
+        } else {
+            random_init
+        },
+        removed: dir.removed.clone(),
+    })
+}
+
+/// The final model's file name in OUTPUT_DIR.
+pub const FINAL_MODEL: &str = "model_final.safetensors";
+
+/// What [`steps`] did.
+struct Ran {
+    resumed_from: Option<usize>,
+    first_loss: Option<f32>,
+    last_loss: Option<f32>,
+    steps: usize,
+}
+
+/// Resumes or starts the stage in the prepared `dir` and runs its steps. `saved` turns true
+/// once a checkpoint is on disk (from then on a failure keeps the folder: `--resume`
+/// continues it).
+fn steps(
+    stage: &mut Stage,
+    dir: &mut super::run_dir::Prepared,
+    skipped: &Skipped,
+    opts: &RunOptions,
+    saved: &mut bool,
+) -> Result<Ran> {
+    let out = PathBuf::from(&stage.cfg.output_dir);
+    if !skipped.is_empty() {
+        eprintln!("{}", skipped.summary(20));
+        let listing: String = skipped
+            .items
+            .iter()
+            .map(|(i, p, why)| format!("{i}\t{}\t{why}\n", p.display()))
+            .collect();
+        let path = out.join("skipped.txt");
+        dir.manifest.add(&path)?;
+        std::fs::write(&path, listing).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let quiet = opts.quiet;
     let log_path = out.join("log.jsonl");
     let decisions_path = out.join(DECISIONS_FILE);
     let resumed_from = if opts.resume { stage.resume()? } else { None };
+    *saved = resumed_from.is_some();
     match resumed_from {
         Some(s) => {
             eprintln!("resumed from step {s}");
@@ -1115,6 +1202,7 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
         }
         None => {
             for p in [&log_path, &decisions_path] {
+                dir.manifest.add(p)?;
                 std::fs::write(p, "").with_context(|| format!("creating {}", p.display()))?;
             }
             if stage.noda.is_some() {
@@ -1134,6 +1222,9 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
             .open(p)
             .with_context(|| format!("opening {}", p.display()))
     };
+    for p in [&log_path, &decisions_path] {
+        dir.manifest.add(p)?;
+    }
     let (mut logf, mut decf) = (append(&log_path)?, append(&decisions_path)?);
     let pb = bar(quiet, max as u64, "train");
     pb.set_position(stage.step as u64);
@@ -1172,30 +1263,24 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
             );
         }
         if stage.step % period == 0 || stage.step == max {
+            let ck = stage.checkpoint_dir();
+            dir.manifest
+                .add(&checkpoint::checkpoint_path(&ck, stage.step))?;
+            dir.manifest
+                .add(&checkpoint::memory_path(&ck, stage.step))?;
             stage.save_checkpoint()?;
+            *saved = true;
             logf.flush()?;
+            dir.manifest.add(&out.join("plot.svg"))?;
             plot_run(&out)?;
         }
     }
     pb.finish_and_clear();
-    let final_model = out.join("model_final.safetensors");
-    let tensors = crate::nn::weights::export(&stage.net, be)?;
-    let meta = stage.model_meta().to_map();
-    crate::io::safetensors::write(&final_model, &tensors, Some(meta))?;
-    Ok(Summary {
-        steps_run: ran,
+    Ok(Ran {
         resumed_from,
         first_loss: first,
         last_loss: last,
-        seconds: start.elapsed().as_secs_f64(),
-        final_model,
-        skipped,
-        random_init: if resumed_from.is_some() {
-            Vec::new()
-        } else {
-            random_init
-        },
-        removed,
+        steps: ran,
     })
 }
 

@@ -2,6 +2,7 @@
 //! convolutions with their own kernels. Other groupings have no kernel and are an error.
 
 use super::device::{Args, Launch};
+use super::work::Work;
 use super::{int, CudaBackend};
 use crate::backend::{Buf, Checked, Conv, ConvOps, DType, Op};
 use anyhow::{bail, Result};
@@ -19,11 +20,18 @@ const GEMM_THREADS: u32 = 256;
 /// Which kernel a shape takes.
 enum Path {
     Gemm,
+    /// A 1x1, stride-1, unpadded bf16 convolution whose channel rows are 16-byte aligned: plain
+    /// GEMMs on the pipelined tensor-core mainloop (`conv2d_1x1_*` in kernels/conv.cu).
+    OneByOne,
     Depthwise,
 }
 
-fn path(s: &Conv) -> Result<Path> {
-    if s.groups == 1 {
+fn path(s: &Conv, dtype: DType) -> Result<Path> {
+    let plain = s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad_top == 0 && s.pad_left == 0;
+    let aligned = s.c_in % 8 == 0 && (s.h * s.w) % 8 == 0 && s.oh == s.h && s.ow == s.w;
+    if s.groups == 1 && dtype == DType::BF16 && plain && aligned {
+        Ok(Path::OneByOne)
+    } else if s.groups == 1 {
         Ok(Path::Gemm)
     } else if s.is_depthwise() {
         Ok(Path::Depthwise)
@@ -58,6 +66,42 @@ fn shape_args(args: Args, s: &Conv) -> Result<Args> {
     .fold(args, |a, &v| a.i32(v as i32)))
 }
 
+/// The 1x1 kernels' tiles: 128 x 128 (four 64 x 64 warps; eight 64 x 32 for the weight
+/// gradient), or 64 x 128 (four 64 x 32 warps) when the GEMM's M is at most 64; three stages of
+/// (BM + 128) x 32 bf16 in dynamic shared memory, as tc_gemm.cuh's `SmemSize`.
+fn one_by_one_launch(op: &str, m: usize, n: usize, batch: usize) -> (String, Launch) {
+    let (bm, suffix) = if m <= 64 { (64, "_m64") } else { (128, "") };
+    let threads = if bm == 128 && op == "bwd_weight" {
+        256
+    } else {
+        128
+    };
+    let cfg = Launch {
+        grid: (n.div_ceil(128) as u32, m.div_ceil(bm) as u32, batch as u32),
+        block: (threads, 1, 1),
+        smem: ((bm + 128) * 32 * 2 * 3) as u32,
+    };
+    (format!("conv2d_1x1_{op}{suffix}_bf16"), cfg)
+}
+
+/// How the 1x1 weight gradient splits `images` x `pixels` to give about `want` splits: `(per, 1,
+/// 0)` for groups of `per` whole images, or `(1, parts, part_len)` for `parts` parts of every
+/// image, `part_len` pixels each (a multiple of 32, at least 256), when the images are fewer than
+/// `want`.
+fn one_by_one_splits(images: usize, pixels: usize, want: usize) -> (usize, usize, usize) {
+    let want = want.max(1);
+    if want <= images {
+        return (images.div_ceil(want), 1, 0);
+    }
+    // Whole parts per image, so that the splits stay within one wave.
+    let parts = (want / images).min(pixels.div_ceil(256)).max(1);
+    if parts == 1 {
+        return (1, 1, 0);
+    }
+    let part_len = (pixels.div_ceil(parts).div_ceil(32) * 32).max(256);
+    (1, pixels.div_ceil(part_len), part_len)
+}
+
 /// The grid of an `m x n` implicit GEMM in `dtype`, `splits` deep.
 fn gemm_launch(dtype: DType, m: usize, n: usize, splits: usize) -> Launch {
     let (tm, tn, _) = tile(dtype);
@@ -68,19 +112,21 @@ fn gemm_launch(dtype: DType, m: usize, n: usize, splits: usize) -> Launch {
     }
 }
 
-/// How the weight gradient's reduction over the batch's `k` output positions is split: enough
-/// splits to give a GPU ~512 blocks when the `tiles` of the output alone are few, at least 256
-/// positions each. Returns `(splits, k_per_split)`, `k_per_split` a multiple of the K tile
-/// `tile_k`.
-fn weight_grad_splits(tiles: usize, k: usize, tile_k: usize) -> (usize, usize) {
-    let want = (512 / tiles.max(1)).clamp(1, k.div_ceil(256).max(1));
+/// How the weight gradient's reduction over the batch's `k` output positions is split: when the
+/// `tiles` of the output alone leave some of the GPU's `slots` (blocks it holds at once) empty,
+/// into as many parts as fill them in one wave, at least 256 positions each. A fixed count of
+/// blocks (512 before) left an H200 at 0.65 waves for the f32 kernel (five blocks per SM) and at
+/// 1.9 for the bf16 one (two). Returns `(splits, k_per_split)`, `k_per_split` a multiple of the K
+/// tile `tile_k`; `tiles * splits <= slots` whenever `tiles < slots`.
+fn weight_grad_splits(tiles: usize, k: usize, tile_k: usize, slots: usize) -> (usize, usize) {
+    let want = (slots / tiles.max(1)).clamp(1, k.div_ceil(256).max(1));
     let per = k.div_ceil(want).div_ceil(tile_k) * tile_k;
     (k.div_ceil(per.max(1)).max(1), per.max(tile_k))
 }
 
 impl ConvOps for CudaBackend {
     fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (path, total) = (path(&s)?, s.sizes().2);
+        let (path, total) = (path(&s, x.dtype())?, s.sizes().2);
         if total == 0 {
             return Ok(());
         }
@@ -89,6 +135,7 @@ impl ConvOps for CudaBackend {
             &s,
         )?;
         let (kernel, cfg) = match path {
+            Path::OneByOne => return self.conv1x1(x, w, y, &s, "fwd"),
             Path::Gemm => (
                 Op::Conv2dFwd.kernel(x.dtype()),
                 gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
@@ -98,6 +145,8 @@ impl ConvOps for CudaBackend {
                 Launch::grid_stride(total),
             ),
         };
+        let (ex, ew, ey) = s.sizes();
+        let args = args.work(Work::conv(&s, x.dtype(), (ex + ew + ey) * x.dtype().size()));
         // SAFETY: arguments match conv2d_fwd_<dtype> / conv2d_depthwise_fwd_<dtype>(x, w, y,
         // shape...); the shape was checked: x, w, y hold its input, weight and output sizes, in
         // one dtype.
@@ -105,7 +154,7 @@ impl ConvOps for CudaBackend {
     }
 
     fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (path, total) = (path(&s)?, s.sizes().0);
+        let (path, total) = (path(&s, dy.dtype())?, s.sizes().0);
         if total == 0 {
             return Ok(());
         }
@@ -114,6 +163,7 @@ impl ConvOps for CudaBackend {
             &s,
         )?;
         let (kernel, cfg) = match path {
+            Path::OneByOne => return self.conv1x1(dy, w, dx, &s, "bwd_data"),
             Path::Gemm => (
                 Op::Conv2dBwdData.kernel(dy.dtype()),
                 gemm_launch(dy.dtype(), s.c_in, s.n * s.h * s.w, 1),
@@ -123,6 +173,12 @@ impl ConvOps for CudaBackend {
                 Launch::grid_stride(total),
             ),
         };
+        let (ex, ew, ey) = s.sizes();
+        let args = args.work(Work::conv(
+            &s,
+            dy.dtype(),
+            (ex + ew + ey) * dy.dtype().size(),
+        ));
         // SAFETY: arguments match conv2d_bwd_data_<dtype> / conv2d_depthwise_bwd_data_<dtype>(dy,
         // w, dx, shape...); the shape was checked: dy, w, dx hold its output, weight and input
         // sizes, in one dtype.
@@ -130,16 +186,23 @@ impl ConvOps for CudaBackend {
     }
 
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let path = path(&s)?;
+        let path = path(&s, x.dtype())?;
         let (m, n, k) = (s.c_out, s.c_in * s.kh * s.kw, s.n * s.oh * s.ow);
         if m * n == 0 || k == 0 {
             return Ok(());
         }
+        let (ex, ew, ey) = s.sizes();
+        if let Path::OneByOne = path {
+            return self.conv1x1_bwd_weight(x, dy, dw, &s);
+        }
         if let Path::Depthwise = path {
+            // dw is f32 and accumulated: read and written.
+            let bytes = (ex + ey) * x.dtype().size() + 2 * ew * 4;
             let args = shape_args(
                 Args::new().ptr(x.dev()?).ptr(dy.dev()?).ptr(dw.dev_mut()?),
                 &s,
-            )?;
+            )?
+            .work(Work::conv(&s, x.dtype(), bytes));
             // SAFETY: arguments match conv2d_depthwise_bwd_weight_<dtype>(x, dy, dw, shape...);
             // the shape was checked (x, dy of one dtype, dw f32); one 256-thread block per
             // channel.
@@ -153,7 +216,9 @@ impl ConvOps for CudaBackend {
         }
         let (tm, tn, tk) = tile(x.dtype());
         let tiles = m.div_ceil(tm) * n.div_ceil(tn);
-        let (splits, per) = weight_grad_splits(tiles, k, tk);
+        let kernel = Op::Conv2dBwdWeight.kernel(x.dtype());
+        let slots = self.resident_blocks(&kernel, GEMM_THREADS, 0);
+        let (splits, per) = weight_grad_splits(tiles, k, tk, slots);
         let len = int(m * n, "conv weight elements")?;
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_bytes, |partial| {
@@ -162,22 +227,103 @@ impl ConvOps for CudaBackend {
                 .ptr(dy.dev()?)
                 .ptr(partial)
                 .i32(per as i32);
-            let args = shape_args(args, &s)?;
+            let bytes = (ex + ey) * x.dtype().size() + partial_bytes;
+            let args = shape_args(args, &s)?.work(Work::conv(&s, x.dtype(), bytes));
             // SAFETY: arguments match conv2d_bwd_weight_<dtype>(x, dy, partial, k_per_split,
             // shape...); x and dy hold the checked input and output sizes, partial holds splits x
             // m x n floats, and splits * per covers the k positions.
-            unsafe {
-                self.launch(
-                    &Op::Conv2dBwdWeight.kernel(x.dtype()),
-                    gemm_launch(x.dtype(), m, n, splits),
-                    args,
-                )?;
-            }
+            unsafe { self.launch(&kernel, gemm_launch(x.dtype(), m, n, splits), args)? };
+            // The partial sums read, dw read and written.
+            let reduce =
+                Work::traffic(partial_bytes + 2 * m * n * 4, format!("{splits} x {m}x{n}"));
             let args = Args::new()
                 .ptr(partial)
                 .ptr(dw.dev_mut()?)
                 .i32(len)
-                .i32(splits as i32);
+                .i32(splits as i32)
+                .work(reduce);
+            // SAFETY: arguments match conv2d_bwd_weight_reduce_f32(partial, dw, len, splits);
+            // partial holds splits x len floats and dw len (checked).
+            unsafe {
+                self.launch(
+                    "conv2d_bwd_weight_reduce_f32",
+                    Launch::grid_stride(m * n),
+                    args,
+                )
+            }
+        })
+    }
+}
+
+impl CudaBackend {
+    /// A 1x1 forward (`op` "fwd": `input` x, `out` y) or data gradient ("bwd_data": dy, dx): one
+    /// product per image, M = c_out or c_in.
+    fn conv1x1(&self, input: &Buf, w: &Buf, out: &mut Buf, s: &Conv, op: &str) -> Result<()> {
+        let m = if op == "fwd" { s.c_out } else { s.c_in };
+        let (kernel, cfg) = one_by_one_launch(op, m, s.h * s.w, s.n);
+        let (ex, ew, ey) = s.sizes();
+        let args = Args::new()
+            .ptr(input.dev()?)
+            .ptr(w.dev()?)
+            .ptr(out.dev_mut()?)
+            .i32(int(s.c_in, "conv c_in")?)
+            .i32(int(s.c_out, "conv c_out")?)
+            .i32(int(s.h * s.w, "conv h*w")?)
+            .work(Work::conv(s, input.dtype(), (ex + ew + ey) * 2));
+        // SAFETY: arguments match conv2d_1x1_{fwd,bwd_data}[_m64]_bf16(in, w, out, c_in, c_out,
+        // hw); the shape was checked (x: n x c_in x hw, w: c_out x c_in, y: n x c_out x hw, bf16)
+        // and path() found every row 16-byte aligned.
+        unsafe { self.launch(&kernel, cfg, args) }
+    }
+
+    /// The 1x1 weight gradient: the batch's pixels split into as many parts as fill the GPU's
+    /// resident blocks in one wave beside the output's tiles (groups of whole images, or parts of
+    /// each image of at least 256 pixels when the batch has fewer images than that), each part's
+    /// products summed by the mainloop into partial sums, which conv2d_bwd_weight_reduce_f32
+    /// adds into dw in order.
+    fn conv1x1_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: &Conv) -> Result<()> {
+        let (m, n) = (s.c_out, s.c_in);
+        let (kernel, probe) = one_by_one_launch("bwd_weight", m, n, 1);
+        let tiles = (probe.grid.0 * probe.grid.1) as usize;
+        let slots = self.resident_blocks(&kernel, probe.block.0, probe.smem);
+        let (per, parts, part_len) = one_by_one_splits(s.n, s.h * s.w, slots / tiles.max(1));
+        let splits = if parts > 1 {
+            s.n * parts
+        } else {
+            s.n.div_ceil(per)
+        };
+        let cfg = Launch {
+            grid: (probe.grid.0, probe.grid.1, splits as u32),
+            ..probe
+        };
+        let (ex, ew, ey) = s.sizes();
+        let len = int(m * n, "conv weight elements")?;
+        let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
+        self.with_scratch(partial_bytes, |partial| {
+            let args = Args::new()
+                .ptr(x.dev()?)
+                .ptr(dy.dev()?)
+                .ptr(partial)
+                .i32(per as i32)
+                .i32(parts as i32)
+                .i32(part_len as i32)
+                .i32(int(s.n, "conv batch")?)
+                .i32(int(s.c_in, "conv c_in")?)
+                .i32(int(s.c_out, "conv c_out")?)
+                .i32(int(s.h * s.w, "conv h*w")?)
+                .work(Work::conv(s, x.dtype(), (ex + ey) * 2 + partial_bytes));
+            // SAFETY: arguments match conv2d_1x1_bwd_weight[_m64]_bf16(x, dy, partial,
+            // images_per_split, parts, part_len, n, c_in, c_out, hw); x and dy hold the checked
+            // sizes (bf16, rows 16-byte aligned), partial splits x c_out x c_in floats, and the
+            // splits cover every (image, pixel) once (one_by_one_splits).
+            unsafe { self.launch(&kernel, cfg, args)? };
+            let reduce = Work::traffic(partial_bytes + 2 * ew * 4, format!("{splits} x {m}x{n}"));
+            let args = Args::new()
+                .ptr(partial)
+                .ptr(dw.dev_mut()?)
+                .i32(len)
+                .i32(splits as i32)
+                .work(reduce);
             // SAFETY: arguments match conv2d_bwd_weight_reduce_f32(partial, dw, len, splits);
             // partial holds splits x len floats and dw len (checked).
             unsafe {
@@ -211,23 +357,66 @@ mod tests {
     }
 
     #[test]
-    fn weight_grad_splits_cover_k_and_give_small_outputs_more_blocks() {
-        for (tiles, k) in [
-            (1, 1),
-            (1, 16),
-            (3, 802_816),
-            (64, 3136),
-            (600, 50_000),
-            (2, 513),
+    fn one_by_one_splits_cover_every_pixel_once() {
+        for (images, pixels, want) in [
+            (64, 12544, 264),
+            (64, 3136, 10),
+            (2, 64, 264),
+            (3, 800, 100),
+            (1, 1, 1),
         ] {
-            let (splits, per) = weight_grad_splits(tiles, k, 16);
-            assert!(per % 16 == 0 && splits * per >= k, "{tiles} {k}");
-            assert!(
-                (splits - 1) * per < k,
-                "an empty split for {tiles} tiles, k={k}"
-            );
+            let (per, parts, len) = one_by_one_splits(images, pixels, want);
+            if parts > 1 {
+                assert_eq!(per, 1);
+                assert!(len % 32 == 0 && len >= 256, "{len}");
+                // Every part starts inside the image and together they cover it.
+                assert!((parts - 1) * len < pixels && parts * len >= pixels);
+            } else {
+                assert!(
+                    per >= 1 && images.div_ceil(per) <= want.max(1),
+                    "{per} for {want}"
+                );
+            }
         }
-        assert_eq!(weight_grad_splits(600, 50_000, 16).0, 1);
-        assert!(weight_grad_splits(3, 802_816, 32).0 > 100);
+        // Fewer images than the GPU wants: parts of each image fill it, in one wave.
+        let (_, parts, _) = one_by_one_splits(64, 12544, 264);
+        assert!(64 * parts <= 264 && 64 * parts * 10 >= 264 * 9, "{parts}");
+    }
+
+    #[test]
+    fn weight_grad_splits_cover_k_and_give_small_outputs_more_blocks() {
+        for slots in [1, 264, 660, 1056] {
+            for (tiles, k) in [
+                (1, 1),
+                (1, 16),
+                (3, 802_816),
+                (64, 3136),
+                (600, 50_000),
+                (2, 513),
+            ] {
+                let (splits, per) = weight_grad_splits(tiles, k, 16, slots);
+                assert!(per % 16 == 0 && splits * per >= k, "{tiles} {k}");
+                assert!(
+                    (splits - 1) * per < k,
+                    "an empty split for {tiles} tiles, k={k}"
+                );
+                // Never more than one wave of the GPU's slots from splitting.
+                assert!(
+                    splits == 1 || tiles * splits <= slots,
+                    "{tiles} tiles x {splits} splits over {slots} slots"
+                );
+            }
+        }
+        assert_eq!(weight_grad_splits(600, 50_000, 16, 660).0, 1);
+        assert!(weight_grad_splits(3, 802_816, 32, 660).0 > 100);
+        // The splits follow the slots: 2 blocks per SM of 132 SMs against 5.
+        let (two, five) = (
+            weight_grad_splits(8, 802_816, 32, 264).0,
+            weight_grad_splits(8, 802_816, 32, 660).0,
+        );
+        assert!(
+            (30..=33).contains(&two) && (80..=82).contains(&five),
+            "{two} {five}"
+        );
     }
 }

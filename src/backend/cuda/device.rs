@@ -1,7 +1,11 @@
 //! The device layer under the CUDA backend: memory, copies and launches by kernel name with a
 //! packed argument list (as `cuLaunchKernel` takes it), on a real GPU ([`super::driver`]) or on
-//! the emulated one ([`super::emu`]). The launchers in `cuda/<family>.rs` run unchanged on both.
+//! the emulated one ([`super::emu`]), or on none at all ([`super::record`], which writes launches
+//! down for `insclr-cu plan`). The launchers in `cuda/<family>.rs` run unchanged on all three.
 
+use super::occupancy::{self, SM90};
+use super::record::{Event, Recorder};
+use super::work::Work;
 use super::{driver::Gpu, emu::Emu};
 use crate::backend::Device;
 use anyhow::{bail, Result};
@@ -13,14 +17,18 @@ use std::sync::Arc;
 pub enum Layer {
     Gpu(Box<Gpu>),
     Emu(Emu),
+    /// No device: launches are recorded, memory has no storage.
+    Plan(Recorder),
 }
 
-/// The device a piece of memory belongs to: a GPU by ordinal, or the emulator. A kernel only
-/// ever gets memory of its own device (a GPU address means nothing on the host, and the reverse).
+/// The device a piece of memory belongs to: a GPU by ordinal, the emulator, or the plan's
+/// recorder. A kernel only ever gets memory of its own device (a GPU address means nothing on the
+/// host, and the reverse).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Home {
     Gpu(usize),
     Emu,
+    Plan,
 }
 
 impl Layer {
@@ -29,6 +37,7 @@ impl Layer {
         match self {
             Layer::Gpu(g) => Home::Gpu(g.info.ordinal),
             Layer::Emu(_) => Home::Emu,
+            Layer::Plan(_) => Home::Plan,
         }
     }
 
@@ -48,6 +57,7 @@ impl Layer {
         match self {
             Layer::Gpu(g) => g.alloc(bytes),
             Layer::Emu(e) => e.alloc(bytes),
+            Layer::Plan(p) => Ok(p.alloc(bytes)),
         }
     }
 
@@ -58,6 +68,13 @@ impl Layer {
             Layer::Gpu(g) => g.write(src, dst),
             Layer::Emu(_) => {
                 dst.emu_bytes_mut()?.copy_from_slice(src);
+                Ok(())
+            }
+            Layer::Plan(p) => {
+                p.record(Event::Copy {
+                    to_device: true,
+                    bytes: src.len(),
+                });
                 Ok(())
             }
         }
@@ -72,6 +89,16 @@ impl Layer {
                 dst.copy_from_slice(src.emu_bytes()?);
                 Ok(())
             }
+            // Zeros: what a step reads back (a norm, a loss) only steers host decisions, and
+            // the plan is of the step that such values give.
+            Layer::Plan(p) => {
+                p.record(Event::Copy {
+                    to_device: false,
+                    bytes: dst.len(),
+                });
+                dst.fill(0);
+                Ok(())
+            }
         }
     }
 
@@ -83,13 +110,17 @@ impl Layer {
                 dst.emu_bytes_mut()?.fill(0);
                 Ok(())
             }
+            Layer::Plan(p) => {
+                p.record(Event::Memset { bytes: dst.bytes });
+                Ok(())
+            }
         }
     }
 
     pub fn synchronize(&self) -> Result<()> {
         match self {
             Layer::Gpu(g) => g.synchronize(),
-            Layer::Emu(_) => Ok(()),
+            Layer::Emu(_) | Layer::Plan(_) => Ok(()),
         }
     }
 
@@ -111,14 +142,26 @@ impl Layer {
         match self {
             Layer::Gpu(g) => g.launch(kernel, cfg, args),
             Layer::Emu(e) => e.launch(kernel, cfg, args),
+            Layer::Plan(p) => {
+                p.record(Event::Launch {
+                    kernel: kernel.to_string(),
+                    cfg,
+                    work: args.work.take(),
+                });
+                Ok(())
+            }
         }
     }
 }
 
-/// The launch limits every CUDA GPU since sm_30 has, checked before either layer launches so
-/// the emulator refuses what a GPU would: a grid over 2^31-1 x 65535 x 65535 blocks, a block of
-/// over 1024 threads (or 64 deep), an empty grid or block, and dynamic shared memory over the
-/// 48 KiB a kernel gets without opting in (no kernel here opts in).
+/// Dynamic shared memory a kernel may use without opting in; above it the GPU layer sets the
+/// kernel's maximum (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`) before the launch.
+pub const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
+
+/// The launch limits of an sm_90 GPU, checked before any layer launches so the emulator and the
+/// plan refuse what a GPU would: a grid over 2^31-1 x 65535 x 65535 blocks, a block of over
+/// 1024 threads (or 64 deep), an empty grid or block, and shared memory over the 227 KiB a
+/// block can opt in to (static, from the build's ptxas report, plus dynamic).
 fn check_launch(kernel: &str, cfg: &Launch) -> Result<()> {
     let ((gx, gy, gz), (bx, by, bz)) = (cfg.grid, cfg.block);
     let threads = bx as u64 * by as u64 * bz as u64;
@@ -141,10 +184,13 @@ fn check_launch(kernel: &str, cfg: &Launch) -> Result<()> {
             cfg.block
         );
     }
-    if cfg.smem > 48 * 1024 {
+    let static_smem = occupancy::resources(kernel).map_or(0, |r| r.static_smem);
+    if static_smem as u64 + cfg.smem as u64 > SM90.smem_per_block as u64 {
         bail!(
-            "{kernel}: {} bytes of dynamic shared memory, over 48 KiB",
-            cfg.smem
+            "{kernel}: {} bytes of dynamic shared memory (+ {static_smem} static) exceed the {} \
+             bytes (227 KiB) a block can have on sm_90; use fewer pipeline stages or a smaller tile",
+            cfg.smem,
+            SM90.smem_per_block
         );
     }
     Ok(())
@@ -171,6 +217,8 @@ enum Owner {
     Emu,
     /// A range of a shared allocation, which it keeps alive (the parameter arena's tensors).
     View(Arc<DevMem>),
+    /// Addresses without storage ([`Recorder`]).
+    Plan,
 }
 
 impl DevMem {
@@ -192,6 +240,16 @@ impl DevMem {
             bytes,
             owner: Owner::Emu,
             home: Home::Emu,
+        }
+    }
+
+    /// `bytes` at fake address `ptr`, for the plan layer: nothing may read or write it.
+    pub(super) fn plan(ptr: u64, bytes: usize) -> DevMem {
+        DevMem {
+            ptr,
+            bytes,
+            owner: Owner::Plan,
+            home: Home::Plan,
         }
     }
 
@@ -250,6 +308,7 @@ impl DevMem {
         match self.home {
             Home::Gpu(_) => Device::Cuda,
             Home::Emu => Device::Emu,
+            Home::Plan => Device::Plan,
         }
     }
 
@@ -353,6 +412,8 @@ pub struct Args {
     sizes: Vec<u32>,
     /// Where each pointer's memory lives, checked against the launching device.
     homes: Vec<Home>,
+    /// The launch's minimum work, for the plan layer; no kernel sees it.
+    work: Option<Work>,
 }
 
 impl Args {
@@ -409,6 +470,12 @@ impl Args {
 
     pub fn f32(self, v: f32) -> Args {
         self.push(v.to_bits() as u64, 4)
+    }
+
+    /// States what the launch must do at least (`insclr-cu plan` reads it; kernels never do).
+    pub fn work(mut self, w: Work) -> Args {
+        self.work = Some(w);
+        self
     }
 
     /// One pointer per slot; a 4-byte value sits in the low half of its slot (little-endian).

@@ -2,16 +2,16 @@
 //! time. Nothing here panics without a GPU: cudarc panics when libcuda is missing, so
 //! [`Gpu::open`] checks for the library first and returns an error instead.
 
-use super::device::{Args, DevMem, Launch};
+use super::device::{Args, DevMem, Launch, DEFAULT_DYNAMIC_SMEM};
 use super::embedded;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    result, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    result, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
 };
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// True when the CUDA driver library can be loaded (a GPU driver is installed).
 pub fn driver_present() -> bool {
@@ -43,6 +43,8 @@ pub struct DeviceInfo {
     pub mem_clock_khz: i32,
     pub mem_bus_bits: i32,
     pub sm_clock_khz: i32,
+    /// The most shared memory a block may have after opting in (227 KiB on sm_90).
+    pub smem_per_block_optin: i32,
 }
 
 impl DeviceInfo {
@@ -106,6 +108,9 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     pub(super) blas: CudaBlas,
     functions: HashMap<String, CudaFunction>,
+    /// Per kernel, the dynamic shared memory it has been allowed beyond the default 48 KiB:
+    /// the attribute is set once per kernel and size, not before every launch.
+    smem_allowed: Mutex<HashMap<String, u32>>,
     _modules: Vec<Arc<CudaModule>>,
     pub info: DeviceInfo,
 }
@@ -141,6 +146,7 @@ impl Gpu {
             mem_clock_khz: attr(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE),
             mem_bus_bits: attr(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH),
             sm_clock_khz: attr(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE),
+            smem_per_block_optin: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
         };
         keep_pool_memory(&ctx);
         let stream = ctx.default_stream();
@@ -174,6 +180,7 @@ impl Gpu {
             stream,
             blas,
             functions,
+            smem_allowed: Mutex::new(HashMap::new()),
             _modules: modules,
             info,
         })
@@ -262,6 +269,9 @@ impl Gpu {
             .get(kernel)
             .ok_or_else(|| anyhow!("kernel {kernel} is not in this binary's fatbins"))?;
         self.ctx.bind_to_thread().map_err(|e| anyhow!("{e}"))?;
+        if cfg.smem > DEFAULT_DYNAMIC_SMEM {
+            self.allow_dynamic_smem(kernel, f, cfg.smem)?;
+        }
         let mut params = args.pointers();
         cudarc::driver::result::launch_kernel(
             f.cu_function(),
@@ -278,6 +288,55 @@ impl Gpu {
                 cfg.block
             )
         })
+    }
+
+    /// Lets `kernel` launch with `bytes` of dynamic shared memory: above 48 KiB a kernel must opt
+    /// in (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`), once; a later, larger request
+    /// raises it. The context is bound (by the launch).
+    fn allow_dynamic_smem(&self, kernel: &str, f: &CudaFunction, bytes: u32) -> Result<()> {
+        let mut allowed = self.smem_allowed.lock().unwrap_or_else(|e| e.into_inner());
+        if allowed.get(kernel).is_some_and(|&a| a >= bytes) {
+            return Ok(());
+        }
+        use cudarc::driver::sys::CUfunction_attribute as F;
+        f.set_attribute(
+            F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(|e| {
+            anyhow!(
+                "{kernel}: opting in to {bytes} bytes of dynamic shared memory failed on {} \
+                     (it allows {} bytes per block, static included): {e}",
+                self.info.name,
+                self.info.smem_per_block_optin
+            )
+        })?;
+        allowed.insert(kernel.to_string(), bytes);
+        Ok(())
+    }
+
+    /// Resident blocks of `kernel` per multiprocessor (the driver's occupancy calculator; 0 when
+    /// it fails or the kernel is unknown) and the multiprocessor count.
+    pub(super) fn resident_blocks(&self, kernel: &str, threads: u32, dyn_smem: u32) -> (u32, u32) {
+        let per_sm = self
+            .functions
+            .get(kernel)
+            .filter(|_| self.ctx.bind_to_thread().is_ok())
+            .and_then(|f| {
+                f.occupancy_max_active_blocks_per_multiprocessor(threads, dyn_smem as usize, None)
+                    .ok()
+            })
+            .unwrap_or(0);
+        (per_sm, self.info.multiprocessors.max(1) as u32)
+    }
+
+    /// A timing event recorded on the backend's stream now: one before and one after some work
+    /// bracket its time on the GPU (`INSCLR_PROFILE=1`, [`crate::backend::profile`]).
+    pub fn timing_event(&self) -> Result<CudaEvent> {
+        let flags = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+        self.stream
+            .record_event(Some(flags))
+            .map_err(|e| anyhow!("recording a CUDA event: {e}"))
     }
 
     /// Binds the context to the calling thread before a raw cuBLAS call.

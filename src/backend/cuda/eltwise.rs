@@ -2,6 +2,7 @@
 //! cast): grid-stride, one thread per element.
 
 use super::device::{Args, Launch};
+use super::work::Work;
 use super::CudaBackend;
 use crate::backend::{Buf, Checked, DType, Eltwise, EltwiseOps, ImageToTensor, Op};
 use anyhow::Result;
@@ -15,7 +16,8 @@ impl EltwiseOps for CudaBackend {
             .ptr(a.dev()?)
             .ptr(b.dev()?)
             .ptr(y.dev_mut()?)
-            .i64(s.len as i64);
+            .i64(s.len as i64)
+            .work(passes(&s, a, 3));
         // SAFETY: arguments match add_fwd_<dtype>(a, b, y, n); a, b, y hold n elements (checked).
         unsafe {
             self.launch(
@@ -34,7 +36,8 @@ impl EltwiseOps for CudaBackend {
             .ptr(x.dev()?)
             .ptr(y.dev_mut()?)
             .i64(s.len as i64)
-            .i32(s.act.code());
+            .i32(s.act.code())
+            .work(passes(&s, x, 2));
         // SAFETY: arguments match act_fwd_<dtype>(x, y, n, act); x, y hold n elements (checked).
         unsafe {
             self.launch(
@@ -54,7 +57,8 @@ impl EltwiseOps for CudaBackend {
             .ptr(dy.dev()?)
             .ptr(dx.dev_mut()?)
             .i64(s.len as i64)
-            .i32(s.act.code());
+            .i32(s.act.code())
+            .work(passes(&s, y, 3));
         // SAFETY: arguments match act_bwd_<dtype>(y, dy, dx, n, act); y, dy, dx hold n elements
         // (checked).
         unsafe {
@@ -81,7 +85,11 @@ impl EltwiseOps for CudaBackend {
             .f32(s.mean[2])
             .f32(s.std[0])
             .f32(s.std[1])
-            .f32(s.std[2]);
+            .f32(s.std[2])
+            .work(Work::traffic(
+                s.n * s.h * s.w * 3 * (1 + 4),
+                format!("{}x{}x{}x3", s.n, s.h, s.w),
+            ));
         // SAFETY: arguments match image_to_tensor_u8(rgb, out, n, hw, mean0..2, std0..2); rgb
         // holds n*hw*3 bytes and out n*3*hw f32 (checked).
         unsafe {
@@ -100,7 +108,11 @@ impl EltwiseOps for CudaBackend {
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(y.dev_mut()?)
-            .i64(s.len as i64);
+            .i64(s.len as i64)
+            .work(Work::traffic(
+                s.len * (x.dtype().size() + y.dtype().size()),
+                format!("{} {} -> {}", s.len, x.dtype(), y.dtype()),
+            ));
         // SAFETY: arguments match cast_<src>(x, y, n); x and y hold n elements, y of the other
         // float type (checked).
         unsafe {
@@ -111,4 +123,9 @@ impl EltwiseOps for CudaBackend {
             )
         }
     }
+}
+
+/// `n` passes over `s.len` elements of `like`'s dtype.
+fn passes(s: &Eltwise, like: &Buf, n: usize) -> Work {
+    Work::traffic(n * s.len * like.dtype().size(), s.len.to_string())
 }

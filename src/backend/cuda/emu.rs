@@ -340,7 +340,7 @@ pub fn memstats_table(stats: &[MemStat]) -> String {
         .map(|r| r.site.len())
         .max()
         .unwrap_or(4)
-        .clamp(4, 60);
+        .clamp(4, 96);
     let kernel_w = rows
         .iter()
         .map(|r| r.kernel.len())

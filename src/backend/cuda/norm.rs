@@ -1,6 +1,7 @@
 //! Launchers for kernels/norm.cu (row-wise L2 normalisation, BatchNorm + activation).
 
 use super::device::{Args, Launch};
+use super::work::Work;
 use super::{int, CudaBackend};
 use crate::backend::{BatchNorm, Buf, Checked, L2Norm, NormOps, Op};
 use anyhow::Result;
@@ -17,7 +18,8 @@ impl NormOps for CudaBackend {
             .ptr(y.dev_mut()?)
             .i32(rows)
             .i32(cols)
-            .f32(s.eps);
+            .f32(s.eps)
+            .work(l2_work(&s, x, 2));
         // SAFETY: arguments match l2norm_fwd_<dtype>(x, y, rows, cols, eps); the shape was
         // checked: x and y hold rows*cols elements.
         unsafe {
@@ -41,7 +43,8 @@ impl NormOps for CudaBackend {
             .ptr(dx.dev_mut()?)
             .i32(rows)
             .i32(cols)
-            .f32(s.eps);
+            .f32(s.eps)
+            .work(l2_work(&s, x, 3));
         // SAFETY: arguments match l2norm_bwd_<dtype>(x, dy, dx, rows, cols, eps); the shape was
         // checked: x, dy, dx hold rows*cols elements.
         unsafe {
@@ -86,7 +89,8 @@ impl NormOps for CudaBackend {
             .i32(s.ghost as i32)
             .f32(s.eps)
             .f32(s.momentum)
-            .i32(s.act.code());
+            .i32(s.act.code())
+            .work(bn_work(&s, x, 2 + residual.is_some() as usize));
         // SAFETY: arguments match batchnorm_fwd_train_f32(x, gamma, beta, running_mean,
         // running_var, save_mean, save_invstd, res, y, n, C, hw, ghost, eps, momentum, act); the
         // shape was checked: x, y (and res) hold n*C*hw, the parameters and running statistics C, the saved
@@ -130,7 +134,8 @@ impl NormOps for CudaBackend {
             .i32(c)
             .i32(hw)
             .f32(s.eps)
-            .i32(s.act.code());
+            .i32(s.act.code())
+            .work(bn_work(&s, x, 2 + residual.is_some() as usize));
         // SAFETY: arguments match batchnorm_fwd_eval_f32(x, gamma, beta, running_mean,
         // running_var, res, y, n, C, hw, eps, act); the shape was checked: x, y (and res) hold
         // n*C*hw and the
@@ -161,6 +166,8 @@ impl NormOps for CudaBackend {
         if c == 0 || n == 0 {
             return Ok(());
         }
+        // x, y and dy read; dx (and the residual's gradient) written.
+        let passes = 4 + dres.is_some() as usize;
         let dres = dres.map(|r| r.dev_mut()).transpose()?;
         let args = Args::new()
             .ptr(x.dev()?)
@@ -177,7 +184,8 @@ impl NormOps for CudaBackend {
             .i32(c)
             .i32(hw)
             .i32(s.ghost as i32)
-            .i32(s.act.code());
+            .i32(s.act.code())
+            .work(bn_work(&s, x, passes));
         // SAFETY: arguments match batchnorm_bwd_f32(x, y, dy, gamma, save_mean, save_invstd, dx,
         // dres, dgamma, dbeta, n, C, hw, ghost, act); the shape was checked as for the forward.
         unsafe {
@@ -207,6 +215,8 @@ impl NormOps for CudaBackend {
         if c == 0 || n == 0 {
             return Ok(());
         }
+        // x, y and dy read; dx (and the residual's gradient) written.
+        let passes = 4 + dres.is_some() as usize;
         let dres = dres.map(|r| r.dev_mut()).transpose()?;
         let args = Args::new()
             .ptr(x.dev()?)
@@ -223,7 +233,8 @@ impl NormOps for CudaBackend {
             .i32(c)
             .i32(hw)
             .f32(s.eps)
-            .i32(s.act.code());
+            .i32(s.act.code())
+            .work(bn_work(&s, x, passes));
         // SAFETY: arguments match batchnorm_bwd_eval_f32(x, y, dy, gamma, running_mean,
         // running_var, dx, dres, dgamma, dbeta, n, C, hw, eps, act); the shape was checked by
         // the caller: activations n*C*hw, per-channel buffers C.
@@ -239,6 +250,23 @@ impl NormOps for CudaBackend {
 
 /// Threads of the one-block-per-channel BatchNorm kernels (`BN_THREADS` in kernels/norm.cu).
 const BN_THREADS: u32 = 512;
+
+/// `passes` over a `rows x cols` matrix of `x`'s dtype.
+fn l2_work(s: &L2Norm, x: &Buf, passes: usize) -> Work {
+    Work::traffic(
+        passes * s.rows * s.cols * x.dtype().size(),
+        format!("{}x{}", s.rows, s.cols),
+    )
+}
+
+/// `passes` over the activations (in `x`'s dtype) and eight f32 per channel (weight, bias,
+/// running statistics read and written, saved statistics or parameter gradients).
+fn bn_work(s: &BatchNorm, x: &Buf, passes: usize) -> Work {
+    Work::traffic(
+        passes * s.n * s.c * s.hw * x.dtype().size() + 8 * 4 * s.c * s.ghost.max(1),
+        format!("{}x{}x{}", s.n, s.c, s.hw),
+    )
+}
 
 /// `(n, C, hw)` as the kernels' `int`s.
 fn bn_sizes(s: &BatchNorm) -> Result<(i32, i32, i32)> {

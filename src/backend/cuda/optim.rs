@@ -2,6 +2,7 @@
 //! in two launches (per-block f64 partials in scratch, then one block adds them in order).
 
 use super::device::{Args, Launch};
+use super::work::Work;
 use super::CudaBackend;
 use crate::backend::DType;
 use crate::backend::{AdamScalars, Buf, Checked, Op, OptimOps, OptimStep};
@@ -41,7 +42,9 @@ impl OptimOps for CudaBackend {
             .f32(k.one_minus_beta1)
             .f32(k.one_minus_beta2)
             .f32(k.sqrt_bc2)
-            .f32(k.eps);
+            .f32(k.eps)
+            // p, m, v read and written, g read.
+            .work(Work::traffic(7 * 4 * s.len, format!("{} params", s.len)));
         // SAFETY: arguments match adam_f32(p, g, m, v, n, split, step_w, wd_w, step_b, wd_b,
         // beta1, beta2, 1 - beta1, 1 - beta2, sqrt_bc2, eps); the four buffers hold n f32
         // (checked).
@@ -75,7 +78,8 @@ impl OptimOps for CudaBackend {
             .f32(s.wd[0] as f32)
             .f32(s.lr[1] as f32)
             .f32(s.wd[1] as f32)
-            .f32(momentum);
+            .f32(momentum)
+            .work(Work::traffic(5 * 4 * s.len, format!("{} params", s.len)));
         // SAFETY: arguments match sgd_f32(p, g, buf, n, split, lr_w, wd_w, lr_b, wd_b, momentum);
         // the three buffers hold n f32 (checked).
         unsafe {
@@ -97,7 +101,11 @@ impl OptimOps for CudaBackend {
             .clamp(1, SUMSQ_MAX_BLOCKS);
         let total = self.upload_list(&[0f64])?;
         self.with_scratch(blocks * 8, |partial| {
-            let args = Args::new().ptr(x.dev()?).i64(n as i64).ptr(partial);
+            let args = Args::new()
+                .ptr(x.dev()?)
+                .i64(n as i64)
+                .ptr(partial)
+                .work(Work::traffic(4 * n + 8 * blocks, n.to_string()));
             // SAFETY: arguments match sumsq_f32(x, n, partial); x holds n f32 and partial one
             // f64 per block of this launch.
             unsafe {
@@ -107,7 +115,11 @@ impl OptimOps for CudaBackend {
                     args,
                 )?
             };
-            let args = Args::new().ptr(partial).i32(blocks as i32).ptr(&total);
+            let args = Args::new()
+                .ptr(partial)
+                .i32(blocks as i32)
+                .ptr(&total)
+                .work(Work::traffic(8 * blocks + 8, format!("{blocks} partials")));
             // SAFETY: arguments match sumsq_finish_f32(partial, count, total): `count` partials
             // written above, one f64 out.
             unsafe { self.launch("sumsq_finish_f32", Launch::linear(1, SUMSQ_THREADS), args) }
@@ -122,7 +134,11 @@ impl OptimOps for CudaBackend {
             return Ok(());
         }
         let n = x.len();
-        let args = Args::new().ptr(x.dev_mut()?).i64(n as i64).f32(s);
+        let args = Args::new()
+            .ptr(x.dev_mut()?)
+            .i64(n as i64)
+            .f32(s)
+            .work(Work::traffic(2 * 4 * n, n.to_string()));
         // SAFETY: arguments match scale_f32(x, n, s); x holds n f32 (checked by the caller).
         unsafe { self.launch(&Op::Scale.kernel(DType::F32), Launch::grid_stride(n), args) }
     }

@@ -1,6 +1,7 @@
 //! Launchers for kernels/pool.cu (GeM, max pooling).
 
 use super::device::{Args, Launch};
+use super::work::Work;
 use super::{int, CudaBackend};
 use crate::backend::{Buf, Checked, Gem, MaxPool, Op, PoolOps};
 use anyhow::Result;
@@ -20,7 +21,11 @@ impl PoolOps for CudaBackend {
             .i32(rows)
             .i32(hw)
             .f32(s.p)
-            .f32(s.eps);
+            .f32(s.eps)
+            .work(Work::traffic(
+                (s.rows * s.hw + s.rows) * x.dtype().size(),
+                format!("{}x{}", s.rows, s.hw),
+            ));
         // SAFETY: arguments match gem_fwd_<dtype>(x, y, rows, hw, p, eps); the shape was checked:
         // x holds rows*hw elements and y rows, of x's dtype.
         unsafe { self.launch(&Op::GemFwd.kernel(x.dtype()), cfg, args) }
@@ -41,7 +46,11 @@ impl PoolOps for CudaBackend {
             .i32(rows)
             .i32(hw)
             .f32(s.p)
-            .f32(s.eps);
+            .f32(s.eps)
+            .work(Work::traffic(
+                2 * (s.rows * s.hw + s.rows) * x.dtype().size(),
+                format!("{}x{}", s.rows, s.hw),
+            ));
         // SAFETY: arguments match gem_bwd_<dtype>(x, y, dy, dx, rows, hw, p, eps); the shape was
         // checked: x, dx hold rows*hw elements and y, dy rows.
         unsafe {
@@ -59,7 +68,9 @@ impl PoolOps for CudaBackend {
         if total == 0 {
             return Ok(());
         }
-        let args = maxpool_shape(Args::new().ptr(x.dev()?).ptr(y.dev_mut()?), &s)?;
+        let bytes = (s.n * s.c * (s.h * s.w + s.oh * s.ow)) * x.dtype().size();
+        let args = maxpool_shape(Args::new().ptr(x.dev()?).ptr(y.dev_mut()?), &s)?
+            .work(Work::traffic(bytes, maxpool_label(&s)));
         // SAFETY: arguments match maxpool_fwd_<dtype>(x, y, planes, h, w, k, stride, pad, oh, ow);
         // the shape was checked: x holds planes*h*w elements and y planes*oh*ow.
         unsafe {
@@ -84,8 +95,10 @@ impl PoolOps for CudaBackend {
         if total == 0 {
             return Ok(());
         }
+        // x read and dx written at the input's size, dy read at the output's.
+        let bytes = (s.n * s.c * (2 * s.h * s.w + s.oh * s.ow)) * x.dtype().size();
         let args = Args::new().ptr(x.dev()?).ptr(dy.dev()?).ptr(dx.dev_mut()?);
-        let args = maxpool_shape(args, &s)?;
+        let args = maxpool_shape(args, &s)?.work(Work::traffic(bytes, maxpool_label(&s)));
         // SAFETY: arguments match maxpool_bwd_<dtype>(x, dy, dx, planes, h, w, k, stride, pad, oh,
         // ow); the shape was checked: x, dx hold planes*h*w elements and dy planes*oh*ow.
         unsafe {
@@ -96,6 +109,10 @@ impl PoolOps for CudaBackend {
             )
         }
     }
+}
+
+fn maxpool_label(s: &MaxPool) -> String {
+    format!("{}x{}x{}x{} k{} s{}", s.n, s.c, s.h, s.w, s.k, s.stride)
 }
 
 /// The max pooling kernels' shape arguments: planes, h, w, k, stride, pad, oh, ow.

@@ -243,6 +243,37 @@ impl CudaBackend {
         unsafe { self.launch("selftest_dynamic_smem_f32", cfg, args) }
     }
 
+    /// Reverses each block's `smem_bytes / 4` values through that much dynamic shared memory,
+    /// which may pass the default 48 KiB (the device layer opts the kernel in) up to sm_90's
+    /// 227 KiB per block; more is the device layer's error.
+    pub fn selftest_big_smem_f32(
+        &self,
+        input: &Buf,
+        out: &mut Buf,
+        blocks: u32,
+        threads: u32,
+        smem_bytes: u32,
+    ) -> Result<()> {
+        if smem_bytes == 0 || smem_bytes % 4 != 0 {
+            bail!("selftest_big_smem_f32: shared memory of whole floats, got {smem_bytes} bytes");
+        }
+        let per_block = smem_bytes as usize / 4;
+        let n = blocks as usize * per_block;
+        expect("selftest_big_smem_f32 in", input, DType::F32, n)?;
+        expect("selftest_big_smem_f32 out", out, DType::F32, n)?;
+        let args = Args::new()
+            .ptr(input.dev()?)
+            .ptr(out.dev_mut()?)
+            .i32(int(per_block, "selftest_big_smem_f32 values per block")?);
+        let cfg = Launch {
+            smem: smem_bytes,
+            ..Launch::linear(blocks, threads)
+        };
+        // SAFETY: (in, out, n); both hold blocks*n floats, and the block has n floats of dynamic
+        // shared memory.
+        unsafe { self.launch("selftest_big_smem_f32", cfg, args) }
+    }
+
     /// Every thread's coordinates: 7 u32 per thread.
     pub fn selftest_coords_u32(
         &self,

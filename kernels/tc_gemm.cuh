@@ -1,0 +1,387 @@
+// The bf16 tensor-core product every bf16 GEMM-shaped op shares: CUTLASS 2.x's multistage
+// design, written our way, in named parts:
+//   swizzled / tile offsets   the shared-memory layout: 16-byte chunks XOR-permuted inside each
+//                             128-byte line, so that both the cp.async stores (8 consecutive
+//                             chunks of a line) and the ldmatrix reads (one chunk of 8 rows) hit
+//                             32 different banks
+//   TileLoader                one thread's share of an operand's global -> shared copies:
+//                             a pointer, a shared offset and a row mask computed once, then only
+//                             additions; 16-byte cp.async, zero-filled outside the matrix
+//   WarpFragments             a warp's ldmatrix.x4 loads (.trans for an m- or n-contiguous
+//                             operand), lane offsets computed once
+//   tc_gemm (the mainloop)    STAGES-deep cp.async pipeline with one barrier per k tile,
+//                             fragments double-buffered in registers, 64 x WN warp tiles
+//   store_tile (the epilogue) accumulators staged through shared memory, written back with
+//                             16-byte coalesced stores (alpha, beta in f32)
+//
+// C = alpha op(A) op(B) + beta C with op(A) m x k, op(B) k x n, bf16 inputs, f32 accumulation;
+// C bf16 or f32, row-major m x n. A is k-contiguous when stored m x k (no trans_a), m-contiguous
+// when stored k x m; B is k-contiguous when stored n x k (trans_b), n-contiguous when stored
+// k x n. A batch (blockIdx.z) offsets A, B and C by their batch strides. The reduction may run
+// over `segments` matrices of depth k, `seg_a` and `seg_b` elements apart (the images of a batch
+// for a 1x1 convolution's weight gradient): C = sum over segments of op(A_s) op(B_s).
+//
+// What the launcher guarantees (gemm.rs checks it and otherwise uses gemm.cu's simple kernel):
+// every operand row starts 16-byte aligned (the leading dimensions are multiples of 8, the base
+// pointers 16-byte aligned); beta = 0 never reads C. Every size is handled (zero fill).
+#pragma once
+#include "arch.cuh"
+#include "common.cuh"
+
+namespace tc {
+
+constexpr int BK = 32;  // k per pipeline stage: two mma k16 steps
+
+// Element offset of 16-byte chunk `c` of row `r` in a tile whose rows hold CHUNKS chunks.
+// 64-byte rows (CHUNKS = 4) pair up into 128-byte lines, and a chunk's place in its line is XORed
+// with the line's index; longer rows (CHUNKS a multiple of 8) XOR the chunk's place in its line
+// with the row's index. Either way 8 consecutive rows read at one chunk, or 8 consecutive chunks
+// of one line, fall on 8 different 16-byte bank groups.
+template <int CHUNKS>
+__device__ __forceinline__ int swizzled(int r, int c) {
+    static_assert(CHUNKS == 4 || CHUNKS % 8 == 0, "rows of 64 bytes or a multiple of 128");
+    if (CHUNKS == 4) {
+        const int line = r >> 1, pos = ((r & 1) << 2) | c;
+        return ((line << 3) | (pos ^ (line & 7))) << 3;
+    }
+    return (r * CHUNKS + (c ^ (r & 7))) << 3;
+}
+
+// One operand tile per stage: ROWS rows of CHUNKS 16-byte chunks. For a k-contiguous operand the
+// rows are m (or n) and a row holds BK k; for an m- or n-contiguous one the rows are k.
+template <bool K_CONTIGUOUS, int MN>
+struct TileShape {
+    static constexpr int ROWS = K_CONTIGUOUS ? MN : BK;
+    static constexpr int CHUNKS = K_CONTIGUOUS ? BK / 8 : MN / 8;
+    static constexpr int ELEMS = ROWS * CHUNKS * 8;
+};
+
+// A thread's copies of one operand tile per stage: ITERS chunks, rows `ROW_STEP` apart in one
+// column of chunks, so one pointer and one shared offset serve them all.
+template <bool K_CONTIGUOUS, int MN, int THREADS, bool SEGMENTED>
+struct TileLoader {
+    using Shape = TileShape<K_CONTIGUOUS, MN>;
+    static constexpr int CHUNKS = Shape::CHUNKS;
+    static_assert(THREADS % CHUNKS == 0 && (Shape::ROWS * CHUNKS) % THREADS == 0, "loader shape");
+    static constexpr int ROW_STEP = THREADS / CHUNKS;
+    static constexpr int ITERS = Shape::ROWS / ROW_STEP;
+    // The swizzle's key repeats every 16 rows (64-byte rows) or 8 (longer ones).
+    static_assert(ROW_STEP % (CHUNKS == 4 ? 16 : 8) == 0, "a thread's chunks share one swizzle key");
+
+    const __nv_bfloat16* src;      // this thread's first chunk of the current k tile
+    const __nv_bfloat16* segment;  // ... of the current segment's first k tile
+    const __nv_bfloat16* safe;     // a valid aligned address for zero-filled copies
+    long long src_step;            // elements to the next chunk's row
+    long long k_step;              // elements to the next k tile
+    long long seg_step;            // elements to the next segment
+    int dst;                       // shared offset of the first chunk (elements)
+    int k_at;                      // the k of the chunk (k-contiguous) or of the first row (else)
+    int k_first;
+    int k;                         // depth of a segment
+    unsigned int ok;               // k-contiguous: bit i = row i is inside the matrix; else: the column is
+
+    // `p`: the operand's element (0, 0) for this block's batch; `mn0`: the block's first row (m or
+    // n); `mn`: rows of the operand along m (or n); `ld`: its leading dimension; `seg`: elements
+    // between segments.
+    __device__ __forceinline__ void init(const __nv_bfloat16* p, int mn0, int mn, int k_, int ld, long long seg) {
+        const int tid = threadIdx.x, r = tid / CHUNKS, c = tid % CHUNKS;
+        k = k_;
+        safe = p;
+        seg_step = seg;
+        dst = swizzled<CHUNKS>(r, c);
+        ok = 0;
+        if (K_CONTIGUOUS) {
+            src = p + (long long)(mn0 + r) * ld + c * 8;
+            src_step = (long long)ROW_STEP * ld;
+            k_step = BK;
+            k_at = c * 8;
+#pragma unroll
+            for (int i = 0; i < ITERS; ++i) ok |= (unsigned)(mn0 + r + i * ROW_STEP < mn) << i;
+        } else {
+            src = p + (long long)r * ld + mn0 + c * 8;
+            src_step = (long long)ROW_STEP * ld;
+            k_step = (long long)BK * ld;
+            k_at = r;
+            ok = mn0 + c * 8 < mn;
+        }
+        segment = src;
+        k_first = k_at;
+    }
+
+    // Copies this thread's chunks of the current k tile into `tile`, then moves to the next tile.
+    __device__ __forceinline__ void load(__nv_bfloat16* tile) {
+        const __nv_bfloat16* s = src;
+#pragma unroll
+        for (int i = 0; i < ITERS; ++i) {
+            // ROW_STEP is a multiple of the swizzle's period: the i-th chunk sits ROW_STEP rows
+            // further in shared memory too.
+            const bool in = K_CONTIGUOUS ? ((ok >> i) & 1u) && k_at < k : ok && k_at + i * ROW_STEP < k;
+            cp_async_16_zfill(tile + dst + i * ROW_STEP * CHUNKS * 8, in ? s : safe, in ? 16 : 0);
+            s += src_step;
+        }
+        src += k_step;
+        k_at += BK;
+        if (SEGMENTED && k_at - k_first >= k) {  // past the segment's last tile: the next segment's first
+            segment += seg_step;
+            src = segment;
+            k_at = k_first;
+        }
+    }
+};
+
+// A warp's fragments of one k16 step: A as WM/16 m16 x k16 tiles, B as WN/8 k16 x n8 tiles, in
+// the register layout of mma.m16n8k16 (arch.cuh).
+template <int WM, int WN>
+struct Fragments {
+    uint32_t a[WM / 16][4];
+    uint32_t b[WN / 8][2];
+};
+
+// Lane offsets for a warp's ldmatrix.x4 loads from one operand tile; `at(i, s)` is the offset of
+// m16 tile i (A) or n16 pair i (B) at k16 step s of the stage.
+template <bool IS_A, bool K_CONTIGUOUS, int MN>
+struct FragmentOffsets {
+    static constexpr int CHUNKS = TileShape<K_CONTIGUOUS, MN>::CHUNKS;
+    int base, low;  // at(i, s) = base + i * (16 rows or 2 chunks) + ((low ^ swizzle bits of i, s) chunk)
+
+    // `w0`: the warp's first row (A: m, B: n) inside the block tile, a multiple of 32.
+    __device__ __forceinline__ void init(int w0) {
+        const int l = threadIdx.x % 32;
+        if (K_CONTIGUOUS) {
+            // Rows w0 + 16 i + row_in, chunk 2 s + chunk_in. A's matrices are (rows 0-7, k 0-7),
+            // (8-15, 0-7), (0-7, 8-15), (8-15, 8-15); B's (n 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7),
+            // (8-15, 8-15), so that its registers are b[2p][0..1], b[2p+1][0..1].
+            const int row_in = IS_A ? (l & 15) : ((l >> 4) << 3) | (l & 7);
+            const int chunk_in = IS_A ? (l >> 4) : ((l >> 3) & 1);
+            const int row = w0 + row_in, line = row >> 1;
+            base = line << 6;
+            low = ((((row & 1) << 2) | chunk_in) ^ (line & 7)) << 3;
+        } else {
+            // Rows (k) 16 s + row_in, chunk w0 / 8 + 2 i + chunk_in; .trans hands each lane the
+            // elements of the transposed 8 x 8 matrices. A's matrices are (m 0-7, k 0-7), (8-15,
+            // 0-7), (0-7, 8-15), (8-15, 8-15); B's (k 0-7, n 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15).
+            const int j = l >> 3;
+            const int row_in = (IS_A ? (j >> 1) : (j & 1)) * 8 + (l & 7);
+            const int chunk_in = IS_A ? (j & 1) : (j >> 1);
+            const int chunk0 = w0 / 8;
+            base = (row_in * CHUNKS + (chunk0 & ~7)) << 3;
+            low = (((chunk0 & 7) | chunk_in) ^ (l & 7)) << 3;
+        }
+    }
+
+    __device__ __forceinline__ int at(int i, int s) const {
+        if (K_CONTIGUOUS) return base + i * 512 + (low ^ (s << 4));  // 16 rows = 8 lines of 64 elements
+        return base + s * 16 * CHUNKS * 8 + (low ^ (i << 4));
+    }
+};
+
+template <bool K_CONTIGUOUS>
+__device__ __forceinline__ void ldmatrix_operand(uint32_t (&r)[4], const __nv_bfloat16* p) {
+    if (K_CONTIGUOUS) {
+        ldmatrix_x4(r, p);
+    } else {
+        ldmatrix_x4_trans(r, p);
+    }
+}
+
+template <bool A_K, bool B_K, int BM, int BN, int WM, int WN>
+__device__ __forceinline__ void load_fragments(Fragments<WM, WN>& f, const __nv_bfloat16* as,
+                                               const __nv_bfloat16* bs, const FragmentOffsets<true, A_K, BM>& ao,
+                                               const FragmentOffsets<false, B_K, BN>& bo, int s) {
+#pragma unroll
+    for (int i = 0; i < WM / 16; ++i) ldmatrix_operand<A_K>(f.a[i], as + ao.at(i, s));
+#pragma unroll
+    for (int p = 0; p < WN / 16; ++p) {
+        uint32_t r[4];
+        ldmatrix_operand<B_K>(r, bs + bo.at(p, s));
+        f.b[2 * p][0] = r[0], f.b[2 * p][1] = r[1], f.b[2 * p + 1][0] = r[2], f.b[2 * p + 1][1] = r[3];
+    }
+}
+
+template <int WM, int WN>
+__device__ __forceinline__ void mma_fragments(float (&acc)[WM / 16][WN / 8][4], const Fragments<WM, WN>& f) {
+#pragma unroll
+    for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+        for (int j = 0; j < WN / 8; ++j) mma_m16n8k16_bf16(acc[i][j], f.a[i], f.b[j], acc[i][j]);
+}
+
+// Shared memory the kernel needs: the pipeline's stages, or the epilogue's staging if larger.
+template <int BM, int BN, int STAGES, typename TC>
+struct SmemSize {
+    static constexpr int STAGE = (BM + BN) * BK * 2;
+    static constexpr int ROW_BYTES = BN * (int)sizeof(TC) + (sizeof(TC) == 4 ? 32 : 16);
+    static constexpr int PIPELINE = STAGES * STAGE;
+    // The epilogue stages as many 64-row warp rows of the block tile as fit in the pipeline's
+    // memory (at least one), in as many passes as it takes.
+    static constexpr int BYTES = PIPELINE > 64 * ROW_BYTES ? PIPELINE : 64 * ROW_BYTES;
+    static constexpr int FIT = BYTES / ROW_BYTES / 64 * 64;
+    static constexpr int PASS_ROWS = FIT < BM ? FIT : BM;
+};
+
+// v + beta * old for one 16-byte chunk of C, in f32, rounded to TC. (For a bf16 C, v was already
+// rounded once when staged: beta != 0 rounds twice.)
+template <typename TC>
+__device__ __forceinline__ uint4 add_scaled(uint4 v, uint4 old, float beta) {
+    TC* x = reinterpret_cast<TC*>(&v);
+    const TC* o = reinterpret_cast<const TC*>(&old);
+#pragma unroll
+    for (int e = 0; e < 16 / (int)sizeof(TC); ++e) x[e] = store<TC>(fmaf(beta, load(o[e]), load(x[e])));
+    return v;
+}
+
+// The epilogue: the warps whose rows lie in [r0, r0 + rows) write their accumulators (times alpha,
+// rounded to TC) to shared memory, then the block writes those rows to C.
+template <int BM, int BN, int WM, int WN, int THREADS, typename TC>
+__device__ __forceinline__ void store_rows(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4], int wm,
+                                           int wn, int r0, int rows, TC* __restrict__ c, int bm, int bn, int m, int n,
+                                           float alpha, float beta) {
+    constexpr int ROW_BYTES = BN * (int)sizeof(TC) + (sizeof(TC) == 4 ? 32 : 16);
+    constexpr int PER_CHUNK = 16 / (int)sizeof(TC);
+    constexpr int ROW_CHUNKS = BN / PER_CHUNK;
+    const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+    if (wm >= r0 && wm < r0 + rows) {
+#pragma unroll
+        for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+            for (int j = 0; j < WN / 8; ++j)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    // Rows g and g + 8 of the 16 x 8 tile, two neighbouring columns per lane: the
+                    // row padding puts the 8 rows' pairs on 32 different banks.
+                    unsigned char* at = smem + (wm - r0 + i * 16 + g + 8 * h) * ROW_BYTES +
+                                        (wn + j * 8 + 2 * t) * (int)sizeof(TC);
+                    const float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
+                    // One 8- or 4-byte store per lane (a struct copy may be split in two).
+                    if (sizeof(TC) == 4) {
+                        *reinterpret_cast<unsigned long long*>(at) =
+                            (unsigned long long)__float_as_uint(v0) | (unsigned long long)__float_as_uint(v1) << 32;
+                    } else {
+                        const __nv_bfloat162 pair = __floats2bfloat162_rn(v0, v1);
+                        *reinterpret_cast<uint32_t*>(at) = *reinterpret_cast<const uint32_t*>(&pair);
+                    }
+                }
+    }
+    __syncthreads();
+    if (n % PER_CHUNK == 0) {
+        // Every row of C starts 16-byte aligned: 16 bytes a thread, consecutive threads along a row.
+        for (int idx = threadIdx.x; idx < rows * ROW_CHUNKS; idx += THREADS) {
+            const int r = idx / ROW_CHUNKS, ch = idx % ROW_CHUNKS;
+            const int row = bm + r0 + r, col = bn + ch * PER_CHUNK;
+            if (row >= m || col >= n) continue;
+            TC* to = c + (long long)row * n + col;
+            uint4 v = ld_shared_v4(smem + r * ROW_BYTES + ch * 16);
+            if (beta != 0.0f) v = add_scaled<TC>(v, ld_global_v4(to), beta);
+            st_global_v4(to, v);
+        }
+    } else {
+        // Rows that do not start 16-byte aligned (n not a multiple of the chunk): one element a
+        // thread, still consecutive threads along a row.
+        for (int idx = threadIdx.x; idx < rows * BN; idx += THREADS) {
+            const int r = idx / BN, e = idx % BN;
+            const int row = bm + r0 + r, col = bn + e;
+            if (row >= m || col >= n) continue;
+            TC* to = c + (long long)row * n + col;
+            float v = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + e * (int)sizeof(TC)));
+            if (beta != 0.0f) v = fmaf(beta, load(*to), v);
+            *to = store<TC>(v);
+        }
+    }
+    __syncthreads();
+}
+
+// The whole product for one block tile BM x BN; (BM / WM) x (BN / WN) warps. SEGMENTED: the
+// reduction may run over several segments (else `segments` must be 1).
+template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename TC, bool SEGMENTED = false>
+__device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
+                                        TC* __restrict__ C, int m, int n, int k, long long batch_a, long long batch_b,
+                                        long long batch_c, int segments, long long seg_a, long long seg_b, float alpha,
+                                        float beta, unsigned char* smem, int k_ld = 0) {
+    static_assert(WM == 64 && (WN == 64 || WN == 32), "warp tiles of 64 x 64 or 64 x 32");
+    static_assert(BM % WM == 0 && BN % WN == 0 && STAGES >= 2, "block tile");
+    constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
+    constexpr int A_ELEMS = TileShape<A_K, BM>::ELEMS, B_ELEMS = TileShape<B_K, BN>::ELEMS;
+    constexpr int STAGE_ELEMS = A_ELEMS + B_ELEMS;
+    const int warp = threadIdx.x / 32;
+    const int wm = (warp / (BN / WN)) * WM, wn = (warp % (BN / WN)) * WN;
+    const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+    A += blockIdx.z * batch_a;
+    B += blockIdx.z * batch_b;
+    C += blockIdx.z * batch_c;
+    __nv_bfloat16* stages = reinterpret_cast<__nv_bfloat16*>(smem);
+
+    TileLoader<A_K, BM, THREADS, SEGMENTED> a_load;
+    TileLoader<B_K, BN, THREADS, SEGMENTED> b_load;
+    // A stored m x k (ld k, or k_ld when a row is longer than the k it takes part in) or k x m
+    // (ld m); B stored n x k (ld k or k_ld) or k x n (ld n).
+    const int ldk = k_ld ? k_ld : k;
+    a_load.init(A, bm, m, k, A_K ? ldk : m, seg_a);
+    b_load.init(B, bn, n, k, B_K ? ldk : n, seg_b);
+    FragmentOffsets<true, A_K, BM> a_frag;
+    FragmentOffsets<false, B_K, BN> b_frag;
+    a_frag.init(wm);
+    b_frag.init(wn);
+
+    float acc[WM / 16][WN / 8][4];
+#pragma unroll
+    for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+        for (int j = 0; j < WN / 8; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+
+    const int tiles = (k + BK - 1) / BK * segments;
+    // Prologue: the first STAGES - 1 tiles in flight, one commit group each (empty past the end,
+    // so that the wait counts below hold for any k).
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < tiles) {
+            a_load.load(stages + s * STAGE_ELEMS);
+            b_load.load(stages + s * STAGE_ELEMS + A_ELEMS);
+        }
+        cp_async_commit();
+    }
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+
+    Fragments<WM, WN> frag[2];
+    int read = 0, write = STAGES - 1;
+    load_fragments<A_K, B_K, BM, BN>(frag[0], stages, stages + A_ELEMS, a_frag, b_frag, 0);
+    for (int t = 0; t < tiles; ++t) {
+#pragma unroll
+        for (int s = 0; s < BK / 16; ++s) {
+            if (s == BK / 16 - 1) {
+                // Tile t + 1 has landed for this thread; the barrier makes it everyone's, and
+                // tells every warp that the stage read during tile t - 1 is free again.
+                cp_async_wait<STAGES - 2>();
+                __syncthreads();
+                read = read == STAGES - 1 ? 0 : read + 1;
+            }
+            if (s < BK / 16 - 1 || t + 1 < tiles) {
+                const __nv_bfloat16* st = stages + read * STAGE_ELEMS;
+                load_fragments<A_K, B_K, BM, BN>(frag[(s + 1) % 2], st, st + A_ELEMS, a_frag, b_frag,
+                                                  (s + 1) % (BK / 16));
+            }
+            if (s == 0) {
+                if (t + STAGES - 1 < tiles) {
+                    __nv_bfloat16* st = stages + write * STAGE_ELEMS;
+                    a_load.load(st);
+                    b_load.load(st + A_ELEMS);
+                }
+                cp_async_commit();
+                write = write == STAGES - 1 ? 0 : write + 1;
+            }
+            mma_fragments<WM, WN>(acc, frag[s % 2]);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    constexpr int PASS_ROWS = SmemSize<BM, BN, STAGES, TC>::PASS_ROWS;
+    static_assert(PASS_ROWS >= WM && BM % PASS_ROWS == 0, "the epilogue stages whole warp rows");
+#pragma unroll
+    for (int r0 = 0; r0 < BM; r0 += PASS_ROWS)
+        store_rows<BM, BN, WM, WN, THREADS, TC>(smem, acc, wm, wn, r0, PASS_ROWS, C, bm, bn, m, n, alpha, beta);
+}
+
+}  // namespace tc

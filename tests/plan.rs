@@ -1,0 +1,231 @@
+//! The launch plan (`insclr-cu plan`): the recording device layer lists what the launchers
+//! launch, with the work they state; a whole training step plans without a GPU, every launch
+//! with a floor; the CLI prints the ResNet-101 448 px bf16 step beside its measured time.
+
+use insclr::backend::cuda::occupancy::{self, SM90};
+use insclr::backend::cuda::record::Event;
+use insclr::backend::cuda::work::Unit;
+use insclr::backend::{Backend, Buf, Conv, CudaBackend, DType, Padding};
+use insclr::nn::Arch;
+use insclr::plan::{plan_step, Kind, PlanOptions, StepPlan};
+use std::process::Command;
+
+/// The operations `f` makes on a fresh plan backend, given buffers of `sizes` (inputs of
+/// `dtype`, the output of `out`) made beforehand.
+fn launches_of(
+    (dtype, out): (DType, DType),
+    sizes: (usize, usize, usize),
+    f: impl Fn(&dyn Backend, &Buf, &Buf, &mut Buf),
+) -> Vec<Event> {
+    let cuda = CudaBackend::plan();
+    let be: &dyn Backend = &cuda;
+    let a = be.zeros(dtype, sizes.0).unwrap();
+    let b = be.zeros(dtype, sizes.1).unwrap();
+    let mut c = be.zeros(out, sizes.2).unwrap();
+    let rec = cuda.recorder().unwrap();
+    rec.set_recording(true);
+    f(be, &a, &b, &mut c);
+    rec.take()
+}
+
+#[test]
+fn a_1x1_convolution_is_recorded_with_2nhwck_flops_and_its_traffic() {
+    let s = Conv::new(8, 64, 14, 14, 32, 1, 1, Padding::Sym(0), 1).unwrap();
+    let (x, w, y) = s.sizes();
+    for dtype in [DType::F32, DType::BF16] {
+        let events = launches_of((dtype, dtype), (x, w, y), |be, x, w, y| {
+            be.conv2d_fwd(x, w, y, s).unwrap()
+        });
+        let [Event::Launch { kernel, cfg, work }] = &events[..] else {
+            panic!("one launch expected, got {events:?}");
+        };
+        assert_eq!(kernel, &format!("conv2d_fwd_{dtype}"));
+        let work = work.as_ref().expect("the conv launcher states its work");
+        assert_eq!(work.flops, (2 * 8 * 14 * 14 * 64 * 32) as f64);
+        assert_eq!(work.bytes, ((x + w + y) * dtype.size()) as f64);
+        let unit = if dtype == DType::BF16 {
+            Unit::TensorBf16
+        } else {
+            Unit::Fp32
+        };
+        assert_eq!(work.unit, unit);
+        assert_eq!(work.shape, "8x64x14x14 -> 32 k1 s1");
+        // N = 8 * 14 * 14 output positions over 64-wide (f32) or 128-wide (bf16) tiles.
+        let tile = if dtype == DType::BF16 { 128 } else { 64 };
+        assert_eq!(cfg.grid, ((8 * 196usize).div_ceil(tile) as u32, 1, 1));
+    }
+}
+
+#[test]
+fn a_weight_gradient_is_split_to_fill_one_wave_of_the_modelled_gpu() {
+    // 64 x 64 channels at 112 x 112, batch 64: one output tile, K = 802816 positions (enough
+    // for 3136 splits of the 256 positions a split takes at least, more than any sm_90 holds).
+    let s = Conv::new(64, 64, 112, 112, 64, 1, 1, Padding::Sym(0), 1).unwrap();
+    let (x, _, y) = s.sizes();
+    for dtype in [DType::F32, DType::BF16] {
+        let events = launches_of((dtype, DType::F32), (x, y, s.sizes().1), |be, x, dy, dw| {
+            be.conv2d_bwd_weight(x, dy, dw, s).unwrap()
+        });
+        let [Event::Launch { kernel, cfg, .. }, Event::Launch {
+            kernel: reduce,
+            work: Some(reduce_work),
+            ..
+        }] = &events[..]
+        else {
+            panic!("the weight gradient and its reduction expected, got {events:?}");
+        };
+        // bf16 takes the 1x1 GEMM on the pipelined mainloop (64 output rows: its 64-row tiles).
+        let want = match dtype {
+            DType::BF16 => "conv2d_1x1_bwd_weight_m64_bf16".to_string(),
+            _ => format!("conv2d_bwd_weight_{dtype}"),
+        };
+        assert_eq!(kernel, &want);
+        assert_eq!(reduce, "conv2d_bwd_weight_reduce_f32");
+        let res = occupancy::resources(kernel);
+        let per_sm = occupancy::blocks_per_sm(&SM90, res, cfg.block.0, cfg.smem).blocks as usize;
+        let slots = per_sm * occupancy::MODEL_SMS as usize;
+        let blocks = (cfg.grid.0 * cfg.grid.1 * cfg.grid.2) as usize;
+        let splits = cfg.grid.2 as usize;
+        // One tile, so the splits alone fill the GPU: all of it, in one wave.
+        assert_eq!(cfg.grid.0 * cfg.grid.1, 1);
+        assert!(
+            blocks <= slots && blocks * 10 >= slots * 9,
+            "{kernel}: {blocks} blocks for {slots} slots"
+        );
+        // The reduction reads every split's partial sums and dw, and writes dw.
+        assert_eq!(reduce_work.bytes, ((splits + 2) * 64 * 64 * 4) as f64);
+    }
+}
+
+fn resnet50(precision: DType) -> StepPlan {
+    plan_step(&PlanOptions {
+        arch: Arch::ResNet50,
+        px: 224,
+        batch: 64,
+        precision,
+    })
+    .unwrap()
+}
+
+fn count(p: &StepPlan, name: &str) -> usize {
+    p.entries.iter().filter(|e| e.name == name).count()
+}
+
+/// Launches of a convolution pass (`fwd`, `bwd_data`, `bwd_weight`) in `precision`: the implicit
+/// GEMM's, and in bf16 also the 1x1 GEMMs' (`conv2d_1x1_<op>[_m64]_bf16`).
+fn conv_count(p: &StepPlan, op: &str, precision: DType) -> usize {
+    let one = format!("conv2d_1x1_{op}_");
+    count(p, &format!("conv2d_{op}_{precision}"))
+        + p.entries
+            .iter()
+            .filter(|e| e.name.starts_with(&one))
+            .count()
+}
+
+#[test]
+fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
+    for precision in [DType::F32, DType::BF16] {
+        let p = resnet50(precision);
+        let k = |op: &str| format!("{op}_{precision}");
+        // 53 convolutions (49 in the bottlenecks, 3 downsamples, the stem) and their
+        // BatchNorms; the stem's input gradient is never computed.
+        assert_eq!(conv_count(&p, "fwd", precision), 53);
+        assert_eq!(conv_count(&p, "bwd_data", precision), 52);
+        assert_eq!(conv_count(&p, "bwd_weight", precision), 53);
+        // In bf16 the 1x1 stride-1 convolutions whose maps hold a multiple of 8 pixels (56 and
+        // 28 px: not 14 x 14 = 196 or 7 x 7) are GEMMs on the pipelined mainloop: stage 1's six
+        // and its downsample, stage 2's eight (its first block's reduction still at 56 px), and
+        // stage 3's first reduction (at 28 px).
+        if precision == DType::BF16 {
+            let one_by_one = conv_count(&p, "fwd", precision) - count(&p, &k("conv2d_fwd"));
+            assert_eq!(one_by_one, 16, "1x1 stride-1 convolutions at 56 and 28 px");
+        }
+        assert_eq!(count(&p, "conv2d_bwd_weight_reduce_f32"), 53);
+        assert_eq!(count(&p, &k("batchnorm_fwd_train")), 53);
+        assert_eq!(count(&p, &k("batchnorm_bwd")), 53);
+        assert_eq!(count(&p, "adam_f32"), 1);
+        assert_eq!(
+            p.count(Kind::CopyToDevice),
+            2,
+            "the images and the norm's zero"
+        );
+        // Forward convolutions: torchvision's 4.09 GMAC per 224 px image (the classifier's 2M
+        // are not in a retrieval network).
+        let fwd: f64 = p
+            .entries
+            .iter()
+            .filter(|e| e.name == k("conv2d_fwd") || e.name.starts_with("conv2d_1x1_fwd_"))
+            .map(|e| e.work.flops)
+            .sum();
+        let gmac = fwd / 2.0 / 64.0 / 1e9;
+        assert!((gmac - 4.09).abs() < 0.02, "{gmac} GMAC per image");
+        for e in &p.entries {
+            for (g, on) in e.on.iter().enumerate() {
+                assert!(on.floor > 0.0, "{} on {}: no floor", e.name, p.gpus[g].name);
+            }
+            if e.kind == Kind::Kernel {
+                assert!(e.work.bytes > 0.0, "{}: no bytes", e.name);
+            }
+        }
+        // The H200 has more bandwidth and the same compute: never slower, faster overall.
+        assert!(p.floor(1) < p.floor(0));
+        assert!(p.entries.iter().all(|e| e.on[1].floor <= e.on[0].floor));
+    }
+}
+
+#[test]
+fn the_plan_of_a_step_is_the_same_every_time() {
+    let (a, b) = (resnet50(DType::BF16), resnet50(DType::BF16));
+    let key = |p: &StepPlan| -> Vec<String> {
+        p.entries
+            .iter()
+            .map(|e| format!("{} {:?} {:?}", e.name, e.cfg, e.work))
+            .collect()
+    };
+    assert_eq!(key(&a), key(&b));
+    assert_eq!(a.floor(1), b.floor(1));
+}
+
+#[test]
+fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
+    let out = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
+        .args([
+            "plan",
+            "--model",
+            "resnet101",
+            "--img-size",
+            "448",
+            "--batch",
+            "64",
+            "--precision",
+            "bf16",
+        ])
+        .env_remove("INSCLR_DEVICE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every launch listed: ResNet-101's 104 forward convolutions among them (the 1x1 stride-1
+    // ones at 112, 56 and 28 px as GEMMs on the pipelined mainloop).
+    let fwd = text
+        .lines()
+        .filter(|l| {
+            let kernel = l.split_whitespace().nth(1).unwrap_or("");
+            kernel == "conv2d_fwd_bf16" || kernel.starts_with("conv2d_1x1_fwd_")
+        })
+        .count();
+    assert_eq!(fwd, 104, "{text}");
+    for want in [
+        "floor of the step",
+        "H100 SXM",
+        "H200",
+        "759.9 ms per step",
+        "by kernel",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+}
