@@ -72,11 +72,12 @@ SYNC = "__syncthreads();\n"
 GEMM, CONV, NORM, POOL = "kernels/gemm.cu", "kernels/conv.cu", "kernels/norm.cu", "kernels/pool.cu"
 ELT, SEL, BANK = "kernels/eltwise.cu", "kernels/select.cu", "kernels/bank.cu"
 CON, MIN, OPT = "kernels/contrastive.cu", "kernels/mining.cu", "kernels/optim.cu"
-ARCH, COMMON = "kernels/arch.cuh", "kernels/common.cuh"
+ARCH, COMMON, TC = "kernels/arch.cuh", "kernels/common.cuh", "kernels/tc_gemm.cuh"
 CPU_MIN, CPU_CON = "src/backend/cpu/mining.rs", "src/backend/cpu/contrastive.rs"
 
 MATMUL = ("kernels:kernel_matmul_matches_cpu",)
 CONVT = ("layers:kernel_conv_matches_cpu",)
+TCT = MATMUL + CONVT
 BN = ("layers:kernel_batchnorm_matches_cpu",)
 TOPK = ("select",)
 BANKT = ("bank",)
@@ -119,6 +120,64 @@ MUTANTS = [
     M("arch-ldmatrix-b-k-half-swap", "gemm",
       "arch.cuh: the B fragment's second 8x8 matrix addressed from the wrong k half",
       [(ARCH, "ks + ((lane / 8) % 2) * 8]", "ks + ((lane / 16) % 2) * 8]")], MATMUL),
+
+    # ---- tc: the pipelined tensor-core mainloop (tc_gemm.cuh) under matmul_tc* and conv 1x1 --
+    M("tc-no-barrier-in-mainloop", "tc",
+      "main loop: warps read tile t + 1 before every thread's copies landed, and refill a stage "
+      "others still read",
+      [drop(TC, "                cp_async_wait<STAGES - 2>();\n                __syncthreads();\n                read =",
+            "                cp_async_wait<STAGES - 2>();\n                read =")], TCT),
+    M("tc-wait-one-group-short", "tc",
+      "main loop: waits for all but STAGES - 1 groups, so the tile about to be read may be in flight",
+      [(TC, "                cp_async_wait<STAGES - 2>();\n                __syncthreads();\n                read =",
+            "                cp_async_wait<STAGES - 1>();\n                __syncthreads();\n                read =")], TCT),
+    M("tc-prologue-wait-one-group-short", "tc",
+      "prologue: the first tile's fragments read while its copies may be in flight",
+      [(TC, "    cp_async_wait<STAGES - 2>();\n    __syncthreads();\n\n    Fragments",
+            "    cp_async_wait<STAGES - 1>();\n    __syncthreads();\n\n    Fragments")], TCT),
+    M("tc-no-barrier-before-epilogue", "tc",
+      "the epilogue stages C over the pipeline's stages while slower warps still read fragments",
+      [drop(TC, "    cp_async_wait<0>();\n    __syncthreads();\n\n    constexpr int PASS_ROWS",
+            "    cp_async_wait<0>();\n\n    constexpr int PASS_ROWS")], TCT),
+    M("tc-epilogue-no-barrier-before-copy-out", "tc",
+      "epilogue: rows copied out of shared memory before every warp staged its fragments",
+      [drop(TC, "    __syncthreads();\n    if (n % PER_CHUNK == 0) {", "    if (n % PER_CHUNK == 0) {")], TCT),
+    M("tc-epilogue-no-barrier-after-copy-out", "tc",
+      "epilogue: the next pass of rows overwrites the staging rows still being copied out",
+      [drop(TC, "        }\n    }\n    __syncthreads();\n}\n\n// The whole product", "        }\n    }\n}\n\n// The whole product")],
+      TCT),
+    M("tc-row-mask-one-past", "tc",
+      "loader: row mn (past the operand) copied instead of zero-filled",
+      [(TC, "ok |= (unsigned)(mn0 + r + i * ROW_STEP < mn) << i;", "ok |= (unsigned)(mn0 + r + i * ROW_STEP <= mn) << i;")],
+      TCT, sanitize=True),
+    M("tc-k-mask-one-chunk-past", "tc",
+      "loader (k-contiguous): the chunk at k (the next row's first values) copied instead of zeros",
+      [(TC, "((ok >> i) & 1u) && k_at < k :", "((ok >> i) & 1u) && k_at <= k :")], TCT, sanitize=True),
+    M("tc-k-rows-one-past", "tc",
+      "loader (m- or n-contiguous): row k of the operand copied instead of zeros",
+      [(TC, ": ok && k_at + i * ROW_STEP < k;", ": ok && k_at + i * ROW_STEP <= k;")], TCT, sanitize=True),
+    M("tc-segment-switch-late", "tc",
+      "segmented k: the next segment starts one tile late (a tile past the segment's end read)",
+      [(TC, "if (SEGMENTED && k_at - k_first >= k) {", "if (SEGMENTED && k_at - k_first > k) {")], TCT),
+    M("tc-epilogue-ignores-beta", "tc",
+      "epilogue (16-byte path): C's old values not added when beta != 0",
+      [drop(TC, "            if (beta != 0.0f) v = add_scaled<TC>(v, ld_global_v4(to), beta);\n", "")], TCT),
+    M("tc-epilogue-row-one-past", "tc",
+      "epilogue: row m written (the next matrix's first row, or past C)",
+      [(TC, "            if (row >= m || col >= n) continue;\n            TC* to = c + (long long)row * n + col;\n            uint4",
+            "            if (row > m || col >= n) continue;\n            TC* to = c + (long long)row * n + col;\n            uint4")],
+      TCT, sanitize=True),
+    M("tc-swizzle-dropped", "tc",
+      "layout: 128-byte rows unswizzled (still correct: the stores and ldmatrix agree; 8-way bank "
+      "conflicts, which the memory counters' tests assert against)",
+      [(TC, "return (r * CHUNKS + (c ^ (r & 7))) << 3;", "return (r * CHUNKS + c) << 3;")],
+      TCT + ("memory_patterns",)),
+    M("conv-1x1-part-runs-past-image", "conv",
+      "1x1 weight gradient: an image's last pixel part runs part_len pixels, past the image",
+      [(CONV, "k = min(part_len, hw - p0);", "k = part_len;")], CONVT, sanitize=True),
+    M("conv-1x1-last-group-too-many-images", "conv",
+      "1x1 weight gradient: the last group of whole images counts `per` images past the batch",
+      [(CONV, "images = min(per, n - z * per);", "images = per;")], CONVT, sanitize=True),
 
     # ---- conv: implicit GEMMs (f32 SIMT, bf16 tensor cores) and depthwise ------------------
     M("conv-bf16-no-barrier-after-tables", "conv",
