@@ -306,27 +306,52 @@ fn kernel_conv_matches_cpu() {
     for (dt, tol) in FLOAT_DTYPES {
         for &(n, c_in, h, w, c_out, k, stride, padding, groups) in CONV_SIZES {
             let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
-            let (lx, lw, ly) = s.sizes();
             let what = format!(
                 "conv {dt} {n}x{c_in}x{h}x{w} -> {c_out} k={k} s={stride} {padding:?} g={groups}"
             );
-            matches_cpu(&what, &dev, tol, |be| {
-                let mut rng = Rng::new(61 + lx as u64 + lw as u64);
-                let x = upload_as(be, &rng.vec_f32(lx, -1.0, 1.0), dt)?;
-                let wt = upload_as(be, &rng.vec_f32(lw, -0.5, 0.5), dt)?;
-                let dy = upload_as(be, &rng.vec_f32(ly, -1.0, 1.0), dt)?;
-                let (mut y, mut dx) = (poisoned_as(be, ly, dt), poisoned_as(be, lx, dt));
-                // The weight gradient accumulates onto what is there.
-                let mut dw = be.upload(&vec![0.5; lw])?;
-                be.conv2d_fwd(&x, &wt, &mut y, s)?;
-                be.conv2d_bwd_data(&dy, &wt, &mut dx, s)?;
-                be.conv2d_bwd_weight(&x, &dy, &mut dw, s)?;
-                Ok(vec![
-                    ("y".into(), download_f32(be, &y)?),
-                    ("dx".into(), download_f32(be, &dx)?),
-                    ("dw".into(), be.download::<f32>(&dw)?),
-                ])
-            });
+            matches_cpu(&what, &dev, tol, |be| conv_passes(be, s, dt));
+        }
+    }
+}
+
+/// The three passes of `s` on random inputs in `dt`: y, dx and dw (accumulated onto 0.5).
+fn conv_passes(be: &dyn Backend, s: Conv, dt: DType) -> anyhow::Result<common::Outputs> {
+    let (lx, lw, ly) = s.sizes();
+    let mut rng = Rng::new(61 + lx as u64 + lw as u64);
+    let x = upload_as(be, &rng.vec_f32(lx, -1.0, 1.0), dt)?;
+    let wt = upload_as(be, &rng.vec_f32(lw, -0.5, 0.5), dt)?;
+    let dy = upload_as(be, &rng.vec_f32(ly, -1.0, 1.0), dt)?;
+    let (mut y, mut dx) = (poisoned_as(be, ly, dt), poisoned_as(be, lx, dt));
+    // The weight gradient accumulates onto what is there.
+    let mut dw = be.upload(&vec![0.5; lw])?;
+    be.conv2d_fwd(&x, &wt, &mut y, s)?;
+    be.conv2d_bwd_data(&dy, &wt, &mut dx, s)?;
+    be.conv2d_bwd_weight(&x, &dy, &mut dw, s)?;
+    Ok(vec![
+        ("y".into(), download_f32(be, &y)?),
+        ("dx".into(), download_f32(be, &dx)?),
+        ("dw".into(), be.download::<f32>(&dw)?),
+    ])
+}
+
+/// The bf16 1x1 weight gradient sums groups of whole images when a GPU holds fewer blocks than
+/// the batch has images (a batch of 64 on an H200 for the widest layers). On an emulated GPU of
+/// one or two multiprocessors, 7 images make such groups from a test's small layer: 2 to 7
+/// images a group, the last one short for most of them, each image a segment of the product's
+/// reduction. Both tile heights (c_out 40: 64-row tiles; 72: 128-row).
+#[test]
+fn conv_1x1_weight_gradient_over_groups_of_images_matches_cpu() {
+    let tol = FLOAT_DTYPES
+        .iter()
+        .find(|(dt, _)| *dt == DType::BF16)
+        .unwrap()
+        .1;
+    for sms in [1, 2] {
+        let dev = insclr::backend::cuda::CudaBackend::emu_with_sms(sms);
+        for c_out in [40, 72] {
+            let s = Conv::new(7, 40, 8, 8, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
+            let what = format!("conv bf16 7x40x8x8 -> {c_out} 1x1 on {sms} emulated SMs");
+            matches_cpu(&what, &dev, tol, |be| conv_passes(be, s, DType::BF16));
         }
     }
 }

@@ -76,6 +76,9 @@ extern "C" {
 pub struct Emu {
     base_seed: u64,
     launches: AtomicU64,
+    /// Multiprocessors of the modelled GPU: what sizes chosen from the GPU's occupancy (split
+    /// counts) see.
+    pub(crate) sms: u32,
 }
 
 impl Emu {
@@ -87,6 +90,7 @@ impl Emu {
         Emu {
             base_seed,
             launches: AtomicU64::new(0),
+            sms: super::occupancy::MODEL_SMS,
         }
     }
 

@@ -86,8 +86,18 @@ impl CudaBackend {
 
     /// The emulated GPU; always available.
     pub fn emu() -> Self {
+        Self::emu_with_sms(occupancy::MODEL_SMS)
+    }
+
+    /// The emulated GPU, modelling `sms` multiprocessors instead of an H100's or H200's 132:
+    /// the sizes chosen from the GPU's occupancy (split-K counts, the 1x1 weight gradient's
+    /// groups of images) are then those of a small GPU, which is how a test's small batch
+    /// reaches the splits a large batch takes on a large one.
+    pub fn emu_with_sms(sms: u32) -> Self {
+        let mut emu = emu::Emu::new();
+        emu.sms = sms.max(1);
         CudaBackend {
-            layer: Layer::Emu(emu::Emu::new()),
+            layer: Layer::Emu(emu),
             kernels: emu::KERNELS.iter().map(|(_, k)| k.to_string()).collect(),
             scratch: Mutex::new(None),
             profiling: AtomicBool::new(false),
@@ -125,9 +135,9 @@ impl CudaBackend {
 
     /// How many blocks of `kernel` (`threads` each, `dyn_smem` bytes of dynamic shared memory)
     /// the whole device holds at once: blocks per multiprocessor times multiprocessors. A GPU's
-    /// driver answers; the emulator and the plan answer for an H100 / H200
-    /// ([`occupancy::MODEL_SMS`] multiprocessors of sm_90), so sizes chosen from it are the
-    /// same there as on those GPUs. At least 1.
+    /// driver answers; the emulator (unless made with [`CudaBackend::emu_with_sms`]) and the
+    /// plan answer for an H100 / H200 ([`occupancy::MODEL_SMS`] multiprocessors of sm_90), so
+    /// sizes chosen from it are the same there as on those GPUs. At least 1.
     pub(crate) fn resident_blocks(&self, kernel: &str, threads: u32, dyn_smem: u32) -> usize {
         let modelled = || {
             let res = occupancy::resources(kernel);
@@ -139,7 +149,8 @@ impl CudaBackend {
                 (0, sms) => (modelled(), sms),
                 known => known,
             },
-            Layer::Emu(_) | Layer::Plan(_) => (modelled(), occupancy::MODEL_SMS),
+            Layer::Emu(e) => (modelled(), e.sms),
+            Layer::Plan(_) => (modelled(), occupancy::MODEL_SMS),
         };
         (per_sm as usize * sms as usize).max(1)
     }
