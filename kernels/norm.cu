@@ -131,7 +131,8 @@ __device__ __forceinline__ Welford welford_merge(Welford a, Welford b) {
     return Welford{n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.n * wb};
 }
 
-// The warp's statistics, in lane 0 (a butterfly: every lane's result comes from the same tree).
+// The warp's statistics, read from lane 0 only: in the butterfly each lane merges its pairs in its
+// own order, so the other lanes may round differently, and lane 0's order is fixed (deterministic).
 __device__ __forceinline__ Welford warp_welford(Welford w) {
 #pragma unroll
     for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1) {
@@ -298,7 +299,7 @@ __device__ __forceinline__ void bn_affine_u(BnRun<VEC> run, const T* __restrict_
 }
 
 // With a residual two inputs are in flight already; one vector of each keeps the bf16 kernel
-// within 64 registers (two spilled).
+// within the 64 registers of 4 blocks per SM without a spill (kernels/sass.toml).
 template <typename T, int VEC>
 __device__ __forceinline__ void bn_affine(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ res,
                                           T* __restrict__ y, float scale, float shift, int act) {

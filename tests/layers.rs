@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{download_f32, kernel_device, matches_cpu, poisoned_as, upload_as, FLOAT_DTYPES};
+use common::{
+    download_f32, kernel_device, matches_cpu, poisoned_as, upload_as, Outputs, FLOAT_DTYPES,
+};
 use insclr::backend::{Act, Backend, BatchNorm, Buf, Conv, DType, ImageToTensor, MaxPool, Padding};
 use insclr::rng::Rng;
 use insclr::train::augment::to_tensor;
@@ -137,99 +139,141 @@ fn kernel_batchnorm_matches_cpu() {
                 ghost,
                 ..BatchNorm::new(n, c, hw, 1e-5, act)
             };
-            let len = n * c * hw;
             let what =
                 format!("batchnorm {dt} {n}x{c}x{hw} ghost={ghost} {act:?} residual={with_res}");
-            matches_cpu(&what, &dev, tol, |be| {
-                let mut rng = Rng::new(51 + len as u64 + ghost as u64);
-                // A large mean on channel 0 (the variance must not cancel), spread elsewhere. In
-                // bf16 a mean of 100 would round the values to steps of 0.5, tie them, and make
-                // the gradient zero up to rounding (nothing to compare): a smaller mean there.
-                let offset = if dt == DType::F32 { 100.0 } else { 4.0 };
-                let mut xh = rng.vec_f32(len, -3.0, 5.0);
-                for i in 0..n {
-                    xh[i * c * hw..(i * c + 1) * hw]
-                        .iter_mut()
-                        .for_each(|v| *v += offset);
+            matches_cpu(&what, &dev, tol, |be| bn_case(be, dt, s, with_res));
+        }
+    }
+}
+
+/// One BatchNorm case on `be`: the training forward, the eval forward, the backward and the
+/// frozen-statistics backward of `s` in `dt`, with a residual when `with_res`; every output.
+fn bn_case(be: &dyn Backend, dt: DType, s: BatchNorm, with_res: bool) -> anyhow::Result<Outputs> {
+    let (n, c, hw, ghost) = (s.n, s.c, s.hw, s.ghost);
+    let len = n * c * hw;
+    let mut rng = Rng::new(51 + len as u64 + s.ghost as u64);
+    // A large mean on channel 0 (the variance must not cancel), spread elsewhere. In
+    // bf16 a mean of 100 would round the values to steps of 0.5, tie them, and make
+    // the gradient zero up to rounding (nothing to compare): a smaller mean there.
+    let offset = if dt == DType::F32 { 100.0 } else { 4.0 };
+    let mut xh = rng.vec_f32(len, -3.0, 5.0);
+    for i in 0..n {
+        xh[i * c * hw..(i * c + 1) * hw]
+            .iter_mut()
+            .for_each(|v| *v += offset);
+    }
+    let x = upload_as(be, &xh, dt)?;
+    let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5))?;
+    let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5))?;
+    let mut rm = be.upload(&rng.vec_f32(c, -1.0, 1.0))?;
+    let mut rv = be.upload(&rng.vec_f32(c, 0.5, 2.0))?;
+    let (mut sm, mut si) = (poisoned(be, ghost * c), poisoned(be, ghost * c));
+    let mut y = poisoned_as(be, len, dt);
+    // A residual of the activation's scale, so the sum crosses ReLU6's corners.
+    let res = upload_as(be, &rng.vec_f32(len, -3.0, 6.0), dt)?;
+    let res = with_res.then_some(&res);
+    be.batchnorm_fwd_train(
+        &x,
+        &gamma,
+        &beta,
+        (&mut rm, &mut rv),
+        (&mut sm, &mut si),
+        res,
+        &mut y,
+        s,
+    )?;
+    let mut y_eval = poisoned_as(be, len, dt);
+    be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, res, &mut y_eval, s)?;
+    let dy = upload_as(be, &rng.vec_f32(len, -1.0, 1.0), dt)?;
+    let mut dx = poisoned_as(be, len, dt);
+    let mut dres = poisoned_as(be, len, dt);
+    // Parameter gradients accumulate onto what is there.
+    let mut dgamma = be.upload(&vec![0.25; c])?;
+    let mut dbeta = be.upload(&vec![-0.5; c])?;
+    be.batchnorm_bwd(
+        &x,
+        &y,
+        &dy,
+        &gamma,
+        (&sm, &si),
+        &mut dx,
+        with_res.then_some(&mut dres),
+        (&mut dgamma, &mut dbeta),
+        s,
+    )?;
+    // Frozen statistics: the eval-mode forward's backward.
+    let mut dx_eval = poisoned_as(be, len, dt);
+    let mut dres_eval = poisoned_as(be, len, dt);
+    let mut dgamma_eval = be.upload(&vec![0.25; c])?;
+    let mut dbeta_eval = be.upload(&vec![-0.5; c])?;
+    be.batchnorm_bwd_eval(
+        &x,
+        &y_eval,
+        &dy,
+        &gamma,
+        (&rm, &rv),
+        &mut dx_eval,
+        with_res.then_some(&mut dres_eval),
+        (&mut dgamma_eval, &mut dbeta_eval),
+        s,
+    )?;
+    let mut out = Vec::new();
+    for (name, b) in [
+        ("eval dx", &dx_eval),
+        ("eval dgamma", &dgamma_eval),
+        ("eval dbeta", &dbeta_eval),
+        ("y", &y),
+        ("running mean", &rm),
+        ("running var", &rv),
+        ("saved mean", &sm),
+        ("saved invstd", &si),
+        ("eval y", &y_eval),
+        ("dx", &dx),
+        ("dgamma", &dgamma),
+        ("dbeta", &dbeta),
+    ] {
+        out.push((name.to_string(), download_f32(be, b)?));
+    }
+    if with_res {
+        out.push(("dres".into(), download_f32(be, &dres)?));
+        out.push(("eval dres".into(), download_f32(be, &dres_eval)?));
+    }
+    Ok(out)
+}
+
+/// On an emulated GPU of 1 or 2 multiprocessors (4 to 6 BatchNorm blocks each at once) the
+/// launcher picks the runs per pair that fill its waves (src/backend/cuda/norm.rs's bn_chunks),
+/// which for these shapes differ between the forward and backward kernels and from the most it
+/// may take (what the 132-SM default takes). Each split matches the CPU, and a second run gives
+/// the same bits: the partials are merged in a fixed order, whatever order the blocks ran in.
+#[test]
+fn batchnorm_matches_cpu_and_repeats_bit_for_bit_on_small_gpus() {
+    let shapes = [(4, 3, 5000, 1), (2, 3, 4096, 1), (6, 2, 4096, 3)];
+    let gpu = kernel_device("batchnorm_matches_cpu_and_repeats_bit_for_bit_on_small_gpus");
+    let small = [1, 2].map(|sms| (insclr::backend::cuda::CudaBackend::emu_with_sms(sms), sms));
+    let devices = std::iter::once((&gpu, 0)).chain(small.iter().map(|(d, sms)| (d, *sms)));
+    for (dev, sms) in devices {
+        let on = match sms {
+            0 => (&gpu as &dyn Backend).name().to_string(),
+            _ => format!("emu of {sms} SMs"),
+        };
+        for (dt, tol) in FLOAT_DTYPES {
+            for &(n, c, hw, ghost) in &shapes {
+                let s = BatchNorm {
+                    ghost,
+                    ..BatchNorm::new(n, c, hw, 1e-5, Act::Relu)
+                };
+                let what = format!("batchnorm {dt} {n}x{c}x{hw} ghost={ghost} on {on}");
+                matches_cpu(&what, dev, tol, |be| bn_case(be, dt, s, true));
+                let (a, b) = (
+                    bn_case(dev, dt, s, true).unwrap(),
+                    bn_case(dev, dt, s, true).unwrap(),
+                );
+                for ((name, a), (_, b)) in a.iter().zip(&b) {
+                    let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{what}: {name} differs between two runs");
                 }
-                let x = upload_as(be, &xh, dt)?;
-                let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5))?;
-                let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5))?;
-                let mut rm = be.upload(&rng.vec_f32(c, -1.0, 1.0))?;
-                let mut rv = be.upload(&rng.vec_f32(c, 0.5, 2.0))?;
-                let (mut sm, mut si) = (poisoned(be, ghost * c), poisoned(be, ghost * c));
-                let mut y = poisoned_as(be, len, dt);
-                // A residual of the activation's scale, so the sum crosses ReLU6's corners.
-                let res = upload_as(be, &rng.vec_f32(len, -3.0, 6.0), dt)?;
-                let res = with_res.then_some(&res);
-                be.batchnorm_fwd_train(
-                    &x,
-                    &gamma,
-                    &beta,
-                    (&mut rm, &mut rv),
-                    (&mut sm, &mut si),
-                    res,
-                    &mut y,
-                    s,
-                )?;
-                let mut y_eval = poisoned_as(be, len, dt);
-                be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, res, &mut y_eval, s)?;
-                let dy = upload_as(be, &rng.vec_f32(len, -1.0, 1.0), dt)?;
-                let mut dx = poisoned_as(be, len, dt);
-                let mut dres = poisoned_as(be, len, dt);
-                // Parameter gradients accumulate onto what is there.
-                let mut dgamma = be.upload(&vec![0.25; c])?;
-                let mut dbeta = be.upload(&vec![-0.5; c])?;
-                be.batchnorm_bwd(
-                    &x,
-                    &y,
-                    &dy,
-                    &gamma,
-                    (&sm, &si),
-                    &mut dx,
-                    with_res.then_some(&mut dres),
-                    (&mut dgamma, &mut dbeta),
-                    s,
-                )?;
-                // Frozen statistics: the eval-mode forward's backward.
-                let mut dx_eval = poisoned_as(be, len, dt);
-                let mut dres_eval = poisoned_as(be, len, dt);
-                let mut dgamma_eval = be.upload(&vec![0.25; c])?;
-                let mut dbeta_eval = be.upload(&vec![-0.5; c])?;
-                be.batchnorm_bwd_eval(
-                    &x,
-                    &y_eval,
-                    &dy,
-                    &gamma,
-                    (&rm, &rv),
-                    &mut dx_eval,
-                    with_res.then_some(&mut dres_eval),
-                    (&mut dgamma_eval, &mut dbeta_eval),
-                    s,
-                )?;
-                let mut out = Vec::new();
-                for (name, b) in [
-                    ("eval dx", &dx_eval),
-                    ("eval dgamma", &dgamma_eval),
-                    ("eval dbeta", &dbeta_eval),
-                    ("y", &y),
-                    ("running mean", &rm),
-                    ("running var", &rv),
-                    ("saved mean", &sm),
-                    ("saved invstd", &si),
-                    ("eval y", &y_eval),
-                    ("dx", &dx),
-                    ("dgamma", &dgamma),
-                    ("dbeta", &dbeta),
-                ] {
-                    out.push((name.to_string(), download_f32(be, b)?));
-                }
-                if with_res {
-                    out.push(("dres".into(), download_f32(be, &dres)?));
-                    out.push(("eval dres".into(), download_f32(be, &dres_eval)?));
-                }
-                Ok(out)
-            });
+            }
         }
     }
 }

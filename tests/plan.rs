@@ -279,7 +279,14 @@ fn batchnorm_grids(dtype: DType, (n, c, hw, ghost): (usize, usize, usize, usize)
 fn batchnorm_splits_each_channel_into_runs_that_fill_whole_waves() {
     // ResNet-101's BatchNorms at 448 px, batch 64: 64 channels of 224 x 224 (the stem) up to
     // 2048 of 14 x 14. One block per channel left 0.16 to 0.65 of a wave.
-    for (c, hw) in [(64, 50176), (64, 12544), (256, 12544), (512, 3136), (1024, 784), (2048, 196)] {
+    for (c, hw) in [
+        (64, 50176),
+        (64, 12544),
+        (256, 12544),
+        (512, 3136),
+        (1024, 784),
+        (2048, 196),
+    ] {
         let events = batchnorm_grids(DType::BF16, (64, c, hw, 1));
         let names: Vec<&str> = events
             .iter()
@@ -301,16 +308,23 @@ fn batchnorm_splits_each_channel_into_runs_that_fill_whole_waves() {
             let Event::Launch { kernel, cfg, work } = e else {
                 unreachable!()
             };
-            let per_sm = occupancy::blocks_per_sm(&SM90, occupancy::resources(kernel), cfg.block.0, 0);
+            let per_sm =
+                occupancy::blocks_per_sm(&SM90, occupancy::resources(kernel), cfg.block.0, 0);
             let slots = (per_sm.blocks * occupancy::MODEL_SMS) as f64;
             let waves = (cfg.grid.0 * cfg.grid.1) as f64 / slots;
-            assert_eq!(cfg.grid.1 as usize, c, "{kernel}: one row of blocks per channel");
+            assert_eq!(
+                cfg.grid.1 as usize, c,
+                "{kernel}: one row of blocks per channel"
+            );
             assert!(
                 waves / waves.ceil() >= 0.95,
                 "{kernel} on 64x{c}x{hw}: {} runs of {c} channels are {waves:.2} waves of {slots}",
                 cfg.grid.0
             );
-            assert!(work.as_ref().is_some_and(|w| w.bytes > 0.0), "{kernel}: no work");
+            assert!(
+                work.as_ref().is_some_and(|w| w.bytes > 0.0),
+                "{kernel}: no work"
+            );
         }
     }
 }

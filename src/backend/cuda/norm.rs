@@ -332,13 +332,7 @@ impl NormOps for CudaBackend {
             // SAFETY: arguments match batchnorm_bwd_params_f32(partial, dgamma, dbeta, C, ghost,
             // chunks); partial was written above for C pairs of `chunks` runs, dgamma and dbeta
             // hold C (checked).
-            unsafe {
-                self.launch(
-                    "batchnorm_bwd_params_f32",
-                    Launch::warp_per_item(s.c),
-                    args,
-                )
-            }
+            unsafe { self.launch("batchnorm_bwd_params_f32", Launch::warp_per_item(s.c), args) }
         })
     }
 }
@@ -351,9 +345,7 @@ impl CudaBackend {
         let vec = [16 / elem, 8 / elem, 1]
             .into_iter()
             .find(|&v| {
-                v >= 1
-                    && s.hw % v == 0
-                    && mems.iter().all(|m| m.ptr() % (v * elem) as u64 == 0)
+                v >= 1 && s.hw % v == 0 && mems.iter().all(|m| m.ptr() % (v * elem) as u64 == 0)
             })
             .unwrap_or(1);
         let pairs = s.ghost * s.c;
