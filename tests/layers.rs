@@ -264,11 +264,29 @@ const CONV_SIZES: &[ConvCase] = &[
     (2, 16, 4, 4, 24, 1, 1, Padding::Sym(0), 1),
     (3, 136, 4, 6, 72, 1, 1, Padding::Sym(0), 1),
     (2, 40, 10, 8, 200, 1, 1, Padding::Sym(0), 1),
+    // Dense, c_in % 8 == 0, not 1x1 stride 1 on aligned maps: bf16 transposes to NHWC and runs
+    // the channels-last implicit GEMMs (the data gradient at stride 1 with c_out % 8 == 0).
+    // c_in 8 and 24 put several taps in one 32-deep k tile, 72 (through the data gradient's dy)
+    // straddles taps, 64 and 136 keep whole tiles per tap; c_out 16 and 8 take 64-row tiles,
+    // 72 and 136 a partial 128-row one; odd maps with padding put window rows and columns outside
+    // the image on every side; 156 pixels a partial second column tile; "SAME" pads one side
+    // more; a 1x1 padded by 1 makes the data gradient's padding -1; 1x1 stride 2 (the
+    // shortcut), 1x1 on a 7 x 7 map (49 pixels: the transposes' 2-byte path) and a 7x7 stride 2.
+    (2, 8, 9, 7, 16, 3, 1, Padding::Sym(1), 1),
+    (2, 24, 11, 10, 40, 3, 2, Padding::Same, 1),
+    (2, 64, 10, 12, 72, 3, 1, Padding::Sym(1), 1),
+    (1, 136, 5, 6, 16, 3, 1, Padding::Sym(1), 1),
+    (1, 8, 13, 12, 8, 5, 1, Padding::Sym(2), 1),
+    (1, 16, 8, 9, 24, 3, 1, Padding::Sym(0), 1),
+    (1, 8, 5, 5, 8, 1, 1, Padding::Sym(1), 1),
+    (1, 16, 9, 9, 24, 1, 2, Padding::Sym(0), 1),
+    (2, 40, 7, 7, 8, 1, 1, Padding::Sym(0), 1),
+    (1, 32, 12, 12, 136, 7, 2, Padding::Sym(3), 1),
 ];
 
 /// The kernels `kernel_conv_matches_cpu` runs, by name: the implicit GEMMs and the depthwise
-/// kernels, each in f32 and bf16.
-const CONV_KERNELS: [&str; 18] = [
+/// kernels, each in f32 and bf16, and bf16's pipelined kernels.
+const CONV_KERNELS: [&str; 23] = [
     "conv2d_fwd_f32",
     "conv2d_bwd_data_f32",
     "conv2d_bwd_weight_f32",
@@ -287,6 +305,11 @@ const CONV_KERNELS: [&str; 18] = [
     "conv2d_1x1_bwd_data_m64_bf16",
     "conv2d_1x1_bwd_weight_bf16",
     "conv2d_1x1_bwd_weight_m64_bf16",
+    "conv2d_to_nhwc_bf16",
+    "conv2d_nhwc_fwd_bf16",
+    "conv2d_nhwc_fwd_m64_bf16",
+    "conv2d_nhwc_bwd_data_bf16",
+    "conv2d_nhwc_bwd_data_m64_bf16",
 ];
 
 /// f32 (SIMT) and bf16 (tensor cores; activations and weights bf16, the weight gradient f32).
