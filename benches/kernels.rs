@@ -9,6 +9,13 @@
 //! shape, and the table gives the ratio. With `INSCLR_BENCH_TABLE=path` the GPU results
 //! are also written there as a markdown table (scripts/device-check.sh collects it into
 //! bench_results/).
+//!
+//! The GPU machine is lent for minutes, so its runner (scripts/device-run.sh) narrows and
+//! speeds this up: `INSCLR_BENCH_FAMILIES=conv,gemm` sets up and runs only those families,
+//! `INSCLR_BENCH_CONV_NETS=resnet101,resnet50` only those networks' convolutions;
+//! `INSCLR_BENCH_FAST=1` times each kernel without criterion and `INSCLR_BENCH_LAUNCHES=N` only
+//! calls each selected kernel N times, for Nsight Compute (`util`); the filter, a regular
+//! expression over `family/backend/kernel/shape` as criterion's, selects in those modes too.
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
@@ -20,6 +27,9 @@ use insclr::backend::{
 use insclr::rng::Rng;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use util::{listed, median, mode, time_fast, Mode};
+
+mod util;
 
 /// One measured kernel for the results table.
 struct Row {
@@ -30,6 +40,9 @@ struct Row {
     flops: f64,
     /// Which peak bounds the flops: f32 SIMT or bf16 tensor cores.
     tensor: bool,
+    /// For a convolution: its network and how many times a training step runs this shape
+    /// (0 for the stem's data gradient, which training skips).
+    step: Option<(String, f64)>,
 }
 
 static ROWS: Mutex<Vec<Row>> = Mutex::new(Vec::new());
@@ -43,27 +56,62 @@ const GEM: (usize, usize, usize, usize) = (64, 2048, 32, 32);
 const L2: (usize, usize) = (65_536, 2048);
 const SIM: (usize, usize, usize) = (64, 100_000, 2048);
 
+/// Elements past which a GPU operand repeats one block of random values instead of drawing
+/// every value: ResNet-101's 448 px operands (an im2col of 462M elements) would take the host
+/// seconds each. What times depend on is the values' distribution (uniform either way, neither
+/// zero nor denormal), not their being drawn afresh.
+const FRESH: usize = 1 << 22;
+
 fn filled(be: &dyn Backend, rng: &mut Rng, len: usize, dtype: DType) -> Buf {
-    let v = rng.vec_f32(len, -1.0, 1.0);
+    let fresh = len <= FRESH || be.device() == insclr::backend::Device::Cpu;
+    let values = rng.vec_f32(if fresh { len } else { FRESH }, -1.0, 1.0);
     match dtype {
         DType::BF16 => {
-            let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
-            be.upload(&h).expect("upload")
+            let h: Vec<half::bf16> = values.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            repeated(be, &h, len)
         }
-        _ => be.upload(&v).expect("upload"),
+        _ => repeated(be, &values, len),
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+/// A device buffer of `len` elements holding `block` over and over.
+fn repeated<T: insclr::backend::Elem>(be: &dyn Backend, block: &[T], len: usize) -> Buf {
+    if block.len() >= len {
+        return be.upload(&block[..len]).expect("upload");
+    }
+    let arena = be.arena(T::DTYPE, len).expect("alloc");
+    for start in (0..len).step_by(block.len()) {
+        let n = block.len().min(len - start);
+        let mut view = be.view(&arena, start, n).expect("view");
+        be.upload_into(&block[..n], &mut view).expect("upload");
+    }
+    arena
+}
+
+/// True when the family `name` is to be set up and run (`INSCLR_BENCH_FAMILIES`).
+fn wanted(name: &str) -> bool {
+    listed("INSCLR_BENCH_FAMILIES", name)
+}
+
+/// A criterion group and its name (`<family>/<backend>`, the first part of every id in it).
+struct Family<'a> {
+    group: BenchmarkGroup<'a, WallTime>,
+    name: String,
+    /// Set by a convolution for the rows it measures next (see [`Row::step`]).
+    step: Option<(String, f64)>,
+}
+
+impl Family<'_> {
+    fn finish(self) {
+        self.group.finish();
+    }
 }
 
 /// Times `f` (per call, between two synchronisations) in `group` as `name`, and records a row
 /// when `record` is set.
 #[allow(clippy::too_many_arguments)]
 fn measure(
-    group: &mut BenchmarkGroup<'_, WallTime>,
+    group: &mut Family<'_>,
     be: &dyn Backend,
     record: bool,
     name: &str,
@@ -72,38 +120,72 @@ fn measure(
     flops: f64,
     mut f: impl FnMut(),
 ) {
-    let (mut samples, mut warm) = (Vec::new(), false);
-    group.bench_function(BenchmarkId::new(name, &shape), |b| {
-        b.iter_custom(|iters| {
-            // One untimed call first: module loading, cuBLAS heuristics and first-touch
-            // allocations stay out of the samples (`--quick`, which the device run uses, has no
-            // warm-up of its own).
-            if !std::mem::replace(&mut warm, true) {
-                f();
+    let id = format!("{}/{name}/{shape}", group.name);
+    let mut samples = Vec::new();
+    match mode() {
+        Mode::Launches(n) => {
+            if util::selected(&id) {
+                eprintln!("LAUNCH {n} x {id}");
+                for _ in 0..n {
+                    f();
+                }
+                be.synchronize().expect("sync");
             }
-            be.synchronize().expect("sync");
-            let t = Instant::now();
-            for _ in 0..iters {
-                f();
+            return;
+        }
+        Mode::Fast => {
+            if util::selected(&id) {
+                samples = time_fast(&|| be.synchronize().expect("sync"), &mut f);
+                eprintln!("{id}: {:.1} us", 1e6 * median(&samples));
             }
-            be.synchronize().expect("sync");
-            let d = t.elapsed();
-            samples.push(d.as_secs_f64() / iters as f64);
-            d
-        })
-    });
+        }
+        Mode::Criterion => criterion_samples(group, be, name, &shape, &mut f, &mut samples),
+    }
     if record && !samples.is_empty() {
         ROWS.lock().unwrap().push(Row {
             op: name.into(),
             shape,
-            seconds: median(&mut samples),
+            seconds: median(&samples),
             bytes,
             flops,
             tensor: name.contains("bf16"),
+            step: group.step.clone(),
         });
         // Rewritten after every row: a run stopped at its time limit keeps what it measured.
         write_table(false);
     }
+}
+
+/// Times `f` under criterion as `name` / `shape`, pushing each sample's per-call time.
+fn criterion_samples(
+    group: &mut Family<'_>,
+    be: &dyn Backend,
+    name: &str,
+    shape: &str,
+    f: &mut dyn FnMut(),
+    samples: &mut Vec<f64>,
+) {
+    let mut warm = false;
+    group
+        .group
+        .bench_function(BenchmarkId::new(name, shape), |b| {
+            b.iter_custom(|iters| {
+                // One untimed call first: module loading, cuBLAS heuristics and first-touch
+                // allocations stay out of the samples (`--quick` has no warm-up of its own).
+                if !std::mem::replace(&mut warm, true) {
+                    f();
+                }
+                be.synchronize().expect("sync");
+                let t = Instant::now();
+                for _ in 0..iters {
+                    f();
+                }
+                be.synchronize().expect("sync");
+                let d = t.elapsed();
+                samples.push(d.as_secs_f64() / iters as f64);
+                d
+            })
+        });
 }
 
 /// The criterion group of one kernel family on `be`, named `<family>/<backend>`, timing each
@@ -113,12 +195,18 @@ fn family<'a>(
     be: &dyn Backend,
     name: &str,
     (warm_up, measure): (Duration, Duration),
-) -> BenchmarkGroup<'a, WallTime> {
-    let mut g = c.benchmark_group(format!("{name}/{}", be.name()));
-    g.sample_size(10)
+) -> Family<'a> {
+    let name = format!("{name}/{}", be.name());
+    let mut group = c.benchmark_group(&name);
+    group
+        .sample_size(10)
         .warm_up_time(warm_up)
         .measurement_time(measure);
-    g
+    Family {
+        group,
+        name,
+        step: None,
+    }
 }
 
 /// Times of the method's families and of the layer families.
@@ -129,315 +217,337 @@ const LAYER_TIMES: (Duration, Duration) = (Duration::from_millis(100), Duration:
 fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) {
     let record = gpu.is_some();
     let mut rng = Rng::new(1);
-    let mut group = family(c, be, "pool", KERNEL_TIMES);
-
-    // pool: GeM forward / backward.
-    let (n, ch, h, w) = GEM;
-    let s = Gem::new(n, ch, h, w);
-    let shape = format!("{n}x{ch}x{h}x{w}");
-    let x = filled(be, &mut rng, s.rows * s.hw, DType::F32);
-    let mut y = be.zeros(DType::F32, s.rows).unwrap();
-    let bytes = 4.0 * (s.rows * (s.hw + 1)) as f64;
-    measure(
-        &mut group,
-        be,
-        record,
-        "gem_fwd_f32",
-        shape.clone(),
-        bytes,
-        0.0,
-        || be.gem_fwd(&x, &mut y, s).unwrap(),
-    );
-    let dy = filled(be, &mut rng, s.rows, DType::F32);
-    let mut dx = be.zeros(DType::F32, s.rows * s.hw).unwrap();
-    measure(
-        &mut group,
-        be,
-        record,
-        "gem_bwd_f32",
-        shape,
-        2.0 * bytes,
-        0.0,
-        || be.gem_bwd(&x, &y, &dy, &mut dx, s).unwrap(),
-    );
-    drop((x, dx));
-
-    group.finish();
-    let mut group = family(c, be, "norm", KERNEL_TIMES);
-
-    // norm: L2 forward / backward (y doubles as dy).
-    let (rows, cols) = L2;
-    let s = L2Norm::new(rows, cols);
-    let shape = format!("{rows}x{cols}");
-    let x = filled(be, &mut rng, rows * cols, DType::F32);
-    let mut y = be.zeros(DType::F32, rows * cols).unwrap();
-    let bytes = 4.0 * (rows * cols) as f64;
-    measure(
-        &mut group,
-        be,
-        record,
-        "l2norm_fwd_f32",
-        shape.clone(),
-        2.0 * bytes,
-        0.0,
-        || be.l2norm_fwd(&x, &mut y, s).unwrap(),
-    );
-    let mut dx = be.zeros(DType::F32, rows * cols).unwrap();
-    measure(
-        &mut group,
-        be,
-        record,
-        "l2norm_bwd_f32",
-        shape,
-        3.0 * bytes,
-        0.0,
-        || be.l2norm_bwd(&x, &y, &mut dx, s).unwrap(),
-    );
-    drop((x, y, dx));
-
-    group.finish();
-    let mut group = family(c, be, "gemm", KERNEL_TIMES);
-
-    // gemm: queries . bank^T, ours in f32 and bf16, cuBLAS SGEMM beside them on a GPU.
+    // The similarity block of 64 queries against a 100k-row bank: the GEMM, the top-k and the
+    // losses work on its shape.
     let (m, nn, k) = SIM;
-    let shape = MatMul::new(m, nn, k).tb();
     let label = format!("{m}x{k} . ({nn}x{k})^T");
     let flops = 2.0 * (m * nn * k) as f64;
-    for dt in [DType::F32, DType::BF16] {
-        // The CPU's bf16 twin widens the 100k-row bank on every call: not worth timing.
-        if !be.supports(insclr::backend::Op::Matmul, dt) || (dt == DType::BF16 && gpu.is_none()) {
-            continue;
-        }
-        let q = filled(be, &mut rng, m * k, dt);
-        let bank = filled(be, &mut rng, nn * k, dt);
-        let mut sim = be.zeros(dt, m * nn).unwrap();
-        let bytes = (dt.size() * (m * k + nn * k + m * nn)) as f64;
-        let name = format!("matmul_{dt}");
+    if wanted("pool") {
+        let mut group = family(c, be, "pool", KERNEL_TIMES);
+
+        // pool: GeM forward / backward.
+        let (n, ch, h, w) = GEM;
+        let s = Gem::new(n, ch, h, w);
+        let shape = format!("{n}x{ch}x{h}x{w}");
+        let x = filled(be, &mut rng, s.rows * s.hw, DType::F32);
+        let mut y = be.zeros(DType::F32, s.rows).unwrap();
+        let bytes = 4.0 * (s.rows * (s.hw + 1)) as f64;
         measure(
             &mut group,
             be,
             record,
-            &name,
-            label.clone(),
+            "gem_fwd_f32",
+            shape.clone(),
             bytes,
-            flops,
-            || be.matmul(&q, &bank, &mut sim, shape).unwrap(),
+            0.0,
+            || be.gem_fwd(&x, &mut y, s).unwrap(),
         );
-        if let (Some(cuda), DType::F32) = (gpu, dt) {
+        let dy = filled(be, &mut rng, s.rows, DType::F32);
+        let mut dx = be.zeros(DType::F32, s.rows * s.hw).unwrap();
+        measure(
+            &mut group,
+            be,
+            record,
+            "gem_bwd_f32",
+            shape,
+            2.0 * bytes,
+            0.0,
+            || be.gem_bwd(&x, &y, &dy, &mut dx, s).unwrap(),
+        );
+        drop((x, dx));
+
+        group.finish();
+    }
+    if wanted("norm") {
+        let mut group = family(c, be, "norm", KERNEL_TIMES);
+
+        // norm: L2 forward / backward (y doubles as dy).
+        let (rows, cols) = L2;
+        let s = L2Norm::new(rows, cols);
+        let shape = format!("{rows}x{cols}");
+        let x = filled(be, &mut rng, rows * cols, DType::F32);
+        let mut y = be.zeros(DType::F32, rows * cols).unwrap();
+        let bytes = 4.0 * (rows * cols) as f64;
+        measure(
+            &mut group,
+            be,
+            record,
+            "l2norm_fwd_f32",
+            shape.clone(),
+            2.0 * bytes,
+            0.0,
+            || be.l2norm_fwd(&x, &mut y, s).unwrap(),
+        );
+        let mut dx = be.zeros(DType::F32, rows * cols).unwrap();
+        measure(
+            &mut group,
+            be,
+            record,
+            "l2norm_bwd_f32",
+            shape,
+            3.0 * bytes,
+            0.0,
+            || be.l2norm_bwd(&x, &y, &mut dx, s).unwrap(),
+        );
+        drop((x, y, dx));
+
+        group.finish();
+    }
+    if wanted("gemm") {
+        let mut group = family(c, be, "gemm", KERNEL_TIMES);
+
+        // gemm: queries . bank^T, ours in f32 and bf16, cuBLAS beside each on a GPU (SGEMM,
+        // and cublasGemmEx in bf16 on the tensor cores).
+        let shape = MatMul::new(m, nn, k).tb();
+        for dt in [DType::F32, DType::BF16] {
+            // The CPU's bf16 twin widens the 100k-row bank on every call: not worth timing.
+            if !be.supports(insclr::backend::Op::Matmul, dt) || (dt == DType::BF16 && gpu.is_none())
+            {
+                continue;
+            }
+            let q = filled(be, &mut rng, m * k, dt);
+            let bank = filled(be, &mut rng, nn * k, dt);
+            let mut sim = be.zeros(dt, m * nn).unwrap();
+            let bytes = (dt.size() * (m * k + nn * k + m * nn)) as f64;
+            let name = format!("matmul_{dt}");
             measure(
                 &mut group,
                 be,
                 record,
-                "sgemm_cublas",
+                &name,
                 label.clone(),
                 bytes,
                 flops,
-                || cuda.matmul_cublas(&q, &bank, &mut sim, shape).unwrap(),
+                || be.matmul(&q, &bank, &mut sim, shape).unwrap(),
             );
+            if let Some(cuda) = gpu {
+                let name = match dt {
+                    DType::F32 => "sgemm_cublas",
+                    _ => "gemm_cublas_bf16",
+                };
+                measure(
+                    &mut group,
+                    be,
+                    record,
+                    name,
+                    label.clone(),
+                    bytes,
+                    flops,
+                    || cuda.matmul_cublas(&q, &bank, &mut sim, shape).unwrap(),
+                );
+            }
         }
+
+        group.finish();
     }
+    if wanted("select") {
+        let mut group = family(c, be, "select", KERNEL_TIMES);
 
-    group.finish();
-    let mut group = family(c, be, "select", KERNEL_TIMES);
-
-    // select: top-500 of each row of the 64 x 100k similarity block, and the streamed search
-    // (GEMM + running top-500) on the same shape: its cost over matmul_f32 is the top-k's.
-    let k500 = 500;
-    let scores = filled(be, &mut rng, m * nn, DType::F32);
-    let (mut val, mut idx) = (
-        be.zeros(DType::F32, m * k500).unwrap(),
-        be.zeros(DType::U32, m * k500).unwrap(),
-    );
-    let s = TopK {
-        rows: m,
-        n: nn,
-        k: k500,
-    };
-    let bytes = 4.0 * (m * nn + 2 * m * k500) as f64;
-    measure(
-        &mut group,
-        be,
-        record,
-        "topk_f32",
-        format!("{m}x{nn}, k {k500}"),
-        bytes,
-        0.0,
-        || be.topk(&scores, &mut val, &mut idx, s).unwrap(),
-    );
-    drop(scores);
-    // Against the baseline, a full sort of each row, on rows short enough for it.
-    let short = 4096;
-    let scores = filled(be, &mut rng, m * short, DType::F32);
-    let s = TopK {
-        rows: m,
-        n: short,
-        k: k500,
-    };
-    let bytes = 4.0 * (m * short + 2 * m * k500) as f64;
-    let label_short = format!("{m}x{short}, k {k500}");
-    measure(
-        &mut group,
-        be,
-        record,
-        "topk_f32",
-        label_short.clone(),
-        bytes,
-        0.0,
-        || be.topk(&scores, &mut val, &mut idx, s).unwrap(),
-    );
-    if let Some(cuda) = gpu {
+        // select: top-500 of each row of the 64 x 100k similarity block, and the streamed search
+        // (GEMM + running top-500) on the same shape: its cost over matmul_f32 is the top-k's.
+        let k500 = 500;
+        let scores = filled(be, &mut rng, m * nn, DType::F32);
+        let (mut val, mut idx) = (
+            be.zeros(DType::F32, m * k500).unwrap(),
+            be.zeros(DType::U32, m * k500).unwrap(),
+        );
+        let s = TopK {
+            rows: m,
+            n: nn,
+            k: k500,
+        };
+        let bytes = 4.0 * (m * nn + 2 * m * k500) as f64;
         measure(
             &mut group,
             be,
             record,
-            "topk_sort_f32",
-            label_short,
+            "topk_f32",
+            format!("{m}x{nn}, k {k500}"),
             bytes,
             0.0,
-            || cuda.topk_by_sort(&scores, &mut val, &mut idx, s).unwrap(),
+            || be.topk(&scores, &mut val, &mut idx, s).unwrap(),
         );
+        drop(scores);
+        // Against the baseline, a full sort of each row, on rows short enough for it.
+        let short = 4096;
+        let scores = filled(be, &mut rng, m * short, DType::F32);
+        let s = TopK {
+            rows: m,
+            n: short,
+            k: k500,
+        };
+        let bytes = 4.0 * (m * short + 2 * m * k500) as f64;
+        let label_short = format!("{m}x{short}, k {k500}");
+        measure(
+            &mut group,
+            be,
+            record,
+            "topk_f32",
+            label_short.clone(),
+            bytes,
+            0.0,
+            || be.topk(&scores, &mut val, &mut idx, s).unwrap(),
+        );
+        if let Some(cuda) = gpu {
+            measure(
+                &mut group,
+                be,
+                record,
+                "topk_sort_f32",
+                label_short,
+                bytes,
+                0.0,
+                || cuda.topk_by_sort(&scores, &mut val, &mut idx, s).unwrap(),
+            );
+        }
+        drop(scores);
+        let q = filled(be, &mut rng, m * k, DType::F32);
+        let bank = filled(be, &mut rng, nn * k, DType::F32);
+        let s = Knn {
+            nq: m,
+            ndb: nn,
+            dim: k,
+            k: k500,
+            tile: 16_384,
+        };
+        let bytes = 4.0 * (m * k + nn * k) as f64;
+        measure(
+            &mut group,
+            be,
+            record,
+            "knn_f32",
+            format!("{label}, k {k500}"),
+            bytes,
+            flops,
+            || be.knn(&q, &bank, None, &mut val, &mut idx, s).unwrap(),
+        );
+
+        group.finish();
     }
-    drop(scores);
-    let q = filled(be, &mut rng, m * k, DType::F32);
-    let bank = filled(be, &mut rng, nn * k, DType::F32);
-    let s = Knn {
-        nq: m,
-        ndb: nn,
-        dim: k,
-        k: k500,
-        tile: 16_384,
-    };
-    let bytes = 4.0 * (m * k + nn * k) as f64;
-    measure(
-        &mut group,
-        be,
-        record,
-        "knn_f32",
-        format!("{label}, k {k500}"),
-        bytes,
-        flops,
-        || be.knn(&q, &bank, None, &mut val, &mut idx, s).unwrap(),
-    );
+    if wanted("contrastive") {
+        let mut group = family(c, be, "contrastive", KERNEL_TIMES);
 
-    group.finish();
-    let mut group = family(c, be, "contrastive", KERNEL_TIMES);
+        // contrastive: the memory loss of 64 rows against a 100k-row bank, with dL/dS.
+        let sim = filled(be, &mut rng, m * nn, DType::F32);
+        let y1: Vec<i64> = (0..m as i64).map(|i| i % 16 + 1).collect();
+        let y2: Vec<i64> = (0..nn as i64).map(|j| j % 17).collect();
+        let (yb1, yb2) = (be.upload(&y1).unwrap(), be.upload(&y2).unwrap());
+        let mut grad = be.zeros(DType::F32, m * nn).unwrap();
+        let mut stats = be.zeros(DType::F32, 3 * m).unwrap();
+        let cs = Contrastive {
+            n1: m,
+            n2: nn,
+            margin: 0.4,
+            pos_th: 1.0 - 1e-6,
+            memory: true,
+            inv_rows: 1.0 / m as f32,
+        };
+        let bytes = (4 * 2 * m * nn + 8 * (m + nn) + 12 * m) as f64;
+        measure(
+            &mut group,
+            be,
+            record,
+            "contrastive_f32",
+            format!("{m}x{nn}, dL/dS"),
+            bytes,
+            0.0,
+            || {
+                be.contrastive(&sim, &yb1, &yb2, Some(&mut grad), &mut stats, cs)
+                    .unwrap()
+            },
+        );
 
-    // contrastive: the memory loss of 64 rows against a 100k-row bank, with dL/dS.
-    let sim = filled(be, &mut rng, m * nn, DType::F32);
-    let y1: Vec<i64> = (0..m as i64).map(|i| i % 16 + 1).collect();
-    let y2: Vec<i64> = (0..nn as i64).map(|j| j % 17).collect();
-    let (yb1, yb2) = (be.upload(&y1).unwrap(), be.upload(&y2).unwrap());
-    let mut grad = be.zeros(DType::F32, m * nn).unwrap();
-    let mut stats = be.zeros(DType::F32, 3 * m).unwrap();
-    let cs = Contrastive {
-        n1: m,
-        n2: nn,
-        margin: 0.4,
-        pos_th: 1.0 - 1e-6,
-        memory: true,
-        inv_rows: 1.0 / m as f32,
-    };
-    let bytes = (4 * 2 * m * nn + 8 * (m + nn) + 12 * m) as f64;
-    measure(
-        &mut group,
-        be,
-        record,
-        "contrastive_f32",
-        format!("{m}x{nn}, dL/dS"),
-        bytes,
-        0.0,
-        || {
-            be.contrastive(&sim, &yb1, &yb2, Some(&mut grad), &mut stats, cs)
-                .unwrap()
-        },
-    );
-
-    group.finish();
-    let mut group = family(c, be, "bank", KERNEL_TIMES);
-
-    // bank: a step's memory read, 100k scattered rows of 2048 gathered into a block.
-    let bank = filled(be, &mut rng, nn * k, DType::F32);
-    let mut block = be.zeros(DType::F32, nn * k).unwrap();
-    let mut order: Vec<usize> = (0..nn).collect();
-    for i in (1..nn).rev() {
-        order.swap(i, rng.below(i + 1));
+        group.finish();
     }
-    let dst: Vec<usize> = (0..nn).collect();
-    let bytes = (2 * 4 * nn * k + 16 * nn) as f64;
-    measure(
-        &mut group,
-        be,
-        record,
-        "copy_rows_f32",
-        format!("{nn} rows of {k}"),
-        bytes,
-        0.0,
-        || {
-            be.copy_rows(&bank, &mut block, &order, &dst, CopyRows { dim: k })
-                .unwrap()
-        },
-    );
-    drop((bank, block));
+    if wanted("bank") {
+        let mut group = family(c, be, "bank", KERNEL_TIMES);
 
-    group.finish();
-    let mut group = family(c, be, "mining", KERNEL_TIMES);
+        // bank: a step's memory read, 100k scattered rows of 2048 gathered into a block.
+        let bank = filled(be, &mut rng, nn * k, DType::F32);
+        let mut block = be.zeros(DType::F32, nn * k).unwrap();
+        let mut order: Vec<usize> = (0..nn).collect();
+        for i in (1..nn).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        let dst: Vec<usize> = (0..nn).collect();
+        let bytes = (2 * 4 * nn * k + 16 * nn) as f64;
+        measure(
+            &mut group,
+            be,
+            record,
+            "copy_rows_f32",
+            format!("{nn} rows of {k}"),
+            bytes,
+            0.0,
+            || {
+                be.copy_rows(&bank, &mut block, &order, &dst, CopyRows { dim: k })
+                    .unwrap()
+            },
+        );
+        drop((bank, block));
 
-    // mining: a step's decisions (128 anchors x 5 neighbours of 2048; 2000 candidates against
-    // a query set of 64); latency-bound, timed to keep them in view.
-    let (anchors, kn, nc, nqs) = (128, 5, 2000, 64);
-    let g = filled(be, &mut rng, anchors * (kn + 1) * k, DType::F32);
-    let ap: Vec<usize> = (0..anchors).collect();
-    let np: Vec<usize> = (anchors..anchors * (kn + 1)).collect();
-    let mut keep = be.zeros(DType::I32, anchors * kn).unwrap();
-    let sel = BatchSelect {
-        anchors,
-        k: kn,
-        dim: k,
-        dynamic: false,
-        thresh: 0.6,
-    };
-    let bytes = (4 * anchors * (kn + 1) * k) as f64;
-    measure(
-        &mut group,
-        be,
-        record,
-        "batch_select_f32",
-        format!("{anchors}x{kn} of {k}"),
-        bytes,
-        0.0,
-        || be.batch_select(&g, &ap, &np, &mut keep, sel).unwrap(),
-    );
-    let sim = filled(be, &mut rng, nc * nqs, DType::F32);
-    let chosen = vec![false; nc];
-    let (mut score, mut num) = (
-        be.zeros(DType::F32, nc).unwrap(),
-        be.zeros(DType::I32, nc).unwrap(),
-    );
-    let ms = MiningScore {
-        nc,
-        nq: nqs,
-        use_max: false,
-        th: 0.6,
-    };
-    measure(
-        &mut group,
-        be,
-        record,
-        "mining_score_f32",
-        format!("{nc}x{nqs}"),
-        (4 * nc * nqs) as f64,
-        0.0,
-        || {
-            be.mining_score(&sim, &chosen, &mut score, &mut num, ms)
-                .unwrap()
-        },
-    );
-    group.finish();
+        group.finish();
+    }
+    if wanted("mining") {
+        let mut group = family(c, be, "mining", KERNEL_TIMES);
+
+        // mining: a step's decisions (128 anchors x 5 neighbours of 2048; 2000 candidates against
+        // a query set of 64); latency-bound, timed to keep them in view.
+        let (anchors, kn, nc, nqs) = (128, 5, 2000, 64);
+        let g = filled(be, &mut rng, anchors * (kn + 1) * k, DType::F32);
+        let ap: Vec<usize> = (0..anchors).collect();
+        let np: Vec<usize> = (anchors..anchors * (kn + 1)).collect();
+        let mut keep = be.zeros(DType::I32, anchors * kn).unwrap();
+        let sel = BatchSelect {
+            anchors,
+            k: kn,
+            dim: k,
+            dynamic: false,
+            thresh: 0.6,
+        };
+        let bytes = (4 * anchors * (kn + 1) * k) as f64;
+        measure(
+            &mut group,
+            be,
+            record,
+            "batch_select_f32",
+            format!("{anchors}x{kn} of {k}"),
+            bytes,
+            0.0,
+            || be.batch_select(&g, &ap, &np, &mut keep, sel).unwrap(),
+        );
+        let sim = filled(be, &mut rng, nc * nqs, DType::F32);
+        let chosen = vec![false; nc];
+        let (mut score, mut num) = (
+            be.zeros(DType::F32, nc).unwrap(),
+            be.zeros(DType::I32, nc).unwrap(),
+        );
+        let ms = MiningScore {
+            nc,
+            nq: nqs,
+            use_max: false,
+            th: 0.6,
+        };
+        measure(
+            &mut group,
+            be,
+            record,
+            "mining_score_f32",
+            format!("{nc}x{nqs}"),
+            (4 * nc * nqs) as f64,
+            0.0,
+            || {
+                be.mining_score(&sim, &chosen, &mut score, &mut num, ms)
+                    .unwrap()
+            },
+        );
+        group.finish();
+    }
 }
 
-/// A convolution of the backbones at 224 px, from benches/conv_shapes.txt (which
+/// A convolution of the backbones, from benches/conv_shapes.txt (which
 /// scripts/torch-baseline.py reads too): depthwise or dense, the network, input channels, map
-/// size, output channels, kernel, stride.
+/// size, output channels, kernel, stride, and how many layers of the network have this shape.
 struct ConvShape {
     depthwise: bool,
     net: String,
@@ -446,6 +556,8 @@ struct ConvShape {
     cout: usize,
     k: usize,
     stride: usize,
+    /// Layers of the network with this shape, when conv_shapes.txt says (ResNets).
+    count: Option<usize>,
 }
 
 fn conv_shapes() -> Vec<ConvShape> {
@@ -456,11 +568,16 @@ fn conv_shapes() -> Vec<ConvShape> {
             let f: Vec<&str> = l.split_whitespace().collect();
             let num = |i: usize| -> usize { f[i].parse().expect("conv_shapes.txt: a number") };
             let depthwise = f[0] == "dw";
-            let (cout, k, stride) = if depthwise {
-                (num(2), num(4), num(5))
+            let (cout, k, stride, rest) = if depthwise {
+                (num(2), num(4), num(5), 6)
             } else {
-                (num(4), num(5), num(6))
+                (num(4), num(5), num(6), 7)
             };
+            let count = f.get(rest).map(|c| {
+                c.trim_start_matches('x')
+                    .parse()
+                    .expect("conv_shapes.txt: a count xN")
+            });
             ConvShape {
                 depthwise,
                 net: f[1].to_string(),
@@ -469,19 +586,40 @@ fn conv_shapes() -> Vec<ConvShape> {
                 cout,
                 k,
                 stride,
+                count,
             }
         })
         .collect()
 }
 
+/// The three passes of a convolution, as its kernels' names spell them.
+const PASSES: [&str; 3] = ["fwd", "bwd_data", "bwd_weight"];
+
+/// The three GEMMs of an im2col convolution of GEMM shape (m, n, k) = (C_out, N*P*Q,
+/// C_in*R*S), per pass: Y = W . col, dcol = W^T . dY, dW = dY . col^T, with the output's type
+/// (a bf16 weight gradient is f32, as ours).
+fn im2col_gemms<'a>(
+    (m, n, k): (usize, usize, usize),
+    (w, dy, col): (&'a Buf, &'a Buf, &'a Buf),
+    dtype: DType,
+) -> [(&'a Buf, &'a Buf, MatMul, DType); 3] {
+    [
+        (w, col, MatMul::new(m, n, k), dtype),
+        (w, dy, MatMul::new(k, n, m).ta(), dtype),
+        (dy, col, MatMul::new(m, k, n).tb(), DType::F32),
+    ]
+}
+
 /// Batch of the layer benchmarks on a GPU (the training batch).
 const LAYER_BATCH: usize = 64;
 
-/// The backbone's layers: every conv shape of ResNet-50 and EfficientNet-Lite0 at 224 px,
-/// forward / dgrad / wgrad, f32 beside cuBLAS SGEMM on the GEMM of the same (M, N, K) (im2col's
-/// own time not counted, so the baseline is flattered) and bf16 on tensor cores (GPU only); the depthwise convolutions; BatchNorm,
-/// max pool, the elementwise ops and the optimiser at ResNet-50's sizes. On the CPU, only the
-/// first shapes at batch 1 (the twins are references, not contenders).
+/// The backbone's layers: every conv shape of ResNet-101 at 448 px, ResNet-50 and
+/// EfficientNet-Lite0 at 224 px, forward / dgrad / wgrad, in f32 beside cuBLAS SGEMM and in
+/// bf16 on tensor cores beside cuBLAS's bf16 GEMM (cublasGemmEx), each on the GEMM of the same
+/// (M, N, K) = (C_out, N*P*Q, C_in*R*S) (im2col's own time not counted, so the baseline is
+/// flattered: a tensor-core speed of light more than a peer); the depthwise convolutions;
+/// BatchNorm, max pool, the elementwise ops and the optimiser at ResNet-50's sizes. On the CPU,
+/// only the first ResNet-50 shapes at batch 1 (the twins are references, not contenders).
 fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) {
     let record = gpu.is_some();
     let mut rng = Rng::new(2);
@@ -490,416 +628,448 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
     } else {
         (1, 3)
     };
-    let mut group = family(c, be, "conv", LAYER_TIMES);
-    let shapes = conv_shapes();
-    for cs in shapes.iter().filter(|cs| !cs.depthwise).take(take) {
-        let (cin, hw, cout, k, stride, net) = (cs.cin, cs.hw, cs.cout, cs.k, cs.stride, &cs.net);
-        let pad = if net == "lite0" {
-            Padding::Same
-        } else {
-            Padding::Sym(k / 2)
-        };
-        let s = Conv::new(batch, cin, hw, hw, cout, k, stride, pad, 1).unwrap();
-        let (ex, ew, ey) = s.sizes();
-        let x = filled(be, &mut rng, ex, DType::F32);
-        let w = filled(be, &mut rng, ew, DType::F32);
-        let dy = filled(be, &mut rng, ey, DType::F32);
-        let (mut y, mut dx, mut dw) = (
-            be.zeros(DType::F32, ey).unwrap(),
-            be.zeros(DType::F32, ex).unwrap(),
-            be.zeros(DType::F32, ew).unwrap(),
-        );
-        let (m, n, kk) = (cout, batch * s.oh * s.ow, cin * k * k);
-        let flops = 2.0 * (m * n * kk) as f64;
-        let bytes = 4.0 * (ex + ew + ey) as f64;
-        let label = format!("{net} {batch}x{cin}x{hw}x{hw} -> {cout} k{k} s{stride}");
-        measure(
-            &mut group,
-            be,
-            record,
-            "conv2d_fwd_f32",
-            label.clone(),
-            bytes,
-            flops,
-            || be.conv2d_fwd(&x, &w, &mut y, s).unwrap(),
-        );
-        measure(
-            &mut group,
-            be,
-            record,
-            "conv2d_bwd_data_f32",
-            label.clone(),
-            bytes,
-            flops,
-            || be.conv2d_bwd_data(&dy, &w, &mut dx, s).unwrap(),
-        );
-        measure(
-            &mut group,
-            be,
-            record,
-            "conv2d_bwd_weight_f32",
-            label.clone(),
-            bytes,
-            flops,
-            || be.conv2d_bwd_weight(&x, &dy, &mut dw, s).unwrap(),
-        );
-        if let Some(cuda) = gpu {
-            // The three GEMMs of im2col: Y = W . col, dcol = W^T . dY, dW = dY . col^T.
-            let col = filled(be, &mut rng, kk * n, DType::F32);
-            let gemms = [
-                ("sgemm_cublas_fwd", &w, &col, MatMul::new(m, n, kk), m * n),
-                (
-                    "sgemm_cublas_bwd_data",
-                    &w,
-                    &dy,
-                    MatMul::new(kk, n, m).ta(),
-                    kk * n,
-                ),
-                (
-                    "sgemm_cublas_bwd_weight",
-                    &dy,
-                    &col,
-                    MatMul::new(m, kk, n).tb(),
-                    m * kk,
-                ),
-            ];
-            for (name, a, b, mm, len) in gemms {
-                let mut c_view = be.zeros(DType::F32, len).unwrap();
-                measure(
-                    &mut group,
-                    be,
-                    record,
-                    name,
-                    label.clone(),
-                    bytes,
-                    flops,
-                    || cuda.matmul_cublas(a, b, &mut c_view, mm).unwrap(),
-                );
+    if wanted("conv") {
+        let mut group = family(c, be, "conv", LAYER_TIMES);
+        let shapes = conv_shapes();
+        // ResNet-101's 448 px shapes are GPU-sized, even at batch 1.
+        let here = |cs: &ConvShape| {
+            if record {
+                listed("INSCLR_BENCH_CONV_NETS", &cs.net)
+            } else {
+                cs.net != "resnet101"
             }
-            // bf16 on tensor cores (activations and weights bf16, the weight gradient f32).
-            let (xb, wb, dyb) = (
-                filled(be, &mut rng, ex, DType::BF16),
-                filled(be, &mut rng, ew, DType::BF16),
-                filled(be, &mut rng, ey, DType::BF16),
+        };
+        let fam = group.name.clone();
+        for cs in shapes
+            .iter()
+            .filter(|cs| !cs.depthwise && here(cs))
+            .take(take)
+        {
+            let (cin, hw, cout, k, stride, net) =
+                (cs.cin, cs.hw, cs.cout, cs.k, cs.stride, &cs.net);
+            let pad = if net == "lite0" {
+                Padding::Same
+            } else {
+                Padding::Sym(k / 2)
+            };
+            let s = Conv::new(batch, cin, hw, hw, cout, k, stride, pad, 1).unwrap();
+            let (ex, ew, ey) = s.sizes();
+            let (m, n, kk) = (cout, batch * s.oh * s.ow, cin * k * k);
+            let flops = 2.0 * (m * n * kk) as f64;
+            let bytes = 4.0 * (ex + ew + ey) as f64;
+            let label = format!("{net} {batch}x{cin}x{hw}x{hw} -> {cout} k{k} s{stride}");
+            // Each shape's operands are made only when one of its benchmarks is selected: the
+            // ResNet-101 ones take gigabytes.
+            let any = |names: &[String]| {
+                names
+                    .iter()
+                    .any(|op| util::selected(&format!("{fam}/{op}/{label}")))
+            };
+            let names = |pattern: &str| PASSES.map(|p| pattern.replace("{}", p));
+            // A step runs each pass of this shape `count` times, but never the stem's data
+            // gradient (its input needs none).
+            let step = |pass: &str| {
+                cs.count.map(|c| {
+                    let skipped = pass == "bwd_data" && cin == 3;
+                    (net.clone(), if skipped { 0.0 } else { c as f64 })
+                })
+            };
+            // bf16 on tensor cores (activations and weights bf16, the weight gradient f32)
+            // first: the layout the design moves to, and the comparison a short run keeps.
+            let (ours_bf16, cublas_bf16) = (names("conv2d_{}_bf16"), names("gemm_cublas_bf16_{}"));
+            if record && any(&[ours_bf16.clone(), cublas_bf16.clone()].concat()) {
+                let (xb, wb, dyb) = (
+                    filled(be, &mut rng, ex, DType::BF16),
+                    filled(be, &mut rng, ew, DType::BF16),
+                    filled(be, &mut rng, ey, DType::BF16),
+                );
+                let (mut yb, mut dxb, mut dw) = (
+                    be.zeros(DType::BF16, ey).unwrap(),
+                    be.zeros(DType::BF16, ex).unwrap(),
+                    be.zeros(DType::F32, ew).unwrap(),
+                );
+                for (pass, name) in PASSES.iter().zip(&ours_bf16) {
+                    group.step = step(pass);
+                    measure(
+                        &mut group,
+                        be,
+                        record,
+                        name,
+                        label.clone(),
+                        bytes / 2.0,
+                        flops,
+                        || {
+                            match *pass {
+                                "fwd" => be.conv2d_fwd(&xb, &wb, &mut yb, s),
+                                "bwd_data" => be.conv2d_bwd_data(&dyb, &wb, &mut dxb, s),
+                                _ => be.conv2d_bwd_weight(&xb, &dyb, &mut dw, s),
+                            }
+                            .unwrap()
+                        },
+                    );
+                }
+                if let Some(cuda) = gpu.filter(|_| any(&cublas_bf16)) {
+                    let colb = filled(be, &mut rng, kk * n, DType::BF16);
+                    let gemms = im2col_gemms((m, n, kk), (&wb, &dyb, &colb), DType::BF16);
+                    for ((pass, name), (a, b, mm, out)) in
+                        PASSES.iter().zip(&cublas_bf16).zip(gemms)
+                    {
+                        let mut c_out = be.zeros(out, mm.m * mm.n).unwrap();
+                        group.step = step(pass);
+                        measure(
+                            &mut group,
+                            be,
+                            record,
+                            name,
+                            label.clone(),
+                            bytes / 2.0,
+                            flops,
+                            || cuda.matmul_cublas(a, b, &mut c_out, mm).unwrap(),
+                        );
+                    }
+                }
+            }
+            let (ours_f32, sgemm) = (names("conv2d_{}_f32"), names("sgemm_cublas_{}"));
+            if any(&[ours_f32.clone(), sgemm.clone()].concat()) {
+                let x = filled(be, &mut rng, ex, DType::F32);
+                let w = filled(be, &mut rng, ew, DType::F32);
+                let dy = filled(be, &mut rng, ey, DType::F32);
+                let (mut y, mut dx, mut dw) = (
+                    be.zeros(DType::F32, ey).unwrap(),
+                    be.zeros(DType::F32, ex).unwrap(),
+                    be.zeros(DType::F32, ew).unwrap(),
+                );
+                for (pass, name) in PASSES.iter().zip(&ours_f32) {
+                    group.step = step(pass);
+                    measure(
+                        &mut group,
+                        be,
+                        record,
+                        name,
+                        label.clone(),
+                        bytes,
+                        flops,
+                        || {
+                            match *pass {
+                                "fwd" => be.conv2d_fwd(&x, &w, &mut y, s),
+                                "bwd_data" => be.conv2d_bwd_data(&dy, &w, &mut dx, s),
+                                _ => be.conv2d_bwd_weight(&x, &dy, &mut dw, s),
+                            }
+                            .unwrap()
+                        },
+                    );
+                }
+                if let Some(cuda) = gpu.filter(|_| any(&sgemm)) {
+                    let col = filled(be, &mut rng, kk * n, DType::F32);
+                    let gemms = im2col_gemms((m, n, kk), (&w, &dy, &col), DType::F32);
+                    for ((pass, name), (a, b, mm, out)) in PASSES.iter().zip(&sgemm).zip(gemms) {
+                        let mut c_out = be.zeros(out, mm.m * mm.n).unwrap();
+                        group.step = step(pass);
+                        measure(
+                            &mut group,
+                            be,
+                            record,
+                            name,
+                            label.clone(),
+                            bytes,
+                            flops,
+                            || cuda.matmul_cublas(a, b, &mut c_out, mm).unwrap(),
+                        );
+                    }
+                }
+            }
+            group.step = None;
+        }
+        for cs in shapes
+            .iter()
+            .filter(|cs| cs.depthwise && here(cs))
+            .take(take)
+        {
+            let (ch, hw, k, stride) = (cs.cin, cs.hw, cs.k, cs.stride);
+            let s = Conv::new(batch, ch, hw, hw, ch, k, stride, Padding::Same, ch).unwrap();
+            let (ex, ew, ey) = s.sizes();
+            let x = filled(be, &mut rng, ex, DType::F32);
+            let w = filled(be, &mut rng, ew, DType::F32);
+            let dy = filled(be, &mut rng, ey, DType::F32);
+            let (mut y, mut dx, mut dw) = (
+                be.zeros(DType::F32, ey).unwrap(),
+                be.zeros(DType::F32, ex).unwrap(),
+                be.zeros(DType::F32, ew).unwrap(),
             );
-            let (mut yb, mut dxb) = (
-                be.zeros(DType::BF16, ey).unwrap(),
-                be.zeros(DType::BF16, ex).unwrap(),
-            );
-            let half = bytes / 2.0;
+            let flops = 2.0 * (ey * k * k) as f64;
+            let bytes = 4.0 * (ex + ey) as f64;
+            let label = format!("{} dw {batch}x{ch}x{hw}x{hw} k{k} s{stride}", cs.net);
             measure(
                 &mut group,
                 be,
                 record,
-                "conv2d_fwd_bf16",
+                "depthwise_fwd_f32",
                 label.clone(),
-                half,
+                bytes,
                 flops,
-                || be.conv2d_fwd(&xb, &wb, &mut yb, s).unwrap(),
+                || be.conv2d_fwd(&x, &w, &mut y, s).unwrap(),
             );
             measure(
                 &mut group,
                 be,
                 record,
-                "conv2d_bwd_data_bf16",
+                "depthwise_bwd_data_f32",
                 label.clone(),
-                half,
+                bytes,
                 flops,
-                || be.conv2d_bwd_data(&dyb, &wb, &mut dxb, s).unwrap(),
+                || be.conv2d_bwd_data(&dy, &w, &mut dx, s).unwrap(),
             );
             measure(
                 &mut group,
                 be,
                 record,
-                "conv2d_bwd_weight_bf16",
-                label.clone(),
-                half,
+                "depthwise_bwd_weight_f32",
+                label,
+                bytes,
                 flops,
-                || be.conv2d_bwd_weight(&xb, &dyb, &mut dw, s).unwrap(),
+                || be.conv2d_bwd_weight(&x, &dy, &mut dw, s).unwrap(),
             );
         }
+        group.finish();
     }
-    for cs in shapes.iter().filter(|cs| cs.depthwise).take(take) {
-        let (ch, hw, k, stride) = (cs.cin, cs.hw, cs.k, cs.stride);
-        let s = Conv::new(batch, ch, hw, hw, ch, k, stride, Padding::Same, ch).unwrap();
-        let (ex, ew, ey) = s.sizes();
-        let x = filled(be, &mut rng, ex, DType::F32);
-        let w = filled(be, &mut rng, ew, DType::F32);
-        let dy = filled(be, &mut rng, ey, DType::F32);
-        let (mut y, mut dx, mut dw) = (
-            be.zeros(DType::F32, ey).unwrap(),
-            be.zeros(DType::F32, ex).unwrap(),
-            be.zeros(DType::F32, ew).unwrap(),
-        );
-        let flops = 2.0 * (ey * k * k) as f64;
-        let bytes = 4.0 * (ex + ey) as f64;
-        let label = format!("{} dw {batch}x{ch}x{hw}x{hw} k{k} s{stride}", cs.net);
-        measure(
-            &mut group,
-            be,
-            record,
-            "depthwise_fwd_f32",
-            label.clone(),
-            bytes,
-            flops,
-            || be.conv2d_fwd(&x, &w, &mut y, s).unwrap(),
-        );
-        measure(
-            &mut group,
-            be,
-            record,
-            "depthwise_bwd_data_f32",
-            label.clone(),
-            bytes,
-            flops,
-            || be.conv2d_bwd_data(&dy, &w, &mut dx, s).unwrap(),
-        );
-        measure(
-            &mut group,
-            be,
-            record,
-            "depthwise_bwd_weight_f32",
-            label,
-            bytes,
-            flops,
-            || be.conv2d_bwd_weight(&x, &dy, &mut dw, s).unwrap(),
-        );
-    }
-    group.finish();
 
     // norm, pool, eltwise at layer1's activation (batch x 256 x 56 x 56) and the stem's pool.
-    let mut group = family(c, be, "layers", LAYER_TIMES);
-    let (ch, hw) = (256, 56 * 56);
-    let len = batch * ch * hw;
-    let label = format!("{batch}x{ch}x56x56");
-    let x = filled(be, &mut rng, len, DType::F32);
-    let dy = filled(be, &mut rng, len, DType::F32);
-    let (mut y, mut dx) = (
-        be.zeros(DType::F32, len).unwrap(),
-        be.zeros(DType::F32, len).unwrap(),
-    );
-    let gamma = filled(be, &mut rng, ch, DType::F32);
-    let beta = filled(be, &mut rng, ch, DType::F32);
-    let (mut rm, mut rv) = (
-        be.zeros(DType::F32, ch).unwrap(),
-        be.upload(&vec![1.0f32; ch]).unwrap(),
-    );
-    let (mut sm, mut si) = (
-        be.zeros(DType::F32, ch).unwrap(),
-        be.zeros(DType::F32, ch).unwrap(),
-    );
-    let (mut dg, mut db) = (
-        be.zeros(DType::F32, ch).unwrap(),
-        be.zeros(DType::F32, ch).unwrap(),
-    );
-    let bn = BatchNorm::new(batch, ch, hw, 1e-5, Act::Relu);
-    let t = 4.0 * len as f64;
-    measure(
-        &mut group,
-        be,
-        record,
-        "batchnorm_fwd_train_f32",
-        label.clone(),
-        3.0 * t,
-        0.0,
-        || {
-            be.batchnorm_fwd_train(
-                &x,
-                &gamma,
-                &beta,
-                (&mut rm, &mut rv),
-                (&mut sm, &mut si),
-                None,
-                &mut y,
-                bn,
-            )
-            .unwrap()
-        },
-    );
-    measure(
-        &mut group,
-        be,
-        record,
-        "batchnorm_fwd_eval_f32",
-        label.clone(),
-        2.0 * t,
-        0.0,
-        || {
-            be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, None, &mut y, bn)
+    if wanted("layers") {
+        let mut group = family(c, be, "layers", LAYER_TIMES);
+        let (ch, hw) = (256, 56 * 56);
+        let len = batch * ch * hw;
+        let label = format!("{batch}x{ch}x56x56");
+        let x = filled(be, &mut rng, len, DType::F32);
+        let dy = filled(be, &mut rng, len, DType::F32);
+        let (mut y, mut dx) = (
+            be.zeros(DType::F32, len).unwrap(),
+            be.zeros(DType::F32, len).unwrap(),
+        );
+        let gamma = filled(be, &mut rng, ch, DType::F32);
+        let beta = filled(be, &mut rng, ch, DType::F32);
+        let (mut rm, mut rv) = (
+            be.zeros(DType::F32, ch).unwrap(),
+            be.upload(&vec![1.0f32; ch]).unwrap(),
+        );
+        let (mut sm, mut si) = (
+            be.zeros(DType::F32, ch).unwrap(),
+            be.zeros(DType::F32, ch).unwrap(),
+        );
+        let (mut dg, mut db) = (
+            be.zeros(DType::F32, ch).unwrap(),
+            be.zeros(DType::F32, ch).unwrap(),
+        );
+        let bn = BatchNorm::new(batch, ch, hw, 1e-5, Act::Relu);
+        let t = 4.0 * len as f64;
+        measure(
+            &mut group,
+            be,
+            record,
+            "batchnorm_fwd_train_f32",
+            label.clone(),
+            3.0 * t,
+            0.0,
+            || {
+                be.batchnorm_fwd_train(
+                    &x,
+                    &gamma,
+                    &beta,
+                    (&mut rm, &mut rv),
+                    (&mut sm, &mut si),
+                    None,
+                    &mut y,
+                    bn,
+                )
                 .unwrap()
-        },
-    );
-    measure(
-        &mut group,
-        be,
-        record,
-        "batchnorm_bwd_f32",
-        label.clone(),
-        6.0 * t,
-        0.0,
-        || {
-            be.batchnorm_bwd(
-                &x,
-                &y,
-                &dy,
-                &gamma,
-                (&sm, &si),
-                &mut dx,
-                None,
-                (&mut dg, &mut db),
-                bn,
-            )
-            .unwrap()
-        },
-    );
-    measure(
-        &mut group,
-        be,
-        record,
-        "add_fwd_f32",
-        label.clone(),
-        3.0 * t,
-        0.0,
-        || be.add_fwd(&x, &dy, &mut y).unwrap(),
-    );
-    measure(
-        &mut group,
-        be,
-        record,
-        "act_fwd_f32",
-        label.clone(),
-        2.0 * t,
-        0.0,
-        || be.act_fwd(&x, &mut y, Act::Relu).unwrap(),
-    );
-    measure(
-        &mut group,
-        be,
-        record,
-        "act_bwd_f32",
-        label.clone(),
-        3.0 * t,
-        0.0,
-        || be.act_bwd(&x, &dy, &mut dx, Act::Relu).unwrap(),
-    );
-    // A bf16 network's casts: 4 bytes read and 2 written per element, or the reverse.
-    let mut half = be.zeros(DType::BF16, x.len()).unwrap();
-    measure(
-        &mut group,
-        be,
-        record,
-        "cast_f32",
-        label.clone(),
-        1.5 * t,
-        0.0,
-        || be.cast(&x, &mut half).unwrap(),
-    );
-    measure(
-        &mut group,
-        be,
-        record,
-        "cast_bf16",
-        label,
-        1.5 * t,
-        0.0,
-        || be.cast(&half, &mut y).unwrap(),
-    );
-    drop((x, dy, y, dx, half));
-    // The input: a batch of 224 px RGB bytes to the normalised f32 tensor.
-    let it = ImageToTensor {
-        n: batch,
-        h: 224,
-        w: 224,
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
-    let px = batch * 3 * 224 * 224;
-    let rgb = be.upload(&vec![77u8; px]).unwrap();
-    let mut t = be.zeros(DType::F32, px).unwrap();
-    measure(
-        &mut group,
-        be,
-        record,
-        "image_to_tensor_u8",
-        format!("{batch}x224x224x3"),
-        5.0 * px as f64,
-        0.0,
-        || be.image_to_tensor(&rgb, &mut t, it).unwrap(),
-    );
-    drop((rgb, t));
-    let mp = MaxPool::new(batch, 64, 112, 112, 3, 2, 1).unwrap();
-    let (lin, lout) = (batch * 64 * 112 * 112, batch * 64 * mp.oh * mp.ow);
-    let x = filled(be, &mut rng, lin, DType::F32);
-    let dy = filled(be, &mut rng, lout, DType::F32);
-    let (mut y, mut dx) = (
-        be.zeros(DType::F32, lout).unwrap(),
-        be.zeros(DType::F32, lin).unwrap(),
-    );
-    let label = format!("{batch}x64x112x112 k3 s2");
-    let bytes = 4.0 * (lin + lout) as f64;
-    measure(
-        &mut group,
-        be,
-        record,
-        "maxpool_fwd_f32",
-        label.clone(),
-        bytes,
-        0.0,
-        || be.maxpool_fwd(&x, &mut y, mp).unwrap(),
-    );
-    measure(
-        &mut group,
-        be,
-        record,
-        "maxpool_bwd_f32",
-        label,
-        bytes + 4.0 * (lin + lout) as f64,
-        0.0,
-        || be.maxpool_bwd(&x, &y, &dy, &mut dx, mp).unwrap(),
-    );
-    group.finish();
+            },
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "batchnorm_fwd_eval_f32",
+            label.clone(),
+            2.0 * t,
+            0.0,
+            || {
+                be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, None, &mut y, bn)
+                    .unwrap()
+            },
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "batchnorm_bwd_f32",
+            label.clone(),
+            6.0 * t,
+            0.0,
+            || {
+                be.batchnorm_bwd(
+                    &x,
+                    &y,
+                    &dy,
+                    &gamma,
+                    (&sm, &si),
+                    &mut dx,
+                    None,
+                    (&mut dg, &mut db),
+                    bn,
+                )
+                .unwrap()
+            },
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "add_fwd_f32",
+            label.clone(),
+            3.0 * t,
+            0.0,
+            || be.add_fwd(&x, &dy, &mut y).unwrap(),
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "act_fwd_f32",
+            label.clone(),
+            2.0 * t,
+            0.0,
+            || be.act_fwd(&x, &mut y, Act::Relu).unwrap(),
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "act_bwd_f32",
+            label.clone(),
+            3.0 * t,
+            0.0,
+            || be.act_bwd(&x, &dy, &mut dx, Act::Relu).unwrap(),
+        );
+        // A bf16 network's casts: 4 bytes read and 2 written per element, or the reverse.
+        let mut half = be.zeros(DType::BF16, x.len()).unwrap();
+        measure(
+            &mut group,
+            be,
+            record,
+            "cast_f32",
+            label.clone(),
+            1.5 * t,
+            0.0,
+            || be.cast(&x, &mut half).unwrap(),
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "cast_bf16",
+            label,
+            1.5 * t,
+            0.0,
+            || be.cast(&half, &mut y).unwrap(),
+        );
+        drop((x, dy, y, dx, half));
+        // The input: a batch of 224 px RGB bytes to the normalised f32 tensor.
+        let it = ImageToTensor {
+            n: batch,
+            h: 224,
+            w: 224,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        };
+        let px = batch * 3 * 224 * 224;
+        let rgb = be.upload(&vec![77u8; px]).unwrap();
+        let mut t = be.zeros(DType::F32, px).unwrap();
+        measure(
+            &mut group,
+            be,
+            record,
+            "image_to_tensor_u8",
+            format!("{batch}x224x224x3"),
+            5.0 * px as f64,
+            0.0,
+            || be.image_to_tensor(&rgb, &mut t, it).unwrap(),
+        );
+        drop((rgb, t));
+        let mp = MaxPool::new(batch, 64, 112, 112, 3, 2, 1).unwrap();
+        let (lin, lout) = (batch * 64 * 112 * 112, batch * 64 * mp.oh * mp.ow);
+        let x = filled(be, &mut rng, lin, DType::F32);
+        let dy = filled(be, &mut rng, lout, DType::F32);
+        let (mut y, mut dx) = (
+            be.zeros(DType::F32, lout).unwrap(),
+            be.zeros(DType::F32, lin).unwrap(),
+        );
+        let label = format!("{batch}x64x112x112 k3 s2");
+        let bytes = 4.0 * (lin + lout) as f64;
+        measure(
+            &mut group,
+            be,
+            record,
+            "maxpool_fwd_f32",
+            label.clone(),
+            bytes,
+            0.0,
+            || be.maxpool_fwd(&x, &mut y, mp).unwrap(),
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "maxpool_bwd_f32",
+            label,
+            bytes + 4.0 * (lin + lout) as f64,
+            0.0,
+            || be.maxpool_bwd(&x, &y, &dy, &mut dx, mp).unwrap(),
+        );
+        group.finish();
+    }
 
     // optim: one step over ResNet-50's 25.6M parameters (a tenth on the CPU).
-    let mut group = family(c, be, "optim", LAYER_TIMES);
-    let n = if record { 25_557_032 } else { 2_555_703 };
-    let label = format!("{n} params");
-    let mut p = filled(be, &mut rng, n, DType::F32);
-    let g = filled(be, &mut rng, n, DType::F32);
-    let (mut m, mut v) = (
-        be.zeros(DType::F32, n).unwrap(),
-        be.zeros(DType::F32, n).unwrap(),
-    );
-    let step = OptimStep {
-        len: n,
-        split: n - 53_120,
-        lr: [1e-3, 1e-3],
-        wd: [1e-4, 0.0],
-    };
-    let t = 4.0 * n as f64;
-    measure(
-        &mut group,
-        be,
-        record,
-        "adam_f32",
-        label.clone(),
-        7.0 * t,
-        0.0,
-        || be.adam(&mut p, &g, &mut m, &mut v, step, 3).unwrap(),
-    );
-    measure(
-        &mut group,
-        be,
-        record,
-        "sgd_f32",
-        label.clone(),
-        5.0 * t,
-        0.0,
-        || be.sgd(&mut p, &g, &mut m, step, 0.9).unwrap(),
-    );
-    measure(&mut group, be, record, "sumsq_f32", label, t, 0.0, || {
-        be.sum_squares(&g).unwrap();
-    });
-    group.finish();
+    if wanted("optim") {
+        let mut group = family(c, be, "optim", LAYER_TIMES);
+        let n = if record { 25_557_032 } else { 2_555_703 };
+        let label = format!("{n} params");
+        let mut p = filled(be, &mut rng, n, DType::F32);
+        let g = filled(be, &mut rng, n, DType::F32);
+        let (mut m, mut v) = (
+            be.zeros(DType::F32, n).unwrap(),
+            be.zeros(DType::F32, n).unwrap(),
+        );
+        let step = OptimStep {
+            len: n,
+            split: n - 53_120,
+            lr: [1e-3, 1e-3],
+            wd: [1e-4, 0.0],
+        };
+        let t = 4.0 * n as f64;
+        measure(
+            &mut group,
+            be,
+            record,
+            "adam_f32",
+            label.clone(),
+            7.0 * t,
+            0.0,
+            || be.adam(&mut p, &g, &mut m, &mut v, step, 3).unwrap(),
+        );
+        measure(
+            &mut group,
+            be,
+            record,
+            "sgd_f32",
+            label.clone(),
+            5.0 * t,
+            0.0,
+            || be.sgd(&mut p, &g, &mut m, step, 0.9).unwrap(),
+        );
+        measure(&mut group, be, record, "sumsq_f32", label, t, 0.0, || {
+            be.sum_squares(&g).unwrap();
+        });
+        group.finish();
+    }
 }
 
 fn bench_cpu(c: &mut Criterion) {
@@ -926,6 +1096,60 @@ fn bench_gpu(c: &mut Criterion) {
     bench_backend(c, &cuda, Some(&cuda));
     bench_layers(c, &cuda, Some(&cuda));
     write_table(true);
+}
+
+/// Per network, the convolutions of one training step (forward, data and weight gradient)
+/// predicted from the rows: each shape's time times its count in the network, summed, for
+/// ours and cuBLAS in each type, with the shapes measured so far out of all the network's.
+fn step_sums(rows: &[Row]) -> String {
+    let mut nets: Vec<&str> = Vec::new();
+    for r in rows.iter().filter_map(|r| r.step.as_ref()) {
+        if !nets.contains(&r.0.as_str()) {
+            nets.push(&r.0);
+        }
+    }
+    if nets.is_empty() {
+        return String::new();
+    }
+    let all = conv_shapes();
+    let mut out = String::from(
+        "\n| step's convolutions (sum of time x count) | pass | ours f32 | SGEMM | ours bf16 | cuBLAS bf16 | shapes measured |\n|---|---|---|---|---|---|---|\n",
+    );
+    for net in nets {
+        let total = all.iter().filter(|c| c.net == net && !c.depthwise).count();
+        for pass in PASSES.iter().copied().chain(["all"]) {
+            let sum = |kernel: &dyn Fn(&str) -> String| {
+                let (mut ms, mut shapes) = (0.0, 0);
+                for r in rows {
+                    let Some((n, weight)) = &r.step else { continue };
+                    let passes: &[&str] = if pass == "all" { &PASSES } else { &[pass] };
+                    if n == net && passes.iter().any(|p| r.op == kernel(p)) {
+                        ms += 1e3 * weight * r.seconds;
+                        shapes += usize::from(r.op == kernel(passes[0]));
+                    }
+                }
+                (ms, shapes)
+            };
+            let cols = [
+                sum(&|p| format!("conv2d_{p}_f32")),
+                sum(&|p| format!("sgemm_cublas_{p}")),
+                sum(&|p| format!("conv2d_{p}_bf16")),
+                sum(&|p| format!("gemm_cublas_bf16_{p}")),
+            ];
+            let shown = cols.iter().map(|c| c.1).max().unwrap_or(0);
+            out += &format!(
+                "| {net} | {pass} | {} | {}/{total} |\n",
+                cols.map(|(ms, n)| if n > 0 {
+                    format!("{ms:.1} ms")
+                } else {
+                    "-".into()
+                })
+                .join(" | "),
+                shown
+            );
+        }
+    }
+    out
 }
 
 /// Writes the results table to `INSCLR_BENCH_TABLE` (replacing it), and prints it when `print`.
@@ -958,12 +1182,16 @@ fn write_table(print: bool) {
         };
         // Our kernel's time against its baseline's on the same shape (>1: ours is faster).
         let baseline = match r.op.as_str() {
-            "matmul_f32" | "matmul_bf16" => "sgemm_cublas",
-            "topk_f32" => "topk_sort_f32",
-            "conv2d_fwd_f32" => "sgemm_cublas_fwd",
-            "conv2d_bwd_data_f32" => "sgemm_cublas_bwd_data",
-            "conv2d_bwd_weight_f32" => "sgemm_cublas_bwd_weight",
-            _ => "",
+            "matmul_f32" => "sgemm_cublas".to_string(),
+            "matmul_bf16" => "gemm_cublas_bf16".to_string(),
+            "topk_f32" => "topk_sort_f32".to_string(),
+            op => match op.strip_prefix("conv2d_") {
+                Some(pass) if op.ends_with("_f32") => {
+                    format!("sgemm_cublas_{}", pass.trim_end_matches("_f32"))
+                }
+                Some(pass) => format!("gemm_cublas_bf16_{}", pass.trim_end_matches("_bf16")),
+                None => String::new(),
+            },
         };
         let vs = rows
             .iter()
@@ -982,6 +1210,7 @@ fn write_table(print: bool) {
             vs
         );
     }
+    out += &step_sums(&rows);
     if print {
         println!("\n{out}");
     }

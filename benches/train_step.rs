@@ -1,19 +1,103 @@
-//! A whole training step of the backbone on the device, as `train` runs it: the training-mode
-//! forward of a batch of images (their upload included), the backward of a descriptor
-//! gradient, the gradient clip and the Adam update over the parameter arena. ResNet-50 at
-//! 224 px and ResNet-101 at 448 px, batch 64, f32; images/s in the table. The PyTorch numbers
-//! to compare with come from scripts/torch-baseline.py on the same GPU. GPU only: on the CPU
-//! a step of these networks takes minutes and says nothing new. The step is
-//! `insclr::plan::BackboneStep`, the one `insclr-cu plan` lists the launches of.
+//! A whole training step of the backbone on the device, as `train` runs it: the batch's decoded
+//! RGB bytes uploaded and normalised on the device (`Images::Rgb`, a quarter of the f32
+//! tensor's bytes), the training-mode forward, the backward of a descriptor gradient, the
+//! gradient clip and the Adam update over the parameter arena. ResNet-50 at 224 px and
+//! ResNet-101 at 448 px, batch 64, f32 and bf16; images/s in the table, with the input's
+//! upload and conversion timed alone beside it (PyTorch's step, in scripts/torch-baseline.py,
+//! keeps its batch on the GPU: subtract that column to compare). GPU only: on the CPU a step of
+//! these networks takes minutes and says nothing new. The step is `insclr::plan::BackboneStep`,
+//! the one `insclr-cu plan` lists the launches of.
+//!
+//! `INSCLR_BENCH_FAST=1` times five steps after an untimed one instead of criterion's loop
+//! (benches/util); `INSCLR_PROFILE=1` adds one more step recorded with CUDA events around every
+//! launch, copy and memset, and its per-kernel table.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use insclr::backend::{Backend, CudaBackend, DType};
-use insclr::nn::Arch;
+use insclr::backend::{Backend, CudaBackend, DType, ImageToTensor};
+use insclr::data::image::{IMAGENET_MEAN as MEAN, IMAGENET_STD as STD};
+use insclr::nn::{Arch, Images};
 use insclr::plan::{BackboneStep, DESC_DIM};
 use insclr::rng::Rng;
 use std::time::{Duration, Instant};
+use util::{median, mode, time_fast, Mode};
+
+mod util;
 
 const BATCH: usize = 64;
+
+/// Per-step seconds of `step`, by the mode's rules; empty when the filter leaves `id` out.
+fn time_step(
+    c: &mut Criterion,
+    be: &dyn Backend,
+    id: (&str, &str),
+    step: &mut dyn FnMut(),
+) -> Vec<f64> {
+    let sync = || be.synchronize().expect("sync");
+    let full = format!("{}/{}", id.0, id.1);
+    match mode() {
+        Mode::Launches(n) => {
+            if util::selected(&full) {
+                (0..n).for_each(|_| step());
+                sync();
+            }
+            Vec::new()
+        }
+        Mode::Fast if util::selected(&full) => time_fast(&sync, step),
+        Mode::Fast => Vec::new(),
+        Mode::Criterion => {
+            let mut group = c.benchmark_group(id.0);
+            group
+                .sample_size(10)
+                .warm_up_time(Duration::from_secs(1))
+                .measurement_time(Duration::from_secs(10));
+            let (mut samples, mut warm) = (Vec::new(), false);
+            group.bench_function(id.1, |b| {
+                b.iter_custom(|iters| {
+                    // One untimed step first (`--quick` has no warm-up of its own).
+                    if !std::mem::replace(&mut warm, true) {
+                        step();
+                    }
+                    sync();
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        step();
+                    }
+                    sync();
+                    let d = t.elapsed();
+                    samples.push(d.as_secs_f64() / iters as f64);
+                    d
+                })
+            });
+            group.finish();
+            samples
+        }
+    }
+}
+
+/// Median seconds of the input alone: `bytes` uploaded and converted to the f32 tensor, as
+/// the step's first work does.
+fn time_input(be: &dyn Backend, bytes: &[u8], px: usize) -> f64 {
+    let mut staging = be.zeros(DType::U8, bytes.len()).expect("alloc");
+    let mut input = be.zeros(DType::F32, bytes.len()).expect("alloc");
+    let s = ImageToTensor {
+        n: BATCH,
+        h: px,
+        w: px,
+        mean: MEAN,
+        std: STD,
+    };
+    let mut samples = Vec::new();
+    for _ in 0..6 {
+        be.synchronize().expect("sync");
+        let t = Instant::now();
+        be.upload_into(bytes, &mut staging).expect("upload");
+        be.image_to_tensor(&staging, &mut input, s)
+            .expect("image_to_tensor");
+        be.synchronize().expect("sync");
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    median(&samples[1..])
+}
 
 fn bench_step(c: &mut Criterion) {
     let cuda = match CudaBackend::new(0) {
@@ -24,62 +108,74 @@ fn bench_step(c: &mut Criterion) {
         }
     };
     let be: &dyn Backend = &cuda;
+    let profile = insclr::backend::profile::kernel_profile_requested();
     let mut table = String::from(
-        "\n| training step (ours) | batch | px | ms / step | images / s |\n|---|---|---|---|---|\n",
+        "\n| training step (ours) | batch | px | ms / step | images / s | input: u8 RGB uploaded and normalised per step, as `train` (ms of the step) |\n|---|---|---|---|---|---|\n",
     );
-    let mut group = c.benchmark_group("step/cuda");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(10));
+    let mut profiles = String::new();
     for (arch, name, px, precision) in [
         (Arch::ResNet50, "resnet50", 224, DType::F32),
         (Arch::ResNet50, "resnet50", 224, DType::BF16),
         (Arch::ResNet101, "resnet101", 448, DType::F32),
         (Arch::ResNet101, "resnet101", 448, DType::BF16),
     ] {
+        let label = format!("{name} {precision:?} {BATCH}x{px}px");
+        if !util::selected(&format!("step/cuda/{label}")) {
+            continue;
+        }
         let mut rng = Rng::new(3);
         let mut backbone_step =
             BackboneStep::new(be, &mut rng, arch, precision, BATCH, px).expect("network");
-        let x = rng.vec_f32(BATCH * 3 * px * px, -2.0, 2.0);
+        let bytes: Vec<u8> = (0..BATCH * px * px * 3)
+            .map(|_| rng.below(256) as u8)
+            .collect();
         let d_desc = be
             .upload(&rng.vec_f32(BATCH * DESC_DIM, -1e-3, 1e-3))
             .expect("upload");
-        let mut step = || backbone_step.run(be, &x, &d_desc).expect("training step");
-        let label = format!("{name} {precision:?} {BATCH}x{px}px");
-        let (mut samples, mut warm) = (Vec::new(), false);
-        group.bench_function(&label, |b| {
-            b.iter_custom(|iters| {
-                // One untimed step first (`--quick` has no warm-up of its own).
-                if !std::mem::replace(&mut warm, true) {
-                    step();
+        let images = Images::Rgb {
+            bytes: &bytes,
+            mean: MEAN,
+            std: STD,
+        };
+        let mut step = || {
+            backbone_step
+                .run(be, images, &d_desc)
+                .expect("training step")
+        };
+        let samples = time_step(c, be, ("step/cuda", &label), &mut step);
+        if samples.is_empty() {
+            continue;
+        }
+        let s = median(&samples);
+        let input = time_input(be, &bytes, px);
+        table += &format!(
+            "| {name} {precision:?} | {BATCH} | {px} | {:.1} | {:.1} | {:.1} MB: {:.2} ms ({:.1}%) |\n",
+            s * 1e3,
+            BATCH as f64 / s,
+            bytes.len() as f64 / 1e6,
+            input * 1e3,
+            100.0 * input / s
+        );
+        if profile {
+            be.synchronize().expect("sync");
+            cuda.profile_start();
+            let t = Instant::now();
+            step();
+            be.synchronize().expect("sync");
+            let wall = t.elapsed().as_secs_f64() * 1e3;
+            match cuda.profile_take() {
+                Ok(p) => {
+                    profiles += &p.table(&format!("{name} {precision:?} step"), Some(wall), 25)
                 }
-                be.synchronize().expect("sync");
-                let t = Instant::now();
-                for _ in 0..iters {
-                    step();
-                }
-                be.synchronize().expect("sync");
-                let d = t.elapsed();
-                samples.push(d.as_secs_f64() / iters as f64);
-                d
-            })
-        });
-        samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        if let Some(&s) = samples.get(samples.len() / 2) {
-            table += &format!(
-                "| {name} {precision:?} | {BATCH} | {px} | {:.1} | {:.1} |\n",
-                s * 1e3,
-                BATCH as f64 / s
-            );
-            // Written after every row: a run stopped at its time limit keeps what it measured.
-            if let Ok(path) = std::env::var("INSCLR_BENCH_TABLE") {
-                std::fs::write(&path, &table).expect("write bench table");
+                Err(e) => profiles += &format!("\n{name} {precision:?}: no profile ({e:#})\n"),
             }
         }
+        // Written after every row: a run stopped at its time limit keeps what it measured.
+        if let Ok(path) = std::env::var("INSCLR_BENCH_TABLE") {
+            std::fs::write(&path, format!("{table}{profiles}")).expect("write bench table");
+        }
     }
-    group.finish();
-    println!("{table}");
+    println!("{table}{profiles}");
 }
 
 criterion_group!(benches, bench_step);

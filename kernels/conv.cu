@@ -367,9 +367,11 @@ extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float* __restrict_
 // mainloop takes as it is, with 16-byte copies straight from the activations:
 //   forward   y[img]  (c_out x hw)  = W (c_out x c_in) x[img] (c_in x hw)          one batch per image
 //   data grad dx[img] (c_in x hw)   = W^T dy[img] (c_out x hw)                      one batch per image
-//   weight    partial[z] (c_out x c_in) = sum over the split's images of dy[img] x[img]^T
-// conv.rs takes this path when c_in and hw are multiples of 8 (16-byte rows); the weight
-// gradient's splits are added by conv2d_bwd_weight_reduce_f32 as the other paths'. BM = 64 tiles
+//   weight    partial[z] (c_out x c_in) = sum over split z's pixels of dy x^T
+// conv.rs takes this path when c_in and hw are multiples of 8 (16-byte rows). The weight
+// gradient's split z covers `per` whole images (their pixels as k segments, one per image) or,
+// when the batch has fewer images than the GPU wants splits, a `part_len`-pixel part of one image
+// (parts > 1); conv2d_bwd_weight_reduce_f32 adds the splits as the other paths'. BM = 64 tiles
 // serve the layers whose M (c_out, or c_in for the data gradient) is at most 64.
 template <int BM, int WN>
 __device__ __forceinline__ void conv1x1_fwd(const bf16_t* x, const bf16_t* w, bf16_t* y, int c_in, int c_out, int hw) {
@@ -387,13 +389,28 @@ __device__ __forceinline__ void conv1x1_bwd_data(const bf16_t* dy, const bf16_t*
 }
 
 template <int BM, int WN>
-__device__ __forceinline__ void conv1x1_bwd_weight(const bf16_t* x, const bf16_t* dy, float* partial, int per, int n,
-                                                   int c_in, int c_out, int hw) {
+__device__ __forceinline__ void conv1x1_bwd_weight(const bf16_t* x, const bf16_t* dy, float* partial, int per,
+                                                   int parts, int part_len, int n, int c_in, int c_out, int hw) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    const int images = min(per, n - (int)blockIdx.z * per);
-    tc::tc_gemm<true, true, BM, 128, 64, WN, 3, float, true>(dy, x, partial, c_out, c_in, hw, (long long)per * c_out * hw,
-                                                     (long long)per * c_in * hw, (long long)c_out * c_in, images,
-                                                     (long long)c_out * hw, (long long)c_in * hw, 1.0f, 0.0f, tc_smem);
+    const int z = blockIdx.z;
+    long long first;  // the split's first (image, pixel), as an offset into an image's row
+    int images = 1, k = hw;
+    if (parts > 1) {
+        const int img = z / parts, p0 = (z % parts) * part_len;
+        first = p0;
+        k = min(part_len, hw - p0);
+        dy += (long long)img * c_out * hw;
+        x += (long long)img * c_in * hw;
+    } else {
+        first = 0;
+        images = min(per, n - z * per);
+        dy += (long long)z * per * c_out * hw;
+        x += (long long)z * per * c_in * hw;
+    }
+    // The split's offsets are applied here, so blockIdx.z offsets nothing more (batch strides 0).
+    tc::tc_gemm<true, true, BM, 128, 64, WN, 3, float, true>(dy + first, x + first, partial + (long long)z * c_out * c_in,
+                                                           c_out, c_in, k, 0, 0, 0, images, (long long)c_out * hw,
+                                                           (long long)c_in * hw, 1.0f, 0.0f, tc_smem, hw);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -420,18 +437,20 @@ extern "C" __global__ void __launch_bounds__(128)
     conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw);
 }
 
-// partial: gridDim.z x c_out x c_in f32 sums over `images_per_split` images each. Eight 64 x 32
-// warps: with 64 x 64 ones, the segment walk's registers pushed the kernel into spilling.
+// partial: gridDim.z x c_out x c_in f32 sums, each over `images_per_split` images (parts = 1) or
+// over a part_len-pixel part of one image. Eight 64 x 32 warps: with 64 x 64 ones, the segment
+// walk's registers pushed the kernel into spilling.
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_1x1_bwd_weight_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ dy, float* __restrict__ partial,
-                               int images_per_split, int n, int c_in, int c_out, int hw) {
-    conv1x1_bwd_weight<128, 32>(x, dy, partial, images_per_split, n, c_in, c_out, hw);
+                               int images_per_split, int parts, int part_len, int n, int c_in, int c_out, int hw) {
+    conv1x1_bwd_weight<128, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_1x1_bwd_weight_m64_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ dy,
-                                   float* __restrict__ partial, int images_per_split, int n, int c_in, int c_out, int hw) {
-    conv1x1_bwd_weight<64, 32>(x, dy, partial, images_per_split, n, c_in, c_out, hw);
+                                   float* __restrict__ partial, int images_per_split, int parts, int part_len, int n,
+                                   int c_in, int c_out, int hw) {
+    conv1x1_bwd_weight<64, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);
 }
 
 // ---- channels-last (NHWC) implicit GEMM, bf16: tc_gemm.cuh's mainloop with ConvGather -------

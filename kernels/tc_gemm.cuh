@@ -462,7 +462,7 @@ template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typena
 __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
                                         TC* __restrict__ C, int m, int n, int k, long long batch_a, long long batch_b,
                                         long long batch_c, int segments, long long seg_a, long long seg_b, float alpha,
-                                        float beta, unsigned char* smem) {
+                                        float beta, unsigned char* smem, int k_ld = 0) {
     constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
     const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
     A += blockIdx.z * batch_a;
@@ -471,9 +471,11 @@ __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, con
 
     TileLoader<A_K, BM, THREADS, SEGMENTED> a_load;
     TileLoader<B_K, BN, THREADS, SEGMENTED> b_load;
-    // A stored m x k (ld k) or k x m (ld m); B stored n x k (ld k) or k x n (ld n).
-    a_load.init(A, bm, m, k, A_K ? k : m, seg_a);
-    b_load.init(B, bn, n, k, B_K ? k : n, seg_b);
+    // A stored m x k (ld k, or k_ld when a row is longer than the k it takes part in) or k x m
+    // (ld m); B stored n x k (ld k or k_ld) or k x n (ld n).
+    const int ldk = k_ld ? k_ld : k;
+    a_load.init(A, bm, m, k, A_K ? ldk : m, seg_a);
+    b_load.init(B, bn, n, k, B_K ? ldk : n, seg_b);
 
     float acc[WM / 16][WN / 8][4];
     mainloop<A_K, B_K, BM, BN, WM, WN, STAGES>(a_load, b_load, (k + BK - 1) / BK * segments, acc, smem);

@@ -1,37 +1,56 @@
 #!/usr/bin/env python3
 """The PyTorch side of the comparison, on the GPU machine's own PyTorch (cuDNN, cuBLAS).
 
-Times the convolutions of benches/conv_shapes.txt (forward, data gradient, weight gradient;
-batch 64, f32 with TF32 off, as our f32 kernels compute) and a training step as the original
-runs it (torchvision ResNet + GeM + linear head, Adam with coupled decay, grad clip): ResNet-50
-at 224 px and ResNet-101 at 448 px, batch 64, eager fp32 with torch's defaults (TF32 cuDNN
-convolutions, as the original ran) and AMP (bf16) channels-last. Prints a
-markdown table; scripts/device-run.sh appends it to the summary.
+Times a training step as the original runs it (torchvision ResNet + GeM + linear head, Adam
+with coupled decay, grad clip): ResNet-50 at 224 px and ResNet-101 at 448 px, batch 64, eager
+fp32 with torch's defaults (TF32 cuDNN convolutions, as the original ran) and AMP (bf16)
+channels-last. Then the convolutions of benches/conv_shapes.txt under the names
+benches/kernels.rs gives them (forward, data gradient, weight gradient; batch 64): in f32 with
+TF32 off, as our f32 kernels compute, and/or in bf16 channels-last, cuDNN's tensor-core layout;
+each timed with CUDA events, median of 20 after 3 untimed calls. For the ResNets, whose lines
+carry a count, each table ends with the step's convolutions: the sum of time x count.
+Prints markdown tables; scripts/device-run.sh appends them to the summary.
+
+    torch-baseline.py [--no-steps] [--convs f32,bf16|none] [--nets resnet101,resnet50,lite0]
 
 Prints a SKIPPED line and exits 0 when PyTorch, torchvision or a GPU is missing. The Lite0
 shapes use symmetric padding k // 2 here (cuDNN has no TF SAME); the time is the same to within
 the edge rows.
 """
+import argparse
 import os
 import statistics
 import sys
+import time
 
 BATCH = 64
 
 
-def shapes(path):
+def shapes(path, nets=None):
+    """(depthwise, net, c_in, map, c_out, k, stride, count or None) per line of path."""
     out = []
     for line in open(path):
         f = line.split()
         if not f or f[0].startswith("#"):
             continue
-        if f[0] == "dw":
+        if nets and f[1] not in nets:
+            continue
+        dw = f[0] == "dw"
+        if dw:
             net, ch, hw, k, s = f[1], *map(int, f[2:6])
-            out.append((True, net, ch, hw, ch, k, s))
+            row, rest = (True, net, ch, hw, ch, k, s), f[6:]
         else:
             net, cin, hw, cout, k, s = f[1], *map(int, f[2:7])
-            out.append((False, net, cin, hw, cout, k, s))
+            row, rest = (False, net, cin, hw, cout, k, s), f[7:]
+        out.append(row + (int(rest[0].lstrip("x")) if rest else None,))
     return out
+
+
+def label(dw, net, cin, hw, cout, k, s):
+    """The shape's name in benches/kernels.rs's table."""
+    if dw:
+        return f"{net} dw {BATCH}x{cin}x{hw}x{hw} k{k} s{s}"
+    return f"{net} {BATCH}x{cin}x{hw}x{hw} -> {cout} k{k} s{s}"
 
 
 def timed(torch, fn, warmup=3, iters=20):
@@ -49,23 +68,42 @@ def timed(torch, fn, warmup=3, iters=20):
     return statistics.median(times)
 
 
-def conv_table(torch, path):
-    F = torch.nn.functional
-    grad = torch.nn.grad
-    # Printed row by row: a run stopped at its time limit keeps the rows it measured.
-    print("| cuDNN (f32, TF32 off) | shape | fwd (us) | dgrad (us) | wgrad (us) |\n|---|---|---|---|---|", flush=True)
-    for dw, net, cin, hw, cout, k, s in shapes(path):
-        groups = cin if dw else 1
-        x = torch.randn(BATCH, cin, hw, hw, device="cuda")
-        w = torch.randn(cout, cin // groups, k, k, device="cuda")
-        y = F.conv2d(x, w, stride=s, padding=k // 2, groups=groups)
-        dy = torch.randn_like(y)
-        t_f = timed(torch, lambda: F.conv2d(x, w, stride=s, padding=k // 2, groups=groups))
-        t_d = timed(torch, lambda: grad.conv2d_input(x.shape, w, dy, stride=s, padding=k // 2, groups=groups))
-        t_w = timed(torch, lambda: grad.conv2d_weight(x, w.shape, dy, stride=s, padding=k // 2, groups=groups))
-        label = f"{net} {'dw ' if dw else ''}{BATCH}x{cin}x{hw}x{hw} -> {cout} k{k} s{s}"
-        print(f"| {label} | | {t_f * 1e6:.1f} | {t_d * 1e6:.1f} | {t_w * 1e6:.1f} |", flush=True)
-        del x, w, y, dy
+def conv_table(torch, path, dtype, nets):
+    """One row per shape, printed as measured: a run stopped at its time limit keeps them."""
+    bf16 = dtype == "bf16"
+    title = "cuDNN bf16 channels-last" if bf16 else "cuDNN f32 (TF32 off)"
+    kind = dict(device="cuda", dtype=torch.bfloat16 if bf16 else torch.float32)
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    conv = torch.nn.functional.conv2d
+    backward = torch.ops.aten.convolution_backward
+    print(f"| {title}: shape | fwd (us) | dgrad (us) | wgrad (us) |\n|---|---|---|---|", flush=True)
+    sums = {}
+    for dw, net, cin, hw, cout, k, s, count in shapes(path, nets):
+        groups, pad = (cin if dw else 1), k // 2
+        try:
+            x = torch.randn(BATCH, cin, hw, hw, **kind).to(memory_format=fmt)
+            w = torch.randn(cout, cin // groups, k, k, **kind).to(memory_format=fmt)
+            y = conv(x, w, stride=s, padding=pad, groups=groups)
+            dy = torch.randn_like(y)
+            # What autograd calls, one gradient at a time.
+            args = ([s, s], [pad, pad], [1, 1], False, [0, 0], groups)
+            t_f = timed(torch, lambda: conv(x, w, stride=s, padding=pad, groups=groups))
+            t_d = timed(torch, lambda: backward(dy, x, w, None, *args, [True, False, False]))
+            t_w = timed(torch, lambda: backward(dy, x, w, None, *args, [False, True, False]))
+        except RuntimeError as e:  # out of memory, or no kernel for the shape: say so, go on
+            print(f"| {label(dw, net, cin, hw, cout, k, s)} | failed: {str(e).splitlines()[0]} | | |", flush=True)
+            continue
+        finally:
+            x = w = y = dy = None
+        print(f"| {label(dw, net, cin, hw, cout, k, s)} | {t_f * 1e6:.1f} | {t_d * 1e6:.1f} | {t_w * 1e6:.1f} |", flush=True)
+        if count is not None:
+            # A training step never computes the stem's data gradient (cin 3: the image).
+            f, d, g = sums.get(net, (0.0, 0.0, 0.0))
+            sums[net] = (f + count * t_f, d + (0 if cin == 3 else count) * t_d, g + count * t_w)
+    if sums:
+        print(f"\n| {title}: a step's convolutions (sum of time x count) | fwd (ms) | dgrad (ms) | wgrad (ms) | all (ms) |\n|---|---|---|---|---|")
+        for net, (f, d, g) in sums.items():
+            print(f"| {net} | {f * 1e3:.1f} | {d * 1e3:.1f} | {g * 1e3:.1f} | {(f + d + g) * 1e3:.1f} |", flush=True)
 
 
 def step_table(torch, torchvision):
@@ -112,6 +150,15 @@ def step_table(torch, torchvision):
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-steps", action="store_true", help="skip the training steps")
+    ap.add_argument("--convs", default="f32", help="conv tables: f32, bf16, f32,bf16 or none")
+    ap.add_argument("--nets", default="", help="networks of conv_shapes.txt (default: all)")
+    args = ap.parse_args()
+    convs = [c for c in args.convs.split(",") if c and c != "none"]
+    if any(c not in ("f32", "bf16") for c in convs):
+        ap.error(f"--convs {args.convs}: f32, bf16, both (comma-separated) or none")
+    nets = [n for n in args.nets.split(",") if n] or None
     try:
         import torch
     except ImportError:
@@ -123,19 +170,24 @@ def main():
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = False
     print(f"PyTorch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}\n")
+    start = time.time()
     # The step first: it is the comparison the device lease is short enough to lose.
-    try:
-        import torchvision
+    if not args.no_steps:
+        try:
+            import torchvision
 
-        # The step as the original runs it: torch's defaults (cuDNN convolutions in TF32).
-        torch.backends.cudnn.allow_tf32 = True
-        step_table(torch, torchvision)
-    except ImportError:
-        print("SKIPPED training step: no torchvision on this machine")
-    # Our f32 kernels compute in full f32: so does cuDNN for the per-shape table.
+            # The step as the original runs it: torch's defaults (cuDNN convolutions in TF32).
+            torch.backends.cudnn.allow_tf32 = True
+            step_table(torch, torchvision)
+        except ImportError:
+            print("SKIPPED training step: no torchvision on this machine")
+        print(f"torch-baseline: steps done at {time.time() - start:.0f} s", file=sys.stderr)
+    # Our f32 kernels compute in full f32: so does cuDNN for the per-shape f32 table.
     torch.backends.cudnn.allow_tf32 = False
-    print()
-    conv_table(torch, os.path.join(root, "benches", "conv_shapes.txt"))
+    for dtype in convs:
+        print()
+        conv_table(torch, os.path.join(root, "benches", "conv_shapes.txt"), dtype, nets)
+        print(f"torch-baseline: {dtype} convolutions done at {time.time() - start:.0f} s", file=sys.stderr)
     return 0
 
 

@@ -264,6 +264,8 @@ const CONV_SIZES: &[ConvCase] = &[
     (2, 16, 4, 4, 24, 1, 1, Padding::Sym(0), 1),
     (3, 136, 4, 6, 72, 1, 1, Padding::Sym(0), 1),
     (2, 40, 10, 8, 200, 1, 1, Padding::Sym(0), 1),
+    // ... and one whose weight gradient splits each image's 576 pixels into parts (256, 256, 64).
+    (1, 16, 24, 24, 24, 1, 1, Padding::Sym(0), 1),
     // Dense, c_in % 8 == 0, not 1x1 stride 1 on aligned maps: bf16 transposes to NHWC and runs
     // the channels-last implicit GEMMs (the data gradient at stride 1 with c_out % 8 == 0).
     // c_in 8 and 24 put several taps in one 32-deep k tile, 72 (through the data gradient's dy)

@@ -301,3 +301,61 @@ fn batchnorm_momentum_is_the_backbones_own() {
     check("resnet", &res.stem, 0.1);
     assert!(res.batchnorms_mut().iter().all(|bn| bn.momentum == 0.1));
 }
+
+/// benches/conv_shapes.txt names every convolution of ResNet-50 at 224 px and ResNet-101 at
+/// 448 px with its count: the kernel and cuDNN tables weigh each shape by it to predict a
+/// step's convolution time, so a missing layer or a wrong count would skew that sum.
+#[test]
+fn conv_shapes_txt_counts_every_resnet_convolution() {
+    use std::collections::BTreeMap;
+    type Shape = (usize, usize, usize, usize, usize); // c_in, input map, c_out, k, stride
+    let text = include_str!("../benches/conv_shapes.txt");
+    let listed = |net: &str| -> BTreeMap<Shape, usize> {
+        let mut m = BTreeMap::new();
+        for l in text.lines().filter(|l| l.starts_with("dense ")) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f[1] != net {
+                continue;
+            }
+            let n = |i: usize| f[i].parse::<usize>().unwrap();
+            let count = f
+                .get(7)
+                .map_or(1, |c| c.trim_start_matches('x').parse().unwrap());
+            *m.entry((n(2), n(3), n(4), n(5), n(6))).or_default() += count;
+        }
+        m
+    };
+    let be = insclr::backend::cpu();
+    for (arch, net, px) in [
+        (Arch::ResNet50, "resnet50", 224),
+        (Arch::ResNet101, "resnet101", 448),
+    ] {
+        let model = arch.build(be, &mut Rng::new(2), false).unwrap();
+        // torchvision v1.5: the stem halves the map and the max pool halves it again; the first
+        // block of layers 2-4 strides on its 3x3 and its downsample, from the previous map.
+        let mut found: BTreeMap<Shape, usize> = BTreeMap::new();
+        for p in model.params().iter().filter(|p| p.shape.len() == 4) {
+            let (c_out, c_in, k) = (p.shape[0], p.shape[1], p.shape[2]);
+            let parts: Vec<&str> = p.name.split('.').collect();
+            let shape = if parts[0] == "conv1" {
+                (c_in, px, c_out, k, 2)
+            } else {
+                let stage: u32 = parts[0].trim_start_matches("layer").parse().unwrap();
+                let block: usize = parts[1].parse().unwrap();
+                let map = (px / 4) >> (stage - 1);
+                let first_strided = block == 0 && stage > 1;
+                match (parts[2], first_strided) {
+                    ("conv1", true) => (c_in, 2 * map, c_out, k, 1),
+                    ("conv2", true) | ("downsample", true) => (c_in, 2 * map, c_out, k, 2),
+                    _ => (c_in, map, c_out, k, 1),
+                }
+            };
+            *found.entry(shape).or_default() += 1;
+        }
+        assert_eq!(
+            found,
+            listed(net),
+            "{net}: benches/conv_shapes.txt against the network"
+        );
+    }
+}

@@ -74,10 +74,15 @@ fn a_weight_gradient_is_split_to_fill_one_wave_of_the_modelled_gpu() {
         else {
             panic!("the weight gradient and its reduction expected, got {events:?}");
         };
-        assert_eq!(kernel, &format!("conv2d_bwd_weight_{dtype}"));
+        // bf16 takes the 1x1 GEMM on the pipelined mainloop (64 output rows: its 64-row tiles).
+        let want = match dtype {
+            DType::BF16 => "conv2d_1x1_bwd_weight_m64_bf16".to_string(),
+            _ => format!("conv2d_bwd_weight_{dtype}"),
+        };
+        assert_eq!(kernel, &want);
         assert_eq!(reduce, "conv2d_bwd_weight_reduce_f32");
         let res = occupancy::resources(kernel);
-        let per_sm = occupancy::blocks_per_sm(&SM90, res, 256, 0).blocks as usize;
+        let per_sm = occupancy::blocks_per_sm(&SM90, res, cfg.block.0, cfg.smem).blocks as usize;
         let slots = per_sm * occupancy::MODEL_SMS as usize;
         let blocks = (cfg.grid.0 * cfg.grid.1 * cfg.grid.2) as usize;
         let splits = cfg.grid.2 as usize;
@@ -106,6 +111,17 @@ fn count(p: &StepPlan, name: &str) -> usize {
     p.entries.iter().filter(|e| e.name == name).count()
 }
 
+/// Launches of a convolution pass (`fwd`, `bwd_data`, `bwd_weight`) in `precision`: the implicit
+/// GEMM's, and in bf16 also the 1x1 GEMMs' (`conv2d_1x1_<op>[_m64]_bf16`).
+fn conv_count(p: &StepPlan, op: &str, precision: DType) -> usize {
+    let one = format!("conv2d_1x1_{op}_");
+    count(p, &format!("conv2d_{op}_{precision}"))
+        + p.entries
+            .iter()
+            .filter(|e| e.name.starts_with(&one))
+            .count()
+}
+
 #[test]
 fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
     for precision in [DType::F32, DType::BF16] {
@@ -113,9 +129,17 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
         let k = |op: &str| format!("{op}_{precision}");
         // 53 convolutions (49 in the bottlenecks, 3 downsamples, the stem) and their
         // BatchNorms; the stem's input gradient is never computed.
-        assert_eq!(count(&p, &k("conv2d_fwd")), 53);
-        assert_eq!(count(&p, &k("conv2d_bwd_data")), 52);
-        assert_eq!(count(&p, &k("conv2d_bwd_weight")), 53);
+        assert_eq!(conv_count(&p, "fwd", precision), 53);
+        assert_eq!(conv_count(&p, "bwd_data", precision), 52);
+        assert_eq!(conv_count(&p, "bwd_weight", precision), 53);
+        // In bf16 the 1x1 stride-1 convolutions whose maps hold a multiple of 8 pixels (56 and
+        // 28 px: not 14 x 14 = 196 or 7 x 7) are GEMMs on the pipelined mainloop: stage 1's six
+        // and its downsample, stage 2's eight (its first block's reduction still at 56 px), and
+        // stage 3's first reduction (at 28 px).
+        if precision == DType::BF16 {
+            let one_by_one = conv_count(&p, "fwd", precision) - count(&p, &k("conv2d_fwd"));
+            assert_eq!(one_by_one, 16, "1x1 stride-1 convolutions at 56 and 28 px");
+        }
         assert_eq!(count(&p, "conv2d_bwd_weight_reduce_f32"), 53);
         assert_eq!(count(&p, &k("batchnorm_fwd_train")), 53);
         assert_eq!(count(&p, &k("batchnorm_bwd")), 53);
@@ -130,7 +154,7 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
         let fwd: f64 = p
             .entries
             .iter()
-            .filter(|e| e.name == k("conv2d_fwd"))
+            .filter(|e| e.name == k("conv2d_fwd") || e.name.starts_with("conv2d_1x1_fwd_"))
             .map(|e| e.work.flops)
             .sum();
         let gmac = fwd / 2.0 / 64.0 / 1e9;
@@ -185,10 +209,14 @@ fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Every launch listed: ResNet-101's 104 forward convolutions among them.
+    // Every launch listed: ResNet-101's 104 forward convolutions among them (the 1x1 stride-1
+    // ones at 112, 56 and 28 px as GEMMs on the pipelined mainloop).
     let fwd = text
         .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some("conv2d_fwd_bf16"))
+        .filter(|l| {
+            let kernel = l.split_whitespace().nth(1).unwrap_or("");
+            kernel == "conv2d_fwd_bf16" || kernel.starts_with("conv2d_1x1_fwd_")
+        })
         .count();
     assert_eq!(fwd, 104, "{text}");
     for want in [

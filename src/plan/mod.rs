@@ -14,8 +14,9 @@ use crate::backend::cuda::occupancy::{self, Occupancy, Resources, SM90};
 use crate::backend::cuda::record::Event;
 use crate::backend::cuda::work::{Unit, Work};
 use crate::backend::{Backend, Buf, CudaBackend, DType};
+use crate::data::image::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::nn::head::HeadKind;
-use crate::nn::{zero_grads, Arch, RetrievalNet};
+use crate::nn::{zero_grads, Arch, Images, RetrievalNet};
 use crate::rng::Rng;
 use crate::train::config::Solver;
 use crate::train::optim::Optimizer;
@@ -66,11 +67,12 @@ impl BackboneStep {
         })
     }
 
-    /// One step on images `x` (`batch x 3 x px x px`, normalised) with descriptor gradient
-    /// `d_desc` (`batch x DESC_DIM` on `be`).
-    pub fn run(&mut self, be: &dyn Backend, x: &[f32], d_desc: &Buf) -> Result<()> {
+    /// One step on `batch` images `x` of `px x px` (decoded RGB bytes, as `train` uploads
+    /// them, or a normalised tensor) with descriptor gradient `d_desc` (`batch x DESC_DIM` on
+    /// `be`).
+    pub fn run(&mut self, be: &dyn Backend, x: Images, d_desc: &Buf) -> Result<()> {
         let (n, px) = (self.batch, self.px);
-        self.net.forward_train(be, x, n, px, px)?;
+        self.net.forward_train_images(be, x, n, px, px)?;
         zero_grads(be, &mut self.net)?;
         self.net.backward(be, d_desc)?;
         self.opt.clip_grad_norm(be, &mut self.net, 10.0)?;
@@ -248,12 +250,18 @@ pub fn plan_step(o: &PlanOptions) -> Result<StepPlan> {
     let rec = cuda.recorder().context("the plan backend has a recorder")?;
     let mut rng = Rng::new(3);
     let mut step = BackboneStep::new(be, &mut rng, o.arch, o.precision, o.batch, o.px)?;
-    // Values do not matter to a run that computes nothing; zeros cost no time to make.
-    let x = vec![0f32; o.batch * 3 * o.px * o.px];
+    // Values do not matter to a run that computes nothing; zeros cost no time to make. The
+    // batch is bytes, as `train` uploads it.
+    let bytes = vec![0u8; o.batch * o.px * o.px * 3];
+    let x = Images::Rgb {
+        bytes: &bytes,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
     let d_desc = be.upload(&vec![0f32; o.batch * DESC_DIM])?;
-    step.run(be, &x, &d_desc)?;
+    step.run(be, x, &d_desc)?;
     rec.set_recording(true);
-    let ran = step.run(be, &x, &d_desc);
+    let ran = step.run(be, x, &d_desc);
     rec.set_recording(false);
     ran?;
     let gpus = MODELLED.to_vec();

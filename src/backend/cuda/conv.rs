@@ -99,6 +99,24 @@ fn pipelined_launch(family: &str, op: &str, m: usize, n: usize, batch: usize) ->
     (format!("conv2d_{family}_{op}{suffix}_bf16"), cfg)
 }
 
+/// How the 1x1 weight gradient splits `images` x `pixels` to give about `want` splits: `(per, 1,
+/// 0)` for groups of `per` whole images, or `(1, parts, part_len)` for `parts` parts of every
+/// image, `part_len` pixels each (a multiple of 32, at least 256), when the images are fewer than
+/// `want`.
+fn one_by_one_splits(images: usize, pixels: usize, want: usize) -> (usize, usize, usize) {
+    let want = want.max(1);
+    if want <= images {
+        return (images.div_ceil(want), 1, 0);
+    }
+    // Whole parts per image, so that the splits stay within one wave.
+    let parts = (want / images).min(pixels.div_ceil(256)).max(1);
+    if parts == 1 {
+        return (1, 1, 0);
+    }
+    let part_len = (pixels.div_ceil(parts).div_ceil(32) * 32).max(256);
+    (1, pixels.div_ceil(part_len), part_len)
+}
+
 /// The grid of an `m x n` implicit GEMM in `dtype`, `splits` deep.
 fn gemm_launch(dtype: DType, m: usize, n: usize, splits: usize) -> Launch {
     let (tm, tn, _) = tile(dtype);
@@ -380,17 +398,22 @@ impl CudaBackend {
         unsafe { self.launch(&kernel, cfg, args) }
     }
 
-    /// The 1x1 weight gradient: the batch's images split into as many groups as fill the GPU's
-    /// resident blocks in one wave beside the output's tiles, each group's products summed by the
-    /// mainloop into partial sums, which conv2d_bwd_weight_reduce_f32 adds into dw in order.
+    /// The 1x1 weight gradient: the batch's pixels split into as many parts as fill the GPU's
+    /// resident blocks in one wave beside the output's tiles (groups of whole images, or parts of
+    /// each image of at least 256 pixels when the batch has fewer images than that), each part's
+    /// products summed by the mainloop into partial sums, which conv2d_bwd_weight_reduce_f32
+    /// adds into dw in order.
     fn conv1x1_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: &Conv) -> Result<()> {
         let (m, n) = (s.c_out, s.c_in);
         let (kernel, probe) = one_by_one_launch("bwd_weight", m, n, 1);
         let tiles = (probe.grid.0 * probe.grid.1) as usize;
         let slots = self.resident_blocks(&kernel, probe.block.0, probe.smem);
-        let want = (slots / tiles.max(1)).clamp(1, s.n);
-        let per = s.n.div_ceil(want);
-        let splits = s.n.div_ceil(per);
+        let (per, parts, part_len) = one_by_one_splits(s.n, s.h * s.w, slots / tiles.max(1));
+        let splits = if parts > 1 {
+            s.n * parts
+        } else {
+            s.n.div_ceil(per)
+        };
         let cfg = Launch {
             grid: (probe.grid.0, probe.grid.1, splits as u32),
             ..probe
@@ -404,14 +427,17 @@ impl CudaBackend {
                 .ptr(dy.dev()?)
                 .ptr(partial)
                 .i32(per as i32)
+                .i32(parts as i32)
+                .i32(part_len as i32)
                 .i32(int(s.n, "conv batch")?)
                 .i32(int(s.c_in, "conv c_in")?)
                 .i32(int(s.c_out, "conv c_out")?)
                 .i32(int(s.h * s.w, "conv h*w")?)
                 .work(Work::conv(s, x.dtype(), (ex + ey) * 2 + partial_bytes));
             // SAFETY: arguments match conv2d_1x1_bwd_weight[_m64]_bf16(x, dy, partial,
-            // images_per_split, n, c_in, c_out, hw); x and dy hold the checked sizes (bf16, rows
-            // 16-byte aligned), partial splits x c_out x c_in floats, splits * per >= n.
+            // images_per_split, parts, part_len, n, c_in, c_out, hw); x and dy hold the checked
+            // sizes (bf16, rows 16-byte aligned), partial splits x c_out x c_in floats, and the
+            // splits cover every (image, pixel) once (one_by_one_splits).
             unsafe { self.launch(&kernel, cfg, args)? };
             let reduce = Work::traffic(partial_bytes + 2 * ew * 4, format!("{splits} x {m}x{n}"));
             let args = Args::new()
@@ -489,6 +515,33 @@ mod tests {
         }
         let dw = Conv::new(2, 16, 9, 9, 16, 3, 1, Padding::Sym(1), 16).unwrap();
         is(&dw, DType::BF16, "depthwise");
+    }
+
+    #[test]
+    fn one_by_one_splits_cover_every_pixel_once() {
+        for (images, pixels, want) in [
+            (64, 12544, 264),
+            (64, 3136, 10),
+            (2, 64, 264),
+            (3, 800, 100),
+            (1, 1, 1),
+        ] {
+            let (per, parts, len) = one_by_one_splits(images, pixels, want);
+            if parts > 1 {
+                assert_eq!(per, 1);
+                assert!(len % 32 == 0 && len >= 256, "{len}");
+                // Every part starts inside the image and together they cover it.
+                assert!((parts - 1) * len < pixels && parts * len >= pixels);
+            } else {
+                assert!(
+                    per >= 1 && images.div_ceil(per) <= want.max(1),
+                    "{per} for {want}"
+                );
+            }
+        }
+        // Fewer images than the GPU wants: parts of each image fill it, in one wave.
+        let (_, parts, _) = one_by_one_splits(64, 12544, 264);
+        assert!(64 * parts <= 264 && 64 * parts * 10 >= 264 * 9, "{parts}");
     }
 
     #[test]

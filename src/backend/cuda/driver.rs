@@ -7,7 +7,7 @@ use super::embedded;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    result, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    result, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
 };
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
@@ -328,6 +328,15 @@ impl Gpu {
             })
             .unwrap_or(0);
         (per_sm, self.info.multiprocessors.max(1) as u32)
+    }
+
+    /// A timing event recorded on the backend's stream now: one before and one after some work
+    /// bracket its time on the GPU (`INSCLR_PROFILE=1`, [`crate::backend::profile`]).
+    pub fn timing_event(&self) -> Result<CudaEvent> {
+        let flags = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+        self.stream
+            .record_event(Some(flags))
+            .map_err(|e| anyhow!("recording a CUDA event: {e}"))
     }
 
     /// Binds the context to the calling thread before a raw cuBLAS call.

@@ -1,5 +1,6 @@
-//! Launchers for kernels/gemm.cu, and cuBLAS SGEMM: the baseline `cargo bench` measures our
-//! kernels against, and a fallback on a GPU with `INSCLR_GEMM=cublas`.
+//! Launchers for kernels/gemm.cu, and cuBLAS (SGEMM, and bf16 through cublasGemmEx): the
+//! baseline `cargo bench` measures our kernels against, and an f32 fallback on a GPU with
+//! `INSCLR_GEMM=cublas`.
 
 use super::device::{Args, DevMem, Launch, Layer};
 use super::work::Work;
@@ -168,16 +169,15 @@ impl CudaBackend {
         self.launch(kernel, cfg, args)
     }
 
-    /// `C = alpha op(A) op(B) + beta C` through cuBLAS SGEMM (f32, GPU only): the baseline of
-    /// `cargo bench`. Checks the shape like `matmul`.
+    /// `C = alpha op(A) op(B) + beta C` through cuBLAS (GPU only): the baseline of `cargo
+    /// bench`. f32 operands run SGEMM; bf16 operands run cublasGemmEx on the tensor cores with
+    /// f32 accumulation, into a bf16 or an f32 C (as our bf16 GEMM and weight gradient write).
+    /// Checks the shape like `matmul`.
     pub fn matmul_cublas(&self, a: &Buf, b: &Buf, c: &mut Buf, s: MatMul) -> Result<()> {
         let Layer::Gpu(gpu) = self.layer() else {
             bail!("cuBLAS runs on a GPU only");
         };
-        let s = *s.check(a, b, c)?;
-        if a.dtype() != DType::F32 {
-            bail!("the cuBLAS baseline is SGEMM: f32 only, got {}", a.dtype());
-        }
+        let s = cublas_check(s, a, b, c)?;
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
@@ -190,40 +190,108 @@ impl CudaBackend {
         };
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
         let (m, n, k) = (
-            int(s.n, "sgemm n")?,
-            int(s.m, "sgemm m")?,
-            int(s.k, "sgemm k")?,
+            int(s.n, "cublas n")?,
+            int(s.m, "cublas m")?,
+            int(s.k, "cublas k")?,
         );
-        let lda = int(if s.trans_b { s.k } else { s.n }.max(1), "sgemm lda")?;
-        let ldb = int(if s.trans_a { s.m } else { s.k }.max(1), "sgemm ldb")?;
-        let ldc = int(s.n, "sgemm ldc")?;
+        let lda = int(if s.trans_b { s.k } else { s.n }.max(1), "cublas lda")?;
+        let ldb = int(if s.trans_a { s.m } else { s.k }.max(1), "cublas ldb")?;
+        let ldc = int(s.n, "cublas ldc")?;
         for mem in [a.dev()?, b.dev()?, c.dev()?] {
             self.layer().check_home(mem)?;
         }
         let (pa, pb, pc) = (a.dev()?.ptr(), b.dev()?.ptr(), c.dev_mut()?.ptr());
         gpu.bind()?;
-        // SAFETY: the shape was checked: a, b, c hold m*k, k*n and m*n f32, which is what these
-        // leading dimensions address; the handle's stream is the backend's stream.
+        let what = |e| anyhow!("cuBLAS {} m={} n={} k={}: {e}", a.dtype(), s.m, s.n, s.k);
+        if a.dtype() == DType::F32 {
+            // SAFETY: the shape was checked: a, b, c hold m*k, k*n and m*n f32, which is what
+            // these leading dimensions address; the handle's stream is the backend's stream.
+            return unsafe {
+                cudarc::cublas::result::sgemm(
+                    *gpu.blas.handle(),
+                    op(s.trans_b),
+                    op(s.trans_a),
+                    m,
+                    n,
+                    k,
+                    &s.alpha,
+                    pb as *const f32,
+                    lda,
+                    pa as *const f32,
+                    ldb,
+                    &s.beta,
+                    pc as *mut f32,
+                    ldc,
+                )
+            }
+            .map_err(what);
+        }
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+        let c_type = match c.dtype() {
+            DType::BF16 => cudaDataType::CUDA_R_16BF,
+            _ => cudaDataType::CUDA_R_32F,
+        };
+        // SAFETY: as for SGEMM, with a and b bf16 and c bf16 or f32 (checked); with a 32-bit
+        // compute type alpha and beta are host f32.
         unsafe {
-            cudarc::cublas::result::sgemm(
+            cudarc::cublas::result::gemm_ex(
                 *gpu.blas.handle(),
                 op(s.trans_b),
                 op(s.trans_a),
                 m,
                 n,
                 k,
-                &s.alpha,
-                pb as *const f32,
+                (&s.alpha as *const f32).cast(),
+                pb as *const std::ffi::c_void,
+                cudaDataType::CUDA_R_16BF,
                 lda,
-                pa as *const f32,
+                pa as *const std::ffi::c_void,
+                cudaDataType::CUDA_R_16BF,
                 ldb,
-                &s.beta,
-                pc as *mut f32,
+                (&s.beta as *const f32).cast(),
+                pc as *mut std::ffi::c_void,
+                c_type,
                 ldc,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| anyhow!("cublasSgemm m={} n={} k={}: {e}", s.m, s.n, s.k))
+        .map_err(what)
     }
+}
+
+/// The operand types the cuBLAS baseline takes: f32 x f32 -> f32 (SGEMM), or bf16 x bf16 ->
+/// bf16 or f32 (cublasGemmEx); the sizes as [`MatMul::check`] wants them.
+fn cublas_check(s: MatMul, a: &Buf, b: &Buf, c: &Buf) -> Result<MatMul> {
+    let ok = matches!(
+        (a.dtype(), b.dtype(), c.dtype()),
+        (DType::F32, DType::F32, DType::F32) | (DType::BF16, DType::BF16, DType::BF16 | DType::F32)
+    );
+    if !ok {
+        bail!(
+            "the cuBLAS baseline multiplies f32 into f32 or bf16 into bf16 or f32, got {} x {} -> {}",
+            a.dtype(),
+            b.dtype(),
+            c.dtype()
+        );
+    }
+    // The sizes as MatMul::check tests them; its dtype rule (one type for all three) is
+    // stricter than cuBLAS's.
+    if a.len() != s.m * s.k || b.len() != s.k * s.n || c.len() != s.m * s.n {
+        bail!(
+            "cuBLAS m={} n={} k={}: buffers hold A={}, B={}, C={} elements; expected {}, {}, {}",
+            s.m,
+            s.n,
+            s.k,
+            a.len(),
+            b.len(),
+            c.len(),
+            s.m * s.k,
+            s.k * s.n,
+            s.m * s.n
+        );
+    }
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -243,5 +311,22 @@ mod tests {
         let deep = MatMul::new(8, 8, 1 << 31);
         let err = launch_shape(&deep, F32_TILE).unwrap_err().to_string();
         assert!(err.contains("matmul k"), "{err}");
+    }
+
+    #[test]
+    fn the_cublas_baseline_takes_f32_or_bf16_inputs_and_checks_sizes() {
+        let be = crate::backend::cpu();
+        let buf = |dt, len| be.zeros(dt, len).unwrap();
+        let s = MatMul::new(2, 3, 4);
+        let (f, h) = (DType::F32, DType::BF16);
+        assert!(cublas_check(s, &buf(f, 8), &buf(f, 12), &buf(f, 6)).is_ok());
+        assert!(cublas_check(s, &buf(h, 8), &buf(h, 12), &buf(h, 6)).is_ok());
+        // bf16 operands into an f32 C, as the weight gradient writes.
+        assert!(cublas_check(s, &buf(h, 8), &buf(h, 12), &buf(f, 6)).is_ok());
+        let mixed = cublas_check(s, &buf(f, 8), &buf(h, 12), &buf(f, 6)).unwrap_err();
+        assert!(mixed.to_string().contains("f32 x bf16"), "{mixed}");
+        assert!(cublas_check(s, &buf(f, 8), &buf(f, 12), &buf(h, 6)).is_err());
+        let short = cublas_check(s, &buf(h, 8), &buf(h, 11), &buf(h, 6)).unwrap_err();
+        assert!(short.to_string().contains("B=11"), "{short}");
     }
 }

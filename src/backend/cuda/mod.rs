@@ -23,10 +23,13 @@ pub mod select;
 pub mod selftest;
 pub mod work;
 
+use super::profile::{KernelProfile, Span};
 use super::{Backend, Buf, DType, Device, Op};
 use anyhow::{bail, Context, Result};
+use cudarc::driver::CudaEvent;
 use device::{Args, Launch, Layer};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 pub use device::DevMem;
@@ -53,6 +56,17 @@ pub struct CudaBackend {
     /// Device scratch for kernels' intermediate results (split-K partial sums), grown to the
     /// largest request and reused, so a training step allocates nothing after its first.
     scratch: Mutex<Option<DevMem>>,
+    /// While a per-kernel profile records ([`CudaBackend::profile_start`]): every launch, copy
+    /// and memset, with the events around it on a GPU.
+    profiling: AtomicBool,
+    recorded: Mutex<Vec<Recorded>>,
+}
+
+/// A piece of work recorded for a profile: name, launch shape, and its events on a GPU.
+struct Recorded {
+    name: String,
+    shape: String,
+    events: Option<(CudaEvent, CudaEvent)>,
 }
 
 impl CudaBackend {
@@ -65,6 +79,8 @@ impl CudaBackend {
             layer: Layer::Gpu(Box::new(gpu)),
             kernels,
             scratch: Mutex::new(None),
+            profiling: AtomicBool::new(false),
+            recorded: Mutex::new(Vec::new()),
         })
     }
 
@@ -74,6 +90,8 @@ impl CudaBackend {
             layer: Layer::Emu(emu::Emu::new()),
             kernels: emu::KERNELS.iter().map(|(_, k)| k.to_string()).collect(),
             scratch: Mutex::new(None),
+            profiling: AtomicBool::new(false),
+            recorded: Mutex::new(Vec::new()),
         }
     }
 
@@ -84,6 +102,8 @@ impl CudaBackend {
             layer: Layer::Plan(record::Recorder::new()),
             kernels: emu::KERNELS.iter().map(|(_, k)| k.to_string()).collect(),
             scratch: Mutex::new(None),
+            profiling: AtomicBool::new(false),
+            recorded: Mutex::new(Vec::new()),
         }
     }
 
@@ -128,10 +148,80 @@ impl CudaBackend {
         &self.layer
     }
 
+    /// Starts recording every launch, copy and memset on this backend for a per-kernel
+    /// profile (forgetting an earlier one not taken). On a GPU each gets a pair of CUDA events,
+    /// which adds a little time between launches; the emulator (and the plan) only count.
+    pub fn profile_start(&self) {
+        self.lock_recorded().clear();
+        self.profiling.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops recording and returns what was recorded since [`CudaBackend::profile_start`],
+    /// waiting for the GPU to finish it.
+    pub fn profile_take(&self) -> Result<KernelProfile> {
+        self.profiling.store(false, Ordering::SeqCst);
+        let recorded = std::mem::take(&mut *self.lock_recorded());
+        self.layer.synchronize()?;
+        let mut spans = Vec::with_capacity(recorded.len());
+        for r in recorded {
+            let ms = match &r.events {
+                Some((start, end)) => Some(
+                    start
+                        .elapsed_ms(end)
+                        .map_err(|e| anyhow::anyhow!("timing {}: {e}", r.name))?
+                        as f64,
+                ),
+                None => None,
+            };
+            spans.push(Span {
+                name: r.name,
+                shape: r.shape,
+                ms,
+            });
+        }
+        Ok(KernelProfile { spans })
+    }
+
+    fn lock_recorded(&self) -> std::sync::MutexGuard<'_, Vec<Recorded>> {
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `work` (which puts work on the backend's stream), recording it as `name` while a
+    /// profile records.
+    fn recorded<T>(
+        &self,
+        name: &str,
+        shape: impl FnOnce() -> String,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if !self.profiling.load(Ordering::Relaxed) {
+            return work();
+        }
+        let (out, events) = match &self.layer {
+            Layer::Gpu(g) => {
+                let start = g.timing_event()?;
+                let out = work()?;
+                (out, Some((start, g.timing_event()?)))
+            }
+            Layer::Emu(_) | Layer::Plan(_) => (work()?, None),
+        };
+        self.lock_recorded().push(Recorded {
+            name: name.to_string(),
+            shape: shape(),
+            events,
+        });
+        Ok(out)
+    }
+
     /// A host list (flags) as a new device array, for a launch's arguments.
     pub(crate) fn upload_list<T: bytemuck::Pod>(&self, v: &[T]) -> Result<DevMem> {
         let mut m = self.layer.alloc(std::mem::size_of_val(v))?;
-        self.layer.write(bytemuck::cast_slice(v), &mut m)?;
+        let bytes = bytemuck::cast_slice(v);
+        self.recorded(
+            COPY_IN,
+            || bytes_shape(bytes.len()),
+            || self.layer.write(bytes, &mut m),
+        )?;
         Ok(m)
     }
 
@@ -161,10 +251,19 @@ impl CudaBackend {
     /// As [`Layer::launch`]: `args` match the kernel's parameters and its pointers cover what
     /// the kernel touches for this launch shape.
     pub(crate) unsafe fn launch(&self, kernel: &str, cfg: Launch, mut args: Args) -> Result<()> {
-        self.layer
-            .launch(kernel, cfg, &mut args)
+        let shape = || format!("grid {:?} block {:?}", cfg.grid, cfg.block);
+        self.recorded(kernel, shape, || self.layer.launch(kernel, cfg, &mut args))
             .with_context(|| format!("kernel {kernel}"))
     }
+}
+
+/// A profile's names for the work that is not a kernel.
+const COPY_IN: &str = "[copy to device]";
+const COPY_OUT: &str = "[copy from device]";
+const MEMSET: &str = "[memset]";
+
+fn bytes_shape(bytes: usize) -> String {
+    format!("{bytes} bytes")
 }
 
 /// Room kept below `i32::MAX`: kernels step an `int` index by up to a block or a tile past a
@@ -234,25 +333,75 @@ impl Backend for CudaBackend {
             .checked_mul(dtype.size())
             .with_context(|| format!("a buffer of {len} x {dtype} is larger than memory"))?;
         let mut mem = self.layer.alloc(bytes)?;
-        self.layer.zero(&mut mem)?;
+        self.recorded(MEMSET, || bytes_shape(bytes), || self.layer.zero(&mut mem))?;
         Ok(Buf::device(dtype, len, mem))
     }
 
     fn write_bytes(&self, src: &[u8], dst: &mut Buf) -> Result<()> {
-        self.layer.write(src, dst.dev_mut()?)
+        let dst = dst.dev_mut()?;
+        self.recorded(
+            COPY_IN,
+            || bytes_shape(src.len()),
+            || self.layer.write(src, dst),
+        )
     }
 
     fn read_bytes(&self, src: &Buf, dst: &mut [u8]) -> Result<()> {
-        self.layer.read(src.dev()?, dst)
+        let n = dst.len();
+        self.recorded(
+            COPY_OUT,
+            || bytes_shape(n),
+            || self.layer.read(src.dev()?, dst),
+        )
     }
 
     fn zero(&self, buf: &mut Buf) -> Result<()> {
-        self.layer.zero(buf.dev_mut()?)
+        let mem = buf.dev_mut()?;
+        let n = mem.bytes();
+        self.recorded(MEMSET, || bytes_shape(n), || self.layer.zero(mem))
     }
 
     super::family_accessors!();
 
     fn synchronize(&self) -> Result<()> {
         self.layer.synchronize()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_records_launches_copies_and_memsets_while_it_is_on() {
+        let emu = CudaBackend::emu();
+        let be: &dyn Backend = &emu;
+        let a = be.upload(&[1.0f32, -2.0, 3.0]).unwrap();
+        emu.profile_start();
+        let mut y = be.zeros(DType::F32, 3).unwrap();
+        be.add_fwd(&a, &a, &mut y).unwrap();
+        let mut z = be.zeros(DType::F32, 3).unwrap();
+        be.add_fwd(&y, &a, &mut z).unwrap();
+        assert_eq!(be.download::<f32>(&y).unwrap(), [2.0, -4.0, 6.0]);
+        let p = emu.profile_take().unwrap();
+        let names: Vec<&str> = p.spans.iter().map(|s| s.name.as_str()).collect();
+        let add = Op::AddFwd.kernel(DType::F32);
+        // The upload before the start is not in it; each new buffer is a memset.
+        assert_eq!(
+            names,
+            [MEMSET, add.as_str(), MEMSET, add.as_str(), COPY_OUT],
+            "{p:?}"
+        );
+        assert!(p.spans[1].shape.starts_with("grid ("), "{p:?}");
+        assert_eq!(p.spans[4].shape, "12 bytes");
+        // The emulator's times mean nothing: counted, not timed.
+        assert!(!p.timed());
+        let rows = p.by_kernel();
+        let launches = |n: &str| rows.iter().find(|r| r.name == n).map(|r| r.launches);
+        assert_eq!(rows.len(), 3);
+        assert_eq!((launches(&add), launches(MEMSET)), (Some(2), Some(2)));
+        // Off again: nothing more is recorded.
+        be.add_fwd(&a, &a, &mut y).unwrap();
+        assert!(emu.profile_take().unwrap().spans.is_empty());
     }
 }
