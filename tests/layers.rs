@@ -6,7 +6,10 @@
 mod common;
 
 use common::{download_f32, kernel_device, matches_cpu, poisoned_as, upload_as, FLOAT_DTYPES};
-use insclr::backend::{Act, Backend, BatchNorm, Buf, Conv, DType, ImageToTensor, MaxPool, Padding};
+use insclr::backend::cuda::record::Event;
+use insclr::backend::{
+    Act, Backend, BatchNorm, Buf, Conv, CudaBackend, DType, ImageToTensor, MaxPool, Padding,
+};
 use insclr::rng::Rng;
 use insclr::train::augment::to_tensor;
 
@@ -351,6 +354,41 @@ fn kernel_conv_matches_cpu() {
                 ])
             });
         }
+    }
+}
+
+/// Every kernel of `CONV_KERNELS` is launched by some case of `CONV_SIZES`, so the comparison
+/// above covers each: the plan device records the launchers' launches without running them.
+#[test]
+fn conv_sizes_launch_every_conv_kernel() {
+    let mut seen = std::collections::BTreeSet::new();
+    for (dt, _) in FLOAT_DTYPES {
+        for &(n, c_in, h, w, c_out, k, stride, padding, groups) in CONV_SIZES {
+            let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
+            let (lx, lw, ly) = s.sizes();
+            let cuda = CudaBackend::plan();
+            let be: &dyn Backend = &cuda;
+            let (x, wt, dy) = (
+                be.zeros(dt, lx).unwrap(),
+                be.zeros(dt, lw).unwrap(),
+                be.zeros(dt, ly).unwrap(),
+            );
+            let (mut y, mut dx) = (be.zeros(dt, ly).unwrap(), be.zeros(dt, lx).unwrap());
+            let mut dw = be.zeros(DType::F32, lw).unwrap();
+            let rec = cuda.recorder().unwrap();
+            rec.set_recording(true);
+            be.conv2d_fwd(&x, &wt, &mut y, s).unwrap();
+            be.conv2d_bwd_data(&dy, &wt, &mut dx, s).unwrap();
+            be.conv2d_bwd_weight(&x, &dy, &mut dw, s).unwrap();
+            for e in rec.take() {
+                if let Event::Launch { kernel, .. } = e {
+                    seen.insert(kernel);
+                }
+            }
+        }
+    }
+    for k in CONV_KERNELS {
+        assert!(seen.contains(k), "no case of CONV_SIZES launches {k}");
     }
 }
 
