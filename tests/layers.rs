@@ -392,6 +392,55 @@ fn conv_sizes_launch_every_conv_kernel() {
     }
 }
 
+/// The 1x1 bf16 weight gradient's splits of whole images, which CONV_SIZES' small layers never
+/// reach (they have fewer images than the GPU wants splits, so they split by pixels): 6 x 8
+/// output tiles of 128 x 128 leave 132 / 48 = 2 splits on the modelled GPU, so 3 images split
+/// 2 + 1, each split's images summed as k segments of one 32-pixel tile each, so that the switch
+/// to the next segment falls exactly on a tile's end.
+#[test]
+fn kernel_conv1x1_weight_gradient_over_image_groups_matches_cpu() {
+    let s = Conv::new(3, 1024, 4, 8, 768, 1, 1, Padding::Sym(0), 1).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let plan = CudaBackend::plan();
+    let be: &dyn Backend = &plan;
+    let (x, dy) = (
+        be.zeros(DType::BF16, lx).unwrap(),
+        be.zeros(DType::BF16, ly).unwrap(),
+    );
+    let mut dw = be.zeros(DType::F32, lw).unwrap();
+    let rec = plan.recorder().unwrap();
+    rec.set_recording(true);
+    be.conv2d_bwd_weight(&x, &dy, &mut dw, s).unwrap();
+    let launches: Vec<_> = rec
+        .take()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Launch { kernel, cfg, .. } => Some((kernel, cfg.grid)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        launches[0],
+        ("conv2d_1x1_bwd_weight_bf16".to_string(), (8, 6, 2)),
+        "{launches:?}"
+    );
+
+    let dev = kernel_device("kernel_conv1x1_weight_gradient_over_image_groups_matches_cpu");
+    matches_cpu(
+        "conv bf16 1x1 weight gradient, 3 images in 2 splits",
+        &dev,
+        1e-2,
+        |be| {
+            let mut rng = Rng::new(67);
+            let x = upload_as(be, &rng.vec_f32(lx, -1.0, 1.0), DType::BF16)?;
+            let dy = upload_as(be, &rng.vec_f32(ly, -1.0, 1.0), DType::BF16)?;
+            let mut dw = be.upload(&vec![0.5; lw])?;
+            be.conv2d_bwd_weight(&x, &dy, &mut dw, s)?;
+            Ok(vec![("dw".into(), be.download::<f32>(&dw)?)])
+        },
+    );
+}
+
 #[test]
 fn grouped_conv_without_a_kernel_is_a_clear_error() {
     let dev = kernel_device("grouped_conv_without_a_kernel_is_a_clear_error");
