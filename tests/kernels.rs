@@ -134,6 +134,43 @@ fn gem_backward_matches_finite_differences() {
     }
 }
 
+/// GeM's clamp at its threshold: torch.clamp(min = eps) passes the gradient where x >= eps, so a
+/// row sitting exactly on eps gets dx = dy * y^(1-p) * eps^(p-1) / hw = dy / hw (y = eps), and a
+/// row just below gets none. eps = 2^-20 and the value below it are exact in f32 and bf16; the
+/// expectation is written out, so a comparison flipped in the kernel and its twin alike fails.
+#[test]
+fn gem_gradient_passes_where_x_is_exactly_eps() {
+    let dev = kernel_device("gem_gradient_passes_where_x_is_exactly_eps");
+    let eps = 2f32.powi(-20);
+    let below = eps * (1.0 - 2f32.powi(-8)); // the next bf16 down
+    let s = Gem {
+        rows: 2,
+        hw: 4,
+        p: 3.0,
+        eps,
+    };
+    let x: Vec<f32> = [[eps; 4], [below; 4]].concat();
+    let dy = [0.5f32, 0.5];
+    let want_dx: Vec<f32> = [[0.125f32; 4], [0.0; 4]].concat();
+    for (dt, tol) in FLOAT_DTYPES {
+        for be in [insclr::backend::cpu(), &dev as &dyn Backend] {
+            let what = format!("{dt} on {}", be.name());
+            let xb = upload_as(be, &x, dt).unwrap();
+            let dyb = upload_as(be, &dy, dt).unwrap();
+            let mut y = poisoned_as(be, 2, dt);
+            be.gem_fwd(&xb, &mut y, s).unwrap();
+            let mut dx = poisoned_as(be, 8, dt);
+            be.gem_bwd(&xb, &y, &dyb, &mut dx, s).unwrap();
+            // Both rows pool to eps: one is on the clamp, the other clamped up to it.
+            let y = download_f32(be, &y).unwrap();
+            assert!(rel_err(&y, &[eps, eps]) < tol, "{what}: y {y:?}");
+            let dx = download_f32(be, &dx).unwrap();
+            assert!(rel_err(&dx, &want_dx) < tol, "{what}: dx {dx:?}");
+            assert_eq!(&dx[4..], &[0.0; 4], "{what}: below the clamp");
+        }
+    }
+}
+
 #[test]
 fn l2norm_backward_matches_finite_differences() {
     let mut rng = Rng::new(12);

@@ -76,6 +76,26 @@ fn profile_without_nsys_says_what_is_missing() {
     );
 }
 
+/// `scripts/mutate-kernels.py --check`: every kernel mutant's original text is still found
+/// exactly once in its file, and every `kernels/*.cu` has mutants. A kernel edit that moves a
+/// mutant's text fails here, naming the mutant to update (the whole mutation run is not part of
+/// `cargo test`: it rebuilds the kernels once per mutant).
+#[test]
+fn kernel_mutants_still_apply() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .args(["scripts/mutate-kernels.py", "--check"])
+        .current_dir(root)
+        .output()
+        .expect("running python3 scripts/mutate-kernels.py --check");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The device runner's plan for `profile` (its dry run): exit status, stdout, stderr.
 fn device_dry_run(profile: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -1,0 +1,742 @@
+#!/usr/bin/env python3
+"""Mutation testing of the CUDA kernels: do the tests notice a plausible bug?
+
+cargo-mutants does this for Rust code; the `.cu` side needs its own list. Each mutant below is a
+small edit a person could make by mistake (a barrier of a tiled loop removed, a bound or a loop
+limit off by one, a comparison flipped at a threshold, fragment indices swapped, a reduction term
+dropped), the test binaries that should kill it, and a one-line idea. For each mutant the script
+applies the edit in a scratch copy of the working tree, checks that the original text was found
+exactly once, builds, runs the named tests on the emulated GPU (race checker on), and, for
+mutants marked `sanitize`, the sanitiser run when the tests leave it alive. A mutant is killed
+when the build fails, a test fails, or the sanitiser reports; otherwise it survived. The scratch
+copy is restored after each mutant; the working tree is never touched.
+
+  scripts/mutate-kernels.py                    # every mutant, then the table
+  scripts/mutate-kernels.py NAME [NAME ...]    # some of them (names from --list)
+  scripts/mutate-kernels.py --family select    # one family
+  scripts/mutate-kernels.py --list             # the list, nothing run
+  scripts/mutate-kernels.py --check            # every mutant still applies exactly once and
+                                               # every kernels/*.cu has mutants (tests/scripts.rs)
+Options: --scratch DIR (default /tmp/insclr-mutants: DIR/repo, DIR/target, DIR/target-asan),
+--seed-target DIR (copy a built target's debug/ into an empty DIR/target first, so the
+dependencies are not compiled again), --out FILE (the markdown table with commit, date and
+times), --timeout S (per test run, default 600), --no-baseline (skip the unmutated run).
+
+Cost: every mutant rebuilds the emulated kernel library (build.rs compiles every .cu), the crate
+and the named test binaries, then runs them; about a minute and a half per mutant on 2 busy
+cores. Keep the list growing with every new kernel: `--check` fails when a kernels/*.cu has no
+mutant or a mutant's text is gone.
+"""
+import argparse
+import datetime
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str  # relative to the repository root
+    old: str  # exact text, found exactly once in the file
+    new: str
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    family: str
+    idea: str
+    edits: tuple
+    tests: tuple  # "binary" or "binary:filter" (cargo test --test binary filter)
+    sanitize: bool = False  # also run the sanitiser when the tests leave it alive
+    equivalent: str = ""  # why no test can kill it (an expected survivor); empty: it must die
+
+
+def M(name, family, idea, edits, tests, sanitize=False, equivalent=""):
+    return Mutant(name, family, idea, tuple(Edit(*e) for e in edits), tuple(tests), sanitize, equivalent)
+
+
+def drop(path, old, keep):
+    """An edit that removes `old` but keeps `keep` (the context that makes `old` unique)."""
+    return (path, old, keep)
+
+
+SYNC = "__syncthreads();\n"
+GEMM, CONV, NORM, POOL = "kernels/gemm.cu", "kernels/conv.cu", "kernels/norm.cu", "kernels/pool.cu"
+ELT, SEL, BANK = "kernels/eltwise.cu", "kernels/select.cu", "kernels/bank.cu"
+CON, MIN, OPT = "kernels/contrastive.cu", "kernels/mining.cu", "kernels/optim.cu"
+ARCH, COMMON, TC = "kernels/arch.cuh", "kernels/common.cuh", "kernels/tc_gemm.cuh"
+CPU_MIN, CPU_CON = "src/backend/cpu/mining.rs", "src/backend/cpu/contrastive.rs"
+
+MATMUL = ("kernels:kernel_matmul_matches_cpu",)
+CONVT = ("layers:kernel_conv",)  # kernel_conv_matches_cpu and kernel_conv1x1_weight_gradient_over_image_groups_matches_cpu
+TCT = MATMUL + CONVT
+BN = ("layers:kernel_batchnorm_matches_cpu",)
+TOPK = ("select",)
+BANKT = ("bank",)
+CONT = ("contrastive",)
+MINT = ("mining",)
+OPTT = ("optim",)
+
+# fmt: off
+MUTANTS = [
+    # ---- gemm: f32 SIMT and bf16 tensor-core tiled loops -------------------------------------
+    M("gemm-bf16-no-barrier-before-mma", "gemm",
+      "bf16 k loop: warps read the staged tiles before every warp has written them",
+      [drop(GEMM, "        __syncthreads();\n        mma_warp_64x32_bf16<TC_LD, TC_BK>(",
+            "        mma_warp_64x32_bf16<TC_LD, TC_BK>(")], MATMUL),
+    M("gemm-bf16-no-barrier-after-mma", "gemm",
+      "bf16 k loop: the next slice is staged while other warps still read this one",
+      [drop(GEMM, "mma_warp_64x32_bf16<TC_LD, TC_BK>(acc, As, Bs, wm, wn);\n        __syncthreads();\n",
+            "mma_warp_64x32_bf16<TC_LD, TC_BK>(acc, As, Bs, wm, wn);\n")], MATMUL),
+    M("gemm-f32-no-barrier-before-fma", "gemm",
+      "f32 k loop: the micro-tile reads As/Bs before they are staged",
+      [drop(GEMM, "        __syncthreads();\n        simt_tile_fma<BK, TM, TN, BM + 4, BN + 4>(",
+            "        simt_tile_fma<BK, TM, TN, BM + 4, BN + 4>(")], MATMUL),
+    M("gemm-f32-no-barrier-after-fma", "gemm",
+      "f32 k loop: the next slice overwrites As/Bs while they are read",
+      [drop(GEMM, "simt_tile_fma<BK, TM, TN, BM + 4, BN + 4>(acc, As, Bs, ty, tx);\n        __syncthreads();\n",
+            "simt_tile_fma<BK, TM, TN, BM + 4, BN + 4>(acc, As, Bs, ty, tx);\n")], MATMUL),
+    M("gemm-bf16-k-tail-off-by-one", "gemm",
+      "bf16 staging: the scalar tail reads one k past the end",
+      [(GEMM, "(gr < rows && gk + q < k) ? src[q]", "(gr < rows && gk + q <= k) ? src[q]")], MATMUL,
+      sanitize=True),
+    M("gemm-f32-epilogue-col-off-by-one", "gemm",
+      "f32 epilogue: writes column n (the next row's first element, or past C)",
+      [(GEMM, "            if (col >= n) continue;", "            if (col > n) continue;")], MATMUL,
+      sanitize=True),
+    M("gemm-bf16-epilogue-fragment-swap", "gemm",
+      "bf16 epilogue: the accumulator fragment's row-half and column bits swapped",
+      [(GEMM, "int row = bm + wm + i * 16 + g + (q >= 2 ? 8 : 0);\n                int col = bn + wn + j * 8 + 2 * t + (q & 1);",
+              "int row = bm + wm + i * 16 + g + ((q & 1) ? 8 : 0);\n                int col = bn + wn + j * 8 + 2 * t + (q >= 2 ? 1 : 0);")],
+      MATMUL),
+    M("arch-ldmatrix-b-k-half-swap", "gemm",
+      "arch.cuh: the B fragment's second 8x8 matrix addressed from the wrong k half",
+      [(ARCH, "ks + ((lane / 8) % 2) * 8]", "ks + ((lane / 16) % 2) * 8]")], MATMUL),
+
+    # ---- tc: the pipelined tensor-core mainloop (tc_gemm.cuh) under matmul_tc* and conv 1x1 --
+    M("tc-no-barrier-in-mainloop", "tc",
+      "main loop: warps read tile t + 1 before every thread's copies landed, and refill a stage "
+      "others still read",
+      [drop(TC, "                cp_async_wait<STAGES - 2>();\n                __syncthreads();\n                read =",
+            "                cp_async_wait<STAGES - 2>();\n                read =")], TCT),
+    M("tc-wait-one-group-short", "tc",
+      "main loop: waits for all but STAGES - 1 groups, so the tile about to be read may be in flight",
+      [(TC, "                cp_async_wait<STAGES - 2>();\n                __syncthreads();\n                read =",
+            "                cp_async_wait<STAGES - 1>();\n                __syncthreads();\n                read =")], TCT),
+    M("tc-prologue-wait-one-group-short", "tc",
+      "prologue: the first tile's fragments read while its copies may be in flight",
+      [(TC, "    cp_async_wait<STAGES - 2>();\n    __syncthreads();\n\n    Fragments",
+            "    cp_async_wait<STAGES - 1>();\n    __syncthreads();\n\n    Fragments")], TCT),
+    M("tc-no-barrier-before-epilogue", "tc",
+      "the epilogue stages C over the pipeline's stages while slower warps still read fragments",
+      [drop(TC, "    cp_async_wait<0>();\n    __syncthreads();\n}\n\n// The epilogue of a block tile",
+            "    cp_async_wait<0>();\n}\n\n// The epilogue of a block tile")], TCT),
+    M("tc-epilogue-no-barrier-before-copy-out", "tc",
+      "epilogue: rows copied out of shared memory before every warp staged its fragments",
+      [drop(TC, "    __syncthreads();\n    if (n % PER_CHUNK == 0) {", "    if (n % PER_CHUNK == 0) {")], TCT),
+    M("tc-epilogue-no-barrier-after-copy-out", "tc",
+      "epilogue: the next pass of rows overwrites the staging rows still being copied out",
+      [drop(TC, "        }\n    }\n    __syncthreads();\n}\n\n// The pipelined mainloop",
+            "        }\n    }\n}\n\n// The pipelined mainloop")],
+      TCT),
+    M("tc-row-mask-one-past", "tc",
+      "loader: row mn (past the operand) copied instead of zero-filled",
+      [(TC, "ok |= (unsigned)(mn0 + r + i * ROW_STEP < mn) << i;", "ok |= (unsigned)(mn0 + r + i * ROW_STEP <= mn) << i;")],
+      TCT, sanitize=True),
+    M("tc-k-mask-one-chunk-past", "tc",
+      "loader (k-contiguous): the chunk at k (the next row's first values) copied instead of zeros",
+      [(TC, "((ok >> i) & 1u) && k_at < k :", "((ok >> i) & 1u) && k_at <= k :")], TCT, sanitize=True),
+    M("tc-k-rows-one-past", "tc",
+      "loader (m- or n-contiguous): row k of the operand copied instead of zeros",
+      [(TC, ": ok && k_at + i * ROW_STEP < k;", ": ok && k_at + i * ROW_STEP <= k;")], TCT, sanitize=True),
+    M("tc-segment-switch-late", "tc",
+      "segmented k: the next segment starts one tile late (a tile past the segment's end read)",
+      [(TC, "if (SEGMENTED && k_at - k_first >= k) {", "if (SEGMENTED && k_at - k_first > k) {")], TCT),
+    M("tc-epilogue-ignores-beta", "tc",
+      "epilogue (16-byte path): C's old values not added when beta != 0",
+      [drop(TC, "            if (beta != 0.0f) v = add_scaled<TC>(v, ld_global_v4(to), beta);\n", "")], TCT),
+    M("tc-epilogue-row-one-past", "tc",
+      "epilogue: row m written (the next matrix's first row, or past C)",
+      [(TC, "            if (row >= m || col >= n) continue;\n            TC* to = c + (long long)row * n + col;\n            uint4",
+            "            if (row > m || col >= n) continue;\n            TC* to = c + (long long)row * n + col;\n            uint4")],
+      TCT, sanitize=True),
+    M("tc-swizzle-dropped", "tc",
+      "layout: 128-byte rows unswizzled (still correct: the stores and ldmatrix agree; 8-way bank "
+      "conflicts, which the memory counters' tests assert against)",
+      [(TC, "return (r * CHUNKS + (c ^ (r & 7))) << 3;", "return (r * CHUNKS + c) << 3;")],
+      TCT + ("memory_patterns",)),
+    M("conv-1x1-part-runs-past-image", "conv",
+      "1x1 weight gradient: an image's last pixel part runs part_len pixels, past the image",
+      [(CONV, "k = min(part_len, hw - p0);", "k = part_len;")], CONVT, sanitize=True),
+    M("conv-1x1-last-group-too-many-images", "conv",
+      "1x1 weight gradient: the last group of whole images counts `per` images past the batch",
+      [(CONV, "images = min(per, n - z * per);", "images = per;")], CONVT, sanitize=True),
+
+    # ---- nhwc: channels-last implicit GEMMs (ConvGather in tc_gemm.cuh, the transposes) -----
+    M("nhwc-gather-window-row-past-image", "conv",
+      "ConvGather: window row h (the next image's first row, or past the scratch) copied instead of "
+      "the bottom padding's zeros",
+      [(TC, "ok_r |= (unsigned)((unsigned)(iy0 + t) < (unsigned)h)", "ok_r |= (unsigned)((unsigned)(iy0 + t) <= (unsigned)h)")],
+      CONVT, sanitize=True),
+    M("nhwc-gather-column-mask-one-past", "conv",
+      "ConvGather: window column w (the next row's first pixel) copied instead of the right padding's zeros",
+      [(TC, "ok_s |= (unsigned)((unsigned)(ix0 + t) < (unsigned)w)", "ok_s |= (unsigned)((unsigned)(ix0 + t) <= (unsigned)w)")],
+      CONVT, sanitize=True),
+    M("nhwc-gather-channel-carry-late", "conv",
+      "ConvGather's k step: a chunk landing exactly on channel c_in stays in the old tap instead of "
+      "carrying into the next",
+      [(TC, "if (c >= c_in) c -= c_in, ++s;", "if (c > c_in) c -= c_in, ++s;")], CONVT, sanitize=True),
+    M("nhwc-transpose-flip-one-past", "conv",
+      "conv2d_to_nhwc_bf16: the flipped weight's taps written one row late (the last tap into the "
+      "next channel's first, or past the scratch)",
+      [(CONV, "row = p - g + (flip > 1 ? flip - 1 - g : 0);", "row = p - g + (flip > 1 ? flip - g : 0);")],
+      CONVT, sanitize=True),
+    M("nhwc-bwd-data-padding-not-flipped", "conv",
+      "conv.rs: the data gradient's forward of dy keeps the layer's padding instead of kh - 1 - pad "
+      "(the same only where pad = (kh - 1) / 2)",
+      [("src/backend/cuda/conv.rs",
+        "                s.kh as i64 - 1 - s.pad_top as i64,\n                s.kw as i64 - 1 - s.pad_left as i64,\n",
+        "                s.pad_top as i64,\n                s.pad_left as i64,\n")], CONVT),
+
+    # ---- conv: implicit GEMMs (f32 SIMT, bf16 tensor cores) and depthwise ------------------
+    M("conv-bf16-no-barrier-after-tables", "conv",
+      "bf16: the k / column index tables are read before they are written",
+      [drop(CONV, "    if (tid < CTC_BK && k_begin + tid < k_lim) ks[0][tid] = g.k_idx(k_begin + tid);\n    __syncthreads();\n",
+            "    if (tid < CTC_BK && k_begin + tid < k_lim) ks[0][tid] = g.k_idx(k_begin + tid);\n")], CONVT),
+    M("conv-bf16-no-barrier-before-mma", "conv",
+      "bf16 k loop: warps read the gathered tiles before every warp has written them",
+      [drop(CONV, "        __syncthreads();\n        mma_warp_64x32_bf16<CTC_LD, CTC_BK>(",
+            "        mma_warp_64x32_bf16<CTC_LD, CTC_BK>(")], CONVT),
+    M("conv-bf16-no-barrier-after-mma", "conv",
+      "bf16 k loop: the next slice (and k table) is written while other warps still read",
+      [drop(CONV, "mma_warp_64x32_bf16<CTC_LD, CTC_BK>(acc, As, Bs, wm, wn);\n        __syncthreads();\n",
+            "mma_warp_64x32_bf16<CTC_LD, CTC_BK>(acc, As, Bs, wm, wn);\n")], CONVT),
+    M("conv-f32-no-barrier-after-tables", "conv",
+      "f32: the k / column index tables are read before they are written",
+      [drop(CONV, "    if (tid < CONV_BK && k_begin + tid < k_lim) ks[0][tid] = g.k_idx(k_begin + tid);\n    __syncthreads();\n",
+            "    if (tid < CONV_BK && k_begin + tid < k_lim) ks[0][tid] = g.k_idx(k_begin + tid);\n")], CONVT),
+    M("conv-f32-no-barrier-before-fma", "conv",
+      "f32 k loop: the micro-tile reads As/Bs before they are gathered",
+      [drop(CONV, "        __syncthreads();\n        simt_tile_fma<CONV_BK,", "        simt_tile_fma<CONV_BK,")], CONVT),
+    M("conv-f32-no-barrier-after-fma", "conv",
+      "f32 k loop: the next slice overwrites As/Bs while they are read",
+      [drop(CONV, "(acc, As, Bs, ty, tx);\n        __syncthreads();\n    }\n}\n\n// Where the GEMM",
+            "(acc, As, Bs, ty, tx);\n    }\n}\n\n// Where the GEMM")], CONVT),
+    M("conv-window-row-off-by-one", "conv",
+      "implicit GEMM gather: row h (past the image) read instead of padding",
+      [(CONV, "if ((unsigned)iy >= (unsigned)s.h ||", "if ((unsigned)iy > (unsigned)s.h ||")], CONVT,
+      sanitize=True),
+    M("conv-depthwise-dy-row-off-by-one", "conv",
+      "depthwise data gradient: output row oh (past the plane) read",
+      [(CONV, "    if (oy >= s.oh || ox >= s.ow) return 0.0f;\n    return load(dy[",
+              "    if (oy > s.oh || ox >= s.ow) return 0.0f;\n    return load(dy[")], CONVT, sanitize=True),
+    M("conv-wgrad-reduce-drops-first-split", "conv",
+      "weight gradient: the split-K reduction skips split 0's partial sums",
+      [(CONV, "for (int z = 0; z < splits; z++)", "for (int z = 1; z < splits; z++)")], CONVT),
+
+    # ---- norm: BatchNorm and L2 ------------------------------------------------------------
+    M("norm-bn-bwd-drops-mean-dz", "norm",
+      "BatchNorm backward: dx loses its - mean(dz) term",
+      [(NORM, "k * (dz - mdz - (load(x[at]) - mean)", "k * (dz - (load(x[at]) - mean)")], BN),
+    M("norm-welford-no-barrier-before-slots", "norm",
+      "block Welford: a ghost group's totals overwrite the slots other warps still read",
+      [drop(NORM, "        w = welford_merge(w, o);\n    }\n    __syncthreads();\n",
+            "        w = welford_merge(w, o);\n    }\n")], BN),
+    M("norm-l2-fwd-writes-past-row", "norm",
+      "L2 forward: the write loop runs to i <= cols (the next row's first value, or past y)",
+      [(NORM, "for (int i = lane; i < cols; i += WARP_SIZE) yr[i] =", "for (int i = lane; i <= cols; i += WARP_SIZE) yr[i] =")],
+      ("kernels:kernel_l2norm_matches_cpu",), sanitize=True),
+
+    # ---- pool: GeM and max pooling -----------------------------------------------------------
+    M("pool-gem-clamp-grad-exclusive", "pool",
+      "GeM backward: no gradient where x == eps (torch.clamp passes it for x >= eps)",
+      [(POOL, "if (xi >= eps) {", "if (xi > eps) {")], ("kernels:gem",)),
+    M("pool-gem-clamp-grad-exclusive-twin-too", "pool",
+      "kernel and CPU twin both: no gradient where x == eps",
+      [(POOL, "if (xi >= eps) {", "if (xi > eps) {"),
+       ("src/backend/cpu/pool.rs", "*d = if v >= s.eps {", "*d = if v > s.eps {")], ("kernels:gem",)),
+    M("pool-gem-fwd-drops-warp-sum", "pool",
+      "GeM forward: lane 0's partial power sum only",
+      [drop(POOL, "    acc = warp_sum(acc);\n    if (lane == 0) y[row]", "    if (lane == 0) y[row]")],
+      ("kernels:kernel_gem_matches_cpu",)),
+    M("pool-maxpool-last-max-wins", "pool",
+      "max pool: a tie goes to the last maximum (the gradient to the wrong cell)",
+      [(POOL, "if (at < 0 || v > best ||", "if (at < 0 || v >= best ||")], ("layers:kernel_maxpool_matches_cpu",)),
+
+    # ---- eltwise ---------------------------------------------------------------------------
+    M("eltwise-relu6-grad-at-six", "eltwise",
+      "ReLU6 backward passes the gradient at y == 6",
+      [(COMMON, "(y > 0.0f && y < 6.0f)", "(y > 0.0f && y <= 6.0f)")], ("layers:kernel_eltwise_matches_cpu",)),
+    M("eltwise-image-std-channels-swapped", "eltwise",
+      "image_to_tensor: channels 1 and 2 divided by each other's std",
+      [(ELT, "(c == 1 ? std1 : std2)", "(c == 1 ? std2 : std1)")], ("layers:kernel_image_to_tensor",)),
+
+    # ---- select: radix top-k and the streamed merge -------------------------------------------
+    M("select-radix-digit-boundary", "select",
+      "radix select: a digit whose count equals the rank still left is skipped",
+      [(SEL, "while (hist[digit] < remaining)", "while (hist[digit] <= remaining)")], TOPK),
+    M("select-gather-takes-kth-ties-twice", "select",
+      "winners above the k-th key gathered with >=: its ties enter twice",
+      [(SEL, "if (row.get(e, key, index) && key > kth_key) {", "if (row.get(e, key, index) && key >= kth_key) {")], TOPK),
+    M("select-no-barrier-after-prefix", "select",
+      "block prefix: the next round's warp totals overwrite the ones being summed",
+      [drop(SEL, "        total += warp_totals[w];\n    }\n    __syncthreads();\n", "        total += warp_totals[w];\n    }\n")],
+      TOPK),
+    M("select-no-barrier-in-bitonic", "select",
+      "bitonic sort: a stage starts before the previous stage's swaps are done",
+      [drop(SEL, "            }\n            __syncthreads();\n        }\n    }\n}", "            }\n        }\n    }\n}")], TOPK),
+    M("select-hist-clear-one-past-the-end", "select",
+      "histogram clear runs to b <= 256: one shared write past hist, into memory read later or never",
+      [(SEL, "for (int b = tid; b < 256; b += TOPK_THREADS) hist[b] = 0;",
+             "for (int b = tid; b <= 256; b += TOPK_THREADS) hist[b] = 0;")], TOPK, sanitize=True),
+    M("select-padding-one-past-the-end", "select",
+      "sort padding runs to i <= p2: one shared write past sel_key / sel_idx when p2 = TOPK_MAX "
+      "(inside them otherwise), a slot nothing reads",
+      [(SEL, "for (int i = kk + tid; i < p2; i += TOPK_THREADS) {", "for (int i = kk + tid; i <= p2; i += TOPK_THREADS) {")],
+      TOPK, sanitize=True),
+    M("select-merge-exit-counts-ties", "select",
+      "merge early exit: a tile score equal to the k-th best counts as better",
+      [(SEL, "above += e >= row.prev_len && key > kth;", "above += e >= row.prev_len && key >= kth;")], TOPK,
+      equivalent="the early exit only skips work: with it off, the full selection of list + tile "
+                 "keeps the list's entry on the tie (lower index), the same result"),
+
+    # ---- bank ------------------------------------------------------------------------------
+    M("bank-row-past-count", "bank",
+      "row copy: warp t == count reads src_idx[count] (past the index list)",
+      [(BANK, "if (t >= count) return;", "if (t > count) return;")], BANKT, sanitize=True),
+    M("bank-vector-past-row", "bank",
+      "16-byte row copy runs one vector past the row",
+      [(BANK, "for (int i = lane; i < dim / per16; i += WARP_SIZE)", "for (int i = lane; i <= dim / per16; i += WARP_SIZE)")],
+      BANKT, sanitize=True),
+
+    # ---- contrastive: thresholds (spec 4.6, trap G10) ----------------------------------------
+    M("contrastive-margin-inclusive", "contrastive",
+      "kernel: a negative exactly on the margin counts (the original: S > m)",
+      [(CON, "} else if (sij > margin) {", "} else if (sij >= margin) {")], CONT),
+    M("contrastive-margin-inclusive-twin-too", "contrastive",
+      "kernel and CPU twin both: a negative exactly on the margin counts",
+      [(CON, "} else if (sij > margin) {", "} else if (sij >= margin) {"),
+       (CPU_CON, "} else if sij > c.margin {", "} else if sij >= c.margin {")], CONT),
+    M("contrastive-self-pair-inclusive", "contrastive",
+      "kernel: a positive exactly at 1 - 1e-6 counts (the original excludes S >= 1 - 1e-6)",
+      [(CON, "if (sij < pos_th) {", "if (sij <= pos_th) {")], CONT),
+    M("contrastive-self-pair-inclusive-twin-too", "contrastive",
+      "kernel and CPU twin both: a positive exactly at 1 - 1e-6 counts",
+      [(CON, "if (sij < pos_th) {", "if (sij <= pos_th) {"),
+       (CPU_CON, "if sij < c.pos_th {", "if sij <= c.pos_th {")], CONT),
+    M("contrastive-memory-keeps-label-0", "contrastive",
+      "kernel: memory mode keeps a row labelled 0 (the original drops labels <= 0)",
+      [(CON, "const bool keep = !memory || yi > 0;", "const bool keep = !memory || yi >= 0;")], CONT),
+    M("contrastive-memory-keeps-label-0-twin-too", "contrastive",
+      "kernel and CPU twin both: memory mode keeps a row labelled 0",
+      [(CON, "const bool keep = !memory || yi > 0;", "const bool keep = !memory || yi >= 0;"),
+       (CPU_CON, "let keep = !c.memory || y1[i] > 0;", "let keep = !c.memory || y1[i] >= 0;")], CONT),
+    M("contrastive-no-barrier-before-row-sum", "contrastive",
+      "thread 0 adds the warps' partial sums before they are all written",
+      [drop(CON, "    __syncthreads();\n    if (tid == 0) {\n        double l = 0.0;", "    if (tid == 0) {\n        double l = 0.0;")],
+      CONT),
+    M("contrastive-drops-negative-count-shuffle", "contrastive",
+      "warp reduction: the negatives' count is not summed across lanes",
+      [drop(CON, "        nneg += __shfl_xor_sync(0xffffffffu, nneg, off);\n", "")], CONT),
+
+    # ---- mining: selection thresholds (spec 4.5.1, 4.5.3, trap G22) --------------------------
+    M("mining-fixed-exclusive", "mining",
+      "kernel: batch selection rejects s == thresh (the original keeps s >= 0.6)",
+      [(MIN, ": (s[j] >= thresh);", ": (s[j] > thresh);")], MINT),
+    M("mining-fixed-exclusive-twin-too", "mining",
+      "kernel and CPU twin both: batch selection rejects s == thresh",
+      [(MIN, ": (s[j] >= thresh);", ": (s[j] > thresh);"),
+       (CPU_MIN, "                sj >= s.thresh\n", "                sj > s.thresh\n")], MINT),
+    M("mining-dynamic-exclusive", "mining",
+      "kernel: the dynamic rule rejects s / max == thresh",
+      [(MIN, "(s[j] / best >= thresh)", "(s[j] / best > thresh)")], MINT),
+    M("mining-dynamic-exclusive-twin-too", "mining",
+      "kernel and CPU twin both: the dynamic rule rejects s / max == thresh",
+      [(MIN, "(s[j] / best >= thresh)", "(s[j] / best > thresh)"),
+       (CPU_MIN, "sj / best >= s.thresh", "sj / best > s.thresh")], MINT),
+    M("mining-score-exclusive", "mining",
+      "kernel: a query similarity exactly on the score threshold does not count",
+      [(MIN, "bool in = v >= th;", "bool in = v > th;")], MINT),
+    M("mining-score-exclusive-twin-too", "mining",
+      "kernel and CPU twin both: a similarity exactly on the score threshold does not count",
+      [(MIN, "bool in = v >= th;", "bool in = v > th;"),
+       (CPU_MIN, "let pass = v >= s.th;", "let pass = v > s.th;")], MINT),
+    M("mining-score-drops-eps-twin-too", "mining",
+      "kernel and CPU twin both: avg divides by num, not num + 1e-6 (trap G22)",
+      [(MIN, "__fdiv_rn(acc, __fadd_rn((float)cnt, 1e-6f))", "__fdiv_rn(acc, (float)cnt)"),
+       (CPU_MIN, "(acc / (cnt as f32 + 1e-6), cnt)", "(acc / cnt as f32, cnt)")], MINT),
+
+    # The same thresholds where the host decides (Rust, beside the kernels they feed).
+    M("mining-offline-boundary-exclusive", "mining",
+      "host: pb / nb leave out a similarity exactly on 0.75 / 0.5 (spec 4.5.0: >=)",
+      [("src/mining/mine.rs", ".rposition(|&s| s >= th)", ".rposition(|&s| s > th)")], MINT),
+    M("mining-t-selector-exclusive", "mining",
+      "host: the tX.XX selector leaves out a score exactly on t (spec 4.5.3: >=)",
+      [("src/mining/select.rs", "filter(|&r| score[r] >= t)", "filter(|&r| score[r] > t)")], MINT),
+    M("mining-topk-eligible-counts-zero", "mining",
+      "host: top-k counts candidates with no qualifying similarity as eligible",
+      [("src/mining/select.rs", "filter(|&&v| v > 0).count()", "filter(|&&v| v >= 0).count()")], MINT),
+
+    # ---- optim -----------------------------------------------------------------------------
+    M("optim-adam-drops-weight-decay", "optim",
+      "Adam: the coupled weight-decay term wd * p is dropped from the gradient",
+      [(OPT, "float gi = __fadd_rn(g[i], __fmul_rn(wd, pi));", "float gi = g[i];")], OPTT),
+    M("optim-adam-split-off-by-one", "optim",
+      "Adam: element `split` (the first bias) gets the weights' lr and decay",
+      [(OPT, "bool weight = (long long)i < split;\n        float step", "bool weight = (long long)i <= split;\n        float step")],
+      OPTT),
+    M("optim-sumsq-no-barrier-in-tree", "optim",
+      "gradient norm: a tree level reads slots the previous level is still adding",
+      [drop(OPT, "slots[threadIdx.x] += slots[threadIdx.x + half];\n        __syncthreads();\n",
+            "slots[threadIdx.x] += slots[threadIdx.x + half];\n")], OPTT),
+]
+# fmt: on
+
+# kernels/*.cu without mutants of their own: selftest.cu holds the emulator's self-tests.
+NOT_MUTATED = {"selftest.cu"}
+
+
+# ---- applying edits -----------------------------------------------------------------------
+
+
+def apply(repo, mutant):
+    """Applies the mutant's edits in `repo`; returns {path: original text}. Raises ValueError
+    when an edit's text is not found exactly once (nothing is left applied then)."""
+    originals = {}
+    try:
+        for e in mutant.edits:
+            path = os.path.join(repo, e.path)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            n = text.count(e.old)
+            if n != 1:
+                raise ValueError(f"{mutant.name}: {e.path}: the original text is found {n} times, not once: {e.old!r}")
+            originals.setdefault(e.path, text)
+            write(path, text.replace(e.old, e.new))
+    except Exception:
+        restore(repo, originals)
+        raise
+    return originals
+
+
+def restore(repo, originals):
+    # Written anew (a fresh mtime): cargo must rebuild what the mutant's build left behind.
+    for rel, text in originals.items():
+        write(os.path.join(repo, rel), text)
+
+
+def write(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def check(mutants, coverage=True):
+    """--check: every edit applies exactly once to the working tree; every kernel has mutants."""
+    problems = []
+    names = set()
+    for m in mutants:
+        if m.name in names:
+            problems.append(f"{m.name}: the name is used twice")
+        names.add(m.name)
+        for e in m.edits:
+            try:
+                with open(os.path.join(ROOT, e.path), encoding="utf-8") as f:
+                    n = f.read().count(e.old)
+            except OSError as err:
+                problems.append(f"{m.name}: {e.path}: {err}")
+                continue
+            if n != 1:
+                problems.append(f"{m.name}: {e.path}: its original text is found {n} times (must be once): "
+                                f"{e.old!r}; update the mutant in scripts/mutate-kernels.py")
+    covered = {os.path.basename(e.path) for m in mutants for e in m.edits}
+    for cu in sorted(os.listdir(os.path.join(ROOT, "kernels"))) if coverage else []:
+        if cu.endswith(".cu") and cu not in covered and cu not in NOT_MUTATED:
+            problems.append(f"kernels/{cu} has no mutant: add a few to scripts/mutate-kernels.py")
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"{len(mutants)} mutants, {len(problems)} problems")
+    return not problems
+
+
+# ---- the scratch copy ---------------------------------------------------------------------
+
+
+def sync_scratch(repo):
+    """Copies the working tree's tracked and untracked-unignored files into `repo`, writing only
+    files whose content differs (unchanged files keep their mtime, so cargo keeps their builds)."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                         capture_output=True).stdout
+    files = [f for f in out.decode().split("\0") if f and os.path.isfile(os.path.join(ROOT, f))]
+    wanted = set(files)
+    os.makedirs(repo, exist_ok=True)
+    for rel in files:
+        src, dst = os.path.join(ROOT, rel), os.path.join(repo, rel)
+        with open(src, "rb") as f:
+            data = f.read()
+        try:
+            with open(dst, "rb") as f:
+                same = f.read() == data
+        except OSError:
+            same = False
+        if not same:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            with open(dst, "wb") as f:
+                f.write(data)
+            shutil.copymode(src, dst)
+    for dirpath, _, names in os.walk(repo):
+        for n in names:
+            rel = os.path.relpath(os.path.join(dirpath, n), repo)
+            if rel not in wanted:
+                os.remove(os.path.join(repo, rel))
+
+
+def env_for(target, sanitize=False):
+    env = dict(os.environ)
+    # The scratch copy has no .cuda-tools: the emulated kernels only, no nvcc fatbins to rebuild.
+    for var in ["NVCC", "CUDA_HOME", "INSCLR_EMU_SANITIZE", "INSCLR_EMU_RACECHECK", "INSCLR_REQUIRE_GPU",
+                "INSCLR_REQUIRE_NVCC", "CARGO_BUILD_TARGET_DIR", "RUSTFLAGS"]:
+        env.pop(var, None)
+    env["CARGO_TARGET_DIR"] = target
+    env["CARGO_TERM_COLOR"] = "never"
+    return env
+
+
+def nice():
+    return ["nice", "-n", "10"] if shutil.which("nice") else []
+
+
+def run(cmd, cwd, env, timeout, log):
+    """Runs cmd in its own process group; returns (rc, output, timed_out). The output also goes
+    to `log`."""
+    start = time.time()
+    with open(log, "ab") as f:
+        f.write(f"$ {' '.join(cmd)}\n".encode())
+        f.flush()
+        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        try:
+            out, _ = p.communicate(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+            timed_out = True
+        f.write(out)
+        f.write(f"# rc {p.returncode}, {time.time() - start:.1f} s{' (timeout)' if timed_out else ''}\n".encode())
+    return p.returncode, out.decode(errors="replace"), timed_out
+
+
+def test_args(spec):
+    binary, _, filt = spec.partition(":")
+    return ["--test", binary] + ([filt] if filt else [])
+
+
+def why_failed(out, timed_out):
+    """What a failed test run says: failing tests, and which instrument spoke."""
+    notes = []
+    if timed_out:
+        notes.append("timeout")
+    if "shared-memory race" in out:
+        notes.append("race checker")
+    if "AddressSanitizer" in out:
+        m = re.search(r"ERROR: AddressSanitizer: ([\w-]+)", out)
+        at = re.search(r"AddressSanitizer.*?\n(\w+) of size.*?\n +#0 .*?([\w.]+:\d+)", out, re.S)
+        notes.append("AddressSanitizer" + (f" {m.group(1)}" if m else "")
+                     + (f", {at.group(1).lower()} at {at.group(2)}" if at else ""))
+    m = re.search(r"signal: \d+, (SIG\w+)", out)
+    if m:
+        notes.append(m.group(1))
+    # libtest's closing list; a "test x ... FAILED" line can be split by a test's own stderr.
+    blocks = re.findall(r"^failures:\n((?:    \S+\n)+)", out, re.M)
+    failed = blocks[-1].split() if blocks else re.findall(r"test (\S+) \.\.\. FAILED", out)
+    if "deadlock" in out:
+        notes.append("deadlock")
+    what = ", ".join(failed) if failed else ""
+    return "; ".join(x for x in [what, " ".join(notes)] if x) or "non-zero exit"
+
+
+def first_error(out):
+    for line in out.splitlines():
+        if line.startswith("error") or ": error:" in line:
+            return line.strip()[:160]
+    return "build failed"
+
+
+class Runner:
+    def __init__(self, args):
+        self.scratch = os.path.abspath(args.scratch)
+        self.repo = os.path.join(self.scratch, "repo")
+        self.target = os.path.join(self.scratch, "target")
+        self.target_asan = os.path.join(self.scratch, "target-asan")
+        self.logs = os.path.join(self.scratch, "logs")
+        self.timeout = args.timeout
+        os.makedirs(self.logs, exist_ok=True)
+
+    def build(self, tests, log):
+        binaries = sorted({t.partition(":")[0] for t in tests})
+        cmd = nice() + ["cargo", "test", "--locked", "--no-run"] + [a for b in binaries for a in ("--test", b)]
+        return run(cmd, self.repo, env_for(self.target), self.timeout * 3, log)
+
+    def tests(self, tests, log):
+        """Runs each spec in turn; stops at the first that fails. Returns (killed_by or None, s)."""
+        for spec in tests:
+            cmd = nice() + ["cargo", "test", "--locked"] + test_args(spec)
+            rc, out, timed_out = run(cmd, self.repo, env_for(self.target), self.timeout, log)
+            if rc != 0 or timed_out:
+                return f"{spec.partition(':')[0]}: {why_failed(out, timed_out)}"
+        return None
+
+    def seed_asan(self):
+        """The sanitiser's build differs from the plain one only in the crate's build script (the
+        kernels with AddressSanitizer): its dependencies are the plain build's, copied once."""
+        src, dst = os.path.join(self.target, "debug"), os.path.join(self.target_asan, "debug")
+        if os.path.isdir(os.path.join(dst, "deps")) or not os.path.isdir(os.path.join(src, "deps")):
+            return
+        print(f"seeding {dst} with the dependencies built in {src}", flush=True)
+        for sub in [".fingerprint", "build"]:
+            shutil.copytree(os.path.join(src, sub), os.path.join(dst, sub), symlinks=True)
+        os.makedirs(os.path.join(dst, "deps"))
+        for n in os.listdir(os.path.join(src, "deps")):
+            if n.startswith("lib") and not n.startswith("libinsclr"):
+                shutil.copy2(os.path.join(src, "deps", n), os.path.join(dst, "deps", n))
+
+    def sanitizer(self, tests, log):
+        self.seed_asan()
+        # One call per spec, as the tests: a filter belongs to its own binary.
+        for spec in tests:
+            cmd = nice() + ["bash", "scripts/emu-sanitize.sh"] + test_args(spec)
+            rc, out, timed_out = run(cmd, self.repo, env_for(self.target_asan), self.timeout * 3, log)
+            if rc != 0 or timed_out:
+                if "could not compile" in out or "error: failed to run custom build command" in out:
+                    return f"sanitiser build: {first_error(out)}"
+                return f"sanitiser, {spec.partition(':')[0]}: {why_failed(out, timed_out)}"
+        return None
+
+
+def fmt_s(s):
+    return f"{s:.0f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    ap.add_argument("--family", action="append", default=[], help="run this family's mutants")
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--check", action="store_true", help="check that every mutant applies; no build")
+    ap.add_argument("--scratch", default="/tmp/insclr-mutants")
+    ap.add_argument("--seed-target", help="a built CARGO_TARGET_DIR whose debug/ seeds an empty scratch target")
+    ap.add_argument("--out", help="write the markdown table here too")
+    ap.add_argument("--timeout", type=int, default=600, help="seconds per test run (builds: 3x)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated build and run")
+    args = ap.parse_args()
+
+    if args.check:
+        sys.exit(0 if check(MUTANTS) else 1)
+    everything = not args.names and not args.family
+    chosen = [m for m in MUTANTS if everything or m.name in args.names or m.family in args.family]
+    unknown = set(args.names) - {m.name for m in MUTANTS}
+    if unknown:
+        sys.exit(f"unknown mutants: {', '.join(sorted(unknown))} (see --list)")
+    if args.list:
+        for m in chosen:
+            flags = (" [sanitiser]" if m.sanitize else "") + (" [expected survivor]" if m.equivalent else "")
+            print(f"{m.name:44} {m.family:12} {' '.join(m.tests)}{flags}\n    {m.idea}")
+        print(f"{len(chosen)} mutants")
+        return
+    if not chosen:
+        sys.exit("no mutant selected")
+    if not check(chosen, coverage=False):
+        sys.exit("fix the list first")
+
+    r = Runner(args)
+    if args.seed_target and not os.path.isdir(os.path.join(r.target, "debug")):
+        os.makedirs(r.target, exist_ok=True)
+        print(f"seeding {r.target}/debug from {args.seed_target}/debug", flush=True)
+        subprocess.run(["cp", "-a", os.path.join(args.seed_target, "debug"), r.target], check=True)
+    sync_scratch(r.repo)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    started = time.time()
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+    if not args.no_baseline:
+        specs = sorted({t for m in chosen for t in m.tests})
+        log = os.path.join(r.logs, "baseline.log")
+        open(log, "w").close()
+        print(f"baseline: building and running {' '.join(specs)} unmutated (log {log})", flush=True)
+        t0 = time.time()
+        rc, out, _ = r.build(specs, log)
+        if rc != 0:
+            sys.exit(f"baseline build failed: {first_error(out)} (log {log})")
+        bad = r.tests(specs, log)
+        if bad:
+            sys.exit(f"baseline tests fail, so no mutant result would mean anything: {bad} (log {log})")
+        if any(m.sanitize for m in chosen):
+            bad = r.sanitizer(sorted({t for m in chosen if m.sanitize for t in m.tests}), log)
+            if bad:
+                sys.exit(f"baseline sanitiser run fails: {bad} (log {log})")
+        print(f"baseline: ok in {time.time() - t0:.0f} s", flush=True)
+
+    rows = []
+    for i, m in enumerate(chosen, 1):
+        log = os.path.join(r.logs, f"{m.name}.log")
+        open(log, "w").close()
+        print(f"[{i}/{len(chosen)}] {m.name} ...", end=" ", flush=True)
+        t0 = time.time()
+        originals = apply(r.repo, m)
+        try:
+            rc, out, timed_out = r.build(m.tests, log)
+            tb = time.time() - t0
+            if rc != 0:
+                result, by = "killed", "build: " + ("timeout" if timed_out else first_error(out))
+            else:
+                by = r.tests(m.tests, log)
+                if by is None and m.sanitize:
+                    by = r.sanitizer(m.tests, log)
+                result = "killed" if by else "survived"
+        finally:
+            restore(r.repo, originals)
+        tt = time.time() - t0 - tb
+        if result == "survived" and m.equivalent:
+            by = f"expected: {m.equivalent}"
+        print(f"{result} ({by or 'no test failed'}) in {tb + tt:.0f} s", flush=True)
+        rows.append((m, result, by or "", tb, tt))
+
+    total = time.time() - started
+    killed = sum(1 for row in rows if row[1] == "killed")
+    expected = sum(1 for row in rows if row[1] == "survived" and row[0].equivalent)
+    lines = [
+        f"Kernel mutants: `scripts/mutate-kernels.py`, commit {commit}{' + uncommitted changes' if dirty else ''}, "
+        f"{stamp}, {len(rows)} mutants in {total / 60:.1f} min "
+        f"({total / max(len(rows), 1):.0f} s per mutant with the build).",
+        "",
+        f"**{killed} killed, {len(rows) - killed} survived** ({expected} of them expected: equivalent mutants).",
+        "",
+        "| mutant | family | idea | result | killed by | build s | tests s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m, result, by, tb, tt in rows:
+        by = by.replace("|", "\\|")
+        lines.append(f"| `{m.name}` | {m.family} | {m.idea} | {result} | {by} | {fmt_s(tb)} | {fmt_s(tt)} |")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(table + "\n")
+    unexpected = [row for row in rows if row[1] == "survived" and not row[0].equivalent]
+    sys.exit(1 if unexpected else 0)
+
+
+if __name__ == "__main__":
+    main()
