@@ -76,7 +76,7 @@ ARCH, COMMON, TC = "kernels/arch.cuh", "kernels/common.cuh", "kernels/tc_gemm.cu
 CPU_MIN, CPU_CON = "src/backend/cpu/mining.rs", "src/backend/cpu/contrastive.rs"
 
 MATMUL = ("kernels:kernel_matmul_matches_cpu",)
-CONVT = ("layers:kernel_conv",)  # kernel_conv_matches_cpu and kernel_conv1x1_weight_gradient_over_image_groups_matches_cpu
+CONVT = ("layers:kernel_conv",)  # kernel_conv_matches_cpu and kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu
 TCT = MATMUL + CONVT
 BN = ("layers:kernel_batchnorm_matches_cpu",)
 TOPK = ("select",)
