@@ -169,10 +169,8 @@ MUTANTS = [
             "            if (row > m || col >= n) continue;\n            TC* to = c + (long long)row * n + col;\n            uint4")],
       TCT, sanitize=True),
     M("tc-swizzle-dropped", "tc",
-      "layout: 128-byte rows unswizzled (still correct: the stores and ldmatrix agree; 8-way bank "
-      "conflicts, which the memory counters' tests assert against)",
-      [(TC, "return (r * CHUNKS + (c ^ (r & 7))) << 3;", "return (r * CHUNKS + c) << 3;")],
-      TCT + ("memory_patterns",)),
+      "layout: the copies land in 128-byte rows unswizzled while ldmatrix reads the swizzled places",
+      [(TC, "return (r * CHUNKS + (c ^ (r & 7))) << 3;", "return (r * CHUNKS + c) << 3;")], TCT),
     M("conv-1x1-part-runs-past-image", "conv",
       "1x1 weight gradient: an image's last pixel part runs part_len pixels, past the image",
       [(CONV, "k = min(part_len, hw - p0);", "k = part_len;")], CONVT, sanitize=True),
