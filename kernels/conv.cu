@@ -2,9 +2,10 @@
 //
 // Layout: NCHW activations and PyTorch's weight layout (c_out x c_in x kh x kw). The whole
 // network (BatchNorm's per-channel planes, GeM's rows, the CPU twins) and the imported torchvision
-// and timm weights are NCHW, so the convolution reads and writes that layout directly instead of
-// transposing around every layer. NHWC would give the tensor-core path k-contiguous operands;
-// it is the layout to revisit with the bf16 kernels, as one switch for the whole network.
+// and timm weights are NCHW. The f32 kernels and the bf16 element gathers below read and write
+// that layout directly; the bf16 channels-last kernels (section "channels-last" further down)
+// transpose their input and weight to NHWC / KRSC in scratch first and still write NCHW: the
+// first step of issue 26, before the whole bf16 network goes channels-last.
 //
 // Dense convolutions (groups = 1) are implicit GEMMs: the im2col matrix is never stored; each
 // tile of it is gathered from the activation as it is staged into shared memory.
@@ -450,6 +451,116 @@ extern "C" __global__ void __launch_bounds__(128)
                                    float* __restrict__ partial, int images_per_split, int parts, int part_len, int n,
                                    int c_in, int c_out, int hw) {
     conv1x1_bwd_weight<64, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);
+}
+
+// ---- channels-last (NHWC) implicit GEMM, bf16: tc_gemm.cuh's mainloop with ConvGather -------
+// The network stays NCHW; conv.rs transposes around the layer into scratch (conv2d_to_nhwc_bf16
+// below) and then runs one implicit GEMM per image (blockIdx.z), writing NCHW directly:
+//   forward   y[img] (c_out x oh*ow) = W_krsc (c_out x K) X[img]^T
+// with K = kh*kw*c_in, k = (r, s, c), W_krsc[co][r][s][c] = W[co][c][r][s] a plain k-contiguous
+// matrix (TileLoader) and X[img] the output pixels' im2col rows (oh*ow x K), gathered from
+// x_nhwc by ConvGather, 8 channels of one (pixel, tap) per 16-byte copy. An image's pixels are
+// the GEMM's columns, so C's rows are y's channel planes.
+//   data grad, stride 1: dx = the forward of dy_nhwc with W'[ci][r][s][co] = W[co][ci][kh-1-r][kw-1-s]
+// (conv2d_to_nhwc_bf16 with flip = kh*kw), padding kh-1-pad_top and kw-1-pad_left, c_out input
+// channels and c_in output channels; its entry points are the forward's code under their own
+// names, so that the plan and the counters tell the passes apart.
+// Needs c_in % 8 == 0 (c_out % 8 == 0 for the data gradient) and kh, kw <= 8 (ConvGather);
+// conv.rs sends every other shape to the kernels above.
+template <int BM, int WN>
+__device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf16_t* y, int c_in, int h, int w,
+                                          int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh,
+                                          int ow) {
+    extern __shared__ __align__(128) unsigned char tc_smem[];
+    constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32;
+    const int pixels = oh * ow, k = kh * kw * c_in;
+    const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+    tc::TileLoader<true, BM, THREADS, false> a_load;
+    a_load.init(wt, bm, c_out, k, k, 0);
+    tc::ConvGather<BN, THREADS> b_load;
+    b_load.init(x + (long long)blockIdx.z * h * w * c_in, bn, pixels, h, w, c_in, kh, kw, stride, pad_top, pad_left,
+                ow);
+    float acc[4][WN / 8][4];
+    tc::mainloop<true, true, BM, BN, 64, WN, 3>(a_load, b_load, (k + tc::BK - 1) / tc::BK, acc, tc_smem);
+    tc::epilogue<BM, BN, 64, WN, 3, bf16_t>(tc_smem, acc, y + (long long)blockIdx.z * c_out * pixels, bm, bn, c_out,
+                                            pixels, 1.0f, 0.0f);
+}
+
+#define NHWC_PARAMS                                                                                           \
+    int c_in, int h, int w, int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh, int ow
+#define NHWC_ARGS c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow
+
+// 128 x 128 tiles, four 64 x 64 warps; _m64: 64 x 128, four 64 x 32 warps, for c_out <= 64.
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_nhwc_fwd_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc, bf16_t* __restrict__ y,
+                         NHWC_PARAMS) {
+    conv_nhwc<128, 64>(x_nhwc, w_krsc, y, NHWC_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_nhwc_fwd_m64_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
+                             bf16_t* __restrict__ y, NHWC_PARAMS) {
+    conv_nhwc<64, 32>(x_nhwc, w_krsc, y, NHWC_ARGS);
+}
+
+// The shape arguments as the forward of dy: c_in = the layer's c_out, (h, w) = (oh, ow), c_out =
+// the layer's c_in, stride 1, the flipped padding, (oh, ow) = the layer's (h, w).
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_nhwc_bwd_data_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_flipped,
+                              bf16_t* __restrict__ dx, NHWC_PARAMS) {
+    conv_nhwc<128, 64>(dy_nhwc, w_flipped, dx, NHWC_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_nhwc_bwd_data_m64_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_flipped,
+                                  bf16_t* __restrict__ dx, NHWC_PARAMS) {
+    conv_nhwc<64, 32>(dy_nhwc, w_flipped, dx, NHWC_ARGS);
+}
+
+// dst[img][p'][c] = src[img][c][p] for each of gridDim.z planes of `channels` x `pixels`: NCHW ->
+// NHWC (an image), and a weight's (c_in x kh*kw) -> (kh*kw x c_in) per output channel (KRSC).
+// flip > 1 reverses p within each group of `flip` (p' = the group's last index - p's place in it):
+// the data gradient's W' from W seen as one c_out x (c_in*kh*kw) plane. Needs channels % 8 == 0.
+// A block moves a 64 x 64 tile through shared memory: reads along NCHW rows (16-byte loads when
+// every row starts 16-byte aligned, pixels % 8 == 0; else 2 bytes a lane, still consecutive lanes
+// along a row), writes 16-byte chunks of 8 channels, 8 lanes along a pixel's channels. The tile's
+// 16-byte chunks are XOR-permuted within each 128-byte row by the row's group of 8 channels, so
+// that both the row-wise stores and the column-wise 2-byte reads (8 lanes on 8 channel groups,
+// 4 neighbouring pixels each) fall on distinct banks.
+__device__ __forceinline__ int nhwc_tile_at(int c, int p) {
+    return c * 64 + ((((p >> 3) ^ (c >> 3)) & 7) << 3) + (p & 7);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_to_nhwc_bf16(const bf16_t* __restrict__ src, bf16_t* __restrict__ dst, int channels, int pixels, int flip) {
+    __shared__ __align__(16) unsigned short tile[64 * 64];
+    const long long plane = (long long)blockIdx.z * channels * pixels;
+    src += plane;
+    dst += plane;
+    const int c0 = blockIdx.y * 64, p0 = blockIdx.x * 64;
+    if (pixels % 8 == 0) {
+        for (int q = threadIdx.x; q < 64 * 8; q += 256) {
+            const int cl = q >> 3, pl = (q & 7) << 3, c = c0 + cl, p = p0 + pl;
+            if (c < channels && p < pixels) st_shared_v4(tile + nhwc_tile_at(cl, pl), ld_global_v4(src + (long long)c * pixels + p));
+        }
+    } else {
+        for (int e = threadIdx.x; e < 64 * 64; e += 256) {
+            const int cl = e >> 6, pl = e & 63, c = c0 + cl, p = p0 + pl;
+            if (c < channels && p < pixels)
+                tile[nhwc_tile_at(cl, pl)] = reinterpret_cast<const unsigned short*>(src)[(long long)c * pixels + p];
+        }
+    }
+    __syncthreads();
+    for (int q = threadIdx.x; q < 64 * 8; q += 256) {
+        const int pl = q >> 3, cl = (q & 7) << 3, c = c0 + cl, p = p0 + pl;
+        if (c >= channels || p >= pixels) continue;
+        uint32_t v[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            v[j] = (uint32_t)tile[nhwc_tile_at(cl + 2 * j, pl)] | (uint32_t)tile[nhwc_tile_at(cl + 2 * j + 1, pl)] << 16;
+        const int g = flip > 1 ? p % flip : 0, row = p - g + (flip > 1 ? flip - 1 - g : 0);
+        st_global_v4(dst + (long long)row * channels + c, make_uint4(v[0], v[1], v[2], v[3]));
+    }
 }
 
 // ---- depthwise -------------------------------------------------------------------------------

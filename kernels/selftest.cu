@@ -232,6 +232,9 @@ extern "C" __global__ void selftest_mma_f32(const unsigned short* __restrict__ a
 //   4: ldmatrix.x4 of an 8 x 64 bf16 tile with 128-byte rows: a matrix's 8 rows on the same
 //      4 banks, an 8-way conflict
 //   5: the same with each row's 16-byte chunks XOR-swizzled by the row: conflict-free
+//   6: two 16-byte cp.async per lane from one site, the first zero-filled on odd lanes: the
+//      global side is 16 lanes 32 bytes apart (16 sectors for 256 bytes, 2x), then 32 lanes
+//      over 512 contiguous bytes (16 sectors, 1x); the shared side 2 x 4 conflict-free phases
 // out[lane] keeps the loads alive; for 4 and 5 it is the sum of the four fragments' bits.
 extern "C" __global__ void selftest_access_patterns_u32(const unsigned int* __restrict__ in,
                                                         unsigned int* __restrict__ out, int pattern) {
@@ -249,6 +252,13 @@ extern "C" __global__ void selftest_access_patterns_u32(const unsigned int* __re
         v = in[lane];
     } else if (pattern == 3) {
         v = in[8 * lane];
+    } else if (pattern == 6) {
+        // A loop whose trip count the compiler does not know keeps the two copies one site.
+        for (int i = 0; i < pattern - 4; ++i)
+            cp_async_16_zfill(&words[128 * i + 4 * lane], in + 128 * i + 4 * lane, i == 0 && (lane & 1) ? 0 : 16);
+        cp_async_commit();
+        cp_async_wait<0>();
+        v = words[4 * lane + 1] + words[128 + 4 * lane + 1];
     } else {
         // Row r of the tile is words[32 r .. 32 r + 31] (64 bf16); lane l addresses row l % 8 of
         // matrix l / 8, which is the row's 16-byte chunk l / 8 (swizzled: (l / 8) ^ row).

@@ -7,12 +7,17 @@
 //   TileLoader                one thread's share of an operand's global -> shared copies:
 //                             a pointer, a shared offset and a row mask computed once, then only
 //                             additions; 16-byte cp.async, zero-filled outside the matrix
+//   ConvGather                the same for an implicit-GEMM convolution's NHWC activations: per
+//                             row a window corner and tap masks computed once, per k tile the
+//                             tap's step and a bit test per row
 //   WarpFragments             a warp's ldmatrix.x4 loads (.trans for an m- or n-contiguous
 //                             operand), lane offsets computed once
-//   tc_gemm (the mainloop)    STAGES-deep cp.async pipeline with one barrier per k tile,
-//                             fragments double-buffered in registers, 64 x WN warp tiles
-//   store_tile (the epilogue) accumulators staged through shared memory, written back with
+//   mainloop                  STAGES-deep cp.async pipeline with one barrier per k tile,
+//                             fragments double-buffered in registers, 64 x WN warp tiles; the
+//                             loaders are template arguments
+//   epilogue (store_rows)     accumulators staged through shared memory, written back with
 //                             16-byte coalesced stores (alpha, beta in f32)
+//   tc_gemm                   two TileLoaders, the mainloop and the epilogue: a plain GEMM
 //
 // C = alpha op(A) op(B) + beta C with op(A) m x k, op(B) k x n, bf16 inputs, f32 accumulation;
 // C bf16 or f32, row-major m x n. A is k-contiguous when stored m x k (no trans_a), m-contiguous
@@ -126,6 +131,77 @@ struct TileLoader {
             src = segment;
             k_at = k_first;
         }
+    }
+};
+
+// B of an implicit-GEMM convolution over channels-last (NHWC) activations, k-contiguous: its rows
+// are one image's output pixels, k = (r, s, c) with the channel fastest, so a 16-byte chunk is
+// 8 channels of the input at one (pixel, tap): one cp.async under one predicate, zero-filled in
+// the padding. A thread keeps TileLoader's shape (ITERS rows ROW_STEP apart at one chunk column),
+// so all its chunks share one k and one tap: divisions happen once in init; a k tile then costs
+// the tap's step (additions, two compares) and per row an address add and a bit test.
+// Needs c_in % 8 == 0 (a chunk never straddles two taps) and kh, kw <= 8 (a row's tap masks fit
+// 8 bits each); the input's element count must fit an int (conv.rs checks both).
+template <int BN, int THREADS>
+struct ConvGather {
+    static constexpr int CHUNKS = BK / 8;
+    static constexpr int ROW_STEP = THREADS / CHUNKS;
+    static constexpr int ITERS = BN / ROW_STEP;
+    static_assert(THREADS % CHUNKS == 0 && BN % ROW_STEP == 0, "gather shape");
+    static_assert(ROW_STEP % 16 == 0, "a thread's chunks share one swizzle key");
+    static_assert(ITERS * 8 <= 32, "8 mask bits per row in one word");
+
+    const __nv_bfloat16* img;  // the image's pixel (0, 0), channel 0
+    int pix[ITERS];            // elements from img to each row's window corner (iy0, ix0): negative in the padding
+    unsigned int ok_r, ok_s;   // bit 8 i + r: window row iy0 + r of row i lies in the image (s: column ix0 + s)
+    const __nv_bfloat16* at;   // img + the chunk's offset from a window corner, (r w + s) c_in + c
+    int r, s, c;               // the chunk's tap and first channel; r >= kh once past k
+    int dc, ds, dr, dtap, wrap;  // one k tile's step, and the tap offset's jump when s wraps
+    int c_in, kh, kw;
+    int dst;
+
+    // `x`: the image's NHWC activations (h x w x c_in); `p0`: the block's first output pixel;
+    // `pixels`: the image's output pixels (oh x ow).
+    __device__ __forceinline__ void init(const __nv_bfloat16* x, int p0, int pixels, int h, int w, int c_in_, int kh_,
+                                         int kw_, int stride, int pad_top, int pad_left, int ow) {
+        const int tid = threadIdx.x, row = tid / CHUNKS, chunk = tid % CHUNKS;
+        img = x;
+        c_in = c_in_, kh = kh_, kw = kw_;
+        dst = swizzled<CHUNKS>(row, chunk);
+        ok_r = ok_s = 0;
+#pragma unroll
+        for (int i = 0; i < ITERS; ++i) {
+            const int p = p0 + row + i * ROW_STEP, oy = p / ow, ox = p - oy * ow;
+            const int iy0 = oy * stride - pad_top, ix0 = ox * stride - pad_left;
+            pix[i] = 0;  // rows past the image's pixels copy nothing (their masks stay 0)
+            if (p < pixels) {
+                pix[i] = (iy0 * w + ix0) * c_in;
+                for (int t = 0; t < kh; ++t) ok_r |= (unsigned)((unsigned)(iy0 + t) < (unsigned)h) << (8 * i + t);
+                for (int t = 0; t < kw; ++t) ok_s |= (unsigned)((unsigned)(ix0 + t) < (unsigned)w) << (8 * i + t);
+            }
+        }
+        const int t0 = chunk * 8 / c_in;
+        c = chunk * 8 - t0 * c_in, r = t0 / kw, s = t0 - r * kw;
+        at = img + (r * w + s) * c_in + c;
+        const int taps = BK / c_in;
+        dc = BK - taps * c_in, dr = taps / kw, ds = taps - dr * kw;
+        dtap = dc + (dr * w + ds) * c_in;
+        wrap = (w - kw) * c_in;
+    }
+
+    __device__ __forceinline__ void load(__nv_bfloat16* tile) {
+        // Shifting the masks by the tap lines row i's bit up at 8 i. While r < kh <= 8 the bit
+        // is row i's own; past k (r >= kh) nothing is copied.
+        // A zero-filled copy reads nothing, so its address (16-byte aligned all the same) need not
+        // be valid: no select of a safe one.
+        const unsigned int ok = r < kh ? (ok_r >> r) & (ok_s >> s) : 0u;
+#pragma unroll
+        for (int i = 0; i < ITERS; ++i)
+            cp_async_16_zfill(tile + dst + i * ROW_STEP * CHUNKS * 8, at + pix[i], ok & (1u << (8 * i)) ? 16 : 0);
+        // k += BK; dc < c_in and ds < kw, so c and s carry at most once each.
+        c += dc, s += ds, r += dr, at += dtap;
+        if (c >= c_in) c -= c_in, ++s;  // the offset runs on unchanged: (s + 1) c_in + c - c_in
+        if (s >= kw) s -= kw, ++r, at += wrap;
     }
 };
 
@@ -290,39 +366,27 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
     __syncthreads();
 }
 
-// The whole product for one block tile BM x BN; (BM / WM) x (BN / WN) warps. SEGMENTED: the
-// reduction may run over several segments (else `segments` must be 1).
-template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename TC, bool SEGMENTED = false>
-__device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
-                                        TC* __restrict__ C, int m, int n, int k, long long batch_a, long long batch_b,
-                                        long long batch_c, int segments, long long seg_a, long long seg_b, float alpha,
-                                        float beta, unsigned char* smem, int k_ld = 0) {
+// The pipelined mainloop over `tiles` k tiles of BK: acc += the block tile's products, operand
+// tiles copied by the loaders (anything with `load(tile)`, which issues a thread's cp.async for
+// the current k tile and moves on to the next: TileLoader for plain matrices, ConvGather for
+// implicit GEMMs), so that the pipeline, the fragments and the mma are the same code
+// for every bf16 product.
+template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename ALoad, typename BLoad>
+__device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles, float (&acc)[WM / 16][WN / 8][4],
+                                         unsigned char* smem) {
     static_assert(WM == 64 && (WN == 64 || WN == 32), "warp tiles of 64 x 64 or 64 x 32");
     static_assert(BM % WM == 0 && BN % WN == 0 && STAGES >= 2, "block tile");
-    constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
     constexpr int A_ELEMS = TileShape<A_K, BM>::ELEMS, B_ELEMS = TileShape<B_K, BN>::ELEMS;
     constexpr int STAGE_ELEMS = A_ELEMS + B_ELEMS;
     const int warp = threadIdx.x / 32;
     const int wm = (warp / (BN / WN)) * WM, wn = (warp % (BN / WN)) * WN;
-    const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
-    A += blockIdx.z * batch_a;
-    B += blockIdx.z * batch_b;
-    C += blockIdx.z * batch_c;
     __nv_bfloat16* stages = reinterpret_cast<__nv_bfloat16*>(smem);
 
-    TileLoader<A_K, BM, THREADS, SEGMENTED> a_load;
-    TileLoader<B_K, BN, THREADS, SEGMENTED> b_load;
-    // A stored m x k (ld k, or k_ld when a row is longer than the k it takes part in) or k x m
-    // (ld m); B stored n x k (ld k or k_ld) or k x n (ld n).
-    const int ldk = k_ld ? k_ld : k;
-    a_load.init(A, bm, m, k, A_K ? ldk : m, seg_a);
-    b_load.init(B, bn, n, k, B_K ? ldk : n, seg_b);
     FragmentOffsets<true, A_K, BM> a_frag;
     FragmentOffsets<false, B_K, BN> b_frag;
     a_frag.init(wm);
     b_frag.init(wn);
 
-    float acc[WM / 16][WN / 8][4];
 #pragma unroll
     for (int i = 0; i < WM / 16; ++i)
 #pragma unroll
@@ -330,7 +394,6 @@ __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, con
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
 
-    const int tiles = (k + BK - 1) / BK * segments;
     // Prologue: the first STAGES - 1 tiles in flight, one commit group each (empty past the end,
     // so that the wait counts below hold for any k).
 #pragma unroll
@@ -376,12 +439,47 @@ __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, con
     }
     cp_async_wait<0>();
     __syncthreads();
+}
 
+// The epilogue of a block tile (bm, bn) of the m x n row-major C: in passes of as many warp rows
+// as the pipeline's memory stages.
+template <int BM, int BN, int WM, int WN, int STAGES, typename TC>
+__device__ __forceinline__ void epilogue(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4],
+                                         TC* __restrict__ C, int bm, int bn, int m, int n, float alpha, float beta) {
+    constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
+    const int warp = threadIdx.x / 32;
+    const int wm = (warp / (BN / WN)) * WM, wn = (warp % (BN / WN)) * WN;
     constexpr int PASS_ROWS = SmemSize<BM, BN, STAGES, TC>::PASS_ROWS;
     static_assert(PASS_ROWS >= WM && BM % PASS_ROWS == 0, "the epilogue stages whole warp rows");
 #pragma unroll
     for (int r0 = 0; r0 < BM; r0 += PASS_ROWS)
         store_rows<BM, BN, WM, WN, THREADS, TC>(smem, acc, wm, wn, r0, PASS_ROWS, C, bm, bn, m, n, alpha, beta);
+}
+
+// The whole product for one block tile BM x BN; (BM / WM) x (BN / WN) warps. SEGMENTED: the
+// reduction may run over several segments (else `segments` must be 1).
+template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename TC, bool SEGMENTED = false>
+__device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
+                                        TC* __restrict__ C, int m, int n, int k, long long batch_a, long long batch_b,
+                                        long long batch_c, int segments, long long seg_a, long long seg_b, float alpha,
+                                        float beta, unsigned char* smem, int k_ld = 0) {
+    constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
+    const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+    A += blockIdx.z * batch_a;
+    B += blockIdx.z * batch_b;
+    C += blockIdx.z * batch_c;
+
+    TileLoader<A_K, BM, THREADS, SEGMENTED> a_load;
+    TileLoader<B_K, BN, THREADS, SEGMENTED> b_load;
+    // A stored m x k (ld k, or k_ld when a row is longer than the k it takes part in) or k x m
+    // (ld m); B stored n x k (ld k or k_ld) or k x n (ld n).
+    const int ldk = k_ld ? k_ld : k;
+    a_load.init(A, bm, m, k, A_K ? ldk : m, seg_a);
+    b_load.init(B, bn, n, k, B_K ? ldk : n, seg_b);
+
+    float acc[WM / 16][WN / 8][4];
+    mainloop<A_K, B_K, BM, BN, WM, WN, STAGES>(a_load, b_load, (k + BK - 1) / BK * segments, acc, smem);
+    epilogue<BM, BN, WM, WN, STAGES, TC>(smem, acc, C, bm, bn, m, n, alpha, beta);
 }
 
 }  // namespace tc

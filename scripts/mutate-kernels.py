@@ -76,7 +76,7 @@ ARCH, COMMON, TC = "kernels/arch.cuh", "kernels/common.cuh", "kernels/tc_gemm.cu
 CPU_MIN, CPU_CON = "src/backend/cpu/mining.rs", "src/backend/cpu/contrastive.rs"
 
 MATMUL = ("kernels:kernel_matmul_matches_cpu",)
-CONVT = ("layers:kernel_conv_matches_cpu", "layers:conv_1x1_weight_gradient_over_groups_of_images")
+CONVT = ("layers:kernel_conv",)  # kernel_conv_matches_cpu and kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu
 TCT = MATMUL + CONVT
 BN = ("layers:kernel_batchnorm_matches_cpu",)
 TOPK = ("select",)
@@ -137,14 +137,15 @@ MUTANTS = [
             "    cp_async_wait<STAGES - 1>();\n    __syncthreads();\n\n    Fragments")], TCT),
     M("tc-no-barrier-before-epilogue", "tc",
       "the epilogue stages C over the pipeline's stages while slower warps still read fragments",
-      [drop(TC, "    cp_async_wait<0>();\n    __syncthreads();\n\n    constexpr int PASS_ROWS",
-            "    cp_async_wait<0>();\n\n    constexpr int PASS_ROWS")], TCT),
+      [drop(TC, "    cp_async_wait<0>();\n    __syncthreads();\n}\n\n// The epilogue of a block tile",
+            "    cp_async_wait<0>();\n}\n\n// The epilogue of a block tile")], TCT),
     M("tc-epilogue-no-barrier-before-copy-out", "tc",
       "epilogue: rows copied out of shared memory before every warp staged its fragments",
       [drop(TC, "    __syncthreads();\n    if (n % PER_CHUNK == 0) {", "    if (n % PER_CHUNK == 0) {")], TCT),
     M("tc-epilogue-no-barrier-after-copy-out", "tc",
       "epilogue: the next pass of rows overwrites the staging rows still being copied out",
-      [drop(TC, "        }\n    }\n    __syncthreads();\n}\n\n// The whole product", "        }\n    }\n}\n\n// The whole product")],
+      [drop(TC, "        }\n    }\n    __syncthreads();\n}\n\n// The pipelined mainloop",
+            "        }\n    }\n}\n\n// The pipelined mainloop")],
       TCT),
     M("tc-row-mask-one-past", "tc",
       "loader: row mn (past the operand) copied instead of zero-filled",
@@ -176,6 +177,32 @@ MUTANTS = [
     M("conv-1x1-last-group-too-many-images", "conv",
       "1x1 weight gradient: the last group of whole images counts `per` images past the batch",
       [(CONV, "images = min(per, n - z * per);", "images = per;")], CONVT, sanitize=True),
+
+    # ---- nhwc: channels-last implicit GEMMs (ConvGather in tc_gemm.cuh, the transposes) -----
+    M("nhwc-gather-window-row-past-image", "conv",
+      "ConvGather: window row h (the next image's first row, or past the scratch) copied instead of "
+      "the bottom padding's zeros",
+      [(TC, "ok_r |= (unsigned)((unsigned)(iy0 + t) < (unsigned)h)", "ok_r |= (unsigned)((unsigned)(iy0 + t) <= (unsigned)h)")],
+      CONVT, sanitize=True),
+    M("nhwc-gather-column-mask-one-past", "conv",
+      "ConvGather: window column w (the next row's first pixel) copied instead of the right padding's zeros",
+      [(TC, "ok_s |= (unsigned)((unsigned)(ix0 + t) < (unsigned)w)", "ok_s |= (unsigned)((unsigned)(ix0 + t) <= (unsigned)w)")],
+      CONVT, sanitize=True),
+    M("nhwc-gather-channel-carry-late", "conv",
+      "ConvGather's k step: a chunk landing exactly on channel c_in stays in the old tap instead of "
+      "carrying into the next",
+      [(TC, "if (c >= c_in) c -= c_in, ++s;", "if (c > c_in) c -= c_in, ++s;")], CONVT, sanitize=True),
+    M("nhwc-transpose-flip-one-past", "conv",
+      "conv2d_to_nhwc_bf16: the flipped weight's taps written one row late (the last tap into the "
+      "next channel's first, or past the scratch)",
+      [(CONV, "row = p - g + (flip > 1 ? flip - 1 - g : 0);", "row = p - g + (flip > 1 ? flip - g : 0);")],
+      CONVT, sanitize=True),
+    M("nhwc-bwd-data-padding-not-flipped", "conv",
+      "conv.rs: the data gradient's forward of dy keeps the layer's padding instead of kh - 1 - pad "
+      "(the same only where pad = (kh - 1) / 2)",
+      [("src/backend/cuda/conv.rs",
+        "                s.kh as i64 - 1 - s.pad_top as i64,\n                s.kw as i64 - 1 - s.pad_left as i64,\n",
+        "                s.pad_top as i64,\n                s.pad_left as i64,\n")], CONVT),
 
     # ---- conv: implicit GEMMs (f32 SIMT, bf16 tensor cores) and depthwise ------------------
     M("conv-bf16-no-barrier-after-tables", "conv",

@@ -599,6 +599,18 @@ fn memory_counters_measure_known_patterns() {
     check(4, MemSpace::Shared, "ldmatrix.x4", 32, 4); // 8-way: each matrix's rows on 4 banks
     check(5, MemSpace::Shared, "ldmatrix.x4", 4, 4); // XOR swizzle: conflict-free
 
+    // Zero-filled copies read nothing, and still take their turn at their site: each lane's
+    // second copy is counted with the other lanes' second ones (before, an odd lane's turns at
+    // the site were one fewer, and its copies fell into the wrong requests).
+    let s = run(6, MemSpace::Global, "cp.async");
+    assert_eq!(
+        (s.requests, s.transactions, s.ideal, s.bytes),
+        (2, 16 + 16, 8 + 16, 256 + 512),
+        "{s:?}"
+    );
+    let s = run(6, MemSpace::Shared, "cp.async");
+    assert_eq!((s.requests, s.transactions, s.ideal), (2, 8, 8), "{s:?}");
+
     // The fill's 16-byte accesses: 4 requests of a quarter-warp phase each, conflict-free and
     // coalesced; and nothing is counted outside count_memory.
     let (_, stats) = count_memory(|| {

@@ -8,7 +8,10 @@ mod common;
 use common::{
     download_f32, kernel_device, matches_cpu, poisoned_as, upload_as, Outputs, FLOAT_DTYPES,
 };
-use insclr::backend::{Act, Backend, BatchNorm, Buf, Conv, DType, ImageToTensor, MaxPool, Padding};
+use insclr::backend::cuda::record::Event;
+use insclr::backend::{
+    Act, Backend, BatchNorm, Buf, Conv, CudaBackend, DType, ImageToTensor, MaxPool, Padding,
+};
 use insclr::rng::Rng;
 use insclr::train::augment::to_tensor;
 
@@ -250,7 +253,7 @@ fn bn_case(be: &dyn Backend, dt: DType, s: BatchNorm, with_res: bool) -> anyhow:
 fn batchnorm_matches_cpu_and_repeats_bit_for_bit_on_small_gpus() {
     let shapes = [(4, 3, 5000, 1), (2, 3, 4096, 1), (6, 2, 4096, 3)];
     let gpu = kernel_device("batchnorm_matches_cpu_and_repeats_bit_for_bit_on_small_gpus");
-    let small = [1, 2].map(|sms| (insclr::backend::cuda::CudaBackend::emu_with_sms(sms), sms));
+    let small = [1, 2].map(|sms| (CudaBackend::emu_with_sms(sms), sms));
     let devices = std::iter::once((&gpu, 0)).chain(small.iter().map(|(d, sms)| (d, *sms)));
     for (dev, sms) in devices {
         let on = match sms {
@@ -405,11 +408,29 @@ const CONV_SIZES: &[ConvCase] = &[
     (2, 40, 10, 8, 200, 1, 1, Padding::Sym(0), 1),
     // ... and one whose weight gradient splits each image's 576 pixels into parts (256, 256, 64).
     (1, 16, 24, 24, 24, 1, 1, Padding::Sym(0), 1),
+    // Dense, c_in % 8 == 0, not 1x1 stride 1 on aligned maps: bf16 transposes to NHWC and runs
+    // the channels-last implicit GEMMs (the data gradient at stride 1 with c_out % 8 == 0).
+    // c_in 8 and 24 put several taps in one 32-deep k tile, 72 (through the data gradient's dy)
+    // straddles taps, 64 and 136 keep whole tiles per tap; c_out 16 and 8 take 64-row tiles,
+    // 72 and 136 a partial 128-row one; odd maps with padding put window rows and columns outside
+    // the image on every side; 156 pixels a partial second column tile; "SAME" pads one side
+    // more; a 1x1 padded by 1 makes the data gradient's padding -1; 1x1 stride 2 (the
+    // shortcut), 1x1 on a 7 x 7 map (49 pixels: the transposes' 2-byte path) and a 7x7 stride 2.
+    (2, 8, 9, 7, 16, 3, 1, Padding::Sym(1), 1),
+    (2, 24, 11, 10, 40, 3, 2, Padding::Same, 1),
+    (2, 64, 10, 12, 72, 3, 1, Padding::Sym(1), 1),
+    (1, 136, 5, 6, 16, 3, 1, Padding::Sym(1), 1),
+    (1, 8, 13, 12, 8, 5, 1, Padding::Sym(2), 1),
+    (1, 16, 8, 9, 24, 3, 1, Padding::Sym(0), 1),
+    (1, 8, 5, 5, 8, 1, 1, Padding::Sym(1), 1),
+    (1, 16, 9, 9, 24, 1, 2, Padding::Sym(0), 1),
+    (2, 40, 7, 7, 8, 1, 1, Padding::Sym(0), 1),
+    (1, 32, 12, 12, 136, 7, 2, Padding::Sym(3), 1),
 ];
 
 /// The kernels `kernel_conv_matches_cpu` runs, by name: the implicit GEMMs and the depthwise
-/// kernels, each in f32 and bf16.
-const CONV_KERNELS: [&str; 18] = [
+/// kernels, each in f32 and bf16, and bf16's pipelined kernels.
+const CONV_KERNELS: [&str; 23] = [
     "conv2d_fwd_f32",
     "conv2d_bwd_data_f32",
     "conv2d_bwd_weight_f32",
@@ -428,6 +449,11 @@ const CONV_KERNELS: [&str; 18] = [
     "conv2d_1x1_bwd_data_m64_bf16",
     "conv2d_1x1_bwd_weight_bf16",
     "conv2d_1x1_bwd_weight_m64_bf16",
+    "conv2d_to_nhwc_bf16",
+    "conv2d_nhwc_fwd_bf16",
+    "conv2d_nhwc_fwd_m64_bf16",
+    "conv2d_nhwc_bwd_data_bf16",
+    "conv2d_nhwc_bwd_data_m64_bf16",
 ];
 
 /// f32 (SIMT) and bf16 (tensor cores; activations and weights bf16, the weight gradient f32).
@@ -479,19 +505,54 @@ fn conv_passes(be: &dyn Backend, s: Conv, dt: DType) -> anyhow::Result<common::O
 /// images a group, the last one short for most of them, each image a segment of the product's
 /// reduction. Both tile heights (c_out 40: 64-row tiles; 72: 128-row).
 #[test]
-fn conv_1x1_weight_gradient_over_groups_of_images_matches_cpu() {
+fn kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu() {
     let tol = FLOAT_DTYPES
         .iter()
         .find(|(dt, _)| *dt == DType::BF16)
         .unwrap()
         .1;
     for sms in [1, 2] {
-        let dev = insclr::backend::cuda::CudaBackend::emu_with_sms(sms);
+        let dev = CudaBackend::emu_with_sms(sms);
         for c_out in [40, 72] {
             let s = Conv::new(7, 40, 8, 8, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
             let what = format!("conv bf16 7x40x8x8 -> {c_out} 1x1 on {sms} emulated SMs");
             matches_cpu(&what, &dev, tol, |be| conv_passes(be, s, DType::BF16));
         }
+    }
+}
+
+/// Every kernel of `CONV_KERNELS` is launched by some case of `CONV_SIZES`, so the comparison
+/// above covers each: the plan device records the launchers' launches without running them.
+#[test]
+fn conv_sizes_launch_every_conv_kernel() {
+    let mut seen = std::collections::BTreeSet::new();
+    for (dt, _) in FLOAT_DTYPES {
+        for &(n, c_in, h, w, c_out, k, stride, padding, groups) in CONV_SIZES {
+            let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
+            let (lx, lw, ly) = s.sizes();
+            let cuda = CudaBackend::plan();
+            let be: &dyn Backend = &cuda;
+            let (x, wt, dy) = (
+                be.zeros(dt, lx).unwrap(),
+                be.zeros(dt, lw).unwrap(),
+                be.zeros(dt, ly).unwrap(),
+            );
+            let (mut y, mut dx) = (be.zeros(dt, ly).unwrap(), be.zeros(dt, lx).unwrap());
+            let mut dw = be.zeros(DType::F32, lw).unwrap();
+            let rec = cuda.recorder().unwrap();
+            rec.set_recording(true);
+            be.conv2d_fwd(&x, &wt, &mut y, s).unwrap();
+            be.conv2d_bwd_data(&dy, &wt, &mut dx, s).unwrap();
+            be.conv2d_bwd_weight(&x, &dy, &mut dw, s).unwrap();
+            for e in rec.take() {
+                if let Event::Launch { kernel, .. } = e {
+                    seen.insert(kernel);
+                }
+            }
+        }
+    }
+    for k in CONV_KERNELS {
+        assert!(seen.contains(k), "no case of CONV_SIZES launches {k}");
     }
 }
 

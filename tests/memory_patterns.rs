@@ -101,37 +101,56 @@ fn matmul_bf16_on_the_bank_similarity_shape() {
 }
 
 #[test]
-fn conv_bf16_on_a_resnet_3x3_shape() {
+fn conv_bf16_element_gather_where_it_still_runs() {
     if !ACCESS_HOOKS {
         log("not asserted in the sanitiser build (no access hooks)");
         return;
     }
     let dev = CudaBackend::emu();
     let be: &dyn Backend = &dev;
-    // A ResNet bottleneck's 3x3 (64 -> 64, 16 x 16, padding 1), batch 2.
-    let s = Conv::new(2, 64, 16, 16, 64, 3, 1, Padding::Sym(1), 1).unwrap();
-    let (lx, lw, ly) = s.sizes();
-    let x = upload(be, lx, DType::BF16, 3);
-    let w = upload(be, lw, DType::BF16, 4);
-    let dy = upload(be, ly, DType::BF16, 5);
-    let mut y = be.zeros(DType::BF16, ly).unwrap();
-    let mut dx = be.zeros(DType::BF16, lx).unwrap();
-    let mut dw = be.zeros(DType::F32, lw).unwrap();
+    // What keeps the element gather since the channels-last kernels: ResNet's stem on a 32 x 32
+    // image (3 input channels are no 16-byte run), the data gradient of a stride-2 3x3 (64 -> 64,
+    // 16 x 16, padding 1) and every weight gradient (the bottleneck's 3x3, stride 1), batch 2.
+    let stem = Conv::new(2, 3, 32, 32, 64, 7, 2, Padding::Sym(3), 1).unwrap();
+    let down = Conv::new(2, 64, 16, 16, 64, 3, 2, Padding::Sym(1), 1).unwrap();
+    let same = Conv::new(2, 64, 16, 16, 64, 3, 1, Padding::Sym(1), 1).unwrap();
+    let bufs = |s: &Conv, seed| {
+        let (lx, lw, ly) = s.sizes();
+        (
+            upload(be, lx, DType::BF16, seed),
+            upload(be, lw, DType::BF16, seed + 1),
+            upload(be, ly, DType::BF16, seed + 2),
+        )
+    };
+    let ((x0, w0, _), (_, w1, dy1), (x2, _, dy2)) =
+        (bufs(&stem, 3), bufs(&down, 6), bufs(&same, 9));
+    let mut y = be.zeros(DType::BF16, stem.sizes().2).unwrap();
+    let mut dx = be.zeros(DType::BF16, down.sizes().0).unwrap();
+    let mut dw = be.zeros(DType::F32, same.sizes().1).unwrap();
     let (r, stats) = count_memory(|| -> anyhow::Result<()> {
-        be.conv2d_fwd(&x, &w, &mut y, s)?;
-        be.conv2d_bwd_data(&dy, &w, &mut dx, s)?;
-        be.conv2d_bwd_weight(&x, &dy, &mut dw, s)
+        be.conv2d_fwd(&x0, &w0, &mut y, stem)?;
+        be.conv2d_bwd_data(&dy1, &w1, &mut dx, down)?;
+        be.conv2d_bwd_weight(&x2, &dy2, &mut dw, same)
     });
     r.unwrap();
-    show("conv bf16, 2 x 64 x 16 x 16 -> 64, 3x3, padding 1:", &stats);
-    // Forward: M = 2 * 16 * 16 = 512 output pixels, N = 64 channels, K = 64 * 9 = 576.
+    show(
+        "conv bf16: the stem's forward (2 x 3 x 32 x 32 -> 64, 7x7, stride 2), a stride-2 3x3's data gradient and a 3x3's weight gradient (2 x 64 x 16 x 16 -> 64):",
+        &stats,
+    );
+    // Forward: M = 64 channels, N = 2 * 16 * 16 = 512 output pixels, K = 3 * 49 = 147.
     let (mma, _, _) = total(&stats, "conv2d_fwd_bf16", |s| {
         s.space == MemSpace::TensorCore
     });
-    assert!(mma >= 512 * 64 * 576 / 2048, "{mma} mma");
-    for kernel in ["conv2d_fwd_bf16", "conv2d_bwd_data_bf16"] {
+    assert!(mma >= 512 * 64 * 147 / 2048, "{mma} mma");
+    for kernel in [
+        "conv2d_fwd_bf16",
+        "conv2d_bwd_data_bf16",
+        "conv2d_bwd_weight_bf16",
+    ] {
         let (t, i, _) = total(&stats, kernel, |s| s.op.starts_with("ldmatrix"));
         assert_eq!(t, i, "{kernel}: ldmatrix bank conflicts");
+    }
+    for kernel in ["conv2d_fwd_bf16", "conv2d_bwd_data_bf16"] {
         // The output: 2-byte stores at a pixel stride of a channel plane, a sector per lane.
         let (t, i, _) = total(&stats, kernel, |s| {
             s.space == MemSpace::Global && s.op == "st"
@@ -217,6 +236,110 @@ fn conv_1x1_bf16_runs_on_the_pipelined_mainloop() {
         for row in rows(&stats, kernel) {
             assert_eq!(row.transactions, row.ideal, "{row:?}");
         }
+    }
+}
+
+#[test]
+fn conv_nhwc_bf16_runs_on_the_pipelined_mainloop() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    // A 3x3 without padding on a 6 x 64 output strip (384 pixels: three whole column tiles per
+    // image), 64 -> 128 channels, batch 2: no window reaches outside the image and every row is
+    // inside the GEMM, so no copy is zero-filled and every tile is an interior one. The 8 x 66
+    // input and the 6 x 64 output both have whole 16-byte rows in NCHW (the transposes' wide
+    // path), the weight's 9 taps per channel do not (its 2-byte path).
+    let s = Conv::new(2, 64, 8, 66, 128, 3, 1, Padding::Sym(0), 1).unwrap();
+    assert_eq!((s.oh, s.ow), (6, 64));
+    let (lx, lw, ly) = s.sizes();
+    let x = upload(be, lx, DType::BF16, 13);
+    let w = upload(be, lw, DType::BF16, 14);
+    let dy = upload(be, ly, DType::BF16, 15);
+    let mut y = be.zeros(DType::BF16, ly).unwrap();
+    let mut dx = be.zeros(DType::BF16, lx).unwrap();
+    let (r, stats) = count_memory(|| be.conv2d_fwd(&x, &w, &mut y, s));
+    r.unwrap();
+    show(
+        "conv bf16 NHWC forward, 2 x 64 x 8 x 66 -> 128, 3x3, no padding:",
+        &stats,
+    );
+    assert!(
+        stats
+            .iter()
+            .all(|r| r.kernel == "conv2d_nhwc_fwd_bf16" || r.kernel == "conv2d_to_nhwc_bf16"),
+        "only the transposes and the implicit GEMM run"
+    );
+    let kernel = "conv2d_nhwc_fwd_bf16";
+    let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
+    // M = 128 channels, N = 384 pixels per image, K = 9 x 64: every mma useful.
+    assert_eq!(mma, (2 * 128 * 384 * 576 / (16 * 8 * 16)) as u64);
+    for row in rows(&stats, kernel) {
+        assert_eq!(row.transactions, row.ideal, "{row:?}");
+        if row.space != MemSpace::TensorCore && row.op != "st" {
+            assert_eq!(row.width, 16, "16-byte accesses only: {row:?}");
+        }
+    }
+    // The gather copies each (pixel, tap) run of 8 channels once: 2 images x 384 pixels x 9
+    // taps x 64 channels, 16 bytes a lane.
+    let (_, _, copies) = total(&stats, kernel, |s| {
+        s.op == "cp.async" && s.space == MemSpace::Global
+    });
+    let weight_copies = 3 * 2 * 128 * 576 * 2 / 16 / 32; // each block copies W's 128 rows once
+    assert_eq!(
+        copies,
+        (2 * 384 * 9 * 64 * 2 / 16 / 32 + weight_copies) as u64
+    );
+    let (_, _, fragments) = total(&stats, kernel, |s| s.op == "ldmatrix.x4");
+    assert_eq!(fragments, mma / 4, "ldmatrix.x4 only, one per 4 mma");
+    // The transposes: no bank conflict; x's 16-byte reads and both writes coalesced (the
+    // weight's 2-byte reads start wherever a channel's 9 taps do: 1.5x).
+    let t = "conv2d_to_nhwc_bf16";
+    for row in rows(&stats, t) {
+        if row.space == MemSpace::Shared || row.width == 16 {
+            assert_eq!(row.transactions, row.ideal, "{row:?}");
+        }
+    }
+    let wide: u64 = rows(&stats, t)
+        .iter()
+        .filter(|s| s.space == MemSpace::Global && s.width == 16)
+        .map(|s| s.bytes)
+        .sum();
+    // x's 2 x 64 x 528 elements read and written, the weight's 128 x 576 written, 16 bytes a lane.
+    assert_eq!(wide, ((2 * 2 * 64 * 528 + 128 * 576) * 2) as u64);
+
+    // The data gradient at stride 1: the forward of dy (128 channels, 6 x 64) with the flipped
+    // weight and padding 2, M = 64 input channels (the 64-row kernel), N = 528 pixels (five
+    // column tiles), K = 9 x 128. The borders' zero-filled copies read nothing.
+    let (r, stats) = count_memory(|| be.conv2d_bwd_data(&dy, &w, &mut dx, s));
+    r.unwrap();
+    show(
+        "conv bf16 NHWC data gradient, the same layer (padding 2 for dy):",
+        &stats,
+    );
+    let kernel = "conv2d_nhwc_bwd_data_m64_bf16";
+    let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
+    assert_eq!(mma, (2 * 64 * 640 * 1152 / (16 * 8 * 16)) as u64);
+    // A pixel's 4 chunks of a k tile are 64 sector-aligned bytes (dy has 128 channels), so
+    // even the border tiles' requests, with some lanes zero-filled, read whole sectors.
+    for row in rows(&stats, kernel) {
+        assert_eq!(row.transactions, row.ideal, "{row:?}");
+    }
+    // The transposes of dy (384 pixels a channel) and of the weight (576 = 64 x 9 a row of
+    // c_out) both take the 16-byte path, coalesced.
+    for row in rows(&stats, "conv2d_to_nhwc_bf16") {
+        assert_eq!(row.transactions, row.ideal, "{row:?}");
+        assert_eq!(
+            row.width,
+            if row.space == MemSpace::Shared && row.op == "ld" {
+                2
+            } else {
+                16
+            },
+            "{row:?}"
+        );
     }
 }
 

@@ -30,16 +30,52 @@ fn launches_of(
 
 #[test]
 fn a_1x1_convolution_is_recorded_with_2nhwck_flops_and_its_traffic() {
+    // 14 x 14 = 196 pixels: no 16-byte NCHW rows, so bf16 takes the channels-last path (its two
+    // transposes into scratch, then the implicit GEMM), f32 the element gather.
     let s = Conv::new(8, 64, 14, 14, 32, 1, 1, Padding::Sym(0), 1).unwrap();
     let (x, w, y) = s.sizes();
     for dtype in [DType::F32, DType::BF16] {
         let events = launches_of((dtype, dtype), (x, w, y), |be, x, w, y| {
             be.conv2d_fwd(x, w, y, s).unwrap()
         });
-        let [Event::Launch { kernel, cfg, work }] = &events[..] else {
-            panic!("one launch expected, got {events:?}");
+        let (kernel, cfg, work) = match (&events[..], dtype) {
+            ([Event::Launch { kernel, cfg, work }], DType::F32) => (kernel, cfg, work),
+            (
+                [Event::Launch {
+                    kernel: tx,
+                    work: Some(wx),
+                    ..
+                }, Event::Launch {
+                    kernel: tw,
+                    work: Some(ww),
+                    ..
+                }, Event::Launch { kernel, cfg, work }],
+                DType::BF16,
+            ) => {
+                assert_eq!(
+                    (tx.as_str(), tw.as_str()),
+                    ("conv2d_to_nhwc_bf16", "conv2d_to_nhwc_bf16")
+                );
+                // Each transpose reads and writes its tensor once.
+                assert_eq!(
+                    (wx.bytes, ww.bytes),
+                    ((2 * x * 2) as f64, (2 * w * 2) as f64)
+                );
+                (kernel, cfg, work)
+            }
+            _ => panic!("{dtype}: unexpected launches {events:?}"),
         };
-        assert_eq!(kernel, &format!("conv2d_fwd_{dtype}"));
+        let (want, grid) = match dtype {
+            // N = 8 * 196 output positions over 64-wide tiles.
+            DType::F32 => ("conv2d_fwd_f32", ((8 * 196usize).div_ceil(64) as u32, 1, 1)),
+            // One product per image: 196 pixels over 128-wide tiles, 32 channels in one 64-row tile.
+            _ => (
+                "conv2d_nhwc_fwd_m64_bf16",
+                (196usize.div_ceil(128) as u32, 1, 8),
+            ),
+        };
+        assert_eq!(kernel, want);
+        assert_eq!(cfg.grid, grid);
         let work = work.as_ref().expect("the conv launcher states its work");
         assert_eq!(work.flops, (2 * 8 * 14 * 14 * 64 * 32) as f64);
         assert_eq!(work.bytes, ((x + w + y) * dtype.size()) as f64);
@@ -50,9 +86,6 @@ fn a_1x1_convolution_is_recorded_with_2nhwck_flops_and_its_traffic() {
         };
         assert_eq!(work.unit, unit);
         assert_eq!(work.shape, "8x64x14x14 -> 32 k1 s1");
-        // N = 8 * 14 * 14 output positions over 64-wide (f32) or 128-wide (bf16) tiles.
-        let tile = if dtype == DType::BF16 { 128 } else { 64 };
-        assert_eq!(cfg.grid, ((8 * 196usize).div_ceil(tile) as u32, 1, 1));
     }
 }
 
@@ -111,15 +144,20 @@ fn count(p: &StepPlan, name: &str) -> usize {
     p.entries.iter().filter(|e| e.name == name).count()
 }
 
+fn count_prefix(p: &StepPlan, prefix: &str) -> usize {
+    p.entries
+        .iter()
+        .filter(|e| e.name.starts_with(prefix))
+        .count()
+}
+
 /// Launches of a convolution pass (`fwd`, `bwd_data`, `bwd_weight`) in `precision`: the implicit
-/// GEMM's, and in bf16 also the 1x1 GEMMs' (`conv2d_1x1_<op>[_m64]_bf16`).
+/// GEMM's, and in bf16 also the 1x1 GEMMs' (`conv2d_1x1_<op>[_m64]_bf16`) and the channels-last
+/// ones' (`conv2d_nhwc_<op>[_m64]_bf16`).
 fn conv_count(p: &StepPlan, op: &str, precision: DType) -> usize {
-    let one = format!("conv2d_1x1_{op}_");
     count(p, &format!("conv2d_{op}_{precision}"))
-        + p.entries
-            .iter()
-            .filter(|e| e.name.starts_with(&one))
-            .count()
+        + count_prefix(p, &format!("conv2d_1x1_{op}_"))
+        + count_prefix(p, &format!("conv2d_nhwc_{op}_"))
 }
 
 #[test]
@@ -136,9 +174,21 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
         // 28 px: not 14 x 14 = 196 or 7 x 7) are GEMMs on the pipelined mainloop: stage 1's six
         // and its downsample, stage 2's eight (its first block's reduction still at 56 px), and
         // stage 3's first reduction (at 28 px).
+        // Every other one but the stem (3 input channels) is a channels-last implicit GEMM, and
+        // so is its data gradient except at stride 2 (stages 2-4's first 3x3 and downsample):
+        // the element gather keeps 1 forward and 6 data gradients; each channels-last launch
+        // follows two transposes (its input and its weight).
         if precision == DType::BF16 {
-            let one_by_one = conv_count(&p, "fwd", precision) - count(&p, &k("conv2d_fwd"));
-            assert_eq!(one_by_one, 16, "1x1 stride-1 convolutions at 56 and 28 px");
+            assert_eq!(
+                count_prefix(&p, "conv2d_1x1_fwd_"),
+                16,
+                "1x1 stride-1 convolutions at 56 and 28 px"
+            );
+            assert_eq!(count(&p, &k("conv2d_fwd")), 1, "the stem");
+            assert_eq!(count(&p, &k("conv2d_bwd_data")), 6, "stride 2");
+            let nhwc = count_prefix(&p, "conv2d_nhwc_");
+            assert_eq!(nhwc, 36 + 30);
+            assert_eq!(count(&p, "conv2d_to_nhwc_bf16"), 2 * nhwc);
         }
         assert_eq!(count(&p, "conv2d_bwd_weight_reduce_f32"), 53);
         assert_eq!(count(&p, &k("batchnorm_fwd_train")), 53);
@@ -154,7 +204,11 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
         let fwd: f64 = p
             .entries
             .iter()
-            .filter(|e| e.name == k("conv2d_fwd") || e.name.starts_with("conv2d_1x1_fwd_"))
+            .filter(|e| {
+                e.name == k("conv2d_fwd")
+                    || e.name.starts_with("conv2d_1x1_fwd_")
+                    || e.name.starts_with("conv2d_nhwc_fwd_")
+            })
             .map(|e| e.work.flops)
             .sum();
         let gmac = fwd / 2.0 / 64.0 / 1e9;
@@ -210,12 +264,15 @@ fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Every launch listed: ResNet-101's 104 forward convolutions among them (the 1x1 stride-1
-    // ones at 112, 56 and 28 px as GEMMs on the pipelined mainloop).
+    // ones at 112, 56 and 28 px as GEMMs on the pipelined mainloop, the others but the stem as
+    // channels-last implicit GEMMs on it).
     let fwd = text
         .lines()
         .filter(|l| {
             let kernel = l.split_whitespace().nth(1).unwrap_or("");
-            kernel == "conv2d_fwd_bf16" || kernel.starts_with("conv2d_1x1_fwd_")
+            kernel == "conv2d_fwd_bf16"
+                || kernel.starts_with("conv2d_1x1_fwd_")
+                || kernel.starts_with("conv2d_nhwc_fwd_")
         })
         .count();
     assert_eq!(fwd, 104, "{text}");

@@ -263,6 +263,7 @@ struct Group {
     uint8_t space, op;
     uint16_t width;
     uint32_t mask;
+    uint32_t skipped;  // lanes that ran the site and accessed nothing (a zero-filled cp.async's source)
     uintptr_t addr[32];
 };
 
@@ -599,10 +600,17 @@ void flush_group(Launch& l, uintptr_t pc, const Group& g) {
     l.stats[StatKey{pc, g.space, g.op, g.width}].add(v);
 }
 
-// Groups whose lanes did not all arrive (a branch some lanes skipped) count as they are.
+// A site's runs are counted per space: a cp.async reports its source (global) and its
+// destination (shared) from one line, and a lane whose copy reads nothing reports only the
+// destination, so one count for both would put different copies of different lanes in one group.
+uintptr_t run_key(uintptr_t pc, uint8_t space) { return pc * 2 + (space == SPACE_GLOBAL); }
+
+// Groups whose lanes did not all arrive (a branch some lanes skipped) count as they are; a group
+// of lanes that all accessed nothing is no request.
 void flush_groups(Launch& l) {
     for (auto& warp : l.groups) {
-        for (auto& [key, g] : warp) flush_group(l, key.pc, g);
+        for (auto& [key, g] : warp)
+            if (g.mask) flush_group(l, key.pc / 2, g);
         warp.clear();
     }
     for (Fiber& f : l.fibers) f.site_runs.clear();
@@ -617,15 +625,31 @@ uint32_t live_mask(const Launch& l, unsigned warp) {
 }
 
 void note(Launch& l, Fiber& f, uint8_t space, uint8_t op, uintptr_t a, unsigned width, uintptr_t pc) {
-    uint32_t run = f.site_runs[pc]++;
+    const uintptr_t at = run_key(pc, space);
+    uint32_t run = f.site_runs[at]++;
     auto& warp = l.groups[f.warp];
-    SiteRun key{pc, run};
+    SiteRun key{at, run};
     Group& g = warp[key];
     if (g.mask == 0) g.space = space, g.op = op, g.width = static_cast<uint16_t>(width);
     g.mask |= 1u << f.coords.lane;
     g.addr[f.coords.lane] = a;
-    if (g.mask == live_mask(l, f.warp)) {
+    if ((g.mask | g.skipped) == live_mask(l, f.warp)) {
         flush_group(l, pc, g);
+        warp.erase(key);
+    }
+}
+
+// A lane ran a global access site and accessed nothing (a zero-filled cp.async): its run still
+// counts, so that its next run lines up with the other lanes' next one.
+void note_nothing(Launch& l, Fiber& f, uintptr_t pc) {
+    const uintptr_t at = run_key(pc, SPACE_GLOBAL);
+    uint32_t run = f.site_runs[at]++;
+    auto& warp = l.groups[f.warp];
+    SiteRun key{at, run};
+    Group& g = warp[key];
+    g.skipped |= 1u << f.coords.lane;
+    if ((g.mask | g.skipped) == live_mask(l, f.warp)) {
+        if (g.mask) flush_group(l, pc, g);
         warp.erase(key);
     }
 }
@@ -992,7 +1016,11 @@ void async_copy(void* dst, const void* src, unsigned int bytes, unsigned int src
     // The source is read at issue (a zero source size reads nothing: the padding case); the
     // destination counts as written by this warp from now on and may not be touched until a
     // wait covers the copy.
-    if (src_bytes) on_access(src, src_bytes, false, at, OP_CP_ASYNC);
+    if (src_bytes) {
+        on_access(src, src_bytes, false, at, OP_CP_ASYNC);
+    } else if (l.counting && !l.muted) {
+        note_nothing(l, f, at);
+    }
     Region* r = find_region(l, reinterpret_cast<uintptr_t>(dst), bytes);
     if (r && l.check_block) {
         check_shared(l, *r, reinterpret_cast<uintptr_t>(dst), bytes, true, f.warp, at);

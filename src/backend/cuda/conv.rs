@@ -1,7 +1,7 @@
 //! Launchers for kernels/conv.cu: dense convolutions (groups = 1) as implicit GEMMs, depthwise
 //! convolutions with their own kernels. Other groupings have no kernel and are an error.
 
-use super::device::{Args, Launch};
+use super::device::{Args, DevMem, Launch};
 use super::work::Work;
 use super::{int, CudaBackend};
 use crate::backend::{Buf, Checked, Conv, ConvOps, DType, Op};
@@ -23,14 +23,23 @@ enum Path {
     /// A 1x1, stride-1, unpadded bf16 convolution whose channel rows are 16-byte aligned: plain
     /// GEMMs on the pipelined tensor-core mainloop (`conv2d_1x1_*` in kernels/conv.cu).
     OneByOne,
+    /// Any other dense bf16 convolution whose input channels come in 16-byte runs (c_in % 8 ==
+    /// 0) and whose kernel is at most 8 x 8: NCHW -> NHWC transposes into scratch, then an
+    /// implicit GEMM over channels-last activations on the same mainloop (`conv2d_nhwc_*`). The
+    /// data gradient takes it at stride 1 with c_out % 8 == 0; the weight gradient keeps the
+    /// element gather (`conv2d_bwd_weight_bf16`).
+    Nhwc,
     Depthwise,
 }
 
 fn path(s: &Conv, dtype: DType) -> Result<Path> {
     let plain = s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad_top == 0 && s.pad_left == 0;
     let aligned = s.c_in % 8 == 0 && (s.h * s.w) % 8 == 0 && s.oh == s.h && s.ow == s.w;
+    let gathered = s.c_in % 8 == 0 && s.kh <= 8 && s.kw <= 8;
     if s.groups == 1 && dtype == DType::BF16 && plain && aligned {
         Ok(Path::OneByOne)
+    } else if s.groups == 1 && dtype == DType::BF16 && gathered {
+        Ok(Path::Nhwc)
     } else if s.groups == 1 {
         Ok(Path::Gemm)
     } else if s.is_depthwise() {
@@ -70,6 +79,12 @@ fn shape_args(args: Args, s: &Conv) -> Result<Args> {
 /// gradient), or 64 x 128 (four 64 x 32 warps) when the GEMM's M is at most 64; three stages of
 /// (BM + 128) x 32 bf16 in dynamic shared memory, as tc_gemm.cuh's `SmemSize`.
 fn one_by_one_launch(op: &str, m: usize, n: usize, batch: usize) -> (String, Launch) {
+    pipelined_launch("1x1", op, m, n, batch)
+}
+
+/// A kernel `conv2d_{family}_{op}[_m64]_bf16` on the pipelined mainloop: tiles as
+/// [`one_by_one_launch`]'s, `n` the columns of each of `batch` products.
+fn pipelined_launch(family: &str, op: &str, m: usize, n: usize, batch: usize) -> (String, Launch) {
     let (bm, suffix) = if m <= 64 { (64, "_m64") } else { (128, "") };
     let threads = if bm == 128 && op == "bwd_weight" {
         256
@@ -81,7 +96,7 @@ fn one_by_one_launch(op: &str, m: usize, n: usize, batch: usize) -> (String, Lau
         block: (threads, 1, 1),
         smem: ((bm + 128) * 32 * 2 * 3) as u32,
     };
-    (format!("conv2d_1x1_{op}{suffix}_bf16"), cfg)
+    (format!("conv2d_{family}_{op}{suffix}_bf16"), cfg)
 }
 
 /// How the 1x1 weight gradient splits `images` x `pixels` to give about `want` splits: `(per, 1,
@@ -136,6 +151,7 @@ impl ConvOps for CudaBackend {
         )?;
         let (kernel, cfg) = match path {
             Path::OneByOne => return self.conv1x1(x, w, y, &s, "fwd"),
+            Path::Nhwc => return self.conv_nhwc(x, w, y, &s, "fwd"),
             Path::Gemm => (
                 Op::Conv2dFwd.kernel(x.dtype()),
                 gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
@@ -164,7 +180,10 @@ impl ConvOps for CudaBackend {
         )?;
         let (kernel, cfg) = match path {
             Path::OneByOne => return self.conv1x1(dy, w, dx, &s, "bwd_data"),
-            Path::Gemm => (
+            Path::Nhwc if s.stride == 1 && s.c_out % 8 == 0 => {
+                return self.conv_nhwc(dy, w, dx, &s, "bwd_data")
+            }
+            Path::Gemm | Path::Nhwc => (
                 Op::Conv2dBwdData.kernel(dy.dtype()),
                 gemm_launch(dy.dtype(), s.c_in, s.n * s.h * s.w, 1),
             ),
@@ -195,6 +214,7 @@ impl ConvOps for CudaBackend {
         if let Path::OneByOne = path {
             return self.conv1x1_bwd_weight(x, dy, dw, &s);
         }
+        // Path::Nhwc falls through: the weight gradient has no channels-last kernel yet.
         if let Path::Depthwise = path {
             // dw is f32 and accumulated: read and written.
             let bytes = (ex + ey) * x.dtype().size() + 2 * ew * 4;
@@ -255,7 +275,109 @@ impl ConvOps for CudaBackend {
     }
 }
 
+/// Where the channels-last operands sit in one scratch block: the activations' NHWC copy first,
+/// then the weight's, 256-byte aligned (the kernels' 16-byte copies need 16).
+fn nhwc_scratch(activation_elems: usize, weight_elems: usize) -> (usize, usize) {
+    let at = (activation_elems * 2).next_multiple_of(256);
+    (at, at + weight_elems * 2)
+}
+
 impl CudaBackend {
+    /// `dst[plane][p'][c] = src[plane][c][p]` for `planes` planes of `channels x pixels` bf16
+    /// (`conv2d_to_nhwc_bf16`), into `dst` at byte `at`; `flip` > 1 reverses p within groups of
+    /// `flip` (see kernels/conv.cu).
+    #[allow(clippy::too_many_arguments)]
+    fn to_nhwc(
+        &self,
+        src: &DevMem,
+        dst: &DevMem,
+        at: usize,
+        planes: usize,
+        channels: usize,
+        pixels: usize,
+        flip: usize,
+    ) -> Result<()> {
+        let elems = planes * channels * pixels;
+        let cfg = Launch {
+            grid: (
+                pixels.div_ceil(64) as u32,
+                channels.div_ceil(64) as u32,
+                planes as u32,
+            ),
+            block: (256, 1, 1),
+            smem: 0,
+        };
+        let args = Args::new()
+            .ptr(src)
+            .ptr_at(dst, at)
+            .i32(int(channels, "conv transpose channels")?)
+            .i32(int(pixels, "conv transpose pixels")?)
+            .i32(int(flip, "conv taps")?)
+            .work(Work::traffic(
+                2 * elems * 2,
+                format!("{planes} x {channels}x{pixels}"),
+            ));
+        // SAFETY: arguments match conv2d_to_nhwc_bf16(src, dst, channels, pixels, flip); the
+        // callers pass src holding planes x channels x pixels bf16 and dst as many from `at`
+        // (nhwc_scratch), channels % 8 == 0.
+        unsafe { self.launch("conv2d_to_nhwc_bf16", cfg, args) }
+    }
+
+    /// A dense bf16 forward (`op` "fwd": `input` x, `out` y) or stride-1 data gradient
+    /// ("bwd_data": dy, dx) as a channels-last implicit GEMM: the input and the weight
+    /// transposed into scratch (KRSC; for the data gradient the weight's taps flipped and its
+    /// channel axes swapped), then one product per image (kernels/conv.cu, `conv2d_nhwc_*`).
+    fn conv_nhwc(&self, input: &Buf, w: &Buf, out: &mut Buf, s: &Conv, op: &str) -> Result<()> {
+        shape_args(Args::new(), s)?; // every size the kernels index fits an int
+        let (ex, ew, ey) = s.sizes();
+        let taps = s.kh * s.kw;
+        let fwd = op == "fwd";
+        // The product's shape as the forward of `input`: its channels and map, the output's.
+        let (c, h, wd, m, oh, ow) = if fwd {
+            (s.c_in, s.h, s.w, s.c_out, s.oh, s.ow)
+        } else {
+            (s.c_out, s.oh, s.ow, s.c_in, s.h, s.w)
+        };
+        let (stride, pad_top, pad_left) = if fwd {
+            (s.stride as i64, s.pad_top as i64, s.pad_left as i64)
+        } else {
+            (
+                1,
+                s.kh as i64 - 1 - s.pad_top as i64,
+                s.kw as i64 - 1 - s.pad_left as i64,
+            )
+        };
+        let (w_at, bytes) = nhwc_scratch(s.n * c * h * wd, ew);
+        let (kernel, cfg) = pipelined_launch("nhwc", op, m, oh * ow, s.n);
+        self.with_scratch(bytes, |scratch| {
+            self.to_nhwc(input.dev()?, scratch, 0, s.n, c, h * wd, 1)?;
+            if fwd {
+                self.to_nhwc(w.dev()?, scratch, w_at, s.c_out, s.c_in, taps, 1)?;
+            } else {
+                self.to_nhwc(w.dev()?, scratch, w_at, 1, s.c_out, s.c_in * taps, taps)?;
+            }
+            let args = [c, h, wd, m]
+                .iter()
+                .map(|&v| v as i64)
+                .chain([s.kh as i64, s.kw as i64, stride, pad_top, pad_left])
+                .chain([oh as i64, ow as i64])
+                .fold(
+                    Args::new()
+                        .ptr_at(scratch, 0)
+                        .ptr_at(scratch, w_at)
+                        .ptr(out.dev_mut()?),
+                    |a, v| a.i32(v as i32),
+                )
+                .work(Work::conv(s, input.dtype(), (ex + ew + ey) * 2));
+            // SAFETY: arguments match conv2d_nhwc_{fwd,bwd_data}[_m64]_bf16(in_nhwc, w, out,
+            // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow) for the product as the
+            // forward of `input`; scratch holds the NHWC input (n x h x w x c) and the transposed
+            // weight at w_at, `out` the checked output (n x m x oh x ow); path() checked c % 8 ==
+            // 0 and kh, kw <= 8, shape_args every size against int.
+            unsafe { self.launch(&kernel, cfg, args) }
+        })
+    }
+
     /// A 1x1 forward (`op` "fwd": `input` x, `out` y) or data gradient ("bwd_data": dy, dx): one
     /// product per image, M = c_out or c_in.
     fn conv1x1(&self, input: &Buf, w: &Buf, out: &mut Buf, s: &Conv, op: &str) -> Result<()> {
@@ -354,6 +476,45 @@ mod tests {
             .expect("refused")
             .to_string();
         assert!(err.contains("32-bit size limit"), "{err}");
+    }
+
+    #[test]
+    fn dense_bf16_shapes_with_16_byte_channel_runs_take_the_nhwc_path() {
+        let conv = |c_in, h, c_out, k, stride, pad| {
+            Conv::new(2, c_in, h, h, c_out, k, stride, Padding::Sym(pad), 1).unwrap()
+        };
+        let is = |s: &Conv, dtype, want: &str| {
+            let got = match path(s, dtype).unwrap() {
+                Path::Gemm => "gemm",
+                Path::OneByOne => "1x1",
+                Path::Nhwc => "nhwc",
+                Path::Depthwise => "depthwise",
+            };
+            assert_eq!(got, want, "{s:?} {dtype}");
+        };
+        // ResNet's 3x3 layers, the stride-2 shortcut, a 1x1 on a 14 x 14 map (196 pixels: no
+        // 16-byte NCHW rows), a 7x7 and an 8x8 kernel.
+        for s in [
+            conv(64, 56, 64, 3, 1, 1),
+            conv(256, 28, 512, 1, 2, 0),
+            conv(512, 14, 2048, 1, 1, 0),
+            conv(32, 20, 64, 7, 2, 3),
+            conv(8, 20, 8, 8, 1, 0),
+        ] {
+            is(&s, DType::BF16, "nhwc");
+            is(&s, DType::F32, "gemm");
+        }
+        is(&conv(64, 56, 256, 1, 1, 0), DType::BF16, "1x1");
+        // The stem (3 channels), channels not in runs of 8, a 9x9 kernel: the element gather.
+        for s in [
+            conv(3, 56, 64, 7, 2, 3),
+            conv(12, 20, 16, 3, 1, 1),
+            conv(8, 20, 8, 9, 1, 4),
+        ] {
+            is(&s, DType::BF16, "gemm");
+        }
+        let dw = Conv::new(2, 16, 9, 9, 16, 3, 1, Padding::Sym(1), 16).unwrap();
+        is(&dw, DType::BF16, "depthwise");
     }
 
     #[test]

@@ -328,7 +328,7 @@ impl CudaBackend {
     }
 
     /// One warp of `selftest_access_patterns_u32`: `input` holds 512 words, `out` one per lane;
-    /// `pattern` 0..=5 picks the access whose memory counters are known (kernels/selftest.cu).
+    /// `pattern` 0..=6 picks the access whose memory counters are known (kernels/selftest.cu).
     pub fn selftest_access_patterns_u32(
         &self,
         input: &Buf,
@@ -337,8 +337,8 @@ impl CudaBackend {
     ) -> Result<()> {
         expect("selftest_access_patterns_u32 in", input, DType::U32, 512)?;
         expect("selftest_access_patterns_u32 out", out, DType::U32, 32)?;
-        if !(0..=5).contains(&pattern) {
-            bail!("selftest_access_patterns_u32: pattern {pattern} is not 0..=5");
+        if !(0..=6).contains(&pattern) {
+            bail!("selftest_access_patterns_u32: pattern {pattern} is not 0..=6");
         }
         let args = Args::new()
             .ptr(input.dev()?)
