@@ -114,7 +114,7 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 // order, then a butterfly), each run by a fixed thread: results depend on the shapes and `chunks`,
 // never on the order in which blocks run. The second launch reads the activations again (from
 // DRAM at ResNet's sizes): statistics from the producing convolution's epilogue would save the
-// forward's first pass (issue 26).
+// forward's first pass.
 // Eval forward: the second launch alone, with the running statistics. Frozen-statistics
 // backward: one pass writing dx and per-run sums, then batchnorm_bwd_params adds them up.
 

@@ -77,7 +77,7 @@ impl NormOps for CudaBackend {
         let res = residual.map(|r| r.dev()).transpose()?;
         let stats_kernel = format!("batchnorm_fwd_train_stats_{dtype}");
         let kernel = Op::BatchnormFwdTrain.kernel(dtype);
-        let mut mems = vec![x.dev()?, &*y.dev()?];
+        let mut mems = vec![x.dev()?, y.dev()?];
         mems.extend(res);
         let split = self.bn_split(&[&stats_kernel, &kernel], &s, &mems, dtype.size());
         let partial_bytes = split.pairs * split.chunks * 3 * 4;
@@ -149,7 +149,7 @@ impl NormOps for CudaBackend {
         let dtype = x.dtype();
         let res = residual.map(|r| r.dev()).transpose()?;
         let kernel = Op::BatchnormFwdEval.kernel(dtype);
-        let mut mems = vec![x.dev()?, &*y.dev()?];
+        let mut mems = vec![x.dev()?, y.dev()?];
         mems.extend(res);
         // Running statistics: one statistics group whatever the model's ghost groups.
         let one = BatchNorm { ghost: 1, ..*s };
@@ -203,7 +203,7 @@ impl NormOps for CudaBackend {
         let dres = dres.map(|r| r.dev_mut()).transpose()?;
         let reduce_kernel = format!("batchnorm_bwd_reduce_{dtype}");
         let kernel = Op::BatchnormBwd.kernel(dtype);
-        let mut mems = vec![x.dev()?, y.dev()?, dy.dev()?, &*dx.dev()?];
+        let mut mems = vec![x.dev()?, y.dev()?, dy.dev()?, dx.dev()?];
         mems.extend(dres.as_deref());
         let split = self.bn_split(&[&reduce_kernel, &kernel], &s, &mems, dtype.size());
         let partial_bytes = split.pairs * split.chunks * 2 * 4;
@@ -288,7 +288,7 @@ impl NormOps for CudaBackend {
         let has_dres = dres.is_some();
         let dres = dres.map(|r| r.dev_mut()).transpose()?;
         let kernel = format!("batchnorm_bwd_eval_{dtype}");
-        let mut mems = vec![x.dev()?, y.dev()?, dy.dev()?, &*dx.dev()?];
+        let mut mems = vec![x.dev()?, y.dev()?, dy.dev()?, dx.dev()?];
         mems.extend(dres.as_deref());
         let one = BatchNorm { ghost: 1, ..*s };
         let split = self.bn_split(&[&kernel], &one, &mems, dtype.size());
