@@ -344,6 +344,25 @@ __device__ void bn_fwd_eval(const T* __restrict__ x, const float* __restrict__ g
     bn_affine<T, VEC>(run, x, res, y, scale, shift, act);
 }
 
+// The thread's next U vectors of x, y and dy, all loaded before any is used; ok[u] is false
+// past the run's end.
+template <typename T, int VEC, int U>
+__device__ __forceinline__ void bn_load_bwd(BnRun<VEC>& run, const T* __restrict__ x, const T* __restrict__ y,
+                                            const T* __restrict__ dy, float (&xv)[U][VEC], float (&yv)[U][VEC],
+                                            float (&gv)[U][VEC], size_t (&at)[U], bool (&ok)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        ok[u] = run.more();
+        at[u] = run.at();
+        if (ok[u]) {
+            load_vec(x + at[u], xv[u]);
+            load_vec(y + at[u], yv[u]);
+            load_vec(dy + at[u], gv[u]);
+            run.next();
+        }
+    }
+}
+
 // (sum dz, sum dz * xh) over this block's run, dz = dy * act'(y), xh = (x - mean) * invstd; with
 // `dx` (frozen statistics: dx = k * dz, no batch-mean terms) also writes dx and dres on the way.
 template <typename T, int VEC>
@@ -355,17 +374,7 @@ __device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* 
         float xv[BN_UNROLL_BWD][VEC], yv[BN_UNROLL_BWD][VEC], gv[BN_UNROLL_BWD][VEC];
         size_t at[BN_UNROLL_BWD];
         bool ok[BN_UNROLL_BWD];
-#pragma unroll
-        for (int u = 0; u < BN_UNROLL_BWD; u++) {
-            ok[u] = run.more();
-            at[u] = run.at();
-            if (ok[u]) {
-                load_vec(x + at[u], xv[u]);
-                load_vec(y + at[u], yv[u]);
-                load_vec(dy + at[u], gv[u]);
-                run.next();
-            }
-        }
+        bn_load_bwd(run, x, y, dy, xv, yv, gv, at, ok);
 #pragma unroll
         for (int u = 0; u < BN_UNROLL_BWD; u++) {
             if (!ok[u]) continue;
@@ -427,17 +436,7 @@ __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ y, const T
         float xv[BN_UNROLL_BWD][VEC], yv[BN_UNROLL_BWD][VEC], gv[BN_UNROLL_BWD][VEC];
         size_t at[BN_UNROLL_BWD];
         bool ok[BN_UNROLL_BWD];
-#pragma unroll
-        for (int u = 0; u < BN_UNROLL_BWD; u++) {
-            ok[u] = run.more();
-            at[u] = run.at();
-            if (ok[u]) {
-                load_vec(x + at[u], xv[u]);
-                load_vec(y + at[u], yv[u]);
-                load_vec(dy + at[u], gv[u]);
-                run.next();
-            }
-        }
+        bn_load_bwd(run, x, y, dy, xv, yv, gv, at, ok);
 #pragma unroll
         for (int u = 0; u < BN_UNROLL_BWD; u++) {
             if (!ok[u]) continue;

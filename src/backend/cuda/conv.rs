@@ -239,7 +239,6 @@ impl ConvOps for CudaBackend {
         let kernel = Op::Conv2dBwdWeight.kernel(x.dtype());
         let slots = self.resident_blocks(&kernel, GEMM_THREADS, 0);
         let (splits, per) = weight_grad_splits(tiles, k, tk, slots);
-        let len = int(m * n, "conv weight elements")?;
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_bytes, |partial| {
             let args = Args::new()
@@ -253,24 +252,7 @@ impl ConvOps for CudaBackend {
             // shape...); x and dy hold the checked input and output sizes, partial holds splits x
             // m x n floats, and splits * per covers the k positions.
             unsafe { self.launch(&kernel, gemm_launch(x.dtype(), m, n, splits), args)? };
-            // The partial sums read, dw read and written.
-            let reduce =
-                Work::traffic(partial_bytes + 2 * m * n * 4, format!("{splits} x {m}x{n}"));
-            let args = Args::new()
-                .ptr(partial)
-                .ptr(dw.dev_mut()?)
-                .i32(len)
-                .i32(splits as i32)
-                .work(reduce);
-            // SAFETY: arguments match conv2d_bwd_weight_reduce_f32(partial, dw, len, splits);
-            // partial holds splits x len floats and dw len (checked).
-            unsafe {
-                self.launch(
-                    "conv2d_bwd_weight_reduce_f32",
-                    Launch::grid_stride(m * n),
-                    args,
-                )
-            }
+            self.reduce_weight_splits(partial, dw, m, n, splits)
         })
     }
 }
@@ -283,6 +265,36 @@ fn nhwc_scratch(activation_elems: usize, weight_elems: usize) -> (usize, usize) 
 }
 
 impl CudaBackend {
+    /// `dw +=` the `splits` partial weight gradients of `m x n` floats each, added in split order
+    /// (conv2d_bwd_weight_reduce_f32): deterministic, no atomics.
+    fn reduce_weight_splits(
+        &self,
+        partial: &DevMem,
+        dw: &mut Buf,
+        m: usize,
+        n: usize,
+        splits: usize,
+    ) -> Result<()> {
+        let len = m * n;
+        // The partial sums read, dw read and written.
+        let traffic = (splits + 2) * len * std::mem::size_of::<f32>();
+        let args = Args::new()
+            .ptr(partial)
+            .ptr(dw.dev_mut()?)
+            .i32(int(len, "conv weight elements")?)
+            .i32(splits as i32)
+            .work(Work::traffic(traffic, format!("{splits} x {m}x{n}")));
+        // SAFETY: arguments match conv2d_bwd_weight_reduce_f32(partial, dw, len, splits);
+        // partial holds splits x len floats and dw len (the callers' checked shape).
+        unsafe {
+            self.launch(
+                "conv2d_bwd_weight_reduce_f32",
+                Launch::grid_stride(len),
+                args,
+            )
+        }
+    }
+
     /// `dst[plane][p'][c] = src[plane][c][p]` for `planes` planes of `channels x pixels` bf16
     /// (`conv2d_to_nhwc_bf16`), into `dst` at byte `at`; `flip` > 1 reverses p within groups of
     /// `flip` (see kernels/conv.cu).
@@ -418,8 +430,7 @@ impl CudaBackend {
             grid: (probe.grid.0, probe.grid.1, splits as u32),
             ..probe
         };
-        let (ex, ew, ey) = s.sizes();
-        let len = int(m * n, "conv weight elements")?;
+        let (ex, _, ey) = s.sizes();
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_bytes, |partial| {
             let args = Args::new()
@@ -439,22 +450,7 @@ impl CudaBackend {
             // sizes (bf16, rows 16-byte aligned), partial splits x c_out x c_in floats, and the
             // splits cover every (image, pixel) once (one_by_one_splits).
             unsafe { self.launch(&kernel, cfg, args)? };
-            let reduce = Work::traffic(partial_bytes + 2 * ew * 4, format!("{splits} x {m}x{n}"));
-            let args = Args::new()
-                .ptr(partial)
-                .ptr(dw.dev_mut()?)
-                .i32(len)
-                .i32(splits as i32)
-                .work(reduce);
-            // SAFETY: arguments match conv2d_bwd_weight_reduce_f32(partial, dw, len, splits);
-            // partial holds splits x len floats and dw len (checked).
-            unsafe {
-                self.launch(
-                    "conv2d_bwd_weight_reduce_f32",
-                    Launch::grid_stride(m * n),
-                    args,
-                )
-            }
+            self.reduce_weight_splits(partial, dw, m, n, splits)
         })
     }
 }
