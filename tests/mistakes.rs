@@ -250,6 +250,11 @@ fn pipeline_overwrite_never_deletes_its_plan_or_ground_truth() {
     let s = Scratch::new("k22");
     s.tiny_data(2);
     let plan = tiny_plan(&s, "run", "k22/gnd.json", "");
+    // The plan's paths are relative to its folder, k22.
+    let plan = plan
+        .replace("\"images\"", "\"../images\"")
+        .replace("\"k22/gnd.json\"", "\"gnd.json\"")
+        .replace("\"c.toml\"", "\"../c.toml\"");
     s.write("k22/myplan.toml", &plan);
     // What an earlier run left: main's --overwrite asked for nothing more.
     s.write("k22/pipeline.json", "{}");

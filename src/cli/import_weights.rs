@@ -1,10 +1,8 @@
-//! `insclr-cu import-weights IN.pth OUT.safetensors`: a PyTorch checkpoint (zip or legacy
-//! format) to safetensors, keeping the original tensor names.
+//! `insclr-cu import-weights IN.pth OUT.safetensors`: the arguments of
+//! [`insclr::jobs::import_weights`]; prints what was converted.
 
-use anyhow::{bail, Context, Result};
-use insclr::io::paths::{check_outputs, Named};
-use insclr::io::{pth, safetensors, tensor};
-use std::collections::HashMap;
+use anyhow::Result;
+use insclr::jobs;
 use std::path::PathBuf;
 
 /// Arguments of `insclr-cu import-weights`.
@@ -16,68 +14,31 @@ pub struct Args {
     output: PathBuf,
 }
 
-/// Converts, then re-reads the output and checks it holds the same tensors.
 pub fn run(args: Args) -> Result<()> {
-    check_outputs(
-        &[Named::new("the input", &args.input)],
-        &[Named::new("the output", &args.output)],
-    )?;
-    let tensors = pth::read(&args.input)?;
-    if tensors.is_empty() {
-        bail!("{}: the state dict holds no tensor", args.input.display());
-    }
-    let elements: usize = tensors.iter().map(|t| t.numel()).sum();
+    let r = jobs::import_weights(&args.input, &args.output)?;
     println!(
         "{}: {} tensors, {} elements",
         args.input.display(),
-        tensors.len(),
-        group(elements)
+        r.tensors,
+        group(r.elements)
     );
-    for (dt, (n, e)) in tensor::dtype_summary(&tensors) {
-        println!("  {dt:>8}: {n:>4} tensors, {:>12} elements", group(e));
+    for (dt, (n, e)) in &r.dtypes {
+        println!("  {dt:>8}: {n:>4} tensors, {:>12} elements", group(*e));
     }
-    let nbt = tensors
-        .iter()
-        .filter(|t| t.name.ends_with("num_batches_tracked"))
-        .count();
-    if nbt > 0 {
+    if r.batches_tracked > 0 {
+        // Each counter is one element.
         println!(
-            "  ({nbt} of them num_batches_tracked; {} tensors / {} elements without)",
-            tensors.len() - nbt,
-            group(elements - nbt)
+            "  ({} of them num_batches_tracked; {} tensors / {} elements without)",
+            r.batches_tracked,
+            r.tensors - r.batches_tracked,
+            group(r.elements - r.batches_tracked)
         );
     }
-    let source = args
-        .input
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let meta = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("source".to_string(), source),
-    ]);
-    safetensors::write(&args.output, &tensors, Some(meta))?;
-    let back = safetensors::read(&args.output).context("re-reading what was written")?;
-    let by_name: HashMap<&str, &tensor::Tensor> =
-        back.iter().map(|t| (t.name.as_str(), t)).collect();
-    for t in &tensors {
-        match by_name.get(t.name.as_str()) {
-            Some(b) if b.shape == t.shape && b.data == t.data => {}
-            _ => bail!(
-                "{}: tensor {} did not read back identical; the disk may be full",
-                args.output.display(),
-                t.name
-            ),
-        }
-    }
-    let size = std::fs::metadata(&args.output)
-        .map(|m| m.len())
-        .unwrap_or(0);
     println!(
         "wrote {} ({} tensors, {} bytes; verified by re-reading)",
         args.output.display(),
-        back.len(),
-        group(size as usize)
+        r.tensors,
+        group(r.bytes as usize)
     );
     Ok(())
 }

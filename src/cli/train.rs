@@ -1,9 +1,8 @@
-//! `insclr-cu train`: one training stage from a TOML config, resumable.
+//! `insclr-cu train`: the flags of [`insclr::jobs::train`]; prints the stage's summary.
 
 use anyhow::Result;
-use insclr::backend::{self, DeviceChoice};
-use insclr::io::paths::Named;
-use insclr::train::{self, Config, RunOptions};
+use insclr::backend::DeviceChoice;
+use insclr::jobs::{self, TrainOptions};
 use std::path::PathBuf;
 
 /// Arguments of `insclr-cu train`.
@@ -32,20 +31,21 @@ pub struct Args {
 
 /// Runs the stage and prints a summary.
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
-    let cfg = Config::load_with(&args.config, &args.overrides)?;
-    let (be, chosen) = backend::select(device, &cfg.backend_needs())?;
-    eprintln!("train: backend {chosen}");
-    let out = cfg.output_dir.clone();
-    let s = train::run(
-        cfg,
-        be.as_ref(),
-        &RunOptions {
+    let s = jobs::train(
+        &TrainOptions {
+            config: args.config,
+            overrides: args.overrides,
             resume: args.resume,
             overwrite: args.overwrite,
             quiet: args.quiet,
-            inputs: vec![Named::new("--config", &args.config)],
         },
+        device,
     )?;
+    let out = s
+        .final_model
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let fmt = |l: Option<f32>| l.map_or("-".to_string(), |v| format!("{v:.4}"));
     println!(
         "trained {} steps{} in {:.1} s: loss {} -> {}; {} image(s) skipped; model {}; log {out}/log.jsonl",

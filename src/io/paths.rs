@@ -50,6 +50,35 @@ fn lexical(p: &Path) -> PathBuf {
     out
 }
 
+/// A path `p` written in `file` (a pipeline plan, a stage config), as cargo and compose files
+/// read theirs: relative to `file`'s folder. Empty and absolute paths stay as they are;
+/// `configs/../data` is shortened to `data` (lexically: a linked folder before a `..` is not
+/// followed).
+pub fn beside(file: &Path, p: &str) -> String {
+    use std::path::Component;
+    if p.is_empty() || Path::new(p).is_absolute() {
+        return p.to_string();
+    }
+    let base = file.parent().unwrap_or(Path::new(""));
+    let joined = base.join(p);
+    let mut parts: Vec<Component> = Vec::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(parts.last(), Some(Component::Normal(_))) => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let out: PathBuf = parts.iter().collect();
+    if out.as_os_str().is_empty() {
+        ".".to_string()
+    } else {
+        out.display().to_string()
+    }
+}
+
 /// `(device, inode)` of what `p` names (links followed), where the platform has them.
 fn file_id(p: &Path) -> Option<(u64, u64)> {
     #[cfg(unix)]
@@ -209,5 +238,18 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("holds --config"));
         check_clear_keeps_inputs(&d.join("out"), &root).unwrap();
         std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn beside_reads_a_path_from_its_files_folder() {
+        let plan = Path::new("configs/demo-pipeline.toml");
+        assert_eq!(beside(plan, "../data/demo"), "data/demo");
+        assert_eq!(beside(plan, "stage.toml"), "configs/stage.toml");
+        assert_eq!(beside(plan, "/abs/x"), "/abs/x");
+        assert_eq!(beside(plan, ""), "");
+        assert_eq!(beside(Path::new("plan.toml"), "../up"), "../up");
+        assert_eq!(beside(Path::new("plan.toml"), "./x"), "x");
+        assert_eq!(beside(Path::new("a/plan.toml"), ".."), ".");
+        assert_eq!(beside(Path::new("/r/a/plan.toml"), "../b"), "/r/b");
     }
 }

@@ -522,6 +522,41 @@ impl Default for Selection {
 
 /// A config file's text, refusing files too large to be one: configs are a few KB, and a
 /// large file is a wrong path (a dataset, a checkpoint) that reading whole would only delay.
+/// The keys whose values are paths: in a config file they are relative to the file's folder,
+/// as cargo and compose files read theirs (`--set` values and the pipeline's keys, given on a
+/// command line, are relative to the current folder). MODEL.PRETRAIN is a path unless it is
+/// `imagenet` or `random`; DATA.TRAIN_FILENAME and SOLVER.TRACE_IMAGES are relative to
+/// DATA.ROOT.
+pub const FILE_PATH_KEYS: [&str; 6] = [
+    "OUTPUT_DIR",
+    "DATA.ROOT",
+    "NEIGHBOR.SRC",
+    "MODEL.PRETRAIN",
+    "MODEL.IMAGENET_WEIGHTS",
+    "MODEL.HEAD.INIT_FEATS",
+];
+
+/// Rewrites the [`FILE_PATH_KEYS`] of `doc`, read from `file`, relative to the current folder.
+fn paths_beside(doc: &mut toml::Table, file: &Path) {
+    for key in FILE_PATH_KEYS {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let Some(last) = parts.pop() else { continue };
+        let mut table = Some(&mut *doc);
+        for part in parts {
+            table = table
+                .and_then(|t| t.get_mut(part))
+                .and_then(|v| v.as_table_mut());
+        }
+        let Some(toml::Value::String(v)) = table.and_then(|t| t.get_mut(last)) else {
+            continue;
+        };
+        if key == "MODEL.PRETRAIN" && matches!(v.as_str(), "imagenet" | "random") {
+            continue;
+        }
+        *v = crate::io::paths::beside(file, v);
+    }
+}
+
 fn read_config_text(path: &Path) -> Result<String> {
     const MAX_CONFIG: u64 = 1 << 20;
     let len = std::fs::metadata(path)
@@ -549,9 +584,16 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Reads and checks a config file.
+    /// Reads and checks a config file. Its paths are relative to its folder (see
+    /// [`FILE_PATH_KEYS`]).
     pub fn load(path: &Path) -> Result<Config> {
-        Config::parse(&read_config_text(path)?, &path.display().to_string())
+        let name = path.display().to_string();
+        let text = read_config_text(path)?;
+        // Checked as written first, so that an error points at the file's own lines.
+        Config::parse(&text, &name)?;
+        let mut doc: toml::Table = toml::from_str(&text)?;
+        paths_beside(&mut doc, path);
+        Config::parse(&toml::to_string(&doc)?, &name)
     }
 
     /// [`Config::load`] with `KEY=VALUE` overrides applied first (`SEED=7`,
@@ -566,6 +608,8 @@ impl Config {
         let text = read_config_text(path)?;
         let mut doc: toml::Table = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{name}: {}", e.to_string().trim_end()))?;
+        // The file's paths are relative to the file, the overrides' to the current folder.
+        paths_beside(&mut doc, path);
         for o in overrides {
             let (key, raw) = o.split_once('=').ok_or_else(|| {
                 anyhow::anyhow!("--set {o:?}: write KEY=VALUE, e.g. SOLVER.BASE_LR=1e-5")
@@ -911,9 +955,13 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((c.seed, c.solver.base_lr), (7, 1e-5));
+        // A --set path is the command line's (relative to the current folder), the file's
+        // relative to the file.
         assert_eq!(c.output_dir, "runs/a");
         assert!(c.xbm.enable);
-        assert_eq!(c.neighbor.src, "pool.npz");
+        let beside = path.with_file_name("pool.npz").display().to_string();
+        assert_eq!(c.neighbor.src, beside);
+        assert_eq!(Config::load(&path).unwrap().neighbor.src, beside);
         for (bad, says) in [
             ("SOLVER.BASE_RL=1", "BASE_RL"),
             ("SEED=x", "SEED"),
@@ -985,5 +1033,16 @@ mod tests {
         ] {
             Config::load(&root.join(f)).unwrap();
         }
+        // Their paths are read from their folder, whatever folder the command runs in.
+        let small = Config::load(&root.join("small-collection.toml")).unwrap();
+        let top = root.parent().unwrap();
+        assert_eq!(small.data.root, top.join("data/demo").display().to_string());
+        assert_eq!(
+            small.model.imagenet_weights,
+            top.join("data/weights/efficientnet-lite0-57934424.pth")
+                .display()
+                .to_string()
+        );
+        assert_eq!(small.model.pretrain, "imagenet");
     }
 }
