@@ -186,9 +186,11 @@ fn overwrite_never_deletes_the_folder_of_the_config() {
     let s = Scratch::new("cfgdir");
     s.tiny_data(2);
     let cfg = std::fs::read_to_string(s.path("c.toml")).unwrap();
+    // Its paths are relative to its folder: OUTPUT_DIR "." is that folder.
     s.write(
         "cfgdir/tiny.toml",
-        &cfg.replace("OUTPUT_DIR = \"./out\"", "OUTPUT_DIR = \"cfgdir\""),
+        &cfg.replace("\"./", "\"../")
+            .replace("OUTPUT_DIR = \"../out\"", "OUTPUT_DIR = \".\""),
     );
     s.write("cfgdir/other.toml", &cfg);
     s.write("cfgdir/notes.txt", "what I tried");
@@ -291,7 +293,7 @@ fn a_second_train_in_a_used_folder_is_refused_naming_the_first() {
     );
     let pid = format!("pid {} (", a.id());
     assert!(
-        err.contains("OUTPUT_DIR ./out is in use by another insclr-cu")
+        err.contains("OUTPUT_DIR out is in use by another insclr-cu")
             && err.contains(&pid)
             && err.contains("train --config dual.toml --quiet"),
         "{err}"

@@ -316,6 +316,36 @@ fn a_pipeline_killed_in_stage_2_ends_with_the_same_model_as_one_that_was_not() {
     let _ = std::fs::remove_dir_all(&killed_dir);
 }
 
+/// A first run whose first step fails leaves no state behind, so the corrected stage config
+/// (or plan) starts in the same folder instead of being refused as another plan.
+#[test]
+fn a_pipeline_whose_first_step_fails_can_be_corrected_in_place() {
+    let dir = tmpdir("first-fails");
+    let stage = stage_config(&dir, 2);
+    let eval = tiny_images(&dir);
+    let data = dir.join("images");
+    let good = std::fs::read_to_string(&stage).unwrap();
+    // Weights that are no weights file: the starting model (step s0/model) fails to load.
+    let not_weights = dir.join("gnd.json").display().to_string();
+    let bad = good.replace(
+        "PRETRAIN = \"random\"",
+        &format!("PRETRAIN = {not_weights:?}"),
+    );
+    assert_ne!(bad, good);
+    std::fs::write(&stage, bad).unwrap();
+    let plan_path = plan(&dir, &stage, (&data, ""), &eval, &[("s1", "")]);
+    let o = pipeline(&plan_path, "cpu");
+    assert!(
+        !o.status.success() && text(&o).contains("pipeline step s0/model"),
+        "{}",
+        text(&o)
+    );
+    assert!(!dir.join("run/pipeline.json").exists(), "{}", text(&o));
+    std::fs::write(&stage, &good).unwrap();
+    let o = pipeline(&plan_path, "cpu");
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 #[test]
 fn a_changed_plan_stage_config_or_output_is_refused() {
     let dir = tmpdir("refuse");
