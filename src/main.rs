@@ -1,4 +1,8 @@
-//! The insclr-cu command line: parse, call the library, print.
+//! The insclr-cu command line: parse, call the library ([`insclr::jobs`]), print.
+
+// The flags' doc comments are clap's help text, plain text rather than rustdoc markdown
+// (`[DATA]` is a TOML section there, `<out>` a placeholder).
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -1,4 +1,4 @@
-//! `insclr-cu eval`: the flags of [`insclr::jobs::evaluate`]; prints one table.
+//! `insclr-cu eval`: the flags of [`insclr::jobs::evaluate()`]; prints one table.
 
 use super::extract::{descriptor_choice, DescriptorArg};
 use anyhow::Result;

@@ -1,4 +1,4 @@
-//! `insclr-cu extract`: the flags of [`insclr::jobs::extract`].
+//! `insclr-cu extract`: the flags of [`insclr::jobs::extract()`].
 
 use anyhow::Result;
 use insclr::backend::DeviceChoice;

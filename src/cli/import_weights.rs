@@ -1,5 +1,5 @@
 //! `insclr-cu import-weights IN.pth OUT.safetensors`: the arguments of
-//! [`insclr::jobs::import_weights`]; prints what was converted.
+//! [`insclr::jobs::import_weights()`]; prints what was converted.
 
 use anyhow::Result;
 use insclr::jobs;

@@ -1,4 +1,4 @@
-//! `insclr-cu pipeline`: the flags of [`insclr::jobs::pipeline`]; prints the retrieval table.
+//! `insclr-cu pipeline`: the flags of [`insclr::jobs::pipeline()`]; prints the retrieval table.
 
 use anyhow::Result;
 use insclr::backend::DeviceChoice;

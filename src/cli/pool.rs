@@ -1,4 +1,4 @@
-//! `insclr-cu pool`: the flags of [`insclr::jobs::pool`].
+//! `insclr-cu pool`: the flags of [`insclr::jobs::pool()`].
 
 use anyhow::Result;
 use insclr::backend::{DType, DeviceChoice};

@@ -1,4 +1,4 @@
-//! `insclr-cu search`: the flags of [`insclr::jobs::search`]; prints the results as text or
+//! `insclr-cu search`: the flags of [`insclr::jobs::search()`]; prints the results as text or
 //! JSON.
 
 use super::extract::DescribeArgs;

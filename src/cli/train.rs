@@ -1,4 +1,4 @@
-//! `insclr-cu train`: the flags of [`insclr::jobs::train`]; prints the stage's summary.
+//! `insclr-cu train`: the flags of [`insclr::jobs::train()`]; prints the stage's summary.
 
 use anyhow::Result;
 use insclr::backend::DeviceChoice;

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 /// Which benchmark protocol to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Benchmark {
-    /// Revisited Oxford5k: ROOT/gnd_roxford5k.pkl (or .json), images ROOT/jpg/<name>.jpg.
+    /// Revisited Oxford5k: ROOT/gnd_roxford5k.pkl (or .json), images `ROOT/jpg/<name>.jpg`.
     Roxford5k,
-    /// Revisited Paris6k: ROOT/gnd_rparis6k.pkl (or .json), images ROOT/jpg/<name>.jpg.
+    /// Revisited Paris6k: ROOT/gnd_rparis6k.pkl (or .json), images `ROOT/jpg/<name>.jpg`.
     Rparis6k,
     /// GLDv2 retrieval: ROOT/test/retrieval_solution_v2.1.csv, ROOT/index/index_image_to_landmark.csv.
     Gldv2,

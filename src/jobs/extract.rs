@@ -90,7 +90,7 @@ impl DescribeOptions {
     }
 }
 
-/// What [`extract`] describes and where it writes.
+/// What [`extract()`] describes and where it writes.
 #[derive(Clone, Debug, Default)]
 pub struct ExtractOptions {
     pub describe: DescribeOptions,
@@ -106,7 +106,7 @@ pub struct ExtractOptions {
     pub skip_bad: bool,
 }
 
-/// What [`extract`] wrote.
+/// What [`extract()`] wrote.
 #[derive(Clone, Debug)]
 pub struct ExtractReport {
     /// Rows written (images described).

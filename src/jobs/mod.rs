@@ -6,13 +6,13 @@
 //!
 //! | job | function | command |
 //! | --- | --- | --- |
-//! | describe images | [`extract`] | `insclr-cu extract` |
-//! | build a candidate pool | [`pool`] | `insclr-cu pool` |
-//! | train a stage | [`train`] | `insclr-cu train` |
-//! | evaluate retrieval | [`evaluate`] | `insclr-cu eval` |
-//! | search an index | [`search`] | `insclr-cu search` |
-//! | run a whole recipe | [`pipeline`] | `insclr-cu pipeline` |
-//! | convert PyTorch weights | [`import_weights`] | `insclr-cu import-weights` |
+//! | describe images | [`extract()`] | `insclr-cu extract` |
+//! | build a candidate pool | [`pool()`] | `insclr-cu pool` |
+//! | train a stage | [`train()`] | `insclr-cu train` |
+//! | evaluate retrieval | [`evaluate()`] | `insclr-cu eval` |
+//! | search an index | [`search()`] | `insclr-cu search` |
+//! | run a whole recipe | [`pipeline()`] | `insclr-cu pipeline` |
+//! | convert PyTorch weights | [`import_weights()`] | `insclr-cu import-weights` |
 //!
 //! The run report is [`crate::report::write`], the step's plan [`crate::plan`].
 

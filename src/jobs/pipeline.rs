@@ -12,8 +12,8 @@
 //! s1/pool ...   and so on; the last stage has no features / pool, only train and eval.
 //! ```
 //!
-//! Every step is one of the other jobs ([`super::extract`], [`super::pool`], [`super::train`],
-//! [`super::evaluate`]) called with options made from the plan (their checks, progress bars and
+//! Every step is one of the other jobs ([`super::extract()`], [`super::pool()`], [`super::train()`],
+//! [`super::evaluate()`]) called with options made from the plan (their checks, progress bars and
 //! atomic writes), recorded in `pipeline.json` with the checksum of each output once it has
 //! finished. Paths in the plan are relative to the plan's folder. Started again, the pipeline checks that the plan and the
 //! stage configs are the ones it started with and that the recorded outputs are unchanged, skips
@@ -37,7 +37,7 @@ use std::time::Instant;
 /// Which plan to run, and how.
 #[derive(Clone, Debug, Default)]
 pub struct PipelineOptions {
-    /// The plan (TOML: OUTPUT_DIR, [DATA], [POOL], [EVAL], [[STAGE]]; see
+    /// The plan (TOML: `OUTPUT_DIR`, `[DATA]`, `[POOL]`, `[EVAL]`, `[[STAGE]]`; see
     /// configs/demo-pipeline.toml). Started again with the same plan, it continues.
     pub config: PathBuf,
     /// Delete the files an earlier pipeline wrote in OUTPUT_DIR (its manifests list them) and

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 /// What [`search`] looks for, where, and how the queries are described.
 #[derive(Clone, Debug)]
 pub struct SearchOptions {
-    /// Index descriptors written by [`super::extract`] (.npy, N x D float32).
+    /// Index descriptors written by [`super::extract()`] (.npy, N x D float32).
     pub index: PathBuf,
     /// The image of each index row: the .txt `extract` writes beside the .npy.
     pub images: PathBuf,
