@@ -39,5 +39,8 @@ chmod +x "$cuda"/bin/* "$cuda"/nvvm/bin/* 2>/dev/null || true
 ln -sfn "$cuda/bin" "$dest/bin"
 ln -sfn "$cuda" "$dest/cuda"
 printf '%s\n' "$want" > "$stamp"
+# cargo reruns build.rs when the nvcc it used changes, not when one appears where none was
+# (it does not watch PATH): a build made before this install would otherwise stay without kernels.
+touch "$root/build.rs"
 "$dest/bin/nvcc" --version | tail -n 2
 echo "cuda tools: installed in $dest"

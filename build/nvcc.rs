@@ -1,29 +1,13 @@
-//! Compiles every `kernels/*.cu` twice: into a fatbin with nvcc (embedded, for GPUs), and with
-//! the host C++ compiler into the emulated device (`emu.rs`), which needs no nvcc.
-//!
-//! nvcc is looked up in `$NVCC`, `.cuda-tools/bin` (scripts/install-cuda-tools.sh),
-//! `$CUDA_HOME/bin`, then `PATH`. Without nvcc the crate still builds: a cargo warning, no
-//! kernels embedded, and the CUDA backend says "built without kernels" at run time.
-//! `INSCLR_REQUIRE_NVCC=1` turns a missing nvcc, a compile error or an unexplained register
-//! spill into a build failure. `INSCLR_CUDA_ARCHS` (default `90;90a`) lists SM versions, e.g.
-//! `80;90;90a`: machine code for each, plus PTX of the highest that is not arch-specific, for
-//! newer GPUs. `90a` is sm_90 with the Hopper-only instructions (wgmma, TMA multicast,
-//! setmaxnreg); its machine code runs only on sm_90 GPUs and its PTX on none newer, so it sits
-//! beside sm_90 instead of replacing it.
-//!
-//! The `-Xptxas -v` resource report (registers, shared memory, spills per kernel) is parsed,
-//! printed by `insclr-cu info --kernels`, and written to `$OUT_DIR/kernel_resources.tsv`.
-//! A kernel may spill only if its source has a line `// allow-spill: <kernel> <reason>`.
+//! The GPU build: every `kernels/*.cu` into a compressed fatbin with nvcc, ptxas's resource
+//! report parsed and checked for spills, and `$OUT_DIR/kernels.rs` written for the crate to embed.
 
-use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod emu;
-
-struct Compiled {
+/// One family's fatbin and the resources ptxas reported for its kernels.
+pub struct Compiled {
     family: String,
     fatbin: PathBuf,
     resources: Vec<KernelResources>,
@@ -40,77 +24,6 @@ struct KernelResources {
     spill_load_bytes: u32,
 }
 
-fn main() {
-    println!("cargo:rerun-if-changed=kernels");
-    println!("cargo:rerun-if-changed=build");
-    for var in [
-        "NVCC",
-        "CUDA_HOME",
-        "INSCLR_REQUIRE_NVCC",
-        "INSCLR_CUDA_ARCHS",
-        "INSCLR_EMU_SANITIZE",
-        "CXX",
-        "PATH",
-    ] {
-        println!("cargo:rerun-if-env-changed={var}");
-    }
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
-    let require = env::var("INSCLR_REQUIRE_NVCC").is_ok_and(|v| v == "1");
-    let archs = parse_archs(&env::var("INSCLR_CUDA_ARCHS").unwrap_or_else(|_| "90;90a".into()));
-
-    let mut sources: Vec<PathBuf> = fs::read_dir(manifest.join("kernels"))
-        .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    sources.retain(|p| p.extension().is_some_and(|e| e == "cu"));
-    sources.sort();
-    for entry in fs::read_dir(manifest.join("kernels"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        println!("cargo:rerun-if-changed={}", entry.path().display());
-    }
-
-    emu::build(&manifest.join("kernels"), &out_dir, &sources);
-
-    let compiled = match find_nvcc(&manifest) {
-        None => {
-            let msg = "nvcc not found ($NVCC, .cuda-tools/bin, $CUDA_HOME/bin, PATH): building \
-                       without CUDA kernels; run scripts/install-cuda-tools.sh to get one";
-            if require {
-                panic!("INSCLR_REQUIRE_NVCC=1: {msg}");
-            }
-            println!("cargo:warning={msg}");
-            Vec::new()
-        }
-        Some(nvcc) => compile_all(&nvcc, &sources, &archs, &out_dir, require),
-    };
-    write_embed(&out_dir, &compiled, &archs);
-}
-
-fn parse_archs(spec: &str) -> Vec<String> {
-    let archs: Vec<String> = spec
-        .split([';', ','])
-        .map(|s| s.trim().trim_start_matches("sm_").to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for a in &archs {
-        let digits = a.trim_end_matches(['a', 'f']);
-        assert!(
-            !digits.is_empty()
-                && digits.chars().all(|c| c.is_ascii_digit())
-                && a.len() - digits.len() <= 1,
-            "INSCLR_CUDA_ARCHS: '{a}' is not an SM version; use e.g. 80;90 or 90;90a"
-        );
-    }
-    assert!(
-        !archs.is_empty(),
-        "INSCLR_CUDA_ARCHS is empty; use e.g. 90 or 90;90a"
-    );
-    archs
-}
-
 /// The virtual arch whose PTX the fatbins carry for GPUs newer than every listed one: the last
 /// portable one (`90a`/`100f` PTX is not forward-compatible), or the last if all are specific.
 fn ptx_arch(archs: &[String]) -> &str {
@@ -121,28 +34,8 @@ fn ptx_arch(archs: &[String]) -> &str {
         .unwrap_or_else(|| archs.last().unwrap())
 }
 
-fn find_nvcc(manifest: &Path) -> Option<PathBuf> {
-    if let Ok(p) = env::var("NVCC") {
-        return Some(PathBuf::from(p));
-    }
-    let local = manifest.join(".cuda-tools/bin/nvcc");
-    if local.is_file() {
-        return Some(local);
-    }
-    if let Ok(home) = env::var("CUDA_HOME") {
-        let p = PathBuf::from(home).join("bin/nvcc");
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    env::var_os("PATH").and_then(|paths| {
-        env::split_paths(&paths)
-            .map(|d| d.join("nvcc"))
-            .find(|p| p.is_file())
-    })
-}
-
-fn compile_all(
+/// Compiles every source in parallel; a failure is a build error with `require`, else warnings.
+pub fn compile_all(
     nvcc: &Path,
     sources: &[PathBuf],
     archs: &[String],
@@ -297,7 +190,8 @@ fn parse_ptxas(stderr: &str) -> Vec<KernelResources> {
     all
 }
 
-fn write_embed(out_dir: &Path, compiled: &[Compiled], archs: &[String]) {
+/// Writes `$OUT_DIR/kernels.rs` (the fatbins to embed) and `kernel_resources.tsv`.
+pub fn write_embed(out_dir: &Path, compiled: &[Compiled], archs: &[String]) {
     let mut rs = String::new();
     writeln!(rs, "/// Target SM versions the kernels were built for.").unwrap();
     writeln!(rs, "pub const ARCHS: &[&str] = &{:?};", archs).unwrap();
