@@ -1,25 +1,16 @@
-//! The device layer under the CUDA backend: memory, copies and launches by kernel name with a
-//! packed argument list (as `cuLaunchKernel` takes it), on a real GPU ([`super::driver`]) or on
-//! the emulated one ([`super::emu`]), or on none at all ([`super::record`], which writes launches
-//! down for `insclr-cu plan`). The launchers in `cuda/<family>.rs` run unchanged on all three.
+//! The types every device layer shares: device memory ([`DevMem`], and the device it lives on,
+//! [`Home`]), a launch's shape ([`Launch`]) and its packed argument list ([`Args`], as
+//! `cuLaunchKernel` takes it). The layers, a real GPU ([`super::driver`]), the emulated one
+//! ([`super::emu`]) and none at all ([`super::record`], which writes launches down for
+//! `insclr-cu plan`), build on these; [`super::layer`] chooses among them. This file knows none
+//! of them.
 
-use super::occupancy::{self, SM90};
-use super::record::{Event, Recorder};
 use super::work::Work;
-use super::{driver::Gpu, emu::Emu};
 use crate::backend::Device;
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
 use std::ffi::c_void;
 use std::sync::Arc;
-
-/// Where the CUDA backend runs its kernels.
-pub enum Layer {
-    Gpu(Box<Gpu>),
-    Emu(Emu),
-    /// No device: launches are recorded, memory has no storage.
-    Plan(Recorder),
-}
 
 /// The device a piece of memory belongs to: a GPU by ordinal, the emulator, or the plan's
 /// recorder. A kernel only ever gets memory of its own device (a GPU address means nothing on the
@@ -31,177 +22,9 @@ pub enum Home {
     Plan,
 }
 
-impl Layer {
-    /// The device this layer's memory and kernels are on.
-    pub fn home(&self) -> Home {
-        match self {
-            Layer::Gpu(g) => Home::Gpu(g.info.ordinal),
-            Layer::Emu(_) => Home::Emu,
-            Layer::Plan(_) => Home::Plan,
-        }
-    }
-
-    /// An error unless `m` is this layer's memory.
-    pub fn check_home(&self, m: &DevMem) -> Result<()> {
-        if m.home != self.home() {
-            bail!(
-                "a buffer of {:?} was given to {:?}; a buffer belongs to the backend that made it",
-                m.home,
-                self.home()
-            );
-        }
-        Ok(())
-    }
-
-    pub fn alloc(&self, bytes: usize) -> Result<DevMem> {
-        match self {
-            Layer::Gpu(g) => g.alloc(bytes),
-            Layer::Emu(e) => e.alloc(bytes),
-            Layer::Plan(p) => Ok(p.alloc(bytes)),
-        }
-    }
-
-    pub fn write(&self, src: &[u8], dst: &mut DevMem) -> Result<()> {
-        self.check_home(dst)?;
-        check_copy(src.len(), dst.bytes)?;
-        match self {
-            Layer::Gpu(g) => g.write(src, dst),
-            Layer::Emu(_) => {
-                dst.emu_bytes_mut()?.copy_from_slice(src);
-                Ok(())
-            }
-            Layer::Plan(p) => {
-                p.record(Event::Copy {
-                    to_device: true,
-                    bytes: src.len(),
-                });
-                Ok(())
-            }
-        }
-    }
-
-    pub fn read(&self, src: &DevMem, dst: &mut [u8]) -> Result<()> {
-        self.check_home(src)?;
-        check_copy(dst.len(), src.bytes)?;
-        match self {
-            Layer::Gpu(g) => g.read(src, dst),
-            Layer::Emu(_) => {
-                dst.copy_from_slice(src.emu_bytes()?);
-                Ok(())
-            }
-            // Zeros: what a step reads back (a norm, a loss) only steers host decisions, and
-            // the plan is of the step that such values give.
-            Layer::Plan(p) => {
-                p.record(Event::Copy {
-                    to_device: false,
-                    bytes: dst.len(),
-                });
-                dst.fill(0);
-                Ok(())
-            }
-        }
-    }
-
-    pub fn zero(&self, dst: &mut DevMem) -> Result<()> {
-        self.check_home(dst)?;
-        match self {
-            Layer::Gpu(g) => g.zero(dst),
-            Layer::Emu(_) => {
-                dst.emu_bytes_mut()?.fill(0);
-                Ok(())
-            }
-            Layer::Plan(p) => {
-                p.record(Event::Memset { bytes: dst.bytes });
-                Ok(())
-            }
-        }
-    }
-
-    pub fn synchronize(&self) -> Result<()> {
-        match self {
-            Layer::Gpu(g) => g.synchronize(),
-            Layer::Emu(_) | Layer::Plan(_) => Ok(()),
-        }
-    }
-
-    /// Launches `kernel`.
-    ///
-    /// # Safety
-    /// `args` must match the kernel's parameters in number, order and type (the emulator checks
-    /// number and sizes; a GPU checks nothing), and every pointer in it must address memory the
-    /// kernel may access for this launch shape.
-    pub unsafe fn launch(&self, kernel: &str, cfg: Launch, args: &mut Args) -> Result<()> {
-        if let Some(h) = args.homes.iter().find(|&&h| h != self.home()) {
-            bail!(
-                "{kernel}: a buffer of {h:?} was given to a kernel on {:?}; a buffer belongs to \
-                 the backend that made it",
-                self.home()
-            );
-        }
-        check_launch(kernel, &cfg)?;
-        match self {
-            Layer::Gpu(g) => g.launch(kernel, cfg, args),
-            Layer::Emu(e) => e.launch(kernel, cfg, args),
-            Layer::Plan(p) => {
-                p.record(Event::Launch {
-                    kernel: kernel.to_string(),
-                    cfg,
-                    work: args.work.take(),
-                });
-                Ok(())
-            }
-        }
-    }
-}
-
 /// Dynamic shared memory a kernel may use without opting in; above it the GPU layer sets the
 /// kernel's maximum (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`) before the launch.
 pub const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
-
-/// The launch limits of an sm_90 GPU, checked before any layer launches so the emulator and the
-/// plan refuse what a GPU would: a grid over 2^31-1 x 65535 x 65535 blocks, a block of over
-/// 1024 threads (or 64 deep), an empty grid or block, and shared memory over the 227 KiB a
-/// block can opt in to (static, from the build's ptxas report, plus dynamic).
-fn check_launch(kernel: &str, cfg: &Launch) -> Result<()> {
-    let ((gx, gy, gz), (bx, by, bz)) = (cfg.grid, cfg.block);
-    let threads = bx as u64 * by as u64 * bz as u64;
-    if gx == 0 || gy == 0 || gz == 0 || threads == 0 {
-        bail!(
-            "{kernel}: empty launch (grid {:?}, block {:?})",
-            cfg.grid,
-            cfg.block
-        );
-    }
-    if gx > i32::MAX as u32 || gy > 65_535 || gz > 65_535 {
-        bail!(
-            "{kernel}: grid {:?} is over the limit (2^31-1, 65535, 65535)",
-            cfg.grid
-        );
-    }
-    if threads > 1024 || bz > 64 {
-        bail!(
-            "{kernel}: block {:?} is over 1024 threads or 64 deep",
-            cfg.block
-        );
-    }
-    let static_smem = occupancy::resources(kernel).map_or(0, |r| r.static_smem);
-    if static_smem as u64 + cfg.smem as u64 > SM90.smem_per_block as u64 {
-        bail!(
-            "{kernel}: {} bytes of dynamic shared memory (+ {static_smem} static) exceed the {} \
-             bytes (227 KiB) a block can have on sm_90; use fewer pipeline stages or a smaller tile",
-            cfg.smem,
-            SM90.smem_per_block
-        );
-    }
-    Ok(())
-}
-
-fn check_copy(host: usize, device: usize) -> Result<()> {
-    if host != device {
-        bail!("copy of {host} bytes to or from a device buffer of {device} bytes");
-    }
-    Ok(())
-}
 
 /// Device memory, real or emulated: a raw address (what kernels get) and its owner.
 pub struct DevMem {
@@ -213,11 +36,14 @@ pub struct DevMem {
 
 enum Owner {
     Gpu(CudaSlice<u8>),
-    /// Host memory from the emulator's allocator, freed on drop.
-    Emu,
+    /// Host memory from the emulator's allocator, given back on drop with the function the
+    /// emulator handed over with it.
+    Emu {
+        free: fn(u64),
+    },
     /// A range of a shared allocation, which it keeps alive (the parameter arena's tensors).
     View(Arc<DevMem>),
-    /// Addresses without storage ([`Recorder`]).
+    /// Addresses without storage ([`super::record::Recorder`]).
     Plan,
 }
 
@@ -233,12 +59,12 @@ impl DevMem {
 
     /// # Safety
     /// `ptr` comes from the emulator's allocator, holds at least `bytes` bytes and is owned by
-    /// nothing else.
-    pub(super) unsafe fn emu(ptr: u64, bytes: usize) -> DevMem {
+    /// nothing else; `free` gives it back to that allocator.
+    pub(super) unsafe fn emu(ptr: u64, bytes: usize, free: fn(u64)) -> DevMem {
         DevMem {
             ptr,
             bytes,
-            owner: Owner::Emu,
+            owner: Owner::Emu { free },
             home: Home::Emu,
         }
     }
@@ -363,8 +189,8 @@ impl DevMem {
 
 impl Drop for DevMem {
     fn drop(&mut self) {
-        if let Owner::Emu = self.owner {
-            super::emu::free(self.ptr);
+        if let Owner::Emu { free } = self.owner {
+            free(self.ptr);
         }
     }
 }
@@ -488,6 +314,16 @@ impl Args {
 
     pub(super) fn sizes(&self) -> &[u32] {
         &self.sizes
+    }
+
+    /// Where each pointer's memory lives.
+    pub(super) fn homes(&self) -> &[Home] {
+        &self.homes
+    }
+
+    /// The launch's stated work, taken (the plan layer records it once).
+    pub(super) fn take_work(&mut self) -> Option<Work> {
+        self.work.take()
     }
 }
 

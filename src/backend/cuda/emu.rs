@@ -107,13 +107,13 @@ impl Emu {
             bail!("out of memory allocating {bytes} bytes for the emulated device");
         }
         // SAFETY: p is a fresh allocation of at least `bytes` bytes, owned by the DevMem.
-        Ok(unsafe { DevMem::emu(p as u64, bytes) })
+        Ok(unsafe { DevMem::emu(p as u64, bytes, free) })
     }
 
     /// Runs `kernel` to completion on the calling thread.
     ///
     /// # Safety
-    /// As [`super::device::Layer::launch`]; the emulator checks the argument count and sizes
+    /// As [`super::layer::Layer::launch`]; the emulator checks the argument count and sizes
     /// against the kernel's parameters, not the pointers.
     pub unsafe fn launch(&self, kernel: &str, cfg: Launch, args: &mut Args) -> Result<()> {
         let name = CString::new(kernel).map_err(|_| anyhow!("kernel name {kernel:?} has a NUL"))?;
@@ -153,8 +153,9 @@ impl Default for Emu {
     }
 }
 
-pub(super) fn free(ptr: u64) {
-    // SAFETY: ptr came from insclr_emu_alloc and is freed once, by its DevMem's drop.
+fn free(ptr: u64) {
+    // SAFETY: ptr came from insclr_emu_alloc (given to its DevMem by `Emu::alloc`) and is freed
+    // once, by that DevMem's drop.
     unsafe { insclr_emu_free(ptr as *mut c_void) }
 }
 

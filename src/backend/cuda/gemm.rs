@@ -2,7 +2,8 @@
 //! baseline `cargo bench` measures our kernels against, and an f32 fallback on a GPU with
 //! `INSCLR_GEMM=cublas`.
 
-use super::device::{Args, DevMem, Launch, Layer};
+use super::device::{Args, DevMem, Launch};
+use super::layer::Layer;
 use super::work::Work;
 use super::{int, CudaBackend};
 use crate::backend::{Buf, Checked, DType, GemmOps, MatMul};

@@ -1,8 +1,8 @@
 //! The CUDA backend: one file per `kernels/*.cu` family, each a launch shape plus a thin safe
-//! wrapper per kernel, over a device layer ([`device`]) with three implementations: a real GPU
-//! through the CUDA driver ([`driver`]), the emulated GPU ([`emu`]), which runs the same
-//! kernel sources on the CPU, and a recorder ([`record`]) that runs nothing and writes every
-//! launch down for `insclr-cu plan`. cuBLAS stays as the GEMM baseline in `cargo bench` (and a fallback
+//! wrapper per kernel, over a device layer ([`layer`], on the types they share in [`device`])
+//! with three implementations: a real GPU through the CUDA driver ([`driver`]), the emulated GPU
+//! ([`emu`]), which runs the same kernel sources on the CPU, and a recorder ([`record`]) that
+//! runs nothing and writes every launch down for `insclr-cu plan`. cuBLAS stays as the GEMM baseline in `cargo bench` (and a fallback
 //! with `INSCLR_GEMM=cublas`).
 
 pub mod bank;
@@ -11,8 +11,10 @@ pub mod conv;
 pub mod device;
 pub mod driver;
 pub mod eltwise;
+pub mod embedded;
 pub mod emu;
 pub mod gemm;
+pub mod layer;
 pub mod mining;
 pub mod norm;
 pub mod occupancy;
@@ -27,22 +29,14 @@ use super::profile::{KernelProfile, Span};
 use super::{Backend, Buf, DType, Device, Op};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::CudaEvent;
-use device::{Args, Launch, Layer};
+use device::{Args, Launch};
+use layer::Layer;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 pub use device::DevMem;
 pub use driver::{driver_present, driver_version, DeviceInfo};
-
-/// The kernels compiled by nvcc in build.rs: `(family, fatbin)` pairs, the SM list and ptxas's
-/// report.
-pub mod embedded {
-    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
-    /// Where build.rs left the fatbins on the machine that built this binary, for
-    /// `scripts/sass-check.py --dir`.
-    pub const FATBIN_DIR: &str = env!("OUT_DIR");
-}
 
 /// True when build.rs found nvcc and embedded at least one kernel family for GPUs.
 pub fn has_kernels() -> bool {
