@@ -2,9 +2,9 @@
 //! eps 1e-3, TensorFlow "SAME" padding, tensor names of the efficientnet-pytorch state_dict.
 
 use super::act::add_into;
+use super::backbone::{classify, Backbone};
 use super::conv::ConvBn;
 use super::linear::Linear;
-use super::net::{classify, Backbone};
 use super::pool::GemPool;
 use super::{empty, Module, Param};
 use crate::backend::{Act, Backend, Buf, Padding};

@@ -11,7 +11,6 @@
 //! - `insclr.descriptor`: JSON `{"kind":"head","head":"norm_linear_norm","dim":128}`.
 
 use super::head::HeadKind;
-use super::RetrievalNet;
 use crate::data::image::PixelNorm;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -121,34 +120,6 @@ pub fn pixel_norm_text(n: &PixelNorm) -> String {
 }
 
 impl ModelMeta {
-    /// What a training run records about `net`, trained with `cfg`.
-    pub fn of_training(cfg: &crate::train::Config, net: &RetrievalNet, noaug: bool) -> Self {
-        use super::DescriptorNet;
-        ModelMeta {
-            pixel_norm: Some(PixelNorm {
-                mean: cfg.input.pixel_mean,
-                std: cfg.input.pixel_std,
-            }),
-            train_img_size: Some(cfg.input.train_img_size),
-            noaug_img_size: noaug.then_some(cfg.input.noaug_img_size),
-            backbone: Some(net.backbone.name()),
-            // A network without a linear head (MODEL.HEAD.ENABLE = false) describes with its
-            // L2-normalised GeM, which is what a loader builds for a file without head tensors.
-            descriptor: Some(match net.head.kind {
-                HeadKind::L2Only => DescriptorMeta {
-                    kind: "gem".into(),
-                    head: None,
-                    dim: net.out_dim(),
-                },
-                kind => DescriptorMeta {
-                    kind: "head".into(),
-                    head: Some(head_kind_name(kind).into()),
-                    dim: net.out_dim(),
-                },
-            }),
-        }
-    }
-
     /// The metadata entries of the recorded fields.
     pub fn to_map(&self) -> HashMap<String, String> {
         let mut m = HashMap::new();

@@ -7,6 +7,7 @@
 //! writes `dx` with `=` and accumulates parameter gradients with `+=`.
 
 pub mod act;
+pub mod backbone;
 pub mod batchnorm;
 pub mod conv;
 pub mod efficientnet;
@@ -17,8 +18,10 @@ pub mod meta;
 pub mod net;
 pub mod pool;
 pub mod resnet;
+pub mod trained;
 
-pub use net::{Arch, Backbone, Images, RetrievalNet};
+pub use backbone::Backbone;
+pub use net::{Arch, Images, RetrievalNet};
 
 pub mod weights;
 

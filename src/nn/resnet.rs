@@ -3,9 +3,9 @@
 //! exists only when asked for (loading / checking ImageNet weights); InsCLR pools with GeM.
 
 use super::act::add_into;
+use super::backbone::{classify, Backbone};
 use super::conv::ConvBn;
 use super::linear::Linear;
-use super::net::{classify, Backbone};
 use super::pool::{GemPool, MaxPool2d};
 use super::{empty, Module, Param};
 use crate::backend::{Act, Backend, Buf, Padding};
