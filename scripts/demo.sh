@@ -126,7 +126,7 @@ if last["loss"] > first["loss"]:
     print("It rises because the memory loss adds a term per stored pair once the bank fills,")
     print("not because training diverges: compare the batch part, or the memory part with itself.")
 if trained <= imagenet:
-    print("Why, and what would help: README.md, section 'What the demo shows'.")
+    print("Why, and what would help: docs/quality.md, section 'What the demo shows'.")
 
 # The report's precision of mined positives, recomputed here from the decision log and the
 # ground truth alone (images in dataset order: the list extract wrote beside the descriptors).
