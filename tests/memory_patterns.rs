@@ -3,7 +3,7 @@
 //! (bank conflicts) and global sectors against the ideal (coalescing), per access site, on
 //! interior tile shapes. Each kernel's table is printed (`cargo test --test memory_patterns --
 //! --nocapture`); the assertions hold what the kernels are today, good and bad, so a change to
-//! an access pattern shows here: the README lists the defects, issue 26 is to remove them.
+//! an access pattern shows here: docs/gpu.md lists the defects, issue 26 is to remove them.
 //! Counters are exact for a launch, so these numbers do not depend on the machine.
 
 mod common;
