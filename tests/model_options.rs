@@ -3,10 +3,10 @@
 //! naming the key and the fix) and `MODEL.BACKBONE.FREEZE_BN`.
 
 use insclr::io::npy::{self, Array};
+use insclr::nn::model::Built;
 use insclr::nn::DescriptorNet;
 use insclr::rng::Rng;
 use insclr::train::config::Config;
-use insclr::train::stage::load_model;
 use std::path::PathBuf;
 
 /// A `resnet-custom` with base width 4: 128 GeM channels.
@@ -42,6 +42,12 @@ fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("insclr-head-init-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The stage model of `cfg`: [`insclr::nn::model::load_model`] with the config's seed and
+/// precision, as training builds it.
+fn load_model(cfg: &Config, be: &dyn insclr::backend::Backend) -> anyhow::Result<Built> {
+    insclr::nn::model::load_model(&cfg.model, cfg.seed, cfg.precision(), be)
 }
 
 /// L2 normalisation as the backend computes it (f64 sum, one f32 reciprocal).

@@ -121,16 +121,20 @@ pub fn pixel_norm_text(n: &PixelNorm) -> String {
 }
 
 impl ModelMeta {
-    /// What a training run records about `net`, trained with `cfg`.
-    pub fn of_training(cfg: &crate::train::Config, net: &RetrievalNet, noaug: bool) -> Self {
+    /// What a training run records about `net`, trained on inputs normalised with
+    /// `pixel_norm` at `train_img_size` (and, when the stage extracts no-DA features, at
+    /// `noaug_img_size`).
+    pub fn of_training(
+        net: &RetrievalNet,
+        pixel_norm: PixelNorm,
+        train_img_size: [usize; 2],
+        noaug_img_size: Option<[usize; 2]>,
+    ) -> Self {
         use super::DescriptorNet;
         ModelMeta {
-            pixel_norm: Some(PixelNorm {
-                mean: cfg.input.pixel_mean,
-                std: cfg.input.pixel_std,
-            }),
-            train_img_size: Some(cfg.input.train_img_size),
-            noaug_img_size: noaug.then_some(cfg.input.noaug_img_size),
+            pixel_norm: Some(pixel_norm),
+            train_img_size: Some(train_img_size),
+            noaug_img_size,
             backbone: Some(net.backbone.name()),
             // A network without a linear head (MODEL.HEAD.ENABLE = false) describes with its
             // L2-normalised GeM, which is what a loader builds for a file without head tensors.
@@ -208,7 +212,7 @@ impl ModelMeta {
         if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
             return Ok(ModelMeta::default());
         }
-        let m = crate::train::checkpoint::read_metadata(path)?;
+        let m = crate::io::safetensors::read_metadata(path)?;
         ModelMeta::from_map(&m).with_context(|| format!("metadata of {}", path.display()))
     }
 }
