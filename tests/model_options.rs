@@ -90,6 +90,36 @@ fn identity_head_returns_the_l2_normalised_gem_descriptor() {
     }
 }
 
+/// An ImageNet start whose head `MODEL.HEAD.INIT` then sets: the note's count of tensors left
+/// random is the one after the head's initialisation, the same list the run's summary prints
+/// (issue 28: "1 left random", then "left at random initialisation: none").
+#[test]
+fn the_note_counts_the_tensors_the_head_initialisation_left_random() {
+    let be = insclr::backend::cpu();
+    let dir = tmpdir("note");
+    let net = load_model(&config("linear_norm", C, "").unwrap(), be)
+        .unwrap()
+        .net;
+    let backbone: Vec<_> = insclr::nn::weights::export(&net, be)
+        .unwrap()
+        .into_iter()
+        .filter(|t| !t.name.starts_with("head."))
+        .collect();
+    let weights = dir.join("backbone.safetensors");
+    insclr::io::safetensors::write(&weights, &backbone, None).unwrap();
+    for init in ["identity", "random"] {
+        let mut cfg = config("linear_norm", C, &format!("INIT = \"{init}\"")).unwrap();
+        cfg.model.pretrain = "imagenet".into();
+        cfg.model.imagenet_weights = weights.display().to_string();
+        let built = load_model(&cfg, be).unwrap();
+        let left = &built.random_init;
+        assert_eq!(left.is_empty(), init == "identity", "{init}: {left:?}");
+        let counted = format!("({} left random)", left.len());
+        assert!(built.note.contains(&counted), "{init}: {}", built.note);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Correlated descriptors with a common offset: `z A + mu` with `z` standard normal-ish.
 fn correlated(rng: &mut Rng, n: usize, c: usize) -> Vec<f32> {
     let k = c / 2;

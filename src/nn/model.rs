@@ -61,10 +61,13 @@ pub fn load_model(m: &Model, seed: u64, precision: DType, be: &dyn Backend) -> R
     let mut net = RetrievalNet::new(be, &mut rng, backbone, kind, m.head.out_dim)?;
     net.set_bn_ghost_groups(m.bn_ghost_groups);
     net.set_precision(precision)?;
-    let (note, random_init) = match m.pretrain.as_str() {
+    // What the weights files gave; whether to count the tensors left random in the note
+    // (counted below, after the head's initialisation, so the note and the run's summary of
+    // what stayed random agree).
+    let (note, count_random, random_init) = match m.pretrain.as_str() {
         "random" => {
             let all = net.params().iter().map(|p| p.name.clone()).collect();
-            ("random initialisation (seeded)".to_string(), all)
+            ("random initialisation (seeded)".to_string(), false, all)
         }
         "imagenet" => {
             if m.imagenet_weights.is_empty() {
@@ -76,12 +79,11 @@ pub fn load_model(m: &Model, seed: u64, precision: DType, be: &dyn Backend) -> R
             let r = load_into(&mut net, be, &t, &LoadOptions::backbone())
                 .with_context(|| format!("loading {}", p.display()))?;
             let note = format!(
-                "ImageNet backbone from {}: {} tensors ({} left random)",
+                "ImageNet backbone from {}: {} tensors",
                 p.display(),
-                r.loaded.len(),
-                r.missing.len()
+                r.loaded.len()
             );
-            (note, r.missing)
+            (note, true, r.missing)
         }
         path => {
             let p = Path::new(path);
@@ -96,27 +98,34 @@ pub fn load_model(m: &Model, seed: u64, precision: DType, be: &dyn Backend) -> R
                 eprintln!("note: {}: {r}", p.display());
             }
             let note = format!("previous stage {}: {} tensors", p.display(), r.loaded.len());
-            (note, r.missing)
+            (note, false, r.missing)
         }
     };
     net.set_bn_frozen(m.backbone.freeze_bn);
     if m.backbone.frozen {
         net.freeze_backbone();
     }
-    let (note, random_init) = if random_init.iter().any(|n| n == "head.fc.weight") {
+    let (head, random_init) = if random_init.iter().any(|n| n == "head.fc.weight") {
         match init_head(m, &mut net, be)? {
             Some(how) => {
                 let left = random_init
                     .into_iter()
                     .filter(|n| !n.starts_with("head.fc."))
                     .collect();
-                (format!("{note}; {how}"), left)
+                (Some(how), left)
             }
-            None => (note, random_init),
+            None => (None, random_init),
         }
     } else {
-        (note, random_init)
+        (None, random_init)
     };
+    let mut note = note;
+    if count_random {
+        note = format!("{note} ({} left random)", random_init.len());
+    }
+    if let Some(how) = head {
+        note = format!("{note}; {how}");
+    }
     Ok(Built {
         net,
         note,
