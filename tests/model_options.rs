@@ -3,10 +3,10 @@
 //! naming the key and the fix) and `MODEL.BACKBONE.FREEZE_BN`.
 
 use insclr::io::npy::{self, Array};
+use insclr::nn::model::Built;
 use insclr::nn::DescriptorNet;
 use insclr::rng::Rng;
 use insclr::train::config::Config;
-use insclr::train::stage::load_model;
 use std::path::PathBuf;
 
 /// A `resnet-custom` with base width 4: 128 GeM channels.
@@ -42,6 +42,12 @@ fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("insclr-head-init-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The stage model of `cfg`: [`insclr::nn::model::load_model`] with the config's seed and
+/// precision, as training builds it.
+fn load_model(cfg: &Config, be: &dyn insclr::backend::Backend) -> anyhow::Result<Built> {
+    insclr::nn::model::load_model(&cfg.model, cfg.seed, cfg.precision(), be)
 }
 
 /// L2 normalisation as the backend computes it (f64 sum, one f32 reciprocal).
@@ -82,6 +88,36 @@ fn identity_head_returns_the_l2_normalised_gem_descriptor() {
             assert!(err <= tol, "{head} row {i}: max error {err:e}");
         }
     }
+}
+
+/// An ImageNet start whose head `MODEL.HEAD.INIT` then sets: the note's count of tensors left
+/// random is the one after the head's initialisation, the same list the run's summary prints
+/// (issue 28: "1 left random", then "left at random initialisation: none").
+#[test]
+fn the_note_counts_the_tensors_the_head_initialisation_left_random() {
+    let be = insclr::backend::cpu();
+    let dir = tmpdir("note");
+    let net = load_model(&config("linear_norm", C, "").unwrap(), be)
+        .unwrap()
+        .net;
+    let backbone: Vec<_> = insclr::nn::weights::export(&net, be)
+        .unwrap()
+        .into_iter()
+        .filter(|t| !t.name.starts_with("head."))
+        .collect();
+    let weights = dir.join("backbone.safetensors");
+    insclr::io::safetensors::write(&weights, &backbone, None).unwrap();
+    for init in ["identity", "random"] {
+        let mut cfg = config("linear_norm", C, &format!("INIT = \"{init}\"")).unwrap();
+        cfg.model.pretrain = "imagenet".into();
+        cfg.model.imagenet_weights = weights.display().to_string();
+        let built = load_model(&cfg, be).unwrap();
+        let left = &built.random_init;
+        assert_eq!(left.is_empty(), init == "identity", "{init}: {left:?}");
+        let counted = format!("({} left random)", left.len());
+        assert!(built.note.contains(&counted), "{init}: {}", built.note);
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Correlated descriptors with a common offset: `z A + mu` with `z` standard normal-ish.

@@ -230,7 +230,8 @@ fn stage_is_deterministic_and_resumable(v2: bool) {
     // Training moved the weights away from the seeded initialisation.
     let init = {
         let cfg = config(&dir, &pool, "x", v2, 4);
-        let (net, _) = insclr::train::stage::build_model(&cfg, be).unwrap();
+        let (net, _) =
+            insclr::nn::model::build_model(&cfg.model, cfg.seed, cfg.precision(), be).unwrap();
         insclr::nn::weights::export(&net, be).unwrap()
     };
     let moved = init

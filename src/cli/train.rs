@@ -70,7 +70,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
 /// "3 tensors: a, b, c" with at most `max` names, then how many more.
 fn name_list(names: &[String], max: usize) -> String {
     if names.is_empty() {
-        return "none (every tensor came from a weights file)".to_string();
+        return "none (every tensor came from a weights file or MODEL.HEAD.INIT)".to_string();
     }
     let mut s = format!(
         "{} tensor(s): {}",

@@ -1,6 +1,7 @@
 //! Getting images into tensors: listing a dataset, decoding, the evaluators' geometry and
 //! normalisation.
 
+pub mod dataset;
 pub mod gldv2;
 pub mod image;
 

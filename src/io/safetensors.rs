@@ -202,6 +202,34 @@ pub fn read(path: &Path) -> Result<Vec<Tensor>> {
     from_bytes(&bytes).with_context(|| format!("{}", path.display()))
 }
 
+/// The metadata of a `.safetensors` file, read from its header only (checkpoints are large).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let bad = |why: &str| anyhow!("{}: not a safetensors file ({why})", path.display());
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad("shorter than 8 bytes"))?;
+    let n = u64::from_le_bytes(n);
+    // safetensors caps its header at 100 MB.
+    if n > 100_000_000 {
+        return Err(bad("header larger than 100 MB"));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| bad("truncated header"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|_| bad("header is not JSON"))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -616,9 +616,9 @@ fn run_step(
         Kind::Model => {
             let cfg = plan.stage_config(1)?;
             let (be, _) = backend::select_f32(device, &Op::ALL)?;
-            let built = train::stage::load_model(&cfg, be.as_ref())?;
+            let built = crate::nn::model::load_model(&cfg.model, cfg.seed, cfg.precision(), be.as_ref())?;
             eprintln!("pipeline: starting model: {}", built.note);
-            let meta = crate::nn::meta::ModelMeta::of_training(&cfg, &built.net, false);
+            let meta = cfg.model_meta(&built.net, false);
             let tensors = crate::nn::weights::export(&built.net, be.as_ref())?;
             crate::io::safetensors::write(&plan.model(0), &tensors, Some(meta.to_map()))?;
             Ok(vec![plan.model(0)])
@@ -895,13 +895,13 @@ fn write_plot(plan: &Plan, path: &Path) -> Result<()> {
     let mut ends = vec![0.0];
     let mut offset = 0.0;
     for k in 1..=plan.stage.len() {
-        let rows = train::stage::read_log(&plan.dir(k).join("train"))?;
+        let rows = train::log::read_log(&plan.dir(k).join("train"))?;
         let last = rows.last().and_then(|r| r["step"].as_f64()).unwrap_or(0.0);
         runs.push((offset, rows));
         offset += last;
         ends.push(offset);
     }
-    let mut panels = train::stage::log_panels(&runs);
+    let mut panels = train::log::log_panels(&runs);
     if plan.eval.is_some() {
         let mut label = String::new();
         let mut points = Vec::new();

@@ -220,6 +220,32 @@ impl CandidatePool {
         Ok(out)
     }
 
+    /// This pool with the images `bad` marks removed from every row (training's images that
+    /// did not decode): the row is shifted left and padded with the image itself at
+    /// [`NO_NEIGHBOR`], below every threshold, so a removed image never enters a tuple or
+    /// mining. The pool itself when nothing is removed.
+    pub fn without(&self, bad: &[bool]) -> CandidatePool {
+        if !bad.iter().any(|&b| b) {
+            return self.clone();
+        }
+        let mut out = self.clone();
+        for i in 0..self.n {
+            let row: Vec<(u32, f32)> = self
+                .neighbors(i)
+                .iter()
+                .zip(self.similarities(i))
+                .filter(|(&j, _)| !bad[j as usize])
+                .map(|(&j, &s)| (j, s))
+                .collect();
+            for c in 0..self.k {
+                let (j, s) = row.get(c).copied().unwrap_or((i as u32, NO_NEIGHBOR));
+                out.neighbor[i * self.k + c] = j;
+                out.similarity[i * self.k + c] = s;
+            }
+        }
+        out
+    }
+
     /// Neighbours of `i`, best first.
     pub fn neighbors(&self, i: usize) -> &[u32] {
         &self.neighbor[i * self.k..(i + 1) * self.k]
@@ -319,6 +345,23 @@ mod tests {
         assert_eq!(p.neighbors(3), [2, 0]);
         assert!(sub.spread(&[0, 2], 4).is_err());
         assert!(sub.spread(&[0, 2, 4], 4).is_err());
+    }
+
+    #[test]
+    fn removed_images_leave_every_row_and_pad_it_with_the_image_itself() {
+        let pool = CandidatePool {
+            n: 3,
+            k: 2,
+            neighbor: vec![1, 2, 0, 2, 1, 0],
+            similarity: vec![0.9, 0.5, 0.9, 0.4, 0.4, 0.5],
+        };
+        assert_eq!(pool.without(&[false; 3]), pool);
+        let p = pool.without(&[false, true, false]);
+        assert_eq!(p.neighbors(0), [2, 0]);
+        assert_eq!(p.similarities(0), [0.5, NO_NEIGHBOR]);
+        assert_eq!(p.neighbors(1), [0, 2], "a removed image's own row is kept");
+        assert_eq!(p.neighbors(2), [0, 2]);
+        assert_eq!(p.similarities(2), [0.5, NO_NEIGHBOR]);
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl ModelMeta {
         if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
             return Ok(ModelMeta::default());
         }
-        let m = crate::train::checkpoint::read_metadata(path)?;
+        let m = crate::io::safetensors::read_metadata(path)?;
         ModelMeta::from_map(&m).with_context(|| format!("metadata of {}", path.display()))
     }
 }

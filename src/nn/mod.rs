@@ -9,12 +9,14 @@
 pub mod act;
 pub mod backbone;
 pub mod batchnorm;
+pub mod config;
 pub mod conv;
 pub mod efficientnet;
 pub mod head;
 pub mod head_init;
 pub mod linear;
 pub mod meta;
+pub mod model;
 pub mod net;
 pub mod pool;
 pub mod resnet;

@@ -516,7 +516,7 @@ fn inspector(s: &mut String, p: &Page) -> Result<()> {
             if d.mined.is_empty() {
                 s.push_str("<span class=\"meta\">none</span>");
             }
-            let _ = writeln!(s, "</div>\n<h4>hard negatives in the memory sample (its own, first {})</h4><div class=\"row\">", crate::train::stage::TRACED_HARD);
+            let _ = writeln!(s, "</div>\n<h4>hard negatives in the memory sample (its own, first {})</h4><div class=\"row\">", crate::train::step::TRACED_HARD);
             for &j in &d.hard {
                 let m = mark(j);
                 let c = row.iter().position(|&x| x as usize == j).unwrap_or(0);

@@ -9,7 +9,8 @@
 //! (see [`super::run_dir`]) under [`RUN_KEY`], so `--resume` can tell whose checkpoint it is.
 //!
 //! The random state needs no tensor: every random stream of step `t` is derived from
-//! `(seed, t)` (see `stage`), and the sampler is replayed, so `(seed, step)` restores it.
+//! `(seed, t)` (see [`super::streams`]), and the sampler is replayed, so `(seed, step)`
+//! restores it.
 
 use super::optim::{Optimizer, Rule};
 use crate::backend::{Backend, DType};
@@ -21,6 +22,9 @@ use crate::nn::Module;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// A `.safetensors` file's metadata, read from its header only (checkpoints are large).
+pub use crate::io::safetensors::read_metadata;
 
 const PREFIX: &str = "checkpoint_";
 const OPT: &str = "optimizer.";
@@ -44,34 +48,6 @@ pub fn memory_step(name: &str) -> Option<usize> {
         .strip_suffix(".memory.npz")?
         .parse()
         .ok()
-}
-
-/// The metadata of a `.safetensors` file, read from its header only (checkpoints are large).
-pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    use std::io::Read;
-    let bad = |why: &str| anyhow!("{}: not a safetensors file ({why})", path.display());
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)
-        .map_err(|_| bad("shorter than 8 bytes"))?;
-    let n = u64::from_le_bytes(n);
-    // safetensors caps its header at 100 MB.
-    if n > 100_000_000 {
-        return Err(bad("header larger than 100 MB"));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header)
-        .map_err(|_| bad("truncated header"))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|_| bad("header is not JSON"))?;
-    Ok(v.get("__metadata__")
-        .and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 /// What a checkpoint restores besides the model and optimiser.

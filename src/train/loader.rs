@@ -5,7 +5,8 @@
 
 use super::augment::{resize_exact, to_tensor, train_view};
 use super::config::Config;
-use super::stage::{stream, Dataset};
+use super::streams::stream;
+use crate::data::dataset::Dataset;
 use crate::data::image::Chw;
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;

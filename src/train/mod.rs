@@ -1,16 +1,23 @@
 //! One InsCLR training stage on any backend: the config ([`config`]), the augmentations
-//! ([`augment`]), the optimiser and schedule ([`optim`]), resumable checkpoints
-//! ([`checkpoint`]), the run directory's ownership ([`run_dir`]) and the loop itself
-//! ([`stage`]).
+//! ([`augment`]), the random streams ([`streams`]), the loader ([`loader`]), the optimiser and
+//! schedule ([`optim`]), the stage's state ([`stage`]), the step in the paper's order
+//! ([`step`]), the run loop around it ([`run`](mod@run)) and its logs ([`log`]), resumable checkpoints
+//! ([`checkpoint`]) and the run directory's ownership ([`run_dir`]).
 
 pub mod augment;
 pub mod checkpoint;
 pub mod config;
 pub mod loader;
+pub mod log;
 pub mod memory;
 pub mod optim;
+pub mod run;
 pub mod run_dir;
 pub mod stage;
+pub mod step;
+pub mod streams;
 
 pub use config::Config;
-pub use stage::{run, Decision, RunOptions, Stage, StepLog, Summary};
+pub use run::{run, RunOptions, Summary};
+pub use stage::Stage;
+pub use step::{Decision, StepLog};

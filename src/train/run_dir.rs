@@ -436,7 +436,7 @@ fn legacy_entries(out: &Path) -> BTreeSet<String> {
         "model_final.safetensors",
         "report.html",
         "report.json",
-        super::stage::DECISIONS_FILE,
+        super::log::DECISIONS_FILE,
     ];
     let mut v: BTreeSet<String> = known
         .iter()
