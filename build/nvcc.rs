@@ -203,7 +203,7 @@ pub fn write_embed(out_dir: &Path, compiled: &[Compiled], archs: &[String]) {
     writeln!(rs, "pub const PTX_ARCH: &str = {:?};", ptx_arch(archs)).unwrap();
     writeln!(
         rs,
-        "/// (family, fatbin) for every kernels/<family>.cu that compiled."
+        "/// (family, fatbin) for every `kernels/<family>.cu` that compiled."
     )
     .unwrap();
     writeln!(rs, "pub const FATBINS: &[(&str, &[u8])] = &[").unwrap();

@@ -2,7 +2,7 @@
 //! candidate pool (`mining::pool`) and retrieval ranking (`eval::rank`).
 //!
 //! Queries are scored against the database one `query_block x db_tile` block at a time by the
-//! backend's streamed search ([`Backend::knn`]: our GEMM and a running top-k per query on CUDA,
+//! backend's streamed search (`Backend::knn`: our GEMM and a running top-k per query on CUDA,
 //! the CPU GEMM and a heap per query on the CPU). Per query only a running top-k survives a
 //! block, so memory is O(query_block * db_tile + nq * k) beyond the uploaded descriptors: the
 //! `nq x ndb` score matrix never exists. Order is deterministic: score descending, then
@@ -187,7 +187,7 @@ pub fn for_each_tile(
 /// The `k` highest-scoring database rows of every query, best first (score desc, index asc),
 /// skipping the rows `exclude` names. `k` is capped by the candidates each query has (`ndb`,
 /// or `ndb - 1` with an exclusion). The database is uploaded once; each block of
-/// `tiling.query_block` queries is one [`Backend::knn`] call (streamed over `tiling.db_tile`
+/// `tiling.query_block` queries is one `Backend::knn` call (streamed over `tiling.db_tile`
 /// database rows at a time), after which `progress` is told how many queries it finished.
 pub fn top_k(
     be: &dyn Backend,

@@ -10,7 +10,7 @@
 //!
 //! A buffer carries its element type ([`DType`]); the CUDA backend launches the kernel named
 //! `<op>_<dtype>` (e.g. `gem_fwd_f32`). What a backend lacks is known before a run:
-//! [`Backend::supports`] answers per op and dtype, and [`select`] refuses (or, for `auto`, passes
+//! [`Backend::supports`] answers per op and dtype, and [`select()`] refuses (or, for `auto`, passes
 //! over) a device that lacks an op a command needs.
 //!
 //! Gradient convention (as in llm.c): activation gradients are written with `=`; parameter
@@ -565,7 +565,7 @@ impl dyn Backend + '_ {
         Ok(())
     }
 
-    /// A zeroed device buffer that [`view`](Self::view)s share: the parameter arena. The CPU
+    /// A zeroed device buffer that `view`s share: the parameter arena. The CPU
     /// backend keeps its tensors apart (its optimiser loops over them in place) and has none.
     pub fn arena(&self, dtype: DType, len: usize) -> Result<Buf> {
         let b = self.zeros(dtype, len)?;
@@ -766,7 +766,7 @@ pub fn f32_needs(ops: &[Op]) -> Vec<(Op, DType)> {
     ops.iter().map(|&o| (o, o.dtype_in(DType::F32))).collect()
 }
 
-/// [`select`] for a command computing in f32 (the common case).
+/// [`select()`] for a command computing in f32 (the common case).
 pub fn select_f32(choice: DeviceChoice, ops: &[Op]) -> Result<(Box<dyn Backend>, String)> {
     select(choice, &f32_needs(ops))
 }

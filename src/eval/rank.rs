@@ -1,6 +1,6 @@
 //! Retrieval ranking by dot-product similarity, on the streaming search of [`crate::knn`]:
 //! the database is visited in tiles, each `queries x tile` score block is one
-//! [`Backend::matmul`], and only per-query state survives a tile (a top-k, or counters). No
+//! `Backend::matmul`, and only per-query state survives a tile (a top-k, or counters). No
 //! `N_q x N_db` matrix is ever held, so a million-image database ranks in the memory of one tile.
 //!
 //! Ties are broken by the lower database index (the original sorts with numpy's unstable

@@ -454,7 +454,7 @@ pub(crate) fn check_zip_end<R: Read + std::io::Seek>(r: &mut R, name: &str) -> R
     Ok(())
 }
 
-/// Reads array `key` from an `.npz` archive (stored or deflated, as numpy.savez[_compressed]).
+/// Reads array `key` from an `.npz` archive (stored or deflated, as `numpy.savez[_compressed]`).
 pub fn read_npz<T: NpyElem>(path: &Path, key: &str) -> Result<Array<T>> {
     let name = path.display().to_string();
     let f = File::open(path).with_context(|| format!("opening {name}"))?;

@@ -616,7 +616,8 @@ fn run_step(
         Kind::Model => {
             let cfg = plan.stage_config(1)?;
             let (be, _) = backend::select_f32(device, &Op::ALL)?;
-            let built = crate::nn::model::load_model(&cfg.model, cfg.seed, cfg.precision(), be.as_ref())?;
+            let built =
+                crate::nn::model::load_model(&cfg.model, cfg.seed, cfg.precision(), be.as_ref())?;
             eprintln!("pipeline: starting model: {}", built.note);
             let meta = cfg.model_meta(&built.net, false);
             let tensors = crate::nn::weights::export(&built.net, be.as_ref())?;

@@ -23,7 +23,7 @@ pub struct TrainOptions {
     pub quiet: bool,
 }
 
-/// Reads the config, picks the backend it needs and runs the stage ([`train::run`]).
+/// Reads the config, picks the backend it needs and runs the stage ([`train::run()`]).
 ///
 /// ```
 /// # fn main() -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! Layers with hand-written forward and backward on the [`Backend`](crate::backend::Backend),
+//! Layers with hand-written forward and backward on the [`Backend`],
 //! the backbones built from them, and weight import / export.
 //!
 //! Conventions (llm.c style): a layer owns its output `y` and its input gradient `dx`, sized on
