@@ -32,13 +32,14 @@ pub struct TrainOptions {
 /// let dir = std::env::temp_dir().join(format!("insclr-doc-train-{}", std::process::id()));
 /// std::fs::create_dir_all(&dir)?;
 /// // The candidate pool of the training images, from their tiny-gem descriptors.
-/// let images = "tests/data/gldv2/train";
+/// let images = std::fs::canonicalize("tests/data/gldv2/train")?;
 /// let describe = DescribeOptions { img_size: 64, quiet: true, ..Default::default() };
 /// let out = dir.join("feats.npy");
-/// extract(&ExtractOptions { images: images.into(), out, describe, ..Default::default() }, cpu)?;
+/// extract(&ExtractOptions { images: images.clone(), out, describe, ..Default::default() }, cpu)?;
 /// let (feats, out) = (dir.join("feats.npy"), dir.join("pool.npz"));
 /// pool(&PoolOptions { feats, k: 3, out, ..Default::default() }, cpu)?;
-/// // A tiny stage: a 4-stage ResNet 4 channels wide at 32 px, two steps of XBM v1.
+/// // A tiny stage: a 4-stage ResNet 4 channels wide at 32 px, two steps of XBM v1 (paths in
+/// // a config are relative to its folder: absolute ones here).
 /// let config = format!(
 ///     "OUTPUT_DIR = {out:?}\nSEED = 3\n[DATA]\nROOT = {images:?}\n\
 ///      [INPUT]\nTRAIN_IMG_SIZE = [32, 32]\nNOAUG_IMG_SIZE = [32, 32]\n\
@@ -48,6 +49,7 @@ pub struct TrainOptions {
 ///      [NEIGHBOR]\nSRC = {pool:?}\nK = 2\n\
 ///      [XBM]\nENABLE = true\nVERSION = \"v1\"\nFEATURE_DIM = 8\n\
 ///      SIZE = 0\nSTART_STEP = 0\nGET_STEP = 1\nGET_SIZE = 4\nPOTENTIAL_POSITIVE = 2\n",
+///     images = images.display().to_string(),
 ///     out = dir.join("run").display().to_string(),
 ///     pool = dir.join("pool.npz").display().to_string(),
 /// );
