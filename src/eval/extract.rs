@@ -236,7 +236,8 @@ pub fn check_images(
 
 /// The warning for a collection whose images keep very different sizes after the thumbnail
 /// (it only downscales): when the largest longest side is over twice the smallest, the same
-/// object is described at different scales in different images. `None` when they are close.
+/// object is described at different scales in different images. A note when the small images
+/// are a minority (crops, thumbnails); `None` when the sizes are close.
 pub fn scale_spread_warning(sides: &[usize], img_size: u32) -> Option<String> {
     let (&min, &max) = (sides.iter().min()?, sides.iter().max()?);
     if max <= 2 * min {
@@ -244,15 +245,17 @@ pub fn scale_spread_warning(sides: &[usize], img_size: u32) -> Option<String> {
     }
     let small = sides.iter().filter(|&&s| s <= 2 * min).count();
     let large = sides.len() - small;
-    // With most images far larger, shrinking them all to the smallest would lose more than it
-    // gains (the demo's 15% crops are such a minority): say so instead of advising it.
-    let advice = if small >= large {
-        format!("use --img-size {min} (or smaller) to bring every image to one size")
-    } else {
-        format!("the small ones are a minority (crops or thumbnails?), so --img-size {min} would shrink the other {large} as well: leave it unless they must match at one scale")
-    };
+    if small < large {
+        // A minority of small images (the demo's 15% crops): shrinking every image to their
+        // size would lose more than it gains, so this is a note, not advice to do so.
+        return Some(format!(
+            "note: {small} of {} image(s) are described at a smaller scale than the rest: after the {img_size} px thumbnail their longest sides are {min} to {} px, the others' up to {max} px (the thumbnail only downscales). Expected for crops and thumbnails; otherwise describe them apart, or every image at --img-size {min}",
+            sides.len(),
+            2 * min
+        ));
+    }
     Some(format!(
-        "warning: images are described at different scales: after the {img_size} px thumbnail their longest sides range from {min} to {max} px ({small} of {} image(s) within 2x of the smallest, {large} larger). The thumbnail only downscales, so smaller images keep their size; {advice}",
+        "warning: images are described at different scales: after the {img_size} px thumbnail their longest sides range from {min} to {max} px ({small} of {} image(s) within 2x of the smallest, {large} larger). The thumbnail only downscales, so smaller images keep their size; use --img-size {min} (or smaller) to bring every image to one size",
         sides.len(),
     ))
 }
@@ -740,15 +743,11 @@ mod tests {
             "{w}"
         );
         assert!(w.contains("use --img-size 300"), "{w}");
+        // A minority of small images is a note, not advice to shrink the rest.
         let w = scale_spread_warning(&[28, 512, 512, 400], 512).unwrap();
-        assert!(
-            w.contains("1 of 4 image(s) within 2x of the smallest, 3 larger"),
-            "{w}"
-        );
-        assert!(
-            w.contains("a minority") && !w.contains("use --img-size"),
-            "{w}"
-        );
+        assert!(w.starts_with("note: 1 of 4 image(s)"), "{w}");
+        assert!(w.contains("28 to 56 px, the others' up to 512 px"), "{w}");
+        assert!(!w.contains("use --img-size"), "{w}");
     }
 
     #[test]
