@@ -1,8 +1,9 @@
 //! The jobs: what the command line runs, as functions a Rust program calls. Each takes a plain
-//! options struct (its fields are the command's flags, its `Default` the command's defaults)
-//! and where the ops run, does its work with the same checks, progress bars and atomic writes
-//! as the command, and returns what it made; `insclr-cu` only parses flags into these structs
-//! and prints the reports. Errors name the command's flags, as the options mirror them.
+//! options struct (its fields are the command's flags, its `Default`, or `EvalOptions::new`,
+//! the command's defaults) and where the ops run, does its work with the same checks, progress
+//! bars and atomic writes as the command, and returns what it made; `insclr-cu` only parses
+//! flags into these structs and prints the reports. Errors name the command's flags, as the
+//! options mirror them.
 //!
 //! | job | function | command |
 //! | --- | --- | --- |

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Which plan to run, and how.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PipelineOptions {
     /// The plan (TOML: `OUTPUT_DIR`, `[DATA]`, `[POOL]`, `[EVAL]`, `[[STAGE]]`; see
     /// configs/demo-pipeline.toml). Started again with the same plan, it continues.
@@ -49,9 +49,21 @@ pub struct PipelineOptions {
     pub precision: Option<String>,
     /// Replaces the plan's OUTPUT_DIR (relative to the current folder, as a flag's paths are).
     pub output_dir: Option<String>,
-    /// Longest side a scaled image may have when describing images; 0: the default
-    /// ([`crate::eval::extract::MAX_SIDE`]).
+    /// Longest side a scaled image may have when describing images.
     pub max_side: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            config: PathBuf::new(),
+            overwrite: false,
+            quiet: false,
+            precision: None,
+            output_dir: None,
+            max_side: crate::eval::extract::MAX_SIDE,
+        }
+    }
 }
 
 /// What a finished [`pipeline`] made.
@@ -824,11 +836,7 @@ pub fn pipeline(opts: &PipelineOptions, device: DeviceChoice) -> Result<Pipeline
     }
     check_outputs(&inputs, &outputs)?;
     let (mut state, mut dir) = open_state(&plan, &inputs, opts.overwrite)?;
-    let mut opts = opts.clone();
-    if opts.max_side == 0 {
-        opts.max_side = crate::eval::extract::MAX_SIDE;
-    }
-    let r = run_steps(&plan, &steps, &mut state, &mut dir, &inputs, device, &opts);
+    let r = run_steps(&plan, &steps, &mut state, &mut dir, &inputs, device, opts);
     if r.is_err() {
         dir.undo(&state);
     }

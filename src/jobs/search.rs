@@ -29,6 +29,20 @@ pub struct SearchOptions {
     pub html: Option<PathBuf>,
 }
 
+impl Default for SearchOptions {
+    /// The command line's defaults: 10 results per query, described as `extract` describes.
+    fn default() -> Self {
+        SearchOptions {
+            index: PathBuf::new(),
+            images: PathBuf::new(),
+            queries: Vec::new(),
+            k: 10,
+            describe: DescribeOptions::default(),
+            html: None,
+        }
+    }
+}
+
 /// What [`search`] found.
 #[derive(Clone, Debug)]
 pub struct SearchReport {
