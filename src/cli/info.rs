@@ -3,9 +3,6 @@
 
 use anyhow::Result;
 use insclr::backend::{self, cuda, Backend, CudaBackend, DType, DeviceChoice, Op};
-use insclr::nn::head::HeadKind;
-use insclr::nn::{count_trainable, Arch, Module, RetrievalNet};
-use insclr::rng::Rng;
 
 /// Arguments of `insclr-cu info`.
 #[derive(clap::Args)]
@@ -127,37 +124,24 @@ fn device_name(d: DeviceChoice) -> &'static str {
     }
 }
 
-/// Builds the network on the CPU with random weights and prints its layers and sizes.
+/// The network's layers and sizes ([`insclr::nn::model::summary`]).
 fn model_summary(model: &str, head: &str, dim: Option<usize>) -> Result<()> {
-    let arch = Arch::parse(model)?;
-    let kind = HeadKind::parse(head)?;
-    let be = insclr::backend::cpu();
-    let mut rng = Rng::new(0);
-    let backbone = arch.build(be, &mut rng, false)?;
-    let c = backbone.out_channels();
-    let bb_params = count_trainable(&*backbone);
-    let net = RetrievalNet::new(be, &mut rng, backbone, kind, dim.unwrap_or(c))?;
-    println!("model: {} + GeM + {head}", net.backbone.name());
-    for line in net.summary() {
+    let s = insclr::nn::model::summary(model, head, dim)?;
+    println!("model: {}", s.name);
+    for line in &s.layers {
         println!("  {line}");
     }
-    let tensors = net.params();
-    let running: usize = tensors
-        .iter()
-        .filter(|p| !p.kind.trainable())
-        .map(|p| p.numel())
-        .sum();
     println!(
         "parameters: {} trainable ({} backbone, {} head) in {} tensors, plus {} BatchNorm running statistics",
-        count_trainable(&net),
-        bb_params,
-        count_trainable(&net) - bb_params,
-        tensors.iter().filter(|p| p.kind.trainable()).count(),
-        running
+        s.trainable,
+        s.backbone_trainable,
+        s.trainable - s.backbone_trainable,
+        s.tensors,
+        s.running
     );
     println!(
-        "backbone output: {c} channels at stride 32; descriptor dim: {}",
-        net.head.out_dim()
+        "backbone output: {} channels at stride 32; descriptor dim: {}",
+        s.channels, s.dim
     );
     Ok(())
 }

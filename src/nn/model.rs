@@ -186,3 +186,64 @@ fn init_head(m: &Model, net: &mut RetrievalNet, be: &dyn Backend) -> Result<Opti
     net.head.set_fc(be, &init.0)?;
     Ok(Some(init.1))
 }
+
+/// What `insclr-cu info --model` prints of a retrieval network: its layers and sizes.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// "resnet101 + GeM + norm_linear_norm".
+    pub name: String,
+    /// One line per layer group.
+    pub layers: Vec<String>,
+    /// Trainable parameters: all, and the backbone's.
+    pub trainable: usize,
+    pub backbone_trainable: usize,
+    /// Trainable tensors, and BatchNorm's running statistics (elements).
+    pub tensors: usize,
+    pub running: usize,
+    /// The backbone's output channels and the descriptor's dimension.
+    pub channels: usize,
+    pub dim: usize,
+}
+
+/// The retrieval network of backbone `model` and head `head` (descriptor `dim`, default the
+/// backbone's channels), built on the CPU with seeded random weights, summarised.
+pub fn summary(model: &str, head: &str, dim: Option<usize>) -> Result<Summary> {
+    let arch = Arch::parse(model)?;
+    let kind = HeadKind::parse(head)?;
+    let be = crate::backend::cpu();
+    let mut rng = Rng::new(0);
+    let backbone = arch.build(be, &mut rng, false)?;
+    let channels = backbone.out_channels();
+    let backbone_trainable = super::count_trainable(&*backbone);
+    let net = RetrievalNet::new(be, &mut rng, backbone, kind, dim.unwrap_or(channels))?;
+    let tensors = net.params();
+    Ok(Summary {
+        name: format!("{} + GeM + {head}", net.backbone.name()),
+        layers: net.summary(),
+        trainable: super::count_trainable(&net),
+        backbone_trainable,
+        tensors: tensors.iter().filter(|p| p.kind.trainable()).count(),
+        running: tensors
+            .iter()
+            .filter(|p| !p.kind.trainable())
+            .map(|p| p.numel())
+            .sum(),
+        channels,
+        dim: net.head.out_dim(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_summary_counts_lite0s_parameters_by_part() {
+        let s = super::summary("efficientnet-lite0", "norm_linear_norm", None).unwrap();
+        assert_eq!(s.name, "efficientnet-lite0 + GeM + norm_linear_norm");
+        // The head is one 1280 x 1280 matrix without bias; the backbone is Lite0 without its
+        // 1000-class classifier (4.65M - 1.28M).
+        assert_eq!((s.channels, s.dim), (1280, 1280));
+        assert_eq!(s.trainable - s.backbone_trainable, 1280 * 1280);
+        assert_eq!((s.backbone_trainable, s.tensors), (3_371_008, 148));
+        assert!(super::summary("resnet7", "norm_linear_norm", None).is_err());
+    }
+}
