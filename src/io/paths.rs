@@ -34,44 +34,36 @@ pub fn resolve(p: &Path) -> Option<PathBuf> {
     }
 }
 
-/// `a/b/../c` -> `a/c` for the part of a path that does not exist yet (nothing to resolve).
+/// `a/b/../c` -> `a/c`, lexically (a linked folder before a `..` is not followed): for the part
+/// of a path that does not exist yet, and for a path read from a file. A leading `..` of a
+/// relative path stays; `/..` is `/`.
 fn lexical(p: &Path) -> PathBuf {
     use std::path::Component;
-    let mut out = PathBuf::new();
+    let mut parts: Vec<Component> = Vec::new();
     for c in p.components() {
         match c {
-            Component::ParentDir => {
-                out.pop();
-            }
             Component::CurDir => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A path `p` written in `file` (a pipeline plan, a stage config), as cargo and compose files
-/// read theirs: relative to `file`'s folder. Empty and absolute paths stay as they are;
-/// `configs/../data` is shortened to `data` (lexically: a linked folder before a `..` is not
-/// followed).
-pub fn beside(file: &Path, p: &str) -> String {
-    use std::path::Component;
-    if p.is_empty() || Path::new(p).is_absolute() {
-        return p.to_string();
-    }
-    let base = file.parent().unwrap_or(Path::new(""));
-    let joined = base.join(p);
-    let mut parts: Vec<Component> = Vec::new();
-    for c in joined.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(parts.last(), Some(Component::Normal(_))) => {
-                parts.pop();
-            }
+            Component::ParentDir => match parts.last() {
+                Some(Component::Normal(_)) => {
+                    parts.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => parts.push(c),
+            },
             c => parts.push(c),
         }
     }
-    let out: PathBuf = parts.iter().collect();
+    parts.iter().collect()
+}
+
+/// A path `p` written in `file` (a pipeline plan, a stage config), as cargo and compose files
+/// read theirs: relative to `file`'s folder, shortened lexically (`configs/../data` is `data`).
+/// Empty and absolute paths stay as they are.
+pub fn beside(file: &Path, p: &str) -> String {
+    if p.is_empty() || Path::new(p).is_absolute() {
+        return p.to_string();
+    }
+    let out = lexical(&file.parent().unwrap_or(Path::new("")).join(p));
     if out.as_os_str().is_empty() {
         ".".to_string()
     } else {

@@ -683,7 +683,7 @@ fn run_step(
             // are the training set's images in dataset order.
             let (at, all) = dataset_rows(plan, &feats_path.with_extension("txt"), n)?;
             let tile = crate::mining::pool::default_tile(n);
-            super::pool::check_pool_memory(n, plan.pool.k, tile, "f32")?;
+            super::pool::check_pool_memory(n, plan.pool.k, tile, DType::F32)?;
             let pool =
                 super::pool::compute(&feats.data, n, d, plan.pool.k, tile, DType::F32, device)?
                     .spread(&at, all)?;

@@ -73,12 +73,7 @@ pub fn pool(opts: &PoolOptions, device: DeviceChoice) -> Result<PoolReport> {
     let feats = npy::read::<f32>(&opts.feats)?;
     let (n, d) = feats.dims2(&opts.feats.display().to_string())?;
     let tile = opts.tile.unwrap_or_else(|| default_tile(n));
-    let precision = if opts.precision == DType::BF16 {
-        "bf16"
-    } else {
-        "f32"
-    };
-    check_pool_memory(n, opts.k, tile, precision)?;
+    check_pool_memory(n, opts.k, tile, opts.precision)?;
     let off = count_non_unit(&feats.data, d, 1e-3);
     if off > 0 {
         eprintln!(
@@ -102,7 +97,7 @@ pub fn pool(opts: &PoolOptions, device: DeviceChoice) -> Result<PoolReport> {
 /// Refuses a pool whose result and score blocks cannot fit in memory: `n x k` neighbours
 /// (i64) and similarities (f32), and a block of `tile x n` scores (with its top-k candidates),
 /// beside the descriptors already read.
-pub fn check_pool_memory(n: usize, k: usize, tile: usize, precision: &str) -> Result<()> {
+pub fn check_pool_memory(n: usize, k: usize, tile: usize, precision: DType) -> Result<()> {
     let (n, k, tile) = (n as f64, k.min(n.max(1)) as f64, tile as f64);
     let need = 12.0 * n * k + 4.0 * tile * n + 8.0 * tile * k;
     crate::io::check_memory(
@@ -123,10 +118,7 @@ pub fn compute(
     device: DeviceChoice,
 ) -> Result<CandidatePool> {
     let (be, chosen) = backend::select(device, &[(Op::Knn, dtype)])?;
-    let precision = if dtype == DType::BF16 { "bf16" } else { "f32" };
-    println!(
-        "pool: {n} descriptors of {d} ({precision}), k = {k}, tile = {tile}, backend {chosen}"
-    );
+    println!("pool: {n} descriptors of {d} ({dtype}), k = {k}, tile = {tile}, backend {chosen}");
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template(
