@@ -1,7 +1,7 @@
 //! insclr-cu: InsCLR image-retrieval training with hand-written CUDA kernels.
 //!
 //! Layers, from the bottom: `rng` -> [`backend`] (every op, on CPU or CUDA) -> `io` (files) /
-//! `data` (images) / [`knn`] (streaming exact top-k) -> `nn` (layers and backbones) -> `mining`
+//! `data` (images) / [`knn`] (streaming exact top-k) / [`dist`] (ranks and collectives) -> `nn` (layers and backbones) -> `mining`
 //! / `memory` / `loss` (the method) -> `train` / `eval` / `plan` (a step's launches, modelled)
 //! -> `report` -> [`jobs`] (what the command line runs, as functions: extract, pool, train,
 //! evaluate, search, pipeline, import weights); the binary's `cli` above them all.
@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod io;
 pub mod jobs;

@@ -792,7 +792,7 @@ fn no_file_of_src_depends_on_itself_through_others() {
 const LAYERS: &[&[&str]] = &[
     &["rng"],
     &["backend"],
-    &["io", "data", "knn"],
+    &["io", "data", "knn", "dist"],
     &["nn"],
     &["mining", "memory", "loss"],
     &["train", "eval", "plan"],

@@ -716,6 +716,15 @@ impl std::str::FromStr for DeviceChoice {
 /// An explicit device that lacks an op is an error naming the ops; `auto` passes over the GPU
 /// then, and says so.
 pub fn select(choice: DeviceChoice, needs: &[(Op, DType)]) -> Result<(Box<dyn Backend>, String)> {
+    select_on(choice, needs, 0)
+}
+
+/// [`select()`] with the GPU numbered `ordinal` (a rank's, [`crate::dist::launch`]).
+pub fn select_on(
+    choice: DeviceChoice,
+    needs: &[(Op, DType)],
+    ordinal: usize,
+) -> Result<(Box<dyn Backend>, String)> {
     let checked = |be: Box<dyn Backend>| -> Result<(Box<dyn Backend>, String)> {
         let missing = be.missing(needs);
         if !missing.is_empty() {
@@ -728,12 +737,12 @@ pub fn select(choice: DeviceChoice, needs: &[(Op, DType)]) -> Result<(Box<dyn Ba
         DeviceChoice::Cpu => checked(Box::new(CpuBackend::new())),
         DeviceChoice::Emu => checked(Box::new(CudaBackend::emu())),
         DeviceChoice::Cuda => checked(Box::new(
-            CudaBackend::new(0)
+            CudaBackend::new(ordinal)
                 .context("--device cuda (use --device auto or cpu without a GPU)")?,
         )),
         DeviceChoice::Auto => {
             let cpu = Box::new(CpuBackend::new());
-            match CudaBackend::new(0) {
+            match CudaBackend::new(ordinal) {
                 Ok(gpu) => {
                     let gpu: Box<dyn Backend> = Box::new(gpu);
                     let missing = gpu.missing(needs);

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use insclr::backend::DeviceChoice;
+use insclr::dist::launch;
 use insclr::jobs::{self, TrainOptions};
 use std::path::PathBuf;
 
@@ -27,10 +28,18 @@ pub struct Args {
     /// value is TOML, or a plain string). Recorded in run.json like the file's own keys.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Split every batch over N ranks: N GPUs with --device cuda (one process each), or N
+    /// threads with --device cpu / emu. Under a cluster launcher (srun, torchrun) leave it out:
+    /// RANK and WORLD_SIZE (or Slurm's variables) say it.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    gpus: usize,
 }
 
 /// Runs the stage and prints a summary.
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
+    if launch::needs_processes(args.gpus, device)? {
+        return launch::spawn_local(args.gpus);
+    }
     let s = jobs::train(
         &TrainOptions {
             config: args.config,
@@ -38,9 +47,13 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             resume: args.resume,
             overwrite: args.overwrite,
             quiet: args.quiet,
+            gpus: args.gpus,
         },
         device,
     )?;
+    if !launch::is_rank_zero()? {
+        return Ok(());
+    }
     let out = s
         .final_model
         .parent()

@@ -1,6 +1,7 @@
 //! Train a stage: one InsCLR training stage from a TOML config, resumable (`insclr-cu train`).
 
 use crate::backend::{self, DeviceChoice};
+use crate::dist;
 use crate::io::paths::Named;
 use crate::train::{self, Config, RunOptions, Summary};
 use anyhow::Result;
@@ -21,6 +22,9 @@ pub struct TrainOptions {
     pub overwrite: bool,
     /// No progress bar; a plain line every SOLVER.LOG_PERIOD steps instead.
     pub quiet: bool,
+    /// Ranks to split every batch over (0 or 1: one): GPUs with `--device cuda`, one process
+    /// each ([`crate::dist::launch`]), or threads of this process with `--device cpu` / `emu`.
+    pub gpus: usize,
 }
 
 /// Reads the config, picks the backend it needs and runs the stage ([`train::run()`]).
@@ -64,16 +68,18 @@ pub struct TrainOptions {
 /// ```
 pub fn train(opts: &TrainOptions, device: DeviceChoice) -> Result<Summary> {
     let cfg = Config::load_with(&opts.config, &opts.overrides)?;
-    let (be, chosen) = backend::select(device, &cfg.backend_needs())?;
-    eprintln!("train: backend {chosen}");
-    train::run(
-        cfg,
-        be.as_ref(),
-        &RunOptions {
-            resume: opts.resume,
-            overwrite: opts.overwrite,
-            quiet: opts.quiet,
-            inputs: vec![Named::new("--config", &opts.config)],
-        },
-    )
+    let run_opts = RunOptions {
+        resume: opts.resume,
+        overwrite: opts.overwrite,
+        quiet: opts.quiet,
+        inputs: vec![Named::new("--config", &opts.config)],
+    };
+    let needs = cfg.backend_needs();
+    dist::launch::on_ranks(opts.gpus, device, |comm, ordinal| {
+        let (be, chosen) = backend::select_on(device, &needs, ordinal)?;
+        if comm.rank() == 0 {
+            eprintln!("train: backend {chosen}{}", dist::launch::ranks_note(comm));
+        }
+        train::run_rank(cfg.clone(), be.as_ref(), comm, &run_opts)
+    })
 }

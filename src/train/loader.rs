@@ -46,11 +46,14 @@ pub struct Inputs {
     pub noaug: Option<Vec<Chw>>,
 }
 
-/// Augmented views of `idx`, image slot `p` drawing from stream `(seed, step, purpose, p)`.
+/// Augmented views of `idx`, the images at slots `first_slot..` of the step's batch: slot `p`
+/// draws from stream `(seed, step, purpose, p)`, so a rank loading a share of the batch
+/// ([`crate::dist::shard`]) draws what one rank loading all of it draws for those images.
 pub fn views(
     data: &Dataset,
     spec: &Spec,
     idx: &[usize],
+    first_slot: usize,
     step: usize,
     purpose: u64,
 ) -> Result<Vec<u8>> {
@@ -59,7 +62,7 @@ pub fn views(
     x.par_chunks_mut(3 * h * w)
         .zip(idx.par_iter().enumerate())
         .try_for_each(|(out, (p, &i))| -> Result<()> {
-            let mut rng = stream(spec.seed, step, purpose, p);
+            let mut rng = stream(spec.seed, step, purpose, first_slot + p);
             let img = data.image(i)?;
             let v = train_view(&img, [h, w], spec.scale, &mut rng);
             out.copy_from_slice(v.as_raw());
@@ -86,11 +89,12 @@ pub fn noaug(data: &Dataset, spec: &Spec, size: [usize; 2], idx: &[usize]) -> Re
         .collect()
 }
 
-/// Everything step `step` reads for the images `idx`.
+/// Everything step `step` reads for the images `idx` (at slots `first_slot..`).
 pub fn load(
     data: &Dataset,
     spec: &Spec,
     idx: &[usize],
+    first_slot: usize,
     step: usize,
     purpose: u64,
 ) -> Result<Inputs> {
@@ -99,14 +103,14 @@ pub fn load(
             .noaug_size
             .map(|size| noaug(data, spec, size, idx))
             .transpose()?,
-        views: views(data, spec, idx, step, purpose)?,
+        views: views(data, spec, idx, first_slot, step, purpose)?,
     })
 }
 
 /// The loader thread: it takes `(step, images)` in step order and hands back their inputs in
 /// the same order.
 pub struct Loader {
-    jobs: Option<Sender<(usize, Vec<usize>)>>,
+    jobs: Option<Sender<(usize, Vec<usize>, usize)>>,
     done: Receiver<(usize, Result<Inputs>)>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -120,13 +124,13 @@ impl Loader {
             .thread_name(|i| format!("insclr-loader-{i}"))
             .build()
             .context("starting the loader's threads")?;
-        let (jobs, todo) = channel::<(usize, Vec<usize>)>();
+        let (jobs, todo) = channel::<(usize, Vec<usize>, usize)>();
         let (give, done) = channel();
         let thread = std::thread::Builder::new()
             .name("insclr-loader".into())
             .spawn(move || {
-                for (step, idx) in todo {
-                    let r = pool.install(|| load(&data, &spec, &idx, step, purpose));
+                for (step, idx, first_slot) in todo {
+                    let r = pool.install(|| load(&data, &spec, &idx, first_slot, step, purpose));
                     if give.send((step, r)).is_err() {
                         break;
                     }
@@ -140,11 +144,11 @@ impl Loader {
         })
     }
 
-    /// Queues the inputs of `step`.
-    pub fn push(&self, step: usize, idx: Vec<usize>) -> Result<()> {
+    /// Queues the inputs of `step`: the images `idx` at slots `first_slot..` of its batch.
+    pub fn push(&self, step: usize, idx: Vec<usize>, first_slot: usize) -> Result<()> {
         self.jobs
             .as_ref()
-            .and_then(|j| j.send((step, idx)).ok())
+            .and_then(|j| j.send((step, idx, first_slot)).ok())
             .ok_or_else(|| anyhow!("the loader thread has stopped"))
     }
 

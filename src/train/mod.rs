@@ -18,6 +18,6 @@ pub mod step;
 pub mod streams;
 
 pub use config::Config;
-pub use run::{run, RunOptions, Summary};
+pub use run::{run, run_rank, RunOptions, Summary};
 pub use stage::Stage;
 pub use step::{Decision, StepLog};

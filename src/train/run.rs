@@ -11,6 +11,7 @@ use super::stage::Stage;
 use crate::backend::{Backend, DType};
 use crate::data::dataset::Dataset;
 use crate::data::image::Skipped;
+use crate::dist::{Collective, Solo};
 use crate::io::paths::{check_outputs, Named};
 use crate::mining::CandidatePool;
 use crate::nn::model::{load_model, Built};
@@ -58,12 +59,33 @@ pub struct Summary {
 /// before OUTPUT_DIR is touched, and a fresh run that fails before its first checkpoint
 /// removes what it wrote.
 pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> {
+    run_rank(cfg, be, &Solo, opts)
+}
+
+/// [`run`] as rank `comm.rank()` of a stage split over `comm.world()` ranks (every rank
+/// calls it with the same config): rank 0 checks and writes OUTPUT_DIR as [`run`] does, the
+/// others only train beside it ([`follow`]) and return its summary's counts. The run record
+/// holds the number of ranks, so `--resume` continues only with as many.
+pub fn run_rank(
+    cfg: Config,
+    be: &dyn Backend,
+    comm: &dyn Collective,
+    opts: &RunOptions,
+) -> Result<Summary> {
     let start = std::time::Instant::now();
     if cfg.output_dir.is_empty() {
         bail!("OUTPUT_DIR is empty: say where checkpoints and logs go");
     }
+    if comm.rank() != 0 {
+        return follow(cfg, be, comm, opts, start);
+    }
     let out = PathBuf::from(&cfg.output_dir);
-    let record = run_dir::RunRecord::new(&cfg)?;
+    let mut record = run_dir::RunRecord::new(&cfg)?;
+    if comm.world() > 1 {
+        record
+            .config
+            .insert(RANKS_KEY.to_string(), comm.world().into());
+    }
     let mut inputs = opts.inputs.clone();
     inputs.extend(run_dir::inputs(&cfg));
     let outputs: Vec<Named> = [
@@ -106,7 +128,7 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
     if cfg.test.test_period <= cfg.solver.max_step {
         eprintln!("note: periodic evaluation (TEST.TEST_PERIOD) is not run by train; evaluate checkpoints with `insclr-cu eval`");
     }
-    let mut stage = Stage::new(cfg, be, net, data, &pool)?;
+    let mut stage = Stage::new(cfg, be, comm, net, data, &pool)?;
     stage.run = Some(record.to_json()?);
     // Only now, with every setting and input checked, is OUTPUT_DIR locked and written.
     let mut dir = run_dir::prepare(&out, &record, opts.resume, opts.overwrite, &inputs)?;
@@ -151,6 +173,72 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
 /// The final model's file name in OUTPUT_DIR.
 pub const FINAL_MODEL: &str = "model_final.safetensors";
 
+/// The run record's entry for the number of ranks (only when more than one: a one-rank run's
+/// record is what it always was).
+pub const RANKS_KEY: &str = "RANKS (--gpus)";
+
+/// A rank other than 0: the same stage on its share of every batch, writing nothing. It
+/// starts when rank 0 has checked and prepared OUTPUT_DIR ([`start_together`]).
+fn follow(
+    cfg: Config,
+    be: &dyn Backend,
+    comm: &dyn Collective,
+    opts: &RunOptions,
+    start: std::time::Instant,
+) -> Result<Summary> {
+    let root = PathBuf::from(&cfg.data.root);
+    let list = (!cfg.data.train_filename.is_empty()).then(|| root.join(&cfg.data.train_filename));
+    let data = Dataset::open(&root, list.as_deref(), cfg.data.cache_images)?;
+    let n = data.len();
+    let pool = CandidatePool::load(Path::new(&cfg.neighbor.src), n).context("NEIGHBOR.SRC")?;
+    let built = load_model(&cfg.model, cfg.seed, cfg.precision(), be)?;
+    let skipped = data.skipped.len();
+    let final_model = Path::new(&cfg.output_dir).join(FINAL_MODEL);
+    let mut stage = Stage::new(cfg, be, comm, built.net, data, &pool)?;
+    let resumed_from = start_together(&mut stage, opts.resume)?;
+    if resumed_from.is_none() {
+        stage.init_banks(&mut |_| {})?;
+    }
+    let (mut first, mut last, mut ran) = (None, None, 0);
+    while stage.step < stage.cfg.solver.max_step {
+        let (l, _) = stage.step_once()?;
+        first.get_or_insert(l.loss);
+        last = Some(l.loss);
+        ran += 1;
+    }
+    Ok(Summary {
+        steps_run: ran,
+        resumed_from,
+        first_loss: first,
+        last_loss: last,
+        seconds: start.elapsed().as_secs_f64(),
+        final_model,
+        skipped,
+        random_init: if resumed_from.is_some() {
+            Vec::new()
+        } else {
+            built.random_init
+        },
+        removed: Vec::new(),
+    })
+}
+
+/// Where every rank starts: rank 0 arrives once OUTPUT_DIR is checked and prepared, then each
+/// rank resumes from the latest checkpoint (with `resume`), and all must have found the same.
+fn start_together(stage: &mut Stage, resume: bool) -> Result<Option<usize>> {
+    let comm = stage.comm;
+    comm.all_gather_bytes(&[])?;
+    let resumed = if resume { stage.resume()? } else { None };
+    if comm.world() > 1 {
+        let at = resumed.map_or(0, |s| s as u32 + 1);
+        let all = crate::dist::all_gather_u32(comm, &[at])?;
+        if all.iter().any(|&a| a != at) {
+            bail!("the ranks resumed from different checkpoints (step + 1 by rank, 0 for none: {all:?}); is OUTPUT_DIR on a folder every rank sees?");
+        }
+    }
+    Ok(resumed)
+}
+
 /// What [`steps`] did.
 struct Ran {
     resumed_from: Option<usize>,
@@ -184,7 +272,7 @@ fn steps(
     let quiet = opts.quiet;
     let log_path = out.join("log.jsonl");
     let decisions_path = out.join(DECISIONS_FILE);
-    let resumed_from = if opts.resume { stage.resume()? } else { None };
+    let resumed_from = start_together(stage, opts.resume)?;
     *saved = resumed_from.is_some();
     match resumed_from {
         Some(s) => {

@@ -15,6 +15,7 @@ use super::streams::{stream, AUG, INIT_AUG, TRACE};
 use crate::backend::Backend;
 use crate::data::dataset::Dataset;
 use crate::data::image::{resize_bilinear, Chw};
+use crate::dist::{all_gather_f32, shard, Collective};
 use crate::memory::IndexedBank;
 use crate::mining::{AnchorSampler, Batch, CandidatePool, MineConfig, Miner, Mode};
 use crate::nn::{DescriptorNet, Images, RetrievalNet};
@@ -53,6 +54,9 @@ fn traced_anchors(cfg: &Config, data: &Dataset, good: &[usize]) -> Result<Vec<bo
 pub struct Stage<'b> {
     pub cfg: Config,
     pub(super) be: &'b dyn Backend,
+    /// The ranks this stage is split over ([`crate::dist`]): each describes and
+    /// back-propagates its share of every batch, the rest is whole and the same on every rank.
+    pub(super) comm: &'b dyn Collective,
     pub net: RetrievalNet,
     pub opt: Optimizer,
     pub(super) sched: Schedule,
@@ -79,15 +83,24 @@ pub struct Stage<'b> {
 }
 
 impl<'b> Stage<'b> {
-    /// A fresh stage at step 0 (no bank initialisation yet; see [`Stage::init_banks`]).
+    /// A fresh stage at step 0 (no bank initialisation yet; see [`Stage::init_banks`]), as
+    /// rank `comm.rank()` of `comm.world()`.
     pub fn new(
         cfg: Config,
         be: &'b dyn Backend,
+        comm: &'b dyn Collective,
         net: RetrievalNet,
         data: Dataset,
         pool: &CandidatePool,
     ) -> Result<Stage<'b>> {
         let n = data.len();
+        let batch_rows = cfg.solver.ims_per_batch * (1 + cfg.neighbor.k);
+        if batch_rows < comm.world() {
+            bail!(
+                "a batch of {batch_rows} images (SOLVER.IMS_PER_BATCH x (1 + NEIGHBOR.K)) cannot be split over {} ranks; use at most {batch_rows}",
+                comm.world()
+            );
+        }
         if cfg.xbm.enable && cfg.xbm.feature_dim != net.out_dim() {
             bail!(
                 "XBM.FEATURE_DIM = {} but the descriptors are {}-d; set XBM.FEATURE_DIM = {}",
@@ -127,11 +140,21 @@ impl<'b> Stage<'b> {
             None
         };
         let mut net = net;
+        let (ghost, world) = (cfg.model.bn_ghost_groups, comm.world());
+        if world > 1 && ghost > 1 {
+            // Each rank's share is `world` contiguous chunks' worth of the batch: with
+            // `ghost / world` groups each, the statistics groups are one rank's (spec G13).
+            if ghost % world != 0 {
+                bail!("MODEL.BN_GHOST_GROUPS = {ghost} cannot be split over {world} ranks: give a multiple of {world} (each rank then normalises {ghost}/{world} groups, as one GPU does) or 1 (statistics per rank, as DataParallel's)");
+            }
+            net.set_bn_ghost_groups(ghost / world);
+        }
         let opt = Optimizer::new(&cfg.solver, be, &mut net)?;
         let sched = Schedule::from_config(&cfg.solver);
         let bank_rows = if cfg.xbm.enable { n } else { 0 };
         Ok(Stage {
             be,
+            comm,
             opt,
             sched,
             pool,
@@ -172,7 +195,12 @@ impl<'b> Stage<'b> {
         Batch::new(&self.pool, &anchors, self.cfg.neighbor.k)
     }
 
-    /// Step `t`'s batch and inputs, and the seconds the step waited for them: loaded here
+    /// This rank's rows of `batch` (all of them on one rank).
+    pub(super) fn rows_of(&self, batch: &Batch) -> std::ops::Range<usize> {
+        shard(batch.indices.len(), self.comm.rank(), self.comm.world())
+    }
+
+    /// Step `t`'s batch and this rank's inputs of it, and the seconds the step waited for them: loaded here
     /// without prefetch, else taken from the loader, which is topped up to PREFETCH steps
     /// ahead first.
     pub(super) fn next_inputs(&mut self, t: usize) -> Result<(Batch, Inputs, f64)> {
@@ -180,7 +208,9 @@ impl<'b> Stage<'b> {
         let depth = self.cfg.dataloader.prefetch;
         if depth == 0 {
             let batch = self.next_batch()?;
-            let inputs = loader::load(&self.data, &self.spec, &batch.indices, t, AUG)?;
+            let rows = self.rows_of(&batch);
+            let mine = &batch.indices[rows.clone()];
+            let inputs = loader::load(&self.data, &self.spec, mine, rows.start, t, AUG)?;
             return Ok((batch, inputs, t0.elapsed().as_secs_f64()));
         }
         if self.loader.is_none() {
@@ -195,8 +225,9 @@ impl<'b> Stage<'b> {
         while self.queued.len() <= depth && t + self.queued.len() <= last {
             let batch = self.next_batch()?;
             let step = t + self.queued.len();
+            let rows = self.rows_of(&batch);
             if let Some(l) = &self.loader {
-                l.push(step, batch.indices.clone())?;
+                l.push(step, batch.indices[rows.clone()].to_vec(), rows.start)?;
             }
             self.queued.push_back(batch);
         }
@@ -221,6 +252,9 @@ impl<'b> Stage<'b> {
     pub(super) fn noaug_features(&mut self, base: &[Chw]) -> Result<Vec<f32>> {
         let (n, d) = (base.len(), self.d);
         let mut acc = vec![0f32; n * d];
+        if n == 0 {
+            return Ok(acc);
+        }
         let scales = self.cfg.noaug.scales.clone();
         for &s in &scales {
             let xs: Vec<Chw> = base
@@ -243,20 +277,30 @@ impl<'b> Stage<'b> {
     }
 
     /// XBMv2's initialisation (4.5.0, G27): both banks filled for every image in eval mode, the
-    /// DA bank from one random training view, the no-DA bank from the no-DA view.
+    /// DA bank from one random training view, the no-DA bank from the no-DA view. Over several
+    /// ranks each describes its share of every chunk of 32 and every rank writes all of it.
     pub fn init_banks(&mut self, progress: &mut dyn FnMut(usize)) -> Result<()> {
         if self.noda.is_none() {
             return Ok(());
         }
         let [h, w] = self.cfg.input.train_img_size;
         let good = self.good.clone();
+        let (rank, world) = (self.comm.rank(), self.comm.world());
         for chunk in good.chunks(32) {
-            let x = loader::views(&self.data, &self.spec, chunk, chunk[0], INIT_AUG)?;
-            let x = self.rgb(&x);
-            let f = self.net.describe_images(self.be, x, chunk.len(), h, w)?;
+            let rows = shard(chunk.len(), rank, world);
+            let mine = &chunk[rows.clone()];
+            let f = if mine.is_empty() {
+                Vec::new()
+            } else {
+                let x =
+                    loader::views(&self.data, &self.spec, mine, rows.start, chunk[0], INIT_AUG)?;
+                let x = self.rgb(&x);
+                self.net.describe_images(self.be, x, mine.len(), h, w)?
+            };
+            let f = all_gather_f32(self.comm, &f)?;
             let size = self.cfg.input.noaug_img_size;
-            let base = loader::noaug(&self.data, &self.spec, size, chunk)?;
-            let g = self.noaug_features(&base)?;
+            let base = loader::noaug(&self.data, &self.spec, size, mine)?;
+            let g = all_gather_f32(self.comm, &self.noaug_features(&base)?)?;
             self.da.write(self.be, chunk, &self.be.upload(&f)?)?;
             if let Some(nb) = self.noda.as_mut() {
                 nb.write(self.be, chunk, &self.be.upload(&g)?)?;

@@ -8,17 +8,22 @@
 //! select_in_minibatch            [mini-batch selection on G (or F)]
 //! trace_selection                the traced tuples' decisions so far (the decision log)
 //! batch_loss                     contrastive loss within the batch, and its gradient
-//!                                  (multi-GPU seam: all-gather F, G, indices and labels)
 //! update_banks                   bank write: F -> DA bank, G -> no-DA bank
 //! mine_pseudo_positives          v2 mining on the no-DA bank | v1 memory sample
 //! memory_loss                    contrastive loss against the DA bank's rows, and its gradient
 //! backward                       one backward pass of both losses' gradients
-//!                                  (multi-GPU seam: all-reduce the parameter gradients)
+//! sum_gradients_over_ranks       [several ranks: all-reduce the parameter gradients]
 //! optimiser_step                 clip -> Adam / SGD step
+//! share_running_statistics       [several ranks: rank 0's BatchNorm running statistics]
 //! ```
 //!
 //! The bank is written before it is read, so the current batch's features are in the bank
-//! when mining or sampling (G11). Randomness: the augmentations and the memory sample draw from
+//! when mining or sampling (G11).
+//!
+//! Over several ranks ([`crate::dist`]) each rank loads, describes and back-propagates its
+//! share of the batch; F and G are all-gathered, so selection, both losses, the banks and
+//! mining see the whole batch on every rank, computed alike from the same inputs (the batch,
+//! its labels and the random streams are derived on every rank, not sent). Randomness: the augmentations and the memory sample draw from
 //! the streams of [`super::streams`]. The step works on a [`Stage`]'s state and calls nothing
 //! of the run loop ([`super::run`](mod@super::run)), which calls it.
 
@@ -27,9 +32,10 @@ use super::stage::Stage;
 use super::streams::{stream, MEM};
 use crate::backend::profile::range;
 use crate::backend::{Buf, DType};
+use crate::dist::all_gather_f32;
 use crate::loss::{contrastive_batch, contrastive_memory, LossOut, Memory};
 use crate::mining::{sample_v1, select_in_batch, Batch, Mined, Miner, SelectionRule};
-use crate::nn::zero_grads;
+use crate::nn::{zero_grads, Module, ParamKind};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -124,13 +130,12 @@ impl Stage<'_> {
             ..StepLog::default()
         };
 
+        let rows = self.rows_of(&batch);
         let g = self.describe_without_augmentation(&inputs)?;
-        let f = self.describe_with_augmentation(&inputs, batch.indices.len())?;
+        let f = self.describe_with_augmentation(&inputs, rows.len())?;
         log.rejected = self.select_in_minibatch(&mut batch, g.as_deref(), &f)?;
         let mut decisions = self.trace_selection(t, &batch);
         let (lb, mut grad) = self.batch_loss(&f, &batch)?;
-        // Multi-GPU seam (issue 30): all-gather F, G and the batch's indices and labels here,
-        // so every device writes every device's rows to its copy of the banks.
         self.update_banks(t, &batch, &f, g.as_deref())?;
         let lm = match self.mine_pseudo_positives(t, &batch, &mut log, &mut decisions)? {
             Some(sample) => self.memory_loss(&f, &batch, &sample, &mut grad)?,
@@ -149,9 +154,10 @@ impl Stage<'_> {
                 self.not_saved()
             );
         }
-        self.backward(&grad)?;
-        // Multi-GPU seam (issue 30): all-reduce the parameter gradients here, before clipping.
+        self.backward(&grad[rows.start * self.d..rows.end * self.d])?;
+        self.sum_gradients_over_ranks()?;
         self.optimiser_step(t, &mut log)?;
+        self.share_running_statistics()?;
 
         (log.batch_pos, log.batch_neg) = (lb.avg_pos, lb.avg_neg);
         (log.memory_pos, log.memory_neg) = (lm.avg_pos, lm.avg_neg);
@@ -161,23 +167,29 @@ impl Stage<'_> {
 
     /// G, the no-DA descriptors of the step's no-DA views (XBM v2; `None` without
     /// `NOAUG.ENABLE`), in eval mode: BatchNorm normalises with its running statistics (G12).
+    /// Each rank describes its rows; every rank gets the whole batch's.
     fn describe_without_augmentation(&mut self, inputs: &Inputs) -> Result<Option<Vec<f32>>> {
         let _r = range("no-DA forward");
         match &inputs.noaug {
-            Some(base) => Ok(Some(self.noaug_features(base)?)),
+            Some(base) => Ok(Some(all_gather_f32(
+                self.comm,
+                &self.noaug_features(base)?,
+            )?)),
             None => Ok(None),
         }
     }
 
-    /// F, the descriptors of the `nimg` augmented views, in train mode: BatchNorm normalises
-    /// with the batch's statistics and updates its running ones (G12); the forward keeps what
-    /// [`Stage::backward`] needs.
+    /// F, the descriptors of the augmented views, in train mode: BatchNorm normalises with
+    /// the batch's statistics and updates its running ones (G12); the forward keeps what
+    /// [`Stage::backward`] needs. Each rank describes its `nimg` rows (BatchNorm's statistics
+    /// are its own, as on DataParallel's replicas); every rank gets the whole batch's F.
     fn describe_with_augmentation(&mut self, inputs: &Inputs, nimg: usize) -> Result<Described> {
         let _r = range("forward");
         let be = self.be;
         let [h, w] = self.cfg.input.train_img_size;
         let x = self.rgb(&inputs.views);
-        let host = be.download::<f32>(self.net.forward_train_images(be, x, nimg, h, w)?)?;
+        let mine = be.download::<f32>(self.net.forward_train_images(be, x, nimg, h, w)?)?;
+        let host = all_gather_f32(self.comm, &mine)?;
         let dev = be.upload(&host)?;
         Ok(Described { host, dev })
     }
@@ -346,14 +358,43 @@ impl Stage<'_> {
         Ok(lm)
     }
 
-    /// One backward pass of `grad` (the gradient of the step's loss with respect to F) through
-    /// the network, into freshly zeroed parameter gradients.
+    /// One backward pass of `grad` (the gradient of the step's loss with respect to this
+    /// rank's rows of F) through the network, into freshly zeroed parameter gradients.
     fn backward(&mut self, grad: &[f32]) -> Result<()> {
         let _r = range("backward");
         let be = self.be;
         zero_grads(be, &mut self.net)?;
         let gb = be.upload(grad)?;
         self.net.backward(be, &gb)
+    }
+
+    /// Sums the parameter gradients over the ranks (each back-propagated its rows of one loss,
+    /// so the sum is the whole batch's gradient), before the clip reads their norm.
+    fn sum_gradients_over_ranks(&mut self) -> Result<()> {
+        if self.comm.world() == 1 {
+            return Ok(());
+        }
+        let _r = range("all-reduce");
+        for p in self.net.params_mut() {
+            if let Some(g) = p.grad.as_mut() {
+                self.comm.all_reduce_buf(self.be, g)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rank 0's BatchNorm running statistics on every rank: only they were updated from the
+    /// batch's first chunk, as DataParallel keeps its first replica's (spec G13).
+    fn share_running_statistics(&mut self) -> Result<()> {
+        if self.comm.world() == 1 {
+            return Ok(());
+        }
+        for p in self.net.params_mut() {
+            if p.kind == ParamKind::Running {
+                self.comm.broadcast_buf(self.be, &mut p.value, 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// Clips the gradients (`SOLVER.GRAD_MAX_NORM`) and takes the optimiser's step at step

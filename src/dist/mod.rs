@@ -1,0 +1,168 @@
+//! Data parallelism: a job split over ranks (one per GPU, or threads on the CPU) that meet at
+//! collectives. Every rank runs the same program on its [`shard`] of the work; what must be
+//! whole (a step's descriptors, the parameter gradients, a descriptor matrix, a pool) is put
+//! together by the [`Collective`] the ranks share:
+//!
+//! - [`Solo`]: one rank; every collective is the identity, so a single-GPU run takes the same
+//!   path as before, bit for bit.
+//! - [`threads::ThreadGroup`]: ranks as threads of one process, on `--device cpu` or `emu`
+//!   (`--gpus N` there). Sums are added in rank order, so results are reproducible; a rank that
+//!   fails stops the others at their next collective with an error naming it.
+//! - [`nccl::NcclGroup`]: one process per GPU over NCCL, loaded at run time; the ranks find
+//!   each other through [`rendezvous`], launched by `--gpus N` ([`launch`]) or by a cluster's
+//!   launcher (`srun`, `torchrun`).
+
+pub mod launch;
+pub mod nccl;
+pub mod rendezvous;
+pub mod threads;
+
+use crate::backend::{Backend, Buf, DType};
+use anyhow::{bail, Result};
+use std::ops::Range;
+
+/// What the ranks of one job share: who this rank is, and the collectives. Every rank must
+/// call the same collectives in the same order.
+pub trait Collective: Send + Sync {
+    /// This rank, `0..world()`; rank 0 writes the job's files.
+    fn rank(&self) -> usize;
+    /// Ranks in the job.
+    fn world(&self) -> usize;
+    /// Every rank's `part` (lengths may differ), by rank.
+    fn all_gather_bytes(&self, part: &[u8]) -> Result<Vec<Vec<u8>>>;
+    /// `x` becomes the element-wise sum of every rank's `x`, added in rank order (the same
+    /// bits on every rank).
+    fn all_reduce_sum(&self, x: &mut [f32]) -> Result<()>;
+    /// `x` becomes rank `root`'s `x` (the same length on every rank).
+    fn broadcast(&self, x: &mut [f32], root: usize) -> Result<()>;
+    /// [`Collective::all_reduce_sum`] of an f32 buffer of `be`; through the host unless the
+    /// implementation reduces device memory itself.
+    fn all_reduce_buf(&self, be: &dyn Backend, x: &mut Buf) -> Result<()> {
+        let mut host = f32_host(be, x, "all-reduce")?;
+        self.all_reduce_sum(&mut host)?;
+        be.upload_into(&host, x)
+    }
+    /// [`Collective::broadcast`] of an f32 buffer of `be`.
+    fn broadcast_buf(&self, be: &dyn Backend, x: &mut Buf, root: usize) -> Result<()> {
+        let mut host = f32_host(be, x, "broadcast")?;
+        self.broadcast(&mut host, root)?;
+        be.upload_into(&host, x)
+    }
+    /// This rank failed with `why`: every other rank's current or next collective returns an
+    /// error naming it instead of waiting for it.
+    fn abort(&self, why: &str);
+}
+
+fn f32_host(be: &dyn Backend, x: &Buf, what: &str) -> Result<Vec<f32>> {
+    if x.dtype() != DType::F32 {
+        bail!(
+            "{what} of a {} buffer: only f32 buffers are exchanged",
+            x.dtype()
+        );
+    }
+    be.download::<f32>(x)
+}
+
+/// One rank: the job is not split.
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn all_gather_bytes(&self, part: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![part.to_vec()])
+    }
+    fn all_reduce_sum(&self, _: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast(&self, _: &mut [f32], _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_buf(&self, _: &dyn Backend, _: &mut Buf) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast_buf(&self, _: &dyn Backend, _: &mut Buf, _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn abort(&self, _: &str) {}
+}
+
+/// Rank `rank`'s items of `n` split over `world` ranks: contiguous, in order, the first
+/// `n % world` ranks one item more (a rank gets none only when `n < world`).
+pub fn shard(n: usize, rank: usize, world: usize) -> Range<usize> {
+    let (base, extra) = (n / world, n % world);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
+/// Every rank's `part` of f32s, concatenated in rank order.
+pub fn all_gather_f32(c: &dyn Collective, part: &[f32]) -> Result<Vec<f32>> {
+    if c.world() == 1 {
+        return Ok(part.to_vec());
+    }
+    let bytes: Vec<u8> = part.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok(c.all_gather_bytes(&bytes)?
+        .iter()
+        .flat_map(|p| p.chunks_exact(4))
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// Every rank's `part` of u32s, concatenated in rank order.
+pub fn all_gather_u32(c: &dyn Collective, part: &[u32]) -> Result<Vec<u32>> {
+    if c.world() == 1 {
+        return Ok(part.to_vec());
+    }
+    let bytes: Vec<u8> = part.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok(c.all_gather_bytes(&bytes)?
+        .iter()
+        .flat_map(|p| p.chunks_exact(4))
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// Who this rank is, for messages: "" on one rank, else "rank 1 of 4: ".
+pub fn prefix(c: &dyn Collective) -> String {
+    if c.world() == 1 {
+        String::new()
+    } else {
+        format!("rank {} of {}: ", c.rank(), c.world())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_the_items_in_order_and_differ_by_at_most_one() {
+        for world in 1..6 {
+            for n in 0..13 {
+                let parts: Vec<_> = (0..world).map(|r| shard(n, r, world)).collect();
+                assert_eq!(parts[0].start, 0);
+                assert_eq!(parts[world - 1].end, n);
+                for w in parts.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                    assert!(w[0].len() == w[1].len() || w[0].len() == w[1].len() + 1);
+                }
+            }
+        }
+        assert_eq!(shard(5, 0, 2), 0..3);
+        assert_eq!(shard(5, 1, 2), 3..5);
+        assert_eq!(shard(1, 1, 2), 1..1);
+    }
+
+    #[test]
+    fn one_rank_gathers_and_reduces_to_itself() {
+        let mut x = vec![1.0f32, 2.0];
+        Solo.all_reduce_sum(&mut x).unwrap();
+        Solo.broadcast(&mut x, 0).unwrap();
+        assert_eq!(x, [1.0, 2.0]);
+        assert_eq!(all_gather_f32(&Solo, &x).unwrap(), x);
+        assert_eq!(prefix(&Solo), "");
+    }
+}
