@@ -86,6 +86,10 @@ pub enum Exclude<'a> {
     Diagonal,
     /// Query `i` skips database row `skip[i]` (one entry per query, each `< ndb`).
     PerQuery(&'a [usize]),
+    /// A shifted diagonal, for a block of a set's rows searched against a shard of the same set
+    /// (a rank's share, [`crate::dist::shard`]): query `i` skips database row `i + shift` when
+    /// there is one. `k` is capped at `ndb - 1` as with [`Exclude::Diagonal`].
+    ShiftedDiagonal(isize),
 }
 
 impl Exclude<'_> {
@@ -95,7 +99,7 @@ impl Exclude<'_> {
             Exclude::Diagonal if nq > ndb => bail!(
                 "self exclusion needs a database row per query: {nq} queries, {ndb} database rows"
             ),
-            Exclude::Diagonal => {}
+            Exclude::Diagonal | Exclude::ShiftedDiagonal(_) => {}
             Exclude::PerQuery(skip) => {
                 if skip.len() != nq {
                     bail!(
@@ -116,6 +120,7 @@ impl Exclude<'_> {
             Exclude::Nothing => None,
             Exclude::Diagonal => Some(q),
             Exclude::PerQuery(skip) => Some(skip[q]),
+            Exclude::ShiftedDiagonal(shift) => usize::try_from(q as isize + shift).ok(),
         }
     }
 
@@ -145,6 +150,26 @@ impl Neighbors {
     pub fn scores(&self, q: usize) -> &[f32] {
         &self.score[q * self.k..(q + 1) * self.k]
     }
+}
+
+/// The `k` best of neighbour lists found over disjoint shards of one database (indices
+/// already global), by score descending then index ascending: exactly what one search over
+/// the whole database finds, provided every shard's list holds its `k` best.
+pub fn merge(parts: &[Neighbors], nq: usize, k: usize) -> Neighbors {
+    let mut index = Vec::with_capacity(nq * k);
+    let mut score = Vec::with_capacity(nq * k);
+    for q in 0..nq {
+        let mut row: Vec<(f32, u32)> = parts
+            .iter()
+            .flat_map(|p| p.scores(q).iter().copied().zip(p.indices(q).iter().copied()))
+            .collect();
+        row.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(v, j) in row.iter().take(k) {
+            score.push(v);
+            index.push(j);
+        }
+    }
+    Neighbors { k, index, score }
 }
 
 /// Calls `visit(q0, j0, scores, nqb, nt)` for every block, database tiles in ascending order:
@@ -232,7 +257,7 @@ pub fn top_k(
             Exclude::Nothing => None,
             _ => {
                 let x: Vec<i64> = (q0..q0 + n)
-                    .map(|r| exclude.of(r).unwrap() as i64)
+                    .map(|r| exclude.of(r).map_or(-1, |j| j as i64))
                     .collect();
                 Some(be.upload(&x)?)
             }

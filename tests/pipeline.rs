@@ -490,3 +490,70 @@ fn an_image_that_cannot_be_described_is_left_out_and_counted() {
     assert!(out.contains("1 image(s) skipped"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 30, end to end through the command line: `extract`, `pool` and `train --gpus 2` on
+/// the emulated GPU (the ranks are threads) make one descriptor matrix, one pool, one run
+/// (one log, one checkpoint series, one final model) that `report` reads; and `pipeline
+/// --gpus 2 --device cpu` splits its extract, pool and train steps the same way.
+#[test]
+fn commands_split_over_two_ranks_run_end_to_end() {
+    let dir = tmpdir("ranks");
+    common::write_group_pngs(&dir.join("images"));
+    let run = |args: &[&str]| {
+        let o = bin().args(args).output().unwrap();
+        let out = text(&o);
+        assert!(o.status.success(), "{args:?}: {out}");
+        out
+    };
+    let (feats, pool) = (dir.join("feats.npy"), dir.join("pool.npz"));
+    let (images, feats_s, pool_s) = (
+        dir.join("images").display().to_string(),
+        feats.display().to_string(),
+        pool.display().to_string(),
+    );
+    let out = run(&[
+        "--device", "emu", "extract", "--quiet", "--gpus", "2", "--img-size", "32", "--images",
+        &images, "--out", &feats_s,
+    ]);
+    assert!(out.contains("2 ranks"), "{out}");
+    let out = run(&[
+        "--device", "emu", "pool", "--gpus", "2", "--k", "2", "--feats", &feats_s, "--out", &pool_s,
+    ]);
+    assert!(out.contains("2 ranks"), "{out}");
+    let stage = dir.join("stage.toml");
+    std::fs::write(&stage, common::tiny_stage_toml(&dir, 4, 1e-3, "random", "")).unwrap();
+    let stage_s = stage.display().to_string();
+    let out = run(&["--device", "emu", "train", "--quiet", "--gpus", "2", "--config", &stage_s]);
+    common::log("RAN commands_split_over_two_ranks_run_end_to_end on emu");
+    assert!(out.contains("backend emu") && out.contains("2 ranks"), "{out}");
+    assert_eq!(out.matches("trained 4 steps").count(), 1, "rank 0 alone reports: {out}");
+    let log = std::fs::read_to_string(dir.join("out/log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 4, "one log line per step");
+    let mut checkpoints: Vec<String> = std::fs::read_dir(dir.join("out/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    checkpoints.sort();
+    assert_eq!(
+        checkpoints,
+        [
+            "checkpoint_0000002.memory.npz",
+            "checkpoint_0000002.safetensors",
+            "checkpoint_0000004.memory.npz",
+            "checkpoint_0000004.safetensors"
+        ]
+    );
+    let out = run(&["--device", "cpu", "report", &dir.join("out").display().to_string()]);
+    assert!(dir.join("out/report.html").exists(), "{out}");
+
+    let stage2 = stage_config(&dir, 2);
+    let eval = tiny_images(&dir);
+    let plan = plan(&dir, &stage2, (&dir.join("images"), ""), &eval, &[("s1", "")]);
+    let plan_s = plan.display().to_string();
+    let out = run(&["--device", "cpu", "pipeline", "--quiet", "--gpus", "2", "--config", &plan_s]);
+    for step in ["s0/features", "s0/pool", "s1/train"] {
+        assert!(out.contains(&format!("] {step}")), "{step} did not run: {out}");
+    }
+    assert!(out.matches("2 ranks").count() >= 3, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

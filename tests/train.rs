@@ -650,7 +650,7 @@ fn a_dead_rank_stops_the_others_and_the_run_resumes() {
     );
     assert_eq!(log_losses(&dir, "cut").len(), 2, "steps 1 and 2 kept");
     let e = train::run(cfg.clone(), cpu().as_ref(), &quiet(true)).unwrap_err();
-    assert!(format!("{e:#}").contains("RANKS (--gpus)"), "{e:#}");
+    assert!(format!("{e:#}").contains("ranks (--gpus): 2 -> 1"), "{e:#}");
     let r = run_ranks(2, &cfg, cpu, &quiet(true)).unwrap();
     assert_eq!((r.resumed_from, r.steps_run), (Some(2), 2));
     assert_eq!(log_losses(&dir, "cut"), log_losses(&dir, "whole"));

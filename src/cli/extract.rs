@@ -97,6 +97,8 @@ pub struct Args {
     /// instead of failing; they are listed in <out>.bad.txt.
     #[arg(long)]
     skip_bad: bool,
+    #[command(flatten)]
+    ranks: super::Ranks,
 }
 
 /// `H,W` of `--exact-size`: two positive pixel counts.
@@ -110,15 +112,21 @@ fn parse_hw(s: &str) -> Result<[usize; 2], String> {
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
+    if args.ranks.started_processes(device)? {
+        return Ok(());
+    }
     let opts = ExtractOptions {
         describe: args.describe.options(),
         images: args.images,
         root: args.root,
         out: args.out,
         skip_bad: args.skip_bad,
+        gpus: args.ranks.gpus,
     };
     let report = jobs::extract(&opts, device)?;
-    println!("{}", report.summary(&opts.out));
+    if super::prints_results()? {
+        println!("{}", report.summary(&opts.out));
+    }
     Ok(())
 }
 

@@ -10,3 +10,34 @@ pub mod pool;
 pub mod report;
 pub mod search;
 pub mod train;
+
+use anyhow::Result;
+use insclr::backend::DeviceChoice;
+use insclr::dist::launch;
+
+/// `--gpus N` of the commands that split their work over ranks ([`insclr::dist`]).
+#[derive(clap::Args)]
+pub struct Ranks {
+    /// Split the work over N ranks: N GPUs with --device cuda (one process each), or N threads
+    /// with --device cpu / emu. Under a cluster launcher (srun, torchrun) leave it out: RANK
+    /// and WORLD_SIZE (or Slurm's variables) say it.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub gpus: usize,
+}
+
+impl Ranks {
+    /// Starts the GPU ranks as processes when `--gpus N` asks for them on CUDA, and waits for
+    /// them: true when it did (the command is then done here).
+    pub fn started_processes(&self, device: DeviceChoice) -> Result<bool> {
+        if launch::needs_processes(self.gpus, device)? {
+            launch::spawn_local(self.gpus)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// Whether this process prints the command's results (rank 0, or no ranks).
+pub fn prints_results() -> Result<bool> {
+    launch::is_rank_zero()
+}

@@ -32,6 +32,10 @@ pub struct Args {
     /// that would exhaust memory).
     #[arg(long, env = "INSCLR_MAX_SIDE", default_value_t = MAX_SIDE)]
     max_side: usize,
+    /// Split the extract, pool and train steps over N ranks, as threads with --device cpu or
+    /// emu (on GPUs run the steps as commands with --gpus N).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    gpus: usize,
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
@@ -43,6 +47,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             precision: args.precision,
             output_dir: args.output_dir,
             max_side: args.max_side,
+            gpus: args.gpus,
         },
         device,
     )?;

@@ -25,9 +25,14 @@ pub struct Args {
     /// similarities written are recomputed from the f32 descriptors either way.
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     precision: String,
+    #[command(flatten)]
+    ranks: super::Ranks,
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
+    if args.ranks.started_processes(device)? {
+        return Ok(());
+    }
     let opts = PoolOptions {
         feats: args.feats,
         k: args.k,
@@ -38,8 +43,12 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         } else {
             DType::F32
         },
+        gpus: args.ranks.gpus,
     };
     let r = jobs::pool(&opts, device)?;
+    if !super::prints_results()? {
+        return Ok(());
+    }
     println!(
         "pool: wrote {} ({} x {} neighbours) in {:.1} s",
         opts.out.display(),

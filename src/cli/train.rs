@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use insclr::backend::DeviceChoice;
-use insclr::dist::launch;
 use insclr::jobs::{self, TrainOptions};
 use std::path::PathBuf;
 
@@ -28,17 +27,14 @@ pub struct Args {
     /// value is TOML, or a plain string). Recorded in run.json like the file's own keys.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// Split every batch over N ranks: N GPUs with --device cuda (one process each), or N
-    /// threads with --device cpu / emu. Under a cluster launcher (srun, torchrun) leave it out:
-    /// RANK and WORLD_SIZE (or Slurm's variables) say it.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    gpus: usize,
+    #[command(flatten)]
+    ranks: super::Ranks,
 }
 
 /// Runs the stage and prints a summary.
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
-    if launch::needs_processes(args.gpus, device)? {
-        return launch::spawn_local(args.gpus);
+    if args.ranks.started_processes(device)? {
+        return Ok(());
     }
     let s = jobs::train(
         &TrainOptions {
@@ -47,11 +43,11 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             resume: args.resume,
             overwrite: args.overwrite,
             quiet: args.quiet,
-            gpus: args.gpus,
+            gpus: args.ranks.gpus,
         },
         device,
     )?;
-    if !launch::is_rank_zero()? {
+    if !super::prints_results()? {
         return Ok(());
     }
     let out = s

@@ -5,9 +5,9 @@
 //! - `--gpus N` with `--device cuda`: the binary starts N copies of itself, one per GPU
 //!   ([`spawn_local`]), each with the variables below; when one fails the others are stopped.
 //! - A cluster's launcher: every process reads its rank from the variables `torchrun` sets
-//!   (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) or Slurm's
-//!   (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, with `MASTER_ADDR` exported by the
-//!   batch script), and the ranks meet over NCCL ([`super::nccl`]).
+//!   (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) or those of an `srun`
+//!   step (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`, `SLURM_LOCALID`, with `MASTER_ADDR`
+//!   exported by the batch script), and the ranks meet over NCCL ([`super::nccl`]).
 
 use super::nccl::NcclGroup;
 use super::threads;
@@ -54,9 +54,11 @@ impl RankEnv {
             let rank = num("RANK")?
                 .context("WORLD_SIZE is set but RANK is not: set both (torchrun does)")?;
             (rank, world, num("LOCAL_RANK")?.unwrap_or(rank), "RANK")
-        } else if let Some(world) = num("SLURM_NTASKS")? {
+        } else if let Some(world) = num("SLURM_STEP_NUM_TASKS")? {
+            // The tasks of an srun step; a batch script's own shell (SLURM_NTASKS, no step) is
+            // one process, not a rank.
             let rank =
-                num("SLURM_PROCID")?.context("SLURM_NTASKS is set but SLURM_PROCID is not")?;
+                num("SLURM_PROCID")?.context("SLURM_STEP_NUM_TASKS is set but SLURM_PROCID is not")?;
             (
                 rank,
                 world,
@@ -106,7 +108,7 @@ pub fn on_ranks<T: Send>(
     if let Some(env) = RankEnv::from_env()? {
         if gpus > 1 && gpus != env.world {
             bail!(
-                "--gpus {gpus}, but the launcher started {} ranks (WORLD_SIZE or SLURM_NTASKS): drop --gpus under a launcher",
+                "--gpus {gpus}, but the launcher started {} ranks (WORLD_SIZE or SLURM_STEP_NUM_TASKS): drop --gpus under a launcher",
                 env.world
             );
         }
@@ -230,7 +232,8 @@ mod tests {
         assert_eq!((t.rank, t.world, t.local_rank), (5, 8, 1));
         assert_eq!(t.master, "node0:1234");
         let s = env(&[
-            ("SLURM_NTASKS", "4"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_STEP_NUM_TASKS", "4"),
             ("SLURM_PROCID", "3"),
             ("SLURM_LOCALID", "3"),
             ("MASTER_ADDR", "gpu-a"),
@@ -243,7 +246,9 @@ mod tests {
 
     #[test]
     fn a_launch_missing_a_variable_says_which() {
-        let e = env(&[("SLURM_NTASKS", "2"), ("SLURM_PROCID", "0")]).unwrap_err();
+        // A batch script's shell in an allocation of 4 tasks is no rank.
+        assert_eq!(env(&[("SLURM_NTASKS", "4"), ("SLURM_PROCID", "0")]).unwrap(), None);
+        let e = env(&[("SLURM_STEP_NUM_TASKS", "2"), ("SLURM_PROCID", "0")]).unwrap_err();
         assert!(e.to_string().contains("needs MASTER_ADDR"), "{e}");
         assert!(e.to_string().contains("scontrol show hostnames"), "{e}");
         let e = env(&[("WORLD_SIZE", "2")]).unwrap_err();

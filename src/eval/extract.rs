@@ -11,6 +11,7 @@ use crate::data::image::{
     eval_size, load_exact, load_for_eval, probe, resize_bilinear, scaled_len, Chw, Skipped,
     IMAGENET_MEAN, IMAGENET_STD,
 };
+use crate::dist::{all_gather_f32, shard, Collective};
 use crate::nn::DescriptorNet;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -365,6 +366,83 @@ fn progress_bar(n: usize, show: bool, what: &str) -> ProgressBar {
     }
     pb.set_message(what.to_string());
     pb
+}
+
+/// [`extract`] split over the ranks of `comm`: each describes its [`shard`] of the items
+/// (rank 0 shows the progress of its own), and every rank gets the whole result in item
+/// order, the same as one rank's. An unusable image on any rank is every rank's
+/// [`BadImages`] error, listing them all.
+pub fn extract_on_ranks(
+    be: &dyn Backend,
+    comm: &dyn Collective,
+    net: &mut dyn DescriptorNet,
+    items: &[ImageItem],
+    cfg: &ExtractConfig,
+    what: &str,
+) -> Result<Extracted> {
+    if comm.world() == 1 {
+        return extract(be, net, items, cfg, what);
+    }
+    let mine = shard(items.len(), comm.rank(), comm.world());
+    let cfg_here = ExtractConfig {
+        progress: cfg.progress && comm.rank() == 0,
+        ..cfg.clone()
+    };
+    let shifted = |s: Skipped| -> Vec<(usize, String)> {
+        s.items.into_iter().map(|(i, _, why)| (i + mine.start, why)).collect()
+    };
+    let (part, feats) = match extract(be, net, &items[mine.clone()], &cfg_here, what) {
+        Ok(x) => (
+            RankPart {
+                rows: x.rows.iter().map(|r| r + mine.start).collect(),
+                skipped: shifted(x.skipped),
+                bad: false,
+            },
+            x.feats,
+        ),
+        Err(e) => match e.downcast::<BadImages>() {
+            Ok(BadImages(bad)) => (
+                RankPart {
+                    rows: Vec::new(),
+                    skipped: shifted(bad),
+                    bad: true,
+                },
+                Vec::new(),
+            ),
+            Err(e) => return Err(e),
+        },
+    };
+    let parts = comm.all_gather_bytes(&serde_json::to_vec(&part)?)?;
+    let feats = all_gather_f32(comm, &feats)?;
+    let parts: Vec<RankPart> = parts
+        .iter()
+        .map(|p| serde_json::from_slice(p))
+        .collect::<std::result::Result<_, _>>()
+        .context("reading another rank's extraction")?;
+    let mut skipped = Skipped::default();
+    for (i, why) in parts.iter().flat_map(|p| p.skipped.iter().cloned()) {
+        skipped.items.push((i, items[i].path.clone(), why));
+    }
+    if parts.iter().any(|p| p.bad) {
+        return Err(BadImages(skipped).into());
+    }
+    Ok(Extracted {
+        feats,
+        dim: net.out_dim(),
+        rows: parts.into_iter().flat_map(|p| p.rows).collect(),
+        skipped,
+    })
+}
+
+/// What a rank of [`extract_on_ranks`] sends the others besides its descriptors.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RankPart {
+    /// Item indices of its rows, ascending.
+    rows: Vec<usize>,
+    /// Items left out (or unusable, with `bad`), with the reason.
+    skipped: Vec<(usize, String)>,
+    /// It stopped on unusable images.
+    bad: bool,
 }
 
 /// Extracts descriptors of every usable item (spec 6.1), batched, with a progress bar labelled

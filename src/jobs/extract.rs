@@ -1,7 +1,8 @@
 //! Describe images: multi-scale descriptors of a folder or list of images, written as `.npy`
 //! (`insclr-cu extract`).
 
-use crate::backend::{self, Backend, DeviceChoice, Op};
+use crate::backend::{self, f32_needs, Backend, DeviceChoice, Op};
+use crate::dist;
 use crate::data::image::{list_images, Skipped};
 use crate::eval::extract::{self, BadImages, ExtractConfig, ImageItem};
 use crate::io::paths::{check_outputs, Named};
@@ -104,6 +105,9 @@ pub struct ExtractOptions {
     pub out: PathBuf,
     /// Leave unusable images out (listed in `.bad.txt`) instead of failing.
     pub skip_bad: bool,
+    /// Ranks to split the images over (0 or 1: one): GPUs with `--device cuda`, threads with
+    /// cpu / emu ([`crate::dist::launch`]). The matrix is the same as one rank's.
+    pub gpus: usize,
 }
 
 /// What [`extract()`] wrote.
@@ -162,8 +166,6 @@ impl ExtractReport {
 pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractReport> {
     io::check_writable(&opts.out)?;
     let model = opts.describe.model_name().to_string();
-    let (be, chosen) = backend::select_f32(device, model_ops(&model))?;
-    eprintln!("backend: {chosen}");
     let paths = if opts.images.is_dir() {
         list_images(&opts.images)?
     } else {
@@ -200,10 +202,29 @@ pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractRep
             bbx: None,
         })
         .collect();
-    let (mut net, _) = opts.describe.load(be.as_ref())?;
     let cfg = opts.describe.config(opts.skip_bad);
     let t0 = std::time::Instant::now();
-    let out = match extract::extract(be.as_ref(), net.as_mut(), &items, &cfg, "extract") {
+    let described = dist::launch::on_ranks(opts.gpus, device, |comm, gpu| {
+        let (be, chosen) = backend::select_on(device, &f32_needs(model_ops(&model)), gpu)?;
+        if comm.rank() == 0 {
+            eprintln!("backend: {chosen}{}", dist::launch::ranks_note(comm));
+        }
+        let (mut net, _) = opts.describe.load(be.as_ref())?;
+        extract::extract_on_ranks(be.as_ref(), comm, net.as_mut(), &items, &cfg, "extract")
+    });
+    if !dist::launch::is_rank_zero()? {
+        // A launched rank > 0: rank 0 writes the files.
+        let out = described?;
+        return Ok(ExtractReport {
+            rows: out.rows.len(),
+            dim: out.dim,
+            model,
+            order,
+            skipped: out.skipped.len(),
+            images_per_second: out.rows.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+        });
+    }
+    let out = match described {
         Ok(out) => out,
         Err(e) => {
             let Some(BadImages(bad)) = e.downcast_ref::<BadImages>() else {

@@ -49,6 +49,9 @@ pub struct PipelineOptions {
     pub precision: Option<String>,
     /// Replaces the plan's OUTPUT_DIR (relative to the current folder, as a flag's paths are).
     pub output_dir: Option<String>,
+    /// Ranks the extract, pool and train steps split their work over (0 or 1: one), as threads
+    /// on `--device cpu` / `emu` ([`crate::dist::launch`]).
+    pub gpus: usize,
     /// Longest side a scaled image may have when describing images.
     pub max_side: usize,
 }
@@ -61,6 +64,7 @@ impl Default for PipelineOptions {
             quiet: false,
             precision: None,
             output_dir: None,
+            gpus: 1,
             max_side: crate::eval::extract::MAX_SIDE,
         }
     }
@@ -664,6 +668,7 @@ fn run_step(
                     // feature.bad.txt; the pool step gives it an empty row, and training skips
                     // it too.
                     skip_bad: true,
+                    gpus: opts.gpus,
                 },
                 device,
             )?;
@@ -684,9 +689,17 @@ fn run_step(
             let (at, all) = dataset_rows(plan, &feats_path.with_extension("txt"), n)?;
             let tile = crate::mining::pool::default_tile(n);
             super::pool::check_pool_memory(n, plan.pool.k, tile, DType::F32)?;
-            let pool =
-                super::pool::compute(&feats.data, n, d, plan.pool.k, tile, DType::F32, device)?
-                    .spread(&at, all)?;
+            let pool = super::pool::compute_on_ranks(
+                opts.gpus,
+                &feats.data,
+                n,
+                d,
+                plan.pool.k,
+                tile,
+                DType::F32,
+                device,
+            )?
+            .spread(&at, all)?;
             pool.save(&out)?;
             println!(
                 "pool: wrote {} ({all} x {} neighbours; {} image(s) without a descriptor have none)",
@@ -718,18 +731,20 @@ fn run_step(
             // A step that was interrupted left its run directory: continue it (train checks
             // that it is the same run and resumes from the last checkpoint).
             let started = std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some());
-            let (be, chosen) = backend::select(device, &cfg.backend_needs())?;
-            eprintln!("train: backend {chosen}");
-            let s = train::run(
-                cfg,
-                be.as_ref(),
-                &RunOptions {
-                    resume: started,
-                    overwrite: false,
-                    quiet,
-                    inputs: inputs.to_vec(),
-                },
-            )?;
+            let run = RunOptions {
+                resume: started,
+                overwrite: false,
+                quiet,
+                inputs: inputs.to_vec(),
+            };
+            let needs = cfg.backend_needs();
+            let s = crate::dist::launch::on_ranks(opts.gpus, device, |comm, gpu| {
+                let (be, chosen) = backend::select_on(device, &needs, gpu)?;
+                if comm.rank() == 0 {
+                    eprintln!("train: backend {chosen}{}", crate::dist::launch::ranks_note(comm));
+                }
+                train::run_rank(cfg.clone(), be.as_ref(), comm, &run)
+            })?;
             eprintln!(
                 "trained {} steps{} in {:.1} s; {} image(s) skipped",
                 s.steps_run,
@@ -808,6 +823,10 @@ fn step_outputs(plan: &Plan, step: Step) -> (Vec<PathBuf>, Vec<PathBuf>) {
 /// # }
 /// ```
 pub fn pipeline(opts: &PipelineOptions, device: DeviceChoice) -> Result<PipelineReport> {
+    let threads = matches!(device, DeviceChoice::Cpu | DeviceChoice::Emu);
+    if opts.gpus > 1 && !threads || crate::dist::launch::RankEnv::from_env()?.is_some() {
+        bail!("pipeline splits its steps over ranks as threads, with --device cpu or emu; on GPUs run its steps as commands (`insclr-cu extract | pool | train --gpus N --device cuda`, or under srun / torchrun), which split over one process per GPU");
+    }
     let mut plan = Plan::read(&opts.config)?;
     if let Some(p) = &opts.precision {
         plan.precision = p.clone();

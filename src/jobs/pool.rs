@@ -24,6 +24,9 @@ pub struct PoolOptions {
     /// Descriptor storage for the search: f32, or bf16 (neighbours whose scores differ by less
     /// than bf16 rounding may swap places; the similarities written are f32 either way).
     pub precision: DType,
+    /// Ranks to split the database over (0 or 1: one): GPUs with `--device cuda`, threads with
+    /// cpu / emu ([`crate::dist::launch`]). The pool is the same as one rank's.
+    pub gpus: usize,
 }
 
 impl Default for PoolOptions {
@@ -34,6 +37,7 @@ impl Default for PoolOptions {
             out: PathBuf::new(),
             tile: None,
             precision: DType::F32,
+            gpus: 1,
         }
     }
 }
@@ -83,10 +87,12 @@ pub fn pool(opts: &PoolOptions, device: DeviceChoice) -> Result<PoolReport> {
         );
     }
     let t0 = Instant::now();
-    let pool = compute(&feats.data, n, d, opts.k, tile, opts.precision, device)
+    let pool = compute_on_ranks(opts.gpus, &feats.data, n, d, opts.k, tile, opts.precision, device)
         .with_context(|| format!("candidate pool of {}", opts.feats.display()))?;
     let seconds = t0.elapsed().as_secs_f64();
-    pool.save(&opts.out)?;
+    if crate::dist::launch::is_rank_zero()? {
+        pool.save(&opts.out)?;
+    }
     Ok(PoolReport {
         n,
         k: opts.k,
@@ -117,18 +123,52 @@ pub fn compute(
     dtype: DType,
     device: DeviceChoice,
 ) -> Result<CandidatePool> {
-    let (be, chosen) = backend::select(device, &[(Op::Knn, dtype)])?;
-    println!("pool: {n} descriptors of {d} ({dtype}), k = {k}, tile = {tile}, backend {chosen}");
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} rows  {per_sec}  elapsed {elapsed_precise}  eta {eta}",
-        )
-        .context("progress bar template")?,
-    );
-    let pool = CandidatePool::compute_as(be.as_ref(), feats, n, d, k, tile, dtype, &mut |t| {
-        bar.inc(t as u64)
-    })?;
-    bar.finish();
-    Ok(pool)
+    compute_on_ranks(1, feats, n, d, k, tile, dtype, device)
+}
+
+/// [`compute`] with the database split over `gpus` ranks
+/// ([`CandidatePool::compute_on_ranks`]); the progress bar is rank 0's.
+#[allow(clippy::too_many_arguments)]
+pub fn compute_on_ranks(
+    gpus: usize,
+    feats: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    tile: usize,
+    dtype: DType,
+    device: DeviceChoice,
+) -> Result<CandidatePool> {
+    crate::dist::launch::on_ranks(gpus, device, |comm, gpu| {
+        let (be, chosen) = backend::select_on(device, &[(Op::Knn, dtype)], gpu)?;
+        let bar = if comm.rank() == 0 {
+            println!(
+                "pool: {n} descriptors of {d} ({dtype}), k = {k}, tile = {tile}, backend {chosen}{}",
+                crate::dist::launch::ranks_note(comm)
+            );
+            ProgressBar::new(n as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} rows  {per_sec}  elapsed {elapsed_precise}  eta {eta}",
+            )
+            .context("progress bar template")?,
+        );
+        let pool = CandidatePool::compute_on_ranks(
+            be.as_ref(),
+            comm,
+            feats,
+            n,
+            d,
+            k,
+            tile,
+            dtype,
+            crate::mining::pool::MERGE_BYTES,
+            &mut |t| bar.inc(t as u64),
+        )?;
+        bar.finish();
+        Ok(pool)
+    })
 }

@@ -13,11 +13,16 @@
 //! (score descending, index ascending), so the result is deterministic and never contains self.
 
 use crate::backend::{Backend, DType};
+use crate::dist::{all_gather_f32, all_gather_u32, shard, Collective};
 use crate::io::npy::{self, Array, NpzEntry};
-use crate::knn::{self, Exclude, Pair, Tiling};
+use crate::knn::{self, Exclude, Neighbors, Pair, Tiling};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::path::Path;
+
+/// About how many bytes of neighbour lists the ranks of [`CandidatePool::compute_on_ranks`]
+/// gather per block of queries (8 bytes a neighbour: index and score).
+pub const MERGE_BYTES: usize = 256 << 20;
 
 /// Exact top-k neighbours of every descriptor: `neighbor[i*k + j]` is the j-th most similar
 /// other descriptor of `i` and `similarity[i*k + j]` the dot product of the two.
@@ -184,6 +189,78 @@ impl CandidatePool {
             .context("candidate pool search")?;
         let neighbor = found.index;
         let mut similarity = found.score;
+        rescore(feats, d, k, &neighbor, &mut similarity);
+        Ok(CandidatePool {
+            n,
+            k,
+            neighbor,
+            similarity,
+        })
+    }
+
+    /// [`CandidatePool::compute_as`] split over the ranks of `comm`: each searches the queries
+    /// against its [`shard`] of the database rows, and the lists are merged by score, then
+    /// index ([`knn::merge`]): the same pool as one rank's, on every rank. Queries go in blocks
+    /// whose gathered lists hold about `merge_bytes` ([`MERGE_BYTES`]). A database too small to split (a shard
+    /// of at most `k` rows) is searched whole by every rank.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compute_on_ranks(
+        be: &dyn Backend,
+        comm: &dyn Collective,
+        feats: &[f32],
+        n: usize,
+        d: usize,
+        k: usize,
+        tile: usize,
+        dtype: DType,
+        merge_bytes: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<CandidatePool> {
+        let world = comm.world();
+        if world == 1 || n / world <= k {
+            return Self::compute_as(be, feats, n, d, k, tile, dtype, progress);
+        }
+        if feats.len() != n * d {
+            bail!(
+                "candidate pool: features hold {} values, expected n*d = {n}*{d}",
+                feats.len()
+            );
+        }
+        let rows = shard(n, comm.rank(), world);
+        let db = &feats[rows.start * d..rows.end * d];
+        let tiling = Tiling {
+            query_block: tile,
+            dtype,
+            ..Tiling::default()
+        };
+        let block = (merge_bytes / (8 * k * world)).max(1);
+        let (mut neighbor, mut similarity) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k));
+        for q0 in (0..n).step_by(block) {
+            let nq = block.min(n - q0);
+            let pair = Pair {
+                queries: &feats[q0 * d..(q0 + nq) * d],
+                db,
+                dim: d,
+            };
+            let shift = q0 as isize - rows.start as isize;
+            let mut mine = knn::top_k(be, pair, k, Exclude::ShiftedDiagonal(shift), tiling, progress)
+                .context("candidate pool search")?;
+            mine.index.iter_mut().for_each(|j| *j += rows.start as u32);
+            let index = all_gather_u32(comm, &mine.index)?;
+            let score = all_gather_f32(comm, &mine.score)?;
+            let parts: Vec<Neighbors> = index
+                .chunks(nq * k)
+                .zip(score.chunks(nq * k))
+                .map(|(i, s)| Neighbors {
+                    k,
+                    index: i.to_vec(),
+                    score: s.to_vec(),
+                })
+                .collect();
+            let found = knn::merge(&parts, nq, k);
+            neighbor.extend(found.index);
+            similarity.extend(found.score);
+        }
         rescore(feats, d, k, &neighbor, &mut similarity);
         Ok(CandidatePool {
             n,

@@ -81,11 +81,7 @@ pub fn run_rank(
     }
     let out = PathBuf::from(&cfg.output_dir);
     let mut record = run_dir::RunRecord::new(&cfg)?;
-    if comm.world() > 1 {
-        record
-            .config
-            .insert(RANKS_KEY.to_string(), comm.world().into());
-    }
+    record.ranks = comm.world();
     let mut inputs = opts.inputs.clone();
     inputs.extend(run_dir::inputs(&cfg));
     let outputs: Vec<Named> = [
@@ -172,10 +168,6 @@ pub fn run_rank(
 
 /// The final model's file name in OUTPUT_DIR.
 pub const FINAL_MODEL: &str = "model_final.safetensors";
-
-/// The run record's entry for the number of ranks (only when more than one: a one-rank run's
-/// record is what it always was).
-pub const RANKS_KEY: &str = "RANKS (--gpus)";
 
 /// A rank other than 0: the same stage on its share of every batch, writing nothing. It
 /// starts when rank 0 has checked and prepared OUTPUT_DIR ([`start_together`]).

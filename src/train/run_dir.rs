@@ -56,6 +56,18 @@ pub struct InputFile {
 pub struct RunRecord {
     pub config: BTreeMap<String, Value>,
     pub inputs: BTreeMap<String, InputFile>,
+    /// The ranks the run is split over (`--gpus`; absent: one): each rank's BatchNorm
+    /// statistics are of its share of the batch, so a run continues only on as many.
+    #[serde(default = "one_rank", skip_serializing_if = "is_one_rank")]
+    pub ranks: usize,
+}
+
+fn one_rank() -> usize {
+    1
+}
+
+fn is_one_rank(n: &usize) -> bool {
+    *n == 1
 }
 
 impl RunRecord {
@@ -99,7 +111,11 @@ impl RunRecord {
         } else {
             add("DATA.TRAIN_FILENAME", &root.join(&cfg.data.train_filename))?;
         }
-        Ok(RunRecord { config, inputs })
+        Ok(RunRecord {
+            config,
+            inputs,
+            ranks: 1,
+        })
     }
 
     /// The record of the run in `dir` (its `run.json`).
@@ -147,6 +163,9 @@ impl RunRecord {
     /// What differs from `old` (the run being resumed), one line per key or file.
     pub fn diff(&self, old: &RunRecord) -> Vec<String> {
         let mut out = Vec::new();
+        if self.ranks != old.ranks {
+            out.push(format!("ranks (--gpus): {} -> {}", old.ranks, self.ranks));
+        }
         let keys: BTreeSet<&String> = old.config.keys().chain(self.config.keys()).collect();
         let show = |v: Option<&Value>| v.map_or("(absent)".to_string(), Value::to_string);
         for k in keys {
@@ -549,7 +568,11 @@ mod tests {
             crc32: crc.into(),
         };
         inputs.insert("NEIGHBOR.SRC".to_string(), f);
-        RunRecord { config, inputs }
+        RunRecord {
+            config,
+            inputs,
+            ranks: 1,
+        }
     }
 
     /// A record read back from its JSON is the same record: f32 keys such as the Lite models'
@@ -565,6 +588,7 @@ mod tests {
         let rec = RunRecord {
             config,
             inputs: BTreeMap::new(),
+            ranks: 1,
         };
         let back: RunRecord = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
         assert_eq!(rec.diff(&back), Vec::<String>::new());

@@ -1,0 +1,182 @@
+//! Issue 30: work split over ranks gives what one rank gives. `extract` over 2 and 3 ranks
+//! writes the matrix, row list and list of unusable images of 1 rank, byte for byte (a small
+//! ResNet, on the CPU and on the emulated GPU); the candidate pool with its database split over
+//! 2 and 3 ranks is the pool of 1 rank (ties included). The training step's equivalence and a
+//! dead rank are in tests/train.rs; `train --gpus 2` end to end in tests/scripts.rs.
+
+mod common;
+
+use insclr::backend::{CpuBackend, DType, DeviceChoice};
+use insclr::dist::threads;
+use insclr::jobs::{extract, DescribeOptions, ExtractOptions};
+use insclr::mining::CandidatePool;
+use insclr::nn::head::HeadKind;
+use insclr::nn::resnet::ResNet;
+use insclr::nn::{weights, RetrievalNet};
+use insclr::rng::Rng;
+use std::path::{Path, PathBuf};
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("insclr-ranks-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A 4-wide ResNet with a 16-d head, written as `train` writes its final model.
+fn small_model(dir: &Path) -> PathBuf {
+    let be = insclr::backend::cpu();
+    let mut rng = Rng::new(5);
+    let backbone = ResNet::custom(be, &mut rng, [1, 1, 1, 1], 4, false).unwrap();
+    let net =
+        RetrievalNet::new(be, &mut rng, Box::new(backbone), HeadKind::NormLinearNorm, 16).unwrap();
+    let path = dir.join("model.safetensors");
+    insclr::io::safetensors::write(&path, &weights::export(&net, be).unwrap(), None).unwrap();
+    path
+}
+
+/// 13 images of mixed sizes (so batches group by size differently on each rank) and one
+/// corrupt file among them, which lands in the middle rank's share.
+fn images(dir: &Path) -> PathBuf {
+    let root = dir.join("images");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut r = Rng::new(9);
+    for i in 0..13u32 {
+        let (w, h) = (24 + 8 * (i % 3), 20 + 4 * (i % 2));
+        let img = image::RgbImage::from_fn(w, h, |_, _| {
+            image::Rgb([r.below(256) as u8, r.below(256) as u8, r.below(256) as u8])
+        });
+        img.save(root.join(format!("im{i:02}.png"))).unwrap();
+    }
+    std::fs::write(root.join("im06b.jpg"), b"not an image").unwrap();
+    root
+}
+
+fn files(out: &Path) -> Vec<Vec<u8>> {
+    ["npy", "txt", "bad.txt"]
+        .iter()
+        .map(|e| std::fs::read(out.with_extension(e)).unwrap())
+        .collect()
+}
+
+fn extract_matches_one_rank(device: DeviceChoice, tag: &str) {
+    let dir = tmpdir(tag);
+    let (model, root) = (small_model(&dir), images(&dir));
+    let run = |gpus: usize| {
+        let out = dir.join(format!("feats-{gpus}.npy"));
+        let report = extract(
+            &ExtractOptions {
+                describe: DescribeOptions {
+                    model: Some("resnet-custom".into()),
+                    weights: Some(model.clone()),
+                    img_size: 32,
+                    batch: 4,
+                    quiet: true,
+                    ..Default::default()
+                },
+                images: root.clone(),
+                out: out.clone(),
+                skip_bad: true,
+                gpus,
+                ..Default::default()
+            },
+            device,
+        )
+        .unwrap();
+        assert_eq!((report.rows, report.skipped), (13, 1), "{gpus} ranks");
+        files(&out)
+    };
+    let one = run(1);
+    assert!(String::from_utf8_lossy(&one[2]).contains("im06b.jpg"));
+    for gpus in [2, 3] {
+        assert!(run(gpus) == one, "{tag}: {gpus} ranks wrote other files than 1 rank");
+    }
+    // Without --skip-bad every rank stops on the corrupt file, listed once, nothing written.
+    let out = dir.join("strict.npy");
+    let e = extract(
+        &ExtractOptions {
+            describe: DescribeOptions {
+                model: Some("resnet-custom".into()),
+                weights: Some(model.clone()),
+                img_size: 32,
+                quiet: true,
+                ..Default::default()
+            },
+            images: root.clone(),
+            out: out.clone(),
+            gpus: 3,
+            ..Default::default()
+        },
+        device,
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("1 unusable image(s)"), "{e:#}");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn extract_over_ranks_writes_what_one_rank_writes_on_the_cpu() {
+    extract_matches_one_rank(DeviceChoice::Cpu, "extract-cpu");
+}
+
+#[test]
+fn extract_over_ranks_writes_what_one_rank_writes_on_emu() {
+    common::log("RAN extract_over_ranks_writes_what_one_rank_writes_on_emu on emu");
+    extract_matches_one_rank(DeviceChoice::Emu, "extract-emu");
+}
+
+/// Unit rows with exact duplicates (ties broken by index) and near-duplicates.
+fn pool_feats(n: usize, d: usize) -> Vec<f32> {
+    let mut r = Rng::new(21);
+    let mut x: Vec<f32> = Vec::with_capacity(n * d);
+    for i in 0..n {
+        let row: Vec<f32> = if i % 7 == 3 {
+            x[(i - 3) * d..(i - 2) * d].to_vec()
+        } else {
+            (0..d).map(|_| r.normal()).collect()
+        };
+        let nrm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        x.extend(row.iter().map(|v| v / nrm));
+    }
+    x
+}
+
+#[test]
+fn a_pool_split_over_ranks_is_the_pool_of_one_rank() {
+    let (n, d) = (61, 8);
+    let x = pool_feats(n, d);
+    let cpu = CpuBackend::new();
+    let emu = insclr::backend::CudaBackend::emu();
+    for (k, block) in [(1, 61), (5, 7), (12, 1), (12, 100), (40, 9)] {
+        let want = CandidatePool::compute(&cpu, &x, n, d, k, 16, &mut |_| {}).unwrap();
+        for world in [2, 3] {
+            for (name, be) in [("cpu", &cpu as &dyn insclr::backend::Backend), ("emu", &emu)] {
+                let got = threads::run(world, |comm| {
+                    let mut rows = 0;
+                    let p = CandidatePool::compute_on_ranks(
+                        be,
+                        comm,
+                        &x,
+                        n,
+                        d,
+                        k,
+                        16,
+                        DType::F32,
+                        8 * k * world * block,
+                        &mut |t| rows += t,
+                    )?;
+                    assert_eq!(rows, n, "progress counts every query once");
+                    Ok(p)
+                })
+                .unwrap();
+                for (rank, p) in got.iter().enumerate() {
+                    assert!(
+                        *p == want,
+                        "k {k}, blocks of {block} queries, {world} ranks on {name}: rank {rank}'s pool differs"
+                    );
+                }
+            }
+        }
+    }
+}
