@@ -295,7 +295,8 @@ phase_unpack() {
   local dirs="" d lib found
   for d in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 /usr/lib/x86_64-linux-gnu \
     $(timeout 10 python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2> /dev/null | tr ' ' '\n' | sed 's#$#/nvidia/*/lib#'); do
-    for lib in $d/libcublas.so*; do
+    # libnccl too: the NCCL test (tests/ranks.rs) trains through it with a world of one.
+    for lib in $d/libcublas.so* $d/libnccl.so*; do
       [ -e "$lib" ] && dirs="$dirs:$(dirname "$lib")"
     done
   done

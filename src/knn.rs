@@ -161,7 +161,12 @@ pub fn merge(parts: &[Neighbors], nq: usize, k: usize) -> Neighbors {
     for q in 0..nq {
         let mut row: Vec<(f32, u32)> = parts
             .iter()
-            .flat_map(|p| p.scores(q).iter().copied().zip(p.indices(q).iter().copied()))
+            .flat_map(|p| {
+                p.scores(q)
+                    .iter()
+                    .copied()
+                    .zip(p.indices(q).iter().copied())
+            })
             .collect();
         row.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for &(v, j) in row.iter().take(k) {

@@ -512,8 +512,18 @@ fn commands_split_over_two_ranks_run_end_to_end() {
         pool.display().to_string(),
     );
     let out = run(&[
-        "--device", "emu", "extract", "--quiet", "--gpus", "2", "--img-size", "32", "--images",
-        &images, "--out", &feats_s,
+        "--device",
+        "emu",
+        "extract",
+        "--quiet",
+        "--gpus",
+        "2",
+        "--img-size",
+        "32",
+        "--images",
+        &images,
+        "--out",
+        &feats_s,
     ]);
     assert!(out.contains("2 ranks"), "{out}");
     let out = run(&[
@@ -523,10 +533,19 @@ fn commands_split_over_two_ranks_run_end_to_end() {
     let stage = dir.join("stage.toml");
     std::fs::write(&stage, common::tiny_stage_toml(&dir, 4, 1e-3, "random", "")).unwrap();
     let stage_s = stage.display().to_string();
-    let out = run(&["--device", "emu", "train", "--quiet", "--gpus", "2", "--config", &stage_s]);
+    let out = run(&[
+        "--device", "emu", "train", "--quiet", "--gpus", "2", "--config", &stage_s,
+    ]);
     common::log("RAN commands_split_over_two_ranks_run_end_to_end on emu");
-    assert!(out.contains("backend emu") && out.contains("2 ranks"), "{out}");
-    assert_eq!(out.matches("trained 4 steps").count(), 1, "rank 0 alone reports: {out}");
+    assert!(
+        out.contains("backend emu") && out.contains("2 ranks"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("trained 4 steps").count(),
+        1,
+        "rank 0 alone reports: {out}"
+    );
     let log = std::fs::read_to_string(dir.join("out/log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 4, "one log line per step");
     let mut checkpoints: Vec<String> = std::fs::read_dir(dir.join("out/checkpoints"))
@@ -543,16 +562,32 @@ fn commands_split_over_two_ranks_run_end_to_end() {
             "checkpoint_0000004.safetensors"
         ]
     );
-    let out = run(&["--device", "cpu", "report", &dir.join("out").display().to_string()]);
+    let out = run(&[
+        "--device",
+        "cpu",
+        "report",
+        &dir.join("out").display().to_string(),
+    ]);
     assert!(dir.join("out/report.html").exists(), "{out}");
 
     let stage2 = stage_config(&dir, 2);
     let eval = tiny_images(&dir);
-    let plan = plan(&dir, &stage2, (&dir.join("images"), ""), &eval, &[("s1", "")]);
+    let plan = plan(
+        &dir,
+        &stage2,
+        (&dir.join("images"), ""),
+        &eval,
+        &[("s1", "")],
+    );
     let plan_s = plan.display().to_string();
-    let out = run(&["--device", "cpu", "pipeline", "--quiet", "--gpus", "2", "--config", &plan_s]);
+    let out = run(&[
+        "--device", "cpu", "pipeline", "--quiet", "--gpus", "2", "--config", &plan_s,
+    ]);
     for step in ["s0/features", "s0/pool", "s1/train"] {
-        assert!(out.contains(&format!("] {step}")), "{step} did not run: {out}");
+        assert!(
+            out.contains(&format!("] {step}")),
+            "{step} did not run: {out}"
+        );
     }
     assert!(out.matches("2 ranks").count() >= 3, "{out}");
     let _ = std::fs::remove_dir_all(&dir);

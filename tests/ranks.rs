@@ -28,8 +28,14 @@ fn small_model(dir: &Path) -> PathBuf {
     let be = insclr::backend::cpu();
     let mut rng = Rng::new(5);
     let backbone = ResNet::custom(be, &mut rng, [1, 1, 1, 1], 4, false).unwrap();
-    let net =
-        RetrievalNet::new(be, &mut rng, Box::new(backbone), HeadKind::NormLinearNorm, 16).unwrap();
+    let net = RetrievalNet::new(
+        be,
+        &mut rng,
+        Box::new(backbone),
+        HeadKind::NormLinearNorm,
+        16,
+    )
+    .unwrap();
     let path = dir.join("model.safetensors");
     insclr::io::safetensors::write(&path, &weights::export(&net, be).unwrap(), None).unwrap();
     path
@@ -89,7 +95,10 @@ fn extract_matches_one_rank(device: DeviceChoice, tag: &str) {
     let one = run(1);
     assert!(String::from_utf8_lossy(&one[2]).contains("im06b.jpg"));
     for gpus in [2, 3] {
-        assert!(run(gpus) == one, "{tag}: {gpus} ranks wrote other files than 1 rank");
+        assert!(
+            run(gpus) == one,
+            "{tag}: {gpus} ranks wrote other files than 1 rank"
+        );
     }
     // Without --skip-bad every rank stops on the corrupt file, listed once, nothing written.
     let out = dir.join("strict.npy");
@@ -151,7 +160,10 @@ fn a_pool_split_over_ranks_is_the_pool_of_one_rank() {
     for (k, block) in [(1, 61), (5, 7), (12, 1), (12, 100), (40, 9)] {
         let want = CandidatePool::compute(&cpu, &x, n, d, k, 16, &mut |_| {}).unwrap();
         for world in [2, 3] {
-            for (name, be) in [("cpu", &cpu as &dyn insclr::backend::Backend), ("emu", &emu)] {
+            for (name, be) in [
+                ("cpu", &cpu as &dyn insclr::backend::Backend),
+                ("emu", &emu),
+            ] {
                 let got = threads::run(world, |comm| {
                     let mut rows = 0;
                     let p = CandidatePool::compute_on_ranks(
@@ -179,4 +191,86 @@ fn a_pool_split_over_ranks_is_the_pool_of_one_rank() {
             }
         }
     }
+}
+
+/// The NCCL path with a world of one (`RANK=0 WORLD_SIZE=1`, what torchrun with one process
+/// sets): on a machine with a GPU and libnccl a stage trains through it (every collective of
+/// the step runs on NCCL); without them the command stops with an error that says what is
+/// missing and where to get it, and does not panic. The GPU protocol's runner sets
+/// `INSCLR_REQUIRE_GPU=1`, which turns a missing GPU or libnccl there into a failure.
+#[test]
+fn nccl_with_a_world_of_one_trains_or_says_what_is_missing() {
+    let dir = tmpdir("nccl");
+    common::write_group_pngs(&dir.join("images"));
+    let feats = dir.join("feats.npy");
+    let images = dir.join("images");
+    extract(
+        &ExtractOptions {
+            describe: DescribeOptions {
+                img_size: 32,
+                quiet: true,
+                ..Default::default()
+            },
+            images,
+            out: feats.clone(),
+            ..Default::default()
+        },
+        DeviceChoice::Cpu,
+    )
+    .unwrap();
+    insclr::jobs::pool(
+        &insclr::jobs::PoolOptions {
+            feats,
+            k: 2,
+            out: dir.join("pool.npz"),
+            ..Default::default()
+        },
+        DeviceChoice::Cpu,
+    )
+    .unwrap();
+    let stage = dir.join("stage.toml");
+    std::fs::write(&stage, common::tiny_stage_toml(&dir, 2, 1e-3, "random", "")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
+        .args(["--device", "cuda", "train", "--quiet", "--config"])
+        .arg(&stage)
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "1")
+        .env("MASTER_PORT", port.to_string())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    let gpu =
+        insclr::backend::cuda::driver_present() && insclr::backend::CudaBackend::new(0).is_ok();
+    let nccl = insclr::dist::nccl::nccl_present();
+    if gpu && nccl {
+        common::log("RAN nccl_with_a_world_of_one_trains_or_says_what_is_missing on cuda (NCCL)");
+        assert!(o.status.success(), "{text}");
+        assert!(text.contains("trained 2 steps"), "{text}");
+    } else {
+        assert!(
+            std::env::var("INSCLR_REQUIRE_GPU").as_deref() != Ok("1"),
+            "INSCLR_REQUIRE_GPU=1 but GPU {gpu}, libnccl {nccl}: {text}"
+        );
+        common::log(&format!(
+            "RAN nccl_with_a_world_of_one_trains_or_says_what_is_missing without NCCL (GPU {gpu}, libnccl {nccl}): checks the error"
+        ));
+        assert!(!o.status.success(), "{text}");
+        let said = if gpu {
+            "libnccl.so.2 not found"
+        } else {
+            "no CUDA driver"
+        };
+        assert!(text.contains(said) && text.contains("rank 0"), "{text}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

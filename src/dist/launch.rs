@@ -57,8 +57,8 @@ impl RankEnv {
         } else if let Some(world) = num("SLURM_STEP_NUM_TASKS")? {
             // The tasks of an srun step; a batch script's own shell (SLURM_NTASKS, no step) is
             // one process, not a rank.
-            let rank =
-                num("SLURM_PROCID")?.context("SLURM_STEP_NUM_TASKS is set but SLURM_PROCID is not")?;
+            let rank = num("SLURM_PROCID")?
+                .context("SLURM_STEP_NUM_TASKS is set but SLURM_PROCID is not")?;
             (
                 rank,
                 world,
@@ -68,7 +68,9 @@ impl RankEnv {
         } else {
             return Ok(None);
         };
-        if world <= 1 {
+        // One srun task is no job of ranks; torchrun's one process (or `WORLD_SIZE=1` set by
+        // hand) is a world of one over NCCL, the GPU protocol's check of that path.
+        if world == 0 || world == 1 && from == "SLURM_PROCID" {
             return Ok(None);
         }
         if rank >= world {
@@ -77,7 +79,7 @@ impl RankEnv {
                 world - 1
             );
         }
-        let addr = var("MASTER_ADDR").context(
+        let addr = var("MASTER_ADDR").or_else(|| (world == 1).then(|| "127.0.0.1".to_string())).context(
             "a multi-rank launch needs MASTER_ADDR, the host of rank 0; under Slurm: export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)",
         )?;
         let port = match var("MASTER_PORT") {
@@ -105,14 +107,14 @@ pub fn on_ranks<T: Send>(
     device: DeviceChoice,
     job: impl Fn(&dyn Collective, usize) -> Result<T> + Sync,
 ) -> Result<T> {
-    if let Some(env) = RankEnv::from_env()? {
+    if let Some(env) = RankEnv::from_env()?.filter(|e| e.world > 1 || !on_cpu(device)) {
         if gpus > 1 && gpus != env.world {
             bail!(
                 "--gpus {gpus}, but the launcher started {} ranks (WORLD_SIZE or SLURM_STEP_NUM_TASKS): drop --gpus under a launcher",
                 env.world
             );
         }
-        if matches!(device, DeviceChoice::Cpu | DeviceChoice::Emu) {
+        if on_cpu(device) {
             bail!("processes started as ranks (RANK / WORLD_SIZE, or Slurm's variables) meet over NCCL, which needs --device cuda; on cpu or emu use --gpus N in one process (the ranks are threads)");
         }
         let group = NcclGroup::connect(&env, RENDEZVOUS_TIMEOUT)?;
@@ -129,6 +131,11 @@ pub fn on_ranks<T: Send>(
             "--gpus {gpus} on GPUs runs one process per GPU: `insclr-cu <command> --gpus {gpus} --device cuda` starts them, or a cluster launcher (srun, torchrun) that sets RANK and WORLD_SIZE; on the CPU use --device cpu (the ranks are then threads)"
         ),
     }
+}
+
+/// Whether `device` is one whose ranks are threads.
+fn on_cpu(device: DeviceChoice) -> bool {
+    matches!(device, DeviceChoice::Cpu | DeviceChoice::Emu)
 }
 
 /// ", 2 ranks (threads)" and the like for a job's first line; "" on one rank.
@@ -219,7 +226,15 @@ mod tests {
     #[test]
     fn ranks_come_from_torchrun_or_slurm_variables() {
         assert_eq!(env(&[]).unwrap(), None);
-        assert_eq!(env(&[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap(), None);
+        let one = env(&[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap().unwrap();
+        assert_eq!(
+            (one.rank, one.world, one.master.as_str()),
+            (0, 1, "127.0.0.1:29500")
+        );
+        assert_eq!(
+            env(&[("SLURM_STEP_NUM_TASKS", "1"), ("SLURM_PROCID", "0")]).unwrap(),
+            None
+        );
         let t = env(&[
             ("WORLD_SIZE", "8"),
             ("RANK", "5"),
@@ -247,7 +262,10 @@ mod tests {
     #[test]
     fn a_launch_missing_a_variable_says_which() {
         // A batch script's shell in an allocation of 4 tasks is no rank.
-        assert_eq!(env(&[("SLURM_NTASKS", "4"), ("SLURM_PROCID", "0")]).unwrap(), None);
+        assert_eq!(
+            env(&[("SLURM_NTASKS", "4"), ("SLURM_PROCID", "0")]).unwrap(),
+            None
+        );
         let e = env(&[("SLURM_STEP_NUM_TASKS", "2"), ("SLURM_PROCID", "0")]).unwrap_err();
         assert!(e.to_string().contains("needs MASTER_ADDR"), "{e}");
         assert!(e.to_string().contains("scontrol show hostnames"), "{e}");

@@ -101,9 +101,6 @@ pub fn shard(n: usize, rank: usize, world: usize) -> Range<usize> {
 
 /// Every rank's `part` of f32s, concatenated in rank order.
 pub fn all_gather_f32(c: &dyn Collective, part: &[f32]) -> Result<Vec<f32>> {
-    if c.world() == 1 {
-        return Ok(part.to_vec());
-    }
     let bytes: Vec<u8> = part.iter().flat_map(|v| v.to_le_bytes()).collect();
     Ok(c.all_gather_bytes(&bytes)?
         .iter()
@@ -114,9 +111,6 @@ pub fn all_gather_f32(c: &dyn Collective, part: &[f32]) -> Result<Vec<f32>> {
 
 /// Every rank's `part` of u32s, concatenated in rank order.
 pub fn all_gather_u32(c: &dyn Collective, part: &[u32]) -> Result<Vec<u32>> {
-    if c.world() == 1 {
-        return Ok(part.to_vec());
-    }
     let bytes: Vec<u8> = part.iter().flat_map(|v| v.to_le_bytes()).collect();
     Ok(c.all_gather_bytes(&bytes)?
         .iter()

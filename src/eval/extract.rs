@@ -389,7 +389,10 @@ pub fn extract_on_ranks(
         ..cfg.clone()
     };
     let shifted = |s: Skipped| -> Vec<(usize, String)> {
-        s.items.into_iter().map(|(i, _, why)| (i + mine.start, why)).collect()
+        s.items
+            .into_iter()
+            .map(|(i, _, why)| (i + mine.start, why))
+            .collect()
     };
     let (part, feats) = match extract(be, net, &items[mine.clone()], &cfg_here, what) {
         Ok(x) => (

@@ -2,8 +2,8 @@
 //! (`insclr-cu extract`).
 
 use crate::backend::{self, f32_needs, Backend, DeviceChoice, Op};
-use crate::dist;
 use crate::data::image::{list_images, Skipped};
+use crate::dist;
 use crate::eval::extract::{self, BadImages, ExtractConfig, ImageItem};
 use crate::io::paths::{check_outputs, Named};
 use crate::io::{self, npy};

@@ -741,7 +741,10 @@ fn run_step(
             let s = crate::dist::launch::on_ranks(opts.gpus, device, |comm, gpu| {
                 let (be, chosen) = backend::select_on(device, &needs, gpu)?;
                 if comm.rank() == 0 {
-                    eprintln!("train: backend {chosen}{}", crate::dist::launch::ranks_note(comm));
+                    eprintln!(
+                        "train: backend {chosen}{}",
+                        crate::dist::launch::ranks_note(comm)
+                    );
                 }
                 train::run_rank(cfg.clone(), be.as_ref(), comm, &run)
             })?;

@@ -87,8 +87,17 @@ pub fn pool(opts: &PoolOptions, device: DeviceChoice) -> Result<PoolReport> {
         );
     }
     let t0 = Instant::now();
-    let pool = compute_on_ranks(opts.gpus, &feats.data, n, d, opts.k, tile, opts.precision, device)
-        .with_context(|| format!("candidate pool of {}", opts.feats.display()))?;
+    let pool = compute_on_ranks(
+        opts.gpus,
+        &feats.data,
+        n,
+        d,
+        opts.k,
+        tile,
+        opts.precision,
+        device,
+    )
+    .with_context(|| format!("candidate pool of {}", opts.feats.display()))?;
     let seconds = t0.elapsed().as_secs_f64();
     if crate::dist::launch::is_rank_zero()? {
         pool.save(&opts.out)?;

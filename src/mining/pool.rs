@@ -243,8 +243,15 @@ impl CandidatePool {
                 dim: d,
             };
             let shift = q0 as isize - rows.start as isize;
-            let mut mine = knn::top_k(be, pair, k, Exclude::ShiftedDiagonal(shift), tiling, progress)
-                .context("candidate pool search")?;
+            let mut mine = knn::top_k(
+                be,
+                pair,
+                k,
+                Exclude::ShiftedDiagonal(shift),
+                tiling,
+                progress,
+            )
+            .context("candidate pool search")?;
             mine.index.iter_mut().for_each(|j| *j += rows.start as u32);
             let index = all_gather_u32(comm, &mine.index)?;
             let score = all_gather_f32(comm, &mine.score)?;

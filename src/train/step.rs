@@ -371,9 +371,6 @@ impl Stage<'_> {
     /// Sums the parameter gradients over the ranks (each back-propagated its rows of one loss,
     /// so the sum is the whole batch's gradient), before the clip reads their norm.
     fn sum_gradients_over_ranks(&mut self) -> Result<()> {
-        if self.comm.world() == 1 {
-            return Ok(());
-        }
         let _r = range("all-reduce");
         for p in self.net.params_mut() {
             if let Some(g) = p.grad.as_mut() {
@@ -386,9 +383,6 @@ impl Stage<'_> {
     /// Rank 0's BatchNorm running statistics on every rank: only they were updated from the
     /// batch's first chunk, as DataParallel keeps its first replica's (spec G13).
     fn share_running_statistics(&mut self) -> Result<()> {
-        if self.comm.world() == 1 {
-            return Ok(());
-        }
         for p in self.net.params_mut() {
             if p.kind == ParamKind::Running {
                 self.comm.broadcast_buf(self.be, &mut p.value, 0)?;
