@@ -274,3 +274,47 @@ fn nccl_with_a_world_of_one_trains_or_says_what_is_missing() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--gpus 2 --device cuda` starts one process per GPU and waits for them; when a rank exits
+/// with an error the launcher says which and stops the others (here, without a GPU or libnccl,
+/// the ranks stop at their start with the reason, and the launcher names the first it saw
+/// exit).
+#[test]
+fn the_gpu_launcher_names_a_rank_that_failed() {
+    let gpu =
+        insclr::backend::cuda::driver_present() && insclr::backend::CudaBackend::new(0).is_ok();
+    if gpu && insclr::dist::nccl::nccl_present() {
+        common::log("the_gpu_launcher_names_a_rank_that_failed: a GPU with libnccl is here; the rank would not fail, nothing to check");
+        return;
+    }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
+        .args([
+            "--device",
+            "cuda",
+            "train",
+            "--gpus",
+            "2",
+            "--config",
+            "configs/demo.toml",
+        ])
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    // (The launcher may stop one rank before it prints.)
+    assert!(
+        text.contains("no CUDA driver") || text.contains("libnccl.so.2 not found"),
+        "a rank says why: {text}"
+    );
+    assert!(
+        text.contains("of 2 exited with") && text.contains("the other ranks were stopped"),
+        "{text}"
+    );
+}

@@ -64,7 +64,7 @@ pub fn run(cfg: Config, be: &dyn Backend, opts: &RunOptions) -> Result<Summary> 
 
 /// [`run`] as rank `comm.rank()` of a stage split over `comm.world()` ranks (every rank
 /// calls it with the same config): rank 0 checks and writes OUTPUT_DIR as [`run`] does, the
-/// others only train beside it ([`follow`]) and return its summary's counts. The run record
+/// others only train beside it, writing nothing, and return their own counts. The run record
 /// holds the number of ranks, so `--resume` continues only with as many.
 pub fn run_rank(
     cfg: Config,
