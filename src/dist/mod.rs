@@ -14,6 +14,7 @@
 
 pub mod launch;
 pub mod nccl;
+pub mod rank_env;
 pub mod rendezvous;
 pub mod threads;
 
@@ -99,33 +100,11 @@ pub fn shard(n: usize, rank: usize, world: usize) -> Range<usize> {
     start..start + base + usize::from(rank < extra)
 }
 
-/// Every rank's `part` of f32s, concatenated in rank order.
-pub fn all_gather_f32(c: &dyn Collective, part: &[f32]) -> Result<Vec<f32>> {
-    let bytes: Vec<u8> = part.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok(c.all_gather_bytes(&bytes)?
-        .iter()
-        .flat_map(|p| p.chunks_exact(4))
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
-}
-
-/// Every rank's `part` of u32s, concatenated in rank order.
-pub fn all_gather_u32(c: &dyn Collective, part: &[u32]) -> Result<Vec<u32>> {
-    let bytes: Vec<u8> = part.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok(c.all_gather_bytes(&bytes)?
-        .iter()
-        .flat_map(|p| p.chunks_exact(4))
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
-}
-
-/// Who this rank is, for messages: "" on one rank, else "rank 1 of 4: ".
-pub fn prefix(c: &dyn Collective) -> String {
-    if c.world() == 1 {
-        String::new()
-    } else {
-        format!("rank {} of {}: ", c.rank(), c.world())
-    }
+/// Every rank's `part`, concatenated in rank order (the ranks share one byte order: x86-64
+/// and aarch64 are both little-endian).
+pub fn all_gather<T: bytemuck::Pod>(c: &dyn Collective, part: &[T]) -> Result<Vec<T>> {
+    let parts = c.all_gather_bytes(bytemuck::cast_slice(part))?;
+    Ok(bytemuck::pod_collect_to_vec(&parts.concat()))
 }
 
 #[cfg(test)]
@@ -156,7 +135,6 @@ mod tests {
         Solo.all_reduce_sum(&mut x).unwrap();
         Solo.broadcast(&mut x, 0).unwrap();
         assert_eq!(x, [1.0, 2.0]);
-        assert_eq!(all_gather_f32(&Solo, &x).unwrap(), x);
-        assert_eq!(prefix(&Solo), "");
+        assert_eq!(all_gather(&Solo, &x).unwrap(), x);
     }
 }

@@ -10,7 +10,7 @@
 //! NCCL's sums are the same bits on every rank (each element is reduced once and
 //! broadcast), though not added in rank order.
 
-use super::launch::RankEnv;
+use super::rank_env::RankEnv;
 use super::rendezvous;
 use super::Collective;
 use anyhow::{anyhow, bail, Context, Result};

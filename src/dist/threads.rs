@@ -259,14 +259,14 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::all_gather_f32;
+    use crate::dist::all_gather;
 
     #[test]
     fn gathers_in_rank_order_and_sums_the_same_bits_on_every_rank() {
         let out = run(3, |c| {
             let r = c.rank() as f32;
             let mine: Vec<f32> = (0..=c.rank()).map(|i| r * 10.0 + i as f32).collect();
-            let all = all_gather_f32(c, &mine)?;
+            let all = all_gather(c, &mine)?;
             let mut x = vec![0.1 * (r + 1.0), 1e8 * (1.0 - r)];
             c.all_reduce_sum(&mut x)?;
             let mut b = vec![r; 2];

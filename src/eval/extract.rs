@@ -11,7 +11,7 @@ use crate::data::image::{
     eval_size, load_exact, load_for_eval, probe, resize_bilinear, scaled_len, Chw, Skipped,
     IMAGENET_MEAN, IMAGENET_STD,
 };
-use crate::dist::{all_gather_f32, shard, Collective};
+use crate::dist::{all_gather, shard, Collective};
 use crate::nn::DescriptorNet;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -416,7 +416,7 @@ pub fn extract_on_ranks(
         },
     };
     let parts = comm.all_gather_bytes(&serde_json::to_vec(&part)?)?;
-    let feats = all_gather_f32(comm, &feats)?;
+    let feats = all_gather(comm, &feats)?;
     let parts: Vec<RankPart> = parts
         .iter()
         .map(|p| serde_json::from_slice(p))

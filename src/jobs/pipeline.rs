@@ -827,7 +827,8 @@ fn step_outputs(plan: &Plan, step: Step) -> (Vec<PathBuf>, Vec<PathBuf>) {
 /// ```
 pub fn pipeline(opts: &PipelineOptions, device: DeviceChoice) -> Result<PipelineReport> {
     let threads = matches!(device, DeviceChoice::Cpu | DeviceChoice::Emu);
-    if opts.gpus > 1 && !threads || crate::dist::launch::RankEnv::from_env()?.is_some() {
+    let launched = crate::dist::launch::RankEnv::from_env()?.is_some_and(|e| e.world > 1);
+    if opts.gpus > 1 && !threads || launched {
         bail!("pipeline splits its steps over ranks as threads, with --device cpu or emu; on GPUs run its steps as commands (`insclr-cu extract | pool | train --gpus N --device cuda`, or under srun / torchrun), which split over one process per GPU");
     }
     let mut plan = Plan::read(&opts.config)?;

@@ -122,21 +122,8 @@ pub fn check_pool_memory(n: usize, k: usize, tile: usize, precision: DType) -> R
     )
 }
 
-/// The pool of `feats` (`n x d`) on the backend `device` picks, with a progress bar.
-pub fn compute(
-    feats: &[f32],
-    n: usize,
-    d: usize,
-    k: usize,
-    tile: usize,
-    dtype: DType,
-    device: DeviceChoice,
-) -> Result<CandidatePool> {
-    compute_on_ranks(1, feats, n, d, k, tile, dtype, device)
-}
-
-/// [`compute`] with the database split over `gpus` ranks
-/// ([`CandidatePool::compute_on_ranks`]); the progress bar is rank 0's.
+/// The pool of `feats` (`n x d`) on the backend `device` picks, with a progress bar (rank
+/// 0's), its database split over `gpus` ranks ([`CandidatePool::compute_on_ranks`]).
 #[allow(clippy::too_many_arguments)]
 pub fn compute_on_ranks(
     gpus: usize,

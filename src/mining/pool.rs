@@ -13,7 +13,7 @@
 //! (score descending, index ascending), so the result is deterministic and never contains self.
 
 use crate::backend::{Backend, DType};
-use crate::dist::{all_gather_f32, all_gather_u32, shard, Collective};
+use crate::dist::{all_gather, shard, Collective};
 use crate::io::npy::{self, Array, NpzEntry};
 use crate::knn::{self, Exclude, Neighbors, Pair, Tiling};
 use anyhow::{bail, Context, Result};
@@ -217,14 +217,9 @@ impl CandidatePool {
         progress: &mut dyn FnMut(usize),
     ) -> Result<CandidatePool> {
         let world = comm.world();
-        if world == 1 || n / world <= k {
+        // (compute_as checks the shapes too.)
+        if world == 1 || n / world <= k || feats.len() != n * d {
             return Self::compute_as(be, feats, n, d, k, tile, dtype, progress);
-        }
-        if feats.len() != n * d {
-            bail!(
-                "candidate pool: features hold {} values, expected n*d = {n}*{d}",
-                feats.len()
-            );
         }
         let rows = shard(n, comm.rank(), world);
         let db = &feats[rows.start * d..rows.end * d];
@@ -253,8 +248,8 @@ impl CandidatePool {
             )
             .context("candidate pool search")?;
             mine.index.iter_mut().for_each(|j| *j += rows.start as u32);
-            let index = all_gather_u32(comm, &mine.index)?;
-            let score = all_gather_f32(comm, &mine.score)?;
+            let index = all_gather(comm, &mine.index)?;
+            let score = all_gather(comm, &mine.score)?;
             let parts: Vec<Neighbors> = index
                 .chunks(nq * k)
                 .zip(score.chunks(nq * k))

@@ -97,17 +97,13 @@ pub fn run_rank(
     .collect();
     check_outputs(&inputs, &outputs)?;
     run_dir::precheck(&out, &record, opts.resume, opts.overwrite, &inputs)?;
-    let root = PathBuf::from(&cfg.data.root);
-    let list = (!cfg.data.train_filename.is_empty()).then(|| root.join(&cfg.data.train_filename));
-    let data = Dataset::open(&root, list.as_deref(), cfg.data.cache_images)?;
-    let n = data.len();
-    super::memory::check(&cfg, n, be.device() == crate::backend::Device::Cpu)?;
-    let pool = CandidatePool::load(Path::new(&cfg.neighbor.src), n).context("NEIGHBOR.SRC")?;
+    let (data, pool, built) = open_stage_inputs(&cfg, be)?;
     let Built {
         net,
         note,
         random_init,
-    } = load_model(&cfg.model, cfg.seed, cfg.precision(), be)?;
+    } = built;
+    let n = data.len();
     let skipped = data.skipped.clone();
     eprintln!(
         "train: {n} images ({} skipped), pool k = {}, model {} -> {} ({note}), backend {}, {}",
@@ -178,12 +174,7 @@ fn follow(
     opts: &RunOptions,
     start: std::time::Instant,
 ) -> Result<Summary> {
-    let root = PathBuf::from(&cfg.data.root);
-    let list = (!cfg.data.train_filename.is_empty()).then(|| root.join(&cfg.data.train_filename));
-    let data = Dataset::open(&root, list.as_deref(), cfg.data.cache_images)?;
-    let n = data.len();
-    let pool = CandidatePool::load(Path::new(&cfg.neighbor.src), n).context("NEIGHBOR.SRC")?;
-    let built = load_model(&cfg.model, cfg.seed, cfg.precision(), be)?;
+    let (data, pool, built) = open_stage_inputs(&cfg, be)?;
     let skipped = data.skipped.len();
     let final_model = Path::new(&cfg.output_dir).join(FINAL_MODEL);
     let mut stage = Stage::new(cfg, be, comm, built.net, data, &pool)?;
@@ -215,6 +206,19 @@ fn follow(
     })
 }
 
+/// The training set, its candidate pool and the model a stage starts from (after the memory
+/// check of the banks and buffers they need).
+fn open_stage_inputs(cfg: &Config, be: &dyn Backend) -> Result<(Dataset, CandidatePool, Built)> {
+    let root = PathBuf::from(&cfg.data.root);
+    let list = (!cfg.data.train_filename.is_empty()).then(|| root.join(&cfg.data.train_filename));
+    let data = Dataset::open(&root, list.as_deref(), cfg.data.cache_images)?;
+    let n = data.len();
+    super::memory::check(cfg, n, be.device() == crate::backend::Device::Cpu)?;
+    let pool = CandidatePool::load(Path::new(&cfg.neighbor.src), n).context("NEIGHBOR.SRC")?;
+    let built = load_model(&cfg.model, cfg.seed, cfg.precision(), be)?;
+    Ok((data, pool, built))
+}
+
 /// Where every rank starts: rank 0 arrives once OUTPUT_DIR is checked and prepared, then each
 /// rank resumes from the latest checkpoint (with `resume`), and all must have found the same.
 fn start_together(stage: &mut Stage, resume: bool) -> Result<Option<usize>> {
@@ -223,7 +227,7 @@ fn start_together(stage: &mut Stage, resume: bool) -> Result<Option<usize>> {
     let resumed = if resume { stage.resume()? } else { None };
     if comm.world() > 1 {
         let at = resumed.map_or(0, |s| s as u32 + 1);
-        let all = crate::dist::all_gather_u32(comm, &[at])?;
+        let all = crate::dist::all_gather(comm, &[at])?;
         if all.iter().any(|&a| a != at) {
             bail!("the ranks resumed from different checkpoints (step + 1 by rank, 0 for none: {all:?}); is OUTPUT_DIR on a folder every rank sees?");
         }

@@ -15,7 +15,7 @@ use super::streams::{stream, AUG, INIT_AUG, TRACE};
 use crate::backend::Backend;
 use crate::data::dataset::Dataset;
 use crate::data::image::{resize_bilinear, Chw};
-use crate::dist::{all_gather_f32, shard, Collective};
+use crate::dist::{all_gather, shard, Collective};
 use crate::memory::IndexedBank;
 use crate::mining::{AnchorSampler, Batch, CandidatePool, MineConfig, Miner, Mode};
 use crate::nn::{DescriptorNet, Images, RetrievalNet};
@@ -142,8 +142,8 @@ impl<'b> Stage<'b> {
         let mut net = net;
         let (ghost, world) = (cfg.model.bn_ghost_groups, comm.world());
         if world > 1 && ghost > 1 {
-            // Each rank's share is `world` contiguous chunks' worth of the batch: with
-            // `ghost / world` groups each, the statistics groups are one rank's (spec G13).
+            // A rank's rows are 1/world of the batch, contiguous: split into `ghost / world`
+            // groups they are the very groups one rank makes of the whole batch (spec G13).
             if ghost % world != 0 {
                 bail!("MODEL.BN_GHOST_GROUPS = {ghost} cannot be split over {world} ranks: give a multiple of {world} (each rank then normalises {ghost}/{world} groups, as one GPU does) or 1 (statistics per rank, as DataParallel's)");
             }
@@ -200,9 +200,9 @@ impl<'b> Stage<'b> {
         shard(batch.indices.len(), self.comm.rank(), self.comm.world())
     }
 
-    /// Step `t`'s batch and this rank's inputs of it, and the seconds the step waited for them: loaded here
-    /// without prefetch, else taken from the loader, which is topped up to PREFETCH steps
-    /// ahead first.
+    /// Step `t`'s batch and this rank's inputs of it, and the seconds the step waited for
+    /// them: loaded here without prefetch, else taken from the loader, which is topped up to
+    /// PREFETCH steps ahead first.
     pub(super) fn next_inputs(&mut self, t: usize) -> Result<(Batch, Inputs, f64)> {
         let t0 = std::time::Instant::now();
         let depth = self.cfg.dataloader.prefetch;
@@ -297,10 +297,10 @@ impl<'b> Stage<'b> {
                 let x = self.rgb(&x);
                 self.net.describe_images(self.be, x, mine.len(), h, w)?
             };
-            let f = all_gather_f32(self.comm, &f)?;
+            let f = all_gather(self.comm, &f)?;
             let size = self.cfg.input.noaug_img_size;
             let base = loader::noaug(&self.data, &self.spec, size, mine)?;
-            let g = all_gather_f32(self.comm, &self.noaug_features(&base)?)?;
+            let g = all_gather(self.comm, &self.noaug_features(&base)?)?;
             self.da.write(self.be, chunk, &self.be.upload(&f)?)?;
             if let Some(nb) = self.noda.as_mut() {
                 nb.write(self.be, chunk, &self.be.upload(&g)?)?;

@@ -23,16 +23,18 @@
 //! Over several ranks ([`crate::dist`]) each rank loads, describes and back-propagates its
 //! share of the batch; F and G are all-gathered, so selection, both losses, the banks and
 //! mining see the whole batch on every rank, computed alike from the same inputs (the batch,
-//! its labels and the random streams are derived on every rank, not sent). Randomness: the augmentations and the memory sample draw from
-//! the streams of [`super::streams`]. The step works on a [`Stage`]'s state and calls nothing
-//! of the run loop ([`super::run`](mod@super::run)), which calls it.
+//! its labels and the random streams are derived on every rank, not sent).
+//!
+//! Randomness: the augmentations and the memory sample draw from the streams of
+//! [`super::streams`]. The step works on a [`Stage`]'s state and calls nothing of the run loop
+//! ([`super::run`](mod@super::run)), which calls it.
 
 use super::loader::Inputs;
 use super::stage::Stage;
 use super::streams::{stream, MEM};
 use crate::backend::profile::range;
 use crate::backend::{Buf, DType};
-use crate::dist::all_gather_f32;
+use crate::dist::all_gather;
 use crate::loss::{contrastive_batch, contrastive_memory, LossOut, Memory};
 use crate::mining::{sample_v1, select_in_batch, Batch, Mined, Miner, SelectionRule};
 use crate::nn::{zero_grads, Module, ParamKind};
@@ -171,10 +173,7 @@ impl Stage<'_> {
     fn describe_without_augmentation(&mut self, inputs: &Inputs) -> Result<Option<Vec<f32>>> {
         let _r = range("no-DA forward");
         match &inputs.noaug {
-            Some(base) => Ok(Some(all_gather_f32(
-                self.comm,
-                &self.noaug_features(base)?,
-            )?)),
+            Some(base) => Ok(Some(all_gather(self.comm, &self.noaug_features(base)?)?)),
             None => Ok(None),
         }
     }
@@ -189,7 +188,7 @@ impl Stage<'_> {
         let [h, w] = self.cfg.input.train_img_size;
         let x = self.rgb(&inputs.views);
         let mine = be.download::<f32>(self.net.forward_train_images(be, x, nimg, h, w)?)?;
-        let host = all_gather_f32(self.comm, &mine)?;
+        let host = all_gather(self.comm, &mine)?;
         let dev = be.upload(&host)?;
         Ok(Described { host, dev })
     }
