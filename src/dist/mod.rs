@@ -36,32 +36,60 @@ pub trait Collective: Send + Sync {
     fn all_reduce_sum(&self, x: &mut [f32]) -> Result<()>;
     /// `x` becomes rank `root`'s `x` (the same length on every rank).
     fn broadcast(&self, x: &mut [f32], root: usize) -> Result<()>;
-    /// [`Collective::all_reduce_sum`] of an f32 buffer of `be`; through the host unless the
-    /// implementation reduces device memory itself.
-    fn all_reduce_buf(&self, be: &dyn Backend, x: &mut Buf) -> Result<()> {
-        let mut host = f32_host(be, x, "all-reduce")?;
-        self.all_reduce_sum(&mut host)?;
-        be.upload_into(&host, x)
+    /// [`Collective::all_reduce_sum`] of f32 buffers of `be` (a model's gradients): through
+    /// the host, in buckets of about [`BUCKET_BYTES`], one collective a bucket.
+    fn all_reduce_bufs(&self, be: &dyn Backend, bufs: &mut [&mut Buf]) -> Result<()> {
+        in_buckets(be, bufs, "all-reduce", |x| self.all_reduce_sum(x))
     }
-    /// [`Collective::broadcast`] of an f32 buffer of `be`.
-    fn broadcast_buf(&self, be: &dyn Backend, x: &mut Buf, root: usize) -> Result<()> {
-        let mut host = f32_host(be, x, "broadcast")?;
-        self.broadcast(&mut host, root)?;
-        be.upload_into(&host, x)
+    /// [`Collective::broadcast`] of f32 buffers of `be`, in buckets as
+    /// [`Collective::all_reduce_bufs`].
+    fn broadcast_bufs(&self, be: &dyn Backend, bufs: &mut [&mut Buf], root: usize) -> Result<()> {
+        in_buckets(be, bufs, "broadcast", |x| self.broadcast(x, root))
     }
     /// This rank failed with `why`: every other rank's current or next collective returns an
     /// error naming it instead of waiting for it.
     fn abort(&self, why: &str);
 }
 
-fn f32_host(be: &dyn Backend, x: &Buf, what: &str) -> Result<Vec<f32>> {
-    if x.dtype() != DType::F32 {
+/// About how many bytes of buffers one collective of [`Collective::all_reduce_bufs`] carries
+/// (PyTorch DDP's bucket): a ResNet-101's 187 MB of gradients go in 8 collectives, not 314.
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+/// Applies `exchange` to consecutive runs of `bufs` of about [`BUCKET_BYTES`], each staged on
+/// the host as one slice.
+fn in_buckets(
+    be: &dyn Backend,
+    bufs: &mut [&mut Buf],
+    what: &str,
+    mut exchange: impl FnMut(&mut [f32]) -> Result<()>,
+) -> Result<()> {
+    if let Some(b) = bufs.iter().find(|b| b.dtype() != DType::F32) {
         bail!(
             "{what} of a {} buffer: only f32 buffers are exchanged",
-            x.dtype()
+            b.dtype()
         );
     }
-    be.download::<f32>(x)
+    let mut start = 0;
+    while start < bufs.len() {
+        let (mut end, mut bytes) = (start, 0);
+        while end < bufs.len() && (end == start || bytes + 4 * bufs[end].len() <= BUCKET_BYTES) {
+            bytes += 4 * bufs[end].len();
+            end += 1;
+        }
+        let mut host = Vec::with_capacity(bytes / 4);
+        for b in &bufs[start..end] {
+            host.extend(be.download::<f32>(b)?);
+        }
+        exchange(&mut host)?;
+        let mut at = 0;
+        for b in &mut bufs[start..end] {
+            let n = b.len();
+            be.upload_into(&host[at..at + n], b)?;
+            at += n;
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 /// One rank: the job is not split.
@@ -83,10 +111,10 @@ impl Collective for Solo {
     fn broadcast(&self, _: &mut [f32], _: usize) -> Result<()> {
         Ok(())
     }
-    fn all_reduce_buf(&self, _: &dyn Backend, _: &mut Buf) -> Result<()> {
+    fn all_reduce_bufs(&self, _: &dyn Backend, _: &mut [&mut Buf]) -> Result<()> {
         Ok(())
     }
-    fn broadcast_buf(&self, _: &dyn Backend, _: &mut Buf, _: usize) -> Result<()> {
+    fn broadcast_bufs(&self, _: &dyn Backend, _: &mut [&mut Buf], _: usize) -> Result<()> {
         Ok(())
     }
     fn abort(&self, _: &str) {}

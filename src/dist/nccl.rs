@@ -3,10 +3,10 @@
 //! only a multi-process launch asks for it).
 //!
 //! The exchanged values travel through device buffers of the rank's GPU: host -> device,
-//! the NCCL collective, device -> host. For a step's descriptors that is a few hundred KB;
-//! for ResNet-101's gradients about 170 MB each way per step over PCIe (about 7 ms at
-//! 25 GB/s, beside the all-reduce itself), which reducing the backend's own device buffers
-//! in buckets during the backward pass would remove (docs/multi-gpu.md has the arithmetic).
+//! the NCCL collective, device -> host. For a step's descriptors that is a few MB; for
+//! ResNet-101's gradients (in 25 MB buckets) 187 MB each way per step over PCIe, on top of the
+//! backend's own download and upload: about 30 ms a step at 25 GB/s, which reducing the
+//! backend's device buffers directly would remove (docs/multi-gpu.md has the arithmetic).
 //! NCCL's sums are the same bits on every rank (each element is reduced once and
 //! broadcast), though not added in rank order.
 

@@ -285,6 +285,39 @@ mod tests {
     }
 
     #[test]
+    fn buffers_are_summed_and_broadcast_in_buckets() {
+        let be = crate::backend::cpu();
+        // 3 and 0 values share a bucket; 7M values (28 MB) are one bucket alone; 5 the last.
+        let sizes = [3usize, 0, 7_000_000, 5];
+        let out = run(2, |c| {
+            let r = c.rank() as f32;
+            let mut bufs: Vec<crate::backend::Buf> = sizes
+                .iter()
+                .map(|&n| be.upload(&vec![r + 1.0; n]))
+                .collect::<Result<_>>()?;
+            let mut refs: Vec<&mut crate::backend::Buf> = bufs.iter_mut().collect();
+            c.all_reduce_bufs(be, &mut refs)?;
+            let summed: Vec<Vec<f32>> = bufs
+                .iter()
+                .map(|b| be.download::<f32>(b))
+                .collect::<Result<_>>()?;
+            let mut refs: Vec<&mut crate::backend::Buf> = bufs.iter_mut().collect();
+            let mut own = be.upload(&[r])?;
+            refs.push(&mut own);
+            c.broadcast_bufs(be, &mut refs, 1)?;
+            Ok((summed, be.download::<f32>(&own)?))
+        })
+        .unwrap();
+        for (summed, own) in out {
+            for (v, &n) in summed.iter().zip(&sizes) {
+                assert_eq!(v.len(), n);
+                assert!(v.iter().all(|&x| x == 3.0));
+            }
+            assert_eq!(own, [1.0], "rank 1's value");
+        }
+    }
+
+    #[test]
     fn a_failed_rank_stops_the_others_with_its_name_and_reason() {
         let e = run(3, |c| {
             let mut x = vec![1.0];

@@ -371,23 +371,26 @@ impl Stage<'_> {
     /// so the sum is the whole batch's gradient), before the clip reads their norm.
     fn sum_gradients_over_ranks(&mut self) -> Result<()> {
         let _r = range("all-reduce");
-        for p in self.net.params_mut() {
-            if let Some(g) = p.grad.as_mut() {
-                self.comm.all_reduce_buf(self.be, g)?;
-            }
-        }
-        Ok(())
+        let mut grads: Vec<&mut Buf> = self
+            .net
+            .params_mut()
+            .into_iter()
+            .filter_map(|p| p.grad.as_mut())
+            .collect();
+        self.comm.all_reduce_bufs(self.be, &mut grads)
     }
 
     /// Rank 0's BatchNorm running statistics on every rank: only they were updated from the
     /// batch's first chunk, as DataParallel keeps its first replica's (spec G13).
     fn share_running_statistics(&mut self) -> Result<()> {
-        for p in self.net.params_mut() {
-            if p.kind == ParamKind::Running {
-                self.comm.broadcast_buf(self.be, &mut p.value, 0)?;
-            }
-        }
-        Ok(())
+        let mut running: Vec<&mut Buf> = self
+            .net
+            .params_mut()
+            .into_iter()
+            .filter(|p| p.kind == ParamKind::Running)
+            .map(|p| &mut p.value)
+            .collect();
+        self.comm.broadcast_bufs(self.be, &mut running, 0)
     }
 
     /// Clips the gradients (`SOLVER.GRAD_MAX_NORM`) and takes the optimiser's step at step
