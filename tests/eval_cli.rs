@@ -216,3 +216,86 @@ fn eval_gldv2_scores_public_and_private_from_precomputed_features() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Issue 29's cheap post-processing on descriptors worked by hand (2-d, angles from the query
+/// q = e0): positives A at 30 and B at 60 degrees, a distractor D at -40. Plain ranking: A
+/// (0.866), D (0.766), B (0.5): AP 79.17 (the revisited protocol's trapezoid: 0.5 for A at
+/// rank 1, (1/2 + 2/3) / 4 for B at rank 3). αQE with n = 1, α = 3 adds 0.866^3 A to q, which
+/// turns it 11.7 degrees towards B: A, B (0.665), D (0.620), AP 100. αDBA with n = 1 pulls A
+/// and B towards each other (41.7 and 48.3 degrees) and D hardly moves (-37.9): D, A, B, AP
+/// 41.67: it can hurt, which is why it is an option.
+#[test]
+fn query_expansion_and_database_augmentation_rerank_as_defined() {
+    let dir = std::env::temp_dir().join(format!("insclr-evalcli-qe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let at = |deg: f32| [deg.to_radians().cos(), deg.to_radians().sin()];
+    let db: Vec<f32> = [at(30.0), at(60.0), at(-40.0)].concat();
+    npy::write(
+        &dir.join("db.npy"),
+        &npy::Array::new(vec![3, 2], db).unwrap(),
+    )
+    .unwrap();
+    npy::write(
+        &dir.join("q.npy"),
+        &npy::Array::new(vec![1, 2], at(0.0).to_vec()).unwrap(),
+    )
+    .unwrap();
+    let gnd = serde_json::json!({
+        "imlist": ["a.jpg", "b.jpg", "d.jpg"],
+        "qimlist": ["q.jpg"],
+        "gnd": [{"ok": [0, 1], "junk": []}],
+    });
+    std::fs::write(dir.join("gnd.json"), gnd.to_string()).unwrap();
+    let map = |extra: &[&str]| -> (String, String) {
+        let out = bin()
+            .args([
+                "--device",
+                "cpu",
+                "eval",
+                "--dataset",
+                "list",
+                "--quiet",
+                "--root",
+            ])
+            .arg(&dir)
+            .arg("--db-feats")
+            .arg(dir.join("db.npy"))
+            .arg("--query-feats")
+            .arg(dir.join("q.npy"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let row: Vec<&str> = stdout.lines().nth(2).unwrap().split_whitespace().collect();
+        (
+            row[1].to_string(),
+            stdout.lines().next().unwrap().to_string(),
+        )
+    };
+    assert_eq!(map(&[]).0, "79.17");
+    let (qe, header) = map(&["--qe=1,3"]);
+    assert_eq!(qe, "100.00");
+    assert!(header.contains("αQE (n 1, α 3)"), "{header}");
+    let (dba, header) = map(&["--dba=1"]);
+    assert_eq!(dba, "41.67");
+    assert!(header.contains("αDBA (n 1, α 3)"), "{header}");
+    let (_, header) = map(&["--qe", "--dba"]);
+    assert!(
+        header.contains("αDBA (n 2, α 3), αQE (n 2, α 3)"),
+        "{header}"
+    );
+    let bad = bin()
+        .args(["eval", "--dataset", "list", "--root"])
+        .arg(&dir)
+        .arg("--qe=0")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not N or N,ALPHA"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -120,6 +120,56 @@ fn json_has_k_results_per_query_and_the_settings() {
     }
 }
 
+/// `--qe` and `--dba` (issue 29) expand the query and augment the index before ranking, and say
+/// so in the JSON; `--qe q.jpg` leaves the query a query (the value needs `=`).
+#[test]
+fn query_expansion_and_database_augmentation_are_said_in_the_json() {
+    let d = fixture();
+    let q = d.join("images/img_2.png");
+    let (index, list) = (d.join("feats.npy"), d.join("feats.txt"));
+    let plain = search(&index, &list, &["--json".as_ref(), q.as_os_str()]);
+    let out = search(
+        &index,
+        &list,
+        &[
+            "--json".as_ref(),
+            "--dba=2".as_ref(),
+            "--qe".as_ref(),
+            q.as_os_str(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let p: serde_json::Value = serde_json::from_slice(&plain.stdout).expect("stdout is JSON");
+    assert_eq!(v["expansion"], "αDBA (n 2, α 3), αQE (n 2, α 3)");
+    assert_eq!(p["expansion"], "");
+    // The query's group (img_2 and img_6, i % 4) stays on top, in either order: augmentation
+    // pulls the two together.
+    let res = v["queries"][0]["results"].as_array().unwrap();
+    let mut top: Vec<&str> = res[..2]
+        .iter()
+        .map(|r| r["image"].as_str().unwrap())
+        .collect();
+    top.sort();
+    assert!(
+        top[0].ends_with("img_2.png") && top[1].ends_with("img_6.png"),
+        "{v}"
+    );
+    let scores = |v: &serde_json::Value| -> Vec<f64> {
+        v["queries"][0]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["score"].as_f64().unwrap())
+            .collect()
+    };
+    assert_ne!(
+        scores(&v),
+        scores(&p),
+        "the expanded scores are not the plain ones"
+    );
+}
+
 #[test]
 fn html_links_images_relative_to_the_page_and_escapes_names() {
     let d = fixture();

@@ -86,6 +86,8 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    expansion: super::ExpansionArgs,
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
@@ -111,6 +113,8 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         save_feats: args.save_feats,
         json: args.json,
         tile: args.tile,
+        qe: args.expansion.qe,
+        dba: args.expansion.dba,
         quiet: args.quiet,
     };
     let r = jobs::evaluate(&opts, device)?;

@@ -14,6 +14,7 @@ pub mod train;
 use anyhow::Result;
 use insclr::backend::DeviceChoice;
 use insclr::dist::launch;
+use insclr::eval::expand::Expansion;
 
 /// `--gpus N` of the commands that split their work over ranks ([`insclr::dist`]).
 #[derive(clap::Args)]
@@ -40,4 +41,21 @@ impl Ranks {
 /// Whether this process prints the command's results (rank 0, or no ranks).
 pub fn prints_results() -> Result<bool> {
     launch::is_rank_zero()
+}
+
+/// `--qe` and `--dba` of `eval` and `search` ([`insclr::eval::expand`]).
+#[derive(clap::Args)]
+pub struct ExpansionArgs {
+    /// α-weighted query expansion before ranking: each query plus its N best database rows,
+    /// weighted by similarity^ALPHA, renormalised. `--qe` alone: N = 2, ALPHA = 3; or
+    /// `--qe=N` / `--qe=N,ALPHA`.
+    #[arg(long, value_name = "N[,ALPHA]", num_args = 0..=1, require_equals = true,
+          default_missing_value = "2", value_parser = |s: &str| Expansion::parse(s, Expansion::QE))]
+    pub qe: Option<Expansion>,
+    /// α-weighted database-side augmentation before ranking (and before --qe): every database
+    /// row plus its N most similar other rows, weighted as --qe (keep N below the photos a
+    /// place has). `--dba` alone: N = 2, ALPHA = 3; or `--dba=N` / `--dba=N,ALPHA`.
+    #[arg(long, value_name = "N[,ALPHA]", num_args = 0..=1, require_equals = true,
+          default_missing_value = "2", value_parser = |s: &str| Expansion::parse(s, Expansion::DBA))]
+    pub dba: Option<Expansion>,
 }

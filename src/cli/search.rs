@@ -33,6 +33,8 @@ pub struct Args {
     /// Also write an HTML page of thumbnails here (images linked by paths relative to it).
     #[arg(long)]
     html: Option<PathBuf>,
+    #[command(flatten)]
+    expansion: super::ExpansionArgs,
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
@@ -44,6 +46,8 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             k: args.k,
             describe: args.describe.options(),
             html: args.html,
+            qe: args.expansion.qe,
+            dba: args.expansion.dba,
         },
         device,
     )?;

@@ -3,6 +3,7 @@
 //! plain list protocol. Scoring takes descriptors from anywhere (our models or `.npy` files
 //! written by other tools), so results are comparable on the same protocol.
 
+pub mod expand;
 pub mod extract;
 pub mod gldv2;
 pub mod gnd_pickle;

@@ -3,6 +3,7 @@
 
 use super::extract::{load_choice, model_name, model_ops};
 use crate::backend::{self, Backend, DeviceChoice, Op};
+use crate::eval::expand::{self, Expansion};
 use crate::eval::extract::{self, ExtractConfig, ImageItem};
 use crate::eval::rank::{Pair, Tiling};
 use crate::eval::revisited::{Gnd, Protocol};
@@ -80,6 +81,10 @@ pub struct EvalOptions {
     pub json: Option<PathBuf>,
     /// Database rows per similarity tile.
     pub tile: usize,
+    /// α-weighted query expansion before ranking ([`crate::eval::expand`]).
+    pub qe: Option<Expansion>,
+    /// α-weighted database-side augmentation before ranking (and before αQE).
+    pub dba: Option<Expansion>,
     pub quiet: bool,
 }
 
@@ -103,6 +108,8 @@ impl EvalOptions {
             save_feats: None,
             json: None,
             tile: Tiling::default().db_tile,
+            qe: None,
+            dba: None,
             quiet: false,
         }
     }
@@ -407,14 +414,16 @@ pub fn evaluate(opts: &EvalOptions, device: DeviceChoice) -> Result<EvalReport> 
     let (be, chosen) = backend::select_f32(device, &ops)?;
     eprintln!("backend: {chosen}");
     let (db, q, dim, how) = descriptors(be.as_ref(), opts, &r)?;
+    let tiling = Tiling {
+        db_tile: opts.tile.max(1),
+        ..Tiling::default()
+    };
+    let (q, db, expanded) = expand::apply(be.as_ref(), q, db, dim, opts.qe, opts.dba, tiling)?;
+    let how = how + &expanded;
     let pair = Pair {
         queries: &q,
         db: &db,
         dim,
-    };
-    let tiling = Tiling {
-        db_tile: opts.tile.max(1),
-        ..Tiling::default()
     };
     let nq = q.len() / dim.max(1);
     let ndb = db.len() / dim.max(1);

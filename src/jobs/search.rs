@@ -3,6 +3,7 @@
 
 use super::extract::{model_ops, DescribeOptions};
 use crate::backend::{self, DeviceChoice, Op};
+use crate::eval::expand::{self, Expansion};
 use crate::eval::extract::{self, ImageItem};
 use crate::eval::search::{self as index_search, PageInfo, QueryResults};
 use crate::io::paths::{check_outputs, Named};
@@ -27,6 +28,10 @@ pub struct SearchOptions {
     pub describe: DescribeOptions,
     /// Also write an HTML page of thumbnails here (images linked by paths relative to it).
     pub html: Option<PathBuf>,
+    /// α-weighted query expansion before ranking ([`crate::eval::expand`]).
+    pub qe: Option<Expansion>,
+    /// α-weighted database-side augmentation of the index before ranking (and before αQE).
+    pub dba: Option<Expansion>,
 }
 
 impl Default for SearchOptions {
@@ -39,6 +44,8 @@ impl Default for SearchOptions {
             k: 10,
             describe: DescribeOptions::default(),
             html: None,
+            qe: None,
+            dba: None,
         }
     }
 }
@@ -76,7 +83,7 @@ pub struct SearchReport {
 ///         queries: vec![query.clone()],
 ///         k: 3,
 ///         describe,
-///         html: None,
+///         ..Default::default()
 ///     },
 ///     cpu,
 /// )?;
@@ -156,10 +163,21 @@ pub fn search(opts: &SearchOptions, device: DeviceChoice) -> Result<SearchReport
         .iter()
         .map(|p| p.display().to_string())
         .collect();
+    let mut index = index;
+    let (queries, feats, expanded) = expand::apply(
+        be.as_ref(),
+        q.feats,
+        std::mem::take(&mut index.feats),
+        index.dim,
+        opts.qe,
+        opts.dba,
+        Tiling::default(),
+    )?;
+    index.feats = feats;
     let results = index_search::search(
         be.as_ref(),
         &index,
-        &q.feats,
+        &queries,
         &names,
         opts.k,
         Tiling::default(),
@@ -175,6 +193,7 @@ pub fn search(opts: &SearchOptions, device: DeviceChoice) -> Result<SearchReport
         "scales": d.scales,
         "raw_scales": d.raw_scales,
         "k": opts.k,
+        "expansion": expanded.trim_start_matches(", "),
         "dim": index.dim,
         "database_size": n,
         "queries": results,
@@ -182,7 +201,7 @@ pub fn search(opts: &SearchOptions, device: DeviceChoice) -> Result<SearchReport
     if let Some(path) = &opts.html {
         let scales: Vec<String> = d.scales.iter().map(|s| format!("{s}")).collect();
         let how = format!(
-            "{what} at {} px, scales {}{}",
+            "{what} at {} px, scales {}{}{expanded}",
             d.img_size,
             scales.join(","),
             if d.raw_scales { " (raw)" } else { "" }
