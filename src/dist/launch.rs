@@ -40,8 +40,7 @@ pub fn on_ranks<T: Send>(
             bail!("processes started as ranks (RANK / WORLD_SIZE, or Slurm's variables) meet over NCCL, which needs --device cuda; on cpu or emu use --gpus N in one process (the ranks are threads)");
         }
         let group = NcclGroup::connect(&env, RENDEZVOUS_TIMEOUT)?;
-        return job(&group, env.local_rank)
-            .with_context(|| format!("rank {} of {}", env.rank, env.world));
+        return job(&group, env.gpu).with_context(|| format!("rank {} of {}", env.rank, env.world));
     }
     match (gpus, device) {
         (0 | 1, _) => job(&Solo, 0),
@@ -60,7 +59,7 @@ fn on_cpu(device: DeviceChoice) -> bool {
     matches!(device, DeviceChoice::Cpu | DeviceChoice::Emu)
 }
 
-/// ", 2 ranks (threads)" and the like for a job's first line; "" on one rank.
+/// ", 2 ranks" for a job's first line; "" on one rank.
 pub fn ranks_note(comm: &dyn Collective) -> String {
     match comm.world() {
         1 => String::new(),
@@ -83,6 +82,12 @@ pub fn needs_processes(gpus: usize, device: DeviceChoice) -> Result<bool> {
 /// `0..gpus` of this machine (rank 0 listens on a free local port), and waits for them. When
 /// one exits with an error the others are stopped, and the error names it.
 pub fn spawn_local(gpus: usize) -> Result<()> {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        let shown = v.split(',').filter(|d| !d.trim().is_empty()).count();
+        if shown < gpus {
+            bail!("--gpus {gpus}, but CUDA_VISIBLE_DEVICES={v} shows {shown} GPU(s): show {gpus} or lower --gpus");
+        }
+    }
     let exe = std::env::current_exe().context("finding this program to start its ranks")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

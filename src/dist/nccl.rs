@@ -40,7 +40,7 @@ pub fn nccl_present() -> bool {
 }
 
 impl NcclGroup {
-    /// Joins the job `env` describes on GPU `env.local_rank`: rank 0 makes NCCL's id and
+    /// Joins the job `env` describes on GPU `env.gpu`: rank 0 makes NCCL's id and
     /// shares it through [`rendezvous::share`], then every rank joins the communicator.
     pub fn connect(env: &RankEnv, timeout: Duration) -> Result<NcclGroup> {
         if !crate::backend::cuda::driver_present() {
@@ -52,11 +52,11 @@ impl NcclGroup {
         if !nccl_present() {
             bail!("rank {}: libnccl.so.2 not found; install NCCL (`pip install nvidia-nccl-cu13` puts it in site-packages/nvidia/nccl/lib) and add its folder to LD_LIBRARY_PATH", env.rank);
         }
-        let ctx = CudaContext::new(env.local_rank).map_err(|e| {
+        let ctx = CudaContext::new(env.gpu).map_err(|e| {
             anyhow!(
-                "rank {}: opening GPU {} (LOCAL_RANK): {e}",
+                "rank {}: opening GPU {} (its local rank, or 0 where it sees one GPU): {e}",
                 env.rank,
-                env.local_rank
+                env.gpu
             )
         })?;
         let stream = ctx.default_stream();

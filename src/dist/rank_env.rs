@@ -13,9 +13,12 @@ pub const DEFAULT_PORT: u16 = 29500;
 pub struct RankEnv {
     pub rank: usize,
     pub world: usize,
-    /// The rank's GPU on its machine.
+    /// The rank's place on its machine.
     pub local_rank: usize,
-    /// Rank 0's `host:port`.
+    /// The ordinal of the rank's GPU: `local_rank`, or 0 where the launcher shows each rank
+    /// only its own GPU (`CUDA_VISIBLE_DEVICES` with one entry, as Slurm's `--gpus-per-task=1`).
+    pub gpu: usize,
+    /// Rank 0's `host:port` (under torchrun, whose store holds `MASTER_PORT`, the port after).
     pub master: String,
 }
 
@@ -76,9 +79,19 @@ impl RankEnv {
                 .map_err(|_| anyhow!("MASTER_PORT = {p:?} is not a port number"))?,
             None => DEFAULT_PORT,
         };
+        // torchrun's own store already listens on MASTER_PORT: ours takes the next one.
+        let port = if var("TORCHELASTIC_RUN_ID").is_some() {
+            port.checked_add(1)
+                .context("MASTER_PORT 65535 leaves no port for the rendezvous under torchrun")?
+        } else {
+            port
+        };
+        let one_visible = var("CUDA_VISIBLE_DEVICES")
+            .is_some_and(|v| v.split(',').filter(|d| !d.trim().is_empty()).count() == 1);
         Ok(Some(RankEnv {
             rank,
             world,
+            gpu: if one_visible { 0 } else { local },
             local_rank: local,
             master: format!("{addr}:{port}"),
         }))
@@ -119,8 +132,18 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        assert_eq!((t.rank, t.world, t.local_rank), (5, 8, 1));
+        assert_eq!((t.rank, t.world, t.local_rank, t.gpu), (5, 8, 1, 1));
         assert_eq!(t.master, "node0:1234");
+        let torchrun = env(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "1"),
+            ("MASTER_ADDR", "node0"),
+            ("MASTER_PORT", "1234"),
+            ("TORCHELASTIC_RUN_ID", "none"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(torchrun.master, "node0:1235", "torchrun's store has 1234");
         let s = env(&[
             ("SLURM_NTASKS", "8"),
             ("SLURM_STEP_NUM_TASKS", "4"),
@@ -130,7 +153,21 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        assert_eq!((s.rank, s.world, s.local_rank), (3, 4, 3));
+        assert_eq!((s.rank, s.world, s.local_rank, s.gpu), (3, 4, 3, 3));
+        let own = env(&[
+            ("SLURM_STEP_NUM_TASKS", "4"),
+            ("SLURM_PROCID", "3"),
+            ("SLURM_LOCALID", "3"),
+            ("MASTER_ADDR", "gpu-a"),
+            ("CUDA_VISIBLE_DEVICES", "3"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (own.local_rank, own.gpu),
+            (3, 0),
+            "the one GPU it sees is ordinal 0"
+        );
         assert_eq!(s.master, format!("gpu-a:{DEFAULT_PORT}"));
     }
 

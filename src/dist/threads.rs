@@ -133,13 +133,12 @@ impl ThreadGroup {
     }
 }
 
-fn f32s(b: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+fn f32s(b: &[u8]) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(b)
 }
 
 fn bytes(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+    bytemuck::cast_slice(x).to_vec()
 }
 
 impl Collective for ThreadGroup {
@@ -182,7 +181,7 @@ impl Collective for ThreadGroup {
                 from.len() / 4
             );
         }
-        x.iter_mut().zip(f32s(from)).for_each(|(a, b)| *a = b);
+        x.copy_from_slice(&f32s(from));
         Ok(())
     }
     fn abort(&self, why: &str) {
