@@ -152,29 +152,30 @@ impl Neighbors {
     }
 }
 
-/// The `k` best of neighbour lists found over disjoint shards of one database (indices
-/// already global), by score descending then index ascending: exactly what one search over
-/// the whole database finds, provided every shard's list holds its `k` best.
-pub fn merge(parts: &[Neighbors], nq: usize, k: usize) -> Neighbors {
-    let mut index = Vec::with_capacity(nq * k);
-    let mut score = Vec::with_capacity(nq * k);
+/// The `k` best of neighbour lists found over disjoint shards of one database, by score
+/// descending then index ascending: exactly what one search over the whole database finds,
+/// provided every shard's list holds its `k` best. `index` and `score` are the shards' lists
+/// one after another (each `nq x k`, indices already global), as an all-gather returns them.
+pub fn merge(index: &[u32], score: &[f32], nq: usize, k: usize) -> Neighbors {
+    let parts = index.len() / (nq * k).max(1);
+    let mut out = Neighbors {
+        k,
+        index: Vec::with_capacity(nq * k),
+        score: Vec::with_capacity(nq * k),
+    };
     for q in 0..nq {
-        let mut row: Vec<(f32, u32)> = parts
-            .iter()
+        let mut row: Vec<(f32, u32)> = (0..parts)
             .flat_map(|p| {
-                p.scores(q)
-                    .iter()
-                    .copied()
-                    .zip(p.indices(q).iter().copied())
+                (p * nq * k + q * k..p * nq * k + (q + 1) * k).map(|e| (score[e], index[e]))
             })
             .collect();
         row.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for &(v, j) in row.iter().take(k) {
-            score.push(v);
-            index.push(j);
+            out.score.push(v);
+            out.index.push(j);
         }
     }
-    Neighbors { k, index, score }
+    out
 }
 
 /// Calls `visit(q0, j0, scores, nqb, nt)` for every block, database tiles in ascending order:

@@ -68,27 +68,24 @@ fn files(out: &Path) -> Vec<Vec<u8>> {
 fn extract_matches_one_rank(device: DeviceChoice, tag: &str) {
     let dir = tmpdir(tag);
     let (model, root) = (small_model(&dir), images(&dir));
+    let options = |out: &Path, gpus: usize, skip_bad: bool| ExtractOptions {
+        describe: DescribeOptions {
+            model: Some("resnet-custom".into()),
+            weights: Some(model.clone()),
+            img_size: 32,
+            batch: 4,
+            quiet: true,
+            ..Default::default()
+        },
+        images: root.clone(),
+        out: out.to_path_buf(),
+        skip_bad,
+        gpus,
+        ..Default::default()
+    };
     let run = |gpus: usize| {
         let out = dir.join(format!("feats-{gpus}.npy"));
-        let report = extract(
-            &ExtractOptions {
-                describe: DescribeOptions {
-                    model: Some("resnet-custom".into()),
-                    weights: Some(model.clone()),
-                    img_size: 32,
-                    batch: 4,
-                    quiet: true,
-                    ..Default::default()
-                },
-                images: root.clone(),
-                out: out.clone(),
-                skip_bad: true,
-                gpus,
-                ..Default::default()
-            },
-            device,
-        )
-        .unwrap();
+        let report = extract(&options(&out, gpus, true), device).unwrap();
         assert_eq!((report.rows, report.skipped), (13, 1), "{gpus} ranks");
         files(&out)
     };
@@ -102,23 +99,7 @@ fn extract_matches_one_rank(device: DeviceChoice, tag: &str) {
     }
     // Without --skip-bad every rank stops on the corrupt file, listed once, nothing written.
     let out = dir.join("strict.npy");
-    let e = extract(
-        &ExtractOptions {
-            describe: DescribeOptions {
-                model: Some("resnet-custom".into()),
-                weights: Some(model.clone()),
-                img_size: 32,
-                quiet: true,
-                ..Default::default()
-            },
-            images: root.clone(),
-            out: out.clone(),
-            gpus: 3,
-            ..Default::default()
-        },
-        device,
-    )
-    .unwrap_err();
+    let e = extract(&options(&out, 3, false), device).unwrap_err();
     assert!(format!("{e:#}").contains("1 unusable image(s)"), "{e:#}");
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).ok();

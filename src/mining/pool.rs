@@ -15,7 +15,7 @@
 use crate::backend::{Backend, DType};
 use crate::dist::{all_gather, shard, Collective};
 use crate::io::npy::{self, Array, NpzEntry};
-use crate::knn::{self, Exclude, Neighbors, Pair, Tiling};
+use crate::knn::{self, Exclude, Pair, Tiling};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::path::Path;
@@ -187,22 +187,14 @@ impl CandidatePool {
         };
         let found = knn::top_k(be, pair, k, Exclude::Diagonal, tiling, progress)
             .context("candidate pool search")?;
-        let neighbor = found.index;
-        let mut similarity = found.score;
-        rescore(feats, d, k, &neighbor, &mut similarity);
-        Ok(CandidatePool {
-            n,
-            k,
-            neighbor,
-            similarity,
-        })
+        Ok(Self::rescored(feats, d, n, k, found.index, found.score))
     }
 
     /// [`CandidatePool::compute_as`] split over the ranks of `comm`: each searches the queries
     /// against its [`shard`] of the database rows, and the lists are merged by score, then
     /// index ([`knn::merge`]): the same pool as one rank's, on every rank. Queries go in blocks
-    /// whose gathered lists hold about `merge_bytes` ([`MERGE_BYTES`]). A database too small to split (a shard
-    /// of at most `k` rows) is searched whole by every rank.
+    /// whose gathered lists hold about `merge_bytes` ([`MERGE_BYTES`]). A database too small
+    /// to split (a shard of at most `k` rows) is searched whole by every rank.
     #[allow(clippy::too_many_arguments)]
     pub fn compute_on_ranks(
         be: &dyn Backend,
@@ -250,26 +242,30 @@ impl CandidatePool {
             mine.index.iter_mut().for_each(|j| *j += rows.start as u32);
             let index = all_gather(comm, &mine.index)?;
             let score = all_gather(comm, &mine.score)?;
-            let parts: Vec<Neighbors> = index
-                .chunks(nq * k)
-                .zip(score.chunks(nq * k))
-                .map(|(i, s)| Neighbors {
-                    k,
-                    index: i.to_vec(),
-                    score: s.to_vec(),
-                })
-                .collect();
-            let found = knn::merge(&parts, nq, k);
+            let found = knn::merge(&index, &score, nq, k);
             neighbor.extend(found.index);
             similarity.extend(found.score);
         }
+        Ok(Self::rescored(feats, d, n, k, neighbor, similarity))
+    }
+
+    /// The pool of the neighbours the search chose, with their similarities recomputed from
+    /// `feats` (see [`rescore`]).
+    fn rescored(
+        feats: &[f32],
+        d: usize,
+        n: usize,
+        k: usize,
+        neighbor: Vec<u32>,
+        mut similarity: Vec<f32>,
+    ) -> CandidatePool {
         rescore(feats, d, k, &neighbor, &mut similarity);
-        Ok(CandidatePool {
+        CandidatePool {
             n,
             k,
             neighbor,
             similarity,
-        })
+        }
     }
 
     /// This pool of a subset of a dataset of `n` images (row r is image `at[r]`) as the
