@@ -3,7 +3,7 @@
 # tests on the emulated GPU, so an out-of-bounds global or shared access aborts with a report
 # naming the kernel and the line, as compute-sanitizer's memcheck would on a GPU.
 #
-#   scripts/emu-sanitize.sh                 # the kernel tests: tests/{emu,kernels,layers,optim,select,contrastive,bank,mining,method}.rs
+#   scripts/emu-sanitize.sh                 # the kernel tests: tests/{emu,kernels,layers,optim,select,contrastive,bank,mining,method,verify}.rs
 #   scripts/emu-sanitize.sh --test kernels  # any cargo test arguments
 #
 # It builds in target/asan (the normal build is left alone; the first run compiles the
@@ -16,5 +16,5 @@ asan=$(${CXX:-g++} -print-file-name=libasan.so)
 export INSCLR_EMU_SANITIZE=address
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/asan}
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="env LD_PRELOAD=$asan ASAN_OPTIONS=detect_leaks=0:abort_on_error=0"
-[ $# -gt 0 ] || set -- --test emu --test kernels --test layers --test optim --test select --test contrastive --test bank --test mining --test method
+[ $# -gt 0 ] || set -- --test emu --test kernels --test layers --test optim --test select --test contrastive --test bank --test mining --test method --test verify
 exec cargo test --locked "$@"

@@ -54,6 +54,11 @@ enum Command {
     /// and an H200 (a model; runs nothing on a GPU), and the step's floor beside its last
     /// measured time.
     Plan(cli::plan::Args),
+    /// Re-rank a candidate pool: each image's top neighbours by local-feature inliers
+    /// (spatial verification); writes a pool train reads like any other.
+    Verify(cli::verify::Args),
+    /// Verify two photos: inliers of their local-feature matches, and a picture of them.
+    Match(cli::verify::MatchArgs),
 }
 
 fn main() {
@@ -69,6 +74,8 @@ fn main() {
         Command::Pipeline(a) => cli::pipeline::run(a, cli.device),
         Command::Report(a) => cli::report::run(a),
         Command::Plan(a) => cli::plan::run(a),
+        Command::Verify(a) => cli::verify::run(a, cli.device),
+        Command::Match(a) => cli::verify::run_match(a, cli.device),
     };
     if insclr::backend::cuda::emu::memstats_enabled() {
         let stats = insclr::backend::cuda::emu::memstats();

@@ -238,3 +238,118 @@ fn efficientnet_lite0_classifies_foolbox_imagenet_images() {
     );
     assert!(top1 >= 18, "top-1 {top1}/20 < 18");
 }
+
+/// `img` seen through `q = s R(deg) p + t` (p in `img`, q in the new `w x h` image), bilinear,
+/// black outside.
+fn warp(
+    img: &image::RgbImage,
+    (w, h): (u32, u32),
+    s: f32,
+    deg: f32,
+    t: [f32; 2],
+) -> image::RgbImage {
+    let (sin, cos) = deg.to_radians().sin_cos();
+    image::RgbImage::from_fn(w, h, |x, y| {
+        // p = R^-1 (q - t) / s
+        let (qx, qy) = (x as f32 + 0.5 - t[0], y as f32 + 0.5 - t[1]);
+        let px = (cos * qx + sin * qy) / s - 0.5;
+        let py = (-sin * qx + cos * qy) / s - 0.5;
+        if px < 0.0 || py < 0.0 || px >= (img.width() - 1) as f32 || py >= (img.height() - 1) as f32
+        {
+            return image::Rgb([0, 0, 0]);
+        }
+        let (x0, y0) = (px as u32, py as u32);
+        let (fx, fy) = (px - x0 as f32, py - y0 as f32);
+        let at = |dx, dy, c| img.get_pixel(x0 + dx, y0 + dy)[c] as f32;
+        image::Rgb(std::array::from_fn(|c| {
+            let top = at(0, 0, c) * (1.0 - fx) + at(1, 0, c) * fx;
+            let bottom = at(0, 1, c) * (1.0 - fx) + at(1, 1, c) * fx;
+            (top * (1.0 - fy) + bottom * fy).round() as u8
+        }))
+    })
+}
+
+#[test]
+fn match_finds_the_transform_of_a_rotated_scaled_crop() {
+    use insclr::jobs::{match_images, DescribeOptions, MatchOptions};
+    let Some(d) = data() else { return };
+    let dir = std::env::temp_dir().join(format!("insclr-match-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let photo = |i: usize| {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(d.join("imagenet-check"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        image::open(&files[i]).unwrap().to_rgb8()
+    };
+    // A 512 x 512 photo; B its centre turned 20 degrees, at 0.8 the size, in 400 x 320.
+    let (s, deg, t) = (0.8f32, 20.0f32, [-30.0f32, -140.0]);
+    let a = photo(0);
+    let b = warp(&a, (400, 320), s, deg, t);
+    let other = photo(7);
+    let blank = image::RgbImage::from_pixel(400, 320, image::Rgb([128, 128, 128]));
+    for (name, img) in [
+        ("a.png", &a),
+        ("b.png", &b),
+        ("other.png", &other),
+        ("blank.png", &blank),
+    ] {
+        img.save(dir.join(name)).unwrap();
+    }
+    let run = |x: &str, y: &str| {
+        let opts = MatchOptions {
+            a: dir.join(x),
+            b: dir.join(y),
+            describe: DescribeOptions {
+                model: Some("efficientnet-lite0".into()),
+                weights: Some(pth_path(d)),
+                img_size: 512,
+                scales: vec![1.0],
+                quiet: true,
+                ..Default::default()
+            },
+            local: 128,
+            verify: insclr::backend::Verify::default(),
+            svg: Some(dir.join(format!("{x}-{y}.svg"))),
+        };
+        match_images(&opts, insclr::backend::DeviceChoice::Cpu).unwrap()
+    };
+    let same = run("a.png", "b.png");
+    println!(
+        "true pair: {:?}, scale {}, rotation {}",
+        same.result, same.scale, same.rotation_deg
+    );
+    assert!((same.scale - s).abs() < 0.08, "scale {} vs {s}", same.scale);
+    assert!(
+        (same.rotation_deg - deg).abs() < 6.0,
+        "rotation {} vs {deg}",
+        same.rotation_deg
+    );
+    let [_, _, tx, ty] = same.result.model;
+    assert!(
+        (tx - t[0]).abs() < 40.0 && (ty - t[1]).abs() < 40.0,
+        "shift ({tx}, {ty}) vs {t:?}"
+    );
+    let unrelated = run("a.png", "other.png");
+    println!("unrelated pair: {:?}", unrelated.result);
+    assert!(
+        same.result.inliers >= 3 * unrelated.result.inliers.max(1),
+        "{same:?} vs {unrelated:?}"
+    );
+    let svg = std::fs::read_to_string(dir.join("a.png-b.png.svg")).unwrap();
+    assert_eq!(
+        svg.matches("stroke=\"#18c03c\"").count(),
+        same.result.inliers as usize
+    );
+    for pair in [
+        ("blank.png", "a.png"),
+        ("a.png", "blank.png"),
+        ("blank.png", "blank.png"),
+    ] {
+        let r = run(pair.0, pair.1);
+        assert_eq!(r.result.inliers, 0, "{pair:?}: {:?}", r.result);
+        assert!(r.result.model.iter().all(|v| v.is_finite()));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

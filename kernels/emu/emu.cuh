@@ -436,6 +436,12 @@ inline float __uint_as_float(unsigned int x) { return insclr_emu::bits_as<float>
 inline long long __double_as_longlong(double x) { return insclr_emu::bits_as<long long>(x); }
 inline double __longlong_as_double(long long x) { return insclr_emu::bits_as<double>(x); }
 
+// Four signed byte products added to c, as the dp4a instruction (exact integer arithmetic).
+inline int __dp4a(int a, int b, int c) {
+    for (int k = 0; k < 4; ++k)
+        c += static_cast<int>(static_cast<signed char>(a >> (8 * k))) * static_cast<int>(static_cast<signed char>(b >> (8 * k)));
+    return c;
+}
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned int>(x)); }

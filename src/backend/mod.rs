@@ -29,6 +29,7 @@ pub mod optim;
 pub mod pool;
 pub mod profile;
 pub mod select;
+pub mod verify;
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::borrow::Cow;
@@ -46,6 +47,7 @@ pub use norm::{BatchNorm, L2Norm, NormOps, L2_EPS};
 pub use optim::{AdamScalars, OptimOps, OptimStep};
 pub use pool::{Gem, MaxPool, PoolOps, GEM_EPS};
 pub use select::{Knn, SelectOps, TopK, TOPK_MAX};
+pub use verify::{Verify, VerifyFeatures, VerifyOps, VerifyOut, VERIFY_MAX_FEATURES};
 
 /// Element type of a buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,6 +57,8 @@ pub enum DType {
     I32,
     U32,
     I64,
+    /// Quantised local descriptors.
+    I8,
     /// Raw pixels (RGB bytes), the input of `image_to_tensor`.
     U8,
 }
@@ -69,6 +73,7 @@ impl DType {
             DType::U32 => "u32",
             DType::I64 => "i64",
             DType::U8 => "u8",
+            DType::I8 => "i8",
         }
     }
 
@@ -78,7 +83,7 @@ impl DType {
             DType::BF16 => 2,
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::I64 => 8,
-            DType::U8 => 1,
+            DType::U8 | DType::I8 => 1,
         }
     }
 }
@@ -110,6 +115,9 @@ impl Elem for i64 {
 }
 impl Elem for u8 {
     const DTYPE: DType = DType::U8;
+}
+impl Elem for i8 {
+    const DTYPE: DType = DType::I8;
 }
 
 /// A flat buffer of `len` elements of one [`DType`] on the backend that made it.
@@ -329,11 +337,12 @@ pub enum Op {
     Sgd,
     SumSquares,
     Scale,
+    Verify,
 }
 
 impl Op {
     /// Every op, in family order.
-    pub const ALL: [Op; 28] = [
+    pub const ALL: [Op; 29] = [
         Op::Matmul,
         Op::GemFwd,
         Op::GemBwd,
@@ -362,6 +371,7 @@ impl Op {
         Op::Sgd,
         Op::SumSquares,
         Op::Scale,
+        Op::Verify,
     ];
 
     /// The op's name, the stem of its kernels' names.
@@ -395,6 +405,7 @@ impl Op {
             Op::Sgd => "sgd",
             Op::SumSquares => "sumsq",
             Op::Scale => "scale",
+            Op::Verify => "verify",
         }
     }
 
@@ -415,6 +426,7 @@ impl Op {
             Op::CopyRows => "bank",
             Op::BatchSelect | Op::MiningScore => "mining",
             Op::Adam | Op::Sgd | Op::SumSquares | Op::Scale => "optim",
+            Op::Verify => "verify",
         }
     }
 
@@ -423,6 +435,7 @@ impl Op {
     pub fn dtype_in(self, float: DType) -> DType {
         match self {
             Op::ImageToTensor => DType::U8,
+            Op::Verify => DType::I8,
             _ => float,
         }
     }
@@ -490,6 +503,7 @@ pub trait Backend: Send + Sync {
     fn bank_ops(&self) -> &dyn BankOps;
     fn mining_ops(&self) -> &dyn MiningOps;
     fn optim_ops(&self) -> &dyn OptimOps;
+    fn verify_ops(&self) -> &dyn VerifyOps;
 }
 
 /// The family accessors of a backend that implements every family trait itself.
@@ -523,6 +537,9 @@ macro_rules! family_accessors {
             self
         }
         fn optim_ops(&self) -> &dyn $crate::backend::OptimOps {
+            self
+        }
+        fn verify_ops(&self) -> &dyn $crate::backend::VerifyOps {
             self
         }
     };

@@ -88,9 +88,12 @@ pub struct Args {
     quiet: bool,
     #[command(flatten)]
     expansion: super::ExpansionArgs,
+    #[command(flatten)]
+    rerank: super::verify::RerankArgs,
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
+    let (rerank, local) = args.rerank.rerank();
     let opts = EvalOptions {
         dataset: match args.dataset {
             Dataset::Roxford5k => Benchmark::Roxford5k,
@@ -115,6 +118,8 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         tile: args.tile,
         qe: args.expansion.qe,
         dba: args.expansion.dba,
+        rerank,
+        local,
         quiet: args.quiet,
     };
     let r = jobs::evaluate(&opts, device)?;

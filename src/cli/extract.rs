@@ -97,6 +97,12 @@ pub struct Args {
     /// instead of failing; they are listed in <out>.bad.txt.
     #[arg(long)]
     skip_bad: bool,
+    /// Also keep the N strongest locations of the backbone's last feature map over all scales
+    /// (at most 256; 0: none), written to <out stem>.local.npz beside the .npy with the same
+    /// rows as the .npy and .txt list: int8 unit descriptors with their (x, y), scale and
+    /// strength, about N x dim bytes per image. Needs a backbone (not tiny-gem).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    local: usize,
     #[command(flatten)]
     ranks: super::Ranks,
 }
@@ -122,10 +128,14 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         out: args.out,
         skip_bad: args.skip_bad,
         gpus: args.ranks.gpus,
+        local: args.local,
     };
     let report = jobs::extract(&opts, device)?;
     if super::prints_results()? {
         println!("{}", report.summary(&opts.out));
+        if let Some(line) = report.local_summary() {
+            println!("{line}");
+        }
     }
     Ok(())
 }

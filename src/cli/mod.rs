@@ -10,6 +10,7 @@ pub mod pool;
 pub mod report;
 pub mod search;
 pub mod train;
+pub mod verify;
 
 use anyhow::Result;
 use insclr::backend::DeviceChoice;

@@ -35,6 +35,8 @@ pub struct Args {
     html: Option<PathBuf>,
     #[command(flatten)]
     expansion: super::ExpansionArgs,
+    #[command(flatten)]
+    rerank: super::verify::RerankArgs,
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
@@ -48,6 +50,8 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             html: args.html,
             qe: args.expansion.qe,
             dba: args.expansion.dba,
+            rerank: args.rerank.rerank().0,
+            local: args.rerank.rerank().1,
         },
         device,
     )?;

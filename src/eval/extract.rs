@@ -12,6 +12,7 @@ use crate::data::image::{
     IMAGENET_MEAN, IMAGENET_STD,
 };
 use crate::dist::{all_gather, shard, Collective};
+use crate::eval::local::{candidates, strongest, Candidate, LocalFeatures, MAX_LOCAL};
 use crate::nn::DescriptorNet;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -50,6 +51,9 @@ pub struct ExtractConfig {
     /// Resize every image to exactly `[h, w]` instead of the thumbnail (the candidate pool's
     /// features, G4); query boxes are then not supported.
     pub exact_size: Option<[usize; 2]>,
+    /// Local features per image (0: none, at most [`MAX_LOCAL`]): the strongest locations of
+    /// the backbone's last map over all scales, in [`Extracted::local`].
+    pub local: usize,
 }
 
 impl Default for ExtractConfig {
@@ -64,6 +68,7 @@ impl Default for ExtractConfig {
             max_side: MAX_SIDE,
             skip_bad: false,
             exact_size: None,
+            local: 0,
         }
     }
 }
@@ -89,6 +94,8 @@ pub struct Extracted {
     pub rows: Vec<usize>,
     /// Images left out, with the reason (only with [`ExtractConfig::skip_bad`]).
     pub skipped: Skipped,
+    /// Local features, image i of row i (with [`ExtractConfig::local`] > 0).
+    pub local: Option<LocalFeatures>,
 }
 
 /// Images that cannot be described (unreadable, truncated, too small for a scale): the error
@@ -294,11 +301,30 @@ pub fn describe_multiscale(
     scales: &[f64],
     normalize_each_scale: bool,
 ) -> Result<Vec<f32>> {
+    describe_multiscale_local(be, net, images, scales, normalize_each_scale, 0).map(|(d, _)| d)
+}
+
+/// [`describe_multiscale`] that also keeps, when `local > 0`, each image's `local` strongest
+/// locations of the backbone's map over all scales ([`crate::eval::local`]), from the same
+/// network calls: image i of the [`LocalFeatures`] is `images[i]`, its size that image's
+/// `(h, w)`. An error for a network without a feature map ([`DescriptorNet::feature_map`]).
+pub fn describe_multiscale_local(
+    be: &dyn Backend,
+    net: &mut dyn DescriptorNet,
+    images: &[&Chw],
+    scales: &[f64],
+    normalize_each_scale: bool,
+    local: usize,
+) -> Result<(Vec<f32>, Option<LocalFeatures>)> {
     if scales.is_empty() {
         bail!("no scales given; use e.g. --scales 1,0.7071,0.5");
     }
+    check_local(local)?;
     let dim = net.out_dim();
     let mut acc = vec![0.0f32; images.len() * dim];
+    // Candidates of every scale, in scale order: `strongest` breaks ties by that order.
+    let mut cands: Vec<Vec<Candidate>> = vec![Vec::new(); if local > 0 { images.len() } else { 0 }];
+    let mut channels = 0;
     for &s in scales {
         let resized: Vec<Chw> = images
             .par_iter()
@@ -332,6 +358,9 @@ pub fn describe_multiscale(
                         members.len()
                     );
                 }
+                if local > 0 {
+                    channels = map_candidates(be, net, members, (h, w), s, local, &mut cands)?;
+                }
                 if normalize_each_scale {
                     l2_normalize_rows(&mut out, dim);
                 }
@@ -347,7 +376,67 @@ pub fn describe_multiscale(
         }
     }
     l2_normalize_rows(&mut acc, dim);
-    Ok(acc)
+    if local == 0 {
+        return Ok((acc, None));
+    }
+    let mut feats = LocalFeatures::new(channels);
+    for (x, c) in images.iter().zip(cands) {
+        // A constant image (blank, one colour) has nothing to locate: the map's differences
+        // there are the padding's, which would match any image's borders by chance.
+        let flat = x.data.iter().all(|&v| v == x.data[0]);
+        let keep = if flat {
+            Vec::new()
+        } else {
+            strongest(c, local)
+        };
+        feats.push_image([x.h, x.w], &keep);
+    }
+    Ok((acc, Some(feats)))
+}
+
+/// Adds the `local` strongest locations of each image's map of the last network call (images
+/// `members`, `h x w` at `scale`) to its candidates; returns the map's channels.
+fn map_candidates(
+    be: &dyn Backend,
+    net: &dyn DescriptorNet,
+    members: &[usize],
+    (h, w): (usize, usize),
+    scale: f64,
+    local: usize,
+    cands: &mut [Vec<Candidate>],
+) -> Result<usize> {
+    let Some((map, [n, c, fh, fw])) = net.feature_map(be)? else {
+        bail!("{NO_MAP}");
+    };
+    let per = c * fh * fw;
+    if n != members.len() || map.len() != n * per {
+        bail!(
+            "the feature map holds {} values of {n}x{c}x{fh}x{fw}, not one map per image of the {} described",
+            map.len(),
+            members.len()
+        );
+    }
+    let found: Vec<Vec<Candidate>> = map
+        .par_chunks(per.max(1))
+        .map(|m| candidates(m, (c, fh, fw), (h, w), scale, local))
+        .collect();
+    for (&i, f) in members.iter().zip(found) {
+        cands[i].extend(f);
+    }
+    Ok(c)
+}
+
+/// The error for local features of a network without a feature map.
+const NO_MAP: &str = "the model has no feature map (as tiny-gem, which pools the pixels); local features need a backbone: resnet50, resnet101, efficientnet-lite0 or resnet-custom with --weights";
+
+/// Refuses a `--local` over [`MAX_LOCAL`].
+pub fn check_local(local: usize) -> Result<()> {
+    if local > MAX_LOCAL {
+        bail!(
+            "--local {local} is over the limit of {MAX_LOCAL} local features per image (spatial verification holds a pair's features in GPU shared memory); use --local {MAX_LOCAL} or fewer"
+        );
+    }
+    Ok(())
 }
 
 fn progress_bar(n: usize, show: bool, what: &str) -> ProgressBar {
@@ -394,14 +483,16 @@ pub fn extract_on_ranks(
             .map(|(i, _, why)| (i + mine.start, why))
             .collect()
     };
-    let (part, feats) = match extract(be, net, &items[mine.clone()], &cfg_here, what) {
+    let (part, feats, local) = match extract(be, net, &items[mine.clone()], &cfg_here, what) {
         Ok(x) => (
             RankPart {
                 rows: x.rows.iter().map(|r| r + mine.start).collect(),
                 skipped: shifted(x.skipped),
                 bad: false,
+                local: x.local.as_ref().map(LocalShape::of),
             },
             x.feats,
+            x.local,
         ),
         Err(e) => match e.downcast::<BadImages>() {
             Ok(BadImages(bad)) => (
@@ -409,8 +500,10 @@ pub fn extract_on_ranks(
                     rows: Vec::new(),
                     skipped: shifted(bad),
                     bad: true,
+                    local: None,
                 },
                 Vec::new(),
+                None,
             ),
             Err(e) => return Err(e),
         },
@@ -422,6 +515,13 @@ pub fn extract_on_ranks(
         .map(|p| serde_json::from_slice(p))
         .collect::<std::result::Result<_, _>>()
         .context("reading another rank's extraction")?;
+    // Every rank takes part in these gathers (cfg.local is the same on all), also one that
+    // stopped on unusable images, so that none waits for another.
+    let local = if cfg.local > 0 {
+        Some(gather_local(comm, local.as_ref(), &parts)?)
+    } else {
+        None
+    };
     let mut skipped = Skipped::default();
     for (i, why) in parts.iter().flat_map(|p| p.skipped.iter().cloned()) {
         skipped.items.push((i, items[i].path.clone(), why));
@@ -434,6 +534,7 @@ pub fn extract_on_ranks(
         dim: net.out_dim(),
         rows: parts.into_iter().flat_map(|p| p.rows).collect(),
         skipped,
+        local,
     })
 }
 
@@ -446,6 +547,92 @@ struct RankPart {
     skipped: Vec<(usize, String)>,
     /// It stopped on unusable images.
     bad: bool,
+    /// The integer part of its local features; their values follow as raw bits.
+    local: Option<LocalShape>,
+}
+
+/// A rank's local features apart from their values: integers, exact in JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LocalShape {
+    dim: usize,
+    /// Features per image.
+    counts: Vec<usize>,
+    image_size: Vec<[usize; 2]>,
+}
+
+impl LocalShape {
+    fn of(l: &LocalFeatures) -> Self {
+        LocalShape {
+            dim: l.dim,
+            counts: l.offsets.windows(2).map(|w| w[1] - w[0]).collect(),
+            image_size: l.image_size.clone(),
+        }
+    }
+}
+
+/// Floats per local feature on the wire: desc_scale, x, y, scale, strength.
+const LOCAL_FLOATS: usize = 5;
+
+/// Every rank's local features, in rank order. The values travel as raw bytes (not JSON
+/// text), so that the joined features are the bits each rank computed and 2 ranks write the
+/// file of 1.
+fn gather_local(
+    comm: &dyn Collective,
+    mine: Option<&LocalFeatures>,
+    parts: &[RankPart],
+) -> Result<LocalFeatures> {
+    let empty = LocalFeatures::new(0);
+    let mine = mine.unwrap_or(&empty);
+    let mut floats = Vec::with_capacity(LOCAL_FLOATS * mine.len());
+    for r in 0..mine.len() {
+        floats.extend_from_slice(&[
+            mine.desc_scale[r],
+            mine.xy[r][0],
+            mine.xy[r][1],
+            mine.scale[r],
+            mine.strength[r],
+        ]);
+    }
+    let desc = all_gather(comm, &mine.desc)?;
+    let floats = all_gather(comm, &floats)?;
+    // A rank with no image has no map to take the length from.
+    let dim = parts
+        .iter()
+        .filter_map(|p| p.local.as_ref())
+        .map(|l| l.dim)
+        .max()
+        .unwrap_or(0);
+    let mut out = LocalFeatures::new(dim);
+    let mut total = 0;
+    for (rank, l) in parts.iter().enumerate() {
+        let Some(l) = &l.local else { continue };
+        if l.dim != dim && !l.counts.is_empty() {
+            bail!(
+                "rank {rank} sent local features of length {}, another {dim}; every rank must run the same model",
+                l.dim
+            );
+        }
+        for &n in &l.counts {
+            total += n;
+            out.offsets.push(total);
+        }
+        out.image_size.extend_from_slice(&l.image_size);
+    }
+    if desc.len() != total * dim || floats.len() != total * LOCAL_FLOATS {
+        bail!(
+            "the ranks sent {} descriptor values and {} others for {total} local features of length {dim}",
+            desc.len(),
+            floats.len()
+        );
+    }
+    out.desc = desc;
+    for f in floats.chunks_exact(LOCAL_FLOATS) {
+        out.desc_scale.push(f[0]);
+        out.xy.push([f[1], f[2]]);
+        out.scale.push(f[3]);
+        out.strength.push(f[4]);
+    }
+    Ok(out)
 }
 
 /// Extracts descriptors of every usable item (spec 6.1), batched, with a progress bar labelled
@@ -465,6 +652,7 @@ pub fn extract(
             it.path.display()
         );
     }
+    check_local(cfg.local)?;
     let (mut skipped, sizes) = check_images(items, cfg)?;
     if !skipped.is_empty() && !cfg.skip_bad {
         return Err(BadImages(skipped).into());
@@ -484,6 +672,7 @@ pub fn extract(
     let dim = net.out_dim();
     let mut feats = Vec::with_capacity(todo.len() * dim);
     let mut rows = Vec::with_capacity(todo.len());
+    let mut local = (cfg.local > 0).then(|| LocalFeatures::new(0));
     let norm = net.input_norm();
     let pb = progress_bar(items.len(), cfg.progress, what);
     pb.inc(skipped.len() as u64);
@@ -512,14 +701,24 @@ pub fn extract(
         }
         skipped.items.append(&mut failed.items);
         let refs: Vec<&Chw> = ok_img.iter().collect();
-        let d = describe_multiscale(be, net, &refs, &cfg.scales, cfg.normalize_each_scale)
-            .with_context(|| {
-                format!(
-                    "describing {} images from {}",
-                    ok_idx.len(),
-                    items[chunk[0]].path.display()
-                )
-            })?;
+        let (d, l) = describe_multiscale_local(
+            be,
+            net,
+            &refs,
+            &cfg.scales,
+            cfg.normalize_each_scale,
+            cfg.local,
+        )
+        .with_context(|| {
+            format!(
+                "describing {} images from {}",
+                ok_idx.len(),
+                items[chunk[0]].path.display()
+            )
+        })?;
+        if let (Some(all), Some(l)) = (local.as_mut(), l) {
+            all.append(&l)?;
+        }
         // A model that makes NaN (broken weights) must not produce a file that scores.
         if let Some((r, c)) = first_non_finite(&d, dim) {
             bail!(
@@ -545,6 +744,7 @@ pub fn extract(
         dim,
         rows: order.iter().map(|&r| rows[r]).collect(),
         skipped,
+        local: local.map(|l| l.select_images(&order)),
     })
 }
 
@@ -801,6 +1001,140 @@ mod tests {
         let out = extract(be, &mut net, &with_big, &cfg(1), "test").unwrap();
         assert_eq!(net.0[0], (1, 40, 40), "{:?}", net.0);
         assert_eq!(out.rows, (0..9).collect::<Vec<_>>());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// TinyGem whose feature map is its input: one cell per pixel, the 3 channels.
+    #[derive(Default)]
+    struct PixelMap(Option<(Vec<f32>, [usize; 4])>);
+    impl DescriptorNet for PixelMap {
+        fn out_dim(&self) -> usize {
+            3
+        }
+        fn describe(
+            &mut self,
+            be: &dyn Backend,
+            x: &[f32],
+            n: usize,
+            h: usize,
+            w: usize,
+        ) -> Result<Vec<f32>> {
+            self.0 = Some((x.to_vec(), [n, 3, h, w]));
+            TinyGem.describe(be, x, n, h, w)
+        }
+        fn feature_map(&self, _: &dyn Backend) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn local_features_are_the_strongest_cells_over_scales_in_image_order() {
+        let be = crate::backend::cpu();
+        // One bright pixel at row 2, column 5; a blank image has no features at all.
+        let mut dot = Chw {
+            c: 3,
+            h: 6,
+            w: 8,
+            data: vec![0.0; 3 * 48],
+        };
+        for ch in 0..3 {
+            dot.data[ch * 48 + 2 * 8 + 5] = 1.0 + ch as f32;
+        }
+        let blank = Chw {
+            c: 3,
+            h: 4,
+            w: 4,
+            data: vec![0.0; 48],
+        };
+        let imgs = [&blank, &dot];
+        let (d, l) =
+            describe_multiscale_local(be, &mut PixelMap::default(), &imgs, &[0.5, 1.0], true, 3)
+                .unwrap();
+        let (plain, _) =
+            describe_multiscale_local(be, &mut PixelMap::default(), &imgs, &[0.5, 1.0], true, 0)
+                .unwrap();
+        assert_eq!(d, plain, "local features do not change the descriptors");
+        let l = l.unwrap();
+        assert_eq!((l.dim, l.images()), (3, 2));
+        assert_eq!(l.image_size, vec![[4, 4], [6, 8]]);
+        assert_eq!(l.range(0), 0..0, "a blank image has no features");
+        let r = l.range(1);
+        assert!(!r.is_empty() && r.len() <= 3, "{r:?}");
+        // The sharp peak of scale 1 beats the blurred ones of scale 0.5; its centre is in the
+        // described image's pixels at every scale.
+        assert_eq!((l.scale[r.start], l.xy[r.start]), (1.0, [5.5, 2.5]));
+        for i in r {
+            let [x, y] = l.xy[i];
+            assert!(
+                (0.0..=8.0).contains(&x) && (0.0..=6.0).contains(&y),
+                "{x},{y}"
+            );
+        }
+        let none = describe_multiscale_local(be, &mut PixelMap::default(), &imgs, &[1.0], true, 0);
+        assert!(none.unwrap().1.is_none());
+        let e = describe_multiscale_local(be, &mut TinyGem, &imgs, &[1.0], true, 2).unwrap_err();
+        assert!(format!("{e:#}").contains("tiny-gem"), "{e:#}");
+        let e = describe_multiscale_local(be, &mut TinyGem, &imgs, &[1.0], true, MAX_LOCAL + 1)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("--local 256 or fewer"), "{e:#}");
+    }
+
+    #[test]
+    fn extracted_local_features_follow_the_rows_of_the_descriptors() {
+        let be = crate::backend::cpu();
+        let dir = std::env::temp_dir().join(format!("insclr-local-rows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut rng = Rng::new(4);
+        // Small images first: extraction goes largest first, so rows are reordered at the end.
+        let sizes = [(9u32, 7u32), (12, 10), (9, 7), (15, 11)];
+        let mut items: Vec<ImageItem> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &(w, h))| {
+                let p = dir.join(format!("im{k}.png"));
+                image::RgbImage::from_fn(w, h, |_, _| {
+                    image::Rgb([rng.below(256) as u8, rng.below(256) as u8, 7])
+                })
+                .save(&p)
+                .unwrap();
+                ImageItem { path: p, bbx: None }
+            })
+            .collect();
+        std::fs::write(dir.join("bad.jpg"), b"nope").unwrap();
+        items.insert(
+            1,
+            ImageItem {
+                path: dir.join("bad.jpg"),
+                bbx: None,
+            },
+        );
+        let cfg = ExtractConfig {
+            batch: 2,
+            scales: vec![1.0, 0.5],
+            skip_bad: true,
+            local: 4,
+            ..Default::default()
+        };
+        let out = extract(be, &mut PixelMap::default(), &items, &cfg, "test").unwrap();
+        assert_eq!(out.rows, [0, 2, 3, 4]);
+        let l = out.local.unwrap();
+        assert_eq!(l.images(), 4);
+        let want: Vec<[usize; 2]> = [0, 1, 2, 3]
+            .iter()
+            .map(|&k| [sizes[k].1 as usize, sizes[k].0 as usize])
+            .collect();
+        assert_eq!(l.image_size, want);
+        for i in 0..4 {
+            assert_eq!(l.range(i).len(), 4, "image {i}");
+        }
+        let none = extract(
+            be,
+            &mut PixelMap::default(),
+            &items,
+            &ExtractConfig { local: 0, ..cfg },
+            "test",
+        );
+        assert!(none.unwrap().local.is_none());
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -8,9 +8,11 @@ pub mod extract;
 pub mod gldv2;
 pub mod gnd_pickle;
 pub mod list;
+pub mod local;
 pub mod rank;
 pub mod revisited;
 pub mod search;
+pub mod verify;
 
 use crate::backend::Backend;
 use crate::nn::net::{DescriptorChoice, LoadChoice};
@@ -97,12 +99,16 @@ pub struct ProtocolResult {
 
 /// Ranks every query against the database once and scores each requested protocol
 /// (revisitop's `compute_map` on the ok / junk of each protocol).
+///
+/// `head`, when given, is each query's re-ranked beginning (its first database rows in a new
+/// order, [`verify::rerank_lists`]): rows in it take their place there, the others keep theirs.
 pub fn evaluate_revisited(
     be: &dyn Backend,
     gnd: &Gnd,
     pair: Pair,
     protocols: &[Protocol],
     tiling: Tiling,
+    head: Option<&[Vec<usize>]>,
 ) -> Result<Vec<ProtocolResult>> {
     check_counts(pair, gnd.qimlist.len(), gnd.imlist.len())?;
     // Rank each query's easy, hard and junk images once; every protocol is a regrouping.
@@ -118,7 +124,17 @@ pub fn evaluate_revisited(
                 .collect()
         })
         .collect();
-    let pos = rank::positions(be, pair, &targets, tiling)?;
+    let mut pos = rank::positions(be, pair, &targets, tiling)?;
+    if let Some(head) = head {
+        for ((p, t), h) in pos.iter_mut().zip(&targets).zip(head) {
+            let place: HashMap<usize, usize> = h.iter().enumerate().map(|(r, &j)| (j, r)).collect();
+            for (p, j) in p.iter_mut().zip(t) {
+                if let Some(&r) = place.get(j) {
+                    *p = r;
+                }
+            }
+        }
+    }
     let rank_of: Vec<HashMap<usize, usize>> = targets
         .iter()
         .zip(&pos)
@@ -170,6 +186,7 @@ pub struct GldResult {
 
 /// GLDv2 retrieval: top-100 index images per query (streamed), scored against both splits.
 /// `query_ids[i]` names query row i, `index_ids[j]` database row j.
+/// `head` as in [`evaluate_revisited`].
 pub fn evaluate_gldv2(
     be: &dyn Backend,
     sol: &gldv2::Solutions,
@@ -177,9 +194,15 @@ pub fn evaluate_gldv2(
     query_ids: &[String],
     pair: Pair,
     tiling: Tiling,
+    head: Option<&[Vec<usize>]>,
 ) -> Result<Vec<GldResult>> {
     check_counts(pair, query_ids.len(), index_ids.len())?;
-    let top = rank::top_k(be, pair, gldv2::MAX_PREDICTIONS, tiling)?;
+    let mut top = rank::top_k(be, pair, gldv2::MAX_PREDICTIONS, tiling)?;
+    if let Some(head) = head {
+        for (t, h) in top.iter_mut().zip(head) {
+            *t = with_head(t, h);
+        }
+    }
     let mut out = Vec::new();
     for (name, split) in [("Public", &sol.public), ("Private", &sol.private)] {
         let preds: HashMap<String, Vec<String>> = query_ids
@@ -200,6 +223,18 @@ pub fn evaluate_gldv2(
         });
     }
     Ok(out)
+}
+
+/// `list` (best first, `(db row, score)`) with `head` (rows in a new order) first and the rest
+/// after in their order, the same length.
+pub fn with_head(list: &[(usize, f32)], head: &[usize]) -> Vec<(usize, f32)> {
+    let score: HashMap<usize, f32> = list.iter().copied().collect();
+    let in_head: std::collections::HashSet<usize> = head.iter().copied().collect();
+    head.iter()
+        .map(|&j| (j, score.get(&j).copied().unwrap_or(f32::NAN)))
+        .chain(list.iter().copied().filter(|(j, _)| !in_head.contains(j)))
+        .take(list.len())
+        .collect()
 }
 
 /// The revisitop-style table: percentages with two decimals.
@@ -271,8 +306,38 @@ mod tests {
             pair,
             &Protocol::ALL,
             Tiling::default(),
+            None,
         )
         .unwrap();
+        // A re-ranked head [7, 1, 3] of the ranking scores as descriptors ranking
+        // [7, 1, 3, 0, 5, 2, 9, 4, 6, 8] do.
+        let reranked = [7usize, 1, 3, 0, 5, 2, 9, 4, 6, 8];
+        let mut db2 = vec![0.0f32; 10];
+        for (r, &i) in reranked.iter().enumerate() {
+            db2[i] = 1.0 - r as f32 * 0.05;
+        }
+        let pair2 = Pair {
+            queries: &[1.0],
+            db: &db2,
+            dim: 1,
+        };
+        let cpu = crate::backend::cpu();
+        let head = [vec![7usize, 1, 3]];
+        let with = evaluate_revisited(
+            cpu,
+            &gnd,
+            pair,
+            &Protocol::ALL,
+            Tiling::default(),
+            Some(&head),
+        )
+        .unwrap();
+        let want =
+            evaluate_revisited(cpu, &gnd, pair2, &Protocol::ALL, Tiling::default(), None).unwrap();
+        for (a, b) in with.iter().zip(&want) {
+            assert_eq!(a.summary.map, b.summary.map, "{}", a.protocol);
+        }
+        assert_ne!(with[1].summary.map, res[1].summary.map);
         // Medium: ok {7,0,4}, junk {1} -> 0.404762.
         assert!((res[1].summary.map - 0.404762).abs() < 1e-6);
         // Easy: ok {7,0}, junk {1,4}: adjusted ranks [1,2] -> 1/2·(0+1/2)/2 + 1/2·(1/2+2/3)/2.
@@ -294,7 +359,8 @@ mod tests {
             &gnd,
             short,
             &Protocol::ALL,
-            Tiling::default()
+            Tiling::default(),
+            None
         )
         .is_err());
     }
@@ -321,10 +387,20 @@ mod tests {
             &query_ids,
             pair,
             Tiling::default(),
+            None,
         )
         .unwrap();
         assert!((r[0].map_at_100 - 1.0).abs() < 1e-12);
         assert!((r[1].map_at_100 - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-9);
         assert!(format_gldv2(&r).contains("Private"));
+    }
+
+    #[test]
+    fn a_head_goes_first_and_the_rest_keep_their_order() {
+        let list = [(4, 0.9), (2, 0.8), (7, 0.7), (1, 0.6)];
+        assert_eq!(
+            with_head(&list, &[2, 4]),
+            vec![(2, 0.8), (4, 0.9), (7, 0.7), (1, 0.6)]
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! numpy `.npy` arrays (format 1.0/2.0/3.0, little-endian, C order) and `.npz` archives of them,
-//! for the dtypes this project writes: f32 (`<f4`) and i64 (`<i8`). Readers accept what numpy
+//! for the dtypes this project writes: f32 (`<f4`), i64 (`<i8`) and i8 (`|i1`, quantised local
+//! descriptors). Readers accept what numpy
 //! writes by default; anything else is a clear error naming the file and what was found.
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +18,9 @@ impl NpyElem for f32 {
 }
 impl NpyElem for i64 {
     const DESCR: &'static str = "<i8";
+}
+impl NpyElem for i8 {
+    const DESCR: &'static str = "|i1";
 }
 
 /// A dense C-order array read from or written to `.npy`.
@@ -300,6 +304,7 @@ pub fn read<T: NpyElem>(path: &Path) -> Result<Array<T>> {
 pub enum NpzEntry<'a> {
     F32(&'a str, &'a Array<f32>),
     I64(&'a str, &'a Array<i64>),
+    I8(&'a str, &'a Array<i8>),
 }
 
 /// A writer that keeps the first error and lets every later write and seek succeed without
@@ -387,6 +392,10 @@ fn fill_npz<W: Write + std::io::Seek>(file: W, entries: &[NpzEntry]) -> Result<(
                 write_to(&mut z, a)?;
             }
             NpzEntry::I64(n, a) => {
+                z.start_file(format!("{n}.npy"), opts)?;
+                write_to(&mut z, a)?;
+            }
+            NpzEntry::I8(n, a) => {
                 z.start_file(format!("{n}.npy"), opts)?;
                 write_to(&mut z, a)?;
             }

@@ -2,11 +2,13 @@
 //! Oxford / Paris, GLDv2 retrieval or a plain image list (`insclr-cu eval`).
 
 use super::extract::{load_choice, model_name, model_ops};
-use crate::backend::{self, Backend, DeviceChoice, Op};
+use crate::backend::{self, Backend, DeviceChoice, Op, Verify};
 use crate::eval::expand::{self, Expansion};
 use crate::eval::extract::{self, ExtractConfig, ImageItem};
+use crate::eval::local::LocalFeatures;
 use crate::eval::rank::{Pair, Tiling};
 use crate::eval::revisited::{Gnd, Protocol};
+use crate::eval::verify::Rerank;
 use crate::eval::{self as ev, gldv2, gnd_pickle, list::ListGnd};
 use crate::io::paths::{check_outputs, Named};
 use crate::io::{self, npy};
@@ -85,6 +87,12 @@ pub struct EvalOptions {
     pub qe: Option<Expansion>,
     /// α-weighted database-side augmentation before ranking (and before αQE).
     pub dba: Option<Expansion>,
+    /// Re-rank each query's first results by spatial verification ([`crate::eval::verify`]):
+    /// local features are extracted with the descriptors (`local` per image), or read from
+    /// the `.local.npz` beside `--db-feats` / `--query-feats`.
+    pub rerank: Option<Rerank>,
+    /// Local features per image when extracting for `rerank`.
+    pub local: usize,
     pub quiet: bool,
 }
 
@@ -110,6 +118,8 @@ impl EvalOptions {
             tile: Tiling::default().db_tile,
             qe: None,
             dba: None,
+            rerank: None,
+            local: 128,
             quiet: false,
         }
     }
@@ -259,12 +269,18 @@ fn read_feats(path: &Path) -> Result<(Vec<f32>, usize)> {
     Ok((a.data, d))
 }
 
+/// Database and query descriptors, their length, how they were made, and (for `--rerank`)
+/// the database's and the queries' local features.
+type Described = (
+    Vec<f32>,
+    Vec<f32>,
+    usize,
+    String,
+    Option<[LocalFeatures; 2]>,
+);
+
 /// Descriptors of both sides: loaded from `.npy` or extracted with the model.
-fn descriptors(
-    be: &dyn Backend,
-    opts: &EvalOptions,
-    r: &Resolved,
-) -> Result<(Vec<f32>, Vec<f32>, usize, String)> {
+fn descriptors(be: &dyn Backend, opts: &EvalOptions, r: &Resolved) -> Result<Described> {
     if let (Some(dbp), Some(qp)) = (&opts.db_feats, &opts.query_feats) {
         let (db, d1) = read_feats(dbp)?;
         let (q, d2) = read_feats(qp)?;
@@ -275,7 +291,20 @@ fn descriptors(
                 qp.display()
             );
         }
-        return Ok((db, q, d1, format!("descriptors from {}", dbp.display())));
+        let local = match opts.rerank {
+            Some(_) => Some([
+                read_local(dbp, db.len() / d1)?,
+                read_local(qp, q.len() / d2)?,
+            ]),
+            None => None,
+        };
+        return Ok((
+            db,
+            q,
+            d1,
+            format!("descriptors from {}", dbp.display()),
+            local,
+        ));
     }
     let choice = load_choice(opts.descriptor, opts.pixel_norm.as_deref())?;
     let (mut net, what) =
@@ -294,6 +323,7 @@ fn descriptors(
         max_side: opts.max_side,
         skip_bad: false,
         exact_size: None,
+        local: if opts.rerank.is_some() { opts.local } else { 0 },
     };
     // The ground truth counts every listed image, so an unusable one cannot be left out (or
     // scored as a zero descriptor): the run stops naming it.
@@ -310,6 +340,9 @@ fn descriptors(
         ] {
             let a = npy::Array::new(vec![n, e.dim], e.feats.clone())?;
             npy::write(&dir.join(name), &a)?;
+            if let Some(l) = &e.local {
+                l.save(&super::extract::local_path(&dir.join(name)))?;
+            }
         }
         eprintln!("wrote {0}/db.npy and {0}/query.npy", dir.display());
     }
@@ -320,7 +353,33 @@ fn descriptors(
         opts.img_size,
         scales_s.join(",")
     );
-    Ok((db.feats, q.feats, db.dim, how))
+    let local = match (db.local, q.local) {
+        (Some(d), Some(q)) => Some([d, q]),
+        _ => None,
+    };
+    Ok((db.feats, q.feats, db.dim, how, local))
+}
+
+/// The local features beside a descriptor file, checked against its `rows`.
+fn read_local(feats: &Path, rows: usize) -> Result<LocalFeatures> {
+    let p = super::extract::local_path(feats);
+    if !p.exists() {
+        bail!(
+            "--rerank needs the local features of {}: {} is missing (extract with --local N, or evaluate with --model to extract them)",
+            feats.display(),
+            p.display()
+        );
+    }
+    let l = LocalFeatures::load(&p)?;
+    if l.images() != rows {
+        bail!(
+            "{} holds local features of {} images but {} has {rows} rows; extract both again together",
+            p.display(),
+            l.images(),
+            feats.display()
+        );
+    }
+    Ok(l)
 }
 
 /// Results per query kept in the JSON (`insclr-cu report` shows them).
@@ -334,8 +393,16 @@ fn top_hits(
     (db, queries): &(Vec<ImageItem>, Vec<ImageItem>),
     pair: Pair,
     tiling: Tiling,
+    head: Option<&[Vec<usize>]>,
 ) -> Result<Vec<serde_json::Value>> {
-    let top = ev::rank::top_k(be, pair, TOP_HITS, tiling)?;
+    let want = TOP_HITS.max(head.map_or(0, |h| h.iter().map(Vec::len).max().unwrap_or(0)));
+    let mut top = ev::rank::top_k(be, pair, want, tiling)?;
+    for (q, t) in top.iter_mut().enumerate() {
+        if let Some(h) = head {
+            *t = ev::with_head(t, &h[q]);
+        }
+        t.truncate(TOP_HITS);
+    }
     Ok(top
         .iter()
         .zip(&g.gnd)
@@ -379,6 +446,9 @@ pub fn evaluate(opts: &EvalOptions, device: DeviceChoice) -> Result<EvalReport> 
         bail!("--db-feats and --query-feats go together: give both descriptor files, or neither to extract them");
     }
     let mut ops = vec![Op::Matmul, Op::Knn];
+    if opts.rerank.is_some() {
+        ops.push(Op::Verify);
+    }
     if opts.db_feats.is_none() {
         let model = model_name(opts.model.as_deref(), opts.weights.as_deref());
         ops.extend_from_slice(model_ops(model));
@@ -413,18 +483,48 @@ pub fn evaluate(opts: &EvalOptions, device: DeviceChoice) -> Result<EvalReport> 
     }
     let (be, chosen) = backend::select_f32(device, &ops)?;
     eprintln!("backend: {chosen}");
-    let (db, q, dim, how) = descriptors(be.as_ref(), opts, &r)?;
+    let (db, q, dim, how, local) = descriptors(be.as_ref(), opts, &r)?;
     let tiling = Tiling {
         db_tile: opts.tile.max(1),
         ..Tiling::default()
     };
     let (q, db, expanded) = expand::apply(be.as_ref(), q, db, dim, opts.qe, opts.dba, tiling)?;
-    let how = how + &expanded;
+    let mut how = how + &expanded;
     let pair = Pair {
         queries: &q,
         db: &db,
         dim,
     };
+    let head = match (opts.rerank, &local) {
+        (Some(rr), Some([dbl, ql])) => {
+            let rr = Rerank {
+                verify: Verify {
+                    dim: dbl.dim,
+                    ..rr.verify
+                },
+                ..rr
+            };
+            let lists: Vec<Vec<usize>> = ev::rank::top_k(be.as_ref(), pair, rr.top, tiling)?
+                .into_iter()
+                .map(|t| t.into_iter().map(|(j, _)| j).collect())
+                .collect();
+            let t0 = std::time::Instant::now();
+            let pairs: usize = lists.iter().map(Vec::len).sum();
+            let head = ev::verify::rerank_lists(be.as_ref(), ql, dbl, &lists, &rr, &mut |_| {})?;
+            let secs = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "rerank: {pairs} pairs verified in {secs:.1} s ({:.0} pairs/s)",
+                pairs as f64 / secs.max(1e-9)
+            );
+            how += &format!(
+                ", top {} re-ranked by spatial verification (>= {} inliers)",
+                rr.top, rr.min_inliers
+            );
+            Some(head)
+        }
+        _ => None,
+    };
+    let head = head.as_deref();
     let nq = q.len() / dim.max(1);
     let ndb = db.len() / dim.max(1);
     let name = opts.dataset.name();
@@ -437,18 +537,26 @@ pub fn evaluate(opts: &EvalOptions, device: DeviceChoice) -> Result<EvalReport> 
             } else {
                 &Protocol::ALL
             };
-            let mut res = ev::evaluate_revisited(be.as_ref(), g, pair, protocols, tiling)?;
+            let mut res = ev::evaluate_revisited(be.as_ref(), g, pair, protocols, tiling, head)?;
             if matches!(r, Resolved::List(_)) {
                 res[0].protocol = "ok/junk".into();
             }
-            let top = top_hits(be.as_ref(), g, &(db_items, q_items), pair, tiling)?;
+            let top = top_hits(be.as_ref(), g, &(db_items, q_items), pair, tiling, head)?;
             (
                 ev::format_revisited(&res),
                 serde_json::json!({"dataset": name, "descriptors": how, "results": res, "queries": top}),
             )
         }
         Resolved::Gld { sol, index_ids } => {
-            let res = ev::evaluate_gldv2(be.as_ref(), sol, index_ids, &sol.queries, pair, tiling)?;
+            let res = ev::evaluate_gldv2(
+                be.as_ref(),
+                sol,
+                index_ids,
+                &sol.queries,
+                pair,
+                tiling,
+                head,
+            )?;
             (
                 ev::format_gldv2(&res),
                 serde_json::json!({"dataset": name, "descriptors": how, "results": res}),

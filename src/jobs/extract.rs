@@ -87,6 +87,8 @@ impl DescribeOptions {
             max_side: self.max_side,
             skip_bad,
             exact_size: self.exact_size,
+            // An output of `extract` (`ExtractOptions::local`), not a way of describing.
+            local: 0,
         }
     }
 }
@@ -108,6 +110,26 @@ pub struct ExtractOptions {
     /// Ranks to split the images over (0 or 1: one): GPUs with `--device cuda`, threads with
     /// cpu / emu ([`crate::dist::launch`]). The matrix is the same as one rank's.
     pub gpus: usize,
+    /// Local features per image (0: none): the strongest locations of the backbone's last map
+    /// over all scales, written to `<out stem>.local.npz` ([`local_path`]) with the rows of the
+    /// `.npy`. At most [`crate::eval::local::MAX_LOCAL`].
+    pub local: usize,
+}
+
+/// Where `extract` writes the local features of the descriptors `out`: `<out stem>.local.npz`.
+pub fn local_path(out: &Path) -> PathBuf {
+    out.with_extension("local.npz")
+}
+
+/// What [`extract()`] wrote of local features.
+#[derive(Clone, Debug)]
+pub struct LocalReport {
+    /// Features in all.
+    pub features: usize,
+    pub images: usize,
+    /// Descriptor length (the backbone's channels).
+    pub dim: usize,
+    pub path: PathBuf,
 }
 
 /// What [`extract()`] wrote.
@@ -123,6 +145,8 @@ pub struct ExtractReport {
     /// Images left out (with `skip_bad`).
     pub skipped: usize,
     pub images_per_second: f64,
+    /// The local features, when asked for.
+    pub local: Option<LocalReport>,
 }
 
 impl ExtractReport {
@@ -137,6 +161,18 @@ impl ExtractReport {
             self.order.display(),
             self.images_per_second
         )
+    }
+
+    /// The line `insclr-cu extract --local` prints after [`ExtractReport::summary`].
+    pub fn local_summary(&self) -> Option<String> {
+        let l = self.local.as_ref()?;
+        Some(format!(
+            "local features: {} in {} images (dim {}) -> {}",
+            l.features,
+            l.images,
+            l.dim,
+            l.path.display()
+        ))
     }
 }
 
@@ -166,6 +202,13 @@ impl ExtractReport {
 pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractReport> {
     io::check_writable(&opts.out)?;
     let model = opts.describe.model_name().to_string();
+    extract::check_local(opts.local)?;
+    if opts.local > 0 && model == "tiny-gem" {
+        bail!(
+            "--local {}: tiny-gem has no feature map; local features need a backbone: give --weights (and --model resnet50, resnet101, efficientnet-lite0 or resnet-custom)",
+            opts.local
+        );
+    }
     let paths = if opts.images.is_dir() {
         list_images(&opts.images)?
     } else {
@@ -179,6 +222,7 @@ pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractRep
     };
     let bad_list = opts.out.with_extension("bad.txt");
     let order = opts.out.with_extension("txt");
+    let local_file = local_path(&opts.out);
     let mut inputs = vec![Named::new("--images", &opts.images)];
     inputs.extend(
         opts.describe
@@ -193,6 +237,7 @@ pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractRep
             Named::new("--out", &opts.out),
             Named::new("its row list", &order),
             Named::new("its list of unusable images", &bad_list),
+            Named::new("its local features", &local_file),
         ],
     )?;
     let items: Vec<ImageItem> = paths
@@ -202,7 +247,10 @@ pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractRep
             bbx: None,
         })
         .collect();
-    let cfg = opts.describe.config(opts.skip_bad);
+    let cfg = ExtractConfig {
+        local: opts.local,
+        ..opts.describe.config(opts.skip_bad)
+    };
     let t0 = std::time::Instant::now();
     let described = dist::launch::on_ranks(opts.gpus, device, |comm, gpu| {
         let (be, chosen) = backend::select_on(device, &f32_needs(model_ops(&model)), gpu)?;
@@ -222,6 +270,7 @@ pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractRep
             order,
             skipped: out.skipped.len(),
             images_per_second: out.rows.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            local: None,
         });
     }
     let out = match described {
@@ -242,6 +291,13 @@ pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractRep
     };
     let secs = t0.elapsed().as_secs_f64();
     let n = out.rows.len();
+    if let Some(l) = out.local.as_ref().filter(|l| l.images() != n) {
+        bail!(
+            "local features of {} images for {n} descriptors; nothing written to {}",
+            l.images(),
+            opts.out.display()
+        );
+    }
     let arr = npy::Array::new(vec![n, out.dim], out.feats)?;
     npy::write(&opts.out, &arr)?;
     npy::write_atomic(&order, |w| {
@@ -251,6 +307,25 @@ pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractRep
         }
         Ok(())
     })?;
+    let local = match out.local {
+        Some(l) => {
+            l.save(&local_file)?;
+            Some(LocalReport {
+                features: l.len(),
+                images: l.images(),
+                dim: l.dim,
+                path: local_file,
+            })
+        }
+        None => {
+            // A file of an earlier run would pair its rows with this run's matrix.
+            if local_file.exists() {
+                std::fs::remove_file(&local_file)
+                    .with_context(|| format!("removing the stale {}", local_file.display()))?;
+            }
+            None
+        }
+    };
     if opts.skip_bad {
         // Written even when empty, so the files beside the matrix always describe this run.
         write_bad_list(&bad_list, &out.skipped)?;
@@ -273,6 +348,7 @@ pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractRep
         order,
         skipped: out.skipped.len(),
         images_per_second: n as f64 / secs.max(1e-9),
+        local,
     })
 }
 

@@ -13,6 +13,8 @@
 //! | evaluate retrieval | [`evaluate()`] | `insclr-cu eval` |
 //! | search an index | [`search()`] | `insclr-cu search` |
 //! | run a whole recipe | [`pipeline()`] | `insclr-cu pipeline` |
+//! | re-rank a pool by spatial verification | [`verify_pool()`] | `insclr-cu verify` |
+//! | verify two photos, draw their matches | [`match_images()`] | `insclr-cu match` |
 //! | convert PyTorch weights | [`import_weights()`] | `insclr-cu import-weights` |
 //!
 //! The run report is [`crate::report::write`], the step's plan [`crate::plan`].
@@ -24,11 +26,17 @@ pub mod pipeline;
 pub mod pool;
 pub mod search;
 pub mod train;
+pub mod verify;
 
 pub use evaluate::{evaluate, Benchmark, EvalOptions, EvalReport};
-pub use extract::{extract, DescribeOptions, ExtractOptions, ExtractReport};
+pub use extract::{
+    extract, local_path, DescribeOptions, ExtractOptions, ExtractReport, LocalReport,
+};
 pub use import_weights::{import_weights, ImportReport};
 pub use pipeline::{pipeline, PipelineOptions, PipelineReport};
 pub use pool::{pool, PoolOptions, PoolReport};
 pub use search::{search, SearchOptions, SearchReport};
 pub use train::{train, TrainOptions};
+pub use verify::{
+    match_images, verify_pool, MatchOptions, MatchReport, VerifyPoolOptions, VerifyPoolReport,
+};

@@ -669,6 +669,7 @@ fn run_step(
                     // it too.
                     skip_bad: true,
                     gpus: opts.gpus,
+                    local: 0,
                 },
                 device,
             )?;

@@ -2,10 +2,14 @@
 //! index images (`insclr-cu search`; text, JSON or an HTML page of thumbnails).
 
 use super::extract::{model_ops, DescribeOptions};
+use crate::backend::Verify;
 use crate::backend::{self, DeviceChoice, Op};
 use crate::eval::expand::{self, Expansion};
-use crate::eval::extract::{self, ImageItem};
+use crate::eval::extract::{self, ExtractConfig, ImageItem};
+use crate::eval::local::LocalFeatures;
+use crate::eval::search::Hit;
 use crate::eval::search::{self as index_search, PageInfo, QueryResults};
+use crate::eval::verify::{rerank_lists, Rerank};
 use crate::io::paths::{check_outputs, Named};
 use crate::io::{self, npy};
 use crate::knn::Tiling;
@@ -32,6 +36,11 @@ pub struct SearchOptions {
     pub qe: Option<Expansion>,
     /// α-weighted database-side augmentation of the index before ranking (and before αQE).
     pub dba: Option<Expansion>,
+    /// Re-rank each query's first results by spatial verification against the index's local
+    /// features (the `.local.npz` `extract --local` wrote beside `index`).
+    pub rerank: Option<Rerank>,
+    /// Local features per query image for `rerank`.
+    pub local: usize,
 }
 
 impl Default for SearchOptions {
@@ -46,6 +55,8 @@ impl Default for SearchOptions {
             html: None,
             qe: None,
             dba: None,
+            rerank: None,
+            local: 128,
         }
     }
 }
@@ -127,6 +138,28 @@ pub fn search(opts: &SearchOptions, device: DeviceChoice) -> Result<SearchReport
     }
     let model = opts.describe.model_name();
     let mut ops = vec![Op::Knn];
+    let index_local = match opts.rerank {
+        Some(_) => {
+            ops.push(Op::Verify);
+            let p = super::extract::local_path(&opts.index);
+            if !p.exists() {
+                bail!(
+                    "--rerank needs the index's local features: {} is missing (extract the index with --local N)",
+                    p.display()
+                );
+            }
+            let l = LocalFeatures::load(&p)?;
+            if l.images() != n {
+                bail!(
+                    "{} holds local features of {} images but the index has {n}; extract them again together",
+                    p.display(),
+                    l.images()
+                );
+            }
+            Some(l)
+        }
+        None => None,
+    };
     ops.extend_from_slice(model_ops(model));
     let (be, chosen) = backend::select_f32(device, &ops)?;
     eprintln!("backend: {chosen}");
@@ -147,7 +180,10 @@ pub fn search(opts: &SearchOptions, device: DeviceChoice) -> Result<SearchReport
             bbx: None,
         })
         .collect();
-    let cfg = opts.describe.config(false);
+    let cfg = ExtractConfig {
+        local: if opts.rerank.is_some() { opts.local } else { 0 },
+        ..opts.describe.config(false)
+    };
     let q = extract::extract(be.as_ref(), net.as_mut(), &items, &cfg, "queries")
         .context("query images: fix or drop the ones listed")?;
     if q.dim != index.dim {
@@ -174,14 +210,46 @@ pub fn search(opts: &SearchOptions, device: DeviceChoice) -> Result<SearchReport
         Tiling::default(),
     )?;
     index.feats = feats;
-    let results = index_search::search(
+    let top = opts.rerank.map_or(opts.k, |r| r.top.max(opts.k));
+    let mut results = index_search::search(
         be.as_ref(),
         &index,
         &queries,
         &names,
-        opts.k,
+        top,
         Tiling::default(),
     )?;
+    let mut expanded = expanded;
+    if let (Some(r), Some(il), Some(ql)) = (opts.rerank, &index_local, &q.local) {
+        let r = Rerank {
+            verify: Verify {
+                dim: il.dim,
+                ..r.verify
+            },
+            ..r
+        };
+        let lists: Vec<Vec<usize>> = results
+            .iter()
+            .map(|q| q.results.iter().map(|h| h.row).collect())
+            .collect();
+        let head = rerank_lists(be.as_ref(), ql, il, &lists, &r, &mut |_| {})?;
+        for (q, order) in results.iter_mut().zip(head) {
+            let by_row: std::collections::HashMap<usize, Hit> =
+                q.results.drain(..).map(|h| (h.row, h)).collect();
+            q.results = order
+                .iter()
+                .enumerate()
+                .map(|(i, row)| Hit {
+                    rank: i + 1,
+                    ..by_row[row].clone()
+                })
+                .collect();
+        }
+        expanded += &format!(", top {} re-ranked by spatial verification", r.top);
+    }
+    for q in &mut results {
+        q.results.truncate(opts.k);
+    }
     let d = &opts.describe;
     let json = serde_json::json!({
         "index": opts.index.display().to_string(),

@@ -82,6 +82,13 @@ pub trait DescriptorNet {
     fn input_norm(&self) -> crate::data::image::PixelNorm {
         crate::data::image::PixelNorm::IMAGENET
     }
+    /// The backbone's output map of the last [`DescriptorNet::describe`] call, as f32 on the
+    /// host with its shape `[n, c, fh, fw]` (NCHW): what local features are chosen from.
+    /// `None` for a network without a backbone (`tiny-gem` pools the pixels).
+    fn feature_map(&self, be: &dyn Backend) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+        let _ = be;
+        Ok(None)
+    }
 }
 
 use crate::backend::Buf;

@@ -150,6 +150,38 @@ fn backbone_gem(
     Ok((fh, fw))
 }
 
+/// The backbone's output map of the last forward, `(n, fh, fw)` of it, as f32 on the host
+/// ([`DescriptorNet::feature_map`]). A bf16 map is downloaded as is (half the transfer) and
+/// widened here, exactly.
+fn download_map(
+    be: &dyn Backend,
+    backbone: &dyn Backbone,
+    dims: Option<(usize, usize, usize)>,
+) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+    let Some((n, fh, fw)) = dims else {
+        bail!("feature_map before any describe: there is no map yet");
+    };
+    let c = backbone.out_channels();
+    let y = backbone.output();
+    if y.len() != n * c * fh * fw {
+        bail!(
+            "{}'s output holds {} values, not the {n}x{c}x{fh}x{fw} map of the last forward",
+            backbone.name(),
+            y.len()
+        );
+    }
+    let map = match y.dtype() {
+        DType::F32 => be.download::<f32>(y)?,
+        DType::BF16 => be
+            .download::<half::bf16>(y)?
+            .into_iter()
+            .map(half::bf16::to_f32)
+            .collect(),
+        d => bail!("{}'s output is {d}, not f32 or bf16", backbone.name()),
+    };
+    Ok(Some((map, [n, c, fh, fw])))
+}
+
 /// Backbone -> GeM -> head: the descriptor network InsCLR trains and evaluates.
 pub struct RetrievalNet {
     pub backbone: Box<dyn Backbone>,
@@ -388,6 +420,10 @@ impl DescriptorNet for RetrievalNet {
     ) -> Result<Vec<f32>> {
         self.describe_images(be, Images::Tensor(x), n, h, w)
     }
+
+    fn feature_map(&self, be: &dyn Backend) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+        download_map(be, self.backbone.as_ref(), self.dims)
+    }
 }
 
 /// Backbone -> GeM with no head: the raw GeM vector, the original's stage-0 descriptor of an
@@ -396,6 +432,8 @@ pub struct GemNet {
     pub backbone: Box<dyn Backbone>,
     pub pool: GemPool,
     input: Buf,
+    /// `(n, fh, fw)` of the last forward.
+    dims: Option<(usize, usize, usize)>,
 }
 
 impl GemNet {
@@ -405,6 +443,7 @@ impl GemNet {
             backbone,
             pool: GemPool::gem(),
             input: empty(),
+            dims: None,
         }
     }
 }
@@ -443,7 +482,7 @@ impl DescriptorNet for GemNet {
             Images::Tensor(x),
             (n, h, w),
         )?;
-        backbone_gem(
+        let (fh, fw) = backbone_gem(
             be,
             self.backbone.as_mut(),
             &mut self.pool,
@@ -451,7 +490,12 @@ impl DescriptorNet for GemNet {
             (n, h, w),
             false,
         )?;
+        self.dims = Some((n, fh, fw));
         be.download::<f32>(&self.pool.y)
+    }
+
+    fn feature_map(&self, be: &dyn Backend) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+        download_map(be, self.backbone.as_ref(), self.dims)
     }
 }
 
@@ -501,6 +545,10 @@ impl DescriptorNet for Normed {
         w: usize,
     ) -> Result<Vec<f32>> {
         self.net.describe(be, x, n, h, w)
+    }
+
+    fn feature_map(&self, be: &dyn Backend) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+        self.net.feature_map(be)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod optim;
 pub mod pool;
 pub mod select;
 pub mod selftest;
+pub mod verify;
 
 use super::{Backend, Buf, DType, Device, Op};
 use anyhow::{bail, Result};
@@ -114,9 +115,10 @@ impl Backend for CpuBackend {
 
     fn supports(&self, op: Op, dtype: DType) -> bool {
         match dtype {
-            DType::F32 => op != Op::ImageToTensor,
+            DType::F32 => !matches!(op, Op::ImageToTensor | Op::Verify),
             DType::BF16 => BF16_OPS.contains(&op),
             DType::U8 => op == Op::ImageToTensor,
+            DType::I8 => op == Op::Verify,
             _ => false,
         }
     }

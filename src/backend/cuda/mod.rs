@@ -23,6 +23,7 @@ pub mod pool;
 pub mod record;
 pub mod select;
 pub mod selftest;
+pub mod verify;
 pub mod work;
 
 use super::profile::{KernelProfile, Span};
