@@ -216,7 +216,10 @@ fn the_feature_map_is_the_map_gem_pooled_in_f32_and_bf16() {
 
     let mut gem = GemNet::new(backbone(&mut Rng::new(1)));
     let d = gem.describe(be, &x, n, h, w).unwrap();
-    let (map, shape) = gem.feature_map(be).unwrap().expect("a map");
+    let (map, shape) = gem
+        .feature_map(be, insclr::nn::LocalLayer::Last)
+        .unwrap()
+        .expect("a map");
     assert_eq!(shape, [n, 128, 2, 3]);
     assert_eq!(map.len(), shape.iter().product::<usize>());
     for (k, want) in d.iter().enumerate() {
@@ -237,9 +240,15 @@ fn the_feature_map_is_the_map_gem_pooled_in_f32_and_bf16() {
         16,
     )
     .unwrap();
-    assert!(net.feature_map(be).is_err(), "no map before a forward");
+    assert!(
+        net.feature_map(be, insclr::nn::LocalLayer::Last).is_err(),
+        "no map before a forward"
+    );
     net.describe(be, &x, n, h, w).unwrap();
-    let (f32_map, shape32) = net.feature_map(be).unwrap().unwrap();
+    let (f32_map, shape32) = net
+        .feature_map(be, insclr::nn::LocalLayer::Last)
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (shape32, &f32_map),
         (shape, &map),
@@ -247,7 +256,10 @@ fn the_feature_map_is_the_map_gem_pooled_in_f32_and_bf16() {
     );
     net.set_precision(DType::BF16).unwrap();
     net.describe(be, &x, n, h, w).unwrap();
-    let (bf16_map, shape16) = net.feature_map(be).unwrap().unwrap();
+    let (bf16_map, shape16) = net
+        .feature_map(be, insclr::nn::LocalLayer::Last)
+        .unwrap()
+        .unwrap();
     assert_eq!(shape16, shape);
     let err = bf16_map
         .iter()
@@ -258,7 +270,7 @@ fn the_feature_map_is_the_map_gem_pooled_in_f32_and_bf16() {
         / f32_map.iter().map(|v| v * v).sum::<f32>().sqrt();
     assert!(err < 0.05, "bf16 map differs from the f32 one by {err}");
     assert!(insclr::eval::extract::TinyGem
-        .feature_map(be)
+        .feature_map(be, insclr::nn::LocalLayer::Last)
         .unwrap()
         .is_none());
 }
@@ -281,4 +293,43 @@ fn extract_over_ranks_writes_the_local_features_of_one_rank_on_emu() {
         "2 ranks on emu wrote other local features than 1 rank"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_mid_layer_gives_stride_16_cells_of_layer3() {
+    let dir = tmpdir("mid");
+    let (model, root) = (small_model(&dir), images(&dir));
+    let out = dir.join("mid.npy");
+    let mut opts = options(&model, &root, &out, 1, 400);
+    opts.describe.scales = vec![1.0];
+    opts.describe.local_layer = insclr::nn::LocalLayer::Mid;
+    extract(&opts, DeviceChoice::Cpu).unwrap_err();
+    opts.local = MAX_LOCAL;
+    extract(&opts, DeviceChoice::Cpu).unwrap();
+    let l = LocalFeatures::load(&local_path(&out)).unwrap();
+    // layer3 of the 4-wide ResNet: 16 x 4 channels; a 64 x 64 image has 4 x 4 cells of 16 px.
+    assert_eq!(l.dim, 64);
+    let listed: Vec<String> = std::fs::read_to_string(out.with_extension("txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    for (i, path) in listed.iter().enumerate() {
+        let [h, w] = l.image_size[i];
+        assert!(
+            l.range(i).len() <= h.div_ceil(16) * w.div_ceil(16),
+            "{path}"
+        );
+        for f in l.range(i) {
+            let [x, y] = l.xy[f];
+            // Cell centres: (col + 0.5) * w / ceil(w / 16).
+            let col = x * w.div_ceil(16) as f32 / w as f32 - 0.5;
+            let row = y * h.div_ceil(16) as f32 / h as f32 - 0.5;
+            assert!(
+                (col - col.round()).abs() < 1e-3 && (row - row.round()).abs() < 1e-3,
+                "{path}: ({x}, {y})"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

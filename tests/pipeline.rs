@@ -217,7 +217,11 @@ fn gldv2_fixture_trains_and_evaluates_through_the_gldv2_readers() {
 fn two_stage_pipeline_runs_on_the_emulated_gpu() {
     let dir = tmpdir("emu");
     let stage = stage_config(&dir, 2);
-    let eval = tiny_images(&dir);
+    // The pools verified too: [POOL]'s VERIFY_TOP lines go before [EVAL].
+    let eval = format!(
+        "VERIFY_TOP = 2\nLOCAL = 8\nLOCAL_LAYER = \"mid\"\n{}",
+        tiny_images(&dir)
+    );
     let plan = plan(
         &dir,
         &stage,
@@ -229,6 +233,13 @@ fn two_stage_pipeline_runs_on_the_emulated_gpu() {
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     common::log("RAN pipeline two_stage_pipeline_runs_on_the_emulated_gpu on emu");
+    assert_eq!(
+        out.matches("pool: verified the top 2 of 8 images (16 pairs")
+            .count(),
+        2,
+        "{out}"
+    );
+    assert!(dir.join("run/s1/feature.local.npz").exists());
     assert!(
         out.contains("backend emu") || out.contains("backend: emu"),
         "{out}"

@@ -90,6 +90,9 @@ pub struct Args {
     expansion: super::ExpansionArgs,
     #[command(flatten)]
     rerank: super::verify::RerankArgs,
+    /// The feature map local features come from (--rerank): last or mid (see extract).
+    #[arg(long, default_value = "last")]
+    local_layer: insclr::nn::LocalLayer,
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
@@ -120,6 +123,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         dba: args.expansion.dba,
         rerank,
         local,
+        local_layer: args.local_layer,
         quiet: args.quiet,
     };
     let r = jobs::evaluate(&opts, device)?;

@@ -5,6 +5,7 @@ use insclr::backend::DeviceChoice;
 use insclr::eval::extract::{IMG_SIZE, MAX_SIDE, REVISITED_SCALES};
 use insclr::jobs::{self, DescribeOptions, ExtractOptions};
 use insclr::nn::net::DescriptorChoice;
+use insclr::nn::LocalLayer;
 use std::path::PathBuf;
 
 /// How images become descriptors: the flags `extract` and `search` share, so that `search`
@@ -57,6 +58,10 @@ pub struct DescribeArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// The feature map local features come from: last (the backbone's output, stride 32, what
+    /// GeM pools) or mid (the last stride-16 stage: ResNet layer3, Lite0's 112-channel stage).
+    #[arg(long, default_value = "last")]
+    local_layer: LocalLayer,
 }
 
 impl DescribeArgs {
@@ -73,6 +78,7 @@ impl DescribeArgs {
             batch: self.batch,
             raw_scales: self.raw_scales,
             quiet: self.quiet,
+            local_layer: self.local_layer,
         }
     }
 }
@@ -97,7 +103,7 @@ pub struct Args {
     /// instead of failing; they are listed in <out>.bad.txt.
     #[arg(long)]
     skip_bad: bool,
-    /// Also keep the N strongest locations of the backbone's last feature map over all scales
+    /// Also keep the N strongest locations of a feature map (--local-layer) over all scales
     /// (at most 256; 0: none), written to <out stem>.local.npz beside the .npy with the same
     /// rows as the .npy and .txt list: int8 unit descriptors with their (x, y), scale and
     /// strength, about N x dim bytes per image. Needs a backbone (not tiny-gem).

@@ -13,7 +13,7 @@ use crate::data::image::{
 };
 use crate::dist::{all_gather, shard, Collective};
 use crate::eval::local::{candidates, strongest, Candidate, LocalFeatures, MAX_LOCAL};
-use crate::nn::DescriptorNet;
+use crate::nn::{DescriptorNet, LocalLayer};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
@@ -54,6 +54,8 @@ pub struct ExtractConfig {
     /// Local features per image (0: none, at most [`MAX_LOCAL`]): the strongest locations of
     /// the backbone's last map over all scales, in [`Extracted::local`].
     pub local: usize,
+    /// The map local features come from.
+    pub local_layer: LocalLayer,
 }
 
 impl Default for ExtractConfig {
@@ -69,6 +71,7 @@ impl Default for ExtractConfig {
             skip_bad: false,
             exact_size: None,
             local: 0,
+            local_layer: LocalLayer::Last,
         }
     }
 }
@@ -301,7 +304,15 @@ pub fn describe_multiscale(
     scales: &[f64],
     normalize_each_scale: bool,
 ) -> Result<Vec<f32>> {
-    describe_multiscale_local(be, net, images, scales, normalize_each_scale, 0).map(|(d, _)| d)
+    describe_multiscale_local(
+        be,
+        net,
+        images,
+        scales,
+        normalize_each_scale,
+        (0, LocalLayer::Last),
+    )
+    .map(|(d, _)| d)
 }
 
 /// [`describe_multiscale`] that also keeps, when `local > 0`, each image's `local` strongest
@@ -314,7 +325,7 @@ pub fn describe_multiscale_local(
     images: &[&Chw],
     scales: &[f64],
     normalize_each_scale: bool,
-    local: usize,
+    (local, layer): (usize, LocalLayer),
 ) -> Result<(Vec<f32>, Option<LocalFeatures>)> {
     if scales.is_empty() {
         bail!("no scales given; use e.g. --scales 1,0.7071,0.5");
@@ -359,7 +370,8 @@ pub fn describe_multiscale_local(
                     );
                 }
                 if local > 0 {
-                    channels = map_candidates(be, net, members, (h, w), s, local, &mut cands)?;
+                    channels =
+                        map_candidates(be, net, members, (h, w), s, (local, layer), &mut cands)?;
                 }
                 if normalize_each_scale {
                     l2_normalize_rows(&mut out, dim);
@@ -402,10 +414,10 @@ fn map_candidates(
     members: &[usize],
     (h, w): (usize, usize),
     scale: f64,
-    local: usize,
+    (local, layer): (usize, LocalLayer),
     cands: &mut [Vec<Candidate>],
 ) -> Result<usize> {
-    let Some((map, [n, c, fh, fw])) = net.feature_map(be)? else {
+    let Some((map, [n, c, fh, fw])) = net.feature_map(be, layer)? else {
         bail!("{NO_MAP}");
     };
     let per = c * fh * fw;
@@ -707,7 +719,7 @@ pub fn extract(
             &refs,
             &cfg.scales,
             cfg.normalize_each_scale,
-            cfg.local,
+            (cfg.local, cfg.local_layer),
         )
         .with_context(|| {
             format!(
@@ -1022,7 +1034,11 @@ mod tests {
             self.0 = Some((x.to_vec(), [n, 3, h, w]));
             TinyGem.describe(be, x, n, h, w)
         }
-        fn feature_map(&self, _: &dyn Backend) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+        fn feature_map(
+            &self,
+            _: &dyn Backend,
+            _: LocalLayer,
+        ) -> Result<Option<(Vec<f32>, [usize; 4])>> {
             Ok(self.0.clone())
         }
     }
@@ -1047,12 +1063,24 @@ mod tests {
             data: vec![0.0; 48],
         };
         let imgs = [&blank, &dot];
-        let (d, l) =
-            describe_multiscale_local(be, &mut PixelMap::default(), &imgs, &[0.5, 1.0], true, 3)
-                .unwrap();
-        let (plain, _) =
-            describe_multiscale_local(be, &mut PixelMap::default(), &imgs, &[0.5, 1.0], true, 0)
-                .unwrap();
+        let (d, l) = describe_multiscale_local(
+            be,
+            &mut PixelMap::default(),
+            &imgs,
+            &[0.5, 1.0],
+            true,
+            (3, LocalLayer::Last),
+        )
+        .unwrap();
+        let (plain, _) = describe_multiscale_local(
+            be,
+            &mut PixelMap::default(),
+            &imgs,
+            &[0.5, 1.0],
+            true,
+            (0, LocalLayer::Last),
+        )
+        .unwrap();
         assert_eq!(d, plain, "local features do not change the descriptors");
         let l = l.unwrap();
         assert_eq!((l.dim, l.images()), (3, 2));
@@ -1070,12 +1098,28 @@ mod tests {
                 "{x},{y}"
             );
         }
-        let none = describe_multiscale_local(be, &mut PixelMap::default(), &imgs, &[1.0], true, 0);
+        let none = describe_multiscale_local(
+            be,
+            &mut PixelMap::default(),
+            &imgs,
+            &[1.0],
+            true,
+            (0, LocalLayer::Last),
+        );
         assert!(none.unwrap().1.is_none());
-        let e = describe_multiscale_local(be, &mut TinyGem, &imgs, &[1.0], true, 2).unwrap_err();
+        let e =
+            describe_multiscale_local(be, &mut TinyGem, &imgs, &[1.0], true, (2, LocalLayer::Last))
+                .unwrap_err();
         assert!(format!("{e:#}").contains("tiny-gem"), "{e:#}");
-        let e = describe_multiscale_local(be, &mut TinyGem, &imgs, &[1.0], true, MAX_LOCAL + 1)
-            .unwrap_err();
+        let e = describe_multiscale_local(
+            be,
+            &mut TinyGem,
+            &imgs,
+            &[1.0],
+            true,
+            (MAX_LOCAL + 1, LocalLayer::Last),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("--local 256 or fewer"), "{e:#}");
     }
 

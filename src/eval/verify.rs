@@ -7,6 +7,7 @@
 use crate::backend::verify::PairResult;
 use crate::backend::{Backend, DType, Verify, VerifyFeatures, VerifyOut};
 use crate::eval::local::LocalFeatures;
+use crate::mining::pool::CandidatePool;
 use anyhow::{bail, Result};
 
 /// Pairs per kernel launch: enough blocks to fill a GPU many times over, few enough that the
@@ -111,6 +112,31 @@ pub fn reorder(inliers: &[i32], min_inliers: i32) -> Vec<usize> {
     let mut order: Vec<usize> = (0..inliers.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(key(i)), i));
     order
+}
+
+/// `pool` with each row's first `t` neighbours in the [`reorder`] of their `inliers`
+/// (`pool.n x t`, row-major; similarities move with their neighbours); also how many rows
+/// changed order and how many have a first neighbour with `min_inliers`.
+pub fn rerank_pool(
+    pool: &CandidatePool,
+    inliers: &[i32],
+    t: usize,
+    min_inliers: i32,
+) -> (CandidatePool, usize, usize) {
+    let mut out = pool.clone();
+    let (mut reordered, mut first_verified) = (0, 0);
+    for i in 0..pool.n {
+        let order = reorder(&inliers[i * t..(i + 1) * t], min_inliers);
+        reordered += order.iter().enumerate().any(|(a, &b)| a != b) as usize;
+        first_verified += order
+            .first()
+            .is_some_and(|&f| inliers[i * t + f] >= min_inliers) as usize;
+        for (dst, &src) in order.iter().enumerate() {
+            out.neighbor[i * pool.k + dst] = pool.neighbor[i * pool.k + src];
+            out.similarity[i * pool.k + dst] = pool.similarity[i * pool.k + src];
+        }
+    }
+    (out, reordered, first_verified)
 }
 
 /// Re-ranks each query's list `lists[q]` (database indices, best first): its first `r.top`

@@ -13,6 +13,7 @@ use crate::eval::{self as ev, gldv2, gnd_pickle, list::ListGnd};
 use crate::io::paths::{check_outputs, Named};
 use crate::io::{self, npy};
 use crate::nn::net::DescriptorChoice;
+use crate::nn::LocalLayer;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -91,8 +92,9 @@ pub struct EvalOptions {
     /// local features are extracted with the descriptors (`local` per image), or read from
     /// the `.local.npz` beside `--db-feats` / `--query-feats`.
     pub rerank: Option<Rerank>,
-    /// Local features per image when extracting for `rerank`.
+    /// Local features per image when extracting for `rerank`, and their map.
     pub local: usize,
+    pub local_layer: LocalLayer,
     pub quiet: bool,
 }
 
@@ -120,6 +122,7 @@ impl EvalOptions {
             dba: None,
             rerank: None,
             local: 128,
+            local_layer: LocalLayer::Last,
             quiet: false,
         }
     }
@@ -324,6 +327,7 @@ fn descriptors(be: &dyn Backend, opts: &EvalOptions, r: &Resolved) -> Result<Des
         skip_bad: false,
         exact_size: None,
         local: if opts.rerank.is_some() { opts.local } else { 0 },
+        local_layer: opts.local_layer,
     };
     // The ground truth counts every listed image, so an unusable one cannot be left out (or
     // scored as a zero descriptor): the run stops naming it.

@@ -9,6 +9,7 @@ use crate::io::paths::{check_outputs, Named};
 use crate::io::{self, npy};
 use crate::nn::net::{DescriptorChoice, LoadChoice};
 use crate::nn::DescriptorNet;
+use crate::nn::LocalLayer;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,8 @@ pub struct DescribeOptions {
     pub raw_scales: bool,
     /// No progress bar.
     pub quiet: bool,
+    /// The map local features come from (`extract --local`, `match`, `search --rerank`).
+    pub local_layer: LocalLayer,
 }
 
 impl Default for DescribeOptions {
@@ -57,6 +60,7 @@ impl Default for DescribeOptions {
             batch: 16,
             raw_scales: false,
             quiet: false,
+            local_layer: LocalLayer::Last,
         }
     }
 }
@@ -89,6 +93,7 @@ impl DescribeOptions {
             exact_size: self.exact_size,
             // An output of `extract` (`ExtractOptions::local`), not a way of describing.
             local: 0,
+            local_layer: self.local_layer,
         }
     }
 }

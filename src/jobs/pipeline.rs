@@ -27,6 +27,7 @@ use crate::io::npy::write_atomic;
 use crate::io::out_dir::{self, DirLock, Manifest};
 use crate::io::paths::{beside, check_outputs, Named};
 use crate::nn::net::DescriptorChoice;
+use crate::nn::LocalLayer;
 use crate::train::run_dir::{file_sum, InputFile};
 use crate::train::{self, Config, RunOptions};
 use anyhow::{bail, Context, Result};
@@ -125,10 +126,47 @@ struct PlanPool {
     scales: Vec<f64>,
     #[serde(default = "default_batch")]
     batch: usize,
+    /// Re-rank each image's first VERIFY_TOP neighbours by spatial verification before the
+    /// stage trains on them (0, the default: no verification; docs/verify.md).
+    #[serde(default)]
+    verify_top: usize,
+    /// Local features per image for the verification, and their map (`last` or `mid`).
+    #[serde(default = "default_local")]
+    local: usize,
+    #[serde(default = "default_local_layer")]
+    local_layer: String,
+    /// A match within INLIER_PX of its partner is an inlier; MIN_INLIERS of them verify.
+    #[serde(default = "default_inlier_px")]
+    inlier_px: f32,
+    #[serde(default = "default_min_inliers")]
+    min_inliers: i32,
+    /// Lowe's ratio of the matches (1: every mutual match but exact ties).
+    #[serde(default = "default_ratio")]
+    ratio: f32,
+}
+
+fn default_ratio() -> f32 {
+    crate::backend::Verify::default().ratio
 }
 
 fn default_batch() -> usize {
     16
+}
+
+fn default_local() -> usize {
+    128
+}
+
+fn default_local_layer() -> String {
+    "last".into()
+}
+
+fn default_inlier_px() -> f32 {
+    crate::backend::Verify::default().inlier_px
+}
+
+fn default_min_inliers() -> i32 {
+    crate::eval::verify::DEFAULT_MIN_INLIERS
 }
 
 /// Retrieval scored after stage 0 and after every stage (`insclr-cu eval`'s options).
@@ -259,6 +297,16 @@ impl Plan {
         if self.pool.k == 0 || self.pool.scales.is_empty() {
             bail!("[POOL] needs K >= 1 and at least one scale");
         }
+        if self.pool.verify_top > 0 {
+            self.pool
+                .local_layer
+                .parse::<LocalLayer>()
+                .context("[POOL] LOCAL_LAYER")?;
+            crate::eval::extract::check_local(self.pool.local).context("[POOL] LOCAL")?;
+            if self.pool.local == 0 {
+                bail!("[POOL] VERIFY_TOP needs LOCAL >= 1 local features per image");
+            }
+        }
         if let Some(e) = &self.eval {
             if !["list", "roxford5k", "rparis6k", "gldv2"].contains(&e.dataset.as_str()) {
                 bail!(
@@ -321,6 +369,11 @@ impl Plan {
 
     fn features(&self, stage: usize) -> PathBuf {
         self.dir(stage).join("feature.npy")
+    }
+
+    /// The local features beside [`Plan::features`] when the pools are verified.
+    fn local_features(&self, stage: usize) -> Option<PathBuf> {
+        (self.pool.verify_top > 0).then(|| super::extract::local_path(&self.features(stage)))
     }
 
     fn pool_file(&self, stage: usize) -> PathBuf {
@@ -659,6 +712,7 @@ fn run_step(
                         batch: plan.pool.batch,
                         raw_scales: gem,
                         quiet,
+                        local_layer: plan.pool.local_layer.parse()?,
                         ..DescribeOptions::default()
                     },
                     images,
@@ -669,16 +723,22 @@ fn run_step(
                     // it too.
                     skip_bad: true,
                     gpus: opts.gpus,
-                    local: 0,
+                    local: if plan.pool.verify_top > 0 {
+                        plan.pool.local
+                    } else {
+                        0
+                    },
                 },
                 device,
             )?;
             println!("{}", report.summary(&out));
-            Ok(vec![
+            let mut files = vec![
                 out.clone(),
                 out.with_extension("txt"),
                 out.with_extension("bad.txt"),
-            ])
+            ];
+            files.extend(plan.local_features(k));
+            Ok(files)
         }
         Kind::Pool => {
             let out = plan.pool_file(k);
@@ -699,7 +759,11 @@ fn run_step(
                 tile,
                 DType::F32,
                 device,
-            )?
+            )?;
+            let pool = match plan.local_features(k) {
+                Some(local) => verified(plan, pool, &local, device)?,
+                None => pool,
+            }
             .spread(&at, all)?;
             pool.save(&out)?;
             println!(
@@ -762,6 +826,50 @@ fn run_step(
     }
 }
 
+/// `pool` (rows: the described images) with each row's first `VERIFY_TOP` neighbours re-ranked
+/// by spatial verification against the local features `local` (the same rows).
+fn verified(
+    plan: &Plan,
+    pool: crate::mining::pool::CandidatePool,
+    local: &Path,
+    device: DeviceChoice,
+) -> Result<crate::mining::pool::CandidatePool> {
+    use crate::eval::verify::{rerank_pool, verify_pairs};
+    let l = crate::eval::local::LocalFeatures::load(local)?;
+    if l.images() != pool.n {
+        bail!(
+            "{} holds {} images but the pool {}; extract them again",
+            local.display(),
+            l.images(),
+            pool.n
+        );
+    }
+    let t = plan.pool.verify_top.min(pool.k);
+    let s = crate::backend::Verify {
+        dim: l.dim,
+        inlier_px: plan.pool.inlier_px,
+        ratio: plan.pool.ratio,
+        ..Default::default()
+    };
+    let (be, _) = backend::select(device, &[(Op::Verify, DType::I8)])?;
+    let pairs: Vec<[u32; 2]> = (0..pool.n)
+        .flat_map(|i| pool.neighbors(i)[..t].iter().map(move |&j| [i as u32, j]))
+        .collect();
+    let t0 = Instant::now();
+    let inliers: Vec<i32> = verify_pairs(be.as_ref(), &l, &pairs, s, &mut |_| {})?
+        .iter()
+        .map(|f| f.inliers)
+        .collect();
+    let (out, reordered, first) = rerank_pool(&pool, &inliers, t, plan.pool.min_inliers);
+    println!(
+        "pool: verified the top {t} of {} images ({} pairs in {:.1} s): {reordered} lists reordered, {first} with a verified first neighbour",
+        pool.n,
+        pairs.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
 /// What `step` writes: its files, and the folders they go in.
 fn step_outputs(plan: &Plan, step: Step) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let k = step.stage;
@@ -770,11 +878,13 @@ fn step_outputs(plan: &Plan, step: Step) -> (Vec<PathBuf>, Vec<PathBuf>) {
         Kind::Model => vec![plan.model(0)],
         Kind::Features => {
             let f = plan.features(k);
-            vec![
+            let mut v = vec![
                 f.clone(),
                 f.with_extension("txt"),
                 f.with_extension("bad.txt"),
-            ]
+            ];
+            v.extend(plan.local_features(k));
+            v
         }
         Kind::Pool => vec![plan.pool_file(k)],
         Kind::Eval => vec![plan.eval_file(k)],

@@ -8,7 +8,7 @@ use crate::backend::verify::PairResult;
 use crate::backend::{self, DeviceChoice, Op, Verify};
 use crate::eval::extract::{self, ImageItem};
 use crate::eval::local::{LocalFeatures, MAX_LOCAL};
-use crate::eval::verify::{reorder, verify_pairs, Rerank, PAIRS_PER_CALL};
+use crate::eval::verify::{rerank_pool, verify_pairs, Rerank, PAIRS_PER_CALL};
 use crate::io::npy::{self, Array, NpzEntry};
 use crate::io::paths::{check_outputs, Named};
 use crate::mining::pool::CandidatePool;
@@ -144,21 +144,7 @@ pub fn verify_pool(opts: &VerifyPoolOptions, device: DeviceChoice) -> Result<Ver
     }
     pb.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
-    let mut out = pool.clone();
-    let (mut reordered, mut first_verified) = (0, 0);
-    for i in 0..n {
-        let order = reorder(&inliers[i * t..(i + 1) * t], opts.min_inliers);
-        if order.iter().enumerate().any(|(a, &b)| a != b) {
-            reordered += 1;
-        }
-        if inliers[i * t + order[0]] >= opts.min_inliers {
-            first_verified += 1;
-        }
-        for (dst, &src) in order.iter().enumerate() {
-            out.neighbor[i * pool.k + dst] = pool.neighbor[i * pool.k + src];
-            out.similarity[i * pool.k + dst] = pool.similarity[i * pool.k + src];
-        }
-    }
+    let (out, reordered, first_verified) = rerank_pool(&pool, &inliers, t, opts.min_inliers);
     out.save(&opts.out)?;
     for p in [&partial_npz, &partial_json] {
         if p.exists() {

@@ -24,6 +24,12 @@ pub trait Backbone: Module + Send {
     ) -> Result<(usize, usize)>;
     /// The output map of the last forward.
     fn output(&self) -> &Buf;
+    /// The output of the last stride-16 stage of the last forward (ResNet layer3, Lite0's
+    /// 112-channel stage), `ceil(h/16) x ceil(w/16)`, and its channels; `None` for a backbone
+    /// without one.
+    fn mid_output(&self) -> Option<(&Buf, usize)> {
+        None
+    }
     /// Backward from the output map's gradient to every parameter (`x` is the forward's
     /// input; no gradient is computed for the images).
     fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()>;

@@ -301,6 +301,20 @@ impl Backbone for EfficientNetLite0 {
         self.head.y()
     }
 
+    fn mid_output(&self) -> Option<(&Buf, usize)> {
+        // The stride-16 stages end where the first stride-2 stage after stride 16 begins.
+        let (mut stride, mut end, mut channels) = (2, 0, 0);
+        for &(repeats, _, s, _, _, c_out) in &STAGES {
+            if stride * s > 16 {
+                break;
+            }
+            stride *= s;
+            end += repeats;
+            channels = c_out;
+        }
+        (stride == 16 && end > 0).then(|| (self.blocks[end - 1].y(), channels))
+    }
+
     fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         let last = self.blocks.last().map_or(self.stem.y(), |b| b.y());
         self.head.backward(be, last, dy, true)?;

@@ -66,6 +66,28 @@ pub const LOW_PRECISION_OPS: &[Op] = &[
 
 /// A network that maps a batch of images to descriptors in eval mode (BatchNorm with running
 /// statistics, no gradient). Extraction, evaluation and candidate pools use only this.
+/// Which feature map local features come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LocalLayer {
+    /// The backbone's output (stride 32: ResNet layer4, Lite0's head conv): what GeM pools.
+    #[default]
+    Last,
+    /// The last stride-16 stage (ResNet layer3, Lite0's 112-channel stage): cells of half the
+    /// size, lower-level descriptors.
+    Mid,
+}
+
+impl std::str::FromStr for LocalLayer {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(LocalLayer::Last),
+            "mid" => Ok(LocalLayer::Mid),
+            _ => Err(anyhow!("local feature layer '{s}': use last or mid")),
+        }
+    }
+}
+
 pub trait DescriptorNet {
     /// Length of one descriptor.
     fn out_dim(&self) -> usize;
@@ -82,11 +104,15 @@ pub trait DescriptorNet {
     fn input_norm(&self) -> crate::data::image::PixelNorm {
         crate::data::image::PixelNorm::IMAGENET
     }
-    /// The backbone's output map of the last [`DescriptorNet::describe`] call, as f32 on the
+    /// The backbone's `layer` map of the last [`DescriptorNet::describe`] call, as f32 on the
     /// host with its shape `[n, c, fh, fw]` (NCHW): what local features are chosen from.
     /// `None` for a network without a backbone (`tiny-gem` pools the pixels).
-    fn feature_map(&self, be: &dyn Backend) -> Result<Option<(Vec<f32>, [usize; 4])>> {
-        let _ = be;
+    fn feature_map(
+        &self,
+        be: &dyn Backend,
+        layer: LocalLayer,
+    ) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+        let _ = (be, layer);
         Ok(None)
     }
 }

@@ -6,7 +6,7 @@ use super::efficientnet::EfficientNetLite0;
 use super::head::{Head, HeadKind};
 use super::pool::GemPool;
 use super::resnet::ResNet;
-use super::{empty, ensure, ensure_len, DescriptorNet, Module, Param};
+use super::{empty, ensure, ensure_len, DescriptorNet, LocalLayer, Module, Param};
 use crate::backend::{Backend, Buf, DType, ImageToTensor};
 use crate::rng::Rng;
 use anyhow::{anyhow, bail, Context, Result};
@@ -150,22 +150,31 @@ fn backbone_gem(
     Ok((fh, fw))
 }
 
-/// The backbone's output map of the last forward, `(n, fh, fw)` of it, as f32 on the host
-/// ([`DescriptorNet::feature_map`]). A bf16 map is downloaded as is (half the transfer) and
-/// widened here, exactly.
+/// The backbone's `layer` map of the last forward (`n` images of `h x w` giving the output
+/// `fh x fw`), as f32 on the host ([`DescriptorNet::feature_map`]). A bf16 map is downloaded as
+/// is (half the transfer) and widened here, exactly.
 fn download_map(
     be: &dyn Backend,
     backbone: &dyn Backbone,
-    dims: Option<(usize, usize, usize)>,
+    dims: Option<LastForward>,
+    layer: LocalLayer,
 ) -> Result<Option<(Vec<f32>, [usize; 4])>> {
-    let Some((n, fh, fw)) = dims else {
+    let Some(LastForward { n, h, w, fh, fw }) = dims else {
         bail!("feature_map before any describe: there is no map yet");
     };
-    let c = backbone.out_channels();
-    let y = backbone.output();
+    let (y, c, fh, fw) = match layer {
+        LocalLayer::Last => (backbone.output(), backbone.out_channels(), fh, fw),
+        LocalLayer::Mid => match backbone.mid_output() {
+            Some((y, c)) => (y, c, h.div_ceil(16), w.div_ceil(16)),
+            None => bail!(
+                "{} has no stride-16 stage; use the last layer",
+                backbone.name()
+            ),
+        },
+    };
     if y.len() != n * c * fh * fw {
         bail!(
-            "{}'s output holds {} values, not the {n}x{c}x{fh}x{fw} map of the last forward",
+            "{}'s {layer:?} map holds {} values, not the {n}x{c}x{fh}x{fw} map of the last forward",
             backbone.name(),
             y.len()
         );
@@ -180,6 +189,16 @@ fn download_map(
         d => bail!("{}'s output is {d}, not f32 or bf16", backbone.name()),
     };
     Ok(Some((map, [n, c, fh, fw])))
+}
+
+/// The shape of a network's last forward: `n` images of `h x w`, output map `fh x fw`.
+#[derive(Clone, Copy, Debug)]
+struct LastForward {
+    n: usize,
+    h: usize,
+    w: usize,
+    fh: usize,
+    fw: usize,
 }
 
 /// Backbone -> GeM -> head: the descriptor network InsCLR trains and evaluates.
@@ -199,8 +218,8 @@ pub struct RetrievalNet {
     d_pooled: Buf,
     /// The last RGB batch's bytes on the backend.
     staging: Buf,
-    /// `(n, fh, fw)` of the last forward.
-    dims: Option<(usize, usize, usize)>,
+    /// The shape of the last forward.
+    dims: Option<LastForward>,
     trained: bool,
     /// [`RetrievalNet::freeze_backbone`] was called.
     backbone_frozen: bool,
@@ -288,7 +307,7 @@ impl RetrievalNet {
         )?;
         let pooled = be.cast_to(&self.pool.y, DType::F32, &mut self.pooled)?;
         self.head.forward(be, pooled, n)?;
-        self.dims = Some((n, fh, fw));
+        self.dims = Some(LastForward { n, h, w, fh, fw });
         self.trained = train;
         Ok(self.head.y())
     }
@@ -338,9 +357,10 @@ impl RetrievalNet {
         if !self.trained {
             bail!("RetrievalNet::backward needs a forward_train first");
         }
-        let (n, _, _) = self
+        let n = self
             .dims
-            .ok_or_else(|| anyhow!("backward before forward"))?;
+            .ok_or_else(|| anyhow!("backward before forward"))?
+            .n;
         if d_desc.len() != n * self.head.out_dim() {
             bail!(
                 "descriptor gradient holds {} values, expected {n} x {}",
@@ -421,8 +441,12 @@ impl DescriptorNet for RetrievalNet {
         self.describe_images(be, Images::Tensor(x), n, h, w)
     }
 
-    fn feature_map(&self, be: &dyn Backend) -> Result<Option<(Vec<f32>, [usize; 4])>> {
-        download_map(be, self.backbone.as_ref(), self.dims)
+    fn feature_map(
+        &self,
+        be: &dyn Backend,
+        layer: LocalLayer,
+    ) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+        download_map(be, self.backbone.as_ref(), self.dims, layer)
     }
 }
 
@@ -432,8 +456,8 @@ pub struct GemNet {
     pub backbone: Box<dyn Backbone>,
     pub pool: GemPool,
     input: Buf,
-    /// `(n, fh, fw)` of the last forward.
-    dims: Option<(usize, usize, usize)>,
+    /// The shape of the last forward.
+    dims: Option<LastForward>,
 }
 
 impl GemNet {
@@ -490,12 +514,16 @@ impl DescriptorNet for GemNet {
             (n, h, w),
             false,
         )?;
-        self.dims = Some((n, fh, fw));
+        self.dims = Some(LastForward { n, h, w, fh, fw });
         be.download::<f32>(&self.pool.y)
     }
 
-    fn feature_map(&self, be: &dyn Backend) -> Result<Option<(Vec<f32>, [usize; 4])>> {
-        download_map(be, self.backbone.as_ref(), self.dims)
+    fn feature_map(
+        &self,
+        be: &dyn Backend,
+        layer: LocalLayer,
+    ) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+        download_map(be, self.backbone.as_ref(), self.dims, layer)
     }
 }
 
@@ -547,8 +575,12 @@ impl DescriptorNet for Normed {
         self.net.describe(be, x, n, h, w)
     }
 
-    fn feature_map(&self, be: &dyn Backend) -> Result<Option<(Vec<f32>, [usize; 4])>> {
-        self.net.feature_map(be)
+    fn feature_map(
+        &self,
+        be: &dyn Backend,
+        layer: LocalLayer,
+    ) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+        self.net.feature_map(be, layer)
     }
 }
 

@@ -286,6 +286,11 @@ impl Backbone for ResNet {
         self.output_ref()
     }
 
+    fn mid_output(&self) -> Option<(&Buf, usize)> {
+        let end: usize = self.stage_sizes[..3].iter().sum();
+        (end > 0).then(|| (self.blocks[end - 1].y(), (self.base << 2) * EXPANSION))
+    }
+
     fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         for i in (0..self.blocks.len()).rev() {
             let (before, rest) = self.blocks.split_at_mut(i);
