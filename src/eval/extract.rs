@@ -451,7 +451,8 @@ pub fn check_local(local: usize) -> Result<()> {
     Ok(())
 }
 
-fn progress_bar(n: usize, show: bool, what: &str) -> ProgressBar {
+/// A bar of `n` `unit`s labelled `what` on stderr (hidden unless `show`), with rate and ETA.
+pub fn progress_bar(n: usize, show: bool, what: &str, unit: &str) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(
         Some(n as u64),
         if show {
@@ -461,7 +462,7 @@ fn progress_bar(n: usize, show: bool, what: &str) -> ProgressBar {
         },
     );
     if let Ok(style) = ProgressStyle::with_template(
-        "{msg} {bar:30} {pos}/{len} images [{elapsed_precise} < {eta_precise}, {per_sec}]",
+        &format!("{{msg}} {{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}} < {{eta_precise}}, {{per_sec}}]"),
     ) {
         pb.set_style(style);
     }
@@ -686,7 +687,7 @@ pub fn extract(
     let mut rows = Vec::with_capacity(todo.len());
     let mut local = (cfg.local > 0).then(|| LocalFeatures::new(0));
     let norm = net.input_norm();
-    let pb = progress_bar(items.len(), cfg.progress, what);
+    let pb = progress_bar(items.len(), cfg.progress, what, "images");
     pb.inc(skipped.len() as u64);
     for chunk in todo.chunks(cfg.batch.max(1)) {
         let loaded: Vec<Result<Chw>> = chunk

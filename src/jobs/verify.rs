@@ -13,7 +13,6 @@ use crate::io::npy::{self, Array, NpzEntry};
 use crate::io::paths::{check_outputs, Named};
 use crate::mining::pool::CandidatePool;
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -123,7 +122,7 @@ pub fn verify_pool(opts: &VerifyPoolOptions, device: DeviceChoice) -> Result<Ver
             partial_json.display()
         );
     }
-    let pb = bar(n * t, opts.progress, "verifying");
+    let pb = extract::progress_bar(n * t, opts.progress, "verifying", "pairs");
     pb.inc((resumed_rows * t) as u64);
     let t0 = Instant::now();
     let mut saved = Instant::now();
@@ -215,24 +214,6 @@ fn resume(npz: &Path, json: &Path, key: &serde_json::Value, t: usize) -> Result<
         );
     }
     Ok(a.data.into_iter().map(|v| v as i32).collect())
-}
-
-fn bar(n: usize, show: bool, what: &str) -> ProgressBar {
-    let pb = ProgressBar::with_draw_target(
-        Some(n as u64),
-        if show {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} {bar:30} {pos}/{len} pairs [{elapsed_precise} < {eta_precise}, {per_sec}]",
-    ) {
-        pb.set_style(style);
-    }
-    pb.set_message(what.to_string());
-    pb
 }
 
 /// What [`match_images`] compares, and how.
