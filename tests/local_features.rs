@@ -333,3 +333,55 @@ fn the_mid_layer_gives_stride_16_cells_of_layer3() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn search_reranks_by_the_index_local_features_and_needs_them() {
+    use insclr::eval::verify::Rerank;
+    use insclr::jobs::{search, SearchOptions};
+    let dir = tmpdir("search");
+    let (model, root) = (small_model(&dir), images(&dir));
+    let out = dir.join("index.npy");
+    let mut opts = options(&model, &root, &out, 1, 16);
+    opts.describe.scales = vec![1.0];
+    opts.describe.local_layer = insclr::nn::LocalLayer::Mid;
+    extract(&opts, DeviceChoice::Cpu).unwrap();
+    let listed: Vec<PathBuf> = std::fs::read_to_string(out.with_extension("txt"))
+        .unwrap()
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    let s = SearchOptions {
+        index: out.clone(),
+        images: out.with_extension("txt"),
+        queries: listed[..2].to_vec(),
+        k: 3,
+        describe: opts.describe.clone(),
+        rerank: Some(Rerank::new(5, 0)),
+        local: 16,
+        ..Default::default()
+    };
+    for device in [DeviceChoice::Cpu, DeviceChoice::Emu] {
+        let found = search(&s, device).unwrap();
+        assert!(
+            found.json["expansion"]
+                .as_str()
+                .unwrap()
+                .contains("top 5 re-ranked by spatial verification"),
+            "{}",
+            found.json
+        );
+        for (q, r) in found.results.iter().enumerate() {
+            assert_eq!(r.results.len(), 3);
+            // An image verifies against itself with every feature.
+            assert_eq!(r.results[0].row, q, "{device:?}");
+            assert_eq!(
+                r.results.iter().map(|h| h.rank).collect::<Vec<_>>(),
+                vec![1, 2, 3]
+            );
+        }
+    }
+    std::fs::remove_file(local_path(&out)).unwrap();
+    let e = format!("{:#}", search(&s, DeviceChoice::Cpu).unwrap_err());
+    assert!(e.contains("index.local.npz is missing"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

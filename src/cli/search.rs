@@ -40,6 +40,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
+    let (rerank, local) = args.rerank.rerank();
     let r = jobs::search(
         &SearchOptions {
             index: args.index,
@@ -50,8 +51,8 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
             html: args.html,
             qe: args.expansion.qe,
             dba: args.expansion.dba,
-            rerank: args.rerank.rerank().0,
-            local: args.rerank.rerank().1,
+            rerank,
+            local,
         },
         device,
     )?;
