@@ -74,6 +74,7 @@ ELT, SEL, BANK = "kernels/eltwise.cu", "kernels/select.cu", "kernels/bank.cu"
 CON, MIN, OPT = "kernels/contrastive.cu", "kernels/mining.cu", "kernels/optim.cu"
 ARCH, COMMON, TC = "kernels/arch.cuh", "kernels/common.cuh", "kernels/tc_gemm.cuh"
 CPU_MIN, CPU_CON = "src/backend/cpu/mining.rs", "src/backend/cpu/contrastive.rs"
+VER = "kernels/verify.cu"
 
 MATMUL = ("kernels:kernel_matmul_matches_cpu",)
 CONVT = ("layers:kernel_conv",)  # kernel_conv_matches_cpu and kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu
@@ -84,6 +85,7 @@ BANKT = ("bank",)
 CONT = ("contrastive",)
 MINT = ("mining",)
 OPTT = ("optim",)
+VERT = ("verify",)
 
 # fmt: off
 MUTANTS = [
@@ -396,6 +398,24 @@ MUTANTS = [
     M("mining-topk-eligible-counts-zero", "mining",
       "host: top-k counts candidates with no qualifying similarity as eligible",
       [("src/mining/select.rs", "filter(|&&v| v > 0).count()", "filter(|&&v| v >= 0).count()")], MINT),
+
+    # ---- verify: mutual matches, the ratio test, RANSAC's choice and refinement ---------------
+    M("verify-no-barrier-after-column-init", "verify",
+      "the column bests are raced: warps update them before every one is cleared",
+      [drop(VER, "    for (int b = threadIdx.x; b < nb; b += blockDim.x) col_best[b] = 0ull;\n    __syncthreads();\n",
+            "    for (int b = threadIdx.x; b < nb; b += blockDim.x) col_best[b] = 0ull;\n")], VERT, sanitize=True),
+    M("verify-ratio-inclusive", "verify",
+      "kernel: the ratio test passes an exact tie (a blank image's features match)",
+      [(VER, "d1 < __fmul_rn(ratio2, d2)", "d1 <= __fmul_rn(ratio2, d2)")], VERT),
+    M("verify-column-tie-highest-index", "verify",
+      "kernel: b's best a is the highest index among ties, not the lowest",
+      [(VER, "| (0xffffffffull - (unsigned)a));", "| (unsigned)a);")], VERT),
+    M("verify-refinement-must-gain", "verify",
+      "kernel: the least-squares model replaces the hypothesis only with more inliers, not as many",
+      [(VER, "                if (c >= best) {", "                if (c > best) {")], VERT),
+    M("verify-best-hypothesis-highest-index", "verify",
+      "kernel: among hypotheses with as many inliers the last wins, not the first",
+      [(VER, "            if (c > my_count) {", "            if (c >= my_count && c > 0) {")], VERT),
 
     # ---- optim -----------------------------------------------------------------------------
     M("optim-adam-drops-weight-decay", "optim",
