@@ -413,9 +413,9 @@ MUTANTS = [
     M("verify-refinement-must-gain", "verify",
       "kernel: the least-squares model replaces the hypothesis only with more inliers, not as many",
       [(VER, "                if (c >= best) {", "                if (c > best) {")], VERT),
-    M("verify-best-hypothesis-highest-index", "verify",
-      "kernel: among hypotheses with as many inliers the last wins, not the first",
-      [(VER, "            if (c > my_count) {", "            if (c >= my_count && c > 0) {")], VERT),
+    M("verify-hypothesis-may-repeat-a-match", "verify",
+      "kernel: a hypothesis' second match may be its first (no shift past i)",
+      [(VER, "    j += j >= i;\n", "\n")], VERT),
 
     # ---- optim -----------------------------------------------------------------------------
     M("optim-adam-drops-weight-decay", "optim",

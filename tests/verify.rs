@@ -144,6 +144,12 @@ fn edge_collection(rng: &mut Rng, dim: usize) -> LocalFeatures {
     l.push_image([480, 640], &b);
     // 8: the copy of 2's first point, elsewhere.
     l.push_image([480, 640], &[feature([300.0, 200.0], d)]);
+    // 9, 10: two halves of one image moved by two shifts, as many matches each: hypotheses of
+    // either tie (552 ordered pairs: 2 or 3 a thread), and the first decides which model wins.
+    let (a1, b1) = planted(rng, 12, dim, [1.0, 0.0, 50.0, 0.0], 0.05, 0);
+    let (a2, b2) = planted(rng, 12, dim, [1.0, 0.0, -60.0, 30.0], 0.05, 0);
+    l.push_image([480, 640], &[a1, a2].concat());
+    l.push_image([480, 640], &[b1, b2].concat());
     l
 }
 
@@ -198,6 +204,9 @@ fn kernel_verify_matches_cpu() {
                     assert!(at(3, other).0 <= 1, "a blank image's matches");
                 }
                 assert_eq!(at(3, other).1, 0, "a blank image verifies nothing");
+            }
+            if s.hypotheses > 0 && dim >= 12 {
+                assert!(at(9, 10).1 >= 8, "two equal clusters: {:?}", at(9, 10));
             }
             if with_big {
                 assert!(at(4, 5).1 >= 150, "planted pair: {:?}", at(4, 5));
