@@ -5,7 +5,7 @@
 //! similarity breaks them, and a list where nothing verifies is unchanged.
 
 use crate::backend::verify::PairResult;
-use crate::backend::{Backend, DType, Verify, VerifyFeatures, VerifyOut};
+use crate::backend::{Backend, Buf, DType, Verify, VerifyFeatures, VerifyOut};
 use crate::eval::local::LocalFeatures;
 use crate::mining::pool::CandidatePool;
 use anyhow::{bail, Result};
@@ -41,8 +41,80 @@ impl Rerank {
 /// Inliers a neighbour needs by default.
 pub const DEFAULT_MIN_INLIERS: i32 = 8;
 
-/// Verifies `pairs` (image indices of `l`) on `be`, [`PAIRS_PER_CALL`] at a time, calling
-/// `done(k)` after each call with the pairs it finished.
+/// Local features uploaded to a backend once, for many calls of [`OnBackend::verify`].
+pub struct OnBackend<'a> {
+    local: &'a LocalFeatures,
+    desc: Buf,
+    desc_scale: Buf,
+    xy: Buf,
+}
+
+impl<'a> OnBackend<'a> {
+    pub fn new(be: &dyn Backend, local: &'a LocalFeatures) -> Result<Self> {
+        let xy: Vec<f32> = local.xy.iter().flatten().copied().collect();
+        Ok(OnBackend {
+            local,
+            desc: be.upload(&local.desc)?,
+            desc_scale: be.upload(&local.desc_scale)?,
+            xy: be.upload(&xy)?,
+        })
+    }
+
+    /// Verifies `pairs` (image indices) on `be`, [`PAIRS_PER_CALL`] at a time, calling
+    /// `done(k)` after each call with the pairs it finished.
+    pub fn verify(
+        &self,
+        be: &dyn Backend,
+        pairs: &[[u32; 2]],
+        s: Verify,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<PairResult>> {
+        if s.dim != self.local.dim {
+            bail!(
+                "verification settings for {}-d descriptors, local features of {}",
+                s.dim,
+                self.local.dim
+            );
+        }
+        let feats = VerifyFeatures {
+            desc: &self.desc,
+            desc_scale: &self.desc_scale,
+            xy: &self.xy,
+            offsets: &self.local.offsets,
+        };
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(PAIRS_PER_CALL) {
+            let n = chunk.len();
+            let mut matches = be.zeros(DType::I32, n)?;
+            let mut inliers = be.zeros(DType::I32, n)?;
+            let mut model = be.zeros(DType::F32, 4 * n)?;
+            be.verify(
+                &feats,
+                chunk,
+                &mut VerifyOut {
+                    matches: &mut matches,
+                    inliers: &mut inliers,
+                    model: &mut model,
+                },
+                s,
+            )?;
+            let (m, i, md): (Vec<i32>, Vec<i32>, Vec<f32>) = (
+                be.download(&matches)?,
+                be.download(&inliers)?,
+                be.download(&model)?,
+            );
+            out.extend((0..n).map(|p| PairResult {
+                matches: m[p],
+                inliers: i[p],
+                model: [md[4 * p], md[4 * p + 1], md[4 * p + 2], md[4 * p + 3]],
+            }));
+            done(n);
+        }
+        Ok(out)
+    }
+}
+
+/// Verifies `pairs` (image indices of `l`) on `be` ([`OnBackend::verify`]).
 pub fn verify_pairs(
     be: &dyn Backend,
     l: &LocalFeatures,
@@ -50,52 +122,7 @@ pub fn verify_pairs(
     s: Verify,
     done: &mut dyn FnMut(usize),
 ) -> Result<Vec<PairResult>> {
-    if s.dim != l.dim {
-        bail!(
-            "verification settings for {}-d descriptors, local features of {}",
-            s.dim,
-            l.dim
-        );
-    }
-    let desc = be.upload(&l.desc)?;
-    let desc_scale = be.upload(&l.desc_scale)?;
-    let xy: Vec<f32> = l.xy.iter().flatten().copied().collect();
-    let xy = be.upload(&xy)?;
-    let feats = VerifyFeatures {
-        desc: &desc,
-        desc_scale: &desc_scale,
-        xy: &xy,
-        offsets: &l.offsets,
-    };
-    let mut out = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(PAIRS_PER_CALL) {
-        let n = chunk.len();
-        let mut matches = be.zeros(DType::I32, n)?;
-        let mut inliers = be.zeros(DType::I32, n)?;
-        let mut model = be.zeros(DType::F32, 4 * n)?;
-        be.verify(
-            &feats,
-            chunk,
-            &mut VerifyOut {
-                matches: &mut matches,
-                inliers: &mut inliers,
-                model: &mut model,
-            },
-            s,
-        )?;
-        let (m, i, md): (Vec<i32>, Vec<i32>, Vec<f32>) = (
-            be.download(&matches)?,
-            be.download(&inliers)?,
-            be.download(&model)?,
-        );
-        out.extend((0..n).map(|p| PairResult {
-            matches: m[p],
-            inliers: i[p],
-            model: [md[4 * p], md[4 * p + 1], md[4 * p + 2], md[4 * p + 3]],
-        }));
-        done(n);
-    }
-    Ok(out)
+    OnBackend::new(be, l)?.verify(be, pairs, s, done)
 }
 
 /// The new order of a list whose entries have `inliers` (in the list's global order): the

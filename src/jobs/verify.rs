@@ -8,7 +8,7 @@ use crate::backend::verify::PairResult;
 use crate::backend::{self, DeviceChoice, Op, Verify};
 use crate::eval::extract::{self, ImageItem};
 use crate::eval::local::{LocalFeatures, MAX_LOCAL};
-use crate::eval::verify::{rerank_pool, verify_pairs, Rerank, PAIRS_PER_CALL};
+use crate::eval::verify::{rerank_pool, verify_pairs, OnBackend, Rerank, PAIRS_PER_CALL};
 use crate::io::npy::{self, Array, NpzEntry};
 use crate::io::paths::{check_outputs, Named};
 use crate::mining::pool::CandidatePool;
@@ -125,6 +125,8 @@ pub fn verify_pool(opts: &VerifyPoolOptions, device: DeviceChoice) -> Result<Ver
     let pb = extract::progress_bar(n * t, opts.progress, "verifying", "pairs");
     pb.inc((resumed_rows * t) as u64);
     let t0 = Instant::now();
+    // Uploaded once: the rows are verified block by block, saving progress in between.
+    let on_backend = OnBackend::new(be.as_ref(), &local)?;
     let mut saved = Instant::now();
     let rows_per_call = (PAIRS_PER_CALL / t).max(1) * 4;
     let mut row = resumed_rows;
@@ -133,7 +135,7 @@ pub fn verify_pool(opts: &VerifyPoolOptions, device: DeviceChoice) -> Result<Ver
         let pairs: Vec<[u32; 2]> = (row..end)
             .flat_map(|i| pool.neighbors(i)[..t].iter().map(move |&j| [i as u32, j]))
             .collect();
-        let found = verify_pairs(be.as_ref(), &local, &pairs, s, &mut |k| pb.inc(k as u64))?;
+        let found = on_backend.verify(be.as_ref(), &pairs, s, &mut |k| pb.inc(k as u64))?;
         inliers.extend(found.iter().map(|f: &PairResult| f.inliers));
         row = end;
         if row < n && saved.elapsed().as_secs_f64() > SAVE_EVERY_S {
