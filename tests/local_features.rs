@@ -3,12 +3,14 @@
 //! image, inside the image, unit descriptors, the same file over 2 ranks as over 1, and clear
 //! refusals for tiny-gem and an N over the limit.
 
+mod common;
+
 use insclr::backend::DeviceChoice;
 use insclr::eval::local::{LocalFeatures, MAX_LOCAL};
 use insclr::jobs::{extract, local_path, DescribeOptions, ExtractOptions};
 use insclr::nn::head::HeadKind;
 use insclr::nn::resnet::ResNet;
-use insclr::nn::{weights, RetrievalNet};
+use insclr::nn::RetrievalNet;
 use insclr::rng::Rng;
 use std::path::{Path, PathBuf};
 
@@ -17,24 +19,6 @@ fn tmpdir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// A 4-wide ResNet (128 channels out) with a 16-d head, written as `train` writes its model.
-fn small_model(dir: &Path) -> PathBuf {
-    let be = insclr::backend::cpu();
-    let mut rng = Rng::new(5);
-    let backbone = ResNet::custom(be, &mut rng, [1, 1, 1, 1], 4, false).unwrap();
-    let net = RetrievalNet::new(
-        be,
-        &mut rng,
-        Box::new(backbone),
-        HeadKind::NormLinearNorm,
-        16,
-    )
-    .unwrap();
-    let path = dir.join("model.safetensors");
-    insclr::io::safetensors::write(&path, &weights::export(&net, be).unwrap(), None).unwrap();
-    path
 }
 
 /// 7 images of mixed sizes, large enough for a map of a few cells at scale 1, and a corrupt
@@ -78,7 +62,7 @@ fn options(model: &Path, root: &Path, out: &Path, gpus: usize, local: usize) -> 
 #[test]
 fn extract_writes_local_features_with_the_rows_of_the_descriptors() {
     let dir = tmpdir("rows");
-    let (model, root) = (small_model(&dir), images(&dir));
+    let (model, root) = (common::small_model(&dir), images(&dir));
     let n = 5;
     let out = dir.join("one.npy");
     let report = extract(&options(&model, &root, &out, 1, n), DeviceChoice::Cpu).unwrap();
@@ -143,10 +127,16 @@ fn extract_writes_local_features_with_the_rows_of_the_descriptors() {
         );
     }
 
-    // Extracting again without --local leaves no file of the earlier run beside the matrix.
+    // Extracting again without --local leaves the earlier run's file (not this run's to
+    // delete), and its readers refuse it as older than the matrix.
     let report = extract(&options(&model, &root, &out, 1, 0), DeviceChoice::Cpu).unwrap();
     assert!(report.local.is_none() && report.local_summary().is_none());
-    assert!(!local_path(&out).exists());
+    assert!(local_path(&out).exists());
+    let e = format!(
+        "{:#}",
+        insclr::jobs::extract::read_local_beside(&out, 7).unwrap_err()
+    );
+    assert!(e.contains("is older than"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -187,7 +177,7 @@ fn local_features_are_refused_for_tiny_gem_and_over_the_limit() {
 #[test]
 fn the_local_features_file_may_not_replace_an_input() {
     let dir = tmpdir("inputs");
-    let model = small_model(&dir);
+    let model = common::small_model(&dir);
     images(&dir);
     // An image list named like the local features of the output.
     let list = dir.join("feats.local.npz");
@@ -278,7 +268,7 @@ fn the_feature_map_is_the_map_gem_pooled_in_f32_and_bf16() {
 #[test]
 fn extract_over_ranks_writes_the_local_features_of_one_rank_on_emu() {
     let dir = tmpdir("emu");
-    let (model, root) = (small_model(&dir), images(&dir));
+    let (model, root) = (common::small_model(&dir), images(&dir));
     let run = |gpus: usize| {
         let out = dir.join(format!("emu-{gpus}.npy"));
         // Thumbnails of 48 px keep the emulated GPU's time short.
@@ -298,7 +288,7 @@ fn extract_over_ranks_writes_the_local_features_of_one_rank_on_emu() {
 #[test]
 fn the_mid_layer_gives_stride_16_cells_of_layer3() {
     let dir = tmpdir("mid");
-    let (model, root) = (small_model(&dir), images(&dir));
+    let (model, root) = (common::small_model(&dir), images(&dir));
     let out = dir.join("mid.npy");
     let mut opts = options(&model, &root, &out, 1, 400);
     opts.describe.scales = vec![1.0];
@@ -339,7 +329,7 @@ fn search_reranks_by_the_index_local_features_and_needs_them() {
     use insclr::eval::verify::Rerank;
     use insclr::jobs::{search, SearchOptions};
     let dir = tmpdir("search");
-    let (model, root) = (small_model(&dir), images(&dir));
+    let (model, root) = (common::small_model(&dir), images(&dir));
     let out = dir.join("index.npy");
     let mut opts = options(&model, &root, &out, 1, 16);
     opts.describe.scales = vec![1.0];

@@ -10,9 +10,6 @@ use insclr::backend::{CpuBackend, DType, DeviceChoice};
 use insclr::dist::threads;
 use insclr::jobs::{extract, DescribeOptions, ExtractOptions};
 use insclr::mining::CandidatePool;
-use insclr::nn::head::HeadKind;
-use insclr::nn::resnet::ResNet;
-use insclr::nn::{weights, RetrievalNet};
 use insclr::rng::Rng;
 use std::path::{Path, PathBuf};
 
@@ -21,24 +18,6 @@ fn tmpdir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// A 4-wide ResNet with a 16-d head, written as `train` writes its final model.
-fn small_model(dir: &Path) -> PathBuf {
-    let be = insclr::backend::cpu();
-    let mut rng = Rng::new(5);
-    let backbone = ResNet::custom(be, &mut rng, [1, 1, 1, 1], 4, false).unwrap();
-    let net = RetrievalNet::new(
-        be,
-        &mut rng,
-        Box::new(backbone),
-        HeadKind::NormLinearNorm,
-        16,
-    )
-    .unwrap();
-    let path = dir.join("model.safetensors");
-    insclr::io::safetensors::write(&path, &weights::export(&net, be).unwrap(), None).unwrap();
-    path
 }
 
 /// 13 images of mixed sizes (so batches group by size differently on each rank) and one
@@ -67,7 +46,7 @@ fn files(out: &Path) -> Vec<Vec<u8>> {
 
 fn extract_matches_one_rank(device: DeviceChoice, tag: &str) {
     let dir = tmpdir(tag);
-    let (model, root) = (small_model(&dir), images(&dir));
+    let (model, root) = (common::small_model(&dir), images(&dir));
     let options = |out: &Path, gpus: usize, skip_bad: bool| ExtractOptions {
         describe: DescribeOptions {
             model: Some("resnet-custom".into()),

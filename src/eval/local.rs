@@ -91,24 +91,11 @@ pub fn candidates(
 }
 
 /// Keeps the `n` strongest of candidates gathered scale by scale (ties: the earlier one).
+/// Strongest first, as the file keeps them.
 pub fn strongest(mut cands: Vec<Candidate>, n: usize) -> Vec<Candidate> {
-    let mut order: Vec<usize> = (0..cands.len()).collect();
-    order.sort_by(|&a, &b| {
-        cands[b]
-            .strength
-            .total_cmp(&cands[a].strength)
-            .then(a.cmp(&b))
-    });
-    order.truncate(n);
-    order.sort_unstable();
-    let keep: std::collections::HashSet<usize> = order.iter().copied().collect();
-    let mut i = 0;
-    cands.retain(|_| {
-        i += 1;
-        keep.contains(&(i - 1))
-    });
-    // Strongest first in the file too.
+    // A stable sort: equal strengths keep their order.
     cands.sort_by(|a, b| b.strength.total_cmp(&a.strength));
+    cands.truncate(n);
     cands
 }
 

@@ -1,7 +1,7 @@
 //! Evaluate: retrieval scores of a model (or of precomputed `.npy` descriptors) on revisited
 //! Oxford / Paris, GLDv2 retrieval or a plain image list (`insclr-cu eval`).
 
-use super::extract::{load_choice, model_name, model_ops};
+use super::extract::{load_choice, model_name, model_ops, read_local_beside};
 use crate::backend::{self, Backend, DeviceChoice, Op, Verify};
 use crate::eval::expand::{self, Expansion};
 use crate::eval::extract::{self, ExtractConfig, ImageItem};
@@ -296,8 +296,8 @@ fn descriptors(be: &dyn Backend, opts: &EvalOptions, r: &Resolved) -> Result<Des
         }
         let local = match opts.rerank {
             Some(_) => Some([
-                read_local(dbp, db.len() / d1)?,
-                read_local(qp, q.len() / d2)?,
+                read_local_beside(dbp, db.len() / d1).context("--rerank")?,
+                read_local_beside(qp, q.len() / d2).context("--rerank")?,
             ]),
             None => None,
         };
@@ -362,28 +362,6 @@ fn descriptors(be: &dyn Backend, opts: &EvalOptions, r: &Resolved) -> Result<Des
         _ => None,
     };
     Ok((db.feats, q.feats, db.dim, how, local))
-}
-
-/// The local features beside a descriptor file, checked against its `rows`.
-fn read_local(feats: &Path, rows: usize) -> Result<LocalFeatures> {
-    let p = super::extract::local_path(feats);
-    if !p.exists() {
-        bail!(
-            "--rerank needs the local features of {}: {} is missing (extract with --local N, or evaluate with --model to extract them)",
-            feats.display(),
-            p.display()
-        );
-    }
-    let l = LocalFeatures::load(&p)?;
-    if l.images() != rows {
-        bail!(
-            "{} holds local features of {} images but {} has {rows} rows; extract both again together",
-            p.display(),
-            l.images(),
-            feats.display()
-        );
-    }
-    Ok(l)
 }
 
 /// Results per query kept in the JSON (`insclr-cu report` shows them).

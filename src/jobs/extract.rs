@@ -5,6 +5,7 @@ use crate::backend::{self, f32_needs, Backend, DeviceChoice, Op};
 use crate::data::image::{list_images, Skipped};
 use crate::dist;
 use crate::eval::extract::{self, BadImages, ExtractConfig, ImageItem};
+use crate::eval::local::LocalFeatures;
 use crate::io::paths::{check_outputs, Named};
 use crate::io::{self, npy};
 use crate::nn::net::{DescriptorChoice, LoadChoice};
@@ -124,6 +125,43 @@ pub struct ExtractOptions {
 /// Where `extract` writes the local features of the descriptors `out`: `<out stem>.local.npz`.
 pub fn local_path(out: &Path) -> PathBuf {
     out.with_extension("local.npz")
+}
+
+/// The local features `extract --local` wrote beside the descriptors `feats` (`rows` of them),
+/// refused when missing, when older than `feats` (an `extract` without `--local` rewrote the
+/// matrix after them) or when their image count differs.
+pub fn read_local_beside(feats: &Path, rows: usize) -> Result<LocalFeatures> {
+    let p = local_path(feats);
+    let again = format!("extract {} again with --local N", feats.display());
+    let modified = |f: &Path| {
+        std::fs::metadata(f)
+            .and_then(|m| m.modified())
+            .with_context(|| format!("reading {}", f.display()))
+    };
+    if !p.exists() {
+        bail!(
+            "the local features of {}: {} is missing; {again}",
+            feats.display(),
+            p.display()
+        );
+    }
+    if modified(&p)? < modified(feats)? {
+        bail!(
+            "{} is older than {}: its rows may belong to an earlier matrix; {again}",
+            p.display(),
+            feats.display()
+        );
+    }
+    let l = LocalFeatures::load(&p)?;
+    if l.images() != rows {
+        bail!(
+            "{} holds local features of {} images but {} has {rows} rows; {again}",
+            p.display(),
+            l.images(),
+            feats.display()
+        );
+    }
+    Ok(l)
 }
 
 /// What [`extract()`] wrote of local features.
@@ -322,14 +360,9 @@ pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractRep
                 path: local_file,
             })
         }
-        None => {
-            // A file of an earlier run would pair its rows with this run's matrix.
-            if local_file.exists() {
-                std::fs::remove_file(&local_file)
-                    .with_context(|| format!("removing the stale {}", local_file.display()))?;
-            }
-            None
-        }
+        // A file of an earlier run stays (it is not this run's to delete); its readers refuse
+        // it as older than this matrix ([`read_local_beside`]).
+        None => None,
     };
     if opts.skip_bad {
         // Written even when empty, so the files beside the matrix always describe this run.

@@ -6,7 +6,6 @@ use crate::backend::Verify;
 use crate::backend::{self, DeviceChoice, Op};
 use crate::eval::expand::{self, Expansion};
 use crate::eval::extract::{self, ExtractConfig, ImageItem};
-use crate::eval::local::LocalFeatures;
 use crate::eval::search::Hit;
 use crate::eval::search::{self as index_search, PageInfo, QueryResults};
 use crate::eval::verify::{rerank_lists, Rerank};
@@ -141,22 +140,7 @@ pub fn search(opts: &SearchOptions, device: DeviceChoice) -> Result<SearchReport
     let index_local = match opts.rerank {
         Some(_) => {
             ops.push(Op::Verify);
-            let p = super::extract::local_path(&opts.index);
-            if !p.exists() {
-                bail!(
-                    "--rerank needs the index's local features: {} is missing (extract the index with --local N)",
-                    p.display()
-                );
-            }
-            let l = LocalFeatures::load(&p)?;
-            if l.images() != n {
-                bail!(
-                    "{} holds local features of {} images but the index has {n}; extract them again together",
-                    p.display(),
-                    l.images()
-                );
-            }
-            Some(l)
+            Some(super::extract::read_local_beside(&opts.index, n).context("--rerank")?)
         }
         None => None,
     };

@@ -209,3 +209,23 @@ POTENTIAL_POSITIVE = 2
         pool = dir.join("pool.npz").display(),
     )
 }
+
+/// A 4-wide ResNet (128 channels out) with a 16-d head, written to `dir/model.safetensors` as
+/// `train` writes its final model: a small real network for extraction tests.
+pub fn small_model(dir: &std::path::Path) -> std::path::PathBuf {
+    use insclr::nn::{head::HeadKind, resnet::ResNet, weights, RetrievalNet};
+    let be = insclr::backend::cpu();
+    let mut rng = insclr::rng::Rng::new(5);
+    let backbone = ResNet::custom(be, &mut rng, [1, 1, 1, 1], 4, false).unwrap();
+    let net = RetrievalNet::new(
+        be,
+        &mut rng,
+        Box::new(backbone),
+        HeadKind::NormLinearNorm,
+        16,
+    )
+    .unwrap();
+    let path = dir.join("model.safetensors");
+    insclr::io::safetensors::write(&path, &weights::export(&net, be).unwrap(), None).unwrap();
+    path
+}
