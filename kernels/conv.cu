@@ -4,8 +4,9 @@
 // network (BatchNorm's per-channel planes, GeM's rows, the CPU twins) and the imported torchvision
 // and timm weights are NCHW. The f32 kernels and the bf16 element gathers below read and write
 // that layout directly; the bf16 channels-last kernels (section "channels-last" further down)
-// transpose their input and weight to NHWC / KRSC in scratch first and still write NCHW: the
-// first step of issue 26, before the whole bf16 network goes channels-last.
+// transpose their operands to NHWC / KRSC in scratch first and still write NCHW (the weight
+// gradient: PyTorch's weight order): the first step of issue 26, before the whole bf16 network
+// goes channels-last.
 //
 // Dense convolutions (groups = 1) are implicit GEMMs: the im2col matrix is never stored; each
 // tile of it is gathered from the activation as it is staged into shared memory.
@@ -515,6 +516,67 @@ extern "C" __global__ void __launch_bounds__(128)
     conv2d_nhwc_bwd_data_m64_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_flipped,
                                   bf16_t* __restrict__ dx, NHWC_PARAMS) {
     conv_nhwc<64, 32>(dy_nhwc, w_flipped, dx, NHWC_ARGS);
+}
+
+// The weight gradient over channels-last x and dy (both transposed by conv.rs), split over the
+// batch's output pixels into gridDim.z parts of `per` pixels:
+//   partial[z] (c_out x K) = sum over split z's pixels of dy_nhwc^T (c_out x pixels) X (pixels x K)
+// with K = kh*kw*c_in in KRSC order, X the im2col rows gathered by WeightGradGather. Both operands
+// run along the batch's pixels (k) with c_out or (tap, channel) contiguous: ldmatrix .trans for
+// both. conv2d_bwd_weight_reduce_krsc_f32 adds the splits into dw's (c_out, c_in, kh, kw) order.
+// Needs c_in % 8 == 0 and c_out % 8 == 0 (dy's 16-byte rows); any kernel size and stride.
+template <int BM, int WN>
+__device__ __forceinline__ void conv_nhwc_bwd_weight(const bf16_t* x, const bf16_t* dy, float* partial, int per,
+                                                     int n, int c_in, int h, int w, int c_out, int kh, int kw,
+                                                     int stride, int pad_top, int pad_left, int oh, int ow) {
+    extern __shared__ __align__(128) unsigned char tc_smem[];
+    constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32;
+    const int k = kh * kw * c_in, p0 = blockIdx.z * per, pixels = min(per, n * oh * ow - p0);
+    const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+    tc::TileLoader<false, BM, THREADS, false> a_load;
+    a_load.init(dy + (long long)p0 * c_out, bm, c_out, pixels, c_out, 0);
+    tc::WeightGradGather<BN, THREADS> b_load;
+    b_load.init(x, p0, pixels, bn, h, w, c_in, kh, kw, stride, pad_top, pad_left, oh, ow);
+    float acc[4][WN / 8][4];
+    tc::mainloop<false, false, BM, BN, 64, WN, 3>(a_load, b_load, (pixels + tc::BK - 1) / tc::BK, acc, tc_smem);
+    tc::epilogue<BM, BN, 64, WN, 3, float>(tc_smem, acc, partial + (long long)blockIdx.z * c_out * k, bm, bn, c_out,
+                                           k, 1.0f, 0.0f);
+}
+
+// Eight 64 x 32 warps (the 1x1 weight gradient's shape: four 64 x 64 ones spill); _m64: four,
+// for c_out <= 64.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_nhwc_bwd_weight_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ dy_nhwc,
+                                float* __restrict__ partial, int per, int n, NHWC_PARAMS) {
+    conv_nhwc_bwd_weight<128, 32>(x_nhwc, dy_nhwc, partial, per, n, NHWC_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_nhwc_bwd_weight_m64_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ dy_nhwc,
+                                    float* __restrict__ partial, int per, int n, NHWC_PARAMS) {
+    conv_nhwc_bwd_weight<64, 32>(x_nhwc, dy_nhwc, partial, per, n, NHWC_ARGS);
+}
+
+// dw[co][c][t] += the splits' partial[z][co][t][c] (KRSC -> PyTorch's order), added in split
+// order. A block takes 32 channels of output channel blockIdx.y, all taps (at most 64): it sums
+// each tap's 32 partial sums (a 128-byte row) into shared memory in dw's order, then adds them to
+// dw's run of 32 x taps contiguous floats. The shared writes are conflict-free for an odd count
+// of taps (1, 9, 25, 49: lane x taps + t covers 32 banks).
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_bwd_weight_reduce_krsc_f32(const float* __restrict__ partial, float* __restrict__ dw, int c_in, int taps,
+                                      int splits) {
+    __shared__ float run[32 * 64];
+    const int lane = threadIdx.x % 32, c0 = blockIdx.x * 32, c = c0 + lane;
+    const size_t len = (size_t)gridDim.y * taps * c_in, row = (size_t)blockIdx.y * taps * c_in;
+    for (int t = threadIdx.x / 32; t < taps; t += blockDim.x / 32) {
+        float sum = 0.0f;
+        if (c < c_in)
+            for (int z = 0; z < splits; ++z) sum += partial[z * len + row + (size_t)t * c_in + c];
+        run[lane * taps + t] = sum;
+    }
+    __syncthreads();
+    const int n = min(32, c_in - c0) * taps;
+    for (int e = threadIdx.x; e < n; e += blockDim.x) dw[row + (size_t)c0 * taps + e] += run[e];
 }
 
 // dst[img][p'][c] = src[img][c][p] for each of gridDim.z planes of `channels` x `pixels`: NCHW ->

@@ -10,6 +10,9 @@
 //   ConvGather                the same for an implicit-GEMM convolution's NHWC activations: per
 //                             row a window corner and tap masks computed once, per k tile the
 //                             tap's step and a bit test per row
+//   WeightGradGather          the same for a convolution's weight gradient: the rows are output
+//                             pixels, the columns (tap, channel); a thread carries one pixel's
+//                             window corner along by additions, its chunks' taps are fixed
 //   WarpFragments             a warp's ldmatrix.x4 loads (.trans for an m- or n-contiguous
 //                             operand), lane offsets computed once
 //   mainloop                  STAGES-deep cp.async pipeline with one barrier per k tile,
@@ -202,6 +205,79 @@ struct ConvGather {
         c += dc, s += ds, r += dr, at += dtap;
         if (c >= c_in) c -= c_in, ++s;  // the offset runs on unchanged: (s + 1) c_in + c - c_in
         if (s >= kw) s -= kw, ++r, at += wrap;
+    }
+};
+
+// B of a convolution's weight gradient over channels-last (NHWC) activations, n-contiguous: its
+// rows (k) are the batch's output pixels, its columns n = (r, s, c) with the channel fastest
+// (KRSC), so a 16-byte chunk is again 8 channels of the input at one (pixel, tap): one cp.async
+// under one predicate, zero-filled in the padding. Unlike TileLoader's shape, a thread copies
+// ITERS chunks of one row, TPR chunks apart: one output pixel a thread, whose window corner it
+// carries from k tile to k tile, and per chunk a tap fixed for the whole loop (its offset from
+// the corner and its row and column, for the padding test). A k tile moves the pixel BK pixels
+// on: BK is split once into whole images, output rows and columns, so the step is three
+// additions, a column carry into the row and a row carry into the next image, each at most once.
+// Needs c_in % 8 == 0 (a chunk never straddles two taps); the input's element count, with the
+// images that the last k tile's rows run into past the batch, must fit an int (conv.rs checks
+// both).
+template <int BN, int THREADS>
+struct WeightGradGather {
+    static constexpr int CHUNKS = BN / 8;
+    static constexpr int ITERS = BK * CHUNKS / THREADS;
+    static constexpr int TPR = CHUNKS / ITERS;  // threads a row
+    static_assert(THREADS * ITERS == BK * CHUNKS && CHUNKS % 8 == 0 && TPR >= 4, "gather shape");
+
+    const __nv_bfloat16* x;
+    int tap_off[ITERS], tap_r[ITERS], tap_s[ITERS];  // chunk j's offset from a window corner, its tap
+    int off;             // elements from x to the window corner of this thread's pixel (channel 0)
+    int iy0, ix0;        // the corner: outside the image in the padding
+    int left;            // the split's pixels from this thread's row of the current tile on
+    int h, w, stride;
+    int iy_end, ix_end;  // the corner of an output row / column past the map's last
+    int step_iy, step_ix, step_off;  // one k tile: BK pixels
+    int wrap_iy, wrap_ix, wrap_off_y, wrap_off_x;  // the carries: next image, next output row
+    int dst;             // chunk 0's shared offset; chunk j's is dst ^ (j TPR 8)
+
+    // `x_`: the batch's NHWC activations (n x h x w x c_in); `p0`: the split's first output pixel
+    // of the batch, `pixels` its length; `n0`: the block's first column.
+    __device__ __forceinline__ void init(const __nv_bfloat16* x_, int p0, int pixels, int n0, int h_, int w_,
+                                         int c_in, int kh, int kw, int stride_, int pad_top, int pad_left, int oh,
+                                         int ow) {
+        const int tid = threadIdx.x, row = tid / TPR, chunk = tid % TPR;
+        x = x_, h = h_, w = w_, stride = stride_;
+        // chunk + j TPR = chunk ^ j TPR (chunk < TPR, a power of two): the swizzle moves it by an XOR.
+        dst = swizzled<CHUNKS>(row, chunk);
+#pragma unroll
+        for (int j = 0; j < ITERS; ++j) {
+            const int col = n0 + (chunk + j * TPR) * 8, t = col / c_in, r = t / kw, s = t - r * kw;
+            tap_off[j] = (r * w + s) * c_in + col - t * c_in;
+            // A column past the weight's taps copies nothing: its row test never passes.
+            tap_r[j] = r < kh ? r : -(1 << 29);
+            tap_s[j] = s;
+        }
+        left = pixels - row;
+        iy_end = oh * stride - pad_top, ix_end = ow * stride - pad_left;
+        const int image = oh * ow, images = BK / image, rest = BK - images * image, rows = rest / ow;
+        step_iy = rows * stride, step_ix = (rest - rows * ow) * stride;
+        step_off = ((images * h + step_iy) * w + step_ix) * c_in;
+        wrap_iy = oh * stride, wrap_ix = ow * stride;
+        wrap_off_x = (stride * w - wrap_ix) * c_in, wrap_off_y = (h - wrap_iy) * w * c_in;
+        const int p = p0 + row, img = p / image, q = p - img * image, oy = q / ow;
+        iy0 = oy * stride - pad_top, ix0 = (q - oy * ow) * stride - pad_left;
+        off = ((img * h + iy0) * w + ix0) * c_in;
+    }
+
+    __device__ __forceinline__ void load(__nv_bfloat16* tile) {
+#pragma unroll
+        for (int j = 0; j < ITERS; ++j) {
+            const bool in = left > 0 && (unsigned)(iy0 + tap_r[j]) < (unsigned)h &&
+                            (unsigned)(ix0 + tap_s[j]) < (unsigned)w;
+            // A zero-filled copy reads nothing: its address need not be valid.
+            cp_async_16_zfill(tile + (dst ^ (j * TPR * 8)), x + off + tap_off[j], in ? 16 : 0);
+        }
+        iy0 += step_iy, ix0 += step_ix, off += step_off, left -= BK;
+        if (ix0 >= ix_end) ix0 -= wrap_ix, iy0 += stride, off += wrap_off_x;
+        if (iy0 >= iy_end) iy0 -= wrap_iy, off += wrap_off_y;
     }
 };
 

@@ -199,6 +199,20 @@ MUTANTS = [
       "next channel's first, or past the scratch)",
       [(CONV, "row = p - g + (flip > 1 ? flip - 1 - g : 0);", "row = p - g + (flip > 1 ? flip - g : 0);")],
       CONVT, sanitize=True),
+    M("nhwc-wgrad-column-carry-late", "conv",
+      "WeightGradGather's k step: a pixel landing exactly on output column ow stays in its row "
+      "instead of carrying into the next",
+      [(TC, "if (ix0 >= ix_end) ix0 -= wrap_ix", "if (ix0 > ix_end) ix0 -= wrap_ix")], CONVT, sanitize=True),
+    M("nhwc-wgrad-no-image-carry", "conv",
+      "WeightGradGather's k step: a pixel past the map's last row never moves on to the next image",
+      [(TC, "if (iy0 >= iy_end) iy0 -= wrap_iy, off += wrap_off_y;", "")], CONVT, sanitize=True),
+    M("nhwc-wgrad-split-tail-copied", "conv",
+      "WeightGradGather: the rows past the split's last pixel are copied (the next split's pixels, "
+      "or past the batch) instead of zero-filled",
+      [(TC, "const bool in = left > 0 &&", "const bool in = left > -BK &&")], CONVT, sanitize=True),
+    M("nhwc-wgrad-reduce-not-transposed", "conv",
+      "conv2d_bwd_weight_reduce_krsc_f32 keeps the KRSC order of the sums, as if dw were KRSC",
+      [(CONV, "run[lane * taps + t] = sum;", "run[t * 32 + lane] = sum;")], CONVT),
     M("nhwc-bwd-data-padding-not-flipped", "conv",
       "conv.rs: the data gradient's forward of dy keeps the layer's padding instead of kh - 1 - pad "
       "(the same only where pad = (kh - 1) / 2)",
@@ -240,7 +254,8 @@ MUTANTS = [
               "    if (oy > s.oh || ox >= s.ow) return 0.0f;\n    return load(dy[")], CONVT, sanitize=True),
     M("conv-wgrad-reduce-drops-first-split", "conv",
       "weight gradient: the split-K reduction skips split 0's partial sums",
-      [(CONV, "for (int z = 0; z < splits; z++)", "for (int z = 1; z < splits; z++)")], CONVT),
+      [(CONV, "for (int z = 0; z < splits; z++) sum += partial[(size_t)z * len + i];\n        dw[i] += sum;",
+        "for (int z = 1; z < splits; z++) sum += partial[(size_t)z * len + i];\n        dw[i] += sum;")], CONVT),
 
     # ---- norm: BatchNorm and L2 ------------------------------------------------------------
     M("norm-bn-bwd-drops-mean-dz", "norm",

@@ -426,11 +426,17 @@ const CONV_SIZES: &[ConvCase] = &[
     (1, 16, 9, 9, 24, 1, 2, Padding::Sym(0), 1),
     (2, 40, 7, 7, 8, 1, 1, Padding::Sym(0), 1),
     (1, 32, 12, 12, 136, 7, 2, Padding::Sym(3), 1),
+    // The channels-last weight gradient's pixel walk (c_out % 8 == 0): a 32-pixel k tile spans
+    // two 4 x 4 images, or 32 images of one pixel each (a 3x3 at stride 2 on a 3 x 3 map); 585
+    // pixels in three splits of 224, 224 and 137, each starting inside an image.
+    (5, 16, 4, 4, 16, 3, 1, Padding::Sym(1), 1),
+    (40, 8, 3, 3, 24, 3, 2, Padding::Sym(0), 1),
+    (3, 16, 15, 13, 24, 3, 1, Padding::Sym(1), 1),
 ];
 
 /// The kernels `kernel_conv_matches_cpu` runs, by name: the implicit GEMMs and the depthwise
 /// kernels, each in f32 and bf16, and bf16's pipelined kernels.
-const CONV_KERNELS: [&str; 23] = [
+const CONV_KERNELS: [&str; 26] = [
     "conv2d_fwd_f32",
     "conv2d_bwd_data_f32",
     "conv2d_bwd_weight_f32",
@@ -454,6 +460,9 @@ const CONV_KERNELS: [&str; 23] = [
     "conv2d_nhwc_fwd_m64_bf16",
     "conv2d_nhwc_bwd_data_bf16",
     "conv2d_nhwc_bwd_data_m64_bf16",
+    "conv2d_nhwc_bwd_weight_bf16",
+    "conv2d_nhwc_bwd_weight_m64_bf16",
+    "conv2d_bwd_weight_reduce_krsc_f32",
 ];
 
 /// f32 (SIMT) and bf16 (tensor cores; activations and weights bf16, the weight gradient f32).

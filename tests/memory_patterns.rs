@@ -109,11 +109,10 @@ fn conv_bf16_element_gather_where_it_still_runs() {
     let dev = CudaBackend::emu();
     let be: &dyn Backend = &dev;
     // What keeps the element gather since the channels-last kernels: ResNet's stem on a 32 x 32
-    // image (3 input channels are no 16-byte run), the data gradient of a stride-2 3x3 (64 -> 64,
-    // 16 x 16, padding 1) and every weight gradient (the bottleneck's 3x3, stride 1), batch 2.
+    // image, forward and weight gradient (3 input channels are no 16-byte run), and the data
+    // gradient of a stride-2 3x3 (64 -> 64, 16 x 16, padding 1), batch 2.
     let stem = Conv::new(2, 3, 32, 32, 64, 7, 2, Padding::Sym(3), 1).unwrap();
     let down = Conv::new(2, 64, 16, 16, 64, 3, 2, Padding::Sym(1), 1).unwrap();
-    let same = Conv::new(2, 64, 16, 16, 64, 3, 1, Padding::Sym(1), 1).unwrap();
     let bufs = |s: &Conv, seed| {
         let (lx, lw, ly) = s.sizes();
         (
@@ -122,19 +121,18 @@ fn conv_bf16_element_gather_where_it_still_runs() {
             upload(be, ly, DType::BF16, seed + 2),
         )
     };
-    let ((x0, w0, _), (_, w1, dy1), (x2, _, dy2)) =
-        (bufs(&stem, 3), bufs(&down, 6), bufs(&same, 9));
+    let ((x0, w0, dy0), (_, w1, dy1)) = (bufs(&stem, 3), bufs(&down, 6));
     let mut y = be.zeros(DType::BF16, stem.sizes().2).unwrap();
     let mut dx = be.zeros(DType::BF16, down.sizes().0).unwrap();
-    let mut dw = be.zeros(DType::F32, same.sizes().1).unwrap();
+    let mut dw = be.zeros(DType::F32, stem.sizes().1).unwrap();
     let (r, stats) = count_memory(|| -> anyhow::Result<()> {
         be.conv2d_fwd(&x0, &w0, &mut y, stem)?;
         be.conv2d_bwd_data(&dy1, &w1, &mut dx, down)?;
-        be.conv2d_bwd_weight(&x2, &dy2, &mut dw, same)
+        be.conv2d_bwd_weight(&x0, &dy0, &mut dw, stem)
     });
     r.unwrap();
     show(
-        "conv bf16: the stem's forward (2 x 3 x 32 x 32 -> 64, 7x7, stride 2), a stride-2 3x3's data gradient and a 3x3's weight gradient (2 x 64 x 16 x 16 -> 64):",
+        "conv bf16: the stem's forward and weight gradient (2 x 3 x 32 x 32 -> 64, 7x7, stride 2) and a stride-2 3x3's data gradient (2 x 64 x 16 x 16 -> 64):",
         &stats,
     );
     // Forward: M = 64 channels, N = 2 * 16 * 16 = 512 output pixels, K = 3 * 49 = 147.
@@ -340,6 +338,64 @@ fn conv_nhwc_bf16_runs_on_the_pipelined_mainloop() {
             },
             "{row:?}"
         );
+    }
+}
+
+#[test]
+fn conv_nhwc_weight_gradient_copies_whole_sectors_without_bank_conflicts() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    // The interior layer of the test above: no window reaches outside the image. M = 128 output
+    // channels (the 128-row kernel), N = 9 taps x 64 channels (4.5 column tiles: the last one's
+    // columns past the taps are zero-filled), K = 2 x 384 pixels, whole 32-pixel k tiles.
+    let s = Conv::new(2, 64, 8, 66, 128, 3, 1, Padding::Sym(0), 1).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let x = upload(be, lx, DType::BF16, 16);
+    let dy = upload(be, ly, DType::BF16, 17);
+    let mut dw = be.zeros(DType::F32, lw).unwrap();
+    let (r, stats) = count_memory(|| be.conv2d_bwd_weight(&x, &dy, &mut dw, s));
+    r.unwrap();
+    show(
+        "conv bf16 NHWC weight gradient, 2 x 64 x 8 x 66 -> 128, 3x3, no padding:",
+        &stats,
+    );
+    let kernel = "conv2d_nhwc_bwd_weight_bf16";
+    assert!(
+        stats.iter().all(|r| [
+            kernel,
+            "conv2d_to_nhwc_bf16",
+            "conv2d_bwd_weight_reduce_krsc_f32"
+        ]
+        .contains(&r.kernel.as_str())),
+        "the transposes, the product and the reduction only"
+    );
+    let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
+    // Five 128-column tiles (640 columns, 576 of them taps) over the batch's 768 pixels,
+    // whatever the split: each split's length is a multiple of the 32-pixel k tile here.
+    assert_eq!(mma, (128 * 640 * 768 / (16 * 8 * 16)) as u64);
+    // dy's rows (128 channels) and x's runs (a tap's 64 channels) are whole sectors; the
+    // swizzled stores and the .trans fragment loads hit 32 banks; the f32 partial sums leave
+    // in 16-byte rows.
+    for row in rows(&stats, kernel) {
+        assert_eq!(row.transactions, row.ideal, "{row:?}");
+        if row.space != MemSpace::TensorCore && row.op != "st" {
+            assert_eq!(row.width, 16, "16-byte accesses only: {row:?}");
+        }
+    }
+    let (_, _, fragments) = total(&stats, kernel, |s| s.op == "ldmatrix.x4");
+    assert_eq!(
+        fragments,
+        mma * 3 / 8,
+        "per 8 mma: 2 x4 loads of A and 1 of B"
+    );
+    // The splits' sums move from KRSC to dw's order through shared memory: 128-byte rows of a
+    // tap read, dw's runs of 32 channels x 9 taps read and written whole, no bank conflict.
+    for row in rows(&stats, "conv2d_bwd_weight_reduce_krsc_f32") {
+        assert_eq!(row.transactions, row.ideal, "{row:?}");
     }
 }
 

@@ -176,8 +176,10 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
         // stage 3's first reduction (at 28 px).
         // Every other one but the stem (3 input channels) is a channels-last implicit GEMM, and
         // so is its data gradient except at stride 2 (stages 2-4's first 3x3 and downsample):
-        // the element gather keeps 1 forward and 6 data gradients; each channels-last launch
-        // follows two transposes (its input and its weight).
+        // the element gather keeps 1 forward and 6 data gradients. Every weight gradient but the
+        // 1x1 GEMMs' and the stem's is channels-last too. Each channels-last launch follows two
+        // transposes (the forward's and data gradient's input and weight, the weight
+        // gradient's x and dy).
         if precision == DType::BF16 {
             assert_eq!(
                 count_prefix(&p, "conv2d_1x1_fwd_"),
@@ -187,10 +189,15 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
             assert_eq!(count(&p, &k("conv2d_fwd")), 1, "the stem");
             assert_eq!(count(&p, &k("conv2d_bwd_data")), 6, "stride 2");
             let nhwc = count_prefix(&p, "conv2d_nhwc_");
-            assert_eq!(nhwc, 36 + 30);
+            assert_eq!(count(&p, &k("conv2d_bwd_weight")), 1, "the stem");
+            assert_eq!(count_prefix(&p, "conv2d_nhwc_bwd_weight_"), 36);
+            assert_eq!(nhwc, 36 + 30 + 36);
             assert_eq!(count(&p, "conv2d_to_nhwc_bf16"), 2 * nhwc);
         }
-        assert_eq!(count(&p, "conv2d_bwd_weight_reduce_f32"), 53);
+        // Each weight gradient adds its splits into dw once; the channels-last ones from KRSC.
+        let krsc = if precision == DType::BF16 { 36 } else { 0 };
+        assert_eq!(count(&p, "conv2d_bwd_weight_reduce_krsc_f32"), krsc);
+        assert_eq!(count(&p, "conv2d_bwd_weight_reduce_f32"), 53 - krsc);
         assert_eq!(count(&p, &k("batchnorm_fwd_train")), 53);
         assert_eq!(count(&p, &k("batchnorm_bwd")), 53);
         assert_eq!(count(&p, "adam_f32"), 1);

@@ -26,8 +26,8 @@ enum Path {
     /// Any other dense bf16 convolution whose input channels come in 16-byte runs (c_in % 8 ==
     /// 0) and whose kernel is at most 8 x 8: NCHW -> NHWC transposes into scratch, then an
     /// implicit GEMM over channels-last activations on the same mainloop (`conv2d_nhwc_*`). The
-    /// data gradient takes it at stride 1 with c_out % 8 == 0; the weight gradient keeps the
-    /// element gather (`conv2d_bwd_weight_bf16`).
+    /// data gradient takes it at stride 1 with c_out % 8 == 0, the weight gradient with c_out %
+    /// 8 == 0; the other passes keep the element gather (`conv2d_bwd_*_bf16`).
     Nhwc,
     Depthwise,
 }
@@ -211,10 +211,11 @@ impl ConvOps for CudaBackend {
             return Ok(());
         }
         let (ex, ew, ey) = s.sizes();
-        if let Path::OneByOne = path {
-            return self.conv1x1_bwd_weight(x, dy, dw, &s);
+        match path {
+            Path::OneByOne => return self.conv1x1_bwd_weight(x, dy, dw, &s),
+            Path::Nhwc if s.c_out % 8 == 0 => return self.conv_nhwc_bwd_weight(x, dy, dw, &s),
+            _ => {}
         }
-        // Path::Nhwc falls through: the weight gradient has no channels-last kernel yet.
         if let Path::Depthwise = path {
             // dw is f32 and accumulated: read and written.
             let bytes = (ex + ey) * x.dtype().size() + 2 * ew * 4;
@@ -388,6 +389,88 @@ impl CudaBackend {
             // 0 and kh, kw <= 8, shape_args every size against int.
             unsafe { self.launch(&kernel, cfg, args) }
         })
+    }
+
+    /// The weight gradient as a channels-last product (`conv2d_nhwc_bwd_weight[_m64]_bf16`): x
+    /// and dy transposed into scratch, the batch's output pixels split into as many parts as
+    /// fill the GPU's resident blocks in one wave beside the output's tiles (at least 256 pixels
+    /// each, as the element gather's), each part's sum in KRSC order, then
+    /// `conv2d_bwd_weight_reduce_krsc_f32` adds the parts into dw in order.
+    fn conv_nhwc_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: &Conv) -> Result<()> {
+        // Every size the kernels index fits an int, also the offsets of the rows past the batch's
+        // last pixel (up to 31 more), which run on into the images after it before they are masked.
+        shape_args(Args::new(), s)?;
+        let past = 31 / (s.oh * s.ow).max(1) + 1;
+        int((s.n + past) * s.h * s.w * s.c_in, "conv input elements")?;
+        let (m, n, pixels) = (s.c_out, s.kh * s.kw * s.c_in, s.n * s.oh * s.ow);
+        let (kernel, probe) = pipelined_launch("nhwc", "bwd_weight", m, n, 1);
+        let tiles = (probe.grid.0 * probe.grid.1) as usize;
+        let slots = self.resident_blocks(&kernel, probe.block.0, probe.smem);
+        let (splits, per) = weight_grad_splits(tiles, pixels, 32, slots);
+        let cfg = Launch {
+            grid: (probe.grid.0, probe.grid.1, splits as u32),
+            ..probe
+        };
+        let (ex, _, ey) = s.sizes();
+        let dy_at = (ex * 2).next_multiple_of(256);
+        let partial_at = dy_at + (ey * 2).next_multiple_of(256);
+        let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
+        self.with_scratch(partial_at + partial_bytes, |scratch| {
+            self.to_nhwc(x.dev()?, scratch, 0, s.n, s.c_in, s.h * s.w, 1)?;
+            self.to_nhwc(dy.dev()?, scratch, dy_at, s.n, s.c_out, s.oh * s.ow, 1)?;
+            let args = [per, s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride]
+                .iter()
+                .chain(&[s.pad_top, s.pad_left, s.oh, s.ow])
+                .fold(
+                    Args::new()
+                        .ptr_at(scratch, 0)
+                        .ptr_at(scratch, dy_at)
+                        .ptr_at(scratch, partial_at),
+                    |a, &v| a.i32(v as i32),
+                )
+                .work(Work::conv(s, x.dtype(), (ex + ey) * 2 + partial_bytes));
+            // SAFETY: arguments match conv2d_nhwc_bwd_weight[_m64]_bf16(x_nhwc, dy_nhwc, partial,
+            // per, n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow); scratch holds
+            // the NHWC input and output gradient and splits x c_out x K floats at partial_at;
+            // path() checked c_in % 8 == 0, the caller c_out % 8 == 0, shape_args and the check
+            // above every size against int; the splits cover every output pixel once.
+            unsafe { self.launch(&kernel, cfg, args)? };
+            self.reduce_krsc_splits(scratch, partial_at, dw, s, splits)
+        })
+    }
+
+    /// `dw +=` the channels-last weight gradient's `splits` partial sums (c_out x kh*kw x c_in
+    /// each), added in split order into dw's (c_out, c_in, kh, kw) order: one block per 32
+    /// channels of an output channel (kh * kw <= 64, path()'s kernel limit).
+    fn reduce_krsc_splits(
+        &self,
+        scratch: &DevMem,
+        at: usize,
+        dw: &mut Buf,
+        s: &Conv,
+        splits: usize,
+    ) -> Result<()> {
+        let len = s.c_out * s.c_in * s.kh * s.kw;
+        let traffic = (splits + 2) * len * std::mem::size_of::<f32>();
+        let cfg = Launch {
+            grid: (s.c_in.div_ceil(32) as u32, s.c_out as u32, 1),
+            block: (256, 1, 1),
+            smem: 0,
+        };
+        let args = Args::new()
+            .ptr_at(scratch, at)
+            .ptr(dw.dev_mut()?)
+            .i32(int(s.c_in, "conv c_in")?)
+            .i32(int(s.kh * s.kw, "conv taps")?)
+            .i32(int(splits, "conv weight splits")?)
+            .work(Work::traffic(
+                traffic,
+                format!("{splits} x {}x{}", s.c_out, len / s.c_out.max(1)),
+            ));
+        // SAFETY: arguments match conv2d_bwd_weight_reduce_krsc_f32(partial, dw, c_in, taps,
+        // splits) with gridDim.y = c_out; scratch holds splits x len floats from `at`, dw len
+        // floats (the checked weight size); taps <= 64 fits the kernel's shared run.
+        unsafe { self.launch("conv2d_bwd_weight_reduce_krsc_f32", cfg, args) }
     }
 
     /// A 1x1 forward (`op` "fwd": `input` x, `out` y) or data gradient ("bwd_data": dy, dx): one
