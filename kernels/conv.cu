@@ -19,9 +19,9 @@
 //
 // with k = (ci*kh + r)*kw + q, X the im2col matrix (x at row oy*stride - pad_top + r, column
 // ox*stride - pad_left + q, zero outside) and dY its adjoint: dy[img, co, oy, ox] where
-// iy = oy*stride - pad_top + r (exactly divisible), zero otherwise. The data gradient therefore
-// multiplies zeros for stride > 1 (3 of 4 taps at stride 2); a stride-phase split is the fix once
-// it is measured. The weight gradient's K is the whole batch's output positions while its output
+// iy = oy*stride - pad_top + r (exactly divisible), zero otherwise. The data gradient here therefore
+// multiplies zeros for stride > 1 (3 of 4 taps at stride 2); the bf16 channels-last path splits
+// it by stride phases instead (below). The weight gradient's K is the whole batch's output positions while its output
 // is small, so it splits K over gridDim.z into partial sums that a second kernel adds in order
 // (no atomics: the same result every run).
 //
@@ -468,10 +468,10 @@ extern "C" __global__ void __launch_bounds__(128)
 // names, so that the plan and the counters tell the passes apart.
 // Needs c_in % 8 == 0 (c_out % 8 == 0 for the data gradient) and kh, kw <= 8 (ConvGather);
 // conv.rs sends every other shape to the kernels above.
-template <int BM, int WN>
+template <int BM, int WN, bool PHASED = false>
 __device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf16_t* y, int c_in, int h, int w,
                                           int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh,
-                                          int ow) {
+                                          int ow, const tc::PhaseMap& map = tc::PhaseMap{}) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
     constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32;
     const int pixels = oh * ow, k = kh * kw * c_in;
@@ -483,8 +483,10 @@ __device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf1
                 ow);
     float acc[4][WN / 8][4];
     tc::mainloop<true, true, BM, BN, 64, WN, 3>(a_load, b_load, (k + tc::BK - 1) / tc::BK, acc, tc_smem);
-    tc::epilogue<BM, BN, 64, WN, 3, bf16_t>(tc_smem, acc, y + (long long)blockIdx.z * c_out * pixels, bm, bn, c_out,
-                                            pixels, 1.0f, 0.0f);
+    // One image's output: its c_out x pixels, or its c_out planes of the map the phase is of.
+    const long long image = PHASED ? (long long)c_out * map.plane : (long long)c_out * pixels;
+    tc::epilogue<BM, BN, 64, WN, 3, bf16_t, PHASED>(tc_smem, acc, y + blockIdx.z * image, bm, bn, c_out, pixels, 1.0f,
+                                                    0.0f, map);
 }
 
 #define NHWC_PARAMS                                                                                           \
@@ -516,6 +518,45 @@ extern "C" __global__ void __launch_bounds__(128)
     conv2d_nhwc_bwd_data_m64_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_flipped,
                                   bf16_t* __restrict__ dx, NHWC_PARAMS) {
     conv_nhwc<64, 32>(dy_nhwc, w_flipped, dx, NHWC_ARGS);
+}
+
+// The data gradient at stride S > 1 by stride phases, with no multiplication by zero: the input
+// pixels (iy, ix) with iy % S = py and ix % S = px receive dy only through the taps r = rho + S j
+// (rho = (py + pad_top) % S) and s = sigma + S k, from output pixel (a + e - j, ...) where a =
+// iy / S. Each phase is thus the stride-1 forward of dy with the flipped sub-kernel of those taps,
+// written straight into dx's pixels of the phase (conv2d_nhwc_bwd_data_phase_*: the forward's code
+// with PhaseMap's epilogue); conv.rs zeroes dx first when some phase has no tap.
+// conv2d_phase_weight_bf16 gathers a phase's sub-kernel from the flipped KRSC weight (as the
+// stride-1 data gradient's, c_in x kh x kw x c_out): rows (ci, r0 + S j', s0 + S k'), 16 bytes a
+// thread (c_out % 8 == 0).
+extern "C" __global__ void conv2d_phase_weight_bf16(const bf16_t* __restrict__ w_flipped, bf16_t* __restrict__ dst,
+                                                    int c_in, int c_out, int kh, int kw, int stride, int r0, int s0,
+                                                    int jr, int js) {
+    const int chunks = c_out / 8, taps = jr * js;
+    GRID_STRIDE(i, (size_t)c_in * taps * chunks) {
+        const int row = (int)(i / chunks), chunk = (int)(i - (size_t)row * chunks), ci = row / taps,
+                  t = row - ci * taps, j = t / js, k = t - j * js;
+        const size_t src = ((size_t)ci * kh * kw + (size_t)(r0 + stride * j) * kw + s0 + stride * k) * c_out;
+        st_global_v4(dst + (size_t)row * c_out + chunk * 8, ld_global_v4(w_flipped + src + chunk * 8));
+    }
+}
+
+// The shape arguments as the stride-1 forward of dy for one phase (oh, ow: the phase's grid),
+// then dx's map (h, w), the layer's stride and the phase.
+#define PHASE_PARAMS NHWC_PARAMS, int dx_h, int dx_w, int dx_stride, int py, int px
+#define PHASE_MAP                                                                                   \
+    tc::PhaseMap { ow, dx_w, dx_stride, py * dx_w + px, dx_h * dx_w }
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_nhwc_bwd_data_phase_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_phase,
+                                    bf16_t* __restrict__ dx, PHASE_PARAMS) {
+    conv_nhwc<128, 64, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, PHASE_MAP);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_nhwc_bwd_data_phase_m64_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_phase,
+                                        bf16_t* __restrict__ dx, PHASE_PARAMS) {
+    conv_nhwc<64, 32, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, PHASE_MAP);
 }
 
 // The weight gradient over channels-last x and dy (both transposed by conv.rs), split over the

@@ -19,7 +19,8 @@
 //                             fragments double-buffered in registers, 64 x WN warp tiles; the
 //                             loaders are template arguments
 //   epilogue (store_rows)     accumulators staged through shared memory, written back with
-//                             16-byte coalesced stores (alpha, beta in f32)
+//                             16-byte coalesced stores (alpha, beta in f32), or element by
+//                             element into one stride phase of a larger map (PhaseMap)
 //   tc_gemm                   two TileLoaders, the mainloop and the epilogue: a plain GEMM
 //
 // C = alpha op(A) op(B) + beta C with op(A) m x k, op(B) k x n, bf16 inputs, f32 accumulation;
@@ -382,12 +383,25 @@ __device__ __forceinline__ uint4 add_scaled(uint4 v, uint4 old, float beta) {
     return v;
 }
 
+// Where column `col` of C's rows goes when C is one stride phase of a larger map (a data
+// gradient by stride phases, conv.cu): the phase's grid is `wa` columns wide, its pixel (a, b) is
+// the map's (a stride + py, b stride + px), and a row of C is a `plane` of the map. Unused
+// (PHASED false) for every other product, whose rows are C's own n columns.
+struct PhaseMap {
+    int wa, w, stride, first, plane;  // first = py w + px
+
+    __device__ __forceinline__ long long at(int row, int col) const {
+        const int a = col / wa, b = col - a * wa;
+        return (long long)row * plane + (long long)a * stride * w + b * stride + first;
+    }
+};
+
 // The epilogue: the warps whose rows lie in [r0, r0 + rows) write their accumulators (times alpha,
 // rounded to TC) to shared memory, then the block writes those rows to C.
-template <int BM, int BN, int WM, int WN, int THREADS, typename TC>
+template <int BM, int BN, int WM, int WN, int THREADS, typename TC, bool PHASED = false>
 __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4], int wm,
                                            int wn, int r0, int rows, TC* __restrict__ c, int bm, int bn, int m, int n,
-                                           float alpha, float beta) {
+                                           float alpha, float beta, const PhaseMap& map = PhaseMap{}) {
     constexpr int ROW_BYTES = BN * (int)sizeof(TC) + (sizeof(TC) == 4 ? 32 : 16);
     constexpr int PER_CHUNK = 16 / (int)sizeof(TC);
     constexpr int ROW_CHUNKS = BN / PER_CHUNK;
@@ -415,7 +429,7 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
                 }
     }
     __syncthreads();
-    if (n % PER_CHUNK == 0) {
+    if (!PHASED && n % PER_CHUNK == 0) {
         // Every row of C starts 16-byte aligned: 16 bytes a thread, consecutive threads along a row.
         for (int idx = threadIdx.x; idx < rows * ROW_CHUNKS; idx += THREADS) {
             const int r = idx / ROW_CHUNKS, ch = idx % ROW_CHUNKS;
@@ -427,13 +441,13 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
             st_global_v4(to, v);
         }
     } else {
-        // Rows that do not start 16-byte aligned (n not a multiple of the chunk): one element a
-        // thread, still consecutive threads along a row.
+        // Rows that do not start 16-byte aligned (n not a multiple of the chunk), or a stride
+        // phase's pixels: one element a thread, still consecutive threads along a row.
         for (int idx = threadIdx.x; idx < rows * BN; idx += THREADS) {
             const int r = idx / BN, e = idx % BN;
             const int row = bm + r0 + r, col = bn + e;
             if (row >= m || col >= n) continue;
-            TC* to = c + (long long)row * n + col;
+            TC* to = c + (PHASED ? map.at(row, col) : (long long)row * n + col);
             float v = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + e * (int)sizeof(TC)));
             if (beta != 0.0f) v = fmaf(beta, load(*to), v);
             *to = store<TC>(v);
@@ -519,9 +533,10 @@ __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles
 
 // The epilogue of a block tile (bm, bn) of the m x n row-major C: in passes of as many warp rows
 // as the pipeline's memory stages.
-template <int BM, int BN, int WM, int WN, int STAGES, typename TC>
+template <int BM, int BN, int WM, int WN, int STAGES, typename TC, bool PHASED = false>
 __device__ __forceinline__ void epilogue(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4],
-                                         TC* __restrict__ C, int bm, int bn, int m, int n, float alpha, float beta) {
+                                         TC* __restrict__ C, int bm, int bn, int m, int n, float alpha, float beta,
+                                         const PhaseMap& map = PhaseMap{}) {
     constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
     const int warp = threadIdx.x / 32;
     const int wm = (warp / (BN / WN)) * WM, wn = (warp % (BN / WN)) * WN;
@@ -529,7 +544,8 @@ __device__ __forceinline__ void epilogue(unsigned char* smem, const float (&acc)
     static_assert(PASS_ROWS >= WM && BM % PASS_ROWS == 0, "the epilogue stages whole warp rows");
 #pragma unroll
     for (int r0 = 0; r0 < BM; r0 += PASS_ROWS)
-        store_rows<BM, BN, WM, WN, THREADS, TC>(smem, acc, wm, wn, r0, PASS_ROWS, C, bm, bn, m, n, alpha, beta);
+        store_rows<BM, BN, WM, WN, THREADS, TC, PHASED>(smem, acc, wm, wn, r0, PASS_ROWS, C, bm, bn, m, n, alpha,
+                                                        beta, map);
 }
 
 // The whole product for one block tile BM x BN; (BM / WM) x (BN / WN) warps. SEGMENTED: the

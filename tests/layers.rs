@@ -432,11 +432,18 @@ const CONV_SIZES: &[ConvCase] = &[
     (5, 16, 4, 4, 16, 3, 1, Padding::Sym(1), 1),
     (40, 8, 3, 3, 24, 3, 2, Padding::Sym(0), 1),
     (3, 16, 15, 13, 24, 3, 1, Padding::Sym(1), 1),
+    // The data gradient by stride phases (stride > 1, c_out % 8 == 0; the cases above at stride
+    // 2 too): stride 3 with a 3x3 (one tap a phase along each axis) and stride 4 with a 2x2,
+    // whose phases 2 and 3 along each axis have no tap (zeros); a stride-2 3x3 onto 72 input
+    // channels (the 128-row product, partial).
+    (2, 8, 10, 9, 16, 3, 3, Padding::Sym(1), 1),
+    (2, 72, 9, 9, 16, 3, 2, Padding::Sym(1), 1),
+    (1, 16, 9, 11, 8, 2, 4, Padding::Sym(1), 1),
 ];
 
 /// The kernels `kernel_conv_matches_cpu` runs, by name: the implicit GEMMs and the depthwise
 /// kernels, each in f32 and bf16, and bf16's pipelined kernels.
-const CONV_KERNELS: [&str; 26] = [
+const CONV_KERNELS: [&str; 29] = [
     "conv2d_fwd_f32",
     "conv2d_bwd_data_f32",
     "conv2d_bwd_weight_f32",
@@ -463,6 +470,9 @@ const CONV_KERNELS: [&str; 26] = [
     "conv2d_nhwc_bwd_weight_bf16",
     "conv2d_nhwc_bwd_weight_m64_bf16",
     "conv2d_bwd_weight_reduce_krsc_f32",
+    "conv2d_phase_weight_bf16",
+    "conv2d_nhwc_bwd_data_phase_bf16",
+    "conv2d_nhwc_bwd_data_phase_m64_bf16",
 ];
 
 /// f32 (SIMT) and bf16 (tensor cores; activations and weights bf16, the weight gradient f32).

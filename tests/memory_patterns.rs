@@ -109,10 +109,11 @@ fn conv_bf16_element_gather_where_it_still_runs() {
     let dev = CudaBackend::emu();
     let be: &dyn Backend = &dev;
     // What keeps the element gather since the channels-last kernels: ResNet's stem on a 32 x 32
-    // image, forward and weight gradient (3 input channels are no 16-byte run), and the data
-    // gradient of a stride-2 3x3 (64 -> 64, 16 x 16, padding 1), batch 2.
+    // image, forward and weight gradient (3 input channels are no 16-byte run), and a data
+    // gradient whose layer has 12 input channels (a stride-2 3x3, 12 -> 64, 16 x 16, padding 1;
+    // no ResNet layer), batch 2.
     let stem = Conv::new(2, 3, 32, 32, 64, 7, 2, Padding::Sym(3), 1).unwrap();
-    let down = Conv::new(2, 64, 16, 16, 64, 3, 2, Padding::Sym(1), 1).unwrap();
+    let down = Conv::new(2, 12, 16, 16, 64, 3, 2, Padding::Sym(1), 1).unwrap();
     let bufs = |s: &Conv, seed| {
         let (lx, lw, ly) = s.sizes();
         (
@@ -132,7 +133,7 @@ fn conv_bf16_element_gather_where_it_still_runs() {
     });
     r.unwrap();
     show(
-        "conv bf16: the stem's forward and weight gradient (2 x 3 x 32 x 32 -> 64, 7x7, stride 2) and a stride-2 3x3's data gradient (2 x 64 x 16 x 16 -> 64):",
+        "conv bf16: the stem's forward and weight gradient (2 x 3 x 32 x 32 -> 64, 7x7, stride 2) and a stride-2 3x3's data gradient (2 x 12 x 16 x 16 -> 64):",
         &stats,
     );
     // Forward: M = 64 channels, N = 2 * 16 * 16 = 512 output pixels, K = 3 * 49 = 147.
@@ -396,6 +397,58 @@ fn conv_nhwc_weight_gradient_copies_whole_sectors_without_bank_conflicts() {
     // tap read, dw's runs of 32 channels x 9 taps read and written whole, no bank conflict.
     for row in rows(&stats, "conv2d_bwd_weight_reduce_krsc_f32") {
         assert_eq!(row.transactions, row.ideal, "{row:?}");
+    }
+}
+
+#[test]
+fn conv_stride_2_data_gradient_by_phases_multiplies_no_zeros() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    // ResNet's downsampling 3x3 at a small size: 2 x 64 x 16 x 16 -> 128, stride 2, padding 1.
+    // Phase (0, 0) of dx takes tap (1, 1) only, (0, 1) and (1, 0) two taps, (1, 1) four: 9 in
+    // all, each (input pixel, tap) pair once, as many multiply-adds as the forward.
+    let s = Conv::new(2, 64, 16, 16, 128, 3, 2, Padding::Sym(1), 1).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let w = upload(be, lw, DType::BF16, 18);
+    let dy = upload(be, ly, DType::BF16, 19);
+    let mut dx = be.zeros(DType::BF16, lx).unwrap();
+    let (r, stats) = count_memory(|| be.conv2d_bwd_data(&dy, &w, &mut dx, s));
+    r.unwrap();
+    show(
+        "conv bf16 data gradient by stride phases, 2 x 64 x 16 x 16 -> 128, 3x3, stride 2, padding 1:",
+        &stats,
+    );
+    let product = "conv2d_nhwc_bwd_data_phase_m64_bf16";
+    assert!(
+        stats.iter().all(
+            |r| [product, "conv2d_to_nhwc_bf16", "conv2d_phase_weight_bf16"]
+                .contains(&r.kernel.as_str())
+        ),
+        "no element gather, no pass over dx but the products' own stores"
+    );
+    // Each phase: M = 64 channels (one 64-row tile), N = its 8 x 8 grid (one 128-column tile,
+    // half used), K = its taps x 128; the tiles' padding aside, 9 taps in all against the
+    // element gather's 4 x 9 (every input pixel times every tap).
+    let mma = total(&stats, product, |s| s.space == MemSpace::TensorCore).0;
+    let per_tap = 2 * 64 * 128 * 128 / (16 * 8 * 16); // images x rows x padded columns x k
+    assert_eq!(mma, (9 * per_tap) as u64);
+    // The gather and the fragments as the forward's (1.0x); the stores of a phase's pixels, 2
+    // apart in dx's rows, 2 bytes a thread: twice the ideal sectors (a defect while dx is NCHW).
+    for row in rows(&stats, product) {
+        if row.space == MemSpace::Global && row.op == "st" {
+            assert_eq!(row.width, 2, "{row:?}");
+            assert!(row.transactions <= 2 * row.ideal, "{row:?}");
+        } else {
+            assert_eq!(row.transactions, row.ideal, "{row:?}");
+        }
+    }
+    for row in rows(&stats, "conv2d_phase_weight_bf16") {
+        assert_eq!(row.transactions, row.ideal, "{row:?}");
+        assert_eq!(row.width, 16, "{row:?}");
     }
 }
 

@@ -2,7 +2,7 @@
 //! convolutions with their own kernels. Other groupings have no kernel and are an error.
 
 use super::device::{Args, DevMem, Launch};
-use super::work::Work;
+use super::work::{conv_shape, Work};
 use super::{int, CudaBackend};
 use crate::backend::{Buf, Checked, Conv, ConvOps, DType, Op};
 use anyhow::{bail, Result};
@@ -26,8 +26,9 @@ enum Path {
     /// Any other dense bf16 convolution whose input channels come in 16-byte runs (c_in % 8 ==
     /// 0) and whose kernel is at most 8 x 8: NCHW -> NHWC transposes into scratch, then an
     /// implicit GEMM over channels-last activations on the same mainloop (`conv2d_nhwc_*`). The
-    /// data gradient takes it at stride 1 with c_out % 8 == 0, the weight gradient with c_out %
-    /// 8 == 0; the other passes keep the element gather (`conv2d_bwd_*_bf16`).
+    /// data gradient takes it with c_out % 8 == 0 (at a stride over 1 by stride phases, up to
+    /// 8), the weight gradient with c_out % 8 == 0; the other passes keep the element gather
+    /// (`conv2d_bwd_*_bf16`).
     Nhwc,
     Depthwise,
 }
@@ -182,6 +183,9 @@ impl ConvOps for CudaBackend {
             Path::OneByOne => return self.conv1x1(dy, w, dx, &s, "bwd_data"),
             Path::Nhwc if s.stride == 1 && s.c_out % 8 == 0 => {
                 return self.conv_nhwc(dy, w, dx, &s, "bwd_data")
+            }
+            Path::Nhwc if s.c_out % 8 == 0 && s.stride <= 8 => {
+                return self.conv_nhwc_bwd_data_phases(dy, w, dx, &s)
             }
             Path::Gemm | Path::Nhwc => (
                 Op::Conv2dBwdData.kernel(dy.dtype()),
@@ -389,6 +393,126 @@ impl CudaBackend {
             // 0 and kh, kw <= 8, shape_args every size against int.
             unsafe { self.launch(&kernel, cfg, args) }
         })
+    }
+
+    /// The data gradient at stride S > 1 by stride phases (kernels/conv.cu): dy and the flipped
+    /// weight transposed into scratch, then per phase (py, px) of dx's pixels that some tap
+    /// reaches its sub-kernel gathered (`conv2d_phase_weight_bf16`) and the stride-1 forward of
+    /// dy with it written into those pixels (`conv2d_nhwc_bwd_data_phase[_m64]_bf16`); dx is
+    /// zeroed first when some phase has pixels but no tap (a 1x1 at stride 2). The products'
+    /// multiply-adds add up to the forward's: none multiplies a zero of the stride.
+    fn conv_nhwc_bwd_data_phases(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: &Conv) -> Result<()> {
+        shape_args(Args::new(), s)?; // every size the kernels index fits an int
+        let st = s.stride;
+        let (_, ew, ey) = s.sizes();
+        let taps = s.kh * s.kw;
+        // Along one axis, for phase p: the sub-kernel's first tap in the flipped weight, its tap
+        // count, and the padding of the stride-1 product over dy.
+        let axis = |p: usize, pad: usize, k: usize| -> (usize, usize, i64) {
+            let rho = (p + pad) % st;
+            let count = if rho < k { (k - rho).div_ceil(st) } else { 0 };
+            let first = if count > 0 {
+                k - 1 - rho - st * (count - 1)
+            } else {
+                0
+            };
+            let ahead = ((p + pad - rho) / st) as i64;
+            (first, count, count as i64 - 1 - ahead)
+        };
+        let grid = |p: usize, len: usize| if len > p { (len - p).div_ceil(st) } else { 0 };
+        let phases: Vec<_> = (0..st * st)
+            .map(|i| (i / st, i % st))
+            .filter(|&(py, px)| grid(py, s.h) * grid(px, s.w) > 0)
+            .map(|(py, px)| {
+                let (r0, jr, pad_top) = axis(py, s.pad_top, s.kh);
+                let (s0, js, pad_left) = axis(px, s.pad_left, s.kw);
+                ((py, px), (r0, s0), (jr, js), (pad_top, pad_left))
+            })
+            .collect();
+        if phases.iter().any(|&(_, _, (jr, js), _)| jr * js == 0) {
+            crate::backend::Backend::zero(self, dx)?;
+        }
+        let wf_at = (ey * 2).next_multiple_of(256);
+        let wp_at = wf_at + (ew * 2).next_multiple_of(256);
+        self.with_scratch(wp_at + ew * 2, |scratch| {
+            self.to_nhwc(dy.dev()?, scratch, 0, s.n, s.c_out, s.oh * s.ow, 1)?;
+            self.to_nhwc(w.dev()?, scratch, wf_at, 1, s.c_out, s.c_in * taps, taps)?;
+            for &((py, px), first, (jr, js), (pad_top, pad_left)) in &phases {
+                if jr * js == 0 {
+                    continue;
+                }
+                let (ha, wa) = (grid(py, s.h), grid(px, s.w));
+                self.phase_weight(scratch, wf_at, wp_at, s, first, (jr, js))?;
+                let (kernel, cfg) =
+                    pipelined_launch("nhwc", "bwd_data_phase", s.c_in, ha * wa, s.n);
+                let macs = s.n * ha * wa * s.c_in * jr * js * s.c_out;
+                let bytes = s.n * s.c_out * s.oh * s.ow
+                    + s.c_in * jr * js * s.c_out
+                    + s.n * s.c_in * ha * wa;
+                let work = Work {
+                    flops: 2.0 * macs as f64,
+                    bytes: (bytes * 2) as f64,
+                    unit: Work::unit_of(DType::BF16),
+                    shape: format!("{} phase {py},{px}", conv_shape(s)),
+                };
+                let args = [s.c_out, s.oh, s.ow, s.c_in, jr, js, 1]
+                    .iter()
+                    .map(|&v| v as i64)
+                    .chain([pad_top, pad_left, ha as i64, wa as i64])
+                    .chain([s.h, s.w, st, py, px].map(|v| v as i64))
+                    .fold(
+                        Args::new()
+                            .ptr_at(scratch, 0)
+                            .ptr_at(scratch, wp_at)
+                            .ptr(dx.dev_mut()?),
+                        |a, v| a.i32(v as i32),
+                    )
+                    .work(work);
+                // SAFETY: arguments match conv2d_nhwc_bwd_data_phase[_m64]_bf16(dy_nhwc, w, dx,
+                // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow, dx_h, dx_w,
+                // dx_stride, py, px) for the phase's stride-1 product over dy (c_out channels, oh
+                // x ow) with a jr x js sub-kernel (<= the layer's <= 8 x 8) onto its ha x wa
+                // pixels of dx (n x c_in x h x w, checked); c_out % 8 == 0 (the caller),
+                // shape_args every size.
+                unsafe { self.launch(&kernel, cfg, args)? };
+            }
+            Ok(())
+        })
+    }
+
+    /// One stride phase's sub-kernel (`conv2d_phase_weight_bf16`): rows (ci, first + stride j,
+    /// ...) of the flipped KRSC weight at `from`, written at `to` as c_in x jr x js x c_out.
+    fn phase_weight(
+        &self,
+        scratch: &DevMem,
+        from: usize,
+        to: usize,
+        s: &Conv,
+        (r0, s0): (usize, usize),
+        (jr, js): (usize, usize),
+    ) -> Result<()> {
+        let elems = s.c_in * jr * js * s.c_out;
+        let args = [s.c_in, s.c_out, s.kh, s.kw, s.stride, r0, s0, jr, js]
+            .iter()
+            .fold(
+                Args::new().ptr_at(scratch, from).ptr_at(scratch, to),
+                |a, &v| a.i32(v as i32),
+            )
+            .work(Work::traffic(
+                2 * elems * 2,
+                format!("{}x{}x{}x{}", s.c_in, jr, js, s.c_out),
+            ));
+        // SAFETY: arguments match conv2d_phase_weight_bf16(w_flipped, dst, c_in, c_out, kh, kw,
+        // stride, r0, s0, jr, js); scratch holds the flipped weight (c_in x kh x kw x c_out) at
+        // `from` and room for the sub-kernel at `to`; the taps r0 + stride (jr - 1) < kh and
+        // s0 + stride (js - 1) < kw (conv_nhwc_bwd_data_phases), c_out % 8 == 0.
+        unsafe {
+            self.launch(
+                "conv2d_phase_weight_bf16",
+                Launch::grid_stride(elems / 8),
+                args,
+            )
+        }
     }
 
     /// The weight gradient as a channels-last product (`conv2d_nhwc_bwd_weight[_m64]_bf16`): x
