@@ -34,6 +34,13 @@ fn total(stats: &[MemStat], kernel: &str, pick: impl Fn(&MemStat) -> bool) -> (u
         })
 }
 
+/// Every row of `stats` is one of `kernels`' (`what` says why, when one is not).
+fn only(stats: &[MemStat], kernels: &[&str], what: &str) {
+    for r in stats {
+        assert!(kernels.contains(&r.kernel.as_str()), "{what}: {}", r.kernel);
+    }
+}
+
 fn show(what: &str, stats: &[MemStat]) {
     log(&format!("{what}\n{}", memstats_table(stats)));
 }
@@ -265,11 +272,10 @@ fn conv_nhwc_bf16_runs_on_the_pipelined_mainloop() {
         "conv bf16 NHWC forward, 2 x 64 x 8 x 66 -> 128, 3x3, no padding:",
         &stats,
     );
-    assert!(
-        stats
-            .iter()
-            .all(|r| r.kernel == "conv2d_nhwc_fwd_bf16" || r.kernel == "conv2d_to_nhwc_bf16"),
-        "only the transposes and the implicit GEMM run"
+    only(
+        &stats,
+        &["conv2d_nhwc_fwd_bf16", "conv2d_to_nhwc_bf16"],
+        "only the transposes and the implicit GEMM run",
     );
     let kernel = "conv2d_nhwc_fwd_bf16";
     let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
@@ -365,14 +371,14 @@ fn conv_nhwc_weight_gradient_copies_whole_sectors_without_bank_conflicts() {
         &stats,
     );
     let kernel = "conv2d_nhwc_bwd_weight_bf16";
-    assert!(
-        stats.iter().all(|r| [
+    only(
+        &stats,
+        &[
             kernel,
             "conv2d_to_nhwc_bf16",
-            "conv2d_bwd_weight_reduce_krsc_f32"
-        ]
-        .contains(&r.kernel.as_str())),
-        "the transposes, the product and the reduction only"
+            "conv2d_bwd_weight_reduce_krsc_f32",
+        ],
+        "the transposes, the product and the reduction only",
     );
     let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
     // Five 128-column tiles (640 columns, 576 of them taps) over the batch's 768 pixels,
@@ -423,12 +429,10 @@ fn conv_stride_2_data_gradient_by_phases_multiplies_no_zeros() {
         &stats,
     );
     let product = "conv2d_nhwc_bwd_data_phase_m64_bf16";
-    assert!(
-        stats.iter().all(
-            |r| [product, "conv2d_to_nhwc_bf16", "conv2d_phase_weight_bf16"]
-                .contains(&r.kernel.as_str())
-        ),
-        "no element gather, no pass over dx but the products' own stores"
+    only(
+        &stats,
+        &[product, "conv2d_to_nhwc_bf16", "conv2d_phase_weight_bf16"],
+        "no element gather, no pass over dx but the products' own stores",
     );
     // Each phase: M = 64 channels (one 64-row tile), N = its 8 x 8 grid (one 128-column tile,
     // half used), K = its taps x 128; the tiles' padding aside, 9 taps in all against the

@@ -576,6 +576,9 @@ impl CudaBackend {
     ) -> Result<()> {
         let len = s.c_out * s.c_in * s.kh * s.kw;
         let traffic = (splits + 2) * len * std::mem::size_of::<f32>();
+        if s.c_out > 65535 {
+            bail!("conv: {} output channels are more than the weight gradient's reduction grid takes (65535)", s.c_out);
+        }
         let cfg = Launch {
             grid: (s.c_in.div_ceil(32) as u32, s.c_out as u32, 1),
             block: (256, 1, 1),
