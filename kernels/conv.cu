@@ -19,11 +19,11 @@
 //
 // with k = (ci*kh + r)*kw + q, X the im2col matrix (x at row oy*stride - pad_top + r, column
 // ox*stride - pad_left + q, zero outside) and dY its adjoint: dy[img, co, oy, ox] where
-// iy = oy*stride - pad_top + r (exactly divisible), zero otherwise. The data gradient here therefore
-// multiplies zeros for stride > 1 (3 of 4 taps at stride 2); the bf16 channels-last path splits
-// it by stride phases instead (below). The weight gradient's K is the whole batch's output positions while its output
-// is small, so it splits K over gridDim.z into partial sums that a second kernel adds in order
-// (no atomics: the same result every run).
+// iy = oy*stride - pad_top + r (exactly divisible), zero otherwise. The data gradient here
+// therefore multiplies zeros for stride > 1 (3 of 4 taps at stride 2); the bf16 channels-last
+// path splits it by stride phases instead (below). The weight gradient's K is the whole batch's
+// output positions while its output is small, so it splits K over gridDim.z into partial sums
+// that a second kernel adds in order (no atomics: the same result every run).
 //
 // f32: a SIMT GEMM, a 64 x 64 tile per block of 256 threads, 4 x 4 accumulators per thread, K
 // staged 16 at a time through shared memory, as gemm.cu's small tile. bf16: tensor cores, as
