@@ -69,11 +69,12 @@ fn shape_args(args: Args, s: &Conv) -> Result<Args> {
     int(s.n * s.oh * s.ow + TILE, "conv output positions")?;
     int(s.n * s.h * s.w + TILE, "conv input positions")?;
     int(s.c_in.max(s.c_out) * s.kh * s.kw + TILE, "conv taps")?;
-    Ok([
-        s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad_top, s.pad_left, s.oh, s.ow,
-    ]
-    .iter()
-    .fold(args, |a, &v| a.i32(v as i32)))
+    Ok(args.i32s(
+        [
+            s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad_top, s.pad_left, s.oh, s.ow,
+        ]
+        .map(|v| v as i64),
+    ))
 }
 
 /// The 1x1 kernels' tiles: 128 x 128 (four 64 x 64 warps; eight 64 x 32 for the weight
@@ -373,18 +374,12 @@ impl CudaBackend {
             } else {
                 self.to_nhwc(w.dev()?, scratch, w_at, 1, s.c_out, s.c_in * taps, taps)?;
             }
-            let args = [c, h, wd, m]
-                .iter()
-                .map(|&v| v as i64)
-                .chain([s.kh as i64, s.kw as i64, stride, pad_top, pad_left])
-                .chain([oh as i64, ow as i64])
-                .fold(
-                    Args::new()
-                        .ptr_at(scratch, 0)
-                        .ptr_at(scratch, w_at)
-                        .ptr(out.dev_mut()?),
-                    |a, v| a.i32(v as i32),
-                )
+            let args = Args::new()
+                .ptr_at(scratch, 0)
+                .ptr_at(scratch, w_at)
+                .ptr(out.dev_mut()?)
+                .i32s([c, h, wd, m, s.kh, s.kw].map(|v| v as i64))
+                .i32s([stride, pad_top, pad_left, oh as i64, ow as i64])
                 .work(Work::conv(s, input.dtype(), (ex + ew + ey) * 2));
             // SAFETY: arguments match conv2d_nhwc_{fwd,bwd_data}[_m64]_bf16(in_nhwc, w, out,
             // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow) for the product as the
@@ -455,18 +450,13 @@ impl CudaBackend {
                     unit: Work::unit_of(DType::BF16),
                     shape: format!("{} phase {py},{px}", conv_shape(s)),
                 };
-                let args = [s.c_out, s.oh, s.ow, s.c_in, jr, js, 1]
-                    .iter()
-                    .map(|&v| v as i64)
-                    .chain([pad_top, pad_left, ha as i64, wa as i64])
-                    .chain([s.h, s.w, st, py, px].map(|v| v as i64))
-                    .fold(
-                        Args::new()
-                            .ptr_at(scratch, 0)
-                            .ptr_at(scratch, wp_at)
-                            .ptr(dx.dev_mut()?),
-                        |a, v| a.i32(v as i32),
-                    )
+                let args = Args::new()
+                    .ptr_at(scratch, 0)
+                    .ptr_at(scratch, wp_at)
+                    .ptr(dx.dev_mut()?)
+                    .i32s([s.c_out, s.oh, s.ow, s.c_in, jr, js, 1].map(|v| v as i64))
+                    .i32s([pad_top, pad_left, ha as i64, wa as i64])
+                    .i32s([s.h, s.w, st, py, px].map(|v| v as i64))
                     .work(work);
                 // SAFETY: arguments match conv2d_nhwc_bwd_data_phase[_m64]_bf16(dy_nhwc, w, dx,
                 // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow, dx_h, dx_w,
@@ -492,12 +482,10 @@ impl CudaBackend {
         (jr, js): (usize, usize),
     ) -> Result<()> {
         let elems = s.c_in * jr * js * s.c_out;
-        let args = [s.c_in, s.c_out, s.kh, s.kw, s.stride, r0, s0, jr, js]
-            .iter()
-            .fold(
-                Args::new().ptr_at(scratch, from).ptr_at(scratch, to),
-                |a, &v| a.i32(v as i32),
-            )
+        let args = Args::new()
+            .ptr_at(scratch, from)
+            .ptr_at(scratch, to)
+            .i32s([s.c_in, s.c_out, s.kh, s.kw, s.stride, r0, s0, jr, js].map(|v| v as i64))
             .work(Work::traffic(
                 2 * elems * 2,
                 format!("{}x{}x{}x{}", s.c_in, jr, js, s.c_out),
@@ -542,17 +530,13 @@ impl CudaBackend {
         self.with_scratch(partial_at + partial_bytes, |scratch| {
             self.to_nhwc(x.dev()?, scratch, 0, s.n, s.c_in, s.h * s.w, 1)?;
             self.to_nhwc(dy.dev()?, scratch, dy_at, s.n, s.c_out, s.oh * s.ow, 1)?;
-            let args = [per, s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride]
-                .iter()
-                .chain(&[s.pad_top, s.pad_left, s.oh, s.ow])
-                .fold(
-                    Args::new()
-                        .ptr_at(scratch, 0)
-                        .ptr_at(scratch, dy_at)
-                        .ptr_at(scratch, partial_at),
-                    |a, &v| a.i32(v as i32),
-                )
-                .work(Work::conv(s, x.dtype(), (ex + ey) * 2 + partial_bytes));
+            let args = Args::new()
+                .ptr_at(scratch, 0)
+                .ptr_at(scratch, dy_at)
+                .ptr_at(scratch, partial_at)
+                .i32(per as i32);
+            let args =
+                shape_args(args, s)?.work(Work::conv(s, x.dtype(), (ex + ey) * 2 + partial_bytes));
             // SAFETY: arguments match conv2d_nhwc_bwd_weight[_m64]_bf16(x_nhwc, dy_nhwc, partial,
             // per, n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow); scratch holds
             // the NHWC input and output gradient and splits x c_out x K floats at partial_at;

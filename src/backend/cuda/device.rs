@@ -286,6 +286,11 @@ impl Args {
         self.push(v as u32 as u64, 4)
     }
 
+    /// Each of `values` as an `int` argument, in order (the callers checked that they fit).
+    pub fn i32s(self, values: impl IntoIterator<Item = i64>) -> Args {
+        values.into_iter().fold(self, |a, v| a.i32(v as i32))
+    }
+
     pub fn i64(self, v: i64) -> Args {
         self.push(v as u64, 8)
     }
