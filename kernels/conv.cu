@@ -493,17 +493,17 @@ __device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf1
     int c_in, int h, int w, int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh, int ow
 #define NHWC_ARGS c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow
 
-// 128 x 128 tiles, four 64 x 64 warps; _m64: 64 x 128, four 64 x 32 warps, for c_out <= 64.
+// 128 x 128 tiles, four 64 x 64 warps; _m64: 64 x 128, two 64 x 64 warps (64 threads), for c_out <= 64.
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_nhwc_fwd_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc, bf16_t* __restrict__ y,
                          NHWC_PARAMS) {
     conv_nhwc<128, 64>(x_nhwc, w_krsc, y, NHWC_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(64)
     conv2d_nhwc_fwd_m64_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
                              bf16_t* __restrict__ y, NHWC_PARAMS) {
-    conv_nhwc<64, 32>(x_nhwc, w_krsc, y, NHWC_ARGS);
+    conv_nhwc<64, 64>(x_nhwc, w_krsc, y, NHWC_ARGS);
 }
 
 // The shape arguments as the forward of dy: c_in = the layer's c_out, (h, w) = (oh, ow), c_out =
@@ -514,10 +514,10 @@ extern "C" __global__ void __launch_bounds__(128)
     conv_nhwc<128, 64>(dy_nhwc, w_flipped, dx, NHWC_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(64)
     conv2d_nhwc_bwd_data_m64_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_flipped,
                                   bf16_t* __restrict__ dx, NHWC_PARAMS) {
-    conv_nhwc<64, 32>(dy_nhwc, w_flipped, dx, NHWC_ARGS);
+    conv_nhwc<64, 64>(dy_nhwc, w_flipped, dx, NHWC_ARGS);
 }
 
 // The data gradient at stride S > 1 by stride phases, with no multiplication by zero: the input
@@ -553,10 +553,10 @@ extern "C" __global__ void __launch_bounds__(128)
     conv_nhwc<128, 64, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, PHASE_MAP);
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(64)
     conv2d_nhwc_bwd_data_phase_m64_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_phase,
                                         bf16_t* __restrict__ dx, PHASE_PARAMS) {
-    conv_nhwc<64, 32, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, PHASE_MAP);
+    conv_nhwc<64, 64, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, PHASE_MAP);
 }
 
 // The weight gradient over channels-last x and dy (both transposed by conv.rs), split over the

@@ -79,7 +79,6 @@ struct TileLoader {
 
     const __nv_bfloat16* src;      // this thread's first chunk of the current k tile
     const __nv_bfloat16* segment;  // ... of the current segment's first k tile
-    const __nv_bfloat16* safe;     // a valid aligned address for zero-filled copies
     long long src_step;            // elements to the next chunk's row
     long long k_step;              // elements to the next k tile
     long long seg_step;            // elements to the next segment
@@ -95,7 +94,6 @@ struct TileLoader {
     __device__ __forceinline__ void init(const __nv_bfloat16* p, int mn0, int mn, int k_, int ld, long long seg) {
         const int tid = threadIdx.x, r = tid / CHUNKS, c = tid % CHUNKS;
         k = k_;
-        safe = p;
         seg_step = seg;
         dst = swizzled<CHUNKS>(r, c);
         ok = 0;
@@ -125,7 +123,7 @@ struct TileLoader {
             // ROW_STEP is a multiple of the swizzle's period: the i-th chunk sits ROW_STEP rows
             // further in shared memory too.
             const bool in = K_CONTIGUOUS ? ((ok >> i) & 1u) && k_at < k : ok && k_at + i * ROW_STEP < k;
-            cp_async_16_zfill(tile + dst + i * ROW_STEP * CHUNKS * 8, in ? s : safe, in ? 16 : 0);
+            cp_async_16_zfill(tile + dst + i * ROW_STEP * CHUNKS * 8, s, in ? 16 : 0);
             s += src_step;
         }
         src += k_step;
@@ -153,11 +151,12 @@ struct ConvGather {
     static constexpr int ITERS = BN / ROW_STEP;
     static_assert(THREADS % CHUNKS == 0 && BN % ROW_STEP == 0, "gather shape");
     static_assert(ROW_STEP % 16 == 0, "a thread's chunks share one swizzle key");
-    static_assert(ITERS * 8 <= 32, "8 mask bits per row in one word");
+    static constexpr int WORDS = (ITERS + 3) / 4;  // 8 mask bits per row, four rows a word
 
     const __nv_bfloat16* img;  // the image's pixel (0, 0), channel 0
     int pix[ITERS];            // elements from img to each row's window corner (iy0, ix0): negative in the padding
-    unsigned int ok_r, ok_s;   // bit 8 i + r: window row iy0 + r of row i lies in the image (s: column ix0 + s)
+    unsigned int ok_r[WORDS], ok_s[WORDS];  // word i / 4, bit 8 (i % 4) + r: window row iy0 + r of row i lies
+                                            // in the image (s: column ix0 + s)
     const __nv_bfloat16* at;   // img + the chunk's offset from a window corner, (r w + s) c_in + c
     int r, s, c;               // the chunk's tap and first channel; r >= kh once past k
     int dc, ds, dr, dtap, wrap;  // one k tile's step, and the tap offset's jump when s wraps
@@ -172,7 +171,8 @@ struct ConvGather {
         img = x;
         c_in = c_in_, kh = kh_, kw = kw_;
         dst = swizzled<CHUNKS>(row, chunk);
-        ok_r = ok_s = 0;
+#pragma unroll
+        for (int q = 0; q < WORDS; ++q) ok_r[q] = ok_s[q] = 0;
 #pragma unroll
         for (int i = 0; i < ITERS; ++i) {
             const int p = p0 + row + i * ROW_STEP, oy = p / ow, ox = p - oy * ow;
@@ -180,8 +180,9 @@ struct ConvGather {
             pix[i] = 0;  // rows past the image's pixels copy nothing (their masks stay 0)
             if (p < pixels) {
                 pix[i] = (iy0 * w + ix0) * c_in;
-                for (int t = 0; t < kh; ++t) ok_r |= (unsigned)((unsigned)(iy0 + t) < (unsigned)h) << (8 * i + t);
-                for (int t = 0; t < kw; ++t) ok_s |= (unsigned)((unsigned)(ix0 + t) < (unsigned)w) << (8 * i + t);
+                const int q = i / 4, b = 8 * (i % 4);
+                for (int t = 0; t < kh; ++t) ok_r[q] |= (unsigned)((unsigned)(iy0 + t) < (unsigned)h) << (b + t);
+                for (int t = 0; t < kw; ++t) ok_s[q] |= (unsigned)((unsigned)(ix0 + t) < (unsigned)w) << (b + t);
             }
         }
         const int t0 = chunk * 8 / c_in;
@@ -194,14 +195,17 @@ struct ConvGather {
     }
 
     __device__ __forceinline__ void load(__nv_bfloat16* tile) {
-        // Shifting the masks by the tap lines row i's bit up at 8 i. While r < kh <= 8 the bit
-        // is row i's own; past k (r >= kh) nothing is copied.
+        // Shifting the masks by the tap lines row i's bit up at 8 (i % 4). While r < kh <= 8 the
+        // bit is row i's own; past k (r >= kh) nothing is copied.
         // A zero-filled copy reads nothing, so its address (16-byte aligned all the same) need not
         // be valid: no select of a safe one.
-        const unsigned int ok = r < kh ? (ok_r >> r) & (ok_s >> s) : 0u;
+        unsigned int ok[WORDS];
+#pragma unroll
+        for (int q = 0; q < WORDS; ++q) ok[q] = r < kh ? (ok_r[q] >> r) & (ok_s[q] >> s) : 0u;
 #pragma unroll
         for (int i = 0; i < ITERS; ++i)
-            cp_async_16_zfill(tile + dst + i * ROW_STEP * CHUNKS * 8, at + pix[i], ok & (1u << (8 * i)) ? 16 : 0);
+            cp_async_16_zfill(tile + dst + i * ROW_STEP * CHUNKS * 8, at + pix[i],
+                              ok[i / 4] & (1u << (8 * (i % 4))) ? 16 : 0);
         // k += BK; dc < c_in and ds < kw, so c and s carry at most once each.
         c += dc, s += ds, r += dr, at += dtap;
         if (c >= c_in) c -= c_in, ++s;  // the offset runs on unchanged: (s + 1) c_in + c - c_in
@@ -291,14 +295,19 @@ struct Fragments {
 };
 
 // Lane offsets for a warp's ldmatrix.x4 loads from one operand tile; `at(i, s)` is the offset of
-// m16 tile i (A) or n16 pair i (B) at k16 step s of the stage.
-template <bool IS_A, bool K_CONTIGUOUS, int MN>
+// m16 tile i (A) or n16 pair i (B) at k16 step s of the stage. The swizzle's XOR differs per k16
+// step (k-contiguous) or per tile i (else): those offsets are kept per lane, one register each,
+// and the rest of at(i, s) is a constant, so that an ldmatrix costs no address arithmetic beyond
+// the stage's base.
+template <bool IS_A, bool K_CONTIGUOUS, int MN, int TILES>
 struct FragmentOffsets {
     static constexpr int CHUNKS = TileShape<K_CONTIGUOUS, MN>::CHUNKS;
-    int base, low;  // at(i, s) = base + i * (16 rows or 2 chunks) + ((low ^ swizzle bits of i, s) chunk)
+    static constexpr int KEYS = K_CONTIGUOUS ? BK / 16 : TILES;
+    int off[KEYS];
 
-    // `w0`: the warp's first row (A: m, B: n) inside the block tile, a multiple of 32.
-    __device__ __forceinline__ void init(int w0) {
+    // `w0`: the warp's first row (A: m, B: n) inside the block tile, a multiple of 32; `tile`: the
+    // operand tile's offset in a stage.
+    __device__ __forceinline__ void init(int w0, int tile) {
         const int l = threadIdx.x % 32;
         if (K_CONTIGUOUS) {
             // Rows w0 + 16 i + row_in, chunk 2 s + chunk_in. A's matrices are (rows 0-7, k 0-7),
@@ -307,8 +316,9 @@ struct FragmentOffsets {
             const int row_in = IS_A ? (l & 15) : ((l >> 4) << 3) | (l & 7);
             const int chunk_in = IS_A ? (l >> 4) : ((l >> 3) & 1);
             const int row = w0 + row_in, line = row >> 1;
-            base = line << 6;
-            low = ((((row & 1) << 2) | chunk_in) ^ (line & 7)) << 3;
+            const int low = ((((row & 1) << 2) | chunk_in) ^ (line & 7)) << 3;
+#pragma unroll
+            for (int s = 0; s < KEYS; ++s) off[s] = tile + (line << 6) + (low ^ (s << 4));
         } else {
             // Rows (k) 16 s + row_in, chunk w0 / 8 + 2 i + chunk_in; .trans hands each lane the
             // elements of the transposed 8 x 8 matrices. A's matrices are (m 0-7, k 0-7), (8-15,
@@ -317,14 +327,15 @@ struct FragmentOffsets {
             const int row_in = (IS_A ? (j >> 1) : (j & 1)) * 8 + (l & 7);
             const int chunk_in = IS_A ? (j & 1) : (j >> 1);
             const int chunk0 = w0 / 8;
-            base = (row_in * CHUNKS + (chunk0 & ~7)) << 3;
-            low = (((chunk0 & 7) | chunk_in) ^ (l & 7)) << 3;
+            const int low = (((chunk0 & 7) | chunk_in) ^ (l & 7)) << 3;
+#pragma unroll
+            for (int i = 0; i < KEYS; ++i) off[i] = tile + ((row_in * CHUNKS + (chunk0 & ~7)) << 3) + (low ^ (i << 4));
         }
     }
 
     __device__ __forceinline__ int at(int i, int s) const {
-        if (K_CONTIGUOUS) return base + i * 512 + (low ^ (s << 4));  // 16 rows = 8 lines of 64 elements
-        return base + s * 16 * CHUNKS * 8 + (low ^ (i << 4));
+        if (K_CONTIGUOUS) return off[s] + i * 512;  // 16 rows = 8 lines of 64 elements
+        return off[i] + s * 16 * CHUNKS * 8;
     }
 };
 
@@ -338,15 +349,15 @@ __device__ __forceinline__ void ldmatrix_operand(uint32_t (&r)[4], const __nv_bf
 }
 
 template <bool A_K, bool B_K, int BM, int BN, int WM, int WN>
-__device__ __forceinline__ void load_fragments(Fragments<WM, WN>& f, const __nv_bfloat16* as,
-                                               const __nv_bfloat16* bs, const FragmentOffsets<true, A_K, BM>& ao,
-                                               const FragmentOffsets<false, B_K, BN>& bo, int s) {
+__device__ __forceinline__ void load_fragments(Fragments<WM, WN>& f, const __nv_bfloat16* stage,
+                                               const FragmentOffsets<true, A_K, BM, WM / 16>& ao,
+                                               const FragmentOffsets<false, B_K, BN, WN / 16>& bo, int s) {
 #pragma unroll
-    for (int i = 0; i < WM / 16; ++i) ldmatrix_operand<A_K>(f.a[i], as + ao.at(i, s));
+    for (int i = 0; i < WM / 16; ++i) ldmatrix_operand<A_K>(f.a[i], stage + ao.at(i, s));
 #pragma unroll
     for (int p = 0; p < WN / 16; ++p) {
         uint32_t r[4];
-        ldmatrix_operand<B_K>(r, bs + bo.at(p, s));
+        ldmatrix_operand<B_K>(r, stage + bo.at(p, s));
         f.b[2 * p][0] = r[0], f.b[2 * p][1] = r[1], f.b[2 * p + 1][0] = r[2], f.b[2 * p + 1][1] = r[3];
     }
 }
@@ -472,10 +483,10 @@ __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles
     const int wm = (warp / (BN / WN)) * WM, wn = (warp % (BN / WN)) * WN;
     __nv_bfloat16* stages = reinterpret_cast<__nv_bfloat16*>(smem);
 
-    FragmentOffsets<true, A_K, BM> a_frag;
-    FragmentOffsets<false, B_K, BN> b_frag;
-    a_frag.init(wm);
-    b_frag.init(wn);
+    FragmentOffsets<true, A_K, BM, WM / 16> a_frag;
+    FragmentOffsets<false, B_K, BN, WN / 16> b_frag;
+    a_frag.init(wm, 0);
+    b_frag.init(wn, A_ELEMS);
 
 #pragma unroll
     for (int i = 0; i < WM / 16; ++i)
@@ -498,8 +509,10 @@ __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles
     __syncthreads();
 
     Fragments<WM, WN> frag[2];
-    int read = 0, write = STAGES - 1;
-    load_fragments<A_K, B_K, BM, BN>(frag[0], stages, stages + A_ELEMS, a_frag, b_frag, 0);
+    // The stages being read and written, as element offsets into the ring of stages.
+    constexpr int RING = STAGES * STAGE_ELEMS;
+    int read = 0, write = (STAGES - 1) * STAGE_ELEMS;
+    load_fragments<A_K, B_K, BM, BN>(frag[0], stages, a_frag, b_frag, 0);
     for (int t = 0; t < tiles; ++t) {
 #pragma unroll
         for (int s = 0; s < BK / 16; ++s) {
@@ -508,21 +521,19 @@ __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles
                 // tells every warp that the stage read during tile t - 1 is free again.
                 cp_async_wait<STAGES - 2>();
                 __syncthreads();
-                read = read == STAGES - 1 ? 0 : read + 1;
+                read = read + STAGE_ELEMS == RING ? 0 : read + STAGE_ELEMS;
             }
             if (s < BK / 16 - 1 || t + 1 < tiles) {
-                const __nv_bfloat16* st = stages + read * STAGE_ELEMS;
-                load_fragments<A_K, B_K, BM, BN>(frag[(s + 1) % 2], st, st + A_ELEMS, a_frag, b_frag,
+                load_fragments<A_K, B_K, BM, BN>(frag[(s + 1) % 2], stages + read, a_frag, b_frag,
                                                   (s + 1) % (BK / 16));
             }
             if (s == 0) {
                 if (t + STAGES - 1 < tiles) {
-                    __nv_bfloat16* st = stages + write * STAGE_ELEMS;
-                    a_load.load(st);
-                    b_load.load(st + A_ELEMS);
+                    a_load.load(stages + write);
+                    b_load.load(stages + write + A_ELEMS);
                 }
                 cp_async_commit();
-                write = write == STAGES - 1 ? 0 : write + 1;
+                write = write + STAGE_ELEMS == RING ? 0 : write + STAGE_ELEMS;
             }
             mma_fragments<WM, WN>(acc, frag[s % 2]);
         }

@@ -88,10 +88,12 @@ fn one_by_one_launch(op: &str, m: usize, n: usize, batch: usize) -> (String, Lau
 /// [`one_by_one_launch`]'s, `n` the columns of each of `batch` products.
 fn pipelined_launch(family: &str, op: &str, m: usize, n: usize, batch: usize) -> (String, Launch) {
     let (bm, suffix) = if m <= 64 { (64, "_m64") } else { (128, "") };
-    let threads = if bm == 128 && op == "bwd_weight" {
-        256
-    } else {
-        128
+    // Warps of 64 x 64, but eight 64 x 32 for the 128-row weight gradients and four 64 x 32 for
+    // the 64-row products other than the channels-last gathers (conv.cu's entry points).
+    let threads = match (bm, op) {
+        (128, "bwd_weight") => 256,
+        (64, "fwd" | "bwd_data" | "bwd_data_phase") if family == "nhwc" => 64,
+        _ => 128,
     };
     let cfg = Launch {
         grid: (n.div_ceil(128) as u32, m.div_ceil(bm) as u32, batch as u32),
