@@ -605,25 +605,29 @@ extern "C" __global__ void __launch_bounds__(128)
 // of taps (1, 9, 25, 49: lane x taps + t covers 32 banks).
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_bwd_weight_reduce_krsc_f32(const float* __restrict__ partial, float* __restrict__ dw, int c_in, int taps,
-                                      int splits) {
+                                      int splits, int padded) {
     __shared__ float run[32 * 64];
     const int lane = threadIdx.x % 32, c0 = blockIdx.x * 32, c = c0 + lane;
-    const size_t len = (size_t)gridDim.y * taps * c_in, row = (size_t)blockIdx.y * taps * c_in;
+    // A partial row holds `padded` channels a tap (the padding's sums, zeros, are skipped).
+    const size_t len = (size_t)gridDim.y * taps * padded, from = (size_t)blockIdx.y * taps * padded;
     for (int t = threadIdx.x / 32; t < taps; t += blockDim.x / 32) {
         float sum = 0.0f;
         if (c < c_in)
-            for (int z = 0; z < splits; ++z) sum += partial[z * len + row + (size_t)t * c_in + c];
+            for (int z = 0; z < splits; ++z) sum += partial[z * len + from + (size_t)t * padded + c];
         run[lane * taps + t] = sum;
     }
     __syncthreads();
     const int n = min(32, c_in - c0) * taps;
+    const size_t row = (size_t)blockIdx.y * taps * c_in;
     for (int e = threadIdx.x; e < n; e += blockDim.x) dw[row + (size_t)c0 * taps + e] += run[e];
 }
 
 // dst[img][p'][c] = src[img][c][p] for each of gridDim.z planes of `channels` x `pixels`: NCHW ->
 // NHWC (an image), and a weight's (c_in x kh*kw) -> (kh*kw x c_in) per output channel (KRSC).
 // flip > 1 reverses p within each group of `flip` (p' = the group's last index - p's place in it):
-// the data gradient's W' from W seen as one c_out x (c_in*kh*kw) plane. Needs channels % 8 == 0.
+// the data gradient's W' from W seen as one c_out x (c_in*kh*kw) plane. dst's rows hold
+// `padded` >= channels values, a multiple of 8, the ones past `channels` zeros (the tile's
+// padding rows are staged as zeros), so that the channels-last kernels take any channel count.
 // A block moves a 64 x 64 tile through shared memory: reads along NCHW rows (16-byte loads when
 // every row starts 16-byte aligned, pixels % 8 == 0; else 2 bytes a lane, still consecutive lanes
 // along a row), writes 16-byte chunks of 8 channels, 8 lanes along a pixel's channels. The tile's
@@ -635,35 +639,53 @@ __device__ __forceinline__ int nhwc_tile_at(int c, int p) {
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-    conv2d_to_nhwc_bf16(const bf16_t* __restrict__ src, bf16_t* __restrict__ dst, int channels, int pixels, int flip) {
+    conv2d_to_nhwc_bf16(const bf16_t* __restrict__ src, bf16_t* __restrict__ dst, int channels, int pixels, int flip,
+                        int padded) {
     __shared__ __align__(16) unsigned short tile[64 * 64];
-    const long long plane = (long long)blockIdx.z * channels * pixels;
-    src += plane;
-    dst += plane;
+    src += (long long)blockIdx.z * channels * pixels;
+    dst += (long long)blockIdx.z * padded * pixels;
     const int c0 = blockIdx.y * 64, p0 = blockIdx.x * 64;
     if (pixels % 8 == 0) {
         for (int q = threadIdx.x; q < 64 * 8; q += 256) {
             const int cl = q >> 3, pl = (q & 7) << 3, c = c0 + cl, p = p0 + pl;
-            if (c < channels && p < pixels) st_shared_v4(tile + nhwc_tile_at(cl, pl), ld_global_v4(src + (long long)c * pixels + p));
+            if (c < padded && p < pixels)
+                st_shared_v4(tile + nhwc_tile_at(cl, pl),
+                             c < channels ? ld_global_v4(src + (long long)c * pixels + p) : make_uint4(0, 0, 0, 0));
         }
     } else {
         for (int e = threadIdx.x; e < 64 * 64; e += 256) {
             const int cl = e >> 6, pl = e & 63, c = c0 + cl, p = p0 + pl;
-            if (c < channels && p < pixels)
-                tile[nhwc_tile_at(cl, pl)] = reinterpret_cast<const unsigned short*>(src)[(long long)c * pixels + p];
+            if (c < padded && p < pixels)
+                tile[nhwc_tile_at(cl, pl)] =
+                    c < channels ? reinterpret_cast<const unsigned short*>(src)[(long long)c * pixels + p] : 0;
         }
     }
     __syncthreads();
     for (int q = threadIdx.x; q < 64 * 8; q += 256) {
         const int pl = q >> 3, cl = (q & 7) << 3, c = c0 + cl, p = p0 + pl;
-        if (c >= channels || p >= pixels) continue;
+        if (c >= padded || p >= pixels) continue;
         uint32_t v[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j)
             v[j] = (uint32_t)tile[nhwc_tile_at(cl + 2 * j, pl)] | (uint32_t)tile[nhwc_tile_at(cl + 2 * j + 1, pl)] << 16;
         const int g = flip > 1 ? p % flip : 0, row = p - g + (flip > 1 ? flip - 1 - g : 0);
-        st_global_v4(dst + (long long)row * channels + c, make_uint4(v[0], v[1], v[2], v[3]));
+        st_global_v4(dst + (long long)row * padded + c, make_uint4(v[0], v[1], v[2], v[3]));
     }
+}
+
+// The same for at most 8 channels padded to 8 (a stem's 3): a thread reads one pixel's channels,
+// 2 bytes from each plane (consecutive threads on consecutive pixels), and writes them as one
+// 16-byte run. Grid: (pixels / 256 blocks, planes).
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_to_nhwc8_bf16(const bf16_t* __restrict__ src, bf16_t* __restrict__ dst, int channels, int pixels) {
+    const int p = blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= pixels) return;
+    const unsigned short* from = reinterpret_cast<const unsigned short*>(src) + (long long)blockIdx.y * channels * pixels + p;
+    uint32_t v[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+        if (c < channels) v[c >> 1] |= (uint32_t)from[(long long)c * pixels] << (16 * (c & 1));
+    st_global_v4(dst + ((long long)blockIdx.y * pixels + p) * 8, make_uint4(v[0], v[1], v[2], v[3]));
 }
 
 // ---- depthwise -------------------------------------------------------------------------------

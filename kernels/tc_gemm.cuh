@@ -230,7 +230,7 @@ struct WeightGradGather {
     static constexpr int CHUNKS = BN / 8;
     static constexpr int ITERS = BK * CHUNKS / THREADS;
     static constexpr int TPR = CHUNKS / ITERS;  // threads a row
-    static_assert(THREADS * ITERS == BK * CHUNKS && CHUNKS % 8 == 0 && TPR >= 4, "gather shape");
+    static_assert(THREADS * ITERS == BK * CHUNKS && CHUNKS % 8 == 0 && (TPR == 4 || TPR == 8), "gather shape");
 
     const __nv_bfloat16* x;
     int tap_off[ITERS], tap_r[ITERS], tap_s[ITERS];  // chunk j's offset from a window corner, its tap
@@ -248,7 +248,12 @@ struct WeightGradGather {
     __device__ __forceinline__ void init(const __nv_bfloat16* x_, int p0, int pixels, int n0, int h_, int w_,
                                          int c_in, int kh, int kw, int stride_, int pad_top, int pad_left, int oh,
                                          int ow) {
-        const int tid = threadIdx.x, row = tid / TPR, chunk = tid % TPR;
+        // A quarter-warp's 8 copies land together and must fill 8 different 16-byte bank groups:
+        // with 8 threads a row that is one whole 128-byte line; with 4, rows q and q + 1 would
+        // XOR the same 4 chunks onto the same 4 groups, so the quarter-warp's second row is the
+        // first one's + 4 (a different swizzle half) instead.
+        const int tid = threadIdx.x, line = tid / TPR, chunk = tid % TPR;
+        const int row = TPR == 8 ? line : (line & ~7) | ((line & 1) << 2) | ((line >> 1) & 3);
         x = x_, h = h_, w = w_, stride = stride_;
         // chunk + j TPR = chunk ^ j TPR (chunk < TPR, a power of two): the swizzle moves it by an XOR.
         dst = swizzled<CHUNKS>(row, chunk);

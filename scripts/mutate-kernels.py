@@ -208,6 +208,28 @@ MUTANTS = [
       "ConvGather's k step: a chunk landing exactly on channel c_in stays in the old tap instead of "
       "carrying into the next",
       [(TC, "if (c >= c_in) c -= c_in, ++s;", "if (c > c_in) c -= c_in, ++s;")], CONVT, sanitize=True),
+    M("nhwc-transpose-padding-staged-from-x", "conv",
+      "conv2d_to_nhwc_bf16 with padded rows (16-byte path): channel `channels` staged from the "
+      "next plane (past the tensor for the last one) instead of zeros",
+      [(CONV, "c < channels ? ld_global_v4(src", "c <= channels ? ld_global_v4(src")], CONVT, sanitize=True),
+    M("nhwc-transpose-padding-2-byte-path-from-x", "conv",
+      "conv2d_to_nhwc_bf16 with padded rows (2-byte path): channel `channels` staged from the next "
+      "plane instead of a zero",
+      [(CONV, "c < channels ? reinterpret_cast<const unsigned short*>(src)",
+              "c <= channels ? reinterpret_cast<const unsigned short*>(src)")], CONVT, sanitize=True),
+    M("nhwc-wgrad-quarter-warp-rows-adjacent", "conv",
+      "WeightGradGather with 4 threads a row (the 64-row tiles): a quarter-warp's two rows adjacent, "
+      "their copies 2-way bank conflicts",
+      [(TC, "const int row = TPR == 8 ? line : (line & ~7) | ((line & 1) << 2) | ((line >> 1) & 3);",
+            "const int row = line;")], ("memory_patterns:conv_bf16_stem",)),
+    M("nhwc8-transpose-reads-one-channel-past", "conv",
+      "conv2d_to_nhwc8_bf16: the first padding channel filled from the next plane (past the "
+      "tensor for the last one) instead of a zero",
+      [(CONV, "        if (c < channels) v[c >> 1]", "        if (c <= channels) v[c >> 1]")], CONVT, sanitize=True),
+    M("nhwc-wgrad-reduce-unpadded-rows", "conv",
+      "KRSC reduction: a padded partial row read as c_in channels a tap (the wrong sums for a stem)",
+      [(CONV, "from = (size_t)blockIdx.y * taps * padded;", "from = (size_t)blockIdx.y * taps * c_in;")],
+      CONVT, sanitize=True),
     M("nhwc-transpose-flip-one-past", "conv",
       "conv2d_to_nhwc_bf16: the flipped weight's taps written one row late (the last tap into the "
       "next channel's first, or past the scratch)",

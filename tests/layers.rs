@@ -408,8 +408,8 @@ const CONV_SIZES: &[ConvCase] = &[
     (2, 40, 10, 8, 200, 1, 1, Padding::Sym(0), 1),
     // ... and one whose weight gradient splits each image's 576 pixels into parts (256, 256, 64).
     (1, 16, 24, 24, 24, 1, 1, Padding::Sym(0), 1),
-    // Dense, c_in % 8 == 0, not 1x1 stride 1 on aligned maps: bf16 transposes to NHWC and runs
-    // the channels-last implicit GEMMs (the data gradient at stride 1 with c_out % 8 == 0).
+    // Dense, not 1x1 stride 1 on aligned maps: bf16 transposes to NHWC and runs the
+    // channels-last implicit GEMMs (the data gradient with c_out % 8 == 0).
     // c_in 8 and 24 put several taps in one 32-deep k tile, 72 (through the data gradient's dy)
     // straddles taps, 64 and 136 keep whole tiles per tap; c_out 16 and 8 take 64-row tiles,
     // 72 and 136 a partial 128-row one; odd maps with padding put window rows and columns outside
@@ -439,11 +439,15 @@ const CONV_SIZES: &[ConvCase] = &[
     (2, 8, 10, 9, 16, 3, 3, Padding::Sym(1), 1),
     (2, 72, 9, 9, 16, 3, 2, Padding::Sym(1), 1),
     (1, 16, 9, 11, 8, 2, 4, Padding::Sym(1), 1),
+    // Channel counts that are not runs of 8 (the stem's 3 above, 1, 5, 17, 66, 70) take the
+    // channels-last forward and weight gradient with zero-padded channels; a kernel over 8 x 8
+    // keeps bf16's element gathers for all three passes.
+    (1, 8, 12, 11, 16, 9, 1, Padding::Sym(4), 1),
 ];
 
 /// The kernels `kernel_conv_matches_cpu` runs, by name: the implicit GEMMs and the depthwise
 /// kernels, each in f32 and bf16, and bf16's pipelined kernels.
-const CONV_KERNELS: [&str; 29] = [
+const CONV_KERNELS: [&str; 30] = [
     "conv2d_fwd_f32",
     "conv2d_bwd_data_f32",
     "conv2d_bwd_weight_f32",
@@ -463,6 +467,7 @@ const CONV_KERNELS: [&str; 29] = [
     "conv2d_1x1_bwd_weight_bf16",
     "conv2d_1x1_bwd_weight_m64_bf16",
     "conv2d_to_nhwc_bf16",
+    "conv2d_to_nhwc8_bf16",
     "conv2d_nhwc_fwd_bf16",
     "conv2d_nhwc_fwd_m64_bf16",
     "conv2d_nhwc_bwd_data_bf16",

@@ -115,39 +115,34 @@ fn conv_bf16_element_gather_where_it_still_runs() {
     }
     let dev = CudaBackend::emu();
     let be: &dyn Backend = &dev;
-    // What keeps the element gather since the channels-last kernels: ResNet's stem on a 32 x 32
-    // image, forward and weight gradient (3 input channels are no 16-byte run), and a data
-    // gradient whose layer has 12 input channels (a stride-2 3x3, 12 -> 64, 16 x 16, padding 1;
-    // no ResNet layer), batch 2.
-    let stem = Conv::new(2, 3, 32, 32, 64, 7, 2, Padding::Sym(3), 1).unwrap();
-    let down = Conv::new(2, 12, 16, 16, 64, 3, 2, Padding::Sym(1), 1).unwrap();
-    let bufs = |s: &Conv, seed| {
-        let (lx, lw, ly) = s.sizes();
-        (
-            upload(be, lx, DType::BF16, seed),
-            upload(be, lw, DType::BF16, seed + 1),
-            upload(be, ly, DType::BF16, seed + 2),
-        )
-    };
-    let ((x0, w0, dy0), (_, w1, dy1)) = (bufs(&stem, 3), bufs(&down, 6));
-    let mut y = be.zeros(DType::BF16, stem.sizes().2).unwrap();
-    let mut dx = be.zeros(DType::BF16, down.sizes().0).unwrap();
-    let mut dw = be.zeros(DType::F32, stem.sizes().1).unwrap();
+    // What keeps the element gather since the channels-last kernels: a kernel over 8 x 8 (ConvGather
+    // keeps a row's tap masks in 8 bits), all three passes: a 9x9, 8 -> 64 channels on 16 x 16,
+    // padding 4, batch 2 (no ResNet or EfficientNet layer).
+    let s = Conv::new(2, 8, 16, 16, 64, 9, 1, Padding::Sym(4), 1).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let (x, w, dy) = (
+        upload(be, lx, DType::BF16, 3),
+        upload(be, lw, DType::BF16, 4),
+        upload(be, ly, DType::BF16, 5),
+    );
+    let mut y = be.zeros(DType::BF16, ly).unwrap();
+    let mut dx = be.zeros(DType::BF16, lx).unwrap();
+    let mut dw = be.zeros(DType::F32, lw).unwrap();
     let (r, stats) = count_memory(|| -> anyhow::Result<()> {
-        be.conv2d_fwd(&x0, &w0, &mut y, stem)?;
-        be.conv2d_bwd_data(&dy1, &w1, &mut dx, down)?;
-        be.conv2d_bwd_weight(&x0, &dy0, &mut dw, stem)
+        be.conv2d_fwd(&x, &w, &mut y, s)?;
+        be.conv2d_bwd_data(&dy, &w, &mut dx, s)?;
+        be.conv2d_bwd_weight(&x, &dy, &mut dw, s)
     });
     r.unwrap();
     show(
-        "conv bf16: the stem's forward and weight gradient (2 x 3 x 32 x 32 -> 64, 7x7, stride 2) and a stride-2 3x3's data gradient (2 x 12 x 16 x 16 -> 64):",
+        "conv bf16: a 9x9's three passes (2 x 8 x 16 x 16 -> 64, padding 4):",
         &stats,
     );
-    // Forward: M = 64 channels, N = 2 * 16 * 16 = 512 output pixels, K = 3 * 49 = 147.
+    // Forward: M = 64 channels, N = 2 * 16 * 16 = 512 output pixels, K = 8 * 81 = 648.
     let (mma, _, _) = total(&stats, "conv2d_fwd_bf16", |s| {
         s.space == MemSpace::TensorCore
     });
-    assert!(mma >= 512 * 64 * 147 / 2048, "{mma} mma");
+    assert!(mma >= 512 * 64 * 648 / 2048, "{mma} mma");
     for kernel in [
         "conv2d_fwd_bf16",
         "conv2d_bwd_data_bf16",
@@ -162,6 +157,90 @@ fn conv_bf16_element_gather_where_it_still_runs() {
             s.space == MemSpace::Global && s.op == "st"
         });
         assert!(t >= 4 * i, "{kernel}: epilogue {t} sectors, ideal {i}");
+    }
+}
+
+#[test]
+fn conv_bf16_stem_runs_channels_last_with_its_channels_padded_to_8() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    // ResNet's stem on a 32 x 32 image, batch 2: 3 input channels, no 16-byte run, so the
+    // transposes write them as 8 (5 of zeros) and the channels-last products run K = 49 x 8.
+    let s = Conv::new(2, 3, 32, 32, 64, 7, 2, Padding::Sym(3), 1).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let x = upload(be, lx, DType::BF16, 13);
+    let w = upload(be, lw, DType::BF16, 14);
+    let dy = upload(be, ly, DType::BF16, 15);
+    let mut y = be.zeros(DType::BF16, ly).unwrap();
+    let mut dw = be.zeros(DType::F32, lw).unwrap();
+    let (r, stats) = count_memory(|| -> anyhow::Result<()> {
+        be.conv2d_fwd(&x, &w, &mut y, s)?;
+        be.conv2d_bwd_weight(&x, &dy, &mut dw, s)
+    });
+    r.unwrap();
+    show(
+        "conv bf16: the stem's forward and weight gradient (2 x 3 x 32 x 32 -> 64, 7x7, stride 2):",
+        &stats,
+    );
+    only(
+        &stats,
+        &[
+            "conv2d_to_nhwc8_bf16",
+            "conv2d_to_nhwc_bf16",
+            "conv2d_nhwc_fwd_m64_bf16",
+            "conv2d_nhwc_bwd_weight_m64_bf16",
+            "conv2d_bwd_weight_reduce_krsc_f32",
+        ],
+        "no element gather: the transposes, the products and the reduction only",
+    );
+    // Forward: M = 64, N = 2 x 16 x 16 pixels, K = 392 in 13 k tiles of 32 (the last one's 8
+    // columns past the taps zero-filled, multiplied all the same).
+    let mma = total(&stats, "conv2d_nhwc_fwd_m64_bf16", |s| {
+        s.space == MemSpace::TensorCore
+    })
+    .0;
+    assert_eq!(mma, (64 * 512 * 13 * 32 / (16 * 8 * 16)) as u64);
+    // The 64-row weight gradient's gather puts 4 threads on a row of B: a quarter-warp's 8
+    // copies (2 rows) still fill 8 bank groups, as every shared access of both products does.
+    for kernel in [
+        "conv2d_nhwc_fwd_m64_bf16",
+        "conv2d_nhwc_bwd_weight_m64_bf16",
+    ] {
+        for row in rows(&stats, kernel) {
+            if row.space == MemSpace::Shared {
+                assert_eq!(row.transactions, row.ideal, "{row:?}");
+            }
+        }
+    }
+    // x (twice: forward and weight gradient) and the weight go channels-last by the narrow
+    // transpose: a lane reads its pixel's 3 channels, 2 bytes from each plane (a warp's 32
+    // pixels: 64 bytes of a plane), and writes one 16-byte run of 8 channels (512 bytes a warp).
+    // x's planes start on sectors: whole sectors. The weight's 64 planes of 3 x 49 taps (294
+    // bytes) and their 98-byte channel rows do not, and each of its requests (2 warps of taps
+    // a plane: 3 loads, 1 store each) may touch one sector more than its bytes need.
+    let x_requests = 2 * 2 * 1024 / 32;
+    let w_requests = 64 * 2;
+    for (op, width, per_pixel) in [("ld", 2, 3), ("st", 16, 1)] {
+        let picked = |s: &MemStat| s.space == MemSpace::Global && s.op == op;
+        let (t, i, r) = total(&stats, "conv2d_to_nhwc8_bf16", picked);
+        assert_eq!(
+            r,
+            ((x_requests + w_requests) * per_pixel) as u64,
+            "{op} requests"
+        );
+        assert!(
+            t - i <= (w_requests * per_pixel) as u64,
+            "{op}: {t} sectors, ideal {i}"
+        );
+        for row in rows(&stats, "conv2d_to_nhwc8_bf16") {
+            if picked(row) {
+                assert_eq!(row.width, width, "{row:?}");
+            }
+        }
     }
 }
 

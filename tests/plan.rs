@@ -188,31 +188,32 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
         // 28 px: not 14 x 14 = 196 or 7 x 7) are GEMMs on the pipelined mainloop: stage 1's six
         // and its downsample, stage 2's eight (its first block's reduction still at 56 px), and
         // stage 3's first reduction (at 28 px).
-        // Every other one but the stem (3 input channels) is a channels-last implicit GEMM, and
-        // so is its data gradient: at stride 2 (stages 2-4's first 3x3 and downsample) one
-        // product per stride phase that a tap reaches (4 for a 3x3 padded by 1, 1 for a 1x1,
-        // whose dx is zeroed first), each after its sub-kernel's gather. Every weight gradient
-        // but the 1x1 GEMMs' and the stem's is channels-last too. The element gather keeps the
-        // stem's forward and weight gradient. Each channels-last pass follows two transposes
-        // (the forward's and data gradient's input and weight, the weight gradient's x and dy).
+        // Every other one is a channels-last implicit GEMM, the stem too (its 3 input channels
+        // padded to 8), and so is every data gradient but the stem's (never computed): at
+        // stride 2 (stages 2-4's first 3x3 and downsample) one product per stride phase that a
+        // tap reaches (4 for a 3x3 padded by 1, 1 for a 1x1, whose dx is zeroed first), each
+        // after its sub-kernel's gather. Every weight gradient but the 1x1 GEMMs' is
+        // channels-last too: no element gather is left. Each channels-last pass follows two
+        // transposes (the forward's and data gradient's input and weight, the weight gradient's
+        // x and dy).
         if precision == DType::BF16 {
             assert_eq!(
                 count_prefix(&p, "conv2d_1x1_fwd_"),
                 16,
                 "1x1 stride-1 convolutions at 56 and 28 px"
             );
-            assert_eq!(count(&p, &k("conv2d_fwd")), 1, "the stem");
+            assert_eq!(count(&p, &k("conv2d_fwd")), 0);
             assert_eq!(count(&p, &k("conv2d_bwd_data")), 0);
-            assert_eq!(count(&p, &k("conv2d_bwd_weight")), 1, "the stem");
-            assert_eq!(count_prefix(&p, "conv2d_nhwc_fwd_"), 36);
+            assert_eq!(count(&p, &k("conv2d_bwd_weight")), 0);
+            assert_eq!(count_prefix(&p, "conv2d_nhwc_fwd_"), 37);
             assert_eq!(count_prefix(&p, "conv2d_nhwc_bwd_data_"), 30 + 3 * 4 + 3);
             assert_eq!(count_prefix(&p, "conv2d_nhwc_bwd_data_phase_"), 3 * 4 + 3);
             assert_eq!(count(&p, "conv2d_phase_weight_bf16"), 3 * 4 + 3);
-            assert_eq!(count_prefix(&p, "conv2d_nhwc_bwd_weight_"), 36);
-            assert_eq!(count(&p, "conv2d_to_nhwc_bf16"), 2 * (36 + 36 + 36));
+            assert_eq!(count_prefix(&p, "conv2d_nhwc_bwd_weight_"), 37);
+            assert_eq!(count(&p, "conv2d_to_nhwc_bf16"), 2 * (37 + 36 + 37));
         }
         // Each weight gradient adds its splits into dw once; the channels-last ones from KRSC.
-        let krsc = if precision == DType::BF16 { 36 } else { 0 };
+        let krsc = if precision == DType::BF16 { 37 } else { 0 };
         assert_eq!(count(&p, "conv2d_bwd_weight_reduce_krsc_f32"), krsc);
         assert_eq!(count(&p, "conv2d_bwd_weight_reduce_f32"), 53 - krsc);
         assert_eq!(count(&p, &k("batchnorm_fwd_train")), 53);
@@ -224,7 +225,8 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
             "the images and the norm's zero"
         );
         // Forward convolutions: torchvision's 4.09 GMAC per 224 px image (the classifier's 2M
-        // are not in a retrieval network).
+        // are not in a retrieval network); in bf16 the stem's products also multiply its 5
+        // padding channels (112 x 112 x 64 x 49 x 5 MAC an image), as the GPU will.
         let fwd: f64 = p
             .entries
             .iter()
@@ -236,7 +238,14 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
             .map(|e| e.work.flops)
             .sum();
         let gmac = fwd / 2.0 / 64.0 / 1e9;
-        assert!((gmac - 4.09).abs() < 0.02, "{gmac} GMAC per image");
+        let padding = match precision {
+            DType::BF16 => (112 * 112 * 64 * 49 * 5) as f64 / 1e9,
+            _ => 0.0,
+        };
+        assert!(
+            (gmac - 4.09 - padding).abs() < 0.02,
+            "{gmac} GMAC per image"
+        );
         for e in &p.entries {
             for (g, on) in e.on.iter().enumerate() {
                 assert!(on.floor > 0.0, "{} on {}: no floor", e.name, p.gpus[g].name);

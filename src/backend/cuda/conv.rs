@@ -23,12 +23,13 @@ enum Path {
     /// A 1x1, stride-1, unpadded bf16 convolution whose channel rows are 16-byte aligned: plain
     /// GEMMs on the pipelined tensor-core mainloop (`conv2d_1x1_*` in kernels/conv.cu).
     OneByOne,
-    /// Any other dense bf16 convolution whose input channels come in 16-byte runs (c_in % 8 ==
-    /// 0) and whose kernel is at most 8 x 8: NCHW -> NHWC transposes into scratch, then an
-    /// implicit GEMM over channels-last activations on the same mainloop (`conv2d_nhwc_*`). The
-    /// data gradient takes it with c_out % 8 == 0 (at a stride over 1 by stride phases, up to
-    /// 8), the weight gradient with c_out % 8 == 0; the other passes keep the element gather
-    /// (`conv2d_bwd_*_bf16`).
+    /// Any other dense bf16 convolution whose kernel is at most 8 x 8: NCHW -> NHWC transposes
+    /// into scratch, then an implicit GEMM over channels-last activations on the same mainloop
+    /// (`conv2d_nhwc_*`). The forward and the weight gradient read the input's channels in
+    /// 16-byte runs, zero-padded to a multiple of 8 ([`padded`]: ResNet's stem, 3 channels, runs
+    /// as 8); the data gradient takes it with c_out % 8 == 0 (at a stride over 1 by stride
+    /// phases, up to 8), the weight gradient with c_out % 8 == 0; the other passes keep the
+    /// element gather (`conv2d_*_bf16`), as do kernels over 8 x 8.
     Nhwc,
     Depthwise,
 }
@@ -36,7 +37,7 @@ enum Path {
 fn path(s: &Conv, dtype: DType) -> Result<Path> {
     let plain = s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad_top == 0 && s.pad_left == 0;
     let aligned = s.c_in % 8 == 0 && (s.h * s.w) % 8 == 0 && s.oh == s.h && s.ow == s.w;
-    let gathered = s.c_in % 8 == 0 && s.kh <= 8 && s.kw <= 8;
+    let gathered = s.kh <= 8 && s.kw <= 8;
     if s.groups == 1 && dtype == DType::BF16 && plain && aligned {
         Ok(Path::OneByOne)
     } else if s.groups == 1 && dtype == DType::BF16 && gathered {
@@ -52,6 +53,16 @@ fn path(s: &Conv, dtype: DType) -> Result<Path> {
             s.c_in,
             s.c_out
         )
+    }
+}
+
+/// The product a channels-last forward or weight gradient runs for `s`: its input channels
+/// zero-padded to a multiple of 8, so that a 16-byte copy is 8 channels of one (pixel, tap). The
+/// zeros add nothing to the output and their weight gradient is never read back.
+fn padded(s: &Conv) -> Conv {
+    Conv {
+        c_in: s.c_in.next_multiple_of(8),
+        ..*s
     }
 }
 
@@ -304,8 +315,9 @@ impl CudaBackend {
     }
 
     /// `dst[plane][p'][c] = src[plane][c][p]` for `planes` planes of `channels x pixels` bf16
-    /// (`conv2d_to_nhwc_bf16`), into `dst` at byte `at`; `flip` > 1 reverses p within groups of
-    /// `flip` (see kernels/conv.cu).
+    /// (`conv2d_to_nhwc_bf16`; `conv2d_to_nhwc8_bf16` for fewer than 8 channels), into `dst` at
+    /// byte `at`, each of dst's rows `padded` (a multiple of 8, at least `channels`) long with
+    /// zeros past `channels`; `flip` > 1 reverses p within groups of `flip` (see kernels/conv.cu).
     #[allow(clippy::too_many_arguments)]
     fn to_nhwc(
         &self,
@@ -313,15 +325,41 @@ impl CudaBackend {
         dst: &DevMem,
         at: usize,
         planes: usize,
-        channels: usize,
+        (channels, padded): (usize, usize),
         pixels: usize,
         flip: usize,
     ) -> Result<()> {
-        let elems = planes * channels * pixels;
+        let (read, written) = (planes * channels * pixels, planes * padded * pixels);
+        let traffic = Work::traffic(
+            (read + written) * 2,
+            format!("{planes} x {channels}x{pixels}"),
+        );
+        if padded == 8 && channels < 8 && flip == 1 {
+            let cfg = Launch {
+                grid: (pixels.div_ceil(256) as u32, planes as u32, 1),
+                block: (256, 1, 1),
+                smem: 0,
+            };
+            if planes > 65535 {
+                bail!(
+                    "conv: {planes} planes are more than the narrow transpose's grid takes (65535)"
+                );
+            }
+            let args = Args::new()
+                .ptr(src)
+                .ptr_at(dst, at)
+                .i32(channels as i32)
+                .i32(int(pixels, "conv transpose pixels")?)
+                .work(traffic);
+            // SAFETY: arguments match conv2d_to_nhwc8_bf16(src, dst, channels, pixels) with
+            // gridDim.y = planes; src holds planes x channels x pixels bf16, dst planes x 8 x
+            // pixels from `at` (nhwc_scratch); channels < 8.
+            return unsafe { self.launch("conv2d_to_nhwc8_bf16", cfg, args) };
+        }
         let cfg = Launch {
             grid: (
                 pixels.div_ceil(64) as u32,
-                channels.div_ceil(64) as u32,
+                padded.div_ceil(64) as u32,
                 planes as u32,
             ),
             block: (256, 1, 1),
@@ -333,25 +371,27 @@ impl CudaBackend {
             .i32(int(channels, "conv transpose channels")?)
             .i32(int(pixels, "conv transpose pixels")?)
             .i32(int(flip, "conv taps")?)
-            .work(Work::traffic(
-                2 * elems * 2,
-                format!("{planes} x {channels}x{pixels}"),
-            ));
-        // SAFETY: arguments match conv2d_to_nhwc_bf16(src, dst, channels, pixels, flip); the
-        // callers pass src holding planes x channels x pixels bf16 and dst as many from `at`
-        // (nhwc_scratch), channels % 8 == 0.
+            .i32(int(padded, "conv padded channels")?)
+            .work(traffic);
+        debug_assert!(padded % 8 == 0 && padded >= channels);
+        // SAFETY: arguments match conv2d_to_nhwc_bf16(src, dst, channels, pixels, flip, padded);
+        // the callers pass src holding planes x channels x pixels bf16 and dst planes x padded x
+        // pixels from `at` (nhwc_scratch), padded % 8 == 0 and >= channels.
         unsafe { self.launch("conv2d_to_nhwc_bf16", cfg, args) }
     }
 
     /// A dense bf16 forward (`op` "fwd": `input` x, `out` y) or stride-1 data gradient
     /// ("bwd_data": dy, dx) as a channels-last implicit GEMM: the input and the weight
-    /// transposed into scratch (KRSC; for the data gradient the weight's taps flipped and its
-    /// channel axes swapped), then one product per image (kernels/conv.cu, `conv2d_nhwc_*`).
-    fn conv_nhwc(&self, input: &Buf, w: &Buf, out: &mut Buf, s: &Conv, op: &str) -> Result<()> {
+    /// transposed into scratch (KRSC; for the forward x's channels [`padded`]; for the data
+    /// gradient the weight's taps flipped and its channel axes swapped), then one product per
+    /// image (kernels/conv.cu, `conv2d_nhwc_*`).
+    fn conv_nhwc(&self, input: &Buf, w: &Buf, out: &mut Buf, layer: &Conv, op: &str) -> Result<()> {
+        let fwd = op == "fwd";
+        // The product's shape: the data gradient's input channels (c_out) are runs of 8 already.
+        let s = &if fwd { padded(layer) } else { *layer };
         shape_args(Args::new(), s)?; // every size the kernels index fits an int
         let (ex, ew, ey) = s.sizes();
         let taps = s.kh * s.kw;
-        let fwd = op == "fwd";
         // The product's shape as the forward of `input`: its channels and map, the output's.
         let (c, h, wd, m, oh, ow) = if fwd {
             (s.c_in, s.h, s.w, s.c_out, s.oh, s.ow)
@@ -369,12 +409,15 @@ impl CudaBackend {
         };
         let (w_at, bytes) = nhwc_scratch(s.n * c * h * wd, ew);
         let (kernel, cfg) = pipelined_launch("nhwc", op, m, oh * ow, s.n);
+        // The input's own channel count: the transposes write the forward's padding.
+        let real = if fwd { layer.c_in } else { c };
         self.with_scratch(bytes, |scratch| {
-            self.to_nhwc(input.dev()?, scratch, 0, s.n, c, h * wd, 1)?;
+            self.to_nhwc(input.dev()?, scratch, 0, s.n, (real, c), h * wd, 1)?;
             if fwd {
-                self.to_nhwc(w.dev()?, scratch, w_at, s.c_out, s.c_in, taps, 1)?;
+                self.to_nhwc(w.dev()?, scratch, w_at, s.c_out, (real, c), taps, 1)?;
             } else {
-                self.to_nhwc(w.dev()?, scratch, w_at, 1, s.c_out, s.c_in * taps, taps)?;
+                let ch = (s.c_out, s.c_out);
+                self.to_nhwc(w.dev()?, scratch, w_at, 1, ch, s.c_in * taps, taps)?;
             }
             let args = Args::new()
                 .ptr_at(scratch, 0)
@@ -386,8 +429,9 @@ impl CudaBackend {
             // SAFETY: arguments match conv2d_nhwc_{fwd,bwd_data}[_m64]_bf16(in_nhwc, w, out,
             // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow) for the product as the
             // forward of `input`; scratch holds the NHWC input (n x h x w x c) and the transposed
-            // weight at w_at, `out` the checked output (n x m x oh x ow); path() checked c % 8 ==
-            // 0 and kh, kw <= 8, shape_args every size against int.
+            // weight at w_at, `out` the checked output (n x m x oh x ow); c % 8 == 0 (padded, or
+            // the caller's c_out % 8 == 0), path() checked kh, kw <= 8, shape_args every size
+            // against int.
             unsafe { self.launch(&kernel, cfg, args) }
         })
     }
@@ -432,8 +476,9 @@ impl CudaBackend {
         let wf_at = (ey * 2).next_multiple_of(256);
         let wp_at = wf_at + (ew * 2).next_multiple_of(256);
         self.with_scratch(wp_at + ew * 2, |scratch| {
-            self.to_nhwc(dy.dev()?, scratch, 0, s.n, s.c_out, s.oh * s.ow, 1)?;
-            self.to_nhwc(w.dev()?, scratch, wf_at, 1, s.c_out, s.c_in * taps, taps)?;
+            let ch = (s.c_out, s.c_out);
+            self.to_nhwc(dy.dev()?, scratch, 0, s.n, ch, s.oh * s.ow, 1)?;
+            self.to_nhwc(w.dev()?, scratch, wf_at, 1, ch, s.c_in * taps, taps)?;
             for &((py, px), first, (jr, js), (pad_top, pad_left)) in &phases {
                 if jr * js == 0 {
                     continue;
@@ -506,11 +551,12 @@ impl CudaBackend {
     }
 
     /// The weight gradient as a channels-last product (`conv2d_nhwc_bwd_weight[_m64]_bf16`): x
-    /// and dy transposed into scratch, the batch's output pixels split into as many parts as
-    /// fill the GPU's resident blocks in one wave beside the output's tiles (at least 256 pixels
-    /// each, as the element gather's), each part's sum in KRSC order, then
-    /// `conv2d_bwd_weight_reduce_krsc_f32` adds the parts into dw in order.
-    fn conv_nhwc_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: &Conv) -> Result<()> {
+    /// (its channels [`padded`]) and dy transposed into scratch, the batch's output pixels split
+    /// into as many parts as fill the GPU's resident blocks in one wave beside the output's tiles
+    /// (at least 256 pixels each, as the element gather's), each part's sum in KRSC order, then
+    /// `conv2d_bwd_weight_reduce_krsc_f32` adds the parts' real channels into dw in order.
+    fn conv_nhwc_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, layer: &Conv) -> Result<()> {
+        let s = &padded(layer);
         // Every size the kernels index fits an int, also the offsets of the rows past the batch's
         // last pixel (up to 31 more), which run on into the images after it before they are masked.
         shape_args(Args::new(), s)?;
@@ -530,8 +576,9 @@ impl CudaBackend {
         let partial_at = dy_at + (ey * 2).next_multiple_of(256);
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_at + partial_bytes, |scratch| {
-            self.to_nhwc(x.dev()?, scratch, 0, s.n, s.c_in, s.h * s.w, 1)?;
-            self.to_nhwc(dy.dev()?, scratch, dy_at, s.n, s.c_out, s.oh * s.ow, 1)?;
+            let (xc, dyc) = ((layer.c_in, s.c_in), (s.c_out, s.c_out));
+            self.to_nhwc(x.dev()?, scratch, 0, s.n, xc, s.h * s.w, 1)?;
+            self.to_nhwc(dy.dev()?, scratch, dy_at, s.n, dyc, s.oh * s.ow, 1)?;
             let args = Args::new()
                 .ptr_at(scratch, 0)
                 .ptr_at(scratch, dy_at)
@@ -542,16 +589,16 @@ impl CudaBackend {
             // SAFETY: arguments match conv2d_nhwc_bwd_weight[_m64]_bf16(x_nhwc, dy_nhwc, partial,
             // per, n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow); scratch holds
             // the NHWC input and output gradient and splits x c_out x K floats at partial_at;
-            // path() checked c_in % 8 == 0, the caller c_out % 8 == 0, shape_args and the check
+            // c_in % 8 == 0 (padded), the caller checked c_out % 8 == 0, shape_args and the check
             // above every size against int; the splits cover every output pixel once.
             unsafe { self.launch(&kernel, cfg, args)? };
-            self.reduce_krsc_splits(scratch, partial_at, dw, s, splits)
+            self.reduce_krsc_splits(scratch, partial_at, dw, layer, splits, s.c_in)
         })
     }
 
-    /// `dw +=` the channels-last weight gradient's `splits` partial sums (c_out x kh*kw x c_in
-    /// each), added in split order into dw's (c_out, c_in, kh, kw) order: one block per 32
-    /// channels of an output channel (kh * kw <= 64, path()'s kernel limit).
+    /// `dw +=` the channels-last weight gradient's `splits` partial sums (c_out x kh*kw x
+    /// `padded` each), added in split order into dw's (c_out, c_in, kh, kw) order: one block per
+    /// 32 channels of an output channel (kh * kw <= 64, path()'s kernel limit).
     fn reduce_krsc_splits(
         &self,
         scratch: &DevMem,
@@ -559,9 +606,12 @@ impl CudaBackend {
         dw: &mut Buf,
         s: &Conv,
         splits: usize,
+        padded: usize,
     ) -> Result<()> {
         let len = s.c_out * s.c_in * s.kh * s.kw;
-        let traffic = (splits + 2) * len * std::mem::size_of::<f32>();
+        // The partial sums read (a padded row's zeros share its sectors), dw read and written.
+        let traffic =
+            (splits * s.c_out * s.kh * s.kw * padded + 2 * len) * std::mem::size_of::<f32>();
         if s.c_out > 65535 {
             bail!("conv: {} output channels are more than the weight gradient's reduction grid takes (65535)", s.c_out);
         }
@@ -576,13 +626,15 @@ impl CudaBackend {
             .i32(int(s.c_in, "conv c_in")?)
             .i32(int(s.kh * s.kw, "conv taps")?)
             .i32(int(splits, "conv weight splits")?)
+            .i32(int(padded, "conv padded channels")?)
             .work(Work::traffic(
                 traffic,
                 format!("{splits} x {}x{}", s.c_out, len / s.c_out.max(1)),
             ));
         // SAFETY: arguments match conv2d_bwd_weight_reduce_krsc_f32(partial, dw, c_in, taps,
-        // splits) with gridDim.y = c_out; scratch holds splits x len floats from `at`, dw len
-        // floats (the checked weight size); taps <= 64 fits the kernel's shared run.
+        // splits, padded) with gridDim.y = c_out; scratch holds splits x c_out x taps x padded
+        // floats from `at`, dw len floats (the checked weight size); taps <= 64 fits the
+        // kernel's shared run.
         unsafe { self.launch("conv2d_bwd_weight_reduce_krsc_f32", cfg, args) }
     }
 
