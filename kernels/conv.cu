@@ -374,6 +374,8 @@ extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float* __restrict_
 // when the batch has fewer images than the GPU wants splits, a `part_len`-pixel part of one image
 // (parts > 1); conv2d_bwd_weight_reduce_f32 adds the splits as the other paths'. BM = 64 tiles
 // serve the layers whose M (c_out, or c_in for the data gradient) is at most 64.
+// Every data gradient here and below takes `beta`: 0 writes dx, 1 adds the gradient (rounded to
+// bf16 first, as a stored one is) onto what dx holds, a residual branch's gradient.
 template <int BM, int WN>
 __device__ __forceinline__ void conv1x1_fwd(const bf16_t* x, const bf16_t* w, bf16_t* y, int c_in, int c_out, int hw) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
@@ -383,10 +385,10 @@ __device__ __forceinline__ void conv1x1_fwd(const bf16_t* x, const bf16_t* w, bf
 
 template <int BM, int WN>
 __device__ __forceinline__ void conv1x1_bwd_data(const bf16_t* dy, const bf16_t* w, bf16_t* dx, int c_in, int c_out,
-                                                 int hw) {
+                                                 int hw, float beta) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
     tc::tc_gemm<false, false, BM, 128, 64, WN, 3, bf16_t>(w, dy, dx, c_in, hw, c_out, 0, (long long)c_out * hw,
-                                                        (long long)c_in * hw, 1, 0, 0, 1.0f, 0.0f, tc_smem);
+                                                        (long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem);
 }
 
 template <int BM, int WN>
@@ -428,14 +430,14 @@ extern "C" __global__ void __launch_bounds__(128)
 
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_1x1_bwd_data_bf16(const bf16_t* __restrict__ dy, const bf16_t* __restrict__ weight, bf16_t* __restrict__ dx,
-                             int c_in, int c_out, int hw) {
-    conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw);
+                             int c_in, int c_out, int hw, float beta) {
+    conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_1x1_bwd_data_m64_bf16(const bf16_t* __restrict__ dy, const bf16_t* __restrict__ weight,
-                                 bf16_t* __restrict__ dx, int c_in, int c_out, int hw) {
-    conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw);
+                                 bf16_t* __restrict__ dx, int c_in, int c_out, int hw, float beta) {
+    conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, beta);
 }
 
 // partial: gridDim.z x c_out x c_in f32 sums, each over `images_per_split` images (parts = 1) or
@@ -471,7 +473,7 @@ extern "C" __global__ void __launch_bounds__(128)
 template <int BM, int WN, bool PHASED = false>
 __device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf16_t* y, int c_in, int h, int w,
                                           int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh,
-                                          int ow, const tc::PhaseMap& map = tc::PhaseMap{}) {
+                                          int ow, float beta, const tc::PhaseMap& map = tc::PhaseMap{}) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
     constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32;
     const int pixels = oh * ow, k = kh * kw * c_in;
@@ -486,7 +488,7 @@ __device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf1
     // One image's output: its c_out x pixels, or its c_out planes of the map the phase is of.
     const long long image = PHASED ? (long long)c_out * map.plane : (long long)c_out * pixels;
     tc::epilogue<BM, BN, 64, WN, 3, bf16_t, PHASED>(tc_smem, acc, y + blockIdx.z * image, bm, bn, c_out, pixels, 1.0f,
-                                                    0.0f, map);
+                                                    beta, map);
 }
 
 #define NHWC_PARAMS                                                                                           \
@@ -497,27 +499,27 @@ __device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf1
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_nhwc_fwd_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc, bf16_t* __restrict__ y,
                          NHWC_PARAMS) {
-    conv_nhwc<128, 64>(x_nhwc, w_krsc, y, NHWC_ARGS);
+    conv_nhwc<128, 64>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f);
 }
 
 extern "C" __global__ void __launch_bounds__(64)
     conv2d_nhwc_fwd_m64_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
                              bf16_t* __restrict__ y, NHWC_PARAMS) {
-    conv_nhwc<64, 64>(x_nhwc, w_krsc, y, NHWC_ARGS);
+    conv_nhwc<64, 64>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f);
 }
 
 // The shape arguments as the forward of dy: c_in = the layer's c_out, (h, w) = (oh, ow), c_out =
 // the layer's c_in, stride 1, the flipped padding, (oh, ow) = the layer's (h, w).
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_nhwc_bwd_data_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_flipped,
-                              bf16_t* __restrict__ dx, NHWC_PARAMS) {
-    conv_nhwc<128, 64>(dy_nhwc, w_flipped, dx, NHWC_ARGS);
+                              bf16_t* __restrict__ dx, NHWC_PARAMS, float beta) {
+    conv_nhwc<128, 64>(dy_nhwc, w_flipped, dx, NHWC_ARGS, beta);
 }
 
 extern "C" __global__ void __launch_bounds__(64)
     conv2d_nhwc_bwd_data_m64_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_flipped,
-                                  bf16_t* __restrict__ dx, NHWC_PARAMS) {
-    conv_nhwc<64, 64>(dy_nhwc, w_flipped, dx, NHWC_ARGS);
+                                  bf16_t* __restrict__ dx, NHWC_PARAMS, float beta) {
+    conv_nhwc<64, 64>(dy_nhwc, w_flipped, dx, NHWC_ARGS, beta);
 }
 
 // The data gradient at stride S > 1 by stride phases, with no multiplication by zero: the input
@@ -549,14 +551,14 @@ extern "C" __global__ void conv2d_phase_weight_bf16(const bf16_t* __restrict__ w
 
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_nhwc_bwd_data_phase_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_phase,
-                                    bf16_t* __restrict__ dx, PHASE_PARAMS) {
-    conv_nhwc<128, 64, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, PHASE_MAP);
+                                    bf16_t* __restrict__ dx, PHASE_PARAMS, float beta) {
+    conv_nhwc<128, 64, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, beta, PHASE_MAP);
 }
 
 extern "C" __global__ void __launch_bounds__(64)
     conv2d_nhwc_bwd_data_phase_m64_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_phase,
-                                        bf16_t* __restrict__ dx, PHASE_PARAMS) {
-    conv_nhwc<64, 64, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, PHASE_MAP);
+                                        bf16_t* __restrict__ dx, PHASE_PARAMS, float beta) {
+    conv_nhwc<64, 64, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, beta, PHASE_MAP);
 }
 
 // The weight gradient over channels-last x and dy (both transposed by conv.rs), split over the

@@ -15,8 +15,10 @@
 // Written once over the storage type; entry points per dtype at the end.
 #include "common.cuh"
 
+// y may be a (in place: conv.rs adds a data gradient onto what dx holds this way), so neither is
+// __restrict__; each element is read before it is written, by the same thread.
 template <typename T>
-__device__ void add_fwd(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, size_t n) {
+__device__ void add_fwd(const T* a, const T* __restrict__ b, T* y, size_t n) {
     GRID_STRIDE(i, n) y[i] = store<T>(load(a[i]) + load(b[i]));
 }
 
@@ -31,8 +33,7 @@ __device__ void act_bwd(const T* __restrict__ y, const T* __restrict__ dy, T* __
 }
 
 #define ELTWISE_ENTRY_POINTS(T, SUFFIX)                                                                         \
-    extern "C" __global__ void add_fwd_##SUFFIX(const T* __restrict__ a, const T* __restrict__ b,               \
-                                                T* __restrict__ y, long long n) {                               \
+    extern "C" __global__ void add_fwd_##SUFFIX(const T* a, const T* __restrict__ b, T* y, long long n) {       \
         add_fwd(a, b, y, (size_t)n);                                                                            \
     }                                                                                                           \
     extern "C" __global__ void act_fwd_##SUFFIX(const T* __restrict__ x, T* __restrict__ y, long long n,        \

@@ -217,6 +217,14 @@ MUTANTS = [
       "plane instead of a zero",
       [(CONV, "c < channels ? reinterpret_cast<const unsigned short*>(src)",
               "c <= channels ? reinterpret_cast<const unsigned short*>(src)")], CONVT, sanitize=True),
+    M("nhwc-data-gradient-beta-dropped", "conv",
+      "channels-last data gradient added onto dx: the epilogue overwrites dx (beta 0) instead",
+      [(CONV, "                                                    beta, map);",
+              "                                                    0.0f, map);")], CONVT),
+    M("conv-1x1-data-gradient-beta-dropped", "conv",
+      "1x1 data gradient added onto dx: the epilogue overwrites dx (beta 0) instead",
+      [(CONV, "(long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem);",
+              "(long long)c_in * hw, 1, 0, 0, 1.0f, 0.0f, tc_smem);")], CONVT),
     M("nhwc-wgrad-quarter-warp-rows-adjacent", "conv",
       "WeightGradGather with 4 threads a row (the 64-row tiles): a quarter-warp's two rows adjacent, "
       "their copies 2-way bank conflicts",
@@ -263,7 +271,7 @@ MUTANTS = [
       CONVT),
     M("phase-tapless-not-zeroed", "conv",
       "conv.rs: dx is not zeroed when a phase has pixels but no tap (a 1x1 at stride 2)",
-      [("src/backend/cuda/conv.rs", "if phases.iter().any(|&(_, _, (jr, js), _)| jr * js == 0) {",
+      [("src/backend/cuda/conv.rs", "if !add && phases.iter().any(|&(_, _, (jr, js), _)| jr * js == 0) {",
         "if phases.iter().all(|&(_, _, (jr, js), _)| jr * js == 0) {")], CONVT),
     M("nhwc-bwd-data-padding-not-flipped", "conv",
       "conv.rs: the data gradient's forward of dy keeps the layer's padding instead of kh - 1 - pad "

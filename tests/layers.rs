@@ -513,14 +513,56 @@ fn conv_passes(be: &dyn Backend, s: Conv, dt: DType) -> anyhow::Result<common::O
     let (mut y, mut dx) = (poisoned_as(be, ly, dt), poisoned_as(be, lx, dt));
     // The weight gradient accumulates onto what is there.
     let mut dw = be.upload(&vec![0.5; lw])?;
+    // The data gradient added onto a residual's (random) gradient: every path's epilogue with
+    // beta = 1, or its add after the fact.
+    let mut dx_sum = upload_as(be, &rng.vec_f32(lx, -1.0, 1.0), dt)?;
     be.conv2d_fwd(&x, &wt, &mut y, s)?;
     be.conv2d_bwd_data(&dy, &wt, &mut dx, s)?;
+    be.conv2d_bwd_data_add(&dy, &wt, &mut dx_sum, s)?;
     be.conv2d_bwd_weight(&x, &dy, &mut dw, s)?;
     Ok(vec![
         ("y".into(), download_f32(be, &y)?),
         ("dx".into(), download_f32(be, &dx)?),
+        ("dx added".into(), download_f32(be, &dx_sum)?),
         ("dw".into(), be.download::<f32>(&dw)?),
     ])
+}
+
+/// A data gradient added onto dx (ResNet's residual branch) is bit for bit the data gradient
+/// written to a buffer and then added with `add_fwd`, on every path: the pipelined kernels'
+/// epilogues round the gradient before they add, as a stored gradient is.
+#[test]
+fn kernel_conv_data_gradient_added_is_the_gradient_then_an_add() {
+    let dev = kernel_device("kernel_conv_data_gradient_added_is_the_gradient_then_an_add");
+    let be: &dyn Backend = &dev;
+    for (dt, _) in FLOAT_DTYPES {
+        for &(n, c_in, h, w, c_out, k, stride, padding, groups) in CONV_SIZES {
+            let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
+            let (lx, lw, ly) = s.sizes();
+            let mut rng = Rng::new(7 + lx as u64);
+            let wt = upload_as(be, &rng.vec_f32(lw, -0.5, 0.5), dt).unwrap();
+            let dy = upload_as(be, &rng.vec_f32(ly, -1.0, 1.0), dt).unwrap();
+            let old = rng.vec_f32(lx, -1.0, 1.0);
+            let (old_buf, mut fused) = (
+                upload_as(be, &old, dt).unwrap(),
+                upload_as(be, &old, dt).unwrap(),
+            );
+            let (mut grad, mut sum) = (poisoned_as(be, lx, dt), poisoned_as(be, lx, dt));
+            be.conv2d_bwd_data(&dy, &wt, &mut grad, s).unwrap();
+            be.add_fwd(&old_buf, &grad, &mut sum).unwrap();
+            be.conv2d_bwd_data_add(&dy, &wt, &mut fused, s).unwrap();
+            let (want, got) = (
+                download_f32(be, &sum).unwrap(),
+                download_f32(be, &fused).unwrap(),
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&want) == bits(&got),
+                "conv {dt} {n}x{c_in}x{h}x{w} -> {c_out} k={k} s={stride} {padding:?} g={groups}: \
+                 the added data gradient differs from the gradient then an add"
+            );
+        }
+    }
 }
 
 /// The bf16 1x1 weight gradient sums groups of whole images when a GPU holds fewer blocks than

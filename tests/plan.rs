@@ -210,8 +210,14 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
             assert_eq!(count_prefix(&p, "conv2d_nhwc_bwd_data_phase_"), 3 * 4 + 3);
             assert_eq!(count(&p, "conv2d_phase_weight_bf16"), 3 * 4 + 3);
             assert_eq!(count_prefix(&p, "conv2d_nhwc_bwd_weight_"), 37);
-            assert_eq!(count(&p, "conv2d_to_nhwc_bf16"), 2 * (37 + 36 + 37));
+            // The stem's 3 channels (x twice, its weight once) go by the narrow transpose.
+            assert_eq!(count(&p, "conv2d_to_nhwc8_bf16"), 3);
+            assert_eq!(count(&p, "conv2d_to_nhwc_bf16"), 2 * (37 + 36 + 37) - 3);
         }
+        // Each bottleneck's input gradient: c1's data gradient added onto the identity path's in
+        // its epilogue in bf16 (no add left), by its element gather then an add in f32.
+        let adds = if precision == DType::BF16 { 0 } else { 16 };
+        assert_eq!(count(&p, &k("add_fwd")), adds);
         // Each weight gradient adds its splits into dw once; the channels-last ones from KRSC.
         let krsc = if precision == DType::BF16 { 37 } else { 0 };
         assert_eq!(count(&p, "conv2d_bwd_weight_reduce_krsc_f32"), krsc);

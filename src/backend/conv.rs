@@ -151,6 +151,17 @@ pub trait ConvOps {
     fn conv2d_bwd_data(&self, _dy: &Buf, _w: &Buf, _dx: &mut Buf, _s: Checked<Conv>) -> Result<()> {
         Err(not_implemented(Op::Conv2dBwdData))
     }
+    /// Convolution data gradient added onto `dx`, rounded as `conv2d_bwd_data` into a buffer of
+    /// dx's dtype and then `add_fwd` would round it.
+    fn conv2d_bwd_data_add(
+        &self,
+        _dy: &Buf,
+        _w: &Buf,
+        _dx: &mut Buf,
+        _s: Checked<Conv>,
+    ) -> Result<()> {
+        Err(not_implemented(Op::Conv2dBwdData))
+    }
     /// Convolution weight gradient (accumulates).
     fn conv2d_bwd_weight(
         &self,
@@ -176,6 +187,15 @@ impl dyn Backend + '_ {
         let s = s.check(dx, w, dy)?;
         self.require(Op::Conv2dBwdData, dy.dtype())?;
         self.conv_ops().conv2d_bwd_data(dy, w, dx, s)
+    }
+
+    /// Convolution data gradient added onto what `dx` holds (a residual branch's gradient): the
+    /// same values as `conv2d_bwd_data` into a buffer of dx's dtype and then `add_fwd` with dx,
+    /// without the second pass over dx where the backend's kernels add it in their epilogue.
+    pub fn conv2d_bwd_data_add(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Conv) -> Result<()> {
+        let s = s.check(dx, w, dy)?;
+        self.require(Op::Conv2dBwdData, dy.dtype())?;
+        self.conv_ops().conv2d_bwd_data_add(dy, w, dx, s)
     }
 
     /// Convolution weight gradient: accumulates into `dw` (f32) from the input `x` and `dy`.

@@ -103,12 +103,7 @@ impl Conv2d {
     /// From the forward's input `x` and `dy`: `weight.grad += dW`, and `dx = ...` when
     /// `need_dx` (the first layer of a network skips it).
     pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf, need_dx: bool) -> Result<()> {
-        let s = self
-            .shape
-            .ok_or_else(|| anyhow!("backward of {} before its forward", self.weight.name))?;
-        let name = self.weight.name.clone();
-        be.conv2d_bwd_weight(x, dy, self.weight.grad_mut()?, s)
-            .with_context(|| format!("weight gradient of {name}"))?;
+        let s = self.weight_grad(be, x, dy)?;
         if need_dx {
             let w = match dy.dtype() {
                 DType::F32 => &self.weight.value,
@@ -116,9 +111,39 @@ impl Conv2d {
             };
             ensure_like(be, &mut self.dx, dy, s.sizes().0)?;
             be.conv2d_bwd_data(dy, w, &mut self.dx, s)
-                .with_context(|| format!("input gradient of {name}"))?;
+                .with_context(|| format!("input gradient of {}", self.weight.name))?;
         }
         Ok(())
+    }
+
+    /// As [`Conv2d::backward`] with the input gradient added onto `dx` (the gradient a residual
+    /// branch already left there) instead of written to [`Conv2d::dx`]: one pass over it fewer
+    /// than a separate add.
+    pub fn backward_add(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        dy: &Buf,
+        dx: &mut Buf,
+    ) -> Result<()> {
+        let s = self.weight_grad(be, x, dy)?;
+        let w = match dy.dtype() {
+            DType::F32 => &self.weight.value,
+            _ => &self.weight_lp,
+        };
+        be.conv2d_bwd_data_add(dy, w, dx, s)
+            .with_context(|| format!("input gradient of {}", self.weight.name))
+    }
+
+    /// `weight.grad += dW` from the forward's input and `dy`; returns the forward's shape.
+    fn weight_grad(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<Conv> {
+        let s = self
+            .shape
+            .ok_or_else(|| anyhow!("backward of {} before its forward", self.weight.name))?;
+        let name = self.weight.name.clone();
+        be.conv2d_bwd_weight(x, dy, self.weight.grad_mut()?, s)
+            .with_context(|| format!("weight gradient of {name}"))?;
+        Ok(s)
     }
 }
 
@@ -192,6 +217,18 @@ impl ConvBn {
     pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf, need_dx: bool) -> Result<()> {
         self.bn.backward(be, &self.conv.y, dy)?;
         self.conv.backward(be, x, &self.bn.dx, need_dx)
+    }
+
+    /// As [`ConvBn::backward`], the input gradient added onto `dx` ([`Conv2d::backward_add`]).
+    pub fn backward_add(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        dy: &Buf,
+        dx: &mut Buf,
+    ) -> Result<()> {
+        self.bn.backward(be, &self.conv.y, dy)?;
+        self.conv.backward_add(be, x, &self.bn.dx, dx)
     }
 
     /// The unit's tensors in state_dict order (conv weight, then BatchNorm's four).

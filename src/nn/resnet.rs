@@ -2,7 +2,6 @@
 //! Bottleneck), conv1 .. layer4, with torchvision's tensor names. The avgpool + fc classifier
 //! exists only when asked for (loading / checking ImageNet weights); InsCLR pools with GeM.
 
-use super::act::add_into;
 use super::backbone::{classify, Backbone};
 use super::conv::ConvBn;
 use super::linear::Linear;
@@ -109,19 +108,27 @@ impl Bottleneck {
     }
 
     fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
+        // The block's input gradient is the identity path's (the sum's gradient, or the
+        // downsample's input gradient) with c1's added onto it by c1's own kernels: the identity
+        // path's buffer becomes `dx` (swapped, nothing copied) and is given back first here, so
+        // that every buffer keeps its size and no step after the first allocates.
+        self.swap_identity_gradient();
         self.c3.backward(be, &self.c2.bn.y, dy, true)?;
-        let dsum = &self.c3.bn.dres;
         self.c2
             .backward(be, &self.c1.bn.y, &self.c3.conv.dx, true)?;
-        self.c1.backward(be, x, &self.c2.conv.dx, true)?;
-        let d_identity = match self.downsample.as_mut() {
-            Some(d) => {
-                d.backward(be, x, dsum, true)?;
-                &d.conv.dx
-            }
-            None => dsum,
-        };
-        add_into(be, &self.c1.conv.dx, d_identity, &mut self.dx)
+        if let Some(d) = self.downsample.as_mut() {
+            d.backward(be, x, &self.c3.bn.dres, true)?;
+        }
+        self.swap_identity_gradient();
+        self.c1.backward_add(be, x, &self.c2.conv.dx, &mut self.dx)
+    }
+
+    /// Trades `dx` with the buffer the identity path's gradient lands in.
+    fn swap_identity_gradient(&mut self) {
+        match self.downsample.as_mut() {
+            Some(d) => std::mem::swap(&mut self.dx, &mut d.conv.dx),
+            None => std::mem::swap(&mut self.dx, &mut self.c3.bn.dres),
+        }
     }
 
     fn units(&self) -> Vec<&ConvBn> {

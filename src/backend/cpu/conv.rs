@@ -13,8 +13,9 @@
 
 use super::gemm::matmul_f32;
 use super::{wide, widen, with_f32_out};
-use crate::backend::{Buf, Checked, Conv, MatMul};
+use crate::backend::{Buf, Checked, Conv, DType, MatMul};
 use anyhow::Result;
+use half::bf16;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -607,6 +608,23 @@ impl crate::backend::ConvOps for super::CpuBackend {
     fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
         let (dy, w) = (widen(dy)?, widen(w)?);
         with_f32_out(dx, false, |dx| conv2d_bwd_data_f32(&dy, &w, dx, *s))
+    }
+
+    fn conv2d_bwd_data_add(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
+        let (dy, w) = (widen(dy)?, widen(w)?);
+        let mut grad = vec![0.0f32; dx.len()];
+        conv2d_bwd_data_f32(&dy, &w, &mut grad, *s);
+        // As if stored into a buffer of dx's dtype first, then added.
+        let rounded = dx.dtype() == DType::BF16;
+        with_f32_out(dx, true, |dx| {
+            for (d, g) in dx.iter_mut().zip(&grad) {
+                *d += if rounded {
+                    bf16::from_f32(*g).to_f32()
+                } else {
+                    *g
+                };
+            }
+        })
     }
 
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {

@@ -56,6 +56,15 @@ fn path(s: &Conv, dtype: DType) -> Result<Path> {
     }
 }
 
+/// The epilogue's beta of a data gradient: 1 adds it onto what dx holds, 0 overwrites dx.
+fn beta(add: bool) -> f32 {
+    if add {
+        1.0
+    } else {
+        0.0
+    }
+}
+
 /// The product a channels-last forward or weight gradient runs for `s`: its input channels
 /// zero-padded to a multiple of 8, so that a 16-byte copy is 8 channels of one (pixel, tap). The
 /// zeros add nothing to the output and their weight gradient is never read back.
@@ -165,8 +174,8 @@ impl ConvOps for CudaBackend {
             &s,
         )?;
         let (kernel, cfg) = match path {
-            Path::OneByOne => return self.conv1x1(x, w, y, &s, "fwd"),
-            Path::Nhwc => return self.conv_nhwc(x, w, y, &s, "fwd"),
+            Path::OneByOne => return self.conv1x1(x, w, y, &s, "fwd", false),
+            Path::Nhwc => return self.conv_nhwc(x, w, y, &s, "fwd", false),
             Path::Gemm => (
                 Op::Conv2dFwd.kernel(x.dtype()),
                 gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
@@ -185,41 +194,11 @@ impl ConvOps for CudaBackend {
     }
 
     fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (path, total) = (path(&s, dy.dtype())?, s.sizes().0);
-        if total == 0 {
-            return Ok(());
-        }
-        let args = shape_args(
-            Args::new().ptr(dy.dev()?).ptr(w.dev()?).ptr(dx.dev_mut()?),
-            &s,
-        )?;
-        let (kernel, cfg) = match path {
-            Path::OneByOne => return self.conv1x1(dy, w, dx, &s, "bwd_data"),
-            Path::Nhwc if s.stride == 1 && s.c_out % 8 == 0 => {
-                return self.conv_nhwc(dy, w, dx, &s, "bwd_data")
-            }
-            Path::Nhwc if s.c_out % 8 == 0 && s.stride <= 8 => {
-                return self.conv_nhwc_bwd_data_phases(dy, w, dx, &s)
-            }
-            Path::Gemm | Path::Nhwc => (
-                Op::Conv2dBwdData.kernel(dy.dtype()),
-                gemm_launch(dy.dtype(), s.c_in, s.n * s.h * s.w, 1),
-            ),
-            Path::Depthwise => (
-                format!("conv2d_depthwise_bwd_data_{}", dy.dtype()),
-                Launch::grid_stride(total),
-            ),
-        };
-        let (ex, ew, ey) = s.sizes();
-        let args = args.work(Work::conv(
-            &s,
-            dy.dtype(),
-            (ex + ew + ey) * dy.dtype().size(),
-        ));
-        // SAFETY: arguments match conv2d_bwd_data_<dtype> / conv2d_depthwise_bwd_data_<dtype>(dy,
-        // w, dx, shape...); the shape was checked: dy, w, dx hold its output, weight and input
-        // sizes, in one dtype.
-        unsafe { self.launch(&kernel, cfg, args) }
+        self.bwd_data(dy, w, dx, &s, false)
+    }
+
+    fn conv2d_bwd_data_add(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
+        self.bwd_data(dy, w, dx, &s, true)
     }
 
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
@@ -284,6 +263,67 @@ fn nhwc_scratch(activation_elems: usize, weight_elems: usize) -> (usize, usize) 
 }
 
 impl CudaBackend {
+    /// The data gradient into dx, or added onto what dx holds (`add`): the pipelined kernels
+    /// add it in their epilogue (beta = 1: the stored value rounded, then added and rounded
+    /// again, as a separate add would); the element gathers and the depthwise kernel write it
+    /// into scratch and `add_fwd_<dtype>` adds it to dx in place.
+    fn bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: &Conv, add: bool) -> Result<()> {
+        let (path, total) = (path(s, dy.dtype())?, s.sizes().0);
+        if total == 0 {
+            return Ok(());
+        }
+        let (kernel, cfg) = match path {
+            Path::OneByOne => return self.conv1x1(dy, w, dx, s, "bwd_data", add),
+            Path::Nhwc if s.stride == 1 && s.c_out % 8 == 0 => {
+                return self.conv_nhwc(dy, w, dx, s, "bwd_data", add)
+            }
+            Path::Nhwc if s.c_out % 8 == 0 && s.stride <= 8 => {
+                return self.conv_nhwc_bwd_data_phases(dy, w, dx, s, add)
+            }
+            Path::Gemm | Path::Nhwc => (
+                Op::Conv2dBwdData.kernel(dy.dtype()),
+                gemm_launch(dy.dtype(), s.c_in, s.n * s.h * s.w, 1),
+            ),
+            Path::Depthwise => (
+                format!("conv2d_depthwise_bwd_data_{}", dy.dtype()),
+                Launch::grid_stride(total),
+            ),
+        };
+        let (ex, ew, ey) = s.sizes();
+        let size = dy.dtype().size();
+        let launch = |out: &DevMem| -> Result<()> {
+            let args = shape_args(Args::new().ptr(dy.dev()?).ptr(w.dev()?).ptr(out), s)?;
+            let args = args.work(Work::conv(s, dy.dtype(), (ex + ew + ey) * size));
+            // SAFETY: arguments match conv2d_bwd_data_<dtype> / conv2d_depthwise_bwd_data_<dtype>(dy,
+            // w, dx, shape...); the shape was checked: dy, w hold its output and weight sizes, in
+            // one dtype, and `out` (dx or scratch) its input size.
+            unsafe { self.launch(&kernel, cfg, args) }
+        };
+        if !add {
+            return launch(dx.dev_mut()?);
+        }
+        self.with_scratch(ex * size, |grad| {
+            launch(grad)?;
+            let d = dx.dev_mut()?;
+            let args = Args::new()
+                .ptr(d)
+                .ptr(grad)
+                .ptr(d)
+                .i64(ex as i64)
+                .work(Work::traffic(3 * ex * size, format!("{ex}")));
+            // SAFETY: arguments match add_fwd_<dtype>(a, b, y, n) with y = a = dx (the kernel
+            // reads each element before writing it, in the same thread), b the gradient in
+            // scratch; both hold ex elements of dy's dtype (checked).
+            unsafe {
+                self.launch(
+                    &Op::AddFwd.kernel(dy.dtype()),
+                    Launch::grid_stride(ex),
+                    args,
+                )
+            }
+        })
+    }
+
     /// `dw +=` the `splits` partial weight gradients of `m x n` floats each, added in split order
     /// (conv2d_bwd_weight_reduce_f32): deterministic, no atomics.
     fn reduce_weight_splits(
@@ -385,7 +425,16 @@ impl CudaBackend {
     /// transposed into scratch (KRSC; for the forward x's channels [`padded`]; for the data
     /// gradient the weight's taps flipped and its channel axes swapped), then one product per
     /// image (kernels/conv.cu, `conv2d_nhwc_*`).
-    fn conv_nhwc(&self, input: &Buf, w: &Buf, out: &mut Buf, layer: &Conv, op: &str) -> Result<()> {
+    /// `add`: the data gradient is added onto what `out` holds (the epilogue's beta = 1).
+    fn conv_nhwc(
+        &self,
+        input: &Buf,
+        w: &Buf,
+        out: &mut Buf,
+        layer: &Conv,
+        op: &str,
+        add: bool,
+    ) -> Result<()> {
         let fwd = op == "fwd";
         // The product's shape: the data gradient's input channels (c_out) are runs of 8 already.
         let s = &if fwd { padded(layer) } else { *layer };
@@ -424,11 +473,13 @@ impl CudaBackend {
                 .ptr_at(scratch, w_at)
                 .ptr(out.dev_mut()?)
                 .i32s([c, h, wd, m, s.kh, s.kw].map(|v| v as i64))
-                .i32s([stride, pad_top, pad_left, oh as i64, ow as i64])
-                .work(Work::conv(s, input.dtype(), (ex + ew + ey) * 2));
+                .i32s([stride, pad_top, pad_left, oh as i64, ow as i64]);
+            let args = if fwd { args } else { args.f32(beta(add)) };
+            let read_back = if add { ex } else { 0 };
+            let args = args.work(Work::conv(s, input.dtype(), (ex + ew + ey + read_back) * 2));
             // SAFETY: arguments match conv2d_nhwc_{fwd,bwd_data}[_m64]_bf16(in_nhwc, w, out,
-            // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow) for the product as the
-            // forward of `input`; scratch holds the NHWC input (n x h x w x c) and the transposed
+            // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow[, beta]) for the
+            // product as the forward of `input`; scratch holds the NHWC input (n x h x w x c) and the transposed
             // weight at w_at, `out` the checked output (n x m x oh x ow); c % 8 == 0 (padded, or
             // the caller's c_out % 8 == 0), path() checked kh, kw <= 8, shape_args every size
             // against int.
@@ -442,7 +493,14 @@ impl CudaBackend {
     /// dy with it written into those pixels (`conv2d_nhwc_bwd_data_phase[_m64]_bf16`); dx is
     /// zeroed first when some phase has pixels but no tap (a 1x1 at stride 2). The products'
     /// multiply-adds add up to the forward's: none multiplies a zero of the stride.
-    fn conv_nhwc_bwd_data_phases(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: &Conv) -> Result<()> {
+    fn conv_nhwc_bwd_data_phases(
+        &self,
+        dy: &Buf,
+        w: &Buf,
+        dx: &mut Buf,
+        s: &Conv,
+        add: bool,
+    ) -> Result<()> {
         shape_args(Args::new(), s)?; // every size the kernels index fits an int
         let st = s.stride;
         let (_, ew, ey) = s.sizes();
@@ -470,7 +528,8 @@ impl CudaBackend {
                 ((py, px), (r0, s0), (jr, js), (pad_top, pad_left))
             })
             .collect();
-        if phases.iter().any(|&(_, _, (jr, js), _)| jr * js == 0) {
+        // Added onto dx, a phase without taps adds nothing.
+        if !add && phases.iter().any(|&(_, _, (jr, js), _)| jr * js == 0) {
             crate::backend::Backend::zero(self, dx)?;
         }
         let wf_at = (ey * 2).next_multiple_of(256);
@@ -490,7 +549,7 @@ impl CudaBackend {
                 let macs = s.n * ha * wa * s.c_in * jr * js * s.c_out;
                 let bytes = s.n * s.c_out * s.oh * s.ow
                     + s.c_in * jr * js * s.c_out
-                    + s.n * s.c_in * ha * wa;
+                    + s.n * s.c_in * ha * wa * (1 + add as usize);
                 let work = Work {
                     flops: 2.0 * macs as f64,
                     bytes: (bytes * 2) as f64,
@@ -504,10 +563,11 @@ impl CudaBackend {
                     .i32s([s.c_out, s.oh, s.ow, s.c_in, jr, js, 1].map(|v| v as i64))
                     .i32s([pad_top, pad_left, ha as i64, wa as i64])
                     .i32s([s.h, s.w, st, py, px].map(|v| v as i64))
+                    .f32(beta(add))
                     .work(work);
                 // SAFETY: arguments match conv2d_nhwc_bwd_data_phase[_m64]_bf16(dy_nhwc, w, dx,
                 // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow, dx_h, dx_w,
-                // dx_stride, py, px) for the phase's stride-1 product over dy (c_out channels, oh
+                // dx_stride, py, px, beta) for the phase's stride-1 product over dy (c_out channels, oh
                 // x ow) with a jr x js sub-kernel (<= the layer's <= 8 x 8) onto its ha x wa
                 // pixels of dx (n x c_in x h x w, checked); c_out % 8 == 0 (the caller),
                 // shape_args every size.
@@ -640,21 +700,33 @@ impl CudaBackend {
 
     /// A 1x1 forward (`op` "fwd": `input` x, `out` y) or data gradient ("bwd_data": dy, dx): one
     /// product per image, M = c_out or c_in.
-    fn conv1x1(&self, input: &Buf, w: &Buf, out: &mut Buf, s: &Conv, op: &str) -> Result<()> {
-        let m = if op == "fwd" { s.c_out } else { s.c_in };
+    /// ... `add`: the data gradient is added onto what `out` holds (its epilogue's beta = 1).
+    fn conv1x1(
+        &self,
+        input: &Buf,
+        w: &Buf,
+        out: &mut Buf,
+        s: &Conv,
+        op: &str,
+        add: bool,
+    ) -> Result<()> {
+        let fwd = op == "fwd";
+        let m = if fwd { s.c_out } else { s.c_in };
         let (kernel, cfg) = one_by_one_launch(op, m, s.h * s.w, s.n);
         let (ex, ew, ey) = s.sizes();
+        let read_back = if add { ex } else { 0 };
         let args = Args::new()
             .ptr(input.dev()?)
             .ptr(w.dev()?)
             .ptr(out.dev_mut()?)
             .i32(int(s.c_in, "conv c_in")?)
             .i32(int(s.c_out, "conv c_out")?)
-            .i32(int(s.h * s.w, "conv h*w")?)
-            .work(Work::conv(s, input.dtype(), (ex + ew + ey) * 2));
-        // SAFETY: arguments match conv2d_1x1_{fwd,bwd_data}[_m64]_bf16(in, w, out, c_in, c_out,
-        // hw); the shape was checked (x: n x c_in x hw, w: c_out x c_in, y: n x c_out x hw, bf16)
-        // and path() found every row 16-byte aligned.
+            .i32(int(s.h * s.w, "conv h*w")?);
+        let args = if fwd { args } else { args.f32(beta(add)) };
+        let args = args.work(Work::conv(s, input.dtype(), (ex + ew + ey + read_back) * 2));
+        // SAFETY: arguments match conv2d_1x1_fwd[_m64]_bf16(in, w, out, c_in, c_out, hw) or
+        // conv2d_1x1_bwd_data[_m64]_bf16(..., hw, beta); the shape was checked (x: n x c_in x hw,
+        // w: c_out x c_in, y: n x c_out x hw, bf16) and path() found every row 16-byte aligned.
         unsafe { self.launch(&kernel, cfg, args) }
     }
 
