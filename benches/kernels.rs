@@ -909,7 +909,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
                     &x,
                     &y,
                     &dy,
-                    &gamma,
+                    (&gamma, &beta),
                     (&sm, &si),
                     &mut dx,
                     None,

@@ -110,6 +110,8 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 //   backward: batchnorm_bwd_reduce writes each run's (sum dz, sum dz * xh); batchnorm_bwd's
 //             blocks add their pair's partials and write their run of dx (and dres). The blocks
 //             of run 0 in group 0 add every group's sums to dgamma / dbeta, group by group.
+//             Without a residual both read x and dy only: y (for act') is recomputed from x by
+//             the forward's exact operations (BnAffine), one pass over y fewer in each.
 // The partials are merged by one warp in a fixed order (lane l takes runs l, l + 32, ... in
 // order, then a butterfly), each run by a fixed thread: results depend on the shapes and `chunks`,
 // never on the order in which blocks run. The second launch reads the activations again (from
@@ -266,6 +268,24 @@ __device__ __forceinline__ float2 bn_merge_sums(const float* __restrict__ partia
     return make_float2(warp_sum(a), warp_sum(b));
 }
 
+// A channel's affine map in training, y = act(fma(x, scale, shift) [+ res]): the forward and the
+// backward compute it by these exact operations (explicit fmaf, no contraction left to the
+// compiler), so that the backward's y recomputed from x is the forward's y bit for bit.
+struct BnAffine {
+    float scale, shift;
+};
+
+__device__ __forceinline__ BnAffine bn_affine_of(float gamma, float beta, float mean, float invstd) {
+    const float scale = gamma * invstd;
+    return BnAffine{scale, fmaf(-mean, scale, beta)};
+}
+
+// The forward's y of x without a residual, rounded to T as it was stored.
+template <typename T>
+__device__ __forceinline__ float bn_recompute_y(float x, BnAffine a, int act) {
+    return load(store<T>(act_apply(act, fmaf(x, a.scale, a.shift))));
+}
+
 // y = act(x * scale + shift [+ res]) over this block's run, U vectors of each input in flight.
 template <typename T, int VEC, int U>
 __device__ __forceinline__ void bn_affine_u(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ res,
@@ -289,7 +309,7 @@ __device__ __forceinline__ void bn_affine_u(BnRun<VEC> run, const T* __restrict_
             if (!ok[u]) continue;
 #pragma unroll
             for (int i = 0; i < VEC; i++) {
-                float z = v[u][i] * scale + shift;
+                float z = fmaf(v[u][i], scale, shift);
                 if (res) z += rv[u][i];
                 v[u][i] = act_apply(act, z);
             }
@@ -329,8 +349,8 @@ __device__ void bn_fwd_train(const T* __restrict__ x, const float* __restrict__ 
             running_var[c] = (1.0f - momentum) * running_var[c] + momentum * var * w.n / (w.n - 1.0f);
         }
     }
-    float scale = gamma[c] * invstd, shift = beta[c] - w.mean * scale;
-    bn_affine<T, VEC>(run, x, res, y, scale, shift, act);
+    const BnAffine a = bn_affine_of(gamma[c], beta[c], w.mean, invstd);
+    bn_affine<T, VEC>(run, x, res, y, a.scale, a.shift, act);
 }
 
 template <typename T, int VEC>
@@ -344,8 +364,8 @@ __device__ void bn_fwd_eval(const T* __restrict__ x, const float* __restrict__ g
     bn_affine<T, VEC>(run, x, res, y, scale, shift, act);
 }
 
-// The thread's next U vectors of x, y and dy, all loaded before any is used; ok[u] is false
-// past the run's end.
+// The thread's next U vectors of x, y (unless y is null: recomputed by the caller) and dy, all
+// loaded before any is used; ok[u] is false past the run's end.
 template <typename T, int VEC, int U>
 __device__ __forceinline__ void bn_load_bwd(BnRun<VEC>& run, const T* __restrict__ x, const T* __restrict__ y,
                                             const T* __restrict__ dy, float (&xv)[U][VEC], float (&yv)[U][VEC],
@@ -356,18 +376,20 @@ __device__ __forceinline__ void bn_load_bwd(BnRun<VEC>& run, const T* __restrict
         at[u] = run.at();
         if (ok[u]) {
             load_vec(x + at[u], xv[u]);
-            load_vec(y + at[u], yv[u]);
+            if (y) load_vec(y + at[u], yv[u]);
             load_vec(dy + at[u], gv[u]);
             run.next();
         }
     }
 }
 
-// (sum dz, sum dz * xh) over this block's run, dz = dy * act'(y), xh = (x - mean) * invstd; with
-// `dx` (frozen statistics: dx = k * dz, no batch-mean terms) also writes dx and dres on the way.
+// (sum dz, sum dz * xh) over this block's run, dz = dy * act'(y), xh = (x - mean) * invstd; y
+// recomputed from x by `a` when null; with `dx` (frozen statistics: dx = k * dz, no batch-mean
+// terms) also writes dx and dres on the way.
 template <typename T, int VEC>
 __device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
-                              float mean, float invstd, float k, T* __restrict__ dx, T* __restrict__ dres, int act) {
+                              float mean, float invstd, BnAffine a, float k, T* __restrict__ dx, T* __restrict__ dres,
+                              int act) {
     __shared__ float slots[BN_THREADS / WARP_SIZE];
     float sdz = 0.0f, sdzx = 0.0f;
     while (run.more()) {
@@ -380,7 +402,8 @@ __device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* 
             if (!ok[u]) continue;
 #pragma unroll
             for (int i = 0; i < VEC; i++) {
-                float dz = gv[u][i] * act_grad(act, yv[u][i]);
+                const float yi = y ? yv[u][i] : bn_recompute_y<T>(xv[u][i], a, act);
+                float dz = gv[u][i] * act_grad(act, yi);
                 sdz += dz;
                 sdzx += dz * (xv[u][i] - mean) * invstd;
                 gv[u][i] = dz;
@@ -397,13 +420,18 @@ __device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* 
     return make_float2(sdz, sdzx);
 }
 
+// y null: recomputed from x (a BatchNorm without a residual: its y is act(affine(x)) alone),
+// which saves reading it in both backward passes.
 template <typename T, int VEC>
 __device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
+                              const float* __restrict__ gamma, const float* __restrict__ beta,
                               const float* __restrict__ save_mean, const float* __restrict__ save_invstd,
                               float* __restrict__ partial, int per, int C, int hw, int chunks, int act) {
     BnRun<VEC> run(per, C, hw, chunks);
-    int gc = blockIdx.y;
-    float2 s = bn_bwd_sums<T, VEC>(run, x, y, dy, save_mean[gc], save_invstd[gc], 0.0f, nullptr, nullptr, act);
+    int gc = blockIdx.y, c = run.c;
+    const float mean = save_mean[gc], invstd = save_invstd[gc];
+    const BnAffine a = bn_affine_of(gamma[c], beta[c], mean, invstd);
+    float2 s = bn_bwd_sums<T, VEC>(run, x, y, dy, mean, invstd, a, 0.0f, nullptr, nullptr, act);
     if (threadIdx.x == 0) {
         float* p = partial + 2 * ((size_t)gc * chunks + blockIdx.x);
         p[0] = s.x, p[1] = s.y;
@@ -412,7 +440,7 @@ __device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, 
 
 template <typename T, int VEC>
 __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
-                       const float* __restrict__ gamma, const float* __restrict__ save_mean,
+                       const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,
                        const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,
                        T* __restrict__ dres, float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C,
                        int hw, int ghost, int chunks, int act) {
@@ -432,6 +460,7 @@ __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ y, const T
     __syncthreads();
     float count = (float)((long long)per * hw), mean = save_mean[gc], invstd = save_invstd[gc];
     float mdz = sums[0] / count, mdzx = sums[1] / count, k = gamma[c] * invstd;
+    const BnAffine a = bn_affine_of(gamma[c], beta[c], mean, invstd);
     while (run.more()) {
         float xv[BN_UNROLL_BWD][VEC], yv[BN_UNROLL_BWD][VEC], gv[BN_UNROLL_BWD][VEC];
         size_t at[BN_UNROLL_BWD];
@@ -442,7 +471,8 @@ __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ y, const T
             if (!ok[u]) continue;
 #pragma unroll
             for (int i = 0; i < VEC; i++) {
-                float dz = gv[u][i] * act_grad(act, yv[u][i]);
+                const float yi = y ? yv[u][i] : bn_recompute_y<T>(xv[u][i], a, act);
+                float dz = gv[u][i] * act_grad(act, yi);
                 xv[u][i] = k * (dz - mdz - (xv[u][i] - mean) * invstd * mdzx);
                 gv[u][i] = dz;
             }
@@ -465,7 +495,7 @@ __device__ void bn_bwd_eval(const T* __restrict__ x, const T* __restrict__ y, co
     BnRun<VEC> run(n, C, hw, chunks);
     int c = run.c;
     float mean = running_mean[c], invstd = 1.0f / sqrtf(running_var[c] + eps), k = gamma[c] * invstd;
-    float2 s = bn_bwd_sums<T, VEC>(run, x, y, dy, mean, invstd, k, dx, dres, act);
+    float2 s = bn_bwd_sums<T, VEC>(run, x, y, dy, mean, invstd, BnAffine{0.0f, 0.0f}, k, dx, dres, act);
     if (threadIdx.x == 0) {
         float* p = partial + 2 * ((size_t)blockIdx.y * chunks + blockIdx.x);
         p[0] = s.x, p[1] = s.y;
@@ -515,20 +545,22 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_reduce_##SUFFIX(                                                    \
         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \
-        const float* __restrict__ save_mean, const float* __restrict__ save_invstd, float* __restrict__ partial, \
-        int per, int C, int hw, int chunks, int vec, int act) {                                                  \
+        const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,    \
+        const float* __restrict__ save_invstd, float* __restrict__ partial, int per, int C, int hw, int chunks,  \
+        int vec, int act) {                                                                                      \
         DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_bwd_reduce<T, VEC>(x, y, dy, save_mean, save_invstd, partial, per, C, hw, chunks, act)); \
+                     bn_bwd_reduce<T, VEC>(x, y, dy, gamma, beta, save_mean, save_invstd, partial, per, C, hw,   \
+                                           chunks, act));                                                        \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_##SUFFIX(                                                           \
         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \
-        const float* __restrict__ gamma, const float* __restrict__ save_mean,                                    \
+        const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,    \
         const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,            \
         T* __restrict__ dres, float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw,     \
         int ghost, int chunks, int vec, int act) {                                                               \
         DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_bwd<T, VEC>(x, y, dy, gamma, save_mean, save_invstd, partial, dx, dres, dgamma, dbeta,   \
-                                    per, C, hw, ghost, chunks, act));                                            \
+                     bn_bwd<T, VEC>(x, y, dy, gamma, beta, save_mean, save_invstd, partial, dx, dres, dgamma,    \
+                                    dbeta, per, C, hw, ghost, chunks, act));                                     \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_eval_##SUFFIX(                                                      \
         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \

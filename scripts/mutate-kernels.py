@@ -318,6 +318,12 @@ MUTANTS = [
         "for (int z = 1; z < splits; z++) sum += partial[(size_t)z * len + i];\n        dw[i] += sum;")], CONVT),
 
     # ---- norm: BatchNorm and L2 ------------------------------------------------------------
+    M("norm-bn-bwd-recomputed-y-shift-negated", "norm",
+      "backward without a residual: y recomputed from x with the shift's sign flipped (a wrong "
+      "activation mask)",
+      [(NORM, "return load(store<T>(act_apply(act, fmaf(x, a.scale, a.shift))));",
+              "return load(store<T>(act_apply(act, fmaf(x, a.scale, -a.shift))));")],
+      ("layers:kernel_batchnorm",)),
     M("norm-bn-bwd-drops-mean-dz", "norm",
       "BatchNorm backward: dx loses its - mean(dz) term",
       [(NORM, "k * (dz - mdz - (xv[u][i] - mean)", "k * (dz - (xv[u][i] - mean)")], BN),

@@ -197,7 +197,7 @@ fn bn_case(be: &dyn Backend, dt: DType, s: BatchNorm, with_res: bool) -> anyhow:
         &x,
         &y,
         &dy,
-        &gamma,
+        (&gamma, &beta),
         (&sm, &si),
         &mut dx,
         with_res.then_some(&mut dres),
@@ -300,6 +300,78 @@ fn at_offset(be: &dyn Backend, data: &[f32], dtype: DType, offset: usize) -> any
     Ok(view)
 }
 
+/// Without a residual the backward recomputes y from x (kernels/norm.cu, BnAffine) instead of
+/// reading it: dx, dgamma and dbeta bit for bit those of the backward that reads y (asked for
+/// the residual's gradient, it does), for every activation, both dtypes and every size.
+#[test]
+fn kernel_batchnorm_backward_recomputes_y_bit_for_bit() {
+    let dev = kernel_device("kernel_batchnorm_backward_recomputes_y_bit_for_bit");
+    let be: &dyn Backend = &dev;
+    for (dt, _) in FLOAT_DTYPES {
+        for &(n, c, hw, ghost) in BN_SIZES {
+            for act in ACTS {
+                let s = BatchNorm {
+                    ghost,
+                    ..BatchNorm::new(n, c, hw, 1e-5, act)
+                };
+                let len = n * c * hw;
+                let mut rng = Rng::new(71 + len as u64);
+                let x = upload_as(be, &rng.vec_f32(len, -3.0, 5.0), dt).unwrap();
+                let dy = upload_as(be, &rng.vec_f32(len, -1.0, 1.0), dt).unwrap();
+                let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5)).unwrap();
+                let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5)).unwrap();
+                let (mut rm, mut rv) = (
+                    be.upload(&vec![0.0; c]).unwrap(),
+                    be.upload(&vec![1.0; c]).unwrap(),
+                );
+                let (mut sm, mut si) = (poisoned(be, ghost * c), poisoned(be, ghost * c));
+                let mut y = poisoned_as(be, len, dt);
+                be.batchnorm_fwd_train(
+                    &x,
+                    &gamma,
+                    &beta,
+                    (&mut rm, &mut rv),
+                    (&mut sm, &mut si),
+                    None,
+                    &mut y,
+                    s,
+                )
+                .unwrap();
+                let backward = |with_dres: bool| {
+                    let (mut dx, mut dres) = (poisoned_as(be, len, dt), poisoned_as(be, len, dt));
+                    let (mut dg, mut db) = (
+                        be.upload(&vec![0.0; c]).unwrap(),
+                        be.upload(&vec![0.0; c]).unwrap(),
+                    );
+                    be.batchnorm_bwd(
+                        &x,
+                        &y,
+                        &dy,
+                        (&gamma, &beta),
+                        (&sm, &si),
+                        &mut dx,
+                        with_dres.then_some(&mut dres),
+                        (&mut dg, &mut db),
+                        s,
+                    )
+                    .unwrap();
+                    [&dx, &dg, &db].map(|b| {
+                        download_f32(be, b)
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>()
+                    })
+                };
+                assert!(
+                    backward(false) == backward(true),
+                    "batchnorm {dt} {n}x{c}x{hw} ghost={ghost} {act:?}: the recomputed y's gradients differ"
+                );
+            }
+        }
+    }
+}
+
 /// Buffers 1, 2 or 4 elements past a 16-byte boundary: the kernels' vectors narrow to what every
 /// buffer's address allows (a misaligned vector access faults on a GPU and fails on the emulator).
 #[test]
@@ -342,7 +414,7 @@ fn kernel_batchnorm_takes_buffers_at_any_alignment() {
                     &x,
                     &y,
                     &dy,
-                    &gamma,
+                    (&gamma, &beta),
                     (&sm, &si),
                     &mut dx,
                     Some(&mut dres),

@@ -577,7 +577,7 @@ fn batchnorm_moves_its_activations_in_coalesced_16_byte_vectors() {
                 &x,
                 &y,
                 &dy,
-                &gamma,
+                (&gamma, &beta),
                 (&sm, &si),
                 &mut dx,
                 Some(&mut dres),

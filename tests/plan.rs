@@ -360,7 +360,7 @@ fn batchnorm_grids(dtype: DType, (n, c, hw, ghost): (usize, usize, usize, usize)
         &x,
         &y,
         &dy,
-        &gamma,
+        (&gamma, &beta),
         (&sm, &si),
         &mut dx,
         None,

@@ -147,14 +147,14 @@ pub trait NormOps {
     ) -> Result<()> {
         Err(not_implemented(Op::BatchnormFwdEval))
     }
-    /// BatchNorm + activation backward after a training-mode forward.
+    /// BatchNorm + activation backward after a training-mode forward; `params` = (gamma, beta).
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_bwd(
         &self,
         _x: &Buf,
         _y: &Buf,
         _dy: &Buf,
-        _gamma: &Buf,
+        _params: (&Buf, &Buf),
         _saved: (&Buf, &Buf),
         _dx: &mut Buf,
         _dres: Option<&mut Buf>,
@@ -256,14 +256,16 @@ impl dyn Backend + '_ {
 
     /// BatchNorm + activation backward after a training-mode forward: writes `dx` (and the
     /// residual's gradient `dres = dy * act'(y)` when asked), accumulates `dgamma` and `dbeta`.
-    /// `y` is the forward output (for the activation's mask).
+    /// `y` is the forward output (for the activation's mask), `params` (gamma, beta) and `saved`
+    /// the forward's: without a residual a backend may recompute y from x with them instead of
+    /// reading it (the CUDA kernels do, bit for bit).
     #[allow(clippy::too_many_arguments)]
     pub fn batchnorm_bwd(
         &self,
         x: &Buf,
         y: &Buf,
         dy: &Buf,
-        gamma: &Buf,
+        params: (&Buf, &Buf),
         saved: (&Buf, &Buf),
         dx: &mut Buf,
         dres: Option<&mut Buf>,
@@ -272,12 +274,12 @@ impl dyn Backend + '_ {
     ) -> Result<()> {
         let s = s.check_train(
             &[&[x, y, dy, &*dx], dres.as_deref().as_slice()].concat(),
-            &[gamma, dparams.0, dparams.1],
+            &[params.0, params.1, dparams.0, dparams.1],
             &[saved.0, saved.1],
         )?;
         self.require(Op::BatchnormBwd, x.dtype())?;
         self.norm_ops()
-            .batchnorm_bwd(x, y, dy, gamma, saved, dx, dres, dparams, s)
+            .batchnorm_bwd(x, y, dy, params, saved, dx, dres, dparams, s)
     }
 
     /// BatchNorm + activation backward after an eval-mode forward whose gradient is wanted

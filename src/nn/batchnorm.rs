@@ -168,7 +168,7 @@ impl BatchNorm2d {
                 x,
                 &self.y,
                 dy,
-                &self.weight.value,
+                (&self.weight.value, &self.bias.value),
                 (&self.save_mean, &self.save_invstd),
                 &mut self.dx,
                 dres,

@@ -441,7 +441,7 @@ impl crate::backend::NormOps for super::CpuBackend {
         x: &Buf,
         y: &Buf,
         dy: &Buf,
-        gamma: &Buf,
+        (gamma, _beta): (&Buf, &Buf),
         saved: (&Buf, &Buf),
         dx: &mut Buf,
         dres: Option<&mut Buf>,

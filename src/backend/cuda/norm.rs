@@ -181,13 +181,14 @@ impl NormOps for CudaBackend {
     }
 
     /// Two launches: each run's sums into scratch, then every run's gradients from its pair's
-    /// totals; run 0 of group 0 adds each channel's totals to the parameter gradients.
+    /// totals; run 0 of group 0 adds each channel's totals to the parameter gradients. Without a
+    /// residual neither reads y: the kernels recompute it from x (kernels/norm.cu, BnAffine).
     fn batchnorm_bwd(
         &self,
         x: &Buf,
         y: &Buf,
         dy: &Buf,
-        gamma: &Buf,
+        (gamma, beta): (&Buf, &Buf),
         saved: (&Buf, &Buf),
         dx: &mut Buf,
         dres: Option<&mut Buf>,
@@ -201,20 +202,26 @@ impl NormOps for CudaBackend {
         let dtype = x.dtype();
         let has_dres = dres.is_some();
         let dres = dres.map(|r| r.dev_mut()).transpose()?;
+        // y is read for act'(y) only where a residual went into it.
+        let y = if has_dres { Some(y.dev()?) } else { None };
         let reduce_kernel = format!("batchnorm_bwd_reduce_{dtype}");
         let kernel = Op::BatchnormBwd.kernel(dtype);
-        let mut mems = vec![x.dev()?, y.dev()?, dy.dev()?, dx.dev()?];
+        let mut mems = vec![x.dev()?, dy.dev()?, dx.dev()?];
+        mems.extend(y);
         mems.extend(dres.as_deref());
         let split = self.bn_split(&[&reduce_kernel, &kernel], &s, &mems, dtype.size());
         let partial_bytes = split.pairs * split.chunks * 2 * 4;
         let per = (s.n / s.ghost) as i32;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
+        let inputs = 2 + has_dres as usize; // x, dy (and y)
         self.with_scratch(partial_bytes, |partial| {
-            // x, y and dy read; the saved statistics read; the sums written.
+            // x, dy (and y) read; the parameters and saved statistics read; the sums written.
             let args = Args::new()
                 .ptr(x.dev()?)
-                .ptr(y.dev()?)
+                .opt_ptr(y)
                 .ptr(dy.dev()?)
+                .ptr(gamma.dev()?)
+                .ptr(beta.dev()?)
                 .ptr(saved.0.dev()?)
                 .ptr(saved.1.dev()?)
                 .ptr(partial)
@@ -226,19 +233,21 @@ impl NormOps for CudaBackend {
                 .i32(s.act.code())
                 .work(bn_traffic(
                     &s,
-                    3 * act_bytes + 2 * 4 * split.pairs + partial_bytes,
+                    inputs * act_bytes + 4 * 4 * split.pairs + partial_bytes,
                 ));
-            // SAFETY: arguments match batchnorm_bwd_reduce_<dtype>(x, y, dy, save_mean,
-            // save_invstd, partial, per, C, hw, chunks, vec, act); x, y, dy hold n*C*hw, the saved
-            // statistics ghost*C (checked), partial 2 floats per (pair, run).
+            // SAFETY: arguments match batchnorm_bwd_reduce_<dtype>(x, y, dy, gamma, beta,
+            // save_mean, save_invstd, partial, per, C, hw, chunks, vec, act); x, dy (y when not
+            // null) hold n*C*hw, gamma and beta C, the saved statistics ghost*C (checked),
+            // partial 2 floats per (pair, run).
             unsafe { self.launch(&reduce_kernel, split.launch(), args)? };
-            // x, y and dy read again; dx (and the residual's gradient) written.
-            let passes = 4 + has_dres as usize;
+            // x and dy (and y) read again; dx (and the residual's gradient) written.
+            let passes = inputs + 1 + has_dres as usize;
             let args = Args::new()
                 .ptr(x.dev()?)
-                .ptr(y.dev()?)
+                .opt_ptr(y)
                 .ptr(dy.dev()?)
                 .ptr(gamma.dev()?)
+                .ptr(beta.dev()?)
                 .ptr(saved.0.dev()?)
                 .ptr(saved.1.dev()?)
                 .ptr(partial)
@@ -257,8 +266,9 @@ impl NormOps for CudaBackend {
                     &s,
                     passes * act_bytes + partial_bytes + bn_channel_bytes(&s),
                 ));
-            // SAFETY: arguments match batchnorm_bwd_<dtype>(x, y, dy, gamma, save_mean,
-            // save_invstd, partial, dx, dres, dgamma, dbeta, per, C, hw, ghost, chunks, vec, act);
+            // SAFETY: arguments match batchnorm_bwd_<dtype>(x, y, dy, gamma, beta, save_mean,
+            // save_invstd, partial, dx, dres, dgamma, dbeta, per, C, hw, ghost, chunks, vec, act)
+            // (y null without a residual);
             // the shape was checked as for the forward; partial was written by the launch above
             // with the same split.
             unsafe { self.launch(&kernel, split.launch(), args) }
