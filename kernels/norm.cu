@@ -111,7 +111,7 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 //             blocks add their pair's partials and write their run of dx (and dres). The blocks
 //             of run 0 in group 0 add every group's sums to dgamma / dbeta, group by group.
 //             Without a residual both read x and dy only: y (for act') is recomputed from x by
-//             the forward's exact operations (BnAffine), one pass over y fewer in each.
+//             the forward's own operations (BnAffine), one pass over y fewer in each.
 // The partials are merged by one warp in a fixed order (lane l takes runs l, l + 32, ... in
 // order, then a butterfly), each run by a fixed thread: results depend on the shapes and `chunks`,
 // never on the order in which blocks run. The second launch reads the activations again (from
@@ -268,22 +268,22 @@ __device__ __forceinline__ float2 bn_merge_sums(const float* __restrict__ partia
     return make_float2(warp_sum(a), warp_sum(b));
 }
 
-// A channel's affine map in training, y = act(fma(x, scale, shift) [+ res]): the forward and the
-// backward compute it by these exact operations (explicit fmaf, no contraction left to the
-// compiler), so that the backward's y recomputed from x is the forward's y bit for bit.
+// A channel's affine map in training, y = act(x * scale + shift [+ res]), op by op (__fmul_rn /
+// __fadd_rn forbid FMA contraction), as the CPU twin computes it: the backward recomputes y from
+// x by these same operations, bit for bit the forward's.
 struct BnAffine {
     float scale, shift;
 };
 
 __device__ __forceinline__ BnAffine bn_affine_of(float gamma, float beta, float mean, float invstd) {
-    const float scale = gamma * invstd;
-    return BnAffine{scale, fmaf(-mean, scale, beta)};
+    const float scale = __fmul_rn(gamma, invstd);
+    return BnAffine{scale, __fsub_rn(beta, __fmul_rn(mean, scale))};
 }
 
 // The forward's y of x without a residual, rounded to T as it was stored.
 template <typename T>
 __device__ __forceinline__ float bn_recompute_y(float x, BnAffine a, int act) {
-    return load(store<T>(act_apply(act, fmaf(x, a.scale, a.shift))));
+    return load(store<T>(act_apply(act, __fadd_rn(__fmul_rn(x, a.scale), a.shift))));
 }
 
 // y = act(x * scale + shift [+ res]) over this block's run, U vectors of each input in flight.
@@ -309,7 +309,7 @@ __device__ __forceinline__ void bn_affine_u(BnRun<VEC> run, const T* __restrict_
             if (!ok[u]) continue;
 #pragma unroll
             for (int i = 0; i < VEC; i++) {
-                float z = fmaf(v[u][i], scale, shift);
+                float z = __fadd_rn(__fmul_rn(v[u][i], scale), shift);
                 if (res) z += rv[u][i];
                 v[u][i] = act_apply(act, z);
             }

@@ -321,8 +321,8 @@ MUTANTS = [
     M("norm-bn-bwd-recomputed-y-shift-negated", "norm",
       "backward without a residual: y recomputed from x with the shift's sign flipped (a wrong "
       "activation mask)",
-      [(NORM, "return load(store<T>(act_apply(act, fmaf(x, a.scale, a.shift))));",
-              "return load(store<T>(act_apply(act, fmaf(x, a.scale, -a.shift))));")],
+      [(NORM, "return load(store<T>(act_apply(act, __fadd_rn(__fmul_rn(x, a.scale), a.shift))));",
+              "return load(store<T>(act_apply(act, __fsub_rn(__fmul_rn(x, a.scale), a.shift))));")],
       ("layers:kernel_batchnorm",)),
     M("norm-bn-bwd-drops-mean-dz", "norm",
       "BatchNorm backward: dx loses its - mean(dz) term",
