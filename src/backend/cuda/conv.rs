@@ -795,7 +795,7 @@ mod tests {
     }
 
     #[test]
-    fn dense_bf16_shapes_with_16_byte_channel_runs_take_the_nhwc_path() {
+    fn dense_bf16_shapes_with_kernels_up_to_8x8_take_the_nhwc_path() {
         let conv = |c_in, h, c_out, k, stride, pad| {
             Conv::new(2, c_in, h, h, c_out, k, stride, Padding::Sym(pad), 1).unwrap()
         };
@@ -809,26 +809,25 @@ mod tests {
             assert_eq!(got, want, "{s:?} {dtype}");
         };
         // ResNet's 3x3 layers, the stride-2 shortcut, a 1x1 on a 14 x 14 map (196 pixels: no
-        // 16-byte NCHW rows), a 7x7 and an 8x8 kernel.
+        // 16-byte NCHW rows), a 7x7 and an 8x8 kernel, and channels not in runs of 8 (the stem's
+        // 3, 12), which the channels-last copies pad to a multiple of 8.
         for s in [
             conv(64, 56, 64, 3, 1, 1),
             conv(256, 28, 512, 1, 2, 0),
             conv(512, 14, 2048, 1, 1, 0),
             conv(32, 20, 64, 7, 2, 3),
             conv(8, 20, 8, 8, 1, 0),
+            conv(3, 56, 64, 7, 2, 3),
+            conv(12, 20, 16, 3, 1, 1),
         ] {
             is(&s, DType::BF16, "nhwc");
             is(&s, DType::F32, "gemm");
         }
         is(&conv(64, 56, 256, 1, 1, 0), DType::BF16, "1x1");
-        // The stem (3 channels), channels not in runs of 8, a 9x9 kernel: the element gather.
-        for s in [
-            conv(3, 56, 64, 7, 2, 3),
-            conv(12, 20, 16, 3, 1, 1),
-            conv(8, 20, 8, 9, 1, 4),
-        ] {
-            is(&s, DType::BF16, "gemm");
-        }
+        assert_eq!(padded(&conv(3, 56, 64, 7, 2, 3)).c_in, 8);
+        assert_eq!(padded(&conv(12, 20, 16, 3, 1, 1)).c_in, 16);
+        // A kernel over 8 x 8 (ConvGather's 8-bit tap masks): the element gather.
+        is(&conv(8, 20, 8, 9, 1, 4), DType::BF16, "gemm");
         let dw = Conv::new(2, 16, 9, 9, 16, 3, 1, Padding::Sym(1), 16).unwrap();
         is(&dw, DType::BF16, "depthwise");
     }
