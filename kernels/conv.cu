@@ -468,8 +468,9 @@ extern "C" __global__ void __launch_bounds__(128)
 // (conv2d_to_nhwc_bf16 with flip = kh*kw), padding kh-1-pad_top and kw-1-pad_left, c_out input
 // channels and c_in output channels; its entry points are the forward's code under their own
 // names, so that the plan and the counters tell the passes apart.
-// Needs c_in % 8 == 0 (c_out % 8 == 0 for the data gradient) and kh, kw <= 8 (ConvGather);
-// conv.rs sends every other shape to the kernels above.
+// Needs c_in % 8 == 0 (c_out % 8 == 0 for the data gradient) and kh, kw <= 8 (ConvGather): conv.rs
+// pads the forward's input channels to a multiple of 8 in the NHWC copy (zeros, in the KRSC
+// weight too) and sends every other shape to the kernels above.
 template <int BM, int WN, bool PHASED = false>
 __device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf16_t* y, int c_in, int h, int w,
                                           int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh,
@@ -567,7 +568,8 @@ extern "C" __global__ void __launch_bounds__(64)
 // with K = kh*kw*c_in in KRSC order, X the im2col rows gathered by WeightGradGather. Both operands
 // run along the batch's pixels (k) with c_out or (tap, channel) contiguous: ldmatrix .trans for
 // both. conv2d_bwd_weight_reduce_krsc_f32 adds the splits into dw's (c_out, c_in, kh, kw) order.
-// Needs c_in % 8 == 0 and c_out % 8 == 0 (dy's 16-byte rows); any kernel size and stride.
+// Needs c_in % 8 == 0 (conv.rs pads x's channels, and the reduction skips the padding's sums) and
+// c_out % 8 == 0 (dy's 16-byte rows); any kernel size and stride.
 template <int BM, int WN>
 __device__ __forceinline__ void conv_nhwc_bwd_weight(const bf16_t* x, const bf16_t* dy, float* partial, int per,
                                                      int n, int c_in, int h, int w, int c_out, int kh, int kw,
