@@ -105,10 +105,7 @@ impl Conv2d {
     pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf, need_dx: bool) -> Result<()> {
         let s = self.weight_grad(be, x, dy)?;
         if need_dx {
-            let w = match dy.dtype() {
-                DType::F32 => &self.weight.value,
-                _ => &self.weight_lp,
-            };
+            let w = data_weight(&self.weight, &self.weight_lp, dy.dtype());
             ensure_like(be, &mut self.dx, dy, s.sizes().0)?;
             be.conv2d_bwd_data(dy, w, &mut self.dx, s)
                 .with_context(|| format!("input gradient of {}", self.weight.name))?;
@@ -127,10 +124,7 @@ impl Conv2d {
         dx: &mut Buf,
     ) -> Result<()> {
         let s = self.weight_grad(be, x, dy)?;
-        let w = match dy.dtype() {
-            DType::F32 => &self.weight.value,
-            _ => &self.weight_lp,
-        };
+        let w = data_weight(&self.weight, &self.weight_lp, dy.dtype());
         be.conv2d_bwd_data_add(dy, w, dx, s)
             .with_context(|| format!("input gradient of {}", self.weight.name))
     }
@@ -144,6 +138,15 @@ impl Conv2d {
         be.conv2d_bwd_weight(x, dy, self.weight.grad_mut()?, s)
             .with_context(|| format!("weight gradient of {name}"))?;
         Ok(s)
+    }
+}
+
+/// The weight a data gradient in `dtype` reads: the f32 master copy, or the low-precision copy
+/// (bf16) the forward rounded from it.
+fn data_weight<'a>(weight: &'a Param, weight_lp: &'a Buf, dtype: DType) -> &'a Buf {
+    match dtype {
+        DType::F32 => &weight.value,
+        _ => weight_lp,
     }
 }
 

@@ -215,7 +215,8 @@ impl NormOps for CudaBackend {
         let act_bytes = s.n * s.c * s.hw * dtype.size();
         let inputs = 2 + has_dres as usize; // x, dy (and y)
         self.with_scratch(partial_bytes, |partial| {
-            // x, dy (and y) read; the parameters and saved statistics read; the sums written.
+            // x, dy (and y) read; the saved statistics (per pair) and gamma, beta (per channel)
+            // read; the sums written.
             let args = Args::new()
                 .ptr(x.dev()?)
                 .opt_ptr(y)
@@ -233,7 +234,7 @@ impl NormOps for CudaBackend {
                 .i32(s.act.code())
                 .work(bn_traffic(
                     &s,
-                    inputs * act_bytes + 4 * 4 * split.pairs + partial_bytes,
+                    inputs * act_bytes + 2 * 4 * (split.pairs + s.c) + partial_bytes,
                 ));
             // SAFETY: arguments match batchnorm_bwd_reduce_<dtype>(x, y, dy, gamma, beta,
             // save_mean, save_invstd, partial, per, C, hw, chunks, vec, act); x, dy (y when not
