@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{kernel_device, log, rel_err};
+use common::{download_f32, kernel_device, log, rel_err};
 use insclr::backend::{Backend, DType};
 use insclr::nn::head::HeadKind;
 use insclr::nn::{zero_grads, Arch, Module, ParamKind, RetrievalNet};
@@ -195,5 +195,78 @@ fn bf16_network_follows_the_f32_network() {
             desc > 0.0,
             "{what}: the same descriptors bit for bit; it did not run in bf16"
         );
+    }
+}
+
+/// Descriptors, output map and stride-16 map of `net` for images `x` of `nhw`: an eval forward,
+/// or (`frozen`) a training forward with every BatchNorm frozen, which runs the eval forward's
+/// kernels into every layer's own buffers.
+fn maps_of(
+    be: &dyn Backend,
+    net: &mut RetrievalNet,
+    x: &[f32],
+    (n, h, w): (usize, usize, usize),
+    frozen: bool,
+) -> Vec<Vec<f32>> {
+    use insclr::nn::DescriptorNet;
+    for bn in net.backbone.batchnorms_mut() {
+        bn.frozen = frozen;
+    }
+    let desc = if frozen {
+        be.download::<f32>(net.forward_train(be, x, n, h, w).unwrap())
+            .unwrap()
+    } else {
+        net.describe(be, x, n, h, w).unwrap()
+    };
+    let mid = net.backbone.mid_output().expect("a stride-16 map").0;
+    let maps = [net.backbone.output(), mid];
+    let mut v = vec![desc];
+    v.extend(maps.map(|m| download_f32(be, m).unwrap()));
+    v
+}
+
+/// An eval forward writes into a few reused maps instead of every layer's own buffers: it gives
+/// what a training forward with frozen BatchNorm gives (the same kernels, into the layers'
+/// buffers), bit for bit, descriptors and both local-feature maps, on the CPU and the device,
+/// in f32 and bf16; again after a smaller batch of another size has shrunk the maps' views, and
+/// after a training forward in between.
+#[test]
+fn eval_forward_through_reused_maps_matches_the_layers_own_buffers() {
+    let dev = kernel_device("eval_forward_through_reused_maps_matches_the_layers_own_buffers");
+    let small = Arch::ResNetCustom {
+        stages: [1, 2, 1, 1],
+        base: 8,
+    };
+    let mut rng = Rng::new(23);
+    let (big, little) = ((2, 48, 40), (1, 33, 35));
+    let x = rng.vec_f32(2 * 3 * 48 * 40, -2.0, 2.0);
+    let y = rng.vec_f32(3 * 33 * 35, -2.0, 2.0);
+    let backends: [&dyn Backend; 2] = [insclr::backend::cpu(), &dev];
+    for be in backends {
+        for arch in [small, Arch::EfficientNetLite0] {
+            for precision in [DType::F32, DType::BF16] {
+                let backbone = arch.build(be, &mut Rng::new(5), false).unwrap();
+                let mut net =
+                    RetrievalNet::new(be, &mut Rng::new(6), backbone, HeadKind::NormLinearNorm, 16)
+                        .unwrap();
+                net.set_precision(precision).unwrap();
+                for p in net.params_mut() {
+                    if p.kind == ParamKind::Running {
+                        let v = rng.vec_f32(p.numel(), 0.1, 1.5);
+                        p.value = be.upload(&v).unwrap();
+                    }
+                }
+                let what = format!("{} {precision} on {}", arch.name(), be.name());
+                let want = maps_of(be, &mut net, &x, big, true);
+                assert_eq!(maps_of(be, &mut net, &x, big, false), want, "{what}");
+                maps_of(be, &mut net, &y, little, false);
+                assert_eq!(maps_of(be, &mut net, &x, big, false), want, "{what}, again");
+                assert_eq!(maps_of(be, &mut net, &x, big, true), want, "{what}, frozen");
+                assert_eq!(maps_of(be, &mut net, &x, big, false), want, "{what}, eval");
+                log(&format!(
+                    "{what}: eval maps equal the frozen training forward's"
+                ));
+            }
+        }
     }
 }

@@ -1,11 +1,12 @@
-//! `insclr-cu plan`: every launch of one training step with its occupancy, waves and roofline
-//! floor on an H100 and an H200 (model output), the floors summed by kernel and over the step,
-//! and the step's last measured time beside them. Runs nothing on a GPU; needs none.
+//! `insclr-cu plan`: every launch of one training step (or, with `--extract`, of one extraction
+//! call) with its occupancy, waves and roofline floor on an H100 and an H200 (model output), the
+//! floors summed by kernel and over the run, the device memory it holds, and the step's last
+//! measured time beside them. Runs nothing on a GPU; needs none.
 
 use anyhow::{bail, Result};
 use insclr::backend::DType;
 use insclr::nn::Arch;
-use insclr::plan::{self, measured, Kind, PlanOptions, Planned, StepPlan};
+use insclr::plan::{self, measured, Job, Kind, PlanOptions, Planned, StepPlan};
 
 /// Arguments of `insclr-cu plan`.
 #[derive(clap::Args)]
@@ -13,12 +14,16 @@ pub struct Args {
     /// Backbone: resnet50, resnet101 or efficientnet-lite0.
     #[arg(long, default_value = "resnet101")]
     model: String,
-    /// Square training image side, pixels.
+    /// Square image side, pixels.
     #[arg(long, default_value_t = 448)]
     img_size: usize,
-    /// Images per step.
+    /// Images per step (or extraction call).
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Plan one extraction call (the eval forward of a batch to descriptors, as `extract` runs
+    /// each scale of a batch of one size) instead of a training step.
+    #[arg(long)]
+    extract: bool,
     /// What the backbone computes in: f32 or bf16 (SOLVER.PRECISION).
     #[arg(long, default_value = "f32")]
     precision: String,
@@ -41,6 +46,11 @@ pub fn run(args: Args) -> Result<()> {
         px: args.img_size,
         batch: args.batch,
         precision,
+        job: if args.extract {
+            Job::Extract
+        } else {
+            Job::Step
+        },
     };
     let p = plan::plan_step(&o)?;
     header(&p);
@@ -54,23 +64,35 @@ pub fn run(args: Args) -> Result<()> {
 
 fn header(p: &StepPlan) {
     let o = &p.options;
+    let what = match o.job {
+        Job::Step => "one training step as benches/train_step.rs times it",
+        Job::Extract => "one extraction call",
+    };
     println!(
-        "insclr-cu plan: {} at {} px, batch {}, {} — one training step as benches/train_step.rs \
-         times it",
+        "insclr-cu plan: {} at {} px, batch {}, {} — {what}",
         o.arch.name(),
         o.px,
         o.batch,
         o.precision
     );
-    println!(
-        "  included: the batch's upload, the training forward, zeroed gradients, the backward of a \
-         descriptor gradient, the gradient clip, Adam"
-    );
-    println!(
-        "  not included: the method's kernels around it in a real stage (loss, memory banks, \
-         selection, mining); the clip's rescale, which runs only when the norm passes 10 (the \
-         plan reads back zeros)"
-    );
+    match o.job {
+        Job::Step => {
+            println!(
+                "  included: the batch's upload, the training forward, zeroed gradients, the \
+                 backward of a descriptor gradient, the gradient clip, Adam"
+            );
+            println!(
+                "  not included: the method's kernels around it in a real stage (loss, memory \
+                 banks, selection, mining); the clip's rescale, which runs only when the norm \
+                 passes 10 (the plan reads back zeros)"
+            );
+        }
+        Job::Extract => println!(
+            "  included: the batch's upload, the eval forward (running statistics, reused maps), \
+             GeM, the head, the descriptors' download; not included: decoding and resizing on \
+             the CPU, the multi-scale average"
+        ),
+    }
     println!(
         "  every launch is the launchers' own, recorded by a device layer that runs nothing; \
          occupancy, waves, FLOPs, bytes and floors are model output, not measurements"
@@ -276,9 +298,13 @@ fn totals(p: &StepPlan) {
     let o = &p.options;
     let flops: f64 = p.entries.iter().map(|e| e.work.flops).sum();
     let bytes: f64 = p.entries.iter().map(|e| e.work.bytes).sum();
+    let run = match o.job {
+        Job::Step => "step",
+        Job::Extract => "call",
+    };
     println!();
     println!(
-        "step: {} operations ({} kernel launches, {} memsets, {} copies to the GPU, {} back); \
+        "{run}: {} operations ({} kernel launches, {} memsets, {} copies to the GPU, {} back); \
          {:.2} TFLOP, {:.2} GB of compulsory traffic",
         p.entries.len(),
         p.count(Kind::Kernel),
@@ -297,13 +323,26 @@ fn totals(p: &StepPlan) {
             .join(", ")
     };
     println!(
-        "floor of the step (sum of the launches' floors, its speed of light; model): {}",
+        "floor of the {run} (sum of the launches' floors, its speed of light; model): {}",
         fmt(&|g| p.floor(g))
     );
     println!(
         "  with each kernel's last wave counted as full (model): {}",
         fmt(&|g| p.quantised_floor(g))
     );
+    println!(
+        "device memory: {:.2} GiB held at most (parameters and their gradients{}, activations, \
+         scratch; counted from the plan's allocations, without the CUDA context)",
+        p.peak_bytes as f64 / (1u64 << 30) as f64,
+        if o.job == Job::Step {
+            ", Adam's moments"
+        } else {
+            ""
+        }
+    );
+    if o.job == Job::Extract {
+        return;
+    }
     let m = measured::get();
     let model = o.arch.name();
     let last = p.gpus.len() - 1;

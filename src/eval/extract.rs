@@ -283,11 +283,11 @@ pub fn l2_normalize_rows(x: &mut [f32], dim: usize) {
 /// Input pixels per network call on the CPU (four 512 x 512 images, one of 1024 x 1024).
 pub const CPU_CALL_PIXELS: usize = 1 << 20;
 
-/// How many `h x w` images go through the network in one call. Every layer keeps its output, so
-/// a call's memory grows with its batch (Lite0 at 512 px: 4.7 GB for 15 images, 1.2 GB for 4).
-/// The CPU convolves image by image and gains nothing from a large batch, so its calls hold up
-/// to [`CPU_CALL_PIXELS`] (one image at least); a GPU runs faster on larger batches and takes
-/// the whole batch.
+/// How many `h x w` images go through the network in one call. A call's memory grows with its
+/// batch (by the eval forward's reused maps, a few of the network's maps per image). The CPU
+/// convolves image by image and gains nothing from a large batch, so its calls hold up to
+/// [`CPU_CALL_PIXELS`] (one image at least); a GPU runs faster on larger batches and takes the
+/// whole batch.
 fn images_per_call(be: &dyn Backend, h: usize, w: usize) -> usize {
     match be.device() {
         Device::Cpu => (CPU_CALL_PIXELS / (h * w).max(1)).max(1),

@@ -1,6 +1,7 @@
 //! BatchNorm2d with a fused activation: batch statistics and running averages in training,
 //! running statistics in eval mode, and frozen running statistics in training when asked.
 
+use super::maps::Out;
 use super::{empty, ensure_len, ensure_like, Param, ParamKind};
 use crate::backend::{Act, Backend, BatchNorm, Buf};
 use anyhow::{anyhow, bail, Context, Result};
@@ -98,12 +99,28 @@ impl BatchNorm2d {
         hw: usize,
         train: bool,
     ) -> Result<()> {
+        let mut y = std::mem::replace(&mut self.y, empty());
+        let done = self.forward_into(be, x, residual, (n, hw), train, &mut y);
+        self.y = y;
+        done
+    }
+
+    /// [`BatchNorm2d::forward_add`] into `y` instead of [`BatchNorm2d::y`].
+    pub(crate) fn forward_into(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        residual: Option<&Buf>,
+        (n, hw): (usize, usize),
+        train: bool,
+        y: &mut dyn Out,
+    ) -> Result<()> {
         let s = BatchNorm {
             momentum: self.momentum,
             ghost: self.ghost,
             ..BatchNorm::new(n, self.channels(), hw, self.eps, self.act)
         };
-        ensure_like(be, &mut self.y, x, n * s.c * hw)?;
+        let y = y.sized(be, x.dtype(), n * s.c * hw)?;
         let name = &self.weight.name;
         let batch_stats = train && !self.frozen;
         if batch_stats {
@@ -116,7 +133,7 @@ impl BatchNorm2d {
                 (&mut self.running_mean.value, &mut self.running_var.value),
                 (&mut self.save_mean, &mut self.save_invstd),
                 residual,
-                &mut self.y,
+                y,
                 s,
             )
         } else {
@@ -127,7 +144,7 @@ impl BatchNorm2d {
                 &self.running_mean.value,
                 &self.running_var.value,
                 residual,
-                &mut self.y,
+                y,
                 s,
             )
         }

@@ -1,6 +1,7 @@
 //! Conv2d (no bias) and the Conv -> BatchNorm (-> activation) unit both backbones are made of.
 
 use super::batchnorm::BatchNorm2d;
+use super::maps::{Out, Slot};
 use super::{empty, ensure_like, Param, ParamKind};
 use crate::backend::{Act, Backend, Buf, Conv, DType, Padding};
 use crate::rng::Rng;
@@ -91,10 +92,24 @@ impl Conv2d {
         h: usize,
         w: usize,
     ) -> Result<(usize, usize)> {
+        let mut y = std::mem::replace(&mut self.y, empty());
+        let done = self.forward_into(be, x, (n, h, w), &mut y);
+        self.y = y;
+        done
+    }
+
+    /// [`Conv2d::forward`] into `y` instead of [`Conv2d::y`].
+    pub(crate) fn forward_into(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        (n, h, w): (usize, usize, usize),
+        y: &mut dyn Out,
+    ) -> Result<(usize, usize)> {
         let s = self.shape_for(n, h, w)?;
         let w = be.cast_to(&self.weight.value, x.dtype(), &mut self.weight_lp)?;
-        ensure_like(be, &mut self.y, x, s.sizes().2)?;
-        be.conv2d_fwd(x, w, &mut self.y, s)
+        let y = y.sized(be, x.dtype(), s.sizes().2)?;
+        be.conv2d_fwd(x, w, y, s)
             .with_context(|| format!("forward of {}", self.weight.name))?;
         self.shape = Some(s);
         Ok((s.oh, s.ow))
@@ -212,6 +227,23 @@ impl ConvBn {
         let (oh, ow) = self.conv.forward(be, x, n, h, w)?;
         self.bn
             .forward_add(be, &self.conv.y, residual, n, oh * ow, train)?;
+        self.out_hw = (oh, ow);
+        Ok((oh, ow))
+    }
+
+    /// Eval-mode forward of an [`EvalMaps`](super::maps::EvalMaps) pass: the convolution's
+    /// output into `z`, the BatchNorm's (with `residual` added) into `y`.
+    pub(crate) fn infer(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        residual: Option<&Buf>,
+        (n, h, w): (usize, usize, usize),
+        (z, y): (&mut Slot, &mut Slot),
+    ) -> Result<(usize, usize)> {
+        let (oh, ow) = self.conv.forward_into(be, x, (n, h, w), z)?;
+        self.bn
+            .forward_into(be, z.buf(), residual, (n, oh * ow), false, y)?;
         self.out_hw = (oh, ow);
         Ok((oh, ow))
     }

@@ -5,11 +5,12 @@ use super::act::add_into;
 use super::backbone::{classify, Backbone};
 use super::conv::ConvBn;
 use super::linear::Linear;
+use super::maps::{EvalMaps, Scratch, Slot, MID};
 use super::pool::GemPool;
 use super::{empty, Module, Param};
 use crate::backend::{Act, Backend, Buf, Padding};
 use crate::rng::Rng;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 
 /// The Lite models' BatchNorm eps (TensorFlow's 1e-3).
 const BN_EPS: f32 = 1e-3;
@@ -131,6 +132,30 @@ impl MbConv {
         Ok((oh, ow))
     }
 
+    /// Eval-mode forward of `x` into `out` through `s`'s scratch maps.
+    fn infer(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        (n, h, w): (usize, usize, usize),
+        out: &mut Slot,
+        s: &mut Scratch,
+    ) -> Result<(usize, usize)> {
+        let e = match self.expand.as_mut() {
+            Some(e) => {
+                e.infer(be, x, None, (n, h, w), (&mut s.z, &mut s.a))?;
+                s.a.buf()
+            }
+            None => x,
+        };
+        let (oh, ow) = self
+            .depthwise
+            .infer(be, e, None, (n, h, w), (&mut s.z, &mut s.b))?;
+        let skip = self.skip.then_some(x);
+        self.project
+            .infer(be, s.b.buf(), skip, (n, oh, ow), (&mut s.z, out))
+    }
+
     fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         self.project.backward(be, self.depthwise.y(), dy, true)?;
         let e = self.expand.as_ref().map_or(x, |e| e.y());
@@ -169,6 +194,7 @@ pub struct EfficientNetLite0 {
     /// `_fc` (1280 -> 1000, with bias) of the classifier variant.
     pub fc: Option<Linear>,
     avg: GemPool,
+    maps: EvalMaps,
 }
 
 impl EfficientNetLite0 {
@@ -218,11 +244,62 @@ impl EfficientNetLite0 {
             head,
             fc,
             avg: GemPool::avg(),
+            maps: EvalMaps::default(),
         };
         for u in net.units_mut() {
             u.bn.momentum = BN_MOMENTUM;
         }
         Ok(net)
+    }
+
+    /// The blocks up to the end of the last stride-16 stage, and its channels; `None` when the
+    /// stages never reach stride 16.
+    fn mid_stage() -> Option<(usize, usize)> {
+        // The stride-16 stages end where the first stride-2 stage after stride 16 begins.
+        let (mut stride, mut end, mut channels) = (2, 0, 0);
+        for &(repeats, _, s, _, _, c_out) in &STAGES {
+            if stride * s > 16 {
+                break;
+            }
+            stride *= s;
+            end += repeats;
+            channels = c_out;
+        }
+        (stride == 16 && end > 0).then_some((end, channels))
+    }
+
+    /// The eval-mode forward through [`EvalMaps`]: the stem into slot 0, then every block and
+    /// the head from one slot into the next.
+    fn infer(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        (n, h, w): (usize, usize, usize),
+    ) -> Result<(usize, usize)> {
+        let mid_end = Self::mid_stage().map_or(0, |(end, _)| end);
+        let maps = &mut self.maps;
+        maps.out = None;
+        let (mut h, mut w) = self.stem.infer(
+            be,
+            x,
+            None,
+            (n, h, w),
+            (&mut maps.scratch.z, &mut maps.io[0]),
+        )?;
+        let mut from = 0;
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let to = EvalMaps::next(from, i + 1 == mid_end);
+            let (x, out, scratch) = maps.pass(from, to)?;
+            (h, w) = b.infer(be, x, (n, h, w), out, scratch)?;
+            from = to;
+        }
+        let to = EvalMaps::next(from, false);
+        let (x, out, scratch) = maps.pass(from, to)?;
+        let hw = self
+            .head
+            .infer(be, x, None, (n, h, w), (&mut scratch.z, out))?;
+        maps.out = Some(to);
+        Ok(hw)
     }
 
     fn units(&self) -> Vec<&ConvBn> {
@@ -288,6 +365,10 @@ impl Backbone for EfficientNetLite0 {
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
+        if !train {
+            return self.infer(be, x, (n, h, w));
+        }
+        self.maps.out = None;
         let (mut h, mut w) = self.stem.forward(be, x, (n, h, w), train)?;
         let mut prev = self.stem.y();
         for b in self.blocks.iter_mut() {
@@ -298,21 +379,16 @@ impl Backbone for EfficientNetLite0 {
     }
 
     fn output(&self) -> &Buf {
-        self.head.y()
+        self.maps.output().unwrap_or(self.head.y())
     }
 
     fn mid_output(&self) -> Option<(&Buf, usize)> {
-        // The stride-16 stages end where the first stride-2 stage after stride 16 begins.
-        let (mut stride, mut end, mut channels) = (2, 0, 0);
-        for &(repeats, _, s, _, _, c_out) in &STAGES {
-            if stride * s > 16 {
-                break;
-            }
-            stride *= s;
-            end += repeats;
-            channels = c_out;
-        }
-        (stride == 16 && end > 0).then(|| (self.blocks[end - 1].y(), channels))
+        let (end, channels) = Self::mid_stage()?;
+        let map = match self.maps.out {
+            Some(_) => self.maps.io[MID].buf(),
+            None => self.blocks.get(end - 1)?.y(),
+        };
+        Some((map, channels))
     }
 
     fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
@@ -346,7 +422,11 @@ impl Backbone for EfficientNetLite0 {
             .fc
             .as_mut()
             .ok_or_else(|| anyhow!("this EfficientNet was built without its _fc classifier"))?;
-        classify(be, self.head.y(), (n, HEAD, fh, fw), &mut self.avg, fc)
+        let feat = self
+            .maps
+            .output()
+            .context("the eval forward left no output")?;
+        classify(be, feat, (n, HEAD, fh, fw), &mut self.avg, fc)
     }
 
     fn summary(&self) -> Vec<String> {

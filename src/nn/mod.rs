@@ -4,7 +4,8 @@
 //! Conventions (llm.c style): a layer owns its output `y` and its input gradient `dx`, sized on
 //! the first call for a batch shape and reused after; the caller passes the layer's input again
 //! to `backward` (it is the previous layer's `y`, still alive), so nothing is copied. `backward`
-//! writes `dx` with `=` and accumulates parameter gradients with `+=`.
+//! writes `dx` with `=` and accumulates parameter gradients with `+=`. An eval-mode forward,
+//! which no backward follows, writes into a few reused maps instead (`maps.rs`).
 
 pub mod act;
 pub mod backbone;
@@ -15,6 +16,7 @@ pub mod efficientnet;
 pub mod head;
 pub mod head_init;
 pub mod linear;
+pub(crate) mod maps;
 pub mod meta;
 pub mod model;
 pub mod net;

@@ -1,6 +1,7 @@
 //! Pooling layers: max pool (ResNet stem), GeM (the retrieval descriptor, p = 3 fixed, spec
 //! G15) and global average pooling (the ImageNet classifiers).
 
+use super::maps::Out;
 use super::{empty, ensure_like};
 use crate::backend::{Backend, Buf, Gem, MaxPool};
 use anyhow::{anyhow, Context, Result};
@@ -37,10 +38,23 @@ impl MaxPool2d {
         x: &Buf,
         (n, c, h, w): (usize, usize, usize, usize),
     ) -> Result<(usize, usize)> {
+        let mut y = std::mem::replace(&mut self.y, empty());
+        let done = self.forward_into(be, x, (n, c, h, w), &mut y);
+        self.y = y;
+        done
+    }
+
+    /// [`MaxPool2d::forward`] into `y` instead of [`MaxPool2d::y`].
+    pub(crate) fn forward_into(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        (n, c, h, w): (usize, usize, usize, usize),
+        y: &mut dyn Out,
+    ) -> Result<(usize, usize)> {
         let s = MaxPool::new(n, c, h, w, self.k, self.stride, self.pad)?;
-        ensure_like(be, &mut self.y, x, n * c * s.oh * s.ow)?;
-        be.maxpool_fwd(x, &mut self.y, s)
-            .context("max pool forward")?;
+        let y = y.sized(be, x.dtype(), n * c * s.oh * s.ow)?;
+        be.maxpool_fwd(x, y, s).context("max pool forward")?;
         self.shape = Some(s);
         Ok((s.oh, s.ow))
     }

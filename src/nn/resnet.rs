@@ -5,11 +5,12 @@
 use super::backbone::{classify, Backbone};
 use super::conv::ConvBn;
 use super::linear::Linear;
+use super::maps::{EvalMaps, Scratch, Slot, MID};
 use super::pool::{GemPool, MaxPool2d};
 use super::{empty, Module, Param};
 use crate::backend::{Act, Backend, Buf, Padding};
 use crate::rng::Rng;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 /// torchvision's BatchNorm eps.
 const BN_EPS: f32 = 1e-5;
@@ -107,6 +108,32 @@ impl Bottleneck {
             .forward_add(be, &self.c2.bn.y, Some(identity), (n, h2, w2), train)
     }
 
+    /// Eval-mode forward of `x` into `out` through `s`'s scratch maps.
+    fn infer(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        (n, h, w): (usize, usize, usize),
+        out: &mut Slot,
+        s: &mut Scratch,
+    ) -> Result<(usize, usize)> {
+        let (h1, w1) = self
+            .c1
+            .infer(be, x, None, (n, h, w), (&mut s.z, &mut s.a))?;
+        let (h2, w2) = self
+            .c2
+            .infer(be, s.a.buf(), None, (n, h1, w1), (&mut s.z, &mut s.b))?;
+        let identity = match self.downsample.as_mut() {
+            Some(d) => {
+                d.infer(be, x, None, (n, h, w), (&mut s.z, &mut s.d))?;
+                s.d.buf()
+            }
+            None => x,
+        };
+        self.c3
+            .infer(be, s.b.buf(), Some(identity), (n, h2, w2), (&mut s.z, out))
+    }
+
     fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
         // The block's input gradient is the identity path's (the sum's gradient, or the
         // downsample's input gradient) with c1's added onto it by c1's own kernels: the identity
@@ -158,6 +185,7 @@ pub struct ResNet {
     avg: GemPool,
     stage_sizes: [usize; 4],
     out_hw: (usize, usize),
+    maps: EvalMaps,
 }
 
 impl ResNet {
@@ -222,11 +250,50 @@ impl ResNet {
             avg: GemPool::avg(),
             stage_sizes,
             out_hw: (0, 0),
+            maps: EvalMaps::default(),
         })
     }
 
     fn output_ref(&self) -> &Buf {
-        self.blocks.last().map_or(&self.maxpool.y, |b| b.y())
+        match self.maps.output() {
+            Some(y) => y,
+            None => self.blocks.last().map_or(&self.maxpool.y, |b| b.y()),
+        }
+    }
+
+    /// Blocks before the first stride-32 one (layer1 to layer3).
+    fn mid_end(&self) -> usize {
+        self.stage_sizes[..3].iter().sum()
+    }
+
+    /// The eval-mode forward through [`EvalMaps`]: the stem's BatchNorm into slot 1, the max
+    /// pool into slot 0, then every block from one slot into the next.
+    fn infer(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        (n, h, w): (usize, usize, usize),
+    ) -> Result<(usize, usize)> {
+        let mid_end = self.mid_end();
+        let maps = &mut self.maps;
+        maps.out = None;
+        let (pooled, stem) = maps.io.split_at_mut(1);
+        let (h, w) =
+            self.stem
+                .infer(be, x, None, (n, h, w), (&mut maps.scratch.z, &mut stem[0]))?;
+        let (mut h, mut w) =
+            self.maxpool
+                .forward_into(be, stem[0].buf(), (n, self.base, h, w), &mut pooled[0])?;
+        let mut from = 0;
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let to = EvalMaps::next(from, i + 1 == mid_end);
+            let (x, out, scratch) = maps.pass(from, to)?;
+            (h, w) = b.infer(be, x, (n, h, w), out, scratch)?;
+            from = to;
+        }
+        maps.out = Some(from);
+        self.out_hw = (h, w);
+        Ok((h, w))
     }
 }
 
@@ -277,6 +344,10 @@ impl Backbone for ResNet {
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
+        if !train {
+            return self.infer(be, x, (n, h, w));
+        }
+        self.maps.out = None;
         let (h, w) = self.stem.forward(be, x, (n, h, w), train)?;
         let c = self.base;
         let (mut h, mut w) = self.maxpool.forward(be, &self.stem.bn.y, (n, c, h, w))?;
@@ -294,8 +365,12 @@ impl Backbone for ResNet {
     }
 
     fn mid_output(&self) -> Option<(&Buf, usize)> {
-        let end: usize = self.stage_sizes[..3].iter().sum();
-        (end > 0).then(|| (self.blocks[end - 1].y(), (self.base << 2) * EXPANSION))
+        let end = self.mid_end();
+        let map = match self.maps.out {
+            Some(_) => self.maps.io[MID].buf(),
+            None => self.blocks.get(end.checked_sub(1)?)?.y(),
+        };
+        (end > 0).then_some((map, (self.base << 2) * EXPANSION))
     }
 
     fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
@@ -329,7 +404,10 @@ impl Backbone for ResNet {
     ) -> Result<Vec<f32>> {
         let (fh, fw) = Backbone::forward(self, be, x, (n, h, w), false)?;
         let c = self.out_channels();
-        let feat = self.blocks.last().map_or(&self.maxpool.y, |b| b.y());
+        let feat = self
+            .maps
+            .output()
+            .context("the eval forward left no output")?;
         let fc = self
             .fc
             .as_mut()

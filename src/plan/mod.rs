@@ -49,9 +49,7 @@ impl BackboneStep {
         batch: usize,
         px: usize,
     ) -> Result<BackboneStep> {
-        let backbone = arch.build(be, rng, false)?;
-        let mut net = RetrievalNet::new(be, rng, backbone, HeadKind::NormLinearNorm, DESC_DIM)?;
-        net.set_precision(precision)?;
+        let mut net = Self::network(be, rng, arch, precision)?;
         let solver = Solver {
             name: "adam".into(),
             base_lr: 1e-6,
@@ -67,6 +65,20 @@ impl BackboneStep {
         })
     }
 
+    /// A randomly initialised `arch` with a norm-linear-norm head to [`DESC_DIM`], computing in
+    /// `precision`.
+    pub fn network(
+        be: &dyn Backend,
+        rng: &mut Rng,
+        arch: Arch,
+        precision: DType,
+    ) -> Result<RetrievalNet> {
+        let backbone = arch.build(be, rng, false)?;
+        let mut net = RetrievalNet::new(be, rng, backbone, HeadKind::NormLinearNorm, DESC_DIM)?;
+        net.set_precision(precision)?;
+        Ok(net)
+    }
+
     /// One step on `batch` images `x` of `px x px` (decoded RGB bytes, as `train` uploads
     /// them, or a normalised tensor) with descriptor gradient `d_desc` (`batch x DESC_DIM` on
     /// `be`).
@@ -80,13 +92,25 @@ impl BackboneStep {
     }
 }
 
-/// What step to plan.
+/// What run to plan.
 #[derive(Clone, Copy, Debug)]
 pub struct PlanOptions {
     pub arch: Arch,
     pub px: usize,
     pub batch: usize,
     pub precision: DType,
+    pub job: Job,
+}
+
+/// The run a plan records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Job {
+    /// One training step ([`BackboneStep`]).
+    #[default]
+    Step,
+    /// One extraction call: the eval forward of a batch to descriptors, as `extract` describes
+    /// one scale of a batch of images of one size.
+    Extract,
 }
 
 /// What kind of device operation a planned entry is.
@@ -165,6 +189,9 @@ pub struct StepPlan {
     pub options: PlanOptions,
     pub entries: Vec<Planned>,
     pub gpus: Vec<GpuSpec>,
+    /// The most device memory the run held at once, from the network's creation through
+    /// both runs (parameters, their gradients, optimiser state, activations, scratch).
+    pub peak_bytes: u64,
 }
 
 /// One kernel's entries summed.
@@ -234,9 +261,9 @@ impl StepPlan {
     }
 }
 
-/// Records one step of `o` on the plan backend and models every operation of it. The step runs
-/// twice and the second is planned: the first allocates (as a real first step does) and the
-/// benchmark's timing skips it too.
+/// Records one step (or extraction call) of `o` on the plan backend and models every operation
+/// of it. It runs twice and the second is planned: the first allocates (as a real first step
+/// does) and the benchmark's timing skips it too.
 pub fn plan_step(o: &PlanOptions) -> Result<StepPlan> {
     if o.batch == 0 || o.px == 0 {
         bail!(
@@ -249,7 +276,6 @@ pub fn plan_step(o: &PlanOptions) -> Result<StepPlan> {
     let be: &dyn Backend = &cuda;
     let rec = cuda.recorder().context("the plan backend has a recorder")?;
     let mut rng = Rng::new(3);
-    let mut step = BackboneStep::new(be, &mut rng, o.arch, o.precision, o.batch, o.px)?;
     // Values do not matter to a run that computes nothing; zeros cost no time to make. The
     // batch is bytes, as `train` uploads it.
     let bytes = vec![0u8; o.batch * o.px * o.px * 3];
@@ -258,12 +284,23 @@ pub fn plan_step(o: &PlanOptions) -> Result<StepPlan> {
         mean: IMAGENET_MEAN,
         std: IMAGENET_STD,
     };
-    let d_desc = be.upload(&vec![0f32; o.batch * DESC_DIM])?;
-    step.run(be, x, &d_desc)?;
+    let mut run: Box<dyn FnMut() -> Result<()>> = match o.job {
+        Job::Step => {
+            let mut step = BackboneStep::new(be, &mut rng, o.arch, o.precision, o.batch, o.px)?;
+            let d_desc = be.upload(&vec![0f32; o.batch * DESC_DIM])?;
+            Box::new(move || step.run(be, x, &d_desc))
+        }
+        Job::Extract => {
+            let mut net = BackboneStep::network(be, &mut rng, o.arch, o.precision)?;
+            Box::new(move || net.describe_images(be, x, o.batch, o.px, o.px).map(drop))
+        }
+    };
+    run()?;
     rec.set_recording(true);
-    let ran = step.run(be, x, &d_desc);
+    let ran = run();
     rec.set_recording(false);
     ran?;
+    let peak_bytes = rec.usage().peak();
     let gpus = MODELLED.to_vec();
     let entries = rec
         .take()
@@ -274,6 +311,7 @@ pub fn plan_step(o: &PlanOptions) -> Result<StepPlan> {
         options: *o,
         entries,
         gpus,
+        peak_bytes,
     })
 }
 

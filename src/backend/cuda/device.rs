@@ -10,6 +10,7 @@ use crate::backend::Device;
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The device a piece of memory belongs to: a GPU by ordinal, the emulator, or the plan's
@@ -43,8 +44,42 @@ enum Owner {
     },
     /// A range of a shared allocation, which it keeps alive (the parameter arena's tensors).
     View(Arc<DevMem>),
-    /// Addresses without storage ([`super::record::Recorder`]).
-    Plan,
+    /// Addresses without storage ([`super::record::Recorder`]), counted in its [`Usage`].
+    Plan(Arc<Usage>),
+}
+
+/// Bytes of device memory held, and the most held at once since [`Usage::reset_peak`]: what a
+/// run would need of a GPU, counted by the plan's layer, which has no memory to run out of.
+#[derive(Debug, Default)]
+pub struct Usage {
+    held: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Usage {
+    fn take(&self, bytes: usize) {
+        let held = self.held.fetch_add(bytes as u64, Ordering::SeqCst) + bytes as u64;
+        self.peak.fetch_max(held, Ordering::SeqCst);
+    }
+
+    fn give(&self, bytes: usize) {
+        self.held.fetch_sub(bytes as u64, Ordering::SeqCst);
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// The most bytes held at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Starts a new peak from what is held now.
+    pub fn reset_peak(&self) {
+        self.peak.store(self.held(), Ordering::SeqCst);
+    }
 }
 
 impl DevMem {
@@ -69,12 +104,14 @@ impl DevMem {
         }
     }
 
-    /// `bytes` at fake address `ptr`, for the plan layer: nothing may read or write it.
-    pub(super) fn plan(ptr: u64, bytes: usize) -> DevMem {
+    /// `bytes` at fake address `ptr`, for the plan layer, held in `usage` until dropped:
+    /// nothing may read or write it.
+    pub(super) fn plan(ptr: u64, bytes: usize, usage: &Arc<Usage>) -> DevMem {
+        usage.take(bytes);
         DevMem {
             ptr,
             bytes,
-            owner: Owner::Plan,
+            owner: Owner::Plan(Arc::clone(usage)),
             home: Home::Plan,
         }
     }
@@ -189,8 +226,10 @@ impl DevMem {
 
 impl Drop for DevMem {
     fn drop(&mut self) {
-        if let Owner::Emu { free } = self.owner {
-            free(self.ptr);
+        match &self.owner {
+            Owner::Emu { free } => free(self.ptr),
+            Owner::Plan(usage) => usage.give(self.bytes),
+            Owner::Gpu(_) | Owner::View(_) => {}
         }
     }
 }

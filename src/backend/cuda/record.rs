@@ -4,10 +4,10 @@
 //! checks a GPU launch passes. The launchers above it run unchanged, so a training step on it
 //! records every launch the real step makes, shaped exactly as the launchers shape it.
 
-use super::device::{DevMem, Launch};
+use super::device::{DevMem, Launch, Usage};
 use super::work::Work;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// One device operation of a recorded run.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +33,7 @@ pub struct Recorder {
     next: AtomicU64,
     on: AtomicBool,
     log: Mutex<Vec<Event>>,
+    usage: Arc<Usage>,
 }
 
 /// Where fake addresses start: far from zero, so a null pointer is never one of them.
@@ -46,6 +47,7 @@ impl Recorder {
             next: AtomicU64::new(BASE),
             on: AtomicBool::new(false),
             log: Mutex::new(Vec::new()),
+            usage: Arc::default(),
         }
     }
 
@@ -64,7 +66,12 @@ impl Recorder {
     pub fn alloc(&self, bytes: usize) -> DevMem {
         let span = (bytes.max(1) as u64).div_ceil(ALIGN) * ALIGN;
         let ptr = self.next.fetch_add(span, Ordering::Relaxed);
-        DevMem::plan(ptr, bytes)
+        DevMem::plan(ptr, bytes, &self.usage)
+    }
+
+    /// The device memory its allocations hold, and the most they held at once.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     pub(super) fn record(&self, e: Event) {
