@@ -8,6 +8,11 @@
 //! these networks takes minutes and says nothing new. The step is `insclr::plan::BackboneStep`,
 //! the one `insclr-cu plan` lists the launches of.
 //!
+//! Then one extraction call of ResNet-101, 16 images at 1024 px, f32 and bf16: the batch's
+//! bytes uploaded, the eval forward (reused maps), GeM, the head, the descriptors downloaded, as
+//! `extract` describes one scale of a batch (scripts/torch-baseline.py times PyTorch's eval
+//! forward of a batch already on the GPU).
+//!
 //! `INSCLR_BENCH_FAST=1` times five steps after an untimed one instead of criterion's loop
 //! (benches/util); `INSCLR_PROFILE=1` adds one more step recorded with CUDA events around every
 //! launch, copy and memset, and its per-kernel table.
@@ -176,6 +181,53 @@ fn bench_step(c: &mut Criterion) {
         }
     }
     println!("{table}{profiles}");
+    bench_extract(c, be);
+}
+
+/// The extraction calls' table (module doc).
+fn bench_extract(c: &mut Criterion, be: &dyn Backend) {
+    let (n, px) = (16, 1024);
+    let mut table = String::from(
+        "\n| extraction call (ours) | batch | px | ms / call | images / s |\n|---|---|---|---|---|\n",
+    );
+    for precision in [DType::F32, DType::BF16] {
+        let label = format!("resnet101 {precision:?} {n}x{px}px");
+        if !util::selected(&format!("extract/cuda/{label}")) {
+            continue;
+        }
+        let mut rng = Rng::new(3);
+        let mut net =
+            BackboneStep::network(be, &mut rng, Arch::ResNet101, precision).expect("network");
+        let bytes: Vec<u8> = (0..n * px * px * 3).map(|_| rng.below(256) as u8).collect();
+        let images = Images::Rgb {
+            bytes: &bytes,
+            mean: MEAN,
+            std: STD,
+        };
+        let mut call = || {
+            net.describe_images(be, images, n, px, px)
+                .expect("extraction call");
+        };
+        let samples = time_step(c, be, ("extract/cuda", &label), &mut call);
+        if samples.is_empty() {
+            continue;
+        }
+        let s = median(&samples);
+        table += &format!(
+            "| resnet101 {precision:?} | {n} | {px} | {:.1} | {:.1} |\n",
+            s * 1e3,
+            n as f64 / s
+        );
+        if let Ok(path) = std::env::var("INSCLR_BENCH_TABLE") {
+            let steps = std::fs::read_to_string(&path).unwrap_or_default();
+            let steps = steps
+                .split("\n| extraction call")
+                .next()
+                .unwrap_or_default();
+            std::fs::write(&path, format!("{steps}{table}")).expect("write bench table");
+        }
+    }
+    println!("{table}");
 }
 
 criterion_group!(benches, bench_step);

@@ -4,7 +4,8 @@
 Times a training step as the original runs it (torchvision ResNet + GeM + linear head, Adam
 with coupled decay, grad clip): ResNet-50 at 224 px and ResNet-101 at 448 px, batch 64, eager
 fp32 with torch's defaults (TF32 cuDNN convolutions, as the original ran) and AMP (bf16)
-channels-last. Then the convolutions of benches/conv_shapes.txt under the names
+channels-last; and an extraction call (ResNet-101 eval forward, 16 images at 1024 px, the same
+two modes). Then the convolutions of benches/conv_shapes.txt under the names
 benches/kernels.rs gives them (forward, data gradient, weight gradient; batch 64): in f32 with
 TF32 off, as our f32 kernels compute, and/or in bf16 channels-last, cuDNN's tensor-core layout;
 each timed with CUDA events, median of 20 after 3 untimed calls. For the ResNets, whose lines
@@ -106,7 +107,7 @@ def conv_table(torch, path, dtype, nets):
             print(f"| {net} | {f * 1e3:.1f} | {d * 1e3:.1f} | {g * 1e3:.1f} | {(f + d + g) * 1e3:.1f} |", flush=True)
 
 
-def step_table(torch, torchvision):
+def gem_class(torch):
     class GeM(torch.nn.Module):
         def __init__(self, p=3.0, eps=1e-6):
             super().__init__()
@@ -115,6 +116,11 @@ def step_table(torch, torchvision):
         def forward(self, x):
             return x.clamp(min=self.eps).pow(self.p).mean((-2, -1)).pow(1.0 / self.p)
 
+    return GeM
+
+
+def step_table(torch, torchvision):
+    GeM = gem_class(torch)
     print("| training step (PyTorch) | batch | px | ms / step | images / s |\n|---|---|---|---|---|", flush=True)
     for name, px in [("resnet50", 224), ("resnet101", 448)]:
         for mode in ["fp32 eager", "AMP channels-last"]:
@@ -148,6 +154,37 @@ def step_table(torch, torchvision):
             torch.cuda.empty_cache()
 
 
+def extract_table(torch, torchvision):
+    # The eval forward `extract` runs for one scale of a batch: ResNet-101, GeM, a 2048 -> 2048
+    # linear head, L2; the batch already on the GPU (ours uploads it as bytes).
+    print("\n| extraction call (PyTorch eval forward) | batch | px | ms / call | images / s | GiB held at most |\n|---|---|---|---|---|---|", flush=True)
+    GeM = gem_class(torch)
+    n, px = 16, 1024
+    for mode in ["fp32 eager", "AMP channels-last"]:
+        amp = mode.startswith("AMP")
+        body = torchvision.models.resnet101()
+        body.avgpool, body.fc = GeM(), torch.nn.Identity()
+        model = torch.nn.Sequential(body, torch.nn.Linear(2048, 2048)).cuda().eval()
+        x = torch.randn(n, 3, px, px, device="cuda")
+        if amp:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.to(memory_format=torch.channels_last)
+
+        def call():
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                torch.nn.functional.normalize(model(x).float(), dim=1).cpu()
+
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            t = timed(torch, call, warmup=2, iters=5)
+            held = torch.cuda.max_memory_allocated() / 2**30
+            print(f"| resnet101 {mode} | {n} | {px} | {t * 1e3:.1f} | {n / t:.1f} | {held:.1f} |", flush=True)
+        except RuntimeError as e:
+            print(f"| resnet101 {mode} | {n} | {px} | failed: {str(e).splitlines()[0]} | | |", flush=True)
+        del model, x
+        torch.cuda.empty_cache()
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -179,6 +216,7 @@ def main():
             # The step as the original runs it: torch's defaults (cuDNN convolutions in TF32).
             torch.backends.cudnn.allow_tf32 = True
             step_table(torch, torchvision)
+            extract_table(torch, torchvision)
         except ImportError:
             print("SKIPPED training step: no torchvision on this machine")
         print(f"torch-baseline: steps done at {time.time() - start:.0f} s", file=sys.stderr)

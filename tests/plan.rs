@@ -356,9 +356,44 @@ fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
         "H200",
         "759.9 ms per step",
         "by kernel",
+        "device memory: 32.76 GiB held at most",
     ] {
         assert!(text.contains(want), "no {want:?} in:\n{text}");
     }
+}
+
+/// `plan --extract` plans the extraction call: no backward, no optimiser, and its own words.
+#[test]
+fn the_cli_plans_an_extraction_call() {
+    let out = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
+        .args([
+            "plan",
+            "--model",
+            "resnet50",
+            "--img-size",
+            "320",
+            "--batch",
+            "4",
+        ])
+        .args(["--precision", "bf16", "--extract", "--summary"])
+        .env_remove("INSCLR_DEVICE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in ["one extraction call", "floor of the call", "device memory:"] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+    assert!(!text.contains("last measured"), "{text}");
+    let kernels: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
+        .collect();
+    assert!(kernels.contains(&"gem_fwd_bf16"), "{text}");
+    let backward = kernels
+        .iter()
+        .find(|k| k.contains("_bwd") || k.starts_with("adam"));
+    assert_eq!(backward, None, "{text}");
 }
 
 /// The grids of one training BatchNorm's forward and backward launches, in order, for an

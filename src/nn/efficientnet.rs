@@ -10,7 +10,7 @@ use super::pool::GemPool;
 use super::{empty, Module, Param};
 use crate::backend::{Act, Backend, Buf, Padding};
 use crate::rng::Rng;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 
 /// The Lite models' BatchNorm eps (TensorFlow's 1e-3).
 const BN_EPS: f32 = 1e-3;
@@ -365,10 +365,10 @@ impl Backbone for EfficientNetLite0 {
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
-        if !train {
+        if self.maps.used(train) {
             return self.infer(be, x, (n, h, w));
         }
-        self.maps.out = None;
+        self.maps.use_layers();
         let (mut h, mut w) = self.stem.forward(be, x, (n, h, w), train)?;
         let mut prev = self.stem.y();
         for b in self.blocks.iter_mut() {
@@ -422,10 +422,7 @@ impl Backbone for EfficientNetLite0 {
             .fc
             .as_mut()
             .ok_or_else(|| anyhow!("this EfficientNet was built without its _fc classifier"))?;
-        let feat = self
-            .maps
-            .output()
-            .context("the eval forward left no output")?;
+        let feat = self.maps.output().unwrap_or(self.head.y());
         classify(be, feat, (n, HEAD, fh, fw), &mut self.avg, fc)
     }
 

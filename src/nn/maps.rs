@@ -80,16 +80,36 @@ pub(crate) const MID: usize = 2;
 
 /// The slots of a backbone's eval forward: the blocks read one of `io` and write another in
 /// turn, and the block that ends the stride-16 stages writes [`MID`], which the rest leave alone.
+///
+/// Once a training forward has allocated every layer's own buffers, eval forwards write into
+/// those instead, as training forwards do, and the slots are given back: a training step's
+/// eval forward (InsCLR's views without augmentation) then holds no memory of its own.
 #[derive(Default)]
 pub(crate) struct EvalMaps {
     pub scratch: Scratch,
     pub io: [Slot; 3],
-    /// The slot of `io` holding the last eval forward's output; `None` after a training
-    /// forward (the output is then the last layer's own buffer).
+    /// The slot of `io` holding the last eval forward's output; `None` after a forward
+    /// through the layers' own buffers (the output is then the last layer's).
     pub out: Option<usize>,
+    /// A training forward ran: forwards go through the layers' own buffers.
+    layers: bool,
 }
 
 impl EvalMaps {
+    /// True when a forward (`train` or not) runs through the slots.
+    pub fn used(&self, train: bool) -> bool {
+        !train && !self.layers
+    }
+
+    /// Before a forward through the layers' own buffers: the slots are given back, and every
+    /// later forward goes through the layers (see the type's doc).
+    pub fn use_layers(&mut self) {
+        *self = EvalMaps {
+            layers: true,
+            ..EvalMaps::default()
+        };
+    }
+
     /// The slot a block writes after reading slot `from`: [`MID`] when it ends the stride-16
     /// stages (`keep`), else the io slot that is neither `from` nor `MID`.
     pub fn next(from: usize, keep: bool) -> usize {

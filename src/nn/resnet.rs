@@ -10,7 +10,7 @@ use super::pool::{GemPool, MaxPool2d};
 use super::{empty, Module, Param};
 use crate::backend::{Act, Backend, Buf, Padding};
 use crate::rng::Rng;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 
 /// torchvision's BatchNorm eps.
 const BN_EPS: f32 = 1e-5;
@@ -255,9 +255,14 @@ impl ResNet {
     }
 
     fn output_ref(&self) -> &Buf {
-        match self.maps.output() {
+        Self::output_of(&self.maps, &self.blocks, &self.maxpool)
+    }
+
+    /// The last forward's output: in the eval maps, or the last layer's own buffer.
+    fn output_of<'a>(maps: &'a EvalMaps, blocks: &'a [Bottleneck], pool: &'a MaxPool2d) -> &'a Buf {
+        match maps.output() {
             Some(y) => y,
-            None => self.blocks.last().map_or(&self.maxpool.y, |b| b.y()),
+            None => blocks.last().map_or(&pool.y, |b| b.y()),
         }
     }
 
@@ -344,10 +349,10 @@ impl Backbone for ResNet {
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
-        if !train {
+        if self.maps.used(train) {
             return self.infer(be, x, (n, h, w));
         }
-        self.maps.out = None;
+        self.maps.use_layers();
         let (h, w) = self.stem.forward(be, x, (n, h, w), train)?;
         let c = self.base;
         let (mut h, mut w) = self.maxpool.forward(be, &self.stem.bn.y, (n, c, h, w))?;
@@ -404,10 +409,7 @@ impl Backbone for ResNet {
     ) -> Result<Vec<f32>> {
         let (fh, fw) = Backbone::forward(self, be, x, (n, h, w), false)?;
         let c = self.out_channels();
-        let feat = self
-            .maps
-            .output()
-            .context("the eval forward left no output")?;
+        let feat = Self::output_of(&self.maps, &self.blocks, &self.maxpool);
         let fc = self
             .fc
             .as_mut()
