@@ -7,7 +7,7 @@
 
 mod common;
 
-use insclr::backend::cpu;
+use insclr::backend::{cpu, DType};
 use insclr::data::image::{list_images, PixelNorm};
 use insclr::eval::extract::{self, ExtractConfig, ImageItem};
 use insclr::eval::{load_model, model_by_name};
@@ -122,6 +122,37 @@ fn train_records_the_model_and_extract_follows_the_record() {
     assert_eq!(fin.input_norm(), recorded, "{what}");
     assert!(what.contains("recorded in the file"), "{what}");
     let d_final = describe_files(fin.as_mut(), &dir);
+
+    // --precision bf16 runs the backbone and GeM in bf16, head and raw GeM alike: the same
+    // descriptors to within bf16's rounding through the network (measured: cosine >= 0.9998
+    // per row), not bit for bit.
+    for descriptor in [DescriptorChoice::Auto, DescriptorChoice::Gem] {
+        let choice = |precision| LoadChoice {
+            descriptor,
+            precision,
+            ..Default::default()
+        };
+        let (mut f32_net, _) = load(&final_model, choice(DType::F32));
+        let (mut bf16_net, what) = load(&final_model, choice(DType::BF16));
+        assert!(what.contains("backbone in bf16"), "{what}");
+        let (a, b) = (
+            describe_files(f32_net.as_mut(), &dir),
+            describe_files(bf16_net.as_mut(), &dir),
+        );
+        assert_ne!(
+            a, b,
+            "{descriptor:?}: bf16 gave f32's descriptors bit for bit"
+        );
+        let dim = f32_net.out_dim();
+        for (ra, rb) in a.chunks(dim).zip(b.chunks(dim)) {
+            let cos: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+            eprintln!("{descriptor:?}: bf16 against f32, cosine {cos:.6}");
+            assert!(
+                cos > 0.999,
+                "{descriptor:?}: cosine {cos} between bf16 and f32 rows"
+            );
+        }
+    }
 
     // The intermediate checkpoint of the same step describes identically; its optimiser
     // tensors are skipped, and said to be.

@@ -1,7 +1,7 @@
 //! `insclr-cu extract`: the flags of [`insclr::jobs::extract()`].
 
 use anyhow::Result;
-use insclr::backend::DeviceChoice;
+use insclr::backend::{DType, DeviceChoice};
 use insclr::eval::extract::{IMG_SIZE, MAX_SIDE, REVISITED_SCALES};
 use insclr::jobs::{self, DescribeOptions, ExtractOptions};
 use insclr::nn::net::DescriptorChoice;
@@ -62,6 +62,10 @@ pub struct DescribeArgs {
     /// GeM pools) or mid (the last stride-16 stage: ResNet layer3, Lite0's 112-channel stage).
     #[arg(long, default_value = "last")]
     local_layer: LocalLayer,
+    /// What the backbone and GeM compute in: f32, or bf16 (tensor cores on a GPU, a fraction
+    /// of f32's time and memory; the head stays f32). Describe an index and its queries alike.
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    precision: DType,
 }
 
 impl DescribeArgs {
@@ -79,6 +83,7 @@ impl DescribeArgs {
             raw_scales: self.raw_scales,
             quiet: self.quiet,
             local_layer: self.local_layer,
+            precision: self.precision,
         }
     }
 }
@@ -111,6 +116,15 @@ pub struct Args {
     local: usize,
     #[command(flatten)]
     ranks: super::Ranks,
+}
+
+/// `--precision`: f32 or bf16.
+fn parse_precision(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        _ => Err(format!("{s}: use f32 or bf16")),
+    }
 }
 
 /// `H,W` of `--exact-size`: two positive pixel counts.

@@ -61,9 +61,12 @@ pub fn load_model(
         if weights.is_some() {
             bail!("tiny-gem has no weights; drop --weights or pick a backbone");
         }
-        if choice.descriptor != DescriptorChoice::Auto || choice.pixel_norm.is_some() {
+        if choice.descriptor != DescriptorChoice::Auto
+            || choice.pixel_norm.is_some()
+            || choice.precision != crate::backend::DType::F32
+        {
             bail!(
-                "--descriptor and --pixel-norm apply to a backbone with --weights, not to tiny-gem"
+                "--descriptor, --pixel-norm and --precision apply to a backbone with --weights, not to tiny-gem"
             );
         }
         return Ok((

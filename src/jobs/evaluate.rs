@@ -2,7 +2,7 @@
 //! Oxford / Paris, GLDv2 retrieval or a plain image list (`insclr-cu eval`).
 
 use super::extract::{load_choice, model_name, model_ops, read_local_beside};
-use crate::backend::{self, Backend, DeviceChoice, Op, Verify};
+use crate::backend::{self, Backend, DType, DeviceChoice, Op, Verify};
 use crate::eval::expand::{self, Expansion};
 use crate::eval::extract::{self, ExtractConfig, ImageItem};
 use crate::eval::local::LocalFeatures;
@@ -309,7 +309,7 @@ fn descriptors(be: &dyn Backend, opts: &EvalOptions, r: &Resolved) -> Result<Des
             local,
         ));
     }
-    let choice = load_choice(opts.descriptor, opts.pixel_norm.as_deref())?;
+    let choice = load_choice(opts.descriptor, opts.pixel_norm.as_deref(), DType::F32)?;
     let (mut net, what) =
         ev::load_model(be, opts.model.as_deref(), opts.weights.as_deref(), choice)?;
     eprintln!("model: {what}");

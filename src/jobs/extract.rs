@@ -1,7 +1,7 @@
 //! Describe images: multi-scale descriptors of a folder or list of images, written as `.npy`
 //! (`insclr-cu extract`).
 
-use crate::backend::{self, f32_needs, Backend, DeviceChoice, Op};
+use crate::backend::{self, f32_needs, Backend, DType, DeviceChoice, Op};
 use crate::data::image::{list_images, Skipped};
 use crate::dist;
 use crate::eval::extract::{self, BadImages, ExtractConfig, ImageItem};
@@ -44,6 +44,8 @@ pub struct DescribeOptions {
     pub quiet: bool,
     /// The map local features come from (`extract --local`, `match`, `search --rerank`).
     pub local_layer: LocalLayer,
+    /// What the backbone and GeM compute in: f32, or bf16 (tensor cores on a GPU).
+    pub precision: DType,
 }
 
 impl Default for DescribeOptions {
@@ -62,6 +64,7 @@ impl Default for DescribeOptions {
             raw_scales: false,
             quiet: false,
             local_layer: LocalLayer::Last,
+            precision: DType::F32,
         }
     }
 }
@@ -72,9 +75,21 @@ impl DescribeOptions {
         model_name(self.model.as_deref(), self.weights.as_deref())
     }
 
+    /// What describing with these options needs of a backend: the model's ops on f32
+    /// ([`model_ops`]), and in bf16 the backbone's and the casts on bf16.
+    pub fn needs(&self) -> Vec<(Op, DType)> {
+        let mut needs = f32_needs(model_ops(self.model_name()));
+        if self.precision != DType::F32 {
+            let low = crate::nn::LOW_PRECISION_OPS.iter();
+            let eval = low.filter(|&&o| crate::nn::EVAL_OPS.contains(&o) || o == Op::Cast);
+            needs.extend(eval.map(|&o| (o, self.precision)));
+        }
+        needs
+    }
+
     /// Loads the descriptor network on `be`, with what it is (also printed).
     pub fn load(&self, be: &dyn Backend) -> Result<(Box<dyn DescriptorNet>, String)> {
-        let choice = load_choice(self.descriptor, self.pixel_norm.as_deref())?;
+        let choice = load_choice(self.descriptor, self.pixel_norm.as_deref(), self.precision)?;
         let (net, what) =
             crate::eval::load_model(be, self.model.as_deref(), self.weights.as_deref(), choice)?;
         eprintln!("model: {what}");
@@ -296,7 +311,7 @@ pub fn extract(opts: &ExtractOptions, device: DeviceChoice) -> Result<ExtractRep
     };
     let t0 = std::time::Instant::now();
     let described = dist::launch::on_ranks(opts.gpus, device, |comm, gpu| {
-        let (be, chosen) = backend::select_on(device, &f32_needs(model_ops(&model)), gpu)?;
+        let (be, chosen) = backend::select_on(device, &opts.describe.needs(), gpu)?;
         if comm.rank() == 0 {
             eprintln!("backend: {chosen}{}", dist::launch::ranks_note(comm));
         }
@@ -411,10 +426,15 @@ pub fn model_ops(model: &str) -> &'static [Op] {
     }
 }
 
-/// The load choices of a descriptor choice and a pixel normalisation's text.
-pub fn load_choice(descriptor: DescriptorChoice, pixel_norm: Option<&str>) -> Result<LoadChoice> {
+/// The load choices of a descriptor choice, a pixel normalisation's text and a precision.
+pub fn load_choice(
+    descriptor: DescriptorChoice,
+    pixel_norm: Option<&str>,
+    precision: DType,
+) -> Result<LoadChoice> {
     Ok(LoadChoice {
         descriptor,
+        precision,
         pixel_norm: pixel_norm
             .map(crate::nn::meta::parse_pixel_norm)
             .transpose()

@@ -1,7 +1,7 @@
 //! Search: describe query images as `extract` described an index, and find their most similar
 //! index images (`insclr-cu search`; text, JSON or an HTML page of thumbnails).
 
-use super::extract::{model_ops, DescribeOptions};
+use super::extract::DescribeOptions;
 use crate::backend::Verify;
 use crate::backend::{self, DeviceChoice, Op};
 use crate::eval::expand::{self, Expansion};
@@ -144,8 +144,9 @@ pub fn search(opts: &SearchOptions, device: DeviceChoice) -> Result<SearchReport
         }
         None => None,
     };
-    ops.extend_from_slice(model_ops(model));
-    let (be, chosen) = backend::select_f32(device, &ops)?;
+    let mut needs = backend::f32_needs(&ops);
+    needs.extend(opts.describe.needs());
+    let (be, chosen) = backend::select(device, &needs)?;
     eprintln!("backend: {chosen}");
     let (mut net, what) = opts.describe.load(be.as_ref())?;
     if net.out_dim() != index.dim {

@@ -5,7 +5,7 @@
 use super::extract::{load_choice, DescribeOptions};
 use crate::backend::cpu::verify::{image, is_inlier, mutual_matches};
 use crate::backend::verify::PairResult;
-use crate::backend::{self, DeviceChoice, Op, Verify};
+use crate::backend::{self, DType, DeviceChoice, Op, Verify};
 use crate::eval::extract::{self, ImageItem};
 use crate::eval::local::{LocalFeatures, MAX_LOCAL};
 use crate::eval::verify::{rerank_pool, verify_pairs, OnBackend, Rerank, PAIRS_PER_CALL};
@@ -266,11 +266,11 @@ pub fn match_images(opts: &MatchOptions, device: DeviceChoice) -> Result<MatchRe
         crate::io::check_writable(p)?;
     }
     let d = &opts.describe;
-    let mut ops = super::extract::model_ops(d.model_name()).to_vec();
-    ops.push(Op::Verify);
-    let (be, chosen) = backend::select_f32(device, &ops)?;
+    let mut needs = d.needs();
+    needs.push((Op::Verify, DType::F32));
+    let (be, chosen) = backend::select(device, &needs)?;
     eprintln!("backend: {chosen}");
-    let choice = load_choice(d.descriptor, d.pixel_norm.as_deref())?;
+    let choice = load_choice(d.descriptor, d.pixel_norm.as_deref(), d.precision)?;
     let (mut net, what) = crate::eval::load_model(
         be.as_ref(),
         d.model.as_deref(),

@@ -456,6 +456,11 @@ pub struct GemNet {
     pub backbone: Box<dyn Backbone>,
     pub pool: GemPool,
     input: Buf,
+    /// What the backbone and GeM compute in (f32 or bf16), the input in it when that is not
+    /// f32, and GeM's output as f32.
+    precision: DType,
+    input_lp: Buf,
+    pooled: Buf,
     /// The shape of the last forward.
     dims: Option<LastForward>,
 }
@@ -467,8 +472,20 @@ impl GemNet {
             backbone,
             pool: GemPool::gem(),
             input: empty(),
+            precision: DType::F32,
+            input_lp: empty(),
+            pooled: empty(),
             dims: None,
         }
+    }
+
+    /// Runs the backbone and GeM in `dtype` (f32 or bf16), as [`RetrievalNet::set_precision`].
+    pub fn set_precision(&mut self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            bail!("precision {dtype}: use f32 or bf16");
+        }
+        self.precision = dtype;
+        Ok(())
     }
 }
 
@@ -506,16 +523,17 @@ impl DescriptorNet for GemNet {
             Images::Tensor(x),
             (n, h, w),
         )?;
+        let input = be.cast_to(&self.input, self.precision, &mut self.input_lp)?;
         let (fh, fw) = backbone_gem(
             be,
             self.backbone.as_mut(),
             &mut self.pool,
-            &self.input,
+            input,
             (n, h, w),
             false,
         )?;
         self.dims = Some(LastForward { n, h, w, fh, fw });
-        be.download::<f32>(&self.pool.y)
+        be.download::<f32>(be.cast_to(&self.pool.y, DType::F32, &mut self.pooled)?)
     }
 
     fn feature_map(
@@ -540,13 +558,27 @@ pub enum DescriptorChoice {
 }
 
 /// How to turn a weight file into a descriptor network, beyond its architecture.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LoadChoice {
     /// Head or raw GeM.
     pub descriptor: DescriptorChoice,
+    /// What the backbone and GeM compute in: f32, or bf16 (tensor cores on a GPU; the head
+    /// stays f32).
+    pub precision: DType,
     /// Pixel normalisation that replaces the one the file records (or the backbone's
     /// default); a difference from the recorded one is warned about.
     pub pixel_norm: Option<crate::data::image::PixelNorm>,
+}
+
+impl Default for LoadChoice {
+    /// The file's head when it has one, its recorded normalisation, f32.
+    fn default() -> Self {
+        LoadChoice {
+            descriptor: DescriptorChoice::Auto,
+            precision: DType::F32,
+            pixel_norm: None,
+        }
+    }
 }
 
 /// A descriptor network with its input normalisation chosen at load time.
@@ -701,6 +733,7 @@ pub fn load_descriptor_net_with(
             .first()
             .ok_or_else(|| anyhow!("{}: head.fc.weight has no shape", path.display()))?;
         let mut net = RetrievalNet::new(be, &mut rng, backbone, kind, dim)?;
+        net.set_precision(choice.precision)?;
         let opts = LoadOptions {
             strict: true,
             skip_prefixes: vec![OPTIMIZER_PREFIX.into()],
@@ -711,6 +744,7 @@ pub fn load_descriptor_net_with(
         (Box::new(net), what, report)
     } else {
         let mut net = GemNet::new(backbone);
+        net.set_precision(choice.precision)?;
         // A file written by train holds exactly the backbone besides its head; an ImageNet file
         // also holds a classifier.
         let ours = has_head || meta.backbone.is_some();
@@ -760,5 +794,8 @@ pub fn load_descriptor_net_with(
         "), pixel normalisation {} ({norm_from})",
         pixel_norm_text(&norm)
     ));
+    if choice.precision != DType::F32 {
+        what.push_str(&format!(", backbone in {}", choice.precision));
+    }
     Ok((Box::new(Normed { net, norm }), what))
 }
