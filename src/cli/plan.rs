@@ -331,11 +331,11 @@ fn totals(p: &StepPlan) {
         fmt(&|g| p.quantised_floor(g))
     );
     println!(
-        "device memory: {:.2} GiB held at most (parameters and their gradients{}, activations, \
-         scratch; counted from the plan's allocations, without the CUDA context)",
+        "device memory: {:.2} GiB held at most (parameters{}, activations, scratch; counted from \
+         the plan's allocations, without the CUDA context)",
         p.peak_bytes as f64 / (1u64 << 30) as f64,
         if o.job == Job::Step {
-            ", Adam's moments"
+            ", their gradients, Adam's moments"
         } else {
             ""
         }

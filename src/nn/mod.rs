@@ -215,6 +215,14 @@ pub fn zero_grads(be: &dyn Backend, m: &mut dyn Module) -> Result<()> {
     Ok(())
 }
 
+/// Drops every gradient buffer of `m`: a network that only describes (extraction, evaluation,
+/// search) never computes one, and ResNet-101's would hold 170 MB.
+pub fn drop_grads(m: &mut dyn Module) {
+    for p in m.params_mut() {
+        p.grad = None;
+    }
+}
+
 /// Total elements of the trainable tensors (what torchvision's parameter counts count).
 pub fn count_trainable(m: &dyn Module) -> usize {
     m.params()

@@ -741,6 +741,7 @@ pub fn load_descriptor_net_with(
         let report = load_into(&mut net, be, &tensors, &opts)
             .with_context(|| format!("loading {}", path.display()))?;
         let what = format!("{arch} + GeM + {kind_name} head ({dim}-d)");
+        super::drop_grads(&mut net);
         (Box::new(net), what, report)
     } else {
         let mut net = GemNet::new(backbone);
@@ -773,6 +774,7 @@ pub fn load_descriptor_net_with(
         } else {
             format!("{arch} + GeM (raw, no head)")
         };
+        super::drop_grads(&mut net);
         (Box::new(net), what, report)
     };
     let n_opt = report

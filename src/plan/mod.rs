@@ -189,8 +189,8 @@ pub struct StepPlan {
     pub options: PlanOptions,
     pub entries: Vec<Planned>,
     pub gpus: Vec<GpuSpec>,
-    /// The most device memory the run held at once, from the network's creation through
-    /// both runs (parameters, their gradients, optimiser state, activations, scratch).
+    /// The most device memory held at once during the two runs (parameters, a step's gradients
+    /// and optimiser state, activations, scratch).
     pub peak_bytes: u64,
 }
 
@@ -292,9 +292,13 @@ pub fn plan_step(o: &PlanOptions) -> Result<StepPlan> {
         }
         Job::Extract => {
             let mut net = BackboneStep::network(be, &mut rng, o.arch, o.precision)?;
+            crate::nn::drop_grads(&mut net);
             Box::new(move || net.describe_images(be, x, o.batch, o.px, o.px).map(drop))
         }
     };
+    // The peak of the runs, not of building the network (which allocates every parameter's
+    // gradient, then given back for an extraction).
+    rec.usage().reset_peak();
     run()?;
     rec.set_recording(true);
     let ran = run();
