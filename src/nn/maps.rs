@@ -1,7 +1,7 @@
 //! The maps of an eval-mode forward. With no backward to follow, nothing reads a layer's output
 //! after the layers that consume it ran, so a backbone's eval forward (extraction, evaluation,
 //! candidate pools) writes into a few reused [`Slot`]s instead of every layer's own buffers: a
-//! ResNet-101 then holds about 80 maps of `h x w / 16` values per image instead of about 640.
+//! ResNet-101 then holds about 80 values per input pixel of each image instead of about 640.
 
 use super::empty;
 use crate::backend::{Backend, Buf, DType, Device};
