@@ -4,12 +4,12 @@
 Times a training step as the original runs it (torchvision ResNet + GeM + linear head, Adam
 with coupled decay, grad clip): ResNet-50 at 224 px and ResNet-101 at 448 px, batch 64, eager
 fp32 with torch's defaults (TF32 cuDNN convolutions, as the original ran) and AMP (bf16)
-channels-last; and an extraction call (ResNet-101 eval forward, 16 images at 1024 px, the same
-two modes). Then the convolutions of benches/conv_shapes.txt under the names
+channels-last. Then the convolutions of benches/conv_shapes.txt under the names
 benches/kernels.rs gives them (forward, data gradient, weight gradient; batch 64): in f32 with
 TF32 off, as our f32 kernels compute, and/or in bf16 channels-last, cuDNN's tensor-core layout;
 each timed with CUDA events, median of 20 after 3 untimed calls. For the ResNets, whose lines
-carry a count, each table ends with the step's convolutions: the sum of time x count.
+carry a count, each table ends with the step's convolutions: the sum of time x count. Last, an
+extraction call (ResNet-101 eval forward, 16 images at 1024 px, the steps' two modes).
 Prints markdown tables; scripts/device-run.sh appends them to the summary.
 
     torch-baseline.py [--no-steps] [--convs f32,bf16|none] [--nets resnet101,resnet50,lite0]
@@ -188,7 +188,7 @@ def extract_table(torch, torchvision):
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--no-steps", action="store_true", help="skip the training steps")
+    ap.add_argument("--no-steps", action="store_true", help="skip the training steps and the extraction call")
     ap.add_argument("--convs", default="f32", help="conv tables: f32, bf16, f32,bf16 or none")
     ap.add_argument("--nets", default="", help="networks of conv_shapes.txt (default: all)")
     args = ap.parse_args()
@@ -216,7 +216,6 @@ def main():
             # The step as the original runs it: torch's defaults (cuDNN convolutions in TF32).
             torch.backends.cudnn.allow_tf32 = True
             step_table(torch, torchvision)
-            extract_table(torch, torchvision)
         except ImportError:
             print("SKIPPED training step: no torchvision on this machine")
         print(f"torch-baseline: steps done at {time.time() - start:.0f} s", file=sys.stderr)
@@ -226,6 +225,15 @@ def main():
         print()
         conv_table(torch, os.path.join(root, "benches", "conv_shapes.txt"), dtype, nets)
         print(f"torch-baseline: {dtype} convolutions done at {time.time() - start:.0f} s", file=sys.stderr)
+    # The extraction call last: the per-shape tables are what a phase cut short should keep.
+    if not args.no_steps:
+        try:
+            import torchvision
+
+            torch.backends.cudnn.allow_tf32 = True
+            extract_table(torch, torchvision)
+        except ImportError:
+            pass  # said above
     return 0
 
 
