@@ -5,7 +5,7 @@
 use super::extract::{load_choice, DescribeOptions};
 use crate::backend::cpu::verify::{image, is_inlier, mutual_matches};
 use crate::backend::verify::PairResult;
-use crate::backend::{self, DType, DeviceChoice, Op, Verify};
+use crate::backend::{self, DeviceChoice, Op, Verify};
 use crate::eval::extract::{self, ImageItem};
 use crate::eval::local::{LocalFeatures, MAX_LOCAL};
 use crate::eval::verify::{rerank_pool, verify_pairs, OnBackend, Rerank, PAIRS_PER_CALL};
@@ -267,7 +267,7 @@ pub fn match_images(opts: &MatchOptions, device: DeviceChoice) -> Result<MatchRe
     }
     let d = &opts.describe;
     let mut needs = d.needs();
-    needs.push((Op::Verify, DType::F32));
+    needs.extend(backend::f32_needs(&[Op::Verify]));
     let (be, chosen) = backend::select(device, &needs)?;
     eprintln!("backend: {chosen}");
     let choice = load_choice(d.descriptor, d.pixel_norm.as_deref(), d.precision)?;
