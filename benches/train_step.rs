@@ -181,11 +181,12 @@ fn bench_step(c: &mut Criterion) {
         }
     }
     println!("{table}{profiles}");
-    bench_extract(c, be);
+    bench_extract(c, be, &format!("{table}{profiles}"));
 }
 
-/// The extraction calls' table (module doc).
-fn bench_extract(c: &mut Criterion, be: &dyn Backend) {
+/// The extraction calls' table (module doc), written after `steps` (the steps' tables) to
+/// `INSCLR_BENCH_TABLE`.
+fn bench_extract(c: &mut Criterion, be: &dyn Backend, steps: &str) {
     let (n, px) = (16, 1024);
     let mut table = String::from(
         "\n| extraction call (ours) | batch | px | ms / call | images / s |\n|---|---|---|---|---|\n",
@@ -198,6 +199,7 @@ fn bench_extract(c: &mut Criterion, be: &dyn Backend) {
         let mut rng = Rng::new(3);
         let mut net =
             BackboneStep::network(be, &mut rng, Arch::ResNet101, precision).expect("network");
+        insclr::nn::drop_grads(&mut net);
         let bytes: Vec<u8> = (0..n * px * px * 3).map(|_| rng.below(256) as u8).collect();
         let images = Images::Rgb {
             bytes: &bytes,
@@ -219,11 +221,6 @@ fn bench_extract(c: &mut Criterion, be: &dyn Backend) {
             n as f64 / s
         );
         if let Ok(path) = std::env::var("INSCLR_BENCH_TABLE") {
-            let steps = std::fs::read_to_string(&path).unwrap_or_default();
-            let steps = steps
-                .split("\n| extraction call")
-                .next()
-                .unwrap_or_default();
             std::fs::write(&path, format!("{steps}{table}")).expect("write bench table");
         }
     }
