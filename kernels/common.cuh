@@ -48,6 +48,22 @@ __device__ __forceinline__ float act_apply(int act, float z) {
     return z;
 }
 
+// BatchNorm's per-channel affine map, x * scale + shift.
+struct BnAffine {
+    float scale, shift;
+};
+
+// Eval mode's map, from the running statistics. BatchNorm's own kernel and the convolutions that
+// apply it in their epilogue (tc_gemm.cuh, BnEvalPost) both take it from here, so that they round
+// alike.
+__device__ __forceinline__ BnAffine bn_eval_affine(float gamma, float beta, float mean, float var, float eps) {
+    const float scale = gamma / sqrtf(var + eps);
+    return BnAffine{scale, beta - mean * scale};
+}
+
+// x * scale + shift op by op (no FMA contraction), as the CPU twin computes it.
+__device__ __forceinline__ float bn_affine_map(float x, BnAffine a) { return __fadd_rn(__fmul_rn(x, a.scale), a.shift); }
+
 // act' read from the activation's output y: 1 where the activation passed its input.
 __device__ __forceinline__ float act_grad(int act, float y) {
     if (act == ACT_RELU) return y > 0.0f ? 1.0f : 0.0f;

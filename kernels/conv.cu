@@ -376,11 +376,13 @@ extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float* __restrict_
 // serve the layers whose M (c_out, or c_in for the data gradient) is at most 64.
 // Every data gradient here and below takes `beta`: 0 writes dx, 1 adds the gradient (rounded to
 // bf16 first, as a stored one is) onto what dx holds, a residual branch's gradient.
-template <int BM, int WN>
-__device__ __forceinline__ void conv1x1_fwd(const bf16_t* x, const bf16_t* w, bf16_t* y, int c_in, int c_out, int hw) {
+template <int BM, int WN, typename Post = tc::NoPost>
+__device__ __forceinline__ void conv1x1_fwd(const bf16_t* x, const bf16_t* w, bf16_t* y, int c_in, int c_out, int hw,
+                                            const Post& post = Post{}) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    tc::tc_gemm<true, false, BM, 128, 64, WN, 3, bf16_t>(w, x, y, c_out, hw, c_in, 0, (long long)c_in * hw,
-                                                       (long long)c_out * hw, 1, 0, 0, 1.0f, 0.0f, tc_smem);
+    tc::tc_gemm<true, false, BM, 128, 64, WN, 3, bf16_t, false, Post>(w, x, y, c_out, hw, c_in, 0,
+                                                                    (long long)c_in * hw, (long long)c_out * hw, 1, 0,
+                                                                    0, 1.0f, 0.0f, tc_smem, 0, post);
 }
 
 template <int BM, int WN>
@@ -428,6 +430,27 @@ extern "C" __global__ void __launch_bounds__(128)
     conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw);
 }
 
+// The forwards followed by eval-mode BatchNorm, its residual and its activation in the epilogue
+// (tc_gemm.cuh, BnEvalPost): y = act(bn(conv(x)) [+ res]) with res laid out as y (null: none).
+// The convolution's output before BatchNorm, which a training forward keeps for its backward, is
+// never stored: an eval forward writes each layer's output once.
+#define BN_EVAL_PARAMS                                                                                 \
+    const float *__restrict__ gamma, const float *__restrict__ beta, const float *__restrict__ mean, \
+        const float *__restrict__ var, const bf16_t *__restrict__ res, float eps, int act
+#define BN_EVAL_POST tc::BnEvalPost<bf16_t>{gamma, beta, mean, var, res, eps, act}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_1x1_fwd_bn_eval_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight,
+                                bf16_t* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS) {
+    conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_1x1_fwd_bn_eval_m64_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight,
+                                    bf16_t* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS) {
+    conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST);
+}
+
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_1x1_bwd_data_bf16(const bf16_t* __restrict__ dy, const bf16_t* __restrict__ weight, bf16_t* __restrict__ dx,
                              int c_in, int c_out, int hw, float beta) {
@@ -471,10 +494,11 @@ extern "C" __global__ void __launch_bounds__(128)
 // Needs c_in % 8 == 0 (c_out % 8 == 0 for the data gradient) and kh, kw <= 8 (ConvGather): conv.rs
 // pads the forward's input channels to a multiple of 8 in the NHWC copy (zeros, in the KRSC
 // weight too) and sends every other shape to the kernels above.
-template <int BM, int WN, bool PHASED = false>
+template <int BM, int WN, bool PHASED = false, typename Post = tc::NoPost>
 __device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf16_t* y, int c_in, int h, int w,
                                           int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh,
-                                          int ow, float beta, const tc::PhaseMap& map = tc::PhaseMap{}) {
+                                          int ow, float beta, const tc::PhaseMap& map = tc::PhaseMap{},
+                                          const Post& post = Post{}) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
     constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32;
     const int pixels = oh * ow, k = kh * kw * c_in;
@@ -488,8 +512,8 @@ __device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf1
     tc::mainloop<true, true, BM, BN, 64, WN, 3>(a_load, b_load, (k + tc::BK - 1) / tc::BK, acc, tc_smem);
     // One image's output: its c_out x pixels, or its c_out planes of the map the phase is of.
     const long long image = PHASED ? (long long)c_out * map.plane : (long long)c_out * pixels;
-    tc::epilogue<BM, BN, 64, WN, 3, bf16_t, PHASED>(tc_smem, acc, y + blockIdx.z * image, bm, bn, c_out, pixels, 1.0f,
-                                                    beta, map);
+    tc::epilogue<BM, BN, 64, WN, 3, bf16_t, PHASED, Post>(tc_smem, acc, y + blockIdx.z * image, bm, bn, c_out, pixels,
+                                                          1.0f, beta, map, post.at_image(blockIdx.z * image));
 }
 
 #define NHWC_PARAMS                                                                                           \
@@ -507,6 +531,18 @@ extern "C" __global__ void __launch_bounds__(64)
     conv2d_nhwc_fwd_m64_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
                              bf16_t* __restrict__ y, NHWC_PARAMS) {
     conv_nhwc<64, 64>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    conv2d_nhwc_fwd_bn_eval_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
+                                 bf16_t* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS) {
+    conv_nhwc<128, 64, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST);
+}
+
+extern "C" __global__ void __launch_bounds__(64)
+    conv2d_nhwc_fwd_bn_eval_m64_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
+                                     bf16_t* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS) {
+    conv_nhwc<64, 64, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST);
 }
 
 // The shape arguments as the forward of dy: c_in = the layer's c_out, (h, w) = (oh, ow), c_out =

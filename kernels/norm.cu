@@ -271,10 +271,6 @@ __device__ __forceinline__ float2 bn_merge_sums(const float* __restrict__ partia
 // A channel's affine map in training, y = act(x * scale + shift [+ res]), op by op (__fmul_rn /
 // __fadd_rn forbid FMA contraction), as the CPU twin computes it: the backward recomputes y from
 // x by these same operations, bit for bit the forward's.
-struct BnAffine {
-    float scale, shift;
-};
-
 __device__ __forceinline__ BnAffine bn_affine_of(float gamma, float beta, float mean, float invstd) {
     const float scale = __fmul_rn(gamma, invstd);
     return BnAffine{scale, __fsub_rn(beta, __fmul_rn(mean, scale))};
@@ -283,7 +279,7 @@ __device__ __forceinline__ BnAffine bn_affine_of(float gamma, float beta, float 
 // The forward's y of x without a residual, rounded to T as it was stored.
 template <typename T>
 __device__ __forceinline__ float bn_recompute_y(float x, BnAffine a, int act) {
-    return load(store<T>(act_apply(act, __fadd_rn(__fmul_rn(x, a.scale), a.shift))));
+    return load(store<T>(act_apply(act, bn_affine_map(x, a))));
 }
 
 // y = act(x * scale + shift [+ res]) over this block's run, U vectors of each input in flight.
@@ -309,7 +305,7 @@ __device__ __forceinline__ void bn_affine_u(BnRun<VEC> run, const T* __restrict_
             if (!ok[u]) continue;
 #pragma unroll
             for (int i = 0; i < VEC; i++) {
-                float z = __fadd_rn(__fmul_rn(v[u][i], scale), shift);
+                float z = bn_affine_map(v[u][i], BnAffine{scale, shift});
                 if (res) z += rv[u][i];
                 v[u][i] = act_apply(act, z);
             }
@@ -360,8 +356,8 @@ __device__ void bn_fwd_eval(const T* __restrict__ x, const float* __restrict__ g
                             int act) {
     BnRun<VEC> run(n, C, hw, chunks);
     int c = run.c;
-    float scale = gamma[c] / sqrtf(running_var[c] + eps), shift = beta[c] - running_mean[c] * scale;
-    bn_affine<T, VEC>(run, x, res, y, scale, shift, act);
+    const BnAffine a = bn_eval_affine(gamma[c], beta[c], running_mean[c], running_var[c], eps);
+    bn_affine<T, VEC>(run, x, res, y, a.scale, a.shift, act);
 }
 
 // The thread's next U vectors of x, y (unless y is null: recomputed by the caller) and dy, all

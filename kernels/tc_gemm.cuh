@@ -21,6 +21,10 @@
 //   epilogue (store_rows)     accumulators staged through shared memory, written back with
 //                             16-byte coalesced stores (alpha, beta in f32), or element by
 //                             element into one stride phase of a larger map (PhaseMap)
+//   post-ops                  what the epilogue applies to each value before its store: nothing
+//                             (NoPost), or eval-mode BatchNorm with residual and activation
+//                             (BnEvalPost), so that a convolution's output before BatchNorm is
+//                             never stored
 //   tc_gemm                   two TileLoaders, the mainloop and the epilogue: a plain GEMM
 //
 // C = alpha op(A) op(B) + beta C with op(A) m x k, op(B) k x n, bf16 inputs, f32 accumulation;
@@ -412,12 +416,82 @@ struct PhaseMap {
     }
 };
 
+// The epilogue's post-op when there is none.
+struct NoPost {
+    static constexpr bool ON = false;
+    __device__ __forceinline__ void stage(float2*, int, int, int) const {}
+    template <typename TC>
+    __device__ __forceinline__ uint4 chunk(uint4 v, float2, long long) const {
+        return v;
+    }
+    __device__ __forceinline__ float element(float v, float2, long long) const { return v; }
+    __device__ __forceinline__ NoPost at_image(long long) const { return *this; }
+};
+
+// Eval-mode BatchNorm after a convolution whose C rows are channels: y = act(z scale + shift
+// [+ res]) with z the product rounded to TC, exactly the values BatchNorm's own eval kernel
+// (norm.cu) makes from a stored z, without z's store and load. Each row's map comes from the
+// same function (bn_eval_affine), once per block and pass into a shared table (one division and
+// square root a thread). `res` is laid out as C (null: no residual).
+template <typename TC>
+struct BnEvalPost {
+    static constexpr bool ON = true;
+    const float *gamma, *beta, *mean, *var;
+    const TC* res;
+    float eps;
+    int act;
+
+    // The same post-op for the C of another image: res moves by `elems` as C does.
+    __device__ __forceinline__ BnEvalPost at_image(long long elems) const {
+        BnEvalPost p = *this;
+        if (res) p.res += elems;
+        return p;
+    }
+
+    // table[t] = the map (scale, shift) of row first + t, for the `rows` rows of a pass inside
+    // C's m: one 8-byte store a thread (two 4-byte ones would conflict 2 ways).
+    __device__ __forceinline__ void stage(float2* table, int first, int rows, int m) const {
+        for (int t = threadIdx.x; t < rows && first + t < m; t += blockDim.x) {
+            const BnAffine a =
+                bn_eval_affine(gamma[first + t], beta[first + t], mean[first + t], var[first + t], eps);
+            *reinterpret_cast<unsigned long long*>(table + t) =
+                (unsigned long long)__float_as_uint(a.scale) | (unsigned long long)__float_as_uint(a.shift) << 32;
+        }
+    }
+
+    // `v`: 16 bytes of C from element `at` on, in a row whose map is `m`.
+    template <typename T>
+    __device__ __forceinline__ uint4 chunk(uint4 v, float2 m, long long at) const {
+        const BnAffine a{m.x, m.y};
+        uint4 r = v;
+        if (res) r = ld_global_v4(res + at);
+        T* x = reinterpret_cast<T*>(&v);
+        const T* o = reinterpret_cast<const T*>(&r);
+#pragma unroll
+        for (int e = 0; e < 16 / (int)sizeof(T); ++e) {
+            float z = bn_affine_map(load(x[e]), a);
+            if (res) z += load(o[e]);
+            x[e] = store<T>(act_apply(act, z));
+        }
+        return v;
+    }
+
+    __device__ __forceinline__ float element(float v, float2 m, long long at) const {
+        float z = bn_affine_map(v, BnAffine{m.x, m.y});
+        if (res) z += load(res[at]);
+        return act_apply(act, z);
+    }
+};
+
 // The epilogue: the warps whose rows lie in [r0, r0 + rows) write their accumulators (times alpha,
-// rounded to TC) to shared memory, then the block writes those rows to C.
-template <int BM, int BN, int WM, int WN, int THREADS, typename TC, bool PHASED = false>
+// rounded to TC) to shared memory, then the block writes those rows to C, each value through
+// `post` (after beta's add).
+template <int BM, int BN, int WM, int WN, int THREADS, typename TC, bool PHASED = false, typename Post = NoPost>
 __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4], int wm,
                                            int wn, int r0, int rows, TC* __restrict__ c, int bm, int bn, int m, int n,
-                                           float alpha, float beta, const PhaseMap& map = PhaseMap{}) {
+                                           float alpha, float beta, const PhaseMap& map = PhaseMap{},
+                                           const Post& post = Post{}) {
+    static_assert(!(PHASED && Post::ON), "a stride phase's pixels take no post-op");
     constexpr int ROW_BYTES = BN * (int)sizeof(TC) + (sizeof(TC) == 4 ? 32 : 16);
     constexpr int PER_CHUNK = 16 / (int)sizeof(TC);
     constexpr int ROW_CHUNKS = BN / PER_CHUNK;
@@ -444,6 +518,9 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
                     }
                 }
     }
+    // The post-op's per-row table sits after the staged rows (SmemSize leaves room for it).
+    float2* table = reinterpret_cast<float2*>(smem + rows * ROW_BYTES);
+    post.stage(table, bm + r0, rows, m);
     __syncthreads();
     if (!PHASED && n % PER_CHUNK == 0) {
         // Every row of C starts 16-byte aligned: 16 bytes a thread, consecutive threads along a row.
@@ -451,9 +528,11 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
             const int r = idx / ROW_CHUNKS, ch = idx % ROW_CHUNKS;
             const int row = bm + r0 + r, col = bn + ch * PER_CHUNK;
             if (row >= m || col >= n) continue;
-            TC* to = c + (long long)row * n + col;
+            const long long at = (long long)row * n + col;
+            TC* to = c + at;
             uint4 v = ld_shared_v4(smem + r * ROW_BYTES + ch * 16);
             if (beta != 0.0f) v = add_scaled<TC>(v, ld_global_v4(to), beta);
+            if (Post::ON) v = post.template chunk<TC>(v, table[r], at);
             st_global_v4(to, v);
         }
     } else {
@@ -463,9 +542,11 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
             const int r = idx / BN, e = idx % BN;
             const int row = bm + r0 + r, col = bn + e;
             if (row >= m || col >= n) continue;
-            TC* to = c + (PHASED ? map.at(row, col) : (long long)row * n + col);
+            const long long at = PHASED ? map.at(row, col) : (long long)row * n + col;
+            TC* to = c + at;
             float v = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + e * (int)sizeof(TC)));
             if (beta != 0.0f) v = fmaf(beta, load(*to), v);
+            if (Post::ON) v = post.element(v, table[r], at);
             *to = store<TC>(v);
         }
     }
@@ -549,28 +630,33 @@ __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles
 
 // The epilogue of a block tile (bm, bn) of the m x n row-major C: in passes of as many warp rows
 // as the pipeline's memory stages.
-template <int BM, int BN, int WM, int WN, int STAGES, typename TC, bool PHASED = false>
+template <int BM, int BN, int WM, int WN, int STAGES, typename TC, bool PHASED = false, typename Post = NoPost>
 __device__ __forceinline__ void epilogue(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4],
                                          TC* __restrict__ C, int bm, int bn, int m, int n, float alpha, float beta,
-                                         const PhaseMap& map = PhaseMap{}) {
+                                         const PhaseMap& map = PhaseMap{}, const Post& post = Post{}) {
     constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
     const int warp = threadIdx.x / 32;
     const int wm = (warp / (BN / WN)) * WM, wn = (warp % (BN / WN)) * WN;
     constexpr int PASS_ROWS = SmemSize<BM, BN, STAGES, TC>::PASS_ROWS;
     static_assert(PASS_ROWS >= WM && BM % PASS_ROWS == 0, "the epilogue stages whole warp rows");
+    using Smem = SmemSize<BM, BN, STAGES, TC>;
+    static_assert(!Post::ON || PASS_ROWS * (Smem::ROW_BYTES + (int)sizeof(float2)) <= Smem::BYTES,
+                  "room for the post-op's table after the staged rows");
 #pragma unroll
     for (int r0 = 0; r0 < BM; r0 += PASS_ROWS)
-        store_rows<BM, BN, WM, WN, THREADS, TC, PHASED>(smem, acc, wm, wn, r0, PASS_ROWS, C, bm, bn, m, n, alpha,
-                                                        beta, map);
+        store_rows<BM, BN, WM, WN, THREADS, TC, PHASED, Post>(smem, acc, wm, wn, r0, PASS_ROWS, C, bm, bn, m, n,
+                                                              alpha, beta, map, post);
 }
 
 // The whole product for one block tile BM x BN; (BM / WM) x (BN / WN) warps. SEGMENTED: the
-// reduction may run over several segments (else `segments` must be 1).
-template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename TC, bool SEGMENTED = false>
+// reduction may run over several segments (else `segments` must be 1). `post` applies to C's
+// values as they are stored, offset by the batch as C is.
+template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename TC, bool SEGMENTED = false,
+          typename Post = NoPost>
 __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
                                         TC* __restrict__ C, int m, int n, int k, long long batch_a, long long batch_b,
                                         long long batch_c, int segments, long long seg_a, long long seg_b, float alpha,
-                                        float beta, unsigned char* smem, int k_ld = 0) {
+                                        float beta, unsigned char* smem, int k_ld = 0, const Post& post = Post{}) {
     constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
     const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
     A += blockIdx.z * batch_a;
@@ -587,7 +673,8 @@ __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, con
 
     float acc[WM / 16][WN / 8][4];
     mainloop<A_K, B_K, BM, BN, WM, WN, STAGES>(a_load, b_load, (k + BK - 1) / BK * segments, acc, smem);
-    epilogue<BM, BN, WM, WN, STAGES, TC>(smem, acc, C, bm, bn, m, n, alpha, beta);
+    epilogue<BM, BN, WM, WN, STAGES, TC, false, Post>(smem, acc, C, bm, bn, m, n, alpha, beta, PhaseMap{},
+                                                      post.at_image(blockIdx.z * batch_c));
 }
 
 }  // namespace tc

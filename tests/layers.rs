@@ -10,7 +10,8 @@ use common::{
 };
 use insclr::backend::cuda::record::Event;
 use insclr::backend::{
-    Act, Backend, BatchNorm, Buf, Conv, CudaBackend, DType, ImageToTensor, MaxPool, Padding,
+    Act, Backend, BatchNorm, BnEvalParams, Buf, Conv, CudaBackend, DType, Device, ImageToTensor,
+    MaxPool, Padding,
 };
 use insclr::rng::Rng;
 use insclr::train::augment::to_tensor;
@@ -519,7 +520,7 @@ const CONV_SIZES: &[ConvCase] = &[
 
 /// The kernels `kernel_conv_matches_cpu` runs, by name: the implicit GEMMs and the depthwise
 /// kernels, each in f32 and bf16, and bf16's pipelined kernels.
-const CONV_KERNELS: [&str; 30] = [
+const CONV_KERNELS: [&str; 34] = [
     "conv2d_fwd_f32",
     "conv2d_bwd_data_f32",
     "conv2d_bwd_weight_f32",
@@ -550,6 +551,10 @@ const CONV_KERNELS: [&str; 30] = [
     "conv2d_phase_weight_bf16",
     "conv2d_nhwc_bwd_data_phase_bf16",
     "conv2d_nhwc_bwd_data_phase_m64_bf16",
+    "conv2d_1x1_fwd_bn_eval_bf16",
+    "conv2d_1x1_fwd_bn_eval_m64_bf16",
+    "conv2d_nhwc_fwd_bn_eval_bf16",
+    "conv2d_nhwc_fwd_bn_eval_m64_bf16",
 ];
 
 /// f32 (SIMT) and bf16 (tensor cores; activations and weights bf16, the weight gradient f32).
@@ -637,6 +642,72 @@ fn kernel_conv_data_gradient_added_is_the_gradient_then_an_add() {
     }
 }
 
+/// A forward with eval-mode BatchNorm, its residual and its activation applied in the
+/// convolution's epilogue gives bit for bit the forward into a buffer and then BatchNorm's own
+/// eval kernel, on every shape whose forward runs on the pipelined kernels (bf16, dense, kernels
+/// up to 8 x 8: those must fuse); elsewhere (f32, depthwise, 9 x 9) the backend says it did
+/// not fuse and writes nothing. Both are within tolerance of the CPU's two ops.
+#[test]
+fn kernel_conv_then_eval_batchnorm_in_one_kernel_is_the_two_ops() {
+    let dev = kernel_device("kernel_conv_then_eval_batchnorm_in_one_kernel_is_the_two_ops");
+    for (dt, tol) in FLOAT_DTYPES {
+        for (i, &(n, c_in, h, w, c_out, k, stride, padding, groups)) in
+            CONV_SIZES.iter().enumerate()
+        {
+            let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
+            let (act, with_res) = (ACTS[i % 3], i % 2 == 0);
+            let what = format!(
+                "conv {dt} {n}x{c_in}x{h}x{w} -> {c_out} k={k} s={stride} {padding:?} g={groups} \
+             + batchnorm {act:?} residual={with_res}"
+            );
+            let fuses = dt == DType::BF16 && groups == 1 && k <= 8;
+            matches_cpu(&what, &dev, tol, |be| {
+                let (lx, lw, ly) = s.sizes();
+                let mut rng = Rng::new(83 + lx as u64 + ly as u64);
+                let x = upload_as(be, &rng.vec_f32(lx, -1.0, 1.0), dt)?;
+                let wt = upload_as(be, &rng.vec_f32(lw, -0.5, 0.5), dt)?;
+                let c = s.c_out;
+                let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5))?;
+                let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5))?;
+                let mean = be.upload(&rng.vec_f32(c, -1.0, 1.0))?;
+                let var = be.upload(&rng.vec_f32(c, 0.5, 2.0))?;
+                let res = upload_as(be, &rng.vec_f32(ly, -3.0, 6.0), dt)?;
+                let res = with_res.then_some(&res);
+                let b = BatchNorm::new(n, c, s.oh * s.ow, 1e-5, act);
+                let bn = BnEvalParams {
+                    gamma: &gamma,
+                    beta: &beta,
+                    mean: &mean,
+                    var: &var,
+                };
+                let (mut z, mut two) = (poisoned_as(be, ly, dt), poisoned_as(be, ly, dt));
+                be.conv2d_fwd(&x, &wt, &mut z, s)?;
+                be.batchnorm_fwd_eval(&z, &gamma, &beta, &mean, &var, res, &mut two, b)?;
+                let mut one = poisoned_as(be, ly, dt);
+                let fused = be.conv2d_fwd_bn_eval(&x, &wt, bn, res, &mut one, s, b)?;
+                let (two, one) = (download_f32(be, &two)?, download_f32(be, &one)?);
+                if be.device() != Device::Cpu {
+                    assert_eq!(fused, fuses, "{what}: fused");
+                }
+                if fused {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert!(
+                        bits(&one) == bits(&two),
+                        "{what}: the fused kernel differs from the two ops on {}",
+                        be.name()
+                    );
+                } else {
+                    assert!(
+                        one.iter().all(|v| v.is_nan()),
+                        "{what}: not fused, yet something was written"
+                    );
+                }
+                Ok(vec![("y".into(), two)])
+            });
+        }
+    }
+}
+
 /// The bf16 1x1 weight gradient sums groups of whole images when a GPU holds fewer blocks than
 /// the batch has images (a batch of 64 on an H200 for the widest layers). On an emulated GPU of
 /// one or two multiprocessors, 7 images make such groups from a test's small layer: 2 to 7
@@ -682,6 +753,16 @@ fn conv_sizes_launch_every_conv_kernel() {
             be.conv2d_fwd(&x, &wt, &mut y, s).unwrap();
             be.conv2d_bwd_data(&dy, &wt, &mut dx, s).unwrap();
             be.conv2d_bwd_weight(&x, &dy, &mut dw, s).unwrap();
+            let chan = be.zeros(DType::F32, s.c_out).unwrap();
+            let bn = BnEvalParams {
+                gamma: &chan,
+                beta: &chan,
+                mean: &chan,
+                var: &chan,
+            };
+            let b = BatchNorm::new(s.n, s.c_out, s.oh * s.ow, 1e-5, Act::Relu);
+            be.conv2d_fwd_bn_eval(&x, &wt, bn, None, &mut y, s, b)
+                .unwrap();
             for e in rec.take() {
                 if let Event::Launch { kernel, .. } = e {
                     seen.insert(kernel);

@@ -10,7 +10,9 @@ mod common;
 
 use common::log;
 use insclr::backend::cuda::emu::{count_memory, memstats_table, MemSpace, MemStat, ACCESS_HOOKS};
-use insclr::backend::{Backend, Conv, CudaBackend, DType, MatMul, Padding};
+use insclr::backend::{
+    Act, Backend, BatchNorm, BnEvalParams, Conv, CudaBackend, DType, MatMul, Padding,
+};
 use insclr::rng::Rng;
 
 fn upload(be: &dyn Backend, len: usize, dtype: DType, seed: u64) -> insclr::backend::Buf {
@@ -321,6 +323,59 @@ fn conv_1x1_bf16_runs_on_the_pipelined_mainloop() {
         for row in rows(&stats, kernel) {
             assert_eq!(row.transactions, row.ideal, "{row:?}");
         }
+    }
+}
+
+/// The forwards that apply eval-mode BatchNorm with a residual in their epilogue (an extraction's
+/// bottleneck output): the residual's 16-byte reads beside the output's 16-byte stores, the
+/// per-channel tables (one thread a channel, then broadcast reads) and the main loop all at the
+/// ideal; the same products as the plain forwards.
+#[test]
+fn conv_with_eval_batchnorm_in_the_epilogue() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    // The 1x1 of the test above, and a 3x3 on a 6 x 64 strip without padding (below).
+    for (s, kernel) in [
+        (
+            Conv::new(2, 64, 16, 8, 256, 1, 1, Padding::Sym(0), 1).unwrap(),
+            "conv2d_1x1_fwd_bn_eval_bf16",
+        ),
+        (
+            Conv::new(2, 64, 8, 66, 128, 3, 1, Padding::Sym(0), 1).unwrap(),
+            "conv2d_nhwc_fwd_bn_eval_bf16",
+        ),
+    ] {
+        let (lx, lw, ly) = s.sizes();
+        let x = upload(be, lx, DType::BF16, 20);
+        let w = upload(be, lw, DType::BF16, 21);
+        let res = upload(be, ly, DType::BF16, 22);
+        let chan = be.upload(&vec![1.0f32; s.c_out]).unwrap();
+        let bn = BnEvalParams {
+            gamma: &chan,
+            beta: &chan,
+            mean: &chan,
+            var: &chan,
+        };
+        let b = BatchNorm::new(s.n, s.c_out, s.oh * s.ow, 1e-5, Act::Relu);
+        let mut y = be.zeros(DType::BF16, ly).unwrap();
+        let (r, stats) =
+            count_memory(|| be.conv2d_fwd_bn_eval(&x, &w, bn, Some(&res), &mut y, s, b));
+        assert!(r.unwrap(), "{kernel}: not fused");
+        show(&format!("{kernel}, {s:?}, with a residual:"), &stats);
+        let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
+        let useful = s.n * s.oh * s.ow * s.c_out * s.c_in * s.kh * s.kw / (16 * 8 * 16);
+        assert_eq!(mma, useful as u64, "{kernel}");
+        for row in rows(&stats, kernel) {
+            assert_eq!(row.transactions, row.ideal, "{row:?}");
+        }
+        let (_, read, _) = total(&stats, kernel, |r| {
+            r.space == MemSpace::Global && r.op == "ld" && r.width == 16
+        });
+        assert!(read > 0, "{kernel}: no 16-byte residual reads");
     }
 }
 

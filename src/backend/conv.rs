@@ -2,7 +2,8 @@
 //! weight gradients. Kernels to come in `kernels/conv.cu`.
 
 use super::{
-    check_dtypes, check_len, not_implemented, same_dtype, Backend, Buf, Checked, DType, Op,
+    check_dtypes, check_len, not_implemented, same_dtype, Backend, BatchNorm, Buf, Checked, DType,
+    Op,
 };
 use anyhow::{bail, Result};
 
@@ -141,6 +142,16 @@ impl Conv {
     }
 }
 
+/// An eval-mode BatchNorm's per-channel tensors (f32), as a convolution that applies it in its
+/// epilogue reads them: `y = act(gamma (z - mean) / sqrt(var + eps) + beta [+ residual])`.
+#[derive(Clone, Copy)]
+pub struct BnEvalParams<'a> {
+    pub gamma: &'a Buf,
+    pub beta: &'a Buf,
+    pub mean: &'a Buf,
+    pub var: &'a Buf,
+}
+
 /// What a backend implements for this family.
 pub trait ConvOps {
     /// Convolution forward.
@@ -162,6 +173,23 @@ pub trait ConvOps {
     ) -> Result<()> {
         Err(not_implemented(Op::Conv2dBwdData))
     }
+    /// Convolution forward and then eval-mode BatchNorm (+ residual, activation) in one kernel:
+    /// bit for bit `conv2d_fwd` into a buffer of y's dtype and then `batchnorm_fwd_eval` into y.
+    /// `Ok(false)` where the backend has no such kernel for the shape (nothing is written: the
+    /// caller runs the two ops).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_fwd_bn_eval(
+        &self,
+        _x: &Buf,
+        _w: &Buf,
+        _bn: BnEvalParams,
+        _residual: Option<&Buf>,
+        _y: &mut Buf,
+        _s: Checked<Conv>,
+        _b: Checked<BatchNorm>,
+    ) -> Result<bool> {
+        Ok(false)
+    }
     /// Convolution weight gradient (accumulates).
     fn conv2d_bwd_weight(
         &self,
@@ -180,6 +208,38 @@ impl dyn Backend + '_ {
         let s = s.check(x, w, y)?;
         self.require(Op::Conv2dFwd, x.dtype())?;
         self.conv_ops().conv2d_fwd(x, w, y, s)
+    }
+
+    /// `y = act(batchnorm_eval(conv(x, w)) [+ residual])` in one pass where the backend has a
+    /// kernel for it (the bf16 tensor-core convolutions: the convolution's output is never
+    /// stored); returns false, having written nothing, where it has none, and the caller runs
+    /// [`conv2d_fwd`](Self::conv2d_fwd) and then `batchnorm_fwd_eval`, which give the same bits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_fwd_bn_eval(
+        &self,
+        x: &Buf,
+        w: &Buf,
+        bn: BnEvalParams,
+        residual: Option<&Buf>,
+        y: &mut Buf,
+        s: Conv,
+        b: BatchNorm,
+    ) -> Result<bool> {
+        let s = s.check(x, w, y)?;
+        if (b.n, b.c, b.hw) != (s.n, s.c_out, s.oh * s.ow) {
+            bail!(
+                "conv + batchnorm: BatchNorm over {} x {} x {} does not fit the convolution's output {} x {} x {}x{}",
+                b.n, b.c, b.hw, s.n, s.c_out, s.oh, s.ow
+            );
+        }
+        let b = b.check(
+            &[&[&*y], residual.as_slice()].concat(),
+            &[bn.gamma, bn.beta, bn.mean, bn.var],
+        )?;
+        self.require(Op::Conv2dFwd, x.dtype())?;
+        self.require(Op::BatchnormFwdEval, x.dtype())?;
+        self.conv_ops()
+            .conv2d_fwd_bn_eval(x, w, bn, residual, y, s, b)
     }
 
     /// Convolution data gradient: writes `dx` from `dy` and the weight.

@@ -63,7 +63,7 @@ impl BatchNorm {
 
     /// Checks the activation-sized buffers (`n*c*hw`, one dtype) and the per-channel ones (`c`,
     /// f32 whatever the activations are: parameters and statistics are master copies).
-    fn check(self, act: &[&Buf], chan: &[&Buf]) -> Result<Checked<Self>> {
+    pub(super) fn check(self, act: &[&Buf], chan: &[&Buf]) -> Result<Checked<Self>> {
         check_len(&self, self.n * self.c * self.hw, act)?;
         check_len(&self, self.c, chan)?;
         same_dtype(&self, act)?;

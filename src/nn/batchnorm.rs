@@ -3,7 +3,7 @@
 
 use super::maps::Out;
 use super::{empty, ensure_len, ensure_like, Param, ParamKind};
-use crate::backend::{Act, Backend, BatchNorm, Buf};
+use crate::backend::{Act, Backend, BatchNorm, BnEvalParams, Buf};
 use anyhow::{anyhow, bail, Context, Result};
 
 /// BatchNorm over channels of an NCHW tensor (`<name>.{weight,bias,running_mean,running_var}`,
@@ -115,11 +115,7 @@ impl BatchNorm2d {
         train: bool,
         y: &mut dyn Out,
     ) -> Result<()> {
-        let s = BatchNorm {
-            momentum: self.momentum,
-            ghost: self.ghost,
-            ..BatchNorm::new(n, self.channels(), hw, self.eps, self.act)
-        };
+        let s = self.shape_for(n, hw);
         let y = y.sized(be, x.dtype(), n * s.c * hw)?;
         let name = &self.weight.name;
         let batch_stats = train && !self.frozen;
@@ -149,11 +145,36 @@ impl BatchNorm2d {
             )
         }
         .with_context(|| format!("forward of {name}"))?;
+        self.ran(s, train, batch_stats, residual.is_some());
+        Ok(())
+    }
+
+    /// The op shape over `n x c x hw` activations.
+    pub(crate) fn shape_for(&self, n: usize, hw: usize) -> BatchNorm {
+        BatchNorm {
+            momentum: self.momentum,
+            ghost: self.ghost,
+            ..BatchNorm::new(n, self.channels(), hw, self.eps, self.act)
+        }
+    }
+
+    /// The tensors an eval-mode forward reads, for a convolution that applies it in its epilogue.
+    pub(crate) fn eval_params(&self) -> BnEvalParams<'_> {
+        BnEvalParams {
+            gamma: &self.weight.value,
+            beta: &self.bias.value,
+            mean: &self.running_mean.value,
+            var: &self.running_var.value,
+        }
+    }
+
+    /// Records a forward over `s` (by this layer, or by the convolution before it in its
+    /// epilogue).
+    pub(crate) fn ran(&mut self, s: BatchNorm, train: bool, batch_stats: bool, residual: bool) {
         self.shape = Some(s);
         self.trained = train;
         self.batch_stats = batch_stats;
-        self.residual = residual.is_some() && self.act != Act::Identity;
-        Ok(())
+        self.residual = residual && self.act != Act::Identity;
     }
 
     /// From the forward's input `x` and `dy`: `dx = ...`, gamma / beta gradients `+=`.

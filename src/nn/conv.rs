@@ -231,8 +231,9 @@ impl ConvBn {
         Ok((oh, ow))
     }
 
-    /// Eval-mode forward of an [`EvalMaps`](super::maps::EvalMaps) pass: the convolution's
-    /// output into `z`, the BatchNorm's (with `residual` added) into `y`.
+    /// Eval-mode forward of an [`EvalMaps`](super::maps::EvalMaps) pass: the BatchNorm's output
+    /// (with `residual` added) into `y`, by one kernel where the backend applies BatchNorm in the
+    /// convolution's epilogue, else the convolution's output into `z` first (the same values).
     pub(crate) fn infer(
         &mut self,
         be: &dyn Backend,
@@ -241,11 +242,26 @@ impl ConvBn {
         (n, h, w): (usize, usize, usize),
         (z, y): (&mut Slot, &mut Slot),
     ) -> Result<(usize, usize)> {
-        let (oh, ow) = self.conv.forward_into(be, x, (n, h, w), z)?;
-        self.bn
-            .forward_into(be, z.buf(), residual, (n, oh * ow), false, y)?;
-        self.out_hw = (oh, ow);
-        Ok((oh, ow))
+        let conv = &mut self.conv;
+        let s = conv.shape_for(n, h, w)?;
+        let b = self.bn.shape_for(n, s.oh * s.ow);
+        let wt = be.cast_to(&conv.weight.value, x.dtype(), &mut conv.weight_lp)?;
+        let out = y.sized(be, x.dtype(), s.sizes().2)?;
+        let fused = be
+            .conv2d_fwd_bn_eval(x, wt, self.bn.eval_params(), residual, out, s, b)
+            .with_context(|| format!("forward of {} and its BatchNorm", conv.weight.name))?;
+        if fused {
+            self.bn.ran(b, false, false, residual.is_some());
+        } else {
+            let z = z.sized(be, x.dtype(), s.sizes().2)?;
+            be.conv2d_fwd(x, wt, z, s)
+                .with_context(|| format!("forward of {}", conv.weight.name))?;
+            self.bn
+                .forward_into(be, z, residual, (n, s.oh * s.ow), false, y)?;
+        }
+        conv.shape = Some(s);
+        self.out_hw = (s.oh, s.ow);
+        Ok((s.oh, s.ow))
     }
 
     /// Backward from `dy` (gradient of [`ConvBn::y`]); `x` is the forward's input.

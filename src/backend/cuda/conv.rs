@@ -4,7 +4,7 @@
 use super::device::{Args, DevMem, Launch};
 use super::work::{conv_shape, Work};
 use super::{int, CudaBackend};
-use crate::backend::{Buf, Checked, Conv, ConvOps, DType, Op};
+use crate::backend::{BatchNorm, BnEvalParams, Buf, Checked, Conv, ConvOps, DType, Op};
 use anyhow::{bail, Result};
 
 /// The implicit GEMM's block tile: f32 SIMT (`CONV_BM`, `CONV_BN`, `CONV_BK` in
@@ -53,6 +53,35 @@ fn path(s: &Conv, dtype: DType) -> Result<Path> {
             s.c_in,
             s.c_out
         )
+    }
+}
+
+/// The eval-mode BatchNorm (+ residual, activation) a forward applies in its epilogue
+/// (`conv2d_{1x1,nhwc}_fwd_bn_eval[_m64]_bf16`): the kernels' trailing arguments.
+struct BnPost<'a> {
+    bn: BnEvalParams<'a>,
+    residual: Option<&'a Buf>,
+    s: &'a BatchNorm,
+}
+
+impl BnPost<'_> {
+    /// gamma, beta, mean, var, res (or null), eps, act.
+    fn args(&self, args: Args) -> Result<Args> {
+        let res = self.residual.map(|r| r.dev()).transpose()?;
+        Ok(args
+            .ptr(self.bn.gamma.dev()?)
+            .ptr(self.bn.beta.dev()?)
+            .ptr(self.bn.mean.dev()?)
+            .ptr(self.bn.var.dev()?)
+            .opt_ptr(res)
+            .f32(self.s.eps)
+            .i32(self.s.act.code()))
+    }
+
+    /// What it reads beyond the convolution: the four per-channel tensors and the residual.
+    fn bytes(&self) -> usize {
+        let res = self.residual.map_or(0, |r| r.len() * r.dtype().size());
+        4 * self.s.c * 4 + res
     }
 }
 
@@ -112,7 +141,7 @@ fn pipelined_launch(family: &str, op: &str, m: usize, n: usize, batch: usize) ->
     // the 64-row products other than the channels-last gathers (conv.cu's entry points).
     let threads = match (bm, op) {
         (128, "bwd_weight") => 256,
-        (64, "fwd" | "bwd_data" | "bwd_data_phase") if family == "nhwc" => 64,
+        (64, _) if family == "nhwc" && op != "bwd_weight" => 64,
         _ => 128,
     };
     let cfg = Launch {
@@ -174,8 +203,8 @@ impl ConvOps for CudaBackend {
             &s,
         )?;
         let (kernel, cfg) = match path {
-            Path::OneByOne => return self.conv1x1(x, w, y, &s, "fwd", false),
-            Path::Nhwc => return self.conv_nhwc(x, w, y, &s, "fwd", false),
+            Path::OneByOne => return self.conv1x1(x, w, y, &s, "fwd", false, None),
+            Path::Nhwc => return self.conv_nhwc(x, w, y, &s, "fwd", false, None),
             Path::Gemm => (
                 Op::Conv2dFwd.kernel(x.dtype()),
                 gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
@@ -191,6 +220,41 @@ impl ConvOps for CudaBackend {
         // shape...); the shape was checked: x, w, y hold its input, weight and output sizes, in
         // one dtype.
         unsafe { self.launch(&kernel, cfg, args) }
+    }
+
+    fn conv2d_fwd_bn_eval(
+        &self,
+        x: &Buf,
+        w: &Buf,
+        bn: BnEvalParams,
+        residual: Option<&Buf>,
+        y: &mut Buf,
+        s: Checked<Conv>,
+        b: Checked<BatchNorm>,
+    ) -> Result<bool> {
+        let post = BnPost {
+            bn,
+            residual,
+            s: &b,
+        };
+        let (family, m, n) = match path(&s, x.dtype())? {
+            Path::OneByOne => ("1x1", s.c_out, s.h * s.w),
+            Path::Nhwc => ("nhwc", s.c_out, s.oh * s.ow),
+            _ => return Ok(false),
+        };
+        if !self
+            .kernels
+            .contains(&pipelined_launch(family, "fwd_bn_eval", m, n, 1).0)
+        {
+            return Ok(false);
+        }
+        if s.sizes().2 != 0 {
+            match family {
+                "1x1" => self.conv1x1(x, w, y, &s, "fwd", false, Some(&post))?,
+                _ => self.conv_nhwc(x, w, y, &s, "fwd", false, Some(&post))?,
+            }
+        }
+        Ok(true)
     }
 
     fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
@@ -273,9 +337,9 @@ impl CudaBackend {
             return Ok(());
         }
         let (kernel, cfg) = match path {
-            Path::OneByOne => return self.conv1x1(dy, w, dx, s, "bwd_data", add),
+            Path::OneByOne => return self.conv1x1(dy, w, dx, s, "bwd_data", add, None),
             Path::Nhwc if s.stride == 1 && s.c_out % 8 == 0 => {
-                return self.conv_nhwc(dy, w, dx, s, "bwd_data", add)
+                return self.conv_nhwc(dy, w, dx, s, "bwd_data", add, None)
             }
             Path::Nhwc if s.c_out % 8 == 0 && s.stride <= 8 => {
                 return self.conv_nhwc_bwd_data_phases(dy, w, dx, s, add)
@@ -426,6 +490,8 @@ impl CudaBackend {
     /// gradient the weight's taps flipped and its channel axes swapped), then one product per
     /// image (kernels/conv.cu, `conv2d_nhwc_*`).
     /// `add`: the data gradient is added onto what `out` holds (the epilogue's beta = 1).
+    /// `post`: the forward applies eval-mode BatchNorm in its epilogue (`*_fwd_bn_eval_*`).
+    #[allow(clippy::too_many_arguments)]
     fn conv_nhwc(
         &self,
         input: &Buf,
@@ -434,6 +500,7 @@ impl CudaBackend {
         layer: &Conv,
         op: &str,
         add: bool,
+        post: Option<&BnPost>,
     ) -> Result<()> {
         let fwd = op == "fwd";
         // The product's shape: the data gradient's input channels (c_out) are runs of 8 already.
@@ -457,7 +524,8 @@ impl CudaBackend {
             )
         };
         let (w_at, bytes) = nhwc_scratch(s.n * c * h * wd, ew);
-        let (kernel, cfg) = pipelined_launch("nhwc", op, m, oh * ow, s.n);
+        let kernel_op = if post.is_some() { "fwd_bn_eval" } else { op };
+        let (kernel, cfg) = pipelined_launch("nhwc", kernel_op, m, oh * ow, s.n);
         // The input's own channel count: the transposes write the forward's padding.
         let real = if fwd { layer.c_in } else { c };
         self.with_scratch(bytes, |scratch| {
@@ -474,15 +542,26 @@ impl CudaBackend {
                 .ptr(out.dev_mut()?)
                 .i32s([c, h, wd, m, s.kh, s.kw].map(|v| v as i64))
                 .i32s([stride, pad_top, pad_left, oh as i64, ow as i64]);
-            let args = if fwd { args } else { args.f32(beta(add)) };
+            let args = match post {
+                Some(p) => p.args(args)?,
+                None if fwd => args,
+                None => args.f32(beta(add)),
+            };
             let read_back = if add { ex } else { 0 };
-            let args = args.work(Work::conv(s, input.dtype(), (ex + ew + ey + read_back) * 2));
+            let extra = post.map_or(0, |p| p.bytes());
+            let args = args.work(Work::conv(
+                s,
+                input.dtype(),
+                (ex + ew + ey + read_back) * 2 + extra,
+            ));
             // SAFETY: arguments match conv2d_nhwc_{fwd,bwd_data}[_m64]_bf16(in_nhwc, w, out,
             // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow[, beta]) for the
-            // product as the forward of `input`; scratch holds the NHWC input (n x h x w x c) and the transposed
-            // weight at w_at, `out` the checked output (n x m x oh x ow); c % 8 == 0 (padded, or
-            // the caller's c_out % 8 == 0), path() checked kh, kw <= 8, shape_args every size
-            // against int.
+            // product as the forward of `input`, or conv2d_nhwc_fwd_bn_eval[_m64]_bf16(...,
+            // gamma, beta, mean, var, res, eps, act) with the BatchNorm checked against the
+            // output (per-channel f32 tensors of c_out, res as y); scratch holds the NHWC input
+            // (n x h x w x c) and the transposed weight at w_at, `out` the checked output (n x m x
+            // oh x ow); c % 8 == 0 (padded, or the caller's c_out % 8 == 0), path() checked kh,
+            // kw <= 8, shape_args every size against int.
             unsafe { self.launch(&kernel, cfg, args) }
         })
     }
@@ -701,6 +780,8 @@ impl CudaBackend {
     /// A 1x1 forward (`op` "fwd": `input` x, `out` y) or data gradient ("bwd_data": dy, dx): one
     /// product per image, M = c_out or c_in.
     /// ... `add`: the data gradient is added onto what `out` holds (its epilogue's beta = 1).
+    /// `post`: the forward applies eval-mode BatchNorm in its epilogue (`*_fwd_bn_eval_*`).
+    #[allow(clippy::too_many_arguments)]
     fn conv1x1(
         &self,
         input: &Buf,
@@ -709,10 +790,12 @@ impl CudaBackend {
         s: &Conv,
         op: &str,
         add: bool,
+        post: Option<&BnPost>,
     ) -> Result<()> {
         let fwd = op == "fwd";
         let m = if fwd { s.c_out } else { s.c_in };
-        let (kernel, cfg) = one_by_one_launch(op, m, s.h * s.w, s.n);
+        let kernel_op = if post.is_some() { "fwd_bn_eval" } else { op };
+        let (kernel, cfg) = one_by_one_launch(kernel_op, m, s.h * s.w, s.n);
         let (ex, ew, ey) = s.sizes();
         let read_back = if add { ex } else { 0 };
         let args = Args::new()
@@ -722,9 +805,20 @@ impl CudaBackend {
             .i32(int(s.c_in, "conv c_in")?)
             .i32(int(s.c_out, "conv c_out")?)
             .i32(int(s.h * s.w, "conv h*w")?);
-        let args = if fwd { args } else { args.f32(beta(add)) };
-        let args = args.work(Work::conv(s, input.dtype(), (ex + ew + ey + read_back) * 2));
-        // SAFETY: arguments match conv2d_1x1_fwd[_m64]_bf16(in, w, out, c_in, c_out, hw) or
+        let args = match post {
+            Some(p) => p.args(args)?,
+            None if fwd => args,
+            None => args.f32(beta(add)),
+        };
+        let extra = post.map_or(0, |p| p.bytes());
+        let args = args.work(Work::conv(
+            s,
+            input.dtype(),
+            (ex + ew + ey + read_back) * 2 + extra,
+        ));
+        // SAFETY: arguments match conv2d_1x1_fwd[_m64]_bf16(in, w, out, c_in, c_out, hw),
+        // conv2d_1x1_fwd_bn_eval[_m64]_bf16(..., hw, gamma, beta, mean, var, res, eps, act) (the
+        // BatchNorm checked against the output: per-channel f32 tensors of c_out, res as y) or
         // conv2d_1x1_bwd_data[_m64]_bf16(..., hw, beta); the shape was checked (x: n x c_in x hw,
         // w: c_out x c_in, y: n x c_out x hw, bf16) and path() found every row 16-byte aligned.
         unsafe { self.launch(&kernel, cfg, args) }
