@@ -207,35 +207,54 @@ __device__ void conv_gemm_tile(const ConvGemm<MODE>& g, int bm, int bn, int k_be
 }
 
 // Where the GEMM's element (m, col) goes: NCHW y (forward), NCHW dx (data gradient), or split
-// z's partial sums, which conv2d_bwd_weight_reduce_f32 adds into dw (weight gradient).
+// z's partial sums, which conv2d_bwd_weight_reduce_f32 adds into dw (weight gradient). Element
+// (m, col) is at base(col) + m * row_stride: one division a column, not one an element.
 template <int MODE>
-__device__ __forceinline__ size_t conv_out_index(const ConvShape& s, int M, int N, int m, int col) {
-    if (MODE == CONV_FWD) {
-        int ohw = s.oh * s.ow;
-        return ((size_t)(col / ohw) * s.c_out + m) * ohw + col % ohw;
-    }
-    if (MODE == CONV_BWD_DATA) {
-        int hw = s.h * s.w;
-        return ((size_t)(col / hw) * s.c_in + m) * hw + col % hw;
-    }
-    return ((size_t)blockIdx.z * M + m) * N + col;
-}
+struct ConvOut {
+    size_t base;
+    size_t row_stride;
 
-template <int MODE>
-__device__ void conv_gemm(const ConvGemm<MODE>& g, float* __restrict__ out, int k_per_split) {
+    __device__ __forceinline__ ConvOut(const ConvShape& s, int M, int N, int col) {
+        if (MODE == CONV_FWD || MODE == CONV_BWD_DATA) {
+            const int plane = MODE == CONV_FWD ? s.oh * s.ow : s.h * s.w;
+            const int channels = MODE == CONV_FWD ? s.c_out : s.c_in;
+            const int img = col / plane;
+            base = (size_t)img * channels * plane + (col - img * plane);
+            row_stride = plane;
+        } else {
+            base = (size_t)blockIdx.z * M * N + col;
+            row_stride = N;
+        }
+    }
+
+    __device__ __forceinline__ size_t at(int m) const { return base + (size_t)m * row_stride; }
+};
+
+// `post`: what the stores apply (eval-mode BatchNorm in the forward's epilogue, tc_gemm.cuh's
+// BnEvalPost), with `at` indexing the residual as y. The block's row maps are computed into shared
+// memory before the k loop (whose barriers publish them), where their division and square root
+// find free registers: after it, the accumulators' would spill around the slow paths' calls.
+template <int MODE, typename Post = tc::NoPost>
+__device__ void conv_gemm(const ConvGemm<MODE>& g, float* __restrict__ out, int k_per_split,
+                          const Post& post = Post{}) {
+    __shared__ float2 maps[Post::ON ? CONV_BM : 1];
     int bm = blockIdx.y * CONV_BM, bn = blockIdx.x * CONV_BN;
     int k_begin = blockIdx.z * k_per_split, k_end = min(g.K, k_begin + k_per_split);
+    post.stage(maps, bm, CONV_BM, g.M);
     float acc[CONV_TM][CONV_TN] = {};
     conv_gemm_tile(g, bm, bn, k_begin, k_end, acc);
     int tx = threadIdx.x % (CONV_BN / CONV_TN), ty = threadIdx.x / (CONV_BN / CONV_TN);
 #pragma unroll
-    for (int i = 0; i < CONV_TM; ++i) {
-        int m = bm + ty * CONV_TM + i;
-        if (m >= g.M) continue;
+    for (int j = 0; j < CONV_TN; ++j) {
+        int col = bn + tx * CONV_TN + j;
+        if (col >= g.N) continue;
+        const ConvOut<MODE> to(g.s, g.M, g.N, col);
 #pragma unroll
-        for (int j = 0; j < CONV_TN; ++j) {
-            int col = bn + tx * CONV_TN + j;
-            if (col < g.N) out[conv_out_index<MODE>(g.s, g.M, g.N, m, col)] = acc[i][j];
+        for (int i = 0; i < CONV_TM; ++i) {
+            int m = bm + ty * CONV_TM + i;
+            if (m >= g.M) continue;
+            const size_t at = to.at(m);
+            out[at] = post.element(acc[i][j], maps[Post::ON ? ty * CONV_TM + i : 0], (long long)at);
         }
     }
 }
@@ -298,11 +317,20 @@ __device__ void conv_gemm_tc(const ConvGemm<MODE, __nv_bfloat16>& g, OutT* __res
             for (int q = 0; q < 4; ++q) {
                 int m = bm + wm + i * 16 + gr + (q >= 2 ? 8 : 0);
                 int col = bn + wn + j * 8 + 2 * t + (q & 1);
-                if (m < g.M && col < g.N) out[conv_out_index<MODE>(g.s, g.M, g.N, m, col)] = store<OutT>(acc[i][j][q]);
+                if (m < g.M && col < g.N) out[ConvOut<MODE>(g.s, g.M, g.N, col).at(m)] = store<OutT>(acc[i][j][q]);
             }
 }
 
 typedef __nv_bfloat16 bf16_t;
+
+// The forwards followed by eval-mode BatchNorm, its residual and its activation in their
+// epilogue (tc_gemm.cuh, BnEvalPost): y = act(bn(conv(x)) [+ res]) with res laid out as y (null:
+// none). The convolution's output before BatchNorm, which a training forward keeps for its
+// backward, is never stored: an eval forward writes each layer's output once.
+#define BN_EVAL_PARAMS(T)                                                                              \
+    const float *__restrict__ gamma, const float *__restrict__ beta, const float *__restrict__ mean, \
+        const float *__restrict__ var, const T *__restrict__ res, float eps, int act
+#define BN_EVAL_POST(T) tc::BnEvalPost<T>{gamma, beta, mean, var, res, eps, act}
 
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_fwd_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight, bf16_t* __restrict__ y,
@@ -334,6 +362,16 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     ConvShape s = CONV_SHAPE;
     ConvGemm<CONV_FWD> g{weight, x, s, c_out, n * oh * ow, c_in * kh * kw};
     conv_gemm(g, y, g.K);
+}
+
+// 52 registers: four blocks per SM where conv2d_fwd_f32 (47) has five; held to 48
+// (__launch_bounds__(256, 5)) it spills around the maps' slow-path calls.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+    conv2d_fwd_bn_eval_f32(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ y,
+                           CONV_SHAPE_PARAMS, BN_EVAL_PARAMS(float)) {
+    ConvShape s = CONV_SHAPE;
+    ConvGemm<CONV_FWD> g{weight, x, s, c_out, n * oh * ow, c_in * kh * kw};
+    conv_gemm(g, y, g.K, BN_EVAL_POST(float));
 }
 
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
@@ -430,25 +468,17 @@ extern "C" __global__ void __launch_bounds__(128)
     conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw);
 }
 
-// The forwards followed by eval-mode BatchNorm, its residual and its activation in the epilogue
-// (tc_gemm.cuh, BnEvalPost): y = act(bn(conv(x)) [+ res]) with res laid out as y (null: none).
-// The convolution's output before BatchNorm, which a training forward keeps for its backward, is
-// never stored: an eval forward writes each layer's output once.
-#define BN_EVAL_PARAMS                                                                                 \
-    const float *__restrict__ gamma, const float *__restrict__ beta, const float *__restrict__ mean, \
-        const float *__restrict__ var, const bf16_t *__restrict__ res, float eps, int act
-#define BN_EVAL_POST tc::BnEvalPost<bf16_t>{gamma, beta, mean, var, res, eps, act}
-
+// With eval-mode BatchNorm in the epilogue (BN_EVAL_PARAMS above).
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_1x1_fwd_bn_eval_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight,
-                                bf16_t* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS) {
-    conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST);
+                                bf16_t* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS(bf16_t)) {
+    conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST(bf16_t));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_1x1_fwd_bn_eval_m64_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight,
-                                    bf16_t* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS) {
-    conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST);
+                                    bf16_t* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS(bf16_t)) {
+    conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST(bf16_t));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -535,14 +565,14 @@ extern "C" __global__ void __launch_bounds__(64)
 
 extern "C" __global__ void __launch_bounds__(128)
     conv2d_nhwc_fwd_bn_eval_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
-                                 bf16_t* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS) {
-    conv_nhwc<128, 64, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST);
+                                 bf16_t* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS(bf16_t)) {
+    conv_nhwc<128, 64, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(bf16_t));
 }
 
 extern "C" __global__ void __launch_bounds__(64)
     conv2d_nhwc_fwd_bn_eval_m64_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
-                                     bf16_t* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS) {
-    conv_nhwc<64, 64, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST);
+                                     bf16_t* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS(bf16_t)) {
+    conv_nhwc<64, 64, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(bf16_t));
 }
 
 // The shape arguments as the forward of dy: c_in = the layer's c_out, (h, w) = (oh, ow), c_out =

@@ -448,14 +448,19 @@ struct BnEvalPost {
         return p;
     }
 
-    // table[t] = the map (scale, shift) of row first + t, for the `rows` rows of a pass inside
-    // C's m: one 8-byte store a thread (two 4-byte ones would conflict 2 ways).
+    // Row `row`'s map, (scale, shift).
+    __device__ __forceinline__ float2 map(int row) const {
+        const BnAffine a = bn_eval_affine(gamma[row], beta[row], mean[row], var[row], eps);
+        return make_float2(a.scale, a.shift);
+    }
+
+    // table[t] = the map of row first + t, for the `rows` rows of a pass inside C's m: one
+    // 8-byte store a thread (two 4-byte ones would conflict 2 ways).
     __device__ __forceinline__ void stage(float2* table, int first, int rows, int m) const {
         for (int t = threadIdx.x; t < rows && first + t < m; t += blockDim.x) {
-            const BnAffine a =
-                bn_eval_affine(gamma[first + t], beta[first + t], mean[first + t], var[first + t], eps);
+            const float2 a = map(first + t);
             *reinterpret_cast<unsigned long long*>(table + t) =
-                (unsigned long long)__float_as_uint(a.scale) | (unsigned long long)__float_as_uint(a.shift) << 32;
+                (unsigned long long)__float_as_uint(a.x) | (unsigned long long)__float_as_uint(a.y) << 32;
         }
     }
 

@@ -145,15 +145,15 @@ fn resnet50(precision: DType) -> StepPlan {
 /// eval forward's reused maps: for ResNet-101, 80 values per image per pixel of the input (the
 /// slots' largest uses: the stem's convolution 16, the block inputs and outputs 2 x 16, the
 /// downsample 16, the inner maps 8 + 4, the kept stride-16 map 4), the input (3, and its bytes)
-/// and in bf16 the convolutions' channels-last scratch. Measured: 83.9 in f32, 87.8 in bf16,
-/// where BatchNorm runs in the convolutions' epilogue and the scratch slot for a convolution's
-/// output before BatchNorm is never used (103.8 with it). Every layer's own buffer, as a
-/// training forward keeps them, comes to about 640 (the plan before the maps: 41.3 GiB against
-/// 5.6 GiB for 16 images at 1024 px in f32; 21.6 against 3.8 in bf16).
+/// and in bf16 the convolutions' channels-last scratch. BatchNorm runs in the convolutions'
+/// epilogue, so the scratch slot for a convolution's output before BatchNorm (16) is never
+/// used: measured 67.9 in f32 and 87.8 in bf16 (83.9 and 103.8 with it). Every layer's own
+/// buffer, as a training forward keeps them, comes to about 640 (the plan before the maps: 41.3
+/// GiB against 5.6 GiB for 16 images at 1024 px in f32; 21.6 against 3.8 in bf16).
 #[test]
 fn an_extraction_call_holds_a_few_maps_not_every_layers() {
     let px = 256;
-    for (precision, most) in [(DType::F32, 90.0), (DType::BF16, 95.0)] {
+    for (precision, most) in [(DType::F32, 75.0), (DType::BF16, 95.0)] {
         let peak = |batch| {
             plan_step(&PlanOptions {
                 arch: Arch::ResNet101,
@@ -364,43 +364,51 @@ fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
 }
 
 /// `plan --extract` plans the extraction call: no backward, no optimiser, and its own words; in
-/// bf16 every BatchNorm runs in its convolution's epilogue (no BatchNorm launch).
+/// either precision every BatchNorm runs in its convolution's epilogue (no BatchNorm launch).
 #[test]
 fn the_cli_plans_an_extraction_call() {
-    let out = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
-        .args([
-            "plan",
-            "--model",
-            "resnet50",
-            "--img-size",
-            "320",
-            "--batch",
-            "4",
-        ])
-        .args(["--precision", "bf16", "--extract", "--summary"])
-        .env_remove("INSCLR_DEVICE")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    for want in ["one extraction call", "floor of the call", "device memory:"] {
-        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    for (precision, fused) in [
+        ("bf16", "conv2d_1x1_fwd_bn_eval_bf16"),
+        ("f32", "conv2d_fwd_bn_eval_f32"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
+            .args([
+                "plan",
+                "--model",
+                "resnet50",
+                "--img-size",
+                "320",
+                "--batch",
+                "4",
+            ])
+            .args(["--precision", precision, "--extract", "--summary"])
+            .env_remove("INSCLR_DEVICE")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        for want in ["one extraction call", "floor of the call", "device memory:"] {
+            assert!(text.contains(want), "no {want:?} in:\n{text}");
+        }
+        assert!(!text.contains("last measured"), "{text}");
+        let kernels: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
+            .collect();
+        assert!(
+            kernels.contains(&format!("gem_fwd_{precision}").as_str()),
+            "{text}"
+        );
+        assert!(kernels.contains(&fused), "{text}");
+        assert!(
+            !kernels.iter().any(|k| k.starts_with("batchnorm")),
+            "{text}"
+        );
+        let backward = kernels
+            .iter()
+            .find(|k| k.contains("_bwd") || k.starts_with("adam"));
+        assert_eq!(backward, None, "{text}");
     }
-    assert!(!text.contains("last measured"), "{text}");
-    let kernels: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
-        .collect();
-    assert!(kernels.contains(&"gem_fwd_bf16"), "{text}");
-    assert!(kernels.contains(&"conv2d_1x1_fwd_bn_eval_bf16"), "{text}");
-    assert!(
-        !kernels.iter().any(|k| k.starts_with("batchnorm")),
-        "{text}"
-    );
-    let backward = kernels
-        .iter()
-        .find(|k| k.contains("_bwd") || k.starts_with("adam"));
-    assert_eq!(backward, None, "{text}");
 }
 
 /// The grids of one training BatchNorm's forward and backward launches, in order, for an

@@ -57,7 +57,8 @@ fn path(s: &Conv, dtype: DType) -> Result<Path> {
 }
 
 /// The eval-mode BatchNorm (+ residual, activation) a forward applies in its epilogue
-/// (`conv2d_{1x1,nhwc}_fwd_bn_eval[_m64]_bf16`): the kernels' trailing arguments.
+/// (`conv2d_{1x1,nhwc}_fwd_bn_eval[_m64]_bf16`, `conv2d_fwd_bn_eval_f32`): the kernels' trailing
+/// arguments.
 struct BnPost<'a> {
     bn: BnEvalParams<'a>,
     residual: Option<&'a Buf>,
@@ -237,21 +238,38 @@ impl ConvOps for CudaBackend {
             residual,
             s: &b,
         };
-        let (family, m, n) = match path(&s, x.dtype())? {
-            Path::OneByOne => ("1x1", s.c_out, s.h * s.w),
-            Path::Nhwc => ("nhwc", s.c_out, s.oh * s.ow),
+        let kernel = match path(&s, x.dtype())? {
+            Path::OneByOne => one_by_one_launch("fwd_bn_eval", s.c_out, s.h * s.w, 1).0,
+            Path::Nhwc => pipelined_launch("nhwc", "fwd_bn_eval", s.c_out, s.oh * s.ow, 1).0,
+            Path::Gemm if x.dtype() == DType::F32 => "conv2d_fwd_bn_eval_f32".into(),
             _ => return Ok(false),
         };
-        if !self
-            .kernels
-            .contains(&pipelined_launch(family, "fwd_bn_eval", m, n, 1).0)
-        {
+        if !self.kernels.contains(&kernel) {
             return Ok(false);
         }
-        if s.sizes().2 != 0 {
-            match family {
-                "1x1" => self.conv1x1(x, w, y, &s, "fwd", false, Some(&post))?,
-                _ => self.conv_nhwc(x, w, y, &s, "fwd", false, Some(&post))?,
+        if s.sizes().2 == 0 {
+            return Ok(true);
+        }
+        match path(&s, x.dtype())? {
+            Path::OneByOne => self.conv1x1(x, w, y, &s, "fwd", false, Some(&post))?,
+            Path::Nhwc => self.conv_nhwc(x, w, y, &s, "fwd", false, Some(&post))?,
+            _ => {
+                let (ex, ew, ey) = s.sizes();
+                let args = shape_args(
+                    Args::new().ptr(x.dev()?).ptr(w.dev()?).ptr(y.dev_mut()?),
+                    &s,
+                )?;
+                let args = post.args(args)?.work(Work::conv(
+                    &s,
+                    x.dtype(),
+                    (ex + ew + ey) * 4 + post.bytes(),
+                ));
+                let cfg = gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1);
+                // SAFETY: arguments match conv2d_fwd_bn_eval_f32(x, w, y, shape..., gamma, beta,
+                // mean, var, res, eps, act); the shapes were checked: x, w, y (and res) hold the
+                // convolution's input, weight and output sizes in f32, the four per-channel
+                // tensors c_out f32 each.
+                unsafe { self.launch(&kernel, cfg, args)? }
             }
         }
         Ok(true)
