@@ -760,9 +760,19 @@ extern "C" __global__ void __launch_bounds__(256)
 
 // ---- depthwise -------------------------------------------------------------------------------
 
-template <typename T>
+// `post`: eval-mode BatchNorm applied to each output as stored (BnEvalPost), every channel's map
+// staged first into dynamic shared memory (c_out float2; a division and a square root per
+// element doubled the loop's instructions).
+template <typename T, typename Post = tc::NoPost>
 __device__ void depthwise_fwd(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y,
-                              CONV_SHAPE_PARAMS) {
+                              CONV_SHAPE_PARAMS, const Post& post = Post{}) {
+    float2* maps = nullptr;
+    if constexpr (Post::ON) {
+        extern __shared__ __align__(16) unsigned char dw_smem[];
+        maps = reinterpret_cast<float2*>(dw_smem);
+        post.stage(maps, 0, c_out, c_out);
+        __syncthreads();
+    }
     ConvShape s = CONV_SHAPE;
     size_t ohw = (size_t)oh * ow;
     GRID_STRIDE(i, (size_t)n * c_out * ohw) {
@@ -773,6 +783,7 @@ __device__ void depthwise_fwd(const T* __restrict__ x, const T* __restrict__ wei
         for (int r = 0; r < kh; r++)
             for (int q = 0; q < kw; q++)
                 sum = fmaf(load(wc[r * kw + q]), x_tap(x, s, img, c, p / ow, p % ow, r, q), sum);
+        if (Post::ON) sum = post.element(load(store<T>(sum)), maps[c], (long long)i);
         y[i] = store<T>(sum);
     }
 }
@@ -820,6 +831,11 @@ __device__ void depthwise_bwd_weight(const T* __restrict__ x, const T* __restric
     extern "C" __global__ void conv2d_depthwise_fwd_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, \
                                                            T* __restrict__ y, CONV_SHAPE_PARAMS) {              \
         depthwise_fwd(x, weight, y, CONV_ARGS);                                                                \
+    }                                                                                                          \
+    extern "C" __global__ void conv2d_depthwise_fwd_bn_eval_##SUFFIX(                                         \
+        const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, CONV_SHAPE_PARAMS,           \
+        BN_EVAL_PARAMS(T)) {                                                                                   \
+        depthwise_fwd(x, weight, y, CONV_ARGS, BN_EVAL_POST(T));                                               \
     }                                                                                                          \
     extern "C" __global__ void conv2d_depthwise_bwd_data_##SUFFIX(                                            \
         const T* __restrict__ dy, const T* __restrict__ weight, T* __restrict__ dx, CONV_SHAPE_PARAMS) {       \

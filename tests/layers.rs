@@ -520,7 +520,7 @@ const CONV_SIZES: &[ConvCase] = &[
 
 /// The kernels `kernel_conv_matches_cpu` runs, by name: the implicit GEMMs and the depthwise
 /// kernels, each in f32 and bf16, and bf16's pipelined kernels.
-const CONV_KERNELS: [&str; 35] = [
+const CONV_KERNELS: [&str; 37] = [
     "conv2d_fwd_f32",
     "conv2d_bwd_data_f32",
     "conv2d_bwd_weight_f32",
@@ -556,6 +556,8 @@ const CONV_KERNELS: [&str; 35] = [
     "conv2d_nhwc_fwd_bn_eval_bf16",
     "conv2d_nhwc_fwd_bn_eval_m64_bf16",
     "conv2d_fwd_bn_eval_f32",
+    "conv2d_depthwise_fwd_bn_eval_f32",
+    "conv2d_depthwise_fwd_bn_eval_bf16",
 ];
 
 /// f32 (SIMT) and bf16 (tensor cores; activations and weights bf16, the weight gradient f32).
@@ -645,9 +647,10 @@ fn kernel_conv_data_gradient_added_is_the_gradient_then_an_add() {
 
 /// A forward with eval-mode BatchNorm, its residual and its activation applied in the
 /// convolution's epilogue gives bit for bit the forward into a buffer and then BatchNorm's own
-/// eval kernel, on every dense shape (f32's implicit GEMM; bf16's pipelined kernels, kernels up to
-/// 8 x 8: those must fuse); elsewhere (depthwise, a bf16 9 x 9) the backend says it did not fuse
-/// and writes nothing. Both are within tolerance of the CPU's two ops.
+/// eval kernel, on every shape of both dtypes but bf16's dense kernels over 8 x 8 (those must
+/// fuse: f32's implicit GEMM, bf16's pipelined kernels, the depthwise kernels); there (a bf16 9 x
+/// 9) the backend says it did not fuse and writes nothing. Both are within tolerance of the CPU's
+/// two ops.
 #[test]
 fn kernel_conv_then_eval_batchnorm_in_one_kernel_is_the_two_ops() {
     let dev = kernel_device("kernel_conv_then_eval_batchnorm_in_one_kernel_is_the_two_ops");
@@ -661,7 +664,7 @@ fn kernel_conv_then_eval_batchnorm_in_one_kernel_is_the_two_ops() {
                 "conv {dt} {n}x{c_in}x{h}x{w} -> {c_out} k={k} s={stride} {padding:?} g={groups} \
              + batchnorm {act:?} residual={with_res}"
             );
-            let fuses = groups == 1 && (dt == DType::F32 || k <= 8);
+            let fuses = s.is_depthwise() || (groups == 1 && (dt == DType::F32 || k <= 8));
             matches_cpu(&what, &dev, tol, |be| {
                 let (lx, lw, ly) = s.sizes();
                 let mut rng = Rng::new(83 + lx as u64 + ly as u64);

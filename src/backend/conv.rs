@@ -211,8 +211,8 @@ impl dyn Backend + '_ {
     }
 
     /// `y = act(batchnorm_eval(conv(x, w)) [+ residual])` in one pass where the backend has a
-    /// kernel for it (CUDA's dense convolutions but bf16's over 8 x 8: the convolution's output is
-    /// never stored); returns false, having written nothing, where it has none, and the caller runs
+    /// kernel for it (CUDA's, but for bf16's dense kernels over 8 x 8: the convolution's output
+    /// is never stored); returns false, having written nothing, where it has none, and the caller runs
     /// `conv2d_fwd` and then `batchnorm_fwd_eval`, which give the same bits.
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d_fwd_bn_eval(

@@ -57,8 +57,8 @@ fn path(s: &Conv, dtype: DType) -> Result<Path> {
 }
 
 /// The eval-mode BatchNorm (+ residual, activation) a forward applies in its epilogue
-/// (`conv2d_{1x1,nhwc}_fwd_bn_eval[_m64]_bf16`, `conv2d_fwd_bn_eval_f32`): the kernels' trailing
-/// arguments.
+/// (`conv2d_{1x1,nhwc}_fwd_bn_eval[_m64]_bf16`, `conv2d_fwd_bn_eval_f32`,
+/// `conv2d_depthwise_fwd_bn_eval_<dtype>`): the kernels' trailing arguments.
 struct BnPost<'a> {
     bn: BnEvalParams<'a>,
     residual: Option<&'a Buf>,
@@ -85,6 +85,9 @@ impl BnPost<'_> {
         4 * self.s.c * 4 + res
     }
 }
+
+/// The most channels whose maps the fused depthwise forward stages in shared memory (48 KB).
+const DEPTHWISE_MAPS_MAX: usize = 48 * 1024 / 8;
 
 /// The epilogue's beta of a data gradient: 1 adds it onto what dx holds, 0 overwrites dx.
 fn beta(add: bool) -> f32 {
@@ -242,6 +245,10 @@ impl ConvOps for CudaBackend {
             Path::OneByOne => one_by_one_launch("fwd_bn_eval", s.c_out, s.h * s.w, 1).0,
             Path::Nhwc => pipelined_launch("nhwc", "fwd_bn_eval", s.c_out, s.oh * s.ow, 1).0,
             Path::Gemm if x.dtype() == DType::F32 => "conv2d_fwd_bn_eval_f32".into(),
+            // Every channel's map in shared memory (8 bytes each; 48 KB without an opt-in).
+            Path::Depthwise if s.c_out <= DEPTHWISE_MAPS_MAX => {
+                format!("conv2d_depthwise_fwd_bn_eval_{}", x.dtype())
+            }
             _ => return Ok(false),
         };
         if !self.kernels.contains(&kernel) {
@@ -253,22 +260,30 @@ impl ConvOps for CudaBackend {
         match path(&s, x.dtype())? {
             Path::OneByOne => self.conv1x1(x, w, y, &s, "fwd", false, Some(&post))?,
             Path::Nhwc => self.conv_nhwc(x, w, y, &s, "fwd", false, Some(&post))?,
-            _ => {
+            path => {
                 let (ex, ew, ey) = s.sizes();
                 let args = shape_args(
                     Args::new().ptr(x.dev()?).ptr(w.dev()?).ptr(y.dev_mut()?),
                     &s,
                 )?;
-                let args = post.args(args)?.work(Work::conv(
-                    &s,
-                    x.dtype(),
-                    (ex + ew + ey) * 4 + post.bytes(),
-                ));
-                let cfg = gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1);
-                // SAFETY: arguments match conv2d_fwd_bn_eval_f32(x, w, y, shape..., gamma, beta,
-                // mean, var, res, eps, act); the shapes were checked: x, w, y (and res) hold the
-                // convolution's input, weight and output sizes in f32, the four per-channel
-                // tensors c_out f32 each.
+                let bytes = (ex + ew + ey) * x.dtype().size() + post.bytes();
+                let args = post.args(args)?.work(Work::conv(&s, x.dtype(), bytes));
+                let cfg = match path {
+                    // Fewer blocks than the plain kernel's grid-stride launch, each of which
+                    // stages every channel's map first: a few hundred outputs a thread.
+                    Path::Depthwise => Launch {
+                        grid: (ey.div_ceil(256).clamp(1, 2048) as u32, 1, 1),
+                        block: (256, 1, 1),
+                        smem: (s.c_out * 8) as u32,
+                    },
+                    _ => gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
+                };
+                // SAFETY: arguments match conv2d_fwd_bn_eval_f32 /
+                // conv2d_depthwise_fwd_bn_eval_<dtype>(x, w, y, shape..., gamma, beta, mean, var,
+                // res, eps, act); the shapes were checked: x, w, y (and res) hold the
+                // convolution's input, weight and output sizes in x's dtype, the four per-channel
+                // tensors c_out f32 each; the depthwise kernel's dynamic shared memory holds
+                // c_out float2 (c_out <= DEPTHWISE_MAPS_MAX).
                 unsafe { self.launch(&kernel, cfg, args)? }
             }
         }
