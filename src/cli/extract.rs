@@ -64,7 +64,7 @@ pub struct DescribeArgs {
     local_layer: LocalLayer,
     /// What the backbone and GeM compute in: f32, or bf16 (tensor cores on a GPU, a fraction
     /// of f32's time and memory; the head stays f32). Describe an index and its queries alike.
-    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     precision: DType,
 }
 
@@ -116,15 +116,6 @@ pub struct Args {
     local: usize,
     #[command(flatten)]
     ranks: super::Ranks,
-}
-
-/// `--precision`: f32 or bf16.
-fn parse_precision(s: &str) -> Result<DType, String> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "bf16" => Ok(DType::BF16),
-        _ => Err(format!("{s}: use f32 or bf16")),
-    }
 }
 
 /// `H,W` of `--exact-size`: two positive pixel counts.

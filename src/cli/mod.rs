@@ -13,7 +13,7 @@ pub mod train;
 pub mod verify;
 
 use anyhow::Result;
-use insclr::backend::DeviceChoice;
+use insclr::backend::{DType, DeviceChoice};
 use insclr::dist::launch;
 use insclr::eval::expand::Expansion;
 
@@ -36,6 +36,15 @@ impl Ranks {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+/// `--precision` of `extract`, `search`, `match`, `pool` and `plan`: f32 or bf16.
+pub fn parse_precision(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        _ => Err(format!("{s}: use f32 or bf16")),
     }
 }
 

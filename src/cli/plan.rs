@@ -3,7 +3,7 @@
 //! floors summed by kernel and over the run, the device memory it holds, and the step's last
 //! measured time beside them. Runs nothing on a GPU; needs none.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use insclr::backend::DType;
 use insclr::nn::Arch;
 use insclr::plan::{self, measured, Job, Kind, PlanOptions, Planned, StepPlan};
@@ -25,8 +25,8 @@ pub struct Args {
     #[arg(long)]
     extract: bool,
     /// What the backbone computes in: f32 or bf16 (SOLVER.PRECISION).
-    #[arg(long, default_value = "f32")]
-    precision: String,
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    precision: DType,
     /// Rows of the table by kernel (the rest summed into one).
     #[arg(long, default_value_t = 15)]
     top: usize,
@@ -36,16 +36,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let precision = match args.precision.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        p => bail!("--precision {p}: use f32 or bf16"),
-    };
     let o = PlanOptions {
         arch: Arch::parse(&args.model)?,
         px: args.img_size,
         batch: args.batch,
-        precision,
+        precision: args.precision,
         job: if args.extract {
             Job::Extract
         } else {

@@ -23,8 +23,8 @@ pub struct Args {
     /// Descriptor storage for the search: f32, or bf16 (half the memory and tensor cores on a
     /// GPU; neighbours whose scores differ by less than bf16 rounding may swap places). The
     /// similarities written are recomputed from the f32 descriptors either way.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    precision: String,
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    precision: DType,
     #[command(flatten)]
     ranks: super::Ranks,
 }
@@ -38,11 +38,7 @@ pub fn run(args: Args, device: DeviceChoice) -> Result<()> {
         k: args.k,
         out: args.out,
         tile: args.tile,
-        precision: if args.precision == "bf16" {
-            DType::BF16
-        } else {
-            DType::F32
-        },
+        precision: args.precision,
         gpus: args.ranks.gpus,
     };
     let r = jobs::pool(&opts, device)?;

@@ -236,57 +236,63 @@ impl ConvOps for CudaBackend {
         s: Checked<Conv>,
         b: Checked<BatchNorm>,
     ) -> Result<bool> {
+        let path = path(&s, x.dtype())?;
+        let fuses = match path {
+            Path::OneByOne | Path::Nhwc => true,
+            Path::Gemm => x.dtype() == DType::F32,
+            // Every channel's map in shared memory (8 bytes each; 48 KB without an opt-in).
+            Path::Depthwise => s.c_out <= DEPTHWISE_MAPS_MAX,
+        };
+        if !fuses {
+            return Ok(false);
+        }
+        let (ex, ew, ey) = s.sizes();
+        if ey == 0 {
+            return Ok(true);
+        }
         let post = BnPost {
             bn,
             residual,
             s: &b,
         };
-        let kernel = match path(&s, x.dtype())? {
-            Path::OneByOne => one_by_one_launch("fwd_bn_eval", s.c_out, s.h * s.w, 1).0,
-            Path::Nhwc => pipelined_launch("nhwc", "fwd_bn_eval", s.c_out, s.oh * s.ow, 1).0,
-            Path::Gemm if x.dtype() == DType::F32 => "conv2d_fwd_bn_eval_f32".into(),
-            // Every channel's map in shared memory (8 bytes each; 48 KB without an opt-in).
-            Path::Depthwise if s.c_out <= DEPTHWISE_MAPS_MAX => {
-                format!("conv2d_depthwise_fwd_bn_eval_{}", x.dtype())
+        let (kernel, cfg) = match path {
+            Path::OneByOne => {
+                return self
+                    .conv1x1(x, w, y, &s, "fwd", false, Some(&post))
+                    .map(|()| true)
             }
-            _ => return Ok(false),
+            Path::Nhwc => {
+                return self
+                    .conv_nhwc(x, w, y, &s, "fwd", false, Some(&post))
+                    .map(|()| true)
+            }
+            Path::Gemm => (
+                "conv2d_fwd_bn_eval_f32".to_string(),
+                gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
+            ),
+            // Fewer blocks than the plain kernel's grid-stride launch, each of which stages every
+            // channel's map first: a few hundred outputs a thread.
+            Path::Depthwise => (
+                format!("conv2d_depthwise_fwd_bn_eval_{}", x.dtype()),
+                Launch {
+                    grid: (ey.div_ceil(256).clamp(1, 2048) as u32, 1, 1),
+                    block: (256, 1, 1),
+                    smem: (s.c_out * 8) as u32,
+                },
+            ),
         };
-        if !self.kernels.contains(&kernel) {
-            return Ok(false);
-        }
-        if s.sizes().2 == 0 {
-            return Ok(true);
-        }
-        match path(&s, x.dtype())? {
-            Path::OneByOne => self.conv1x1(x, w, y, &s, "fwd", false, Some(&post))?,
-            Path::Nhwc => self.conv_nhwc(x, w, y, &s, "fwd", false, Some(&post))?,
-            path => {
-                let (ex, ew, ey) = s.sizes();
-                let args = shape_args(
-                    Args::new().ptr(x.dev()?).ptr(w.dev()?).ptr(y.dev_mut()?),
-                    &s,
-                )?;
-                let bytes = (ex + ew + ey) * x.dtype().size() + post.bytes();
-                let args = post.args(args)?.work(Work::conv(&s, x.dtype(), bytes));
-                let cfg = match path {
-                    // Fewer blocks than the plain kernel's grid-stride launch, each of which
-                    // stages every channel's map first: a few hundred outputs a thread.
-                    Path::Depthwise => Launch {
-                        grid: (ey.div_ceil(256).clamp(1, 2048) as u32, 1, 1),
-                        block: (256, 1, 1),
-                        smem: (s.c_out * 8) as u32,
-                    },
-                    _ => gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
-                };
-                // SAFETY: arguments match conv2d_fwd_bn_eval_f32 /
-                // conv2d_depthwise_fwd_bn_eval_<dtype>(x, w, y, shape..., gamma, beta, mean, var,
-                // res, eps, act); the shapes were checked: x, w, y (and res) hold the
-                // convolution's input, weight and output sizes in x's dtype, the four per-channel
-                // tensors c_out f32 each; the depthwise kernel's dynamic shared memory holds
-                // c_out float2 (c_out <= DEPTHWISE_MAPS_MAX).
-                unsafe { self.launch(&kernel, cfg, args)? }
-            }
-        }
+        let args = shape_args(
+            Args::new().ptr(x.dev()?).ptr(w.dev()?).ptr(y.dev_mut()?),
+            &s,
+        )?;
+        let bytes = (ex + ew + ey) * x.dtype().size() + post.bytes();
+        let args = post.args(args)?.work(Work::conv(&s, x.dtype(), bytes));
+        // SAFETY: arguments match conv2d_fwd_bn_eval_f32 / conv2d_depthwise_fwd_bn_eval_<dtype>(x,
+        // w, y, shape..., gamma, beta, mean, var, res, eps, act); the shapes were checked: x, w, y
+        // (and res) hold the convolution's input, weight and output sizes in x's dtype, the four
+        // per-channel tensors c_out f32 each; the depthwise kernel's dynamic shared memory holds
+        // c_out float2 (c_out <= DEPTHWISE_MAPS_MAX).
+        unsafe { self.launch(&kernel, cfg, args)? };
         Ok(true)
     }
 
