@@ -9,6 +9,12 @@
 //      row = groupID (+8 for i in {2,3,6,7}), col = 2*tig + (i & 1) (+8 for i >= 4)
 //   B: b[0..1] hold (b0,b1), (b2,b3); bi is at row (k) = 2*tig + (i & 1) (+8 for i >= 2), col = groupID
 //   C, D: ci is at row = groupID (+8 for i >= 2), col = 2*tig + (i & 1)
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: D(16x8) = A(16x8) B(8x16) + C, one 32-bit
+// element a register ("Matrix Fragments for mma.m16n8k8", .tf32):
+//   A: a[i] is at row = groupID (+8 for i in {1,3}), col = tig (+4 for i >= 2)
+//   B: b[i] is at row (k) = tig (+4 for i = 1), col = groupID
+//   C, D: as m16n8k16's. The tensor cores read the upper 19 bits of each input (sign, exponent,
+//   10 mantissa bits) and ignore the low 13.
 // ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16: lanes 8j..8j+7 give the addresses of
 // the 8 rows (16 bytes each) of matrix j; lane t receives, in register j, elements
 // (t/4, 2*(t%4)) and (t/4, 2*(t%4)+1) of matrix j (with .trans: (2*(t%4), t/4) and (2*(t%4)+1, t/4)).
@@ -69,6 +75,47 @@ void mma_m16n8k16_combine(void* const* data, unsigned int) {
         int g = lane >> 2, t = lane & 3;
         for (int i = 0; i < 4; ++i) m->d[i] = D[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)];
     }
+}
+// TF32: the inputs' low 13 bits dropped, as the hardware does; the products of 11-bit significands
+// are exact in float, the sum accumulated in double and rounded once.
+inline float tf32_elem(uint32_t reg) {
+    const uint32_t bits = reg & ~0x1fffu;
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+}
+inline void mma_m16n8k8_tf32_combine(void* const* data, unsigned int) {
+    float A[16][8], B[8][8], C[16][8];
+    for (int lane = 0; lane < 32; ++lane) {
+        const MmaLane* m = static_cast<const MmaLane*>(data[lane]);
+        int g = lane >> 2, t = lane & 3;
+        for (int i = 0; i < 4; ++i) A[g + (i & 1) * 8][t + (i >> 1) * 4] = tf32_elem(m->a[i]);
+        for (int i = 0; i < 2; ++i) B[t + i * 4][g] = tf32_elem(m->b[i]);
+        for (int i = 0; i < 4; ++i) C[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)] = m->c[i];
+    }
+    float D[16][8];
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 8; ++c) {
+            double acc = C[r][c];
+            for (int k = 0; k < 8; ++k) acc += static_cast<double>(A[r][k] * B[k][c]);
+            D[r][c] = static_cast<float>(acc);
+        }
+    for (int lane = 0; lane < 32; ++lane) {
+        MmaLane* m = static_cast<MmaLane*>(data[lane]);
+        int g = lane >> 2, t = lane & 3;
+        for (int i = 0; i < 4; ++i) m->d[i] = D[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)];
+    }
+}
+__attribute__((noinline)) inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                                       const float (&c)[4]) {
+    static const Collective op = {"mma.m16n8k8.tf32", &mma_m16n8k8_tf32_combine};
+    if (current->lane == 0) count_mma(__builtin_return_address(0));
+    MmaLane me;
+    for (int i = 0; i < 4; ++i) me.a[i] = a[i], me.c[i] = c[i];
+    me.b[0] = b[0];
+    me.b[1] = b[1];
+    warp_collective(0xffffffffu, &op, &me);
+    for (int i = 0; i < 4; ++i) d[i] = me.d[i];
 }
 // Not inlined, so that the return address is the kernel's line (the counters' site).
 template <bool Bf16>
@@ -138,6 +185,28 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t 
           "f"(c[3]));
 #endif
 }
+
+// D = A B + C on TF32 tensor cores (fragments as in the header comment): f32 registers, of which
+// the hardware reads the TF32 part.
+__device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                                 const float (&c)[4]) {
+#ifdef INSCLR_EMU
+    insclr_emu::mma_m16n8k8_tf32(d, a, b, c);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+#endif
+}
+
+// An f32's bits made ready for a TF32 mma: adding half a TF32 unit before the hardware drops the
+// low 13 bits rounds to nearest, ties away from zero (cvt.rna.tf32.f32's rounding) in one integer
+// add. Infinities stay infinite (the carry stays in the dropped bits), the largest finite values
+// round up to infinity as cvt.rna's do.
+__device__ __forceinline__ uint32_t tf32_round_bits(uint32_t bits) { return bits + 0x1000u; }
 
 // The same with fp16 inputs.
 __device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],

@@ -401,39 +401,41 @@ extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float* __restrict_
     }
 }
 
-// ---- 1x1, stride 1, bf16: plain GEMMs on the pipelined mainloop (tc_gemm.cuh) -----------------
+// ---- 1x1, stride 1, bf16 and TF32: plain GEMMs on the pipelined mainloop (tc_gemm.cuh) -------
 // With no taps and no stride, an NCHW image is a c x hw matrix and each pass is a product the
 // mainloop takes as it is, with 16-byte copies straight from the activations:
 //   forward   y[img]  (c_out x hw)  = W (c_out x c_in) x[img] (c_in x hw)          one batch per image
 //   data grad dx[img] (c_in x hw)   = W^T dy[img] (c_out x hw)                      one batch per image
 //   weight    partial[z] (c_out x c_in) = sum over split z's pixels of dy x^T
-// conv.rs takes this path when c_in and hw are multiples of 8 (16-byte rows). The weight
-// gradient's split z covers `per` whole images (their pixels as k segments, one per image) or,
-// when the batch has fewer images than the GPU wants splits, a `part_len`-pixel part of one image
-// (parts > 1); conv2d_bwd_weight_reduce_f32 adds the splits as the other paths'. BM = 64 tiles
-// serve the layers whose M (c_out, or c_in for the data gradient) is at most 64.
+// conv.rs takes this path when c_in and hw make 16-byte rows (multiples of 8 in bf16, of 4 in
+// f32). The weight gradient's split z covers `per` whole images (their pixels as k segments, one
+// per image) or, when the batch has fewer images than the GPU wants splits, a `part_len`-pixel
+// part of one image (parts > 1); conv2d_bwd_weight_reduce_f32 adds the splits as the other
+// paths'. BM = 64 tiles serve the layers whose M (c_out, or c_in for the data gradient) is at
+// most 64. The `_tf32` kernels are the f32 mode's: f32 activations and weights, TF32 products,
+// f32 accumulation and outputs (PyTorch's default for f32 convolutions).
 // Every data gradient here and below takes `beta`: 0 writes dx, 1 adds the gradient (rounded to
-// bf16 first, as a stored one is) onto what dx holds, a residual branch's gradient.
-template <int BM, int WN, typename Post = tc::NoPost>
-__device__ __forceinline__ void conv1x1_fwd(const bf16_t* x, const bf16_t* w, bf16_t* y, int c_in, int c_out, int hw,
+// the activation's type first, as a stored one is) onto what dx holds, a residual branch's gradient.
+template <int BM, int WN, typename T, typename Post = tc::NoPost>
+__device__ __forceinline__ void conv1x1_fwd(const T* x, const T* w, T* y, int c_in, int c_out, int hw,
                                             const Post& post = Post{}) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    tc::tc_gemm<true, false, BM, 128, 64, WN, 3, bf16_t, false, Post>(w, x, y, c_out, hw, c_in, 0,
-                                                                    (long long)c_in * hw, (long long)c_out * hw, 1, 0,
-                                                                    0, 1.0f, 0.0f, tc_smem, 0, post);
+    tc::tc_gemm<true, false, BM, 128, 64, WN, 3, T, false, Post>(w, x, y, c_out, hw, c_in, 0, (long long)c_in * hw,
+                                                               (long long)c_out * hw, 1, 0, 0, 1.0f, 0.0f, tc_smem, 0,
+                                                               post);
 }
 
-template <int BM, int WN>
-__device__ __forceinline__ void conv1x1_bwd_data(const bf16_t* dy, const bf16_t* w, bf16_t* dx, int c_in, int c_out,
-                                                 int hw, float beta) {
+template <int BM, int WN, typename T>
+__device__ __forceinline__ void conv1x1_bwd_data(const T* dy, const T* w, T* dx, int c_in, int c_out, int hw,
+                                                 float beta) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    tc::tc_gemm<false, false, BM, 128, 64, WN, 3, bf16_t>(w, dy, dx, c_in, hw, c_out, 0, (long long)c_out * hw,
-                                                        (long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem);
+    tc::tc_gemm<false, false, BM, 128, 64, WN, 3, T>(w, dy, dx, c_in, hw, c_out, 0, (long long)c_out * hw,
+                                                   (long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem);
 }
 
-template <int BM, int WN>
-__device__ __forceinline__ void conv1x1_bwd_weight(const bf16_t* x, const bf16_t* dy, float* partial, int per,
-                                                   int parts, int part_len, int n, int c_in, int c_out, int hw) {
+template <int BM, int WN, typename T>
+__device__ __forceinline__ void conv1x1_bwd_weight(const T* x, const T* dy, float* partial, int per, int parts,
+                                                   int part_len, int n, int c_in, int c_out, int hw) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
     const int z = blockIdx.z;
     long long first;  // the split's first (image, pixel), as an offset into an image's row
@@ -456,58 +458,62 @@ __device__ __forceinline__ void conv1x1_bwd_weight(const bf16_t* x, const bf16_t
                                                            (long long)c_in * hw, 1.0f, 0.0f, tc_smem, hw);
 }
 
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_1x1_fwd_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight, bf16_t* __restrict__ y, int c_in,
-                        int c_out, int hw) {
-    conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw);
-}
+// The entry points for one input type T, named conv2d_1x1_<op>[_m64]_SUFFIX; the _bn_eval forwards
+// take eval-mode BatchNorm in the epilogue (BN_EVAL_PARAMS above). The 128-row weight gradient
+// has eight 64 x 32 warps: with 64 x 64 ones, the segment walk's registers pushed it into
+// spilling. Its partial: gridDim.z x c_out x c_in f32 sums, each over `images_per_split` images
+// (parts = 1) or over a part_len-pixel part of one image.
+#define CONV1X1_KERNELS(T, SUFFIX)                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_fwd_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, int c_in, \
+                                int c_out, int hw) {                                                             \
+        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw);                                                     \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_fwd_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y,     \
+                                    int c_in, int c_out, int hw) {                                               \
+        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw);                                                      \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_fwd_bn_eval_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, \
+                                        int c_in, int c_out, int hw, BN_EVAL_PARAMS(T)) {                        \
+        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST(T));                                    \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_fwd_bn_eval_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight,                \
+                                            T* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS(T)) {  \
+        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST(T));                                     \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_bwd_data_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight, T* __restrict__ dx,  \
+                                     int c_in, int c_out, int hw, float beta) {                                  \
+        conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, beta);                                        \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_bwd_data_m64_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,                  \
+                                         T* __restrict__ dx, int c_in, int c_out, int hw, float beta) {          \
+        conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, beta);                                         \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                                            \
+        conv2d_1x1_bwd_weight_##SUFFIX(const T* __restrict__ x, const T* __restrict__ dy,                         \
+                                       float* __restrict__ partial, int images_per_split, int parts, int part_len, \
+                                       int n, int c_in, int c_out, int hw) {                                     \
+        conv1x1_bwd_weight<128, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);      \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_bwd_weight_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ dy,                     \
+                                           float* __restrict__ partial, int images_per_split, int parts,         \
+                                           int part_len, int n, int c_in, int c_out, int hw) {                   \
+        conv1x1_bwd_weight<64, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);       \
+    }
 
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_1x1_fwd_m64_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight, bf16_t* __restrict__ y,
-                            int c_in, int c_out, int hw) {
-    conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw);
-}
-
-// With eval-mode BatchNorm in the epilogue (BN_EVAL_PARAMS above).
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_1x1_fwd_bn_eval_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight,
-                                bf16_t* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS(bf16_t)) {
-    conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST(bf16_t));
-}
-
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_1x1_fwd_bn_eval_m64_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight,
-                                    bf16_t* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS(bf16_t)) {
-    conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST(bf16_t));
-}
-
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_1x1_bwd_data_bf16(const bf16_t* __restrict__ dy, const bf16_t* __restrict__ weight, bf16_t* __restrict__ dx,
-                             int c_in, int c_out, int hw, float beta) {
-    conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, beta);
-}
-
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_1x1_bwd_data_m64_bf16(const bf16_t* __restrict__ dy, const bf16_t* __restrict__ weight,
-                                 bf16_t* __restrict__ dx, int c_in, int c_out, int hw, float beta) {
-    conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, beta);
-}
-
-// partial: gridDim.z x c_out x c_in f32 sums, each over `images_per_split` images (parts = 1) or
-// over a part_len-pixel part of one image. Eight 64 x 32 warps: with 64 x 64 ones, the segment
-// walk's registers pushed the kernel into spilling.
-extern "C" __global__ void __launch_bounds__(256)
-    conv2d_1x1_bwd_weight_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ dy, float* __restrict__ partial,
-                               int images_per_split, int parts, int part_len, int n, int c_in, int c_out, int hw) {
-    conv1x1_bwd_weight<128, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);
-}
-
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_1x1_bwd_weight_m64_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ dy,
-                                   float* __restrict__ partial, int images_per_split, int parts, int part_len, int n,
-                                   int c_in, int c_out, int hw) {
-    conv1x1_bwd_weight<64, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);
-}
+CONV1X1_KERNELS(bf16_t, bf16)
+// The TF32 forward's 64 x 64 warps end the main loop at 254 registers; its f32 output is staged
+// in two passes of 64 rows, and ptxas keeps the second pass's accumulators on the stack through
+// the first (sass.toml checks that no spill is in the main loop). Eight 64 x 32 warps spill
+// nothing but give up a fifth of the loop's tensor share (26% -> 21%).
+// allow-spill: conv2d_1x1_fwd_tf32 23 register pairs around the epilogue's first pass, none in the main loop
+CONV1X1_KERNELS(float, tf32)
 
 // ---- channels-last (NHWC) implicit GEMM, bf16: tc_gemm.cuh's mainloop with ConvGather -------
 // The network stays NCHW; conv.rs transposes around the layer into scratch (conv2d_to_nhwc_bf16

@@ -27,7 +27,15 @@
 //                             never stored
 //   tc_gemm                   two TileLoaders, the mainloop and the epilogue: a plain GEMM
 //
-// C = alpha op(A) op(B) + beta C with op(A) m x k, op(B) k x n, bf16 inputs, f32 accumulation;
+// The same template runs TF32 (f32 inputs, mma.m16n8k8.tf32) for the f32 mode's convolutions: a
+// stage row is 64 bytes of k either way (32 bf16 or 16 f32), so the stages, the k-contiguous
+// swizzle and its ldmatrix loads are the same bytes (an 8 x 8 b16 matrix is an 8 x 4 f32 one, which
+// is the tf32 fragment's layout); an m- or n-contiguous f32 operand has no ldmatrix (.trans moves
+// 16-bit halves), so its fragments are 4-byte shared loads from a layout whose swizzle keeps them
+// conflict-free (TF32 notes at FragmentOffsets). Inputs are rounded to TF32 as they enter the mma
+// (round to nearest, ties away, as cvt.rna; the tensor cores drop the low 13 bits).
+//
+// C = alpha op(A) op(B) + beta C with op(A) m x k, op(B) k x n, bf16 (or f32) inputs, f32 accumulation;
 // C bf16 or f32, row-major m x n. A is k-contiguous when stored m x k (no trans_a), m-contiguous
 // when stored k x m; B is k-contiguous when stored n x k (trans_b), n-contiguous when stored
 // k x n. A batch (blockIdx.z) offsets A, B and C by their batch strides. The reduction may run
@@ -43,46 +51,63 @@
 
 namespace tc {
 
-constexpr int BK = 32;  // k per pipeline stage: two mma k16 steps
+constexpr int BK = 32;  // bf16's k per pipeline stage: two mma k16 steps
+
+// What an input element type changes: elements per 16-byte chunk, k per stage (64 bytes of k, two
+// mma k steps: k16 for bf16, k8 for TF32).
+template <typename T>
+struct Elem {
+    static constexpr bool TF32 = sizeof(T) == 4;
+    static constexpr int PER_CHUNK = 16 / (int)sizeof(T);
+    static constexpr int BK = 64 / (int)sizeof(T);
+};
 
 // Element offset of 16-byte chunk `c` of row `r` in a tile whose rows hold CHUNKS chunks.
 // 64-byte rows (CHUNKS = 4) pair up into 128-byte lines, and a chunk's place in its line is XORed
 // with the line's index; longer rows (CHUNKS a multiple of 8) XOR the chunk's place in its line
 // with the row's index. Either way 8 consecutive rows read at one chunk, or 8 consecutive chunks
 // of one line, fall on 8 different 16-byte bank groups.
-template <int CHUNKS>
+// An f32 (TF32) operand's rows of k (CHUNKS > 4) XOR with 2 (row % 4) instead: its fragments are
+// 4-byte loads of 4 consecutive k rows at 8 consecutive columns (two chunks), which that key puts
+// on 4 different pairs of bank groups. The offset is in elements of T.
+template <int CHUNKS, typename T = __nv_bfloat16>
 __device__ __forceinline__ int swizzled(int r, int c) {
     static_assert(CHUNKS == 4 || CHUNKS % 8 == 0, "rows of 64 bytes or a multiple of 128");
+    constexpr int PER_CHUNK = Elem<T>::PER_CHUNK;
     if (CHUNKS == 4) {
         const int line = r >> 1, pos = ((r & 1) << 2) | c;
-        return ((line << 3) | (pos ^ (line & 7))) << 3;
+        return ((line << 3) | (pos ^ (line & 7))) * PER_CHUNK;
     }
-    return (r * CHUNKS + (c ^ (r & 7))) << 3;
+    const int key = Elem<T>::TF32 ? (r & 3) << 1 : r & 7;
+    return (r * CHUNKS + (c ^ key)) * PER_CHUNK;
 }
 
 // One operand tile per stage: ROWS rows of CHUNKS 16-byte chunks. For a k-contiguous operand the
-// rows are m (or n) and a row holds BK k; for an m- or n-contiguous one the rows are k.
-template <bool K_CONTIGUOUS, int MN>
+// rows are m (or n) and a row holds a stage's k; for an m- or n-contiguous one the rows are k.
+template <bool K_CONTIGUOUS, int MN, typename T = __nv_bfloat16>
 struct TileShape {
-    static constexpr int ROWS = K_CONTIGUOUS ? MN : BK;
-    static constexpr int CHUNKS = K_CONTIGUOUS ? BK / 8 : MN / 8;
-    static constexpr int ELEMS = ROWS * CHUNKS * 8;
+    static constexpr int PER_CHUNK = Elem<T>::PER_CHUNK;
+    static constexpr int ROWS = K_CONTIGUOUS ? MN : Elem<T>::BK;
+    static constexpr int CHUNKS = K_CONTIGUOUS ? 4 : MN / PER_CHUNK;
+    static constexpr int ELEMS = ROWS * CHUNKS * PER_CHUNK;
 };
 
 // A thread's copies of one operand tile per stage: ITERS chunks, rows `ROW_STEP` apart in one
 // column of chunks, so one pointer and one shared offset serve them all.
-template <bool K_CONTIGUOUS, int MN, int THREADS, bool SEGMENTED>
+template <bool K_CONTIGUOUS, int MN, int THREADS, bool SEGMENTED, typename T = __nv_bfloat16>
 struct TileLoader {
-    using Shape = TileShape<K_CONTIGUOUS, MN>;
-    static constexpr int CHUNKS = Shape::CHUNKS;
+    using Elem = T;
+    using Shape = TileShape<K_CONTIGUOUS, MN, T>;
+    static constexpr int CHUNKS = Shape::CHUNKS, PER_CHUNK = Shape::PER_CHUNK, TILE_K = tc::Elem<T>::BK;
     static_assert(THREADS % CHUNKS == 0 && (Shape::ROWS * CHUNKS) % THREADS == 0, "loader shape");
     static constexpr int ROW_STEP = THREADS / CHUNKS;
     static constexpr int ITERS = Shape::ROWS / ROW_STEP;
-    // The swizzle's key repeats every 16 rows (64-byte rows) or 8 (longer ones).
-    static_assert(ROW_STEP % (CHUNKS == 4 ? 16 : 8) == 0, "a thread's chunks share one swizzle key");
+    // The swizzle's key repeats every 16 rows (64-byte rows) or 8 (longer ones; 4 for TF32's).
+    static_assert(ROW_STEP % (CHUNKS == 4 ? 16 : tc::Elem<T>::TF32 ? 4 : 8) == 0,
+                  "a thread's chunks share one swizzle key");
 
-    const __nv_bfloat16* src;      // this thread's first chunk of the current k tile
-    const __nv_bfloat16* segment;  // ... of the current segment's first k tile
+    const T* src;      // this thread's first chunk of the current k tile
+    const T* segment;  // ... of the current segment's first k tile
     long long src_step;            // elements to the next chunk's row
     long long k_step;              // elements to the next k tile
     long long seg_step;            // elements to the next segment
@@ -95,43 +120,43 @@ struct TileLoader {
     // `p`: the operand's element (0, 0) for this block's batch; `mn0`: the block's first row (m or
     // n); `mn`: rows of the operand along m (or n); `ld`: its leading dimension; `seg`: elements
     // between segments.
-    __device__ __forceinline__ void init(const __nv_bfloat16* p, int mn0, int mn, int k_, int ld, long long seg) {
+    __device__ __forceinline__ void init(const T* p, int mn0, int mn, int k_, int ld, long long seg) {
         const int tid = threadIdx.x, r = tid / CHUNKS, c = tid % CHUNKS;
         k = k_;
         seg_step = seg;
-        dst = swizzled<CHUNKS>(r, c);
+        dst = swizzled<CHUNKS, T>(r, c);
         ok = 0;
         if (K_CONTIGUOUS) {
-            src = p + (long long)(mn0 + r) * ld + c * 8;
+            src = p + (long long)(mn0 + r) * ld + c * PER_CHUNK;
             src_step = (long long)ROW_STEP * ld;
-            k_step = BK;
-            k_at = c * 8;
+            k_step = TILE_K;
+            k_at = c * PER_CHUNK;
 #pragma unroll
             for (int i = 0; i < ITERS; ++i) ok |= (unsigned)(mn0 + r + i * ROW_STEP < mn) << i;
         } else {
-            src = p + (long long)r * ld + mn0 + c * 8;
+            src = p + (long long)r * ld + mn0 + c * PER_CHUNK;
             src_step = (long long)ROW_STEP * ld;
-            k_step = (long long)BK * ld;
+            k_step = (long long)TILE_K * ld;
             k_at = r;
-            ok = mn0 + c * 8 < mn;
+            ok = mn0 + c * PER_CHUNK < mn;
         }
         segment = src;
         k_first = k_at;
     }
 
     // Copies this thread's chunks of the current k tile into `tile`, then moves to the next tile.
-    __device__ __forceinline__ void load(__nv_bfloat16* tile) {
-        const __nv_bfloat16* s = src;
+    __device__ __forceinline__ void load(T* tile) {
+        const T* s = src;
 #pragma unroll
         for (int i = 0; i < ITERS; ++i) {
             // ROW_STEP is a multiple of the swizzle's period: the i-th chunk sits ROW_STEP rows
             // further in shared memory too.
             const bool in = K_CONTIGUOUS ? ((ok >> i) & 1u) && k_at < k : ok && k_at + i * ROW_STEP < k;
-            cp_async_16_zfill(tile + dst + i * ROW_STEP * CHUNKS * 8, s, in ? 16 : 0);
+            cp_async_16_zfill(tile + dst + i * ROW_STEP * CHUNKS * PER_CHUNK, s, in ? 16 : 0);
             s += src_step;
         }
         src += k_step;
-        k_at += BK;
+        k_at += TILE_K;
         if (SEGMENTED && k_at - k_first >= k) {  // past the segment's last tile: the next segment's first
             segment += seg_step;
             src = segment;
@@ -150,6 +175,7 @@ struct TileLoader {
 // 8 bits each); the input's element count must fit an int (conv.rs checks both).
 template <int BN, int THREADS>
 struct ConvGather {
+    using Elem = __nv_bfloat16;
     static constexpr int CHUNKS = BK / 8;
     static constexpr int ROW_STEP = THREADS / CHUNKS;
     static constexpr int ITERS = BN / ROW_STEP;
@@ -231,6 +257,7 @@ struct ConvGather {
 // both).
 template <int BN, int THREADS>
 struct WeightGradGather {
+    using Elem = __nv_bfloat16;
     static constexpr int CHUNKS = BN / 8;
     static constexpr int ITERS = BK * CHUNKS / THREADS;
     static constexpr int TPR = CHUNKS / ITERS;  // threads a row
@@ -295,8 +322,9 @@ struct WeightGradGather {
     }
 };
 
-// A warp's fragments of one k16 step: A as WM/16 m16 x k16 tiles, B as WN/8 k16 x n8 tiles, in
-// the register layout of mma.m16n8k16 (arch.cuh).
+// A warp's fragments of one mma k step: A as WM/16 m16 x k16 tiles, B as WN/8 k16 x n8 tiles, in
+// the register layout of mma.m16n8k16 (arch.cuh); for TF32 m16 x k8 and k8 x n8 tiles, one f32 a
+// register, in mma.m16n8k8's layout (the same register counts).
 template <int WM, int WN>
 struct Fragments {
     uint32_t a[WM / 16][4];
@@ -304,14 +332,26 @@ struct Fragments {
 };
 
 // Lane offsets for a warp's ldmatrix.x4 loads from one operand tile; `at(i, s)` is the offset of
-// m16 tile i (A) or n16 pair i (B) at k16 step s of the stage. The swizzle's XOR differs per k16
+// m16 tile i (A) or n16 pair i (B) at k step s of the stage. The swizzle's XOR differs per k
 // step (k-contiguous) or per tile i (else): those offsets are kept per lane, one register each,
 // and the rest of at(i, s) is a constant, so that an ldmatrix costs no address arithmetic beyond
-// the stage's base.
-template <bool IS_A, bool K_CONTIGUOUS, int MN, int TILES>
+// the stage's base. Offsets are in elements of T.
+//
+// TF32 notes. k-contiguous f32 tiles have the bf16 tiles' bytes, and ldmatrix's 8 x 8 b16
+// matrices are 8 rows x 4 f32, lane (g, t) getting row g, f32 t: exactly mma.m16n8k8.tf32's a0
+// (row g, k t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4) and b0 (n g, k t), b1 (g, t + 4)
+// from the same four matrices as bf16's. An m- or n-contiguous f32 tile (rows k) is read with
+// 4-byte loads: element (k 8 s + 4 e + t, column 8 q + g) for column group q (A: m16 tile q / 2,
+// half q % 2; B: n8 tile q). The swizzle key 2 (k % 4) = 2 t is the lane's own, so the chunk of
+// column 8 q + g is 8 (q / 4) + 2 ((q % 4) ^ t) + g / 4: four lane offsets (q % 4) and constants.
+// A warp's 32 loads hit rows t (4) x chunks {2 j, 2 j + 1} with j = (q % 4) ^ t: 4 different
+// pairs of bank groups, 32 different banks.
+template <bool IS_A, bool K_CONTIGUOUS, int MN, int TILES, typename T = __nv_bfloat16>
 struct FragmentOffsets {
-    static constexpr int CHUNKS = TileShape<K_CONTIGUOUS, MN>::CHUNKS;
-    static constexpr int KEYS = K_CONTIGUOUS ? BK / 16 : TILES;
+    static constexpr int CHUNKS = TileShape<K_CONTIGUOUS, MN, T>::CHUNKS;
+    static constexpr int PER_CHUNK = Elem<T>::PER_CHUNK;
+    static constexpr bool SCALAR = Elem<T>::TF32 && !K_CONTIGUOUS;
+    static constexpr int KEYS = K_CONTIGUOUS ? 2 : SCALAR ? 4 : TILES;
     int off[KEYS];
 
     // `w0`: the warp's first row (A: m, B: n) inside the block tile, a multiple of 32; `tile`: the
@@ -319,15 +359,20 @@ struct FragmentOffsets {
     __device__ __forceinline__ void init(int w0, int tile) {
         const int l = threadIdx.x % 32;
         if (K_CONTIGUOUS) {
-            // Rows w0 + 16 i + row_in, chunk 2 s + chunk_in. A's matrices are (rows 0-7, k 0-7),
-            // (8-15, 0-7), (0-7, 8-15), (8-15, 8-15); B's (n 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7),
-            // (8-15, 8-15), so that its registers are b[2p][0..1], b[2p+1][0..1].
+            // Rows w0 + 16 i + row_in, chunk 2 s + chunk_in. A's matrices are (rows 0-7, chunk 0),
+            // (8-15, 0), (0-7, 1), (8-15, 1); B's (n 0-7, 0), (0-7, 1), (8-15, 0), (8-15, 1), so that
+            // its registers are b[2p][0..1], b[2p+1][0..1]. (A chunk is k 0-7 in bf16, 0-3 in f32.)
             const int row_in = IS_A ? (l & 15) : ((l >> 4) << 3) | (l & 7);
             const int chunk_in = IS_A ? (l >> 4) : ((l >> 3) & 1);
             const int row = w0 + row_in, line = row >> 1;
-            const int low = ((((row & 1) << 2) | chunk_in) ^ (line & 7)) << 3;
+            const int low = (((row & 1) << 2) | chunk_in) ^ (line & 7);
 #pragma unroll
-            for (int s = 0; s < KEYS; ++s) off[s] = tile + (line << 6) + (low ^ (s << 4));
+            for (int s = 0; s < KEYS; ++s) off[s] = tile + ((line << 3) | (low ^ (s << 1))) * PER_CHUNK;
+        } else if (SCALAR) {
+            const int g = l >> 2, t = l & 3;
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+                off[u] = tile + t * CHUNKS * 4 + w0 + ((2 * (u ^ t) + (g >> 2)) << 2) + (g & 3);
         } else {
             // Rows (k) 16 s + row_in, chunk w0 / 8 + 2 i + chunk_in; .trans hands each lane the
             // elements of the transposed 8 x 8 matrices. A's matrices are (m 0-7, k 0-7), (8-15,
@@ -343,13 +388,18 @@ struct FragmentOffsets {
     }
 
     __device__ __forceinline__ int at(int i, int s) const {
-        if (K_CONTIGUOUS) return off[s] + i * 512;  // 16 rows = 8 lines of 64 elements
+        if (K_CONTIGUOUS) return off[s] + i * 16 * 4 * PER_CHUNK;  // 16 rows of 4 chunks
         return off[i] + s * 16 * CHUNKS * 8;
+    }
+
+    // SCALAR: column group q's element at k row 8 s + 4 e + t.
+    __device__ __forceinline__ int at(int q, int s, int e) const {
+        return off[q & 3] + (q >> 2) * 32 + (8 * s + 4 * e) * CHUNKS * 4;
     }
 };
 
 template <bool K_CONTIGUOUS>
-__device__ __forceinline__ void ldmatrix_operand(uint32_t (&r)[4], const __nv_bfloat16* p) {
+__device__ __forceinline__ void ldmatrix_operand(uint32_t (&r)[4], const void* p) {
     if (K_CONTIGUOUS) {
         ldmatrix_x4(r, p);
     } else {
@@ -357,32 +407,64 @@ __device__ __forceinline__ void ldmatrix_operand(uint32_t (&r)[4], const __nv_bf
     }
 }
 
-template <bool A_K, bool B_K, int BM, int BN, int WM, int WN>
-__device__ __forceinline__ void load_fragments(Fragments<WM, WN>& f, const __nv_bfloat16* stage,
-                                               const FragmentOffsets<true, A_K, BM, WM / 16>& ao,
-                                               const FragmentOffsets<false, B_K, BN, WN / 16>& bo, int s) {
+// One f32 of shared memory as a 32-bit register (a TF32 fragment element).
+__device__ __forceinline__ uint32_t ld_shared_bits(const float* p) { return __float_as_uint(*p); }
+
+template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, typename T>
+__device__ __forceinline__ void load_fragments(Fragments<WM, WN>& f, const T* stage,
+                                               const FragmentOffsets<true, A_K, BM, WM / 16, T>& ao,
+                                               const FragmentOffsets<false, B_K, BN, WN / 16, T>& bo, int s) {
+    if constexpr (FragmentOffsets<true, A_K, BM, WM / 16, T>::SCALAR) {
 #pragma unroll
-    for (int i = 0; i < WM / 16; ++i) ldmatrix_operand<A_K>(f.a[i], stage + ao.at(i, s));
+        for (int i = 0; i < WM / 16; ++i)
 #pragma unroll
-    for (int p = 0; p < WN / 16; ++p) {
-        uint32_t r[4];
-        ldmatrix_operand<B_K>(r, stage + bo.at(p, s));
-        f.b[2 * p][0] = r[0], f.b[2 * p][1] = r[1], f.b[2 * p + 1][0] = r[2], f.b[2 * p + 1][1] = r[3];
+            for (int q = 0; q < 4; ++q) f.a[i][q] = ld_shared_bits(stage + ao.at(2 * i + (q & 1), s, q >> 1));
+    } else {
+#pragma unroll
+        for (int i = 0; i < WM / 16; ++i) ldmatrix_operand<A_K>(f.a[i], stage + ao.at(i, s));
+    }
+    if constexpr (FragmentOffsets<false, B_K, BN, WN / 16, T>::SCALAR) {
+#pragma unroll
+        for (int j = 0; j < WN / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) f.b[j][e] = ld_shared_bits(stage + bo.at(j, s, e));
+    } else {
+#pragma unroll
+        for (int p = 0; p < WN / 16; ++p) {
+            uint32_t r[4];
+            ldmatrix_operand<B_K>(r, stage + bo.at(p, s));
+            f.b[2 * p][0] = r[0], f.b[2 * p][1] = r[1], f.b[2 * p + 1][0] = r[2], f.b[2 * p + 1][1] = r[3];
+        }
     }
 }
 
-template <int WM, int WN>
+template <int WM, int WN, typename T>
 __device__ __forceinline__ void mma_fragments(float (&acc)[WM / 16][WN / 8][4], const Fragments<WM, WN>& f) {
+    if constexpr (Elem<T>::TF32) {
+        // Rounded to TF32 here, once a register: the tensor cores truncate the low 13 bits.
+        uint32_t b[WN / 8][2];
 #pragma unroll
-    for (int i = 0; i < WM / 16; ++i)
+        for (int j = 0; j < WN / 8; ++j) b[j][0] = tf32_round_bits(f.b[j][0]), b[j][1] = tf32_round_bits(f.b[j][1]);
 #pragma unroll
-        for (int j = 0; j < WN / 8; ++j) mma_m16n8k16_bf16(acc[i][j], f.a[i], f.b[j], acc[i][j]);
+        for (int i = 0; i < WM / 16; ++i) {
+            uint32_t a[4];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) a[q] = tf32_round_bits(f.a[i][q]);
+#pragma unroll
+            for (int j = 0; j < WN / 8; ++j) mma_m16n8k8_tf32(acc[i][j], a, b[j], acc[i][j]);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+            for (int j = 0; j < WN / 8; ++j) mma_m16n8k16_bf16(acc[i][j], f.a[i], f.b[j], acc[i][j]);
+    }
 }
 
 // Shared memory the kernel needs: the pipeline's stages, or the epilogue's staging if larger.
 template <int BM, int BN, int STAGES, typename TC>
 struct SmemSize {
-    static constexpr int STAGE = (BM + BN) * BK * 2;
+    static constexpr int STAGE = (BM + BN) * 64;  // 64 bytes of k a row, either input type
     static constexpr int ROW_BYTES = BN * (int)sizeof(TC) + (sizeof(TC) == 4 ? 32 : 16);
     static constexpr int PIPELINE = STAGES * STAGE;
     // The epilogue stages as many 64-row warp rows of the block tile as fit in the pipeline's
@@ -566,16 +648,19 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
 template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename ALoad, typename BLoad>
 __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles, float (&acc)[WM / 16][WN / 8][4],
                                          unsigned char* smem) {
+    using T = typename ALoad::Elem;
+    static_assert(sizeof(T) == sizeof(typename BLoad::Elem), "both operands of one input type");
+    constexpr int K_STEPS = 2;  // mma k steps per stage
     static_assert(WM == 64 && (WN == 64 || WN == 32), "warp tiles of 64 x 64 or 64 x 32");
     static_assert(BM % WM == 0 && BN % WN == 0 && STAGES >= 2, "block tile");
-    constexpr int A_ELEMS = TileShape<A_K, BM>::ELEMS, B_ELEMS = TileShape<B_K, BN>::ELEMS;
+    constexpr int A_ELEMS = TileShape<A_K, BM, T>::ELEMS, B_ELEMS = TileShape<B_K, BN, T>::ELEMS;
     constexpr int STAGE_ELEMS = A_ELEMS + B_ELEMS;
     const int warp = threadIdx.x / 32;
     const int wm = (warp / (BN / WN)) * WM, wn = (warp % (BN / WN)) * WN;
-    __nv_bfloat16* stages = reinterpret_cast<__nv_bfloat16*>(smem);
+    T* stages = reinterpret_cast<T*>(smem);
 
-    FragmentOffsets<true, A_K, BM, WM / 16> a_frag;
-    FragmentOffsets<false, B_K, BN, WN / 16> b_frag;
+    FragmentOffsets<true, A_K, BM, WM / 16, T> a_frag;
+    FragmentOffsets<false, B_K, BN, WN / 16, T> b_frag;
     a_frag.init(wm, 0);
     b_frag.init(wn, A_ELEMS);
 
@@ -606,17 +691,16 @@ __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles
     load_fragments<A_K, B_K, BM, BN>(frag[0], stages, a_frag, b_frag, 0);
     for (int t = 0; t < tiles; ++t) {
 #pragma unroll
-        for (int s = 0; s < BK / 16; ++s) {
-            if (s == BK / 16 - 1) {
+        for (int s = 0; s < K_STEPS; ++s) {
+            if (s == K_STEPS - 1) {
                 // Tile t + 1 has landed for this thread; the barrier makes it everyone's, and
                 // tells every warp that the stage read during tile t - 1 is free again.
                 cp_async_wait<STAGES - 2>();
                 __syncthreads();
                 read = read + STAGE_ELEMS == RING ? 0 : read + STAGE_ELEMS;
             }
-            if (s < BK / 16 - 1 || t + 1 < tiles) {
-                load_fragments<A_K, B_K, BM, BN>(frag[(s + 1) % 2], stages + read, a_frag, b_frag,
-                                                  (s + 1) % (BK / 16));
+            if (s < K_STEPS - 1 || t + 1 < tiles) {
+                load_fragments<A_K, B_K, BM, BN>(frag[(s + 1) % 2], stages + read, a_frag, b_frag, (s + 1) % K_STEPS);
             }
             if (s == 0) {
                 if (t + STAGES - 1 < tiles) {
@@ -626,7 +710,7 @@ __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles
                 cp_async_commit();
                 write = write + STAGE_ELEMS == RING ? 0 : write + STAGE_ELEMS;
             }
-            mma_fragments<WM, WN>(acc, frag[s % 2]);
+            mma_fragments<WM, WN, T>(acc, frag[s % 2]);
         }
     }
     cp_async_wait<0>();
@@ -657,8 +741,8 @@ __device__ __forceinline__ void epilogue(unsigned char* smem, const float (&acc)
 // reduction may run over several segments (else `segments` must be 1). `post` applies to C's
 // values as they are stored, offset by the batch as C is.
 template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename TC, bool SEGMENTED = false,
-          typename Post = NoPost>
-__device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B,
+          typename Post = NoPost, typename T>
+__device__ __forceinline__ void tc_gemm(const T* __restrict__ A, const T* __restrict__ B,
                                         TC* __restrict__ C, int m, int n, int k, long long batch_a, long long batch_b,
                                         long long batch_c, int segments, long long seg_a, long long seg_b, float alpha,
                                         float beta, unsigned char* smem, int k_ld = 0, const Post& post = Post{}) {
@@ -668,8 +752,8 @@ __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, con
     B += blockIdx.z * batch_b;
     C += blockIdx.z * batch_c;
 
-    TileLoader<A_K, BM, THREADS, SEGMENTED> a_load;
-    TileLoader<B_K, BN, THREADS, SEGMENTED> b_load;
+    TileLoader<A_K, BM, THREADS, SEGMENTED, T> a_load;
+    TileLoader<B_K, BN, THREADS, SEGMENTED, T> b_load;
     // A stored m x k (ld k, or k_ld when a row is longer than the k it takes part in) or k x m
     // (ld m); B stored n x k (ld k or k_ld) or k x n (ld n).
     const int ldk = k_ld ? k_ld : k;
@@ -677,7 +761,8 @@ __device__ __forceinline__ void tc_gemm(const __nv_bfloat16* __restrict__ A, con
     b_load.init(B, bn, n, k, B_K ? ldk : n, seg_b);
 
     float acc[WM / 16][WN / 8][4];
-    mainloop<A_K, B_K, BM, BN, WM, WN, STAGES>(a_load, b_load, (k + BK - 1) / BK * segments, acc, smem);
+    constexpr int TILE_K = Elem<T>::BK;
+    mainloop<A_K, B_K, BM, BN, WM, WN, STAGES>(a_load, b_load, (k + TILE_K - 1) / TILE_K * segments, acc, smem);
     epilogue<BM, BN, WM, WN, STAGES, TC, false, Post>(smem, acc, C, bm, bn, m, n, alpha, beta, PhaseMap{},
                                                       post.at_image(blockIdx.z * batch_c));
 }

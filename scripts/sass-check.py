@@ -31,7 +31,8 @@ with % is a share):
     division subroutine, I2F.U64.RP), calls (every CALL, the float division slow path included),
   loop.instructions, loop.tensor_share, loop.ffma_share (of the main loop's instructions),
     loop.ldg, loop.sts, loop.lds (not ldmatrix), loop.ldsm, loop.cp_async, loop.bar,
-    loop.nested (loops inside it), loop.int_div, loop.calls.
+    loop.nested (loops inside it), loop.int_div, loop.calls, loop.local_ops (LDL/STL in it: a
+    spill that a kernel declares must stay out of its main loop).
 """
 
 from __future__ import annotations
@@ -372,7 +373,7 @@ def metrics(insns: list[Insn], res: dict[str, int]) -> dict[str, float | int | N
         if main is None or rank(ks) > rank(main_ks):
             main, main_ks = loop, ks
     keys = ("instructions", "tensor_share", "ffma_share", "ldg", "sts", "lds", "ldsm", "cp_async", "bar",
-            "nested", "int_div", "calls")
+            "nested", "int_div", "calls", "local_ops")
     if main is None:
         m.update({f"loop.{k}": None for k in keys})
         return m
@@ -391,6 +392,7 @@ def metrics(insns: list[Insn], res: dict[str, int]) -> dict[str, float | int | N
         "loop.nested": sum(1 for l in loops if l is not main and l.blocks < main.blocks),
         "loop.int_div": len(div_at & set(main_ks)),
         "loop.calls": sum(i.base == "CALL" for i in body),
+        "loop.local_ops": sum(i.base in ("LDL", "STL") for i in body),
     })
     return m
 

@@ -734,6 +734,158 @@ fn kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu() {
     }
 }
 
+/// f32's 1x1 convolutions on TF32 tensor cores (`Backend::set_tf32`), 4-float rows: 4 pixels
+/// with 4 channels (one chunk), 36 and 196 pixels (a 14 x 14 map, no 8-float rows), a 64-row and
+/// a partial second 128-row tile of outputs and of the data gradient's channels, and a weight
+/// gradient whose 576 pixels split into parts.
+#[rustfmt::skip]
+const TF32_SIZES: &[(usize, usize, usize, usize, usize)] = &[
+    (2, 4, 2, 2, 5),
+    (1, 12, 6, 6, 65),
+    (1, 8, 14, 14, 72),
+    (3, 68, 4, 7, 130),
+    (2, 136, 10, 8, 200),
+    (1, 16, 24, 24, 24),
+];
+
+/// `v` rounded to TF32 as the kernels round it (to nearest, ties away from zero: cvt.rna).
+fn tf32(v: f32) -> f32 {
+    if v.is_finite() {
+        f32::from_bits((v.to_bits() + 0x1000) & !0x1fff)
+    } else {
+        v
+    }
+}
+
+/// The TF32 1x1 kernels (forward, with eval BatchNorm, data gradient written and added, weight
+/// gradient) match the CPU twin run on TF32-rounded inputs to f32 accumulation's tolerance:
+/// their products are exactly those of rounded inputs (rounding by truncation instead would be
+/// off by ~1e-4). Against the exact f32 convolution they are off by TF32's error, not more. The
+/// launches are the `_tf32` kernels.
+#[test]
+fn kernel_tf32_1x1_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
+    let dev = kernel_device("kernel_tf32_1x1_convolutions_are_the_cpu_on_tf32_rounded_inputs");
+    dev.set_tf32(true);
+    let run = |be: &dyn Backend, s: Conv, round: bool| -> anyhow::Result<Outputs> {
+        let (lx, lw, ly) = s.sizes();
+        let mut rng = Rng::new(97 + lx as u64 + ly as u64);
+        let mut input = |len, lo, hi| {
+            let v = rng.vec_f32(len, lo, hi);
+            be.upload(&if round {
+                v.iter().map(|&x| tf32(x)).collect()
+            } else {
+                v
+            })
+        };
+        let (x, wt, dy) = (
+            input(lx, -1.0, 1.0)?,
+            input(lw, -0.5, 0.5)?,
+            input(ly, -1.0, 1.0)?,
+        );
+        let c = s.c_out;
+        let mut chan = |lo, hi| be.upload(&rng.vec_f32(c, lo, hi));
+        let (gamma, beta, mean, var) = (
+            chan(0.5, 1.5)?,
+            chan(-0.5, 0.5)?,
+            chan(-1.0, 1.0)?,
+            chan(0.5, 2.0)?,
+        );
+        let res = be.upload(&rng.vec_f32(ly, -3.0, 6.0))?;
+        let old = rng.vec_f32(lx, -1.0, 1.0);
+        let (mut y, mut y_bn, mut dx) = (
+            poisoned_as(be, ly, DType::F32),
+            poisoned_as(be, ly, DType::F32),
+            poisoned_as(be, lx, DType::F32),
+        );
+        let mut dx_sum = be.upload(&old)?;
+        let mut dw = be.upload(&vec![0.5; lw])?;
+        be.conv2d_fwd(&x, &wt, &mut y, s)?;
+        let b = BatchNorm::new(s.n, c, s.oh * s.ow, 1e-5, Act::Relu);
+        let bn = BnEvalParams {
+            gamma: &gamma,
+            beta: &beta,
+            mean: &mean,
+            var: &var,
+        };
+        if !be.conv2d_fwd_bn_eval(&x, &wt, bn, Some(&res), &mut y_bn, s, b)? {
+            let mut z = poisoned_as(be, ly, DType::F32);
+            be.conv2d_fwd(&x, &wt, &mut z, s)?;
+            be.batchnorm_fwd_eval(&z, &gamma, &beta, &mean, &var, Some(&res), &mut y_bn, b)?;
+        }
+        be.conv2d_bwd_data(&dy, &wt, &mut dx, s)?;
+        be.conv2d_bwd_data_add(&dy, &wt, &mut dx_sum, s)?;
+        be.conv2d_bwd_weight(&x, &dy, &mut dw, s)?;
+        Ok(vec![
+            ("y".into(), be.download(&y)?),
+            ("y with batchnorm".into(), be.download(&y_bn)?),
+            ("dx".into(), be.download(&dx)?),
+            ("dx added".into(), be.download(&dx_sum)?),
+            ("dw".into(), be.download(&dw)?),
+        ])
+    };
+    let cpu = insclr::backend::cpu();
+    for &(n, c_in, h, w, c_out) in TF32_SIZES {
+        let s = Conv::new(n, c_in, h, w, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
+        let what = format!("tf32 conv {n}x{c_in}x{h}x{w} -> {c_out} 1x1");
+        let got = run(&dev, s, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let rounded = run(cpu, s, true).unwrap();
+        let exact = run(cpu, s, false).unwrap();
+        for (((name, g), (_, r)), (_, e)) in got.iter().zip(&rounded).zip(&exact) {
+            let (to_rounded, to_exact) = (common::rel_err(g, r), common::rel_err(g, e));
+            assert!(
+                to_rounded < 1e-5,
+                "{what}: {name} differs from the CPU on TF32 inputs by {to_rounded:e}"
+            );
+            assert!(
+                to_exact < 2e-3,
+                "{what}: {name} differs from the exact f32 result by {to_exact:e}"
+            );
+            // The weight gradient's 0.5 start and the added gradient's old values dilute the
+            // rounding's share of those two; the others must show it.
+            if !name.starts_with("dw") && !name.starts_with("dx added") {
+                assert!(
+                    to_exact > 1e-5,
+                    "{what}: {name} is exact f32 ({to_exact:e}): TF32 did not run"
+                );
+            }
+        }
+    }
+    // The launches: every TF32 kernel, and no SIMT f32 convolution.
+    let mut seen = std::collections::BTreeSet::new();
+    for &(n, c_in, h, w, c_out) in TF32_SIZES {
+        let s = Conv::new(n, c_in, h, w, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
+        let plan = CudaBackend::plan();
+        plan.set_tf32(true);
+        let rec = plan.recorder().unwrap();
+        rec.set_recording(true);
+        run(&plan, s, false).unwrap();
+        for e in rec.take() {
+            if let Event::Launch { kernel, .. } = e {
+                seen.insert(kernel);
+            }
+        }
+    }
+    let tf32_kernels = [
+        "conv2d_1x1_fwd_tf32",
+        "conv2d_1x1_fwd_m64_tf32",
+        "conv2d_1x1_fwd_bn_eval_tf32",
+        "conv2d_1x1_fwd_bn_eval_m64_tf32",
+        "conv2d_1x1_bwd_data_tf32",
+        "conv2d_1x1_bwd_data_m64_tf32",
+        "conv2d_1x1_bwd_weight_tf32",
+        "conv2d_1x1_bwd_weight_m64_tf32",
+    ];
+    for k in tf32_kernels {
+        assert!(seen.contains(k), "no case launched {k}: {seen:?}");
+    }
+    assert!(
+        seen.iter().all(|k| !k.starts_with("conv2d_")
+            || k.ends_with("_tf32")
+            || k == "conv2d_bwd_weight_reduce_f32"),
+        "an f32 convolution ran off the tensor cores: {seen:?}"
+    );
+}
+
 /// Every kernel of `CONV_KERNELS` is launched by some case of `CONV_SIZES`, so the comparison
 /// above covers each: the plan device records the launchers' launches without running them.
 #[test]

@@ -326,6 +326,58 @@ fn conv_1x1_bf16_runs_on_the_pipelined_mainloop() {
     }
 }
 
+/// The TF32 1x1 kernels (f32 operands on the same mainloop): the k-contiguous operands by
+/// ldmatrix, the m- and n-contiguous ones by 4-byte loads from rows swizzled by 2 (k % 4), the f32
+/// epilogue in two passes; every site at the ideal, and exactly the products' m16n8k8 count.
+/// 128 -> 256 channels takes the 128-row kernels of all three passes, 64 -> 64 the 64-row ones.
+#[test]
+fn conv_1x1_tf32_runs_on_the_pipelined_mainloop_without_bank_conflicts() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    dev.set_tf32(true);
+    let be: &dyn Backend = &dev;
+    for (c_in, c_out, tile) in [(128, 256, ""), (64, 64, "_m64")] {
+        let s = Conv::new(2, c_in, 16, 8, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
+        let (lx, lw, ly) = s.sizes();
+        let x = upload(be, lx, DType::F32, 20);
+        let w = upload(be, lw, DType::F32, 21);
+        let dy = upload(be, ly, DType::F32, 22);
+        let mut y = be.zeros(DType::F32, ly).unwrap();
+        let mut dx = be.zeros(DType::F32, lx).unwrap();
+        let mut dw = be.zeros(DType::F32, lw).unwrap();
+        let (r, stats) = count_memory(|| -> anyhow::Result<()> {
+            be.conv2d_fwd(&x, &w, &mut y, s)?;
+            be.conv2d_bwd_data(&dy, &w, &mut dx, s)?;
+            be.conv2d_bwd_weight(&x, &dy, &mut dw, s)
+        });
+        r.unwrap();
+        show(
+            &format!("conv tf32 1x1, 2 x {c_in} x 16 x 8 -> {c_out}:"),
+            &stats,
+        );
+        let mma = |kernel: &str| total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
+        let useful = (2 * 128 * c_in * c_out / (16 * 8 * 8)) as u64;
+        let kernels =
+            ["fwd", "bwd_data", "bwd_weight"].map(|op| format!("conv2d_1x1_{op}{tile}_tf32"));
+        for kernel in &kernels {
+            // The weight gradient's N is c_in: 64 fills half of a 128-wide tile, whose other half
+            // multiplies the zero fill.
+            let tiled = if kernel.contains("weight") {
+                useful * (c_in.div_ceil(128) * 128 / c_in) as u64
+            } else {
+                useful
+            };
+            assert_eq!(mma(kernel), tiled, "{kernel}");
+            for row in rows(&stats, kernel) {
+                assert_eq!(row.transactions, row.ideal, "{kernel}: {row:?}");
+            }
+        }
+    }
+}
+
 /// The forwards that apply eval-mode BatchNorm with a residual in their epilogue (an extraction's
 /// bottleneck output): the residual's 16-byte reads beside the output's 16-byte stores, the
 /// per-channel tables (one thread a channel, then broadcast reads) and the main loop all at the

@@ -491,6 +491,15 @@ pub trait Backend: Send + Sync {
     fn zero(&self, buf: &mut Buf) -> Result<()>;
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
+    /// Whether f32 convolutions may run on TF32 tensor cores (f32 storage and accumulation,
+    /// products of inputs rounded to 10 mantissa bits: PyTorch's default for f32 convolutions on
+    /// a GPU). Off when a backend is made; a backend without TF32 kernels (the CPU) ignores it
+    /// and stays exact. Everything else in f32 stays exact f32 either way.
+    fn set_tf32(&self, _on: bool) {}
+    /// What [`Backend::set_tf32`] last set, where the backend has TF32 kernels (else false).
+    fn tf32(&self) -> bool {
+        false
+    }
 
     /// The families' ops on this backend (called by the checked methods on `dyn Backend`).
     fn gemm_ops(&self) -> &dyn GemmOps;

@@ -8,6 +8,8 @@ pub struct GpuSpec {
     pub sms: u32,
     /// Dense bf16 tensor-core FLOP/s (f32 accumulation), without sparsity.
     pub bf16_tensor: f64,
+    /// Dense TF32 tensor-core FLOP/s (f32 accumulation), without sparsity.
+    pub tf32_tensor: f64,
     /// FP32 (non-tensor) FLOP/s.
     pub fp32: f64,
     /// DRAM bytes/s.
@@ -17,7 +19,8 @@ pub struct GpuSpec {
 }
 
 /// H100 SXM5, from NVIDIA's H100 datasheet (SXM column): "BF16 Tensor Core 1,979 teraFLOPS"
-/// with sparsity, so 989 dense; "FP32 67 teraFLOPS"; "GPU memory bandwidth 3.35TB/s"; "PCIe
+/// with sparsity, so 989 dense; "TF32 Tensor Core 989 teraFLOPS" with sparsity, so 495 dense
+/// (half of bf16's, as on every tensor-core generation since Ampere); "FP32 67 teraFLOPS"; "GPU memory bandwidth 3.35TB/s"; "PCIe
 /// Gen5: 128GB/s", both directions together; 132 SMs (the Hopper whitepaper). Reproduced at
 /// archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html and, dense (989.4 bf16, 66.9 FP32), at
 /// glennklockwood.com/garden/processors/h100.
@@ -25,6 +28,7 @@ pub const H100_SXM: GpuSpec = GpuSpec {
     name: "H100 SXM",
     sms: 132,
     bf16_tensor: 989e12,
+    tf32_tensor: 495e12,
     fp32: 67e12,
     dram: 3.35e12,
     pcie: 64e9,
@@ -37,6 +41,7 @@ pub const H200: GpuSpec = GpuSpec {
     name: "H200",
     sms: 132,
     bf16_tensor: 989e12,
+    tf32_tensor: 495e12,
     fp32: 67e12,
     dram: 4.8e12,
     pcie: 64e9,

@@ -386,6 +386,7 @@ fn model(e: Event, gpus: &[GpuSpec]) -> Result<Planned> {
         .map(|g| {
             let peak = match work.unit {
                 Unit::TensorBf16 => g.bf16_tensor,
+                Unit::TensorTf32 => g.tf32_tensor,
                 Unit::Fp32 => g.fp32,
             };
             let (compute, memory) = (work.flops / peak, work.bytes / g.dram);

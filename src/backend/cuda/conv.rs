@@ -2,9 +2,9 @@
 //! convolutions with their own kernels. Other groupings have no kernel and are an error.
 
 use super::device::{Args, DevMem, Launch};
-use super::work::{conv_shape, Work};
+use super::work::{conv_shape, Unit, Work};
 use super::{int, CudaBackend};
-use crate::backend::{BatchNorm, BnEvalParams, Buf, Checked, Conv, ConvOps, DType, Op};
+use crate::backend::{Backend, BatchNorm, BnEvalParams, Buf, Checked, Conv, ConvOps, DType, Op};
 use anyhow::{bail, Result};
 
 /// The implicit GEMM's block tile: f32 SIMT (`CONV_BM`, `CONV_BN`, `CONV_BK` in
@@ -21,7 +21,9 @@ const GEMM_THREADS: u32 = 256;
 enum Path {
     Gemm,
     /// A 1x1, stride-1, unpadded bf16 convolution whose channel rows are 16-byte aligned: plain
-    /// GEMMs on the pipelined tensor-core mainloop (`conv2d_1x1_*` in kernels/conv.cu).
+    /// GEMMs on the pipelined tensor-core mainloop (`conv2d_1x1_*_bf16` in kernels/conv.cu). In
+    /// f32 the same on TF32 tensor cores (`conv2d_1x1_*_tf32`) when the backend allows TF32
+    /// ([`crate::backend::Backend::set_tf32`]).
     OneByOne,
     /// Any other dense bf16 convolution whose kernel is at most 8 x 8: NCHW -> NHWC transposes
     /// into scratch, then an implicit GEMM over channels-last activations on the same mainloop
@@ -34,11 +36,15 @@ enum Path {
     Depthwise,
 }
 
-fn path(s: &Conv, dtype: DType) -> Result<Path> {
+/// `tf32`: f32 convolutions may take the TF32 kernels.
+fn path(s: &Conv, dtype: DType, tf32: bool) -> Result<Path> {
     let plain = s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad_top == 0 && s.pad_left == 0;
-    let aligned = s.c_in % 8 == 0 && (s.h * s.w) % 8 == 0 && s.oh == s.h && s.ow == s.w;
+    // 16-byte rows: 8 bf16 or 4 f32.
+    let chunk = 16 / dtype.size();
+    let aligned = s.c_in % chunk == 0 && (s.h * s.w) % chunk == 0 && s.oh == s.h && s.ow == s.w;
+    let tensor_cores = dtype == DType::BF16 || (dtype == DType::F32 && tf32);
     let gathered = s.kh <= 8 && s.kw <= 8;
-    if s.groups == 1 && dtype == DType::BF16 && plain && aligned {
+    if s.groups == 1 && tensor_cores && plain && aligned {
         Ok(Path::OneByOne)
     } else if s.groups == 1 && dtype == DType::BF16 && gathered {
         Ok(Path::Nhwc)
@@ -130,11 +136,28 @@ fn shape_args(args: Args, s: &Conv) -> Result<Args> {
     ))
 }
 
+/// The tensor-core kernels' suffix and unit for operands of `dtype`: bf16, or f32 on TF32.
+fn tensor_math(dtype: DType) -> (&'static str, Unit) {
+    match dtype {
+        DType::BF16 => ("bf16", Unit::TensorBf16),
+        _ => ("tf32", Unit::TensorTf32),
+    }
+}
+
 /// The 1x1 kernels' tiles: 128 x 128 (four 64 x 64 warps; eight 64 x 32 for the weight
 /// gradient), or 64 x 128 (four 64 x 32 warps) when the GEMM's M is at most 64; three stages of
-/// (BM + 128) x 32 bf16 in dynamic shared memory, as tc_gemm.cuh's `SmemSize`.
-fn one_by_one_launch(op: &str, m: usize, n: usize, batch: usize) -> (String, Launch) {
-    pipelined_launch("1x1", op, m, n, batch)
+/// (BM + 128) rows of 64 bytes (32 bf16 or 16 f32) in dynamic shared memory, as tc_gemm.cuh's
+/// `SmemSize`. `dtype`: the operands' (bf16, or f32 for the TF32 kernels).
+fn one_by_one_launch(op: &str, m: usize, n: usize, batch: usize, dtype: DType) -> (String, Launch) {
+    let (kernel, cfg) = pipelined_launch("1x1", op, m, n, batch);
+    let suffix = tensor_math(dtype).0;
+    (
+        format!(
+            "{}_{suffix}",
+            kernel.strip_suffix("_bf16").unwrap_or(&kernel)
+        ),
+        cfg,
+    )
 }
 
 /// A kernel `conv2d_{family}_{op}[_m64]_bf16` on the pipelined mainloop: tiles as
@@ -198,7 +221,7 @@ fn weight_grad_splits(tiles: usize, k: usize, tile_k: usize, slots: usize) -> (u
 
 impl ConvOps for CudaBackend {
     fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (path, total) = (path(&s, x.dtype())?, s.sizes().2);
+        let (path, total) = (self.path(&s, x.dtype())?, s.sizes().2);
         if total == 0 {
             return Ok(());
         }
@@ -236,7 +259,7 @@ impl ConvOps for CudaBackend {
         s: Checked<Conv>,
         b: Checked<BatchNorm>,
     ) -> Result<bool> {
-        let path = path(&s, x.dtype())?;
+        let path = self.path(&s, x.dtype())?;
         let fuses = match path {
             Path::OneByOne | Path::Nhwc => true,
             Path::Gemm => x.dtype() == DType::F32,
@@ -305,7 +328,7 @@ impl ConvOps for CudaBackend {
     }
 
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let path = path(&s, x.dtype())?;
+        let path = self.path(&s, x.dtype())?;
         let (m, n, k) = (s.c_out, s.c_in * s.kh * s.kw, s.n * s.oh * s.ow);
         if m * n == 0 || k == 0 {
             return Ok(());
@@ -366,12 +389,17 @@ fn nhwc_scratch(activation_elems: usize, weight_elems: usize) -> (usize, usize) 
 }
 
 impl CudaBackend {
+    /// Which kernel a shape takes on this backend (TF32 as [`Backend::set_tf32`] allows).
+    fn path(&self, s: &Conv, dtype: DType) -> Result<Path> {
+        path(s, dtype, self.tf32())
+    }
+
     /// The data gradient into dx, or added onto what dx holds (`add`): the pipelined kernels
     /// add it in their epilogue (beta = 1: the stored value rounded, then added and rounded
     /// again, as a separate add would); the element gathers and the depthwise kernel write it
     /// into scratch and `add_fwd_<dtype>` adds it to dx in place.
     fn bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: &Conv, add: bool) -> Result<()> {
-        let (path, total) = (path(s, dy.dtype())?, s.sizes().0);
+        let (path, total) = (self.path(s, dy.dtype())?, s.sizes().0);
         if total == 0 {
             return Ok(());
         }
@@ -834,7 +862,8 @@ impl CudaBackend {
         let fwd = op == "fwd";
         let m = if fwd { s.c_out } else { s.c_in };
         let kernel_op = if post.is_some() { "fwd_bn_eval" } else { op };
-        let (kernel, cfg) = one_by_one_launch(kernel_op, m, s.h * s.w, s.n);
+        let dtype = input.dtype();
+        let (kernel, cfg) = one_by_one_launch(kernel_op, m, s.h * s.w, s.n, dtype);
         let (ex, ew, ey) = s.sizes();
         let read_back = if add { ex } else { 0 };
         let args = Args::new()
@@ -850,16 +879,17 @@ impl CudaBackend {
             None => args.f32(beta(add)),
         };
         let extra = post.map_or(0, |p| p.bytes());
-        let args = args.work(Work::conv(
+        let args = args.work(Work::conv_on(
             s,
-            input.dtype(),
-            (ex + ew + ey + read_back) * 2 + extra,
+            tensor_math(dtype).1,
+            (ex + ew + ey + read_back) * dtype.size() + extra,
         ));
-        // SAFETY: arguments match conv2d_1x1_fwd[_m64]_bf16(in, w, out, c_in, c_out, hw),
-        // conv2d_1x1_fwd_bn_eval[_m64]_bf16(..., hw, gamma, beta, mean, var, res, eps, act) (the
-        // BatchNorm checked against the output: per-channel f32 tensors of c_out, res as y) or
-        // conv2d_1x1_bwd_data[_m64]_bf16(..., hw, beta); the shape was checked (x: n x c_in x hw,
-        // w: c_out x c_in, y: n x c_out x hw, bf16) and path() found every row 16-byte aligned.
+        // SAFETY: arguments match conv2d_1x1_fwd[_m64]_<bf16|tf32>(in, w, out, c_in, c_out, hw),
+        // conv2d_1x1_fwd_bn_eval[_m64]_<bf16|tf32>(..., hw, gamma, beta, mean, var, res, eps, act)
+        // (the BatchNorm checked against the output: per-channel f32 tensors of c_out, res as y)
+        // or conv2d_1x1_bwd_data[_m64]_<bf16|tf32>(..., hw, beta); the shape was checked (x: n x
+        // c_in x hw, w: c_out x c_in, y: n x c_out x hw, all bf16 or all f32, the kernel's
+        // operand type) and path() found every row 16-byte aligned.
         unsafe { self.launch(&kernel, cfg, args) }
     }
 
@@ -870,7 +900,8 @@ impl CudaBackend {
     /// adds into dw in order.
     fn conv1x1_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: &Conv) -> Result<()> {
         let (m, n) = (s.c_out, s.c_in);
-        let (kernel, probe) = one_by_one_launch("bwd_weight", m, n, 1);
+        let dtype = x.dtype();
+        let (kernel, probe) = one_by_one_launch("bwd_weight", m, n, 1, dtype);
         let tiles = (probe.grid.0 * probe.grid.1) as usize;
         let slots = self.resident_blocks(&kernel, probe.block.0, probe.smem);
         let (per, parts, part_len) = one_by_one_splits(s.n, s.h * s.w, slots / tiles.max(1));
@@ -897,10 +928,14 @@ impl CudaBackend {
                 .i32(int(s.c_in, "conv c_in")?)
                 .i32(int(s.c_out, "conv c_out")?)
                 .i32(int(s.h * s.w, "conv h*w")?)
-                .work(Work::conv(s, x.dtype(), (ex + ey) * 2 + partial_bytes));
-            // SAFETY: arguments match conv2d_1x1_bwd_weight[_m64]_bf16(x, dy, partial,
+                .work(Work::conv_on(
+                    s,
+                    tensor_math(dtype).1,
+                    (ex + ey) * dtype.size() + partial_bytes,
+                ));
+            // SAFETY: arguments match conv2d_1x1_bwd_weight[_m64]_<bf16|tf32>(x, dy, partial,
             // images_per_split, parts, part_len, n, c_in, c_out, hw); x and dy hold the checked
-            // sizes (bf16, rows 16-byte aligned), partial splits x c_out x c_in floats, and the
+            // sizes (both bf16 or both f32, rows 16-byte aligned), partial splits x c_out x c_in floats, and the
             // splits cover every (image, pixel) once (one_by_one_splits).
             unsafe { self.launch(&kernel, cfg, args)? };
             self.reduce_weight_splits(partial, dw, m, n, splits)
@@ -932,15 +967,14 @@ mod tests {
         let conv = |c_in, h, c_out, k, stride, pad| {
             Conv::new(2, c_in, h, h, c_out, k, stride, Padding::Sym(pad), 1).unwrap()
         };
-        let is = |s: &Conv, dtype, want: &str| {
-            let got = match path(s, dtype).unwrap() {
-                Path::Gemm => "gemm",
-                Path::OneByOne => "1x1",
-                Path::Nhwc => "nhwc",
-                Path::Depthwise => "depthwise",
-            };
-            assert_eq!(got, want, "{s:?} {dtype}");
+        let on = |s: &Conv, dtype, tf32| match path(s, dtype, tf32).unwrap() {
+            Path::Gemm => "gemm",
+            Path::OneByOne => "1x1",
+            Path::Nhwc => "nhwc",
+            Path::Depthwise => "depthwise",
         };
+        let is =
+            |s: &Conv, dtype, want: &str| assert_eq!(on(s, dtype, false), want, "{s:?} {dtype}");
         // ResNet's 3x3 layers, the stride-2 shortcut, a 1x1 on a 14 x 14 map (196 pixels: no
         // 16-byte NCHW rows), a 7x7 and an 8x8 kernel, and channels not in runs of 8 (the stem's
         // 3, 12), which the channels-last copies pad to a multiple of 8.
@@ -963,6 +997,15 @@ mod tests {
         is(&conv(8, 20, 8, 9, 1, 4), DType::BF16, "gemm");
         let dw = Conv::new(2, 16, 9, 9, 16, 3, 1, Padding::Sym(1), 16).unwrap();
         is(&dw, DType::BF16, "depthwise");
+        // f32 with TF32 allowed: the 1x1 kernels take rows of 4 floats (a 14 x 14 map's 196
+        // pixels too), everything else stays exact f32.
+        assert_eq!(on(&conv(512, 14, 2048, 1, 1, 0), DType::F32, true), "1x1");
+        assert_eq!(on(&conv(64, 56, 256, 1, 1, 0), DType::F32, true), "1x1");
+        assert_eq!(on(&conv(6, 8, 16, 1, 1, 0), DType::F32, true), "gemm");
+        assert_eq!(on(&conv(8, 5, 16, 1, 1, 0), DType::F32, true), "gemm");
+        assert_eq!(on(&conv(64, 56, 64, 3, 1, 1), DType::F32, true), "gemm");
+        assert_eq!(on(&conv(256, 28, 512, 1, 2, 0), DType::F32, true), "gemm");
+        assert_eq!(on(&conv(64, 56, 256, 1, 1, 0), DType::F32, false), "gemm");
     }
 
     #[test]

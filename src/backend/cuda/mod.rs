@@ -55,6 +55,8 @@ pub struct CudaBackend {
     /// and memset, with the events around it on a GPU.
     profiling: AtomicBool,
     recorded: Mutex<Vec<Recorded>>,
+    /// f32 convolutions on TF32 tensor cores where a kernel exists ([`Backend::set_tf32`]).
+    tf32: AtomicBool,
 }
 
 /// A piece of work recorded for a profile: name, launch shape, and its events on a GPU.
@@ -76,6 +78,7 @@ impl CudaBackend {
             scratch: Mutex::new(None),
             profiling: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
+            tf32: AtomicBool::new(false),
         })
     }
 
@@ -97,6 +100,7 @@ impl CudaBackend {
             scratch: Mutex::new(None),
             profiling: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
+            tf32: AtomicBool::new(false),
         }
     }
 
@@ -109,6 +113,7 @@ impl CudaBackend {
             scratch: Mutex::new(None),
             profiling: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
+            tf32: AtomicBool::new(false),
         }
     }
 
@@ -371,6 +376,14 @@ impl Backend for CudaBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.layer.synchronize()
+    }
+
+    fn set_tf32(&self, on: bool) {
+        self.tf32.store(on, Ordering::Relaxed);
+    }
+
+    fn tf32(&self) -> bool {
+        self.tf32.load(Ordering::Relaxed)
     }
 }
 

@@ -11,6 +11,9 @@ use crate::backend::{Conv, DType};
 pub enum Unit {
     /// bf16 inputs on the tensor cores (`mma.sync` through kernels/arch.cuh), f32 accumulation.
     TensorBf16,
+    /// f32 inputs rounded to TF32 on the tensor cores (the f32 mode's convolutions), f32
+    /// accumulation.
+    TensorTf32,
     /// Plain FP32 (SIMT) instructions.
     Fp32,
 }
@@ -49,11 +52,16 @@ impl Work {
     /// A convolution pass (forward, data or weight gradient: the same multiply-adds): two flops
     /// per multiply-add, `bytes` as the launcher counts them.
     pub fn conv(s: &Conv, dtype: DType, bytes: usize) -> Work {
+        Work::conv_on(s, Work::unit_of(dtype), bytes)
+    }
+
+    /// The same on a given unit (TF32 kernels take f32 operands).
+    pub fn conv_on(s: &Conv, unit: Unit, bytes: usize) -> Work {
         let macs = s.n * s.oh * s.ow * s.c_out * (s.c_in / s.groups) * s.kh * s.kw;
         Work {
             flops: 2.0 * macs as f64,
             bytes: bytes as f64,
-            unit: Work::unit_of(dtype),
+            unit,
             shape: conv_shape(s),
         }
     }
