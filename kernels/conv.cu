@@ -530,70 +530,74 @@ CONV1X1_KERNELS(float, tf32)
 // Needs c_in % 8 == 0 (c_out % 8 == 0 for the data gradient) and kh, kw <= 8 (ConvGather): conv.rs
 // pads the forward's input channels to a multiple of 8 in the NHWC copy (zeros, in the KRSC
 // weight too) and sends every other shape to the kernels above.
-template <int BM, int WN, bool PHASED = false, typename Post = tc::NoPost>
-__device__ __forceinline__ void conv_nhwc(const bf16_t* x, const bf16_t* wt, bf16_t* y, int c_in, int h, int w,
-                                          int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh,
-                                          int ow, float beta, const tc::PhaseMap& map = tc::PhaseMap{},
-                                          const Post& post = Post{}) {
+template <int BM, int WN, bool PHASED = false, typename Post = tc::NoPost, typename T>
+__device__ __forceinline__ void conv_nhwc(const T* x, const T* wt, T* y, int c_in, int h, int w, int c_out, int kh,
+                                          int kw, int stride, int pad_top, int pad_left, int oh, int ow, float beta,
+                                          const tc::PhaseMap& map = tc::PhaseMap{}, const Post& post = Post{}) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32;
+    constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32, TILE_K = tc::Elem<T>::BK;
     const int pixels = oh * ow, k = kh * kw * c_in;
     const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
-    tc::TileLoader<true, BM, THREADS, false> a_load;
+    tc::TileLoader<true, BM, THREADS, false, T> a_load;
     a_load.init(wt, bm, c_out, k, k, 0);
-    tc::ConvGather<BN, THREADS> b_load;
+    tc::ConvGather<BN, THREADS, T> b_load;
     b_load.init(x + (long long)blockIdx.z * h * w * c_in, bn, pixels, h, w, c_in, kh, kw, stride, pad_top, pad_left,
                 ow);
     float acc[4][WN / 8][4];
-    tc::mainloop<true, true, BM, BN, 64, WN, 3>(a_load, b_load, (k + tc::BK - 1) / tc::BK, acc, tc_smem);
+    tc::mainloop<true, true, BM, BN, 64, WN, 3>(a_load, b_load, (k + TILE_K - 1) / TILE_K, acc, tc_smem);
     // One image's output: its c_out x pixels, or its c_out planes of the map the phase is of.
     const long long image = PHASED ? (long long)c_out * map.plane : (long long)c_out * pixels;
-    tc::epilogue<BM, BN, 64, WN, 3, bf16_t, PHASED, Post>(tc_smem, acc, y + blockIdx.z * image, bm, bn, c_out, pixels,
-                                                          1.0f, beta, map, post.at_image(blockIdx.z * image));
+    tc::epilogue<BM, BN, 64, WN, 3, T, PHASED, Post>(tc_smem, acc, y + blockIdx.z * image, bm, bn, c_out, pixels, 1.0f,
+                                                     beta, map, post.at_image(blockIdx.z * image));
 }
 
 #define NHWC_PARAMS                                                                                           \
     int c_in, int h, int w, int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh, int ow
 #define NHWC_ARGS c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow
 
-// 128 x 128 tiles, four 64 x 64 warps; _m64: 64 x 128, two 64 x 64 warps (64 threads), for c_out <= 64.
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_nhwc_fwd_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc, bf16_t* __restrict__ y,
-                         NHWC_PARAMS) {
-    conv_nhwc<128, 64>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f);
-}
+// The entry points for one input type T, named conv2d_nhwc_<op>[_m64]_SUFFIX: 128 x 128 tiles of
+// 64 x WN warps (bf16: four 64 x 64), _m64: 64 x 128 (bf16: two 64 x 64 warps, 64 threads), for
+// c_out <= 64. The _bn_eval forwards take eval-mode BatchNorm in the epilogue (BN_EVAL_PARAMS). The data
+// gradient's shape arguments are those of the forward of dy: c_in = the layer's c_out, (h, w) =
+// (oh, ow), c_out = the layer's c_in, stride 1, the flipped padding, (oh, ow) = the layer's (h, w).
+#define CONV_NHWC_KERNELS(T, SUFFIX, WN)                                                                              \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                          \
+        conv2d_nhwc_fwd_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc, T* __restrict__ y,    \
+                                 NHWC_PARAMS) {                                                                  \
+        conv_nhwc<128, WN>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f);                                                  \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                           \
+        conv2d_nhwc_fwd_m64_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,                  \
+                                     T* __restrict__ y, NHWC_PARAMS) {                                           \
+        conv_nhwc<64, WN>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f);                                                   \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                          \
+        conv2d_nhwc_fwd_bn_eval_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,              \
+                                         T* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS(T)) {                    \
+        conv_nhwc<128, WN, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(T));          \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                           \
+        conv2d_nhwc_fwd_bn_eval_m64_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,          \
+                                             T* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS(T)) {                \
+        conv_nhwc<64, WN, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(T));           \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                          \
+        conv2d_nhwc_bwd_data_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_flipped,             \
+                                      T* __restrict__ dx, NHWC_PARAMS, float beta) {                             \
+        conv_nhwc<128, WN>(dy_nhwc, w_flipped, dx, NHWC_ARGS, beta);                                             \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                           \
+        conv2d_nhwc_bwd_data_m64_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_flipped,         \
+                                          T* __restrict__ dx, NHWC_PARAMS, float beta) {                         \
+        conv_nhwc<64, WN>(dy_nhwc, w_flipped, dx, NHWC_ARGS, beta);                                              \
+    }
 
-extern "C" __global__ void __launch_bounds__(64)
-    conv2d_nhwc_fwd_m64_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
-                             bf16_t* __restrict__ y, NHWC_PARAMS) {
-    conv_nhwc<64, 64>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f);
-}
-
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_nhwc_fwd_bn_eval_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
-                                 bf16_t* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS(bf16_t)) {
-    conv_nhwc<128, 64, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(bf16_t));
-}
-
-extern "C" __global__ void __launch_bounds__(64)
-    conv2d_nhwc_fwd_bn_eval_m64_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ w_krsc,
-                                     bf16_t* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS(bf16_t)) {
-    conv_nhwc<64, 64, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(bf16_t));
-}
-
-// The shape arguments as the forward of dy: c_in = the layer's c_out, (h, w) = (oh, ow), c_out =
-// the layer's c_in, stride 1, the flipped padding, (oh, ow) = the layer's (h, w).
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_nhwc_bwd_data_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_flipped,
-                              bf16_t* __restrict__ dx, NHWC_PARAMS, float beta) {
-    conv_nhwc<128, 64>(dy_nhwc, w_flipped, dx, NHWC_ARGS, beta);
-}
-
-extern "C" __global__ void __launch_bounds__(64)
-    conv2d_nhwc_bwd_data_m64_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_flipped,
-                                  bf16_t* __restrict__ dx, NHWC_PARAMS, float beta) {
-    conv_nhwc<64, 64>(dy_nhwc, w_flipped, dx, NHWC_ARGS, beta);
-}
+CONV_NHWC_KERNELS(bf16_t, bf16, 64)
+// TF32: f32 activations in runs of 4 channels (conv.rs pads to a multiple of 4); the forward
+// and the stride-1 data gradient (the strided one and the weight gradient stay SIMT f32). Warps
+// of 64 x 32 (eight, 256 threads; _m64 four): with 64 x 64 ones the gather's registers and the
+// f32 epilogue's spill 480-544 bytes.
+CONV_NHWC_KERNELS(float, tf32, 32)
 
 // The data gradient at stride S > 1 by stride phases, with no multiplication by zero: the input
 // pixels (iy, ix) with iy % S = py and ix % S = px receive dy only through the taps r = rho + S j
@@ -762,6 +766,33 @@ extern "C" __global__ void __launch_bounds__(256)
     for (int c = 0; c < 8; ++c)
         if (c < channels) v[c >> 1] |= (uint32_t)from[(long long)c * pixels] << (16 * (c & 1));
     st_global_v4(dst + ((long long)blockIdx.y * pixels + p) * 8, make_uint4(v[0], v[1], v[2], v[3]));
+}
+
+// conv2d_to_nhwc_bf16's work in f32 (the TF32 channels-last kernels' operands), `padded` a
+// multiple of 4: a 32 x 32 tile through shared memory, read along NCHW rows and written along a
+// pixel's channels, a lane a value both ways (128 bytes a warp); the tile's rows padded to 33
+// floats so that the column-wise reads fall on 32 banks. Grid: (pixels / 32, padded / 32,
+// planes), 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_to_nhwc_f32(const float* __restrict__ src, float* __restrict__ dst, int channels, int pixels, int flip,
+                       int padded) {
+    __shared__ float tile[32][33];
+    src += (long long)blockIdx.z * channels * pixels;
+    dst += (long long)blockIdx.z * padded * pixels;
+    const int c0 = blockIdx.y * 32, p0 = blockIdx.x * 32, tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int c = c0 + ty + 8 * i, p = p0 + tx;
+        if (p < pixels) tile[ty + 8 * i][tx] = c < channels ? src[(long long)c * pixels + p] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int p = p0 + ty + 8 * i, c = c0 + tx;
+        if (p >= pixels || c >= padded) continue;
+        const int g = flip > 1 ? p % flip : 0, row = p - g + (flip > 1 ? flip - 1 - g : 0);
+        dst[(long long)row * padded + c] = tile[tx][ty + 8 * i];
+    }
 }
 
 // ---- depthwise -------------------------------------------------------------------------------

@@ -167,27 +167,28 @@ struct TileLoader {
 
 // B of an implicit-GEMM convolution over channels-last (NHWC) activations, k-contiguous: its rows
 // are one image's output pixels, k = (r, s, c) with the channel fastest, so a 16-byte chunk is
-// 8 channels of the input at one (pixel, tap): one cp.async under one predicate, zero-filled in
-// the padding. A thread keeps TileLoader's shape (ITERS rows ROW_STEP apart at one chunk column),
-// so all its chunks share one k and one tap: divisions happen once in init; a k tile then costs
-// the tap's step (additions, two compares) and per row an address add and a bit test.
-// Needs c_in % 8 == 0 (a chunk never straddles two taps) and kh, kw <= 8 (a row's tap masks fit
-// 8 bits each); the input's element count must fit an int (conv.rs checks both).
-template <int BN, int THREADS>
+// 8 channels (bf16; 4 in f32) of the input at one (pixel, tap): one cp.async under one predicate,
+// zero-filled in the padding. A thread keeps TileLoader's shape (ITERS rows ROW_STEP apart at one
+// chunk column), so all its chunks share one k and one tap: divisions happen once in init; a k
+// tile then costs the tap's step (additions, two compares) and per row an address add and a bit
+// test. Needs c_in % PER_CHUNK == 0 (a chunk never straddles two taps) and kh, kw <= 8 (a row's
+// tap masks fit 8 bits each); the input's element count must fit an int (conv.rs checks both).
+template <int BN, int THREADS, typename T = __nv_bfloat16>
 struct ConvGather {
-    using Elem = __nv_bfloat16;
-    static constexpr int CHUNKS = BK / 8;
+    using Elem = T;
+    static constexpr int PER_CHUNK = tc::Elem<T>::PER_CHUNK, TILE_K = tc::Elem<T>::BK;
+    static constexpr int CHUNKS = 4;  // 64 bytes of k a row
     static constexpr int ROW_STEP = THREADS / CHUNKS;
     static constexpr int ITERS = BN / ROW_STEP;
     static_assert(THREADS % CHUNKS == 0 && BN % ROW_STEP == 0, "gather shape");
     static_assert(ROW_STEP % 16 == 0, "a thread's chunks share one swizzle key");
     static constexpr int WORDS = (ITERS + 3) / 4;  // 8 mask bits per row, four rows a word
 
-    const __nv_bfloat16* img;  // the image's pixel (0, 0), channel 0
+    const T* img;  // the image's pixel (0, 0), channel 0
     int pix[ITERS];            // elements from img to each row's window corner (iy0, ix0): negative in the padding
     unsigned int ok_r[WORDS], ok_s[WORDS];  // word i / 4, bit 8 (i % 4) + r: window row iy0 + r of row i lies
                                             // in the image (s: column ix0 + s)
-    const __nv_bfloat16* at;   // img + the chunk's offset from a window corner, (r w + s) c_in + c
+    const T* at;   // img + the chunk's offset from a window corner, (r w + s) c_in + c
     int r, s, c;               // the chunk's tap and first channel; r >= kh once past k
     int dc, ds, dr, dtap, wrap;  // one k tile's step, and the tap offset's jump when s wraps
     int c_in, kh, kw;
@@ -195,12 +196,12 @@ struct ConvGather {
 
     // `x`: the image's NHWC activations (h x w x c_in); `p0`: the block's first output pixel;
     // `pixels`: the image's output pixels (oh x ow).
-    __device__ __forceinline__ void init(const __nv_bfloat16* x, int p0, int pixels, int h, int w, int c_in_, int kh_,
-                                         int kw_, int stride, int pad_top, int pad_left, int ow) {
+    __device__ __forceinline__ void init(const T* x, int p0, int pixels, int h, int w, int c_in_, int kh_, int kw_,
+                                         int stride, int pad_top, int pad_left, int ow) {
         const int tid = threadIdx.x, row = tid / CHUNKS, chunk = tid % CHUNKS;
         img = x;
         c_in = c_in_, kh = kh_, kw = kw_;
-        dst = swizzled<CHUNKS>(row, chunk);
+        dst = swizzled<CHUNKS, T>(row, chunk);
 #pragma unroll
         for (int q = 0; q < WORDS; ++q) ok_r[q] = ok_s[q] = 0;
 #pragma unroll
@@ -215,16 +216,16 @@ struct ConvGather {
                 for (int t = 0; t < kw; ++t) ok_s[q] |= (unsigned)((unsigned)(ix0 + t) < (unsigned)w) << (b + t);
             }
         }
-        const int t0 = chunk * 8 / c_in;
-        c = chunk * 8 - t0 * c_in, r = t0 / kw, s = t0 - r * kw;
+        const int t0 = chunk * PER_CHUNK / c_in;
+        c = chunk * PER_CHUNK - t0 * c_in, r = t0 / kw, s = t0 - r * kw;
         at = img + (r * w + s) * c_in + c;
-        const int taps = BK / c_in;
-        dc = BK - taps * c_in, dr = taps / kw, ds = taps - dr * kw;
+        const int taps = TILE_K / c_in;
+        dc = TILE_K - taps * c_in, dr = taps / kw, ds = taps - dr * kw;
         dtap = dc + (dr * w + ds) * c_in;
         wrap = (w - kw) * c_in;
     }
 
-    __device__ __forceinline__ void load(__nv_bfloat16* tile) {
+    __device__ __forceinline__ void load(T* tile) {
         // Shifting the masks by the tap lines row i's bit up at 8 (i % 4). While r < kh <= 8 the
         // bit is row i's own; past k (r >= kh) nothing is copied.
         // A zero-filled copy reads nothing, so its address (16-byte aligned all the same) need not
@@ -234,9 +235,9 @@ struct ConvGather {
         for (int q = 0; q < WORDS; ++q) ok[q] = r < kh ? (ok_r[q] >> r) & (ok_s[q] >> s) : 0u;
 #pragma unroll
         for (int i = 0; i < ITERS; ++i)
-            cp_async_16_zfill(tile + dst + i * ROW_STEP * CHUNKS * 8, at + pix[i],
+            cp_async_16_zfill(tile + dst + i * ROW_STEP * CHUNKS * PER_CHUNK, at + pix[i],
                               ok[i / 4] & (1u << (8 * (i % 4))) ? 16 : 0);
-        // k += BK; dc < c_in and ds < kw, so c and s carry at most once each.
+        // k += TILE_K; dc < c_in and ds < kw, so c and s carry at most once each.
         c += dc, s += ds, r += dr, at += dtap;
         if (c >= c_in) c -= c_in, ++s;  // the offset runs on unchanged: (s + 1) c_in + c - c_in
         if (s >= kw) s -= kw, ++r, at += wrap;

@@ -734,18 +734,30 @@ fn kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu() {
     }
 }
 
-/// f32's 1x1 convolutions on TF32 tensor cores (`Backend::set_tf32`), 4-float rows: 4 pixels
-/// with 4 channels (one chunk), 36 and 196 pixels (a 14 x 14 map, no 8-float rows), a 64-row and
-/// a partial second 128-row tile of outputs and of the data gradient's channels, and a weight
-/// gradient whose 576 pixels split into parts.
+/// f32 convolutions on TF32 tensor cores (`Backend::set_tf32`). 1x1, stride 1, 4-float rows:
+/// 4 pixels with 4 channels (one chunk), 36 and 196 pixels (a 14 x 14 map, no 8-float rows), a
+/// 64-row and a partial second 128-row tile of outputs and of the data gradient's channels, and
+/// a weight gradient whose 576 pixels split into parts. Channels-last (every other dense kernel
+/// up to 8 x 8): the stem (3 channels padded to 4) and 6 channels (padded to 8), 4 channels (four
+/// taps a 16-deep k tile), 136 (a partial 64-row tile), 3x3 at stride 1 and 2 ("SAME"), a 5x5 onto
+/// 136 channels, the 1x1 shortcut at stride 2 and a 1x1 on a 7 x 7 map (49 pixels).
 #[rustfmt::skip]
-const TF32_SIZES: &[(usize, usize, usize, usize, usize)] = &[
-    (2, 4, 2, 2, 5),
-    (1, 12, 6, 6, 65),
-    (1, 8, 14, 14, 72),
-    (3, 68, 4, 7, 130),
-    (2, 136, 10, 8, 200),
-    (1, 16, 24, 24, 24),
+const TF32_SIZES: &[ConvCase] = &[
+    (2, 4, 2, 2, 5, 1, 1, Padding::Sym(0), 1),
+    (1, 12, 6, 6, 65, 1, 1, Padding::Sym(0), 1),
+    (1, 8, 14, 14, 72, 1, 1, Padding::Sym(0), 1),
+    (3, 68, 4, 7, 130, 1, 1, Padding::Sym(0), 1),
+    (2, 136, 10, 8, 200, 1, 1, Padding::Sym(0), 1),
+    (1, 16, 24, 24, 24, 1, 1, Padding::Sym(0), 1),
+    (2, 3, 23, 20, 8, 7, 2, Padding::Sym(3), 1),
+    (1, 6, 8, 9, 6, 3, 1, Padding::Sym(1), 1),
+    (2, 8, 9, 7, 16, 3, 1, Padding::Sym(1), 1),
+    (2, 24, 11, 10, 40, 3, 2, Padding::Same, 1),
+    (1, 136, 5, 6, 16, 3, 1, Padding::Sym(1), 1),
+    (2, 64, 10, 12, 72, 3, 1, Padding::Sym(1), 1),
+    (1, 4, 12, 11, 136, 5, 1, Padding::Sym(2), 1),
+    (1, 16, 9, 9, 24, 1, 2, Padding::Sym(0), 1),
+    (2, 40, 7, 7, 8, 1, 1, Padding::Sym(0), 1),
 ];
 
 /// `v` rounded to TF32 as the kernels round it (to nearest, ties away from zero: cvt.rna).
@@ -757,14 +769,16 @@ fn tf32(v: f32) -> f32 {
     }
 }
 
-/// The TF32 1x1 kernels (forward, with eval BatchNorm, data gradient written and added, weight
+/// The TF32 kernels (forward, with eval BatchNorm, data gradient written and added, weight
 /// gradient) match the CPU twin run on TF32-rounded inputs to f32 accumulation's tolerance:
 /// their products are exactly those of rounded inputs (rounding by truncation instead would be
-/// off by ~1e-4). Against the exact f32 convolution they are off by TF32's error, not more. The
-/// launches are the `_tf32` kernels.
+/// off by ~1e-4); against the exact f32 convolution they are off by TF32's error, not more. The
+/// passes that have no TF32 kernel (the channels-last weight gradient, the strided data
+/// gradient, a data gradient onto channels not in runs of 4) stay exact f32. Every forward
+/// launches a `_tf32` kernel.
 #[test]
-fn kernel_tf32_1x1_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
-    let dev = kernel_device("kernel_tf32_1x1_convolutions_are_the_cpu_on_tf32_rounded_inputs");
+fn kernel_tf32_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
+    let dev = kernel_device("kernel_tf32_convolutions_are_the_cpu_on_tf32_rounded_inputs");
     dev.set_tf32(true);
     let run = |be: &dyn Backend, s: Conv, round: bool| -> anyhow::Result<Outputs> {
         let (lx, lw, ly) = s.sizes();
@@ -824,14 +838,29 @@ fn kernel_tf32_1x1_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
         ])
     };
     let cpu = insclr::backend::cpu();
-    for &(n, c_in, h, w, c_out) in TF32_SIZES {
-        let s = Conv::new(n, c_in, h, w, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
-        let what = format!("tf32 conv {n}x{c_in}x{h}x{w} -> {c_out} 1x1");
+    for &(n, c_in, h, w, c_out, k, stride, padding, groups) in TF32_SIZES {
+        let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
+        let what = format!("tf32 conv {n}x{c_in}x{h}x{w} -> {c_out} k={k} s={stride} {padding:?}");
+        let one_by_one =
+            k == 1 && stride == 1 && c_in % 4 == 0 && (h * w) % 4 == 0 && s.pad_top == 0;
+        let data_on_tf32 = one_by_one || (stride == 1 && c_out % 4 == 0);
         let got = run(&dev, s, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
         let rounded = run(cpu, s, true).unwrap();
         let exact = run(cpu, s, false).unwrap();
         for (((name, g), (_, r)), (_, e)) in got.iter().zip(&rounded).zip(&exact) {
+            let on_tf32 = match name.as_str() {
+                "dw" => one_by_one,
+                "dx" | "dx added" => data_on_tf32,
+                _ => true,
+            };
             let (to_rounded, to_exact) = (common::rel_err(g, r), common::rel_err(g, e));
+            if !on_tf32 {
+                assert!(
+                    to_exact < 1e-5,
+                    "{what}: {name} (exact f32) differs from the CPU by {to_exact:e}"
+                );
+                continue;
+            }
             assert!(
                 to_rounded < 1e-5,
                 "{what}: {name} differs from the CPU on TF32 inputs by {to_rounded:e}"
@@ -842,7 +871,7 @@ fn kernel_tf32_1x1_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
             );
             // The weight gradient's 0.5 start and the added gradient's old values dilute the
             // rounding's share of those two; the others must show it.
-            if !name.starts_with("dw") && !name.starts_with("dx added") {
+            if name == "y" || name == "dx" {
                 assert!(
                     to_exact > 1e-5,
                     "{what}: {name} is exact f32 ({to_exact:e}): TF32 did not run"
@@ -850,10 +879,10 @@ fn kernel_tf32_1x1_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
             }
         }
     }
-    // The launches: every TF32 kernel, and no SIMT f32 convolution.
+    // The launches: every TF32 kernel, and no SIMT f32 forward.
     let mut seen = std::collections::BTreeSet::new();
-    for &(n, c_in, h, w, c_out) in TF32_SIZES {
-        let s = Conv::new(n, c_in, h, w, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
+    for &(n, c_in, h, w, c_out, k, stride, padding, groups) in TF32_SIZES {
+        let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
         let plan = CudaBackend::plan();
         plan.set_tf32(true);
         let rec = plan.recorder().unwrap();
@@ -874,16 +903,23 @@ fn kernel_tf32_1x1_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
         "conv2d_1x1_bwd_data_m64_tf32",
         "conv2d_1x1_bwd_weight_tf32",
         "conv2d_1x1_bwd_weight_m64_tf32",
+        "conv2d_nhwc_fwd_tf32",
+        "conv2d_nhwc_fwd_m64_tf32",
+        "conv2d_nhwc_fwd_bn_eval_tf32",
+        "conv2d_nhwc_fwd_bn_eval_m64_tf32",
+        "conv2d_nhwc_bwd_data_tf32",
+        "conv2d_nhwc_bwd_data_m64_tf32",
+        "conv2d_to_nhwc_f32",
     ];
     for k in tf32_kernels {
         assert!(seen.contains(k), "no case launched {k}: {seen:?}");
     }
-    assert!(
-        seen.iter().all(|k| !k.starts_with("conv2d_")
-            || k.ends_with("_tf32")
-            || k == "conv2d_bwd_weight_reduce_f32"),
-        "an f32 convolution ran off the tensor cores: {seen:?}"
-    );
+    for k in ["conv2d_fwd_f32", "conv2d_fwd_bn_eval_f32"] {
+        assert!(
+            !seen.contains(k),
+            "an f32 forward ran off the tensor cores ({k})"
+        );
+    }
 }
 
 /// Every kernel of `CONV_KERNELS` is launched by some case of `CONV_SIZES`, so the comparison

@@ -378,6 +378,82 @@ fn conv_1x1_tf32_runs_on_the_pipelined_mainloop_without_bank_conflicts() {
     }
 }
 
+/// The TF32 channels-last forward and stride-1 data gradient on the bf16 test's interior shape
+/// (a 3x3 without padding, 2 x 64 x 8 x 66 -> 128): 4 channels of one (pixel, tap) a 16-byte
+/// copy, both operands k-contiguous (ldmatrix.x4), the f32 transposes' 4-byte accesses
+/// coalesced and their tile free of bank conflicts.
+#[test]
+fn conv_nhwc_tf32_runs_on_the_pipelined_mainloop() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    dev.set_tf32(true);
+    let be: &dyn Backend = &dev;
+    let s = Conv::new(2, 64, 8, 66, 128, 3, 1, Padding::Sym(0), 1).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let x = upload(be, lx, DType::F32, 23);
+    let w = upload(be, lw, DType::F32, 24);
+    let dy = upload(be, ly, DType::F32, 25);
+    let mut y = be.zeros(DType::F32, ly).unwrap();
+    let mut dx = be.zeros(DType::F32, lx).unwrap();
+    let (r, stats) = count_memory(|| -> anyhow::Result<()> {
+        be.conv2d_fwd(&x, &w, &mut y, s)?;
+        be.conv2d_bwd_data(&dy, &w, &mut dx, s)
+    });
+    r.unwrap();
+    show(
+        "conv tf32 NHWC forward and data gradient, 2 x 64 x 8 x 66 -> 128, 3x3:",
+        &stats,
+    );
+    only(
+        &stats,
+        &[
+            "conv2d_nhwc_fwd_tf32",
+            "conv2d_nhwc_bwd_data_m64_tf32",
+            "conv2d_to_nhwc_f32",
+        ],
+        "only the transposes and the implicit GEMMs run",
+    );
+    let mma = |kernel: &str| total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
+    // Forward: M = 128, N = 384 pixels an image, K = 9 x 64; data gradient: M = 64, N = 528
+    // (five column tiles of 128: 640), K = 9 x 128. mma.m16n8k8.
+    assert_eq!(
+        mma("conv2d_nhwc_fwd_tf32"),
+        (2 * 128 * 384 * 576 / (16 * 8 * 8)) as u64
+    );
+    assert_eq!(
+        mma("conv2d_nhwc_bwd_data_m64_tf32"),
+        (2 * 64 * 640 * 1152 / (16 * 8 * 8)) as u64
+    );
+    for kernel in ["conv2d_nhwc_fwd_tf32", "conv2d_nhwc_bwd_data_m64_tf32"] {
+        for row in rows(&stats, kernel) {
+            assert_eq!(row.transactions, row.ideal, "{kernel}: {row:?}");
+        }
+        // 64 x 32 warps: 4 A and 2 B ldmatrix.x4 a k step for 4 x 4 mma.
+        let (_, _, fragments) = total(&stats, kernel, |s| s.op == "ldmatrix.x4");
+        assert_eq!(
+            fragments,
+            mma(kernel) * 6 / 16,
+            "{kernel}: 6 ldmatrix.x4 per 16 mma"
+        );
+    }
+    for row in rows(&stats, "conv2d_to_nhwc_f32") {
+        assert_eq!(row.width, 4, "{row:?}");
+        if row.space == MemSpace::Shared {
+            assert_eq!(row.transactions, row.ideal, "{row:?}");
+        }
+    }
+    // x's planes (528 pixels) and dy's (384) are read whole rows at a time: coalesced; so are
+    // every transpose's writes (runs of 64 or 128 channels).
+    for row in rows(&stats, "conv2d_to_nhwc_f32") {
+        if row.space == MemSpace::Global && row.op == "st" {
+            assert_eq!(row.transactions, row.ideal, "{row:?}");
+        }
+    }
+}
+
 /// The forwards that apply eval-mode BatchNorm with a residual in their epilogue (an extraction's
 /// bottleneck output): the residual's 16-byte reads beside the output's 16-byte stores, the
 /// per-channel tables (one thread a channel, then broadcast reads) and the main loop all at the

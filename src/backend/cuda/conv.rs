@@ -31,7 +31,9 @@ enum Path {
     /// 16-byte runs, zero-padded to a multiple of 8 ([`padded`]: ResNet's stem, 3 channels, runs
     /// as 8); the data gradient takes it with c_out % 8 == 0 (at a stride over 1 by stride
     /// phases, up to 8), the weight gradient with c_out % 8 == 0; the other passes keep the
-    /// element gather (`conv2d_*_bf16`), as do kernels over 8 x 8.
+    /// element gather (`conv2d_*_bf16`), as do kernels over 8 x 8. In f32 with TF32 allowed the
+    /// forward (channels padded to 4) and the stride-1 data gradient (c_out % 4 == 0) take the
+    /// `_tf32` kernels; the weight gradient and the strided data gradient stay SIMT f32.
     Nhwc,
     Depthwise,
 }
@@ -40,13 +42,13 @@ enum Path {
 fn path(s: &Conv, dtype: DType, tf32: bool) -> Result<Path> {
     let plain = s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad_top == 0 && s.pad_left == 0;
     // 16-byte rows: 8 bf16 or 4 f32.
-    let chunk = 16 / dtype.size();
-    let aligned = s.c_in % chunk == 0 && (s.h * s.w) % chunk == 0 && s.oh == s.h && s.ow == s.w;
+    let run = chunk(dtype);
+    let aligned = s.c_in % run == 0 && (s.h * s.w) % run == 0 && s.oh == s.h && s.ow == s.w;
     let tensor_cores = dtype == DType::BF16 || (dtype == DType::F32 && tf32);
     let gathered = s.kh <= 8 && s.kw <= 8;
     if s.groups == 1 && tensor_cores && plain && aligned {
         Ok(Path::OneByOne)
-    } else if s.groups == 1 && dtype == DType::BF16 && gathered {
+    } else if s.groups == 1 && tensor_cores && gathered {
         Ok(Path::Nhwc)
     } else if s.groups == 1 {
         Ok(Path::Gemm)
@@ -104,14 +106,19 @@ fn beta(add: bool) -> f32 {
     }
 }
 
-/// The product a channels-last forward or weight gradient runs for `s`: its input channels
-/// zero-padded to a multiple of 8, so that a 16-byte copy is 8 channels of one (pixel, tap). The
-/// zeros add nothing to the output and their weight gradient is never read back.
-fn padded(s: &Conv) -> Conv {
+/// The product a channels-last forward or weight gradient runs for `s` in `dtype`: its input
+/// channels zero-padded to a multiple of 8 (4 in f32), so that a 16-byte copy is channels of one
+/// (pixel, tap). The zeros add nothing to the output and their weight gradient is never read back.
+fn padded(s: &Conv, dtype: DType) -> Conv {
     Conv {
-        c_in: s.c_in.next_multiple_of(8),
+        c_in: s.c_in.next_multiple_of(chunk(dtype)),
         ..*s
     }
+}
+
+/// Elements of `dtype` in 16 bytes: the channel runs of the channels-last kernels' copies.
+fn chunk(dtype: DType) -> usize {
+    16 / dtype.size()
 }
 
 /// The shape arguments every conv kernel ends with: n, c_in, h, w, c_out, kh, kw, stride,
@@ -149,34 +156,37 @@ fn tensor_math(dtype: DType) -> (&'static str, Unit) {
 /// (BM + 128) rows of 64 bytes (32 bf16 or 16 f32) in dynamic shared memory, as tc_gemm.cuh's
 /// `SmemSize`. `dtype`: the operands' (bf16, or f32 for the TF32 kernels).
 fn one_by_one_launch(op: &str, m: usize, n: usize, batch: usize, dtype: DType) -> (String, Launch) {
-    let (kernel, cfg) = pipelined_launch("1x1", op, m, n, batch);
-    let suffix = tensor_math(dtype).0;
-    (
-        format!(
-            "{}_{suffix}",
-            kernel.strip_suffix("_bf16").unwrap_or(&kernel)
-        ),
-        cfg,
-    )
+    pipelined_launch("1x1", op, m, n, batch, dtype)
 }
 
-/// A kernel `conv2d_{family}_{op}[_m64]_bf16` on the pipelined mainloop: tiles as
-/// [`one_by_one_launch`]'s, `n` the columns of each of `batch` products.
-fn pipelined_launch(family: &str, op: &str, m: usize, n: usize, batch: usize) -> (String, Launch) {
-    let (bm, suffix) = if m <= 64 { (64, "_m64") } else { (128, "") };
+/// A kernel `conv2d_{family}_{op}[_m64]_<bf16|tf32>` on the pipelined mainloop: tiles as
+/// [`one_by_one_launch`]'s, `n` the columns of each of `batch` products, `dtype` the operands'.
+fn pipelined_launch(
+    family: &str,
+    op: &str,
+    m: usize,
+    n: usize,
+    batch: usize,
+    dtype: DType,
+) -> (String, Launch) {
+    let (bm, rows) = if m <= 64 { (64, "_m64") } else { (128, "") };
     // Warps of 64 x 64, but eight 64 x 32 for the 128-row weight gradients and four 64 x 32 for
-    // the 64-row products other than the channels-last gathers (conv.cu's entry points).
+    // the 64-row products other than bf16's channels-last gathers; the TF32 channels-last
+    // kernels have 64 x 32 warps throughout (conv.cu's entry points).
+    let tf32 = dtype == DType::F32;
     let threads = match (bm, op) {
+        (128, _) if family == "nhwc" && tf32 => 256,
         (128, "bwd_weight") => 256,
-        (64, _) if family == "nhwc" && op != "bwd_weight" => 64,
+        (64, _) if family == "nhwc" && op != "bwd_weight" && !tf32 => 64,
         _ => 128,
     };
     let cfg = Launch {
         grid: (n.div_ceil(128) as u32, m.div_ceil(bm) as u32, batch as u32),
         block: (threads, 1, 1),
-        smem: ((bm + 128) * 32 * 2 * 3) as u32,
+        smem: ((bm + 128) * 64 * 3) as u32,
     };
-    (format!("conv2d_{family}_{op}{suffix}_bf16"), cfg)
+    let suffix = tensor_math(dtype).0;
+    (format!("conv2d_{family}_{op}{rows}_{suffix}"), cfg)
 }
 
 /// How the 1x1 weight gradient splits `images` x `pixels` to give about `want` splits: `(per, 1,
@@ -336,7 +346,9 @@ impl ConvOps for CudaBackend {
         let (ex, ew, ey) = s.sizes();
         match path {
             Path::OneByOne => return self.conv1x1_bwd_weight(x, dy, dw, &s),
-            Path::Nhwc if s.c_out % 8 == 0 => return self.conv_nhwc_bwd_weight(x, dy, dw, &s),
+            Path::Nhwc if x.dtype() == DType::BF16 && s.c_out % 8 == 0 => {
+                return self.conv_nhwc_bwd_weight(x, dy, dw, &s)
+            }
             _ => {}
         }
         if let Path::Depthwise = path {
@@ -383,9 +395,9 @@ impl ConvOps for CudaBackend {
 
 /// Where the channels-last operands sit in one scratch block: the activations' NHWC copy first,
 /// then the weight's, 256-byte aligned (the kernels' 16-byte copies need 16).
-fn nhwc_scratch(activation_elems: usize, weight_elems: usize) -> (usize, usize) {
-    let at = (activation_elems * 2).next_multiple_of(256);
-    (at, at + weight_elems * 2)
+fn nhwc_scratch(activation_elems: usize, weight_elems: usize, dtype: DType) -> (usize, usize) {
+    let at = (activation_elems * dtype.size()).next_multiple_of(256);
+    (at, at + weight_elems * dtype.size())
 }
 
 impl CudaBackend {
@@ -405,10 +417,10 @@ impl CudaBackend {
         }
         let (kernel, cfg) = match path {
             Path::OneByOne => return self.conv1x1(dy, w, dx, s, "bwd_data", add, None),
-            Path::Nhwc if s.stride == 1 && s.c_out % 8 == 0 => {
+            Path::Nhwc if s.stride == 1 && s.c_out % chunk(dy.dtype()) == 0 => {
                 return self.conv_nhwc(dy, w, dx, s, "bwd_data", add, None)
             }
-            Path::Nhwc if s.c_out % 8 == 0 && s.stride <= 8 => {
+            Path::Nhwc if dy.dtype() == DType::BF16 && s.c_out % 8 == 0 && s.stride <= 8 => {
                 return self.conv_nhwc_bwd_data_phases(dy, w, dx, s, add)
             }
             Path::Gemm | Path::Nhwc => (
@@ -486,12 +498,14 @@ impl CudaBackend {
     }
 
     /// `dst[plane][p'][c] = src[plane][c][p]` for `planes` planes of `channels x pixels` bf16
-    /// (`conv2d_to_nhwc_bf16`; `conv2d_to_nhwc8_bf16` for fewer than 8 channels), into `dst` at
-    /// byte `at`, each of dst's rows `padded` (a multiple of 8, at least `channels`) long with
-    /// zeros past `channels`; `flip` > 1 reverses p within groups of `flip` (see kernels/conv.cu).
+    /// (`conv2d_to_nhwc_bf16`; `conv2d_to_nhwc8_bf16` for fewer than 8 channels) or f32
+    /// (`conv2d_to_nhwc_f32`), into `dst` at byte `at`, each of dst's rows `padded` (a multiple of
+    /// 8 in bf16, of 4 in f32, at least `channels`) long with zeros past `channels`; `flip` > 1
+    /// reverses p within groups of `flip` (see kernels/conv.cu).
     #[allow(clippy::too_many_arguments)]
     fn to_nhwc(
         &self,
+        dtype: DType,
         src: &DevMem,
         dst: &DevMem,
         at: usize,
@@ -502,9 +516,33 @@ impl CudaBackend {
     ) -> Result<()> {
         let (read, written) = (planes * channels * pixels, planes * padded * pixels);
         let traffic = Work::traffic(
-            (read + written) * 2,
+            (read + written) * dtype.size(),
             format!("{planes} x {channels}x{pixels}"),
         );
+        if dtype == DType::F32 {
+            let cfg = Launch {
+                grid: (
+                    pixels.div_ceil(32) as u32,
+                    padded.div_ceil(32) as u32,
+                    planes as u32,
+                ),
+                block: (256, 1, 1),
+                smem: 0,
+            };
+            let args = Args::new()
+                .ptr(src)
+                .ptr_at(dst, at)
+                .i32(int(channels, "conv transpose channels")?)
+                .i32(int(pixels, "conv transpose pixels")?)
+                .i32(int(flip, "conv taps")?)
+                .i32(int(padded, "conv padded channels")?)
+                .work(traffic);
+            debug_assert!(padded % 4 == 0 && padded >= channels);
+            // SAFETY: arguments match conv2d_to_nhwc_f32(src, dst, channels, pixels, flip,
+            // padded); the callers pass src holding planes x channels x pixels f32 and dst planes
+            // x padded x pixels from `at` (nhwc_scratch), padded >= channels.
+            return unsafe { self.launch("conv2d_to_nhwc_f32", cfg, args) };
+        }
         if padded == 8 && channels < 8 && flip == 1 {
             let cfg = Launch {
                 grid: (pixels.div_ceil(256) as u32, planes as u32, 1),
@@ -571,7 +609,8 @@ impl CudaBackend {
     ) -> Result<()> {
         let fwd = op == "fwd";
         // The product's shape: the data gradient's input channels (c_out) are runs of 8 already.
-        let s = &if fwd { padded(layer) } else { *layer };
+        let dtype = input.dtype();
+        let s = &if fwd { padded(layer, dtype) } else { *layer };
         shape_args(Args::new(), s)?; // every size the kernels index fits an int
         let (ex, ew, ey) = s.sizes();
         let taps = s.kh * s.kw;
@@ -590,18 +629,18 @@ impl CudaBackend {
                 s.kw as i64 - 1 - s.pad_left as i64,
             )
         };
-        let (w_at, bytes) = nhwc_scratch(s.n * c * h * wd, ew);
+        let (w_at, bytes) = nhwc_scratch(s.n * c * h * wd, ew, dtype);
         let kernel_op = if post.is_some() { "fwd_bn_eval" } else { op };
-        let (kernel, cfg) = pipelined_launch("nhwc", kernel_op, m, oh * ow, s.n);
+        let (kernel, cfg) = pipelined_launch("nhwc", kernel_op, m, oh * ow, s.n, dtype);
         // The input's own channel count: the transposes write the forward's padding.
         let real = if fwd { layer.c_in } else { c };
         self.with_scratch(bytes, |scratch| {
-            self.to_nhwc(input.dev()?, scratch, 0, s.n, (real, c), h * wd, 1)?;
+            self.to_nhwc(dtype, input.dev()?, scratch, 0, s.n, (real, c), h * wd, 1)?;
             if fwd {
-                self.to_nhwc(w.dev()?, scratch, w_at, s.c_out, (real, c), taps, 1)?;
+                self.to_nhwc(dtype, w.dev()?, scratch, w_at, s.c_out, (real, c), taps, 1)?;
             } else {
                 let ch = (s.c_out, s.c_out);
-                self.to_nhwc(w.dev()?, scratch, w_at, 1, ch, s.c_in * taps, taps)?;
+                self.to_nhwc(dtype, w.dev()?, scratch, w_at, 1, ch, s.c_in * taps, taps)?;
             }
             let args = Args::new()
                 .ptr_at(scratch, 0)
@@ -616,19 +655,19 @@ impl CudaBackend {
             };
             let read_back = if add { ex } else { 0 };
             let extra = post.map_or(0, |p| p.bytes());
-            let args = args.work(Work::conv(
+            let args = args.work(Work::conv_on(
                 s,
-                input.dtype(),
-                (ex + ew + ey + read_back) * 2 + extra,
+                tensor_math(dtype).1,
+                (ex + ew + ey + read_back) * dtype.size() + extra,
             ));
-            // SAFETY: arguments match conv2d_nhwc_{fwd,bwd_data}[_m64]_bf16(in_nhwc, w, out,
-            // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow[, beta]) for the
-            // product as the forward of `input`, or conv2d_nhwc_fwd_bn_eval[_m64]_bf16(...,
+            // SAFETY: arguments match conv2d_nhwc_{fwd,bwd_data}[_m64]_<bf16|tf32>(in_nhwc, w,
+            // out, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow[, beta]) for the
+            // product as the forward of `input`, or conv2d_nhwc_fwd_bn_eval[_m64]_<bf16|tf32>(...,
             // gamma, beta, mean, var, res, eps, act) with the BatchNorm checked against the
             // output (per-channel f32 tensors of c_out, res as y); scratch holds the NHWC input
-            // (n x h x w x c) and the transposed weight at w_at, `out` the checked output (n x m x
-            // oh x ow); c % 8 == 0 (padded, or the caller's c_out % 8 == 0), path() checked kh,
-            // kw <= 8, shape_args every size against int.
+            // (n x h x w x c) and the transposed weight at w_at in the operands' type, `out` the
+            // checked output (n x m x oh x ow); c a multiple of 16 bytes of channels (padded, or
+            // the caller's c_out), path() checked kh, kw <= 8, shape_args every size against int.
             unsafe { self.launch(&kernel, cfg, args) }
         })
     }
@@ -682,8 +721,17 @@ impl CudaBackend {
         let wp_at = wf_at + (ew * 2).next_multiple_of(256);
         self.with_scratch(wp_at + ew * 2, |scratch| {
             let ch = (s.c_out, s.c_out);
-            self.to_nhwc(dy.dev()?, scratch, 0, s.n, ch, s.oh * s.ow, 1)?;
-            self.to_nhwc(w.dev()?, scratch, wf_at, 1, ch, s.c_in * taps, taps)?;
+            self.to_nhwc(DType::BF16, dy.dev()?, scratch, 0, s.n, ch, s.oh * s.ow, 1)?;
+            self.to_nhwc(
+                DType::BF16,
+                w.dev()?,
+                scratch,
+                wf_at,
+                1,
+                ch,
+                s.c_in * taps,
+                taps,
+            )?;
             for &((py, px), first, (jr, js), (pad_top, pad_left)) in &phases {
                 if jr * js == 0 {
                     continue;
@@ -691,7 +739,7 @@ impl CudaBackend {
                 let (ha, wa) = (grid(py, s.h), grid(px, s.w));
                 self.phase_weight(scratch, wf_at, wp_at, s, first, (jr, js))?;
                 let (kernel, cfg) =
-                    pipelined_launch("nhwc", "bwd_data_phase", s.c_in, ha * wa, s.n);
+                    pipelined_launch("nhwc", "bwd_data_phase", s.c_in, ha * wa, s.n, DType::BF16);
                 let macs = s.n * ha * wa * s.c_in * jr * js * s.c_out;
                 let bytes = s.n * s.c_out * s.oh * s.ow
                     + s.c_in * jr * js * s.c_out
@@ -762,14 +810,14 @@ impl CudaBackend {
     /// (at least 256 pixels each, as the element gather's), each part's sum in KRSC order, then
     /// `conv2d_bwd_weight_reduce_krsc_f32` adds the parts' real channels into dw in order.
     fn conv_nhwc_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, layer: &Conv) -> Result<()> {
-        let s = &padded(layer);
+        let s = &padded(layer, DType::BF16);
         // Every size the kernels index fits an int, also the offsets of the rows past the batch's
         // last pixel (up to 31 more), which run on into the images after it before they are masked.
         shape_args(Args::new(), s)?;
         let past = 31 / (s.oh * s.ow).max(1) + 1;
         int((s.n + past) * s.h * s.w * s.c_in, "conv input elements")?;
         let (m, n, pixels) = (s.c_out, s.kh * s.kw * s.c_in, s.n * s.oh * s.ow);
-        let (kernel, probe) = pipelined_launch("nhwc", "bwd_weight", m, n, 1);
+        let (kernel, probe) = pipelined_launch("nhwc", "bwd_weight", m, n, 1, DType::BF16);
         let tiles = (probe.grid.0 * probe.grid.1) as usize;
         let slots = self.resident_blocks(&kernel, probe.block.0, probe.smem);
         let (splits, per) = weight_grad_splits(tiles, pixels, 32, slots);
@@ -783,8 +831,17 @@ impl CudaBackend {
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_at + partial_bytes, |scratch| {
             let (xc, dyc) = ((layer.c_in, s.c_in), (s.c_out, s.c_out));
-            self.to_nhwc(x.dev()?, scratch, 0, s.n, xc, s.h * s.w, 1)?;
-            self.to_nhwc(dy.dev()?, scratch, dy_at, s.n, dyc, s.oh * s.ow, 1)?;
+            self.to_nhwc(DType::BF16, x.dev()?, scratch, 0, s.n, xc, s.h * s.w, 1)?;
+            self.to_nhwc(
+                DType::BF16,
+                dy.dev()?,
+                scratch,
+                dy_at,
+                s.n,
+                dyc,
+                s.oh * s.ow,
+                1,
+            )?;
             let args = Args::new()
                 .ptr_at(scratch, 0)
                 .ptr_at(scratch, dy_at)
@@ -963,7 +1020,7 @@ mod tests {
     }
 
     #[test]
-    fn dense_bf16_shapes_with_kernels_up_to_8x8_take_the_nhwc_path() {
+    fn dense_bf16_and_tf32_shapes_with_kernels_up_to_8x8_take_the_nhwc_path() {
         let conv = |c_in, h, c_out, k, stride, pad| {
             Conv::new(2, c_in, h, h, c_out, k, stride, Padding::Sym(pad), 1).unwrap()
         };
@@ -991,20 +1048,23 @@ mod tests {
             is(&s, DType::F32, "gemm");
         }
         is(&conv(64, 56, 256, 1, 1, 0), DType::BF16, "1x1");
-        assert_eq!(padded(&conv(3, 56, 64, 7, 2, 3)).c_in, 8);
-        assert_eq!(padded(&conv(12, 20, 16, 3, 1, 1)).c_in, 16);
+        assert_eq!(padded(&conv(3, 56, 64, 7, 2, 3), DType::BF16).c_in, 8);
+        assert_eq!(padded(&conv(12, 20, 16, 3, 1, 1), DType::BF16).c_in, 16);
+        assert_eq!(padded(&conv(3, 56, 64, 7, 2, 3), DType::F32).c_in, 4);
         // A kernel over 8 x 8 (ConvGather's 8-bit tap masks): the element gather.
         is(&conv(8, 20, 8, 9, 1, 4), DType::BF16, "gemm");
         let dw = Conv::new(2, 16, 9, 9, 16, 3, 1, Padding::Sym(1), 16).unwrap();
         is(&dw, DType::BF16, "depthwise");
         // f32 with TF32 allowed: the 1x1 kernels take rows of 4 floats (a 14 x 14 map's 196
-        // pixels too), everything else stays exact f32.
+        // pixels too), the other dense kernels up to 8 x 8 the channels-last ones; without TF32
+        // or over 8 x 8, the SIMT implicit GEMM.
         assert_eq!(on(&conv(512, 14, 2048, 1, 1, 0), DType::F32, true), "1x1");
         assert_eq!(on(&conv(64, 56, 256, 1, 1, 0), DType::F32, true), "1x1");
-        assert_eq!(on(&conv(6, 8, 16, 1, 1, 0), DType::F32, true), "gemm");
-        assert_eq!(on(&conv(8, 5, 16, 1, 1, 0), DType::F32, true), "gemm");
-        assert_eq!(on(&conv(64, 56, 64, 3, 1, 1), DType::F32, true), "gemm");
-        assert_eq!(on(&conv(256, 28, 512, 1, 2, 0), DType::F32, true), "gemm");
+        assert_eq!(on(&conv(6, 8, 16, 1, 1, 0), DType::F32, true), "nhwc");
+        assert_eq!(on(&conv(8, 5, 16, 1, 1, 0), DType::F32, true), "nhwc");
+        assert_eq!(on(&conv(64, 56, 64, 3, 1, 1), DType::F32, true), "nhwc");
+        assert_eq!(on(&conv(256, 28, 512, 1, 2, 0), DType::F32, true), "nhwc");
+        assert_eq!(on(&conv(8, 20, 8, 9, 1, 4), DType::F32, true), "gemm");
         assert_eq!(on(&conv(64, 56, 256, 1, 1, 0), DType::F32, false), "gemm");
     }
 
