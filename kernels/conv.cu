@@ -594,7 +594,7 @@ __device__ __forceinline__ void conv_nhwc(const T* x, const T* wt, T* y, int c_i
 
 CONV_NHWC_KERNELS(bf16_t, bf16, 64)
 // TF32: f32 activations in runs of 4 channels (conv.rs pads to a multiple of 4); the forward
-// and the stride-1 data gradient (the strided one and the weight gradient stay SIMT f32). Warps
+// and the stride-1 data gradient (the strided one stays SIMT f32; the weight gradient below). Warps
 // of 64 x 32 (eight, 256 threads; _m64 four): with 64 x 64 ones the gather's registers and the
 // f32 epilogue's spill 480-544 bytes.
 CONV_NHWC_KERNELS(float, tf32, 32)
@@ -645,38 +645,43 @@ extern "C" __global__ void __launch_bounds__(64)
 // run along the batch's pixels (k) with c_out or (tap, channel) contiguous: ldmatrix .trans for
 // both. conv2d_bwd_weight_reduce_krsc_f32 adds the splits into dw's (c_out, c_in, kh, kw) order.
 // Needs c_in % 8 == 0 (conv.rs pads x's channels, and the reduction skips the padding's sums) and
-// c_out % 8 == 0 (dy's 16-byte rows); any kernel size and stride.
-template <int BM, int WN>
-__device__ __forceinline__ void conv_nhwc_bwd_weight(const bf16_t* x, const bf16_t* dy, float* partial, int per,
-                                                     int n, int c_in, int h, int w, int c_out, int kh, int kw,
-                                                     int stride, int pad_top, int pad_left, int oh, int ow) {
+// c_out % 8 == 0 (dy's 16-byte rows); any kernel size and stride. The _tf32 kernels: f32 x and
+// dy, runs of 4 (c_in padded to 4, c_out % 4 == 0), both operands by 4-byte loads (no ldmatrix
+// .trans for 32-bit elements). `per`: a multiple of 32 pixels (whole k tiles of either type).
+template <int BM, int WN, typename T>
+__device__ __forceinline__ void conv_nhwc_bwd_weight(const T* x, const T* dy, float* partial, int per, int n,
+                                                     int c_in, int h, int w, int c_out, int kh, int kw, int stride,
+                                                     int pad_top, int pad_left, int oh, int ow) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32;
+    constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32, TILE_K = tc::Elem<T>::BK;
     const int k = kh * kw * c_in, p0 = blockIdx.z * per, pixels = min(per, n * oh * ow - p0);
     const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
-    tc::TileLoader<false, BM, THREADS, false> a_load;
+    tc::TileLoader<false, BM, THREADS, false, T> a_load;
     a_load.init(dy + (long long)p0 * c_out, bm, c_out, pixels, c_out, 0);
-    tc::WeightGradGather<BN, THREADS> b_load;
+    tc::WeightGradGather<BN, THREADS, T> b_load;
     b_load.init(x, p0, pixels, bn, h, w, c_in, kh, kw, stride, pad_top, pad_left, oh, ow);
     float acc[4][WN / 8][4];
-    tc::mainloop<false, false, BM, BN, 64, WN, 3>(a_load, b_load, (pixels + tc::BK - 1) / tc::BK, acc, tc_smem);
+    tc::mainloop<false, false, BM, BN, 64, WN, 3>(a_load, b_load, (pixels + TILE_K - 1) / TILE_K, acc, tc_smem);
     tc::epilogue<BM, BN, 64, WN, 3, float>(tc_smem, acc, partial + (long long)blockIdx.z * c_out * k, bm, bn, c_out,
                                            k, 1.0f, 0.0f);
 }
 
 // Eight 64 x 32 warps (the 1x1 weight gradient's shape: four 64 x 64 ones spill); _m64: four,
 // for c_out <= 64.
-extern "C" __global__ void __launch_bounds__(256)
-    conv2d_nhwc_bwd_weight_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ dy_nhwc,
-                                float* __restrict__ partial, int per, int n, NHWC_PARAMS) {
-    conv_nhwc_bwd_weight<128, 32>(x_nhwc, dy_nhwc, partial, per, n, NHWC_ARGS);
-}
+#define CONV_NHWC_BWD_WEIGHT_KERNELS(T, SUFFIX)                                                                   \
+    extern "C" __global__ void __launch_bounds__(256)                                                            \
+        conv2d_nhwc_bwd_weight_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ dy_nhwc,              \
+                                        float* __restrict__ partial, int per, int n, NHWC_PARAMS) {              \
+        conv_nhwc_bwd_weight<128, 32>(x_nhwc, dy_nhwc, partial, per, n, NHWC_ARGS);                              \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_nhwc_bwd_weight_m64_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ dy_nhwc,          \
+                                            float* __restrict__ partial, int per, int n, NHWC_PARAMS) {          \
+        conv_nhwc_bwd_weight<64, 32>(x_nhwc, dy_nhwc, partial, per, n, NHWC_ARGS);                               \
+    }
 
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_nhwc_bwd_weight_m64_bf16(const bf16_t* __restrict__ x_nhwc, const bf16_t* __restrict__ dy_nhwc,
-                                    float* __restrict__ partial, int per, int n, NHWC_PARAMS) {
-    conv_nhwc_bwd_weight<64, 32>(x_nhwc, dy_nhwc, partial, per, n, NHWC_ARGS);
-}
+CONV_NHWC_BWD_WEIGHT_KERNELS(bf16_t, bf16)
+CONV_NHWC_BWD_WEIGHT_KERNELS(float, tf32)
 
 // dw[co][c][t] += the splits' partial[z][co][t][c] (KRSC -> PyTorch's order), added in split
 // order. A block takes 32 channels of output channel blockIdx.y, all taps (at most 64): it sums

@@ -246,52 +246,53 @@ struct ConvGather {
 
 // B of a convolution's weight gradient over channels-last (NHWC) activations, n-contiguous: its
 // rows (k) are the batch's output pixels, its columns n = (r, s, c) with the channel fastest
-// (KRSC), so a 16-byte chunk is again 8 channels of the input at one (pixel, tap): one cp.async
+// (KRSC), so a 16-byte chunk is again 8 channels (4 in f32) of the input at one (pixel, tap): one cp.async
 // under one predicate, zero-filled in the padding. Unlike TileLoader's shape, a thread copies
 // ITERS chunks of one row, TPR chunks apart: one output pixel a thread, whose window corner it
 // carries from k tile to k tile, and per chunk a tap fixed for the whole loop (its offset from
 // the corner and its row and column, for the padding test). A k tile moves the pixel BK pixels
 // on: BK is split once into whole images, output rows and columns, so the step is three
 // additions, a column carry into the row and a row carry into the next image, each at most once.
-// Needs c_in % 8 == 0 (a chunk never straddles two taps); the input's element count, with the
-// images that the last k tile's rows run into past the batch, must fit an int (conv.rs checks
+// Needs c_in % PER_CHUNK == 0 (a chunk never straddles two taps); the input's element count, with
+// the images that the last k tile's rows run into past the batch, must fit an int (conv.rs checks
 // both).
-template <int BN, int THREADS>
+template <int BN, int THREADS, typename T = __nv_bfloat16>
 struct WeightGradGather {
-    using Elem = __nv_bfloat16;
-    static constexpr int CHUNKS = BN / 8;
-    static constexpr int ITERS = BK * CHUNKS / THREADS;
+    using Elem = T;
+    static constexpr int PER_CHUNK = tc::Elem<T>::PER_CHUNK, TILE_K = tc::Elem<T>::BK;
+    static constexpr int CHUNKS = BN / PER_CHUNK;
+    static constexpr int ITERS = TILE_K * CHUNKS / THREADS;
     static constexpr int TPR = CHUNKS / ITERS;  // threads a row
-    static_assert(THREADS * ITERS == BK * CHUNKS && CHUNKS % 8 == 0 && (TPR == 4 || TPR == 8), "gather shape");
+    static_assert(THREADS * ITERS == TILE_K * CHUNKS && CHUNKS % 8 == 0 && (TPR == 4 || TPR == 8 || TPR == 16),
+                  "gather shape");
 
-    const __nv_bfloat16* x;
+    const T* x;
     int tap_off[ITERS], tap_r[ITERS], tap_s[ITERS];  // chunk j's offset from a window corner, its tap
     int off;             // elements from x to the window corner of this thread's pixel (channel 0)
     int iy0, ix0;        // the corner: outside the image in the padding
     int left;            // the split's pixels from this thread's row of the current tile on
     int h, w, stride;
     int iy_end, ix_end;  // the corner of an output row / column past the map's last
-    int step_iy, step_ix, step_off;  // one k tile: BK pixels
+    int step_iy, step_ix, step_off;  // one k tile: TILE_K pixels
     int wrap_iy, wrap_ix, wrap_off_y, wrap_off_x;  // the carries: next image, next output row
-    int dst;             // chunk 0's shared offset; chunk j's is dst ^ (j TPR 8)
+    int dst;             // chunk 0's shared offset; chunk j's is dst ^ (j TPR PER_CHUNK)
 
     // `x_`: the batch's NHWC activations (n x h x w x c_in); `p0`: the split's first output pixel
     // of the batch, `pixels` its length; `n0`: the block's first column.
-    __device__ __forceinline__ void init(const __nv_bfloat16* x_, int p0, int pixels, int n0, int h_, int w_,
-                                         int c_in, int kh, int kw, int stride_, int pad_top, int pad_left, int oh,
-                                         int ow) {
+    __device__ __forceinline__ void init(const T* x_, int p0, int pixels, int n0, int h_, int w_, int c_in, int kh,
+                                         int kw, int stride_, int pad_top, int pad_left, int oh, int ow) {
         // A quarter-warp's 8 copies land together and must fill 8 different 16-byte bank groups:
-        // with 8 threads a row that is one whole 128-byte line; with 4, rows q and q + 1 would
-        // XOR the same 4 chunks onto the same 4 groups, so the quarter-warp's second row is the
-        // first one's + 4 (a different swizzle half) instead.
+        // with 8 or 16 threads a row they are 8 consecutive chunks of one row; with 4, rows q and
+        // q + 1 would XOR the same 4 chunks onto the same 4 groups, so the quarter-warp's second
+        // row is the first one's + 4 (a different swizzle half) instead.
         const int tid = threadIdx.x, line = tid / TPR, chunk = tid % TPR;
-        const int row = TPR == 8 ? line : (line & ~7) | ((line & 1) << 2) | ((line >> 1) & 3);
+        const int row = TPR != 4 ? line : (line & ~7) | ((line & 1) << 2) | ((line >> 1) & 3);
         x = x_, h = h_, w = w_, stride = stride_;
         // chunk + j TPR = chunk ^ j TPR (chunk < TPR, a power of two): the swizzle moves it by an XOR.
-        dst = swizzled<CHUNKS>(row, chunk);
+        dst = swizzled<CHUNKS, T>(row, chunk);
 #pragma unroll
         for (int j = 0; j < ITERS; ++j) {
-            const int col = n0 + (chunk + j * TPR) * 8, t = col / c_in, r = t / kw, s = t - r * kw;
+            const int col = n0 + (chunk + j * TPR) * PER_CHUNK, t = col / c_in, r = t / kw, s = t - r * kw;
             tap_off[j] = (r * w + s) * c_in + col - t * c_in;
             // A column past the weight's taps copies nothing: its row test never passes.
             tap_r[j] = r < kh ? r : -(1 << 29);
@@ -299,7 +300,7 @@ struct WeightGradGather {
         }
         left = pixels - row;
         iy_end = oh * stride - pad_top, ix_end = ow * stride - pad_left;
-        const int image = oh * ow, images = BK / image, rest = BK - images * image, rows = rest / ow;
+        const int image = oh * ow, images = TILE_K / image, rest = TILE_K - images * image, rows = rest / ow;
         step_iy = rows * stride, step_ix = (rest - rows * ow) * stride;
         step_off = ((images * h + step_iy) * w + step_ix) * c_in;
         wrap_iy = oh * stride, wrap_ix = ow * stride;
@@ -309,15 +310,15 @@ struct WeightGradGather {
         off = ((img * h + iy0) * w + ix0) * c_in;
     }
 
-    __device__ __forceinline__ void load(__nv_bfloat16* tile) {
+    __device__ __forceinline__ void load(T* tile) {
 #pragma unroll
         for (int j = 0; j < ITERS; ++j) {
             const bool in = left > 0 && (unsigned)(iy0 + tap_r[j]) < (unsigned)h &&
                             (unsigned)(ix0 + tap_s[j]) < (unsigned)w;
             // A zero-filled copy reads nothing: its address need not be valid.
-            cp_async_16_zfill(tile + (dst ^ (j * TPR * 8)), x + off + tap_off[j], in ? 16 : 0);
+            cp_async_16_zfill(tile + (dst ^ (j * TPR * PER_CHUNK)), x + off + tap_off[j], in ? 16 : 0);
         }
-        iy0 += step_iy, ix0 += step_ix, off += step_off, left -= BK;
+        iy0 += step_iy, ix0 += step_ix, off += step_off, left -= TILE_K;
         if (ix0 >= ix_end) ix0 -= wrap_ix, iy0 += stride, off += wrap_off_x;
         if (iy0 >= iy_end) iy0 -= wrap_iy, off += wrap_off_y;
     }

@@ -773,9 +773,8 @@ fn tf32(v: f32) -> f32 {
 /// gradient) match the CPU twin run on TF32-rounded inputs to f32 accumulation's tolerance:
 /// their products are exactly those of rounded inputs (rounding by truncation instead would be
 /// off by ~1e-4); against the exact f32 convolution they are off by TF32's error, not more. The
-/// passes that have no TF32 kernel (the channels-last weight gradient, the strided data
-/// gradient, a data gradient onto channels not in runs of 4) stay exact f32. Every forward
-/// launches a `_tf32` kernel.
+/// passes that have no TF32 kernel (the strided data gradient, the gradients of a layer whose
+/// c_out is not a run of 4) stay exact f32. Every forward launches a `_tf32` kernel.
 #[test]
 fn kernel_tf32_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
     let dev = kernel_device("kernel_tf32_convolutions_are_the_cpu_on_tf32_rounded_inputs");
@@ -844,12 +843,13 @@ fn kernel_tf32_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
         let one_by_one =
             k == 1 && stride == 1 && c_in % 4 == 0 && (h * w) % 4 == 0 && s.pad_top == 0;
         let data_on_tf32 = one_by_one || (stride == 1 && c_out % 4 == 0);
+        let weight_on_tf32 = one_by_one || c_out % 4 == 0;
         let got = run(&dev, s, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
         let rounded = run(cpu, s, true).unwrap();
         let exact = run(cpu, s, false).unwrap();
         for (((name, g), (_, r)), (_, e)) in got.iter().zip(&rounded).zip(&exact) {
             let on_tf32 = match name.as_str() {
-                "dw" => one_by_one,
+                "dw" => weight_on_tf32,
                 "dx" | "dx added" => data_on_tf32,
                 _ => true,
             };
@@ -909,6 +909,8 @@ fn kernel_tf32_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
         "conv2d_nhwc_fwd_bn_eval_m64_tf32",
         "conv2d_nhwc_bwd_data_tf32",
         "conv2d_nhwc_bwd_data_m64_tf32",
+        "conv2d_nhwc_bwd_weight_tf32",
+        "conv2d_nhwc_bwd_weight_m64_tf32",
         "conv2d_to_nhwc_f32",
     ];
     for k in tf32_kernels {

@@ -454,6 +454,52 @@ fn conv_nhwc_tf32_runs_on_the_pipelined_mainloop() {
     }
 }
 
+/// The TF32 channels-last weight gradient on the same interior layer: dy's rows and x's runs of
+/// a tap's 64 channels copied as whole sectors; both operands read with 4-byte loads from rows
+/// swizzled by 2 (k % 4), conflict-free; the m16n8k8 count of five 128-column tiles over the
+/// batch's 768 pixels.
+#[test]
+fn conv_nhwc_tf32_weight_gradient_copies_whole_sectors_without_bank_conflicts() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    dev.set_tf32(true);
+    let be: &dyn Backend = &dev;
+    let s = Conv::new(2, 64, 8, 66, 128, 3, 1, Padding::Sym(0), 1).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let x = upload(be, lx, DType::F32, 26);
+    let dy = upload(be, ly, DType::F32, 27);
+    let mut dw = be.zeros(DType::F32, lw).unwrap();
+    let (r, stats) = count_memory(|| be.conv2d_bwd_weight(&x, &dy, &mut dw, s));
+    r.unwrap();
+    show(
+        "conv tf32 NHWC weight gradient, 2 x 64 x 8 x 66 -> 128, 3x3:",
+        &stats,
+    );
+    let kernel = "conv2d_nhwc_bwd_weight_tf32";
+    only(
+        &stats,
+        &[
+            kernel,
+            "conv2d_to_nhwc_f32",
+            "conv2d_bwd_weight_reduce_krsc_f32",
+        ],
+        "the transposes, the product and the reduction only",
+    );
+    let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
+    assert_eq!(mma, (128 * 640 * 768 / (16 * 8 * 8)) as u64);
+    for row in rows(&stats, kernel) {
+        assert_eq!(row.transactions, row.ideal, "{row:?}");
+    }
+    let (_, _, fragments) = total(&stats, kernel, |s| s.op == "ldmatrix.x4");
+    assert_eq!(
+        fragments, 0,
+        "no ldmatrix: both operands are m- or n-contiguous"
+    );
+}
+
 /// The forwards that apply eval-mode BatchNorm with a residual in their epilogue (an extraction's
 /// bottleneck output): the residual's 16-byte reads beside the output's 16-byte stores, the
 /// per-channel tables (one thread a channel, then broadcast reads) and the main loop all at the

@@ -136,6 +136,7 @@ fn resnet50(precision: DType) -> StepPlan {
         px: 224,
         batch: 64,
         precision,
+        tf32: false,
         job: Job::Step,
     })
     .unwrap()
@@ -160,6 +161,7 @@ fn an_extraction_call_holds_a_few_maps_not_every_layers() {
                 px,
                 batch,
                 precision,
+                tf32: false,
                 job: Job::Extract,
             })
             .unwrap()
@@ -367,9 +369,11 @@ fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
 /// either precision every BatchNorm runs in its convolution's epilogue (no BatchNorm launch).
 #[test]
 fn the_cli_plans_an_extraction_call() {
-    for (precision, fused) in [
-        ("bf16", "conv2d_1x1_fwd_bn_eval_bf16"),
-        ("f32", "conv2d_fwd_bn_eval_f32"),
+    // f32 takes TF32 tensor cores unless told otherwise (`--tf32 false`: the SIMT kernels).
+    for (precision, tf32, fused) in [
+        ("bf16", "true", "conv2d_1x1_fwd_bn_eval_bf16"),
+        ("f32", "true", "conv2d_1x1_fwd_bn_eval_tf32"),
+        ("f32", "false", "conv2d_fwd_bn_eval_f32"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_insclr-cu"))
             .args([
@@ -381,7 +385,14 @@ fn the_cli_plans_an_extraction_call() {
                 "--batch",
                 "4",
             ])
-            .args(["--precision", precision, "--extract", "--summary"])
+            .args([
+                "--precision",
+                precision,
+                "--tf32",
+                tf32,
+                "--extract",
+                "--summary",
+            ])
             .env_remove("INSCLR_DEVICE")
             .output()
             .unwrap();

@@ -66,6 +66,11 @@ pub struct DescribeArgs {
     /// of f32's time and memory; the head stays f32). Describe an index and its queries alike.
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     precision: DType,
+    /// In f32 on a GPU (or --device emu), run the convolutions on TF32 tensor cores (inputs
+    /// rounded to 10 mantissa bits, f32 accumulation: PyTorch's default for f32 convolutions);
+    /// `--tf32 false` keeps every convolution exact f32. The CPU is always exact.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    tf32: bool,
 }
 
 impl DescribeArgs {
@@ -84,6 +89,7 @@ impl DescribeArgs {
             quiet: self.quiet,
             local_layer: self.local_layer,
             precision: self.precision,
+            tf32: self.tf32,
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct Args {
     /// What the backbone computes in: f32 or bf16 (SOLVER.PRECISION).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     precision: DType,
+    /// In f32, the convolutions on TF32 tensor cores (SOLVER.TF32, extract's --tf32; the
+    /// default, as PyTorch's); false: exact f32 SIMT kernels.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    tf32: bool,
     /// Rows of the table by kernel (the rest summed into one).
     #[arg(long, default_value_t = 15)]
     top: usize,
@@ -41,6 +45,7 @@ pub fn run(args: Args) -> Result<()> {
         px: args.img_size,
         batch: args.batch,
         precision: args.precision,
+        tf32: args.tf32,
         job: if args.extract {
             Job::Extract
         } else {
@@ -63,8 +68,13 @@ fn header(p: &StepPlan) {
         Job::Step => "one training step as benches/train_step.rs times it",
         Job::Extract => "one extraction call",
     };
+    let math = if o.precision == DType::F32 && o.tf32 {
+        " (TF32 convolutions)"
+    } else {
+        ""
+    };
     println!(
-        "insclr-cu plan: {} at {} px, batch {}, {} — {what}",
+        "insclr-cu plan: {} at {} px, batch {}, {}{math} — {what}",
         o.arch.name(),
         o.px,
         o.batch,
@@ -94,11 +104,12 @@ fn header(p: &StepPlan) {
     );
     for g in &p.gpus {
         println!(
-            "  {}: {} SMs, {:.0} TFLOP/s bf16 tensor (dense), {:.0} TFLOP/s FP32, {:.2} TB/s DRAM, \
-             {:.0} GB/s PCIe each way (published peaks)",
+            "  {}: {} SMs, {:.0} TFLOP/s bf16 tensor, {:.0} TF32 tensor (dense), {:.0} TFLOP/s FP32, \
+             {:.2} TB/s DRAM, {:.0} GB/s PCIe each way (published peaks)",
             g.name,
             g.sms,
             g.bf16_tensor / 1e12,
+            g.tf32_tensor / 1e12,
             g.fp32 / 1e12,
             g.dram / 1e12,
             g.pcie / 1e9
@@ -115,7 +126,7 @@ fn header(p: &StepPlan) {
     };
     println!("  {regs}");
     println!(
-        "  floor = max(FLOPs / the unit's peak (bf16 mma: tensor cores, else FP32), bytes / DRAM \
+        "  floor = max(FLOPs / the unit's peak (bf16 or TF32 mma: tensor cores, else FP32), bytes / DRAM \
          bandwidth); bytes = each input read once, each output written once; copies at PCIe; \
          w.eff = waves / ceil(waves)"
     );
@@ -359,10 +370,10 @@ fn totals(p: &StepPlan) {
                      = {:.1}x the floor",
                     t / floor_ms
                 );
-                if o.precision == DType::F32 {
+                if o.precision == DType::F32 && !o.tf32 {
                     println!(
-                        "  (PyTorch's f32 convolutions run on TF32 tensor cores, its default; our \
-                         f32 kernels, and so this floor, use FP32 SIMT)"
+                        "  (PyTorch's f32 convolutions run on TF32 tensor cores, its default; with \
+                         --tf32 false ours, and so this floor, use FP32 SIMT)"
                     );
                 }
             }

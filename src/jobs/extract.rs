@@ -46,6 +46,10 @@ pub struct DescribeOptions {
     pub local_layer: LocalLayer,
     /// What the backbone and GeM compute in: f32, or bf16 (tensor cores on a GPU).
     pub precision: DType,
+    /// In f32, convolutions on TF32 tensor cores where the backend has them (a CUDA GPU, or its
+    /// emulator), as PyTorch's f32 convolutions run; false keeps them exact f32
+    /// ([`Backend::set_tf32`]).
+    pub tf32: bool,
 }
 
 impl Default for DescribeOptions {
@@ -65,6 +69,7 @@ impl Default for DescribeOptions {
             quiet: false,
             local_layer: LocalLayer::Last,
             precision: DType::F32,
+            tf32: true,
         }
     }
 }
@@ -87,12 +92,19 @@ impl DescribeOptions {
         needs
     }
 
-    /// Loads the descriptor network on `be`, with what it is (also printed).
+    /// Loads the descriptor network on `be`, with what it is (also printed), and sets `be`'s
+    /// convolutions to TF32 or exact f32 as `tf32` says.
     pub fn load(&self, be: &dyn Backend) -> Result<(Box<dyn DescriptorNet>, String)> {
+        be.set_tf32(self.tf32);
         let choice = load_choice(self.descriptor, self.pixel_norm.as_deref(), self.precision)?;
         let (net, what) =
             crate::eval::load_model(be, self.model.as_deref(), self.weights.as_deref(), choice)?;
-        eprintln!("model: {what}");
+        let tf32 = if be.tf32() && self.precision == DType::F32 {
+            ", TF32 convolutions"
+        } else {
+            ""
+        };
+        eprintln!("model: {what}{tf32}");
         Ok((net, what))
     }
 

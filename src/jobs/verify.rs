@@ -2,7 +2,7 @@
 //! (`insclr-cu verify`), and verify two photos with a picture of their inlier matches
 //! (`insclr-cu match`).
 
-use super::extract::{load_choice, DescribeOptions};
+use super::extract::DescribeOptions;
 use crate::backend::cpu::verify::{image, is_inlier, mutual_matches};
 use crate::backend::verify::PairResult;
 use crate::backend::{self, DeviceChoice, Op, Verify};
@@ -270,14 +270,7 @@ pub fn match_images(opts: &MatchOptions, device: DeviceChoice) -> Result<MatchRe
     needs.extend(backend::f32_needs(&[Op::Verify]));
     let (be, chosen) = backend::select(device, &needs)?;
     eprintln!("backend: {chosen}");
-    let choice = load_choice(d.descriptor, d.pixel_norm.as_deref(), d.precision)?;
-    let (mut net, what) = crate::eval::load_model(
-        be.as_ref(),
-        d.model.as_deref(),
-        d.weights.as_deref(),
-        choice,
-    )?;
-    eprintln!("model: {what}");
+    let (mut net, _) = d.load(be.as_ref())?;
     let items: Vec<ImageItem> = [&opts.a, &opts.b]
         .iter()
         .map(|p| ImageItem {

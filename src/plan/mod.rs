@@ -99,6 +99,8 @@ pub struct PlanOptions {
     pub px: usize,
     pub batch: usize,
     pub precision: DType,
+    /// f32's convolutions on TF32 tensor cores ([`Backend::set_tf32`], `SOLVER.TF32`).
+    pub tf32: bool,
     pub job: Job,
 }
 
@@ -274,6 +276,7 @@ pub fn plan_step(o: &PlanOptions) -> Result<StepPlan> {
     }
     let cuda = CudaBackend::plan();
     let be: &dyn Backend = &cuda;
+    be.set_tf32(o.tf32);
     let rec = cuda.recorder().context("the plan backend has a recorder")?;
     let mut rng = Rng::new(3);
     // Values do not matter to a run that computes nothing; zeros cost no time to make. The

@@ -145,6 +145,11 @@ pub struct Solver {
     /// (tensor cores on a GPU), with f32 master weights, optimiser state, BatchNorm statistics
     /// and head. Not in the original (which trains in f32).
     pub precision: String,
+    /// With `f32`: convolutions on TF32 tensor cores where the backend has them (a CUDA GPU, or
+    /// its emulator; inputs rounded to 10 mantissa bits, f32 accumulation), as PyTorch's f32
+    /// convolutions run by default; `false` keeps every convolution exact f32. Everything else
+    /// stays f32, and the CPU is always exact.
+    pub tf32: bool,
     pub checkpoint_period: usize,
     /// Steps between progress-log lines on stderr (the JSON log gets every step).
     pub log_period: usize,
@@ -331,6 +336,7 @@ impl Default for Solver {
             warmup_method: "linear".into(),
             ims_per_batch: 36,
             precision: "f32".into(),
+            tf32: true,
             checkpoint_period: 4000,
             log_period: 20,
             trace_anchors: 64,

@@ -76,6 +76,7 @@ pub fn run_rank(
     if cfg.output_dir.is_empty() {
         bail!("OUTPUT_DIR is empty: say where checkpoints and logs go");
     }
+    be.set_tf32(cfg.solver.tf32);
     if comm.rank() != 0 {
         return follow(cfg, be, comm, opts, start);
     }
@@ -113,6 +114,7 @@ pub fn run_rank(
         net.out_dim(),
         be.name(),
         match cfg.precision() {
+            DType::F32 if be.tf32() => "f32, TF32 convolutions",
             DType::F32 => "f32",
             _ => "bf16 activations and banks, f32 weights",
         }

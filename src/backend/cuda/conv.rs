@@ -32,8 +32,9 @@ enum Path {
     /// as 8); the data gradient takes it with c_out % 8 == 0 (at a stride over 1 by stride
     /// phases, up to 8), the weight gradient with c_out % 8 == 0; the other passes keep the
     /// element gather (`conv2d_*_bf16`), as do kernels over 8 x 8. In f32 with TF32 allowed the
-    /// forward (channels padded to 4) and the stride-1 data gradient (c_out % 4 == 0) take the
-    /// `_tf32` kernels; the weight gradient and the strided data gradient stay SIMT f32.
+    /// forward and the weight gradient (channels padded to 4; c_out % 4 == 0 for the weight
+    /// gradient) and the stride-1 data gradient (c_out % 4 == 0) take the `_tf32` kernels; the
+    /// strided data gradient stays SIMT f32.
     Nhwc,
     Depthwise,
 }
@@ -346,7 +347,7 @@ impl ConvOps for CudaBackend {
         let (ex, ew, ey) = s.sizes();
         match path {
             Path::OneByOne => return self.conv1x1_bwd_weight(x, dy, dw, &s),
-            Path::Nhwc if x.dtype() == DType::BF16 && s.c_out % 8 == 0 => {
+            Path::Nhwc if s.c_out % chunk(x.dtype()) == 0 => {
                 return self.conv_nhwc_bwd_weight(x, dy, dw, &s)
             }
             _ => {}
@@ -804,20 +805,21 @@ impl CudaBackend {
         }
     }
 
-    /// The weight gradient as a channels-last product (`conv2d_nhwc_bwd_weight[_m64]_bf16`): x
+    /// The weight gradient as a channels-last product (`conv2d_nhwc_bwd_weight[_m64]_<bf16|tf32>`): x
     /// (its channels [`padded`]) and dy transposed into scratch, the batch's output pixels split
     /// into as many parts as fill the GPU's resident blocks in one wave beside the output's tiles
     /// (at least 256 pixels each, as the element gather's), each part's sum in KRSC order, then
     /// `conv2d_bwd_weight_reduce_krsc_f32` adds the parts' real channels into dw in order.
     fn conv_nhwc_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, layer: &Conv) -> Result<()> {
-        let s = &padded(layer, DType::BF16);
+        let dtype = x.dtype();
+        let s = &padded(layer, dtype);
         // Every size the kernels index fits an int, also the offsets of the rows past the batch's
         // last pixel (up to 31 more), which run on into the images after it before they are masked.
         shape_args(Args::new(), s)?;
         let past = 31 / (s.oh * s.ow).max(1) + 1;
         int((s.n + past) * s.h * s.w * s.c_in, "conv input elements")?;
         let (m, n, pixels) = (s.c_out, s.kh * s.kw * s.c_in, s.n * s.oh * s.ow);
-        let (kernel, probe) = pipelined_launch("nhwc", "bwd_weight", m, n, 1, DType::BF16);
+        let (kernel, probe) = pipelined_launch("nhwc", "bwd_weight", m, n, 1, dtype);
         let tiles = (probe.grid.0 * probe.grid.1) as usize;
         let slots = self.resident_blocks(&kernel, probe.block.0, probe.smem);
         let (splits, per) = weight_grad_splits(tiles, pixels, 32, slots);
@@ -826,34 +828,27 @@ impl CudaBackend {
             ..probe
         };
         let (ex, _, ey) = s.sizes();
-        let dy_at = (ex * 2).next_multiple_of(256);
-        let partial_at = dy_at + (ey * 2).next_multiple_of(256);
+        let size = dtype.size();
+        let dy_at = (ex * size).next_multiple_of(256);
+        let partial_at = dy_at + (ey * size).next_multiple_of(256);
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_at + partial_bytes, |scratch| {
             let (xc, dyc) = ((layer.c_in, s.c_in), (s.c_out, s.c_out));
-            self.to_nhwc(DType::BF16, x.dev()?, scratch, 0, s.n, xc, s.h * s.w, 1)?;
-            self.to_nhwc(
-                DType::BF16,
-                dy.dev()?,
-                scratch,
-                dy_at,
-                s.n,
-                dyc,
-                s.oh * s.ow,
-                1,
-            )?;
+            self.to_nhwc(dtype, x.dev()?, scratch, 0, s.n, xc, s.h * s.w, 1)?;
+            self.to_nhwc(dtype, dy.dev()?, scratch, dy_at, s.n, dyc, s.oh * s.ow, 1)?;
             let args = Args::new()
                 .ptr_at(scratch, 0)
                 .ptr_at(scratch, dy_at)
                 .ptr_at(scratch, partial_at)
                 .i32(per as i32);
-            let args =
-                shape_args(args, s)?.work(Work::conv(s, x.dtype(), (ex + ey) * 2 + partial_bytes));
-            // SAFETY: arguments match conv2d_nhwc_bwd_weight[_m64]_bf16(x_nhwc, dy_nhwc, partial,
-            // per, n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow); scratch holds
-            // the NHWC input and output gradient and splits x c_out x K floats at partial_at;
-            // c_in % 8 == 0 (padded), the caller checked c_out % 8 == 0, shape_args and the check
-            // above every size against int; the splits cover every output pixel once.
+            let bytes = (ex + ey) * size + partial_bytes;
+            let args = shape_args(args, s)?.work(Work::conv_on(s, tensor_math(dtype).1, bytes));
+            // SAFETY: arguments match conv2d_nhwc_bwd_weight[_m64]_<bf16|tf32>(x_nhwc, dy_nhwc,
+            // partial, per, n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow);
+            // scratch holds the NHWC input and output gradient in x's type and splits x c_out x K
+            // floats at partial_at; c_in in 16-byte runs (padded), the caller checked c_out's,
+            // shape_args and the check above every size against int; the splits cover every
+            // output pixel once, `per` a multiple of 32 (whole k tiles of either type).
             unsafe { self.launch(&kernel, cfg, args)? };
             self.reduce_krsc_splits(scratch, partial_at, dw, layer, splits, s.c_in)
         })
