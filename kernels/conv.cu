@@ -30,7 +30,10 @@
 // gemm.cu's bf16 kernel (128 x 128 x 32 tiles, 8 warps of 64 x 32, ldmatrix + mma.m16n8k16, f32
 // accumulation), the operands gathered into shared memory by the same ConvGemm as the f32 path.
 // The activations' gradients are stored in bf16; the weight gradient's partial sums and the
-// weight gradient itself are f32 (master gradients), for both dtypes. Floors for a ResNet-50
+// weight gradient itself are f32 (master gradients), for both dtypes. TF32 (f32 operands on
+// tensor cores, PyTorch's default for f32 convolutions, when the backend allows it): the
+// 1x1 and channels-last kernels below, built for f32 too (`_tf32`); this SIMT path then keeps
+// the strided data gradients and the kernels over 8 x 8. Floors for a ResNet-50
 // 3x3 layer at batch 64 (c = 256, 14 x 14): 2 * 64*196 * 256 * 2304 = 14.8 GFLOP, 0.3 ms at
 // H100's 50 TFLOP/s of f32 FMA; bytes are a few MB, so every dense shape but the stem's weight
 // gradient is compute-bound.

@@ -250,8 +250,8 @@ struct ConvGather {
 // under one predicate, zero-filled in the padding. Unlike TileLoader's shape, a thread copies
 // ITERS chunks of one row, TPR chunks apart: one output pixel a thread, whose window corner it
 // carries from k tile to k tile, and per chunk a tap fixed for the whole loop (its offset from
-// the corner and its row and column, for the padding test). A k tile moves the pixel BK pixels
-// on: BK is split once into whole images, output rows and columns, so the step is three
+// the corner and its row and column, for the padding test). A k tile moves the pixel TILE_K
+// pixels on: TILE_K is split once into whole images, output rows and columns, so the step is three
 // additions, a column carry into the row and a row carry into the next image, each at most once.
 // Needs c_in % PER_CHUNK == 0 (a chunk never straddles two taps); the input's element count, with
 // the images that the last k tile's rows run into past the batch, must fit an int (conv.rs checks

@@ -79,6 +79,7 @@ VER = "kernels/verify.cu"
 MATMUL = ("kernels:kernel_matmul_matches_cpu",)
 CONVT = ("layers:kernel_conv",)  # kernel_conv_matches_cpu and kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu
 TCT = MATMUL + CONVT
+TF32T = ("layers:kernel_tf32",)
 BN = ("layers:kernel_batchnorm_matches_cpu",)
 TOPK = ("select",)
 BANKT = ("bank",)
@@ -181,7 +182,8 @@ MUTANTS = [
       [(TC, "t < rows && first + t < m;", "t < rows - 1 && first + t < m;")], CONVT),
     M("tc-fragment-k-step-key-dropped", "tc",
       "fragments (k-contiguous): the second k16 step read at the first one's swizzled columns",
-      [(TC, "if (K_CONTIGUOUS) return off[s] + i * 512;", "if (K_CONTIGUOUS) return off[0] + i * 512;")], TCT),
+      [(TC, "if (K_CONTIGUOUS) return off[s] + i * 16 * 4 * PER_CHUNK;",
+            "if (K_CONTIGUOUS) return off[0] + i * 16 * 4 * PER_CHUNK;")], TCT),
     M("tc-fragment-tile-key-dropped", "tc",
       "fragments (m- or n-contiguous): every 16-wide tile read at the first one's swizzled chunk",
       [(TC, "return off[i] + s * 16 * CHUNKS * 8;", "return off[0] + s * 16 * CHUNKS * 8;")], TCT),
@@ -191,7 +193,7 @@ MUTANTS = [
             "read = read + STAGE_ELEMS > RING ? 0 : read + STAGE_ELEMS;")], TCT),
     M("tc-swizzle-dropped", "tc",
       "layout: the copies land in 128-byte rows unswizzled while ldmatrix reads the swizzled places",
-      [(TC, "return (r * CHUNKS + (c ^ (r & 7))) << 3;", "return (r * CHUNKS + c) << 3;")], TCT),
+      [(TC, "return (r * CHUNKS + (c ^ key)) * PER_CHUNK;", "return (r * CHUNKS + c) * PER_CHUNK;")], TCT),
     M("conv-1x1-part-runs-past-image", "conv",
       "1x1 weight gradient: an image's last pixel part runs part_len pixels, past the image",
       [(CONV, "k = min(part_len, hw - p0);", "k = part_len;")], CONVT, sanitize=True),
@@ -228,8 +230,8 @@ MUTANTS = [
               "c <= channels ? reinterpret_cast<const unsigned short*>(src)")], CONVT, sanitize=True),
     M("nhwc-data-gradient-beta-dropped", "conv",
       "channels-last data gradient added onto dx: the epilogue overwrites dx (beta 0) instead",
-      [(CONV, "1.0f, beta, map, post.at_image(blockIdx.z * image));",
-              "1.0f, 0.0f, map, post.at_image(blockIdx.z * image));")], CONVT),
+      [(CONV, "beta, map, post.at_image(blockIdx.z * image));",
+              "0.0f, map, post.at_image(blockIdx.z * image));")], CONVT),
     M("conv-1x1-data-gradient-beta-dropped", "conv",
       "1x1 data gradient added onto dx: the epilogue overwrites dx (beta 0) instead",
       [(CONV, "(long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem);",
@@ -237,7 +239,7 @@ MUTANTS = [
     M("nhwc-wgrad-quarter-warp-rows-adjacent", "conv",
       "WeightGradGather with 4 threads a row (the 64-row tiles): a quarter-warp's two rows adjacent, "
       "their copies 2-way bank conflicts",
-      [(TC, "const int row = TPR == 8 ? line : (line & ~7) | ((line & 1) << 2) | ((line >> 1) & 3);",
+      [(TC, "const int row = TPR != 4 ? line : (line & ~7) | ((line & 1) << 2) | ((line >> 1) & 3);",
             "const int row = line;")], ("memory_patterns:conv_bf16_stem",)),
     M("nhwc8-transpose-reads-one-channel-past", "conv",
       "conv2d_to_nhwc8_bf16: the first padding channel filled from the next plane (past the "
@@ -250,8 +252,30 @@ MUTANTS = [
     M("nhwc-transpose-flip-one-past", "conv",
       "conv2d_to_nhwc_bf16: the flipped weight's taps written one row late (the last tap into the "
       "next channel's first, or past the scratch)",
-      [(CONV, "row = p - g + (flip > 1 ? flip - 1 - g : 0);", "row = p - g + (flip > 1 ? flip - g : 0);")],
+      [(CONV, "row = p - g + (flip > 1 ? flip - 1 - g : 0);\n        st_global_v4(",
+              "row = p - g + (flip > 1 ? flip - g : 0);\n        st_global_v4(")],
       CONVT, sanitize=True),
+    # ---- TF32: f32 operands on the bf16 mainloop (the f32 mode's convolutions) -----------------
+    M("tf32-round-truncates", "tc",
+      "TF32: the inputs truncated to TF32 (the tensor cores' own drop of 13 bits) instead of rounded",
+      [(ARCH, "uint32_t tf32_round_bits(uint32_t bits) { return bits + 0x1000u; }",
+              "uint32_t tf32_round_bits(uint32_t bits) { return bits; }")], TF32T),
+    M("tf32-scalar-fragments-key-dropped", "tc",
+      "TF32, m- or n-contiguous operand: the 4-byte fragment loads ignore the rows' swizzle (2 (k % 4))",
+      [(TC, "off[u] = tile + t * CHUNKS * 4 + w0 + ((2 * (u ^ t) + (g >> 2)) << 2) + (g & 3);",
+            "off[u] = tile + t * CHUNKS * 4 + w0 + ((2 * u + (g >> 2)) << 2) + (g & 3);")], TF32T),
+    M("tf32-rows-swizzled-as-bf16", "tc",
+      "TF32, m- or n-contiguous tiles: the copies land with bf16's key (row % 8) while the fragment "
+      "loads read at 2 (row % 4)",
+      [(TC, "const int key = Elem<T>::TF32 ? (r & 3) << 1 : r & 7;", "const int key = r & 7;")], TF32T),
+    M("tf32-gather-chunk-of-8-channels", "conv",
+      "TF32 channels-last gather: a chunk's first channel counted in bf16's runs of 8",
+      [(TC, "const int t0 = chunk * PER_CHUNK / c_in;\n        c = chunk * PER_CHUNK - t0 * c_in",
+            "const int t0 = chunk * 8 / c_in;\n        c = chunk * 8 - t0 * c_in")], TF32T),
+    M("tf32-transpose-flip-one-past", "conv",
+      "conv2d_to_nhwc_f32: the flipped weight's taps written one row late",
+      [(CONV, "row = p - g + (flip > 1 ? flip - 1 - g : 0);\n        dst[",
+              "row = p - g + (flip > 1 ? flip - g : 0);\n        dst[")], TF32T, sanitize=True),
     M("nhwc-wgrad-column-carry-late", "conv",
       "WeightGradGather's k step: a pixel landing exactly on output column ow stays in its row "
       "instead of carrying into the next",

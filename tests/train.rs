@@ -333,7 +333,8 @@ fn headless_stage_with_frozen_batchnorm_trains_on_the_cpu() {
 
 /// The done-when of the device backbone: `train` on the GPU (the emulator here) gives the CPU's
 /// losses for the first steps, base / v1 and impr / v2 (no-DA forward, selection, mining),
-/// and resumes exactly.
+/// and resumes exactly. The device runs exact f32 (`SOLVER.TF32 = false`); with TF32
+/// convolutions, the default, its first loss is within TF32's rounding of the CPU's.
 /// Only the first steps: Adam's first updates are `lr * sign(g)` whatever `|g|`, so a
 /// gradient that is zero up to rounding (a BatchNorm bias after cancellation) moves its
 /// parameter by ±lr on one device and ∓lr on the other, and the runs drift apart from there.
@@ -343,13 +344,18 @@ fn device_train_matches_cpu(v2: bool) {
     let pool = make_data(&dir);
     let dev = common::kernel_device(&format!("device_train_matches_cpu_{tag}"));
     let steps = 3;
+    let exact = |out: &str, steps: usize| {
+        let mut c = config(&dir, &pool, out, v2, steps);
+        c.solver.tf32 = false;
+        c
+    };
     train::run(
         config(&dir, &pool, "cpu", v2, steps),
         insclr::backend::cpu(),
         &quiet(true),
     )
     .unwrap();
-    train::run(config(&dir, &pool, "dev", v2, steps), &dev, &quiet(true)).unwrap();
+    train::run(exact("dev", steps), &dev, &quiet(true)).unwrap();
     let (a, b) = (log_lines(&dir, "cpu"), log_lines(&dir, "dev"));
     assert_eq!(a.len(), steps);
     for (x, y) in a.iter().zip(&b) {
@@ -373,11 +379,26 @@ fn device_train_matches_cpu(v2: bool) {
     }
     // Interrupted after the checkpoint at step 2 and resumed on the device: the parameters and
     // optimiser state go back into the device arena, and the run ends exactly as without.
-    train::run(config(&dir, &pool, "dev-r", v2, 2), &dev, &quiet(true)).unwrap();
-    let r = train::run(config(&dir, &pool, "dev-r", v2, steps), &dev, &quiet(true)).unwrap();
+    train::run(exact("dev-r", 2), &dev, &quiet(true)).unwrap();
+    let r = train::run(exact("dev-r", steps), &dev, &quiet(true)).unwrap();
     assert_eq!(r.resumed_from, Some(2));
     assert_eq!(log_losses(&dir, "dev-r"), log_losses(&dir, "dev"));
     assert_eq!(final_tensors(&dir, "dev-r"), final_tensors(&dir, "dev"));
+    // TF32 convolutions (the default): the first step's loss moves by TF32's rounding, not more;
+    // if it equalled the exact run's, TF32 did not run.
+    train::run(config(&dir, &pool, "dev-tf32", v2, 1), &dev, &quiet(true)).unwrap();
+    let (exact_loss, tf32_loss) = (
+        log_losses(&dir, "dev")[0].1,
+        log_losses(&dir, "dev-tf32")[0].1,
+    );
+    let rel = (exact_loss - tf32_loss).abs() / exact_loss.abs().max(1e-6);
+    common::log(&format!(
+        "{tag} step 1: loss exact {exact_loss} tf32 {tf32_loss} (rel {rel:.1e})"
+    ));
+    assert!(
+        rel > 0.0 && rel < 1e-2,
+        "step 1: exact {exact_loss} vs tf32 {tf32_loss}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
