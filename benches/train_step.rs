@@ -13,6 +13,9 @@
 //! `extract` describes one scale of a batch (scripts/torch-baseline.py times PyTorch's eval
 //! forward of a batch already on the GPU).
 //!
+//! f32 runs its convolutions on TF32 tensor cores, as `train` and `extract` do by default
+//! (`SOLVER.TF32`, `--tf32`) and as PyTorch's fp32 step in scripts/torch-baseline.py does.
+//!
 //! `INSCLR_BENCH_FAST=1` times five steps after an untimed one instead of criterion's loop
 //! (benches/util); `INSCLR_PROFILE=1` adds one more step recorded with CUDA events around every
 //! launch, copy and memset, and its per-kernel table.
@@ -113,6 +116,7 @@ fn bench_step(c: &mut Criterion) {
         }
     };
     let be: &dyn Backend = &cuda;
+    be.set_tf32(true);
     let profile = insclr::backend::profile::kernel_profile_requested();
     let mut table = String::from(
         "\n| training step (ours) | batch | px | ms / step | images / s | input: u8 RGB uploaded and normalised per step, as `train` (ms of the step) |\n|---|---|---|---|---|---|\n",

@@ -47,6 +47,28 @@ inline float mma_elem(uint32_t reg, int hi) {
     unsigned short bits = static_cast<unsigned short>(hi ? reg >> 16 : reg & 0xffffu);
     return Bf16 ? bf16_bits_to_float(bits) : half_bits_to_float(bits);
 }
+// D = A B + C over k, for every lane: products of 8- or 11-bit significands are exact in float;
+// the sum is accumulated in double and rounded once (the hardware's internal order is
+// unspecified). C and D have the same layout for every shape.
+template <int K>
+void mma_finish(void* const* data, const float (&A)[16][K], const float (&B)[K][8], const float (&C)[16][8]) {
+    float D[16][8];
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 8; ++c) {
+            double acc = C[r][c];
+            for (int k = 0; k < K; ++k) acc += static_cast<double>(A[r][k] * B[k][c]);
+            D[r][c] = static_cast<float>(acc);
+        }
+    for (int lane = 0; lane < 32; ++lane) {
+        MmaLane* m = static_cast<MmaLane*>(data[lane]);
+        int g = lane >> 2, t = lane & 3;
+        for (int i = 0; i < 4; ++i) m->d[i] = D[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)];
+    }
+}
+inline void mma_gather_c(const MmaLane* m, int lane, float (&C)[16][8]) {
+    int g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; ++i) C[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)] = m->c[i];
+}
 template <bool Bf16>
 void mma_m16n8k16_combine(void* const* data, unsigned int) {
     float A[16][16], B[16][8], C[16][8];
@@ -59,25 +81,11 @@ void mma_m16n8k16_combine(void* const* data, unsigned int) {
             A[row][col] = mma_elem<Bf16>(m->a[i / 2], i & 1);
         }
         for (int i = 0; i < 4; ++i) B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = mma_elem<Bf16>(m->b[i / 2], i & 1);
-        for (int i = 0; i < 4; ++i) C[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)] = m->c[i];
+        mma_gather_c(m, lane, C);
     }
-    // Products of 8- or 11-bit significands are exact in float; the sum is accumulated in
-    // double and rounded once (the hardware's internal order is unspecified).
-    float D[16][8];
-    for (int r = 0; r < 16; ++r)
-        for (int c = 0; c < 8; ++c) {
-            double acc = C[r][c];
-            for (int k = 0; k < 16; ++k) acc += static_cast<double>(A[r][k] * B[k][c]);
-            D[r][c] = static_cast<float>(acc);
-        }
-    for (int lane = 0; lane < 32; ++lane) {
-        MmaLane* m = static_cast<MmaLane*>(data[lane]);
-        int g = lane >> 2, t = lane & 3;
-        for (int i = 0; i < 4; ++i) m->d[i] = D[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)];
-    }
+    mma_finish<16>(data, A, B, C);
 }
-// TF32: the inputs' low 13 bits dropped, as the hardware does; the products of 11-bit significands
-// are exact in float, the sum accumulated in double and rounded once.
+// TF32: the inputs' low 13 bits dropped, as the hardware does.
 inline float tf32_elem(uint32_t reg) {
     const uint32_t bits = reg & ~0x1fffu;
     float v;
@@ -91,44 +99,32 @@ inline void mma_m16n8k8_tf32_combine(void* const* data, unsigned int) {
         int g = lane >> 2, t = lane & 3;
         for (int i = 0; i < 4; ++i) A[g + (i & 1) * 8][t + (i >> 1) * 4] = tf32_elem(m->a[i]);
         for (int i = 0; i < 2; ++i) B[t + i * 4][g] = tf32_elem(m->b[i]);
-        for (int i = 0; i < 4; ++i) C[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)] = m->c[i];
+        mma_gather_c(m, lane, C);
     }
-    float D[16][8];
-    for (int r = 0; r < 16; ++r)
-        for (int c = 0; c < 8; ++c) {
-            double acc = C[r][c];
-            for (int k = 0; k < 8; ++k) acc += static_cast<double>(A[r][k] * B[k][c]);
-            D[r][c] = static_cast<float>(acc);
-        }
-    for (int lane = 0; lane < 32; ++lane) {
-        MmaLane* m = static_cast<MmaLane*>(data[lane]);
-        int g = lane >> 2, t = lane & 3;
-        for (int i = 0; i < 4; ++i) m->d[i] = D[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)];
-    }
+    mma_finish<8>(data, A, B, C);
 }
-__attribute__((noinline)) inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
-                                                       const float (&c)[4]) {
-    static const Collective op = {"mma.m16n8k8.tf32", &mma_m16n8k8_tf32_combine};
-    if (current->lane == 0) count_mma(__builtin_return_address(0));
+// One lane's part of a warp's mma; `site`: the kernel's code address (the counters' site).
+inline void mma_lane(const Collective* op, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                     const float (&c)[4], const void* site) {
+    if (current->lane == 0) count_mma(site);
     MmaLane me;
     for (int i = 0; i < 4; ++i) me.a[i] = a[i], me.c[i] = c[i];
     me.b[0] = b[0];
     me.b[1] = b[1];
-    warp_collective(0xffffffffu, &op, &me);
+    warp_collective(0xffffffffu, op, &me);
     for (int i = 0; i < 4; ++i) d[i] = me.d[i];
 }
-// Not inlined, so that the return address is the kernel's line (the counters' site).
+// Not inlined, so that the return address is the kernel's line.
+__attribute__((noinline)) inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                                       const float (&c)[4]) {
+    static const Collective op = {"mma.m16n8k8.tf32", &mma_m16n8k8_tf32_combine};
+    mma_lane(&op, d, a, b, c, __builtin_return_address(0));
+}
 template <bool Bf16>
 __attribute__((noinline)) void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                                             const float (&c)[4], const char* name) {
     static const Collective op = {name, &mma_m16n8k16_combine<Bf16>};
-    if (current->lane == 0) count_mma(__builtin_return_address(0));
-    MmaLane me;
-    for (int i = 0; i < 4; ++i) me.a[i] = a[i], me.c[i] = c[i];
-    me.b[0] = b[0];
-    me.b[1] = b[1];
-    warp_collective(0xffffffffu, &op, &me);
-    for (int i = 0; i < 4; ++i) d[i] = me.d[i];
+    mma_lane(&op, d, a, b, c, __builtin_return_address(0));
 }
 
 struct LdmatrixLane {

@@ -520,31 +520,7 @@ impl CudaBackend {
             (read + written) * dtype.size(),
             format!("{planes} x {channels}x{pixels}"),
         );
-        if dtype == DType::F32 {
-            let cfg = Launch {
-                grid: (
-                    pixels.div_ceil(32) as u32,
-                    padded.div_ceil(32) as u32,
-                    planes as u32,
-                ),
-                block: (256, 1, 1),
-                smem: 0,
-            };
-            let args = Args::new()
-                .ptr(src)
-                .ptr_at(dst, at)
-                .i32(int(channels, "conv transpose channels")?)
-                .i32(int(pixels, "conv transpose pixels")?)
-                .i32(int(flip, "conv taps")?)
-                .i32(int(padded, "conv padded channels")?)
-                .work(traffic);
-            debug_assert!(padded % 4 == 0 && padded >= channels);
-            // SAFETY: arguments match conv2d_to_nhwc_f32(src, dst, channels, pixels, flip,
-            // padded); the callers pass src holding planes x channels x pixels f32 and dst planes
-            // x padded x pixels from `at` (nhwc_scratch), padded >= channels.
-            return unsafe { self.launch("conv2d_to_nhwc_f32", cfg, args) };
-        }
-        if padded == 8 && channels < 8 && flip == 1 {
+        if dtype == DType::BF16 && padded == 8 && channels < 8 && flip == 1 {
             let cfg = Launch {
                 grid: (pixels.div_ceil(256) as u32, planes as u32, 1),
                 block: (256, 1, 1),
@@ -566,10 +542,15 @@ impl CudaBackend {
             // pixels from `at` (nhwc_scratch); channels < 8.
             return unsafe { self.launch("conv2d_to_nhwc8_bf16", cfg, args) };
         }
+        // Square tiles of 64 bf16 or 32 f32 (a 128-byte row either way).
+        let (tile, kernel) = match dtype {
+            DType::BF16 => (64, "conv2d_to_nhwc_bf16"),
+            _ => (32, "conv2d_to_nhwc_f32"),
+        };
         let cfg = Launch {
             grid: (
-                pixels.div_ceil(64) as u32,
-                padded.div_ceil(64) as u32,
+                pixels.div_ceil(tile) as u32,
+                padded.div_ceil(tile) as u32,
                 planes as u32,
             ),
             block: (256, 1, 1),
@@ -583,11 +564,12 @@ impl CudaBackend {
             .i32(int(flip, "conv taps")?)
             .i32(int(padded, "conv padded channels")?)
             .work(traffic);
-        debug_assert!(padded % 8 == 0 && padded >= channels);
-        // SAFETY: arguments match conv2d_to_nhwc_bf16(src, dst, channels, pixels, flip, padded);
-        // the callers pass src holding planes x channels x pixels bf16 and dst planes x padded x
-        // pixels from `at` (nhwc_scratch), padded % 8 == 0 and >= channels.
-        unsafe { self.launch("conv2d_to_nhwc_bf16", cfg, args) }
+        debug_assert!(padded % chunk(dtype) == 0 && padded >= channels);
+        // SAFETY: arguments match conv2d_to_nhwc_{bf16,f32}(src, dst, channels, pixels, flip,
+        // padded); the callers pass src holding planes x channels x pixels of dtype and dst
+        // planes x padded x pixels from `at` (nhwc_scratch), padded a multiple of a 16-byte run
+        // and >= channels.
+        unsafe { self.launch(kernel, cfg, args) }
     }
 
     /// A dense bf16 forward (`op` "fwd": `input` x, `out` y) or stride-1 data gradient
