@@ -33,7 +33,7 @@
 // weight gradient itself are f32 (master gradients), for both dtypes. TF32 (f32 operands on
 // tensor cores, PyTorch's default for f32 convolutions, when the backend allows it): the
 // 1x1 and channels-last kernels below, built for f32 too (`_tf32`); this SIMT path then keeps
-// the strided data gradients and the kernels over 8 x 8. Floors for a ResNet-50
+// the kernels over 8 x 8 and channel counts not in runs of 4. Floors for a ResNet-50
 // 3x3 layer at batch 64 (c = 256, 14 x 14): 2 * 64*196 * 256 * 2304 = 14.8 GFLOP, 0.3 ms at
 // H100's 50 TFLOP/s of f32 FMA; bytes are a few MB, so every dense shape but the stem's weight
 // gradient is compute-bound.
@@ -597,7 +597,7 @@ __device__ __forceinline__ void conv_nhwc(const T* x, const T* wt, T* y, int c_i
 
 CONV_NHWC_KERNELS(bf16_t, bf16, 64)
 // TF32: f32 activations in runs of 4 channels (conv.rs pads to a multiple of 4); the forward
-// and the stride-1 data gradient (the strided one stays SIMT f32; the weight gradient below). Warps
+// and the stride-1 data gradient (the strided one and the weight gradient below). Warps
 // of 64 x 32 (eight, 256 threads; _m64 four): with 64 x 64 ones the gather's registers and the
 // f32 epilogue's spill 480-544 bytes.
 CONV_NHWC_KERNELS(float, tf32, 32)
@@ -608,20 +608,30 @@ CONV_NHWC_KERNELS(float, tf32, 32)
 // iy / S. Each phase is thus the stride-1 forward of dy with the flipped sub-kernel of those taps,
 // written straight into dx's pixels of the phase (conv2d_nhwc_bwd_data_phase_*: the forward's code
 // with PhaseMap's epilogue); conv.rs zeroes dx first when some phase has no tap.
-// conv2d_phase_weight_bf16 gathers a phase's sub-kernel from the flipped KRSC weight (as the
-// stride-1 data gradient's, c_in x kh x kw x c_out): rows (ci, r0 + S j', s0 + S k'), 16 bytes a
-// thread (c_out % 8 == 0).
-extern "C" __global__ void conv2d_phase_weight_bf16(const bf16_t* __restrict__ w_flipped, bf16_t* __restrict__ dst,
-                                                    int c_in, int c_out, int kh, int kw, int stride, int r0, int s0,
-                                                    int jr, int js) {
-    const int chunks = c_out / 8, taps = jr * js;
+// conv2d_phase_weight_<bf16|f32> gathers a phase's sub-kernel from the flipped KRSC weight (as
+// the stride-1 data gradient's, c_in x kh x kw x c_out): rows (ci, r0 + S j', s0 + S k'), 16
+// bytes a thread (c_out in runs of 16 bytes: % 8 in bf16, % 4 in f32).
+template <typename T>
+__device__ void phase_weight(const T* __restrict__ w_flipped, T* __restrict__ dst, int c_in, int c_out, int kh,
+                             int kw, int stride, int r0, int s0, int jr, int js) {
+    constexpr int PER_CHUNK = 16 / (int)sizeof(T);
+    const int chunks = c_out / PER_CHUNK, taps = jr * js;
     GRID_STRIDE(i, (size_t)c_in * taps * chunks) {
         const int row = (int)(i / chunks), chunk = (int)(i - (size_t)row * chunks), ci = row / taps,
                   t = row - ci * taps, j = t / js, k = t - j * js;
         const size_t src = ((size_t)ci * kh * kw + (size_t)(r0 + stride * j) * kw + s0 + stride * k) * c_out;
-        st_global_v4(dst + (size_t)row * c_out + chunk * 8, ld_global_v4(w_flipped + src + chunk * 8));
+        st_global_v4(dst + (size_t)row * c_out + chunk * PER_CHUNK, ld_global_v4(w_flipped + src + chunk * PER_CHUNK));
     }
 }
+
+#define PHASE_WEIGHT_KERNEL(T, SUFFIX)                                                                           \
+    extern "C" __global__ void conv2d_phase_weight_##SUFFIX(const T* __restrict__ w_flipped, T* __restrict__ dst, \
+                                                            int c_in, int c_out, int kh, int kw, int stride,       \
+                                                            int r0, int s0, int jr, int js) {                      \
+        phase_weight(w_flipped, dst, c_in, c_out, kh, kw, stride, r0, s0, jr, js);                                 \
+    }
+PHASE_WEIGHT_KERNEL(bf16_t, bf16)
+PHASE_WEIGHT_KERNEL(float, f32)
 
 // The shape arguments as the stride-1 forward of dy for one phase (oh, ow: the phase's grid),
 // then dx's map (h, w), the layer's stride and the phase.
@@ -629,17 +639,20 @@ extern "C" __global__ void conv2d_phase_weight_bf16(const bf16_t* __restrict__ w
 #define PHASE_MAP                                                                                   \
     tc::PhaseMap { ow, dx_w, dx_stride, py * dx_w + px, dx_h * dx_w }
 
-extern "C" __global__ void __launch_bounds__(128)
-    conv2d_nhwc_bwd_data_phase_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_phase,
-                                    bf16_t* __restrict__ dx, PHASE_PARAMS, float beta) {
-    conv_nhwc<128, 64, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, beta, PHASE_MAP);
-}
-
-extern "C" __global__ void __launch_bounds__(64)
-    conv2d_nhwc_bwd_data_phase_m64_bf16(const bf16_t* __restrict__ dy_nhwc, const bf16_t* __restrict__ w_phase,
-                                        bf16_t* __restrict__ dx, PHASE_PARAMS, float beta) {
-    conv_nhwc<64, 64, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, beta, PHASE_MAP);
-}
+// Warps of 64 x WN as the forward's entry points (CONV_NHWC_KERNELS).
+#define CONV_NHWC_PHASE_KERNELS(T, SUFFIX, WN)                                                                   \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                  \
+        conv2d_nhwc_bwd_data_phase_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_phase,         \
+                                            T* __restrict__ dx, PHASE_PARAMS, float beta) {                      \
+        conv_nhwc<128, WN, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, beta, PHASE_MAP);                              \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                  \
+        conv2d_nhwc_bwd_data_phase_m64_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_phase,     \
+                                                T* __restrict__ dx, PHASE_PARAMS, float beta) {                  \
+        conv_nhwc<64, WN, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, beta, PHASE_MAP);                               \
+    }
+CONV_NHWC_PHASE_KERNELS(bf16_t, bf16, 64)
+CONV_NHWC_PHASE_KERNELS(float, tf32, 32)
 
 // The weight gradient over channels-last x and dy (both transposed by conv.rs), split over the
 // batch's output pixels into gridDim.z parts of `per` pixels:

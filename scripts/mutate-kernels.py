@@ -272,6 +272,11 @@ MUTANTS = [
       "TF32 channels-last gather: a chunk's first channel counted in bf16's runs of 8",
       [(TC, "const int t0 = chunk * PER_CHUNK / c_in;\n        c = chunk * PER_CHUNK - t0 * c_in",
             "const int t0 = chunk * 8 / c_in;\n        c = chunk * 8 - t0 * c_in")], TF32T),
+    M("tf32-phase-weight-runs-of-8", "conv",
+      "conv2d_phase_weight_f32: a stride phase's sub-kernel copied in bf16's runs of 8 elements "
+      "(half of each row's chunks, from the wrong offsets)",
+      [(CONV, "constexpr int PER_CHUNK = 16 / (int)sizeof(T);\n    const int chunks = c_out / PER_CHUNK",
+              "constexpr int PER_CHUNK = 8;\n    const int chunks = c_out / PER_CHUNK")], TF32T),
     M("tf32-transpose-flip-one-past", "conv",
       "conv2d_to_nhwc_f32: the flipped weight's taps written one row late",
       [(CONV, "row = p - g + (flip > 1 ? flip - 1 - g : 0);\n        dst[",

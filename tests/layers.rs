@@ -740,7 +740,9 @@ fn kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu() {
 /// a weight gradient whose 576 pixels split into parts. Channels-last (every other dense kernel
 /// up to 8 x 8): the stem (3 channels padded to 4) and 6 channels (padded to 8), 4 channels (four
 /// taps a 16-deep k tile), 136 (a partial 64-row tile), 3x3 at stride 1 and 2 ("SAME"), a 5x5 onto
-/// 136 channels, the 1x1 shortcut at stride 2 and a 1x1 on a 7 x 7 map (49 pixels).
+/// 136 channels, the 1x1 shortcut at stride 2 and a 1x1 on a 7 x 7 map (49 pixels); the data
+/// gradient by stride phases onto 72 channels (the 128-row product), at stride 3 (one tap a
+/// phase) and at stride 4 with a 2x2 kernel (phases without a tap: zeros).
 #[rustfmt::skip]
 const TF32_SIZES: &[ConvCase] = &[
     (2, 4, 2, 2, 5, 1, 1, Padding::Sym(0), 1),
@@ -758,6 +760,9 @@ const TF32_SIZES: &[ConvCase] = &[
     (1, 4, 12, 11, 136, 5, 1, Padding::Sym(2), 1),
     (1, 16, 9, 9, 24, 1, 2, Padding::Sym(0), 1),
     (2, 40, 7, 7, 8, 1, 1, Padding::Sym(0), 1),
+    (2, 72, 9, 9, 16, 3, 2, Padding::Sym(1), 1),
+    (2, 8, 10, 9, 16, 3, 3, Padding::Sym(1), 1),
+    (1, 16, 9, 11, 8, 2, 4, Padding::Sym(1), 1),
 ];
 
 /// `v` rounded to TF32 as the kernels round it (to nearest, ties away from zero: cvt.rna).
@@ -773,8 +778,8 @@ fn tf32(v: f32) -> f32 {
 /// gradient) match the CPU twin run on TF32-rounded inputs to f32 accumulation's tolerance:
 /// their products are exactly those of rounded inputs (rounding by truncation instead would be
 /// off by ~1e-4); against the exact f32 convolution they are off by TF32's error, not more. The
-/// passes that have no TF32 kernel (the strided data gradient, the gradients of a layer whose
-/// c_out is not a run of 4) stay exact f32. Every forward launches a `_tf32` kernel.
+/// gradients of a layer whose c_out is not a run of 4 have no TF32 kernel and stay exact f32.
+/// Every forward launches a `_tf32` kernel.
 #[test]
 fn kernel_tf32_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
     let dev = kernel_device("kernel_tf32_convolutions_are_the_cpu_on_tf32_rounded_inputs");
@@ -842,15 +847,13 @@ fn kernel_tf32_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
         let what = format!("tf32 conv {n}x{c_in}x{h}x{w} -> {c_out} k={k} s={stride} {padding:?}");
         let one_by_one =
             k == 1 && stride == 1 && c_in % 4 == 0 && (h * w) % 4 == 0 && s.pad_top == 0;
-        let data_on_tf32 = one_by_one || (stride == 1 && c_out % 4 == 0);
-        let weight_on_tf32 = one_by_one || c_out % 4 == 0;
+        let gradients_on_tf32 = one_by_one || c_out % 4 == 0;
         let got = run(&dev, s, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
         let rounded = run(cpu, s, true).unwrap();
         let exact = run(cpu, s, false).unwrap();
         for (((name, g), (_, r)), (_, e)) in got.iter().zip(&rounded).zip(&exact) {
             let on_tf32 = match name.as_str() {
-                "dw" => weight_on_tf32,
-                "dx" | "dx added" => data_on_tf32,
+                "dw" | "dx" | "dx added" => gradients_on_tf32,
                 _ => true,
             };
             let (to_rounded, to_exact) = (common::rel_err(g, r), common::rel_err(g, e));
@@ -911,6 +914,9 @@ fn kernel_tf32_convolutions_are_the_cpu_on_tf32_rounded_inputs() {
         "conv2d_nhwc_bwd_data_m64_tf32",
         "conv2d_nhwc_bwd_weight_tf32",
         "conv2d_nhwc_bwd_weight_m64_tf32",
+        "conv2d_nhwc_bwd_data_phase_tf32",
+        "conv2d_nhwc_bwd_data_phase_m64_tf32",
+        "conv2d_phase_weight_f32",
         "conv2d_to_nhwc_f32",
     ];
     for k in tf32_kernels {

@@ -713,47 +713,59 @@ fn conv_stride_2_data_gradient_by_phases_multiplies_no_zeros() {
         log("not asserted in the sanitiser build (no access hooks)");
         return;
     }
-    let dev = CudaBackend::emu();
-    let be: &dyn Backend = &dev;
-    // ResNet's downsampling 3x3 at a small size: 2 x 64 x 16 x 16 -> 128, stride 2, padding 1.
-    // Phase (0, 0) of dx takes tap (1, 1) only, (0, 1) and (1, 0) two taps, (1, 1) four: 9 in
-    // all, each (input pixel, tap) pair once, as many multiply-adds as the forward.
-    let s = Conv::new(2, 64, 16, 16, 128, 3, 2, Padding::Sym(1), 1).unwrap();
-    let (lx, lw, ly) = s.sizes();
-    let w = upload(be, lw, DType::BF16, 18);
-    let dy = upload(be, ly, DType::BF16, 19);
-    let mut dx = be.zeros(DType::BF16, lx).unwrap();
-    let (r, stats) = count_memory(|| be.conv2d_bwd_data(&dy, &w, &mut dx, s));
-    r.unwrap();
-    show(
-        "conv bf16 data gradient by stride phases, 2 x 64 x 16 x 16 -> 128, 3x3, stride 2, padding 1:",
-        &stats,
-    );
-    let product = "conv2d_nhwc_bwd_data_phase_m64_bf16";
-    only(
-        &stats,
-        &[product, "conv2d_to_nhwc_bf16", "conv2d_phase_weight_bf16"],
-        "no element gather, no pass over dx but the products' own stores",
-    );
-    // Each phase: M = 64 channels (one 64-row tile), N = its 8 x 8 grid (one 128-column tile,
-    // half used), K = its taps x 128; the tiles' padding aside, 9 taps in all against the
-    // element gather's 4 x 9 (every input pixel times every tap).
-    let mma = total(&stats, product, |s| s.space == MemSpace::TensorCore).0;
-    let per_tap = 2 * 64 * 128 * 128 / (16 * 8 * 16); // images x rows x padded columns x k
-    assert_eq!(mma, (9 * per_tap) as u64);
-    // The gather and the fragments as the forward's (1.0x); the stores of a phase's pixels, 2
-    // apart in dx's rows, 2 bytes a thread: twice the ideal sectors (a defect while dx is NCHW).
-    for row in rows(&stats, product) {
-        if row.space == MemSpace::Global && row.op == "st" {
-            assert_eq!(row.width, 2, "{row:?}");
-            assert!(row.transactions <= 2 * row.ideal, "{row:?}");
-        } else {
-            assert_eq!(row.transactions, row.ideal, "{row:?}");
+    // bf16, and f32 on TF32 tensor cores (mma.m16n8k8: twice the mma of the same products).
+    for (dtype, tf32, suffix, k_per_mma) in [
+        (DType::BF16, false, "bf16", 16),
+        (DType::F32, true, "tf32", 8),
+    ] {
+        let dev = CudaBackend::emu();
+        dev.set_tf32(tf32);
+        let be: &dyn Backend = &dev;
+        // ResNet's downsampling 3x3 at a small size: 2 x 64 x 16 x 16 -> 128, stride 2, padding
+        // 1. Phase (0, 0) of dx takes tap (1, 1) only, (0, 1) and (1, 0) two taps, (1, 1) four:
+        // 9 in all, each (input pixel, tap) pair once, as many multiply-adds as the forward.
+        let s = Conv::new(2, 64, 16, 16, 128, 3, 2, Padding::Sym(1), 1).unwrap();
+        let (lx, lw, ly) = s.sizes();
+        let w = upload(be, lw, dtype, 18);
+        let dy = upload(be, ly, dtype, 19);
+        let mut dx = be.zeros(dtype, lx).unwrap();
+        let (r, stats) = count_memory(|| be.conv2d_bwd_data(&dy, &w, &mut dx, s));
+        r.unwrap();
+        show(
+            &format!("conv {suffix} data gradient by stride phases, 2 x 64 x 16 x 16 -> 128, 3x3, stride 2, padding 1:"),
+            &stats,
+        );
+        let product = format!("conv2d_nhwc_bwd_data_phase_m64_{suffix}");
+        let (transpose, gather) = (
+            format!("conv2d_to_nhwc_{dtype}"),
+            format!("conv2d_phase_weight_{dtype}"),
+        );
+        only(
+            &stats,
+            &[&product, &transpose, &gather],
+            "no element gather, no pass over dx but the products' own stores",
+        );
+        // Each phase: M = 64 channels (one 64-row tile), N = its 8 x 8 grid (one 128-column
+        // tile, half used), K = its taps x 128; the tiles' padding aside, 9 taps in all against
+        // the element gather's 4 x 9 (every input pixel times every tap).
+        let mma = total(&stats, &product, |s| s.space == MemSpace::TensorCore).0;
+        let per_tap = 2 * 64 * 128 * 128 / (16 * 8 * k_per_mma); // images x rows x padded columns x k
+        assert_eq!(mma, (9 * per_tap) as u64);
+        // The gather and the fragments as the forward's (1.0x); the stores of a phase's pixels, 2
+        // apart in dx's rows, an element a thread: up to twice the ideal sectors (a defect while
+        // dx is NCHW; 4-byte f32 stores fill a sector's half).
+        for row in rows(&stats, &product) {
+            if row.space == MemSpace::Global && row.op == "st" {
+                assert_eq!(row.width as usize, dtype.size(), "{row:?}");
+                assert!(row.transactions <= 2 * row.ideal, "{row:?}");
+            } else {
+                assert_eq!(row.transactions, row.ideal, "{row:?}");
+            }
         }
-    }
-    for row in rows(&stats, "conv2d_phase_weight_bf16") {
-        assert_eq!(row.transactions, row.ideal, "{row:?}");
-        assert_eq!(row.width, 16, "{row:?}");
+        for row in rows(&stats, &gather) {
+            assert_eq!(row.transactions, row.ideal, "{row:?}");
+            assert_eq!(row.width, 16, "{row:?}");
+        }
     }
 }
 

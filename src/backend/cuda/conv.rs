@@ -31,10 +31,8 @@ enum Path {
     /// 16-byte runs, zero-padded to a multiple of 8 ([`padded`]: ResNet's stem, 3 channels, runs
     /// as 8); the data gradient takes it with c_out % 8 == 0 (at a stride over 1 by stride
     /// phases, up to 8), the weight gradient with c_out % 8 == 0; the other passes keep the
-    /// element gather (`conv2d_*_bf16`), as do kernels over 8 x 8. In f32 with TF32 allowed the
-    /// forward and the weight gradient (channels padded to 4; c_out % 4 == 0 for the weight
-    /// gradient) and the stride-1 data gradient (c_out % 4 == 0) take the `_tf32` kernels; the
-    /// strided data gradient stays SIMT f32.
+    /// element gather (`conv2d_*_bf16`), as do kernels over 8 x 8. In f32 with TF32 allowed
+    /// the same passes take the `_tf32` kernels, in runs of 4 channels instead of 8.
     Nhwc,
     Depthwise,
 }
@@ -421,7 +419,7 @@ impl CudaBackend {
             Path::Nhwc if s.stride == 1 && s.c_out % chunk(dy.dtype()) == 0 => {
                 return self.conv_nhwc(dy, w, dx, s, "bwd_data", add, None)
             }
-            Path::Nhwc if dy.dtype() == DType::BF16 && s.c_out % 8 == 0 && s.stride <= 8 => {
+            Path::Nhwc if s.c_out % chunk(dy.dtype()) == 0 && s.stride <= 8 => {
                 return self.conv_nhwc_bwd_data_phases(dy, w, dx, s, add)
             }
             Path::Gemm | Path::Nhwc => (
@@ -700,37 +698,29 @@ impl CudaBackend {
         if !add && phases.iter().any(|&(_, _, (jr, js), _)| jr * js == 0) {
             crate::backend::Backend::zero(self, dx)?;
         }
-        let wf_at = (ey * 2).next_multiple_of(256);
-        let wp_at = wf_at + (ew * 2).next_multiple_of(256);
-        self.with_scratch(wp_at + ew * 2, |scratch| {
+        let (dtype, size) = (dy.dtype(), dy.dtype().size());
+        let wf_at = (ey * size).next_multiple_of(256);
+        let wp_at = wf_at + (ew * size).next_multiple_of(256);
+        self.with_scratch(wp_at + ew * size, |scratch| {
             let ch = (s.c_out, s.c_out);
-            self.to_nhwc(DType::BF16, dy.dev()?, scratch, 0, s.n, ch, s.oh * s.ow, 1)?;
-            self.to_nhwc(
-                DType::BF16,
-                w.dev()?,
-                scratch,
-                wf_at,
-                1,
-                ch,
-                s.c_in * taps,
-                taps,
-            )?;
+            self.to_nhwc(dtype, dy.dev()?, scratch, 0, s.n, ch, s.oh * s.ow, 1)?;
+            self.to_nhwc(dtype, w.dev()?, scratch, wf_at, 1, ch, s.c_in * taps, taps)?;
             for &((py, px), first, (jr, js), (pad_top, pad_left)) in &phases {
                 if jr * js == 0 {
                     continue;
                 }
                 let (ha, wa) = (grid(py, s.h), grid(px, s.w));
-                self.phase_weight(scratch, wf_at, wp_at, s, first, (jr, js))?;
+                self.phase_weight(dtype, scratch, wf_at, wp_at, s, first, (jr, js))?;
                 let (kernel, cfg) =
-                    pipelined_launch("nhwc", "bwd_data_phase", s.c_in, ha * wa, s.n, DType::BF16);
+                    pipelined_launch("nhwc", "bwd_data_phase", s.c_in, ha * wa, s.n, dtype);
                 let macs = s.n * ha * wa * s.c_in * jr * js * s.c_out;
                 let bytes = s.n * s.c_out * s.oh * s.ow
                     + s.c_in * jr * js * s.c_out
                     + s.n * s.c_in * ha * wa * (1 + add as usize);
                 let work = Work {
                     flops: 2.0 * macs as f64,
-                    bytes: (bytes * 2) as f64,
-                    unit: Work::unit_of(DType::BF16),
+                    bytes: (bytes * size) as f64,
+                    unit: tensor_math(dtype).1,
                     shape: format!("{} phase {py},{px}", conv_shape(s)),
                 };
                 let args = Args::new()
@@ -742,22 +732,25 @@ impl CudaBackend {
                     .i32s([s.h, s.w, st, py, px].map(|v| v as i64))
                     .f32(beta(add))
                     .work(work);
-                // SAFETY: arguments match conv2d_nhwc_bwd_data_phase[_m64]_bf16(dy_nhwc, w, dx,
-                // c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow, dx_h, dx_w,
+                // SAFETY: arguments match conv2d_nhwc_bwd_data_phase[_m64]_<bf16|tf32>(dy_nhwc,
+                // w, dx, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow, dx_h, dx_w,
                 // dx_stride, py, px, beta) for the phase's stride-1 product over dy (c_out channels, oh
                 // x ow) with a jr x js sub-kernel (<= the layer's <= 8 x 8) onto its ha x wa
-                // pixels of dx (n x c_in x h x w, checked); c_out % 8 == 0 (the caller),
-                // shape_args every size.
+                // pixels of dx (n x c_in x h x w, checked, dy's type); c_out in 16-byte runs (the
+                // caller), shape_args every size.
                 unsafe { self.launch(&kernel, cfg, args)? };
             }
             Ok(())
         })
     }
 
-    /// One stride phase's sub-kernel (`conv2d_phase_weight_bf16`): rows (ci, first + stride j,
-    /// ...) of the flipped KRSC weight at `from`, written at `to` as c_in x jr x js x c_out.
+    /// One stride phase's sub-kernel (`conv2d_phase_weight_<bf16|f32>`): rows (ci, first +
+    /// stride j, ...) of the flipped KRSC weight at `from`, written at `to` as c_in x jr x js x
+    /// c_out.
+    #[allow(clippy::too_many_arguments)]
     fn phase_weight(
         &self,
+        dtype: DType,
         scratch: &DevMem,
         from: usize,
         to: usize,
@@ -771,17 +764,17 @@ impl CudaBackend {
             .ptr_at(scratch, to)
             .i32s([s.c_in, s.c_out, s.kh, s.kw, s.stride, r0, s0, jr, js].map(|v| v as i64))
             .work(Work::traffic(
-                2 * elems * 2,
+                2 * elems * dtype.size(),
                 format!("{}x{}x{}x{}", s.c_in, jr, js, s.c_out),
             ));
-        // SAFETY: arguments match conv2d_phase_weight_bf16(w_flipped, dst, c_in, c_out, kh, kw,
-        // stride, r0, s0, jr, js); scratch holds the flipped weight (c_in x kh x kw x c_out) at
-        // `from` and room for the sub-kernel at `to`; the taps r0 + stride (jr - 1) < kh and
-        // s0 + stride (js - 1) < kw (conv_nhwc_bwd_data_phases), c_out % 8 == 0.
+        // SAFETY: arguments match conv2d_phase_weight_<dtype>(w_flipped, dst, c_in, c_out, kh,
+        // kw, stride, r0, s0, jr, js); scratch holds the flipped weight (c_in x kh x kw x c_out,
+        // dtype) at `from` and room for the sub-kernel at `to`; the taps r0 + stride (jr - 1) <
+        // kh and s0 + stride (js - 1) < kw (conv_nhwc_bwd_data_phases), c_out in 16-byte runs.
         unsafe {
             self.launch(
-                "conv2d_phase_weight_bf16",
-                Launch::grid_stride(elems / 8),
+                &format!("conv2d_phase_weight_{dtype}"),
+                Launch::grid_stride(elems / chunk(dtype)),
                 args,
             )
         }
