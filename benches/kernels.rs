@@ -4,7 +4,8 @@
 //!
 //! Napkin math: a memory-bound kernel's floor is bytes moved / peak DRAM bandwidth; a GEMM's is
 //! max(flops / peak, bytes / bandwidth), with the FP32 peak for f32 and the dense tensor-core
-//! peak for bf16. Peaks come from the device's attributes. One criterion group per kernel family;
+//! peak for bf16 (half of it for TF32: the f32 convolutions' `_tf32` rows, beside the SIMT `_f32`
+//! ones and cuBLAS SGEMM). Peaks come from the device's attributes. One criterion group per kernel family;
 //! our GEMMs run beside cuBLAS SGEMM and the top-k beside a full sort of each row on the same
 //! shape, and the table gives the ratio. With `INSCLR_BENCH_TABLE=path` the GPU results
 //! are also written there as a markdown table (scripts/device-check.sh collects it into
@@ -38,7 +39,7 @@ struct Row {
     seconds: f64,
     bytes: f64,
     flops: f64,
-    /// Which peak bounds the flops: f32 SIMT or bf16 tensor cores.
+    /// Which peak bounds the flops: f32 SIMT, or tensor cores (bf16, or TF32 for `_tf32` rows).
     tensor: bool,
     /// For a convolution: its network and how many times a training step runs this shape
     /// (0 for the stem's data gradient, which training skips).
@@ -148,7 +149,7 @@ fn measure(
             seconds: median(&samples),
             bytes,
             flops,
-            tensor: name.contains("bf16"),
+            tensor: name.contains("bf16") || name.ends_with("_tf32"),
             step: group.step.clone(),
         });
         // Rewritten after every row: a run stopped at its time limit keeps what it measured.
@@ -729,8 +730,12 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
                     }
                 }
             }
-            let (ours_f32, sgemm) = (names("conv2d_{}_f32"), names("sgemm_cublas_{}"));
-            if any(&[ours_f32.clone(), sgemm.clone()].concat()) {
+            let (ours_f32, ours_tf32, sgemm) = (
+                names("conv2d_{}_f32"),
+                names("conv2d_{}_tf32"),
+                names("sgemm_cublas_{}"),
+            );
+            if any(&[ours_f32.clone(), ours_tf32.clone(), sgemm.clone()].concat()) {
                 let x = filled(be, &mut rng, ex, DType::F32);
                 let w = filled(be, &mut rng, ew, DType::F32);
                 let dy = filled(be, &mut rng, ey, DType::F32);
@@ -739,26 +744,32 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
                     be.zeros(DType::F32, ex).unwrap(),
                     be.zeros(DType::F32, ew).unwrap(),
                 );
-                for (pass, name) in PASSES.iter().zip(&ours_f32) {
-                    group.step = step(pass);
-                    measure(
-                        &mut group,
-                        be,
-                        record,
-                        name,
-                        label.clone(),
-                        bytes,
-                        flops,
-                        || {
-                            match *pass {
-                                "fwd" => be.conv2d_fwd(&x, &w, &mut y, s),
-                                "bwd_data" => be.conv2d_bwd_data(&dy, &w, &mut dx, s),
-                                _ => be.conv2d_bwd_weight(&x, &dy, &mut dw, s),
-                            }
-                            .unwrap()
-                        },
-                    );
+                // Ours in exact FP32 (SIMT), then on TF32 tensor cores (what train and extract
+                // run in f32 by default), under the pass's name with _f32 or _tf32.
+                for (tf32, ours) in [(false, &ours_f32), (true, &ours_tf32)] {
+                    be.set_tf32(tf32);
+                    for (pass, name) in PASSES.iter().zip(ours) {
+                        group.step = step(pass);
+                        measure(
+                            &mut group,
+                            be,
+                            record,
+                            name,
+                            label.clone(),
+                            bytes,
+                            flops,
+                            || {
+                                match *pass {
+                                    "fwd" => be.conv2d_fwd(&x, &w, &mut y, s),
+                                    "bwd_data" => be.conv2d_bwd_data(&dy, &w, &mut dx, s),
+                                    _ => be.conv2d_bwd_weight(&x, &dy, &mut dw, s),
+                                }
+                                .unwrap()
+                            },
+                        );
+                    }
                 }
+                be.set_tf32(false);
                 if let Some(cuda) = gpu.filter(|_| any(&sgemm)) {
                     let col = filled(be, &mut rng, kk * n, DType::F32);
                     let gemms = im2col_gemms((m, n, kk), (&w, &dy, &col), DType::F32);
@@ -1113,7 +1124,7 @@ fn step_sums(rows: &[Row]) -> String {
     }
     let all = conv_shapes();
     let mut out = String::from(
-        "\n| step's convolutions (sum of time x count) | pass | ours f32 | SGEMM | ours bf16 | cuBLAS bf16 | shapes measured |\n|---|---|---|---|---|---|---|\n",
+        "\n| step's convolutions (sum of time x count) | pass | ours f32 | ours TF32 | SGEMM | ours bf16 | cuBLAS bf16 | shapes measured |\n|---|---|---|---|---|---|---|---|\n",
     );
     for net in nets {
         let total = all.iter().filter(|c| c.net == net && !c.depthwise).count();
@@ -1132,6 +1143,7 @@ fn step_sums(rows: &[Row]) -> String {
             };
             let cols = [
                 sum(&|p| format!("conv2d_{p}_f32")),
+                sum(&|p| format!("conv2d_{p}_tf32")),
                 sum(&|p| format!("sgemm_cublas_{p}")),
                 sum(&|p| format!("conv2d_{p}_bf16")),
                 sum(&|p| format!("gemm_cublas_bf16_{p}")),
@@ -1160,6 +1172,8 @@ fn write_table(print: bool) {
         info.peak_fp32_flops(),
         info.peak_bf16_tensor_flops(),
     );
+    // Dense TF32 is half of bf16's rate on every tensor-core generation since Ampere.
+    let tf32_peak = tc_peak / 2.0;
     let mut out = format!(
         "GPU: {} (sm_{}{}, driver CUDA {:?}), peak DRAM {:.0} GB/s, FP32 {:.1} TFLOP/s, bf16 tensor {:.0} TFLOP/s (from device attributes)\n\n\
          | kernel | shape | time (us) | achieved | floor (us) | floor / time | vs baseline |\n|---|---|---|---|---|---|---|\n",
@@ -1173,7 +1187,11 @@ fn write_table(print: bool) {
     );
     let rows = ROWS.lock().unwrap();
     for r in rows.iter() {
-        let peak = if r.tensor { tc_peak } else { f32_peak };
+        let peak = match (r.tensor, r.op.ends_with("_tf32")) {
+            (true, true) => tf32_peak,
+            (true, false) => tc_peak,
+            _ => f32_peak,
+        };
         let floor = (r.bytes / bw).max(r.flops / peak);
         let achieved = if r.flops > 0.0 {
             format!("{:.1} TFLOP/s", r.flops / r.seconds / 1e12)
@@ -1186,8 +1204,9 @@ fn write_table(print: bool) {
             "matmul_bf16" => "gemm_cublas_bf16".to_string(),
             "topk_f32" => "topk_sort_f32".to_string(),
             op => match op.strip_prefix("conv2d_") {
-                Some(pass) if op.ends_with("_f32") => {
-                    format!("sgemm_cublas_{}", pass.trim_end_matches("_f32"))
+                Some(pass) if op.ends_with("_f32") || op.ends_with("_tf32") => {
+                    let pass = pass.trim_end_matches("_f32").trim_end_matches("_tf32");
+                    format!("sgemm_cublas_{pass}")
                 }
                 Some(pass) => format!("gemm_cublas_bf16_{}", pass.trim_end_matches("_bf16")),
                 None => String::new(),
