@@ -51,8 +51,6 @@
 
 namespace tc {
 
-constexpr int BK = 32;  // bf16's k per pipeline stage: two mma k16 steps
-
 // What an input element type changes: elements per 16-byte chunk, k per stage (64 bytes of k, two
 // mma k steps: k16 for bf16, k8 for TF32).
 template <typename T>
@@ -642,7 +640,7 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
     __syncthreads();
 }
 
-// The pipelined mainloop over `tiles` k tiles of BK: acc += the block tile's products, operand
+// The pipelined mainloop over `tiles` k tiles of Elem<T>::BK: acc += the block tile's products, operand
 // tiles copied by the loaders (anything with `load(tile)`, which issues a thread's cp.async for
 // the current k tile and moves on to the next: TileLoader for plain matrices, ConvGather for
 // implicit GEMMs), so that the pipeline, the fragments and the mma are the same code

@@ -378,10 +378,11 @@ fn conv_1x1_tf32_runs_on_the_pipelined_mainloop_without_bank_conflicts() {
     }
 }
 
-/// The TF32 channels-last forward and stride-1 data gradient on the bf16 test's interior shape
-/// (a 3x3 without padding, 2 x 64 x 8 x 66 -> 128): 4 channels of one (pixel, tap) a 16-byte
-/// copy, both operands k-contiguous (ldmatrix.x4), the f32 transposes' 4-byte accesses
-/// coalesced and their tile free of bank conflicts.
+/// The TF32 channels-last kernels on the bf16 tests' interior shape (a 3x3 without padding,
+/// 2 x 64 x 8 x 66 -> 128): 4 channels of one (pixel, tap) a 16-byte copy; the forward and the
+/// stride-1 data gradient with both operands k-contiguous (ldmatrix.x4), the weight gradient with
+/// both read by 4-byte loads from rows swizzled by 2 (k % 4), conflict-free; the f32 transposes'
+/// 4-byte accesses coalesced and their tile free of bank conflicts.
 #[test]
 fn conv_nhwc_tf32_runs_on_the_pipelined_mainloop() {
     if !ACCESS_HOOKS {
@@ -445,32 +446,13 @@ fn conv_nhwc_tf32_runs_on_the_pipelined_mainloop() {
         assert_eq!(row.width, 4, "{row:?}");
         assert_eq!(row.transactions, row.ideal, "{row:?}");
     }
-}
 
-/// The TF32 channels-last weight gradient on the same interior layer: dy's rows and x's runs of
-/// a tap's 64 channels copied as whole sectors; both operands read with 4-byte loads from rows
-/// swizzled by 2 (k % 4), conflict-free; the m16n8k8 count of five 128-column tiles over the
-/// batch's 768 pixels.
-#[test]
-fn conv_nhwc_tf32_weight_gradient_copies_whole_sectors_without_bank_conflicts() {
-    if !ACCESS_HOOKS {
-        log("not asserted in the sanitiser build (no access hooks)");
-        return;
-    }
-    let dev = CudaBackend::emu();
-    dev.set_tf32(true);
-    let be: &dyn Backend = &dev;
-    let s = Conv::new(2, 64, 8, 66, 128, 3, 1, Padding::Sym(0), 1).unwrap();
-    let (lx, lw, ly) = s.sizes();
-    let x = upload(be, lx, DType::F32, 26);
-    let dy = upload(be, ly, DType::F32, 27);
+    // The weight gradient: M = 128 output channels, N = 9 taps x 64 channels (five 128-column
+    // tiles), K = the batch's 768 pixels; dy's rows and x's runs of a tap's channels whole sectors.
     let mut dw = be.zeros(DType::F32, lw).unwrap();
     let (r, stats) = count_memory(|| be.conv2d_bwd_weight(&x, &dy, &mut dw, s));
     r.unwrap();
-    show(
-        "conv tf32 NHWC weight gradient, 2 x 64 x 8 x 66 -> 128, 3x3:",
-        &stats,
-    );
+    show("conv tf32 NHWC weight gradient, the same layer:", &stats);
     let kernel = "conv2d_nhwc_bwd_weight_tf32";
     only(
         &stats,
