@@ -334,6 +334,10 @@ typedef __nv_bfloat16 bf16_t;
     const float *__restrict__ gamma, const float *__restrict__ beta, const float *__restrict__ mean, \
         const float *__restrict__ var, const T *__restrict__ res, float eps, int act
 #define BN_EVAL_POST(T) tc::BnEvalPost<T>{gamma, beta, mean, var, res, eps, act}
+// The _bn_stats forwards' trailing arguments: where the epilogue writes training BatchNorm's
+// partial statistics of y, and the images per statistics group (tc_gemm.cuh, BnStatsPost).
+#define BN_STATS_PARAMS float *__restrict__ partial, int per
+#define BN_STATS_POST tc::BnStatsPost{{}, partial, per}
 
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_fwd_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight, bf16_t* __restrict__ y,
@@ -462,7 +466,8 @@ __device__ __forceinline__ void conv1x1_bwd_weight(const T* x, const T* dy, floa
 }
 
 // The entry points for one input type T, named conv2d_1x1_<op>[_m64]_SUFFIX; the _bn_eval forwards
-// take eval-mode BatchNorm in the epilogue (BN_EVAL_PARAMS above). The 128-row weight gradient
+// take eval-mode BatchNorm in the epilogue (BN_EVAL_PARAMS above), the _bn_stats ones write
+// training BatchNorm's partial statistics of y (BN_STATS_PARAMS). The 128-row weight gradient
 // has eight 64 x 32 warps: with 64 x 64 ones, the segment walk's registers pushed it into
 // spilling. Its partial: gridDim.z x c_out x c_in f32 sums, each over `images_per_split` images
 // (parts = 1) or over a part_len-pixel part of one image.
@@ -486,6 +491,16 @@ __device__ __forceinline__ void conv1x1_bwd_weight(const T* x, const T* dy, floa
         conv2d_1x1_fwd_bn_eval_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight,                \
                                             T* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS(T)) {  \
         conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST(T));                                     \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_fwd_bn_stats_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, \
+                                         int c_in, int c_out, int hw, BN_STATS_PARAMS) {                         \
+        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, BN_STATS_POST);                                      \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_fwd_bn_stats_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight,               \
+                                             T* __restrict__ y, int c_in, int c_out, int hw, BN_STATS_PARAMS) {  \
+        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, BN_STATS_POST);                                       \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_bwd_data_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight, T* __restrict__ dx,  \
@@ -560,7 +575,8 @@ __device__ __forceinline__ void conv_nhwc(const T* x, const T* wt, T* y, int c_i
 
 // The entry points for one input type T, named conv2d_nhwc_<op>[_m64]_SUFFIX: 128 x 128 tiles of
 // 64 x WN warps (bf16: four 64 x 64), _m64: 64 x 128 (bf16: two 64 x 64 warps, 64 threads), for
-// c_out <= 64. The _bn_eval forwards take eval-mode BatchNorm in the epilogue (BN_EVAL_PARAMS). The data
+// c_out <= 64. The _bn_eval forwards take eval-mode BatchNorm in the epilogue (BN_EVAL_PARAMS), the
+// _bn_stats ones write training BatchNorm's partial statistics of y (BN_STATS_PARAMS). The data
 // gradient's shape arguments are those of the forward of dy: c_in = the layer's c_out, (h, w) =
 // (oh, ow), c_out = the layer's c_in, stride 1, the flipped padding, (oh, ow) = the layer's (h, w).
 #define CONV_NHWC_KERNELS(T, SUFFIX, WN)                                                                              \
@@ -583,6 +599,16 @@ __device__ __forceinline__ void conv_nhwc(const T* x, const T* wt, T* y, int c_i
         conv2d_nhwc_fwd_bn_eval_m64_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,          \
                                              T* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS(T)) {                \
         conv_nhwc<64, WN, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(T));           \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                  \
+        conv2d_nhwc_fwd_bn_stats_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,             \
+                                          T* __restrict__ y, NHWC_PARAMS, BN_STATS_PARAMS) {                     \
+        conv_nhwc<128, WN, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_STATS_POST);            \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                  \
+        conv2d_nhwc_fwd_bn_stats_m64_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,         \
+                                              T* __restrict__ y, NHWC_PARAMS, BN_STATS_PARAMS) {                 \
+        conv_nhwc<64, WN, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_STATS_POST);             \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                          \
         conv2d_nhwc_bwd_data_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_flipped,             \

@@ -106,7 +106,10 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 //             the pair's first value (Welford within a thread, vector by vector; Chan's merge
 //             across threads: the variance stays accurate for activations with a large mean, and
 //             the shift keeps the mean's rounding to the spread's scale); batchnorm_fwd_train's
-//             blocks merge their pair's partials and write their run of y.
+//             blocks merge their pair's partials and write their run of y. After a convolution
+//             whose epilogue wrote the statistics (conv.cu's _bn_stats forwards: one partial per
+//             image and tile), batchnorm_merge_stats merges them into one run per pair, not
+//             shifted, and batchnorm_fwd_train alone reads x.
 //   backward: batchnorm_bwd_reduce writes each run's (sum dz, sum dz * xh); batchnorm_bwd's
 //             blocks add their pair's partials and write their run of dx (and dres). The blocks
 //             of run 0 in group 0 add every group's sums to dgamma / dbeta, group by group.
@@ -114,9 +117,8 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 //             the forward's own operations (BnAffine), one pass over y fewer in each.
 // The partials are merged by one warp in a fixed order (lane l takes runs l, l + 32, ... in
 // order, then a butterfly), each run by a fixed thread: results depend on the shapes and `chunks`,
-// never on the order in which blocks run. The second launch reads the activations again (from
-// DRAM at ResNet's sizes): statistics from the producing convolution's epilogue would save the
-// forward's first pass.
+// never on the order in which blocks run. So the forward reads the activations twice (from DRAM
+// at ResNet's sizes), or once after a convolution that wrote the statistics.
 // Eval forward: the second launch alone, with the running statistics. Frozen-statistics
 // backward: one pass writing dx and per-run sums, then batchnorm_bwd_params adds them up.
 
@@ -329,13 +331,14 @@ template <typename T, int VEC>
 __device__ void bn_fwd_train(const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                              float* __restrict__ running_mean, float* __restrict__ running_var,
                              float* __restrict__ save_mean, float* __restrict__ save_invstd,
-                             const float* __restrict__ partial, const T* __restrict__ res, T* __restrict__ y, int per,
-                             int C, int hw, int chunks, float eps, float momentum, int act) {
+                             const float* __restrict__ partial, int runs, int shifted, const T* __restrict__ res,
+                             T* __restrict__ y, int per, int C, int hw, int chunks, float eps, float momentum,
+                             int act) {
     __shared__ float stat[3];
     BnRun<VEC> run(per, C, hw, chunks);
     int gc = blockIdx.y, c = run.c;
-    Welford w = bn_merge_stats(partial, gc, chunks, stat);
-    w.mean += load(x[run.first()]);
+    Welford w = bn_merge_stats(partial, gc, runs, stat);
+    if (shifted) w.mean += load(x[run.first()]);
     float var = w.m2 / w.n, invstd = 1.0f / sqrtf(var + eps);
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         save_mean[gc] = w.mean;
@@ -498,6 +501,34 @@ __device__ void bn_bwd_eval(const T* __restrict__ x, const T* __restrict__ y, co
     }
 }
 
+// Each pair's statistics (count, mean, m2 of its values, not shifted) from the `runs` partials a
+// convolution's epilogue wrote for it (tc_gemm.cuh, BnStatsPost: one per image and pixel tile;
+// run k of pair gc's count at partial[k pairs + gc], its mean and m2 one and two planes of runs x
+// pairs further) -> merged[3 gc], which batchnorm_fwd_train_* reads as its pair's one run. A
+// block takes 32 pairs, a lane each: warp w merges runs w, w + 8, ... in order (32 consecutive
+// floats a load), then warp 0 merges the eight warps' in order.
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+    batchnorm_merge_stats_f32(const float* __restrict__ partial, float* __restrict__ merged, int pairs, int runs) {
+    constexpr int WARPS = BN_THREADS / WARP_SIZE;
+    __shared__ Welford warps[WARPS][WARP_SIZE];
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, gc = blockIdx.x * WARP_SIZE + lane;
+    const size_t plane = (size_t)runs * pairs;
+    Welford w{0.0f, 0.0f, 0.0f};
+    if (gc < pairs)
+        for (int k = warp; k < runs; k += WARPS) {
+            const float* p = partial + (size_t)k * pairs + gc;
+            w = welford_merge(w, Welford{p[0], p[plane], p[2 * plane]});
+        }
+    warps[warp][lane] = w;
+    __syncthreads();
+    if (warp == 0 && gc < pairs) {
+        Welford t{0.0f, 0.0f, 0.0f};
+        for (int i = 0; i < WARPS; i++) t = welford_merge(t, warps[i][lane]);
+        float* out = merged + 3 * (size_t)gc;
+        out[0] = t.n, out[1] = t.mean, out[2] = t.m2;
+    }
+}
+
 // dbeta[c] += sum dz, dgamma[c] += sum dz * xh of every group of channel c, in group order, from
 // the runs' partial sums (2 floats per (pair, run)); one warp per channel.
 extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ partial, float* __restrict__ dgamma,
@@ -524,11 +555,13 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_fwd_train_##SUFFIX(                                                     \
         const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \
         float* __restrict__ running_mean, float* __restrict__ running_var, float* __restrict__ save_mean,        \
-        float* __restrict__ save_invstd, const float* __restrict__ partial, const T* __restrict__ res,           \
-        T* __restrict__ y, int per, int C, int hw, int chunks, int vec, float eps, float momentum, int act) {    \
+        float* __restrict__ save_invstd, const float* __restrict__ partial, int runs, int shifted,               \
+        const T* __restrict__ res, T* __restrict__ y, int per, int C, int hw, int chunks, int vec, float eps,    \
+        float momentum, int act) {                                                                               \
         DISPATCH_VEC(T, vec,                                                                                     \
                      bn_fwd_train<T, VEC>(x, gamma, beta, running_mean, running_var, save_mean, save_invstd,     \
-                                          partial, res, y, per, C, hw, chunks, eps, momentum, act));             \
+                                          partial, runs, shifted, res, y, per, C, hw, chunks, eps, momentum,     \
+                                          act));                                                                 \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_fwd_eval_##SUFFIX(                                                      \
         const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \

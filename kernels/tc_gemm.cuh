@@ -24,7 +24,9 @@
 //   post-ops                  what the epilogue applies to each value before its store: nothing
 //                             (NoPost), or eval-mode BatchNorm with residual and activation
 //                             (BnEvalPost), so that a convolution's output before BatchNorm is
-//                             never stored
+//                             never stored; or what it reads off the staged rows: training
+//                             BatchNorm's statistics (BnStatsPost), so that BatchNorm need not
+//                             read the output back for them
 //   tc_gemm                   two TileLoaders, the mainloop and the epilogue: a plain GEMM
 //
 // The same template runs TF32 (f32 inputs, mma.m16n8k8.tf32) for the f32 mode's convolutions: a
@@ -508,6 +510,88 @@ struct NoPost {
     }
     __device__ __forceinline__ float element(float v, float2, long long) const { return v; }
     __device__ __forceinline__ NoPost at_image(long long) const { return *this; }
+    template <int, int, int, typename>
+    __device__ __forceinline__ void reduce_rows(const unsigned char*, int, int, int, int, int, int) const {}
+};
+
+// Training-mode BatchNorm's statistics of a convolution's output (C rows are channels, blockIdx.z
+// the image), taken from the staged rows as they are stored (rounded to TC) so that BatchNorm need
+// not read them back: per row and block tile, (count, mean, m2) of the tile's columns. Run
+// (image % per) gridDim.x + blockIdx.x of pair gc = (image / per) m + row (the image's statistics
+// group: `per` images each) goes to counts[run pairs + gc], with the means and m2 one and two
+// planes of runs x pairs floats further: a warp's rows are consecutive pairs, so each of its
+// three stores is one run of consecutive floats; batchnorm_merge_stats_f32 (norm.cu) merges a
+// pair's runs in order. The values pass unchanged.
+// A row's tile is summed less its first value (a sample of the same spread, so that the squares'
+// sum does not cancel against a large mean), by G lanes that read 4-byte words G apart: the row
+// padding makes the row stride G words modulo 32 banks (G = 4 for bf16 rows, 8 for f32), so the
+// warp's 32 / G rows x G words fall on 32 different banks.
+struct BnStatsPost : NoPost {
+    float* partial;
+    int per;
+
+    __device__ __forceinline__ BnStatsPost at_image(long long) const { return *this; }
+
+    template <int BN, int ROW_BYTES, int THREADS, typename TC>
+    __device__ __forceinline__ void reduce_rows(const unsigned char* smem, int r0, int rows, int bm, int bn, int m,
+                                                int n) const {
+        const int z = (int)blockIdx.z, group = z / per;
+        const size_t pairs = (size_t)(gridDim.z / per) * m, plane = pairs * per * gridDim.x;
+        const size_t run = (size_t)(z - group * per) * gridDim.x + blockIdx.x;
+        float* first_row = partial + run * pairs + (size_t)group * m + bm + r0;
+        // A whole tile's rows test no column (the interior tiles); the last tile of a map masks.
+        if (n - bn >= BN)
+            reduce_rows_of<BN, ROW_BYTES, THREADS, TC, true>(smem, first_row, plane, r0, rows, bm, m, BN);
+        else
+            reduce_rows_of<BN, ROW_BYTES, THREADS, TC, false>(smem, first_row, plane, r0, rows, bm, m, n - bn);
+    }
+
+    // Row r's count to first_row[r], its mean and m2 one and two planes further.
+    template <int BN, int ROW_BYTES, int THREADS, typename TC, bool WHOLE>
+    __device__ __forceinline__ void reduce_rows_of(const unsigned char* smem, float* first_row, size_t plane, int r0,
+                                                   int rows, int bm, int m, int cols) const {
+        constexpr int G = ROW_BYTES / 4 % 32, ROWS_AT_ONCE = 32 / G, PER_WORD = 4 / (int)sizeof(TC);
+        constexpr int WORDS = BN / PER_WORD, WARPS = THREADS / 32;
+        static_assert(G == 4 || G == 8, "the row padding keeps a row's G words on their own banks");
+        static_assert(WORDS % G == 0, "whole words per lane");
+        const int lane = threadIdx.x % 32, part = lane % G;
+        // 1 / cols within 2 ulp (no division subroutine): far below the sums' own rounding.
+        const float inv = WHOLE ? 1.0f / BN : __fdividef(1.0f, (float)cols);
+        // Every lane of a warp takes the same number of rows (rows is a multiple of 32 / G), so
+        // that the shuffles below see whole warps.
+        for (int r = threadIdx.x / 32 * ROWS_AT_ONCE + lane / G; r < rows; r += WARPS * ROWS_AT_ONCE) {
+            const unsigned char* row_at = smem + r * ROW_BYTES;
+            const float shift = load(*reinterpret_cast<const TC*>(row_at));
+            // One sum and one sum of squares per element of a word: two independent chains.
+            float s1[PER_WORD] = {}, s2[PER_WORD] = {};
+#pragma unroll
+            for (int i = 0; i < WORDS / G; ++i) {
+                const int word = i * G + part;
+                const uint32_t bits = *reinterpret_cast<const uint32_t*>(row_at + 4 * word);
+                // One f32, or two bf16 (element 0 in the low half): a bf16 is an f32's high half.
+                const float v[2] = {__uint_as_float(PER_WORD == 1 ? bits : bits << 16),
+                                    __uint_as_float(bits & 0xffff0000u)};
+#pragma unroll
+                for (int e = 0; e < PER_WORD; ++e) {
+                    const float d = WHOLE || word * PER_WORD + e < cols ? v[e] - shift : 0.0f;
+                    s1[e] += d;
+                    s2[e] = fmaf(d, d, s2[e]);
+                }
+            }
+            float t1 = s1[0], t2 = s2[0];
+            if (PER_WORD == 2) t1 += s1[PER_WORD - 1], t2 += s2[PER_WORD - 1];
+#pragma unroll
+            for (int offset = G / 2; offset > 0; offset >>= 1) {
+                t1 += __shfl_xor_sync(0xffffffffu, t1, offset);
+                t2 += __shfl_xor_sync(0xffffffffu, t2, offset);
+            }
+            if (part == 0 && bm + r0 + r < m) {
+                first_row[r] = (float)cols;
+                first_row[r + plane] = shift + t1 * inv;
+                first_row[r + 2 * plane] = fmaxf(fmaf(-t1, t1 * inv, t2), 0.0f);
+            }
+        }
+    }
 };
 
 // Eval-mode BatchNorm after a convolution whose C rows are channels: y = act(z scale + shift
@@ -568,6 +652,9 @@ struct BnEvalPost {
         if (res) z += load(res[at]);
         return act_apply(act, z);
     }
+
+    template <int, int, int, typename>
+    __device__ __forceinline__ void reduce_rows(const unsigned char*, int, int, int, int, int, int) const {}
 };
 
 // The epilogue: the warps whose rows lie in [r0, r0 + rows) write their accumulators (times alpha,
@@ -609,6 +696,7 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
     float2* table = reinterpret_cast<float2*>(smem + rows * ROW_BYTES);
     post.stage(table, bm + r0, rows, m);
     __syncthreads();
+    post.template reduce_rows<BN, ROW_BYTES, THREADS, TC>(smem, r0, rows, bm, bn, m, n);
     if (!PHASED && n % PER_CHUNK == 0) {
         // Every row of C starts 16-byte aligned: 16 bytes a thread, consecutive threads along a row.
         for (int idx = threadIdx.x; idx < rows * ROW_CHUNKS; idx += THREADS) {

@@ -81,6 +81,7 @@ CONVT = ("layers:kernel_conv",)  # kernel_conv_matches_cpu and kernel_conv_1x1_w
 TCT = MATMUL + CONVT
 TF32T = ("layers:kernel_tf32",)
 BN = ("layers:kernel_batchnorm_matches_cpu",)
+BN_STATS = ("layers:kernel_conv_then_train_batchnorm",)  # statistics from the conv epilogue
 TOPK = ("select",)
 BANKT = ("bank",)
 CONT = ("contrastive",)
@@ -144,7 +145,7 @@ MUTANTS = [
             "    cp_async_wait<0>();\n}\n\n// The epilogue of a block tile")], TCT),
     M("tc-epilogue-no-barrier-before-copy-out", "tc",
       "epilogue: rows copied out of shared memory before every warp staged its fragments",
-      [drop(TC, "    __syncthreads();\n    if (!PHASED && n % PER_CHUNK == 0) {", "    if (!PHASED && n % PER_CHUNK == 0) {")], TCT),
+      [drop(TC, "    __syncthreads();\n    post.template reduce_rows", "    post.template reduce_rows")], TCT),
     M("tc-epilogue-no-barrier-after-copy-out", "tc",
       "epilogue: the next pass of rows overwrites the staging rows still being copied out",
       [drop(TC, "        }\n    }\n    __syncthreads();\n}\n\n// The pipelined mainloop",
@@ -180,6 +181,20 @@ MUTANTS = [
     M("tc-bn-post-table-misses-last-row", "tc",
       "BatchNorm in the epilogue: the per-row table stops one row short (its last row read unwritten)",
       [(TC, "t < rows && first + t < m;", "t < rows - 1 && first + t < m;")], CONVT),
+    M("tc-bn-stats-mean-drops-shift", "tc",
+      "BatchNorm statistics in the epilogue: a tile row's mean without the first value it was summed less",
+      [(TC, "first_row[r + plane] = shift + t1 * inv;", "first_row[r + plane] = t1 * inv;")], BN_STATS),
+    M("tc-bn-stats-counts-whole-tile", "tc",
+      "BatchNorm statistics in the epilogue: a partial pixel tile counted as a whole one (its zeros)",
+      [(TC, "rows, bm, m, n - bn);", "rows, bm, m, BN);")], BN_STATS),
+    M("tc-bn-stats-slot-ignores-image", "tc",
+      "BatchNorm statistics in the epilogue: every image of a group writes the same slot",
+      [(TC, "const size_t run = (size_t)(z - group * per) * gridDim.x + blockIdx.x;",
+            "const size_t run = blockIdx.x;")], BN_STATS),
+    M("tc-bn-stats-one-shuffle-short", "tc",
+      "BatchNorm statistics in the epilogue: a row's lanes reduced one shuffle short (half the row)",
+      [(TC, "for (int offset = G / 2; offset > 0; offset >>= 1) {", "for (int offset = G / 2; offset > 1; offset >>= 1) {")],
+      BN_STATS),
     M("tc-fragment-k-step-key-dropped", "tc",
       "fragments (k-contiguous): the second k16 step read at the first one's swizzled columns",
       [(TC, "if (K_CONTIGUOUS) return off[s] + i * 16 * 4 * PER_CHUNK;",
@@ -399,6 +414,12 @@ MUTANTS = [
       "run): pairs merge other pairs' runs",
       [(NORM, "float* p = partial + 3 * ((size_t)blockIdx.y * chunks + blockIdx.x);",
               "float* p = partial + 3 * ((size_t)blockIdx.x * gridDim.y + blockIdx.y);")], BN),
+    M("norm-bn-merge-stats-drops-last-run", "norm",
+      "BatchNorm statistics from a convolution: the merge leaves out each pair's last run",
+      [(NORM, "for (int k = warp; k < runs; k += WARPS) {", "for (int k = warp; k < runs - 1; k += WARPS) {")], BN_STATS),
+    M("norm-bn-fwd-train-always-shifted", "norm",
+      "BatchNorm training forward: the convolution's unshifted statistics shifted by the first value",
+      [drop(NORM, "    if (shifted) w.mean += load(x[run.first()]);", "    w.mean += load(x[run.first()]);")], BN_STATS),
     M("norm-bn-bwd-no-barrier-before-sums", "norm",
       "BatchNorm backward: threads read the pair's merged sums before thread 0 has written them",
       [drop(NORM, "            }\n    }\n    __syncthreads();\n    float count",

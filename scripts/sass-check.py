@@ -13,7 +13,7 @@ kernels/sass.toml and exits 1 naming each kernel, arch and property that breaks 
 each kernel that no entry declares and each entry that matches no kernel.
 
 The main loop is the natural loop (control-flow graph, dominators) that holds the most tensor-core
-and FFMA instructions; of loops holding as many, the smallest. Its figures count the
+instructions, or in a kernel without them the most FFMA; of loops holding as many, the smallest. Its figures count the
 instructions of its nested loops too; a subroutine it CALLs is not in it.
 
 Metrics a declaration may use (`"<metric> <op> <value>"`, op one of <= >= == != < >, a value
@@ -358,14 +358,15 @@ def metrics(insns: list[Insn], res: dict[str, int]) -> dict[str, float | int | N
     def members(loop: Loop) -> list[int]:
         return [k for b in loop.blocks for k in range(*ranges[b])]
 
-    def work(ks: list[int]) -> int:
-        return sum(insns[k].base in TENSOR or insns[k].base == "FFMA" for k in ks)
+    def work(ks: list[int]) -> tuple[int, int]:
+        return (sum(insns[k].base in TENSOR for k in ks), sum(insns[k].base == "FFMA" for k in ks))
 
     def rank(ks: list[int]):
-        # The smallest loop that holds the most work; in a kernel without tensor-core or FFMA
-        # work, the largest loop (its outermost), not some short wait or copy loop.
+        # The smallest loop that holds the most tensor-core work, else the most FFMA (an epilogue
+        # loop of FFMAs is not a tensor-core kernel's main loop); in a kernel without either, the
+        # largest loop (its outermost), not some short wait or copy loop.
         w = work(ks)
-        return (w, -len(ks) if w else len(ks))
+        return (w, -len(ks) if any(w) else len(ks))
 
     main, main_ks = None, []
     for loop in loops:

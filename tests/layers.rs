@@ -10,8 +10,8 @@ use common::{
 };
 use insclr::backend::cuda::record::Event;
 use insclr::backend::{
-    Act, Backend, BatchNorm, BnEvalParams, Buf, Conv, CudaBackend, DType, Device, ImageToTensor,
-    MaxPool, Padding,
+    Act, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, Conv, CudaBackend, DType, Device,
+    ImageToTensor, MaxPool, Padding,
 };
 use insclr::rng::Rng;
 use insclr::train::augment::to_tensor;
@@ -710,6 +710,233 @@ fn kernel_conv_then_eval_batchnorm_in_one_kernel_is_the_two_ops() {
             });
         }
     }
+}
+
+/// A training forward whose BatchNorm statistics come from the convolution's epilogue
+/// (`conv2d_fwd_bn_train`: the `_bn_stats` forwards, `batchnorm_merge_stats_f32`, then
+/// BatchNorm's apply pass alone) against the two ops on the same device (`conv2d_fwd`, then
+/// `batchnorm_fwd_train` with its own statistics pass), on every dense shape of CONV_SIZES in
+/// bf16 and in f32 on TF32, with statistics groups of 1 to 10 images: the convolution's output
+/// is bit for bit the same, the saved and running statistics agree to f32 rounding, and y to its
+/// dtype's (a bf16 value may round the other way); every shape whose forward runs on the pipelined
+/// kernels fuses (the others, and the CPU, say no and write nothing). The statistics are also
+/// checked against f64 ones of the stored output. The plan device confirms every `_bn_stats`
+/// kernel launches, and no statistics pass beside them.
+#[test]
+fn kernel_conv_then_train_batchnorm_takes_its_statistics_from_the_epilogue() {
+    let dev =
+        kernel_device("kernel_conv_then_train_batchnorm_takes_its_statistics_from_the_epilogue");
+    let cases = || {
+        CONV_SIZES.iter().enumerate().filter_map(
+            |(i, &(n, c_in, h, w, c_out, k, stride, padding, groups))| {
+                let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
+                let ghost = match n {
+                    40 => 4,
+                    n if n % 2 == 0 && i % 2 == 0 => 2,
+                    _ => 1,
+                };
+                // Training statistics need two values per group.
+                (groups == 1 && n / ghost * s.oh * s.ow >= 2).then_some((i, s, ghost))
+            },
+        )
+    };
+    // Both forwards of one case: (fused?, outputs of the fused one, of the two ops).
+    let run = |be: &dyn Backend,
+               i: usize,
+               s: Conv,
+               ghost: usize,
+               dt: DType|
+     -> anyhow::Result<(bool, Outputs, Outputs)> {
+        let (lx, lw, ly) = s.sizes();
+        let mut rng = Rng::new(131 + lx as u64 + ly as u64);
+        let x = upload_as(be, &rng.vec_f32(lx, -1.0, 1.0), dt)?;
+        let wt = upload_as(be, &rng.vec_f32(lw, -0.5, 0.5), dt)?;
+        let c = s.c_out;
+        let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5))?;
+        let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5))?;
+        let (rm, rv) = (rng.vec_f32(c, -1.0, 1.0), rng.vec_f32(c, 0.5, 2.0));
+        let res = upload_as(be, &rng.vec_f32(ly, -3.0, 6.0), dt)?;
+        let res = (i % 2 == 1).then_some(&res);
+        let b = BatchNorm {
+            ghost,
+            ..BatchNorm::new(s.n, c, s.oh * s.ow, 1e-5, ACTS[i % 3])
+        };
+        let outputs = |fused: bool| -> anyhow::Result<(bool, Outputs)> {
+            let (mut z, mut y) = (poisoned_as(be, ly, dt), poisoned_as(be, ly, dt));
+            let (mut rmean, mut rvar) = (be.upload(&rm)?, be.upload(&rv)?);
+            let (mut mean, mut invstd) = (
+                be.zeros(DType::F32, ghost * c)?,
+                be.zeros(DType::F32, ghost * c)?,
+            );
+            let ran = if fused {
+                let bn = BnTrainParams {
+                    gamma: &gamma,
+                    beta: &beta,
+                    running: (&mut rmean, &mut rvar),
+                    saved: (&mut mean, &mut invstd),
+                };
+                be.conv2d_fwd_bn_train(&x, &wt, &mut z, bn, res, &mut y, s, b)?
+            } else {
+                be.conv2d_fwd(&x, &wt, &mut z, s)?;
+                let (running, saved) = ((&mut rmean, &mut rvar), (&mut mean, &mut invstd));
+                be.batchnorm_fwd_train(&z, &gamma, &beta, running, saved, res, &mut y, b)?;
+                true
+            };
+            Ok((
+                ran,
+                vec![
+                    ("z".into(), download_f32(be, &z)?),
+                    ("y".into(), download_f32(be, &y)?),
+                    ("saved mean".into(), be.download(&mean)?),
+                    ("saved invstd".into(), be.download(&invstd)?),
+                    ("running mean".into(), be.download(&rmean)?),
+                    ("running var".into(), be.download(&rvar)?),
+                ],
+            ))
+        };
+        let (fused, one) = outputs(true)?;
+        let (_, two) = outputs(false)?;
+        Ok((fused, one, two))
+    };
+    let tf32_dev = kernel_device(
+        "kernel_conv_then_train_batchnorm_takes_its_statistics_from_the_epilogue (TF32)",
+    );
+    tf32_dev.set_tf32(true);
+    for (dt, be) in [(DType::BF16, &dev), (DType::F32, &tf32_dev)] {
+        for (i, s, ghost) in cases() {
+            let what = format!(
+                "{dt} conv {}x{}x{}x{} -> {} k={} s={} + train batchnorm, {ghost} groups",
+                s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.stride
+            );
+            let (fused, one, two) =
+                run(be, i, s, ghost, dt).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert_eq!(fused, s.kh <= 8 && s.kw <= 8, "{what}: fused");
+            if !fused {
+                assert!(
+                    one[0].1.iter().all(|v| v.is_nan()),
+                    "{what}: not fused, yet z was written"
+                );
+                continue;
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&one[0].1) == bits(&two[0].1),
+                "{what}: z differs from conv2d_fwd's"
+            );
+            for ((name, got), (_, want)) in one.iter().zip(&two).skip(1) {
+                let tol = if name == "y" && dt == DType::BF16 {
+                    4e-3
+                } else {
+                    2e-6
+                };
+                let err = common::rel_err(got, want);
+                assert!(
+                    err < tol,
+                    "{what}: {name} differs from the two ops' by {err:e}"
+                );
+            }
+            // The saved statistics against f64 ones of the stored output, group by group.
+            let (z, mean, invstd) = (&one[0].1, &one[2].1, &one[3].1);
+            let (per, hw) = (s.n / ghost, s.oh * s.ow);
+            for g in 0..ghost {
+                for ch in 0..s.c_out {
+                    let vals: Vec<f64> = (g * per..(g + 1) * per)
+                        .flat_map(|img| {
+                            z[(img * s.c_out + ch) * hw..][..hw]
+                                .iter()
+                                .map(|&v| v as f64)
+                        })
+                        .collect();
+                    let m = vals.iter().sum::<f64>() / vals.len() as f64;
+                    let var = vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / vals.len() as f64;
+                    let (gm, gi) = (
+                        mean[g * s.c_out + ch] as f64,
+                        invstd[g * s.c_out + ch] as f64,
+                    );
+                    let want_i = 1.0 / (var + 1e-5).sqrt();
+                    assert!(
+                        (gm - m).abs() <= 1e-5 * (m.abs() + var.sqrt() + 1e-3),
+                        "{what}: group {g} channel {ch}: mean {gm} vs {m}"
+                    );
+                    assert!(
+                        (gi - want_i).abs() <= 2e-5 * want_i,
+                        "{what}: group {g} channel {ch}: invstd {gi} vs {want_i}"
+                    );
+                }
+            }
+        }
+    }
+    // The CPU has no such kernel: it says so and writes nothing.
+    let (i, s, ghost) = cases().next().unwrap();
+    let (fused, one, _) = run(insclr::backend::cpu(), i, s, ghost, DType::F32).unwrap();
+    assert!(
+        !fused && one[0].1.iter().all(|v| v.is_nan()),
+        "the CPU fused"
+    );
+    // The launches: every _bn_stats forward and the merge, no statistics pass.
+    let mut seen = std::collections::BTreeSet::new();
+    for tf32 in [false, true] {
+        let dt = if tf32 { DType::F32 } else { DType::BF16 };
+        for (i, s, ghost) in cases().filter(|(_, s, _)| s.kh <= 8 && s.kw <= 8) {
+            let plan = CudaBackend::plan();
+            plan.set_tf32(tf32);
+            let rec = plan.recorder().unwrap();
+            let be: &dyn Backend = &plan;
+            let (lx, lw, ly) = s.sizes();
+            let (x, wt) = (be.zeros(dt, lx).unwrap(), be.zeros(dt, lw).unwrap());
+            let (mut z, mut y) = (be.zeros(dt, ly).unwrap(), be.zeros(dt, ly).unwrap());
+            let c = s.c_out;
+            let (gamma, beta) = (
+                be.zeros(DType::F32, c).unwrap(),
+                be.zeros(DType::F32, c).unwrap(),
+            );
+            let (mut rm, mut rv) = (
+                be.zeros(DType::F32, c).unwrap(),
+                be.zeros(DType::F32, c).unwrap(),
+            );
+            let (mut m, mut v) = (
+                be.zeros(DType::F32, ghost * c).unwrap(),
+                be.zeros(DType::F32, ghost * c).unwrap(),
+            );
+            let b = BatchNorm {
+                ghost,
+                ..BatchNorm::new(s.n, c, s.oh * s.ow, 1e-5, ACTS[i % 3])
+            };
+            let bn = BnTrainParams {
+                gamma: &gamma,
+                beta: &beta,
+                running: (&mut rm, &mut rv),
+                saved: (&mut m, &mut v),
+            };
+            rec.set_recording(true);
+            assert!(be
+                .conv2d_fwd_bn_train(&x, &wt, &mut z, bn, None, &mut y, s, b)
+                .unwrap());
+            for e in rec.take() {
+                if let Event::Launch { kernel, .. } = e {
+                    seen.insert(kernel);
+                }
+            }
+        }
+    }
+    for dt in ["bf16", "tf32"] {
+        for k in [
+            "conv2d_1x1_fwd_bn_stats",
+            "conv2d_1x1_fwd_bn_stats_m64",
+            "conv2d_nhwc_fwd_bn_stats",
+            "conv2d_nhwc_fwd_bn_stats_m64",
+        ] {
+            let k = format!("{k}_{dt}");
+            assert!(seen.contains(&k), "no case launched {k}: {seen:?}");
+        }
+    }
+    assert!(seen.contains("batchnorm_merge_stats_f32"), "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|k| k.starts_with("batchnorm_fwd_train_stats")),
+        "a statistics pass ran: {seen:?}"
+    );
 }
 
 /// The bf16 1x1 weight gradient sums groups of whole images when a GPU holds fewer blocks than

@@ -11,7 +11,7 @@ mod common;
 use common::log;
 use insclr::backend::cuda::emu::{count_memory, memstats_table, MemSpace, MemStat, ACCESS_HOOKS};
 use insclr::backend::{
-    Act, Backend, BatchNorm, BnEvalParams, Conv, CudaBackend, DType, MatMul, Padding,
+    Act, Backend, BatchNorm, BnEvalParams, BnTrainParams, Conv, CudaBackend, DType, MatMul, Padding,
 };
 use insclr::rng::Rng;
 
@@ -525,6 +525,107 @@ fn conv_with_eval_batchnorm_in_the_epilogue() {
             r.space == MemSpace::Global && r.op == "ld" && r.width == 16
         });
         assert!(read > 0, "{kernel}: no 16-byte residual reads");
+    }
+}
+
+/// A training forward whose BatchNorm statistics come from the convolution's epilogue: the
+/// `_bn_stats` kernels read the staged rows once more (4 or 8 lanes a row, 4-byte words), with
+/// no bank conflict, and otherwise access memory as the plain forwards do (every site at its
+/// ideal, the same mma count); then BatchNorm reads the output once (its apply pass alone).
+#[test]
+fn conv_with_batchnorm_statistics_in_the_epilogue() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    // 1x1 with a partial last pixel tile (160 = 128 + 32) and two statistics groups; a 3x3 on a
+    // 6 x 64 strip (whole tiles of 128 pixels less the last 0).
+    for (tf32, s, ghost, kernel) in [
+        (
+            false,
+            Conv::new(4, 64, 16, 10, 256, 1, 1, Padding::Sym(0), 1).unwrap(),
+            2,
+            "conv2d_1x1_fwd_bn_stats_bf16",
+        ),
+        (
+            false,
+            Conv::new(2, 64, 8, 66, 128, 3, 1, Padding::Sym(0), 1).unwrap(),
+            1,
+            "conv2d_nhwc_fwd_bn_stats_bf16",
+        ),
+        (
+            true,
+            Conv::new(4, 64, 16, 10, 256, 1, 1, Padding::Sym(0), 1).unwrap(),
+            2,
+            "conv2d_1x1_fwd_bn_stats_tf32",
+        ),
+        (
+            true,
+            Conv::new(2, 64, 8, 66, 128, 3, 1, Padding::Sym(0), 1).unwrap(),
+            1,
+            "conv2d_nhwc_fwd_bn_stats_tf32",
+        ),
+    ] {
+        dev.set_tf32(tf32);
+        let dt = if tf32 { DType::F32 } else { DType::BF16 };
+        let (lx, lw, ly) = s.sizes();
+        let x = upload(be, lx, dt, 30);
+        let w = upload(be, lw, dt, 31);
+        let c = s.c_out;
+        let chan = || be.upload(&vec![1.0f32; c]).unwrap();
+        let (gamma, beta, mut rm, mut rv) = (chan(), chan(), chan(), chan());
+        let (mut mean, mut invstd) = (
+            be.zeros(DType::F32, ghost * c).unwrap(),
+            be.zeros(DType::F32, ghost * c).unwrap(),
+        );
+        let b = BatchNorm {
+            ghost,
+            ..BatchNorm::new(s.n, c, s.oh * s.ow, 1e-5, Act::Relu)
+        };
+        let (mut z, mut y) = (be.zeros(dt, ly).unwrap(), be.zeros(dt, ly).unwrap());
+        let bn = BnTrainParams {
+            gamma: &gamma,
+            beta: &beta,
+            running: (&mut rm, &mut rv),
+            saved: (&mut mean, &mut invstd),
+        };
+        let (r, stats) =
+            count_memory(|| be.conv2d_fwd_bn_train(&x, &w, &mut z, bn, None, &mut y, s, b));
+        assert!(r.unwrap(), "{kernel}: not fused");
+        show(
+            &format!("{kernel}, {s:?}, {ghost} statistics groups:"),
+            &stats,
+        );
+        let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
+        let k_step = if tf32 { 8 } else { 16 };
+        // The last pixel tile's columns past the map are multiplied too (zeros).
+        let columns = s.n * (s.oh * s.ow).next_multiple_of(128);
+        let useful = columns * c * s.c_in * s.kh * s.kw / (16 * 8 * k_step);
+        assert_eq!(mma, useful as u64, "{kernel}");
+        for row in rows(&stats, kernel) {
+            assert_eq!(row.transactions, row.ideal, "{row:?}");
+        }
+        only(
+            &stats,
+            &[
+                kernel,
+                "batchnorm_merge_stats_f32",
+                &format!("batchnorm_fwd_train_{dt}"),
+                &format!("conv2d_to_nhwc_{dt}"),
+            ],
+            "the statistics pass is gone",
+        );
+        // BatchNorm's apply pass reads z once and writes y once.
+        let (read, _, _) = total(&stats, &format!("batchnorm_fwd_train_{dt}"), |r| {
+            r.space == MemSpace::Global && r.op == "ld" && r.width == 16
+        });
+        assert_eq!(
+            read as usize,
+            ly * dt.size() / 32,
+            "{kernel}: z's sectors read by BatchNorm"
+        );
     }
 }
 

@@ -359,7 +359,7 @@ fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
         "H200",
         "759.9 ms per step",
         "by kernel",
-        "device memory: 32.76 GiB held at most",
+        "device memory: 32.78 GiB held at most",
     ] {
         assert!(text.contains(want), "no {want:?} in:\n{text}");
     }

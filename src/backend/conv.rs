@@ -152,6 +152,16 @@ pub struct BnEvalParams<'a> {
     pub var: &'a Buf,
 }
 
+/// A training-mode BatchNorm's tensors (f32), as [`ConvOps::conv2d_fwd_bn_train`] takes them:
+/// gamma and beta, the running mean and variance it updates, the mean and 1/sqrt(var + eps) per
+/// statistics group it saves for the backward.
+pub struct BnTrainParams<'a> {
+    pub gamma: &'a Buf,
+    pub beta: &'a Buf,
+    pub running: (&'a mut Buf, &'a mut Buf),
+    pub saved: (&'a mut Buf, &'a mut Buf),
+}
+
 /// What a backend implements for this family.
 pub trait ConvOps {
     /// Convolution forward.
@@ -183,6 +193,25 @@ pub trait ConvOps {
         _x: &Buf,
         _w: &Buf,
         _bn: BnEvalParams,
+        _residual: Option<&Buf>,
+        _y: &mut Buf,
+        _s: Checked<Conv>,
+        _b: Checked<BatchNorm>,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+    /// Convolution forward into `z` whose epilogue also takes the BatchNorm statistics of z as
+    /// stored, then training-mode BatchNorm (+ residual, activation) of z into y without reading
+    /// z for its statistics: `conv2d_fwd` into z and then `batchnorm_fwd_train` into y, the
+    /// statistics summed in another order. `Ok(false)` where the backend has no such kernel for
+    /// the shape (nothing is written: the caller runs the two ops).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_fwd_bn_train(
+        &self,
+        _x: &Buf,
+        _w: &Buf,
+        _z: &mut Buf,
+        _bn: BnTrainParams,
         _residual: Option<&Buf>,
         _y: &mut Buf,
         _s: Checked<Conv>,
@@ -226,12 +255,7 @@ impl dyn Backend + '_ {
         b: BatchNorm,
     ) -> Result<bool> {
         let s = s.check(x, w, y)?;
-        if (b.n, b.c, b.hw) != (s.n, s.c_out, s.oh * s.ow) {
-            bail!(
-                "conv + batchnorm: BatchNorm over {} x {} x {} does not fit the convolution's output {} x {} x {}x{}",
-                b.n, b.c, b.hw, s.n, s.c_out, s.oh, s.ow
-            );
-        }
+        fits_output(&s, &b)?;
         let b = b.check(
             &[&[&*y], residual.as_slice()].concat(),
             &[bn.gamma, bn.beta, bn.mean, bn.var],
@@ -240,6 +264,35 @@ impl dyn Backend + '_ {
         self.require(Op::BatchnormFwdEval, x.dtype())?;
         self.conv_ops()
             .conv2d_fwd_bn_eval(x, w, bn, residual, y, s, b)
+    }
+
+    /// `z = conv(x, w)` and `y = act(batchnorm_train(z) [+ residual])`, the batch statistics
+    /// taken by the convolution's epilogue where the backend can (CUDA's tensor-core forwards:
+    /// BatchNorm then reads z once, not twice); returns false, having written nothing, where it
+    /// cannot, and the caller runs `conv2d_fwd` and then `batchnorm_fwd_train`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_fwd_bn_train(
+        &self,
+        x: &Buf,
+        w: &Buf,
+        z: &mut Buf,
+        bn: BnTrainParams,
+        residual: Option<&Buf>,
+        y: &mut Buf,
+        s: Conv,
+        b: BatchNorm,
+    ) -> Result<bool> {
+        let s = s.check(x, w, z)?;
+        fits_output(&s, &b)?;
+        let b = b.check_train(
+            &[&[&*z, &*y], residual.as_slice()].concat(),
+            &[bn.gamma, bn.beta, &*bn.running.0, &*bn.running.1],
+            &[&*bn.saved.0, &*bn.saved.1],
+        )?;
+        self.require(Op::Conv2dFwd, x.dtype())?;
+        self.require(Op::BatchnormFwdTrain, x.dtype())?;
+        self.conv_ops()
+            .conv2d_fwd_bn_train(x, w, z, bn, residual, y, s, b)
     }
 
     /// Convolution data gradient: writes `dx` from `dy` and the weight.
@@ -264,4 +317,15 @@ impl dyn Backend + '_ {
         self.require(Op::Conv2dBwdWeight, x.dtype())?;
         self.conv_ops().conv2d_bwd_weight(x, dy, dw, s)
     }
+}
+
+/// A BatchNorm fused with a convolution normalises exactly the convolution's output.
+fn fits_output(s: &Conv, b: &BatchNorm) -> Result<()> {
+    if (b.n, b.c, b.hw) != (s.n, s.c_out, s.oh * s.ow) {
+        bail!(
+            "conv + batchnorm: BatchNorm over {} x {} x {} does not fit the convolution's output {} x {} x {}x{}",
+            b.n, b.c, b.hw, s.n, s.c_out, s.oh, s.ow
+        );
+    }
+    Ok(())
 }

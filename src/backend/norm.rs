@@ -73,7 +73,12 @@ impl BatchNorm {
 
     /// Also checks what training-mode statistics need: whole chunks, more than one value per
     /// channel, `ghost x c` saved statistics.
-    fn check_train(self, act: &[&Buf], chan: &[&Buf], saved: &[&Buf]) -> Result<Checked<Self>> {
+    pub(crate) fn check_train(
+        self,
+        act: &[&Buf],
+        chan: &[&Buf],
+        saved: &[&Buf],
+    ) -> Result<Checked<Self>> {
         let s = self.check(act, chan)?;
         if self.ghost == 0 || self.n % self.ghost != 0 {
             bail!(

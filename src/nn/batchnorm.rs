@@ -3,7 +3,7 @@
 
 use super::maps::Out;
 use super::{empty, ensure_len, ensure_like, Param, ParamKind};
-use crate::backend::{Act, Backend, BatchNorm, BnEvalParams, Buf};
+use crate::backend::{Act, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf};
 use anyhow::{anyhow, bail, Context, Result};
 
 /// BatchNorm over channels of an NCHW tensor (`<name>.{weight,bias,running_mean,running_var}`,
@@ -118,7 +118,7 @@ impl BatchNorm2d {
         let s = self.shape_for(n, hw);
         let y = y.sized(be, x.dtype(), n * s.c * hw)?;
         let name = &self.weight.name;
-        let batch_stats = train && !self.frozen;
+        let batch_stats = self.batch_stats_in(train);
         if batch_stats {
             ensure_len(be, &mut self.save_mean, s.ghost * s.c)?;
             ensure_len(be, &mut self.save_invstd, s.ghost * s.c)?;
@@ -166,6 +166,35 @@ impl BatchNorm2d {
             mean: &self.running_mean.value,
             var: &self.running_var.value,
         }
+    }
+
+    /// Whether a training forward normalises with batch statistics (else with the running
+    /// ones, frozen).
+    pub(crate) fn batch_stats_in(&self, train: bool) -> bool {
+        train && !self.frozen
+    }
+
+    /// The tensors a training forward with batch statistics over `s` reads and writes, its saved
+    /// statistics sized, for a convolution that takes the statistics in its epilogue; and its
+    /// output, sized `n x c x hw` of `dtype`.
+    pub(crate) fn train_params(
+        &mut self,
+        be: &dyn Backend,
+        s: &BatchNorm,
+        dtype: crate::backend::DType,
+    ) -> Result<(BnTrainParams<'_>, &mut Buf)> {
+        ensure_len(be, &mut self.save_mean, s.ghost * s.c)?;
+        ensure_len(be, &mut self.save_invstd, s.ghost * s.c)?;
+        be.ensure(&mut self.y, dtype, s.n * s.c * s.hw)?;
+        Ok((
+            BnTrainParams {
+                gamma: &self.weight.value,
+                beta: &self.bias.value,
+                running: (&mut self.running_mean.value, &mut self.running_var.value),
+                saved: (&mut self.save_mean, &mut self.save_invstd),
+            },
+            &mut self.y,
+        ))
     }
 
     /// Records a forward over `s` (by this layer, or by the convolution before it in its

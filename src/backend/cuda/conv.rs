@@ -2,9 +2,12 @@
 //! convolutions with their own kernels. Other groupings have no kernel and are an error.
 
 use super::device::{Args, DevMem, Launch};
+use super::norm::BnStats;
 use super::work::{conv_shape, Unit, Work};
 use super::{int, CudaBackend};
-use crate::backend::{Backend, BatchNorm, BnEvalParams, Buf, Checked, Conv, ConvOps, DType, Op};
+use crate::backend::{
+    Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, Checked, Conv, ConvOps, DType, Op,
+};
 use anyhow::{bail, Result};
 
 /// The implicit GEMM's block tile: f32 SIMT (`CONV_BM`, `CONV_BN`, `CONV_BK` in
@@ -91,6 +94,54 @@ impl BnPost<'_> {
         let res = self.residual.map_or(0, |r| r.len() * r.dtype().size());
         4 * self.s.c * 4 + res
     }
+}
+
+/// What a pipelined forward's epilogue does besides storing y.
+enum FwdPost<'a> {
+    /// Eval-mode BatchNorm (+ residual, activation) applied to y: `*_fwd_bn_eval_*`.
+    Eval(BnPost<'a>),
+    /// Training BatchNorm's partial statistics of y into `partial`, one (count, mean, m2) per
+    /// (group, channel), image and pixel tile (three planes of runs x pairs floats), `per` images
+    /// a statistics group: `*_fwd_bn_stats_*` (tc_gemm.cuh's BnStatsPost).
+    Stats { partial: &'a DevMem, per: usize },
+}
+
+impl FwdPost<'_> {
+    /// The kernel's op: `fwd_bn_eval` or `fwd_bn_stats`.
+    fn op(&self) -> &'static str {
+        match self {
+            FwdPost::Eval(_) => "fwd_bn_eval",
+            FwdPost::Stats { .. } => "fwd_bn_stats",
+        }
+    }
+
+    /// The kernel's trailing arguments.
+    fn args(&self, args: Args) -> Result<Args> {
+        match self {
+            FwdPost::Eval(p) => p.args(args),
+            FwdPost::Stats { partial, per } => Ok(args.ptr(partial).i32(*per as i32)),
+        }
+    }
+
+    /// What it reads or writes beyond the convolution, for a launch of `cfg` over `channels`.
+    fn bytes(&self, cfg: &Launch, channels: usize) -> usize {
+        match self {
+            FwdPost::Eval(p) => p.bytes(),
+            FwdPost::Stats { .. } => {
+                stats_partial_bytes(cfg.grid.0 as usize * cfg.grid.2 as usize, channels)
+            }
+        }
+    }
+}
+
+/// Pixel columns of a pipelined kernel's block tile (BN in kernels/conv.cu's 1x1 and
+/// channels-last products).
+const PIXEL_TILE: usize = 128;
+
+/// The `_bn_stats` forwards' partial statistics: 3 floats per channel, image and pixel tile
+/// (`tiles` = images x tiles per image).
+fn stats_partial_bytes(tiles: usize, channels: usize) -> usize {
+    tiles * channels * 3 * 4
 }
 
 /// The most channels whose maps the fused depthwise forward stages in shared memory (48 KB).
@@ -180,7 +231,11 @@ fn pipelined_launch(
         _ => 128,
     };
     let cfg = Launch {
-        grid: (n.div_ceil(128) as u32, m.div_ceil(bm) as u32, batch as u32),
+        grid: (
+            n.div_ceil(PIXEL_TILE) as u32,
+            m.div_ceil(bm) as u32,
+            batch as u32,
+        ),
         block: (threads, 1, 1),
         smem: ((bm + 128) * 64 * 3) as u32,
     };
@@ -288,14 +343,9 @@ impl ConvOps for CudaBackend {
             s: &b,
         };
         let (kernel, cfg) = match path {
-            Path::OneByOne => {
+            Path::OneByOne | Path::Nhwc => {
                 return self
-                    .conv1x1(x, w, y, &s, "fwd", false, Some(&post))
-                    .map(|()| true)
-            }
-            Path::Nhwc => {
-                return self
-                    .conv_nhwc(x, w, y, &s, "fwd", false, Some(&post))
+                    .pipelined_fwd(&path, x, w, y, &s, &FwdPost::Eval(post))
                     .map(|()| true)
             }
             Path::Gemm => (
@@ -325,6 +375,52 @@ impl ConvOps for CudaBackend {
         // per-channel tensors c_out f32 each; the depthwise kernel's dynamic shared memory holds
         // c_out float2 (c_out <= DEPTHWISE_MAPS_MAX).
         unsafe { self.launch(&kernel, cfg, args)? };
+        Ok(true)
+    }
+
+    /// The 1x1 and channels-last forwards' `_bn_stats` kernels, then batchnorm_merge_stats_f32
+    /// and batchnorm_fwd_train_<dtype> (kernels/norm.cu), which reads z once.
+    fn conv2d_fwd_bn_train(
+        &self,
+        x: &Buf,
+        w: &Buf,
+        z: &mut Buf,
+        bn: BnTrainParams,
+        residual: Option<&Buf>,
+        y: &mut Buf,
+        s: Checked<Conv>,
+        b: Checked<BatchNorm>,
+    ) -> Result<bool> {
+        let path = self.path(&s, x.dtype())?;
+        if !matches!(path, Path::OneByOne | Path::Nhwc) {
+            return Ok(false);
+        }
+        if b.c == 0 {
+            return Ok(true);
+        }
+        let per = b.n / b.ghost;
+        let runs = per * (s.oh * s.ow).div_ceil(PIXEL_TILE);
+        let pairs = b.ghost * b.c;
+        let partial_bytes = stats_partial_bytes(runs * b.ghost, b.c);
+        let merged_at = partial_bytes.next_multiple_of(256);
+        int(runs, "batchnorm statistics runs")?;
+        self.with_stats_scratch(merged_at + pairs * 3 * 4, |stats| {
+            let post = FwdPost::Stats {
+                partial: stats,
+                per,
+            };
+            self.pipelined_fwd(&path, x, w, z, &s, &post)?;
+            self.bn_merge_stats(stats, merged_at, pairs, runs)?;
+            let split = self.bn_apply_split(&b, z, y, residual)?;
+            let merged = BnStats {
+                partial: stats,
+                at: merged_at,
+                runs: 1,
+                shifted: false,
+                bytes: pairs * 3 * 4,
+            };
+            self.bn_train_apply(z, bn, residual, y, &b, &split, merged)
+        })?;
         Ok(true)
     }
 
@@ -403,6 +499,22 @@ impl CudaBackend {
     /// Which kernel a shape takes on this backend (TF32 as [`Backend::set_tf32`] allows).
     fn path(&self, s: &Conv, dtype: DType) -> Result<Path> {
         path(s, dtype, self.tf32())
+    }
+
+    /// A forward with `post` in its epilogue on the 1x1 or channels-last kernels (`path`).
+    fn pipelined_fwd(
+        &self,
+        path: &Path,
+        x: &Buf,
+        w: &Buf,
+        y: &mut Buf,
+        s: &Conv,
+        post: &FwdPost,
+    ) -> Result<()> {
+        match path {
+            Path::OneByOne => self.conv1x1(x, w, y, s, "fwd", false, Some(post)),
+            _ => self.conv_nhwc(x, w, y, s, "fwd", false, Some(post)),
+        }
     }
 
     /// The data gradient into dx, or added onto what dx holds (`add`): the pipelined kernels
@@ -586,7 +698,7 @@ impl CudaBackend {
         layer: &Conv,
         op: &str,
         add: bool,
-        post: Option<&BnPost>,
+        post: Option<&FwdPost>,
     ) -> Result<()> {
         let fwd = op == "fwd";
         // The product's shape: the data gradient's input channels (c_out) are runs of 8 already.
@@ -611,7 +723,7 @@ impl CudaBackend {
             )
         };
         let (w_at, bytes) = nhwc_scratch(s.n * c * h * wd, ew, dtype);
-        let kernel_op = if post.is_some() { "fwd_bn_eval" } else { op };
+        let kernel_op = post.map_or(op, |p| p.op());
         let (kernel, cfg) = pipelined_launch("nhwc", kernel_op, m, oh * ow, s.n, dtype);
         // The input's own channel count: the transposes write the forward's padding.
         let real = if fwd { layer.c_in } else { c };
@@ -635,7 +747,7 @@ impl CudaBackend {
                 None => args.f32(beta(add)),
             };
             let read_back = if add { ex } else { 0 };
-            let extra = post.map_or(0, |p| p.bytes());
+            let extra = post.map_or(0, |p| p.bytes(&cfg, m));
             let args = args.work(Work::conv_on(
                 s,
                 tensor_math(dtype).1,
@@ -884,11 +996,11 @@ impl CudaBackend {
         s: &Conv,
         op: &str,
         add: bool,
-        post: Option<&BnPost>,
+        post: Option<&FwdPost>,
     ) -> Result<()> {
         let fwd = op == "fwd";
         let m = if fwd { s.c_out } else { s.c_in };
-        let kernel_op = if post.is_some() { "fwd_bn_eval" } else { op };
+        let kernel_op = post.map_or(op, |p| p.op());
         let dtype = input.dtype();
         let (kernel, cfg) = one_by_one_launch(kernel_op, m, s.h * s.w, s.n, dtype);
         let (ex, ew, ey) = s.sizes();
@@ -905,7 +1017,7 @@ impl CudaBackend {
             None if fwd => args,
             None => args.f32(beta(add)),
         };
-        let extra = post.map_or(0, |p| p.bytes());
+        let extra = post.map_or(0, |p| p.bytes(&cfg, m));
         let args = args.work(Work::conv_on(
             s,
             tensor_math(dtype).1,

@@ -51,6 +51,9 @@ pub struct CudaBackend {
     /// Device scratch for kernels' intermediate results (split-K partial sums), grown to the
     /// largest request and reused, so a training step allocates nothing after its first.
     scratch: Mutex<Option<DevMem>>,
+    /// The same for BatchNorm statistics that a convolution's epilogue writes and BatchNorm then
+    /// reads: they outlive the convolution's own use of `scratch`.
+    stats_scratch: Mutex<Option<DevMem>>,
     /// While a per-kernel profile records ([`CudaBackend::profile_start`]): every launch, copy
     /// and memset, with the events around it on a GPU.
     profiling: AtomicBool,
@@ -76,6 +79,7 @@ impl CudaBackend {
             layer: Layer::Gpu(Box::new(gpu)),
             kernels,
             scratch: Mutex::new(None),
+            stats_scratch: Mutex::new(None),
             profiling: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
             tf32: AtomicBool::new(false),
@@ -98,6 +102,7 @@ impl CudaBackend {
             layer: Layer::Emu(emu),
             kernels: emu::KERNELS.iter().map(|(_, k)| k.to_string()).collect(),
             scratch: Mutex::new(None),
+            stats_scratch: Mutex::new(None),
             profiling: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
             tf32: AtomicBool::new(false),
@@ -111,6 +116,7 @@ impl CudaBackend {
             layer: Layer::Plan(record::Recorder::new()),
             kernels: emu::KERNELS.iter().map(|(_, k)| k.to_string()).collect(),
             scratch: Mutex::new(None),
+            stats_scratch: Mutex::new(None),
             profiling: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
             tf32: AtomicBool::new(false),
@@ -248,7 +254,26 @@ impl CudaBackend {
         bytes: usize,
         f: impl FnOnce(&DevMem) -> Result<R>,
     ) -> Result<R> {
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        self.grown(&self.scratch, bytes, f)
+    }
+
+    /// As [`CudaBackend::with_scratch`], for a convolution's BatchNorm statistics: `f` may run
+    /// ops that take the other scratch.
+    pub(crate) fn with_stats_scratch<R>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(&DevMem) -> Result<R>,
+    ) -> Result<R> {
+        self.grown(&self.stats_scratch, bytes, f)
+    }
+
+    fn grown<R>(
+        &self,
+        slot: &Mutex<Option<DevMem>>,
+        bytes: usize,
+        f: impl FnOnce(&DevMem) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
         if guard.as_ref().is_none_or(|m| m.bytes() < bytes) {
             *guard = None; // free the old block before allocating its replacement
             *guard = Some(self.layer.alloc(bytes)?);

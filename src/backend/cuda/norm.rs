@@ -3,7 +3,7 @@
 use super::device::{Args, DevMem, Launch};
 use super::work::Work;
 use super::{int, CudaBackend};
-use crate::backend::{BatchNorm, Buf, Checked, L2Norm, NormOps, Op};
+use crate::backend::{BatchNorm, BnTrainParams, Buf, Checked, L2Norm, NormOps, Op};
 use anyhow::Result;
 
 impl NormOps for CudaBackend {
@@ -97,36 +97,20 @@ impl NormOps for CudaBackend {
             // chunks, vec); x holds n*C*hw (checked), partial 3 floats per (pair, run), and vec
             // divides hw and the buffers' alignment (bn_split).
             unsafe { self.launch(&stats_kernel, split.launch(), args)? };
-            let passes = 2 + residual.is_some() as usize;
-            let args = Args::new()
-                .ptr(x.dev()?)
-                .ptr(gamma.dev()?)
-                .ptr(beta.dev()?)
-                .ptr(running.0.dev_mut()?)
-                .ptr(running.1.dev_mut()?)
-                .ptr(saved.0.dev_mut()?)
-                .ptr(saved.1.dev_mut()?)
-                .ptr(partial)
-                .opt_ptr(res)
-                .ptr(y.dev_mut()?)
-                .i32(per)
-                .i32(c)
-                .i32(hw)
-                .i32(split.chunks as i32)
-                .i32(split.vec as i32)
-                .f32(s.eps)
-                .f32(s.momentum)
-                .i32(s.act.code())
-                .work(bn_traffic(
-                    &s,
-                    passes * act_bytes + partial_bytes + bn_channel_bytes(&s),
-                ));
-            // SAFETY: arguments match batchnorm_fwd_train_<dtype>(x, gamma, beta, running_mean,
-            // running_var, save_mean, save_invstd, partial, res, y, per, C, hw, chunks, vec, eps,
-            // momentum, act); the shape was checked: x, y (and res) hold n*C*hw, the parameters
-            // and running statistics C, the saved statistics ghost*C, and ghost divides n;
-            // partial was written by the launch above with the same split.
-            unsafe { self.launch(&kernel, split.launch(), args) }
+            let bn = BnTrainParams {
+                gamma,
+                beta,
+                running,
+                saved,
+            };
+            let stats = BnStats {
+                partial,
+                at: 0,
+                runs: split.chunks,
+                shifted: true,
+                bytes: partial_bytes,
+            };
+            self.bn_train_apply(x, bn, residual, y, &s, &split, stats)
         })
     }
 
@@ -375,10 +359,124 @@ impl CudaBackend {
 
 /// A BatchNorm launch's cut: `chunks` runs for each of `pairs` (group, channel) pairs, vectors of
 /// `vec` elements.
-struct BnSplit {
+pub(super) struct BnSplit {
     pairs: usize,
     chunks: usize,
     vec: usize,
+}
+
+/// A training forward's pair statistics for batchnorm_fwd_train_<dtype>: `runs` partials (count,
+/// mean, m2) per pair in `partial` from byte `at`, less the pair's first value when `shifted` (as the statistics
+/// pass writes them), `bytes` in all.
+pub(super) struct BnStats<'a> {
+    pub partial: &'a DevMem,
+    /// Byte offset of the first partial in `partial`.
+    pub at: usize,
+    pub runs: usize,
+    pub shifted: bool,
+    pub bytes: usize,
+}
+
+impl CudaBackend {
+    /// y = act(bn(x) [+ residual]) from the pair statistics `stats` (batchnorm_fwd_train_<dtype>,
+    /// `split` as x's shape allows): saves each pair's mean and 1/sqrt(var + eps), moves the
+    /// running statistics.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bn_train_apply(
+        &self,
+        x: &Buf,
+        bn: BnTrainParams,
+        residual: Option<&Buf>,
+        y: &mut Buf,
+        s: &BatchNorm,
+        split: &BnSplit,
+        stats: BnStats,
+    ) -> Result<()> {
+        let (_, c, hw) = bn_sizes(s)?;
+        let dtype = x.dtype();
+        let res = residual.map(|r| r.dev()).transpose()?;
+        let passes = 2 + residual.is_some() as usize;
+        let act_bytes = s.n * s.c * s.hw * dtype.size();
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(bn.gamma.dev()?)
+            .ptr(bn.beta.dev()?)
+            .ptr(bn.running.0.dev_mut()?)
+            .ptr(bn.running.1.dev_mut()?)
+            .ptr(bn.saved.0.dev_mut()?)
+            .ptr(bn.saved.1.dev_mut()?)
+            .ptr_at(stats.partial, stats.at)
+            .i32(stats.runs as i32)
+            .i32(stats.shifted as i32)
+            .opt_ptr(res)
+            .ptr(y.dev_mut()?)
+            .i32((s.n / s.ghost) as i32)
+            .i32(c)
+            .i32(hw)
+            .i32(split.chunks as i32)
+            .i32(split.vec as i32)
+            .f32(s.eps)
+            .f32(s.momentum)
+            .i32(s.act.code())
+            .work(bn_traffic(
+                s,
+                passes * act_bytes + stats.bytes + bn_channel_bytes(s),
+            ));
+        // SAFETY: arguments match batchnorm_fwd_train_<dtype>(x, gamma, beta, running_mean,
+        // running_var, save_mean, save_invstd, partial, runs, shifted, res, y, per, C, hw, chunks,
+        // vec, eps, momentum, act); the shape was checked: x, y (and res) hold n*C*hw, the
+        // parameters and running statistics C, the saved statistics ghost*C, and ghost divides
+        // n; partial holds `runs` partials of 3 floats per pair (the callers wrote them); vec
+        // divides hw and the buffers' alignment (bn_split).
+        unsafe { self.launch(&Op::BatchnormFwdTrain.kernel(dtype), split.launch(), args) }
+    }
+
+    /// Merges a convolution's `runs` partial statistics per pair (its epilogue's, one per image
+    /// and tile, in three planes of runs x pairs floats) into one unshifted run per pair (3
+    /// floats) at byte `merged_at` (batchnorm_merge_stats_f32).
+    pub(super) fn bn_merge_stats(
+        &self,
+        partial: &DevMem,
+        merged_at: usize,
+        pairs: usize,
+        runs: usize,
+    ) -> Result<()> {
+        let args = Args::new()
+            .ptr(partial)
+            .ptr_at(partial, merged_at)
+            .i32(int(pairs, "batchnorm pairs")?)
+            .i32(int(runs, "batchnorm statistics runs")?)
+            .work(Work::traffic(
+                (runs + 1) * pairs * 3 * 4,
+                format!("{pairs}x{runs}"),
+            ));
+        // SAFETY: arguments match batchnorm_merge_stats_f32(partial, merged, pairs, runs);
+        // `partial` holds 3 planes of runs x pairs floats from its start and pairs x 3 more at
+        // byte merged_at (the caller's layout); one block per 32 pairs.
+        unsafe {
+            self.launch(
+                "batchnorm_merge_stats_f32",
+                Launch::linear(pairs.div_ceil(32) as u32, BN_THREADS),
+                args,
+            )
+        }
+    }
+
+    /// The launch split of the training forward's apply pass alone (after a convolution that
+    /// wrote the statistics).
+    pub(super) fn bn_apply_split(
+        &self,
+        s: &BatchNorm,
+        x: &Buf,
+        y: &Buf,
+        residual: Option<&Buf>,
+    ) -> Result<BnSplit> {
+        let dtype = x.dtype();
+        let kernel = Op::BatchnormFwdTrain.kernel(dtype);
+        let mut mems = vec![x.dev()?, y.dev()?];
+        mems.extend(residual.map(|r| r.dev()).transpose()?);
+        Ok(self.bn_split(&[&kernel], s, &mems, dtype.size()))
+    }
 }
 
 impl BnSplit {
