@@ -335,9 +335,10 @@ typedef __nv_bfloat16 bf16_t;
         const float *__restrict__ var, const T *__restrict__ res, float eps, int act
 #define BN_EVAL_POST(T) tc::BnEvalPost<T>{gamma, beta, mean, var, res, eps, act}
 // The _bn_stats forwards' trailing arguments: where the epilogue writes training BatchNorm's
-// partial statistics of y, and the images per statistics group (tc_gemm.cuh, BnStatsPost).
-#define BN_STATS_PARAMS float *__restrict__ partial, int per
-#define BN_STATS_POST tc::BnStatsPost{{}, partial, per}
+// partial statistics of y, the images per statistics group and the groups (tc_gemm.cuh,
+// BnStatsPost).
+#define BN_STATS_PARAMS float *__restrict__ partial, int per, int groups
+#define BN_STATS_POST tc::BnStatsPost{{}, partial, per, groups}
 
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_fwd_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight, bf16_t* __restrict__ y,

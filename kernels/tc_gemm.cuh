@@ -528,7 +528,7 @@ struct NoPost {
 // warp's 32 / G rows x G words fall on 32 different banks.
 struct BnStatsPost : NoPost {
     float* partial;
-    int per;
+    int per, groups;  // images a statistics group, and groups (gridDim.z = per groups)
 
     __device__ __forceinline__ BnStatsPost at_image(long long) const { return *this; }
 
@@ -536,7 +536,7 @@ struct BnStatsPost : NoPost {
     __device__ __forceinline__ void reduce_rows(const unsigned char* smem, int r0, int rows, int bm, int bn, int m,
                                                 int n) const {
         const int z = (int)blockIdx.z, group = z / per;
-        const size_t pairs = (size_t)(gridDim.z / per) * m, plane = pairs * per * gridDim.x;
+        const size_t pairs = (size_t)groups * m, plane = pairs * per * gridDim.x;
         const size_t run = (size_t)(z - group * per) * gridDim.x + blockIdx.x;
         float* first_row = partial + run * pairs + (size_t)group * m + bm + r0;
         // A whole tile's rows test no column (the interior tiles); the last tile of a map masks.

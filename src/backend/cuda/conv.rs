@@ -101,9 +101,13 @@ enum FwdPost<'a> {
     /// Eval-mode BatchNorm (+ residual, activation) applied to y: `*_fwd_bn_eval_*`.
     Eval(BnPost<'a>),
     /// Training BatchNorm's partial statistics of y into `partial`, one (count, mean, m2) per
-    /// (group, channel), image and pixel tile (three planes of runs x pairs floats), `per` images
-    /// a statistics group: `*_fwd_bn_stats_*` (tc_gemm.cuh's BnStatsPost).
-    Stats { partial: &'a DevMem, per: usize },
+    /// (group, channel), image and pixel tile (three planes of runs x pairs floats), `groups`
+    /// statistics groups of `per` images: `*_fwd_bn_stats_*` (tc_gemm.cuh's BnStatsPost).
+    Stats {
+        partial: &'a DevMem,
+        per: usize,
+        groups: usize,
+    },
 }
 
 impl FwdPost<'_> {
@@ -119,7 +123,11 @@ impl FwdPost<'_> {
     fn args(&self, args: Args) -> Result<Args> {
         match self {
             FwdPost::Eval(p) => p.args(args),
-            FwdPost::Stats { partial, per } => Ok(args.ptr(partial).i32(*per as i32)),
+            FwdPost::Stats {
+                partial,
+                per,
+                groups,
+            } => Ok(args.ptr(partial).i32(*per as i32).i32(*groups as i32)),
         }
     }
 
@@ -408,6 +416,7 @@ impl ConvOps for CudaBackend {
             let post = FwdPost::Stats {
                 partial: stats,
                 per,
+                groups: b.ghost,
             };
             self.pipelined_fwd(&path, x, w, z, &s, &post)?;
             self.bn_merge_stats(stats, merged_at, pairs, runs)?;
@@ -757,7 +766,9 @@ impl CudaBackend {
             // out, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow[, beta]) for the
             // product as the forward of `input`, or conv2d_nhwc_fwd_bn_eval[_m64]_<bf16|tf32>(...,
             // gamma, beta, mean, var, res, eps, act) with the BatchNorm checked against the
-            // output (per-channel f32 tensors of c_out, res as y); scratch holds the NHWC input
+            // output (per-channel f32 tensors of c_out, res as y), or
+            // conv2d_nhwc_fwd_bn_stats[_m64]_<bf16|tf32>(..., partial, per, groups) (3 floats per
+            // channel, image and pixel tile, groups x per = n); scratch holds the NHWC input
             // (n x h x w x c) and the transposed weight at w_at in the operands' type, `out` the
             // checked output (n x m x oh x ow); c a multiple of 16 bytes of channels (padded, or
             // the caller's c_out), path() checked kh, kw <= 8, shape_args every size against int.
@@ -1025,8 +1036,11 @@ impl CudaBackend {
         ));
         // SAFETY: arguments match conv2d_1x1_fwd[_m64]_<bf16|tf32>(in, w, out, c_in, c_out, hw),
         // conv2d_1x1_fwd_bn_eval[_m64]_<bf16|tf32>(..., hw, gamma, beta, mean, var, res, eps, act)
-        // (the BatchNorm checked against the output: per-channel f32 tensors of c_out, res as y)
-        // or conv2d_1x1_bwd_data[_m64]_<bf16|tf32>(..., hw, beta); the shape was checked (x: n x
+        // (the BatchNorm checked against the output: per-channel f32 tensors of c_out, res as y),
+        // conv2d_1x1_fwd_bn_stats[_m64]_<bf16|tf32>(..., hw, partial, per, groups) (partial holds
+        // 3 floats per channel, image and pixel tile: the caller sized it from this launch's
+        // tiles, `groups` x `per` = n) or conv2d_1x1_bwd_data[_m64]_<bf16|tf32>(..., hw, beta);
+        // the shape was checked (x: n x
         // c_in x hw, w: c_out x c_in, y: n x c_out x hw, all bf16 or all f32, the kernel's
         // operand type) and path() found every row 16-byte aligned.
         unsafe { self.launch(&kernel, cfg, args) }
