@@ -5,7 +5,8 @@
 //! Napkin math: a memory-bound kernel's floor is bytes moved / peak DRAM bandwidth; a GEMM's is
 //! max(flops / peak, bytes / bandwidth), with the FP32 peak for f32 and the dense tensor-core
 //! peak for bf16 (half of it for TF32: the f32 convolutions' `_tf32` rows, beside the SIMT `_f32`
-//! ones and cuBLAS SGEMM). Peaks come from the device's attributes. One criterion group per kernel family;
+//! ones, cuBLAS SGEMM and cuBLAS on TF32 tensor cores). Peaks come from the device's attributes.
+//! One criterion group per kernel family;
 //! our GEMMs run beside cuBLAS SGEMM and the top-k beside a full sort of each row on the same
 //! shape, and the table gives the ratio. With `INSCLR_BENCH_TABLE=path` the GPU results
 //! are also written there as a markdown table (scripts/device-check.sh collects it into
@@ -615,8 +616,9 @@ fn im2col_gemms<'a>(
 const LAYER_BATCH: usize = 64;
 
 /// The backbone's layers: every conv shape of ResNet-101 at 448 px, ResNet-50 and
-/// EfficientNet-Lite0 at 224 px, forward / dgrad / wgrad, in f32 beside cuBLAS SGEMM and in
-/// bf16 on tensor cores beside cuBLAS's bf16 GEMM (cublasGemmEx), each on the GEMM of the same
+/// EfficientNet-Lite0 at 224 px, forward / dgrad / wgrad, in f32 (exact, and on TF32 tensor
+/// cores) beside cuBLAS SGEMM and cuBLAS's TF32 GEMM (cublasGemmEx, `gemm_cublas_<pass>_tf32`),
+/// and in bf16 on tensor cores beside cuBLAS's bf16 GEMM (cublasGemmEx), each on the GEMM of the same
 /// (M, N, K) = (C_out, N*P*Q, C_in*R*S) (im2col's own time not counted, so the baseline is
 /// flattered: a tensor-core speed of light more than a peer); the depthwise convolutions;
 /// BatchNorm, max pool, the elementwise ops and the optimiser at ResNet-50's sizes. On the CPU,
@@ -730,12 +732,20 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
                     }
                 }
             }
-            let (ours_f32, ours_tf32, sgemm) = (
+            let (ours_f32, ours_tf32, sgemm, cublas_tf32) = (
                 names("conv2d_{}_f32"),
                 names("conv2d_{}_tf32"),
                 names("sgemm_cublas_{}"),
+                names("gemm_cublas_{}_tf32"),
             );
-            if any(&[ours_f32.clone(), ours_tf32.clone(), sgemm.clone()].concat()) {
+            if any(&[
+                ours_f32.clone(),
+                ours_tf32.clone(),
+                sgemm.clone(),
+                cublas_tf32.clone(),
+            ]
+            .concat())
+            {
                 let x = filled(be, &mut rng, ex, DType::F32);
                 let w = filled(be, &mut rng, ew, DType::F32);
                 let dy = filled(be, &mut rng, ey, DType::F32);
@@ -770,22 +780,33 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
                     }
                 }
                 be.set_tf32(false);
-                if let Some(cuda) = gpu.filter(|_| any(&sgemm)) {
+                // cuBLAS on the same GEMMs: SGEMM (FP32), then cublasGemmEx on TF32 tensor cores.
+                if let Some(cuda) = gpu.filter(|_| any(&sgemm) || any(&cublas_tf32)) {
                     let col = filled(be, &mut rng, kk * n, DType::F32);
                     let gemms = im2col_gemms((m, n, kk), (&w, &dy, &col), DType::F32);
-                    for ((pass, name), (a, b, mm, out)) in PASSES.iter().zip(&sgemm).zip(gemms) {
-                        let mut c_out = be.zeros(out, mm.m * mm.n).unwrap();
-                        group.step = step(pass);
-                        measure(
-                            &mut group,
-                            be,
-                            record,
-                            name,
-                            label.clone(),
-                            bytes,
-                            flops,
-                            || cuda.matmul_cublas(a, b, &mut c_out, mm).unwrap(),
-                        );
+                    for (tf32, names) in [(false, &sgemm), (true, &cublas_tf32)] {
+                        for ((pass, name), (a, b, mm, out)) in PASSES.iter().zip(names).zip(&gemms)
+                        {
+                            let mut c_out = be.zeros(*out, mm.m * mm.n).unwrap();
+                            group.step = step(pass);
+                            measure(
+                                &mut group,
+                                be,
+                                record,
+                                name,
+                                label.clone(),
+                                bytes,
+                                flops,
+                                || {
+                                    if tf32 {
+                                        cuda.matmul_cublas_tf32(a, b, &mut c_out, *mm)
+                                    } else {
+                                        cuda.matmul_cublas(a, b, &mut c_out, *mm)
+                                    }
+                                    .unwrap()
+                                },
+                            );
+                        }
                     }
                 }
             }
@@ -1124,7 +1145,7 @@ fn step_sums(rows: &[Row]) -> String {
     }
     let all = conv_shapes();
     let mut out = String::from(
-        "\n| step's convolutions (sum of time x count) | pass | ours f32 | ours TF32 | SGEMM | ours bf16 | cuBLAS bf16 | shapes measured |\n|---|---|---|---|---|---|---|---|\n",
+        "\n| step's convolutions (sum of time x count) | pass | ours f32 | ours TF32 | SGEMM | cuBLAS TF32 | ours bf16 | cuBLAS bf16 | shapes measured |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for net in nets {
         let total = all.iter().filter(|c| c.net == net && !c.depthwise).count();
@@ -1145,6 +1166,7 @@ fn step_sums(rows: &[Row]) -> String {
                 sum(&|p| format!("conv2d_{p}_f32")),
                 sum(&|p| format!("conv2d_{p}_tf32")),
                 sum(&|p| format!("sgemm_cublas_{p}")),
+                sum(&|p| format!("gemm_cublas_{p}_tf32")),
                 sum(&|p| format!("conv2d_{p}_bf16")),
                 sum(&|p| format!("gemm_cublas_bf16_{p}")),
             ];
@@ -1204,9 +1226,12 @@ fn write_table(print: bool) {
             "matmul_bf16" => "gemm_cublas_bf16".to_string(),
             "topk_f32" => "topk_sort_f32".to_string(),
             op => match op.strip_prefix("conv2d_") {
-                Some(pass) if op.ends_with("_f32") || op.ends_with("_tf32") => {
-                    let pass = pass.trim_end_matches("_f32").trim_end_matches("_tf32");
-                    format!("sgemm_cublas_{pass}")
+                Some(pass) if op.ends_with("_f32") => {
+                    format!("sgemm_cublas_{}", pass.trim_end_matches("_f32"))
+                }
+                // Against cuBLAS on the same tensor cores (PyTorch's f32 default).
+                Some(pass) if op.ends_with("_tf32") => {
+                    format!("gemm_cublas_{pass}")
                 }
                 Some(pass) => format!("gemm_cublas_bf16_{}", pass.trim_end_matches("_bf16")),
                 None => String::new(),

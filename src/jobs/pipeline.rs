@@ -415,6 +415,17 @@ impl Plan {
 
     /// The stage-0 descriptor is the starting model's raw GeM when it is an ImageNet or random
     /// backbone (G2), else the starting model's head.
+    /// Whether stage `k`'s features step describes with TF32 convolutions (in f32 on a GPU):
+    /// as the stage that trains on its pool (k + 1; the last stage's own for the last
+    /// features) sets `SOLVER.TF32`, so that `SOLVER.TF32 = false` keeps a stage's mining exact
+    /// as well as its training.
+    fn describe_tf32(&self, k: usize) -> Result<bool> {
+        Ok(self
+            .stage_config((k + 1).min(self.stage.len()))?
+            .solver
+            .tf32)
+    }
+
     fn stage0_is_gem(&self) -> Result<bool> {
         let cfg = self.stage_config(1)?;
         Ok(matches!(cfg.model.pretrain.as_str(), "imagenet" | "random"))
@@ -713,6 +724,7 @@ fn run_step(
                         raw_scales: gem,
                         quiet,
                         local_layer: plan.pool.local_layer.parse()?,
+                        tf32: plan.describe_tf32(k)?,
                         ..DescribeOptions::default()
                     },
                     images,
@@ -1161,5 +1173,25 @@ mod tests {
         }
         let gld = Plan::read(&root.join("configs/gldv2-pipeline.toml")).unwrap();
         assert_eq!((gld.pool.k, gld.pool.exact_size), (500, [512, 512]));
+    }
+
+    #[test]
+    fn a_features_step_describes_with_the_tf32_of_the_stage_that_mines_its_pool() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut plan = Plan::read(&root.join("configs/demo-pipeline.toml")).unwrap();
+        let last = plan.stage.len();
+        assert!(
+            (0..=last).all(|k| plan.describe_tf32(k).unwrap()),
+            "the default: TF32"
+        );
+        plan.stage[1].set.push("SOLVER.TF32=false".into());
+        let tf32: Vec<bool> = (0..=last).map(|k| plan.describe_tf32(k).unwrap()).collect();
+        // Stage 2 mines the pool of s1's features.
+        assert_eq!(tf32[..3], [true, false, true]);
+        plan.stage[last - 1].set.push("SOLVER.TF32=false".into());
+        assert!(
+            !plan.describe_tf32(last).unwrap(),
+            "the last features: the last stage's"
+        );
     }
 }

@@ -387,7 +387,7 @@ impl ConvOps for CudaBackend {
     }
 
     /// The 1x1 and channels-last forwards' `_bn_stats` kernels, then batchnorm_merge_stats_f32
-    /// and batchnorm_fwd_train_<dtype> (kernels/norm.cu), which reads z once.
+    /// and `batchnorm_fwd_train_<dtype>` (kernels/norm.cu), which reads z once.
     fn conv2d_fwd_bn_train(
         &self,
         x: &Buf,

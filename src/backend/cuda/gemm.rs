@@ -175,6 +175,20 @@ impl CudaBackend {
     /// f32 accumulation, into a bf16 or an f32 C (as our bf16 GEMM and weight gradient write).
     /// Checks the shape like `matmul`.
     pub fn matmul_cublas(&self, a: &Buf, b: &Buf, c: &mut Buf, s: MatMul) -> Result<()> {
+        self.cublas(a, b, c, s, false)
+    }
+
+    /// As [`CudaBackend::matmul_cublas`], f32 operands on the TF32 tensor cores
+    /// (cublasGemmEx with `CUBLAS_COMPUTE_32F_FAST_TF32`, what PyTorch's f32 products run with
+    /// TF32 allowed): the baseline of our `_tf32` convolutions.
+    pub fn matmul_cublas_tf32(&self, a: &Buf, b: &Buf, c: &mut Buf, s: MatMul) -> Result<()> {
+        if a.dtype() != DType::F32 {
+            bail!("the TF32 cuBLAS baseline multiplies f32, got {}", a.dtype());
+        }
+        self.cublas(a, b, c, s, true)
+    }
+
+    fn cublas(&self, a: &Buf, b: &Buf, c: &mut Buf, s: MatMul, tf32: bool) -> Result<()> {
         let Layer::Gpu(gpu) = self.layer() else {
             bail!("cuBLAS runs on a GPU only");
         };
@@ -204,7 +218,7 @@ impl CudaBackend {
         let (pa, pb, pc) = (a.dev()?.ptr(), b.dev()?.ptr(), c.dev_mut()?.ptr());
         gpu.bind()?;
         let what = |e| anyhow!("cuBLAS {} m={} n={} k={}: {e}", a.dtype(), s.m, s.n, s.k);
-        if a.dtype() == DType::F32 {
+        if a.dtype() == DType::F32 && !tf32 {
             // SAFETY: the shape was checked: a, b, c hold m*k, k*n and m*n f32, which is what
             // these leading dimensions address; the handle's stream is the backend's stream.
             return unsafe {
@@ -232,8 +246,19 @@ impl CudaBackend {
             DType::BF16 => cudaDataType::CUDA_R_16BF,
             _ => cudaDataType::CUDA_R_32F,
         };
-        // SAFETY: as for SGEMM, with a and b bf16 and c bf16 or f32 (checked); with a 32-bit
-        // compute type alpha and beta are host f32.
+        let (ab_type, compute) = if tf32 {
+            (
+                cudaDataType::CUDA_R_32F,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+            )
+        } else {
+            (
+                cudaDataType::CUDA_R_16BF,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            )
+        };
+        // SAFETY: as for SGEMM, with a and b bf16 and c bf16 or f32, or all three f32 for TF32
+        // (checked); with a 32-bit compute type alpha and beta are host f32.
         unsafe {
             cudarc::cublas::result::gemm_ex(
                 *gpu.blas.handle(),
@@ -244,16 +269,16 @@ impl CudaBackend {
                 k,
                 (&s.alpha as *const f32).cast(),
                 pb as *const std::ffi::c_void,
-                cudaDataType::CUDA_R_16BF,
+                ab_type,
                 lda,
                 pa as *const std::ffi::c_void,
-                cudaDataType::CUDA_R_16BF,
+                ab_type,
                 ldb,
                 (&s.beta as *const f32).cast(),
                 pc as *mut std::ffi::c_void,
                 c_type,
                 ldc,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                compute,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }

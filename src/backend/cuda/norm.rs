@@ -365,7 +365,7 @@ pub(super) struct BnSplit {
     vec: usize,
 }
 
-/// A training forward's pair statistics for batchnorm_fwd_train_<dtype>: `runs` partials (count,
+/// A training forward's pair statistics for `batchnorm_fwd_train_<dtype>`: `runs` partials (count,
 /// mean, m2) per pair in `partial` from byte `at`, less the pair's first value when `shifted` (as the statistics
 /// pass writes them), `bytes` in all.
 pub(super) struct BnStats<'a> {
@@ -378,7 +378,7 @@ pub(super) struct BnStats<'a> {
 }
 
 impl CudaBackend {
-    /// y = act(bn(x) [+ residual]) from the pair statistics `stats` (batchnorm_fwd_train_<dtype>,
+    /// y = act(bn(x) [+ residual]) from the pair statistics `stats` (`batchnorm_fwd_train_<dtype>`,
     /// `split` as x's shape allows): saves each pair's mean and 1/sqrt(var + eps), moves the
     /// running statistics.
     #[allow(clippy::too_many_arguments)]
