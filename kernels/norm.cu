@@ -108,7 +108,7 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 //             the shift keeps the mean's rounding to the spread's scale); batchnorm_fwd_train's
 //             blocks merge their pair's partials and write their run of y. After a convolution
 //             whose epilogue wrote the statistics (conv.cu's _bn_stats forwards: one partial per
-//             image and tile), batchnorm_merge_stats merges them into one run per pair, not
+//             image and tile), batchnorm_merge_stats merges them into a few runs per pair, not
 //             shifted, and batchnorm_fwd_train alone reads x.
 //   backward: batchnorm_bwd_reduce writes each run's (sum dz, sum dz * xh); batchnorm_bwd's
 //             blocks add their pair's partials and write their run of dx (and dres). The blocks
@@ -504,18 +504,22 @@ __device__ void bn_bwd_eval(const T* __restrict__ x, const T* __restrict__ y, co
 // Each pair's statistics (count, mean, m2 of its values, not shifted) from the `runs` partials a
 // convolution's epilogue wrote for it (tc_gemm.cuh, BnStatsPost: one per image and pixel tile;
 // run k of pair gc's count at partial[k pairs + gc], its mean and m2 one and two planes of runs x
-// pairs further) -> merged[3 gc], which batchnorm_fwd_train_* reads as its pair's one run. A
-// block takes 32 pairs, a lane each: warp w merges runs w, w + 8, ... in order (32 consecutive
-// floats a load), then warp 0 merges the eight warps' in order.
+// pairs further), merged into `chunks` runs per pair at merged[3 (gc chunks + chunk)], which
+// batchnorm_fwd_train_* then merges as it does its own statistics pass's runs. Block (x, y) takes
+// 32 pairs, a lane each, and chunk y's share of their runs: warp w merges runs w, w + 8, ... of it
+// in order (32 consecutive floats a load), then warp 0 the eight warps' in order. The chunks give
+// the grid enough blocks to cover the GPU (a layer has few pairs and many runs).
 extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    batchnorm_merge_stats_f32(const float* __restrict__ partial, float* __restrict__ merged, int pairs, int runs) {
+    batchnorm_merge_stats_f32(const float* __restrict__ partial, float* __restrict__ merged, int pairs, int runs,
+                              int chunks) {
     constexpr int WARPS = BN_THREADS / WARP_SIZE;
     __shared__ Welford warps[WARPS][WARP_SIZE];
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, gc = blockIdx.x * WARP_SIZE + lane;
+    const int span = (runs + chunks - 1) / chunks, first = blockIdx.y * span, last = min(runs, first + span);
     const size_t plane = (size_t)runs * pairs;
     Welford w{0.0f, 0.0f, 0.0f};
     if (gc < pairs)
-        for (int k = warp; k < runs; k += WARPS) {
+        for (int k = first + warp; k < last; k += WARPS) {
             const float* p = partial + (size_t)k * pairs + gc;
             w = welford_merge(w, Welford{p[0], p[plane], p[2 * plane]});
         }
@@ -524,7 +528,7 @@ extern "C" __global__ void __launch_bounds__(BN_THREADS)
     if (warp == 0 && gc < pairs) {
         Welford t{0.0f, 0.0f, 0.0f};
         for (int i = 0; i < WARPS; i++) t = welford_merge(t, warps[i][lane]);
-        float* out = merged + 3 * (size_t)gc;
+        float* out = merged + 3 * ((size_t)gc * chunks + blockIdx.y);
         out[0] = t.n, out[1] = t.mean, out[2] = t.m2;
     }
 }

@@ -645,6 +645,77 @@ fn kernel_conv_data_gradient_added_is_the_gradient_then_an_add() {
     }
 }
 
+/// `conv2d_bwd` (both backward passes in one op: CUDA's channels-last kernels transpose dy once
+/// for both) is bit for bit `conv2d_bwd_weight` and then `conv2d_bwd_data` or
+/// `conv2d_bwd_data_add`, on every shape, in bf16, f32 on TF32 and exact f32; where both passes
+/// run channels-last, dy's transposes are one, not two (the plan device counts them).
+#[test]
+fn kernel_conv_backward_in_one_op_is_the_two_passes() {
+    let dev = kernel_device("kernel_conv_backward_in_one_op_is_the_two_passes");
+    let run =
+        |be: &dyn Backend, s: Conv, dt: DType, add: bool, one: bool| -> anyhow::Result<Outputs> {
+            let (lx, lw, ly) = s.sizes();
+            let mut rng = Rng::new(151 + lx as u64 + ly as u64);
+            let x = upload_as(be, &rng.vec_f32(lx, -1.0, 1.0), dt)?;
+            let wt = upload_as(be, &rng.vec_f32(lw, -0.5, 0.5), dt)?;
+            let dy = upload_as(be, &rng.vec_f32(ly, -1.0, 1.0), dt)?;
+            let mut dw = be.upload(&vec![0.5; lw])?;
+            let mut dx = upload_as(be, &rng.vec_f32(lx, -1.0, 1.0), dt)?;
+            if one {
+                be.conv2d_bwd(&x, &dy, &wt, &mut dw, Some(&mut dx), add, s)?;
+            } else {
+                be.conv2d_bwd_weight(&x, &dy, &mut dw, s)?;
+                if add {
+                    be.conv2d_bwd_data_add(&dy, &wt, &mut dx, s)?;
+                } else {
+                    be.conv2d_bwd_data(&dy, &wt, &mut dx, s)?;
+                }
+            }
+            Ok(vec![
+                ("dw".into(), be.download(&dw)?),
+                ("dx".into(), download_f32(be, &dx)?),
+            ])
+        };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (dt, tf32) in [
+        (DType::BF16, false),
+        (DType::F32, true),
+        (DType::F32, false),
+    ] {
+        dev.set_tf32(tf32);
+        for (i, &(n, c_in, h, w, c_out, k, stride, padding, groups)) in
+            CONV_SIZES.iter().enumerate()
+        {
+            let s = Conv::new(n, c_in, h, w, c_out, k, stride, padding, groups).unwrap();
+            let add = i % 2 == 1;
+            let what = format!(
+                "{dt} tf32={tf32} conv {n}x{c_in}x{h}x{w} -> {c_out} k={k} s={stride} add={add}"
+            );
+            let one = run(&dev, s, dt, add, true).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            let two = run(&dev, s, dt, add, false).unwrap();
+            for ((name, a), (_, b)) in one.iter().zip(&two) {
+                assert!(
+                    bits(a) == bits(b),
+                    "{what}: {name} differs from the two ops'"
+                );
+            }
+        }
+    }
+    // A 3x3 in bf16: the two ops transpose dy twice (and x, and the weight), the one op once.
+    let s = Conv::new(2, 16, 9, 9, 24, 3, 1, Padding::Sym(1), 1).unwrap();
+    let transposes = |one: bool| {
+        let plan = CudaBackend::plan();
+        let rec = plan.recorder().unwrap();
+        rec.set_recording(true);
+        run(&plan, s, DType::BF16, false, one).unwrap();
+        rec.take()
+            .into_iter()
+            .filter(|e| matches!(e, Event::Launch { kernel, .. } if kernel.starts_with("conv2d_to_nhwc")))
+            .count()
+    };
+    assert_eq!((transposes(false), transposes(true)), (4, 3));
+}
+
 /// A forward with eval-mode BatchNorm, its residual and its activation applied in the
 /// convolution's epilogue gives bit for bit the forward into a buffer and then BatchNorm's own
 /// eval kernel, on every shape of both dtypes but bf16's dense kernels over 8 x 8 (those must

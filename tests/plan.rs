@@ -233,7 +233,8 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
         // after its sub-kernel's gather. Every weight gradient but the 1x1 GEMMs' is
         // channels-last too: no element gather is left. Each channels-last pass follows two
         // transposes (the forward's and data gradient's input and weight, the weight gradient's
-        // x and dy).
+        // x and dy), but a layer's two backward passes share dy's (conv2d_bwd): one fewer for
+        // each of the 36 layers with both.
         if precision == DType::BF16 {
             assert_eq!(
                 count_prefix(&p, "conv2d_1x1_fwd_"),
@@ -250,7 +251,10 @@ fn a_resnet50_step_plans_every_layer_once_and_every_launch_has_a_floor() {
             assert_eq!(count_prefix(&p, "conv2d_nhwc_bwd_weight_"), 37);
             // The stem's 3 channels (x twice, its weight once) go by the narrow transpose.
             assert_eq!(count(&p, "conv2d_to_nhwc8_bf16"), 3);
-            assert_eq!(count(&p, "conv2d_to_nhwc_bf16"), 2 * (37 + 36 + 37) - 3);
+            assert_eq!(
+                count(&p, "conv2d_to_nhwc_bf16"),
+                2 * (37 + 36 + 37) - 3 - 36
+            );
         }
         // Each bottleneck's input gradient: c1's data gradient added onto the identity path's in
         // its epilogue in bf16 (no add left), by its element gather then an add in f32.
@@ -359,7 +363,7 @@ fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
         "H200",
         "759.9 ms per step",
         "by kernel",
-        "device memory: 32.78 GiB held at most",
+        "device memory: 32.95 GiB held at most",
     ] {
         assert!(text.contains(want), "no {want:?} in:\n{text}");
     }

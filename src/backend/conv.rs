@@ -229,6 +229,26 @@ pub trait ConvOps {
     ) -> Result<()> {
         Err(not_implemented(Op::Conv2dBwdWeight))
     }
+    /// Both backward passes: `conv2d_bwd_weight`, then with `dx` `conv2d_bwd_data` (or
+    /// `conv2d_bwd_data_add` when `add`), the same values; a backend may share work between them.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_bwd(
+        &self,
+        x: &Buf,
+        dy: &Buf,
+        w: &Buf,
+        dw: &mut Buf,
+        dx: Option<&mut Buf>,
+        add: bool,
+        s: Checked<Conv>,
+    ) -> Result<()> {
+        self.conv2d_bwd_weight(x, dy, dw, s)?;
+        match dx {
+            Some(dx) if add => self.conv2d_bwd_data_add(dy, w, dx, s),
+            Some(dx) => self.conv2d_bwd_data(dy, w, dx, s),
+            None => Ok(()),
+        }
+    }
 }
 
 impl dyn Backend + '_ {
@@ -293,6 +313,30 @@ impl dyn Backend + '_ {
         self.require(Op::BatchnormFwdTrain, x.dtype())?;
         self.conv_ops()
             .conv2d_fwd_bn_train(x, w, z, bn, residual, y, s, b)
+    }
+
+    /// A convolution's backward: `dw +=` the weight gradient from the forward's input `x` and
+    /// `dy`, and with `dx` the data gradient written into it (or added onto it, `add`): the
+    /// values of `conv2d_bwd_weight` and then `conv2d_bwd_data[_add]`, where CUDA's channels-last
+    /// kernels transpose dy once for both.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_bwd(
+        &self,
+        x: &Buf,
+        dy: &Buf,
+        w: &Buf,
+        dw: &mut Buf,
+        dx: Option<&mut Buf>,
+        add: bool,
+        s: Conv,
+    ) -> Result<()> {
+        let checked = s.check_weight_grad(x, dw, dy)?;
+        self.require(Op::Conv2dBwdWeight, x.dtype())?;
+        if let Some(dx) = &dx {
+            s.check(dx, w, dy)?;
+            self.require(Op::Conv2dBwdData, dy.dtype())?;
+        }
+        self.conv_ops().conv2d_bwd(x, dy, w, dw, dx, add, checked)
     }
 
     /// Convolution data gradient: writes `dx` from `dy` and the weight.

@@ -118,14 +118,14 @@ impl Conv2d {
     /// From the forward's input `x` and `dy`: `weight.grad += dW`, and `dx = ...` when
     /// `need_dx` (the first layer of a network skips it).
     pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf, need_dx: bool) -> Result<()> {
-        let s = self.weight_grad(be, x, dy)?;
-        if need_dx {
-            let w = data_weight(&self.weight, &self.weight_lp, dy.dtype());
-            ensure_like(be, &mut self.dx, dy, s.sizes().0)?;
-            be.conv2d_bwd_data(dy, w, &mut self.dx, s)
-                .with_context(|| format!("input gradient of {}", self.weight.name))?;
-        }
-        Ok(())
+        let mut dx = std::mem::replace(&mut self.dx, empty());
+        let done = match self.shape {
+            Some(s) if need_dx => ensure_like(be, &mut dx, dy, s.sizes().0)
+                .and_then(|()| self.backward_into(be, x, dy, Some(&mut dx), false)),
+            _ => self.backward_into(be, x, dy, None, false),
+        };
+        self.dx = dx;
+        done
     }
 
     /// As [`Conv2d::backward`] with the input gradient added onto `dx` (the gradient a residual
@@ -138,30 +138,36 @@ impl Conv2d {
         dy: &Buf,
         dx: &mut Buf,
     ) -> Result<()> {
-        let s = self.weight_grad(be, x, dy)?;
-        let w = data_weight(&self.weight, &self.weight_lp, dy.dtype());
-        be.conv2d_bwd_data_add(dy, w, dx, s)
-            .with_context(|| format!("input gradient of {}", self.weight.name))
+        self.backward_into(be, x, dy, Some(dx), true)
     }
 
-    /// `weight.grad += dW` from the forward's input and `dy`; returns the forward's shape.
-    fn weight_grad(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<Conv> {
+    /// `weight.grad += dW` from the forward's input and `dy`, and the input gradient into (or,
+    /// `add`, onto) `dx` when given: one backend op, which may share work between the passes.
+    fn backward_into(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        dy: &Buf,
+        dx: Option<&mut Buf>,
+        add: bool,
+    ) -> Result<()> {
         let s = self
             .shape
             .ok_or_else(|| anyhow!("backward of {} before its forward", self.weight.name))?;
-        let name = self.weight.name.clone();
-        be.conv2d_bwd_weight(x, dy, self.weight.grad_mut()?, s)
-            .with_context(|| format!("weight gradient of {name}"))?;
-        Ok(s)
-    }
-}
-
-/// The weight a data gradient in `dtype` reads: the f32 master copy, or the low-precision copy
-/// (bf16) the forward rounded from it.
-fn data_weight<'a>(weight: &'a Param, weight_lp: &'a Buf, dtype: DType) -> &'a Buf {
-    match dtype {
-        DType::F32 => &weight.value,
-        _ => weight_lp,
+        let name = &self.weight.name;
+        let dw = self
+            .weight
+            .grad
+            .as_mut()
+            .ok_or_else(|| anyhow!("{name} has no gradient buffer (it is not trainable)"))?;
+        // The data gradient reads the f32 master copy, or the low-precision copy (bf16) the
+        // forward rounded from it.
+        let w = match dy.dtype() {
+            DType::F32 => &self.weight.value,
+            _ => &self.weight_lp,
+        };
+        be.conv2d_bwd(x, dy, w, dw, dx, add, s)
+            .with_context(|| format!("gradients of {name}"))
     }
 }
 

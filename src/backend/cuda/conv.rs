@@ -2,7 +2,7 @@
 //! convolutions with their own kernels. Other groupings have no kernel and are an error.
 
 use super::device::{Args, DevMem, Launch};
-use super::norm::BnStats;
+use super::norm::{bn_merge_chunks, BnStats};
 use super::work::{conv_shape, Unit, Work};
 use super::{int, CudaBackend};
 use crate::backend::{
@@ -93,6 +93,58 @@ impl BnPost<'_> {
     fn bytes(&self) -> usize {
         let res = self.residual.map_or(0, |r| r.len() * r.dtype().size());
         4 * self.s.c * 4 + res
+    }
+}
+
+/// The activation operand of a channels-last product: an NCHW buffer its launcher transposes
+/// into scratch, or a channels-last copy made already (a layer's dy, which both backward passes
+/// read: [`ConvOps::conv2d_bwd`]).
+#[derive(Clone, Copy)]
+enum Activation<'a> {
+    Nchw(&'a Buf),
+    Nhwc(&'a DevMem, DType),
+}
+
+impl Activation<'_> {
+    fn dtype(&self) -> DType {
+        match self {
+            Activation::Nchw(b) => b.dtype(),
+            Activation::Nhwc(_, dtype) => *dtype,
+        }
+    }
+
+    /// Where the kernel reads it: the NCHW buffer's copy at byte 0 of `scratch`, or the copy.
+    fn nhwc<'b>(&'b self, scratch: &'b DevMem) -> &'b DevMem {
+        match self {
+            Activation::Nchw(_) => scratch,
+            Activation::Nhwc(m, _) => m,
+        }
+    }
+
+    /// Its copy's bytes in the launcher's scratch: `bytes`, or none when made already.
+    fn scratch_bytes(&self, bytes: usize) -> usize {
+        match self {
+            Activation::Nchw(_) => bytes.next_multiple_of(256),
+            Activation::Nhwc(..) => 0,
+        }
+    }
+
+    /// Transposes an NCHW buffer into byte 0 of `scratch` (`planes` images of `channels` x
+    /// `pixels`, rows padded to `padded`); nothing for a copy made already.
+    fn transpose(
+        &self,
+        be: &CudaBackend,
+        scratch: &DevMem,
+        planes: usize,
+        channels: (usize, usize),
+        pixels: usize,
+    ) -> Result<()> {
+        match self {
+            Activation::Nchw(b) => {
+                be.to_nhwc(b.dtype(), b.dev()?, scratch, 0, planes, channels, pixels, 1)
+            }
+            Activation::Nhwc(..) => Ok(()),
+        }
     }
 }
 
@@ -303,7 +355,7 @@ impl ConvOps for CudaBackend {
         )?;
         let (kernel, cfg) = match path {
             Path::OneByOne => return self.conv1x1(x, w, y, &s, "fwd", false, None),
-            Path::Nhwc => return self.conv_nhwc(x, w, y, &s, "fwd", false, None),
+            Path::Nhwc => return self.conv_nhwc(Activation::Nchw(x), w, y, &s, "fwd", false, None),
             Path::Gemm => (
                 Op::Conv2dFwd.kernel(x.dtype()),
                 gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
@@ -387,7 +439,8 @@ impl ConvOps for CudaBackend {
     }
 
     /// The 1x1 and channels-last forwards' `_bn_stats` kernels, then batchnorm_merge_stats_f32
-    /// and `batchnorm_fwd_train_<dtype>` (kernels/norm.cu), which reads z once.
+    /// (to a few runs per pair) and `batchnorm_fwd_train_<dtype>` (kernels/norm.cu), which
+    /// merges those and reads z once.
     fn conv2d_fwd_bn_train(
         &self,
         x: &Buf,
@@ -409,24 +462,25 @@ impl ConvOps for CudaBackend {
         let per = b.n / b.ghost;
         let runs = per * (s.oh * s.ow).div_ceil(PIXEL_TILE);
         let pairs = b.ghost * b.c;
+        let chunks = bn_merge_chunks(pairs, runs);
         let partial_bytes = stats_partial_bytes(runs * b.ghost, b.c);
         let merged_at = partial_bytes.next_multiple_of(256);
         int(runs, "batchnorm statistics runs")?;
-        self.with_stats_scratch(merged_at + pairs * 3 * 4, |stats| {
+        self.with_outer_scratch(merged_at + pairs * chunks * 3 * 4, |stats| {
             let post = FwdPost::Stats {
                 partial: stats,
                 per,
                 groups: b.ghost,
             };
             self.pipelined_fwd(&path, x, w, z, &s, &post)?;
-            self.bn_merge_stats(stats, merged_at, pairs, runs)?;
+            self.bn_merge_stats(stats, merged_at, pairs, runs, chunks)?;
             let split = self.bn_apply_split(&b, z, y, residual)?;
             let merged = BnStats {
                 partial: stats,
                 at: merged_at,
-                runs: 1,
+                runs: chunks,
                 shifted: false,
-                bytes: pairs * 3 * 4,
+                bytes: pairs * chunks * 3 * 4,
             };
             self.bn_train_apply(z, bn, residual, y, &b, &split, merged)
         })?;
@@ -441,6 +495,47 @@ impl ConvOps for CudaBackend {
         self.bwd_data(dy, w, dx, &s, true)
     }
 
+    /// Where both passes run channels-last (dy's channels in 16-byte runs, a dx wanted), dy is
+    /// transposed once into the outer scratch and both read that copy; otherwise the two ops.
+    fn conv2d_bwd(
+        &self,
+        x: &Buf,
+        dy: &Buf,
+        w: &Buf,
+        dw: &mut Buf,
+        dx: Option<&mut Buf>,
+        add: bool,
+        s: Checked<Conv>,
+    ) -> Result<()> {
+        let dtype = dy.dtype();
+        let (ex, ew, ey) = s.sizes();
+        let shared = matches!(self.path(&s, dtype)?, Path::Nhwc)
+            && s.c_out % chunk(dtype) == 0
+            && s.stride <= 8
+            && ex * ew * ey > 0;
+        let dx = match dx {
+            Some(dx) if shared => dx,
+            dx => {
+                self.conv2d_bwd_weight(x, dy, dw, s)?;
+                return match dx {
+                    Some(dx) => self.bwd_data(dy, w, dx, &s, add),
+                    None => Ok(()),
+                };
+            }
+        };
+        self.with_outer_scratch(ey * dtype.size(), |copy| {
+            let ch = (s.c_out, s.c_out);
+            self.to_nhwc(dtype, dy.dev()?, copy, 0, s.n, ch, s.oh * s.ow, 1)?;
+            let dy_nhwc = Activation::Nhwc(copy, dtype);
+            self.conv_nhwc_bwd_weight(x, dy_nhwc, dw, &s)?;
+            if s.stride == 1 {
+                self.conv_nhwc(dy_nhwc, w, dx, &s, "bwd_data", add, None)
+            } else {
+                self.conv_nhwc_bwd_data_phases(dy_nhwc, w, dx, &s, add)
+            }
+        })
+    }
+
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
         let path = self.path(&s, x.dtype())?;
         let (m, n, k) = (s.c_out, s.c_in * s.kh * s.kw, s.n * s.oh * s.ow);
@@ -451,7 +546,7 @@ impl ConvOps for CudaBackend {
         match path {
             Path::OneByOne => return self.conv1x1_bwd_weight(x, dy, dw, &s),
             Path::Nhwc if s.c_out % chunk(x.dtype()) == 0 => {
-                return self.conv_nhwc_bwd_weight(x, dy, dw, &s)
+                return self.conv_nhwc_bwd_weight(x, Activation::Nchw(dy), dw, &s)
             }
             _ => {}
         }
@@ -497,13 +592,6 @@ impl ConvOps for CudaBackend {
     }
 }
 
-/// Where the channels-last operands sit in one scratch block: the activations' NHWC copy first,
-/// then the weight's, 256-byte aligned (the kernels' 16-byte copies need 16).
-fn nhwc_scratch(activation_elems: usize, weight_elems: usize, dtype: DType) -> (usize, usize) {
-    let at = (activation_elems * dtype.size()).next_multiple_of(256);
-    (at, at + weight_elems * dtype.size())
-}
-
 impl CudaBackend {
     /// Which kernel a shape takes on this backend (TF32 as [`Backend::set_tf32`] allows).
     fn path(&self, s: &Conv, dtype: DType) -> Result<Path> {
@@ -522,7 +610,7 @@ impl CudaBackend {
     ) -> Result<()> {
         match path {
             Path::OneByOne => self.conv1x1(x, w, y, s, "fwd", false, Some(post)),
-            _ => self.conv_nhwc(x, w, y, s, "fwd", false, Some(post)),
+            _ => self.conv_nhwc(Activation::Nchw(x), w, y, s, "fwd", false, Some(post)),
         }
     }
 
@@ -538,10 +626,10 @@ impl CudaBackend {
         let (kernel, cfg) = match path {
             Path::OneByOne => return self.conv1x1(dy, w, dx, s, "bwd_data", add, None),
             Path::Nhwc if s.stride == 1 && s.c_out % chunk(dy.dtype()) == 0 => {
-                return self.conv_nhwc(dy, w, dx, s, "bwd_data", add, None)
+                return self.conv_nhwc(Activation::Nchw(dy), w, dx, s, "bwd_data", add, None)
             }
             Path::Nhwc if s.c_out % chunk(dy.dtype()) == 0 && s.stride <= 8 => {
-                return self.conv_nhwc_bwd_data_phases(dy, w, dx, s, add)
+                return self.conv_nhwc_bwd_data_phases(Activation::Nchw(dy), w, dx, s, add)
             }
             Path::Gemm | Path::Nhwc => (
                 Op::Conv2dBwdData.kernel(dy.dtype()),
@@ -658,7 +746,7 @@ impl CudaBackend {
                 .work(traffic);
             // SAFETY: arguments match conv2d_to_nhwc8_bf16(src, dst, channels, pixels) with
             // gridDim.y = planes; src holds planes x channels x pixels bf16, dst planes x 8 x
-            // pixels from `at` (nhwc_scratch); channels < 8.
+            // pixels from `at` (a 256-byte aligned offset); channels < 8.
             return unsafe { self.launch("conv2d_to_nhwc8_bf16", cfg, args) };
         }
         // Square tiles of 64 bf16 or 32 f32 (a 128-byte row either way).
@@ -686,7 +774,7 @@ impl CudaBackend {
         debug_assert!(padded % chunk(dtype) == 0 && padded >= channels);
         // SAFETY: arguments match conv2d_to_nhwc_{bf16,f32}(src, dst, channels, pixels, flip,
         // padded); the callers pass src holding planes x channels x pixels of dtype and dst
-        // planes x padded x pixels from `at` (nhwc_scratch), padded a multiple of a 16-byte run
+        // planes x padded x pixels from `at` (256-byte aligned), padded a multiple of a 16-byte run
         // and >= channels.
         unsafe { self.launch(kernel, cfg, args) }
     }
@@ -701,7 +789,7 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn conv_nhwc(
         &self,
-        input: &Buf,
+        input: Activation,
         w: &Buf,
         out: &mut Buf,
         layer: &Conv,
@@ -731,13 +819,14 @@ impl CudaBackend {
                 s.kw as i64 - 1 - s.pad_left as i64,
             )
         };
-        let (w_at, bytes) = nhwc_scratch(s.n * c * h * wd, ew, dtype);
+        let w_at = input.scratch_bytes(s.n * c * h * wd * dtype.size());
+        let bytes = w_at + ew * dtype.size();
         let kernel_op = post.map_or(op, |p| p.op());
         let (kernel, cfg) = pipelined_launch("nhwc", kernel_op, m, oh * ow, s.n, dtype);
         // The input's own channel count: the transposes write the forward's padding.
         let real = if fwd { layer.c_in } else { c };
         self.with_scratch(bytes, |scratch| {
-            self.to_nhwc(dtype, input.dev()?, scratch, 0, s.n, (real, c), h * wd, 1)?;
+            input.transpose(self, scratch, s.n, (real, c), h * wd)?;
             if fwd {
                 self.to_nhwc(dtype, w.dev()?, scratch, w_at, s.c_out, (real, c), taps, 1)?;
             } else {
@@ -745,7 +834,7 @@ impl CudaBackend {
                 self.to_nhwc(dtype, w.dev()?, scratch, w_at, 1, ch, s.c_in * taps, taps)?;
             }
             let args = Args::new()
-                .ptr_at(scratch, 0)
+                .ptr(input.nhwc(scratch))
                 .ptr_at(scratch, w_at)
                 .ptr(out.dev_mut()?)
                 .i32s([c, h, wd, m, s.kh, s.kw].map(|v| v as i64))
@@ -768,8 +857,9 @@ impl CudaBackend {
             // gamma, beta, mean, var, res, eps, act) with the BatchNorm checked against the
             // output (per-channel f32 tensors of c_out, res as y), or
             // conv2d_nhwc_fwd_bn_stats[_m64]_<bf16|tf32>(..., partial, per, groups) (3 floats per
-            // channel, image and pixel tile, groups x per = n); scratch holds the NHWC input
-            // (n x h x w x c) and the transposed weight at w_at in the operands' type, `out` the
+            // channel, image and pixel tile, groups x per = n); the NHWC input (n x h x w x c) is
+            // at byte 0 of scratch or the caller's copy, the transposed weight at w_at of
+            // scratch, both in the operands' type, `out` the
             // checked output (n x m x oh x ow); c a multiple of 16 bytes of channels (padded, or
             // the caller's c_out), path() checked kh, kw <= 8, shape_args every size against int.
             unsafe { self.launch(&kernel, cfg, args) }
@@ -784,7 +874,7 @@ impl CudaBackend {
     /// multiply-adds add up to the forward's: none multiplies a zero of the stride.
     fn conv_nhwc_bwd_data_phases(
         &self,
-        dy: &Buf,
+        dy: Activation,
         w: &Buf,
         dx: &mut Buf,
         s: &Conv,
@@ -822,11 +912,11 @@ impl CudaBackend {
             crate::backend::Backend::zero(self, dx)?;
         }
         let (dtype, size) = (dy.dtype(), dy.dtype().size());
-        let wf_at = (ey * size).next_multiple_of(256);
+        let wf_at = dy.scratch_bytes(ey * size);
         let wp_at = wf_at + (ew * size).next_multiple_of(256);
         self.with_scratch(wp_at + ew * size, |scratch| {
             let ch = (s.c_out, s.c_out);
-            self.to_nhwc(dtype, dy.dev()?, scratch, 0, s.n, ch, s.oh * s.ow, 1)?;
+            dy.transpose(self, scratch, s.n, ch, s.oh * s.ow)?;
             self.to_nhwc(dtype, w.dev()?, scratch, wf_at, 1, ch, s.c_in * taps, taps)?;
             for &((py, px), first, (jr, js), (pad_top, pad_left)) in &phases {
                 if jr * js == 0 {
@@ -847,7 +937,7 @@ impl CudaBackend {
                     shape: format!("{} phase {py},{px}", conv_shape(s)),
                 };
                 let args = Args::new()
-                    .ptr_at(scratch, 0)
+                    .ptr(dy.nhwc(scratch))
                     .ptr_at(scratch, wp_at)
                     .ptr(dx.dev_mut()?)
                     .i32s([s.c_out, s.oh, s.ow, s.c_in, jr, js, 1].map(|v| v as i64))
@@ -908,7 +998,13 @@ impl CudaBackend {
     /// into as many parts as fill the GPU's resident blocks in one wave beside the output's tiles
     /// (at least 256 pixels each, as the element gather's), each part's sum in KRSC order, then
     /// `conv2d_bwd_weight_reduce_krsc_f32` adds the parts' real channels into dw in order.
-    fn conv_nhwc_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, layer: &Conv) -> Result<()> {
+    fn conv_nhwc_bwd_weight(
+        &self,
+        x: &Buf,
+        dy: Activation,
+        dw: &mut Buf,
+        layer: &Conv,
+    ) -> Result<()> {
         let dtype = x.dtype();
         let s = &padded(layer, dtype);
         // Every size the kernels index fits an int, also the offsets of the rows past the batch's
@@ -927,24 +1023,26 @@ impl CudaBackend {
         };
         let (ex, _, ey) = s.sizes();
         let size = dtype.size();
-        let dy_at = (ex * size).next_multiple_of(256);
-        let partial_at = dy_at + (ey * size).next_multiple_of(256);
+        // Scratch: dy's copy (unless made already), x's, the partial sums.
+        let x_at = dy.scratch_bytes(ey * size);
+        let partial_at = x_at + (ex * size).next_multiple_of(256);
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_at + partial_bytes, |scratch| {
             let (xc, dyc) = ((layer.c_in, s.c_in), (s.c_out, s.c_out));
-            self.to_nhwc(dtype, x.dev()?, scratch, 0, s.n, xc, s.h * s.w, 1)?;
-            self.to_nhwc(dtype, dy.dev()?, scratch, dy_at, s.n, dyc, s.oh * s.ow, 1)?;
+            dy.transpose(self, scratch, s.n, dyc, s.oh * s.ow)?;
+            self.to_nhwc(dtype, x.dev()?, scratch, x_at, s.n, xc, s.h * s.w, 1)?;
             let args = Args::new()
-                .ptr_at(scratch, 0)
-                .ptr_at(scratch, dy_at)
+                .ptr_at(scratch, x_at)
+                .ptr(dy.nhwc(scratch))
                 .ptr_at(scratch, partial_at)
                 .i32(per as i32);
             let bytes = (ex + ey) * size + partial_bytes;
             let args = shape_args(args, s)?.work(Work::conv_on(s, tensor_math(dtype).1, bytes));
             // SAFETY: arguments match conv2d_nhwc_bwd_weight[_m64]_<bf16|tf32>(x_nhwc, dy_nhwc,
             // partial, per, n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow);
-            // scratch holds the NHWC input and output gradient in x's type and splits x c_out x K
-            // floats at partial_at; c_in in 16-byte runs (padded), the caller checked c_out's,
+            // scratch holds the NHWC input at x_at, the output gradient at byte 0 (or the caller
+            // made its copy, of the same layout), both in x's type, and splits x c_out x K floats
+            // at partial_at; c_in in 16-byte runs (padded), the caller checked c_out's,
             // shape_args and the check above every size against int; the splits cover every
             // output pixel once, `per` a multiple of 32 (whole k tiles of either type).
             unsafe { self.launch(&kernel, cfg, args)? };

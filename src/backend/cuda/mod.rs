@@ -51,9 +51,10 @@ pub struct CudaBackend {
     /// Device scratch for kernels' intermediate results (split-K partial sums), grown to the
     /// largest request and reused, so a training step allocates nothing after its first.
     scratch: Mutex<Option<DevMem>>,
-    /// The same for BatchNorm statistics that a convolution's epilogue writes and BatchNorm then
-    /// reads: they outlive the convolution's own use of `scratch`.
-    stats_scratch: Mutex<Option<DevMem>>,
+    /// A second such block, for what outlives one launcher's use of `scratch`: the BatchNorm
+    /// statistics a convolution's epilogue writes and BatchNorm then reads, a layer's output
+    /// gradient in channels-last order shared by its two backward passes.
+    outer_scratch: Mutex<Option<DevMem>>,
     /// While a per-kernel profile records ([`CudaBackend::profile_start`]): every launch, copy
     /// and memset, with the events around it on a GPU.
     profiling: AtomicBool,
@@ -79,7 +80,7 @@ impl CudaBackend {
             layer: Layer::Gpu(Box::new(gpu)),
             kernels,
             scratch: Mutex::new(None),
-            stats_scratch: Mutex::new(None),
+            outer_scratch: Mutex::new(None),
             profiling: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
             tf32: AtomicBool::new(false),
@@ -102,7 +103,7 @@ impl CudaBackend {
             layer: Layer::Emu(emu),
             kernels: emu::KERNELS.iter().map(|(_, k)| k.to_string()).collect(),
             scratch: Mutex::new(None),
-            stats_scratch: Mutex::new(None),
+            outer_scratch: Mutex::new(None),
             profiling: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
             tf32: AtomicBool::new(false),
@@ -116,7 +117,7 @@ impl CudaBackend {
             layer: Layer::Plan(record::Recorder::new()),
             kernels: emu::KERNELS.iter().map(|(_, k)| k.to_string()).collect(),
             scratch: Mutex::new(None),
-            stats_scratch: Mutex::new(None),
+            outer_scratch: Mutex::new(None),
             profiling: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
             tf32: AtomicBool::new(false),
@@ -257,14 +258,15 @@ impl CudaBackend {
         self.grown(&self.scratch, bytes, f)
     }
 
-    /// As [`CudaBackend::with_scratch`], for a convolution's BatchNorm statistics: `f` may run
-    /// ops that take the other scratch.
-    pub(crate) fn with_stats_scratch<R>(
+    /// As [`CudaBackend::with_scratch`], for what a launcher keeps while it runs others that
+    /// take the first scratch (a convolution's BatchNorm statistics, a shared channels-last
+    /// copy of dy): `f` may call `with_scratch`, never this again.
+    pub(crate) fn with_outer_scratch<R>(
         &self,
         bytes: usize,
         f: impl FnOnce(&DevMem) -> Result<R>,
     ) -> Result<R> {
-        self.grown(&self.stats_scratch, bytes, f)
+        self.grown(&self.outer_scratch, bytes, f)
     }
 
     fn grown<R>(

@@ -432,34 +432,36 @@ impl CudaBackend {
     }
 
     /// Merges a convolution's `runs` partial statistics per pair (its epilogue's, one per image
-    /// and tile, in three planes of runs x pairs floats) into one unshifted run per pair (3
-    /// floats) at byte `merged_at` (batchnorm_merge_stats_f32).
+    /// and tile, in three planes of runs x pairs floats) into `chunks` unshifted runs per pair (3
+    /// floats each) at byte `merged_at` (batchnorm_merge_stats_f32; `chunks` from
+    /// [`bn_merge_chunks`]).
     pub(super) fn bn_merge_stats(
         &self,
         partial: &DevMem,
         merged_at: usize,
         pairs: usize,
         runs: usize,
+        chunks: usize,
     ) -> Result<()> {
         let args = Args::new()
             .ptr(partial)
             .ptr_at(partial, merged_at)
             .i32(int(pairs, "batchnorm pairs")?)
             .i32(int(runs, "batchnorm statistics runs")?)
+            .i32(chunks as i32)
             .work(Work::traffic(
-                (runs + 1) * pairs * 3 * 4,
+                (runs + chunks) * pairs * 3 * 4,
                 format!("{pairs}x{runs}"),
             ));
-        // SAFETY: arguments match batchnorm_merge_stats_f32(partial, merged, pairs, runs);
-        // `partial` holds 3 planes of runs x pairs floats from its start and pairs x 3 more at
-        // byte merged_at (the caller's layout); one block per 32 pairs.
-        unsafe {
-            self.launch(
-                "batchnorm_merge_stats_f32",
-                Launch::linear(pairs.div_ceil(32) as u32, BN_THREADS),
-                args,
-            )
-        }
+        let cfg = Launch {
+            grid: (pairs.div_ceil(32) as u32, chunks as u32, 1),
+            block: (BN_THREADS, 1, 1),
+            smem: 0,
+        };
+        // SAFETY: arguments match batchnorm_merge_stats_f32(partial, merged, pairs, runs,
+        // chunks); `partial` holds 3 planes of runs x pairs floats from its start and pairs x
+        // chunks x 3 more at byte merged_at (the caller's layout); blocks of 32 pairs x chunks.
+        unsafe { self.launch("batchnorm_merge_stats_f32", cfg, args) }
     }
 
     /// The launch split of the training forward's apply pass alone (after a convolution that
@@ -488,6 +490,14 @@ impl BnSplit {
             smem: 0,
         }
     }
+}
+
+/// The runs per pair that batchnorm_merge_stats_f32 leaves of a convolution's `runs`: enough
+/// blocks (of 32 pairs) to cover a GPU several times over, each merging at least 8 runs (one a
+/// warp); batchnorm_fwd_train's blocks merge what is left, a few dozen per pair at most.
+pub(super) fn bn_merge_chunks(pairs: usize, runs: usize) -> usize {
+    const BLOCKS: usize = 1024;
+    (BLOCKS / pairs.div_ceil(32)).clamp(1, runs.div_ceil(8).max(1))
 }
 
 /// Runs per pair: the fewest whose grid (`pairs x chunks` blocks) fills at least 95% of its last
