@@ -542,34 +542,28 @@ fn conv_with_batchnorm_statistics_in_the_epilogue() {
     let be: &dyn Backend = &dev;
     // 1x1 with a partial last pixel tile (160 = 128 + 32) and two statistics groups; a 3x3 on a
     // 6 x 64 strip (whole tiles of 128 pixels less the last 0).
-    for (tf32, s, ghost, kernel) in [
+    let shapes = [
         (
-            false,
             Conv::new(4, 64, 16, 10, 256, 1, 1, Padding::Sym(0), 1).unwrap(),
             2,
-            "conv2d_1x1_fwd_bn_stats_bf16",
+            "conv2d_1x1_fwd_bn_stats",
         ),
         (
-            false,
             Conv::new(2, 64, 8, 66, 128, 3, 1, Padding::Sym(0), 1).unwrap(),
             1,
-            "conv2d_nhwc_fwd_bn_stats_bf16",
+            "conv2d_nhwc_fwd_bn_stats",
         ),
-        (
-            true,
-            Conv::new(4, 64, 16, 10, 256, 1, 1, Padding::Sym(0), 1).unwrap(),
-            2,
-            "conv2d_1x1_fwd_bn_stats_tf32",
-        ),
-        (
-            true,
-            Conv::new(2, 64, 8, 66, 128, 3, 1, Padding::Sym(0), 1).unwrap(),
-            1,
-            "conv2d_nhwc_fwd_bn_stats_tf32",
-        ),
-    ] {
+    ];
+    for ((s, ghost, family), tf32) in shapes.iter().flat_map(|c| [(c, false), (c, true)]) {
+        let (s, ghost) = (*s, *ghost);
         dev.set_tf32(tf32);
-        let dt = if tf32 { DType::F32 } else { DType::BF16 };
+        let (dt, suffix) = if tf32 {
+            (DType::F32, "tf32")
+        } else {
+            (DType::BF16, "bf16")
+        };
+        let kernel = format!("{family}_{suffix}");
+        let kernel = kernel.as_str();
         let (lx, lw, ly) = s.sizes();
         let x = upload(be, lx, dt, 30);
         let w = upload(be, lw, dt, 31);

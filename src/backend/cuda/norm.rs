@@ -494,10 +494,10 @@ impl BnSplit {
 
 /// The runs per pair that batchnorm_merge_stats_f32 leaves of a convolution's `runs`: enough
 /// blocks (of 32 pairs) to cover a GPU several times over, each merging at least 8 runs (one a
-/// warp); batchnorm_fwd_train's blocks merge what is left, a few dozen per pair at most.
+/// warp), and at most 128 per pair for batchnorm_fwd_train's blocks to merge (one warp each).
 pub(super) fn bn_merge_chunks(pairs: usize, runs: usize) -> usize {
     const BLOCKS: usize = 1024;
-    (BLOCKS / pairs.div_ceil(32)).clamp(1, runs.div_ceil(8).max(1))
+    (BLOCKS / pairs.div_ceil(32)).clamp(1, runs.div_ceil(8).clamp(1, 128))
 }
 
 /// Runs per pair: the fewest whose grid (`pairs x chunks` blocks) fills at least 95% of its last
