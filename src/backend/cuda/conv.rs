@@ -512,7 +512,7 @@ impl ConvOps for CudaBackend {
         let shared = matches!(self.path(&s, dtype)?, Path::Nhwc)
             && s.c_out % chunk(dtype) == 0
             && s.stride <= 8
-            && ex * ew * ey > 0;
+            && [ex, ew, ey].iter().all(|&e| e > 0);
         let dx = match dx {
             Some(dx) if shared => dx,
             dx => {
