@@ -242,12 +242,28 @@ pub trait ConvOps {
         add: bool,
         s: Checked<Conv>,
     ) -> Result<()> {
-        self.conv2d_bwd_weight(x, dy, dw, s)?;
-        match dx {
-            Some(dx) if add => self.conv2d_bwd_data_add(dy, w, dx, s),
-            Some(dx) => self.conv2d_bwd_data(dy, w, dx, s),
-            None => Ok(()),
-        }
+        bwd_by_passes(self, x, dy, w, dw, dx, add, s)
+    }
+}
+
+/// [`ConvOps::conv2d_bwd`] as its two ops, for a backend (or a shape) that shares nothing
+/// between them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bwd_by_passes<O: ConvOps + ?Sized>(
+    ops: &O,
+    x: &Buf,
+    dy: &Buf,
+    w: &Buf,
+    dw: &mut Buf,
+    dx: Option<&mut Buf>,
+    add: bool,
+    s: Checked<Conv>,
+) -> Result<()> {
+    ops.conv2d_bwd_weight(x, dy, dw, s)?;
+    match dx {
+        Some(dx) if add => ops.conv2d_bwd_data_add(dy, w, dx, s),
+        Some(dx) => ops.conv2d_bwd_data(dy, w, dx, s),
+        None => Ok(()),
     }
 }
 

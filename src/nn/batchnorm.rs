@@ -3,7 +3,7 @@
 
 use super::maps::Out;
 use super::{empty, ensure_len, ensure_like, Param, ParamKind};
-use crate::backend::{Act, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf};
+use crate::backend::{Act, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, DType};
 use anyhow::{anyhow, bail, Context, Result};
 
 /// BatchNorm over channels of an NCHW tensor (`<name>.{weight,bias,running_mean,running_var}`,
@@ -181,7 +181,7 @@ impl BatchNorm2d {
         &mut self,
         be: &dyn Backend,
         s: &BatchNorm,
-        dtype: crate::backend::DType,
+        dtype: DType,
     ) -> Result<(BnTrainParams<'_>, &mut Buf)> {
         ensure_len(be, &mut self.save_mean, s.ghost * s.c)?;
         ensure_len(be, &mut self.save_invstd, s.ghost * s.c)?;

@@ -230,45 +230,30 @@ impl ConvBn {
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
-        let (oh, ow) = if self.bn.batch_stats_in(train)
-            && self.forward_train_fused(be, x, residual, (n, h, w))?
-        {
-            self.out_hw
-        } else {
-            let (oh, ow) = self.conv.forward(be, x, n, h, w)?;
-            self.bn
-                .forward_add(be, &self.conv.y, residual, n, oh * ow, train)?;
-            (oh, ow)
-        };
-        self.out_hw = (oh, ow);
-        Ok((oh, ow))
-    }
-
-    /// The training forward with batch statistics, the statistics taken by the convolution's
-    /// epilogue (the same outputs as the two layers' forwards, the statistics summed in another
-    /// order); false, having run nothing, where the backend has no kernel for it.
-    fn forward_train_fused(
-        &mut self,
-        be: &dyn Backend,
-        x: &Buf,
-        residual: Option<&Buf>,
-        (n, h, w): (usize, usize, usize),
-    ) -> Result<bool> {
         let conv = &mut self.conv;
         let s = conv.shape_for(n, h, w)?;
         let b = self.bn.shape_for(n, s.oh * s.ow);
         let wt = be.cast_to(&conv.weight.value, x.dtype(), &mut conv.weight_lp)?;
         be.ensure(&mut conv.y, x.dtype(), s.sizes().2)?;
-        let (params, y) = self.bn.train_params(be, &b, x.dtype())?;
-        let fused = be
-            .conv2d_fwd_bn_train(x, wt, &mut conv.y, params, residual, y, s, b)
-            .with_context(|| format!("forward of {} and its BatchNorm", conv.weight.name))?;
+        let name = &conv.weight.name;
+        // In training with batch statistics, the convolution's epilogue takes them where the
+        // backend can (the same outputs, the statistics summed in another order).
+        let fused = self.bn.batch_stats_in(train) && {
+            let (params, y) = self.bn.train_params(be, &b, x.dtype())?;
+            be.conv2d_fwd_bn_train(x, wt, &mut conv.y, params, residual, y, s, b)
+                .with_context(|| format!("forward of {name} and its BatchNorm"))?
+        };
         if fused {
-            conv.shape = Some(s);
             self.bn.ran(b, true, true, residual.is_some());
-            self.out_hw = (s.oh, s.ow);
+        } else {
+            be.conv2d_fwd(x, wt, &mut conv.y, s)
+                .with_context(|| format!("forward of {name}"))?;
+            self.bn
+                .forward_add(be, &conv.y, residual, n, s.oh * s.ow, train)?;
         }
-        Ok(fused)
+        conv.shape = Some(s);
+        self.out_hw = (s.oh, s.ow);
+        Ok((s.oh, s.ow))
     }
 
     /// Eval-mode forward of an [`EvalMaps`](super::maps::EvalMaps) pass: the BatchNorm's output

@@ -5,6 +5,7 @@ use super::device::{Args, DevMem, Launch};
 use super::norm::{bn_merge_chunks, BnStats};
 use super::work::{conv_shape, Unit, Work};
 use super::{int, CudaBackend};
+use crate::backend::conv::bwd_by_passes;
 use crate::backend::{
     Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, Checked, Conv, ConvOps, DType, Op,
 };
@@ -480,7 +481,6 @@ impl ConvOps for CudaBackend {
                 at: merged_at,
                 runs: chunks,
                 shifted: false,
-                bytes: pairs * chunks * 3 * 4,
             };
             self.bn_train_apply(z, bn, residual, y, &b, &split, merged)
         })?;
@@ -515,17 +515,10 @@ impl ConvOps for CudaBackend {
             && [ex, ew, ey].iter().all(|&e| e > 0);
         let dx = match dx {
             Some(dx) if shared => dx,
-            dx => {
-                self.conv2d_bwd_weight(x, dy, dw, s)?;
-                return match dx {
-                    Some(dx) => self.bwd_data(dy, w, dx, &s, add),
-                    None => Ok(()),
-                };
-            }
+            dx => return bwd_by_passes(self, x, dy, w, dw, dx, add, s),
         };
         self.with_outer_scratch(ey * dtype.size(), |copy| {
-            let ch = (s.c_out, s.c_out);
-            self.to_nhwc(dtype, dy.dev()?, copy, 0, s.n, ch, s.oh * s.ow, 1)?;
+            Activation::Nchw(dy).transpose(self, copy, s.n, (s.c_out, s.c_out), s.oh * s.ow)?;
             let dy_nhwc = Activation::Nhwc(copy, dtype);
             self.conv_nhwc_bwd_weight(x, dy_nhwc, dw, &s)?;
             if s.stride == 1 {

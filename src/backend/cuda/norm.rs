@@ -108,7 +108,6 @@ impl NormOps for CudaBackend {
                 at: 0,
                 runs: split.chunks,
                 shifted: true,
-                bytes: partial_bytes,
             };
             self.bn_train_apply(x, bn, residual, y, &s, &split, stats)
         })
@@ -366,15 +365,14 @@ pub(super) struct BnSplit {
 }
 
 /// A training forward's pair statistics for `batchnorm_fwd_train_<dtype>`: `runs` partials (count,
-/// mean, m2) per pair in `partial` from byte `at`, less the pair's first value when `shifted` (as the statistics
-/// pass writes them), `bytes` in all.
+/// mean, m2) per pair in `partial` from byte `at`, less the pair's first value when `shifted` (as
+/// the statistics pass writes them).
 pub(super) struct BnStats<'a> {
     pub partial: &'a DevMem,
     /// Byte offset of the first partial in `partial`.
     pub at: usize,
     pub runs: usize,
     pub shifted: bool,
-    pub bytes: usize,
 }
 
 impl CudaBackend {
@@ -420,7 +418,7 @@ impl CudaBackend {
             .i32(s.act.code())
             .work(bn_traffic(
                 s,
-                passes * act_bytes + stats.bytes + bn_channel_bytes(s),
+                passes * act_bytes + split.pairs * stats.runs * 3 * 4 + bn_channel_bytes(s),
             ));
         // SAFETY: arguments match batchnorm_fwd_train_<dtype>(x, gamma, beta, running_mean,
         // running_var, save_mean, save_invstd, partial, runs, shifted, res, y, per, C, hw, chunks,
