@@ -321,6 +321,17 @@ __device__ __forceinline__ uint4 ld_shared_v4(const void* p) {
     return v;
 }
 
+// 8 bytes from shared memory (8-byte aligned) in one access.
+__device__ __forceinline__ uint2 ld_shared_v2(const void* p) {
+    uint2 v;
+#ifdef INSCLR_EMU
+    insclr_emu::vector_load(&v, p, 8);
+#else
+    asm volatile("ld.shared.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(smem_addr(p)));
+#endif
+    return v;
+}
+
 // 16 bytes to shared memory (16-byte aligned) in one access.
 __device__ __forceinline__ void st_shared_v4(void* p, uint4 v) {
 #ifdef INSCLR_EMU

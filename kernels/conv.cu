@@ -416,7 +416,10 @@ extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float* __restrict_
 //   data grad dx[img] (c_in x hw)   = W^T dy[img] (c_out x hw)                      one batch per image
 //   weight    partial[z] (c_out x c_in) = sum over split z's pixels of dy x^T
 // conv.rs takes this path when c_in and hw make 16-byte rows (multiples of 8 in bf16, of 4 in
-// f32). The weight gradient's split z covers `per` whole images (their pixels as k segments, one
+// f32), so every row of C is 16-byte aligned too and the bf16 epilogue compiles its 16-byte
+// stores only (ROWS_ALIGNED; as the weight gradients, whose rows are c_in or k). The TF32 forward
+// and data gradient keep the other paths, never taken: compiled without them, ptxas spills 128-288
+// bytes in these 254-register kernels, with them none. The weight gradient's split z covers `per` whole images (their pixels as k segments, one
 // per image) or, when the batch has fewer images than the GPU wants splits, a `part_len`-pixel
 // part of one image (parts > 1); conv2d_bwd_weight_reduce_f32 adds the splits as the other
 // paths'. BM = 64 tiles serve the layers whose M (c_out, or c_in for the data gradient) is at
@@ -428,17 +431,17 @@ template <int BM, int WN, typename T, typename Post = tc::NoPost>
 __device__ __forceinline__ void conv1x1_fwd(const T* x, const T* w, T* y, int c_in, int c_out, int hw,
                                             const Post& post = Post{}) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    tc::tc_gemm<true, false, BM, 128, 64, WN, 3, T, false, Post>(w, x, y, c_out, hw, c_in, 0, (long long)c_in * hw,
-                                                               (long long)c_out * hw, 1, 0, 0, 1.0f, 0.0f, tc_smem, 0,
-                                                               post);
+    tc::tc_gemm<true, false, BM, 128, 64, WN, 3, T, false, Post, sizeof(T) == 2>(w, x, y, c_out, hw, c_in, 0,
+                                                                     (long long)c_in * hw, (long long)c_out * hw, 1, 0,
+                                                                     0, 1.0f, 0.0f, tc_smem, 0, post);
 }
 
 template <int BM, int WN, typename T>
 __device__ __forceinline__ void conv1x1_bwd_data(const T* dy, const T* w, T* dx, int c_in, int c_out, int hw,
                                                  float beta) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    tc::tc_gemm<false, false, BM, 128, 64, WN, 3, T>(w, dy, dx, c_in, hw, c_out, 0, (long long)c_out * hw,
-                                                   (long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem);
+    tc::tc_gemm<false, false, BM, 128, 64, WN, 3, T, false, tc::NoPost, sizeof(T) == 2>(
+        w, dy, dx, c_in, hw, c_out, 0, (long long)c_out * hw, (long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem);
 }
 
 template <int BM, int WN, typename T>
@@ -461,9 +464,9 @@ __device__ __forceinline__ void conv1x1_bwd_weight(const T* x, const T* dy, floa
         x += (long long)z * per * c_in * hw;
     }
     // The split's offsets are applied here, so blockIdx.z offsets nothing more (batch strides 0).
-    tc::tc_gemm<true, true, BM, 128, 64, WN, 3, float, true>(dy + first, x + first, partial + (long long)z * c_out * c_in,
-                                                           c_out, c_in, k, 0, 0, 0, images, (long long)c_out * hw,
-                                                           (long long)c_in * hw, 1.0f, 0.0f, tc_smem, hw);
+    tc::tc_gemm<true, true, BM, 128, 64, WN, 3, float, true, tc::NoPost, true>(
+        dy + first, x + first, partial + (long long)z * c_out * c_in, c_out, c_in, k, 0, 0, 0, images,
+        (long long)c_out * hw, (long long)c_in * hw, 1.0f, 0.0f, tc_smem, hw);
 }
 
 // The entry points for one input type T, named conv2d_1x1_<op>[_m64]_SUFFIX; the _bn_eval forwards
@@ -705,8 +708,8 @@ __device__ __forceinline__ void conv_nhwc_bwd_weight(const T* x, const T* dy, fl
     b_load.init(x, p0, pixels, bn, h, w, c_in, kh, kw, stride, pad_top, pad_left, oh, ow);
     float acc[4][WN / 8][4];
     tc::mainloop<false, false, BM, BN, 64, WN, 3>(a_load, b_load, (pixels + TILE_K - 1) / TILE_K, acc, tc_smem);
-    tc::epilogue<BM, BN, 64, WN, 3, float>(tc_smem, acc, partial + (long long)blockIdx.z * c_out * k, bm, bn, c_out,
-                                           k, 1.0f, 0.0f);
+    tc::epilogue<BM, BN, 64, WN, 3, float, false, tc::NoPost, true>(
+        tc_smem, acc, partial + (long long)blockIdx.z * c_out * k, bm, bn, c_out, k, 1.0f, 0.0f);
 }
 
 // Eight 64 x 32 warps (the 1x1 weight gradient's shape: four 64 x 64 ones spill); _m64: four,

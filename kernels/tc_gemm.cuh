@@ -50,6 +50,7 @@
 #pragma once
 #include "arch.cuh"
 #include "common.cuh"
+#include "vec.cuh"
 
 namespace tc {
 
@@ -476,17 +477,6 @@ struct SmemSize {
     static constexpr int PASS_ROWS = FIT < BM ? FIT : BM;
 };
 
-// v + beta * old for one 16-byte chunk of C, in f32, rounded to TC. (For a bf16 C, v was already
-// rounded once when staged: beta != 0 rounds twice.)
-template <typename TC>
-__device__ __forceinline__ uint4 add_scaled(uint4 v, uint4 old, float beta) {
-    TC* x = reinterpret_cast<TC*>(&v);
-    const TC* o = reinterpret_cast<const TC*>(&old);
-#pragma unroll
-    for (int e = 0; e < 16 / (int)sizeof(TC); ++e) x[e] = store<TC>(fmaf(beta, load(o[e]), load(x[e])));
-    return v;
-}
-
 // Where column `col` of C's rows goes when C is one stride phase of a larger map (a data
 // gradient by stride phases, conv.cu): the phase's grid is `wa` columns wide, its pixel (a, b) is
 // the map's (a stride + py, b stride + px), and a row of C is a `plane` of the map. Unused
@@ -504,10 +494,9 @@ struct PhaseMap {
 struct NoPost {
     static constexpr bool ON = false;
     __device__ __forceinline__ void stage(float2*, int, int, int) const {}
-    template <typename TC>
-    __device__ __forceinline__ uint4 chunk(uint4 v, float2, long long) const {
-        return v;
-    }
+    template <int VEC>
+    __device__ __forceinline__ void residual(long long, float (&)[VEC]) const {}
+    __device__ __forceinline__ float value(float v, float2, float) const { return v; }
     __device__ __forceinline__ float element(float v, float2, long long) const { return v; }
     __device__ __forceinline__ NoPost at_image(long long) const { return *this; }
     template <int, int, int, typename>
@@ -630,21 +619,18 @@ struct BnEvalPost {
         }
     }
 
-    // `v`: 16 bytes of C from element `at` on, in a row whose map is `m`.
-    template <typename T>
-    __device__ __forceinline__ uint4 chunk(uint4 v, float2 m, long long at) const {
-        const BnAffine a{m.x, m.y};
-        uint4 r = v;
-        if (res) r = ld_global_v4(res + at);
-        T* x = reinterpret_cast<T*>(&v);
-        const T* o = reinterpret_cast<const T*>(&r);
-#pragma unroll
-        for (int e = 0; e < 16 / (int)sizeof(T); ++e) {
-            float z = bn_affine_map(load(x[e]), a);
-            if (res) z += load(o[e]);
-            x[e] = store<T>(act_apply(act, z));
-        }
-        return v;
+    // The residual's VEC values from element `at` on (VEC * sizeof(TC) bytes, aligned to that),
+    // when there is one.
+    template <int VEC>
+    __device__ __forceinline__ void residual(long long at, float (&r)[VEC]) const {
+        if (res) load_vec<VEC>(res + at, r);
+    }
+
+    // The value `v` of C in a row whose map is `m`, `r` its residual (read only when there is one).
+    __device__ __forceinline__ float value(float v, float2 m, float r) const {
+        float z = bn_affine_map(v, BnAffine{m.x, m.y});
+        if (res) z += r;
+        return act_apply(act, z);
     }
 
     __device__ __forceinline__ float element(float v, float2 m, long long at) const {
@@ -657,10 +643,129 @@ struct BnEvalPost {
     __device__ __forceinline__ void reduce_rows(const unsigned char*, int, int, int, int, int, int) const {}
 };
 
+// C's stores, from the rows a pass staged (ROW_BYTES apart in shared memory, `table` the
+// post-op's map of each), in the widest accesses C's layout allows: whole rows 16-byte aligned
+// (n a multiple of 16 bytes) or 8-byte aligned (14 x 14 maps in bf16) take one vector a thread,
+// consecutive threads along a row; a tile of whole rows whose ends are not aligned (n <= BN: 7 x 7
+// maps) is one contiguous span of C, stored in 16-byte vectors that cross rows; anything else, and
+// a stride phase's pixels, one element a thread.
+
+// v + beta C (rounded to TC before a post-op, as storing the sum and applying the post-op to it
+// would), then the post-op; rows[e] is value e's pass row.
+template <int VEC, typename TC, typename Post>
+__device__ __forceinline__ void finish_values(float (&v)[VEC], const TC* to, long long at, float beta,
+                                              const float2* table, const int (&rows)[VEC], const Post& post) {
+    if (beta != 0.0f) {
+        float old[VEC];
+        load_vec<VEC>(to, old);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            v[e] = fmaf(beta, old[e], v[e]);
+            if (Post::ON) v[e] = load(store<TC>(v[e]));
+        }
+    }
+    if (Post::ON) {
+        float r[VEC];
+        post.template residual<VEC>(at, r);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[e] = post.value(v[e], table[rows[e]], r[e]);
+    }
+}
+
+// VEC staged values (VEC * sizeof(TC) = 16 or 8 bytes, aligned) as f32.
+template <int VEC, typename TC>
+__device__ __forceinline__ void load_staged(const unsigned char* p, float (&v)[VEC]) {
+    constexpr int WORDS = VEC * (int)sizeof(TC) / 4;
+    static_assert(WORDS == 4 || WORDS == 2, "16- or 8-byte vectors");
+    uint32_t w[4];
+    if (WORDS == 4) {
+        const uint4 u = ld_shared_v4(p);
+        w[0] = u.x, w[1] = u.y, w[2] = u.z, w[3] = u.w;
+    } else {
+        const uint2 u = ld_shared_v2(p);
+        w[0] = u.x, w[1] = u.y;
+    }
+#pragma unroll
+    for (int i = 0; i < WORDS; ++i) {
+        if (sizeof(TC) == 4)
+            v[i] = __uint_as_float(w[i]);
+        else
+            unpack_bf16x2(w[i], v[2 * i], v[2 * i + 1]);
+    }
+}
+
+// Rows of C that start VEC-aligned: a VEC-value vector a thread.
+template <int VEC, int BN, int ROW_BYTES, int THREADS, typename TC, typename Post>
+__device__ __forceinline__ void store_row_vectors(const unsigned char* smem, const float2* table, int r0, int rows,
+                                                  TC* __restrict__ c, int bm, int bn, int m, int n, float beta,
+                                                  const Post& post) {
+    constexpr int ROW_VECS = BN / VEC;
+    for (int idx = threadIdx.x; idx < rows * ROW_VECS; idx += THREADS) {
+        const int r = idx / ROW_VECS, ch = idx % ROW_VECS;
+        const int row = bm + r0 + r, col = bn + ch * VEC;
+        if (row >= m || col >= n) continue;
+        const long long at = (long long)row * n + col;
+        float v[VEC];
+        load_staged<VEC, TC>(smem + r * ROW_BYTES + ch * VEC * (int)sizeof(TC), v);
+        int of[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) of[e] = r;
+        finish_values<VEC>(v, c + at, at, beta, table, of, post);
+        store_vec<VEC>(c + at, v);
+    }
+}
+
+// The pass's `count` values of whole rows, C's elements [at, at + count) from `first` (16-byte
+// aligned, count a multiple of 16 bytes): 16-byte vectors, value e of a thread's from pass row
+// f / n, column f % n (f its place in the span). The row comes from one product with 1 / n: f
+// + 0.5 < 2^14 and n <= BN, so the quotient lies at least 0.5 / n from an integer and the
+// reciprocal's error (2 ulp) moves it by under 2^14 / n * 2^-21.
+template <int ROW_BYTES, int THREADS, typename TC, typename Post>
+__device__ __forceinline__ void store_span(const unsigned char* smem, const float2* table, TC* __restrict__ first,
+                                           long long at, int count, int n, float beta, const Post& post) {
+    constexpr int VEC = 16 / (int)sizeof(TC);
+    const float inv_n = __fdividef(1.0f, (float)n);
+    for (int f = threadIdx.x * VEC; f < count; f += THREADS * VEC) {
+        int r = __float2int_rz(((float)f + 0.5f) * inv_n), col = f - r * n;
+        float v[VEC];
+        int of[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            v[e] = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + col * (int)sizeof(TC)));
+            of[e] = r;
+            if (++col == n) col = 0, ++r;
+        }
+        finish_values<VEC>(v, first + f, at + f, beta, table, of, post);
+        store_vec<VEC>(first + f, v);
+    }
+}
+
+// One element a thread, consecutive threads along a row: rows that are not 16-byte aligned (n
+// not a multiple of the chunk) in a tile of part rows, or a stride phase's pixels.
+template <int BN, int ROW_BYTES, int THREADS, bool PHASED, typename TC, typename Post>
+__device__ __forceinline__ void store_elements(const unsigned char* smem, const float2* table, int r0, int rows,
+                                               TC* __restrict__ c, int bm, int bn, int m, int n, float beta,
+                                               const PhaseMap& map, const Post& post) {
+    for (int idx = threadIdx.x; idx < rows * BN; idx += THREADS) {
+        const int r = idx / BN, e = idx % BN;
+        const int row = bm + r0 + r, col = bn + e;
+        if (row >= m || col >= n) continue;
+        const long long at = PHASED ? map.at(row, col) : (long long)row * n + col;
+        TC* to = c + at;
+        float v = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + e * (int)sizeof(TC)));
+        if (beta != 0.0f) v = fmaf(beta, load(*to), v);
+        if (beta != 0.0f && Post::ON) v = load(store<TC>(v));
+        if (Post::ON) v = post.element(v, table[r], at);
+        *to = store<TC>(v);
+    }
+}
+
 // The epilogue: the warps whose rows lie in [r0, r0 + rows) write their accumulators (times alpha,
 // rounded to TC) to shared memory, then the block writes those rows to C, each value through
-// `post` (after beta's add).
-template <int BM, int BN, int WM, int WN, int THREADS, typename TC, bool PHASED = false, typename Post = NoPost>
+// `post` (after beta's add). ROWS_ALIGNED: the launcher guarantees that every row of C starts
+// 16-byte aligned, and only the 16-byte path is compiled.
+template <int BM, int BN, int WM, int WN, int THREADS, typename TC, bool PHASED = false, typename Post = NoPost,
+          bool ROWS_ALIGNED = false>
 __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4], int wm,
                                            int wn, int r0, int rows, TC* __restrict__ c, int bm, int bn, int m, int n,
                                            float alpha, float beta, const PhaseMap& map = PhaseMap{},
@@ -668,7 +773,6 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
     static_assert(!(PHASED && Post::ON), "a stride phase's pixels take no post-op");
     constexpr int ROW_BYTES = BN * (int)sizeof(TC) + (sizeof(TC) == 4 ? 32 : 16);
     constexpr int PER_CHUNK = 16 / (int)sizeof(TC);
-    constexpr int ROW_CHUNKS = BN / PER_CHUNK;
     const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
     if (wm >= r0 && wm < r0 + rows) {
 #pragma unroll
@@ -697,32 +801,24 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
     post.stage(table, bm + r0, rows, m);
     __syncthreads();
     post.template reduce_rows<BN, ROW_BYTES, THREADS, TC>(smem, r0, rows, bm, bn, m, n);
-    if (!PHASED && n % PER_CHUNK == 0) {
-        // Every row of C starts 16-byte aligned: 16 bytes a thread, consecutive threads along a row.
-        for (int idx = threadIdx.x; idx < rows * ROW_CHUNKS; idx += THREADS) {
-            const int r = idx / ROW_CHUNKS, ch = idx % ROW_CHUNKS;
-            const int row = bm + r0 + r, col = bn + ch * PER_CHUNK;
-            if (row >= m || col >= n) continue;
-            const long long at = (long long)row * n + col;
-            TC* to = c + at;
-            uint4 v = ld_shared_v4(smem + r * ROW_BYTES + ch * 16);
-            if (beta != 0.0f) v = add_scaled<TC>(v, ld_global_v4(to), beta);
-            if (Post::ON) v = post.template chunk<TC>(v, table[r], at);
-            st_global_v4(to, v);
-        }
+    static_assert(!(PHASED && ROWS_ALIGNED), "a stride phase's pixels are not rows of C");
+    if constexpr (ROWS_ALIGNED) {
+        store_row_vectors<PER_CHUNK, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta, post);
+    } else if constexpr (PHASED) {
+        store_elements<BN, ROW_BYTES, THREADS, PHASED>(smem, table, r0, rows, c, bm, bn, m, n, beta, map, post);
     } else {
-        // Rows that do not start 16-byte aligned (n not a multiple of the chunk), or a stride
-        // phase's pixels: one element a thread, still consecutive threads along a row.
-        for (int idx = threadIdx.x; idx < rows * BN; idx += THREADS) {
-            const int r = idx / BN, e = idx % BN;
-            const int row = bm + r0 + r, col = bn + e;
-            if (row >= m || col >= n) continue;
-            const long long at = PHASED ? map.at(row, col) : (long long)row * n + col;
-            TC* to = c + at;
-            float v = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + e * (int)sizeof(TC)));
-            if (beta != 0.0f) v = fmaf(beta, load(*to), v);
-            if (Post::ON) v = post.element(v, table[r], at);
-            *to = store<TC>(v);
+        // Whole rows (n <= BN): the pass's values are C's [at, at + count).
+        const long long at = (long long)(bm + r0) * n;
+        const int count = n <= BN ? max(min(rows, m - bm - r0), 0) * n : 0;
+        if (n % PER_CHUNK == 0) {
+            store_row_vectors<PER_CHUNK, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta, post);
+        } else if (n % (PER_CHUNK / 2) == 0) {
+            store_row_vectors<PER_CHUNK / 2, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta,
+                                                                     post);
+        } else if (n <= BN && reinterpret_cast<uintptr_t>(c + at) % 16 == 0 && count % PER_CHUNK == 0) {
+            store_span<ROW_BYTES, THREADS>(smem, table, c + at, at, count, n, beta, post);
+        } else {
+            store_elements<BN, ROW_BYTES, THREADS, PHASED>(smem, table, r0, rows, c, bm, bn, m, n, beta, map, post);
         }
     }
     __syncthreads();
@@ -807,7 +903,8 @@ __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles
 
 // The epilogue of a block tile (bm, bn) of the m x n row-major C: in passes of as many warp rows
 // as the pipeline's memory stages.
-template <int BM, int BN, int WM, int WN, int STAGES, typename TC, bool PHASED = false, typename Post = NoPost>
+template <int BM, int BN, int WM, int WN, int STAGES, typename TC, bool PHASED = false, typename Post = NoPost,
+          bool ROWS_ALIGNED = false>
 __device__ __forceinline__ void epilogue(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4],
                                          TC* __restrict__ C, int bm, int bn, int m, int n, float alpha, float beta,
                                          const PhaseMap& map = PhaseMap{}, const Post& post = Post{}) {
@@ -821,15 +918,15 @@ __device__ __forceinline__ void epilogue(unsigned char* smem, const float (&acc)
                   "room for the post-op's table after the staged rows");
 #pragma unroll
     for (int r0 = 0; r0 < BM; r0 += PASS_ROWS)
-        store_rows<BM, BN, WM, WN, THREADS, TC, PHASED, Post>(smem, acc, wm, wn, r0, PASS_ROWS, C, bm, bn, m, n,
-                                                              alpha, beta, map, post);
+        store_rows<BM, BN, WM, WN, THREADS, TC, PHASED, Post, ROWS_ALIGNED>(smem, acc, wm, wn, r0, PASS_ROWS, C, bm,
+                                                                            bn, m, n, alpha, beta, map, post);
 }
 
 // The whole product for one block tile BM x BN; (BM / WM) x (BN / WN) warps. SEGMENTED: the
 // reduction may run over several segments (else `segments` must be 1). `post` applies to C's
 // values as they are stored, offset by the batch as C is.
 template <bool A_K, bool B_K, int BM, int BN, int WM, int WN, int STAGES, typename TC, bool SEGMENTED = false,
-          typename Post = NoPost, typename T>
+          typename Post = NoPost, bool ROWS_ALIGNED = false, typename T>
 __device__ __forceinline__ void tc_gemm(const T* __restrict__ A, const T* __restrict__ B,
                                         TC* __restrict__ C, int m, int n, int k, long long batch_a, long long batch_b,
                                         long long batch_c, int segments, long long seg_a, long long seg_b, float alpha,
@@ -851,8 +948,8 @@ __device__ __forceinline__ void tc_gemm(const T* __restrict__ A, const T* __rest
     float acc[WM / 16][WN / 8][4];
     constexpr int TILE_K = Elem<T>::BK;
     mainloop<A_K, B_K, BM, BN, WM, WN, STAGES>(a_load, b_load, (k + TILE_K - 1) / TILE_K * segments, acc, smem);
-    epilogue<BM, BN, WM, WN, STAGES, TC, false, Post>(smem, acc, C, bm, bn, m, n, alpha, beta, PhaseMap{},
-                                                      post.at_image(blockIdx.z * batch_c));
+    epilogue<BM, BN, WM, WN, STAGES, TC, false, Post, ROWS_ALIGNED>(smem, acc, C, bm, bn, m, n, alpha, beta,
+                                                                    PhaseMap{}, post.at_image(blockIdx.z * batch_c));
 }
 
 }  // namespace tc

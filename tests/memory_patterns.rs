@@ -528,6 +528,96 @@ fn conv_with_eval_batchnorm_in_the_epilogue() {
     }
 }
 
+/// The epilogue's stores on maps whose rows are not 16-byte aligned, as ResNet's last stages have
+/// them: 14 x 14 (196 pixels, 392-byte rows) in 8-byte vectors along each row, 7 x 7 (49 pixels)
+/// as a tile of whole rows, one contiguous span of C, in 16-byte vectors that cross rows. Every
+/// access at its ideal (a 14 x 14 row's two tile segments start off sector boundaries in 3 rows of
+/// 4, which no store width avoids: there the fewest sectors that hold each segment), no 2-byte
+/// store; the forward with eval BatchNorm and a residual reads the residual as it stores, the
+/// data gradient added onto dx reads dx so.
+#[test]
+fn conv_epilogue_stores_unaligned_maps_in_vectors() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    for (side, k) in [(14, 3), (14, 1), (7, 3), (7, 1)] {
+        let s = Conv::new(2, 64, side, side, 128, k, 1, Padding::Sym(k / 2), 1).unwrap();
+        let (lx, lw, ly) = s.sizes();
+        let x = upload(be, lx, DType::BF16, 40);
+        let w = upload(be, lw, DType::BF16, 41);
+        let dy = upload(be, ly, DType::BF16, 42);
+        let res = upload(be, ly, DType::BF16, 43);
+        let chan = be.upload(&vec![1.0f32; s.c_out]).unwrap();
+        let bn = BnEvalParams {
+            gamma: &chan,
+            beta: &chan,
+            mean: &chan,
+            var: &chan,
+        };
+        let b = BatchNorm::new(s.n, s.c_out, s.oh * s.ow, 1e-5, Act::Relu);
+        let mut y = be.zeros(DType::BF16, ly).unwrap();
+        let mut dx = be.zeros(DType::BF16, lx).unwrap();
+        let (r, fwd) = count_memory(|| be.conv2d_fwd(&x, &w, &mut y, s));
+        r.unwrap();
+        let (r, eval) =
+            count_memory(|| be.conv2d_fwd_bn_eval(&x, &w, bn, Some(&res), &mut y, s, b));
+        assert!(r.unwrap(), "{s:?}: not fused");
+        let (r, data) = count_memory(|| be.conv2d_bwd_data_add(&dy, &w, &mut dx, s));
+        r.unwrap();
+        // dx has 64 channel rows: the 64-row kernel.
+        for (stats, kernel, rows_of_c) in [
+            (&fwd, "conv2d_nhwc_fwd_bf16", s.c_out),
+            (&eval, "conv2d_nhwc_fwd_bn_eval_bf16", s.c_out),
+            (&data, "conv2d_nhwc_bwd_data_m64_bf16", s.c_in),
+        ] {
+            show(&format!("{kernel}, {side} x {side}, {k}x{k}:"), stats);
+            let pixels = side * side;
+            let c_bytes = (s.n * rows_of_c * pixels * 2) as u64;
+            let (width, sectors) = if pixels == 196 {
+                // Each row's two column tiles (128 + 68 pixels) as contiguous byte ranges.
+                let mut sectors = 0;
+                for row in 0..(s.n * rows_of_c) as u64 {
+                    let at = row * 392;
+                    for (a, b) in [(at, at + 256), (at + 256, at + 392)] {
+                        sectors += b.div_ceil(32) - a / 32;
+                    }
+                }
+                (8, sectors)
+            } else {
+                (16, c_bytes / 32)
+            };
+            for row in rows(stats, kernel) {
+                let c_access =
+                    row.space == MemSpace::Global && row.op != "cp.async" && row.bytes == c_bytes;
+                if c_access {
+                    assert_eq!(
+                        row.width, width,
+                        "{kernel}: C in {width}-byte vectors: {row:?}"
+                    );
+                    assert_eq!(row.transactions, sectors, "{kernel}: {row:?}");
+                } else if pixels == 49 && row.space == MemSpace::Shared && row.width == 2 {
+                    // The span's reads of the staged rows, a value at a time: lanes read 16 bytes
+                    // apart across rows 272 bytes apart, 2-way conflicts (1.96-2.0x here).
+                    assert!(row.transactions <= 2 * row.ideal, "{kernel}: {row:?}");
+                } else {
+                    assert_eq!(row.transactions, row.ideal, "{kernel}: {row:?}");
+                }
+            }
+            let stores: Vec<_> = rows(stats, kernel)
+                .into_iter()
+                .filter(|r| r.space == MemSpace::Global && r.op == "st")
+                .collect();
+            assert!(
+                stores.len() == 1 && stores[0].bytes == c_bytes,
+                "{kernel}: C stored once, at one site: {stores:?}"
+            );
+        }
+    }
+}
+
 /// A training forward whose BatchNorm statistics come from the convolution's epilogue: the
 /// `_bn_stats` kernels read the staged rows once more (4 or 8 lanes a row, 4-byte words), with
 /// no bank conflict, and otherwise access memory as the plain forwards do (every site at its
