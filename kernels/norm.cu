@@ -111,10 +111,12 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 //             image and tile), batchnorm_merge_stats merges them into a few runs per pair, not
 //             shifted, and batchnorm_fwd_train alone reads x.
 //   backward: batchnorm_bwd_reduce writes each run's (sum dz, sum dz * xh); batchnorm_bwd's
-//             blocks add their pair's partials and write their run of dx (and dres). The blocks
-//             of run 0 in group 0 add every group's sums to dgamma / dbeta, group by group.
-//             Without a residual both read x and dy only: y (for act') is recomputed from x by
-//             the forward's own operations (BnAffine), one pass over y fewer in each.
+//             blocks add their pair's partials and write their run of dx. The blocks of run 0 in
+//             group 0 add every group's sums to dgamma / dbeta, group by group. Without a
+//             residual both read x and dy only: y (for act') is recomputed from x by the
+//             forward's own operations (BnAffine), one pass over y fewer in each. With one, the
+//             reduce pass (x, y, dy) writes dz, the residual's gradient, and the second reads x
+//             and dz only: one pass over y and one over dy fewer than reading all three twice.
 // The partials are merged by one warp in a fixed order (lane l takes runs l, l + 32, ... in
 // order, then a butterfly), each run by a fixed thread: results depend on the shapes and `chunks`,
 // never on the order in which blocks run. So the forward reads the activations twice (from DRAM
@@ -384,7 +386,7 @@ __device__ __forceinline__ void bn_load_bwd(BnRun<VEC>& run, const T* __restrict
 
 // (sum dz, sum dz * xh) over this block's run, dz = dy * act'(y), xh = (x - mean) * invstd; y
 // recomputed from x by `a` when null; with `dx` (frozen statistics: dx = k * dz, no batch-mean
-// terms) also writes dx and dres on the way.
+// terms) also writes dx, with `dres` dz, on the way.
 template <typename T, int VEC>
 __device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
                               float mean, float invstd, BnAffine a, float k, T* __restrict__ dx, T* __restrict__ dres,
@@ -408,10 +410,8 @@ __device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* 
                 gv[u][i] = dz;
                 xv[u][i] = k * dz;
             }
-            if (dx) {
-                store_vec(dx + at[u], xv[u]);
-                if (dres) store_vec(dres + at[u], gv[u]);
-            }
+            if (dx) store_vec(dx + at[u], xv[u]);
+            if (dres) store_vec(dres + at[u], gv[u]);
         }
     }
     sdz = block_sum(sdz, slots);
@@ -420,17 +420,20 @@ __device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* 
 }
 
 // y null: recomputed from x (a BatchNorm without a residual: its y is act(affine(x)) alone),
-// which saves reading it in both backward passes.
+// which saves reading it in both backward passes. With a residual (y read), `dres` gets dz, which
+// is the residual's gradient and all the second pass needs of dy and y (it runs with dy = dres,
+// no y and no activation: dz passes as it is, exactly, since act' is 0 or 1).
 template <typename T, int VEC>
 __device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
                               const float* __restrict__ gamma, const float* __restrict__ beta,
                               const float* __restrict__ save_mean, const float* __restrict__ save_invstd,
-                              float* __restrict__ partial, int per, int C, int hw, int chunks, int act) {
+                              float* __restrict__ partial, T* __restrict__ dres, int per, int C, int hw, int chunks,
+                              int act) {
     BnRun<VEC> run(per, C, hw, chunks);
     int gc = blockIdx.y, c = run.c;
     const float mean = save_mean[gc], invstd = save_invstd[gc];
     const BnAffine a = bn_affine_of(gamma[c], beta[c], mean, invstd);
-    float2 s = bn_bwd_sums<T, VEC>(run, x, y, dy, mean, invstd, a, 0.0f, nullptr, nullptr, act);
+    float2 s = bn_bwd_sums<T, VEC>(run, x, y, dy, mean, invstd, a, 0.0f, nullptr, dres, act);
     if (threadIdx.x == 0) {
         float* p = partial + 2 * ((size_t)gc * chunks + blockIdx.x);
         p[0] = s.x, p[1] = s.y;
@@ -441,8 +444,8 @@ template <typename T, int VEC>
 __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
                        const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,
                        const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,
-                       T* __restrict__ dres, float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C,
-                       int hw, int ghost, int chunks, int act) {
+                       float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw, int ghost,
+                       int chunks, int act) {
     __shared__ float sums[2];
     BnRun<VEC> run(per, C, hw, chunks);
     int gc = blockIdx.y, c = run.c;
@@ -473,10 +476,8 @@ __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ y, const T
                 const float yi = y ? yv[u][i] : bn_recompute_y<T>(xv[u][i], a, act);
                 float dz = gv[u][i] * act_grad(act, yi);
                 xv[u][i] = k * (dz - mdz - (xv[u][i] - mean) * invstd * mdzx);
-                gv[u][i] = dz;
             }
             store_vec(dx + at[u], xv[u]);
-            if (dres) store_vec(dres + at[u], gv[u]);
         }
     }
 }
@@ -579,21 +580,21 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_reduce_##SUFFIX(                                                    \
         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \
         const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,    \
-        const float* __restrict__ save_invstd, float* __restrict__ partial, int per, int C, int hw, int chunks,  \
-        int vec, int act) {                                                                                      \
+        const float* __restrict__ save_invstd, float* __restrict__ partial, T* __restrict__ dres, int per,      \
+        int C, int hw, int chunks, int vec, int act) {                                                           \
         DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_bwd_reduce<T, VEC>(x, y, dy, gamma, beta, save_mean, save_invstd, partial, per, C, hw,   \
-                                           chunks, act));                                                        \
+                     bn_bwd_reduce<T, VEC>(x, y, dy, gamma, beta, save_mean, save_invstd, partial, dres, per, C, \
+                                           hw, chunks, act));                                                    \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_##SUFFIX(                                                           \
         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \
         const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,    \
         const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,            \
-        T* __restrict__ dres, float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw,     \
-        int ghost, int chunks, int vec, int act) {                                                               \
+        float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw, int ghost, int chunks,    \
+        int vec, int act) {                                                                                      \
         DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_bwd<T, VEC>(x, y, dy, gamma, beta, save_mean, save_invstd, partial, dx, dres, dgamma,    \
-                                    dbeta, per, C, hw, ghost, chunks, act));                                     \
+                     bn_bwd<T, VEC>(x, y, dy, gamma, beta, save_mean, save_invstd, partial, dx, dgamma, dbeta,   \
+                                    per, C, hw, ghost, chunks, act));                                            \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_eval_##SUFFIX(                                                      \
         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \

@@ -303,7 +303,9 @@ fn at_offset(be: &dyn Backend, data: &[f32], dtype: DType, offset: usize) -> any
 
 /// Without a residual the backward recomputes y from x (kernels/norm.cu, BnAffine) instead of
 /// reading it: dx, dgamma and dbeta bit for bit those of the backward that reads y (asked for
-/// the residual's gradient, it does), for every activation, both dtypes and every size.
+/// the residual's gradient, it does), for every activation, both dtypes and every size. That one
+/// writes dz = dy act'(y) in its first pass and takes dx from it in the second: dz must be
+/// exactly dy or 0 (act' is 0 or 1, so no rounding to the activations' type).
 #[test]
 fn kernel_batchnorm_backward_recomputes_y_bit_for_bit() {
     let dev = kernel_device("kernel_batchnorm_backward_recomputes_y_bit_for_bit");
@@ -356,17 +358,41 @@ fn kernel_batchnorm_backward_recomputes_y_bit_for_bit() {
                         s,
                     )
                     .unwrap();
-                    [&dx, &dg, &db].map(|b| {
+                    let dres = with_dres.then(|| download_f32(be, &dres).unwrap());
+                    let grads = [&dx, &dg, &db].map(|b| {
                         download_f32(be, b)
                             .unwrap()
                             .iter()
                             .map(|v| v.to_bits())
                             .collect::<Vec<_>>()
-                    })
+                    });
+                    (grads, dres)
                 };
+                let ((recomputed, _), (read, dres)) = (backward(false), backward(true));
                 assert!(
-                    backward(false) == backward(true),
+                    recomputed == read,
                     "batchnorm {dt} {n}x{c}x{hw} ghost={ghost} {act:?}: the recomputed y's gradients differ"
+                );
+                let (yv, dyv) = (
+                    download_f32(be, &y).unwrap(),
+                    download_f32(be, &dy).unwrap(),
+                );
+                let dz: Vec<u32> = yv
+                    .iter()
+                    .zip(&dyv)
+                    .map(|(&y, &g)| {
+                        let pass = match act {
+                            Act::Identity => true,
+                            Act::Relu => y > 0.0,
+                            Act::Relu6 => y > 0.0 && y < 6.0,
+                        };
+                        (g * if pass { 1.0 } else { 0.0 }).to_bits()
+                    })
+                    .collect();
+                let dres: Vec<u32> = dres.unwrap().iter().map(|v| v.to_bits()).collect();
+                assert!(
+                    dres == dz,
+                    "batchnorm {dt} {n}x{c}x{hw} ghost={ghost} {act:?}: dres is not dy act'(y)"
                 );
             }
         }

@@ -3,7 +3,7 @@
 use super::device::{Args, DevMem, Launch};
 use super::work::Work;
 use super::{int, CudaBackend};
-use crate::backend::{BatchNorm, BnTrainParams, Buf, Checked, L2Norm, NormOps, Op};
+use crate::backend::{Act, BatchNorm, BnTrainParams, Buf, Checked, L2Norm, NormOps, Op};
 use anyhow::Result;
 
 impl NormOps for CudaBackend {
@@ -166,6 +166,8 @@ impl NormOps for CudaBackend {
     /// Two launches: each run's sums into scratch, then every run's gradients from its pair's
     /// totals; run 0 of group 0 adds each channel's totals to the parameter gradients. Without a
     /// residual neither reads y: the kernels recompute it from x (kernels/norm.cu, BnAffine).
+    /// With one, the first pass also writes dz (the residual's gradient) and the second reads it
+    /// in place of dy, with no y and no activation (dz = dy act'(y) exactly: act' is 0 or 1).
     fn batchnorm_bwd(
         &self,
         x: &Buf,
@@ -196,10 +198,16 @@ impl NormOps for CudaBackend {
         let partial_bytes = split.pairs * split.chunks * 2 * 4;
         let per = (s.n / s.ghost) as i32;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
-        let inputs = 2 + has_dres as usize; // x, dy (and y)
+        // The second pass's gradient in and activation: dz (written by the first) and none, or dy
+        // and the layer's.
+        let (grad, act) = match dres.as_deref() {
+            Some(dz) => (dz, Act::Identity),
+            None => (dy.dev()?, s.act),
+        };
         self.with_scratch(partial_bytes, |partial| {
-            // x, dy (and y) read; the saved statistics (per pair) and gamma, beta (per channel)
-            // read; the sums written.
+            // x, dy (and y) read, dz written with a residual; the saved statistics (per pair) and
+            // gamma, beta (per channel) read; the sums written.
+            let passes = 2 + 2 * has_dres as usize;
             let args = Args::new()
                 .ptr(x.dev()?)
                 .opt_ptr(y)
@@ -209,6 +217,7 @@ impl NormOps for CudaBackend {
                 .ptr(saved.0.dev()?)
                 .ptr(saved.1.dev()?)
                 .ptr(partial)
+                .opt_ptr(dres.as_deref())
                 .i32(per)
                 .i32(c)
                 .i32(hw)
@@ -217,26 +226,24 @@ impl NormOps for CudaBackend {
                 .i32(s.act.code())
                 .work(bn_traffic(
                     &s,
-                    inputs * act_bytes + 2 * 4 * (split.pairs + s.c) + partial_bytes,
+                    passes * act_bytes + 2 * 4 * (split.pairs + s.c) + partial_bytes,
                 ));
             // SAFETY: arguments match batchnorm_bwd_reduce_<dtype>(x, y, dy, gamma, beta,
-            // save_mean, save_invstd, partial, per, C, hw, chunks, vec, act); x, dy (y when not
-            // null) hold n*C*hw, gamma and beta C, the saved statistics ghost*C (checked),
-            // partial 2 floats per (pair, run).
+            // save_mean, save_invstd, partial, dres, per, C, hw, chunks, vec, act); x, dy (y and
+            // dres when not null) hold n*C*hw, gamma and beta C, the saved statistics ghost*C
+            // (checked), partial 2 floats per (pair, run).
             unsafe { self.launch(&reduce_kernel, split.launch(), args)? };
-            // x and dy (and y) read again; dx (and the residual's gradient) written.
-            let passes = inputs + 1 + has_dres as usize;
+            // x and the gradient (dy, or dz) read again; dx written.
             let args = Args::new()
                 .ptr(x.dev()?)
-                .opt_ptr(y)
-                .ptr(dy.dev()?)
+                .null()
+                .ptr(grad)
                 .ptr(gamma.dev()?)
                 .ptr(beta.dev()?)
                 .ptr(saved.0.dev()?)
                 .ptr(saved.1.dev()?)
                 .ptr(partial)
                 .ptr(dx.dev_mut()?)
-                .opt_ptr(dres.as_deref())
                 .ptr(dparams.0.dev_mut()?)
                 .ptr(dparams.1.dev_mut()?)
                 .i32(per)
@@ -245,16 +252,16 @@ impl NormOps for CudaBackend {
                 .i32(s.ghost as i32)
                 .i32(split.chunks as i32)
                 .i32(split.vec as i32)
-                .i32(s.act.code())
+                .i32(act.code())
                 .work(bn_traffic(
                     &s,
-                    passes * act_bytes + partial_bytes + bn_channel_bytes(&s),
+                    3 * act_bytes + partial_bytes + bn_channel_bytes(&s),
                 ));
             // SAFETY: arguments match batchnorm_bwd_<dtype>(x, y, dy, gamma, beta, save_mean,
-            // save_invstd, partial, dx, dres, dgamma, dbeta, per, C, hw, ghost, chunks, vec, act)
-            // (y null without a residual);
-            // the shape was checked as for the forward; partial was written by the launch above
-            // with the same split.
+            // save_invstd, partial, dx, dgamma, dbeta, per, C, hw, ghost, chunks, vec, act) with y
+            // null (recomputed from x, or no activation); grad holds n*C*hw (dy, or dres written
+            // by the launch above); the shape was checked as for the forward; partial was written
+            // by the launch above with the same split.
             unsafe { self.launch(&kernel, split.launch(), args) }
         })
     }
