@@ -440,9 +440,10 @@ __device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, 
     }
 }
 
+// The second pass never reads y: act'(y) comes from y recomputed from x (no residual), and after
+// a residual the reduce pass wrote dz, which this pass takes as dy with no activation.
 template <typename T, int VEC>
-__device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
-                       const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,
+__device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,
                        const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,
                        float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw, int ghost,
                        int chunks, int act) {
@@ -467,14 +468,13 @@ __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ y, const T
         float xv[BN_UNROLL_BWD][VEC], yv[BN_UNROLL_BWD][VEC], gv[BN_UNROLL_BWD][VEC];
         size_t at[BN_UNROLL_BWD];
         bool ok[BN_UNROLL_BWD];
-        bn_load_bwd(run, x, y, dy, xv, yv, gv, at, ok);
+        bn_load_bwd(run, x, (const T*)nullptr, dy, xv, yv, gv, at, ok);
 #pragma unroll
         for (int u = 0; u < BN_UNROLL_BWD; u++) {
             if (!ok[u]) continue;
 #pragma unroll
             for (int i = 0; i < VEC; i++) {
-                const float yi = y ? yv[u][i] : bn_recompute_y<T>(xv[u][i], a, act);
-                float dz = gv[u][i] * act_grad(act, yi);
+                float dz = gv[u][i] * act_grad(act, bn_recompute_y<T>(xv[u][i], a, act));
                 xv[u][i] = k * (dz - mdz - (xv[u][i] - mean) * invstd * mdzx);
             }
             store_vec(dx + at[u], xv[u]);
@@ -587,13 +587,13 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
                                            hw, chunks, act));                                                    \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_##SUFFIX(                                                           \
-        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \
-        const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,    \
+        const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,                      \
+        const float* __restrict__ beta, const float* __restrict__ save_mean,                                     \
         const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,            \
         float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw, int ghost, int chunks,    \
         int vec, int act) {                                                                                      \
         DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_bwd<T, VEC>(x, y, dy, gamma, beta, save_mean, save_invstd, partial, dx, dgamma, dbeta,   \
+                     bn_bwd<T, VEC>(x, dy, gamma, beta, save_mean, save_invstd, partial, dx, dgamma, dbeta,      \
                                     per, C, hw, ghost, chunks, act));                                            \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_eval_##SUFFIX(                                                      \

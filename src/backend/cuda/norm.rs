@@ -236,7 +236,6 @@ impl NormOps for CudaBackend {
             // x and the gradient (dy, or dz) read again; dx written.
             let args = Args::new()
                 .ptr(x.dev()?)
-                .null()
                 .ptr(grad)
                 .ptr(gamma.dev()?)
                 .ptr(beta.dev()?)
@@ -257,10 +256,9 @@ impl NormOps for CudaBackend {
                     &s,
                     3 * act_bytes + partial_bytes + bn_channel_bytes(&s),
                 ));
-            // SAFETY: arguments match batchnorm_bwd_<dtype>(x, y, dy, gamma, beta, save_mean,
-            // save_invstd, partial, dx, dgamma, dbeta, per, C, hw, ghost, chunks, vec, act) with y
-            // null (recomputed from x, or no activation); grad holds n*C*hw (dy, or dres written
-            // by the launch above); the shape was checked as for the forward; partial was written
+            // SAFETY: arguments match batchnorm_bwd_<dtype>(x, dy, gamma, beta, save_mean,
+            // save_invstd, partial, dx, dgamma, dbeta, per, C, hw, ghost, chunks, vec, act); grad
+            // holds n*C*hw (dy, or dres written by the launch above); the shape was checked as for the forward; partial was written
             // by the launch above with the same split.
             unsafe { self.launch(&kernel, split.launch(), args) }
         })
