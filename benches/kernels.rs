@@ -910,6 +910,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
                     (&mut sm, &mut si),
                     None,
                     &mut y,
+                    None,
                     bn,
                 )
                 .unwrap()
@@ -943,6 +944,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
                     &dy,
                     (&gamma, &beta),
                     (&sm, &si),
+                    None,
                     &mut dx,
                     None,
                     (&mut dg, &mut db),

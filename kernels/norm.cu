@@ -117,6 +117,8 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 //             forward's own operations (BnAffine), one pass over y fewer in each. With one, the
 //             reduce pass (x, y, dy) writes dz, the residual's gradient, and the second reads x
 //             and dz only: one pass over y and one over dy fewer than reading all three twice.
+//             Where y's vectors are 16 bytes, the forward also writes act'(y) a bit a value (a
+//             byte a vector: act_mask_of) and the reduce pass reads that in place of y.
 // The partials are merged by one warp in a fixed order (lane l takes runs l, l + 32, ... in
 // order, then a butterfly), each run by a fixed thread: results depend on the shapes and `chunks`,
 // never on the order in which blocks run. So the forward reads the activations twice (from DRAM
@@ -286,10 +288,23 @@ __device__ __forceinline__ float bn_recompute_y(float x, BnAffine a, int act) {
     return load(store<T>(act_apply(act, bn_affine_map(x, a))));
 }
 
-// y = act(x * scale + shift [+ res]) over this block's run, U vectors of each input in flight.
+// act'(y) of one vector of y as stored, one bit a value (bit i: value i): the byte that the
+// backward reads in place of the vector (y's 16 bytes -> 1; a mask is kept only where vectors are
+// 16 bytes, so its layout, byte at / VEC, is the same for every launch of a tensor's shape).
+template <typename T, int VEC>
+__device__ __forceinline__ unsigned char act_mask_of(const float (&y)[VEC], int act) {
+    unsigned bits = 0;
+#pragma unroll
+    for (int i = 0; i < VEC; i++) bits |= (act_grad(act, load(store<T>(y[i]))) != 0.0f ? 1u : 0u) << i;
+    return (unsigned char)bits;
+}
+
+// y = act(x * scale + shift [+ res]) over this block's run, U vectors of each input in flight;
+// with `mask` (not null) also act'(y) a bit a value (act_mask_of).
 template <typename T, int VEC, int U>
 __device__ __forceinline__ void bn_affine_u(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ res,
-                                            T* __restrict__ y, float scale, float shift, int act) {
+                                            T* __restrict__ y, unsigned char* __restrict__ mask, float scale,
+                                            float shift, int act) {
     while (run.more()) {
         float v[U][VEC], rv[U][VEC];
         size_t at[U];
@@ -314,6 +329,7 @@ __device__ __forceinline__ void bn_affine_u(BnRun<VEC> run, const T* __restrict_
                 v[u][i] = act_apply(act, z);
             }
             store_vec(y + at[u], v[u]);
+            if (mask) mask[at[u] / VEC] = act_mask_of<T, VEC>(v[u], act);
         }
     }
 }
@@ -322,11 +338,12 @@ __device__ __forceinline__ void bn_affine_u(BnRun<VEC> run, const T* __restrict_
 // within the 64 registers of 4 blocks per SM without a spill (kernels/sass.toml).
 template <typename T, int VEC>
 __device__ __forceinline__ void bn_affine(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ res,
-                                          T* __restrict__ y, float scale, float shift, int act) {
+                                          T* __restrict__ y, unsigned char* __restrict__ mask, float scale,
+                                          float shift, int act) {
     if (res)
-        bn_affine_u<T, VEC, 1>(run, x, res, y, scale, shift, act);
+        bn_affine_u<T, VEC, 1>(run, x, res, y, mask, scale, shift, act);
     else
-        bn_affine_u<T, VEC, BN_UNROLL>(run, x, nullptr, y, scale, shift, act);
+        bn_affine_u<T, VEC, BN_UNROLL>(run, x, nullptr, y, nullptr, scale, shift, act);
 }
 
 template <typename T, int VEC>
@@ -334,8 +351,8 @@ __device__ void bn_fwd_train(const T* __restrict__ x, const float* __restrict__ 
                              float* __restrict__ running_mean, float* __restrict__ running_var,
                              float* __restrict__ save_mean, float* __restrict__ save_invstd,
                              const float* __restrict__ partial, int runs, int shifted, const T* __restrict__ res,
-                             T* __restrict__ y, int per, int C, int hw, int chunks, float eps, float momentum,
-                             int act) {
+                             T* __restrict__ y, unsigned char* __restrict__ mask, int per, int C, int hw, int chunks,
+                             float eps, float momentum, int act) {
     __shared__ float stat[3];
     BnRun<VEC> run(per, C, hw, chunks);
     int gc = blockIdx.y, c = run.c;
@@ -351,7 +368,7 @@ __device__ void bn_fwd_train(const T* __restrict__ x, const float* __restrict__ 
         }
     }
     const BnAffine a = bn_affine_of(gamma[c], beta[c], w.mean, invstd);
-    bn_affine<T, VEC>(run, x, res, y, a.scale, a.shift, act);
+    bn_affine<T, VEC>(run, x, res, y, mask, a.scale, a.shift, act);
 }
 
 template <typename T, int VEC>
@@ -362,14 +379,21 @@ __device__ void bn_fwd_eval(const T* __restrict__ x, const float* __restrict__ g
     BnRun<VEC> run(n, C, hw, chunks);
     int c = run.c;
     const BnAffine a = bn_eval_affine(gamma[c], beta[c], running_mean[c], running_var[c], eps);
-    bn_affine<T, VEC>(run, x, res, y, a.scale, a.shift, act);
+    bn_affine<T, VEC>(run, x, res, y, nullptr, a.scale, a.shift, act);
 }
 
-// The thread's next U vectors of x, y (unless y is null: recomputed by the caller) and dy, all
-// loaded before any is used; ok[u] is false past the run's end.
-template <typename T, int VEC, int U>
+// Where a backward pass takes act'(y) from: y recomputed from x (no residual), y read, or the
+// forward's mask of it (a residual). One loop per source, chosen once: BatchNorm's passes issue
+// nearly as fast as DRAM feeds them (a warp's vector of bf16 x and dy, 1 KB, is ~56 cycles of an
+// H200 SM's share of DRAM; the reduce loop's longest path, 190 instructions, ~48 of issue).
+enum class ActFrom { recompute, y, mask };
+
+// The thread's next U vectors of x, of y or its mask byte (as FROM says) and of dy, all loaded
+// before any is used; ok[u] is false past the run's end.
+template <ActFrom FROM, typename T, int VEC, int U>
 __device__ __forceinline__ void bn_load_bwd(BnRun<VEC>& run, const T* __restrict__ x, const T* __restrict__ y,
-                                            const T* __restrict__ dy, float (&xv)[U][VEC], float (&yv)[U][VEC],
+                                            const unsigned char* __restrict__ mask, const T* __restrict__ dy,
+                                            float (&xv)[U][VEC], float (&yv)[U][VEC], unsigned (&mv)[U],
                                             float (&gv)[U][VEC], size_t (&at)[U], bool (&ok)[U]) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
@@ -377,34 +401,43 @@ __device__ __forceinline__ void bn_load_bwd(BnRun<VEC>& run, const T* __restrict
         at[u] = run.at();
         if (ok[u]) {
             load_vec(x + at[u], xv[u]);
-            if (y) load_vec(y + at[u], yv[u]);
+            if constexpr (FROM == ActFrom::mask) mv[u] = mask[at[u] / VEC];
+            if constexpr (FROM == ActFrom::y) load_vec(y + at[u], yv[u]);
             load_vec(dy + at[u], gv[u]);
             run.next();
         }
     }
 }
 
-// (sum dz, sum dz * xh) over this block's run, dz = dy * act'(y), xh = (x - mean) * invstd; y
-// recomputed from x by `a` when null; with `dx` (frozen statistics: dx = k * dz, no batch-mean
-// terms) also writes dx, with `dres` dz, on the way.
-template <typename T, int VEC>
-__device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
-                              float mean, float invstd, BnAffine a, float k, T* __restrict__ dx, T* __restrict__ dres,
-                              int act) {
+// (sum dz, sum dz * xh) over this block's run, dz = dy * act'(y), xh = (x - mean) * invstd;
+// act'(y) from the forward's mask bits, y, or y recomputed from x by `a` (FROM); with `dx`
+// (frozen statistics: dx = k * dz, no batch-mean terms) also writes dx, with `dres` dz, on the way.
+template <ActFrom FROM, typename T, int VEC>
+__device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ y,
+                              const unsigned char* __restrict__ mask, const T* __restrict__ dy, float mean,
+                              float invstd, BnAffine a, float k, T* __restrict__ dx, T* __restrict__ dres, int act) {
     __shared__ float slots[BN_THREADS / WARP_SIZE];
     float sdz = 0.0f, sdzx = 0.0f;
     while (run.more()) {
         float xv[BN_UNROLL_BWD][VEC], yv[BN_UNROLL_BWD][VEC], gv[BN_UNROLL_BWD][VEC];
+        unsigned mv[BN_UNROLL_BWD];
         size_t at[BN_UNROLL_BWD];
         bool ok[BN_UNROLL_BWD];
-        bn_load_bwd(run, x, y, dy, xv, yv, gv, at, ok);
+        bn_load_bwd<FROM>(run, x, y, mask, dy, xv, yv, mv, gv, at, ok);
 #pragma unroll
         for (int u = 0; u < BN_UNROLL_BWD; u++) {
             if (!ok[u]) continue;
 #pragma unroll
             for (int i = 0; i < VEC; i++) {
-                const float yi = y ? yv[u][i] : bn_recompute_y<T>(xv[u][i], a, act);
-                float dz = gv[u][i] * act_grad(act, yi);
+                // The bit is act'(y) as act_grad gives it (1 or 0), so dz is the same product.
+                float grad;
+                if constexpr (FROM == ActFrom::mask)
+                    grad = (float)((mv[u] >> i) & 1u);
+                else if constexpr (FROM == ActFrom::y)
+                    grad = act_grad(act, yv[u][i]);
+                else
+                    grad = act_grad(act, bn_recompute_y<T>(xv[u][i], a, act));
+                float dz = gv[u][i] * grad;
                 sdz += dz;
                 sdzx += dz * (xv[u][i] - mean) * invstd;
                 gv[u][i] = dz;
@@ -420,11 +453,13 @@ __device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* 
 }
 
 // y null: recomputed from x (a BatchNorm without a residual: its y is act(affine(x)) alone),
-// which saves reading it in both backward passes. With a residual (y read), `dres` gets dz, which
-// is the residual's gradient and all the second pass needs of dy and y (it runs with dy = dres,
-// no y and no activation: dz passes as it is, exactly, since act' is 0 or 1).
+// which saves reading it in both backward passes. With a residual (y read, or in its place the
+// mask of act'(y) the forward wrote: a bit a value), `dres` gets dz, which is the residual's
+// gradient and all the second pass needs of dy and y (it runs with dy = dres, no y and no
+// activation: dz passes as it is, exactly, since act' is 0 or 1).
 template <typename T, int VEC>
-__device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
+__device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, const unsigned char* __restrict__ mask,
+                              const T* __restrict__ dy,
                               const float* __restrict__ gamma, const float* __restrict__ beta,
                               const float* __restrict__ save_mean, const float* __restrict__ save_invstd,
                               float* __restrict__ partial, T* __restrict__ dres, int per, int C, int hw, int chunks,
@@ -433,7 +468,10 @@ __device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, 
     int gc = blockIdx.y, c = run.c;
     const float mean = save_mean[gc], invstd = save_invstd[gc];
     const BnAffine a = bn_affine_of(gamma[c], beta[c], mean, invstd);
-    float2 s = bn_bwd_sums<T, VEC>(run, x, y, dy, mean, invstd, a, 0.0f, nullptr, dres, act);
+    float2 s = mask ? bn_bwd_sums<ActFrom::mask, T, VEC>(run, x, y, mask, dy, mean, invstd, a, 0.0f, nullptr, dres, act)
+               : y  ? bn_bwd_sums<ActFrom::y, T, VEC>(run, x, y, mask, dy, mean, invstd, a, 0.0f, nullptr, dres, act)
+                    : bn_bwd_sums<ActFrom::recompute, T, VEC>(run, x, y, mask, dy, mean, invstd, a, 0.0f, nullptr,
+                                                              dres, act);
     if (threadIdx.x == 0) {
         float* p = partial + 2 * ((size_t)gc * chunks + blockIdx.x);
         p[0] = s.x, p[1] = s.y;
@@ -468,7 +506,8 @@ __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const 
         float xv[BN_UNROLL_BWD][VEC], yv[BN_UNROLL_BWD][VEC], gv[BN_UNROLL_BWD][VEC];
         size_t at[BN_UNROLL_BWD];
         bool ok[BN_UNROLL_BWD];
-        bn_load_bwd(run, x, (const T*)nullptr, dy, xv, yv, gv, at, ok);
+        unsigned mv[BN_UNROLL_BWD];
+        bn_load_bwd<ActFrom::recompute>(run, x, (const T*)nullptr, nullptr, dy, xv, yv, mv, gv, at, ok);
 #pragma unroll
         for (int u = 0; u < BN_UNROLL_BWD; u++) {
             if (!ok[u]) continue;
@@ -495,7 +534,8 @@ __device__ void bn_bwd_eval(const T* __restrict__ x, const T* __restrict__ y, co
     BnRun<VEC> run(n, C, hw, chunks);
     int c = run.c;
     float mean = running_mean[c], invstd = 1.0f / sqrtf(running_var[c] + eps), k = gamma[c] * invstd;
-    float2 s = bn_bwd_sums<T, VEC>(run, x, y, dy, mean, invstd, BnAffine{0.0f, 0.0f}, k, dx, dres, act);
+    float2 s = bn_bwd_sums<ActFrom::y, T, VEC>(run, x, y, nullptr, dy, mean, invstd, BnAffine{0.0f, 0.0f}, k, dx, dres,
+                                              act);
     if (threadIdx.x == 0) {
         float* p = partial + 2 * ((size_t)blockIdx.y * chunks + blockIdx.x);
         p[0] = s.x, p[1] = s.y;
@@ -561,12 +601,12 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
         const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \
         float* __restrict__ running_mean, float* __restrict__ running_var, float* __restrict__ save_mean,        \
         float* __restrict__ save_invstd, const float* __restrict__ partial, int runs, int shifted,               \
-        const T* __restrict__ res, T* __restrict__ y, int per, int C, int hw, int chunks, int vec, float eps,    \
-        float momentum, int act) {                                                                               \
+        const T* __restrict__ res, T* __restrict__ y, unsigned char* __restrict__ mask, int per, int C, int hw,  \
+        int chunks, int vec, float eps, float momentum, int act) {                                               \
         DISPATCH_VEC(T, vec,                                                                                     \
                      bn_fwd_train<T, VEC>(x, gamma, beta, running_mean, running_var, save_mean, save_invstd,     \
-                                          partial, runs, shifted, res, y, per, C, hw, chunks, eps, momentum,     \
-                                          act));                                                                 \
+                                          partial, runs, shifted, res, y, mask, per, C, hw, chunks, eps,         \
+                                          momentum, act));                                                       \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_fwd_eval_##SUFFIX(                                                      \
         const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \
@@ -578,13 +618,13 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
                                          eps, act));                                                             \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_reduce_##SUFFIX(                                                    \
-        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \
-        const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,    \
-        const float* __restrict__ save_invstd, float* __restrict__ partial, T* __restrict__ dres, int per,      \
-        int C, int hw, int chunks, int vec, int act) {                                                           \
+        const T* __restrict__ x, const T* __restrict__ y, const unsigned char* __restrict__ mask,                \
+        const T* __restrict__ dy, const float* __restrict__ gamma, const float* __restrict__ beta,                \
+        const float* __restrict__ save_mean, const float* __restrict__ save_invstd, float* __restrict__ partial, \
+        T* __restrict__ dres, int per, int C, int hw, int chunks, int vec, int act) {                            \
         DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_bwd_reduce<T, VEC>(x, y, dy, gamma, beta, save_mean, save_invstd, partial, dres, per, C, \
-                                           hw, chunks, act));                                                    \
+                     bn_bwd_reduce<T, VEC>(x, y, mask, dy, gamma, beta, save_mean, save_invstd, partial, dres,   \
+                                           per, C, hw, chunks, act));                                            \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_##SUFFIX(                                                           \
         const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,                      \

@@ -267,9 +267,8 @@ struct WeightGradGather {
     static_assert(THREADS * ITERS == TILE_K * CHUNKS && CHUNKS % 8 == 0 && (TPR == 4 || TPR == 8 || TPR == 16),
                   "gather shape");
 
-    const T* x;
+    const T* corner;     // the window corner of this thread's pixel (channel 0), maybe outside x
     int tap_off[ITERS], tap_r[ITERS], tap_s[ITERS];  // chunk j's offset from a window corner, its tap
-    int off;             // elements from x to the window corner of this thread's pixel (channel 0)
     int iy0, ix0;        // the corner: outside the image in the padding
     int left;            // the split's pixels from this thread's row of the current tile on
     int h, w, stride;
@@ -288,7 +287,7 @@ struct WeightGradGather {
         // row is the first one's + 4 (a different swizzle half) instead.
         const int tid = threadIdx.x, line = tid / TPR, chunk = tid % TPR;
         const int row = TPR != 4 ? line : (line & ~7) | ((line & 1) << 2) | ((line >> 1) & 3);
-        x = x_, h = h_, w = w_, stride = stride_;
+        h = h_, w = w_, stride = stride_;
         // chunk + j TPR = chunk ^ j TPR (chunk < TPR, a power of two): the swizzle moves it by an XOR.
         dst = swizzled<CHUNKS, T>(row, chunk);
 #pragma unroll
@@ -308,7 +307,7 @@ struct WeightGradGather {
         wrap_off_x = (stride * w - wrap_ix) * c_in, wrap_off_y = (h - wrap_iy) * w * c_in;
         const int p = p0 + row, img = p / image, q = p - img * image, oy = q / ow;
         iy0 = oy * stride - pad_top, ix0 = (q - oy * ow) * stride - pad_left;
-        off = ((img * h + iy0) * w + ix0) * c_in;
+        corner = x_ + ((img * h + iy0) * w + ix0) * c_in;
     }
 
     __device__ __forceinline__ void load(T* tile) {
@@ -317,11 +316,13 @@ struct WeightGradGather {
             const bool in = left > 0 && (unsigned)(iy0 + tap_r[j]) < (unsigned)h &&
                             (unsigned)(ix0 + tap_s[j]) < (unsigned)w;
             // A zero-filled copy reads nothing: its address need not be valid.
-            cp_async_16_zfill(tile + (dst ^ (j * TPR * PER_CHUNK)), x + off + tap_off[j], in ? 16 : 0);
+            cp_async_16_zfill(tile + (dst ^ (j * TPR * PER_CHUNK)), corner + tap_off[j], in ? 16 : 0);
         }
-        iy0 += step_iy, ix0 += step_ix, off += step_off, left -= TILE_K;
-        if (ix0 >= ix_end) ix0 -= wrap_ix, iy0 += stride, off += wrap_off_x;
-        if (iy0 >= iy_end) iy0 -= wrap_iy, off += wrap_off_y;
+        iy0 += step_iy, ix0 += step_ix, left -= TILE_K;
+        int step = step_off;
+        if (ix0 >= ix_end) ix0 -= wrap_ix, iy0 += stride, step += wrap_off_x;
+        if (iy0 >= iy_end) iy0 -= wrap_iy, step += wrap_off_y;
+        corner += step;
     }
 };
 

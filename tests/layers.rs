@@ -10,8 +10,8 @@ use common::{
 };
 use insclr::backend::cuda::record::Event;
 use insclr::backend::{
-    Act, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, Conv, CudaBackend, DType, Device,
-    ImageToTensor, MaxPool, Padding,
+    Act, ActMask, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, Conv, CudaBackend, DType,
+    Device, ImageToTensor, MaxPool, Padding,
 };
 use insclr::rng::Rng;
 use insclr::train::augment::to_tensor;
@@ -176,6 +176,9 @@ fn bn_case(be: &dyn Backend, dt: DType, s: BatchNorm, with_res: bool) -> anyhow:
     // A residual of the activation's scale, so the sum crosses ReLU6's corners.
     let res = upload_as(be, &rng.vec_f32(len, -3.0, 6.0), dt)?;
     let res = with_res.then_some(&res);
+    // CUDA keeps act'(y) after a residual where y's vectors are 16 bytes and reads it in place of
+    // y: compared with the CPU's here, bit for bit with reading y below.
+    let mut mask = ActMask::new();
     be.batchnorm_fwd_train(
         &x,
         &gamma,
@@ -184,6 +187,7 @@ fn bn_case(be: &dyn Backend, dt: DType, s: BatchNorm, with_res: bool) -> anyhow:
         (&mut sm, &mut si),
         res,
         &mut y,
+        Some(&mut mask),
         s,
     )?;
     let mut y_eval = poisoned_as(be, len, dt);
@@ -200,6 +204,7 @@ fn bn_case(be: &dyn Backend, dt: DType, s: BatchNorm, with_res: bool) -> anyhow:
         &dy,
         (&gamma, &beta),
         (&sm, &si),
+        Some(&mask),
         &mut dx,
         with_res.then_some(&mut dres),
         (&mut dgamma, &mut dbeta),
@@ -337,6 +342,7 @@ fn kernel_batchnorm_backward_recomputes_y_bit_for_bit() {
                     (&mut sm, &mut si),
                     None,
                     &mut y,
+                    None,
                     s,
                 )
                 .unwrap();
@@ -352,6 +358,7 @@ fn kernel_batchnorm_backward_recomputes_y_bit_for_bit() {
                         &dy,
                         (&gamma, &beta),
                         (&sm, &si),
+                        None,
                         &mut dx,
                         with_dres.then_some(&mut dres),
                         (&mut dg, &mut db),
@@ -399,6 +406,129 @@ fn kernel_batchnorm_backward_recomputes_y_bit_for_bit() {
     }
 }
 
+/// After a residual, the forward keeps act'(y) a bit a value where y's vectors are 16 bytes, and
+/// the backward's reduce pass reads it in place of y: dx, dres, dgamma and dbeta bit for bit those
+/// of the backward that reads y, for every size, both ReLUs (with the identity there is no mask:
+/// dres is dy) and both dtypes, with dy's infinities and NaNs passed as the y path passes them. A
+/// backward of another shape refuses the mask.
+#[test]
+fn kernel_batchnorm_backward_reads_the_forward_mask_bit_for_bit() {
+    let dev = kernel_device("kernel_batchnorm_backward_reads_the_forward_mask_bit_for_bit");
+    let be: &dyn Backend = &dev;
+    let mut kept = 0;
+    for (dt, _) in FLOAT_DTYPES {
+        for &(n, c, hw, ghost) in BN_SIZES {
+            for act in ACTS {
+                let s = BatchNorm {
+                    ghost,
+                    ..BatchNorm::new(n, c, hw, 1e-5, act)
+                };
+                let len = n * c * hw;
+                let mut rng = Rng::new(83 + len as u64);
+                let x = upload_as(be, &rng.vec_f32(len, -3.0, 5.0), dt).unwrap();
+                let res = upload_as(be, &rng.vec_f32(len, -3.0, 6.0), dt).unwrap();
+                let mut dyh = rng.vec_f32(len, -1.0, 1.0);
+                dyh[len / 2] = f32::INFINITY;
+                dyh[len - 1] = f32::NAN;
+                let dy = upload_as(be, &dyh, dt).unwrap();
+                let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5)).unwrap();
+                let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5)).unwrap();
+                let (mut rm, mut rv) = (
+                    be.upload(&vec![0.0; c]).unwrap(),
+                    be.upload(&vec![1.0; c]).unwrap(),
+                );
+                let (mut sm, mut si) = (poisoned(be, ghost * c), poisoned(be, ghost * c));
+                let mut y = poisoned_as(be, len, dt);
+                let mut mask = ActMask::new();
+                be.batchnorm_fwd_train(
+                    &x,
+                    &gamma,
+                    &beta,
+                    (&mut rm, &mut rv),
+                    (&mut sm, &mut si),
+                    Some(&res),
+                    &mut y,
+                    Some(&mut mask),
+                    s,
+                )
+                .unwrap();
+                let what = format!("batchnorm {dt} {n}x{c}x{hw} ghost={ghost} {act:?}");
+                let full = hw % (16 / dt.size()) == 0;
+                assert_eq!(
+                    mask.kept(),
+                    full && act != Act::Identity,
+                    "{what}: mask kept"
+                );
+                kept += mask.kept() as usize;
+                let backward = |mask: Option<&ActMask>| {
+                    let (mut dx, mut dres) = (poisoned_as(be, len, dt), poisoned_as(be, len, dt));
+                    let (mut dg, mut db) = (
+                        be.upload(&vec![0.0; c]).unwrap(),
+                        be.upload(&vec![0.0; c]).unwrap(),
+                    );
+                    be.batchnorm_bwd(
+                        &x,
+                        &y,
+                        &dy,
+                        (&gamma, &beta),
+                        (&sm, &si),
+                        mask,
+                        &mut dx,
+                        Some(&mut dres),
+                        (&mut dg, &mut db),
+                        s,
+                    )
+                    .unwrap();
+                    [&dx, &dres, &dg, &db].map(|b| {
+                        download_f32(be, b)
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>()
+                    })
+                };
+                assert!(
+                    backward(Some(&mask)) == backward(None),
+                    "{what}: the mask's gradients differ from y's"
+                );
+                if mask.kept() {
+                    let other = BatchNorm { n: n * 2, ..s };
+                    let big = |v: f32| upload_as(be, &vec![v; 2 * len], dt).unwrap();
+                    let (x2, dy2) = (big(1.0), big(1.0));
+                    let (mut dx2, mut dres2) = (big(0.0), big(0.0));
+                    let (mut dg, mut db) = (
+                        be.upload(&vec![0.0; c]).unwrap(),
+                        be.upload(&vec![0.0; c]).unwrap(),
+                    );
+                    let (sm2, si2) = (
+                        be.upload(&vec![0.0; ghost * c]).unwrap(),
+                        be.upload(&vec![1.0; ghost * c]).unwrap(),
+                    );
+                    let err = be
+                        .batchnorm_bwd(
+                            &x2,
+                            &x2,
+                            &dy2,
+                            (&gamma, &beta),
+                            (&sm2, &si2),
+                            Some(&mask),
+                            &mut dx2,
+                            Some(&mut dres2),
+                            (&mut dg, &mut db),
+                            other,
+                        )
+                        .unwrap_err();
+                    assert!(
+                        format!("{err:#}").contains("activation mask"),
+                        "{what}: {err:#}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(kept >= 10, "only {kept} cases kept a mask");
+}
+
 /// Buffers 1, 2 or 4 elements past a 16-byte boundary: the kernels' vectors narrow to what every
 /// buffer's address allows (a misaligned vector access faults on a GPU and fails on the emulator).
 #[test]
@@ -427,6 +557,7 @@ fn kernel_batchnorm_takes_buffers_at_any_alignment() {
                 let (mut rm, mut rv) = (be.upload(&vec![0.0; c])?, be.upload(&vec![1.0; c])?);
                 let (mut sm, mut si) = (poisoned(be, c), poisoned(be, c));
                 let (mut dg, mut db) = (be.upload(&vec![0.0; c])?, be.upload(&vec![0.0; c])?);
+                let mut mask = ActMask::new();
                 be.batchnorm_fwd_train(
                     &x,
                     &gamma,
@@ -435,14 +566,21 @@ fn kernel_batchnorm_takes_buffers_at_any_alignment() {
                     (&mut sm, &mut si),
                     Some(&res),
                     &mut y,
+                    Some(&mut mask),
                     s,
                 )?;
+                // Vectors narrower than 16 bytes: no mask kept (its layout is a byte per 16).
+                assert!(
+                    !mask.kept() || offset * dt.size() % 16 == 0,
+                    "{dt}: a mask at offset {offset}"
+                );
                 be.batchnorm_bwd(
                     &x,
                     &y,
                     &dy,
                     (&gamma, &beta),
                     (&sm, &si),
+                    Some(&mask),
                     &mut dx,
                     Some(&mut dres),
                     (&mut dg, &mut db),
@@ -865,23 +1003,27 @@ fn kernel_conv_then_train_batchnorm_takes_its_statistics_from_the_epilogue() {
                 be.zeros(DType::F32, ghost * c)?,
                 be.zeros(DType::F32, ghost * c)?,
             );
+            let mut mask = ActMask::new();
             let ran = if fused {
                 let bn = BnTrainParams {
                     gamma: &gamma,
                     beta: &beta,
                     running: (&mut rmean, &mut rvar),
                     saved: (&mut mean, &mut invstd),
+                    mask: Some(&mut mask),
                 };
                 be.conv2d_fwd_bn_train(&x, &wt, &mut z, bn, res, &mut y, s, b)?
             } else {
                 be.conv2d_fwd(&x, &wt, &mut z, s)?;
                 let (running, saved) = ((&mut rmean, &mut rvar), (&mut mean, &mut invstd));
-                be.batchnorm_fwd_train(&z, &gamma, &beta, running, saved, res, &mut y, b)?;
+                let mask = Some(&mut mask);
+                be.batchnorm_fwd_train(&z, &gamma, &beta, running, saved, res, &mut y, mask, b)?;
                 true
             };
             Ok((
                 ran,
                 vec![
+                    ("mask kept".into(), vec![mask.kept() as u8 as f32]),
                     ("z".into(), download_f32(be, &z)?),
                     ("y".into(), download_f32(be, &y)?),
                     ("saved mean".into(), be.download(&mean)?),
@@ -910,17 +1052,23 @@ fn kernel_conv_then_train_batchnorm_takes_its_statistics_from_the_epilogue() {
             assert_eq!(fused, s.kh <= 8 && s.kw <= 8, "{what}: fused");
             if !fused {
                 assert!(
-                    one[0].1.iter().all(|v| v.is_nan()),
-                    "{what}: not fused, yet z was written"
+                    one[1].1.iter().all(|v| v.is_nan()) && one[0].1 == [0.0],
+                    "{what}: not fused, yet z or the mask was written"
                 );
                 continue;
             }
+            // act'(y) kept after a residual and an activation where y's vectors are 16 bytes, by
+            // the fused path as by the two ops (the backward tests check its bits).
+            let keeps =
+                i % 2 == 1 && ACTS[i % 3] != Act::Identity && (s.oh * s.ow) % (16 / dt.size()) == 0;
+            assert_eq!(one[0].1, [keeps as u8 as f32], "{what}: mask kept");
+            let (one, two) = (&one[1..], &two[1..]);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert!(
                 bits(&one[0].1) == bits(&two[0].1),
                 "{what}: z differs from conv2d_fwd's"
             );
-            for ((name, got), (_, want)) in one.iter().zip(&two).skip(1) {
+            for ((name, got), (_, want)) in one.iter().zip(two).skip(1) {
                 let tol = if name == "y" && dt == DType::BF16 {
                     4e-3
                 } else {
@@ -967,7 +1115,7 @@ fn kernel_conv_then_train_batchnorm_takes_its_statistics_from_the_epilogue() {
     let (i, s, ghost) = cases().next().unwrap();
     let (fused, one, _) = run(insclr::backend::cpu(), i, s, ghost, DType::F32).unwrap();
     assert!(
-        !fused && one[0].1.iter().all(|v| v.is_nan()),
+        !fused && one[1].1.iter().all(|v| v.is_nan()),
         "the CPU fused"
     );
     // The launches: every _bn_stats forward and the merge, no statistics pass.
@@ -1004,6 +1152,7 @@ fn kernel_conv_then_train_batchnorm_takes_its_statistics_from_the_epilogue() {
                 beta: &beta,
                 running: (&mut rm, &mut rv),
                 saved: (&mut m, &mut v),
+                mask: None,
             };
             rec.set_recording(true);
             assert!(be

@@ -11,7 +11,8 @@ mod common;
 use common::log;
 use insclr::backend::cuda::emu::{count_memory, memstats_table, MemSpace, MemStat, ACCESS_HOOKS};
 use insclr::backend::{
-    Act, Backend, BatchNorm, BnEvalParams, BnTrainParams, Conv, CudaBackend, DType, MatMul, Padding,
+    Act, ActMask, Backend, BatchNorm, BnEvalParams, BnTrainParams, Conv, CudaBackend, DType,
+    MatMul, Padding,
 };
 use insclr::rng::Rng;
 
@@ -674,6 +675,7 @@ fn conv_with_batchnorm_statistics_in_the_epilogue() {
             beta: &beta,
             running: (&mut rm, &mut rv),
             saved: (&mut mean, &mut invstd),
+            mask: None,
         };
         let (r, stats) =
             count_memory(|| be.conv2d_fwd_bn_train(&x, &w, &mut z, bn, None, &mut y, s, b));
@@ -963,6 +965,7 @@ fn batchnorm_moves_its_activations_in_coalesced_16_byte_vectors() {
         let (gamma, beta) = (chan(1.0), chan(0.0));
         let (mut rm, mut rv, mut sm, mut si) = (chan(0.0), chan(1.0), chan(0.0), chan(1.0));
         let (mut dg, mut db) = (chan(0.0), chan(0.0));
+        let mut mask = ActMask::new();
         let (r, stats) = count_memory(|| -> anyhow::Result<()> {
             be.batchnorm_fwd_train(
                 &x,
@@ -972,6 +975,7 @@ fn batchnorm_moves_its_activations_in_coalesced_16_byte_vectors() {
                 (&mut sm, &mut si),
                 Some(&res),
                 &mut y,
+                Some(&mut mask),
                 s,
             )?;
             be.batchnorm_bwd(
@@ -980,6 +984,7 @@ fn batchnorm_moves_its_activations_in_coalesced_16_byte_vectors() {
                 &dy,
                 (&gamma, &beta),
                 (&sm, &si),
+                Some(&mask),
                 &mut dx,
                 Some(&mut dres),
                 (&mut dg, &mut db),
@@ -988,17 +993,33 @@ fn batchnorm_moves_its_activations_in_coalesced_16_byte_vectors() {
             be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, Some(&res), &mut y, s)
         });
         r.unwrap();
+        assert!(mask.kept(), "{dtype}: no activation mask kept");
         show(&format!("batchnorm {dtype}, 2 x 2 x 8192:"), &stats);
         let bytes = (len * dtype.size()) as u64;
+        // act'(y) after the residual: a byte per 16-byte vector of y, written by the forward's
+        // apply pass and read by the backward's reduce pass in place of y, a warp's 32 bytes in
+        // one sector.
+        for op in ["batchnorm_fwd_train", "batchnorm_bwd_reduce"] {
+            let kernel = format!("{op}_{dtype}");
+            let masks: Vec<&MemStat> = rows(&stats, &kernel)
+                .into_iter()
+                .filter(|s| s.space == MemSpace::Global && s.width == 1)
+                .collect();
+            let moved: u64 = masks.iter().map(|s| s.bytes).sum();
+            assert_eq!(moved, bytes / 16, "{kernel}: {masks:#?}");
+            for row in masks {
+                assert_eq!(row.transactions, row.ideal, "{kernel}: {row:?}");
+            }
+        }
         // Every activation byte in a 16-byte access, no sector fetched twice; the rest (the
         // pair's first value, parameters, partial sums: broadcasts, one sector a warp) under 5%
         // of the sectors.
         for (op, passes) in [
             ("batchnorm_fwd_train_stats", 1),
             ("batchnorm_fwd_train", 3),
-            // With the residual: x, y and dy read, dz (the residual's gradient) written; then x
-            // and dz read, dx written.
-            ("batchnorm_bwd_reduce", 4),
+            // With the residual: x and dy read (act'(y) from the mask), dz (the residual's
+            // gradient) written; then x and dz read, dx written.
+            ("batchnorm_bwd_reduce", 3),
             ("batchnorm_bwd", 3),
             ("batchnorm_fwd_eval", 3),
         ] {

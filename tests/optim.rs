@@ -1,14 +1,18 @@
 //! The optimiser kernels (Adam, SGD, the gradient norm and scale) against their CPU twins on
 //! random arenas with edge sizes and group splits, on the GPU when there is one and on the
 //! emulated GPU otherwise. Both sides round op by op, so the updates must agree bit for bit.
-//! Also: views of an arena write where they say, and a whole optimiser step on the device
-//! gives the CPU's parameters.
+//! Also: views of an arena write where they say, and the optimiser zeroes the gradients in
+//! their arena at once.
 
 mod common;
 
 use common::kernel_device;
-use insclr::backend::{Backend, DType, OptimStep};
+use insclr::backend::cuda::record::Event;
+use insclr::backend::{Backend, CudaBackend, DType, OptimStep};
+use insclr::nn::{Module, Param, ParamKind};
 use insclr::rng::Rng;
+use insclr::train::config::Solver;
+use insclr::train::optim::Optimizer;
 
 /// Around a block (256), and past the norm's 1024 partial sums (256 x 1024 + 1).
 const LENS: &[usize] = &[1, 255, 256, 257, 262_145];
@@ -109,4 +113,73 @@ fn arena_views_write_their_own_range() {
     // A view keeps the arena's memory alive after the arena's own handle is gone.
     drop(arena);
     assert_eq!(dev.download::<f32>(&b).unwrap(), [5.0; 6]);
+}
+
+struct Net(Vec<Param>);
+
+impl Module for Net {
+    fn params(&self) -> Vec<&Param> {
+        self.0.iter().collect()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.0.iter_mut().collect()
+    }
+}
+
+/// A weight, a bias and a running statistic (no gradient), as a layer has them.
+fn net(be: &dyn Backend) -> Net {
+    let p = |name: &str, n: usize, kind| Param::new(be, name, &[n], kind, &vec![0.5; n]).unwrap();
+    Net(vec![
+        p("fc.weight", 300, ParamKind::Weight),
+        p("fc.bias", 7, ParamKind::Bias),
+        p("bn.running_mean", 7, ParamKind::Running),
+    ])
+}
+
+/// On a device the trainable tensors' gradients are views of one arena: the optimiser zeroes
+/// them all in one memset (where one a tensor was ResNet-101's 314), and each reads zero after
+/// it; a gradient given its own buffer after the optimiser was made is refused, not left stale.
+#[test]
+fn the_optimiser_zeroes_every_gradient_in_one_memset() {
+    let dev = kernel_device("the_optimiser_zeroes_every_gradient_in_one_memset");
+    let be: &dyn Backend = &dev;
+    let mut m = net(be);
+    let mut opt = Optimizer::new(&Solver::default(), be, &mut m).unwrap();
+    for p in m.params_mut() {
+        if let Some(g) = p.grad.as_mut() {
+            be.upload_into(&vec![1.5f32; g.len()], g).unwrap();
+        }
+    }
+    opt.zero_grads(be, &mut m).unwrap();
+    for p in m.params() {
+        if let Some(g) = &p.grad {
+            assert!(
+                be.download::<f32>(g).unwrap().iter().all(|&v| v == 0.0),
+                "{}: not zeroed",
+                p.name
+            );
+        }
+    }
+    assert!(m.0[2].grad.is_none(), "a running statistic has no gradient");
+
+    let plan = CudaBackend::plan();
+    let mut m = net(&plan);
+    let mut opt = Optimizer::new(&Solver::default(), &plan, &mut m).unwrap();
+    let rec = plan.recorder().unwrap();
+    rec.set_recording(true);
+    opt.zero_grads(&plan, &mut m).unwrap();
+    let events = rec.take();
+    assert_eq!(events.len(), 1, "{events:?}: not one memset of the arena");
+    // 300 + 7 floats: the weight's and the bias's gradients.
+    assert!(
+        matches!(events[0], Event::Memset { bytes: 1228 }),
+        "{events:?}"
+    );
+
+    m.0[0].grad = Some(plan.zeros(DType::F32, 300).unwrap());
+    let err = opt.zero_grads(&plan, &mut m).unwrap_err();
+    assert!(
+        err.to_string().contains("fc.weight was replaced"),
+        "{err:#}"
+    );
 }

@@ -2,8 +2,8 @@
 //! weight gradients. Kernels to come in `kernels/conv.cu`.
 
 use super::{
-    check_dtypes, check_len, not_implemented, same_dtype, Backend, BatchNorm, Buf, Checked, DType,
-    Op,
+    check_dtypes, check_len, not_implemented, same_dtype, ActMask, Backend, BatchNorm, Buf,
+    Checked, DType, Op,
 };
 use anyhow::{bail, Result};
 
@@ -154,12 +154,14 @@ pub struct BnEvalParams<'a> {
 
 /// A training-mode BatchNorm's tensors (f32), as [`ConvOps::conv2d_fwd_bn_train`] takes them:
 /// gamma and beta, the running mean and variance it updates, the mean and 1/sqrt(var + eps) per
-/// statistics group it saves for the backward.
+/// statistics group it saves for the backward, and where the backend may keep act'(y) after a
+/// residual ([`ActMask`]).
 pub struct BnTrainParams<'a> {
     pub gamma: &'a Buf,
     pub beta: &'a Buf,
     pub running: (&'a mut Buf, &'a mut Buf),
     pub saved: (&'a mut Buf, &'a mut Buf),
+    pub mask: Option<&'a mut ActMask>,
 }
 
 /// What a backend implements for this family.
@@ -312,7 +314,7 @@ impl dyn Backend + '_ {
         x: &Buf,
         w: &Buf,
         z: &mut Buf,
-        bn: BnTrainParams,
+        mut bn: BnTrainParams,
         residual: Option<&Buf>,
         y: &mut Buf,
         s: Conv,
@@ -327,6 +329,9 @@ impl dyn Backend + '_ {
         )?;
         self.require(Op::Conv2dFwd, x.dtype())?;
         self.require(Op::BatchnormFwdTrain, x.dtype())?;
+        if let Some(m) = bn.mask.as_deref_mut() {
+            m.kept = false;
+        }
         self.conv_ops()
             .conv2d_fwd_bn_train(x, w, z, bn, residual, y, s, b)
     }

@@ -43,7 +43,7 @@ pub use cuda::CudaBackend;
 pub use eltwise::{Act, Eltwise, EltwiseOps, ImageToTensor};
 pub use gemm::{GemmOps, MatMul};
 pub use mining::{BatchSelect, MiningOps, MiningScore, SELECT_MAX_K};
-pub use norm::{BatchNorm, L2Norm, NormOps, L2_EPS};
+pub use norm::{ActMask, BatchNorm, L2Norm, NormOps, L2_EPS};
 pub use optim::{AdamScalars, OptimOps, OptimStep};
 pub use pool::{Gem, MaxPool, PoolOps, GEM_EPS};
 pub use select::{Knn, SelectOps, TopK, TOPK_MAX};

@@ -102,6 +102,38 @@ impl BatchNorm {
     }
 }
 
+/// act'(y) of a training BatchNorm whose y had a residual added, one bit a value, as a forward
+/// may keep it for the backward, which then reads it in place of y (16 times fewer bytes in bf16;
+/// without a residual the kernels recompute y from x instead). Its layout is the backend's: CUDA
+/// keeps one where y's vectors are 16 bytes (kernels/norm.cu, `act_mask_of`), the CPU none.
+#[derive(Debug)]
+pub struct ActMask {
+    pub(crate) bits: Buf,
+    /// A forward wrote `bits` for the shape it ran; reset before every training forward.
+    pub(crate) kept: bool,
+}
+
+impl ActMask {
+    /// No mask kept.
+    pub fn new() -> Self {
+        ActMask {
+            bits: Buf::empty(DType::U8),
+            kept: false,
+        }
+    }
+
+    /// Whether the last training forward kept one.
+    pub fn kept(&self) -> bool {
+        self.kept
+    }
+}
+
+impl Default for ActMask {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn all_f32(what: &dyn std::fmt::Debug, bufs: &[&Buf]) -> Result<()> {
     if let Some(b) = bufs.iter().find(|b| b.dtype() != DType::F32) {
         bail!(
@@ -122,7 +154,8 @@ pub trait NormOps {
     fn l2norm_bwd(&self, _x: &Buf, _dy: &Buf, _dx: &mut Buf, _s: Checked<L2Norm>) -> Result<()> {
         Err(not_implemented(Op::L2normBwd))
     }
-    /// BatchNorm + activation forward with batch statistics (training mode).
+    /// BatchNorm + activation forward with batch statistics (training mode); a backend may keep
+    /// act'(y) in `mask` (setting `kept`) where a residual went into y.
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_fwd_train(
         &self,
@@ -133,6 +166,7 @@ pub trait NormOps {
         _saved: (&mut Buf, &mut Buf),
         _residual: Option<&Buf>,
         _y: &mut Buf,
+        _mask: Option<&mut ActMask>,
         _s: Checked<BatchNorm>,
     ) -> Result<()> {
         Err(not_implemented(Op::BatchnormFwdTrain))
@@ -152,7 +186,8 @@ pub trait NormOps {
     ) -> Result<()> {
         Err(not_implemented(Op::BatchnormFwdEval))
     }
-    /// BatchNorm + activation backward after a training-mode forward; `params` = (gamma, beta).
+    /// BatchNorm + activation backward after a training-mode forward; `params` = (gamma, beta);
+    /// `mask`: the forward's, when it kept one (else None).
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_bwd(
         &self,
@@ -161,6 +196,7 @@ pub trait NormOps {
         _dy: &Buf,
         _params: (&Buf, &Buf),
         _saved: (&Buf, &Buf),
+        _mask: Option<&ActMask>,
         _dx: &mut Buf,
         _dres: Option<&mut Buf>,
         _dparams: (&mut Buf, &mut Buf),
@@ -205,7 +241,8 @@ impl dyn Backend + '_ {
 
     /// BatchNorm + activation forward with batch statistics: writes `y = act(bn(x) [+
     /// residual])`, saves each statistics group's mean and 1/sqrt(var+eps) (`ghost x c`) for
-    /// backward, and updates the running mean / unbiased variance with the momentum.
+    /// backward, and updates the running mean / unbiased variance with the momentum. With a
+    /// residual, `mask` may be kept for `batchnorm_bwd` ([`ActMask`]).
     #[allow(clippy::too_many_arguments)]
     pub fn batchnorm_fwd_train(
         &self,
@@ -216,6 +253,7 @@ impl dyn Backend + '_ {
         saved: (&mut Buf, &mut Buf),
         residual: Option<&Buf>,
         y: &mut Buf,
+        mut mask: Option<&mut ActMask>,
         s: BatchNorm,
     ) -> Result<()> {
         let s = s.check_train(
@@ -224,8 +262,11 @@ impl dyn Backend + '_ {
             &[saved.0, saved.1],
         )?;
         self.require(Op::BatchnormFwdTrain, x.dtype())?;
+        if let Some(m) = mask.as_deref_mut() {
+            m.kept = false;
+        }
         self.norm_ops()
-            .batchnorm_fwd_train(x, gamma, beta, running, saved, residual, y, s)
+            .batchnorm_fwd_train(x, gamma, beta, running, saved, residual, y, mask, s)
     }
 
     /// BatchNorm + activation forward with the running statistics (eval mode), with the
@@ -263,7 +304,8 @@ impl dyn Backend + '_ {
     /// residual's gradient `dres = dy * act'(y)` when asked), accumulates `dgamma` and `dbeta`.
     /// `y` is the forward output (for the activation's mask), `params` (gamma, beta) and `saved`
     /// the forward's: without a residual a backend may recompute y from x with them instead of
-    /// reading it (the CUDA kernels do, bit for bit).
+    /// reading it (the CUDA kernels do, bit for bit), with one it may read the forward's `mask`
+    /// instead, where that kept one.
     #[allow(clippy::too_many_arguments)]
     pub fn batchnorm_bwd(
         &self,
@@ -272,6 +314,7 @@ impl dyn Backend + '_ {
         dy: &Buf,
         params: (&Buf, &Buf),
         saved: (&Buf, &Buf),
+        mask: Option<&ActMask>,
         dx: &mut Buf,
         dres: Option<&mut Buf>,
         dparams: (&mut Buf, &mut Buf),
@@ -283,8 +326,9 @@ impl dyn Backend + '_ {
             &[saved.0, saved.1],
         )?;
         self.require(Op::BatchnormBwd, x.dtype())?;
+        let mask = mask.filter(|m| m.kept);
         self.norm_ops()
-            .batchnorm_bwd(x, y, dy, params, saved, dx, dres, dparams, s)
+            .batchnorm_bwd(x, y, dy, params, saved, mask, dx, dres, dparams, s)
     }
 
     /// BatchNorm + activation backward after an eval-mode forward whose gradient is wanted

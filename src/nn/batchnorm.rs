@@ -3,7 +3,7 @@
 
 use super::maps::Out;
 use super::{empty, ensure_len, ensure_like, Param, ParamKind};
-use crate::backend::{Act, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, DType};
+use crate::backend::{Act, ActMask, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, DType};
 use anyhow::{anyhow, bail, Context, Result};
 
 /// BatchNorm over channels of an NCHW tensor (`<name>.{weight,bias,running_mean,running_var}`,
@@ -39,6 +39,9 @@ pub struct BatchNorm2d {
     /// The residual's gradient of the last backward (after a [`BatchNorm2d::forward_add`] with
     /// an activation).
     pub dres: Buf,
+    /// act'(y) of the last training forward with a residual, where the backend keeps it: the
+    /// backward's reduce pass reads it in place of y.
+    act_mask: ActMask,
 }
 
 impl BatchNorm2d {
@@ -67,6 +70,7 @@ impl BatchNorm2d {
             dx: empty(),
             residual: false,
             dres: empty(),
+            act_mask: ActMask::new(),
         })
     }
 
@@ -130,6 +134,7 @@ impl BatchNorm2d {
                 (&mut self.save_mean, &mut self.save_invstd),
                 residual,
                 y,
+                Some(&mut self.act_mask),
                 s,
             )
         } else {
@@ -192,6 +197,7 @@ impl BatchNorm2d {
                 beta: &self.bias.value,
                 running: (&mut self.running_mean.value, &mut self.running_var.value),
                 saved: (&mut self.save_mean, &mut self.save_invstd),
+                mask: Some(&mut self.act_mask),
             },
             &mut self.y,
         ))
@@ -237,6 +243,7 @@ impl BatchNorm2d {
                 dy,
                 (&self.weight.value, &self.bias.value),
                 (&self.save_mean, &self.save_invstd),
+                Some(&self.act_mask),
                 &mut self.dx,
                 dres,
                 (dgamma, dbeta),

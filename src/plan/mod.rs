@@ -16,7 +16,7 @@ use crate::backend::cuda::work::{Unit, Work};
 use crate::backend::{Backend, Buf, CudaBackend, DType};
 use crate::data::image::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::nn::head::HeadKind;
-use crate::nn::{zero_grads, Arch, Images, RetrievalNet};
+use crate::nn::{Arch, Images, RetrievalNet};
 use crate::rng::Rng;
 use crate::train::config::Solver;
 use crate::train::optim::Optimizer;
@@ -85,7 +85,7 @@ impl BackboneStep {
     pub fn run(&mut self, be: &dyn Backend, x: Images, d_desc: &Buf) -> Result<()> {
         let (n, px) = (self.batch, self.px);
         self.net.forward_train_images(be, x, n, px, px)?;
-        zero_grads(be, &mut self.net)?;
+        self.opt.zero_grads(be, &mut self.net)?;
         self.net.backward(be, d_desc)?;
         self.opt.clip_grad_norm(be, &mut self.net, 10.0)?;
         self.opt.step(be, &mut self.net, 1.0)

@@ -37,7 +37,7 @@ use crate::backend::{Buf, DType};
 use crate::dist::all_gather;
 use crate::loss::{contrastive_batch, contrastive_memory, LossOut, Memory};
 use crate::mining::{sample_v1, select_in_batch, Batch, Mined, Miner, SelectionRule};
-use crate::nn::{zero_grads, Module, ParamKind};
+use crate::nn::{Module, ParamKind};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -362,7 +362,7 @@ impl Stage<'_> {
     fn backward(&mut self, grad: &[f32]) -> Result<()> {
         let _r = range("backward");
         let be = self.be;
-        zero_grads(be, &mut self.net)?;
+        self.opt.zero_grads(be, &mut self.net)?;
         let gb = be.upload(grad)?;
         self.net.backward(be, &gb)
     }

@@ -815,6 +815,7 @@ mod tests {
                 (&mut sm, &mut si),
                 None,
                 &mut by,
+                None,
                 bn,
             )
             .unwrap_err()

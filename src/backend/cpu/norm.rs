@@ -5,7 +5,7 @@
 //! Statistics are per (ghost group, channel) over `n/ghost * hw` values, accumulated in f64.
 
 use super::{wide, widen, with_f32_out};
-use crate::backend::{Act, BatchNorm, Buf, Checked, DType, L2Norm};
+use crate::backend::{Act, ActMask, BatchNorm, Buf, Checked, DType, L2Norm};
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -406,6 +406,7 @@ impl crate::backend::NormOps for super::CpuBackend {
         saved: (&mut Buf, &mut Buf),
         residual: Option<&Buf>,
         y: &mut Buf,
+        _mask: Option<&mut ActMask>,
         s: Checked<BatchNorm>,
     ) -> Result<()> {
         let (x, res) = (widen(x)?, residual.map(widen).transpose()?);
@@ -443,6 +444,7 @@ impl crate::backend::NormOps for super::CpuBackend {
         dy: &Buf,
         (gamma, _beta): (&Buf, &Buf),
         saved: (&Buf, &Buf),
+        _mask: Option<&ActMask>,
         dx: &mut Buf,
         dres: Option<&mut Buf>,
         dparams: (&mut Buf, &mut Buf),

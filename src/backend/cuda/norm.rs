@@ -3,8 +3,10 @@
 use super::device::{Args, DevMem, Launch};
 use super::work::Work;
 use super::{int, CudaBackend};
-use crate::backend::{Act, BatchNorm, BnTrainParams, Buf, Checked, L2Norm, NormOps, Op};
-use anyhow::Result;
+use crate::backend::{
+    Act, ActMask, Backend, BatchNorm, BnTrainParams, Buf, Checked, DType, L2Norm, NormOps, Op,
+};
+use anyhow::{bail, Result};
 
 impl NormOps for CudaBackend {
     /// One warp per row.
@@ -67,6 +69,7 @@ impl NormOps for CudaBackend {
         saved: (&mut Buf, &mut Buf),
         residual: Option<&Buf>,
         y: &mut Buf,
+        mask: Option<&mut ActMask>,
         s: Checked<BatchNorm>,
     ) -> Result<()> {
         let (n, c, hw) = bn_sizes(&s)?;
@@ -102,6 +105,7 @@ impl NormOps for CudaBackend {
                 beta,
                 running,
                 saved,
+                mask,
             };
             let stats = BnStats {
                 partial,
@@ -175,6 +179,7 @@ impl NormOps for CudaBackend {
         dy: &Buf,
         (gamma, beta): (&Buf, &Buf),
         saved: (&Buf, &Buf),
+        mask: Option<&ActMask>,
         dx: &mut Buf,
         dres: Option<&mut Buf>,
         dparams: (&mut Buf, &mut Buf),
@@ -188,16 +193,31 @@ impl NormOps for CudaBackend {
         let has_dres = dres.is_some();
         let dres = dres.map(|r| r.dev_mut()).transpose()?;
         // y is read for act'(y) only where a residual went into it.
-        let y = if has_dres { Some(y.dev()?) } else { None };
+        let y_dev = if has_dres { Some(y.dev()?) } else { None };
         let reduce_kernel = format!("batchnorm_bwd_reduce_{dtype}");
         let kernel = Op::BatchnormBwd.kernel(dtype);
         let mut mems = vec![x.dev()?, dy.dev()?, dx.dev()?];
-        mems.extend(y);
+        mems.extend(y_dev);
         mems.extend(dres.as_deref());
         let split = self.bn_split(&[&reduce_kernel, &kernel], &s, &mems, dtype.size());
         let partial_bytes = split.pairs * split.chunks * 2 * 4;
         let per = (s.n / s.ghost) as i32;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
+        // The forward's mask in place of y, where this split's vectors match its layout.
+        let mask = match mask {
+            Some(m) if has_dres && split.vec * dtype.size() == 16 => {
+                if m.bits.len() != act_bytes / 16 {
+                    bail!(
+                        "batchnorm backward: the activation mask holds {} bytes, this shape's is {} (a forward of another shape kept it)",
+                        m.bits.len(),
+                        act_bytes / 16
+                    );
+                }
+                Some(m.bits.dev()?)
+            }
+            _ => None,
+        };
+        let y = if mask.is_some() { None } else { y_dev };
         // The second pass's gradient in and activation: dz (written by the first) and none, or dy
         // and the layer's.
         let (grad, act) = match dres.as_deref() {
@@ -205,12 +225,14 @@ impl NormOps for CudaBackend {
             None => (dy.dev()?, s.act),
         };
         self.with_scratch(partial_bytes, |partial| {
-            // x, dy (and y) read, dz written with a residual; the saved statistics (per pair) and
-            // gamma, beta (per channel) read; the sums written.
-            let passes = 2 + 2 * has_dres as usize;
+            // x, dy (and y, or its mask) read, dz written with a residual; the saved statistics
+            // (per pair) and gamma, beta (per channel) read; the sums written.
+            let passes = 2 + has_dres as usize + y.is_some() as usize;
+            let mask_bytes = if mask.is_some() { act_bytes / 16 } else { 0 };
             let args = Args::new()
                 .ptr(x.dev()?)
                 .opt_ptr(y)
+                .opt_ptr(mask)
                 .ptr(dy.dev()?)
                 .ptr(gamma.dev()?)
                 .ptr(beta.dev()?)
@@ -226,12 +248,13 @@ impl NormOps for CudaBackend {
                 .i32(s.act.code())
                 .work(bn_traffic(
                     &s,
-                    passes * act_bytes + 2 * 4 * (split.pairs + s.c) + partial_bytes,
+                    passes * act_bytes + mask_bytes + 2 * 4 * (split.pairs + s.c) + partial_bytes,
                 ));
-            // SAFETY: arguments match batchnorm_bwd_reduce_<dtype>(x, y, dy, gamma, beta,
+            // SAFETY: arguments match batchnorm_bwd_reduce_<dtype>(x, y, mask, dy, gamma, beta,
             // save_mean, save_invstd, partial, dres, per, C, hw, chunks, vec, act); x, dy (y and
             // dres when not null) hold n*C*hw, gamma and beta C, the saved statistics ghost*C
-            // (checked), partial 2 floats per (pair, run).
+            // (checked), partial 2 floats per (pair, run); the mask, when not null, a byte per
+            // 16-byte vector of y (checked above) and vec is that width.
             unsafe { self.launch(&reduce_kernel, split.launch(), args)? };
             // x and the gradient (dy, or dz) read again; dx written.
             let args = Args::new()
@@ -383,7 +406,8 @@ pub(super) struct BnStats<'a> {
 impl CudaBackend {
     /// y = act(bn(x) [+ residual]) from the pair statistics `stats` (`batchnorm_fwd_train_<dtype>`,
     /// `split` as x's shape allows): saves each pair's mean and 1/sqrt(var + eps), moves the
-    /// running statistics.
+    /// running statistics; keeps act'(y) in `bn.mask` where a residual and an activation went
+    /// into y and the split's vectors are 16 bytes (a byte each: kernels/norm.cu, act_mask_of).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn bn_train_apply(
         &self,
@@ -400,6 +424,18 @@ impl CudaBackend {
         let res = residual.map(|r| r.dev()).transpose()?;
         let passes = 2 + residual.is_some() as usize;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
+        let keep_mask =
+            residual.is_some() && s.act != Act::Identity && split.vec * dtype.size() == 16;
+        let mask = match bn.mask {
+            Some(m) if keep_mask => {
+                let be: &dyn Backend = self;
+                be.ensure(&mut m.bits, DType::U8, act_bytes / 16)?;
+                m.kept = true;
+                Some(m.bits.dev_mut()?)
+            }
+            _ => None,
+        };
+        let mask_bytes = if mask.is_some() { act_bytes / 16 } else { 0 };
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(bn.gamma.dev()?)
@@ -413,6 +449,7 @@ impl CudaBackend {
             .i32(stats.shifted as i32)
             .opt_ptr(res)
             .ptr(y.dev_mut()?)
+            .opt_ptr(mask.as_deref())
             .i32((s.n / s.ghost) as i32)
             .i32(c)
             .i32(hw)
@@ -423,14 +460,18 @@ impl CudaBackend {
             .i32(s.act.code())
             .work(bn_traffic(
                 s,
-                passes * act_bytes + split.pairs * stats.runs * 3 * 4 + bn_channel_bytes(s),
+                passes * act_bytes
+                    + mask_bytes
+                    + split.pairs * stats.runs * 3 * 4
+                    + bn_channel_bytes(s),
             ));
         // SAFETY: arguments match batchnorm_fwd_train_<dtype>(x, gamma, beta, running_mean,
-        // running_var, save_mean, save_invstd, partial, runs, shifted, res, y, per, C, hw, chunks,
-        // vec, eps, momentum, act); the shape was checked: x, y (and res) hold n*C*hw, the
-        // parameters and running statistics C, the saved statistics ghost*C, and ghost divides
-        // n; partial holds `runs` partials of 3 floats per pair (the callers wrote them); vec
-        // divides hw and the buffers' alignment (bn_split).
+        // running_var, save_mean, save_invstd, partial, runs, shifted, res, y, mask, per, C, hw,
+        // chunks, vec, eps, momentum, act); the shape was checked: x, y (and res) hold n*C*hw,
+        // the parameters and running statistics C, the saved statistics ghost*C, and ghost
+        // divides n; partial holds `runs` partials of 3 floats per pair (the callers wrote them);
+        // vec divides hw and the buffers' alignment (bn_split); the mask, when not null, a byte
+        // per vector of 16 bytes, the width vec is.
         unsafe { self.launch(&Op::BatchnormFwdTrain.kernel(dtype), split.launch(), args) }
     }
 
