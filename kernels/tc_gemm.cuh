@@ -870,32 +870,38 @@ __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles
     __syncthreads();
 
     Fragments<WM, WN> frag[2];
-    // The stages being read and written, as element offsets into the ring of stages.
-    constexpr int RING = STAGES * STAGE_ELEMS;
-    int read = 0, write = (STAGES - 1) * STAGE_ELEMS;
     load_fragments<A_K, B_K, BM, BN>(frag[0], stages, a_frag, b_frag, 0);
-    for (int t = 0; t < tiles; ++t) {
+    // STAGES k tiles an iteration, so that tile t's stage (t % STAGES), the next one's and the one
+    // being written are constants: every ldmatrix and cp.async address is a lane's offset plus an
+    // immediate, with no ring arithmetic in the loop.
+    for (int t0 = 0; t0 < tiles; t0 += STAGES) {
 #pragma unroll
-        for (int s = 0; s < K_STEPS; ++s) {
-            if (s == K_STEPS - 1) {
-                // Tile t + 1 has landed for this thread; the barrier makes it everyone's, and
-                // tells every warp that the stage read during tile t - 1 is free again.
-                cp_async_wait<STAGES - 2>();
-                __syncthreads();
-                read = read + STAGE_ELEMS == RING ? 0 : read + STAGE_ELEMS;
-            }
-            if (s < K_STEPS - 1 || t + 1 < tiles) {
-                load_fragments<A_K, B_K, BM, BN>(frag[(s + 1) % 2], stages + read, a_frag, b_frag, (s + 1) % K_STEPS);
-            }
-            if (s == 0) {
-                if (t + STAGES - 1 < tiles) {
-                    a_load.load(stages + write);
-                    b_load.load(stages + write + A_ELEMS);
+        for (int u = 0; u < STAGES; ++u) {
+            const int t = t0 + u;
+            if (t >= tiles) break;
+            const int write = (u + STAGES - 1) % STAGES * STAGE_ELEMS;
+#pragma unroll
+            for (int s = 0; s < K_STEPS; ++s) {
+                if (s == K_STEPS - 1) {
+                    // Tile t + 1 has landed for this thread; the barrier makes it everyone's, and
+                    // tells every warp that the stage read during tile t - 1 is free again.
+                    cp_async_wait<STAGES - 2>();
+                    __syncthreads();
                 }
-                cp_async_commit();
-                write = write + STAGE_ELEMS == RING ? 0 : write + STAGE_ELEMS;
+                const int read = (s == K_STEPS - 1 ? (u + 1) % STAGES : u) * STAGE_ELEMS;
+                if (s < K_STEPS - 1 || t + 1 < tiles) {
+                    load_fragments<A_K, B_K, BM, BN>(frag[(s + 1) % 2], stages + read, a_frag, b_frag,
+                                                     (s + 1) % K_STEPS);
+                }
+                if (s == 0) {
+                    if (t + STAGES - 1 < tiles) {
+                        a_load.load(stages + write);
+                        b_load.load(stages + write + A_ELEMS);
+                    }
+                    cp_async_commit();
+                }
+                mma_fragments<WM, WN, T>(acc, frag[s % 2]);
             }
-            mma_fragments<WM, WN, T>(acc, frag[s % 2]);
         }
     }
     cp_async_wait<0>();
