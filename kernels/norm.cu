@@ -387,6 +387,8 @@ __device__ void bn_fwd_eval(const T* __restrict__ x, const float* __restrict__ g
 // nearly as fast as DRAM feeds them (a warp's vector of bf16 x and dy, 1 KB, is ~56 cycles of an
 // H200 SM's share of DRAM; the reduce loop's longest path, 190 instructions, ~48 of issue).
 enum class ActFrom { recompute, y, mask };
+template <ActFrom F>
+struct From {};
 
 // The thread's next U vectors of x, of y or its mask byte (as FROM says) and of dy, all loaded
 // before any is used; ok[u] is false past the run's end.
@@ -412,8 +414,8 @@ __device__ __forceinline__ void bn_load_bwd(BnRun<VEC>& run, const T* __restrict
 // (sum dz, sum dz * xh) over this block's run, dz = dy * act'(y), xh = (x - mean) * invstd;
 // act'(y) from the forward's mask bits, y, or y recomputed from x by `a` (FROM); with `dx`
 // (frozen statistics: dx = k * dz, no batch-mean terms) also writes dx, with `dres` dz, on the way.
-template <ActFrom FROM, typename T, int VEC>
-__device__ float2 bn_bwd_sums(BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ y,
+template <typename T, int VEC, ActFrom FROM>
+__device__ float2 bn_bwd_sums(From<FROM>, BnRun<VEC> run, const T* __restrict__ x, const T* __restrict__ y,
                               const unsigned char* __restrict__ mask, const T* __restrict__ dy, float mean,
                               float invstd, BnAffine a, float k, T* __restrict__ dx, T* __restrict__ dres, int act) {
     __shared__ float slots[BN_THREADS / WARP_SIZE];
@@ -468,10 +470,10 @@ __device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, 
     int gc = blockIdx.y, c = run.c;
     const float mean = save_mean[gc], invstd = save_invstd[gc];
     const BnAffine a = bn_affine_of(gamma[c], beta[c], mean, invstd);
-    float2 s = mask ? bn_bwd_sums<ActFrom::mask, T, VEC>(run, x, y, mask, dy, mean, invstd, a, 0.0f, nullptr, dres, act)
-               : y  ? bn_bwd_sums<ActFrom::y, T, VEC>(run, x, y, mask, dy, mean, invstd, a, 0.0f, nullptr, dres, act)
-                    : bn_bwd_sums<ActFrom::recompute, T, VEC>(run, x, y, mask, dy, mean, invstd, a, 0.0f, nullptr,
-                                                              dres, act);
+    const auto sums = [&](auto from) {
+        return bn_bwd_sums<T, VEC>(from, run, x, y, mask, dy, mean, invstd, a, 0.0f, nullptr, dres, act);
+    };
+    const float2 s = mask ? sums(From<ActFrom::mask>{}) : y ? sums(From<ActFrom::y>{}) : sums(From<ActFrom::recompute>{});
     if (threadIdx.x == 0) {
         float* p = partial + 2 * ((size_t)gc * chunks + blockIdx.x);
         p[0] = s.x, p[1] = s.y;
@@ -481,7 +483,8 @@ __device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, 
 // The second pass never reads y: act'(y) comes from y recomputed from x (no residual), and after
 // a residual the reduce pass wrote dz, which this pass takes as dy with no activation.
 template <typename T, int VEC>
-__device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ save_mean,
+__device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,
+                       const float* __restrict__ beta, const float* __restrict__ save_mean,
                        const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,
                        float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw, int ghost,
                        int chunks, int act) {
@@ -534,8 +537,8 @@ __device__ void bn_bwd_eval(const T* __restrict__ x, const T* __restrict__ y, co
     BnRun<VEC> run(n, C, hw, chunks);
     int c = run.c;
     float mean = running_mean[c], invstd = 1.0f / sqrtf(running_var[c] + eps), k = gamma[c] * invstd;
-    float2 s = bn_bwd_sums<ActFrom::y, T, VEC>(run, x, y, nullptr, dy, mean, invstd, BnAffine{0.0f, 0.0f}, k, dx, dres,
-                                              act);
+    float2 s = bn_bwd_sums<T, VEC>(From<ActFrom::y>{}, run, x, y, nullptr, dy, mean, invstd, BnAffine{0.0f, 0.0f}, k,
+                                   dx, dres, act);
     if (threadIdx.x == 0) {
         float* p = partial + 2 * ((size_t)blockIdx.y * chunks + blockIdx.x);
         p[0] = s.x, p[1] = s.y;
