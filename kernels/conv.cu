@@ -44,6 +44,7 @@
 #include "common.cuh"
 #include "arch.cuh"
 #include "tc_gemm.cuh"
+#include "nhwc.cuh"
 
 struct ConvShape {
     int n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow;
@@ -753,55 +754,12 @@ extern "C" __global__ void __launch_bounds__(256)
     for (int e = threadIdx.x; e < n; e += blockDim.x) dw[row + (size_t)c0 * taps + e] += run[e];
 }
 
-// dst[img][p'][c] = src[img][c][p] for each of gridDim.z planes of `channels` x `pixels`: NCHW ->
-// NHWC (an image), and a weight's (c_in x kh*kw) -> (kh*kw x c_in) per output channel (KRSC).
-// flip > 1 reverses p within each group of `flip` (p' = the group's last index - p's place in it):
-// the data gradient's W' from W seen as one c_out x (c_in*kh*kw) plane. dst's rows hold
-// `padded` >= channels values, a multiple of 8, the ones past `channels` zeros (the tile's
-// padding rows are staged as zeros), so that the channels-last kernels take any channel count.
-// A block moves a 64 x 64 tile through shared memory: reads along NCHW rows (16-byte loads when
-// every row starts 16-byte aligned, pixels % 8 == 0; else 2 bytes a lane, still consecutive lanes
-// along a row), writes 16-byte chunks of 8 channels, 8 lanes along a pixel's channels. The tile's
-// 16-byte chunks are XOR-permuted within each 128-byte row by the row's group of 8 channels, so
-// that both the row-wise stores and the column-wise 2-byte reads (8 lanes on 8 channel groups,
-// 4 neighbouring pixels each) fall on distinct banks.
-__device__ __forceinline__ int nhwc_tile_at(int c, int p) {
-    return c * 64 + ((((p >> 3) ^ (c >> 3)) & 7) << 3) + (p & 7);
-}
-
+// NCHW -> NHWC (an image), and a weight's (c_in x kh*kw) -> (kh*kw x c_in) per output channel
+// (KRSC), `flip` and `padded` as nhwc.cuh describes them; 64 x 64 tiles (nhwc_tile_bf16).
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_to_nhwc_bf16(const bf16_t* __restrict__ src, bf16_t* __restrict__ dst, int channels, int pixels, int flip,
                         int padded) {
-    __shared__ __align__(16) unsigned short tile[64 * 64];
-    src += (long long)blockIdx.z * channels * pixels;
-    dst += (long long)blockIdx.z * padded * pixels;
-    const int c0 = blockIdx.y * 64, p0 = blockIdx.x * 64;
-    if (pixels % 8 == 0) {
-        for (int q = threadIdx.x; q < 64 * 8; q += 256) {
-            const int cl = q >> 3, pl = (q & 7) << 3, c = c0 + cl, p = p0 + pl;
-            if (c < padded && p < pixels)
-                st_shared_v4(tile + nhwc_tile_at(cl, pl),
-                             c < channels ? ld_global_v4(src + (long long)c * pixels + p) : make_uint4(0, 0, 0, 0));
-        }
-    } else {
-        for (int e = threadIdx.x; e < 64 * 64; e += 256) {
-            const int cl = e >> 6, pl = e & 63, c = c0 + cl, p = p0 + pl;
-            if (c < padded && p < pixels)
-                tile[nhwc_tile_at(cl, pl)] =
-                    c < channels ? reinterpret_cast<const unsigned short*>(src)[(long long)c * pixels + p] : 0;
-        }
-    }
-    __syncthreads();
-    for (int q = threadIdx.x; q < 64 * 8; q += 256) {
-        const int pl = q >> 3, cl = (q & 7) << 3, c = c0 + cl, p = p0 + pl;
-        if (c >= padded || p >= pixels) continue;
-        uint32_t v[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-            v[j] = (uint32_t)tile[nhwc_tile_at(cl + 2 * j, pl)] | (uint32_t)tile[nhwc_tile_at(cl + 2 * j + 1, pl)] << 16;
-        const int g = flip > 1 ? p % flip : 0, row = p - g + (flip > 1 ? flip - 1 - g : 0);
-        st_global_v4(dst + (long long)row * padded + c, make_uint4(v[0], v[1], v[2], v[3]));
-    }
+    nhwc_tile_bf16(src, dst, channels, pixels, flip, padded, NhwcCopy{});
 }
 
 // The same for at most 8 channels padded to 8 (a stem's 3): a thread reads one pixel's channels,
@@ -820,30 +778,11 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 
 // conv2d_to_nhwc_bf16's work in f32 (the TF32 channels-last kernels' operands), `padded` a
-// multiple of 4: a 32 x 32 tile through shared memory, read along NCHW rows and written along a
-// pixel's channels, a lane a value both ways (128 bytes a warp); the tile's rows padded to 33
-// floats so that the column-wise reads fall on 32 banks. Grid: (pixels / 32, padded / 32,
-// planes), 256 threads.
+// multiple of 4: 32 x 32 tiles (nhwc_tile_f32).
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_to_nhwc_f32(const float* __restrict__ src, float* __restrict__ dst, int channels, int pixels, int flip,
                        int padded) {
-    __shared__ float tile[32][33];
-    src += (long long)blockIdx.z * channels * pixels;
-    dst += (long long)blockIdx.z * padded * pixels;
-    const int c0 = blockIdx.y * 32, p0 = blockIdx.x * 32, tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int c = c0 + ty + 8 * i, p = p0 + tx;
-        if (p < pixels) tile[ty + 8 * i][tx] = c < channels ? src[(long long)c * pixels + p] : 0.0f;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int p = p0 + ty + 8 * i, c = c0 + tx;
-        if (p >= pixels || c >= padded) continue;
-        const int g = flip > 1 ? p % flip : 0, row = p - g + (flip > 1 ? flip - 1 - g : 0);
-        dst[(long long)row * padded + c] = tile[tx][ty + 8 * i];
-    }
+    nhwc_tile_f32(src, dst, channels, pixels, flip, padded, NhwcCopy{});
 }
 
 // ---- depthwise -------------------------------------------------------------------------------

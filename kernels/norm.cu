@@ -14,6 +14,7 @@
 // (group, channel) over the group's n/ghost images (see the BatchNorm section below).
 #include "common.cuh"
 #include "vec.cuh"
+#include "nhwc.cuh"
 
 template <typename T>
 __device__ void l2norm_fwd(const T* __restrict__ x, T* __restrict__ y, int rows, int cols, float eps) {
@@ -346,6 +347,30 @@ __device__ __forceinline__ void bn_affine(BnRun<VEC> run, const T* __restrict__ 
         bn_affine_u<T, VEC, BN_UNROLL>(run, x, nullptr, y, nullptr, scale, shift, act);
 }
 
+// Pair gc = (g, c)'s statistics from its `runs` partials (less the pair's first value of x, at
+// `first`, when `shifted`), merged by warp 0 through `stat` (3 floats of shared memory; every
+// thread of the block calls this); `writer` saves them and, in group 0, moves the running
+// statistics. Returns the pair's (mean, 1/sqrt(var + eps)).
+template <typename T>
+__device__ float2 bn_train_pair(const T* __restrict__ first, float* __restrict__ running_mean,
+                                float* __restrict__ running_var, float* __restrict__ save_mean,
+                                float* __restrict__ save_invstd, const float* __restrict__ partial, int runs,
+                                int shifted, int gc, int g, int c, float eps, float momentum, bool writer,
+                                float* stat) {
+    Welford w = bn_merge_stats(partial, gc, runs, stat);
+    if (shifted) w.mean += load(*first);
+    float var = w.m2 / w.n, invstd = 1.0f / sqrtf(var + eps);
+    if (writer) {
+        save_mean[gc] = w.mean;
+        save_invstd[gc] = invstd;
+        if (g == 0) {
+            running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * w.mean;
+            running_var[c] = (1.0f - momentum) * running_var[c] + momentum * var * w.n / (w.n - 1.0f);
+        }
+    }
+    return make_float2(w.mean, invstd);
+}
+
 template <typename T, int VEC>
 __device__ void bn_fwd_train(const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                              float* __restrict__ running_mean, float* __restrict__ running_var,
@@ -355,21 +380,57 @@ __device__ void bn_fwd_train(const T* __restrict__ x, const float* __restrict__ 
                              float eps, float momentum, int act) {
     __shared__ float stat[3];
     BnRun<VEC> run(per, C, hw, chunks);
-    int gc = blockIdx.y, c = run.c;
-    Welford w = bn_merge_stats(partial, gc, runs, stat);
-    if (shifted) w.mean += load(x[run.first()]);
-    float var = w.m2 / w.n, invstd = 1.0f / sqrtf(var + eps);
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        save_mean[gc] = w.mean;
-        save_invstd[gc] = invstd;
-        if (run.g == 0) {
-            running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * w.mean;
-            running_var[c] = (1.0f - momentum) * running_var[c] + momentum * var * w.n / (w.n - 1.0f);
-        }
-    }
-    const BnAffine a = bn_affine_of(gamma[c], beta[c], w.mean, invstd);
+    const float2 m = bn_train_pair(x + run.first(), running_mean, running_var, save_mean, save_invstd, partial, runs,
+                                   shifted, blockIdx.y, run.g, run.c, eps, momentum,
+                                   blockIdx.x == 0 && threadIdx.x == 0, stat);
+    const BnAffine a = bn_affine_of(gamma[run.c], beta[run.c], m.x, m.y);
     bn_affine<T, VEC>(run, x, res, y, mask, a.scale, a.shift, act);
 }
+
+// The training forward whose y's one consumer reads it channels-last (a channels-last
+// convolution: conv.cu's conv2d_nhwc_*), in two launches where batchnorm_fwd_train takes one
+// (whose blocks each hold one channel, while a channels-last store needs a tile of channels):
+// batchnorm_fwd_train_save (a warp a pair, grid ghost * C) merges each pair's partials as
+// batchnorm_fwd_train's blocks do, saves the statistics, moves the running ones and writes the
+// pair's affine map (scale, shift); batchnorm_fwd_train_nhwc applies it, y = act(x * scale +
+// shift) bit for bit batchnorm_fwd_train's values (the same map, the same operations), through
+// nhwc.cuh's tiles (grid: pixel tiles, channel tiles, images). The convolution then reads y as it
+// is: the transpose before it, a read and a write of y, is gone. No residual: only ResNet's first
+// two BatchNorms of a block feed a convolution alone.
+template <typename T>
+__device__ void bn_fwd_train_save(const T* __restrict__ x, const float* __restrict__ gamma,
+                                  const float* __restrict__ beta, float* __restrict__ running_mean,
+                                  float* __restrict__ running_var, float* __restrict__ save_mean,
+                                  float* __restrict__ save_invstd, const float* __restrict__ partial, int runs,
+                                  int shifted, float2* __restrict__ affine, int per, int C, int hw, float eps,
+                                  float momentum) {
+    __shared__ float stat[3];
+    const int gc = blockIdx.x, g = gc / C, c = gc % C;
+    const float2 m = bn_train_pair(x + ((size_t)g * per * C + c) * hw, running_mean, running_var, save_mean,
+                                   save_invstd, partial, runs, shifted, gc, g, c, eps, momentum, threadIdx.x == 0,
+                                   stat);
+    if (threadIdx.x == 0) {
+        const BnAffine a = bn_affine_of(gamma[c], beta[c], m.x, m.y);
+        affine[gc] = make_float2(a.scale, a.shift);
+    }
+}
+
+// A channel's map of the image's statistics group (batchnorm_fwd_train_save's), for nhwc.cuh's
+// tiles.
+struct BnApplyMap {
+    static constexpr bool COPY = false;
+    const float2* affine;
+    int act;
+    struct Channel {
+        BnAffine a;
+        int act;
+        __device__ __forceinline__ float operator()(float v) const { return act_apply(act, bn_affine_map(v, a)); }
+    };
+    __device__ __forceinline__ Channel at(int c) const {
+        const float2 m = affine[c];
+        return Channel{BnAffine{m.x, m.y}, act};
+    }
+};
 
 template <typename T, int VEC>
 __device__ void bn_fwd_eval(const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
@@ -610,6 +671,19 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
                      bn_fwd_train<T, VEC>(x, gamma, beta, running_mean, running_var, save_mean, save_invstd,     \
                                           partial, runs, shifted, res, y, mask, per, C, hw, chunks, eps,         \
                                           momentum, act));                                                       \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(32) batchnorm_fwd_train_save_##SUFFIX(                       \
+        const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \
+        float* __restrict__ running_mean, float* __restrict__ running_var, float* __restrict__ save_mean,        \
+        float* __restrict__ save_invstd, const float* __restrict__ partial, int runs, int shifted,               \
+        float2* __restrict__ affine, int per, int C, int hw, float eps, float momentum) {                        \
+        bn_fwd_train_save<T>(x, gamma, beta, running_mean, running_var, save_mean, save_invstd, partial, runs,   \
+                             shifted, affine, per, C, hw, eps, momentum);                                        \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256) batchnorm_fwd_train_nhwc_##SUFFIX(                         \
+        const T* __restrict__ x, const float2* __restrict__ affine, T* __restrict__ y, int per, int C, int hw,   \
+        int act) {                                                                                               \
+        nhwc_tile_##SUFFIX(x, y, C, hw, 1, C, BnApplyMap{affine + (size_t)(blockIdx.z / per) * C, act});         \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_fwd_eval_##SUFFIX(                                                      \
         const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \

@@ -73,6 +73,7 @@ GEMM, CONV, NORM, POOL = "kernels/gemm.cu", "kernels/conv.cu", "kernels/norm.cu"
 ELT, SEL, BANK = "kernels/eltwise.cu", "kernels/select.cu", "kernels/bank.cu"
 CON, MIN, OPT = "kernels/contrastive.cu", "kernels/mining.cu", "kernels/optim.cu"
 ARCH, COMMON, TC = "kernels/arch.cuh", "kernels/common.cuh", "kernels/tc_gemm.cuh"
+NHWC = "kernels/nhwc.cuh"
 CPU_MIN, CPU_CON = "src/backend/cpu/mining.rs", "src/backend/cpu/contrastive.rs"
 VER = "kernels/verify.cu"
 
@@ -82,6 +83,7 @@ TCT = MATMUL + CONVT
 TF32T = ("layers:kernel_tf32",)
 BN = ("layers:kernel_batchnorm_matches_cpu",)
 BN_STATS = ("layers:kernel_conv_then_train_batchnorm",)  # statistics from the conv epilogue
+BN_NHWC = ("layers:kernel_channels_last_batchnorm",)  # y channels-last for the convolution after it
 TOPK = ("select",)
 BANKT = ("bank",)
 CONT = ("contrastive",)
@@ -247,12 +249,13 @@ MUTANTS = [
     M("nhwc-transpose-padding-staged-from-x", "conv",
       "conv2d_to_nhwc_bf16 with padded rows (16-byte path): channel `channels` staged from the "
       "next plane (past the tensor for the last one) instead of zeros",
-      [(CONV, "c < channels ? ld_global_v4(src", "c <= channels ? ld_global_v4(src")], CONVT, sanitize=True),
+      [(NHWC, "            if (c < channels) {\n                v = ld_global_v4(", "            if (c <= channels) {\n                v = ld_global_v4(")],
+      CONVT, sanitize=True),
     M("nhwc-transpose-padding-2-byte-path-from-x", "conv",
       "conv2d_to_nhwc_bf16 with padded rows (2-byte path): channel `channels` staged from the next "
       "plane instead of a zero",
-      [(CONV, "c < channels ? reinterpret_cast<const unsigned short*>(src)",
-              "c <= channels ? reinterpret_cast<const unsigned short*>(src)")], CONVT, sanitize=True),
+      [(NHWC, "            if (c < channels) {\n                b = reinterpret_cast",
+              "            if (c <= channels) {\n                b = reinterpret_cast")], CONVT, sanitize=True),
     M("nhwc-data-gradient-beta-dropped", "conv",
       "channels-last data gradient added onto dx: the epilogue overwrites dx (beta 0) instead",
       [(CONV, "beta, map, post.at_image(blockIdx.z * image));",
@@ -277,7 +280,7 @@ MUTANTS = [
     M("nhwc-transpose-flip-one-past", "conv",
       "conv2d_to_nhwc_bf16: the flipped weight's taps written one row late (the last tap into the "
       "next channel's first, or past the scratch)",
-      [(CONV, "row = p - g + (flip > 1 ? flip - 1 - g : 0);\n        st_global_v4(",
+      [(NHWC, "row = p - g + (flip > 1 ? flip - 1 - g : 0);\n        st_global_v4(",
               "row = p - g + (flip > 1 ? flip - g : 0);\n        st_global_v4(")],
       CONVT, sanitize=True),
     # ---- TF32: f32 operands on the bf16 mainloop (the f32 mode's convolutions) -----------------
@@ -304,7 +307,7 @@ MUTANTS = [
               "constexpr int PER_CHUNK = 8;\n    const int chunks = c_out / PER_CHUNK")], TF32T),
     M("tf32-transpose-flip-one-past", "conv",
       "conv2d_to_nhwc_f32: the flipped weight's taps written one row late",
-      [(CONV, "row = p - g + (flip > 1 ? flip - 1 - g : 0);\n        dst[",
+      [(NHWC, "row = p - g + (flip > 1 ? flip - 1 - g : 0);\n        dst[",
               "row = p - g + (flip > 1 ? flip - g : 0);\n        dst[")], TF32T, sanitize=True),
     M("nhwc-wgrad-column-carry-late", "conv",
       "WeightGradGather's k step: a pixel landing exactly on output column ow stays in its row "
@@ -451,11 +454,28 @@ MUTANTS = [
       [(NORM, "last = min(runs, first + span);", "last = runs;")], BN_STATS),
     M("norm-bn-fwd-train-always-shifted", "norm",
       "BatchNorm training forward: the convolution's unshifted statistics shifted by the first value",
-      [drop(NORM, "    if (shifted) w.mean += load(x[run.first()]);", "    w.mean += load(x[run.first()]);")], BN_STATS),
+      [drop(NORM, "    if (shifted) w.mean += load(*first);", "    w.mean += load(*first);")], BN_STATS),
     M("norm-bn-bwd-no-barrier-before-sums", "norm",
       "BatchNorm backward: threads read the pair's merged sums before thread 0 has written them",
       [drop(NORM, "            }\n    }\n    __syncthreads();\n    float count",
             "            }\n    }\n    float count")], BN),
+    M("norm-bn-nhwc-group-of-image", "norm",
+      "channels-last apply pass: image z takes statistics group z % per instead of z / per",
+      [(NORM, "BnApplyMap{affine + (size_t)(blockIdx.z / per) * C, act}", "BnApplyMap{affine + (size_t)(blockIdx.z % per) * C, act}")],
+      BN_NHWC),
+    M("norm-bn-nhwc-no-activation", "norm",
+      "channels-last apply pass: the affine map without the activation after it",
+      [(NORM, "float operator()(float v) const { return act_apply(act, bn_affine_map(v, a)); }",
+              "float operator()(float v) const { return bn_affine_map(v, a); }")], BN_NHWC),
+    M("norm-bn-save-affine-by-another-lane", "norm",
+      "statistics pass before the channels-last apply: the pair's map written by lane 1, which "
+      "has no merged statistics (only lane 0's are the pair's)",
+      [(NORM, "    if (threadIdx.x == 0) {\n        const BnAffine a = bn_affine_of(",
+              "    if (threadIdx.x == 1) {\n        const BnAffine a = bn_affine_of(")], BN_NHWC),
+    M("nhwc-tile-narrow-path-unmapped", "norm",
+      "channels-last tiles, maps whose rows are not 16-byte aligned: values copied without the map",
+      [drop(NHWC, "                if constexpr (!Map::COPY)\n                    b = ", "                if constexpr (false)\n                    b = ")],
+      BN_NHWC),
     M("norm-l2-fwd-writes-past-row", "norm",
       "L2 forward: the write loop runs to i <= cols (the next row's first value, or past y)",
       [(NORM, "for (int i = lane; i < cols; i += WARP_SIZE) yr[i] =", "for (int i = lane; i <= cols; i += WARP_SIZE) yr[i] =")],

@@ -1594,3 +1594,221 @@ fn kernel_cast_matches_cpu_exactly() {
     );
     assert!(format!("{:#}", wrong.unwrap_err()).contains("not a cast between f32 and bf16"));
 }
+
+/// (n, c, h, w, c_out, stride, ghost) of a BatchNorm of `n x c x h x w` whose output feeds a 3x3
+/// convolution to `c_out` channels alone: 35 pixels (the tiles' 2-byte path, a partial tile),
+/// 72 pixels (16-byte path, a second pixel tile) with 72 channels (a partial second channel tile)
+/// in 2 statistics groups, a stride-2 convolution (its data gradient by phases), 4 groups.
+const NHWC_CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+    (2, 8, 5, 7, 16, 1, 1),
+    (4, 72, 9, 8, 8, 1, 2),
+    (4, 16, 8, 8, 24, 2, 4),
+];
+
+/// BatchNorm (ReLU) writing its output channels-last for the convolution after it, which reads
+/// it so (`BatchNorm::y_nhwc`, `Conv::x_nhwc`): on the GPU bit for bit what the NCHW ops give
+/// (its statistics from a 1x1 convolution's epilogue as in a ResNet block, and from its own
+/// pass), the convolution's forward, forward with BatchNorm and backward the same from either
+/// layout, BatchNorm's backward unchanged; and the CPU twin, which transposes, agrees.
+#[test]
+fn kernel_channels_last_batchnorm_output_feeds_its_convolution() {
+    let bf16_dev = kernel_device("kernel_channels_last_batchnorm_output_feeds_its_convolution");
+    let tf32_dev =
+        kernel_device("kernel_channels_last_batchnorm_output_feeds_its_convolution (TF32)");
+    tf32_dev.set_tf32(true);
+    // The CPU computes f32 exactly, the GPU on TF32 tensor cores (10-bit mantissas): their
+    // gap grows through BatchNorm's backward sums (1% on dbeta); the NCHW ops are the exact check.
+    for (dt, dev, tol) in [
+        (DType::BF16, &bf16_dev, 1e-2),
+        (DType::F32, &tf32_dev, 3e-2),
+    ] {
+        for &case in NHWC_CASES {
+            let (n, c, h, w, c_out, stride, ghost) = case;
+            let what = format!(
+                "{dt} batchnorm {n}x{c}x{h}x{w} ({ghost} groups) -> 3x3/{stride} to {c_out}"
+            );
+            let s2 = Conv::new(n, c, h, w, c_out, 3, stride, Padding::Sym(1), 1).unwrap();
+            assert!(
+                (dev as &dyn Backend).conv_reads_nhwc(&s2.nhwc_input(true), dt),
+                "{what}: the convolution does not read channels-last"
+            );
+            let run = |be: &dyn Backend, nhwc| {
+                channels_last_chain(be, dt, case, nhwc).unwrap_or_else(|e| panic!("{what}: {e:#}"))
+            };
+            let (nchw, nhwc) = (run(dev, false), run(dev, true));
+            for ((name, want), (_, got)) in nchw.iter().zip(&nhwc) {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(
+                    bits(got) == bits(want),
+                    "{what}: {name} differs from the NCHW ops'"
+                );
+            }
+            matches_cpu(&what, dev, tol, |be| {
+                channels_last_chain(be, dt, case, true)
+            });
+        }
+    }
+}
+
+/// A 1x1 convolution with training BatchNorm (ReLU) in one op and the same BatchNorm alone on
+/// its output, each writing y channels-last when `nhwc`, then a 3x3 convolution of y (forward,
+/// forward with training BatchNorm, backward) and BatchNorm's backward of its data gradient:
+/// every output, y downloaded as NCHW.
+fn channels_last_chain(
+    be: &dyn Backend,
+    dt: DType,
+    (n, c, h, w, c_out, stride, ghost): (usize, usize, usize, usize, usize, usize, usize),
+    nhwc: bool,
+) -> anyhow::Result<Outputs> {
+    let s1 = Conv::new(n, 8, h, w, c, 1, 1, Padding::Sym(0), 1)?;
+    let s2 = Conv::new(n, c, h, w, c_out, 3, stride, Padding::Sym(1), 1)?.nhwc_input(nhwc);
+    let (lx, lw1, ly) = s1.sizes();
+    let (_, lw2, lz) = s2.sizes();
+    let mut rng = Rng::new(171 + ly as u64);
+    let x = upload_as(be, &rng.vec_f32(lx, -1.0, 1.0), dt)?;
+    let w1 = upload_as(be, &rng.vec_f32(lw1, -0.5, 0.5), dt)?;
+    let w2 = upload_as(be, &rng.vec_f32(lw2, -0.2, 0.2), dt)?;
+    let chan = |be: &dyn Backend, rng: &mut Rng, c, lo, hi| be.upload(&rng.vec_f32(c, lo, hi));
+    let (gamma, beta) = (
+        chan(be, &mut rng, c, 0.5, 1.5)?,
+        chan(be, &mut rng, c, -0.5, 0.5)?,
+    );
+    let (mut rm, mut rv) = (
+        chan(be, &mut rng, c, -1.0, 1.0)?,
+        chan(be, &mut rng, c, 0.5, 2.0)?,
+    );
+    let (mut rm_own, mut rv_own) = (
+        be.upload(&be.download::<f32>(&rm)?)?,
+        be.upload(&be.download::<f32>(&rv)?)?,
+    );
+    let (mut sm, mut si) = (poisoned(be, ghost * c), poisoned(be, ghost * c));
+    let (mut sm_own, mut si_own) = (poisoned(be, ghost * c), poisoned(be, ghost * c));
+    let b = BatchNorm {
+        ghost,
+        y_nhwc: nhwc,
+        ..BatchNorm::new(n, c, h * w, 1e-5, Act::Relu)
+    };
+    let (mut z, mut y, mut y_own) = (
+        poisoned_as(be, ly, dt),
+        poisoned_as(be, ly, dt),
+        poisoned_as(be, ly, dt),
+    );
+    let bn = BnTrainParams {
+        gamma: &gamma,
+        beta: &beta,
+        running: (&mut rm, &mut rv),
+        saved: (&mut sm, &mut si),
+        mask: None,
+    };
+    if !be.conv2d_fwd_bn_train(&x, &w1, &mut z, bn, None, &mut y, s1, b)? {
+        // The CPU has no fused op: its two ops.
+        anyhow::ensure!(
+            be.device() == Device::Cpu,
+            "the GPU did not fuse the 1x1's BatchNorm"
+        );
+        be.conv2d_fwd(&x, &w1, &mut z, s1)?;
+        let (running, saved) = ((&mut rm, &mut rv), (&mut sm, &mut si));
+        be.batchnorm_fwd_train(&z, &gamma, &beta, running, saved, None, &mut y, None, b)?;
+    }
+    let (own_running, own_saved) = ((&mut rm_own, &mut rv_own), (&mut sm_own, &mut si_own));
+    be.batchnorm_fwd_train(
+        &z,
+        &gamma,
+        &beta,
+        own_running,
+        own_saved,
+        None,
+        &mut y_own,
+        None,
+        b,
+    )?;
+    // The 3x3: forward, forward with training BatchNorm (NCHW output), backward.
+    let (g2, b2) = (
+        chan(be, &mut rng, c_out, 0.5, 1.5)?,
+        chan(be, &mut rng, c_out, -0.5, 0.5)?,
+    );
+    let (mut rm2, mut rv2) = (
+        chan(be, &mut rng, c_out, -1.0, 1.0)?,
+        chan(be, &mut rng, c_out, 0.5, 2.0)?,
+    );
+    let (mut sm2, mut si2) = (poisoned(be, ghost * c_out), poisoned(be, ghost * c_out));
+    let (mut y2, mut z3, mut y3) = (
+        poisoned_as(be, lz, dt),
+        poisoned_as(be, lz, dt),
+        poisoned_as(be, lz, dt),
+    );
+    be.conv2d_fwd(&y, &w2, &mut y2, s2)?;
+    let b2s = BatchNorm {
+        ghost,
+        ..BatchNorm::new(n, c_out, s2.oh * s2.ow, 1e-5, Act::Relu)
+    };
+    let bn2 = BnTrainParams {
+        gamma: &g2,
+        beta: &b2,
+        running: (&mut rm2, &mut rv2),
+        saved: (&mut sm2, &mut si2),
+        mask: None,
+    };
+    if !be.conv2d_fwd_bn_train(&y, &w2, &mut z3, bn2, None, &mut y3, s2, b2s)? {
+        be.conv2d_fwd(&y, &w2, &mut z3, s2)?;
+        let (running, saved) = ((&mut rm2, &mut rv2), (&mut sm2, &mut si2));
+        be.batchnorm_fwd_train(&z3, &g2, &b2, running, saved, None, &mut y3, None, b2s)?;
+    }
+    let dy2 = upload_as(be, &rng.vec_f32(lz, -1.0, 1.0), dt)?;
+    let mut dw2 = be.upload(&vec![0.5; lw2])?;
+    let mut dx2 = poisoned_as(be, ly, dt);
+    be.conv2d_bwd(&y, &dy2, &w2, &mut dw2, Some(&mut dx2), false, s2)?;
+    // BatchNorm's backward of the data gradient (reads x and dy: y's layout is only its shape's).
+    let mut dx1 = poisoned_as(be, ly, dt);
+    let (mut dg, mut db) = (be.upload(&vec![0.25; c])?, be.upload(&vec![-0.5; c])?);
+    be.batchnorm_bwd(
+        &z,
+        &y,
+        &dx2,
+        (&gamma, &beta),
+        (&sm, &si),
+        None,
+        &mut dx1,
+        None,
+        (&mut dg, &mut db),
+        b,
+    )?;
+    let nchw = |be: &dyn Backend, y: &Buf| -> anyhow::Result<Vec<f32>> {
+        let v = download_f32(be, y)?;
+        if !nhwc {
+            return Ok(v);
+        }
+        let hw = h * w;
+        Ok((0..v.len())
+            .map(|i| {
+                let (img, ch, p) = (i / (c * hw), i / hw % c, i % hw);
+                v[(img * hw + p) * c + ch]
+            })
+            .collect())
+    };
+    let mut out: Outputs = vec![
+        ("y".into(), nchw(be, &y)?),
+        ("y by its own pass".into(), nchw(be, &y_own)?),
+    ];
+    for (name, b) in [
+        ("z", &z),
+        ("running mean", &rm),
+        ("running var", &rv),
+        ("saved mean", &sm),
+        ("saved invstd", &si),
+        ("running mean, own pass", &rm_own),
+        ("saved invstd, own pass", &si_own),
+        ("conv y", &y2),
+        ("conv z", &z3),
+        ("conv + batchnorm y", &y3),
+        ("conv saved invstd", &si2),
+        ("conv dw", &dw2),
+        ("conv dx", &dx2),
+        ("batchnorm dx", &dx1),
+        ("batchnorm dgamma", &dg),
+        ("batchnorm dbeta", &db),
+    ] {
+        out.push((name.to_string(), download_f32(be, b)?));
+    }
+    Ok(out)
+}

@@ -1046,3 +1046,91 @@ fn batchnorm_moves_its_activations_in_coalesced_16_byte_vectors() {
         }
     }
 }
+
+/// BatchNorm writing y channels-last for the convolution after it (`BatchNorm::y_nhwc`): its
+/// apply pass reads x along NCHW rows and writes y along pixels' channels through the
+/// transposes' tiles, every activation byte in a 16-byte access at its ideal sectors (bf16; f32
+/// a lane a value, 128 bytes a warp), the tiles without bank conflicts; the parameters and saved
+/// statistics (a channel's four floats, read where a lane maps a vector) a small part of it.
+#[test]
+fn channels_last_batchnorm_writes_y_in_coalesced_tiles_without_bank_conflicts() {
+    use insclr::backend::{Act, BatchNorm};
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    // 128 channels of 8 x 16 pixels, 2 images: whole 64 x 64 (bf16) and 32 x 32 (f32) tiles.
+    let (n, c, hw) = (2, 128, 128);
+    let len = n * c * hw;
+    for dtype in [DType::BF16, DType::F32] {
+        let s = BatchNorm {
+            y_nhwc: true,
+            ..BatchNorm::new(n, c, hw, 1e-5, Act::Relu)
+        };
+        let x = upload(be, len, dtype, 23);
+        let mut y = be.zeros(dtype, len).unwrap();
+        let chan = |v: f32| be.upload(&vec![v; c]).unwrap();
+        let (gamma, beta) = (chan(1.0), chan(0.0));
+        let (mut rm, mut rv, mut sm, mut si) = (chan(0.0), chan(1.0), chan(0.0), chan(1.0));
+        let (r, stats) = count_memory(|| {
+            let (running, saved) = ((&mut rm, &mut rv), (&mut sm, &mut si));
+            be.batchnorm_fwd_train(&x, &gamma, &beta, running, saved, None, &mut y, None, s)
+        });
+        r.unwrap();
+        show(
+            &format!("channels-last batchnorm {dtype}, 2 x 128 x 128:"),
+            &stats,
+        );
+        only(
+            &stats,
+            &[
+                &format!("batchnorm_fwd_train_stats_{dtype}"),
+                &format!("batchnorm_fwd_train_save_{dtype}"),
+                &format!("batchnorm_fwd_train_nhwc_{dtype}"),
+            ],
+            "the statistics pass, the per-channel pass and the channels-last apply pass",
+        );
+        let kernel = format!("batchnorm_fwd_train_nhwc_{dtype}");
+        let bytes = (len * dtype.size()) as u64;
+        // The tiles' own accesses (nhwc.cuh, through arch.cuh's wrappers), and the channel's map
+        // (norm.cu's BnApplyMap: a float2 where a lane maps a vector, broadcast to the lanes of
+        // one channel).
+        let (maps, tile): (Vec<&MemStat>, Vec<&MemStat>) = rows(&stats, &kernel)
+            .into_iter()
+            .partition(|s| s.site.starts_with("norm.cu"));
+        let global: Vec<&&MemStat> = tile
+            .iter()
+            .filter(|s| s.space == MemSpace::Global)
+            .collect();
+        let moved: u64 = global.iter().map(|s| s.bytes).sum();
+        assert_eq!(
+            moved,
+            2 * bytes,
+            "{kernel}: x read and y written once: {global:#?}"
+        );
+        let width = if dtype == DType::BF16 { 16 } else { 4 };
+        for row in &tile {
+            assert_eq!(row.transactions, row.ideal, "{kernel}: {row:?}");
+            if row.space == MemSpace::Global {
+                assert_eq!(row.width, width, "{kernel}: {row:?}");
+            }
+        }
+        let sectors: u64 = global.iter().map(|s| s.transactions).sum();
+        let map_sectors: u64 = maps.iter().map(|s| s.transactions).sum();
+        for row in &maps {
+            assert_eq!(
+                row.transactions, row.requests,
+                "{kernel}: a map is one sector: {row:?}"
+            );
+        }
+        // bf16: a map a 16-byte vector (1/16 of the sectors); f32: one a value, a lane a value
+        // (1/4): broadcasts from L1, no DRAM bytes.
+        let most = if dtype == DType::BF16 { 16 } else { 4 };
+        assert!(
+            map_sectors * most <= sectors,
+            "{kernel}: {map_sectors} sectors of channel maps, {sectors} of activations"
+        );
+    }
+}

@@ -44,6 +44,9 @@ impl Padding {
 /// Shape of a 2-D convolution without bias, NCHW input `n x c_in x h x w`, weight
 /// `c_out x (c_in/groups) x kh x kw` (PyTorch layout), output `n x c_out x oh x ow`, dilation 1.
 /// Bottom / right padding is implied by `oh` / `ow` (TF "SAME" pads asymmetrically).
+/// `x_nhwc`: the input is channels-last instead (`n x h x w x c_in`), as a BatchNorm before it
+/// wrote it for a backend that [reads it so](ConvOps::reads_nhwc); the weight, the output and the
+/// gradients stay as they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv {
     pub n: usize,
@@ -59,6 +62,7 @@ pub struct Conv {
     pub oh: usize,
     pub ow: usize,
     pub groups: usize,
+    pub x_nhwc: bool,
 }
 
 impl Conv {
@@ -101,7 +105,13 @@ impl Conv {
             oh,
             ow,
             groups,
+            x_nhwc: false,
         })
+    }
+
+    /// The same convolution of a channels-last input (`x_nhwc`).
+    pub fn nhwc_input(self, x_nhwc: bool) -> Self {
+        Conv { x_nhwc, ..self }
     }
 
     /// Elements of the input, weight and output.
@@ -166,6 +176,12 @@ pub struct BnTrainParams<'a> {
 
 /// What a backend implements for this family.
 pub trait ConvOps {
+    /// Whether the convolution `s` reads a channels-last input (`Conv::x_nhwc`) in `dtype`
+    /// without transposing it first (CUDA's channels-last kernels); a BatchNorm whose output is
+    /// this convolution's input alone may then write it so.
+    fn reads_nhwc(&self, _s: &Conv, _dtype: DType) -> bool {
+        false
+    }
     /// Convolution forward.
     fn conv2d_fwd(&self, _x: &Buf, _w: &Buf, _y: &mut Buf, _s: Checked<Conv>) -> Result<()> {
         Err(not_implemented(Op::Conv2dFwd))
@@ -270,6 +286,11 @@ pub(crate) fn bwd_by_passes<O: ConvOps + ?Sized>(
 }
 
 impl dyn Backend + '_ {
+    /// See [`ConvOps::reads_nhwc`].
+    pub fn conv_reads_nhwc(&self, s: &Conv, dtype: DType) -> bool {
+        self.conv_ops().reads_nhwc(s, dtype)
+    }
+
     /// Convolution forward: `y = conv(x, w)` (see [`Conv`]).
     pub fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Conv) -> Result<()> {
         let s = s.check(x, w, y)?;
@@ -298,6 +319,7 @@ impl dyn Backend + '_ {
             &[&[&*y], residual.as_slice()].concat(),
             &[bn.gamma, bn.beta, bn.mean, bn.var],
         )?;
+        b.check_layout(residual.is_some(), false)?;
         self.require(Op::Conv2dFwd, x.dtype())?;
         self.require(Op::BatchnormFwdEval, x.dtype())?;
         self.conv_ops()
@@ -327,6 +349,7 @@ impl dyn Backend + '_ {
             &[bn.gamma, bn.beta, &*bn.running.0, &*bn.running.1],
             &[&*bn.saved.0, &*bn.saved.1],
         )?;
+        b.check_layout(residual.is_some(), true)?;
         self.require(Op::Conv2dFwd, x.dtype())?;
         self.require(Op::BatchnormFwdTrain, x.dtype())?;
         if let Some(m) = bn.mask.as_deref_mut() {

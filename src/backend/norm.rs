@@ -35,7 +35,10 @@ impl L2Norm {
 /// Shape of a BatchNorm over an NCHW tensor `n x c x hw`, with an activation fused after it.
 /// `ghost` splits the batch into that many contiguous chunks with their own statistics (spec G13:
 /// the original's 4-GPU DataParallel); running statistics follow chunk 0 only, as DataParallel
-/// keeps only replica 0's buffer updates. `ghost = 1` is plain BatchNorm.
+/// keeps only replica 0's buffer updates. `ghost = 1` is plain BatchNorm. `y_nhwc`: y is
+/// written channels-last (`n x hw x c`) for a convolution that reads it so
+/// ([`ConvOps::reads_nhwc`](super::ConvOps::reads_nhwc)); training with batch statistics and no
+/// residual only; x, dy and the gradients stay NCHW.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNorm {
     pub n: usize,
@@ -45,6 +48,7 @@ pub struct BatchNorm {
     pub momentum: f32,
     pub act: Act,
     pub ghost: usize,
+    pub y_nhwc: bool,
 }
 
 impl BatchNorm {
@@ -58,6 +62,7 @@ impl BatchNorm {
             momentum: 0.1,
             act,
             ghost: 1,
+            y_nhwc: false,
         }
     }
 
@@ -99,6 +104,16 @@ impl BatchNorm {
         check_len(&self, self.ghost * self.c, saved)?;
         all_f32(&self, saved)?;
         Ok(s)
+    }
+
+    /// A channels-last y is for a training forward with batch statistics without a residual.
+    pub(crate) fn check_layout(&self, residual: bool, batch_stats: bool) -> Result<()> {
+        if self.y_nhwc && (residual || !batch_stats) {
+            bail!(
+                "{self:?}: a channels-last y is written only by a training forward with batch statistics and no residual"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -261,6 +276,7 @@ impl dyn Backend + '_ {
             &[gamma, beta, running.0, running.1],
             &[saved.0, saved.1],
         )?;
+        s.check_layout(residual.is_some(), true)?;
         self.require(Op::BatchnormFwdTrain, x.dtype())?;
         if let Some(m) = mask.as_deref_mut() {
             m.kept = false;
@@ -287,6 +303,7 @@ impl dyn Backend + '_ {
             &[&[x, &*y], residual.as_slice()].concat(),
             &[gamma, beta, running_mean, running_var],
         )?;
+        s.check_layout(residual.is_some(), false)?;
         self.require(Op::BatchnormFwdEval, x.dtype())?;
         self.norm_ops().batchnorm_fwd_eval(
             x,
@@ -325,6 +342,7 @@ impl dyn Backend + '_ {
             &[params.0, params.1, dparams.0, dparams.1],
             &[saved.0, saved.1],
         )?;
+        s.check_layout(dres.is_some(), true)?;
         self.require(Op::BatchnormBwd, x.dtype())?;
         let mask = mask.filter(|m| m.kept);
         self.norm_ops()
@@ -351,6 +369,7 @@ impl dyn Backend + '_ {
             &[&[x, y, dy, &*dx], dres.as_deref().as_slice()].concat(),
             &[gamma, running.0, running.1, dparams.0, dparams.1],
         )?;
+        s.check_layout(dres.is_some(), false)?;
         self.require(Op::BatchnormBwd, x.dtype())?;
         self.norm_ops()
             .batchnorm_bwd_eval(x, y, dy, gamma, running, dx, dres, dparams, s)

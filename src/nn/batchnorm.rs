@@ -103,8 +103,24 @@ impl BatchNorm2d {
         hw: usize,
         train: bool,
     ) -> Result<()> {
+        self.forward_layout(be, x, residual, (n, hw), train, false)
+    }
+
+    /// [`BatchNorm2d::forward_add`], y written channels-last when `nhwc` is asked and the forward
+    /// is a training one with batch statistics and no residual ([`BatchNorm2d::y_nhwc`] says
+    /// which it was): for a convolution that reads its input so.
+    pub fn forward_layout(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        residual: Option<&Buf>,
+        (n, hw): (usize, usize),
+        train: bool,
+        nhwc: bool,
+    ) -> Result<()> {
         let mut y = std::mem::replace(&mut self.y, empty());
-        let done = self.forward_into(be, x, residual, (n, hw), train, &mut y);
+        let s = self.layout_for(n, hw, train, residual.is_some(), nhwc);
+        let done = self.forward_shape(be, x, residual, s, train, &mut y);
         self.y = y;
         done
     }
@@ -119,7 +135,19 @@ impl BatchNorm2d {
         train: bool,
         y: &mut dyn Out,
     ) -> Result<()> {
-        let s = self.shape_for(n, hw);
+        self.forward_shape(be, x, residual, self.shape_for(n, hw), train, y)
+    }
+
+    fn forward_shape(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        residual: Option<&Buf>,
+        s: BatchNorm,
+        train: bool,
+        y: &mut dyn Out,
+    ) -> Result<()> {
+        let (n, hw) = (s.n, s.hw);
         let y = y.sized(be, x.dtype(), n * s.c * hw)?;
         let name = &self.weight.name;
         let batch_stats = self.batch_stats_in(train);
@@ -161,6 +189,27 @@ impl BatchNorm2d {
             ghost: self.ghost,
             ..BatchNorm::new(n, self.channels(), hw, self.eps, self.act)
         }
+    }
+
+    /// [`BatchNorm2d::shape_for`], y channels-last where `nhwc` is asked and a training forward
+    /// with batch statistics without a residual writes it.
+    pub(crate) fn layout_for(
+        &self,
+        n: usize,
+        hw: usize,
+        train: bool,
+        residual: bool,
+        nhwc: bool,
+    ) -> BatchNorm {
+        BatchNorm {
+            y_nhwc: nhwc && self.batch_stats_in(train) && !residual,
+            ..self.shape_for(n, hw)
+        }
+    }
+
+    /// Whether the last forward wrote y channels-last (`n x hw x c`).
+    pub fn y_nhwc(&self) -> bool {
+        self.shape.is_some_and(|s| s.y_nhwc)
     }
 
     /// The tensors an eval-mode forward reads, for a convolution that applies it in its epilogue.

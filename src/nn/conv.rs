@@ -171,6 +171,15 @@ impl Conv2d {
     }
 }
 
+/// Which of a [`ConvBn`]'s activations are channels-last: its input (as the BatchNorm before it
+/// wrote it) and, asked for, its output (for a convolution after it that reads it so:
+/// `Backend::conv_reads_nhwc`). Both NCHW by default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Layout {
+    pub x_nhwc: bool,
+    pub y_nhwc: bool,
+}
+
 /// Conv -> BatchNorm with a fused activation: the unit of ResNet and EfficientNet.
 pub struct ConvBn {
     pub conv: Conv2d,
@@ -230,9 +239,26 @@ impl ConvBn {
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<(usize, usize)> {
+        self.forward_layout(be, x, residual, (n, h, w), train, Layout::default())
+    }
+
+    /// [`ConvBn::forward_add`] of an input in `layout.x_nhwc`'s layout (channels-last as the
+    /// BatchNorm before it wrote it: [`BatchNorm2d::y_nhwc`]), the output channels-last where
+    /// `layout.y_nhwc` asks and the BatchNorm writes it so ([`BatchNorm2d::forward_layout`]).
+    pub fn forward_layout(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        residual: Option<&Buf>,
+        (n, h, w): (usize, usize, usize),
+        train: bool,
+        layout: Layout,
+    ) -> Result<(usize, usize)> {
         let conv = &mut self.conv;
-        let s = conv.shape_for(n, h, w)?;
-        let b = self.bn.shape_for(n, s.oh * s.ow);
+        let s = conv.shape_for(n, h, w)?.nhwc_input(layout.x_nhwc);
+        let b = self
+            .bn
+            .layout_for(n, s.oh * s.ow, train, residual.is_some(), layout.y_nhwc);
         let wt = be.cast_to(&conv.weight.value, x.dtype(), &mut conv.weight_lp)?;
         be.ensure(&mut conv.y, x.dtype(), s.sizes().2)?;
         let name = &conv.weight.name;
@@ -249,7 +275,7 @@ impl ConvBn {
             be.conv2d_fwd(x, wt, &mut conv.y, s)
                 .with_context(|| format!("forward of {name}"))?;
             self.bn
-                .forward_add(be, &conv.y, residual, n, s.oh * s.ow, train)?;
+                .forward_layout(be, &conv.y, residual, (n, s.oh * s.ow), train, b.y_nhwc)?;
         }
         conv.shape = Some(s);
         self.out_hw = (s.oh, s.ow);

@@ -3,7 +3,7 @@
 //! exists only when asked for (loading / checking ImageNet weights); InsCLR pools with GeM.
 
 use super::backbone::{classify, Backbone};
-use super::conv::ConvBn;
+use super::conv::{ConvBn, Layout};
 use super::linear::Linear;
 use super::maps::{EvalMaps, Scratch, Slot, MID};
 use super::pool::{GemPool, MaxPool2d};
@@ -95,8 +95,29 @@ impl Bottleneck {
         train: bool,
     ) -> Result<(usize, usize)> {
         self.in_dims = (n, h, w);
-        let (h1, w1) = self.c1.forward(be, x, (n, h, w), train)?;
-        let (h2, w2) = self.c2.forward(be, &self.c1.bn.y, (n, h1, w1), train)?;
+        // bn1's output feeds conv2 alone: channels-last where the backend's conv2 reads it so
+        // (the transposes before conv2's forward and its weight gradient are then gone).
+        let s1 = self.c1.conv.shape_for(n, h, w)?;
+        let s2 = self.c2.conv.shape_for(n, s1.oh, s1.ow)?.nhwc_input(true);
+        let nhwc = train && be.conv_reads_nhwc(&s2, x.dtype());
+        let (h1, w1) = self.c1.forward_layout(
+            be,
+            x,
+            None,
+            (n, h, w),
+            train,
+            Layout {
+                x_nhwc: false,
+                y_nhwc: nhwc,
+            },
+        )?;
+        let x2 = Layout {
+            x_nhwc: self.c1.bn.y_nhwc(),
+            y_nhwc: false,
+        };
+        let (h2, w2) = self
+            .c2
+            .forward_layout(be, &self.c1.bn.y, None, (n, h1, w1), train, x2)?;
         let identity = match self.downsample.as_mut() {
             Some(d) => {
                 d.forward(be, x, (n, h, w), train)?;

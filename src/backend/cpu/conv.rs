@@ -12,11 +12,12 @@
 //! `(ci*kh + ki)*kw + kj`, so `y_g = W_g col` with `W_g` read as `c_out/g x K`.
 
 use super::gemm::matmul_f32;
-use super::{wide, widen, with_f32_out};
+use super::{transpose_images, wide, widen, with_f32_out};
 use crate::backend::{Buf, Checked, Conv, DType, MatMul};
 use anyhow::Result;
 use half::bf16;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 thread_local! {
@@ -599,9 +600,20 @@ pub fn conv2d_naive(x: &[f32], w: &[f32], y: &mut [f32], s: Conv) {
     }
 }
 
+/// The input of `s` as f32 NCHW values.
+fn input<'a>(x: &'a Buf, s: &Conv) -> Result<Cow<'a, [f32]>> {
+    let x = widen(x)?;
+    Ok(if s.x_nhwc {
+        Cow::Owned(transpose_images(&x, (s.n, s.c_in, s.h * s.w), false))
+    } else {
+        x
+    })
+}
+
 impl crate::backend::ConvOps for super::CpuBackend {
+    /// A channels-last input (`Conv::x_nhwc`) is read back into NCHW first: the same values.
     fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (x, w) = (widen(x)?, widen(w)?);
+        let (x, w) = (input(x, &s)?, widen(w)?);
         with_f32_out(y, false, |y| conv2d_fwd_f32(&x, &w, y, *s))
     }
 
@@ -628,7 +640,7 @@ impl crate::backend::ConvOps for super::CpuBackend {
     }
 
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (x, dy) = (widen(x)?, widen(dy)?);
+        let (x, dy) = (input(x, &s)?, widen(dy)?);
         conv2d_bwd_weight_f32(&x, &dy, dw.host_mut()?, *s);
         Ok(())
     }

@@ -93,6 +93,26 @@ fn with_f32_out(out: &mut Buf, keep: bool, f: impl FnOnce(&mut [f32])) -> Result
     Ok(())
 }
 
+/// `n` images of `c x hw` values (NCHW) as `hw x c` each (NHWC), or from NHWC back to NCHW when
+/// `!to_nhwc`: the layout a channels-last BatchNorm output and convolution input use
+/// (`BatchNorm::y_nhwc`, `Conv::x_nhwc`).
+fn transpose_images(src: &[f32], (n, c, hw): (usize, usize, usize), to_nhwc: bool) -> Vec<f32> {
+    let mut dst = vec![0.0f32; src.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..hw {
+                let (nchw, nhwc) = ((i * c + ch) * hw + p, (i * hw + p) * c + ch);
+                if to_nhwc {
+                    dst[nhwc] = src[nchw];
+                } else {
+                    dst[nchw] = src[nhwc];
+                }
+            }
+        }
+    }
+    dst
+}
+
 /// The CPU backend; stateless.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;

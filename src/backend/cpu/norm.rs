@@ -4,7 +4,7 @@
 //! BatchNorm over NCHW: channel `c` of image `i` is the plane `i*C + c` of `hw` values.
 //! Statistics are per (ghost group, channel) over `n/ghost * hw` values, accumulated in f64.
 
-use super::{wide, widen, with_f32_out};
+use super::{transpose_images, wide, widen, with_f32_out};
 use crate::backend::{Act, ActMask, BatchNorm, Buf, Checked, DType, L2Norm};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -413,8 +413,15 @@ impl crate::backend::NormOps for super::CpuBackend {
         let (gamma, beta) = (gamma.host()?, beta.host()?);
         let (rm, rv) = (running.0.host_mut()?, running.1.host_mut()?);
         let (sm, si) = (saved.0.host_mut()?, saved.1.host_mut()?);
+        let dims = (s.n, s.c, s.hw);
         with_f32_out(y, false, |y| {
-            batchnorm_fwd_train_f32(&x, gamma, beta, rm, rv, sm, si, res.as_deref(), y, *s)
+            if s.y_nhwc {
+                let mut nchw = vec![0.0f32; y.len()];
+                batchnorm_fwd_train_f32(&x, gamma, beta, rm, rv, sm, si, None, &mut nchw, *s);
+                y.copy_from_slice(&transpose_images(&nchw, dims, true));
+            } else {
+                batchnorm_fwd_train_f32(&x, gamma, beta, rm, rv, sm, si, res.as_deref(), y, *s)
+            }
         })
     }
 
@@ -450,7 +457,10 @@ impl crate::backend::NormOps for super::CpuBackend {
         dparams: (&mut Buf, &mut Buf),
         s: Checked<BatchNorm>,
     ) -> Result<()> {
-        let (x, y, dy) = (widen(x)?, widen(y)?, widen(dy)?);
+        let (x, mut y, dy) = (widen(x)?, widen(y)?, widen(dy)?);
+        if s.y_nhwc {
+            y = transpose_images(&y, (s.n, s.c, s.hw), false).into();
+        }
         let (gamma, sm, si) = (gamma.host()?, saved.0.host()?, saved.1.host()?);
         let (dg, db) = (dparams.0.host_mut()?, dparams.1.host_mut()?);
         // The residual's gradient is written in place when f32; a bf16 one goes through an f32

@@ -98,8 +98,8 @@ impl BnPost<'_> {
 }
 
 /// The activation operand of a channels-last product: an NCHW buffer its launcher transposes
-/// into scratch, or a channels-last copy made already (a layer's dy, which both backward passes
-/// read: [`ConvOps::conv2d_bwd`]).
+/// into scratch, or a channels-last one made already (a layer's dy, which both backward passes
+/// read: [`ConvOps::conv2d_bwd`]; an input a BatchNorm wrote channels-last: `Conv::x_nhwc`).
 #[derive(Clone, Copy)]
 enum Activation<'a> {
     Nchw(&'a Buf),
@@ -114,11 +114,12 @@ impl Activation<'_> {
         }
     }
 
-    /// Where the kernel reads it: the NCHW buffer's copy at byte 0 of `scratch`, or the copy.
-    fn nhwc<'b>(&'b self, scratch: &'b DevMem) -> &'b DevMem {
+    /// Where the kernel reads it: the NCHW buffer's copy at byte `at` of `scratch`, or the
+    /// channels-last buffer.
+    fn nhwc<'b>(&'b self, scratch: &'b DevMem, at: usize) -> (&'b DevMem, usize) {
         match self {
-            Activation::Nchw(_) => scratch,
-            Activation::Nhwc(m, _) => m,
+            Activation::Nchw(_) => (scratch, at),
+            Activation::Nhwc(m, _) => (m, 0),
         }
     }
 
@@ -130,20 +131,27 @@ impl Activation<'_> {
         }
     }
 
-    /// Transposes an NCHW buffer into byte 0 of `scratch` (`planes` images of `channels` x
-    /// `pixels`, rows padded to `padded`); nothing for a copy made already.
+    /// Transposes an NCHW buffer into byte `at` of `scratch` (`planes` images of `channels` x
+    /// `pixels`, rows padded to `padded`); nothing for a channels-last one.
     fn transpose(
         &self,
         be: &CudaBackend,
-        scratch: &DevMem,
+        (scratch, at): (&DevMem, usize),
         planes: usize,
         channels: (usize, usize),
         pixels: usize,
     ) -> Result<()> {
         match self {
-            Activation::Nchw(b) => {
-                be.to_nhwc(b.dtype(), b.dev()?, scratch, 0, planes, channels, pixels, 1)
-            }
+            Activation::Nchw(b) => be.to_nhwc(
+                b.dtype(),
+                b.dev()?,
+                scratch,
+                at,
+                planes,
+                channels,
+                pixels,
+                1,
+            ),
             Activation::Nhwc(..) => Ok(()),
         }
     }
@@ -345,7 +353,16 @@ fn weight_grad_splits(tiles: usize, k: usize, tile_k: usize, slots: usize) -> (u
 }
 
 impl ConvOps for CudaBackend {
+    /// The channels-last kernels' shapes whose input channels need no padding and whose weight
+    /// gradient runs channels-last too (c_out in 16-byte runs).
+    fn reads_nhwc(&self, s: &Conv, dtype: DType) -> bool {
+        matches!(self.path(s, dtype), Ok(Path::Nhwc))
+            && s.c_in % chunk(dtype) == 0
+            && s.c_out % chunk(dtype) == 0
+    }
+
     fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
+        self.input(x, &s)?;
         let (path, total) = (self.path(&s, x.dtype())?, s.sizes().2);
         if total == 0 {
             return Ok(());
@@ -356,7 +373,7 @@ impl ConvOps for CudaBackend {
         )?;
         let (kernel, cfg) = match path {
             Path::OneByOne => return self.conv1x1(x, w, y, &s, "fwd", false, None),
-            Path::Nhwc => return self.conv_nhwc(Activation::Nchw(x), w, y, &s, "fwd", false, None),
+            Path::Nhwc => return self.conv_nhwc(self.input(x, &s)?, w, y, &s, "fwd", false, None),
             Path::Gemm => (
                 Op::Conv2dFwd.kernel(x.dtype()),
                 gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),
@@ -384,6 +401,7 @@ impl ConvOps for CudaBackend {
         s: Checked<Conv>,
         b: Checked<BatchNorm>,
     ) -> Result<bool> {
+        self.input(x, &s)?;
         let path = self.path(&s, x.dtype())?;
         let fuses = match path {
             Path::OneByOne | Path::Nhwc => true,
@@ -466,8 +484,9 @@ impl ConvOps for CudaBackend {
         let chunks = bn_merge_chunks(pairs, runs);
         let partial_bytes = stats_partial_bytes(runs * b.ghost, b.c);
         let merged_at = partial_bytes.next_multiple_of(256);
+        let affine_at = (merged_at + pairs * chunks * 3 * 4).next_multiple_of(256);
         int(runs, "batchnorm statistics runs")?;
-        self.with_outer_scratch(merged_at + pairs * chunks * 3 * 4, |stats| {
+        self.with_outer_scratch(affine_at + pairs * 8, |stats| {
             let post = FwdPost::Stats {
                 partial: stats,
                 per,
@@ -481,6 +500,7 @@ impl ConvOps for CudaBackend {
                 at: merged_at,
                 runs: chunks,
                 shifted: false,
+                affine_at,
             };
             self.bn_train_apply(z, bn, residual, y, &b, &split, merged)
         })?;
@@ -517,8 +537,10 @@ impl ConvOps for CudaBackend {
             Some(dx) if shared => dx,
             dx => return bwd_by_passes(self, x, dy, w, dw, dx, add, s),
         };
+        let x = self.input(x, &s)?;
         self.with_outer_scratch(ey * dtype.size(), |copy| {
-            Activation::Nchw(dy).transpose(self, copy, s.n, (s.c_out, s.c_out), s.oh * s.ow)?;
+            let ch = (s.c_out, s.c_out);
+            Activation::Nchw(dy).transpose(self, (copy, 0), s.n, ch, s.oh * s.ow)?;
             let dy_nhwc = Activation::Nhwc(copy, dtype);
             self.conv_nhwc_bwd_weight(x, dy_nhwc, dw, &s)?;
             if s.stride == 1 {
@@ -530,6 +552,7 @@ impl ConvOps for CudaBackend {
     }
 
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
+        let input = self.input(x, &s)?;
         let path = self.path(&s, x.dtype())?;
         let (m, n, k) = (s.c_out, s.c_in * s.kh * s.kw, s.n * s.oh * s.ow);
         if m * n == 0 || k == 0 {
@@ -539,7 +562,7 @@ impl ConvOps for CudaBackend {
         match path {
             Path::OneByOne => return self.conv1x1_bwd_weight(x, dy, dw, &s),
             Path::Nhwc if s.c_out % chunk(x.dtype()) == 0 => {
-                return self.conv_nhwc_bwd_weight(x, Activation::Nchw(dy), dw, &s)
+                return self.conv_nhwc_bwd_weight(input, Activation::Nchw(dy), dw, &s)
             }
             _ => {}
         }
@@ -591,6 +614,18 @@ impl CudaBackend {
         path(s, dtype, self.tf32())
     }
 
+    /// The input `x` of `s` as the channels-last kernels take it; a channels-last one only
+    /// where [`ConvOps::reads_nhwc`] said so (every other kernel reads NCHW).
+    fn input<'a>(&self, x: &'a Buf, s: &Conv) -> Result<Activation<'a>> {
+        if !s.x_nhwc {
+            return Ok(Activation::Nchw(x));
+        }
+        if !self.reads_nhwc(s, x.dtype()) {
+            bail!("{s:?}: no CUDA kernel reads this convolution's input channels-last; give it NCHW (ConvOps::reads_nhwc)");
+        }
+        Ok(Activation::Nhwc(x.dev()?, x.dtype()))
+    }
+
     /// A forward with `post` in its epilogue on the 1x1 or channels-last kernels (`path`).
     fn pipelined_fwd(
         &self,
@@ -603,7 +638,7 @@ impl CudaBackend {
     ) -> Result<()> {
         match path {
             Path::OneByOne => self.conv1x1(x, w, y, s, "fwd", false, Some(post)),
-            _ => self.conv_nhwc(Activation::Nchw(x), w, y, s, "fwd", false, Some(post)),
+            _ => self.conv_nhwc(self.input(x, s)?, w, y, s, "fwd", false, Some(post)),
         }
     }
 
@@ -819,15 +854,16 @@ impl CudaBackend {
         // The input's own channel count: the transposes write the forward's padding.
         let real = if fwd { layer.c_in } else { c };
         self.with_scratch(bytes, |scratch| {
-            input.transpose(self, scratch, s.n, (real, c), h * wd)?;
+            input.transpose(self, (scratch, 0), s.n, (real, c), h * wd)?;
             if fwd {
                 self.to_nhwc(dtype, w.dev()?, scratch, w_at, s.c_out, (real, c), taps, 1)?;
             } else {
                 let ch = (s.c_out, s.c_out);
                 self.to_nhwc(dtype, w.dev()?, scratch, w_at, 1, ch, s.c_in * taps, taps)?;
             }
+            let (input_mem, input_at) = input.nhwc(scratch, 0);
             let args = Args::new()
-                .ptr(input.nhwc(scratch))
+                .ptr_at(input_mem, input_at)
                 .ptr_at(scratch, w_at)
                 .ptr(out.dev_mut()?)
                 .i32s([c, h, wd, m, s.kh, s.kw].map(|v| v as i64))
@@ -909,7 +945,7 @@ impl CudaBackend {
         let wp_at = wf_at + (ew * size).next_multiple_of(256);
         self.with_scratch(wp_at + ew * size, |scratch| {
             let ch = (s.c_out, s.c_out);
-            dy.transpose(self, scratch, s.n, ch, s.oh * s.ow)?;
+            dy.transpose(self, (scratch, 0), s.n, ch, s.oh * s.ow)?;
             self.to_nhwc(dtype, w.dev()?, scratch, wf_at, 1, ch, s.c_in * taps, taps)?;
             for &((py, px), first, (jr, js), (pad_top, pad_left)) in &phases {
                 if jr * js == 0 {
@@ -929,8 +965,9 @@ impl CudaBackend {
                     unit: tensor_math(dtype).1,
                     shape: format!("{} phase {py},{px}", conv_shape(s)),
                 };
+                let (dy_mem, dy_at) = dy.nhwc(scratch, 0);
                 let args = Args::new()
-                    .ptr(dy.nhwc(scratch))
+                    .ptr_at(dy_mem, dy_at)
                     .ptr_at(scratch, wp_at)
                     .ptr(dx.dev_mut()?)
                     .i32s([s.c_out, s.oh, s.ow, s.c_in, jr, js, 1].map(|v| v as i64))
@@ -993,7 +1030,7 @@ impl CudaBackend {
     /// `conv2d_bwd_weight_reduce_krsc_f32` adds the parts' real channels into dw in order.
     fn conv_nhwc_bwd_weight(
         &self,
-        x: &Buf,
+        x: Activation,
         dy: Activation,
         dw: &mut Buf,
         layer: &Conv,
@@ -1016,26 +1053,28 @@ impl CudaBackend {
         };
         let (ex, _, ey) = s.sizes();
         let size = dtype.size();
-        // Scratch: dy's copy (unless made already), x's, the partial sums.
+        // Scratch: dy's copy and x's (unless made already), the partial sums.
         let x_at = dy.scratch_bytes(ey * size);
-        let partial_at = x_at + (ex * size).next_multiple_of(256);
+        let partial_at = x_at + x.scratch_bytes(ex * size);
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_at + partial_bytes, |scratch| {
             let (xc, dyc) = ((layer.c_in, s.c_in), (s.c_out, s.c_out));
-            dy.transpose(self, scratch, s.n, dyc, s.oh * s.ow)?;
-            self.to_nhwc(dtype, x.dev()?, scratch, x_at, s.n, xc, s.h * s.w, 1)?;
+            dy.transpose(self, (scratch, 0), s.n, dyc, s.oh * s.ow)?;
+            x.transpose(self, (scratch, x_at), s.n, xc, s.h * s.w)?;
+            let ((x_mem, x_off), (dy_mem, dy_off)) = (x.nhwc(scratch, x_at), dy.nhwc(scratch, 0));
             let args = Args::new()
-                .ptr_at(scratch, x_at)
-                .ptr(dy.nhwc(scratch))
+                .ptr_at(x_mem, x_off)
+                .ptr_at(dy_mem, dy_off)
                 .ptr_at(scratch, partial_at)
                 .i32(per as i32);
             let bytes = (ex + ey) * size + partial_bytes;
             let args = shape_args(args, s)?.work(Work::conv_on(s, tensor_math(dtype).1, bytes));
             // SAFETY: arguments match conv2d_nhwc_bwd_weight[_m64]_<bf16|tf32>(x_nhwc, dy_nhwc,
             // partial, per, n, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow);
-            // scratch holds the NHWC input at x_at, the output gradient at byte 0 (or the caller
-            // made its copy, of the same layout), both in x's type, and splits x c_out x K floats
-            // at partial_at; c_in in 16-byte runs (padded), the caller checked c_out's,
+            // scratch holds the NHWC input at x_at and the output gradient at byte 0 (or the
+            // caller's channels-last buffers, of the same layouts: an x_nhwc input has c_in in
+            // 16-byte runs, reads_nhwc), both in x's type, and splits x c_out x K floats at
+            // partial_at; c_in in 16-byte runs (padded), the caller checked c_out's,
             // shape_args and the check above every size against int; the splits cover every
             // output pixel once, `per` a multiple of 32 (whole k tiles of either type).
             unsafe { self.launch(&kernel, cfg, args)? };

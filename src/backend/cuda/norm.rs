@@ -84,9 +84,10 @@ impl NormOps for CudaBackend {
         mems.extend(res);
         let split = self.bn_split(&[&stats_kernel, &kernel], &s, &mems, dtype.size());
         let partial_bytes = split.pairs * split.chunks * 3 * 4;
+        let affine_at = partial_bytes.next_multiple_of(256);
         let per = (s.n / s.ghost) as i32;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
-        self.with_scratch(partial_bytes, |partial| {
+        self.with_scratch(affine_at + split.pairs * 8, |partial| {
             let args = Args::new()
                 .ptr(x.dev()?)
                 .ptr(partial)
@@ -112,6 +113,7 @@ impl NormOps for CudaBackend {
                 at: 0,
                 runs: split.chunks,
                 shifted: true,
+                affine_at,
             };
             self.bn_train_apply(x, bn, residual, y, &s, &split, stats)
         })
@@ -401,6 +403,9 @@ pub(super) struct BnStats<'a> {
     pub at: usize,
     pub runs: usize,
     pub shifted: bool,
+    /// Byte offset in `partial` of room for a float2 per pair (8-byte aligned): the affine maps
+    /// a channels-last apply pass writes and reads ([`CudaBackend::bn_train_apply`]).
+    pub affine_at: usize,
 }
 
 impl CudaBackend {
@@ -419,6 +424,9 @@ impl CudaBackend {
         split: &BnSplit,
         stats: BnStats,
     ) -> Result<()> {
+        if s.y_nhwc {
+            return self.bn_train_apply_nhwc(x, bn, y, s, stats);
+        }
         let (_, c, hw) = bn_sizes(s)?;
         let dtype = x.dtype();
         let res = residual.map(|r| r.dev()).transpose()?;
@@ -473,6 +481,87 @@ impl CudaBackend {
         // vec divides hw and the buffers' alignment (bn_split); the mask, when not null, a byte
         // per vector of 16 bytes, the width vec is.
         unsafe { self.launch(&Op::BatchnormFwdTrain.kernel(dtype), split.launch(), args) }
+    }
+
+    /// [`CudaBackend::bn_train_apply`] into a channels-last y (`s.y_nhwc`, no residual: checked
+    /// by the caller): `batchnorm_fwd_train_save_<dtype>` (a warp a pair) saves the statistics,
+    /// then `batchnorm_fwd_train_nhwc_<dtype>` writes y through 64 x 64 tiles (32 x 32 in f32).
+    fn bn_train_apply_nhwc(
+        &self,
+        x: &Buf,
+        bn: BnTrainParams,
+        y: &mut Buf,
+        s: &BatchNorm,
+        stats: BnStats,
+    ) -> Result<()> {
+        let (_, c, hw) = bn_sizes(s)?;
+        let dtype = x.dtype();
+        let per = s.n / s.ghost;
+        let pairs = s.ghost * s.c;
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(bn.gamma.dev()?)
+            .ptr(bn.beta.dev()?)
+            .ptr(bn.running.0.dev_mut()?)
+            .ptr(bn.running.1.dev_mut()?)
+            .ptr(bn.saved.0.dev_mut()?)
+            .ptr(bn.saved.1.dev_mut()?)
+            .ptr_at(stats.partial, stats.at)
+            .i32(stats.runs as i32)
+            .i32(stats.shifted as i32)
+            .ptr_at(stats.partial, stats.affine_at)
+            .i32(per as i32)
+            .i32(c)
+            .i32(hw)
+            .f32(s.eps)
+            .f32(s.momentum)
+            .work(bn_traffic(
+                s,
+                pairs * stats.runs * 3 * 4 + bn_channel_bytes(s) + pairs * 8,
+            ));
+        let cfg = Launch {
+            grid: (pairs as u32, 1, 1),
+            block: (32, 1, 1),
+            smem: 0,
+        };
+        // SAFETY: arguments match batchnorm_fwd_train_save_<dtype>(x, gamma, beta, running_mean,
+        // running_var, save_mean, save_invstd, partial, runs, shifted, affine, per, C, hw, eps,
+        // momentum); the shape was checked: x holds n*C*hw, gamma, beta and the running
+        // statistics C, the saved ones ghost*C, and ghost divides n; partial holds `runs`
+        // partials of 3 floats per pair (the callers wrote them), and a float2 per pair at
+        // affine_at (the callers' scratch, 8-byte aligned); one 32-thread block per pair.
+        unsafe { self.launch(&format!("batchnorm_fwd_train_save_{dtype}"), cfg, args)? };
+        let tile = 128 / dtype.size();
+        if s.n > 65535 {
+            bail!(
+                "batchnorm: a channels-last y of {} images is more than a grid takes (65535)",
+                s.n
+            );
+        }
+        let cfg = Launch {
+            grid: (
+                s.hw.div_ceil(tile) as u32,
+                s.c.div_ceil(tile) as u32,
+                s.n as u32,
+            ),
+            block: (256, 1, 1),
+            smem: 0,
+        };
+        let act_bytes = s.n * s.c * s.hw * dtype.size();
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr_at(stats.partial, stats.affine_at)
+            .ptr(y.dev_mut()?)
+            .i32(per as i32)
+            .i32(c)
+            .i32(hw)
+            .i32(s.act.code())
+            .work(bn_traffic(s, 2 * act_bytes + pairs * 8));
+        // SAFETY: arguments match batchnorm_fwd_train_nhwc_<dtype>(x, affine, y, per, C, hw,
+        // act); the shape was checked: x and y hold n*C*hw (y as n x hw x C), the affine maps
+        // ghost*C float2 (written just above), per = n / ghost; tiles of 128 bytes a row over
+        // (hw, C, n), n within the grid's z.
+        unsafe { self.launch(&format!("batchnorm_fwd_train_nhwc_{dtype}"), cfg, args) }
     }
 
     /// Merges a convolution's `runs` partial statistics per pair (its epilogue's, one per image
