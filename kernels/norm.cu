@@ -402,33 +402,24 @@ __device__ void bn_fwd_train_save(const T* __restrict__ x, const float* __restri
                                   const float* __restrict__ beta, float* __restrict__ running_mean,
                                   float* __restrict__ running_var, float* __restrict__ save_mean,
                                   float* __restrict__ save_invstd, const float* __restrict__ partial, int runs,
-                                  int shifted, float2* __restrict__ affine, int per, int C, int hw, float eps,
+                                  int shifted, BnAffine* __restrict__ affine, int per, int C, int hw, float eps,
                                   float momentum) {
     __shared__ float stat[3];
     const int gc = blockIdx.x, g = gc / C, c = gc % C;
     const float2 m = bn_train_pair(x + ((size_t)g * per * C + c) * hw, running_mean, running_var, save_mean,
                                    save_invstd, partial, runs, shifted, gc, g, c, eps, momentum, threadIdx.x == 0,
                                    stat);
-    if (threadIdx.x == 0) {
-        const BnAffine a = bn_affine_of(gamma[c], beta[c], m.x, m.y);
-        affine[gc] = make_float2(a.scale, a.shift);
-    }
+    if (threadIdx.x == 0) affine[gc] = bn_affine_of(gamma[c], beta[c], m.x, m.y);
 }
 
-// A channel's map of the image's statistics group (batchnorm_fwd_train_save's), for nhwc.cuh's
-// tiles.
+// y from x by its channel's map (batchnorm_fwd_train_save's), for nhwc.cuh's tiles.
 struct BnApplyMap {
-    static constexpr bool COPY = false;
-    const float2* affine;
+    static constexpr bool COPY = false, PAIRED = false;
+    using Channel = BnAffine;
+    const Channel* channels;
     int act;
-    struct Channel {
-        BnAffine a;
-        int act;
-        __device__ __forceinline__ float operator()(float v) const { return act_apply(act, bn_affine_map(v, a)); }
-    };
-    __device__ __forceinline__ Channel at(int c) const {
-        const float2 m = affine[c];
-        return Channel{BnAffine{m.x, m.y}, act};
+    __device__ __forceinline__ float operator()(const Channel& a, float x) const {
+        return act_apply(act, bn_affine_map(x, a));
     }
 };
 
@@ -543,6 +534,38 @@ __device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, 
 
 // The second pass never reads y: act'(y) comes from y recomputed from x (no residual), and after
 // a residual the reduce pass wrote dz, which this pass takes as dy with no activation.
+// A pair's backward map, from its (sum dz, sum dz * xh) and the forward's statistics: y
+// recomputed from x by `a`, dz = dy act'(y), dx = k (dz - mdz - (x - mean) invstd mdzx).
+struct BnBwdPair {
+    BnAffine a;
+    float k, mdz, mean, invstd, mdzx;
+};
+
+__device__ __forceinline__ BnBwdPair bn_bwd_pair(float2 sums, const float* __restrict__ gamma,
+                                                 const float* __restrict__ beta, const float* __restrict__ save_mean,
+                                                 const float* __restrict__ save_invstd, int gc, int c, int per,
+                                                 int hw) {
+    const float count = (float)((long long)per * hw), mean = save_mean[gc], invstd = save_invstd[gc];
+    return BnBwdPair{bn_affine_of(gamma[c], beta[c], mean, invstd), gamma[c] * invstd, sums.x / count, mean, invstd,
+                     sums.y / count};
+}
+
+template <typename T>
+__device__ __forceinline__ float bn_bwd_dx(float x, float dy, const BnBwdPair& p, int act) {
+    const float dz = dy * act_grad(act, bn_recompute_y<T>(x, p.a, act));
+    return p.k * (dz - p.mdz - (x - p.mean) * p.invstd * p.mdzx);
+}
+
+// Channel c's parameter gradients += every group's sums, in group order (one warp of one block
+// per channel: no atomics, one result).
+__device__ __forceinline__ void bn_bwd_add_params(const float* __restrict__ partial, float* __restrict__ dgamma,
+                                                  float* __restrict__ dbeta, int c, int C, int ghost, int chunks) {
+    for (int g = 0; g < ghost; g++) {
+        float2 t = bn_merge_sums(partial, g * C + c, chunks);
+        if (threadIdx.x % WARP_SIZE == 0) dbeta[c] += t.x, dgamma[c] += t.y;
+    }
+}
+
 template <typename T, int VEC>
 __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,
                        const float* __restrict__ beta, const float* __restrict__ save_mean,
@@ -555,17 +578,11 @@ __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const 
     if (threadIdx.x < WARP_SIZE) {
         float2 s = bn_merge_sums(partial, gc, chunks);
         if (threadIdx.x == 0) sums[0] = s.x, sums[1] = s.y;
-        // One block per channel adds the groups' sums, in group order: no atomics, one result.
-        if (blockIdx.x == 0 && run.g == 0)
-            for (int g = 0; g < ghost; g++) {
-                float2 t = bn_merge_sums(partial, g * C + c, chunks);
-                if (threadIdx.x == 0) dbeta[c] += t.x, dgamma[c] += t.y;
-            }
+        if (blockIdx.x == 0 && run.g == 0) bn_bwd_add_params(partial, dgamma, dbeta, c, C, ghost, chunks);
     }
     __syncthreads();
-    float count = (float)((long long)per * hw), mean = save_mean[gc], invstd = save_invstd[gc];
-    float mdz = sums[0] / count, mdzx = sums[1] / count, k = gamma[c] * invstd;
-    const BnAffine a = bn_affine_of(gamma[c], beta[c], mean, invstd);
+    const BnBwdPair pair = bn_bwd_pair(make_float2(sums[0], sums[1]), gamma, beta, save_mean, save_invstd, gc, c,
+                                       per, hw);
     while (run.more()) {
         float xv[BN_UNROLL_BWD][VEC], yv[BN_UNROLL_BWD][VEC], gv[BN_UNROLL_BWD][VEC];
         size_t at[BN_UNROLL_BWD];
@@ -576,14 +593,42 @@ __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const 
         for (int u = 0; u < BN_UNROLL_BWD; u++) {
             if (!ok[u]) continue;
 #pragma unroll
-            for (int i = 0; i < VEC; i++) {
-                float dz = gv[u][i] * act_grad(act, bn_recompute_y<T>(xv[u][i], a, act));
-                xv[u][i] = k * (dz - mdz - (xv[u][i] - mean) * invstd * mdzx);
-            }
+            for (int i = 0; i < VEC; i++) xv[u][i] = bn_bwd_dx<T>(xv[u][i], gv[u][i], pair, act);
             store_vec(dx + at[u], xv[u]);
         }
     }
 }
+
+// The backward's second pass into a channels-last dx, for the convolution before BatchNorm whose
+// backward reads its dy so (conv.cu's conv2d_nhwc_*; no residual), in two launches as the
+// forward's: batchnorm_bwd_pairs (a warp a pair, grid ghost * C) merges each pair's sums as
+// batchnorm_bwd's blocks do, adds the parameter gradients (group 0's warps) and writes the pair's
+// map (BnBwdPair, 8 floats); batchnorm_bwd_nhwc applies it to x and dy through nhwc.cuh's tiles,
+// bit for bit batchnorm_bwd's dx, so that the convolution's backward passes read it without the
+// transpose of dy they made, a read and a write of it.
+__device__ void bn_bwd_pairs(const float* __restrict__ partial, const float* __restrict__ gamma,
+                             const float* __restrict__ beta, const float* __restrict__ save_mean,
+                             const float* __restrict__ save_invstd, float* __restrict__ dgamma,
+                             float* __restrict__ dbeta, BnBwdPair* __restrict__ pairs, int per, int C, int hw,
+                             int ghost, int chunks) {
+    const int gc = blockIdx.x, g = gc / C, c = gc % C;
+    const float2 s = bn_merge_sums(partial, gc, chunks);
+    if (g == 0) bn_bwd_add_params(partial, dgamma, dbeta, c, C, ghost, chunks);
+    if (threadIdx.x == 0) pairs[gc] = bn_bwd_pair(s, gamma, beta, save_mean, save_invstd, gc, c, per, hw);
+}
+
+// dx from x and dy (the second input) by their channel's map (batchnorm_bwd_pairs'), for
+// nhwc.cuh's tiles.
+template <typename T>
+struct BnBwdMap {
+    static constexpr bool COPY = false, PAIRED = true;
+    using Channel = BnBwdPair;
+    const Channel* channels;
+    int act;
+    __device__ __forceinline__ float operator()(const Channel& p, float x, float dy) const {
+        return bn_bwd_dx<T>(x, dy, p, act);
+    }
+};
 
 // Frozen statistics (MODEL.BACKBONE.FREEZE_BN): the backward of the eval-mode forward, where the
 // running statistics are constants: invstd = 1/sqrt(running_var + eps), xh = (x - running_mean)
@@ -640,6 +685,15 @@ extern "C" __global__ void __launch_bounds__(BN_THREADS)
 
 // dbeta[c] += sum dz, dgamma[c] += sum dz * xh of every group of channel c, in group order, from
 // the runs' partial sums (2 floats per (pair, run)); one warp per channel.
+extern "C" __global__ void __launch_bounds__(32)
+    batchnorm_bwd_pairs_f32(const float* __restrict__ partial, const float* __restrict__ gamma,
+                            const float* __restrict__ beta, const float* __restrict__ save_mean,
+                            const float* __restrict__ save_invstd, float* __restrict__ dgamma,
+                            float* __restrict__ dbeta, BnBwdPair* __restrict__ pairs, int per, int C, int hw,
+                            int ghost, int chunks) {
+    bn_bwd_pairs(partial, gamma, beta, save_mean, save_invstd, dgamma, dbeta, pairs, per, C, hw, ghost, chunks);
+}
+
 extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ partial, float* __restrict__ dgamma,
                                                     float* __restrict__ dbeta, int C, int ghost, int chunks) {
     int c = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
@@ -676,12 +730,12 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
         const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \
         float* __restrict__ running_mean, float* __restrict__ running_var, float* __restrict__ save_mean,        \
         float* __restrict__ save_invstd, const float* __restrict__ partial, int runs, int shifted,               \
-        float2* __restrict__ affine, int per, int C, int hw, float eps, float momentum) {                        \
+        BnAffine* __restrict__ affine, int per, int C, int hw, float eps, float momentum) {                      \
         bn_fwd_train_save<T>(x, gamma, beta, running_mean, running_var, save_mean, save_invstd, partial, runs,   \
                              shifted, affine, per, C, hw, eps, momentum);                                        \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256) batchnorm_fwd_train_nhwc_##SUFFIX(                         \
-        const T* __restrict__ x, const float2* __restrict__ affine, T* __restrict__ y, int per, int C, int hw,   \
+        const T* __restrict__ x, const BnAffine* __restrict__ affine, T* __restrict__ y, int per, int C, int hw, \
         int act) {                                                                                               \
         nhwc_tile_##SUFFIX(x, y, C, hw, 1, C, BnApplyMap{affine + (size_t)(blockIdx.z / per) * C, act});         \
     }                                                                                                            \
@@ -712,6 +766,11 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
         DISPATCH_VEC(T, vec,                                                                                     \
                      bn_bwd<T, VEC>(x, dy, gamma, beta, save_mean, save_invstd, partial, dx, dgamma, dbeta,      \
                                     per, C, hw, ghost, chunks, act));                                            \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256) batchnorm_bwd_nhwc_##SUFFIX(                               \
+        const T* __restrict__ x, const T* __restrict__ dy, const BnBwdPair* __restrict__ pairs,                  \
+        T* __restrict__ dx, int per, int C, int hw, int act) {                                                   \
+        nhwc_tile_##SUFFIX(x, dx, C, hw, 1, C, BnBwdMap<T>{pairs + (size_t)(blockIdx.z / per) * C, act}, dy);    \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_eval_##SUFFIX(                                                      \
         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \

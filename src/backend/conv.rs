@@ -45,8 +45,9 @@ impl Padding {
 /// `c_out x (c_in/groups) x kh x kw` (PyTorch layout), output `n x c_out x oh x ow`, dilation 1.
 /// Bottom / right padding is implied by `oh` / `ow` (TF "SAME" pads asymmetrically).
 /// `x_nhwc`: the input is channels-last instead (`n x h x w x c_in`), as a BatchNorm before it
-/// wrote it for a backend that [reads it so](ConvOps::reads_nhwc); the weight, the output and the
-/// gradients stay as they are.
+/// wrote it for a backend that [reads it so](ConvOps::reads_nhwc); `dy_nhwc`: the output's
+/// gradient is (`n x oh x ow x c_out`), as the BatchNorm after it wrote it
+/// ([`ConvOps::reads_dy_nhwc`]); the weight, the output and dx stay as they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv {
     pub n: usize,
@@ -63,6 +64,7 @@ pub struct Conv {
     pub ow: usize,
     pub groups: usize,
     pub x_nhwc: bool,
+    pub dy_nhwc: bool,
 }
 
 impl Conv {
@@ -106,12 +108,18 @@ impl Conv {
             ow,
             groups,
             x_nhwc: false,
+            dy_nhwc: false,
         })
     }
 
     /// The same convolution of a channels-last input (`x_nhwc`).
     pub fn nhwc_input(self, x_nhwc: bool) -> Self {
         Conv { x_nhwc, ..self }
+    }
+
+    /// The same convolution, its output's gradient channels-last (`dy_nhwc`).
+    pub fn nhwc_grad(self, dy_nhwc: bool) -> Self {
+        Conv { dy_nhwc, ..self }
     }
 
     /// Elements of the input, weight and output.
@@ -180,6 +188,12 @@ pub trait ConvOps {
     /// without transposing it first (CUDA's channels-last kernels); a BatchNorm whose output is
     /// this convolution's input alone may then write it so.
     fn reads_nhwc(&self, _s: &Conv, _dtype: DType) -> bool {
+        false
+    }
+    /// Whether both backward passes of `s` read a channels-last dy (`Conv::dy_nhwc`) in `dtype`
+    /// without transposing it first; the BatchNorm after the convolution, whose dx is that dy
+    /// alone, may then write it so.
+    fn reads_dy_nhwc(&self, _s: &Conv, _dtype: DType) -> bool {
         false
     }
     /// Convolution forward.
@@ -289,6 +303,11 @@ impl dyn Backend + '_ {
     /// See [`ConvOps::reads_nhwc`].
     pub fn conv_reads_nhwc(&self, s: &Conv, dtype: DType) -> bool {
         self.conv_ops().reads_nhwc(s, dtype)
+    }
+
+    /// See [`ConvOps::reads_dy_nhwc`].
+    pub fn conv_reads_dy_nhwc(&self, s: &Conv, dtype: DType) -> bool {
+        self.conv_ops().reads_dy_nhwc(s, dtype)
     }
 
     /// Convolution forward: `y = conv(x, w)` (see [`Conv`]).

@@ -37,8 +37,10 @@ impl L2Norm {
 /// the original's 4-GPU DataParallel); running statistics follow chunk 0 only, as DataParallel
 /// keeps only replica 0's buffer updates. `ghost = 1` is plain BatchNorm. `y_nhwc`: y is
 /// written channels-last (`n x hw x c`) for a convolution that reads it so
-/// ([`ConvOps::reads_nhwc`](super::ConvOps::reads_nhwc)); training with batch statistics and no
-/// residual only; x, dy and the gradients stay NCHW.
+/// ([`ConvOps::reads_nhwc`](super::ConvOps::reads_nhwc)); `dx_nhwc`: the backward writes dx so,
+/// for the convolution before it, whose backward reads its dy so
+/// ([`ConvOps::reads_dy_nhwc`](super::ConvOps::reads_dy_nhwc)). Both for training with batch
+/// statistics and no residual only; every other tensor stays NCHW.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNorm {
     pub n: usize,
@@ -49,6 +51,7 @@ pub struct BatchNorm {
     pub act: Act,
     pub ghost: usize,
     pub y_nhwc: bool,
+    pub dx_nhwc: bool,
 }
 
 impl BatchNorm {
@@ -63,6 +66,7 @@ impl BatchNorm {
             act,
             ghost: 1,
             y_nhwc: false,
+            dx_nhwc: false,
         }
     }
 
@@ -106,11 +110,11 @@ impl BatchNorm {
         Ok(s)
     }
 
-    /// A channels-last y is for a training forward with batch statistics without a residual.
+    /// A channels-last y or dx is for training with batch statistics without a residual.
     pub(crate) fn check_layout(&self, residual: bool, batch_stats: bool) -> Result<()> {
-        if self.y_nhwc && (residual || !batch_stats) {
+        if (self.y_nhwc || self.dx_nhwc) && (residual || !batch_stats) {
             bail!(
-                "{self:?}: a channels-last y is written only by a training forward with batch statistics and no residual"
+                "{self:?}: a channels-last y or dx is for training with batch statistics and no residual only"
             );
         }
         Ok(())

@@ -263,10 +263,27 @@ impl BatchNorm2d {
 
     /// From the forward's input `x` and `dy`: `dx = ...`, gamma / beta gradients `+=`.
     pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
+        self.backward_layout(be, x, dy, false).map(|_| ())
+    }
+
+    /// [`BatchNorm2d::backward`], dx written channels-last (`n x hw x c`) when `nhwc` is asked
+    /// and the last forward was a training one with batch statistics and no residual (for a
+    /// convolution before it whose backward reads its dy so); returns whether it was.
+    pub fn backward_layout(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        dy: &Buf,
+        nhwc: bool,
+    ) -> Result<bool> {
         let name = self.weight.name.clone();
         let s = self
             .shape
             .ok_or_else(|| anyhow!("backward of {name} before its forward"))?;
+        let s = BatchNorm {
+            dx_nhwc: nhwc && self.batch_stats && !self.residual,
+            ..s
+        };
         if !self.trained {
             bail!("backward of {name} after an eval-mode forward; call forward with train = true (a frozen BatchNorm then keeps its running statistics)");
         }
@@ -311,7 +328,8 @@ impl BatchNorm2d {
                 s,
             )
         }
-        .with_context(|| format!("backward of {name}"))
+        .with_context(|| format!("backward of {name}"))?;
+        Ok(s.dx_nhwc)
     }
 
     /// weight, bias, running_mean, running_var (state_dict order).

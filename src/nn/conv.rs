@@ -118,11 +118,24 @@ impl Conv2d {
     /// From the forward's input `x` and `dy`: `weight.grad += dW`, and `dx = ...` when
     /// `need_dx` (the first layer of a network skips it).
     pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf, need_dx: bool) -> Result<()> {
+        self.backward_layout(be, x, dy, need_dx, false)
+    }
+
+    /// [`Conv2d::backward`] of a channels-last `dy` when `dy_nhwc` (as the BatchNorm after the
+    /// convolution wrote it, where `Backend::conv_reads_dy_nhwc` allows).
+    pub(crate) fn backward_layout(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        dy: &Buf,
+        need_dx: bool,
+        dy_nhwc: bool,
+    ) -> Result<()> {
         let mut dx = std::mem::replace(&mut self.dx, empty());
         let done = match self.shape {
             Some(s) if need_dx => ensure_like(be, &mut dx, dy, s.sizes().0)
-                .and_then(|()| self.backward_into(be, x, dy, Some(&mut dx), false)),
-            _ => self.backward_into(be, x, dy, None, false),
+                .and_then(|()| self.backward_into(be, x, dy, Some(&mut dx), false, dy_nhwc)),
+            _ => self.backward_into(be, x, dy, None, false, dy_nhwc),
         };
         self.dx = dx;
         done
@@ -138,7 +151,7 @@ impl Conv2d {
         dy: &Buf,
         dx: &mut Buf,
     ) -> Result<()> {
-        self.backward_into(be, x, dy, Some(dx), true)
+        self.backward_into(be, x, dy, Some(dx), true, false)
     }
 
     /// `weight.grad += dW` from the forward's input and `dy`, and the input gradient into (or,
@@ -150,10 +163,12 @@ impl Conv2d {
         dy: &Buf,
         dx: Option<&mut Buf>,
         add: bool,
+        dy_nhwc: bool,
     ) -> Result<()> {
         let s = self
             .shape
-            .ok_or_else(|| anyhow!("backward of {} before its forward", self.weight.name))?;
+            .ok_or_else(|| anyhow!("backward of {} before its forward", self.weight.name))?
+            .nhwc_grad(dy_nhwc);
         let name = &self.weight.name;
         let dw = self
             .weight
@@ -315,10 +330,22 @@ impl ConvBn {
         Ok((s.oh, s.ow))
     }
 
-    /// Backward from `dy` (gradient of [`ConvBn::y`]); `x` is the forward's input.
+    /// Backward from `dy` (gradient of [`ConvBn::y`]); `x` is the forward's input. BatchNorm's dx
+    /// is the convolution's dy alone: written channels-last where the convolution's backward reads
+    /// it so (no transpose of it then).
     pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf, need_dx: bool) -> Result<()> {
-        self.bn.backward(be, &self.conv.y, dy)?;
-        self.conv.backward(be, x, &self.bn.dx, need_dx)
+        let nhwc = self.bn_backward(be, dy)?;
+        self.conv.backward_layout(be, x, &self.bn.dx, need_dx, nhwc)
+    }
+
+    /// BatchNorm's backward, its dx channels-last where the convolution reads its dy so; returns
+    /// whether it was.
+    fn bn_backward(&mut self, be: &dyn Backend, dy: &Buf) -> Result<bool> {
+        let nhwc = self
+            .conv
+            .shape
+            .is_some_and(|s| be.conv_reads_dy_nhwc(&s, dy.dtype()));
+        self.bn.backward_layout(be, &self.conv.y, dy, nhwc)
     }
 
     /// As [`ConvBn::backward`], the input gradient added onto `dx` ([`Conv2d::backward_add`]).
@@ -329,8 +356,9 @@ impl ConvBn {
         dy: &Buf,
         dx: &mut Buf,
     ) -> Result<()> {
-        self.bn.backward(be, &self.conv.y, dy)?;
-        self.conv.backward_add(be, x, &self.bn.dx, dx)
+        let nhwc = self.bn_backward(be, dy)?;
+        self.conv
+            .backward_into(be, x, &self.bn.dx, Some(dx), true, nhwc)
     }
 
     /// The unit's tensors in state_dict order (conv weight, then BatchNorm's four).

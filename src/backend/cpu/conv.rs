@@ -602,28 +602,38 @@ pub fn conv2d_naive(x: &[f32], w: &[f32], y: &mut [f32], s: Conv) {
 
 /// The input of `s` as f32 NCHW values.
 fn input<'a>(x: &'a Buf, s: &Conv) -> Result<Cow<'a, [f32]>> {
-    let x = widen(x)?;
-    Ok(if s.x_nhwc {
-        Cow::Owned(transpose_images(&x, (s.n, s.c_in, s.h * s.w), false))
+    nchw(x, s.x_nhwc, (s.n, s.c_in, s.h * s.w))
+}
+
+/// The output's gradient of `s` as f32 NCHW values.
+fn grad<'a>(dy: &'a Buf, s: &Conv) -> Result<Cow<'a, [f32]>> {
+    nchw(dy, s.dy_nhwc, (s.n, s.c_out, s.oh * s.ow))
+}
+
+fn nchw(b: &Buf, nhwc: bool, dims: (usize, usize, usize)) -> Result<Cow<'_, [f32]>> {
+    let v = widen(b)?;
+    Ok(if nhwc {
+        Cow::Owned(transpose_images(&v, dims, false))
     } else {
-        x
+        v
     })
 }
 
 impl crate::backend::ConvOps for super::CpuBackend {
-    /// A channels-last input (`Conv::x_nhwc`) is read back into NCHW first: the same values.
+    /// A channels-last input or output gradient (`Conv::x_nhwc`, `dy_nhwc`) is read back into
+    /// NCHW first: the same values.
     fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
         let (x, w) = (input(x, &s)?, widen(w)?);
         with_f32_out(y, false, |y| conv2d_fwd_f32(&x, &w, y, *s))
     }
 
     fn conv2d_bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (dy, w) = (widen(dy)?, widen(w)?);
+        let (dy, w) = (grad(dy, &s)?, widen(w)?);
         with_f32_out(dx, false, |dx| conv2d_bwd_data_f32(&dy, &w, dx, *s))
     }
 
     fn conv2d_bwd_data_add(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (dy, w) = (widen(dy)?, widen(w)?);
+        let (dy, w) = (grad(dy, &s)?, widen(w)?);
         let mut grad = vec![0.0f32; dx.len()];
         conv2d_bwd_data_f32(&dy, &w, &mut grad, *s);
         // As if stored into a buffer of dx's dtype first, then added.
@@ -640,7 +650,7 @@ impl crate::backend::ConvOps for super::CpuBackend {
     }
 
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let (x, dy) = (input(x, &s)?, widen(dy)?);
+        let (x, dy) = (input(x, &s)?, grad(dy, &s)?);
         conv2d_bwd_weight_f32(&x, &dy, dw.host_mut()?, *s);
         Ok(())
     }

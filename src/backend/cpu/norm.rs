@@ -475,7 +475,13 @@ impl crate::backend::NormOps for super::CpuBackend {
                 Some((tmp, _)) => Some(tmp.as_mut_slice()),
                 None => dres_f32,
             };
-            batchnorm_bwd_f32(&x, &y, &dy, gamma, sm, si, dx, dres, dg, db, *s)
+            if s.dx_nhwc {
+                let mut nchw = vec![0.0f32; dx.len()];
+                batchnorm_bwd_f32(&x, &y, &dy, gamma, sm, si, &mut nchw, dres, dg, db, *s);
+                dx.copy_from_slice(&transpose_images(&nchw, (s.n, s.c, s.hw), true));
+            } else {
+                batchnorm_bwd_f32(&x, &y, &dy, gamma, sm, si, dx, dres, dg, db, *s)
+            }
         })?;
         if let Some((tmp, out)) = dres_bf16 {
             with_f32_out(out, false, |o| o.copy_from_slice(&tmp))?;

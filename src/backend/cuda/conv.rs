@@ -361,6 +361,14 @@ impl ConvOps for CudaBackend {
             && s.c_out % chunk(dtype) == 0
     }
 
+    /// The channels-last kernels' shapes whose data gradient and weight gradient both run
+    /// channels-last (c_out in 16-byte runs; stride phases up to 8).
+    fn reads_dy_nhwc(&self, s: &Conv, dtype: DType) -> bool {
+        matches!(self.path(s, dtype), Ok(Path::Nhwc))
+            && s.c_out % chunk(dtype) == 0
+            && s.stride <= 8
+    }
+
     fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
         self.input(x, &s)?;
         let (path, total) = (self.path(&s, x.dtype())?, s.sizes().2);
@@ -538,21 +546,26 @@ impl ConvOps for CudaBackend {
             dx => return bwd_by_passes(self, x, dy, w, dw, dx, add, s),
         };
         let x = self.input(x, &s)?;
-        self.with_outer_scratch(ey * dtype.size(), |copy| {
-            let ch = (s.c_out, s.c_out);
-            Activation::Nchw(dy).transpose(self, (copy, 0), s.n, ch, s.oh * s.ow)?;
-            let dy_nhwc = Activation::Nhwc(copy, dtype);
+        let mut both = |dy_nhwc: Activation| -> Result<()> {
             self.conv_nhwc_bwd_weight(x, dy_nhwc, dw, &s)?;
             if s.stride == 1 {
                 self.conv_nhwc(dy_nhwc, w, dx, &s, "bwd_data", add, None)
             } else {
                 self.conv_nhwc_bwd_data_phases(dy_nhwc, w, dx, &s, add)
             }
-        })
+        };
+        match self.grad(dy, &s)? {
+            Activation::Nchw(_) => self.with_outer_scratch(ey * dtype.size(), |copy| {
+                let ch = (s.c_out, s.c_out);
+                Activation::Nchw(dy).transpose(self, (copy, 0), s.n, ch, s.oh * s.ow)?;
+                both(Activation::Nhwc(copy, dtype))
+            }),
+            dy_nhwc => both(dy_nhwc),
+        }
     }
 
     fn conv2d_bwd_weight(&self, x: &Buf, dy: &Buf, dw: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        let input = self.input(x, &s)?;
+        let (input, grad) = (self.input(x, &s)?, self.grad(dy, &s)?);
         let path = self.path(&s, x.dtype())?;
         let (m, n, k) = (s.c_out, s.c_in * s.kh * s.kw, s.n * s.oh * s.ow);
         if m * n == 0 || k == 0 {
@@ -562,7 +575,7 @@ impl ConvOps for CudaBackend {
         match path {
             Path::OneByOne => return self.conv1x1_bwd_weight(x, dy, dw, &s),
             Path::Nhwc if s.c_out % chunk(x.dtype()) == 0 => {
-                return self.conv_nhwc_bwd_weight(input, Activation::Nchw(dy), dw, &s)
+                return self.conv_nhwc_bwd_weight(input, grad, dw, &s)
             }
             _ => {}
         }
@@ -626,6 +639,18 @@ impl CudaBackend {
         Ok(Activation::Nhwc(x.dev()?, x.dtype()))
     }
 
+    /// The output's gradient `dy` of `s` as the channels-last kernels take it; a channels-last
+    /// one only where [`ConvOps::reads_dy_nhwc`] said so.
+    fn grad<'a>(&self, dy: &'a Buf, s: &Conv) -> Result<Activation<'a>> {
+        if !s.dy_nhwc {
+            return Ok(Activation::Nchw(dy));
+        }
+        if !self.reads_dy_nhwc(s, dy.dtype()) {
+            bail!("{s:?}: no CUDA kernel reads this convolution's output gradient channels-last; give it NCHW (ConvOps::reads_dy_nhwc)");
+        }
+        Ok(Activation::Nhwc(dy.dev()?, dy.dtype()))
+    }
+
     /// A forward with `post` in its epilogue on the 1x1 or channels-last kernels (`path`).
     fn pipelined_fwd(
         &self,
@@ -647,6 +672,7 @@ impl CudaBackend {
     /// again, as a separate add would); the element gathers and the depthwise kernel write it
     /// into scratch and `add_fwd_<dtype>` adds it to dx in place.
     fn bwd_data(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: &Conv, add: bool) -> Result<()> {
+        let grad = self.grad(dy, s)?;
         let (path, total) = (self.path(s, dy.dtype())?, s.sizes().0);
         if total == 0 {
             return Ok(());
@@ -654,10 +680,10 @@ impl CudaBackend {
         let (kernel, cfg) = match path {
             Path::OneByOne => return self.conv1x1(dy, w, dx, s, "bwd_data", add, None),
             Path::Nhwc if s.stride == 1 && s.c_out % chunk(dy.dtype()) == 0 => {
-                return self.conv_nhwc(Activation::Nchw(dy), w, dx, s, "bwd_data", add, None)
+                return self.conv_nhwc(grad, w, dx, s, "bwd_data", add, None)
             }
             Path::Nhwc if s.c_out % chunk(dy.dtype()) == 0 && s.stride <= 8 => {
-                return self.conv_nhwc_bwd_data_phases(Activation::Nchw(dy), w, dx, s, add)
+                return self.conv_nhwc_bwd_data_phases(grad, w, dx, s, add)
             }
             Path::Gemm | Path::Nhwc => (
                 Op::Conv2dBwdData.kernel(dy.dtype()),

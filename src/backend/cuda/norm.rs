@@ -226,7 +226,14 @@ impl NormOps for CudaBackend {
             Some(dz) => (dz, Act::Identity),
             None => (dy.dev()?, s.act),
         };
-        self.with_scratch(partial_bytes, |partial| {
+        // A channels-last dx: each pair's map (BnBwdPair, 7 floats) after the sums.
+        let pairs_at = partial_bytes.next_multiple_of(256);
+        let scratch = if s.dx_nhwc {
+            pairs_at + split.pairs * BN_BWD_PAIR_BYTES
+        } else {
+            partial_bytes
+        };
+        self.with_scratch(scratch, |partial| {
             // x, dy (and y, or its mask) read, dz written with a residual; the saved statistics
             // (per pair) and gamma, beta (per channel) read; the sums written.
             let passes = 2 + has_dres as usize + y.is_some() as usize;
@@ -258,6 +265,16 @@ impl NormOps for CudaBackend {
             // (checked), partial 2 floats per (pair, run); the mask, when not null, a byte per
             // 16-byte vector of y (checked above) and vec is that width.
             unsafe { self.launch(&reduce_kernel, split.launch(), args)? };
+            if s.dx_nhwc {
+                let sums = BnStats {
+                    partial,
+                    at: 0,
+                    runs: split.chunks,
+                    shifted: false,
+                    affine_at: pairs_at,
+                };
+                return self.bn_bwd_nhwc(x, dy, (gamma, beta), saved, dx, dparams, &s, sums);
+            }
             // x and the gradient (dy, or dz) read again; dx written.
             let args = Args::new()
                 .ptr(x.dev()?)
@@ -564,6 +581,89 @@ impl CudaBackend {
         unsafe { self.launch(&format!("batchnorm_fwd_train_nhwc_{dtype}"), cfg, args) }
     }
 
+    /// The backward's second pass into a channels-last dx (`s.dx_nhwc`, no residual: checked by
+    /// the caller), from the reduce pass's `sums` (2 floats per pair and run; room for 7 floats
+    /// per pair at `affine_at`): `batchnorm_bwd_pairs_f32` (a warp a pair: the pair's map, the
+    /// parameter gradients), then `batchnorm_bwd_nhwc_<dtype>` reads x and dy through 64 x 64
+    /// tiles (32 x 32 in f32) and writes dx channels-last.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_bwd_nhwc(
+        &self,
+        x: &Buf,
+        dy: &Buf,
+        (gamma, beta): (&Buf, &Buf),
+        saved: (&Buf, &Buf),
+        dx: &mut Buf,
+        dparams: (&mut Buf, &mut Buf),
+        s: &BatchNorm,
+        sums: BnStats,
+    ) -> Result<()> {
+        let (_, c, hw) = bn_sizes(s)?;
+        let dtype = x.dtype();
+        let (per, pairs) = (s.n / s.ghost, s.ghost * s.c);
+        let args = Args::new()
+            .ptr_at(sums.partial, sums.at)
+            .ptr(gamma.dev()?)
+            .ptr(beta.dev()?)
+            .ptr(saved.0.dev()?)
+            .ptr(saved.1.dev()?)
+            .ptr(dparams.0.dev_mut()?)
+            .ptr(dparams.1.dev_mut()?)
+            .ptr_at(sums.partial, sums.affine_at)
+            .i32(per as i32)
+            .i32(c)
+            .i32(hw)
+            .i32(s.ghost as i32)
+            .i32(sums.runs as i32)
+            .work(bn_traffic(
+                s,
+                pairs * sums.runs * 2 * 4 + bn_channel_bytes(s) + pairs * BN_BWD_PAIR_BYTES,
+            ));
+        let cfg = Launch {
+            grid: (pairs as u32, 1, 1),
+            block: (32, 1, 1),
+            smem: 0,
+        };
+        // SAFETY: arguments match batchnorm_bwd_pairs_f32(partial, gamma, beta, save_mean,
+        // save_invstd, dgamma, dbeta, pairs, per, C, hw, ghost, chunks); the shape was checked:
+        // gamma, beta and the parameter gradients hold C, the saved statistics ghost*C, ghost
+        // divides n; partial holds `runs` sums of 2 floats per pair (the reduce pass wrote
+        // them) and 7 floats per pair at affine_at (4-byte aligned); a 32-thread block a pair.
+        unsafe { self.launch("batchnorm_bwd_pairs_f32", cfg, args)? };
+        let tile = 128 / dtype.size();
+        if s.n > 65535 {
+            bail!(
+                "batchnorm: a channels-last dx of {} images is more than a grid takes (65535)",
+                s.n
+            );
+        }
+        let cfg = Launch {
+            grid: (
+                s.hw.div_ceil(tile) as u32,
+                s.c.div_ceil(tile) as u32,
+                s.n as u32,
+            ),
+            block: (256, 1, 1),
+            smem: 0,
+        };
+        let act_bytes = s.n * s.c * s.hw * dtype.size();
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(dy.dev()?)
+            .ptr_at(sums.partial, sums.affine_at)
+            .ptr(dx.dev_mut()?)
+            .i32(per as i32)
+            .i32(c)
+            .i32(hw)
+            .i32(s.act.code())
+            .work(bn_traffic(s, 3 * act_bytes + pairs * BN_BWD_PAIR_BYTES));
+        // SAFETY: arguments match batchnorm_bwd_nhwc_<dtype>(x, dy, pairs, dx, per, C, hw, act);
+        // the shape was checked: x, dy and dx hold n*C*hw (dx as n x hw x C), the pairs' maps
+        // ghost*C x 7 floats (written just above), per = n / ghost; tiles of 128 bytes a row over
+        // (hw, C, n), n within the grid's z.
+        unsafe { self.launch(&format!("batchnorm_bwd_nhwc_{dtype}"), cfg, args) }
+    }
+
     /// Merges a convolution's `runs` partial statistics per pair (its epilogue's, one per image
     /// and tile, in three planes of runs x pairs floats) into `chunks` unshifted runs per pair (3
     /// floats each) at byte `merged_at` (batchnorm_merge_stats_f32; `chunks` from
@@ -663,6 +763,9 @@ fn bn_chunks(pairs: usize, vectors: usize, slots: &[usize]) -> usize {
 
 /// Vectors a BatchNorm block takes at least: four per thread.
 const BN_MIN_VECTORS: usize = 4 * BN_THREADS as usize;
+
+/// Bytes of a pair's backward map (`BnBwdPair` in kernels/norm.cu: 7 floats).
+const BN_BWD_PAIR_BYTES: usize = 7 * 4;
 
 /// Threads of the BatchNorm kernels (`BN_THREADS` in kernels/norm.cu).
 const BN_THREADS: u32 = 256;
