@@ -532,8 +532,6 @@ __device__ void bn_bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, 
     }
 }
 
-// The second pass never reads y: act'(y) comes from y recomputed from x (no residual), and after
-// a residual the reduce pass wrote dz, which this pass takes as dy with no activation.
 // A pair's backward map, from its (sum dz, sum dz * xh) and the forward's statistics: y
 // recomputed from x by `a`, dz = dy act'(y), dx = k (dz - mdz - (x - mean) invstd mdzx).
 struct BnBwdPair {
@@ -566,6 +564,8 @@ __device__ __forceinline__ void bn_bwd_add_params(const float* __restrict__ part
     }
 }
 
+// The second pass never reads y: act'(y) comes from y recomputed from x (no residual), and after
+// a residual the reduce pass wrote dz, which this pass takes as dy with no activation.
 template <typename T, int VEC>
 __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,
                        const float* __restrict__ beta, const float* __restrict__ save_mean,
@@ -603,7 +603,7 @@ __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const 
 // backward reads its dy so (conv.cu's conv2d_nhwc_*; no residual), in two launches as the
 // forward's: batchnorm_bwd_pairs (a warp a pair, grid ghost * C) merges each pair's sums as
 // batchnorm_bwd's blocks do, adds the parameter gradients (group 0's warps) and writes the pair's
-// map (BnBwdPair, 8 floats); batchnorm_bwd_nhwc applies it to x and dy through nhwc.cuh's tiles,
+// map (BnBwdPair, 7 floats); batchnorm_bwd_nhwc applies it to x and dy through nhwc.cuh's tiles,
 // bit for bit batchnorm_bwd's dx, so that the convolution's backward passes read it without the
 // transpose of dy they made, a read and a write of it.
 __device__ void bn_bwd_pairs(const float* __restrict__ partial, const float* __restrict__ gamma,
@@ -683,8 +683,6 @@ extern "C" __global__ void __launch_bounds__(BN_THREADS)
     }
 }
 
-// dbeta[c] += sum dz, dgamma[c] += sum dz * xh of every group of channel c, in group order, from
-// the runs' partial sums (2 floats per (pair, run)); one warp per channel.
 extern "C" __global__ void __launch_bounds__(32)
     batchnorm_bwd_pairs_f32(const float* __restrict__ partial, const float* __restrict__ gamma,
                             const float* __restrict__ beta, const float* __restrict__ save_mean,
@@ -694,6 +692,8 @@ extern "C" __global__ void __launch_bounds__(32)
     bn_bwd_pairs(partial, gamma, beta, save_mean, save_invstd, dgamma, dbeta, pairs, per, C, hw, ghost, chunks);
 }
 
+// dbeta[c] += sum dz, dgamma[c] += sum dz * xh of every group of channel c, in group order, from
+// the runs' partial sums (2 floats per (pair, run)); one warp per channel.
 extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ partial, float* __restrict__ dgamma,
                                                     float* __restrict__ dbeta, int C, int ghost, int chunks) {
     int c = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;

@@ -141,19 +141,6 @@ impl Conv2d {
         done
     }
 
-    /// As [`Conv2d::backward`] with the input gradient added onto `dx` (the gradient a residual
-    /// branch already left there) instead of written to [`Conv2d::dx`]: one pass over it fewer
-    /// than a separate add.
-    pub fn backward_add(
-        &mut self,
-        be: &dyn Backend,
-        x: &Buf,
-        dy: &Buf,
-        dx: &mut Buf,
-    ) -> Result<()> {
-        self.backward_into(be, x, dy, Some(dx), true, false)
-    }
-
     /// `weight.grad += dW` from the forward's input and `dy`, and the input gradient into (or,
     /// `add`, onto) `dx` when given: one backend op, which may share work between the passes.
     fn backward_into(
@@ -348,7 +335,9 @@ impl ConvBn {
         self.bn.backward_layout(be, &self.conv.y, dy, nhwc)
     }
 
-    /// As [`ConvBn::backward`], the input gradient added onto `dx` ([`Conv2d::backward_add`]).
+    /// As [`ConvBn::backward`], the convolution's input gradient added onto `dx` (the gradient a
+    /// residual branch already left there) instead of written to [`Conv2d::dx`]: one pass over
+    /// it fewer than a separate add.
     pub fn backward_add(
         &mut self,
         be: &dyn Backend,

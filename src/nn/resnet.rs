@@ -98,8 +98,8 @@ impl Bottleneck {
         // bn1's output feeds conv2 alone: channels-last where the backend's conv2 reads it so
         // (the transposes before conv2's forward and its weight gradient are then gone).
         let s1 = self.c1.conv.shape_for(n, h, w)?;
-        let s2 = self.c2.conv.shape_for(n, s1.oh, s1.ow)?.nhwc_input(true);
-        let nhwc = train && be.conv_reads_nhwc(&s2, x.dtype());
+        let s2 = self.c2.conv.shape_for(n, s1.oh, s1.ow)?;
+        let nhwc = be.conv_reads_nhwc(&s2, x.dtype());
         let (h1, w1) = self.c1.forward_layout(
             be,
             x,
