@@ -536,11 +536,7 @@ impl CudaBackend {
                 s,
                 pairs * stats.runs * 3 * 4 + bn_channel_bytes(s) + pairs * 8,
             ));
-        let cfg = Launch {
-            grid: (pairs as u32, 1, 1),
-            block: (32, 1, 1),
-            smem: 0,
-        };
+        let cfg = Launch::linear(pairs as u32, 32);
         // SAFETY: arguments match batchnorm_fwd_train_save_<dtype>(x, gamma, beta, running_mean,
         // running_var, save_mean, save_invstd, partial, runs, shifted, affine, per, C, hw, eps,
         // momentum); the shape was checked: x holds n*C*hw, gamma, beta and the running
@@ -548,22 +544,7 @@ impl CudaBackend {
         // partials of 3 floats per pair (the callers wrote them), and a float2 per pair at
         // affine_at (the callers' scratch, 8-byte aligned); one 32-thread block per pair.
         unsafe { self.launch(&format!("batchnorm_fwd_train_save_{dtype}"), cfg, args)? };
-        let tile = 128 / dtype.size();
-        if s.n > 65535 {
-            bail!(
-                "batchnorm: a channels-last y of {} images is more than a grid takes (65535)",
-                s.n
-            );
-        }
-        let cfg = Launch {
-            grid: (
-                s.hw.div_ceil(tile) as u32,
-                s.c.div_ceil(tile) as u32,
-                s.n as u32,
-            ),
-            block: (256, 1, 1),
-            smem: 0,
-        };
+        let cfg = nhwc_tiles(s, dtype)?;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
         let args = Args::new()
             .ptr(x.dev()?)
@@ -619,33 +600,14 @@ impl CudaBackend {
                 s,
                 pairs * sums.runs * 2 * 4 + bn_channel_bytes(s) + pairs * BN_BWD_PAIR_BYTES,
             ));
-        let cfg = Launch {
-            grid: (pairs as u32, 1, 1),
-            block: (32, 1, 1),
-            smem: 0,
-        };
+        let cfg = Launch::linear(pairs as u32, 32);
         // SAFETY: arguments match batchnorm_bwd_pairs_f32(partial, gamma, beta, save_mean,
         // save_invstd, dgamma, dbeta, pairs, per, C, hw, ghost, chunks); the shape was checked:
         // gamma, beta and the parameter gradients hold C, the saved statistics ghost*C, ghost
         // divides n; partial holds `runs` sums of 2 floats per pair (the reduce pass wrote
         // them) and 7 floats per pair at affine_at (4-byte aligned); a 32-thread block a pair.
         unsafe { self.launch("batchnorm_bwd_pairs_f32", cfg, args)? };
-        let tile = 128 / dtype.size();
-        if s.n > 65535 {
-            bail!(
-                "batchnorm: a channels-last dx of {} images is more than a grid takes (65535)",
-                s.n
-            );
-        }
-        let cfg = Launch {
-            grid: (
-                s.hw.div_ceil(tile) as u32,
-                s.c.div_ceil(tile) as u32,
-                s.n as u32,
-            ),
-            block: (256, 1, 1),
-            smem: 0,
-        };
+        let cfg = nhwc_tiles(s, dtype)?;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
         let args = Args::new()
             .ptr(x.dev()?)
@@ -763,6 +725,27 @@ fn bn_chunks(pairs: usize, vectors: usize, slots: &[usize]) -> usize {
 
 /// Vectors a BatchNorm block takes at least: four per thread.
 const BN_MIN_VECTORS: usize = 4 * BN_THREADS as usize;
+
+/// A channels-last BatchNorm pass's grid (kernels/nhwc.cuh): a block per tile of 128-byte rows
+/// (64 bf16 or 32 f32 channels and pixels) of an image.
+fn nhwc_tiles(s: &BatchNorm, dtype: DType) -> Result<Launch> {
+    if s.n > 65535 {
+        bail!(
+            "batchnorm: {} images are more than a channels-last pass's grid takes (65535); use a smaller batch",
+            s.n
+        );
+    }
+    let tile = 128 / dtype.size();
+    Ok(Launch {
+        grid: (
+            s.hw.div_ceil(tile) as u32,
+            s.c.div_ceil(tile) as u32,
+            s.n as u32,
+        ),
+        block: (256, 1, 1),
+        smem: 0,
+    })
+}
 
 /// Bytes of a pair's backward map (`BnBwdPair` in kernels/norm.cu: 7 floats).
 const BN_BWD_PAIR_BYTES: usize = 7 * 4;
