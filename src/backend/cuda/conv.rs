@@ -370,7 +370,7 @@ impl ConvOps for CudaBackend {
     }
 
     fn conv2d_fwd(&self, x: &Buf, w: &Buf, y: &mut Buf, s: Checked<Conv>) -> Result<()> {
-        self.input(x, &s)?;
+        let input = self.input(x, &s)?;
         let (path, total) = (self.path(&s, x.dtype())?, s.sizes().2);
         if total == 0 {
             return Ok(());
@@ -381,7 +381,7 @@ impl ConvOps for CudaBackend {
         )?;
         let (kernel, cfg) = match path {
             Path::OneByOne => return self.conv1x1(x, w, y, &s, "fwd", false, None),
-            Path::Nhwc => return self.conv_nhwc(self.input(x, &s)?, w, y, &s, "fwd", false, None),
+            Path::Nhwc => return self.conv_nhwc(input, w, y, &s, "fwd", false, None),
             Path::Gemm => (
                 Op::Conv2dFwd.kernel(x.dtype()),
                 gemm_launch(x.dtype(), s.c_out, s.n * s.oh * s.ow, 1),

@@ -266,13 +266,7 @@ impl NormOps for CudaBackend {
             // 16-byte vector of y (checked above) and vec is that width.
             unsafe { self.launch(&reduce_kernel, split.launch(), args)? };
             if s.dx_nhwc {
-                let sums = BnStats {
-                    partial,
-                    at: 0,
-                    runs: split.chunks,
-                    shifted: false,
-                    affine_at: pairs_at,
-                };
+                let sums = (partial, split.chunks, pairs_at);
                 return self.bn_bwd_nhwc(x, dy, (gamma, beta), saved, dx, dparams, &s, sums);
             }
             // x and the gradient (dy, or dz) read again; dx written.
@@ -421,7 +415,7 @@ pub(super) struct BnStats<'a> {
     pub runs: usize,
     pub shifted: bool,
     /// Byte offset in `partial` of room for a float2 per pair (8-byte aligned): the affine maps
-    /// a channels-last apply pass writes and reads ([`CudaBackend::bn_train_apply`]).
+    /// a channels-last apply pass writes and then reads ([`CudaBackend::bn_train_apply`]).
     pub affine_at: usize,
 }
 
@@ -563,10 +557,11 @@ impl CudaBackend {
     }
 
     /// The backward's second pass into a channels-last dx (`s.dx_nhwc`, no residual: checked by
-    /// the caller), from the reduce pass's `sums` (2 floats per pair and run; room for 7 floats
-    /// per pair at `affine_at`): `batchnorm_bwd_pairs_f32` (a warp a pair: the pair's map, the
-    /// parameter gradients), then `batchnorm_bwd_nhwc_<dtype>` reads x and dy through 64 x 64
-    /// tiles (32 x 32 in f32) and writes dx channels-last.
+    /// the caller), from the reduce pass's `sums` (2 floats per pair and each of its `runs`; room
+    /// for 7 floats per pair at byte `pairs_at` of the same scratch): `batchnorm_bwd_pairs_f32`
+    /// (a warp a pair: the pair's map, the parameter gradients), then
+    /// `batchnorm_bwd_nhwc_<dtype>` reads x and dy through 64 x 64 tiles (32 x 32 in f32) and
+    /// writes dx channels-last.
     #[allow(clippy::too_many_arguments)]
     fn bn_bwd_nhwc(
         &self,
@@ -577,42 +572,42 @@ impl CudaBackend {
         dx: &mut Buf,
         dparams: (&mut Buf, &mut Buf),
         s: &BatchNorm,
-        sums: BnStats,
+        (sums, runs, pairs_at): (&DevMem, usize, usize),
     ) -> Result<()> {
         let (_, c, hw) = bn_sizes(s)?;
         let dtype = x.dtype();
         let (per, pairs) = (s.n / s.ghost, s.ghost * s.c);
         let args = Args::new()
-            .ptr_at(sums.partial, sums.at)
+            .ptr(sums)
             .ptr(gamma.dev()?)
             .ptr(beta.dev()?)
             .ptr(saved.0.dev()?)
             .ptr(saved.1.dev()?)
             .ptr(dparams.0.dev_mut()?)
             .ptr(dparams.1.dev_mut()?)
-            .ptr_at(sums.partial, sums.affine_at)
+            .ptr_at(sums, pairs_at)
             .i32(per as i32)
             .i32(c)
             .i32(hw)
             .i32(s.ghost as i32)
-            .i32(sums.runs as i32)
+            .i32(runs as i32)
             .work(bn_traffic(
                 s,
-                pairs * sums.runs * 2 * 4 + bn_channel_bytes(s) + pairs * BN_BWD_PAIR_BYTES,
+                pairs * runs * 2 * 4 + bn_channel_bytes(s) + pairs * BN_BWD_PAIR_BYTES,
             ));
         let cfg = Launch::linear(pairs as u32, 32);
         // SAFETY: arguments match batchnorm_bwd_pairs_f32(partial, gamma, beta, save_mean,
         // save_invstd, dgamma, dbeta, pairs, per, C, hw, ghost, chunks); the shape was checked:
         // gamma, beta and the parameter gradients hold C, the saved statistics ghost*C, ghost
         // divides n; partial holds `runs` sums of 2 floats per pair (the reduce pass wrote
-        // them) and 7 floats per pair at affine_at (4-byte aligned); a 32-thread block a pair.
+        // them) and 7 floats per pair at pairs_at (4-byte aligned); a 32-thread block a pair.
         unsafe { self.launch("batchnorm_bwd_pairs_f32", cfg, args)? };
         let cfg = nhwc_tiles(s, dtype)?;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(dy.dev()?)
-            .ptr_at(sums.partial, sums.affine_at)
+            .ptr_at(sums, pairs_at)
             .ptr(dx.dev_mut()?)
             .i32(per as i32)
             .i32(c)
