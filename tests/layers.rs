@@ -1595,20 +1595,23 @@ fn kernel_cast_matches_cpu_exactly() {
     assert!(format!("{:#}", wrong.unwrap_err()).contains("not a cast between f32 and bf16"));
 }
 
-/// (n, c, h, w, c_out, stride, ghost) of a BatchNorm of `n x c x h x w` whose output feeds a 3x3
-/// convolution to `c_out` channels alone: 35 pixels (the tiles' 2-byte path, a partial tile),
-/// 72 pixels (16-byte path, a second pixel tile) with 72 channels (a partial second channel tile)
-/// in 2 statistics groups, a stride-2 convolution (its data gradient by phases), 4 groups.
-const NHWC_CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
-    (2, 8, 5, 7, 16, 1, 1),
-    (4, 72, 9, 8, 8, 1, 2),
-    (4, 16, 8, 8, 24, 2, 4),
+/// (n, c, h, w, c_out, stride, ghost, residual) of a BatchNorm of `n x c x h x w` whose output
+/// feeds a 3x3 convolution to `c_out` channels alone, and whether the BatchNorm after that
+/// convolution adds a residual: 35 pixels (the tiles' 2-byte path, a partial tile), 72 pixels
+/// (16-byte path, a second pixel tile) with 72 channels (a partial second channel tile) in 2
+/// statistics groups and a residual, a stride-2 convolution (its data gradient by phases), 4
+/// groups.
+type NhwcCase = (usize, usize, usize, usize, usize, usize, usize, bool);
+const NHWC_CASES: &[NhwcCase] = &[
+    (2, 8, 5, 7, 16, 1, 1, false),
+    (4, 72, 9, 8, 8, 1, 2, true),
+    (4, 16, 8, 8, 24, 2, 4, false),
 ];
 
 /// BatchNorm (ReLU) writing its output channels-last for the convolution after it, which reads
 /// it so (`BatchNorm::y_nhwc`, `Conv::x_nhwc`), and the BatchNorm after that convolution writing
-/// its backward's dx channels-last, the convolution's dy (`BatchNorm::dx_nhwc`, `Conv::dy_nhwc`):
-/// on the GPU bit for bit what the NCHW ops give (the first BatchNorm's statistics from a 1x1
+/// its backward's dx channels-last, the convolution's dy (`BatchNorm::dx_nhwc`, `Conv::dy_nhwc`;
+/// with a residual added in one case, whose gradient stays NCHW): on the GPU bit for bit what the NCHW ops give (the first BatchNorm's statistics from a 1x1
 /// convolution's epilogue as in a ResNet block, and from its own pass; the convolution's
 /// forward, forward with BatchNorm, backward in one op and pass by pass; both BatchNorms'
 /// backward); and the CPU twin, which transposes, agrees.
@@ -1626,9 +1629,9 @@ fn kernel_channels_last_batchnorm_output_feeds_its_convolution() {
         (DType::F32, &tf32_dev, 6e-2),
     ] {
         for &case in NHWC_CASES {
-            let (n, c, h, w, c_out, stride, ghost) = case;
+            let (n, c, h, w, c_out, stride, ghost, residual) = case;
             let what = format!(
-                "{dt} batchnorm {n}x{c}x{h}x{w} ({ghost} groups) -> 3x3/{stride} to {c_out}"
+                "{dt} batchnorm {n}x{c}x{h}x{w} ({ghost} groups) -> 3x3/{stride} to {c_out} (residual: {residual})"
             );
             let s2 = Conv::new(n, c, h, w, c_out, 3, stride, Padding::Sym(1), 1).unwrap();
             let be: &dyn Backend = dev;
@@ -1660,13 +1663,14 @@ fn kernel_channels_last_batchnorm_output_feeds_its_convolution() {
 
 /// A 1x1 convolution with training BatchNorm (ReLU) in one op and the same BatchNorm alone on
 /// its output, each writing y channels-last when `nhwc`, then a 3x3 convolution of y (forward,
-/// forward with training BatchNorm), the backward of that BatchNorm (dx channels-last when
-/// `nhwc`), the 3x3's backward from it, and the first BatchNorm's backward of its data
-/// gradient: every output, the channels-last ones downloaded as NCHW.
+/// forward with training BatchNorm, a residual added where the case has one), the backward of
+/// that BatchNorm (dx channels-last when `nhwc`, the residual's gradient NCHW), the 3x3's
+/// backward from it, and the first BatchNorm's backward of its data gradient: every output, the
+/// channels-last ones downloaded as NCHW.
 fn channels_last_chain(
     be: &dyn Backend,
     dt: DType,
-    (n, c, h, w, c_out, stride, ghost): (usize, usize, usize, usize, usize, usize, usize),
+    (n, c, h, w, c_out, stride, ghost, residual): NhwcCase,
     nhwc: bool,
 ) -> anyhow::Result<Outputs> {
     let s1 = Conv::new(n, 8, h, w, c, 1, 1, Padding::Sym(0), 1)?;
@@ -1758,14 +1762,20 @@ fn channels_last_chain(
         saved: (&mut sm2, &mut si2),
         mask: None,
     };
-    if !be.conv2d_fwd_bn_train(&y, &w2, &mut z3, bn2, None, &mut y3, s2, b2s)? {
+    let res = match residual {
+        true => Some(upload_as(be, &rng.vec_f32(lz, -1.0, 1.0), dt)?),
+        false => None,
+    };
+    if !be.conv2d_fwd_bn_train(&y, &w2, &mut z3, bn2, res.as_ref(), &mut y3, s2, b2s)? {
         be.conv2d_fwd(&y, &w2, &mut z3, s2)?;
         let (running, saved) = ((&mut rm2, &mut rv2), (&mut sm2, &mut si2));
-        be.batchnorm_fwd_train(&z3, &g2, &b2, running, saved, None, &mut y3, None, b2s)?;
+        let res = res.as_ref();
+        be.batchnorm_fwd_train(&z3, &g2, &b2, running, saved, res, &mut y3, None, b2s)?;
     }
     // The 3x3's dy from its BatchNorm's backward, channels-last when `nhwc` (dx_nhwc, dy_nhwc).
     let dy3 = upload_as(be, &rng.vec_f32(lz, -1.0, 1.0), dt)?;
     let mut dy2 = poisoned_as(be, lz, dt);
+    let mut dres = residual.then(|| poisoned_as(be, lz, dt));
     let (mut dg2, mut db2) = (
         be.upload(&vec![0.25; c_out])?,
         be.upload(&vec![-0.5; c_out])?,
@@ -1782,7 +1792,7 @@ fn channels_last_chain(
         (&sm2, &si2),
         None,
         &mut dy2,
-        None,
+        dres.as_mut(),
         (&mut dg2, &mut db2),
         b2_back,
     )?;
@@ -1853,6 +1863,9 @@ fn channels_last_chain(
         ("batchnorm dbeta", &db),
     ] {
         out.push((name.to_string(), download_f32(be, b)?));
+    }
+    if let Some(dres) = &dres {
+        out.push(("conv batchnorm dres".into(), download_f32(be, dres)?));
     }
     Ok(out)
 }

@@ -40,7 +40,8 @@ impl L2Norm {
 /// ([`ConvOps::reads_nhwc`](super::ConvOps::reads_nhwc)); `dx_nhwc`: the backward writes dx so,
 /// for the convolution before it, whose backward reads its dy so
 /// ([`ConvOps::reads_dy_nhwc`](super::ConvOps::reads_dy_nhwc)). Both for training with batch
-/// statistics and no residual only; every other tensor stays NCHW.
+/// statistics only, y without a residual; every other tensor (the residual's gradient too) stays
+/// NCHW.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNorm {
     pub n: usize,
@@ -110,12 +111,14 @@ impl BatchNorm {
         Ok(s)
     }
 
-    /// A channels-last y or dx is for training with batch statistics without a residual.
+    /// A channels-last y or dx is for training with batch statistics, y without a residual (the
+    /// residual's tensors stay NCHW; a BatchNorm's y with one also feeds the next block's sum).
     pub(crate) fn check_layout(&self, residual: bool, batch_stats: bool) -> Result<()> {
-        if (self.y_nhwc || self.dx_nhwc) && (residual || !batch_stats) {
-            bail!(
-                "{self:?}: a channels-last y or dx is for training with batch statistics and no residual only"
-            );
+        if (self.y_nhwc || self.dx_nhwc) && !batch_stats {
+            bail!("{self:?}: a channels-last y or dx is for training with batch statistics only");
+        }
+        if self.y_nhwc && residual {
+            bail!("{self:?}: a channels-last y is for a BatchNorm without a residual only");
         }
         Ok(())
     }

@@ -267,8 +267,9 @@ impl BatchNorm2d {
     }
 
     /// [`BatchNorm2d::backward`], dx written channels-last (`n x hw x c`) when `nhwc` is asked
-    /// and the last forward was a training one with batch statistics and no residual (for a
-    /// convolution before it whose backward reads its dy so); returns whether it was.
+    /// and the last forward was a training one with batch statistics (for a convolution before it
+    /// whose backward reads its dy so; the residual's gradient stays NCHW); returns whether it
+    /// was.
     pub fn backward_layout(
         &mut self,
         be: &dyn Backend,
@@ -281,7 +282,7 @@ impl BatchNorm2d {
             .shape
             .ok_or_else(|| anyhow!("backward of {name} before its forward"))?;
         let s = BatchNorm {
-            dx_nhwc: nhwc && self.batch_stats && !self.residual,
+            dx_nhwc: nhwc && self.batch_stats,
             ..s
         };
         if !self.trained {

@@ -95,26 +95,20 @@ impl Bottleneck {
         train: bool,
     ) -> Result<(usize, usize)> {
         self.in_dims = (n, h, w);
-        // bn1's output feeds conv2 alone: channels-last where the backend's conv2 reads it so
-        // (the transposes before conv2's forward and its weight gradient are then gone).
+        // bn1's output feeds conv2 alone, bn2's conv3 alone: each channels-last where the
+        // backend's convolution reads it so (the transposes before that convolution's forward
+        // and its weight gradient are then gone; conv3 reads so where its maps are 14 x 14 or
+        // 7 x 7, whose pixels are not in 16-byte runs).
         let s1 = self.c1.conv.shape_for(n, h, w)?;
         let s2 = self.c2.conv.shape_for(n, s1.oh, s1.ow)?;
-        let nhwc = be.conv_reads_nhwc(&s2, x.dtype());
-        let (h1, w1) = self.c1.forward_layout(
-            be,
-            x,
-            None,
-            (n, h, w),
-            train,
-            Layout {
-                x_nhwc: false,
-                y_nhwc: nhwc,
-            },
-        )?;
-        let x2 = Layout {
-            x_nhwc: self.c1.bn.y_nhwc(),
-            y_nhwc: false,
-        };
+        let s3 = self.c3.conv.shape_for(n, s2.oh, s2.ow)?;
+        let dt = x.dtype();
+        let (y1, y2) = (be.conv_reads_nhwc(&s2, dt), be.conv_reads_nhwc(&s3, dt));
+        let layout = |x_nhwc, y_nhwc| Layout { x_nhwc, y_nhwc };
+        let (h1, w1) = self
+            .c1
+            .forward_layout(be, x, None, (n, h, w), train, layout(false, y1))?;
+        let x2 = layout(self.c1.bn.y_nhwc(), y2);
         let (h2, w2) = self
             .c2
             .forward_layout(be, &self.c1.bn.y, None, (n, h1, w1), train, x2)?;
@@ -125,8 +119,9 @@ impl Bottleneck {
             }
             None => x,
         };
+        let x3 = layout(self.c2.bn.y_nhwc(), false);
         self.c3
-            .forward_add(be, &self.c2.bn.y, Some(identity), (n, h2, w2), train)
+            .forward_layout(be, &self.c2.bn.y, Some(identity), (n, h2, w2), train, x3)
     }
 
     /// Eval-mode forward of `x` into `out` through `s`'s scratch maps.

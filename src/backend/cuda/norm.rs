@@ -267,7 +267,8 @@ impl NormOps for CudaBackend {
             unsafe { self.launch(&reduce_kernel, split.launch(), args)? };
             if s.dx_nhwc {
                 let sums = (partial, split.chunks, pairs_at);
-                return self.bn_bwd_nhwc(x, dy, (gamma, beta), saved, dx, dparams, &s, sums);
+                let grad = (grad, act);
+                return self.bn_bwd_nhwc(x, grad, (gamma, beta), saved, dx, dparams, &s, sums);
             }
             // x and the gradient (dy, or dz) read again; dx written.
             let args = Args::new()
@@ -556,17 +557,18 @@ impl CudaBackend {
         unsafe { self.launch(&format!("batchnorm_fwd_train_nhwc_{dtype}"), cfg, args) }
     }
 
-    /// The backward's second pass into a channels-last dx (`s.dx_nhwc`, no residual: checked by
-    /// the caller), from the reduce pass's `sums` (2 floats per pair and each of its `runs`; room
-    /// for 7 floats per pair at byte `pairs_at` of the same scratch): `batchnorm_bwd_pairs_f32`
-    /// (a warp a pair: the pair's map, the parameter gradients), then
-    /// `batchnorm_bwd_nhwc_<dtype>` reads x and dy through 64 x 64 tiles (32 x 32 in f32) and
-    /// writes dx channels-last.
+    /// The backward's second pass into a channels-last dx (`s.dx_nhwc`), from the reduce pass's
+    /// `sums` (2 floats per pair and each of its `runs`; room for 7 floats per pair at byte
+    /// `pairs_at` of the same scratch): `batchnorm_bwd_pairs_f32` (a warp a pair: the pair's map,
+    /// the parameter gradients), then `batchnorm_bwd_nhwc_<dtype>` reads x and `grad` through 64 x
+    /// 64 tiles (32 x 32 in f32) and writes dx channels-last. `grad` and `act` are the second
+    /// pass's, as for `batchnorm_bwd_<dtype>`: dy and the layer's activation, or after a residual
+    /// the dz the reduce pass wrote and none.
     #[allow(clippy::too_many_arguments)]
     fn bn_bwd_nhwc(
         &self,
         x: &Buf,
-        dy: &Buf,
+        (grad, act): (&DevMem, Act),
         (gamma, beta): (&Buf, &Buf),
         saved: (&Buf, &Buf),
         dx: &mut Buf,
@@ -606,16 +608,16 @@ impl CudaBackend {
         let act_bytes = s.n * s.c * s.hw * dtype.size();
         let args = Args::new()
             .ptr(x.dev()?)
-            .ptr(dy.dev()?)
+            .ptr(grad)
             .ptr_at(sums, pairs_at)
             .ptr(dx.dev_mut()?)
             .i32(per as i32)
             .i32(c)
             .i32(hw)
-            .i32(s.act.code())
+            .i32(act.code())
             .work(bn_traffic(s, 3 * act_bytes + pairs * BN_BWD_PAIR_BYTES));
         // SAFETY: arguments match batchnorm_bwd_nhwc_<dtype>(x, dy, pairs, dx, per, C, hw, act);
-        // the shape was checked: x, dy and dx hold n*C*hw (dx as n x hw x C), the pairs' maps
+        // the shape was checked: x, grad (dy, or dz written by the reduce pass) and dx hold n*C*hw (dx as n x hw x C), the pairs' maps
         // ghost*C x 7 floats (written just above), per = n / ghost; tiles of 128 bytes a row over
         // (hw, C, n), n within the grid's z.
         unsafe { self.launch(&format!("batchnorm_bwd_nhwc_{dtype}"), cfg, args) }
