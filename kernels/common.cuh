@@ -42,6 +42,24 @@ __device__ __forceinline__ float pow_fast_int(float x, float p) {
 // The activation fused after BatchNorm or applied alone; codes match the Rust enum `Act`.
 enum ActKind { ACT_IDENTITY = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
 
+// Runs the statement with ACT, a compile-time ActKind, equal to `act` (any other code: identity,
+// as act_apply takes it). A loop whose act is a constant keeps only its activation's operations:
+// with a runtime act, BatchNorm's loops paid every activation's compares and selects for every
+// value (batchnorm_bwd_bf16: 290 instructions a vector of 8 values with ReLU, 148 with ACT).
+#define DISPATCH_ACT(act, ...)                     \
+    do {                                           \
+        if ((act) == ACT_RELU) {                   \
+            constexpr int ACT = ACT_RELU;          \
+            __VA_ARGS__;                           \
+        } else if ((act) == ACT_RELU6) {           \
+            constexpr int ACT = ACT_RELU6;         \
+            __VA_ARGS__;                           \
+        } else {                                   \
+            constexpr int ACT = ACT_IDENTITY;      \
+            __VA_ARGS__;                           \
+        }                                          \
+    } while (0)
+
 __device__ __forceinline__ float act_apply(int act, float z) {
     if (act == ACT_RELU) return fmaxf(z, 0.0f);
     if (act == ACT_RELU6) return fminf(fmaxf(z, 0.0f), 6.0f);

@@ -435,9 +435,10 @@ __device__ void bn_fwd_eval(const T* __restrict__ x, const float* __restrict__ g
 }
 
 // Where a backward pass takes act'(y) from: y recomputed from x (no residual), y read, or the
-// forward's mask of it (a residual). One loop per source, chosen once: BatchNorm's passes issue
-// nearly as fast as DRAM feeds them (a warp's vector of bf16 x and dy, 1 KB, is ~56 cycles of an
-// H200 SM's share of DRAM; the reduce loop's longest path, 190 instructions, ~48 of issue).
+// forward's mask of it (a residual). One loop per source, chosen once, as the activation is
+// (DISPATCH_ACT): a warp's vector of bf16 x and dy, 1 KB, is ~56 cycles of an H200 SM's share of
+// DRAM, and the reduce loop that recomputes y with ReLU issues 161 instructions, ~40 cycles (311,
+// ~78, with the activation a runtime argument).
 enum class ActFrom { recompute, y, mask };
 template <ActFrom F>
 struct From {};
@@ -721,10 +722,10 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
         float* __restrict__ save_invstd, const float* __restrict__ partial, int runs, int shifted,               \
         const T* __restrict__ res, T* __restrict__ y, unsigned char* __restrict__ mask, int per, int C, int hw,  \
         int chunks, int vec, float eps, float momentum, int act) {                                               \
-        DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_fwd_train<T, VEC>(x, gamma, beta, running_mean, running_var, save_mean, save_invstd,     \
-                                          partial, runs, shifted, res, y, mask, per, C, hw, chunks, eps,         \
-                                          momentum, act));                                                       \
+        DISPATCH_ACT(act, DISPATCH_VEC(T, vec,                                                                   \
+                                       bn_fwd_train<T, VEC>(x, gamma, beta, running_mean, running_var,           \
+                                                            save_mean, save_invstd, partial, runs, shifted, res, \
+                                                            y, mask, per, C, hw, chunks, eps, momentum, ACT)));  \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(32) batchnorm_fwd_train_save_##SUFFIX(                       \
         const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \
@@ -737,25 +738,26 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
     extern "C" __global__ void __launch_bounds__(256) batchnorm_fwd_train_nhwc_##SUFFIX(                         \
         const T* __restrict__ x, const BnAffine* __restrict__ affine, T* __restrict__ y, int per, int C, int hw, \
         int act) {                                                                                               \
-        nhwc_tile_##SUFFIX(x, y, C, hw, 1, C, BnApplyMap{affine + (size_t)(blockIdx.z / per) * C, act});         \
+        DISPATCH_ACT(act,                                                                                        \
+                     nhwc_tile_##SUFFIX(x, y, C, hw, 1, C, BnApplyMap{affine + (size_t)(blockIdx.z / per) * C, ACT})); \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_fwd_eval_##SUFFIX(                                                      \
         const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \
         const float* __restrict__ running_mean, const float* __restrict__ running_var,                           \
         const T* __restrict__ res, T* __restrict__ y, int n, int C, int hw, int chunks, int vec, float eps,      \
         int act) {                                                                                               \
-        DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_fwd_eval<T, VEC>(x, gamma, beta, running_mean, running_var, res, y, n, C, hw, chunks,    \
-                                         eps, act));                                                             \
+        DISPATCH_ACT(act, DISPATCH_VEC(T, vec,                                                                   \
+                                       bn_fwd_eval<T, VEC>(x, gamma, beta, running_mean, running_var, res, y, n, \
+                                                           C, hw, chunks, eps, ACT)));                           \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_reduce_##SUFFIX(                                                    \
         const T* __restrict__ x, const T* __restrict__ y, const unsigned char* __restrict__ mask,                \
         const T* __restrict__ dy, const float* __restrict__ gamma, const float* __restrict__ beta,                \
         const float* __restrict__ save_mean, const float* __restrict__ save_invstd, float* __restrict__ partial, \
         T* __restrict__ dres, int per, int C, int hw, int chunks, int vec, int act) {                            \
-        DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_bwd_reduce<T, VEC>(x, y, mask, dy, gamma, beta, save_mean, save_invstd, partial, dres,   \
-                                           per, C, hw, chunks, act));                                            \
+        DISPATCH_ACT(act, DISPATCH_VEC(T, vec,                                                                   \
+                                       bn_bwd_reduce<T, VEC>(x, y, mask, dy, gamma, beta, save_mean, save_invstd, \
+                                                             partial, dres, per, C, hw, chunks, ACT)));          \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_##SUFFIX(                                                           \
         const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,                      \
@@ -763,23 +765,24 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
         const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,            \
         float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw, int ghost, int chunks,    \
         int vec, int act) {                                                                                      \
-        DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_bwd<T, VEC>(x, dy, gamma, beta, save_mean, save_invstd, partial, dx, dgamma, dbeta,      \
-                                    per, C, hw, ghost, chunks, act));                                            \
+        DISPATCH_ACT(act, DISPATCH_VEC(T, vec,                                                                   \
+                                       bn_bwd<T, VEC>(x, dy, gamma, beta, save_mean, save_invstd, partial, dx,   \
+                                                      dgamma, dbeta, per, C, hw, ghost, chunks, ACT)));          \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256) batchnorm_bwd_nhwc_##SUFFIX(                               \
         const T* __restrict__ x, const T* __restrict__ dy, const BnBwdPair* __restrict__ pairs,                  \
         T* __restrict__ dx, int per, int C, int hw, int act) {                                                   \
-        nhwc_tile_##SUFFIX(x, dx, C, hw, 1, C, BnBwdMap<T>{pairs + (size_t)(blockIdx.z / per) * C, act}, dy);    \
+        DISPATCH_ACT(act, nhwc_tile_##SUFFIX(x, dx, C, hw, 1, C,                                                 \
+                                             BnBwdMap<T>{pairs + (size_t)(blockIdx.z / per) * C, ACT}, dy));     \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_bwd_eval_##SUFFIX(                                                      \
         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,                              \
         const float* __restrict__ gamma, const float* __restrict__ running_mean,                                 \
         const float* __restrict__ running_var, float* __restrict__ partial, T* __restrict__ dx,                  \
         T* __restrict__ dres, int n, int C, int hw, int chunks, int vec, float eps, int act) {                   \
-        DISPATCH_VEC(T, vec,                                                                                     \
-                     bn_bwd_eval<T, VEC>(x, y, dy, gamma, running_mean, running_var, partial, dx, dres, n, C,    \
-                                         hw, chunks, eps, act));                                                 \
+        DISPATCH_ACT(act, DISPATCH_VEC(T, vec,                                                                   \
+                                       bn_bwd_eval<T, VEC>(x, y, dy, gamma, running_mean, running_var, partial,  \
+                                                           dx, dres, n, C, hw, chunks, eps, ACT)));              \
     }
 
 BATCHNORM_ENTRY_POINTS(float, f32)
