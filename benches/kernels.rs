@@ -23,8 +23,8 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use insclr::backend::cuda::DeviceInfo;
 use insclr::backend::{
-    Act, Backend, BatchNorm, BatchSelect, Buf, Contrastive, Conv, CopyRows, CudaBackend, DType,
-    Gem, ImageToTensor, Knn, L2Norm, MatMul, MaxPool, MiningScore, OptimStep, Padding, TopK,
+    Act, ActMask, Backend, BatchNorm, BatchSelect, Buf, Contrastive, Conv, CopyRows, CudaBackend,
+    DType, Gem, ImageToTensor, Knn, L2Norm, MatMul, MaxPool, MiningScore, OptimStep, Padding, TopK,
 };
 use insclr::rng::Rng;
 use std::sync::{Mutex, OnceLock};
@@ -871,88 +871,14 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
         let (ch, hw) = (256, 56 * 56);
         let len = batch * ch * hw;
         let label = format!("{batch}x{ch}x56x56");
+        batchnorm_benches(&mut group, be, record, &mut rng, (batch, ch, hw), &label);
         let x = filled(be, &mut rng, len, DType::F32);
         let dy = filled(be, &mut rng, len, DType::F32);
         let (mut y, mut dx) = (
             be.zeros(DType::F32, len).unwrap(),
             be.zeros(DType::F32, len).unwrap(),
         );
-        let gamma = filled(be, &mut rng, ch, DType::F32);
-        let beta = filled(be, &mut rng, ch, DType::F32);
-        let (mut rm, mut rv) = (
-            be.zeros(DType::F32, ch).unwrap(),
-            be.upload(&vec![1.0f32; ch]).unwrap(),
-        );
-        let (mut sm, mut si) = (
-            be.zeros(DType::F32, ch).unwrap(),
-            be.zeros(DType::F32, ch).unwrap(),
-        );
-        let (mut dg, mut db) = (
-            be.zeros(DType::F32, ch).unwrap(),
-            be.zeros(DType::F32, ch).unwrap(),
-        );
-        let bn = BatchNorm::new(batch, ch, hw, 1e-5, Act::Relu);
         let t = 4.0 * len as f64;
-        measure(
-            &mut group,
-            be,
-            record,
-            "batchnorm_fwd_train_f32",
-            label.clone(),
-            3.0 * t,
-            0.0,
-            || {
-                be.batchnorm_fwd_train(
-                    &x,
-                    &gamma,
-                    &beta,
-                    (&mut rm, &mut rv),
-                    (&mut sm, &mut si),
-                    None,
-                    &mut y,
-                    None,
-                    bn,
-                )
-                .unwrap()
-            },
-        );
-        measure(
-            &mut group,
-            be,
-            record,
-            "batchnorm_fwd_eval_f32",
-            label.clone(),
-            2.0 * t,
-            0.0,
-            || {
-                be.batchnorm_fwd_eval(&x, &gamma, &beta, &rm, &rv, None, &mut y, bn)
-                    .unwrap()
-            },
-        );
-        measure(
-            &mut group,
-            be,
-            record,
-            "batchnorm_bwd_f32",
-            label.clone(),
-            6.0 * t,
-            0.0,
-            || {
-                be.batchnorm_bwd(
-                    &x,
-                    &y,
-                    &dy,
-                    (&gamma, &beta),
-                    (&sm, &si),
-                    None,
-                    &mut dx,
-                    None,
-                    (&mut dg, &mut db),
-                    bn,
-                )
-                .unwrap()
-            },
-        );
         measure(
             &mut group,
             be,
@@ -1103,6 +1029,158 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
             be.sum_squares(&g).unwrap();
         });
         group.finish();
+    }
+}
+
+/// BatchNorm's training passes (ReLU) over `batch x ch x hw`, in f32 and bf16: the forward (its
+/// statistics pass, then the apply pass) and the backward (the reduce pass, then dx), as ResNet's
+/// first two BatchNorms of a block run them; in bf16 also y and dx channels-last (for a
+/// channels-last convolution beside them) and with a residual added (a block's last BatchNorm:
+/// y and act'(y) as a bit a value, then dz from that mask). Bytes: each pass's reads and writes of
+/// the activations.
+fn batchnorm_benches(
+    group: &mut Family<'_>,
+    be: &dyn Backend,
+    record: bool,
+    rng: &mut Rng,
+    (batch, ch, hw): (usize, usize, usize),
+    label: &str,
+) {
+    let len = batch * ch * hw;
+    let plain = BatchNorm::new(batch, ch, hw, 1e-5, Act::Relu);
+    for dt in [DType::F32, DType::BF16] {
+        let mut b = BnBench::new(be, rng, dt, len, ch);
+        let t = (dt.size() * len) as f64;
+        let mut run = |name: &str, bytes: f64, f: &mut dyn FnMut()| {
+            measure(
+                group,
+                be,
+                record,
+                &format!("{name}_{dt}"),
+                label.to_string(),
+                bytes,
+                0.0,
+                f,
+            )
+        };
+        run("batchnorm_fwd_train", 3.0 * t, &mut || {
+            b.forward(be, plain, false)
+        });
+        run("batchnorm_fwd_eval", 2.0 * t, &mut || b.eval(be, plain));
+        run("batchnorm_bwd", 5.0 * t, &mut || {
+            b.backward(be, plain, false)
+        });
+        if dt != DType::BF16 {
+            continue;
+        }
+        let y_nhwc = BatchNorm {
+            y_nhwc: true,
+            ..plain
+        };
+        let dx_nhwc = BatchNorm {
+            dx_nhwc: true,
+            ..plain
+        };
+        run("batchnorm_fwd_train_nhwc", 3.0 * t, &mut || {
+            b.forward(be, y_nhwc, false)
+        });
+        run("batchnorm_bwd_nhwc", 5.0 * t, &mut || {
+            b.backward(be, dx_nhwc, false)
+        });
+        // x and the residual read, y written, its mask (a bit a value); then x, the mask and dy
+        // read, dz written, and x, dz read, dx written.
+        let mask = t / 16.0;
+        run("batchnorm_fwd_train_residual", 4.0 * t + mask, &mut || {
+            b.forward(be, plain, true)
+        });
+        run("batchnorm_bwd_residual", 6.0 * t + mask, &mut || {
+            b.backward(be, plain, true)
+        });
+    }
+}
+
+/// The buffers of [`batchnorm_benches`]' passes; the residual, where one is added, is dy's buffer.
+struct BnBench {
+    x: Buf,
+    dy: Buf,
+    y: Buf,
+    dx: Buf,
+    dres: Buf,
+    mask: ActMask,
+    params: [Buf; 8],
+}
+
+impl BnBench {
+    fn new(be: &dyn Backend, rng: &mut Rng, dt: DType, len: usize, ch: usize) -> Self {
+        let act = |be: &dyn Backend| be.zeros(dt, len).unwrap();
+        let chan = |be: &dyn Backend| be.zeros(DType::F32, ch).unwrap();
+        BnBench {
+            x: filled(be, rng, len, dt),
+            dy: filled(be, rng, len, dt),
+            y: act(be),
+            dx: act(be),
+            dres: act(be),
+            mask: ActMask::new(),
+            // gamma, beta, running mean and variance, saved mean and 1/std, dgamma, dbeta
+            params: [
+                filled(be, rng, ch, DType::F32),
+                filled(be, rng, ch, DType::F32),
+                chan(be),
+                be.upload(&vec![1.0f32; ch]).unwrap(),
+                chan(be),
+                chan(be),
+                chan(be),
+                chan(be),
+            ],
+        }
+    }
+
+    fn forward(&mut self, be: &dyn Backend, bn: BatchNorm, residual: bool) {
+        let [gamma, beta, rm, rv, sm, si, ..] = &mut self.params;
+        let (res, mask) = match residual {
+            true => (Some(&self.dy), Some(&mut self.mask)),
+            false => (None, None),
+        };
+        be.batchnorm_fwd_train(
+            &self.x,
+            gamma,
+            beta,
+            (rm, rv),
+            (sm, si),
+            res,
+            &mut self.y,
+            mask,
+            bn,
+        )
+        .unwrap()
+    }
+
+    fn eval(&mut self, be: &dyn Backend, bn: BatchNorm) {
+        let [gamma, beta, rm, rv, ..] = &self.params;
+        be.batchnorm_fwd_eval(&self.x, gamma, beta, rm, rv, None, &mut self.y, bn)
+            .unwrap()
+    }
+
+    fn backward(&mut self, be: &dyn Backend, bn: BatchNorm, residual: bool) {
+        let [gamma, beta, _, _, sm, si, dg, db] = &mut self.params;
+        let (mask, dres) = match residual {
+            true => (Some(&self.mask), Some(&mut self.dres)),
+            false => (None, None),
+        };
+        let (x, y, dy) = (&self.x, &self.y, &self.dy);
+        be.batchnorm_bwd(
+            x,
+            y,
+            dy,
+            (gamma, beta),
+            (sm, si),
+            mask,
+            &mut self.dx,
+            dres,
+            (dg, db),
+            bn,
+        )
+        .unwrap()
     }
 }
 

@@ -117,7 +117,8 @@ kernels_filter() {
   if [ -n "${INSCLR_DEVICE_KERNELS_FILTER:-}" ]; then
     echo "$INSCLR_DEVICE_KERNELS_FILTER"
   elif [ "$profile" = perf ]; then
-    echo 'conv/cuda/(conv2d|sgemm_cublas|gemm_cublas_bf16)_'
+    # The convolutions beside cuDNN / cuBLAS, and BatchNorm's passes against their DRAM floor.
+    echo '(conv/cuda/(conv2d|sgemm_cublas|gemm_cublas_bf16)|layers/cuda/batchnorm)_'
   else
     echo cuda
   fi
@@ -403,7 +404,7 @@ phase_bench() {
   echo >> "$summary"
   if [ "$profile" = perf ]; then
     run_bench bench-kernels "$(kernels_filter)" "$limit" "$(bench_mode)" \
-      INSCLR_BENCH_FAMILIES="${INSCLR_BENCH_FAMILIES:-conv}" \
+      INSCLR_BENCH_FAMILIES="${INSCLR_BENCH_FAMILIES:-conv,layers}" \
       INSCLR_BENCH_CONV_NETS="${INSCLR_BENCH_CONV_NETS:-resnet101,resnet50}"
   else
     run_bench bench-kernels "$(kernels_filter)" "$limit" "$(bench_mode)"

@@ -305,7 +305,7 @@ fn device_runner_goes_on_without_its_tools() {
     // step with its per-kernel breakdown.
     assert!(
         log.contains(
-            "kernels: --bench conv/cuda/(conv2d|sgemm_cublas|gemm_cublas_bf16)_ fast=1 families=conv nets=resnet101,resnet50"
+            "kernels: --bench (conv/cuda/(conv2d|sgemm_cublas|gemm_cublas_bf16)|layers/cuda/batchnorm)_ fast=1 families=conv,layers nets=resnet101,resnet50"
         ),
         "{log}"
     );
