@@ -52,6 +52,11 @@ __device__ void gem_bwd(const T* __restrict__ x, const T* __restrict__ y, const 
 // that cover it (4 for ResNet's 3x3 / stride 2) and recomputes each one's argmax, so there are
 // no atomics, the sum's order is fixed (windows in row-major order, as the CPU twin adds them)
 // and dx is written once with `=`. Both kernels read a window of cached neighbours per output.
+//
+// A block covers a 32 x 8 tile of one map's positions (the outputs forward, the inputs backward)
+// and walks the planes, blockIdx.z and then gridDim.z apart: a thread's position and its windows'
+// bounds are found once, before the walk, and no index in it needs a division (a flat grid-stride
+// index took a 64-bit division per element, and two or three 32-bit ones).
 struct MaxPoolShape {
     int planes, h, w, k, stride, pad, oh, ow;
 };
@@ -62,7 +67,11 @@ __device__ __forceinline__ int window_argmax(const T* __restrict__ plane, int oy
     float best = 0.0f;
     int at = -1;
     int y0 = oy * s.stride - s.pad, x0 = ox * s.stride - s.pad;
+    // Not unrolled: the window is k wide at run time, and an unrolled copy per remainder made the
+    // f32 kernels' code twice as long for ResNet's 3 x 3 windows.
+#pragma unroll 1
     for (int iy = max(y0, 0); iy < min(y0 + s.k, s.h); iy++)
+#pragma unroll 1
         for (int ix = max(x0, 0); ix < min(x0 + s.k, s.w); ix++) {
             float v = load(plane[iy * s.w + ix]);
             bool v_nan = v != v, best_nan = best != best;
@@ -76,31 +85,32 @@ __device__ __forceinline__ int window_argmax(const T* __restrict__ plane, int oy
 
 template <typename T>
 __device__ void maxpool_fwd(const T* __restrict__ x, T* __restrict__ y, MaxPoolShape s) {
-    size_t ohw = (size_t)s.oh * s.ow;
-    GRID_STRIDE(i, (size_t)s.planes * ohw) {
-        size_t p = i / ohw;
-        int o = (int)(i - p * ohw);
-        const T* plane = x + p * s.h * s.w;
-        y[i] = plane[window_argmax(plane, o / s.ow, o % s.ow, s)];
+    const int ox = blockIdx.x * blockDim.x + threadIdx.x, oy = blockIdx.y * blockDim.y + threadIdx.y;
+    if (ox >= s.ow || oy >= s.oh) return;
+    const size_t hw = (size_t)s.h * s.w, ohw = (size_t)s.oh * s.ow;
+    for (int p = blockIdx.z; p < s.planes; p += gridDim.z) {
+        const T* plane = x + p * hw;
+        y[p * ohw + oy * s.ow + ox] = plane[window_argmax(plane, oy, ox, s)];
     }
 }
 
 template <typename T>
 __device__ void maxpool_bwd(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, MaxPoolShape s) {
-    size_t hw = (size_t)s.h * s.w;
-    GRID_STRIDE(i, (size_t)s.planes * hw) {
-        size_t p = i / hw;
-        int at = (int)(i - p * hw), iy = at / s.w, ix = at % s.w;
+    const int ix = blockIdx.x * blockDim.x + threadIdx.x, iy = blockIdx.y * blockDim.y + threadIdx.y;
+    if (ix >= s.w || iy >= s.h) return;
+    const size_t hw = (size_t)s.h * s.w, ohw = (size_t)s.oh * s.ow;
+    const int at = iy * s.w + ix;
+    // Windows covering (iy, ix): oy * stride - pad <= iy <= oy * stride - pad + k - 1.
+    const int oy0 = max(0, (iy + s.pad - s.k + s.stride) / s.stride), oy1 = min(s.oh - 1, (iy + s.pad) / s.stride);
+    const int ox0 = max(0, (ix + s.pad - s.k + s.stride) / s.stride), ox1 = min(s.ow - 1, (ix + s.pad) / s.stride);
+    for (int p = blockIdx.z; p < s.planes; p += gridDim.z) {
         const T* plane = x + p * hw;
-        const T* g = dy + p * s.oh * s.ow;
-        // Windows covering (iy, ix): oy * stride - pad <= iy <= oy * stride - pad + k - 1.
-        int oy0 = max(0, (iy + s.pad - s.k + s.stride) / s.stride), oy1 = min(s.oh - 1, (iy + s.pad) / s.stride);
-        int ox0 = max(0, (ix + s.pad - s.k + s.stride) / s.stride), ox1 = min(s.ow - 1, (ix + s.pad) / s.stride);
+        const T* g = dy + p * ohw;
         float sum = 0.0f;
         for (int oy = oy0; oy <= oy1; oy++)
             for (int ox = ox0; ox <= ox1; ox++)
                 if (window_argmax(plane, oy, ox, s) == at) sum += load(g[oy * s.ow + ox]);
-        dx[i] = store<T>(sum);
+        dx[p * hw + at] = store<T>(sum);
     }
 }
 

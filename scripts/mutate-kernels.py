@@ -509,6 +509,20 @@ MUTANTS = [
     M("pool-maxpool-last-max-wins", "pool",
       "max pool: a tie goes to the last maximum (the gradient to the wrong cell)",
       [(POOL, "if (at < 0 || v > best ||", "if (at < 0 || v >= best ||")], ("layers:kernel_maxpool_matches_cpu",)),
+    M("pool-maxpool-bwd-plane-walk-skips", "pool",
+      "max pool backward: a block walks planes gridDim.z + 1 apart (planes past the grid's first "
+      "1024 skipped or visited twice)",
+      [(POOL, "        const T* g = dy + p * ohw;", "        const T* g = dy + p * ohw;\n        if (p >= (int)gridDim.z) p++;")],
+      ("layers:kernel_maxpool_matches_cpu",), sanitize=True),
+    M("pool-maxpool-bwd-window-rows-from-column", "pool",
+      "max pool backward: the covering windows' rows bounded by the column's (ix for iy)",
+      [(POOL, "oy1 = min(s.oh - 1, (iy + s.pad) / s.stride);", "oy1 = min(s.oh - 1, (ix + s.pad) / s.stride);")],
+      ("layers:kernel_maxpool_matches_cpu",)),
+    M("pool-maxpool-fwd-tile-rows-by-block-x", "pool",
+      "max pool forward: a tile's output row taken from blockIdx.x (the tiles of one map's rows overlap)",
+      [(POOL, "const int ox = blockIdx.x * blockDim.x + threadIdx.x, oy = blockIdx.y * blockDim.y + threadIdx.y;\n    if (ox >= s.ow",
+              "const int ox = blockIdx.x * blockDim.x + threadIdx.x, oy = blockIdx.x * blockDim.y + threadIdx.y;\n    if (ox >= s.ow")],
+      ("layers:kernel_maxpool_matches_cpu",)),
 
     # ---- eltwise ---------------------------------------------------------------------------
     M("eltwise-relu6-grad-at-six", "eltwise",

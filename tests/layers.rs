@@ -61,8 +61,10 @@ fn kernel_eltwise_matches_cpu() {
     }
 }
 
-/// (n, c, h, w, k, stride, pad): a 1x1 map, ResNet's stem window on odd and even maps, windows
-/// that tile exactly, overlap by two, or skip cells, and a padding of k - 1.
+/// (n, c, h, w, k, stride, pad): a 1x1 map, ResNet's stem window on odd and even maps (56 x 56:
+/// partial tiles of 32 x 8 positions), windows that tile exactly, overlap by two, or skip cells, a
+/// padding of k - 1, and more planes than the grid has blocks along them (1024: blocks walk
+/// planes 1024 apart).
 const MAXPOOL_SIZES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (1, 1, 1, 1, 1, 1, 0),
     (2, 3, 7, 9, 3, 2, 1),
@@ -71,6 +73,7 @@ const MAXPOOL_SIZES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (1, 2, 5, 6, 3, 1, 1),
     (2, 2, 9, 9, 2, 3, 1),
     (1, 1, 4, 7, 3, 1, 2),
+    (2, 515, 5, 3, 3, 2, 1),
 ];
 
 #[test]

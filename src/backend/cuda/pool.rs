@@ -62,7 +62,7 @@ impl PoolOps for CudaBackend {
         }
     }
 
-    /// Grid-stride, one thread per output element.
+    /// One thread per output position, walking the planes ([`maxpool_tiles`]).
     fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
         let total = s.n * s.c * s.oh * s.ow;
         if total == 0 {
@@ -76,13 +76,14 @@ impl PoolOps for CudaBackend {
         unsafe {
             self.launch(
                 &Op::MaxpoolFwd.kernel(x.dtype()),
-                Launch::grid_stride(total),
+                maxpool_tiles(s.oh, s.ow, s.n * s.c),
                 args,
             )
         }
     }
 
-    /// Grid-stride, one thread per input element, gathering from the windows that cover it.
+    /// One thread per input position, walking the planes ([`maxpool_tiles`]) and gathering from
+    /// the windows that cover it.
     fn maxpool_bwd(
         &self,
         x: &Buf,
@@ -104,12 +105,32 @@ impl PoolOps for CudaBackend {
         unsafe {
             self.launch(
                 &Op::MaxpoolBwd.kernel(x.dtype()),
-                Launch::grid_stride(total),
+                maxpool_tiles(s.h, s.w, s.n * s.c),
                 args,
             )
         }
     }
 }
+
+/// The max pooling kernels' grid over an `h x w` map of `planes` planes: 32 x 8 tiles of
+/// positions, a block each, and at most [`MAXPOOL_PLANE_BLOCKS`] blocks along the planes, which
+/// each walk `planes / that` of them (a thread finds its position and window bounds once).
+fn maxpool_tiles(h: usize, w: usize, planes: usize) -> Launch {
+    Launch {
+        grid: (
+            w.div_ceil(32) as u32,
+            h.div_ceil(8) as u32,
+            planes.clamp(1, MAXPOOL_PLANE_BLOCKS) as u32,
+        ),
+        block: (32, 8, 1),
+        smem: 0,
+    }
+}
+
+/// Blocks along the planes of a max pool (a grid's z is at most 65535): ResNet's stem at batch 64
+/// has 4096 planes, so a thread takes 4 of them; its 56 x 56 outputs at 224 px are 14 blocks a
+/// plane, 14336 in all, about 14 waves of 8 blocks an SM on 132 SMs.
+const MAXPOOL_PLANE_BLOCKS: usize = 1024;
 
 fn maxpool_label(s: &MaxPool) -> String {
     format!("{}x{}x{}x{} k{} s{}", s.n, s.c, s.h, s.w, s.k, s.stride)
