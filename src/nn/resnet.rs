@@ -97,8 +97,8 @@ impl Bottleneck {
         self.in_dims = (n, h, w);
         // bn1's output feeds conv2 alone, bn2's conv3 alone: each channels-last where the
         // backend's convolution reads it so (the transposes before that convolution's forward
-        // and its weight gradient are then gone; conv3 reads so where its maps are 14 x 14 or
-        // 7 x 7, whose pixels are not in 16-byte runs).
+        // and its weight gradient are then gone; conv3 reads so where its maps' pixels are not
+        // in 16-byte runs: 14 x 14 and 7 x 7 in bf16).
         let s1 = self.c1.conv.shape_for(n, h, w)?;
         let s2 = self.c2.conv.shape_for(n, s1.oh, s1.ow)?;
         let s3 = self.c3.conv.shape_for(n, s2.oh, s2.ow)?;

@@ -617,9 +617,9 @@ impl CudaBackend {
             .i32(act.code())
             .work(bn_traffic(s, 3 * act_bytes + pairs * BN_BWD_PAIR_BYTES));
         // SAFETY: arguments match batchnorm_bwd_nhwc_<dtype>(x, dy, pairs, dx, per, C, hw, act);
-        // the shape was checked: x, grad (dy, or dz written by the reduce pass) and dx hold n*C*hw (dx as n x hw x C), the pairs' maps
-        // ghost*C x 7 floats (written just above), per = n / ghost; tiles of 128 bytes a row over
-        // (hw, C, n), n within the grid's z.
+        // the shape was checked: x, grad (dy, or the dz the reduce pass wrote) and dx hold n*C*hw
+        // (dx as n x hw x C), the pairs' maps ghost*C x 7 floats (written just above), per = n /
+        // ghost; tiles of 128 bytes a row over (hw, C, n), n within the grid's z.
         unsafe { self.launch(&format!("batchnorm_bwd_nhwc_{dtype}"), cfg, args) }
     }
 
