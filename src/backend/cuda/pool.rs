@@ -62,7 +62,7 @@ impl PoolOps for CudaBackend {
         }
     }
 
-    /// One thread per output position, walking the planes ([`maxpool_tiles`]).
+    /// One thread per output position, walking the planes (`maxpool_tiles`).
     fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
         let total = s.n * s.c * s.oh * s.ow;
         if total == 0 {
@@ -82,7 +82,7 @@ impl PoolOps for CudaBackend {
         }
     }
 
-    /// One thread per input position, walking the planes ([`maxpool_tiles`]) and gathering from
+    /// One thread per input position, walking the planes (`maxpool_tiles`) and gathering from
     /// the windows that cover it.
     fn maxpool_bwd(
         &self,
