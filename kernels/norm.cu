@@ -601,10 +601,11 @@ __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const 
 }
 
 // The backward's second pass into a channels-last dx, for the convolution before BatchNorm whose
-// backward reads its dy so (conv.cu's conv2d_nhwc_*; no residual), in two launches as the
-// forward's: batchnorm_bwd_pairs (a warp a pair, grid ghost * C) merges each pair's sums as
-// batchnorm_bwd's blocks do, adds the parameter gradients (group 0's warps) and writes the pair's
-// map (BnBwdPair, 7 floats); batchnorm_bwd_nhwc applies it to x and dy through nhwc.cuh's tiles,
+// backward reads its dy so (conv.cu's conv2d_nhwc_*), in two launches as the forward's:
+// batchnorm_bwd_pairs (a warp a pair, grid ghost * C) merges each pair's sums as batchnorm_bwd's
+// blocks do, adds the parameter gradients (group 0's warps) and writes the pair's map (BnBwdPair,
+// 7 floats); batchnorm_bwd_nhwc applies it to x and dy (after a residual: the dz the reduce pass
+// wrote, with no activation, as batchnorm_bwd takes it) through nhwc.cuh's tiles,
 // bit for bit batchnorm_bwd's dx, so that the convolution's backward passes read it without the
 // transpose of dy they made, a read and a write of it.
 __device__ void bn_bwd_pairs(const float* __restrict__ partial, const float* __restrict__ gamma,
@@ -738,8 +739,8 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
     extern "C" __global__ void __launch_bounds__(256) batchnorm_fwd_train_nhwc_##SUFFIX(                         \
         const T* __restrict__ x, const BnAffine* __restrict__ affine, T* __restrict__ y, int per, int C, int hw, \
         int act) {                                                                                               \
-        DISPATCH_ACT(act,                                                                                        \
-                     nhwc_tile_##SUFFIX(x, y, C, hw, 1, C, BnApplyMap{affine + (size_t)(blockIdx.z / per) * C, ACT})); \
+        DISPATCH_ACT(act, nhwc_tile_##SUFFIX(x, y, C, hw, 1, C,                                                  \
+                                             BnApplyMap{affine + (size_t)(blockIdx.z / per) * C, ACT}));         \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BN_THREADS, 4) batchnorm_fwd_eval_##SUFFIX(                                                      \
         const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,                \

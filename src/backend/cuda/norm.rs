@@ -508,6 +508,8 @@ impl CudaBackend {
     ) -> Result<()> {
         let (_, c, hw) = bn_sizes(s)?;
         let dtype = x.dtype();
+        // The apply pass's grid first: the save pass moves the running statistics.
+        let tiles = nhwc_tiles(s, dtype)?;
         let per = s.n / s.ghost;
         let pairs = s.ghost * s.c;
         let args = Args::new()
@@ -539,7 +541,7 @@ impl CudaBackend {
         // partials of 3 floats per pair (the callers wrote them), and a float2 per pair at
         // affine_at (the callers' scratch, 8-byte aligned); one 32-thread block per pair.
         unsafe { self.launch(&format!("batchnorm_fwd_train_save_{dtype}"), cfg, args)? };
-        let cfg = nhwc_tiles(s, dtype)?;
+        let cfg = tiles;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
         let args = Args::new()
             .ptr(x.dev()?)
@@ -578,6 +580,8 @@ impl CudaBackend {
     ) -> Result<()> {
         let (_, c, hw) = bn_sizes(s)?;
         let dtype = x.dtype();
+        // The second pass's grid first: the pairs pass adds to the parameter gradients.
+        let tiles = nhwc_tiles(s, dtype)?;
         let (per, pairs) = (s.n / s.ghost, s.ghost * s.c);
         let args = Args::new()
             .ptr(sums)
@@ -604,7 +608,7 @@ impl CudaBackend {
         // divides n; partial holds `runs` sums of 2 floats per pair (the reduce pass wrote
         // them) and 7 floats per pair at pairs_at (4-byte aligned); a 32-thread block a pair.
         unsafe { self.launch("batchnorm_bwd_pairs_f32", cfg, args)? };
-        let cfg = nhwc_tiles(s, dtype)?;
+        let cfg = tiles;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
         let args = Args::new()
             .ptr(x.dev()?)
