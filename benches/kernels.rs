@@ -23,8 +23,9 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use insclr::backend::cuda::DeviceInfo;
 use insclr::backend::{
-    Act, ActMask, Backend, BatchNorm, BatchSelect, Buf, Contrastive, Conv, CopyRows, CudaBackend,
-    DType, Gem, ImageToTensor, Knn, L2Norm, MatMul, MaxPool, MiningScore, OptimStep, Padding, TopK,
+    Act, ActMask, Backend, BatchNorm, BatchSelect, BnBwdSums, Buf, Contrastive, Conv, CopyRows,
+    CudaBackend, DType, Gem, ImageToTensor, Knn, L2Norm, MatMul, MaxPool, MiningScore, OptimStep,
+    Padding, TopK,
 };
 use insclr::rng::Rng;
 use std::sync::{Mutex, OnceLock};
@@ -1095,6 +1096,55 @@ fn batchnorm_benches(
         });
         run("batchnorm_bwd_residual", 6.0 * t + mask, &mut || {
             b.backward(be, plain, true)
+        });
+        // The same BatchNorm after the next block's conv1 (ch -> ch / 4, layer1's 256 -> 64):
+        // that 1x1's data gradient added onto the identity path's gradient and then the
+        // backward above (two ops), or the data gradient taking the reduce pass in its epilogue
+        // (dz written where dy was) and the second pass alone, where the backend fuses them.
+        b.forward(be, plain, true);
+        let s = Conv::new(batch, ch, hw, 1, ch / 4, 1, 1, Padding::Sym(0), 1).unwrap();
+        let (_, lw, ly) = s.sizes();
+        let (dyc, wc) = (filled(be, rng, ly, dt), filled(be, rng, lw, dt));
+        let mut partial = Buf::empty(DType::F32);
+        let fused = |b: &mut BnBench, partial: &mut Buf| {
+            let [gamma, beta, _, _, sm, si, dg, db] = &mut b.params;
+            let sums = BnBwdSums {
+                x: &b.x,
+                saved: (sm, si),
+                mask: &b.mask,
+            };
+            let runs = be
+                .conv2d_bwd_data_add_bn_sums(&dyc, &wc, &b.dy, &mut b.dres, sums, partial, s, plain)
+                .unwrap()?;
+            let (params, sums) = ((&*gamma, &*beta), (&*partial, runs));
+            be.batchnorm_bwd_summed(
+                &b.x,
+                &b.dres,
+                params,
+                (sm, si),
+                sums,
+                &mut b.dx,
+                (dg, db),
+                plain,
+            )
+            .unwrap();
+            Some(())
+        };
+        if fused(&mut b, &mut partial).is_none() {
+            continue;
+        }
+        let flops = 2.0 * (ly * ch) as f64;
+        let conv = (ly + lw) as f64 * dt.size() as f64;
+        let mut both = |name: &str, bytes: f64, f: &mut dyn FnMut()| {
+            let name = format!("batchnorm_bwd_after_1x1_{name}_{dt}");
+            measure(group, be, record, &name, label.to_string(), bytes, flops, f)
+        };
+        both("two_ops", conv + 8.0 * t + mask, &mut || {
+            be.conv2d_bwd_data_add(&dyc, &wc, &mut b.dy, s).unwrap();
+            b.backward(be, plain, true)
+        });
+        both("fused", conv + 6.0 * t + mask, &mut || {
+            fused(&mut b, &mut partial).unwrap()
         });
     }
 }

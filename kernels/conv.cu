@@ -340,6 +340,15 @@ typedef __nv_bfloat16 bf16_t;
 // BnStatsPost).
 #define BN_STATS_PARAMS float *__restrict__ partial, int per, int groups
 #define BN_STATS_POST tc::BnStatsPost{{}, partial, per, groups}
+// The _bn_sums data gradients' trailing arguments: the gradient their product is added to (laid
+// out as dx), the next BatchNorm's input and act' mask, its saved statistics, where its backward
+// sums go, the images per statistics group and the groups (tc_gemm.cuh, BnBwdSumsPost); dx gets
+// dz.
+#define BN_SUMS_PARAMS(T)                                                                                \
+    const T *__restrict__ res, const T *__restrict__ bn_x, const unsigned char *__restrict__ mask,      \
+        const float *__restrict__ save_mean, const float *__restrict__ save_invstd, float *__restrict__ partial, \
+        int per, int groups
+#define BN_SUMS_POST(T) tc::BnBwdSumsPost<T>{{}, res, bn_x, mask, save_mean, save_invstd, partial, per, groups}
 
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_fwd_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight, bf16_t* __restrict__ y,
@@ -437,12 +446,13 @@ __device__ __forceinline__ void conv1x1_fwd(const T* x, const T* w, T* y, int c_
                                                                      0, 1.0f, 0.0f, tc_smem, 0, post);
 }
 
-template <int BM, int WN, typename T>
+template <int BM, int WN, typename T, typename Post = tc::NoPost>
 __device__ __forceinline__ void conv1x1_bwd_data(const T* dy, const T* w, T* dx, int c_in, int c_out, int hw,
-                                                 float beta) {
+                                                 float beta, const Post& post = Post{}) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    tc::tc_gemm<false, false, BM, 128, 64, WN, 3, T, false, tc::NoPost, sizeof(T) == 2>(
-        w, dy, dx, c_in, hw, c_out, 0, (long long)c_out * hw, (long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem);
+    tc::tc_gemm<false, false, BM, 128, 64, WN, 3, T, false, Post, sizeof(T) == 2 || Post::SUMS>(
+        w, dy, dx, c_in, hw, c_out, 0, (long long)c_out * hw, (long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem, 0,
+        post);
 }
 
 template <int BM, int WN, typename T>
@@ -516,6 +526,17 @@ __device__ __forceinline__ void conv1x1_bwd_weight(const T* x, const T* dy, floa
         conv2d_1x1_bwd_data_m64_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,                  \
                                          T* __restrict__ dx, int c_in, int c_out, int hw, float beta) {          \
         conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, beta);                                         \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_bwd_data_bn_sums_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,              \
+                                             T* __restrict__ dx, int c_in, int c_out, int hw, BN_SUMS_PARAMS(T)) { \
+        conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, 0.0f, BN_SUMS_POST(T));                       \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        conv2d_1x1_bwd_data_bn_sums_m64_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,          \
+                                                 T* __restrict__ dx, int c_in, int c_out, int hw,                \
+                                                 BN_SUMS_PARAMS(T)) {                                            \
+        conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, 0.0f, BN_SUMS_POST(T));                        \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256)                                                            \
         conv2d_1x1_bwd_weight_##SUFFIX(const T* __restrict__ x, const T* __restrict__ dy,                         \

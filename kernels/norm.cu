@@ -119,7 +119,11 @@ extern "C" __global__ void l2norm_bwd_bf16(const __nv_bfloat16* __restrict__ x, 
 //             reduce pass (x, y, dy) writes dz, the residual's gradient, and the second reads x
 //             and dz only: one pass over y and one over dy fewer than reading all three twice.
 //             Where y's vectors are 16 bytes, the forward also writes act'(y) a bit a value (a
-//             byte a vector: act_mask_of) and the reduce pass reads that in place of y.
+//             byte a vector: act_mask_of) and the reduce pass reads that in place of y. Where the
+//             kernel that writes dy is a 1x1 data gradient (a ResNet block's last BatchNorm, whose
+//             dy the next block's conv1 writes), its epilogue does the reduce pass instead
+//             (conv.cu's _bn_sums kernels: dz written where dy was, one sum a pixel tile), and
+//             batchnorm_merge_sums_f32 merges those for batchnorm_bwd.
 // The partials are merged by one warp in a fixed order (lane l takes runs l, l + 32, ... in
 // order, then a butterfly), each run by a fixed thread: results depend on the shapes and `chunks`,
 // never on the order in which blocks run. So the forward reads the activations twice (from DRAM
@@ -566,20 +570,22 @@ __device__ __forceinline__ void bn_bwd_add_params(const float* __restrict__ part
 }
 
 // The second pass never reads y: act'(y) comes from y recomputed from x (no residual), and after
-// a residual the reduce pass wrote dz, which this pass takes as dy with no activation.
+// a residual the reduce pass wrote dz, which this pass takes as dy with no activation. `partial`
+// holds `runs` sums a pair: the reduce pass's `chunks`, or the runs of the data gradient that took
+// them in its epilogue (conv.cu's _bn_sums kernels).
 template <typename T, int VEC>
 __device__ void bn_bwd(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,
                        const float* __restrict__ beta, const float* __restrict__ save_mean,
                        const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,
                        float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw, int ghost,
-                       int chunks, int act) {
+                       int chunks, int runs, int act) {
     __shared__ float sums[2];
     BnRun<VEC> run(per, C, hw, chunks);
     int gc = blockIdx.y, c = run.c;
     if (threadIdx.x < WARP_SIZE) {
-        float2 s = bn_merge_sums(partial, gc, chunks);
+        float2 s = bn_merge_sums(partial, gc, runs);
         if (threadIdx.x == 0) sums[0] = s.x, sums[1] = s.y;
-        if (blockIdx.x == 0 && run.g == 0) bn_bwd_add_params(partial, dgamma, dbeta, c, C, ghost, chunks);
+        if (blockIdx.x == 0 && run.g == 0) bn_bwd_add_params(partial, dgamma, dbeta, c, C, ghost, runs);
     }
     __syncthreads();
     const BnBwdPair pair = bn_bwd_pair(make_float2(sums[0], sums[1]), gamma, beta, save_mean, save_invstd, gc, c,
@@ -650,6 +656,35 @@ __device__ void bn_bwd_eval(const T* __restrict__ x, const T* __restrict__ y, co
     if (threadIdx.x == 0) {
         float* p = partial + 2 * ((size_t)blockIdx.y * chunks + blockIdx.x);
         p[0] = s.x, p[1] = s.y;
+    }
+}
+
+// The backward's sums as a data gradient's epilogue wrote them (conv.cu's _bn_sums kernels: 2
+// planes of runs x pairs floats, as batchnorm_merge_stats_f32 reads its statistics) into `chunks`
+// runs per pair, each 2 floats at merged[2 (gc chunks + chunk)] as batchnorm_bwd reads the reduce
+// pass's: a block's 8 warps add their runs in order (32 consecutive floats a load), then warp 0
+// the eight warps' in order.
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+    batchnorm_merge_sums_f32(const float* __restrict__ partial, float* __restrict__ merged, int pairs, int runs,
+                             int chunks) {
+    constexpr int WARPS = BN_THREADS / WARP_SIZE;
+    __shared__ float2 warps[WARPS][WARP_SIZE];
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, gc = blockIdx.x * WARP_SIZE + lane;
+    const int span = (runs + chunks - 1) / chunks, first = blockIdx.y * span, end = min(first + span, runs);
+    const size_t plane = (size_t)runs * pairs;
+    float2 t = make_float2(0.0f, 0.0f);
+    if (gc < pairs)
+        for (int k = first + warp; k < end; k += WARPS) {
+            const float* p = partial + (size_t)k * pairs + gc;
+            t.x += p[0], t.y += p[plane];
+        }
+    warps[warp][lane] = t;
+    __syncthreads();
+    if (warp == 0 && gc < pairs) {
+        float2 sum = make_float2(0.0f, 0.0f);
+        for (int i = 0; i < WARPS; i++) sum.x += warps[i][lane].x, sum.y += warps[i][lane].y;
+        float* out = merged + 2 * ((size_t)gc * chunks + blockIdx.y);
+        out[0] = sum.x, out[1] = sum.y;
     }
 }
 
@@ -765,10 +800,10 @@ extern "C" __global__ void batchnorm_bwd_params_f32(const float* __restrict__ pa
         const float* __restrict__ beta, const float* __restrict__ save_mean,                                     \
         const float* __restrict__ save_invstd, const float* __restrict__ partial, T* __restrict__ dx,            \
         float* __restrict__ dgamma, float* __restrict__ dbeta, int per, int C, int hw, int ghost, int chunks,    \
-        int vec, int act) {                                                                                      \
+        int runs, int vec, int act) {                                                                            \
         DISPATCH_ACT(act, DISPATCH_VEC(T, vec,                                                                   \
                                        bn_bwd<T, VEC>(x, dy, gamma, beta, save_mean, save_invstd, partial, dx,   \
-                                                      dgamma, dbeta, per, C, hw, ghost, chunks, ACT)));          \
+                                                      dgamma, dbeta, per, C, hw, ghost, chunks, runs, ACT)));    \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256) batchnorm_bwd_nhwc_##SUFFIX(                               \
         const T* __restrict__ x, const T* __restrict__ dy, const BnBwdPair* __restrict__ pairs,                  \

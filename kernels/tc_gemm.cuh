@@ -26,7 +26,9 @@
 //                             (BnEvalPost), so that a convolution's output before BatchNorm is
 //                             never stored; or what it reads off the staged rows: training
 //                             BatchNorm's statistics (BnStatsPost), so that BatchNorm need not
-//                             read the output back for them
+//                             read the output back for them; or, in a data gradient, the backward's
+//                             reduce pass of the BatchNorm whose dy C is (BnBwdSumsPost: dz stored,
+//                             its sums taken on the way)
 //   tc_gemm                   two TileLoaders, the mainloop and the epilogue: a plain GEMM
 //
 // The same template runs TF32 (f32 inputs, mma.m16n8k8.tf32) for the f32 mode's convolutions: a
@@ -493,7 +495,7 @@ struct PhaseMap {
 
 // The epilogue's post-op when there is none.
 struct NoPost {
-    static constexpr bool ON = false;
+    static constexpr bool ON = false, SUMS = false;
     __device__ __forceinline__ void stage(float2*, int, int, int) const {}
     template <int VEC>
     __device__ __forceinline__ void residual(long long, float (&)[VEC]) const {}
@@ -591,7 +593,7 @@ struct BnStatsPost : NoPost {
 // square root a thread). `res` is laid out as C (null: no residual).
 template <typename TC>
 struct BnEvalPost {
-    static constexpr bool ON = true;
+    static constexpr bool ON = true, SUMS = false;
     const float *gamma, *beta, *mean, *var;
     const TC* res;
     float eps;
@@ -694,6 +696,87 @@ __device__ __forceinline__ void load_staged(const unsigned char* p, float (&v)[V
             unpack_bf16x2(w[i], v[2 * i], v[2 * i + 1]);
     }
 }
+
+// Training BatchNorm's backward reduce pass, done by the epilogue of the data gradient that
+// writes BatchNorm's output gradient dy (C rows are BatchNorm's channels, blockIdx.z the image):
+// dy = the product rounded to TC, plus `res` (the gradient already there: a ResNet block's
+// identity path) rounded again, exactly as a beta = 1 epilogue stores it; then dz = dy act'(y),
+// act' from the forward's mask (a bit a value, a byte per 16-byte vector: norm.cu's act_mask_of),
+// is what C gets, and each row's (sum dz, sum dz xh), xh = (x - mean) invstd, over the block
+// tile's columns goes to run (image % per) gridDim.x + blockIdx.x of pair gc = (image / per) m +
+// row, as BnStatsPost's statistics: partial[run pairs + gc], the second sum a plane of runs x
+// pairs floats further; norm.cu's batchnorm_merge_sums_f32 merges a pair's runs in order. So the
+// reduce pass, which read x, dy and the mask and wrote dz, is gone; this epilogue reads x and the
+// mask. The launcher guarantees rows of C 16-byte aligned, and so one mask byte a stored vector.
+template <typename TC>
+struct BnBwdSumsPost : NoPost {
+    static constexpr bool ON = true, SUMS = true;
+    static constexpr int VEC = 16 / (int)sizeof(TC);
+    const TC *res, *x;
+    const unsigned char* mask;
+    const float *mean, *invstd;
+    float* partial;
+    int per, groups;
+
+    __device__ __forceinline__ BnBwdSumsPost at_image(long long elems) const {
+        BnBwdSumsPost p = *this;
+        p.res += elems, p.x += elems, p.mask += elems / VEC;
+        return p;
+    }
+
+    // table[t] = (mean, invstd) of row first + t's pair in this image's statistics group.
+    __device__ __forceinline__ void stage(float2* table, int first, int rows, int m) const {
+        const int gc0 = (int)blockIdx.z / per * m + first;
+        for (int t = threadIdx.x; first + t < m && t < rows; t += blockDim.x) {
+            const float2 a = make_float2(mean[gc0 + t], invstd[gc0 + t]);
+            *reinterpret_cast<unsigned long long*>(table + t) =
+                (unsigned long long)__float_as_uint(a.x) | (unsigned long long)__float_as_uint(a.y) << 32;
+        }
+    }
+
+    // The pass's rows, a 16-byte vector a thread, ROW_VECS consecutive threads along a row: every
+    // lane runs every iteration (out-of-range vectors add zeros), so that a row's lanes can sum
+    // by shuffles; the row's lane 0 writes its sums.
+    template <int BN, int ROW_BYTES, int THREADS>
+    __device__ __forceinline__ void store_rows_of(const unsigned char* smem, const float2* table, int r0, int rows,
+                                                  TC* __restrict__ c, int bm, int bn, int m, int n) const {
+        constexpr int ROW_VECS = BN / VEC;
+        static_assert(ROW_VECS <= 32 && 32 % ROW_VECS == 0 && THREADS % ROW_VECS == 0, "a row's lanes in one warp");
+        const int group = (int)blockIdx.z / per, image = (int)blockIdx.z - group * per;
+        const size_t pairs = (size_t)groups * m, plane = pairs * per * gridDim.x;
+        const size_t run = (size_t)image * gridDim.x + blockIdx.x;
+        float* first_row = partial + run * pairs + (size_t)group * m;
+        for (int idx = threadIdx.x; idx < rows * ROW_VECS; idx += THREADS) {
+            const int r = idx / ROW_VECS, ch = idx % ROW_VECS;
+            const int row = bm + r0 + r, col = bn + ch * VEC;
+            float sdz = 0.0f, sdzx = 0.0f;
+            if (row < m && col < n) {
+                const long long at = (long long)row * n + col;
+                float v[VEC], old[VEC], xv[VEC];
+                load_staged<VEC, TC>(smem + r * ROW_BYTES + ch * VEC * (int)sizeof(TC), v);
+                load_vec<VEC>(res + at, old);
+                load_vec<VEC>(x + at, xv);
+                const unsigned bits = mask[at / VEC];
+                const float2 s = table[r];
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) {
+                    // The bit as a factor, as the reduce pass takes it (an inf dy makes NaN there too).
+                    const float dz = load(store<TC>(v[e] + old[e])) * (float)((bits >> e) & 1u);
+                    sdz += dz;
+                    sdzx += dz * (xv[e] - s.x) * s.y;
+                    v[e] = dz;
+                }
+                store_vec<VEC>(c + at, v);
+            }
+#pragma unroll
+            for (int offset = ROW_VECS / 2; offset > 0; offset >>= 1) {
+                sdz += __shfl_xor_sync(0xffffffffu, sdz, offset);
+                sdzx += __shfl_xor_sync(0xffffffffu, sdzx, offset);
+            }
+            if (ch == 0 && row < m) first_row[row] = sdz, first_row[row + plane] = sdzx;
+        }
+    }
+};
 
 // Rows of C that start VEC-aligned: a VEC-value vector a thread.
 template <int VEC, int BN, int ROW_BYTES, int THREADS, typename TC, typename Post>
@@ -803,7 +886,10 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
     __syncthreads();
     post.template reduce_rows<BN, ROW_BYTES, THREADS, TC>(smem, r0, rows, bm, bn, m, n);
     static_assert(!(PHASED && ROWS_ALIGNED), "a stride phase's pixels are not rows of C");
-    if constexpr (ROWS_ALIGNED) {
+    static_assert(!Post::SUMS || ROWS_ALIGNED, "the backward sums take whole 16-byte vectors");
+    if constexpr (Post::SUMS) {
+        post.template store_rows_of<BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n);
+    } else if constexpr (ROWS_ALIGNED) {
         store_row_vectors<PER_CHUNK, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta, post);
     } else if constexpr (PHASED) {
         store_elements<BN, ROW_BYTES, THREADS, PHASED>(smem, table, r0, rows, c, bm, bn, m, n, beta, map, post);

@@ -10,8 +10,8 @@ use common::{
 };
 use insclr::backend::cuda::record::Event;
 use insclr::backend::{
-    Act, ActMask, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, Conv, CudaBackend, DType,
-    Device, ImageToTensor, MaxPool, Padding,
+    Act, ActMask, Backend, BatchNorm, BnBwdSums, BnEvalParams, BnTrainParams, Buf, Conv,
+    CudaBackend, DType, Device, ImageToTensor, MaxPool, Padding,
 };
 use insclr::rng::Rng;
 use insclr::train::augment::to_tensor;
@@ -1188,6 +1188,169 @@ fn kernel_conv_then_train_batchnorm_takes_its_statistics_from_the_epilogue() {
 /// one or two multiprocessors, 7 images make such groups from a test's small layer: 2 to 7
 /// images a group, the last one short for most of them, each image a segment of the product's
 /// reduction. Both tile heights (c_out 40: 64-row tiles; 72: 128-row).
+/// A 1x1 data gradient that writes a residual BatchNorm's dy (added onto the identity path's
+/// gradient, as a ResNet block's conv1 does for the block before) takes that BatchNorm's backward
+/// reduce pass in its epilogue (`conv2d_1x1_bwd_data_bn_sums_*`): dz bit for bit the two ops'
+/// (conv2d_bwd_data_add, then batchnorm_bwd's residual gradient), the identity path's gradient
+/// left as it was, and dx and the parameter gradients from its sums within the sums' rounding
+/// (another order) of the two ops'. 64- and 128-row tiles, partial row and pixel tiles, statistics
+/// groups; bf16 and f32 on TF32. Without an activation (no mask) nothing is fused or written.
+#[test]
+fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
+    let dev = kernel_device("kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums");
+    let tf32_dev =
+        kernel_device("kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums (TF32)");
+    tf32_dev.set_tf32(true);
+    // (n, BatchNorm's channels = the convolution's c_in, h, w, c_out, statistics groups, act)
+    let cases: &[(usize, usize, usize, usize, usize, usize, Act)] = &[
+        (2, 16, 4, 4, 24, 1, Act::Relu),
+        (3, 136, 4, 6, 72, 3, Act::Relu6),
+        (2, 40, 10, 8, 200, 2, Act::Relu),
+        (1, 16, 24, 24, 24, 1, Act::Relu),
+        (4, 72, 10, 20, 32, 2, Act::Relu),
+        (2, 16, 4, 4, 24, 1, Act::Identity),
+    ];
+    for (dt, be) in [(DType::BF16, &dev), (DType::F32, &tf32_dev)] {
+        let be: &dyn Backend = be;
+        for &(n, c, h, w, c_out, ghost, act) in cases {
+            let what = format!("{dt} 1x1 {n}x{c}x{h}x{w} <- {c_out}, {ghost} groups, {act:?}");
+            let s = Conv::new(n, c, h, w, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
+            let b = BatchNorm {
+                ghost,
+                ..BatchNorm::new(n, c, h * w, 1e-5, act)
+            };
+            let (lx, lw, ly) = s.sizes();
+            let mut rng = Rng::new(977 + lx as u64);
+            let up = |v: Vec<f32>| upload_as(be, &v, dt).unwrap();
+            let x = up(rng.vec_f32(lx, -2.0, 2.0));
+            let res = up(rng.vec_f32(lx, -1.0, 1.0));
+            let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5)).unwrap();
+            let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5)).unwrap();
+            let (mut rm, mut rv) = (
+                be.upload(&vec![0.0; c]).unwrap(),
+                be.upload(&vec![1.0; c]).unwrap(),
+            );
+            let zeros = |len: usize| be.upload(&vec![0.0f32; len]).unwrap();
+            let (mut mean, mut invstd) = (zeros(ghost * c), zeros(ghost * c));
+            let (mut y, mut mask) = (poisoned_as(be, lx, dt), ActMask::new());
+            let (running, saved) = ((&mut rm, &mut rv), (&mut mean, &mut invstd));
+            be.batchnorm_fwd_train(
+                &x,
+                &gamma,
+                &beta,
+                running,
+                saved,
+                Some(&res),
+                &mut y,
+                Some(&mut mask),
+                b,
+            )
+            .unwrap();
+            let (saved, params) = ((&mean, &invstd), (&gamma, &beta));
+            let wt = up(rng.vec_f32(lw, -0.5, 0.5));
+            let dy = up(rng.vec_f32(ly, -1.0, 1.0));
+            let identity = rng.vec_f32(lx, -1.0, 1.0);
+            // The two ops.
+            let mut dy_bn = up(identity.clone());
+            be.conv2d_bwd_data_add(&dy, &wt, &mut dy_bn, s).unwrap();
+            let (mut dx, mut dres) = (poisoned_as(be, lx, dt), poisoned_as(be, lx, dt));
+            let (mut dg, mut db) = (zeros(c), zeros(c));
+            let dres_arg = (act != Act::Identity).then_some(&mut dres);
+            be.batchnorm_bwd(
+                &x,
+                &y,
+                &dy_bn,
+                params,
+                saved,
+                Some(&mask),
+                &mut dx,
+                dres_arg,
+                (&mut dg, &mut db),
+                b,
+            )
+            .unwrap();
+            // The fused data gradient, then the second pass alone.
+            let identity_buf = up(identity.clone());
+            let (mut dz, mut partial) = (poisoned_as(be, lx, dt), Buf::empty(DType::F32));
+            let sums = BnBwdSums {
+                x: &x,
+                saved,
+                mask: &mask,
+            };
+            let runs = be
+                .conv2d_bwd_data_add_bn_sums(
+                    &dy,
+                    &wt,
+                    &identity_buf,
+                    &mut dz,
+                    sums,
+                    &mut partial,
+                    s,
+                    b,
+                )
+                .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            let got = |buf: &Buf| download_f32(be, buf).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let Some(runs) = runs else {
+                assert_eq!(act, Act::Identity, "{what}: not fused");
+                assert!(
+                    got(&dz).iter().all(|v| v.is_nan()),
+                    "{what}: not fused, yet dz was written"
+                );
+                continue;
+            };
+            assert_ne!(act, Act::Identity, "{what}: fused without a mask");
+            assert!(mask.kept(), "{what}: fused, yet the forward kept no mask");
+            assert!(
+                bits(&got(&dz)) == bits(&got(&dres)),
+                "{what}: dz differs from the two ops' dres"
+            );
+            assert!(
+                bits(&got(&identity_buf)) == bits(&got(&up(identity.clone()))),
+                "{what}: the identity path's gradient was written"
+            );
+            let (mut dx2, mut dg2, mut db2) = (poisoned_as(be, lx, dt), zeros(c), zeros(c));
+            be.batchnorm_bwd_summed(
+                &x,
+                &dz,
+                params,
+                saved,
+                (&partial, runs),
+                &mut dx2,
+                (&mut dg2, &mut db2),
+                b,
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            let dx_tol = if dt == DType::BF16 { 4e-3 } else { 1e-5 };
+            for (name, got_v, want_v, tol) in [
+                ("dx", got(&dx2), got(&dx), dx_tol),
+                ("dgamma", got(&dg2), got(&dg), 1e-5),
+                ("dbeta", got(&db2), got(&db), 1e-5),
+            ] {
+                let err = common::rel_err(&got_v, &want_v);
+                assert!(
+                    err < tol,
+                    "{what}: {name} differs from the two ops' by {err:e}"
+                );
+            }
+            // Sums of another run count are refused, naming the count.
+            let e = be
+                .batchnorm_bwd_summed(
+                    &x,
+                    &dz,
+                    params,
+                    saved,
+                    (&partial, runs + 1),
+                    &mut dx2,
+                    (&mut dg2, &mut db2),
+                    b,
+                )
+                .unwrap_err();
+            assert!(format!("{e:#}").contains("runs a pair"), "{what}: {e:#}");
+        }
+    }
+}
+
 #[test]
 fn kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu() {
     let tol = FLOAT_DTYPES

@@ -11,8 +11,8 @@ mod common;
 use common::log;
 use insclr::backend::cuda::emu::{count_memory, memstats_table, MemSpace, MemStat, ACCESS_HOOKS};
 use insclr::backend::{
-    Act, ActMask, Backend, BatchNorm, BnEvalParams, BnTrainParams, Conv, CudaBackend, DType,
-    MatMul, Padding,
+    Act, ActMask, Backend, BatchNorm, BnBwdSums, BnEvalParams, BnTrainParams, Conv, CudaBackend,
+    DType, MatMul, Padding,
 };
 use insclr::rng::Rng;
 
@@ -712,6 +712,129 @@ fn conv_with_batchnorm_statistics_in_the_epilogue() {
             ly * dt.size() / 32,
             "{kernel}: z's sectors read by BatchNorm"
         );
+    }
+}
+
+/// The 1x1 data gradient that takes a residual BatchNorm's backward reduce pass in its epilogue
+/// (`conv2d_1x1_bwd_data_bn_sums_*`): every access site at its ideal sectors and wavefronts (the
+/// identity path's gradient, BatchNorm's x and dz in 16-byte vectors along rows, the mask a byte
+/// a vector, the sums 4 bytes a row), with a partial last pixel tile and two statistics groups;
+/// the reduce pass is gone, and BatchNorm's second pass reads x and dz once and writes dx once.
+/// The mask is the exception: a bf16 warp's bytes are two rows' 16-byte segments (a tile's 128
+/// columns of each), 2 sectors where the packed bytes would take 1 (the other halves are the
+/// next pixel tile's, from L2), and rows hw / 16 bytes apart cross sectors where that is not a
+/// multiple of 32 (160 pixels: 20 bytes, 1.75 a request); under 2x the ideal either way, and
+/// 1/16 of the activations' bytes.
+#[test]
+fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
+    if !ACCESS_HOOKS {
+        log("not asserted in the sanitiser build (no access hooks)");
+        return;
+    }
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    let shapes = [
+        (
+            2,
+            Conv::new(4, 256, 16, 10, 64, 1, 1, Padding::Sym(0), 1).unwrap(),
+        ),
+        (
+            1,
+            Conv::new(2, 128, 16, 16, 64, 1, 1, Padding::Sym(0), 1).unwrap(),
+        ),
+    ];
+    for ((ghost, s), tf32) in shapes.iter().flat_map(|&c| [(c, false), (c, true)]) {
+        dev.set_tf32(tf32);
+        let (dt, suffix) = if tf32 {
+            (DType::F32, "tf32")
+        } else {
+            (DType::BF16, "bf16")
+        };
+        let kernel = format!("conv2d_1x1_bwd_data_bn_sums_{suffix}");
+        let kernel = kernel.as_str();
+        let (lx, lw, ly) = s.sizes();
+        let (x, res, w, dy) = (
+            upload(be, lx, dt, 40),
+            upload(be, lx, dt, 41),
+            upload(be, lw, dt, 42),
+            upload(be, ly, dt, 43),
+        );
+        let c = s.c_in;
+        let b = BatchNorm {
+            ghost,
+            ..BatchNorm::new(s.n, c, s.h * s.w, 1e-5, Act::Relu)
+        };
+        let chan = || be.upload(&vec![1.0f32; c]).unwrap();
+        let (gamma, beta, mut rm, mut rv) = (chan(), chan(), chan(), chan());
+        let (mut mean, mut invstd) = (
+            be.zeros(DType::F32, ghost * c).unwrap(),
+            be.zeros(DType::F32, ghost * c).unwrap(),
+        );
+        let (mut y, mut mask) = (be.zeros(dt, lx).unwrap(), ActMask::new());
+        let (running, saved) = ((&mut rm, &mut rv), (&mut mean, &mut invstd));
+        be.batchnorm_fwd_train(
+            &x,
+            &gamma,
+            &beta,
+            running,
+            saved,
+            Some(&res),
+            &mut y,
+            Some(&mut mask),
+            b,
+        )
+        .unwrap();
+        let saved = (&mean, &invstd);
+        let (mut dz, mut dx) = (be.zeros(dt, lx).unwrap(), be.zeros(dt, lx).unwrap());
+        let mut partial = insclr::backend::Buf::empty(DType::F32);
+        let (mut dg, mut db) = (chan(), chan());
+        let (runs, stats) = count_memory(|| -> anyhow::Result<()> {
+            let sums = BnBwdSums {
+                x: &x,
+                saved,
+                mask: &mask,
+            };
+            let runs =
+                be.conv2d_bwd_data_add_bn_sums(&dy, &w, &res, &mut dz, sums, &mut partial, s, b)?;
+            let runs = runs.ok_or_else(|| anyhow::anyhow!("not fused"))?;
+            let (params, sums) = ((&gamma, &beta), (&partial, runs));
+            be.batchnorm_bwd_summed(&x, &dz, params, saved, sums, &mut dx, (&mut dg, &mut db), b)
+        });
+        runs.unwrap_or_else(|e| panic!("{kernel}: {e:#}"));
+        show(
+            &format!("{kernel}, {s:?}, {ghost} statistics groups:"),
+            &stats,
+        );
+        for row in rows(&stats, kernel) {
+            if row.width == 1 {
+                assert!(row.transactions <= 2 * row.ideal, "{row:?}");
+            } else {
+                assert_eq!(row.transactions, row.ideal, "{row:?}");
+            }
+        }
+        let bwd = format!("batchnorm_bwd_{dt}");
+        only(
+            &stats,
+            &[kernel, "batchnorm_merge_sums_f32", &bwd],
+            "the reduce pass is gone",
+        );
+        // The epilogue reads the identity path's gradient and x and writes dz, 16 bytes at a
+        // time; BatchNorm's second pass reads x and dz and writes dx.
+        let sectors = (lx * dt.size() / 32) as u64;
+        let moved = |k: &str, op: &str| {
+            total(&stats, k, |r| {
+                r.space == MemSpace::Global && r.op == op && r.width == 16
+            })
+            .0
+        };
+        assert_eq!(
+            moved(kernel, "ld"),
+            2 * sectors,
+            "{kernel}: the gradient and x read once"
+        );
+        assert_eq!(moved(kernel, "st"), sectors, "{kernel}: dz written once");
+        assert_eq!(moved(&bwd, "ld"), 2 * sectors, "{bwd}: x and dz read once");
+        assert_eq!(moved(&bwd, "st"), sectors, "{bwd}: dx written once");
     }
 }
 

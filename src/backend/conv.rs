@@ -2,7 +2,7 @@
 //! weight gradients. Kernels to come in `kernels/conv.cu`.
 
 use super::{
-    check_dtypes, check_len, not_implemented, same_dtype, ActMask, Backend, BatchNorm, Buf,
+    check_dtypes, check_len, not_implemented, same_dtype, Act, ActMask, Backend, BatchNorm, Buf,
     Checked, DType, Op,
 };
 use anyhow::{bail, Result};
@@ -182,6 +182,17 @@ pub struct BnTrainParams<'a> {
     pub mask: Option<&'a mut ActMask>,
 }
 
+/// What a data gradient that takes a training BatchNorm's backward reduce pass in its epilogue
+/// reads of that BatchNorm, the one whose dy it writes
+/// (`Backend::conv2d_bwd_data_add_bn_sums`): its input, the forward's saved (mean, 1/sqrt(var +
+/// eps)) per statistics group and the act'(y) mask the forward kept.
+#[derive(Clone, Copy)]
+pub struct BnBwdSums<'a> {
+    pub x: &'a Buf,
+    pub saved: (&'a Buf, &'a Buf),
+    pub mask: &'a ActMask,
+}
+
 /// What a backend implements for this family.
 pub trait ConvOps {
     /// Whether the convolution `s` reads a channels-last input (`Conv::x_nhwc`) in `dtype`
@@ -195,6 +206,28 @@ pub trait ConvOps {
     /// alone, may then write it so.
     fn reads_dy_nhwc(&self, _s: &Conv, _dtype: DType) -> bool {
         false
+    }
+    /// The runs per (group, channel) of the partial sums that
+    /// [`ConvOps::conv2d_bwd_data_bn_sums`] writes for `s` and `b` in `dtype`, or None where this
+    /// backend does not fuse that BatchNorm's reduce pass into the data gradient.
+    fn bn_sums_runs(&self, _s: &Conv, _b: &BatchNorm, _dtype: DType) -> Option<usize> {
+        None
+    }
+    /// The data gradient added onto `res` and then times act'(y) into `dz`, with the BatchNorm's
+    /// backward sums of it into `partial` (`runs` a pair, from [`ConvOps::bn_sums_runs`]).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_bwd_data_bn_sums(
+        &self,
+        _dy: &Buf,
+        _w: &Buf,
+        _res: &Buf,
+        _dz: &mut Buf,
+        _bn: BnBwdSums,
+        _partial: &mut Buf,
+        _s: Checked<Conv>,
+        _b: Checked<BatchNorm>,
+    ) -> Result<()> {
+        Err(not_implemented(Op::Conv2dBwdData))
     }
     /// Convolution forward.
     fn conv2d_fwd(&self, _x: &Buf, _w: &Buf, _y: &mut Buf, _s: Checked<Conv>) -> Result<()> {
@@ -416,6 +449,50 @@ impl dyn Backend + '_ {
         let s = s.check(dx, w, dy)?;
         self.require(Op::Conv2dBwdData, dy.dtype())?;
         self.conv_ops().conv2d_bwd_data_add(dy, w, dx, s)
+    }
+
+    /// The data gradient of a convolution whose input gradient is a training BatchNorm's dy
+    /// (after a residual, ResNet's block output), added onto what `res` holds (the residual
+    /// branch's gradient, as `Backend::conv2d_bwd_data_add`), with that BatchNorm's backward
+    /// reduce pass taken in the epilogue where the backend fuses them: `dz` = that dy times
+    /// act'(y) from the forward's mask (the residual's gradient, which
+    /// `Backend::batchnorm_bwd_summed` then reads in place of dy), and per pixel run the sums
+    /// (sum dz, sum dz xh) of each (group, channel) into `partial` (sized here). Returns their
+    /// runs a pair, or None, having done nothing, where the backend does not fuse this shape or
+    /// the forward kept no mask: the caller then runs `conv2d_bwd_data_add` and
+    /// `batchnorm_bwd`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_bwd_data_add_bn_sums(
+        &self,
+        dy: &Buf,
+        w: &Buf,
+        res: &Buf,
+        dz: &mut Buf,
+        bn: BnBwdSums,
+        partial: &mut Buf,
+        s: Conv,
+        b: BatchNorm,
+    ) -> Result<Option<usize>> {
+        if !bn.mask.kept || b.act == Act::Identity {
+            return Ok(None);
+        }
+        let Some(runs) = self.conv_ops().bn_sums_runs(&s, &b, dy.dtype()) else {
+            return Ok(None);
+        };
+        s.check(res, w, dy)?;
+        let s = s.check(dz, w, dy)?;
+        if (b.n, b.c, b.hw) != (s.n, s.c_in, s.h * s.w) {
+            bail!(
+                "conv data gradient + batchnorm sums: BatchNorm over {} x {} x {} does not fit the convolution's input {} x {} x {}x{}",
+                b.n, b.c, b.hw, s.n, s.c_in, s.h, s.w
+            );
+        }
+        let b = b.check_train(&[bn.x, res, &*dz], &[], &[bn.saved.0, bn.saved.1])?;
+        self.require(Op::Conv2dBwdData, dy.dtype())?;
+        self.ensure(partial, DType::F32, 2 * b.ghost * b.c * runs)?;
+        self.conv_ops()
+            .conv2d_bwd_data_bn_sums(dy, w, res, dz, bn, partial, s, b)?;
+        Ok(Some(runs))
     }
 
     /// Convolution weight gradient: accumulates into `dw` (f32) from the input `x` and `dy`.

@@ -37,7 +37,7 @@ use std::fmt;
 
 pub use bank::{BankOps, CopyRows};
 pub use contrastive::{Contrastive, ContrastiveOps};
-pub use conv::{BnEvalParams, BnTrainParams, Conv, ConvOps, Padding};
+pub use conv::{BnBwdSums, BnEvalParams, BnTrainParams, Conv, ConvOps, Padding};
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 pub use eltwise::{Act, Eltwise, EltwiseOps, ImageToTensor};

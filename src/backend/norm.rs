@@ -226,6 +226,24 @@ pub trait NormOps {
     ) -> Result<()> {
         Err(not_implemented(Op::BatchnormBwd))
     }
+    /// [`NormOps::batchnorm_bwd`]'s second pass alone, after the data gradient that wrote this
+    /// BatchNorm's dy took the reduce pass in its epilogue
+    /// (`Backend::conv2d_bwd_data_add_bn_sums`): `dz` = dy act'(y) as it wrote it, `sums` its
+    /// partial sums and their runs per pair. Only a backend that fuses that pass has it.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_bwd_summed(
+        &self,
+        _x: &Buf,
+        _dz: &Buf,
+        _params: (&Buf, &Buf),
+        _saved: (&Buf, &Buf),
+        _sums: (&Buf, usize),
+        _dx: &mut Buf,
+        _dparams: (&mut Buf, &mut Buf),
+        _s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        Err(not_implemented(Op::BatchnormBwd))
+    }
     /// BatchNorm + activation backward after an eval-mode forward (frozen statistics,
     /// `MODEL.BACKBONE.FREEZE_BN`): the normalisation is a per-channel affine map, so `dx =
     /// dz * gamma / sqrt(running_var + eps)`. The CPU twin and kernels/norm.cu have it.
@@ -354,6 +372,43 @@ impl dyn Backend + '_ {
         let mask = mask.filter(|m| m.kept);
         self.norm_ops()
             .batchnorm_bwd(x, y, dy, params, saved, mask, dx, dres, dparams, s)
+    }
+
+    /// `Backend::batchnorm_bwd` of a BatchNorm with a residual whose reduce pass a data gradient
+    /// took (`Backend::conv2d_bwd_data_add_bn_sums`): from x and the `dz` it wrote (the
+    /// residual's gradient, dy act'(y)) and its `sums` (the partial-sum buffer and its runs per
+    /// pair), `dx` and the parameter gradients, the same values up to the sums' order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_bwd_summed(
+        &self,
+        x: &Buf,
+        dz: &Buf,
+        params: (&Buf, &Buf),
+        saved: (&Buf, &Buf),
+        sums: (&Buf, usize),
+        dx: &mut Buf,
+        dparams: (&mut Buf, &mut Buf),
+        s: BatchNorm,
+    ) -> Result<()> {
+        let s = s.check_train(
+            &[x, dz, &*dx],
+            &[params.0, params.1, dparams.0, dparams.1],
+            &[saved.0, saved.1],
+        )?;
+        s.check_layout(true, true)?;
+        let want = 2 * s.ghost * s.c * sums.1;
+        if sums.0.dtype() != DType::F32 || sums.0.len() != want {
+            bail!(
+                "{:?}: the backward's partial sums hold {} {} values, {} runs a pair need {want} f32",
+                *s,
+                sums.0.len(),
+                sums.0.dtype(),
+                sums.1
+            );
+        }
+        self.require(Op::BatchnormBwd, x.dtype())?;
+        self.norm_ops()
+            .batchnorm_bwd_summed(x, dz, params, saved, sums, dx, dparams, s)
     }
 
     /// BatchNorm + activation backward after an eval-mode forward whose gradient is wanted

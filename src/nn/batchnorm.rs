@@ -3,7 +3,9 @@
 
 use super::maps::Out;
 use super::{empty, ensure_len, ensure_like, Param, ParamKind};
-use crate::backend::{Act, ActMask, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, DType};
+use crate::backend::{
+    Act, ActMask, Backend, BatchNorm, BnBwdSums, BnEvalParams, BnTrainParams, Buf, DType,
+};
 use anyhow::{anyhow, bail, Context, Result};
 
 /// BatchNorm over channels of an NCHW tensor (`<name>.{weight,bias,running_mean,running_var}`,
@@ -42,6 +44,21 @@ pub struct BatchNorm2d {
     /// act'(y) of the last training forward with a residual, where the backend keeps it: the
     /// backward's reduce pass reads it in place of y.
     act_mask: ActMask,
+    /// The backward's reduce pass was taken by the data gradient that wrote dy
+    /// ([`BatchNorm2d::reduce_target`]): its runs a pair in `sums`, and dz in `dres`.
+    summed: Option<usize>,
+    sums: Buf,
+}
+
+/// A BatchNorm's backward reduce pass as the data gradient that writes its dy takes it
+/// (`Backend::conv2d_bwd_data_add_bn_sums`): what that reads of the BatchNorm, where dz (the
+/// residual's gradient) and the sums go, and where their runs are recorded for the backward.
+pub(crate) struct ReduceTarget<'a> {
+    pub bn: BnBwdSums<'a>,
+    pub shape: BatchNorm,
+    pub dz: &'a mut Buf,
+    pub partial: &'a mut Buf,
+    pub summed: &'a mut Option<usize>,
 }
 
 impl BatchNorm2d {
@@ -71,6 +88,8 @@ impl BatchNorm2d {
             residual: false,
             dres: empty(),
             act_mask: ActMask::new(),
+            summed: None,
+            sums: Buf::empty(DType::F32),
         })
     }
 
@@ -259,6 +278,35 @@ impl BatchNorm2d {
         self.trained = train;
         self.batch_stats = batch_stats;
         self.residual = residual && self.act != Act::Identity;
+        self.summed = None;
+    }
+
+    /// The output y, and where a data gradient that writes this BatchNorm's dy may take the
+    /// backward's reduce pass ([`ReduceTarget`]; `x` is this BatchNorm's input): after a training
+    /// forward with batch statistics, a residual and a kept act' mask, else None. dres is sized
+    /// for dz here.
+    pub(crate) fn reduce_target<'a>(
+        &'a mut self,
+        be: &dyn Backend,
+        x: &'a Buf,
+    ) -> Result<(&'a Buf, Option<ReduceTarget<'a>>)> {
+        let shape = match self.shape {
+            Some(s) if self.trained && self.batch_stats && self.residual && self.act_mask.kept => s,
+            _ => return Ok((&self.y, None)),
+        };
+        ensure_like(be, &mut self.dres, x, shape.n * shape.c * shape.hw)?;
+        let target = ReduceTarget {
+            bn: BnBwdSums {
+                x,
+                saved: (&self.save_mean, &self.save_invstd),
+                mask: &self.act_mask,
+            },
+            shape,
+            dz: &mut self.dres,
+            partial: &mut self.sums,
+            summed: &mut self.summed,
+        };
+        Ok((&self.y, Some(target)))
     }
 
     /// From the forward's input `x` and `dy`: `dx = ...`, gamma / beta gradients `+=`.
@@ -269,7 +317,8 @@ impl BatchNorm2d {
     /// [`BatchNorm2d::backward`], dx written channels-last (`n x hw x c`) when `nhwc` is asked
     /// and the last forward was a training one with batch statistics (for a convolution before it
     /// whose backward reads its dy so; the residual's gradient stays NCHW); returns whether it
-    /// was.
+    /// was. Where the data gradient that wrote dy took the reduce pass
+    /// (`BatchNorm2d::reduce_target`), `dy` is not read: dres already holds dz.
     pub fn backward_layout(
         &mut self,
         be: &dyn Backend,
@@ -288,8 +337,9 @@ impl BatchNorm2d {
         if !self.trained {
             bail!("backward of {name} after an eval-mode forward; call forward with train = true (a frozen BatchNorm then keeps its running statistics)");
         }
-        ensure_like(be, &mut self.dx, dy, s.n * s.c * s.hw)?;
-        if self.residual {
+        ensure_like(be, &mut self.dx, x, s.n * s.c * s.hw)?;
+        let summed = self.summed.take();
+        if self.residual && summed.is_none() {
             ensure_like(be, &mut self.dres, dy, s.n * s.c * s.hw)?;
         }
         let dgamma = self
@@ -302,14 +352,28 @@ impl BatchNorm2d {
             .grad
             .as_mut()
             .ok_or_else(|| anyhow!("{name} bias has no gradient"))?;
-        let dres = self.residual.then_some(&mut self.dres);
-        if self.batch_stats {
+        let params = (&self.weight.value, &self.bias.value);
+        let saved = (&self.save_mean, &self.save_invstd);
+        if let Some(runs) = summed {
+            let sums = (&self.sums, runs);
+            be.batchnorm_bwd_summed(
+                x,
+                &self.dres,
+                params,
+                saved,
+                sums,
+                &mut self.dx,
+                (dgamma, dbeta),
+                s,
+            )
+        } else if self.batch_stats {
+            let dres = self.residual.then_some(&mut self.dres);
             be.batchnorm_bwd(
                 x,
                 &self.y,
                 dy,
-                (&self.weight.value, &self.bias.value),
-                (&self.save_mean, &self.save_invstd),
+                params,
+                saved,
                 Some(&self.act_mask),
                 &mut self.dx,
                 dres,
@@ -317,6 +381,7 @@ impl BatchNorm2d {
                 s,
             )
         } else {
+            let dres = self.residual.then_some(&mut self.dres);
             be.batchnorm_bwd_eval(
                 x,
                 &self.y,

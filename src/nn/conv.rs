@@ -1,6 +1,6 @@
 //! Conv2d (no bias) and the Conv -> BatchNorm (-> activation) unit both backbones are made of.
 
-use super::batchnorm::BatchNorm2d;
+use super::batchnorm::{BatchNorm2d, ReduceTarget};
 use super::maps::{Out, Slot};
 use super::{empty, ensure_like, Param, ParamKind};
 use crate::backend::{Act, Backend, Buf, Conv, DType, Padding};
@@ -139,6 +139,36 @@ impl Conv2d {
         };
         self.dx = dx;
         done
+    }
+
+    /// The input gradient added onto `res` with the backward reduce pass of the BatchNorm whose
+    /// dy that is (`t`) taken in the epilogue, where the backend fuses them (dz and the sums
+    /// then go to that BatchNorm, and `res` is left as it was); returns whether it did.
+    fn bwd_data_bn_sums(
+        &self,
+        be: &dyn Backend,
+        dy: &Buf,
+        res: &Buf,
+        t: ReduceTarget,
+    ) -> Result<bool> {
+        let Some(s) = self.shape else {
+            return Ok(false);
+        };
+        // The data gradient reads the f32 master copy, or the low-precision copy (bf16) the
+        // forward rounded from it.
+        let w = match dy.dtype() {
+            DType::F32 => &self.weight.value,
+            _ => &self.weight_lp,
+        };
+        *t.summed = be
+            .conv2d_bwd_data_add_bn_sums(dy, w, res, t.dz, t.bn, t.partial, s, t.shape)
+            .with_context(|| {
+                format!(
+                    "data gradient of {} with the next BatchNorm's sums",
+                    self.weight.name
+                )
+            })?;
+        Ok(t.summed.is_some())
     }
 
     /// `weight.grad += dW` from the forward's input and `dy`, and the input gradient into (or,
@@ -345,9 +375,41 @@ impl ConvBn {
         dy: &Buf,
         dx: &mut Buf,
     ) -> Result<()> {
+        self.backward_add_then(be, x, dy, dx, None)
+    }
+
+    /// [`ConvBn::backward_add`] where `dx` is the dy of the BatchNorm before this unit (`then`:
+    /// a ResNet block's last, whose output is this block's input): the data gradient takes that
+    /// BatchNorm's backward reduce pass in its epilogue where the backend fuses them, and `dx`
+    /// is then left as it was, that BatchNorm holding dz and the sums instead (its backward does
+    /// not read its dy).
+    pub(crate) fn backward_add_then(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        dy: &Buf,
+        dx: &mut Buf,
+        then: Option<ReduceTarget>,
+    ) -> Result<()> {
         let nhwc = self.bn_backward(be, dy)?;
+        if let Some(then) = then.filter(|_| !nhwc) {
+            if self.conv.bwd_data_bn_sums(be, &self.bn.dx, dx, then)? {
+                return self
+                    .conv
+                    .backward_into(be, x, &self.bn.dx, None, false, false);
+            }
+        }
         self.conv
             .backward_into(be, x, &self.bn.dx, Some(dx), true, nhwc)
+    }
+
+    /// Its output, and where the data gradient after it may take its BatchNorm's backward reduce
+    /// pass ([`BatchNorm2d::reduce_target`]).
+    pub(crate) fn output_and_reduce(
+        &mut self,
+        be: &dyn Backend,
+    ) -> Result<(&Buf, Option<ReduceTarget<'_>>)> {
+        self.bn.reduce_target(be, &self.conv.y)
     }
 
     /// The unit's tensors in state_dict order (conv weight, then BatchNorm's four).

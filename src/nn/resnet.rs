@@ -3,6 +3,7 @@
 //! exists only when asked for (loading / checking ImageNet weights); InsCLR pools with GeM.
 
 use super::backbone::{classify, Backbone};
+use super::batchnorm::ReduceTarget;
 use super::conv::{ConvBn, Layout};
 use super::linear::Linear;
 use super::maps::{EvalMaps, Scratch, Slot, MID};
@@ -150,12 +151,22 @@ impl Bottleneck {
             .infer(be, s.b.buf(), Some(identity), (n, h2, w2), (&mut s.z, out))
     }
 
-    fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
+    /// From `dy`, the gradient of [`Bottleneck::y`] (not read where this block's c3 holds dz
+    /// already: the block after it took its reduce pass); `x` is the forward's input and `then`
+    /// the block before's last BatchNorm, whose dy `dx` is.
+    fn backward(
+        &mut self,
+        be: &dyn Backend,
+        x: &Buf,
+        dy: &Buf,
+        then: Option<ReduceTarget>,
+    ) -> Result<()> {
         // The block's input gradient is the identity path's (the sum's gradient, or the
         // downsample's input gradient) with c1's added onto it by c1's own kernels: the identity
-        // path's buffer becomes `dx` (swapped, nothing copied) and is given back first here, so
-        // that every buffer keeps its size and no step after the first allocates.
-        self.swap_identity_gradient();
+        // path's buffer becomes `dx` (swapped, nothing copied; ResNet::backward gives it back
+        // before the next backward, so that every buffer keeps its size and no step after the
+        // first allocates). Where c1's kernel also takes the block before's BatchNorm's reduce
+        // pass, it writes that BatchNorm's dz instead and `dx` keeps the identity path's gradient.
         self.c3.backward(be, &self.c2.bn.y, dy, true)?;
         self.c2
             .backward(be, &self.c1.bn.y, &self.c3.conv.dx, true)?;
@@ -163,7 +174,8 @@ impl Bottleneck {
             d.backward(be, x, &self.c3.bn.dres, true)?;
         }
         self.swap_identity_gradient();
-        self.c1.backward_add(be, x, &self.c2.conv.dx, &mut self.dx)
+        self.c1
+            .backward_add_then(be, x, &self.c2.conv.dx, &mut self.dx, then)
     }
 
     /// Trades `dx` with the buffer the identity path's gradient lands in.
@@ -395,14 +407,22 @@ impl Backbone for ResNet {
     }
 
     fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
+        // Each block's identity-path buffer back where its backward writes it, before any block
+        // runs: a block's c1 may write the block before's dz (Bottleneck::backward).
+        for b in &mut self.blocks {
+            b.swap_identity_gradient();
+        }
         for i in (0..self.blocks.len()).rev() {
             let (before, rest) = self.blocks.split_at_mut(i);
             let (cur, after) = rest
                 .split_first_mut()
                 .ok_or_else(|| anyhow!("ResNet block {i} missing"))?;
-            let input = before.last().map_or(&self.maxpool.y, |b| b.y());
+            let (input, then) = match before.last_mut() {
+                Some(b) => b.c3.output_and_reduce(be)?,
+                None => (&self.maxpool.y, None),
+            };
             let grad = after.first().map_or(dy, |b| &b.dx);
-            cur.backward(be, input, grad)?;
+            cur.backward(be, input, grad, then)?;
         }
         let d_pool = self.blocks.first().map_or(dy, |b| &b.dx);
         self.maxpool.backward(be, &self.stem.bn.y, d_pool)?;

@@ -7,7 +7,8 @@ use super::work::{conv_shape, Unit, Work};
 use super::{int, CudaBackend};
 use crate::backend::conv::bwd_by_passes;
 use crate::backend::{
-    Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, Checked, Conv, ConvOps, DType, Op,
+    Backend, BatchNorm, BnBwdSums, BnEvalParams, BnTrainParams, Buf, Checked, Conv, ConvOps, DType,
+    Op,
 };
 use anyhow::{bail, Result};
 
@@ -501,7 +502,7 @@ impl ConvOps for CudaBackend {
                 groups: b.ghost,
             };
             self.pipelined_fwd(&path, x, w, z, &s, &post)?;
-            self.bn_merge_stats(stats, merged_at, pairs, runs, chunks)?;
+            self.bn_merge(3, stats, (stats, merged_at), (pairs, runs, chunks))?;
             let split = self.bn_apply_split(&b, z, y, residual)?;
             let merged = BnStats {
                 partial: stats,
@@ -521,6 +522,67 @@ impl ConvOps for CudaBackend {
 
     fn conv2d_bwd_data_add(&self, dy: &Buf, w: &Buf, dx: &mut Buf, s: Checked<Conv>) -> Result<()> {
         self.bwd_data(dy, w, dx, &s, true)
+    }
+
+    /// The 1x1 data gradients (NCHW, 16-byte rows) fuse it: a run is an image's pixel tile.
+    fn bn_sums_runs(&self, s: &Conv, b: &BatchNorm, dtype: DType) -> Option<usize> {
+        let one_by_one = matches!(self.path(s, dtype), Ok(Path::OneByOne));
+        (one_by_one && !s.x_nhwc && !s.dy_nhwc && b.ghost > 0)
+            .then(|| b.n / b.ghost * (s.h * s.w).div_ceil(PIXEL_TILE))
+    }
+
+    /// `conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>` (tc_gemm.cuh's BnBwdSumsPost).
+    fn conv2d_bwd_data_bn_sums(
+        &self,
+        dy: &Buf,
+        w: &Buf,
+        res: &Buf,
+        dz: &mut Buf,
+        bn: BnBwdSums,
+        partial: &mut Buf,
+        s: Checked<Conv>,
+        b: Checked<BatchNorm>,
+    ) -> Result<()> {
+        let dtype = dy.dtype();
+        let (ex, ew, ey) = s.sizes();
+        if ex == 0 {
+            return Ok(());
+        }
+        if bn.mask.bits.len() != ex * dtype.size() / 16 {
+            bail!(
+                "conv data gradient + batchnorm sums: the activation mask holds {} bytes, this shape's is {} (a forward of another shape kept it)",
+                bn.mask.bits.len(),
+                ex * dtype.size() / 16
+            );
+        }
+        let hw = s.h * s.w;
+        let (kernel, cfg) = one_by_one_launch("bwd_data_bn_sums", s.c_in, hw, s.n, dtype);
+        let sums_bytes = partial.len() * 4;
+        let args = Args::new()
+            .ptr(dy.dev()?)
+            .ptr(w.dev()?)
+            .ptr(dz.dev_mut()?)
+            .i32(int(s.c_in, "conv c_in")?)
+            .i32(int(s.c_out, "conv c_out")?)
+            .i32(int(hw, "conv h*w")?)
+            .ptr(res.dev()?)
+            .ptr(bn.x.dev()?)
+            .ptr(bn.mask.bits.dev()?)
+            .ptr(bn.saved.0.dev()?)
+            .ptr(bn.saved.1.dev()?)
+            .ptr(partial.dev_mut()?)
+            .i32((b.n / b.ghost) as i32)
+            .i32(b.ghost as i32);
+        // dy, w read, res and BatchNorm's x read, dz written, the mask and the sums.
+        let bytes = (3 * ex + ew + ey) * dtype.size() + ex * dtype.size() / 16 + sums_bytes;
+        let args = args.work(Work::conv_on(&s, tensor_math(dtype).1, bytes));
+        // SAFETY: arguments match conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>(dy, w, dx, c_in,
+        // c_out, hw, res, bn_x, mask, save_mean, save_invstd, partial, per, groups); the shapes
+        // were checked: dy n x c_out x hw, w c_out x c_in, res, bn_x and dz n x c_in x hw, all of
+        // dy's dtype, the saved statistics ghost x c_in f32 (ghost divides n), the mask a byte per
+        // 16 bytes of dz (above), partial 2 floats per (pair, run) with runs = per x this grid's
+        // pixel tiles (bn_sums_runs, PIXEL_TILE); path() found every row 16-byte aligned.
+        unsafe { self.launch(&kernel, cfg, args) }
     }
 
     /// Where both passes run channels-last (dy's channels in 16-byte runs, a dx wanted), dy is

@@ -266,38 +266,60 @@ impl NormOps for CudaBackend {
             // 16-byte vector of y (checked above) and vec is that width.
             unsafe { self.launch(&reduce_kernel, split.launch(), args)? };
             if s.dx_nhwc {
-                let sums = (partial, split.chunks, pairs_at);
                 let grad = (grad, act);
+                let sums = ((partial, split.chunks), (partial, pairs_at));
                 return self.bn_bwd_nhwc(x, grad, (gamma, beta), saved, dx, dparams, &s, sums);
             }
-            // x and the gradient (dy, or dz) read again; dx written.
-            let args = Args::new()
-                .ptr(x.dev()?)
-                .ptr(grad)
-                .ptr(gamma.dev()?)
-                .ptr(beta.dev()?)
-                .ptr(saved.0.dev()?)
-                .ptr(saved.1.dev()?)
-                .ptr(partial)
-                .ptr(dx.dev_mut()?)
-                .ptr(dparams.0.dev_mut()?)
-                .ptr(dparams.1.dev_mut()?)
-                .i32(per)
-                .i32(c)
-                .i32(hw)
-                .i32(s.ghost as i32)
-                .i32(split.chunks as i32)
-                .i32(split.vec as i32)
-                .i32(act.code())
-                .work(bn_traffic(
-                    &s,
-                    3 * act_bytes + partial_bytes + bn_channel_bytes(&s),
-                ));
-            // SAFETY: arguments match batchnorm_bwd_<dtype>(x, dy, gamma, beta, save_mean,
-            // save_invstd, partial, dx, dgamma, dbeta, per, C, hw, ghost, chunks, vec, act); grad
-            // holds n*C*hw (dy, or dres written by the launch above); the shape was checked as for the forward; partial was written
-            // by the launch above with the same split.
-            unsafe { self.launch(&kernel, split.launch(), args) }
+            let sums = (partial, split.chunks);
+            self.bn_bwd_pass(
+                x,
+                (grad, act),
+                (gamma, beta),
+                saved,
+                sums,
+                dx,
+                dparams,
+                &s,
+                &split,
+            )
+        })
+    }
+
+    /// The second pass alone, after a data gradient took the reduce pass in its epilogue
+    /// (`conv2d_1x1_bwd_data_bn_sums_*`): its `runs` sums a pair merged into a few
+    /// (`batchnorm_merge_sums_f32`), then dz as it wrote it (no activation) through the pass.
+    fn batchnorm_bwd_summed(
+        &self,
+        x: &Buf,
+        dz: &Buf,
+        params: (&Buf, &Buf),
+        saved: (&Buf, &Buf),
+        (partial, runs): (&Buf, usize),
+        dx: &mut Buf,
+        dparams: (&mut Buf, &mut Buf),
+        s: Checked<BatchNorm>,
+    ) -> Result<()> {
+        let (n, c, _) = bn_sizes(&s)?;
+        if c == 0 || n == 0 {
+            return Ok(());
+        }
+        let grad = (dz.dev()?, Act::Identity);
+        let pairs = s.ghost * s.c;
+        let chunks = bn_merge_chunks(pairs, runs);
+        let merged_bytes = pairs * chunks * 2 * 4;
+        let pairs_at = merged_bytes.next_multiple_of(256);
+        self.with_scratch(pairs_at + pairs * BN_BWD_PAIR_BYTES, |merged| {
+            self.bn_merge(2, partial.dev()?, (merged, 0), (pairs, runs, chunks))?;
+            let sums = (merged, chunks);
+            if s.dx_nhwc {
+                let pairs = (merged, pairs_at);
+                return self.bn_bwd_nhwc(x, grad, params, saved, dx, dparams, &s, (sums, pairs));
+            }
+            let dtype = x.dtype();
+            let kernel = Op::BatchnormBwd.kernel(dtype);
+            let mems = [x.dev()?, grad.0, dx.dev()?];
+            let split = self.bn_split(&[&kernel], &s, &mems, dtype.size());
+            self.bn_bwd_pass(x, grad, params, saved, sums, dx, dparams, &s, &split)
         })
     }
 
@@ -559,9 +581,58 @@ impl CudaBackend {
         unsafe { self.launch(&format!("batchnorm_fwd_train_nhwc_{dtype}"), cfg, args) }
     }
 
+    /// `batchnorm_bwd_<dtype>`: dx from x and `grad` (dy and the layer's activation, or dz and
+    /// none), each pair's `runs` sums in `sums`; run 0 of group 0 adds the parameter gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_bwd_pass(
+        &self,
+        x: &Buf,
+        (grad, act): (&DevMem, Act),
+        (gamma, beta): (&Buf, &Buf),
+        saved: (&Buf, &Buf),
+        (sums, runs): (&DevMem, usize),
+        dx: &mut Buf,
+        dparams: (&mut Buf, &mut Buf),
+        s: &BatchNorm,
+        split: &BnSplit,
+    ) -> Result<()> {
+        let (_, c, hw) = bn_sizes(s)?;
+        let act_bytes = s.n * s.c * s.hw * x.dtype().size();
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(grad)
+            .ptr(gamma.dev()?)
+            .ptr(beta.dev()?)
+            .ptr(saved.0.dev()?)
+            .ptr(saved.1.dev()?)
+            .ptr(sums)
+            .ptr(dx.dev_mut()?)
+            .ptr(dparams.0.dev_mut()?)
+            .ptr(dparams.1.dev_mut()?)
+            .i32((s.n / s.ghost) as i32)
+            .i32(c)
+            .i32(hw)
+            .i32(s.ghost as i32)
+            .i32(split.chunks as i32)
+            .i32(int(runs, "batchnorm backward runs")?)
+            .i32(split.vec as i32)
+            .i32(act.code())
+            .work(bn_traffic(
+                s,
+                3 * act_bytes + split.pairs * runs * 2 * 4 + bn_channel_bytes(s),
+            ));
+        // SAFETY: arguments match batchnorm_bwd_<dtype>(x, dy, gamma, beta, save_mean,
+        // save_invstd, partial, dx, dgamma, dbeta, per, C, hw, ghost, chunks, runs, vec, act);
+        // the shape was checked: x, grad and dx hold n*C*hw, gamma, beta and the parameter
+        // gradients C, the saved statistics ghost*C, ghost divides n; `sums` holds `runs` sums of
+        // 2 floats per pair (written by the reduce pass, or by a data gradient's epilogue); the
+        // split's vectors fit x, grad and dx.
+        unsafe { self.launch(&Op::BatchnormBwd.kernel(x.dtype()), split.launch(), args) }
+    }
+
     /// The backward's second pass into a channels-last dx (`s.dx_nhwc`), from the reduce pass's
     /// `sums` (2 floats per pair and each of its `runs`; room for 7 floats per pair at byte
-    /// `pairs_at` of the same scratch): `batchnorm_bwd_pairs_f32` (a warp a pair: the pair's map,
+    /// `pairs_at` of `pairs_mem`): `batchnorm_bwd_pairs_f32` (a warp a pair: the pair's map,
     /// the parameter gradients), then `batchnorm_bwd_nhwc_<dtype>` reads x and `grad` through 64 x
     /// 64 tiles (32 x 32 in f32) and writes dx channels-last. `grad` and `act` are the second
     /// pass's, as for `batchnorm_bwd_<dtype>`: dy and the layer's activation, or after a residual
@@ -576,7 +647,7 @@ impl CudaBackend {
         dx: &mut Buf,
         dparams: (&mut Buf, &mut Buf),
         s: &BatchNorm,
-        (sums, runs, pairs_at): (&DevMem, usize, usize),
+        ((sums, runs), (pairs_mem, pairs_at)): ((&DevMem, usize), (&DevMem, usize)),
     ) -> Result<()> {
         let (_, c, hw) = bn_sizes(s)?;
         let dtype = x.dtype();
@@ -591,7 +662,7 @@ impl CudaBackend {
             .ptr(saved.1.dev()?)
             .ptr(dparams.0.dev_mut()?)
             .ptr(dparams.1.dev_mut()?)
-            .ptr_at(sums, pairs_at)
+            .ptr_at(pairs_mem, pairs_at)
             .i32(per as i32)
             .i32(c)
             .i32(hw)
@@ -605,15 +676,16 @@ impl CudaBackend {
         // SAFETY: arguments match batchnorm_bwd_pairs_f32(partial, gamma, beta, save_mean,
         // save_invstd, dgamma, dbeta, pairs, per, C, hw, ghost, chunks); the shape was checked:
         // gamma, beta and the parameter gradients hold C, the saved statistics ghost*C, ghost
-        // divides n; partial holds `runs` sums of 2 floats per pair (the reduce pass wrote
-        // them) and 7 floats per pair at pairs_at (4-byte aligned); a 32-thread block a pair.
+        // divides n; sums holds `runs` sums of 2 floats per pair (the reduce pass or a data
+        // gradient's epilogue wrote them), pairs_mem 7 floats per pair at pairs_at (4-byte
+        // aligned); a 32-thread block a pair.
         unsafe { self.launch("batchnorm_bwd_pairs_f32", cfg, args)? };
         let cfg = tiles;
         let act_bytes = s.n * s.c * s.hw * dtype.size();
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(grad)
-            .ptr_at(sums, pairs_at)
+            .ptr_at(pairs_mem, pairs_at)
             .ptr(dx.dev_mut()?)
             .i32(per as i32)
             .i32(c)
@@ -627,26 +699,30 @@ impl CudaBackend {
         unsafe { self.launch(&format!("batchnorm_bwd_nhwc_{dtype}"), cfg, args) }
     }
 
-    /// Merges a convolution's `runs` partial statistics per pair (its epilogue's, one per image
-    /// and tile, in three planes of runs x pairs floats) into `chunks` unshifted runs per pair (3
-    /// floats each) at byte `merged_at` (batchnorm_merge_stats_f32; `chunks` from
-    /// [`bn_merge_chunks`]).
-    pub(super) fn bn_merge_stats(
+    /// Merges a convolution's `runs` partials per pair (its epilogue's, one per image and pixel
+    /// tile, in planes of runs x pairs floats: `floats` of them, 3 for the forward's statistics,
+    /// 2 for the backward's sums) into `chunks` runs per pair (`floats` each, pair-major) at
+    /// `merged`'s byte `merged_at`: batchnorm_merge_stats_f32 (unshifted statistics) or
+    /// batchnorm_merge_sums_f32 (`chunks` from [`bn_merge_chunks`]).
+    pub(super) fn bn_merge(
         &self,
+        floats: usize,
         partial: &DevMem,
-        merged_at: usize,
-        pairs: usize,
-        runs: usize,
-        chunks: usize,
+        (merged, merged_at): (&DevMem, usize),
+        (pairs, runs, chunks): (usize, usize, usize),
     ) -> Result<()> {
+        let kernel = match floats {
+            3 => "batchnorm_merge_stats_f32",
+            _ => "batchnorm_merge_sums_f32",
+        };
         let args = Args::new()
             .ptr(partial)
-            .ptr_at(partial, merged_at)
+            .ptr_at(merged, merged_at)
             .i32(int(pairs, "batchnorm pairs")?)
-            .i32(int(runs, "batchnorm statistics runs")?)
+            .i32(int(runs, "batchnorm runs to merge")?)
             .i32(chunks as i32)
             .work(Work::traffic(
-                (runs + chunks) * pairs * 3 * 4,
+                (runs + chunks) * pairs * floats * 4,
                 format!("{pairs}x{runs}"),
             ));
         let cfg = Launch {
@@ -654,10 +730,11 @@ impl CudaBackend {
             block: (BN_THREADS, 1, 1),
             smem: 0,
         };
-        // SAFETY: arguments match batchnorm_merge_stats_f32(partial, merged, pairs, runs,
-        // chunks); `partial` holds 3 planes of runs x pairs floats from its start and pairs x
-        // chunks x 3 more at byte merged_at (the caller's layout); blocks of 32 pairs x chunks.
-        unsafe { self.launch("batchnorm_merge_stats_f32", cfg, args) }
+        // SAFETY: arguments match batchnorm_merge_{stats,sums}_f32(partial, merged, pairs, runs,
+        // chunks); `partial` holds `floats` planes of runs x pairs floats from its start and
+        // `merged` pairs x chunks x `floats` more at byte merged_at (the callers' layouts); blocks
+        // of 32 pairs x chunks.
+        unsafe { self.launch(kernel, cfg, args) }
     }
 
     /// The launch split of the training forward's apply pass alone (after a convolution that
