@@ -1349,6 +1349,86 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
             assert!(format!("{e:#}").contains("runs a pair"), "{what}: {e:#}");
         }
     }
+    // The cases above ran every variant: the plan device records the same launches.
+    let plan = CudaBackend::plan();
+    plan.set_tf32(true);
+    let be: &dyn Backend = &plan;
+    let rec = plan.recorder().unwrap();
+    for dt in [DType::BF16, DType::F32] {
+        for &(n, c, h, w, c_out, ghost, act) in cases {
+            let s = Conv::new(n, c, h, w, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
+            let b = BatchNorm {
+                ghost,
+                ..BatchNorm::new(n, c, h * w, 1e-5, act)
+            };
+            let (lx, lw, ly) = s.sizes();
+            let act_buf = |len: usize| be.zeros(dt, len).unwrap();
+            let chan = |len: usize| be.zeros(DType::F32, len).unwrap();
+            let (x, res, wt, dy) = (act_buf(lx), act_buf(lx), act_buf(lw), act_buf(ly));
+            let (gamma, beta, mut rm, mut rv) = (chan(c), chan(c), chan(c), chan(c));
+            let (mut mean, mut invstd) = (chan(ghost * c), chan(ghost * c));
+            let (mut y, mut dz, mut dx) = (act_buf(lx), act_buf(lx), act_buf(lx));
+            let (mut dg, mut db, mut mask) = (chan(c), chan(c), ActMask::new());
+            let (running, saved) = ((&mut rm, &mut rv), (&mut mean, &mut invstd));
+            let res_arg = Some(&res);
+            be.batchnorm_fwd_train(
+                &x,
+                &gamma,
+                &beta,
+                running,
+                saved,
+                res_arg,
+                &mut y,
+                Some(&mut mask),
+                b,
+            )
+            .unwrap();
+            let (saved, mut partial) = ((&mean, &invstd), Buf::empty(DType::F32));
+            rec.set_recording(true);
+            let sums = BnBwdSums {
+                x: &x,
+                saved,
+                mask: &mask,
+            };
+            if let Some(runs) = be
+                .conv2d_bwd_data_add_bn_sums(&dy, &wt, &res, &mut dz, sums, &mut partial, s, b)
+                .unwrap()
+            {
+                let sums = (&partial, runs);
+                be.batchnorm_bwd_summed(
+                    &x,
+                    &dz,
+                    (&gamma, &beta),
+                    saved,
+                    sums,
+                    &mut dx,
+                    (&mut dg, &mut db),
+                    b,
+                )
+                .unwrap();
+            }
+            rec.set_recording(false);
+        }
+    }
+    let seen: std::collections::BTreeSet<String> = rec
+        .take()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Launch { kernel, .. } => Some(kernel),
+            _ => None,
+        })
+        .collect();
+    for k in [
+        "conv2d_1x1_bwd_data_bn_sums_bf16",
+        "conv2d_1x1_bwd_data_bn_sums_m64_bf16",
+        "conv2d_1x1_bwd_data_bn_sums_tf32",
+        "conv2d_1x1_bwd_data_bn_sums_m64_tf32",
+        "batchnorm_merge_sums_f32",
+        "batchnorm_bwd_bf16",
+        "batchnorm_bwd_f32",
+    ] {
+        assert!(seen.contains(k), "no case launches {k}: {seen:?}");
+    }
 }
 
 #[test]
