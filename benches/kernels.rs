@@ -1110,11 +1110,13 @@ fn batchnorm_benches(
             let [gamma, beta, _, _, sm, si, dg, db] = &mut b.params;
             let sums = BnBwdSums {
                 x: &b.x,
+                params: (&*gamma, &*beta),
                 saved: (sm, si),
-                mask: &b.mask,
+                mask: Some(&b.mask),
             };
+            let res = Some(&b.dy);
             let runs = be
-                .conv2d_bwd_data_add_bn_sums(&dyc, &wc, &b.dy, &mut b.dres, sums, partial, s, plain)
+                .conv2d_bwd_data_bn_sums(&dyc, &wc, res, &mut b.dres, sums, partial, s, plain)
                 .unwrap()?;
             let (params, sums) = ((&*gamma, &*beta), (&*partial, runs));
             be.batchnorm_bwd_summed(

@@ -82,11 +82,26 @@ __device__ __forceinline__ BnAffine bn_eval_affine(float gamma, float beta, floa
 // x * scale + shift op by op (no FMA contraction), as the CPU twin computes it.
 __device__ __forceinline__ float bn_affine_map(float x, BnAffine a) { return __fadd_rn(__fmul_rn(x, a.scale), a.shift); }
 
+// A channel's affine map in training, y = act(x * scale + shift [+ res]), op by op (__fmul_rn /
+// __fadd_rn forbid FMA contraction), as the CPU twin computes it: the backward (norm.cu, and the
+// data gradients that take its reduce pass, tc_gemm.cuh) recomputes y from x by these same
+// operations, bit for bit the forward's.
+__device__ __forceinline__ BnAffine bn_affine_of(float gamma, float beta, float mean, float invstd) {
+    const float scale = __fmul_rn(gamma, invstd);
+    return BnAffine{scale, __fsub_rn(beta, __fmul_rn(mean, scale))};
+}
+
 // act' read from the activation's output y: 1 where the activation passed its input.
 __device__ __forceinline__ float act_grad(int act, float y) {
     if (act == ACT_RELU) return y > 0.0f ? 1.0f : 0.0f;
     if (act == ACT_RELU6) return (y > 0.0f && y < 6.0f) ? 1.0f : 0.0f;
     return 1.0f;
+}
+
+// The forward's y of x without a residual, rounded to T as it was stored.
+template <typename T>
+__device__ __forceinline__ float bn_recompute_y(float x, BnAffine a, int act) {
+    return load(store<T>(act_apply(act, bn_affine_map(x, a))));
 }
 
 // Grid-stride loop over [0, n) with a 64-bit index.

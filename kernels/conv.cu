@@ -341,14 +341,16 @@ typedef __nv_bfloat16 bf16_t;
 #define BN_STATS_PARAMS float *__restrict__ partial, int per, int groups
 #define BN_STATS_POST tc::BnStatsPost{{}, partial, per, groups}
 // The _bn_sums data gradients' trailing arguments: the gradient their product is added to (laid
-// out as dx), the next BatchNorm's input and act' mask, its saved statistics, where its backward
-// sums go, the images per statistics group and the groups (tc_gemm.cuh, BnBwdSumsPost); dx gets
-// dz.
+// out as dx; null: none, the BatchNorm had no residual), the next BatchNorm's input and act' mask
+// (read with res), its gamma and beta (read without: y recomputed), its saved statistics, where
+// its backward sums go, the images per statistics group, the groups and the activation
+// (tc_gemm.cuh, BnBwdSumsPost); dx gets dz.
 #define BN_SUMS_PARAMS(T)                                                                                \
     const T *__restrict__ res, const T *__restrict__ bn_x, const unsigned char *__restrict__ mask,      \
-        const float *__restrict__ save_mean, const float *__restrict__ save_invstd, float *__restrict__ partial, \
-        int per, int groups
-#define BN_SUMS_POST(T) tc::BnBwdSumsPost<T>{{}, res, bn_x, mask, save_mean, save_invstd, partial, per, groups}
+        const float *__restrict__ gamma, const float *__restrict__ beta, const float *__restrict__ save_mean, \
+        const float *__restrict__ save_invstd, float *__restrict__ partial, int per, int groups, int act
+#define BN_SUMS_POST(T) \
+    tc::BnBwdSumsPost<T>{{}, res, bn_x, mask, gamma, beta, save_mean, save_invstd, partial, per, groups, act}
 
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_fwd_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight, bf16_t* __restrict__ y,
@@ -824,8 +826,9 @@ __device__ void depthwise_fwd(const T* __restrict__ x, const T* __restrict__ wei
     ConvShape s = CONV_SHAPE;
     size_t ohw = (size_t)oh * ow;
     GRID_STRIDE(i, (size_t)n * c_out * ohw) {
-        size_t plane = i / ohw;
-        int p = (int)(i - plane * ohw), c = (int)(plane % c_out), img = (int)(plane / c_out);
+        // The plane (an image's channel) fits an int: its split is a 32-bit division.
+        const size_t plane = i / ohw;
+        const int p = (int)(i - plane * ohw), img = (int)plane / c_out, c = (int)plane - img * c_out;
         const T* wc = weight + (size_t)c * kh * kw;
         float sum = 0.0f;
         for (int r = 0; r < kh; r++)
@@ -842,8 +845,8 @@ __device__ void depthwise_bwd_data(const T* __restrict__ dy, const T* __restrict
     ConvShape s = CONV_SHAPE;
     size_t hw = (size_t)h * w;
     GRID_STRIDE(i, (size_t)n * c_in * hw) {
-        size_t plane = i / hw;
-        int pix = (int)(i - plane * hw), c = (int)(plane % c_in), img = (int)(plane / c_in);
+        const size_t plane = i / hw;
+        const int pix = (int)(i - plane * hw), img = (int)plane / c_in, c = (int)plane - img * c_in;
         const T* wc = weight + (size_t)c * kh * kw;
         float sum = 0.0f;
         for (int r = 0; r < kh; r++)

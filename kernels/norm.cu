@@ -279,20 +279,6 @@ __device__ __forceinline__ float2 bn_merge_sums(const float* __restrict__ partia
     return make_float2(warp_sum(a), warp_sum(b));
 }
 
-// A channel's affine map in training, y = act(x * scale + shift [+ res]), op by op (__fmul_rn /
-// __fadd_rn forbid FMA contraction), as the CPU twin computes it: the backward recomputes y from
-// x by these same operations, bit for bit the forward's.
-__device__ __forceinline__ BnAffine bn_affine_of(float gamma, float beta, float mean, float invstd) {
-    const float scale = __fmul_rn(gamma, invstd);
-    return BnAffine{scale, __fsub_rn(beta, __fmul_rn(mean, scale))};
-}
-
-// The forward's y of x without a residual, rounded to T as it was stored.
-template <typename T>
-__device__ __forceinline__ float bn_recompute_y(float x, BnAffine a, int act) {
-    return load(store<T>(act_apply(act, bn_affine_map(x, a))));
-}
-
 // act'(y) of one vector of y as stored, one bit a value (bit i: value i): the byte that the
 // backward reads in place of the vector (y's 16 bytes -> 1; a mask is kept only where vectors are
 // 16 bytes, so its layout, byte at / VEC, is the same for every launch of a tensor's shape).

@@ -496,6 +496,7 @@ struct PhaseMap {
 // The epilogue's post-op when there is none.
 struct NoPost {
     static constexpr bool ON = false, SUMS = false;
+    static constexpr int TABLE = 1;  // float2s a row in the post-op's table
     __device__ __forceinline__ void stage(float2*, int, int, int) const {}
     template <int VEC>
     __device__ __forceinline__ void residual(long long, float (&)[VEC]) const {}
@@ -594,6 +595,7 @@ struct BnStatsPost : NoPost {
 template <typename TC>
 struct BnEvalPost {
     static constexpr bool ON = true, SUMS = false;
+    static constexpr int TABLE = 1;
     const float *gamma, *beta, *mean, *var;
     const TC* res;
     float eps;
@@ -699,38 +701,46 @@ __device__ __forceinline__ void load_staged(const unsigned char* p, float (&v)[V
 
 // Training BatchNorm's backward reduce pass, done by the epilogue of the data gradient that
 // writes BatchNorm's output gradient dy (C rows are BatchNorm's channels, blockIdx.z the image):
-// dy = the product rounded to TC, plus `res` (the gradient already there: a ResNet block's
-// identity path) rounded again, exactly as a beta = 1 epilogue stores it; then dz = dy act'(y),
-// act' from the forward's mask (a bit a value, a byte per 16-byte vector: norm.cu's act_mask_of),
-// is what C gets, and each row's (sum dz, sum dz xh), xh = (x - mean) invstd, over the block
-// tile's columns goes to run (image % per) gridDim.x + blockIdx.x of pair gc = (image / per) m +
-// row, as BnStatsPost's statistics: partial[run pairs + gc], the second sum a plane of runs x
-// pairs floats further; norm.cu's batchnorm_merge_sums_f32 merges a pair's runs in order. So the
-// reduce pass, which read x, dy and the mask and wrote dz, is gone; this epilogue reads x and the
-// mask. The launcher guarantees rows of C 16-byte aligned, and so one mask byte a stored vector.
+// dy = the product rounded to TC, exactly as a beta = 0 epilogue stores it, or with `res` (the
+// gradient already there: a ResNet block's identity path, when a residual went into y) plus that,
+// rounded again, as a beta = 1 epilogue stores it; then dz = dy act'(y) is what C gets, act' from
+// the forward's mask after a residual (a bit a value, a byte per 16-byte vector: norm.cu's
+// act_mask_of), else from y recomputed from x (bn_recompute_y, by the forward's affine map of
+// gamma, beta and the saved statistics). Each row's (sum dz, sum dz xh), xh = (x - mean) invstd,
+// over the block tile's columns goes to run (image % per) gridDim.x + blockIdx.x of pair gc =
+// (image / per) m + row, as BnStatsPost's statistics: partial[run pairs + gc], the second sum a
+// plane of runs x pairs floats further; norm.cu's batchnorm_merge_sums_f32 merges a pair's runs
+// in order. So the reduce pass, which read x, dy (and the mask) and wrote dz, is gone; this
+// epilogue reads x (and the mask). The launcher guarantees rows of C 16-byte aligned, and so one
+// mask byte a stored vector.
 template <typename TC>
 struct BnBwdSumsPost : NoPost {
     static constexpr bool ON = true, SUMS = true;
-    static constexpr int VEC = 16 / (int)sizeof(TC);
+    static constexpr int VEC = 16 / (int)sizeof(TC), TABLE = 2;
     const TC *res, *x;
     const unsigned char* mask;
-    const float *mean, *invstd;
+    const float *gamma, *beta, *mean, *invstd;
     float* partial;
-    int per, groups;
+    int per, groups, act;
 
     __device__ __forceinline__ BnBwdSumsPost at_image(long long elems) const {
         BnBwdSumsPost p = *this;
-        p.res += elems, p.x += elems, p.mask += elems / VEC;
+        p.x += elems;
+        if (res) p.res += elems, p.mask += elems / VEC;
         return p;
     }
 
-    // table[t] = (mean, invstd) of row first + t's pair in this image's statistics group.
+    // table[t] = (mean, invstd) of row first + t's pair in this image's statistics group, and
+    // table[rows + t] its affine map (scale, shift) where y is recomputed (no residual).
     __device__ __forceinline__ void stage(float2* table, int first, int rows, int m) const {
         const int gc0 = (int)blockIdx.z / per * m + first;
         for (int t = threadIdx.x; first + t < m && t < rows; t += blockDim.x) {
-            const float2 a = make_float2(mean[gc0 + t], invstd[gc0 + t]);
+            const float mu = mean[gc0 + t], is = invstd[gc0 + t];
+            const BnAffine a = res ? BnAffine{0.0f, 0.0f} : bn_affine_of(gamma[first + t], beta[first + t], mu, is);
             *reinterpret_cast<unsigned long long*>(table + t) =
-                (unsigned long long)__float_as_uint(a.x) | (unsigned long long)__float_as_uint(a.y) << 32;
+                (unsigned long long)__float_as_uint(mu) | (unsigned long long)__float_as_uint(is) << 32;
+            *reinterpret_cast<unsigned long long*>(table + rows + t) =
+                (unsigned long long)__float_as_uint(a.scale) | (unsigned long long)__float_as_uint(a.shift) << 32;
         }
     }
 
@@ -754,14 +764,20 @@ struct BnBwdSumsPost : NoPost {
                 const long long at = (long long)row * n + col;
                 float v[VEC], old[VEC], xv[VEC];
                 load_staged<VEC, TC>(smem + r * ROW_BYTES + ch * VEC * (int)sizeof(TC), v);
-                load_vec<VEC>(res + at, old);
                 load_vec<VEC>(x + at, xv);
-                const unsigned bits = mask[at / VEC];
-                const float2 s = table[r];
+                const float2 s = table[r], map = table[rows + r];
+                unsigned bits = 0;
+                if (res) load_vec<VEC>(res + at, old), bits = mask[at / VEC];
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) {
-                    // The bit as a factor, as the reduce pass takes it (an inf dy makes NaN there too).
-                    const float dz = load(store<TC>(v[e] + old[e])) * (float)((bits >> e) & 1u);
+                    // act' as the reduce pass takes it: the bit as a factor (an inf dy makes NaN
+                    // there too), or act_grad of the recomputed y.
+                    float dz;
+                    if (res)
+                        dz = load(store<TC>(v[e] + old[e])) * (float)((bits >> e) & 1u);
+                    else
+                        dz = load(store<TC>(v[e])) *
+                             act_grad(act, bn_recompute_y<TC>(xv[e], BnAffine{map.x, map.y}, act));
                     sdz += dz;
                     sdzx += dz * (xv[e] - s.x) * s.y;
                     v[e] = dz;
@@ -1007,7 +1023,7 @@ __device__ __forceinline__ void epilogue(unsigned char* smem, const float (&acc)
     constexpr int PASS_ROWS = SmemSize<BM, BN, STAGES, TC>::PASS_ROWS;
     static_assert(PASS_ROWS >= WM && BM % PASS_ROWS == 0, "the epilogue stages whole warp rows");
     using Smem = SmemSize<BM, BN, STAGES, TC>;
-    static_assert(!Post::ON || PASS_ROWS * (Smem::ROW_BYTES + (int)sizeof(float2)) <= Smem::BYTES,
+    static_assert(!Post::ON || PASS_ROWS * (Smem::ROW_BYTES + Post::TABLE * (int)sizeof(float2)) <= Smem::BYTES,
                   "room for the post-op's table after the staged rows");
 #pragma unroll
     for (int r0 = 0; r0 < BM; r0 += PASS_ROWS)

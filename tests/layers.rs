@@ -1183,42 +1183,35 @@ fn kernel_conv_then_train_batchnorm_takes_its_statistics_from_the_epilogue() {
     );
 }
 
-/// The bf16 1x1 weight gradient sums groups of whole images when a GPU holds fewer blocks than
-/// the batch has images (a batch of 64 on an H200 for the widest layers). On an emulated GPU of
-/// one or two multiprocessors, 7 images make such groups from a test's small layer: 2 to 7
-/// images a group, the last one short for most of them, each image a segment of the product's
-/// reduction. Both tile heights (c_out 40: 64-row tiles; 72: 128-row).
-/// A 1x1 data gradient that writes a residual BatchNorm's dy (added onto the identity path's
-/// gradient, as a ResNet block's conv1 does for the block before) takes that BatchNorm's backward
-/// reduce pass in its epilogue (`conv2d_1x1_bwd_data_bn_sums_*`): dz bit for bit the two ops'
-/// (conv2d_bwd_data_add, then batchnorm_bwd's residual gradient), the identity path's gradient
-/// left as it was, and dx and the parameter gradients from its sums within the sums' rounding
-/// (another order) of the two ops'. 64- and 128-row tiles, partial row and pixel tiles, statistics
-/// groups; bf16 and f32 on TF32. Without an activation (no mask) nothing is fused or written.
+/// A 1x1 data gradient that writes a training BatchNorm's dy takes that BatchNorm's backward
+/// reduce pass in its epilogue (`conv2d_1x1_bwd_data_bn_sums_*`), in both of its modes. After a
+/// residual (added onto the identity path's gradient, as a ResNet block's conv1 does for the block
+/// before; act' from the forward's mask): dz bit for bit the two ops' (conv2d_bwd_data_add, then
+/// batchnorm_bwd's residual gradient), the identity path's gradient left as it was. Without one
+/// (a bottleneck's conv3 for its bn2; act' of y recomputed from x): dz bit for bit the two ops'
+/// dy times act' of the forward's y, and dx also channels-last. Then dx and the parameter
+/// gradients from its sums within the sums' rounding (another order) of the two ops'. 64- and
+/// 128-row tiles, partial row and pixel tiles, statistics groups; bf16 and f32 on TF32. After a
+/// residual without an activation (no mask) nothing is fused or written.
 #[test]
 fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
     let dev = kernel_device("kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums");
     let tf32_dev =
         kernel_device("kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums (TF32)");
     tf32_dev.set_tf32(true);
-    // (n, BatchNorm's channels = the convolution's c_in, h, w, c_out, statistics groups, act)
-    let cases: &[(usize, usize, usize, usize, usize, usize, Act)] = &[
-        (2, 16, 4, 4, 24, 1, Act::Relu),
-        (3, 136, 4, 6, 72, 3, Act::Relu6),
-        (2, 40, 10, 8, 200, 2, Act::Relu),
-        (1, 16, 24, 24, 24, 1, Act::Relu),
-        (4, 72, 10, 20, 32, 2, Act::Relu),
-        (2, 16, 4, 4, 24, 1, Act::Identity),
-    ];
+    let cases = bn_sums_cases();
     for (dt, be) in [(DType::BF16, &dev), (DType::F32, &tf32_dev)] {
         let be: &dyn Backend = be;
-        for &(n, c, h, w, c_out, ghost, act) in cases {
-            let what = format!("{dt} 1x1 {n}x{c}x{h}x{w} <- {c_out}, {ghost} groups, {act:?}");
+        for &(n, c, h, w, c_out, ghost, act, mode) in &cases {
+            let what =
+                format!("{dt} 1x1 {n}x{c}x{h}x{w} <- {c_out}, {ghost} groups, {act:?}, {mode:?}");
             let s = Conv::new(n, c, h, w, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
             let b = BatchNorm {
                 ghost,
+                dx_nhwc: mode == SumsMode::NhwcDx,
                 ..BatchNorm::new(n, c, h * w, 1e-5, act)
             };
+            let residual = mode == SumsMode::Residual;
             let (lx, lw, ly) = s.sizes();
             let mut rng = Rng::new(977 + lx as u64);
             let up = |v: Vec<f32>| upload_as(be, &v, dt).unwrap();
@@ -1240,10 +1233,13 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
                 &beta,
                 running,
                 saved,
-                Some(&res),
+                residual.then_some(&res),
                 &mut y,
                 Some(&mut mask),
-                b,
+                BatchNorm {
+                    dx_nhwc: false,
+                    ..b
+                },
             )
             .unwrap();
             let (saved, params) = ((&mean, &invstd), (&gamma, &beta));
@@ -1252,10 +1248,14 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
             let identity = rng.vec_f32(lx, -1.0, 1.0);
             // The two ops.
             let mut dy_bn = up(identity.clone());
-            be.conv2d_bwd_data_add(&dy, &wt, &mut dy_bn, s).unwrap();
+            if residual {
+                be.conv2d_bwd_data_add(&dy, &wt, &mut dy_bn, s).unwrap();
+            } else {
+                be.conv2d_bwd_data(&dy, &wt, &mut dy_bn, s).unwrap();
+            }
             let (mut dx, mut dres) = (poisoned_as(be, lx, dt), poisoned_as(be, lx, dt));
             let (mut dg, mut db) = (zeros(c), zeros(c));
-            let dres_arg = (act != Act::Identity).then_some(&mut dres);
+            let dres_arg = (residual && act != Act::Identity).then_some(&mut dres);
             be.batchnorm_bwd(
                 &x,
                 &y,
@@ -1274,41 +1274,52 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
             let (mut dz, mut partial) = (poisoned_as(be, lx, dt), Buf::empty(DType::F32));
             let sums = BnBwdSums {
                 x: &x,
+                params,
                 saved,
-                mask: &mask,
+                mask: residual.then_some(&mask),
             };
+            let res_arg = residual.then_some(&identity_buf);
             let runs = be
-                .conv2d_bwd_data_add_bn_sums(
-                    &dy,
-                    &wt,
-                    &identity_buf,
-                    &mut dz,
-                    sums,
-                    &mut partial,
-                    s,
-                    b,
-                )
+                .conv2d_bwd_data_bn_sums(&dy, &wt, res_arg, &mut dz, sums, &mut partial, s, b)
                 .unwrap_or_else(|e| panic!("{what}: {e:#}"));
             let got = |buf: &Buf| download_f32(be, buf).unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             let Some(runs) = runs else {
-                assert_eq!(act, Act::Identity, "{what}: not fused");
+                assert!(residual && act == Act::Identity, "{what}: not fused");
                 assert!(
                     got(&dz).iter().all(|v| v.is_nan()),
                     "{what}: not fused, yet dz was written"
                 );
                 continue;
             };
-            assert_ne!(act, Act::Identity, "{what}: fused without a mask");
-            assert!(mask.kept(), "{what}: fused, yet the forward kept no mask");
-            assert!(
-                bits(&got(&dz)) == bits(&got(&dres)),
-                "{what}: dz differs from the two ops' dres"
-            );
-            assert!(
-                bits(&got(&identity_buf)) == bits(&got(&up(identity.clone()))),
-                "{what}: the identity path's gradient was written"
-            );
+            if residual {
+                assert_ne!(act, Act::Identity, "{what}: fused without a mask");
+                assert!(mask.kept(), "{what}: fused, yet the forward kept no mask");
+                assert!(
+                    bits(&got(&dz)) == bits(&got(&dres)),
+                    "{what}: dz differs from the two ops' dres"
+                );
+                assert!(
+                    bits(&got(&identity_buf)) == bits(&got(&up(identity.clone()))),
+                    "{what}: the identity path's gradient was written"
+                );
+            } else {
+                // dy (as the two ops' data gradient stored it) times act' of the forward's y.
+                let act_grad = |y: f32| match act {
+                    Act::Identity => 1.0,
+                    Act::Relu => (y > 0.0) as u8 as f32,
+                    Act::Relu6 => (y > 0.0 && y < 6.0) as u8 as f32,
+                };
+                let want: Vec<f32> = got(&dy_bn)
+                    .iter()
+                    .zip(got(&y))
+                    .map(|(&g, y)| g * act_grad(y))
+                    .collect();
+                assert!(
+                    bits(&got(&dz)) == bits(&want),
+                    "{what}: dz differs from the two ops' dy times act'(y)"
+                );
+            }
             let (mut dx2, mut dg2, mut db2) = (poisoned_as(be, lx, dt), zeros(c), zeros(c));
             be.batchnorm_bwd_summed(
                 &x,
@@ -1355,12 +1366,14 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
     let be: &dyn Backend = &plan;
     let rec = plan.recorder().unwrap();
     for dt in [DType::BF16, DType::F32] {
-        for &(n, c, h, w, c_out, ghost, act) in cases {
+        for &(n, c, h, w, c_out, ghost, act, mode) in &cases {
             let s = Conv::new(n, c, h, w, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
             let b = BatchNorm {
                 ghost,
+                dx_nhwc: mode == SumsMode::NhwcDx,
                 ..BatchNorm::new(n, c, h * w, 1e-5, act)
             };
+            let residual = mode == SumsMode::Residual;
             let (lx, lw, ly) = s.sizes();
             let act_buf = |len: usize| be.zeros(dt, len).unwrap();
             let chan = |len: usize| be.zeros(DType::F32, len).unwrap();
@@ -1370,28 +1383,32 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
             let (mut y, mut dz, mut dx) = (act_buf(lx), act_buf(lx), act_buf(lx));
             let (mut dg, mut db, mut mask) = (chan(c), chan(c), ActMask::new());
             let (running, saved) = ((&mut rm, &mut rv), (&mut mean, &mut invstd));
-            let res_arg = Some(&res);
             be.batchnorm_fwd_train(
                 &x,
                 &gamma,
                 &beta,
                 running,
                 saved,
-                res_arg,
+                residual.then_some(&res),
                 &mut y,
                 Some(&mut mask),
-                b,
+                BatchNorm {
+                    dx_nhwc: false,
+                    ..b
+                },
             )
             .unwrap();
             let (saved, mut partial) = ((&mean, &invstd), Buf::empty(DType::F32));
             rec.set_recording(true);
             let sums = BnBwdSums {
                 x: &x,
+                params: (&gamma, &beta),
                 saved,
-                mask: &mask,
+                mask: residual.then_some(&mask),
             };
+            let res_arg = residual.then_some(&res);
             if let Some(runs) = be
-                .conv2d_bwd_data_add_bn_sums(&dy, &wt, &res, &mut dz, sums, &mut partial, s, b)
+                .conv2d_bwd_data_bn_sums(&dy, &wt, res_arg, &mut dz, sums, &mut partial, s, b)
                 .unwrap()
             {
                 let sums = (&partial, runs);
@@ -1426,11 +1443,48 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
         "batchnorm_merge_sums_f32",
         "batchnorm_bwd_bf16",
         "batchnorm_bwd_f32",
+        "batchnorm_bwd_pairs_f32",
+        "batchnorm_bwd_nhwc_bf16",
+        "batchnorm_bwd_nhwc_f32",
     ] {
         assert!(seen.contains(k), "no case launches {k}: {seen:?}");
     }
 }
 
+/// How a case of `kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums` runs its
+/// BatchNorm: a residual into y (act' from the mask), or none (act' recomputed), dx NCHW or
+/// channels-last.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SumsMode {
+    Residual,
+    Plain,
+    NhwcDx,
+}
+
+/// (n, BatchNorm's channels = the convolution's c_in, h, w, c_out, statistics groups, act, mode)
+#[allow(clippy::type_complexity)]
+fn bn_sums_cases() -> Vec<(usize, usize, usize, usize, usize, usize, Act, SumsMode)> {
+    use SumsMode::*;
+    vec![
+        (2, 16, 4, 4, 24, 1, Act::Relu, Residual),
+        (3, 136, 4, 6, 72, 3, Act::Relu6, Residual),
+        (2, 40, 10, 8, 200, 2, Act::Relu, Residual),
+        (1, 16, 24, 24, 24, 1, Act::Relu, Residual),
+        (4, 72, 10, 20, 32, 2, Act::Relu, Residual),
+        (2, 16, 4, 4, 24, 1, Act::Identity, Residual),
+        (2, 16, 4, 4, 24, 1, Act::Relu, Plain),
+        (3, 136, 4, 6, 72, 3, Act::Relu6, Plain),
+        (2, 40, 10, 8, 200, 2, Act::Relu, NhwcDx),
+        (4, 72, 10, 20, 32, 2, Act::Relu6, NhwcDx),
+        (2, 16, 4, 4, 24, 1, Act::Identity, Plain),
+    ]
+}
+
+/// The bf16 1x1 weight gradient sums groups of whole images when a GPU holds fewer blocks than
+/// the batch has images (a batch of 64 on an H200 for the widest layers). On an emulated GPU of
+/// one or two multiprocessors, 7 images make such groups from a test's small layer: 2 to 7
+/// images a group, the last one short for most of them, each image a segment of the product's
+/// reduction. Both tile heights (c_out 40: 64-row tiles; 72: 128-row).
 #[test]
 fn kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu() {
     let tol = FLOAT_DTYPES

@@ -715,10 +715,11 @@ fn conv_with_batchnorm_statistics_in_the_epilogue() {
     }
 }
 
-/// The 1x1 data gradient that takes a residual BatchNorm's backward reduce pass in its epilogue
-/// (`conv2d_1x1_bwd_data_bn_sums_*`): every access site at its ideal sectors and wavefronts (the
-/// identity path's gradient, BatchNorm's x and dz in 16-byte vectors along rows, the mask a byte
-/// a vector, the sums 4 bytes a row), with a partial last pixel tile and two statistics groups;
+/// The 1x1 data gradient that takes a BatchNorm's backward reduce pass in its epilogue
+/// (`conv2d_1x1_bwd_data_bn_sums_*`), after a residual and without one: every access site at its
+/// ideal sectors and wavefronts (the identity path's gradient, BatchNorm's x and dz in 16-byte
+/// vectors along rows, the mask a byte a vector, the sums 4 bytes a row; without a residual, x
+/// and dz alone), with a partial last pixel tile and two statistics groups;
 /// the reduce pass is gone, and BatchNorm's second pass reads x and dz once and writes dx once.
 /// The mask is the exception: a bf16 warp's bytes are two rows' 16-byte segments (a tile's 128
 /// columns of each), 2 sectors where the packed bytes would take 1 (the other halves are the
@@ -743,7 +744,11 @@ fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
             Conv::new(2, 128, 16, 16, 64, 1, 1, Padding::Sym(0), 1).unwrap(),
         ),
     ];
-    for ((ghost, s), tf32) in shapes.iter().flat_map(|&c| [(c, false), (c, true)]) {
+    let cases = shapes
+        .iter()
+        .flat_map(|&c| [(c, false), (c, true)])
+        .flat_map(|c| [(c, true), (c, false)]);
+    for (((ghost, s), tf32), residual) in cases {
         dev.set_tf32(tf32);
         let (dt, suffix) = if tf32 {
             (DType::F32, "tf32")
@@ -778,7 +783,7 @@ fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
             &beta,
             running,
             saved,
-            Some(&res),
+            residual.then_some(&res),
             &mut y,
             Some(&mut mask),
             b,
@@ -791,18 +796,20 @@ fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
         let (runs, stats) = count_memory(|| -> anyhow::Result<()> {
             let sums = BnBwdSums {
                 x: &x,
+                params: (&gamma, &beta),
                 saved,
-                mask: &mask,
+                mask: residual.then_some(&mask),
             };
+            let res = residual.then_some(&res);
             let runs =
-                be.conv2d_bwd_data_add_bn_sums(&dy, &w, &res, &mut dz, sums, &mut partial, s, b)?;
+                be.conv2d_bwd_data_bn_sums(&dy, &w, res, &mut dz, sums, &mut partial, s, b)?;
             let runs = runs.ok_or_else(|| anyhow::anyhow!("not fused"))?;
             let (params, sums) = ((&gamma, &beta), (&partial, runs));
             be.batchnorm_bwd_summed(&x, &dz, params, saved, sums, &mut dx, (&mut dg, &mut db), b)
         });
         runs.unwrap_or_else(|e| panic!("{kernel}: {e:#}"));
         show(
-            &format!("{kernel}, {s:?}, {ghost} statistics groups:"),
+            &format!("{kernel}, {s:?}, {ghost} statistics groups, residual {residual}:"),
             &stats,
         );
         for row in rows(&stats, kernel) {
@@ -818,8 +825,8 @@ fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
             &[kernel, "batchnorm_merge_sums_f32", &bwd],
             "the reduce pass is gone",
         );
-        // The epilogue reads the identity path's gradient and x and writes dz, 16 bytes at a
-        // time; BatchNorm's second pass reads x and dz and writes dx.
+        // The epilogue reads x (and after a residual the identity path's gradient) and writes
+        // dz, 16 bytes at a time; BatchNorm's second pass reads x and dz and writes dx.
         let sectors = (lx * dt.size() / 32) as u64;
         let moved = |k: &str, op: &str| {
             total(&stats, k, |r| {
@@ -829,8 +836,8 @@ fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
         };
         assert_eq!(
             moved(kernel, "ld"),
-            2 * sectors,
-            "{kernel}: the gradient and x read once"
+            (1 + residual as u64) * sectors,
+            "{kernel}: x (and the gradient) read once"
         );
         assert_eq!(moved(kernel, "st"), sectors, "{kernel}: dz written once");
         assert_eq!(moved(&bwd, "ld"), 2 * sectors, "{bwd}: x and dz read once");

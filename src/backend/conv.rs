@@ -183,14 +183,15 @@ pub struct BnTrainParams<'a> {
 }
 
 /// What a data gradient that takes a training BatchNorm's backward reduce pass in its epilogue
-/// reads of that BatchNorm, the one whose dy it writes
-/// (`Backend::conv2d_bwd_data_add_bn_sums`): its input, the forward's saved (mean, 1/sqrt(var +
-/// eps)) per statistics group and the act'(y) mask the forward kept.
+/// reads of that BatchNorm, the one whose dy it writes (`Backend::conv2d_bwd_data_bn_sums`): its
+/// input, gamma and beta, the forward's saved (mean, 1/sqrt(var + eps)) per statistics group, and
+/// after a residual the act'(y) mask the forward kept (without one, y is recomputed from x).
 #[derive(Clone, Copy)]
 pub struct BnBwdSums<'a> {
     pub x: &'a Buf,
+    pub params: (&'a Buf, &'a Buf),
     pub saved: (&'a Buf, &'a Buf),
-    pub mask: &'a ActMask,
+    pub mask: Option<&'a ActMask>,
 }
 
 /// What a backend implements for this family.
@@ -213,14 +214,15 @@ pub trait ConvOps {
     fn bn_sums_runs(&self, _s: &Conv, _b: &BatchNorm, _dtype: DType) -> Option<usize> {
         None
     }
-    /// The data gradient added onto `res` and then times act'(y) into `dz`, with the BatchNorm's
-    /// backward sums of it into `partial` (`runs` a pair, from [`ConvOps::bn_sums_runs`]).
+    /// The data gradient (added onto `res`, where given) and then times act'(y) into `dz`, with
+    /// the BatchNorm's backward sums of it into `partial` (`runs` a pair, from
+    /// [`ConvOps::bn_sums_runs`]).
     #[allow(clippy::too_many_arguments)]
     fn conv2d_bwd_data_bn_sums(
         &self,
         _dy: &Buf,
         _w: &Buf,
-        _res: &Buf,
+        _res: Option<&Buf>,
         _dz: &mut Buf,
         _bn: BnBwdSums,
         _partial: &mut Buf,
@@ -451,35 +453,38 @@ impl dyn Backend + '_ {
         self.conv_ops().conv2d_bwd_data_add(dy, w, dx, s)
     }
 
-    /// The data gradient of a convolution whose input gradient is a training BatchNorm's dy
-    /// (after a residual, ResNet's block output), added onto what `res` holds (the residual
-    /// branch's gradient, as `Backend::conv2d_bwd_data_add`), with that BatchNorm's backward
-    /// reduce pass taken in the epilogue where the backend fuses them: `dz` = that dy times
-    /// act'(y) from the forward's mask (the residual's gradient, which
-    /// `Backend::batchnorm_bwd_summed` then reads in place of dy), and per pixel run the sums
-    /// (sum dz, sum dz xh) of each (group, channel) into `partial` (sized here). Returns their
-    /// runs a pair, or None, having done nothing, where the backend does not fuse this shape or
-    /// the forward kept no mask: the caller then runs `conv2d_bwd_data_add` and
-    /// `batchnorm_bwd`.
+    /// The data gradient of a convolution whose input gradient is a training BatchNorm's dy, with
+    /// that BatchNorm's backward reduce pass taken in the epilogue where the backend fuses them:
+    /// `dz` = that dy times act'(y) (which `Backend::batchnorm_bwd_summed` then reads in place of
+    /// dy), and per pixel run the sums (sum dz, sum dz xh) of each (group, channel) into `partial`
+    /// (sized here). After a residual (ResNet's block output) the product is added onto what
+    /// `res` holds (the residual branch's gradient, as `Backend::conv2d_bwd_data_add`), act' comes
+    /// from the forward's mask and dz is the residual's gradient; without one (`res` None) act' is
+    /// recomputed from x, as BatchNorm's own backward does. Returns the sums' runs a pair, or None,
+    /// having done nothing, where the backend does not fuse this shape or, after a residual, the
+    /// forward kept no mask or the activation is the identity: the caller then runs the data
+    /// gradient and `batchnorm_bwd`.
     #[allow(clippy::too_many_arguments)]
-    pub fn conv2d_bwd_data_add_bn_sums(
+    pub fn conv2d_bwd_data_bn_sums(
         &self,
         dy: &Buf,
         w: &Buf,
-        res: &Buf,
+        res: Option<&Buf>,
         dz: &mut Buf,
         bn: BnBwdSums,
         partial: &mut Buf,
         s: Conv,
         b: BatchNorm,
     ) -> Result<Option<usize>> {
-        if !bn.mask.kept || b.act == Act::Identity {
+        if res.is_some() && (!bn.mask.is_some_and(|m| m.kept) || b.act == Act::Identity) {
             return Ok(None);
         }
         let Some(runs) = self.conv_ops().bn_sums_runs(&s, &b, dy.dtype()) else {
             return Ok(None);
         };
-        s.check(res, w, dy)?;
+        if let Some(res) = res {
+            s.check(res, w, dy)?;
+        }
         let s = s.check(dz, w, dy)?;
         if (b.n, b.c, b.hw) != (s.n, s.c_in, s.h * s.w) {
             bail!(
@@ -487,7 +492,11 @@ impl dyn Backend + '_ {
                 b.n, b.c, b.hw, s.n, s.c_in, s.h, s.w
             );
         }
-        let b = b.check_train(&[bn.x, res, &*dz], &[], &[bn.saved.0, bn.saved.1])?;
+        let b = b.check_train(
+            &[bn.x, &*dz],
+            &[bn.params.0, bn.params.1],
+            &[bn.saved.0, bn.saved.1],
+        )?;
         self.require(Op::Conv2dBwdData, dy.dtype())?;
         self.ensure(partial, DType::F32, 2 * b.ghost * b.c * runs)?;
         self.conv_ops()

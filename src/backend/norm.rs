@@ -228,7 +228,7 @@ pub trait NormOps {
     }
     /// [`NormOps::batchnorm_bwd`]'s second pass alone, after the data gradient that wrote this
     /// BatchNorm's dy took the reduce pass in its epilogue
-    /// (`Backend::conv2d_bwd_data_add_bn_sums`): `dz` = dy act'(y) as it wrote it, `sums` its
+    /// (`Backend::conv2d_bwd_data_bn_sums`): `dz` = dy act'(y) as it wrote it, `sums` its
     /// partial sums and their runs per pair. Only a backend that fuses that pass has it.
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_bwd_summed(
@@ -374,9 +374,9 @@ impl dyn Backend + '_ {
             .batchnorm_bwd(x, y, dy, params, saved, mask, dx, dres, dparams, s)
     }
 
-    /// `Backend::batchnorm_bwd` of a BatchNorm with a residual whose reduce pass a data gradient
-    /// took (`Backend::conv2d_bwd_data_add_bn_sums`): from x and the `dz` it wrote (the
-    /// residual's gradient, dy act'(y)) and its `sums` (the partial-sum buffer and its runs per
+    /// `Backend::batchnorm_bwd` of a BatchNorm whose reduce pass a data gradient took
+    /// (`Backend::conv2d_bwd_data_bn_sums`): from x and the `dz` it wrote (dy act'(y); after a
+    /// residual, the residual's gradient) and its `sums` (the partial-sum buffer and its runs per
     /// pair), `dx` and the parameter gradients, the same values up to the sums' order.
     #[allow(clippy::too_many_arguments)]
     pub fn batchnorm_bwd_summed(

@@ -45,18 +45,21 @@ pub struct BatchNorm2d {
     /// backward's reduce pass reads it in place of y.
     act_mask: ActMask,
     /// The backward's reduce pass was taken by the data gradient that wrote dy
-    /// ([`BatchNorm2d::reduce_target`]): its runs a pair in `sums`, and dz in `dres`.
+    /// ([`BatchNorm2d::reduce_target`]): its runs a pair in `sums`, and dz in `dres` (after a
+    /// residual) or where dy was.
     summed: Option<usize>,
     sums: Buf,
 }
 
 /// A BatchNorm's backward reduce pass as the data gradient that writes its dy takes it
-/// (`Backend::conv2d_bwd_data_add_bn_sums`): what that reads of the BatchNorm, where dz (the
-/// residual's gradient) and the sums go, and where their runs are recorded for the backward.
+/// (`Backend::conv2d_bwd_data_bn_sums`): what that reads of the BatchNorm, where dz and the sums
+/// go, and where their runs are recorded for the backward. After a residual, dz (the residual's
+/// gradient) goes to the BatchNorm's `dres` and the data gradient adds onto the residual branch's
+/// gradient; without one (`dz` None) dz goes where the data gradient writes, the BatchNorm's dy.
 pub(crate) struct ReduceTarget<'a> {
     pub bn: BnBwdSums<'a>,
     pub shape: BatchNorm,
-    pub dz: &'a mut Buf,
+    pub dz: Option<&'a mut Buf>,
     pub partial: &'a mut Buf,
     pub summed: &'a mut Option<usize>,
 }
@@ -283,26 +286,36 @@ impl BatchNorm2d {
 
     /// The output y, and where a data gradient that writes this BatchNorm's dy may take the
     /// backward's reduce pass ([`ReduceTarget`]; `x` is this BatchNorm's input): after a training
-    /// forward with batch statistics, a residual and a kept act' mask, else None. dres is sized
-    /// for dz here.
+    /// forward with batch statistics, without a residual or with one and a kept act' mask, else
+    /// None. After a residual dres is sized for dz here.
     pub(crate) fn reduce_target<'a>(
         &'a mut self,
         be: &dyn Backend,
         x: &'a Buf,
     ) -> Result<(&'a Buf, Option<ReduceTarget<'a>>)> {
         let shape = match self.shape {
-            Some(s) if self.trained && self.batch_stats && self.residual && self.act_mask.kept => s,
+            Some(s)
+                if self.trained && self.batch_stats && (!self.residual || self.act_mask.kept) =>
+            {
+                s
+            }
             _ => return Ok((&self.y, None)),
         };
-        ensure_like(be, &mut self.dres, x, shape.n * shape.c * shape.hw)?;
+        let dz = if self.residual {
+            ensure_like(be, &mut self.dres, x, shape.n * shape.c * shape.hw)?;
+            Some(&mut self.dres)
+        } else {
+            None
+        };
         let target = ReduceTarget {
             bn: BnBwdSums {
                 x,
+                params: (&self.weight.value, &self.bias.value),
                 saved: (&self.save_mean, &self.save_invstd),
-                mask: &self.act_mask,
+                mask: self.residual.then_some(&self.act_mask),
             },
             shape,
-            dz: &mut self.dres,
+            dz,
             partial: &mut self.sums,
             summed: &mut self.summed,
         };
@@ -318,7 +331,8 @@ impl BatchNorm2d {
     /// and the last forward was a training one with batch statistics (for a convolution before it
     /// whose backward reads its dy so; the residual's gradient stays NCHW); returns whether it
     /// was. Where the data gradient that wrote dy took the reduce pass
-    /// (`BatchNorm2d::reduce_target`), `dy` is not read: dres already holds dz.
+    /// (`BatchNorm2d::reduce_target`), `dy` holds dz instead, or after a residual is not read:
+    /// dres holds dz.
     pub fn backward_layout(
         &mut self,
         be: &dyn Backend,
@@ -356,16 +370,8 @@ impl BatchNorm2d {
         let saved = (&self.save_mean, &self.save_invstd);
         if let Some(runs) = summed {
             let sums = (&self.sums, runs);
-            be.batchnorm_bwd_summed(
-                x,
-                &self.dres,
-                params,
-                saved,
-                sums,
-                &mut self.dx,
-                (dgamma, dbeta),
-                s,
-            )
+            let dz = if self.residual { &self.dres } else { dy };
+            be.batchnorm_bwd_summed(x, dz, params, saved, sums, &mut self.dx, (dgamma, dbeta), s)
         } else if self.batch_stats {
             let dres = self.residual.then_some(&mut self.dres);
             be.batchnorm_bwd(

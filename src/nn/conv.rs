@@ -141,18 +141,31 @@ impl Conv2d {
         done
     }
 
-    /// The input gradient added onto `res` with the backward reduce pass of the BatchNorm whose
-    /// dy that is (`t`) taken in the epilogue, where the backend fuses them (dz and the sums
-    /// then go to that BatchNorm, and `res` is left as it was); returns whether it did.
+    /// The input gradient with the backward reduce pass of the BatchNorm whose dy it is (`t`)
+    /// taken in the epilogue, where the backend fuses them; returns whether it did. After a
+    /// residual (`t.dz` given) the gradient is added onto `res`, which is left as it was, and dz
+    /// goes to that BatchNorm; without one (`res` None) dz is written to [`Conv2d::dx`].
     fn bwd_data_bn_sums(
-        &self,
+        &mut self,
         be: &dyn Backend,
         dy: &Buf,
-        res: &Buf,
+        res: Option<&Buf>,
         t: ReduceTarget,
     ) -> Result<bool> {
         let Some(s) = self.shape else {
             return Ok(false);
+        };
+        let mut own = std::mem::replace(&mut self.dx, empty());
+        let dz = match (t.dz, res) {
+            (Some(dz), Some(_)) => dz,
+            (None, None) => {
+                ensure_like(be, &mut own, dy, s.sizes().0)?;
+                &mut own
+            }
+            _ => {
+                self.dx = own;
+                return Ok(false);
+            }
         };
         // The data gradient reads the f32 master copy, or the low-precision copy (bf16) the
         // forward rounded from it.
@@ -160,14 +173,16 @@ impl Conv2d {
             DType::F32 => &self.weight.value,
             _ => &self.weight_lp,
         };
-        *t.summed = be
-            .conv2d_bwd_data_add_bn_sums(dy, w, res, t.dz, t.bn, t.partial, s, t.shape)
+        let done = be
+            .conv2d_bwd_data_bn_sums(dy, w, res, dz, t.bn, t.partial, s, t.shape)
             .with_context(|| {
                 format!(
                     "data gradient of {} with the next BatchNorm's sums",
                     self.weight.name
                 )
-            })?;
+            });
+        self.dx = own;
+        *t.summed = done?;
         Ok(t.summed.is_some())
     }
 
@@ -375,32 +390,41 @@ impl ConvBn {
         dy: &Buf,
         dx: &mut Buf,
     ) -> Result<()> {
-        self.backward_add_then(be, x, dy, dx, None)
+        self.backward_then(be, x, dy, Some(dx), None)
     }
 
-    /// [`ConvBn::backward_add`] where `dx` is the dy of the BatchNorm before this unit (`then`:
-    /// a ResNet block's last, whose output is this block's input): the data gradient takes that
-    /// BatchNorm's backward reduce pass in its epilogue where the backend fuses them, and `dx`
-    /// is then left as it was, that BatchNorm holding dz and the sums instead (its backward does
-    /// not read its dy).
-    pub(crate) fn backward_add_then(
+    /// [`ConvBn::backward`] (or [`ConvBn::backward_add`] onto `add_to`) where the input gradient
+    /// is the dy of the BatchNorm before this unit (`then`: a ResNet block's last, whose output
+    /// is this block's input, with `add_to` its residual branch's gradient; or the BatchNorm
+    /// whose output this unit's convolution alone reads): the data gradient takes that
+    /// BatchNorm's backward reduce pass in its epilogue where the backend fuses them. `add_to` is
+    /// then left as it was, that BatchNorm holding dz and the sums instead (its backward does not
+    /// read its dy); without `add_to`, [`Conv2d::dx`] holds dz.
+    pub(crate) fn backward_then(
         &mut self,
         be: &dyn Backend,
         x: &Buf,
         dy: &Buf,
-        dx: &mut Buf,
+        add_to: Option<&mut Buf>,
         then: Option<ReduceTarget>,
     ) -> Result<()> {
         let nhwc = self.bn_backward(be, dy)?;
         if let Some(then) = then.filter(|_| !nhwc) {
-            if self.conv.bwd_data_bn_sums(be, &self.bn.dx, dx, then)? {
+            if self
+                .conv
+                .bwd_data_bn_sums(be, &self.bn.dx, add_to.as_deref(), then)?
+            {
                 return self
                     .conv
                     .backward_into(be, x, &self.bn.dx, None, false, false);
             }
         }
-        self.conv
-            .backward_into(be, x, &self.bn.dx, Some(dx), true, nhwc)
+        match add_to {
+            Some(dx) => self
+                .conv
+                .backward_into(be, x, &self.bn.dx, Some(dx), true, nhwc),
+            None => self.conv.backward_layout(be, x, &self.bn.dx, true, nhwc),
+        }
     }
 
     /// Its output, and where the data gradient after it may take its BatchNorm's backward reduce

@@ -167,7 +167,9 @@ impl Bottleneck {
         // before the next backward, so that every buffer keeps its size and no step after the
         // first allocates). Where c1's kernel also takes the block before's BatchNorm's reduce
         // pass, it writes that BatchNorm's dz instead and `dx` keeps the identity path's gradient.
-        self.c3.backward(be, &self.c2.bn.y, dy, true)?;
+        // So does c3's for bn2, whose output c3 alone reads: c3's dx then holds bn2's dz.
+        let (y2, then2) = self.c2.output_and_reduce(be)?;
+        self.c3.backward_then(be, y2, dy, None, then2)?;
         self.c2
             .backward(be, &self.c1.bn.y, &self.c3.conv.dx, true)?;
         if let Some(d) = self.downsample.as_mut() {
@@ -175,7 +177,7 @@ impl Bottleneck {
         }
         self.swap_identity_gradient();
         self.c1
-            .backward_add_then(be, x, &self.c2.conv.dx, &mut self.dx, then)
+            .backward_then(be, x, &self.c2.conv.dx, Some(&mut self.dx), then)
     }
 
     /// Trades `dx` with the buffer the identity path's gradient lands in.

@@ -536,7 +536,7 @@ impl ConvOps for CudaBackend {
         &self,
         dy: &Buf,
         w: &Buf,
-        res: &Buf,
+        res: Option<&Buf>,
         dz: &mut Buf,
         bn: BnBwdSums,
         partial: &mut Buf,
@@ -548,13 +548,15 @@ impl ConvOps for CudaBackend {
         if ex == 0 {
             return Ok(());
         }
-        if bn.mask.bits.len() != ex * dtype.size() / 16 {
-            bail!(
-                "conv data gradient + batchnorm sums: the activation mask holds {} bytes, this shape's is {} (a forward of another shape kept it)",
-                bn.mask.bits.len(),
-                ex * dtype.size() / 16
-            );
-        }
+        let mask_bytes = ex * dtype.size() / 16;
+        let mask = match (res, bn.mask) {
+            (None, _) => None,
+            (Some(_), Some(m)) if m.bits.len() == mask_bytes => Some(m.bits.dev()?),
+            (Some(_), m) => bail!(
+                "conv data gradient + batchnorm sums: the activation mask holds {} bytes, this shape's is {mask_bytes} (a forward of another shape kept it)",
+                m.map_or(0, |m| m.bits.len())
+            ),
+        };
         let hw = s.h * s.w;
         let (kernel, cfg) = one_by_one_launch("bwd_data_bn_sums", s.c_in, hw, s.n, dtype);
         let sums_bytes = partial.len() * 4;
@@ -565,23 +567,32 @@ impl ConvOps for CudaBackend {
             .i32(int(s.c_in, "conv c_in")?)
             .i32(int(s.c_out, "conv c_out")?)
             .i32(int(hw, "conv h*w")?)
-            .ptr(res.dev()?)
+            .opt_ptr(res.map(|r| r.dev()).transpose()?)
             .ptr(bn.x.dev()?)
-            .ptr(bn.mask.bits.dev()?)
+            .opt_ptr(mask)
+            .ptr(bn.params.0.dev()?)
+            .ptr(bn.params.1.dev()?)
             .ptr(bn.saved.0.dev()?)
             .ptr(bn.saved.1.dev()?)
             .ptr(partial.dev_mut()?)
             .i32((b.n / b.ghost) as i32)
-            .i32(b.ghost as i32);
-        // dy, w read, res and BatchNorm's x read, dz written, the mask and the sums.
-        let bytes = (3 * ex + ew + ey) * dtype.size() + ex * dtype.size() / 16 + sums_bytes;
+            .i32(b.ghost as i32)
+            .i32(b.act.code());
+        // dy, w read, BatchNorm's x read, dz written, the sums; after a residual res and the mask.
+        let residual_bytes = if res.is_some() {
+            ex * dtype.size() + mask_bytes
+        } else {
+            0
+        };
+        let bytes = (2 * ex + ew + ey) * dtype.size() + residual_bytes + sums_bytes;
         let args = args.work(Work::conv_on(&s, tensor_math(dtype).1, bytes));
         // SAFETY: arguments match conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>(dy, w, dx, c_in,
-        // c_out, hw, res, bn_x, mask, save_mean, save_invstd, partial, per, groups); the shapes
-        // were checked: dy n x c_out x hw, w c_out x c_in, res, bn_x and dz n x c_in x hw, all of
-        // dy's dtype, the saved statistics ghost x c_in f32 (ghost divides n), the mask a byte per
-        // 16 bytes of dz (above), partial 2 floats per (pair, run) with runs = per x this grid's
-        // pixel tiles (bn_sums_runs, PIXEL_TILE); path() found every row 16-byte aligned.
+        // c_out, hw, res, bn_x, mask, gamma, beta, save_mean, save_invstd, partial, per, groups,
+        // act); the shapes were checked: dy n x c_out x hw, w c_out x c_in, res (where given),
+        // bn_x and dz n x c_in x hw, all of dy's dtype, gamma and beta c_in f32, the saved
+        // statistics ghost x c_in f32 (ghost divides n), the mask (with res; else null, unread) a
+        // byte per 16 bytes of dz (above), partial 2 floats per (pair, run) with runs = per x this
+        // grid's pixel tiles (bn_sums_runs, PIXEL_TILE); path() found every row 16-byte aligned.
         unsafe { self.launch(&kernel, cfg, args) }
     }
 
