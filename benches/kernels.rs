@@ -1101,53 +1101,69 @@ fn batchnorm_benches(
         // that 1x1's data gradient added onto the identity path's gradient and then the
         // backward above (two ops), or the data gradient taking the reduce pass in its epilogue
         // (dz written where dy was) and the second pass alone, where the backend fuses them.
-        b.forward(be, plain, true);
+        // Then without a residual (as a bottleneck's bn2 before its conv3; the same shapes): the
+        // data gradient written, the plain backward (two ops), or the data gradient with the
+        // sums of dz (act' of y recomputed from x) and the second pass.
         let s = Conv::new(batch, ch, hw, 1, ch / 4, 1, 1, Padding::Sym(0), 1).unwrap();
         let (_, lw, ly) = s.sizes();
         let (dyc, wc) = (filled(be, rng, ly, dt), filled(be, rng, lw, dt));
         let mut partial = Buf::empty(DType::F32);
-        let fused = |b: &mut BnBench, partial: &mut Buf| {
+        // dz goes to dres after a residual, else where dy was.
+        let fused = |b: &mut BnBench, partial: &mut Buf, residual: bool| {
             let [gamma, beta, _, _, sm, si, dg, db] = &mut b.params;
             let sums = BnBwdSums {
                 x: &b.x,
                 params: (&*gamma, &*beta),
                 saved: (sm, si),
-                mask: Some(&b.mask),
+                mask: residual.then_some(&b.mask),
             };
-            let res = Some(&b.dy);
+            let (res, dz) = if residual {
+                (Some(&b.dy), &mut b.dres)
+            } else {
+                (None, &mut b.dy)
+            };
             let runs = be
-                .conv2d_bwd_data_bn_sums(&dyc, &wc, res, &mut b.dres, sums, partial, s, plain)
+                .conv2d_bwd_data_bn_sums(&dyc, &wc, res, dz, sums, partial, s, plain)
                 .unwrap()?;
             let (params, sums) = ((&*gamma, &*beta), (&*partial, runs));
-            be.batchnorm_bwd_summed(
-                &b.x,
-                &b.dres,
-                params,
-                (sm, si),
-                sums,
-                &mut b.dx,
-                (dg, db),
-                plain,
-            )
-            .unwrap();
+            let dz = if residual { &b.dres } else { &b.dy };
+            be.batchnorm_bwd_summed(&b.x, dz, params, (sm, si), sums, &mut b.dx, (dg, db), plain)
+                .unwrap();
             Some(())
         };
-        if fused(&mut b, &mut partial).is_none() {
-            continue;
-        }
         let flops = 2.0 * (ly * ch) as f64;
         let conv = (ly + lw) as f64 * dt.size() as f64;
-        let mut both = |name: &str, bytes: f64, f: &mut dyn FnMut()| {
-            let name = format!("batchnorm_bwd_after_1x1_{name}_{dt}");
-            measure(group, be, record, &name, label.to_string(), bytes, flops, f)
-        };
-        both("two_ops", conv + 8.0 * t + mask, &mut || {
-            be.conv2d_bwd_data_add(&dyc, &wc, &mut b.dy, s).unwrap();
-            b.backward(be, plain, true)
-        });
-        both("fused", conv + 6.0 * t + mask, &mut || {
-            fused(&mut b, &mut partial).unwrap()
-        });
+        for residual in [true, false] {
+            b.forward(be, plain, residual);
+            if fused(&mut b, &mut partial, residual).is_none() {
+                continue;
+            }
+            let kind = if residual { "" } else { "plain_" };
+            let mut both = |name: &str, bytes: f64, f: &mut dyn FnMut()| {
+                let name = format!("batchnorm_bwd_{kind}after_1x1_{name}_{dt}");
+                measure(group, be, record, &name, label.to_string(), bytes, flops, f)
+            };
+            // With a residual: the data gradient reads and writes dy, the backward 6 passes and
+            // the mask; the fused pair reads x and the residual's gradient and writes dz, then 3.
+            // Without: the data gradient writes dy, the backward 5 passes; the fused pair reads x
+            // and writes dz, then 3.
+            let (two, one) = if residual {
+                (8.0 * t + mask, 6.0 * t + mask)
+            } else {
+                (6.0 * t, 5.0 * t)
+            };
+            both("two_ops", conv + two, &mut || {
+                if residual {
+                    be.conv2d_bwd_data_add(&dyc, &wc, &mut b.dy, s).unwrap();
+                } else {
+                    be.conv2d_bwd_data(&dyc, &wc, &mut b.dy, s).unwrap();
+                }
+                b.backward(be, plain, residual)
+            });
+            both("fused", conv + one, &mut || {
+                fused(&mut b, &mut partial, residual).unwrap()
+            });
+        }
     }
 }
 

@@ -593,8 +593,10 @@ __device__ __forceinline__ void conv_nhwc(const T* x, const T* wt, T* y, int c_i
     tc::mainloop<true, true, BM, BN, 64, WN, 3>(a_load, b_load, (k + TILE_K - 1) / TILE_K, acc, tc_smem);
     // One image's output: its c_out x pixels, or its c_out planes of the map the phase is of.
     const long long image = PHASED ? (long long)c_out * map.plane : (long long)c_out * pixels;
-    tc::epilogue<BM, BN, 64, WN, 3, T, PHASED, Post>(tc_smem, acc, y + blockIdx.z * image, bm, bn, c_out, pixels, 1.0f,
-                                                     beta, map, post.at_image(blockIdx.z * image));
+    // The backward sums take whole 16-byte rows (the launcher's guarantee for those entry points).
+    tc::epilogue<BM, BN, 64, WN, 3, T, PHASED, Post, Post::SUMS>(tc_smem, acc, y + blockIdx.z * image, bm, bn, c_out,
+                                                                 pixels, 1.0f, beta, map,
+                                                                 post.at_image(blockIdx.z * image));
 }
 
 #define NHWC_PARAMS                                                                                           \
@@ -604,7 +606,9 @@ __device__ __forceinline__ void conv_nhwc(const T* x, const T* wt, T* y, int c_i
 // The entry points for one input type T, named conv2d_nhwc_<op>[_m64]_SUFFIX: 128 x 128 tiles of
 // 64 x WN warps (bf16: four 64 x 64), _m64: 64 x 128 (bf16: two 64 x 64 warps, 64 threads), for
 // c_out <= 64. The _bn_eval forwards take eval-mode BatchNorm in the epilogue (BN_EVAL_PARAMS), the
-// _bn_stats ones write training BatchNorm's partial statistics of y (BN_STATS_PARAMS). The data
+// _bn_stats ones write training BatchNorm's partial statistics of y (BN_STATS_PARAMS), the
+// _bn_sums data gradients the backward reduce pass of the BatchNorm whose dy dx is (BN_SUMS_PARAMS;
+// launched for maps whose rows are whole 16-byte vectors, the epilogue's vector path). The data
 // gradient's shape arguments are those of the forward of dy: c_in = the layer's c_out, (h, w) =
 // (oh, ow), c_out = the layer's c_in, stride 1, the flipped padding, (oh, ow) = the layer's (h, w).
 #define CONV_NHWC_KERNELS(T, SUFFIX, WN)                                                                              \
@@ -647,6 +651,16 @@ __device__ __forceinline__ void conv_nhwc(const T* x, const T* wt, T* y, int c_i
         conv2d_nhwc_bwd_data_m64_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_flipped,         \
                                           T* __restrict__ dx, NHWC_PARAMS, float beta) {                         \
         conv_nhwc<64, WN>(dy_nhwc, w_flipped, dx, NHWC_ARGS, beta);                                              \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                  \
+        conv2d_nhwc_bwd_data_bn_sums_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_flipped,     \
+                                              T* __restrict__ dx, NHWC_PARAMS, BN_SUMS_PARAMS(T)) {              \
+        conv_nhwc<128, WN, false>(dy_nhwc, w_flipped, dx, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_SUMS_POST(T));     \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                  \
+        conv2d_nhwc_bwd_data_bn_sums_m64_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_flipped, \
+                                                  T* __restrict__ dx, NHWC_PARAMS, BN_SUMS_PARAMS(T)) {          \
+        conv_nhwc<64, WN, false>(dy_nhwc, w_flipped, dx, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_SUMS_POST(T));      \
     }
 
 CONV_NHWC_KERNELS(bf16_t, bf16, 64)

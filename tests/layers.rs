@@ -1191,8 +1191,9 @@ fn kernel_conv_then_train_batchnorm_takes_its_statistics_from_the_epilogue() {
 /// (a bottleneck's conv3 for its bn2; act' of y recomputed from x): dz bit for bit the two ops'
 /// dy times act' of the forward's y, and dx also channels-last. Then dx and the parameter
 /// gradients from its sums within the sums' rounding (another order) of the two ops'. 64- and
-/// 128-row tiles, partial row and pixel tiles, statistics groups; bf16 and f32 on TF32. After a
-/// residual without an activation (no mask) nothing is fused or written.
+/// 128-row tiles, partial row and pixel tiles, statistics groups; bf16 and f32 on TF32; 1x1 GEMMs
+/// and 3x3 channels-last products (of a channels-last dy). After a residual without an activation
+/// (no mask) nothing is fused or written.
 #[test]
 fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
     let dev = kernel_device("kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums");
@@ -1202,10 +1203,11 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
     let cases = bn_sums_cases();
     for (dt, be) in [(DType::BF16, &dev), (DType::F32, &tf32_dev)] {
         let be: &dyn Backend = be;
-        for &(n, c, h, w, c_out, ghost, act, mode) in &cases {
-            let what =
-                format!("{dt} 1x1 {n}x{c}x{h}x{w} <- {c_out}, {ghost} groups, {act:?}, {mode:?}");
-            let s = Conv::new(n, c, h, w, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
+        for &(n, c, h, w, c_out, k, ghost, act, mode) in &cases {
+            let what = format!(
+                "{dt} {k}x{k} {n}x{c}x{h}x{w} <- {c_out}, {ghost} groups, {act:?}, {mode:?}"
+            );
+            let s = sums_conv(n, c, h, w, c_out, k);
             let b = BatchNorm {
                 ghost,
                 dx_nhwc: mode == SumsMode::NhwcDx,
@@ -1366,8 +1368,8 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
     let be: &dyn Backend = &plan;
     let rec = plan.recorder().unwrap();
     for dt in [DType::BF16, DType::F32] {
-        for &(n, c, h, w, c_out, ghost, act, mode) in &cases {
-            let s = Conv::new(n, c, h, w, c_out, 1, 1, Padding::Sym(0), 1).unwrap();
+        for &(n, c, h, w, c_out, k, ghost, act, mode) in &cases {
+            let s = sums_conv(n, c, h, w, c_out, k);
             let b = BatchNorm {
                 ghost,
                 dx_nhwc: mode == SumsMode::NhwcDx,
@@ -1440,6 +1442,10 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
         "conv2d_1x1_bwd_data_bn_sums_m64_bf16",
         "conv2d_1x1_bwd_data_bn_sums_tf32",
         "conv2d_1x1_bwd_data_bn_sums_m64_tf32",
+        "conv2d_nhwc_bwd_data_bn_sums_bf16",
+        "conv2d_nhwc_bwd_data_bn_sums_m64_bf16",
+        "conv2d_nhwc_bwd_data_bn_sums_tf32",
+        "conv2d_nhwc_bwd_data_bn_sums_m64_tf32",
         "batchnorm_merge_sums_f32",
         "batchnorm_bwd_bf16",
         "batchnorm_bwd_f32",
@@ -1461,23 +1467,47 @@ enum SumsMode {
     NhwcDx,
 }
 
-/// (n, BatchNorm's channels = the convolution's c_in, h, w, c_out, statistics groups, act, mode)
-#[allow(clippy::type_complexity)]
-fn bn_sums_cases() -> Vec<(usize, usize, usize, usize, usize, usize, Act, SumsMode)> {
+/// (n, BatchNorm's channels = the convolution's c_in, h, w, c_out, kernel size, statistics
+/// groups, act, mode)
+type SumsCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    Act,
+    SumsMode,
+);
+
+/// 1x1 GEMMs (a bottleneck's conv1 and conv3) and 3x3 channels-last products of a channels-last
+/// dy (its conv2).
+fn bn_sums_cases() -> Vec<SumsCase> {
     use SumsMode::*;
     vec![
-        (2, 16, 4, 4, 24, 1, Act::Relu, Residual),
-        (3, 136, 4, 6, 72, 3, Act::Relu6, Residual),
-        (2, 40, 10, 8, 200, 2, Act::Relu, Residual),
-        (1, 16, 24, 24, 24, 1, Act::Relu, Residual),
-        (4, 72, 10, 20, 32, 2, Act::Relu, Residual),
-        (2, 16, 4, 4, 24, 1, Act::Identity, Residual),
-        (2, 16, 4, 4, 24, 1, Act::Relu, Plain),
-        (3, 136, 4, 6, 72, 3, Act::Relu6, Plain),
-        (2, 40, 10, 8, 200, 2, Act::Relu, NhwcDx),
-        (4, 72, 10, 20, 32, 2, Act::Relu6, NhwcDx),
-        (2, 16, 4, 4, 24, 1, Act::Identity, Plain),
+        (2, 16, 4, 4, 24, 1, 1, Act::Relu, Residual),
+        (3, 136, 4, 6, 72, 1, 3, Act::Relu6, Residual),
+        (2, 40, 10, 8, 200, 1, 2, Act::Relu, Residual),
+        (1, 16, 24, 24, 24, 1, 1, Act::Relu, Residual),
+        (4, 72, 10, 20, 32, 1, 2, Act::Relu, Residual),
+        (2, 16, 4, 4, 24, 1, 1, Act::Identity, Residual),
+        (2, 16, 4, 4, 24, 1, 1, Act::Relu, Plain),
+        (3, 136, 4, 6, 72, 1, 3, Act::Relu6, Plain),
+        (2, 40, 10, 8, 200, 1, 2, Act::Relu, NhwcDx),
+        (4, 72, 10, 20, 32, 1, 2, Act::Relu6, NhwcDx),
+        (2, 16, 4, 4, 24, 1, 1, Act::Identity, Plain),
+        (2, 16, 4, 4, 24, 3, 1, Act::Relu, Plain),
+        (3, 136, 4, 6, 72, 3, 3, Act::Relu6, Plain),
+        (2, 40, 10, 8, 200, 3, 2, Act::Relu, NhwcDx),
+        (1, 24, 12, 12, 16, 3, 1, Act::Relu, Residual),
     ]
+}
+
+/// A case's convolution: a 1x1, or a 3x3 (padding 1) that reads its dy channels-last.
+fn sums_conv(n: usize, c: usize, h: usize, w: usize, c_out: usize, k: usize) -> Conv {
+    let s = Conv::new(n, c, h, w, c_out, k, 1, Padding::Sym(k / 2), 1).unwrap();
+    s.nhwc_grad(k > 1)
 }
 
 /// The bf16 1x1 weight gradient sums groups of whole images when a GPU holds fewer blocks than

@@ -715,8 +715,9 @@ fn conv_with_batchnorm_statistics_in_the_epilogue() {
     }
 }
 
-/// The 1x1 data gradient that takes a BatchNorm's backward reduce pass in its epilogue
-/// (`conv2d_1x1_bwd_data_bn_sums_*`), after a residual and without one: every access site at its
+/// The data gradients that take a BatchNorm's backward reduce pass in their epilogue
+/// (`conv2d_1x1_bwd_data_bn_sums_*`, and `conv2d_nhwc_bwd_data_bn_sums_*` for a 3x3 of a
+/// channels-last dy), after a residual and without one: every access site at its
 /// ideal sectors and wavefronts (the identity path's gradient, BatchNorm's x and dz in 16-byte
 /// vectors along rows, the mask a byte a vector, the sums 4 bytes a row; without a residual, x
 /// and dz alone), with a partial last pixel tile and two statistics groups;
@@ -743,6 +744,14 @@ fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
             1,
             Conv::new(2, 128, 16, 16, 64, 1, 1, Padding::Sym(0), 1).unwrap(),
         ),
+        // A 3x3 whose data gradient (padding 2 - 2 = 0) reads its channels-last dy with no
+        // zero-filled copy: 256 pixels, two whole column tiles an image.
+        (
+            1,
+            Conv::new(2, 128, 16, 16, 64, 3, 1, Padding::Sym(2), 1)
+                .unwrap()
+                .nhwc_grad(true),
+        ),
     ];
     let cases = shapes
         .iter()
@@ -755,7 +764,8 @@ fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
         } else {
             (DType::BF16, "bf16")
         };
-        let kernel = format!("conv2d_1x1_bwd_data_bn_sums_{suffix}");
+        let family = if s.kh == 1 { "1x1" } else { "nhwc" };
+        let kernel = format!("conv2d_{family}_bwd_data_bn_sums_{suffix}");
         let kernel = kernel.as_str();
         let (lx, lw, ly) = s.sizes();
         let (x, res, w, dy) = (
@@ -819,12 +829,14 @@ fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
                 assert_eq!(row.transactions, row.ideal, "{row:?}");
             }
         }
-        let bwd = format!("batchnorm_bwd_{dt}");
-        only(
-            &stats,
-            &[kernel, "batchnorm_merge_sums_f32", &bwd],
-            "the reduce pass is gone",
+        // The channels-last product also copies its weight, flipped, into KRSC order.
+        let (bwd, weight_copy) = (
+            format!("batchnorm_bwd_{dt}"),
+            format!("conv2d_to_nhwc_{dt}"),
         );
+        let mut ran = vec![kernel, "batchnorm_merge_sums_f32", &bwd];
+        ran.extend((family == "nhwc").then_some(weight_copy.as_str()));
+        only(&stats, &ran, "the reduce pass is gone");
         // The epilogue reads x (and after a residual the identity path's gradient) and writes
         // dz, 16 bytes at a time; BatchNorm's second pass reads x and dz and writes dx.
         let sectors = (lx * dt.size() / 32) as u64;

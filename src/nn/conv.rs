@@ -141,18 +141,19 @@ impl Conv2d {
         done
     }
 
-    /// The input gradient with the backward reduce pass of the BatchNorm whose dy it is (`t`)
-    /// taken in the epilogue, where the backend fuses them; returns whether it did. After a
-    /// residual (`t.dz` given) the gradient is added onto `res`, which is left as it was, and dz
-    /// goes to that BatchNorm; without one (`res` None) dz is written to [`Conv2d::dx`].
+    /// The input gradient of `dy` (channels-last when its flag says so) with the backward reduce
+    /// pass of the BatchNorm whose dy it is (`t`) taken in the epilogue, where the backend fuses
+    /// them; returns whether it did. After a residual (`t.dz` given) the gradient is added onto
+    /// `res`, which is left as it was, and dz goes to that BatchNorm; without one (`res` None) dz
+    /// is written to [`Conv2d::dx`].
     fn bwd_data_bn_sums(
         &mut self,
         be: &dyn Backend,
-        dy: &Buf,
+        (dy, dy_nhwc): (&Buf, bool),
         res: Option<&Buf>,
         t: ReduceTarget,
     ) -> Result<bool> {
-        let Some(s) = self.shape else {
+        let Some(s) = self.shape.map(|s| s.nhwc_grad(dy_nhwc)) else {
             return Ok(false);
         };
         let mut own = std::mem::replace(&mut self.dx, empty());
@@ -409,14 +410,15 @@ impl ConvBn {
         then: Option<ReduceTarget>,
     ) -> Result<()> {
         let nhwc = self.bn_backward(be, dy)?;
-        if let Some(then) = then.filter(|_| !nhwc) {
+        if let Some(then) = then {
+            let dy = (&self.bn.dx, nhwc);
             if self
                 .conv
-                .bwd_data_bn_sums(be, &self.bn.dx, add_to.as_deref(), then)?
+                .bwd_data_bn_sums(be, dy, add_to.as_deref(), then)?
             {
                 return self
                     .conv
-                    .backward_into(be, x, &self.bn.dx, None, false, false);
+                    .backward_into(be, x, &self.bn.dx, None, false, nhwc);
             }
         }
         match add_to {

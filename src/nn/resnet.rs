@@ -167,11 +167,13 @@ impl Bottleneck {
         // before the next backward, so that every buffer keeps its size and no step after the
         // first allocates). Where c1's kernel also takes the block before's BatchNorm's reduce
         // pass, it writes that BatchNorm's dz instead and `dx` keeps the identity path's gradient.
-        // So does c3's for bn2, whose output c3 alone reads: c3's dx then holds bn2's dz.
+        // So do c3's for bn2 and c2's for bn1, whose outputs they alone read: their dx then
+        // holds that BatchNorm's dz.
         let (y2, then2) = self.c2.output_and_reduce(be)?;
         self.c3.backward_then(be, y2, dy, None, then2)?;
+        let (y1, then1) = self.c1.output_and_reduce(be)?;
         self.c2
-            .backward(be, &self.c1.bn.y, &self.c3.conv.dx, true)?;
+            .backward_then(be, y1, &self.c3.conv.dx, None, then1)?;
         if let Some(d) = self.downsample.as_mut() {
             d.backward(be, x, &self.c3.bn.dres, true)?;
         }

@@ -158,8 +158,8 @@ impl Activation<'_> {
     }
 }
 
-/// What a pipelined forward's epilogue does besides storing y.
-enum FwdPost<'a> {
+/// What a pipelined product's epilogue does besides storing C.
+enum EpiloguePost<'a> {
     /// Eval-mode BatchNorm (+ residual, activation) applied to y: `*_fwd_bn_eval_*`.
     Eval(BnPost<'a>),
     /// Training BatchNorm's partial statistics of y into `partial`, one (count, mean, m2) per
@@ -170,36 +170,66 @@ enum FwdPost<'a> {
         per: usize,
         groups: usize,
     },
+    /// A data gradient's: the backward reduce pass of the BatchNorm whose dy it writes,
+    /// `*_bwd_data_bn_sums_*` (tc_gemm.cuh's BnBwdSumsPost).
+    Sums(SumsPost<'a>),
 }
 
-impl FwdPost<'_> {
-    /// The kernel's op: `fwd_bn_eval` or `fwd_bn_stats`.
+/// [`EpiloguePost::Sums`]: the residual branch's gradient the product is added to (after a
+/// residual), the BatchNorm's input, act' mask (after a residual) and parameters, where the sums
+/// go (2 floats a pair and run), `per` images a statistics group; `bytes` what it moves beyond the
+/// product.
+struct SumsPost<'a> {
+    res: Option<&'a DevMem>,
+    bn: BnBwdSums<'a>,
+    mask: Option<&'a DevMem>,
+    partial: &'a DevMem,
+    b: &'a BatchNorm,
+    bytes: usize,
+}
+
+impl EpiloguePost<'_> {
+    /// The kernel's op: `fwd_bn_eval`, `fwd_bn_stats` or `bwd_data_bn_sums`.
     fn op(&self) -> &'static str {
         match self {
-            FwdPost::Eval(_) => "fwd_bn_eval",
-            FwdPost::Stats { .. } => "fwd_bn_stats",
+            EpiloguePost::Eval(_) => "fwd_bn_eval",
+            EpiloguePost::Stats { .. } => "fwd_bn_stats",
+            EpiloguePost::Sums(_) => "bwd_data_bn_sums",
         }
     }
 
     /// The kernel's trailing arguments.
     fn args(&self, args: Args) -> Result<Args> {
         match self {
-            FwdPost::Eval(p) => p.args(args),
-            FwdPost::Stats {
+            EpiloguePost::Eval(p) => p.args(args),
+            EpiloguePost::Stats {
                 partial,
                 per,
                 groups,
             } => Ok(args.ptr(partial).i32(*per as i32).i32(*groups as i32)),
+            EpiloguePost::Sums(p) => Ok(args
+                .opt_ptr(p.res)
+                .ptr(p.bn.x.dev()?)
+                .opt_ptr(p.mask)
+                .ptr(p.bn.params.0.dev()?)
+                .ptr(p.bn.params.1.dev()?)
+                .ptr(p.bn.saved.0.dev()?)
+                .ptr(p.bn.saved.1.dev()?)
+                .ptr(p.partial)
+                .i32((p.b.n / p.b.ghost) as i32)
+                .i32(p.b.ghost as i32)
+                .i32(p.b.act.code())),
         }
     }
 
     /// What it reads or writes beyond the convolution, for a launch of `cfg` over `channels`.
     fn bytes(&self, cfg: &Launch, channels: usize) -> usize {
         match self {
-            FwdPost::Eval(p) => p.bytes(),
-            FwdPost::Stats { .. } => {
+            EpiloguePost::Eval(p) => p.bytes(),
+            EpiloguePost::Stats { .. } => {
                 stats_partial_bytes(cfg.grid.0 as usize * cfg.grid.2 as usize, channels)
             }
+            EpiloguePost::Sums(p) => p.bytes,
         }
     }
 }
@@ -433,7 +463,7 @@ impl ConvOps for CudaBackend {
         let (kernel, cfg) = match path {
             Path::OneByOne | Path::Nhwc => {
                 return self
-                    .pipelined_fwd(&path, x, w, y, &s, &FwdPost::Eval(post))
+                    .pipelined_fwd(&path, x, w, y, &s, &EpiloguePost::Eval(post))
                     .map(|()| true)
             }
             Path::Gemm => (
@@ -496,7 +526,7 @@ impl ConvOps for CudaBackend {
         let affine_at = (merged_at + pairs * chunks * 3 * 4).next_multiple_of(256);
         int(runs, "batchnorm statistics runs")?;
         self.with_outer_scratch(affine_at + pairs * 8, |stats| {
-            let post = FwdPost::Stats {
+            let post = EpiloguePost::Stats {
                 partial: stats,
                 per,
                 groups: b.ghost,
@@ -524,14 +554,24 @@ impl ConvOps for CudaBackend {
         self.bwd_data(dy, w, dx, &s, true)
     }
 
-    /// The 1x1 data gradients (NCHW, 16-byte rows) fuse it: a run is an image's pixel tile.
+    /// The 1x1 data gradients (NCHW, 16-byte rows) and the stride-1 channels-last ones of a
+    /// channels-last dy (dx's rows whole 16-byte vectors) fuse it: a run is an image's pixel tile.
     fn bn_sums_runs(&self, s: &Conv, b: &BatchNorm, dtype: DType) -> Option<usize> {
-        let one_by_one = matches!(self.path(s, dtype), Ok(Path::OneByOne));
-        (one_by_one && !s.x_nhwc && !s.dy_nhwc && b.ghost > 0)
-            .then(|| b.n / b.ghost * (s.h * s.w).div_ceil(PIXEL_TILE))
+        let fused = match self.path(s, dtype) {
+            Ok(Path::OneByOne) => !s.x_nhwc && !s.dy_nhwc,
+            Ok(Path::Nhwc) => {
+                s.dy_nhwc
+                    && s.stride == 1
+                    && s.c_out % chunk(dtype) == 0
+                    && (s.h * s.w * dtype.size()) % 16 == 0
+            }
+            _ => false,
+        };
+        (fused && b.ghost > 0).then(|| b.n / b.ghost * (s.h * s.w).div_ceil(PIXEL_TILE))
     }
 
-    /// `conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>` (tc_gemm.cuh's BnBwdSumsPost).
+    /// `conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>` or
+    /// `conv2d_nhwc_bwd_data_bn_sums[_m64]_<bf16|tf32>` (tc_gemm.cuh's BnBwdSumsPost).
     fn conv2d_bwd_data_bn_sums(
         &self,
         dy: &Buf,
@@ -544,7 +584,7 @@ impl ConvOps for CudaBackend {
         b: Checked<BatchNorm>,
     ) -> Result<()> {
         let dtype = dy.dtype();
-        let (ex, ew, ey) = s.sizes();
+        let ex = s.sizes().0;
         if ex == 0 {
             return Ok(());
         }
@@ -557,43 +597,39 @@ impl ConvOps for CudaBackend {
                 m.map_or(0, |m| m.bits.len())
             ),
         };
-        let hw = s.h * s.w;
-        let (kernel, cfg) = one_by_one_launch("bwd_data_bn_sums", s.c_in, hw, s.n, dtype);
-        let sums_bytes = partial.len() * 4;
-        let args = Args::new()
-            .ptr(dy.dev()?)
-            .ptr(w.dev()?)
-            .ptr(dz.dev_mut()?)
-            .i32(int(s.c_in, "conv c_in")?)
-            .i32(int(s.c_out, "conv c_out")?)
-            .i32(int(hw, "conv h*w")?)
-            .opt_ptr(res.map(|r| r.dev()).transpose()?)
-            .ptr(bn.x.dev()?)
-            .opt_ptr(mask)
-            .ptr(bn.params.0.dev()?)
-            .ptr(bn.params.1.dev()?)
-            .ptr(bn.saved.0.dev()?)
-            .ptr(bn.saved.1.dev()?)
-            .ptr(partial.dev_mut()?)
-            .i32((b.n / b.ghost) as i32)
-            .i32(b.ghost as i32)
-            .i32(b.act.code());
-        // dy, w read, BatchNorm's x read, dz written, the sums; after a residual res and the mask.
+        // BatchNorm's x read, the sums written; after a residual res and the mask read.
         let residual_bytes = if res.is_some() {
             ex * dtype.size() + mask_bytes
         } else {
             0
         };
-        let bytes = (2 * ex + ew + ey) * dtype.size() + residual_bytes + sums_bytes;
-        let args = args.work(Work::conv_on(&s, tensor_math(dtype).1, bytes));
-        // SAFETY: arguments match conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>(dy, w, dx, c_in,
-        // c_out, hw, res, bn_x, mask, gamma, beta, save_mean, save_invstd, partial, per, groups,
-        // act); the shapes were checked: dy n x c_out x hw, w c_out x c_in, res (where given),
-        // bn_x and dz n x c_in x hw, all of dy's dtype, gamma and beta c_in f32, the saved
-        // statistics ghost x c_in f32 (ghost divides n), the mask (with res; else null, unread) a
-        // byte per 16 bytes of dz (above), partial 2 floats per (pair, run) with runs = per x this
-        // grid's pixel tiles (bn_sums_runs, PIXEL_TILE); path() found every row 16-byte aligned.
-        unsafe { self.launch(&kernel, cfg, args) }
+        let sums_bytes = partial.len() * 4;
+        let post = EpiloguePost::Sums(SumsPost {
+            res: res.map(|r| r.dev()).transpose()?,
+            bn,
+            mask,
+            partial: partial.dev_mut()?,
+            b: &b,
+            bytes: ex * dtype.size() + residual_bytes + sums_bytes,
+        });
+        // What the launchers' SAFETY relies on besides the product's shape, checked by
+        // `Backend::conv2d_bwd_data_bn_sums` (and the mask above): res (where given), bn.x and dz
+        // n x c_in x hw of dy's dtype, gamma and beta c_in f32, the saved statistics ghost x c_in
+        // f32 (ghost divides n), the mask (with res) a byte per 16 bytes of dz, partial 2 floats
+        // per (pair, run) with runs = per x this grid's pixel tiles (bn_sums_runs, PIXEL_TILE);
+        // bn_sums_runs found dz's rows whole 16-byte vectors.
+        match self.path(&s, dtype)? {
+            Path::OneByOne => self.conv1x1(dy, w, dz, &s, "bwd_data", false, Some(&post)),
+            _ => self.conv_nhwc(
+                self.grad(dy, &s)?,
+                w,
+                dz,
+                &s,
+                "bwd_data",
+                false,
+                Some(&post),
+            ),
+        }
     }
 
     /// Where both passes run channels-last (dy's channels in 16-byte runs, a dx wanted), dy is
@@ -732,7 +768,7 @@ impl CudaBackend {
         w: &Buf,
         y: &mut Buf,
         s: &Conv,
-        post: &FwdPost,
+        post: &EpiloguePost,
     ) -> Result<()> {
         match path {
             Path::OneByOne => self.conv1x1(x, w, y, s, "fwd", false, Some(post)),
@@ -912,7 +948,7 @@ impl CudaBackend {
     /// gradient the weight's taps flipped and its channel axes swapped), then one product per
     /// image (kernels/conv.cu, `conv2d_nhwc_*`).
     /// `add`: the data gradient is added onto what `out` holds (the epilogue's beta = 1).
-    /// `post`: the forward applies eval-mode BatchNorm in its epilogue (`*_fwd_bn_eval_*`).
+    /// `post`: what the epilogue does besides storing ([`EpiloguePost`]).
     #[allow(clippy::too_many_arguments)]
     fn conv_nhwc(
         &self,
@@ -922,7 +958,7 @@ impl CudaBackend {
         layer: &Conv,
         op: &str,
         add: bool,
-        post: Option<&FwdPost>,
+        post: Option<&EpiloguePost>,
     ) -> Result<()> {
         let fwd = op == "fwd";
         // The product's shape: the data gradient's input channels (c_out) are runs of 8 already.
@@ -985,7 +1021,10 @@ impl CudaBackend {
             // gamma, beta, mean, var, res, eps, act) with the BatchNorm checked against the
             // output (per-channel f32 tensors of c_out, res as y), or
             // conv2d_nhwc_fwd_bn_stats[_m64]_<bf16|tf32>(..., partial, per, groups) (3 floats per
-            // channel, image and pixel tile, groups x per = n); the NHWC input (n x h x w x c) is
+            // channel, image and pixel tile, groups x per = n), or
+            // conv2d_nhwc_bwd_data_bn_sums[_m64]_<bf16|tf32>(..., res, bn_x, mask, gamma, beta,
+            // save_mean, save_invstd, partial, per, groups, act) (their sizes: the caller,
+            // ConvOps::conv2d_bwd_data_bn_sums); the NHWC input (n x h x w x c) is
             // at byte 0 of scratch or the caller's copy, the transposed weight at w_at of
             // scratch, both in the operands' type, `out` the
             // checked output (n x m x oh x ow); c a multiple of 16 bytes of channels (padded, or
@@ -1236,7 +1275,7 @@ impl CudaBackend {
         s: &Conv,
         op: &str,
         add: bool,
-        post: Option<&FwdPost>,
+        post: Option<&EpiloguePost>,
     ) -> Result<()> {
         let fwd = op == "fwd";
         let m = if fwd { s.c_out } else { s.c_in };
@@ -1268,8 +1307,10 @@ impl CudaBackend {
         // (the BatchNorm checked against the output: per-channel f32 tensors of c_out, res as y),
         // conv2d_1x1_fwd_bn_stats[_m64]_<bf16|tf32>(..., hw, partial, per, groups) (partial holds
         // 3 floats per channel, image and pixel tile: the caller sized it from this launch's
-        // tiles, `groups` x `per` = n) or conv2d_1x1_bwd_data[_m64]_<bf16|tf32>(..., hw, beta);
-        // the shape was checked (x: n x
+        // tiles, `groups` x `per` = n), conv2d_1x1_bwd_data[_m64]_<bf16|tf32>(..., hw, beta) or
+        // conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>(..., hw, res, bn_x, mask, gamma, beta,
+        // save_mean, save_invstd, partial, per, groups, act) (their sizes: the caller,
+        // ConvOps::conv2d_bwd_data_bn_sums); the shape was checked (x: n x
         // c_in x hw, w: c_out x c_in, y: n x c_out x hw, all bf16 or all f32, the kernel's
         // operand type) and path() found every row 16-byte aligned.
         unsafe { self.launch(&kernel, cfg, args) }

@@ -286,7 +286,7 @@ impl NormOps for CudaBackend {
     }
 
     /// The second pass alone, after a data gradient took the reduce pass in its epilogue
-    /// (`conv2d_1x1_bwd_data_bn_sums_*`): its `runs` sums a pair merged into a few
+    /// (`conv2d_{1x1,nhwc}_bwd_data_bn_sums_*`): its `runs` sums a pair merged into a few
     /// (`batchnorm_merge_sums_f32`), then dz as it wrote it (no activation) through the pass.
     fn batchnorm_bwd_summed(
         &self,
