@@ -6,12 +6,13 @@
 mod common;
 
 use common::{
-    download_f32, kernel_device, matches_cpu, poisoned_as, upload_as, Outputs, FLOAT_DTYPES,
+    download_f32, kernel_device, matches_cpu, poisoned_as, upload_as, Outputs, TrainedBn,
+    FLOAT_DTYPES,
 };
 use insclr::backend::cuda::record::Event;
 use insclr::backend::{
-    Act, ActMask, Backend, BatchNorm, BnBwdSums, BnEvalParams, BnTrainParams, Buf, Conv,
-    CudaBackend, DType, Device, ImageToTensor, MaxPool, Padding,
+    Act, ActMask, Backend, BatchNorm, BnEvalParams, BnTrainParams, Buf, Conv, CudaBackend, DType,
+    Device, ImageToTensor, MaxPool, Padding,
 };
 use insclr::rng::Rng;
 use insclr::train::augment::to_tensor;
@@ -1219,32 +1220,10 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
             let up = |v: Vec<f32>| upload_as(be, &v, dt).unwrap();
             let x = up(rng.vec_f32(lx, -2.0, 2.0));
             let res = up(rng.vec_f32(lx, -1.0, 1.0));
-            let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5)).unwrap();
-            let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5)).unwrap();
-            let (mut rm, mut rv) = (
-                be.upload(&vec![0.0; c]).unwrap(),
-                be.upload(&vec![1.0; c]).unwrap(),
-            );
+            let bn = TrainedBn::new(be, &x, residual.then_some(&res), b, &mut rng);
+            let (params, saved) = bn.params();
+            let (y, mask) = (&bn.y, &bn.mask);
             let zeros = |len: usize| be.upload(&vec![0.0f32; len]).unwrap();
-            let (mut mean, mut invstd) = (zeros(ghost * c), zeros(ghost * c));
-            let (mut y, mut mask) = (poisoned_as(be, lx, dt), ActMask::new());
-            let (running, saved) = ((&mut rm, &mut rv), (&mut mean, &mut invstd));
-            be.batchnorm_fwd_train(
-                &x,
-                &gamma,
-                &beta,
-                running,
-                saved,
-                residual.then_some(&res),
-                &mut y,
-                Some(&mut mask),
-                BatchNorm {
-                    dx_nhwc: false,
-                    ..b
-                },
-            )
-            .unwrap();
-            let (saved, params) = ((&mean, &invstd), (&gamma, &beta));
             let wt = up(rng.vec_f32(lw, -0.5, 0.5));
             let dy = up(rng.vec_f32(ly, -1.0, 1.0));
             let identity = rng.vec_f32(lx, -1.0, 1.0);
@@ -1260,11 +1239,11 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
             let dres_arg = (residual && act != Act::Identity).then_some(&mut dres);
             be.batchnorm_bwd(
                 &x,
-                &y,
+                y,
                 &dy_bn,
                 params,
                 saved,
-                Some(&mask),
+                Some(mask),
                 &mut dx,
                 dres_arg,
                 (&mut dg, &mut db),
@@ -1274,12 +1253,7 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
             // The fused data gradient, then the second pass alone.
             let identity_buf = up(identity.clone());
             let (mut dz, mut partial) = (poisoned_as(be, lx, dt), Buf::empty(DType::F32));
-            let sums = BnBwdSums {
-                x: &x,
-                params,
-                saved,
-                mask: residual.then_some(&mask),
-            };
+            let sums = bn.sums(&x, residual);
             let res_arg = residual.then_some(&identity_buf);
             let runs = be
                 .conv2d_bwd_data_bn_sums(&dy, &wt, res_arg, &mut dz, sums, &mut partial, s, b)
@@ -1314,7 +1288,7 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
                 };
                 let want: Vec<f32> = got(&dy_bn)
                     .iter()
-                    .zip(got(&y))
+                    .zip(got(y))
                     .map(|(&g, y)| g * act_grad(y))
                     .collect();
                 assert!(
@@ -1380,34 +1354,12 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
             let act_buf = |len: usize| be.zeros(dt, len).unwrap();
             let chan = |len: usize| be.zeros(DType::F32, len).unwrap();
             let (x, res, wt, dy) = (act_buf(lx), act_buf(lx), act_buf(lw), act_buf(ly));
-            let (gamma, beta, mut rm, mut rv) = (chan(c), chan(c), chan(c), chan(c));
-            let (mut mean, mut invstd) = (chan(ghost * c), chan(ghost * c));
-            let (mut y, mut dz, mut dx) = (act_buf(lx), act_buf(lx), act_buf(lx));
-            let (mut dg, mut db, mut mask) = (chan(c), chan(c), ActMask::new());
-            let (running, saved) = ((&mut rm, &mut rv), (&mut mean, &mut invstd));
-            be.batchnorm_fwd_train(
-                &x,
-                &gamma,
-                &beta,
-                running,
-                saved,
-                residual.then_some(&res),
-                &mut y,
-                Some(&mut mask),
-                BatchNorm {
-                    dx_nhwc: false,
-                    ..b
-                },
-            )
-            .unwrap();
-            let (saved, mut partial) = ((&mean, &invstd), Buf::empty(DType::F32));
+            let (mut dz, mut dx, mut dg, mut db) = (act_buf(lx), act_buf(lx), chan(c), chan(c));
+            let bn = TrainedBn::new(be, &x, residual.then_some(&res), b, &mut Rng::new(1));
+            let (params, saved) = bn.params();
+            let mut partial = Buf::empty(DType::F32);
             rec.set_recording(true);
-            let sums = BnBwdSums {
-                x: &x,
-                params: (&gamma, &beta),
-                saved,
-                mask: residual.then_some(&mask),
-            };
+            let sums = bn.sums(&x, residual);
             let res_arg = residual.then_some(&res);
             if let Some(runs) = be
                 .conv2d_bwd_data_bn_sums(&dy, &wt, res_arg, &mut dz, sums, &mut partial, s, b)
@@ -1417,7 +1369,7 @@ fn kernel_conv_data_gradient_takes_the_next_batchnorm_backward_sums() {
                 be.batchnorm_bwd_summed(
                     &x,
                     &dz,
-                    (&gamma, &beta),
+                    params,
                     saved,
                     sums,
                     &mut dx,

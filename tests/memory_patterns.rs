@@ -8,11 +8,11 @@
 
 mod common;
 
-use common::log;
+use common::{log, TrainedBn};
 use insclr::backend::cuda::emu::{count_memory, memstats_table, MemSpace, MemStat, ACCESS_HOOKS};
 use insclr::backend::{
-    Act, ActMask, Backend, BatchNorm, BnBwdSums, BnEvalParams, BnTrainParams, Conv, CudaBackend,
-    DType, MatMul, Padding,
+    Act, ActMask, Backend, BatchNorm, BnEvalParams, BnTrainParams, Conv, CudaBackend, DType,
+    MatMul, Padding,
 };
 use insclr::rng::Rng;
 
@@ -779,42 +779,19 @@ fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
             ghost,
             ..BatchNorm::new(s.n, c, s.h * s.w, 1e-5, Act::Relu)
         };
-        let chan = || be.upload(&vec![1.0f32; c]).unwrap();
-        let (gamma, beta, mut rm, mut rv) = (chan(), chan(), chan(), chan());
-        let (mut mean, mut invstd) = (
-            be.zeros(DType::F32, ghost * c).unwrap(),
-            be.zeros(DType::F32, ghost * c).unwrap(),
-        );
-        let (mut y, mut mask) = (be.zeros(dt, lx).unwrap(), ActMask::new());
-        let (running, saved) = ((&mut rm, &mut rv), (&mut mean, &mut invstd));
-        be.batchnorm_fwd_train(
-            &x,
-            &gamma,
-            &beta,
-            running,
-            saved,
-            residual.then_some(&res),
-            &mut y,
-            Some(&mut mask),
-            b,
-        )
-        .unwrap();
-        let saved = (&mean, &invstd);
+        let bn = TrainedBn::new(be, &x, residual.then_some(&res), b, &mut Rng::new(44));
+        let (params, saved) = bn.params();
         let (mut dz, mut dx) = (be.zeros(dt, lx).unwrap(), be.zeros(dt, lx).unwrap());
         let mut partial = insclr::backend::Buf::empty(DType::F32);
+        let chan = || be.zeros(DType::F32, c).unwrap();
         let (mut dg, mut db) = (chan(), chan());
         let (runs, stats) = count_memory(|| -> anyhow::Result<()> {
-            let sums = BnBwdSums {
-                x: &x,
-                params: (&gamma, &beta),
-                saved,
-                mask: residual.then_some(&mask),
-            };
+            let sums = bn.sums(&x, residual);
             let res = residual.then_some(&res);
             let runs =
                 be.conv2d_bwd_data_bn_sums(&dy, &w, res, &mut dz, sums, &mut partial, s, b)?;
             let runs = runs.ok_or_else(|| anyhow::anyhow!("not fused"))?;
-            let (params, sums) = ((&gamma, &beta), (&partial, runs));
+            let sums = (&partial, runs);
             be.batchnorm_bwd_summed(&x, &dz, params, saved, sums, &mut dx, (&mut dg, &mut db), b)
         });
         runs.unwrap_or_else(|e| panic!("{kernel}: {e:#}"));

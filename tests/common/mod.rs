@@ -2,7 +2,8 @@
 //! compares a case on that device with the CPU twin, error norms, finite differences.
 #![allow(dead_code)]
 
-use insclr::backend::{Backend, Buf, CudaBackend, DType};
+use insclr::backend::{ActMask, Backend, BatchNorm, BnBwdSums, Buf, CudaBackend, DType};
+use insclr::rng::Rng;
 
 fn require_gpu() -> bool {
     std::env::var("INSCLR_REQUIRE_GPU").is_ok_and(|v| v == "1")
@@ -228,4 +229,72 @@ pub fn small_model(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("model.safetensors");
     insclr::io::safetensors::write(&path, &weights::export(&net, be).unwrap(), None).unwrap();
     path
+}
+
+/// A training BatchNorm after its forward over `x` (plus `res`, where a residual goes into y),
+/// with random gamma and beta: what a data gradient that takes its backward reduce pass reads
+/// (`Backend::conv2d_bwd_data_bn_sums`), and y and the act' mask the forward kept.
+pub struct TrainedBn {
+    pub gamma: Buf,
+    pub beta: Buf,
+    pub mean: Buf,
+    pub invstd: Buf,
+    pub y: Buf,
+    pub mask: ActMask,
+}
+
+impl TrainedBn {
+    /// The forward over `b`'s shape (its channels-last dx is the backward's business: unset here).
+    pub fn new(be: &dyn Backend, x: &Buf, res: Option<&Buf>, b: BatchNorm, rng: &mut Rng) -> Self {
+        let c = b.c;
+        let gamma = be.upload(&rng.vec_f32(c, 0.5, 1.5)).unwrap();
+        let beta = be.upload(&rng.vec_f32(c, -0.5, 0.5)).unwrap();
+        let (mut rm, mut rv) = (
+            be.upload(&vec![0.0; c]).unwrap(),
+            be.upload(&vec![1.0; c]).unwrap(),
+        );
+        let zeros = || be.upload(&vec![0.0f32; b.ghost * c]).unwrap();
+        let (mut mean, mut invstd) = (zeros(), zeros());
+        let (mut y, mut mask) = (poisoned_as(be, x.len(), x.dtype()), ActMask::new());
+        let fwd = BatchNorm {
+            dx_nhwc: false,
+            ..b
+        };
+        be.batchnorm_fwd_train(
+            x,
+            &gamma,
+            &beta,
+            (&mut rm, &mut rv),
+            (&mut mean, &mut invstd),
+            res,
+            &mut y,
+            Some(&mut mask),
+            fwd,
+        )
+        .unwrap();
+        TrainedBn {
+            gamma,
+            beta,
+            mean,
+            invstd,
+            y,
+            mask,
+        }
+    }
+
+    /// (gamma, beta) and the saved (mean, invstd).
+    pub fn params(&self) -> ((&Buf, &Buf), (&Buf, &Buf)) {
+        ((&self.gamma, &self.beta), (&self.mean, &self.invstd))
+    }
+
+    /// What the fused data gradient reads of it, `x` its input; the mask after a residual.
+    pub fn sums<'a>(&'a self, x: &'a Buf, residual: bool) -> BnBwdSums<'a> {
+        let (params, saved) = self.params();
+        BnBwdSums {
+            x,
+            params,
+            saved,
+            mask: residual.then_some(&self.mask),
+        }
+    }
 }
