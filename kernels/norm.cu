@@ -645,65 +645,70 @@ __device__ void bn_bwd_eval(const T* __restrict__ x, const T* __restrict__ y, co
     }
 }
 
-// The backward's sums as a data gradient's epilogue wrote them (conv.cu's _bn_sums kernels: 2
-// planes of runs x pairs floats, as batchnorm_merge_stats_f32 reads its statistics) into `chunks`
-// runs per pair, each 2 floats at merged[2 (gc chunks + chunk)] as batchnorm_bwd reads the reduce
-// pass's: a block's 8 warps add their runs in order (32 consecutive floats a load), then warp 0
-// the eight warps' in order.
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    batchnorm_merge_sums_f32(const float* __restrict__ partial, float* __restrict__ merged, int pairs, int runs,
-                             int chunks) {
-    constexpr int WARPS = BN_THREADS / WARP_SIZE;
-    __shared__ float2 warps[WARPS][WARP_SIZE];
-    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, gc = blockIdx.x * WARP_SIZE + lane;
-    const int span = (runs + chunks - 1) / chunks, first = blockIdx.y * span, end = min(first + span, runs);
-    const size_t plane = (size_t)runs * pairs;
-    float2 t = make_float2(0.0f, 0.0f);
-    if (gc < pairs)
-        for (int k = first + warp; k < end; k += WARPS) {
-            const float* p = partial + (size_t)k * pairs + gc;
-            t.x += p[0], t.y += p[plane];
-        }
-    warps[warp][lane] = t;
-    __syncthreads();
-    if (warp == 0 && gc < pairs) {
-        float2 sum = make_float2(0.0f, 0.0f);
-        for (int i = 0; i < WARPS; i++) sum.x += warps[i][lane].x, sum.y += warps[i][lane].y;
-        float* out = merged + 2 * ((size_t)gc * chunks + blockIdx.y);
-        out[0] = sum.x, out[1] = sum.y;
-    }
-}
+// A pair's run as the merges below read and write it: the backward's (sum dz, sum dz xh), which
+// add; the forward's statistics (count, mean, m2), which merge as Welford's do.
+struct RunSums {
+    static constexpr int FLOATS = 2;
+    float dz, dzx;
+    __device__ static RunSums none() { return RunSums{0.0f, 0.0f}; }
+    __device__ static RunSums at(const float* p, size_t plane) { return RunSums{p[0], p[plane]}; }
+    __device__ RunSums with(RunSums o) const { return RunSums{dz + o.dz, dzx + o.dzx}; }
+    __device__ void store(float* out) const { out[0] = dz, out[1] = dzx; }
+};
 
-// Each pair's statistics (count, mean, m2 of its values, not shifted) from the `runs` partials a
-// convolution's epilogue wrote for it (tc_gemm.cuh, BnStatsPost: one per image and pixel tile;
-// run k of pair gc's count at partial[k pairs + gc], its mean and m2 one and two planes of runs x
-// pairs further), merged into `chunks` runs per pair at merged[3 (gc chunks + chunk)], which
-// batchnorm_fwd_train_* then merges as it does its own statistics pass's runs. Block (x, y) takes
-// 32 pairs, a lane each, and chunk y's share of their runs: warp w merges runs w, w + 8, ... of it
-// in order (32 consecutive floats a load), then warp 0 the eight warps' in order. The chunks give
-// the grid enough blocks to cover the GPU (a layer has few pairs and many runs).
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    batchnorm_merge_stats_f32(const float* __restrict__ partial, float* __restrict__ merged, int pairs, int runs,
-                              int chunks) {
+struct RunStats {
+    static constexpr int FLOATS = 3;
+    Welford w;
+    __device__ static RunStats none() { return RunStats{Welford{0.0f, 0.0f, 0.0f}}; }
+    __device__ static RunStats at(const float* p, size_t plane) {
+        return RunStats{Welford{p[0], p[plane], p[2 * plane]}};
+    }
+    __device__ RunStats with(RunStats o) const { return RunStats{welford_merge(w, o.w)}; }
+    __device__ void store(float* out) const { out[0] = w.n, out[1] = w.mean, out[2] = w.m2; }
+};
+
+// A convolution epilogue's `runs` partials of each pair (one per image and pixel tile; run k of
+// pair gc's first float at partial[k pairs + gc], its others one and two planes of runs x pairs
+// further) merged into `chunks` runs per pair, Run::FLOATS floats each at merged[FLOATS (gc chunks
+// + chunk)]. Block (x, y) takes 32 pairs, a lane each, and chunk y's share of their runs: warp w
+// merges runs w, w + 8, ... of it in order (32 consecutive floats a load), then warp 0 the eight
+// warps' in order. The chunks give the grid enough blocks to cover the GPU (a layer has few pairs
+// and many runs).
+template <typename Run>
+__device__ void merge_runs(const float* __restrict__ partial, float* __restrict__ merged, int pairs, int runs,
+                           int chunks) {
     constexpr int WARPS = BN_THREADS / WARP_SIZE;
-    __shared__ Welford warps[WARPS][WARP_SIZE];
+    __shared__ Run warps[WARPS][WARP_SIZE];
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, gc = blockIdx.x * WARP_SIZE + lane;
     const int span = (runs + chunks - 1) / chunks, first = blockIdx.y * span, last = min(runs, first + span);
     const size_t plane = (size_t)runs * pairs;
-    Welford w{0.0f, 0.0f, 0.0f};
+    Run t = Run::none();
     if (gc < pairs)
-        for (int k = first + warp; k < last; k += WARPS) {
-            const float* p = partial + (size_t)k * pairs + gc;
-            w = welford_merge(w, Welford{p[0], p[plane], p[2 * plane]});
-        }
-    warps[warp][lane] = w;
+        for (int k = first + warp; k < last; k += WARPS) t = t.with(Run::at(partial + (size_t)k * pairs + gc, plane));
+    warps[warp][lane] = t;
     __syncthreads();
     if (warp == 0 && gc < pairs) {
-        Welford t{0.0f, 0.0f, 0.0f};
-        for (int i = 0; i < WARPS; i++) t = welford_merge(t, warps[i][lane]);
-        float* out = merged + 3 * ((size_t)gc * chunks + blockIdx.y);
-        out[0] = t.n, out[1] = t.mean, out[2] = t.m2;
+        Run sum = Run::none();
+        for (int i = 0; i < WARPS; i++) sum = sum.with(warps[i][lane]);
+        sum.store(merged + Run::FLOATS * ((size_t)gc * chunks + blockIdx.y));
     }
+}
+
+// The backward's sums as a data gradient's epilogue wrote them (conv.cu's _bn_sums kernels), each
+// chunk's as batchnorm_bwd reads the reduce pass's.
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+    batchnorm_merge_sums_f32(const float* __restrict__ partial, float* __restrict__ merged, int pairs, int runs,
+                             int chunks) {
+    merge_runs<RunSums>(partial, merged, pairs, runs, chunks);
+}
+
+// Each pair's statistics (count, mean, m2 of its values, not shifted) as a forward's epilogue
+// wrote them (tc_gemm.cuh, BnStatsPost), which batchnorm_fwd_train_* then merges as it does its
+// own statistics pass's runs.
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+    batchnorm_merge_stats_f32(const float* __restrict__ partial, float* __restrict__ merged, int pairs, int runs,
+                              int chunks) {
+    merge_runs<RunStats>(partial, merged, pairs, runs, chunks);
 }
 
 extern "C" __global__ void __launch_bounds__(32)
