@@ -963,8 +963,11 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
             be.zeros(DType::F32, lout).unwrap(),
             be.zeros(DType::F32, lin).unwrap(),
         );
+        let mut argmax = be.zeros(DType::U8, lout).unwrap();
         let label = format!("{batch}x64x112x112 k3 s2");
-        let bytes = 4.0 * (lin + lout) as f64;
+        // The training forward: x read, y and the argmax bytes written; the backward: the argmax
+        // bytes and dy read, dx written.
+        let bytes = 4.0 * (lin + lout) as f64 + lout as f64;
         measure(
             &mut group,
             be,
@@ -973,7 +976,7 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
             label.clone(),
             bytes,
             0.0,
-            || be.maxpool_fwd(&x, &mut y, mp).unwrap(),
+            || be.maxpool_fwd(&x, &mut y, Some(&mut argmax), mp).unwrap(),
         );
         measure(
             &mut group,
@@ -981,9 +984,9 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
             record,
             "maxpool_bwd_f32",
             label,
-            bytes + 4.0 * (lin + lout) as f64,
+            bytes,
             0.0,
-            || be.maxpool_bwd(&x, &y, &dy, &mut dx, mp).unwrap(),
+            || be.maxpool_bwd(&argmax, &dy, &mut dx, mp).unwrap(),
         );
         group.finish();
     }

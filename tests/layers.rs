@@ -100,14 +100,30 @@ fn kernel_maxpool_matches_cpu() {
                 let x = upload_as(be, &xh, dt)?;
                 let dy = upload_as(be, &rng.vec_f32(out, -1.0, 1.0), dt)?;
                 let (mut y, mut dx) = (poisoned_as(be, out, dt), poisoned_as(be, len, dt));
-                be.maxpool_fwd(&x, &mut y, s)?;
-                be.maxpool_bwd(&x, &y, &dy, &mut dx, s)?;
+                let mut argmax = Buf::empty(DType::U8);
+                be.maxpool_fwd(&x, &mut y, Some(&mut argmax), s)?;
+                be.maxpool_bwd(&argmax, &dy, &mut dx, s)?;
+                // The eval forward (no argmax) writes the same y.
+                let mut y_eval = poisoned_as(be, out, dt);
+                be.maxpool_fwd(&x, &mut y_eval, None, s)?;
                 // NaN outputs compared as a sentinel (the harness requires finite values).
-                let y: Vec<f32> = download_f32(be, &y)?
+                let finite = |b: &Buf| -> anyhow::Result<Vec<f32>> {
+                    Ok(download_f32(be, b)?
+                        .iter()
+                        .map(|&v| if v.is_nan() { -1e6 } else { v })
+                        .collect())
+                };
+                let places = be
+                    .download::<u8>(&argmax)?
                     .iter()
-                    .map(|&v| if v.is_nan() { -1e6 } else { v })
+                    .map(|&a| a as f32)
                     .collect();
-                Ok(vec![("y".into(), y), ("dx".into(), download_f32(be, &dx)?)])
+                Ok(vec![
+                    ("y".into(), finite(&y)?),
+                    ("y (eval)".into(), finite(&y_eval)?),
+                    ("argmax".into(), places),
+                    ("dx".into(), download_f32(be, &dx)?),
+                ])
             });
         }
     }

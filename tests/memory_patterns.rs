@@ -1276,3 +1276,49 @@ fn check_tile_pass(stats: &[MemStat], kernel: &str, dtype: DType, tensor: u64, p
         "{kernel}: {map_sectors} sectors of channel maps, {sectors} of activations"
     );
 }
+
+/// The max pool (bf16, 3 x 3 / 2, pad 1, 2 x 4 x 56 x 56, ResNet's stem on a smaller map): the
+/// training forward writes an argmax byte an output beside y, and the backward reads those bytes
+/// and dy, not the pooled map (before 2026-12-07 it recomputed each covering window's argmax from
+/// x: 80808 sectors, 2.67x the ideal for its window reads).
+#[test]
+fn max_pool_backward_reads_argmax_bytes_not_the_map() {
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    let dt = DType::BF16;
+    let s = insclr::backend::MaxPool::new(2, 4, 56, 56, 3, 2, 1).unwrap();
+    let (lin, lout) = (s.n * s.c * s.h * s.w, s.n * s.c * s.oh * s.ow);
+    let x = upload(be, lin, dt, 7);
+    let dy = upload(be, lout, dt, 8);
+    let (mut y, mut dx) = (be.zeros(dt, lout).unwrap(), be.zeros(dt, lin).unwrap());
+    let mut argmax = be.zeros(DType::U8, lout).unwrap();
+    let (r, fwd) = count_memory(|| be.maxpool_fwd(&x, &mut y, Some(&mut argmax), s));
+    r.unwrap();
+    show("maxpool_fwd_bf16 with its argmax bytes:", &fwd);
+    let (r, bwd) = count_memory(|| be.maxpool_bwd(&argmax, &dy, &mut dx, s));
+    r.unwrap();
+    show("maxpool_bwd_bf16 from the argmax bytes:", &bwd);
+    only(&bwd, &["maxpool_bwd_bf16"], "one launch");
+    // The forward's byte stores: one a value, a warp's 28 (a 56-wide row's outputs) in one or
+    // two sectors.
+    let (t, i, _) = total(&fwd, "maxpool_fwd_bf16", |r| {
+        r.space == MemSpace::Global && r.op == "st" && r.width == 1
+    });
+    assert!(i > 0 && t <= 2 * i, "argmax stores: {t} sectors, ideal {i}");
+    // The backward: 1-byte loads (argmax), 2-byte loads (dy) and 2-byte stores (dx) only, the
+    // loads within 2x their ideal sectors (a warp's 32 inputs are covered by 16-17 outputs a
+    // window row), and far fewer sectors in all than the recomputing kernel's 80808.
+    let mut all = 0;
+    for row in rows(&bwd, "maxpool_bwd_bf16") {
+        if row.space != MemSpace::Global {
+            continue;
+        }
+        all += row.transactions;
+        match (row.op, row.width) {
+            ("ld", 1) | ("ld", 2) => assert!(row.transactions <= 2 * row.ideal, "{row:?}"),
+            ("st", 2) => assert!(row.transactions <= 2 * row.ideal, "{row:?}"),
+            _ => panic!("an access the gather does not make: {row:?}"),
+        }
+    }
+    assert!(all < 80808 / 4, "the backward's sectors: {all}");
+}

@@ -398,10 +398,20 @@ fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
         "H200",
         "759.9 ms per step",
         "by kernel",
-        "device memory: 33.05 GiB held at most",
+        // 33.05 before the max pool kept its argmax bytes (64 x 64 x 112 x 112: 51 MB).
+        "device memory: 33.10 GiB held at most",
     ] {
         assert!(text.contains(want), "no {want:?} in:\n{text}");
     }
+    // The max pool's backward reads its argmax bytes and dy, not the pooled map x: dx written,
+    // dy and a byte per output read (64 x 64 x 224 x 224 in, 112 x 112 out, bf16).
+    let pool_bwd = text
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("maxpool_bwd_bf16"))
+        .unwrap_or_else(|| panic!("no maxpool_bwd_bf16 in:\n{text}"));
+    let (input, output) = (64 * 64 * 224 * 224, 64 * 64 * 112 * 112);
+    let mb = format!("{:.2}", ((input + output) * 2 + output) as f64 / 1e6);
+    assert!(pool_bwd.contains(&mb), "want {mb} MB in: {pool_bwd}");
 }
 
 /// `plan --extract` plans the extraction call: no backward, no optimiser, and its own words; in

@@ -1,7 +1,9 @@
 //! Pooling: GeM (InsCLR's descriptor pooling) and max pooling (ResNet's stem), forward and
 //! backward. Kernels in `kernels/pool.cu`.
 
-use super::{check_len, not_implemented, same_dtype, Backend, Buf, Checked, Op, Padding};
+use super::{
+    check_dtypes, check_len, not_implemented, same_dtype, Backend, Buf, Checked, DType, Op, Padding,
+};
 use anyhow::{bail, Result};
 
 /// GeM's clamp, from the original (`eps = 1e-6`).
@@ -91,6 +93,14 @@ impl MaxPool {
         })
     }
 
+    /// An argmax byte holds a place in the window: k * k <= 256.
+    fn check_argmax(&self) -> Result<()> {
+        if self.k > 16 {
+            bail!("max pool: a {0}x{0} window's argmax does not fit a byte; training takes windows up to 16x16", self.k);
+        }
+        Ok(())
+    }
+
     /// `x` are input-sized (x, dx), `y` output-sized (y, dy).
     fn check(self, x: &[&Buf], y: &[&Buf]) -> Result<Checked<Self>> {
         check_len(&self, self.n * self.c * self.h * self.w, x)?;
@@ -117,15 +127,22 @@ pub trait PoolOps {
     ) -> Result<()> {
         Err(not_implemented(Op::GemBwd))
     }
-    /// Max pooling forward.
-    fn maxpool_fwd(&self, _x: &Buf, _y: &mut Buf, _s: Checked<MaxPool>) -> Result<()> {
-        Err(not_implemented(Op::MaxpoolFwd))
-    }
-    /// Max pooling backward: writes `dx`, routing each `dy` to the first maximum of its window.
-    fn maxpool_bwd(
+    /// Max pooling forward; with `argmax` also each output's first maximum's place in its
+    /// window, `(iy - y0) k + (ix - x0)`, a byte each (u8, the output's size).
+    fn maxpool_fwd(
         &self,
         _x: &Buf,
-        _y: &Buf,
+        _y: &mut Buf,
+        _argmax: Option<&mut Buf>,
+        _s: Checked<MaxPool>,
+    ) -> Result<()> {
+        Err(not_implemented(Op::MaxpoolFwd))
+    }
+    /// Max pooling backward: writes `dx`, routing each `dy` to its window's maximum as the
+    /// forward's `argmax` recorded it.
+    fn maxpool_bwd(
+        &self,
+        _argmax: &Buf,
         _dy: &Buf,
         _dx: &mut Buf,
         _s: Checked<MaxPool>,
@@ -149,17 +166,36 @@ impl dyn Backend + '_ {
         self.pool_ops().gem_bwd(x, y, dy, dx, s)
     }
 
-    /// Max pooling forward.
-    pub fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: MaxPool) -> Result<()> {
+    /// Max pooling forward; a training forward also keeps `argmax` (sized here: a byte per
+    /// output), which the backward reads instead of x.
+    pub fn maxpool_fwd(
+        &self,
+        x: &Buf,
+        y: &mut Buf,
+        argmax: Option<&mut Buf>,
+        s: MaxPool,
+    ) -> Result<()> {
         let s = s.check(&[x], &[y])?;
         self.require(Op::MaxpoolFwd, x.dtype())?;
-        self.pool_ops().maxpool_fwd(x, y, s)
+        let argmax = match argmax {
+            Some(a) => {
+                s.check_argmax()?;
+                self.ensure(a, DType::U8, s.n * s.c * s.oh * s.ow)?;
+                Some(a)
+            }
+            None => None,
+        };
+        self.pool_ops().maxpool_fwd(x, y, argmax, s)
     }
 
-    /// Max pooling backward: writes `dx`, routing each `dy` to the first maximum of its window.
-    pub fn maxpool_bwd(&self, x: &Buf, y: &Buf, dy: &Buf, dx: &mut Buf, s: MaxPool) -> Result<()> {
-        let s = s.check(&[x, dx], &[y, dy])?;
-        self.require(Op::MaxpoolBwd, x.dtype())?;
-        self.pool_ops().maxpool_bwd(x, y, dy, dx, s)
+    /// Max pooling backward: writes `dx`, routing each `dy` to its window's first maximum, which
+    /// the training forward kept in `argmax`.
+    pub fn maxpool_bwd(&self, argmax: &Buf, dy: &Buf, dx: &mut Buf, s: MaxPool) -> Result<()> {
+        let s = s.check(&[dx], &[dy])?;
+        s.check_argmax()?;
+        check_len(&*s, s.n * s.c * s.oh * s.ow, &[argmax])?;
+        check_dtypes(&*s, &[(argmax, DType::U8)])?;
+        self.require(Op::MaxpoolBwd, dy.dtype())?;
+        self.pool_ops().maxpool_bwd(argmax, dy, dx, s)
     }
 }

@@ -3,7 +3,7 @@
 
 use super::maps::Out;
 use super::{empty, ensure_like};
-use crate::backend::{Backend, Buf, Gem, MaxPool};
+use crate::backend::{Backend, Buf, DType, Gem, MaxPool};
 use anyhow::{anyhow, Context, Result};
 
 /// `k x k` max pooling with stride and symmetric padding.
@@ -14,6 +14,9 @@ pub struct MaxPool2d {
     shape: Option<MaxPool>,
     /// Output of the last forward.
     pub y: Buf,
+    /// Where each output's maximum was in its window, kept by [`MaxPool2d::forward`] for the
+    /// backward (a byte an output; the backward reads neither x nor y).
+    argmax: Buf,
     /// Input gradient of the last backward.
     pub dx: Buf,
 }
@@ -27,24 +30,29 @@ impl MaxPool2d {
             pad,
             shape: None,
             y: empty(),
+            argmax: Buf::empty(DType::U8),
             dx: empty(),
         }
     }
 
-    /// Pools an `n x c x h x w` map; returns `(oh, ow)`.
+    /// Pools an `n x c x h x w` map, keeping each window's argmax for the backward; returns
+    /// `(oh, ow)`.
     pub fn forward(
         &mut self,
         be: &dyn Backend,
         x: &Buf,
         (n, c, h, w): (usize, usize, usize, usize),
     ) -> Result<(usize, usize)> {
-        let mut y = std::mem::replace(&mut self.y, empty());
-        let done = self.forward_into(be, x, (n, c, h, w), &mut y);
-        self.y = y;
-        done
+        let s = MaxPool::new(n, c, h, w, self.k, self.stride, self.pad)?;
+        be.ensure(&mut self.y, x.dtype(), n * c * s.oh * s.ow)?;
+        be.maxpool_fwd(x, &mut self.y, Some(&mut self.argmax), s)
+            .context("max pool forward")?;
+        self.shape = Some(s);
+        Ok((s.oh, s.ow))
     }
 
-    /// [`MaxPool2d::forward`] into `y` instead of [`MaxPool2d::y`].
+    /// [`MaxPool2d::forward`] into `y` instead of [`MaxPool2d::y`], for inference: no argmax
+    /// kept, no backward after it.
     pub(crate) fn forward_into(
         &mut self,
         be: &dyn Backend,
@@ -54,18 +62,18 @@ impl MaxPool2d {
     ) -> Result<(usize, usize)> {
         let s = MaxPool::new(n, c, h, w, self.k, self.stride, self.pad)?;
         let y = y.sized(be, x.dtype(), n * c * s.oh * s.ow)?;
-        be.maxpool_fwd(x, y, s).context("max pool forward")?;
-        self.shape = Some(s);
+        be.maxpool_fwd(x, y, None, s).context("max pool forward")?;
+        self.shape = None;
         Ok((s.oh, s.ow))
     }
 
-    /// `dx` from the forward's input and `dy`.
-    pub fn backward(&mut self, be: &dyn Backend, x: &Buf, dy: &Buf) -> Result<()> {
+    /// `dx` from `dy` and the last [`MaxPool2d::forward`]'s argmax.
+    pub fn backward(&mut self, be: &dyn Backend, dy: &Buf) -> Result<()> {
         let s = self
             .shape
-            .ok_or_else(|| anyhow!("max pool backward before its forward"))?;
+            .ok_or_else(|| anyhow!("max pool backward without a training forward before it"))?;
         ensure_like(be, &mut self.dx, dy, s.n * s.c * s.h * s.w)?;
-        be.maxpool_bwd(x, &self.y, dy, &mut self.dx, s)
+        be.maxpool_bwd(&self.argmax, dy, &mut self.dx, s)
             .context("max pool backward")
     }
 }

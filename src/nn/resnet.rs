@@ -429,7 +429,7 @@ impl Backbone for ResNet {
             cur.backward(be, input, grad, then)?;
         }
         let d_pool = self.blocks.first().map_or(dy, |b| &b.dx);
-        self.maxpool.backward(be, &self.stem.bn.y, d_pool)?;
+        self.maxpool.backward(be, d_pool)?;
         self.stem.backward(be, x, &self.maxpool.dx, false)
     }
 

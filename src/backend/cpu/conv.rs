@@ -845,7 +845,9 @@ mod tests {
         assert!(err.contains("more than 1 value"), "{err}");
         let mp = MaxPool::new(1, 1, 4, 4, 3, 2, 1).unwrap();
         let mut out = host(vec![0.0; 3]);
-        assert!(be.maxpool_fwd(&host(vec![0.0; 16]), &mut out, mp).is_err());
+        assert!(be
+            .maxpool_fwd(&host(vec![0.0; 16]), &mut out, None, mp)
+            .is_err());
         assert!(be
             .add_fwd(&host(vec![0.0; 2]), &host(vec![0.0; 3]), &mut out)
             .is_err());

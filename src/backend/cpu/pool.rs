@@ -70,30 +70,52 @@ fn window_argmax(plane: &[f32], oy: usize, ox: usize, s: &MaxPool) -> (usize, f3
 }
 
 /// `y = max over each k x k window` (padding never wins: pad < k keeps a real value in every
-/// window).
-pub fn maxpool_fwd_f32(x: &[f32], y: &mut [f32], s: MaxPool) {
+/// window); with `argmax`, each window's first maximum's place in it, `(iy - y0) k + (ix - x0)`
+/// with the window's unclamped corner (y0, x0).
+pub fn maxpool_fwd_f32(x: &[f32], y: &mut [f32], argmax: Option<&mut [u8]>, s: MaxPool) {
     let (hw, ohw) = (s.h * s.w, s.oh * s.ow);
-    y.par_chunks_mut(ohw).enumerate().for_each(|(p, out)| {
+    let plane = |p: usize, out: &mut [f32], mut places: Option<&mut [u8]>| {
         let plane = &x[p * hw..(p + 1) * hw];
         for oy in 0..s.oh {
             for ox in 0..s.ow {
-                out[oy * s.ow + ox] = window_argmax(plane, oy, ox, &s).1;
+                let (at, v) = window_argmax(plane, oy, ox, &s);
+                out[oy * s.ow + ox] = v;
+                if let Some(places) = places.as_deref_mut() {
+                    let (r, c) = (
+                        at / s.w + s.pad - oy * s.stride,
+                        at % s.w + s.pad - ox * s.stride,
+                    );
+                    places[oy * s.ow + ox] = (r * s.k + c) as u8;
+                }
             }
         }
-    });
+    };
+    match argmax {
+        Some(a) => y
+            .par_chunks_mut(ohw)
+            .zip(a.par_chunks_mut(ohw))
+            .enumerate()
+            .for_each(|(p, (out, a))| plane(p, out, Some(a))),
+        None => y
+            .par_chunks_mut(ohw)
+            .enumerate()
+            .for_each(|(p, out)| plane(p, out, None)),
+    }
 }
 
-/// `dx` = each `dy` routed to the first maximum of its window (recomputed from `x`), summed
-/// where windows overlap.
-pub fn maxpool_bwd_f32(x: &[f32], dy: &[f32], dx: &mut [f32], s: MaxPool) {
+/// `dx` = each `dy` routed to its window's maximum as `argmax` placed it, summed where windows
+/// overlap (in row-major window order, as the kernel's gather adds them).
+pub fn maxpool_bwd_f32(argmax: &[u8], dy: &[f32], dx: &mut [f32], s: MaxPool) {
     let (hw, ohw) = (s.h * s.w, s.oh * s.ow);
     dx.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
-        let (plane, g) = (&x[p * hw..(p + 1) * hw], &dy[p * ohw..(p + 1) * ohw]);
+        let (a, g) = (&argmax[p * ohw..(p + 1) * ohw], &dy[p * ohw..(p + 1) * ohw]);
         out.fill(0.0);
         for oy in 0..s.oh {
             for ox in 0..s.ow {
-                let (at, _) = window_argmax(plane, oy, ox, &s);
-                out[at] += g[oy * s.ow + ox];
+                let place = a[oy * s.ow + ox] as usize;
+                let iy = oy * s.stride + place / s.k - s.pad;
+                let ix = ox * s.stride + place % s.k - s.pad;
+                out[iy * s.w + ix] += g[oy * s.ow + ox];
             }
         }
     });
@@ -110,22 +132,22 @@ impl crate::backend::PoolOps for super::CpuBackend {
         with_f32_out(dx, false, |dx| gem_bwd_f32(&x, &y, &dy, dx, *s))
     }
 
-    fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
-        let x = widen(x)?;
-        with_f32_out(y, false, |y| maxpool_fwd_f32(&x, y, *s))
-    }
-
-    fn maxpool_bwd(
+    fn maxpool_fwd(
         &self,
         x: &Buf,
-        _y: &Buf,
-        dy: &Buf,
-        dx: &mut Buf,
+        y: &mut Buf,
+        argmax: Option<&mut Buf>,
         s: Checked<MaxPool>,
     ) -> Result<()> {
-        // The twin recomputes each window's argmax from x; y is for kernels that compare.
-        let (x, dy) = (widen(x)?, widen(dy)?);
-        with_f32_out(dx, false, |dx| maxpool_bwd_f32(&x, &dy, dx, *s))
+        let x = widen(x)?;
+        let argmax = argmax.map(|a| a.host_mut::<u8>()).transpose()?;
+        with_f32_out(y, false, |y| maxpool_fwd_f32(&x, y, argmax, *s))
+    }
+
+    fn maxpool_bwd(&self, argmax: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
+        let dy = widen(dy)?;
+        let argmax = argmax.host::<u8>()?;
+        with_f32_out(dx, false, |dx| maxpool_bwd_f32(argmax, &dy, dx, *s))
     }
 }
 
@@ -140,10 +162,13 @@ mod tests {
         let s = MaxPool::new(1, 1, 4, 4, 3, 2, 1).unwrap();
         assert_eq!((s.oh, s.ow), (2, 2));
         let mut y = [0.0; 4];
-        maxpool_fwd_f32(&x, &mut y, s);
+        let mut argmax = [0u8; 4];
+        maxpool_fwd_f32(&x, &mut y, Some(&mut argmax), s);
         assert_eq!(y, [5.0, 7.0, 13.0, 15.0]);
+        // Windows start at (-1,-1), (-1,1), (1,-1), (1,1): each maximum at its window's (2, 2).
+        assert_eq!(argmax, [8, 8, 8, 8]);
         let mut dx = vec![f32::NAN; 16];
-        maxpool_bwd_f32(&x, &[1.0, 2.0, 3.0, 4.0], &mut dx, s);
+        maxpool_bwd_f32(&argmax, &[1.0, 2.0, 3.0, 4.0], &mut dx, s);
         let mut want = vec![0.0; 16];
         (want[5], want[7], want[13], want[15]) = (1.0, 2.0, 3.0, 4.0);
         assert_eq!(dx, want);
@@ -153,8 +178,12 @@ mod tests {
     fn max_pool_ties_go_to_the_first_maximum_and_overlaps_sum() {
         let x = [1.0f32; 9];
         let s = MaxPool::new(1, 1, 3, 3, 3, 2, 1).unwrap();
+        let (mut y, mut argmax) = ([0.0f32; 4], [0u8; 4]);
+        maxpool_fwd_f32(&x, &mut y, Some(&mut argmax), s);
+        // Each window's first real cell: (1, 1), (1, 0), (0, 1) and (0, 0) of its 3 x 3.
+        assert_eq!(argmax, [4, 3, 1, 0]);
         let mut dx = vec![0.0; 9];
-        maxpool_bwd_f32(&x, &[1.0, 1.0, 1.0, 1.0], &mut dx, s);
+        maxpool_bwd_f32(&argmax, &[1.0, 1.0, 1.0, 1.0], &mut dx, s);
         // Windows start at (-1,-1), (-1,1), (1,-1), (1,1): first real cells 0, 1, 3, 4.
         assert_eq!(dx, [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
     }

@@ -62,17 +62,30 @@ impl PoolOps for CudaBackend {
         }
     }
 
-    /// One thread per output position, walking the planes (`maxpool_tiles`).
-    fn maxpool_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
+    /// One thread per output position, walking the planes (`maxpool_tiles`); with `argmax` it
+    /// also writes each output's byte.
+    fn maxpool_fwd(
+        &self,
+        x: &Buf,
+        y: &mut Buf,
+        argmax: Option<&mut Buf>,
+        s: Checked<MaxPool>,
+    ) -> Result<()> {
         let total = s.n * s.c * s.oh * s.ow;
         if total == 0 {
             return Ok(());
         }
-        let bytes = (s.n * s.c * (s.h * s.w + s.oh * s.ow)) * x.dtype().size();
-        let args = maxpool_shape(Args::new().ptr(x.dev()?).ptr(y.dev_mut()?), &s)?
-            .work(Work::traffic(bytes, maxpool_label(&s)));
-        // SAFETY: arguments match maxpool_fwd_<dtype>(x, y, planes, h, w, k, stride, pad, oh, ow);
-        // the shape was checked: x holds planes*h*w elements and y planes*oh*ow.
+        let kept = if argmax.is_some() { total } else { 0 };
+        let bytes = (s.n * s.c * (s.h * s.w + s.oh * s.ow)) * x.dtype().size() + kept;
+        let argmax = argmax.map(|a| a.dev_mut()).transpose()?;
+        let args = Args::new()
+            .ptr(x.dev()?)
+            .ptr(y.dev_mut()?)
+            .opt_ptr(argmax.as_deref());
+        let args = maxpool_shape(args, &s)?.work(Work::traffic(bytes, maxpool_label(&s)));
+        // SAFETY: arguments match maxpool_fwd_<dtype>(x, y, argmax, planes, h, w, k, stride, pad,
+        // oh, ow); the shape was checked: x holds planes*h*w elements, y planes*oh*ow, and argmax
+        // (null or) planes*oh*ow bytes (k <= 16: a place fits one).
         unsafe {
             self.launch(
                 &Op::MaxpoolFwd.kernel(x.dtype()),
@@ -83,28 +96,26 @@ impl PoolOps for CudaBackend {
     }
 
     /// One thread per input position, walking the planes (`maxpool_tiles`) and gathering from
-    /// the windows that cover it.
-    fn maxpool_bwd(
-        &self,
-        x: &Buf,
-        _y: &Buf,
-        dy: &Buf,
-        dx: &mut Buf,
-        s: Checked<MaxPool>,
-    ) -> Result<()> {
+    /// the windows that cover it those whose argmax byte names it.
+    fn maxpool_bwd(&self, argmax: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
         let total = s.n * s.c * s.h * s.w;
         if total == 0 {
             return Ok(());
         }
-        // x read and dx written at the input's size, dy read at the output's.
-        let bytes = (s.n * s.c * (2 * s.h * s.w + s.oh * s.ow)) * x.dtype().size();
-        let args = Args::new().ptr(x.dev()?).ptr(dy.dev()?).ptr(dx.dev_mut()?);
+        // dx written at the input's size, dy and argmax read at the output's.
+        let outputs = s.n * s.c * s.oh * s.ow;
+        let bytes = (total + outputs) * dy.dtype().size() + outputs;
+        let args = Args::new()
+            .ptr(argmax.dev()?)
+            .ptr(dy.dev()?)
+            .ptr(dx.dev_mut()?);
         let args = maxpool_shape(args, &s)?.work(Work::traffic(bytes, maxpool_label(&s)));
-        // SAFETY: arguments match maxpool_bwd_<dtype>(x, dy, dx, planes, h, w, k, stride, pad, oh,
-        // ow); the shape was checked: x, dx hold planes*h*w elements and dy planes*oh*ow.
+        // SAFETY: arguments match maxpool_bwd_<dtype>(argmax, dy, dx, planes, h, w, k, stride,
+        // pad, oh, ow); the shape was checked: dx holds planes*h*w elements, dy planes*oh*ow and
+        // argmax planes*oh*ow bytes.
         unsafe {
             self.launch(
-                &Op::MaxpoolBwd.kernel(x.dtype()),
+                &Op::MaxpoolBwd.kernel(dy.dtype()),
                 maxpool_tiles(s.h, s.w, s.n * s.c),
                 args,
             )
