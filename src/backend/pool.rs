@@ -172,19 +172,15 @@ impl dyn Backend + '_ {
         &self,
         x: &Buf,
         y: &mut Buf,
-        argmax: Option<&mut Buf>,
+        mut argmax: Option<&mut Buf>,
         s: MaxPool,
     ) -> Result<()> {
         let s = s.check(&[x], &[y])?;
         self.require(Op::MaxpoolFwd, x.dtype())?;
-        let argmax = match argmax {
-            Some(a) => {
-                s.check_argmax()?;
-                self.ensure(a, DType::U8, s.n * s.c * s.oh * s.ow)?;
-                Some(a)
-            }
-            None => None,
-        };
+        if let Some(a) = argmax.as_deref_mut() {
+            s.check_argmax()?;
+            self.ensure(a, DType::U8, s.n * s.c * s.oh * s.ow)?;
+        }
         self.pool_ops().maxpool_fwd(x, y, argmax, s)
     }
 

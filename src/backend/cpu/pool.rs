@@ -51,18 +51,20 @@ fn window(o: usize, s: &MaxPool, len: usize) -> (usize, usize) {
     (start.saturating_sub(s.pad), (start + s.k - s.pad).min(len))
 }
 
-/// Flat index (within a plane) of the first maximum of output `(oy, ox)`'s window, with its value.
+/// The first maximum of output `(oy, ox)`'s window: its place in the window, `(iy - y0) k +
+/// (ix - x0)` with the window's unclamped corner (y0, x0), and its value.
 #[inline]
-fn window_argmax(plane: &[f32], oy: usize, ox: usize, s: &MaxPool) -> (usize, f32) {
+fn window_max(plane: &[f32], oy: usize, ox: usize, s: &MaxPool) -> (usize, f32) {
     let ((y0, y1), (x0, x1)) = (window(oy, s, s.h), window(ox, s, s.w));
-    let mut at = y0 * s.w + x0;
-    let mut best = plane[at];
+    let place =
+        |iy: usize, ix: usize| (iy + s.pad - oy * s.stride) * s.k + ix + s.pad - ox * s.stride;
+    let (mut at, mut best) = (place(y0, x0), plane[y0 * s.w + x0]);
     for iy in y0..y1 {
         for (ix, &v) in plane[iy * s.w..][x0..x1].iter().enumerate() {
             // A NaN wins and stays, as PyTorch propagates it.
             if v > best || (v.is_nan() && !best.is_nan()) {
                 best = v;
-                at = iy * s.w + x0 + ix;
+                at = place(iy, x0 + ix);
             }
         }
     }
@@ -74,18 +76,14 @@ fn window_argmax(plane: &[f32], oy: usize, ox: usize, s: &MaxPool) -> (usize, f3
 /// with the window's unclamped corner (y0, x0).
 pub fn maxpool_fwd_f32(x: &[f32], y: &mut [f32], argmax: Option<&mut [u8]>, s: MaxPool) {
     let (hw, ohw) = (s.h * s.w, s.oh * s.ow);
-    let plane = |p: usize, out: &mut [f32], mut places: Option<&mut [u8]>| {
+    let pool_plane = |p: usize, out: &mut [f32], mut places: Option<&mut [u8]>| {
         let plane = &x[p * hw..(p + 1) * hw];
         for oy in 0..s.oh {
             for ox in 0..s.ow {
-                let (at, v) = window_argmax(plane, oy, ox, &s);
+                let (place, v) = window_max(plane, oy, ox, &s);
                 out[oy * s.ow + ox] = v;
                 if let Some(places) = places.as_deref_mut() {
-                    let (r, c) = (
-                        at / s.w + s.pad - oy * s.stride,
-                        at % s.w + s.pad - ox * s.stride,
-                    );
-                    places[oy * s.ow + ox] = (r * s.k + c) as u8;
+                    places[oy * s.ow + ox] = place as u8;
                 }
             }
         }
@@ -95,11 +93,11 @@ pub fn maxpool_fwd_f32(x: &[f32], y: &mut [f32], argmax: Option<&mut [u8]>, s: M
             .par_chunks_mut(ohw)
             .zip(a.par_chunks_mut(ohw))
             .enumerate()
-            .for_each(|(p, (out, a))| plane(p, out, Some(a))),
+            .for_each(|(p, (out, a))| pool_plane(p, out, Some(a))),
         None => y
             .par_chunks_mut(ohw)
             .enumerate()
-            .for_each(|(p, out)| plane(p, out, None)),
+            .for_each(|(p, out)| pool_plane(p, out, None)),
     }
 }
 
