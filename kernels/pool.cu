@@ -8,6 +8,7 @@
 // written with `=` (dx is an activation gradient). p is fixed (InsCLR uses p = 3). Written once
 // over the storage type; entry points per dtype at the end.
 #include "common.cuh"
+#include "vec.cuh"
 
 // One warp per row: rows are HW long (49 for 7x7 maps .. 1024 for 32x32), so a warp covers a
 // row in a few coalesced sweeps and the reduction needs no shared memory.
@@ -132,6 +133,178 @@ __device__ void maxpool_bwd(const unsigned char* __restrict__ argmax, const T* _
     }
 }
 
+// ResNet's stem pool (3 x 3 windows, stride 2, padding 1) on maps of even height and a width a
+// multiple of 8 (224 x 224 at 448 px): the same results as maxpool_fwd / maxpool_bwd, bit for
+// bit, with the window's shape known to the compiler. The general kernels find each window's
+// bounds at run time and take one element an access; at ResNet's shape that cost 3-4 times the
+// instructions that DRAM leaves time for (an H200 issues ~0.22 warp instructions per byte it
+// moves). Here a thread takes one cell of the map, 2 input rows x 8 columns, which is exactly 1
+// output row x 4 columns: the forward reads its windows' rows as 16-byte vectors and writes 4
+// outputs and 4 argmax bytes at once; the backward reads the windows over the cell (4 bytes and
+// 4 gradients a row) and writes two 16-byte rows of dx. The one column a cell needs beyond its
+// own (the forward: the input column before it; the backward: the window after it) is the
+// neighbouring lane's, taken by a shuffle (lane 0 or 31, or the end of a row, loads it). Cells
+// are numbered row by row within a plane (one division before the plane walk, none in it);
+// blocks walk the planes blockIdx.y, then gridDim.y, apart.
+
+// Eight consecutive values of a row, widened (one 16-byte access for bf16, two for f32).
+template <typename T>
+__device__ __forceinline__ void load_8(const T* __restrict__ p, float (&v)[8]) {
+    constexpr int VEC = 16 / (int)sizeof(T);
+    float part[VEC];
+#pragma unroll
+    for (int i = 0; i < 8; i += VEC) {
+        load_vec<VEC>(p + i, part);
+#pragma unroll
+        for (int e = 0; e < VEC; e++) v[i + e] = part[e];
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_8(T* __restrict__ p, const float (&v)[8]) {
+    constexpr int VEC = 16 / (int)sizeof(T);
+#pragma unroll
+    for (int i = 0; i < 8; i += VEC) {
+        float part[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; e++) part[e] = v[i + e];
+        store_vec<VEC>(p + i, part);
+    }
+}
+
+// The cell this thread takes: output row `row` (input rows 2 row, 2 row + 1) and output columns
+// 4 col .. 4 col + 3 (input columns 8 col .. 8 col + 7). A thread past the plane's last cell
+// takes the last one and stores nothing (`live` false): its warp's shuffles need every lane. A
+// warp wholly past it has nothing to do (`warp_live` false): a plane's last block would otherwise
+// repeat its last cell in up to 7 warps (784 cells, ResNet-50's 112 x 112 at 224 px, in 4 blocks
+// of 256).
+struct StemCell {
+    int row, col;
+    bool live, warp_live;
+};
+
+__device__ __forceinline__ StemCell stem_cell(int oh, int cells_a_row) {
+    const int cells = oh * cells_a_row, q = blockIdx.x * blockDim.x + threadIdx.x, at = min(q, cells - 1);
+    const int row = at / cells_a_row;
+    return StemCell{row, at - row * cells_a_row, q < cells, q - (int)(threadIdx.x % WARP_SIZE) < cells};
+}
+
+template <typename T>
+__device__ void maxpool_3x3s2_fwd(const T* __restrict__ x, T* __restrict__ y, unsigned char* __restrict__ argmax,
+                                  int planes, int h, int w) {
+    const int oh = h / 2, ow = w / 2, cells_a_row = w / 8, lane = threadIdx.x % WARP_SIZE;
+    const StemCell cell = stem_cell(oh, cells_a_row);
+    if (!cell.warp_live) return;
+    // Input row 2 row - 1 and column 8 col - 1 are padding on the map's first row and column of
+    // cells: they read as -inf, which never takes a window (strictly greater or a NaN takes it),
+    // and a window whose real values are all -inf keeps cell 0, put back on its first real cell.
+    // Column 8 col - 1 is the last of the previous lane's cell, where that lane has it.
+    const bool above = cell.row > 0, left = cell.col > 0, left_in_warp = left && lane > 0;
+    const size_t hw = (size_t)h * w, ohw = (size_t)oh * ow;
+    const int first_row = 2 * cell.row - 1, x0 = 8 * cell.col;
+    const size_t out = (size_t)cell.row * ow + 4 * cell.col;
+    for (int p = blockIdx.y; p < planes; p += gridDim.y) {
+        const T* plane = x + p * hw;
+        float v[3][9];   // v[r][0]: column 8 col - 1; v[r][1 + i]: column 8 col + i
+#pragma unroll
+        for (int r = 0; r < 3; r++) {
+            const bool real = r > 0 || above;
+            const T* at = plane + (first_row + r) * w + x0;
+            float row8[8], before = -INFINITY;
+            if (real) {
+                load_8(at, row8);
+                if (left && !left_in_warp) before = load(at[-1]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) row8[i] = -INFINITY;
+            }
+            const float from_lane = __shfl_up_sync(0xffffffffu, row8[7], 1);
+            v[r][0] = left_in_warp ? from_lane : before;
+#pragma unroll
+            for (int i = 0; i < 8; i++) v[r][1 + i] = row8[i];
+        }
+        float best[4];
+        uint32_t places = 0;
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            // Window t's cell (r, c) is v[r][2t + c], its place 3 r + c; row-major, the first
+            // maximum wins ties and a NaN wins and stays.
+            float b = v[0][2 * t];
+            int at = 0;
+#pragma unroll
+            for (int c = 1; c < 9; c++) {
+                const float value = v[c / 3][2 * t + c % 3];
+                if (!(value <= b) && b == b) b = value, at = c;
+            }
+            const bool cell0_real = above && (t > 0 || left);
+            if (at == 0 && !cell0_real) at = (above ? 0 : 3) + (t == 0 && !left ? 1 : 0);
+            best[t] = b;
+            places |= (uint32_t)at << (8 * t);
+        }
+        if (!cell.live) continue;
+        store_vec<4>(y + p * ohw + out, best);
+        if (argmax) *reinterpret_cast<uint32_t*>(argmax + p * ohw + out) = places;
+    }
+}
+
+template <typename T>
+__device__ void maxpool_3x3s2_bwd(const unsigned char* __restrict__ argmax, const T* __restrict__ dy,
+                                  T* __restrict__ dx, int planes, int h, int w) {
+    const int oh = h / 2, ow = w / 2, cells_a_row = w / 8, lane = threadIdx.x % WARP_SIZE;
+    const StemCell cell = stem_cell(oh, cells_a_row);
+    if (!cell.warp_live) return;
+    // The cell's inputs lie in windows rows row, row + 1 and columns 4 col .. 4 col + 4; row + 1
+    // and column 4 col + 4 are past the map on its last row and column of cells: their places
+    // read 9, which names no cell. Window column 4 col + 4 is the next lane's first, where that
+    // lane has it.
+    const bool below = cell.row + 1 < oh, right = cell.col + 1 < cells_a_row, right_in_warp = right && lane < 31;
+    const size_t hw = (size_t)h * w, ohw = (size_t)oh * ow;
+    const size_t first = (size_t)cell.row * ow + 4 * cell.col, in = (size_t)(2 * cell.row) * w + 8 * cell.col;
+    for (int p = blockIdx.y; p < planes; p += gridDim.y) {
+        int place[2][5];
+        float grad[2][5];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const size_t at = p * ohw + first + (size_t)r * ow;
+            int after = 9;   // window column 4 col + 4's place and gradient, when no lane has it
+            float after_grad = 0.0f;
+            if (r == 0 || below) {
+                const uint32_t bytes = *reinterpret_cast<const uint32_t*>(argmax + at);
+                float g4[4];
+                load_vec<4>(dy + at, g4);
+#pragma unroll
+                for (int t = 0; t < 4; t++) place[r][t] = (bytes >> (8 * t)) & 0xff, grad[r][t] = g4[t];
+                if (right && !right_in_warp) after = argmax[at + 4], after_grad = load(dy[at + 4]);
+            } else {
+#pragma unroll
+                for (int t = 0; t < 4; t++) place[r][t] = 9, grad[r][t] = 0.0f;
+            }
+            const int from_lane = __shfl_down_sync(0xffffffffu, place[r][0], 1);
+            const float grad_from_lane = __shfl_down_sync(0xffffffffu, grad[r][0], 1);
+            place[r][4] = right_in_warp ? from_lane : after;
+            grad[r][4] = right_in_warp ? grad_from_lane : after_grad;
+        }
+        // Input (2 row + i, 8 col + 2t + k)'s place in window (row + a, 4 col + t + b) is
+        // 3 (i + 1 - 2a) + (k + 1 - 2b); its windows are added in row-major order, from 0, as the
+        // general kernel and the CPU add them (an unmatched window adds +0, which changes no sum:
+        // a sum from +0 is never -0).
+        float dx_rows[2][8];
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+#define TERM(a, b, at_place) (place[a][t + b] == (at_place) ? grad[a][t + b] : 0.0f)
+            dx_rows[0][2 * t] = 0.0f + TERM(0, 0, 4);
+            dx_rows[0][2 * t + 1] = (0.0f + TERM(0, 0, 5)) + TERM(0, 1, 3);
+            dx_rows[1][2 * t] = (0.0f + TERM(0, 0, 7)) + TERM(1, 0, 1);
+            dx_rows[1][2 * t + 1] = (((0.0f + TERM(0, 0, 8)) + TERM(0, 1, 6)) + TERM(1, 0, 2)) + TERM(1, 1, 0);
+#undef TERM
+        }
+        if (!cell.live) continue;
+        T* cell_dx = dx + p * hw + in;
+        store_8(cell_dx, dx_rows[0]);
+        store_8(cell_dx + w, dx_rows[1]);
+    }
+}
+
 extern "C" __global__ void gem_fwd_f32(const float* __restrict__ x, float* __restrict__ y, int rows, int hw, float p,
                                        float eps) {
     gem_fwd(x, y, rows, hw, p, eps);
@@ -162,6 +335,16 @@ extern "C" __global__ void gem_bwd_bf16(const __nv_bfloat16* __restrict__ x, con
                                                     const T* __restrict__ dy, T* __restrict__ dx, int planes,  \
                                                     int h, int w, int k, int stride, int pad, int oh, int ow) { \
         maxpool_bwd(argmax, dy, dx, MaxPoolShape{planes, h, w, k, stride, pad, oh, ow});                       \
+    }                                                                                                          \
+    extern "C" __global__ void maxpool_3x3s2_fwd_##SUFFIX(const T* __restrict__ x, T* __restrict__ y,          \
+                                                          unsigned char* __restrict__ argmax, int planes,      \
+                                                          int h, int w) {                                      \
+        maxpool_3x3s2_fwd(x, y, argmax, planes, h, w);                                                         \
+    }                                                                                                          \
+    extern "C" __global__ void maxpool_3x3s2_bwd_##SUFFIX(const unsigned char* __restrict__ argmax,           \
+                                                          const T* __restrict__ dy, T* __restrict__ dx,        \
+                                                          int planes, int h, int w) {                          \
+        maxpool_3x3s2_bwd(argmax, dy, dx, planes, h, w);                                                       \
     }
 
 MAXPOOL_ENTRY_POINTS(float, f32)

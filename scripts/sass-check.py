@@ -14,7 +14,10 @@ each kernel that no entry declares and each entry that matches no kernel.
 
 The main loop is the natural loop (control-flow graph, dominators) that holds the most tensor-core
 instructions, or in a kernel without them the most FFMA; of loops holding as many, the smallest. Its figures count the
-instructions of its nested loops too; a subroutine it CALLs is not in it.
+instructions of its nested loops too; a subroutine it CALLs is not in it. A kernel that compiles its
+main loop more than once behind a run-time switch (a template per operand layout, per activation)
+has several such loops side by side: the figures are the smallest copy's, loop.copies counts them
+and loop.largest_copy is the largest one's instructions (the table shows "smallest-largest xN").
 
 Metrics a declaration may use (`"<metric> <op> <value>"`, op one of <= >= == != < >, a value
 with % is a share):
@@ -32,7 +35,8 @@ with % is a share):
   loop.instructions, loop.tensor_share, loop.ffma_share (of the main loop's instructions),
     loop.ldg, loop.sts, loop.lds (not ldmatrix), loop.ldsm, loop.cp_async, loop.bar,
     loop.nested (loops inside it), loop.int_div, loop.calls, loop.local_ops (LDL/STL in it: a
-    spill that a kernel declares must stay out of its main loop).
+    spill that a kernel declares must stay out of its main loop), loop.copies and
+    loop.largest_copy (the main loop's copies side by side, and the largest one's instructions).
 """
 
 from __future__ import annotations
@@ -373,8 +377,14 @@ def metrics(insns: list[Insn], res: dict[str, int]) -> dict[str, float | int | N
         ks = members(loop)
         if main is None or rank(ks) > rank(main_ks):
             main, main_ks = loop, ks
+    # Copies: the innermost loops holding as much work as the main loop, none inside another (an
+    # outer loop around the main loop holds as much too, and is not a copy).
+    copies = []
+    if main is not None and any(work(main_ks)):
+        tied = [(loop, len(ks)) for loop in loops if work(ks := members(loop)) == work(main_ks)]
+        copies = [n for loop, n in tied if not any(o is not loop and o.blocks < loop.blocks for o, _ in tied)]
     keys = ("instructions", "tensor_share", "ffma_share", "ldg", "sts", "lds", "ldsm", "cp_async", "bar",
-            "nested", "int_div", "calls", "local_ops")
+            "nested", "int_div", "calls", "local_ops", "copies", "largest_copy")
     if main is None:
         m.update({f"loop.{k}": None for k in keys})
         return m
@@ -394,6 +404,8 @@ def metrics(insns: list[Insn], res: dict[str, int]) -> dict[str, float | int | N
         "loop.int_div": len(div_at & set(main_ks)),
         "loop.calls": sum(i.base == "CALL" for i in body),
         "loop.local_ops": sum(i.base in ("LDL", "STL") for i in body),
+        "loop.copies": max(len(copies), 1),
+        "loop.largest_copy": max(copies, default=n),
     })
     return m
 
@@ -509,7 +521,8 @@ COLUMNS = [
     ("stages", lambda n, m: fmt("", m["stages"])),
     ("ldsm x4/x2/x1", lambda n, m: f"{m['ldmatrix_x4']}/{m['ldmatrix_x2']}/{m['ldmatrix_x1']}"),
     ("mma", lambda n, m: (f"{m['hmma']}" + (f"+{m['hgmma']}gmma" if m["hgmma"] else ""))),
-    ("loop", lambda n, m: fmt("", m["loop.instructions"])),
+    ("loop", lambda n, m: fmt("", m["loop.instructions"]) if (m["loop.copies"] or 1) == 1 else
+     f"{m['loop.instructions']}-{m['loop.largest_copy']} x{m['loop.copies']}"),
     ("tc%", lambda n, m: fmt("loop.tensor_share", m["loop.tensor_share"])),
     ("ffma%", lambda n, m: fmt("loop.ffma_share", m["loop.ffma_share"])),
     ("ldg/sts/lds/ldsm/bar", lambda n, m: "-" if m["loop.instructions"] is None else
@@ -524,7 +537,8 @@ LEGEND = """\
 regs, smem (bytes, the ELF's: it can include 1 KiB the driver reserves, which ptxas -v omits),
 local (stack bytes / LDL+STL instructions), cp.async by bytes per copy, stages of the cp.async
 pipeline, ldmatrix by matrices per instruction, mma = HMMA (+ HGMMA); the main loop: its
-instructions, tensor-core and FFMA shares, its LDG/STS/LDS/LDSM/BAR and nested loops;
+instructions (smallest-largest xN: N copies of it side by side; the other figures are the
+smallest's), tensor-core and FFMA shares, its LDG/STS/LDS/LDSM/BAR and nested loops;
 idiv = 32-bit integer-division set-ups (in the main loop), stores = global stores by bytes,
 call = CALLs (of the 64-bit division subroutine)."""
 

@@ -43,7 +43,7 @@ extern "C" __global__ void st_loop_div(unsigned* out, const unsigned* in, unsign
 }
 
 // The main loop is the one with the FFMA work, here the inner one; the outer loop holds it.
-// expect st_nested: loop.ffma_share > 0, loop.nested == 0, loop.ldg >= 1
+// expect st_nested: loop.ffma_share > 0, loop.nested == 0, loop.ldg >= 1, loop.copies == 1
 extern "C" __global__ void st_nested(float* out, const float* in, int n, int m) {
     float acc = 0.0f;
 #pragma unroll 1
@@ -52,6 +52,20 @@ extern "C" __global__ void st_nested(float* out, const float* in, int n, int m) 
         for (int i = 0; i < n; ++i) acc = fmaf(in[i + j], acc, 1.0f);
         out[j] = acc;
     }
+}
+
+// The same FFMA loop twice behind a run-time switch, the second with a load more: two copies.
+// expect st_copies: loop.copies == 2, loop.ffma_share > 0
+extern "C" __global__ void st_copies(float* out, const float* in, int n, int mode) {
+    float acc = 0.0f;
+    if (mode) {
+#pragma unroll 1
+        for (int i = 0; i < n; ++i) acc = fmaf(in[i], acc, 1.0f);
+    } else {
+#pragma unroll 1
+        for (int i = 0; i < n; ++i) acc = fmaf(in[i], acc, in[i + n]);
+    }
+    out[threadIdx.x] = acc;
 }
 
 // One global store of each width.

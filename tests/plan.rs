@@ -404,11 +404,12 @@ fn the_cli_prints_the_resnet101_448_bf16_step_beside_its_measured_time() {
         assert!(text.contains(want), "no {want:?} in:\n{text}");
     }
     // The max pool's backward reads its argmax bytes and dy, not the pooled map x: dx written,
-    // dy and a byte per output read (64 x 64 x 224 x 224 in, 112 x 112 out, bf16).
+    // dy and a byte per output read (64 x 64 x 224 x 224 in, 112 x 112 out, bf16), on the stem
+    // pool's own kernel.
     let pool_bwd = text
         .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("maxpool_bwd_bf16"))
-        .unwrap_or_else(|| panic!("no maxpool_bwd_bf16 in:\n{text}"));
+        .find(|l| l.split_whitespace().nth(1) == Some("maxpool_3x3s2_bwd_bf16"))
+        .unwrap_or_else(|| panic!("no maxpool_3x3s2_bwd_bf16 in:\n{text}"));
     let (input, output) = (64 * 64 * 224 * 224, 64 * 64 * 112 * 112);
     let mb = format!("{:.2}", ((input + output) * 2 + output) as f64 / 1e6);
     assert!(pool_bwd.contains(&mb), "want {mb} MB in: {pool_bwd}");

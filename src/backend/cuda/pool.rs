@@ -63,7 +63,7 @@ impl PoolOps for CudaBackend {
     }
 
     /// One thread per output position, walking the planes (`maxpool_tiles`); with `argmax` it
-    /// also writes each output's byte.
+    /// also writes each output's byte. ResNet's stem pool ([`is_stem_pool`]): 4 outputs a thread.
     fn maxpool_fwd(
         &self,
         x: &Buf,
@@ -82,7 +82,21 @@ impl PoolOps for CudaBackend {
             .ptr(x.dev()?)
             .ptr(y.dev_mut()?)
             .opt_ptr(argmax.as_deref());
-        let args = maxpool_shape(args, &s)?.work(Work::traffic(bytes, maxpool_label(&s)));
+        let work = Work::traffic(bytes, maxpool_label(&s));
+        if is_stem_pool(&s) {
+            let args = stem_shape(args, &s)?.work(work);
+            // SAFETY: arguments match maxpool_3x3s2_fwd_<dtype>(x, y, argmax, planes, h, w); the
+            // shape was checked as below and is_stem_pool's: h even, w a multiple of 8, so each
+            // row of x starts 16-byte aligned and each row of y and argmax 4 elements aligned.
+            return unsafe {
+                self.launch(
+                    &format!("maxpool_3x3s2_fwd_{}", x.dtype().name()),
+                    stem_cells(&s),
+                    args,
+                )
+            };
+        }
+        let args = maxpool_shape(args, &s)?.work(work);
         // SAFETY: arguments match maxpool_fwd_<dtype>(x, y, argmax, planes, h, w, k, stride, pad,
         // oh, ow); the shape was checked: x holds planes*h*w elements, y planes*oh*ow, and argmax
         // (null or) planes*oh*ow bytes (k <= 16: a place fits one).
@@ -96,7 +110,8 @@ impl PoolOps for CudaBackend {
     }
 
     /// One thread per input position, walking the planes (`maxpool_tiles`) and gathering from
-    /// the windows that cover it those whose argmax byte names it.
+    /// the windows that cover it those whose argmax byte names it. ResNet's stem pool
+    /// ([`is_stem_pool`]): 2 x 8 inputs a thread.
     fn maxpool_bwd(&self, argmax: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
         let total = s.n * s.c * s.h * s.w;
         if total == 0 {
@@ -109,7 +124,20 @@ impl PoolOps for CudaBackend {
             .ptr(argmax.dev()?)
             .ptr(dy.dev()?)
             .ptr(dx.dev_mut()?);
-        let args = maxpool_shape(args, &s)?.work(Work::traffic(bytes, maxpool_label(&s)));
+        let work = Work::traffic(bytes, maxpool_label(&s));
+        if is_stem_pool(&s) {
+            let args = stem_shape(args, &s)?.work(work);
+            // SAFETY: arguments match maxpool_3x3s2_bwd_<dtype>(argmax, dy, dx, planes, h, w); the
+            // shape was checked as below and is_stem_pool's (the alignments of the forward's).
+            return unsafe {
+                self.launch(
+                    &format!("maxpool_3x3s2_bwd_{}", dy.dtype().name()),
+                    stem_cells(&s),
+                    args,
+                )
+            };
+        }
+        let args = maxpool_shape(args, &s)?.work(work);
         // SAFETY: arguments match maxpool_bwd_<dtype>(argmax, dy, dx, planes, h, w, k, stride,
         // pad, oh, ow); the shape was checked: dx holds planes*h*w elements, dy planes*oh*ow and
         // argmax planes*oh*ow bytes.
@@ -138,9 +166,42 @@ fn maxpool_tiles(h: usize, w: usize, planes: usize) -> Launch {
     }
 }
 
-/// Blocks along the planes of a max pool (a grid's z is at most 65535): ResNet's stem at batch 64
-/// has 4096 planes, so a thread takes 4 of them; its 56 x 56 outputs at 224 px are 14 blocks a
-/// plane, 14336 in all, about 14 waves of 8 blocks an SM on 132 SMs.
+/// ResNet's stem pool, 3 x 3 windows, stride 2, padding 1, on a map of even height and a width a
+/// multiple of 8 (every ResNet input side a multiple of 32 gives one): pool.cu's
+/// `maxpool_3x3s2_*` kernels, which take 2 x 8 inputs (1 x 4 outputs) a thread, run it.
+fn is_stem_pool(s: &MaxPool) -> bool {
+    (s.k, s.stride, s.pad) == (3, 2, 1) && s.h % 2 == 0 && s.w % 8 == 0
+}
+
+/// The stem pool's grid: 256-thread blocks over a plane's cells (a cell is 2 input rows x 8
+/// columns, `h / 2 * w / 8` a plane) and at most [`MAXPOOL_PLANE_BLOCKS`] blocks along the
+/// planes, which each walk `planes / that` of them.
+fn stem_cells(s: &MaxPool) -> Launch {
+    let cells = (s.h / 2 * (s.w / 8)).max(1);
+    Launch {
+        grid: (
+            cells.div_ceil(256) as u32,
+            (s.n * s.c).clamp(1, MAXPOOL_PLANE_BLOCKS) as u32,
+            1,
+        ),
+        block: (256, 1, 1),
+        smem: 0,
+    }
+}
+
+/// The stem pool kernels' shape arguments: planes, h, w.
+fn stem_shape(args: Args, s: &MaxPool) -> Result<Args> {
+    int(s.n * s.c * s.h * s.w, "max pool input elements")?;
+    Ok(args
+        .i32(int(s.n * s.c, "max pool planes")?)
+        .i32(s.h as i32)
+        .i32(s.w as i32))
+}
+
+/// Blocks along the planes of a max pool (a grid's y or z is at most 65535): ResNet's stem at
+/// batch 64 has 4096 planes, so a thread takes 4 of them; its 112 x 112 inputs at 224 px are
+/// 56 x 14 cells, 4 blocks of 256 a plane, 4096 blocks in all, about 5 waves of 6 blocks an SM on
+/// 132 SMs (13 blocks a plane at 448 px).
 const MAXPOOL_PLANE_BLOCKS: usize = 1024;
 
 fn maxpool_label(s: &MaxPool) -> String {
