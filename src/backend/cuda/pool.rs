@@ -63,7 +63,7 @@ impl PoolOps for CudaBackend {
     }
 
     /// One thread per output position, walking the planes (`maxpool_tiles`); with `argmax` it
-    /// also writes each output's byte. ResNet's stem pool ([`is_stem_pool`]): 4 outputs a thread.
+    /// also writes each output's byte. ResNet's stem pool (`is_stem_pool`): 4 outputs a thread.
     fn maxpool_fwd(
         &self,
         x: &Buf,
@@ -111,7 +111,7 @@ impl PoolOps for CudaBackend {
 
     /// One thread per input position, walking the planes (`maxpool_tiles`) and gathering from
     /// the windows that cover it those whose argmax byte names it. ResNet's stem pool
-    /// ([`is_stem_pool`]): 2 x 8 inputs a thread.
+    /// (`is_stem_pool`): 2 x 8 inputs a thread.
     fn maxpool_bwd(&self, argmax: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
         let total = s.n * s.c * s.h * s.w;
         if total == 0 {
