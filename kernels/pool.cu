@@ -191,19 +191,19 @@ __device__ __forceinline__ StemCell stem_cell(int oh, int cells_a_row) {
 
 template <typename T>
 __device__ void maxpool_3x3s2_fwd(const T* __restrict__ x, T* __restrict__ y, unsigned char* __restrict__ argmax,
-                                  int planes, int h, int w) {
-    const int oh = h / 2, ow = w / 2, cells_a_row = w / 8, lane = threadIdx.x % WARP_SIZE;
-    const StemCell cell = stem_cell(oh, cells_a_row);
+                                  MaxPoolShape s) {
+    const int w = s.w, ow = s.ow, cells_a_row = w / 8, lane = threadIdx.x % WARP_SIZE;
+    const StemCell cell = stem_cell(s.oh, cells_a_row);
     if (!cell.warp_live) return;
     // Input row 2 row - 1 and column 8 col - 1 are padding on the map's first row and column of
     // cells: they read as -inf, which never takes a window (strictly greater or a NaN takes it),
     // and a window whose real values are all -inf keeps cell 0, put back on its first real cell.
     // Column 8 col - 1 is the last of the previous lane's cell, where that lane has it.
     const bool above = cell.row > 0, left = cell.col > 0, left_in_warp = left && lane > 0;
-    const size_t hw = (size_t)h * w, ohw = (size_t)oh * ow;
+    const size_t hw = (size_t)s.h * w, ohw = (size_t)s.oh * ow;
     const int first_row = 2 * cell.row - 1, x0 = 8 * cell.col;
     const size_t out = (size_t)cell.row * ow + 4 * cell.col;
-    for (int p = blockIdx.y; p < planes; p += gridDim.y) {
+    for (int p = blockIdx.y; p < s.planes; p += gridDim.y) {
         const T* plane = x + p * hw;
         float v[3][9];   // v[r][0]: column 8 col - 1; v[r][1 + i]: column 8 col + i
 #pragma unroll
@@ -249,18 +249,18 @@ __device__ void maxpool_3x3s2_fwd(const T* __restrict__ x, T* __restrict__ y, un
 
 template <typename T>
 __device__ void maxpool_3x3s2_bwd(const unsigned char* __restrict__ argmax, const T* __restrict__ dy,
-                                  T* __restrict__ dx, int planes, int h, int w) {
-    const int oh = h / 2, ow = w / 2, cells_a_row = w / 8, lane = threadIdx.x % WARP_SIZE;
-    const StemCell cell = stem_cell(oh, cells_a_row);
+                                  T* __restrict__ dx, MaxPoolShape s) {
+    const int w = s.w, ow = s.ow, cells_a_row = w / 8, lane = threadIdx.x % WARP_SIZE;
+    const StemCell cell = stem_cell(s.oh, cells_a_row);
     if (!cell.warp_live) return;
     // The cell's inputs lie in windows rows row, row + 1 and columns 4 col .. 4 col + 4; row + 1
     // and column 4 col + 4 are past the map on its last row and column of cells: their places
     // read 9, which names no cell. Window column 4 col + 4 is the next lane's first, where that
     // lane has it.
-    const bool below = cell.row + 1 < oh, right = cell.col + 1 < cells_a_row, right_in_warp = right && lane < 31;
-    const size_t hw = (size_t)h * w, ohw = (size_t)oh * ow;
+    const bool below = cell.row + 1 < s.oh, right = cell.col + 1 < cells_a_row, right_in_warp = right && lane < 31;
+    const size_t hw = (size_t)s.h * w, ohw = (size_t)s.oh * ow;
     const size_t first = (size_t)cell.row * ow + 4 * cell.col, in = (size_t)(2 * cell.row) * w + 8 * cell.col;
-    for (int p = blockIdx.y; p < planes; p += gridDim.y) {
+    for (int p = blockIdx.y; p < s.planes; p += gridDim.y) {
         int place[2][5];
         float grad[2][5];
 #pragma unroll
@@ -324,28 +324,21 @@ extern "C" __global__ void gem_bwd_bf16(const __nv_bfloat16* __restrict__ x, con
     gem_bwd(x, y, dy, dx, rows, hw, p, eps);
 }
 
-// Entry points take the shape as scalars (kernel arguments are pointers and scalars).
-#define MAXPOOL_ENTRY_POINTS(T, SUFFIX)                                                                        \
-    extern "C" __global__ void maxpool_fwd_##SUFFIX(const T* __restrict__ x, T* __restrict__ y,                \
-                                                    unsigned char* __restrict__ argmax, int planes, int h,     \
-                                                    int w, int k, int stride, int pad, int oh, int ow) {       \
-        maxpool_fwd(x, y, argmax, MaxPoolShape{planes, h, w, k, stride, pad, oh, ow});                         \
+// Entry points take the shape as scalars (kernel arguments are pointers and scalars); the stem
+// pool's take the same ones as the general kernels', so that a launcher picks either by name.
+#define MAXPOOL_ENTRY_POINTS(T, SUFFIX, NAME)                                                                  \
+    extern "C" __global__ void NAME##_fwd_##SUFFIX(const T* __restrict__ x, T* __restrict__ y,                 \
+                                                   unsigned char* __restrict__ argmax, int planes, int h,      \
+                                                   int w, int k, int stride, int pad, int oh, int ow) {        \
+        NAME##_fwd(x, y, argmax, MaxPoolShape{planes, h, w, k, stride, pad, oh, ow});                          \
     }                                                                                                          \
-    extern "C" __global__ void maxpool_bwd_##SUFFIX(const unsigned char* __restrict__ argmax,                 \
-                                                    const T* __restrict__ dy, T* __restrict__ dx, int planes,  \
-                                                    int h, int w, int k, int stride, int pad, int oh, int ow) { \
-        maxpool_bwd(argmax, dy, dx, MaxPoolShape{planes, h, w, k, stride, pad, oh, ow});                       \
-    }                                                                                                          \
-    extern "C" __global__ void maxpool_3x3s2_fwd_##SUFFIX(const T* __restrict__ x, T* __restrict__ y,          \
-                                                          unsigned char* __restrict__ argmax, int planes,      \
-                                                          int h, int w) {                                      \
-        maxpool_3x3s2_fwd(x, y, argmax, planes, h, w);                                                         \
-    }                                                                                                          \
-    extern "C" __global__ void maxpool_3x3s2_bwd_##SUFFIX(const unsigned char* __restrict__ argmax,           \
-                                                          const T* __restrict__ dy, T* __restrict__ dx,        \
-                                                          int planes, int h, int w) {                          \
-        maxpool_3x3s2_bwd(argmax, dy, dx, planes, h, w);                                                       \
+    extern "C" __global__ void NAME##_bwd_##SUFFIX(const unsigned char* __restrict__ argmax,                  \
+                                                   const T* __restrict__ dy, T* __restrict__ dx, int planes,   \
+                                                   int h, int w, int k, int stride, int pad, int oh, int ow) { \
+        NAME##_bwd(argmax, dy, dx, MaxPoolShape{planes, h, w, k, stride, pad, oh, ow});                        \
     }
 
-MAXPOOL_ENTRY_POINTS(float, f32)
-MAXPOOL_ENTRY_POINTS(__nv_bfloat16, bf16)
+MAXPOOL_ENTRY_POINTS(float, f32, maxpool)
+MAXPOOL_ENTRY_POINTS(__nv_bfloat16, bf16, maxpool)
+MAXPOOL_ENTRY_POINTS(float, f32, maxpool_3x3s2)
+MAXPOOL_ENTRY_POINTS(__nv_bfloat16, bf16, maxpool_3x3s2)

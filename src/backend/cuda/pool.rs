@@ -3,7 +3,7 @@
 use super::device::{Args, Launch};
 use super::work::Work;
 use super::{int, CudaBackend};
-use crate::backend::{Buf, Checked, Gem, MaxPool, Op, PoolOps};
+use crate::backend::{Buf, Checked, DType, Gem, MaxPool, Op, PoolOps};
 use anyhow::Result;
 
 impl PoolOps for CudaBackend {
@@ -63,7 +63,7 @@ impl PoolOps for CudaBackend {
     }
 
     /// One thread per output position, walking the planes (`maxpool_tiles`); with `argmax` it
-    /// also writes each output's byte. ResNet's stem pool (`is_stem_pool`): 4 outputs a thread.
+    /// also writes each output's byte. ResNet's stem pool: 4 outputs a thread (`maxpool_kernel`).
     fn maxpool_fwd(
         &self,
         x: &Buf,
@@ -82,36 +82,18 @@ impl PoolOps for CudaBackend {
             .ptr(x.dev()?)
             .ptr(y.dev_mut()?)
             .opt_ptr(argmax.as_deref());
-        let work = Work::traffic(bytes, maxpool_label(&s));
-        if is_stem_pool(&s) {
-            let args = stem_shape(args, &s)?.work(work);
-            // SAFETY: arguments match maxpool_3x3s2_fwd_<dtype>(x, y, argmax, planes, h, w); the
-            // shape was checked as below and is_stem_pool's: h even, w a multiple of 8, so each
-            // row of x starts 16-byte aligned and each row of y and argmax 4 elements aligned.
-            return unsafe {
-                self.launch(
-                    &format!("maxpool_3x3s2_fwd_{}", x.dtype().name()),
-                    stem_cells(&s),
-                    args,
-                )
-            };
-        }
-        let args = maxpool_shape(args, &s)?.work(work);
-        // SAFETY: arguments match maxpool_fwd_<dtype>(x, y, argmax, planes, h, w, k, stride, pad,
-        // oh, ow); the shape was checked: x holds planes*h*w elements, y planes*oh*ow, and argmax
-        // (null or) planes*oh*ow bytes (k <= 16: a place fits one).
-        unsafe {
-            self.launch(
-                &Op::MaxpoolFwd.kernel(x.dtype()),
-                maxpool_tiles(s.oh, s.ow, s.n * s.c),
-                args,
-            )
-        }
+        let args = maxpool_shape(args, &s)?.work(Work::traffic(bytes, maxpool_label(&s)));
+        let (kernel, grid) = maxpool_kernel(&s, Op::MaxpoolFwd, x.dtype(), (s.oh, s.ow));
+        // SAFETY: arguments match maxpool[_3x3s2]_fwd_<dtype>(x, y, argmax, planes, h, w, k,
+        // stride, pad, oh, ow); the shape was checked: x holds planes*h*w elements, y planes*oh*ow,
+        // and argmax (null or) planes*oh*ow bytes (k <= 16: a place fits one); the stem kernel's
+        // shape is_stem_pool's, whose rows are aligned to its vectors.
+        unsafe { self.launch(&kernel, grid, args) }
     }
 
     /// One thread per input position, walking the planes (`maxpool_tiles`) and gathering from
-    /// the windows that cover it those whose argmax byte names it. ResNet's stem pool
-    /// (`is_stem_pool`): 2 x 8 inputs a thread.
+    /// the windows that cover it those whose argmax byte names it. ResNet's stem pool: 2 x 8
+    /// inputs a thread (`maxpool_kernel`).
     fn maxpool_bwd(&self, argmax: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<MaxPool>) -> Result<()> {
         let total = s.n * s.c * s.h * s.w;
         if total == 0 {
@@ -124,30 +106,27 @@ impl PoolOps for CudaBackend {
             .ptr(argmax.dev()?)
             .ptr(dy.dev()?)
             .ptr(dx.dev_mut()?);
-        let work = Work::traffic(bytes, maxpool_label(&s));
-        if is_stem_pool(&s) {
-            let args = stem_shape(args, &s)?.work(work);
-            // SAFETY: arguments match maxpool_3x3s2_bwd_<dtype>(argmax, dy, dx, planes, h, w); the
-            // shape was checked as below and is_stem_pool's (the alignments of the forward's).
-            return unsafe {
-                self.launch(
-                    &format!("maxpool_3x3s2_bwd_{}", dy.dtype().name()),
-                    stem_cells(&s),
-                    args,
-                )
-            };
-        }
-        let args = maxpool_shape(args, &s)?.work(work);
-        // SAFETY: arguments match maxpool_bwd_<dtype>(argmax, dy, dx, planes, h, w, k, stride,
-        // pad, oh, ow); the shape was checked: dx holds planes*h*w elements, dy planes*oh*ow and
-        // argmax planes*oh*ow bytes.
-        unsafe {
-            self.launch(
-                &Op::MaxpoolBwd.kernel(dy.dtype()),
-                maxpool_tiles(s.h, s.w, s.n * s.c),
-                args,
-            )
-        }
+        let args = maxpool_shape(args, &s)?.work(Work::traffic(bytes, maxpool_label(&s)));
+        let (kernel, grid) = maxpool_kernel(&s, Op::MaxpoolBwd, dy.dtype(), (s.h, s.w));
+        // SAFETY: arguments match maxpool[_3x3s2]_bwd_<dtype>(argmax, dy, dx, planes, h, w, k,
+        // stride, pad, oh, ow); the shape was checked: dx holds planes*h*w elements, dy
+        // planes*oh*ow and argmax planes*oh*ow bytes; the stem kernel's shape is is_stem_pool's.
+        unsafe { self.launch(&kernel, grid, args) }
+    }
+}
+
+/// The kernel that runs a max pool pass (`op`) and its grid: ResNet's stem pool on its own kernels
+/// ([`is_stem_pool`], [`stem_cells`]), any other on the general ones over the pass's `(h, w)`
+/// positions (the outputs forward, the inputs backward: [`maxpool_tiles`]).
+fn maxpool_kernel(s: &MaxPool, op: Op, dtype: DType, (h, w): (usize, usize)) -> (String, Launch) {
+    let general = op.kernel(dtype);
+    if is_stem_pool(s) {
+        (
+            general.replacen("maxpool", "maxpool_3x3s2", 1),
+            stem_cells(s),
+        )
+    } else {
+        (general, maxpool_tiles(h, w, s.n * s.c))
     }
 }
 
@@ -187,15 +166,6 @@ fn stem_cells(s: &MaxPool) -> Launch {
         block: (256, 1, 1),
         smem: 0,
     }
-}
-
-/// The stem pool kernels' shape arguments: planes, h, w.
-fn stem_shape(args: Args, s: &MaxPool) -> Result<Args> {
-    int(s.n * s.c * s.h * s.w, "max pool input elements")?;
-    Ok(args
-        .i32(int(s.n * s.c, "max pool planes")?)
-        .i32(s.h as i32)
-        .i32(s.w as i32))
 }
 
 /// Blocks along the planes of a max pool (a grid's y or z is at most 65535): ResNet's stem at
