@@ -933,7 +933,8 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
             || be.cast(&half, &mut y).unwrap(),
         );
         drop((x, dy, y, dx, half));
-        // The input: a batch of 224 px RGB bytes to the normalised f32 tensor.
+        // The input: a batch of 224 px RGB bytes to the normalised tensor, f32 and (a bf16
+        // network's input, no cast after it) bf16.
         let it = ImageToTensor {
             n: batch,
             h: 224,
@@ -943,18 +944,23 @@ fn bench_layers(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>) 
         };
         let px = batch * 3 * 224 * 224;
         let rgb = be.upload(&vec![77u8; px]).unwrap();
-        let mut t = be.zeros(DType::F32, px).unwrap();
-        measure(
-            &mut group,
-            be,
-            record,
-            "image_to_tensor_u8",
-            format!("{batch}x224x224x3"),
-            5.0 * px as f64,
-            0.0,
-            || be.image_to_tensor(&rgb, &mut t, it).unwrap(),
-        );
-        drop((rgb, t));
+        for (dt, kernel) in [
+            (DType::F32, "image_to_tensor_u8"),
+            (DType::BF16, "image_to_tensor_u8_bf16"),
+        ] {
+            let mut t = be.zeros(dt, px).unwrap();
+            measure(
+                &mut group,
+                be,
+                record,
+                kernel,
+                format!("{batch}x224x224x3"),
+                ((1 + dt.size()) * px) as f64,
+                0.0,
+                || be.image_to_tensor(&rgb, &mut t, it).unwrap(),
+            );
+        }
+        drop(rgb);
         // ResNet-50's stem pool at 224 px on its own kernels (`maxpool_3x3s2_*`, a 2 x 8 cell a
         // thread), and beside them the general kernels on a map two columns narrower, which the
         // stem kernels do not take (a width not a multiple of 8): the table's floor / time

@@ -82,11 +82,11 @@ fn time_step(
     }
 }
 
-/// Median seconds of the input alone: `bytes` uploaded and converted to the f32 tensor, as
-/// the step's first work does.
-fn time_input(be: &dyn Backend, bytes: &[u8], px: usize) -> f64 {
+/// Median seconds of the input alone: `bytes` uploaded and converted to the network's
+/// `precision`, as the step's first work does.
+fn time_input(be: &dyn Backend, bytes: &[u8], px: usize, precision: DType) -> f64 {
     let mut staging = be.zeros(DType::U8, bytes.len()).expect("alloc");
-    let mut input = be.zeros(DType::F32, bytes.len()).expect("alloc");
+    let mut input = be.zeros(precision, bytes.len()).expect("alloc");
     let s = ImageToTensor {
         n: BATCH,
         h: px,
@@ -156,7 +156,7 @@ fn bench_step(c: &mut Criterion) {
             continue;
         }
         let s = median(&samples);
-        let input = time_input(be, &bytes, px);
+        let input = time_input(be, &bytes, px, precision);
         table += &format!(
             "| {name} {precision:?} | {BATCH} | {px} | {:.1} | {:.1} | {:.1} MB: {:.2} ms ({:.1}%) |\n",
             s * 1e3,

@@ -1786,8 +1786,21 @@ fn grouped_conv_without_a_kernel_is_a_clear_error() {
 }
 
 /// (n, h, w): one pixel, planes around a block (256) and not a multiple of anything.
-const IMAGE_SIZES: &[(usize, usize, usize)] = &[(1, 1, 1), (2, 16, 16), (3, 17, 15), (2, 33, 65)];
+/// Pixel counts that are a multiple of 8 (both vector paths: 16 x 16, 8 x 12, and 64 x 72, more
+/// groups than a block has threads), of 4 only (f32's vectors, bf16 a pixel at a time: 2 x 2),
+/// and of neither (1 x 1, 17 x 15, 33 x 65).
+const IMAGE_SIZES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (2, 16, 16),
+    (3, 17, 15),
+    (2, 33, 65),
+    (3, 8, 12),
+    (1, 2, 2),
+    (2, 64, 72),
+];
 
+/// The device's tensor bit for bit the CPU twin's, f32 and bf16 (the f32 value rounded, as a
+/// cast of it rounds); the f32 twin is the training pipeline's ToTensor + Normalize.
 #[test]
 fn kernel_image_to_tensor_matches_cpu_exactly() {
     let dev = kernel_device("kernel_image_to_tensor_matches_cpu_exactly");
@@ -1807,20 +1820,41 @@ fn kernel_image_to_tensor_matches_cpu_exactly() {
             })
             .collect();
         let s = ImageToTensor { n, h, w, mean, std };
-        let run = |be: &dyn Backend| -> Vec<u32> {
+        let run = |be: &dyn Backend, dtype: DType| -> Vec<u32> {
             let rgb = be.upload(&bytes).unwrap();
-            let mut out = poisoned(be, n * 3 * h * w);
+            let mut out = poisoned_as(be, n * 3 * h * w, dtype);
             be.image_to_tensor(&rgb, &mut out, s).unwrap();
-            be.download::<f32>(&out)
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
+            match dtype {
+                DType::F32 => be
+                    .download::<f32>(&out)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+                _ => be
+                    .download::<half::bf16>(&out)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits() as u32)
+                    .collect(),
+            }
         };
-        let want = run(cpu);
+        let want = run(cpu, DType::F32);
         assert!(
-            run(dev) == want,
+            run(dev, DType::F32) == want,
             "{n}x{h}x{w}: the device's tensor differs from the CPU's"
+        );
+        let rounded: Vec<u32> = want
+            .iter()
+            .map(|&b| half::bf16::from_f32(f32::from_bits(b)).to_bits() as u32)
+            .collect();
+        assert!(
+            run(cpu, DType::BF16) == rounded,
+            "{n}x{h}x{w}: the CPU's bf16 tensor is not its f32 one rounded"
+        );
+        assert!(
+            run(dev, DType::BF16) == rounded,
+            "{n}x{h}x{w}: the device's bf16 tensor differs from the CPU's"
         );
         // The twin is the training pipeline's ToTensor + Normalize, image by image.
         for i in 0..n {

@@ -1330,3 +1330,58 @@ fn max_pool_backward_reads_argmax_bytes_not_the_map() {
         9277,
     );
 }
+
+/// The input conversion reads a group's bytes as three 4- or 8-byte words and writes each
+/// channel's values as 16-byte vectors at their ideal sectors; a value comes from the block's
+/// shared table (built with conflict-free stores), whose lookups go where the bytes say. The
+/// words of neighbouring lanes are 12 or 24 bytes apart, so each of a group's three loads touches
+/// the sectors of all three (3.00x their ideal, the same lines three times: the repeats are
+/// cache hits, DRAM reads each byte once); the old element-a-thread kernel's byte loads were too.
+#[test]
+fn image_to_tensor_reads_words_and_stores_16_byte_vectors() {
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    let (n, h, w) = (2, 32, 32);
+    let bytes: Vec<u8> = Rng::new(5)
+        .vec_f32(n * h * w * 3, 0.0, 255.0)
+        .iter()
+        .map(|&v| v as u8)
+        .collect();
+    let rgb = be.upload(&bytes).unwrap();
+    let s = insclr::backend::ImageToTensor {
+        n,
+        h,
+        w,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
+    for (dt, kernel, word) in [
+        (DType::F32, "image_to_tensor_u8", 4),
+        (DType::BF16, "image_to_tensor_u8_bf16", 8),
+    ] {
+        let mut out = be.zeros(dt, n * 3 * h * w).unwrap();
+        let (r, stats) = count_memory(|| be.image_to_tensor(&rgb, &mut out, s));
+        r.unwrap();
+        show(&format!("{kernel}, {n} x {h} x {w}:"), &stats);
+        only(&stats, &[kernel], "one launch");
+        for row in &stats {
+            match (row.space, row.op) {
+                (MemSpace::Global, "ld") => assert_eq!(row.width, word, "{row:?}"),
+                (MemSpace::Global, "st") => assert_eq!(row.width, 16, "{row:?}"),
+                (MemSpace::Shared, "st") => {}
+                // The lookups: random bytes put a warp's 32 on ~3 lanes a bank at worst.
+                (MemSpace::Shared, "ld") => assert!(row.excess() < 4.0, "{row:?}"),
+                _ => panic!("an access the kernel does not make: {row:?}"),
+            }
+            match (row.space, row.op) {
+                (MemSpace::Global, "ld") => assert_eq!(row.transactions, 3 * row.ideal, "{row:?}"),
+                (_, "st") => assert_eq!(row.transactions, row.ideal, "{row:?}"),
+                _ => {}
+            }
+        }
+        let (stored, _, _) = total(&stats, kernel, |r| {
+            r.space == MemSpace::Global && r.op == "st"
+        });
+        assert_eq!(stored as usize * 32, n * 3 * h * w * dt.size(), "{kernel}");
+    }
+}

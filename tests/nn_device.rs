@@ -19,7 +19,7 @@ mod common;
 use common::{download_f32, kernel_device, log, rel_err};
 use insclr::backend::{Backend, DType};
 use insclr::nn::head::HeadKind;
-use insclr::nn::{zero_grads, Arch, Module, ParamKind, RetrievalNet};
+use insclr::nn::{zero_grads, Arch, Images, Module, ParamKind, RetrievalNet};
 use insclr::rng::Rng;
 
 /// A named result of the step, with the name of the tensor whose norm is its error's floor.
@@ -280,6 +280,55 @@ fn eval_forward_through_reused_maps_matches_the_layers_own_buffers() {
                     "{what}: eval maps equal the frozen training forward's"
                 ));
             }
+        }
+    }
+}
+
+/// A bf16 network fed decoded bytes (converted on the backend straight into bf16) describes them
+/// bit for bit as it describes their f32 tensor (uploaded, then cast): the conversion's bf16
+/// output is the f32 one rounded, on the CPU and on the device; and both backends' f32 networks
+/// agree with themselves the same way.
+#[test]
+fn a_network_takes_bytes_as_it_takes_their_tensor() {
+    let dev = kernel_device("a_network_takes_bytes_as_it_takes_their_tensor");
+    let small = Arch::ResNetCustom {
+        stages: [1, 1, 1, 1],
+        base: 8,
+    };
+    let (n, h, w) = (2, 32, 40);
+    let mut rng = Rng::new(29);
+    let bytes: Vec<u8> = (0..n * h * w * 3).map(|_| rng.below(256) as u8).collect();
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    // The tensor of those bytes, as the CPU twin (torchvision's ToTensor + Normalize) makes it.
+    let cpu = insclr::backend::cpu();
+    let rgb = cpu.upload(&bytes).unwrap();
+    let mut t = cpu.zeros(DType::F32, n * 3 * h * w).unwrap();
+    let s = insclr::backend::ImageToTensor { n, h, w, mean, std };
+    cpu.image_to_tensor(&rgb, &mut t, s).unwrap();
+    let tensor = cpu.download::<f32>(&t).unwrap();
+    let backends: [&dyn Backend; 2] = [cpu, &dev];
+    for be in backends {
+        for precision in [DType::F32, DType::BF16] {
+            let backbone = small.build(be, &mut Rng::new(5), false).unwrap();
+            let kind = HeadKind::NormLinearNorm;
+            let mut net = RetrievalNet::new(be, &mut Rng::new(6), backbone, kind, 16).unwrap();
+            net.set_precision(precision).unwrap();
+            let images = Images::Rgb {
+                bytes: &bytes,
+                mean,
+                std,
+            };
+            let from_bytes = net.describe_images(be, images, n, h, w).unwrap();
+            let from_tensor = net
+                .describe_images(be, Images::Tensor(&tensor), n, h, w)
+                .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&from_bytes),
+                bits(&from_tensor),
+                "{precision} on {}",
+                be.name()
+            );
         }
     }
 }

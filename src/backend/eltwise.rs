@@ -45,7 +45,8 @@ impl Eltwise {
 }
 
 /// `ToTensor` + `Normalize(mean, std)` of a batch: `n` RGB images of `h x w` as bytes (`n x h x
-/// w x 3`, as decoded) into the network's `n x 3 x h x w` f32 input, `(v / 255 - mean) / std`.
+/// w x 3`, as decoded) into the network's `n x 3 x h x w` input, `(v / 255 - mean) / std` in f32,
+/// or that rounded to bf16 (a bf16 network's input, as a cast after it rounds).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ImageToTensor {
     pub n: usize,
@@ -61,8 +62,14 @@ impl ImageToTensor {
             bail!("{self:?}: std must be positive");
         }
         let len = self.n * 3 * self.h * self.w;
+        if self.n > i32::MAX as usize || 3 * self.h * self.w > i32::MAX as usize {
+            bail!("{self:?}: images of more than 2^31 values, or more than 2^31 of them");
+        }
         check_len(&self, len, &[rgb, out])?;
-        check_dtypes(&self, &[(rgb, DType::U8), (out, DType::F32)])?;
+        check_dtypes(&self, &[(rgb, DType::U8)])?;
+        if !matches!(out.dtype(), DType::F32 | DType::BF16) {
+            bail!("{self:?}: the tensor is {}, not f32 or bf16", out.dtype());
+        }
         Ok(Checked(self))
     }
 }
@@ -115,8 +122,9 @@ impl dyn Backend + '_ {
         self.eltwise_ops().act_fwd(x, y, s)
     }
 
-    /// RGB bytes (`n x h x w x 3`, u8) to the normalised `n x 3 x h x w` f32 input: the upload
-    /// is a quarter of the f32 tensor's.
+    /// RGB bytes (`n x h x w x 3`, u8) to the normalised `n x 3 x h x w` input, f32 or bf16 as
+    /// `out` is: the upload is a quarter of the f32 tensor's, and a bf16 network needs no cast
+    /// after it.
     pub fn image_to_tensor(&self, rgb: &Buf, out: &mut Buf, s: ImageToTensor) -> Result<()> {
         let s = s.check(rgb, out)?;
         self.require(Op::ImageToTensor, DType::U8)?;

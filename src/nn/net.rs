@@ -104,14 +104,17 @@ pub enum Images<'a> {
     },
 }
 
-/// Puts a batch into `input` (`n x 3 x h x w` f32 on the backend): uploaded as is, or as
-/// bytes into `staging` and converted there.
+/// Puts a batch on the backend as a network computing in `precision` takes it, `n x 3 x h x w`:
+/// in `input` (f32) or, for a bf16 network, `input_lp` (what [`network_input`] returns). A tensor
+/// is uploaded as is (f32) and cast; bytes go into `staging` and are converted there, straight
+/// into the network's type.
 fn load_images(
     be: &dyn Backend,
-    input: &mut Buf,
+    (input, input_lp): (&mut Buf, &mut Buf),
     staging: &mut Buf,
     x: Images,
     (n, h, w): (usize, usize, usize),
+    precision: DType,
 ) -> Result<()> {
     let want = n * 3 * h * w;
     let got = match x {
@@ -121,15 +124,36 @@ fn load_images(
     if got != want {
         bail!("image batch holds {got} values, expected n*3*h*w = {n}*3*{h}*{w} = {want}");
     }
-    ensure_len(be, input, want)?;
     match x {
-        Images::Tensor(v) => be.upload_into(v, input),
+        Images::Tensor(v) => {
+            ensure_len(be, input, want)?;
+            be.upload_into(v, input)?;
+            if precision != DType::F32 {
+                ensure(be, input_lp, precision, want)?;
+                be.cast(input, input_lp)?;
+            }
+            Ok(())
+        }
         Images::Rgb { bytes, mean, std } => {
             ensure(be, staging, DType::U8, want)?;
             be.upload_into(bytes, staging)?;
+            let out = if precision == DType::F32 {
+                input
+            } else {
+                input_lp
+            };
+            ensure(be, out, precision, want)?;
             let s = ImageToTensor { n, h, w, mean, std };
-            be.image_to_tensor(staging, input, s)
+            be.image_to_tensor(staging, out, s)
         }
+    }
+}
+
+/// The batch [`load_images`] left for a network computing in `precision`.
+fn network_input<'a>(precision: DType, input: &'a Buf, input_lp: &'a Buf) -> &'a Buf {
+    match precision {
+        DType::F32 => input,
+        _ => input_lp,
     }
 }
 
@@ -295,8 +319,9 @@ impl RetrievalNet {
         (n, h, w): (usize, usize, usize),
         train: bool,
     ) -> Result<&Buf> {
-        load_images(be, &mut self.input, &mut self.staging, x, (n, h, w))?;
-        let input = be.cast_to(&self.input, self.precision, &mut self.input_lp)?;
+        let inputs = (&mut self.input, &mut self.input_lp);
+        load_images(be, inputs, &mut self.staging, x, (n, h, w), self.precision)?;
+        let input = network_input(self.precision, &self.input, &self.input_lp);
         let (fh, fw) = backbone_gem(
             be,
             self.backbone.as_mut(),
@@ -378,10 +403,7 @@ impl RetrievalNet {
         }
         let d_pooled = be.cast_to(self.head.dx(), self.precision, &mut self.d_pooled)?;
         self.pool.backward(be, self.backbone.output(), d_pooled)?;
-        let input = match self.precision {
-            DType::F32 => &self.input,
-            _ => &self.input_lp,
-        };
+        let input = network_input(self.precision, &self.input, &self.input_lp);
         self.backbone
             .backward(be, input, &self.pool.dx)
             .with_context(|| format!("{} backward", self.backbone.name()))
@@ -518,12 +540,13 @@ impl DescriptorNet for GemNet {
     ) -> Result<Vec<f32>> {
         load_images(
             be,
-            &mut self.input,
+            (&mut self.input, &mut self.input_lp),
             &mut Buf::empty(DType::U8),
             Images::Tensor(x),
             (n, h, w),
+            self.precision,
         )?;
-        let input = be.cast_to(&self.input, self.precision, &mut self.input_lp)?;
+        let input = network_input(self.precision, &self.input, &self.input_lp);
         let (fh, fw) = backbone_gem(
             be,
             self.backbone.as_mut(),

@@ -95,8 +95,8 @@ impl crate::backend::EltwiseOps for super::CpuBackend {
     }
 
     fn image_to_tensor(&self, rgb: &Buf, out: &mut Buf, s: Checked<ImageToTensor>) -> Result<()> {
-        image_to_tensor_u8(rgb.host()?, out.host_mut()?, *s);
-        Ok(())
+        let rgb = rgb.host()?;
+        with_f32_out(out, false, |o| image_to_tensor_u8(rgb, o, *s))
     }
 
     fn cast(&self, x: &Buf, y: &mut Buf, _s: Checked<Eltwise>) -> Result<()> {

@@ -7,6 +7,9 @@ use super::CudaBackend;
 use crate::backend::{Buf, Checked, DType, Eltwise, EltwiseOps, ImageToTensor, Op};
 use anyhow::Result;
 
+/// Output groups (16 bytes) a thread of `image_to_tensor_u8*` takes in an image, about.
+const IMAGE_GROUPS_PER_THREAD: usize = 4;
+
 impl EltwiseOps for CudaBackend {
     fn add_fwd(&self, a: &Buf, b: &Buf, y: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
         if s.len == 0 {
@@ -70,16 +73,35 @@ impl EltwiseOps for CudaBackend {
         }
     }
 
+    /// `image_to_tensor_u8` (f32 out) or `image_to_tensor_u8_bf16`: 256 threads a block, a
+    /// thread 16 bytes of output (a pixel where an image's pixels are not a multiple of those),
+    /// about four of them an image (`IMAGE_GROUPS_PER_THREAD`: the block's 768-entry table is
+    /// built once for them); the images along y.
     fn image_to_tensor(&self, rgb: &Buf, out: &mut Buf, s: Checked<ImageToTensor>) -> Result<()> {
-        let len = out.len();
-        if len == 0 {
+        if out.is_empty() {
             return Ok(());
         }
+        let hw = s.h * s.w;
+        let pix = 16 / out.dtype().size();
+        let groups = if hw % pix == 0 { hw / pix } else { hw };
+        let launch = Launch {
+            grid: (
+                groups.div_ceil(256 * IMAGE_GROUPS_PER_THREAD) as u32,
+                s.n.min(65535) as u32,
+                1,
+            ),
+            block: (256, 1, 1),
+            smem: 0,
+        };
+        let kernel = match out.dtype() {
+            DType::F32 => Op::ImageToTensor.kernel(DType::U8),
+            _ => format!("{}_bf16", Op::ImageToTensor.kernel(DType::U8)),
+        };
         let args = Args::new()
             .ptr(rgb.dev()?)
             .ptr(out.dev_mut()?)
-            .i64(s.n as i64)
-            .i64((s.h * s.w) as i64)
+            .i32(s.n as i32)
+            .i32(hw as i32)
             .f32(s.mean[0])
             .f32(s.mean[1])
             .f32(s.mean[2])
@@ -87,18 +109,14 @@ impl EltwiseOps for CudaBackend {
             .f32(s.std[1])
             .f32(s.std[2])
             .work(Work::traffic(
-                s.n * s.h * s.w * 3 * (1 + 4),
-                format!("{}x{}x{}x3", s.n, s.h, s.w),
+                s.n * hw * 3 * (1 + out.dtype().size()),
+                format!("{}x{}x{}x3 -> {}", s.n, s.h, s.w, out.dtype()),
             ));
-        // SAFETY: arguments match image_to_tensor_u8(rgb, out, n, hw, mean0..2, std0..2); rgb
-        // holds n*hw*3 bytes and out n*3*hw f32 (checked).
-        unsafe {
-            self.launch(
-                &Op::ImageToTensor.kernel(DType::U8),
-                Launch::grid_stride(len),
-                args,
-            )
-        }
+        // SAFETY: arguments match image_to_tensor_u8[_bf16](rgb, out, n, hw, mean0..2, std0..2);
+        // rgb holds n*hw*3 bytes and out n*3*hw values of the kernel's type (checked: f32 or
+        // bf16), n and 3*hw fit an i32 (checked); the vector path's 8- and 16-byte accesses
+        // need both 16-byte aligned, as allocations are (the emulator checks each).
+        unsafe { self.launch(&kernel, launch, args) }
     }
 
     fn cast(&self, x: &Buf, y: &mut Buf, s: Checked<Eltwise>) -> Result<()> {
