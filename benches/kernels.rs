@@ -228,36 +228,42 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
     if wanted("pool") {
         let mut group = family(c, be, "pool", KERNEL_TIMES);
 
-        // pool: GeM forward / backward.
-        let (n, ch, h, w) = GEM;
-        let s = Gem::new(n, ch, h, w);
-        let shape = format!("{n}x{ch}x{h}x{w}");
-        let x = filled(be, &mut rng, s.rows * s.hw, DType::F32);
-        let mut y = be.zeros(DType::F32, s.rows).unwrap();
-        let bytes = 4.0 * (s.rows * (s.hw + 1)) as f64;
-        measure(
-            &mut group,
-            be,
-            record,
-            "gem_fwd_f32",
-            shape.clone(),
-            bytes,
-            0.0,
-            || be.gem_fwd(&x, &mut y, s).unwrap(),
-        );
-        let dy = filled(be, &mut rng, s.rows, DType::F32);
-        let mut dx = be.zeros(DType::F32, s.rows * s.hw).unwrap();
-        measure(
-            &mut group,
-            be,
-            record,
-            "gem_bwd_f32",
-            shape,
-            2.0 * bytes,
-            0.0,
-            || be.gem_bwd(&x, &y, &dy, &mut dx, s).unwrap(),
-        );
-        drop((x, dx));
+        // pool: GeM forward / backward, f32 and bf16 (a bf16 network's last map), on 32 x 32
+        // maps (32 lanes a row) and ResNet-101's at 448 px (14 x 14: 16 lanes a row).
+        for (dt, (n, ch, h, w)) in [
+            (DType::F32, GEM),
+            (DType::BF16, GEM),
+            (DType::F32, (64, 2048, 14, 14)),
+            (DType::BF16, (64, 2048, 14, 14)),
+        ] {
+            let s = Gem::new(n, ch, h, w);
+            let shape = format!("{n}x{ch}x{h}x{w}");
+            let x = filled(be, &mut rng, s.rows * s.hw, dt);
+            let mut y = be.zeros(dt, s.rows).unwrap();
+            let bytes = (dt.size() * s.rows * (s.hw + 1)) as f64;
+            measure(
+                &mut group,
+                be,
+                record,
+                &format!("gem_fwd_{dt}"),
+                shape.clone(),
+                bytes,
+                0.0,
+                || be.gem_fwd(&x, &mut y, s).unwrap(),
+            );
+            let dy = filled(be, &mut rng, s.rows, dt);
+            let mut dx = be.zeros(dt, s.rows * s.hw).unwrap();
+            measure(
+                &mut group,
+                be,
+                record,
+                &format!("gem_bwd_{dt}"),
+                shape.clone(),
+                2.0 * bytes,
+                0.0,
+                || be.gem_bwd(&x, &y, &dy, &mut dx, s).unwrap(),
+            );
+        }
 
         group.finish();
     }

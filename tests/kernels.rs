@@ -283,6 +283,9 @@ fn shape_mismatches_are_errors_not_panics() {
 // ---- the CUDA kernels versus the CPU twin, on the GPU or the emulated GPU ----------------
 
 // Edge sizes: one row, a warp's width -1 / +1, a block's 8 rows -1 / +1, realistic maps.
+/// Rows of every lane count the kernels give a row (1 for 1 and 7 elements, 2 for 31-33, 4 for
+/// 49, 8 for 100, 16 for 196: 14 x 14, 32 for 1024), row counts that leave a warp's or a block's
+/// last rows empty (3 and 5 rows, 130 x 16 lanes: 9 blocks).
 const GEM_SIZES: &[(usize, usize)] = &[
     (1, 1),
     (1, 31),
@@ -291,6 +294,9 @@ const GEM_SIZES: &[(usize, usize)] = &[
     (9, 49),
     (257, 1024),
     (64, 7),
+    (5, 100),
+    (3, 196),
+    (130, 196),
 ];
 const L2_SIZES: &[(usize, usize)] = &[(1, 1), (7, 31), (8, 32), (9, 33), (300, 2048), (2, 4097)];
 

@@ -1385,3 +1385,38 @@ fn image_to_tensor_reads_words_and_stores_16_byte_vectors() {
         assert_eq!(stored as usize * 32, n * 3 * h * w * dt.size(), "{kernel}");
     }
 }
+
+/// GeM on 14 x 14 maps (ResNet's last stage at 448 px), bf16: 16 lanes a row, so a warp's access
+/// takes 32 consecutive bytes of each of two rows. Rows are 392 bytes, so most of those runs
+/// straddle a sector boundary: 1.76x the ideal sectors for x and dx (the next access reads the
+/// rest of those sectors: cache hits, DRAM moves each byte once); y and dy a value a row.
+#[test]
+fn gem_reads_rows_in_lane_groups() {
+    let dev = CudaBackend::emu();
+    let be: &dyn Backend = &dev;
+    let dt = DType::BF16;
+    let s = insclr::backend::Gem::new(2, 64, 14, 14);
+    let x = upload(be, s.rows * s.hw, dt, 3);
+    let dy = upload(be, s.rows, dt, 4);
+    let (mut y, mut dx) = (
+        be.zeros(dt, s.rows).unwrap(),
+        be.zeros(dt, s.rows * s.hw).unwrap(),
+    );
+    let (r, fwd) = count_memory(|| be.gem_fwd(&x, &mut y, s));
+    r.unwrap();
+    show("gem_fwd_bf16, 128 rows of 14 x 14:", &fwd);
+    let (r, bwd) = count_memory(|| be.gem_bwd(&x, &y, &dy, &mut dx, s));
+    r.unwrap();
+    show("gem_bwd_bf16, 128 rows of 14 x 14:", &bwd);
+    only(&fwd, &["gem_fwd_bf16"], "one launch");
+    only(&bwd, &["gem_bwd_bf16"], "one launch");
+    for row in fwd.iter().chain(&bwd) {
+        assert_eq!((row.space, row.width), (MemSpace::Global, 2), "{row:?}");
+        assert!(
+            25 * row.transactions <= 44 * row.ideal,
+            "over 1.76x the ideal sectors: {row:?}"
+        );
+    }
+    let (ld, ideal, _) = total(&bwd, "gem_bwd_bf16", |r| r.op == "ld" && r.bytes > 4096);
+    assert_eq!((ld, ideal), (2816, 1600), "x's reads in the backward");
+}

@@ -7,37 +7,38 @@ use crate::backend::{Buf, Checked, DType, Gem, MaxPool, Op, PoolOps};
 use anyhow::Result;
 
 impl PoolOps for CudaBackend {
-    /// One warp per (n, c) row.
+    /// `gem_lanes` lanes a (n, c) row, 256 threads a block.
     fn gem_fwd(&self, x: &Buf, y: &mut Buf, s: Checked<Gem>) -> Result<()> {
         if s.rows == 0 {
             return Ok(());
         }
         let (rows, hw) = (int(s.rows, "GeM rows")?, int(s.hw, "GeM hw")?);
-        int(s.rows * s.hw, "GeM elements")?;
-        let cfg = Launch::warp_per_item(s.rows);
+        let (lanes_log2, cfg) = gem_launch(&s)?;
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(y.dev_mut()?)
             .i32(rows)
             .i32(hw)
+            .i32(lanes_log2)
             .f32(s.p)
             .f32(s.eps)
             .work(Work::traffic(
                 (s.rows * s.hw + s.rows) * x.dtype().size(),
                 format!("{}x{}", s.rows, s.hw),
             ));
-        // SAFETY: arguments match gem_fwd_<dtype>(x, y, rows, hw, p, eps); the shape was checked:
-        // x holds rows*hw elements and y rows, of x's dtype.
+        // SAFETY: arguments match gem_fwd_<dtype>(x, y, rows, hw, lanes_log2, p, eps); the shape
+        // was checked: x holds rows*hw elements and y rows, of x's dtype; the grid's threads,
+        // rows << lanes_log2 of them, fit an i32 (gem_launch).
         unsafe { self.launch(&Op::GemFwd.kernel(x.dtype()), cfg, args) }
     }
 
-    /// Grid-stride, one thread per element.
+    /// As the forward: `gem_lanes` lanes a row.
     fn gem_bwd(&self, x: &Buf, y: &Buf, dy: &Buf, dx: &mut Buf, s: Checked<Gem>) -> Result<()> {
-        let total = s.rows * s.hw;
-        if total == 0 {
+        if s.rows == 0 {
             return Ok(());
         }
         let (rows, hw) = (int(s.rows, "GeM rows")?, int(s.hw, "GeM hw")?);
+        let (lanes_log2, cfg) = gem_launch(&s)?;
         let args = Args::new()
             .ptr(x.dev()?)
             .ptr(y.dev()?)
@@ -45,21 +46,17 @@ impl PoolOps for CudaBackend {
             .ptr(dx.dev_mut()?)
             .i32(rows)
             .i32(hw)
+            .i32(lanes_log2)
             .f32(s.p)
             .f32(s.eps)
             .work(Work::traffic(
                 2 * (s.rows * s.hw + s.rows) * x.dtype().size(),
                 format!("{}x{}", s.rows, s.hw),
             ));
-        // SAFETY: arguments match gem_bwd_<dtype>(x, y, dy, dx, rows, hw, p, eps); the shape was
-        // checked: x, dx hold rows*hw elements and y, dy rows.
-        unsafe {
-            self.launch(
-                &Op::GemBwd.kernel(x.dtype()),
-                Launch::grid_stride(total),
-                args,
-            )
-        }
+        // SAFETY: arguments match gem_bwd_<dtype>(x, y, dy, dx, rows, hw, lanes_log2, p, eps); the
+        // shape was checked: x, dx hold rows*hw elements and y, dy rows; the grid's threads fit
+        // an i32 (gem_launch).
+        unsafe { self.launch(&Op::GemBwd.kernel(x.dtype()), cfg, args) }
     }
 
     /// One thread per output position, walking the planes (`maxpool_tiles`); with `argmax` it
@@ -113,6 +110,28 @@ impl PoolOps for CudaBackend {
         // planes*oh*ow and argmax planes*oh*ow bytes; the stem kernel's shape is is_stem_pool's.
         unsafe { self.launch(&kernel, grid, args) }
     }
+}
+
+/// GeM's lanes a row: the largest power of two up to a warp that leaves a lane about 12 of the
+/// row's elements or more (14 x 14 maps: 16, 7 x 7: 4, 32 x 32: 32), so that a row's reduction
+/// and root are paid once for several rows in a warp, and a lane's loads have a few elements to
+/// overlap.
+fn gem_lanes(hw: usize) -> usize {
+    let mut lanes = 1;
+    while lanes < 32 && 2 * lanes * 12 <= hw {
+        lanes *= 2;
+    }
+    lanes
+}
+
+/// `lanes_log2` and the grid of a GeM pass: `rows x gem_lanes(hw)` threads, 256 a block.
+fn gem_launch(s: &Gem) -> Result<(i32, Launch)> {
+    let lanes = gem_lanes(s.hw);
+    let threads = int(s.rows * lanes, "GeM threads")? as usize;
+    Ok((
+        lanes.trailing_zeros() as i32,
+        Launch::linear(threads.div_ceil(256) as u32, 256),
+    ))
 }
 
 /// The kernel that runs a max pool pass (`op`) and its grid: ResNet's stem pool on its own kernels
