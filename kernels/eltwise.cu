@@ -67,15 +67,15 @@ __device__ void image_to_tensor(const unsigned char* __restrict__ rgb, T* __rest
         table[i] = __fdiv_rn(__fsub_rn(__fdiv_rn((float)(i & 255), 255.0f), mean), sd);
     }
     __syncthreads();
-    constexpr int PIX = 16 / (int)sizeof(T), WORD = PIX;  // a word holds PIX bytes: 3 words a group
+    constexpr int PIX = 16 / (int)sizeof(T);  // a word holds PIX bytes: 3 words a group
     const int first = blockIdx.x * blockDim.x + threadIdx.x, stride = gridDim.x * blockDim.x;
     for (int img = blockIdx.y; img < n; img += gridDim.y) {
         const unsigned char* src = rgb + (size_t)img * hw * 3;
         T* dst = out + (size_t)img * 3 * hw;
         if (hw % PIX == 0) {
             for (int g = first; g < hw / PIX; g += stride) {
-                uint32_t w[3 * WORD / 4];
-                if constexpr (WORD == 4) {
+                uint32_t w[3 * PIX / 4];
+                if constexpr (PIX == 4) {
                     const uint32_t* words = reinterpret_cast<const uint32_t*>(src) + 3 * g;
                     w[0] = words[0], w[1] = words[1], w[2] = words[2];
                 } else {

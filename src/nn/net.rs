@@ -128,11 +128,7 @@ fn load_images(
         Images::Tensor(v) => {
             ensure_len(be, input, want)?;
             be.upload_into(v, input)?;
-            if precision != DType::F32 {
-                ensure(be, input_lp, precision, want)?;
-                be.cast(input, input_lp)?;
-            }
-            Ok(())
+            be.cast_to(input, precision, input_lp).map(|_| ())
         }
         Images::Rgb { bytes, mean, std } => {
             ensure(be, staging, DType::U8, want)?;
