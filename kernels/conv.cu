@@ -411,13 +411,45 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     conv_gemm(g, partial, k_per_split);
 }
 
-// dw += the splits' partial sums, added in split order.
-extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float* __restrict__ partial, float* __restrict__ dw,
-                                                        int len, int splits) {
-    GRID_STRIDE(i, len) {
-        float sum = 0.0f;
-        for (int z = 0; z < splits; z++) sum += partial[(size_t)z * len + i];
-        dw[i] += sum;
+// 0 + p[0] + p[stride] + ... + p[(count - 1) stride], added in that order with four loads in
+// flight: a reduction over a weight gradient's splits is a chain of dependent adds, and one load
+// at a time made it a chain of DRAM latencies.
+__device__ __forceinline__ float sum_in_order(const float* __restrict__ p, size_t stride, int count) {
+    float sum = 0.0f;
+    int z = 0;
+    for (; z + 3 < count; z += 4) {
+        const float* q = p + (size_t)z * stride;
+        const float a = q[0], b = q[stride], c = q[2 * stride], d = q[3 * stride];
+        sum = (((sum + a) + b) + c) + d;
+    }
+    for (; z < count; ++z) sum += p[(size_t)z * stride];
+    return sum;
+}
+
+// dw += the splits' partial sums. A block takes 32 consecutive elements with blockDim.x / 32 rows
+// of a warp (up to 8): row r sums splits r, r + rows, ... in order, then row 0 adds the rows'
+// sums in row order, so the order is fixed by the split and row counts (with no more splits than
+// rows, split order). An element a thread, a 64 x 64 weight's 384 splits were 384 dependent
+// loads in series on 16 blocks of the whole GPU; its rows now each take 48.
+constexpr int REDUCE_ROWS = 8;
+extern "C" __global__ void __launch_bounds__(REDUCE_ROWS * 32)
+    conv2d_bwd_weight_reduce_f32(const float* __restrict__ partial, float* __restrict__ dw, int len, int splits) {
+    __shared__ float row_sums[REDUCE_ROWS][32];
+    const int lane = threadIdx.x % 32, row = threadIdx.x / 32, rows = blockDim.x / 32;
+    // The row's parts: row, row + rows, ... below splits.
+    const int count = (splits - row + rows - 1) / rows;
+    for (long long first = blockIdx.x * 32LL; first < len; first += gridDim.x * 32LL) {
+        const long long i = first + lane;
+        row_sums[row][lane] = i < len ? sum_in_order(partial + (size_t)row * len + i, (size_t)rows * len, count) : 0.0f;
+        __syncthreads();
+        if (row == 0 && i < len) {
+            float total = row_sums[0][lane];
+#pragma unroll
+            for (int r = 1; r < REDUCE_ROWS; r++)
+                if (r < rows) total += row_sums[r][lane];
+            dw[i] += total;
+        }
+        __syncthreads();
     }
 }
 
@@ -771,8 +803,10 @@ CONV_NHWC_BWD_WEIGHT_KERNELS(float, tf32)
 // order. A block takes 32 channels of output channel blockIdx.y, all taps (at most 64): it sums
 // each tap's 32 partial sums (a 128-byte row) into shared memory in dw's order, then adds them to
 // dw's run of 32 x taps contiguous floats. The shared writes are conflict-free for an odd count
-// of taps (1, 9, 25, 49: lane x taps + t covers 32 banks).
-extern "C" __global__ void __launch_bounds__(256)
+// of taps (1, 9, 25, 49: lane x taps + t covers 32 banks). A warp a tap, up to 32 (conv.rs): a
+// 1x1's block is one warp, where 256 threads left 7 warps idle, and the stem's 49 taps take 2
+// rounds of 66 parts, where 8 warps took 7.
+extern "C" __global__ void __launch_bounds__(1024)
     conv2d_bwd_weight_reduce_krsc_f32(const float* __restrict__ partial, float* __restrict__ dw, int c_in, int taps,
                                       int splits, int padded) {
     __shared__ float run[32 * 64];
@@ -780,10 +814,7 @@ extern "C" __global__ void __launch_bounds__(256)
     // A partial row holds `padded` channels a tap (the padding's sums, zeros, are skipped).
     const size_t len = (size_t)gridDim.y * taps * padded, from = (size_t)blockIdx.y * taps * padded;
     for (int t = threadIdx.x / 32; t < taps; t += blockDim.x / 32) {
-        float sum = 0.0f;
-        if (c < c_in)
-            for (int z = 0; z < splits; ++z) sum += partial[z * len + from + (size_t)t * padded + c];
-        run[lane * taps + t] = sum;
+        run[lane * taps + t] = c < c_in ? sum_in_order(partial + from + (size_t)t * padded + c, len, splits) : 0.0f;
     }
     __syncthreads();
     const int n = min(32, c_in - c0) * taps;

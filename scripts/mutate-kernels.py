@@ -356,9 +356,25 @@ MUTANTS = [
       "WeightGradGather: the rows past the split's last pixel are copied (the next split's pixels, "
       "or past the batch) instead of zero-filled",
       [(TC, "const bool in = left > 0 &&", "const bool in = left > -BK &&")], CONVT, sanitize=True),
+    M("wgrad-reduce-drops-a-part", "conv",
+      "sum_in_order (both split reductions): four parts at a time lose the fourth",
+      [(CONV, "sum = (((sum + a) + b) + c) + d;", "sum = ((sum + a) + b) + c;")], CONVT),
+    M("wgrad-reduce-parts-not-strided", "conv",
+      "conv2d_bwd_weight_reduce_f32: a row's parts read one part apart instead of a row count "
+      "apart (other rows' parts twice, its own skipped)",
+      [(CONV, "(size_t)row * len + i, (size_t)rows * len, count)", "(size_t)row * len + i, len, count)")], CONVT),
+    M("wgrad-reduce-last-row-dropped", "conv",
+      "conv2d_bwd_weight_reduce_f32: row 0 adds every row's sum but the last",
+      [(CONV, "if (r < rows) total += row_sums[r][lane];", "if (r < rows - 1) total += row_sums[r][lane];")],
+      CONVT),
+    M("wgrad-reduce-four-past-the-parts", "conv",
+      "sum_in_order: the four-at-a-time loop runs while its last part is the count itself (one "
+      "part past a row's or the partial sums' end)",
+      [(CONV, "for (; z + 3 < count; z += 4) {", "for (; z + 3 <= count; z += 4) {")],
+      CONVT, sanitize=True),
     M("nhwc-wgrad-reduce-not-transposed", "conv",
       "conv2d_bwd_weight_reduce_krsc_f32 keeps the KRSC order of the sums, as if dw were KRSC",
-      [(CONV, "run[lane * taps + t] = sum;", "run[t * 32 + lane] = sum;")], CONVT),
+      [(CONV, "run[lane * taps + t] = c < c_in", "run[t * 32 + lane] = c < c_in")], CONVT),
     M("phase-map-rows-not-strided", "conv",
       "PhaseMap: a stride phase's grid rows land one dx row apart instead of `stride` rows",
       [(TC, "return (long long)row * plane + (long long)a * stride * w + b * stride + first;",
@@ -435,9 +451,8 @@ MUTANTS = [
       [(CONV, "    if (oy >= s.oh || ox >= s.ow) return 0.0f;\n    return load(dy[",
               "    if (oy > s.oh || ox >= s.ow) return 0.0f;\n    return load(dy[")], CONVT, sanitize=True),
     M("conv-wgrad-reduce-drops-first-split", "conv",
-      "weight gradient: the split-K reduction skips split 0's partial sums",
-      [(CONV, "for (int z = 0; z < splits; z++) sum += partial[(size_t)z * len + i];\n        dw[i] += sum;",
-        "for (int z = 1; z < splits; z++) sum += partial[(size_t)z * len + i];\n        dw[i] += sum;")], CONVT),
+      "weight gradient: the split-K reductions skip each row's first part (split 0's partial sums)",
+      [(CONV, "float sum = 0.0f;\n    int z = 0;", "float sum = 0.0f;\n    int z = 1;")], CONVT),
 
     # ---- norm: BatchNorm and L2 ------------------------------------------------------------
     M("norm-bn-bwd-recomputed-y-shift-negated", "norm",

@@ -1533,6 +1533,65 @@ fn kernel_conv_1x1_weight_gradient_over_groups_of_images_matches_cpu() {
     }
 }
 
+/// Weight gradients whose reduction splits into more parts than `conv2d_bwd_weight_reduce_f32`
+/// has rows (8 a block): each row sums four parts at a time and then the rest, and the rows are
+/// added in order, for a weight of fewer than 32 elements (one partial block) and one of 592
+/// (18.5 blocks). The parts come from the GPU's 132 slots (the emulator's default): the plan
+/// checks the counts, so that the test keeps covering both loops of every row.
+#[test]
+fn kernel_conv_weight_gradient_in_many_parts_matches_cpu() {
+    let dev = kernel_device("kernel_conv_weight_gradient_in_many_parts_matches_cpu");
+    let tol = |dt| FLOAT_DTYPES.iter().find(|(d, _)| *d == dt).unwrap().1;
+    let cases = [
+        // f32 on FP32: the implicit GEMM's split reduction (15 weights, 49 parts of 256 pixels).
+        (
+            DType::F32,
+            false,
+            Conv::new(4, 3, 56, 56, 5, 1, 1, Padding::Sym(0), 1).unwrap(),
+        ),
+        // The 1x1 products on tensor cores: parts of one image (592 weights, 36 parts).
+        // (TF32's take the same split and reduction.)
+        (
+            DType::BF16,
+            false,
+            Conv::new(1, 16, 96, 96, 37, 1, 1, Padding::Sym(0), 1).unwrap(),
+        ),
+    ];
+    for (dt, tf32, s) in cases {
+        let what = format!("{dt} tf32={tf32} weight gradient of {s:?}");
+        let plan = CudaBackend::plan();
+        plan.set_tf32(tf32);
+        let rec = plan.recorder().unwrap();
+        rec.set_recording(true);
+        let be: &dyn Backend = &plan;
+        let (lx, lw, ly) = s.sizes();
+        let x = upload_as(be, &vec![0.0; lx], dt).unwrap();
+        let dy = upload_as(be, &vec![0.0; ly], dt).unwrap();
+        let mut dw = be.upload(&vec![0.0f32; lw]).unwrap();
+        be.conv2d_bwd_weight(&x, &dy, &mut dw, s).unwrap();
+        let parts: Vec<usize> = rec
+            .take()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Launch {
+                    kernel,
+                    work: Some(w),
+                    ..
+                } if kernel == "conv2d_bwd_weight_reduce_f32" => {
+                    w.shape.split(' ').next().and_then(|p| p.parse().ok())
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(parts[..], [p] if p >= 33),
+            "{what}: one reduction of at least 33 parts expected, got {parts:?}"
+        );
+        dev.set_tf32(tf32);
+        matches_cpu(&what, &dev, tol(dt), |be| conv_passes(be, s, dt));
+    }
+}
+
 /// f32 convolutions on TF32 tensor cores (`Backend::set_tf32`). 1x1, stride 1, 4-float rows:
 /// 4 pixels with 4 channels (one chunk), 36 and 196 pixels (a 14 x 14 map, no 8-float rows), a
 /// 64-row and a partial second 128-row tile of outputs and of the data gradient's channels, and

@@ -995,6 +995,41 @@ fn conv_nhwc_weight_gradient_copies_whole_sectors_without_bank_conflicts() {
     }
 }
 
+/// The split weight gradient's reduction (`conv2d_bwd_weight_reduce_f32`, 8 rows of a warp a
+/// block): each row's parts are 32 consecutive floats a warp read (one 128-byte run), the rows'
+/// sums go through shared memory a float a lane (32 banks), dw's runs are read and written whole.
+/// f32 on FP32, a 1x1 of 8 x 8 weights over 4 x 56 x 56 pixels: 49 parts.
+#[test]
+fn conv_weight_gradient_reduction_reads_whole_runs() {
+    if !ACCESS_HOOKS {
+        return;
+    }
+    let dev = CudaBackend::emu();
+    dev.set_tf32(false);
+    let be: &dyn Backend = &dev;
+    let s = Conv::new(4, 8, 56, 56, 8, 1, 1, Padding::Sym(0), 1).unwrap();
+    let (lx, lw, ly) = s.sizes();
+    let x = upload(be, lx, DType::F32, 5);
+    let dy = upload(be, ly, DType::F32, 6);
+    let mut dw = be.zeros(DType::F32, lw).unwrap();
+    let (r, stats) = count_memory(|| be.conv2d_bwd_weight(&x, &dy, &mut dw, s));
+    r.unwrap();
+    show(
+        "conv f32 weight gradient in 49 parts, 8 x 8 weights:",
+        &stats,
+    );
+    let kernel = "conv2d_bwd_weight_reduce_f32";
+    let reduce = rows(&stats, kernel);
+    // Reads of 49 parts of 64 floats (2 warps' runs each), dw read and written once.
+    let (ld, _, _) = total(&stats, kernel, |r| {
+        r.space == MemSpace::Global && r.op == "ld"
+    });
+    assert_eq!(ld, (49 + 1) * 64 * 4 / 32, "{reduce:?}");
+    for row in reduce {
+        assert_eq!(row.transactions, row.ideal, "{row:?}");
+    }
+}
+
 #[test]
 fn conv_stride_2_data_gradient_by_phases_multiplies_no_zeros() {
     if !ACCESS_HOOKS {

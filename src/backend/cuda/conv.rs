@@ -371,16 +371,48 @@ fn gemm_launch(dtype: DType, m: usize, n: usize, splits: usize) -> Launch {
     }
 }
 
-/// How the weight gradient's reduction over the batch's `k` output positions is split: when the
-/// `tiles` of the output alone leave some of the GPU's `slots` (blocks it holds at once) empty,
-/// into as many parts as fill them in one wave, at least 256 positions each. A fixed count of
-/// blocks (512 before) left an H200 at 0.65 waves for the f32 kernel (five blocks per SM) and at
-/// 1.9 for the bf16 one (two). Returns `(splits, k_per_split)`, `k_per_split` a multiple of the K
-/// tile `tile_k`; `tiles * splits <= slots` whenever `tiles < slots`.
-fn weight_grad_splits(tiles: usize, k: usize, tile_k: usize, slots: usize) -> (usize, usize) {
-    let want = (slots / tiles.max(1)).clamp(1, k.div_ceil(256).max(1));
-    let per = k.div_ceil(want).div_ceil(tile_k) * tile_k;
-    (k.div_ceil(per.max(1)).max(1), per.max(tile_k))
+/// How the weight gradient's reduction over the batch's `k` output positions is split: into the
+/// count of parts (each at least 256 positions, a multiple of the K tile `tile_k`) that makes the
+/// product quickest in a model of its waves and its partial sums. With `splits` parts the `tiles`
+/// x `splits` blocks run in ceil(blocks / `slots`) waves, `slots` the blocks the GPU holds at
+/// once, and the last wave's empty slots are time lost: the product takes `k / eff` in units of
+/// one tile's multiply-adds per position, eff = blocks / (waves x slots). Each part writes its
+/// output tile as f32 partial sums, which the reduce reads back: 8 bytes an output element a part,
+/// `4 balance` in the same units, `balance` the FLOPs the math unit does while DRAM moves a byte
+/// (`Unit::flops_per_dram_byte`). A rule that only filled one wave (blocks <= slots) left 36
+/// tiles at 108 of an H200's 132 slots (eff 0.82; 7 parts: 0.95) and 144 tiles in 1.09 waves
+/// (eff 0.55; 4 parts: 0.87). At most 8 waves of blocks, which bounds the partial sums' scratch
+/// at 8 x `slots` tiles. Returns `(splits, k_per_split)`.
+fn weight_grad_splits(
+    tiles: usize,
+    k: usize,
+    tile_k: usize,
+    slots: usize,
+    balance: usize,
+) -> (usize, usize) {
+    let (tiles, slots) = (tiles.max(1), slots.max(1));
+    let split = |want: usize| {
+        let per = (k.div_ceil(want).div_ceil(tile_k) * tile_k).max(tile_k);
+        (k.div_ceil(per).max(1), per)
+    };
+    let cost = |splits: usize| {
+        let blocks = tiles * splits;
+        let eff = blocks as f64 / (blocks.div_ceil(slots) * slots) as f64;
+        k as f64 / eff + (4 * balance * splits) as f64
+    };
+    let mut best = split(1);
+    for want in 2..=(k / 256).min(8 * slots / tiles) {
+        // No count past this one can cost less: its partial sums alone take what the best
+        // count's waves lose.
+        if (4 * balance * want) as f64 >= cost(best.0) - k as f64 {
+            break;
+        }
+        let candidate = split(want);
+        if cost(candidate.0) < cost(best.0) {
+            best = candidate;
+        }
+    }
+    best
 }
 
 impl ConvOps for CudaBackend {
@@ -711,7 +743,8 @@ impl ConvOps for CudaBackend {
         let tiles = m.div_ceil(tm) * n.div_ceil(tn);
         let kernel = Op::Conv2dBwdWeight.kernel(x.dtype());
         let slots = self.resident_blocks(&kernel, GEMM_THREADS, 0);
-        let (splits, per) = weight_grad_splits(tiles, k, tk, slots);
+        let balance = Work::unit_of(x.dtype()).flops_per_dram_byte();
+        let (splits, per) = weight_grad_splits(tiles, k, tk, slots, balance);
         let partial_bytes = splits * m * n * std::mem::size_of::<f32>();
         self.with_scratch(partial_bytes, |partial| {
             let args = Args::new()
@@ -857,15 +890,13 @@ impl CudaBackend {
             .i32(int(len, "conv weight elements")?)
             .i32(splits as i32)
             .work(Work::traffic(traffic, format!("{splits} x {m}x{n}")));
+        // 32 elements a block, a row of a warp per split up to 8 (kernels/conv.cu).
+        let rows = splits.clamp(1, 8) as u32;
+        let cfg = Launch::linear(len.div_ceil(32).clamp(1, 1 << 16) as u32, rows * 32);
         // SAFETY: arguments match conv2d_bwd_weight_reduce_f32(partial, dw, len, splits);
-        // partial holds splits x len floats and dw len (the callers' checked shape).
-        unsafe {
-            self.launch(
-                "conv2d_bwd_weight_reduce_f32",
-                Launch::grid_stride(len),
-                args,
-            )
-        }
+        // partial holds splits x len floats and dw len (the callers' checked shape); blocks of
+        // 32 to 256 threads, whole warps.
+        unsafe { self.launch("conv2d_bwd_weight_reduce_f32", cfg, args) }
     }
 
     /// `dst[plane][p'][c] = src[plane][c][p]` for `planes` planes of `channels x pixels` bf16
@@ -1184,7 +1215,8 @@ impl CudaBackend {
         let (kernel, probe) = pipelined_launch("nhwc", "bwd_weight", m, n, 1, dtype);
         let tiles = (probe.grid.0 * probe.grid.1) as usize;
         let slots = self.resident_blocks(&kernel, probe.block.0, probe.smem);
-        let (splits, per) = weight_grad_splits(tiles, pixels, 32, slots);
+        let balance = tensor_math(dtype).1.flops_per_dram_byte();
+        let (splits, per) = weight_grad_splits(tiles, pixels, 32, slots, balance);
         let cfg = Launch {
             grid: (probe.grid.0, probe.grid.1, splits as u32),
             ..probe
@@ -1239,9 +1271,10 @@ impl CudaBackend {
         if s.c_out > 65535 {
             bail!("conv: {} output channels are more than the weight gradient's reduction grid takes (65535)", s.c_out);
         }
+        // A warp a tap, up to 32 (kernels/conv.cu).
         let cfg = Launch {
             grid: (s.c_in.div_ceil(32) as u32, s.c_out as u32, 1),
-            block: (256, 1, 1),
+            block: (32 * (s.kh * s.kw).clamp(1, 32) as u32, 1, 1),
             smem: 0,
         };
         let args = Args::new()
@@ -1462,39 +1495,47 @@ mod tests {
     }
 
     #[test]
-    fn weight_grad_splits_cover_k_and_give_small_outputs_more_blocks() {
-        for slots in [1, 264, 660, 1056] {
+    fn weight_grad_splits_cover_k_and_fill_the_last_wave() {
+        for slots in [1, 132, 264, 660, 1056] {
             for (tiles, k) in [
                 (1, 1),
                 (1, 16),
                 (3, 802_816),
+                (36, 50_176),
                 (64, 3136),
                 (600, 50_000),
                 (2, 513),
             ] {
-                let (splits, per) = weight_grad_splits(tiles, k, 16, slots);
-                assert!(per % 16 == 0 && splits * per >= k, "{tiles} {k}");
-                assert!(
-                    (splits - 1) * per < k,
-                    "an empty split for {tiles} tiles, k={k}"
-                );
-                // Never more than one wave of the GPU's slots from splitting.
-                assert!(
-                    splits == 1 || tiles * splits <= slots,
-                    "{tiles} tiles x {splits} splits over {slots} slots"
-                );
+                for balance in [14, 100, 200] {
+                    let (splits, per) = weight_grad_splits(tiles, k, 16, slots, balance);
+                    assert!(per % 16 == 0 && splits * per >= k, "{tiles} {k}");
+                    assert!(
+                        (splits - 1) * per < k,
+                        "an empty split for {tiles} tiles, k={k}"
+                    );
+                    assert!(splits == 1 || per >= 256, "{per} positions a split");
+                    assert!(
+                        splits == 1 || tiles * splits <= 8 * slots,
+                        "{tiles} tiles x {splits} splits: over 8 waves of {slots}"
+                    );
+                }
             }
         }
-        assert_eq!(weight_grad_splits(600, 50_000, 16, 660).0, 1);
-        assert!(weight_grad_splits(3, 802_816, 32, 660).0 > 100);
-        // The splits follow the slots: 2 blocks per SM of 132 SMs against 5.
-        let (two, five) = (
-            weight_grad_splits(8, 802_816, 32, 264).0,
-            weight_grad_splits(8, 802_816, 32, 660).0,
-        );
-        assert!(
-            (30..=33).contains(&two) && (80..=82).contains(&five),
-            "{two} {five}"
-        );
+        let splits = |tiles, k, slots| weight_grad_splits(tiles, k, 32, slots, 200).0;
+        // ResNet-101's layer3 3 x 3 at 448 px (256 x 2304 in 36 tiles, 64 x 28 x 28 positions)
+        // on an H200's 132 slots: 7 parts fill 252 of 264 (one wave's rule took 3: 108 of 132).
+        assert_eq!(splits(36, 50_176, 132), 7);
+        // Its layer4 3 x 3 (144 tiles, 64 x 14 x 14): 4 parts, 576 blocks in 660 slots, where
+        // 1 left a second wave of 12 blocks.
+        assert_eq!(splits(144, 12_544, 132), 4);
+        // A large output fills its waves alone; partial sums would cost more than they gain.
+        assert_eq!(splits(600, 50_000, 660), 1);
+        // Few tiles and a long reduction: the parts follow the slots.
+        assert_eq!(splits(8, 802_816, 264), 33);
+        assert_eq!(splits(8, 802_816, 660), 82);
+        assert!(splits(3, 802_816, 660) > 100);
+        // A cheaper byte (FP32's balance) buys more parts for fuller waves.
+        let fp32 = weight_grad_splits(144, 12_544, 32, 132, 14).0;
+        assert!(fp32 > 4, "{fp32}");
     }
 }

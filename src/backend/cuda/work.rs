@@ -18,6 +18,19 @@ pub enum Unit {
     Fp32,
 }
 
+impl Unit {
+    /// FLOPs this unit does in the time DRAM moves one byte, from an H200's published peaks
+    /// (989 TFLOP/s bf16 and 495 TF32 on the tensor cores, 67 FP32, 4.8 TB/s), rounded: what a
+    /// launcher weighs extra traffic against extra arithmetic with when it picks a launch shape.
+    pub fn flops_per_dram_byte(self) -> usize {
+        match self {
+            Unit::TensorBf16 => 200,
+            Unit::TensorTf32 => 100,
+            Unit::Fp32 => 14,
+        }
+    }
+}
+
 /// A launch's minimum work: `flops` on `unit` and `bytes` of DRAM traffic. `shape` names the
 /// op's shape the way `benches/kernels.rs` labels it, so measured times can be found by it.
 #[derive(Clone, Debug, PartialEq)]
