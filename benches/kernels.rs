@@ -346,6 +346,38 @@ fn bench_backend(c: &mut Criterion, be: &dyn Backend, gpu: Option<&CudaBackend>)
                 );
             }
         }
+        // A ResNet head's product (64 descriptors through the 2048 x 2048 f32 layer): too few
+        // 64 x 64 tiles for a GPU's multiprocessors, so the launcher takes matmul_narrow_f32.
+        let (hm, hn, hk) = (64, 2048, 2048);
+        let head = MatMul::new(hm, hn, hk).tb();
+        let x = filled(be, &mut rng, hm * hk, DType::F32);
+        let w = filled(be, &mut rng, hn * hk, DType::F32);
+        let mut y = be.zeros(DType::F32, hm * hn).unwrap();
+        let head_label = format!("{hm}x{hk} . ({hn}x{hk})^T head");
+        let head_bytes = (4 * (hm * hk + hn * hk + hm * hn)) as f64;
+        let head_flops = 2.0 * (hm * hn * hk) as f64;
+        measure(
+            &mut group,
+            be,
+            record,
+            "matmul_f32",
+            head_label.clone(),
+            head_bytes,
+            head_flops,
+            || be.matmul(&x, &w, &mut y, head).unwrap(),
+        );
+        if let Some(cuda) = gpu {
+            measure(
+                &mut group,
+                be,
+                record,
+                "sgemm_cublas",
+                head_label,
+                head_bytes,
+                head_flops,
+                || cuda.matmul_cublas(&x, &w, &mut y, head).unwrap(),
+            );
+        }
 
         group.finish();
     }

@@ -5,7 +5,8 @@
 //
 // f32: SIMT, a BM x BN tile per block staged through shared memory in BK-deep slices, a TM x TN
 // micro-tile of accumulators per thread (128 x 128 / 8 x 8 for large outputs, 64 x 64 / 4 x 4
-// when a dimension is small), 256 threads either way.
+// when a dimension is small, 32 x 32 / 2 x 2 when even those leave multiprocessors idle), 256
+// threads each way.
 //
 // bf16: tensor cores (mma.m16n8k16 through arch.cuh), f32 accumulation, alpha / beta applied in
 // f32 and the result rounded to bf16 once (or stored as f32: matmul_bf16_f32). A 128 x 128 x 32 block tile of 8 warps (2 x 4), each
@@ -100,6 +101,15 @@ extern "C" __global__ void __launch_bounds__(256)
     matmul_small_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, int m, int n,
                      int k, int trans_a, int trans_b, float alpha, float beta) {
     matmul_simt<64, 64, 16, 4, 4>(A, B, C, m, n, k, trans_a, trans_b, alpha, beta);
+}
+
+// Outputs too small to give the GPU's multiprocessors a 64 x 64 tile each (a network head's 64 x
+// 2048 product: 32 blocks, each 128 k slices long on one multiprocessor): 32 x 32 tiles, four
+// times the blocks for a quarter of the work each, at a lower FFMA share.
+extern "C" __global__ void __launch_bounds__(256)
+    matmul_narrow_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, int m, int n,
+                      int k, int trans_a, int trans_b, float alpha, float beta) {
+    matmul_simt<32, 32, 16, 2, 2>(A, B, C, m, n, k, trans_a, trans_b, alpha, beta);
 }
 
 // ---- bf16 tensor cores -----------------------------------------------------------------------

@@ -110,6 +110,10 @@ MUTANTS = [
       "f32 k loop: the next slice overwrites As/Bs while they are read",
       [drop(GEMM, "simt_tile_fma<BK, TM, TN, BM + 4, BN + 4>(acc, As, Bs, ty, tx);\n        __syncthreads();\n",
             "simt_tile_fma<BK, TM, TN, BM + 4, BN + 4>(acc, As, Bs, ty, tx);\n")], MATMUL),
+    M("gemm-narrow-micro-tile-mismatch", "gemm",
+      "matmul_narrow_f32: a 2 x 4 micro-tile on the 32 x 32 tile (128 threads' worth) under a "
+      "256-thread launch: half the threads compute rows of the tile below",
+      [(GEMM, "matmul_simt<32, 32, 16, 2, 2>(", "matmul_simt<32, 32, 16, 2, 4>(")], MATMUL, sanitize=True),
     M("gemm-bf16-k-tail-off-by-one", "gemm",
       "bf16 staging: the scalar tail reads one k past the end",
       [(GEMM, "(gr < rows && gk + q < k) ? src[q]", "(gr < rows && gk + q <= k) ? src[q]")], MATMUL,

@@ -327,7 +327,12 @@ impl Gpu {
                     .ok()
             })
             .unwrap_or(0);
-        (per_sm, self.info.multiprocessors.max(1) as u32)
+        (per_sm, self.multiprocessors())
+    }
+
+    /// The GPU's multiprocessors (at least 1).
+    pub(super) fn multiprocessors(&self) -> u32 {
+        self.info.multiprocessors.max(1) as u32
     }
 
     /// A timing event recorded on the backend's stream now: one before and one after some work

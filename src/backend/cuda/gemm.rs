@@ -11,10 +11,25 @@ use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::sys::cublasOperation_t as CublasOp;
 
 /// Block tiles (m, n) of the kernels: `matmul_f32` for outputs at least this large in both
-/// dimensions, `matmul_small_f32` otherwise; `matmul_bf16` always.
+/// dimensions, `matmul_small_f32` otherwise, `matmul_narrow_f32` where even that leaves
+/// multiprocessors idle ([`f32_kernel`]); `matmul_bf16` always.
 const F32_TILE: (usize, usize) = (128, 128);
 const F32_SMALL_TILE: (usize, usize) = (64, 64);
+const F32_NARROW_TILE: (usize, usize) = (32, 32);
 const BF16_TILE: (usize, usize) = (128, 128);
+
+/// The f32 kernel and its tile for an `m x n` output on a GPU of `sms` multiprocessors: 128 x 128
+/// tiles where both dimensions fill them, else 64 x 64, else (fewer 64 x 64 tiles than
+/// multiprocessors: each would run its whole k alone on one) 32 x 32.
+fn f32_kernel(m: usize, n: usize, sms: usize) -> (&'static str, (usize, usize)) {
+    if m >= F32_TILE.0 && n >= F32_TILE.1 {
+        ("matmul_f32", F32_TILE)
+    } else if m.div_ceil(F32_SMALL_TILE.0) * n.div_ceil(F32_SMALL_TILE.1) < sms {
+        ("matmul_narrow_f32", F32_NARROW_TILE)
+    } else {
+        ("matmul_small_f32", F32_SMALL_TILE)
+    }
+}
 
 /// The pipelined tensor-core kernels (kernels/tc_gemm.cuh): block tile, threads and dynamic
 /// shared memory (3 stages of (BM + BN) x 32 bf16; the epilogue reuses them), as
@@ -142,10 +157,7 @@ impl CudaBackend {
             (DType::BF16, DType::F32) if pipelined => (tc.kernel_f32, tc.tile),
             (DType::BF16, DType::BF16) => ("matmul_bf16", BF16_TILE),
             (DType::BF16, DType::F32) => ("matmul_bf16_f32", BF16_TILE),
-            (DType::F32, DType::F32) if s.m >= F32_TILE.0 && s.n >= F32_TILE.1 => {
-                ("matmul_f32", F32_TILE)
-            }
-            (DType::F32, DType::F32) => ("matmul_small_f32", F32_SMALL_TILE),
+            (DType::F32, DType::F32) => f32_kernel(s.m, s.n, self.multiprocessors()),
             _ => bail!("no GEMM kernel takes {dtype} inputs to a {out} output"),
         };
         let (mut cfg, [m, n, k]) = launch_shape(&s, (tm, tn))?;
@@ -323,6 +335,19 @@ fn cublas_check(s: MatMul, a: &Buf, b: &Buf, c: &Buf) -> Result<MatMul> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f32_kernel_narrows_its_tiles_when_the_gpu_would_idle() {
+        // ResNet's head (64 x 2048): 32 tiles of 64 x 64 for 132 multiprocessors; 128 of 32 x 32.
+        assert_eq!(f32_kernel(64, 2048, 132).0, "matmul_narrow_f32");
+        // Enough 64 x 64 tiles (a query batch against a bank), or 128 x 128 ones.
+        assert_eq!(f32_kernel(64, 100_000, 132).0, "matmul_small_f32");
+        assert_eq!(f32_kernel(64, 2048, 32).0, "matmul_small_f32");
+        assert_eq!(f32_kernel(2048, 2048, 132).0, "matmul_f32");
+        assert_eq!(f32_kernel(128, 64, 1).0, "matmul_small_f32");
+        assert_eq!(f32_kernel(7, 5, 1).0, "matmul_small_f32");
+        assert_eq!(f32_kernel(7, 5, 2).0, "matmul_narrow_f32");
+    }
 
     #[test]
     fn a_product_over_2_pow_31_elements_launches_when_its_dimensions_fit() {

@@ -162,6 +162,16 @@ impl CudaBackend {
         (per_sm as usize * sms as usize).max(1)
     }
 
+    /// The device's multiprocessors: the GPU's, the emulator's (132 unless made with
+    /// [`CudaBackend::emu_with_sms`]), the plan's 132.
+    pub(crate) fn multiprocessors(&self) -> usize {
+        match &self.layer {
+            Layer::Gpu(g) => g.multiprocessors() as usize,
+            Layer::Emu(e) => e.sms as usize,
+            Layer::Plan(_) => occupancy::MODEL_SMS as usize,
+        }
+    }
+
     pub(crate) fn layer(&self) -> &Layer {
         &self.layer
     }
