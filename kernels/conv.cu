@@ -411,26 +411,19 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     conv_gemm(g, partial, k_per_split);
 }
 
-// 0 + p[0] + p[stride] + ... + p[(count - 1) stride], added in that order with four loads in
-// flight: a reduction over a weight gradient's splits is a chain of dependent adds, and one load
-// at a time made it a chain of DRAM latencies.
+// 0 + p[0] + p[stride] + ... + p[(count - 1) stride], added in that order. A counted loop: nvcc
+// unrolls it by 16 with the loads ahead of the adds (a strided `z += rows` loop it did not).
 __device__ __forceinline__ float sum_in_order(const float* __restrict__ p, size_t stride, int count) {
     float sum = 0.0f;
-    int z = 0;
-    for (; z + 3 < count; z += 4) {
-        const float* q = p + (size_t)z * stride;
-        const float a = q[0], b = q[stride], c = q[2 * stride], d = q[3 * stride];
-        sum = (((sum + a) + b) + c) + d;
-    }
-    for (; z < count; ++z) sum += p[(size_t)z * stride];
+    for (int z = 0; z < count; ++z) sum += p[(size_t)z * stride];
     return sum;
 }
 
 // dw += the splits' partial sums. A block takes 32 consecutive elements with blockDim.x / 32 rows
 // of a warp (up to 8): row r sums splits r, r + rows, ... in order, then row 0 adds the rows'
 // sums in row order, so the order is fixed by the split and row counts (with no more splits than
-// rows, split order). An element a thread, a 64 x 64 weight's 384 splits were 384 dependent
-// loads in series on 16 blocks of the whole GPU; its rows now each take 48.
+// rows, split order). An element a thread, a 64 x 64 weight's 384 splits ran on 16 blocks of the
+// whole GPU, each thread through all 384; its rows now each take 48, on 128 blocks.
 constexpr int REDUCE_ROWS = 8;
 extern "C" __global__ void __launch_bounds__(REDUCE_ROWS * 32)
     conv2d_bwd_weight_reduce_f32(const float* __restrict__ partial, float* __restrict__ dw, int len, int splits) {

@@ -361,8 +361,8 @@ MUTANTS = [
       "or past the batch) instead of zero-filled",
       [(TC, "const bool in = left > 0 &&", "const bool in = left > -BK &&")], CONVT, sanitize=True),
     M("wgrad-reduce-drops-a-part", "conv",
-      "sum_in_order (both split reductions): four parts at a time lose the fourth",
-      [(CONV, "sum = (((sum + a) + b) + c) + d;", "sum = ((sum + a) + b) + c;")], CONVT),
+      "sum_in_order (both split reductions): the last part of each sum is left out",
+      [(CONV, "for (int z = 0; z < count; ++z) sum +=", "for (int z = 0; z < count - 1; ++z) sum +=")], CONVT),
     M("wgrad-reduce-parts-not-strided", "conv",
       "conv2d_bwd_weight_reduce_f32: a row's parts read one part apart instead of a row count "
       "apart (other rows' parts twice, its own skipped)",
@@ -371,10 +371,10 @@ MUTANTS = [
       "conv2d_bwd_weight_reduce_f32: row 0 adds every row's sum but the last",
       [(CONV, "if (r < rows) total += row_sums[r][lane];", "if (r < rows - 1) total += row_sums[r][lane];")],
       CONVT),
-    M("wgrad-reduce-four-past-the-parts", "conv",
-      "sum_in_order: the four-at-a-time loop runs while its last part is the count itself (one "
-      "part past a row's or the partial sums' end)",
-      [(CONV, "for (; z + 3 < count; z += 4) {", "for (; z + 3 <= count; z += 4) {")],
+    M("wgrad-reduce-one-past-the-parts", "conv",
+      "sum_in_order: the loop runs while its part is the count itself (one part past a row's or "
+      "the partial sums' end)",
+      [(CONV, "for (int z = 0; z < count; ++z) sum +=", "for (int z = 0; z <= count; ++z) sum +=")],
       CONVT, sanitize=True),
     M("nhwc-wgrad-reduce-not-transposed", "conv",
       "conv2d_bwd_weight_reduce_krsc_f32 keeps the KRSC order of the sums, as if dw were KRSC",
@@ -456,7 +456,7 @@ MUTANTS = [
               "    if (oy > s.oh || ox >= s.ow) return 0.0f;\n    return load(dy[")], CONVT, sanitize=True),
     M("conv-wgrad-reduce-drops-first-split", "conv",
       "weight gradient: the split-K reductions skip each row's first part (split 0's partial sums)",
-      [(CONV, "float sum = 0.0f;\n    int z = 0;", "float sum = 0.0f;\n    int z = 1;")], CONVT),
+      [(CONV, "for (int z = 0; z < count; ++z) sum +=", "for (int z = 1; z < count; ++z) sum +=")], CONVT),
 
     # ---- norm: BatchNorm and L2 ------------------------------------------------------------
     M("norm-bn-bwd-recomputed-y-shift-negated", "norm",

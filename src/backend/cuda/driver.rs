@@ -316,18 +316,16 @@ impl Gpu {
     }
 
     /// Resident blocks of `kernel` per multiprocessor (the driver's occupancy calculator; 0 when
-    /// it fails or the kernel is unknown) and the multiprocessor count.
-    pub(super) fn resident_blocks(&self, kernel: &str, threads: u32, dyn_smem: u32) -> (u32, u32) {
-        let per_sm = self
-            .functions
+    /// it fails or the kernel is unknown).
+    pub(super) fn resident_blocks(&self, kernel: &str, threads: u32, dyn_smem: u32) -> u32 {
+        self.functions
             .get(kernel)
             .filter(|_| self.ctx.bind_to_thread().is_ok())
             .and_then(|f| {
                 f.occupancy_max_active_blocks_per_multiprocessor(threads, dyn_smem as usize, None)
                     .ok()
             })
-            .unwrap_or(0);
-        (per_sm, self.multiprocessors())
+            .unwrap_or(0)
     }
 
     /// The GPU's multiprocessors (at least 1).

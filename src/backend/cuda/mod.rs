@@ -150,16 +150,15 @@ impl CudaBackend {
             let res = occupancy::resources(kernel);
             occupancy::blocks_per_sm(&occupancy::SM90, res, threads, dyn_smem).blocks
         };
-        let (per_sm, sms) = match &self.layer {
+        let per_sm = match &self.layer {
             Layer::Gpu(g) => match g.resident_blocks(kernel, threads, dyn_smem) {
                 // The driver could not say (an unknown kernel): the model's answer.
-                (0, sms) => (modelled(), sms),
+                0 => modelled(),
                 known => known,
             },
-            Layer::Emu(e) => (modelled(), e.sms),
-            Layer::Plan(_) => (modelled(), occupancy::MODEL_SMS),
+            Layer::Emu(_) | Layer::Plan(_) => modelled(),
         };
-        (per_sm as usize * sms as usize).max(1)
+        (per_sm as usize * self.multiprocessors()).max(1)
     }
 
     /// The device's multiprocessors: the GPU's, the emulator's (132 unless made with
