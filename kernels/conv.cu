@@ -336,8 +336,8 @@ typedef __nv_bfloat16 bf16_t;
         const float *__restrict__ var, const T *__restrict__ res, float eps, int act
 #define BN_EVAL_POST(T) tc::BnEvalPost<T>{gamma, beta, mean, var, res, eps, act}
 // The _bn_stats forwards' trailing arguments: where the epilogue writes training BatchNorm's
-// partial statistics of y, the images per statistics group and the groups (tc_gemm.cuh,
-// BnStatsPost).
+// partial statistics of y, the products (blockIdx.z: images, or spans of them in the
+// channels-last kernels) per statistics group and the groups (tc_gemm.cuh, BnStatsPost).
 #define BN_STATS_PARAMS float *__restrict__ partial, int per, int groups
 #define BN_STATS_POST tc::BnStatsPost{{}, partial, per, groups}
 // The _bn_sums data gradients' trailing arguments: the gradient their product is added to (laid
@@ -588,12 +588,14 @@ CONV1X1_KERNELS(float, tf32)
 
 // ---- channels-last (NHWC) implicit GEMM, bf16: tc_gemm.cuh's mainloop with ConvGather -------
 // The network stays NCHW; conv.rs transposes around the layer into scratch (conv2d_to_nhwc_bf16
-// below) and then runs one implicit GEMM per image (blockIdx.z), writing NCHW directly:
-//   forward   y[img] (c_out x oh*ow) = W_krsc (c_out x K) X[img]^T
+// below) and then runs one implicit GEMM per `span` images (blockIdx.z), writing NCHW directly:
+//   forward   y[imgs] (c_out x span*oh*ow) = W_krsc (c_out x K) X[imgs]^T
 // with K = kh*kw*c_in, k = (r, s, c), W_krsc[co][r][s][c] = W[co][c][r][s] a plain k-contiguous
-// matrix (TileLoader) and X[img] the output pixels' im2col rows (oh*ow x K), gathered from
-// x_nhwc by ConvGather, 8 channels of one (pixel, tap) per 16-byte copy. An image's pixels are
-// the GEMM's columns, so C's rows are y's channel planes.
+// matrix (TileLoader) and X[imgs] the output pixels' im2col rows (span*oh*ow x K), gathered from
+// x_nhwc by ConvGather, 8 channels of one (pixel, tap) per 16-byte copy. The images' pixels are
+// the GEMM's columns, a pixel tile running on from one image into the next (so that a 28 x 28
+// map's 784 pixels do not leave a seventh tile seven eighths empty), and C's rows are y's channel
+// planes, an image's after another's (tc_gemm.cuh's ImageCols).
 //   data grad, stride 1: dx = the forward of dy_nhwc with W'[ci][r][s][co] = W[co][ci][kh-1-r][kw-1-s]
 // (conv2d_to_nhwc_bf16 with flip = kh*kw), padding kh-1-pad_top and kw-1-pad_left, c_out input
 // channels and c_in output channels; its entry points are the forward's code under their own
@@ -603,30 +605,39 @@ CONV1X1_KERNELS(float, tf32)
 // weight too) and sends every other shape to the kernels above.
 template <int BM, int WN, bool PHASED = false, typename Post = tc::NoPost, typename T>
 __device__ __forceinline__ void conv_nhwc(const T* x, const T* wt, T* y, int c_in, int h, int w, int c_out, int kh,
-                                          int kw, int stride, int pad_top, int pad_left, int oh, int ow, float beta,
-                                          const tc::PhaseMap& map = tc::PhaseMap{}, const Post& post = Post{}) {
+                                          int kw, int stride, int pad_top, int pad_left, int oh, int ow, int span,
+                                          float beta, const tc::PhaseMap& map = tc::PhaseMap{},
+                                          const Post& post = Post{}) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
     constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32, TILE_K = tc::Elem<T>::BK;
-    const int pixels = oh * ow, k = kh * kw * c_in;
+    const int pixels = oh * ow, cols = span * pixels, k = kh * kw * c_in;
     const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
     tc::TileLoader<true, BM, THREADS, false, T> a_load;
     a_load.init(wt, bm, c_out, k, k, 0);
     tc::ConvGather<BN, THREADS, T> b_load;
-    b_load.init(x + (long long)blockIdx.z * h * w * c_in, bn, pixels, h, w, c_in, kh, kw, stride, pad_top, pad_left,
-                ow);
+    b_load.init(x + (long long)blockIdx.z * span * h * w * c_in, bn, cols, pixels, h, w, c_in, kh, kw, stride,
+                pad_top, pad_left, ow);
     float acc[4][WN / 8][4];
     tc::mainloop<true, true, BM, BN, 64, WN, 3>(a_load, b_load, (k + TILE_K - 1) / TILE_K, acc, tc_smem);
     // One image's output: its c_out x pixels, or its c_out planes of the map the phase is of.
     const long long image = PHASED ? (long long)c_out * map.plane : (long long)c_out * pixels;
-    // The backward sums take whole 16-byte rows (the launcher's guarantee for those entry points).
-    tc::epilogue<BM, BN, 64, WN, 3, T, PHASED, Post, Post::SUMS>(tc_smem, acc, y + blockIdx.z * image, bm, bn, c_out,
-                                                                 pixels, 1.0f, beta, map,
-                                                                 post.at_image(blockIdx.z * image));
+    const long long first = blockIdx.z * span * image;
+    // The backward sums take whole 16-byte rows of an image (the launcher's guarantee for those
+    // entry points).
+    if constexpr (PHASED)
+        tc::epilogue<BM, BN, 64, WN, 3, T, true>(tc_smem, acc, y + first, bm, bn, c_out, pixels, 1.0f, beta, map);
+    else
+        tc::epilogue<BM, BN, 64, WN, 3, T, false, Post, Post::SUMS>(tc_smem, acc, y + first, bm, bn, c_out, cols, 1.0f,
+                                                                    beta, map, post.at_image(first),
+                                                                    tc::ImageCols::of<BN>(pixels, image, bn));
 }
 
 #define NHWC_PARAMS                                                                                           \
     int c_in, int h, int w, int c_out, int kh, int kw, int stride, int pad_top, int pad_left, int oh, int ow
 #define NHWC_ARGS c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow
+// The forwards' and stride-1 data gradients': the shape, then the images a product spans.
+#define SPAN_PARAMS NHWC_PARAMS, int span
+#define SPAN_ARGS NHWC_ARGS, span
 
 // The entry points for one input type T, named conv2d_nhwc_<op>[_m64]_SUFFIX: 128 x 128 tiles of
 // 64 x WN warps (bf16: four 64 x 64), _m64: 64 x 128 (bf16: two 64 x 64 warps, 64 threads), for
@@ -639,53 +650,53 @@ __device__ __forceinline__ void conv_nhwc(const T* x, const T* wt, T* y, int c_i
 #define CONV_NHWC_KERNELS(T, SUFFIX, WN)                                                                              \
     extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                          \
         conv2d_nhwc_fwd_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc, T* __restrict__ y,    \
-                                 NHWC_PARAMS) {                                                                  \
-        conv_nhwc<128, WN>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f);                                                  \
+                                 SPAN_PARAMS) {                                                                  \
+        conv_nhwc<128, WN>(x_nhwc, w_krsc, y, SPAN_ARGS, 0.0f);                                                  \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                           \
         conv2d_nhwc_fwd_m64_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,                  \
-                                     T* __restrict__ y, NHWC_PARAMS) {                                           \
-        conv_nhwc<64, WN>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f);                                                   \
+                                     T* __restrict__ y, SPAN_PARAMS) {                                           \
+        conv_nhwc<64, WN>(x_nhwc, w_krsc, y, SPAN_ARGS, 0.0f);                                                   \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                          \
         conv2d_nhwc_fwd_bn_eval_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,              \
-                                         T* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS(T)) {                    \
-        conv_nhwc<128, WN, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(T));          \
+                                         T* __restrict__ y, SPAN_PARAMS, BN_EVAL_PARAMS(T)) {                    \
+        conv_nhwc<128, WN, false>(x_nhwc, w_krsc, y, SPAN_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(T));          \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                           \
         conv2d_nhwc_fwd_bn_eval_m64_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,          \
-                                             T* __restrict__ y, NHWC_PARAMS, BN_EVAL_PARAMS(T)) {                \
-        conv_nhwc<64, WN, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(T));           \
+                                             T* __restrict__ y, SPAN_PARAMS, BN_EVAL_PARAMS(T)) {                \
+        conv_nhwc<64, WN, false>(x_nhwc, w_krsc, y, SPAN_ARGS, 0.0f, tc::PhaseMap{}, BN_EVAL_POST(T));           \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                  \
         conv2d_nhwc_fwd_bn_stats_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,             \
-                                          T* __restrict__ y, NHWC_PARAMS, BN_STATS_PARAMS) {                     \
-        conv_nhwc<128, WN, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_STATS_POST);            \
+                                          T* __restrict__ y, SPAN_PARAMS, BN_STATS_PARAMS) {                     \
+        conv_nhwc<128, WN, false>(x_nhwc, w_krsc, y, SPAN_ARGS, 0.0f, tc::PhaseMap{}, BN_STATS_POST);            \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                  \
         conv2d_nhwc_fwd_bn_stats_m64_##SUFFIX(const T* __restrict__ x_nhwc, const T* __restrict__ w_krsc,         \
-                                              T* __restrict__ y, NHWC_PARAMS, BN_STATS_PARAMS) {                 \
-        conv_nhwc<64, WN, false>(x_nhwc, w_krsc, y, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_STATS_POST);             \
+                                              T* __restrict__ y, SPAN_PARAMS, BN_STATS_PARAMS) {                 \
+        conv_nhwc<64, WN, false>(x_nhwc, w_krsc, y, SPAN_ARGS, 0.0f, tc::PhaseMap{}, BN_STATS_POST);             \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                          \
         conv2d_nhwc_bwd_data_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_flipped,             \
-                                      T* __restrict__ dx, NHWC_PARAMS, float beta) {                             \
-        conv_nhwc<128, WN>(dy_nhwc, w_flipped, dx, NHWC_ARGS, beta);                                             \
+                                      T* __restrict__ dx, SPAN_PARAMS, float beta) {                             \
+        conv_nhwc<128, WN>(dy_nhwc, w_flipped, dx, SPAN_ARGS, beta);                                             \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                           \
         conv2d_nhwc_bwd_data_m64_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_flipped,         \
-                                          T* __restrict__ dx, NHWC_PARAMS, float beta) {                         \
-        conv_nhwc<64, WN>(dy_nhwc, w_flipped, dx, NHWC_ARGS, beta);                                              \
+                                          T* __restrict__ dx, SPAN_PARAMS, float beta) {                         \
+        conv_nhwc<64, WN>(dy_nhwc, w_flipped, dx, SPAN_ARGS, beta);                                              \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                  \
         conv2d_nhwc_bwd_data_bn_sums_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_flipped,     \
-                                              T* __restrict__ dx, NHWC_PARAMS, BN_SUMS_PARAMS(T)) {              \
-        conv_nhwc<128, WN, false>(dy_nhwc, w_flipped, dx, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_SUMS_POST(T));     \
+                                              T* __restrict__ dx, SPAN_PARAMS, BN_SUMS_PARAMS(T)) {              \
+        conv_nhwc<128, WN, false>(dy_nhwc, w_flipped, dx, SPAN_ARGS, 0.0f, tc::PhaseMap{}, BN_SUMS_POST(T));     \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                  \
         conv2d_nhwc_bwd_data_bn_sums_m64_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_flipped, \
-                                                  T* __restrict__ dx, NHWC_PARAMS, BN_SUMS_PARAMS(T)) {          \
-        conv_nhwc<64, WN, false>(dy_nhwc, w_flipped, dx, NHWC_ARGS, 0.0f, tc::PhaseMap{}, BN_SUMS_POST(T));      \
+                                                  T* __restrict__ dx, SPAN_PARAMS, BN_SUMS_PARAMS(T)) {          \
+        conv_nhwc<64, WN, false>(dy_nhwc, w_flipped, dx, SPAN_ARGS, 0.0f, tc::PhaseMap{}, BN_SUMS_POST(T));      \
     }
 
 CONV_NHWC_KERNELS(bf16_t, bf16, 64)
@@ -737,12 +748,12 @@ PHASE_WEIGHT_KERNEL(float, f32)
     extern "C" __global__ void __launch_bounds__(128 / WN * 64)                                                  \
         conv2d_nhwc_bwd_data_phase_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_phase,         \
                                             T* __restrict__ dx, PHASE_PARAMS, float beta) {                      \
-        conv_nhwc<128, WN, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, beta, PHASE_MAP);                              \
+        conv_nhwc<128, WN, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, 1, beta, PHASE_MAP);                              \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 / WN * 32)                                                  \
         conv2d_nhwc_bwd_data_phase_m64_##SUFFIX(const T* __restrict__ dy_nhwc, const T* __restrict__ w_phase,     \
                                                 T* __restrict__ dx, PHASE_PARAMS, float beta) {                  \
-        conv_nhwc<64, WN, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, beta, PHASE_MAP);                               \
+        conv_nhwc<64, WN, true>(dy_nhwc, w_phase, dx, NHWC_ARGS, 1, beta, PHASE_MAP);                               \
     }
 CONV_NHWC_PHASE_KERNELS(bf16_t, bf16, 64)
 CONV_NHWC_PHASE_KERNELS(float, tf32, 32)

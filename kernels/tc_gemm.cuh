@@ -169,7 +169,8 @@ struct TileLoader {
 };
 
 // B of an implicit-GEMM convolution over channels-last (NHWC) activations, k-contiguous: its rows
-// are one image's output pixels, k = (r, s, c) with the channel fastest, so a 16-byte chunk is
+// are the output pixels of one image or of consecutive ones (a tile's rows may run on into the
+// next image), k = (r, s, c) with the channel fastest, so a 16-byte chunk is
 // 8 channels (bf16; 4 in f32) of the input at one (pixel, tap): one cp.async under one predicate,
 // zero-filled in the padding. A thread keeps TileLoader's shape (ITERS rows ROW_STEP apart at one
 // chunk column), so all its chunks share one k and one tap: divisions happen once in init; a k
@@ -187,8 +188,9 @@ struct ConvGather {
     static_assert(ROW_STEP % 16 == 0, "a thread's chunks share one swizzle key");
     static constexpr int WORDS = (ITERS + 3) / 4;  // 8 mask bits per row, four rows a word
 
-    const T* img;  // the image's pixel (0, 0), channel 0
-    int pix[ITERS];            // elements from img to each row's window corner (iy0, ix0): negative in the padding
+    const T* img;  // the first image's pixel (0, 0), channel 0
+    int pix[ITERS];            // elements from img to each row's window corner (iy0, ix0) in its image: negative in
+                               // the padding
     unsigned int ok_r[WORDS], ok_s[WORDS];  // word i / 4, bit 8 (i % 4) + r: window row iy0 + r of row i lies
                                             // in the image (s: column ix0 + s)
     const T* at;   // img + the chunk's offset from a window corner, (r w + s) c_in + c
@@ -197,10 +199,10 @@ struct ConvGather {
     int c_in, kh, kw;
     int dst;
 
-    // `x`: the image's NHWC activations (h x w x c_in); `p0`: the block's first output pixel;
-    // `pixels`: the image's output pixels (oh x ow).
-    __device__ __forceinline__ void init(const T* x, int p0, int pixels, int h, int w, int c_in_, int kh_, int kw_,
-                                         int stride, int pad_top, int pad_left, int ow) {
+    // `x`: the images' NHWC activations (h x w x c_in each); `p0`: the block's first output pixel;
+    // `pixels`: the images' output pixels, `hw` (oh x ow) an image's.
+    __device__ __forceinline__ void init(const T* x, int p0, int pixels, int hw, int h, int w, int c_in_, int kh_,
+                                         int kw_, int stride, int pad_top, int pad_left, int ow) {
         const int tid = threadIdx.x, row = tid / CHUNKS, chunk = tid % CHUNKS;
         img = x;
         c_in = c_in_, kh = kh_, kw = kw_;
@@ -209,11 +211,11 @@ struct ConvGather {
         for (int q = 0; q < WORDS; ++q) ok_r[q] = ok_s[q] = 0;
 #pragma unroll
         for (int i = 0; i < ITERS; ++i) {
-            const int p = p0 + row + i * ROW_STEP, oy = p / ow, ox = p - oy * ow;
+            const int p = p0 + row + i * ROW_STEP, image = p / hw, q = p - image * hw, oy = q / ow, ox = q - oy * ow;
             const int iy0 = oy * stride - pad_top, ix0 = ox * stride - pad_left;
-            pix[i] = 0;  // rows past the image's pixels copy nothing (their masks stay 0)
+            pix[i] = 0;  // rows past the images' pixels copy nothing (their masks stay 0)
             if (p < pixels) {
-                pix[i] = (iy0 * w + ix0) * c_in;
+                pix[i] = ((image * h + iy0) * w + ix0) * c_in;
                 const int q = i / 4, b = 8 * (i % 4);
                 for (int t = 0; t < kh; ++t) ok_r[q] |= (unsigned)((unsigned)(iy0 + t) < (unsigned)h) << (b + t);
                 for (int t = 0; t < kw; ++t) ok_s[q] |= (unsigned)((unsigned)(ix0 + t) < (unsigned)w) << (b + t);
@@ -493,6 +495,45 @@ struct PhaseMap {
     }
 };
 
+// Where element (row, col) of an m x n C lies: row-major, for every product but the ones below.
+struct RowMajor {
+    static constexpr bool SPANS = false;
+    __device__ __forceinline__ long long at(int row, int col, int n) const { return (long long)row * n + col; }
+    // A row's stretch of consecutive elements in C.
+    __device__ __forceinline__ int run(int n) const { return n; }
+};
+
+// C's columns the output pixels of consecutive images, each image's rows x hw block `image`
+// elements after the one before (a channels-last product whose pixel tiles run on from one image
+// into the next, conv.cu). A block tile that starts at column bn has its column col in image j0 +
+// d, pixel (col - first) - d hw, with j0 = bn / hw and first = j0 hw, and d comes without a
+// division: where hw >= BN a tile reaches past at most one image end (d is a compare), and where
+// hw < BN, col - first < 2 BN, so that one product with 1 / hw finds it (store_span's argument: the
+// quotient lies at least 0.5 / hw from an integer, and the reciprocal's 2 ulp move it far less).
+struct ImageCols {
+    static constexpr bool SPANS = true;
+    int hw, first;
+    bool wide;
+    long long image, base;  // base = j0 image
+    float inv;
+
+    template <int BN>
+    __device__ __forceinline__ static ImageCols of(int hw, long long image, int bn) {
+        ImageCols c;
+        const int j0 = bn / hw;
+        c.hw = hw, c.first = j0 * hw, c.wide = hw >= BN, c.image = image, c.base = j0 * image;
+        c.inv = __fdividef(1.0f, (float)hw);
+        return c;
+    }
+
+    __device__ __forceinline__ long long at(int row, int col, int) const {
+        const int x = col - first;
+        const int d = wide ? (int)(x >= hw) : __float2int_rz(((float)x + 0.5f) * inv);
+        return base + d * image + (long long)row * hw + (x - d * hw);
+    }
+    __device__ __forceinline__ int run(int) const { return hw; }
+};
+
 // The epilogue's post-op when there is none.
 struct NoPost {
     static constexpr bool ON = false, SUMS = false;
@@ -508,10 +549,11 @@ struct NoPost {
 };
 
 // Training-mode BatchNorm's statistics of a convolution's output (C rows are channels, blockIdx.z
-// the image), taken from the staged rows as they are stored (rounded to TC) so that BatchNorm need
-// not read them back: per row and block tile, (count, mean, m2) of the tile's columns. Run
-// (image % per) gridDim.x + blockIdx.x of pair gc = (image / per) m + row (the image's statistics
-// group: `per` images each) goes to counts[run pairs + gc], with the means and m2 one and two
+// the image, or the span of images whose pixels are C's columns), taken from the staged rows as
+// they are stored (rounded to TC) so that BatchNorm need not read them back: per row and block
+// tile, (count, mean, m2) of the tile's columns. Run (image % per) gridDim.x + blockIdx.x of pair
+// gc = (image / per) m + row, image = blockIdx.z (its statistics group: `per` of them each) goes
+// to counts[run pairs + gc], with the means and m2 one and two
 // planes of runs x pairs floats further: a warp's rows are consecutive pairs, so each of its
 // three stores is one run of consecutive floats; batchnorm_merge_stats_f32 (norm.cu) merges a
 // pair's runs in order. The values pass unchanged.
@@ -521,7 +563,7 @@ struct NoPost {
 // warp's 32 / G rows x G words fall on 32 different banks.
 struct BnStatsPost : NoPost {
     float* partial;
-    int per, groups;  // images a statistics group, and groups (gridDim.z = per groups)
+    int per, groups;  // products (blockIdx.z) a statistics group, and groups (gridDim.z = per groups)
 
     __device__ __forceinline__ BnStatsPost at_image(long long) const { return *this; }
 
@@ -700,7 +742,8 @@ __device__ __forceinline__ void load_staged(const unsigned char* p, float (&v)[V
 }
 
 // Training BatchNorm's backward reduce pass, done by the epilogue of the data gradient that
-// writes BatchNorm's output gradient dy (C rows are BatchNorm's channels, blockIdx.z the image):
+// writes BatchNorm's output gradient dy (C rows are BatchNorm's channels, blockIdx.z the image or
+// a span of them, as in BnStatsPost):
 // dy = the product rounded to TC, exactly as a beta = 0 epilogue stores it, or with `res` (the
 // gradient already there: a ResNet block's identity path, when a residual went into y) plus that,
 // rounded again, as a beta = 1 epilogue stores it; then dz = dy act'(y) is what C gets, act' from
@@ -747,9 +790,10 @@ struct BnBwdSumsPost : NoPost {
     // The pass's rows, a 16-byte vector a thread, ROW_VECS consecutive threads along a row: every
     // lane runs every iteration (out-of-range vectors add zeros), so that a row's lanes can sum
     // by shuffles; the row's lane 0 writes its sums.
-    template <int BN, int ROW_BYTES, int THREADS>
+    template <int BN, int ROW_BYTES, int THREADS, typename Cols>
     __device__ __forceinline__ void store_rows_of(const unsigned char* smem, const float2* table, int r0, int rows,
-                                                  TC* __restrict__ c, int bm, int bn, int m, int n) const {
+                                                  TC* __restrict__ c, int bm, int bn, int m, int n,
+                                                  const Cols& cols) const {
         constexpr int ROW_VECS = BN / VEC;
         static_assert(ROW_VECS <= 32 && 32 % ROW_VECS == 0 && THREADS % ROW_VECS == 0, "a row's lanes in one warp");
         const int group = (int)blockIdx.z / per, image = (int)blockIdx.z - group * per;
@@ -761,7 +805,7 @@ struct BnBwdSumsPost : NoPost {
             const int row = bm + r0 + r, col = bn + ch * VEC;
             float sdz = 0.0f, sdzx = 0.0f;
             if (row < m && col < n) {
-                const long long at = (long long)row * n + col;
+                const long long at = cols.at(row, col, n);
                 float v[VEC], old[VEC], xv[VEC];
                 load_staged<VEC, TC>(smem + r * ROW_BYTES + ch * VEC * (int)sizeof(TC), v);
                 load_vec<VEC>(x + at, xv);
@@ -795,16 +839,16 @@ struct BnBwdSumsPost : NoPost {
 };
 
 // Rows of C that start VEC-aligned: a VEC-value vector a thread.
-template <int VEC, int BN, int ROW_BYTES, int THREADS, typename TC, typename Post>
+template <int VEC, int BN, int ROW_BYTES, int THREADS, typename TC, typename Post, typename Cols>
 __device__ __forceinline__ void store_row_vectors(const unsigned char* smem, const float2* table, int r0, int rows,
                                                   TC* __restrict__ c, int bm, int bn, int m, int n, float beta,
-                                                  const Post& post) {
+                                                  const Post& post, const Cols& cols) {
     constexpr int ROW_VECS = BN / VEC;
     for (int idx = threadIdx.x; idx < rows * ROW_VECS; idx += THREADS) {
         const int r = idx / ROW_VECS, ch = idx % ROW_VECS;
         const int row = bm + r0 + r, col = bn + ch * VEC;
         if (row >= m || col >= n) continue;
-        const long long at = (long long)row * n + col;
+        const long long at = cols.at(row, col, n);
         float v[VEC];
         load_staged<VEC, TC>(smem + r * ROW_BYTES + ch * VEC * (int)sizeof(TC), v);
         int of[VEC];
@@ -842,15 +886,15 @@ __device__ __forceinline__ void store_span(const unsigned char* smem, const floa
 
 // One element a thread, consecutive threads along a row: rows that are not 16-byte aligned (n
 // not a multiple of the chunk) in a tile of part rows, or a stride phase's pixels.
-template <int BN, int ROW_BYTES, int THREADS, bool PHASED, typename TC, typename Post>
+template <int BN, int ROW_BYTES, int THREADS, bool PHASED, typename TC, typename Post, typename Cols>
 __device__ __forceinline__ void store_elements(const unsigned char* smem, const float2* table, int r0, int rows,
                                                TC* __restrict__ c, int bm, int bn, int m, int n, float beta,
-                                               const PhaseMap& map, const Post& post) {
+                                               const PhaseMap& map, const Post& post, const Cols& cols) {
     for (int idx = threadIdx.x; idx < rows * BN; idx += THREADS) {
         const int r = idx / BN, e = idx % BN;
         const int row = bm + r0 + r, col = bn + e;
         if (row >= m || col >= n) continue;
-        const long long at = PHASED ? map.at(row, col) : (long long)row * n + col;
+        const long long at = PHASED ? map.at(row, col) : cols.at(row, col, n);
         TC* to = c + at;
         float v = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + e * (int)sizeof(TC)));
         if (beta != 0.0f) v = fmaf(beta, load(*to), v);
@@ -862,14 +906,15 @@ __device__ __forceinline__ void store_elements(const unsigned char* smem, const 
 
 // The epilogue: the warps whose rows lie in [r0, r0 + rows) write their accumulators (times alpha,
 // rounded to TC) to shared memory, then the block writes those rows to C, each value through
-// `post` (after beta's add). ROWS_ALIGNED: the launcher guarantees that every row of C starts
-// 16-byte aligned, and only the 16-byte path is compiled.
+// `post` (after beta's add), each to where `cols` puts it. ROWS_ALIGNED: the launcher guarantees
+// that every row of C (of an image, where C's columns span images) starts 16-byte aligned, and only
+// the 16-byte path is compiled.
 template <int BM, int BN, int WM, int WN, int THREADS, typename TC, bool PHASED = false, typename Post = NoPost,
-          bool ROWS_ALIGNED = false>
+          bool ROWS_ALIGNED = false, typename Cols = RowMajor>
 __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4], int wm,
                                            int wn, int r0, int rows, TC* __restrict__ c, int bm, int bn, int m, int n,
                                            float alpha, float beta, const PhaseMap& map = PhaseMap{},
-                                           const Post& post = Post{}) {
+                                           const Post& post = Post{}, const Cols& cols = Cols{}) {
     static_assert(!(PHASED && Post::ON), "a stride phase's pixels take no post-op");
     constexpr int ROW_BYTES = BN * (int)sizeof(TC) + (sizeof(TC) == 4 ? 32 : 16);
     constexpr int PER_CHUNK = 16 / (int)sizeof(TC);
@@ -902,26 +947,33 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
     __syncthreads();
     post.template reduce_rows<BN, ROW_BYTES, THREADS, TC>(smem, r0, rows, bm, bn, m, n);
     static_assert(!(PHASED && ROWS_ALIGNED), "a stride phase's pixels are not rows of C");
+    static_assert(!(PHASED && Cols::SPANS), "a stride phase's product is one image's");
     static_assert(!Post::SUMS || ROWS_ALIGNED, "the backward sums take whole 16-byte vectors");
     if constexpr (Post::SUMS) {
-        post.template store_rows_of<BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n);
+        post.template store_rows_of<BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, cols);
     } else if constexpr (ROWS_ALIGNED) {
-        store_row_vectors<PER_CHUNK, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta, post);
+        store_row_vectors<PER_CHUNK, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta, post,
+                                                             cols);
     } else if constexpr (PHASED) {
-        store_elements<BN, ROW_BYTES, THREADS, PHASED>(smem, table, r0, rows, c, bm, bn, m, n, beta, map, post);
+        store_elements<BN, ROW_BYTES, THREADS, PHASED>(smem, table, r0, rows, c, bm, bn, m, n, beta, map, post,
+                                                       cols);
     } else {
-        // Whole rows (n <= BN): the pass's values are C's [at, at + count).
+        // A vector never crosses an image's end: images start at multiples of it.
+        const int run = cols.run(n);
+        // Whole rows of one image (n <= BN): the pass's values are C's [at, at + count).
         const long long at = (long long)(bm + r0) * n;
-        const int count = n <= BN ? max(min(rows, m - bm - r0), 0) * n : 0;
-        if (n % PER_CHUNK == 0) {
-            store_row_vectors<PER_CHUNK, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta, post);
-        } else if (n % (PER_CHUNK / 2) == 0) {
+        const int count = n <= BN && run == n ? max(min(rows, m - bm - r0), 0) * n : 0;
+        if (run % PER_CHUNK == 0) {
+            store_row_vectors<PER_CHUNK, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta, post,
+                                                                 cols);
+        } else if (run % (PER_CHUNK / 2) == 0) {
             store_row_vectors<PER_CHUNK / 2, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta,
-                                                                     post);
-        } else if (n <= BN && reinterpret_cast<uintptr_t>(c + at) % 16 == 0 && count % PER_CHUNK == 0) {
+                                                                     post, cols);
+        } else if (count > 0 && reinterpret_cast<uintptr_t>(c + at) % 16 == 0 && count % PER_CHUNK == 0) {
             store_span<ROW_BYTES, THREADS>(smem, table, c + at, at, count, n, beta, post);
         } else {
-            store_elements<BN, ROW_BYTES, THREADS, PHASED>(smem, table, r0, rows, c, bm, bn, m, n, beta, map, post);
+            store_elements<BN, ROW_BYTES, THREADS, PHASED>(smem, table, r0, rows, c, bm, bn, m, n, beta, map, post,
+                                                           cols);
         }
     }
     __syncthreads();
@@ -1010,13 +1062,14 @@ __device__ __forceinline__ void mainloop(ALoad& a_load, BLoad& b_load, int tiles
     __syncthreads();
 }
 
-// The epilogue of a block tile (bm, bn) of the m x n row-major C: in passes of as many warp rows
-// as the pipeline's memory stages.
+// The epilogue of a block tile (bm, bn) of the m x n C (row-major, or laid out by `cols`): in
+// passes of as many warp rows as the pipeline's memory stages.
 template <int BM, int BN, int WM, int WN, int STAGES, typename TC, bool PHASED = false, typename Post = NoPost,
-          bool ROWS_ALIGNED = false>
+          bool ROWS_ALIGNED = false, typename Cols = RowMajor>
 __device__ __forceinline__ void epilogue(unsigned char* smem, const float (&acc)[WM / 16][WN / 8][4],
                                          TC* __restrict__ C, int bm, int bn, int m, int n, float alpha, float beta,
-                                         const PhaseMap& map = PhaseMap{}, const Post& post = Post{}) {
+                                         const PhaseMap& map = PhaseMap{}, const Post& post = Post{},
+                                         const Cols& cols = Cols{}) {
     constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
     const int warp = threadIdx.x / 32;
     const int wm = (warp / (BN / WN)) * WM, wn = (warp % (BN / WN)) * WN;
@@ -1028,7 +1081,7 @@ __device__ __forceinline__ void epilogue(unsigned char* smem, const float (&acc)
 #pragma unroll
     for (int r0 = 0; r0 < BM; r0 += PASS_ROWS)
         store_rows<BM, BN, WM, WN, THREADS, TC, PHASED, Post, ROWS_ALIGNED>(smem, acc, wm, wn, r0, PASS_ROWS, C, bm,
-                                                                            bn, m, n, alpha, beta, map, post);
+                                                                            bn, m, n, alpha, beta, map, post, cols);
 }
 
 // The whole product for one block tile BM x BN; (BM / WM) x (BN / WN) warps. SEGMENTED: the

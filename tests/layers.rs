@@ -1502,6 +1502,11 @@ fn bn_sums_cases() -> Vec<SumsCase> {
         (3, 136, 4, 6, 72, 3, 3, Act::Relu6, Plain),
         (2, 40, 10, 8, 200, 3, 2, Act::Relu, NhwcDx),
         (1, 24, 12, 12, 16, 3, 1, Act::Relu, Residual),
+        // Channels-last pixel tiles that run on from one image into the next (a statistics
+        // group's images, tc_gemm.cuh's ImageCols): 168-pixel images over 128-pixel tiles, and
+        // 40-pixel ones, three to a tile, in two groups.
+        (3, 16, 12, 14, 24, 3, 1, Act::Relu, Plain),
+        (4, 24, 4, 10, 16, 3, 2, Act::Relu, Residual),
     ]
 }
 

@@ -429,15 +429,16 @@ fn conv_nhwc_tf32_runs_on_the_pipelined_mainloop() {
         "only the transposes and the implicit GEMMs run",
     );
     let mma = |kernel: &str| total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
-    // Forward: M = 128, N = 384 pixels an image, K = 9 x 64; data gradient: M = 64, N = 528
-    // (five column tiles of 128: 640), K = 9 x 128. mma.m16n8k8.
+    // Forward: M = 128, N = 384 pixels an image, K = 9 x 64; data gradient: M = 64, N = 2 x
+    // 528 pixels, one product over both images (nine column tiles of 128: 1152, where one per
+    // image took five each: 1280), K = 9 x 128. mma.m16n8k8.
     assert_eq!(
         mma("conv2d_nhwc_fwd_tf32"),
         (2 * 128 * 384 * 576 / (16 * 8 * 8)) as u64
     );
     assert_eq!(
         mma("conv2d_nhwc_bwd_data_m64_tf32"),
-        (2 * 64 * 640 * 1152 / (16 * 8 * 8)) as u64
+        (64 * 1152 * 1152 / (16 * 8 * 8)) as u64
     );
     for kernel in ["conv2d_nhwc_fwd_tf32", "conv2d_nhwc_bwd_data_m64_tf32"] {
         for row in rows(&stats, kernel) {
@@ -578,12 +579,22 @@ fn conv_epilogue_stores_unaligned_maps_in_vectors() {
             let pixels = side * side;
             let c_bytes = (s.n * rows_of_c * pixels * 2) as u64;
             let (width, sectors) = if pixels == 196 {
-                // Each row's two column tiles (128 + 68 pixels) as contiguous byte ranges.
+                // The two images' 392 pixels are one product's columns (tc_gemm.cuh's
+                // ImageCols): each row's pieces between the 128-pixel tiles' edges (image 0:
+                // 128 + 68 pixels, image 1: 60 + 128 + 8) as contiguous byte ranges.
                 let mut sectors = 0;
-                for row in 0..(s.n * rows_of_c) as u64 {
-                    let at = row * 392;
-                    for (a, b) in [(at, at + 256), (at + 256, at + 392)] {
-                        sectors += b.div_ceil(32) - a / 32;
+                for image in 0..s.n as u64 {
+                    let cols = image * 196..(image + 1) * 196;
+                    let edges: Vec<u64> = (0..=4).map(|t| t * 128).collect();
+                    for row in 0..rows_of_c as u64 {
+                        let at = (image * rows_of_c as u64 + row) * 392;
+                        for tile in edges.windows(2) {
+                            let (a, b) = (tile[0].max(cols.start), tile[1].min(cols.end));
+                            if a < b {
+                                let (a, b) = (at + (a - cols.start) * 2, at + (b - cols.start) * 2);
+                                sectors += b.div_ceil(32) - a / 32;
+                            }
+                        }
                     }
                 }
                 (8, sectors)
@@ -905,8 +916,9 @@ fn conv_nhwc_bf16_runs_on_the_pipelined_mainloop() {
     assert_eq!(wide, ((2 * 2 * 64 * 528 + 128 * 576) * 2) as u64);
 
     // The data gradient at stride 1: the forward of dy (128 channels, 6 x 64) with the flipped
-    // weight and padding 2, M = 64 input channels (the 64-row kernel), N = 528 pixels (five
-    // column tiles), K = 9 x 128. The borders' zero-filled copies read nothing.
+    // weight and padding 2, M = 64 input channels (the 64-row kernel), N = 2 x 528 pixels in
+    // one product over both images (nine column tiles, where one per image took ten), K = 9 x
+    // 128. The borders' zero-filled copies read nothing.
     let (r, stats) = count_memory(|| be.conv2d_bwd_data(&dy, &w, &mut dx, s));
     r.unwrap();
     show(
@@ -915,7 +927,7 @@ fn conv_nhwc_bf16_runs_on_the_pipelined_mainloop() {
     );
     let kernel = "conv2d_nhwc_bwd_data_m64_bf16";
     let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
-    assert_eq!(mma, (2 * 64 * 640 * 1152 / (16 * 8 * 16)) as u64);
+    assert_eq!(mma, (64 * 1152 * 1152 / (16 * 8 * 16)) as u64);
     // A pixel's 4 chunks of a k tile are 64 sector-aligned bytes (dy has 128 channels), so
     // even the border tiles' requests, with some lanes zero-filled, read whole sectors.
     for row in rows(&stats, kernel) {

@@ -68,10 +68,11 @@ fn a_1x1_convolution_is_recorded_with_2nhwck_flops_and_its_traffic() {
         let (want, grid) = match dtype {
             // N = 8 * 196 output positions over 64-wide tiles.
             DType::F32 => ("conv2d_fwd_f32", ((8 * 196usize).div_ceil(64) as u32, 1, 1)),
-            // One product per image: 196 pixels over 128-wide tiles, 32 channels in one 64-row tile.
+            // One product over the batch (196 pixels an image are no whole number of tiles): 8 x
+            // 196 pixels over 128-wide tiles, 32 channels in one 64-row tile.
             _ => (
                 "conv2d_nhwc_fwd_m64_bf16",
-                (196usize.div_ceil(128) as u32, 1, 8),
+                ((8 * 196usize).div_ceil(128) as u32, 1, 1),
             ),
         };
         assert_eq!(kernel, want);

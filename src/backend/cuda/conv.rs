@@ -198,15 +198,27 @@ impl EpiloguePost<'_> {
         }
     }
 
-    /// The kernel's trailing arguments.
-    fn args(&self, args: Args) -> Result<Args> {
+    /// The images of a statistics group (every image where the post-op keeps no statistics).
+    fn group(&self, images: usize) -> usize {
+        match self {
+            EpiloguePost::Eval(_) => images,
+            EpiloguePost::Stats { per, .. } => *per,
+            EpiloguePost::Sums(p) => p.b.n / p.b.ghost,
+        }
+    }
+
+    /// The kernel's trailing arguments, for products of `span` images each (blockIdx.z).
+    fn args(&self, args: Args, span: usize) -> Result<Args> {
         match self {
             EpiloguePost::Eval(p) => p.args(args),
             EpiloguePost::Stats {
                 partial,
                 per,
                 groups,
-            } => Ok(args.ptr(partial).i32(*per as i32).i32(*groups as i32)),
+            } => Ok(args
+                .ptr(partial)
+                .i32((*per / span) as i32)
+                .i32(*groups as i32)),
             EpiloguePost::Sums(p) => Ok(args
                 .opt_ptr(p.res)
                 .ptr(p.bn.x.dev()?)
@@ -216,7 +228,7 @@ impl EpiloguePost<'_> {
                 .ptr(p.bn.saved.0.dev()?)
                 .ptr(p.bn.saved.1.dev()?)
                 .ptr(p.partial)
-                .i32((p.b.n / p.b.ghost) as i32)
+                .i32((p.b.n / p.b.ghost / span) as i32)
                 .i32(p.b.ghost as i32)
                 .i32(p.b.act.code())),
         }
@@ -238,8 +250,32 @@ impl EpiloguePost<'_> {
 /// channels-last products).
 const PIXEL_TILE: usize = 128;
 
-/// The `_bn_stats` forwards' partial statistics: 3 floats per channel, image and pixel tile
-/// (`tiles` = images x tiles per image).
+/// The images a channels-last product's pixel tiles run across (kernels/conv.cu's `span`): all
+/// `group` images (of a statistics group, or the batch) where an image's `hw` pixels would leave
+/// its last tile part empty and its rows of C still take 8- or 16-byte vectors in `dtype` (14 x
+/// 14, 28 x 28, 56 x 56 maps); else 1: whole tiles cover an image already, or its rows are stored
+/// as whole-row spans of one image (7 x 7 maps), which a tile across images would break into
+/// single elements.
+fn nhwc_span(group: usize, hw: usize, dtype: DType) -> usize {
+    if hw % PIXEL_TILE == 0 || (hw * dtype.size()) % 8 != 0 {
+        1
+    } else {
+        group.max(1)
+    }
+}
+
+/// The pixel tiles of `per` images (a statistics group) of `hw` pixels each on `path` in
+/// `dtype`: the runs of a (group, channel) pair's partial statistics or sums.
+fn pixel_runs(path: &Path, per: usize, hw: usize, dtype: DType) -> usize {
+    let span = match path {
+        Path::Nhwc => nhwc_span(per, hw, dtype),
+        _ => 1,
+    };
+    per / span * (span * hw).div_ceil(PIXEL_TILE)
+}
+
+/// The `_bn_stats` forwards' partial statistics: 3 floats per channel, product and pixel tile
+/// (`tiles` = products x tiles per product).
 fn stats_partial_bytes(tiles: usize, channels: usize) -> usize {
     tiles * channels * 3 * 4
 }
@@ -550,7 +586,7 @@ impl ConvOps for CudaBackend {
             return Ok(true);
         }
         let per = b.n / b.ghost;
-        let runs = per * (s.oh * s.ow).div_ceil(PIXEL_TILE);
+        let runs = pixel_runs(&path, per, s.oh * s.ow, x.dtype());
         let pairs = b.ghost * b.c;
         let chunks = bn_merge_chunks(pairs, runs);
         let partial_bytes = stats_partial_bytes(runs * b.ghost, b.c);
@@ -587,11 +623,13 @@ impl ConvOps for CudaBackend {
     }
 
     /// The 1x1 data gradients (NCHW, 16-byte rows) and the stride-1 channels-last ones of a
-    /// channels-last dy (dx's rows whole 16-byte vectors) fuse it: a run is an image's pixel tile.
+    /// channels-last dy (dx's rows whole 16-byte vectors) fuse it: a run is a pixel tile (of an
+    /// image, or of a span of images: [`pixel_runs`]).
     fn bn_sums_runs(&self, s: &Conv, b: &BatchNorm, dtype: DType) -> Option<usize> {
-        let fused = match self.path(s, dtype) {
-            Ok(Path::OneByOne) => !s.x_nhwc && !s.dy_nhwc,
-            Ok(Path::Nhwc) => {
+        let path = self.path(s, dtype).ok()?;
+        let fused = match path {
+            Path::OneByOne => !s.x_nhwc && !s.dy_nhwc,
+            Path::Nhwc => {
                 s.dy_nhwc
                     && s.stride == 1
                     && s.c_out % chunk(dtype) == 0
@@ -599,7 +637,7 @@ impl ConvOps for CudaBackend {
             }
             _ => false,
         };
-        (fused && b.ghost > 0).then(|| b.n / b.ghost * (s.h * s.w).div_ceil(PIXEL_TILE))
+        (fused && b.ghost > 0).then(|| pixel_runs(&path, b.n / b.ghost, s.h * s.w, dtype))
     }
 
     /// `conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>` or
@@ -648,7 +686,7 @@ impl ConvOps for CudaBackend {
         // `Backend::conv2d_bwd_data_bn_sums` (and the mask above): res (where given), bn.x and dz
         // n x c_in x hw of dy's dtype, gamma and beta c_in f32, the saved statistics ghost x c_in
         // f32 (ghost divides n), the mask (with res) a byte per 16 bytes of dz, partial 2 floats
-        // per (pair, run) with runs = per x this grid's pixel tiles (bn_sums_runs, PIXEL_TILE);
+        // per (pair, run) with runs = this grid's pixel tiles of a group (bn_sums_runs);
         // bn_sums_runs found dz's rows whole 16-byte vectors.
         match self.path(&s, dtype)? {
             Path::OneByOne => self.conv1x1(dy, w, dz, &s, "bwd_data", false, Some(&post)),
@@ -977,7 +1015,8 @@ impl CudaBackend {
     /// ("bwd_data": dy, dx) as a channels-last implicit GEMM: the input and the weight
     /// transposed into scratch (KRSC; for the forward x's channels [`padded`]; for the data
     /// gradient the weight's taps flipped and its channel axes swapped), then one product per
-    /// image (kernels/conv.cu, `conv2d_nhwc_*`).
+    /// image, or per span of images whose pixel tiles run from one image into the next where an
+    /// image's pixels are no whole number of tiles ([`nhwc_span`]; kernels/conv.cu, `conv2d_nhwc_*`).
     /// `add`: the data gradient is added onto what `out` holds (the epilogue's beta = 1).
     /// `post`: what the epilogue does besides storing ([`EpiloguePost`]).
     #[allow(clippy::too_many_arguments)]
@@ -1016,7 +1055,9 @@ impl CudaBackend {
         let w_at = input.scratch_bytes(s.n * c * h * wd * dtype.size());
         let bytes = w_at + ew * dtype.size();
         let kernel_op = post.map_or(op, |p| p.op());
-        let (kernel, cfg) = pipelined_launch("nhwc", kernel_op, m, oh * ow, s.n, dtype);
+        let span = nhwc_span(post.map_or(s.n, |p| p.group(s.n)), oh * ow, dtype);
+        let (kernel, cfg) =
+            pipelined_launch("nhwc", kernel_op, m, span * oh * ow, s.n / span, dtype);
         // The input's own channel count: the transposes write the forward's padding.
         let real = if fwd { layer.c_in } else { c };
         self.with_scratch(bytes, |scratch| {
@@ -1033,9 +1074,10 @@ impl CudaBackend {
                 .ptr_at(scratch, w_at)
                 .ptr(out.dev_mut()?)
                 .i32s([c, h, wd, m, s.kh, s.kw].map(|v| v as i64))
-                .i32s([stride, pad_top, pad_left, oh as i64, ow as i64]);
+                .i32s([stride, pad_top, pad_left, oh as i64, ow as i64])
+                .i32(span as i32);
             let args = match post {
-                Some(p) => p.args(args)?,
+                Some(p) => p.args(args, span)?,
                 None if fwd => args,
                 None => args.f32(beta(add)),
             };
@@ -1047,12 +1089,13 @@ impl CudaBackend {
                 (ex + ew + ey + read_back) * dtype.size() + extra,
             ));
             // SAFETY: arguments match conv2d_nhwc_{fwd,bwd_data}[_m64]_<bf16|tf32>(in_nhwc, w,
-            // out, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow[, beta]) for the
-            // product as the forward of `input`, or conv2d_nhwc_fwd_bn_eval[_m64]_<bf16|tf32>(...,
+            // out, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow, span[, beta]) for
+            // the product as the forward of `input` (span divides n: 1 or a statistics group or the
+            // batch; the grid n / span products), or conv2d_nhwc_fwd_bn_eval[_m64]_<bf16|tf32>(...,
             // gamma, beta, mean, var, res, eps, act) with the BatchNorm checked against the
             // output (per-channel f32 tensors of c_out, res as y), or
             // conv2d_nhwc_fwd_bn_stats[_m64]_<bf16|tf32>(..., partial, per, groups) (3 floats per
-            // channel, image and pixel tile, groups x per = n), or
+            // channel, product and pixel tile, groups x per x span = n), or
             // conv2d_nhwc_bwd_data_bn_sums[_m64]_<bf16|tf32>(..., res, bn_x, mask, gamma, beta,
             // save_mean, save_invstd, partial, per, groups, act) (their sizes: the caller,
             // ConvOps::conv2d_bwd_data_bn_sums); the NHWC input (n x h x w x c) is
@@ -1325,7 +1368,7 @@ impl CudaBackend {
             .i32(int(s.c_out, "conv c_out")?)
             .i32(int(s.h * s.w, "conv h*w")?);
         let args = match post {
-            Some(p) => p.args(args)?,
+            Some(p) => p.args(args, 1)?,
             None if fwd => args,
             None => args.f32(beta(add)),
         };

@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+# The channels-last forwards and stride-1 data gradients of an `insclr-cu plan` listing (H200:
+# 132 SMs, 989 TFLOP/s bf16, 495 TF32; model output, no GPU): their tensor work as the tiles
+# compute it (useful FLOPs x the pixel columns the grid covers / the useful ones), and a wave model
+# in which every block takes one tile's time at its multiprocessor's share of the peak:
+# ceil(blocks / slots) x slots x tile FLOPs / peak. Beside it the same with one product per image
+# (ceil(hw / 128) tiles an image, the grid before 2026-12-08's pixel tiles across images).
+#   insclr-cu plan --model resnet101 --img-size 448 --batch 64 --precision bf16 | python3 scripts/plan-tiles.py
+import sys, re, math
+
+peak = {"bf16": 989e12, "tf32": 495e12}
+u = t_old = t_now = w_old = w_now = 0.0
+for line in sys.stdin:
+    f = line.split()
+    if len(f) < 15 or not f[0].isdigit(): continue
+    k = f[1]
+    if not re.match(r"conv2d_nhwc_(fwd|bwd_data)", k) or "phase" in k: continue
+    grid = [int(v) for v in f[2].split("x")] + [1, 1]
+    blk_sm = int(f[6]); gflop = float(f[10]) * 1e9
+    m = re.search(r"(\d+)x(\d+)x(\d+)x(\d+) -> (\d+) k(\d+) s(\d+)", line)
+    n, c, h, w, co, kk, st = map(int, m.groups())
+    hw = math.ceil(h / st) * math.ceil(w / st) if "fwd" in k else h * w
+    p = peak[k.rsplit("_", 1)[1]]
+    slots = 132 * blk_sm
+    for (gx, gz, acc) in [(grid[0], grid[2], "now"), (math.ceil(hw / 128), n, "old")]:
+        blocks = gx * grid[1] * gz
+        work = gflop * gx * 128 * gz / (n * hw)
+        tile = work / blocks
+        waves = math.ceil(blocks / slots) * slots * tile / p
+        if acc == "now": t_now += work; w_now += waves
+        else: t_old += work; w_old += waves
+    u += gflop
+print(f"tensor work: useful {u/1e12:.3f} TFLOP; tiles per image {t_old/1e12:.3f} ({t_old/u:.3f}x), spanning {t_now/1e12:.3f} ({t_now/u:.3f}x); "
+      f"whole waves of tiles on an H200: {w_old*1e3:.3f} -> {w_now*1e3:.3f} ms")
