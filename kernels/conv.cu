@@ -449,8 +449,9 @@ extern "C" __global__ void __launch_bounds__(REDUCE_ROWS * 32)
 // ---- 1x1, stride 1, bf16 and TF32: plain GEMMs on the pipelined mainloop (tc_gemm.cuh) -------
 // With no taps and no stride, an NCHW image is a c x hw matrix and each pass is a product the
 // mainloop takes as it is, with 16-byte copies straight from the activations:
-//   forward   y[img]  (c_out x hw)  = W (c_out x c_in) x[img] (c_in x hw)          one batch per image
-//   data grad dx[img] (c_in x hw)   = W^T dy[img] (c_out x hw)                      one batch per image
+//   forward   y[imgs]  (c_out x span*hw)  = W (c_out x c_in) x[imgs] (c_in x span*hw)   a batch per span images
+//   data grad dx[imgs] (c_in x span*hw)   = W^T dy[imgs] (c_out x span*hw)              a batch per span images
+// (x[imgs]: the span's images' c_in x hw matrices side by side, conv1x1_product; TF32: span 1)
 //   weight    partial[z] (c_out x c_in) = sum over split z's pixels of dy x^T
 // conv.rs takes this path when c_in and hw make 16-byte rows (multiples of 8 in bf16, of 4 in
 // f32), so every row of C is 16-byte aligned too and the bf16 epilogue compiles its 16-byte
@@ -464,22 +465,57 @@ extern "C" __global__ void __launch_bounds__(REDUCE_ROWS * 32)
 // f32 accumulation and outputs (PyTorch's default for f32 convolutions).
 // Every data gradient here and below takes `beta`: 0 writes dx, 1 adds the gradient (rounded to
 // the activation's type first, as a stored one is) onto what dx holds, a residual branch's gradient.
-template <int BM, int WN, typename T, typename Post = tc::NoPost>
-__device__ __forceinline__ void conv1x1_fwd(const T* x, const T* w, T* y, int c_in, int c_out, int hw,
-                                            const Post& post = Post{}) {
+// The forward's and the data gradient's product over `span` images (blockIdx.z): C (m x span*hw)
+// = A B with B the images' k x hw matrices side by side (x, or dy), so that a pixel tile runs on
+// from one image into the next (an image's last tile is not left part empty: 784 pixels are 6.125
+// tiles), and C's rows are an image's channel planes, one image's after another's (ImageCols). A
+// is the weight, m x k (A_K) or k x m.
+template <bool A_K, int BM, int WN, bool ROWS_ALIGNED, typename T, typename Post>
+__device__ __forceinline__ void conv1x1_product(const T* a, const T* b, T* c, int m, int k, int hw, int span,
+                                                float beta, const Post& post) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    tc::tc_gemm<true, false, BM, 128, 64, WN, 3, T, false, Post, sizeof(T) == 2>(w, x, y, c_out, hw, c_in, 0,
-                                                                     (long long)c_in * hw, (long long)c_out * hw, 1, 0,
-                                                                     0, 1.0f, 0.0f, tc_smem, 0, post);
+    constexpr int BN = 128, THREADS = (BM / 64) * (BN / WN) * 32, TILE_K = tc::Elem<T>::BK;
+    const int bm = blockIdx.y * BM, bn = blockIdx.x * BN, cols = span * hw;
+    const long long b_image = (long long)k * hw, c_image = (long long)m * hw;
+    const long long first = (long long)blockIdx.z * span * c_image;
+    tc::TileLoader<A_K, BM, THREADS, false, T> a_load;
+    a_load.init(a, bm, m, k, A_K ? k : m, 0);
+    tc::TileLoader<false, BN, THREADS, false, T> b_load;
+    b_load.init_images(b + (long long)blockIdx.z * span * b_image, bn, cols, k, hw, b_image);
+    float acc[4][WN / 8][4];
+    tc::mainloop<A_K, false, BM, BN, 64, WN, 3>(a_load, b_load, (k + TILE_K - 1) / TILE_K, acc, tc_smem);
+    tc::epilogue<BM, BN, 64, WN, 3, T, false, Post, ROWS_ALIGNED>(tc_smem, acc, c + first, bm, bn, m, cols, 1.0f,
+                                                                  beta, tc::PhaseMap{}, post.at_image(first),
+                                                                  tc::ImageCols::of<BN>(hw, c_image, bn));
+}
+
+// bf16 spans images; TF32 takes one product an image (span 1, conv.rs): ImageCols' registers
+// beside its f32 epilogue's lengthen its main loops by up to a fifth (715 -> 856 instructions in
+// the eval forward's), more than the empty columns of a 28 x 28 map's last tile cost.
+template <int BM, int WN, typename T, typename Post = tc::NoPost>
+__device__ __forceinline__ void conv1x1_fwd(const T* x, const T* w, T* y, int c_in, int c_out, int hw, int span,
+                                            const Post& post = Post{}) {
+    if constexpr (sizeof(T) == 2) {
+        conv1x1_product<true, BM, WN, true>(w, x, y, c_out, c_in, hw, span, 0.0f, post);
+    } else {
+        extern __shared__ __align__(128) unsigned char tc_smem[];
+        tc::tc_gemm<true, false, BM, 128, 64, WN, 3, T, false, Post, false>(
+            w, x, y, c_out, hw, c_in, 0, (long long)c_in * hw, (long long)c_out * hw, 1, 0, 0, 1.0f, 0.0f, tc_smem, 0,
+            post);
+    }
 }
 
 template <int BM, int WN, typename T, typename Post = tc::NoPost>
 __device__ __forceinline__ void conv1x1_bwd_data(const T* dy, const T* w, T* dx, int c_in, int c_out, int hw,
-                                                 float beta, const Post& post = Post{}) {
-    extern __shared__ __align__(128) unsigned char tc_smem[];
-    tc::tc_gemm<false, false, BM, 128, 64, WN, 3, T, false, Post, sizeof(T) == 2 || Post::SUMS>(
-        w, dy, dx, c_in, hw, c_out, 0, (long long)c_out * hw, (long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem, 0,
-        post);
+                                                 int span, float beta, const Post& post = Post{}) {
+    if constexpr (sizeof(T) == 2) {
+        conv1x1_product<false, BM, WN, true>(w, dy, dx, c_in, c_out, hw, span, beta, post);
+    } else {
+        extern __shared__ __align__(128) unsigned char tc_smem[];
+        tc::tc_gemm<false, false, BM, 128, 64, WN, 3, T, false, Post, Post::SUMS>(
+            w, dy, dx, c_in, hw, c_out, 0, (long long)c_out * hw, (long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem,
+            0, post);
+    }
 }
 
 template <int BM, int WN, typename T>
@@ -516,54 +552,54 @@ __device__ __forceinline__ void conv1x1_bwd_weight(const T* x, const T* dy, floa
 #define CONV1X1_KERNELS(T, SUFFIX)                                                                                \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_fwd_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, int c_in, \
-                                int c_out, int hw) {                                                             \
-        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw);                                                     \
+                                int c_out, int hw, int span) {                                                             \
+        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, span);                                                     \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_fwd_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y,     \
-                                    int c_in, int c_out, int hw) {                                               \
-        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw);                                                      \
+                                    int c_in, int c_out, int hw, int span) {                                               \
+        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, span);                                                      \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_fwd_bn_eval_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, \
-                                        int c_in, int c_out, int hw, BN_EVAL_PARAMS(T)) {                        \
-        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST(T));                                    \
+                                        int c_in, int c_out, int hw, int span, BN_EVAL_PARAMS(T)) {                        \
+        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, span, BN_EVAL_POST(T));                                    \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_fwd_bn_eval_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight,                \
-                                            T* __restrict__ y, int c_in, int c_out, int hw, BN_EVAL_PARAMS(T)) {  \
-        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, BN_EVAL_POST(T));                                     \
+                                            T* __restrict__ y, int c_in, int c_out, int hw, int span, BN_EVAL_PARAMS(T)) {  \
+        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, span, BN_EVAL_POST(T));                                     \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_fwd_bn_stats_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, \
-                                         int c_in, int c_out, int hw, BN_STATS_PARAMS) {                         \
-        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, BN_STATS_POST);                                      \
+                                         int c_in, int c_out, int hw, int span, BN_STATS_PARAMS) {                         \
+        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, span, BN_STATS_POST);                                      \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_fwd_bn_stats_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight,               \
-                                             T* __restrict__ y, int c_in, int c_out, int hw, BN_STATS_PARAMS) {  \
-        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, BN_STATS_POST);                                       \
+                                             T* __restrict__ y, int c_in, int c_out, int hw, int span, BN_STATS_PARAMS) {  \
+        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, span, BN_STATS_POST);                                       \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_bwd_data_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight, T* __restrict__ dx,  \
-                                     int c_in, int c_out, int hw, float beta) {                                  \
-        conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, beta);                                        \
+                                     int c_in, int c_out, int hw, int span, float beta) {                                  \
+        conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, span, beta);                                        \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_bwd_data_m64_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,                  \
-                                         T* __restrict__ dx, int c_in, int c_out, int hw, float beta) {          \
-        conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, beta);                                         \
+                                         T* __restrict__ dx, int c_in, int c_out, int hw, int span, float beta) {          \
+        conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, span, beta);                                         \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_bwd_data_bn_sums_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,              \
-                                             T* __restrict__ dx, int c_in, int c_out, int hw, BN_SUMS_PARAMS(T)) { \
-        conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, 0.0f, BN_SUMS_POST(T));                       \
+                                             T* __restrict__ dx, int c_in, int c_out, int hw, int span, BN_SUMS_PARAMS(T)) { \
+        conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, span, 0.0f, BN_SUMS_POST(T));                       \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         conv2d_1x1_bwd_data_bn_sums_m64_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,          \
-                                                 T* __restrict__ dx, int c_in, int c_out, int hw,                \
+                                                 T* __restrict__ dx, int c_in, int c_out, int hw, int span,                \
                                                  BN_SUMS_PARAMS(T)) {                                            \
-        conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, 0.0f, BN_SUMS_POST(T));                        \
+        conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, span, 0.0f, BN_SUMS_POST(T));                        \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256)                                                            \
         conv2d_1x1_bwd_weight_##SUFFIX(const T* __restrict__ x, const T* __restrict__ dy,                         \

@@ -8,8 +8,9 @@
 //                             a pointer, a shared offset and a row mask computed once, then only
 //                             additions; 16-byte cp.async, zero-filled outside the matrix
 //   ConvGather                the same for an implicit-GEMM convolution's NHWC activations: per
-//                             row a window corner and tap masks computed once, per k tile the
-//                             tap's step and a bit test per row
+//                             row (an output pixel of one of the product's images) a window
+//                             corner and tap masks computed once, per k tile the tap's step and a
+//                             bit test per row
 //   WeightGradGather          the same for a convolution's weight gradient: the rows are output
 //                             pixels, the columns (tap, channel); a thread carries one pixel's
 //                             window corner along by additions, its chunks' taps are fixed
@@ -20,7 +21,8 @@
 //                             loaders are template arguments
 //   epilogue (store_rows)     accumulators staged through shared memory, written back with
 //                             16-byte coalesced stores (alpha, beta in f32), or element by
-//                             element into one stride phase of a larger map (PhaseMap)
+//                             element into one stride phase of a larger map (PhaseMap); C's
+//                             columns may run across images (ImageCols, store_images)
 //   post-ops                  what the epilogue applies to each value before its store: nothing
 //                             (NoPost), or eval-mode BatchNorm with residual and activation
 //                             (BnEvalPost), so that a convolution's output before BatchNorm is
@@ -145,6 +147,18 @@ struct TileLoader {
         }
         segment = src;
         k_first = k_at;
+    }
+
+    // An n-contiguous operand whose columns are the pixels of consecutive images, `hw` a row of
+    // each (its leading dimension) and an image `image` elements after the one before; hw a
+    // multiple of the chunk, so that a chunk never crosses an image: init's pointer moved to the
+    // image of the thread's chunk column (set-up only; a k tile still steps by TILE_K rows).
+    __device__ __forceinline__ void init_images(const T* p, int mn0, int mn, int k_, int hw, long long image) {
+        static_assert(!K_CONTIGUOUS, "columns across images: an n-contiguous operand");
+        init(p, mn0, mn, k_, hw, 0);
+        const int col = mn0 + threadIdx.x % CHUNKS * PER_CHUNK, j = col / hw;
+        src += j * (image - hw);
+        segment = src;
     }
 
     // Copies this thread's chunks of the current k tile into `tile`, then moves to the next tile.
@@ -884,6 +898,17 @@ __device__ __forceinline__ void store_span(const unsigned char* smem, const floa
     }
 }
 
+// One staged value `v` to C's element `to` (`at` from C's start): beta's add, the post-op by the
+// row's `map`, rounded to TC.
+template <typename TC, typename Post>
+__device__ __forceinline__ void store_element(float v, TC* to, long long at, float beta, float2 map,
+                                              const Post& post) {
+    if (beta != 0.0f) v = fmaf(beta, load(*to), v);
+    if (beta != 0.0f && Post::ON) v = load(store<TC>(v));
+    if (Post::ON) v = post.element(v, map, at);
+    *to = store<TC>(v);
+}
+
 // One element a thread, consecutive threads along a row: rows that are not 16-byte aligned (n
 // not a multiple of the chunk) in a tile of part rows, or a stride phase's pixels.
 template <int BN, int ROW_BYTES, int THREADS, bool PHASED, typename TC, typename Post, typename Cols>
@@ -895,12 +920,38 @@ __device__ __forceinline__ void store_elements(const unsigned char* smem, const 
         const int row = bm + r0 + r, col = bn + e;
         if (row >= m || col >= n) continue;
         const long long at = PHASED ? map.at(row, col) : cols.at(row, col, n);
-        TC* to = c + at;
-        float v = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + e * (int)sizeof(TC)));
-        if (beta != 0.0f) v = fmaf(beta, load(*to), v);
-        if (beta != 0.0f && Post::ON) v = load(store<TC>(v));
-        if (Post::ON) v = post.element(v, table[r], at);
-        *to = store<TC>(v);
+        const float v = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + e * (int)sizeof(TC)));
+        store_element(v, c + at, at, beta, table[r], post);
+    }
+}
+
+// The pass's rows where C's columns are the pixels of images narrower than a tile whose rows take
+// no vector (ImageCols; 7 x 7 maps, 49 pixels), image by image: a whole image's rows x hw values
+// are one contiguous span of C (store_span's 16-byte vectors, where it starts aligned), the parts
+// of the images cut by the tile's ends an element a thread, consecutive threads along a row (the
+// row from one product with 1 / width, exact as store_span's: idx < rows x BN <= 2^14).
+template <int BN, int ROW_BYTES, int THREADS, typename TC, typename Post>
+__device__ __forceinline__ void store_images(const unsigned char* smem, const float2* table, int r0, int rows,
+                                             TC* __restrict__ c, int bm, int bn, int m, int n, float beta,
+                                             const Post& post, const ImageCols& cols) {
+    constexpr int PER_CHUNK = 16 / (int)sizeof(TC);
+    const int hw = cols.hw, live = max(min(rows, m - bm - r0), 0), end = min(BN, n - bn);
+    // s0: the staged column of image j0 + d's pixel 0 (negative where the tile starts inside it).
+    for (int s0 = cols.first - bn, d = 0; s0 < end; s0 += hw, ++d) {
+        const int ca = max(s0, 0), cb = min(s0 + hw, end);
+        const long long at = cols.base + d * cols.image + (long long)(bm + r0) * hw;  // the pass's first row
+        if (ca == s0 && cb == s0 + hw && reinterpret_cast<uintptr_t>(c + at) % 16 == 0 && live * hw % PER_CHUNK == 0) {
+            store_span<ROW_BYTES, THREADS>(smem + s0 * (int)sizeof(TC), table, c + at, at, live * hw, hw, beta, post);
+            continue;
+        }
+        const int width = cb - ca;
+        const float inv = __fdividef(1.0f, (float)width);
+        for (int idx = threadIdx.x; idx < live * width; idx += THREADS) {
+            const int r = __float2int_rz(((float)idx + 0.5f) * inv), e = ca + idx - r * width;
+            const long long to = at + (long long)r * hw + (e - s0);
+            const float v = load(*reinterpret_cast<const TC*>(smem + r * ROW_BYTES + e * (int)sizeof(TC)));
+            store_element(v, c + to, to, beta, table[r], post);
+        }
     }
 }
 
@@ -960,16 +1011,22 @@ __device__ __forceinline__ void store_rows(unsigned char* smem, const float (&ac
     } else {
         // A vector never crosses an image's end: images start at multiples of it.
         const int run = cols.run(n);
-        // Whole rows of one image (n <= BN): the pass's values are C's [at, at + count).
+        // Whole rows (n <= BN): the pass's values are C's [at, at + count).
         const long long at = (long long)(bm + r0) * n;
-        const int count = n <= BN && run == n ? max(min(rows, m - bm - r0), 0) * n : 0;
+        const int count = n <= BN ? max(min(rows, m - bm - r0), 0) * n : 0;
         if (run % PER_CHUNK == 0) {
             store_row_vectors<PER_CHUNK, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta, post,
                                                                  cols);
         } else if (run % (PER_CHUNK / 2) == 0) {
             store_row_vectors<PER_CHUNK / 2, BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta,
                                                                      post, cols);
-        } else if (count > 0 && reinterpret_cast<uintptr_t>(c + at) % 16 == 0 && count % PER_CHUNK == 0) {
+        } else if constexpr (Cols::SPANS) {
+            if (run < BN)
+                store_images<BN, ROW_BYTES, THREADS>(smem, table, r0, rows, c, bm, bn, m, n, beta, post, cols);
+            else
+                store_elements<BN, ROW_BYTES, THREADS, PHASED>(smem, table, r0, rows, c, bm, bn, m, n, beta, map,
+                                                               post, cols);
+        } else if (n <= BN && reinterpret_cast<uintptr_t>(c + at) % 16 == 0 && count % PER_CHUNK == 0) {
             store_span<ROW_BYTES, THREADS>(smem, table, c + at, at, count, n, beta, post);
         } else {
             store_elements<BN, ROW_BYTES, THREADS, PHASED>(smem, table, r0, rows, c, bm, bn, m, n, beta, map, post,

@@ -302,9 +302,9 @@ MUTANTS = [
       [(CONV, "cols, 1.0f,\n                                                                    beta, map,",
               "cols, 1.0f,\n                                                                    0.0f, map,")], CONVT),
     M("conv-1x1-data-gradient-beta-dropped", "conv",
-      "1x1 data gradient added onto dx: the epilogue overwrites dx (beta 0) instead",
-      [(CONV, "(long long)c_in * hw, 1, 0, 0, 1.0f, beta, tc_smem, 0,",
-              "(long long)c_in * hw, 1, 0, 0, 1.0f, 0.0f, tc_smem, 0,")], CONVT),
+      "1x1 data gradient added onto dx (bf16): the epilogue overwrites dx (beta 0) instead",
+      [(CONV, "conv1x1_product<false, BM, WN, true>(w, dy, dx, c_in, c_out, hw, span, beta, post);",
+              "conv1x1_product<false, BM, WN, true>(w, dy, dx, c_in, c_out, hw, span, 0.0f, post);")], CONVT),
     M("nhwc-wgrad-quarter-warp-rows-adjacent", "conv",
       "WeightGradGather with 4 threads a row (the 64-row tiles): a quarter-warp's two rows adjacent, "
       "their copies 2-way bank conflicts",
@@ -393,6 +393,20 @@ MUTANTS = [
       "ImageCols: the image of a column of a narrow image from x / hw without the half that keeps "
       "the quotient off an integer (an image's first pixel can fall into the image before)",
       [(TC, "__float2int_rz(((float)x + 0.5f) * inv)", "__float2int_rz((float)x * inv)")], CONVT),
+    M("store-images-span-from-the-tile-start", "tc",
+      "store_images: a whole image's 16-byte span read from the staged tile's first column, not "
+      "from the image's own",
+      [(TC, "store_span<ROW_BYTES, THREADS>(smem + s0 * (int)sizeof(TC), table,",
+        "store_span<ROW_BYTES, THREADS>(smem, table,")], CONVT),
+    M("store-images-cut-end-pixel-from-the-cut", "tc",
+      "store_images: an image cut by the tile's start stores its pixels from pixel 0, not from "
+      "where the tile cuts it",
+      [(TC, "const long long to = at + (long long)r * hw + (e - s0);",
+        "const long long to = at + (long long)r * hw + (e - ca);")], CONVT, sanitize=True),
+    M("tile-loader-image-step-without-the-row", "tc",
+      "TileLoader::init_images (the 1x1 products across images): a chunk column in image j moved "
+      "j whole images on, not j images less the j x hw columns before it",
+      [(TC, "src += j * (image - hw);", "src += j * image;")], CONVT, sanitize=True),
     M("conv-gather-every-row-in-the-first-image", "conv",
       "ConvGather: a tile's rows past the first image of its span read that image's pixels",
       [(TC, "pix[i] = ((image * h + iy0) * w + ix0) * c_in;", "pix[i] = (iy0 * w + ix0) * c_in;")], CONVT),

@@ -716,6 +716,14 @@ const CONV_SIZES: &[ConvCase] = &[
     // pixels in three splits of 224, 224 and 137, each starting inside an image.
     (5, 16, 4, 4, 16, 3, 1, Padding::Sym(1), 1),
     (40, 8, 3, 3, 24, 3, 2, Padding::Sym(0), 1),
+    // Pixel tiles across images whose rows take no vector (7 x 7, 49 pixels): the forward's and
+    // the data gradient's tiles hold whole images (16-byte spans) and the ends of images cut by
+    // the tile (elements).
+    (5, 16, 7, 7, 24, 3, 1, Padding::Sym(1), 1),
+    // ... and 110-pixel images, two to a tile's worth, in f32's 8-byte vectors: where the
+    // second image starts (x = 110), x / 110 rounds just below 1 in f32 and only the added half
+    // finds the image (tc_gemm.cuh's ImageCols).
+    (2, 8, 10, 11, 16, 3, 1, Padding::Sym(1), 1),
     (3, 16, 15, 13, 24, 3, 1, Padding::Sym(1), 1),
     // The data gradient by stride phases (stride > 1, c_out % 8 == 0; the cases above at stride
     // 2 too): stride 3 with a 3x3 (one tap a phase along each axis) and stride 4 with a 2x2,

@@ -536,8 +536,9 @@ fn conv_with_eval_batchnorm_in_the_epilogue() {
 }
 
 /// The epilogue's stores on maps whose rows are not 16-byte aligned, as ResNet's last stages have
-/// them: 14 x 14 (196 pixels, 392-byte rows) in 8-byte vectors along each row, 7 x 7 (49 pixels)
-/// as a tile of whole rows, one contiguous span of C, in 16-byte vectors that cross rows. Every
+/// them, two images a product (pixel tiles across images): 14 x 14 (196 pixels, 392-byte rows) in
+/// 8-byte vectors along each row, 7 x 7 (49 pixels: both images whole in one tile) image by image
+/// as whole rows, one contiguous span of C each, in 16-byte vectors that cross rows. Every
 /// access at its ideal (a 14 x 14 row's two tile segments start off sector boundaries in 3 rows of
 /// 4, which no store width avoids: there the fewest sectors that hold each segment), no 2-byte
 /// store; the forward with eval BatchNorm and a residual reads the residual as it stores, the
@@ -611,9 +612,11 @@ fn conv_epilogue_stores_unaligned_maps_in_vectors() {
                     );
                     assert_eq!(row.transactions, sectors, "{kernel}: {row:?}");
                 } else if pixels == 49 && row.space == MemSpace::Shared && row.width == 2 {
-                    // The span's reads of the staged rows, a value at a time: lanes read 16 bytes
-                    // apart across rows 272 bytes apart, 2-way conflicts (1.96-2.0x here).
-                    assert!(row.transactions <= 2 * row.ideal, "{kernel}: {row:?}");
+                    // The spans' reads of the staged rows, a value at a time: lanes read 16 bytes
+                    // apart across rows 272 bytes apart, 2-way conflicts, a little more for the
+                    // second image, whose columns start 98 bytes into each staged row (both
+                    // images are one tile's columns; 1.96-2.2x here).
+                    assert!(4 * row.transactions <= 9 * row.ideal, "{kernel}: {row:?}");
                 } else {
                     assert_eq!(row.transactions, row.ideal, "{kernel}: {row:?}");
                 }
@@ -697,8 +700,11 @@ fn conv_with_batchnorm_statistics_in_the_epilogue() {
         );
         let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
         let k_step = if tf32 { 8 } else { 16 };
-        // The last pixel tile's columns past the map are multiplied too (zeros).
-        let columns = s.n * (s.oh * s.ow).next_multiple_of(128);
+        // A group's images are one product's columns (tiles run across images, kernels/conv.cu;
+        // the TF32 1x1 kernels take one product an image): the last pixel tile's columns past
+        // them are multiplied too (zeros).
+        let span = if tf32 && s.kh == 1 { 1 } else { s.n / ghost };
+        let columns = s.n / span * (span * s.oh * s.ow).next_multiple_of(128);
         let useful = columns * c * s.c_in * s.kh * s.kw / (16 * 8 * k_step);
         assert_eq!(mma, useful as u64, "{kernel}");
         for row in rows(&stats, kernel) {
@@ -735,8 +741,9 @@ fn conv_with_batchnorm_statistics_in_the_epilogue() {
 /// the reduce pass is gone, and BatchNorm's second pass reads x and dz once and writes dx once.
 /// The mask is the exception: a bf16 warp's bytes are two rows' 16-byte segments (a tile's 128
 /// columns of each), 2 sectors where the packed bytes would take 1 (the other halves are the
-/// next pixel tile's, from L2), and rows hw / 16 bytes apart cross sectors where that is not a
-/// multiple of 32 (160 pixels: 20 bytes, 1.75 a request); under 2x the ideal either way, and
+/// next pixel tile's, from L2), rows hw / 16 bytes apart cross sectors where that is not a
+/// multiple of 32 (160 pixels: 20 bytes), and a tile that runs from one image into the next
+/// splits a row's bytes between the two images (2.33x for 160 pixels); under 2.5x the ideal, and
 /// 1/16 of the activations' bytes.
 #[test]
 fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
@@ -812,7 +819,7 @@ fn conv_data_gradient_with_batchnorm_backward_sums_in_the_epilogue() {
         );
         for row in rows(&stats, kernel) {
             if row.width == 1 {
-                assert!(row.transactions <= 2 * row.ideal, "{row:?}");
+                assert!(2 * row.transactions <= 5 * row.ideal, "{row:?}");
             } else {
                 assert_eq!(row.transactions, row.ideal, "{row:?}");
             }

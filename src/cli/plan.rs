@@ -131,6 +131,10 @@ fn header(p: &StepPlan) {
          w.eff = waves / ceil(waves)"
     );
     println!(
+        "  last waves counted full: each launch's floor, with the multiply-adds of its partial \
+         tiles' empty rows and columns (the convolutions' forwards and data gradients), over w.eff"
+    );
+    println!(
         "  meas. us = the kernel at this shape in {}'s kernel table, where it has the shape \
          (conv2d_bwd_weight: with its reduce, split as it was then)",
         measured::FILE
@@ -333,7 +337,7 @@ fn totals(p: &StepPlan) {
         fmt(&|g| p.floor(g))
     );
     println!(
-        "  with each kernel's last wave counted as full (model): {}",
+        "  with each kernel's last wave and partial tiles counted as full (model): {}",
         fmt(&|g| p.quantised_floor(g))
     );
     println!(

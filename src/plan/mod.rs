@@ -149,6 +149,8 @@ pub struct OnGpu {
     pub waves: f64,
     /// The roofline floor in seconds.
     pub floor: f64,
+    /// The floor with the multiply-adds of partial tiles' empty parts counted ([`Work::fill`]).
+    pub tiled: f64,
     pub bound: Bound,
 }
 
@@ -162,9 +164,10 @@ impl OnGpu {
         }
     }
 
-    /// The floor when a partly filled last wave takes as long as a full one.
+    /// The floor when a partly filled last wave takes as long as a full one, and a partial
+    /// tile as long as a whole one.
     pub fn quantised_floor(&self) -> f64 {
-        self.floor / self.wave_efficiency()
+        self.tiled / self.wave_efficiency()
     }
 }
 
@@ -216,7 +219,7 @@ impl StepPlan {
         self.entries.iter().map(|e| e.on[g].floor).sum()
     }
 
-    /// [`StepPlan::floor`] with every kernel's last wave counted as full.
+    /// [`StepPlan::floor`] with every kernel's last wave and partial tiles counted as full.
     pub fn quantised_floor(&self, g: usize) -> f64 {
         self.entries.iter().map(|e| e.on[g].quantised_floor()).sum()
     }
@@ -344,14 +347,18 @@ fn model(e: Event, gpus: &[GpuSpec]) -> Result<Planned> {
         };
         let on = gpus
             .iter()
-            .map(|g| OnGpu {
-                waves: 0.0,
-                floor: bytes as f64
+            .map(|g| {
+                let floor = bytes as f64
                     / match bound {
                         Bound::Pcie => g.pcie,
                         _ => g.dram,
-                    },
-                bound,
+                    };
+                OnGpu {
+                    waves: 0.0,
+                    floor,
+                    tiled: floor,
+                    bound,
+                }
             })
             .collect();
         return Ok(Planned {
@@ -396,6 +403,7 @@ fn model(e: Event, gpus: &[GpuSpec]) -> Result<Planned> {
             OnGpu {
                 waves: blocks as f64 / (occ.blocks as f64 * g.sms as f64),
                 floor: compute.max(memory),
+                tiled: (compute / work.fill).max(memory),
                 bound: if compute > memory {
                     Bound::Compute
                 } else {

@@ -250,28 +250,49 @@ impl EpiloguePost<'_> {
 /// channels-last products).
 const PIXEL_TILE: usize = 128;
 
-/// The images a channels-last product's pixel tiles run across (kernels/conv.cu's `span`): all
-/// `group` images (of a statistics group, or the batch) where an image's `hw` pixels would leave
-/// its last tile part empty and its rows of C still take 8- or 16-byte vectors in `dtype` (14 x
-/// 14, 28 x 28, 56 x 56 maps); else 1: whole tiles cover an image already, or its rows are stored
-/// as whole-row spans of one image (7 x 7 maps), which a tile across images would break into
-/// single elements.
-fn nhwc_span(group: usize, hw: usize, dtype: DType) -> usize {
-    if hw % PIXEL_TILE == 0 || (hw * dtype.size()) % 8 != 0 {
+/// The images a pipelined forward's or data gradient's pixel tiles run across (kernels/conv.cu's
+/// `span`, 1x1 and channels-last): all `group` images (of a statistics group, or the batch) where
+/// an image's `hw` pixels would leave its last tile part empty; 1 where whole tiles cover an
+/// image already.
+fn image_span(group: usize, hw: usize) -> usize {
+    if hw % PIXEL_TILE == 0 {
         1
     } else {
         group.max(1)
     }
 }
 
+/// The images a product on `path` spans in `dtype`: [`image_span`], but one for the TF32 1x1
+/// kernels (kernels/conv.cu's conv1x1_fwd says why).
+fn product_span(path: &Path, dtype: DType, group: usize, hw: usize) -> usize {
+    match path {
+        Path::OneByOne if dtype != DType::BF16 => 1,
+        _ => image_span(group, hw),
+    }
+}
+
 /// The pixel tiles of `per` images (a statistics group) of `hw` pixels each on `path` in
 /// `dtype`: the runs of a (group, channel) pair's partial statistics or sums.
-fn pixel_runs(path: &Path, per: usize, hw: usize, dtype: DType) -> usize {
-    let span = match path {
-        Path::Nhwc => nhwc_span(per, hw, dtype),
-        _ => 1,
-    };
+fn pixel_runs(path: &Path, dtype: DType, per: usize, hw: usize) -> usize {
+    let span = product_span(path, dtype, per, hw);
     per / span * (span * hw).div_ceil(PIXEL_TILE)
+}
+
+/// The share of a pipelined forward's or data gradient's block tiles (`cfg`: pixel tiles x row
+/// tiles x products) that its `m` x `pixels` outputs fill ([`Work::fill`]).
+fn tile_fill(cfg: &Launch, m: usize, pixels: usize) -> f64 {
+    let rows = if m <= 64 { 64 } else { 128 }; // pipelined_launch's row tiles
+    let (x, y, z) = (
+        cfg.grid.0 as usize,
+        cfg.grid.1 as usize,
+        cfg.grid.2 as usize,
+    );
+    let tiled = x * PIXEL_TILE * z * y * rows;
+    if tiled == 0 {
+        1.0
+    } else {
+        (m * pixels) as f64 / tiled as f64
+    }
 }
 
 /// The `_bn_stats` forwards' partial statistics: 3 floats per channel, product and pixel tile
@@ -586,7 +607,7 @@ impl ConvOps for CudaBackend {
             return Ok(true);
         }
         let per = b.n / b.ghost;
-        let runs = pixel_runs(&path, per, s.oh * s.ow, x.dtype());
+        let runs = pixel_runs(&path, x.dtype(), per, s.oh * s.ow);
         let pairs = b.ghost * b.c;
         let chunks = bn_merge_chunks(pairs, runs);
         let partial_bytes = stats_partial_bytes(runs * b.ghost, b.c);
@@ -637,7 +658,7 @@ impl ConvOps for CudaBackend {
             }
             _ => false,
         };
-        (fused && b.ghost > 0).then(|| pixel_runs(&path, b.n / b.ghost, s.h * s.w, dtype))
+        (fused && b.ghost > 0).then(|| pixel_runs(&path, dtype, b.n / b.ghost, s.h * s.w))
     }
 
     /// `conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>` or
@@ -1016,7 +1037,7 @@ impl CudaBackend {
     /// transposed into scratch (KRSC; for the forward x's channels [`padded`]; for the data
     /// gradient the weight's taps flipped and its channel axes swapped), then one product per
     /// image, or per span of images whose pixel tiles run from one image into the next where an
-    /// image's pixels are no whole number of tiles ([`nhwc_span`]; kernels/conv.cu, `conv2d_nhwc_*`).
+    /// image's pixels are no whole number of tiles ([`image_span`]; kernels/conv.cu, `conv2d_nhwc_*`).
     /// `add`: the data gradient is added onto what `out` holds (the epilogue's beta = 1).
     /// `post`: what the epilogue does besides storing ([`EpiloguePost`]).
     #[allow(clippy::too_many_arguments)]
@@ -1055,7 +1076,7 @@ impl CudaBackend {
         let w_at = input.scratch_bytes(s.n * c * h * wd * dtype.size());
         let bytes = w_at + ew * dtype.size();
         let kernel_op = post.map_or(op, |p| p.op());
-        let span = nhwc_span(post.map_or(s.n, |p| p.group(s.n)), oh * ow, dtype);
+        let span = image_span(post.map_or(s.n, |p| p.group(s.n)), oh * ow);
         let (kernel, cfg) =
             pipelined_launch("nhwc", kernel_op, m, span * oh * ow, s.n / span, dtype);
         // The input's own channel count: the transposes write the forward's padding.
@@ -1083,11 +1104,14 @@ impl CudaBackend {
             };
             let read_back = if add { ex } else { 0 };
             let extra = post.map_or(0, |p| p.bytes(&cfg, m));
-            let args = args.work(Work::conv_on(
-                s,
-                tensor_math(dtype).1,
-                (ex + ew + ey + read_back) * dtype.size() + extra,
-            ));
+            let args = args.work(
+                Work::conv_on(
+                    s,
+                    tensor_math(dtype).1,
+                    (ex + ew + ey + read_back) * dtype.size() + extra,
+                )
+                .in_tiles(tile_fill(&cfg, m, s.n * oh * ow)),
+            );
             // SAFETY: arguments match conv2d_nhwc_{fwd,bwd_data}[_m64]_<bf16|tf32>(in_nhwc, w,
             // out, c_in, h, w, c_out, kh, kw, stride, pad_top, pad_left, oh, ow, span[, beta]) for
             // the product as the forward of `input` (span divides n: 1 or a statistics group or the
@@ -1176,6 +1200,7 @@ impl CudaBackend {
                     bytes: (bytes * size) as f64,
                     unit: tensor_math(dtype).1,
                     shape: format!("{} phase {py},{px}", conv_shape(s)),
+                    fill: tile_fill(&cfg, s.c_in, s.n * ha * wa),
                 };
                 let (dy_mem, dy_at) = dy.nhwc(scratch, 0);
                 let args = Args::new()
@@ -1357,7 +1382,10 @@ impl CudaBackend {
         let m = if fwd { s.c_out } else { s.c_in };
         let kernel_op = post.map_or(op, |p| p.op());
         let dtype = input.dtype();
-        let (kernel, cfg) = one_by_one_launch(kernel_op, m, s.h * s.w, s.n, dtype);
+        let hw = s.h * s.w;
+        let group = post.map_or(s.n, |p| p.group(s.n));
+        let span = product_span(&Path::OneByOne, dtype, group, hw);
+        let (kernel, cfg) = one_by_one_launch(kernel_op, m, span * hw, s.n / span, dtype);
         let (ex, ew, ey) = s.sizes();
         let read_back = if add { ex } else { 0 };
         let args = Args::new()
@@ -1366,25 +1394,32 @@ impl CudaBackend {
             .ptr(out.dev_mut()?)
             .i32(int(s.c_in, "conv c_in")?)
             .i32(int(s.c_out, "conv c_out")?)
-            .i32(int(s.h * s.w, "conv h*w")?);
+            .i32(int(hw, "conv h*w")?)
+            .i32(span as i32);
+        int(span * hw + PIXEL_TILE, "conv 1x1 pixels of a product")?;
         let args = match post {
-            Some(p) => p.args(args, 1)?,
+            Some(p) => p.args(args, span)?,
             None if fwd => args,
             None => args.f32(beta(add)),
         };
         let extra = post.map_or(0, |p| p.bytes(&cfg, m));
-        let args = args.work(Work::conv_on(
-            s,
-            tensor_math(dtype).1,
-            (ex + ew + ey + read_back) * dtype.size() + extra,
-        ));
-        // SAFETY: arguments match conv2d_1x1_fwd[_m64]_<bf16|tf32>(in, w, out, c_in, c_out, hw),
-        // conv2d_1x1_fwd_bn_eval[_m64]_<bf16|tf32>(..., hw, gamma, beta, mean, var, res, eps, act)
+        let args = args.work(
+            Work::conv_on(
+                s,
+                tensor_math(dtype).1,
+                (ex + ew + ey + read_back) * dtype.size() + extra,
+            )
+            .in_tiles(tile_fill(&cfg, m, s.n * s.h * s.w)),
+        );
+        // SAFETY: arguments match conv2d_1x1_fwd[_m64]_<bf16|tf32>(in, w, out, c_in, c_out, hw,
+        // span) (span divides n: 1, a statistics group or the batch; the grid n / span products
+        // of span * hw pixels, which fit an int),
+        // conv2d_1x1_fwd_bn_eval[_m64]_<bf16|tf32>(..., span, gamma, beta, mean, var, res, eps, act)
         // (the BatchNorm checked against the output: per-channel f32 tensors of c_out, res as y),
-        // conv2d_1x1_fwd_bn_stats[_m64]_<bf16|tf32>(..., hw, partial, per, groups) (partial holds
-        // 3 floats per channel, image and pixel tile: the caller sized it from this launch's
-        // tiles, `groups` x `per` = n), conv2d_1x1_bwd_data[_m64]_<bf16|tf32>(..., hw, beta) or
-        // conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>(..., hw, res, bn_x, mask, gamma, beta,
+        // conv2d_1x1_fwd_bn_stats[_m64]_<bf16|tf32>(..., span, partial, per, groups) (partial holds
+        // 3 floats per channel, product and pixel tile: the caller sized it from pixel_runs,
+        // `groups` x `per` x span = n), conv2d_1x1_bwd_data[_m64]_<bf16|tf32>(..., span, beta) or
+        // conv2d_1x1_bwd_data_bn_sums[_m64]_<bf16|tf32>(..., span, res, bn_x, mask, gamma, beta,
         // save_mean, save_invstd, partial, per, groups, act) (their sizes: the caller,
         // ConvOps::conv2d_bwd_data_bn_sums); the shape was checked (x: n x
         // c_in x hw, w: c_out x c_in, y: n x c_out x hw, all bf16 or all f32, the kernel's

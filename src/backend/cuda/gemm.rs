@@ -128,6 +128,7 @@ fn gemm_work(s: &MatMul, dtype: DType, out: DType) -> Work {
         bytes: bytes as f64,
         unit: Work::unit_of(dtype),
         shape: format!("{}x{}x{}", s.m, s.n, s.k),
+        fill: 1.0,
     }
 }
 

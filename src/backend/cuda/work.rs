@@ -39,6 +39,10 @@ pub struct Work {
     pub bytes: f64,
     pub unit: Unit,
     pub shape: String,
+    /// The share of the kernel's block tiles that its outputs fill (1 where the launcher states
+    /// none): the rest are partial tiles' empty rows and columns, whose multiply-adds the tensor
+    /// cores do all the same. The floor counts `flops`; the plan's wave model `flops / fill`.
+    pub fill: f64,
 }
 
 impl Work {
@@ -51,6 +55,7 @@ impl Work {
             bytes: bytes as f64,
             unit: Unit::Fp32,
             shape,
+            fill: 1.0,
         }
     }
 
@@ -76,7 +81,13 @@ impl Work {
             bytes: bytes as f64,
             unit,
             shape: conv_shape(s),
+            fill: 1.0,
         }
+    }
+
+    /// `self` computed in block tiles that its outputs fill to `fill` ([`Work::fill`]).
+    pub fn in_tiles(self, fill: f64) -> Work {
+        Work { fill, ..self }
     }
 }
 
