@@ -549,69 +549,72 @@ __device__ __forceinline__ void conv1x1_bwd_weight(const T* x, const T* dy, floa
 // has eight 64 x 32 warps: with 64 x 64 ones, the segment walk's registers pushed it into
 // spilling. Its partial: gridDim.z x c_out x c_in f32 sums, each over `images_per_split` images
 // (parts = 1) or over a part_len-pixel part of one image.
-#define CONV1X1_KERNELS(T, SUFFIX)                                                                                \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_fwd_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, int c_in, \
-                                int c_out, int hw, int span) {                                                             \
-        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, span);                                                     \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_fwd_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y,     \
-                                    int c_in, int c_out, int hw, int span) {                                               \
-        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, span);                                                      \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_fwd_bn_eval_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, \
-                                        int c_in, int c_out, int hw, int span, BN_EVAL_PARAMS(T)) {                        \
-        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, span, BN_EVAL_POST(T));                                    \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_fwd_bn_eval_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight,                \
-                                            T* __restrict__ y, int c_in, int c_out, int hw, int span, BN_EVAL_PARAMS(T)) {  \
-        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, span, BN_EVAL_POST(T));                                     \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_fwd_bn_stats_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, \
-                                         int c_in, int c_out, int hw, int span, BN_STATS_PARAMS) {                         \
-        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, span, BN_STATS_POST);                                      \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_fwd_bn_stats_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight,               \
-                                             T* __restrict__ y, int c_in, int c_out, int hw, int span, BN_STATS_PARAMS) {  \
-        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, span, BN_STATS_POST);                                       \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_bwd_data_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight, T* __restrict__ dx,  \
-                                     int c_in, int c_out, int hw, int span, float beta) {                                  \
-        conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, span, beta);                                        \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_bwd_data_m64_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,                  \
-                                         T* __restrict__ dx, int c_in, int c_out, int hw, int span, float beta) {          \
-        conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, span, beta);                                         \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_bwd_data_bn_sums_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,              \
-                                             T* __restrict__ dx, int c_in, int c_out, int hw, int span, BN_SUMS_PARAMS(T)) { \
-        conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, span, 0.0f, BN_SUMS_POST(T));                       \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_bwd_data_bn_sums_m64_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,          \
-                                                 T* __restrict__ dx, int c_in, int c_out, int hw, int span,                \
-                                                 BN_SUMS_PARAMS(T)) {                                            \
-        conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, span, 0.0f, BN_SUMS_POST(T));                        \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(256)                                                            \
-        conv2d_1x1_bwd_weight_##SUFFIX(const T* __restrict__ x, const T* __restrict__ dy,                         \
-                                       float* __restrict__ partial, int images_per_split, int parts, int part_len, \
-                                       int n, int c_in, int c_out, int hw) {                                     \
-        conv1x1_bwd_weight<128, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);      \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                                            \
-        conv2d_1x1_bwd_weight_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ dy,                     \
-                                           float* __restrict__ partial, int images_per_split, int parts,         \
-                                           int part_len, int n, int c_in, int c_out, int hw) {                   \
-        conv1x1_bwd_weight<64, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);       \
+#define CONV1X1_KERNELS(T, SUFFIX)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_fwd_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, int c_in,  \
+                                int c_out, int hw, int span) {                                                       \
+        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, span);                                                   \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_fwd_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y,        \
+                                    int c_in, int c_out, int hw, int span) {                                         \
+        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, span);                                                    \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_fwd_bn_eval_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y,    \
+                                        int c_in, int c_out, int hw, int span, BN_EVAL_PARAMS(T)) {                  \
+        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, span, BN_EVAL_POST(T));                                  \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_fwd_bn_eval_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight,                   \
+                                            T* __restrict__ y, int c_in, int c_out, int hw, int span,                \
+                                            BN_EVAL_PARAMS(T)) {                                                     \
+        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, span, BN_EVAL_POST(T));                                   \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_fwd_bn_stats_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y,   \
+                                         int c_in, int c_out, int hw, int span, BN_STATS_PARAMS) {                   \
+        conv1x1_fwd<128, 64>(x, weight, y, c_in, c_out, hw, span, BN_STATS_POST);                                    \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_fwd_bn_stats_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ weight,                  \
+                                             T* __restrict__ y, int c_in, int c_out, int hw, int span,               \
+                                             BN_STATS_PARAMS) {                                                      \
+        conv1x1_fwd<64, 32>(x, weight, y, c_in, c_out, hw, span, BN_STATS_POST);                                     \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_bwd_data_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight, T* __restrict__ dx,     \
+                                     int c_in, int c_out, int hw, int span, float beta) {                            \
+        conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, span, beta);                                      \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_bwd_data_m64_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,                     \
+                                         T* __restrict__ dx, int c_in, int c_out, int hw, int span, float beta) {    \
+        conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, span, beta);                                       \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_bwd_data_bn_sums_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,                 \
+                                             T* __restrict__ dx, int c_in, int c_out, int hw, int span,              \
+                                             BN_SUMS_PARAMS(T)) {                                                    \
+        conv1x1_bwd_data<128, 64>(dy, weight, dx, c_in, c_out, hw, span, 0.0f, BN_SUMS_POST(T));                     \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_bwd_data_bn_sums_m64_##SUFFIX(const T* __restrict__ dy, const T* __restrict__ weight,             \
+                                                 T* __restrict__ dx, int c_in, int c_out, int hw, int span,          \
+                                                 BN_SUMS_PARAMS(T)) {                                                \
+        conv1x1_bwd_data<64, 32>(dy, weight, dx, c_in, c_out, hw, span, 0.0f, BN_SUMS_POST(T));                      \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256)                                                                \
+        conv2d_1x1_bwd_weight_##SUFFIX(const T* __restrict__ x, const T* __restrict__ dy,                            \
+                                       float* __restrict__ partial, int images_per_split, int parts, int part_len,   \
+                                       int n, int c_in, int c_out, int hw) {                                         \
+        conv1x1_bwd_weight<128, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);          \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                \
+        conv2d_1x1_bwd_weight_m64_##SUFFIX(const T* __restrict__ x, const T* __restrict__ dy,                        \
+                                           float* __restrict__ partial, int images_per_split, int parts,             \
+                                           int part_len, int n, int c_in, int c_out, int hw) {                       \
+        conv1x1_bwd_weight<64, 32>(x, dy, partial, images_per_split, parts, part_len, n, c_in, c_out, hw);           \
     }
 
 CONV1X1_KERNELS(bf16_t, bf16)

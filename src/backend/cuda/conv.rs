@@ -645,7 +645,7 @@ impl ConvOps for CudaBackend {
 
     /// The 1x1 data gradients (NCHW, 16-byte rows) and the stride-1 channels-last ones of a
     /// channels-last dy (dx's rows whole 16-byte vectors) fuse it: a run is a pixel tile (of an
-    /// image, or of a span of images: [`pixel_runs`]).
+    /// image, or of a span of images whose tiles run from one into the next).
     fn bn_sums_runs(&self, s: &Conv, b: &BatchNorm, dtype: DType) -> Option<usize> {
         let path = self.path(s, dtype).ok()?;
         let fused = match path {
