@@ -700,11 +700,9 @@ fn conv_with_batchnorm_statistics_in_the_epilogue() {
         );
         let mma = total(&stats, kernel, |s| s.space == MemSpace::TensorCore).0;
         let k_step = if tf32 { 8 } else { 16 };
-        // A group's images are one product's columns (tiles run across images, kernels/conv.cu;
-        // the TF32 1x1 kernels take one product an image): the last pixel tile's columns past
-        // them are multiplied too (zeros).
-        let span = if tf32 && s.kh == 1 { 1 } else { s.n / ghost };
-        let columns = s.n / span * (span * s.oh * s.ow).next_multiple_of(128);
+        // One product an image (the statistics' runs stay per image, conv.rs's
+        // EpiloguePost::group): the last pixel tile's columns past the map are multiplied too.
+        let columns = s.n * (s.oh * s.ow).next_multiple_of(128);
         let useful = columns * c * s.c_in * s.kh * s.kw / (16 * 8 * k_step);
         assert_eq!(mma, useful as u64, "{kernel}");
         for row in rows(&stats, kernel) {

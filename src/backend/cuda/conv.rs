@@ -198,11 +198,14 @@ impl EpiloguePost<'_> {
         }
     }
 
-    /// The images of a statistics group (every image where the post-op keeps no statistics).
+    /// The images a product may span: a statistics group's (every image where the post-op
+    /// keeps no statistics), and 1 for training BatchNorm's statistics: with their runs across
+    /// images, tests/train.rs's bf16 stage lost its exact agreement with the CPU (step-1 loss
+    /// 3.9066 against 4.0271) and the cause is not found yet.
     fn group(&self, images: usize) -> usize {
         match self {
             EpiloguePost::Eval(_) => images,
-            EpiloguePost::Stats { per, .. } => *per,
+            EpiloguePost::Stats { .. } => 1,
             EpiloguePost::Sums(p) => p.b.n / p.b.ghost,
         }
     }
@@ -607,7 +610,7 @@ impl ConvOps for CudaBackend {
             return Ok(true);
         }
         let per = b.n / b.ghost;
-        let runs = pixel_runs(&path, x.dtype(), per, s.oh * s.ow);
+        let runs = per * (s.oh * s.ow).div_ceil(PIXEL_TILE); // one product an image (group())
         let pairs = b.ghost * b.c;
         let chunks = bn_merge_chunks(pairs, runs);
         let partial_bytes = stats_partial_bytes(runs * b.ghost, b.c);
