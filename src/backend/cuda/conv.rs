@@ -281,10 +281,19 @@ fn pixel_runs(path: &Path, dtype: DType, per: usize, hw: usize) -> usize {
     per / span * (span * hw).div_ceil(PIXEL_TILE)
 }
 
+/// The rows of a pipelined kernel's block tile for a product of `m` rows (BM in kernels/conv.cu).
+fn row_tile(m: usize) -> usize {
+    if m <= 64 {
+        64
+    } else {
+        128
+    }
+}
+
 /// The share of a pipelined forward's or data gradient's block tiles (`cfg`: pixel tiles x row
 /// tiles x products) that its `m` x `pixels` outputs fill ([`Work::fill`]).
 fn tile_fill(cfg: &Launch, m: usize, pixels: usize) -> f64 {
-    let rows = if m <= 64 { 64 } else { 128 }; // pipelined_launch's row tiles
+    let rows = row_tile(m);
     let (x, y, z) = (
         cfg.grid.0 as usize,
         cfg.grid.1 as usize,
@@ -379,7 +388,8 @@ fn pipelined_launch(
     batch: usize,
     dtype: DType,
 ) -> (String, Launch) {
-    let (bm, rows) = if m <= 64 { (64, "_m64") } else { (128, "") };
+    let bm = row_tile(m);
+    let rows = if bm == 64 { "_m64" } else { "" };
     // Warps of 64 x 64, but eight 64 x 32 for the 128-row weight gradients and four 64 x 32 for
     // the 64-row products other than bf16's channels-last gathers; the TF32 channels-last
     // kernels have 64 x 32 warps throughout (conv.cu's entry points).
@@ -1079,7 +1089,12 @@ impl CudaBackend {
         let w_at = input.scratch_bytes(s.n * c * h * wd * dtype.size());
         let bytes = w_at + ew * dtype.size();
         let kernel_op = post.map_or(op, |p| p.op());
-        let span = image_span(post.map_or(s.n, |p| p.group(s.n)), oh * ow);
+        let span = product_span(
+            &Path::Nhwc,
+            dtype,
+            post.map_or(s.n, |p| p.group(s.n)),
+            oh * ow,
+        );
         let (kernel, cfg) =
             pipelined_launch("nhwc", kernel_op, m, span * oh * ow, s.n / span, dtype);
         // The input's own channel count: the transposes write the forward's padding.
